@@ -1,0 +1,176 @@
+#!/usr/bin/env node
+/**
+ * fpo — the command line. Each command is a function taking its argv; errors
+ * of fpo (FpoError) end the process with one line on stderr and a non-zero
+ * exit code, never a stack trace (set FPO_DEBUG=1 to see one).
+ */
+import { parseArgs } from 'node:util';
+import { DROP, type DropReason } from '../datapath/drops.js';
+import { FpoError } from '../datapath/errors.js';
+import { flowReport, replay, type ReplayReport } from './replay.js';
+
+const HELP = `fpo — a userspace virtual switch with flow processing offload
+
+Usage: fpo <command> [options]
+
+Commands:
+  replay CAPTURE --topology FILE --out DIR
+                 replay a pcap/pcapng capture through the switch; writes
+                 DIR/<port>.pcap (or .pcapng) for every port that emitted
+                 packets and prints where every packet went
+  help [COMMAND] this text, or a command's
+
+Run 'fpo COMMAND --help' for a command's options.
+`;
+
+const REPLAY_HELP = `Usage: fpo replay CAPTURE --topology FILE --out DIR [options]
+
+Replays CAPTURE (pcap or pcapng, Ethernet) as if it arrived on the topology's
+replay.inputPort (default: the first uplink), switches every packet through
+the flow table (the FPAG installs a flow on each miss), and writes what each
+port emitted to DIR/<port>.<pcap|pcapng>, with the input's timestamps.
+
+Options:
+  -t, --topology FILE   topology JSON (ports, segments, nodes, rules)
+  -o, --out DIR         output folder (created if missing)
+      --json            print the report as one JSON object
+      --dump-flows      also print the installed flows (in --json: "flowTable")
+      --batch N         packets per batch, 1..256 (default 256)
+      --max-flows N     flow table capacity (default 65536)
+  -h, --help            this text
+
+Exit status: 0 when the whole capture was read; 1 when the capture or the
+topology could not be read (packets before a fault in the capture are still
+switched, written and reported); 2 for a wrong command line.
+`;
+
+class UsageError extends FpoError {
+  constructor(msg: string) {
+    super('FPO_ERR_USAGE', msg);
+  }
+}
+
+function fmtBytes(n: number): string {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MiB`;
+}
+
+function table(rows: string[][]): string {
+  const w = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
+  return rows.map((r) => r.map((x, c) => (c === 0 ? x.padEnd(w[c]) : x.padStart(w[c]))).join('  ')).join('\n');
+}
+
+function printReport(r: ReplayReport, flows: boolean): void {
+  const out: string[] = [];
+  out.push(`replayed ${r.capture} (${r.format}) through ${r.topology} in ${r.seconds.toFixed(3)} s`);
+  out.push(`packets: in ${r.packets.in} = out ${r.packets.out} + dropped ${r.packets.dropped}   (copies sent ${r.packets.copies})`);
+  out.push('');
+  const rows = [['port', 'ppid', 'vpid', 'attached', 'rx pkts', 'rx bytes', 'tx pkts', 'tx bytes']];
+  for (const p of r.ports) rows.push([p.name, String(p.ppid), p.vpid >= 0 ? String(p.vpid) : '-', p.attached ?? '-', String(p.rx.packets), fmtBytes(p.rx.bytes), String(p.tx.packets), fmtBytes(p.tx.bytes)]);
+  out.push(table(rows));
+  out.push('');
+  out.push(`flows: ${r.flows.installed} installed, ${r.flows.active} active, ${r.flows.evicted} evicted; upcalls ${r.flows.upcalls}; lookups ${r.flows.hits} hit, ${r.flows.misses} missed`);
+  const drops = Object.entries(r.drops) as [DropReason, number][];
+  if (drops.length) {
+    out.push('drops:');
+    const dr = drops.sort((a, b) => b[1] - a[1]).map(([k, v]) => [`  ${k}`, String(v), DROP[k]]);
+    out.push(table(dr));
+  } else out.push('drops: none');
+  if (flows && r.flowTable) {
+    out.push('', 'flows:');
+    for (const f of r.flowTable) out.push(`  ${f.match}, packets:${f.packets}, bytes:${f.bytes}, actions:${f.actions}`);
+  }
+  process.stdout.write(out.join('\n') + '\n');
+}
+
+function progressBar(): (done: number, total: number) => void {
+  return (done, total) => {
+    const frac = total ? Math.min(1, done / total) : 1;
+    const width = 30;
+    const fill = Math.round(frac * width);
+    process.stderr.write(`\r[${'#'.repeat(fill)}${'.'.repeat(width - fill)}] ${(frac * 100).toFixed(0).padStart(3)}% ${fmtBytes(done)}`);
+    if (frac >= 1) process.stderr.write('\r' + ' '.repeat(width + 24) + '\r');
+  };
+}
+
+function intOption(v: string | undefined, name: string, min: number, max: number): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < min || n > max) throw new UsageError(`--${name}: expected an integer in ${min}..${max}, got "${v}"`);
+  return n;
+}
+
+function cmdReplay(argv: string[]): number {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      topology: { type: 'string', short: 't' },
+      out: { type: 'string', short: 'o' },
+      json: { type: 'boolean' },
+      'dump-flows': { type: 'boolean' },
+      batch: { type: 'string' },
+      'max-flows': { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (values.help) {
+    process.stdout.write(REPLAY_HELP);
+    return 0;
+  }
+  if (positionals.length !== 1) throw new UsageError(`replay: expected one CAPTURE file, got ${positionals.length}; see 'fpo replay --help'`);
+  if (!values.topology) throw new UsageError(`replay: --topology FILE is required; see 'fpo replay --help'`);
+  if (!values.out) throw new UsageError(`replay: --out DIR is required; see 'fpo replay --help'`);
+  const showProgress = process.stderr.isTTY === true && !values.json;
+  const { report, datapath, fpag } = replay({
+    capture: positionals[0],
+    topology: values.topology,
+    outDir: values.out,
+    batchSize: intOption(values.batch, 'batch', 1, 256),
+    maxFlows: intOption(values['max-flows'], 'max-flows', 16, 1 << 24),
+    onProgress: showProgress ? progressBar() : undefined,
+  });
+  if (values['dump-flows']) report.flowTable = flowReport(datapath, fpag);
+  if (values.json) process.stdout.write(JSON.stringify(report) + '\n');
+  else printReport(report, values['dump-flows'] === true);
+  if (report.error) {
+    process.stderr.write(`fpo: ${report.error.message}\n`);
+    return 1;
+  }
+  return 0;
+}
+
+export function main(argv: string[]): number {
+  const [cmd, ...rest] = argv;
+  try {
+    switch (cmd) {
+      case undefined:
+      case '-h':
+      case '--help':
+        process.stdout.write(HELP);
+        return 0;
+      case 'help':
+        process.stdout.write(rest[0] === 'replay' ? REPLAY_HELP : HELP);
+        return 0;
+      case 'replay':
+        return cmdReplay(rest);
+      default:
+        throw new UsageError(`unknown command "${cmd}"; expected one of: replay, help`);
+    }
+  } catch (e) {
+    if (process.env.FPO_DEBUG) console.error(e);
+    if (e instanceof UsageError || (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
+      process.stderr.write(`fpo: ${(e as Error).message}\n`);
+      return 2;
+    }
+    if (e instanceof FpoError) {
+      process.stderr.write(`fpo: ${e.message}\n`);
+      return 1;
+    }
+    process.stderr.write(`fpo: internal error: ${(e as Error).message ?? String(e)}\n`);
+    return 70;
+  }
+}
+
+process.exitCode = main(process.argv.slice(2));

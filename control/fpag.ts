@@ -1,0 +1,256 @@
+/**
+ * FPAG — the flow processing and action generator: the control plane's slow
+ * path. It gives out VPIDs (at topology load), maps them to PPIDs in the
+ * NIC, holds the full rule set, and answers each upcall with a megaflow
+ * whose output names VPIDs, never PPIDs.
+ *
+ * A decision, for a packet's key:
+ *   1. explicit rules, highest priority first: the first rule whose match
+ *      covers the key gives the actions ("drop", "output:IFACE_OR_UPLINK",
+ *      "normal" = go on to L2);
+ *   2. L2 forwarding ("normal"): the segment comes from the in-port (an
+ *      interface's segment, or for an uplink the segment of the packet's VLAN
+ *      ID); a unicast eth_dst of an interface in that segment goes to its
+ *      VPID; broadcast, multicast and unknown unicast flood to every other
+ *      interface of the segment and its uplinks.
+ * The installed flow's mask is the union of every field the decision looked
+ * at — the masks of all rules tried, then in_port, VLAN and eth_dst for L2 —
+ * so the flow covers exactly the packets that would get the same decision.
+ */
+import { D } from '../datapath/drops.js';
+import type { Action } from '../datapath/actions/action-sets.js';
+import { FIELDS, FIELD_NAMES, KEY_WORDS, PORT_PPID_BIT, W_ETH_DST_HI, W_ETH_MID, W_IN_PORT, W_VLAN, setField, unwildcard, type FieldName } from '../datapath/classifier/flow-key.js';
+import { FpoError } from '../datapath/errors.js';
+import type { Datapath } from '../datapath/datapath.js';
+import type { Upcall } from '../datapath/upcall.js';
+import { parseMac, type Interface, type Port, type Topology } from './topology.js';
+
+/** A rule compiled to key/mask words. */
+interface CompiledRule {
+  index: number;
+  priority: number;
+  key: Uint32Array;
+  mask: Uint32Array;
+  /** null = "normal" (L2 forwarding). */
+  actions: Action[] | null;
+  text: string;
+}
+
+/** Where a VPID leads: an interface or an uplink. */
+interface Endpoint {
+  vpid: number;
+  name: string;
+  segments: string[];
+  mac?: string;
+  uplink: boolean;
+}
+
+/** What the FPAG decided for one key (also what `trace` prints). */
+export interface Decision {
+  actions: Action[];
+  mask: Uint32Array;
+  /** Index of the rule that decided, or -1 for L2 forwarding. */
+  rule: number;
+  /** Why, in words. */
+  reason: string;
+}
+
+function parseIntField(v: string | number, bits: number, where: string): number {
+  const n = typeof v === 'number' ? v : v.startsWith('0x') ? parseInt(v.slice(2), 16) : /^\d+$/.test(v) ? parseInt(v, 10) : NaN;
+  if (!Number.isInteger(n) || n < 0 || (bits < 32 && n >= 2 ** bits) || n > 0xffffffff) throw new Error(`${where}: expected an integer in 0..${2 ** bits - 1}, got ${JSON.stringify(v)}`);
+  return n;
+}
+
+function parseIpv4(s: string): number {
+  const p = s.split('.').map(Number);
+  return ((p[0] << 24) | (p[1] << 16) | (p[2] << 8) | p[3]) >>> 0;
+}
+
+function parseIpv6(s: string): Uint8Array | null {
+  const halves = s.split('::');
+  if (halves.length > 2) return null;
+  const head = halves[0] ? halves[0].split(':') : [];
+  const tail = halves.length === 2 && halves[1] ? halves[1].split(':') : [];
+  const fill = halves.length === 2 ? 8 - head.length - tail.length : 0;
+  const groups = [...head, ...Array(fill).fill('0'), ...tail];
+  if (groups.length !== 8 || groups.some((g) => !/^[0-9a-fA-F]{1,4}$/.test(g))) return null;
+  const b = new Uint8Array(16);
+  groups.forEach((g, i) => { const v = parseInt(g, 16); b[i * 2] = v >> 8; b[i * 2 + 1] = v & 255; });
+  return b;
+}
+
+export class Fpag {
+  readonly topology: Topology;
+  private readonly dp: Datapath;
+  private readonly rules: CompiledRule[];
+  private readonly byVpid = new Map<number, Endpoint>();
+  private readonly byName = new Map<string, Endpoint>();
+  private readonly portByName = new Map<string, Port>();
+  private readonly portByPpid = new Map<number, Port>();
+  /** Segment name → endpoints in it. */
+  private readonly members = new Map<string, Endpoint[]>();
+  /** VLAN ID → segment name; 0 → the untagged segment (if any). */
+  private readonly segByVlan = new Map<number, string>();
+  upcallsHandled = 0;
+  /** Flows installed per rule index (-1 = L2). */
+  readonly installsByRule = new Map<number, number>();
+
+  constructor(topology: Topology, dp: Datapath) {
+    this.topology = topology;
+    this.dp = dp;
+    for (const p of topology.ports) { this.portByName.set(p.name, p); this.portByPpid.set(p.ppid, p); }
+    for (const s of topology.segments) { this.members.set(s.name, []); this.segByVlan.set(s.vlan ?? 0, s.name); }
+    const add = (e: Endpoint) => {
+      this.byVpid.set(e.vpid, e);
+      this.byName.set(e.name, e);
+      for (const s of e.segments) this.members.get(s)?.push(e);
+    };
+    for (const itf of topology.interfaces) add({ vpid: itf.vpid, name: itf.name, segments: [itf.segment], mac: itf.mac, uplink: false });
+    for (const p of topology.ports) if (p.role === 'uplink') add({ vpid: p.vpid, name: p.name, segments: p.segments, uplink: true });
+    this.rules = topology.rules.map((r, i) => this.compileRule(r, i)).sort((a, b) => b.priority - a.priority || a.index - b.index);
+  }
+
+  /** Attaches to the datapath: ports' mappings first, then the upcall sink. */
+  start(): void {
+    for (const itf of this.topology.interfaces) {
+      if (itf.port !== undefined) this.dp.apply({ type: 'mapping-set', vpid: itf.vpid, ppid: this.portByName.get(itf.port)!.ppid });
+    }
+    for (const p of this.topology.ports) if (p.role === 'uplink') this.dp.apply({ type: 'mapping-set', vpid: p.vpid, ppid: p.ppid });
+    this.dp.upcallSink = (u) => this.onUpcall(u);
+  }
+
+  // Slow path: config.
+  private compileRule(r: Topology['rules'][number], index: number): CompiledRule {
+    const where = `${this.topology.path}: rules[${index}]`;
+    const key = new Uint32Array(KEY_WORDS);
+    const mask = new Uint32Array(KEY_WORDS);
+    for (const [field, value] of Object.entries(r.match)) {
+      const at = `${where}.match.${field}`;
+      try {
+        this.compileMatch(key, mask, field, value, at);
+      } catch (e) {
+        if (e instanceof FpoError) throw e;
+        throw new FpoError('FPO_ERR_BAD_TOPOLOGY', (e as Error).message, { path: this.topology.path });
+      }
+    }
+    let actions: Action[] | null = [];
+    r.actions.forEach((a, j) => {
+      const at = `${where}.actions[${j}]`;
+      if (a === 'drop') actions?.push({ op: 'drop', reason: D.ruleDrop });
+      else if (a === 'normal') actions = null;
+      else if (a.startsWith('output:')) {
+        const e = this.byName.get(a.slice(7));
+        if (!e) throw new FpoError('FPO_ERR_BAD_TOPOLOGY', `${at}: no interface or uplink named "${a.slice(7)}"`, { path: this.topology.path });
+        actions?.push({ op: 'output', vpid: e.vpid });
+      } else throw new FpoError('FPO_ERR_BAD_TOPOLOGY', `${at}: unknown action "${a}"; expected drop, normal or output:NAME`, { path: this.topology.path });
+    });
+    return { index, priority: r.priority, key, mask, actions, text: JSON.stringify(r.match) };
+  }
+
+  private compileMatch(key: Uint32Array, mask: Uint32Array, field: string, value: string | number, at: string): void {
+    if (field === 'in_port') {
+      const name = String(value);
+      const e = this.byName.get(name);
+      const port = this.portByName.get(name);
+      if (e) setField(key, mask, 0, 'in_port', e.vpid);
+      else if (port) setField(key, mask, 0, 'in_port', (PORT_PPID_BIT | port.ppid) >>> 0);
+      else throw new Error(`${at}: no interface or port named "${name}"`);
+      return;
+    }
+    if (!(FIELD_NAMES as string[]).includes(field)) throw new Error(`${at}: unknown field; expected one of ${FIELD_NAMES.join(', ')}`);
+    const f = FIELDS[field as FieldName];
+    if (f.kind === 'mac') {
+      if (typeof value !== 'string' || !/^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/.test(value)) throw new Error(`${at}: expected a MAC address, got ${JSON.stringify(value)}`);
+      setField(key, mask, 0, field as FieldName, parseMac(value));
+    } else if (f.kind === 'ipv4') {
+      const m = /^(\d+\.\d+\.\d+\.\d+)(?:\/(\d+))?$/.exec(String(value));
+      const plen = m?.[2] === undefined ? 32 : Number(m[2]);
+      if (!m || m[1].split('.').some((x) => Number(x) > 255) || plen > 32) throw new Error(`${at}: expected an IPv4 address or prefix like 10.0.0.0/24, got ${JSON.stringify(value)}`);
+      const pm = plen === 0 ? 0 : (0xffffffff << (32 - plen)) >>> 0;
+      key[f.word] = (parseIpv4(m[1]) & pm) >>> 0;
+      mask[f.word] = pm;
+    } else if (f.kind === 'ipv6') {
+      const b = parseIpv6(String(value));
+      if (!b) throw new Error(`${at}: expected an IPv6 address, got ${JSON.stringify(value)}`);
+      setField(key, mask, 0, field as FieldName, b);
+    } else {
+      setField(key, mask, 0, field as FieldName, parseIntField(value, f.bits, at));
+    }
+  }
+
+  // Slow path: one call per miss.
+
+  /** Decides what to do with packets whose key is `key` (also used by trace). */
+  decide(key: Uint32Array): Decision {
+    const mask = new Uint32Array(KEY_WORDS);
+    for (const r of this.rules) {
+      let hit = true;
+      for (let w = 0; w < KEY_WORDS; w++) {
+        mask[w] |= r.mask[w];
+        if (((key[w] ^ r.key[w]) & r.mask[w]) !== 0) hit = false;
+      }
+      if (hit) {
+        if (r.actions !== null) return { actions: r.actions, mask, rule: r.index, reason: `rule ${r.index} (priority ${r.priority}) ${r.text}` };
+        const l2 = this.l2(key, mask);
+        return { ...l2, rule: r.index, reason: `rule ${r.index} (priority ${r.priority}) said normal; ${l2.reason}` };
+      }
+    }
+    return { ...this.l2(key, mask), rule: -1 };
+  }
+
+  private l2(key: Uint32Array, mask: Uint32Array): { actions: Action[]; mask: Uint32Array; reason: string } {
+    unwildcard(mask, 'in_port');
+    const inPort = key[W_IN_PORT];
+    let segment: string | undefined;
+    let inVpid = -1;
+    if (inPort & PORT_PPID_BIT) {
+      // A port with no VPID: an uplink whose mapping is missing, or a VM port with no interface now.
+      const port = this.portByPpid.get(inPort & ~PORT_PPID_BIT);
+      return { actions: [{ op: 'drop', reason: D.noDestination }], mask, reason: `in_port ppid ${inPort & ~PORT_PPID_BIT}${port ? ` (${port.name})` : ''} carries no VPID` };
+    }
+    const from = this.byVpid.get(inPort);
+    if (!from) return { actions: [{ op: 'drop', reason: D.noDestination }], mask, reason: `in_port vpid ${inPort} is unknown` };
+    inVpid = from.vpid;
+    if (from.uplink) {
+      unwildcard(mask, 'vlan_tpid');
+      unwildcard(mask, 'vlan_vid');
+      const vid = key[W_VLAN] >>> 16 ? key[W_VLAN] & 0xfff : 0;
+      segment = this.segByVlan.get(vid);
+      if (!segment || !from.segments.includes(segment)) return { actions: [{ op: 'drop', reason: D.noDestination }], mask, reason: `uplink ${from.name} carries no segment for VLAN ${vid}` };
+    } else {
+      segment = from.segments[0];
+    }
+    unwildcard(mask, 'eth_dst');
+    const dstHi = key[W_ETH_DST_HI];
+    const dst = [dstHi >>> 24, (dstHi >>> 16) & 255, (dstHi >>> 8) & 255, dstHi & 255, key[W_ETH_MID] >>> 24, (key[W_ETH_MID] >>> 16) & 255]
+      .map((x) => x.toString(16).padStart(2, '0')).join(':');
+    const group = this.members.get(segment) ?? [];
+    if ((dstHi >>> 24) & 1) {
+      const out = group.filter((e) => e.vpid !== inVpid).map((e): Action => ({ op: 'output', vpid: e.vpid }));
+      return { actions: out, mask, reason: `L2 ${dst === 'ff:ff:ff:ff:ff:ff' ? 'broadcast' : 'multicast'} in segment ${segment}: flood to ${out.length}` };
+    }
+    const to = group.find((e) => e.mac === dst);
+    if (to) {
+      if (to.vpid === inVpid) return { actions: [{ op: 'drop', reason: D.noDestination }], mask, reason: `L2 ${dst} is the sender itself` };
+      return { actions: [{ op: 'output', vpid: to.vpid }], mask, reason: `L2 ${dst} is ${to.name} (vpid ${to.vpid}) in segment ${segment}` };
+    }
+    const out = group.filter((e) => e.vpid !== inVpid).map((e): Action => ({ op: 'output', vpid: e.vpid }));
+    return { actions: out, mask, reason: `L2 ${dst} unknown in segment ${segment}: flood to ${out.length}` };
+  }
+
+  private onUpcall(u: Upcall): void {
+    this.upcallsHandled++;
+    const d = this.decide(u.key);
+    this.installsByRule.set(d.rule, (this.installsByRule.get(d.rule) ?? 0) + 1);
+    this.dp.apply({ type: 'flow-install', key: u.key, mask: d.mask, actions: d.actions });
+  }
+
+  /** Name of the interface or uplink behind a VPID. */
+  vpidName(vpid: number): string | undefined {
+    return this.byVpid.get(vpid)?.name;
+  }
+
+  interfaceByName(name: string): Interface | undefined {
+    return this.topology.interfaces.find((i) => i.name === name);
+  }
+}

@@ -1,0 +1,203 @@
+/**
+ * Topology: what a host looks like, loaded from a JSON file and validated
+ * (zod for shapes, then the cross-references), with every error naming the
+ * file and the field.
+ *
+ *   ports      the NIC's own interfaces with their PPIDs; role "uplink" for
+ *              ports that face the network (they belong to segments), "vm"
+ *              (the default) for ports a VM interface attaches to
+ *   segments   L2 broadcast domains; `vlan` says which VLAN ID an uplink
+ *              packet carries to belong to it (untagged: the one without)
+ *   nodes      compute nodes (VMs, containers) and their interfaces: name,
+ *              MAC, IP, segment, and the port they are attached to (none:
+ *              the interface exists but is not on this NIC now)
+ *   rules      explicit priority rules for the FPAG (fpag.ts)
+ *   replay     which port a replayed capture arrives on
+ *
+ * Loading also assigns VPIDs: every interface, then every uplink port, gets a
+ * locally unique VPID, 1, 2, … in file order, so the same file always gives
+ * the same VPIDs.
+ */
+import { readFileSync } from 'node:fs';
+import { z } from 'zod';
+import { FpoError } from '../datapath/errors.js';
+
+const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+const MAC = /^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/;
+const IPV4 = /^(25[0-5]|2[0-4]\d|1?\d?\d)(\.(25[0-5]|2[0-4]\d|1?\d?\d)){3}$/;
+
+const name = z.string().regex(NAME, 'expected a name of letters, digits, ".", "_", "-" (at most 64)');
+
+const PortSchema = z.strictObject({
+  name,
+  ppid: z.number().int().min(0).max(4095),
+  role: z.enum(['vm', 'uplink']).default('vm'),
+  segments: z.array(name).default([]),
+});
+
+const SegmentSchema = z.strictObject({
+  name,
+  vlan: z.number().int().min(1).max(4094).optional(),
+});
+
+const InterfaceSchema = z.strictObject({
+  name,
+  mac: z.string().regex(MAC, 'expected a MAC address like 02:00:00:00:00:01'),
+  ip: z.string().regex(IPV4, 'expected an IPv4 address like 10.0.0.1').optional(),
+  segment: name,
+  port: name.optional(),
+});
+
+const NodeSchema = z.strictObject({
+  name,
+  interfaces: z.array(InterfaceSchema).min(1),
+});
+
+const RuleSchema = z.strictObject({
+  priority: z.number().int().min(0).max(65535),
+  match: z.record(z.string(), z.union([z.string(), z.number()])).default({}),
+  actions: z.array(z.string()).min(1),
+  comment: z.string().optional(),
+});
+
+export const TopologySchema = z.strictObject({
+  name: z.string().default('topology'),
+  ports: z.array(PortSchema).min(1),
+  segments: z.array(SegmentSchema).min(1),
+  nodes: z.array(NodeSchema).default([]),
+  rules: z.array(RuleSchema).default([]),
+  replay: z.strictObject({ inputPort: name }).optional(),
+});
+
+export type TopologyFile = z.infer<typeof TopologySchema>;
+export type RuleSpec = z.infer<typeof RuleSchema>;
+
+/** A port of the NIC. */
+export interface Port {
+  name: string;
+  ppid: number;
+  role: 'vm' | 'uplink';
+  /** Uplinks: the segments they carry. VM ports: the segment of the attached interface. */
+  segments: string[];
+  /** Uplinks: the VPID the control plane gave the uplink. VM ports: none (-1). */
+  vpid: number;
+}
+
+/** A compute node's interface. */
+export interface Interface {
+  name: string;
+  node: string;
+  mac: string;
+  macBytes: Uint8Array;
+  ip?: string;
+  segment: string;
+  /** Name of the port it is attached to, or undefined. */
+  port?: string;
+  vpid: number;
+}
+
+export interface Segment {
+  name: string;
+  vlan?: number;
+}
+
+export interface Topology {
+  name: string;
+  path: string;
+  ports: Port[];
+  segments: Segment[];
+  interfaces: Interface[];
+  rules: RuleSpec[];
+  inputPort?: string;
+}
+
+export function parseMac(s: string): Uint8Array {
+  return Uint8Array.from(s.split(':').map((x) => parseInt(x, 16)));
+}
+
+function bad(path: string, field: string, what: string): FpoError {
+  return new FpoError('FPO_ERR_BAD_TOPOLOGY', `${path}: ${field}: ${what}`, { path });
+}
+
+/** Reads and validates a topology file. */
+export function loadTopology(path: string): Topology {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    throw new FpoError('FPO_ERR_IO', `${path}: cannot read: ${(e as Error).message}`, { path });
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (e) {
+    throw bad(path, '(file)', `not JSON: ${(e as Error).message}`);
+  }
+  return topologyFrom(json, path);
+}
+
+/** Validates an already-parsed topology object; `path` names it in errors. */
+export function topologyFrom(json: unknown, path: string): Topology {
+  const r = TopologySchema.safeParse(json);
+  if (!r.success) {
+    const issue = r.error.issues[0];
+    const field = issue.path.length ? issue.path.map((p, i) => (typeof p === 'number' ? `[${p}]` : `${i ? '.' : ''}${String(p)}`)).join('') : '(top level)';
+    throw bad(path, field, issue.message);
+  }
+  const t = r.data;
+  const seen = new Map<string, string>();
+  const unique = (kind: string, n: string, field: string) => {
+    const key = `${kind}:${n}`;
+    if (seen.has(key)) throw bad(path, field, `${kind} name "${n}" is used twice (also at ${seen.get(key)})`);
+    seen.set(key, field);
+  };
+  const segments = new Map<string, Segment>();
+  const vlans = new Map<number, string>();
+  t.segments.forEach((s, i) => {
+    unique('segment', s.name, `segments[${i}].name`);
+    if (s.vlan !== undefined) {
+      if (vlans.has(s.vlan)) throw bad(path, `segments[${i}].vlan`, `VLAN ${s.vlan} is already segment "${vlans.get(s.vlan)}"'s`);
+      vlans.set(s.vlan, s.name);
+    }
+    segments.set(s.name, { name: s.name, vlan: s.vlan });
+  });
+  const ports = new Map<string, Port>();
+  const ppids = new Map<number, string>();
+  t.ports.forEach((p, i) => {
+    unique('port', p.name, `ports[${i}].name`);
+    if (ppids.has(p.ppid)) throw bad(path, `ports[${i}].ppid`, `PPID ${p.ppid} is already port "${ppids.get(p.ppid)}"'s`);
+    ppids.set(p.ppid, p.name);
+    p.segments.forEach((s, j) => {
+      if (!segments.has(s)) throw bad(path, `ports[${i}].segments[${j}]`, `no segment named "${s}"`);
+    });
+    if (p.role === 'vm' && p.segments.length) throw bad(path, `ports[${i}].segments`, 'only uplink ports list segments; a VM port takes its interface\'s');
+    ports.set(p.name, { name: p.name, ppid: p.ppid, role: p.role, segments: [...p.segments], vpid: -1 });
+  });
+  const interfaces: Interface[] = [];
+  const taken = new Map<string, string>();
+  const macs = new Map<string, string>();
+  let vpid = 1;
+  t.nodes.forEach((node, i) => {
+    unique('node', node.name, `nodes[${i}].name`);
+    node.interfaces.forEach((itf, j) => {
+      const at = `nodes[${i}].interfaces[${j}]`;
+      unique('interface', itf.name, `${at}.name`);
+      if (!segments.has(itf.segment)) throw bad(path, `${at}.segment`, `no segment named "${itf.segment}"`);
+      const macKey = `${itf.segment}/${itf.mac.toLowerCase()}`;
+      if (macs.has(macKey)) throw bad(path, `${at}.mac`, `MAC ${itf.mac} is already interface "${macs.get(macKey)}"'s in segment "${itf.segment}"`);
+      macs.set(macKey, itf.name);
+      if (itf.port !== undefined) {
+        const port = ports.get(itf.port);
+        if (!port) throw bad(path, `${at}.port`, `no port named "${itf.port}"`);
+        if (port.role !== 'vm') throw bad(path, `${at}.port`, `port "${itf.port}" is an uplink; interfaces attach to VM ports`);
+        if (taken.has(itf.port)) throw bad(path, `${at}.port`, `port "${itf.port}" already carries interface "${taken.get(itf.port)}"`);
+        taken.set(itf.port, itf.name);
+        port.segments = [itf.segment];
+      }
+      interfaces.push({ name: itf.name, node: node.name, mac: itf.mac.toLowerCase(), macBytes: parseMac(itf.mac), ip: itf.ip, segment: itf.segment, port: itf.port, vpid: vpid++ });
+    });
+  });
+  for (const p of ports.values()) if (p.role === 'uplink') p.vpid = vpid++;
+  if (t.replay && !ports.has(t.replay.inputPort)) throw bad(path, 'replay.inputPort', `no port named "${t.replay.inputPort}"`);
+  return { name: t.name, path, ports: [...ports.values()], segments: [...segments.values()], interfaces, rules: t.rules, inputPort: t.replay?.inputPort };
+}

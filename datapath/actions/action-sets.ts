@@ -1,0 +1,71 @@
+/**
+ * ActionSets: the actions of flows, interned. A flow stores one integer, the
+ * id of its action set; many flows (every flow to one VM) share one set.
+ *
+ * Encoding, in one Int32Array pool: a set is `len` words at `start[id]`, each
+ * word `op << 24 | arg`:
+ *   OP_OUTPUT  arg = VPID         send a copy to the port the VPID maps to
+ *   OP_DROP    arg = drop code    drop with that reason (drops.ts)
+ * A set with no OP_OUTPUT that emits nothing drops the packet; the reason is
+ * its OP_DROP's, or noDestination.
+ */
+import { D } from '../drops.js';
+
+export const OP_OUTPUT = 1;
+export const OP_DROP = 2;
+
+/** One action, as the control plane writes it. */
+export type Action = { op: 'output'; vpid: number } | { op: 'drop'; reason: number };
+
+export class ActionSets {
+  pool: Int32Array;
+  start: Int32Array;
+  len: Int32Array;
+  count = 0;
+  private used = 0;
+  private readonly byText = new Map<string, number>();
+
+  constructor(initialSets = 1024, initialWords = 16384) {
+    this.pool = new Int32Array(initialWords);
+    this.start = new Int32Array(initialSets);
+    this.len = new Int32Array(initialSets);
+  }
+
+  // Slow path: interning runs per installed flow.
+  intern(actions: readonly Action[]): number {
+    const words = actions.map((a) => (a.op === 'output' ? (OP_OUTPUT << 24) | (a.vpid & 0xffffff) : (OP_DROP << 24) | (a.reason & 0xffffff)));
+    if (words.length === 0) words.push((OP_DROP << 24) | D.noDestination);
+    const text = words.join(',');
+    const have = this.byText.get(text);
+    if (have !== undefined) return have;
+    if (this.count === this.start.length) {
+      this.start = grow(this.start, this.start.length * 2);
+      this.len = grow(this.len, this.len.length * 2);
+    }
+    if (this.used + words.length > this.pool.length) this.pool = grow(this.pool, Math.max(this.pool.length * 2, this.used + words.length));
+    const id = this.count++;
+    this.start[id] = this.used;
+    this.len[id] = words.length;
+    for (const w of words) this.pool[this.used++] = w;
+    this.byText.set(text, id);
+    return id;
+  }
+
+  /** The actions of set `id`, as objects (for dumps and tests). */
+  describe(id: number): Action[] {
+    const out: Action[] = [];
+    for (let j = 0; j < this.len[id]; j++) {
+      const w = this.pool[this.start[id] + j];
+      const op = w >>> 24;
+      if (op === OP_OUTPUT) out.push({ op: 'output', vpid: w & 0xffffff });
+      else out.push({ op: 'drop', reason: w & 0xffffff });
+    }
+    return out;
+  }
+}
+
+function grow(a: Int32Array, size: number): Int32Array {
+  const b = new Int32Array(size);
+  b.set(a);
+  return b;
+}

@@ -1,0 +1,87 @@
+/**
+ * PacketBatch: up to `capacity` packets that travel the pipeline together.
+ *
+ * Struct of arrays: packet i's bytes are `buf[off[i] .. off[i] + caplen[i])`,
+ * and every other per-packet fact is element i of a typed array. The batch
+ * owns no packet memory: `buf` is the rx port's buffer (for a capture file,
+ * the reader's chunk), valid until that port fills the next batch. So every
+ * stage must be done with a batch before rx runs again; a port that keeps a
+ * packet (tx) copies its bytes.
+ *
+ * A stage that drops packet i writes the reason into `drop[i]` (a code from
+ * drops.ts) and leaves it in place; later stages skip packets whose drop is
+ * non-zero, and accounting reads `drop` once at the end. So a packet is never
+ * lost between stages: it is either dropped with a reason or delivered.
+ *
+ * All arrays are allocated once, by the constructor; nothing here grows.
+ */
+import { KEY_WORDS } from './classifier/flow-key.js';
+
+export const MAX_BURST = 32;
+export const MAX_BURST_LIMIT = 256;
+
+/** Offsets use 0xffff... as "absent". */
+export const ABSENT = 0xffffffff;
+
+export class PacketBatch {
+  /** How many packets this batch can hold (1..MAX_BURST_LIMIT). */
+  readonly capacity: number;
+  /** Number of packets in the batch now. */
+  count = 0;
+  /** Bytes the packets live in (owned by the rx port). */
+  buf: Uint8Array = new Uint8Array(0);
+
+  /** Offset of packet i's first byte in `buf`. */
+  readonly off: Uint32Array;
+  /** Captured length of packet i (bytes present in `buf`). */
+  readonly caplen: Uint32Array;
+  /** Length of packet i on the wire (>= caplen when the capture was cut). */
+  readonly wirelen: Uint32Array;
+  /** Timestamp, first word as the capture format stores it (pcap: seconds; pcapng: high 32 bits). */
+  readonly tsA: Uint32Array;
+  /** Timestamp, second word (pcap: µs or ns; pcapng: low 32 bits). */
+  readonly tsB: Uint32Array;
+  /** Capture interface index (pcapng: global interface number; pcap: 0). */
+  readonly ifIndex: Uint16Array;
+  /** PPID of the port the packet arrived on. */
+  readonly inPpid: Uint16Array;
+  /** Drop reason code (drops.ts), 0 while the packet lives. */
+  readonly drop: Uint8Array;
+
+  /** Parsed flow key, KEY_WORDS words per packet (flow-key.ts). */
+  readonly key: Uint32Array;
+  /** Offset of the L3 header from the packet start, or ABSENT. */
+  readonly l3Off: Uint32Array;
+  /** Offset of the L4 header from the packet start, or ABSENT. */
+  readonly l4Off: Uint32Array;
+  /** Offset of the inner Ethernet frame of a VXLAN/Geneve packet, or ABSENT. */
+  readonly innerOff: Uint32Array;
+  /** Flow that matched packet i, or -1 (miss, or not looked up). */
+  readonly flow: Int32Array;
+  /** Hash of packet i's key, once the classifier computed it. */
+  readonly hash: Uint32Array;
+
+  constructor(capacity = MAX_BURST) {
+    if (!(capacity >= 1 && capacity <= MAX_BURST_LIMIT)) throw new RangeError(`batch capacity ${capacity} not in 1..${MAX_BURST_LIMIT}`);
+    this.capacity = capacity;
+    this.off = new Uint32Array(capacity);
+    this.caplen = new Uint32Array(capacity);
+    this.wirelen = new Uint32Array(capacity);
+    this.tsA = new Uint32Array(capacity);
+    this.tsB = new Uint32Array(capacity);
+    this.ifIndex = new Uint16Array(capacity);
+    this.inPpid = new Uint16Array(capacity);
+    this.drop = new Uint8Array(capacity);
+    this.key = new Uint32Array(capacity * KEY_WORDS);
+    this.l3Off = new Uint32Array(capacity);
+    this.l4Off = new Uint32Array(capacity);
+    this.innerOff = new Uint32Array(capacity);
+    this.flow = new Int32Array(capacity);
+    this.hash = new Uint32Array(capacity);
+  }
+
+  /** Empties the batch for the next rx (arrays are overwritten, not cleared). */
+  batchReset(): void {
+    this.count = 0;
+  }
+}

@@ -1,0 +1,311 @@
+/**
+ * FlowTable: the datapath's megaflow classifier — tuple-space search over
+ * masked keys, in typed arrays sized at start.
+ *
+ * A flow is (mask, masked key) → action set. Flows with the same mask form a
+ * subtable; a lookup tries the subtables in order of hits, computing the
+ * packet's key under each mask and probing one shared open-addressing hash
+ * table (linear probing, power-of-two slots, at most half full) for a flow of
+ * that subtable with that masked key. The FPAG only installs flows whose
+ * masks cover every field its decision looked at, so two flows that match
+ * the same packet agree, and the first hit is the answer (as in OVS's dpcls).
+ *
+ *   slots:  [ f | -1 | f | f | -1 | ... ]   flow index or EMPTY, 2^k entries
+ *   flows:  key[f*KW..], sub[f], act[f], hash[f], packets[f], bytes[f], used[f]
+ *   subs:   mask[s*KW..], words[s] (mask words that are not 0), flows[s], hits[s]
+ *
+ * Full table: installing into a full table first evicts the least recently
+ * used 1/16 of the flows (one scan, counted in `evicted`), so a replay with
+ * more flows than capacity keeps going.
+ */
+import type { PacketBatch } from '../batch.js';
+import { KEY_WORDS } from './flow-key.js';
+
+const EMPTY = -1;
+export const MAX_SUBTABLES = 256;
+
+function nextPow2(n: number): number {
+  let p = 1;
+  while (p < n) p *= 2;
+  return p;
+}
+
+/** Mixes one word into a running hash (murmur3's body step). */
+function mix(h: number, w: number): number {
+  w = Math.imul(w, 0xcc9e2d51);
+  w = (w << 15) | (w >>> 17);
+  w = Math.imul(w, 0x1b873593);
+  h ^= w;
+  h = (h << 13) | (h >>> 19);
+  return (Math.imul(h, 5) + 0xe6546b64) | 0;
+}
+
+function fmix(h: number): number {
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  h ^= h >>> 16;
+  return h >>> 0;
+}
+
+export class FlowTable {
+  static readonly stageName = 'classify';
+  static readonly next = ['actions', 'upcall'] as const;
+
+  /** Most flows the table holds. */
+  readonly capacity: number;
+  /** Flows installed now. */
+  count = 0;
+  /** Flows removed to make room. */
+  evicted = 0;
+  /** Lookups that found a flow / found none. */
+  hits = 0;
+  misses = 0;
+
+  // Flows.
+  readonly key: Uint32Array;
+  readonly sub: Int16Array;
+  readonly act: Int32Array;
+  readonly fhash: Uint32Array;
+  readonly packets: Float64Array;
+  readonly bytes: Float64Array;
+  /** Last time the flow matched (ms, datapath clock). */
+  readonly used: Float64Array;
+  readonly live: Uint8Array;
+  private readonly freeList: Int32Array;
+  private freeTop: number;
+
+  // Subtables.
+  readonly mask: Uint32Array;
+  private readonly words: Uint8Array;
+  private readonly nwords: Uint8Array;
+  readonly subFlows: Int32Array;
+  readonly subHits: Float64Array;
+  /** Subtable indices in lookup order. */
+  private readonly order: Int16Array;
+  subCount = 0;
+
+  private readonly slots: Int32Array;
+  private readonly slotMask: number;
+
+  constructor(capacity: number) {
+    this.capacity = capacity;
+    this.key = new Uint32Array(capacity * KEY_WORDS);
+    this.sub = new Int16Array(capacity);
+    this.act = new Int32Array(capacity);
+    this.fhash = new Uint32Array(capacity);
+    this.packets = new Float64Array(capacity);
+    this.bytes = new Float64Array(capacity);
+    this.used = new Float64Array(capacity);
+    this.live = new Uint8Array(capacity);
+    this.freeList = new Int32Array(capacity);
+    for (let f = 0; f < capacity; f++) this.freeList[f] = capacity - 1 - f;
+    this.freeTop = capacity;
+    this.mask = new Uint32Array(MAX_SUBTABLES * KEY_WORDS);
+    this.words = new Uint8Array(MAX_SUBTABLES * KEY_WORDS);
+    this.nwords = new Uint8Array(MAX_SUBTABLES);
+    this.subFlows = new Int32Array(MAX_SUBTABLES);
+    this.subHits = new Float64Array(MAX_SUBTABLES);
+    this.order = new Int16Array(MAX_SUBTABLES);
+    const nslots = nextPow2(capacity * 2);
+    this.slots = new Int32Array(nslots).fill(EMPTY);
+    this.slotMask = nslots - 1;
+  }
+
+  /** Hash of `key[ko..]` under subtable s's mask. */
+  private maskedHash(key: Uint32Array, ko: number, s: number): number {
+    const m = this.mask;
+    const mo = s * KEY_WORDS;
+    const words = this.words;
+    const nw = this.nwords[s];
+    let h = s;
+    for (let j = 0; j < nw; j++) {
+      const w = words[mo + j];
+      h = mix(h, key[ko + w] & m[mo + w]);
+    }
+    return fmix(h ^ nw);
+  }
+
+  /** Finds the flow of subtable s whose masked key equals key[ko..] under s's mask, or -1. */
+  private find(key: Uint32Array, ko: number, s: number, h: number): number {
+    const slots = this.slots;
+    const sm = this.slotMask;
+    const fk = this.key;
+    const m = this.mask;
+    const mo = s * KEY_WORDS;
+    const words = this.words;
+    const nw = this.nwords[s];
+    for (let pos = h & sm; ; pos = (pos + 1) & sm) {
+      const f = slots[pos];
+      if (f === EMPTY) return -1;
+      if (this.fhash[f] !== h || this.sub[f] !== s) continue;
+      const fo = f * KEY_WORDS;
+      let j = 0;
+      for (; j < nw; j++) {
+        const w = words[mo + j];
+        // fk is stored masked; XOR-then-mask compares without sign trouble.
+        if (((key[ko + w] ^ fk[fo + w]) & m[mo + w]) !== 0) break;
+      }
+      if (j === nw) return f;
+    }
+  }
+
+  /**
+   * Fast path: looks up every live packet of the batch; writes the flow
+   * index (or -1) into batch.flow and counts hits per flow and subtable.
+   * Returns the number of misses in this batch.
+   */
+  process(batch: PacketBatch, now: number): number {
+    const n = batch.count;
+    const drop = batch.drop;
+    const flow = batch.flow;
+    const key = batch.key;
+    const order = this.order;
+    const nsub = this.subCount;
+    let misses = 0;
+    let hits = 0;
+    for (let i = 0; i < n; i++) {
+      flow[i] = -1;
+      if (drop[i] !== 0) continue;
+      const ko = i * KEY_WORDS;
+      for (let t = 0; t < nsub; t++) {
+        const s = order[t];
+        const f = this.find(key, ko, s, this.maskedHash(key, ko, s));
+        if (f >= 0) {
+          flow[i] = f;
+          this.subHits[s]++;
+          this.packets[f]++;
+          this.bytes[f] += batch.wirelen[i];
+          this.used[f] = now;
+          break;
+        }
+      }
+      if (flow[i] < 0) misses++;
+      else hits++;
+    }
+    this.misses += misses;
+    this.hits += hits;
+    return misses;
+  }
+
+  /** Looks up one key (the slow path's re-lookup after an upcall, and tests). */
+  lookup(key: Uint32Array, ko = 0): number {
+    for (let t = 0; t < this.subCount; t++) {
+      const s = this.order[t];
+      const f = this.find(key, ko, s, this.maskedHash(key, ko, s));
+      if (f >= 0) return f;
+    }
+    return -1;
+  }
+
+  // Slow path: everything below runs per installed flow, not per packet.
+
+  private subtableFor(mask: Uint32Array): number {
+    for (let s = 0; s < this.subCount; s++) {
+      let j = 0;
+      for (; j < KEY_WORDS; j++) if (this.mask[s * KEY_WORDS + j] !== mask[j]) break;
+      if (j === KEY_WORDS) return s;
+    }
+    // Reuse an empty subtable's slot before taking a new one.
+    for (let s = 0; s < this.subCount; s++) {
+      if (this.subFlows[s] === 0) { this.setMask(s, mask); return s; }
+    }
+    if (this.subCount === MAX_SUBTABLES) return -1;
+    const s = this.subCount++;
+    this.order[s] = s;
+    this.setMask(s, mask);
+    return s;
+  }
+
+  private setMask(s: number, mask: Uint32Array): void {
+    let nw = 0;
+    for (let j = 0; j < KEY_WORDS; j++) {
+      this.mask[s * KEY_WORDS + j] = mask[j];
+      if (mask[j] !== 0) this.words[s * KEY_WORDS + nw++] = j;
+    }
+    this.nwords[s] = nw;
+    this.subHits[s] = 0;
+  }
+
+  /**
+   * Installs (or replaces the actions of) the flow `key/mask → act`. Returns
+   * the flow index, or -1 when no subtable is free.
+   */
+  install(key: Uint32Array, mask: Uint32Array, act: number, now: number): number {
+    const s = this.subtableFor(mask);
+    if (s < 0) return -1;
+    const h = this.maskedHash(key, 0, s);
+    const old = this.find(key, 0, s, h);
+    if (old >= 0) {
+      this.act[old] = act;
+      return old;
+    }
+    if (this.freeTop === 0) this.evictOldest(Math.max(1, this.capacity >>> 4));
+    const f = this.freeList[--this.freeTop];
+    const fo = f * KEY_WORDS;
+    for (let j = 0; j < KEY_WORDS; j++) this.key[fo + j] = key[j] & mask[j];
+    this.sub[f] = s;
+    this.act[f] = act;
+    this.fhash[f] = h;
+    this.packets[f] = 0;
+    this.bytes[f] = 0;
+    this.used[f] = now;
+    this.live[f] = 1;
+    let pos = h & this.slotMask;
+    while (this.slots[pos] !== EMPTY) pos = (pos + 1) & this.slotMask;
+    this.slots[pos] = f;
+    this.subFlows[s]++;
+    this.count++;
+    return f;
+  }
+
+  /** Removes flow f (backward-shift deletion keeps probe chains whole). */
+  remove(f: number): void {
+    if (!this.live[f]) return;
+    const sm = this.slotMask;
+    let pos = this.fhash[f] & sm;
+    while (this.slots[pos] !== f) pos = (pos + 1) & sm;
+    let hole = pos;
+    for (let next = (hole + 1) & sm; this.slots[next] !== EMPTY; next = (next + 1) & sm) {
+      const home = this.fhash[this.slots[next]] & sm;
+      // Move the entry back if its home is not in (hole, next].
+      if (((next - home) & sm) >= ((next - hole) & sm)) {
+        this.slots[hole] = this.slots[next];
+        hole = next;
+      }
+    }
+    this.slots[hole] = EMPTY;
+    this.live[f] = 0;
+    this.subFlows[this.sub[f]]--;
+    this.freeList[this.freeTop++] = f;
+    this.count--;
+  }
+
+  /** Removes the `n` least recently used flows. */
+  evictOldest(n: number): void {
+    // Find the n-th smallest `used` by sorting a copy of the live times (slow path, rare).
+    const times: number[] = [];
+    for (let f = 0; f < this.capacity; f++) if (this.live[f]) times.push(this.used[f]);
+    if (times.length === 0) return;
+    times.sort((a, b) => a - b);
+    const cut = times[Math.min(n, times.length) - 1];
+    let removed = 0;
+    for (let f = 0; f < this.capacity && removed < n; f++) {
+      if (this.live[f] && this.used[f] <= cut) { this.remove(f); removed++; }
+    }
+    this.evicted += removed;
+  }
+
+  /** Removes every flow. */
+  clear(): void {
+    for (let f = 0; f < this.capacity; f++) if (this.live[f]) this.remove(f);
+  }
+
+  /** Re-sorts subtables by hits, most first (call now and then, not per packet). */
+  sortSubtables(): void {
+    const o = Array.from(this.order.subarray(0, this.subCount));
+    o.sort((a, b) => this.subHits[b] - this.subHits[a]);
+    for (let t = 0; t < o.length; t++) this.order[t] = o[t];
+  }
+}

@@ -1,0 +1,274 @@
+/**
+ * Datapath: the emulated NIC's fast path and the small API that control/
+ * calls. One batch goes rx → parse → classify (→ upcall on a miss) →
+ * execute (actions, VPID→PPID) → tx, and is then accounted:
+ *
+ *   in = delivered + dropped          (each packet once, by drop[i])
+ *   copies >= delivered               (a flood sends one packet many times)
+ *
+ * The datapath owns its tables (flows, action sets, mapping); the control
+ * plane changes them only by messages (upcall.ts) through `apply`, and reads
+ * them through `stats` and `dumpFlows`.
+ */
+import { ActionSets, type Action } from './actions/action-sets.js';
+import { Execute } from './actions/execute.js';
+import type { PacketBatch } from './batch.js';
+import { KEY_WORDS } from './classifier/flow-key.js';
+import { FlowTable } from './classifier/flow-table.js';
+import { D, DROP_COUNT, DROP_NAMES, type DropReason } from './drops.js';
+import { FpoError } from './errors.js';
+import { MappingTable, NO_PPID } from './mapping/mapping-table.js';
+import { Parse } from './parse/parse.js';
+import type { ControlMessage, Upcall } from './upcall.js';
+
+export const MAX_PPID = 4095;
+
+/** The tx side of a port: where execute's per-port lists go. */
+export interface TxPort {
+  writeBatch(batch: PacketBatch, idx: Uint16Array, n: number): void;
+}
+
+export interface DatapathOptions {
+  /** Most flows installed at once (default 65536). */
+  maxFlows?: number;
+  /** Largest VPID (default 65535). */
+  maxVpid?: number;
+  /** Largest PPID (default MAX_PPID). */
+  maxPpid?: number;
+  /** Batch capacity the datapath's lists are sized for (default 256). */
+  batchCapacity?: number;
+}
+
+/** One installed flow, as the control plane reads it. */
+export interface FlowInfo {
+  id: number;
+  key: Uint32Array;
+  mask: Uint32Array;
+  actions: Action[];
+  packets: number;
+  bytes: number;
+  used: number;
+}
+
+export interface DatapathStats {
+  packetsIn: number;
+  delivered: number;
+  dropped: number;
+  copies: number;
+  upcalls: number;
+  flowsInstalled: number;
+  flowsNow: number;
+  flowsEvicted: number;
+  lookupsHit: number;
+  lookupsMissed: number;
+  drops: Partial<Record<DropReason, number>>;
+  ports: { ppid: number; vpid: number; rxPackets: number; rxBytes: number; txPackets: number; txBytes: number }[];
+}
+
+export class Datapath {
+  readonly mapping: MappingTable;
+  readonly flows: FlowTable;
+  readonly actionSets = new ActionSets();
+  readonly parse: Parse;
+  readonly execute: Execute;
+  /** Receives misses. Set by the control plane before traffic flows. */
+  upcallSink: ((u: Upcall) => void) | null = null;
+
+  private readonly ports: (TxPort | undefined)[];
+  readonly rxPackets: Float64Array;
+  readonly rxBytes: Float64Array;
+  readonly txPackets: Float64Array;
+  readonly txBytes: Float64Array;
+  readonly drops = new Float64Array(DROP_COUNT);
+  packetsIn = 0;
+  delivered = 0;
+  upcalls = 0;
+  flowsInstalled = 0;
+  private readonly scratchKey = new Uint32Array(KEY_WORDS);
+  private batchesSinceSort = 0;
+
+  constructor(opts: DatapathOptions = {}) {
+    const maxPpid = opts.maxPpid ?? MAX_PPID;
+    this.mapping = new MappingTable(opts.maxVpid ?? 65535, maxPpid);
+    this.flows = new FlowTable(opts.maxFlows ?? 65536);
+    this.parse = new Parse(this.mapping.inPortKey);
+    this.execute = new Execute(this.flows, this.actionSets, this.mapping, opts.batchCapacity ?? 256);
+    this.ports = new Array(maxPpid + 1).fill(undefined);
+    this.rxPackets = new Float64Array(maxPpid + 1);
+    this.rxBytes = new Float64Array(maxPpid + 1);
+    this.txPackets = new Float64Array(maxPpid + 1);
+    this.txBytes = new Float64Array(maxPpid + 1);
+  }
+
+  // Slow path: the API of control/.
+
+  /** Attaches the tx side of port `ppid`. */
+  addPort(ppid: number, tx: TxPort): void {
+    if (!(ppid >= 0 && ppid <= this.mapping.maxPpid)) throw new FpoError('FPO_ERR_BAD_TOPOLOGY', `PPID ${ppid} out of range 0..${this.mapping.maxPpid}`);
+    this.ports[ppid] = tx;
+    this.execute.enablePort(ppid);
+  }
+
+  hasPort(ppid: number): boolean {
+    return this.ports[ppid] !== undefined;
+  }
+
+  /** Applies one control message. Throws FpoError on a message that cannot apply; the datapath is then unchanged. */
+  apply(msg: ControlMessage, now = 0): void {
+    switch (msg.type) {
+      case 'flow-install': {
+        const act = this.actionSets.intern(msg.actions);
+        const f = this.flows.install(msg.key, msg.mask, act, now);
+        if (f < 0) throw new FpoError('FPO_ERR_CAPACITY', `no free subtable for the flow's mask`);
+        this.flowsInstalled++;
+        return;
+      }
+      case 'mapping-set': {
+        if (!(msg.vpid >= 0 && msg.vpid <= this.mapping.maxVpid)) throw new FpoError('FPO_ERR_USAGE', `vpid ${msg.vpid} out of range 0..${this.mapping.maxVpid}`);
+        if (msg.ppid === NO_PPID) { this.mapping.clear(msg.vpid); return; }
+        if (!this.hasPort(msg.ppid)) throw new FpoError('FPO_ERR_USAGE', `ppid ${msg.ppid} is not a port of this NIC`);
+        this.mapping.set(msg.vpid, msg.ppid);
+        return;
+      }
+      case 'flow-flush':
+        this.flows.clear();
+        return;
+      default: {
+        const never: never = msg;
+        throw new FpoError('FPO_ERR_USAGE', `unknown message ${JSON.stringify(never)}`);
+      }
+    }
+  }
+
+  // Fast path: one batch, rx already done by the caller's port.
+
+  process(batch: PacketBatch, now: number): void {
+    const n = batch.count;
+    const rxPk = this.rxPackets;
+    const rxBy = this.rxBytes;
+    for (let i = 0; i < n; i++) {
+      const p = batch.inPpid[i];
+      rxPk[p]++;
+      rxBy[p] += batch.wirelen[i];
+    }
+    this.parse.process(batch);
+    if (this.flows.process(batch, now) > 0) this.handleMisses(batch, now);
+    this.execute.process(batch);
+    this.transmit(batch);
+    this.account(batch);
+    if (++this.batchesSinceSort === 1024) {
+      this.batchesSinceSort = 0;
+      this.flows.sortSubtables();
+    }
+  }
+
+  // Slow path: packets that missed. Each may have been covered by a flow an
+  // earlier miss of the same batch installed, so look again before upcalling.
+  private handleMisses(batch: PacketBatch, now: number): void {
+    const flows = this.flows;
+    const n = batch.count;
+    for (let i = 0; i < n; i++) {
+      if (batch.flow[i] >= 0 || batch.drop[i] !== 0) continue;
+      const ko = i * KEY_WORDS;
+      let f = flows.lookup(batch.key, ko);
+      if (f < 0 && this.upcallSink !== null) {
+        this.upcalls++;
+        const start = batch.off[i];
+        this.upcallSink({
+          type: 'upcall',
+          inPpid: batch.inPpid[i],
+          key: batch.key.slice(ko, ko + KEY_WORDS),
+          head: batch.buf.slice(start, start + Math.min(128, batch.caplen[i])),
+        });
+        f = flows.lookup(batch.key, ko);
+      }
+      if (f < 0) {
+        batch.drop[i] = flows.count >= flows.capacity ? D.flowTableFull : D.upcallFailed;
+        continue;
+      }
+      batch.flow[i] = f;
+      flows.packets[f]++;
+      flows.bytes[f] += batch.wirelen[i];
+      flows.used[f] = now;
+    }
+  }
+
+  private transmit(batch: PacketBatch): void {
+    const ex = this.execute;
+    for (let t = 0; t < ex.touchedCount; t++) {
+      const ppid = ex.touched[t];
+      const c = ex.txCount[ppid];
+      const list = ex.txIdx[ppid] as Uint16Array;
+      (this.ports[ppid] as TxPort).writeBatch(batch, list, c);
+      this.txPackets[ppid] += c;
+      let bytes = 0;
+      for (let j = 0; j < c; j++) bytes += batch.wirelen[list[j]];
+      this.txBytes[ppid] += bytes;
+      ex.txCount[ppid] = 0;
+    }
+  }
+
+  private account(batch: PacketBatch): void {
+    const n = batch.count;
+    const drop = batch.drop;
+    let delivered = 0;
+    for (let i = 0; i < n; i++) {
+      const d = drop[i];
+      if (d === 0) delivered++;
+      else this.drops[d]++;
+    }
+    this.packetsIn += n;
+    this.delivered += delivered;
+  }
+
+  // Slow path: reading.
+
+  get dropped(): number {
+    let s = 0;
+    for (let d = 1; d < DROP_COUNT; d++) s += this.drops[d];
+    return s;
+  }
+
+  stats(): DatapathStats {
+    const drops: Partial<Record<DropReason, number>> = {};
+    for (let d = 1; d < DROP_COUNT; d++) if (this.drops[d] > 0) drops[DROP_NAMES[d]] = this.drops[d];
+    const ports: DatapathStats['ports'] = [];
+    for (let p = 0; p < this.ports.length; p++) {
+      if (this.ports[p] === undefined) continue;
+      ports.push({ ppid: p, vpid: this.mapping.toVpid[p], rxPackets: this.rxPackets[p], rxBytes: this.rxBytes[p], txPackets: this.txPackets[p], txBytes: this.txBytes[p] });
+    }
+    return {
+      packetsIn: this.packetsIn,
+      delivered: this.delivered,
+      dropped: this.dropped,
+      copies: this.execute.copies,
+      upcalls: this.upcalls,
+      flowsInstalled: this.flowsInstalled,
+      flowsNow: this.flows.count,
+      flowsEvicted: this.flows.evicted,
+      lookupsHit: this.flows.hits,
+      lookupsMissed: this.flows.misses,
+      drops,
+      ports,
+    };
+  }
+
+  dumpFlows(): FlowInfo[] {
+    const fl = this.flows;
+    const out: FlowInfo[] = [];
+    for (let f = 0; f < fl.capacity; f++) {
+      if (!fl.live[f]) continue;
+      const s = fl.sub[f];
+      out.push({
+        id: f,
+        key: fl.key.slice(f * KEY_WORDS, (f + 1) * KEY_WORDS),
+        mask: fl.mask.slice(s * KEY_WORDS, (s + 1) * KEY_WORDS),
+        actions: this.actionSets.describe(fl.act[f]),
+        packets: fl.packets[f],
+        bytes: fl.bytes[f],
+        used: fl.used[f],
+      });
+    }
+    return out;
+  }
+}

@@ -1,0 +1,44 @@
+/**
+ * Every reason a packet can be dropped, in one list.
+ *
+ * The key is the reason's name in JSON and in code; the value is the text a
+ * person reads. The index of a key in DROP_NAMES is the small integer the
+ * fast path stores per packet (0 means "not dropped"), so a counter array
+ * indexed by it is all the accounting needs.
+ */
+export const DROP = {
+  none: 'not dropped',
+  runt: 'frame shorter than an Ethernet header',
+  vlanTruncated: '802.1Q/802.1ad tag cut short',
+  arpTruncated: 'ARP header cut short',
+  ipv4Truncated: 'IPv4 header cut short',
+  ipv4BadVersion: 'IPv4 version field is not 4',
+  ipv4BadHeaderLength: 'IPv4 IHL below 5 or past the packet',
+  ipv4BadTotalLength: 'IPv4 total length shorter than its header or longer than the frame',
+  ipv6Truncated: 'IPv6 header cut short',
+  ipv6BadVersion: 'IPv6 version field is not 6',
+  ipv6BadPayloadLength: 'IPv6 payload length longer than the frame',
+  ipv6BadExtHeader: 'IPv6 extension header runs past the packet',
+  tcpTruncated: 'TCP header cut short',
+  tcpBadDataOffset: 'TCP data offset below 5 or past the packet',
+  udpTruncated: 'UDP header cut short',
+  udpBadLength: 'UDP length below 8 or longer than the IP payload',
+  icmpTruncated: 'ICMP/ICMPv6 header cut short',
+  vxlanBad: 'VXLAN header cut short or I flag not set',
+  geneveBad: 'Geneve header cut short, wrong version, or options past the packet',
+  linkType: 'link type of the capture interface is not Ethernet',
+  ruleDrop: 'a rule said drop',
+  noDestination: 'no port to send to (flood with no other member)',
+  vpidUnmapped: 'output VPID has no PPID in the mapping table',
+  upcallFailed: 'the FPAG installed no flow for this miss',
+  flowTableFull: 'the flow table is full and nothing could be evicted',
+} as const;
+
+export type DropReason = keyof typeof DROP;
+
+/** Reason names in index order; index 0 is `none`. */
+export const DROP_NAMES = Object.keys(DROP) as DropReason[];
+export const DROP_COUNT = DROP_NAMES.length;
+
+/** Small integer codes, e.g. `D.runt`, for the per-packet drop array. */
+export const D = Object.fromEntries(DROP_NAMES.map((n, i) => [n, i])) as { readonly [K in DropReason]: number };

@@ -1,0 +1,234 @@
+/**
+ * Parse: finds each packet's headers once and writes its flow key and header
+ * offsets into the batch's arrays. No objects are made.
+ *
+ * Layers: Ethernet; 802.1Q/802.1ad tags (the outer one is kept in the key,
+ * up to 4 are skipped); ARP (Ethernet/IPv4); IPv4 (options, fragments); IPv6
+ * (hop-by-hop, routing, fragment, destination options and AH extension
+ * headers); TCP, UDP, ICMP, ICMPv6; VXLAN (UDP 4789) and Geneve (UDP 6081)
+ * with options, whose VNI goes into the key and whose inner frame's offset
+ * into `innerOff`.
+ *
+ * Outcomes for each packet:
+ *   - parsed: key words filled for every layer present, the rest 0;
+ *     l3Off/l4Off/innerOff = ABSENT for a layer the packet does not have;
+ *   - cut by the capture's snap length (caplen < wirelen) inside a header:
+ *     parsing stops there, the fields found so far stay, the packet lives
+ *     (a NIC forwards the frame it has; OVS's miniflow_extract does the same);
+ *   - malformed (a header that does not fit in the frame on the wire, or a
+ *     field that contradicts the frame): drop[i] = the reason from drops.ts.
+ * A packet that arrives with drop[i] already set (rx marked it) is skipped.
+ */
+import { ABSENT, type PacketBatch } from '../batch.js';
+import { D } from '../drops.js';
+import { FRAG_ANY, FRAG_LATER, KEY_WORDS, TUN_PRESENT, W_ETH_DST_HI, W_ETH_MID, W_ETH_SRC_LO, W_ETH_TYPE, W_IN_PORT, W_IP_DST, W_IP_SRC, W_TP, W_TUN, W_VLAN } from '../classifier/flow-key.js';
+
+export const ETH_P_IPV4 = 0x0800;
+export const ETH_P_ARP = 0x0806;
+export const ETH_P_IPV6 = 0x86dd;
+export const ETH_P_8021Q = 0x8100;
+export const ETH_P_8021AD = 0x88a8;
+export const ETH_P_QINQ_OLD = 0x9100;
+export const IPPROTO_ICMP = 1;
+export const IPPROTO_TCP = 6;
+export const IPPROTO_UDP = 17;
+export const IPPROTO_ICMPV6 = 58;
+export const UDP_PORT_VXLAN = 4789;
+export const UDP_PORT_GENEVE = 6081;
+const MAX_VLAN_TAGS = 4;
+const MAX_IPV6_EXT = 8;
+
+export class Parse {
+  static readonly stageName = 'parse';
+  static readonly next = ['classify', 'drop'] as const;
+
+  /** in_port key value for each PPID (VPID of the port, or PORT_PPID_BIT|PPID). Written by the datapath. */
+  readonly inPortKey: Uint32Array;
+
+  constructor(inPortKey: Uint32Array) {
+    this.inPortKey = inPortKey;
+  }
+
+  process(batch: PacketBatch): void {
+    const n = batch.count;
+    const drop = batch.drop;
+    for (let i = 0; i < n; i++) {
+      if (drop[i] !== 0) continue;
+      const r = parseOne(batch, i, this.inPortKey);
+      if (r > 0) drop[i] = r;
+    }
+  }
+}
+
+function u16(b: Uint8Array, p: number): number {
+  return (b[p] << 8) | b[p + 1];
+}
+
+function u32(b: Uint8Array, p: number): number {
+  return ((b[p] << 24) | (b[p + 1] << 16) | (b[p + 2] << 8) | b[p + 3]) >>> 0;
+}
+
+/** Returns 0 (parsed, or stopped at the snap length) or a drop code. */
+function parseOne(batch: PacketBatch, i: number, inPortKey: Uint32Array): number {
+  const b = batch.buf;
+  const base = batch.off[i];
+  const cl = batch.caplen[i];
+  const wl = batch.wirelen[i];
+  const cut = cl < wl;
+  const key = batch.key;
+  const k = i * KEY_WORDS;
+  for (let w = 0; w < KEY_WORDS; w++) key[k + w] = 0;
+  batch.l3Off[i] = ABSENT;
+  batch.l4Off[i] = ABSENT;
+  batch.innerOff[i] = ABSENT;
+  key[k + W_IN_PORT] = inPortKey[batch.inPpid[i]];
+
+  if (cl < 14) return cut && wl >= 14 ? 0 : D.runt;
+  key[k + W_ETH_DST_HI] = u32(b, base);
+  key[k + W_ETH_MID] = ((u16(b, base + 4) << 16) | u16(b, base + 6)) >>> 0;
+  key[k + W_ETH_SRC_LO] = u32(b, base + 8);
+  let p = 12;
+  let et = u16(b, base + p);
+  for (let tags = 0; (et === ETH_P_8021Q || et === ETH_P_8021AD || et === ETH_P_QINQ_OLD) && tags < MAX_VLAN_TAGS; tags++) {
+    if (p + 6 > cl) return cut ? 0 : D.vlanTruncated;
+    if (tags === 0) key[k + W_VLAN] = ((et << 16) | u16(b, base + p + 2)) >>> 0;
+    p += 4;
+    et = u16(b, base + p);
+  }
+  const l3 = p + 2;
+  let etw = et << 16;
+  key[k + W_ETH_TYPE] = etw >>> 0;
+
+  if (et === ETH_P_ARP) {
+    if (l3 + 8 > cl) return cut ? 0 : D.arpTruncated;
+    batch.l3Off[i] = l3;
+    const op = u16(b, base + l3 + 6);
+    key[k + W_ETH_TYPE] = (etw | ((op & 0xff) << 8)) >>> 0;
+    // Ethernet/IPv4 ARP carries the addresses the FPAG may match on.
+    if (u16(b, base + l3) === 1 && u16(b, base + l3 + 2) === ETH_P_IPV4 && b[base + l3 + 4] === 6 && b[base + l3 + 5] === 4) {
+      if (l3 + 28 > cl) return cut ? 0 : D.arpTruncated;
+      key[k + W_IP_SRC] = u32(b, base + l3 + 14);
+      key[k + W_IP_DST] = u32(b, base + l3 + 24);
+    }
+    return 0;
+  }
+
+  let proto: number;
+  let frag = 0;
+  let l4: number;
+  let l4end: number; // end of the L4 segment on the wire
+  if (et === ETH_P_IPV4) {
+    if (l3 + 20 > cl) return cut ? 0 : D.ipv4Truncated;
+    const vihl = b[base + l3];
+    if (vihl >> 4 !== 4) return D.ipv4BadVersion;
+    const hl = (vihl & 15) * 4;
+    if (hl < 20) return D.ipv4BadHeaderLength;
+    const tot = u16(b, base + l3 + 2);
+    if (tot < hl || l3 + tot > wl) return D.ipv4BadTotalLength;
+    if (l3 + hl > cl) return cut ? 0 : D.ipv4BadHeaderLength;
+    batch.l3Off[i] = l3;
+    proto = b[base + l3 + 9];
+    const fo = u16(b, base + l3 + 6);
+    if ((fo & 0x3fff) !== 0) frag = (fo & 0x1fff) !== 0 ? FRAG_ANY | FRAG_LATER : FRAG_ANY;
+    key[k + W_IP_SRC] = u32(b, base + l3 + 12);
+    key[k + W_IP_DST] = u32(b, base + l3 + 16);
+    l4 = l3 + hl;
+    l4end = l3 + tot;
+  } else if (et === ETH_P_IPV6) {
+    if (l3 + 40 > cl) return cut ? 0 : D.ipv6Truncated;
+    if (b[base + l3] >> 4 !== 6) return D.ipv6BadVersion;
+    const plen = u16(b, base + l3 + 4);
+    // Payload length 0 with a hop-by-hop header is a jumbogram (RFC 2675, BIG TCP): the frame's end is the end.
+    const jumbo = plen === 0 && b[base + l3 + 6] === 0;
+    if (l3 + 40 + plen > wl) return D.ipv6BadPayloadLength;
+    batch.l3Off[i] = l3;
+    for (let w = 0; w < 4; w++) {
+      key[k + W_IP_SRC + w] = u32(b, base + l3 + 8 + w * 4);
+      key[k + W_IP_DST + w] = u32(b, base + l3 + 24 + w * 4);
+    }
+    l4end = jumbo ? wl : l3 + 40 + plen;
+    proto = b[base + l3 + 6];
+    l4 = l3 + 40;
+    for (let x = 0; x < MAX_IPV6_EXT; x++) {
+      if (proto !== 0 && proto !== 43 && proto !== 60 && proto !== 44 && proto !== 51) break;
+      if (l4 + 8 > l4end) return D.ipv6BadExtHeader;
+      if (l4 + 8 > cl) { key[k + W_ETH_TYPE] = (etw | (proto << 8) | frag) >>> 0; return 0; } // cut: proto is the header we stopped at
+      const nh = b[base + l4];
+      let len: number;
+      if (proto === 44) {
+        len = 8;
+        const off = u16(b, base + l4 + 2);
+        frag = (off & 0xfff8) !== 0 ? FRAG_ANY | FRAG_LATER : off & 1 ? FRAG_ANY : frag;
+      } else if (proto === 51) len = (b[base + l4 + 1] + 2) * 4;
+      else len = (b[base + l4 + 1] + 1) * 8;
+      if (l4 + len > l4end) return D.ipv6BadExtHeader;
+      l4 += len;
+      proto = nh;
+    }
+  } else {
+    return 0; // another ethertype: L2 fields only
+  }
+
+  etw = etw | (proto << 8) | frag;
+  key[k + W_ETH_TYPE] = etw >>> 0;
+  if (frag & FRAG_LATER) return 0;
+
+  if (proto === IPPROTO_TCP) {
+    if (l4 + 20 > l4end) return D.tcpTruncated;
+    if (l4 + 20 > cl) return cut ? 0 : D.tcpTruncated;
+    const doff = (b[base + l4 + 12] >> 4) * 4;
+    if (doff < 20 || l4 + doff > l4end) return D.tcpBadDataOffset;
+    batch.l4Off[i] = l4;
+    key[k + W_TP] = u32(b, base + l4);
+    return 0;
+  }
+  if (proto === IPPROTO_UDP) {
+    if (l4 + 8 > l4end) return D.udpTruncated;
+    if (l4 + 8 > cl) return cut ? 0 : D.udpTruncated;
+    const ulen = u16(b, base + l4 + 4);
+    // UDP length 0 is allowed over an IPv6 jumbogram (RFC 2675); otherwise it must fit.
+    if ((ulen < 8 && !(ulen === 0 && et === ETH_P_IPV6)) || l4 + ulen > l4end) return D.udpBadLength;
+    batch.l4Off[i] = l4;
+    const ports = u32(b, base + l4);
+    key[k + W_TP] = ports;
+    const dport = ports & 0xffff;
+    if (dport === UDP_PORT_VXLAN) return parseVxlan(batch, i, b, base, l4 + 8, l4end, cl, cut, key, k);
+    if (dport === UDP_PORT_GENEVE) return parseGeneve(batch, i, b, base, l4 + 8, l4end, cl, cut, key, k);
+    return 0;
+  }
+  if (proto === IPPROTO_ICMP || proto === IPPROTO_ICMPV6) {
+    if (l4 + 4 > l4end) return D.icmpTruncated;
+    if (l4 + 4 > cl) return cut ? 0 : D.icmpTruncated;
+    batch.l4Off[i] = l4;
+    key[k + W_TP] = ((b[base + l4] << 16) | b[base + l4 + 1]) >>> 0;
+    return 0;
+  }
+  return 0;
+}
+
+/** VXLAN (RFC 7348): 8 bytes, I flag (0x08) set, VNI in bytes 4..6, then an Ethernet frame. */
+function parseVxlan(batch: PacketBatch, i: number, b: Uint8Array, base: number, h: number, end: number, cl: number, cut: boolean, key: Uint32Array, k: number): number {
+  if (h + 8 + 14 > end) return D.vxlanBad;
+  if (h + 8 > cl) return cut ? 0 : D.vxlanBad;
+  if ((b[base + h] & 0x08) === 0) return D.vxlanBad;
+  key[k + W_TUN] = (TUN_PRESENT | (b[base + h + 4] << 16) | (b[base + h + 5] << 8) | b[base + h + 6]) >>> 0;
+  batch.innerOff[i] = h + 8;
+  return 0;
+}
+
+/**
+ * Geneve (RFC 8926): version 0, option length in 4-byte words, protocol
+ * type, VNI in bytes 4..6, options, then the payload (an Ethernet frame when
+ * the protocol type is 0x6558).
+ */
+function parseGeneve(batch: PacketBatch, i: number, b: Uint8Array, base: number, h: number, end: number, cl: number, cut: boolean, key: Uint32Array, k: number): number {
+  if (h + 8 > end) return D.geneveBad;
+  if (h + 8 > cl) return cut ? 0 : D.geneveBad;
+  const v = b[base + h];
+  if (v >> 6 !== 0) return D.geneveBad;
+  const optLen = (v & 0x3f) * 4;
+  if (h + 8 + optLen > end) return D.geneveBad;
+  key[k + W_TUN] = (TUN_PRESENT | (b[base + h + 4] << 16) | (b[base + h + 5] << 8) | b[base + h + 6]) >>> 0;
+  if (u16(b, base + h + 2) === 0x6558 && h + 8 + optLen + 14 <= end) batch.innerOff[i] = h + 8 + optLen;
+  return 0;
+}

@@ -1,0 +1,206 @@
+/**
+ * CaptureWriter: the tx side of a capture-file port. Writes the packets a
+ * batch hands it, in the input's format: classic pcap with the input's
+ * timestamp resolution, snap length and link type, or pcapng with the
+ * input's interfaces (link type, snap length, if_tsresol, if_tsoffset) and
+ * each packet's raw timestamp and interface number, so a replayed packet
+ * carries the time it was captured with. Output is little-endian.
+ *
+ * Bytes are copied into one buffer carved from the arena at open (so a copy
+ * from a reader in the same arena is a copyWithin, no allocation) and written
+ * to the file when it fills. A record larger than the buffer gets a private
+ * one (slow path).
+ */
+import { closeSync, openSync, writeSync } from 'node:fs';
+import { Arena } from '../arena.js';
+import type { PacketBatch } from '../batch.js';
+import { FpoError } from '../errors.js';
+import type { CaptureFormat, CaptureInterface } from './capture-reader.js';
+
+const DEFAULT_BUFFER = 256 * 1024;
+
+/** What a writer needs to know of its input. */
+export interface CaptureLayout {
+  format: CaptureFormat;
+  /** Classic pcap: nanosecond timestamps. */
+  nanos: boolean;
+  /** The input's interfaces; pcapng writers copy new entries as they appear. */
+  interfaces: readonly CaptureInterface[];
+}
+
+export class CaptureWriter {
+  readonly path: string;
+  /** Packets written. */
+  packets = 0;
+  /** Packet bytes written (captured length). */
+  bytes = 0;
+  /** -1 until the first packet: a port that emits nothing leaves no file. */
+  private fd = -1;
+  private closed = false;
+  /** The arena's bytes (or a private buffer after a grow); buf is outer[abase..). */
+  private outer: Uint8Array;
+  private abase: number;
+  private buf: Uint8Array;
+  private dv: DataView;
+  private used = 0;
+  private readonly layout: CaptureLayout;
+  /** pcapng: interfaces already described in this file. */
+  private described = 0;
+
+  constructor(path: string, layout: CaptureLayout, arena?: Arena, bufferBytes = DEFAULT_BUFFER) {
+    this.path = path;
+    this.layout = layout;
+    const a = arena ?? new Arena(bufferBytes);
+    this.outer = a.bytes;
+    this.abase = a.take(bufferBytes);
+    this.buf = this.outer.subarray(this.abase, this.abase + bufferBytes);
+    this.dv = new DataView(this.outer.buffer, this.outer.byteOffset + this.abase, bufferBytes);
+    if (layout.format === 'pcap') this.writePcapHeader();
+    else this.writeShb();
+  }
+
+  private room(n: number): void {
+    if (this.used + n > this.buf.length) this.flush();
+    if (n > this.buf.length) {
+      // Slow path: a record larger than the buffer.
+      this.buf = new Uint8Array(n);
+      this.outer = this.buf;
+      this.abase = 0;
+      this.dv = new DataView(this.buf.buffer);
+    }
+  }
+
+  private writePcapHeader(): void {
+    const itf = this.layout.interfaces[0];
+    const dv = this.dv;
+    dv.setUint32(0, this.layout.nanos ? 0xa1b23c4d : 0xa1b2c3d4, true);
+    dv.setUint16(4, 2, true);
+    dv.setUint16(6, 4, true);
+    dv.setUint32(8, 0, true);
+    dv.setUint32(12, 0, true);
+    dv.setUint32(16, itf.snaplen, true);
+    dv.setUint32(20, itf.linktype, true);
+    this.used = 24;
+  }
+
+  private writeShb(): void {
+    const dv = this.dv;
+    dv.setUint32(0, 0x0a0d0d0a, true);
+    dv.setUint32(4, 28, true);
+    dv.setUint32(8, 0x1a2b3c4d, true);
+    dv.setUint16(12, 1, true);
+    dv.setUint16(14, 0, true);
+    dv.setInt32(16, -1, true); // section length unknown
+    dv.setInt32(20, -1, true);
+    dv.setUint32(24, 28, true);
+    this.used = 28;
+  }
+
+  // Slow path: runs once per interface per file.
+  private describeUpTo(ifIndex: number): void {
+    while (this.described <= ifIndex) {
+      const itf = this.layout.interfaces[this.described++];
+      const hasRes = itf.tsresol !== 6;
+      const hasOff = itf.tsoffset !== 0;
+      const len = 20 + (hasRes ? 8 : 0) + (hasOff ? 12 : 0) + (hasRes || hasOff ? 4 : 0);
+      this.room(len);
+      const dv = this.dv;
+      let p = this.used;
+      dv.setUint32(p, 1, true);
+      dv.setUint32(p + 4, len, true);
+      dv.setUint16(p + 8, itf.linktype, true);
+      dv.setUint16(p + 10, 0, true);
+      dv.setUint32(p + 12, itf.snaplen, true);
+      p += 16;
+      if (hasRes) {
+        dv.setUint16(p, 9, true); dv.setUint16(p + 2, 1, true); dv.setUint32(p + 4, 0, true);
+        this.buf[p + 4] = itf.tsresol;
+        p += 8;
+      }
+      if (hasOff) {
+        dv.setUint16(p, 14, true); dv.setUint16(p + 2, 8, true); dv.setBigInt64(p + 4, BigInt(itf.tsoffset), true);
+        p += 12;
+      }
+      if (hasRes || hasOff) { dv.setUint32(p, 0, true); p += 4; }
+      dv.setUint32(p, len, true);
+      this.used = p + 4;
+    }
+  }
+
+  /** True once the file exists (the port emitted a packet). */
+  get opened(): boolean {
+    return this.fd >= 0;
+  }
+
+  // Slow path: once per file.
+  private open(): void {
+    try {
+      this.fd = openSync(this.path, 'w');
+    } catch (e) {
+      throw new FpoError('FPO_ERR_IO', `${this.path}: cannot create: ${(e as Error).message}`, { path: this.path });
+    }
+  }
+
+  /** Writes packets idx[0..n) of `batch`. */
+  writeBatch(batch: PacketBatch, idx: Uint16Array, n: number): void {
+    if (this.fd < 0) this.open();
+    const src = batch.buf;
+    const ng = this.layout.format === 'pcapng';
+    for (let j = 0; j < n; j++) {
+      const i = idx[j];
+      const cl = batch.caplen[i];
+      if (ng) {
+        const g = batch.ifIndex[i];
+        if (g >= this.described) this.describeUpTo(g);
+        const pad = (4 - (cl & 3)) & 3;
+        const len = 32 + cl + pad;
+        this.room(len);
+        const dv = this.dv;
+        const p = this.used;
+        dv.setUint32(p, 6, true);
+        dv.setUint32(p + 4, len, true);
+        dv.setUint32(p + 8, g, true);
+        dv.setUint32(p + 12, batch.tsA[i], true);
+        dv.setUint32(p + 16, batch.tsB[i], true);
+        dv.setUint32(p + 20, cl, true);
+        dv.setUint32(p + 24, batch.wirelen[i], true);
+        this.copy(src, batch.off[i], cl, p + 28);
+        for (let z = 0; z < pad; z++) this.buf[p + 28 + cl + z] = 0;
+        dv.setUint32(p + len - 4, len, true);
+        this.used = p + len;
+      } else {
+        this.room(16 + cl);
+        const dv = this.dv;
+        const p = this.used;
+        dv.setUint32(p, batch.tsA[i], true);
+        dv.setUint32(p + 4, batch.tsB[i], true);
+        dv.setUint32(p + 8, cl, true);
+        dv.setUint32(p + 12, batch.wirelen[i], true);
+        this.copy(src, batch.off[i], cl, p + 16);
+        this.used = p + 16 + cl;
+      }
+      this.bytes += cl;
+    }
+    this.packets += n;
+  }
+
+  private copy(src: Uint8Array, from: number, len: number, to: number): void {
+    if (src === this.outer) this.outer.copyWithin(this.abase + to, from, from + len);
+    else this.buf.set(src.subarray(from, from + len), to); // Slow path: not in our arena.
+  }
+
+  flush(): void {
+    if (this.fd < 0) this.open();
+    let done = 0;
+    while (done < this.used) done += writeSync(this.fd, this.buf, done, this.used - done);
+    this.used = 0;
+  }
+
+  close(): void {
+    if (this.fd < 0 || this.closed) return;
+    this.closed = true;
+    this.flush();
+    closeSync(this.fd);
+    this.fd = -1;
+  }
+}

@@ -1,0 +1,64 @@
+/**
+ * Helpers shared by the tests: temporary folders, running the built CLI,
+ * and tools from Debian (tshark) that a test needs. A missing tool skips
+ * the test with a printed reason — except under CI=true, where it fails,
+ * so CI really runs every test.
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
+export const CLI = join(ROOT, 'dist', 'control', 'cli.js');
+export const CORPUS = join(ROOT, '..', 'shared', 'corpus', 'tcpdump');
+export const FIXTURES = join(ROOT, 'fixtures');
+
+const made: string[] = [];
+export function tempDir(tag = 'fpo'): string {
+  const d = mkdtempSync(join(tmpdir(), `${tag}-`));
+  made.push(d);
+  return d;
+}
+export function cleanTemp(): void {
+  while (made.length) rmSync(made.pop()!, { recursive: true, force: true });
+}
+
+/** True when `tool` runs here. Under CI=true a missing tool throws instead. */
+export function haveTool(tool: string, reason: string): boolean {
+  const r = spawnSync('sh', ['-c', `command -v ${tool}`], { encoding: 'utf8' });
+  if (r.status === 0) return true;
+  const msg = `${tool} is not installed: ${reason}`;
+  if (process.env.CI === 'true') throw new Error(`${msg} (CI=true: a skip is a failure)`);
+  console.warn(`SKIP: ${msg}`);
+  return false;
+}
+
+export interface CliResult { status: number; stdout: string; stderr: string }
+
+export function runCli(args: string[], opts: { timeout?: number } = {}): CliResult {
+  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: opts.timeout ?? 60_000 });
+  return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** tshark -T fields over a capture: one array of field values per frame. */
+export function tsharkFields(file: string, fields: string[], filter?: string): string[][] {
+  const args = ['-r', file, '-T', 'fields', '-E', 'separator=|', '-E', 'occurrence=a', '-E', 'aggregator=,'];
+  if (filter) args.push('-Y', filter);
+  for (const f of fields) args.push('-e', f);
+  const out = execFileSync('tshark', args, { encoding: 'utf8', maxBuffer: 256 << 20, stdio: ['ignore', 'pipe', 'pipe'] });
+  return out.split('\n').filter((l) => l.length > 0).map((l) => l.split('|'));
+}
+
+/** tshark's PDML: per frame, the list of (protocol, byte position). */
+export function tsharkProtoPositions(file: string): { name: string; pos: number }[][] {
+  const out = execFileSync('tshark', ['-r', file, '-T', 'pdml'], { encoding: 'utf8', maxBuffer: 256 << 20, stdio: ['ignore', 'pipe', 'pipe'] });
+  const frames: { name: string; pos: number }[][] = [];
+  for (const packet of out.split('<packet>').slice(1)) {
+    const protos: { name: string; pos: number }[] = [];
+    for (const m of packet.matchAll(/<proto name="([^"]+)"[^>]*? pos="(\d+)"/g)) protos.push({ name: m[1], pos: Number(m[2]) });
+    frames.push(protos);
+  }
+  return frames;
+}
