@@ -32,6 +32,8 @@ export interface ReplayOptions {
   maxFlows?: number;
   /** Called now and then with (bytes read, file size). */
   onProgress?: (done: number, total: number) => void;
+  /** Called before each batch is processed with the number of packets read so far (control events hook in here). */
+  beforeBatch?: (packetsSoFar: number, dp: Datapath, fpag: Fpag) => void;
 }
 
 export interface PortReport {
@@ -99,7 +101,10 @@ export function replay(opts: ReplayOptions): { report: ReplayReport; datapath: D
     const started = performance.now();
     let lastProgress = started;
     const clock = packetClock(reader);
+    let soFar = 0;
     while (reader.fill(batch, input.ppid) > 0) {
+      opts.beforeBatch?.(soFar, dp, fpag);
+      soFar += batch.count;
       dp.process(batch, clock(batch));
       if (opts.onProgress) {
         const t = performance.now();

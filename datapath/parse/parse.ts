@@ -123,7 +123,9 @@ function parseOne(batch: PacketBatch, i: number, inPortKey: Uint32Array): number
     if (vihl >> 4 !== 4) return D.ipv4BadVersion;
     const hl = (vihl & 15) * 4;
     if (hl < 20) return D.ipv4BadHeaderLength;
-    const tot = u16(b, base + l3 + 2);
+    // Total length 0 is a TSO/BIG TCP super-packet as the sending host captured it
+    // (tcpdump reads it the same way): the frame's end is the datagram's end.
+    const tot = u16(b, base + l3 + 2) || wl - l3;
     if (tot < hl || l3 + tot > wl) return D.ipv4BadTotalLength;
     if (l3 + hl > cl) return cut ? 0 : D.ipv4BadHeaderLength;
     batch.l3Off[i] = l3;
@@ -138,8 +140,9 @@ function parseOne(batch: PacketBatch, i: number, inPortKey: Uint32Array): number
     if (l3 + 40 > cl) return cut ? 0 : D.ipv6Truncated;
     if (b[base + l3] >> 4 !== 6) return D.ipv6BadVersion;
     const plen = u16(b, base + l3 + 4);
-    // Payload length 0 with a hop-by-hop header is a jumbogram (RFC 2675, BIG TCP): the frame's end is the end.
-    const jumbo = plen === 0 && b[base + l3 + 6] === 0;
+    // Payload length 0 is a jumbogram (RFC 2675) or a BIG TCP/TSO super-packet as captured on
+    // the sending host, with or without the hop-by-hop jumbo option: the frame's end is the end.
+    const jumbo = plen === 0;
     if (l3 + 40 + plen > wl) return D.ipv6BadPayloadLength;
     batch.l3Off[i] = l3;
     for (let w = 0; w < 4; w++) {
@@ -186,8 +189,10 @@ function parseOne(batch: PacketBatch, i: number, inPortKey: Uint32Array): number
     if (l4 + 8 > l4end) return D.udpTruncated;
     if (l4 + 8 > cl) return cut ? 0 : D.udpTruncated;
     const ulen = u16(b, base + l4 + 4);
-    // UDP length 0 is allowed over an IPv6 jumbogram (RFC 2675); otherwise it must fit.
-    if ((ulen < 8 && !(ulen === 0 && et === ETH_P_IPV6)) || l4 + ulen > l4end) return D.udpBadLength;
+    // UDP length 0 means "too long to say" in a datagram of more than 65535 bytes (an IPv6
+    // jumbogram, RFC 2675, or a BIG TCP/GSO super-packet). Otherwise it must fit, except in a
+    // first fragment, whose UDP length counts the whole datagram.
+    if ((ulen < 8 && !(ulen === 0 && l4end - l4 > 0xffff)) || (l4 + ulen > l4end && frag === 0)) return D.udpBadLength;
     batch.l4Off[i] = l4;
     const ports = u32(b, base + l4);
     key[k + W_TP] = ports;

@@ -1,0 +1,183 @@
+import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { replay, type ReplayReport } from '../../control/replay.js';
+import { CLI, FIXTURES, cleanTemp, haveTool, runCli, tempDir, tsharkFields } from '../helpers.js';
+
+afterAll(cleanTemp);
+
+const TOPO = join(FIXTURES, 'topology.json');
+const DEMO = join(FIXTURES, 'demo.pcap');
+
+function replayJson(args: string[]): ReplayReport {
+  const r = runCli(['replay', ...args, '--json']);
+  expect(r.stderr).toBe('');
+  expect(r.status).toBe(0);
+  return JSON.parse(r.stdout) as ReplayReport;
+}
+
+describe('fpo replay of the bundled demo', () => {
+  const out = tempDir('replay');
+  const report = replayJson([DEMO, '--topology', TOPO, '--out', out, '--dump-flows']);
+
+  it('accounts for every packet: in = out + dropped, and drops by reason add up', () => {
+    expect(report.packets.in).toBe(671);
+    expect(report.packets.in).toBe(report.packets.out + report.packets.dropped);
+    expect(Object.values(report.drops).reduce((a, b) => a + (b ?? 0), 0)).toBe(report.packets.dropped);
+    const tx = report.ports.reduce((n, p) => n + p.tx.packets, 0);
+    expect(tx).toBe(report.packets.copies);
+    expect(report.packets.copies).toBeGreaterThan(report.packets.out); // floods and the monitoring rule
+  });
+
+  it('drops each kind of bad or unwanted packet with its own reason', () => {
+    expect(report.drops).toEqual({ ruleDrop: 20, vpidUnmapped: 20, noDestination: 4, runt: 2, ipv4BadHeaderLength: 2, udpBadLength: 2 });
+  });
+
+  it('writes one pcap per emitting port, holding exactly the packets for that VM (checked with tshark)', () => {
+    if (!haveTool('tshark', 'reads the output captures')) return;
+    expect(readdirSync(out).sort()).toEqual(['vf1.pcap', 'vf2.pcap', 'vf3.pcap', 'vf4.pcap']);
+    const macs: Record<string, string> = { vf1: '02:00:00:00:00:01', vf2: '02:00:00:00:00:02', vf3: '02:00:00:00:00:03', vf4: '02:00:00:00:00:04' };
+    for (const [port, mac] of Object.entries(macs)) {
+      const rows = tsharkFields(join(out, `${port}.pcap`), ['eth.dst', 'vlan.id', 'ip.dst', 'udp.dstport']);
+      expect(rows.length, port).toBe(report.ports.find((p) => p.name === port)!.tx.packets);
+      const red = port === 'vf3' || port === 'vf4';
+      for (const row of rows) {
+        const [dst, vlan, ipDst, udpDst] = row.map((x) => x.split(',')[0]); // outer headers of a VXLAN frame
+        // Each frame is for this VM, a broadcast/unknown flood of its segment, or (vf1) the monitoring copy.
+        const ok = dst === mac || dst === 'ff:ff:ff:ff:ff:ff' || dst === '02:00:00:00:00:99' || (port === 'vf1' && ipDst === '10.0.0.2' && udpDst === '161');
+        expect(ok, `${port}: ${dst} ${ipDst}`).toBe(true);
+        expect(vlan === '20', `${port}: vlan ${vlan}`).toBe(red);
+      }
+    }
+    const vf1 = tsharkFields(join(out, 'vf1.pcap'), ['tcp.dstport']).filter((r) => r[0] === '23');
+    expect(vf1.length).toBe(0); // telnet was dropped by the rule
+  });
+
+  it('keeps the input timestamps and bytes of every written frame', () => {
+    if (!haveTool('tshark', 'reads the output captures')) return;
+    const inRows = new Map(tsharkFields(DEMO, ['frame.time_epoch', 'frame.len']).map((r) => [r[0], r[1]]));
+    for (const f of readdirSync(out)) {
+      for (const [t, len] of tsharkFields(join(out, f), ['frame.time_epoch', 'frame.len'])) expect(inRows.get(t), `${f} ${t}`).toBe(len);
+    }
+  });
+
+  it('flows output to VPIDs and say which interface each VPID is', () => {
+    expect(report.flowTable!.length).toBe(report.flows.active);
+    for (const f of report.flowTable!) expect(f.actions).toMatch(/^(output:vpid\d+\([\w-]+\)(,|$))+$|^drop\(\w+\)$/);
+    const vm3 = report.flowTable!.find((f) => f.match.includes('eth_dst=02:00:00:00:00:03'))!;
+    expect(vm3.actions).toBe('output:vpid3(vm3-eth0)');
+    expect(vm3.match).toContain('vlan_tci=20/0xfff');
+    expect(report.ports.find((p) => p.name === 'vf3')!.vpid).toBe(3);
+  });
+
+  it('replaying the same capture twice gives byte-identical outputs', () => {
+    const out2 = tempDir('replay2');
+    replayJson([DEMO, '--topology', TOPO, '--out', out2]);
+    for (const f of readdirSync(out)) expect(readFileSync(join(out2, f)).equals(readFileSync(join(out, f))), f).toBe(true);
+  });
+});
+
+describe('migration by mapping', () => {
+  it('changing one mapping moves a VM\'s traffic to its new port with no flow change', () => {
+    const out = tempDir('migrate');
+    let installsAtMove = -1;
+    let moved = false;
+    const { report, datapath } = replay({
+      capture: DEMO, topology: TOPO, outDir: out, batchSize: 32,
+      beforeBatch: (soFar, dp) => {
+        if (!moved && soFar >= 300) {
+          moved = true;
+          installsAtMove = dp.flowsInstalled;
+          dp.apply({ type: 'mapping-set', vpid: 1, ppid: 15 }); // vm1-eth0: vf1 → vf5
+        }
+      },
+    });
+    expect(moved).toBe(true);
+    const before = report.ports.find((p) => p.name === 'vf1')!.tx.packets;
+    const after = report.ports.find((p) => p.name === 'vf5')!.tx.packets;
+    expect(before).toBeGreaterThan(50);
+    expect(after).toBeGreaterThan(50);
+    // The vm1 flow kept its VPID action and was never reinstalled: new flows after the move are only new traffic.
+    const flows = datapath.dumpFlows();
+    const vm1 = flows.filter((f) => f.actions.length === 1 && f.actions[0].op === 'output' && f.actions[0].vpid === 1);
+    expect(vm1.length).toBeGreaterThan(0);
+    expect(datapath.flowsInstalled).toBe(report.flows.installed);
+    expect(installsAtMove).toBeGreaterThan(0);
+    expect(datapath.flowsInstalled).toBeLessThanOrEqual(installsAtMove + 3);
+    expect(report.ports.find((p) => p.name === 'vf5')!.attached).toBe('vm1-eth0');
+    expect(report.packets.in).toBe(report.packets.out + report.packets.dropped);
+    // Without the move, vf1 gets all of vm1's packets; with it, the two ports share them exactly.
+    const plain = replay({ capture: DEMO, topology: TOPO, outDir: tempDir('plain') }).report;
+    expect(before + after).toBe(plain.ports.find((p) => p.name === 'vf1')!.tx.packets);
+  });
+});
+
+describe('fpo command line', () => {
+  it('--help lists the commands', () => {
+    const r = runCli(['--help']);
+    expect(r.status).toBe(0);
+    expect(r.stdout).toContain('replay CAPTURE --topology FILE --out DIR');
+  });
+
+  it('prints a per-port summary and no progress bar when stderr is not a terminal', () => {
+    const r = runCli(['replay', DEMO, '-t', TOPO, '-o', tempDir()]);
+    expect(r.status).toBe(0);
+    expect(r.stderr).toBe('');
+    expect(r.stdout).toMatch(/packets: in 671 = out \d+ \+ dropped \d+/);
+    expect(r.stdout).toMatch(/vf1\s+11\s+1\s+vm1-eth0/);
+  });
+
+  it('a file that is not a capture exits 1 with one line naming it, and no stack trace', () => {
+    const p = join(tempDir(), 'junk.pcap');
+    writeFileSync(p, 'not a capture at all');
+    const r = runCli(['replay', p, '-t', TOPO, '-o', tempDir()]);
+    expect(r.status).toBe(1);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    expect(r.stderr).toContain(p);
+    expect(r.stderr).toContain('offset 0');
+    expect(r.stderr).not.toMatch(/\n\s+at /);
+  });
+
+  it('a capture cut mid-record still switches and writes the packets before the cut, and exits 1', () => {
+    const whole = readFileSync(DEMO);
+    const p = join(tempDir(), 'cut.pcap');
+    writeFileSync(p, whole.subarray(0, whole.length - 20));
+    const out = tempDir();
+    const r = runCli(['replay', p, '-t', TOPO, '-o', out, '--json']);
+    expect(r.status).toBe(1);
+    const rep = JSON.parse(r.stdout) as ReplayReport;
+    expect(rep.packets.in).toBe(670);
+    expect(rep.packets.in).toBe(rep.packets.out + rep.packets.dropped);
+    expect(rep.error?.code).toBe('FPO_ERR_TRUNCATED_CAPTURE');
+    expect(r.stderr).toMatch(/cut\.pcap: offset \d+: record cut short/);
+    expect(existsSync(join(out, 'vf1.pcap'))).toBe(true);
+  });
+
+  it('a missing capture, a bad topology and a wrong option each get one clear line', () => {
+    const missing = runCli(['replay', '/nonexistent.pcap', '-t', TOPO, '-o', tempDir()]);
+    expect(missing.status).toBe(1);
+    expect(missing.stderr).toMatch(/^fpo: \/nonexistent.pcap: cannot open/);
+    const topo = join(tempDir(), 'topo.json');
+    writeFileSync(topo, JSON.stringify({ ports: [{ name: 'p', ppid: 'one' }], segments: [{ name: 's' }] }));
+    const badTopo = runCli(['replay', DEMO, '-t', topo, '-o', tempDir()]);
+    expect(badTopo.status).toBe(1);
+    expect(badTopo.stderr).toMatch(/topo\.json: ports\[0\]\.ppid: .*number/);
+    const opt = runCli(['replay', DEMO, '--nope']);
+    expect(opt.status).toBe(2);
+    expect(opt.stderr).toMatch(/^fpo: .*--nope/);
+    const cmd = runCli(['replya']);
+    expect(cmd.status).toBe(2);
+    expect(cmd.stderr).toContain('expected one of: replay');
+  });
+
+  it('refuses a classic pcap of another link type, naming it', () => {
+    const p = join(tempDir(), 'sll.pcap');
+    const b = Buffer.from(readFileSync(DEMO));
+    b.writeUInt32LE(113, 20);
+    writeFileSync(p, b);
+    const r = runCli(['replay', p, '-t', TOPO, '-o', tempDir()]);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/link type 113 is not supported/);
+    void CLI;
+  });
+});
