@@ -1,0 +1,61 @@
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { loadTopology, topologyFrom } from '../../control/topology.js';
+import { FpoError } from '../../datapath/errors.js';
+import { FIXTURES, cleanTemp, tempDir } from '../helpers.js';
+
+afterAll(cleanTemp);
+
+const base = () => JSON.parse(readFileSync(join(FIXTURES, 'topology.json'), 'utf8'));
+
+function err(mutate: (t: any) => void): string {
+  const t = base();
+  mutate(t);
+  try {
+    topologyFrom(t, 'topo.json');
+  } catch (e) {
+    expect(e).toBeInstanceOf(FpoError);
+    expect((e as FpoError).code).toBe('FPO_ERR_BAD_TOPOLOGY');
+    return (e as Error).message;
+  }
+  throw new Error('expected the topology to be refused');
+}
+
+describe('topology', () => {
+  it('loads the bundled topology and gives interfaces, then uplinks, VPIDs 1, 2, …', () => {
+    const t = loadTopology(join(FIXTURES, 'topology.json'));
+    expect(t.interfaces.map((i) => [i.name, i.vpid])).toEqual([['vm1-eth0', 1], ['vm2-eth0', 2], ['vm3-eth0', 3], ['vm4-eth0', 4], ['vm5-eth0', 5]]);
+    expect(t.ports.find((p) => p.name === 'uplink0')!.vpid).toBe(6);
+    expect(t.inputPort).toBe('uplink0');
+  });
+
+  it('the same file gives the same VPIDs every time', () => {
+    const a = loadTopology(join(FIXTURES, 'topology.json'));
+    const b = loadTopology(join(FIXTURES, 'topology.json'));
+    expect(a.interfaces.map((i) => i.vpid)).toEqual(b.interfaces.map((i) => i.vpid));
+  });
+
+  it('names the field of a shape error', () => {
+    expect(err((t) => (t.ports[2].ppid = 'two'))).toMatch(/^topo\.json: ports\[2\]\.ppid: .*number/);
+    expect(err((t) => (t.nodes[0].interfaces[0].mac = 'zz'))).toMatch(/nodes\[0\]\.interfaces\[0\]\.mac: expected a MAC address/);
+    expect(err((t) => (t.ports[0].speed = 10))).toMatch(/ports\[0\]: .*speed/);
+    expect(err((t) => delete t.segments)).toMatch(/segments: /);
+  });
+
+  it('names the field of a reference or uniqueness error', () => {
+    expect(err((t) => (t.ports[1].ppid = 1))).toMatch(/ports\[1\]\.ppid: PPID 1 is already port "uplink0"'s/);
+    expect(err((t) => (t.nodes[1].interfaces[0].port = 'vf1'))).toMatch(/nodes\[1\]\.interfaces\[0\]\.port: port "vf1" already carries interface "vm1-eth0"/);
+    expect(err((t) => (t.nodes[0].interfaces[0].segment = 'green'))).toMatch(/nodes\[0\]\.interfaces\[0\]\.segment: no segment named "green"/);
+    expect(err((t) => (t.nodes[0].interfaces[0].port = 'vf9'))).toMatch(/no port named "vf9"/);
+    expect(err((t) => (t.nodes[0].interfaces[0].port = 'uplink0'))).toMatch(/is an uplink/);
+    expect(err((t) => (t.replay.inputPort = 'nowhere'))).toMatch(/replay\.inputPort: no port named "nowhere"/);
+    expect(err((t) => (t.nodes[1].interfaces[0].mac = '02:00:00:00:00:01'))).toMatch(/MAC 02:00:00:00:00:01 is already interface "vm1-eth0"/);
+  });
+
+  it('a file that is not JSON is refused with its path', () => {
+    const p = join(tempDir(), 'bad.json');
+    writeFileSync(p, '{ "ports": [');
+    expect(() => loadTopology(p)).toThrowError(/bad\.json: \(file\): not JSON/);
+  });
+});
