@@ -28,7 +28,7 @@ export const DROP = {
   geneveBad: 'Geneve header cut short, wrong version, or options past the packet',
   linkType: 'link type of the capture interface is not Ethernet',
   ruleDrop: 'a rule said drop',
-  noDestination: 'no port to send to (flood with no other member)',
+  noDestination: 'no port to send to (no segment or port for it, or a flood with no other member)',
   vpidUnmapped: 'output VPID has no PPID in the mapping table',
   upcallFailed: 'the FPAG installed no flow for this miss',
   flowTableFull: 'the flow table is full and nothing could be evicted',
