@@ -22,4 +22,14 @@ if [ ! -x node_modules/.bin/vitest ] || [ package-lock.json -nt node_modules/.pa
   npm ci --no-audit --no-fund
 fi
 npx tsc -p tsconfig.json
-npx vitest run --dir test --test-timeout=120000 --hook-timeout=60000 "$@"
+report=$(mktemp)
+status=0
+npx vitest run --dir test --test-timeout=120000 --hook-timeout=60000 --reporter=default --reporter=json --outputFile="$report" "$@" || status=$?
+# One plain closing line for CI: "N passed, N failed, N skipped".
+node -e '
+  const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
+  const skipped = r.numPendingTests + r.numTodoTests;
+  console.log(`tests: ${r.numPassedTests} passed, ${r.numFailedTests} failed, ${skipped} skipped`);
+' "$report" || true
+rm -f "$report"
+exit $status

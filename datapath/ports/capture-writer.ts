@@ -43,6 +43,8 @@ export class CaptureWriter {
   private buf: Uint8Array;
   private dv: DataView;
   private used = 0;
+  /** While a record larger than the buffer is written: the arena buffer to go back to. */
+  private home: { outer: Uint8Array; abase: number; buf: Uint8Array; dv: DataView } | null = null;
   private readonly layout: CaptureLayout;
   /** pcapng: interfaces already described in this file. */
   private described = 0;
@@ -61,13 +63,28 @@ export class CaptureWriter {
 
   private room(n: number): void {
     if (this.used + n > this.buf.length) this.flush();
-    if (n > this.buf.length) {
-      // Slow path: a record larger than the buffer.
-      this.buf = new Uint8Array(n);
-      this.outer = this.buf;
-      this.abase = 0;
-      this.dv = new DataView(this.buf.buffer);
-    }
+    if (n > this.buf.length) this.spill(n);
+  }
+
+  // Slow path: a record larger than the buffer goes through a buffer of its
+  // own, written out at once; then the arena's buffer is back (unspill).
+  private spill(n: number): void {
+    this.home = { outer: this.outer, abase: this.abase, buf: this.buf, dv: this.dv };
+    this.buf = new Uint8Array(n);
+    this.outer = this.buf;
+    this.abase = 0;
+    this.dv = new DataView(this.buf.buffer);
+  }
+
+  private unspill(): void {
+    const h = this.home;
+    if (h === null) return;
+    this.flush();
+    this.home = null;
+    this.outer = h.outer;
+    this.abase = h.abase;
+    this.buf = h.buf;
+    this.dv = h.dv;
   }
 
   private writePcapHeader(): void {
@@ -168,6 +185,7 @@ export class CaptureWriter {
         for (let z = 0; z < pad; z++) this.buf[p + 28 + cl + z] = 0;
         dv.setUint32(p + len - 4, len, true);
         this.used = p + len;
+        if (this.home !== null) this.unspill();
       } else {
         this.room(16 + cl);
         const dv = this.dv;
@@ -178,6 +196,7 @@ export class CaptureWriter {
         dv.setUint32(p + 12, batch.wirelen[i], true);
         this.copy(src, batch.off[i], cl, p + 16);
         this.used = p + 16 + cl;
+        if (this.home !== null) this.unspill();
       }
       this.bytes += cl;
     }

@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -179,5 +180,14 @@ describe('fpo command line', () => {
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(/link type 113 is not supported/);
     void CLI;
+  });
+});
+
+describe('progress', () => {
+  it('shows a progress bar on a terminal (run under script(1) for a pty)', () => {
+    if (!haveTool('script', 'gives the CLI a terminal')) return;
+    const r = spawnSync('script', ['-qec', `${process.execPath} ${CLI} replay ${DEMO} -t ${TOPO} -o ${tempDir()}`, '/dev/null'], { encoding: 'utf8' });
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/\[#{30}\] 100%/);
   });
 });

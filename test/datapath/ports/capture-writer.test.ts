@@ -56,6 +56,15 @@ describe('CaptureWriter', () => {
     }
   });
 
+  it('a record larger than the write buffer is written whole, and later records still are', () => {
+    const dir = tempDir();
+    const a = join(dir, 'big.pcap');
+    const frames = [new Uint8Array(60).fill(1), new Uint8Array(9000).fill(2), new Uint8Array(70).fill(3), new Uint8Array(5000).fill(4), new Uint8Array(80).fill(5)];
+    writePcap(a, toRecords(frames));
+    copy(a, join(dir, 'big2.pcap'), 4096);
+    expect(readFileSync(join(dir, 'big2.pcap')).equals(readFileSync(a))).toBe(true);
+  });
+
   it('a port that emits nothing leaves no file', () => {
     const dir = tempDir();
     const w = new CaptureWriter(join(dir, 'none.pcap'), { format: 'pcap', nanos: false, interfaces: [{ linktype: 1, snaplen: 65535, tsresol: 6, tsoffset: 0 }] });
