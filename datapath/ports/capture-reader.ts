@@ -50,6 +50,18 @@ export interface CaptureInterface {
 
 export type CaptureFormat = 'pcap' | 'pcapng';
 
+/** Writes packet n's rx facts into the batch (a packet's wire length is never below what was captured). */
+function putPacket(b: PacketBatch, n: number, off: number, incl: number, orig: number, tsA: number, tsB: number, ifIndex: number, inPpid: number, drop: number): void {
+  b.off[n] = off;
+  b.caplen[n] = incl;
+  b.wirelen[n] = orig > incl ? orig : incl;
+  b.tsA[n] = tsA;
+  b.tsB[n] = tsB;
+  b.ifIndex[n] = ifIndex;
+  b.inPpid[n] = inPpid;
+  b.drop[n] = drop;
+}
+
 export class CaptureReader {
   readonly path: string;
   readonly format: CaptureFormat;
@@ -237,15 +249,8 @@ export class CaptureReader {
         break;
       }
       const q = this.pos; // avail may have moved the record to the front
-      const orig = this.dv.getUint32(q + 12, le);
-      batch.tsA[n] = this.dv.getUint32(q, le);
-      batch.tsB[n] = this.dv.getUint32(q + 4, le);
-      batch.off[n] = q + 16;
-      batch.caplen[n] = incl;
-      batch.wirelen[n] = orig > incl ? orig : incl;
-      batch.ifIndex[n] = 0;
-      batch.inPpid[n] = inPpid;
-      batch.drop[n] = drop;
+      const d = this.dv;
+      putPacket(batch, n, q + 16, incl, d.getUint32(q + 12, le), d.getUint32(q, le), d.getUint32(q + 4, le), 0, inPpid, drop);
       this.pos = q + 16 + incl;
       n++;
     }
@@ -301,15 +306,7 @@ export class CaptureReader {
         if (28 + incl + 4 > len) { this.fail('FPO_ERR_BAD_CAPTURE', at + 20, `captured length ${incl} runs past the block (${len} bytes)`); break; }
         const g = this.sectionBase + ifId;
         if (g >= this.interfaces.length) { this.fail('FPO_ERR_BAD_CAPTURE', at + 8, `packet names interface ${ifId}; the section has ${this.interfaces.length - this.sectionBase}`); break; }
-        batch.tsA[n] = dv.getUint32(p + 12, le);
-        batch.tsB[n] = dv.getUint32(p + 16, le);
-        batch.off[n] = p + 28;
-        batch.caplen[n] = incl;
-        batch.wirelen[n] = orig > incl ? orig : incl;
-        batch.ifIndex[n] = g;
-        batch.inPpid[n] = inPpid;
-        batch.drop[n] = this.interfaces[g].linktype === LINKTYPE_ETHERNET ? 0 : D.linkType;
-        n++;
+        putPacket(batch, n++, p + 28, incl, orig, dv.getUint32(p + 12, le), dv.getUint32(p + 16, le), g, inPpid, this.interfaces[g].linktype === LINKTYPE_ETHERNET ? 0 : D.linkType);
       } else if (type === NG_SPB) {
         if (len < 16) { this.fail('FPO_ERR_BAD_CAPTURE', at, `simple packet block of ${len} bytes, expected at least 16`); break; }
         if (this.sectionBase >= this.interfaces.length) { this.fail('FPO_ERR_BAD_CAPTURE', at, 'simple packet block before any interface description'); break; }
@@ -317,15 +314,8 @@ export class CaptureReader {
         const snap = this.interfaces[this.sectionBase].snaplen;
         let incl = Math.min(orig, len - 16);
         if (snap > 0 && snap < incl) incl = snap;
-        batch.tsA[n] = 0;
-        batch.tsB[n] = 0;
-        batch.off[n] = p + 12;
-        batch.caplen[n] = incl;
-        batch.wirelen[n] = orig > incl ? orig : incl;
-        batch.ifIndex[n] = this.sectionBase;
-        batch.inPpid[n] = inPpid;
-        batch.drop[n] = this.interfaces[this.sectionBase].linktype === LINKTYPE_ETHERNET ? 0 : D.linkType;
-        n++;
+        const g = this.sectionBase;
+        putPacket(batch, n++, p + 12, incl, orig, 0, 0, g, inPpid, this.interfaces[g].linktype === LINKTYPE_ETHERNET ? 0 : D.linkType);
       } else if (type === NG_SHB) {
         if (len < 28) { this.fail('FPO_ERR_BAD_CAPTURE', at, `section header of ${len} bytes, expected at least 28`); break; }
         const major = dv.getUint16(p + 12, le);
