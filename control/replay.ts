@@ -64,7 +64,7 @@ export interface ReplayReport {
   packets: { in: number; out: number; dropped: number; copies: number };
   drops: Partial<Record<DropReason, number>>;
   ports: PortReport[];
-  flows: { installed: number; active: number; evicted: number; upcalls: number; hits: number; misses: number };
+  flows: { installed: number; active: number; evicted: number; upcalls: number; emcHits: number; megaflowHits: number; misses: number };
   flowTable?: FlowReport[];
   /** The capture's fault, when reading stopped early; packets before it were processed. */
   error?: { code: string; message: string; offset?: number };
@@ -139,7 +139,7 @@ export function replay(opts: ReplayOptions): { report: ReplayReport; datapath: D
       packets: { in: st.packetsIn, out: st.delivered, dropped: st.dropped, copies: st.copies },
       drops: st.drops,
       ports,
-      flows: { installed: st.flowsInstalled, active: st.flowsNow, evicted: st.flowsEvicted, upcalls: st.upcalls, hits: st.lookupsHit, misses: st.lookupsMissed },
+      flows: { installed: st.flowsInstalled, active: st.flowsNow, evicted: st.flowsEvicted, upcalls: st.upcalls, emcHits: st.emcHits, megaflowHits: st.megaflowHits, misses: st.lookupsMissed },
       seconds,
     };
     if (reader.error) report.error = { code: reader.error.code, message: reader.error.message, offset: reader.error.offset };

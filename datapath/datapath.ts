@@ -15,6 +15,8 @@ import { Execute } from './actions/execute.js';
 import type { PacketBatch } from './batch.js';
 import { KEY_WORDS } from './classifier/flow-key.js';
 import { FlowTable } from './classifier/flow-table.js';
+import { Classify } from './classifier/classify.js';
+import { Emc } from './classifier/emc.js';
 import { D, DROP_COUNT, DROP_NAMES, type DropReason } from './drops.js';
 import { FpoError } from './errors.js';
 import { MappingTable, NO_PPID } from './mapping/mapping-table.js';
@@ -37,6 +39,8 @@ export interface DatapathOptions {
   maxPpid?: number;
   /** Batch capacity the datapath's lists are sized for (default 256). */
   batchCapacity?: number;
+  /** Exact-match cache: insert one megaflow hit in this many (default 100; 0 = no cache). */
+  emcInsertInvProb?: number;
 }
 
 /** One installed flow, as the control plane reads it. */
@@ -59,7 +63,8 @@ export interface DatapathStats {
   flowsInstalled: number;
   flowsNow: number;
   flowsEvicted: number;
-  lookupsHit: number;
+  emcHits: number;
+  megaflowHits: number;
   lookupsMissed: number;
   drops: Partial<Record<DropReason, number>>;
   ports: { ppid: number; vpid: number; rxPackets: number; rxBytes: number; txPackets: number; txBytes: number }[];
@@ -68,6 +73,8 @@ export interface DatapathStats {
 export class Datapath {
   readonly mapping: MappingTable;
   readonly flows: FlowTable;
+  readonly emc: Emc;
+  readonly classify: Classify;
   readonly actionSets = new ActionSets();
   readonly parse: Parse;
   readonly execute: Execute;
@@ -91,6 +98,8 @@ export class Datapath {
     const maxPpid = opts.maxPpid ?? MAX_PPID;
     this.mapping = new MappingTable(opts.maxVpid ?? 65535, maxPpid);
     this.flows = new FlowTable(opts.maxFlows ?? 65536);
+    this.emc = new Emc(this.flows, undefined, opts.emcInsertInvProb ?? 100);
+    this.classify = new Classify(this.flows, this.emc, opts.batchCapacity ?? 256);
     this.parse = new Parse(this.mapping.inPortKey);
     this.execute = new Execute(this.flows, this.actionSets, this.mapping, opts.batchCapacity ?? 256);
     this.ports = new Array(maxPpid + 1).fill(undefined);
@@ -152,7 +161,7 @@ export class Datapath {
       rxBy[p] += batch.wirelen[i];
     }
     this.parse.process(batch);
-    if (this.flows.process(batch, now) > 0) this.handleMisses(batch, now);
+    if (this.classify.process(batch, now) > 0) this.handleMisses(batch, now);
     this.execute.process(batch);
     this.transmit(batch);
     this.account(batch);
@@ -246,8 +255,9 @@ export class Datapath {
       flowsInstalled: this.flowsInstalled,
       flowsNow: this.flows.count,
       flowsEvicted: this.flows.evicted,
-      lookupsHit: this.flows.hits,
-      lookupsMissed: this.flows.misses,
+      emcHits: this.classify.emcHits,
+      megaflowHits: this.classify.megaflowHits,
+      lookupsMissed: this.classify.misses,
       drops,
       ports,
     };

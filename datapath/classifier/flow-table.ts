@@ -18,7 +18,6 @@
  * used 1/16 of the flows (one scan, counted in `evicted`), so a replay with
  * more flows than capacity keeps going.
  */
-import type { PacketBatch } from '../batch.js';
 import { KEY_WORDS } from './flow-key.js';
 
 const EMPTY = -1;
@@ -50,18 +49,12 @@ function fmix(h: number): number {
 }
 
 export class FlowTable {
-  static readonly stageName = 'classify';
-  static readonly next = ['actions', 'upcall'] as const;
-
   /** Most flows the table holds. */
   readonly capacity: number;
   /** Flows installed now. */
   count = 0;
   /** Flows removed to make room. */
   evicted = 0;
-  /** Lookups that found a flow / found none. */
-  hits = 0;
-  misses = 0;
 
   // Flows.
   readonly key: Uint32Array;
@@ -73,6 +66,8 @@ export class FlowTable {
   /** Last time the flow matched (ms, datapath clock). */
   readonly used: Float64Array;
   readonly live: Uint8Array;
+  /** Bumped each time flow slot f is removed, so caches that hold f can tell (emc.ts). */
+  readonly gen: Uint32Array;
   private readonly freeList: Int32Array;
   private freeTop: number;
 
@@ -99,6 +94,7 @@ export class FlowTable {
     this.bytes = new Float64Array(capacity);
     this.used = new Float64Array(capacity);
     this.live = new Uint8Array(capacity);
+    this.gen = new Uint32Array(capacity);
     this.freeList = new Int32Array(capacity);
     for (let f = 0; f < capacity; f++) this.freeList[f] = capacity - 1 - f;
     this.freeTop = capacity;
@@ -152,49 +148,19 @@ export class FlowTable {
   }
 
   /**
-   * Fast path: looks up every live packet of the batch; writes the flow
-   * index (or -1) into batch.flow and counts hits per flow and subtable.
-   * Returns the number of misses in this batch.
+   * Fast path: the flow matching the key at key[ko..], trying subtables in
+   * hit order, or -1. Counts the hit on the subtable.
    */
-  process(batch: PacketBatch, now: number): number {
-    const n = batch.count;
-    const drop = batch.drop;
-    const flow = batch.flow;
-    const key = batch.key;
+  lookup(key: Uint32Array, ko = 0): number {
     const order = this.order;
     const nsub = this.subCount;
-    let misses = 0;
-    let hits = 0;
-    for (let i = 0; i < n; i++) {
-      flow[i] = -1;
-      if (drop[i] !== 0) continue;
-      const ko = i * KEY_WORDS;
-      for (let t = 0; t < nsub; t++) {
-        const s = order[t];
-        const f = this.find(key, ko, s, this.maskedHash(key, ko, s));
-        if (f >= 0) {
-          flow[i] = f;
-          this.subHits[s]++;
-          this.packets[f]++;
-          this.bytes[f] += batch.wirelen[i];
-          this.used[f] = now;
-          break;
-        }
-      }
-      if (flow[i] < 0) misses++;
-      else hits++;
-    }
-    this.misses += misses;
-    this.hits += hits;
-    return misses;
-  }
-
-  /** Looks up one key (the slow path's re-lookup after an upcall, and tests). */
-  lookup(key: Uint32Array, ko = 0): number {
-    for (let t = 0; t < this.subCount; t++) {
-      const s = this.order[t];
+    for (let t = 0; t < nsub; t++) {
+      const s = order[t];
       const f = this.find(key, ko, s, this.maskedHash(key, ko, s));
-      if (f >= 0) return f;
+      if (f >= 0) {
+        this.subHits[s]++;
+        return f;
+      }
     }
     return -1;
   }
@@ -277,6 +243,7 @@ export class FlowTable {
     }
     this.slots[hole] = EMPTY;
     this.live[f] = 0;
+    this.gen[f]++;
     this.subFlows[this.sub[f]]--;
     this.freeList[this.freeTop++] = f;
     this.count--;

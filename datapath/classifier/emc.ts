@@ -1,0 +1,119 @@
+/**
+ * Emc: the exact-match cache in front of the megaflow table, as in OVS's
+ * dpif-netdev. An entry holds a packet's whole key and the flow it matched;
+ * a hit costs one short hash, at most two probes and a 16-word compare,
+ * however many subtables the megaflow table has.
+ *
+ *   entry e:  key[e*KW .. +KW]  hash[e]  flow[e]  gen[e]
+ *   ways:     e1 = hash & mask, e2 = (hash >>> 16) & mask
+ *
+ * An entry is valid while its flow's generation (FlowTable.gen) is the one
+ * it saw, so removing or evicting a flow invalidates its cache entries with
+ * no sweep. Inserts happen on a megaflow hit, one time in `insertInvProb`
+ * (OVS's emc-insert-inv-prob, default 100), so a burst of short flows does
+ * not flush the entries of long ones; 0 disables the cache.
+ */
+import { KEY_WORDS } from './flow-key.js';
+import type { FlowTable } from './flow-table.js';
+
+export const EMC_ENTRIES = 8192;
+
+/**
+ * The batch hash of a key (like a NIC's RSS hash): in_port, eth_dst, eth_type,
+ * the first words of the IP addresses, the ports and the tunnel ID. Keys that
+ * differ elsewhere collide here and are told apart by the full compare.
+ */
+export function keyHash(k: Uint32Array, o: number): number {
+  let h = Math.imul(k[o] ^ 0x9e3779b9, 0x85ebca6b);
+  h = Math.imul(h ^ k[o + 2], 0xc2b2ae35);
+  h = Math.imul(h ^ k[o + 3], 0x85ebca6b);
+  h = Math.imul(h ^ k[o + 5], 0xc2b2ae35);
+  h = Math.imul(h ^ k[o + 6], 0x85ebca6b);
+  h = Math.imul(h ^ k[o + 10], 0xc2b2ae35);
+  h = Math.imul(h ^ k[o + 14], 0x85ebca6b);
+  h = Math.imul(h ^ k[o + 15], 0xc2b2ae35);
+  h ^= h >>> 15;
+  h = Math.imul(h, 0x2c1b3c6d);
+  h ^= h >>> 12;
+  return h >>> 0;
+}
+
+export class Emc {
+  readonly entries: number;
+  /** Insert one megaflow hit in this many (0: the cache is off). */
+  insertInvProb: number;
+  private readonly mask: number;
+  private readonly key: Uint32Array;
+  private readonly hash: Uint32Array;
+  private readonly flow: Int32Array;
+  private readonly gen: Uint32Array;
+  private readonly flowGen: Uint32Array;
+  private rnd = 0x2545f491;
+
+  constructor(flows: FlowTable, entries = EMC_ENTRIES, insertInvProb = 100) {
+    if ((entries & (entries - 1)) !== 0) throw new RangeError(`EMC entries ${entries} is not a power of two`);
+    this.entries = entries;
+    this.insertInvProb = insertInvProb;
+    this.mask = entries - 1;
+    this.key = new Uint32Array(entries * KEY_WORDS);
+    this.hash = new Uint32Array(entries);
+    this.flow = new Int32Array(entries).fill(-1);
+    this.gen = new Uint32Array(entries);
+    this.flowGen = flows.gen;
+  }
+
+  private same(e: number, k: Uint32Array, o: number): boolean {
+    const ek = this.key;
+    const eo = e * KEY_WORDS;
+    for (let w = 0; w < KEY_WORDS; w++) if (ek[eo + w] !== k[o + w]) return false;
+    return true;
+  }
+
+  /** Fast path: the flow cached for the key at k[o..], or -1. */
+  lookup(k: Uint32Array, o: number, h: number): number {
+    let e = h & this.mask;
+    let f = this.flow[e];
+    if (f >= 0 && this.hash[e] === h && this.gen[e] === this.flowGen[f] && this.same(e, k, o)) return f;
+    e = (h >>> 16) & this.mask;
+    f = this.flow[e];
+    if (f >= 0 && this.hash[e] === h && this.gen[e] === this.flowGen[f] && this.same(e, k, o)) return f;
+    return -1;
+  }
+
+  /** Caches key → flow f, one time in insertInvProb. */
+  insertMaybe(k: Uint32Array, o: number, h: number, f: number): void {
+    const p = this.insertInvProb;
+    if (p === 0) return;
+    if (p > 1) {
+      // xorshift32: a cheap draw, no Math.random call per packet.
+      let x = this.rnd;
+      x ^= x << 13; x ^= x >>> 17; x ^= x << 5;
+      this.rnd = x;
+      if ((x >>> 0) % p !== 0) return;
+    }
+    const e1 = h & this.mask;
+    const e2 = (h >>> 16) & this.mask;
+    // Take a free or stale way; else replace the way chosen by a hash bit.
+    let e: number;
+    if (!this.valid(e1)) e = e1;
+    else if (!this.valid(e2)) e = e2;
+    else e = h & 0x8000 ? e2 : e1;
+    const eo = e * KEY_WORDS;
+    for (let w = 0; w < KEY_WORDS; w++) this.key[eo + w] = k[o + w];
+    this.hash[e] = h;
+    this.flow[e] = f;
+    this.gen[e] = this.flowGen[f];
+  }
+
+  private valid(e: number): boolean {
+    const f = this.flow[e];
+    return f >= 0 && this.gen[e] === this.flowGen[f];
+  }
+
+  /** Entries that point at a live flow now (for stats; a scan). */
+  occupancy(): number {
+    let n = 0;
+    for (let e = 0; e < this.entries; e++) if (this.valid(e)) n++;
+    return n;
+  }
+}

@@ -1,0 +1,71 @@
+import { describe, expect, it } from 'vitest';
+import { PacketBatch } from '../../../datapath/batch.js';
+import { Classify } from '../../../datapath/classifier/classify.js';
+import { Emc, keyHash } from '../../../datapath/classifier/emc.js';
+import { KEY_WORDS } from '../../../datapath/classifier/flow-key.js';
+import { FlowTable } from '../../../datapath/classifier/flow-table.js';
+
+function key(...words: number[]): Uint32Array {
+  const k = new Uint32Array(KEY_WORDS);
+  words.forEach((w, i) => (k[i] = w >>> 0));
+  return k;
+}
+
+function batchOf(keys: Uint32Array[]): PacketBatch {
+  const b = new PacketBatch(32);
+  b.count = keys.length;
+  keys.forEach((k, i) => { b.key.set(k, i * KEY_WORDS); b.wirelen[i] = 100; b.drop[i] = 0; });
+  return b;
+}
+
+describe('Classify', () => {
+  it('looks up a whole batch: megaflow hits, then exact-match cache hits, and counts per flow', () => {
+    const flows = new FlowTable(64);
+    const emc = new Emc(flows, 1024, 1); // cache every megaflow hit
+    const c = new Classify(flows, emc, 32);
+    const f = flows.install(key(9, 0, 7), key(0xffffffff), 0, 0);
+    const b = batchOf([key(9, 0, 1), key(8), key(9, 0, 2), key(9, 0, 1)]);
+    expect(c.process(b, 5)).toBe(1);
+    expect(Array.from(b.flow.subarray(0, 4))).toEqual([f, -1, f, f]);
+    expect([c.megaflowHits, c.emcHits, c.misses]).toEqual([3, 0, 1]);
+    expect(c.process(batchOf([key(9, 0, 1), key(9, 0, 2)]), 6)).toBe(0);
+    expect(c.emcHits).toBe(2);
+    expect([flows.packets[f], flows.bytes[f], flows.used[f]]).toEqual([5, 500, 6]);
+  });
+
+  it('a cached entry dies with its flow: after removal the key misses', () => {
+    const flows = new FlowTable(64);
+    const emc = new Emc(flows, 1024, 1);
+    const c = new Classify(flows, emc, 32);
+    const f = flows.install(key(1), key(0xffffffff), 0, 0);
+    c.process(batchOf([key(1)]), 0);
+    expect(emc.lookup(key(1), 0, keyHash(key(1), 0))).toBe(f);
+    flows.remove(f);
+    expect(emc.lookup(key(1), 0, keyHash(key(1), 0))).toBe(-1);
+    expect(c.process(batchOf([key(1)]), 0)).toBe(1);
+  });
+
+  it('with the cache off every hit is a megaflow hit', () => {
+    const flows = new FlowTable(64);
+    const c = new Classify(flows, new Emc(flows, 1024, 0), 32);
+    flows.install(key(1), key(0xffffffff), 0, 0);
+    for (let r = 0; r < 3; r++) c.process(batchOf([key(1), key(1)]), 0);
+    expect([c.emcHits, c.megaflowHits]).toEqual([0, 6]);
+  });
+
+  it('keys that share a batch hash but differ are told apart', () => {
+    const flows = new FlowTable(64);
+    const emc = new Emc(flows, 16, 1);
+    const a = key(1, 0, 0, 0, 0, 0, 0, 5); // word 7 is not hashed
+    const b = key(1, 0, 0, 0, 0, 0, 0, 6);
+    expect(keyHash(a, 0)).toBe(keyHash(b, 0));
+    const fa = flows.install(a, key(0xffffffff, 0, 0, 0, 0, 0, 0, 0xffffffff), 1, 0);
+    const fb = flows.install(b, key(0xffffffff, 0, 0, 0, 0, 0, 0, 0xffffffff), 2, 0);
+    const c = new Classify(flows, emc, 32);
+    for (let r = 0; r < 3; r++) {
+      const batch = batchOf([a, b]);
+      c.process(batch, 0);
+      expect(Array.from(batch.flow.subarray(0, 2))).toEqual([fa, fb]);
+    }
+  });
+});
