@@ -28,8 +28,16 @@ export class PacketBatch {
   readonly capacity: number;
   /** Number of packets in the batch now. */
   count = 0;
-  /** Bytes the packets live in (owned by the rx port). */
+  /** Bytes the packets live in (owned by the rx port). Set with batchSetBuffer. */
   buf: Uint8Array = new Uint8Array(0);
+  /**
+   * True when every packet's 16 bytes before off[i] are its little-endian
+   * classic pcap record header (ts, caplen, wirelen as in this batch): a pcap
+   * writer may then copy header and data at once. Set by the rx port.
+   */
+  rawPcapLE = false;
+  /** A DataView over `buf`, for the parser's big-endian reads. */
+  dv: DataView = new DataView(this.buf.buffer);
 
   /** Offset of packet i's first byte in `buf`. */
   readonly off: Uint32Array;
@@ -78,6 +86,13 @@ export class PacketBatch {
     this.innerOff = new Uint32Array(capacity);
     this.flow = new Int32Array(capacity);
     this.hash = new Uint32Array(capacity);
+  }
+
+  /** Points the batch at the rx port's bytes (a new DataView only when they change). */
+  batchSetBuffer(buf: Uint8Array): void {
+    if (buf === this.buf) return;
+    this.buf = buf;
+    this.dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   }
 
   /** Empties the batch for the next rx (arrays are overwritten, not cleared). */

@@ -27,7 +27,8 @@ export const MAX_PPID = 4095;
 
 /** The tx side of a port: where execute's per-port lists go. */
 export interface TxPort {
-  writeBatch(batch: PacketBatch, idx: Uint16Array, n: number): void;
+  /** Sends packets idx[from .. from + n) of the batch, in that order. */
+  writeBatch(batch: PacketBatch, idx: Uint16Array, from: number, n: number): void;
 }
 
 export interface DatapathOptions {
@@ -204,16 +205,19 @@ export class Datapath {
 
   private transmit(batch: PacketBatch): void {
     const ex = this.execute;
+    const cap = ex.listCap;
+    const wirelen = batch.wirelen;
     for (let t = 0; t < ex.touchedCount; t++) {
-      const ppid = ex.touched[t];
-      const c = ex.txCount[ppid];
-      const list = ex.txIdx[ppid] as Uint16Array;
-      (this.ports[ppid] as TxPort).writeBatch(batch, list, c);
+      const slot = ex.touched[t];
+      const ppid = ex.ppidOf(slot);
+      const c = ex.txCount[slot];
+      const at = slot * cap;
+      (this.ports[ppid] as TxPort).writeBatch(batch, ex.txIdx, at, c);
       this.txPackets[ppid] += c;
       let bytes = 0;
-      for (let j = 0; j < c; j++) bytes += batch.wirelen[list[j]];
+      for (let j = 0; j < c; j++) bytes += wirelen[ex.txIdx[at + j]];
       this.txBytes[ppid] += bytes;
-      ex.txCount[ppid] = 0;
+      ex.txCount[slot] = 0;
     }
   }
 

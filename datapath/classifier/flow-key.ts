@@ -26,7 +26,7 @@
  * dump all read FIELDS, so nothing else needs to learn about it.
  */
 
-export const KEY_WORDS = 16;
+export const KEY_WORDS = 16 as const;
 
 export const W_IN_PORT = 0;
 export const W_VLAN = 1;

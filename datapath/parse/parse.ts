@@ -60,17 +60,20 @@ export class Parse {
   }
 }
 
-function u16(b: Uint8Array, p: number): number {
-  return (b[p] << 8) | b[p + 1];
+// Big-endian reads through the batch's DataView: measured faster than
+// composing bytes (V8 inlines DataView reads into one load and a byte swap).
+function u16(d: DataView, p: number): number {
+  return d.getUint16(p);
 }
 
-function u32(b: Uint8Array, p: number): number {
-  return ((b[p] << 24) | (b[p + 1] << 16) | (b[p + 2] << 8) | b[p + 3]) >>> 0;
+function u32(d: DataView, p: number): number {
+  return d.getUint32(p);
 }
 
 /** Returns 0 (parsed, or stopped at the snap length) or a drop code. */
 function parseOne(batch: PacketBatch, i: number, inPortKey: Uint32Array): number {
   const b = batch.buf;
+  const d = batch.dv;
   const base = batch.off[i];
   const cl = batch.caplen[i];
   const wl = batch.wirelen[i];
@@ -84,16 +87,16 @@ function parseOne(batch: PacketBatch, i: number, inPortKey: Uint32Array): number
   key[k + W_IN_PORT] = inPortKey[batch.inPpid[i]];
 
   if (cl < 14) return cut && wl >= 14 ? 0 : D.runt;
-  key[k + W_ETH_DST_HI] = u32(b, base);
-  key[k + W_ETH_MID] = ((u16(b, base + 4) << 16) | u16(b, base + 6)) >>> 0;
-  key[k + W_ETH_SRC_LO] = u32(b, base + 8);
+  key[k + W_ETH_DST_HI] = u32(d, base);
+  key[k + W_ETH_MID] = ((u16(d, base + 4) << 16) | u16(d, base + 6)) >>> 0;
+  key[k + W_ETH_SRC_LO] = u32(d, base + 8);
   let p = 12;
-  let et = u16(b, base + p);
+  let et = u16(d, base + p);
   for (let tags = 0; (et === ETH_P_8021Q || et === ETH_P_8021AD || et === ETH_P_QINQ_OLD) && tags < MAX_VLAN_TAGS; tags++) {
     if (p + 6 > cl) return cut ? 0 : D.vlanTruncated;
-    if (tags === 0) key[k + W_VLAN] = ((et << 16) | u16(b, base + p + 2)) >>> 0;
+    if (tags === 0) key[k + W_VLAN] = ((et << 16) | u16(d, base + p + 2)) >>> 0;
     p += 4;
-    et = u16(b, base + p);
+    et = u16(d, base + p);
   }
   const l3 = p + 2;
   let etw = et << 16;
@@ -102,13 +105,13 @@ function parseOne(batch: PacketBatch, i: number, inPortKey: Uint32Array): number
   if (et === ETH_P_ARP) {
     if (l3 + 8 > cl) return cut ? 0 : D.arpTruncated;
     batch.l3Off[i] = l3;
-    const op = u16(b, base + l3 + 6);
+    const op = u16(d, base + l3 + 6);
     key[k + W_ETH_TYPE] = (etw | ((op & 0xff) << 8)) >>> 0;
     // Ethernet/IPv4 ARP carries the addresses the FPAG may match on.
-    if (u16(b, base + l3) === 1 && u16(b, base + l3 + 2) === ETH_P_IPV4 && b[base + l3 + 4] === 6 && b[base + l3 + 5] === 4) {
+    if (u16(d, base + l3) === 1 && u16(d, base + l3 + 2) === ETH_P_IPV4 && b[base + l3 + 4] === 6 && b[base + l3 + 5] === 4) {
       if (l3 + 28 > cl) return cut ? 0 : D.arpTruncated;
-      key[k + W_IP_SRC] = u32(b, base + l3 + 14);
-      key[k + W_IP_DST] = u32(b, base + l3 + 24);
+      key[k + W_IP_SRC] = u32(d, base + l3 + 14);
+      key[k + W_IP_DST] = u32(d, base + l3 + 24);
     }
     return 0;
   }
@@ -125,29 +128,29 @@ function parseOne(batch: PacketBatch, i: number, inPortKey: Uint32Array): number
     if (hl < 20) return D.ipv4BadHeaderLength;
     // Total length 0 is a TSO/BIG TCP super-packet as the sending host captured it
     // (tcpdump reads it the same way): the frame's end is the datagram's end.
-    const tot = u16(b, base + l3 + 2) || wl - l3;
+    const tot = u16(d, base + l3 + 2) || wl - l3;
     if (tot < hl || l3 + tot > wl) return D.ipv4BadTotalLength;
     if (l3 + hl > cl) return cut ? 0 : D.ipv4BadHeaderLength;
     batch.l3Off[i] = l3;
     proto = b[base + l3 + 9];
-    const fo = u16(b, base + l3 + 6);
+    const fo = u16(d, base + l3 + 6);
     if ((fo & 0x3fff) !== 0) frag = (fo & 0x1fff) !== 0 ? FRAG_ANY | FRAG_LATER : FRAG_ANY;
-    key[k + W_IP_SRC] = u32(b, base + l3 + 12);
-    key[k + W_IP_DST] = u32(b, base + l3 + 16);
+    key[k + W_IP_SRC] = u32(d, base + l3 + 12);
+    key[k + W_IP_DST] = u32(d, base + l3 + 16);
     l4 = l3 + hl;
     l4end = l3 + tot;
   } else if (et === ETH_P_IPV6) {
     if (l3 + 40 > cl) return cut ? 0 : D.ipv6Truncated;
     if (b[base + l3] >> 4 !== 6) return D.ipv6BadVersion;
-    const plen = u16(b, base + l3 + 4);
+    const plen = u16(d, base + l3 + 4);
     // Payload length 0 is a jumbogram (RFC 2675) or a BIG TCP/TSO super-packet as captured on
     // the sending host, with or without the hop-by-hop jumbo option: the frame's end is the end.
     const jumbo = plen === 0;
     if (l3 + 40 + plen > wl) return D.ipv6BadPayloadLength;
     batch.l3Off[i] = l3;
     for (let w = 0; w < 4; w++) {
-      key[k + W_IP_SRC + w] = u32(b, base + l3 + 8 + w * 4);
-      key[k + W_IP_DST + w] = u32(b, base + l3 + 24 + w * 4);
+      key[k + W_IP_SRC + w] = u32(d, base + l3 + 8 + w * 4);
+      key[k + W_IP_DST + w] = u32(d, base + l3 + 24 + w * 4);
     }
     l4end = jumbo ? wl : l3 + 40 + plen;
     proto = b[base + l3 + 6];
@@ -160,7 +163,7 @@ function parseOne(batch: PacketBatch, i: number, inPortKey: Uint32Array): number
       let len: number;
       if (proto === 44) {
         len = 8;
-        const off = u16(b, base + l4 + 2);
+        const off = u16(d, base + l4 + 2);
         frag = (off & 0xfff8) !== 0 ? FRAG_ANY | FRAG_LATER : off & 1 ? FRAG_ANY : frag;
       } else if (proto === 51) len = (b[base + l4 + 1] + 2) * 4;
       else len = (b[base + l4 + 1] + 1) * 8;
@@ -182,23 +185,23 @@ function parseOne(batch: PacketBatch, i: number, inPortKey: Uint32Array): number
     const doff = (b[base + l4 + 12] >> 4) * 4;
     if (doff < 20 || l4 + doff > l4end) return D.tcpBadDataOffset;
     batch.l4Off[i] = l4;
-    key[k + W_TP] = u32(b, base + l4);
+    key[k + W_TP] = u32(d, base + l4);
     return 0;
   }
   if (proto === IPPROTO_UDP) {
     if (l4 + 8 > l4end) return D.udpTruncated;
     if (l4 + 8 > cl) return cut ? 0 : D.udpTruncated;
-    const ulen = u16(b, base + l4 + 4);
+    const ulen = u16(d, base + l4 + 4);
     // UDP length 0 means "too long to say" in a datagram of more than 65535 bytes (an IPv6
     // jumbogram, RFC 2675, or a BIG TCP/GSO super-packet). Otherwise it must fit, except in a
     // first fragment, whose UDP length counts the whole datagram.
     if ((ulen < 8 && !(ulen === 0 && l4end - l4 > 0xffff)) || (l4 + ulen > l4end && frag === 0)) return D.udpBadLength;
     batch.l4Off[i] = l4;
-    const ports = u32(b, base + l4);
+    const ports = u32(d, base + l4);
     key[k + W_TP] = ports;
     const dport = ports & 0xffff;
     if (dport === UDP_PORT_VXLAN) return parseVxlan(batch, i, b, base, l4 + 8, l4end, cl, cut, key, k);
-    if (dport === UDP_PORT_GENEVE) return parseGeneve(batch, i, b, base, l4 + 8, l4end, cl, cut, key, k);
+    if (dport === UDP_PORT_GENEVE) return parseGeneve(batch, i, b, d, base, l4 + 8, l4end, cl, cut, key, k);
     return 0;
   }
   if (proto === IPPROTO_ICMP || proto === IPPROTO_ICMPV6) {
@@ -226,7 +229,7 @@ function parseVxlan(batch: PacketBatch, i: number, b: Uint8Array, base: number, 
  * type, VNI in bytes 4..6, options, then the payload (an Ethernet frame when
  * the protocol type is 0x6558).
  */
-function parseGeneve(batch: PacketBatch, i: number, b: Uint8Array, base: number, h: number, end: number, cl: number, cut: boolean, key: Uint32Array, k: number): number {
+function parseGeneve(batch: PacketBatch, i: number, b: Uint8Array, d: DataView, base: number, h: number, end: number, cl: number, cut: boolean, key: Uint32Array, k: number): number {
   if (h + 8 > end) return D.geneveBad;
   if (h + 8 > cl) return cut ? 0 : D.geneveBad;
   const v = b[base + h];
@@ -234,6 +237,6 @@ function parseGeneve(batch: PacketBatch, i: number, b: Uint8Array, base: number,
   const optLen = (v & 0x3f) * 4;
   if (h + 8 + optLen > end) return D.geneveBad;
   key[k + W_TUN] = (TUN_PRESENT | (b[base + h + 4] << 16) | (b[base + h + 5] << 8) | b[base + h + 6]) >>> 0;
-  if (u16(b, base + h + 2) === 0x6558 && h + 8 + optLen + 14 <= end) batch.innerOff[i] = h + 8 + optLen;
+  if (u16(d, base + h + 2) === 0x6558 && h + 8 + optLen + 14 <= end) batch.innerOff[i] = h + 8 + optLen;
   return 0;
 }

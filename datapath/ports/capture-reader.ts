@@ -211,11 +211,12 @@ export class CaptureReader {
   fill(batch: PacketBatch, inPpid: number): number {
     batch.count = 0;
     if (this.done) return 0;
+    batch.rawPcapLE = this.format === 'pcap' && !this.bigEndian;
     if (this.format === 'pcap') this.fillPcap(batch, inPpid);
     else this.fillPcapng(batch, inPpid);
     // Offsets were taken relative to the chunk; make them relative to `outer`
     // (set after filling: a grow, which only happens with count 0, replaces it).
-    batch.buf = this.outer;
+    batch.batchSetBuffer(this.outer);
     const ab = this.abase;
     if (ab !== 0) for (let i = 0; i < batch.count; i++) batch.off[i] += ab;
     this.records += batch.count;
@@ -250,7 +251,11 @@ export class CaptureReader {
       }
       const q = this.pos; // avail may have moved the record to the front
       const d = this.dv;
-      putPacket(batch, n, q + 16, incl, d.getUint32(q + 12, le), d.getUint32(q, le), d.getUint32(q + 4, le), 0, inPpid, drop);
+      const orig = d.getUint32(q + 12, le);
+      // A record whose wire length is below its captured length gets the captured length,
+      // in the batch and in the buffer, so the header stays a true copy (rawPcapLE).
+      if (orig < incl) d.setUint32(q + 12, incl, le);
+      putPacket(batch, n, q + 16, incl, orig, d.getUint32(q, le), d.getUint32(q + 4, le), 0, inPpid, drop);
       this.pos = q + 16 + incl;
       n++;
     }

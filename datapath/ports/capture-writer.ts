@@ -158,12 +158,16 @@ export class CaptureWriter {
     }
   }
 
-  /** Writes packets idx[0..n) of `batch`. */
-  writeBatch(batch: PacketBatch, idx: Uint16Array, n: number): void {
+  /** Writes packets idx[from .. from + n) of `batch`. */
+  writeBatch(batch: PacketBatch, idx: Uint16Array, from: number, n: number): void {
     if (this.fd < 0) this.open();
     const src = batch.buf;
     const ng = this.layout.format === 'pcapng';
-    for (let j = 0; j < n; j++) {
+    if (!ng && batch.rawPcapLE) {
+      this.writeRaw(batch, idx, from, n);
+      return;
+    }
+    for (let j = from; j < from + n; j++) {
       const i = idx[j];
       const cl = batch.caplen[i];
       if (ng) {
@@ -200,6 +204,43 @@ export class CaptureWriter {
       }
       this.bytes += cl;
     }
+    this.packets += n;
+  }
+
+  /**
+   * Fast path for a little-endian classic pcap in and out: each packet's
+   * record header, as the reader left it in the buffer (batch.rawPcapLE), is
+   * exactly what we would write, so header and data go in one copy, and
+   * packets whose records lie back to back in the input go in one copy too.
+   */
+  private writeRaw(batch: PacketBatch, idx: Uint16Array, from: number, n: number): void {
+    const src = batch.buf;
+    const off = batch.off;
+    const caplen = batch.caplen;
+    const end = from + n;
+    const limit = this.buf.length;
+    let bytes = 0;
+    for (let j = from; j < end; ) {
+      const i = idx[j];
+      const start = off[i] - 16;
+      let stop = off[i] + caplen[i];
+      bytes += caplen[i];
+      let k = j + 1;
+      for (; k < end; k++) {
+        const i2 = idx[k];
+        const next = off[i2] + caplen[i2];
+        if (off[i2] - 16 !== stop || next - start > limit) break;
+        stop = next;
+        bytes += caplen[i2];
+      }
+      const len = stop - start;
+      this.room(len);
+      this.copy(src, start, len, this.used);
+      this.used += len;
+      if (this.home !== null) this.unspill();
+      j = k;
+    }
+    this.bytes += bytes;
     this.packets += n;
   }
 

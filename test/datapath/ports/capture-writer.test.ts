@@ -18,7 +18,7 @@ function copy(input: string, output: string, writerBuffer = 4096): void {
   const w = new CaptureWriter(output, r, arena, writerBuffer);
   const b = new PacketBatch(5);
   const idx = Uint16Array.from({ length: 5 }, (_, i) => i);
-  while (r.fill(b, 1) > 0) w.writeBatch(b, idx, b.count);
+  while (r.fill(b, 1) > 0) w.writeBatch(b, idx, 0, b.count);
   w.close();
   r.close();
 }
