@@ -130,7 +130,12 @@ function writeAll(fd: number, b: Uint8Array, n: number): number {
   return n;
 }
 
-/** The topology of a benchmark host: one uplink, M VMs on one segment. */
+/**
+ * The topology of a benchmark host: one uplink, M VMs on one segment, and
+ * one ACL rule on the source address and port. Every upcall looks at that
+ * rule, so every megaflow's mask covers the 5-tuple: F flows in the capture
+ * make F flows in the datapath (as a firewall policy does on a real host).
+ */
 export function benchTopology(vms: number): object {
   const ports: object[] = [{ name: 'uplink0', ppid: 1, role: 'uplink', segments: ['s0'] }];
   const nodes: object[] = [];
@@ -139,7 +144,8 @@ export function benchTopology(vms: number): object {
     const ip = vmIp(m);
     nodes.push({ name: `vm${m}`, interfaces: [{ name: `vm${m}-eth0`, mac: vmMac(m).map((x) => x.toString(16).padStart(2, '0')).join(':'), ip: `${ip >>> 24}.${(ip >> 16) & 255}.${(ip >> 8) & 255}.${ip & 255}`, segment: 's0', port: `vf${m}` }] });
   }
-  return { name: `bench-${vms}`, ports, segments: [{ name: 's0' }], nodes, replay: { inputPort: 'uplink0' } };
+  const rules = [{ priority: 100, comment: 'ACL: one blocked source', match: { eth_type: '0x0800', ipv4_src: '192.0.2.1', ip_proto: 17, tp_src: 7 }, actions: ['drop'] }];
+  return { name: `bench-${vms}`, ports, segments: [{ name: 's0' }], nodes, rules, replay: { inputPort: 'uplink0' } };
 }
 
 if (process.argv[1] && import.meta.url.endsWith(process.argv[1].split('/').pop()!)) {

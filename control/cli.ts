@@ -70,7 +70,7 @@ function printReport(r: ReplayReport, flows: boolean): void {
   for (const p of r.ports) rows.push([p.name, String(p.ppid), p.vpid >= 0 ? String(p.vpid) : '-', p.attached ?? '-', String(p.rx.packets), fmtBytes(p.rx.bytes), String(p.tx.packets), fmtBytes(p.tx.bytes)]);
   out.push(table(rows));
   out.push('');
-  out.push(`flows: ${r.flows.installed} installed, ${r.flows.active} active, ${r.flows.evicted} evicted; upcalls ${r.flows.upcalls}; lookups: ${r.flows.emcHits} exact-match cache, ${r.flows.megaflowHits} megaflow, ${r.flows.misses} missed`);
+  out.push(`flows: ${r.flows.installed} installed, ${r.flows.active} active, ${r.flows.evicted} evicted, ${r.flows.expired} expired; upcalls ${r.flows.upcalls}; lookups: ${r.flows.emcHits} exact-match cache, ${r.flows.megaflowHits} megaflow, ${r.flows.misses} missed`);
   const drops = Object.entries(r.drops) as [DropReason, number][];
   if (drops.length) {
     out.push('drops:');
@@ -79,7 +79,7 @@ function printReport(r: ReplayReport, flows: boolean): void {
   } else out.push('drops: none');
   if (flows && r.flowTable) {
     out.push('', 'flows:');
-    for (const f of r.flowTable) out.push(`  ${f.match}, packets:${f.packets}, bytes:${f.bytes}, actions:${f.actions}`);
+    for (const f of r.flowTable) out.push(`  ${f.match}, packets:${f.packets}, bytes:${f.bytes}, used:${f.usedSecondsAgo.toFixed(3)}s, actions:${f.actions}`);
   }
   process.stdout.write(out.join('\n') + '\n');
 }

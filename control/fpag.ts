@@ -19,7 +19,7 @@
  */
 import { D } from '../datapath/drops.js';
 import type { Action } from '../datapath/actions/action-sets.js';
-import { FIELDS, FIELD_NAMES, KEY_WORDS, PORT_PPID_BIT, W_ETH_DST_HI, W_ETH_MID, W_IN_PORT, W_VLAN, setField, unwildcard, type FieldName } from '../datapath/classifier/flow-key.js';
+import { FIELDS, FIELD_NAMES, KEY_WORDS, PORT_PPID_BIT, W_ETH_DST_HI, W_ETH_MID, W_IN_PORT, W_VLAN, macToString, setField, unwildcard, type FieldName } from '../datapath/classifier/flow-key.js';
 import { FpoError } from '../datapath/errors.js';
 import type { Datapath } from '../datapath/datapath.js';
 import type { Upcall } from '../datapath/upcall.js';
@@ -82,16 +82,23 @@ function parseIpv6(s: string): Uint8Array | null {
 export class Fpag {
   readonly topology: Topology;
   private readonly dp: Datapath;
-  private readonly rules: CompiledRule[];
+  private rules: CompiledRule[];
+  /** Revalidation counts: flows kept as they were, given new actions, deleted. */
+  readonly revalidation = { kept: 0, modified: 0, deleted: 0 };
   private readonly byVpid = new Map<number, Endpoint>();
   private readonly byName = new Map<string, Endpoint>();
   private readonly portByName = new Map<string, Port>();
   private readonly portByPpid = new Map<number, Port>();
   /** Segment name → endpoints in it. */
   private readonly members = new Map<string, Endpoint[]>();
+  /** Segment name → interface by MAC (as the number hi32 * 65536 + lo16). */
+  private readonly byMac = new Map<string, Map<number, Endpoint>>();
+  private readonly dropNoDestination: Action[] = [{ op: 'drop', reason: D.noDestination }];
   /** VLAN ID → segment name; 0 → the untagged segment (if any). */
   private readonly segByVlan = new Map<number, string>();
   upcallsHandled = 0;
+  /** Action arrays reused across decisions (the datapath interns them by identity). */
+  private readonly actionCache = new Map<string, Action[]>();
   /** Flows installed per rule index (-1 = L2). */
   readonly installsByRule = new Map<number, number>();
 
@@ -99,15 +106,56 @@ export class Fpag {
     this.topology = topology;
     this.dp = dp;
     for (const p of topology.ports) { this.portByName.set(p.name, p); this.portByPpid.set(p.ppid, p); }
-    for (const s of topology.segments) { this.members.set(s.name, []); this.segByVlan.set(s.vlan ?? 0, s.name); }
+    for (const s of topology.segments) { this.members.set(s.name, []); this.byMac.set(s.name, new Map()); this.segByVlan.set(s.vlan ?? 0, s.name); }
     const add = (e: Endpoint) => {
       this.byVpid.set(e.vpid, e);
       this.byName.set(e.name, e);
       for (const s of e.segments) this.members.get(s)?.push(e);
     };
-    for (const itf of topology.interfaces) add({ vpid: itf.vpid, name: itf.name, segments: [itf.segment], mac: itf.mac, uplink: false });
+    for (const itf of topology.interfaces) {
+      const e: Endpoint = { vpid: itf.vpid, name: itf.name, segments: [itf.segment], mac: itf.mac, uplink: false };
+      add(e);
+      const b = itf.macBytes;
+      this.byMac.get(itf.segment)!.set((((b[0] << 24) | (b[1] << 16) | (b[2] << 8) | b[3]) >>> 0) * 65536 + ((b[4] << 8) | b[5]), e);
+    }
     for (const p of topology.ports) if (p.role === 'uplink') add({ vpid: p.vpid, name: p.name, segments: p.segments, uplink: true });
     this.rules = topology.rules.map((r, i) => this.compileRule(r, i)).sort((a, b) => b.priority - a.priority || a.index - b.index);
+  }
+
+  /**
+   * Replaces the rule set and revalidates every installed flow against it,
+   * as OVS's revalidators do: a flow whose new decision looks only at fields
+   * the flow already matches (new mask within the old) keeps its match and
+   * gets the new actions if they differ; any other flow is deleted, and its
+   * next packet makes a fresh upcall. So no flow keeps forwarding where the
+   * rules no longer say. Throws FpoError (and changes nothing) on a bad rule.
+   */
+  setRules(rules: Topology['rules']): { kept: number; modified: number; deleted: number } {
+    const compiled = rules.map((r, i) => this.compileRule(r, i)).sort((a, b) => b.priority - a.priority || a.index - b.index);
+    this.rules = compiled;
+    (this.topology as { rules: Topology['rules'] }).rules = rules;
+    return this.revalidate();
+  }
+
+  /** Checks every installed flow against the current rules (see setRules). */
+  revalidate(): { kept: number; modified: number; deleted: number } {
+    const r = { kept: 0, modified: 0, deleted: 0 };
+    for (const flow of this.dp.dumpFlows()) {
+      const d = this.decide(flow.key);
+      let within = true;
+      for (let w = 0; w < KEY_WORDS; w++) if ((d.mask[w] & ~flow.mask[w]) !== 0) within = false;
+      if (!within) {
+        this.dp.apply({ type: 'flow-delete', key: flow.key, mask: flow.mask });
+        r.deleted++;
+      } else if (JSON.stringify(d.actions.length ? d.actions : [{ op: 'drop', reason: D.noDestination }]) !== JSON.stringify(flow.actions)) {
+        this.dp.apply({ type: 'flow-install', key: flow.key, mask: flow.mask, actions: d.actions });
+        r.modified++;
+      } else r.kept++;
+    }
+    this.revalidation.kept += r.kept;
+    this.revalidation.modified += r.modified;
+    this.revalidation.deleted += r.deleted;
+    return r;
   }
 
   /** Attaches to the datapath: ports' mappings first, then the upcall sink. */
@@ -180,8 +228,12 @@ export class Fpag {
 
   // Slow path: one call per miss.
 
-  /** Decides what to do with packets whose key is `key` (also used by trace). */
-  decide(key: Uint32Array): Decision {
+  /**
+   * Decides what to do with packets whose key is `key`. With `explain` the
+   * decision says why in words (for trace); without, no string is built, as
+   * an upcall needs none.
+   */
+  decide(key: Uint32Array, explain = false): Decision {
     const mask = new Uint32Array(KEY_WORDS);
     for (const r of this.rules) {
       let hit = true;
@@ -190,52 +242,62 @@ export class Fpag {
         if (((key[w] ^ r.key[w]) & r.mask[w]) !== 0) hit = false;
       }
       if (hit) {
-        if (r.actions !== null) return { actions: r.actions, mask, rule: r.index, reason: `rule ${r.index} (priority ${r.priority}) ${r.text}` };
-        const l2 = this.l2(key, mask);
-        return { ...l2, rule: r.index, reason: `rule ${r.index} (priority ${r.priority}) said normal; ${l2.reason}` };
+        if (r.actions !== null) return { actions: r.actions, mask, rule: r.index, reason: explain ? `rule ${r.index} (priority ${r.priority}) ${r.text}` : '' };
+        const l2 = this.l2(key, mask, explain);
+        return { actions: l2.actions, mask, rule: r.index, reason: explain ? `rule ${r.index} (priority ${r.priority}) said normal; ${l2.reason}` : '' };
       }
     }
-    return { ...this.l2(key, mask), rule: -1 };
+    const l2 = this.l2(key, mask, explain);
+    return { actions: l2.actions, mask, rule: -1, reason: l2.reason };
   }
 
-  private l2(key: Uint32Array, mask: Uint32Array): { actions: Action[]; mask: Uint32Array; reason: string } {
+  private cached(tag: string, make: () => Action[]): Action[] {
+    let a = this.actionCache.get(tag);
+    if (a === undefined) {
+      a = make();
+      this.actionCache.set(tag, a);
+    }
+    return a;
+  }
+
+  private l2(key: Uint32Array, mask: Uint32Array, explain: boolean): { actions: Action[]; reason: string } {
     unwildcard(mask, 'in_port');
     const inPort = key[W_IN_PORT];
-    let segment: string | undefined;
-    let inVpid = -1;
     if (inPort & PORT_PPID_BIT) {
       // A port with no VPID: an uplink whose mapping is missing, or a VM port with no interface now.
       const port = this.portByPpid.get(inPort & ~PORT_PPID_BIT);
-      return { actions: [{ op: 'drop', reason: D.noDestination }], mask, reason: `in_port ppid ${inPort & ~PORT_PPID_BIT}${port ? ` (${port.name})` : ''} carries no VPID` };
+      return { actions: this.dropNoDestination, reason: explain ? `in_port ppid ${inPort & ~PORT_PPID_BIT}${port ? ` (${port.name})` : ''} carries no VPID` : '' };
     }
     const from = this.byVpid.get(inPort);
-    if (!from) return { actions: [{ op: 'drop', reason: D.noDestination }], mask, reason: `in_port vpid ${inPort} is unknown` };
-    inVpid = from.vpid;
+    if (!from) return { actions: this.dropNoDestination, reason: explain ? `in_port vpid ${inPort} is unknown` : '' };
+    const inVpid = from.vpid;
+    let segment: string | undefined;
     if (from.uplink) {
       unwildcard(mask, 'vlan_tpid');
       unwildcard(mask, 'vlan_vid');
       const vid = key[W_VLAN] >>> 16 ? key[W_VLAN] & 0xfff : 0;
       segment = this.segByVlan.get(vid);
-      if (!segment || !from.segments.includes(segment)) return { actions: [{ op: 'drop', reason: D.noDestination }], mask, reason: `uplink ${from.name} carries no segment for VLAN ${vid}` };
+      if (!segment || !from.segments.includes(segment)) return { actions: this.dropNoDestination, reason: explain ? `uplink ${from.name} carries no segment for VLAN ${vid}` : '' };
     } else {
       segment = from.segments[0];
     }
     unwildcard(mask, 'eth_dst');
     const dstHi = key[W_ETH_DST_HI];
-    const dst = [dstHi >>> 24, (dstHi >>> 16) & 255, (dstHi >>> 8) & 255, dstHi & 255, key[W_ETH_MID] >>> 24, (key[W_ETH_MID] >>> 16) & 255]
-      .map((x) => x.toString(16).padStart(2, '0')).join(':');
+    const dstLo = key[W_ETH_MID] >>> 16;
+    const dst = explain ? macToString(dstHi, dstLo) : '';
     const group = this.members.get(segment) ?? [];
+    const flood = () => this.cached(`flood/${segment}/${inVpid}`, () => group.filter((e) => e.vpid !== inVpid).map((e): Action => ({ op: 'output', vpid: e.vpid })));
     if ((dstHi >>> 24) & 1) {
-      const out = group.filter((e) => e.vpid !== inVpid).map((e): Action => ({ op: 'output', vpid: e.vpid }));
-      return { actions: out, mask, reason: `L2 ${dst === 'ff:ff:ff:ff:ff:ff' ? 'broadcast' : 'multicast'} in segment ${segment}: flood to ${out.length}` };
+      const out = flood();
+      return { actions: out, reason: explain ? `L2 ${dst === 'ff:ff:ff:ff:ff:ff' ? 'broadcast' : 'multicast'} in segment ${segment}: flood to ${out.length}` : '' };
     }
-    const to = group.find((e) => e.mac === dst);
+    const to = this.byMac.get(segment)?.get(dstHi * 65536 + dstLo);
     if (to) {
-      if (to.vpid === inVpid) return { actions: [{ op: 'drop', reason: D.noDestination }], mask, reason: `L2 ${dst} is the sender itself` };
-      return { actions: [{ op: 'output', vpid: to.vpid }], mask, reason: `L2 ${dst} is ${to.name} (vpid ${to.vpid}) in segment ${segment}` };
+      if (to.vpid === inVpid) return { actions: this.dropNoDestination, reason: explain ? `L2 ${dst} is the sender itself` : '' };
+      return { actions: this.cached(`to/${to.vpid}`, () => [{ op: 'output', vpid: to.vpid }]), reason: explain ? `L2 ${dst} is ${to.name} (vpid ${to.vpid}) in segment ${segment}` : '' };
     }
-    const out = group.filter((e) => e.vpid !== inVpid).map((e): Action => ({ op: 'output', vpid: e.vpid }));
-    return { actions: out, mask, reason: `L2 ${dst} unknown in segment ${segment}: flood to ${out.length}` };
+    const out = flood();
+    return { actions: out, reason: explain ? `L2 ${dst} unknown in segment ${segment}: flood to ${out.length}` : '' };
   }
 
   private onUpcall(u: Upcall): void {

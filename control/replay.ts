@@ -55,6 +55,8 @@ export interface FlowReport {
   actions: string;
   packets: number;
   bytes: number;
+  /** Seconds (of datapath clock) since the flow last matched, at the end of the run. */
+  usedSecondsAgo: number;
 }
 
 export interface ReplayReport {
@@ -64,7 +66,7 @@ export interface ReplayReport {
   packets: { in: number; out: number; dropped: number; copies: number };
   drops: Partial<Record<DropReason, number>>;
   ports: PortReport[];
-  flows: { installed: number; active: number; evicted: number; upcalls: number; emcHits: number; megaflowHits: number; misses: number };
+  flows: { installed: number; active: number; evicted: number; expired: number; upcalls: number; emcHits: number; megaflowHits: number; misses: number };
   flowTable?: FlowReport[];
   /** The capture's fault, when reading stopped early; packets before it were processed. */
   error?: { code: string; message: string; offset?: number };
@@ -139,7 +141,7 @@ export function replay(opts: ReplayOptions): { report: ReplayReport; datapath: D
       packets: { in: st.packetsIn, out: st.delivered, dropped: st.dropped, copies: st.copies },
       drops: st.drops,
       ports,
-      flows: { installed: st.flowsInstalled, active: st.flowsNow, evicted: st.flowsEvicted, upcalls: st.upcalls, emcHits: st.emcHits, megaflowHits: st.megaflowHits, misses: st.lookupsMissed },
+      flows: { installed: st.flowsInstalled, active: st.flowsNow, evicted: st.flowsEvicted, expired: st.flowsExpired, upcalls: st.upcalls, emcHits: st.emcHits, megaflowHits: st.megaflowHits, misses: st.lookupsMissed },
       seconds,
     };
     if (reader.error) report.error = { code: reader.error.code, message: reader.error.message, offset: reader.error.offset };
@@ -156,6 +158,7 @@ export function flowReport(dp: Datapath, fpag: Fpag): FlowReport[] {
     actions: f.actions.map((a) => (a.op === 'output' ? `output:vpid${a.vpid}${fpag.vpidName(a.vpid) ? `(${fpag.vpidName(a.vpid)})` : ''}` : `drop(${Object.keys(DROP)[a.reason]})`)).join(',') || 'drop',
     packets: f.packets,
     bytes: f.bytes,
+    usedSecondsAgo: Math.max(0, (dp.now - f.used) / 1000),
   }));
 }
 

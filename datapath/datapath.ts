@@ -42,6 +42,8 @@ export interface DatapathOptions {
   batchCapacity?: number;
   /** Exact-match cache: insert one megaflow hit in this many (default 100; 0 = no cache). */
   emcInsertInvProb?: number;
+  /** A flow not used for this long (ms of datapath clock) is removed (default 10000, as OVS's max-idle; 0 = never). */
+  idleTimeoutMs?: number;
 }
 
 /** One installed flow, as the control plane reads it. */
@@ -64,6 +66,7 @@ export interface DatapathStats {
   flowsInstalled: number;
   flowsNow: number;
   flowsEvicted: number;
+  flowsExpired: number;
   emcHits: number;
   megaflowHits: number;
   lookupsMissed: number;
@@ -92,8 +95,11 @@ export class Datapath {
   delivered = 0;
   upcalls = 0;
   flowsInstalled = 0;
-  private readonly scratchKey = new Uint32Array(KEY_WORDS);
   private batchesSinceSort = 0;
+  /** The datapath clock (ms) of the last batch. */
+  now = 0;
+  private readonly idleTimeoutMs: number;
+  private nextExpiry = 0;
 
   constructor(opts: DatapathOptions = {}) {
     const maxPpid = opts.maxPpid ?? MAX_PPID;
@@ -108,6 +114,7 @@ export class Datapath {
     this.rxBytes = new Float64Array(maxPpid + 1);
     this.txPackets = new Float64Array(maxPpid + 1);
     this.txBytes = new Float64Array(maxPpid + 1);
+    this.idleTimeoutMs = opts.idleTimeoutMs ?? 10_000;
   }
 
   // Slow path: the API of control/.
@@ -140,6 +147,11 @@ export class Datapath {
         this.mapping.set(msg.vpid, msg.ppid);
         return;
       }
+      case 'flow-delete': {
+        const f = this.flows.findExact(msg.key, msg.mask);
+        if (f >= 0) this.flows.remove(f);
+        return;
+      }
       case 'flow-flush':
         this.flows.clear();
         return;
@@ -166,10 +178,19 @@ export class Datapath {
     this.execute.process(batch);
     this.transmit(batch);
     this.account(batch);
+    this.now = now;
     if (++this.batchesSinceSort === 1024) {
       this.batchesSinceSort = 0;
       this.flows.sortSubtables();
     }
+    if (now >= this.nextExpiry) this.expireIdle(now);
+  }
+
+  // Slow path: at most once a second of datapath clock, a sweep for idle flows.
+  private expireIdle(now: number): void {
+    const idle = this.idleTimeoutMs;
+    if (idle > 0 && this.nextExpiry !== 0) this.flows.expire(now - idle);
+    this.nextExpiry = now + Math.min(1000, idle > 0 ? idle : 1000);
   }
 
   // Slow path: packets that missed. Each may have been covered by a flow an
@@ -183,13 +204,7 @@ export class Datapath {
       let f = flows.lookup(batch.key, ko);
       if (f < 0 && this.upcallSink !== null) {
         this.upcalls++;
-        const start = batch.off[i];
-        this.upcallSink({
-          type: 'upcall',
-          inPpid: batch.inPpid[i],
-          key: batch.key.slice(ko, ko + KEY_WORDS),
-          head: batch.buf.slice(start, start + Math.min(128, batch.caplen[i])),
-        });
+        this.upcallSink({ type: 'upcall', inPpid: batch.inPpid[i], key: batch.key.slice(ko, ko + KEY_WORDS) });
         f = flows.lookup(batch.key, ko);
       }
       if (f < 0) {
@@ -259,6 +274,7 @@ export class Datapath {
       flowsInstalled: this.flowsInstalled,
       flowsNow: this.flows.count,
       flowsEvicted: this.flows.evicted,
+      flowsExpired: this.flows.expired,
       emcHits: this.classify.emcHits,
       megaflowHits: this.classify.megaflowHits,
       lookupsMissed: this.classify.misses,

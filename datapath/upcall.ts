@@ -14,8 +14,6 @@ export interface Upcall {
   inPpid: number;
   /** The packet's flow key (KEY_WORDS words; flow-key.ts). */
   key: Uint32Array;
-  /** The packet's first bytes (up to 128), for the FPAG's logs and traces. */
-  head: Uint8Array;
 }
 
 /** Install a megaflow: packets whose key & mask equals key & mask get `actions`. */
@@ -33,9 +31,16 @@ export interface MappingSet {
   ppid: number;
 }
 
-/** Remove every installed flow (after a rule change). */
+/** Remove the flow with exactly this key and mask (revalidation found it stale). */
+export interface FlowDelete {
+  type: 'flow-delete';
+  key: Uint32Array;
+  mask: Uint32Array;
+}
+
+/** Remove every installed flow. */
 export interface FlowFlush {
   type: 'flow-flush';
 }
 
-export type ControlMessage = FlowInstall | MappingSet | FlowFlush;
+export type ControlMessage = FlowInstall | FlowDelete | MappingSet | FlowFlush;

@@ -24,6 +24,8 @@ export class ActionSets {
   count = 0;
   private used = 0;
   private readonly byText = new Map<string, number>();
+  /** Sets already interned, by array identity: the FPAG reuses its action arrays, so most installs stop here. */
+  private readonly byRef = new WeakMap<readonly Action[], number>();
 
   constructor(initialSets = 1024, initialWords = 16384) {
     this.pool = new Int32Array(initialWords);
@@ -33,6 +35,14 @@ export class ActionSets {
 
   // Slow path: interning runs per installed flow.
   intern(actions: readonly Action[]): number {
+    const known = this.byRef.get(actions);
+    if (known !== undefined) return known;
+    const id = this.internByValue(actions);
+    this.byRef.set(actions, id);
+    return id;
+  }
+
+  private internByValue(actions: readonly Action[]): number {
     const words = actions.map((a) => (a.op === 'output' ? (OP_OUTPUT << 24) | (a.vpid & 0xffffff) : (OP_DROP << 24) | (a.reason & 0xffffff)));
     if (words.length === 0) words.push((OP_DROP << 24) | D.noDestination);
     const text = words.join(',');

