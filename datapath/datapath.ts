@@ -212,9 +212,7 @@ export class Datapath {
         continue;
       }
       batch.flow[i] = f;
-      flows.packets[f]++;
-      flows.bytes[f] += batch.wirelen[i];
-      flows.used[f] = now;
+      flows.hit(f, batch.wirelen[i], now);
     }
   }
 
@@ -294,9 +292,9 @@ export class Datapath {
         key: fl.key.slice(f * KEY_WORDS, (f + 1) * KEY_WORDS),
         mask: fl.mask.slice(s * KEY_WORDS, (s + 1) * KEY_WORDS),
         actions: this.actionSets.describe(fl.act[f]),
-        packets: fl.packets[f],
-        bytes: fl.bytes[f],
-        used: fl.used[f],
+        packets: fl.packetsOf(f),
+        bytes: fl.bytesOf(f),
+        used: fl.usedOf(f),
       });
     }
     return out;

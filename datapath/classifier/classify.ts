@@ -12,7 +12,7 @@
  */
 import type { PacketBatch } from '../batch.js';
 import { KEY_WORDS } from './flow-key.js';
-import type { FlowTable } from './flow-table.js';
+import { ST_BYTES, ST_PACKETS, ST_USED, STAT_WORDS, type FlowTable } from './flow-table.js';
 import { Emc, keyHash } from './emc.js';
 
 export class Classify {
@@ -68,16 +68,15 @@ export class Classify {
       } else misses++;
     }
 
-    const packets = flows.packets;
-    const bytes = flows.bytes;
-    const used = flows.used;
+    const stats = flows.stats;
     const wirelen = batch.wirelen;
     for (let i = 0; i < n; i++) {
       const f = flow[i];
       if (f < 0) continue;
-      packets[f]++;
-      bytes[f] += wirelen[i];
-      used[f] = now;
+      const o = f * STAT_WORDS;
+      stats[o + ST_PACKETS]++;
+      stats[o + ST_BYTES] += wirelen[i];
+      stats[o + ST_USED] = now;
     }
     this.emcHits += emcHits;
     this.megaflowHits += m - misses;

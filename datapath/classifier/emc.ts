@@ -52,7 +52,8 @@ export class Emc {
   private readonly flow: Int32Array;
   private readonly gen: Uint32Array;
   private readonly flowGen: Uint32Array;
-  private rnd = 0x2545f491;
+  /** Megaflow hits until the next insert (a countdown: no random draw, no division per packet). */
+  private countdown = 1;
 
   constructor(flows: FlowTable, entries = EMC_ENTRIES, insertInvProb = 100) {
     if ((entries & (entries - 1)) !== 0) throw new RangeError(`EMC entries ${entries} is not a power of two`);
@@ -92,13 +93,8 @@ export class Emc {
   insertMaybe(k: Uint32Array, o: number, h: number, f: number): void {
     const p = this.insertInvProb;
     if (p === 0) return;
-    if (p > 1) {
-      // xorshift32: a cheap draw, no Math.random call per packet.
-      let x = this.rnd;
-      x ^= x << 13; x ^= x >>> 17; x ^= x << 5;
-      this.rnd = x;
-      if ((x >>> 0) % p !== 0) return;
-    }
+    if (--this.countdown > 0) return;
+    this.countdown = p;
     const e1 = h & this.mask;
     const e2 = (h >>> 16) & this.mask;
     // Take a free or stale way; else replace the way chosen by a hash bit.

@@ -25,6 +25,11 @@
 import { KEY_WORDS } from './flow-key.js';
 
 const EMPTY = -1;
+
+export const STAT_WORDS = 4;
+export const ST_PACKETS = 0;
+export const ST_BYTES = 1;
+export const ST_USED = 2;
 export const MAX_SUBTABLES = 256;
 
 function nextPow2(n: number): number {
@@ -63,10 +68,12 @@ export class FlowTable {
   readonly sub: Int16Array;
   readonly act: Int32Array;
   readonly fhash: Uint32Array;
-  readonly packets: Float64Array;
-  readonly bytes: Float64Array;
-  /** Last time the flow matched (ms, datapath clock). */
-  readonly used: Float64Array;
+  /**
+   * Per-flow counters, STAT_WORDS a flow in one array so that a hit touches
+   * one cache line, not three: [f*4] packets, [f*4+1] bytes, [f*4+2] last
+   * used (ms, datapath clock).
+   */
+  readonly stats: Float64Array;
   readonly live: Uint8Array;
   /** Bumped each time flow slot f is removed, so caches that hold f can tell (emc.ts). */
   readonly gen: Uint32Array;
@@ -93,9 +100,7 @@ export class FlowTable {
     this.sub = new Int16Array(capacity);
     this.act = new Int32Array(capacity);
     this.fhash = new Uint32Array(capacity);
-    this.packets = new Float64Array(capacity);
-    this.bytes = new Float64Array(capacity);
-    this.used = new Float64Array(capacity);
+    this.stats = new Float64Array(capacity * STAT_WORDS);
     this.live = new Uint8Array(capacity);
     this.gen = new Uint32Array(capacity);
     this.freeList = new Int32Array(capacity);
@@ -219,9 +224,9 @@ export class FlowTable {
     this.sub[f] = s;
     this.act[f] = act;
     this.fhash[f] = h;
-    this.packets[f] = 0;
-    this.bytes[f] = 0;
-    this.used[f] = now;
+    this.stats[f * STAT_WORDS + ST_PACKETS] = 0;
+    this.stats[f * STAT_WORDS + ST_BYTES] = 0;
+    this.stats[f * STAT_WORDS + ST_USED] = now;
     this.live[f] = 1;
     let pos = h & this.slotMask;
     while (this.slots[2 * pos] !== EMPTY) pos = (pos + 1) & this.slotMask;
@@ -246,7 +251,7 @@ export class FlowTable {
   expire(before: number): number {
     let n = 0;
     for (let f = 0; f < this.capacity; f++) {
-      if (this.live[f] && this.used[f] < before) {
+      if (this.live[f] && this.stats[f * STAT_WORDS + ST_USED] < before) {
         this.remove(f);
         n++;
       }
@@ -283,15 +288,28 @@ export class FlowTable {
   evictOldest(n: number): void {
     // Find the n-th smallest `used` by sorting a copy of the live times (slow path, rare).
     const times: number[] = [];
-    for (let f = 0; f < this.capacity; f++) if (this.live[f]) times.push(this.used[f]);
+    for (let f = 0; f < this.capacity; f++) if (this.live[f]) times.push(this.stats[f * STAT_WORDS + ST_USED]);
     if (times.length === 0) return;
     times.sort((a, b) => a - b);
     const cut = times[Math.min(n, times.length) - 1];
     let removed = 0;
     for (let f = 0; f < this.capacity && removed < n; f++) {
-      if (this.live[f] && this.used[f] <= cut) { this.remove(f); removed++; }
+      if (this.live[f] && this.stats[f * STAT_WORDS + ST_USED] <= cut) { this.remove(f); removed++; }
     }
     this.evicted += removed;
+  }
+
+  packetsOf(f: number): number { return this.stats[f * STAT_WORDS + ST_PACKETS]; }
+  bytesOf(f: number): number { return this.stats[f * STAT_WORDS + ST_BYTES]; }
+  usedOf(f: number): number { return this.stats[f * STAT_WORDS + ST_USED]; }
+
+  /** Counts one packet of `len` bytes on flow f at time now. */
+  hit(f: number, len: number, now: number): void {
+    const st = this.stats;
+    const o = f * STAT_WORDS;
+    st[o + ST_PACKETS]++;
+    st[o + ST_BYTES] += len;
+    st[o + ST_USED] = now;
   }
 
   /** Removes every flow. */

@@ -30,7 +30,7 @@ describe('Classify', () => {
     expect([c.megaflowHits, c.emcHits, c.misses]).toEqual([3, 0, 1]);
     expect(c.process(batchOf([key(9, 0, 1), key(9, 0, 2)]), 6)).toBe(0);
     expect(c.emcHits).toBe(2);
-    expect([flows.packets[f], flows.bytes[f], flows.used[f]]).toEqual([5, 500, 6]);
+    expect([flows.packetsOf(f), flows.bytesOf(f), flows.usedOf(f)]).toEqual([5, 500, 6]);
   });
 
   it('a cached entry dies with its flow: after removal the key misses', () => {
