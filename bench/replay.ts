@@ -29,7 +29,7 @@ function tcpdumpSeconds(input: string, output: string): number | null {
   return (performance.now() - t0) / 1000;
 }
 
-export function runReplayBench(opts: { size: number; flows: number; frames: number; tunnel?: 'vxlan' | 'geneve'; flagged?: number; dir: string; label?: string }): Record<string, unknown> {
+export async function runReplayBench(opts: { size: number; flows: number; frames: number; tunnel?: 'vxlan' | 'geneve'; flagged?: number; dir: string; label?: string }): Promise<Record<string, unknown>> {
   const { size, flows, frames, dir } = opts;
   const input = join(dir, `in-${size}-${flows}.pcap`);
   const topo = join(dir, 'topology.json');
@@ -49,6 +49,8 @@ export function runReplayBench(opts: { size: number; flows: number; frames: numb
   const heap0 = process.memoryUsage().heapUsed;
   const { report } = replay({ capture: input, topology: topo, outDir: out, maxFlows: Math.max(65536, flows * 2) });
   const heap1 = process.memoryUsage().heapUsed;
+  // GC entries reach the observer from the event loop: let them arrive.
+  await new Promise((r) => setTimeout(r, 20));
   obs.disconnect();
   const rss = process.resourceUsage().maxRSS * 1024;
   rmSync(out, { recursive: true, force: true });
@@ -77,7 +79,7 @@ if (process.argv[1]?.endsWith('replay.js')) {
       { size: 1500, flows: 1000, frames: n(1_000_000) },
       { size: 1500, flows: 1_000_000, frames: n(2_000_000) },
     ];
-    for (const c of cases) emit(runReplayBench({ ...c, flows: SHORT ? Math.min(c.flows, 5000) : c.flows, dir }));
+    for (const c of cases) emit(await runReplayBench({ ...c, flows: SHORT ? Math.min(c.flows, 5000) : c.flows, dir }));
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -173,4 +173,10 @@ export function main(argv: string[]): number {
   }
 }
 
+// A reader that goes away (fpo … | head) is not an error worth a stack trace.
+process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+  if (e.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+  throw e;
+});
+
 process.exitCode = main(process.argv.slice(2));

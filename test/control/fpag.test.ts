@@ -116,3 +116,44 @@ describe('FPAG decisions', () => {
     }), { numRuns: 300 });
   });
 });
+
+describe('revalidation', () => {
+  it('a rule change deletes flows whose decision now looks at more fields, and the next packet gets the new decision', () => {
+    const { dp, fpag } = setup();
+    const k80 = key(1, '02:00:00:00:00:02', { dport: 80 });
+    const install = (k: Uint32Array) => { const d = fpag.decide(k); dp.apply({ type: 'flow-install', key: k, mask: d.mask, actions: d.actions }); };
+    install(k80);
+    install(key(1, '02:00:00:00:00:01', { dport: 80 }));
+    expect(dp.flows.count).toBe(2); // to v2, and v1 → v1 (the sender itself: a drop)
+    expect(dp.flows.lookup(k80)).toBeGreaterThanOrEqual(0);
+    const r = fpag.setRules([{ priority: 10, match: { tp_dst: 80 }, actions: ['drop'] }]);
+    expect(r).toEqual({ kept: 0, modified: 0, deleted: 2 });
+    expect(dp.flows.count).toBe(0);
+    expect(dp.flows.lookup(k80)).toBe(-1); // stale flow gone: no forwarding where the rules no longer say
+    install(k80);
+    const f = dp.flows.lookup(k80);
+    expect(dp.actionSets.describe(dp.flows.act[f])).toEqual([{ op: 'drop', reason: D.ruleDrop }]);
+  });
+
+  it('a rule change within a flow\'s mask rewrites its actions in place and keeps the others', () => {
+    const { dp, fpag } = setup({ rules: [{ priority: 10, match: { tp_dst: 22 }, actions: ['drop'] }] });
+    const install = (k: Uint32Array) => { const d = fpag.decide(k); dp.apply({ type: 'flow-install', key: k, mask: d.mask, actions: d.actions }); return dp.flows.lookup(k); };
+    const f22 = install(key(1, '02:00:00:00:00:02', { dport: 22 }));
+    const f80 = install(key(1, '02:00:00:00:00:02', { dport: 80 }));
+    const r = fpag.setRules([{ priority: 10, match: { tp_dst: 22 }, actions: ['output:v3'] }]);
+    expect(r).toEqual({ kept: 1, modified: 1, deleted: 0 });
+    expect(dp.flows.lookup(key(1, '02:00:00:00:00:02', { dport: 22 }))).toBe(f22);
+    expect(dp.actionSets.describe(dp.flows.act[f22])).toEqual([{ op: 'output', vpid: 3 }]);
+    expect(dp.actionSets.describe(dp.flows.act[f80])).toEqual([{ op: 'output', vpid: 2 }]);
+  });
+
+  it('a bad rule set is refused and changes nothing', () => {
+    const { dp, fpag } = setup({ rules: [{ priority: 10, match: { tp_dst: 22 }, actions: ['drop'] }] });
+    const k = key(1, '02:00:00:00:00:02', { dport: 22 });
+    const d = fpag.decide(k);
+    dp.apply({ type: 'flow-install', key: k, mask: d.mask, actions: d.actions });
+    expect(() => fpag.setRules([{ priority: 1, match: { nope: 1 }, actions: ['drop'] }])).toThrowError(FpoError);
+    expect(fpag.decide(k).actions).toEqual([{ op: 'drop', reason: D.ruleDrop }]);
+    expect(dp.flows.count).toBe(1);
+  });
+});

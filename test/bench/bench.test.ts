@@ -1,0 +1,43 @@
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { ROOT, haveTool } from '../helpers.js';
+
+/** Runs a built bench in short mode; returns its JSON lines. */
+function runBench(file: string): Record<string, unknown>[] {
+  const r = spawnSync(process.execPath, [join(ROOT, 'dist', 'bench', file)], { encoding: 'utf8', env: { ...process.env, FPO_BENCH_SHORT: '1' }, timeout: 240_000 });
+  expect(r.stderr).toBe('');
+  expect(r.status).toBe(0);
+  return r.stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+}
+
+// Benchmarks run here in their short mode so that they never rot. Nothing
+// about time is asserted: only that each prints its JSON lines with a
+// baseline from the same run and a ratio.
+describe('benchmarks (short mode)', () => {
+  it('classifier/lookup prints a line per flow count, subtable count and path, with a ratio to a Map', () => {
+    const lines = runBench('classifier/lookup.js');
+    expect(lines.length).toBe(8);
+    for (const l of lines) {
+      expect(l.bench).toBe('classifier/lookup');
+      expect(['emc-hit', 'megaflow-hit']).toContain(l.path);
+      expect(l.hitRate).toBeGreaterThan(0.9);
+      expect(typeof l.ratio).toBe('number');
+      expect(l.baseline).toBe('Map<string>');
+    }
+  }, 300_000);
+
+  it('replay prints pps, Gbit/s, tcpdump baseline and ratio, GC and RSS for each case', () => {
+    if (!haveTool('tcpdump', 'the baseline of the replay benchmark')) return;
+    const lines = runBench('replay.js');
+    expect(lines.length).toBe(4);
+    for (const l of lines) {
+      expect(l.bench).toBe('replay');
+      expect(l.dropped).toBe(0);
+      expect(l.frames).toBe(20_000);
+      expect(typeof l.ratio).toBe('number');
+      expect(typeof l.gcShare).toBe('number');
+      expect(l.peakRssBytes).toBeGreaterThan(0);
+    }
+  }, 300_000);
+});
