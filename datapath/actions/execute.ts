@@ -76,16 +76,80 @@ export class Execute {
     return this.slotPpid[s];
   }
 
+  // Per action set, what this batch resolved it to (group by action, as
+  // dpif-netdev's packet_batch_per_flow: a set's VPIDs are resolved to tx
+  // slots once per batch, however many packets use it).
+  private seq = 0;
+  private memoStamp = new Uint32Array(0);
+  private memoOff = new Int32Array(0);
+  private memoLen = new Int32Array(0);
+  private memoReason = new Int32Array(0);
+  private memoUnmapped = new Int32Array(0);
+  private resolved = new Int32Array(1024);
+  private resolvedUsed = 0;
+  private slotStamp = new Uint32Array(0);
+  private resolveSerial = 0;
+
+  // Slow path: the action-set table grew, or a set resolves to more slots than we had room for.
+  private growMemo(sets: number): void {
+    const grow = <T extends Uint32Array | Int32Array>(a: T, make: (n: number) => T): T => { const b = make(sets); b.set(a); return b; };
+    this.memoStamp = grow(this.memoStamp, (k) => new Uint32Array(k));
+    this.memoOff = grow(this.memoOff, (k) => new Int32Array(k));
+    this.memoLen = grow(this.memoLen, (k) => new Int32Array(k));
+    this.memoReason = grow(this.memoReason, (k) => new Int32Array(k));
+    this.memoUnmapped = grow(this.memoUnmapped, (k) => new Int32Array(k));
+  }
+
+  /** Resolves action set a into tx slots (deduplicated) at resolved[resolvedUsed..]. */
+  private resolve(a: number): void {
+    const pool = this.sets.pool;
+    const s = this.sets.start[a];
+    const e = s + this.sets.len[a];
+    if (this.resolved.length - this.resolvedUsed < e - s) {
+      const b = new Int32Array(Math.max(this.resolved.length * 2, this.resolvedUsed + (e - s)));
+      b.set(this.resolved);
+      this.resolved = b;
+    }
+    if (this.slotStamp.length < this.slots) this.slotStamp = new Uint32Array(this.slots);
+    const serial = ++this.resolveSerial;
+    const off = this.resolvedUsed;
+    let k = 0;
+    let reason = D.noDestination;
+    let unmapped = 0;
+    for (let j = s; j < e; j++) {
+      const w = pool[j];
+      const op = w >>> 24;
+      if (op === OP_OUTPUT) {
+        const ppid = this.mapping.toPpid[w & 0xffffff];
+        const slot = ppid >= 0 ? this.slotOf[ppid] : -1;
+        if (slot < 0) {
+          unmapped++;
+          reason = D.vpidUnmapped;
+          continue;
+        }
+        if (this.slotStamp[slot] === serial) continue; // a second output to the same port: one copy is enough
+        this.slotStamp[slot] = serial;
+        this.resolved[off + k++] = slot;
+      } else if (op === OP_DROP) {
+        reason = w & 0xffffff;
+      }
+    }
+    this.resolvedUsed = off + k;
+    this.memoStamp[a] = this.seq;
+    this.memoOff[a] = off;
+    this.memoLen[a] = k;
+    this.memoReason[a] = reason;
+    this.memoUnmapped[a] = unmapped;
+  }
+
   process(batch: PacketBatch): void {
     const n = batch.count;
     const drop = batch.drop;
     const flow = batch.flow;
     const act = this.flows.act;
-    const pool = this.sets.pool;
-    const start = this.sets.start;
-    const len = this.sets.len;
-    const toPpid = this.mapping.toPpid;
-    const slotOf = this.slotOf;
+    if (this.memoStamp.length < this.sets.count) this.growMemo(this.sets.start.length);
+    const seq = ++this.seq;
+    this.resolvedUsed = 0;
     const txIdx = this.txIdx;
     const txCount = this.txCount;
     const touched = this.touched;
@@ -96,37 +160,23 @@ export class Execute {
     for (let i = 0; i < n; i++) {
       if (drop[i] !== 0) continue;
       const a = act[flow[i]];
-      const s = start[a];
-      const e = s + len[a];
-      let emitted = 0;
-      let reason = D.noDestination;
-      for (let j = s; j < e; j++) {
-        const w = pool[j];
-        const op = w >>> 24;
-        if (op === OP_OUTPUT) {
-          const ppid = toPpid[w & 0xffffff];
-          const slot = ppid >= 0 ? slotOf[ppid] : -1;
-          if (slot < 0) {
-            unmapped++;
-            reason = D.vpidUnmapped;
-            continue;
-          }
-          const c = txCount[slot];
-          const at = slot * cap;
-          // A packet's outputs are consecutive, so a second output of packet i
-          // to the same port is the list's last entry: one copy is enough.
-          // This also keeps a list at one entry per packet (<= batch capacity).
-          if (c > 0 && txIdx[at + c - 1] === i) continue;
-          if (c === 0) touched[nt++] = slot;
-          txIdx[at + c] = i;
-          txCount[slot] = c + 1;
-          emitted++;
-        } else if (op === OP_DROP) {
-          reason = w & 0xffffff;
-        }
+      if (this.memoStamp[a] !== seq) this.resolve(a);
+      const k = this.memoLen[a];
+      unmapped += this.memoUnmapped[a];
+      if (k === 0) {
+        drop[i] = this.memoReason[a];
+        continue;
       }
-      if (emitted === 0) drop[i] = reason;
-      copies += emitted;
+      const resolved = this.resolved;
+      const off = this.memoOff[a];
+      for (let j = 0; j < k; j++) {
+        const slot = resolved[off + j];
+        const c = txCount[slot];
+        if (c === 0) touched[nt++] = slot;
+        txIdx[slot * cap + c] = i;
+        txCount[slot] = c + 1;
+      }
+      copies += k;
     }
     this.touchedCount = nt;
     this.copies += copies;
