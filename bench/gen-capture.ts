@@ -2,7 +2,8 @@
  * Synthetic captures for the benchmarks: N frames of one size over F flows
  * to M VMs, plain or VXLAN/Geneve-encapsulated, written as a classic pcap in
  * 4 MiB chunks (10 million 64-byte frames take a few seconds), and the
- * topology those VMs live in.
+ * topology those VMs live in (segment s0 carried as VNI 5000, tunnel endpoint
+ * 192.168.0.1, the outer destination of the generated tunnel frames).
  *
  *   node dist/bench/gen-capture.js OUT.pcap --frames N --size BYTES --flows F --vms M [--tunnel vxlan|geneve] [--flagged PCT]
  *
@@ -28,6 +29,9 @@ export interface GenOptions {
 
 const CHUNK = 4 << 20;
 export const UPLINK_MAC = [0x02, 0xfe, 0, 0, 0, 1];
+/** The benchmark host's tunnel endpoint (192.168.0.1) and its segment's VNI. */
+export const BENCH_VTEP = '192.168.0.1';
+export const BENCH_VNI = 5000;
 export const GENEVE_FLAG_CLASS = 0xfff0;
 export const GENEVE_FLAG_TYPE = 0x01;
 
@@ -100,7 +104,7 @@ export function generate(path: string, o: GenOptions): number {
       const hash = (f * 2654435761) >>> 16;
       writeFrame(buf, p, o.size, UPLINK_MAC, [0x02, 0xfe, 0, 0, 0, 2], 0xc0a80002, 0xc0a80001, 49152 | (hash & 0x3fff), o.tunnel === 'vxlan' ? 4789 : 6081);
       const t = p + 42;
-      const vni = 5000 + (m % 16);
+      const vni = BENCH_VNI;
       if (o.tunnel === 'vxlan') {
         buf[t] = 0x08; buf[t + 1] = flagged ? 0x80 : 0; buf[t + 2] = 0; buf[t + 3] = 0;
         buf[t + 4] = vni >> 16; buf[t + 5] = (vni >> 8) & 255; buf[t + 6] = vni & 255; buf[t + 7] = 0;
@@ -145,7 +149,7 @@ export function benchTopology(vms: number): object {
     nodes.push({ name: `vm${m}`, interfaces: [{ name: `vm${m}-eth0`, mac: vmMac(m).map((x) => x.toString(16).padStart(2, '0')).join(':'), ip: `${ip >>> 24}.${(ip >> 16) & 255}.${(ip >> 8) & 255}.${ip & 255}`, segment: 's0', port: `vf${m}` }] });
   }
   const rules = [{ priority: 100, comment: 'ACL: one blocked source', match: { eth_type: '0x0800', ipv4_src: '192.0.2.1', ip_proto: 17, tp_src: 7 }, actions: ['drop'] }];
-  return { name: `bench-${vms}`, ports, segments: [{ name: 's0' }], nodes, rules, replay: { inputPort: 'uplink0' } };
+  return { name: `bench-${vms}`, ports, segments: [{ name: 's0', vni: BENCH_VNI }], nodes, rules, tunnel: { vtep: BENCH_VTEP }, replay: { inputPort: 'uplink0' } };
 }
 
 if (process.argv[1] && import.meta.url.endsWith(process.argv[1].split('/').pop()!)) {

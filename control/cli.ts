@@ -65,6 +65,7 @@ function printReport(r: ReplayReport, flows: boolean): void {
   const out: string[] = [];
   out.push(`replayed ${r.capture} (${r.format}) through ${r.topology} in ${r.seconds.toFixed(3)} s`);
   out.push(`packets: in ${r.packets.in} = out ${r.packets.out} + dropped ${r.packets.dropped}   (copies sent ${r.packets.copies})`);
+  if (r.tunnel.flagged + r.tunnel.unflagged > 0) out.push(`tunnel: ${r.tunnel.unflagged} unflagged (decapsulated, fast path), ${r.tunnel.flagged} flagged (to ${r.tunnel.specialTo}, untouched)`);
   out.push('');
   const rows = [['port', 'ppid', 'vpid', 'attached', 'rx pkts', 'rx bytes', 'tx pkts', 'tx bytes']];
   for (const p of r.ports) rows.push([p.name, String(p.ppid), p.vpid >= 0 ? String(p.vpid) : '-', p.attached ?? '-', String(p.rx.packets), fmtBytes(p.rx.bytes), String(p.tx.packets), fmtBytes(p.tx.bytes)]);

@@ -19,7 +19,7 @@
  */
 import { D } from '../datapath/drops.js';
 import type { Action } from '../datapath/actions/action-sets.js';
-import { FIELDS, FIELD_NAMES, KEY_WORDS, PORT_PPID_BIT, W_ETH_DST_HI, W_ETH_MID, W_IN_PORT, W_VLAN, macToString, setField, unwildcard, type FieldName } from '../datapath/classifier/flow-key.js';
+import { FIELDS, FIELD_NAMES, KEY_WORDS, PORT_PPID_BIT, TUN_PRESENT, W_ETH_DST_HI, W_ETH_MID, W_IN_PORT, W_TUN, W_VLAN, macToString, setField, unwildcard, type FieldName } from '../datapath/classifier/flow-key.js';
 import { FpoError } from '../datapath/errors.js';
 import type { Datapath } from '../datapath/datapath.js';
 import type { Upcall } from '../datapath/upcall.js';
@@ -96,6 +96,10 @@ export class Fpag {
   private readonly dropNoDestination: Action[] = [{ op: 'drop', reason: D.noDestination }];
   /** VLAN ID → segment name; 0 → the untagged segment (if any). */
   private readonly segByVlan = new Map<number, string>();
+  /** VNI → segment name, for packets that came in through a tunnel. */
+  private readonly segByVni = new Map<number, string>();
+  /** Flagged packets the datapath handed to the FPAG (the special-processing path), by in PPID. */
+  readonly specialByPort = new Map<number, number>();
   upcallsHandled = 0;
   /** Action arrays reused across decisions (the datapath interns them by identity). */
   private readonly actionCache = new Map<string, Action[]>();
@@ -106,7 +110,12 @@ export class Fpag {
     this.topology = topology;
     this.dp = dp;
     for (const p of topology.ports) { this.portByName.set(p.name, p); this.portByPpid.set(p.ppid, p); }
-    for (const s of topology.segments) { this.members.set(s.name, []); this.byMac.set(s.name, new Map()); this.segByVlan.set(s.vlan ?? 0, s.name); }
+    for (const s of topology.segments) {
+      this.members.set(s.name, []);
+      this.byMac.set(s.name, new Map());
+      this.segByVlan.set(s.vlan ?? 0, s.name);
+      if (s.vni !== undefined) this.segByVni.set(s.vni, s.name);
+    }
     const add = (e: Endpoint) => {
       this.byVpid.set(e.vpid, e);
       this.byName.set(e.name, e);
@@ -164,7 +173,13 @@ export class Fpag {
       if (itf.port !== undefined) this.dp.apply({ type: 'mapping-set', vpid: itf.vpid, ppid: this.portByName.get(itf.port)!.ppid });
     }
     for (const p of this.topology.ports) if (p.role === 'uplink') this.dp.apply({ type: 'mapping-set', vpid: p.vpid, ppid: p.ppid });
+    const t = this.topology.tunnel;
+    if (t) {
+      const specialPpid = t.specialPort !== undefined ? this.portByName.get(t.specialPort)!.ppid : -1;
+      this.dp.apply({ type: 'tunnel-config', vtep: t.vtep, flag: t.flag, specialPpid });
+    }
     this.dp.upcallSink = (u) => this.onUpcall(u);
+    this.dp.specialSink = (p) => this.specialByPort.set(p.inPpid, (this.specialByPort.get(p.inPpid) ?? 0) + 1);
   }
 
   // Slow path: config.
@@ -272,7 +287,14 @@ export class Fpag {
     if (!from) return { actions: this.dropNoDestination, reason: explain ? `in_port vpid ${inPort} is unknown` : '' };
     const inVpid = from.vpid;
     let segment: string | undefined;
-    if (from.uplink) {
+    if (from.uplink && key[W_TUN] & TUN_PRESENT) {
+      // Decapsulated: the VNI says the segment.
+      unwildcard(mask, 'tun_id');
+      const vni = key[W_TUN] & 0xffffff;
+      segment = this.segByVni.get(vni);
+      if (!segment) return { actions: this.dropNoDestination, reason: explain ? `no segment has VNI ${vni}` : '' };
+    } else if (from.uplink) {
+      unwildcard(mask, 'tun_id');
       unwildcard(mask, 'vlan_tpid');
       unwildcard(mask, 'vlan_vid');
       const vid = key[W_VLAN] >>> 16 ? key[W_VLAN] & 0xfff : 0;

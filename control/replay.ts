@@ -64,6 +64,8 @@ export interface ReplayReport {
   format: 'pcap' | 'pcapng';
   topology: string;
   packets: { in: number; out: number; dropped: number; copies: number };
+  /** Tunnel packets for this host: flagged (to the special-processing path) and unflagged (decapsulated, fast path). */
+  tunnel: { flagged: number; unflagged: number; specialTo: string };
   drops: Partial<Record<DropReason, number>>;
   ports: PortReport[];
   flows: { installed: number; active: number; evicted: number; expired: number; upcalls: number; emcHits: number; megaflowHits: number; misses: number };
@@ -139,6 +141,7 @@ export function replay(opts: ReplayOptions): { report: ReplayReport; datapath: D
       format: reader.format,
       topology: topo.path,
       packets: { in: st.packetsIn, out: st.delivered, dropped: st.dropped, copies: st.copies },
+      tunnel: { flagged: st.special, unflagged: st.decapsulated, specialTo: topo.tunnel?.specialPort ?? 'fpag' },
       drops: st.drops,
       ports,
       flows: { installed: st.flowsInstalled, active: st.flowsNow, evicted: st.flowsEvicted, expired: st.flowsExpired, upcalls: st.upcalls, emcHits: st.emcHits, megaflowHits: st.megaflowHits, misses: st.lookupsMissed },

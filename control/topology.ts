@@ -38,6 +38,24 @@ const PortSchema = z.strictObject({
 const SegmentSchema = z.strictObject({
   name,
   vlan: z.number().int().min(1).max(4094).optional(),
+  /** The VXLAN/Geneve VNI that carries this segment between hosts. */
+  vni: z.number().int().min(0).max(0xffffff).optional(),
+});
+
+const FlagSchema = z.strictObject({
+  geneveClass: z.number().int().min(0).max(0xffff).optional(),
+  geneveType: z.number().int().min(0).max(0xff).optional(),
+  vxlanByte: z.union([z.literal(1), z.literal(2), z.literal(3), z.literal(7)]).optional(),
+  vxlanMask: z.number().int().min(1).max(0x80).refine((m) => (m & (m - 1)) === 0, 'expected one bit: 1, 2, 4, … 128').optional(),
+});
+
+const TunnelSchema = z.strictObject({
+  /** This host's tunnel endpoint: the outer IPv4 address tunnel packets for it carry. */
+  vtep: z.string().regex(IPV4, 'expected an IPv4 address like 192.168.0.1'),
+  /** How the sender's special-processing flag is written (defaults: Geneve option 0xfff0/0x01, VXLAN byte 1 bit 0x80). */
+  flag: FlagSchema.default({}),
+  /** A port that receives flagged packets untouched (a service port); none: they go to the FPAG. */
+  specialPort: name.optional(),
 });
 
 const InterfaceSchema = z.strictObject({
@@ -66,6 +84,7 @@ export const TopologySchema = z.strictObject({
   segments: z.array(SegmentSchema).min(1),
   nodes: z.array(NodeSchema).default([]),
   rules: z.array(RuleSchema).default([]),
+  tunnel: TunnelSchema.optional(),
   replay: z.strictObject({ inputPort: name }).optional(),
 });
 
@@ -99,7 +118,10 @@ export interface Interface {
 export interface Segment {
   name: string;
   vlan?: number;
+  vni?: number;
 }
+
+export type TunnelSpec = z.infer<typeof TunnelSchema>;
 
 export interface Topology {
   name: string;
@@ -108,6 +130,7 @@ export interface Topology {
   segments: Segment[];
   interfaces: Interface[];
   rules: RuleSpec[];
+  tunnel?: TunnelSpec;
   inputPort?: string;
 }
 
@@ -153,13 +176,18 @@ export function topologyFrom(json: unknown, path: string): Topology {
   };
   const segments = new Map<string, Segment>();
   const vlans = new Map<number, string>();
+  const vnis = new Map<number, string>();
   t.segments.forEach((s, i) => {
+    if (s.vni !== undefined) {
+      if (vnis.has(s.vni)) throw bad(path, `segments[${i}].vni`, `VNI ${s.vni} is already segment "${vnis.get(s.vni)}"'s`);
+      vnis.set(s.vni, s.name);
+    }
     unique('segment', s.name, `segments[${i}].name`);
     if (s.vlan !== undefined) {
       if (vlans.has(s.vlan)) throw bad(path, `segments[${i}].vlan`, `VLAN ${s.vlan} is already segment "${vlans.get(s.vlan)}"'s`);
       vlans.set(s.vlan, s.name);
     }
-    segments.set(s.name, { name: s.name, vlan: s.vlan });
+    segments.set(s.name, { name: s.name, vlan: s.vlan, vni: s.vni });
   });
   const ports = new Map<string, Port>();
   const ppids = new Map<number, string>();
@@ -199,5 +227,6 @@ export function topologyFrom(json: unknown, path: string): Topology {
   });
   for (const p of ports.values()) if (p.role === 'uplink') p.vpid = vpid++;
   if (t.replay && !ports.has(t.replay.inputPort)) throw bad(path, 'replay.inputPort', `no port named "${t.replay.inputPort}"`);
-  return { name: t.name, path, ports: [...ports.values()], segments: [...segments.values()], interfaces, rules: t.rules, inputPort: t.replay?.inputPort };
+  if (t.tunnel?.specialPort !== undefined && !ports.has(t.tunnel.specialPort)) throw bad(path, 'tunnel.specialPort', `no port named "${t.tunnel.specialPort}"`);
+  return { name: t.name, path, ports: [...ports.values()], segments: [...segments.values()], interfaces, rules: t.rules, tunnel: t.tunnel, inputPort: t.replay?.inputPort };
 }

@@ -64,6 +64,10 @@ export class PacketBatch {
   readonly l4Off: Uint32Array;
   /** Offset of the inner Ethernet frame of a VXLAN/Geneve packet, or ABSENT. */
   readonly innerOff: Uint32Array;
+  /** Offset of the VXLAN/Geneve header of a tunnel packet, or ABSENT with innerOff. */
+  readonly tunHdr: Uint32Array;
+  /** VNI | TUN_PRESENT of a VXLAN/Geneve packet (outer parse), else 0. */
+  readonly vni: Uint32Array;
   /** Flow that matched packet i, or -1 (miss, or not looked up). */
   readonly flow: Int32Array;
   /** Hash of packet i's key, once the classifier computed it. */
@@ -84,6 +88,8 @@ export class PacketBatch {
     this.l3Off = new Uint32Array(capacity);
     this.l4Off = new Uint32Array(capacity);
     this.innerOff = new Uint32Array(capacity);
+    this.tunHdr = new Uint32Array(capacity);
+    this.vni = new Uint32Array(capacity);
     this.flow = new Int32Array(capacity);
     this.hash = new Uint32Array(capacity);
   }

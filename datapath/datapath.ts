@@ -17,11 +17,12 @@ import { KEY_WORDS } from './classifier/flow-key.js';
 import { FlowTable } from './classifier/flow-table.js';
 import { Classify } from './classifier/classify.js';
 import { Emc } from './classifier/emc.js';
-import { D, DROP_COUNT, DROP_NAMES, type DropReason } from './drops.js';
+import { D, DROP_COUNT, DROP_NAMES, SPECIAL, type DropReason } from './drops.js';
+import { FlagCheck } from './classifier/flag-check.js';
 import { FpoError } from './errors.js';
 import { MappingTable, NO_PPID } from './mapping/mapping-table.js';
 import { Parse } from './parse/parse.js';
-import type { ControlMessage, Upcall } from './upcall.js';
+import type { ControlMessage, SpecialPacket, Upcall } from './upcall.js';
 
 export const MAX_PPID = 4095;
 
@@ -59,7 +60,10 @@ export interface FlowInfo {
 
 export interface DatapathStats {
   packetsIn: number;
+  /** Delivered: to a port, or (special) to the special-processing path. */
   delivered: number;
+  special: number;
+  decapsulated: number;
   dropped: number;
   copies: number;
   upcalls: number;
@@ -82,8 +86,15 @@ export class Datapath {
   readonly actionSets = new ActionSets();
   readonly parse: Parse;
   readonly execute: Execute;
+  readonly flagCheck: FlagCheck;
   /** Receives misses. Set by the control plane before traffic flows. */
   upcallSink: ((u: Upcall) => void) | null = null;
+  /** Receives flagged packets when no special port is set. */
+  specialSink: ((p: SpecialPacket) => void) | null = null;
+  /** PPID that flagged packets are written to untouched, or -1 (the FPAG). */
+  private specialPpid = -1;
+  /** Packets handed to the special-processing path. */
+  special = 0;
 
   private readonly ports: (TxPort | undefined)[];
   readonly rxPackets: Float64Array;
@@ -108,6 +119,7 @@ export class Datapath {
     this.emc = new Emc(this.flows, undefined, opts.emcInsertInvProb ?? 100);
     this.classify = new Classify(this.flows, this.emc, opts.batchCapacity ?? 256);
     this.parse = new Parse(this.mapping.inPortKey);
+    this.flagCheck = new FlagCheck(this.mapping.inPortKey);
     this.execute = new Execute(this.flows, this.actionSets, this.mapping, opts.batchCapacity ?? 256);
     this.ports = new Array(maxPpid + 1).fill(undefined);
     this.rxPackets = new Float64Array(maxPpid + 1);
@@ -155,6 +167,19 @@ export class Datapath {
       case 'flow-flush':
         this.flows.clear();
         return;
+      case 'tunnel-config': {
+        let vtep = 0;
+        if (msg.vtep !== null) {
+          const p = msg.vtep.split('.').map(Number);
+          if (p.length !== 4 || p.some((x) => !(x >= 0 && x <= 255))) throw new FpoError('FPO_ERR_USAGE', `vtep "${msg.vtep}" is not an IPv4 address`);
+          vtep = ((p[0] << 24) | (p[1] << 16) | (p[2] << 8) | p[3]) >>> 0;
+        }
+        if (msg.specialPpid !== -1 && !this.hasPort(msg.specialPpid)) throw new FpoError('FPO_ERR_USAGE', `special port ppid ${msg.specialPpid} is not a port of this NIC`);
+        this.flagCheck.vtep = vtep;
+        this.flagCheck.flag = { ...this.flagCheck.flag, ...msg.flag };
+        this.specialPpid = msg.specialPpid;
+        return;
+      }
       default: {
         const never: never = msg;
         throw new FpoError('FPO_ERR_USAGE', `unknown message ${JSON.stringify(never)}`);
@@ -174,8 +199,10 @@ export class Datapath {
       rxBy[p] += batch.wirelen[i];
     }
     this.parse.process(batch);
+    const flagged = this.flagCheck.process(batch);
     if (this.classify.process(batch, now) > 0) this.handleMisses(batch, now);
     this.execute.process(batch);
+    if (flagged > 0) this.deliverSpecial(batch);
     this.transmit(batch);
     this.account(batch);
     this.now = now;
@@ -216,6 +243,25 @@ export class Datapath {
     }
   }
 
+  // Slow path (flagged packets are the few): to the special port's tx list, or to the FPAG.
+  private deliverSpecial(batch: PacketBatch): void {
+    const ex = this.execute;
+    const slot = this.specialPpid >= 0 ? ex.slotOf[this.specialPpid] : -1;
+    for (let i = 0; i < batch.count; i++) {
+      if (batch.drop[i] !== SPECIAL) continue;
+      if (slot >= 0) {
+        const c = ex.txCount[slot];
+        if (c === 0) ex.touched[ex.touchedCount++] = slot;
+        ex.txIdx[slot * ex.listCap + c] = i;
+        ex.txCount[slot] = c + 1;
+        ex.copies++;
+      } else if (this.specialSink !== null) {
+        const o = batch.off[i];
+        this.specialSink({ type: 'special', inPpid: batch.inPpid[i], bytes: batch.buf.slice(o, o + batch.caplen[i]) });
+      }
+    }
+  }
+
   private transmit(batch: PacketBatch): void {
     const ex = this.execute;
     const cap = ex.listCap;
@@ -238,13 +284,16 @@ export class Datapath {
     const n = batch.count;
     const drop = batch.drop;
     let delivered = 0;
+    let special = 0;
     for (let i = 0; i < n; i++) {
       const d = drop[i];
       if (d === 0) delivered++;
+      else if (d === SPECIAL) special++;
       else this.drops[d]++;
     }
     this.packetsIn += n;
-    this.delivered += delivered;
+    this.delivered += delivered + special;
+    this.special += special;
   }
 
   // Slow path: reading.
@@ -266,6 +315,8 @@ export class Datapath {
     return {
       packetsIn: this.packetsIn,
       delivered: this.delivered,
+      special: this.special,
+      decapsulated: this.flagCheck.decapsulated,
       dropped: this.dropped,
       copies: this.execute.copies,
       upcalls: this.upcalls,

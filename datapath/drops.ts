@@ -25,6 +25,7 @@ export const DROP = {
   udpBadLength: 'UDP length below 8 or longer than the IP payload',
   icmpTruncated: 'ICMP/ICMPv6 header cut short',
   vxlanBad: 'VXLAN header cut short or I flag not set',
+  tunnelTruncated: 'tunnel packet for this host cut by the capture before its flag could be read',
   geneveBad: 'Geneve header cut short, wrong version, or options past the packet',
   linkType: 'link type of the capture interface is not Ethernet',
   ruleDrop: 'a rule said drop',
@@ -39,6 +40,13 @@ export type DropReason = keyof typeof DROP;
 /** Reason names in index order; index 0 is `none`. */
 export const DROP_NAMES = Object.keys(DROP) as DropReason[];
 export const DROP_COUNT = DROP_NAMES.length;
+
+/**
+ * Not a drop: the code a packet gets in the drop array when the flag check
+ * hands it to the special-processing path. Every later fast-path stage skips
+ * it as it skips drops; accounting counts it as delivered (to that path).
+ */
+export const SPECIAL = 255;
 
 /** Small integer codes, e.g. `D.runt`, for the per-packet drop array. */
 export const D = Object.fromEntries(DROP_NAMES.map((n, i) => [n, i])) as { readonly [K in DropReason]: number };

@@ -6,6 +6,7 @@
  * are plain data so that the FPAG can as well live in another thread.
  */
 import type { Action } from './actions/action-sets.js';
+import type { FlagFormat } from './classifier/flag-check.js';
 
 /** A packet that matched no flow. */
 export interface Upcall {
@@ -38,9 +39,27 @@ export interface FlowDelete {
   mask: Uint32Array;
 }
 
+/**
+ * This host's tunnel termination: its endpoint (IPv4, dotted; null: none),
+ * the flag format, and the port flagged packets go to (-1: to the FPAG).
+ */
+export interface TunnelConfig {
+  type: 'tunnel-config';
+  vtep: string | null;
+  flag?: Partial<FlagFormat>;
+  specialPpid: number;
+}
+
+/** A packet the sender flagged for special processing, handed to the FPAG (a copy of its bytes). */
+export interface SpecialPacket {
+  type: 'special';
+  inPpid: number;
+  bytes: Uint8Array;
+}
+
 /** Remove every installed flow. */
 export interface FlowFlush {
   type: 'flow-flush';
 }
 
-export type ControlMessage = FlowInstall | FlowDelete | MappingSet | FlowFlush;
+export type ControlMessage = FlowInstall | FlowDelete | MappingSet | FlowFlush | TunnelConfig;

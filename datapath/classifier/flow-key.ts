@@ -19,14 +19,17 @@
  *   10..13          ip_dst    (IPv4 in word 10; IPv6 in words 10..13; ARP tpa in 10)
  *   14    31..16    tp_src    (TCP/UDP source port; ICMP type)
  *         15..0     tp_dst    (TCP/UDP destination port; ICMP code)
- *   15    31..0     tun_id    (VNI of a VXLAN/Geneve packet | TUN_PRESENT; 0 when not tunnelled)
+ *   15    31..0     tun_id    (VNI | TUN_PRESENT of the tunnel a decapsulated packet came
+ *                              in on; 0 when it did not come through a tunnel of ours)
+ *   16    31..0     tun_src   (outer IPv4 source of that tunnel packet)
+ *   17    31..0     tun_dst   (outer IPv4 destination: our tunnel endpoint)
  *
  * A field that the packet does not have is 0. A new field means a new word
  * or bits here, and a line in FIELDS: the FPAG, the classifier and the flow
  * dump all read FIELDS, so nothing else needs to learn about it.
  */
 
-export const KEY_WORDS = 16 as const;
+export const KEY_WORDS = 18 as const;
 
 export const W_IN_PORT = 0;
 export const W_VLAN = 1;
@@ -38,6 +41,8 @@ export const W_IP_SRC = 6;
 export const W_IP_DST = 10;
 export const W_TP = 14;
 export const W_TUN = 15;
+export const W_TUN_SRC = 16;
+export const W_TUN_DST = 17;
 
 /** Set in in_port when the port has no VPID (an uplink seen by its PPID). */
 export const PORT_PPID_BIT = 0x40000000;
@@ -79,6 +84,8 @@ export const FIELDS = {
   tp_src: { word: W_TP, words: 1, shift: 16, bits: 16, kind: 'int' },
   tp_dst: { word: W_TP, words: 1, shift: 0, bits: 16, kind: 'int' },
   tun_id: { word: W_TUN, words: 1, shift: 0, bits: 24, kind: 'int' },
+  tun_src: { word: W_TUN_SRC, words: 1, shift: 0, bits: 32, kind: 'ipv4' },
+  tun_dst: { word: W_TUN_DST, words: 1, shift: 0, bits: 32, kind: 'ipv4' },
 } as const satisfies Record<string, FieldDef>;
 
 export type FieldName = keyof typeof FIELDS;
@@ -203,7 +210,7 @@ export function formatMatch(key: Uint32Array, mask: Uint32Array, koff = 0, moff 
       out.push(`${name}=${ipv6ToString(k, f.word)}${bits === 128 ? '' : `/${bits}`}`);
       continue;
     }
-    if (f.kind === 'ipv4' && ethType === 0x86dd) continue;
+    if (f.kind === 'ipv4' && ethType === 0x86dd && f.word !== W_TUN_SRC && f.word !== W_TUN_DST) continue;
     const fm = f.bits === 32 ? 0xffffffff : ((1 << f.bits) - 1) << f.shift;
     const mm = (m[f.word] & fm) >>> 0;
     if (mm === 0) continue;

@@ -6,8 +6,10 @@
  * up to 4 are skipped); ARP (Ethernet/IPv4); IPv4 (options, fragments); IPv6
  * (hop-by-hop, routing, fragment, destination options and AH extension
  * headers); TCP, UDP, ICMP, ICMPv6; VXLAN (UDP 4789) and Geneve (UDP 6081)
- * with options, whose VNI goes into the key and whose inner frame's offset
- * into `innerOff`.
+ * with options: their header's offset goes into `tunHdr`, the VNI into
+ * `vni` and the inner frame's offset into `innerOff` (the key keeps the
+ * outer headers; the tunnel stage decides whether the packet is ours to
+ * decapsulate, and then parses the inner frame with parsePacket).
  *
  * Outcomes for each packet:
  *   - parsed: key words filled for every layer present, the rest 0;
@@ -21,7 +23,7 @@
  */
 import { ABSENT, type PacketBatch } from '../batch.js';
 import { D } from '../drops.js';
-import { FRAG_ANY, FRAG_LATER, KEY_WORDS, TUN_PRESENT, W_ETH_DST_HI, W_ETH_MID, W_ETH_SRC_LO, W_ETH_TYPE, W_IN_PORT, W_IP_DST, W_IP_SRC, W_TP, W_TUN, W_VLAN } from '../classifier/flow-key.js';
+import { FRAG_ANY, FRAG_LATER, KEY_WORDS, TUN_PRESENT, W_ETH_DST_HI, W_ETH_MID, W_ETH_SRC_LO, W_ETH_TYPE, W_IN_PORT, W_IP_DST, W_IP_SRC, W_TP, W_VLAN } from '../classifier/flow-key.js';
 
 export const ETH_P_IPV4 = 0x0800;
 export const ETH_P_ARP = 0x0806;
@@ -60,6 +62,11 @@ export class Parse {
   }
 }
 
+/** Parses packet i alone (the tunnel stage's inner frames); returns 0 or a drop code. */
+export function parsePacket(batch: PacketBatch, i: number, inPortKey: Uint32Array): number {
+  return parseOne(batch, i, inPortKey);
+}
+
 // Big-endian reads through the batch's DataView: measured faster than
 // composing bytes (V8 inlines DataView reads into one load and a byte swap).
 function u16(d: DataView, p: number): number {
@@ -86,10 +93,11 @@ function parseOne(batch: PacketBatch, i: number, inPortKey: Uint32Array): number
   key[k + 1] = 0;
   key[k + 6] = 0; key[k + 7] = 0; key[k + 8] = 0; key[k + 9] = 0;
   key[k + 10] = 0; key[k + 11] = 0; key[k + 12] = 0; key[k + 13] = 0;
-  key[k + 14] = 0; key[k + 15] = 0;
+  key[k + 14] = 0; key[k + 15] = 0; key[k + 16] = 0; key[k + 17] = 0;
   batch.l3Off[i] = ABSENT;
   batch.l4Off[i] = ABSENT;
   batch.innerOff[i] = ABSENT;
+  batch.vni[i] = 0;
   key[k + W_IN_PORT] = inPortKey[batch.inPpid[i]];
 
   if (cl < 14) {
@@ -229,7 +237,8 @@ function parseVxlan(batch: PacketBatch, i: number, b: Uint8Array, base: number, 
   if (h + 8 + 14 > end) return D.vxlanBad;
   if (h + 8 > cl) return cut ? 0 : D.vxlanBad;
   if ((b[base + h] & 0x08) === 0) return D.vxlanBad;
-  key[k + W_TUN] = (TUN_PRESENT | (b[base + h + 4] << 16) | (b[base + h + 5] << 8) | b[base + h + 6]) >>> 0;
+  batch.vni[i] = (TUN_PRESENT | (b[base + h + 4] << 16) | (b[base + h + 5] << 8) | b[base + h + 6]) >>> 0;
+  batch.tunHdr[i] = h;
   batch.innerOff[i] = h + 8;
   return 0;
 }
@@ -246,7 +255,8 @@ function parseGeneve(batch: PacketBatch, i: number, b: Uint8Array, d: DataView, 
   if (v >> 6 !== 0) return D.geneveBad;
   const optLen = (v & 0x3f) * 4;
   if (h + 8 + optLen > end) return D.geneveBad;
-  key[k + W_TUN] = (TUN_PRESENT | (b[base + h + 4] << 16) | (b[base + h + 5] << 8) | b[base + h + 6]) >>> 0;
+  batch.vni[i] = (TUN_PRESENT | (b[base + h + 4] << 16) | (b[base + h + 5] << 8) | b[base + h + 6]) >>> 0;
+  batch.tunHdr[i] = h;
   if (u16(d, base + h + 2) === 0x6558 && h + 8 + optLen + 14 <= end) batch.innerOff[i] = h + 8 + optLen;
   return 0;
 }

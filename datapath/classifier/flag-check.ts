@@ -1,0 +1,110 @@
+/**
+ * FlagCheck: the receiving NIC's first look at a tunnel packet, before any
+ * inner parsing or lookup (sender-side assisted classification).
+ *
+ * For each VXLAN/Geneve packet addressed to this host's tunnel endpoint
+ * (outer IPv4 destination = `vtep`):
+ *   - flagged by the sender (a Geneve option of class/type `geneveClass`/
+ *     `geneveType`, or the configured reserved bit of the VXLAN header):
+ *     drop[i] = SPECIAL — the packet leaves the fast path untouched, for the
+ *     special-processing path (a service port, or the FPAG);
+ *   - not flagged: decapsulated in place (the packet becomes its inner frame),
+ *     the inner frame parsed, and tun_id/tun_src/tun_dst written into its key
+ *     so that flows can match the tunnel it came in on.
+ * Packets to other addresses are transit traffic: left alone. A tunnel
+ * packet for us whose header the capture cut is dropped as tunnelTruncated;
+ * an inner frame that is malformed is dropped with the parser's reason.
+ */
+import { ABSENT, type PacketBatch } from '../batch.js';
+import { D, SPECIAL } from '../drops.js';
+import { parsePacket, UDP_PORT_VXLAN } from '../parse/parse.js';
+import { KEY_WORDS, W_ETH_TYPE, W_IP_DST, W_IP_SRC, W_TP, W_TUN, W_TUN_DST, W_TUN_SRC } from './flow-key.js';
+
+/** How the special-processing flag is written; the same on both sides. */
+export interface FlagFormat {
+  /** Geneve option class (default 0xfff0, in the experimental range 0xfff0–0xffff of RFC 8926). */
+  geneveClass: number;
+  /** Geneve option type (default 0x01; no critical bit, so a receiver that does not know it ignores it). */
+  geneveType: number;
+  /** VXLAN: which byte of the 8-byte header holds the flag bit (a reserved byte: 1, 2, 3 or 7; default 1). */
+  vxlanByte: number;
+  /** VXLAN: the bit in that byte (default 0x80). */
+  vxlanMask: number;
+}
+
+export const DEFAULT_FLAG: FlagFormat = { geneveClass: 0xfff0, geneveType: 0x01, vxlanByte: 1, vxlanMask: 0x80 };
+
+export class FlagCheck {
+  static readonly stageName = 'flag-check';
+  static readonly next = ['special', 'classify', 'drop'] as const;
+
+  /** This host's tunnel endpoint (outer IPv4 as a u32); 0: terminate no tunnels. */
+  vtep = 0;
+  flag: FlagFormat = { ...DEFAULT_FLAG };
+  /** Tunnel packets for us: flagged (sent to the special path) / decapsulated onto the fast path. */
+  flagged = 0;
+  decapsulated = 0;
+
+  constructor(private readonly inPortKey: Uint32Array) {}
+
+  /** Returns the number of packets flagged in this batch. */
+  process(batch: PacketBatch): number {
+    const vtep = this.vtep;
+    if (vtep === 0) return 0;
+    const n = batch.count;
+    const drop = batch.drop;
+    const inner = batch.innerOff;
+    const key = batch.key;
+    const b = batch.buf;
+    const { geneveClass, geneveType, vxlanByte, vxlanMask } = this.flag;
+    let flagged = 0;
+    let decap = 0;
+    for (let i = 0; i < n; i++) {
+      if (drop[i] !== 0 || inner[i] === ABSENT) continue;
+      const k = i * KEY_WORDS;
+      if (key[k + W_IP_DST] !== vtep || key[k + W_ETH_TYPE] >>> 16 !== 0x0800) continue;
+      const base = batch.off[i];
+      const h = base + batch.tunHdr[i];
+      const io = inner[i];
+      if (io + 14 > batch.caplen[i]) {
+        drop[i] = D.tunnelTruncated;
+        continue;
+      }
+      let isFlagged: boolean;
+      if ((key[k + W_TP] & 0xffff) === UDP_PORT_VXLAN) {
+        isFlagged = (b[h + vxlanByte] & vxlanMask) !== 0;
+      } else {
+        // Geneve options: class(2) type(1) length(low 5 bits, in 4-byte words) data.
+        isFlagged = false;
+        const end = base + io;
+        for (let o = h + 8; o + 4 <= end; o += 4 + (b[o + 3] & 0x1f) * 4) {
+          if (((b[o] << 8) | b[o + 1]) === geneveClass && b[o + 2] === geneveType) {
+            isFlagged = true;
+            break;
+          }
+        }
+      }
+      if (isFlagged) {
+        drop[i] = SPECIAL;
+        flagged++;
+        continue;
+      }
+      const src = key[k + W_IP_SRC];
+      const vni = batch.vni[i];
+      batch.off[i] = base + io;
+      batch.caplen[i] -= io;
+      batch.wirelen[i] -= io;
+      const r = parsePacket(batch, i, this.inPortKey);
+      if (r > 0) drop[i] = r;
+      key[k + W_TUN] = vni;
+      key[k + W_TUN_SRC] = src;
+      key[k + W_TUN_DST] = vtep;
+      decap++;
+    }
+    // A decapsulated packet's record header no longer sits before its bytes.
+    if (decap > 0) batch.rawPcapLE = false;
+    this.flagged += flagged;
+    this.decapsulated += decap;
+    return flagged;
+  }
+}
