@@ -47,6 +47,22 @@ export class FlagCheck {
 
   constructor(private readonly inPortKey: Uint32Array) {}
 
+  /**
+   * Reads the sender's flag of a tunnel packet whose tunnel header is at
+   * b[h] and whose inner frame starts at b[end]: the VXLAN reserved bit, or
+   * a Geneve option of the configured class and type.
+   */
+  isFlagged(b: Uint8Array, h: number, end: number, isVxlan: boolean): boolean {
+    if (isVxlan) return (b[h + this.flag.vxlanByte] & this.flag.vxlanMask) !== 0;
+    // Geneve options: class(2) type(1) length(low 5 bits, in 4-byte words) data.
+    const cls = this.flag.geneveClass;
+    const type = this.flag.geneveType;
+    for (let o = h + 8; o + 4 <= end; o += 4 + (b[o + 3] & 0x1f) * 4) {
+      if (((b[o] << 8) | b[o + 1]) === cls && b[o + 2] === type) return true;
+    }
+    return false;
+  }
+
   /** Returns the number of packets flagged in this batch. */
   process(batch: PacketBatch): number {
     const vtep = this.vtep;
@@ -56,7 +72,6 @@ export class FlagCheck {
     const inner = batch.innerOff;
     const key = batch.key;
     const b = batch.buf;
-    const { geneveClass, geneveType, vxlanByte, vxlanMask } = this.flag;
     let flagged = 0;
     let decap = 0;
     for (let i = 0; i < n; i++) {
@@ -70,20 +85,7 @@ export class FlagCheck {
         drop[i] = D.tunnelTruncated;
         continue;
       }
-      let isFlagged: boolean;
-      if ((key[k + W_TP] & 0xffff) === UDP_PORT_VXLAN) {
-        isFlagged = (b[h + vxlanByte] & vxlanMask) !== 0;
-      } else {
-        // Geneve options: class(2) type(1) length(low 5 bits, in 4-byte words) data.
-        isFlagged = false;
-        const end = base + io;
-        for (let o = h + 8; o + 4 <= end; o += 4 + (b[o + 3] & 0x1f) * 4) {
-          if (((b[o] << 8) | b[o + 1]) === geneveClass && b[o + 2] === geneveType) {
-            isFlagged = true;
-            break;
-          }
-        }
-      }
+      const isFlagged = this.isFlagged(b, h, base + io, (key[k + W_TP] & 0xffff) === UDP_PORT_VXLAN);
       if (isFlagged) {
         drop[i] = SPECIAL;
         flagged++;

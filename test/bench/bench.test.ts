@@ -27,6 +27,17 @@ describe('benchmarks (short mode)', () => {
     }
   }, 300_000);
 
+  it('classifier/flag-check prints the flag check against the full path, and a receive-side Geneve replay', () => {
+    if (!haveTool('tcpdump', 'the baseline of the replay benchmark')) return;
+    const [check, rx] = runBench('classifier/flag-check.js');
+    expect(check.bench).toBe('classifier/flag-check');
+    expect(typeof check.ratio).toBe('number');
+    expect(check.flaggedSeen).toBe(true);
+    expect(rx.bench).toBe('replay');
+    expect(rx.tunnel).toBe('geneve');
+    expect(typeof rx.ratio).toBe('number');
+  }, 300_000);
+
   it('replay prints pps, Gbit/s, tcpdump baseline and ratio, GC and RSS for each case', () => {
     if (!haveTool('tcpdump', 'the baseline of the replay benchmark')) return;
     const lines = runBench('replay.js');
