@@ -7,7 +7,8 @@
 import { parseArgs } from 'node:util';
 import { DROP, type DropReason } from '../datapath/drops.js';
 import { FpoError } from '../datapath/errors.js';
-import { flowReport, replay, type ReplayReport } from './replay.js';
+import { flowReport, replay, replayHosts, type ReplayReport } from './replay.js';
+import { loadHosts } from './topology.js';
 
 const HELP = `fpo — a userspace virtual switch with flow processing offload
 
@@ -65,6 +66,7 @@ function printReport(r: ReplayReport, flows: boolean): void {
   const out: string[] = [];
   out.push(`replayed ${r.capture} (${r.format}) through ${r.topology} in ${r.seconds.toFixed(3)} s`);
   out.push(`packets: in ${r.packets.in} = out ${r.packets.out} + dropped ${r.packets.dropped}   (copies sent ${r.packets.copies})`);
+  if (r.tunnel.sent > 0) out.push(`tunnel: ${r.tunnel.sent} copies encapsulated, ${r.tunnel.flaggedSent} of them flagged`);
   if (r.tunnel.flagged + r.tunnel.unflagged > 0) out.push(`tunnel: ${r.tunnel.unflagged} unflagged (decapsulated, fast path), ${r.tunnel.flagged} flagged (to ${r.tunnel.specialTo}, untouched)`);
   out.push('');
   const rows = [['port', 'ppid', 'vpid', 'attached', 'rx pkts', 'rx bytes', 'tx pkts', 'tx bytes']];
@@ -124,9 +126,25 @@ function cmdReplay(argv: string[]): number {
   if (!values.topology) throw new UsageError(`replay: --topology FILE is required; see 'fpo replay --help'`);
   if (!values.out) throw new UsageError(`replay: --out DIR is required; see 'fpo replay --help'`);
   const showProgress = process.stderr.isTTY === true && !values.json;
+  const hosts = loadHosts(values.topology);
+  if (hosts.length > 1) {
+    const r = replayHosts({
+      capture: positionals[0], hosts, outDir: values.out,
+      batchSize: intOption(values.batch, 'batch', 1, 256),
+      maxFlows: intOption(values['max-flows'], 'max-flows', 16, 1 << 24),
+    });
+    if (values.json) process.stdout.write(JSON.stringify(r) + '\n');
+    else for (const h of r.hosts) { process.stdout.write(`== host ${h.host} ==\n`); printReport(h, false); process.stdout.write('\n'); }
+    const err = r.hosts.find((h) => h.error)?.error;
+    if (err) {
+      process.stderr.write(`fpo: ${err.message}\n`);
+      return 1;
+    }
+    return 0;
+  }
   const { report, datapath, fpag } = replay({
     capture: positionals[0],
-    topology: values.topology,
+    topology: hosts[0],
     outDir: values.out,
     batchSize: intOption(values.batch, 'batch', 1, 256),
     maxFlows: intOption(values['max-flows'], 'max-flows', 16, 1 << 24),

@@ -25,6 +25,12 @@ import type { Datapath } from '../datapath/datapath.js';
 import type { Upcall } from '../datapath/upcall.js';
 import { parseMac, type Interface, type Port, type Topology } from './topology.js';
 
+/** IPv4 dotted or IPv6 text → bytes (topology validated the family). */
+function parseIp(s: string): Uint8Array {
+  if (s.includes(':')) return parseIpv6(s) ?? new Uint8Array(16);
+  return Uint8Array.from(s.split('.').map(Number));
+}
+
 /** A rule compiled to key/mask words. */
 interface CompiledRule {
   index: number;
@@ -33,16 +39,22 @@ interface CompiledRule {
   mask: Uint32Array;
   /** null = "normal" (L2 forwarding). */
   actions: Action[] | null;
+  /** Matching packets get the special-processing flag when tunnelled. */
+  special: boolean;
   text: string;
 }
 
 /** Where a VPID leads: an interface or an uplink. */
 interface Endpoint {
+  /** Local interface or uplink: its VPID. Remote interface: -1. */
   vpid: number;
   name: string;
   segments: string[];
   mac?: string;
   uplink: boolean;
+  /** Remote interface: the tunnel (index of its remote host) and the VPID of the uplink that reaches it. */
+  tunnel?: number;
+  viaVpid?: number;
 }
 
 /** What the FPAG decided for one key (also what `trace` prints). */
@@ -98,6 +110,8 @@ export class Fpag {
   private readonly segByVlan = new Map<number, string>();
   /** VNI → segment name, for packets that came in through a tunnel. */
   private readonly segByVni = new Map<number, string>();
+  /** Interfaces whose packets (from or to) get the special-processing flag (sender policy). */
+  private readonly flagged: Set<string>;
   /** Flagged packets the datapath handed to the FPAG (the special-processing path), by in PPID. */
   readonly specialByPort = new Map<number, number>();
   upcallsHandled = 0;
@@ -128,6 +142,17 @@ export class Fpag {
       this.byMac.get(itf.segment)!.set((((b[0] << 24) | (b[1] << 16) | (b[2] << 8) | b[3]) >>> 0) * 65536 + ((b[4] << 8) | b[5]), e);
     }
     for (const p of topology.ports) if (p.role === 'uplink') add({ vpid: p.vpid, name: p.name, segments: p.segments, uplink: true });
+    topology.tunnel?.remotes.forEach((r, t) => {
+      const via = this.portByName.get(r.uplink)!.vpid;
+      for (const itf of r.interfaces) {
+        const e: Endpoint = { vpid: -1, name: itf.name, segments: [itf.segment], mac: itf.mac.toLowerCase(), uplink: false, tunnel: t, viaVpid: via };
+        this.byName.set(e.name, e);
+        this.members.get(itf.segment)!.push(e);
+        const b = parseMac(itf.mac);
+        this.byMac.get(itf.segment)!.set((((b[0] << 24) | (b[1] << 16) | (b[2] << 8) | b[3]) >>> 0) * 65536 + ((b[4] << 8) | b[5]), e);
+      }
+    });
+    this.flagged = new Set(topology.tunnel?.policy.interfaces ?? []);
     this.rules = topology.rules.map((r, i) => this.compileRule(r, i)).sort((a, b) => b.priority - a.priority || a.index - b.index);
   }
 
@@ -176,7 +201,10 @@ export class Fpag {
     const t = this.topology.tunnel;
     if (t) {
       const specialPpid = t.specialPort !== undefined ? this.portByName.get(t.specialPort)!.ppid : -1;
-      this.dp.apply({ type: 'tunnel-config', vtep: t.vtep, flag: t.flag, specialPpid });
+      this.dp.apply({ type: 'tunnel-config', vtep: t.vtep, flag: t.flag, specialPpid, flagFirstPackets: t.policy.firstPackets });
+      for (const r of t.remotes) {
+        this.dp.apply({ type: 'tunnel-add', tunnel: { kind: r.kind ?? t.kind, srcMac: parseMac(t.mac), dstMac: parseMac(r.mac), srcIp: parseIp(t.sendFrom ?? t.vtep), dstIp: parseIp(r.vtep) } });
+      }
     }
     this.dp.upcallSink = (u) => this.onUpcall(u);
     this.dp.specialSink = (p) => this.specialByPort.set(p.inPpid, (this.specialByPort.get(p.inPpid) ?? 0) + 1);
@@ -204,10 +232,10 @@ export class Fpag {
       else if (a.startsWith('output:')) {
         const e = this.byName.get(a.slice(7));
         if (!e) throw new FpoError('FPO_ERR_BAD_TOPOLOGY', `${at}: no interface or uplink named "${a.slice(7)}"`, { path: this.topology.path });
-        actions?.push({ op: 'output', vpid: e.vpid });
+        actions?.push(...this.outputsTo(e));
       } else throw new FpoError('FPO_ERR_BAD_TOPOLOGY', `${at}: unknown action "${a}"; expected drop, normal or output:NAME`, { path: this.topology.path });
     });
-    return { index, priority: r.priority, key, mask, actions, text: JSON.stringify(r.match) };
+    return { index, priority: r.priority, key, mask, actions, special: r.special, text: JSON.stringify(r.match) };
   }
 
   private compileMatch(key: Uint32Array, mask: Uint32Array, field: string, value: string | number, at: string): void {
@@ -257,13 +285,37 @@ export class Fpag {
         if (((key[w] ^ r.key[w]) & r.mask[w]) !== 0) hit = false;
       }
       if (hit) {
-        if (r.actions !== null) return { actions: r.actions, mask, rule: r.index, reason: explain ? `rule ${r.index} (priority ${r.priority}) ${r.text}` : '' };
+        if (r.actions !== null) return { actions: r.special ? this.withFlag(r.actions) : r.actions, mask, rule: r.index, reason: explain ? `rule ${r.index} (priority ${r.priority}) ${r.text}` : '' };
         const l2 = this.l2(key, mask, explain);
-        return { actions: l2.actions, mask, rule: r.index, reason: explain ? `rule ${r.index} (priority ${r.priority}) said normal; ${l2.reason}` : '' };
+        return { actions: r.special ? this.withFlag(l2.actions) : l2.actions, mask, rule: r.index, reason: explain ? `rule ${r.index} (priority ${r.priority}) said normal; ${l2.reason}` : '' };
       }
     }
     const l2 = this.l2(key, mask, explain);
     return { actions: l2.actions, mask, rule: -1, reason: l2.reason };
+  }
+
+  /** The actions that send a copy to endpoint e: an output, or for a remote interface encap + output to the uplink. */
+  private outputsTo(e: Endpoint): Action[] {
+    if (e.tunnel === undefined) return [{ op: 'output', vpid: e.vpid }];
+    const vni = this.topology.segments.find((s) => s.name === e.segments[0])!.vni!;
+    return [{ op: 'encap', tunnel: e.tunnel, vni }, { op: 'output', vpid: e.viaVpid! }];
+  }
+
+  private withFlag(actions: Action[]): Action[] {
+    return this.cached(`flag/${this.refId(actions)}`, () => [{ op: 'flag' }, ...actions]);
+  }
+
+  private readonly refIds = new WeakMap<Action[], number>();
+  private refId(a: Action[]): number {
+    let id = this.refIds.get(a);
+    if (id === undefined) { id = this.nextRef++; this.refIds.set(a, id); }
+    return id;
+  }
+  private nextRef = 0;
+
+  /** Name of the remote host of tunnel t. */
+  tunnelName(t: number): string | undefined {
+    return this.topology.tunnel?.remotes[t]?.name;
   }
 
   private cached(tag: string, make: () => Action[]): Action[] {
@@ -308,17 +360,36 @@ export class Fpag {
     const dstLo = key[W_ETH_MID] >>> 16;
     const dst = explain ? macToString(dstHi, dstLo) : '';
     const group = this.members.get(segment) ?? [];
-    const flood = () => this.cached(`flood/${segment}/${inVpid}`, () => group.filter((e) => e.vpid !== inVpid).map((e): Action => ({ op: 'output', vpid: e.vpid })));
+    const fromTunnel = (key[W_TUN] & TUN_PRESENT) !== 0;
+    // Flood: every other local member; remote hosts (one copy each, encapsulated) unless the
+    // packet came from an uplink or a tunnel (split horizon: never back into the underlay).
+    const flood = () => this.cached(`flood/${segment}/${inVpid}/${from.uplink ? 1 : 0}/${fromTunnel ? 1 : 0}`, () => {
+      const out: Action[] = [];
+      const tunnels = new Set<number>();
+      for (const e of group) {
+        if (e.vpid === inVpid && e.tunnel === undefined) continue;
+        if (e.tunnel !== undefined) {
+          if (from.uplink || tunnels.has(e.tunnel)) continue;
+          tunnels.add(e.tunnel);
+        } else if (e.uplink && fromTunnel) continue;
+        out.push(...this.outputsTo(e));
+      }
+      return out;
+    });
+    const flagFrom = this.flagged.has(from.name);
     if ((dstHi >>> 24) & 1) {
-      const out = flood();
+      const out = flagFrom ? this.withFlag(flood()) : flood();
       return { actions: out, reason: explain ? `L2 ${dst === 'ff:ff:ff:ff:ff:ff' ? 'broadcast' : 'multicast'} in segment ${segment}: flood to ${out.length}` : '' };
     }
     const to = this.byMac.get(segment)?.get(dstHi * 65536 + dstLo);
     if (to) {
       if (to.vpid === inVpid) return { actions: this.dropNoDestination, reason: explain ? `L2 ${dst} is the sender itself` : '' };
-      return { actions: this.cached(`to/${to.vpid}`, () => [{ op: 'output', vpid: to.vpid }]), reason: explain ? `L2 ${dst} is ${to.name} (vpid ${to.vpid}) in segment ${segment}` : '' };
+      if (to.tunnel !== undefined && from.uplink) return { actions: this.dropNoDestination, reason: explain ? `L2 ${dst} is remote; not sent back into the underlay` : '' };
+      const outs = this.cached(`to/${to.name}`, () => this.outputsTo(to));
+      const flag = flagFrom || this.flagged.has(to.name);
+      return { actions: flag ? this.withFlag(outs) : outs, reason: explain ? `L2 ${dst} is ${to.name} (${to.tunnel === undefined ? `vpid ${to.vpid}` : `through tunnel ${to.tunnel} to ${this.tunnelName(to.tunnel)}`}) in segment ${segment}` : '' };
     }
-    const out = flood();
+    const out = flagFrom ? this.withFlag(flood()) : flood();
     return { actions: out, reason: explain ? `L2 ${dst} unknown in segment ${segment}: flood to ${out.length}` : '' };
   }
 

@@ -65,7 +65,7 @@ export interface ReplayReport {
   topology: string;
   packets: { in: number; out: number; dropped: number; copies: number };
   /** Tunnel packets for this host: flagged (to the special-processing path) and unflagged (decapsulated, fast path). */
-  tunnel: { flagged: number; unflagged: number; specialTo: string };
+  tunnel: { flagged: number; unflagged: number; specialTo: string; sent: number; flaggedSent: number };
   drops: Partial<Record<DropReason, number>>;
   ports: PortReport[];
   flows: { installed: number; active: number; evicted: number; expired: number; upcalls: number; emcHits: number; megaflowHits: number; misses: number };
@@ -77,8 +77,18 @@ export interface ReplayReport {
 
 export function replay(opts: ReplayOptions): { report: ReplayReport; datapath: Datapath; fpag: Fpag } {
   const topo = typeof opts.topology === 'string' ? loadTopology(opts.topology) : opts.topology;
-  const inputName = topo.inputPort ?? topo.ports.find((p) => p.role === 'uplink')?.name ?? topo.ports[0].name;
+  const bySourceMac = topo.inputPort === 'by-source-mac';
+  const inputName = (bySourceMac ? undefined : topo.inputPort) ?? topo.ports.find((p) => p.role === 'uplink')?.name ?? topo.ports[0].name;
   const input = topo.ports.find((p) => p.name === inputName)!;
+  // by-source-mac: the port of the interface whose MAC a packet comes from (else the default input).
+  const portOfMac = new Map<number, number>();
+  if (bySourceMac) {
+    for (const itf of topo.interfaces) {
+      if (itf.port === undefined) continue;
+      const b = itf.macBytes;
+      portOfMac.set((((b[0] << 24) | (b[1] << 16) | (b[2] << 8) | b[3]) >>> 0) * 65536 + ((b[4] << 8) | b[5]), topo.ports.find((p) => p.name === itf.port)!.ppid);
+    }
+  }
   const batchSize = opts.batchSize ?? 256;
   const arena = new Arena(CHUNK + topo.ports.length * (TX_BUFFER + 64) + 4096);
   const reader = new CaptureReader(opts.capture, arena, CHUNK);
@@ -107,6 +117,7 @@ export function replay(opts: ReplayOptions): { report: ReplayReport; datapath: D
     const clock = packetClock(reader);
     let soFar = 0;
     while (reader.fill(batch, input.ppid) > 0) {
+      if (bySourceMac) assignInputPorts(batch, portOfMac);
       opts.beforeBatch?.(soFar, dp, fpag);
       soFar += batch.count;
       dp.process(batch, clock(batch));
@@ -141,7 +152,7 @@ export function replay(opts: ReplayOptions): { report: ReplayReport; datapath: D
       format: reader.format,
       topology: topo.path,
       packets: { in: st.packetsIn, out: st.delivered, dropped: st.dropped, copies: st.copies },
-      tunnel: { flagged: st.special, unflagged: st.decapsulated, specialTo: topo.tunnel?.specialPort ?? 'fpag' },
+      tunnel: { flagged: st.special, unflagged: st.decapsulated, specialTo: topo.tunnel?.specialPort ?? 'fpag', sent: st.encapsulated, flaggedSent: st.flaggedSent },
       drops: st.drops,
       ports,
       flows: { installed: st.flowsInstalled, active: st.flowsNow, evicted: st.flowsEvicted, expired: st.flowsExpired, upcalls: st.upcalls, emcHits: st.emcHits, megaflowHits: st.megaflowHits, misses: st.lookupsMissed },
@@ -154,11 +165,61 @@ export function replay(opts: ReplayOptions): { report: ReplayReport; datapath: D
   }
 }
 
+/** Sets each packet's in PPID from its source MAC (the rx side of a lab of VM ports). */
+function assignInputPorts(batch: PacketBatch, portOfMac: Map<number, number>): void {
+  const b = batch.buf;
+  for (let i = 0; i < batch.count; i++) {
+    if (batch.caplen[i] < 12) continue;
+    const o = batch.off[i] + 6;
+    const ppid = portOfMac.get((((b[o] << 24) | (b[o + 1] << 16) | (b[o + 2] << 8) | b[o + 3]) >>> 0) * 65536 + ((b[o + 4] << 8) | b[o + 5]));
+    if (ppid !== undefined) batch.inPpid[i] = ppid;
+  }
+}
+
+export interface HostsReport {
+  hosts: (ReplayReport & { host: string })[];
+}
+
+/**
+ * Replays a capture through several hosts joined by tunnels: the capture
+ * arrives at the first host; what each host sends out of the uplink that
+ * reaches the next host (written as that uplink's capture) is the next
+ * host's input, on its replay.inputPort (default: its first uplink).
+ * Each host writes to DIR/<host>/.
+ */
+export function replayHosts(opts: Omit<ReplayOptions, 'topology'> & { hosts: Topology[] }): HostsReport {
+  const reports: HostsReport['hosts'] = [];
+  let capture = opts.capture;
+  for (let h = 0; h < opts.hosts.length; h++) {
+    const topo = opts.hosts[h];
+    const outDir = join(opts.outDir, topo.name);
+    const { report } = replay({ ...opts, capture, topology: topo, outDir });
+    reports.push({ host: topo.name, ...report });
+    const next = opts.hosts[h + 1];
+    if (!next) break;
+    const remote = topo.tunnel?.remotes.find((r) => r.name === next.name);
+    const uplink = remote?.uplink ?? topo.ports.find((p) => p.role === 'uplink')?.name;
+    const file = report.ports.find((p) => p.name === uplink)?.file;
+    if (!file) {
+      throw new FpoError('FPO_ERR_USAGE', `host ${topo.name} sent nothing out of ${uplink ?? 'an uplink'} toward ${next.name}; nothing to replay there`);
+    }
+    capture = file;
+  }
+  return { hosts: reports };
+}
+
 /** Flow table as dump-flows lines' data, VPIDs named. */
 export function flowReport(dp: Datapath, fpag: Fpag): FlowReport[] {
   return dp.dumpFlows().map((f) => ({
     match: formatMatch(f.key, f.mask),
-    actions: f.actions.map((a) => (a.op === 'output' ? `output:vpid${a.vpid}${fpag.vpidName(a.vpid) ? `(${fpag.vpidName(a.vpid)})` : ''}` : `drop(${Object.keys(DROP)[a.reason]})`)).join(',') || 'drop',
+    actions: f.actions.map((a) => {
+      switch (a.op) {
+        case 'output': return `output:vpid${a.vpid}${fpag.vpidName(a.vpid) ? `(${fpag.vpidName(a.vpid)})` : ''}`;
+        case 'drop': return `drop(${Object.keys(DROP)[a.reason]})`;
+        case 'encap': return `encap(tunnel:${a.tunnel}${fpag.tunnelName(a.tunnel) ? `(${fpag.tunnelName(a.tunnel)})` : ''},vni:${a.vni})`;
+        case 'flag': return 'flag';
+      }
+    }).join(',') || 'drop',
     packets: f.packets,
     bytes: f.bytes,
     usedSecondsAgo: Math.max(0, (dp.now - f.used) / 1000),

@@ -49,9 +49,38 @@ const FlagSchema = z.strictObject({
   vxlanMask: z.number().int().min(1).max(0x80).refine((m) => (m & (m - 1)) === 0, 'expected one bit: 1, 2, 4, … 128').optional(),
 });
 
+const RemoteSchema = z.strictObject({
+  name,
+  /** The remote host's tunnel endpoint (IPv4, or IPv6 when ours is too). */
+  vtep: z.string().min(2),
+  /** The next hop's MAC on the underlay (the remote host's, on one link). */
+  mac: z.string().regex(MAC, 'expected a MAC address like 02:fe:00:00:00:02'),
+  /** Our uplink port that reaches it. */
+  uplink: name,
+  /** VXLAN or Geneve (default: the tunnel's kind). */
+  kind: z.enum(['vxlan', 'geneve']).optional(),
+  /** The remote host's VM interfaces that this host forwards to through the tunnel. */
+  interfaces: z.array(z.strictObject({ name, mac: z.string().regex(MAC, 'expected a MAC address like 02:00:00:00:00:01'), segment: name })).default([]),
+});
+
 const TunnelSchema = z.strictObject({
   /** This host's tunnel endpoint: the outer IPv4 address tunnel packets for it carry. */
   vtep: z.string().regex(IPV4, 'expected an IPv4 address like 192.168.0.1'),
+  /** Outer source address this host sends from when different from vtep (an IPv6 underlay). */
+  sendFrom: z.string().min(2).optional(),
+  /** This host's MAC on the underlay (outer Ethernet source). */
+  mac: z.string().regex(MAC, 'expected a MAC address like 02:fe:00:00:00:01').default('02:fe:00:00:00:01'),
+  /** VXLAN or Geneve, for remotes that do not say (default geneve). */
+  kind: z.enum(['vxlan', 'geneve']).default('geneve'),
+  /** Hosts this one sends to through tunnels. */
+  remotes: z.array(RemoteSchema).default([]),
+  /** Sender side: which packets get the special-processing flag. */
+  policy: z.strictObject({
+    /** The first this-many packets of every new flow (default 0). */
+    firstPackets: z.number().int().min(0).max(1000).default(0),
+    /** Packets from or to these interfaces (local or remote names). */
+    interfaces: z.array(name).default([]),
+  }).default({ firstPackets: 0, interfaces: [] }),
   /** How the sender's special-processing flag is written (defaults: Geneve option 0xfff0/0x01, VXLAN byte 1 bit 0x80). */
   flag: FlagSchema.default({}),
   /** A port that receives flagged packets untouched (a service port); none: they go to the FPAG. */
@@ -73,6 +102,8 @@ const NodeSchema = z.strictObject({
 
 const RuleSchema = z.strictObject({
   priority: z.number().int().min(0).max(65535),
+  /** Packets this rule matches get the special-processing flag when they are sent through a tunnel. */
+  special: z.boolean().default(false),
   match: z.record(z.string(), z.union([z.string(), z.number()])).default({}),
   actions: z.array(z.string()).min(1),
   comment: z.string().optional(),
@@ -85,7 +116,8 @@ export const TopologySchema = z.strictObject({
   nodes: z.array(NodeSchema).default([]),
   rules: z.array(RuleSchema).default([]),
   tunnel: TunnelSchema.optional(),
-  replay: z.strictObject({ inputPort: name }).optional(),
+  /** Which port a replayed capture arrives on; "by-source-mac": each packet on the port of the interface with its source MAC. */
+  replay: z.strictObject({ inputPort: z.union([name, z.literal('by-source-mac')]) }).optional(),
 });
 
 export type TopologyFile = z.infer<typeof TopologySchema>;
@@ -142,7 +174,42 @@ function bad(path: string, field: string, what: string): FpoError {
   return new FpoError('FPO_ERR_BAD_TOPOLOGY', `${path}: ${field}: ${what}`, { path });
 }
 
-/** Reads and validates a topology file. */
+/**
+ * Reads a file of one host (a topology) or of several (`{"hosts": [...]}`,
+ * each a topology; errors name `hosts[i]`).
+ */
+export function loadHosts(path: string): Topology[] {
+  const json = readJson(path);
+  if (json !== null && typeof json === 'object' && 'hosts' in json) {
+    const hosts = (json as { hosts: unknown }).hosts;
+    if (!Array.isArray(hosts) || hosts.length === 0) throw bad(path, 'hosts', 'expected a non-empty array of host topologies');
+    const out = hosts.map((h, i) => topologyFrom(h, `${path}: hosts[${i}]`));
+    const names = new Set<string>();
+    out.forEach((t, i) => {
+      if (names.has(t.name)) throw bad(path, `hosts[${i}].name`, `host name "${t.name}" is used twice`);
+      names.add(t.name);
+      (t as { path: string }).path = path;
+    });
+    return out;
+  }
+  return [topologyFrom(json, path)];
+}
+
+function readJson(path: string): unknown {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    throw new FpoError('FPO_ERR_IO', `${path}: cannot read: ${(e as Error).message}`, { path });
+  }
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw bad(path, '(file)', `not JSON: ${(e as Error).message}`);
+  }
+}
+
+/** Reads and validates a topology file of one host. */
 export function loadTopology(path: string): Topology {
   let text: string;
   try {
@@ -226,7 +293,26 @@ export function topologyFrom(json: unknown, path: string): Topology {
     });
   });
   for (const p of ports.values()) if (p.role === 'uplink') p.vpid = vpid++;
-  if (t.replay && !ports.has(t.replay.inputPort)) throw bad(path, 'replay.inputPort', `no port named "${t.replay.inputPort}"`);
+  if (t.replay && t.replay.inputPort !== 'by-source-mac' && !ports.has(t.replay.inputPort)) throw bad(path, 'replay.inputPort', `no port named "${t.replay.inputPort}"`);
   if (t.tunnel?.specialPort !== undefined && !ports.has(t.tunnel.specialPort)) throw bad(path, 'tunnel.specialPort', `no port named "${t.tunnel.specialPort}"`);
+  t.tunnel?.remotes.forEach((r, i) => {
+    const at = `tunnel.remotes[${i}]`;
+    unique('remote', r.name, `${at}.name`);
+    const up = ports.get(r.uplink);
+    if (!up || up.role !== 'uplink') throw bad(path, `${at}.uplink`, `no uplink port named "${r.uplink}"`);
+    const fam = (a: string) => (IPV4.test(a) ? 4 : a.includes(':') ? 6 : 0);
+    const ours = fam(t.tunnel!.sendFrom ?? t.tunnel!.vtep);
+    if (fam(r.vtep) === 0) throw bad(path, `${at}.vtep`, `expected an IPv4 or IPv6 address, got "${r.vtep}"`);
+    if (fam(r.vtep) !== ours) throw bad(path, `${at}.vtep`, `address family differs from this host's (${t.tunnel!.sendFrom ?? t.tunnel!.vtep}); set tunnel.sendFrom`);
+    r.interfaces.forEach((itf, j) => {
+      unique('interface', itf.name, `${at}.interfaces[${j}].name`);
+      const seg = segments.get(itf.segment);
+      if (!seg) throw bad(path, `${at}.interfaces[${j}].segment`, `no segment named "${itf.segment}"`);
+      if (seg.vni === undefined) throw bad(path, `${at}.interfaces[${j}].segment`, `segment "${itf.segment}" has no vni to carry it through a tunnel`);
+    });
+  });
+  t.tunnel?.policy.interfaces.forEach((n, i) => {
+    if (!seen.has(`interface:${n}`)) throw bad(path, `tunnel.policy.interfaces[${i}]`, `no interface named "${n}"`);
+  });
   return { name: t.name, path, ports: [...ports.values()], segments: [...segments.values()], interfaces, rules: t.rules, tunnel: t.tunnel, inputPort: t.replay?.inputPort };
 }

@@ -70,6 +70,8 @@ export class PacketBatch {
   readonly vni: Uint32Array;
   /** Flow that matched packet i, or -1 (miss, or not looked up). */
   readonly flow: Int32Array;
+  /** Which packet of its flow packet i is (1 = the flow's first), set by the classifier. */
+  readonly ordinal: Float64Array;
   /** Hash of packet i's key, once the classifier computed it. */
   readonly hash: Uint32Array;
 
@@ -92,6 +94,7 @@ export class PacketBatch {
     this.vni = new Uint32Array(capacity);
     this.flow = new Int32Array(capacity);
     this.hash = new Uint32Array(capacity);
+    this.ordinal = new Float64Array(capacity);
   }
 
   /** Points the batch at the rx port's bytes (a new DataView only when they change). */

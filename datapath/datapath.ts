@@ -11,6 +11,7 @@
  * them through `stats` and `dumpFlows`.
  */
 import { ActionSets, type Action } from './actions/action-sets.js';
+import { Encap } from './actions/encap.js';
 import { Execute } from './actions/execute.js';
 import type { PacketBatch } from './batch.js';
 import { KEY_WORDS } from './classifier/flow-key.js';
@@ -28,8 +29,12 @@ export const MAX_PPID = 4095;
 
 /** The tx side of a port: where execute's per-port lists go. */
 export interface TxPort {
-  /** Sends packets idx[from .. from + n) of the batch, in that order. */
-  writeBatch(batch: PacketBatch, idx: Uint16Array, from: number, n: number): void;
+  /**
+   * Sends packets idx[from .. from + n) of the batch, in that order. enc[j]
+   * beside idx[j] is -1 for a plain copy, or encapId * 2 + flag: put that
+   * encap's outer headers in front (encap.write).
+   */
+  writeBatch(batch: PacketBatch, idx: Uint16Array, from: number, n: number, enc: Int32Array, encap: Encap): void;
 }
 
 export interface DatapathOptions {
@@ -66,6 +71,8 @@ export interface DatapathStats {
   decapsulated: number;
   dropped: number;
   copies: number;
+  encapsulated: number;
+  flaggedSent: number;
   upcalls: number;
   flowsInstalled: number;
   flowsNow: number;
@@ -83,7 +90,8 @@ export class Datapath {
   readonly flows: FlowTable;
   readonly emc: Emc;
   readonly classify: Classify;
-  readonly actionSets = new ActionSets();
+  readonly encap = new Encap();
+  readonly actionSets = new ActionSets(this.encap);
   readonly parse: Parse;
   readonly execute: Execute;
   readonly flagCheck: FlagCheck;
@@ -177,9 +185,14 @@ export class Datapath {
         if (msg.specialPpid !== -1 && !this.hasPort(msg.specialPpid)) throw new FpoError('FPO_ERR_USAGE', `special port ppid ${msg.specialPpid} is not a port of this NIC`);
         this.flagCheck.vtep = vtep;
         this.flagCheck.flag = { ...this.flagCheck.flag, ...msg.flag };
+        this.encap.flag = this.flagCheck.flag;
+        this.execute.flagFirstPackets = msg.flagFirstPackets ?? 0;
         this.specialPpid = msg.specialPpid;
         return;
       }
+      case 'tunnel-add':
+        this.encap.addTunnel(msg.tunnel);
+        return;
       default: {
         const never: never = msg;
         throw new FpoError('FPO_ERR_USAGE', `unknown message ${JSON.stringify(never)}`);
@@ -239,7 +252,7 @@ export class Datapath {
         continue;
       }
       batch.flow[i] = f;
-      flows.hit(f, batch.wirelen[i], now);
+      batch.ordinal[i] = flows.hit(f, batch.wirelen[i], now);
     }
   }
 
@@ -252,7 +265,9 @@ export class Datapath {
       if (slot >= 0) {
         const c = ex.txCount[slot];
         if (c === 0) ex.touched[ex.touchedCount++] = slot;
+        if (c === ex.listCap) continue;
         ex.txIdx[slot * ex.listCap + c] = i;
+        ex.txEnc[slot * ex.listCap + c] = -1;
         ex.txCount[slot] = c + 1;
         ex.copies++;
       } else if (this.specialSink !== null) {
@@ -271,7 +286,7 @@ export class Datapath {
       const ppid = ex.ppidOf(slot);
       const c = ex.txCount[slot];
       const at = slot * cap;
-      (this.ports[ppid] as TxPort).writeBatch(batch, ex.txIdx, at, c);
+      (this.ports[ppid] as TxPort).writeBatch(batch, ex.txIdx, at, c, ex.txEnc, this.encap);
       this.txPackets[ppid] += c;
       let bytes = 0;
       for (let j = 0; j < c; j++) bytes += wirelen[ex.txIdx[at + j]];
@@ -319,6 +334,8 @@ export class Datapath {
       decapsulated: this.flagCheck.decapsulated,
       dropped: this.dropped,
       copies: this.execute.copies,
+      encapsulated: this.encap.encapsulated,
+      flaggedSent: this.encap.flaggedSent,
       upcalls: this.upcalls,
       flowsInstalled: this.flowsInstalled,
       flowsNow: this.flows.count,

@@ -7,6 +7,7 @@
  */
 import type { Action } from './actions/action-sets.js';
 import type { FlagFormat } from './classifier/flag-check.js';
+import type { TunnelDef } from './actions/encap.js';
 
 /** A packet that matched no flow. */
 export interface Upcall {
@@ -48,6 +49,14 @@ export interface TunnelConfig {
   vtep: string | null;
   flag?: Partial<FlagFormat>;
   specialPpid: number;
+  /** Sender policy: flag the first this-many encapsulated packets of every flow (default 0). */
+  flagFirstPackets?: number;
+}
+
+/** A tunnel this host sends into (its id is its order of addition, from 0). */
+export interface TunnelAdd {
+  type: 'tunnel-add';
+  tunnel: TunnelDef;
 }
 
 /** A packet the sender flagged for special processing, handed to the FPAG (a copy of its bytes). */
@@ -62,4 +71,4 @@ export interface FlowFlush {
   type: 'flow-flush';
 }
 
-export type ControlMessage = FlowInstall | FlowDelete | MappingSet | FlowFlush | TunnelConfig;
+export type ControlMessage = FlowInstall | FlowDelete | MappingSet | FlowFlush | TunnelConfig | TunnelAdd;

@@ -6,16 +6,29 @@
  * word `op << 24 | arg`:
  *   OP_OUTPUT  arg = VPID         send a copy to the port the VPID maps to
  *   OP_DROP    arg = drop code    drop with that reason (drops.ts)
+ *   OP_ENCAP   arg = encap id     later outputs go through that (tunnel, VNI) (encap.ts)
+ *   OP_FLAG    arg = 0            encapsulated copies carry the special-processing flag
  * A set with no OP_OUTPUT that emits nothing drops the packet; the reason is
  * its OP_DROP's, or noDestination.
  */
 import { D } from '../drops.js';
+import type { Encap } from './encap.js';
 
 export const OP_OUTPUT = 1;
 export const OP_DROP = 2;
+export const OP_ENCAP = 3;
+export const OP_FLAG = 4;
 
-/** One action, as the control plane writes it. */
-export type Action = { op: 'output'; vpid: number } | { op: 'drop'; reason: number };
+/**
+ * One action, as the control plane writes it. `encap` applies to the outputs
+ * after it in the list (until the next encap); `flag` marks the packet's
+ * encapsulated copies with the special-processing flag.
+ */
+export type Action =
+  | { op: 'output'; vpid: number }
+  | { op: 'drop'; reason: number }
+  | { op: 'encap'; tunnel: number; vni: number }
+  | { op: 'flag' };
 
 export class ActionSets {
   pool: Int32Array;
@@ -27,7 +40,7 @@ export class ActionSets {
   /** Sets already interned, by array identity: the FPAG reuses its action arrays, so most installs stop here. */
   private readonly byRef = new WeakMap<readonly Action[], number>();
 
-  constructor(initialSets = 1024, initialWords = 16384) {
+  constructor(private readonly encap: Encap, initialSets = 1024, initialWords = 16384) {
     this.pool = new Int32Array(initialWords);
     this.start = new Int32Array(initialSets);
     this.len = new Int32Array(initialSets);
@@ -43,7 +56,14 @@ export class ActionSets {
   }
 
   private internByValue(actions: readonly Action[]): number {
-    const words = actions.map((a) => (a.op === 'output' ? (OP_OUTPUT << 24) | (a.vpid & 0xffffff) : (OP_DROP << 24) | (a.reason & 0xffffff)));
+    const words = actions.map((a) => {
+      switch (a.op) {
+        case 'output': return (OP_OUTPUT << 24) | (a.vpid & 0xffffff);
+        case 'drop': return (OP_DROP << 24) | (a.reason & 0xffffff);
+        case 'encap': return (OP_ENCAP << 24) | this.encap.encapId(a.tunnel, a.vni);
+        case 'flag': return OP_FLAG << 24;
+      }
+    });
     if (words.length === 0) words.push((OP_DROP << 24) | D.noDestination);
     const text = words.join(',');
     const have = this.byText.get(text);
@@ -68,6 +88,8 @@ export class ActionSets {
       const w = this.pool[this.start[id] + j];
       const op = w >>> 24;
       if (op === OP_OUTPUT) out.push({ op: 'output', vpid: w & 0xffffff });
+      else if (op === OP_ENCAP) out.push({ op: 'encap', ...this.encap.describe(w & 0xffffff) });
+      else if (op === OP_FLAG) out.push({ op: 'flag' });
       else out.push({ op: 'drop', reason: w & 0xffffff });
     }
     return out;

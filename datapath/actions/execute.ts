@@ -9,13 +9,19 @@
  *
  * Tx lists live in one Uint16Array, a slot of `listCap` entries per port;
  * `slotOf[ppid]` says which slot (-1: no port). Ports are added in the slow
- * path, before traffic.
+ * path, before traffic. `txEnc` runs beside `txIdx`: -1 for a plain copy, or
+ * encapId * 2 + flag for a copy the port must encapsulate (encap.ts). A
+ * port's list holds up to COPIES_PER_PORT copies per packet (head-end
+ * replication sends one packet to several remote hosts through one uplink);
+ * a copy beyond that is not sent and is counted in `listFull`.
  */
 import type { PacketBatch } from '../batch.js';
 import { D } from '../drops.js';
 import type { FlowTable } from '../classifier/flow-table.js';
 import type { MappingTable } from '../mapping/mapping-table.js';
-import { OP_DROP, OP_OUTPUT, type ActionSets } from './action-sets.js';
+import { OP_DROP, OP_ENCAP, OP_FLAG, OP_OUTPUT, type ActionSets } from './action-sets.js';
+
+export const COPIES_PER_PORT = 16;
 
 export class Execute {
   static readonly stageName = 'execute';
@@ -27,6 +33,12 @@ export class Execute {
   private slotPpid: Uint16Array;
   /** Tx lists: packet indices of slot s at txIdx[s * listCap ..]. */
   txIdx: Uint16Array;
+  /** Beside txIdx: -1, or encapId * 2 + flag. */
+  txEnc: Int32Array;
+  /** Copies dropped because a port's list for this batch was full. */
+  listFull = 0;
+  /** Flag the first this-many packets of every flow that are encapsulated (0: none). */
+  flagFirstPackets = 0;
   /** Per slot: entries used this batch. */
   txCount: Int32Array;
   /** Slots with txCount > 0 this batch, in first-use order. */
@@ -47,9 +59,10 @@ export class Execute {
     batchCapacity: number,
   ) {
     this.slotOf = new Int16Array(mapping.maxPpid + 1).fill(-1);
-    this.listCap = batchCapacity;
+    this.listCap = batchCapacity * COPIES_PER_PORT;
     this.slotPpid = new Uint16Array(0);
     this.txIdx = new Uint16Array(0);
+    this.txEnc = new Int32Array(0);
     this.txCount = new Int32Array(0);
     this.touched = new Uint16Array(0);
   }
@@ -67,6 +80,7 @@ export class Execute {
     this.slotPpid = grow(this.slotPpid, this.slots, (n) => new Uint16Array(n));
     this.slotPpid[s] = ppid;
     this.txIdx = grow(this.txIdx, this.slots * this.listCap, (n) => new Uint16Array(n));
+    this.txEnc = grow(this.txEnc, this.slots * this.listCap, (n) => new Int32Array(n));
     this.txCount = grow(this.txCount, this.slots, (n) => new Int32Array(n));
     this.touched = new Uint16Array(this.slots);
   }
@@ -85,14 +99,18 @@ export class Execute {
   private memoLen = new Int32Array(0);
   private memoReason = new Int32Array(0);
   private memoUnmapped = new Int32Array(0);
+  private memoFlag = new Uint8Array(0);
   private resolved = new Int32Array(1024);
+  /** Beside resolved: the encap id of that output, or -1. */
+  private resolvedEnc = new Int32Array(1024);
   private resolvedUsed = 0;
   private slotStamp = new Uint32Array(0);
   private resolveSerial = 0;
 
   // Slow path: the action-set table grew, or a set resolves to more slots than we had room for.
   private growMemo(sets: number): void {
-    const grow = <T extends Uint32Array | Int32Array>(a: T, make: (n: number) => T): T => { const b = make(sets); b.set(a); return b; };
+    const grow = <T extends Uint32Array | Int32Array | Uint8Array>(a: T, make: (n: number) => T): T => { const b = make(sets); b.set(a); return b; };
+    this.memoFlag = grow(this.memoFlag, (k) => new Uint8Array(k));
     this.memoStamp = grow(this.memoStamp, (k) => new Uint32Array(k));
     this.memoOff = grow(this.memoOff, (k) => new Int32Array(k));
     this.memoLen = grow(this.memoLen, (k) => new Int32Array(k));
@@ -106,9 +124,13 @@ export class Execute {
     const s = this.sets.start[a];
     const e = s + this.sets.len[a];
     if (this.resolved.length - this.resolvedUsed < e - s) {
-      const b = new Int32Array(Math.max(this.resolved.length * 2, this.resolvedUsed + (e - s)));
+      const size = Math.max(this.resolved.length * 2, this.resolvedUsed + (e - s));
+      const b = new Int32Array(size);
       b.set(this.resolved);
       this.resolved = b;
+      const c = new Int32Array(size);
+      c.set(this.resolvedEnc);
+      this.resolvedEnc = c;
     }
     if (this.slotStamp.length < this.slots) this.slotStamp = new Uint32Array(this.slots);
     const serial = ++this.resolveSerial;
@@ -116,10 +138,16 @@ export class Execute {
     let k = 0;
     let reason = D.noDestination;
     let unmapped = 0;
+    let enc = -1;
+    let flag = 0;
     for (let j = s; j < e; j++) {
       const w = pool[j];
       const op = w >>> 24;
-      if (op === OP_OUTPUT) {
+      if (op === OP_ENCAP) {
+        enc = w & 0xffffff;
+      } else if (op === OP_FLAG) {
+        flag = 1;
+      } else if (op === OP_OUTPUT) {
         const ppid = this.mapping.toPpid[w & 0xffffff];
         const slot = ppid >= 0 ? this.slotOf[ppid] : -1;
         if (slot < 0) {
@@ -127,8 +155,11 @@ export class Execute {
           reason = D.vpidUnmapped;
           continue;
         }
-        if (this.slotStamp[slot] === serial) continue; // a second output to the same port: one copy is enough
-        this.slotStamp[slot] = serial;
+        if (enc < 0) {
+          if (this.slotStamp[slot] === serial) continue; // a second plain output to the same port: one copy is enough
+          this.slotStamp[slot] = serial;
+        }
+        this.resolvedEnc[off + k] = enc;
         this.resolved[off + k++] = slot;
       } else if (op === OP_DROP) {
         reason = w & 0xffffff;
@@ -140,6 +171,7 @@ export class Execute {
     this.memoLen[a] = k;
     this.memoReason[a] = reason;
     this.memoUnmapped[a] = unmapped;
+    this.memoFlag[a] = flag;
   }
 
   process(batch: PacketBatch): void {
@@ -151,15 +183,19 @@ export class Execute {
     const seq = ++this.seq;
     this.resolvedUsed = 0;
     const txIdx = this.txIdx;
+    const txEnc = this.txEnc;
     const txCount = this.txCount;
     const touched = this.touched;
     const cap = this.listCap;
+    const ordinal = batch.ordinal;
+    const firstPackets = this.flagFirstPackets;
     let nt = 0;
     let copies = 0;
     let unmapped = 0;
     for (let i = 0; i < n; i++) {
       if (drop[i] !== 0) continue;
-      const a = act[flow[i]];
+      const f = flow[i];
+      const a = act[f];
       if (this.memoStamp[a] !== seq) this.resolve(a);
       const k = this.memoLen[a];
       unmapped += this.memoUnmapped[a];
@@ -168,15 +204,27 @@ export class Execute {
         continue;
       }
       const resolved = this.resolved;
+      const resolvedEnc = this.resolvedEnc;
       const off = this.memoOff[a];
+      // The flag for this packet's encapsulated copies: the action set's, or the flow is new.
+      const flag = this.memoFlag[a] | (firstPackets > 0 && ordinal[i] <= firstPackets ? 1 : 0);
+      let sent = 0;
       for (let j = 0; j < k; j++) {
         const slot = resolved[off + j];
         const c = txCount[slot];
+        if (c === cap) {
+          this.listFull++;
+          continue;
+        }
         if (c === 0) touched[nt++] = slot;
         txIdx[slot * cap + c] = i;
+        const enc = resolvedEnc[off + j];
+        txEnc[slot * cap + c] = enc < 0 ? -1 : enc * 2 + flag;
         txCount[slot] = c + 1;
+        sent++;
       }
-      copies += k;
+      if (sent === 0) drop[i] = D.noDestination;
+      copies += sent;
     }
     this.touchedCount = nt;
     this.copies += copies;

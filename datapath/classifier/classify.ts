@@ -70,11 +70,12 @@ export class Classify {
 
     const stats = flows.stats;
     const wirelen = batch.wirelen;
+    const ordinal = batch.ordinal;
     for (let i = 0; i < n; i++) {
       const f = flow[i];
       if (f < 0) continue;
       const o = f * STAT_WORDS;
-      stats[o + ST_PACKETS]++;
+      ordinal[i] = ++stats[o + ST_PACKETS];
       stats[o + ST_BYTES] += wirelen[i];
       stats[o + ST_USED] = now;
     }

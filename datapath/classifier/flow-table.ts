@@ -303,13 +303,13 @@ export class FlowTable {
   bytesOf(f: number): number { return this.stats[f * STAT_WORDS + ST_BYTES]; }
   usedOf(f: number): number { return this.stats[f * STAT_WORDS + ST_USED]; }
 
-  /** Counts one packet of `len` bytes on flow f at time now. */
-  hit(f: number, len: number, now: number): void {
+  /** Counts one packet of `len` bytes on flow f at time now; returns which packet of the flow it is. */
+  hit(f: number, len: number, now: number): number {
     const st = this.stats;
     const o = f * STAT_WORDS;
-    st[o + ST_PACKETS]++;
     st[o + ST_BYTES] += len;
     st[o + ST_USED] = now;
+    return ++st[o + ST_PACKETS];
   }
 
   /** Removes every flow. */

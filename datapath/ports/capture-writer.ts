@@ -13,6 +13,7 @@
  */
 import { closeSync, openSync, writeSync } from 'node:fs';
 import { Arena } from '../arena.js';
+import type { Encap } from '../actions/encap.js';
 import type { PacketBatch } from '../batch.js';
 import { FpoError } from '../errors.js';
 import type { CaptureFormat, CaptureInterface } from './capture-reader.js';
@@ -146,7 +147,7 @@ export class CaptureWriter {
 
   /** True once the file exists (the port emitted a packet). */
   get opened(): boolean {
-    return this.fd >= 0;
+    return this.fd >= 0 || this.closed;
   }
 
   // Slow path: once per file.
@@ -158,17 +159,26 @@ export class CaptureWriter {
     }
   }
 
-  /** Writes packets idx[from .. from + n) of `batch`. */
-  writeBatch(batch: PacketBatch, idx: Uint16Array, from: number, n: number): void {
+  /**
+   * Writes packets idx[from .. from + n) of `batch`; enc[j] (when given) says
+   * whether to encapsulate packet idx[j] first (-1: no; else encapId * 2 + flag).
+   */
+  writeBatch(batch: PacketBatch, idx: Uint16Array, from: number, n: number, enc?: Int32Array, encap?: Encap): void {
     if (this.fd < 0) this.open();
     const src = batch.buf;
     const ng = this.layout.format === 'pcapng';
-    if (!ng && batch.rawPcapLE) {
+    let anyEnc = false;
+    if (enc !== undefined) for (let j = from; j < from + n; j++) if (enc[j] >= 0) { anyEnc = true; break; }
+    if (!ng && batch.rawPcapLE && !anyEnc) {
       this.writeRaw(batch, idx, from, n);
       return;
     }
     for (let j = from; j < from + n; j++) {
       const i = idx[j];
+      if (anyEnc && enc![j] >= 0) {
+        this.writeEncapsulated(batch, i, enc![j], encap!, ng);
+        continue;
+      }
       const cl = batch.caplen[i];
       if (ng) {
         const g = batch.ifIndex[i];
@@ -205,6 +215,47 @@ export class CaptureWriter {
       this.bytes += cl;
     }
     this.packets += n;
+  }
+
+  /** One packet behind the outer headers of encap `e >> 1` (flagged if e & 1). */
+  private writeEncapsulated(batch: PacketBatch, i: number, e: number, encap: Encap, ng: boolean): void {
+    const id = e >> 1;
+    const flagged = (e & 1) === 1;
+    const cl = batch.caplen[i];
+    const wl = batch.wirelen[i];
+    const hl = encap.headerLength(id, flagged);
+    const recHdr = ng ? 28 : 16;
+    const pad = ng ? (4 - ((hl + cl) & 3)) & 3 : 0;
+    const len = recHdr + hl + cl + pad + (ng ? 4 : 0);
+    if (ng && batch.ifIndex[i] >= this.described) this.describeUpTo(batch.ifIndex[i]);
+    this.room(len);
+    const dv = this.dv;
+    const p = this.used;
+    if (ng) {
+      dv.setUint32(p, 6, true);
+      dv.setUint32(p + 4, len, true);
+      dv.setUint32(p + 8, batch.ifIndex[i], true);
+      dv.setUint32(p + 12, batch.tsA[i], true);
+      dv.setUint32(p + 16, batch.tsB[i], true);
+      dv.setUint32(p + 20, hl + cl, true);
+      dv.setUint32(p + 24, hl + wl, true);
+    } else {
+      dv.setUint32(p, batch.tsA[i], true);
+      dv.setUint32(p + 4, batch.tsB[i], true);
+      dv.setUint32(p + 8, hl + cl, true);
+      dv.setUint32(p + 12, hl + wl, true);
+    }
+    // The UDP and IP lengths count the packet as it was on the wire.
+    encap.write(this.buf, p + recHdr, id, flagged, wl, batch.hash[i]);
+    this.copy(batch.buf, batch.off[i], cl, p + recHdr + hl);
+    encap.finish(this.buf, p + recHdr, id, hl, cl);
+    if (ng) {
+      for (let z = 0; z < pad; z++) this.buf[p + recHdr + hl + cl + z] = 0;
+      dv.setUint32(p + len - 4, len, true);
+    }
+    this.used = p + len;
+    this.bytes += hl + cl;
+    if (this.home !== null) this.unspill();
   }
 
   /**

@@ -59,7 +59,7 @@ describe('flag check (receive side)', () => {
     const { path, flagged, plain } = capture();
     const out = tempDir();
     const { report } = replay({ capture: path, topology: topology(true), outDir: out });
-    expect(report.tunnel).toEqual({ flagged, unflagged: plain, specialTo: 'svc0' });
+    expect(report.tunnel).toEqual({ flagged, unflagged: plain, specialTo: 'svc0', sent: 0, flaggedSent: 0 });
     expect(report.packets.in).toBe(report.packets.out + report.packets.dropped);
     expect(report.packets.dropped).toBe(0);
     const svc = report.ports.find((p) => p.name === 'svc0')!;
@@ -104,7 +104,7 @@ describe('flag check (receive side)', () => {
     ]);
     const { report } = replay({ capture: path, topology: topology(true), outDir: tempDir() });
     expect(report.drops).toEqual({ geneveBad: 1, tunnelTruncated: 1, vxlanBad: 1 });
-    expect(report.tunnel).toEqual({ flagged: 0, unflagged: 1, specialTo: 'svc0' });
+    expect(report.tunnel).toEqual({ flagged: 0, unflagged: 1, specialTo: 'svc0', sent: 0, flaggedSent: 0 });
   });
 
   it('tunnel packets to another endpoint are transit traffic, switched on their outer headers', () => {
@@ -112,7 +112,7 @@ describe('flag check (receive side)', () => {
     const t = geneve(5001, inner(1, 2001), [FLAG_OPT]);
     writePcap(path, [{ sec: 1, usec: 0, data: eth('02:00:00:00:00:02', '02:fe:00:00:00:02', 0x0800, ipv4({ src: '192.168.0.2', dst: '192.168.0.9', proto: 17 }, udp(49152, 6081, t))) }]);
     const { report } = replay({ capture: path, topology: topology(true), outDir: tempDir() });
-    expect(report.tunnel).toEqual({ flagged: 0, unflagged: 0, specialTo: 'svc0' });
+    expect(report.tunnel).toEqual({ flagged: 0, unflagged: 0, specialTo: 'svc0', sent: 0, flaggedSent: 0 });
     expect(report.ports.find((p) => p.name === 'vf2')!.tx.packets).toBe(1);
   });
 });

@@ -1,0 +1,108 @@
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import type { HostsReport } from '../../control/replay.js';
+import { PacketBatch } from '../../datapath/batch.js';
+import { CaptureReader } from '../../datapath/ports/capture-reader.js';
+import { twoHostFrames } from '../../fixtures/make.js';
+import { FIXTURES, cleanTemp, haveTool, runCli, tempDir, tsharkFields } from '../helpers.js';
+
+afterAll(cleanTemp);
+
+const TOPO = join(FIXTURES, 'two-hosts.json');
+const CAP = join(FIXTURES, 'two-hosts.pcap');
+
+function frames(path: string): Uint8Array[] {
+  const r = new CaptureReader(path);
+  const b = new PacketBatch(64);
+  const out: Uint8Array[] = [];
+  while (r.fill(b, 0) > 0) for (let i = 0; i < b.count; i++) out.push(b.buf.slice(b.off[i], b.off[i] + b.caplen[i]));
+  r.close();
+  return out;
+}
+
+/** Which input frames the sender policy flags: ssh (rule), all of vmA2 (interface), each flow's first packet. */
+function expectedFlags(): boolean[] {
+  const seen = new Set<string>();
+  return twoHostFrames().map((f) => {
+    const src = Array.from(f.subarray(6, 12)).join(':');
+    const dst = Array.from(f.subarray(0, 6)).join(':');
+    const isIp = f[12] === 0x08 && f[13] === 0x00;
+    const dport = isIp ? (f[36] << 8) | f[37] : 0;
+    const flow = `${src}>${dst}/${isIp ? f[23] : 'arp'}/${dport}`;
+    const first = !seen.has(flow);
+    seen.add(flow);
+    return first || dport === 22 && f[23] === 6 || src === '2:0:0:0:10:2';
+  });
+}
+
+function run(topo: string, out: string): HostsReport {
+  const r = runCli(['replay', CAP, '-t', topo, '-o', out, '--json']);
+  expect(r.stderr).toBe('');
+  expect(r.status).toBe(0);
+  return JSON.parse(r.stdout) as HostsReport;
+}
+
+describe('two hosts joined by a tunnel, in one replay', () => {
+  const out = tempDir('two');
+  const rep = run(TOPO, out);
+  const [a, b] = rep.hosts;
+  const flags = expectedFlags();
+  const nFlagged = flags.filter(Boolean).length;
+
+  it('every packet is accounted for on each host', () => {
+    for (const h of rep.hosts) expect(h.packets.in, h.host).toBe(h.packets.out + h.packets.dropped);
+    expect(a.packets.in).toBe(twoHostFrames().length);
+    expect(a.packets.dropped).toBe(0);
+    expect(b.packets.in).toBe(a.ports.find((p) => p.name === 'uplink0')!.tx.packets);
+  });
+
+  it('host A sends every packet encapsulated, flagged exactly as its policy says', () => {
+    expect(a.tunnel.sent).toBe(twoHostFrames().length);
+    expect(a.tunnel.flaggedSent).toBe(nFlagged);
+    expect(b.tunnel).toEqual({ flagged: nFlagged, unflagged: twoHostFrames().length - nFlagged, specialTo: 'svc0', sent: 0, flaggedSent: 0 });
+  });
+
+  it('tshark reads A\'s uplink as Geneve with the VNI of each segment, the option on flagged packets only, inner frames intact', () => {
+    if (!haveTool('tshark', 'decodes the tunnel packets')) return;
+    const uplink = join(out, 'hostA', 'uplink0.pcap');
+    const rows = tsharkFields(uplink, ['geneve.vni', 'geneve.option.class', 'eth.src']);
+    const input = twoHostFrames();
+    const sent = frames(uplink);
+    expect(rows.length).toBe(input.length);
+    rows.forEach(([vni, opt, src], i) => {
+      const innerSrc = src.split(',')[1];
+      expect(Number(vni), `frame ${i + 1}`).toBe(innerSrc === '02:00:00:00:0a:01' ? 5001 : 5002);
+      expect(opt.includes('0xfff0'), `frame ${i + 1} flag`).toBe(flags[i]);
+      // The inner frame is the input frame, byte for byte, at the end of the packet.
+      expect(sent[i].subarray(sent[i].length - input[i].length)).toEqual(input[i]);
+    });
+  });
+
+  it('host B delivers unflagged packets decapsulated to its VMs and flagged ones untouched to its service port', () => {
+    const input = twoHostFrames();
+    const vf1 = frames(join(out, 'hostB', 'vf1.pcap'));
+    const plainToB1 = input.filter((f, i) => !flags[i] && f[5] === 0x01);
+    expect(vf1).toEqual(plainToB1);
+    const svc = frames(join(out, 'hostB', 'svc0.pcap'));
+    expect(svc.length).toBe(nFlagged);
+    const sent = frames(join(out, 'hostA', 'uplink0.pcap'));
+    expect(svc).toEqual(sent.filter((_, i) => flags[i]));
+  });
+
+  it('works the same over VXLAN (the flag in the reserved bit)', () => {
+    const t = JSON.parse(readFileSync(TOPO, 'utf8'));
+    for (const h of t.hosts) h.tunnel.kind = 'vxlan';
+    const topo = join(tempDir(), 'vxlan.json');
+    writeFileSync(topo, JSON.stringify(t));
+    const out2 = tempDir('vx');
+    const r = run(topo, out2);
+    expect(r.hosts[1].tunnel.flagged).toBe(nFlagged);
+    if (!haveTool('tshark', 'decodes the tunnel packets')) return;
+    const rows = tsharkFields(join(out2, 'hostA', 'uplink0.pcap'), ['vxlan.vni', 'vxlan.flags']);
+    rows.forEach(([vni, fl], i) => {
+      expect(Number(vni)).toBeGreaterThanOrEqual(5001);
+      expect((parseInt(fl, 16) & 0x0080) !== 0, `frame ${i + 1}`).toBe(flags[i]);
+    });
+  });
+});
