@@ -201,7 +201,7 @@ export class Fpag {
     const t = this.topology.tunnel;
     if (t) {
       const specialPpid = t.specialPort !== undefined ? this.portByName.get(t.specialPort)!.ppid : -1;
-      this.dp.apply({ type: 'tunnel-config', vtep: t.vtep, flag: t.flag, specialPpid, flagFirstPackets: t.policy.firstPackets });
+      this.dp.apply({ type: 'tunnel-config', vtep: t.vtep, vtep6: t.vtep6 ?? null, flag: t.flag, specialPpid, flagFirstPackets: t.policy.firstPackets });
       for (const r of t.remotes) {
         this.dp.apply({ type: 'tunnel-add', tunnel: { kind: r.kind ?? t.kind, srcMac: parseMac(t.mac), dstMac: parseMac(r.mac), srcIp: parseIp(t.sendFrom ?? t.vtep), dstIp: parseIp(r.vtep) } });
       }

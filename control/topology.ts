@@ -21,6 +21,7 @@
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 import { FpoError } from '../datapath/errors.js';
+import { parseIpText } from '../datapath/datapath.js';
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 const MAC = /^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/;
@@ -68,6 +69,8 @@ const TunnelSchema = z.strictObject({
   vtep: z.string().regex(IPV4, 'expected an IPv4 address like 192.168.0.1'),
   /** Outer source address this host sends from when different from vtep (an IPv6 underlay). */
   sendFrom: z.string().min(2).optional(),
+  /** This host's IPv6 tunnel endpoint, terminated as well as vtep. */
+  vtep6: z.string().min(2).optional(),
   /** This host's MAC on the underlay (outer Ethernet source). */
   mac: z.string().regex(MAC, 'expected a MAC address like 02:fe:00:00:00:01').default('02:fe:00:00:00:01'),
   /** VXLAN or Geneve, for remotes that do not say (default geneve). */
@@ -295,6 +298,8 @@ export function topologyFrom(json: unknown, path: string): Topology {
   for (const p of ports.values()) if (p.role === 'uplink') p.vpid = vpid++;
   if (t.replay && t.replay.inputPort !== 'by-source-mac' && !ports.has(t.replay.inputPort)) throw bad(path, 'replay.inputPort', `no port named "${t.replay.inputPort}"`);
   if (t.tunnel?.specialPort !== undefined && !ports.has(t.tunnel.specialPort)) throw bad(path, 'tunnel.specialPort', `no port named "${t.tunnel.specialPort}"`);
+  if (t.tunnel?.vtep6 !== undefined && parseIpText(t.tunnel.vtep6)?.length !== 16) throw bad(path, 'tunnel.vtep6', `expected an IPv6 address like 2001:db8::1, got "${t.tunnel.vtep6}"`);
+  if (t.tunnel?.sendFrom !== undefined && parseIpText(t.tunnel.sendFrom) === null) throw bad(path, 'tunnel.sendFrom', `expected an IPv4 or IPv6 address, got "${t.tunnel.sendFrom}"`);
   t.tunnel?.remotes.forEach((r, i) => {
     const at = `tunnel.remotes[${i}]`;
     unique('remote', r.name, `${at}.name`);
@@ -302,7 +307,7 @@ export function topologyFrom(json: unknown, path: string): Topology {
     if (!up || up.role !== 'uplink') throw bad(path, `${at}.uplink`, `no uplink port named "${r.uplink}"`);
     const fam = (a: string) => (IPV4.test(a) ? 4 : a.includes(':') ? 6 : 0);
     const ours = fam(t.tunnel!.sendFrom ?? t.tunnel!.vtep);
-    if (fam(r.vtep) === 0) throw bad(path, `${at}.vtep`, `expected an IPv4 or IPv6 address, got "${r.vtep}"`);
+    if (parseIpText(r.vtep) === null) throw bad(path, `${at}.vtep`, `expected an IPv4 or IPv6 address, got "${r.vtep}"`);
     if (fam(r.vtep) !== ours) throw bad(path, `${at}.vtep`, `address family differs from this host's (${t.tunnel!.sendFrom ?? t.tunnel!.vtep}); set tunnel.sendFrom`);
     r.interfaces.forEach((itf, j) => {
       unique('interface', itf.name, `${at}.interfaces[${j}].name`);

@@ -27,6 +27,23 @@ import type { ControlMessage, SpecialPacket, Upcall } from './upcall.js';
 
 export const MAX_PPID = 4095;
 
+/** Dotted IPv4 or RFC 4291 IPv6 text → 4 or 16 bytes, or null. */
+export function parseIpText(s: string): Uint8Array | null {
+  if (!s.includes(':')) {
+    const p = s.split('.').map((x) => (/^\d{1,3}$/.test(x) ? Number(x) : NaN));
+    return p.length === 4 && p.every((x) => x >= 0 && x <= 255) ? Uint8Array.from(p) : null;
+  }
+  const halves = s.split('::');
+  if (halves.length > 2) return null;
+  const head = halves[0] ? halves[0].split(':') : [];
+  const tail = halves.length === 2 && halves[1] ? halves[1].split(':') : [];
+  const groups = halves.length === 2 ? [...head, ...Array(8 - head.length - tail.length).fill('0'), ...tail] : head;
+  if (groups.length !== 8 || !groups.every((g) => /^[0-9a-fA-F]{1,4}$/.test(g))) return null;
+  const b = new Uint8Array(16);
+  groups.forEach((g, i) => { const v = parseInt(g, 16); b[2 * i] = v >> 8; b[2 * i + 1] = v & 255; });
+  return b;
+}
+
 /** The tx side of a port: where execute's per-port lists go. */
 export interface TxPort {
   /**
@@ -177,11 +194,15 @@ export class Datapath {
         return;
       case 'tunnel-config': {
         let vtep = 0;
-        if (msg.vtep !== null) {
-          const p = msg.vtep.split('.').map(Number);
-          if (p.length !== 4 || p.some((x) => !(x >= 0 && x <= 255))) throw new FpoError('FPO_ERR_USAGE', `vtep "${msg.vtep}" is not an IPv4 address`);
-          vtep = ((p[0] << 24) | (p[1] << 16) | (p[2] << 8) | p[3]) >>> 0;
+        let vtep6: Uint8Array | null = null;
+        for (const a of [msg.vtep, msg.vtep6 ?? null]) {
+          if (a === null) continue;
+          const b = parseIpText(a);
+          if (b === null) throw new FpoError('FPO_ERR_USAGE', `vtep "${a}" is not an IPv4 or IPv6 address`);
+          if (b.length === 4) vtep = ((b[0] << 24) | (b[1] << 16) | (b[2] << 8) | b[3]) >>> 0;
+          else vtep6 = b;
         }
+        this.flagCheck.setVtep6(vtep6);
         if (msg.specialPpid !== -1 && !this.hasPort(msg.specialPpid)) throw new FpoError('FPO_ERR_USAGE', `special port ppid ${msg.specialPpid} is not a port of this NIC`);
         this.flagCheck.vtep = vtep;
         this.flagCheck.flag = { ...this.flagCheck.flag, ...msg.flag };

@@ -47,6 +47,8 @@ export interface FlowDelete {
 export interface TunnelConfig {
   type: 'tunnel-config';
   vtep: string | null;
+  /** An IPv6 endpoint as well (or instead: vtep null). */
+  vtep6?: string | null;
   flag?: Partial<FlagFormat>;
   specialPpid: number;
   /** Sender policy: flag the first this-many encapsulated packets of every flow (default 0). */

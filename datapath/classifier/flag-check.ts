@@ -3,7 +3,7 @@
  * inner parsing or lookup (sender-side assisted classification).
  *
  * For each VXLAN/Geneve packet addressed to this host's tunnel endpoint
- * (outer IPv4 destination = `vtep`):
+ * (outer IPv4 destination = `vtep`, or IPv6 destination = `vtep6`):
  *   - flagged by the sender (a Geneve option of class/type `geneveClass`/
  *     `geneveType`, or the configured reserved bit of the VXLAN header):
  *     drop[i] = SPECIAL — the packet leaves the fast path untouched, for the
@@ -38,8 +38,11 @@ export class FlagCheck {
   static readonly stageName = 'flag-check';
   static readonly next = ['special', 'classify', 'drop'] as const;
 
-  /** This host's tunnel endpoint (outer IPv4 as a u32); 0: terminate no tunnels. */
+  /** This host's tunnel endpoint (outer IPv4 as a u32); 0: none over IPv4. */
   vtep = 0;
+  /** This host's IPv6 tunnel endpoint (4 words); all 0: none over IPv6. */
+  readonly vtep6 = new Uint32Array(4);
+  private has6 = false;
   flag: FlagFormat = { ...DEFAULT_FLAG };
   /** Tunnel packets for us: flagged (sent to the special path) / decapsulated onto the fast path. */
   flagged = 0;
@@ -63,10 +66,28 @@ export class FlagCheck {
     return false;
   }
 
+  /** Sets the IPv6 endpoint (16 bytes), or none (null). */
+  setVtep6(addr: Uint8Array | null): void {
+    this.vtep6.fill(0);
+    this.has6 = addr !== null;
+    if (addr) for (let w = 0; w < 4; w++) this.vtep6[w] = ((addr[w * 4] << 24) | (addr[w * 4 + 1] << 16) | (addr[w * 4 + 2] << 8) | addr[w * 4 + 3]) >>> 0;
+  }
+
+  /** True when the outer destination in key[k..] is one of our endpoints. */
+  private ours(key: Uint32Array, k: number): boolean {
+    const et = key[k + W_ETH_TYPE] >>> 16;
+    if (et === 0x0800) return this.vtep !== 0 && key[k + W_IP_DST] === this.vtep;
+    if (et === 0x86dd && this.has6) {
+      const v = this.vtep6;
+      return key[k + W_IP_DST] === v[0] && key[k + W_IP_DST + 1] === v[1] && key[k + W_IP_DST + 2] === v[2] && key[k + W_IP_DST + 3] === v[3];
+    }
+    return false;
+  }
+
   /** Returns the number of packets flagged in this batch. */
   process(batch: PacketBatch): number {
     const vtep = this.vtep;
-    if (vtep === 0) return 0;
+    if (vtep === 0 && !this.has6) return 0;
     const n = batch.count;
     const drop = batch.drop;
     const inner = batch.innerOff;
@@ -77,7 +98,7 @@ export class FlagCheck {
     for (let i = 0; i < n; i++) {
       if (drop[i] !== 0 || inner[i] === ABSENT) continue;
       const k = i * KEY_WORDS;
-      if (key[k + W_IP_DST] !== vtep || key[k + W_ETH_TYPE] >>> 16 !== 0x0800) continue;
+      if (!this.ours(key, k)) continue;
       const base = batch.off[i];
       const h = base + batch.tunHdr[i];
       const io = inner[i];
@@ -91,7 +112,9 @@ export class FlagCheck {
         flagged++;
         continue;
       }
-      const src = key[k + W_IP_SRC];
+      // tun_src/tun_dst carry IPv4 underlay addresses; over IPv6 they stay 0 (tun_id still says the tunnel).
+      const v4 = key[k + W_ETH_TYPE] >>> 16 === 0x0800;
+      const src = v4 ? key[k + W_IP_SRC] : 0;
       const vni = batch.vni[i];
       batch.off[i] = base + io;
       batch.caplen[i] -= io;
@@ -100,7 +123,7 @@ export class FlagCheck {
       if (r > 0) drop[i] = r;
       key[k + W_TUN] = vni;
       key[k + W_TUN_SRC] = src;
-      key[k + W_TUN_DST] = vtep;
+      key[k + W_TUN_DST] = v4 ? vtep : 0;
       decap++;
     }
     // A decapsulated packet's record header no longer sits before its bytes.

@@ -157,3 +157,18 @@ describe('revalidation', () => {
     expect(dp.flows.count).toBe(1);
   });
 });
+
+describe('tunnel metadata in rules', () => {
+  it('a rule can match the tunnel a decapsulated packet came in on (tun_id, tun_src, tun_dst)', () => {
+    const { fpag } = setup({ rules: [{ priority: 5, match: { tun_id: 5001, tun_src: '192.168.0.2', tun_dst: '192.168.0.1' }, actions: ['drop'] }] });
+    const k = key(4, '02:00:00:00:00:01');
+    k[15] = (0x01000000 | 5001) >>> 0;
+    k[16] = 0xc0a80002;
+    k[17] = 0xc0a80001;
+    const d = fpag.decide(k);
+    expect(d.actions).toEqual([{ op: 'drop', reason: D.ruleDrop }]);
+    expect([d.mask[15], d.mask[16], d.mask[17]]).toEqual([0xffffff, 0xffffffff, 0xffffffff]);
+    k[16] = 0xc0a80009;
+    expect(fpag.decide(k).rule).toBe(-1);
+  });
+});

@@ -90,6 +90,27 @@ describe('two hosts joined by a tunnel, in one replay', () => {
     expect(svc).toEqual(sent.filter((_, i) => flags[i]));
   });
 
+  it('works the same over an IPv6 underlay', () => {
+    const t = JSON.parse(readFileSync(TOPO, 'utf8'));
+    const [ha, hb] = t.hosts;
+    ha.tunnel.sendFrom = ha.tunnel.vtep6 = '2001:db8::1';
+    hb.tunnel.sendFrom = hb.tunnel.vtep6 = '2001:db8::2';
+    ha.tunnel.remotes[0].vtep = '2001:db8::2';
+    hb.tunnel.remotes[0].vtep = '2001:db8::1';
+    const topo = join(tempDir(), 'v6.json');
+    writeFileSync(topo, JSON.stringify(t));
+    const out6 = tempDir('v6');
+    const r = run(topo, out6);
+    expect(r.hosts[1].tunnel).toEqual({ flagged: nFlagged, unflagged: twoHostFrames().length - nFlagged, specialTo: 'svc0', sent: 0, flaggedSent: 0 });
+    expect(frames(join(out6, 'hostB', 'vf1.pcap'))).toEqual(twoHostFrames().filter((f, i) => !flags[i] && f[5] === 0x01));
+    if (!haveTool('tshark', 'decodes the tunnel packets')) return;
+    const rows = tsharkFields(join(out6, 'hostA', 'uplink0.pcap'), ['ipv6.dst', 'geneve.vni']);
+    for (const [dst, vni] of rows) {
+      expect(dst).toBe('2001:db8::2');
+      expect(Number(vni)).toBeGreaterThanOrEqual(5001);
+    }
+  });
+
   it('works the same over VXLAN (the flag in the reserved bit)', () => {
     const t = JSON.parse(readFileSync(TOPO, 'utf8'));
     for (const h of t.hosts) h.tunnel.kind = 'vxlan';
