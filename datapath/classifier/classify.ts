@@ -2,8 +2,8 @@
  * Classify: finds each packet's flow, in three passes over the batch, as
  * dpif-netdev does (hash the batch, then look up, then count):
  *
- *   1. hash every live packet's key (batch.hash);
- *   2. exact-match cache (emc.ts) for every packet;
+ *   1+2. hash every live packet's key (batch.hash) and look it up in the
+ *      exact-match cache (emc.ts) — one loop: measured faster than two here;
  *   3. megaflow table (flow-table.ts) for the cache's misses, caching hits.
  *
  * Packets that match nothing keep flow[i] = -1 and the count of them is
@@ -41,8 +41,6 @@ export class Classify {
     const key = batch.key;
     const emc = this.emc;
     const flows = this.flows;
-    for (let i = 0; i < n; i++) if (drop[i] === 0) hash[i] = keyHash(key, i * KEY_WORDS);
-
     const missIdx = this.missIdx;
     let m = 0;
     let emcHits = 0;
@@ -50,7 +48,10 @@ export class Classify {
     for (let i = 0; i < n; i++) {
       flow[i] = -1;
       if (drop[i] !== 0) continue;
-      const f = useEmc ? emc.lookup(key, i * KEY_WORDS, hash[i]) : -1;
+      const ko = i * KEY_WORDS;
+      const h = keyHash(key, ko);
+      hash[i] = h;
+      const f = useEmc ? emc.lookup(key, ko, h) : -1;
       if (f >= 0) {
         flow[i] = f;
         emcHits++;
