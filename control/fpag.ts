@@ -55,6 +55,9 @@ interface Endpoint {
   /** Remote interface: the tunnel (index of its remote host) and the VPID of the uplink that reaches it. */
   tunnel?: number;
   viaVpid?: number;
+  /** Cached decisions: the actions that reach this endpoint, and its floods by (segment, from uplink, from tunnel). */
+  toActions?: Action[];
+  floods?: Map<string, Action[]>;
 }
 
 /** What the FPAG decided for one key (also what `trace` prints). */
@@ -115,8 +118,7 @@ export class Fpag {
   /** Flagged packets the datapath handed to the FPAG (the special-processing path), by in PPID. */
   readonly specialByPort = new Map<number, number>();
   upcallsHandled = 0;
-  /** Action arrays reused across decisions (the datapath interns them by identity). */
-  private readonly actionCache = new Map<string, Action[]>();
+  private readonly scratchMask = new Uint32Array(KEY_WORDS);
   /** Flows installed per rule index (-1 = L2). */
   readonly installsByRule = new Map<number, number>();
 
@@ -277,7 +279,11 @@ export class Fpag {
    * an upcall needs none.
    */
   decide(key: Uint32Array, explain = false): Decision {
-    const mask = new Uint32Array(KEY_WORDS);
+    return this.decideInto(key, new Uint32Array(KEY_WORDS), explain);
+  }
+
+  /** decide() into a caller's (zeroed) mask array: the upcall path reuses one. */
+  private decideInto(key: Uint32Array, mask: Uint32Array, explain: boolean): Decision {
     for (const r of this.rules) {
       let hit = true;
       for (let w = 0; w < KEY_WORDS; w++) {
@@ -301,30 +307,21 @@ export class Fpag {
     return [{ op: 'encap', tunnel: e.tunnel, vni }, { op: 'output', vpid: e.viaVpid! }];
   }
 
+  /** The same actions with the flag in front (one array per input array, reused). */
   private withFlag(actions: Action[]): Action[] {
-    return this.cached(`flag/${this.refId(actions)}`, () => [{ op: 'flag' }, ...actions]);
+    let f = this.flaggedActions.get(actions);
+    if (f === undefined) {
+      f = [{ op: 'flag' }, ...actions];
+      this.flaggedActions.set(actions, f);
+    }
+    return f;
   }
 
-  private readonly refIds = new WeakMap<Action[], number>();
-  private refId(a: Action[]): number {
-    let id = this.refIds.get(a);
-    if (id === undefined) { id = this.nextRef++; this.refIds.set(a, id); }
-    return id;
-  }
-  private nextRef = 0;
+  private readonly flaggedActions = new WeakMap<Action[], Action[]>();
 
   /** Name of the remote host of tunnel t. */
   tunnelName(t: number): string | undefined {
     return this.topology.tunnel?.remotes[t]?.name;
-  }
-
-  private cached(tag: string, make: () => Action[]): Action[] {
-    let a = this.actionCache.get(tag);
-    if (a === undefined) {
-      a = make();
-      this.actionCache.set(tag, a);
-    }
-    return a;
   }
 
   private l2(key: Uint32Array, mask: Uint32Array, explain: boolean): { actions: Action[]; reason: string } {
@@ -363,7 +360,11 @@ export class Fpag {
     const fromTunnel = (key[W_TUN] & TUN_PRESENT) !== 0;
     // Flood: every other local member; remote hosts (one copy each, encapsulated) unless the
     // packet came from an uplink or a tunnel (split horizon: never back into the underlay).
-    const flood = () => this.cached(`flood/${segment}/${inVpid}/${from.uplink ? 1 : 0}/${fromTunnel ? 1 : 0}`, () => {
+    const floodKey = fromTunnel ? `${segment}/t` : segment;
+    const flood = () => {
+      const floods = (from.floods ??= new Map());
+      let cachedFlood = floods.get(floodKey);
+      if (cachedFlood !== undefined) return cachedFlood;
       const out: Action[] = [];
       const tunnels = new Set<number>();
       for (const e of group) {
@@ -374,8 +375,10 @@ export class Fpag {
         } else if (e.uplink && fromTunnel) continue;
         out.push(...this.outputsTo(e));
       }
+      cachedFlood = out;
+      floods.set(floodKey, out);
       return out;
-    });
+    };
     const flagFrom = this.flagged.has(from.name);
     if ((dstHi >>> 24) & 1) {
       const out = flagFrom ? this.withFlag(flood()) : flood();
@@ -385,7 +388,7 @@ export class Fpag {
     if (to) {
       if (to.vpid === inVpid) return { actions: this.dropNoDestination, reason: explain ? `L2 ${dst} is the sender itself` : '' };
       if (to.tunnel !== undefined && from.uplink) return { actions: this.dropNoDestination, reason: explain ? `L2 ${dst} is remote; not sent back into the underlay` : '' };
-      const outs = this.cached(`to/${to.name}`, () => this.outputsTo(to));
+      const outs = (to.toActions ??= this.outputsTo(to));
       const flag = flagFrom || this.flagged.has(to.name);
       return { actions: flag ? this.withFlag(outs) : outs, reason: explain ? `L2 ${dst} is ${to.name} (${to.tunnel === undefined ? `vpid ${to.vpid}` : `through tunnel ${to.tunnel} to ${this.tunnelName(to.tunnel)}`}) in segment ${segment}` : '' };
     }
@@ -395,9 +398,11 @@ export class Fpag {
 
   private onUpcall(u: Upcall): void {
     this.upcallsHandled++;
-    const d = this.decide(u.key);
+    const mask = this.scratchMask.fill(0);
+    const d = this.decideInto(u.key, mask, false);
     this.installsByRule.set(d.rule, (this.installsByRule.get(d.rule) ?? 0) + 1);
-    this.dp.apply({ type: 'flow-install', key: u.key, mask: d.mask, actions: d.actions });
+    // The datapath copies key and mask into its tables: the scratch arrays can be reused.
+    this.dp.apply({ type: 'flow-install', key: u.key, mask, actions: d.actions });
   }
 
   /** Name of the interface or uplink behind a VPID. */

@@ -132,6 +132,7 @@ export class Datapath {
   upcalls = 0;
   flowsInstalled = 0;
   private batchesSinceSort = 0;
+  private readonly upcallMsg: Upcall = { type: 'upcall', inPpid: 0, key: new Uint32Array(KEY_WORDS) };
   /** The datapath clock (ms) of the last batch. */
   now = 0;
   private readonly idleTimeoutMs: number;
@@ -265,7 +266,12 @@ export class Datapath {
       let f = flows.lookup(batch.key, ko);
       if (f < 0 && this.upcallSink !== null) {
         this.upcalls++;
-        this.upcallSink({ type: 'upcall', inPpid: batch.inPpid[i], key: batch.key.slice(ko, ko + KEY_WORDS) });
+        // One message object and key array, reused: a sink that keeps them must copy (the
+        // in-thread FPAG does not; a FPAG elsewhere gets a structured clone anyway).
+        const u = this.upcallMsg;
+        u.inPpid = batch.inPpid[i];
+        for (let w = 0; w < KEY_WORDS; w++) u.key[w] = batch.key[ko + w];
+        this.upcallSink(u);
         f = flows.lookup(batch.key, ko);
       }
       if (f < 0) {

@@ -9,7 +9,7 @@ import type { Action } from './actions/action-sets.js';
 import type { FlagFormat } from './classifier/flag-check.js';
 import type { TunnelDef } from './actions/encap.js';
 
-/** A packet that matched no flow. */
+/** A packet that matched no flow. Valid during the sink's call only: the datapath reuses it. */
 export interface Upcall {
   type: 'upcall';
   /** PPID the packet arrived on. */
