@@ -9,6 +9,8 @@ import { DROP, type DropReason } from '../datapath/drops.js';
 import { FpoError } from '../datapath/errors.js';
 import { flowReport, replay, replayHosts, type ReplayReport } from './replay.js';
 import { loadHosts } from './topology.js';
+import { CTL_HELP, CtlUsage, ctlMain } from './ctl.js';
+import { Service, defaultSocket } from './service.js';
 
 const HELP = `fpo — a userspace virtual switch with flow processing offload
 
@@ -19,6 +21,10 @@ Commands:
                  replay a pcap/pcapng capture through the switch; writes
                  DIR/<port>.pcap (or .pcapng) for every port that emitted
                  packets and prints where every packet went
+  run --topology FILE [--socket PATH] [--out DIR]
+                 run the switch as a service with a control socket
+  ctl COMMAND    talk to a running switch: show, dump-flows, stats, add-flow,
+                 del-flow, set-mapping, migrate, trace, inject ('fpo ctl --help')
   help [COMMAND] this text, or a command's
 
 Run 'fpo COMMAND --help' for a command's options.
@@ -160,26 +166,71 @@ function cmdReplay(argv: string[]): number {
   return 0;
 }
 
-export function main(argv: string[]): number {
+const RUN_HELP = `Usage: fpo run --topology FILE [options]
+
+Runs the switch as a service: the datapath, the FPAG and a control socket
+(a Unix socket, mode 0600) that 'fpo ctl' talks to. Every port writes what it
+emits to OUT/<port>.pcap. VPIDs and mappings are kept in a state file
+(written atomically), so a restart gives every interface the same VPID and
+port. SIGINT or SIGTERM stops it cleanly and prints the final counters (JSON).
+
+Options:
+  -t, --topology FILE   topology JSON
+  -s, --socket PATH     control socket (default $FPO_SOCKET, else fpo.sock in
+                        $XDG_RUNTIME_DIR or the temp folder)
+  -o, --out DIR         where port captures and the state file go (default ./fpo-run)
+      --state FILE      state file (default OUT/fpo-state.json)
+      --log-level L     silent, error, warn (default), info, debug: JSON lines on stderr
+  -h, --help            this text
+`;
+
+async function cmdRun(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv, allowPositionals: true,
+    options: { topology: { type: 'string', short: 't' }, socket: { type: 'string', short: 's' }, out: { type: 'string', short: 'o' }, state: { type: 'string' }, 'log-level': { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+  });
+  if (values.help) { process.stdout.write(RUN_HELP); return 0; }
+  if (positionals.length) throw new UsageError(`run: unexpected argument "${positionals[0]}"; see 'fpo run --help'`);
+  if (!values.topology) throw new UsageError(`run: --topology FILE is required; see 'fpo run --help'`);
+  const level = values['log-level'] ?? 'warn';
+  if (!['silent', 'error', 'warn', 'info', 'debug', 'trace'].includes(level)) throw new UsageError(`run: --log-level: expected silent, error, warn, info or debug, got "${level}"`);
+  const svc = new Service({ topology: values.topology, socket: values.socket ?? defaultSocket(), outDir: values.out ?? 'fpo-run', state: values.state, logLevel: level });
+  await svc.listen();
+  await new Promise<void>((resolve) => {
+    const stop = () => resolve();
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+  });
+  const final = await svc.stop();
+  svc.log.info('stopped');
+  process.stdout.write(JSON.stringify(final) + '\n');
+  return 0;
+}
+
+export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   try {
     switch (cmd) {
+      case 'run':
+        return await cmdRun(rest);
+      case 'ctl':
+        return await ctlMain(rest);
       case undefined:
       case '-h':
       case '--help':
         process.stdout.write(HELP);
         return 0;
       case 'help':
-        process.stdout.write(rest[0] === 'replay' ? REPLAY_HELP : HELP);
+        process.stdout.write(rest[0] === 'replay' ? REPLAY_HELP : rest[0] === 'run' ? RUN_HELP : rest[0] === 'ctl' ? CTL_HELP : HELP);
         return 0;
       case 'replay':
         return cmdReplay(rest);
       default:
-        throw new UsageError(`unknown command "${cmd}"; expected one of: replay, help`);
+        throw new UsageError(`unknown command "${cmd}"; expected one of: replay, run, ctl, help`);
     }
   } catch (e) {
     if (process.env.FPO_DEBUG) console.error(e);
-    if (e instanceof UsageError || (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
+    if (e instanceof UsageError || e instanceof CtlUsage || (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
       process.stderr.write(`fpo: ${(e as Error).message}\n`);
       return 2;
     }
@@ -198,4 +249,4 @@ process.stdout.on('error', (e: NodeJS.ErrnoException) => {
   throw e;
 });
 
-process.exitCode = main(process.argv.slice(2));
+process.exitCode = await main(process.argv.slice(2));

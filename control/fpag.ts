@@ -410,6 +410,102 @@ export class Fpag {
     return this.byVpid.get(vpid)?.name;
   }
 
+  /** Forgets every cached decision (after an endpoint changed). */
+  private clearCaches(): void {
+    for (const e of this.byName.values()) {
+      e.toActions = undefined;
+      e.floods = undefined;
+    }
+  }
+
+  /**
+   * Migration by mapping. Moves interface `name` to port `toPort` (null: it
+   * leaves this host), optionally under a new VPID. A port move is one
+   * mapping update: no flow changes, because flows name VPIDs. A new VPID
+   * changes what flows must say, so they are revalidated and the rewrites
+   * counted. Throws FpoError naming the field, with nothing changed, on an
+   * unknown interface or port, a port that is an uplink or carries another
+   * interface, or a VPID in use.
+   */
+  migrate(name: string, toPort: string | null, newVpid?: number): { vpid: number; oldPpid: number; newPpid: number; flowRewrites: number } {
+    const itf = this.topology.interfaces.find((i) => i.name === name);
+    if (!itf) throw new FpoError('FPO_ERR_USAGE', `interface: no interface named "${name}"`);
+    let ppid = -1;
+    if (toPort !== null) {
+      const port = this.portByName.get(toPort);
+      if (!port) throw new FpoError('FPO_ERR_USAGE', `to: no port named "${toPort}"; ports are ${[...this.portByName.keys()].join(', ')}`);
+      if (port.role !== 'vm') throw new FpoError('FPO_ERR_USAGE', `to: port "${toPort}" is an uplink; interfaces attach to VM ports`);
+      const holder = this.topology.interfaces.find((i) => i.port === toPort && i !== itf);
+      if (holder) throw new FpoError('FPO_ERR_USAGE', `to: port "${toPort}" carries interface "${holder.name}"; move or remove it first`);
+      ppid = port.ppid;
+    }
+    if (newVpid !== undefined && (newVpid !== itf.vpid) && (this.byVpid.has(newVpid) || !(newVpid >= 1 && newVpid <= this.dp.mapping.maxVpid))) {
+      throw new FpoError('FPO_ERR_USAGE', `new-vpid: ${newVpid} is in use or out of range 1..${this.dp.mapping.maxVpid}`);
+    }
+    const oldPpid = this.dp.mapping.toPpid[itf.vpid];
+    let rewrites = 0;
+    if (newVpid !== undefined && newVpid !== itf.vpid) {
+      const e = this.byVpid.get(itf.vpid)!;
+      this.dp.apply({ type: 'mapping-set', vpid: itf.vpid, ppid: -1 });
+      this.byVpid.delete(itf.vpid);
+      e.vpid = newVpid;
+      itf.vpid = newVpid;
+      this.byVpid.set(newVpid, e);
+      this.clearCaches();
+      if (ppid >= 0) this.dp.apply({ type: 'mapping-set', vpid: newVpid, ppid });
+      const r = this.revalidate();
+      rewrites = r.modified + r.deleted;
+    } else {
+      this.dp.apply({ type: 'mapping-set', vpid: itf.vpid, ppid });
+    }
+    itf.port = toPort ?? undefined;
+    this.migrations++;
+    this.flowRewrites += rewrites;
+    return { vpid: itf.vpid, oldPpid, newPpid: ppid, flowRewrites: rewrites };
+  }
+
+  /** Points a VPID at a PPID directly (set-mapping); the port must exist and be free of other VPIDs. */
+  setMapping(vpid: number, ppid: number): void {
+    const e = this.byVpid.get(vpid);
+    if (!e) throw new FpoError('FPO_ERR_USAGE', `vpid: ${vpid} is not assigned to any interface or uplink`);
+    const port = this.portByPpid.get(ppid);
+    if (!port) throw new FpoError('FPO_ERR_USAGE', `ppid: ${ppid} is not a port of this NIC; ports are ${[...this.portByPpid.keys()].join(', ')}`);
+    const other = this.dp.mapping.toVpid[ppid];
+    if (other >= 0 && other !== vpid) throw new FpoError('FPO_ERR_USAGE', `ppid: port ${ppid} (${port.name}) carries vpid ${other}; move it first`);
+    this.dp.apply({ type: 'mapping-set', vpid, ppid });
+    const itf = this.topology.interfaces.find((i) => i.vpid === vpid);
+    if (itf) itf.port = port.name;
+  }
+
+  /** The rules now, as given (for add-flow/del-flow and the state shown). */
+  get ruleSpecs(): Topology['rules'] {
+    return this.topology.rules;
+  }
+
+  /** Migrations done, and the flow rewrites they needed. */
+  migrations = 0;
+  flowRewrites = 0;
+
+  portNamed(name: string): Port | undefined {
+    return this.portByName.get(name);
+  }
+
+  portOf(ppid: number): Port | undefined {
+    return this.portByPpid.get(ppid);
+  }
+
+  /** Compiles one match (as in a rule) into key and mask; throws FpoError naming the field. */
+  compileMatchInto(key: Uint32Array, mask: Uint32Array, match: Record<string, string | number>, where: string): void {
+    for (const [field, value] of Object.entries(match)) {
+      try {
+        this.compileMatch(key, mask, field, value, `${where}.${field}`);
+      } catch (e) {
+        if (e instanceof FpoError) throw e;
+        throw new FpoError('FPO_ERR_USAGE', (e as Error).message);
+      }
+    }
+  }
+
   interfaceByName(name: string): Interface | undefined {
     return this.topology.interfaces.find((i) => i.name === name);
   }

@@ -1,0 +1,142 @@
+/**
+ * fpo ctl — talks to a running `fpo run` over its control socket: one JSON
+ * request, one JSON answer. Plain tables by default, `--json` for scripts.
+ */
+import { connect } from 'node:net';
+import { parseArgs } from 'node:util';
+import { FpoError } from '../datapath/errors.js';
+import { COMMANDS, defaultSocket } from './service.js';
+
+const HELP: Record<string, string> = {
+  show: 'fpo ctl show                       ports with PPIDs, interfaces with VPIDs and mappings, hosts, segments, rules',
+  'dump-flows': 'fpo ctl dump-flows                 installed flows: match, actions (VPIDs), counters',
+  stats: 'fpo ctl stats                      per port, per flow and drops by reason',
+  'add-flow': 'fpo ctl add-flow FLOW              add a rule, e.g. "priority=100,tcp,tp_dst=23,actions=drop"',
+  'del-flow': 'fpo ctl del-flow MATCH             remove the rules with this match (and priority=, if given)',
+  'set-mapping': 'fpo ctl set-mapping VPID PPID      point a VPID at a port',
+  migrate: 'fpo ctl migrate IFACE --to PORT [--new-vpid N] | --away\n                                   move an interface to another port (or off this host) by mapping updates',
+  trace: 'fpo ctl trace PACKET               what the switch does with a packet, e.g. "in_port=uplink0,eth_dst=02:00:00:00:00:01,tcp,tp_dst=80"',
+  inject: 'fpo ctl inject CAPTURE [--port P]  replay a capture into a port of the running switch',
+  ping: 'fpo ctl ping                       is the service there?',
+};
+
+export const CTL_HELP = `Usage: fpo ctl [--socket PATH] [--json] COMMAND [ARGS]
+
+Commands:
+${COMMANDS.map((c) => `  ${HELP[c]}`).join('\n')}
+
+Options:
+  -s, --socket PATH   the service's control socket (default ${defaultSocket()})
+      --json          print the answer as JSON
+  -h, --help          this text; 'fpo ctl COMMAND --help' for one command
+`;
+
+export class CtlUsage extends FpoError {
+  constructor(msg: string) {
+    super('FPO_ERR_USAGE', msg);
+  }
+}
+
+function request(socket: string, cmd: string, args: Record<string, unknown>, timeoutMs = 120_000): Promise<{ ok: boolean; result?: unknown; error?: { code: string; message: string } }> {
+  return new Promise((resolve, reject) => {
+    const c = connect(socket);
+    let buf = '';
+    const timer = setTimeout(() => { c.destroy(); reject(new FpoError('FPO_ERR_IO', `${socket}: no answer in ${timeoutMs / 1000} s`, { path: socket })); }, timeoutMs);
+    c.setEncoding('utf8');
+    c.on('connect', () => c.write(JSON.stringify({ id: 1, cmd, args }) + '\n'));
+    c.on('data', (d: string) => {
+      buf += d;
+      const nl = buf.indexOf('\n');
+      if (nl >= 0) {
+        clearTimeout(timer);
+        c.end();
+        try { resolve(JSON.parse(buf.slice(0, nl))); } catch (e) { reject(new FpoError('FPO_ERR_IO', `${socket}: answer is not JSON: ${(e as Error).message}`)); }
+      }
+    });
+    c.on('error', (e) => { clearTimeout(timer); reject(new FpoError('FPO_ERR_IO', `${socket}: cannot reach fpo run: ${e.message}`, { path: socket })); });
+  });
+}
+
+function table(rows: string[][]): string {
+  if (rows.length === 0) return '';
+  const w = rows[0].map((_, c) => Math.max(...rows.map((r) => (r[c] ?? '').length)));
+  return rows.map((r) => r.map((x, c) => (x ?? '').padEnd(w[c])).join('  ').trimEnd()).join('\n');
+}
+
+function plain(cmd: string, result: unknown): string {
+  const r = result as Record<string, any>;
+  switch (cmd) {
+    case 'show':
+      return [
+        'ports:', table([['name', 'ppid', 'role', 'vpid', 'attached'], ...r.ports.map((p: any) => [p.name, String(p.ppid), p.role, p.vpid >= 0 ? String(p.vpid) : '-', p.attached ?? '-'])]),
+        '', 'interfaces:', table([['name', 'node', 'mac', 'segment', 'vpid', 'ppid', 'port'], ...r.interfaces.map((i: any) => [i.name, i.node, i.mac, i.segment, String(i.vpid), i.ppid >= 0 ? String(i.ppid) : '-', i.port ?? '-'])]),
+        '', 'segments:', table([['name', 'vlan', 'vni'], ...r.segments.map((s: any) => [s.name, s.vlan === undefined ? '-' : String(s.vlan), s.vni === undefined ? '-' : String(s.vni)])]),
+        '', 'hosts:', table([['name', 'vtep'], ...r.hosts.map((h: any) => [h.name, h.vtep ?? '-'])]),
+        '', 'rules:', ...(r.rules.length ? r.rules.map((x: string) => `  ${x}`) : ['  (none)']),
+      ].join('\n');
+    case 'dump-flows':
+      return (result as any[]).map((f) => `${f.match}, packets:${f.packets}, bytes:${f.bytes}, used:${f.usedSecondsAgo.toFixed(3)}s, actions:${f.actions}`).join('\n') || '(no flows)';
+    case 'stats': {
+      const out = [`packets: in ${r.packets.in} = out ${r.packets.out} + dropped ${r.packets.dropped} (copies ${r.packets.copies}, special ${r.packets.special})`, ''];
+      out.push(table([['port', 'ppid', 'vpid', 'rx pkts', 'rx bytes', 'tx pkts', 'tx bytes'], ...r.ports.map((p: any) => [p.name, String(p.ppid), p.vpid >= 0 ? String(p.vpid) : '-', String(p.rxPackets), String(p.rxBytes), String(p.txPackets), String(p.txBytes)])]));
+      out.push('', 'drops:', ...(Object.keys(r.drops).length ? Object.entries(r.drops).map(([k, v]) => `  ${k}: ${v}`) : ['  none']));
+      out.push('', `flows: ${r.flows.active} active, ${r.flows.installed} installed, ${r.flows.upcalls} upcalls; migrations ${r.migrations}, flow rewrites ${r.flowRewrites}`);
+      for (const f of r.perFlow) out.push(`  ${f.match}, packets:${f.packets}, bytes:${f.bytes}, actions:${f.actions}`);
+      return out.join('\n');
+    }
+    case 'trace':
+      return [...r.steps.map((s: string, i: number) => `${i + 1}. ${s}`)].join('\n');
+    default:
+      return JSON.stringify(result, null, 1);
+  }
+}
+
+/** Runs `fpo ctl ARGV`; returns the exit code. */
+export async function ctlMain(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv, allowPositionals: true, strict: true,
+    options: { socket: { type: 'string', short: 's' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' }, to: { type: 'string' }, 'new-vpid': { type: 'string' }, away: { type: 'boolean' }, port: { type: 'string' } },
+  });
+  const [cmd, ...rest] = positionals;
+  if (cmd === undefined) {
+    process.stdout.write(CTL_HELP);
+    return values.help ? 0 : 2;
+  }
+  if (!COMMANDS.includes(cmd)) throw new CtlUsage(`ctl: unknown command "${cmd}"; expected one of ${COMMANDS.join(', ')}`);
+  if (values.help) {
+    process.stdout.write(`Usage: ${HELP[cmd]}\n`);
+    return 0;
+  }
+  const need = (n: number, what: string) => { if (rest.length !== n) throw new CtlUsage(`ctl ${cmd}: expected ${what}; see 'fpo ctl ${cmd} --help'`); };
+  let args: Record<string, unknown> = {};
+  switch (cmd) {
+    case 'add-flow': case 'del-flow': need(1, 'one FLOW argument'); args = { flow: rest[0] }; break;
+    case 'trace': need(1, 'one PACKET argument'); args = { packet: rest[0] }; break;
+    case 'inject': need(1, 'one CAPTURE argument'); args = { capture: rest[0], port: values.port }; break;
+    case 'set-mapping': {
+      need(2, 'VPID and PPID');
+      const [v, p] = rest.map(Number);
+      if (!Number.isInteger(v) || !Number.isInteger(p)) throw new CtlUsage(`ctl set-mapping: VPID and PPID must be integers, got "${rest[0]}" "${rest[1]}"`);
+      args = { vpid: v, ppid: p };
+      break;
+    }
+    case 'migrate': {
+      need(1, 'one INTERFACE argument');
+      if (!values.away && values.to === undefined) throw new CtlUsage('ctl migrate: --to PORT or --away is required');
+      const nv = values['new-vpid'] === undefined ? undefined : Number(values['new-vpid']);
+      if (nv !== undefined && !Number.isInteger(nv)) throw new CtlUsage(`ctl migrate: --new-vpid: expected an integer, got "${values['new-vpid']}"`);
+      args = { interface: rest[0], to: values.to, away: values.away === true, newVpid: nv };
+      break;
+    }
+    default: need(0, 'no arguments');
+  }
+  const socket = values.socket ?? defaultSocket();
+  const answer = await request(socket, cmd, args);
+  if (!answer.ok) {
+    if (values.json) process.stdout.write(JSON.stringify(answer) + '\n');
+    process.stderr.write(`fpo: ${cmd}: ${answer.error?.message ?? 'failed'}\n`);
+    return 1;
+  }
+  process.stdout.write((values.json ? JSON.stringify(answer.result) : plain(cmd, answer.result)) + '\n');
+  return 0;
+}

@@ -1,0 +1,384 @@
+/**
+ * Service: fpo as a long-running switch (`fpo run`). It holds the datapath
+ * and the FPAG, listens on a Unix control socket (mode 0600) for JSON
+ * requests, one a line, and keeps the interfaces' VPIDs and mappings in a
+ * state file written atomically, so a restart gives every interface the
+ * same VPID and port.
+ *
+ * Traffic: `inject` replays a capture into a port of the running switch
+ * (batches interleaved with control requests, so a migration can land in the
+ * middle of a stream); every port writes what it emits to OUT/<port>.pcap for
+ * the life of the service.
+ *
+ * Protocol: request {"id": any, "cmd": "…", "args": {…}}; response {"id",
+ * "ok": true, "result"} or {"id", "ok": false, "error": {"code", "message"}}.
+ * A line over MAX_REQUEST bytes is answered with an error and the connection
+ * closed; malformed JSON gets an error and the connection stays. A request
+ * that fails changes nothing.
+ */
+import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
+import { createServer, type Server, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setImmediate as yieldToLoop } from 'node:timers/promises';
+import pino, { type Logger } from 'pino';
+import { Arena } from '../datapath/arena.js';
+import { PacketBatch } from '../datapath/batch.js';
+import { keyHash } from '../datapath/classifier/emc.js';
+import { KEY_WORDS, formatMatch } from '../datapath/classifier/flow-key.js';
+import { Datapath } from '../datapath/datapath.js';
+import { DROP, DROP_NAMES } from '../datapath/drops.js';
+import { FpoError } from '../datapath/errors.js';
+import { CaptureReader, LINKTYPE_ETHERNET } from '../datapath/ports/capture-reader.js';
+import { CaptureWriter } from '../datapath/ports/capture-writer.js';
+import { Fpag } from './fpag.js';
+import { formatFlowSpec, parseFlowSpec } from './flow-syntax.js';
+import { flowReport } from './replay.js';
+import { loadTopology, type Topology } from './topology.js';
+
+export const MAX_REQUEST = 64 * 1024;
+const TX_BUFFER = 256 * 1024;
+
+export interface ServiceOptions {
+  topology: string;
+  socket: string;
+  outDir: string;
+  /** State file (default: OUT/fpo-state.json). */
+  state?: string;
+  /** pino level: silent, error, warn (default), info, debug. */
+  logLevel?: string;
+}
+
+interface StateFile {
+  version: 1;
+  /** Endpoint (interface or uplink) name → VPID. */
+  vpids: Record<string, number>;
+  /** Interface name → port name, or null when it is not on this host. */
+  ports: Record<string, string | null>;
+}
+
+/** Applies a saved state to a freshly loaded topology: saved VPIDs and ports win; new names get free VPIDs. */
+function applyState(topo: Topology, state: StateFile): void {
+  const used = new Set(Object.values(state.vpids));
+  let next = Math.max(0, ...used) + 1;
+  const take = (name: string): number => {
+    const v = state.vpids[name];
+    if (v !== undefined) return v;
+    while (used.has(next)) next++;
+    used.add(next);
+    return next++;
+  };
+  for (const itf of topo.interfaces) {
+    itf.vpid = take(itf.name);
+    if (itf.name in state.ports) {
+      const p = state.ports[itf.name];
+      itf.port = p === null || !topo.ports.some((x) => x.name === p && x.role === 'vm') ? undefined : p;
+    }
+  }
+  for (const p of topo.ports) if (p.role === 'uplink') p.vpid = take(p.name);
+}
+
+export class Service {
+  readonly dp: Datapath;
+  readonly fpag: Fpag;
+  readonly topo: Topology;
+  readonly log: Logger;
+  private readonly opts: Required<Omit<ServiceOptions, 'logLevel'>>;
+  private readonly writers = new Map<number, CaptureWriter>();
+  private readonly arena: Arena;
+  private server: Server | null = null;
+  private readonly batch = new PacketBatch(256);
+  private injecting: Promise<unknown> = Promise.resolve();
+  requests = 0;
+  badRequests = 0;
+
+  constructor(opts: ServiceOptions) {
+    this.opts = { topology: opts.topology, socket: opts.socket, outDir: opts.outDir, state: opts.state ?? join(opts.outDir, 'fpo-state.json') };
+    this.log = pino({ level: opts.logLevel ?? 'warn', base: undefined }, pino.destination(2));
+    const topo = loadTopology(opts.topology);
+    if (existsSync(this.opts.state)) {
+      let state: StateFile;
+      try {
+        state = JSON.parse(readFileSync(this.opts.state, 'utf8')) as StateFile;
+      } catch (e) {
+        throw new FpoError('FPO_ERR_IO', `${this.opts.state}: not a state file: ${(e as Error).message}`, { path: this.opts.state });
+      }
+      if (state.version !== 1 || typeof state.vpids !== 'object' || typeof state.ports !== 'object') throw new FpoError('FPO_ERR_IO', `${this.opts.state}: version: expected a version 1 state file`, { path: this.opts.state });
+      applyState(topo, state);
+      this.log.info({ state: this.opts.state }, 'state restored');
+    }
+    this.topo = topo;
+    mkdirSync(opts.outDir, { recursive: true });
+    this.arena = new Arena(topo.ports.length * (TX_BUFFER + 64) + 4096);
+    this.dp = new Datapath({ batchCapacity: 256 });
+    const layout = { format: 'pcap' as const, nanos: false, interfaces: [{ linktype: LINKTYPE_ETHERNET, snaplen: 262144, tsresol: 6, tsoffset: 0 }] };
+    for (const p of topo.ports) {
+      const w = new CaptureWriter(join(opts.outDir, `${p.name}.pcap`), layout, this.arena, TX_BUFFER);
+      this.writers.set(p.ppid, w);
+      this.dp.addPort(p.ppid, w);
+    }
+    this.fpag = new Fpag(topo, this.dp);
+    this.fpag.start();
+    this.saveState();
+  }
+
+  /** Writes the VPIDs and mappings: temp file, then rename (atomic on one file system). */
+  saveState(): void {
+    const state: StateFile = { version: 1, vpids: {}, ports: {} };
+    for (const itf of this.topo.interfaces) {
+      state.vpids[itf.name] = itf.vpid;
+      state.ports[itf.name] = itf.port ?? null;
+    }
+    for (const p of this.topo.ports) if (p.role === 'uplink') state.vpids[p.name] = p.vpid;
+    const tmp = `${this.opts.state}.tmp-${process.pid}`;
+    writeFileSync(tmp, JSON.stringify(state, null, 1) + '\n');
+    renameSync(tmp, this.opts.state);
+  }
+
+  listen(): Promise<void> {
+    if (existsSync(this.opts.socket)) unlinkSync(this.opts.socket);
+    const server = createServer((c) => this.onConnection(c));
+    this.server = server;
+    return new Promise((resolve, reject) => {
+      server.once('error', (e) => reject(new FpoError('FPO_ERR_IO', `${this.opts.socket}: cannot listen: ${e.message}`, { path: this.opts.socket })));
+      server.listen(this.opts.socket, () => {
+        chmodSync(this.opts.socket, 0o600);
+        this.log.info({ socket: this.opts.socket }, 'listening');
+        resolve();
+      });
+    });
+  }
+
+  private onConnection(c: Socket): void {
+    let buf = '';
+    c.setEncoding('utf8');
+    c.on('error', () => undefined);
+    c.on('data', (chunk: string) => {
+      buf += chunk;
+      for (;;) {
+        const nl = buf.indexOf('\n');
+        if (nl < 0) break;
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        void this.answer(c, line);
+      }
+      if (buf.length > MAX_REQUEST) {
+        this.badRequests++;
+        c.end(JSON.stringify({ id: null, ok: false, error: { code: 'FPO_ERR_USAGE', message: `request: longer than ${MAX_REQUEST} bytes; closing` } }) + '\n');
+        buf = '';
+      }
+    });
+  }
+
+  private async answer(c: Socket, line: string): Promise<void> {
+    this.requests++;
+    let id: unknown = null;
+    try {
+      if (line.length > MAX_REQUEST) throw new FpoError('FPO_ERR_USAGE', `request: longer than ${MAX_REQUEST} bytes`);
+      let req: unknown;
+      try {
+        req = JSON.parse(line);
+      } catch (e) {
+        throw new FpoError('FPO_ERR_USAGE', `request: not JSON: ${(e as Error).message}`);
+      }
+      if (req === null || typeof req !== 'object' || Array.isArray(req)) throw new FpoError('FPO_ERR_USAGE', 'request: expected an object {"id", "cmd", "args"}');
+      const r = req as { id?: unknown; cmd?: unknown; args?: unknown };
+      id = r.id ?? null;
+      if (typeof r.cmd !== 'string') throw new FpoError('FPO_ERR_USAGE', `cmd: expected a string, one of ${COMMANDS.join(', ')}`);
+      const args = r.args === undefined ? {} : r.args;
+      if (args === null || typeof args !== 'object' || Array.isArray(args)) throw new FpoError('FPO_ERR_USAGE', 'args: expected an object');
+      const result = await this.handle(r.cmd, args as Record<string, unknown>);
+      if (!c.destroyed) c.write(JSON.stringify({ id, ok: true, result }) + '\n');
+    } catch (e) {
+      this.badRequests++;
+      const err = e instanceof FpoError ? { code: e.code, message: e.message } : { code: 'FPO_ERR_INTERNAL', message: (e as Error).message };
+      this.log.warn({ err: err.message }, 'request refused');
+      if (!c.destroyed) c.write(JSON.stringify({ id, ok: false, error: err }) + '\n');
+    }
+  }
+
+  /** Runs one control command. Throws FpoError (naming the field) with nothing changed. */
+  async handle(cmd: string, args: Record<string, unknown>): Promise<unknown> {
+    const str = (name: string, required = true): string | undefined => {
+      const v = args[name];
+      if (v === undefined && !required) return undefined;
+      if (typeof v !== 'string' || v.length === 0 || v.length > 4096) throw new FpoError('FPO_ERR_USAGE', `${name}: expected a non-empty string`);
+      return v;
+    };
+    const int = (name: string, required = true): number | undefined => {
+      const v = args[name];
+      if (v === undefined && !required) return undefined;
+      if (typeof v !== 'number' || !Number.isInteger(v)) throw new FpoError('FPO_ERR_USAGE', `${name}: expected an integer`);
+      return v;
+    };
+    switch (cmd) {
+      case 'ping':
+        return { pong: true };
+      case 'show':
+        return this.show();
+      case 'dump-flows':
+        return flowReport(this.dp, this.fpag);
+      case 'stats':
+        return this.stats();
+      case 'add-flow': {
+        const rule = parseFlowSpec(str('flow')!);
+        const r = this.fpag.setRules([...this.fpag.ruleSpecs, rule]);
+        this.log.info({ flow: formatFlowSpec(rule), ...r }, 'flow added');
+        return { added: formatFlowSpec(rule), revalidated: r };
+      }
+      case 'del-flow': {
+        const want = parseFlowSpec(str('flow')!, false);
+        const same = (a: Record<string, string | number>, b: Record<string, string | number>) => JSON.stringify(Object.entries(a).sort()) === JSON.stringify(Object.entries(b).sort());
+        const hasPriority = /(^|,)\s*priority=/.test(String(args.flow));
+        const keep = this.fpag.ruleSpecs.filter((r) => !(same(r.match, want.match) && (!hasPriority || r.priority === want.priority)));
+        const removed = this.fpag.ruleSpecs.length - keep.length;
+        if (removed === 0) throw new FpoError('FPO_ERR_USAGE', `flow: no rule has the match ${JSON.stringify(want.match)}`);
+        const r = this.fpag.setRules(keep);
+        return { removed, revalidated: r };
+      }
+      case 'set-mapping': {
+        const vpid = int('vpid')!;
+        const ppid = int('ppid')!;
+        this.fpag.setMapping(vpid, ppid);
+        this.saveState();
+        return { vpid, ppid };
+      }
+      case 'migrate': {
+        const name = str('interface')!;
+        const away = args.away === true;
+        const to = away ? null : str('to')!;
+        const newVpid = int('newVpid', false);
+        const r = this.fpag.migrate(name, to, newVpid);
+        this.saveState();
+        this.log.info({ interface: name, to, ...r }, 'migrated');
+        return { interface: name, to, ...r };
+      }
+      case 'trace':
+        return this.trace(str('packet')!);
+      case 'inject': {
+        const capture = str('capture')!;
+        const port = str('port', false);
+        const run = this.injecting.then(() => this.inject(capture, port));
+        this.injecting = run.catch(() => undefined);
+        return await run;
+      }
+      default:
+        throw new FpoError('FPO_ERR_USAGE', `cmd: unknown command "${cmd}"; expected one of ${COMMANDS.join(', ')}`);
+    }
+  }
+
+  show(): unknown {
+    const m = this.dp.mapping;
+    return {
+      ports: this.topo.ports.map((p) => ({ name: p.name, ppid: p.ppid, role: p.role, vpid: m.toVpid[p.ppid], attached: m.toVpid[p.ppid] >= 0 ? this.fpag.vpidName(m.toVpid[p.ppid]) : null })),
+      interfaces: this.topo.interfaces.map((i) => ({ name: i.name, node: i.node, mac: i.mac, ip: i.ip ?? null, segment: i.segment, vpid: i.vpid, ppid: m.toPpid[i.vpid], port: i.port ?? null })),
+      segments: this.topo.segments,
+      hosts: [{ name: this.topo.name, vtep: this.topo.tunnel?.vtep ?? null }, ...(this.topo.tunnel?.remotes ?? []).map((r) => ({ name: r.name, vtep: r.vtep, via: r.uplink, interfaces: r.interfaces.map((x) => x.name) }))],
+      rules: this.fpag.ruleSpecs.map((r) => formatFlowSpec(r)),
+    };
+  }
+
+  stats(): unknown {
+    const st = this.dp.stats();
+    return {
+      packets: { in: st.packetsIn, out: st.delivered, dropped: st.dropped, copies: st.copies, special: st.special },
+      drops: st.drops,
+      ports: st.ports.map((p) => ({ name: this.fpag.portOf(p.ppid)?.name, ...p })),
+      flows: { installed: st.flowsInstalled, active: st.flowsNow, evicted: st.flowsEvicted, expired: st.flowsExpired, upcalls: st.upcalls, emcHits: st.emcHits, megaflowHits: st.megaflowHits },
+      perFlow: flowReport(this.dp, this.fpag),
+      migrations: this.fpag.migrations,
+      flowRewrites: this.fpag.flowRewrites,
+      control: { requests: this.requests, refused: this.badRequests },
+    };
+  }
+
+  /**
+   * Trace: what the switch does with a packet described as match fields
+   * (in_port=NAME,eth_dst=…,tcp,tp_dst=80…), step by step, without sending it.
+   */
+  trace(desc: string): unknown {
+    const spec = parseFlowSpec(desc, false);
+    const key = new Uint32Array(KEY_WORDS);
+    const mask = new Uint32Array(KEY_WORDS);
+    const inName = spec.match.in_port;
+    if (inName === undefined) throw new FpoError('FPO_ERR_USAGE', 'packet.in_port: required (the port or interface the packet arrives on)');
+    const port = this.fpag.portNamed(String(inName));
+    const match = { ...spec.match };
+    if (port) {
+      // Arriving on a port: its in_port key is what the NIC would give it (the attached VPID).
+      delete match.in_port;
+      key[0] = this.dp.mapping.inPortKey[port.ppid];
+    }
+    this.fpag.compileMatchInto(key, mask, match, 'packet');
+    const steps: string[] = [];
+    steps.push(port ? `rx on port ${port.name} (ppid ${port.ppid}): ${formatMatch(key, Uint32Array.of(0xffffffff))}` : `in_port ${inName}`);
+    steps.push('flag check: no tunnel header addressed to this host: fast path');
+    const h = keyHash(key, 0);
+    const emc = this.dp.emc.lookup(key, 0, h);
+    const mf = emc >= 0 ? emc : this.dp.flows.lookup(key, 0);
+    if (emc >= 0) steps.push(`exact-match cache: hit, flow ${emc}`);
+    else steps.push('exact-match cache: miss');
+    if (emc < 0) steps.push(mf >= 0 ? `megaflow: hit, flow ${mf}` : 'megaflow: miss: the datapath would upcall to the FPAG');
+    const d = this.fpag.decide(key, true);
+    steps.push(`FPAG: ${d.reason}`);
+    steps.push(`megaflow mask: ${formatMatch(key, d.mask)}`);
+    const outs: { vpid: number; ppid: number; port: string | null; encap?: string }[] = [];
+    let encap: string | undefined;
+    for (const a of d.actions) {
+      if (a.op === 'encap') encap = `tunnel ${a.tunnel} (${this.fpag.tunnelName(a.tunnel)}) vni ${a.vni}`;
+      if (a.op === 'flag') steps.push('flag: encapsulated copies carry the special-processing flag');
+      if (a.op === 'drop') steps.push(`drop: ${DROP_NAMES[a.reason]} (${DROP[DROP_NAMES[a.reason]]})`);
+      if (a.op === 'output') {
+        const ppid = this.dp.mapping.toPpid[a.vpid];
+        outs.push({ vpid: a.vpid, ppid, port: ppid >= 0 ? this.fpag.portOf(ppid)?.name ?? null : null, encap });
+        steps.push(ppid >= 0 ? `output: vpid ${a.vpid} (${this.fpag.vpidName(a.vpid)}) → ppid ${ppid} (${this.fpag.portOf(ppid)?.name})${encap ? ` after encap to ${encap}` : ''}` : `output: vpid ${a.vpid} (${this.fpag.vpidName(a.vpid)}) has no PPID: dropped as vpidUnmapped`);
+      }
+    }
+    return { steps, rule: d.rule, installed: mf >= 0 ? mf : null, outputs: outs };
+  }
+
+  /** Replays a capture into a port of the running switch, yielding to control requests between batches. */
+  async inject(capture: string, portName?: string): Promise<unknown> {
+    const reader = new CaptureReader(capture);
+    try {
+      if (reader.format !== 'pcap' || reader.nanos || reader.interfaces[0].linktype !== LINKTYPE_ETHERNET) {
+        throw new FpoError('FPO_ERR_BAD_CAPTURE', `capture: ${capture}: inject takes a classic Ethernet pcap with µs timestamps`, { path: capture });
+      }
+      const name = portName ?? (this.topo.inputPort !== 'by-source-mac' ? this.topo.inputPort : undefined) ?? this.topo.ports.find((p) => p.role === 'uplink')?.name ?? this.topo.ports[0].name;
+      const port = this.fpag.portNamed(name);
+      if (!port) throw new FpoError('FPO_ERR_USAGE', `port: no port named "${name}"`);
+      const before = this.dp.stats();
+      const batch = this.batch;
+      let batches = 0;
+      while (reader.fill(batch, port.ppid) > 0) {
+        this.dp.process(batch, batch.tsA[0] * 1000 + batch.tsB[0] / 1000);
+        if (++batches % 4 === 0) await yieldToLoop();
+      }
+      for (const w of this.writers.values()) if (w.opened) w.flush();
+      const after = this.dp.stats();
+      return {
+        capture, port: name, packets: { in: after.packetsIn - before.packetsIn, out: after.delivered - before.delivered, dropped: after.dropped - before.dropped },
+        error: reader.error ? { code: reader.error.code, message: reader.error.message } : undefined,
+      };
+    } finally {
+      reader.close();
+    }
+  }
+
+  /** Stops listening, flushes the port files, saves state; returns the final counters. */
+  async stop(): Promise<unknown> {
+    await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
+    if (existsSync(this.opts.socket)) unlinkSync(this.opts.socket);
+    await this.injecting;
+    for (const w of this.writers.values()) w.close();
+    this.saveState();
+    return this.stats();
+  }
+}
+
+/** The control socket's default path: $FPO_SOCKET, else fpo.sock in $XDG_RUNTIME_DIR or the temp folder. */
+export function defaultSocket(): string {
+  return process.env.FPO_SOCKET ?? join(process.env.XDG_RUNTIME_DIR ?? tmpdir(), 'fpo.sock');
+}
+
+export const COMMANDS = ['ping', 'show', 'dump-flows', 'stats', 'add-flow', 'del-flow', 'set-mapping', 'migrate', 'trace', 'inject'];
