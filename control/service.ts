@@ -304,6 +304,8 @@ export class Service {
     if (inName === undefined) throw new FpoError('FPO_ERR_USAGE', 'packet.in_port: required (the port or interface the packet arrives on)');
     const port = this.fpag.portNamed(String(inName));
     const match = { ...spec.match };
+    // A VLAN ID in the description means a tagged packet (802.1Q unless said otherwise).
+    if ((match.vlan_vid !== undefined || match.vlan_tci !== undefined) && match.vlan_tpid === undefined) match.vlan_tpid = 0x8100;
     if (port) {
       // Arriving on a port: its in_port key is what the NIC would give it (the attached VPID).
       delete match.in_port;
