@@ -9,6 +9,7 @@ import { DROP, type DropReason } from '../datapath/drops.js';
 import { FpoError } from '../datapath/errors.js';
 import { flowReport, replay, replayHosts, type ReplayReport } from './replay.js';
 import { loadHosts } from './topology.js';
+import { loadEvents } from './events.js';
 import { CTL_HELP, CtlUsage, ctlMain } from './ctl.js';
 import { Service, defaultSocket } from './service.js';
 
@@ -44,6 +45,9 @@ Options:
       --dump-flows      also print the installed flows (in --json: "flowTable")
       --batch N         packets per batch, 1..256 (default 256)
       --max-flows N     flow table capacity (default 65536)
+      --events FILE     timed control events (migrate, set-mapping, add-flow,
+                        del-flow) applied between packets at given packet
+                        counts or capture times (see README)
   -h, --help            this text
 
 Exit status: 0 when the whole capture was read; 1 when the capture or the
@@ -86,6 +90,10 @@ function printReport(r: ReplayReport, flows: boolean): void {
     const dr = drops.sort((a, b) => b[1] - a[1]).map(([k, v]) => [`  ${k}`, String(v), DROP[k]]);
     out.push(table(dr));
   } else out.push('drops: none');
+  if (r.events?.length) {
+    out.push('', 'events:');
+    for (const e of r.events) out.push(`  after packet ${e.atPacket}: ${e.event.do} ${JSON.stringify(e.result)}`);
+  }
   if (flows && r.flowTable) {
     out.push('', 'flows:');
     for (const f of r.flowTable) out.push(`  ${f.match}, packets:${f.packets}, bytes:${f.bytes}, used:${f.usedSecondsAgo.toFixed(3)}s, actions:${f.actions}`);
@@ -121,6 +129,7 @@ function cmdReplay(argv: string[]): number {
       'dump-flows': { type: 'boolean' },
       batch: { type: 'string' },
       'max-flows': { type: 'string' },
+      events: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -155,6 +164,7 @@ function cmdReplay(argv: string[]): number {
     batchSize: intOption(values.batch, 'batch', 1, 256),
     maxFlows: intOption(values['max-flows'], 'max-flows', 16, 1 << 24),
     onProgress: showProgress ? progressBar() : undefined,
+    events: values.events ? loadEvents(values.events) : undefined,
   });
   if (values['dump-flows']) report.flowTable = flowReport(datapath, fpag);
   if (values.json) process.stdout.write(JSON.stringify(report) + '\n');

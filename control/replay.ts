@@ -18,6 +18,7 @@ import { CaptureReader, LINKTYPE_ETHERNET } from '../datapath/ports/capture-read
 import { CaptureWriter } from '../datapath/ports/capture-writer.js';
 import { Fpag } from './fpag.js';
 import { loadTopology, type Topology } from './topology.js';
+import { applyEvent, type AppliedEvent, type ControlEvent } from './events.js';
 
 const CHUNK = 1 << 20;
 const TX_BUFFER = 256 * 1024;
@@ -32,8 +33,10 @@ export interface ReplayOptions {
   maxFlows?: number;
   /** Called now and then with (bytes read, file size). */
   onProgress?: (done: number, total: number) => void;
-  /** Called before each batch is processed with the number of packets read so far (control events hook in here). */
+  /** Called before each batch is processed with the number of packets read so far. */
   beforeBatch?: (packetsSoFar: number, dp: Datapath, fpag: Fpag) => void;
+  /** Timed control events, applied between the packets where they fall (events.ts). */
+  events?: ControlEvent[];
 }
 
 export interface PortReport {
@@ -70,6 +73,8 @@ export interface ReplayReport {
   ports: PortReport[];
   flows: { installed: number; active: number; evicted: number; expired: number; upcalls: number; emcHits: number; megaflowHits: number; misses: number };
   flowTable?: FlowReport[];
+  /** Control events applied, with where they landed and what they did. */
+  events?: AppliedEvent[];
   /** The capture's fault, when reading stopped early; packets before it were processed. */
   error?: { code: string; message: string; offset?: number };
   seconds: number;
@@ -116,9 +121,27 @@ export function replay(opts: ReplayOptions): { report: ReplayReport; datapath: D
     let lastProgress = started;
     const clock = packetClock(reader);
     let soFar = 0;
+    const pending = [...(opts.events ?? [])];
+    const applied: AppliedEvent[] = [];
     while (reader.fill(batch, input.ppid) > 0) {
       if (bySourceMac) assignInputPorts(batch, portOfMac);
       opts.beforeBatch?.(soFar, dp, fpag);
+      // Slow path: events that fall inside this batch split it where they fall.
+      while (pending.length > 0) {
+        const at = firstDue(pending, batch, soFar, reader);
+        if (at === null) break;
+        const { index, event } = at;
+        if (index > 0) {
+          const n = batch.count;
+          batch.count = index;
+          dp.process(batch, clock(batch));
+          batch.count = n;
+          batch.batchShift(index);
+          soFar += index;
+        }
+        pending.splice(pending.indexOf(event), 1);
+        applied.push({ event, atPacket: soFar, result: applyEvent(fpag, event) });
+      }
       soFar += batch.count;
       dp.process(batch, clock(batch));
       if (opts.onProgress) {
@@ -158,11 +181,39 @@ export function replay(opts: ReplayOptions): { report: ReplayReport; datapath: D
       flows: { installed: st.flowsInstalled, active: st.flowsNow, evicted: st.flowsEvicted, expired: st.flowsExpired, upcalls: st.upcalls, emcHits: st.emcHits, megaflowHits: st.megaflowHits, misses: st.lookupsMissed },
       seconds,
     };
+    // Events past the end of the capture still happen, after the last packet.
+    for (const event of pending) applied.push({ event, atPacket: soFar, result: applyEvent(fpag, event) });
+    if (opts.events) report.events = applied;
     if (reader.error) report.error = { code: reader.error.code, message: reader.error.message, offset: reader.error.offset };
     return { report, datapath: dp, fpag };
   } finally {
     reader.close();
   }
+}
+
+/** The earliest pending event that falls inside the batch, and the index of the packet it comes before. */
+function firstDue(pending: ControlEvent[], batch: PacketBatch, soFar: number, reader: CaptureReader): { index: number; event: ControlEvent } | null {
+  let best: { index: number; event: ControlEvent } | null = null;
+  for (const e of pending) {
+    let index = -1;
+    if (e.atPacket !== undefined) {
+      if (e.atPacket - soFar < batch.count) index = Math.max(0, e.atPacket - soFar);
+    } else {
+      const t = e.atTime! * 1000;
+      for (let i = 0; i < batch.count; i++) if (packetMs(reader, batch, i) >= t) { index = i; break; }
+    }
+    if (index >= 0 && (best === null || index < best.index)) best = { index, event: e };
+  }
+  return best;
+}
+
+/** Capture time of packet i in ms. */
+function packetMs(reader: CaptureReader, b: PacketBatch, i: number): number {
+  if (reader.format === 'pcap') return b.tsA[i] * 1000 + b.tsB[i] / (reader.nanos ? 1e6 : 1e3);
+  const itf = reader.interfaces[b.ifIndex[i]];
+  const r = itf.tsresol;
+  const perSec = r & 0x80 ? 2 ** (r & 0x7f) : 10 ** r;
+  return ((b.tsA[i] * 4294967296 + b.tsB[i]) / perSec + itf.tsoffset) * 1000;
 }
 
 /** Sets each packet's in PPID from its source MAC (the rx side of a lab of VM ports). */

@@ -104,6 +104,26 @@ export class PacketBatch {
     this.dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   }
 
+  /**
+   * Slow path (control events land between two packets): drops the first k
+   * packets from the batch, moving the rest to the front as rx left them.
+   */
+  batchShift(k: number): void {
+    const n = this.count;
+    for (let i = k; i < n; i++) {
+      const j = i - k;
+      this.off[j] = this.off[i];
+      this.caplen[j] = this.caplen[i];
+      this.wirelen[j] = this.wirelen[i];
+      this.tsA[j] = this.tsA[i];
+      this.tsB[j] = this.tsB[i];
+      this.ifIndex[j] = this.ifIndex[i];
+      this.inPpid[j] = this.inPpid[i];
+      this.drop[j] = this.drop[i]; // stages only touched packets below count: this is still rx's
+    }
+    this.count = n - k;
+  }
+
   /** Empties the batch for the next rx (arrays are overwritten, not cleared). */
   batchReset(): void {
     this.count = 0;

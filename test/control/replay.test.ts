@@ -3,6 +3,8 @@ import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { replay, type ReplayReport } from '../../control/replay.js';
+import { PacketBatch } from '../../datapath/batch.js';
+import { CaptureReader } from '../../datapath/ports/capture-reader.js';
 import { CLI, FIXTURES, cleanTemp, haveTool, runCli, tempDir, tsharkFields } from '../helpers.js';
 
 afterAll(cleanTemp);
@@ -191,3 +193,45 @@ describe('progress', () => {
     expect(r.stdout).toMatch(/\[#{30}\] 100%/);
   });
 });
+
+describe('fpo replay --events', () => {
+  it('a VM moved mid-stream: packets before the event on the old port, after it on the new, none lost or doubled, no flow rewritten', () => {
+    const ev = join(tempDir(), 'events.json');
+    writeFileSync(ev, JSON.stringify([{ atPacket: 300, do: 'migrate', interface: 'vm1-eth0', to: 'vf5' }]));
+    const out = tempDir('ev');
+    const r = runCli(['replay', DEMO, '-t', TOPO, '-o', out, '--events', ev, '--json']);
+    expect(r.status).toBe(0);
+    const rep = JSON.parse(r.stdout) as ReplayReport;
+    expect(rep.events).toHaveLength(1);
+    expect(rep.events![0].atPacket).toBe(300);
+    expect(rep.events![0].result).toMatchObject({ oldPpid: 11, newPpid: 15, flowRewrites: 0 });
+    expect(rep.packets.in).toBe(rep.packets.out + rep.packets.dropped);
+    const stamps = (f: string) => tsOf(join(out, f));
+    const old = stamps('vf1.pcap');
+    const moved = stamps('vf5.pcap');
+    const plain = replay({ capture: DEMO, topology: TOPO, outDir: tempDir() }).report;
+    expect(old.length + moved.length).toBe(plain.ports.find((p) => p.name === 'vf1')!.tx.packets);
+    expect(new Set([...old, ...moved]).size).toBe(old.length + moved.length);
+    // The input's 300th packet is at t0 + 0.299 s: the old port got only earlier ones, the new port only later.
+    expect(Math.max(...old)).toBeLessThan(Math.min(...moved));
+  });
+
+  it('an events file that is wrong is refused with the field named', () => {
+    const ev = join(tempDir(), 'bad-events.json');
+    writeFileSync(ev, JSON.stringify([{ atPacket: 1, do: 'migrate', interface: 'vm1-eth0' }]));
+    const r = runCli(['replay', DEMO, '-t', TOPO, '-o', tempDir(), '--events', ev]);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/bad-events\.json: events\[0\]: a migrate needs "to"/);
+    writeFileSync(ev, JSON.stringify([{ atPacket: 1, do: 'teleport' }]));
+    expect(runCli(['replay', DEMO, '-t', TOPO, '-o', tempDir(), '--events', ev]).stderr).toMatch(/events\[0\]\.do/);
+  });
+});
+
+function tsOf(path: string): number[] {
+  const rd = new CaptureReader(path);
+  const b = new PacketBatch(64);
+  const out: number[] = [];
+  while (rd.fill(b, 0) > 0) for (let i = 0; i < b.count; i++) out.push(b.tsA[i] * 1e6 + b.tsB[i]);
+  rd.close();
+  return out;
+}
