@@ -12,6 +12,7 @@ import { loadHosts } from './topology.js';
 import { loadEvents } from './events.js';
 import { CTL_HELP, CtlUsage, ctlMain } from './ctl.js';
 import { Service, defaultSocket } from './service.js';
+import { parseAddr } from './metrics.js';
 
 const HELP = `fpo — a userspace virtual switch with flow processing offload
 
@@ -191,20 +192,23 @@ Options:
   -o, --out DIR         where port captures and the state file go (default ./fpo-run)
       --state FILE      state file (default OUT/fpo-state.json)
       --log-level L     silent, error, warn (default), info, debug: JSON lines on stderr
+      --metrics ADDR    serve Prometheus metrics at http://ADDR/metrics
+                        (HOST:PORT or PORT; host 127.0.0.1 when not given)
   -h, --help            this text
 `;
 
 async function cmdRun(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv, allowPositionals: true,
-    options: { topology: { type: 'string', short: 't' }, socket: { type: 'string', short: 's' }, out: { type: 'string', short: 'o' }, state: { type: 'string' }, 'log-level': { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+    options: { topology: { type: 'string', short: 't' }, socket: { type: 'string', short: 's' }, out: { type: 'string', short: 'o' }, state: { type: 'string' }, 'log-level': { type: 'string' }, metrics: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
   });
   if (values.help) { process.stdout.write(RUN_HELP); return 0; }
   if (positionals.length) throw new UsageError(`run: unexpected argument "${positionals[0]}"; see 'fpo run --help'`);
   if (!values.topology) throw new UsageError(`run: --topology FILE is required; see 'fpo run --help'`);
   const level = values['log-level'] ?? 'warn';
   if (!['silent', 'error', 'warn', 'info', 'debug', 'trace'].includes(level)) throw new UsageError(`run: --log-level: expected silent, error, warn, info or debug, got "${level}"`);
-  const svc = new Service({ topology: values.topology, socket: values.socket ?? defaultSocket(), outDir: values.out ?? 'fpo-run', state: values.state, logLevel: level });
+  if (values.metrics !== undefined) parseAddr(values.metrics);
+  const svc = new Service({ topology: values.topology, socket: values.socket ?? defaultSocket(), outDir: values.out ?? 'fpo-run', state: values.state, logLevel: level, metrics: values.metrics });
   await svc.listen();
   await new Promise<void>((resolve) => {
     const stop = () => resolve();

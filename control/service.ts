@@ -32,6 +32,8 @@ import { FpoError } from '../datapath/errors.js';
 import { CaptureReader, LINKTYPE_ETHERNET } from '../datapath/ports/capture-reader.js';
 import { CaptureWriter } from '../datapath/ports/capture-writer.js';
 import { Fpag } from './fpag.js';
+import type { Server as HttpServer } from 'node:http';
+import { metricsRegistry, serveMetrics } from './metrics.js';
 import { formatFlowSpec, parseFlowSpec } from './flow-syntax.js';
 import { flowReport } from './replay.js';
 import { loadTopology, type Topology } from './topology.js';
@@ -47,6 +49,8 @@ export interface ServiceOptions {
   state?: string;
   /** pino level: silent, error, warn (default), info, debug. */
   logLevel?: string;
+  /** Serve Prometheus metrics on this address (HOST:PORT or PORT, loopback by default). */
+  metrics?: string;
 }
 
 interface StateFile {
@@ -83,7 +87,8 @@ export class Service {
   readonly fpag: Fpag;
   readonly topo: Topology;
   readonly log: Logger;
-  private readonly opts: Required<Omit<ServiceOptions, 'logLevel'>>;
+  private readonly opts: Required<Omit<ServiceOptions, 'logLevel' | 'metrics'>> & { metrics?: string };
+  private metricsServer: HttpServer | null = null;
   private readonly writers = new Map<number, CaptureWriter>();
   private readonly arena: Arena;
   private server: Server | null = null;
@@ -93,7 +98,7 @@ export class Service {
   badRequests = 0;
 
   constructor(opts: ServiceOptions) {
-    this.opts = { topology: opts.topology, socket: opts.socket, outDir: opts.outDir, state: opts.state ?? join(opts.outDir, 'fpo-state.json') };
+    this.opts = { topology: opts.topology, socket: opts.socket, outDir: opts.outDir, state: opts.state ?? join(opts.outDir, 'fpo-state.json'), metrics: opts.metrics };
     this.log = pino({ level: opts.logLevel ?? 'warn', base: undefined }, pino.destination(2));
     const topo = loadTopology(opts.topology);
     if (existsSync(this.opts.state)) {
@@ -135,7 +140,11 @@ export class Service {
     renameSync(tmp, this.opts.state);
   }
 
-  listen(): Promise<void> {
+  async listen(): Promise<void> {
+    if (this.opts.metrics !== undefined) {
+      this.metricsServer = await serveMetrics(metricsRegistry(this.dp, this.fpag), this.opts.metrics);
+      this.log.info({ metrics: this.opts.metrics }, 'metrics');
+    }
     if (existsSync(this.opts.socket)) unlinkSync(this.opts.socket);
     const server = createServer((c) => this.onConnection(c));
     this.server = server;
@@ -370,6 +379,7 @@ export class Service {
   /** Stops listening, flushes the port files, saves state; returns the final counters. */
   async stop(): Promise<unknown> {
     await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
+    await new Promise<void>((r) => (this.metricsServer ? this.metricsServer.close(() => r()) : r()));
     if (existsSync(this.opts.socket)) unlinkSync(this.opts.socket);
     await this.injecting;
     for (const w of this.writers.values()) w.close();

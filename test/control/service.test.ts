@@ -18,9 +18,9 @@ afterAll(() => {
 
 interface Svc { proc: ChildProcess; socket: string; out: string; ctl: (...a: string[]) => { status: number; stdout: string; stderr: string }; stop: () => Promise<string> }
 
-async function start(topology: string, out = tempDir('svc')): Promise<Svc> {
+async function start(topology: string, out = tempDir('svc'), extra: string[] = []): Promise<Svc> {
   const socket = join(out, 'ctl.sock');
-  const proc = spawn(process.execPath, [CLI, 'run', '-t', topology, '-s', socket, '-o', out], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const proc = spawn(process.execPath, [CLI, 'run', '-t', topology, '-s', socket, '-o', out, ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
   running.push(proc);
   let stdout = '';
   proc.stdout!.on('data', (d) => (stdout += d));
@@ -173,6 +173,22 @@ describe('fpo run and fpo ctl', () => {
     for (const c of ['show', 'migrate', 'trace', 'add-flow']) expect(s.ctl(c, '--help').stdout).toMatch(/^Usage: fpo ctl/);
     await s.stop();
   }, 120_000);
+
+  it('serves Prometheus metrics on loopback: per-port and per-reason counters, flows, upcalls', async () => {
+    const port = 20000 + Math.floor(Math.random() * 20000);
+    const s = await start(TOPO, tempDir('metrics'), ['--metrics', String(port)]);
+    s.ctl('inject', join(FIXTURES, 'demo.pcap'));
+    const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+    expect(text).toMatch(/# TYPE fpo_port_rx_packets_total counter/);
+    expect(text).toMatch(/fpo_port_rx_packets_total\{port="uplink0",ppid="1"\} 671/);
+    expect(text).toMatch(/fpo_port_tx_packets_total\{port="vf3",ppid="13"\} 108/);
+    expect(text).toMatch(/fpo_drops_total\{reason="ruleDrop"\} 20/);
+    expect(text).toMatch(/fpo_packets_total\{kind="in"\} 671/);
+    expect(text).toMatch(/fpo_flows 13/);
+    expect(text).toMatch(/fpo_upcalls_total 13/);
+    expect((await fetch(`http://127.0.0.1:${port}/other`)).status).toBe(404);
+    await s.stop();
+  }, 60_000);
 
   it('survives random and truncated requests on the socket and keeps forwarding (fuzz)', async () => {
     const s = await start(TOPO);
