@@ -46,6 +46,9 @@ Options:
       --dump-flows      also print the installed flows (in --json: "flowTable")
       --batch N         packets per batch, 1..256 (default 256)
       --max-flows N     flow table capacity (default 65536)
+      --fpag WHERE      where the FPAG runs: inline (this thread, default) or
+                        thread (a worker thread: upcalls and flow installs
+                        cross as messages)
       --events FILE     timed control events (migrate, set-mapping, add-flow,
                         del-flow) applied between packets at given packet
                         counts or capture times (see README)
@@ -112,6 +115,11 @@ function progressBar(): (done: number, total: number) => void {
   };
 }
 
+function fpagPlacement(v: string | undefined): 'inline' | 'thread' | undefined {
+  if (v === undefined || v === 'inline' || v === 'thread') return v;
+  throw new UsageError(`--fpag: expected inline or thread, got "${v}"`);
+}
+
 function intOption(v: string | undefined, name: string, min: number, max: number): number | undefined {
   if (v === undefined) return undefined;
   const n = Number(v);
@@ -131,6 +139,7 @@ function cmdReplay(argv: string[]): number {
       batch: { type: 'string' },
       'max-flows': { type: 'string' },
       events: { type: 'string' },
+      fpag: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -166,6 +175,7 @@ function cmdReplay(argv: string[]): number {
     maxFlows: intOption(values['max-flows'], 'max-flows', 16, 1 << 24),
     onProgress: showProgress ? progressBar() : undefined,
     events: values.events ? loadEvents(values.events) : undefined,
+    fpag: fpagPlacement(values.fpag),
   });
   if (values['dump-flows']) report.flowTable = flowReport(datapath, fpag);
   if (values.json) process.stdout.write(JSON.stringify(report) + '\n');

@@ -17,6 +17,7 @@ import { FpoError } from '../datapath/errors.js';
 import { CaptureReader, LINKTYPE_ETHERNET } from '../datapath/ports/capture-reader.js';
 import { CaptureWriter } from '../datapath/ports/capture-writer.js';
 import { Fpag } from './fpag.js';
+import { FpagThread } from './fpag-thread.js';
 import { loadTopology, type Topology } from './topology.js';
 import { applyEvent, type AppliedEvent, type ControlEvent } from './events.js';
 
@@ -37,6 +38,8 @@ export interface ReplayOptions {
   beforeBatch?: (packetsSoFar: number, dp: Datapath, fpag: Fpag) => void;
   /** Timed control events, applied between the packets where they fall (events.ts). */
   events?: ControlEvent[];
+  /** Where the FPAG runs: in this thread (default) or its own worker thread, speaking only by messages. */
+  fpag?: 'inline' | 'thread';
 }
 
 export interface PortReport {
@@ -73,6 +76,8 @@ export interface ReplayReport {
   ports: PortReport[];
   flows: { installed: number; active: number; evicted: number; expired: number; upcalls: number; emcHits: number; megaflowHits: number; misses: number };
   flowTable?: FlowReport[];
+  /** Where the FPAG ran; for a thread, the mean upcall round trip. */
+  fpag: { placement: 'inline' | 'thread'; upcalls: number; roundTripUs: number | null };
   /** Control events applied, with where they landed and what they did. */
   events?: AppliedEvent[];
   /** The capture's fault, when reading stopped early; packets before it were processed. */
@@ -114,7 +119,14 @@ export function replay(opts: ReplayOptions): { report: ReplayReport; datapath: D
       dp.addPort(p.ppid, w);
     }
     const fpag = new Fpag(topo, dp);
-    fpag.start();
+    let thread: FpagThread | null = null;
+    if (opts.fpag === 'thread') {
+      if (opts.events?.length) throw new FpoError('FPO_ERR_USAGE', '--events: not with --fpag thread (events change the FPAG\'s state, which lives in the worker)');
+      // The local Fpag only names VPIDs in the report; the worker's decides.
+      thread = new FpagThread(topo, dp);
+    } else {
+      fpag.start();
+    }
 
     const batch = new PacketBatch(batchSize);
     const started = performance.now();
@@ -154,6 +166,7 @@ export function replay(opts: ReplayOptions): { report: ReplayReport; datapath: D
     }
     for (const w of writers.values()) w.close();
     const seconds = (performance.now() - started) / 1000;
+    if (thread) void thread.stop();
     opts.onProgress?.(reader.fileSize, reader.fileSize);
 
     const st = dp.stats();
@@ -180,6 +193,7 @@ export function replay(opts: ReplayOptions): { report: ReplayReport; datapath: D
       ports,
       flows: { installed: st.flowsInstalled, active: st.flowsNow, evicted: st.flowsEvicted, expired: st.flowsExpired, upcalls: st.upcalls, emcHits: st.emcHits, megaflowHits: st.megaflowHits, misses: st.lookupsMissed },
       seconds,
+      fpag: thread ? { placement: 'thread', upcalls: thread.upcalls, roundTripUs: thread.upcalls ? thread.roundTripNs / thread.upcalls / 1000 : 0 } : { placement: 'inline', upcalls: st.upcalls, roundTripUs: null },
     };
     // Events past the end of the capture still happen, after the last packet.
     for (const event of pending) applied.push({ event, atPacket: soFar, result: applyEvent(fpag, event) });

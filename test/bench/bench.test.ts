@@ -38,6 +38,16 @@ describe('benchmarks (short mode)', () => {
     expect(typeof rx.ratio).toBe('number');
   }, 300_000);
 
+  it('control/upcall prints flow setups and round trips for the FPAG inline and on a thread', () => {
+    const [inline, thread] = runBench('control/upcall.js');
+    expect(inline.placement).toBe('inline');
+    expect(thread.placement).toBe('thread');
+    expect(inline.upcalls).toBe(5000);
+    expect(thread.upcalls).toBe(5000);
+    expect(typeof thread.ratio).toBe('number');
+    expect(thread.roundTripUs).toBeGreaterThan(0);
+  }, 300_000);
+
   it('replay prints pps, Gbit/s, tcpdump baseline and ratio, GC and RSS for each case', () => {
     if (!haveTool('tcpdump', 'the baseline of the replay benchmark')) return;
     const lines = runBench('replay.js');

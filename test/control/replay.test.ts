@@ -194,6 +194,31 @@ describe('progress', () => {
   });
 });
 
+describe('the FPAG on its own thread', () => {
+  it('gives the same outputs as the FPAG inline: upcalls and installs cross only as messages', () => {
+    const a = tempDir('inline');
+    const b = tempDir('thread');
+    const ri = replay({ capture: DEMO, topology: TOPO, outDir: a }).report;
+    const rt = replay({ capture: DEMO, topology: TOPO, outDir: b, fpag: 'thread' }).report;
+    expect(rt.fpag.placement).toBe('thread');
+    expect(rt.fpag.upcalls).toBe(ri.flows.upcalls);
+    expect(rt.packets).toEqual(ri.packets);
+    expect(rt.drops).toEqual(ri.drops);
+    for (const f of readdirSync(a)) expect(readFileSync(join(b, f)).equals(readFileSync(join(a, f))), f).toBe(true);
+  });
+
+  it('works for the sender of a tunnel too (encap and flag actions cross as messages)', () => {
+    const two = join(FIXTURES, 'two-hosts.json');
+    const hosts = JSON.parse(readFileSync(two, 'utf8')).hosts;
+    const t = join(tempDir(), 'hostA.json');
+    writeFileSync(t, JSON.stringify(hosts[0]));
+    const a = replay({ capture: join(FIXTURES, 'two-hosts.pcap'), topology: t, outDir: tempDir() }).report;
+    const b = replay({ capture: join(FIXTURES, 'two-hosts.pcap'), topology: t, outDir: tempDir(), fpag: 'thread' }).report;
+    expect(b.tunnel).toEqual(a.tunnel);
+    expect(b.tunnel.flaggedSent).toBeGreaterThan(0);
+  });
+});
+
 describe('fpo replay --events', () => {
   it('a VM moved mid-stream: packets before the event on the old port, after it on the new, none lost or doubled, no flow rewritten', () => {
     const ev = join(tempDir(), 'events.json');
