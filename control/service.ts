@@ -32,6 +32,8 @@ import { FpoError } from '../datapath/errors.js';
 import { CaptureReader, LINKTYPE_ETHERNET } from '../datapath/ports/capture-reader.js';
 import { CaptureWriter } from '../datapath/ports/capture-writer.js';
 import { Fpag } from './fpag.js';
+import { LiveLoop } from './live.js';
+import { TapPort } from '../datapath/ports/tap-port.js';
 import type { Server as HttpServer } from 'node:http';
 import { metricsRegistry, serveMetrics } from './metrics.js';
 import { formatFlowSpec, parseFlowSpec } from './flow-syntax.js';
@@ -90,6 +92,8 @@ export class Service {
   private readonly opts: Required<Omit<ServiceOptions, 'logLevel' | 'metrics'>> & { metrics?: string };
   private metricsServer: HttpServer | null = null;
   private readonly writers = new Map<number, CaptureWriter>();
+  private readonly taps: TapPort[] = [];
+  private readonly live: LiveLoop;
   private readonly arena: Arena;
   private server: Server | null = null;
   private readonly batch = new PacketBatch(256);
@@ -117,11 +121,20 @@ export class Service {
     this.arena = new Arena(topo.ports.length * (TX_BUFFER + 64) + 4096);
     this.dp = new Datapath({ batchCapacity: 256 });
     const layout = { format: 'pcap' as const, nanos: false, interfaces: [{ linktype: LINKTYPE_ETHERNET, snaplen: 262144, tsresol: 6, tsoffset: 0 }] };
+    const live: { port: TapPort; ppid: number }[] = [];
     for (const p of topo.ports) {
+      if (p.kind === 'tap') {
+        const tap = new TapPort(p.device, 256);
+        this.taps.push(tap);
+        live.push({ port: tap, ppid: p.ppid });
+        this.dp.addPort(p.ppid, tap);
+        continue;
+      }
       const w = new CaptureWriter(join(opts.outDir, `${p.name}.pcap`), layout, this.arena, TX_BUFFER);
       this.writers.set(p.ppid, w);
       this.dp.addPort(p.ppid, w);
     }
+    this.live = new LiveLoop(this.dp, live);
     this.fpag = new Fpag(topo, this.dp);
     this.fpag.start();
     this.saveState();
@@ -152,7 +165,8 @@ export class Service {
       server.once('error', (e) => reject(new FpoError('FPO_ERR_IO', `${this.opts.socket}: cannot listen: ${e.message}`, { path: this.opts.socket })));
       server.listen(this.opts.socket, () => {
         chmodSync(this.opts.socket, 0o600);
-        this.log.info({ socket: this.opts.socket }, 'listening');
+        this.log.info({ socket: this.opts.socket, taps: this.taps.map((t) => t.name) }, 'listening');
+        this.live.start();
         resolve();
       });
     });
@@ -382,6 +396,8 @@ export class Service {
     await new Promise<void>((r) => (this.metricsServer ? this.metricsServer.close(() => r()) : r()));
     if (existsSync(this.opts.socket)) unlinkSync(this.opts.socket);
     await this.injecting;
+    await this.live.stop();
+    for (const t of this.taps) t.close();
     for (const w of this.writers.values()) w.close();
     this.saveState();
     return this.stats();

@@ -34,6 +34,10 @@ const PortSchema = z.strictObject({
   ppid: z.number().int().min(0).max(4095),
   role: z.enum(['vm', 'uplink']).default('vm'),
   segments: z.array(name).default([]),
+  /** pcap (default): what the port emits goes to a capture file. tap: a TAP device fpo creates (fpo run). */
+  kind: z.enum(['pcap', 'tap']).default('pcap'),
+  /** The TAP device's name (default: the port's name; at most 15 characters). */
+  device: z.string().regex(/^[A-Za-z0-9._-]{1,15}$/, 'expected an interface name of 1 to 15 letters, digits, ".", "_", "-"').optional(),
 });
 
 const SegmentSchema = z.strictObject({
@@ -131,6 +135,10 @@ export interface Port {
   name: string;
   ppid: number;
   role: 'vm' | 'uplink';
+  /** pcap: a capture file; tap: a TAP device (fpo run). */
+  kind: 'pcap' | 'tap';
+  /** TAP device name. */
+  device: string;
   /** Uplinks: the segments they carry. VM ports: the segment of the attached interface. */
   segments: string[];
   /** Uplinks: the VPID the control plane gave the uplink. VM ports: none (-1). */
@@ -269,7 +277,8 @@ export function topologyFrom(json: unknown, path: string): Topology {
       if (!segments.has(s)) throw bad(path, `ports[${i}].segments[${j}]`, `no segment named "${s}"`);
     });
     if (p.role === 'vm' && p.segments.length) throw bad(path, `ports[${i}].segments`, 'only uplink ports list segments; a VM port takes its interface\'s');
-    ports.set(p.name, { name: p.name, ppid: p.ppid, role: p.role, segments: [...p.segments], vpid: -1 });
+    if (p.kind === 'tap' && p.device === undefined && p.name.length > 15) throw bad(path, `ports[${i}].device`, `the port name "${p.name}" is longer than a TAP device may be (15); give a device name`);
+    ports.set(p.name, { name: p.name, ppid: p.ppid, role: p.role, kind: p.kind, device: p.device ?? p.name, segments: [...p.segments], vpid: -1 });
   });
   const interfaces: Interface[] = [];
   const taken = new Map<string, string>();
