@@ -13,6 +13,7 @@ import { loadEvents } from './events.js';
 import { CTL_HELP, CtlUsage, ctlMain } from './ctl.js';
 import { Service, defaultSocket } from './service.js';
 import { parseAddr } from './metrics.js';
+import { labDown, labUp } from './lab.js';
 
 const HELP = `fpo — a userspace virtual switch with flow processing offload
 
@@ -27,6 +28,9 @@ Commands:
                  run the switch as a service with a control socket
   ctl COMMAND    talk to a running switch: show, dump-flows, stats, add-flow,
                  del-flow, set-mapping, migrate, trace, inject ('fpo ctl --help')
+  lab up|down FILE
+                 a live lab: VMs in network namespaces on TAP ports of a
+                 running fpo (root; see README)
   help [COMMAND] this text, or a command's
 
 Run 'fpo COMMAND --help' for a command's options.
@@ -239,6 +243,13 @@ export async function main(argv: string[]): Promise<number> {
         return await cmdRun(rest);
       case 'ctl':
         return await ctlMain(rest);
+      case 'lab': {
+        const [verb, file, ...more] = rest;
+        if ((verb !== 'up' && verb !== 'down') || !file || more.length) throw new UsageError(`lab: expected "fpo lab up FILE" or "fpo lab down FILE"`);
+        const r = verb === 'up' ? await labUp(file) : await labDown(file);
+        process.stdout.write(JSON.stringify(r) + '\n');
+        return 0;
+      }
       case undefined:
       case '-h':
       case '--help':
@@ -250,7 +261,7 @@ export async function main(argv: string[]): Promise<number> {
       case 'replay':
         return cmdReplay(rest);
       default:
-        throw new UsageError(`unknown command "${cmd}"; expected one of: replay, run, ctl, help`);
+        throw new UsageError(`unknown command "${cmd}"; expected one of: replay, run, ctl, lab, help`);
     }
   } catch (e) {
     if (process.env.FPO_DEBUG) console.error(e);

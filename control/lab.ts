@@ -1,0 +1,148 @@
+/**
+ * fpo lab up FILE / fpo lab down FILE: a live lab on one Linux box. "VMs"
+ * are network namespaces; each gets a TAP port of fpo (fpo creates the TAP,
+ * the lab moves its kernel side into the VM's namespace and gives it the
+ * VM's MAC and address). `up` writes the topology, starts `fpo run` on it
+ * (detached; its pid, logs and port state in the lab's folder), and wires
+ * the namespaces; `down` stops that fpo and deletes the namespaces it made —
+ * only those, listed in the lab's state file. Needs root and iproute2.
+ *
+ *   { "name": "lab1",
+ *     "segments": [{ "name": "blue" }, { "name": "red" }],
+ *     "vms": [{ "name": "vm1", "segment": "blue", "ip": "10.0.0.1/24", "mac": "02:00:00:00:01:01" }, …],
+ *     "spares": [{ "name": "spare1", "vm": "vm1" }] }
+ *
+ * A spare is a second TAP port in a VM's namespace, down until a migration
+ * moves the VM's interface onto it.
+ */
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { z } from 'zod';
+import { FpoError } from '../datapath/errors.js';
+
+const short = z.string().regex(/^[a-z0-9]{1,6}$/, 'expected 1 to 6 lowercase letters or digits (it becomes part of interface names)');
+const LabSchema = z.strictObject({
+  name: short,
+  out: z.string().optional(),
+  socket: z.string().optional(),
+  segments: z.array(z.strictObject({ name: z.string().min(1), vlan: z.number().int().optional(), vni: z.number().int().optional() })).min(1),
+  vms: z.array(z.strictObject({
+    name: short,
+    segment: z.string().min(1),
+    ip: z.string().regex(/^\d+\.\d+\.\d+\.\d+\/\d+$/, 'expected an IPv4 address with its prefix, like 10.0.0.1/24'),
+    mac: z.string().regex(/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/, 'expected a lowercase MAC address like 02:00:00:00:01:01'),
+  })).min(1),
+  spares: z.array(z.strictObject({ name: short, vm: short })).default([]),
+});
+export type Lab = z.infer<typeof LabSchema>;
+
+interface LabState { pid: number; netns: string[]; socket: string; topology: string }
+
+export function loadLab(path: string): Lab & { dir: string; socketPath: string } {
+  let json: unknown;
+  try {
+    json = JSON.parse(readFileSync(path, 'utf8'));
+  } catch (e) {
+    throw new FpoError('FPO_ERR_USAGE', `${path}: cannot read the lab: ${(e as Error).message}`, { path });
+  }
+  const r = LabSchema.safeParse(json);
+  if (!r.success) {
+    const i = r.error.issues[0];
+    throw new FpoError('FPO_ERR_USAGE', `${path}: ${i.path.map((p) => (typeof p === 'number' ? `[${p}]` : `.${String(p)}`)).join('').replace(/^\./, '') || '(top level)'}: ${i.message}`, { path });
+  }
+  const lab = r.data;
+  const vmNames = new Set(lab.vms.map((v) => v.name));
+  if (vmNames.size !== lab.vms.length) throw new FpoError('FPO_ERR_USAGE', `${path}: vms: two VMs have the same name`);
+  lab.vms.forEach((v, i) => { if (!lab.segments.some((s) => s.name === v.segment)) throw new FpoError('FPO_ERR_USAGE', `${path}: vms[${i}].segment: no segment named "${v.segment}"`); });
+  lab.spares.forEach((s, i) => { if (!vmNames.has(s.vm)) throw new FpoError('FPO_ERR_USAGE', `${path}: spares[${i}].vm: no VM named "${s.vm}"`); });
+  const dir = resolve(lab.out ?? join(tmpdir(), `fpo-lab-${lab.name}`));
+  return { ...lab, dir, socketPath: lab.socket ?? join(dir, 'fpo.sock') };
+}
+
+/** Names the lab gives things: namespace of a VM, TAP device of a port. */
+export const labNames = (lab: Lab) => ({
+  netns: (vm: string) => `fpo-${lab.name}-${vm}`,
+  device: (port: string) => `${lab.name}-${port}`.slice(0, 15),
+});
+
+function ip(...args: string[]): void {
+  execFileSync('ip', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+}
+
+/** The fpo topology of a lab: a TAP port per VM and per spare, the VMs' interfaces on them. */
+export function labTopology(lab: Lab): object {
+  const n = labNames(lab);
+  const ports = [...lab.vms.map((v, i) => ({ name: `p-${v.name}`, ppid: 10 + i, kind: 'tap', device: n.device(v.name) })),
+    ...lab.spares.map((s, i) => ({ name: s.name, ppid: 100 + i, kind: 'tap', device: n.device(s.name) }))];
+  return {
+    name: lab.name, ports, segments: lab.segments,
+    nodes: lab.vms.map((v) => ({ name: v.name, interfaces: [{ name: `${v.name}-eth0`, mac: v.mac, ip: v.ip.split('/')[0], segment: v.segment, port: `p-${v.name}` }] })),
+  };
+}
+
+export async function labUp(path: string): Promise<{ dir: string; socket: string; netns: string[]; pid: number }> {
+  const lab = loadLab(path);
+  const n = labNames(lab);
+  if (existsSync(join(lab.dir, 'lab-state.json'))) throw new FpoError('FPO_ERR_USAGE', `${path}: lab ${lab.name} is up already (${join(lab.dir, 'lab-state.json')}); run fpo lab down first`);
+  mkdirSync(lab.dir, { recursive: true });
+  const topology = join(lab.dir, 'topology.json');
+  writeFileSync(topology, JSON.stringify(labTopology(lab), null, 1));
+  const cli = fileURLToPath(new URL('./cli.js', import.meta.url));
+  const out = openSync(join(lab.dir, 'fpo-run.out'), 'w');
+  const err = openSync(join(lab.dir, 'fpo-run.log'), 'w');
+  const child = spawn(process.execPath, [cli, 'run', '-t', topology, '-s', lab.socketPath, '-o', lab.dir, '--log-level', 'info'], { detached: true, stdio: ['ignore', out, err] });
+  child.unref();
+  const state: LabState = { pid: child.pid!, netns: [], socket: lab.socketPath, topology };
+  const save = () => writeFileSync(join(lab.dir, 'lab-state.json'), JSON.stringify(state, null, 1));
+  save();
+  for (let i = 0; i < 200 && !existsSync(lab.socketPath); i++) await new Promise((r) => setTimeout(r, 50));
+  if (!existsSync(lab.socketPath)) throw new FpoError('FPO_ERR_IO', `lab ${lab.name}: fpo run did not start; see ${join(lab.dir, 'fpo-run.log')}`);
+  try {
+    for (const v of lab.vms) {
+      const ns = n.netns(v.name);
+      ip('netns', 'add', ns);
+      state.netns.push(ns);
+      save();
+      const dev = n.device(v.name);
+      ip('link', 'set', dev, 'netns', ns);
+      ip('-n', ns, 'link', 'set', dev, 'address', v.mac);
+      ip('-n', ns, 'addr', 'add', v.ip, 'dev', dev);
+      ip('-n', ns, 'link', 'set', dev, 'up');
+      ip('-n', ns, 'link', 'set', 'lo', 'up');
+    }
+    for (const s of lab.spares) ip('link', 'set', n.device(s.name), 'netns', n.netns(s.vm));
+  } catch (e) {
+    throw new FpoError('FPO_ERR_IO', `lab ${lab.name}: wiring failed: ${((e as { stderr?: Buffer }).stderr?.toString() || (e as Error).message).trim()}; run fpo lab down ${path}`);
+  }
+  return { dir: lab.dir, socket: lab.socketPath, netns: state.netns, pid: state.pid };
+}
+
+export async function labDown(path: string): Promise<{ stopped: boolean; removed: string[] }> {
+  const lab = loadLab(path);
+  const file = join(lab.dir, 'lab-state.json');
+  if (!existsSync(file)) throw new FpoError('FPO_ERR_USAGE', `${path}: lab ${lab.name} is not up (no ${file})`);
+  const state = JSON.parse(readFileSync(file, 'utf8')) as LabState;
+  let stopped = false;
+  try {
+    process.kill(state.pid, 'SIGTERM');
+    for (let i = 0; i < 100; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      try { process.kill(state.pid, 0); } catch { stopped = true; break; }
+    }
+    if (!stopped) process.kill(state.pid, 'SIGKILL');
+  } catch {
+    stopped = true; // not running any more
+  }
+  const removed: string[] = [];
+  const existing = execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' });
+  for (const ns of state.netns) {
+    if (!existing.split('\n').some((l) => l.split(' ')[0] === ns)) continue;
+    ip('netns', 'del', ns);
+    removed.push(ns);
+  }
+  rmSync(file);
+  return { stopped, removed };
+}

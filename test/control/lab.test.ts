@@ -1,0 +1,93 @@
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { FIXTURES, haveTool, runCli } from '../helpers.js';
+
+const LAB = join(FIXTURES, 'lab.json');
+const SOCK = '/tmp/fpo-lab-lab1/fpo.sock';
+
+/** Root and iproute2 are needed; under CI=true their absence fails instead of skipping. */
+function canRun(): boolean {
+  if (process.getuid?.() !== 0) {
+    if (process.env.CI === 'true') throw new Error('the lab tests need root (CI=true: a skip is a failure)');
+    console.warn('SKIP: the lab tests need root');
+    return false;
+  }
+  return haveTool('ip', 'creates the namespaces') && haveTool('ping', 'the VMs ping each other');
+}
+
+const inNs = (ns: string, ...cmd: string[]) => spawnSync('ip', ['netns', 'exec', `fpo-lab1-${ns}`, ...cmd], { encoding: 'utf8', timeout: 60_000 });
+
+afterAll(() => {
+  if (existsSync('/tmp/fpo-lab-lab1/lab-state.json')) runCli(['lab', 'down', LAB]);
+});
+
+describe('fpo lab: VMs in namespaces on TAP ports', () => {
+  it('VMs ping across fpo within a segment, ARP resolves, segments stay apart; a TCP transfer arrives intact; a migration during a ping loses only what is in flight and rewrites no flow; down removes all it made', async () => {
+    if (!canRun()) return;
+    const up = runCli(['lab', 'up', LAB]);
+    expect(up.stderr).toBe('');
+    expect(up.status).toBe(0);
+    try {
+      // Same segment: ping works, and ARP learned the peer's MAC.
+      expect(inNs('vm1', 'ping', '-c', '3', '-i', '0.2', '-W', '2', '10.50.0.2').status).toBe(0);
+      expect(inNs('vm1', 'ip', 'neigh', 'show', '10.50.0.2').stdout).toMatch(/lladdr 02:00:00:00:50:02/);
+      expect(inNs('vm3', 'ping', '-c', '2', '-i', '0.2', '-W', '2', '10.60.0.4').status).toBe(0);
+      // Another segment: no path (no router, and a broadcast of blue never reaches red).
+      expect(inNs('vm1', 'ping', '-c', '1', '-W', '1', '10.60.0.3').status).not.toBe(0);
+
+      // TCP: 4 MiB from vm1 to vm2, SHA-256 on both ends.
+      const server = spawn('ip', ['netns', 'exec', 'fpo-lab1-vm2', process.execPath, '-e', `
+        const h = require('crypto').createHash('sha256'); let n = 0;
+        const s = require('net').createServer((c) => { c.on('data', (d) => { h.update(d); n += d.length; }); c.on('end', () => { console.log(n + ' ' + h.digest('hex')); s.close(); }); });
+        s.listen(5001, '10.50.0.2', () => console.log('ready'));`]);
+      let serverOut = '';
+      server.stdout.on('data', (d) => (serverOut += d));
+      for (let i = 0; i < 100 && !serverOut.includes('ready'); i++) await new Promise((r) => setTimeout(r, 50));
+      const client = inNs('vm1', process.execPath, '-e', `
+        const b = Buffer.alloc(4 << 20); for (let i = 0; i < b.length; i++) b[i] = (i * 2654435761) >>> 24;
+        const c = require('net').connect(5001, '10.50.0.2', () => c.end(b));
+        c.on('close', () => console.log(b.length + ' ' + require('crypto').createHash('sha256').update(b).digest('hex')));`);
+      await new Promise((r) => server.on('exit', r));
+      expect(client.stdout.trim()).toMatch(/^4194304 [0-9a-f]{64}$/);
+      expect(serverOut.trim().split('\n').at(-1)).toBe(client.stdout.trim());
+
+      // Migration: vm2 pings vm1 every 50 ms; vm1's interface moves to the spare TAP port.
+      const ping = spawn('ip', ['netns', 'exec', 'fpo-lab1-vm2', 'ping', '-c', '60', '-i', '0.05', '-W', '1', '10.50.0.1']);
+      let pingOut = '';
+      ping.stdout.on('data', (d) => (pingOut += d));
+      await new Promise((r) => setTimeout(r, 1000));
+      const mig = runCli(['ctl', '-s', SOCK, '--json', 'migrate', 'vm1-eth0', '--to', 'spare1']);
+      expect(mig.status).toBe(0);
+      expect(JSON.parse(mig.stdout).flowRewrites).toBe(0);
+      // Inside the VM: its NIC is now the spare (same MAC and address).
+      execFileSync('sh', ['-c', [
+        'ip -n fpo-lab1-vm1 link set lab1-vm1 down',
+        'ip -n fpo-lab1-vm1 addr flush dev lab1-vm1',
+        'ip -n fpo-lab1-vm1 link set lab1-spare1 address 02:00:00:00:50:01',
+        'ip -n fpo-lab1-vm1 addr add 10.50.0.1/24 dev lab1-spare1',
+        'ip -n fpo-lab1-vm1 link set lab1-spare1 up',
+      ].join(' && ')]);
+      await new Promise((r) => ping.on('exit', r));
+      const m = /(\d+) packets transmitted, (\d+) received/.exec(pingOut);
+      expect(m).not.toBeNull();
+      const lost = Number(m![1]) - Number(m![2]);
+      expect(lost).toBeLessThanOrEqual(3); // the few in flight while the VM's NIC moved
+      const stats = JSON.parse(runCli(['ctl', '-s', SOCK, '--json', 'stats']).stdout);
+      expect(stats.ports.find((p: any) => p.name === 'spare1').txPackets).toBeGreaterThan(10);
+      expect(stats.flowRewrites).toBe(0);
+    } finally {
+      const down = runCli(['lab', 'down', LAB]);
+      expect(down.status).toBe(0);
+    }
+    expect(execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' })).not.toMatch(/fpo-lab1-/);
+    expect(execFileSync('ip', ['link'], { encoding: 'utf8' })).not.toMatch(/lab1-/);
+  }, 120_000);
+
+  it('refuses a lab file with a bad field, naming it', () => {
+    const r = runCli(['lab', 'up', join(FIXTURES, 'topology.json')]);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/topology\.json: /);
+  });
+});
