@@ -88,6 +88,8 @@ export async function labUp(path: string): Promise<{ dir: string; socket: string
   const n = labNames(lab);
   if (existsSync(join(lab.dir, 'lab-state.json'))) throw new FpoError('FPO_ERR_USAGE', `${path}: lab ${lab.name} is up already (${join(lab.dir, 'lab-state.json')}); run fpo lab down first`);
   mkdirSync(lab.dir, { recursive: true });
+  // A lab starts as its file says: no VPIDs or mappings left from an earlier run.
+  rmSync(join(lab.dir, 'fpo-state.json'), { force: true });
   const topology = join(lab.dir, 'topology.json');
   writeFileSync(topology, JSON.stringify(labTopology(lab), null, 1));
   const cli = fileURLToPath(new URL('./cli.js', import.meta.url));
@@ -144,5 +146,6 @@ export async function labDown(path: string): Promise<{ stopped: boolean; removed
     removed.push(ns);
   }
   rmSync(file);
+  rmSync(join(lab.dir, 'fpo-state.json'), { force: true });
   return { stopped, removed };
 }
