@@ -123,8 +123,8 @@ export class Service {
     const layout = { format: 'pcap' as const, nanos: false, interfaces: [{ linktype: LINKTYPE_ETHERNET, snaplen: 262144, tsresol: 6, tsoffset: 0 }] };
     const live: { port: TapPort; ppid: number }[] = [];
     for (const p of topo.ports) {
-      if (p.kind === 'tap') {
-        const tap = new TapPort(p.device, 256);
+      if (p.kind === 'tap' || p.kind === 'afpacket') {
+        const tap = new TapPort(p.device, 256, p.kind);
         this.taps.push(tap);
         live.push({ port: tap, ppid: p.ppid });
         this.dp.addPort(p.ppid, tap);

@@ -34,8 +34,12 @@ const PortSchema = z.strictObject({
   ppid: z.number().int().min(0).max(4095),
   role: z.enum(['vm', 'uplink']).default('vm'),
   segments: z.array(name).default([]),
-  /** pcap (default): what the port emits goes to a capture file. tap: a TAP device fpo creates (fpo run). */
-  kind: z.enum(['pcap', 'tap']).default('pcap'),
+  /**
+   * pcap (default): what the port emits goes to a capture file. tap: a TAP
+   * device fpo creates; afpacket: an existing interface (a veth end) fpo
+   * attaches to with an AF_PACKET socket (both with fpo run).
+   */
+  kind: z.enum(['pcap', 'tap', 'afpacket']).default('pcap'),
   /** The TAP device's name (default: the port's name; at most 15 characters). */
   device: z.string().regex(/^[A-Za-z0-9._-]{1,15}$/, 'expected an interface name of 1 to 15 letters, digits, ".", "_", "-"').optional(),
 });
@@ -135,8 +139,8 @@ export interface Port {
   name: string;
   ppid: number;
   role: 'vm' | 'uplink';
-  /** pcap: a capture file; tap: a TAP device (fpo run). */
-  kind: 'pcap' | 'tap';
+  /** pcap: a capture file; tap: a TAP device; afpacket: an existing interface (fpo run). */
+  kind: 'pcap' | 'tap' | 'afpacket';
   /** TAP device name. */
   device: string;
   /** Uplinks: the segments they carry. VM ports: the segment of the attached interface. */
@@ -277,7 +281,7 @@ export function topologyFrom(json: unknown, path: string): Topology {
       if (!segments.has(s)) throw bad(path, `ports[${i}].segments[${j}]`, `no segment named "${s}"`);
     });
     if (p.role === 'vm' && p.segments.length) throw bad(path, `ports[${i}].segments`, 'only uplink ports list segments; a VM port takes its interface\'s');
-    if (p.kind === 'tap' && p.device === undefined && p.name.length > 15) throw bad(path, `ports[${i}].device`, `the port name "${p.name}" is longer than a TAP device may be (15); give a device name`);
+    if (p.kind !== 'pcap' && p.device === undefined && p.name.length > 15) throw bad(path, `ports[${i}].device`, `the port name "${p.name}" is longer than a TAP device may be (15); give a device name`);
     ports.set(p.name, { name: p.name, ppid: p.ppid, role: p.role, kind: p.kind, device: p.device ?? p.name, segments: [...p.segments], vpid: -1 });
   });
   const interfaces: Interface[] = [];

@@ -17,6 +17,10 @@ export interface Libc {
   poll(fds: Buffer, nfds: number, timeoutMs: number): number;
   close(fd: number): number;
   errno(): number;
+  socket(domain: number, type: number, protocol: number): number;
+  bind(fd: number, addr: Buffer, len: number): number;
+  setsockopt(fd: number, level: number, name: number, val: Buffer, len: number): number;
+  ifNameToIndex(name: string): number;
 }
 
 let cached: Libc | null = null;
@@ -36,6 +40,10 @@ export function libc(): Libc {
     poll: lib.func('int poll(_Inout_ uint8_t *fds, unsigned long nfds, int timeout)') as Libc['poll'],
     close: lib.func('int close(int fd)') as Libc['close'],
     errno: () => koffi.decode(errnoLoc(), 'int') as number,
+    socket: lib.func('int socket(int domain, int type, int protocol)') as Libc['socket'],
+    bind: lib.func('int bind(int fd, const uint8_t *addr, unsigned int len)') as Libc['bind'],
+    setsockopt: lib.func('int setsockopt(int fd, int level, int name, const uint8_t *val, unsigned int len)') as Libc['setsockopt'],
+    ifNameToIndex: lib.func('unsigned int if_nametoindex(const char *name)') as Libc['ifNameToIndex'],
   };
   return cached;
 }

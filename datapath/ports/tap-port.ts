@@ -1,6 +1,9 @@
 /**
- * TapPort: a TAP device that fpo creates and owns through /dev/net/tun; the
- * kernel side is the VM's NIC (it can be moved into a network namespace).
+ * Live ports on a file descriptor, one frame per read and per write:
+ *   - a TAP device that fpo creates and owns through /dev/net/tun (the
+ *     kernel side is the VM's NIC; it can be moved into a namespace);
+ *   - an AF_PACKET socket bound to an existing interface (one end of a veth,
+ *     an uplink): every frame the interface receives, none it sends.
  *
  * rx: `fill` drains up to a batch of frames per call with non-blocking reads
  * into preallocated slots (one 2 KiB slot a packet, views made once at
@@ -25,9 +28,18 @@ export const SLOT = 2048;
  */
 const SLOT_VIEWS = new WeakMap<Uint8Array, Buffer[]>();
 
+const AF_PACKET = 17;
+const SOCK_RAW = 3;
+const SOCK_NONBLOCK = 0x800;
+const ETH_P_ALL_BE = 0x0300; // htons(ETH_P_ALL)
+const SOL_PACKET = 263;
+const PACKET_IGNORE_OUTGOING = 23;
+
 export class TapPort {
   readonly name: string;
   readonly fd: number;
+  /** 'tap' or 'afpacket'. */
+  readonly kind: 'tap' | 'afpacket';
   /** Frames read / written / failed writes (the kernel side down or its queue full). */
   rxPackets = 0;
   txPackets = 0;
@@ -36,8 +48,42 @@ export class TapPort {
   private readonly rxSlots: Buffer[];
   private readonly txBuf = Buffer.alloc(SLOT + 128);
 
-  constructor(name: string, batchCapacity: number) {
-    if (!/^[A-Za-z0-9._-]{1,15}$/.test(name)) throw new FpoError('FPO_ERR_USAGE', `tap name "${name}": 1 to 15 letters, digits, ".", "_", "-"`);
+  constructor(name: string, batchCapacity: number, kind: 'tap' | 'afpacket' = 'tap') {
+    if (!/^[A-Za-z0-9._-]{1,15}$/.test(name)) throw new FpoError('FPO_ERR_USAGE', `${kind} device "${name}": 1 to 15 letters, digits, ".", "_", "-"`);
+    this.kind = kind;
+    const fd = kind === 'tap' ? TapPort.openTap(name) : TapPort.openPacket(name);
+    this.name = name;
+    this.fd = fd;
+    this.rx = Buffer.alloc(batchCapacity * SLOT);
+    this.rx.fill(0);
+    this.rxSlots = Array.from({ length: batchCapacity }, (_, i) => this.rx.subarray(i * SLOT, (i + 1) * SLOT));
+    SLOT_VIEWS.set(this.rx, this.rxSlots);
+  }
+
+  // Slow path: AF_PACKET socket bound to an existing interface, non-blocking, not seeing its own sends.
+  private static openPacket(name: string): number {
+    const c = libc();
+    const ifindex = c.ifNameToIndex(name);
+    if (ifindex === 0) throw new FpoError('FPO_ERR_IO', `afpacket ${name}: no such interface`);
+    const fd = c.socket(AF_PACKET, SOCK_RAW | SOCK_NONBLOCK, ETH_P_ALL_BE);
+    if (fd < 0) throw new FpoError('FPO_ERR_IO', `afpacket ${name}: socket failed (errno ${c.errno()}); fpo needs root for AF_PACKET ports`);
+    const one = Buffer.alloc(4);
+    one.writeInt32LE(1, 0);
+    c.setsockopt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, one, 4);
+    const sll = Buffer.alloc(20);
+    sll.writeUInt16LE(AF_PACKET, 0);
+    sll.writeUInt16LE(ETH_P_ALL_BE, 2);
+    sll.writeInt32LE(ifindex, 4);
+    if (c.bind(fd, sll, 20) < 0) {
+      const e = c.errno();
+      c.close(fd);
+      throw new FpoError('FPO_ERR_IO', `afpacket ${name}: bind failed (errno ${e})`);
+    }
+    return fd;
+  }
+
+  // Slow path: a new TAP device.
+  private static openTap(name: string): number {
     const c = libc();
     const fd = c.open('/dev/net/tun', O_RDWR | O_NONBLOCK);
     if (fd < 0) throw new FpoError('FPO_ERR_IO', `/dev/net/tun: cannot open (errno ${c.errno()}); fpo needs root for TAP ports`);
@@ -49,12 +95,7 @@ export class TapPort {
       c.close(fd);
       throw new FpoError('FPO_ERR_IO', `tap ${name}: TUNSETIFF failed (errno ${e})`);
     }
-    this.name = name;
-    this.fd = fd;
-    this.rx = Buffer.alloc(batchCapacity * SLOT);
-    this.rx.fill(0);
-    this.rxSlots = Array.from({ length: batchCapacity }, (_, i) => this.rx.subarray(i * SLOT, (i + 1) * SLOT));
-    SLOT_VIEWS.set(this.rx, this.rxSlots);
+    return fd;
   }
 
   /** Fast path: reads up to a batch of frames; returns how many. */
