@@ -48,6 +48,24 @@ describe('benchmarks (short mode)', () => {
     expect(thread.roundTripUs).toBeGreaterThan(0);
   }, 300_000);
 
+  it('ports/live prints fpo and Linux bridge forwarding rates between namespaces (root)', () => {
+    if (process.getuid?.() !== 0) {
+      if (process.env.CI === 'true') throw new Error('ports/live needs root (CI=true: a skip is a failure)');
+      console.warn('SKIP: ports/live needs root');
+      return;
+    }
+    if (!haveTool('cc', 'builds the sender')) return;
+    const lines = runBench('ports/live.js');
+    const names = lines.map((l) => l.switch);
+    expect(names).toContain('fpo');
+    expect(names).toContain('linux-bridge');
+    for (const l of lines) {
+      expect(l.bench).toBe('ports/live');
+      expect(l.received).toBeGreaterThan(0);
+      expect(typeof l.ratio).toBe('number');
+    }
+  }, 300_000);
+
   it('replay prints pps, Gbit/s, tcpdump baseline and ratio, GC and RSS for each case', () => {
     if (!haveTool('tcpdump', 'the baseline of the replay benchmark')) return;
     const lines = runBench('replay.js');
