@@ -81,14 +81,22 @@ async function main(): Promise<void> {
     blast(blaster, 'fpob-va', 'fpob-b', 'fpob-vb');
     results['linux-bridge'] = blast(blaster, 'fpob-va', 'fpob-b', 'fpob-vb');
 
-    // Open vSwitch's userspace datapath, when installed (and its daemons run).
+    // Open vSwitch's userspace datapath, when installed; its daemons are started (and stopped) here if not running.
+    const ovsCtl = '/usr/share/openvswitch/scripts/ovs-ctl';
+    let startedOvs = false;
+    if (spawnSync('ovs-vsctl', ['--timeout=2', 'show'], { stdio: 'ignore' }).status !== 0 && existsSync(ovsCtl)) {
+      quiet(`${ovsCtl} --no-ovs-vswitchd start --system-id=random && ${ovsCtl} --no-ovsdb-server --no-monitor start`);
+      startedOvs = true;
+    }
     if (spawnSync('ovs-vsctl', ['--timeout=2', 'show'], { stdio: 'ignore' }).status === 0) {
       sh('ip link set fpob-ha nomaster && ip link set fpob-hb nomaster'
         + ' && ovs-vsctl add-br fpob-ovs -- set bridge fpob-ovs datapath_type=netdev'
         + ' && ovs-vsctl add-port fpob-ovs fpob-ha && ovs-vsctl add-port fpob-ovs fpob-hb');
       blast(blaster, 'fpob-va', 'fpob-b', 'fpob-vb');
       results['ovs-netdev'] = blast(blaster, 'fpob-va', 'fpob-b', 'fpob-vb');
+      quiet('ovs-vsctl --if-exists del-br fpob-ovs');
     }
+    if (startedOvs) quiet(`${ovsCtl} stop`);
 
     const base = results['linux-bridge'].received / SECONDS;
     for (const [name, r] of Object.entries(results)) {

@@ -59,6 +59,7 @@ describe('benchmarks (short mode)', () => {
     const names = lines.map((l) => l.switch);
     expect(names).toContain('fpo');
     expect(names).toContain('linux-bridge');
+    if (haveTool('ovs-vsctl', 'Open vSwitch\'s userspace datapath is the other baseline')) expect(names).toContain('ovs-netdev');
     for (const l of lines) {
       expect(l.bench).toBe('ports/live');
       expect(l.received).toBeGreaterThan(0);
