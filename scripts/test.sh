@@ -10,6 +10,7 @@ command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)
 command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v ovs-vsctl >/dev/null 2>&1 || need+=(openvswitch-switch)
+[ -x /usr/lib/frr/bfdd ] || need+=(frr)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "test.sh: installing ${need[*]} with apt-get"

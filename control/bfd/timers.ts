@@ -1,0 +1,90 @@
+/**
+ * Timers: one binary heap of deadlines for all BFD sessions and one
+ * setTimeout armed for the earliest, instead of a setInterval per session
+ * (a thousand sessions are a thousand heap entries, one timer).
+ */
+export class TimerHeap {
+  private heap: { at: number; seq: number; fn: () => void }[] = [];
+  private seq = 0;
+  private timer: NodeJS.Timeout | null = null;
+  private armedAt = Infinity;
+  /** How late callbacks ran, ms (for the scale benchmark). */
+  readonly lateness: number[] = [];
+  recordLateness = false;
+
+  /** Runs fn at time `at` (ms, performance.now() clock); returns a handle for cancel. */
+  at(at: number, fn: () => void): number {
+    const e = { at, seq: ++this.seq, fn };
+    this.heap.push(e);
+    this.up(this.heap.length - 1);
+    this.arm();
+    return e.seq;
+  }
+
+  cancel(handle: number): void {
+    const i = this.heap.findIndex((e) => e.seq === handle);
+    if (i < 0) return;
+    const last = this.heap.pop()!;
+    if (i < this.heap.length) {
+      this.heap[i] = last;
+      this.down(i);
+      this.up(i);
+    }
+  }
+
+  stop(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    this.heap = [];
+    this.armedAt = Infinity;
+  }
+
+  private arm(): void {
+    const next = this.heap[0];
+    if (!next || next.at >= this.armedAt) return;
+    if (this.timer) clearTimeout(this.timer);
+    this.armedAt = next.at;
+    this.timer = setTimeout(() => this.fire(), Math.max(0, next.at - performance.now()));
+  }
+
+  private fire(): void {
+    this.timer = null;
+    this.armedAt = Infinity;
+    const now = performance.now();
+    while (this.heap.length && this.heap[0].at <= now + 0.5) {
+      const e = this.heap[0];
+      const last = this.heap.pop()!;
+      if (this.heap.length) {
+        this.heap[0] = last;
+        this.down(0);
+      }
+      if (this.recordLateness) this.lateness.push(now - e.at);
+      e.fn();
+    }
+    this.arm();
+  }
+
+  private up(i: number): void {
+    const h = this.heap;
+    while (i > 0) {
+      const p = (i - 1) >> 1;
+      if (h[p].at <= h[i].at) break;
+      [h[p], h[i]] = [h[i], h[p]];
+      i = p;
+    }
+  }
+
+  private down(i: number): void {
+    const h = this.heap;
+    for (;;) {
+      const l = 2 * i + 1;
+      const r = l + 1;
+      let m = i;
+      if (l < h.length && h[l].at < h[m].at) m = l;
+      if (r < h.length && h[r].at < h[m].at) m = r;
+      if (m === i) return;
+      [h[m], h[i]] = [h[i], h[m]];
+      i = m;
+    }
+  }
+}
