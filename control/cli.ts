@@ -14,6 +14,7 @@ import { CTL_HELP, CtlUsage, ctlMain } from './ctl.js';
 import { Service, defaultSocket } from './service.js';
 import { parseAddr } from './metrics.js';
 import { labDown, labUp } from './lab.js';
+import { runAgent } from './agent.js';
 
 const HELP = `fpo — a userspace virtual switch with flow processing offload
 
@@ -31,6 +32,8 @@ Commands:
   lab up|down FILE
                  a live lab: VMs in network namespaces on TAP ports of a
                  running fpo (root; see README)
+  agent --socket PATH
+                 the guest side of the tunnel monitor's liveness channel
   help [COMMAND] this text, or a command's
 
 Run 'fpo COMMAND --help' for a command's options.
@@ -191,6 +194,14 @@ function cmdReplay(argv: string[]): number {
   return 0;
 }
 
+const AGENT_HELP = `Usage: fpo agent --socket PATH [--name NAME]
+
+The guest agent of the tunnel monitor's liveness channel: run it inside the
+VM (e.g. ip netns exec VM fpo agent --socket /run/fpo/vm1.sock). It answers
+the monitor's probes and prints a JSON line when the monitor says the VM's
+tunnel went down or came back. SIGINT/SIGTERM stop it.
+`;
+
 const RUN_HELP = `Usage: fpo run --topology FILE [options]
 
 Runs the switch as a service: the datapath, the FPAG and a control socket
@@ -243,6 +254,13 @@ export async function main(argv: string[]): Promise<number> {
         return await cmdRun(rest);
       case 'ctl':
         return await ctlMain(rest);
+      case 'agent': {
+        const { values } = parseArgs({ args: rest, options: { socket: { type: 'string', short: 's' }, name: { type: 'string' }, help: { type: 'boolean', short: 'h' } } });
+        if (values.help) { process.stdout.write(AGENT_HELP); return 0; }
+        if (!values.socket) throw new UsageError(`agent: --socket PATH is required; see 'fpo agent --help'`);
+        await runAgent(values.socket, values.name ?? 'vm');
+        return 0;
+      }
       case 'lab': {
         const [verb, file, ...more] = rest;
         if ((verb !== 'up' && verb !== 'down') || !file || more.length) throw new UsageError(`lab: expected "fpo lab up FILE" or "fpo lab down FILE"`);
@@ -261,7 +279,7 @@ export async function main(argv: string[]): Promise<number> {
       case 'replay':
         return cmdReplay(rest);
       default:
-        throw new UsageError(`unknown command "${cmd}"; expected one of: replay, run, ctl, lab, help`);
+        throw new UsageError(`unknown command "${cmd}"; expected one of: replay, run, ctl, lab, agent, help`);
     }
   } catch (e) {
     if (process.env.FPO_DEBUG) console.error(e);

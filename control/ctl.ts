@@ -18,6 +18,7 @@ const HELP: Record<string, string> = {
   trace: 'fpo ctl trace PACKET               what the switch does with a packet, e.g. "in_port=uplink0,eth_dst=02:00:00:00:00:01,tcp,tp_dst=80"',
   inject: 'fpo ctl inject CAPTURE [--port P]  replay a capture into a port of the running switch',
   ping: 'fpo ctl ping                       is the service there?',
+  bfd: 'fpo ctl bfd                        tunnel monitor: BFD sessions (state, intervals, last change and why) and VM liveness',
 };
 
 export const CTL_HELP = `Usage: fpo ctl [--socket PATH] [--json] COMMAND [ARGS]
@@ -86,6 +87,9 @@ function plain(cmd: string, result: unknown): string {
     }
     case 'trace':
       return [...r.steps.map((s: string, i: number) => `${i + 1}. ${s}`)].join('\n');
+    case 'bfd':
+      return r.sessions.length === 0 ? '(no tunnel monitor sessions)' : table([['interface', 'peer', 'state', 'remote', 'diag', 'tx ms', 'rx ms', 'mult', 'vm', 'last change'],
+        ...r.sessions.map((x: any) => [x.interface, x.peer, x.session.state, x.session.remoteState, x.session.diag, String(x.session.txUs / 1000), String(x.session.rxUs / 1000), String(x.session.detectMult), x.vmAlive ? 'alive' : 'silent', `${x.session.lastChange.from}->${x.session.lastChange.to}: ${x.session.lastChange.why}`])]);
     default:
       return JSON.stringify(result, null, 1);
   }

@@ -33,6 +33,7 @@ import { CaptureReader, LINKTYPE_ETHERNET } from '../datapath/ports/capture-read
 import { CaptureWriter } from '../datapath/ports/capture-writer.js';
 import { Fpag } from './fpag.js';
 import { LiveLoop } from './live.js';
+import { TunnelMonitor } from './monitor.js';
 import { TapPort } from '../datapath/ports/tap-port.js';
 import type { Server as HttpServer } from 'node:http';
 import { metricsRegistry, serveMetrics } from './metrics.js';
@@ -91,6 +92,7 @@ export class Service {
   readonly log: Logger;
   private readonly opts: Required<Omit<ServiceOptions, 'logLevel' | 'metrics'>> & { metrics?: string };
   private metricsServer: HttpServer | null = null;
+  private monitor: TunnelMonitor | null = null;
   private readonly writers = new Map<number, CaptureWriter>();
   private readonly taps: TapPort[] = [];
   private readonly live: LiveLoop;
@@ -157,6 +159,10 @@ export class Service {
     if (this.opts.metrics !== undefined) {
       this.metricsServer = await serveMetrics(metricsRegistry(this.dp, this.fpag), this.opts.metrics);
       this.log.info({ metrics: this.opts.metrics }, 'metrics');
+    }
+    if (this.topo.tunnel?.monitor.length) {
+      this.monitor = new TunnelMonitor(this.topo.tunnel.monitor, this.log);
+      await this.monitor.start();
     }
     if (existsSync(this.opts.socket)) unlinkSync(this.opts.socket);
     const server = createServer((c) => this.onConnection(c));
@@ -278,6 +284,8 @@ export class Service {
       }
       case 'trace':
         return this.trace(str('packet')!);
+      case 'bfd':
+        return { sessions: this.monitor?.describe() ?? [] };
       case 'inject': {
         const capture = str('capture')!;
         const port = str('port', false);
@@ -396,6 +404,7 @@ export class Service {
     await new Promise<void>((r) => (this.metricsServer ? this.metricsServer.close(() => r()) : r()));
     if (existsSync(this.opts.socket)) unlinkSync(this.opts.socket);
     await this.injecting;
+    await this.monitor?.stop();
     await this.live.stop();
     for (const t of this.taps) t.close();
     for (const w of this.writers.values()) w.close();
@@ -409,4 +418,4 @@ export function defaultSocket(): string {
   return process.env.FPO_SOCKET ?? join(process.env.XDG_RUNTIME_DIR ?? tmpdir(), 'fpo.sock');
 }
 
-export const COMMANDS = ['ping', 'show', 'dump-flows', 'stats', 'add-flow', 'del-flow', 'set-mapping', 'migrate', 'trace', 'inject'];
+export const COMMANDS = ['ping', 'show', 'dump-flows', 'stats', 'add-flow', 'del-flow', 'set-mapping', 'migrate', 'trace', 'inject', 'bfd'];

@@ -85,6 +85,23 @@ const TunnelSchema = z.strictObject({
   kind: z.enum(['vxlan', 'geneve']).default('geneve'),
   /** Hosts this one sends to through tunnels. */
   remotes: z.array(RemoteSchema).default([]),
+  /**
+   * Tunnel monitor: per VM using the tunnel, a BFD session with the remote
+   * host (local and peer underlay addresses) and a liveness channel with the
+   * VM's agent (a Unix socket path) — fpo run.
+   */
+  monitor: z.array(z.strictObject({
+    interface: name,
+    agent: z.string().min(1),
+    local: z.string().regex(IPV4, 'expected an IPv4 address'),
+    peer: z.string().regex(IPV4, 'expected an IPv4 address'),
+    txMs: z.number().int().min(10).max(60000).default(300),
+    rxMs: z.number().int().min(10).max(60000).default(300),
+    detectMult: z.number().int().min(1).max(255).default(3),
+    probeMs: z.number().int().min(10).max(60000).default(200),
+    misses: z.number().int().min(1).max(100).default(3),
+    peerPort: z.number().int().min(1).max(65535).optional(),
+  })).default([]),
   /** Sender side: which packets get the special-processing flag. */
   policy: z.strictObject({
     /** The first this-many packets of every new flow (default 0). */
@@ -328,6 +345,9 @@ export function topologyFrom(json: unknown, path: string): Topology {
       if (!seg) throw bad(path, `${at}.interfaces[${j}].segment`, `no segment named "${itf.segment}"`);
       if (seg.vni === undefined) throw bad(path, `${at}.interfaces[${j}].segment`, `segment "${itf.segment}" has no vni to carry it through a tunnel`);
     });
+  });
+  t.tunnel?.monitor.forEach((m, i) => {
+    if (!interfaces.some((x) => x.name === m.interface)) throw bad(path, `tunnel.monitor[${i}].interface`, `no interface named "${m.interface}"`);
   });
   t.tunnel?.policy.interfaces.forEach((n, i) => {
     if (!seen.has(`interface:${n}`)) throw bad(path, `tunnel.policy.interfaces[${i}]`, `no interface named "${n}"`);

@@ -1,10 +1,10 @@
-import { execFileSync, spawnSync } from 'node:child_process';
-import { chownSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
 import { BfdEndpoint } from '../../../control/bfd/endpoint.js';
 import { DIAG, STATE, decode, encode } from '../../../control/bfd/packet.js';
-import { haveTool } from '../../helpers.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 async function until(cond: () => boolean, ms: number): Promise<boolean> {
@@ -76,47 +76,13 @@ describe('BFD sessions between two fpo endpoints', () => {
   }, 30_000);
 });
 
-// Interop with FRR's bfdd, in a namespace across a veth.
-const D = '/tmp/fpobfd-frr';
-function frrDown(): void {
-  for (const f of ['bfdd.pid', 'zebra.pid']) if (existsSync(`${D}/${f}`)) spawnSync('kill', ['-9', readFileSync(`${D}/${f}`, 'utf8').trim()]);
-  spawnSync('ip', ['netns', 'del', 'fpobfd']);
-  spawnSync('ip', ['link', 'del', 'fpobfd0']);
-}
-function frrUp(intervalMs: number): void {
-  frrDown();
-  rmSync(D, { recursive: true, force: true });
-  mkdirSync(D, { recursive: true });
-  const frr = Number(execFileSync('id', ['-u', 'frr'], { encoding: 'utf8' }));
-  const gid = Number(execFileSync('id', ['-g', 'frr'], { encoding: 'utf8' }));
-  chownSync(D, frr, gid);
-  writeFileSync(`${D}/bfdd.conf`, `bfd\n peer 10.90.0.1 local-address 10.90.0.2\n  receive-interval ${intervalMs}\n  transmit-interval ${intervalMs}\n  detect-multiplier 3\n !\n!\n`);
-  writeFileSync(`${D}/zebra.conf`, '\n');
-  for (const f of ['bfdd.conf', 'zebra.conf']) chownSync(`${D}/${f}`, frr, gid);
-  execFileSync('sh', ['-c', [
-    'ip netns add fpobfd', 'ip link add fpobfd0 type veth peer name fpobfd1', 'ip link set fpobfd1 netns fpobfd',
-    'ip addr add 10.90.0.1/24 dev fpobfd0', 'ip link set fpobfd0 up', 'ip -n fpobfd addr add 10.90.0.2/24 dev fpobfd1',
-    'ip -n fpobfd link set fpobfd1 up', 'ip -n fpobfd link set lo up',
-    `ip netns exec fpobfd /usr/lib/frr/zebra -d -u frr -g frr -z ${D}/zserv.api -i ${D}/zebra.pid --vty_socket ${D} -f ${D}/zebra.conf`,
-    'sleep 0.5',
-    `ip netns exec fpobfd /usr/lib/frr/bfdd -d -u frr -g frr -z ${D}/zserv.api -i ${D}/bfdd.pid --vty_socket ${D} -f ${D}/bfdd.conf`,
-  ].join(' && ')], { stdio: ['ignore', 'pipe', 'pipe'] });
-}
-const frrPeer = (): Record<string, unknown> => {
-  try {
-    return JSON.parse(execFileSync('ip', ['netns', 'exec', 'fpobfd', 'vtysh', '--vty_socket', D, '-c', 'show bfd peers json'], { encoding: 'utf8' }))[0] ?? {};
-  } catch { return {}; }
-};
+import { canRunFrr, frrDown, frrPeer, frrUp, FRR_DIR as D, FRR_DIR } from './frr.js';
+import { CLI, runCli, tempDir } from '../../helpers.js';
+
+// The FRR tests share one namespace, so they live in this one file (files run in parallel).
+
 afterAll(frrDown);
 
-function canRunFrr(): boolean {
-  if (process.getuid?.() !== 0) {
-    if (process.env.CI === 'true') throw new Error('the FRR interop test needs root (CI=true: a skip is a failure)');
-    console.warn('SKIP: the FRR interop test needs root');
-    return false;
-  }
-  return haveTool('ip', 'namespaces') && haveTool('vtysh', 'FRR (Debian frr) is the independent BFD peer') && existsSync('/usr/lib/frr/bfdd');
-}
 
 describe('interop with FRR bfdd', () => {
   for (const ms of [300, 50]) {
@@ -156,4 +122,63 @@ describe('interop with FRR bfdd', () => {
       }
     }, 60_000);
   }
+});
+
+const procs: ChildProcess[] = [];
+afterAll(() => { for (const p of procs) p.kill('SIGKILL'); });
+
+function agent(sock: string): { proc: ChildProcess; out: () => string } {
+  const proc = spawn(process.execPath, [CLI, 'agent', '--socket', sock, '--name', 'vm1']);
+  procs.push(proc);
+  let out = '';
+  proc.stdout!.on('data', (d) => (out += d));
+  return { proc, out: () => out };
+}
+
+describe('tunnel monitor: BFD with FRR on a VM\'s behalf, and a liveness channel with the VM', () => {
+  it('a dead VM takes the session AdminDown at FRR; a live VM brings it back; a dead tunnel is told to the VM', async () => {
+    if (!canRunFrr()) return;
+    frrUp(300);
+    const dir = tempDir('mon');
+    const sock = join(dir, 'vm1.sock');
+    const topo = join(dir, 'topology.json');
+    writeFileSync(topo, JSON.stringify({
+      name: 'mon',
+      ports: [{ name: 'up0', ppid: 1, role: 'uplink' }, { name: 'p1', ppid: 11 }],
+      segments: [{ name: 'blue', vni: 5001 }],
+      nodes: [{ name: 'vm1', interfaces: [{ name: 'vm1-eth0', mac: '02:00:00:00:90:01', segment: 'blue', port: 'p1' }] }],
+      tunnel: { vtep: '10.90.0.1', monitor: [{ interface: 'vm1-eth0', agent: sock, local: '10.90.0.1', peer: '10.90.0.2', txMs: 300, rxMs: 300, detectMult: 3, probeMs: 100, misses: 3 }] },
+    }));
+    let a = agent(sock);
+    const ctlSock = join(dir, 'fpo.sock');
+    const fpo = spawn(process.execPath, [CLI, 'run', '-t', topo, '-s', ctlSock, '-o', dir, '--log-level', 'info'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    procs.push(fpo);
+    let log = '';
+    fpo.stderr!.on('data', (d) => (log += d));
+    for (let i = 0; i < 100 && !existsSync(ctlSock); i++) await sleep(50);
+    const bfd = () => JSON.parse(runCli(['ctl', '-s', ctlSock, '--json', 'bfd']).stdout).sessions[0];
+    expect(await until(() => frrPeer().status === 'up', 20_000), JSON.stringify(frrPeer())).toBe(true);
+    expect(bfd()).toMatchObject({ interface: 'vm1-eth0', vmAlive: true, session: { state: 'Up' } });
+    expect(runCli(['ctl', '-s', ctlSock, 'bfd']).stdout).toMatch(/vm1-eth0\s+10\.90\.0\.2\s+Up/);
+
+    // The VM dies: its agent stops answering; FRR sees AdminDown with its diagnostic.
+    a.proc.kill('SIGKILL');
+    expect(await until(() => frrPeer().status === 'down', 5000), JSON.stringify(frrPeer())).toBe(true);
+    expect(String(frrPeer()['remote-diagnostic'])).toMatch(/administratively/);
+    expect(bfd()).toMatchObject({ vmAlive: false, session: { state: 'AdminDown' } });
+
+    // The VM is back: the session comes back Up.
+    a = agent(sock);
+    expect(await until(() => frrPeer().status === 'up' && bfd().session.state === 'Up', 20_000)).toBe(true);
+
+    // The tunnel dies (FRR killed): the VM is told through its channel.
+    const before = a.out().split('\n').filter((l) => l.includes('"tunnel":"down"')).length;
+    spawn('kill', ['-9', readFileSync(`${FRR_DIR}/bfdd.pid`, 'utf8').trim()]);
+    expect(await until(() => a.out().split('\n').filter((l) => l.includes('"tunnel":"down"')).length > before, 5000), a.out()).toBe(true);
+    expect(a.out()).toMatch(/"tunnel":"down","peer":"10\.90\.0\.2","why":"no packet for 900 ms"/);
+    expect(log).toMatch(/vm not answering/);
+    fpo.kill('SIGTERM');
+    await new Promise((r) => fpo.on('exit', r));
+    a.proc.kill('SIGTERM');
+  }, 90_000);
 });

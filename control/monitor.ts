@@ -1,0 +1,152 @@
+/**
+ * TunnelMonitor: for each VM that uses a tunnel, a BFD session with the
+ * remote host's endpoint on the VM's behalf, and a liveness channel with the
+ * VM (its agent, agent.ts).
+ *
+ *   VM stops answering probes (misses `misses` in a row, or its channel is
+ *   gone) → the BFD session goes AdminDown with diagnostic "administratively
+ *   down", so the remote stops sending to a dead VM; the VM answers again →
+ *   the session is brought back up.
+ *   BFD session leaves Up (the tunnel died) → the VM is told {"tunnel":
+ *   "down"} through the channel; back Up → {"tunnel": "up"}.
+ *
+ * Everything is visible in `fpo ctl bfd` and in the logs.
+ */
+import { connect, type Socket } from 'node:net';
+import type { Logger } from 'pino';
+import { BfdEndpoint, BFD_PORT } from './bfd/endpoint.js';
+import { DIAG, STATE } from './bfd/packet.js';
+import type { Session } from './bfd/session.js';
+
+export interface MonitorSpec {
+  /** The VM interface this session watches for. */
+  interface: string;
+  /** The VM's agent socket (the liveness channel). */
+  agent: string;
+  /** Local and remote BFD addresses (this host's and the remote host's underlay). */
+  local: string;
+  peer: string;
+  txMs: number;
+  rxMs: number;
+  detectMult: number;
+  /** Probe period of the liveness channel, and how many missed probes mean the VM is dead. */
+  probeMs: number;
+  misses: number;
+  /** UDP port the peer listens on (3784). */
+  peerPort?: number;
+}
+
+interface Watch {
+  spec: MonitorSpec;
+  session: Session;
+  channel: Socket | null;
+  seq: number;
+  lastAlive: number;
+  vmAlive: boolean;
+  lastTunnelEvent: string;
+  log: { at: number; what: string }[];
+}
+
+export class TunnelMonitor {
+  private readonly endpoints = new Map<string, BfdEndpoint>();
+  private readonly watches: Watch[] = [];
+  private timer: NodeJS.Timeout | null = null;
+
+  constructor(private readonly specs: MonitorSpec[], private readonly log: Logger) {}
+
+  async start(): Promise<void> {
+    for (const spec of this.specs) {
+      let ep = this.endpoints.get(spec.local);
+      if (!ep) {
+        ep = new BfdEndpoint(spec.local);
+        await ep.listen();
+        this.endpoints.set(spec.local, ep);
+        ep.onChange = (peer, s, from, to, why) => this.onBfd(peer, s, from, to, why);
+      }
+      const session = await ep.add(spec.peer, { txUs: spec.txMs * 1000, rxUs: spec.rxMs * 1000, detectMult: spec.detectMult }, spec.peerPort ?? BFD_PORT);
+      // Until the VM answers on its channel, the session says so: AdminDown.
+      session.adminDown(DIAG.administrativelyDown);
+      this.watches.push({ spec, session, channel: null, seq: 0, lastAlive: 0, vmAlive: false, lastTunnelEvent: 'none', log: [] });
+    }
+    const period = Math.min(...this.specs.map((s) => s.probeMs));
+    this.timer = setInterval(() => this.probeAll(), period);
+    this.probeAll();
+  }
+
+  private note(w: Watch, what: string, extra: Record<string, unknown> = {}): void {
+    w.log.push({ at: Date.now(), what });
+    if (w.log.length > 20) w.log.shift();
+    this.log.info({ interface: w.spec.interface, peer: w.spec.peer, ...extra }, what);
+  }
+
+  private onBfd(peer: string, s: Session, from: string, to: string, why: string): void {
+    const w = this.watches.find((x) => x.session === s);
+    if (!w) return;
+    this.note(w, `bfd ${from} -> ${to}: ${why}`);
+    // The tunnel's state, for the VM: only real changes, not our own AdminDown.
+    if (from === 'Up' && to !== 'Up' && to !== 'AdminDown') this.tell(w, 'down', why);
+    if (to === 'Up') this.tell(w, 'up', why);
+    void peer;
+  }
+
+  private tell(w: Watch, state: 'down' | 'up', why: string): void {
+    w.lastTunnelEvent = `${state}: ${why}`;
+    if (w.channel && !w.channel.destroyed) w.channel.write(JSON.stringify({ type: 'tunnel', state, peer: w.spec.peer, why }) + '\n');
+  }
+
+  private connect(w: Watch): void {
+    const c = connect(w.spec.agent);
+    w.channel = c;
+    let buf = '';
+    c.setEncoding('utf8');
+    c.on('data', (d: string) => {
+      buf += d;
+      let nl: number;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        try {
+          const m = JSON.parse(line) as { type?: string };
+          if (m.type === 'alive') this.alive(w);
+        } catch { /* not for us */ }
+      }
+    });
+    c.on('error', () => undefined);
+    c.on('close', () => { if (w.channel === c) w.channel = null; });
+  }
+
+  private alive(w: Watch): void {
+    w.lastAlive = Date.now();
+    if (!w.vmAlive) {
+      w.vmAlive = true;
+      this.note(w, 'vm alive');
+      if (w.session.state === STATE.AdminDown) w.session.adminUp();
+      // Tell the VM where its tunnel stands now.
+      this.tell(w, w.session.state === STATE.Up ? 'up' : 'down', 'state on reconnect');
+    }
+  }
+
+  private probeAll(): void {
+    const now = Date.now();
+    for (const w of this.watches) {
+      if (!w.channel || w.channel.destroyed) this.connect(w);
+      else w.channel.write(JSON.stringify({ type: 'probe', seq: ++w.seq }) + '\n');
+      const silentFor = now - w.lastAlive;
+      if (w.vmAlive && silentFor > w.spec.probeMs * w.spec.misses) {
+        w.vmAlive = false;
+        this.note(w, `vm not answering for ${silentFor} ms: ending the BFD session`);
+        w.session.adminDown(DIAG.administrativelyDown);
+      }
+    }
+  }
+
+  describe(): unknown[] {
+    return this.watches.map((w) => ({ interface: w.spec.interface, peer: w.spec.peer, local: w.spec.local, vmAlive: w.vmAlive, lastTunnelEvent: w.lastTunnelEvent, session: w.session.describe(), recent: w.log }));
+  }
+
+  async stop(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    for (const w of this.watches) w.channel?.destroy();
+    for (const ep of this.endpoints.values()) await ep.close();
+  }
+}
