@@ -22,6 +22,8 @@ export class BfdEndpoint {
   private readonly byDisc = new Map<number, Session>();
   private readonly senders = new Map<string, Socket>();
   readonly discards: Partial<Record<DiscardReason, number>> = {};
+  /** Sends that failed (e.g. the peer's port unreachable). */
+  sendErrors = 0;
   private rxSocket: Socket | null = null;
   private nextDisc = 1 + Math.floor(Math.random() * 0x7fff0000);
   /** Called on every state change (for logs and the tunnel monitor). */
@@ -47,10 +49,13 @@ export class BfdEndpoint {
       tx.bind({ address: this.localAddress, port: 49152 + Math.floor(Math.random() * 16383) }, () => resolve());
     });
     tx.setTTL(255);
+    // A peer that is gone answers with ICMP errors; BFD keeps sending regardless (counted).
+    tx.on('error', () => { this.sendErrors++; });
     this.senders.set(peer, tx);
     const disc = this.nextDisc++;
     const session = new Session(disc, config, this.timers, {
-      send: (bytes) => tx.send(bytes, peerPort, peer),
+      // A copy: the session reuses its packet buffer, and dgram sends later.
+      send: (bytes) => tx.send(Buffer.from(bytes), peerPort, peer, (e) => { if (e) this.sendErrors++; }),
       change: (s, from, to, why) => this.onChange(peer, s, STATE_NAMES[from], STATE_NAMES[to], why),
     });
     this.sessions.set(peer, session);

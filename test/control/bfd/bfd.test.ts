@@ -6,6 +6,24 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { BfdEndpoint } from '../../../control/bfd/endpoint.js';
 import { DIAG, STATE, decode, encode } from '../../../control/bfd/packet.js';
 
+/** The BFD packets of a capture: time (ms), IPv4 source, state. */
+function bfdOnWire(path: string): { t: number; src: string; state: number }[] {
+  const r = new CaptureReader(path);
+  const b = new PacketBatch(64);
+  const out: { t: number; src: string; state: number }[] = [];
+  while (r.fill(b, 0) > 0) {
+    for (let i = 0; i < b.count; i++) {
+      const o = b.off[i];
+      const d = b.buf;
+      if (b.caplen[i] < 14 + 20 + 8 + 24 || d[o + 12] !== 0x08 || d[o + 13] !== 0) continue;
+      const ihl = (d[o + 14] & 15) * 4;
+      out.push({ t: b.tsA[i] * 1000 + b.tsB[i] / (r.nanos ? 1e6 : 1e3), src: `${d[o + 26]}.${d[o + 27]}.${d[o + 28]}.${d[o + 29]}`, state: d[o + 14 + ihl + 8 + 1] >> 6 });
+    }
+  }
+  r.close();
+  return out;
+}
+
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 async function until(cond: () => boolean, ms: number): Promise<boolean> {
   const end = Date.now() + ms;
@@ -78,6 +96,8 @@ describe('BFD sessions between two fpo endpoints', () => {
 
 import { canRunFrr, frrDown, frrPeer, frrUp, FRR_DIR as D, FRR_DIR } from './frr.js';
 import { CLI, runCli, tempDir } from '../../helpers.js';
+import { PacketBatch } from '../../../datapath/batch.js';
+import { CaptureReader } from '../../../datapath/ports/capture-reader.js';
 
 // The FRR tests share one namespace, so they live in this one file (files run in parallel).
 
@@ -105,16 +125,26 @@ describe('interop with FRR bfdd', () => {
         expect(String(frrPeer()['remote-diagnostic'])).toMatch(/administratively/);
         s.adminUp();
         expect(await until(() => s.state === STATE.Up && frrPeer().status === 'up', 15_000)).toBe(true);
-        // FRR dies: we go Down within the detection time.
-        let lastRx = 0;
-        const recv = s.receive.bind(s);
-        s.receive = (p) => { lastRx = performance.now(); recv(p); };
-        await sleep(500);
-        let downAt = 0;
-        a.onChange = (_p, _s, _f, to) => { if (to === 'Down' && !downAt) downAt = performance.now(); };
+        // FRR dies: we go Down within the detection time, measured on the wire: tcpdump on
+        // the veth, from FRR's last BFD packet to our first packet that is not Up.
+        const cap = join(tempDir('bfdcap'), 'veth.pcap');
+        const dump = spawn('tcpdump', ['-i', 'fpobfd0', '--immediate-mode', '-w', cap, '-U', 'udp port 3784'], { stdio: ['ignore', 'ignore', 'pipe'] });
+        let dumpErr = '';
+        dump.stderr!.on('data', (d) => (dumpErr += d));
+        expect(await until(() => dumpErr.includes('listening on'), 5000)).toBe(true);
+        await sleep(1000);
+        expect(s.state).toBe(STATE.Up);
         execFileSync('kill', ['-9', readFileSync(`${D}/bfdd.pid`, 'utf8').trim()]);
         expect(await until(() => s.state === STATE.Down, 5000)).toBe(true);
-        expect(downAt - lastRx).toBeLessThanOrEqual(3 * ms * 1.1);
+        await sleep(500);
+        dump.kill('SIGINT');
+        await new Promise((r) => dump.on('exit', r));
+        const wire = bfdOnWire(cap);
+        const lastFrr = Math.max(...wire.filter((p) => p.src === '10.90.0.2').map((p) => p.t));
+        const firstDown = Math.min(...wire.filter((p) => p.src === '10.90.0.1' && p.t > lastFrr && p.state !== STATE.Up).map((p) => p.t));
+        const gap = firstDown - lastFrr;
+        expect(gap, `on the wire: ${gap.toFixed(1)} ms`).toBeLessThanOrEqual(3 * ms * 1.1);
+        expect(gap).toBeGreaterThan(3 * ms * 0.9);
         expect(a.discards).toEqual({});
       } finally {
         await a.close();
