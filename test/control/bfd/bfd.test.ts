@@ -1,5 +1,5 @@
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -95,7 +95,7 @@ describe('BFD sessions between two fpo endpoints', () => {
 });
 
 import { canRunFrr, frrDown, frrPeer, frrUp, FRR_DIR as D, FRR_DIR } from './frr.js';
-import { CLI, runCli, tempDir } from '../../helpers.js';
+import { CLI, haveTool, runCli, tempDir } from '../../helpers.js';
 import { PacketBatch } from '../../../datapath/batch.js';
 import { CaptureReader } from '../../../datapath/ports/capture-reader.js';
 
@@ -211,4 +211,37 @@ describe('tunnel monitor: BFD with FRR on a VM\'s behalf, and a liveness channel
     await new Promise((r) => fpo.on('exit', r));
     a.proc.kill('SIGTERM');
   }, 90_000);
+});
+
+describe('interop with BIRD', () => {
+  it('a session with BIRD 2 (a second independent implementation) comes Up on both sides', async () => {
+    if (!canRunFrr() || !haveTool('bird', 'BIRD (Debian bird2) is the second BFD peer')) return;
+    const dir = '/tmp/fpobird';
+    const down = () => {
+      if (existsSync(`${dir}/bird.pid`)) spawnSync('kill', [readFileSync(`${dir}/bird.pid`, 'utf8').trim()]);
+      spawnSync('ip', ['netns', 'del', 'fpobird']);
+      spawnSync('ip', ['link', 'del', 'fpobird0']);
+    };
+    down();
+    rmSync(dir, { recursive: true, force: true });
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(`${dir}/bird.conf`, 'router id 10.91.0.2;\nprotocol device { }\nprotocol bfd {\n  interface "fpobird1" { interval 300 ms; multiplier 3; };\n  neighbor 10.91.0.1 dev "fpobird1";\n}\n');
+    execFileSync('sh', ['-c', [
+      'ip netns add fpobird', 'ip link add fpobird0 type veth peer name fpobird1', 'ip link set fpobird1 netns fpobird',
+      'ip addr add 10.91.0.1/24 dev fpobird0', 'ip link set fpobird0 up', 'ip -n fpobird addr add 10.91.0.2/24 dev fpobird1',
+      'ip -n fpobird link set fpobird1 up', 'ip -n fpobird link set lo up',
+      `ip netns exec fpobird bird -c ${dir}/bird.conf -s ${dir}/bird.ctl -P ${dir}/bird.pid`,
+    ].join(' && ')], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const a = new BfdEndpoint('10.91.0.1');
+    await a.listen();
+    try {
+      const s = await a.add('10.91.0.2', { txUs: 300_000, rxUs: 300_000, detectMult: 3 });
+      const birdSays = () => execFileSync('ip', ['netns', 'exec', 'fpobird', 'birdc', '-s', `${dir}/bird.ctl`, 'show', 'bfd', 'sessions'], { encoding: 'utf8' });
+      expect(await until(() => s.state === STATE.Up && /10\.91\.0\.1\s+fpobird1\s+Up/.test(birdSays()), 15_000), birdSays()).toBe(true);
+      expect(a.discards).toEqual({});
+    } finally {
+      await a.close();
+      down();
+    }
+  }, 60_000);
 });
