@@ -20,7 +20,8 @@ export class BfdEndpoint {
   readonly timers = new TimerHeap();
   readonly sessions = new Map<string, Session>();
   private readonly byDisc = new Map<number, Session>();
-  private readonly senders = new Map<string, Socket>();
+  /** One sending socket for all sessions: one source port in 49152–65535 (RFC 5881 §4 asks the same port for a session's packets). */
+  private txSocket: Socket | null = null;
   readonly discards: Partial<Record<DiscardReason, number>> = {};
   /** Sends that failed (e.g. the peer's port unreachable). */
   sendErrors = 0;
@@ -41,24 +42,38 @@ export class BfdEndpoint {
     this.rxSocket = s;
   }
 
-  /** Adds (and starts) a session with `peer`. */
-  async add(peer: string, config: SessionConfig, peerPort = BFD_PORT): Promise<Session> {
-    const tx = createSocket({ type: 'udp4' });
-    await new Promise<void>((resolve, reject) => {
-      tx.once('error', reject);
-      tx.bind({ address: this.localAddress, port: 49152 + Math.floor(Math.random() * 16383) }, () => resolve());
-    });
-    tx.setTTL(255);
-    // A peer that is gone answers with ICMP errors; BFD keeps sending regardless (counted).
-    tx.on('error', () => { this.sendErrors++; });
-    this.senders.set(peer, tx);
+  private async sender(): Promise<Socket> {
+    if (this.txSocket) return this.txSocket;
+    for (let attempt = 0; ; attempt++) {
+      const tx = createSocket({ type: 'udp4' });
+      try {
+        await new Promise<void>((resolve, reject) => {
+          tx.once('error', reject);
+          tx.bind({ address: this.localAddress, port: 49152 + Math.floor(Math.random() * 16383) }, () => resolve());
+        });
+      } catch (e) {
+        tx.close();
+        if (attempt < 10) continue;
+        throw e;
+      }
+      tx.setTTL(255);
+      // A peer that is gone answers with ICMP errors; BFD keeps sending regardless (counted).
+      tx.on('error', () => { this.sendErrors++; });
+      this.txSocket = tx;
+      return tx;
+    }
+  }
+
+  /** Adds (and starts) a session with `peer` (`key` tells apart several sessions to one address, for benchmarks). */
+  async add(peer: string, config: SessionConfig, peerPort = BFD_PORT, key = peer): Promise<Session> {
+    const tx = await this.sender();
     const disc = this.nextDisc++;
     const session = new Session(disc, config, this.timers, {
       // A copy: the session reuses its packet buffer, and dgram sends later.
       send: (bytes) => tx.send(Buffer.from(bytes), peerPort, peer, (e) => { if (e) this.sendErrors++; }),
       change: (s, from, to, why) => this.onChange(peer, s, STATE_NAMES[from], STATE_NAMES[to], why),
     });
-    this.sessions.set(peer, session);
+    this.sessions.set(key, session);
     this.byDisc.set(disc, session);
     session.start();
     return session;
@@ -79,7 +94,7 @@ export class BfdEndpoint {
   async close(): Promise<void> {
     this.timers.stop();
     for (const s of this.sessions.values()) s.stop();
-    for (const t of this.senders.values()) t.close();
+    this.txSocket?.close();
     this.rxSocket?.close();
   }
 

@@ -1,10 +1,14 @@
 /**
  * Timers: one binary heap of deadlines for all BFD sessions and one
  * setTimeout armed for the earliest, instead of a setInterval per session
- * (a thousand sessions are a thousand heap entries, one timer).
+ * (a thousand sessions are a thousand heap entries, one timer). Cancelling
+ * (every received packet re-arms a detection timer) marks the entry dead in
+ * O(1); dead entries are dropped when they reach the top.
  */
 export class TimerHeap {
-  private heap: { at: number; seq: number; fn: () => void }[] = [];
+  private heap: { at: number; seq: number; fn: () => void; dead: boolean }[] = [];
+  /** Live entries by handle: cancel marks an entry dead in O(1); fire skips the dead. */
+  private readonly live = new Map<number, { dead: boolean }>();
   private seq = 0;
   private timer: NodeJS.Timeout | null = null;
   private armedAt = Infinity;
@@ -14,32 +18,38 @@ export class TimerHeap {
 
   /** Runs fn at time `at` (ms, performance.now() clock); returns a handle for cancel. */
   at(at: number, fn: () => void): number {
-    const e = { at, seq: ++this.seq, fn };
+    const e = { at, seq: ++this.seq, fn, dead: false };
     this.heap.push(e);
+    this.live.set(e.seq, e);
     this.up(this.heap.length - 1);
     this.arm();
     return e.seq;
   }
 
   cancel(handle: number): void {
-    const i = this.heap.findIndex((e) => e.seq === handle);
-    if (i < 0) return;
-    const last = this.heap.pop()!;
-    if (i < this.heap.length) {
-      this.heap[i] = last;
-      this.down(i);
-      this.up(i);
-    }
+    const e = this.live.get(handle);
+    if (!e) return;
+    e.dead = true;
+    this.live.delete(handle);
   }
 
   stop(): void {
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
     this.heap = [];
+    this.live.clear();
     this.armedAt = Infinity;
   }
 
   private arm(): void {
+    // Dead entries at the top need no timer of their own.
+    while (this.heap.length && this.heap[0].dead) {
+      const last = this.heap.pop()!;
+      if (this.heap.length) {
+        this.heap[0] = last;
+        this.down(0);
+      }
+    }
     const next = this.heap[0];
     if (!next || next.at >= this.armedAt) return;
     if (this.timer) clearTimeout(this.timer);
@@ -58,6 +68,8 @@ export class TimerHeap {
         this.heap[0] = last;
         this.down(0);
       }
+      if (e.dead) continue;
+      this.live.delete(e.seq);
       if (this.recordLateness) this.lateness.push(now - e.at);
       e.fn();
     }

@@ -67,6 +67,17 @@ describe('benchmarks (short mode)', () => {
     }
   }, 300_000);
 
+  it('control/bfd-scale holds its sessions with no false Down and reports timer lateness and the replay beside it', () => {
+    const lines = runBench('control/bfd-scale.js');
+    expect(lines.length).toBe(2);
+    for (const l of lines) {
+      expect(l.bench).toBe('control/bfd-scale');
+      expect(l.up).toBe(l.sessions);
+      expect(typeof (l.latenessMs as { p99: number }).p99).toBe('number');
+      expect(typeof l.ratio).toBe('number');
+    }
+  }, 300_000);
+
   it('replay prints pps, Gbit/s, tcpdump baseline and ratio, GC and RSS for each case', () => {
     if (!haveTool('tcpdump', 'the baseline of the replay benchmark')) return;
     const lines = runBench('replay.js');
