@@ -17,6 +17,7 @@ import type { Logger } from 'pino';
 import { BfdEndpoint, BFD_PORT } from './bfd/endpoint.js';
 import { DIAG, STATE } from './bfd/packet.js';
 import type { Session } from './bfd/session.js';
+import type { AuthConfig } from './bfd/auth.js';
 
 export interface MonitorSpec {
   /** The VM interface this session watches for. */
@@ -34,6 +35,8 @@ export interface MonitorSpec {
   misses: number;
   /** UDP port the peer listens on (3784). */
   peerPort?: number;
+  /** BFD authentication with the remote. */
+  auth?: AuthConfig;
 }
 
 interface Watch {
@@ -63,7 +66,7 @@ export class TunnelMonitor {
         this.endpoints.set(spec.local, ep);
         ep.onChange = (peer, s, from, to, why) => this.onBfd(peer, s, from, to, why);
       }
-      const session = await ep.add(spec.peer, { txUs: spec.txMs * 1000, rxUs: spec.rxMs * 1000, detectMult: spec.detectMult }, spec.peerPort ?? BFD_PORT);
+      const session = await ep.add(spec.peer, { txUs: spec.txMs * 1000, rxUs: spec.rxMs * 1000, detectMult: spec.detectMult, auth: spec.auth }, spec.peerPort ?? BFD_PORT);
       // Until the VM answers on its channel, the session says so: AdminDown.
       session.adminDown(DIAG.administrativelyDown);
       this.watches.push({ spec, session, channel: null, seq: 0, lastAlive: 0, vmAlive: false, lastTunnelEvent: 'none', log: [] });

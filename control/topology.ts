@@ -101,6 +101,8 @@ const TunnelSchema = z.strictObject({
     probeMs: z.number().int().min(10).max(60000).default(200),
     misses: z.number().int().min(1).max(100).default(3),
     peerPort: z.number().int().min(1).max(65535).optional(),
+    /** BFD authentication with the remote (RFC 5880 §6.7). */
+    auth: z.strictObject({ type: z.enum(['simple', 'md5', 'meticulous-md5', 'sha1', 'meticulous-sha1']), keyId: z.number().int().min(0).max(255), key: z.string().min(1).max(20) }).optional(),
   })).default([]),
   /** Sender side: which packets get the special-processing flag. */
   policy: z.strictObject({

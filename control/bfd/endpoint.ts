@@ -138,10 +138,12 @@ export class BfdEndpoint {
 
   private onPacket(msg: Buffer, from: string, ttlChecked: boolean): void {
     if (!ttlChecked) this.ttlUnchecked++;
-    const p = decode(msg);
+    const p = decode(msg, true);
     if (typeof p === 'string') return this.count(p);
     const s = p.yourDisc !== 0 ? this.byDisc.get(p.yourDisc) : this.sessions.get(from);
     if (!s) return this.count('unknownSession');
+    // §6.8.6: the A bit must agree with the session's configuration, and the section must verify.
+    if (p.auth !== (s.auth !== null) || (s.auth !== null && !s.auth.verify(msg, p.detectMult))) return this.count('auth');
     s.receive(p);
   }
 

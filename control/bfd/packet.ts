@@ -59,7 +59,7 @@ export const DISCARD = {
   multipoint: 'multipoint bit set',
   myDisc: 'my discriminator is 0',
   yourDisc: 'your discriminator 0 while the state is not Down or AdminDown',
-  auth: 'authentication present but not configured',
+  auth: 'authentication missing, unexpected, or failing to verify',
   ttl: 'TTL below 255 (not a single-hop peer)',
   unknownSession: 'your discriminator names no session',
 } as const;

@@ -19,12 +19,15 @@
  */
 import { DIAG, DIAG_NAMES, STATE, STATE_NAMES, encode, type BfdPacket } from './packet.js';
 import type { TimerHeap } from './timers.js';
+import { Auth, type AuthConfig } from './auth.js';
 
 export interface SessionConfig {
   /** Desired min TX and required min RX, µs. */
   txUs: number;
   rxUs: number;
   detectMult: number;
+  /** Authentication (RFC 5880 §6.7); none when absent. */
+  auth?: AuthConfig;
 }
 
 export interface SessionEvents {
@@ -47,7 +50,9 @@ export class Session {
   private sendFinal = false;
   private txTimer = -1;
   private detectTimer = -1;
-  private readonly out = new Uint8Array(24);
+  private readonly out = new Uint8Array(24 + 28);
+  /** Authentication state, when configured. */
+  readonly auth: Auth | null;
   lastChange = { at: Date.now(), from: 'Down', to: 'Down', why: 'created' };
   rx = 0;
   tx = 0;
@@ -55,6 +60,7 @@ export class Session {
   constructor(localDisc: number, config: SessionConfig, private readonly timers: TimerHeap, private readonly ev: SessionEvents) {
     this.localDisc = localDisc;
     this.config = { ...config };
+    this.auth = config.auth ? new Auth(config.auth) : null;
   }
 
   /** Desired min TX in force: at least 1 s while not Up (§6.8.3). */
@@ -165,9 +171,10 @@ export class Session {
         detectMult: this.config.detectMult, myDisc: this.localDisc, yourDisc: this.remoteDisc,
         desiredMinTx: this.desiredTxUs, requiredMinRx: this.config.rxUs, requiredMinEchoRx: 0,
       }, this.out);
+      const len = this.auth ? this.auth.sign(this.out) : 24;
       this.sendFinal = false;
       this.tx++;
-      this.ev.send(this.out);
+      this.ev.send(this.out.subarray(0, len));
     }
     const interval = Math.max(this.desiredTxUs, this.remoteMinRxUs) / 1000;
     const jitter = this.config.detectMult === 1 ? 0.75 + Math.random() * 0.15 : 0.75 + Math.random() * 0.25;

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
 import { BfdEndpoint } from '../../../control/bfd/endpoint.js';
+import { Auth } from '../../../control/bfd/auth.js';
 import { DIAG, STATE, decode, encode } from '../../../control/bfd/packet.js';
 
 /** The BFD packets of a capture: time (ms), IPv4 source, state. */
@@ -242,34 +243,84 @@ describe('tunnel monitor: BFD with FRR on a VM\'s behalf, and a liveness channel
 });
 
 describe('interop with BIRD', () => {
-  it('a session with BIRD 2 (a second independent implementation) comes Up on both sides', async () => {
-    if (!canRunFrr() || !haveTool('bird', 'BIRD (Debian bird2) is the second BFD peer')) return;
-    const dir = '/tmp/fpobird';
-    const down = () => {
-      if (existsSync(`${dir}/bird.pid`)) spawnSync('kill', [readFileSync(`${dir}/bird.pid`, 'utf8').trim()]);
-      spawnSync('ip', ['netns', 'del', 'fpobird']);
-      spawnSync('ip', ['link', 'del', 'fpobird0']);
-    };
-    down();
-    rmSync(dir, { recursive: true, force: true });
-    mkdirSync(dir, { recursive: true });
-    writeFileSync(`${dir}/bird.conf`, 'router id 10.91.0.2;\nprotocol device { }\nprotocol bfd {\n  interface "fpobird1" { interval 300 ms; multiplier 3; };\n  neighbor 10.91.0.1 dev "fpobird1";\n}\n');
-    execFileSync('sh', ['-c', [
-      'ip netns add fpobird', 'ip link add fpobird0 type veth peer name fpobird1', 'ip link set fpobird1 netns fpobird',
-      'ip addr add 10.91.0.1/24 dev fpobird0', 'ip link set fpobird0 up', 'ip -n fpobird addr add 10.91.0.2/24 dev fpobird1',
-      'ip -n fpobird link set fpobird1 up', 'ip -n fpobird link set lo up',
-      `ip netns exec fpobird bird -c ${dir}/bird.conf -s ${dir}/bird.ctl -P ${dir}/bird.pid`,
-    ].join(' && ')], { stdio: ['ignore', 'pipe', 'pipe'] });
-    const a = new BfdEndpoint('10.91.0.1');
+  const birdAuth: Record<string, string> = { simple: 'simple', md5: 'keyed md5', 'meticulous-md5': 'meticulous keyed md5', sha1: 'keyed sha1', 'meticulous-sha1': 'meticulous keyed sha1' };
+  const cases: { auth?: 'simple' | 'md5' | 'meticulous-md5' | 'sha1' | 'meticulous-sha1'; ourKey?: string }[] = [{}, { auth: 'simple' }, { auth: 'md5' }, { auth: 'meticulous-sha1' }, { auth: 'sha1', ourKey: 'wrong' }];
+  for (const c of cases) {
+    const title = c.ourKey ? `with ${c.auth} and a wrong key, never comes Up and counts the failures` : `a session with BIRD 2 (a second independent implementation) comes Up on both sides, authentication ${c.auth ?? 'none'}`;
+    it(title, async () => {
+      if (!canRunFrr() || !haveTool('bird', 'BIRD (Debian bird2) is the second BFD peer')) return;
+      const dir = '/tmp/fpobird';
+      const down = () => {
+        if (existsSync(`${dir}/bird.pid`)) spawnSync('kill', [readFileSync(`${dir}/bird.pid`, 'utf8').trim()]);
+        spawnSync('ip', ['netns', 'del', 'fpobird']);
+        spawnSync('ip', ['link', 'del', 'fpobird0']);
+      };
+      down();
+      rmSync(dir, { recursive: true, force: true });
+      mkdirSync(dir, { recursive: true });
+      const authLine = c.auth ? ` authentication ${birdAuth[c.auth]}; password "s3cret" { id 5; };` : '';
+      writeFileSync(`${dir}/bird.conf`, `router id 10.91.0.2;\nprotocol device { }\nprotocol bfd {\n  interface "fpobird1" { interval 300 ms; multiplier 3;${authLine} };\n  neighbor 10.91.0.1 dev "fpobird1";\n}\n`);
+      execFileSync('sh', ['-c', [
+        'ip netns add fpobird', 'ip link add fpobird0 type veth peer name fpobird1', 'ip link set fpobird1 netns fpobird',
+        'ip addr add 10.91.0.1/24 dev fpobird0', 'ip link set fpobird0 up', 'ip -n fpobird addr add 10.91.0.2/24 dev fpobird1',
+        'ip -n fpobird link set fpobird1 up', 'ip -n fpobird link set lo up',
+        `ip netns exec fpobird bird -c ${dir}/bird.conf -s ${dir}/bird.ctl -P ${dir}/bird.pid`,
+      ].join(' && ')], { stdio: ['ignore', 'pipe', 'pipe'] });
+      const a = new BfdEndpoint('10.91.0.1');
+      await a.listen();
+      try {
+        const s = await a.add('10.91.0.2', { txUs: 300_000, rxUs: 300_000, detectMult: 3, auth: c.auth ? { type: c.auth, keyId: 5, key: c.ourKey ?? 's3cret' } : undefined });
+        const birdSays = () => execFileSync('ip', ['netns', 'exec', 'fpobird', 'birdc', '-s', `${dir}/bird.ctl`, 'show', 'bfd', 'sessions'], { encoding: 'utf8' });
+        if (c.ourKey) {
+          await sleep(3000);
+          expect(s.state).not.toBe(STATE.Up);
+          expect(a.discards.auth).toBeGreaterThan(0);
+          expect(birdSays()).not.toMatch(/10\.91\.0\.1\s+fpobird1\s+Up/);
+        } else {
+          expect(await until(() => s.state === STATE.Up && /10\.91\.0\.1\s+fpobird1\s+Up/.test(birdSays()), 15_000), birdSays()).toBe(true);
+          expect(a.discards).toEqual({});
+        }
+      } finally {
+        await a.close();
+        down();
+      }
+    }, 60_000);
+  }
+});
+
+describe('BFD authentication (RFC 5880 §6.7)', () => {
+  const types = ['simple', 'md5', 'meticulous-md5', 'sha1', 'meticulous-sha1'] as const;
+  for (const type of types) {
+    it(`${type}: what one side signs the other verifies; a changed byte, another key or a replayed sequence fails`, () => {
+      const tx = new Auth({ type, keyId: 9, key: 'k3y' });
+      const rx = new Auth({ type, keyId: 9, key: 'k3y' });
+      const out = new Uint8Array(52);
+      out.set(packet(), 0);
+      const len = tx.sign(out);
+      const pkt = out.slice(0, len);
+      expect(decode(pkt, true)).toMatchObject({ auth: true, length: len });
+      expect(rx.verify(pkt, 3)).toBe(true);
+      const bad = pkt.slice();
+      bad[type === 'simple' ? 27 : 20] ^= 1; // a simple password protects itself only; digests cover the packet
+      expect(rx.verify(bad, 3)).toBe(false);
+      expect(new Auth({ type, keyId: 9, key: 'other' }).verify(pkt, 3)).toBe(false);
+      expect(new Auth({ type, keyId: 8, key: 'k3y' }).verify(pkt, 3)).toBe(false);
+      if (type.startsWith('meticulous')) expect(rx.verify(pkt, 3)).toBe(false); // the same sequence number again
+    });
+  }
+  it('a packet with authentication to a session without it (and the reverse) is discarded as auth', async () => {
+    const a = new BfdEndpoint('127.0.0.5', 26784);
+    const b = new BfdEndpoint('127.0.0.6', 26784);
     await a.listen();
+    await b.listen();
     try {
-      const s = await a.add('10.91.0.2', { txUs: 300_000, rxUs: 300_000, detectMult: 3 });
-      const birdSays = () => execFileSync('ip', ['netns', 'exec', 'fpobird', 'birdc', '-s', `${dir}/bird.ctl`, 'show', 'bfd', 'sessions'], { encoding: 'utf8' });
-      expect(await until(() => s.state === STATE.Up && /10\.91\.0\.1\s+fpobird1\s+Up/.test(birdSays()), 15_000), birdSays()).toBe(true);
-      expect(a.discards).toEqual({});
+      await a.add('127.0.0.6', { txUs: 50_000, rxUs: 50_000, detectMult: 3, auth: { type: 'sha1', keyId: 1, key: 'x' } }, 26784);
+      const sb = await b.add('127.0.0.5', { txUs: 50_000, rxUs: 50_000, detectMult: 3 }, 26784);
+      expect(await until(() => (b.discards.auth ?? 0) > 0 && (a.discards.auth ?? 0) > 0, 5000)).toBe(true);
+      expect(sb.state).not.toBe(STATE.Up);
     } finally {
       await a.close();
-      down();
+      await b.close();
     }
-  }, 60_000);
+  });
 });
