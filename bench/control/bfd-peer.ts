@@ -29,5 +29,8 @@ sock.on('message', (msg, rinfo) => {
   }
   s.receive(p);
 });
-sock.bind(Number(port), address, () => process.stdout.write('ready\n'));
+sock.bind(Number(port), address, () => {
+  sock.setTTL(255); // single hop: the receiver checks it (RFC 5881 §5)
+  process.stdout.write('ready\n');
+});
 process.on('SIGTERM', () => { timers.stop(); sock.close(); process.exit(0); });
