@@ -55,6 +55,12 @@ export class BfdEndpoint {
       const c = libc();
       const fd = c.socket(2 /* AF_INET */, 3 /* SOCK_RAW */ | 0x800 /* SOCK_NONBLOCK */, 17 /* IPPROTO_UDP */);
       if (fd < 0) return false;
+      // A raw socket sees every UDP packet of the namespace: give it room for the
+      // event loop's pauses (measured: with the default buffer, 1000 sessions at
+      // 3 × 50 ms saw false Downs from drops during 20 ms stalls).
+      const size = Buffer.alloc(4);
+      size.writeInt32LE(16 << 20, 0);
+      c.setsockopt(fd, 1 /* SOL_SOCKET */, 33 /* SO_RCVBUFFORCE */, size, 4);
       this.rawFd = fd;
       // Drain every millisecond: BFD's shortest intervals are tens of ms.
       this.rawTimer = setInterval(() => this.drainRaw(), 1);
@@ -67,7 +73,7 @@ export class BfdEndpoint {
   private drainRaw(): void {
     const c = libc();
     const b = this.rawBuf;
-    for (let i = 0; i < 256; i++) {
+    for (let i = 0; i < 65536; i++) {
       const n = c.read(this.rawFd, b, b.length);
       if (n <= 0) return;
       const ihl = (b[0] & 15) * 4;
