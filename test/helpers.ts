@@ -35,6 +35,15 @@ export function haveTool(tool: string, reason: string): boolean {
   return false;
 }
 
+/** True when running as root. Otherwise a skip with its reason — or, under CI=true, a failure. */
+export function isRoot(reason: string): boolean {
+  if (process.getuid?.() === 0) return true;
+  const msg = `not root: ${reason}`;
+  if (process.env.CI === 'true') throw new Error(`${msg} (CI=true: a skip is a failure)`);
+  console.warn(`SKIP: ${msg}`);
+  return false;
+}
+
 export interface CliResult { status: number; stdout: string; stderr: string }
 
 export function runCli(args: string[], opts: { timeout?: number } = {}): CliResult {

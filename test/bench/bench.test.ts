@@ -1,7 +1,7 @@
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { ROOT, haveTool } from '../helpers.js';
+import { ROOT, haveTool, isRoot } from '../helpers.js';
 
 /** Runs a built bench in short mode; returns its JSON lines. */
 function runBench(file: string): Record<string, unknown>[] {
@@ -49,11 +49,7 @@ describe('benchmarks (short mode)', () => {
   }, 300_000);
 
   it('ports/live prints fpo and Linux bridge forwarding rates between namespaces (root)', () => {
-    if (process.getuid?.() !== 0) {
-      if (process.env.CI === 'true') throw new Error('ports/live needs root (CI=true: a skip is a failure)');
-      console.warn('SKIP: ports/live needs root');
-      return;
-    }
+    if (!isRoot('ports/live makes namespaces')) return;
     if (!haveTool('cc', 'builds the sender')) return;
     const lines = runBench('ports/live.js');
     const names = lines.map((l) => l.switch);

@@ -2,19 +2,14 @@ import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { FIXTURES, haveTool, runCli } from '../helpers.js';
+import { FIXTURES, haveTool, runCli, isRoot } from '../helpers.js';
 
 const LAB = join(FIXTURES, 'lab.json');
 const SOCK = '/tmp/fpo-lab-lab1/fpo.sock';
 
 /** Root and iproute2 are needed; under CI=true their absence fails instead of skipping. */
 function canRun(): boolean {
-  if (process.getuid?.() !== 0) {
-    if (process.env.CI === 'true') throw new Error('the lab tests need root (CI=true: a skip is a failure)');
-    console.warn('SKIP: the lab tests need root');
-    return false;
-  }
-  return haveTool('ip', 'creates the namespaces') && haveTool('ping', 'the VMs ping each other');
+  return isRoot('the lab makes namespaces and TAP devices') && haveTool('ip', 'creates the namespaces') && haveTool('ping', 'the VMs ping each other');
 }
 
 const inNs = (ns: string, ...cmd: string[]) => spawnSync('ip', ['netns', 'exec', `fpo-lab1-${ns}`, ...cmd], { encoding: 'utf8', timeout: 60_000 });
