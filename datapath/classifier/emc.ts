@@ -29,14 +29,11 @@ const STRIDE = 24;
  * differ elsewhere collide here and are told apart by the full compare.
  */
 export function keyHash(k: Uint32Array, o: number): number {
-  let h = Math.imul(k[o] ^ k[o + 14] ^ 0x9e3779b9, 0x85ebca6b);
-  h = Math.imul(h ^ k[o + 2] ^ k[o + 15], 0xc2b2ae35);
-  h = Math.imul(h ^ k[o + 6] ^ k[o + 3], 0x85ebca6b);
-  h = Math.imul(h ^ k[o + 10] ^ k[o + 16], 0xc2b2ae35);
-  h ^= h >>> 15;
-  h = Math.imul(h, 0x2c1b3c6d);
-  h ^= h >>> 12;
-  return h >>> 0;
+  let h = Math.imul(k[o] ^ k[o + 14] ^ k[o + 16], 0x9e3779b1);
+  h = Math.imul(h ^ k[o + 2] ^ k[o + 15] ^ (h >>> 15), 0x85ebca6b);
+  h = Math.imul(h ^ k[o + 6] ^ k[o + 3] ^ (h >>> 13), 0xc2b2ae35);
+  h = Math.imul(h ^ k[o + 10] ^ (h >>> 16), 0x27d4eb2f);
+  return (h ^ (h >>> 15)) >>> 0;
 }
 
 export class Emc {
