@@ -19,16 +19,15 @@
  */
 import { D } from '../datapath/drops.js';
 import type { Action } from '../datapath/actions/action-sets.js';
-import { FIELDS, FIELD_NAMES, KEY_WORDS, PORT_PPID_BIT, TUN_PRESENT, W_ETH_DST_HI, W_ETH_MID, W_IN_PORT, W_TUN, W_VLAN, macToString, setField, unwildcard, type FieldName } from '../datapath/classifier/flow-key.js';
+import { FIELDS, FIELD_NAMES, KEY_WORDS, PORT_PPID_BIT, TUN_PRESENT, W_ETH_DST_HI, W_ETH_MID, W_IN_PORT, W_TUN, W_VLAN, macNumber, macToString, setField, unwildcard, type FieldName } from '../datapath/classifier/flow-key.js';
 import { FpoError } from '../datapath/errors.js';
-import type { Datapath } from '../datapath/datapath.js';
+import { parseIpText, type Datapath } from '../datapath/datapath.js';
 import type { Upcall } from '../datapath/upcall.js';
 import { parseMac, type Interface, type Port, type Topology } from './topology.js';
 
-/** IPv4 dotted or IPv6 text → bytes (topology validated the family). */
+/** IPv4 dotted or IPv6 text → bytes (the topology validated them). */
 function parseIp(s: string): Uint8Array {
-  if (s.includes(':')) return parseIpv6(s) ?? new Uint8Array(16);
-  return Uint8Array.from(s.split('.').map(Number));
+  return parseIpText(s) ?? new Uint8Array(s.includes(':') ? 16 : 4);
 }
 
 /** A rule compiled to key/mask words. */
@@ -74,24 +73,6 @@ function parseIntField(v: string | number, bits: number, where: string): number 
   const n = typeof v === 'number' ? v : v.startsWith('0x') ? parseInt(v.slice(2), 16) : /^\d+$/.test(v) ? parseInt(v, 10) : NaN;
   if (!Number.isInteger(n) || n < 0 || (bits < 32 && n >= 2 ** bits) || n > 0xffffffff) throw new Error(`${where}: expected an integer in 0..${2 ** bits - 1}, got ${JSON.stringify(v)}`);
   return n;
-}
-
-function parseIpv4(s: string): number {
-  const p = s.split('.').map(Number);
-  return ((p[0] << 24) | (p[1] << 16) | (p[2] << 8) | p[3]) >>> 0;
-}
-
-function parseIpv6(s: string): Uint8Array | null {
-  const halves = s.split('::');
-  if (halves.length > 2) return null;
-  const head = halves[0] ? halves[0].split(':') : [];
-  const tail = halves.length === 2 && halves[1] ? halves[1].split(':') : [];
-  const fill = halves.length === 2 ? 8 - head.length - tail.length : 0;
-  const groups = [...head, ...Array(fill).fill('0'), ...tail];
-  if (groups.length !== 8 || groups.some((g) => !/^[0-9a-fA-F]{1,4}$/.test(g))) return null;
-  const b = new Uint8Array(16);
-  groups.forEach((g, i) => { const v = parseInt(g, 16); b[i * 2] = v >> 8; b[i * 2 + 1] = v & 255; });
-  return b;
 }
 
 export class Fpag {
@@ -141,7 +122,7 @@ export class Fpag {
       const e: Endpoint = { vpid: itf.vpid, name: itf.name, segments: [itf.segment], mac: itf.mac, uplink: false };
       add(e);
       const b = itf.macBytes;
-      this.byMac.get(itf.segment)!.set((((b[0] << 24) | (b[1] << 16) | (b[2] << 8) | b[3]) >>> 0) * 65536 + ((b[4] << 8) | b[5]), e);
+      this.byMac.get(itf.segment)!.set(macNumber(b, 0), e);
     }
     for (const p of topology.ports) if (p.role === 'uplink') add({ vpid: p.vpid, name: p.name, segments: p.segments, uplink: true });
     topology.tunnel?.remotes.forEach((r, t) => {
@@ -151,7 +132,7 @@ export class Fpag {
         this.byName.set(e.name, e);
         this.members.get(itf.segment)!.push(e);
         const b = parseMac(itf.mac);
-        this.byMac.get(itf.segment)!.set((((b[0] << 24) | (b[1] << 16) | (b[2] << 8) | b[3]) >>> 0) * 65536 + ((b[4] << 8) | b[5]), e);
+        this.byMac.get(itf.segment)!.set(macNumber(b, 0), e);
       }
     });
     this.flagged = new Set(topology.tunnel?.policy.interfaces ?? []);
@@ -260,11 +241,12 @@ export class Fpag {
       const plen = m?.[2] === undefined ? 32 : Number(m[2]);
       if (!m || m[1].split('.').some((x) => Number(x) > 255) || plen > 32) throw new Error(`${at}: expected an IPv4 address or prefix like 10.0.0.0/24, got ${JSON.stringify(value)}`);
       const pm = plen === 0 ? 0 : (0xffffffff << (32 - plen)) >>> 0;
-      key[f.word] = (parseIpv4(m[1]) & pm) >>> 0;
+      const a = parseIpText(m[1])!;
+      key[f.word] = ((((a[0] << 24) | (a[1] << 16) | (a[2] << 8) | a[3]) >>> 0) & pm) >>> 0;
       mask[f.word] = pm;
     } else if (f.kind === 'ipv6') {
-      const b = parseIpv6(String(value));
-      if (!b) throw new Error(`${at}: expected an IPv6 address, got ${JSON.stringify(value)}`);
+      const b = parseIpText(String(value));
+      if (!b || b.length !== 16) throw new Error(`${at}: expected an IPv6 address, got ${JSON.stringify(value)}`);
       setField(key, mask, 0, field as FieldName, b);
     } else {
       setField(key, mask, 0, field as FieldName, parseIntField(value, f.bits, at));

@@ -10,7 +10,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { Arena } from '../datapath/arena.js';
 import { PacketBatch } from '../datapath/batch.js';
-import { formatMatch } from '../datapath/classifier/flow-key.js';
+import { formatMatch, macNumber } from '../datapath/classifier/flow-key.js';
 import { Datapath } from '../datapath/datapath.js';
 import { DROP, type DropReason } from '../datapath/drops.js';
 import { FpoError } from '../datapath/errors.js';
@@ -96,7 +96,7 @@ export function replay(opts: ReplayOptions): { report: ReplayReport; datapath: D
     for (const itf of topo.interfaces) {
       if (itf.port === undefined) continue;
       const b = itf.macBytes;
-      portOfMac.set((((b[0] << 24) | (b[1] << 16) | (b[2] << 8) | b[3]) >>> 0) * 65536 + ((b[4] << 8) | b[5]), topo.ports.find((p) => p.name === itf.port)!.ppid);
+      portOfMac.set(macNumber(b, 0), topo.ports.find((p) => p.name === itf.port)!.ppid);
     }
   }
   const batchSize = opts.batchSize ?? 256;
@@ -236,7 +236,7 @@ function assignInputPorts(batch: PacketBatch, portOfMac: Map<number, number>): v
   for (let i = 0; i < batch.count; i++) {
     if (batch.caplen[i] < 12) continue;
     const o = batch.off[i] + 6;
-    const ppid = portOfMac.get((((b[o] << 24) | (b[o + 1] << 16) | (b[o + 2] << 8) | b[o + 3]) >>> 0) * 65536 + ((b[o + 4] << 8) | b[o + 5]));
+    const ppid = portOfMac.get(macNumber(b, o));
     if (ppid !== undefined) batch.inPpid[i] = ppid;
   }
 }

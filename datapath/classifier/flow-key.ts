@@ -154,6 +154,11 @@ function popcount(x: number): number {
   return c;
 }
 
+/** A MAC address at b[o..o+6) as one number (hi 32 bits × 65536 + lo 16): a Map key that makes no string. */
+export function macNumber(b: Uint8Array, o: number): number {
+  return (((b[o] << 24) | (b[o + 1] << 16) | (b[o + 2] << 8) | b[o + 3]) >>> 0) * 65536 + ((b[o + 4] << 8) | b[o + 5]);
+}
+
 export function macToString(hi: number, lo16: number): string {
   const b = [hi >>> 24, (hi >>> 16) & 255, (hi >>> 8) & 255, hi & 255, lo16 >>> 8, lo16 & 255];
   return b.map((x) => x.toString(16).padStart(2, '0')).join(':');
