@@ -15,14 +15,13 @@ import { Datapath } from '../datapath/datapath.js';
 import { DROP, type DropReason } from '../datapath/drops.js';
 import { FpoError } from '../datapath/errors.js';
 import { CaptureReader, LINKTYPE_ETHERNET } from '../datapath/ports/capture-reader.js';
-import { CaptureWriter } from '../datapath/ports/capture-writer.js';
+import { CaptureWriter, txBufferBytes } from '../datapath/ports/capture-writer.js';
 import { Fpag } from './fpag.js';
 import { FpagThread } from './fpag-thread.js';
 import { loadTopology, type Topology } from './topology.js';
 import { applyEvent, type AppliedEvent, type ControlEvent } from './events.js';
 
 const CHUNK = 1 << 20;
-const TX_BUFFER = 256 * 1024;
 
 export interface ReplayOptions {
   capture: string;
@@ -100,7 +99,8 @@ export function replay(opts: ReplayOptions): { report: ReplayReport; datapath: D
     }
   }
   const batchSize = opts.batchSize ?? 256;
-  const arena = new Arena(CHUNK + topo.ports.length * (TX_BUFFER + 64) + 4096);
+  const txBuffer = txBufferBytes(topo.ports.length);
+  const arena = new Arena(CHUNK + topo.ports.length * (txBuffer + 64) + 4096);
   const reader = new CaptureReader(opts.capture, arena, CHUNK);
   try {
     if (reader.format === 'pcap' && reader.interfaces[0].linktype !== LINKTYPE_ETHERNET) {
@@ -114,7 +114,7 @@ export function replay(opts: ReplayOptions): { report: ReplayReport; datapath: D
     const dp = new Datapath({ batchCapacity: batchSize, maxFlows: opts.maxFlows });
     const writers = new Map<number, CaptureWriter>();
     for (const p of topo.ports) {
-      const w = new CaptureWriter(join(opts.outDir, `${p.name}.${reader.format}`), reader, arena, TX_BUFFER);
+      const w = new CaptureWriter(join(opts.outDir, `${p.name}.${reader.format}`), reader, arena, txBuffer);
       writers.set(p.ppid, w);
       dp.addPort(p.ppid, w);
     }

@@ -30,7 +30,7 @@ import { Datapath } from '../datapath/datapath.js';
 import { DROP, DROP_NAMES } from '../datapath/drops.js';
 import { FpoError } from '../datapath/errors.js';
 import { CaptureReader, LINKTYPE_ETHERNET } from '../datapath/ports/capture-reader.js';
-import { CaptureWriter } from '../datapath/ports/capture-writer.js';
+import { CaptureWriter, txBufferBytes } from '../datapath/ports/capture-writer.js';
 import { Fpag } from './fpag.js';
 import { LiveLoop } from './live.js';
 import { TunnelMonitor } from './monitor.js';
@@ -42,7 +42,6 @@ import { flowReport } from './replay.js';
 import { loadTopology, type Topology } from './topology.js';
 
 export const MAX_REQUEST = 64 * 1024;
-const TX_BUFFER = 256 * 1024;
 
 export interface ServiceOptions {
   topology: string;
@@ -120,7 +119,8 @@ export class Service {
     }
     this.topo = topo;
     mkdirSync(opts.outDir, { recursive: true });
-    this.arena = new Arena(topo.ports.length * (TX_BUFFER + 64) + 4096);
+    const txBuffer = txBufferBytes(topo.ports.length);
+    this.arena = new Arena(topo.ports.length * (txBuffer + 64) + 4096);
     this.dp = new Datapath({ batchCapacity: 256 });
     const layout = { format: 'pcap' as const, nanos: false, interfaces: [{ linktype: LINKTYPE_ETHERNET, snaplen: 262144, tsresol: 6, tsoffset: 0 }] };
     const live: { port: TapPort; ppid: number }[] = [];
@@ -132,7 +132,7 @@ export class Service {
         this.dp.addPort(p.ppid, tap);
         continue;
       }
-      const w = new CaptureWriter(join(opts.outDir, `${p.name}.pcap`), layout, this.arena, TX_BUFFER);
+      const w = new CaptureWriter(join(opts.outDir, `${p.name}.pcap`), layout, this.arena, txBuffer);
       this.writers.set(p.ppid, w);
       this.dp.addPort(p.ppid, w);
     }

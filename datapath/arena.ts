@@ -11,10 +11,13 @@
 export class Arena {
   /** All the arena's bytes. Regions are ranges of this array. */
   readonly bytes: Uint8Array;
+  /** The same bytes as 32-bit words (the arena's size is rounded up to 4). */
+  readonly words: Int32Array;
   private next = 0;
 
   constructor(size: number) {
-    this.bytes = new Uint8Array(size);
+    this.words = new Int32Array((size + 3) >> 2);
+    this.bytes = new Uint8Array(this.words.buffer);
     this.bytes.fill(0); // first touch now, not inside the first batches
   }
 
@@ -32,3 +35,35 @@ export class Arena {
     return this.bytes.length - this.next;
   }
 }
+
+/**
+ * Copies bytes[from .. from + len) to bytes[to ..] (regions must not
+ * overlap), where `words` views the same memory as `bytes`. A short run
+ * with both ends 4-byte aligned moves as unrolled 32-bit words, which
+ * saves copyWithin's call into the runtime: measured here
+ * (bench/ports/copy.ts, 80-byte records to 64 ports) 20 ns against 24 ns;
+ * anything else is a copyWithin (equal at 1516 bytes).
+ */
+export function arenaCopy(bytes: Uint8Array, words: Int32Array, from: number, len: number, to: number): void {
+  if (((from | to | len) & 3) !== 0 || len > SMALL_COPY) {
+    bytes.copyWithin(to, from, from + len);
+    return;
+  }
+  let a = to >> 2;
+  let b = from >> 2;
+  let n = len >> 2;
+  while (n >= 8) {
+    words[a] = words[b]; words[a + 1] = words[b + 1]; words[a + 2] = words[b + 2]; words[a + 3] = words[b + 3];
+    words[a + 4] = words[b + 4]; words[a + 5] = words[b + 5]; words[a + 6] = words[b + 6]; words[a + 7] = words[b + 7];
+    a += 8;
+    b += 8;
+    n -= 8;
+  }
+  while (n > 0) {
+    words[a++] = words[b++];
+    n--;
+  }
+}
+
+/** Longest copy arenaCopy does by words (past this, copyWithin's memmove wins). */
+export const SMALL_COPY = 256;

@@ -12,7 +12,7 @@
  */
 import { ActionSets, type Action } from './actions/action-sets.js';
 import { Encap } from './actions/encap.js';
-import { Execute } from './actions/execute.js';
+import { Execute, type DirectTx } from './actions/execute.js';
 import type { PacketBatch } from './batch.js';
 import { KEY_WORDS } from './classifier/flow-key.js';
 import { FlowTable } from './classifier/flow-table.js';
@@ -52,6 +52,8 @@ export interface TxPort {
    * encap's outer headers in front (encap.write).
    */
   writeBatch(batch: PacketBatch, idx: Uint16Array, from: number, n: number, enc: Int32Array, encap: Encap): void;
+  /** A buffer execute may copy raw pcap records into (execute.ts); absent for most ports. */
+  readonly direct?: DirectTx;
 }
 
 export interface DatapathOptions {
@@ -146,12 +148,12 @@ export class Datapath {
     this.classify = new Classify(this.flows, this.emc, opts.batchCapacity ?? 256);
     this.parse = new Parse(this.mapping.inPortKey);
     this.flagCheck = new FlagCheck(this.mapping.inPortKey);
-    this.execute = new Execute(this.flows, this.actionSets, this.mapping, opts.batchCapacity ?? 256);
     this.ports = new Array(maxPpid + 1).fill(undefined);
     this.rxPackets = new Float64Array(maxPpid + 1);
     this.rxBytes = new Float64Array(maxPpid + 1);
     this.txPackets = new Float64Array(maxPpid + 1);
     this.txBytes = new Float64Array(maxPpid + 1);
+    this.execute = new Execute(this.flows, this.actionSets, this.mapping, opts.batchCapacity ?? 256, this.txPackets, this.txBytes);
     this.idleTimeoutMs = opts.idleTimeoutMs ?? 10_000;
   }
 
@@ -161,7 +163,7 @@ export class Datapath {
   addPort(ppid: number, tx: TxPort): void {
     if (!(ppid >= 0 && ppid <= this.mapping.maxPpid)) throw new FpoError('FPO_ERR_BAD_TOPOLOGY', `PPID ${ppid} out of range 0..${this.mapping.maxPpid}`);
     this.ports[ppid] = tx;
-    this.execute.enablePort(ppid);
+    this.execute.enablePort(ppid, tx.direct);
   }
 
   hasPort(ppid: number): boolean {

@@ -14,7 +14,18 @@
  * port's list holds up to COPIES_PER_PORT copies per packet (head-end
  * replication sends one packet to several remote hosts through one uplink);
  * a copy beyond that is not sent and is counted in `listFull`.
+ *
+ * Direct copies: a port whose tx side is a buffer in the same arena as the
+ * rx buffer (a classic pcap writer, DirectTx) gets each plain copy of a
+ * raw-pcap batch (batch.rawPcapLE: record header and data as they will be
+ * written) straight into that buffer here, record header and all, instead
+ * of an entry in its list: with many ports a batch gives each only a few
+ * packets, and a port call per batch cost more than the copies. Order stays
+ * the arrival order: once a port has a list entry in a batch (an
+ * encapsulated copy, say), the rest of its packets in that batch go to the
+ * list too, and lists are written after the direct copies.
  */
+import { arenaCopy } from '../arena.js';
 import type { PacketBatch } from '../batch.js';
 import { D } from '../drops.js';
 import type { FlowTable } from '../classifier/flow-table.js';
@@ -22,6 +33,26 @@ import type { MappingTable } from '../mapping/mapping-table.js';
 import { OP_DROP, OP_ENCAP, OP_FLAG, OP_OUTPUT, type ActionSets } from './action-sets.js';
 
 export const COPIES_PER_PORT = 16;
+
+/**
+ * A port's tx buffer in the arena that execute may copy raw pcap records
+ * into (capture-writer.ts). Execute holds the buffer's fill level for all
+ * such ports in one array, so a copy touches no port object: the port reads
+ * and writes its level through the cell `attachDirect` gives it.
+ */
+export interface DirectTx {
+  readonly arenaBytes: Uint8Array;
+  readonly arenaWords: Int32Array;
+  /** Byte offset of the buffer in the arena, and its size (0: no direct copies). */
+  readonly directBase: number;
+  readonly directCap: number;
+  /** From now on, the buffer's fill level (bytes) is cells[at]. */
+  attachDirect(cells: Int32Array, at: number): void;
+  /** Called before the port's first direct copy (a capture port creates its file here). */
+  directBegin(): void;
+  /** Writes the buffer out; afterwards the fill level is 0. */
+  flush(): void;
+}
 
 export class Execute {
   static readonly stageName = 'execute';
@@ -52,11 +83,27 @@ export class Execute {
   readonly listCap: number;
   private slots = 0;
 
+  // Direct copies, per slot: the port (or null), its buffer's base, size and
+  // fill level, whether it has begun (file open), and the batch it last had a
+  // list entry in (then its packets go to the list for the rest of the batch).
+  private dSink: (DirectTx | null)[] = [];
+  private dBase = new Int32Array(0);
+  private dCap = new Int32Array(0);
+  private dUsed = new Int32Array(0);
+  private dBegun = new Uint8Array(0);
+  private listStamp = new Uint32Array(0);
+  /** The arena all direct ports share (the first one's); a port in another arena gets lists. */
+  private dBytes: Uint8Array | null = null;
+  private dWords: Int32Array = new Int32Array(0);
+
   constructor(
     private readonly flows: FlowTable,
     private readonly sets: ActionSets,
     private readonly mapping: MappingTable,
     batchCapacity: number,
+    /** Packets and bytes (on the wire) sent, by PPID: direct copies are counted here, lists by the datapath. */
+    private readonly txPackets: Float64Array = new Float64Array(mapping.maxPpid + 1),
+    private readonly txBytes: Float64Array = new Float64Array(mapping.maxPpid + 1),
   ) {
     this.slotOf = new Int16Array(mapping.maxPpid + 1).fill(-1);
     this.listCap = batchCapacity * COPIES_PER_PORT;
@@ -67,16 +114,34 @@ export class Execute {
     this.touched = new Uint16Array(0);
   }
 
-  /** Slow path: gives port `ppid` a tx list. */
-  enablePort(ppid: number): void {
+  /** Slow path: gives port `ppid` a tx list, and direct copies when it offers them. */
+  enablePort(ppid: number, direct?: DirectTx): void {
     if (this.slotOf[ppid] >= 0) return;
     const s = this.slots++;
     this.slotOf[ppid] = s;
-    const grow = <T extends Uint16Array | Int32Array>(a: T, size: number, make: (n: number) => T): T => {
+    const grow = <T extends Uint8Array | Uint16Array | Int32Array | Uint32Array | Float64Array>(a: T, size: number, make: (n: number) => T): T => {
       const b = make(size);
       b.set(a);
       return b;
     };
+    const n = this.slots;
+    this.dBase = grow(this.dBase, n, (k) => new Int32Array(k));
+    this.dCap = grow(this.dCap, n, (k) => new Int32Array(k));
+    this.dBegun = grow(this.dBegun, n, (k) => new Uint8Array(k));
+    this.listStamp = grow(this.listStamp, n, (k) => new Uint32Array(k));
+    // Ports already attached keep their cells: the fill levels move to the new array.
+    const used = grow(this.dUsed, n, (k) => new Int32Array(k));
+    this.dUsed = used;
+    this.dSink.push(null);
+    for (let t = 0; t < s; t++) this.dSink[t]?.attachDirect(used, t);
+    if (direct !== undefined && direct.directCap > 0 && (this.dBytes === null || this.dBytes === direct.arenaBytes)) {
+      this.dBytes = direct.arenaBytes;
+      this.dWords = direct.arenaWords;
+      this.dSink[s] = direct;
+      this.dBase[s] = direct.directBase;
+      this.dCap[s] = direct.directCap;
+      direct.attachDirect(used, s);
+    }
     this.slotPpid = grow(this.slotPpid, this.slots, (n) => new Uint16Array(n));
     this.slotPpid[s] = ppid;
     this.txIdx = grow(this.txIdx, this.slots * this.listCap, (n) => new Uint16Array(n));
@@ -189,6 +254,21 @@ export class Execute {
     const cap = this.listCap;
     const ordinal = batch.ordinal;
     const firstPackets = this.flagFirstPackets;
+    // Direct copies need the batch's records raw and in the direct ports' arena.
+    const direct = batch.rawPcapLE && batch.buf === this.dBytes;
+    const bytes = batch.buf;
+    const words = this.dWords;
+    const off = batch.off;
+    const caplen = batch.caplen;
+    const wirelen = batch.wirelen;
+    const dCap = this.dCap;
+    const dBase = this.dBase;
+    const dUsed = this.dUsed;
+    const dBegun = this.dBegun;
+    const listStamp = this.listStamp;
+    const slotPpid = this.slotPpid;
+    const txPackets = this.txPackets;
+    const txBytes = this.txBytes;
     let nt = 0;
     let copies = 0;
     let unmapped = 0;
@@ -205,20 +285,36 @@ export class Execute {
       }
       const resolved = this.resolved;
       const resolvedEnc = this.resolvedEnc;
-      const off = this.memoOff[a];
+      const ro = this.memoOff[a];
       // The flag for this packet's encapsulated copies: the action set's, or the flow is new.
       const flag = this.memoFlag[a] | (firstPackets > 0 && ordinal[i] <= firstPackets ? 1 : 0);
       let sent = 0;
       for (let j = 0; j < k; j++) {
-        const slot = resolved[off + j];
+        const slot = resolved[ro + j];
+        const enc = resolvedEnc[ro + j];
+        if (direct && enc < 0 && dCap[slot] > 0 && listStamp[slot] !== seq) {
+          const len = caplen[i] + 16;
+          if (dBegun[slot] === 0) this.directBegin(slot);
+          let u = dUsed[slot];
+          if (u + len > dCap[slot] && len <= dCap[slot]) u = this.directFlush(slot);
+          if (u + len <= dCap[slot]) {
+            arenaCopy(bytes, words, off[i] - 16, len, dBase[slot] + u);
+            dUsed[slot] = u + len;
+            const ppid = slotPpid[slot];
+            txPackets[ppid]++;
+            txBytes[ppid] += wirelen[i];
+            sent++;
+            continue;
+          }
+        }
         const c = txCount[slot];
         if (c === cap) {
           this.listFull++;
           continue;
         }
         if (c === 0) touched[nt++] = slot;
+        listStamp[slot] = seq;
         txIdx[slot * cap + c] = i;
-        const enc = resolvedEnc[off + j];
         txEnc[slot * cap + c] = enc < 0 ? -1 : enc * 2 + flag;
         txCount[slot] = c + 1;
         sent++;
@@ -229,5 +325,17 @@ export class Execute {
     this.touchedCount = nt;
     this.copies += copies;
     this.unmappedCopies += unmapped;
+  }
+
+  // Once per port: before its first direct copy.
+  private directBegin(slot: number): void {
+    (this.dSink[slot] as DirectTx).directBegin();
+    this.dBegun[slot] = 1;
+  }
+
+  // Once per buffer-full: the port writes it out.
+  private directFlush(slot: number): number {
+    (this.dSink[slot] as DirectTx).flush();
+    return this.dUsed[slot];
   }
 }

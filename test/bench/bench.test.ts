@@ -38,6 +38,15 @@ describe('benchmarks (short mode)', () => {
     expect(typeof rx.ratio).toBe('number');
   }, 300_000);
 
+  it('ports/copy prints arenaCopy against copyWithin for short and long records', () => {
+    const lines = runBench('ports/copy.js');
+    expect(lines.map((l) => l.recordBytes)).toEqual([80, 1516]);
+    for (const l of lines) {
+      expect(l.baseline).toBe('copyWithin');
+      expect(typeof l.ratio).toBe('number');
+    }
+  }, 300_000);
+
   it('control/upcall prints flow setups and round trips for the FPAG inline and on a thread', () => {
     const [inline, thread] = runBench('control/upcall.js');
     expect(inline.placement).toBe('inline');
