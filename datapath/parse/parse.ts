@@ -54,9 +54,79 @@ export class Parse {
   process(batch: PacketBatch): void {
     const n = batch.count;
     const drop = batch.drop;
+    const inPortKey = this.inPortKey;
+    const d = batch.dv;
+    const b = batch.buf;
+    const key = batch.key;
+    const off = batch.off;
+    const caplen = batch.caplen;
+    const wirelen = batch.wirelen;
+    const inPpid = batch.inPpid;
+    const l3Off = batch.l3Off;
+    const l4Off = batch.l4Off;
+    const innerOff = batch.innerOff;
+    const vni = batch.vni;
     for (let i = 0; i < n; i++) {
       if (drop[i] !== 0) continue;
-      const r = parseOne(batch, i, this.inPortKey);
+      // The common case in one straight run, with the arrays in locals: an
+      // untagged, whole (not cut), unfragmented IPv4 packet whose headers
+      // are all well formed, carrying TCP, UDP to a non-tunnel port, or
+      // another protocol. Its key is exactly what parseOne would write;
+      // anything else (or any doubt) goes to parseOne, which starts over.
+      const base = off[i];
+      const cl = caplen[i];
+      if (cl === wirelen[i] && cl >= 34 && d.getUint16(base + 12) === ETH_P_IPV4) {
+        const vihl = b[base + 14];
+        const hl = (vihl & 15) * 4;
+        const tot = d.getUint16(base + 16);
+        const proto = b[base + 23];
+        const l4 = 14 + hl;
+        const l4end = 14 + tot;
+        if (vihl >> 4 === 4 && hl >= 20 && tot >= hl && l4end <= cl && (d.getUint16(base + 20) & 0x3fff) === 0) {
+          let ok = true;
+          let tp = 0;
+          if (proto === IPPROTO_TCP) {
+            ok = l4 + 20 <= l4end;
+            if (ok) {
+              const doff = (b[base + l4 + 12] >> 4) * 4;
+              ok = doff >= 20 && l4 + doff <= l4end;
+              tp = d.getUint32(base + l4);
+            }
+          } else if (proto === IPPROTO_UDP) {
+            ok = l4 + 8 <= l4end;
+            if (ok) {
+              const ulen = d.getUint16(base + l4 + 4);
+              tp = d.getUint32(base + l4);
+              const dport = tp & 0xffff;
+              ok = ulen >= 8 && l4 + ulen <= l4end && dport !== UDP_PORT_VXLAN && dport !== UDP_PORT_GENEVE;
+            }
+          } else if (proto === IPPROTO_ICMP) {
+            ok = l4 + 4 <= l4end;
+            if (ok) tp = ((b[base + l4] << 16) | b[base + l4 + 1]) >>> 0;
+          }
+          if (ok) {
+            const k = i * KEY_WORDS;
+            key[k + W_IN_PORT] = inPortKey[inPpid[i]];
+            key[k + W_VLAN] = 0;
+            key[k + W_ETH_DST_HI] = d.getUint32(base);
+            key[k + W_ETH_MID] = ((d.getUint16(base + 4) << 16) | d.getUint16(base + 6)) >>> 0;
+            key[k + W_ETH_SRC_LO] = d.getUint32(base + 8);
+            key[k + W_ETH_TYPE] = ((ETH_P_IPV4 << 16) | (proto << 8)) >>> 0;
+            key[k + W_IP_SRC] = d.getUint32(base + 26);
+            key[k + 7] = 0; key[k + 8] = 0; key[k + 9] = 0;
+            key[k + W_IP_DST] = d.getUint32(base + 30);
+            key[k + 11] = 0; key[k + 12] = 0; key[k + 13] = 0;
+            key[k + W_TP] = tp;
+            key[k + 15] = 0; key[k + 16] = 0; key[k + 17] = 0;
+            l3Off[i] = 14;
+            l4Off[i] = proto === IPPROTO_TCP || proto === IPPROTO_UDP || proto === IPPROTO_ICMP ? l4 : ABSENT;
+            innerOff[i] = ABSENT;
+            vni[i] = 0;
+            continue;
+          }
+        }
+      }
+      const r = parseOne(batch, i, inPortKey);
       if (r > 0) drop[i] = r;
     }
   }

@@ -220,3 +220,35 @@ describe('Parse of tunnelled corpus captures, inner headers', () => {
     expect(checked).toBeGreaterThan(10);
   });
 });
+
+describe('Parse fast path', () => {
+  it('the straight-line IPv4 path writes what parseOne writes, for random and mutated packets (property)', async () => {
+    const fc = (await import('fast-check')).default;
+    const mapping = new MappingTable(100, 100);
+    const parse = new Parse(mapping.inPortKey);
+    const a = new PacketBatch(1);
+    const b = new PacketBatch(1);
+    const l4 = fc.constantFrom(6, 17, 1, 47);
+    fc.assert(fc.property(l4, fc.integer({ min: 0, max: 65535 }), fc.integer({ min: 0, max: 65535 }), fc.array(fc.tuple(fc.integer({ min: 0, max: 80 }), fc.integer({ min: 0, max: 255 })), { maxLength: 4 }), fc.integer({ min: 0, max: 12 }), fc.boolean(), (proto, sport, dport, flips, cut, snap) => {
+      const payload = proto === 6 ? tcp(sport, dport, new Uint8Array(8)) : proto === 17 ? udp(sport, [dport, 4789, 6081][sport % 3], new Uint8Array(10)) : new Uint8Array(24).fill(sport & 255);
+      const frame = eth('02:00:00:00:00:01', '02:00:00:00:00:02', 0x0800, ipv4({ src: '10.1.2.3', dst: '10.4.5.6', proto }, payload));
+      for (const [at, v] of flips) frame[14 + (at % (frame.length - 14))] = v; // mutate IP and L4 header bytes
+      const cl = Math.max(0, frame.length - cut);
+      for (const batch of [a, b]) {
+        batch.batchSetBuffer(frame);
+        batch.count = 1;
+        batch.off[0] = 0;
+        batch.caplen[0] = cl;
+        batch.wirelen[0] = snap ? frame.length : cl;
+        batch.inPpid[0] = 3;
+        batch.drop[0] = 0;
+      }
+      parse.process(a);
+      const r = parsePacket(b, 0, mapping.inPortKey);
+      expect(a.drop[0]).toBe(r > 0 ? r : 0);
+      if (r > 0) return;
+      expect([...a.key]).toEqual([...b.key]);
+      expect([a.l3Off[0], a.l4Off[0], a.innerOff[0], a.vni[0]]).toEqual([b.l3Off[0], b.l4Off[0], b.innerOff[0], b.vni[0]]);
+    }), { numRuns: 5000 });
+  });
+});
