@@ -155,6 +155,7 @@ export class Datapath {
     this.txBytes = new Float64Array(maxPpid + 1);
     this.execute = new Execute(this.flows, this.actionSets, this.mapping, opts.batchCapacity ?? 256, this.txPackets, this.txBytes);
     this.idleTimeoutMs = opts.idleTimeoutMs ?? 10_000;
+    this.flagCheck.rxBytes = this.rxBytes;
   }
 
   // Slow path: the API of control/.
@@ -227,14 +228,6 @@ export class Datapath {
   // Fast path: one batch, rx already done by the caller's port.
 
   process(batch: PacketBatch, now: number): void {
-    const n = batch.count;
-    const rxPk = this.rxPackets;
-    const rxBy = this.rxBytes;
-    for (let i = 0; i < n; i++) {
-      const p = batch.inPpid[i];
-      rxPk[p]++;
-      rxBy[p] += batch.wirelen[i];
-    }
     this.parse.process(batch);
     const flagged = this.flagCheck.process(batch);
     if (this.classify.process(batch, now) > 0) this.handleMisses(batch, now);
@@ -318,18 +311,31 @@ export class Datapath {
       (this.ports[ppid] as TxPort).writeBatch(batch, ex.txIdx, at, c, ex.txEnc, this.encap);
       this.txPackets[ppid] += c;
       let bytes = 0;
-      for (let j = 0; j < c; j++) bytes += wirelen[ex.txIdx[at + j]];
+      // An encapsulated copy goes out with its outer headers.
+      for (let j = 0; j < c; j++) {
+        bytes += wirelen[ex.txIdx[at + j]];
+        const e = ex.txEnc[at + j];
+        if (e >= 0) bytes += this.encap.headerLength(e >> 1, (e & 1) === 1);
+      }
       this.txBytes[ppid] += bytes;
       ex.txCount[slot] = 0;
     }
   }
 
+  // Each packet once: where it went, and the port it came in on (rx counters).
   private account(batch: PacketBatch): void {
     const n = batch.count;
     const drop = batch.drop;
+    const inPpid = batch.inPpid;
+    const wirelen = batch.wirelen;
+    const rxPk = this.rxPackets;
+    const rxBy = this.rxBytes;
     let delivered = 0;
     let special = 0;
     for (let i = 0; i < n; i++) {
+      const p = inPpid[i];
+      rxPk[p]++;
+      rxBy[p] += wirelen[i];
       const d = drop[i];
       if (d === 0) delivered++;
       else if (d === SPECIAL) special++;

@@ -42,6 +42,13 @@ export class Classify {
     const emc = this.emc;
     const flows = this.flows;
     const missIdx = this.missIdx;
+    // Per-flow packets, bytes and last use are counted as each packet is
+    // found (one pass, not a third); a flow's packets in one batch all take
+    // the same pass (the cache changes only after the first), so the
+    // ordinals still follow arrival order.
+    const stats = flows.stats;
+    const wirelen = batch.wirelen;
+    const ordinal = batch.ordinal;
     let m = 0;
     let emcHits = 0;
     const useEmc = emc.insertInvProb !== 0;
@@ -55,6 +62,10 @@ export class Classify {
       if (f >= 0) {
         flow[i] = f;
         emcHits++;
+        const o = f * STAT_WORDS;
+        ordinal[i] = ++stats[o + ST_PACKETS];
+        stats[o + ST_BYTES] += wirelen[i];
+        stats[o + ST_USED] = now;
       } else missIdx[m++] = i;
     }
 
@@ -66,19 +77,11 @@ export class Classify {
       if (f >= 0) {
         flow[i] = f;
         if (useEmc) emc.insertMaybe(key, ko, hash[i], f);
+        const o = f * STAT_WORDS;
+        ordinal[i] = ++stats[o + ST_PACKETS];
+        stats[o + ST_BYTES] += wirelen[i];
+        stats[o + ST_USED] = now;
       } else misses++;
-    }
-
-    const stats = flows.stats;
-    const wirelen = batch.wirelen;
-    const ordinal = batch.ordinal;
-    for (let i = 0; i < n; i++) {
-      const f = flow[i];
-      if (f < 0) continue;
-      const o = f * STAT_WORDS;
-      ordinal[i] = ++stats[o + ST_PACKETS];
-      stats[o + ST_BYTES] += wirelen[i];
-      stats[o + ST_USED] = now;
     }
     this.emcHits += emcHits;
     this.megaflowHits += m - misses;

@@ -66,6 +66,9 @@ export class FlagCheck {
     return false;
   }
 
+  /** Per PPID, bytes received (the datapath's): the outer headers stripped here are counted in it. */
+  rxBytes: Float64Array | null = null;
+
   /** Sets the IPv6 endpoint (16 bytes), or none (null). */
   setVtep6(addr: Uint8Array | null): void {
     this.vtep6.fill(0);
@@ -119,6 +122,8 @@ export class FlagCheck {
       batch.off[i] = base + io;
       batch.caplen[i] -= io;
       batch.wirelen[i] -= io;
+      // rx counts the frame as it arrived; accounting, at the end, sees the inner one.
+      if (this.rxBytes !== null) this.rxBytes[batch.inPpid[i]] += io;
       const r = parsePacket(batch, i, this.inPortKey);
       if (r > 0) drop[i] = r;
       key[k + W_TUN] = vni;

@@ -57,6 +57,14 @@ describe('two hosts joined by a tunnel, in one replay', () => {
     expect(b.packets.in).toBe(a.ports.find((p) => p.name === 'uplink0')!.tx.packets);
   });
 
+  it('host B counts what it received on its uplink as it arrived (outer headers included), as A counts what it sent', () => {
+    const sent = a.ports.find((p) => p.name === 'uplink0')!;
+    const got = b.ports.find((p) => p.role === 'uplink')!;
+    expect(got.rx.packets).toBe(sent.tx.packets);
+    expect(got.rx.bytes).toBe(sent.tx.bytes);
+    expect(got.rx.bytes).toBe(frames(sent.file!).reduce((s, f) => s + f.length, 0));
+  });
+
   it('host A sends every packet encapsulated, flagged exactly as its policy says', () => {
     expect(a.tunnel.sent).toBe(twoHostFrames().length);
     expect(a.tunnel.flaggedSent).toBe(nFlagged);
