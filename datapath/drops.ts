@@ -48,5 +48,12 @@ export const DROP_COUNT = DROP_NAMES.length;
  */
 export const SPECIAL = 255;
 
+/**
+ * Not a drop: the code of a packet the fast lane (fast-lane.ts) already
+ * forwarded. Later stages skip it as they skip drops; accounting counts it
+ * as delivered.
+ */
+export const FORWARDED = 254;
+
 /** Small integer codes, e.g. `D.runt`, for the per-packet drop array. */
 export const D = Object.fromEntries(DROP_NAMES.map((n, i) => [n, i])) as { readonly [K in DropReason]: number };

@@ -61,7 +61,7 @@ export class Execute {
   /** Per PPID: its tx slot, or -1 when the NIC has no such port. */
   readonly slotOf: Int16Array;
   /** PPID of each slot. */
-  private slotPpid: Uint16Array;
+  slotPpid: Uint16Array;
   /** Tx lists: packet indices of slot s at txIdx[s * listCap ..]. */
   txIdx: Uint16Array;
   /** Beside txIdx: -1, or encapId * 2 + flag. */
@@ -86,15 +86,17 @@ export class Execute {
   // Direct copies, per slot: the port (or null), its buffer's base, size and
   // fill level, whether it has begun (file open), and the batch it last had a
   // list entry in (then its packets go to the list for the rest of the batch).
+  // The fast lane (fast-lane.ts) copies through the same arrays; they are
+  // replaced when a port is added, so it reads them afresh each batch.
   private dSink: (DirectTx | null)[] = [];
-  private dBase = new Int32Array(0);
-  private dCap = new Int32Array(0);
-  private dUsed = new Int32Array(0);
-  private dBegun = new Uint8Array(0);
+  dBase = new Int32Array(0);
+  dCap = new Int32Array(0);
+  dUsed = new Int32Array(0);
+  dBegun = new Uint8Array(0);
   private listStamp = new Uint32Array(0);
   /** The arena all direct ports share (the first one's); a port in another arena gets lists. */
-  private dBytes: Uint8Array | null = null;
-  private dWords: Int32Array = new Int32Array(0);
+  dBytes: Uint8Array | null = null;
+  dWords: Int32Array = new Int32Array(0);
 
   constructor(
     private readonly flows: FlowTable,
@@ -102,8 +104,8 @@ export class Execute {
     private readonly mapping: MappingTable,
     batchCapacity: number,
     /** Packets and bytes (on the wire) sent, by PPID: direct copies are counted here, lists by the datapath. */
-    private readonly txPackets: Float64Array = new Float64Array(mapping.maxPpid + 1),
-    private readonly txBytes: Float64Array = new Float64Array(mapping.maxPpid + 1),
+    readonly txPackets: Float64Array = new Float64Array(mapping.maxPpid + 1),
+    readonly txBytes: Float64Array = new Float64Array(mapping.maxPpid + 1),
   ) {
     this.slotOf = new Int16Array(mapping.maxPpid + 1).fill(-1);
     this.listCap = batchCapacity * COPIES_PER_PORT;
@@ -327,14 +329,29 @@ export class Execute {
     this.unmappedCopies += unmapped;
   }
 
+  /**
+   * Slow path (once per action set and batch, for the fast lane): the tx
+   * slot of a set that is exactly one plain output to a mapped port taking
+   * direct copies, else -1 (the set needs execute's general path).
+   */
+  directSlotOf(a: number): number {
+    const pool = this.sets.pool;
+    const s = this.sets.start[a];
+    const e = s + this.sets.len[a];
+    if (e - s !== 1 || pool[s] >>> 24 !== OP_OUTPUT) return -1;
+    const ppid = this.mapping.toPpid[pool[s] & 0xffffff];
+    const slot = ppid >= 0 ? this.slotOf[ppid] : -1;
+    return slot >= 0 && this.dCap[slot] > 0 ? slot : -1;
+  }
+
   // Once per port: before its first direct copy.
-  private directBegin(slot: number): void {
+  directBegin(slot: number): void {
     (this.dSink[slot] as DirectTx).directBegin();
     this.dBegun[slot] = 1;
   }
 
   // Once per buffer-full: the port writes it out.
-  private directFlush(slot: number): number {
+  directFlush(slot: number): number {
     (this.dSink[slot] as DirectTx).flush();
     return this.dUsed[slot];
   }

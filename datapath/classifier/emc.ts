@@ -36,6 +36,21 @@ export function keyHash(k: Uint32Array, o: number): number {
   return (h ^ (h >>> 15)) >>> 0;
 }
 
+/** keyHash of the key lookupIpv4 describes (its other words 0). */
+export function ipv4KeyHash(w0: number, w2: number, w3: number, w6: number, w10: number, w14: number): number {
+  let h = Math.imul(w0 ^ w14, 0x9e3779b1);
+  h = Math.imul(h ^ w2 ^ (h >>> 15), 0x85ebca6b);
+  h = Math.imul(h ^ w6 ^ w3 ^ (h >>> 13), 0xc2b2ae35);
+  h = Math.imul(h ^ w10 ^ (h >>> 16), 0x27d4eb2f);
+  return (h ^ (h >>> 15)) >>> 0;
+}
+
+// Entry key at e[q..q+18) against the lookupIpv4 key: the named words, and 0 elsewhere.
+function sameIpv4(e: Uint32Array, q: number, w0: number, w2: number, w3: number, w4: number, w5: number, w6: number, w10: number, w14: number): boolean {
+  return e[q + 14] === w14 && e[q + 10] === w10 && e[q + 6] === w6 && e[q] === w0 && e[q + 2] === w2 && e[q + 3] === w3 && e[q + 4] === w4 && e[q + 5] === w5 &&
+    (e[q + 1] | e[q + 7] | e[q + 8] | e[q + 9] | e[q + 11] | e[q + 12] | e[q + 13] | e[q + 15] | e[q + 16] | e[q + 17]) === 0;
+}
+
 export class Emc {
   readonly entries: number;
   /** Insert one megaflow hit in this many (0: the cache is off). */
@@ -81,6 +96,26 @@ export class Emc {
     f = ent[q + 1] - 1;
     if (ent[q] === h && f >= 0 && ent[q + 2] === this.flowGen[f] && this.same(q + 4, k, o)) return f;
     return -1;
+  }
+
+  /**
+   * Fast path: lookup for a key whose words are all 0 but in_port (w0),
+   * the Ethernet words (w2..w4), eth_type/proto (w5), the IPv4 addresses
+   * (w6, w10) and the ports (w14): an untagged IPv4 packet off no tunnel,
+   * as the fast lane holds it in locals rather than in the batch's keys.
+   * `h` is keyHash of that key (ipv4KeyHash). Same entries, same answer as
+   * lookup() on the full key.
+   */
+  lookupIpv4(h: number, w0: number, w2: number, w3: number, w4: number, w5: number, w6: number, w10: number, w14: number): number {
+    const ent = this.ent;
+    let q = (h & this.mask) * STRIDE;
+    let f = ent[q + 1] - 1;
+    if (!(ent[q] === h && f >= 0 && ent[q + 2] === this.flowGen[f] && sameIpv4(ent, q + 4, w0, w2, w3, w4, w5, w6, w10, w14))) {
+      q = ((h >>> 16) & this.mask) * STRIDE;
+      f = ent[q + 1] - 1;
+      if (!(ent[q] === h && f >= 0 && ent[q + 2] === this.flowGen[f] && sameIpv4(ent, q + 4, w0, w2, w3, w4, w5, w6, w10, w14))) return -1;
+    }
+    return f;
   }
 
   /** Caches key → flow f, one time in insertInvProb. */
