@@ -51,18 +51,11 @@ export function arenaCopy(bytes: Uint8Array, words: Int32Array, from: number, le
   }
   let a = to >> 2;
   let b = from >> 2;
-  let n = len >> 2;
-  while (n >= 8) {
+  const end = b + (len >> 2);
+  for (; b + 4 <= end; a += 4, b += 4) {
     words[a] = words[b]; words[a + 1] = words[b + 1]; words[a + 2] = words[b + 2]; words[a + 3] = words[b + 3];
-    words[a + 4] = words[b + 4]; words[a + 5] = words[b + 5]; words[a + 6] = words[b + 6]; words[a + 7] = words[b + 7];
-    a += 8;
-    b += 8;
-    n -= 8;
   }
-  while (n > 0) {
-    words[a++] = words[b++];
-    n--;
-  }
+  for (; b < end; a++, b++) words[a] = words[b];
 }
 
 /** Longest copy arenaCopy does by words (past this, copyWithin's memmove wins). */

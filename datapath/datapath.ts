@@ -232,7 +232,8 @@ export class Datapath {
 
   process(batch: PacketBatch, now: number): void {
     // The common case first, in one pass; the stages take the rest of the batch.
-    if (this.fastLane.process(batch, now) < batch.count) {
+    const laned = this.fastLane.process(batch, now, this.rxPackets, this.rxBytes);
+    if (laned < batch.count) {
       this.parse.process(batch);
       const flagged = this.flagCheck.process(batch);
       if (this.classify.process(batch, now) > 0) this.handleMisses(batch, now);
@@ -240,7 +241,7 @@ export class Datapath {
       if (flagged > 0) this.deliverSpecial(batch);
       this.transmit(batch);
     }
-    this.account(batch);
+    this.account(batch, laned);
     this.now = now;
     if (++this.batchesSinceSort === 1024) {
       this.batchesSinceSort = 0;
@@ -329,16 +330,17 @@ export class Datapath {
   }
 
   // Each packet once: where it went, and the port it came in on (rx counters).
-  private account(batch: PacketBatch): void {
+  // The first `laned` packets are the fast lane's: delivered, rx counted there.
+  private account(batch: PacketBatch, laned: number): void {
     const n = batch.count;
     const drop = batch.drop;
     const inPpid = batch.inPpid;
     const wirelen = batch.wirelen;
     const rxPk = this.rxPackets;
     const rxBy = this.rxBytes;
-    let delivered = 0;
+    let delivered = laned;
     let special = 0;
-    for (let i = 0; i < n; i++) {
+    for (let i = laned; i < n; i++) {
       const p = inPpid[i];
       rxPk[p]++;
       rxBy[p] += wirelen[i];

@@ -56,8 +56,12 @@ export class FastLane {
     private readonly sets: ActionSets,
   ) {}
 
-  /** Forwards the batch's leading common-case packets; returns how many. */
-  process(batch: PacketBatch, now: number): number {
+  /**
+   * Forwards the batch's leading common-case packets; returns how many. It
+   * counts them received in rxPackets/rxBytes (by PPID) too, as accounting
+   * would: a run from one port in two locals, stored when the port changes.
+   */
+  process(batch: PacketBatch, now: number, rxPackets: Float64Array, rxBytes: Float64Array): number {
     const ex = this.execute;
     const emc = this.emc;
     if (!this.enabled || !batch.rawPcapLE || batch.buf !== ex.dBytes || emc.insertInvProb === 0) return 0;
@@ -88,6 +92,9 @@ export class FastLane {
     const txBytes = ex.txBytes;
     let emcHits = 0;
     let megaflowHits = 0;
+    let rxPort = n > 0 ? inPpid[0] : 0;
+    let rxRun = 0;
+    let rxRunBytes = 0;
     let i = 0;
     for (; i < n; i++) {
       if (drop[i] !== 0) break;
@@ -120,7 +127,7 @@ export class FastLane {
       }
       const w0 = inPortKey[inPpid[i]];
       const w2 = d.getUint32(base);
-      const w3 = ((d.getUint16(base + 4) << 16) | d.getUint16(base + 6)) >>> 0;
+      const w3 = d.getUint32(base + 4); // dst[4..5] and src[0..1]: parse's two halves
       const w4 = d.getUint32(base + 8);
       const w5 = ((ETH_P_IPV4 << 16) | (proto << 8)) >>> 0;
       const w6 = d.getUint32(base + 26);
@@ -167,7 +174,19 @@ export class FastLane {
       txPackets[ppid]++;
       txBytes[ppid] += cl;
       drop[i] = FORWARDED;
+      const p = inPpid[i];
+      if (p !== rxPort) {
+        rxPackets[rxPort] += rxRun;
+        rxBytes[rxPort] += rxRunBytes;
+        rxPort = p;
+        rxRun = 0;
+        rxRunBytes = 0;
+      }
+      rxRun++;
+      rxRunBytes += cl;
     }
+    rxPackets[rxPort] += rxRun;
+    rxBytes[rxPort] += rxRunBytes;
     ex.copies += i;
     this.forwarded += i;
     this.classify.emcHits += emcHits;

@@ -4,7 +4,7 @@
  * a hit costs one short hash, at most two probes and a 16-word compare,
  * however many subtables the megaflow table has.
  *
- *   entry e:  ent[e*STRIDE ..]: hash, flow + 1, gen, -, key (18 words)
+ *   entry e:  ent[e*STRIDE ..]: hash, flow + 1, gen, shape, key (18 words)
  *   ways:     e1 = hash & mask, e2 = (hash >>> 16) & mask
  *
  * An entry is valid while its flow's generation (FlowTable.gen) is the one
@@ -21,6 +21,8 @@ void _keyWords;
 import type { FlowTable } from './flow-table.js';
 
 export const EMC_ENTRIES = 8192;
+/** Entry word 3 of a key lookupIpv4 can match. */
+const IPV4_SHAPE = 1;
 const STRIDE = 24;
 
 /**
@@ -45,11 +47,14 @@ export function ipv4KeyHash(w0: number, w2: number, w3: number, w6: number, w10:
   return (h ^ (h >>> 15)) >>> 0;
 }
 
-// Entry key at e[q..q+18) against the lookupIpv4 key: the named words, and 0 elsewhere.
+// Entry key at e[q..q+18) against the lookupIpv4 key: the named words; that
+// the entry's other words are 0 was noted at insert (its IPV4_SHAPE word).
 function sameIpv4(e: Uint32Array, q: number, w0: number, w2: number, w3: number, w4: number, w5: number, w6: number, w10: number, w14: number): boolean {
-  return e[q + 14] === w14 && e[q + 10] === w10 && e[q + 6] === w6 && e[q] === w0 && e[q + 2] === w2 && e[q + 3] === w3 && e[q + 4] === w4 && e[q + 5] === w5 &&
-    (e[q + 1] | e[q + 7] | e[q + 8] | e[q + 9] | e[q + 11] | e[q + 12] | e[q + 13] | e[q + 15] | e[q + 16] | e[q + 17]) === 0;
+  return e[q + 14] === w14 && e[q + 10] === w10 && e[q + 6] === w6 && e[q] === w0 && e[q + 2] === w2 && e[q + 3] === w3 && e[q + 4] === w4 && e[q + 5] === w5;
 }
+
+/** Key words that are 0 in every key lookupIpv4 asks for. */
+const NOT_IPV4 = [1, 7, 8, 9, 11, 12, 13, 15, 16, 17];
 
 export class Emc {
   readonly entries: number;
@@ -59,7 +64,8 @@ export class Emc {
   /**
    * All of an entry in one run of STRIDE words (one or two cache lines, not
    * four arrays): [0] hash, [1] flow + 1 (0: empty), [2] the flow's
-   * generation, [3] unused, [4 .. 4 + KEY_WORDS) the key.
+   * generation, [3] IPV4_SHAPE when the key's NOT_IPV4 words are all 0 (so
+   * lookupIpv4 compares 8 words, not 18), [4 .. 4 + KEY_WORDS) the key.
    */
   private readonly ent: Uint32Array;
   private readonly flowGen: Uint32Array;
@@ -110,10 +116,10 @@ export class Emc {
     const ent = this.ent;
     let q = (h & this.mask) * STRIDE;
     let f = ent[q + 1] - 1;
-    if (!(ent[q] === h && f >= 0 && ent[q + 2] === this.flowGen[f] && sameIpv4(ent, q + 4, w0, w2, w3, w4, w5, w6, w10, w14))) {
+    if (!(ent[q] === h && f >= 0 && ent[q + 3] === IPV4_SHAPE && ent[q + 2] === this.flowGen[f] && sameIpv4(ent, q + 4, w0, w2, w3, w4, w5, w6, w10, w14))) {
       q = ((h >>> 16) & this.mask) * STRIDE;
       f = ent[q + 1] - 1;
-      if (!(ent[q] === h && f >= 0 && ent[q + 2] === this.flowGen[f] && sameIpv4(ent, q + 4, w0, w2, w3, w4, w5, w6, w10, w14))) return -1;
+      if (!(ent[q] === h && f >= 0 && ent[q + 3] === IPV4_SHAPE && ent[q + 2] === this.flowGen[f] && sameIpv4(ent, q + 4, w0, w2, w3, w4, w5, w6, w10, w14))) return -1;
     }
     return f;
   }
@@ -137,6 +143,9 @@ export class Emc {
     ent[q + 1] = f + 1;
     ent[q + 2] = this.flowGen[f];
     for (let w = 0; w < KEY_WORDS; w++) ent[q + 4 + w] = k[o + w];
+    let other = 0;
+    for (const w of NOT_IPV4) other |= k[o + w];
+    ent[q + 3] = other === 0 ? IPV4_SHAPE : 0;
   }
 
   private valid(e: number): boolean {
