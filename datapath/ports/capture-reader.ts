@@ -228,7 +228,7 @@ export class CaptureReader {
     const cap = batch.capacity;
     const drop = this.interfaces[0].linktype === LINKTYPE_ETHERNET ? 0 : D.linkType;
     const limit = Math.max(262144, Math.min(this.interfaces[0].snaplen, MAX_RECORD));
-    let n = 0;
+    let n = this.fillPcapInChunk(batch, inPpid, drop, limit);
     while (n < cap) {
       if (!this.avail(16, n)) {
         if (n > 0) break;
@@ -260,6 +260,46 @@ export class CaptureReader {
       n++;
     }
     batch.count = n;
+  }
+
+  // The common case of fillPcap: records that lie whole in the chunk, with
+  // the batch's arrays in locals. Stops at the first record that does not
+  // (or that needs a look: too large), which fillPcap then takes.
+  private fillPcapInChunk(batch: PacketBatch, inPpid: number, drop: number, limit: number): number {
+    const cap = batch.capacity;
+    const d = this.dv;
+    const le = this.le;
+    const end = this.end;
+    const offA = batch.off;
+    const caplenA = batch.caplen;
+    const wirelenA = batch.wirelen;
+    const tsAA = batch.tsA;
+    const tsBA = batch.tsB;
+    const ifA = batch.ifIndex;
+    const inA = batch.inPpid;
+    const dropA = batch.drop;
+    let p = this.pos;
+    let n = 0;
+    for (; n < cap && p + 16 <= end; n++) {
+      const incl = d.getUint32(p + 8, le);
+      if (incl > limit || p + 16 + incl > end) break;
+      let orig = d.getUint32(p + 12, le);
+      if (orig < incl) {
+        d.setUint32(p + 12, incl, le); // as fillPcap: the header stays a true copy
+        orig = incl;
+      }
+      offA[n] = p + 16;
+      caplenA[n] = incl;
+      wirelenA[n] = orig;
+      tsAA[n] = d.getUint32(p, le);
+      tsBA[n] = d.getUint32(p + 4, le);
+      ifA[n] = 0;
+      inA[n] = inPpid;
+      dropA[n] = drop;
+      p += 16 + incl;
+    }
+    this.pos = p;
+    return n;
   }
 
   private fillPcapng(batch: PacketBatch, inPpid: number): void {
