@@ -158,7 +158,7 @@ export class Datapath {
     this.execute = new Execute(this.flows, this.actionSets, this.mapping, opts.batchCapacity ?? 256, this.txPackets, this.txBytes);
     this.idleTimeoutMs = opts.idleTimeoutMs ?? 10_000;
     this.flagCheck.rxBytes = this.rxBytes;
-    this.fastLane = new FastLane(this.mapping.inPortKey, this.emc, this.flows, this.classify, this.execute, this.actionSets);
+    this.fastLane = new FastLane(this.mapping.inPortKey, this.emc, this.flows, this.classify, this.execute, this.actionSets, (b, i) => this.missOne(b, i));
   }
 
   // Slow path: the API of control/.
@@ -260,29 +260,37 @@ export class Datapath {
   // Slow path: packets that missed. Each may have been covered by a flow an
   // earlier miss of the same batch installed, so look again before upcalling.
   private handleMisses(batch: PacketBatch, now: number): void {
-    const flows = this.flows;
     const n = batch.count;
     for (let i = 0; i < n; i++) {
       if (batch.flow[i] >= 0 || batch.drop[i] !== 0) continue;
-      const ko = i * KEY_WORDS;
-      let f = flows.lookup(batch.key, ko);
-      if (f < 0 && this.upcallSink !== null) {
-        this.upcalls++;
-        // One message object and key array, reused: a sink that keeps them must copy (the
-        // in-thread FPAG does not; a FPAG elsewhere gets a structured clone anyway).
-        const u = this.upcallMsg;
-        u.inPpid = batch.inPpid[i];
-        for (let w = 0; w < KEY_WORDS; w++) u.key[w] = batch.key[ko + w];
-        this.upcallSink(u);
-        f = flows.lookup(batch.key, ko);
-      }
-      if (f < 0) {
-        batch.drop[i] = flows.count >= flows.capacity ? D.flowTableFull : D.upcallFailed;
-        continue;
-      }
+      const f = this.missOne(batch, i);
+      if (f < 0) continue;
       batch.flow[i] = f;
-      batch.ordinal[i] = flows.hit(f, batch.wirelen[i], now);
+      batch.ordinal[i] = this.flows.hit(f, batch.wirelen[i], now);
     }
+  }
+
+  /**
+   * Slow path: packet i (key in the batch) matched nothing. Looks again, then
+   * upcalls and looks once more. Returns the flow, or -1 with drop[i] set.
+   * The fast lane calls it too, so an upcall does not end its run.
+   */
+  missOne(batch: PacketBatch, i: number): number {
+    const flows = this.flows;
+    const ko = i * KEY_WORDS;
+    let f = flows.lookup(batch.key, ko);
+    if (f < 0 && this.upcallSink !== null) {
+      this.upcalls++;
+      // One message object and key array, reused: a sink that keeps them must copy (the
+      // in-thread FPAG does not; a FPAG elsewhere gets a structured clone anyway).
+      const u = this.upcallMsg;
+      u.inPpid = batch.inPpid[i];
+      for (let w = 0; w < KEY_WORDS; w++) u.key[w] = batch.key[ko + w];
+      this.upcallSink(u);
+      f = flows.lookup(batch.key, ko);
+    }
+    if (f < 0) batch.drop[i] = flows.count >= flows.capacity ? D.flowTableFull : D.upcallFailed;
+    return f;
   }
 
   // Slow path (flagged packets are the few): to the special port's tx list, or to the FPAG.

@@ -7,15 +7,16 @@
  *   parse (untagged, whole, unfragmented, well-formed IPv4 carrying TCP,
  *   UDP to a non-tunnel port, ICMP or another protocol: Parse's own fast
  *   conditions) into locals → hash → exact-match cache, else megaflow
- *   table → per-flow counters → the flow's action set is one plain output
- *   to a port taking direct copies → the record is copied into that port's
+ *   table, else the datapath's upcall (as handleMisses makes it) →
+ *   per-flow counters → the flow's action set is one plain output to a
+ *   port taking direct copies → the record is copied into that port's
  *   buffer (Execute's direct copies).
  *
  * The key lives in locals, not in the batch: on a cache hit nothing is
  * written but the counters and the copy. The first packet that is not the
- * common case (another layout, a tunnel packet, a miss that needs an
- * upcall, an action set that is not a single direct output) ends the lane
- * for the batch: it and the packets after it go through the stages
+ * common case (another layout, a tunnel packet, an action set that is not
+ * a single direct output) ends the lane for the batch: it and the packets
+ * after it go through the stages
  * (parse, flag check, classify, execute), which skip the packets the lane
  * marked FORWARDED. The lane forwards exactly what the stages would: same
  * key, same flow, same counters, same bytes out in the same order (the
@@ -54,6 +55,8 @@ export class FastLane {
     private readonly classify: Classify,
     private readonly execute: Execute,
     private readonly sets: ActionSets,
+    /** The datapath's miss handling (look again, upcall): a flow, or -1 with drop[i] set. */
+    private readonly miss: (batch: PacketBatch, i: number) => number,
   ) {}
 
   /**
@@ -66,9 +69,9 @@ export class FastLane {
     const emc = this.emc;
     if (!this.enabled || !batch.rawPcapLE || batch.buf !== ex.dBytes || emc.insertInvProb === 0) return 0;
     if (this.setStamp.length < this.sets.count) this.growSets();
-    const seq = ++this.seq;
-    const setSlot = this.setSlot;
-    const setStamp = this.setStamp;
+    let seq = ++this.seq;
+    let setSlot = this.setSlot;
+    let setStamp = this.setStamp;
     const n = batch.count;
     const drop = batch.drop;
     const off = batch.off;
@@ -143,8 +146,17 @@ export class FastLane {
         key[k + 6] = w6; key[k + 7] = 0; key[k + 8] = 0; key[k + 9] = 0; key[k + 10] = w10; key[k + 11] = 0;
         key[k + 12] = 0; key[k + 13] = 0; key[k + 14] = tp; key[k + 15] = 0; key[k + 16] = 0; key[k + 17] = 0;
         f = flows.lookup(key, k);
-        if (f < 0) break; // an upcall: the stages' business
-        viaMegaflow = true;
+        if (f >= 0) viaMegaflow = true;
+        else {
+          // Slow path: an upcall, as the stages would make it. The FPAG may have interned a
+          // new action set: the per-batch slots are resolved afresh after it.
+          f = this.miss(batch, i);
+          if (f < 0) break; // dropped (drop[i] says why); the stages skip it, accounting counts it
+          if (this.setStamp.length < this.sets.count) this.growSets();
+          setSlot = this.setSlot;
+          setStamp = this.setStamp;
+          seq = ++this.seq;
+        }
       }
       const a = act[f];
       if (setStamp[a] !== seq) {
