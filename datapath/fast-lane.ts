@@ -104,14 +104,14 @@ export class FastLane {
       // Parse's fast conditions, word for word (parse.ts).
       const base = off[i];
       const cl = caplen[i];
-      if (cl !== wirelen[i] || cl < 34 || d.getUint16(base + 12) !== ETH_P_IPV4) break;
+      if (cl !== wirelen[i] || cl < 34 || b[base + 12] !== ETH_P_IPV4 >> 8 || b[base + 13] !== (ETH_P_IPV4 & 255)) break;
       const vihl = b[base + 14];
       const hl = (vihl & 15) * 4;
-      const tot = d.getUint16(base + 16);
+      const tot = (b[base + 16] << 8) | b[base + 17];
       const proto = b[base + 23];
       const l4 = 14 + hl;
       const l4end = 14 + tot;
-      if (vihl >> 4 !== 4 || hl < 20 || tot < hl || l4end > cl || (d.getUint16(base + 20) & 0x3fff) !== 0) break;
+      if (vihl >> 4 !== 4 || hl < 20 || tot < hl || l4end > cl || ((b[base + 20] & 0x3f) | b[base + 21]) !== 0) break;
       let tp = 0;
       if (proto === IPPROTO_TCP) {
         if (l4 + 20 > l4end) break;
@@ -120,7 +120,7 @@ export class FastLane {
         tp = d.getUint32(base + l4);
       } else if (proto === IPPROTO_UDP) {
         if (l4 + 8 > l4end) break;
-        const ulen = d.getUint16(base + l4 + 4);
+        const ulen = (b[base + l4 + 4] << 8) | b[base + l4 + 5];
         tp = d.getUint32(base + l4);
         const dport = tp & 0xffff;
         if (ulen < 8 || l4 + ulen > l4end || dport === UDP_PORT_VXLAN || dport === UDP_PORT_GENEVE) break;
