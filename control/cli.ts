@@ -94,7 +94,7 @@ function printReport(r: ReplayReport, flows: boolean): void {
   for (const p of r.ports) rows.push([p.name, String(p.ppid), p.vpid >= 0 ? String(p.vpid) : '-', p.attached ?? '-', String(p.rx.packets), fmtBytes(p.rx.bytes), String(p.tx.packets), fmtBytes(p.tx.bytes)]);
   out.push(table(rows));
   out.push('');
-  out.push(`flows: ${r.flows.installed} installed, ${r.flows.active} active, ${r.flows.evicted} evicted, ${r.flows.expired} expired; upcalls ${r.flows.upcalls}; lookups: ${r.flows.emcHits} exact-match cache, ${r.flows.megaflowHits} megaflow, ${r.flows.misses} missed`);
+  out.push(`flows: ${r.flows.installed} installed, ${r.flows.active} active, ${r.flows.evicted} evicted, ${r.flows.expired} expired; upcalls ${r.flows.upcalls}; lookups: ${r.flows.emcHits} exact-match cache, ${r.flows.megaflowHits} megaflow, ${r.flows.misses} missed; fast lane ${r.flows.fastLane} packets`);
   const drops = Object.entries(r.drops) as [DropReason, number][];
   if (drops.length) {
     out.push('drops:');

@@ -73,7 +73,7 @@ export interface ReplayReport {
   tunnel: { flagged: number; unflagged: number; specialTo: string; sent: number; flaggedSent: number };
   drops: Partial<Record<DropReason, number>>;
   ports: PortReport[];
-  flows: { installed: number; active: number; evicted: number; expired: number; upcalls: number; emcHits: number; megaflowHits: number; misses: number };
+  flows: { installed: number; active: number; evicted: number; expired: number; upcalls: number; emcHits: number; megaflowHits: number; misses: number; fastLane: number };
   flowTable?: FlowReport[];
   /** Where the FPAG ran; for a thread, the mean upcall round trip. */
   fpag: { placement: 'inline' | 'thread'; upcalls: number; roundTripUs: number | null };
@@ -191,7 +191,7 @@ export function replay(opts: ReplayOptions): { report: ReplayReport; datapath: D
       tunnel: { flagged: st.special, unflagged: st.decapsulated, specialTo: topo.tunnel?.specialPort ?? 'fpag', sent: st.encapsulated, flaggedSent: st.flaggedSent },
       drops: st.drops,
       ports,
-      flows: { installed: st.flowsInstalled, active: st.flowsNow, evicted: st.flowsEvicted, expired: st.flowsExpired, upcalls: st.upcalls, emcHits: st.emcHits, megaflowHits: st.megaflowHits, misses: st.lookupsMissed },
+      flows: { installed: st.flowsInstalled, active: st.flowsNow, evicted: st.flowsEvicted, expired: st.flowsExpired, upcalls: st.upcalls, emcHits: st.emcHits, megaflowHits: st.megaflowHits, misses: st.lookupsMissed, fastLane: st.fastLane },
       seconds,
       fpag: thread ? { placement: 'thread', upcalls: thread.upcalls, roundTripUs: thread.upcalls ? thread.roundTripNs / thread.upcalls / 1000 : 0 } : { placement: 'inline', upcalls: st.upcalls, roundTripUs: null },
     };

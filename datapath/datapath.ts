@@ -101,6 +101,8 @@ export interface DatapathStats {
   emcHits: number;
   megaflowHits: number;
   lookupsMissed: number;
+  /** Packets the fast lane forwarded (the rest took the stages). */
+  fastLane: number;
   drops: Partial<Record<DropReason, number>>;
   ports: { ppid: number; vpid: number; rxPackets: number; rxBytes: number; txPackets: number; txBytes: number }[];
 }
@@ -395,6 +397,7 @@ export class Datapath {
       emcHits: this.classify.emcHits,
       megaflowHits: this.classify.megaflowHits,
       lookupsMissed: this.classify.misses,
+      fastLane: this.fastLane.forwarded,
       drops,
       ports,
     };
