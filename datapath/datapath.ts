@@ -1,7 +1,9 @@
 /**
  * Datapath: the emulated NIC's fast path and the small API that control/
- * calls. One batch goes rx → parse → classify (→ upcall on a miss) →
- * execute (actions, VPID→PPID) → tx, and is then accounted:
+ * calls. One batch goes rx → fast lane (fast-lane.ts: its leading
+ * common-case packets, start to finish in one pass) → for the rest: parse →
+ * flag check → classify (→ upcall on a miss) → execute (actions,
+ * VPID→PPID) → tx; and is then accounted:
  *
  *   in = delivered + dropped          (each packet once, by drop[i])
  *   copies >= delivered               (a flood sends one packet many times)
