@@ -33,7 +33,7 @@ import { KEY_WORDS } from './classifier/flow-key.js';
 import { ST_BYTES, ST_PACKETS, ST_USED, STAT_WORDS, type FlowTable } from './classifier/flow-table.js';
 import type { Classify } from './classifier/classify.js';
 import { FORWARDED } from './drops.js';
-import { ETH_P_IPV4, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, UDP_PORT_GENEVE, UDP_PORT_VXLAN } from './parse/parse.js';
+import { ETH_P_IPV4, commonIpv4, transportWord } from './parse/parse.js';
 
 export class FastLane {
   static readonly stageName = 'fast-lane';
@@ -101,33 +101,13 @@ export class FastLane {
     let i = 0;
     for (; i < n; i++) {
       if (drop[i] !== 0) break;
-      // Parse's fast conditions, word for word (parse.ts).
+      // Parse's common case (parse.ts), or the stages take it from here.
       const base = off[i];
       const cl = caplen[i];
-      if (cl !== wirelen[i] || cl < 34 || b[base + 12] !== ETH_P_IPV4 >> 8 || b[base + 13] !== (ETH_P_IPV4 & 255)) break;
-      const vihl = b[base + 14];
-      const hl = (vihl & 15) * 4;
-      const tot = (b[base + 16] << 8) | b[base + 17];
+      const l4 = commonIpv4(b, d, base, cl, wirelen[i]);
+      if (l4 === 0) break;
       const proto = b[base + 23];
-      const l4 = 14 + hl;
-      const l4end = 14 + tot;
-      if (vihl >> 4 !== 4 || hl < 20 || tot < hl || l4end > cl || ((b[base + 20] & 0x3f) | b[base + 21]) !== 0) break;
-      let tp = 0;
-      if (proto === IPPROTO_TCP) {
-        if (l4 + 20 > l4end) break;
-        const doff = (b[base + l4 + 12] >> 4) * 4;
-        if (doff < 20 || l4 + doff > l4end) break;
-        tp = d.getUint32(base + l4);
-      } else if (proto === IPPROTO_UDP) {
-        if (l4 + 8 > l4end) break;
-        const ulen = (b[base + l4 + 4] << 8) | b[base + l4 + 5];
-        tp = d.getUint32(base + l4);
-        const dport = tp & 0xffff;
-        if (ulen < 8 || l4 + ulen > l4end || dport === UDP_PORT_VXLAN || dport === UDP_PORT_GENEVE) break;
-      } else if (proto === IPPROTO_ICMP) {
-        if (l4 + 4 > l4end) break;
-        tp = ((b[base + l4] << 16) | b[base + l4 + 1]) >>> 0;
-      }
+      const tp = transportWord(b, d, base, proto, l4);
       const w0 = inPortKey[inPpid[i]];
       const w2 = d.getUint32(base);
       const w3 = d.getUint32(base + 4); // dst[4..5] and src[0..1]: parse's two halves

@@ -68,68 +68,75 @@ export class Parse {
     const vni = batch.vni;
     for (let i = 0; i < n; i++) {
       if (drop[i] !== 0) continue;
-      // The common case in one straight run, with the arrays in locals: an
-      // untagged, whole (not cut), unfragmented IPv4 packet whose headers
-      // are all well formed, carrying TCP, UDP to a non-tunnel port, or
-      // another protocol. Its key is exactly what parseOne would write;
-      // anything else (or any doubt) goes to parseOne, which starts over.
+      // The common case in one straight run, with the arrays in locals (see
+      // commonIpv4); anything else goes to parseOne, which starts over.
       const base = off[i];
-      const cl = caplen[i];
-      if (cl === wirelen[i] && cl >= 34 && d.getUint16(base + 12) === ETH_P_IPV4) {
-        const vihl = b[base + 14];
-        const hl = (vihl & 15) * 4;
-        const tot = d.getUint16(base + 16);
+      const l4 = commonIpv4(b, d, base, caplen[i], wirelen[i]);
+      if (l4 !== 0) {
         const proto = b[base + 23];
-        const l4 = 14 + hl;
-        const l4end = 14 + tot;
-        if (vihl >> 4 === 4 && hl >= 20 && tot >= hl && l4end <= cl && (d.getUint16(base + 20) & 0x3fff) === 0) {
-          let ok = true;
-          let tp = 0;
-          if (proto === IPPROTO_TCP) {
-            ok = l4 + 20 <= l4end;
-            if (ok) {
-              const doff = (b[base + l4 + 12] >> 4) * 4;
-              ok = doff >= 20 && l4 + doff <= l4end;
-              tp = d.getUint32(base + l4);
-            }
-          } else if (proto === IPPROTO_UDP) {
-            ok = l4 + 8 <= l4end;
-            if (ok) {
-              const ulen = d.getUint16(base + l4 + 4);
-              tp = d.getUint32(base + l4);
-              const dport = tp & 0xffff;
-              ok = ulen >= 8 && l4 + ulen <= l4end && dport !== UDP_PORT_VXLAN && dport !== UDP_PORT_GENEVE;
-            }
-          } else if (proto === IPPROTO_ICMP) {
-            ok = l4 + 4 <= l4end;
-            if (ok) tp = ((b[base + l4] << 16) | b[base + l4 + 1]) >>> 0;
-          }
-          if (ok) {
-            const k = i * KEY_WORDS;
-            key[k + W_IN_PORT] = inPortKey[inPpid[i]];
-            key[k + W_VLAN] = 0;
-            key[k + W_ETH_DST_HI] = d.getUint32(base);
-            key[k + W_ETH_MID] = ((d.getUint16(base + 4) << 16) | d.getUint16(base + 6)) >>> 0;
-            key[k + W_ETH_SRC_LO] = d.getUint32(base + 8);
-            key[k + W_ETH_TYPE] = ((ETH_P_IPV4 << 16) | (proto << 8)) >>> 0;
-            key[k + W_IP_SRC] = d.getUint32(base + 26);
-            key[k + 7] = 0; key[k + 8] = 0; key[k + 9] = 0;
-            key[k + W_IP_DST] = d.getUint32(base + 30);
-            key[k + 11] = 0; key[k + 12] = 0; key[k + 13] = 0;
-            key[k + W_TP] = tp;
-            key[k + 15] = 0; key[k + 16] = 0; key[k + 17] = 0;
-            l3Off[i] = 14;
-            l4Off[i] = proto === IPPROTO_TCP || proto === IPPROTO_UDP || proto === IPPROTO_ICMP ? l4 : ABSENT;
-            innerOff[i] = ABSENT;
-            vni[i] = 0;
-            continue;
-          }
-        }
+        const tp = transportWord(b, d, base, proto, l4);
+        const k = i * KEY_WORDS;
+        key[k + W_IN_PORT] = inPortKey[inPpid[i]];
+        key[k + W_VLAN] = 0;
+        key[k + W_ETH_DST_HI] = d.getUint32(base);
+        key[k + W_ETH_MID] = d.getUint32(base + 4); // dst[4..5] and src[0..1]
+        key[k + W_ETH_SRC_LO] = d.getUint32(base + 8);
+        key[k + W_ETH_TYPE] = ((ETH_P_IPV4 << 16) | (proto << 8)) >>> 0;
+        key[k + W_IP_SRC] = d.getUint32(base + 26);
+        key[k + 7] = 0; key[k + 8] = 0; key[k + 9] = 0;
+        key[k + W_IP_DST] = d.getUint32(base + 30);
+        key[k + 11] = 0; key[k + 12] = 0; key[k + 13] = 0;
+        key[k + W_TP] = tp;
+        key[k + 15] = 0; key[k + 16] = 0; key[k + 17] = 0;
+        l3Off[i] = 14;
+        l4Off[i] = proto === IPPROTO_TCP || proto === IPPROTO_UDP || proto === IPPROTO_ICMP ? l4 : ABSENT;
+        innerOff[i] = ABSENT;
+        vni[i] = 0;
+        continue;
       }
       const r = parseOne(batch, i, inPortKey);
       if (r > 0) drop[i] = r;
     }
   }
+}
+
+/**
+ * The common case, checked in one straight run: an untagged, whole (not
+ * cut: caplen = wirelen), unfragmented IPv4 packet whose headers are all
+ * well formed, carrying TCP, UDP to a port other than VXLAN's and Geneve's,
+ * ICMP, or another protocol. Returns the offset of its L4 header (34 or
+ * more), or 0 when the packet is anything else or in any doubt: then
+ * parseOne decides. Parse's fast path and the fast lane both ask this, so
+ * they agree with parseOne by construction (the property test in
+ * test/datapath/parse checks it); transportWord gives the key's L4 word.
+ * Small on purpose: V8 inlines functions under 460 bytes of bytecode.
+ */
+export function commonIpv4(b: Uint8Array, d: DataView, base: number, cl: number, wl: number): number {
+  if (cl !== wl || cl < 34 || d.getUint16(base + 12) !== ETH_P_IPV4) return 0;
+  const vihl = b[base + 14];
+  const l4 = 14 + (vihl & 15) * 4;
+  const l4end = 14 + d.getUint16(base + 16);
+  if (vihl >> 4 !== 4 || l4 < 34 || l4end < l4 || l4end > cl || (d.getUint16(base + 20) & 0x3fff) !== 0) return 0;
+  const proto = b[base + 23];
+  if (proto === IPPROTO_TCP) {
+    if (l4 + 20 > l4end) return 0;
+    const doff = (b[base + l4 + 12] >> 4) * 4;
+    return doff >= 20 && l4 + doff <= l4end ? l4 : 0;
+  }
+  if (proto === IPPROTO_UDP) {
+    if (l4 + 8 > l4end) return 0;
+    const ulen = d.getUint16(base + l4 + 4);
+    const dport = d.getUint16(base + l4 + 2);
+    return ulen >= 8 && l4 + ulen <= l4end && dport !== UDP_PORT_VXLAN && dport !== UDP_PORT_GENEVE ? l4 : 0;
+  }
+  if (proto === IPPROTO_ICMP) return l4 + 4 <= l4end ? l4 : 0;
+  return l4;
+}
+
+/** The key's transport word of a commonIpv4 packet with protocol `proto` and L4 header at `l4`. */
+export function transportWord(b: Uint8Array, d: DataView, base: number, proto: number, l4: number): number {
+  if (proto === IPPROTO_TCP || proto === IPPROTO_UDP) return d.getUint32(base + l4);
+  return proto === IPPROTO_ICMP ? ((b[base + l4] << 16) | b[base + l4 + 1]) >>> 0 : 0;
 }
 
 /** Parses packet i alone (the tunnel stage's inner frames); returns 0 or a drop code. */
