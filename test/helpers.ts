@@ -9,6 +9,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { PacketBatch } from '../datapath/batch.js';
+import { CaptureReader } from '../datapath/ports/capture-reader.js';
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 export const CLI = join(ROOT, 'dist', 'control', 'cli.js');
@@ -70,4 +72,14 @@ export function tsharkProtoPositions(file: string): { name: string; pos: number 
     frames.push(protos);
   }
   return frames;
+}
+
+/** The captured bytes of every record of a capture, in order (fpo's own reader). */
+export function captureFrames(path: string): Uint8Array[] {
+  const r = new CaptureReader(path);
+  const b = new PacketBatch(64);
+  const out: Uint8Array[] = [];
+  while (r.fill(b, 0) > 0) for (let i = 0; i < b.count; i++) out.push(b.buf.slice(b.off[i], b.off[i] + b.caplen[i]));
+  r.close();
+  return out;
 }

@@ -2,24 +2,14 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { HostsReport } from '../../control/replay.js';
-import { PacketBatch } from '../../datapath/batch.js';
-import { CaptureReader } from '../../datapath/ports/capture-reader.js';
 import { twoHostFrames } from '../../fixtures/make.js';
-import { FIXTURES, cleanTemp, haveTool, runCli, tempDir, tsharkFields } from '../helpers.js';
+import { FIXTURES, captureFrames, cleanTemp, haveTool, runCli, tempDir, tsharkFields } from '../helpers.js';
 
 afterAll(cleanTemp);
 
 const TOPO = join(FIXTURES, 'two-hosts.json');
 const CAP = join(FIXTURES, 'two-hosts.pcap');
 
-function frames(path: string): Uint8Array[] {
-  const r = new CaptureReader(path);
-  const b = new PacketBatch(64);
-  const out: Uint8Array[] = [];
-  while (r.fill(b, 0) > 0) for (let i = 0; i < b.count; i++) out.push(b.buf.slice(b.off[i], b.off[i] + b.caplen[i]));
-  r.close();
-  return out;
-}
 
 /** Which input frames the sender policy flags: ssh (rule), all of vmA2 (interface), each flow's first packet. */
 function expectedFlags(): boolean[] {
@@ -62,7 +52,7 @@ describe('two hosts joined by a tunnel, in one replay', () => {
     const got = b.ports.find((p) => p.role === 'uplink')!;
     expect(got.rx.packets).toBe(sent.tx.packets);
     expect(got.rx.bytes).toBe(sent.tx.bytes);
-    expect(got.rx.bytes).toBe(frames(sent.file!).reduce((s, f) => s + f.length, 0));
+    expect(got.rx.bytes).toBe(captureFrames(sent.file!).reduce((s, f) => s + f.length, 0));
   });
 
   it('host A sends every packet encapsulated, flagged exactly as its policy says', () => {
@@ -76,7 +66,7 @@ describe('two hosts joined by a tunnel, in one replay', () => {
     const uplink = join(out, 'hostA', 'uplink0.pcap');
     const rows = tsharkFields(uplink, ['geneve.vni', 'geneve.option.class', 'eth.src']);
     const input = twoHostFrames();
-    const sent = frames(uplink);
+    const sent = captureFrames(uplink);
     expect(rows.length).toBe(input.length);
     rows.forEach(([vni, opt, src], i) => {
       const innerSrc = src.split(',')[1];
@@ -89,12 +79,12 @@ describe('two hosts joined by a tunnel, in one replay', () => {
 
   it('host B delivers unflagged packets decapsulated to its VMs and flagged ones untouched to its service port', () => {
     const input = twoHostFrames();
-    const vf1 = frames(join(out, 'hostB', 'vf1.pcap'));
+    const vf1 = captureFrames(join(out, 'hostB', 'vf1.pcap'));
     const plainToB1 = input.filter((f, i) => !flags[i] && f[5] === 0x01);
     expect(vf1).toEqual(plainToB1);
-    const svc = frames(join(out, 'hostB', 'svc0.pcap'));
+    const svc = captureFrames(join(out, 'hostB', 'svc0.pcap'));
     expect(svc.length).toBe(nFlagged);
-    const sent = frames(join(out, 'hostA', 'uplink0.pcap'));
+    const sent = captureFrames(join(out, 'hostA', 'uplink0.pcap'));
     expect(svc).toEqual(sent.filter((_, i) => flags[i]));
   });
 
@@ -110,7 +100,7 @@ describe('two hosts joined by a tunnel, in one replay', () => {
     const out6 = tempDir('v6');
     const r = run(topo, out6);
     expect(r.hosts[1].tunnel).toEqual({ flagged: nFlagged, unflagged: twoHostFrames().length - nFlagged, specialTo: 'svc0', sent: 0, flaggedSent: 0 });
-    expect(frames(join(out6, 'hostB', 'vf1.pcap'))).toEqual(twoHostFrames().filter((f, i) => !flags[i] && f[5] === 0x01));
+    expect(captureFrames(join(out6, 'hostB', 'vf1.pcap'))).toEqual(twoHostFrames().filter((f, i) => !flags[i] && f[5] === 0x01));
     if (!haveTool('tshark', 'decodes the tunnel packets')) return;
     const rows = tsharkFields(join(out6, 'hostA', 'uplink0.pcap'), ['ipv6.dst', 'geneve.vni']);
     for (const [dst, vni] of rows) {

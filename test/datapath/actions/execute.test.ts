@@ -8,21 +8,12 @@ import { Datapath } from '../../../datapath/datapath.js';
 import { CaptureReader } from '../../../datapath/ports/capture-reader.js';
 import { CaptureWriter } from '../../../datapath/ports/capture-writer.js';
 import { eth, ipv4, udp, writePcap } from '../../../fixtures/packets.js';
-import { cleanTemp, tempDir } from '../../helpers.js';
+import { captureFrames, cleanTemp, tempDir } from '../../helpers.js';
 
 afterAll(cleanTemp);
 
 const frame = (sport: number) => eth('02:00:00:00:00:01', '02:ee:00:00:00:01', 0x0800, ipv4({ src: '192.0.2.1', dst: '10.0.0.1', proto: 17 }, udp(sport, 9, new Uint8Array(18 + (sport % 3)))));
 
-/** Every record of a classic pcap: [captured bytes]. */
-function frames(path: string): Uint8Array[] {
-  const r = new CaptureReader(path);
-  const b = new PacketBatch(16);
-  const out: Uint8Array[] = [];
-  while (r.fill(b, 0) > 0) for (let i = 0; i < b.count; i++) out.push(b.buf.slice(b.off[i], b.off[i] + b.caplen[i]));
-  r.close();
-  return out;
-}
 
 describe('Execute: direct copies into capture ports', () => {
   it('a port that gets plain (direct) and encapsulated (listed) copies in one batch writes them in arrival order', () => {
@@ -52,7 +43,7 @@ describe('Execute: direct copies into capture ports', () => {
     w.close();
     reader.close();
 
-    const got = frames(out);
+    const got = captureFrames(out);
     expect(got.length).toBe(sent.length);
     got.forEach((g, i) => {
       const plain = (1000 + i) % 2 === 1;
