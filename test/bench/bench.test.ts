@@ -94,6 +94,9 @@ describe('benchmarks (short mode)', () => {
       expect(typeof l.ratio).toBe('number');
       expect(typeof l.gcShare).toBe('number');
       expect(l.peakRssBytes).toBeGreaterThan(0);
+      // The synthetic capture is the fast lane's common case from start to end.
+      expect(l.fastLane).toBe(l.frames);
+      expect((l.runs as { fpo: number[] }).fpo).toHaveLength(l.rounds as number);
     }
   }, 300_000);
 });
