@@ -16,11 +16,13 @@
  * written but the counters and the copy. The first packet that is not the
  * common case (another layout, a tunnel packet, an action set that is not
  * a single direct output) ends the lane for the batch: it and the packets
- * after it go through the stages
- * (parse, flag check, classify, execute), which skip the packets the lane
- * marked FORWARDED. The lane forwards exactly what the stages would: same
- * key, same flow, same counters, same bytes out in the same order (the
- * test runs captures both ways and compares).
+ * after it go through the stages (parse, flag check, classify, execute),
+ * which skip the packets the lane marked FORWARDED. The lane forwards
+ * exactly what the stages would: same key, same flow, same counters, same
+ * bytes out in the same order (test/datapath/fast-lane.test.ts replays
+ * captures both ways and compares). Only the cache's own statistics may
+ * differ (a packet the lane looked up and then left to the stages is
+ * looked up twice).
  *
  * Packets the lane forwarded have no key, offsets or hash in the batch.
  */
