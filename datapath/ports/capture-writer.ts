@@ -7,9 +7,11 @@
  * carries the time it was captured with. Output is little-endian.
  *
  * Bytes are copied into one buffer carved from the arena at open (so a copy
- * from a reader in the same arena is a copyWithin, no allocation) and written
+ * from a reader in the same arena is an arenaCopy, no allocation) and written
  * to the file when it fills. A record larger than the buffer gets a private
- * one (slow path).
+ * one (slow path). A classic pcap writer is also a DirectTx: execute and the
+ * fast lane copy raw records into its buffer themselves, and its fill level
+ * lives in their array (attachDirect).
  */
 import { closeSync, openSync, writeSync } from 'node:fs';
 import { Arena, arenaCopy } from '../arena.js';
