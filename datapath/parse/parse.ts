@@ -89,7 +89,7 @@ export class Parse {
         key[k + W_TP] = tp;
         key[k + 15] = 0; key[k + 16] = 0; key[k + 17] = 0;
         l3Off[i] = 14;
-        l4Off[i] = proto === IPPROTO_TCP || proto === IPPROTO_UDP || proto === IPPROTO_ICMP ? l4 : ABSENT;
+        l4Off[i] = proto === IPPROTO_TCP || proto === IPPROTO_UDP || proto === IPPROTO_ICMP || proto === IPPROTO_ICMPV6 ? l4 : ABSENT;
         innerOff[i] = ABSENT;
         vni[i] = 0;
         continue;
@@ -104,7 +104,7 @@ export class Parse {
  * The common case, checked in one straight run: an untagged, whole (not
  * cut: caplen = wirelen), unfragmented IPv4 packet whose headers are all
  * well formed, carrying TCP, UDP to a port other than VXLAN's and Geneve's,
- * ICMP, or another protocol. Returns the offset of its L4 header (34 or
+ * ICMP (or ICMPv6, which parseOne reads in IPv4 too), or another protocol. Returns the offset of its L4 header (34 or
  * more), or 0 when the packet is anything else or in any doubt: then
  * parseOne decides. Parse's fast path and the fast lane both ask this, so
  * they agree with parseOne by construction (the property test in
@@ -129,14 +129,14 @@ export function commonIpv4(b: Uint8Array, d: DataView, base: number, cl: number,
     const dport = d.getUint16(base + l4 + 2);
     return ulen >= 8 && l4 + ulen <= l4end && dport !== UDP_PORT_VXLAN && dport !== UDP_PORT_GENEVE ? l4 : 0;
   }
-  if (proto === IPPROTO_ICMP) return l4 + 4 <= l4end ? l4 : 0;
+  if (proto === IPPROTO_ICMP || proto === IPPROTO_ICMPV6) return l4 + 4 <= l4end ? l4 : 0; // parseOne reads ICMPv6 in IPv4 too
   return l4;
 }
 
 /** The key's transport word of a commonIpv4 packet with protocol `proto` and L4 header at `l4`. */
 export function transportWord(b: Uint8Array, d: DataView, base: number, proto: number, l4: number): number {
   if (proto === IPPROTO_TCP || proto === IPPROTO_UDP) return d.getUint32(base + l4);
-  return proto === IPPROTO_ICMP ? ((b[base + l4] << 16) | b[base + l4 + 1]) >>> 0 : 0;
+  return proto === IPPROTO_ICMP || proto === IPPROTO_ICMPV6 ? ((b[base + l4] << 16) | b[base + l4 + 1]) >>> 0 : 0;
 }
 
 /** Parses packet i alone (the tunnel stage's inner frames); returns 0 or a drop code. */

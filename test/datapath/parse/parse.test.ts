@@ -228,9 +228,11 @@ describe('Parse fast path', () => {
     const parse = new Parse(mapping.inPortKey);
     const a = new PacketBatch(1);
     const b = new PacketBatch(1);
-    const l4 = fc.constantFrom(6, 17, 1, 47);
+    // TCP, UDP (plain, VXLAN, Geneve), ICMP, ICMPv6 carried in IPv4, GRE, hop-by-hop (0)
+    const l4 = fc.constantFrom(6, 17, 1, 58, 47, 0);
     fc.assert(fc.property(l4, fc.integer({ min: 0, max: 65535 }), fc.integer({ min: 0, max: 65535 }), fc.array(fc.tuple(fc.integer({ min: 0, max: 80 }), fc.integer({ min: 0, max: 255 })), { maxLength: 4 }), fc.integer({ min: 0, max: 12 }), fc.boolean(), (proto, sport, dport, flips, cut, snap) => {
-      const payload = proto === 6 ? tcp(sport, dport, new Uint8Array(8)) : proto === 17 ? udp(sport, [dport, 4789, 6081][sport % 3], new Uint8Array(10)) : new Uint8Array(24).fill(sport & 255);
+      // Other protocols get 0..7 bytes of payload too: a transport header cut short by the IP length.
+      const payload = proto === 6 ? tcp(sport, dport, new Uint8Array(8)) : proto === 17 ? udp(sport, [dport, 4789, 6081][sport % 3], new Uint8Array(10)) : new Uint8Array(dport % 3 === 0 ? dport % 8 : 24).fill(sport & 255);
       const frame = eth('02:00:00:00:00:01', '02:00:00:00:00:02', 0x0800, ipv4({ src: '10.1.2.3', dst: '10.4.5.6', proto }, payload));
       for (const [at, v] of flips) frame[14 + (at % (frame.length - 14))] = v; // mutate IP and L4 header bytes
       const cl = Math.max(0, frame.length - cut);
