@@ -60,6 +60,39 @@ describe('Execute: direct copies into capture ports', () => {
     expect(port.txBytes).toBeGreaterThan(sent.reduce((s, f) => s + f.length, 0));
   });
 
+  it('ports added after a direct port (the per-port arrays grow under it) leave its output whole; a 4095th port works', () => {
+    const dir = tempDir();
+    const input = join(dir, 'in.pcap');
+    const sent = Array.from({ length: 40 }, (_, i) => frame(2000 + i));
+    writePcap(input, sent.map((data, i) => ({ sec: 1, usec: i, data })));
+    const arena = new Arena(1 << 16);
+    const reader = new CaptureReader(input, arena, 4096);
+    const dp = new Datapath({ batchCapacity: 8 });
+    const first = new CaptureWriter(join(dir, 'first.pcap'), reader, arena, 1024);
+    const last = new CaptureWriter(join(dir, 'last.pcap'), reader, arena, 1024);
+    dp.addPort(1, first);
+    for (let p = 2; p < 4095; p++) dp.addPort(p, { writeBatch: () => undefined });
+    dp.addPort(4095, last);
+    dp.apply({ type: 'mapping-set', vpid: 10, ppid: 1 });
+    dp.apply({ type: 'mapping-set', vpid: 11, ppid: 4095 });
+    const mask = new Uint32Array(KEY_WORDS);
+    mask[W_TP] = 0x00010000;
+    const odd = new Uint32Array(KEY_WORDS);
+    odd[W_TP] = 0x00010000;
+    dp.apply({ type: 'flow-install', key: odd, mask, actions: [{ op: 'output', vpid: 11 }] });
+    dp.apply({ type: 'flow-install', key: new Uint32Array(KEY_WORDS), mask, actions: [{ op: 'output', vpid: 10 }] });
+    const batch = new PacketBatch(8);
+    while (reader.fill(batch, 5) > 0) dp.process(batch, 1000);
+    first.close();
+    last.close();
+    reader.close();
+    const even = sent.filter((_, i) => i % 2 === 0).map((f) => Buffer.from(f).toString('hex'));
+    const oddF = sent.filter((_, i) => i % 2 === 1).map((f) => Buffer.from(f).toString('hex'));
+    expect(captureFrames(join(dir, 'first.pcap')).map((f) => Buffer.from(f).toString('hex'))).toEqual(even);
+    expect(captureFrames(join(dir, 'last.pcap')).map((f) => Buffer.from(f).toString('hex'))).toEqual(oddF);
+    expect(dp.stats().delivered).toBe(40);
+  });
+
   it('arenaCopy moves the same bytes as copyWithin, aligned or not (property)', () => {
     fc.assert(fc.property(fc.integer({ min: 0, max: 300 }), fc.integer({ min: 0, max: 400 }), fc.integer({ min: 0, max: 400 }), (len, from, gap) => {
       const arena = new Arena(2048);
