@@ -97,6 +97,7 @@ export class FastLane {
     const txBytes = ex.txBytes;
     let emcHits = 0;
     let megaflowHits = 0;
+    let missed = 0;
     let rxPort = n > 0 ? inPpid[0] : 0;
     let rxRun = 0;
     let rxRunBytes = 0;
@@ -120,6 +121,7 @@ export class FastLane {
       const h = ipv4KeyHash(w0, w2, w3, w6, w10, tp);
       let f = emc.lookupIpv4(h, w0, w2, w3, w4, w5, w6, w10, tp);
       let viaMegaflow = false;
+      let viaUpcall = false;
       if (f < 0) {
         // The megaflow table takes the key from the batch: write it there.
         const key = batch.key;
@@ -133,7 +135,11 @@ export class FastLane {
           // Slow path: an upcall, as the stages would make it. The FPAG may have interned a
           // new action set: the per-batch slots are resolved afresh after it.
           f = this.miss(batch, i);
-          if (f < 0) break; // dropped (drop[i] says why); the stages skip it, accounting counts it
+          if (f < 0) {
+            missed++; // dropped (drop[i] says why); the stages skip it, accounting counts it
+            break;
+          }
+          viaUpcall = true;
           if (this.setStamp.length < this.sets.count) this.growSets();
           setSlot = this.setSlot;
           setStamp = this.setStamp;
@@ -153,7 +159,8 @@ export class FastLane {
       if (viaMegaflow) {
         emc.insertMaybe(batch.key, i * KEY_WORDS, h, f);
         megaflowHits++;
-      } else emcHits++;
+      } else if (viaUpcall) missed++;
+      else emcHits++;
       const o = f * STAT_WORDS;
       stats[o + ST_PACKETS]++;
       stats[o + ST_BYTES] += cl;
@@ -185,6 +192,7 @@ export class FastLane {
     this.forwarded += i;
     this.classify.emcHits += emcHits;
     this.classify.megaflowHits += megaflowHits;
+    this.classify.misses += missed;
     return i;
   }
 

@@ -47,6 +47,11 @@ describe('FastLane', () => {
     expect(on.datapath.fastLane.forwarded).toBeGreaterThan(25_000);
     expect(off.datapath.fastLane.forwarded).toBe(0);
     expect(on.report.packets.in).toBe(on.report.packets.out + on.report.packets.dropped);
+    // Every packet is looked up once, either way: a cache hit, a megaflow hit, or a miss (an upcall).
+    for (const r of [on.report, off.report]) {
+      expect(r.flows.emcHits + r.flows.megaflowHits + r.flows.misses).toBe(30_000);
+      expect(r.flows.misses).toBe(r.flows.upcalls);
+    }
   });
 
   it('the demo capture (ARP, IPv6, VLAN, drops, flooding) and a migration mid-stream come out the same both ways', () => {
