@@ -69,7 +69,8 @@ export class FastLane {
   process(batch: PacketBatch, now: number, rxPackets: Float64Array, rxBytes: Float64Array): number {
     const ex = this.execute;
     const emc = this.emc;
-    if (!this.enabled || !batch.rawPcapLE || batch.buf !== ex.dBytes || emc.insertInvProb === 0) return 0;
+    if (!this.enabled || !batch.rawPcapLE || batch.buf !== ex.dBytes) return 0;
+    const useEmc = emc.probeBatch();
     if (this.setStamp.length < this.sets.count) this.growSets();
     let seq = ++this.seq;
     let setSlot = this.setSlot;
@@ -119,7 +120,7 @@ export class FastLane {
       const w6 = d.getUint32(base + 26);
       const w10 = d.getUint32(base + 30);
       const h = ipv4KeyHash(w0, w2, w3, w6, w10, tp);
-      let f = emc.lookupIpv4(h, w0, w2, w3, w4, w5, w6, w10, tp);
+      let f = useEmc ? emc.lookupIpv4(h, w0, w2, w3, w4, w5, w6, w10, tp) : -1;
       let viaMegaflow = false;
       let viaUpcall = false;
       if (f < 0) {
@@ -193,6 +194,7 @@ export class FastLane {
     this.classify.emcHits += emcHits;
     this.classify.megaflowHits += megaflowHits;
     this.classify.misses += missed;
+    if (useEmc) emc.countProbes(emcHits + megaflowHits + missed, emcHits);
     return i;
   }
 

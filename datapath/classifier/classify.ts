@@ -51,7 +51,7 @@ export class Classify {
     const ordinal = batch.ordinal;
     let m = 0;
     let emcHits = 0;
-    const useEmc = emc.insertInvProb !== 0;
+    const useEmc = emc.probeBatch();
     for (let i = 0; i < n; i++) {
       flow[i] = -1;
       if (drop[i] !== 0) continue;
@@ -76,13 +76,14 @@ export class Classify {
       const f = flows.lookup(key, ko);
       if (f >= 0) {
         flow[i] = f;
-        if (useEmc) emc.insertMaybe(key, ko, hash[i], f);
+        emc.insertMaybe(key, ko, hash[i], f); // also while the cache is bypassed: it stays warm
         const o = f * STAT_WORDS;
         ordinal[i] = ++stats[o + ST_PACKETS];
         stats[o + ST_BYTES] += wirelen[i];
         stats[o + ST_USED] = now;
       } else misses++;
     }
+    if (useEmc) emc.countProbes(emcHits + m, emcHits);
     this.emcHits += emcHits;
     this.megaflowHits += m - misses;
     this.misses += misses;

@@ -21,6 +21,9 @@ void _keyWords;
 import type { FlowTable } from './flow-table.js';
 
 export const EMC_ENTRIES = 8192;
+/** Lookups over which the cache's hit rate is judged, and the rate (1 in this) below which it is bypassed. */
+const BYPASS_WINDOW = 65536;
+const BYPASS_HIT_INV = 64;
 /** Entry word 3 of a key lookupIpv4 can match. */
 const IPV4_SHAPE = 1;
 const STRIDE = 24;
@@ -71,6 +74,18 @@ export class Emc {
   private readonly flowGen: Uint32Array;
   /** Megaflow hits until the next insert (a countdown: no random draw, no division per packet). */
   private countdown = 1;
+  // Bypass: while lookups find nothing (the flows in use far outnumber the
+  // entries, as with a million flows), each one is two cache misses for
+  // nothing. Over every window of BYPASS_WINDOW lookups the hit rate is
+  // measured; below 1 in BYPASS_HIT_INV, batches skip the cache but one in
+  // 16, which keeps measuring (inserts go on, so the cache is ready when it
+  // would hit again). Forwarding is the same either way; only where a
+  // packet's flow is found (cache or megaflow table) differs.
+  private winLookups = 0;
+  private winHits = 0;
+  /** True while the cache is bypassed. */
+  bypassed = false;
+  private batchNo = 0;
 
   constructor(flows: FlowTable, entries = EMC_ENTRIES, insertInvProb = 100) {
     if ((entries & (entries - 1)) !== 0) throw new RangeError(`EMC entries ${entries} is not a power of two`);
@@ -122,6 +137,22 @@ export class Emc {
       if (!(ent[q] === h && f >= 0 && ent[q + 3] === IPV4_SHAPE && ent[q + 2] === this.flowGen[f] && sameIpv4(ent, q + 4, w0, w2, w3, w4, w5, w6, w10, w14))) return -1;
     }
     return f;
+  }
+
+  /** Per batch: whether to look in the cache at all (see the bypass above). */
+  probeBatch(): boolean {
+    if (this.insertInvProb === 0) return false;
+    return !this.bypassed || (++this.batchNo & 15) === 0;
+  }
+
+  /** After a batch that looked in the cache: lookups made and hits found. */
+  countProbes(lookups: number, hits: number): void {
+    this.winLookups += lookups;
+    this.winHits += hits;
+    if (this.winLookups < BYPASS_WINDOW) return;
+    this.bypassed = this.winHits * BYPASS_HIT_INV < this.winLookups;
+    this.winLookups = 0;
+    this.winHits = 0;
   }
 
   /** Caches key → flow f, one time in insertInvProb. */

@@ -54,6 +54,19 @@ describe('FastLane', () => {
     }
   });
 
+  it('with more flows than the cache holds (so it is bypassed), both ways still come out the same', () => {
+    const dir = tempDir();
+    const cap = join(dir, 'many.pcap');
+    const topo = join(dir, 'topo.json');
+    writeFileSync(topo, JSON.stringify(benchTopology(8)));
+    generate(cap, { frames: 150_000, size: 64, flows: 40_000, vms: 8 });
+    const { on, off } = bothWays(cap, topo, { maxFlows: 65536 });
+    expectSame(on, off);
+    expect(on.datapath.emc.bypassed).toBe(true);
+    expect(off.datapath.emc.bypassed).toBe(true);
+    expect(on.report.flows.upcalls).toBe(40_000);
+  });
+
   it('the demo capture (ARP, IPv6, VLAN, drops, flooding) and a migration mid-stream come out the same both ways', () => {
     const cap = join(FIXTURES, 'demo.pcap');
     const topo = join(FIXTURES, 'topology.json');

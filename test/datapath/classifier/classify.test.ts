@@ -69,3 +69,33 @@ describe('Classify', () => {
     }
   });
 });
+
+describe('Exact-match cache bypass', () => {
+  it('is bypassed while it finds under 1 in 64 of its lookups, keeps sampling one batch in 16, and comes back when it hits', () => {
+    const emc = new Emc(new FlowTable(64), 1024, 100);
+    expect(emc.probeBatch()).toBe(true);
+    emc.countProbes(65536, 100); // 0.15 % hits
+    expect(emc.bypassed).toBe(true);
+    const probes = Array.from({ length: 64 }, () => emc.probeBatch()).filter(Boolean).length;
+    expect(probes).toBe(4);
+    emc.countProbes(65536, 30000); // the sampled batches find their flows again
+    expect(emc.bypassed).toBe(false);
+    expect(Array.from({ length: 8 }, () => emc.probeBatch()).every(Boolean)).toBe(true);
+    const off = new Emc(new FlowTable(64), 1024, 0);
+    expect(off.probeBatch()).toBe(false);
+  });
+
+  it('a classifier with the cache bypassed finds the same flows in the megaflow table', () => {
+    const flows = new FlowTable(64);
+    const emc = new Emc(flows, 1024, 1);
+    const c = new Classify(flows, emc, 32);
+    const f = flows.install(key(9, 0, 7), key(0xffffffff), 0, 0);
+    c.process(batchOf([key(9, 0, 1)]), 1); // cached
+    emc.countProbes(65536, 0);
+    expect(emc.bypassed).toBe(true);
+    const b = batchOf([key(9, 0, 1), key(9, 0, 2)]);
+    expect(c.process(b, 2)).toBe(0);
+    expect(Array.from(b.flow.subarray(0, 2))).toEqual([f, f]);
+    expect(c.megaflowHits).toBe(3); // the first batch's hit, and both of these: the cache was not asked
+  });
+});
