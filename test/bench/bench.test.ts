@@ -17,10 +17,10 @@ function runBench(file: string): Record<string, unknown>[] {
 describe('benchmarks (short mode)', () => {
   it('classifier/lookup prints a line per flow count, subtable count and path, with a ratio to a Map', () => {
     const lines = runBench('classifier/lookup.js');
-    expect(lines.length).toBe(8);
+    expect(lines.length).toBe(12);
     for (const l of lines) {
       expect(l.bench).toBe('classifier/lookup');
-      expect(['emc-hit', 'megaflow-hit']).toContain(l.path);
+      expect(['emc-hit', 'emc-hit-ipv4', 'megaflow-hit']).toContain(l.path);
       expect(l.hitRate).toBeGreaterThan(0.9);
       expect(typeof l.ratio).toBe('number');
       expect(l.baseline).toBe('Map<string>');
