@@ -129,14 +129,14 @@ export class Emc {
    */
   lookupIpv4(h: number, w0: number, w2: number, w3: number, w4: number, w5: number, w6: number, w10: number, w14: number): number {
     const ent = this.ent;
-    let q = (h & this.mask) * STRIDE;
-    let f = ent[q + 1] - 1;
-    if (!(ent[q] === h && f >= 0 && ent[q + 3] === IPV4_SHAPE && ent[q + 2] === this.flowGen[f] && sameIpv4(ent, q + 4, w0, w2, w3, w4, w5, w6, w10, w14))) {
-      q = ((h >>> 16) & this.mask) * STRIDE;
-      f = ent[q + 1] - 1;
-      if (!(ent[q] === h && f >= 0 && ent[q + 3] === IPV4_SHAPE && ent[q + 2] === this.flowGen[f] && sameIpv4(ent, q + 4, w0, w2, w3, w4, w5, w6, w10, w14))) return -1;
+    // The two ways in one loop: half the bytecode of two copies, so that V8 still
+    // inlines this and the lane's other helpers into the lane.
+    for (let e = h & this.mask, way = 0; way < 2; way++, e = (h >>> 16) & this.mask) {
+      const q = e * STRIDE;
+      const f = ent[q + 1] - 1;
+      if (ent[q] === h && f >= 0 && ent[q + 3] === IPV4_SHAPE && ent[q + 2] === this.flowGen[f] && sameIpv4(ent, q + 4, w0, w2, w3, w4, w5, w6, w10, w14)) return f;
     }
-    return f;
+    return -1;
   }
 
   /** Per batch: whether to look in the cache at all (see the bypass above). */
