@@ -162,7 +162,7 @@ export class Datapath {
     this.execute = new Execute(this.flows, this.actionSets, this.mapping, opts.batchCapacity ?? 256, this.txPackets, this.txBytes);
     this.idleTimeoutMs = opts.idleTimeoutMs ?? 10_000;
     this.flagCheck.rxBytes = this.rxBytes;
-    this.fastLane = new FastLane(this.mapping.inPortKey, this.emc, this.flows, this.classify, this.execute, this.actionSets, (b, i) => this.missOne(b, i));
+    this.fastLane = new FastLane(this.mapping.inPortKey, this.emc, this.flows, this.classify, this.execute, this.actionSets, (b, i) => this.missOne(b, i), this.flagCheck);
   }
 
   // Slow path: the API of control/.
@@ -237,15 +237,21 @@ export class Datapath {
   process(batch: PacketBatch, now: number): void {
     // The common case first, in one pass; the stages take the rest of the batch.
     const laned = this.fastLane.process(batch, now, this.rxPackets, this.rxBytes);
+    const laneSpecial = this.fastLane.special;
     if (laned < batch.count) {
       this.parse.process(batch);
       const flagged = this.flagCheck.process(batch);
       if (this.classify.process(batch, now) > 0) this.handleMisses(batch, now);
       this.execute.process(batch);
-      if (flagged > 0) this.deliverSpecial(batch);
+      if (flagged + laneSpecial > 0) this.deliverSpecial(batch);
+      this.transmit(batch);
+    } else if (laneSpecial > 0) {
+      this.execute.touchedCount = 0; // no execute this batch: the special port's list is the only one
+      this.deliverSpecial(batch);
       this.transmit(batch);
     }
     this.account(batch, laned);
+    this.special += laneSpecial; // delivered (counted in the lane's run), to the special path
     this.now = now;
     if (++this.batchesSinceSort === 1024) {
       this.batchesSinceSort = 0;

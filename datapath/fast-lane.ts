@@ -29,13 +29,14 @@
 import type { ActionSets } from './actions/action-sets.js';
 import type { Execute } from './actions/execute.js';
 import { arenaCopy } from './arena.js';
-import type { PacketBatch } from './batch.js';
-import { type Emc, ipv4KeyHash } from './classifier/emc.js';
-import { KEY_WORDS } from './classifier/flow-key.js';
+import { ABSENT, type PacketBatch } from './batch.js';
+import { type Emc, ipv4KeyHash, keyHash, tunKeyHash } from './classifier/emc.js';
+import type { FlagCheck } from './classifier/flag-check.js';
+import { KEY_WORDS, TUN_PRESENT, W_ETH_TYPE, W_IP_SRC, W_TP, W_TUN, W_TUN_DST, W_TUN_SRC } from './classifier/flow-key.js';
 import { ST_BYTES, ST_PACKETS, ST_USED, STAT_WORDS, type FlowTable } from './classifier/flow-table.js';
 import type { Classify } from './classifier/classify.js';
-import { FORWARDED } from './drops.js';
-import { ETH_P_IPV4, commonIpv4, transportWord } from './parse/parse.js';
+import { FORWARDED, SPECIAL } from './drops.js';
+import { ETH_P_IPV4, UDP_PORT_VXLAN, commonIpv4, commonTunnel, parsePacket, transportWord } from './parse/parse.js';
 
 export class FastLane {
   static readonly stageName = 'fast-lane';
@@ -45,6 +46,8 @@ export class FastLane {
   enabled = true;
   /** Packets forwarded by the lane. */
   forwarded = 0;
+  /** Flagged tunnel packets the lane marked SPECIAL in the batch it last ran on (the datapath delivers them). */
+  special = 0;
   /** Per action set: the direct tx slot it resolved to this batch (valid when setStamp = seq). */
   private setSlot = new Int32Array(1024);
   private setStamp = new Uint32Array(1024);
@@ -59,6 +62,7 @@ export class FastLane {
     private readonly sets: ActionSets,
     /** The datapath's miss handling (look again, upcall): a flow, or -1 with drop[i] set. */
     private readonly miss: (batch: PacketBatch, i: number) => number,
+    private readonly flagCheck: FlagCheck,
   ) {}
 
   /**
@@ -69,6 +73,7 @@ export class FastLane {
   process(batch: PacketBatch, now: number, rxPackets: Float64Array, rxBytes: Float64Array): number {
     const ex = this.execute;
     const emc = this.emc;
+    this.special = 0;
     if (!this.enabled || !batch.rawPcapLE || batch.buf !== ex.dBytes) return 0;
     const useEmc = emc.probeBatch();
     if (this.setStamp.length < this.sets.count) this.growSets();
@@ -109,7 +114,26 @@ export class FastLane {
       const base = off[i];
       const cl = caplen[i];
       const l4 = commonIpv4(b, d, base, cl, wirelen[i]);
-      if (l4 === 0) break;
+      if (l4 === 0) {
+        // A tunnel packet for this host, not flagged: decapsulated and sent here too.
+        const wl = wirelen[i];
+        const t = this.tunnelFast(batch, i, now, seq);
+        if (t === 0 || (t < 0 && !this.tunnelOne(batch, i, now, seq))) break;
+        seq = this.seq; // an upcall in there resolves the slots afresh
+        setSlot = this.setSlot;
+        setStamp = this.setStamp;
+        const p = inPpid[i];
+        if (p !== rxPort) {
+          rxPackets[rxPort] += rxRun;
+          rxBytes[rxPort] += rxRunBytes;
+          rxPort = p;
+          rxRun = 0;
+          rxRunBytes = 0;
+        }
+        rxRun++;
+        rxRunBytes += wl; // as it arrived, outer headers included
+        continue;
+      }
       const proto = b[base + 23];
       const tp = transportWord(b, d, base, proto, l4);
       const w0 = inPortKey[inPpid[i]];
@@ -189,13 +213,222 @@ export class FastLane {
     }
     rxPackets[rxPort] += rxRun;
     rxBytes[rxPort] += rxRunBytes;
-    ex.copies += i;
-    this.forwarded += i;
+    ex.copies += i - this.special;
+    this.forwarded += i - this.special;
     this.classify.emcHits += emcHits;
     this.classify.megaflowHits += megaflowHits;
     this.classify.misses += missed;
     if (useEmc) emc.countProbes(emcHits + megaflowHits + missed, emcHits);
     return i;
+  }
+
+  /**
+   * tunnelOne's common case with no parseOne and the key in locals: a
+   * commonTunnel packet to this host whose inner frame is commonIpv4.
+   * Returns 1 (forwarded, or marked SPECIAL), 0 (left to the stages as rx
+   * left it), or -1 (not this case: tunnelOne decides).
+   */
+  private tunnelFast(batch: PacketBatch, i: number, now: number, seq: number): number {
+    const fc = this.flagCheck;
+    const b = batch.buf;
+    const d = batch.dv;
+    const base = batch.off[i];
+    const cl = batch.caplen[i];
+    const wl = batch.wirelen[i];
+    const io = fc.vtep === 0 ? 0 : commonTunnel(b, d, base, cl, wl);
+    if (io === 0 || d.getUint32(base + 30) !== fc.vtep) return -1;
+    const l4 = 14 + (b[base + 14] & 15) * 4;
+    const h = l4 + 8;
+    if (fc.isFlagged(b, base + h, base + io, d.getUint16(base + l4 + 2) === UDP_PORT_VXLAN)) {
+      batch.drop[i] = SPECIAL;
+      fc.flagged++;
+      this.special++;
+      return 1;
+    }
+    const ib = base + io;
+    const icl = cl - io;
+    const il4 = commonIpv4(b, d, ib, icl, icl);
+    if (il4 === 0) return -1;
+    const proto = b[ib + 23];
+    const w0 = this.inPortKey[batch.inPpid[i]];
+    const w2 = d.getUint32(ib);
+    const w3 = d.getUint32(ib + 4);
+    const w4 = d.getUint32(ib + 8);
+    const w5 = ((ETH_P_IPV4 << 16) | (proto << 8)) >>> 0;
+    const w6 = d.getUint32(ib + 26);
+    const w10 = d.getUint32(ib + 30);
+    const tp = transportWord(b, d, ib, proto, il4);
+    const w15 = (TUN_PRESENT | (b[base + h + 4] << 16) | (b[base + h + 5] << 8) | b[base + h + 6]) >>> 0;
+    const w16 = d.getUint32(base + 26);
+    const w17 = fc.vtep;
+    const emc = this.emc;
+    const hash = tunKeyHash(w0, w2, w3, w6, w10, tp, w15, w16);
+    let f = emc.bypassed ? -1 : emc.lookupTun(hash, w0, w2, w3, w4, w5, w6, w10, tp, w15, w16, w17);
+    let via = 0; // 0: the cache, 1: the megaflow table, 2: an upcall
+    if (f < 0) {
+      const key = batch.key;
+      const k = i * KEY_WORDS;
+      key[k] = w0; key[k + 1] = 0; key[k + 2] = w2; key[k + 3] = w3; key[k + 4] = w4; key[k + 5] = w5;
+      key[k + 6] = w6; key[k + 7] = 0; key[k + 8] = 0; key[k + 9] = 0; key[k + 10] = w10; key[k + 11] = 0;
+      key[k + 12] = 0; key[k + 13] = 0; key[k + 14] = tp; key[k + 15] = w15; key[k + 16] = w16; key[k + 17] = w17;
+      f = this.flows.lookup(key, k);
+      via = 1;
+      if (f < 0) {
+        // The upcall sees the packet as the stages would give it: the inner frame in place.
+        batch.off[i] = ib;
+        batch.caplen[i] = icl;
+        batch.wirelen[i] = icl;
+        f = this.miss(batch, i);
+        batch.off[i] = base;
+        batch.caplen[i] = cl;
+        batch.wirelen[i] = wl;
+        if (f < 0) {
+          fc.decapsulated++; // dropped (drop[i] says why), counted as the stages count it
+          this.classify.misses++;
+          return 0;
+        }
+        via = 2;
+        if (this.setStamp.length < this.sets.count) this.growSets();
+        seq = ++this.seq;
+      }
+    }
+    const a = this.flows.act[f];
+    if (this.setStamp[a] !== seq) {
+      this.setStamp[a] = seq;
+      this.setSlot[a] = this.execute.directSlotOf(a);
+    }
+    const slot = this.setSlot[a];
+    if (slot < 0 || icl + 16 > this.execute.dCap[slot]) return 0;
+    if (via === 1) {
+      emc.insertMaybe(batch.key, i * KEY_WORDS, hash, f);
+      this.classify.megaflowHits++;
+    } else if (via === 2) this.classify.misses++;
+    else this.classify.emcHits++;
+    this.commitTunnel(batch, i, f, slot, ib, icl, icl, now);
+    return 1;
+  }
+
+  // A decapsulated packet the lane forwards: counters, then its inner frame
+  // behind a record header of its own in the port's buffer.
+  private commitTunnel(batch: PacketBatch, i: number, f: number, slot: number, ib: number, icl: number, iwl: number, now: number): void {
+    this.flagCheck.decapsulated++;
+    const o = f * STAT_WORDS;
+    const stats = this.flows.stats;
+    stats[o + ST_PACKETS]++;
+    stats[o + ST_BYTES] += iwl;
+    stats[o + ST_USED] = now;
+    batch.flow[i] = f;
+    const ex = this.execute;
+    const len = icl + 16;
+    if (ex.dBegun[slot] === 0) ex.directBegin(slot);
+    let u = ex.dUsed[slot];
+    if (u + len > ex.dCap[slot]) u = ex.directFlush(slot);
+    const at = ex.dBase[slot] + u;
+    const d = batch.dv;
+    d.setUint32(at, batch.tsA[i], true);
+    d.setUint32(at + 4, batch.tsB[i], true);
+    d.setUint32(at + 8, icl, true);
+    d.setUint32(at + 12, iwl, true);
+    arenaCopy(batch.buf, ex.dWords, ib, icl, at + 16);
+    ex.dUsed[slot] = u + len;
+    const ppid = ex.slotPpid[slot];
+    ex.txPackets[ppid]++;
+    ex.txBytes[ppid] += iwl;
+    batch.drop[i] = FORWARDED;
+  }
+
+  /**
+   * Packet i when it is not the common case: if it is a VXLAN/Geneve packet
+   * for this host that the sender flagged, marks it SPECIAL (as the flag
+   * check would) and returns true; if not flagged, and its inner frame
+   * parses and its flow is one plain output to a direct port, decapsulates
+   * it as the flag check would (tun_id, tun_src, tun_dst in the key),
+   * forwards its inner frame behind a record header of its own, and returns
+   * true.
+   * Anything else returns false with the packet as rx left it (its key in
+   * the batch may be written: parse writes it again), for the stages.
+   */
+  private tunnelOne(batch: PacketBatch, i: number, now: number, seq: number): boolean {
+    const fc = this.flagCheck;
+    if (fc.vtep === 0) return false; // the lane's tunnel packets are IPv4-underlay ones
+    if (parsePacket(batch, i, this.inPortKey) !== 0) return false;
+    const io = batch.innerOff[i];
+    if (io === ABSENT) return false;
+    const key = batch.key;
+    const k = i * KEY_WORDS;
+    if (key[k + W_ETH_TYPE] >>> 16 !== ETH_P_IPV4 || !fc.ours(key, k)) return false;
+    const base = batch.off[i];
+    const cl = batch.caplen[i];
+    const wl = batch.wirelen[i];
+    if (io + 14 > cl) return false;
+    const b = batch.buf;
+    if (fc.isFlagged(b, base + batch.tunHdr[i], base + io, (key[k + W_TP] & 0xffff) === UDP_PORT_VXLAN)) {
+      // For the special-processing path, untouched: the datapath delivers it after the lane.
+      batch.drop[i] = SPECIAL;
+      fc.flagged++;
+      this.special++;
+      return true;
+    }
+    const src = key[k + W_IP_SRC];
+    const vni = batch.vni[i];
+    // The inner frame, in place of the outer one, while we look; put back if we give it up.
+    batch.off[i] = base + io;
+    batch.caplen[i] = cl - io;
+    batch.wirelen[i] = wl - io;
+    const f = this.tunnelFlow(batch, i, k, vni, src, seq);
+    if (f < 0) {
+      batch.off[i] = base;
+      batch.caplen[i] = cl;
+      batch.wirelen[i] = wl;
+      if (f === -2) {
+        // Its upcall failed: dropped (drop[i] says why) as the stages would, counted as they count it.
+        fc.decapsulated++;
+        this.classify.misses++;
+      }
+      return false;
+    }
+    // Decided: the packet is the lane's.
+    this.commitTunnel(batch, i, f, this.setSlot[this.flows.act[f]], base + io, cl - io, wl - io, now);
+    return true;
+  }
+
+  // The decapsulated packet i's flow (inner frame in place), when its action
+  // set is one plain output to a direct port that takes the record; else -1,
+  // or -2 when its upcall failed (drop[i] set).
+  private tunnelFlow(batch: PacketBatch, i: number, k: number, vni: number, src: number, seq: number): number {
+    if (parsePacket(batch, i, this.inPortKey) !== 0) return -1;
+    const key = batch.key;
+    key[k + W_TUN] = vni;
+    key[k + W_TUN_SRC] = src;
+    key[k + W_TUN_DST] = this.flagCheck.vtep;
+    const emc = this.emc;
+    const h = keyHash(key, k);
+    let f = emc.bypassed ? -1 : emc.lookup(key, k, h);
+    let via = 0; // 0: the cache, 1: the megaflow table, 2: an upcall
+    if (f < 0) {
+      f = this.flows.lookup(key, k);
+      via = 1;
+      if (f < 0) {
+        f = this.miss(batch, i);
+        if (f < 0) return -2;
+        via = 2;
+        if (this.setStamp.length < this.sets.count) this.growSets();
+        seq = ++this.seq;
+      }
+    }
+    const a = this.flows.act[f];
+    if (this.setStamp[a] !== seq) {
+      this.setStamp[a] = seq;
+      this.setSlot[a] = this.execute.directSlotOf(a);
+    }
+    const slot = this.setSlot[a];
+    if (slot < 0 || batch.caplen[i] + 16 > this.execute.dCap[slot]) return -1;
+    if (via === 1) {
+      emc.insertMaybe(key, k, h, f);
+      this.classify.megaflowHits++;
+    } else if (via === 2) this.classify.misses++;
+    else this.classify.emcHits++;
+    return f;
   }
 
   // Slow path: the action-set table grew.

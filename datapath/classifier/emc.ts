@@ -24,8 +24,9 @@ export const EMC_ENTRIES = 8192;
 /** Lookups over which the cache's hit rate is judged, and the rate (1 in this) below which it is bypassed. */
 const BYPASS_WINDOW = 65536;
 const BYPASS_HIT_INV = 64;
-/** Entry word 3 of a key lookupIpv4 can match. */
+/** Entry word 3: a key lookupIpv4 can match (NOT_IPV4_TUN and tunnel words 0), or one only lookupTun can (tunnel words set). */
 const IPV4_SHAPE = 1;
+const IPV4_TUN_SHAPE = 2;
 const STRIDE = 24;
 
 /**
@@ -52,12 +53,21 @@ export function ipv4KeyHash(w0: number, w2: number, w3: number, w6: number, w10:
 
 // Entry key at e[q..q+18) against the lookupIpv4 key: the named words; that
 // the entry's other words are 0 was noted at insert (its IPV4_SHAPE word).
+/** keyHash of the key lookupTun describes (its other words 0). */
+export function tunKeyHash(w0: number, w2: number, w3: number, w6: number, w10: number, w14: number, w15: number, w16: number): number {
+  let h = Math.imul(w0 ^ w14 ^ w16, 0x9e3779b1);
+  h = Math.imul(h ^ w2 ^ w15 ^ (h >>> 15), 0x85ebca6b);
+  h = Math.imul(h ^ w6 ^ w3 ^ (h >>> 13), 0xc2b2ae35);
+  h = Math.imul(h ^ w10 ^ (h >>> 16), 0x27d4eb2f);
+  return (h ^ (h >>> 15)) >>> 0;
+}
+
 function sameIpv4(e: Uint32Array, q: number, w0: number, w2: number, w3: number, w4: number, w5: number, w6: number, w10: number, w14: number): boolean {
   return e[q + 14] === w14 && e[q + 10] === w10 && e[q + 6] === w6 && e[q] === w0 && e[q + 2] === w2 && e[q + 3] === w3 && e[q + 4] === w4 && e[q + 5] === w5;
 }
 
-/** Key words that are 0 in every key lookupIpv4 asks for. */
-const NOT_IPV4 = [1, 7, 8, 9, 11, 12, 13, 15, 16, 17];
+/** Key words that are 0 in every key lookupTun asks for (lookupIpv4's have 15..17 at 0 too). */
+const NOT_IPV4_TUN = [1, 7, 8, 9, 11, 12, 13];
 
 export class Emc {
   readonly entries: number;
@@ -67,8 +77,9 @@ export class Emc {
   /**
    * All of an entry in one run of STRIDE words (one or two cache lines, not
    * four arrays): [0] hash, [1] flow + 1 (0: empty), [2] the flow's
-   * generation, [3] IPV4_SHAPE when the key's NOT_IPV4 words are all 0 (so
-   * lookupIpv4 compares 8 words, not 18), [4 .. 4 + KEY_WORDS) the key.
+   * generation, [3] IPV4_SHAPE when the key's NOT_IPV4_TUN and tunnel words are all 0
+   * (lookupIpv4 compares 8 words, not 18), IPV4_TUN_SHAPE when only its
+   * tunnel words are not (lookupTun compares 11), [4 .. 4 + KEY_WORDS) the key.
    */
   private readonly ent: Uint32Array;
   private readonly flowGen: Uint32Array;
@@ -139,6 +150,22 @@ export class Emc {
     return -1;
   }
 
+  /**
+   * Fast path: lookupIpv4 for the key of a decapsulated packet: the same
+   * words of its inner IPv4 frame, and tun_id (w15), tun_src (w16), tun_dst
+   * (w17). `h` is tunKeyHash of that key.
+   */
+  lookupTun(h: number, w0: number, w2: number, w3: number, w4: number, w5: number, w6: number, w10: number, w14: number, w15: number, w16: number, w17: number): number {
+    const ent = this.ent;
+    for (let e = h & this.mask, way = 0; way < 2; way++, e = (h >>> 16) & this.mask) {
+      const q = e * STRIDE;
+      const f = ent[q + 1] - 1;
+      if (ent[q] === h && f >= 0 && (ent[q + 3] === IPV4_TUN_SHAPE || ent[q + 3] === IPV4_SHAPE) && ent[q + 2] === this.flowGen[f] &&
+        sameIpv4(ent, q + 4, w0, w2, w3, w4, w5, w6, w10, w14) && ent[q + 19] === w15 && ent[q + 20] === w16 && ent[q + 21] === w17) return f;
+    }
+    return -1;
+  }
+
   /** Per batch: whether to look in the cache at all (see the bypass above). */
   probeBatch(): boolean {
     if (this.insertInvProb === 0) return false;
@@ -175,8 +202,9 @@ export class Emc {
     ent[q + 2] = this.flowGen[f];
     for (let w = 0; w < KEY_WORDS; w++) ent[q + 4 + w] = k[o + w];
     let other = 0;
-    for (const w of NOT_IPV4) other |= k[o + w];
-    ent[q + 3] = other === 0 ? IPV4_SHAPE : 0;
+    for (const w of NOT_IPV4_TUN) other |= k[o + w];
+    const tun = k[o + 15] | k[o + 16] | k[o + 17];
+    ent[q + 3] = other !== 0 ? 0 : tun === 0 ? IPV4_SHAPE : IPV4_TUN_SHAPE;
   }
 
   private valid(e: number): boolean {

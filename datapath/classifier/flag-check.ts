@@ -77,7 +77,7 @@ export class FlagCheck {
   }
 
   /** True when the outer destination in key[k..] is one of our endpoints. */
-  private ours(key: Uint32Array, k: number): boolean {
+  ours(key: Uint32Array, k: number): boolean {
     const et = key[k + W_ETH_TYPE] >>> 16;
     if (et === 0x0800) return this.vtep !== 0 && key[k + W_IP_DST] === this.vtep;
     if (et === 0x86dd && this.has6) {

@@ -133,6 +133,33 @@ export function commonIpv4(b: Uint8Array, d: DataView, base: number, cl: number,
   return l4;
 }
 
+/**
+ * The common tunnel packet, in one straight run: commonIpv4's outer checks,
+ * a UDP datagram to VXLAN's port with the I flag, or to Geneve's with
+ * version 0 and protocol 0x6558, whose inner Ethernet frame (14 bytes at
+ * least) lies in the datagram — parseOne's conditions for the same packet
+ * (parseVxlan, parseGeneve). Returns the inner frame's offset, or 0 when
+ * the packet is anything else: then parseOne decides. The tunnel header is
+ * at the UDP header + 8; UDP's source port sits at 34 only with no IP
+ * options, so callers take offsets from here, not constants.
+ */
+export function commonTunnel(b: Uint8Array, d: DataView, base: number, cl: number, wl: number): number {
+  if (cl !== wl || cl < 42 || d.getUint16(base + 12) !== ETH_P_IPV4) return 0;
+  const vihl = b[base + 14];
+  const l4 = 14 + (vihl & 15) * 4;
+  const l4end = 14 + d.getUint16(base + 16);
+  if (vihl >> 4 !== 4 || l4 < 34 || l4 + 8 > l4end || l4end > cl || (d.getUint16(base + 20) & 0x3fff) !== 0 || b[base + 23] !== IPPROTO_UDP) return 0;
+  const ulen = d.getUint16(base + l4 + 4);
+  if (ulen < 8 || l4 + ulen > l4end) return 0;
+  const dport = d.getUint16(base + l4 + 2);
+  const h = l4 + 8;
+  if (dport === UDP_PORT_VXLAN) return h + 8 + 14 <= l4end && (b[base + h] & 0x08) !== 0 ? h + 8 : 0;
+  if (dport !== UDP_PORT_GENEVE || h + 8 > l4end) return 0;
+  const v = b[base + h];
+  const inner = h + 8 + (v & 0x3f) * 4;
+  return v >> 6 === 0 && d.getUint16(base + h + 2) === 0x6558 && inner + 14 <= l4end ? inner : 0;
+}
+
 /** The key's transport word of a commonIpv4 packet with protocol `proto` and L4 header at `l4`. */
 export function transportWord(b: Uint8Array, d: DataView, base: number, proto: number, l4: number): number {
   if (proto === IPPROTO_TCP || proto === IPPROTO_UDP) return d.getUint32(base + l4);

@@ -1,7 +1,8 @@
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { benchTopology, generate } from '../../bench/gen-capture.js';
+import { benchTopology, generate, vmMac } from '../../bench/gen-capture.js';
+import { arp, eth, geneve, ipv4, ipv6, tcp, udp, vxlan, writePcap } from '../../fixtures/packets.js';
 import { replay, type ReplayOptions } from '../../control/replay.js';
 import type { ControlEvent } from '../../control/events.js';
 import { CORPUS, FIXTURES, cleanTemp, tempDir } from '../helpers.js';
@@ -24,6 +25,7 @@ function bothWays(capture: string, topology: string, extra: Partial<ReplayOption
 /** What must not depend on the lane: outputs byte for byte, counters, flows and their stats. */
 function expectSame(on: ReturnType<typeof bothWays>['on'], off: ReturnType<typeof bothWays>['off']) {
   expect(on.report.packets).toEqual(off.report.packets);
+  expect(on.report.tunnel).toEqual(off.report.tunnel);
   expect(on.report.drops).toEqual(off.report.drops);
   expect(on.report.ports).toEqual(off.report.ports.map((p) => ({ ...p, file: p.file?.replace(off.outDir, on.outDir) })));
   expect(on.report.flows.upcalls).toBe(off.report.flows.upcalls);
@@ -84,6 +86,67 @@ describe('FastLane', () => {
     writeFileSync(join(dir, 'a.json'), JSON.stringify(topo));
     const { on, off } = bothWays(join(FIXTURES, 'two-hosts.pcap'), join(dir, 'a.json'), { batchSize: 16 });
     expectSame(on, off);
+  });
+
+  it('tunnel traffic for this host (VXLAN and Geneve, some flagged) is decapsulated the same both ways, and the lane takes the unflagged', () => {
+    for (const tunnel of ['vxlan', 'geneve'] as const) {
+      const dir = tempDir();
+      const cap = join(dir, `${tunnel}.pcap`);
+      const topo = join(dir, 'topo.json');
+      writeFileSync(topo, JSON.stringify(benchTopology(16)));
+      generate(cap, { frames: 20_000, size: 128, flows: 500, vms: 16, tunnel, flagged: 2 });
+      const { on, off } = bothWays(cap, topo, { batchSize: 64 });
+      expectSame(on, off);
+      expect(on.report.tunnel.flagged).toBeGreaterThan(0);
+      expect(on.report.tunnel.unflagged).toBe(20_000 - on.report.tunnel.flagged);
+      // Each flagged packet ends the lane for the rest of its batch: most, not all, of the others are the lane's.
+      expect(on.datapath.fastLane.forwarded).toBeGreaterThan(10_000);
+    }
+  });
+
+  it('tunnel packets off the straight path (inner IPv6, ARP, VLAN; outer IP options; Geneve options; short or bad headers) come out the same both ways', () => {
+    const dir = tempDir();
+    const cap = join(dir, 'odd.pcap');
+    const topo = join(dir, 'topo.json');
+    writeFileSync(topo, JSON.stringify(benchTopology(4)));
+    const vm = (m: number) => vmMac(m).map((x) => x.toString(16).padStart(2, '0')).join(':');
+    const inners = [
+      (n: number) => eth(vm(n % 4), '02:ee:00:00:00:09', 0x86dd, ipv6({ src: '2001:db8::9', dst: '2001:db8::1', nh: 17 }, udp(1000 + n, 53, new Uint8Array(12)))),
+      (n: number) => eth(vm(n % 4), '02:ee:00:00:00:09', 0x0806, arp(1, '02:ee:00:00:00:09', '10.2.0.99', '00:00:00:00:00:00', '10.2.0.1')),
+      (n: number) => eth(vm(n % 4), '02:ee:00:00:00:09', 0x0800, ipv4({ src: '10.9.0.9', dst: '10.2.0.1', proto: 17 }, udp(2000 + n, 5001, new Uint8Array(20))), [[0x8100, 7]]),
+      (n: number) => eth(vm(n % 4), '02:ee:00:00:00:09', 0x0800, ipv4({ src: '10.9.0.9', dst: '10.2.0.1', proto: 6 }, tcp(3000 + n, 80))),
+    ];
+    const outer = (n: number, payload: Uint8Array, options?: Uint8Array) =>
+      eth('02:fe:00:00:00:01', '02:fe:00:00:00:02', 0x0800, ipv4({ src: '192.168.0.2', dst: '192.168.0.1', proto: 17, options }, payload));
+    const recs: { sec: number; usec: number; data: Uint8Array }[] = [];
+    for (let n = 0; n < 400; n++) {
+      const inner = inners[n % inners.length](n);
+      const kind = n % 5;
+      let frame: Uint8Array;
+      if (kind === 0) frame = outer(n, udp(40000 + n, 4789, vxlan(5000, inner)));
+      else if (kind === 1) frame = outer(n, udp(40000 + n, 6081, geneve(5000, inner, [[0xffff, 0, new Uint8Array(4)]])));
+      else if (kind === 2) frame = outer(n, udp(40000 + n, 4789, vxlan(5000, inner)), new Uint8Array([1, 1, 1, 0])); // IP options
+      else if (kind === 3) frame = outer(n, udp(40000 + n, 6081, geneve(5000, inner, [[0xfff0, 1, new Uint8Array(4)]]))); // flagged
+      else frame = outer(n, udp(40000 + n, 4789, vxlan(5000, inner, n % 2 ? 0x08 : 0x00))); // every other one without the I flag
+      recs.push({ sec: 1, usec: n, data: frame });
+    }
+    writePcap(cap, recs);
+    const { on, off } = bothWays(cap, topo, { batchSize: 32 });
+    expectSame(on, off);
+    expect(on.report.tunnel.flagged).toBe(80);
+    expect(on.datapath.fastLane.forwarded).toBeGreaterThan(0);
+  });
+
+  it('host B of two hosts (the receive side of real encapsulated traffic) comes out the same both ways', () => {
+    const hosts = JSON.parse(readFileSync(join(FIXTURES, 'two-hosts.json'), 'utf8')).hosts;
+    const dir = tempDir();
+    writeFileSync(join(dir, 'a.json'), JSON.stringify(hosts[0]));
+    writeFileSync(join(dir, 'b.json'), JSON.stringify(hosts[1]));
+    const a = replay({ capture: join(FIXTURES, 'two-hosts.pcap'), topology: join(dir, 'a.json'), outDir: join(dir, 'a') });
+    const uplink = a.report.ports.find((p) => p.name === 'uplink0')!.file!;
+    const { on, off } = bothWays(uplink, join(dir, 'b.json'), { batchSize: 16 });
+    expectSame(on, off);
+    expect(on.report.tunnel.unflagged).toBeGreaterThan(0);
   });
 
   it('Ethernet captures of the corpus come out the same both ways', () => {
