@@ -12,10 +12,17 @@
  *   port taking direct copies → the record is copied into that port's
  *   buffer (Execute's direct copies).
  *
+ * A VXLAN/Geneve packet for this host's IPv4 endpoint takes the flag
+ * check's way here too: flagged, it is marked SPECIAL for the datapath to
+ * deliver after the lane; not flagged, it is decapsulated (tun_id, tun_src,
+ * tun_dst in its key) and its inner frame forwarded as above, behind a
+ * record header of its own (tunnelFast for an inner IPv4 frame of the
+ * common case, tunnelOne through parseOne for the others).
+ *
  * The key lives in locals, not in the batch: on a cache hit nothing is
- * written but the counters and the copy. The first packet that is not the
- * common case (another layout, a tunnel packet, an action set that is not
- * a single direct output) ends the lane for the batch: it and the packets
+ * written but the counters and the copy. The first packet that is none of
+ * these (another layout, transit tunnel traffic, an action set that is not
+ * a single direct output, a malformed packet) ends the lane for the batch: it and the packets
  * after it go through the stages (parse, flag check, classify, execute),
  * which skip the packets the lane marked FORWARDED. The lane forwards
  * exactly what the stages would: same key, same flow, same counters, same
