@@ -22,8 +22,9 @@
  * The key lives in locals, not in the batch: on a cache hit nothing is
  * written but the counters and the copy. The first packet that is none of
  * these (another layout, transit tunnel traffic, an action set that is not
- * a single direct output, a malformed packet) ends the lane for the batch: it and the packets
- * after it go through the stages (parse, flag check, classify, execute),
+ * a single direct output, a malformed packet) ends the lane for the batch:
+ * it and the packets after it go through the stages (parse, flag check,
+ * classify, execute),
  * which skip the packets the lane marked FORWARDED. The lane forwards
  * exactly what the stages would: same key, same flow, same counters, same
  * bytes out in the same order (test/datapath/fast-lane.test.ts replays
