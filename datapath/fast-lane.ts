@@ -173,10 +173,9 @@ export class FastLane {
             break;
           }
           viaUpcall = true;
-          if (this.setStamp.length < this.sets.count) this.growSets();
+          seq = this.restamp();
           setSlot = this.setSlot;
           setStamp = this.setStamp;
-          seq = ++this.seq;
         }
       }
       const a = act[f];
@@ -296,22 +295,12 @@ export class FastLane {
           return 0;
         }
         via = 2;
-        if (this.setStamp.length < this.sets.count) this.growSets();
-        seq = ++this.seq;
+        seq = this.restamp();
       }
     }
-    const a = this.flows.act[f];
-    if (this.setStamp[a] !== seq) {
-      this.setStamp[a] = seq;
-      this.setSlot[a] = this.execute.directSlotOf(a);
-    }
-    const slot = this.setSlot[a];
+    const slot = this.slotFor(this.flows.act[f], seq);
     if (slot < 0 || icl + 16 > this.execute.dCap[slot]) return 0;
-    if (via === 1) {
-      emc.insertMaybe(batch.key, i * KEY_WORDS, hash, f);
-      this.classify.megaflowHits++;
-    } else if (via === 2) this.classify.misses++;
-    else this.classify.emcHits++;
+    this.countFound(via, batch.key, i * KEY_WORDS, hash, f);
     this.commitTunnel(batch, i, f, slot, ib, icl, icl, now);
     return 1;
   }
@@ -420,23 +409,39 @@ export class FastLane {
         f = this.miss(batch, i);
         if (f < 0) return -2;
         via = 2;
-        if (this.setStamp.length < this.sets.count) this.growSets();
-        seq = ++this.seq;
+        seq = this.restamp();
       }
     }
-    const a = this.flows.act[f];
+    const slot = this.slotFor(this.flows.act[f], seq);
+    if (slot < 0 || batch.caplen[i] + 16 > this.execute.dCap[slot]) return -1;
+    this.countFound(via, key, k, h, f);
+    return f;
+  }
+
+  // Slow path, after an upcall: the FPAG may have interned a new action set,
+  // so the per-batch slots are resolved afresh. Returns the new batch stamp.
+  private restamp(): number {
+    if (this.setStamp.length < this.sets.count) this.growSets();
+    return ++this.seq;
+  }
+
+  // The direct tx slot of action set a in the batch stamped `seq`, or -1.
+  private slotFor(a: number, seq: number): number {
     if (this.setStamp[a] !== seq) {
       this.setStamp[a] = seq;
       this.setSlot[a] = this.execute.directSlotOf(a);
     }
-    const slot = this.setSlot[a];
-    if (slot < 0 || batch.caplen[i] + 16 > this.execute.dCap[slot]) return -1;
+    return this.setSlot[a];
+  }
+
+  // Counts a decided packet where the stages would: a cache hit, a megaflow
+  // hit (which may enter the cache), or a miss that took an upcall.
+  private countFound(via: number, key: Uint32Array, k: number, h: number, f: number): void {
     if (via === 1) {
-      emc.insertMaybe(key, k, h, f);
+      this.emc.insertMaybe(key, k, h, f);
       this.classify.megaflowHits++;
     } else if (via === 2) this.classify.misses++;
     else this.classify.emcHits++;
-    return f;
   }
 
   // Slow path: the action-set table grew.

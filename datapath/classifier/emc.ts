@@ -202,7 +202,7 @@ export class Emc {
     ent[q + 2] = this.flowGen[f];
     for (let w = 0; w < KEY_WORDS; w++) ent[q + 4 + w] = k[o + w];
     let other = 0;
-    for (const w of NOT_IPV4_TUN) other |= k[o + w];
+    for (let j = 0; j < NOT_IPV4_TUN.length; j++) other |= k[o + NOT_IPV4_TUN[j]];
     const tun = k[o + 15] | k[o + 16] | k[o + 17];
     ent[q + 3] = other !== 0 ? 0 : tun === 0 ? IPV4_SHAPE : IPV4_TUN_SHAPE;
   }
