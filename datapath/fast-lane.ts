@@ -121,92 +121,82 @@ export class FastLane {
       // Parse's common case (parse.ts), or the stages take it from here.
       const base = off[i];
       const cl = caplen[i];
-      const l4 = commonIpv4(b, d, base, cl, wirelen[i]);
+      const wl = wirelen[i]; // rx counts the packet as it arrived (a tunnel's outer headers included)
+      const l4 = commonIpv4(b, d, base, cl, wl);
       if (l4 === 0) {
-        // A tunnel packet for this host, not flagged: decapsulated and sent here too.
-        const wl = wirelen[i];
+        // A tunnel packet for this host: flagged, or decapsulated and sent here too.
         const t = this.tunnelFast(batch, i, now, seq);
         if (t === 0 || (t < 0 && !this.tunnelOne(batch, i, now, seq))) break;
         seq = this.seq; // an upcall in there resolves the slots afresh
         setSlot = this.setSlot;
         setStamp = this.setStamp;
-        const p = inPpid[i];
-        if (p !== rxPort) {
-          rxPackets[rxPort] += rxRun;
-          rxBytes[rxPort] += rxRunBytes;
-          rxPort = p;
-          rxRun = 0;
-          rxRunBytes = 0;
-        }
-        rxRun++;
-        rxRunBytes += wl; // as it arrived, outer headers included
-        continue;
-      }
-      const proto = b[base + 23];
-      const tp = transportWord(b, d, base, proto, l4);
-      const w0 = inPortKey[inPpid[i]];
-      const w2 = d.getUint32(base);
-      const w3 = d.getUint32(base + 4); // dst[4..5] and src[0..1]: parse's two halves
-      const w4 = d.getUint32(base + 8);
-      const w5 = ((ETH_P_IPV4 << 16) | (proto << 8)) >>> 0;
-      const w6 = d.getUint32(base + 26);
-      const w10 = d.getUint32(base + 30);
-      const h = ipv4KeyHash(w0, w2, w3, w6, w10, tp);
-      let f = useEmc ? emc.lookupIpv4(h, w0, w2, w3, w4, w5, w6, w10, tp) : -1;
-      let viaMegaflow = false;
-      let viaUpcall = false;
-      if (f < 0) {
-        // The megaflow table takes the key from the batch: write it there.
-        const key = batch.key;
-        const k = i * KEY_WORDS;
-        key[k] = w0; key[k + 1] = 0; key[k + 2] = w2; key[k + 3] = w3; key[k + 4] = w4; key[k + 5] = w5;
-        key[k + 6] = w6; key[k + 7] = 0; key[k + 8] = 0; key[k + 9] = 0; key[k + 10] = w10; key[k + 11] = 0;
-        key[k + 12] = 0; key[k + 13] = 0; key[k + 14] = tp; key[k + 15] = 0; key[k + 16] = 0; key[k + 17] = 0;
-        f = flows.lookup(key, k);
-        if (f >= 0) viaMegaflow = true;
-        else {
-          // Slow path: an upcall, as the stages would make it. The FPAG may have interned a
-          // new action set: the per-batch slots are resolved afresh after it.
-          f = this.miss(batch, i);
-          if (f < 0) {
-            missed++; // dropped (drop[i] says why); the stages skip it, accounting counts it
-            break;
+      } else {
+        const proto = b[base + 23];
+        const tp = transportWord(b, d, base, proto, l4);
+        const w0 = inPortKey[inPpid[i]];
+        const w2 = d.getUint32(base);
+        const w3 = d.getUint32(base + 4); // dst[4..5] and src[0..1]: parse's two halves
+        const w4 = d.getUint32(base + 8);
+        const w5 = ((ETH_P_IPV4 << 16) | (proto << 8)) >>> 0;
+        const w6 = d.getUint32(base + 26);
+        const w10 = d.getUint32(base + 30);
+        const h = ipv4KeyHash(w0, w2, w3, w6, w10, tp);
+        let f = useEmc ? emc.lookupIpv4(h, w0, w2, w3, w4, w5, w6, w10, tp) : -1;
+        let viaMegaflow = false;
+        let viaUpcall = false;
+        if (f < 0) {
+          // The megaflow table takes the key from the batch: write it there.
+          const key = batch.key;
+          const k = i * KEY_WORDS;
+          key[k] = w0; key[k + 1] = 0; key[k + 2] = w2; key[k + 3] = w3; key[k + 4] = w4; key[k + 5] = w5;
+          key[k + 6] = w6; key[k + 7] = 0; key[k + 8] = 0; key[k + 9] = 0; key[k + 10] = w10; key[k + 11] = 0;
+          key[k + 12] = 0; key[k + 13] = 0; key[k + 14] = tp; key[k + 15] = 0; key[k + 16] = 0; key[k + 17] = 0;
+          f = flows.lookup(key, k);
+          if (f >= 0) viaMegaflow = true;
+          else {
+            // Slow path: an upcall, as the stages would make it. The FPAG may have interned a
+            // new action set: the per-batch slots are resolved afresh after it.
+            f = this.miss(batch, i);
+            if (f < 0) {
+              missed++; // dropped (drop[i] says why); the stages skip it, accounting counts it
+              break;
+            }
+            viaUpcall = true;
+            seq = this.restamp();
+            setSlot = this.setSlot;
+            setStamp = this.setStamp;
           }
-          viaUpcall = true;
-          seq = this.restamp();
-          setSlot = this.setSlot;
-          setStamp = this.setStamp;
         }
+        const a = act[f];
+        if (setStamp[a] !== seq) {
+          setStamp[a] = seq;
+          setSlot[a] = ex.directSlotOf(a);
+        }
+        const slot = setSlot[a];
+        if (slot < 0) break;
+        const len = cl + 16;
+        if (len > dCap[slot]) break;
+        // Decided: from here on the packet is the lane's.
+        if (viaMegaflow) {
+          emc.insertMaybe(batch.key, i * KEY_WORDS, h, f);
+          megaflowHits++;
+        } else if (viaUpcall) missed++;
+        else emcHits++;
+        const o = f * STAT_WORDS;
+        stats[o + ST_PACKETS]++;
+        stats[o + ST_BYTES] += cl;
+        stats[o + ST_USED] = now;
+        flowOf[i] = f;
+        if (dBegun[slot] === 0) ex.directBegin(slot);
+        let u = dUsed[slot];
+        if (u + len > dCap[slot]) u = ex.directFlush(slot);
+        arenaCopy(b, words, base - 16, len, dBase[slot] + u);
+        dUsed[slot] = u + len;
+        const ppid = slotPpid[slot];
+        txPackets[ppid]++;
+        txBytes[ppid] += cl;
+        drop[i] = FORWARDED;
       }
-      const a = act[f];
-      if (setStamp[a] !== seq) {
-        setStamp[a] = seq;
-        setSlot[a] = ex.directSlotOf(a);
-      }
-      const slot = setSlot[a];
-      if (slot < 0) break;
-      const len = cl + 16;
-      if (len > dCap[slot]) break;
-      // Decided: from here on the packet is the lane's.
-      if (viaMegaflow) {
-        emc.insertMaybe(batch.key, i * KEY_WORDS, h, f);
-        megaflowHits++;
-      } else if (viaUpcall) missed++;
-      else emcHits++;
-      const o = f * STAT_WORDS;
-      stats[o + ST_PACKETS]++;
-      stats[o + ST_BYTES] += cl;
-      stats[o + ST_USED] = now;
-      flowOf[i] = f;
-      if (dBegun[slot] === 0) ex.directBegin(slot);
-      let u = dUsed[slot];
-      if (u + len > dCap[slot]) u = ex.directFlush(slot);
-      arenaCopy(b, words, base - 16, len, dBase[slot] + u);
-      dUsed[slot] = u + len;
-      const ppid = slotPpid[slot];
-      txPackets[ppid]++;
-      txBytes[ppid] += cl;
-      drop[i] = FORWARDED;
       const p = inPpid[i];
       if (p !== rxPort) {
         rxPackets[rxPort] += rxRun;
@@ -216,7 +206,7 @@ export class FastLane {
         rxRunBytes = 0;
       }
       rxRun++;
-      rxRunBytes += cl;
+      rxRunBytes += wl;
     }
     rxPackets[rxPort] += rxRun;
     rxBytes[rxPort] += rxRunBytes;
