@@ -32,6 +32,7 @@ import { spawnSync } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { replay } from '../control/replay.js';
+import { arenaCopy } from '../datapath/arena.js';
 import { ipv4KeyHash } from '../datapath/classifier/emc.js';
 import { commonIpv4, transportWord } from '../datapath/parse/parse.js';
 import { txBufferBytes } from '../datapath/ports/capture-writer.js';
@@ -96,6 +97,29 @@ function ioSeconds(input: string, dir: string, header: Uint8Array): number {
   return s;
 }
 
+/** Copies the record at p (len bytes) into the port's buffer, writing the buffer out first when it is full. */
+function toPort(fds: number[], port: number, p: number, len: number): void {
+  let u = used[port];
+  if (u + len > TX) {
+    writeSync(fds[port], bytes, CHUNK + port * TX, u);
+    u = 0;
+  }
+  arenaCopy(bytes, words, p, len, CHUNK + port * TX + u);
+  used[port] = u + len;
+}
+
+/** Moves the unread tail [p, have) of the chunk to its front and reads after it: the new fill, or 0 at the end. */
+function refill(fd: number, p: number, have: number): number {
+  const rest = have - p;
+  bytes.copyWithin(0, p, have);
+  const n = readSync(fd, bytes, rest, CHUNK - rest, null);
+  return n <= 0 ? 0 : rest + n;
+}
+
+function flushPorts(fds: number[]): void {
+  for (let q = 0; q < PORTS; q++) if (used[q] > 0) writeSync(fds[q], bytes, CHUNK + q * TX, used[q]);
+}
+
 /** The least per-packet work, with fpo's IO. Returns seconds and packets. */
 function floorRun(input: string, dir: string, header: Uint8Array): { seconds: number; packets: number } {
   const fds = openOutputs(dir, header);
@@ -110,34 +134,15 @@ function floorRun(input: string, dir: string, header: Uint8Array): { seconds: nu
       if (p + 16 > have) break;
       const len = 16 + view.getUint32(p + 8, true);
       if (p + len > have) break;
-      const port = Math.imul(view.getUint32(p + 16 + 30), 0x9e3779b1) >>> 0 >>> 26; // one of 64
-      let u = used[port];
-      if (u + len > TX) {
-        writeSync(fds[port], bytes, CHUNK + port * TX, u);
-        u = 0;
-      }
-      const to = CHUNK + port * TX + u;
-      if (((p | to | len) & 3) === 0) {
-        let a = to >> 2;
-        let b = p >> 2;
-        const end = b + (len >> 2);
-        for (; b + 4 <= end; a += 4, b += 4) {
-          words[a] = words[b]; words[a + 1] = words[b + 1]; words[a + 2] = words[b + 2]; words[a + 3] = words[b + 3];
-        }
-        for (; b < end; a++, b++) words[a] = words[b];
-      } else bytes.copyWithin(to, p, p + len);
-      used[port] = u + len;
+      toPort(fds, Math.imul(view.getUint32(p + 16 + 30), 0x9e3779b1) >>> 0 >>> 26, p, len); // one of 64 ports
       p += len;
       packets++;
     }
-    const rest = have - p;
-    bytes.copyWithin(0, p, have);
-    const n = readSync(fd, bytes, rest, CHUNK - rest, null);
-    if (n <= 0) break;
-    have = rest + n;
+    have = refill(fd, p, have);
+    if (have === 0) break;
     p = 0;
   }
-  for (let q = 0; q < PORTS; q++) if (used[q] > 0) writeSync(fds[q], bytes, CHUNK + q * TX, used[q]);
+  flushPorts(fds);
   closeSync(fd);
   const seconds = (performance.now() - t0) / 1000;
   closeOutputs(fds, dir);
@@ -206,35 +211,17 @@ function leanRun(input: string, dir: string, header: Uint8Array): { seconds: num
       flowStats[o + 1] += cl;
       flowStats[o + 2] = now;
       const port = flowPort[f];
-      let u = used[port];
-      if (u + len > TX) {
-        writeSync(fds[port], bytes, CHUNK + port * TX, u);
-        u = 0;
-      }
-      const to = CHUNK + port * TX + u;
-      if (((p | to | len) & 3) === 0) {
-        let a = to >> 2;
-        let b = p >> 2;
-        const end = b + (len >> 2);
-        for (; b + 4 <= end; a += 4, b += 4) {
-          words[a] = words[b]; words[a + 1] = words[b + 1]; words[a + 2] = words[b + 2]; words[a + 3] = words[b + 3];
-        }
-        for (; b < end; a++, b++) words[a] = words[b];
-      } else bytes.copyWithin(to, p, p + len);
-      used[port] = u + len;
+      toPort(fds, port, p, len);
       txPackets[port]++;
       txBytes[port] += cl;
       p += len;
       packets++;
     }
-    const rest = have - p;
-    bytes.copyWithin(0, p, have);
-    const n = readSync(fd, bytes, rest, CHUNK - rest, null);
-    if (n <= 0) break;
-    have = rest + n;
+    have = refill(fd, p, have);
+    if (have === 0) break;
     p = 0;
   }
-  for (let q = 0; q < PORTS; q++) if (used[q] > 0) writeSync(fds[q], bytes, CHUNK + q * TX, used[q]);
+  flushPorts(fds);
   closeSync(fd);
   const seconds = (performance.now() - t0) / 1000;
   closeOutputs(fds, dir);
