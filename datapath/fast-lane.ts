@@ -38,7 +38,7 @@ import type { ActionSets } from './actions/action-sets.js';
 import type { Execute } from './actions/execute.js';
 import { arenaCopy } from './arena.js';
 import { ABSENT, type PacketBatch } from './batch.js';
-import { type Emc, ipv4KeyHash, keyHash, tunKeyHash } from './classifier/emc.js';
+import { type Emc, ipv4KeyHash, keyHash, probeIpv4, tunKeyHash } from './classifier/emc.js';
 import type { FlagCheck } from './classifier/flag-check.js';
 import { KEY_WORDS, TUN_PRESENT, W_ETH_TYPE, W_IP_SRC, W_TP, W_TUN, W_TUN_DST, W_TUN_SRC } from './classifier/flow-key.js';
 import { ST_BYTES, ST_PACKETS, ST_USED, STAT_WORDS, type FlowTable } from './classifier/flow-table.js';
@@ -56,10 +56,16 @@ export class FastLane {
   forwarded = 0;
   /** Flagged tunnel packets the lane marked SPECIAL in the batch it last ran on (the datapath delivers them). */
   special = 0;
-  /** Per action set: the direct tx slot it resolved to this batch (valid when setStamp = seq). */
+  /**
+   * Per action set: the direct tx slot it resolved to (valid when setStamp =
+   * seq). Kept across batches while Execute's directEpoch stays the same (a
+   * batch of 256 to 64 VMs resolved ~63 sets afresh each time); an upcall
+   * stamps afresh too.
+   */
   private setSlot = new Int32Array(1024);
   private setStamp = new Uint32Array(1024);
   private seq = 0;
+  private epoch = -1;
 
   constructor(
     private readonly inPortKey: Uint32Array,
@@ -85,7 +91,12 @@ export class FastLane {
     if (!this.enabled || !batch.rawPcapLE || batch.buf !== ex.dBytes) return 0;
     const useEmc = emc.probeBatch();
     if (this.setStamp.length < this.sets.count) this.growSets();
-    let seq = ++this.seq;
+    const epoch = ex.directEpoch();
+    if (epoch !== this.epoch) {
+      this.epoch = epoch;
+      this.seq++;
+    }
+    let seq = this.seq;
     let setSlot = this.setSlot;
     let setStamp = this.setStamp;
     const n = batch.count;
@@ -109,6 +120,9 @@ export class FastLane {
     const slotPpid = ex.slotPpid;
     const txPackets = ex.txPackets;
     const txBytes = ex.txBytes;
+    const ent = emc.ent;
+    const emcMask = emc.mask;
+    const flowGen = emc.flowGen;
     let emcHits = 0;
     let megaflowHits = 0;
     let missed = 0;
@@ -141,7 +155,7 @@ export class FastLane {
         const w6 = d.getUint32(base + 26);
         const w10 = d.getUint32(base + 30);
         const h = ipv4KeyHash(w0, w2, w3, w6, w10, tp);
-        let f = useEmc ? emc.lookupIpv4(h, w0, w2, w3, w4, w5, w6, w10, tp) : -1;
+        let f = useEmc ? probeIpv4(ent, emcMask, flowGen, h, w0, w2, w3, w4, w5, w6, w10, tp) : -1;
         let viaMegaflow = false;
         let viaUpcall = false;
         if (f < 0) {
@@ -155,7 +169,7 @@ export class FastLane {
           if (f >= 0) viaMegaflow = true;
           else {
             // Slow path: an upcall, as the stages would make it. The FPAG may have interned a
-            // new action set: the per-batch slots are resolved afresh after it.
+            // new action set: the memoized slots are resolved afresh after it.
             f = this.miss(batch, i);
             if (f < 0) {
               missed++; // dropped (drop[i] says why); the stages skip it, accounting counts it
@@ -409,13 +423,13 @@ export class FastLane {
   }
 
   // Slow path, after an upcall: the FPAG may have interned a new action set,
-  // so the per-batch slots are resolved afresh. Returns the new batch stamp.
+  // so the memoized slots are resolved afresh. Returns the new stamp.
   private restamp(): number {
     if (this.setStamp.length < this.sets.count) this.growSets();
     return ++this.seq;
   }
 
-  // The direct tx slot of action set a in the batch stamped `seq`, or -1.
+  // The direct tx slot of action set a under the stamp `seq`, or -1.
   private slotFor(a: number, seq: number): number {
     if (this.setStamp[a] !== seq) {
       this.setStamp[a] = seq;

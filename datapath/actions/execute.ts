@@ -335,6 +335,17 @@ export class Execute {
   }
 
   /**
+   * What directSlotOf's answers depend on, as one number that changes when
+   * they may: the mapping's changes plus the ports given slots. A caller
+   * that memoizes directSlotOf per action set (the fast lane) keeps its
+   * answers while this stays the same (action sets never change once
+   * interned; a new set is a new id).
+   */
+  directEpoch(): number {
+    return this.mapping.changes + this.slots;
+  }
+
+  /**
    * Slow path (once per action set and batch, for the fast lane): the tx
    * slot of a set that is exactly one plain output to a mapped port taking
    * direct copies, else -1 (the set needs execute's general path).

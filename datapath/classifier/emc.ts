@@ -66,6 +66,23 @@ function sameIpv4(e: Uint32Array, q: number, w0: number, w2: number, w3: number,
   return e[q + 14] === w14 && e[q + 10] === w10 && e[q + 6] === w6 && e[q] === w0 && e[q + 2] === w2 && e[q + 3] === w3 && e[q + 4] === w4 && e[q + 5] === w5;
 }
 
+/**
+ * Emc.lookupIpv4 over the cache's own arrays (`ent`, `mask`, `flowGen`),
+ * for a caller that holds them in locals for a whole batch (the fast lane):
+ * the same entries, the same answer. lookupIpv4 reads the arrays from the
+ * cache object at every call; the lane reads them once a batch (with the
+ * lane's slot memo kept across batches, 10 M 64-byte packets went from
+ * 0.72–0.78 to 0.81–0.82 of tcpdump's time, alternating runs).
+ */
+export function probeIpv4(ent: Uint32Array, mask: number, flowGen: Uint32Array, h: number, w0: number, w2: number, w3: number, w4: number, w5: number, w6: number, w10: number, w14: number): number {
+  for (let e = h & mask, way = 0; way < 2; way++, e = (h >>> 16) & mask) {
+    const q = e * STRIDE;
+    const f = ent[q + 1] - 1;
+    if (ent[q] === h && f >= 0 && ent[q + 3] === IPV4_SHAPE && sameIpv4(ent, q + 4, w0, w2, w3, w4, w5, w6, w10, w14) && ent[q + 2] === flowGen[f]) return f;
+  }
+  return -1;
+}
+
 /** Key words that are 0 in every key lookupTun asks for (lookupIpv4's have 15..17 at 0 too). */
 const NOT_IPV4_TUN = [1, 7, 8, 9, 11, 12, 13];
 
@@ -73,7 +90,8 @@ export class Emc {
   readonly entries: number;
   /** Insert one megaflow hit in this many (0: the cache is off). */
   insertInvProb: number;
-  private readonly mask: number;
+  /** entries - 1 (for probeIpv4). */
+  readonly mask: number;
   /**
    * All of an entry in one run of STRIDE words (one or two cache lines, not
    * four arrays): [0] hash, [1] flow + 1 (0: empty), [2] the flow's
@@ -81,8 +99,9 @@ export class Emc {
    * (lookupIpv4 compares 8 words, not 18), IPV4_TUN_SHAPE when only its
    * tunnel words are not (lookupTun compares 11), [4 .. 4 + KEY_WORDS) the key.
    */
-  private readonly ent: Uint32Array;
-  private readonly flowGen: Uint32Array;
+  readonly ent: Uint32Array;
+  /** The flow table's generations: an entry is live while its word 2 equals its flow's. */
+  readonly flowGen: Uint32Array;
   /** Megaflow hits until the next insert (a countdown: no random draw, no division per packet). */
   private countdown = 1;
   // Bypass: while lookups find nothing (the flows in use far outnumber the
@@ -139,16 +158,9 @@ export class Emc {
    * lookup() on the full key.
    */
   lookupIpv4(h: number, w0: number, w2: number, w3: number, w4: number, w5: number, w6: number, w10: number, w14: number): number {
-    const ent = this.ent;
-    // The two ways in one loop: half the bytecode of two copies, so that V8 still
-    // inlines this and the lane's other helpers into the lane.
-    for (let e = h & this.mask, way = 0; way < 2; way++, e = (h >>> 16) & this.mask) {
-      const q = e * STRIDE;
-      const f = ent[q + 1] - 1;
-      if (ent[q] === h && f >= 0 && ent[q + 3] === IPV4_SHAPE && ent[q + 2] === this.flowGen[f] && sameIpv4(ent, q + 4, w0, w2, w3, w4, w5, w6, w10, w14)) return f;
-    }
-    return -1;
+    return probeIpv4(this.ent, this.mask, this.flowGen, h, w0, w2, w3, w4, w5, w6, w10, w14);
   }
+
 
   /**
    * Fast path: lookupIpv4 for the key of a decapsulated packet: the same

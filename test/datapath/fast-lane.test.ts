@@ -79,6 +79,26 @@ describe('FastLane', () => {
     expect(on.datapath.fastLane.forwarded).toBeGreaterThan(0);
   });
 
+  it('a VM moved between batches, with no upcall after it, is followed by the lane (its per-set slots are not kept past a mapping change)', () => {
+    const dir = tempDir();
+    const cap = join(dir, 'gen.pcap');
+    const topo = join(dir, 'topo.json');
+    const t = benchTopology(4);
+    t.ports.push({ name: 'vf9', ppid: 19 });
+    writeFileSync(topo, JSON.stringify(t));
+    generate(cap, { frames: 20_000, size: 64, flows: 100, vms: 4 });
+    // The move lands on a batch boundary (64 × 150): the flows stay, so no packet after it
+    // upcalls, and only the mapping says where vm1's packets go now.
+    const events: ControlEvent[] = [{ atPacket: 9600, do: 'migrate', interface: 'vm1-eth0', to: 'vf9' } as ControlEvent];
+    const { on, off } = bothWays(cap, topo, { batchSize: 64, events });
+    expectSame(on, off);
+    const tx = (name: string) => on.report.ports.find((p) => p.name === name)!.tx.packets;
+    expect(tx('vf9')).toBeGreaterThan(2000);
+    expect(tx('vf1')).toBeGreaterThan(2000);
+    expect(on.report.flows.upcalls).toBe(off.report.flows.upcalls);
+    expect(on.datapath.fastLane.forwarded).toBeGreaterThan(19_000);
+  });
+
   it('two hosts joined by a tunnel (encapsulation, flagging, decapsulation) come out the same both ways', () => {
     // The hosts replay runs each host's datapath; here host A's side alone, whose outputs are tunnel packets.
     const topo = JSON.parse(readFileSync(join(FIXTURES, 'two-hosts.json'), 'utf8')).hosts[0];
