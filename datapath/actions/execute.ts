@@ -346,7 +346,7 @@ export class Execute {
   }
 
   /**
-   * Slow path (once per action set and batch, for the fast lane): the tx
+   * Slow path (for the fast lane, once per action set while directEpoch holds): the tx
    * slot of a set that is exactly one plain output to a mapped port taking
    * direct copies, else -1 (the set needs execute's general path).
    */

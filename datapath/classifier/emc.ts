@@ -72,7 +72,8 @@ function sameIpv4(e: Uint32Array, q: number, w0: number, w2: number, w3: number,
  * the same entries, the same answer. lookupIpv4 reads the arrays from the
  * cache object at every call; the lane reads them once a batch (with the
  * lane's slot memo kept across batches, 10 M 64-byte packets went from
- * 0.72–0.78 to 0.81–0.82 of tcpdump's time, alternating runs).
+ * 0.72–0.78 to 0.81–0.82 of tcpdump's time, alternating runs). The two
+ * ways in one loop: half the bytecode of two copies, so V8 inlines it.
  */
 export function probeIpv4(ent: Uint32Array, mask: number, flowGen: Uint32Array, h: number, w0: number, w2: number, w3: number, w4: number, w5: number, w6: number, w10: number, w14: number): number {
   for (let e = h & mask, way = 0; way < 2; way++, e = (h >>> 16) & mask) {
@@ -160,7 +161,6 @@ export class Emc {
   lookupIpv4(h: number, w0: number, w2: number, w3: number, w4: number, w5: number, w6: number, w10: number, w14: number): number {
     return probeIpv4(this.ent, this.mask, this.flowGen, h, w0, w2, w3, w4, w5, w6, w10, w14);
   }
-
 
   /**
    * Fast path: lookupIpv4 for the key of a decapsulated packet: the same
