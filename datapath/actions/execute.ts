@@ -82,6 +82,10 @@ export class Execute {
 
   readonly listCap: number;
   private slots = 0;
+  /** Ports given tx slots so far (the per-slot arrays are replaced as this grows). */
+  get slotCount(): number {
+    return this.slots;
+  }
 
   // Direct copies, per slot: the port (or null), its buffer's base, size and
   // fill level, whether it has begun (file open), and the batch it last had a

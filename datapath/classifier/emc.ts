@@ -28,6 +28,9 @@ const BYPASS_HIT_INV = 64;
 const IPV4_SHAPE = 1;
 const IPV4_TUN_SHAPE = 2;
 const STRIDE = 24;
+/** The entry layout, for the fast lane's hot loop, which probes the cache in place (fast-lane.ts hotLoop). */
+export const EMC_STRIDE: 24 = STRIDE;
+export const EMC_IPV4_SHAPE: 1 = IPV4_SHAPE;
 
 /**
  * The batch hash of a key (like a NIC's RSS hash): in_port, eth_dst, eth_type,
@@ -67,15 +70,12 @@ function sameIpv4(e: Uint32Array, q: number, w0: number, w2: number, w3: number,
 }
 
 /**
- * Emc.lookupIpv4 over the cache's own arrays (`ent`, `mask`, `flowGen`),
- * for a caller that holds them in locals for a whole batch (the fast lane):
- * the same entries, the same answer. lookupIpv4 reads the arrays from the
- * cache object at every call; the lane reads them once a batch (with the
- * lane's slot memo kept across batches, 10 M 64-byte packets went from
- * 0.72–0.78 to 0.81–0.82 of tcpdump's time, alternating runs). The two
- * ways in one loop: half the bytecode of two copies, so V8 inlines it.
+ * Emc.lookupIpv4 over the cache's arrays: the two ways in one loop (half
+ * the bytecode of two copies, so V8 inlines it). The fast lane's hot loop
+ * writes the same probe out in place (fast-lane.ts hotLoop: V8's inlining
+ * budget there goes to the parser and the hash).
  */
-export function probeIpv4(ent: Uint32Array, mask: number, flowGen: Uint32Array, h: number, w0: number, w2: number, w3: number, w4: number, w5: number, w6: number, w10: number, w14: number): number {
+function probeIpv4(ent: Uint32Array, mask: number, flowGen: Uint32Array, h: number, w0: number, w2: number, w3: number, w4: number, w5: number, w6: number, w10: number, w14: number): number {
   for (let e = h & mask, way = 0; way < 2; way++, e = (h >>> 16) & mask) {
     const q = e * STRIDE;
     const f = ent[q + 1] - 1;
