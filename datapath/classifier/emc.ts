@@ -9,9 +9,10 @@
  *
  * An entry is valid while its flow's generation (FlowTable.gen) is the one
  * it saw, so removing or evicting a flow invalidates its cache entries with
- * no sweep. Inserts happen on a megaflow hit, one time in `insertInvProb`
- * (OVS's emc-insert-inv-prob, default 100), so a burst of short flows does
- * not flush the entries of long ones; 0 disables the cache.
+ * no sweep. Inserts happen on a megaflow hit: into a free or stale way at
+ * once, over a live entry one time in `insertInvProb` (OVS's
+ * emc-insert-inv-prob, default 100), so a burst of short flows does not
+ * flush the entries of long ones; 0 disables the cache.
  */
 import { KEY_WORDS } from './flow-key.js';
 
@@ -194,19 +195,27 @@ export class Emc {
     this.winHits = 0;
   }
 
-  /** Caches key → flow f, one time in insertInvProb. */
+  /**
+   * Caches key → flow f: at once into a free or stale way (that evicts
+   * nothing), else one time in insertInvProb over the way a hash bit
+   * chooses. The probability is there so a burst of short flows does not
+   * flush the entries of long ones; a free way needs no such care, and
+   * taking it at once spares a new flow ~insertInvProb trips through the
+   * megaflow table (1 thousand flows: 110 thousand of them, before).
+   */
   insertMaybe(k: Uint32Array, o: number, h: number, f: number): void {
     const p = this.insertInvProb;
     if (p === 0) return;
-    if (--this.countdown > 0) return;
-    this.countdown = p;
     const e1 = h & this.mask;
     const e2 = (h >>> 16) & this.mask;
-    // Take a free or stale way; else replace the way chosen by a hash bit.
     let e: number;
     if (!this.valid(e1)) e = e1;
     else if (!this.valid(e2)) e = e2;
-    else e = h & 0x8000 ? e2 : e1;
+    else {
+      if (--this.countdown > 0) return;
+      this.countdown = p;
+      e = h & 0x8000 ? e2 : e1;
+    }
     const q = e * STRIDE;
     const ent = this.ent;
     ent[q] = h;
