@@ -38,7 +38,7 @@ import type { ActionSets } from './actions/action-sets.js';
 import type { Execute } from './actions/execute.js';
 import { SMALL_COPY, arenaCopy } from './arena.js';
 import { ABSENT, type PacketBatch } from './batch.js';
-import { EMC_IPV4_SHAPE, EMC_STRIDE, type Emc, ipv4KeyHash, keyHash, tunKeyHash } from './classifier/emc.js';
+import { EMC_IPV4_SHAPE, EMC_MEMO, EMC_STRIDE, type Emc, ipv4KeyHash, keyHash, tunKeyHash } from './classifier/emc.js';
 import type { FlagCheck } from './classifier/flag-check.js';
 import { KEY_WORDS, TUN_PRESENT, W_ETH_TYPE, W_IP_SRC, W_TP, W_TUN, W_TUN_DST, W_TUN_SRC } from './classifier/flow-key.js';
 import { ST_BYTES, ST_PACKETS, ST_USED, STAT_WORDS, type FlowTable } from './classifier/flow-table.js';
@@ -58,16 +58,17 @@ export class FastLane {
   special = 0;
   /**
    * Per action set: the direct tx slot it resolved to (valid when setStamp =
-   * seq). Kept across batches while Execute's directEpoch stays the same (a
-   * batch of 256 to 64 VMs resolved ~63 sets afresh each time); an upcall
-   * stamps afresh too.
+   * seq), for `one`; the hot loop finds the same slot kept with the flow's
+   * cache entry (Emc.memo) under the same stamp. Kept across batches and
+   * upcalls while Execute's directEpoch (mapping changes, ports) stays the
+   * same: action sets never change once interned.
    */
   private setSlot = new Int32Array(1024);
   private setStamp = new Uint32Array(1024);
   private seq = 0;
   private epoch = -1;
   /** Per batch the lane has run on: its hot loop, and what the loop was built over. */
-  private loops = new WeakMap<PacketBatch, { loop: HotLoop; slots: number; setSlot: Int32Array }>();
+  private loops = new WeakMap<PacketBatch, { loop: HotLoop; slots: number }>();
   /** This batch: whether the cache is probed (not bypassed), and the lane's lookups by where they found their flow. */
   private useEmc = true;
   private emcHits = 0;
@@ -105,12 +106,7 @@ export class FastLane {
     this.special = 0;
     if (!this.enabled || !batch.rawPcapLE || batch.buf !== ex.dBytes) return 0;
     this.useEmc = emc.probeBatch();
-    if (this.setStamp.length < this.sets.count) this.growSets();
-    const epoch = ex.directEpoch();
-    if (epoch !== this.epoch) {
-      this.epoch = epoch;
-      this.seq++;
-    }
+    this.restamp();
     this.emcHits = 0;
     this.megaflowHits = 0;
     this.missed = 0;
@@ -140,12 +136,12 @@ export class FastLane {
    * The hot loop over this batch from packet `from` (see hotLoop): returns
    * the first packet it does not take. Its loop is built for this batch and
    * this datapath's arrays, and built again when the arrays it holds may
-   * have changed (a port added, the action-set memo grown).
+   * have changed (a port added).
    */
   private run(batch: PacketBatch, from: number, now: number): number {
     let built = this.loops.get(batch);
-    if (built === undefined || built.slots !== this.execute.slotCount || built.setSlot !== this.setSlot) {
-      built = { loop: this.buildLoop(batch), slots: this.execute.slotCount, setSlot: this.setSlot };
+    if (built === undefined || built.slots !== this.execute.slotCount) {
+      built = { loop: this.buildLoop(batch), slots: this.execute.slotCount };
       this.loops.set(batch, built);
     }
     return built.loop(from, batch.count, this.seq, now);
@@ -158,7 +154,7 @@ export class FastLane {
     const state: HotState = {
       drop: batch.drop, off: batch.off, caplen: batch.caplen, wirelen: batch.wirelen, inPpid: batch.inPpid,
       b, d: new DataView(b.buffer, b.byteOffset, b.byteLength), words: ex.dWords,
-      inPortKey: this.inPortKey, stats: this.flows.stats, act: this.flows.act, setSlot: this.setSlot, setStamp: this.setStamp,
+      inPortKey: this.inPortKey, stats: this.flows.stats,
       ent: this.emc.ent, emcMask: this.emc.mask, flowGen: this.emc.flowGen,
       dBase: ex.dBase, dCap: ex.dCap, dUsed: ex.dUsed, dBegun: ex.dBegun, slotPpid: ex.slotPpid, txPackets: ex.txPackets, txBytes: ex.txBytes,
       execute: ex, commonIpv4, transportWord, ipv4KeyHash,
@@ -224,6 +220,7 @@ export class FastLane {
     if (slot < 0 || cl + 16 > this.execute.dCap[slot]) return false;
     // Decided: from here on the packet is the lane's.
     this.countFound(via, batch.key, i * KEY_WORDS, h, f);
+    if (this.useEmc) this.emc.memo(h, f, this.seq, slot); // for the hot loop, when the key is cached
     this.commit(batch, i, f, slot, base, cl, cl, now); // commonIpv4: cl = wirelen
     return true;
   }
@@ -420,11 +417,16 @@ export class FastLane {
     return f;
   }
 
-  // Slow path, after an upcall: the FPAG may have interned a new action set,
-  // so the memoized slots are resolved afresh.
+  // Slow path, after an upcall: the FPAG may have interned new action sets
+  // (new ids: the memo grows for them) or moved a VM (the epoch changes:
+  // every memoized slot is resolved afresh, here and in the cache's entries).
   private restamp(): void {
     if (this.setStamp.length < this.sets.count) this.growSets();
-    this.seq++;
+    const epoch = this.execute.directEpoch();
+    if (epoch !== this.epoch) {
+      this.epoch = epoch;
+      this.seq++;
+    }
   }
 
   // The direct tx slot of action set a (memoized under the stamp `seq`), or -1.
@@ -499,9 +501,6 @@ interface HotState {
   words: Int32Array;
   inPortKey: Uint32Array;
   stats: Float64Array;
-  act: Int32Array;
-  setSlot: Int32Array;
-  setStamp: Uint32Array;
   ent: Uint32Array;
   emcMask: number;
   flowGen: Uint32Array;
@@ -523,7 +522,8 @@ type HotLoop = (from: number, n: number, seq: number, now: number) => number;
 
 /**
  * The hot loop: each packet of Parse's common case whose key is in the
- * cache and whose flow's action set has a memoized direct slot with room —
+ * cache, with the flow's direct tx slot kept in the entry under the
+ * current stamp (Emc.memo, left there by `one`) and room for the record —
  * key in locals, cache probe, per-flow counters, the record copied into the
  * port's buffer. Stops at the first packet that is anything else (`one`
  * takes that one).
@@ -553,9 +553,6 @@ function hotLoop(s: HotState): HotLoop {
   const words = s.words;
   const inPortKey = s.inPortKey;
   const stats = s.stats;
-  const act = s.act;
-  const setSlot = s.setSlot;
-  const setStamp = s.setStamp;
   const ent = s.ent;
   const emcMask = s.emcMask;
   const flowGen = s.flowGen;
@@ -590,8 +587,9 @@ function hotLoop(s: HotState): HotLoop {
       // The cache's two ways, as probeIpv4 (emc.ts) looks: hash, flow + 1, generation, shape, key words.
       const h = ipv4KeyHash(w0, w2, w3, w6, w10, tp);
       let f = -1;
+      let q = 0;
       for (let e = h & emcMask, way = 0; way < 2; way++, e = (h >>> 16) & emcMask) {
-        const q = e * 24; // EMC_STRIDE
+        q = e * 24; // EMC_STRIDE
         const g = ent[q + 1] - 1;
         if (ent[q] === h && g >= 0 && ent[q + 3] === 1 && ent[q + 18] === tp && ent[q + 14] === w10 && ent[q + 10] === w6 && ent[q + 4] === w0 &&
           ent[q + 6] === w2 && ent[q + 7] === w3 && ent[q + 8] === w4 && ent[q + 9] === w5 && ent[q + 2] === flowGen[g]) {
@@ -599,12 +597,11 @@ function hotLoop(s: HotState): HotLoop {
           break;
         }
       }
-      if (f < 0) break;
-      const a = act[f];
-      if (setStamp[a] !== seq) break;
-      const slot = setSlot[a];
+      // The flow's tx slot, as `one` left it with the entry (EMC_MEMO) under this stamp.
+      if (f < 0 || ent[q + 22] !== seq) break;
+      const slot = ent[q + 23];
       const len = cl + 16;
-      if (slot < 0 || len > dCap[slot]) break;
+      if (len > dCap[slot]) break;
       const o = f * 4; // STAT_WORDS: packets, bytes, used
       stats[o]++;
       stats[o + 1] += cl;
@@ -640,7 +637,7 @@ function hotLoop(s: HotState): HotLoop {
 const _forwarded: 254 = FORWARDED;
 const _stats: [4, 0, 1, 2] = [STAT_WORDS, ST_PACKETS, ST_BYTES, ST_USED];
 const _ipv4: 0x0800 = ETH_P_IPV4;
-const _emc: [24, 1] = [EMC_STRIDE, EMC_IPV4_SHAPE];
+const _emc: [24, 1, 22] = [EMC_STRIDE, EMC_IPV4_SHAPE, EMC_MEMO];
 const _copy: 256 = SMALL_COPY;
 void [_forwarded, _stats, _ipv4, _emc, _copy];
 

@@ -4,7 +4,8 @@
  * a hit costs one short hash, at most two probes and a 16-word compare,
  * however many subtables the megaflow table has.
  *
- *   entry e:  ent[e*STRIDE ..]: hash, flow + 1, gen, shape, key (18 words)
+ *   entry e:  ent[e*STRIDE ..]: hash, flow + 1, gen, shape, key (18 words),
+ *             the user's stamp and value (Emc.memo)
  *   ways:     e1 = hash & mask, e2 = (hash >>> 16) & mask
  *
  * An entry is valid while its flow's generation (FlowTable.gen) is the one
@@ -32,6 +33,8 @@ const STRIDE = 24;
 /** The entry layout, for the fast lane's hot loop, which probes the cache in place (fast-lane.ts hotLoop). */
 export const EMC_STRIDE: 24 = STRIDE;
 export const EMC_IPV4_SHAPE: 1 = IPV4_SHAPE;
+/** Entry words 22 and 23: a stamp and a value the cache's user keeps with the entry (Emc.memo); an insert clears them. */
+export const EMC_MEMO: 22 = 22;
 
 /**
  * The batch hash of a key (like a NIC's RSS hash): in_port, eth_dst, eth_type,
@@ -226,6 +229,25 @@ export class Emc {
     for (let j = 0; j < NOT_IPV4_TUN.length; j++) other |= k[o + NOT_IPV4_TUN[j]];
     const tun = k[o + 15] | k[o + 16] | k[o + 17];
     ent[q + 3] = other !== 0 ? 0 : tun === 0 ? IPV4_SHAPE : IPV4_TUN_SHAPE;
+    ent[q + EMC_MEMO] = 0;
+    ent[q + EMC_MEMO + 1] = 0;
+  }
+
+  /**
+   * Keeps (stamp, value) in the live entry of hash h for flow f, if there
+   * is one: words the cache never reads, for its user (the fast lane keeps
+   * the flow's tx slot there, so its hot loop needs nothing else to send a
+   * cache hit). Stamps are the user's own; 0 is what an insert leaves.
+   */
+  memo(h: number, f: number, stamp: number, value: number): void {
+    const ent = this.ent;
+    for (let e = h & this.mask, way = 0; way < 2; way++, e = (h >>> 16) & this.mask) {
+      const q = e * STRIDE;
+      if (ent[q] === h && ent[q + 1] === f + 1 && ent[q + 2] === this.flowGen[f]) {
+        ent[q + EMC_MEMO] = stamp;
+        ent[q + EMC_MEMO + 1] = value;
+      }
+    }
   }
 
   private valid(e: number): boolean {

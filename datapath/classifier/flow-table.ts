@@ -75,7 +75,7 @@ export class FlowTable {
    */
   readonly stats: Float64Array;
   readonly live: Uint8Array;
-  /** Bumped each time flow slot f is removed, so caches that hold f can tell (emc.ts). */
+  /** Bumped each time flow slot f is removed or given new actions, so caches that hold f can tell (emc.ts). */
   readonly gen: Uint32Array;
   private readonly freeList: Int32Array;
   private freeTop: number;
@@ -214,6 +214,8 @@ export class FlowTable {
     const h = this.maskedHash(key, 0, s);
     const old = this.find(key, 0, s, h);
     if (old >= 0) {
+      // New actions: to the exact-match cache (and what its users keep with its entries), a new flow.
+      if (this.act[old] !== act) this.gen[old]++;
       this.act[old] = act;
       return old;
     }

@@ -6,6 +6,7 @@ import { arp, eth, geneve, ipv4, ipv6, tcp, udp, vxlan, writePcap } from '../../
 import { replay, type ReplayOptions } from '../../control/replay.js';
 import type { ControlEvent } from '../../control/events.js';
 import { CORPUS, FIXTURES, cleanTemp, tempDir } from '../helpers.js';
+import { KEY_WORDS } from '../../datapath/classifier/flow-key.js';
 
 afterAll(cleanTemp);
 
@@ -97,6 +98,48 @@ describe('FastLane', () => {
     expect(tx('vf1')).toBeGreaterThan(2000);
     expect(on.report.flows.upcalls).toBe(off.report.flows.upcalls);
     expect(on.datapath.fastLane.forwarded).toBeGreaterThan(19_000);
+  });
+
+  it('a flow given new actions between batches is followed by the lane (the slot it keeps with the cache entry is not kept past it)', () => {
+    const dir = tempDir();
+    const cap = join(dir, 'gen.pcap');
+    const topo = join(dir, 'topo.json');
+    writeFileSync(topo, JSON.stringify(benchTopology(4)));
+    generate(cap, { frames: 20_000, size: 64, flows: 100, vms: 4 });
+    // At packet 9600 (a batch boundary), every flow sending to one VM's port is
+    // installed again (same key and mask) with the actions of a flow sending to
+    // another: no upcall follows, only the flows' actions say where they go now.
+    let moved = 0;
+    const run = (lane: boolean) => {
+      const outDir = tempDir(lane ? 'lane' : 'stages');
+      const { report, datapath } = replay({
+        capture: cap, topology: topo, outDir, batchSize: 64,
+        beforeBatch: (n, dp) => {
+          dp.fastLane.enabled = lane;
+          if (n !== 9600) return;
+          const fl = dp.flows;
+          const live = Array.from({ length: fl.capacity }, (_, f) => f).filter((f) => fl.live[f] === 1);
+          const [from, to] = [...new Set(live.map((f) => fl.act[f]))];
+          moved = 0;
+          for (const f of live) {
+            if (fl.act[f] !== from) continue;
+            const s = fl.sub[f];
+            fl.install(fl.key.slice(f * KEY_WORDS, (f + 1) * KEY_WORDS), fl.mask.slice(s * KEY_WORDS, (s + 1) * KEY_WORDS), to, 0);
+            moved++;
+          }
+        },
+      });
+      return { report, datapath, outDir };
+    };
+    const on = run(true);
+    const movedOn = moved;
+    const off = run(false);
+    expect(movedOn).toBeGreaterThan(10);
+    expectSame(on, off);
+    expect(on.report.flows.upcalls).toBe(100);
+    expect(on.datapath.fastLane.forwarded).toBeGreaterThan(19_000);
+    const tx = on.report.ports.filter((p) => p.role === 'vm').map((p) => p.tx.packets).sort((a, b) => a - b);
+    expect(tx[0]).toBeLessThan(2500 + 500); // the VM whose flows moved got about half its share
   });
 
   it('two hosts joined by a tunnel (encapsulation, flagging, decapsulation) come out the same both ways', () => {
