@@ -19,6 +19,11 @@
  * record header of its own (tunnelFast for an inner IPv4 frame of the
  * common case, tunnelOne through parseOne for the others).
  *
+ * Two loops share the work: a hot loop (hotLoop, compiled for each
+ * datapath) takes the packets that need only the cache and the tx slot
+ * kept with the cache entry; `one` takes each packet the hot loop stops
+ * at, through all of the above, then the hot loop goes on.
+ *
  * The key lives in locals, not in the batch: on a cache hit nothing is
  * written but the counters and the copy. The first packet that is none of
  * these (another layout, transit tunnel traffic, an action set that is not
@@ -32,7 +37,8 @@
  * differ (a packet the lane looked up and then left to the stages is
  * looked up twice).
  *
- * Packets the lane forwarded have no key, offsets or hash in the batch.
+ * Packets the lane forwarded have no key, offsets, hash or flow in the
+ * batch.
  */
 import type { ActionSets } from './actions/action-sets.js';
 import type { Execute } from './actions/execute.js';
@@ -311,7 +317,6 @@ export class FastLane {
     stats[o + ST_PACKETS]++;
     stats[o + ST_BYTES] += iwl;
     stats[o + ST_USED] = now;
-    batch.flow[i] = f;
     const ex = this.execute;
     const len = icl + 16;
     if (ex.dBegun[slot] === 0) ex.directBegin(slot);
