@@ -52,6 +52,11 @@ import type { Classify } from './classifier/classify.js';
 import { FORWARDED, SPECIAL } from './drops.js';
 import { ETH_P_IPV4, UDP_PORT_VXLAN, commonIpv4, commonTunnel, parsePacket, transportWord } from './parse/parse.js';
 
+/** What `one` says of the packet it took (see there). */
+const ONE_STOP = 0;
+const ONE_HOT = 1;
+const ONE_NEXT = 2;
+
 export class FastLane {
   static readonly stageName = 'fast-lane';
   static readonly next = ['parse'] as const;
@@ -118,15 +123,18 @@ export class FastLane {
     this.missed = 0;
     const n = batch.count;
     let i = 0;
+    let hot = this.useEmc;
     while (i < n) {
-      if (this.useEmc) {
+      if (hot) {
         const from = i;
         i = this.run(batch, i, now);
         this.emcHits += i - from;
         if (i === n) break;
       }
-      if (!this.one(batch, i, now)) break;
+      const next = this.one(batch, i, now);
+      if (next === ONE_STOP) break;
       i++;
+      hot = next === ONE_HOT && this.useEmc;
     }
     countRx(batch, i, rxPackets, rxBytes);
     ex.copies += i - this.special;
@@ -172,13 +180,16 @@ export class FastLane {
    * Packet i alone, when `run` did not take it: the common case through the
    * cache, else the megaflow table, else the datapath's upcall, then its
    * action set's slot (resolved afresh when not memoized); or a tunnel
-   * packet for this host (tunnelFast, tunnelOne). Returns true when the
-   * packet is the lane's (forwarded, or marked SPECIAL), false to leave it
-   * and the rest of the batch to the stages (a miss whose upcall failed is
-   * dropped with drop[i] set, as the stages would).
+   * packet for this host (tunnelFast, tunnelOne). Returns ONE_HOT (the
+   * packet is the lane's, and the hot loop may take the next ones),
+   * ONE_NEXT (the lane's too, a tunnel packet: the next one is likely
+   * another, which the hot loop would stop at at once, so `one` takes it),
+   * or ONE_STOP to leave it and the rest of the batch to the stages (a
+   * miss whose upcall failed is dropped with drop[i] set, as the stages
+   * would).
    */
-  private one(batch: PacketBatch, i: number, now: number): boolean {
-    if (batch.drop[i] !== 0) return false;
+  private one(batch: PacketBatch, i: number, now: number): number {
+    if (batch.drop[i] !== 0) return ONE_STOP;
     const b = batch.buf;
     const d = batch.dv;
     const base = batch.off[i];
@@ -187,7 +198,7 @@ export class FastLane {
     if (l4 === 0) {
       // A tunnel packet for this host: flagged, or decapsulated and sent here too.
       const t = this.tunnelFast(batch, i, now);
-      return t === 1 || (t < 0 && this.tunnelOne(batch, i, now));
+      return t === 1 || (t < 0 && this.tunnelOne(batch, i, now)) ? ONE_NEXT : ONE_STOP;
     }
     const proto = b[base + 23];
     const tp = transportWord(b, d, base, proto, l4);
@@ -211,24 +222,23 @@ export class FastLane {
       f = this.flows.lookup(key, k);
       via = 1;
       if (f < 0) {
-        // An upcall, as the stages would make it. The FPAG may have interned a
-        // new action set: the memoized slots are resolved afresh after it.
+        // An upcall, as the stages would make it (restamp: what it may have changed).
         f = this.miss(batch, i);
         if (f < 0) {
           this.missed++; // dropped (drop[i] says why); the stages skip it, accounting counts it
-          return false;
+          return ONE_STOP;
         }
         via = 2;
         this.restamp();
       }
     }
     const slot = this.slotFor(this.flows.act[f]);
-    if (slot < 0 || cl + 16 > this.execute.dCap[slot]) return false;
+    if (slot < 0 || cl + 16 > this.execute.dCap[slot]) return ONE_STOP;
     // Decided: from here on the packet is the lane's.
     this.countFound(via, batch.key, i * KEY_WORDS, h, f);
     if (this.useEmc) this.emc.memo(h, f, this.seq, slot); // for the hot loop, when the key is cached
     this.commit(batch, i, f, slot, base, cl, cl, now); // commonIpv4: cl = wirelen
-    return true;
+    return ONE_HOT;
   }
 
   /**
