@@ -672,5 +672,9 @@ void [_forwarded, _stats, _ipv4, _emc, _copy];
  * many closures, and none would fold).
  */
 function specializedHotLoop(): typeof hotLoop {
-  return new Function(`return ${hotLoop.toString()}`)() as typeof hotLoop;
+  try {
+    return new Function(`return ${hotLoop.toString()}`)() as typeof hotLoop;
+  } catch {
+    return hotLoop; // code from strings not allowed (node --disallow-code-generation-from-strings): the same loop, shared
+  }
 }
