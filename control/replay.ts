@@ -135,7 +135,9 @@ export function replay(opts: ReplayOptions): { report: ReplayReport; datapath: D
     let soFar = 0;
     const pending = [...(opts.events ?? [])];
     const applied: AppliedEvent[] = [];
-    while (reader.fill(batch, input.ppid) > 0) {
+    // A lazy fill when nothing but the datapath reads the batch (no events to place, no ports by MAC, no hook).
+    const lazyOk = !bySourceMac && opts.beforeBatch === undefined;
+    while (reader.fill(batch, input.ppid, lazyOk && pending.length === 0) > 0) {
       if (bySourceMac) assignInputPorts(batch, portOfMac);
       opts.beforeBatch?.(soFar, dp, fpag);
       // Slow path: events that fall inside this batch split it where they fall.

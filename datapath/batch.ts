@@ -36,6 +36,17 @@ export class PacketBatch {
    * writer may then copy header and data at once. Set by the rx port.
    */
   rawPcapLE = false;
+  /**
+   * A lazy fill (CaptureReader.fill, lazy): rx wrote only `off` for every
+   * packet and tsA/tsB for packet 0; each packet's other rx facts are in its
+   * record header (rawPcapLE) and in `unfilledIn` (all arrived on that PPID,
+   * none dropped by rx). completeRecords fills the arrays from a packet on;
+   * the fast lane reads the headers instead (it calls completeRecords where
+   * it stops, and the datapath before any stage runs).
+   */
+  unfilled = false;
+  /** PPID all packets of a lazy fill arrived on. */
+  unfilledIn = 0;
   /** A DataView over `buf`, for the parser's big-endian reads. */
   dv: DataView = new DataView(this.buf.buffer);
 
@@ -105,10 +116,40 @@ export class PacketBatch {
   }
 
   /**
+   * Fills caplen, wirelen, tsA, tsB, ifIndex, inPpid and drop of packets
+   * [from, count) of a lazy fill from their record headers (as the reader's
+   * full fill would, including its fix of a wire length below the captured
+   * one), and ends the lazy state. Once a batch, where the fast lane stops.
+   */
+  completeRecords(from: number): void {
+    const d = this.dv;
+    const n = this.count;
+    const ppid = this.unfilledIn;
+    for (let i = from; i < n; i++) {
+      const p = this.off[i] - 16;
+      const incl = d.getUint32(p + 8, true);
+      let orig = d.getUint32(p + 12, true);
+      if (orig < incl) {
+        d.setUint32(p + 12, incl, true);
+        orig = incl;
+      }
+      this.caplen[i] = incl;
+      this.wirelen[i] = orig;
+      this.tsA[i] = d.getUint32(p, true);
+      this.tsB[i] = d.getUint32(p + 4, true);
+    }
+    this.ifIndex.fill(0, from, n);
+    this.inPpid.fill(ppid, from, n);
+    this.drop.fill(0, from, n);
+    this.unfilled = false;
+  }
+
+  /**
    * Slow path (control events land between two packets): drops the first k
    * packets from the batch, moving the rest to the front as rx left them.
    */
   batchShift(k: number): void {
+    if (this.unfilled) this.completeRecords(0);
     const n = this.count;
     for (let i = k; i < n; i++) {
       const j = i - k;

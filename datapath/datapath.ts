@@ -238,6 +238,7 @@ export class Datapath {
     // The common case first, in one pass; the stages take the rest of the batch.
     const laned = this.fastLane.process(batch, now, this.rxPackets, this.rxBytes);
     const laneSpecial = this.fastLane.special;
+    if (batch.unfilled) batch.completeRecords(laned); // a lazy fill the lane left before its end
     if (laned < batch.count) {
       this.parse.process(batch);
       const flagged = this.flagCheck.process(batch);

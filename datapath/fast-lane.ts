@@ -80,6 +80,8 @@ export class FastLane {
   private epoch = -1;
   /** Per batch the lane has run on: its hot loop, and what the loop was built over. */
   private loops = new WeakMap<PacketBatch, { loop: HotLoop; slots: number }>();
+  /** The bytes of the packets the hot loop took in its last run (it counts them; `process` adds them to rx). */
+  private readonly hotBytes = new Float64Array(1);
   /** This batch: whether the cache is probed (not bypassed), and the lane's lookups by where they found their flow. */
   private useEmc = true;
   private emcHits = 0;
@@ -115,7 +117,7 @@ export class FastLane {
     const ex = this.execute;
     const emc = this.emc;
     this.special = 0;
-    if (!this.enabled || !batch.rawPcapLE || batch.buf !== ex.dBytes) return 0;
+    if (!this.enabled || !batch.rawPcapLE || batch.buf !== ex.dBytes || batch.count === 0) return 0;
     this.useEmc = emc.probeBatch();
     this.restamp();
     this.emcHits = 0;
@@ -126,17 +128,26 @@ export class FastLane {
     let hot = this.useEmc;
     while (i < n) {
       if (hot) {
-        const from = i;
-        i = this.run(batch, i, now);
-        this.emcHits += i - from;
-        if (i === n) break;
+        // The hot loop takes packets of one in port and no rx drop; a lazy fill's are all such.
+        const end = batch.unfilled ? n : sameRx(batch, i, n);
+        const ppid = batch.unfilled ? batch.unfilledIn : batch.inPpid[i];
+        if (end > i) {
+          const from = i;
+          i = this.run(batch, i, end, this.inPortKey[ppid], now);
+          this.emcHits += i - from;
+          rxPackets[ppid] += i - from;
+          rxBytes[ppid] += this.hotBytes[0];
+          if (i === n) break;
+        }
       }
+      if (batch.unfilled) batch.completeRecords(i); // `one` and the stages read the arrays
       const next = this.one(batch, i, now);
       if (next === ONE_STOP) break;
+      rxPackets[batch.inPpid[i]]++; // `one` left the arrays as rx did
+      rxBytes[batch.inPpid[i]] += batch.wirelen[i];
       i++;
       hot = next === ONE_HOT && this.useEmc;
     }
-    countRx(batch, i, rxPackets, rxBytes);
     ex.copies += i - this.special;
     this.forwarded += i - this.special;
     this.classify.emcHits += this.emcHits;
@@ -152,13 +163,13 @@ export class FastLane {
    * this datapath's arrays, and built again when the arrays it holds may
    * have changed (a port added).
    */
-  private run(batch: PacketBatch, from: number, now: number): number {
+  private run(batch: PacketBatch, from: number, end: number, inKey: number, now: number): number {
     let built = this.loops.get(batch);
     if (built === undefined || built.slots !== this.execute.slotCount) {
       built = { loop: this.buildLoop(batch), slots: this.execute.slotCount };
       this.loops.set(batch, built);
     }
-    return built.loop(from, batch.count, this.seq, now);
+    return built.loop(from, end, inKey, this.seq, now);
   }
 
   // Slow path: a hot loop over this batch and the datapath's arrays as they are now.
@@ -166,9 +177,9 @@ export class FastLane {
     const ex = this.execute;
     const b = ex.dBytes as Uint8Array; // process() checked batch.buf === ex.dBytes
     const state: HotState = {
-      drop: batch.drop, off: batch.off, caplen: batch.caplen, wirelen: batch.wirelen, inPpid: batch.inPpid,
+      drop: batch.drop, off: batch.off, bytesOut: this.hotBytes,
       b, d: new DataView(b.buffer, b.byteOffset, b.byteLength), words: ex.dWords,
-      inPortKey: this.inPortKey, stats: this.flows.stats,
+      stats: this.flows.stats,
       ent: this.emc.ent, emcMask: this.emc.mask, flowGen: this.emc.flowGen,
       dBase: ex.dBase, dCap: ex.dCap, dUsed: ex.dUsed, dBegun: ex.dBegun, slotPpid: ex.slotPpid, txPackets: ex.txPackets, txBytes: ex.txBytes,
       execute: ex, commonIpv4, transportWord, ipv4KeyHash,
@@ -476,45 +487,24 @@ export class FastLane {
   }
 }
 
-/**
- * Counts the batch's first `count` packets received, by the PPID each came
- * in on (rxPackets, rxBytes as it arrived: a tunnel's outer headers
- * included), as the datapath's accounting counts the rest: a run from one
- * port in two locals, stored when the port changes.
- */
-function countRx(batch: PacketBatch, count: number, rxPackets: Float64Array, rxBytes: Float64Array): void {
+/** The end of the run of packets from i that arrived on packet i's port with no rx drop (the hot loop's precondition). */
+function sameRx(batch: PacketBatch, i: number, n: number): number {
   const inPpid = batch.inPpid;
-  const wirelen = batch.wirelen;
-  let port = count > 0 ? inPpid[0] : 0;
-  let packets = 0;
-  let bytes = 0;
-  for (let i = 0; i < count; i++) {
-    const p = inPpid[i];
-    if (p !== port) {
-      rxPackets[port] += packets;
-      rxBytes[port] += bytes;
-      port = p;
-      packets = 0;
-      bytes = 0;
-    }
-    packets++;
-    bytes += wirelen[i];
-  }
-  rxPackets[port] += packets;
-  rxBytes[port] += bytes;
+  const drop = batch.drop;
+  const p = inPpid[i];
+  let j = i;
+  while (j < n && inPpid[j] === p && drop[j] === 0) j++;
+  return j;
 }
 
 /** What the hot loop reads and writes: one batch's and one datapath's arrays, and the functions it calls. */
 interface HotState {
   drop: Uint8Array;
   off: Uint32Array;
-  caplen: Uint32Array;
-  wirelen: Uint32Array;
-  inPpid: Uint16Array;
+  bytesOut: Float64Array;
   b: Uint8Array;
   d: DataView;
   words: Int32Array;
-  inPortKey: Uint32Array;
   stats: Float64Array;
   ent: Uint32Array;
   emcMask: number;
@@ -532,8 +522,12 @@ interface HotState {
   ipv4KeyHash: typeof ipv4KeyHash;
 }
 
-/** Packets [from, n) under memo stamp `seq` at time `now`: returns the first one not taken. */
-type HotLoop = (from: number, n: number, seq: number, now: number) => number;
+/**
+ * Packets [from, n), all arriving on the port whose in_port key is w0 with
+ * no rx drop, under memo stamp `seq` at time `now`: returns the first one
+ * not taken (the bytes of those taken in bytesOut[0]).
+ */
+type HotLoop = (from: number, n: number, w0: number, seq: number, now: number) => number;
 
 /**
  * The hot loop: each packet of Parse's common case whose key is in the
@@ -560,13 +554,10 @@ type HotLoop = (from: number, n: number, seq: number, now: number) => number;
 function hotLoop(s: HotState): HotLoop {
   const drop = s.drop;
   const off = s.off;
-  const caplen = s.caplen;
-  const wirelen = s.wirelen;
-  const inPpid = s.inPpid;
+  const bytesOut = s.bytesOut;
   const b = s.b;
   const d = s.d;
   const words = s.words;
-  const inPortKey = s.inPortKey;
   const stats = s.stats;
   const ent = s.ent;
   const emcMask = s.emcMask;
@@ -582,17 +573,17 @@ function hotLoop(s: HotState): HotLoop {
   const commonIpv4 = s.commonIpv4;
   const transportWord = s.transportWord;
   const ipv4KeyHash = s.ipv4KeyHash;
-  return function hot(from: number, n: number, seq: number, now: number): number {
+  return function hot(from: number, n: number, w0: number, seq: number, now: number): number {
     let i = from;
+    let bytes = 0;
     for (; i < n; i++) {
-      if (drop[i] !== 0) break;
+      // Lengths from the record header (rawPcapLE), which a lazy fill left unread.
       const base = off[i];
-      const cl = caplen[i];
-      const l4 = commonIpv4(b, d, base, cl, wirelen[i]);
+      const cl = d.getUint32(base - 8, true);
+      const l4 = commonIpv4(b, d, base, cl, d.getUint32(base - 4, true));
       if (l4 === 0) break;
       const proto = b[base + 23];
       const tp = transportWord(b, d, base, proto, l4);
-      const w0 = inPortKey[inPpid[i]];
       const w2 = d.getUint32(base);
       const w3 = d.getUint32(base + 4); // dst[4..5] and src[0..1]: parse's two halves
       const w4 = d.getUint32(base + 8);
@@ -649,8 +640,10 @@ function hotLoop(s: HotState): HotLoop {
       const ppid = slotPpid[slot];
       txPackets[ppid]++;
       txBytes[ppid] += cl;
+      bytes += cl;
       drop[i] = 254; // FORWARDED
     }
+    bytesOut[0] = bytes;
     return i;
   };
 }

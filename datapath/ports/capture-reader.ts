@@ -207,12 +207,19 @@ export class CaptureReader {
   /**
    * Fills `batch` with the next records, all arriving on port `inPpid`.
    * Returns the number of packets (0 at the end of the file or after a fault).
+   *
+   * `lazy`: where the capture is little-endian pcap of Ethernet, write only
+   * each packet's offset (and packet 0's timestamp) and leave the rest in
+   * the record headers (batch.unfilled): the fast lane reads them there, and
+   * the batch fills its arrays from where the lane stops. For a caller that
+   * reads nothing of the batch but the clock before the datapath does.
    */
-  fill(batch: PacketBatch, inPpid: number): number {
+  fill(batch: PacketBatch, inPpid: number, lazy = false): number {
     batch.count = 0;
+    batch.unfilled = false;
     if (this.done) return 0;
     batch.rawPcapLE = this.format === 'pcap' && !this.bigEndian;
-    if (this.format === 'pcap') this.fillPcap(batch, inPpid);
+    if (this.format === 'pcap') this.fillPcap(batch, inPpid, lazy && batch.rawPcapLE && this.interfaces[0].linktype === LINKTYPE_ETHERNET);
     else this.fillPcapng(batch, inPpid);
     // Offsets were taken relative to the chunk; make them relative to `outer`
     // (set after filling: a grow, which only happens with count 0, replaces it).
@@ -223,12 +230,20 @@ export class CaptureReader {
     return batch.count;
   }
 
-  private fillPcap(batch: PacketBatch, inPpid: number): void {
+  private fillPcap(batch: PacketBatch, inPpid: number, lazy: boolean): void {
     const le = this.le;
     const cap = batch.capacity;
     const drop = this.interfaces[0].linktype === LINKTYPE_ETHERNET ? 0 : D.linkType;
     const limit = Math.max(262144, Math.min(this.interfaces[0].snaplen, MAX_RECORD));
-    let n = this.fillPcapInChunk(batch, inPpid, drop, limit);
+    let n = lazy ? this.fillPcapLazy(batch, limit) : this.fillPcapInChunk(batch, inPpid, drop, limit);
+    if (lazy && n > 0) {
+      // The clock reads packet 0's time; the rest waits in the headers.
+      const p = batch.off[0] - 16;
+      batch.tsA[0] = this.dv.getUint32(p, true);
+      batch.tsB[0] = this.dv.getUint32(p + 4, true);
+      batch.unfilled = true;
+      batch.unfilledIn = inPpid;
+    }
     while (n < cap) {
       if (!this.avail(16, n)) {
         if (n > 0) break;
@@ -299,6 +314,26 @@ export class CaptureReader {
     ifA.fill(0, 0, n);
     inA.fill(inPpid, 0, n);
     dropA.fill(drop, 0, n);
+    this.pos = p;
+    return n;
+  }
+
+  // fillPcapInChunk of a lazy fill: the records' offsets only (their
+  // headers keep the rest; a wire length below the captured one is fixed
+  // when the batch fills its arrays, which it does before anything reads it).
+  private fillPcapLazy(batch: PacketBatch, limit: number): number {
+    const cap = batch.capacity;
+    const d = this.dv;
+    const end = this.end;
+    const offA = batch.off;
+    let p = this.pos;
+    let n = 0;
+    for (; n < cap && p + 16 <= end; n++) {
+      const incl = d.getUint32(p + 8, true);
+      if (incl > limit || p + 16 + incl > end) break;
+      offA[n] = p + 16;
+      p += 16 + incl;
+    }
     this.pos = p;
     return n;
   }

@@ -177,6 +177,77 @@ describe('CaptureReader', () => {
   });
 });
 
+/**
+ * Every batch of `path` read twice, in step: a full fill, and a lazy one
+ * whose arrays are completed from packet `from(j)` of batch j on. Returns
+ * how many batches were lazy (little-endian Ethernet pcap) and the records
+ * compared.
+ */
+function lazyAgainstFull(path: string, chunk: number, from: (j: number, count: number) => number): { lazy: number; records: number } {
+  const full = new CaptureReader(path, undefined, chunk);
+  const lazy = new CaptureReader(path, undefined, chunk);
+  const a = new PacketBatch(7);
+  const b = new PacketBatch(7);
+  let lazyBatches = 0;
+  let records = 0;
+  for (let j = 0; ; j++) {
+    const n = full.fill(a, 3);
+    expect(lazy.fill(b, 3, true), `${path} batch ${j}`).toBe(n);
+    if (n === 0) break;
+    records += n;
+    const k = b.unfilled ? from(j, n) : 0;
+    if (b.unfilled) {
+      lazyBatches++;
+      expect([b.tsA[0], b.tsB[0]]).toEqual([a.tsA[0], a.tsB[0]]);
+      b.completeRecords(k);
+      expect(b.unfilled).toBe(false);
+    }
+    for (let i = 0; i < n; i++) {
+      expect(b.off[i], `${path} batch ${j} packet ${i}`).toBe(a.off[i]);
+      if (i < k) continue; // taken by the lane before the fill: never read
+      const row = (x: PacketBatch) => [x.caplen[i], x.wirelen[i], x.tsA[i], x.tsB[i], x.ifIndex[i], x.inPpid[i], x.drop[i], Buffer.from(x.buf.subarray(x.off[i] - 16, x.off[i])).toString('hex')];
+      expect(row(b), `${path} batch ${j} packet ${i}`).toEqual(row(a));
+    }
+  }
+  expect(lazy.error?.message).toBe(full.error?.message);
+  full.close();
+  lazy.close();
+  return { lazy: lazyBatches, records };
+}
+
+describe('CaptureReader, lazy fill', () => {
+  it('a lazy fill completed from any packet is the full fill (headers, lengths, a wire length below the captured one)', () => {
+    const dir = tempDir();
+    const frames = Array.from({ length: 40 }, (_, i) => ({ s: 1000 + i, f: i * 3, data: Buffer.alloc(20 + ((i * 37) % 300), i), orig: i % 5 === 0 ? 10 : undefined }));
+    const path = join(dir, 'lazy.pcap');
+    writeFileSync(path, classic(true, false, frames));
+    for (const at of [0, 1, 3, 7]) {
+      const r = lazyAgainstFull(path, 1024, (_j, n) => Math.min(at, n));
+      expect(r.records).toBe(40);
+      expect(r.lazy).toBeGreaterThan(3);
+    }
+    // Big-endian pcap and pcapng: never lazy.
+    writeFileSync(path, classic(false, false, frames));
+    expect(lazyAgainstFull(path, 1024, () => 0).lazy).toBe(0);
+    writeFileSync(path, pcapng(true));
+    expect(lazyAgainstFull(path, 1024, () => 0).lazy).toBe(0);
+  });
+
+  it('on the corpus: every classic pcap read lazily and completed gives the full fill', () => {
+    let lazy = 0;
+    let records = 0;
+    for (const f of readdirSync(CORPUS).sort()) {
+      const path = join(CORPUS, f);
+      if (readFileSync(path).subarray(0, 4).toString('hex') !== 'd4c3b2a1') continue;
+      const r = lazyAgainstFull(path, 4096, (j, n) => j % (n + 1));
+      lazy += r.lazy;
+      records += r.records;
+    }
+    expect(lazy).toBeGreaterThan(1000);
+    expect(records).toBeGreaterThan(9000);
+  }, 300_000);
+});
+
 describe('CaptureReader on the corpus', () => {
   const files = readdirSync(CORPUS).sort();
 
