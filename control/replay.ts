@@ -39,6 +39,8 @@ export interface ReplayOptions {
   events?: ControlEvent[];
   /** Where the FPAG runs: in this thread (default) or its own worker thread, speaking only by messages. */
   fpag?: 'inline' | 'thread';
+  /** false: every packet through the stages, none through the datapath's fast lane (for comparison; default true). */
+  fastLane?: boolean;
 }
 
 export interface PortReport {
@@ -112,6 +114,7 @@ export function replay(opts: ReplayOptions): { report: ReplayReport; datapath: D
       throw new FpoError('FPO_ERR_IO', `${opts.outDir}: cannot create: ${(e as Error).message}`, { path: opts.outDir });
     }
     const dp = new Datapath({ batchCapacity: batchSize, maxFlows: opts.maxFlows });
+    dp.fastLane.enabled = opts.fastLane ?? true;
     const writers = new Map<number, CaptureWriter>();
     for (const p of topo.ports) {
       const w = new CaptureWriter(join(opts.outDir, `${p.name}.${reader.format}`), reader, arena, txBuffer);
