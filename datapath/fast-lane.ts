@@ -615,13 +615,29 @@ function hotLoop(s: HotState): HotLoop {
       if (dBegun[slot] === 0) ex.directBegin(slot);
       let u = dUsed[slot];
       if (u + len > dCap[slot]) u = ex.directFlush(slot);
-      // The record (header and frame) into the port's buffer, as arenaCopy
-      // does it, but 8 words a step (a loop's back edge checks for interrupts:
-      // an 80-byte record takes 2 steps and a 4-word tail, not 5 steps).
+      // The record (header and frame) into the port's buffer. A record of
+      // up to 96 bytes (a frame of up to 80) as 24 words in a straight line:
+      // the bytes after the record, up to 96, land in the buffer's free
+      // space (written over by the next record, never written out: the port
+      // writes dUsed bytes), read from the rx chunk or the arena after it.
+      // Measured, 2 M 64-byte packets to /dev/null ports, best of 30: any
+      // loop here, however unrolled (8 or 16 words a step), or a switch
+      // into a run of stores, costs 8-10 % of the whole replay over the
+      // straight line (0.167-0.181 s against 0.152-0.163 s).
       const to = dBase[slot] + u;
       const from = base - 16;
-      if (((from | to | len) & 3) !== 0 || len > 256) b.copyWithin(to, from, from + len); // SMALL_COPY
+      if (len <= 96 && u + 96 <= dCap[slot] && from + 96 <= b.length && ((from | to) & 3) === 0) {
+        const x = to >> 2;
+        const y = from >> 2;
+        words[x] = words[y]; words[x + 1] = words[y + 1]; words[x + 2] = words[y + 2]; words[x + 3] = words[y + 3];
+        words[x + 4] = words[y + 4]; words[x + 5] = words[y + 5]; words[x + 6] = words[y + 6]; words[x + 7] = words[y + 7];
+        words[x + 8] = words[y + 8]; words[x + 9] = words[y + 9]; words[x + 10] = words[y + 10]; words[x + 11] = words[y + 11];
+        words[x + 12] = words[y + 12]; words[x + 13] = words[y + 13]; words[x + 14] = words[y + 14]; words[x + 15] = words[y + 15];
+        words[x + 16] = words[y + 16]; words[x + 17] = words[y + 17]; words[x + 18] = words[y + 18]; words[x + 19] = words[y + 19];
+        words[x + 20] = words[y + 20]; words[x + 21] = words[y + 21]; words[x + 22] = words[y + 22]; words[x + 23] = words[y + 23];
+      } else if (((from | to | len) & 3) !== 0 || len > 256) b.copyWithin(to, from, from + len); // SMALL_COPY
       else {
+        // Larger records as arenaCopy copies them, but 8 words a step.
         let x = to >> 2;
         let y = from >> 2;
         const end = y + (len >> 2);
