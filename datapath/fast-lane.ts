@@ -72,12 +72,16 @@ export class FastLane {
    * seq), for `one`; the hot loop finds the same slot kept with the flow's
    * cache entry (Emc.memo) under the same stamp. Kept across batches and
    * upcalls while Execute's directEpoch (mapping changes, ports) stays the
-   * same: action sets never change once interned.
+   * same (action sets never change once interned) and no flow's generation
+   * changes (FlowTable.genChanges: a flow removed, evicted, expired or given
+   * new actions), so a memo under the current stamp is a live entry of a
+   * live flow, and the hot loop need not read the flow's generation.
    */
   private setSlot = new Int32Array(1024);
   private setStamp = new Uint32Array(1024);
   private seq = 0;
   private epoch = -1;
+  private gens = -1;
   /** Per batch the lane has run on: its hot loop, and what the loop was built over. */
   private loops = new WeakMap<PacketBatch, { loop: HotLoop; slots: number }>();
   /** The bytes of the packets the hot loop took in its last run (it counts them; `process` adds them to rx). */
@@ -180,7 +184,7 @@ export class FastLane {
       drop: batch.drop, off: batch.off, bytesOut: this.hotBytes,
       b, d: new DataView(b.buffer, b.byteOffset, b.byteLength), words: ex.dWords,
       stats: this.flows.stats,
-      ent: this.emc.ent, emcMask: this.emc.mask, flowGen: this.emc.flowGen,
+      ent: this.emc.ent, emcMask: this.emc.mask,
       dBase: ex.dBase, dCap: ex.dCap, dUsed: ex.dUsed, dBegun: ex.dBegun, slotPpid: ex.slotPpid, txPackets: ex.txPackets, txBytes: ex.txBytes,
       execute: ex, commonIpv4, transportWord, ipv4KeyHash,
     };
@@ -449,8 +453,10 @@ export class FastLane {
   private restamp(): void {
     if (this.setStamp.length < this.sets.count) this.growSets();
     const epoch = this.execute.directEpoch();
-    if (epoch !== this.epoch) {
+    const gens = this.flows.genChanges;
+    if (epoch !== this.epoch || gens !== this.gens) {
       this.epoch = epoch;
+      this.gens = gens;
       this.seq++;
     }
   }
@@ -508,7 +514,6 @@ interface HotState {
   stats: Float64Array;
   ent: Uint32Array;
   emcMask: number;
-  flowGen: Uint32Array;
   dBase: Int32Array;
   dCap: Int32Array;
   dUsed: Int32Array;
@@ -561,7 +566,6 @@ function hotLoop(s: HotState): HotLoop {
   const stats = s.stats;
   const ent = s.ent;
   const emcMask = s.emcMask;
-  const flowGen = s.flowGen;
   const dBase = s.dBase;
   const dCap = s.dCap;
   const dUsed = s.dUsed;
@@ -590,7 +594,8 @@ function hotLoop(s: HotState): HotLoop {
       const w5 = ((0x0800 << 16) | (proto << 8)) >>> 0; // ETH_P_IPV4
       const w6 = d.getUint32(base + 26);
       const w10 = d.getUint32(base + 30);
-      // The cache's two ways, as probeIpv4 (emc.ts) looks: hash, flow + 1, generation, shape, key words.
+      // The cache's two ways, as probeIpv4 (emc.ts) looks: hash, flow + 1, shape, key words. Not
+      // the flow's generation: the memo stamp below is only current while no flow's has changed.
       const h = ipv4KeyHash(w0, w2, w3, w6, w10, tp);
       let f = -1;
       let q = 0;
@@ -598,7 +603,7 @@ function hotLoop(s: HotState): HotLoop {
         q = e * 24; // EMC_STRIDE
         const g = ent[q + 1] - 1;
         if (ent[q] === h && g >= 0 && ent[q + 3] === 1 && ent[q + 18] === tp && ent[q + 14] === w10 && ent[q + 10] === w6 && ent[q + 4] === w0 &&
-          ent[q + 6] === w2 && ent[q + 7] === w3 && ent[q + 8] === w4 && ent[q + 9] === w5 && ent[q + 2] === flowGen[g]) {
+          ent[q + 6] === w2 && ent[q + 7] === w3 && ent[q + 8] === w4 && ent[q + 9] === w5) {
           f = g;
           break;
         }

@@ -77,6 +77,8 @@ export class FlowTable {
   readonly live: Uint8Array;
   /** Bumped each time flow slot f is removed or given new actions, so caches that hold f can tell (emc.ts). */
   readonly gen: Uint32Array;
+  /** Bumped with every bump of a flow's gen: whoever saw it unchanged knows no flow's gen changed. */
+  genChanges = 0;
   private readonly freeList: Int32Array;
   private freeTop: number;
 
@@ -215,7 +217,10 @@ export class FlowTable {
     const old = this.find(key, 0, s, h);
     if (old >= 0) {
       // New actions: to the exact-match cache (and what its users keep with its entries), a new flow.
-      if (this.act[old] !== act) this.gen[old]++;
+      if (this.act[old] !== act) {
+        this.gen[old]++;
+        this.genChanges++;
+      }
       this.act[old] = act;
       return old;
     }
@@ -281,6 +286,7 @@ export class FlowTable {
     this.slots[2 * hole] = EMPTY;
     this.live[f] = 0;
     this.gen[f]++;
+    this.genChanges++;
     this.subFlows[this.sub[f]]--;
     this.freeList[this.freeTop++] = f;
     this.count--;

@@ -152,6 +152,40 @@ describe('FastLane', () => {
     expect(tx[0]).toBeLessThan(2500 + 500); // the VM whose flows moved got about half its share
   });
 
+  it('flows removed between batches are not followed by the lane (the slots it keeps with their cache entries end with them)', () => {
+    const dir = tempDir();
+    const cap = join(dir, 'gen.pcap');
+    const topo = join(dir, 'topo.json');
+    writeFileSync(topo, JSON.stringify(benchTopology(4)));
+    generate(cap, { frames: 20_000, size: 64, flows: 100, vms: 4 });
+    // At packet 9600 (a batch boundary) every third flow is removed, its cache entries
+    // and the slots kept with them still in place: each removed flow's next packet
+    // must upcall again, and the flow installed for it counts from there.
+    let removed = 0;
+    const run = (lane: boolean) => {
+      const outDir = tempDir(lane ? 'lane' : 'stages');
+      const { report, datapath } = replay({
+        capture: cap, topology: topo, outDir, batchSize: 64, fastLane: lane,
+        beforeBatch: (n, dp) => {
+          if (n !== 9600) return;
+          removed = 0;
+          for (let f = 0; f < dp.flows.capacity; f++) {
+            if (dp.flows.live[f] === 1 && f % 3 === 0) {
+              dp.flows.remove(f);
+              removed++;
+            }
+          }
+        },
+      });
+      return { report, datapath, outDir };
+    };
+    const on = run(true);
+    expect(removed).toBeGreaterThan(20);
+    expect(on.report.flows.upcalls).toBe(100 + removed);
+    expectSame(on, run(false));
+    expect(on.datapath.fastLane.forwarded).toBeGreaterThan(19_000);
+  });
+
   it('two hosts joined by a tunnel (encapsulation, flagging, decapsulation) come out the same both ways', () => {
     // The hosts replay runs each host's datapath; here host A's side alone, whose outputs are tunnel packets.
     const topo = JSON.parse(readFileSync(join(FIXTURES, 'two-hosts.json'), 'utf8')).hosts[0];
