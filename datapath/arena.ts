@@ -60,3 +60,27 @@ export function arenaCopy(bytes: Uint8Array, words: Int32Array, from: number, le
 
 /** Longest copy arenaCopy does by words (past this, copyWithin's memmove wins). */
 export const SMALL_COPY = 256;
+
+/**
+ * Whether this engine copies a Float64Array element to another bit for bit,
+ * NaNs included. ECMAScript lets an engine store any NaN encoding it likes
+ * (NumericToRawBytes), which would change packet bytes that happen to spell
+ * a NaN; V8 keeps them (a load and a store of the 8 bytes, in every tier:
+ * test/datapath/arena.test.ts checks the interpreter's and the optimized
+ * code's copies of every kind of NaN). Checked once at load, where the copy
+ * runs in the interpreter; fast-lane.ts copies records 8 bytes at a time
+ * only when this holds.
+ */
+export const FLOAT64_COPY_EXACT: boolean = float64CopyExact();
+
+function float64CopyExact(): boolean {
+  const w = new Uint32Array(24);
+  const f = new Float64Array(w.buffer);
+  // Signalling and quiet NaNs with payloads, both signs; an infinity; a denormal.
+  const pat = [0x00000001, 0x7ff00000, 0x12345678, 0xfff7ffff, 0x00000000, 0x7ff80001, 0xdeadbeef, 0xfff00001, 0, 0x7ff00000, 1, 0];
+  w.set(pat);
+  for (let i = 0; i < 6; i++) f[6 + i] = f[i];
+  for (let i = 0; i < 12; i++) if (w[12 + i] !== pat[i]) return false;
+  return true;
+}
+
