@@ -32,7 +32,7 @@ import { spawnSync } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { replay } from '../control/replay.js';
-import { arenaCopy } from '../datapath/arena.js';
+import { FLOAT64_COPY_EXACT, arenaCopy } from '../datapath/arena.js';
 import { ipv4KeyHash } from '../datapath/classifier/emc.js';
 import { commonIpv4, transportWord } from '../datapath/parse/parse.js';
 import { txBufferBytes } from '../datapath/ports/capture-writer.js';
@@ -50,6 +50,7 @@ const block = new ArrayBuffer(CHUNK + PORTS * TX);
 const bytes = new Uint8Array(block);
 const words = new Int32Array(block);
 const view = new DataView(block);
+const doubles = new Float64Array(block);
 bytes.fill(0);
 const used = new Int32Array(PORTS);
 // The lean lane's tables: 8192 two-way entries of 24 words (hash, flow + 1, the key's
@@ -97,14 +98,27 @@ function ioSeconds(input: string, dir: string, header: Uint8Array): number {
   return s;
 }
 
-/** Copies the record at p (len bytes) into the port's buffer, writing the buffer out first when it is full. */
+/**
+ * Copies the record at p (len bytes) into the port's buffer, writing the
+ * buffer out first when it is full; as fpo's hot loop copies a short
+ * record: up to 96 bytes as 96 in a straight line, 8 at a time where both
+ * ends allow (and the engine keeps NaN bits), the bytes past the record
+ * landing in the buffer's free space.
+ */
 function toPort(fds: number[], port: number, p: number, len: number): void {
   let u = used[port];
   if (u + len > TX) {
     writeSync(fds[port], bytes, CHUNK + port * TX, u);
     u = 0;
   }
-  arenaCopy(bytes, words, p, len, CHUNK + port * TX + u);
+  const to = CHUNK + port * TX + u;
+  if (FLOAT64_COPY_EXACT && len <= 96 && u + 96 <= TX && ((p | to) & 7) === 0) {
+    const x = to >> 3;
+    const y = p >> 3;
+    doubles[x] = doubles[y]; doubles[x + 1] = doubles[y + 1]; doubles[x + 2] = doubles[y + 2]; doubles[x + 3] = doubles[y + 3];
+    doubles[x + 4] = doubles[y + 4]; doubles[x + 5] = doubles[y + 5]; doubles[x + 6] = doubles[y + 6]; doubles[x + 7] = doubles[y + 7];
+    doubles[x + 8] = doubles[y + 8]; doubles[x + 9] = doubles[y + 9]; doubles[x + 10] = doubles[y + 10]; doubles[x + 11] = doubles[y + 11];
+  } else arenaCopy(bytes, words, p, len, to);
   used[port] = u + len;
 }
 
