@@ -16,7 +16,8 @@ afterAll(cleanTemp);
  * (a lazy fill: the lane reads the record headers, the batch fills its
  * arrays where the lane stops); `full` replays once more with the lane on
  * and every batch filled in full (a beforeBatch hook reads the batch, so
- * the replay fills it whole), as with events or ports by MAC.
+ * the replay fills it whole), as with events or ports by MAC. A beforeBatch
+ * or events in `extra` make all of them fill in full.
  */
 function bothWays(capture: string, topology: string, extra: Partial<ReplayOptions> = {}) {
   const run = (lane: boolean, full = false) => {
@@ -143,41 +144,40 @@ describe('FastLane', () => {
     expect(on.datapath.fastLane.forwarded).toBeGreaterThan(19_000);
   });
 
-  it('a flow given new actions between batches is followed by the lane (the slot it keeps with the cache entry is not kept past it)', () => {
+  /** 20 000 64-byte frames of 100 flows to 4 VMs, and the topology; the next two tests change flows at packet 9600 (a batch boundary). */
+  function hundredFlows(): { cap: string; topo: string } {
     const dir = tempDir();
     const cap = join(dir, 'gen.pcap');
     const topo = join(dir, 'topo.json');
     writeFileSync(topo, JSON.stringify(benchTopology(4)));
     generate(cap, { frames: 20_000, size: 64, flows: 100, vms: 4 });
-    // At packet 9600 (a batch boundary), every flow sending to one VM's port is
-    // installed again (same key and mask) with the actions of a flow sending to
-    // another: no upcall follows, only the flows' actions say where they go now.
-    let moved = 0;
-    const run = (lane: boolean) => {
-      const outDir = tempDir(lane ? 'lane' : 'stages');
-      const { report, datapath } = replay({
-        capture: cap, topology: topo, outDir, batchSize: 64,
-        beforeBatch: (n, dp) => {
-          dp.fastLane.enabled = lane;
-          if (n !== 9600) return;
-          const fl = dp.flows;
-          const live = Array.from({ length: fl.capacity }, (_, f) => f).filter((f) => fl.live[f] === 1);
-          const [from, to] = [...new Set(live.map((f) => fl.act[f]))];
-          moved = 0;
-          for (const f of live) {
-            if (fl.act[f] !== from) continue;
-            const s = fl.sub[f];
-            fl.install(fl.key.slice(f * KEY_WORDS, (f + 1) * KEY_WORDS), fl.mask.slice(s * KEY_WORDS, (s + 1) * KEY_WORDS), to, 0);
-            moved++;
-          }
-        },
-      });
-      return { report, datapath, outDir };
-    };
-    const on = run(true);
-    const movedOn = moved;
-    const off = run(false);
-    expect(movedOn).toBeGreaterThan(10);
+    return { cap, topo };
+  }
+
+  it('a flow given new actions between batches is followed by the lane (the slot it keeps with the cache entry is not kept past it)', () => {
+    const { cap, topo } = hundredFlows();
+    // Every flow sending to one VM's port is installed again (same key and mask) with the
+    // actions of a flow sending to another: no upcall follows, only the flows' actions say
+    // where they go now.
+    const moved: number[] = [];
+    const { on, off } = bothWays(cap, topo, {
+      batchSize: 64,
+      beforeBatch: (n, dp) => {
+        if (n !== 9600) return;
+        const fl = dp.flows;
+        const live = Array.from({ length: fl.capacity }, (_, f) => f).filter((f) => fl.live[f] === 1);
+        const [from, to] = [...new Set(live.map((f) => fl.act[f]))];
+        let m = 0;
+        for (const f of live) {
+          if (fl.act[f] !== from) continue;
+          const s = fl.sub[f];
+          fl.install(fl.key.slice(f * KEY_WORDS, (f + 1) * KEY_WORDS), fl.mask.slice(s * KEY_WORDS, (s + 1) * KEY_WORDS), to, 0);
+          m++;
+        }
+        moved.push(m);
+      },
+    });
+    expect(moved[0]).toBeGreaterThan(10);
     expectSame(on, off);
     expect(on.report.flows.upcalls).toBe(100);
     expect(on.datapath.fastLane.forwarded).toBeGreaterThan(19_000);
@@ -186,36 +186,28 @@ describe('FastLane', () => {
   });
 
   it('flows removed between batches are not followed by the lane (the slots it keeps with their cache entries end with them)', () => {
-    const dir = tempDir();
-    const cap = join(dir, 'gen.pcap');
-    const topo = join(dir, 'topo.json');
-    writeFileSync(topo, JSON.stringify(benchTopology(4)));
-    generate(cap, { frames: 20_000, size: 64, flows: 100, vms: 4 });
-    // At packet 9600 (a batch boundary) every third flow is removed, its cache entries
-    // and the slots kept with them still in place: each removed flow's next packet
-    // must upcall again, and the flow installed for it counts from there.
-    let removed = 0;
-    const run = (lane: boolean) => {
-      const outDir = tempDir(lane ? 'lane' : 'stages');
-      const { report, datapath } = replay({
-        capture: cap, topology: topo, outDir, batchSize: 64, fastLane: lane,
-        beforeBatch: (n, dp) => {
-          if (n !== 9600) return;
-          removed = 0;
-          for (let f = 0; f < dp.flows.capacity; f++) {
-            if (dp.flows.live[f] === 1 && f % 3 === 0) {
-              dp.flows.remove(f);
-              removed++;
-            }
+    const { cap, topo } = hundredFlows();
+    // Every third flow is removed, its cache entries and the slots kept with them still in
+    // place: each removed flow's next packet must upcall again, and the flow installed for
+    // it counts from there.
+    const removed: number[] = [];
+    const { on, off } = bothWays(cap, topo, {
+      batchSize: 64,
+      beforeBatch: (n, dp) => {
+        if (n !== 9600) return;
+        let r = 0;
+        for (let f = 0; f < dp.flows.capacity; f++) {
+          if (dp.flows.live[f] === 1 && f % 3 === 0) {
+            dp.flows.remove(f);
+            r++;
           }
-        },
-      });
-      return { report, datapath, outDir };
-    };
-    const on = run(true);
-    expect(removed).toBeGreaterThan(20);
-    expect(on.report.flows.upcalls).toBe(100 + removed);
-    expectSame(on, run(false));
+        }
+        removed.push(r);
+      },
+    });
+    expect(removed[0]).toBeGreaterThan(20);
+    expect(on.report.flows.upcalls).toBe(100 + removed[0]);
+    expectSame(on, off);
     expect(on.datapath.fastLane.forwarded).toBeGreaterThan(19_000);
   });
 
