@@ -212,14 +212,15 @@ function leanRun(input: string, dir: string, header: Uint8Array, flows: number):
       const w6 = view.getUint32(base + 26);
       const w10 = view.getUint32(base + 30);
       const h = ipv4KeyHash(w0, w2, w3, w6, w10, tp);
+      // The two ways written out, as fpo's hot loop probes them.
       let f = -1;
-      for (let e = h & (ENTRIES - 1), way = 0; way < 2; way++, e = (h >>> 16) & (ENTRIES - 1)) {
-        const q = e * 24;
-        if (ent[q] === h && ent[q + 1] !== 0 && ent[q + 11] === tp && ent[q + 10] === w10 && ent[q + 9] === w6 && ent[q + 4] === w0 &&
-          ent[q + 5] === w2 && ent[q + 6] === w3 && ent[q + 7] === w4 && ent[q + 8] === w5) {
-          f = ent[q + 1] - 1;
-          break;
-        }
+      let q = (h & (ENTRIES - 1)) * 24;
+      if (ent[q] === h && ent[q + 11] === tp && ent[q + 10] === w10 && ent[q + 9] === w6 && ent[q + 4] === w0 &&
+        ent[q + 5] === w2 && ent[q + 6] === w3 && ent[q + 7] === w4 && ent[q + 8] === w5) f = ent[q + 1] - 1;
+      else {
+        q = ((h >>> 16) & (ENTRIES - 1)) * 24;
+        if (ent[q] === h && ent[q + 11] === tp && ent[q + 10] === w10 && ent[q + 9] === w6 && ent[q + 4] === w0 &&
+          ent[q + 5] === w2 && ent[q + 6] === w3 && ent[q + 7] === w4 && ent[q + 8] === w5) f = ent[q + 1] - 1;
       }
       if (f < 0) f = leanMiss(h, w0, w2, w3, w4, w5, w6, w10, tp);
       const o = f * 4;
