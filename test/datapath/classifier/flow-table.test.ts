@@ -80,6 +80,28 @@ describe('FlowTable', () => {
     expect(t.lookup(key(1000))).toBeGreaterThanOrEqual(0);
   });
 
+  it('eviction removes exactly the n least recently used flows, however the times tie (random tables)', () => {
+    let seed = 99;
+    const rnd = (k: number) => (seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) % k;
+    for (let round = 0; round < 200; round++) {
+      const cap = 16 + rnd(300);
+      const t = new FlowTable(cap);
+      const m = key(0xffffffff);
+      const spread = 1 + rnd(50); // few distinct times: many ties
+      for (let i = 0; i < cap; i++) if (rnd(4) !== 0) t.install(key(i + 1), m, 0, rnd(spread));
+      const live = () => Array.from({ length: cap }, (_, f) => f).filter((f) => t.live[f] === 1);
+      const before = live();
+      const n = 1 + rnd(cap);
+      t.evictOldest(n);
+      const after = new Set(live());
+      const gone = before.filter((f) => !after.has(f));
+      expect(gone.length).toBe(Math.min(n, before.length));
+      const newestGone = Math.max(...gone.map((f) => t.usedOf(f)), -1);
+      const oldestLeft = Math.min(...[...after].map((f) => t.usedOf(f)), Infinity);
+      expect(newestGone).toBeLessThanOrEqual(oldestLeft);
+    }
+  });
+
   it('removing a flow bumps its generation (so caches holding it can tell)', () => {
     const t = new FlowTable(8);
     const f = t.install(key(1), key(0xffffffff), 0, 0);
