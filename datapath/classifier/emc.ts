@@ -33,6 +33,7 @@ const STRIDE = 24;
 /** The entry layout, for the fast lane's hot loop, which probes the cache in place (fast-lane.ts hotLoop). */
 export const EMC_STRIDE: 24 = STRIDE;
 export const EMC_IPV4_SHAPE: 1 = IPV4_SHAPE;
+export const EMC_IPV4_TUN_SHAPE: 2 = IPV4_TUN_SHAPE;
 /** Entry words 22 and 23: a stamp and a value the cache's user keeps with the entry (Emc.memo); an insert clears them. */
 export const EMC_MEMO: 22 = 22;
 

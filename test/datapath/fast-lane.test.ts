@@ -232,8 +232,45 @@ describe('FastLane', () => {
       expectSame(full(), off);
       expect(on.report.tunnel.flagged).toBeGreaterThan(0);
       expect(on.report.tunnel.unflagged).toBe(20_000 - on.report.tunnel.flagged);
-      // Each flagged packet ends the lane for the rest of its batch: most, not all, of the others are the lane's.
-      expect(on.datapath.fastLane.forwarded).toBeGreaterThan(10_000);
+      // The lane forwards every unflagged one, all but each flow's first few in its tunnel hot loop.
+      expect(on.datapath.fastLane.forwarded).toBe(on.report.tunnel.unflagged);
+      expect(on.datapath.fastLane.tunnelHot).toBeGreaterThan(on.report.tunnel.unflagged - 1500);
+      expect(off.datapath.fastLane.tunnelHot).toBe(0);
+    }
+  });
+
+  it('the tunnel hot loop follows a new flag format and a new endpoint between batches, as the flag check does', () => {
+    for (const tunnel of ['vxlan', 'geneve'] as const) {
+      const dir = tempDir();
+      const cap = join(dir, `${tunnel}.pcap`);
+      const topo = join(dir, 'topo.json');
+      writeFileSync(topo, JSON.stringify(benchTopology(16)));
+      generate(cap, { frames: 12_000, size: 128, flows: 200, vms: 16, tunnel, flagged: 2 });
+      // From packet 4000 on, the flag is what every unflagged packet carries (VXLAN: the I bit of the
+      // header's byte 0; Geneve: the padding option class 0xffff, type 0); from 8000 on, the endpoint
+      // is another address, so the packets are transit traffic, not ours.
+      // (Batches end where the reader's chunks do too: changes go in at the first batch at or past each mark.)
+      const phase = new Map<object, number>();
+      const beforeBatch: ReplayOptions['beforeBatch'] = (soFar, dp) => {
+        const p = phase.get(dp) ?? 0;
+        if (p === 0 && soFar >= 4000) dp.apply({ type: 'tunnel-config', vtep: '192.168.0.1', vtep6: null, specialPpid: -1, flag: tunnel === 'vxlan' ? { vxlanByte: 0, vxlanMask: 0x08 } : { geneveClass: 0xffff, geneveType: 0 } });
+        else if (p === 1 && soFar >= 8000) dp.apply({ type: 'tunnel-config', vtep: '192.168.0.9', vtep6: null, specialPpid: -1 });
+        else return;
+        phase.set(dp, p + 1);
+        marks.push(soFar);
+      };
+      const marks: number[] = [];
+      const { on, off } = bothWays(cap, topo, { batchSize: 100, beforeBatch });
+      expectSame(on, off);
+      const t = on.report.tunnel;
+      // Before the first mark: about 2 % flagged; between the marks: all flagged (Geneve: but the
+      // 2 % with the old flag option); after the second: none ours.
+      const [m1, m2] = marks;
+      expect(marks).toEqual([m1, m2, m1, m2]);
+      expect(t.flagged + t.unflagged).toBe(m2);
+      expect(t.flagged).toBeGreaterThan(m2 - m1 - (tunnel === 'vxlan' ? 0 : (m2 - m1) / 20));
+      expect(t.flagged).toBeLessThan(m2 - m1 + m1 / 20);
+      expect(on.datapath.fastLane.tunnelHot).toBeGreaterThan(3000);
     }
   });
 
@@ -268,6 +305,28 @@ describe('FastLane', () => {
     expectSame(on, off);
     expect(on.report.tunnel.flagged).toBe(80);
     expect(on.datapath.fastLane.forwarded).toBeGreaterThan(0);
+  });
+
+  it('the tunnel hot loop takes inner frames of any length and stops at transit tunnel packets (another endpoint), which go their own way', () => {
+    const dir = tempDir();
+    const cap = join(dir, 'mixed.pcap');
+    const topo = join(dir, 'topo.json');
+    writeFileSync(topo, JSON.stringify(benchTopology(4)));
+    const vm = (m: number) => vmMac(m).map((x) => x.toString(16).padStart(2, '0')).join(':');
+    const recs: { sec: number; usec: number; data: Uint8Array }[] = [];
+    for (let n = 0; n < 1200; n++) {
+      // Inner frames of 60 to 127 bytes: every length mod 4, so the copy's last move is 1 to 4 bytes of frame.
+      const inner = eth(vm(n % 4), '02:ee:00:00:00:09', 0x0800, ipv4({ src: '10.9.0.9', dst: '10.2.0.1', proto: 17 }, udp(2000 + (n % 20), 5001, new Uint8Array(18 + (n % 68)))));
+      const dst = n % 50 === 25 ? '192.168.0.7' : '192.168.0.1'; // one in fifty: transit (the lane leaves the rest of its batch to the stages)
+      const tun = n % 2 === 0 ? vxlan(5000, inner) : geneve(5000, inner, n % 3 === 0 ? [[0x0102, 0x80, new Uint8Array(4)]] : []);
+      recs.push({ sec: 1, usec: n, data: eth('02:fe:00:00:00:01', '02:fe:00:00:00:02', 0x0800, ipv4({ src: '192.168.0.2', dst, proto: 17 }, udp(40000 + (n % 20), n % 2 === 0 ? 4789 : 6081, tun))) });
+    }
+    writePcap(cap, recs);
+    const { on, off, full } = bothWays(cap, topo, { batchSize: 64 });
+    expectSame(on, off);
+    expectSame(full(), off);
+    expect(on.report.tunnel.unflagged).toBe(1176);
+    expect(on.datapath.fastLane.tunnelHot).toBeGreaterThan(300);
   });
 
   it('host B of two hosts (the receive side of real encapsulated traffic) comes out the same both ways', () => {
