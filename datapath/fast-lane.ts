@@ -733,9 +733,12 @@ type TunLoop = (from: number, n: number, w0: number, seq: number, now: number, v
  * 4-byte aligned (the outer headers are 50 bytes and more, and the record
  * ahead of it in the port's buffer any length), so it moves as 32-bit
  * little-endian DataView reads and writes (plain unaligned loads and
- * stores); the last may run up to 3 bytes past the frame on both sides,
- * into the rx chunk (read) and the buffer's free space (written over by
- * the next record, never written out). Measured, 4 M 128-byte Geneve
+ * stores): a frame of up to 96 bytes as 24 of them in a straight line (9 %
+ * less than the loop below for 70-byte frames), a longer one by a loop;
+ * either may run past the frame on both sides, into the rx chunk (read)
+ * and the buffer's free space (written over by the next record, never
+ * written out). Building aligned words from the aligned source words
+ * around them (shifts by the source's phase) was no faster than the loop. Measured, 4 M 128-byte Geneve
  * packets, 1 % flagged, both versions in one process, alternating: to
  * /dev/null ports 1.03 -> 0.56 s (each packet through `one`, tunnelFast,
  * lookupTun and commit before), to files in /dev/shm 1.15 -> 0.76 s.
@@ -820,13 +823,40 @@ function tunnelLoop(s: HotState): TunLoop {
       let x = to + 16;
       let y = ib;
       const end = ib + icl;
-      for (; y + 16 <= end; x += 16, y += 16) {
-        d.setUint32(x, d.getUint32(y, true), true);
+      if (icl <= 96 && u + 112 <= dCap[slot] && ib + 96 <= b.length) {
+        d.setUint32(x + 0, d.getUint32(y + 0, true), true);
         d.setUint32(x + 4, d.getUint32(y + 4, true), true);
         d.setUint32(x + 8, d.getUint32(y + 8, true), true);
         d.setUint32(x + 12, d.getUint32(y + 12, true), true);
+        d.setUint32(x + 16, d.getUint32(y + 16, true), true);
+        d.setUint32(x + 20, d.getUint32(y + 20, true), true);
+        d.setUint32(x + 24, d.getUint32(y + 24, true), true);
+        d.setUint32(x + 28, d.getUint32(y + 28, true), true);
+        d.setUint32(x + 32, d.getUint32(y + 32, true), true);
+        d.setUint32(x + 36, d.getUint32(y + 36, true), true);
+        d.setUint32(x + 40, d.getUint32(y + 40, true), true);
+        d.setUint32(x + 44, d.getUint32(y + 44, true), true);
+        d.setUint32(x + 48, d.getUint32(y + 48, true), true);
+        d.setUint32(x + 52, d.getUint32(y + 52, true), true);
+        d.setUint32(x + 56, d.getUint32(y + 56, true), true);
+        d.setUint32(x + 60, d.getUint32(y + 60, true), true);
+        d.setUint32(x + 64, d.getUint32(y + 64, true), true);
+        d.setUint32(x + 68, d.getUint32(y + 68, true), true);
+        d.setUint32(x + 72, d.getUint32(y + 72, true), true);
+        d.setUint32(x + 76, d.getUint32(y + 76, true), true);
+        d.setUint32(x + 80, d.getUint32(y + 80, true), true);
+        d.setUint32(x + 84, d.getUint32(y + 84, true), true);
+        d.setUint32(x + 88, d.getUint32(y + 88, true), true);
+        d.setUint32(x + 92, d.getUint32(y + 92, true), true);
+      } else {
+        for (; y + 16 <= end; x += 16, y += 16) {
+          d.setUint32(x, d.getUint32(y, true), true);
+          d.setUint32(x + 4, d.getUint32(y + 4, true), true);
+          d.setUint32(x + 8, d.getUint32(y + 8, true), true);
+          d.setUint32(x + 12, d.getUint32(y + 12, true), true);
+        }
+        for (; y < end; x += 4, y += 4) d.setUint32(x, d.getUint32(y, true), true);
       }
-      for (; y < end; x += 4, y += 4) d.setUint32(x, d.getUint32(y, true), true);
       dUsed[slot] = u + len;
       const ppid = slotPpid[slot];
       txPackets[ppid]++;
