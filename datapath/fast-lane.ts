@@ -583,27 +583,7 @@ type HotLoop = (from: number, n: number, w0: number, seq: number, now: number) =
  * 0.59–0.62 s; with its arrays read from an object into locals: 0.70–0.74 s).
  */
 function hotLoop(s: HotState): HotLoop {
-  const drop = s.drop;
-  const off = s.off;
-  const bytesOut = s.bytesOut;
-  const b = s.b;
-  const d = s.d;
-  const words = s.words;
-  const doubles = s.doubles;
-  const exact8 = s.exact8;
-  const stats = s.stats;
-  const ent = s.ent;
-  const emcMask = s.emcMask;
-  const dBase = s.dBase;
-  const dCap = s.dCap;
-  const dUsed = s.dUsed;
-  const dBegun = s.dBegun;
-  const slotPpid = s.slotPpid;
-  const txPackets = s.txPackets;
-  const txBytes = s.txBytes;
-  const commonIpv4 = s.commonIpv4;
-  const transportWord = s.transportWord;
-  const ipv4KeyHash = s.ipv4KeyHash;
+  const { drop, off, bytesOut, b, d, words, doubles, exact8, stats, ent, emcMask, dBase, dCap, dUsed, dBegun, slotPpid, txPackets, txBytes, commonIpv4, transportWord, ipv4KeyHash } = s;
   return function hot(from: number, n: number, w0: number, seq: number, now: number): number {
     let i = from;
     let bytes = 0;
@@ -744,25 +724,7 @@ type TunLoop = (from: number, n: number, w0: number, seq: number, now: number, v
  * lookupTun and commit before), to files in /dev/shm 1.15 -> 0.76 s.
  */
 function tunnelLoop(s: HotState): TunLoop {
-  const drop = s.drop;
-  const off = s.off;
-  const bytesOut = s.bytesOut;
-  const b = s.b;
-  const d = s.d;
-  const stats = s.stats;
-  const ent = s.ent;
-  const emcMask = s.emcMask;
-  const dBase = s.dBase;
-  const dCap = s.dCap;
-  const dUsed = s.dUsed;
-  const dBegun = s.dBegun;
-  const slotPpid = s.slotPpid;
-  const txPackets = s.txPackets;
-  const txBytes = s.txBytes;
-  const commonIpv4 = s.commonIpv4;
-  const commonTunnel = s.commonTunnel;
-  const transportWord = s.transportWord;
-  const tunKeyHash = s.tunKeyHash;
+  const { drop, off, bytesOut, b, d, stats, ent, emcMask, dBase, dCap, dUsed, dBegun, slotPpid, txPackets, txBytes, commonIpv4, commonTunnel, transportWord, tunKeyHash } = s;
   return function tun(from: number, n: number, w0: number, seq: number, now: number, vtep: number, geneve: number, vxlanByte: number, vxlanMask: number): number {
     let i = from;
     let bytes = 0;
