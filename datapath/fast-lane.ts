@@ -104,7 +104,7 @@ export class FastLane {
     private readonly classify: Classify,
     private readonly execute: Execute,
     private readonly sets: ActionSets,
-    /** The datapath's miss handling (look again, upcall): a flow, or -1 with drop[i] set. */
+    /** The datapath's upcall for a key the lane has just looked up in vain (Datapath.upcallOne): a flow, or -1 with drop[i] set. */
     private readonly miss: (batch: PacketBatch, i: number) => number,
     private readonly flagCheck: FlagCheck,
   ) {}
