@@ -140,7 +140,7 @@ function writeAll(fd: number, b: Uint8Array, n: number): number {
  * rule, so every megaflow's mask covers the 5-tuple: F flows in the capture
  * make F flows in the datapath (as a firewall policy does on a real host).
  */
-export function benchTopology(vms: number): object {
+export function benchTopology(vms: number): { ports: object[]; nodes: object[]; [k: string]: unknown } {
   const ports: object[] = [{ name: 'uplink0', ppid: 1, role: 'uplink', segments: ['s0'] }];
   const nodes: object[] = [];
   for (let m = 0; m < vms; m++) {

@@ -151,6 +151,7 @@ export const TopologySchema = z.strictObject({
 });
 
 export type TopologyFile = z.infer<typeof TopologySchema>;
+export type TopologyInput = z.input<typeof TopologySchema>;
 export type RuleSpec = z.infer<typeof RuleSchema>;
 
 /** A port of the NIC. */

@@ -10,8 +10,10 @@ command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)
 command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v ovs-vsctl >/dev/null 2>&1 || need+=(openvswitch-switch)
-[ -x /usr/lib/frr/bfdd ] || need+=(frr)
+command -v vtysh >/dev/null 2>&1 && [ -x /usr/lib/frr/bfdd ] || need+=(frr)
 command -v bird >/dev/null 2>&1 || need+=(bird2)
+command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
+command -v script >/dev/null 2>&1 || need+=(bsdutils)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "test.sh: installing ${need[*]} with apt-get"
@@ -27,6 +29,7 @@ if [ ! -x node_modules/.bin/vitest ] || [ package-lock.json -nt node_modules/.pa
   npm ci --no-audit --no-fund
 fi
 npx tsc -p tsconfig.json
+npx tsc -p tsconfig.test.json   # the tests type-checked too (vitest only strips their types)
 # Two runs: everything else in parallel, then the tests that measure timing on
 # the wire (BFD detection times, pings during a migration) one file at a time,
 # so that the other suites' load does not skew what they measure.
@@ -43,7 +46,8 @@ else
   npx vitest run "${common[@]}" --outputFile="$r1" "${excl[@]}" || status=$?
   npx vitest run "${common[@]}" --outputFile="$r2" --no-file-parallelism "${SERIAL[@]}" || status=$?
 fi
-# One plain closing line for CI: "N passed, N failed, N skipped".
+# One plain closing line for CI: "N passed, N failed, N skipped" (a test that
+# called ctx.skip() is counted by vitest's JSON report as pending).
 node -e '
   const fs = require("fs");
   const rs = process.argv.slice(1).map((f) => JSON.parse(fs.readFileSync(f, "utf8")));

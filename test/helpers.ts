@@ -27,23 +27,34 @@ export function cleanTemp(): void {
   while (made.length) rmSync(made.pop()!, { recursive: true, force: true });
 }
 
-/** True when `tool` runs here. Under CI=true a missing tool throws instead. */
-export function haveTool(tool: string, reason: string): boolean {
-  const r = spawnSync('sh', ['-c', `command -v ${tool}`], { encoding: 'utf8' });
-  if (r.status === 0) return true;
-  const msg = `${tool} is not installed: ${reason}`;
+/** What a test needs of vitest's context to skip itself: `ctx.skip(note)` throws. */
+export interface Skippable { skip: (note?: string) => never }
+
+function missing(ctx: Skippable, msg: string): never {
+  // Under CI=true a test that cannot run is a failure, so CI really runs every test.
   if (process.env.CI === 'true') throw new Error(`${msg} (CI=true: a skip is a failure)`);
   console.warn(`SKIP: ${msg}`);
-  return false;
+  return ctx.skip(msg);
 }
 
-/** True when running as root. Otherwise a skip with its reason — or, under CI=true, a failure. */
-export function isRoot(reason: string): boolean {
-  if (process.getuid?.() === 0) return true;
-  const msg = `not root: ${reason}`;
-  if (process.env.CI === 'true') throw new Error(`${msg} (CI=true: a skip is a failure)`);
-  console.warn(`SKIP: ${msg}`);
-  return false;
+/** True when `tool` (a command name, or an absolute path) can be run here. Decides nothing: see needTool. */
+export function toolPresent(tool: string): boolean {
+  return spawnSync('sh', ['-c', 'command -v "$1"', 'sh', tool], { encoding: 'utf8' }).status === 0;
+}
+
+/**
+ * The one place that decides whether a test can run with the tools it needs:
+ * each tool (a command, or an absolute path such as /usr/lib/frr/bfdd) must
+ * run here, else the test is reported as skipped with the reason, or under
+ * CI=true fails.
+ */
+export function needTool(ctx: Skippable, tool: string, reason: string): void {
+  if (!toolPresent(tool)) missing(ctx, `${tool} is not installed: ${reason}`);
+}
+
+/** The test needs root: otherwise skipped with the reason (a failure under CI=true). */
+export function needRoot(ctx: Skippable, reason: string): void {
+  if (process.getuid?.() !== 0) missing(ctx, `not root: ${reason}`);
 }
 
 export interface CliResult { status: number; stdout: string; stderr: string }

@@ -1,7 +1,7 @@
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { ROOT, haveTool, isRoot } from '../helpers.js';
+import { ROOT, needRoot, needTool } from '../helpers.js';
 
 /** Runs a built bench in short mode; returns its JSON lines. */
 function runBench(file: string): Record<string, unknown>[] {
@@ -27,8 +27,8 @@ describe('benchmarks (short mode)', () => {
     }
   }, 300_000);
 
-  it('classifier/flag-check prints the flag check against the full path, and a receive-side Geneve replay', () => {
-    if (!haveTool('tcpdump', 'the baseline of the replay benchmark')) return;
+  it('classifier/flag-check prints the flag check against the full path, and a receive-side Geneve replay', (ctx) => {
+    needTool(ctx, 'tcpdump', 'the baseline of the replay benchmark');
     const [check, rx] = runBench('classifier/flag-check.js');
     expect(check.bench).toBe('classifier/flag-check');
     expect(typeof check.ratio).toBe('number');
@@ -47,8 +47,8 @@ describe('benchmarks (short mode)', () => {
     }
   }, 300_000);
 
-  it('replay-floor prints the kernel IO, the least per-packet loop, the lean lane, fpo and tcpdump on one capture', () => {
-    if (!haveTool('tcpdump', 'the baseline of the floor benchmark')) return;
+  it('replay-floor prints the kernel IO, the least per-packet loop, the lean lane, fpo and tcpdump on one capture', (ctx) => {
+    needTool(ctx, 'tcpdump', 'the baseline of the floor benchmark');
     const [l] = runBench('replay-floor.js');
     expect(l.bench).toBe('replay-floor');
     expect(l.frames).toBe(20_000);
@@ -66,14 +66,15 @@ describe('benchmarks (short mode)', () => {
     expect(thread.roundTripUs).toBeGreaterThan(0);
   }, 300_000);
 
-  it('ports/live prints fpo and Linux bridge forwarding rates between namespaces (root)', () => {
-    if (!isRoot('ports/live makes namespaces')) return;
-    if (!haveTool('cc', 'builds the sender')) return;
+  it('ports/live prints fpo and Linux bridge forwarding rates between namespaces (root)', (ctx) => {
+    needRoot(ctx, 'ports/live makes namespaces');
+    needTool(ctx, 'cc', 'builds the sender');
+    needTool(ctx, 'ovs-vsctl', 'Open vSwitch\'s userspace datapath is the other baseline');
     const lines = runBench('ports/live.js');
     const names = lines.map((l) => l.switch);
     expect(names).toContain('fpo');
     expect(names).toContain('linux-bridge');
-    if (haveTool('ovs-vsctl', 'Open vSwitch\'s userspace datapath is the other baseline')) expect(names).toContain('ovs-netdev');
+    expect(names).toContain('ovs-netdev');
     for (const l of lines) {
       expect(l.bench).toBe('ports/live');
       expect(l.received).toBeGreaterThan(0);
@@ -92,8 +93,8 @@ describe('benchmarks (short mode)', () => {
     }
   }, 300_000);
 
-  it('replay prints pps, Gbit/s, tcpdump baseline and ratio, GC and RSS for each case', () => {
-    if (!haveTool('tcpdump', 'the baseline of the replay benchmark')) return;
+  it('replay prints pps, Gbit/s, tcpdump baseline and ratio, GC and RSS for each case', (ctx) => {
+    needTool(ctx, 'tcpdump', 'the baseline of the replay benchmark');
     const lines = runBench('replay.js');
     expect(lines.length).toBe(4);
     for (const l of lines) {

@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { Fpag } from '../../control/fpag.js';
-import { topologyFrom, type TopologyFile } from '../../control/topology.js';
+import { topologyFrom, type TopologyInput } from '../../control/topology.js';
 import { KEY_WORDS, W_ETH_TYPE, W_IN_PORT, W_IP_DST, W_IP_SRC, W_TP, W_VLAN, setField } from '../../datapath/classifier/flow-key.js';
 import { Datapath } from '../../datapath/datapath.js';
 import { D } from '../../datapath/drops.js';
@@ -9,7 +9,7 @@ import { FpoError } from '../../datapath/errors.js';
 
 const NOPORT = { writeBatch: () => undefined };
 
-function setup(extra: Partial<TopologyFile> = {}) {
+function setup(extra: Partial<TopologyInput> = {}) {
   const file = {
     ports: [{ name: 'up', ppid: 1, role: 'uplink', segments: ['a', 'b'] }, { name: 'p1', ppid: 11 }, { name: 'p2', ppid: 12 }, { name: 'p3', ppid: 13 }],
     segments: [{ name: 'a' }, { name: 'b', vlan: 7 }],
@@ -101,7 +101,7 @@ describe('FPAG decisions', () => {
       dport: fc.constantFrom(22, 80, 443, 8080),
     });
     fc.assert(fc.property(fc.array(rule, { maxLength: 6 }), fc.array(pkt, { minLength: 1, maxLength: 60 }), (rules, pkts) => {
-      const { dp, fpag } = setup({ rules });
+      const { dp, fpag } = setup({ rules: rules.map((r) => ({ ...r, actions: [...r.actions] })) });
       for (const p of pkts) {
         const k = key(p.inPort, p.dst, { vlan: p.vlan, proto: p.proto, src: p.src, dport: p.dport });
         let f = dp.flows.lookup(k);
@@ -126,7 +126,7 @@ describe('revalidation', () => {
     install(key(1, '02:00:00:00:00:01', { dport: 80 }));
     expect(dp.flows.count).toBe(2); // to v2, and v1 → v1 (the sender itself: a drop)
     expect(dp.flows.lookup(k80)).toBeGreaterThanOrEqual(0);
-    const r = fpag.setRules([{ priority: 10, match: { tp_dst: 80 }, actions: ['drop'] }]);
+    const r = fpag.setRules([{ priority: 10, special: false, match: { tp_dst: 80 }, actions: ['drop'] }]);
     expect(r).toEqual({ kept: 0, modified: 0, deleted: 2 });
     expect(dp.flows.count).toBe(0);
     expect(dp.flows.lookup(k80)).toBe(-1); // stale flow gone: no forwarding where the rules no longer say
@@ -140,7 +140,7 @@ describe('revalidation', () => {
     const install = (k: Uint32Array) => { const d = fpag.decide(k); dp.apply({ type: 'flow-install', key: k, mask: d.mask, actions: d.actions }); return dp.flows.lookup(k); };
     const f22 = install(key(1, '02:00:00:00:00:02', { dport: 22 }));
     const f80 = install(key(1, '02:00:00:00:00:02', { dport: 80 }));
-    const r = fpag.setRules([{ priority: 10, match: { tp_dst: 22 }, actions: ['output:v3'] }]);
+    const r = fpag.setRules([{ priority: 10, special: false, match: { tp_dst: 22 }, actions: ['output:v3'] }]);
     expect(r).toEqual({ kept: 1, modified: 1, deleted: 0 });
     expect(dp.flows.lookup(key(1, '02:00:00:00:00:02', { dport: 22 }))).toBe(f22);
     expect(dp.actionSets.describe(dp.flows.act[f22])).toEqual([{ op: 'output', vpid: 3 }]);
@@ -152,7 +152,7 @@ describe('revalidation', () => {
     const k = key(1, '02:00:00:00:00:02', { dport: 22 });
     const d = fpag.decide(k);
     dp.apply({ type: 'flow-install', key: k, mask: d.mask, actions: d.actions });
-    expect(() => fpag.setRules([{ priority: 1, match: { nope: 1 }, actions: ['drop'] }])).toThrowError(FpoError);
+    expect(() => fpag.setRules([{ priority: 1, special: false, match: { nope: 1 }, actions: ['drop'] }])).toThrowError(FpoError);
     expect(fpag.decide(k).actions).toEqual([{ op: 'drop', reason: D.ruleDrop }]);
     expect(dp.flows.count).toBe(1);
   });

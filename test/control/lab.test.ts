@@ -2,14 +2,16 @@ import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { FIXTURES, haveTool, runCli, isRoot } from '../helpers.js';
+import { FIXTURES, type Skippable, needRoot, needTool, runCli } from '../helpers.js';
 
 const LAB = join(FIXTURES, 'lab.json');
 const SOCK = '/tmp/fpo-lab-lab1/fpo.sock';
 
 /** Root and iproute2 are needed; under CI=true their absence fails instead of skipping. */
-function canRun(): boolean {
-  return isRoot('the lab makes namespaces and TAP devices') && haveTool('ip', 'creates the namespaces') && haveTool('ping', 'the VMs ping each other');
+function canRun(ctx: Skippable): void {
+  needRoot(ctx, 'the lab makes namespaces and TAP devices');
+  needTool(ctx, 'ip', 'creates the namespaces');
+  needTool(ctx, 'ping', 'the VMs ping each other');
 }
 
 const inNs = (ns: string, ...cmd: string[]) => spawnSync('ip', ['netns', 'exec', `fpo-lab1-${ns}`, ...cmd], { encoding: 'utf8', timeout: 60_000 });
@@ -19,8 +21,8 @@ afterAll(() => {
 });
 
 describe('fpo lab: VMs in namespaces on TAP ports', () => {
-  it('VMs ping across fpo within a segment, ARP resolves, segments stay apart; a TCP transfer arrives intact; a migration during a ping loses only what is in flight and rewrites no flow; down removes all it made', async () => {
-    if (!canRun()) return;
+  it('VMs ping across fpo within a segment, ARP resolves, segments stay apart; a TCP transfer arrives intact; a migration during a ping loses only what is in flight and rewrites no flow; down removes all it made', async (ctx) => {
+    canRun(ctx);
     const up = runCli(['lab', 'up', LAB]);
     expect(up.stderr).toBe('');
     expect(up.status).toBe(0);

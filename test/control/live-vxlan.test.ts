@@ -2,7 +2,7 @@ import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_pr
 import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { CLI, haveTool, runCli, tempDir, isRoot } from '../helpers.js';
+import { CLI, type Skippable, needRoot, needTool, runCli, tempDir } from '../helpers.js';
 
 // A VM behind fpo pings an address behind the Linux kernel's VXLAN device in
 // another namespace: fpo's uplink is an AF_PACKET port on one end of a veth
@@ -18,13 +18,15 @@ function cleanup(): void {
 }
 afterAll(cleanup);
 
-function canRun(): boolean {
-  return isRoot('the live tunnel test makes namespaces, veths and a TAP') && haveTool('ip', 'creates the namespaces and the kernel VXLAN device') && haveTool('ping', 'the VM pings across the tunnel');
+function canRun(ctx: Skippable): void {
+  needRoot(ctx, 'the live tunnel test makes namespaces, veths and a TAP');
+  needTool(ctx, 'ip', 'creates the namespaces and the kernel VXLAN device');
+  needTool(ctx, 'ping', 'the VM pings across the tunnel');
 }
 
 describe('a live VXLAN uplink against the kernel\'s VXLAN', () => {
-  it('a VM on a TAP port of fpo pings an address behind a kernel VXLAN endpoint, across an AF_PACKET uplink on a veth underlay', async () => {
-    if (!canRun()) return;
+  it('a VM on a TAP port of fpo pings an address behind a kernel VXLAN endpoint, across an AF_PACKET uplink on a veth underlay', async (ctx) => {
+    canRun(ctx);
     cleanup();
     const dir = tempDir('vx');
     // The underlay and the kernel's side.

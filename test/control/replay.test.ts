@@ -5,7 +5,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { replay, type ReplayReport } from '../../control/replay.js';
 import { PacketBatch } from '../../datapath/batch.js';
 import { CaptureReader } from '../../datapath/ports/capture-reader.js';
-import { CLI, FIXTURES, cleanTemp, haveTool, runCli, tempDir, tsharkFields } from '../helpers.js';
+import { CLI, FIXTURES, cleanTemp, needTool, runCli, tempDir, tsharkFields } from '../helpers.js';
 
 afterAll(cleanTemp);
 
@@ -36,8 +36,8 @@ describe('fpo replay of the bundled demo', () => {
     expect(report.drops).toEqual({ ruleDrop: 20, vpidUnmapped: 20, noDestination: 4, runt: 2, ipv4BadHeaderLength: 2, udpBadLength: 2 });
   });
 
-  it('writes one pcap per emitting port, holding exactly the packets for that VM (checked with tshark)', () => {
-    if (!haveTool('tshark', 'reads the output captures')) return;
+  it('writes one pcap per emitting port, holding exactly the packets for that VM (checked with tshark)', (ctx) => {
+    needTool(ctx, 'tshark', 'reads the output captures');
     expect(readdirSync(out).sort()).toEqual(['vf1.pcap', 'vf2.pcap', 'vf3.pcap', 'vf4.pcap']);
     const macs: Record<string, string> = { vf1: '02:00:00:00:00:01', vf2: '02:00:00:00:00:02', vf3: '02:00:00:00:00:03', vf4: '02:00:00:00:00:04' };
     for (const [port, mac] of Object.entries(macs)) {
@@ -56,8 +56,8 @@ describe('fpo replay of the bundled demo', () => {
     expect(vf1.length).toBe(0); // telnet was dropped by the rule
   });
 
-  it('keeps the input timestamps and bytes of every written frame', () => {
-    if (!haveTool('tshark', 'reads the output captures')) return;
+  it('keeps the input timestamps and bytes of every written frame', (ctx) => {
+    needTool(ctx, 'tshark', 'reads the output captures');
     const inRows = new Map(tsharkFields(DEMO, ['frame.time_epoch', 'frame.len']).map((r) => [r[0], r[1]]));
     for (const f of readdirSync(out)) {
       for (const [t, len] of tsharkFields(join(out, f), ['frame.time_epoch', 'frame.len'])) expect(inRows.get(t), `${f} ${t}`).toBe(len);
@@ -186,8 +186,8 @@ describe('fpo command line', () => {
 });
 
 describe('progress', () => {
-  it('shows a progress bar on a terminal (run under script(1) for a pty)', () => {
-    if (!haveTool('script', 'gives the CLI a terminal')) return;
+  it('shows a progress bar on a terminal (run under script(1) for a pty)', (ctx) => {
+    needTool(ctx, 'script', 'gives the CLI a terminal');
     const r = spawnSync('script', ['-qec', `${process.execPath} ${CLI} replay ${DEMO} -t ${TOPO} -o ${tempDir()}`, '/dev/null'], { encoding: 'utf8' });
     expect(r.status).toBe(0);
     expect(r.stdout).toMatch(/\[#{30}\] 100%/);

@@ -8,7 +8,7 @@ import { PacketBatch } from '../../datapath/batch.js';
 import { CaptureReader } from '../../datapath/ports/capture-reader.js';
 import { benchTopology, generate } from '../../bench/gen-capture.js';
 import { writeFileSync } from 'node:fs';
-import { CLI, FIXTURES, cleanTemp, haveTool, runCli, tempDir, tsharkFields } from '../helpers.js';
+import { CLI, FIXTURES, cleanTemp, needTool, runCli, tempDir, tsharkFields } from '../helpers.js';
 
 const running: ChildProcess[] = [];
 afterAll(() => {
@@ -60,7 +60,8 @@ function stamps(path: string): string[] {
 const TOPO = join(FIXTURES, 'topology.json');
 
 describe('fpo run and fpo ctl', () => {
-  it('serves show, inject, stats, dump-flows and trace; the socket is mode 0600; SIGTERM prints final counters', async () => {
+  it('serves show, inject, stats, dump-flows and trace; the socket is mode 0600; SIGTERM prints final counters', async (ctx) => {
+    needTool(ctx, 'tshark', 'reads the port captures');
     const s = await start(TOPO);
     expect(spawnSync('stat', ['-c', '%a', s.socket], { encoding: 'utf8' }).stdout.trim()).toBe('600');
     const show = JSON.parse(s.ctl('--json', 'show').stdout);
@@ -76,11 +77,9 @@ describe('fpo run and fpo ctl', () => {
     expect(tr.stdout).toMatch(/flag check/);
     expect(tr.stdout).toMatch(/exact-match cache: hit|megaflow: hit/);
     expect(tr.stdout).toMatch(/output: vpid 3 \(vm3-eth0\) → ppid 13 \(vf3\)/);
-    if (haveTool('tshark', 'reads the port captures')) {
-      const final = JSON.parse(await s.stop());
-      expect(final.packets.in).toBe(671);
-      expect(tsharkFields(join(s.out, 'vf3.pcap'), ['frame.number']).length).toBe(final.ports.find((p: any) => p.name === 'vf3').txPackets);
-    } else await s.stop();
+    const final = JSON.parse(await s.stop());
+    expect(final.packets.in).toBe(671);
+    expect(tsharkFields(join(s.out, 'vf3.pcap'), ['frame.number']).length).toBe(final.ports.find((p: any) => p.name === 'vf3').txPackets);
     expect(existsSync(s.socket)).toBe(false);
   }, 60_000);
 

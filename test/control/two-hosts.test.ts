@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { HostsReport } from '../../control/replay.js';
 import { twoHostFrames } from '../../fixtures/make.js';
-import { FIXTURES, captureFrames, cleanTemp, haveTool, runCli, tempDir, tsharkFields } from '../helpers.js';
+import { FIXTURES, captureFrames, cleanTemp, needTool, runCli, tempDir, tsharkFields } from '../helpers.js';
 
 afterAll(cleanTemp);
 
@@ -61,8 +61,8 @@ describe('two hosts joined by a tunnel, in one replay', () => {
     expect(b.tunnel).toEqual({ flagged: nFlagged, unflagged: twoHostFrames().length - nFlagged, specialTo: 'svc0', sent: 0, flaggedSent: 0 });
   });
 
-  it('tshark reads A\'s uplink as Geneve with the VNI of each segment, the option on flagged packets only, inner frames intact', () => {
-    if (!haveTool('tshark', 'decodes the tunnel packets')) return;
+  it('tshark reads A\'s uplink as Geneve with the VNI of each segment, the option on flagged packets only, inner frames intact', (ctx) => {
+    needTool(ctx, 'tshark', 'decodes the tunnel packets');
     const uplink = join(out, 'hostA', 'uplink0.pcap');
     const rows = tsharkFields(uplink, ['geneve.vni', 'geneve.option.class', 'eth.src']);
     const input = twoHostFrames();
@@ -88,7 +88,8 @@ describe('two hosts joined by a tunnel, in one replay', () => {
     expect(svc).toEqual(sent.filter((_, i) => flags[i]));
   });
 
-  it('works the same over an IPv6 underlay', () => {
+  it('works the same over an IPv6 underlay', (ctx) => {
+    needTool(ctx, 'tshark', 'decodes the tunnel packets');
     const t = JSON.parse(readFileSync(TOPO, 'utf8'));
     const [ha, hb] = t.hosts;
     ha.tunnel.sendFrom = ha.tunnel.vtep6 = '2001:db8::1';
@@ -101,7 +102,6 @@ describe('two hosts joined by a tunnel, in one replay', () => {
     const r = run(topo, out6);
     expect(r.hosts[1].tunnel).toEqual({ flagged: nFlagged, unflagged: twoHostFrames().length - nFlagged, specialTo: 'svc0', sent: 0, flaggedSent: 0 });
     expect(captureFrames(join(out6, 'hostB', 'vf1.pcap'))).toEqual(twoHostFrames().filter((f, i) => !flags[i] && f[5] === 0x01));
-    if (!haveTool('tshark', 'decodes the tunnel packets')) return;
     const rows = tsharkFields(join(out6, 'hostA', 'uplink0.pcap'), ['ipv6.dst', 'geneve.vni']);
     for (const [dst, vni] of rows) {
       expect(dst).toBe('2001:db8::2');
@@ -109,7 +109,8 @@ describe('two hosts joined by a tunnel, in one replay', () => {
     }
   });
 
-  it('works the same over VXLAN (the flag in the reserved bit)', () => {
+  it('works the same over VXLAN (the flag in the reserved bit)', (ctx) => {
+    needTool(ctx, 'tshark', 'decodes the tunnel packets');
     const t = JSON.parse(readFileSync(TOPO, 'utf8'));
     for (const h of t.hosts) h.tunnel.kind = 'vxlan';
     const topo = join(tempDir(), 'vxlan.json');
@@ -117,7 +118,6 @@ describe('two hosts joined by a tunnel, in one replay', () => {
     const out2 = tempDir('vx');
     const r = run(topo, out2);
     expect(r.hosts[1].tunnel.flagged).toBe(nFlagged);
-    if (!haveTool('tshark', 'decodes the tunnel packets')) return;
     const rows = tsharkFields(join(out2, 'hostA', 'uplink0.pcap'), ['vxlan.vni', 'vxlan.flags']);
     rows.forEach(([vni, fl], i) => {
       expect(Number(vni)).toBeGreaterThanOrEqual(5001);

@@ -64,8 +64,8 @@ describe('BFD packets (RFC 5880 §4.1, §6.8.6)', () => {
 });
 
 describe('GTSM: the TTL of received packets (RFC 5881 §5)', () => {
-  it('a BFD packet whose TTL is not 255 is discarded and counted; one at 255 is taken', async () => {
-    if (!isRoot('the TTL check reads a raw socket')) return;
+  it('a BFD packet whose TTL is not 255 is discarded and counted; one at 255 is taken', async (ctx) => {
+    needRoot(ctx, 'the TTL check reads a raw socket');
     const ep = new BfdEndpoint('127.0.0.3', 25784);
     await ep.listen();
     const { createSocket } = await import('node:dgram');
@@ -119,8 +119,8 @@ describe('BFD sessions between two fpo endpoints', () => {
   }, 30_000);
 });
 
-import { canRunFrr, frrDown, frrPeer, frrUp, FRR_DIR as D, FRR_DIR } from './frr.js';
-import { CLI, haveTool, runCli, tempDir, isRoot } from '../../helpers.js';
+import { needFrr, frrDown, frrPeer, frrUp, FRR_DIR as D, FRR_DIR } from './frr.js';
+import { CLI, needRoot, needTool, runCli, tempDir } from '../../helpers.js';
 import { PacketBatch } from '../../../datapath/batch.js';
 import { CaptureReader } from '../../../datapath/ports/capture-reader.js';
 
@@ -131,8 +131,8 @@ afterAll(frrDown);
 
 describe('interop with FRR bfdd', () => {
   for (const ms of [300, 50]) {
-    it(`reaches Up with FRR, detects FRR's death within 3 × ${ms} ms + 10 %, and FRR accepts a Poll/Final interval change and sees our AdminDown`, async () => {
-      if (!canRunFrr()) return;
+    it(`reaches Up with FRR, detects FRR's death within 3 × ${ms} ms + 10 %, and FRR accepts a Poll/Final interval change and sees our AdminDown`, async (ctx) => {
+      needFrr(ctx);
       frrUp(ms);
       const a = new BfdEndpoint('10.90.0.1');
       await a.listen();
@@ -191,8 +191,8 @@ function agent(sock: string): { proc: ChildProcess; out: () => string } {
 }
 
 describe('tunnel monitor: BFD with FRR on a VM\'s behalf, and a liveness channel with the VM', () => {
-  it('a dead VM takes the session AdminDown at FRR; a live VM brings it back; a dead tunnel is told to the VM', async () => {
-    if (!canRunFrr()) return;
+  it('a dead VM takes the session AdminDown at FRR; a live VM brings it back; a dead tunnel is told to the VM', async (ctx) => {
+    needFrr(ctx);
     frrUp(300);
     const dir = tempDir('mon');
     const sock = join(dir, 'vm1.sock');
@@ -243,8 +243,11 @@ describe('interop with BIRD', () => {
   const cases: { auth?: 'simple' | 'md5' | 'meticulous-md5' | 'sha1' | 'meticulous-sha1'; ourKey?: string }[] = [{}, { auth: 'simple' }, { auth: 'md5' }, { auth: 'meticulous-sha1' }, { auth: 'sha1', ourKey: 'wrong' }];
   for (const c of cases) {
     const title = c.ourKey ? `with ${c.auth} and a wrong key, never comes Up and counts the failures` : `a session with BIRD 2 (a second independent implementation) comes Up on both sides, authentication ${c.auth ?? 'none'}`;
-    it(title, async () => {
-      if (!canRunFrr() || !haveTool('bird', 'BIRD (Debian bird2) is the second BFD peer')) return;
+    it(title, async (ctx) => {
+      needRoot(ctx, 'BIRD runs in a namespace');
+      needTool(ctx, 'ip', 'makes the namespace and the veth');
+      needTool(ctx, 'bird', 'BIRD (Debian bird2) is the second BFD peer');
+      needTool(ctx, 'birdc', 'reads the session from BIRD');
       const dir = '/tmp/fpobird';
       const down = () => {
         if (existsSync(`${dir}/bird.pid`)) spawnSync('kill', [readFileSync(`${dir}/bird.pid`, 'utf8').trim()]);

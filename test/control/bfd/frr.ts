@@ -1,7 +1,7 @@
 /** FRR's bfdd in a namespace across a veth (10.90.0.2 there, 10.90.0.1 here): the independent BFD peer of the tests. */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { chownSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { haveTool, isRoot } from '../../helpers.js';
+import { type Skippable, needRoot, needTool } from '../../helpers.js';
 
 // Interop with FRR's bfdd, in a namespace across a veth.
 export const FRR_DIR = '/tmp/fpobfd-frr';
@@ -36,6 +36,9 @@ export const frrPeer = (): Record<string, unknown> => {
   } catch { return {}; }
 };
 
-export function canRunFrr(): boolean {
-  return isRoot('FRR and BIRD run in a namespace') && haveTool('ip', 'namespaces') && haveTool('vtysh', 'FRR (Debian frr) is the independent BFD peer') && existsSync('/usr/lib/frr/bfdd');
+/** FRR's tests need root (a namespace), ip, and FRR's zebra, bfdd and vtysh: otherwise skipped (a failure under CI=true). */
+export function needFrr(ctx: Skippable): void {
+  needRoot(ctx, 'FRR runs in a namespace');
+  needTool(ctx, 'ip', 'makes the namespace and the veth');
+  for (const t of ['/usr/lib/frr/zebra', '/usr/lib/frr/bfdd', 'vtysh']) needTool(ctx, t, 'FRR (Debian frr) is the independent BFD peer');
 }

@@ -8,7 +8,7 @@ import { FlagCheck } from '../../../datapath/classifier/flag-check.js';
 import { KEY_WORDS, W_TUN, W_TUN_SRC } from '../../../datapath/classifier/flow-key.js';
 import { Parse } from '../../../datapath/parse/parse.js';
 import { writePcap } from '../../../fixtures/packets.js';
-import { cleanTemp, haveTool, tempDir } from '../../helpers.js';
+import { cleanTemp, needTool, tempDir } from '../../helpers.js';
 
 afterAll(cleanTemp);
 
@@ -94,8 +94,8 @@ describe('Encap', () => {
     }), { numRuns: 100 });
   });
 
-  it('tshark reads our headers as valid: lengths, IPv4 header checksum, IPv6 UDP checksum, VNI, flag', () => {
-    if (!haveTool('tshark', 'the independent decoder')) return;
+  it('tshark reads our headers as valid: lengths, IPv4 header checksum, IPv6 UDP checksum, VNI, flag', (ctx) => {
+    needTool(ctx, 'tshark', 'the independent decoder');
     const inner = Uint8Array.from([...mac(1), ...mac(2), 0x08, 0x00, 0x45, 0, 0, 28, 0, 1, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2, 0x13, 0x88, 0x13, 0x89, 0, 8, 0, 0]);
     // Fix the inner IPv4 checksum so tshark has nothing to complain about inside.
     let s = 0;
@@ -127,8 +127,8 @@ describe('Encap', () => {
     });
   });
 
-  it('the IPv6 UDP checksum is correct (tshark with checksum validation)', () => {
-    if (!haveTool('tshark', 'validates the checksum')) return;
+  it('the IPv6 UDP checksum is correct (tshark with checksum validation)', (ctx) => {
+    needTool(ctx, 'tshark', 'validates the checksum');
     const e = new Encap();
     const t = e.addTunnel({ kind: 'vxlan', srcMac: mac(0xfe), dstMac: mac(0xfd), srcIp: V6A, dstIp: V6B });
     const inner = Uint8Array.from([...mac(1), ...mac(2), 0x88, 0xb5, 1, 2, 3, 4, 5]);

@@ -3,7 +3,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { replay } from '../../../control/replay.js';
 import { topologyFrom } from '../../../control/topology.js';
 import { eth, geneve, ipv4, udp, vxlan, writePcap } from '../../../fixtures/packets.js';
-import { cleanTemp, haveTool, tempDir, tsharkFields } from '../../helpers.js';
+import { cleanTemp, needTool, tempDir, tsharkFields } from '../../helpers.js';
 
 afterAll(cleanTemp);
 
@@ -55,7 +55,8 @@ function capture(): { path: string; flagged: number; plain: number } {
 }
 
 describe('flag check (receive side)', () => {
-  it('sends every flagged packet, and only those, to the special port untouched; the rest are decapsulated onto the fast path', () => {
+  it('sends every flagged packet, and only those, to the special port untouched; the rest are decapsulated onto the fast path', (ctx) => {
+    needTool(ctx, 'tshark', 'decodes the outputs');
     const { path, flagged, plain } = capture();
     const out = tempDir();
     const { report } = replay({ capture: path, topology: topology(true), outDir: out });
@@ -66,7 +67,6 @@ describe('flag check (receive side)', () => {
     expect(svc.tx.packets).toBe(flagged);
     const vms = report.ports.filter((p) => p.name.startsWith('vf')).reduce((n, p) => n + p.tx.packets, 0);
     expect(vms).toBe(plain);
-    if (!haveTool('tshark', 'decodes the outputs')) return;
     // The special port got the outer packets as they came: flag present on every one.
     for (const [vni, geneveOpt, vxlanFlags, udpSrc] of tsharkFields(join(out, 'svc0.pcap'), ['vxlan.vni', 'geneve.option.class', 'vxlan.flags', 'udp.srcport'])) {
       expect(vni || geneveOpt, 'a tunnel packet').toBeTruthy();

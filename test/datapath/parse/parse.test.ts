@@ -8,7 +8,7 @@ import { Parse, parsePacket } from '../../../datapath/parse/parse.js';
 import { CaptureReader } from '../../../datapath/ports/capture-reader.js';
 import { parseFrames } from '../../../fixtures/make.js';
 import { eth, ipv4, ipv6, pad60, tcp, udp, vxlan, geneve, writePcap } from '../../../fixtures/packets.js';
-import { CORPUS, FIXTURES, cleanTemp, haveTool, tempDir, tsharkFields, tsharkProtoPositions } from '../../helpers.js';
+import { CORPUS, FIXTURES, cleanTemp, needTool, tempDir, tsharkFields, tsharkProtoPositions } from '../../helpers.js';
 
 afterAll(cleanTemp);
 
@@ -38,8 +38,8 @@ const last = (s: string) => (s ? s.split(',').at(-1)! : '');
 const num = (s: string) => (s === '' ? 0 : s.startsWith('0x') ? parseInt(s, 16) : Number(s));
 
 describe('Parse against tshark', () => {
-  it('fields and header offsets of every fixture frame agree with tshark', () => {
-    if (!haveTool('tshark', 'the reference decoder for this test')) return;
+  it('fields and header offsets of every fixture frame agree with tshark', (ctx) => {
+    needTool(ctx, 'tshark', 'the reference decoder for this test');
     const path = join(FIXTURES, 'parse.pcap');
     const ours = parseFile(path);
     const fields = ['eth.dst', 'eth.src', 'vlan.id', 'vlan.etype', 'eth.type', 'ip.src', 'ip.dst', 'ip.proto', 'ipv6.src', 'ipv6.dst', 'ipv6.nxt', 'tcp.srcport', 'tcp.dstport', 'udp.srcport', 'udp.dstport', 'icmp.type', 'icmpv6.type', 'vxlan.vni', 'geneve.vni', 'arp.src.proto_ipv4', 'arp.dst.proto_ipv4', 'ip.flags.mf', 'ip.frag_offset', 'ieee8021ad.id'];
@@ -103,8 +103,8 @@ describe('Parse against tshark', () => {
     }
   });
 
-  it('outer headers of the corpus VXLAN and Geneve captures agree with tshark', () => {
-    if (!haveTool('tshark', 'the reference decoder for this test')) return;
+  it('outer headers of the corpus VXLAN and Geneve captures agree with tshark', (ctx) => {
+    needTool(ctx, 'tshark', 'the reference decoder for this test');
     let checked = 0;
     for (const f of ['geneve.pcap', 'geneve-gcp.pcap', 'vxlan.pcap', 'gso-ipv4-geneve-ipv6.pcap', 'gso-ipv6-vxlan-ipv4.pcap', 'bigtcp-ipv6-geneve-ipv4.pcap', 'bigtcp-ipv4-vxlan-ipv6.pcap']) {
       const path = join(CORPUS, f);
@@ -185,8 +185,8 @@ describe('Parse outcomes', () => {
 });
 
 describe('Parse of tunnelled corpus captures, inner headers', () => {
-  it('the inner frame of every VXLAN/Geneve packet parses to what tshark shows inside', () => {
-    if (!haveTool('tshark', 'the reference decoder for this test')) return;
+  it('the inner frame of every VXLAN/Geneve packet parses to what tshark shows inside', (ctx) => {
+    needTool(ctx, 'tshark', 'the reference decoder for this test');
     let checked = 0;
     for (const f of ['geneve.pcap', 'geneve-gcp.pcap', 'vxlan.pcap', 'gso-ipv4-geneve-ipv4.pcap', 'gso-ipv6-vxlan-ipv4.pcap']) {
       const path = join(CORPUS, f);

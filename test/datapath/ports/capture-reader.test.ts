@@ -6,7 +6,7 @@ import { PacketBatch } from '../../../datapath/batch.js';
 import { D } from '../../../datapath/drops.js';
 import { FpoError } from '../../../datapath/errors.js';
 import { CaptureReader } from '../../../datapath/ports/capture-reader.js';
-import { CORPUS, cleanTemp, haveTool, tempDir, tsharkFields } from '../../helpers.js';
+import { CORPUS, cleanTemp, needTool, tempDir, tsharkFields } from '../../helpers.js';
 
 afterAll(cleanTemp);
 
@@ -278,8 +278,8 @@ describe('CaptureReader on the corpus', () => {
     expect(records).toBeGreaterThan(9000);
   }, 300_000);
 
-  it('agrees with tshark on the frame count and captured lengths of every pcapng file', () => {
-    if (!haveTool('tshark', 'needed to read pcapng files independently')) return;
+  it('agrees with tshark on the frame count and captured lengths of every pcapng file', (ctx) => {
+    needTool(ctx, 'tshark', 'needed to read pcapng files independently');
     let compared = 0;
     for (const f of files) {
       const path = join(CORPUS, f);
