@@ -3,7 +3,9 @@
  * setTimeout armed for the earliest, instead of a setInterval per session
  * (a thousand sessions are a thousand heap entries, one timer). Cancelling
  * (every received packet re-arms a detection timer) marks the entry dead in
- * O(1); dead entries are dropped when they reach the top.
+ * O(1); dead entries are dropped when they reach the top. Entries with the
+ * same deadline run in the order they were set (the heap orders by deadline,
+ * then by sequence number), so no session's timer is always served last.
  */
 export class TimerHeap {
   private heap: { at: number; seq: number; fn: () => void; dead: boolean }[] = [];
@@ -60,8 +62,13 @@ export class TimerHeap {
   private fire(): void {
     this.timer = null;
     this.armedAt = Infinity;
-    const now = performance.now();
-    while (this.heap.length && this.heap[0].at <= now + 0.5) {
+    // The clock is read again after each callback: one that falls due while others run
+    // runs in this turn, and its lateness counts the time they took. Entries set by this
+    // turn's callbacks wait for the next turn, so a callback that re-arms at once cannot
+    // keep the loop here for ever.
+    let now = performance.now();
+    const lastSeq = this.seq;
+    while (this.heap.length && this.heap[0].at <= now + 0.5 && this.heap[0].seq <= lastSeq) {
       const e = this.heap[0];
       const last = this.heap.pop()!;
       if (this.heap.length) {
@@ -72,15 +79,20 @@ export class TimerHeap {
       this.live.delete(e.seq);
       if (this.recordLateness) this.lateness.push(now - e.at);
       e.fn();
+      now = performance.now();
     }
     this.arm();
+  }
+
+  private static before(a: { at: number; seq: number }, b: { at: number; seq: number }): boolean {
+    return a.at < b.at || (a.at === b.at && a.seq < b.seq);
   }
 
   private up(i: number): void {
     const h = this.heap;
     while (i > 0) {
       const p = (i - 1) >> 1;
-      if (h[p].at <= h[i].at) break;
+      if (!TimerHeap.before(h[i], h[p])) break;
       [h[p], h[i]] = [h[i], h[p]];
       i = p;
     }
@@ -92,8 +104,8 @@ export class TimerHeap {
       const l = 2 * i + 1;
       const r = l + 1;
       let m = i;
-      if (l < h.length && h[l].at < h[m].at) m = l;
-      if (r < h.length && h[r].at < h[m].at) m = r;
+      if (l < h.length && TimerHeap.before(h[l], h[m])) m = l;
+      if (r < h.length && TimerHeap.before(h[r], h[m])) m = r;
       if (m === i) return;
       [h[m], h[i]] = [h[i], h[m]];
       i = m;
