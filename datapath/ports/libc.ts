@@ -21,6 +21,9 @@ export interface Libc {
   bind(fd: number, addr: Buffer, len: number): number;
   setsockopt(fd: number, level: number, name: number, val: Buffer, len: number): number;
   ifNameToIndex(name: string): number;
+  sendto(fd: number, buf: Uint8Array, n: number, flags: number, addr: Buffer, addrLen: number): number;
+  /** Attaches a classic BPF program (SO_ATTACH_FILTER): [code, jt, jf, k] per instruction. Returns setsockopt's result. */
+  attachFilter(fd: number, prog: [number, number, number, number][]): number;
 }
 
 let cached: Libc | null = null;
@@ -32,6 +35,9 @@ export function libc(): Libc {
   const lib = koffi.load('libc.so.6');
   const errnoLoc = lib.func('int *__errno_location()');
   const ioctl = lib.func('int ioctl(int fd, unsigned long req, _Inout_ uint8_t *arg)');
+  const SockFilter = koffi.struct('sock_filter', { code: 'uint16', jt: 'uint8', jf: 'uint8', k: 'uint32' });
+  const SockFprog = koffi.struct('sock_fprog', { len: 'uint16', filter: 'void *' });
+  const setsockoptFprog = lib.func('int setsockopt(int fd, int level, int name, const sock_fprog *val, unsigned int len)');
   cached = {
     open: lib.func('int open(const char *path, int flags)') as Libc['open'],
     ioctl: (fd, req, arg) => ioctl(fd, req, arg) as number,
@@ -44,6 +50,18 @@ export function libc(): Libc {
     bind: lib.func('int bind(int fd, const uint8_t *addr, unsigned int len)') as Libc['bind'],
     setsockopt: lib.func('int setsockopt(int fd, int level, int name, const uint8_t *val, unsigned int len)') as Libc['setsockopt'],
     ifNameToIndex: lib.func('unsigned int if_nametoindex(const char *name)') as Libc['ifNameToIndex'],
+    sendto: lib.func('long sendto(int fd, const uint8_t *buf, unsigned long n, int flags, const uint8_t *addr, unsigned int len)') as Libc['sendto'],
+    attachFilter: (fd, prog) => {
+      // struct sock_fprog points at the instructions: they live in memory koffi allocates (and
+      // the kernel copies at attach, so it may be freed after).
+      const mem = koffi.alloc(SockFilter, prog.length);
+      try {
+        koffi.encode(mem, koffi.array(SockFilter, prog.length), prog.map(([code, jt, jf, k]) => ({ code, jt, jf, k })));
+        return setsockoptFprog(fd, 1 /* SOL_SOCKET */, 26 /* SO_ATTACH_FILTER */, { len: prog.length, filter: mem }, koffi.sizeof(SockFprog)) as number;
+      } finally {
+        koffi.free(mem);
+      }
+    },
   };
   return cached;
 }
