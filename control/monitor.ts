@@ -11,12 +11,16 @@
  *   "down"} through the channel; back Up → {"tunnel": "up"}.
  *
  * Everything is visible in `fpo ctl bfd` and in the logs.
+ *
+ * The BFD endpoints run on a thread of their own (bfd/thread.ts), so a busy
+ * datapath on the main thread never delays a BFD timer: this class only
+ * turns sessions down and up and hears about their changes, by messages.
  */
 import { connect, type Socket } from 'node:net';
 import type { Logger } from 'pino';
-import { BfdEndpoint, BFD_PORT } from './bfd/endpoint.js';
+import { BFD_PORT } from './bfd/endpoint.js';
 import { DIAG, STATE } from './bfd/packet.js';
-import type { Session } from './bfd/session.js';
+import { BfdThread, type RemoteSession } from './bfd/thread.js';
 import type { AuthConfig } from './bfd/auth.js';
 
 export interface MonitorSpec {
@@ -41,7 +45,7 @@ export interface MonitorSpec {
 
 interface Watch {
   spec: MonitorSpec;
-  session: Session;
+  session: RemoteSession;
   channel: Socket | null;
   seq: number;
   lastAlive: number;
@@ -51,22 +55,21 @@ interface Watch {
 }
 
 export class TunnelMonitor {
-  private readonly endpoints = new Map<string, BfdEndpoint>();
+  private readonly bfd = new BfdThread();
+  private readonly listening = new Set<string>();
   private readonly watches: Watch[] = [];
   private timer: NodeJS.Timeout | null = null;
 
   constructor(private readonly specs: MonitorSpec[], private readonly log: Logger) {}
 
   async start(): Promise<void> {
+    this.bfd.onChange = (s, from, to, why) => this.onBfd(s, from, to, why);
     for (const spec of this.specs) {
-      let ep = this.endpoints.get(spec.local);
-      if (!ep) {
-        ep = new BfdEndpoint(spec.local);
-        await ep.listen();
-        this.endpoints.set(spec.local, ep);
-        ep.onChange = (peer, s, from, to, why) => this.onBfd(peer, s, from, to, why);
+      if (!this.listening.has(spec.local)) {
+        await this.bfd.listen(spec.local);
+        this.listening.add(spec.local);
       }
-      const session = await ep.add(spec.peer, { txUs: spec.txMs * 1000, rxUs: spec.rxMs * 1000, detectMult: spec.detectMult, auth: spec.auth }, spec.peerPort ?? BFD_PORT);
+      const session = await this.bfd.add(spec.local, spec.peer, { txUs: spec.txMs * 1000, rxUs: spec.rxMs * 1000, detectMult: spec.detectMult, auth: spec.auth }, spec.peerPort ?? BFD_PORT);
       // Until the VM answers on its channel, the session says so: AdminDown.
       session.adminDown(DIAG.administrativelyDown);
       this.watches.push({ spec, session, channel: null, seq: 0, lastAlive: 0, vmAlive: false, lastTunnelEvent: 'none', log: [] });
@@ -82,14 +85,13 @@ export class TunnelMonitor {
     this.log.info({ interface: w.spec.interface, peer: w.spec.peer, ...extra }, what);
   }
 
-  private onBfd(peer: string, s: Session, from: string, to: string, why: string): void {
+  private onBfd(s: RemoteSession, from: string, to: string, why: string): void {
     const w = this.watches.find((x) => x.session === s);
     if (!w) return;
     this.note(w, `bfd ${from} -> ${to}: ${why}`);
     // The tunnel's state, for the VM: only real changes, not our own AdminDown.
     if (from === 'Up' && to !== 'Up' && to !== 'AdminDown') this.tell(w, 'down', why);
     if (to === 'Up') this.tell(w, 'up', why);
-    void peer;
   }
 
   private tell(w: Watch, state: 'down' | 'up', why: string): void {
@@ -143,13 +145,15 @@ export class TunnelMonitor {
     }
   }
 
-  describe(): unknown[] {
-    return this.watches.map((w) => ({ interface: w.spec.interface, peer: w.spec.peer, local: w.spec.local, vmAlive: w.vmAlive, lastTunnelEvent: w.lastTunnelEvent, session: w.session.describe(), recent: w.log }));
+  /** Each watch with its session as the BFD thread describes it now. */
+  async describe(): Promise<unknown[]> {
+    const snap = await this.bfd.describe();
+    return this.watches.map((w) => ({ interface: w.spec.interface, peer: w.spec.peer, local: w.spec.local, vmAlive: w.vmAlive, lastTunnelEvent: w.lastTunnelEvent, session: snap.sessions[w.session.id], recent: w.log }));
   }
 
   async stop(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
     for (const w of this.watches) w.channel?.destroy();
-    for (const ep of this.endpoints.values()) await ep.close();
+    await this.bfd.close();
   }
 }

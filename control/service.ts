@@ -285,7 +285,7 @@ export class Service {
       case 'trace':
         return this.trace(str('packet')!);
       case 'bfd':
-        return { sessions: this.monitor?.describe() ?? [] };
+        return { sessions: (await this.monitor?.describe()) ?? [] };
       case 'inject': {
         const capture = str('capture')!;
         const port = str('port', false);
