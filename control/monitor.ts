@@ -74,6 +74,8 @@ export class TunnelMonitor {
       session.adminDown(DIAG.administrativelyDown);
       this.watches.push({ spec, session, channel: null, seq: 0, lastAlive: 0, vmAlive: false, lastTunnelEvent: 'none', log: [] });
     }
+    // Whether the thread got its real-time policy (it keeps the default without the privilege).
+    this.log.info({ scheduling: (await this.bfd.describe()).scheduling }, 'bfd thread');
     const period = Math.min(...this.specs.map((s) => s.probeMs));
     this.timer = setInterval(() => this.probeAll(), period);
     this.probeAll();

@@ -15,13 +15,15 @@
  * batch of injected traffic, a revalidation, a major GC of the datapath's
  * heap — so a busy switch could be declared a dead tunnel. A worker has its
  * own event loop and its own heap (its GC pauses only itself), so nothing
- * the switch does delays a BFD timer; only the OS scheduler can. The thread
- * keeps the default priority on purpose: measured here (2 cores, a replay
- * beside, 1000 sessions at 3 × 50 ms, 20 s holds alternating), nice -20 for
- * the BFD thread and its peer gave 7,826 and 12,466 false Downs where nice 0
- * gave 0 and 0 (timer lateness p99 31–104 ms against 16–17 ms). Not
- * explained yet; likely the two BFD sides crowd out the softirq work that
- * carries their own loopback packets.
+ * the switch does delays a BFD timer; only the OS scheduler can. So the
+ * thread also asks for SCHED_RR (DEFAULT_RT_PRIORITY): on this 2-core
+ * machine beside a full-speed replay and other engineers' work, 1000
+ * sessions at 3 × 50 ms, 20 s holds alternating, measured: SCHED_RR 0 and 0
+ * false Downs (timer lateness p99 3.8 and 5.0 ms), the default policy 0 and
+ * 3,522 (p99 12.5 and 32 ms). Plain nice -20 was worse than nothing (7,826
+ * and 12,466 false Downs against 0 and 0 at nice 0, p99 31–104 ms): not
+ * explained; likely it crowds out the softirq work that carries the BFD
+ * packets themselves, which SCHED_RR's short bursts do not.
  *
  * A session's state as the main thread sees it is a copy, updated by the
  * worker's change events (and at once by adminDown/adminUp, which the
@@ -32,6 +34,7 @@ import { Worker, isMainThread, parentPort, workerData } from 'node:worker_thread
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
 import { FpoError } from '../../datapath/errors.js';
+import { libc } from '../../datapath/ports/libc.js';
 import { BfdEndpoint, BFD_PORT } from './endpoint.js';
 import { STATE } from './packet.js';
 import type { Session, SessionConfig } from './session.js';
@@ -39,6 +42,17 @@ import type { Session, SessionConfig } from './session.js';
 // The worker runs the compiled module (under a TypeScript test runner this file is the .ts source).
 const HERE = fileURLToPath(import.meta.url);
 const WORKER_FILE = HERE.endsWith('.ts') ? join(dirname(HERE), '..', '..', 'dist', 'control', 'bfd', 'thread.js') : HERE;
+
+const SCHED_RR = 2;
+/**
+ * The BFD thread runs under SCHED_RR at this priority when it may (root or
+ * CAP_SYS_NICE): it then runs the moment a timer or a packet wakes it, ahead
+ * of any busy process of the default policy. Low among real-time priorities
+ * (the kernel's own threads sit at 50 and above), and bounded by the
+ * kernel's real-time throttling (95 % of a core), so a runaway BFD thread
+ * cannot take the machine.
+ */
+export const DEFAULT_RT_PRIORITY = 10;
 
 /** Requests from the main thread; each is answered by a Reply with the same rid. */
 type Request =
@@ -57,6 +71,8 @@ interface ChangeEvent { ev: 'change'; id: number; peer: string; from: string; to
 
 /** What describe() answers: each session's describe() by id, and each endpoint's counters. */
 export interface BfdSnapshot {
+  /** The thread's scheduling policy, or why it kept the default. */
+  scheduling: string;
   sessions: Record<number, Record<string, unknown>>;
   endpoints: { local: string; discards: Record<string, number>; sendErrors: number; ttlUnchecked: number; rawForeign: number }[];
 }
@@ -96,8 +112,11 @@ export class BfdThread {
   /** Called on every state change, after the handle's state is updated (for logs and the tunnel monitor). */
   onChange: (s: RemoteSession, from: string, to: string, why: string, diag: number) => void = () => undefined;
 
-  constructor() {
-    this.worker = new Worker(WORKER_FILE, { workerData: { fpoBfd: true } });
+  /** rtPriority: the thread's SCHED_RR priority (1–99; 0 keeps the default policy); $FPO_BFD_RT overrides it. */
+  constructor(opts: { rtPriority?: number } = {}) {
+    const env = process.env.FPO_BFD_RT;
+    const rtPriority = env !== undefined && env !== '' ? Number(env) : opts.rtPriority ?? DEFAULT_RT_PRIORITY;
+    this.worker = new Worker(WORKER_FILE, { workerData: { fpoBfd: true, rtPriority } });
     this.worker.on('message', (m: Reply | ChangeEvent) => {
       if ('ev' in m) {
         const s = this.sessions.get(m.id);
@@ -172,6 +191,15 @@ export class BfdThread {
 /** The worker's side: endpoints by local address, sessions by the main thread's id. */
 function serve(): void {
   const port = parentPort!;
+  const { rtPriority } = workerData as { rtPriority: number };
+  let scheduling = 'SCHED_OTHER (default)';
+  if (rtPriority > 0) {
+    try {
+      scheduling = libc().setScheduler(SCHED_RR, rtPriority) === 0 ? `SCHED_RR ${rtPriority}` : `SCHED_OTHER (SCHED_RR refused: errno ${libc().errno()})`;
+    } catch (e) {
+      scheduling = `SCHED_OTHER (${(e as Error).message})`;
+    }
+  }
   const endpoints = new Map<string, BfdEndpoint>();
   const sessions = new Map<number, Session>();
   const ids = new Map<Session, number>();
@@ -207,7 +235,7 @@ function serve(): void {
         sessions.get(req.id)?.setIntervals(req.txUs, req.rxUs);
         return null;
       case 'describe': {
-        const out: BfdSnapshot = { sessions: {}, endpoints: [] };
+        const out: BfdSnapshot = { scheduling, sessions: {}, endpoints: [] };
         for (const [id, s] of sessions) out.sessions[id] = s.describe();
         for (const ep of endpoints.values()) out.endpoints.push({ local: ep.localAddress, discards: { ...ep.discards } as Record<string, number>, sendErrors: ep.sendErrors, ttlUnchecked: ep.ttlUnchecked, rawForeign: ep.rawForeign });
         return out;

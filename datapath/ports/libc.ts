@@ -21,6 +21,8 @@ export interface Libc {
   bind(fd: number, addr: Buffer, len: number): number;
   setsockopt(fd: number, level: number, name: number, val: Buffer, len: number): number;
   ifNameToIndex(name: string): number;
+  /** sched_setscheduler(0, …): the calling thread's policy (1 SCHED_FIFO, 2 SCHED_RR) and priority. */
+  setScheduler(policy: number, priority: number): number;
   sendto(fd: number, buf: Uint8Array, n: number, flags: number, addr: Buffer, addrLen: number): number;
   /** Attaches a classic BPF program (SO_ATTACH_FILTER): [code, jt, jf, k] per instruction. Returns setsockopt's result. */
   attachFilter(fd: number, prog: [number, number, number, number][]): number;
@@ -35,6 +37,7 @@ export function libc(): Libc {
   const lib = koffi.load('libc.so.6');
   const errnoLoc = lib.func('int *__errno_location()');
   const ioctl = lib.func('int ioctl(int fd, unsigned long req, _Inout_ uint8_t *arg)');
+  const setScheduler = lib.func('int sched_setscheduler(int pid, int policy, const uint8_t *param)');
   const SockFilter = koffi.struct('sock_filter', { code: 'uint16', jt: 'uint8', jf: 'uint8', k: 'uint32' });
   const SockFprog = koffi.struct('sock_fprog', { len: 'uint16', filter: 'void *' });
   const setsockoptFprog = lib.func('int setsockopt(int fd, int level, int name, const sock_fprog *val, unsigned int len)');
@@ -50,6 +53,11 @@ export function libc(): Libc {
     bind: lib.func('int bind(int fd, const uint8_t *addr, unsigned int len)') as Libc['bind'],
     setsockopt: lib.func('int setsockopt(int fd, int level, int name, const uint8_t *val, unsigned int len)') as Libc['setsockopt'],
     ifNameToIndex: lib.func('unsigned int if_nametoindex(const char *name)') as Libc['ifNameToIndex'],
+    setScheduler: (policy, priority) => {
+      const param = Buffer.alloc(4);
+      param.writeInt32LE(priority, 0);
+      return setScheduler(0, policy, param) as number;
+    },
     sendto: lib.func('long sendto(int fd, const uint8_t *buf, unsigned long n, int flags, const uint8_t *addr, unsigned int len)') as Libc['sendto'],
     attachFilter: (fd, prog) => {
       // struct sock_fprog points at the instructions: they live in memory koffi allocates (and

@@ -82,14 +82,29 @@ describe('benchmarks (short mode)', () => {
     }
   }, 300_000);
 
-  it('control/bfd-scale holds its sessions with no false Down and reports timer lateness and the replay beside it', () => {
+  it('control/bfd-scale holds its sessions with no false Down on either side, beside a full-speed replay, and reports timer lateness and the replay\'s rate against it alone', () => {
     const lines = runBench('control/bfd-scale.js');
     expect(lines.length).toBe(2);
     for (const l of lines) {
       expect(l.bench).toBe('control/bfd-scale');
-      expect(l.up).toBe(l.sessions);
+      expect(l.placement).toBe('thread');
+      expect(l.upBeforeHold).toBe(l.sessions);
+      expect(l.upAfterHold, JSON.stringify(l)).toBe(l.sessions);
+      expect(l.falseDowns, JSON.stringify(l.why)).toBe(0);
+      expect(l.falseDowns).toBe((l.falseDownsHere as number) + (l.falseDownsPeer as number));
+      expect(l.rawSocketDrops).toEqual([0, 0]);
       expect(typeof (l.latenessMs as { p99: number }).p99).toBe('number');
-      expect(typeof l.ratio).toBe('number');
+      expect(typeof (l.peerLatenessMs as { p99: number }).p99).toBe('number');
+      // The replay ran beside the whole hold, pass after pass.
+      expect(l.replayBesidePasses).toBeGreaterThan(1);
+      // The baseline is what it says: the replay loop alone, before and after, averaged;
+      // the ratio is the rate beside against it.
+      expect(l.baseline).toMatch(/replay loop alone/);
+      const runs = l.baselineRuns as { before: number; after: number };
+      expect(runs.before).toBeGreaterThan(0);
+      expect(runs.after).toBeGreaterThan(0);
+      expect(l.baselinePps).toBe(Math.round((runs.before + runs.after) / 2));
+      expect(l.ratio).toBe(Number(((l.replayBesidePps as number) / (l.baselinePps as number)).toFixed(3)));
     }
   }, 300_000);
 
