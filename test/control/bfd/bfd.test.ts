@@ -175,6 +175,7 @@ import { needFrr, frrDown, frrPeer, frrUp, FRR_DIR as D, FRR_DIR } from './frr.j
 import { CLI, needRoot, needTool, runCli, tempDir } from '../../helpers.js';
 import { PacketBatch } from '../../../datapath/batch.js';
 import { CaptureReader } from '../../../datapath/ports/capture-reader.js';
+import { benchTopology, generate } from '../../../bench/gen-capture.js';
 
 // The FRR tests share one namespace, so they live in this one file (files run in parallel).
 
@@ -288,6 +289,72 @@ describe('tunnel monitor: BFD with FRR on a VM\'s behalf, and a liveness channel
     await new Promise((r) => fpo.on('exit', r));
     a.proc.kill('SIGTERM');
   }, 90_000);
+});
+
+describe('tunnel monitor under load: the same fpo run switches traffic while its BFD thread holds 3 × 50 ms with FRR', () => {
+  it('a capture of 200 K flows injected again and again for 15 s, each pass followed by a full stats report, never takes the session down at either end', async (ctx) => {
+    needFrr(ctx);
+    frrUp(50);
+    const dir = tempDir('monload');
+    const sock = join(dir, 'vm0.sock');
+    const topo = join(dir, 'topology.json');
+    const cap = join(dir, 'load.pcap');
+    // Many flows: upcalls to the FPAG and a long per-flow report, all on the main thread.
+    generate(cap, { frames: 1_000_000, size: 64, flows: 200_000, vms: 64 });
+    writeFileSync(topo, JSON.stringify({
+      name: 'monload', ...benchTopology(64),
+      tunnel: { vtep: '10.90.0.1', monitor: [{ interface: 'vm0-eth0', agent: sock, local: '10.90.0.1', peer: '10.90.0.2', txMs: 50, rxMs: 50, detectMult: 3, probeMs: 100, misses: 3 }] },
+    }));
+    const a = agent(sock);
+    const ctlSock = join(dir, 'fpo.sock');
+    const fpo = spawn(process.execPath, [CLI, 'run', '-t', topo, '-s', ctlSock, '-o', dir, '--log-level', 'info'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    procs.push(fpo);
+    let log = '';
+    fpo.stderr!.on('data', (d) => (log += d));
+    try {
+      for (let i = 0; i < 100 && !existsSync(ctlSock); i++) await sleep(50);
+      const bfd = () => JSON.parse(runCli(['ctl', '-s', ctlSock, '--json', 'bfd']).stdout).sessions[0];
+      expect(await until(() => frrPeer().status === 'up' && bfd()?.session.state === 'Up', 20_000), JSON.stringify(frrPeer())).toBe(true);
+      const upLines = log.split('\n').filter((l) => /bfd \w+ -> /.test(l)).length;
+      const frrCounters = (): Record<string, number> => {
+        try {
+          return JSON.parse(execFileSync('ip', ['netns', 'exec', 'fpobfd', 'vtysh', '--vty_socket', FRR_DIR, '-c', 'show bfd peers counters json'], { encoding: 'utf8' }))[0] ?? {};
+        } catch { return {}; }
+      };
+      const c0 = frrCounters();
+      // Load: the switch in the same process forwards the capture pass after pass.
+      let packets = 0;
+      let passes = 0;
+      const end = Date.now() + 15_000;
+      while (Date.now() < end) {
+        const r = runCli(['ctl', '-s', ctlSock, '--json', 'inject', cap], { timeout: 120_000 });
+        expect(r.status, r.stderr).toBe(0);
+        packets += JSON.parse(r.stdout).packets.in as number;
+        passes++;
+        // A report over every flow: hundreds of milliseconds of one synchronous call.
+        const st = spawnSync(process.execPath, [CLI, 'ctl', '-s', ctlSock, '--json', 'stats'], { maxBuffer: 1 << 30, timeout: 120_000 });
+        expect(st.status, String(st.error ?? st.stderr)).toBe(0);
+      }
+      expect(packets).toBe(passes * 1_000_000);
+      // fpo's log reaches this process between its synchronous ctl calls: let it arrive.
+      await sleep(1000);
+      expect(log).not.toMatch(/vm not answering/);
+      // No change at our end (the log names every one), none at FRR's (its session's uptime ran on).
+      const changes = log.split('\n').filter((l) => /bfd \w+ -> /.test(l)).slice(upLines);
+      expect(changes, changes.join('\n')).toEqual([]);
+      expect(bfd().session.state).toBe('Up');
+      const p = frrPeer();
+      expect(p.status, JSON.stringify(p)).toBe('up');
+      const c1 = frrCounters();
+      expect(c1['session-down'], `${JSON.stringify(c0)} ${JSON.stringify(c1)} ${JSON.stringify(p)}`).toBe(c0['session-down']);
+      expect(c1['session-up']).toBe(c0['session-up']);
+    } finally {
+      fpo.kill('SIGTERM');
+      await new Promise((r) => (fpo.exitCode !== null ? r(null) : fpo.on('exit', r)));
+      a.proc.kill('SIGTERM');
+      frrDown();
+    }
+  }, 120_000);
 });
 
 describe('interop with BIRD', () => {
