@@ -36,20 +36,17 @@ ep.onChange = (_peer, _s, from, to, reason) => {
   const k = `${to}: ${reason.replace(/\d+ ms/, 'N ms')}`;
   why[k] = (why[k] ?? 0) + 1;
 };
-const pct = (a: number[], q: number) => (a.length ? [...a].sort((x, y) => x - y)[Math.min(a.length - 1, Math.floor((q / 100) * a.length))] : 0);
 process.on('SIGUSR1', () => {
   holding = true;
   falseDowns = 0;
   for (const k of Object.keys(why)) delete why[k];
-  timers.lateness.length = 0;
+  timers.lateness.reset();
   timers.recordLateness = true;
 });
 process.on('SIGUSR2', () => {
   holding = false;
   timers.recordLateness = false;
-  const l = timers.lateness;
-  const r2 = (x: number) => Number(x.toFixed(2));
-  process.stdout.write(JSON.stringify({ scheduling, falseDowns, why, latenessMs: { p50: r2(pct(l, 50)), p99: r2(pct(l, 99)), max: r2(l.reduce((m, x) => (x > m ? x : m), 0)) }, discards: ep.discards, rawForeign: ep.rawForeign }) + '\n');
+  process.stdout.write(JSON.stringify({ scheduling, falseDowns, why, latenessMs: timers.lateness.summary(), discards: ep.discards, rawForeign: ep.rawForeign }) + '\n');
 });
 await ep.listen();
 process.stdout.write('ready\n');

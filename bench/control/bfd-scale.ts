@@ -33,12 +33,6 @@ const LOOP_FRAMES = SHORT ? 100_000 : 1_000_000;
 const CASES = (process.env.FPO_BFD_CASES ?? '50x3,300x3').split(',').map((c) => c.split('x').map(Number) as [number, number]);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-function pct(a: number[], p: number): number {
-  if (a.length === 0) return 0;
-  const s = [...a].sort((x, y) => x - y);
-  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))];
-}
-
 /** Lines of a child's stdout, as they come. */
 function lines(p: ChildProcess): { all: string[]; next: () => Promise<string> } {
   const all: string[] = [];
@@ -159,25 +153,25 @@ async function run(n: number, txMs: number, mult: number): Promise<Record<string
   peer.kill('SIGUSR1');
   await bfd.lateness(true);
   await sleep(HOLD_S * 1000);
-  const late = await bfd.lateness(false);
-  peer.kill('SIGUSR2');
-  holding = false;
+  // The end of the hold: first who is still Up, then the figures (both cheap: a histogram each).
   const endMark = loop.mark;
   const snap = await bfd.describe();
   const upAfterHold = Object.values(snap.sessions).filter((s) => s.state === 'Up').length;
+  const late = await bfd.lateness(false);
   const drops1 = [rawDrops(process.pid), rawDrops(peer.pid!)];
+  peer.kill('SIGUSR2');
   const peerReport = JSON.parse(await peerOut.next()) as { scheduling: string; falseDowns: number; why: Record<string, number>; latenessMs: unknown };
+  holding = false;
   await loop.stop();
   const beside = loop.rate(mark, endMark);
   await bfd.close();
   peer.kill('SIGTERM');
   const after = await alone(BASELINE_S);
   const base = Math.round((before.pps + after.pps) / 2);
-  const r2 = (x: number) => Number(x.toFixed(2));
   return {
     bench: 'control/bfd-scale', sessions: n, txMs, detectMult: mult, placement: 'thread', scheduling: { here: snap.scheduling, peer: peerReport.scheduling }, upBeforeHold, upAfterHold, heldSeconds: HOLD_S,
     falseDowns: falseDowns + peerReport.falseDowns, falseDownsHere: falseDowns, falseDownsPeer: peerReport.falseDowns, why: { here: why, peer: peerReport.why },
-    latenessMs: { p50: r2(pct(late, 50)), p99: r2(pct(late, 99)), max: r2(late.reduce((m, x) => (x > m ? x : m), 0)) },
+    latenessMs: late,
     peerLatenessMs: peerReport.latenessMs,
     rawSocketDrops: drops0.map((d, i) => (d === null || drops1[i] === null ? null : drops1[i]! - d)),
     discards: snap.endpoints[0]?.discards ?? {},

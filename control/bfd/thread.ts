@@ -175,9 +175,9 @@ export class BfdThread {
     return this.request({ op: 'describe' }) as Promise<BfdSnapshot>;
   }
 
-  /** Starts recording timer lateness (record true), or stops and returns what was recorded, ms. */
-  lateness(record: boolean): Promise<number[]> {
-    return this.request({ op: 'lateness', record }) as Promise<number[]>;
+  /** Starts recording timer lateness (record true), or stops and returns its summary, ms (the worst endpoint's, by p99). */
+  lateness(record: boolean): Promise<{ p50: number; p99: number; max: number; samples: number }> {
+    return this.request({ op: 'lateness', record }) as Promise<{ p50: number; p99: number; max: number; samples: number }>;
   }
 
   /** Closes every endpoint and ends the thread. */
@@ -241,12 +241,13 @@ function serve(): void {
         return out;
       }
       case 'lateness': {
-        const all: number[] = [];
+        let worst = { p50: 0, p99: 0, max: 0, samples: 0 };
         for (const ep of endpoints.values()) {
           ep.timers.recordLateness = req.record;
-          for (const x of ep.timers.lateness.splice(0)) all.push(x);
+          if (req.record) ep.timers.lateness.reset();
+          else if (ep.timers.lateness.percentile(99) >= worst.p99) worst = ep.timers.lateness.summary();
         }
-        return req.record ? [] : all;
+        return worst;
       }
       case 'close':
         for (const ep of endpoints.values()) await ep.close();

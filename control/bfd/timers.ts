@@ -7,6 +7,51 @@
  * same deadline run in the order they were set (the heap orders by deadline,
  * then by sequence number), so no session's timer is always served last.
  */
+/**
+ * A histogram of timer lateness in 10 µs buckets up to 1 s (beyond: the
+ * last bucket; the maximum is kept exactly): O(1) to record and a fixed
+ * 400 KB however long the run. It replaced an array of every sample, which
+ * after a minute of 1000 sessions held ~1.4 M numbers, and whose copying and
+ * sorting at the end of a hold stalled the BFD thread and its peer long
+ * enough to take sessions down (measured: 34 at the end of one run).
+ */
+export class Lateness {
+  private readonly buckets = new Uint32Array(100_000);
+  count = 0;
+  max = 0;
+
+  record(ms: number): void {
+    const i = Math.min(this.buckets.length - 1, Math.max(0, Math.floor(ms * 100)));
+    this.buckets[i]++;
+    this.count++;
+    if (ms > this.max) this.max = ms;
+  }
+
+  /** The p-th percentile, ms (the upper edge of its bucket). */
+  percentile(p: number): number {
+    if (this.count === 0) return 0;
+    const want = Math.ceil((p / 100) * this.count);
+    let seen = 0;
+    for (let i = 0; i < this.buckets.length; i++) {
+      seen += this.buckets[i];
+      if (seen >= want) return Math.min(this.max, (i + 1) / 100);
+    }
+    return this.max;
+  }
+
+  /** p50, p99 and max, ms, rounded to 0.01. */
+  summary(): { p50: number; p99: number; max: number; samples: number } {
+    const r2 = (x: number) => Number(x.toFixed(2));
+    return { p50: r2(this.percentile(50)), p99: r2(this.percentile(99)), max: r2(this.max), samples: this.count };
+  }
+
+  reset(): void {
+    this.buckets.fill(0);
+    this.count = 0;
+    this.max = 0;
+  }
+}
+
 export class TimerHeap {
   private heap: { at: number; seq: number; fn: () => void; dead: boolean }[] = [];
   /** Live entries by handle: cancel marks an entry dead in O(1); fire skips the dead. */
@@ -14,8 +59,8 @@ export class TimerHeap {
   private seq = 0;
   private timer: NodeJS.Timeout | null = null;
   private armedAt = Infinity;
-  /** How late callbacks ran, ms (for the scale benchmark). */
-  readonly lateness: number[] = [];
+  /** How late callbacks ran (for the scale benchmark), while recordLateness is set. */
+  readonly lateness = new Lateness();
   recordLateness = false;
 
   /** Runs fn at time `at` (ms, performance.now() clock); returns a handle for cancel. */
@@ -77,7 +122,7 @@ export class TimerHeap {
       }
       if (e.dead) continue;
       this.live.delete(e.seq);
-      if (this.recordLateness) this.lateness.push(now - e.at);
+      if (this.recordLateness) this.lateness.record(now - e.at);
       e.fn();
       now = performance.now();
     }

@@ -1,5 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { TimerHeap } from '../../../control/bfd/timers.js';
+import { Lateness, TimerHeap } from '../../../control/bfd/timers.js';
 
 // Fake setTimeout and performance.now: the heap's order and its deadlines are checked
 // exactly, and nothing here depends on how busy the machine is.
@@ -113,5 +113,19 @@ describe('TimerHeap: one heap of deadlines for every BFD session', () => {
     h.stop();
     vi.advanceTimersByTime(100);
     expect(ran).toBe(0);
+  });
+});
+
+describe('Lateness: the timer-lateness histogram', () => {
+  it('gives percentiles to 10 µs and the exact maximum, in fixed memory', () => {
+    const l = new Lateness();
+    for (let i = 1; i <= 1000; i++) l.record(i / 100); // 0.01 … 10 ms
+    expect(l.count).toBe(1000);
+    expect(l.percentile(50)).toBeCloseTo(5.0, 1);
+    expect(l.percentile(99)).toBeCloseTo(9.9, 1);
+    l.record(5000); // past the last bucket: the maximum is still exact
+    expect(l.summary()).toMatchObject({ max: 5000, samples: 1001 });
+    l.reset();
+    expect(l.summary()).toEqual({ p50: 0, p99: 0, max: 0, samples: 0 });
   });
 });
