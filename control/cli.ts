@@ -5,7 +5,7 @@
  * exit code, never a stack trace (set FPO_DEBUG=1 to see one).
  *
  * Start-up: a command loads only the modules it uses, with `await import()`
- * when it runs (`fpo --help` loads nothing of fpo's; `replay` the datapath,
+ * when it runs (`fpo --help` loads only the error and drop names; `replay` the datapath,
  * the topology and the FPAG, not the service's logging, metrics, control
  * socket or FFI). Loading every command's modules up front took ~150 ms of
  * a 671-packet replay's 0.24 s here (measured with --cpu-prof and timed
