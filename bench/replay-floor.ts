@@ -291,10 +291,11 @@ export function runFloorBench(opts: { frames: number; flows: number; dir: string
     bench: 'replay-floor', frameBytes: 64, flows, frames: packets, rounds, txBufferBytes: TX, ports: PORTS,
     ioSeconds: r4(io), floorSeconds: r4(floor), leanSeconds: r4(lean), seconds: r4(fpo), baseline: 'tcpdump -r IN -w OUT', baselineSeconds: td === null ? null : r4(td),
     ioPps: Math.round(packets / io), floorPps: Math.round(packets / floor), leanPps: Math.round(packets / lean), pps: Math.round(packets / fpo), baselinePps: td === null ? null : Math.round(packets / td),
-    ratio: td === null ? null : Number((td / fpo).toFixed(3)),
-    floorRatio: td === null ? null : Number((td / floor).toFixed(3)),
-    leanRatio: td === null ? null : Number((td / lean).toFixed(3)),
-    fpoOverFloor: Number((floor / fpo).toFixed(3)),
+    // Ratios of the seconds as printed, so that the line checks itself.
+    ratio: td === null ? null : Number((r4(td) / r4(fpo)).toFixed(3)),
+    floorRatio: td === null ? null : Number((r4(td) / r4(floor)).toFixed(3)),
+    leanRatio: td === null ? null : Number((r4(td) / r4(lean)).toFixed(3)),
+    fpoOverFloor: Number((r4(floor) / r4(fpo)).toFixed(3)),
     ns: { kernelIo: ns(io), floorLoop: ns(floor - io), leanWork: ns(lean - floor), fpoSwitching: ns(fpo - floor), tcpdump: td === null ? null : ns(td) },
     runs: { io: runs.io.map(r4), floor: runs.floor.map(r4), lean: runs.lean.map(r4), fpo: runs.fpo.map(r4), tcpdump: runs.tcpdump.map(r4) },
   };

@@ -5,7 +5,7 @@
 import { connect } from 'node:net';
 import { parseArgs } from 'node:util';
 import { FpoError } from '../datapath/errors.js';
-import { COMMANDS, defaultSocket } from './service.js';
+import { COMMANDS, defaultSocket } from './socket.js';
 
 const HELP: Record<string, string> = {
   show: 'fpo ctl show                       ports with PPIDs, interfaces with VPIDs and mappings, hosts, segments, rules',

@@ -13,19 +13,30 @@
  * seconds, capture time): before the first packet at or after T.
  */
 import { readFileSync } from 'node:fs';
-import { z } from 'zod';
 import { FpoError } from '../datapath/errors.js';
+import { CheckError, array, boolean, formatPath, number, object, oneOf, optional, string, type Check, type Out } from './check.js';
 import type { Fpag } from './fpag.js';
 import { parseFlowSpec } from './flow-syntax.js';
 
-const When = { atPacket: z.number().int().min(0).optional(), atTime: z.number().min(0).optional() };
-const EventSchema = z.discriminatedUnion('do', [
-  z.strictObject({ ...When, do: z.literal('migrate'), interface: z.string().min(1), to: z.string().min(1).optional(), away: z.boolean().optional(), newVpid: z.number().int().min(1).optional() }),
-  z.strictObject({ ...When, do: z.literal('set-mapping'), vpid: z.number().int().min(0), ppid: z.number().int().min(0) }),
-  z.strictObject({ ...When, do: z.literal('add-flow'), flow: z.string().min(1) }),
-  z.strictObject({ ...When, do: z.literal('del-flow'), flow: z.string().min(1) }),
-]);
-export type ControlEvent = z.infer<typeof EventSchema>;
+// Checked with check.ts, not zod: a replay loads this module, and zod's load was ~60-90 ms of start-up.
+const When = { atPacket: optional(number({ int: true, min: 0 })), atTime: optional(number({ min: 0 })) };
+const EVENTS = {
+  migrate: object({ ...When, do: oneOf(['migrate'] as const), interface: string({ min: 1 }), to: optional(string({ min: 1 })), away: optional(boolean()), newVpid: optional(number({ int: true, min: 1 })) }),
+  'set-mapping': object({ ...When, do: oneOf(['set-mapping'] as const), vpid: number({ int: true, min: 0 }), ppid: number({ int: true, min: 0 }) }),
+  'add-flow': object({ ...When, do: oneOf(['add-flow'] as const), flow: string({ min: 1 }) }),
+  'del-flow': object({ ...When, do: oneOf(['del-flow'] as const), flow: string({ min: 1 }) }),
+};
+export type ControlEvent = { [K in keyof typeof EVENTS]: Out<(typeof EVENTS)[K]> }[keyof typeof EVENTS];
+
+/** An event: its `do` picks its shape. */
+const EventSchema: Check<ControlEvent> = (v, path) => {
+  const what = typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as { do?: unknown }).do : undefined;
+  if (typeof what !== 'string' || !Object.hasOwn(EVENTS, what)) {
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) return object({})(v, path) as never; // "expected object, received …"
+    throw new CheckError([...path, 'do'], `Invalid discriminator value. Expected ${Object.keys(EVENTS).map((k) => `'${k}'`).join(' | ')}`);
+  }
+  return EVENTS[what as keyof typeof EVENTS](v, path);
+};
 
 export interface AppliedEvent {
   event: ControlEvent;
@@ -41,20 +52,22 @@ export function loadEvents(path: string): ControlEvent[] {
   } catch (e) {
     throw new FpoError('FPO_ERR_USAGE', `${path}: cannot read events: ${(e as Error).message}`, { path });
   }
-  const r = z.array(EventSchema).safeParse(json);
-  if (!r.success) {
-    const issue = r.error.issues[0];
-    const field = issue.path.map((p) => (typeof p === 'number' ? `[${p}]` : `.${String(p)}`)).join('').replace(/^\./, '') || '(top level)';
-    throw new FpoError('FPO_ERR_USAGE', `${path}: events${field.startsWith('[') ? '' : '.'}${field}: ${issue.message}`, { path });
+  let events: ControlEvent[];
+  try {
+    events = array(EventSchema)(json, []);
+  } catch (e) {
+    if (!(e instanceof CheckError)) throw e;
+    const field = formatPath(e.path);
+    throw new FpoError('FPO_ERR_USAGE', `${path}: events${field.startsWith('[') ? '' : '.'}${field}: ${e.message}`, { path });
   }
-  r.data.forEach((e, i) => {
+  events.forEach((e, i) => {
     if ((e.atPacket === undefined) === (e.atTime === undefined)) throw new FpoError('FPO_ERR_USAGE', `${path}: events[${i}]: give exactly one of atPacket, atTime`, { path });
     if (e.do === 'migrate' && (e.to === undefined) === (e.away !== true)) throw new FpoError('FPO_ERR_USAGE', `${path}: events[${i}]: a migrate needs "to": PORT or "away": true`, { path });
     if (e.do === 'add-flow' || e.do === 'del-flow') {
       try { parseFlowSpec(e.flow, e.do === 'add-flow'); } catch (x) { throw new FpoError('FPO_ERR_USAGE', `${path}: events[${i}].flow: ${(x as Error).message}`, { path }); }
     }
   });
-  return r.data;
+  return events;
 }
 
 /** Applies one event through the FPAG (the same paths as fpo ctl). */

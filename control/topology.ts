@@ -1,7 +1,7 @@
 /**
  * Topology: what a host looks like, loaded from a JSON file and validated
- * (zod for shapes, then the cross-references), with every error naming the
- * file and the field.
+ * (check.ts for shapes, then the cross-references), with every error naming
+ * the file and the field.
  *
  *   ports      the NIC's own interfaces with their PPIDs; role "uplink" for
  *              ports that face the network (they belong to segments), "vm"
@@ -19,140 +19,148 @@
  * the same VPIDs.
  */
 import { readFileSync } from 'node:fs';
-import { z } from 'zod';
 import { FpoError } from '../datapath/errors.js';
 import { parseIpText } from '../datapath/datapath.js';
+import { CheckError, array, boolean, either, formatPath, int, number, object, oneOf, optional, record, refine, string, withDefault, type Out } from './check.js';
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 const MAC = /^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/;
 const IPV4 = /^(25[0-5]|2[0-4]\d|1?\d?\d)(\.(25[0-5]|2[0-4]\d|1?\d?\d)){3}$/;
 
-const name = z.string().regex(NAME, 'expected a name of letters, digits, ".", "_", "-" (at most 64)');
+// The checks are plain functions (control/check.ts), not zod: zod's load and
+// this schema's construction were 100-130 ms of every replay's start-up.
+const name = string({ regex: NAME, message: 'expected a name of letters, digits, ".", "_", "-" (at most 64)' });
+const mac = (example: string) => string({ regex: MAC, message: `expected a MAC address like ${example}` });
+const ipv4 = (message: string) => string({ regex: IPV4, message });
 
-const PortSchema = z.strictObject({
+const PortSchema = object({
   name,
-  ppid: z.number().int().min(0).max(4095),
-  role: z.enum(['vm', 'uplink']).default('vm'),
-  segments: z.array(name).default([]),
+  ppid: int(0, 4095),
+  role: withDefault(oneOf(['vm', 'uplink'] as const), () => 'vm' as const),
+  segments: withDefault(array(name), () => []),
   /**
    * pcap (default): what the port emits goes to a capture file. tap: a TAP
    * device fpo creates; afpacket: an existing interface (a veth end) fpo
    * attaches to with an AF_PACKET socket (both with fpo run).
    */
-  kind: z.enum(['pcap', 'tap', 'afpacket']).default('pcap'),
+  kind: withDefault(oneOf(['pcap', 'tap', 'afpacket'] as const), () => 'pcap' as const),
   /** The TAP device's name (default: the port's name; at most 15 characters). */
-  device: z.string().regex(/^[A-Za-z0-9._-]{1,15}$/, 'expected an interface name of 1 to 15 letters, digits, ".", "_", "-"').optional(),
+  device: optional(string({ regex: /^[A-Za-z0-9._-]{1,15}$/, message: 'expected an interface name of 1 to 15 letters, digits, ".", "_", "-"' })),
 });
 
-const SegmentSchema = z.strictObject({
+const SegmentSchema = object({
   name,
-  vlan: z.number().int().min(1).max(4094).optional(),
+  vlan: optional(int(1, 4094)),
   /** The VXLAN/Geneve VNI that carries this segment between hosts. */
-  vni: z.number().int().min(0).max(0xffffff).optional(),
+  vni: optional(int(0, 0xffffff)),
 });
 
-const FlagSchema = z.strictObject({
-  geneveClass: z.number().int().min(0).max(0xffff).optional(),
-  geneveType: z.number().int().min(0).max(0xff).optional(),
-  vxlanByte: z.union([z.literal(1), z.literal(2), z.literal(3), z.literal(7)]).optional(),
-  vxlanMask: z.number().int().min(1).max(0x80).refine((m) => (m & (m - 1)) === 0, 'expected one bit: 1, 2, 4, … 128').optional(),
+const FlagSchema = object({
+  geneveClass: optional(int(0, 0xffff)),
+  geneveType: optional(int(0, 0xff)),
+  vxlanByte: optional(oneOf([1, 2, 3, 7] as const)),
+  vxlanMask: optional(refine(int(1, 0x80), (m) => (m & (m - 1)) === 0, 'expected one bit: 1, 2, 4, … 128')),
 });
 
-const RemoteSchema = z.strictObject({
+const RemoteSchema = object({
   name,
   /** The remote host's tunnel endpoint (IPv4, or IPv6 when ours is too). */
-  vtep: z.string().min(2),
+  vtep: string({ min: 2 }),
   /** The next hop's MAC on the underlay (the remote host's, on one link). */
-  mac: z.string().regex(MAC, 'expected a MAC address like 02:fe:00:00:00:02'),
+  mac: mac('02:fe:00:00:00:02'),
   /** Our uplink port that reaches it. */
   uplink: name,
   /** VXLAN or Geneve (default: the tunnel's kind). */
-  kind: z.enum(['vxlan', 'geneve']).optional(),
+  kind: optional(oneOf(['vxlan', 'geneve'] as const)),
   /** The remote host's VM interfaces that this host forwards to through the tunnel. */
-  interfaces: z.array(z.strictObject({ name, mac: z.string().regex(MAC, 'expected a MAC address like 02:00:00:00:00:01'), segment: name })).default([]),
+  interfaces: withDefault(array(object({ name, mac: mac('02:00:00:00:00:01'), segment: name })), () => []),
 });
 
-const TunnelSchema = z.strictObject({
+const MonitorSchema = object({
+  interface: name,
+  agent: string({ min: 1 }),
+  local: ipv4('expected an IPv4 address'),
+  peer: ipv4('expected an IPv4 address'),
+  txMs: withDefault(int(10, 60000), () => 300),
+  rxMs: withDefault(int(10, 60000), () => 300),
+  detectMult: withDefault(int(1, 255), () => 3),
+  probeMs: withDefault(int(10, 60000), () => 200),
+  misses: withDefault(int(1, 100), () => 3),
+  peerPort: optional(int(1, 65535)),
+  /** BFD authentication with the remote (RFC 5880 §6.7). */
+  auth: optional(object({ type: oneOf(['simple', 'md5', 'meticulous-md5', 'sha1', 'meticulous-sha1'] as const), keyId: int(0, 255), key: string({ min: 1, max: 20 }) })),
+});
+
+const TunnelSchema = object({
   /** This host's tunnel endpoint: the outer IPv4 address tunnel packets for it carry. */
-  vtep: z.string().regex(IPV4, 'expected an IPv4 address like 192.168.0.1'),
+  vtep: ipv4('expected an IPv4 address like 192.168.0.1'),
   /** Outer source address this host sends from when different from vtep (an IPv6 underlay). */
-  sendFrom: z.string().min(2).optional(),
+  sendFrom: optional(string({ min: 2 })),
   /** This host's IPv6 tunnel endpoint, terminated as well as vtep. */
-  vtep6: z.string().min(2).optional(),
+  vtep6: optional(string({ min: 2 })),
   /** This host's MAC on the underlay (outer Ethernet source). */
-  mac: z.string().regex(MAC, 'expected a MAC address like 02:fe:00:00:00:01').default('02:fe:00:00:00:01'),
+  mac: withDefault(mac('02:fe:00:00:00:01'), () => '02:fe:00:00:00:01'),
   /** VXLAN or Geneve, for remotes that do not say (default geneve). */
-  kind: z.enum(['vxlan', 'geneve']).default('geneve'),
+  kind: withDefault(oneOf(['vxlan', 'geneve'] as const), () => 'geneve' as const),
   /** Hosts this one sends to through tunnels. */
-  remotes: z.array(RemoteSchema).default([]),
+  remotes: withDefault(array(RemoteSchema), () => []),
   /**
    * Tunnel monitor: per VM using the tunnel, a BFD session with the remote
    * host (local and peer underlay addresses) and a liveness channel with the
    * VM's agent (a Unix socket path) — fpo run.
    */
-  monitor: z.array(z.strictObject({
-    interface: name,
-    agent: z.string().min(1),
-    local: z.string().regex(IPV4, 'expected an IPv4 address'),
-    peer: z.string().regex(IPV4, 'expected an IPv4 address'),
-    txMs: z.number().int().min(10).max(60000).default(300),
-    rxMs: z.number().int().min(10).max(60000).default(300),
-    detectMult: z.number().int().min(1).max(255).default(3),
-    probeMs: z.number().int().min(10).max(60000).default(200),
-    misses: z.number().int().min(1).max(100).default(3),
-    peerPort: z.number().int().min(1).max(65535).optional(),
-    /** BFD authentication with the remote (RFC 5880 §6.7). */
-    auth: z.strictObject({ type: z.enum(['simple', 'md5', 'meticulous-md5', 'sha1', 'meticulous-sha1']), keyId: z.number().int().min(0).max(255), key: z.string().min(1).max(20) }).optional(),
-  })).default([]),
+  monitor: withDefault(array(MonitorSchema), () => []),
   /** Sender side: which packets get the special-processing flag. */
-  policy: z.strictObject({
+  policy: withDefault(object({
     /** The first this-many packets of every new flow (default 0). */
-    firstPackets: z.number().int().min(0).max(1000).default(0),
+    firstPackets: withDefault(int(0, 1000), () => 0),
     /** Packets from or to these interfaces (local or remote names). */
-    interfaces: z.array(name).default([]),
-  }).default({ firstPackets: 0, interfaces: [] }),
+    interfaces: withDefault(array(name), () => []),
+  }), () => ({ firstPackets: 0, interfaces: [] })),
   /** How the sender's special-processing flag is written (defaults: Geneve option 0xfff0/0x01, VXLAN byte 1 bit 0x80). */
-  flag: FlagSchema.default({}),
+  flag: withDefault(FlagSchema, () => ({})),
   /** A port that receives flagged packets untouched (a service port); none: they go to the FPAG. */
-  specialPort: name.optional(),
+  specialPort: optional(name),
 });
 
-const InterfaceSchema = z.strictObject({
+const InterfaceSchema = object({
   name,
-  mac: z.string().regex(MAC, 'expected a MAC address like 02:00:00:00:00:01'),
-  ip: z.string().regex(IPV4, 'expected an IPv4 address like 10.0.0.1').optional(),
+  mac: mac('02:00:00:00:00:01'),
+  ip: optional(ipv4('expected an IPv4 address like 10.0.0.1')),
   segment: name,
-  port: name.optional(),
+  port: optional(name),
 });
 
-const NodeSchema = z.strictObject({
+const NodeSchema = object({
   name,
-  interfaces: z.array(InterfaceSchema).min(1),
+  interfaces: array(InterfaceSchema, { min: 1 }),
 });
 
-const RuleSchema = z.strictObject({
-  priority: z.number().int().min(0).max(65535),
+const RuleSchema = object({
+  priority: int(0, 65535),
   /** Packets this rule matches get the special-processing flag when they are sent through a tunnel. */
-  special: z.boolean().default(false),
-  match: z.record(z.string(), z.union([z.string(), z.number()])).default({}),
-  actions: z.array(z.string()).min(1),
-  comment: z.string().optional(),
+  special: withDefault(boolean(), () => false),
+  match: withDefault(record(either(string(), number(), 'expected string or number')), () => ({})),
+  actions: array(string(), { min: 1 }),
+  comment: optional(string()),
 });
 
-export const TopologySchema = z.strictObject({
-  name: z.string().default('topology'),
-  ports: z.array(PortSchema).min(1),
-  segments: z.array(SegmentSchema).min(1),
-  nodes: z.array(NodeSchema).default([]),
-  rules: z.array(RuleSchema).default([]),
-  tunnel: TunnelSchema.optional(),
+export const TopologySchema = object({
+  name: withDefault(string(), () => 'topology'),
+  ports: array(PortSchema, { min: 1 }),
+  segments: array(SegmentSchema, { min: 1 }),
+  nodes: withDefault(array(NodeSchema), () => []),
+  rules: withDefault(array(RuleSchema), () => []),
+  tunnel: optional(TunnelSchema),
   /** Which port a replayed capture arrives on; "by-source-mac": each packet on the port of the interface with its source MAC. */
-  replay: z.strictObject({ inputPort: z.union([name, z.literal('by-source-mac')]) }).optional(),
+  replay: optional(object({ inputPort: either(name, oneOf(['by-source-mac'] as const)) })),
 });
 
-export type TopologyFile = z.infer<typeof TopologySchema>;
-export type TopologyInput = z.input<typeof TopologySchema>;
-export type RuleSpec = z.infer<typeof RuleSchema>;
+/** A topology file's content once checked, defaults filled in. */
+export type TopologyFile = Out<typeof TopologySchema>;
+/** A topology file's content as written (before checking: any key may be left to its default). */
+export type TopologyInput = { [K in keyof TopologyFile]?: unknown };
+export type RuleSpec = Out<typeof RuleSchema>;
 
 /** A port of the NIC. */
 export interface Port {
@@ -188,7 +196,7 @@ export interface Segment {
   vni?: number;
 }
 
-export type TunnelSpec = z.infer<typeof TunnelSchema>;
+export type TunnelSpec = Out<typeof TunnelSchema>;
 
 export interface Topology {
   name: string;
@@ -263,13 +271,13 @@ export function loadTopology(path: string): Topology {
 
 /** Validates an already-parsed topology object; `path` names it in errors. */
 export function topologyFrom(json: unknown, path: string): Topology {
-  const r = TopologySchema.safeParse(json);
-  if (!r.success) {
-    const issue = r.error.issues[0];
-    const field = issue.path.length ? issue.path.map((p, i) => (typeof p === 'number' ? `[${p}]` : `${i ? '.' : ''}${String(p)}`)).join('') : '(top level)';
-    throw bad(path, field, issue.message);
+  let t: TopologyFile;
+  try {
+    t = TopologySchema(json, []);
+  } catch (e) {
+    if (e instanceof CheckError) throw bad(path, formatPath(e.path), e.message);
+    throw e;
   }
-  const t = r.data;
   const seen = new Map<string, string>();
   const unique = (kind: string, n: string, field: string) => {
     const key = `${kind}:${n}`;

@@ -79,7 +79,10 @@ try {
   t0 = performance.now();
   full();
   const tFull = (performance.now() - t0) / 1000;
-  emit({ bench: 'classifier/flag-check', packets, flagCheckPps: Math.round(packets / tCheck), fullPathPps: Math.round(packets / tFull), flagCheckNsPerPacket: Number(((tCheck / packets) * 1e9).toFixed(1)), fullPathNsPerPacket: Number(((tFull / packets) * 1e9).toFixed(1)), baseline: 'outer parse + flag check + decap + inner parse + classify', ratio: Number((tCheck / tFull).toFixed(3)), flaggedSeen: sink > 0 });
+  const flagCheckNsPerPacket = Number(((tCheck / packets) * 1e9).toFixed(1));
+  const fullPathNsPerPacket = Number(((tFull / packets) * 1e9).toFixed(1));
+  // The ratio of the ns as printed, so that the line checks itself.
+  emit({ bench: 'classifier/flag-check', packets, flagCheckPps: Math.round(packets / tCheck), fullPathPps: Math.round(packets / tFull), flagCheckNsPerPacket, fullPathNsPerPacket, baseline: 'outer parse + flag check + decap + inner parse + classify', ratio: Number((flagCheckNsPerPacket / fullPathNsPerPacket).toFixed(3)), flaggedSeen: sink > 0 });
 
   emit({ ...(await runReplayBench({ size: 128, flows: 1000, frames: SHORT ? 20_000 : 4_000_000, tunnel: 'geneve', flagged: 1, dir, label: 'receive-side Geneve, 1% flagged' })) });
 } finally {

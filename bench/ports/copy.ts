@@ -61,12 +61,10 @@ function run(record: number, copies: number): Record<string, unknown> {
   const used = new Int32Array(PORTS);
   const base = best(() => copyWithin(arena, used, record, copies));
   const t = best(() => copyWords(arena, used, record, copies));
-  return {
-    bench: 'ports/copy', recordBytes: record, copies, ports: PORTS,
-    nsPerCopy: Number(((t * 1e9) / copies).toFixed(1)),
-    baseline: 'copyWithin', baselineNsPerCopy: Number(((base * 1e9) / copies).toFixed(1)),
-    ratio: Number((base / t).toFixed(3)),
-  };
+  const nsPerCopy = Number(((t * 1e9) / copies).toFixed(1));
+  const baselineNsPerCopy = Number(((base * 1e9) / copies).toFixed(1));
+  // The ratio of the figures as printed, so that the line checks itself.
+  return { bench: 'ports/copy', recordBytes: record, copies, ports: PORTS, nsPerCopy, baseline: 'copyWithin', baselineNsPerCopy, ratio: Number((baselineNsPerCopy / nsPerCopy).toFixed(3)) };
 }
 
 const n = SHORT ? 20_000 : 2_000_000;

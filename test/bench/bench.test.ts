@@ -11,9 +11,41 @@ function runBench(file: string): Record<string, unknown>[] {
   return r.stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
 }
 
+/** x/y as a line prints it: toFixed(digits), back to a number. */
+function ratioOf(x: unknown, y: unknown, digits: number): number {
+  expect(typeof x).toBe('number');
+  expect(typeof y).toBe('number');
+  return Number(((x as number) / (y as number)).toFixed(digits));
+}
+
+/** A replay line: whole-process figures present and positive, each ratio the quotient of the line's own fields. */
+function checkReplayLine(l: Record<string, unknown>): void {
+  expect(l.bench).toBe('replay');
+  for (const k of ['processSeconds', 'baselineSeconds', 'inProcessSeconds', 'pps', 'processPps', 'baselinePps']) expect(l[k], k).toBeGreaterThan(0);
+  // The headline: tcpdump's whole process against fpo's whole process.
+  expect(l.ratio).toBe(ratioOf(l.baselineSeconds, l.processSeconds, 3));
+  expect(l.inProcessRatio).toBe(ratioOf(l.baselineSeconds, l.inProcessSeconds, 3));
+  expect(l.processPps).toBe(Math.round((l.frames as number) / (l.processSeconds as number)));
+  const runs = l.runs as Record<string, number[]>;
+  for (const k of ['process', 'inProcess', 'tcpdump']) {
+    expect(runs[k], k).toHaveLength(l.rounds as number);
+    for (const t of runs[k]) expect(t).toBeGreaterThan(0);
+  }
+  // Best of each side is what the line calls its seconds.
+  expect(l.processSeconds).toBe(Math.min(...runs.process));
+  expect(l.inProcessSeconds).toBe(Math.min(...runs.inProcess));
+  expect(l.baselineSeconds).toBe(Math.min(...runs.tcpdump));
+  const med = l.medians as Record<string, number>;
+  for (const k of ['process', 'inProcess', 'tcpdump']) expect(med[k], k).toBeGreaterThan(0);
+  const first = l.firstRun as Record<string, number>;
+  expect(first.inProcessSeconds).toBe(runs.inProcess[0]);
+  expect(first.inProcessRatio).toBe(ratioOf(runs.tcpdump[0], runs.inProcess[0], 3));
+}
+
 // Benchmarks run here in their short mode so that they never rot. Nothing
 // about time is asserted: only that each prints its JSON lines with a
-// baseline from the same run and a ratio.
+// baseline from the same run, and that each ratio is what it claims: worked
+// out here from the line's own measured fields.
 describe('benchmarks (short mode)', () => {
   it('classifier/lookup prints a line per flow count, subtable count and path, with a ratio to a Map', () => {
     const lines = runBench('classifier/lookup.js');
@@ -22,8 +54,10 @@ describe('benchmarks (short mode)', () => {
       expect(l.bench).toBe('classifier/lookup');
       expect(['emc-hit', 'emc-hit-ipv4', 'megaflow-hit']).toContain(l.path);
       expect(l.hitRate).toBeGreaterThan(0.9);
-      expect(typeof l.ratio).toBe('number');
       expect(l.baseline).toBe('Map<string>');
+      expect(l.lookupsPerSec).toBeGreaterThan(0);
+      expect(l.ratio).toBe(ratioOf(l.lookupsPerSec, l.baselinePerSec, 2));
+      expect(l.ratioToMapWithKeyBuild).toBe(ratioOf(l.lookupsPerSec, l.mapWithKeyBuildPerSec, 2));
     }
   }, 300_000);
 
@@ -31,11 +65,10 @@ describe('benchmarks (short mode)', () => {
     needTool(ctx, 'tcpdump', 'the baseline of the replay benchmark');
     const [check, rx] = runBench('classifier/flag-check.js');
     expect(check.bench).toBe('classifier/flag-check');
-    expect(typeof check.ratio).toBe('number');
+    expect(check.ratio).toBe(ratioOf(check.flagCheckNsPerPacket, check.fullPathNsPerPacket, 3));
     expect(check.flaggedSeen).toBe(true);
-    expect(rx.bench).toBe('replay');
+    checkReplayLine(rx);
     expect(rx.tunnel).toBe('geneve');
-    expect(typeof rx.ratio).toBe('number');
   }, 300_000);
 
   it('ports/copy prints arenaCopy against copyWithin for short and long records', () => {
@@ -43,7 +76,7 @@ describe('benchmarks (short mode)', () => {
     expect(lines.map((l) => l.recordBytes)).toEqual([80, 1516]);
     for (const l of lines) {
       expect(l.baseline).toBe('copyWithin');
-      expect(typeof l.ratio).toBe('number');
+      expect(l.ratio).toBe(ratioOf(l.baselineNsPerCopy, l.nsPerCopy, 3));
     }
   }, 300_000);
 
@@ -52,7 +85,11 @@ describe('benchmarks (short mode)', () => {
     const [l] = runBench('replay-floor.js');
     expect(l.bench).toBe('replay-floor');
     expect(l.frames).toBe(20_000);
-    for (const k of ['ioSeconds', 'floorSeconds', 'leanSeconds', 'seconds', 'ratio', 'floorRatio', 'leanRatio', 'fpoOverFloor']) expect(typeof l[k]).toBe('number');
+    for (const k of ['ioSeconds', 'floorSeconds', 'leanSeconds', 'seconds', 'baselineSeconds']) expect(l[k], k).toBeGreaterThan(0);
+    expect(l.ratio).toBe(ratioOf(l.baselineSeconds, l.seconds, 3));
+    expect(l.floorRatio).toBe(ratioOf(l.baselineSeconds, l.floorSeconds, 3));
+    expect(l.leanRatio).toBe(ratioOf(l.baselineSeconds, l.leanSeconds, 3));
+    expect(l.fpoOverFloor).toBe(ratioOf(l.floorSeconds, l.seconds, 3));
     expect(Object.keys(l.ns as object)).toEqual(['kernelIo', 'floorLoop', 'leanWork', 'fpoSwitching', 'tcpdump']);
   }, 300_000);
 
@@ -62,8 +99,13 @@ describe('benchmarks (short mode)', () => {
     expect(thread.placement).toBe('thread');
     expect(inline.upcalls).toBe(5000);
     expect(thread.upcalls).toBe(5000);
-    expect(typeof thread.ratio).toBe('number');
-    expect(thread.roundTripUs).toBeGreaterThan(0);
+    // Both round trips measured (every upcall timed), not derived from the rate.
+    for (const l of [inline, thread]) {
+      expect(l.timedUpcalls).toBe(l.upcalls);
+      expect(l.roundTripUs).toBeGreaterThan(0);
+    }
+    expect(thread.baselineSetupsPerSec).toBe(inline.setupsPerSec);
+    expect(thread.ratio).toBe(ratioOf(thread.setupsPerSec, thread.baselineSetupsPerSec, 3));
   }, 300_000);
 
   it('ports/live prints fpo and Linux bridge forwarding rates between namespaces (root)', (ctx) => {
@@ -75,10 +117,11 @@ describe('benchmarks (short mode)', () => {
     expect(names).toContain('fpo');
     expect(names).toContain('linux-bridge');
     expect(names).toContain('ovs-netdev');
+    const bridge = lines.find((l) => l.switch === 'linux-bridge')!;
     for (const l of lines) {
       expect(l.bench).toBe('ports/live');
       expect(l.received).toBeGreaterThan(0);
-      expect(typeof l.ratio).toBe('number');
+      expect(l.ratio).toBe(ratioOf(l.received, bridge.received, 3));
     }
   }, 300_000);
 
@@ -108,20 +151,29 @@ describe('benchmarks (short mode)', () => {
     }
   }, 300_000);
 
-  it('replay prints pps, Gbit/s, tcpdump baseline and ratio, GC and RSS for each case', (ctx) => {
+  it('replay prints whole-process and in-process times against tcpdump\'s whole process, pps, GC and RSS for each case, and the small replay beside node -e 0', (ctx) => {
     needTool(ctx, 'tcpdump', 'the baseline of the replay benchmark');
     const lines = runBench('replay.js');
-    expect(lines.length).toBe(4);
+    expect(lines.length).toBe(6);
     for (const l of lines) {
-      expect(l.bench).toBe('replay');
-      expect(l.dropped).toBe(0);
-      expect(l.frames).toBe(20_000);
-      expect(typeof l.ratio).toBe('number');
+      checkReplayLine(l);
       expect(typeof l.gcShare).toBe('number');
       expect(l.peakRssBytes).toBeGreaterThan(0);
+    }
+    const synthetic = lines.slice(0, 5);
+    expect(synthetic.map((l) => l.frameBytes)).toEqual([64, 64, 64, 1500, 1500]);
+    for (const l of synthetic) {
+      expect(l.dropped).toBe(0);
+      expect(l.frames).toBe(20_000);
       // The synthetic capture is the fast lane's common case from start to end.
       expect(l.fastLane).toBe(l.frames);
-      expect((l.runs as { fpo: number[] }).fpo).toHaveLength(l.rounds as number);
     }
+    const small = lines[5];
+    expect(small.label).toMatch(/demo/);
+    expect(small.frames).toBe(671);
+    expect(small.dropped).toBe(50);
+    expect(small.nodeStartSeconds).toBeGreaterThan(0);
+    expect(small.nodeStartSeconds).toBe(Math.min(...(small.runs as { nodeStart: number[] }).nodeStart));
+    expect(small.fpoOverNodeSeconds).toBe(Number(((small.processSeconds as number) - (small.nodeStartSeconds as number)).toFixed(4)));
   }, 300_000);
 });

@@ -43,6 +43,27 @@ describe('topology', () => {
     expect(err((t) => delete t.segments)).toMatch(/segments: /);
   });
 
+  it('says what was expected and what it got, in zod\'s words (the checks are control/check.ts, not zod)', () => {
+    expect(err((t) => (t.ports[2].ppid = 'two'))).toBe('topo.json: ports[2].ppid: Invalid input: expected number, received string');
+    expect(err((t) => (t.ports[2].ppid = 1.5))).toBe('topo.json: ports[2].ppid: Invalid input: expected int, received number');
+    expect(err((t) => (t.ports[2].ppid = 4096))).toBe('topo.json: ports[2].ppid: Too big: expected number to be <=4095');
+    expect(err((t) => (t.ports[0].speed = 10))).toBe('topo.json: ports[0]: Unrecognized key: "speed"');
+    expect(err((t) => (t.ports[0].role = 'spine'))).toBe('topo.json: ports[0].role: Invalid option: expected one of "vm"|"uplink"');
+    expect(err((t) => (t.ports = []))).toBe('topo.json: ports: Too small: expected array to have >=1 items');
+    expect(err((t) => delete t.segments)).toBe('topo.json: segments: Invalid input: expected array, received undefined');
+    expect(err((t) => (t.rules[0].match.tp_dst = true))).toBe('topo.json: rules[0].match.tp_dst: Invalid input: expected string or number, received boolean');
+  });
+
+  it('fills defaults, each a fresh value', () => {
+    const file = { ports: [{ name: 'up', ppid: 1, role: 'uplink', segments: ['a'] }, { name: 'p1', ppid: 2 }], segments: [{ name: 'a' }], rules: [{ priority: 1, actions: ['drop'] }, { priority: 2, actions: ['drop'] }] };
+    const t = topologyFrom(file, 't.json');
+    expect(t.name).toBe('topology');
+    expect(t.ports[1]).toMatchObject({ role: 'vm', kind: 'pcap', device: 'p1' });
+    expect(t.rules[0]).toEqual({ priority: 1, special: false, match: {}, actions: ['drop'] });
+    expect(t.rules[0].match).not.toBe(t.rules[1].match);
+    expect(t.interfaces).toEqual([]);
+  });
+
   it('names the field of a reference or uniqueness error', () => {
     expect(err((t) => (t.ports[1].ppid = 1))).toMatch(/ports\[1\]\.ppid: PPID 1 is already port "uplink0"'s/);
     expect(err((t) => (t.nodes[1].interfaces[0].port = 'vf1'))).toMatch(/nodes\[1\]\.interfaces\[0\]\.port: port "vf1" already carries interface "vm1-eth0"/);
