@@ -192,6 +192,24 @@ describe('replay events that change the rules', () => {
     }
   });
 
+  it('a del-flow that gives a priority removes only the rule of that priority, as fpo ctl del-flow does', (ctx) => {
+    needTool(ctx, 'tshark', 'reads the ports\' outputs');
+    // Telnet to vm1: the topology drops it (priority 100); from packet 0 a priority-300 rule sends it to
+    // vm2; from packet 200 that rule is gone and the topology's drop applies again.
+    const recs: PcapRecord[] = range(0, 300).map((i) => ({ sec: SEC, usec: i, data: toVm1Tcp(i, 23) }));
+    const cap = join(tempDir('delprio'), 'telnet.pcap');
+    writePcap(cap, recs);
+    const { report, out } = replayWithEvents(cap, JSON.stringify([
+      { atPacket: 0, do: 'add-flow', flow: 'priority=300,tcp,tp_dst=23,actions=output:vm2-eth0' },
+      { atPacket: 200, do: 'del-flow', flow: 'priority=300,tcp,tp_dst=23' },
+    ]));
+    expect(report.events!.map((e) => e.atPacket)).toEqual([0, 200]);
+    expect(report.events![1].result).toMatchObject({ removed: 1 });
+    expect(idsOn(out, 'vf2', 'tcp')).toEqual(range(0, 200));
+    expect(idsOn(out, 'vf1', 'tcp')).toEqual([]);
+    expect(report.drops).toEqual({ ruleDrop: 100 });
+  });
+
   it('an add-flow and a del-flow of the same rule bracket exactly the packets between them', (ctx) => {
     needTool(ctx, 'tshark', 'reads the ports\' outputs');
     const recs: PcapRecord[] = range(0, N).map((i) => ({ sec: SEC, usec: i, data: toVm1Udp(i, 53) }));
