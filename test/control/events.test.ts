@@ -210,6 +210,25 @@ describe('replay events that change the rules', () => {
     expect(report.drops).toEqual({ ruleDrop: 100 });
   });
 
+  it('events at the same packet apply in the order of the file', (ctx) => {
+    needTool(ctx, 'tshark', 'reads the ports\' outputs');
+    const recs: PcapRecord[] = range(0, 300).map((i) => ({ sec: SEC, usec: i, data: toVm1Udp(i, 53) }));
+    const cap = join(tempDir('same'), 'dns.pcap');
+    writePcap(cap, recs);
+    const add = { do: 'add-flow', flow: 'priority=200,udp,tp_dst=53,actions=output:vm2-eth0' };
+    const del = { do: 'del-flow', flow: 'udp,tp_dst=53' };
+    // Added then deleted at 100: nothing changes. Deleted (nothing yet) then added at 100: vm2 from 100 on.
+    const first = replayWithEvents(cap, JSON.stringify([{ atPacket: 100, ...add }, { atPacket: 100, ...del }]));
+    expect(first.report.events!.map((e) => [e.event.do, e.atPacket])).toEqual([['add-flow', 100], ['del-flow', 100]]);
+    expect(idsOn(first.out, 'vf1', 'udp')).toEqual(range(0, 300));
+    expect(idsOn(first.out, 'vf2', 'udp')).toEqual([]);
+    const second = replayWithEvents(cap, JSON.stringify([{ atPacket: 100, ...del }, { atPacket: 100, ...add }]));
+    expect(second.report.events!.map((e) => [e.event.do, e.atPacket])).toEqual([['del-flow', 100], ['add-flow', 100]]);
+    expect(second.report.events![0].result).toMatchObject({ removed: 0 });
+    expect(idsOn(second.out, 'vf1', 'udp')).toEqual(range(0, 100));
+    expect(idsOn(second.out, 'vf2', 'udp')).toEqual(range(100, 300));
+  });
+
   it('an add-flow and a del-flow of the same rule bracket exactly the packets between them', (ctx) => {
     needTool(ctx, 'tshark', 'reads the ports\' outputs');
     const recs: PcapRecord[] = range(0, N).map((i) => ({ sec: SEC, usec: i, data: toVm1Udp(i, 53) }));
