@@ -81,9 +81,13 @@ export function applyEvent(fpag: Fpag, e: ControlEvent): unknown {
     case 'add-flow':
       return fpag.setRules([...fpag.ruleSpecs, parseFlowSpec(e.flow)]);
     case 'del-flow': {
+      // As fpo ctl del-flow: the rules with this match, and this priority when one is given.
       const want = parseFlowSpec(e.flow, false);
       const key = (m: object) => JSON.stringify(Object.entries(m).sort());
-      return fpag.setRules(fpag.ruleSpecs.filter((r) => key(r.match) !== key(want.match)));
+      const hasPriority = /(^|,)\s*priority=/.test(e.flow);
+      const keep = fpag.ruleSpecs.filter((r) => !(key(r.match) === key(want.match) && (!hasPriority || r.priority === want.priority)));
+      const removed = fpag.ruleSpecs.length - keep.length;
+      return { removed, revalidated: fpag.setRules(keep) };
     }
   }
 }

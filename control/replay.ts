@@ -174,6 +174,8 @@ export function replay(opts: ReplayOptions): { report: ReplayReport; datapath: D
         }
       }
     }
+    // Events past the end of the capture still happen, after the last packet (and before the report, which shows the state at the end).
+    for (const event of pending) applied.push({ event, atPacket: soFar, result: applyEvent(fpag, event) });
     for (const w of writers.values()) w.close();
     const seconds = (performance.now() - started) / 1000;
     if (thread) void thread.stop();
@@ -205,8 +207,6 @@ export function replay(opts: ReplayOptions): { report: ReplayReport; datapath: D
       seconds,
       fpag: thread ? { placement: 'thread', upcalls: thread.upcalls, roundTripUs: thread.upcalls ? thread.roundTripNs / thread.upcalls / 1000 : 0 } : { placement: 'inline', upcalls: st.upcalls, roundTripUs: null },
     };
-    // Events past the end of the capture still happen, after the last packet.
-    for (const event of pending) applied.push({ event, atPacket: soFar, result: applyEvent(fpag, event) });
     if (opts.events) report.events = applied;
     if (reader.error) report.error = { code: reader.error.code, message: reader.error.message, offset: reader.error.offset };
     return { report, datapath: dp, fpag };
@@ -234,12 +234,44 @@ function firstDue(pending: ControlEvent[], batch: PacketBatch, soFar: number, re
     if (e.atPacket !== undefined) {
       if (e.atPacket - soFar < batch.count) index = Math.max(0, e.atPacket - soFar);
     } else {
-      const t = e.atTime! * 1000;
-      for (let i = 0; i < batch.count; i++) if (packetMs(reader, batch, i) >= t) { index = i; break; }
+      for (let i = 0; i < batch.count; i++) if (atOrAfter(reader, batch, i, e.atTime!)) { index = i; break; }
     }
     if (index >= 0 && (best === null || index < best.index)) best = { index, event: e };
   }
   return best;
+}
+
+/**
+ * Whether packet i's capture time is at or after `t` (epoch seconds, a double
+ * parsed from the decimal in the events file). Near t the packet's time is
+ * compared as the double nearest its exact decimal time, so an event given a
+ * packet's own timestamp (as tshark prints it) lands before that packet:
+ * computed in floating-point ms, one µs timestamp in eight came out below the
+ * same time written in seconds, and the event one packet late.
+ */
+function atOrAfter(reader: CaptureReader, b: PacketBatch, i: number, t: number): boolean {
+  // Far from t (floating-point error is far below 1 ms), the ms time decides.
+  const ms = packetMs(reader, b, i);
+  if (ms < t * 1000 - 1) return false;
+  if (ms > t * 1000 + 1) return true;
+  let sec: number;
+  let frac: string;
+  if (reader.format === 'pcap') {
+    sec = b.tsA[i];
+    frac = String(b.tsB[i]).padStart(reader.nanos ? 9 : 6, '0');
+  } else {
+    const itf = reader.interfaces[b.ifIndex[i]];
+    const r = itf.tsresol;
+    if (r & 0x80) return ms >= t * 1000; // binary fractions of a second: no short decimal to round
+    // 64-bit units (ns since 1970 pass 2^53): exact in BigInt.
+    const units = (BigInt(b.tsA[i]) << 32n) | BigInt(b.tsB[i]);
+    const perSec = 10n ** BigInt(r);
+    sec = Number(units / perSec) + itf.tsoffset;
+    frac = String(units % perSec).padStart(r, '0');
+  }
+  const whole = Math.floor(t);
+  if (sec !== whole) return sec > whole;
+  return Number(frac.length ? `${sec}.${frac}` : `${sec}`) >= t;
 }
 
 /** Capture time of packet i in ms. */

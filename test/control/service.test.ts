@@ -1,4 +1,4 @@
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
@@ -8,6 +8,8 @@ import { PacketBatch } from '../../datapath/batch.js';
 import { CaptureReader } from '../../datapath/ports/capture-reader.js';
 import { benchTopology, generate } from '../../bench/gen-capture.js';
 import { writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { eth, ipv4, udp, writePcap } from '../../fixtures/packets.js';
 import { CLI, FIXTURES, cleanTemp, needTool, runCli, tempDir, tsharkFields } from '../helpers.js';
 
 const running: ChildProcess[] = [];
@@ -214,3 +216,208 @@ describe('fpo run and fpo ctl', () => {
     await s.stop();
   }, 120_000);
 });
+
+/** A TCP port free on `host` now (the kernel's pick; closed again before it is used). */
+function freePort(host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, host, () => {
+      const a = srv.address();
+      srv.close(() => resolve(typeof a === 'object' && a ? a.port : -1));
+    });
+  });
+}
+
+/** Ids (UDP source ports) of the frames in a port's capture, in order, read by tshark; [] when none. */
+function udpIds(out: string, port: string): number[] {
+  const f = join(out, `${port}.pcap`);
+  if (!existsSync(f)) return [];
+  return tsharkFields(f, ['udp.srcport']).map((r) => Number(r[0]));
+}
+
+const MAC = (n: number) => `02:00:00:00:00:0${n}`;
+const range = (a: number, b: number) => Array.from({ length: b - a }, (_, i) => a + i);
+/** A UDP frame from the uplink side to vm `n`, its id as source port. */
+const toVm = (n: number, id: number) => eth(MAC(n), '02:ee:00:00:00:01', 0x0800, ipv4({ src: '192.0.2.1', dst: `10.0.0.${n}`, proto: 17 }, udp(id, 9, new Uint8Array(18))));
+
+describe('fpo ctl set-mapping', () => {
+  it('a successful set-mapping sends the VPID\'s packets to the new port from then on, with no new flow, and is kept in the state file', async (ctx) => {
+    needTool(ctx, 'tshark', 'reads the port captures');
+    const dir = tempDir('setmap');
+    // Two captures, each 40 packets to vm1 and 30 to vm2, told apart by their ids.
+    const mk = (file: string, base: number) => {
+      writePcap(file, range(0, 70).map((i) => ({ sec: 1000, usec: i, data: i < 40 ? toVm(1, base + i) : toVm(2, base + i) })));
+      return file;
+    };
+    const a = mk(join(dir, 'a.pcap'), 20000);
+    const b = mk(join(dir, 'b.pcap'), 30000);
+    const s = await start(TOPO, join(dir, 'out'));
+    expect(JSON.parse(s.ctl('--json', 'inject', a).stdout).packets).toEqual({ in: 70, out: 70, dropped: 0 });
+    const before = JSON.parse(s.ctl('--json', 'stats').stdout);
+    const r = s.ctl('--json', 'set-mapping', '1', '15');
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    expect(JSON.parse(r.stdout)).toEqual({ vpid: 1, ppid: 15 });
+    const show = JSON.parse(s.ctl('--json', 'show').stdout);
+    expect(show.interfaces.find((i: any) => i.name === 'vm1-eth0')).toMatchObject({ vpid: 1, ppid: 15, port: 'vf5' });
+    expect(show.ports.find((p: any) => p.name === 'vf5')).toMatchObject({ ppid: 15, vpid: 1, attached: 'vm1-eth0' });
+    expect(show.ports.find((p: any) => p.name === 'vf1')).toMatchObject({ ppid: 11, vpid: -1, attached: null });
+    expect(JSON.parse(readFileSync(join(s.out, 'fpo-state.json'), 'utf8')).ports['vm1-eth0']).toBe('vf5');
+    expect(JSON.parse(s.ctl('--json', 'inject', b).stdout).packets).toEqual({ in: 70, out: 70, dropped: 0 });
+    const after = JSON.parse(s.ctl('--json', 'stats').stdout);
+    // The flows of the first capture carried the second: a mapping change, no flow change.
+    expect(after.flows.upcalls).toBe(before.flows.upcalls);
+    expect(after.flows.installed).toBe(before.flows.installed);
+    await s.stop();
+    expect(udpIds(s.out, 'vf1')).toEqual(range(20000, 20040));
+    expect(udpIds(s.out, 'vf5')).toEqual(range(30000, 30040));
+    expect(udpIds(s.out, 'vf2')).toEqual([...range(20040, 20070), ...range(30040, 30070)]);
+  }, 60_000);
+});
+
+describe('fpo ctl inject --port', () => {
+  it('injects a capture into the named port: it is received there, and floods leave by every other port of the segment', async (ctx) => {
+    needTool(ctx, 'tshark', 'reads the capture and the port captures');
+    const dir = tempDir('injport');
+    // From vm2: 25 unicast frames to vm1, then 15 broadcasts in its segment (blue: vm1, vm5 with no port, the uplink).
+    const bcast = (id: number) => eth('ff:ff:ff:ff:ff:ff', MAC(2), 0x0800, ipv4({ src: '10.0.0.2', dst: '10.0.0.255', proto: 17 }, udp(id, 9, new Uint8Array(18))));
+    const fromVm2 = (id: number) => eth(MAC(1), MAC(2), 0x0800, ipv4({ src: '10.0.0.2', dst: '10.0.0.1', proto: 17 }, udp(id, 9, new Uint8Array(30))));
+    const cap = join(dir, 'from-vm2.pcap');
+    writePcap(cap, range(0, 40).map((i) => ({ sec: 1000, usec: i, data: i < 25 ? fromVm2(100 + i) : bcast(100 + i) })));
+    const lens = tsharkFields(cap, ['frame.len']).map((r) => Number(r[0]));
+    expect(lens.length).toBe(40);
+    const s = await start(TOPO, join(dir, 'out'));
+    const r = s.ctl('--json', 'inject', cap, '--port', 'vf2');
+    expect(r.stderr).toBe('');
+    expect(JSON.parse(r.stdout)).toMatchObject({ port: 'vf2', packets: { in: 40, out: 40, dropped: 0 } });
+    const st = JSON.parse(s.ctl('--json', 'stats').stdout);
+    const port = (name: string) => st.ports.find((p: any) => p.name === name);
+    expect(port('vf2')).toMatchObject({ rxPackets: 40, rxBytes: lens.reduce((x, y) => x + y, 0) });
+    expect(port('uplink0')).toMatchObject({ rxPackets: 0, rxBytes: 0 });
+    await s.stop();
+    expect(udpIds(s.out, 'vf1')).toEqual(range(100, 140)); // its unicasts and the broadcasts
+    expect(udpIds(s.out, 'uplink0')).toEqual(range(125, 140)); // the broadcasts only
+    expect(udpIds(s.out, 'vf2')).toEqual([]); // never back out of the port it came in on
+    for (const red of ['vf3', 'vf4']) expect(udpIds(s.out, red)).toEqual([]);
+  }, 60_000);
+
+  it('refuses a port that does not exist, an empty port, and a capture that is not a µs Ethernet pcap, injecting nothing', async (ctx) => {
+    needTool(ctx, 'editcap', 'writes the pcapng and nanosecond copies');
+    const dir = tempDir('injbad');
+    const cap = join(dir, 'ok.pcap');
+    writePcap(cap, range(0, 10).map((i) => ({ sec: 1000, usec: i, data: toVm(1, 500 + i) })));
+    const ng = join(dir, 'ok.pcapng');
+    execFileSync('editcap', ['-F', 'pcapng', cap, ng]);
+    const ns = join(dir, 'ok-ns.pcap');
+    execFileSync('editcap', ['-F', 'nsecpcap', cap, ns]);
+    const raw = join(dir, 'raw.pcap'); // the same file with link type 101 (raw IP)
+    const bytes = readFileSync(cap);
+    bytes.writeUInt32LE(101, 20);
+    writeFileSync(raw, bytes);
+    const s = await start(TOPO, join(dir, 'out'));
+    const refusals: [string[], RegExp][] = [
+      [[cap, '--port', 'nosuch'], /^fpo: inject: port: no port named "nosuch"\n$/],
+      [[cap, '--port', 'vm1-eth0'], /^fpo: inject: port: no port named "vm1-eth0"\n$/], // an interface, not a port
+      [[cap, '--port', ''], /^fpo: inject: port: expected a non-empty string\n$/],
+      [[ng], /inject takes a classic Ethernet pcap with µs timestamps/],
+      [[ns], /inject takes a classic Ethernet pcap with µs timestamps/],
+      [[raw], /inject takes a classic Ethernet pcap with µs timestamps/],
+    ];
+    let seen = 0;
+    for (const [args, msg] of refusals) {
+      const r = s.ctl('inject', ...args);
+      expect(r.status, args.join(' ')).toBe(1);
+      expect(r.stderr, args.join(' ')).toMatch(msg);
+      expect(r.stdout).toBe('');
+      seen++;
+    }
+    expect(seen).toBe(6);
+    const st = JSON.parse(s.ctl('--json', 'stats').stdout);
+    expect(st.packets.in).toBe(0);
+    expect(st.ports.reduce((n: number, p: any) => n + p.rxPackets + p.txPackets, 0)).toBe(0);
+    expect(st.control.refused).toBe(6);
+    // The same capture into a real port goes in whole.
+    expect(JSON.parse(s.ctl('--json', 'inject', cap, '--port', 'uplink0').stdout).packets).toEqual({ in: 10, out: 10, dropped: 0 });
+    await s.stop();
+  }, 60_000);
+});
+
+/** Prometheus text → (name{labels sorted} → value); every sample line once. */
+function parseProm(text: string): Map<string, number> {
+  const m = new Map<string, number>();
+  for (const line of text.split('\n')) {
+    if (line === '' || line.startsWith('#')) continue;
+    const r = /^([a-z_]+)(?:\{([^}]*)\})? (\S+)$/.exec(line);
+    expect(r, line).not.toBeNull();
+    const labels = r![2] ? r![2].split(',').map((l) => l.trim()).sort().join(',') : '';
+    const k = labels ? `${r![1]}{${labels}}` : r![1];
+    expect(m.has(k), k).toBe(false);
+    m.set(k, Number(r![3]));
+  }
+  return m;
+}
+
+describe('fpo run --metrics HOST:PORT', () => {
+  for (const [host, url] of [['127.0.0.2', '127.0.0.2'], ['::1', '[::1]']] as const) {
+    it(`serves /metrics on ${host} only, and its counters are the service's stats`, async (ctx) => {
+      needTool(ctx, 'tshark', 'counts the injected capture');
+      const port = await freePort(host);
+      const addr = host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+      const s = await start(TOPO, tempDir('metrics-host'), ['--metrics', addr]);
+      const demo = join(FIXTURES, 'demo.pcap');
+      s.ctl('inject', demo);
+      s.ctl('migrate', 'vm1-eth0', '--to', 'vf5');
+      const res = await fetch(`http://${url}:${port}/metrics`);
+      expect(res.status).toBe(200);
+      expect(res.headers.get('content-type')).toMatch(/^text\/plain/);
+      const m = parseProm(await res.text());
+      const st = JSON.parse(s.ctl('--json', 'stats').stdout);
+      // Not on the default host: the address given is the only one served.
+      await expect(fetch(`http://127.0.0.1:${port}/metrics`)).rejects.toThrow();
+      await s.stop();
+      // Independent of both: what tshark reads from the capture arrived on uplink0.
+      const frames = tsharkFields(demo, ['frame.len']);
+      expect(m.get('fpo_port_rx_packets_total{port="uplink0",ppid="1"}')).toBe(frames.length);
+      expect(m.get('fpo_port_rx_bytes_total{port="uplink0",ppid="1"}')).toBe(frames.reduce((n, r) => n + Number(r[0]), 0));
+      let ports = 0;
+      for (const p of st.ports) {
+        const l = `{port="${p.name}",ppid="${p.ppid}"}`;
+        expect(m.get(`fpo_port_rx_packets_total${l}`), p.name).toBe(p.rxPackets);
+        expect(m.get(`fpo_port_rx_bytes_total${l}`), p.name).toBe(p.rxBytes);
+        expect(m.get(`fpo_port_tx_packets_total${l}`), p.name).toBe(p.txPackets);
+        expect(m.get(`fpo_port_tx_bytes_total${l}`), p.name).toBe(p.txBytes);
+        ports++;
+      }
+      expect(ports).toBe(6);
+      let reasons = 0;
+      for (const [reason, n] of Object.entries(st.drops)) {
+        expect(m.get(`fpo_drops_total{reason="${reason}"}`), reason).toBe(n);
+        reasons++;
+      }
+      expect(reasons).toBe(6);
+      expect([...m.keys()].filter((k) => k.startsWith('fpo_drops_total')).length).toBe(reasons);
+      expect(m.get('fpo_packets_total{kind="in"}')).toBe(st.packets.in);
+      expect(m.get('fpo_packets_total{kind="out"}')).toBe(st.packets.out);
+      expect(m.get('fpo_packets_total{kind="dropped"}')).toBe(st.packets.dropped);
+      expect(m.get('fpo_upcalls_total')).toBe(st.flows.upcalls);
+      expect(m.get('fpo_flows')).toBe(st.flows.active);
+      expect(m.get('fpo_migrations_total')).toBe(st.migrations);
+      expect(st.migrations).toBe(1);
+    }, 60_000);
+  }
+
+  it('an address in use, or one that is not HOST:PORT, stops fpo run with the address named', async () => {
+    const port = await freePort('127.0.0.1');
+    const s = await start(TOPO, tempDir('metrics-busy'), ['--metrics', `127.0.0.1:${port}`]);
+    const dir = tempDir('metrics-busy2');
+    const busy = runCli(['run', '-t', TOPO, '-s', join(dir, 'ctl.sock'), '-o', dir, '--metrics', `127.0.0.1:${port}`], { timeout: 20_000 });
+    expect(busy.status).toBe(1);
+    expect(busy.stderr).toMatch(new RegExp(`^fpo: --metrics 127\\.0\\.0\\.1:${port}: cannot listen: .*EADDRINUSE`));
+    const bad = runCli(['run', '-t', TOPO, '-s', join(dir, 'ctl.sock'), '-o', dir, '--metrics', 'localhost:99999'], { timeout: 20_000 });
+    expect(bad.status).toBe(1);
+    expect(bad.stderr).toMatch(/--metrics: expected HOST:PORT or PORT, got "localhost:99999"/);
+    await s.stop();
+  }, 60_000);
+});
+

@@ -36,3 +36,85 @@ describe('Datapath flow lifetime', () => {
     expect(report.drops).toEqual({});
   });
 });
+
+describe('Datapath flow-flush', () => {
+  // 120 packets over three flows (vm1 port 9, vm2 port 9, vm1 port 10: the telnet rule makes
+  // tp_dst part of every megaflow), in an irregular order; the packets of a flow are alike, so
+  // the exact-match cache and the fast lane's memo hold them too.
+  const flowOf = (i: number) => [0, 1, 0, 2, 0, 0, 1, 2, 2, 0, 1][i % 11];
+  const frame = (i: number) => {
+    const f = flowOf(i);
+    return eth(`02:00:00:00:00:0${f === 1 ? 2 : 1}`, '02:ee:00:00:00:01', 0x0800, ipv4({ src: '192.0.2.1', dst: `10.0.0.${f === 1 ? 2 : 1}`, proto: 17 }, udp(1000 + f, f === 2 ? 10 : 9, new Uint8Array(18))));
+  };
+  const N = 120;
+  const cap = join(tempDir('flush'), 'three-flows.pcap');
+  writePcap(cap, Array.from({ length: N }, (_, i) => ({ sec: 1000, usec: i, data: frame(i) })));
+
+  /** The model: packet i makes an upcall when its flow has not been seen since the last flush at or before i. */
+  function expectedUpcalls(flushes: number[]): boolean[] {
+    const seen = new Set<number>();
+    return Array.from({ length: N }, (_, i) => {
+      if (flushes.includes(i)) seen.clear();
+      const miss = !seen.has(flowOf(i));
+      seen.add(flowOf(i));
+      return miss;
+    });
+  }
+
+  for (const flushes of [[1], [20, 21], [3, 40, 119], [0, 59, 60, 61]]) {
+    it(`a flow-flush before packets ${flushes.join(', ')} removes every flow: the next packet of each flow is an upcall again, one packet at a time`, () => {
+      const upcallsBefore: number[] = [];
+      const flowsAfterFlush: number[] = [];
+      const { report, datapath } = replay({
+        capture: cap, topology: TOPO, outDir: tempDir(), batchSize: 1,
+        beforeBatch: (soFar, dp) => {
+          upcallsBefore[soFar] = dp.upcalls;
+          if (flushes.includes(soFar)) {
+            dp.apply({ type: 'flow-flush' });
+            flowsAfterFlush.push(dp.flows.count);
+          }
+        },
+      });
+      upcallsBefore[N] = datapath.upcalls;
+      const want = expectedUpcalls(flushes);
+      let seen = 0;
+      for (let i = 0; i < N; i++) {
+        expect(upcallsBefore[i + 1] - upcallsBefore[i], `packet ${i}`).toBe(want[i] ? 1 : 0);
+        seen++;
+      }
+      expect(seen).toBe(N);
+      expect(flowsAfterFlush).toEqual(flushes.map(() => 0));
+      // At the end: the flows seen since the last flush, and every packet delivered where it belongs.
+      const last = Math.max(...flushes);
+      expect(datapath.flows.count).toBe(new Set(Array.from({ length: N - last }, (_, j) => flowOf(last + j))).size);
+      expect(report.packets).toEqual({ in: N, out: N, dropped: 0, copies: N });
+      const toVm2 = Array.from({ length: N }, (_, i) => i).filter((i) => flowOf(i) === 1).length;
+      expect(report.ports.find((p) => p.name === 'vf2')!.tx.packets).toBe(toVm2);
+      expect(report.ports.find((p) => p.name === 'vf1')!.tx.packets).toBe(N - toVm2);
+    });
+  }
+
+  it('a flow-flush between batches of 16 (the fast lane and its caches in use) makes each flow upcall once more, and no packet goes astray', () => {
+    const flushes = [32, 48, 96];
+    const upcallsAt = new Map<number, number>();
+    const { report, datapath } = replay({
+      capture: cap, topology: TOPO, outDir: tempDir(), batchSize: 16,
+      beforeBatch: (soFar, dp) => {
+        upcallsAt.set(soFar, dp.upcalls);
+        if (flushes.includes(soFar)) dp.apply({ type: 'flow-flush' });
+      },
+    });
+    upcallsAt.set(N, datapath.upcalls);
+    const want = expectedUpcalls(flushes);
+    let batches = 0;
+    for (let b = 0; b < N; b += 16) {
+      const inBatch = want.slice(b, Math.min(N, b + 16)).filter(Boolean).length;
+      expect(upcallsAt.get(Math.min(N, b + 16))! - upcallsAt.get(b)!, `batch at ${b}`).toBe(inBatch);
+      batches++;
+    }
+    expect(batches).toBe(8);
+    expect(report.flows.fastLane).toBeGreaterThan(0);
+    expect(report.packets).toEqual({ in: N, out: N, dropped: 0, copies: N });
+  });
+});
+

@@ -110,4 +110,90 @@ describe('FlowTable', () => {
     expect(t.gen[f]).toBe(g + 1);
   });
 
+  it('lookups give the same flows and actions before and after sortSubtables reorders the subtables by hits (random masks, flows, keys)', () => {
+    // Flows are a few base keys cut by random masks. Every mask matches word 0 whole, base b has
+    // word 0 = b, and a flow's action is a function of word 0: so flows of different subtables
+    // overlap (a base key matches every flow cut from it) and agree where they do, as the
+    // FPAG's flows do.
+    const actOf = (w0: number) => (w0 * 7 + 3) & 0xffff;
+    const maskWord = fc.constantFrom(0, 0xffffffff, 0xffff0000, 0x0000ffff, 0xff00ff00, 0x80000000);
+    const maskArb = fc.tuple(maskWord, maskWord, maskWord, maskWord).map(([a, b, c, d]) => key(0xffffffff, a, b, c, d));
+    const value = fc.integer({ min: 0, max: 0xffffffff });
+    const scenario = fc.record({
+      masks: fc.uniqueArray(maskArb, { minLength: 2, maxLength: 12, selector: (m) => Array.from(m).join(',') }),
+      bases: fc.array(fc.array(value, { minLength: 4, maxLength: 4 }), { minLength: 1, maxLength: 6 }),
+      flows: fc.array(fc.tuple(fc.nat(), fc.nat()), { maxLength: 40 }),
+      // [kind, base, word, value]: 0 a key no flow has (word 0 past the bases), 1 a base key itself,
+      // 2 a base key with one word changed (some of its flows still match, some not).
+      probes: fc.array(fc.tuple(fc.integer({ min: 0, max: 2 }), fc.nat(), fc.integer({ min: 1, max: 4 }), value), { minLength: 1, maxLength: 60 }),
+      warm: fc.array(fc.tuple(fc.nat(), fc.integer({ min: 1, max: 5 })), { maxLength: 30 }),
+    });
+    let runs = 0;
+    const byMatches = [0, 0, 0]; // probes matched by no flow, by one, by several (overlapping subtables)
+    fc.assert(fc.property(scenario, ({ masks, bases, flows, probes, warm }) => {
+      runs++;
+      const t = new FlowTable(256);
+      const baseKey = (b: number) => key(b, ...bases[b]);
+      // A model written apart: the installed (mask, masked key, action), brute-force matched.
+      const model: { mask: Uint32Array; key: Uint32Array; act: number }[] = [];
+      const installAt = (m: Uint32Array, full: Uint32Array) => {
+        const k = full.map((w, j) => (w & m[j]) >>> 0);
+        if (!model.some((x) => x.mask === m && x.key.every((w, j) => w === k[j]))) model.push({ mask: m, key: k, act: actOf(full[0]) });
+        expect(t.install(k, m, actOf(full[0]), 0)).toBeGreaterThanOrEqual(0);
+      };
+      // Every subtable holds a flow (in the masks' order, so the lookup order starts as that order),
+      // and the last one also holds a flow no other subtable can match (word 0 = 1000), the hot one.
+      masks.forEach((m, i) => installAt(m, baseKey(i % bases.length)));
+      const hot = masks[masks.length - 1];
+      const hotKey = key(1000, 1, 2, 3, 4);
+      installAt(hot, hotKey);
+      for (const [mi, b] of flows) installAt(masks[mi % masks.length], baseKey(b % bases.length));
+      expect(t.count).toBe(model.length);
+      expect(t.subCount).toBe(masks.length);
+      const matches = (k: Uint32Array) => model.filter((x) => x.key.every((w, j) => ((k[j] & x.mask[j]) >>> 0) === w));
+      const keys = probes.map(([kind, b, w, v]) => {
+        if (kind === 0) return key(bases.length + (b % 8), ...bases[b % bases.length]);
+        const k = baseKey(b % bases.length);
+        if (kind === 2) k[w] = v;
+        return k;
+      });
+      // Skew the hits: random warm-up lookups, then the hot flow more often than all of them
+      // and the probes below together.
+      let warmed = 0;
+      for (const [n, times] of warm) for (let r = 0; r < times; r++) { t.lookup(keys[n % keys.length]); warmed++; }
+      for (let r = 0; r <= warmed + keys.length; r++) expect(t.act[t.lookup(hotKey)]).toBe(actOf(1000));
+      const look = () => keys.map((k) => { const f = t.lookup(k); return { f, act: f >= 0 ? t.act[f] : -1 }; });
+      const before = look();
+      const order = () => Array.from((t as unknown as { order: Int16Array }).order.subarray(0, t.subCount));
+      const orderBefore = order();
+      t.sortSubtables();
+      const orderAfter = order();
+      // The order really changed: the hot subtable, last before, is first now; still every subtable once.
+      const hotSub = t.sub[t.lookup(hotKey)];
+      expect(orderBefore[orderBefore.length - 1]).toBe(hotSub);
+      expect(orderAfter[0]).toBe(hotSub);
+      expect([...orderAfter].sort((a, b) => a - b)).toEqual(range(masks.length));
+      const after = look();
+      let checked = 0;
+      keys.forEach((k, i) => {
+        const m = matches(k);
+        const want = m.length ? m[0].act : -1;
+        expect(m.every((x) => x.act === want)).toBe(true);
+        expect(before[i].act).toBe(want);
+        expect(after[i].act).toBe(want);
+        // A key only one flow matches gives that very flow, whatever the order.
+        if (m.length <= 1) expect(after[i].f).toBe(before[i].f);
+        byMatches[Math.min(m.length, 2)]++;
+        checked++;
+      });
+      expect(checked).toBe(probes.length);
+    }), { numRuns: 300, seed: 16 });
+    expect(runs).toBe(300);
+    // Each kind of probe was met, many times.
+    for (const n of byMatches) expect(n).toBeGreaterThan(100);
+  });
 });
+
+function range(n: number): number[] {
+  return Array.from({ length: n }, (_, i) => i);
+}
