@@ -59,9 +59,16 @@ describe('fpo replay of the bundled demo', () => {
   it('keeps the input timestamps and bytes of every written frame', (ctx) => {
     needTool(ctx, 'tshark', 'reads the output captures');
     const inRows = new Map(tsharkFields(DEMO, ['frame.time_epoch', 'frame.len']).map((r) => [r[0], r[1]]));
+    expect(inRows.size).toBe(671); // every input frame has its own timestamp, so a stamp names one frame
+    let seen = 0;
     for (const f of readdirSync(out)) {
-      for (const [t, len] of tsharkFields(join(out, f), ['frame.time_epoch', 'frame.len'])) expect(inRows.get(t), `${f} ${t}`).toBe(len);
+      for (const [t, len] of tsharkFields(join(out, f), ['frame.time_epoch', 'frame.len'])) {
+        expect(inRows.get(t), `${f} ${t}`).toBe(len);
+        seen++;
+      }
     }
+    expect(seen).toBe(report.packets.copies); // every written frame was compared
+    expect(seen).toBeGreaterThan(600);
   });
 
   it('flows output to VPIDs and say which interface each VPID is', () => {
@@ -76,6 +83,8 @@ describe('fpo replay of the bundled demo', () => {
   it('replaying the same capture twice gives byte-identical outputs', () => {
     const out2 = tempDir('replay2');
     replayJson([DEMO, '--topology', TOPO, '--out', out2]);
+    expect(readdirSync(out2).sort()).toEqual(['vf1.pcap', 'vf2.pcap', 'vf3.pcap', 'vf4.pcap']);
+    expect(readdirSync(out2).sort()).toEqual(readdirSync(out).sort());
     for (const f of readdirSync(out)) expect(readFileSync(join(out2, f)).equals(readFileSync(join(out, f))), f).toBe(true);
   });
 });
@@ -204,6 +213,8 @@ describe('the FPAG on its own thread', () => {
     expect(rt.fpag.upcalls).toBe(ri.flows.upcalls);
     expect(rt.packets).toEqual(ri.packets);
     expect(rt.drops).toEqual(ri.drops);
+    expect(readdirSync(a).sort()).toEqual(['vf1.pcap', 'vf2.pcap', 'vf3.pcap', 'vf4.pcap']);
+    expect(readdirSync(b).sort()).toEqual(readdirSync(a).sort());
     for (const f of readdirSync(a)) expect(readFileSync(join(b, f)).equals(readFileSync(join(a, f))), f).toBe(true);
   });
 
@@ -234,11 +245,22 @@ describe('fpo replay --events', () => {
     const stamps = (f: string) => tsOf(join(out, f));
     const old = stamps('vf1.pcap');
     const moved = stamps('vf5.pcap');
-    const plain = replay({ capture: DEMO, topology: TOPO, outDir: tempDir() }).report;
+    const plainOut = tempDir('ev-plain');
+    const plain = replay({ capture: DEMO, topology: TOPO, outDir: plainOut }).report;
     expect(old.length + moved.length).toBe(plain.ports.find((p) => p.name === 'vf1')!.tx.packets);
     expect(new Set([...old, ...moved]).size).toBe(old.length + moved.length);
-    // The input's 300th packet is at t0 + 0.299 s: the old port got only earlier ones, the new port only later.
-    expect(Math.max(...old)).toBeLessThan(Math.min(...moved));
+    // The event lands before the input's packet 300 (0-based): what vf1 got without the move splits at its stamp,
+    // earlier frames on the old port, that one and later on the new.
+    const input = tsOf(DEMO);
+    expect(input).toHaveLength(671);
+    const cut = input[300];
+    const vf1Plain = tsOf(join(plainOut, 'vf1.pcap'));
+    const wantOld = vf1Plain.filter((t) => t < cut);
+    const wantMoved = vf1Plain.filter((t) => t >= cut);
+    expect(wantOld.length).toBeGreaterThan(10);
+    expect(wantMoved.length).toBeGreaterThan(10);
+    expect(old).toEqual(wantOld);
+    expect(moved).toEqual(wantMoved);
   });
 
   it('an events file that is wrong is refused with the field named', () => {

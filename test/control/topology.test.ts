@@ -1,9 +1,10 @@
+import { execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { loadTopology, topologyFrom } from '../../control/topology.js';
 import { FpoError } from '../../datapath/errors.js';
-import { FIXTURES, cleanTemp, tempDir } from '../helpers.js';
+import { FIXTURES, ROOT, cleanTemp, tempDir } from '../helpers.js';
 
 afterAll(cleanTemp);
 
@@ -30,10 +31,23 @@ describe('topology', () => {
     expect(t.inputPort).toBe('uplink0');
   });
 
-  it('the same file gives the same VPIDs every time', () => {
-    const a = loadTopology(join(FIXTURES, 'topology.json'));
-    const b = loadTopology(join(FIXTURES, 'topology.json'));
-    expect(a.interfaces.map((i) => i.vpid)).toEqual(b.interfaces.map((i) => i.vpid));
+  it('VPIDs follow the file\'s order of nodes and interfaces, then uplinks: reordered nodes give the predicted VPIDs', () => {
+    const file = JSON.parse(readFileSync(join(FIXTURES, 'topology.json'), 'utf8'));
+    const names = (f: any): string[] => f.nodes.flatMap((n: any) => n.interfaces.map((i: any) => i.name));
+    file.nodes.reverse();
+    const want = names(file).map((n, i) => [n, i + 1]);
+    expect(want).toHaveLength(5);
+    expect(want[0]).toEqual(['vm5-eth0', 1]);
+    const t = topologyFrom(file, 'reversed.json');
+    expect(t.interfaces.map((i) => [i.name, i.vpid])).toEqual(want);
+    expect(t.ports.find((p) => p.name === 'uplink0')!.vpid).toBe(6);
+    // Loaded in another process, the bundled file gives the same VPIDs as here (nothing depends on a run's state).
+    const here = loadTopology(join(FIXTURES, 'topology.json')).interfaces.map((i) => `${i.name}=${i.vpid}`).join(' ');
+    const there = execFileSync(process.execPath, ['--input-type=module', '-e',
+      `import { loadTopology } from ${JSON.stringify(join(ROOT, 'dist', 'control', 'topology.js'))};
+       console.log(loadTopology(${JSON.stringify(join(FIXTURES, 'topology.json'))}).interfaces.map((i) => i.name + '=' + i.vpid).join(' '));`], { encoding: 'utf8' }).trim();
+    expect(there).toBe('vm1-eth0=1 vm2-eth0=2 vm3-eth0=3 vm4-eth0=4 vm5-eth0=5');
+    expect(here).toBe(there);
   });
 
   it('names the field of a shape error', () => {

@@ -102,11 +102,12 @@ describe('two hosts joined by a tunnel, in one replay', () => {
     const r = run(topo, out6);
     expect(r.hosts[1].tunnel).toEqual({ flagged: nFlagged, unflagged: twoHostFrames().length - nFlagged, specialTo: 'svc0', sent: 0, flaggedSent: 0 });
     expect(captureFrames(join(out6, 'hostB', 'vf1.pcap'))).toEqual(twoHostFrames().filter((f, i) => !flags[i] && f[5] === 0x01));
-    const rows = tsharkFields(join(out6, 'hostA', 'uplink0.pcap'), ['ipv6.dst', 'geneve.vni']);
-    for (const [dst, vni] of rows) {
-      expect(dst).toBe('2001:db8::2');
-      expect(Number(vni)).toBeGreaterThanOrEqual(5001);
-    }
+    const rows = tsharkFields(join(out6, 'hostA', 'uplink0.pcap'), ['ipv6.dst', 'geneve.vni', 'eth.src']);
+    expect(rows.length).toBe(twoHostFrames().length);
+    rows.forEach(([dst, vni, src], i) => {
+      expect(dst, `frame ${i + 1}`).toBe('2001:db8::2');
+      expect(Number(vni), `frame ${i + 1}`).toBe(src.split(',')[1] === '02:00:00:00:0a:01' ? 5001 : 5002);
+    });
   });
 
   it('works the same over VXLAN (the flag in the reserved bit)', (ctx) => {
@@ -118,9 +119,10 @@ describe('two hosts joined by a tunnel, in one replay', () => {
     const out2 = tempDir('vx');
     const r = run(topo, out2);
     expect(r.hosts[1].tunnel.flagged).toBe(nFlagged);
-    const rows = tsharkFields(join(out2, 'hostA', 'uplink0.pcap'), ['vxlan.vni', 'vxlan.flags']);
-    rows.forEach(([vni, fl], i) => {
-      expect(Number(vni)).toBeGreaterThanOrEqual(5001);
+    const rows = tsharkFields(join(out2, 'hostA', 'uplink0.pcap'), ['vxlan.vni', 'vxlan.flags', 'eth.src']);
+    expect(rows.length).toBe(twoHostFrames().length);
+    rows.forEach(([vni, fl, src], i) => {
+      expect(Number(vni), `frame ${i + 1}`).toBe(src.split(',')[1] === '02:00:00:00:0a:01' ? 5001 : 5002);
       expect((parseInt(fl, 16) & 0x0080) !== 0, `frame ${i + 1}`).toBe(flags[i]);
     });
   });
