@@ -47,17 +47,40 @@ export function metricsRegistry(dp: Datapath, fpag: Fpag): Registry {
   return reg;
 }
 
+/**
+ * The metrics endpoint's limits against careless or hostile scrapers: at most
+ * this many connections at once (more are closed on accept), a request's
+ * headers within HEADERS_MS and the whole request within REQUEST_MS (a client
+ * that sends half a request is cut off, not waited for), idle keep-alive
+ * connections closed after KEEPALIVE_MS, headers at most 8 KiB.
+ */
+export const METRICS_LIMITS = { maxConnections: 32, headersMs: 5_000, requestMs: 10_000, keepAliveMs: 5_000, maxHeaderBytes: 8192 } as const;
+
 export function serveMetrics(reg: Registry, addr: string): Promise<Server> {
   const { host, port } = parseAddr(addr);
-  const server = createServer((req, res) => {
+  const server = createServer({ maxHeaderSize: METRICS_LIMITS.maxHeaderBytes, requestTimeout: METRICS_LIMITS.requestMs, headersTimeout: METRICS_LIMITS.headersMs, keepAliveTimeout: METRICS_LIMITS.keepAliveMs,
+    connectionsCheckingInterval: 1_000 /* how often the timeouts are enforced (Node's default: 30 s) */ }, (req, res) => {
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      res.writeHead(405, { allow: 'GET, HEAD' }).end('fpo serves GET /metrics\n');
+      return;
+    }
     if (req.url !== '/metrics') {
       res.writeHead(404).end('fpo serves /metrics\n');
       return;
     }
-    reg.metrics().then((text) => res.writeHead(200, { 'content-type': reg.contentType }).end(text), (e: Error) => res.writeHead(500).end(e.message));
+    reg.metrics().then((text) => res.writeHead(200, { 'content-type': reg.contentType }).end(req.method === 'HEAD' ? undefined : text), (e: Error) => res.writeHead(500).end(e.message));
   });
+  server.maxConnections = METRICS_LIMITS.maxConnections;
   return new Promise((resolve, reject) => {
     server.once('error', (e) => reject(new FpoError('FPO_ERR_IO', `--metrics ${addr}: cannot listen: ${e.message}`)));
     server.listen(port, host, () => resolve(server));
+  });
+}
+
+/** Stops the endpoint at once: no new connections, and every open one closed, a scrape half-sent or idle alike. */
+export function closeMetrics(server: Server): Promise<void> {
+  return new Promise((resolve) => {
+    server.close(() => resolve());
+    server.closeAllConnections();
   });
 }

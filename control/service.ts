@@ -402,7 +402,7 @@ export class Service {
   /** Stops listening, flushes the port files, saves state; returns the final counters. */
   async stop(): Promise<unknown> {
     await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
-    await new Promise<void>((r) => (this.metricsServer ? this.metricsServer.close(() => r()) : r()));
+    if (this.metricsServer) await (await import('./metrics.js')).closeMetrics(this.metricsServer);
     if (existsSync(this.opts.socket)) unlinkSync(this.opts.socket);
     await this.injecting;
     await this.monitor?.stop();
