@@ -33,6 +33,7 @@ export const DROP = {
   vpidUnmapped: 'output VPID has no PPID in the mapping table',
   upcallFailed: 'the FPAG installed no flow for this miss',
   flowTableFull: 'the flow table is full and nothing could be evicted',
+  frameTooBig: 'frame longer than a live port\'s receive slot: the read cut it, so it is not forwarded cut',
 } as const;
 
 export type DropReason = keyof typeof DROP;

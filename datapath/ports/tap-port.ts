@@ -13,6 +13,7 @@
  */
 import { PacketBatch } from '../batch.js';
 import { FpoError } from '../errors.js';
+import { D } from '../drops.js';
 import type { Encap } from '../actions/encap.js';
 import { EAGAIN, O_NONBLOCK, O_RDWR, libc } from './libc.js';
 
@@ -115,7 +116,9 @@ export class TapPort {
       batch.tsB[n] = nowUs % 1e6;
       batch.ifIndex[n] = 0;
       batch.inPpid[n] = ppid;
-      batch.drop[n] = 0;
+      // A read that fills the slot may have cut a longer frame (TAP and AF_PACKET truncate to the buffer and
+      // return what fit): dropped with its reason, never forwarded cut. Frames up to SLOT - 1 bytes pass.
+      batch.drop[n] = r >= SLOT ? D.frameTooBig : 0;
       n++;
     }
     batch.count = n;
