@@ -99,7 +99,7 @@ function mapOf<T>(value: Check<T>, what: string): Check<Map<string, T>> {
 function vpidCheck(maxVpid: number): Check<number> {
   return (v, path) => {
     if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > maxVpid) {
-      throw new CheckError(path, `expected an integer 1..${maxVpid}, received ${typeof v === 'number' && Number.isFinite(v) ? String(v) : typeof v === 'string' ? key(v) : kind(v)}`);
+      throw new CheckError(path, `expected an integer in 1..${maxVpid}, got ${typeof v === 'number' && Number.isFinite(v) ? String(v) : typeof v === 'string' ? key(v) : kind(v)}`);
     }
     return v;
   };

@@ -68,14 +68,14 @@ function refused(state: unknown): string {
 describe('state file: checked whole before any of it is used', () => {
   it('a VPID that is not an integer 1..65535 is refused with its field (it made fpo run spin before)', () => {
     const at = (v: unknown) => refused({ ...fresh(), vpids: { ...fresh().vpids, 'vm1-eth0': v } });
-    expect(at('x')).toBe('vpids["vm1-eth0"]: expected an integer 1..65535, received "x"');
-    expect(at('5')).toBe('vpids["vm1-eth0"]: expected an integer 1..65535, received "5"');
-    expect(at(0)).toBe('vpids["vm1-eth0"]: expected an integer 1..65535, received 0');
-    expect(at(65536)).toBe('vpids["vm1-eth0"]: expected an integer 1..65535, received 65536');
-    expect(at(1.5)).toBe('vpids["vm1-eth0"]: expected an integer 1..65535, received 1.5');
-    expect(at(null)).toBe('vpids["vm1-eth0"]: expected an integer 1..65535, received null');
-    expect(at([1])).toBe('vpids["vm1-eth0"]: expected an integer 1..65535, received array');
-    expect(refused(JSON.stringify(fresh()).replace('"vm1-eth0":1', '"vm1-eth0":1e400'))).toBe('vpids["vm1-eth0"]: expected an integer 1..65535, received number');
+    expect(at('x')).toBe('vpids["vm1-eth0"]: expected an integer in 1..65535, got "x"');
+    expect(at('5')).toBe('vpids["vm1-eth0"]: expected an integer in 1..65535, got "5"');
+    expect(at(0)).toBe('vpids["vm1-eth0"]: expected an integer in 1..65535, got 0');
+    expect(at(65536)).toBe('vpids["vm1-eth0"]: expected an integer in 1..65535, got 65536');
+    expect(at(1.5)).toBe('vpids["vm1-eth0"]: expected an integer in 1..65535, got 1.5');
+    expect(at(null)).toBe('vpids["vm1-eth0"]: expected an integer in 1..65535, got null');
+    expect(at([1])).toBe('vpids["vm1-eth0"]: expected an integer in 1..65535, got array');
+    expect(refused(JSON.stringify(fresh()).replace('"vm1-eth0":1', '"vm1-eth0":1e400'))).toBe('vpids["vm1-eth0"]: expected an integer in 1..65535, got number');
   });
 
   it('null or missing sections, another version, unknown keys and non-objects are refused with the field', () => {
@@ -156,7 +156,7 @@ describe('fpo run with a state file that cannot be used', () => {
   it('exits 1 at once naming file and field, and leaves the file as it was: not a number (spun at 100 % CPU), null sections (exit 70), empty', () => {
     const cases: [string, RegExp][] = [
       // As found: the other endpoints not named, so fpo looked for free VPIDs after "x".
-      [JSON.stringify({ version: 1, vpids: { 'vm1-eth0': 'x' }, ports: {} }), /fpo-state\.json: vpids\["vm1-eth0"\]: expected an integer 1\.\.65535, received "x"; /],
+      [JSON.stringify({ version: 1, vpids: { 'vm1-eth0': 'x' }, ports: {} }), /fpo-state\.json: vpids\["vm1-eth0"\]: expected an integer in 1\.\.65535, got "x"; /],
       [JSON.stringify({ version: 1, vpids: null, ports: null }), /fpo-state\.json: vpids: expected an object of endpoint names to VPIDs, received null; /],
       ['', /fpo-state\.json: \(file\): empty \(0 bytes\); /],
     ];
@@ -308,13 +308,13 @@ describe('fpo run: a request that fails changes nothing', () => {
     const out = tempDir('range');
     const s = await start(out, join(out, 'fpo-state.json'));
     const msg = async (args: Record<string, unknown>) => (await req(s.socket, 'set-mapping', args)).error.message;
-    expect(await msg({ vpid: 1, ppid: 99999 })).toBe('ppid: expected an integer 0..4095, received 99999');
-    expect(await msg({ vpid: 1, ppid: 1e300 })).toBe('ppid: expected an integer 0..4095, received 1e+300');
-    expect(await msg({ vpid: 1, ppid: -1 })).toBe('ppid: expected an integer 0..4095, received -1');
-    expect(await msg({ vpid: 1, ppid: '12' })).toBe('ppid: expected an integer 0..4095, received string');
-    expect(await msg({ vpid: 70000, ppid: 12 })).toBe('vpid: expected an integer 1..65535, received 70000');
+    expect(await msg({ vpid: 1, ppid: 99999 })).toBe('ppid: expected an integer in 0..4095, got 99999');
+    expect(await msg({ vpid: 1, ppid: 1e300 })).toBe('ppid: expected an integer in 0..4095, got 1e+300');
+    expect(await msg({ vpid: 1, ppid: -1 })).toBe('ppid: expected an integer in 0..4095, got -1');
+    expect(await msg({ vpid: 1, ppid: '12' })).toBe('ppid: expected an integer in 0..4095, got string');
+    expect(await msg({ vpid: 70000, ppid: 12 })).toBe('vpid: expected an integer in 1..65535, got 70000');
     const r = runCli(['ctl', '-s', s.socket, 'set-mapping', '1', '1e12']);
-    expect(r.stderr).toBe('fpo: set-mapping: ppid: expected an integer 0..4095, received 1000000000000\n');
+    expect(r.stderr).toBe('fpo: set-mapping: ppid: expected an integer in 0..4095, got 1000000000000\n');
     expect(await s.stop()).toBe(0);
   }, 60_000);
 });
