@@ -25,7 +25,7 @@
  * Names are keys of `Map`s, never of plain objects: an interface named
  * "toString" or "constructor" must not find Object.prototype's members.
  */
-import { closeSync, constants, fstatSync, fsyncSync, openSync, readSync, renameSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, constants, fstatSync, fsyncSync, openSync, readSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { FpoError } from '../datapath/errors.js';
 import { CheckError, object, type Check, type Path } from './check.js';
@@ -319,10 +319,12 @@ export function writeFileAtomic(path: string, text: string): void {
 
 /**
  * The service's state file: what was last written, so that writing the same
- * state again (at stop) costs nothing and cannot fail.
+ * state again (at stop) costs nothing and cannot fail — as long as the file
+ * on disk is still the one written (same inode, size and mtime); one removed
+ * or replaced meanwhile is written again.
  */
 export class StateStore {
-  private written: string | undefined;
+  private written: { text: string; ino: number; size: number; mtimeMs: number } | undefined;
 
   constructor(readonly path: string) {}
 
@@ -334,8 +336,23 @@ export class StateStore {
   /** Persists `s` (temp, fsync, rename, fsync); nothing when it is what was last written. Throws FpoError with the file unchanged. */
   save(s: State): void {
     const text = encodeState(s);
-    if (text === this.written) return;
+    if (this.written?.text === text && this.onDisk(this.written)) return;
+    this.written = undefined;
     writeFileAtomic(this.path, text);
-    this.written = text;
+    try {
+      const st = statSync(this.path);
+      this.written = { text, ino: st.ino, size: st.size, mtimeMs: st.mtimeMs };
+    } catch {
+      /* gone already: the next save writes again */
+    }
+  }
+
+  private onDisk(w: { ino: number; size: number; mtimeMs: number }): boolean {
+    try {
+      const st = statSync(this.path);
+      return st.ino === w.ino && st.size === w.size && st.mtimeMs === w.mtimeMs;
+    } catch {
+      return false;
+    }
   }
 }

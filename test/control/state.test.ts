@@ -9,6 +9,7 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
+import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
 import { MAX_STATE_BYTES, checkState, encodeState, loadState, readStateText, stateOf, writeFileAtomic } from '../../control/state.js';
 import { loadTopology } from '../../control/topology.js';
@@ -319,3 +320,234 @@ describe('fpo run: a request that fails changes nothing', () => {
   }, 60_000);
 });
 
+
+// ---------------------------------------------------------------------------
+// Fuzz (fast-check): state files and requests.
+
+const TOPO_ITFS = ['vm1-eth0', 'vm2-eth0', 'vm3-eth0', 'vm4-eth0', 'vm5-eth0'];
+const TOPO_PORTS: Record<string, string | null> = { 'vm1-eth0': 'vf1', 'vm2-eth0': 'vf2', 'vm3-eth0': 'vf3', 'vm4-eth0': 'vf4', 'vm5-eth0': null };
+const VM_PORTS = ['vf1', 'vf2', 'vf3', 'vf4', 'vf5'];
+const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+const isObj = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/**
+ * What the state file should give, worked out apart from control/state.ts:
+ * null when it must be refused, else every endpoint's VPID and every
+ * interface's port as fpo run must start with them.
+ */
+function oracle(json: unknown): { vpids: Record<string, number>; ports: Record<string, string | null> } | null {
+  if (!isObj(json)) return null;
+  const keys = Object.keys(json);
+  if (keys.length !== 3 || !['version', 'vpids', 'ports'].every((k) => Object.hasOwn(json, k))) return null;
+  if (json.version !== 1 || !isObj(json.vpids) || !isObj(json.ports)) return null;
+  const vp = Object.entries(json.vpids);
+  const pp = Object.entries(json.ports);
+  for (const [k, v] of vp) if (!NAME_RE.test(k) || typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > MAX_VPID) return null;
+  for (const [k, v] of pp) if (!NAME_RE.test(k) || (v !== null && (typeof v !== 'string' || !NAME_RE.test(v)))) return null;
+  if (new Set(vp.map(([, v]) => v)).size !== vp.length) return null;
+  const ports: Record<string, string | null> = { ...TOPO_PORTS };
+  for (const [k, v] of pp) {
+    if (k === 'uplink0') return null;
+    if (!TOPO_ITFS.includes(k)) continue;
+    if (v !== null && !VM_PORTS.includes(v as string)) return null;
+    ports[k] = v as string | null;
+  }
+  const taken = Object.values(ports).filter((p) => p !== null);
+  if (new Set(taken).size !== taken.length) return null;
+  const kept = vp.filter(([k]) => TOPO_ITFS.includes(k) || k === 'uplink0');
+  let next = Math.max(0, ...kept.map(([, v]) => v as number)) + 1;
+  const given = new Map(kept as [string, number][]);
+  const vpids: Record<string, number> = {};
+  for (const n of [...TOPO_ITFS, 'uplink0']) vpids[n] = given.get(n) ?? next++;
+  return { vpids, ports };
+}
+
+/** A state file's text from entries (so that "__proto__" is a key like any other). */
+const objText = (entries: [string, unknown][]) => `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${JSON.stringify(v)}`).join(',')}}`;
+const FUZZ_NAMES = [...TOPO_ITFS, 'uplink0', 'gone', 'toString', 'constructor', '__proto__', 'hasOwnProperty', 'vf1', ''];
+const anyValue = fc.oneof(fc.jsonValue({ maxDepth: 2 }), fc.integer({ min: -2, max: 8 }), fc.constantFrom(0, 6, 42, 65535, 65536, 1e400, 1.5, '3', null));
+const portValue = fc.oneof(fc.constantFrom(...VM_PORTS, 'uplink0', 'vf9', null, '', 'VF1'), fc.jsonValue({ maxDepth: 1 }));
+type Op = { op: 'vpid'; name: string; value: unknown } | { op: 'del-vpid'; name: string } | { op: 'port'; name: string; value: unknown } | { op: 'del-port'; name: string }
+  | { op: 'version'; value: unknown } | { op: 'extra'; value: unknown } | { op: 'section'; which: 'vpids' | 'ports'; value: unknown } | { op: 'drop'; which: 'vpids' | 'ports' | 'version' } | { op: 'tear'; at: number };
+const name = fc.oneof(fc.constantFrom(...FUZZ_NAMES), fc.string({ maxLength: 8 }));
+const opArb: fc.Arbitrary<Op> = fc.oneof(
+  { weight: 4, arbitrary: fc.record({ op: fc.constant('vpid' as const), name, value: anyValue }) },
+  { weight: 2, arbitrary: fc.record({ op: fc.constant('del-vpid' as const), name: fc.constantFrom(...FUZZ_NAMES) }) },
+  { weight: 4, arbitrary: fc.record({ op: fc.constant('port' as const), name, value: portValue }) },
+  { weight: 2, arbitrary: fc.record({ op: fc.constant('del-port' as const), name: fc.constantFrom(...FUZZ_NAMES) }) },
+  { weight: 1, arbitrary: fc.record({ op: fc.constant('version' as const), value: fc.oneof(fc.constantFrom(1, 2, 0, '1', null), fc.jsonValue({ maxDepth: 1 })) }) },
+  { weight: 1, arbitrary: fc.record({ op: fc.constant('extra' as const), value: fc.jsonValue({ maxDepth: 1 }) }) },
+  { weight: 1, arbitrary: fc.record({ op: fc.constant('section' as const), which: fc.constantFrom('vpids' as const, 'ports' as const), value: fc.oneof(fc.constantFrom(null, [], {}, 1, 'x'), fc.jsonValue({ maxDepth: 2 })) }) },
+  { weight: 1, arbitrary: fc.record({ op: fc.constant('drop' as const), which: fc.constantFrom('vpids' as const, 'ports' as const, 'version' as const) }) },
+  { weight: 1, arbitrary: fc.record({ op: fc.constant('tear' as const), at: fc.nat() }) },
+);
+
+/** A real state file (fpo's own, or one after migrations), changed by `ops`: the text. */
+function mutate(base: 0 | 1, ops: Op[]): string {
+  const vpids = new Map<string, unknown>(Object.entries(fresh().vpids));
+  const ports = new Map<string, unknown>(Object.entries(fresh().ports));
+  if (base === 1) { vpids.set('vm1-eth0', 42); ports.set('vm1-eth0', 'vf5'); ports.set('vm2-eth0', null); }
+  const top = new Map<string, unknown>([['version', 1], ['vpids', vpids], ['ports', ports]]);
+  let tear = -1;
+  for (const o of ops) {
+    const v = top.get('vpids');
+    const p = top.get('ports');
+    if (o.op === 'vpid' && v instanceof Map) v.set(o.name, o.value);
+    if (o.op === 'del-vpid' && v instanceof Map) v.delete(o.name);
+    if (o.op === 'port' && p instanceof Map) p.set(o.name, o.value);
+    if (o.op === 'del-port' && p instanceof Map) p.delete(o.name);
+    if (o.op === 'version') top.set('version', o.value);
+    if (o.op === 'extra') top.set('extra', o.value);
+    if (o.op === 'section') top.set(o.which, o.value);
+    if (o.op === 'drop') top.delete(o.which);
+    if (o.op === 'tear') tear = o.at;
+  }
+  // Written as text, not through an object: a "__proto__" key stays a key.
+  const exact = `{${[...top].map(([k, x]) => `${JSON.stringify(k)}:${x instanceof Map ? objText([...x]) : JSON.stringify(x)}`).join(',')}}`;
+  return tear >= 0 ? exact.slice(0, tear % (exact.length + 1)) : exact;
+}
+
+/** The verdict of the text as the oracle sees it (JSON.parse keeps "__proto__" as an own key). */
+function expectFrom(text: string | Uint8Array): ReturnType<typeof oracle> {
+  let s: string;
+  try {
+    s = typeof text === 'string' ? text : new TextDecoder('utf-8', { fatal: true }).decode(text);
+  } catch {
+    return null;
+  }
+  if (s.length === 0) return null;
+  try {
+    return oracle(JSON.parse(s));
+  } catch {
+    return null;
+  }
+}
+
+/** Loads a state file's bytes into the bundled topology and checks the outcome against the oracle. */
+function checkOne(text: string | Uint8Array): void {
+  const want = expectFrom(text);
+  const r = tryLoad(typeof text === 'string' ? text : Buffer.from(text));
+  if (want === null) {
+    expect(r.error, `expected a refusal of ${JSON.stringify(String(text).slice(0, 200))}`).toBeDefined();
+    expect(r.error!.code).toBe('FPO_ERR_BAD_STATE');
+    expect(r.error!.message).toMatch(/^\/\S*fpo-state\.json: .+; the state file cannot be used as it is: correct it, or move it away to start from the topology's VPIDs and ports$/s);
+    return;
+  }
+  expect(r.error, `expected ${JSON.stringify(String(text).slice(0, 200))} to load`).toBeUndefined();
+  const got = { vpids: Object.fromEntries([...r.topo.interfaces.map((i) => [i.name, i.vpid]), ['uplink0', r.topo.ports.find((p) => p.name === 'uplink0')!.vpid]]), ports: Object.fromEntries(r.topo.interfaces.map((i) => [i.name, i.port ?? null])) };
+  expect(got).toEqual(want);
+}
+
+describe('state file fuzz: random JSON, random bytes, near-valid mutations of a real state file', () => {
+  it('the loader gives exactly the state the file holds, or refuses it naming the file, never half-applied', () => {
+    let valid = 0;
+    let refusedN = 0;
+    const count = (t: string | Uint8Array) => { if (expectFrom(t) === null) refusedN++; else valid++; };
+    fc.assert(fc.property(fc.constantFrom<0 | 1>(0, 1), fc.array(opArb, { minLength: 0, maxLength: 4 }), (base, ops) => {
+      const t = mutate(base, ops);
+      count(t);
+      checkOne(t);
+    }), { numRuns: 600, seed: 17 });
+    fc.assert(fc.property(fc.jsonValue(), (v) => { const t = JSON.stringify(v) ?? ''; count(t); checkOne(t); }), { numRuns: 200, seed: 17 });
+    fc.assert(fc.property(fc.uint8Array({ maxLength: 300 }), (b) => { count(b); checkOne(b); }), { numRuns: 200, seed: 17 });
+    // Both outcomes were exercised, the loading one often enough to mean something.
+    expect(valid + refusedN).toBe(1000);
+    expect(valid).toBeGreaterThan(100);
+    expect(refusedN).toBeGreaterThan(500);
+  }, 120_000);
+
+  it('fpo run itself, on a sample: starts with exactly that state, or exits 1 at once naming the file, never spins or exits 70', async () => {
+    const samples = fc.sample(fc.tuple(fc.constantFrom<0 | 1>(0, 1), fc.array(opArb, { minLength: 0, maxLength: 3 })), { numRuns: 14, seed: 1717 }).map(([b, ops]) => mutate(b, ops));
+    samples.push(mutate(1, []), mutate(0, [{ op: 'vpid', name: 'gone', value: 9 }, { op: 'del-vpid', name: 'vm3-eth0' }]), mutate(0, [{ op: 'tear', at: 30 }]), '');
+    let started = 0;
+    let refusals = 0;
+    for (const text of samples) {
+      const want = expectFrom(text);
+      const out = tempDir('fuzz-run');
+      const state = join(out, 'fpo-state.json');
+      writeFileSync(state, text);
+      const socket = join(out, 's.sock');
+      const proc = spawn(process.execPath, [CLI, 'run', '-t', TOPO, '-s', socket, '-o', out], { stdio: ['ignore', 'pipe', 'pipe'] });
+      running.push(proc);
+      let stderr = '';
+      proc.stderr!.on('data', (d) => (stderr += d));
+      const exit = new Promise<number | null>((resolve) => proc.on('exit', (c) => resolve(c)));
+      const t0 = Date.now();
+      while (Date.now() - t0 < 10_000 && proc.exitCode === null && !existsSync(socket)) await new Promise((r) => setTimeout(r, 25));
+      if (want === null) {
+        const code = await Promise.race([exit, new Promise<string>((r) => setTimeout(() => r('still running'), 10_000))]);
+        expect(code, `fpo run on ${JSON.stringify(text.slice(0, 200))}: ${stderr}`).toBe(1);
+        expect(stderr).toMatch(new RegExp(`^fpo: ${state.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: .*move it away to start from the topology's VPIDs and ports\\n$`, 's'));
+        expect(readFileSync(state, 'utf8')).toBe(text);
+        refusals++;
+      } else {
+        expect(existsSync(socket), `fpo run on ${JSON.stringify(text.slice(0, 200))} did not start: ${stderr}`).toBe(true);
+        const held = (await dumpOf(socket, state)).held;
+        expect(held).toEqual(want);
+        proc.kill('SIGTERM');
+        expect(await exit).toBe(0);
+        expect(JSON.parse(readFileSync(state, 'utf8'))).toEqual({ version: 1, ...want });
+        started++;
+      }
+    }
+    expect(started + refusals).toBe(samples.length);
+    expect(started).toBeGreaterThanOrEqual(3);
+    expect(refusals).toBeGreaterThanOrEqual(3);
+  }, 240_000);
+});
+
+/** dump() for a socket and state path (no Svc). */
+const dumpOf = (socket: string, state: string) => dump({ socket, state } as Svc);
+
+describe('service fuzz: a refused request never changes the state', () => {
+  it('random migrate, set-mapping, add-flow and del-flow requests, with the state folder sometimes gone: refused ones change nothing, accepted ones are in the file', async () => {
+    const out = tempDir('svc-fuzz');
+    const stateDir = join(tempDir('svc-fuzz-state'), 'st');
+    mkdirSync(stateDir);
+    const s = await start(out, join(stateDir, 'fpo-state.json'));
+    // Mostly requests that can succeed (so that the state moves), among ones that cannot.
+    const often = <T,>(good: T[], bad: T[]) => fc.oneof({ weight: 4, arbitrary: fc.constantFrom(...good) }, { weight: 1, arbitrary: fc.constantFrom(...bad) });
+    const itf = often(TOPO_ITFS, ['toString', 'uplink0', '', 'vm9-eth0']);
+    const reqArb = fc.oneof(
+      { weight: 4, arbitrary: fc.record({ cmd: fc.constant('migrate'), args: fc.oneof(
+        fc.record({ interface: itf, to: often(VM_PORTS, ['uplink0', 'vf9', '']), newVpid: often([undefined, undefined, undefined, 40, 41, 42], [1, 6, 0, 70000, -1, 'x', 1.5]) }),
+        fc.record({ interface: itf, away: often([true], [false, 'yes']) }),
+      ) }) },
+      { weight: 3, arbitrary: fc.record({ cmd: fc.constant('set-mapping'), args: fc.record({ vpid: often([1, 2, 3, 4, 5, 40, 41], [6, 0, 70000, 'x', null]), ppid: often([11, 12, 13, 14, 15], [0, 1, 16, 4096, 99999, -1, '12', 1e300]) }) }) },
+      { weight: 1, arbitrary: fc.record({ cmd: fc.constantFrom('add-flow', 'del-flow'), args: fc.record({ flow: fc.constantFrom('priority=300,udp,tp_dst=99,actions=drop', 'udp,tp_dst=99', 'priority=60000,constructor,actions=drop', 'priority=x', '', 'priority=5,actions=output:vm2-eth0') }) }) },
+      { weight: 1, arbitrary: fc.record({ cmd: fc.constantFrom('rmdir', 'mkdir', 'mkdir'), args: fc.constant({}) }) },
+    );
+    const reqs = fc.sample(reqArb, { numRuns: 400, seed: 2017 });
+    let accepted = 0;
+    let refusedN = 0;
+    let goneRefusals = 0;
+    for (const r of reqs) {
+      if (r.cmd === 'rmdir') { rmSync(stateDir, { recursive: true, force: true }); continue; }
+      if (r.cmd === 'mkdir') { mkdirSync(stateDir, { recursive: true }); continue; }
+      const before = await dump(s);
+      const answer = await req(s.socket, r.cmd, r.args as Record<string, unknown>);
+      const after = await dump(s);
+      if (!answer.ok) {
+        refusedN++;
+        if (/cannot write the state/.test(answer.error.message)) goneRefusals++;
+        expect(after.show, `${r.cmd} ${JSON.stringify(r.args)} was refused (${answer.error.message}) but changed the service`).toBe(before.show);
+        expect(after.file).toBe(before.file);
+      } else {
+        accepted++;
+        if (r.cmd === 'migrate' || r.cmd === 'set-mapping') {
+          // Accepted: persisted as applied (the folder is there, or the write would have failed).
+          expect(after.file, `${r.cmd} ${JSON.stringify(r.args)}`).not.toBeNull();
+          expect(JSON.parse(after.file!)).toEqual({ version: 1, ...after.held });
+        } else {
+          expect(after.file).toBe(before.file); // rules are not in the state file
+        }
+      }
+    }
+    console.log(`service fuzz: ${accepted} accepted, ${refusedN} refused (${goneRefusals} for the state folder gone)`);
+    expect(accepted + refusedN).toBe(reqs.filter((r) => r.cmd !== 'rmdir' && r.cmd !== 'mkdir').length);
+    expect(accepted).toBeGreaterThan(10);
+    expect(goneRefusals).toBeGreaterThan(3);
+    mkdirSync(stateDir, { recursive: true });
+    expect(await s.stop()).toBe(0);
+  }, 240_000);
+});
