@@ -450,6 +450,7 @@ describe('state file fuzz: random JSON, random bytes, near-valid mutations of a 
     }), { numRuns: 600, seed: 17 });
     fc.assert(fc.property(fc.jsonValue(), (v) => { const t = JSON.stringify(v) ?? ''; count(t); checkOne(t); }), { numRuns: 200, seed: 17 });
     fc.assert(fc.property(fc.uint8Array({ maxLength: 300 }), (b) => { count(b); checkOne(b); }), { numRuns: 200, seed: 17 });
+    console.log(`state fuzz: ${valid} loaded, ${refusedN} refused`);
     // Both outcomes were exercised, the loading one often enough to mean something.
     expect(valid + refusedN).toBe(1000);
     expect(valid).toBeGreaterThan(100);
@@ -490,6 +491,7 @@ describe('state file fuzz: random JSON, random bytes, near-valid mutations of a 
         started++;
       }
     }
+    console.log(`fpo run fuzz: ${started} started, ${refusals} refused`);
     expect(started + refusals).toBe(samples.length);
     expect(started).toBeGreaterThanOrEqual(3);
     expect(refusals).toBeGreaterThanOrEqual(3);
