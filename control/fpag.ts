@@ -464,8 +464,11 @@ export class Fpag {
       if (holder) throw new FpoError('FPO_ERR_USAGE', `to: port "${toPort}" carries interface "${holder.name}"; move or remove it first`);
       ppid = port.ppid;
     }
-    if (newVpid !== undefined && (newVpid !== itf.vpid) && (this.byVpid.has(newVpid) || !(newVpid >= 1 && newVpid <= this.dp.mapping.maxVpid))) {
-      throw new FpoError('FPO_ERR_USAGE', `new-vpid: ${newVpid} is in use or out of range 1..${this.dp.mapping.maxVpid}`);
+    if (newVpid !== undefined && newVpid !== itf.vpid) {
+      const max = this.dp.mapping.maxVpid;
+      if (!(Number.isInteger(newVpid) && newVpid >= 1 && newVpid <= max)) throw new FpoError('FPO_ERR_USAGE', `new-vpid: expected an integer in 1..${max}, got ${newVpid}`);
+      const holder = this.byVpid.get(newVpid);
+      if (holder) throw new FpoError('FPO_ERR_USAGE', `new-vpid: ${newVpid} is in use (${holder.uplink ? 'uplink' : 'interface'} "${holder.name}")`);
     }
     const oldPpid = this.dp.mapping.toPpid[itf.vpid];
     commit?.({ interface: itf.name, vpid: newVpid ?? itf.vpid, port: toPort });

@@ -226,12 +226,6 @@ export class Service {
       if (typeof v !== 'string' || v.length === 0 || v.length > 4096) throw new FpoError('FPO_ERR_USAGE', `${name}: expected a non-empty string`);
       return v;
     };
-    const int = (name: string, required = true): number | undefined => {
-      const v = args[name];
-      if (v === undefined && !required) return undefined;
-      if (typeof v !== 'number' || !Number.isInteger(v)) throw new FpoError('FPO_ERR_USAGE', `${name}: expected an integer`);
-      return v;
-    };
     // An identifier (VPID, PPID): whatever is wrong with it, the message gives the range.
     const id = (name: string, min: number, max: number): number => {
       const v = args[name];
@@ -275,7 +269,7 @@ export class Service {
         const name = str('interface')!;
         const away = args.away === true;
         const to = away ? null : str('to')!;
-        const newVpid = int('newVpid', false);
+        const newVpid = args.newVpid === undefined ? undefined : id('newVpid', 1, this.dp.mapping.maxVpid);
         const r = this.changeState((commit) => this.fpag.migrate(name, to, newVpid, commit));
         this.log.info({ interface: name, to, ...r }, 'migrated');
         return { interface: name, to, ...r };

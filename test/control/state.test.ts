@@ -305,7 +305,7 @@ describe('fpo run: a request that fails changes nothing', () => {
     expect(await again.stop()).toBe(0);
   }, 60_000);
 
-  it('set-mapping with a VPID or PPID out of range says the range (a huge ppid said only "not a port")', async () => {
+  it('set-mapping and migrate with a VPID or PPID out of range say the range (a huge ppid said only "not a port")', async () => {
     const out = tempDir('range');
     const s = await start(out, join(out, 'fpo-state.json'));
     const msg = async (args: Record<string, unknown>) => (await req(s.socket, 'set-mapping', args)).error.message;
@@ -314,6 +314,11 @@ describe('fpo run: a request that fails changes nothing', () => {
     expect(await msg({ vpid: 1, ppid: -1 })).toBe('ppid: expected an integer in 0..4095, got -1');
     expect(await msg({ vpid: 1, ppid: '12' })).toBe('ppid: expected an integer in 0..4095, got string');
     expect(await msg({ vpid: 70000, ppid: 12 })).toBe('vpid: expected an integer in 1..65535, got 70000');
+    const mig = async (args: Record<string, unknown>) => (await req(s.socket, 'migrate', { interface: 'vm1-eth0', to: 'vf5', ...args })).error.message;
+    expect(await mig({ newVpid: 70000 })).toBe('newVpid: expected an integer in 1..65535, got 70000');
+    expect(await mig({ newVpid: JSON.parse('1e400') })).toBe('newVpid: expected an integer in 1..65535, got null'); // JSON has no Infinity: it travels as null
+    expect(await mig({ newVpid: 6 })).toBe('new-vpid: 6 is in use (uplink "uplink0")');
+    expect(await mig({ newVpid: 2 })).toBe('new-vpid: 2 is in use (interface "vm2-eth0")');
     const r = runCli(['ctl', '-s', s.socket, 'set-mapping', '1', '1e12']);
     expect(r.stderr).toBe('fpo: set-mapping: ppid: expected an integer in 0..4095, got 1000000000000\n');
     expect(await s.stop()).toBe(0);
