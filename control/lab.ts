@@ -78,15 +78,16 @@ function procCmdline(pid: number): string[] | undefined {
 /**
  * Whether `pid` is the lab's own fpo run: its command line is `… run -t
  * TOPOLOGY -s SOCKET …` with the lab's topology and socket, and (when the
- * state file has it) it started when the lab's did. 'gone': no such process.
+ * state file has it) it started when the lab's did. 'gone': not running.
  */
 export function labProcess(state: LabState): 'ours' | 'gone' | { other: string } {
   const argv = procCmdline(state.pid);
-  if (argv === undefined) return 'gone';
+  // No command line: no such process, or one that has exited (a zombie) or a kernel thread: not a running fpo.
+  if (argv === undefined || argv.length === 0) return 'gone';
   const after = (flag: string) => { const i = argv.indexOf(flag); return i >= 0 ? argv[i + 1] : undefined; };
   const ours = argv.includes('run') && after('-t') === state.topology && after('-s') === state.socket
     && (state.startTime === undefined || procStartTime(state.pid) === state.startTime);
-  return ours ? 'ours' : { other: argv.join(' ').slice(0, 200) || '(no command line: a kernel thread or a zombie)' };
+  return ours ? 'ours' : { other: argv.join(' ').slice(0, 200) };
 }
 
 /** Reads and checks lab-state.json: a pid that can only be one process, namespaces that are the lab's own. */
