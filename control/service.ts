@@ -230,7 +230,7 @@ export class Service {
     const id = (name: string, min: number, max: number): number => {
       const v = args[name];
       if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
-        throw new FpoError('FPO_ERR_USAGE', `${name}: expected an integer in ${min}..${max}, got ${typeof v === 'number' && Number.isFinite(v) ? String(v) : v === null ? 'null' : Array.isArray(v) ? 'array' : typeof v === 'number' ? String(v) : typeof v}`);
+        throw new FpoError('FPO_ERR_USAGE', `${name}: expected an integer in ${min}..${max}, got ${typeof v === 'number' ? String(v) : v === null ? 'null' : Array.isArray(v) ? 'array' : typeof v}`);
       }
       return v;
     };
