@@ -86,6 +86,7 @@ export class Service {
       this.log.info({ state: this.opts.state, added: plan.added }, 'state restored');
       if (plan.forgotten.length) this.log.warn({ state: this.opts.state, forgotten: plan.forgotten }, 'state names that the topology no longer has are forgotten');
     }
+    if (this.store.leftovers.length) this.log.warn({ state: this.opts.state, removed: this.store.leftovers }, 'temp files of a state write that was cut off removed');
     this.topo = topo;
     mkdirSync(opts.outDir, { recursive: true });
     const txBuffer = txBufferBytes(topo.ports.length);

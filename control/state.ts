@@ -25,8 +25,8 @@
  * Names are keys of `Map`s, never of plain objects: an interface named
  * "toString" or "constructor" must not find Object.prototype's members.
  */
-import { closeSync, constants, fstatSync, fsyncSync, openSync, readSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { closeSync, constants, fstatSync, fsyncSync, openSync, readSync, readdirSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
 import { FpoError } from '../datapath/errors.js';
 import { CheckError, object, type Check, type Path } from './check.js';
 import type { Topology } from './topology.js';
@@ -317,6 +317,38 @@ export function writeFileAtomic(path: string, text: string): void {
   }
 }
 
+/** Removes `PATH.tmp-PID` files whose PID is not a running process (a writer killed between open and rename). */
+function removeLeftovers(path: string): string[] {
+  const dir = dirname(path);
+  const prefix = `${basename(path)}.tmp-`;
+  const removed: string[] = [];
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return removed;
+  }
+  for (const n of names) {
+    if (!n.startsWith(prefix) || !/^\d+$/.test(n.slice(prefix.length))) continue;
+    const pid = Number(n.slice(prefix.length));
+    if (pid !== process.pid && pid > 0) {
+      try {
+        process.kill(pid, 0);
+        continue; // a live process: perhaps another fpo run writing this very file
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ESRCH') continue;
+      }
+    }
+    try {
+      unlinkSync(join(dir, n));
+      removed.push(n);
+    } catch {
+      /* gone meanwhile */
+    }
+  }
+  return removed;
+}
+
 /**
  * The service's state file: what was last written, so that writing the same
  * state again (at stop) costs nothing and cannot fail — as long as the file
@@ -328,10 +360,19 @@ export class StateStore {
 
   constructor(readonly path: string) {}
 
-  /** Reads, checks and applies the file to the topology (see loadState). */
+  /**
+   * Reads, checks and applies the file to the topology (see loadState), and
+   * removes temp files that a writer killed mid-write left beside it
+   * (`NAME.tmp-PID` of a PID that no longer runs); returns their names too.
+   */
   load(topo: Topology, maxVpid: number): StatePlan | undefined {
-    return loadState(this.path, topo, maxVpid);
+    const plan = loadState(this.path, topo, maxVpid);
+    this.leftovers = removeLeftovers(this.path);
+    return plan;
   }
+
+  /** Temp files of dead writers removed by load(). */
+  leftovers: string[] = [];
 
   /** Persists `s` (temp, fsync, rename, fsync); nothing when it is what was last written. Throws FpoError with the file unchanged. */
   save(s: State): void {

@@ -210,6 +210,25 @@ describe('state file: written atomically', () => {
     expect(JSON.parse(readFileSync(state, 'utf8')).vpids['vm1-eth0']).toBe(1);
   }, 60_000);
 
+  it('temp files of a writer killed mid-write are removed at start; those of a live process, and other names, are left', async () => {
+    const out = tempDir('leftover');
+    const state = join(out, 'fpo-state.json');
+    const live = spawn('sleep', ['30']);
+    running.push(live);
+    // 4194305 is above the largest pid Linux gives (pid_max <= 2^22): no process has it.
+    for (const n of ['tmp-4194305', `tmp-${live.pid}`, 'tmp-x1', 'tmpold']) writeFileSync(`${state}.${n}`, '{"version":1,"vp');
+    const proc = spawn(process.execPath, [CLI, 'run', '-t', TOPO, '-s', join(out, 's.sock'), '-o', out], { stdio: ['ignore', 'ignore', 'pipe'] });
+    running.push(proc);
+    let stderr = '';
+    proc.stderr!.on('data', (d) => (stderr += d));
+    for (let i = 0; i < 200 && !existsSync(join(out, 's.sock')); i++) await new Promise((r) => setTimeout(r, 50));
+    expect(existsSync(join(out, 's.sock'))).toBe(true);
+    await new Promise((r) => { proc.on('exit', r); proc.kill('SIGTERM'); });
+    expect(readdirSync(out).filter((n) => n.startsWith('fpo-state.json')).sort()).toEqual(['fpo-state.json', `fpo-state.json.tmp-${live.pid}`, 'fpo-state.json.tmp-x1', 'fpo-state.json.tmpold'].sort());
+    expect(JSON.parse(stderr.split('\n').find((l) => l.includes('temp files'))!)).toMatchObject({ removed: ['fpo-state.json.tmp-4194305'] });
+    live.kill('SIGKILL');
+  }, 60_000);
+
   it('a write that fails leaves the old file whole and no temp file, and says why', () => {
     const dir = tempDir('atomic');
     const file = join(dir, 'fpo-state.json');
