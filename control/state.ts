@@ -19,8 +19,9 @@
  *
  * Writing: temp file, fsync, rename over the old one, fsync of the folder,
  * so that a crash at any point leaves the old state or the new one, never a
- * torn one. A request that changes the state persists it before it changes
- * the datapath (service.ts), so a write that fails changes nothing.
+ * torn one; a temp file that a killed writer left is removed at the next
+ * start. A request that changes the state persists it before it changes the
+ * datapath (service.ts), so a write that fails changes nothing.
  *
  * Names are keys of `Map`s, never of plain objects: an interface named
  * "toString" or "constructor" must not find Object.prototype's members.
