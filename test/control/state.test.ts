@@ -182,6 +182,7 @@ describe('fpo run with a state file that cannot be used', () => {
 describe('state file: written atomically', () => {
   it('temp file, fsync, rename over, fsync of the folder, in that order (strace of fpo run)', async (ctx) => {
     needTool(ctx, 'strace', 'traces the system calls of the state write');
+    needTool(ctx, 'pgrep', 'finds fpo run under strace');
     const out = tempDir('strace');
     const log = join(out, 'strace.log');
     const sock = join(out, 's.sock');
