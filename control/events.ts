@@ -13,8 +13,9 @@
  * seconds, capture time): before the first packet at or after T.
  */
 import { readFileSync } from 'node:fs';
+import { MAX_PPID } from '../datapath/datapath.js';
 import { FpoError } from '../datapath/errors.js';
-import { CheckError, array, boolean, formatPath, number, object, oneOf, optional, string, type Check, type Out } from './check.js';
+import { CheckError, array, boolean, formatPath, int, number, object, oneOf, optional, string, type Check, type Out } from './check.js';
 import type { Fpag } from './fpag.js';
 import { parseFlowSpec } from './flow-syntax.js';
 
@@ -22,7 +23,7 @@ import { parseFlowSpec } from './flow-syntax.js';
 const When = { atPacket: optional(number({ int: true, min: 0 })), atTime: optional(number({ min: 0 })) };
 const EVENTS = {
   migrate: object({ ...When, do: oneOf(['migrate'] as const), interface: string({ min: 1 }), to: optional(string({ min: 1 })), away: optional(boolean()), newVpid: optional(number({ int: true, min: 1 })) }),
-  'set-mapping': object({ ...When, do: oneOf(['set-mapping'] as const), vpid: number({ int: true, min: 0 }), ppid: number({ int: true, min: 0 }) }),
+  'set-mapping': object({ ...When, do: oneOf(['set-mapping'] as const), vpid: number({ int: true, min: 0 }), ppid: int(0, MAX_PPID) }),
   'add-flow': object({ ...When, do: oneOf(['add-flow'] as const), flow: string({ min: 1 }) }),
   'del-flow': object({ ...When, do: oneOf(['del-flow'] as const), flow: string({ min: 1 }) }),
 };

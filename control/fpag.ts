@@ -25,6 +25,16 @@ import { parseIpText, type Datapath } from '../datapath/datapath.js';
 import type { FlowInstall, Upcall } from '../datapath/upcall.js';
 import { parseMac, type Interface, type Port, type Topology } from './topology.js';
 
+/** A change of one interface's VPID or port, as the state file will hold it (migrate, setMapping). */
+export interface Change {
+  /** The interface's name. */
+  interface: string;
+  /** Its VPID after the change. */
+  vpid: number;
+  /** Its port after the change, or null when it leaves this host. */
+  port: string | null;
+}
+
 /** IPv4 dotted or IPv6 text → bytes (the topology validated them). */
 function parseIp(s: string): Uint8Array {
   return parseIpText(s) ?? new Uint8Array(s.includes(':') ? 16 : 4);
@@ -438,9 +448,11 @@ export class Fpag {
    * changes what flows must say, so they are revalidated and the rewrites
    * counted. Throws FpoError naming the field, with nothing changed, on an
    * unknown interface or port, a port that is an uplink or carries another
-   * interface, or a VPID in use.
+   * interface, or a VPID in use. `commit`, when given, is called with the
+   * change once it is known to be valid and before anything changes (the
+   * service persists it there); when it throws, nothing changes.
    */
-  migrate(name: string, toPort: string | null, newVpid?: number): { vpid: number; oldPpid: number; newPpid: number; flowRewrites: number } {
+  migrate(name: string, toPort: string | null, newVpid?: number, commit?: (c: Change) => void): { vpid: number; oldPpid: number; newPpid: number; flowRewrites: number } {
     const itf = this.topology.interfaces.find((i) => i.name === name);
     if (!itf) throw new FpoError('FPO_ERR_USAGE', `interface: no interface named "${name}"`);
     let ppid = -1;
@@ -452,10 +464,14 @@ export class Fpag {
       if (holder) throw new FpoError('FPO_ERR_USAGE', `to: port "${toPort}" carries interface "${holder.name}"; move or remove it first`);
       ppid = port.ppid;
     }
-    if (newVpid !== undefined && (newVpid !== itf.vpid) && (this.byVpid.has(newVpid) || !(newVpid >= 1 && newVpid <= this.dp.mapping.maxVpid))) {
-      throw new FpoError('FPO_ERR_USAGE', `new-vpid: ${newVpid} is in use or out of range 1..${this.dp.mapping.maxVpid}`);
+    if (newVpid !== undefined && newVpid !== itf.vpid) {
+      const max = this.dp.mapping.maxVpid;
+      if (!(Number.isInteger(newVpid) && newVpid >= 1 && newVpid <= max)) throw new FpoError('FPO_ERR_USAGE', `new-vpid: expected an integer in 1..${max}, got ${newVpid}`);
+      const holder = this.byVpid.get(newVpid);
+      if (holder) throw new FpoError('FPO_ERR_USAGE', `new-vpid: ${newVpid} is in use (${holder.uplink ? 'uplink' : 'interface'} "${holder.name}")`);
     }
     const oldPpid = this.dp.mapping.toPpid[itf.vpid];
+    commit?.({ interface: itf.name, vpid: newVpid ?? itf.vpid, port: toPort });
     let rewrites = 0;
     if (newVpid !== undefined && newVpid !== itf.vpid) {
       const e = this.byVpid.get(itf.vpid)!;
@@ -477,17 +493,27 @@ export class Fpag {
     return { vpid: itf.vpid, oldPpid, newPpid: ppid, flowRewrites: rewrites };
   }
 
-  /** Points a VPID at a PPID directly (set-mapping); the port must exist and be free of other VPIDs. */
-  setMapping(vpid: number, ppid: number): void {
+  /**
+   * Points an interface's VPID at a PPID directly (set-mapping); the port
+   * must be a VM port free of other VPIDs. Uplinks keep their ports (their
+   * VPIDs are not interfaces', and the state file records interfaces'
+   * ports only: a moved uplink would come back on its own port at restart,
+   * and an interface on an uplink port would make a state file that cannot
+   * be used). `commit` as in migrate.
+   */
+  setMapping(vpid: number, ppid: number, commit?: (c: Change) => void): void {
     const e = this.byVpid.get(vpid);
     if (!e) throw new FpoError('FPO_ERR_USAGE', `vpid: ${vpid} is not assigned to any interface or uplink`);
+    if (e.uplink) throw new FpoError('FPO_ERR_USAGE', `vpid: ${vpid} is uplink "${e.name}"'s; set-mapping moves interfaces`);
     const port = this.portByPpid.get(ppid);
     if (!port) throw new FpoError('FPO_ERR_USAGE', `ppid: ${ppid} is not a port of this NIC; ports are ${[...this.portByPpid.keys()].join(', ')}`);
+    if (port.role !== 'vm') throw new FpoError('FPO_ERR_USAGE', `ppid: port ${ppid} (${port.name}) is an uplink; interfaces attach to VM ports`);
     const other = this.dp.mapping.toVpid[ppid];
     if (other >= 0 && other !== vpid) throw new FpoError('FPO_ERR_USAGE', `ppid: port ${ppid} (${port.name}) carries vpid ${other}; move it first`);
+    const itf = this.topology.interfaces.find((i) => i.vpid === vpid)!;
+    commit?.({ interface: itf.name, vpid, port: port.name });
     this.dp.apply({ type: 'mapping-set', vpid, ppid });
-    const itf = this.topology.interfaces.find((i) => i.vpid === vpid);
-    if (itf) itf.port = port.name;
+    itf.port = port.name;
   }
 
   /** The rules now, as given (for add-flow/del-flow and the state shown). */

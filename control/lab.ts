@@ -39,7 +39,79 @@ const LabSchema = z.strictObject({
 });
 export type Lab = z.infer<typeof LabSchema>;
 
-interface LabState { pid: number; netns: string[]; socket: string; topology: string }
+interface LabState {
+  /** fpo run's process. */
+  pid: number;
+  /** Namespaces made so far (lab down deletes these, and only names the lab gives). */
+  netns: string[];
+  socket: string;
+  topology: string;
+  /**
+   * fpo run's start time (/proc/PID/stat field 22, clock ticks after boot):
+   * with the command line, what tells the lab's process from a later one
+   * that was given the same pid. Absent in state files of older fpo.
+   */
+  startTime?: string;
+}
+
+/** /proc/PID/stat's start time, or undefined when there is no such process. */
+function procStartTime(pid: number): string | undefined {
+  let stat: string;
+  try {
+    stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return undefined;
+  }
+  // "pid (comm) state ppid …": comm may hold spaces and parentheses; fields restart after the last ")".
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+}
+
+/** /proc/PID/cmdline as arguments, or undefined when there is no such process. */
+function procCmdline(pid: number): string[] | undefined {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter((a, i, all) => i < all.length - 1 || a !== '');
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Whether `pid` is the lab's own fpo run: its command line is `… run -t
+ * TOPOLOGY -s SOCKET …` with the lab's topology and socket, and (when the
+ * state file has it) it started when the lab's did. 'gone': not running.
+ */
+export function labProcess(state: LabState): 'ours' | 'gone' | { other: string } {
+  const argv = procCmdline(state.pid);
+  // No command line: no such process, or one that has exited (a zombie) or a kernel thread: not a running fpo.
+  if (argv === undefined || argv.length === 0) return 'gone';
+  const after = (flag: string) => { const i = argv.indexOf(flag); return i >= 0 ? argv[i + 1] : undefined; };
+  const ours = argv.includes('run') && after('-t') === state.topology && after('-s') === state.socket
+    && (state.startTime === undefined || procStartTime(state.pid) === state.startTime);
+  return ours ? 'ours' : { other: argv.join(' ').slice(0, 200) };
+}
+
+/** Reads and checks lab-state.json: a pid that can only be one process, namespaces that are the lab's own. */
+export function readLabState(file: string, lab: Lab): LabState {
+  const bad = (field: string, what: string) => new FpoError('FPO_ERR_USAGE', `${file}: ${field}: ${what}; nothing was signalled or removed (lab down trusts only a state it made)`, { path: file });
+  let json: unknown;
+  try {
+    json = JSON.parse(readFileSync(file, 'utf8'));
+  } catch (e) {
+    throw bad('(file)', `not the lab's state: ${(e as Error).message}`);
+  }
+  if (typeof json !== 'object' || json === null || Array.isArray(json)) throw bad('(top level)', 'expected an object');
+  const st = json as Record<string, unknown>;
+  // 0 would signal lab down's own process group, -1 every process it may signal.
+  if (typeof st.pid !== 'number' || !Number.isInteger(st.pid) || st.pid < 2 || st.pid > 4194304) throw bad('pid', `expected a process id (an integer in 2..4194304), got ${JSON.stringify(st.pid)}`);
+  if (typeof st.socket !== 'string' || typeof st.topology !== 'string') throw bad('socket', 'expected the socket and topology paths as strings');
+  if (st.startTime !== undefined && typeof st.startTime !== 'string') throw bad('startTime', 'expected a string');
+  const mine = new Set(lab.vms.map((v) => labNames(lab).netns(v.name)));
+  if (!Array.isArray(st.netns)) throw bad('netns', 'expected an array of namespace names');
+  st.netns.forEach((ns, i) => {
+    if (typeof ns !== 'string' || !mine.has(ns)) throw bad(`netns[${i}]`, `${JSON.stringify(ns)} is not a namespace of lab ${lab.name} (${[...mine].join(', ')})`);
+  });
+  return { pid: st.pid, netns: st.netns as string[], socket: st.socket, topology: st.topology, startTime: st.startTime as string | undefined };
+}
 
 export function loadLab(path: string): Lab & { dir: string; socketPath: string } {
   let json: unknown;
@@ -97,7 +169,7 @@ export async function labUp(path: string): Promise<{ dir: string; socket: string
   const err = openSync(join(lab.dir, 'fpo-run.log'), 'w');
   const child = spawn(process.execPath, [cli, 'run', '-t', topology, '-s', lab.socketPath, '-o', lab.dir, '--log-level', 'info'], { detached: true, stdio: ['ignore', out, err] });
   child.unref();
-  const state: LabState = { pid: child.pid!, netns: [], socket: lab.socketPath, topology };
+  const state: LabState = { pid: child.pid!, netns: [], socket: lab.socketPath, topology, startTime: procStartTime(child.pid!) };
   const save = () => writeFileSync(join(lab.dir, 'lab-state.json'), JSON.stringify(state, null, 1));
   save();
   for (let i = 0; i < 200 && !existsSync(lab.socketPath); i++) await new Promise((r) => setTimeout(r, 50));
@@ -126,17 +198,28 @@ export async function labDown(path: string): Promise<{ stopped: boolean; removed
   const lab = loadLab(path);
   const file = join(lab.dir, 'lab-state.json');
   if (!existsSync(file)) throw new FpoError('FPO_ERR_USAGE', `${path}: lab ${lab.name} is not up (no ${file})`);
-  const state = JSON.parse(readFileSync(file, 'utf8')) as LabState;
+  const state = readLabState(file, lab);
   let stopped = false;
-  try {
-    process.kill(state.pid, 'SIGTERM');
-    for (let i = 0; i < 100; i++) {
-      await new Promise((r) => setTimeout(r, 50));
-      try { process.kill(state.pid, 0); } catch { stopped = true; break; }
-    }
-    if (!stopped) process.kill(state.pid, 'SIGKILL');
-  } catch {
+  const who = labProcess(state);
+  if (who === 'gone') {
     stopped = true; // not running any more
+  } else if (who !== 'ours') {
+    // The pid is another process's now (the lab's fpo run exited and the pid was
+    // given again): it is not signalled, and the lab's own namespaces still go.
+    process.stderr.write(`fpo: lab down: pid ${state.pid} is not lab ${lab.name}'s fpo run (it runs: ${who.other}); not signalled\n`);
+    stopped = true;
+  } else {
+    try {
+      process.kill(state.pid, 'SIGTERM');
+      for (let i = 0; i < 100; i++) {
+        await new Promise((r) => setTimeout(r, 50));
+        if (labProcess(state) !== 'ours') { stopped = true; break; }
+      }
+      // Looked at again right before: the pid may have been given to another process meanwhile.
+      if (!stopped && labProcess(state) === 'ours') process.kill(state.pid, 'SIGKILL');
+    } catch {
+      stopped = true; // exited between the look and the signal
+    }
   }
   const removed: string[] = [];
   const existing = execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' });

@@ -16,7 +16,7 @@
  * closed; malformed JSON gets an error and the connection stays. A request
  * that fails changes nothing.
  */
-import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, unlinkSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { setImmediate as yieldToLoop } from 'node:timers/promises';
@@ -25,12 +25,12 @@ import { Arena } from '../datapath/arena.js';
 import { PacketBatch } from '../datapath/batch.js';
 import { keyHash } from '../datapath/classifier/emc.js';
 import { KEY_WORDS, formatMatch } from '../datapath/classifier/flow-key.js';
-import { Datapath } from '../datapath/datapath.js';
+import { Datapath, MAX_PPID } from '../datapath/datapath.js';
 import { DROP, DROP_NAMES } from '../datapath/drops.js';
 import { FpoError } from '../datapath/errors.js';
 import { CaptureReader, LINKTYPE_ETHERNET } from '../datapath/ports/capture-reader.js';
 import { CaptureWriter, txBufferBytes } from '../datapath/ports/capture-writer.js';
-import { Fpag } from './fpag.js';
+import { Fpag, type Change } from './fpag.js';
 import { LiveLoop } from './live.js';
 import { TunnelMonitor } from './monitor.js';
 import { TapPort } from '../datapath/ports/tap-port.js';
@@ -38,6 +38,7 @@ import type { Server as HttpServer } from 'node:http';
 import { COMMANDS } from './socket.js';
 import { formatFlowSpec, parseFlowSpec } from './flow-syntax.js';
 import { flowReport } from './replay.js';
+import { StateStore, stateOf } from './state.js';
 import { loadTopology, type Topology } from './topology.js';
 
 export const MAX_REQUEST = 64 * 1024;
@@ -54,35 +55,6 @@ export interface ServiceOptions {
   metrics?: string;
 }
 
-interface StateFile {
-  version: 1;
-  /** Endpoint (interface or uplink) name → VPID. */
-  vpids: Record<string, number>;
-  /** Interface name → port name, or null when it is not on this host. */
-  ports: Record<string, string | null>;
-}
-
-/** Applies a saved state to a freshly loaded topology: saved VPIDs and ports win; new names get free VPIDs. */
-function applyState(topo: Topology, state: StateFile): void {
-  const used = new Set(Object.values(state.vpids));
-  let next = Math.max(0, ...used) + 1;
-  const take = (name: string): number => {
-    const v = state.vpids[name];
-    if (v !== undefined) return v;
-    while (used.has(next)) next++;
-    used.add(next);
-    return next++;
-  };
-  for (const itf of topo.interfaces) {
-    itf.vpid = take(itf.name);
-    if (itf.name in state.ports) {
-      const p = state.ports[itf.name];
-      itf.port = p === null || !topo.ports.some((x) => x.name === p && x.role === 'vm') ? undefined : p;
-    }
-  }
-  for (const p of topo.ports) if (p.role === 'uplink') p.vpid = take(p.name);
-}
-
 export class Service {
   readonly dp: Datapath;
   readonly fpag: Fpag;
@@ -97,6 +69,7 @@ export class Service {
   private readonly arena: Arena;
   private server: Server | null = null;
   private readonly batch = new PacketBatch(256);
+  private readonly store: StateStore;
   private injecting: Promise<unknown> = Promise.resolve();
   requests = 0;
   badRequests = 0;
@@ -105,22 +78,19 @@ export class Service {
     this.opts = { topology: opts.topology, socket: opts.socket, outDir: opts.outDir, state: opts.state ?? join(opts.outDir, 'fpo-state.json'), metrics: opts.metrics };
     this.log = pino({ level: opts.logLevel ?? 'warn', base: undefined }, pino.destination(2));
     const topo = loadTopology(opts.topology);
-    if (existsSync(this.opts.state)) {
-      let state: StateFile;
-      try {
-        state = JSON.parse(readFileSync(this.opts.state, 'utf8')) as StateFile;
-      } catch (e) {
-        throw new FpoError('FPO_ERR_IO', `${this.opts.state}: not a state file: ${(e as Error).message}`, { path: this.opts.state });
-      }
-      if (state.version !== 1 || typeof state.vpids !== 'object' || typeof state.ports !== 'object') throw new FpoError('FPO_ERR_IO', `${this.opts.state}: version: expected a version 1 state file`, { path: this.opts.state });
-      applyState(topo, state);
-      this.log.info({ state: this.opts.state }, 'state restored');
+    this.dp = new Datapath({ batchCapacity: 256 });
+    // The state file is checked whole before any of it is used (control/state.ts).
+    this.store = new StateStore(this.opts.state);
+    const plan = this.store.load(topo, this.dp.mapping.maxVpid);
+    if (plan) {
+      this.log.info({ state: this.opts.state, added: plan.added }, 'state restored');
+      if (plan.forgotten.length) this.log.warn({ state: this.opts.state, forgotten: plan.forgotten }, 'state names that the topology no longer has are forgotten');
     }
+    if (this.store.leftovers.length) this.log.warn({ state: this.opts.state, removed: this.store.leftovers }, 'temp files of a state write that was cut off removed');
     this.topo = topo;
     mkdirSync(opts.outDir, { recursive: true });
     const txBuffer = txBufferBytes(topo.ports.length);
     this.arena = new Arena(topo.ports.length * (txBuffer + 64) + 4096);
-    this.dp = new Datapath({ batchCapacity: 256 });
     const layout = { format: 'pcap' as const, nanos: false, interfaces: [{ linktype: LINKTYPE_ETHERNET, snaplen: 262144, tsresol: 6, tsoffset: 0 }] };
     const live: { port: TapPort; ppid: number }[] = [];
     for (const p of topo.ports) {
@@ -141,17 +111,39 @@ export class Service {
     this.saveState();
   }
 
-  /** Writes the VPIDs and mappings: temp file, then rename (atomic on one file system). */
+  /**
+   * Writes the VPIDs and mappings as they are (temp file, fsync, rename,
+   * fsync of the folder); nothing when they are as last written, so the
+   * call at stop cannot fail once every change was persisted as it was made.
+   */
   saveState(): void {
-    const state: StateFile = { version: 1, vpids: {}, ports: {} };
-    for (const itf of this.topo.interfaces) {
-      state.vpids[itf.name] = itf.vpid;
-      state.ports[itf.name] = itf.port ?? null;
+    this.store.save(stateOf(this.topo));
+  }
+
+  /**
+   * One change of an interface's VPID or port, persisted and applied as one
+   * step: `apply` validates (throwing with nothing changed) and then calls
+   * `commit` with the change before it touches anything; commit writes the
+   * state that the change gives, and only when that write succeeded does
+   * apply go on. So a request whose write fails (the state folder gone, a
+   * full disk) is refused with the datapath and the file as they were.
+   */
+  private changeState<T>(apply: (commit: (c: Change) => void) => T): T {
+    let committed = false;
+    try {
+      return apply((c) => {
+        const next = stateOf(this.topo);
+        next.vpids.set(c.interface, c.vpid);
+        next.ports.set(c.interface, c.port);
+        this.store.save(next);
+        committed = true;
+      });
+    } catch (e) {
+      // Applying after a successful write cannot fail short of a bug; then the
+      // file is brought back to what the service now holds, as far as it can be.
+      if (committed) try { this.saveState(); } catch { /* the error below says enough */ }
+      throw e;
     }
-    for (const p of this.topo.ports) if (p.role === 'uplink') state.vpids[p.name] = p.vpid;
-    const tmp = `${this.opts.state}.tmp-${process.pid}`;
-    writeFileSync(tmp, JSON.stringify(state, null, 1) + '\n');
-    renameSync(tmp, this.opts.state);
   }
 
   async listen(): Promise<void> {
@@ -235,10 +227,12 @@ export class Service {
       if (typeof v !== 'string' || v.length === 0 || v.length > 4096) throw new FpoError('FPO_ERR_USAGE', `${name}: expected a non-empty string`);
       return v;
     };
-    const int = (name: string, required = true): number | undefined => {
+    // An identifier (VPID, PPID): whatever is wrong with it, the message gives the range.
+    const id = (name: string, min: number, max: number): number => {
       const v = args[name];
-      if (v === undefined && !required) return undefined;
-      if (typeof v !== 'number' || !Number.isInteger(v)) throw new FpoError('FPO_ERR_USAGE', `${name}: expected an integer`);
+      if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
+        throw new FpoError('FPO_ERR_USAGE', `${name}: expected an integer in ${min}..${max}, got ${typeof v === 'number' ? String(v) : v === null ? 'null' : Array.isArray(v) ? 'array' : typeof v}`);
+      }
       return v;
     };
     switch (cmd) {
@@ -267,19 +261,17 @@ export class Service {
         return { removed, revalidated: r };
       }
       case 'set-mapping': {
-        const vpid = int('vpid')!;
-        const ppid = int('ppid')!;
-        this.fpag.setMapping(vpid, ppid);
-        this.saveState();
+        const vpid = id('vpid', 1, this.dp.mapping.maxVpid);
+        const ppid = id('ppid', 0, MAX_PPID);
+        this.changeState((commit) => this.fpag.setMapping(vpid, ppid, commit));
         return { vpid, ppid };
       }
       case 'migrate': {
         const name = str('interface')!;
         const away = args.away === true;
         const to = away ? null : str('to')!;
-        const newVpid = int('newVpid', false);
-        const r = this.fpag.migrate(name, to, newVpid);
-        this.saveState();
+        const newVpid = args.newVpid === undefined ? undefined : id('newVpid', 1, this.dp.mapping.maxVpid);
+        const r = this.changeState((commit) => this.fpag.migrate(name, to, newVpid, commit));
         this.log.info({ interface: name, to, ...r }, 'migrated');
         return { interface: name, to, ...r };
       }

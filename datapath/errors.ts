@@ -13,6 +13,7 @@ export const ERR = {
   FPO_ERR_LINKTYPE: 'capture link type is not supported',
   FPO_ERR_IO: 'file cannot be read or written',
   FPO_ERR_BAD_TOPOLOGY: 'topology is not valid',
+  FPO_ERR_BAD_STATE: 'state file of fpo run cannot be used',
   FPO_ERR_USAGE: 'command line is not valid',
   FPO_ERR_CAPACITY: 'a table is full',
 } as const;

@@ -46,6 +46,26 @@ function idsOn(out: string, port: string, proto: 'udp' | 'tcp'): number[] {
 
 const range = (a: number, b: number) => Array.from({ length: Math.max(0, b - a) }, (_, i) => a + i);
 
+describe('events file: a set-mapping\'s PPID', () => {
+  it('out of range is refused at load naming the field and the bound (it was taken, and failed mid-replay as "not a port")', () => {
+    const dir = tempDir('ev-ppid');
+    const cap = join(dir, 'one.pcap');
+    writePcap(cap, [{ sec: SEC, usec: 0, data: toVm1Udp(0) }]);
+    let seen = 0;
+    for (const ppid of [4096, 99999, 1e300]) {
+      const ev = join(dir, 'events.json');
+      writeFileSync(ev, JSON.stringify([{ atPacket: 1, do: 'set-mapping', vpid: 1, ppid }]));
+      const r = runCli(['replay', cap, '-t', TOPO, '-o', join(dir, 'out'), '--events', ev]);
+      // The wording is check.ts int()'s; the field and the bound are this test's point.
+      expect(r.stderr).toMatch(new RegExp(`^fpo: ${ev}: events\\[0\\]\\.ppid: .*4095`));
+      expect(r.status).toBe(1);
+      expect(existsSync(join(dir, 'out'))).toBe(false);
+      seen++;
+    }
+    expect(seen).toBe(3);
+  });
+});
+
 describe('replay events at a capture time (atTime)', () => {
   // 600 packets to vm1 (two full batches of 256 and a part), µs apart from .000003 on, except
   // packets 100..104, which share one timestamp. The µs values are ones where the capture's

@@ -1,8 +1,9 @@
-import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { FIXTURES, type Skippable, needRoot, needTool, runCli } from '../helpers.js';
+import { loadLab, readLabState } from '../../control/lab.js';
+import { CLI, FIXTURES, type Skippable, cleanTemp, needRoot, needTool, runCli, tempDir } from '../helpers.js';
 
 const LAB = join(FIXTURES, 'lab.json');
 const SOCK = '/tmp/fpo-lab-lab1/fpo.sock';
@@ -18,6 +19,7 @@ const inNs = (ns: string, ...cmd: string[]) => spawnSync('ip', ['netns', 'exec',
 
 afterAll(() => {
   if (existsSync('/tmp/fpo-lab-lab1/lab-state.json')) runCli(['lab', 'down', LAB]);
+  cleanTemp();
 });
 
 describe('fpo lab: VMs in namespaces on TAP ports', () => {
@@ -86,5 +88,96 @@ describe('fpo lab: VMs in namespaces on TAP ports', () => {
     const r = runCli(['lab', 'up', join(FIXTURES, 'topology.json')]);
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(/topology\.json: /);
+  });
+});
+
+describe('fpo lab down: signals only the lab\'s own fpo run', () => {
+  /** A lab file whose folder is a temp dir, and a lab-state.json in it as lab up writes one (no namespaces made). */
+  function fakeLab(state: (dir: string) => Record<string, unknown>): { file: string; dir: string; stateFile: string } {
+    const dir = tempDir('labdown');
+    const file = join(dir, 'lab.json');
+    writeFileSync(file, JSON.stringify({ name: 'lt1', out: dir, segments: [{ name: 'blue' }], vms: [{ name: 'vm1', segment: 'blue', ip: '10.77.0.1/24', mac: '02:00:00:00:77:01' }] }));
+    const stateFile = join(dir, 'lab-state.json');
+    writeFileSync(stateFile, JSON.stringify(state(dir)));
+    return { file, dir, stateFile };
+  }
+  const startTime = (pid: number) => { const s = readFileSync(`/proc/${pid}/stat`, 'utf8'); return s.slice(s.lastIndexOf(')') + 2).split(' ')[19]; };
+  const exited = (p: ChildProcess) => new Promise<boolean>((resolve) => {
+    if (p.exitCode !== null || p.signalCode !== null) return resolve(true);
+    const t = setTimeout(() => resolve(false), 1500);
+    p.once('exit', () => { clearTimeout(t); resolve(true); });
+  });
+
+  it('a pid that is another process now is not signalled; the lab is still taken down (it got SIGTERM)', async (ctx) => {
+    needTool(ctx, 'ip', 'lab down lists the namespaces');
+    const other = spawn('sleep', ['30']);
+    try {
+      const lab = fakeLab((dir) => ({ pid: other.pid, netns: [], socket: join(dir, 'fpo.sock'), topology: join(dir, 'topology.json') }));
+      const r = runCli(['lab', 'down', lab.file]);
+      expect(r.stderr).toBe(`fpo: lab down: pid ${other.pid} is not lab lt1's fpo run (it runs: sleep 30); not signalled\n`);
+      expect(r.status).toBe(0);
+      expect(JSON.parse(r.stdout)).toEqual({ stopped: true, removed: [] });
+      expect(await exited(other)).toBe(false);
+      expect(existsSync(lab.stateFile)).toBe(false);
+    } finally {
+      other.kill('SIGKILL');
+    }
+  });
+
+  it('the lab\'s own fpo run (command line and start time) is stopped; the same command line started at another time is not', async (ctx) => {
+    needTool(ctx, 'ip', 'lab down lists the namespaces');
+    const dir = tempDir('labrun');
+    const topology = join(dir, 'topology.json');
+    writeFileSync(topology, readFileSync(join(FIXTURES, 'topology.json')));
+    const socket = join(dir, 'fpo.sock');
+    const fpo = spawn(process.execPath, [CLI, 'run', '-t', topology, '-s', socket, '-o', join(dir, 'out')], { stdio: 'ignore' });
+    try {
+      for (let i = 0; i < 100 && !existsSync(socket); i++) await new Promise((r) => setTimeout(r, 50));
+      expect(existsSync(socket)).toBe(true);
+      // A start time that is not its own: the pid was given again, to a process that only looks the same.
+      const reused = fakeLab(() => ({ pid: fpo.pid, netns: [], socket, topology, startTime: String(Number(startTime(fpo.pid!)) + 1) }));
+      const r1 = runCli(['lab', 'down', reused.file]);
+      expect(r1.stderr).toMatch(new RegExp(`^fpo: lab down: pid ${fpo.pid} is not lab lt1's fpo run \\(it runs: .*cli\\.js run -t ${topology} -s ${socket}`));
+      expect(await exited(fpo)).toBe(false);
+      const own = fakeLab(() => ({ pid: fpo.pid, netns: [], socket, topology, startTime: startTime(fpo.pid!) }));
+      const r2 = runCli(['lab', 'down', own.file]);
+      expect(r2.stderr).toBe('');
+      expect(JSON.parse(r2.stdout)).toEqual({ stopped: true, removed: [] });
+      expect(await exited(fpo)).toBe(true);
+      expect(fpo.signalCode ?? fpo.exitCode).toBe(0); // SIGTERM: fpo run stops and prints its counters
+    } finally {
+      fpo.kill('SIGKILL');
+    }
+  });
+
+  it('a state file naming pid 0, -1 or 1 is refused (0 signalled lab down\'s own process group, -1 every process)', () => {
+    // Checked on the reader, never through lab down: were the check lost, the CLI would send those signals.
+    const lab = loadLab(fakeLab(() => ({})).file);
+    let seen = 0;
+    for (const pid of [0, -1, 1, 2.5, 'x', null]) {
+      const f = join(tempDir('labstate'), 'lab-state.json');
+      writeFileSync(f, JSON.stringify({ pid, netns: [], socket: '/s', topology: '/t' }));
+      expect(() => readLabState(f, lab)).toThrow(`${f}: pid: expected a process id (an integer in 2..4194304), got ${JSON.stringify(pid)}; nothing was signalled or removed`);
+      seen++;
+    }
+    expect(seen).toBe(6);
+  });
+
+  it('a state file naming a namespace that is not the lab\'s is refused, and the namespace stays', async (ctx) => {
+    needRoot(ctx, 'makes a network namespace');
+    needTool(ctx, 'ip', 'makes a network namespace');
+    const gone = spawn('true');
+    await new Promise((r) => gone.on('exit', r));
+    execFileSync('ip', ['netns', 'add', 'fst-victim']);
+    try {
+      const lab = fakeLab((dir) => ({ pid: gone.pid, netns: ['fpo-lt1-vm1', 'fst-victim'], socket: join(dir, 's'), topology: join(dir, 't') }));
+      const r = runCli(['lab', 'down', lab.file]);
+      expect(r.stderr).toMatch(/lab-state\.json: netns\[1\]: "fst-victim" is not a namespace of lab lt1 \(fpo-lt1-vm1\); nothing was signalled or removed/);
+      expect(r.status).toBe(1);
+      expect(existsSync(lab.stateFile)).toBe(true);
+      expect(execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' })).toMatch(/^fst-victim\b/m);
+    } finally {
+      execFileSync('ip', ['netns', 'del', 'fst-victim']);
+    }
   });
 });
