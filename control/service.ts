@@ -67,7 +67,8 @@ function applyState(topo: Topology, state: StateFile): void {
   const used = new Set(Object.values(state.vpids));
   let next = Math.max(0, ...used) + 1;
   const take = (name: string): number => {
-    const v = state.vpids[name];
+    // Own keys only: the state is JSON.parse's plain object, whose prototype has "toString" (an interface of that name got a function as its VPID).
+    const v = Object.hasOwn(state.vpids, name) ? state.vpids[name] : undefined;
     if (v !== undefined) return v;
     while (used.has(next)) next++;
     used.add(next);
@@ -75,7 +76,7 @@ function applyState(topo: Topology, state: StateFile): void {
   };
   for (const itf of topo.interfaces) {
     itf.vpid = take(itf.name);
-    if (itf.name in state.ports) {
+    if (Object.hasOwn(state.ports, itf.name)) {
       const p = state.ports[itf.name];
       itf.port = p === null || !topo.ports.some((x) => x.name === p && x.role === 'vm') ? undefined : p;
     }

@@ -21,6 +21,7 @@
 import { readFileSync } from 'node:fs';
 import { FpoError } from '../datapath/errors.js';
 import { parseIpText } from '../datapath/datapath.js';
+import { FIELD_NAMES } from '../datapath/classifier/flow-key.js';
 import { CheckError, array, boolean, either, formatPath, int, number, object, oneOf, optional, record, refine, string, withDefault, type Out } from './check.js';
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
@@ -140,7 +141,8 @@ const RuleSchema = object({
   priority: int(0, 65535),
   /** Packets this rule matches get the special-processing flag when they are sent through a tunnel. */
   special: withDefault(boolean(), () => false),
-  match: withDefault(record(either(string(), number(), 'expected string or number')), () => ({})),
+  /** Field → value; a null-prototype object, its keys only the flow key's fields (check.ts record). */
+  match: withDefault(record(either(string(), number(), 'expected string or number'), { keys: FIELD_NAMES }), () => Object.create(null) as Record<string, string | number>),
   actions: array(string(), { min: 1 }),
   comment: optional(string()),
 });
@@ -223,7 +225,7 @@ function bad(path: string, field: string, what: string): FpoError {
  */
 export function loadHosts(path: string): Topology[] {
   const json = readJson(path);
-  if (json !== null && typeof json === 'object' && 'hosts' in json) {
+  if (json !== null && typeof json === 'object' && Object.hasOwn(json, 'hosts')) {
     const hosts = (json as { hosts: unknown }).hosts;
     if (!Array.isArray(hosts) || hosts.length === 0) throw bad(path, 'hosts', 'expected a non-empty array of host topologies');
     const out = hosts.map((h, i) => topologyFrom(h, `${path}: hosts[${i}]`));

@@ -9,7 +9,9 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { loadEvents } from '../../control/events.js';
 import type { ReplayReport } from '../../control/replay.js';
+import { FpoError } from '../../datapath/errors.js';
 import { eth, ipv4, tcp, udp, writePcap, type Record as PcapRecord } from '../../fixtures/packets.js';
 import { FIXTURES, cleanTemp, needTool, runCli, tempDir, tsharkFields } from '../helpers.js';
 
@@ -241,5 +243,45 @@ describe('replay events that change the rules', () => {
     expect(report.events!.map((e) => e.atPacket)).toEqual([100, 260]);
     expect(idsOn(out, 'vf3', 'udp')).toEqual(range(100, 260));
     expect(idsOn(out, 'vf1', 'udp')).toEqual([...range(0, 100), ...range(260, N)]);
+  });
+});
+
+describe('events files: keys and names Object.prototype has', () => {
+  const PROTO_KEYS = ['__proto__', 'constructor', 'toString', 'hasOwnProperty', 'valueOf'];
+  const dir = tempDir('events-keys');
+  let files = 0;
+  /** loadEvents over the text; the FpoError's message (or 'loaded'). */
+  const load = (text: string): string => {
+    const p = join(dir, `e${files++}.json`);
+    writeFileSync(p, text);
+    try {
+      loadEvents(p);
+      return 'loaded';
+    } catch (e) {
+      expect(e).toBeInstanceOf(FpoError);
+      return (e as Error).message.slice(p.length + 2);
+    }
+  };
+
+  it('an add-flow or del-flow whose flow names one is refused naming it (it was a match-all)', () => {
+    for (const k of PROTO_KEYS) {
+      expect(load(`[{ "atPacket": 1, "do": "add-flow", "flow": "priority=60000,${k},actions=drop" }]`)).toMatch(new RegExp(`^events\\[0\\]\\.flow: match: unknown field "${k}"`));
+      expect(load(`[{ "atPacket": 1, "do": "del-flow", "flow": "${k}=1" }]`)).toMatch(new RegExp(`^events\\[0\\]\\.flow: match\\.${k}: unknown field "${k}"`));
+    }
+  });
+
+  it('an event with such a key is refused naming the key; a "do" of such a name is not a kind of event', () => {
+    for (const k of PROTO_KEYS) {
+      expect(load(`[{ "atPacket": 1, "do": "migrate", "interface": "vm1-eth0", "to": "vf5", ${JSON.stringify(k)}: { "away": true } }]`)).toBe(`events[0]: Unrecognized key: ${JSON.stringify(k)}`);
+      expect(load(`[{ "atPacket": 1, "do": ${JSON.stringify(k)} }]`)).toBe('events[0].do: Invalid discriminator value. Expected \'migrate\' | \'set-mapping\' | \'add-flow\' | \'del-flow\'');
+    }
+  });
+
+  it('a migrate of an interface named "toString" that the topology lacks stops the replay naming it', () => {
+    const ev = join(dir, 'to-string.json');
+    writeFileSync(ev, '[{ "atPacket": 1, "do": "migrate", "interface": "toString", "to": "vf5" }]');
+    const r = runCli(['replay', join(FIXTURES, 'demo.pcap'), '-t', TOPO, '-o', join(dir, 'out'), '--events', ev]);
+    expect(r.stderr).toBe('fpo: interface: no interface named "toString"\n');
+    expect(r.status).toBe(1);
   });
 });

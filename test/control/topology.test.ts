@@ -94,3 +94,80 @@ describe('topology', () => {
     expect(() => loadTopology(p)).toThrowError(/bad\.json: \(file\): not JSON/);
   });
 });
+
+// Keys that Object.prototype has, or that set it: a topology's names and keys are the user's text.
+const PROTO_KEYS = ['__proto__', 'constructor', 'toString', 'hasOwnProperty', 'valueOf'];
+
+/** The bundled topology with `edit` applied to its JSON text (so "__proto__" is an own key, as JSON.parse makes it). */
+function fromText(edit: (text: string) => string): unknown {
+  return JSON.parse(edit(readFileSync(join(FIXTURES, 'topology.json'), 'utf8')));
+}
+
+function refusal(json: unknown): string {
+  try {
+    topologyFrom(json, 'topo.json');
+  } catch (e) {
+    expect(e).toBeInstanceOf(FpoError);
+    expect((e as FpoError).code).toBe('FPO_ERR_BAD_TOPOLOGY');
+    return (e as Error).message;
+  }
+  throw new Error('expected the topology to be refused');
+}
+
+describe('topology names and keys from the user', () => {
+  it('a rule\'s match with a key Object.prototype has ("__proto__", "constructor", …) is refused naming the key, not taken as match-all', () => {
+    let n = 0;
+    for (const k of PROTO_KEYS) {
+      for (const value of ['23', '{ "tp_dst": 23 }']) {
+        const json = fromText((t) => t.replace('"match": { "eth_type": "0x0800", "ip_proto": 6, "tp_dst": 23 }', `"match": { ${JSON.stringify(k)}: ${value} }`));
+        expect(refusal(json)).toBe(`topo.json: rules[0].match: unknown field ${JSON.stringify(k)}; expected one of in_port, vlan_tpid, vlan_tci, vlan_vid, eth_dst, eth_src, eth_type, ip_proto, ip_frag, ipv4_src, ipv4_dst, ipv6_src, ipv6_dst, tp_src, tp_dst, tun_id, tun_src, tun_dst`);
+        n++;
+      }
+    }
+    expect(n).toBe(10);
+  });
+
+  it('a rule\'s match is a null-prototype object holding exactly the fields given', () => {
+    const t = loadTopology(join(FIXTURES, 'topology.json'));
+    expect(Object.getPrototypeOf(t.rules[0].match)).toBe(null);
+    expect(Object.keys(t.rules[0].match)).toEqual(['eth_type', 'ip_proto', 'tp_dst']);
+  });
+
+  it('a key Object.prototype has, in any object of the file, is refused by name', () => {
+    for (const k of PROTO_KEYS) {
+      const key = JSON.stringify(k);
+      expect(refusal(fromText((t) => t.replace('{ "name": "vf1", "ppid": 11 }', `{ "name": "vf1", "ppid": 11, ${key}: 1 }`)))).toBe(`topo.json: ports[1]: Unrecognized key: ${key}`);
+      expect(refusal(fromText((t) => t.replace('"name": "demo",', `"name": "demo", ${key}: { "x": 1 },`)))).toBe(`topo.json: (top level): Unrecognized key: ${key}`);
+      expect(refusal(fromText((t) => t.replace('"replay": { "inputPort": "uplink0" }', `"replay": { "inputPort": "uplink0", ${key}: "vf1" }`)))).toBe(`topo.json: replay: Unrecognized key: ${key}`);
+    }
+  });
+
+  it('a key left out is left out even when Object.prototype has one of its name', () => {
+    // "constructor" etc. are not keys of any shape; what a missing key reads must be undefined, never a prototype's.
+    const t = topologyFrom({ ports: [{ name: 'p', ppid: 1 }], segments: [{ name: 's' }] }, 't.json');
+    expect(t.name).toBe('topology');
+  });
+
+  it('names that Object.prototype has ("constructor", "toString", …) are ordinary names: VPIDs are numbers, references resolve', () => {
+    const names = PROTO_KEYS.slice(1);
+    const file = {
+      name: 'toString',
+      ports: [{ name: 'constructor', ppid: 1, role: 'uplink', segments: ['valueOf'] }, ...names.map((n, i) => ({ name: n + '-port', ppid: 10 + i }))],
+      segments: [{ name: 'valueOf' }],
+      nodes: names.map((n, i) => ({ name: n, interfaces: [{ name: n, mac: `02:00:00:00:00:0${i + 1}`, segment: 'valueOf', port: n + '-port' }] })),
+      rules: [{ priority: 5, match: { in_port: 'toString' }, actions: ['output:hasOwnProperty'] }],
+      replay: { inputPort: 'constructor' },
+    };
+    const t = topologyFrom(file, 't.json');
+    expect(t.interfaces.map((i) => [i.name, i.vpid, i.port])).toEqual(names.map((n, i) => [n, i + 1, n + '-port']));
+    expect(t.ports[0].vpid).toBe(5);
+    expect(t.inputPort).toBe('constructor');
+    // A reference to a name that is only on Object.prototype, not in the file, is refused.
+    expect(refusal({ ...file, nodes: [{ name: 'a', interfaces: [{ name: 'a', mac: '02:00:00:00:00:01', segment: 'hasOwnProperty' }] }] })).toBe('topo.json: nodes[0].interfaces[0].segment: no segment named "hasOwnProperty"');
+    expect(refusal({ ...file, replay: { inputPort: 'valueOf' } })).toBe('topo.json: replay.inputPort: no port named "valueOf"');
+  });
+
+  it('"__proto__" is not a name (names start with a letter or digit), refused with the field', () => {
+    expect(refusal(fromText((t) => t.replace('"name": "vm1-eth0"', '"name": "__proto__"')))).toMatch(/^topo\.json: nodes\[0\]\.interfaces\[0\]\.name: expected a name of letters/);
+  });
+});
