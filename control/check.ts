@@ -65,9 +65,17 @@ export function number(opts: { int?: boolean; min?: number; max?: number } = {})
   };
 }
 
-/** An integer in min..max. */
+/**
+ * An integer in min..max. Out of range, fractional or not a finite number,
+ * the message gives the range ("expected an integer in 0..4095, got 1e+21"),
+ * which says more than zod's "Too big: expected number to be <=4095".
+ */
 export function int(min: number, max: number): Check<number> {
-  return number({ int: true, min, max });
+  return (v, path) => {
+    if (typeof v !== 'number') throw expected(`an integer in ${min}..${max}`, v, path);
+    if (!Number.isInteger(v) || v < min || v > max) throw new CheckError(path, `Invalid input: expected an integer in ${min}..${max}, got ${Number.isFinite(v) ? String(v) : kind(v)}`);
+    return v;
+  };
 }
 
 export function boolean(): Check<boolean> {

@@ -173,7 +173,7 @@ describe('fpo command line', () => {
     writeFileSync(topo, JSON.stringify({ ports: [{ name: 'p', ppid: 'one' }], segments: [{ name: 's' }] }));
     const badTopo = runCli(['replay', DEMO, '-t', topo, '-o', tempDir()]);
     expect(badTopo.status).toBe(1);
-    expect(badTopo.stderr).toMatch(/topo\.json: ports\[0\]\.ppid: .*number/);
+    expect(badTopo.stderr).toMatch(/topo\.json: ports\[0\]\.ppid: Invalid input: expected an integer in 0\.\.4095, received string/);
     const opt = runCli(['replay', DEMO, '--nope']);
     expect(opt.status).toBe(2);
     expect(opt.stderr).toMatch(/^fpo: .*--nope/);

@@ -51,16 +51,16 @@ describe('topology', () => {
   });
 
   it('names the field of a shape error', () => {
-    expect(err((t) => (t.ports[2].ppid = 'two'))).toMatch(/^topo\.json: ports\[2\]\.ppid: .*number/);
+    expect(err((t) => (t.ports[2].ppid = 'two'))).toMatch(/^topo\.json: ports\[2\]\.ppid: .*integer/);
     expect(err((t) => (t.nodes[0].interfaces[0].mac = 'zz'))).toMatch(/nodes\[0\]\.interfaces\[0\]\.mac: expected a MAC address/);
     expect(err((t) => (t.ports[0].speed = 10))).toMatch(/ports\[0\]: .*speed/);
     expect(err((t) => delete t.segments)).toMatch(/segments: /);
   });
 
-  it('says what was expected and what it got, in zod\'s words (the checks are control/check.ts, not zod)', () => {
-    expect(err((t) => (t.ports[2].ppid = 'two'))).toBe('topo.json: ports[2].ppid: Invalid input: expected number, received string');
-    expect(err((t) => (t.ports[2].ppid = 1.5))).toBe('topo.json: ports[2].ppid: Invalid input: expected int, received number');
-    expect(err((t) => (t.ports[2].ppid = 4096))).toBe('topo.json: ports[2].ppid: Too big: expected number to be <=4095');
+  it('says what was expected and what it got, in zod\'s words but for integers, which give their range (the checks are control/check.ts, not zod)', () => {
+    expect(err((t) => (t.ports[2].ppid = 'two'))).toBe('topo.json: ports[2].ppid: Invalid input: expected an integer in 0..4095, received string');
+    expect(err((t) => (t.ports[2].ppid = 1.5))).toBe('topo.json: ports[2].ppid: Invalid input: expected an integer in 0..4095, got 1.5');
+    expect(err((t) => (t.ports[2].ppid = 4096))).toBe('topo.json: ports[2].ppid: Invalid input: expected an integer in 0..4095, got 4096');
     expect(err((t) => (t.ports[0].speed = 10))).toBe('topo.json: ports[0]: Unrecognized key: "speed"');
     expect(err((t) => (t.ports[0].role = 'spine'))).toBe('topo.json: ports[0].role: Invalid option: expected one of "vm"|"uplink"');
     expect(err((t) => (t.ports = []))).toBe('topo.json: ports: Too small: expected array to have >=1 items');
@@ -169,5 +169,12 @@ describe('topology names and keys from the user', () => {
 
   it('"__proto__" is not a name (names start with a letter or digit), refused with the field', () => {
     expect(refusal(fromText((t) => t.replace('"name": "vm1-eth0"', '"name": "__proto__"')))).toMatch(/^topo\.json: nodes\[0\]\.interfaces\[0\]\.name: expected a name of letters/);
+  });
+
+  it('a huge PPID says the range 0..4095, as do a negative one and one JSON reads as Infinity', () => {
+    for (const v of ['4096', '1000000000000', '1e400', '-1', '2.5']) {
+      const got = Number(v) === Infinity ? 'Infinity' : String(Number(v));
+      expect(refusal(fromText((t) => t.replace('"ppid": 11', `"ppid": ${v}`)))).toBe(`topo.json: ports[1].ppid: Invalid input: expected an integer in 0..4095, got ${got}`);
+    }
   });
 });
