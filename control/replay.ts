@@ -18,7 +18,7 @@ import { CaptureReader, LINKTYPE_ETHERNET } from '../datapath/ports/capture-read
 import { CaptureWriter, txBufferBytes } from '../datapath/ports/capture-writer.js';
 import { Fpag } from './fpag.js';
 import { FpagThread } from './fpag-thread.js';
-import { loadTopology, type Topology } from './topology.js';
+import { loadTopology, pathNameProblem, type Topology } from './topology.js';
 import { applyEvent, type AppliedEvent, type ControlEvent } from './events.js';
 
 const CHUNK = 1 << 20;
@@ -308,6 +308,11 @@ export interface HostsReport {
 export function replayHosts(opts: Omit<ReplayOptions, 'topology'> & { hosts: Topology[] }): HostsReport {
   const reports: HostsReport['hosts'] = [];
   let capture = opts.capture;
+  // Each host's name becomes a folder: loading checked it (topology.ts pathNameProblem); a topology made in code is checked here, before anything is written.
+  opts.hosts.forEach((t, i) => {
+    const problem = pathNameProblem(t.name);
+    if (problem !== null) throw new FpoError('FPO_ERR_BAD_TOPOLOGY', `${t.path}: hosts[${i}]: name: ${problem}`, { path: t.path });
+  });
   for (let h = 0; h < opts.hosts.length; h++) {
     const topo = opts.hosts[h];
     const outDir = join(opts.outDir, topo.name);

@@ -2,7 +2,7 @@ import { execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { loadTopology, topologyFrom } from '../../control/topology.js';
+import { loadHosts, loadTopology, topologyFrom } from '../../control/topology.js';
 import { FpoError } from '../../datapath/errors.js';
 import { FIXTURES, ROOT, cleanTemp, tempDir } from '../helpers.js';
 
@@ -176,5 +176,36 @@ describe('topology names and keys from the user', () => {
       const got = Number(v) === Infinity ? 'Infinity' : String(Number(v));
       expect(refusal(fromText((t) => t.replace('"ppid": 11', `"ppid": ${v}`)))).toBe(`topo.json: ports[1].ppid: Invalid input: expected an integer in 0..4095, got ${got}`);
     }
+  });
+});
+
+describe('topology names that become paths', () => {
+  it('a host name that is not one path segment is refused at load, naming the field', () => {
+    const bad: [string, RegExp][] = [
+      ['../../x', /expected one path segment/], ['a/b', /expected one path segment/], ['/abs', /expected one path segment/], ['a\\b', /expected one path segment/],
+      ['.', /not only dots/], ['..', /not only dots/], ['...', /not only dots/], ['', /empty/], ['x'.repeat(65), /at most 64 characters/],
+      ['a\u0000b', /no control characters or NUL/], ['a\nb', /no control characters/],
+    ];
+    for (const [name, why] of bad) {
+      const msg = refusal({ ...base(), name });
+      expect(msg, JSON.stringify(name)).toMatch(/^topo\.json: name: /);
+      expect(msg, JSON.stringify(name)).toMatch(why);
+    }
+    expect(bad).toHaveLength(11);
+    for (const name of ['hostA', 'host a', 'x'.repeat(64), 'a.b', '.hidden', 'a..b']) expect(topologyFrom({ ...base(), name }, 't.json').name).toBe(name);
+  });
+
+  it('a multi-host file with a host named "../../x" is refused naming hosts[i].name', () => {
+    const d = tempDir();
+    const two = JSON.parse(readFileSync(join(FIXTURES, 'two-hosts.json'), 'utf8'));
+    two.hosts[1].name = '../../x';
+    const p = join(d, 'hosts.json');
+    writeFileSync(p, JSON.stringify(two));
+    expect(() => loadHosts(p)).toThrowError(`${p}: hosts[1]: name: expected one path segment (it becomes a folder name), without "/" or "\\": "../../x"`);
+  });
+
+  it('port names (OUT/<port>.pcap) and TAP device names are never dots-only or separators', () => {
+    for (const name of ['..', '.', 'a/b', '../vf1']) expect(refusal(fromText((t) => t.replace('"name": "vf1"', `"name": ${JSON.stringify(name)}`)))).toMatch(/^topo\.json: ports\[1\]\.name: expected a name/);
+    for (const device of ['.', '..']) expect(refusal(fromText((t) => t.replace('{ "name": "vf1", "ppid": 11 }', `{ "name": "vf1", "ppid": 11, "kind": "tap", "device": "${device}" }`)))).toBe('topo.json: ports[1].device: expected an interface name that is not only dots (Linux refuses "." and "..")');
   });
 });

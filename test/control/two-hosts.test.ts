@@ -1,7 +1,8 @@
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import type { HostsReport } from '../../control/replay.js';
+import { replayHosts, type HostsReport } from '../../control/replay.js';
+import { loadHosts } from '../../control/topology.js';
 import { twoHostFrames } from '../../fixtures/make.js';
 import { FIXTURES, captureFrames, cleanTemp, needTool, runCli, tempDir, tsharkFields } from '../helpers.js';
 
@@ -125,5 +126,29 @@ describe('two hosts joined by a tunnel, in one replay', () => {
       expect(Number(vni), `frame ${i + 1}`).toBe(src.split(',')[1] === '02:00:00:00:0a:01' ? 5001 : 5002);
       expect((parseInt(fl, 16) & 0x0080) !== 0, `frame ${i + 1}`).toBe(flags[i]);
     });
+  });
+});
+
+describe('host names become folders', () => {
+  it('a host named "../../x" is refused before anything is written, inside or outside --out', () => {
+    const root = tempDir('two-escape');
+    const out = join(root, 'a', 'b', 'out');
+    const file = JSON.parse(readFileSync(TOPO, 'utf8'));
+    file.hosts[0].name = '../../x';
+    const topo = join(root, 'hosts.json');
+    writeFileSync(topo, JSON.stringify(file));
+    const r = runCli(['replay', CAP, '-t', topo, '-o', out]);
+    expect(r.stderr).toBe(`fpo: ${topo}: hosts[0]: name: expected one path segment (it becomes a folder name), without "/" or "\\": "../../x"\n`);
+    expect(r.status).toBe(1);
+    expect(readdirSync(root)).toEqual(['hosts.json']); // no out/, no a/x
+  });
+
+  it('replayHosts checks the names of topologies made in code too', () => {
+    const [a, b] = loadHosts(TOPO);
+    const root = tempDir('two-escape-api');
+    for (const name of ['..', 'x/../../y', '']) {
+      expect(() => replayHosts({ capture: CAP, hosts: [{ ...a, name }, b], outDir: join(root, 'out') })).toThrowError(/hosts\[0\]: name: expected/);
+    }
+    expect(readdirSync(root)).toEqual([]);
   });
 });
