@@ -1,10 +1,12 @@
 import { execFileSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import fc from 'fast-check';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { replay, replayHosts } from '../../control/replay.js';
 import { loadHosts, loadTopology, topologyFrom } from '../../control/topology.js';
 import { FpoError } from '../../datapath/errors.js';
-import { FIXTURES, ROOT, cleanTemp, tempDir } from '../helpers.js';
+import { FIXTURES, ROOT, cleanTemp, runCli, tempDir } from '../helpers.js';
 
 afterAll(cleanTemp);
 
@@ -208,4 +210,178 @@ describe('topology names that become paths', () => {
     for (const name of ['..', '.', 'a/b', '../vf1']) expect(refusal(fromText((t) => t.replace('"name": "vf1"', `"name": ${JSON.stringify(name)}`)))).toMatch(/^topo\.json: ports\[1\]\.name: expected a name/);
     for (const device of ['.', '..']) expect(refusal(fromText((t) => t.replace('{ "name": "vf1", "ppid": 11 }', `{ "name": "vf1", "ppid": 11, "kind": "tap", "device": "${device}" }`)))).toBe('topo.json: ports[1].device: expected an interface name that is not only dots (Linux refuses "." and "..")');
   });
+});
+
+// Fuzz: what a careless or hostile user can put in a topology file.
+const PATHISH = ['..', '.', '...', '../../x', 'a/b', '/etc', 'x\u0000y', 'a\\b', 'x'.repeat(300), '', ' ', 'vf1/../../up', 'a\nb'];
+
+/** Sets own key `k` on `o` (also "__proto__", which plain assignment would take as the prototype). */
+function setOwn(o: Record<string, unknown>, k: string, v: unknown): void {
+  Object.defineProperty(o, k, { value: v, enumerable: true, configurable: true, writable: true });
+}
+
+/** Every path into a JSON value (the root is []). */
+function pathsOf(v: unknown, at: (string | number)[] = [], out: (string | number)[][] = []): (string | number)[][] {
+  out.push(at);
+  if (Array.isArray(v)) v.forEach((x, i) => pathsOf(x, [...at, i], out));
+  else if (v !== null && typeof v === 'object') for (const k of Object.keys(v)) pathsOf((v as Record<string, unknown>)[k], [...at, k], out);
+  return out;
+}
+
+type Mutation = { kind: 'set' | 'delete' | 'add-key' | 'rename'; at: number; key: string; value: unknown };
+
+const mutation: fc.Arbitrary<Mutation> = fc.record({
+  kind: fc.constantFrom('set', 'delete', 'add-key', 'rename'),
+  at: fc.nat(),
+  key: fc.oneof(fc.constantFrom(...PROTO_KEYS, 'name', 'ppid', 'segments', 'match', 'hosts'), fc.string({ maxLength: 8 })),
+  value: fc.oneof(
+    fc.jsonValue({ maxDepth: 2 }),
+    fc.constantFrom(...PROTO_KEYS, ...PATHISH),
+    fc.constantFrom(4096, -1, 1e12, 2 ** 53, 0.5, 65536, 0xffffffff, null, [], {}, true),
+    fc.dictionary(fc.constantFrom(...PROTO_KEYS, 'tp_dst', 'name'), fc.jsonValue({ maxDepth: 1 }), { maxKeys: 2 }),
+  ),
+});
+
+/** A copy of `doc` with the mutations applied (paths chosen among the document's own). */
+function mutate(doc: unknown, ms: Mutation[]): unknown {
+  const root = { doc: structuredClone(doc) } as Record<string, unknown>;
+  for (const m of ms) {
+    const paths = pathsOf(root.doc);
+    const path = paths[m.at % paths.length];
+    let parent: Record<string, unknown> | unknown[] = root;
+    let key: string | number = 'doc';
+    for (const p of path) {
+      parent = (parent as Record<string, unknown>)[key] as Record<string, unknown>;
+      key = p;
+    }
+    const node = (parent as Record<string, unknown>)[key];
+    if (m.kind === 'set') setOwn(parent as Record<string, unknown>, String(key), m.value);
+    else if (m.kind === 'delete' && path.length > 0) {
+      if (Array.isArray(parent)) parent.splice(key as number, 1);
+      else delete (parent as Record<string, unknown>)[key];
+    } else if (m.kind === 'add-key' && node !== null && typeof node === 'object' && !Array.isArray(node)) setOwn(node as Record<string, unknown>, m.key, m.value);
+    else if (m.kind === 'rename' && node !== null && typeof node === 'object' && !Array.isArray(node)) setOwn(node as Record<string, unknown>, 'name', typeof m.value === 'string' ? m.value : PATHISH[m.at % PATHISH.length]);
+  }
+  return root.doc;
+}
+
+/** A key of Object.prototype that the JSON text has in some object, or null (not JSON: null). */
+function protoKeyIn(text: string | Uint8Array): string | null {
+  let v: unknown;
+  try {
+    v = JSON.parse(typeof text === 'string' ? text : Buffer.from(text).toString('utf8'));
+  } catch {
+    return null;
+  }
+  const walk = (x: unknown): string | null => {
+    if (Array.isArray(x)) { for (const y of x) { const k = walk(y); if (k !== null) return k; } return null; }
+    if (x === null || typeof x !== 'object') return null;
+    for (const k of Object.keys(x)) {
+      if (PROTO_KEYS.includes(k)) return k;
+      const got = walk((x as Record<string, unknown>)[k]);
+      if (got !== null) return got;
+    }
+    return null;
+  };
+  return walk(v);
+}
+
+/** Files and folders under `dir`, relative, sorted. */
+function tree(dir: string, at = ''): string[] {
+  const out: string[] = [];
+  for (const e of readdirSync(join(dir, at), { withFileTypes: true })) {
+    const rel = at ? `${at}/${e.name}` : e.name;
+    out.push(rel);
+    if (e.isDirectory()) out.push(...tree(dir, rel));
+  }
+  return out.sort();
+}
+
+describe('topology files (fuzz): a topology or an FpoError naming the file and a field; nothing written outside --out', () => {
+  /** Loads `text` as a topology file in a fresh root/a/b/; replays the capture into root/a/b/out when it loads. */
+  function check(text: string | Uint8Array, capture: string): 'loaded' | 'refused' {
+    const root = tempDir('fuzz');
+    const here = join(root, 'a', 'b');
+    mkdirSync(here, { recursive: true });
+    const file = join(here, 'topo.json');
+    writeFileSync(file, text);
+    let hosts: ReturnType<typeof loadHosts>;
+    try {
+      hosts = loadHosts(file);
+      // No object of a topology, rule matches included, may have a key that Object.prototype has: such a file is refused.
+      const keyed = protoKeyIn(text);
+      expect(keyed, `loaded with the key ${keyed}`).toBe(null);
+    } catch (e) {
+      if (!(e instanceof FpoError)) throw e;
+      expect(['FPO_ERR_BAD_TOPOLOGY', 'FPO_ERR_IO']).toContain(e.code);
+      expect(e.message.startsWith(`${file}: `), e.message).toBe(true);
+      // After the file: hosts[i]: (several hosts), then the field and what is wrong with it.
+      expect(e.message.slice(file.length + 2), e.message).toMatch(/^(hosts\[\d+\]: )?(\(file\)|\(top level\)|hosts|[A-Za-z]+(\[\d+\]|\.[^\s:]+)*): \S/);
+      return 'refused';
+    }
+    const out = join(here, 'out');
+    try {
+      if (hosts.length > 1) replayHosts({ capture, hosts, outDir: out });
+      else replay({ capture, topology: hosts[0], outDir: out });
+    } catch (e) {
+      if (!(e instanceof FpoError)) throw e; // a TypeError here would be exit 70
+    }
+    // Nothing beside topo.json and out/, nothing above a/b; no temp file left behind.
+    expect(readdirSync(root)).toEqual(['a']);
+    expect(readdirSync(join(root, 'a'))).toEqual(['b']);
+    const files = tree(here);
+    for (const f of files) expect(f === 'topo.json' || f === 'out' || f.startsWith('out/'), f).toBe(true);
+    for (const f of files) expect(f, 'a temp file left').not.toMatch(/\.partial-\d+$/);
+    return 'loaded';
+  }
+
+  const topology = JSON.parse(readFileSync(join(FIXTURES, 'topology.json'), 'utf8'));
+  const twoHosts = JSON.parse(readFileSync(join(FIXTURES, 'two-hosts.json'), 'utf8'));
+
+  it('near-valid mutations of fixtures/topology.json (prototype-ish keys, path-ish names, out-of-range numbers)', () => {
+    const seen = { loaded: 0, refused: 0 };
+    fc.assert(fc.property(fc.array(mutation, { minLength: 1, maxLength: 3 }), (ms) => {
+      seen[check(JSON.stringify(mutate(topology, ms)), join(FIXTURES, 'demo.pcap'))]++;
+    }), { numRuns: 400, seed: 17 });
+    // Both outcomes were exercised (a fuzz that only ever refuses tests little).
+    expect(seen.loaded).toBeGreaterThan(20);
+    expect(seen.refused).toBeGreaterThan(100);
+  }, 120_000);
+
+  it('near-valid mutations of fixtures/two-hosts.json (host names become folders)', () => {
+    const seen = { loaded: 0, refused: 0 };
+    // Besides random mutations, one host's name is often set outright (a rename rarely lands on a host among ~100 objects).
+    const hostName = fc.option(fc.record({ host: fc.constantFrom(0, 1), name: fc.constantFrom(...PATHISH, '../x', 'hostC', '..hidden') }), { freq: 2 });
+    fc.assert(fc.property(fc.array(mutation, { minLength: 0, maxLength: 2 }), hostName, (ms, hn) => {
+      const doc = mutate(twoHosts, ms) as { hosts?: { name?: unknown }[] };
+      if (hn !== null && Array.isArray(doc.hosts) && doc.hosts[hn.host] !== null && typeof doc.hosts[hn.host] === 'object') doc.hosts[hn.host].name = hn.name;
+      seen[check(JSON.stringify(doc), join(FIXTURES, 'two-hosts.pcap'))]++;
+    }), { numRuns: 200, seed: 17 });
+    expect(seen.loaded).toBeGreaterThan(10);
+    expect(seen.refused).toBeGreaterThan(50);
+  }, 120_000);
+
+  it('random JSON and random bytes', () => {
+    let n = 0;
+    fc.assert(fc.property(fc.oneof(fc.jsonValue().map((v) => JSON.stringify(v) ?? 'null'), fc.uint8Array({ maxLength: 200 }), fc.string({ maxLength: 100 })), (x) => {
+      check(x, join(FIXTURES, 'demo.pcap'));
+      n++;
+    }), { numRuns: 300, seed: 17 });
+    expect(n).toBe(300);
+  });
+
+  it('through the CLI: exit 0 or 1 with one line on stderr, never 70 (internal error)', () => {
+    const samples = fc.sample(fc.array(mutation, { minLength: 1, maxLength: 3 }), { numRuns: 25, seed: 70 });
+    let runs = 0;
+    for (const ms of samples) {
+      const root = tempDir('fuzz-cli');
+      const file = join(root, 'topo.json');
+      writeFileSync(file, JSON.stringify(mutate(topology, ms)));
+      const r = runCli(['replay', join(FIXTURES, 'demo.pcap'), '-t', file, '-o', join(root, 'out')]);
+      expect([0, 1], r.stderr).toContain(r.status);
+      if (r.status === 1) expect(r.stderr, r.stderr).toMatch(new RegExp(`^fpo: ${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: [^\n]+\n$`));
+      runs++;
+    }
+    expect(runs).toBe(25);
+  }, 120_000);
 });
