@@ -467,3 +467,22 @@ describe('fpo run: names and keys Object.prototype has', () => {
     await svc.stop();
   });
 });
+
+describe('fpo run: request fields', () => {
+  it('an unknown field of a request\'s args is refused by name, before anything is done', async () => {
+    const out = tempDir('svc-args');
+    const svc = new Service({ topology: TOPO, socket: join(out, 'ctl.sock'), outDir: out, logLevel: 'silent' });
+    const before = JSON.stringify(svc.show());
+    // A misspelt newVpid was ignored: the interface moved without its new VPID.
+    await expect(svc.handle('migrate', { interface: 'vm1-eth0', to: 'vf5', newvpid: 9 })).rejects.toThrowError('args: unknown field "newvpid"; migrate takes interface, to, away, newVpid');
+    await expect(svc.handle('set-mapping', JSON.parse('{"vpid": 1, "ppid": 15, "__proto__": {"ppid": 11}}'))).rejects.toThrowError('args: unknown field "__proto__"; set-mapping takes vpid, ppid');
+    for (const k of ['__proto__', 'constructor', 'toString', 'hasOwnProperty', 'valueOf']) {
+      await expect(svc.handle('add-flow', JSON.parse(`{"flow": "tcp,actions=drop", ${JSON.stringify(k)}: 1}`))).rejects.toThrowError(`args: unknown field ${JSON.stringify(k)}; add-flow takes flow`);
+      await expect(svc.handle('show', JSON.parse(`{${JSON.stringify(k)}: 1}`))).rejects.toThrowError(`args: unknown field ${JSON.stringify(k)}; show takes no args`);
+    }
+    expect(JSON.stringify(svc.show())).toBe(before);
+    // What ctl sends still passes (undefined options are left out of its JSON).
+    expect(await svc.handle('migrate', JSON.parse(JSON.stringify({ interface: 'vm1-eth0', to: 'vf5', away: false, newVpid: undefined })))).toMatchObject({ interface: 'vm1-eth0', to: 'vf5' });
+    await svc.stop();
+  });
+});
