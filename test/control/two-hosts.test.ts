@@ -1,4 +1,4 @@
-import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { linkSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { replayHosts, type HostsReport } from '../../control/replay.js';
@@ -150,5 +150,34 @@ describe('host names become folders', () => {
       expect(() => replayHosts({ capture: CAP, hosts: [{ ...a, name }, b], outDir: join(root, 'out') })).toThrowError(/hosts\[0\]: name: expected/);
     }
     expect(readdirSync(root)).toEqual([]);
+  });
+});
+
+describe('two hosts: outputs that are inputs', () => {
+  it('replaying host A\'s uplink capture into the same --out is refused before any host writes', () => {
+    const out = tempDir('two-same');
+    run(TOPO, out);
+    const input = join(out, 'hostA', 'uplink0.pcap');
+    const before = readFileSync(input);
+    const listing = readdirSync(join(out, 'hostB')).sort();
+    const r = runCli(['replay', input, '-t', TOPO, '-o', out]);
+    expect(r.stderr).toBe(`fpo: ${input}: port uplink0's output is ${input}, an input of this run (the same file); writing it would replace the input: choose another --out\n`);
+    expect(r.status).toBe(1);
+    expect(readFileSync(input)).toEqual(before);
+    expect(readdirSync(join(out, 'hostB')).sort()).toEqual(listing); // host B (checked before host A ran) untouched too
+  });
+
+  it('an input that is a later host\'s output is refused before the first host writes', () => {
+    const out = tempDir('two-later');
+    run(TOPO, out);
+    const input = join(tempDir('two-later-in'), 'vf1.pcap');
+    linkSync(join(out, 'hostB', 'vf1.pcap'), input); // the same file under another name
+    const a = join(out, 'hostA', 'uplink0.pcap');
+    const aBefore = statSync(a).mtimeMs;
+    const r = runCli(['replay', input, '-t', TOPO, '-o', out]);
+    expect(r.stderr).toBe(`fpo: ${join(out, 'hostB', 'vf1.pcap')}: port vf1's output is ${input}, an input of this run (the same file); writing it would replace the input: choose another --out\n`);
+    expect(r.status).toBe(1);
+    expect(statSync(a).mtimeMs).toBe(aBefore); // host A did not run
+    expect(readdirSync(join(out, 'hostA'))).toEqual(['uplink0.pcap']);
   });
 });
