@@ -61,7 +61,7 @@ Options:
                         counts or capture times (see README)
       --clean           first remove fpo's own files in DIR: <port>.pcap and
                         <port>.pcapng of the topology's ports and temp files
-                        a killed run left (<port>.pcap.partial-PID); without
+                        a dead run left (<port>.pcap.partial-PID); without
                         it, such files this run does not write are listed as
                         stale in the report
   -h, --help            this text

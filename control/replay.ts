@@ -5,6 +5,13 @@
  *   rx (reader.fill) → datapath.process (parse, classify/upcall, execute, tx)
  *
  * with the FPAG answering upcalls in the same thread.
+ *
+ * Outputs: OUT/<port>.<pcap|pcapng>, each written under a temp name and
+ * renamed when the run ends (capture-writer.ts `partial`); an output that
+ * is an input is refused before anything is written; files of an earlier
+ * run that this one did not write are listed (`stale`) or, with `clean`,
+ * removed first. The loop is a generator that yields between batches, so
+ * replayAsync can let signal handlers run and stop it after a batch.
  */
 import { mkdirSync, readdirSync, statSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
@@ -175,6 +182,17 @@ function refuseOutputsThatAreInputs(outDir: string, ports: readonly { name: stri
   }
 }
 
+/** Whether a process `pid` (not this one) is alive: kill(pid, 0) says without signalling it. */
+function running(pid: number): boolean {
+  if (pid === process.pid || !Number.isSafeInteger(pid) || pid <= 0) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM'; // alive, someone else's
+  }
+}
+
 /** fpo's own files in outDir for these ports (outputs of either format, temp files of killed runs), but `except` (this run's outputs). */
 function ownFiles(outDir: string, ports: readonly { name: string }[], except: ReadonlySet<string>): string[] {
   let names: string[];
@@ -187,8 +205,10 @@ function ownFiles(outDir: string, ports: readonly { name: string }[], except: Re
   for (const p of ports) for (const ext of FORMATS) finals.add(`${p.name}.${ext}`);
   const out: string[] = [];
   for (const n of names.sort()) {
-    const cut = n.indexOf(PARTIAL_SUFFIX);
-    const own = finals.has(n) || (cut > 0 && finals.has(n.slice(0, cut)) && /^\d+$/.test(n.slice(cut + PARTIAL_SUFFIX.length)));
+    const cut = n.lastIndexOf(PARTIAL_SUFFIX);
+    const pid = cut > 0 ? n.slice(cut + PARTIAL_SUFFIX.length) : '';
+    // A temp file of a run still going (another replay into this folder) is that run's, not stale.
+    const own = finals.has(n) || (cut > 0 && finals.has(n.slice(0, cut)) && /^\d+$/.test(pid) && !running(Number(pid)));
     const f = join(outDir, n);
     if (own && !except.has(f)) out.push(f);
   }

@@ -284,7 +284,7 @@ describe('events files: keys and names Object.prototype has', () => {
     const r = runCli(['replay', join(FIXTURES, 'demo.pcap'), '-t', TOPO, '-o', join(dir, 'out'), '--events', ev]);
     expect(r.stderr).toBe('fpo: interface: no interface named "toString"\n');
     expect(r.status).toBe(1);
-  });
+  }, 60_000);
 });
 
 describe('events files (fuzz): events or an FpoError naming the file and a field; a replay with them reports or refuses', () => {

@@ -311,7 +311,7 @@ describe('replay output files', () => {
       expect(snapshot(out), what).toEqual(before); // nothing written, no temp file, the input whole
     }
     expect(cases).toHaveLength(4);
-  });
+  }, 60_000);
 
   it('an output that is a symlink to the input is refused too (the output side of the link)', () => {
     const { out } = demoOut();
@@ -329,9 +329,9 @@ describe('replay output files', () => {
     copyFileSync(input, copy);
     rmSync(join(out, 'vf3.pcap'));
     expect(runCli(['replay', copy, '-t', TOPO, '-o', out]).status).toBe(0);
-  });
+  }, 60_000);
 
-  it('stale outputs of an earlier run are listed; --clean removes them first, so the folder holds this run\'s outputs only', (ctx) => {
+  it('stale outputs of an earlier run are listed; --clean removes them first, so the folder holds this run\'s outputs only (and what is not fpo\'s, or a live run\'s)', (ctx) => {
     needTool(ctx, 'tshark', 'reads what is written');
     const { out } = demoOut();
     expect(readdirSync(out).sort()).toEqual(['vf1.pcap', 'vf2.pcap', 'vf3.pcap', 'vf4.pcap']);
@@ -342,6 +342,7 @@ describe('replay output files', () => {
     writeFileSync(join(out, 'vf2.pcap.partial-4242'), 'a killed run\'s');
     writeFileSync(join(out, 'notes.txt'), 'not fpo\'s');
     writeFileSync(join(out, 'vf9.pcap'), 'not a port of this topology');
+    writeFileSync(join(out, 'vf3.pcap.partial-1'), 'a run still going (pid 1 is alive)');
     const listed = replayJson([DEMO, '--topology', topo, '--out', out]);
     expect(listed.stale).toEqual(['vf1.pcapng', 'vf2.pcap.partial-4242', 'vf4.pcap'].map((f) => join(out, f)));
     expect(listed.cleaned).toBeUndefined();
@@ -350,7 +351,7 @@ describe('replay output files', () => {
     const cleaned = replayJson([DEMO, '--topology', topo, '--out', out, '--clean']);
     expect(cleaned.cleaned).toEqual(['vf1.pcap', 'vf1.pcapng', 'vf2.pcap', 'vf2.pcap.partial-4242', 'vf3.pcap', 'vf4.pcap'].map((f) => join(out, f)));
     expect(cleaned.stale).toEqual([]);
-    expect(readdirSync(out).sort()).toEqual(['notes.txt', 'vf1.pcap', 'vf2.pcap', 'vf3.pcap', 'vf9.pcap']);
+    expect(readdirSync(out).sort()).toEqual(['notes.txt', 'vf1.pcap', 'vf2.pcap', 'vf3.pcap', 'vf3.pcap.partial-1', 'vf9.pcap']);
     let frames = 0;
     for (const p of cleaned.ports.filter((x) => x.file)) {
       expect(tsharkFields(p.file!, ['frame.number']).length, p.name).toBe(p.tx.packets);
@@ -358,7 +359,7 @@ describe('replay output files', () => {
     }
     expect(frames).toBe(cleaned.packets.copies);
     expect(cleaned.ports.find((p) => p.name === 'vf4')!.tx.packets).toBe(0);
-  });
+  }, 60_000);
 });
 
 describe('replay interrupted', () => {

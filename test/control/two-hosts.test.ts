@@ -141,7 +141,7 @@ describe('host names become folders', () => {
     expect(r.stderr).toBe(`fpo: ${topo}: hosts[0]: name: expected one path segment (it becomes a folder name), without "/" or "\\": "../../x"\n`);
     expect(r.status).toBe(1);
     expect(readdirSync(root)).toEqual(['hosts.json']); // no out/, no a/x
-  });
+  }, 60_000);
 
   it('replayHosts checks the names of topologies made in code too', () => {
     const [a, b] = loadHosts(TOPO);
@@ -150,7 +150,7 @@ describe('host names become folders', () => {
       expect(() => replayHosts({ capture: CAP, hosts: [{ ...a, name }, b], outDir: join(root, 'out') })).toThrowError(/hosts\[0\]: name: expected/);
     }
     expect(readdirSync(root)).toEqual([]);
-  });
+  }, 60_000);
 });
 
 describe('two hosts: outputs that are inputs', () => {
@@ -165,7 +165,7 @@ describe('two hosts: outputs that are inputs', () => {
     expect(r.status).toBe(1);
     expect(readFileSync(input)).toEqual(before);
     expect(readdirSync(join(out, 'hostB')).sort()).toEqual(listing); // host B (checked before host A ran) untouched too
-  });
+  }, 60_000);
 
   it('an input that is a later host\'s output is refused before the first host writes', () => {
     const out = tempDir('two-later');
@@ -179,5 +179,5 @@ describe('two hosts: outputs that are inputs', () => {
     expect(r.status).toBe(1);
     expect(statSync(a).mtimeMs).toBe(aBefore); // host A did not run
     expect(readdirSync(join(out, 'hostA'))).toEqual(['uplink0.pcap']);
-  });
+  }, 60_000);
 });
