@@ -181,3 +181,29 @@ describe('two hosts: outputs that are inputs', () => {
     expect(readdirSync(join(out, 'hostA'))).toEqual(['uplink0.pcap']);
   }, 60_000);
 });
+
+describe('two hosts: interrupted', () => {
+  it('a run interrupted in host A stops there: A\'s outputs whole under their final names, host B not replayed', (ctx) => {
+    needTool(ctx, 'tshark', 'reads what is written');
+    const out = tempDir('two-int');
+    const hosts = loadHosts(TOPO);
+    // The signal is already there: host A switches one batch (of 8 packets), then stops.
+    const r = replayHosts({ capture: CAP, hosts, outDir: out, batchSize: 8, interrupt: { signal: 'SIGINT' } });
+    expect(r.interrupted).toBe('SIGINT');
+    expect(r.hosts.map((h) => h.host)).toEqual(['hostA']);
+    const a = r.hosts[0];
+    expect(a.interrupted).toBe('SIGINT');
+    expect(a.packets.in).toBe(8);
+    expect(a.packets.in).toBe(a.packets.out + a.packets.dropped);
+    expect(readdirSync(out)).toEqual(['hostA']);
+    const files = a.ports.filter((p) => p.file);
+    expect(readdirSync(join(out, 'hostA')).sort()).toEqual(files.map((p) => `${p.name}.pcap`).sort());
+    let frames = 0;
+    for (const p of files) {
+      expect(tsharkFields(p.file!, ['frame.number']).length, p.name).toBe(p.tx.packets);
+      frames += p.tx.packets;
+    }
+    expect(frames).toBe(a.packets.copies);
+    expect(frames).toBeGreaterThan(0);
+  }, 60_000);
+});
