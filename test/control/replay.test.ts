@@ -368,11 +368,13 @@ describe('replay interrupted', () => {
   const cap = join(dir, 'big.pcap');
   const topo = join(dir, 'topo.json');
   const FRAMES = 1_500_000;
-  generate(cap, { frames: FRAMES, size: 64, flows: 300_000, vms: 4 });
   writeFileSync(topo, JSON.stringify(benchTopology(4)));
+  // Made by the first test that needs it (120 MB), not when the file is collected.
+  const bigCapture = () => { if (!existsSync(cap)) generate(cap, { frames: FRAMES, size: 64, flows: 300_000, vms: 4 }); };
 
   /** Starts a replay, waits until it is writing (a temp file of each of the 4 VM ports exists), sends `signal`; resolves with the exit code and output. */
   function interrupted(signal: NodeJS.Signals, out: string, extra: string[] = []): Promise<{ code: number | null; stdout: string; stderr: string; seenWriting: string[] }> {
+    bigCapture();
     return new Promise((resolve) => {
       const p = spawn(process.execPath, [CLI, 'replay', cap, '-t', topo, '-o', out, '--json', ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
       let stdout = '';
