@@ -65,9 +65,17 @@ export function number(opts: { int?: boolean; min?: number; max?: number } = {})
   };
 }
 
-/** An integer in min..max. */
+/**
+ * An integer in min..max. Out of range, fractional or not a finite number,
+ * the message gives the range ("expected an integer in 0..4095, got 1e+21"),
+ * which says more than zod's "Too big: expected number to be <=4095".
+ */
 export function int(min: number, max: number): Check<number> {
-  return number({ int: true, min, max });
+  return (v, path) => {
+    if (typeof v !== 'number') throw expected(`an integer in ${min}..${max}`, v, path);
+    if (!Number.isInteger(v) || v < min || v > max) throw new CheckError(path, `Invalid input: expected an integer in ${min}..${max}, got ${Number.isFinite(v) ? String(v) : kind(v)}`);
+    return v;
+  };
 }
 
 export function boolean(): Check<boolean> {
@@ -107,14 +115,19 @@ function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
-/** An object with exactly these keys (an unknown key is an error, as zod's strictObject); checked in shape order. */
+/**
+ * An object with exactly these keys (an unknown key is an error, as zod's
+ * strictObject); checked in shape order. Only the value's own keys count: a
+ * key the value lacks is undefined even when Object.prototype has it, and a
+ * "__proto__" that JSON.parse made an own key is an unknown key like any.
+ */
 export function object<S extends Shape>(shape: S): Check<ObjectOf<S>> {
   const keys = Object.keys(shape);
   return (v, path) => {
     if (!isObject(v)) throw expected('object', v, path);
     const out: Record<string, unknown> = {};
     for (const k of keys) {
-      const x = shape[k](v[k], [...path, k]);
+      const x = shape[k](Object.hasOwn(v, k) ? v[k] : undefined, [...path, k]);
       if (x !== undefined) out[k] = x;
     }
     const extra = Object.keys(v).filter((k) => !Object.hasOwn(shape, k));
@@ -123,12 +136,22 @@ export function object<S extends Shape>(shape: S): Check<ObjectOf<S>> {
   };
 }
 
-/** An object of any keys whose values all pass `value`. */
-export function record<T>(value: Check<T>): Check<Record<string, T>> {
+/**
+ * An object whose values all pass `value`, given back as a null-prototype
+ * object: its keys are the user's text, and on a plain object a key
+ * "__proto__" would set the prototype instead of a key (a rule's
+ * {"__proto__": …} match came out empty, a match-all), and a lookup of
+ * "toString" would find Object.prototype's. With `keys`, any other key is
+ * refused by name: `unknown field "__proto__"; expected one of …`.
+ */
+export function record<T>(value: Check<T>, opts: { keys?: readonly string[] } = {}): Check<Record<string, T>> {
   return (v, path) => {
     if (!isObject(v)) throw expected('object', v, path);
-    const out: Record<string, T> = {};
-    for (const [k, x] of Object.entries(v)) out[k] = value(x, [...path, k]);
+    const out = Object.create(null) as Record<string, T>;
+    for (const [k, x] of Object.entries(v)) {
+      if (opts.keys !== undefined && !opts.keys.includes(k)) throw new CheckError(path, `unknown field ${JSON.stringify(k)}; expected one of ${opts.keys.join(', ')}`);
+      out[k] = value(x, [...path, k]);
+    }
     return out;
   };
 }

@@ -59,11 +59,27 @@ Options:
       --events FILE     timed control events (migrate, set-mapping, add-flow,
                         del-flow) applied between packets at given packet
                         counts or capture times (see README)
+      --clean           first remove fpo's own files in DIR: <port>.pcap and
+                        <port>.pcapng of the topology's ports and temp files
+                        a dead run left (<port>.pcap.partial-PID); without
+                        it, such files this run does not write are listed as
+                        stale in the report
   -h, --help            this text
+
+Outputs: each is written as DIR/<port>.pcap.partial-PID and renamed to
+DIR/<port>.pcap when complete, so a killed run leaves no complete-looking
+capture. An output that is one of the run's inputs (the same file, also
+through a link) is refused before anything is written.
+
+Signals: SIGINT or SIGTERM finishes the batch being switched, closes and
+renames the outputs (complete captures of the packets switched so far),
+prints the report marked "interrupted" and exits 130 (SIGINT) or 143
+(SIGTERM). A second signal exits at once, leaving only temp names.
 
 Exit status: 0 when the whole capture was read; 1 when the capture or the
 topology could not be read (packets before a fault in the capture are still
-switched, written and reported); 2 for a wrong command line.
+switched, written and reported) or an output would replace an input; 2 for a
+wrong command line; 130/143 when interrupted (above).
 `;
 
 class UsageError extends FpoError {
@@ -86,6 +102,7 @@ function table(rows: string[][]): string {
 function printReport(r: ReplayReport, flows: boolean): void {
   const out: string[] = [];
   out.push(`replayed ${r.capture} (${r.format}) through ${r.topology} in ${r.seconds.toFixed(3)} s`);
+  if (r.interrupted !== undefined) out.push(`interrupted by ${r.interrupted} after ${r.packets.in} packets: the outputs hold the packets switched before it`);
   out.push(`packets: in ${r.packets.in} = out ${r.packets.out} + dropped ${r.packets.dropped}   (copies sent ${r.packets.copies})`);
   if (r.tunnel.sent > 0) out.push(`tunnel: ${r.tunnel.sent} copies encapsulated, ${r.tunnel.flaggedSent} of them flagged`);
   if (r.tunnel.flagged + r.tunnel.unflagged > 0) out.push(`tunnel: ${r.tunnel.unflagged} unflagged (decapsulated, fast path), ${r.tunnel.flagged} flagged (to ${r.tunnel.specialTo}, untouched)`);
@@ -105,6 +122,8 @@ function printReport(r: ReplayReport, flows: boolean): void {
     out.push('', 'events:');
     for (const e of r.events) out.push(`  after packet ${e.atPacket}: ${e.event.do} ${JSON.stringify(e.result)}`);
   }
+  if (r.cleaned?.length) out.push('', `cleaned (--clean): ${r.cleaned.join(', ')}`);
+  if (r.stale.length) out.push('', `stale (not written by this run; --clean removes them): ${r.stale.join(', ')}`);
   if (flows && r.flowTable) {
     out.push('', 'flows:');
     for (const f of r.flowTable) out.push(`  ${f.match}, packets:${f.packets}, bytes:${f.bytes}, used:${f.usedSecondsAgo.toFixed(3)}s, actions:${f.actions}`);
@@ -147,6 +166,7 @@ async function cmdReplay(argv: string[]): Promise<number> {
       'max-flows': { type: 'string' },
       events: { type: 'string' },
       fpag: { type: 'string' },
+      clean: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -158,41 +178,68 @@ async function cmdReplay(argv: string[]): Promise<number> {
   if (!values.topology) throw new UsageError(`replay: --topology FILE is required; see 'fpo replay --help'`);
   if (!values.out) throw new UsageError(`replay: --out DIR is required; see 'fpo replay --help'`);
   const showProgress = process.stderr.isTTY === true && !values.json;
-  const [{ flowReport, replay, replayHosts }, { loadHosts }] = await Promise.all([import('./replay.js'), import('./topology.js')]);
-  const hosts = loadHosts(values.topology);
-  if (hosts.length > 1) {
-    const r = replayHosts({
-      capture: positionals[0], hosts, outDir: values.out,
+  const [{ flowReport, replayAsync, replayHostsAsync }, { loadHosts }] = await Promise.all([import('./replay.js'), import('./topology.js')]);
+  // SIGINT/SIGTERM: the replay stops after the batch it is switching and reports; a second signal exits at once.
+  const interrupt: { signal?: string } = {};
+  const onSignal = (signal: NodeJS.Signals): void => {
+    if (interrupt.signal !== undefined) process.exit(exitFor(signal));
+    interrupt.signal = signal;
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  try {
+    const hosts = loadHosts(values.topology);
+    const common = {
+      outDir: values.out,
       batchSize: intOption(values.batch, 'batch', 1, 256),
       maxFlows: intOption(values['max-flows'], 'max-flows', 16, 1 << 24),
+      inputs: [values.topology, ...(values.events ? [values.events] : [])],
+      clean: values.clean === true,
+      interrupt,
+    };
+    if (hosts.length > 1) {
+      const r = await replayHostsAsync({ ...common, capture: positionals[0], hosts });
+      if (values.json) process.stdout.write(JSON.stringify(r) + '\n');
+      else for (const h of r.hosts) { process.stdout.write(`== host ${h.host} ==\n`); printReport(h, false); process.stdout.write('\n'); }
+      if (r.interrupted !== undefined) return interrupted(r.interrupted, r.hosts.reduce((n, h) => n + h.packets.in, 0));
+      const err = r.hosts.find((h) => h.error)?.error;
+      if (err) {
+        process.stderr.write(`fpo: ${err.message}\n`);
+        return 1;
+      }
+      return 0;
+    }
+    const { report, datapath, fpag } = await replayAsync({
+      ...common,
+      capture: positionals[0],
+      topology: hosts[0],
+      onProgress: showProgress ? progressBar() : undefined,
+      events: values.events ? (await import('./events.js')).loadEvents(values.events) : undefined,
+      fpag: fpagPlacement(values.fpag),
     });
-    if (values.json) process.stdout.write(JSON.stringify(r) + '\n');
-    else for (const h of r.hosts) { process.stdout.write(`== host ${h.host} ==\n`); printReport(h, false); process.stdout.write('\n'); }
-    const err = r.hosts.find((h) => h.error)?.error;
-    if (err) {
-      process.stderr.write(`fpo: ${err.message}\n`);
+    if (values['dump-flows']) report.flowTable = flowReport(datapath, fpag);
+    if (values.json) process.stdout.write(JSON.stringify(report) + '\n');
+    else printReport(report, values['dump-flows'] === true);
+    if (report.interrupted !== undefined) return interrupted(report.interrupted, report.packets.in);
+    if (report.error) {
+      process.stderr.write(`fpo: ${report.error.message}\n`);
       return 1;
     }
     return 0;
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
   }
-  const { report, datapath, fpag } = replay({
-    capture: positionals[0],
-    topology: hosts[0],
-    outDir: values.out,
-    batchSize: intOption(values.batch, 'batch', 1, 256),
-    maxFlows: intOption(values['max-flows'], 'max-flows', 16, 1 << 24),
-    onProgress: showProgress ? progressBar() : undefined,
-    events: values.events ? (await import('./events.js')).loadEvents(values.events) : undefined,
-    fpag: fpagPlacement(values.fpag),
-  });
-  if (values['dump-flows']) report.flowTable = flowReport(datapath, fpag);
-  if (values.json) process.stdout.write(JSON.stringify(report) + '\n');
-  else printReport(report, values['dump-flows'] === true);
-  if (report.error) {
-    process.stderr.write(`fpo: ${report.error.message}\n`);
-    return 1;
-  }
-  return 0;
+}
+
+/** The shell's convention for a process ended by a signal: 128 + its number (SIGINT 130, SIGTERM 143). */
+function exitFor(signal: string): number {
+  return signal === 'SIGTERM' ? 143 : 130;
+}
+
+function interrupted(signal: string, packets: number): number {
+  process.stderr.write(`fpo: interrupted by ${signal} after ${packets} packets; the outputs hold those packets\n`);
+  return exitFor(signal);
 }
 
 const AGENT_HELP = `Usage: fpo agent --socket PATH [--name NAME]

@@ -47,19 +47,26 @@ export interface AppliedEvent {
 }
 
 export function loadEvents(path: string): ControlEvent[] {
-  let json: unknown;
+  let text: string;
   try {
-    json = JSON.parse(readFileSync(path, 'utf8'));
+    text = readFileSync(path, 'utf8');
   } catch (e) {
     throw new FpoError('FPO_ERR_USAGE', `${path}: cannot read events: ${(e as Error).message}`, { path });
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (e) {
+    throw new FpoError('FPO_ERR_USAGE', `${path}: (file): not JSON: ${(e as Error).message}`, { path });
   }
   let events: ControlEvent[];
   try {
     events = array(EventSchema)(json, []);
   } catch (e) {
     if (!(e instanceof CheckError)) throw e;
-    const field = formatPath(e.path);
-    throw new FpoError('FPO_ERR_USAGE', `${path}: events${field.startsWith('[') ? '' : '.'}${field}: ${e.message}`, { path });
+    // The top level is `events` (an array): events: …, events[2].vpid: …
+    const field = e.path.length === 0 ? '' : formatPath(e.path);
+    throw new FpoError('FPO_ERR_USAGE', `${path}: events${field.startsWith('[') || field === '' ? '' : '.'}${field}: ${e.message}`, { path });
   }
   events.forEach((e, i) => {
     if ((e.atPacket === undefined) === (e.atTime === undefined)) throw new FpoError('FPO_ERR_USAGE', `${path}: events[${i}]: give exactly one of atPacket, atTime`, { path });

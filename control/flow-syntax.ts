@@ -15,22 +15,28 @@ import { FIELD_NAMES } from '../datapath/classifier/flow-key.js';
 import { FpoError } from '../datapath/errors.js';
 import type { RuleSpec } from './topology.js';
 
-const SHORTHANDS: Record<string, Record<string, string | number>> = {
-  ip: { eth_type: '0x0800' },
-  ipv6: { eth_type: '0x86dd' },
-  arp: { eth_type: '0x0806' },
-  tcp: { eth_type: '0x0800', ip_proto: 6 },
-  udp: { eth_type: '0x0800', ip_proto: 17 },
-  icmp: { eth_type: '0x0800', ip_proto: 1 },
-  tcp6: { eth_type: '0x86dd', ip_proto: 6 },
-  udp6: { eth_type: '0x86dd', ip_proto: 17 },
-  icmp6: { eth_type: '0x86dd', ip_proto: 58 },
-};
+// Maps, not object literals: the keys looked up are the user's text, and a
+// literal's prototype answered "constructor" (a shorthand that matched
+// everything: `priority=60000,constructor,actions=drop` dropped all traffic).
+const SHORTHANDS = new Map<string, Record<string, string | number>>([
+  ['ip', { eth_type: '0x0800' }],
+  ['ipv6', { eth_type: '0x86dd' }],
+  ['arp', { eth_type: '0x0806' }],
+  ['tcp', { eth_type: '0x0800', ip_proto: 6 }],
+  ['udp', { eth_type: '0x0800', ip_proto: 17 }],
+  ['icmp', { eth_type: '0x0800', ip_proto: 1 }],
+  ['tcp6', { eth_type: '0x86dd', ip_proto: 6 }],
+  ['udp6', { eth_type: '0x86dd', ip_proto: 17 }],
+  ['icmp6', { eth_type: '0x86dd', ip_proto: 58 }],
+]);
 
-const ALIASES: Record<string, string> = {
-  dl_src: 'eth_src', dl_dst: 'eth_dst', dl_type: 'eth_type', dl_vlan: 'vlan_vid',
-  nw_src: 'ipv4_src', nw_dst: 'ipv4_dst', nw_proto: 'ip_proto',
-};
+const ALIASES = new Map<string, string>([
+  ['dl_src', 'eth_src'], ['dl_dst', 'eth_dst'], ['dl_type', 'eth_type'], ['dl_vlan', 'vlan_vid'],
+  ['nw_src', 'ipv4_src'], ['nw_dst', 'ipv4_dst'], ['nw_proto', 'ip_proto'],
+]);
+
+/** Fields a flow may match (in_port is one of the flow key's fields). */
+const FIELDS: readonly string[] = FIELD_NAMES;
 
 function usage(what: string): FpoError {
   return new FpoError('FPO_ERR_USAGE', what);
@@ -44,20 +50,23 @@ export function parseFlowSpec(text: string, needActions = true): RuleSpec {
   const matchPart = at >= 0 ? t.slice(0, at).replace(/,\s*$/, '') : t;
   const actionsPart = at >= 0 ? t.slice(at + 'actions='.length) : '';
   if (needActions && at < 0) throw usage('actions: missing; a flow ends with actions=drop, actions=normal or actions=output:NAME[,output:NAME…]');
-  const match: Record<string, string | number> = {};
+  // Null prototype: keys are checked against FIELDS first, and a lookup of one never finds Object.prototype's.
+  const match = Object.create(null) as Record<string, string | number>;
   let priority = 32768;
   let special = false;
   for (const tok of matchPart.split(',').map((x) => x.trim()).filter((x) => x.length > 0)) {
     const eq = tok.indexOf('=');
     if (eq < 0) {
       if (tok === 'special') { special = true; continue; }
-      const sh = SHORTHANDS[tok];
-      if (!sh) throw usage(`match: "${tok}" is not a shorthand; expected one of ${Object.keys(SHORTHANDS).join(', ')}, special, or FIELD=VALUE`);
-      Object.assign(match, sh);
+      const sh = SHORTHANDS.get(tok);
+      if (sh === undefined) throw usage(`match: unknown field ${JSON.stringify(tok)}: not a shorthand (${[...SHORTHANDS.keys()].join(', ')}), special, or FIELD=VALUE`);
+      for (const [k, v] of Object.entries(sh)) match[k] = v;
       continue;
     }
-    const name = ALIASES[tok.slice(0, eq)] ?? tok.slice(0, eq);
+    const given = tok.slice(0, eq);
+    const name = ALIASES.get(given) ?? given;
     const value = tok.slice(eq + 1);
+    if (name !== 'priority' && !FIELDS.includes(name)) throw usage(`match.${name}: unknown field ${JSON.stringify(name)}; expected one of ${FIELDS.join(', ')}`);
     if (value === '') throw usage(`match.${name}: no value`);
     if (name === 'priority') {
       const p = Number(value);
@@ -65,7 +74,6 @@ export function parseFlowSpec(text: string, needActions = true): RuleSpec {
       priority = p;
       continue;
     }
-    if (name !== 'in_port' && !(FIELD_NAMES as string[]).includes(name)) throw usage(`match.${name}: unknown field; expected one of in_port, ${FIELD_NAMES.join(', ')}`);
     match[name] = /^\d+$/.test(value) ? Number(value) : value;
   }
   const actions = actionsPart.split(',').map((x) => x.trim()).filter((x) => x.length > 0);

@@ -244,7 +244,7 @@ export class Fpag {
       else throw new Error(`${at}: no interface or port named "${name}"`);
       return;
     }
-    if (!(FIELD_NAMES as string[]).includes(field)) throw new Error(`${at}: unknown field; expected one of ${FIELD_NAMES.join(', ')}`);
+    if (!(FIELD_NAMES as string[]).includes(field)) throw new Error(`${at}: unknown field ${JSON.stringify(field)}; expected one of ${FIELD_NAMES.join(', ')}`);
     const f = FIELDS[field as FieldName];
     if (f.kind === 'mac') {
       if (typeof value !== 'string' || !/^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/.test(value)) throw new Error(`${at}: expected a MAC address, got ${JSON.stringify(value)}`);

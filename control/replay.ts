@@ -5,8 +5,15 @@
  *   rx (reader.fill) → datapath.process (parse, classify/upcall, execute, tx)
  *
  * with the FPAG answering upcalls in the same thread.
+ *
+ * Outputs: OUT/<port>.<pcap|pcapng>, each written under a temp name and
+ * renamed when the run ends (capture-writer.ts `partial`); an output that
+ * is an input is refused before anything is written; files of an earlier
+ * run that this one did not write are listed (`stale`) or, with `clean`,
+ * removed first. The loop is a generator that yields between batches, so
+ * replayAsync can let signal handlers run and stop it after a batch.
  */
-import { mkdirSync, statSync } from 'node:fs';
+import { mkdirSync, readdirSync, statSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { Arena } from '../datapath/arena.js';
 import { PacketBatch } from '../datapath/batch.js';
@@ -15,10 +22,10 @@ import { Datapath } from '../datapath/datapath.js';
 import { DROP, type DropReason } from '../datapath/drops.js';
 import { FpoError } from '../datapath/errors.js';
 import { CaptureReader, LINKTYPE_ETHERNET } from '../datapath/ports/capture-reader.js';
-import { CaptureWriter, txBufferBytes } from '../datapath/ports/capture-writer.js';
+import { CaptureWriter, PARTIAL_SUFFIX, txBufferBytes } from '../datapath/ports/capture-writer.js';
 import { Fpag } from './fpag.js';
 import { FpagThread } from './fpag-thread.js';
-import { loadTopology, type Topology } from './topology.js';
+import { loadTopology, pathNameProblem, type Topology } from './topology.js';
 import { applyEvent, type AppliedEvent, type ControlEvent } from './events.js';
 
 const CHUNK = 1 << 20;
@@ -41,6 +48,12 @@ export interface ReplayOptions {
   fpag?: 'inline' | 'thread';
   /** false: every packet through the stages, none through the datapath's fast lane (for comparison; default true). */
   fastLane?: boolean;
+  /** Other files the run reads (topology, events): no output may be one of them (the capture and a topology file are checked always). */
+  inputs?: string[];
+  /** Remove fpo's own files in outDir first: <port>.pcap / .pcapng of the topology's ports, and their temp files (<name>.partial-PID). */
+  clean?: boolean;
+  /** Set `signal` (e.g. from a signal handler) to stop after the batch being switched: outputs are closed and renamed, the report says `interrupted`. */
+  interrupt?: { signal?: string };
 }
 
 export interface PortReport {
@@ -83,11 +96,132 @@ export interface ReplayReport {
   events?: AppliedEvent[];
   /** The capture's fault, when reading stopped early; packets before it were processed. */
   error?: { code: string; message: string; offset?: number };
+  /** The signal that stopped the run early (ReplayOptions.interrupt): the outputs hold the packets switched before it, and are complete captures of those. */
+  interrupted?: string;
+  /**
+   * Files in the output folder that this run did not write but an earlier
+   * one may have: <port>.pcap/.pcapng of this topology's ports that emitted
+   * nothing now (or in the other format), and temp files of a run that was
+   * killed. Listed, not removed (`clean` removes them).
+   */
+  stale: string[];
+  /** With `clean`: the files removed before the run. */
+  cleaned?: string[];
   seconds: number;
 }
 
-export function replay(opts: ReplayOptions): { report: ReplayReport; datapath: Datapath; fpag: Fpag } {
+export type ReplayResult = { report: ReplayReport; datapath: Datapath; fpag: Fpag };
+
+/** Replays a capture, start to end, in one synchronous call. */
+export function replay(opts: ReplayOptions): ReplayResult {
+  return drive(replaySteps(opts));
+}
+
+/**
+ * replay(), giving the event loop a turn every `sliceMs` of switching so
+ * that signal handlers run (and can set opts.interrupt.signal).
+ */
+export function replayAsync(opts: ReplayOptions, sliceMs = 20): Promise<ReplayResult> {
+  return driveAsync(replaySteps(opts), sliceMs);
+}
+
+/** Runs a step generator to its end. */
+function drive<T>(g: Generator<void, T>): T {
+  for (;;) {
+    const r = g.next();
+    if (r.done) return r.value;
+  }
+}
+
+/** drive(), with a turn of the event loop every `sliceMs`. */
+async function driveAsync<T>(g: Generator<void, T>, sliceMs: number): Promise<T> {
+  let since = performance.now();
+  for (;;) {
+    const r = g.next();
+    if (r.done) return r.value;
+    const now = performance.now();
+    if (now - since >= sliceMs) {
+      await new Promise((resolve) => setImmediate(resolve));
+      since = performance.now();
+    }
+  }
+}
+
+/** Output file names a port may have: either format. */
+const FORMATS = ['pcap', 'pcapng'] as const;
+
+/**
+ * Refuses an output that is one of the run's inputs — the same file by
+ * device and inode (so through a symlink or a hard link too), not only the
+ * same path string — before anything is written: replaying OUT/vf2.pcap
+ * into OUT overwrote its own input.
+ */
+function refuseOutputsThatAreInputs(outDir: string, ports: readonly { name: string }[], inputs: readonly string[]): void {
+  const ids = new Map<string, string>();
+  for (const p of inputs) {
+    try {
+      const st = statSync(p, { bigint: true });
+      ids.set(`${st.dev}:${st.ino}`, p);
+    } catch {
+      // An input that cannot be stat'ed is reported by whoever opens it.
+    }
+  }
+  for (const p of ports) {
+    for (const ext of FORMATS) {
+      const f = join(outDir, `${p.name}.${ext}`);
+      let id: string;
+      try {
+        const st = statSync(f, { bigint: true });
+        id = `${st.dev}:${st.ino}`;
+      } catch {
+        continue; // not there: nothing to overwrite
+      }
+      const input = ids.get(id);
+      if (input !== undefined) throw new FpoError('FPO_ERR_USAGE', `${f}: port ${p.name}'s output is ${input}, an input of this run (the same file); writing it would replace the input: choose another --out`, { path: f });
+    }
+  }
+}
+
+/** Whether a process `pid` (not this one) is alive: kill(pid, 0) says without signalling it. */
+function running(pid: number): boolean {
+  if (pid === process.pid || !Number.isSafeInteger(pid) || pid <= 0) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM'; // alive, someone else's
+  }
+}
+
+/** fpo's own files in outDir for these ports (outputs of either format, temp files of killed runs), but `except` (this run's outputs). */
+function ownFiles(outDir: string, ports: readonly { name: string }[], except: ReadonlySet<string>): string[] {
+  let names: string[];
+  try {
+    names = readdirSync(outDir);
+  } catch {
+    return [];
+  }
+  const finals = new Set<string>();
+  for (const p of ports) for (const ext of FORMATS) finals.add(`${p.name}.${ext}`);
+  const out: string[] = [];
+  for (const n of names.sort()) {
+    const cut = n.lastIndexOf(PARTIAL_SUFFIX);
+    const pid = cut > 0 ? n.slice(cut + PARTIAL_SUFFIX.length) : '';
+    // A temp file of a run still going (another replay into this folder) is that run's, not stale.
+    const own = finals.has(n) || (cut > 0 && finals.has(n.slice(0, cut)) && /^\d+$/.test(pid) && !running(Number(pid)));
+    const f = join(outDir, n);
+    if (own && !except.has(f)) out.push(f);
+  }
+  return out;
+}
+
+/** The replay, one batch a step (the loop is the architecture; see the header). */
+function* replaySteps(opts: ReplayOptions): Generator<void, ReplayResult> {
   const topo = typeof opts.topology === 'string' ? loadTopology(opts.topology) : opts.topology;
+  for (const p of topo.ports) {
+    const problem = pathNameProblem(p.name);
+    if (problem !== null) throw new FpoError('FPO_ERR_BAD_TOPOLOGY', `${topo.path}: port ${JSON.stringify(p.name)}: name: ${problem}`, { path: topo.path });
+  }
   const bySourceMac = topo.inputPort === 'by-source-mac';
   const inputName = (bySourceMac ? undefined : topo.inputPort) ?? topo.ports.find((p) => p.role === 'uplink')?.name ?? topo.ports[0].name;
   const input = topo.ports.find((p) => p.name === inputName)!;
@@ -113,103 +247,134 @@ export function replay(opts: ReplayOptions): { report: ReplayReport; datapath: D
     if (reader.format === 'pcap' && reader.interfaces[0].linktype !== LINKTYPE_ETHERNET) {
       throw new FpoError('FPO_ERR_LINKTYPE', `${opts.capture}: offset 20: link type ${reader.interfaces[0].linktype} is not supported; fpo switches Ethernet (link type 1)`, { path: opts.capture, offset: 20 });
     }
+    refuseOutputsThatAreInputs(opts.outDir, topo.ports, [opts.capture, topo.path, ...(opts.inputs ?? [])]);
     try {
       mkdirSync(opts.outDir, { recursive: true });
     } catch (e) {
       throw new FpoError('FPO_ERR_IO', `${opts.outDir}: cannot create: ${(e as Error).message}`, { path: opts.outDir });
     }
+    let cleaned: string[] | undefined;
+    if (opts.clean) {
+      cleaned = ownFiles(opts.outDir, topo.ports, new Set());
+      for (const f of cleaned) {
+        try {
+          unlinkSync(f);
+        } catch (e) {
+          throw new FpoError('FPO_ERR_IO', `${f}: cannot remove (--clean): ${(e as Error).message}`, { path: f });
+        }
+      }
+    }
     const dp = new Datapath({ batchCapacity: batchSize, maxFlows: opts.maxFlows });
     dp.fastLane.enabled = opts.fastLane ?? true;
     const writers = new Map<number, CaptureWriter>();
     for (const p of topo.ports) {
-      const w = new CaptureWriter(join(opts.outDir, `${p.name}.${reader.format}`), reader, arena, txBuffer);
+      // Each output is written under a temp name and renamed when complete (capture-writer.ts).
+      const w = new CaptureWriter(join(opts.outDir, `${p.name}.${reader.format}`), reader, arena, txBuffer, { partial: true });
       writers.set(p.ppid, w);
       dp.addPort(p.ppid, w);
     }
-    const fpag = new Fpag(topo, dp);
-    let thread: FpagThread | null = null;
-    if (opts.fpag === 'thread') {
-      if (opts.events?.length) throw new FpoError('FPO_ERR_USAGE', '--events: not with --fpag thread (events change the FPAG\'s state, which lives in the worker)');
-      // The local Fpag only names VPIDs in the report; the worker's decides.
-      thread = new FpagThread(topo, dp);
-    } else {
-      fpag.start();
-    }
-
-    const batch = new PacketBatch(batchSize);
-    const started = performance.now();
-    let lastProgress = started;
-    const clock = packetClock(reader);
-    let soFar = 0;
-    const pending = [...(opts.events ?? [])];
-    const applied: AppliedEvent[] = [];
-    // A lazy fill when nothing but the datapath reads the batch (no events to place, no ports by MAC, no hook).
-    const lazyOk = !bySourceMac && opts.beforeBatch === undefined;
-    while (reader.fill(batch, input.ppid, lazyOk && pending.length === 0) > 0) {
-      if (bySourceMac) assignInputPorts(batch, portOfMac);
-      opts.beforeBatch?.(soFar, dp, fpag);
-      // Slow path: events that fall inside this batch split it where they fall.
-      while (pending.length > 0) {
-        const at = firstDue(pending, batch, soFar, reader);
-        if (at === null) break;
-        const { index, event } = at;
-        if (index > 0) {
-          const n = batch.count;
-          batch.count = index;
-          dp.process(batch, clock(batch));
-          batch.count = n;
-          batch.batchShift(index);
-          soFar += index;
-        }
-        pending.splice(pending.indexOf(event), 1);
-        applied.push({ event, atPacket: soFar, result: applyEvent(fpag, event) });
+    let kept = false;
+    try {
+      const fpag = new Fpag(topo, dp);
+      let thread: FpagThread | null = null;
+      if (opts.fpag === 'thread') {
+        if (opts.events?.length) throw new FpoError('FPO_ERR_USAGE', '--events: not with --fpag thread (events change the FPAG\'s state, which lives in the worker)');
+        // The local Fpag only names VPIDs in the report; the worker's decides.
+        thread = new FpagThread(topo, dp);
+      } else {
+        fpag.start();
       }
-      soFar += batch.count;
-      dp.process(batch, clock(batch));
-      if (opts.onProgress) {
-        const t = performance.now();
-        if (t - lastProgress > 100) {
-          lastProgress = t;
-          opts.onProgress(reader.bytesRead, reader.fileSize);
+
+      const batch = new PacketBatch(batchSize);
+      const started = performance.now();
+      let lastProgress = started;
+      const clock = packetClock(reader);
+      let soFar = 0;
+      const pending = [...(opts.events ?? [])];
+      const applied: AppliedEvent[] = [];
+      // A lazy fill when nothing but the datapath reads the batch (no events to place, no ports by MAC, no hook).
+      const lazyOk = !bySourceMac && opts.beforeBatch === undefined;
+      let interrupted: string | undefined;
+      while (reader.fill(batch, input.ppid, lazyOk && pending.length === 0) > 0) {
+        if (bySourceMac) assignInputPorts(batch, portOfMac);
+        opts.beforeBatch?.(soFar, dp, fpag);
+        // Slow path: events that fall inside this batch split it where they fall.
+        while (pending.length > 0) {
+          const at = firstDue(pending, batch, soFar, reader);
+          if (at === null) break;
+          const { index, event } = at;
+          if (index > 0) {
+            const n = batch.count;
+            batch.count = index;
+            dp.process(batch, clock(batch));
+            batch.count = n;
+            batch.batchShift(index);
+            soFar += index;
+          }
+          pending.splice(pending.indexOf(event), 1);
+          applied.push({ event, atPacket: soFar, result: applyEvent(fpag, event) });
+        }
+        soFar += batch.count;
+        dp.process(batch, clock(batch));
+        if (opts.onProgress) {
+          const t = performance.now();
+          if (t - lastProgress > 100) {
+            lastProgress = t;
+            opts.onProgress(reader.bytesRead, reader.fileSize);
+          }
+        }
+        // Between batches: a driver may give the event loop a turn here (replayAsync), and a signal stop the run.
+        yield;
+        if (opts.interrupt?.signal !== undefined) {
+          interrupted = opts.interrupt.signal;
+          break;
         }
       }
-    }
-    // Events past the end of the capture still happen, after the last packet (and before the report, which shows the state at the end).
-    for (const event of pending) applied.push({ event, atPacket: soFar, result: applyEvent(fpag, event) });
-    for (const w of writers.values()) w.close();
-    const seconds = (performance.now() - started) / 1000;
-    if (thread) void thread.stop();
-    opts.onProgress?.(reader.fileSize, reader.fileSize);
+      // Events past the end of the capture still happen, after the last packet (and before the report, which shows the state at the end);
+      // not after an interrupted run's last packet, which is not the capture's.
+      if (interrupted === undefined) for (const event of pending) applied.push({ event, atPacket: soFar, result: applyEvent(fpag, event) });
+      for (const w of writers.values()) w.close();
+      kept = true;
+      const seconds = (performance.now() - started) / 1000;
+      if (thread) void thread.stop();
+      opts.onProgress?.(reader.fileSize, reader.fileSize);
 
-    const st = dp.stats();
-    if (st.packetsIn !== reader.records || st.packetsIn !== st.delivered + st.dropped) {
-      throw new Error(`accounting broken: read ${reader.records}, in ${st.packetsIn}, delivered ${st.delivered}, dropped ${st.dropped}`);
-    }
-    const ports: PortReport[] = topo.ports.map((p) => {
-      const s = st.ports.find((x) => x.ppid === p.ppid)!;
-      const w = writers.get(p.ppid)!;
-      const vpid = dp.mapping.toVpid[p.ppid];
-      return {
-        name: p.name, ppid: p.ppid, role: p.role, vpid, attached: vpid >= 0 ? fpag.vpidName(vpid) : undefined,
-        rx: { packets: s.rxPackets, bytes: s.rxBytes }, tx: { packets: s.txPackets, bytes: s.txBytes },
-        file: w.opened ? w.path : undefined,
+      const st = dp.stats();
+      if (st.packetsIn !== reader.records || st.packetsIn !== st.delivered + st.dropped) {
+        throw new Error(`accounting broken: read ${reader.records}, in ${st.packetsIn}, delivered ${st.delivered}, dropped ${st.dropped}`);
+      }
+      const ports: PortReport[] = topo.ports.map((p) => {
+        const s = st.ports.find((x) => x.ppid === p.ppid)!;
+        const w = writers.get(p.ppid)!;
+        const vpid = dp.mapping.toVpid[p.ppid];
+        return {
+          name: p.name, ppid: p.ppid, role: p.role, vpid, attached: vpid >= 0 ? fpag.vpidName(vpid) : undefined,
+          rx: { packets: s.rxPackets, bytes: s.rxBytes }, tx: { packets: s.txPackets, bytes: s.txBytes },
+          file: w.opened ? w.path : undefined,
+        };
+      });
+      const report: ReplayReport = {
+        capture: opts.capture,
+        format: reader.format,
+        topology: topo.path,
+        packets: { in: st.packetsIn, out: st.delivered, dropped: st.dropped, copies: st.copies },
+        tunnel: { flagged: st.special, unflagged: st.decapsulated, specialTo: topo.tunnel?.specialPort ?? 'fpag', sent: st.encapsulated, flaggedSent: st.flaggedSent },
+        drops: st.drops,
+        ports,
+        flows: { installed: st.flowsInstalled, active: st.flowsNow, evicted: st.flowsEvicted, expired: st.flowsExpired, upcalls: st.upcalls, emcHits: st.emcHits, megaflowHits: st.megaflowHits, misses: st.lookupsMissed, fastLane: st.fastLane },
+        stale: ownFiles(opts.outDir, topo.ports, new Set([...writers.values()].filter((w) => w.opened).map((w) => w.path))),
+        seconds,
+        fpag: thread ? { placement: 'thread', upcalls: thread.upcalls, roundTripUs: thread.upcalls ? thread.roundTripNs / thread.upcalls / 1000 : 0 } : { placement: 'inline', upcalls: st.upcalls, roundTripUs: null },
       };
-    });
-    const report: ReplayReport = {
-      capture: opts.capture,
-      format: reader.format,
-      topology: topo.path,
-      packets: { in: st.packetsIn, out: st.delivered, dropped: st.dropped, copies: st.copies },
-      tunnel: { flagged: st.special, unflagged: st.decapsulated, specialTo: topo.tunnel?.specialPort ?? 'fpag', sent: st.encapsulated, flaggedSent: st.flaggedSent },
-      drops: st.drops,
-      ports,
-      flows: { installed: st.flowsInstalled, active: st.flowsNow, evicted: st.flowsEvicted, expired: st.flowsExpired, upcalls: st.upcalls, emcHits: st.emcHits, megaflowHits: st.megaflowHits, misses: st.lookupsMissed, fastLane: st.fastLane },
-      seconds,
-      fpag: thread ? { placement: 'thread', upcalls: thread.upcalls, roundTripUs: thread.upcalls ? thread.roundTripNs / thread.upcalls / 1000 : 0 } : { placement: 'inline', upcalls: st.upcalls, roundTripUs: null },
-    };
-    if (opts.events) report.events = applied;
-    if (reader.error) report.error = { code: reader.error.code, message: reader.error.message, offset: reader.error.offset };
-    return { report, datapath: dp, fpag };
+      if (opts.events) report.events = applied;
+      if (reader.error) report.error = { code: reader.error.code, message: reader.error.message, offset: reader.error.offset };
+      if (interrupted !== undefined) report.interrupted = interrupted;
+      if (cleaned !== undefined) report.cleaned = cleaned;
+      return { report, datapath: dp, fpag };
+    } finally {
+      // A run that failed keeps nothing: its temp files go (a run that completed renamed them).
+      if (!kept) for (const w of writers.values()) w.abandon();
+    }
   } finally {
     reader.close();
   }
@@ -296,6 +461,8 @@ function assignInputPorts(batch: PacketBatch, portOfMac: Map<number, number>): v
 
 export interface HostsReport {
   hosts: (ReplayReport & { host: string })[];
+  /** The signal that stopped the run: the hosts after the one it stopped are not replayed. */
+  interrupted?: string;
 }
 
 /**
@@ -305,14 +472,33 @@ export interface HostsReport {
  * host's input, on its replay.inputPort (default: its first uplink).
  * Each host writes to DIR/<host>/.
  */
-export function replayHosts(opts: Omit<ReplayOptions, 'topology'> & { hosts: Topology[] }): HostsReport {
+export function replayHosts(opts: HostsOptions): HostsReport {
+  return drive(replayHostsSteps(opts));
+}
+
+/** replayHosts(), giving the event loop a turn every `sliceMs` (see replayAsync). */
+export function replayHostsAsync(opts: HostsOptions, sliceMs = 20): Promise<HostsReport> {
+  return driveAsync(replayHostsSteps(opts), sliceMs);
+}
+
+export type HostsOptions = Omit<ReplayOptions, 'topology'> & { hosts: Topology[] };
+
+function* replayHostsSteps(opts: HostsOptions): Generator<void, HostsReport> {
   const reports: HostsReport['hosts'] = [];
   let capture = opts.capture;
+  // Each host's name becomes a folder: loading checked it (topology.ts pathNameProblem); a topology made in code is checked here, before anything is written.
+  opts.hosts.forEach((t, i) => {
+    const problem = pathNameProblem(t.name);
+    if (problem !== null) throw new FpoError('FPO_ERR_BAD_TOPOLOGY', `${t.path}: hosts[${i}]: name: ${problem}`, { path: t.path });
+  });
+  // No host's output may be an input of the run: checked for all hosts before the first writes.
+  for (const t of opts.hosts) refuseOutputsThatAreInputs(join(opts.outDir, t.name), t.ports, [opts.capture, t.path, ...(opts.inputs ?? [])]);
   for (let h = 0; h < opts.hosts.length; h++) {
     const topo = opts.hosts[h];
     const outDir = join(opts.outDir, topo.name);
-    const { report } = replay({ ...opts, capture, topology: topo, outDir });
+    const { report } = yield* replaySteps({ ...opts, capture, topology: topo, outDir });
     reports.push({ host: topo.name, ...report });
+    if (report.interrupted !== undefined) return { hosts: reports, interrupted: report.interrupted };
     const next = opts.hosts[h + 1];
     if (!next) break;
     const remote = topo.tunnel?.remotes.find((r) => r.name === next.name);

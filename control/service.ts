@@ -43,6 +43,19 @@ import { loadTopology, type Topology } from './topology.js';
 
 export const MAX_REQUEST = 64 * 1024;
 
+/**
+ * The args each command takes; any other key is refused by name, before
+ * anything is done: a misspelt key ("newvpid" for newVpid) was ignored and
+ * the request carried out without it. A Map, not an object: the command is
+ * the client's text. inject is not listed (its args are the inject path's
+ * to define): its unknown keys are not checked here.
+ */
+const ARGS = new Map<string, readonly string[]>([
+  ['ping', []], ['show', []], ['dump-flows', []], ['stats', []], ['bfd', []],
+  ['add-flow', ['flow']], ['del-flow', ['flow']], ['trace', ['packet']],
+  ['set-mapping', ['vpid', 'ppid']], ['migrate', ['interface', 'to', 'away', 'newVpid']],
+]);
+
 export interface ServiceOptions {
   topology: string;
   socket: string;
@@ -221,6 +234,12 @@ export class Service {
 
   /** Runs one control command. Throws FpoError (naming the field) with nothing changed. */
   async handle(cmd: string, args: Record<string, unknown>): Promise<unknown> {
+    const allowed = ARGS.get(cmd);
+    if (allowed !== undefined) {
+      for (const k of Object.keys(args)) {
+        if (!allowed.includes(k)) throw new FpoError('FPO_ERR_USAGE', `args: unknown field ${JSON.stringify(k)}; ${cmd} takes ${allowed.length ? allowed.join(', ') : 'no args'}`);
+      }
+    }
     const str = (name: string, required = true): string | undefined => {
       const v = args[name];
       if (v === undefined && !required) return undefined;

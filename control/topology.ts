@@ -21,7 +21,8 @@
 import { readFileSync } from 'node:fs';
 import { FpoError } from '../datapath/errors.js';
 import { parseIpText } from '../datapath/datapath.js';
-import { CheckError, array, boolean, either, formatPath, int, number, object, oneOf, optional, record, refine, string, withDefault, type Out } from './check.js';
+import { FIELD_NAMES } from '../datapath/classifier/flow-key.js';
+import { CheckError, array, boolean, either, formatPath, int, number, object, oneOf, optional, record, refine, string, withDefault, type Check, type Out } from './check.js';
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 const MAC = /^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/;
@@ -30,6 +31,32 @@ const IPV4 = /^(25[0-5]|2[0-4]\d|1?\d?\d)(\.(25[0-5]|2[0-4]\d|1?\d?\d)){3}$/;
 // The checks are plain functions (control/check.ts), not zod: zod's load and
 // this schema's construction were 100-130 ms of every replay's start-up.
 const name = string({ regex: NAME, message: 'expected a name of letters, digits, ".", "_", "-" (at most 64)' });
+
+/** The longest name that becomes a file or folder name (NAME's limit too). */
+export const PATH_NAME_MAX = 64;
+
+/**
+ * Why `s` cannot be one segment of a path, or null when it can: names that
+ * become file or folder names (a host's folder under --out in a multi-host
+ * replay, OUT/<host>/; a port's OUT/<port>.pcap) must stay inside the
+ * folder they are joined to. A host named "../../x" wrote outside --out.
+ */
+export function pathNameProblem(s: string): string | null {
+  if (s.length === 0) return 'expected a name, got an empty string';
+  if (s.length > PATH_NAME_MAX) return `expected at most ${PATH_NAME_MAX} characters (it becomes a folder name), got ${s.length}`;
+  if (s.includes('/') || s.includes('\\')) return `expected one path segment (it becomes a folder name), without "/" or "\\": ${JSON.stringify(s)}`;
+  if (/^\.+$/.test(s)) return `expected a name that is not only dots (it becomes a folder name): ${JSON.stringify(s)}`;
+  if (/[\u0000-\u001f\u007f]/.test(s)) return `expected no control characters or NUL (it becomes a folder name): ${JSON.stringify(s)}`;
+  return null;
+}
+
+/** A string that pathNameProblem accepts. */
+const pathName: Check<string> = (v, path) => {
+  const s = string()(v, path);
+  const problem = pathNameProblem(s);
+  if (problem !== null) throw new CheckError(path, problem);
+  return s;
+};
 const mac = (example: string) => string({ regex: MAC, message: `expected a MAC address like ${example}` });
 const ipv4 = (message: string) => string({ regex: IPV4, message });
 
@@ -45,7 +72,7 @@ const PortSchema = object({
    */
   kind: withDefault(oneOf(['pcap', 'tap', 'afpacket'] as const), () => 'pcap' as const),
   /** The TAP device's name (default: the port's name; at most 15 characters). */
-  device: optional(string({ regex: /^[A-Za-z0-9._-]{1,15}$/, message: 'expected an interface name of 1 to 15 letters, digits, ".", "_", "-"' })),
+  device: optional(refine(string({ regex: /^[A-Za-z0-9._-]{1,15}$/, message: 'expected an interface name of 1 to 15 letters, digits, ".", "_", "-"' }), (d) => !/^\.+$/.test(d), 'expected an interface name that is not only dots (Linux refuses "." and "..")')),
 });
 
 const SegmentSchema = object({
@@ -140,13 +167,15 @@ const RuleSchema = object({
   priority: int(0, 65535),
   /** Packets this rule matches get the special-processing flag when they are sent through a tunnel. */
   special: withDefault(boolean(), () => false),
-  match: withDefault(record(either(string(), number(), 'expected string or number')), () => ({})),
+  /** Field → value; a null-prototype object, its keys only the flow key's fields (check.ts record). */
+  match: withDefault(record(either(string(), number(), 'expected string or number'), { keys: FIELD_NAMES }), () => Object.create(null) as Record<string, string | number>),
   actions: array(string(), { min: 1 }),
   comment: optional(string()),
 });
 
 export const TopologySchema = object({
-  name: withDefault(string(), () => 'topology'),
+  /** The host's name; in a multi-host replay its output folder (OUT/<name>/), so one path segment. */
+  name: withDefault(pathName, () => 'topology'),
   ports: array(PortSchema, { min: 1 }),
   segments: array(SegmentSchema, { min: 1 }),
   nodes: withDefault(array(NodeSchema), () => []),
@@ -223,7 +252,7 @@ function bad(path: string, field: string, what: string): FpoError {
  */
 export function loadHosts(path: string): Topology[] {
   const json = readJson(path);
-  if (json !== null && typeof json === 'object' && 'hosts' in json) {
+  if (json !== null && typeof json === 'object' && Object.hasOwn(json, 'hosts')) {
     const hosts = (json as { hosts: unknown }).hosts;
     if (!Array.isArray(hosts) || hosts.length === 0) throw bad(path, 'hosts', 'expected a non-empty array of host topologies');
     const out = hosts.map((h, i) => topologyFrom(h, `${path}: hosts[${i}]`));

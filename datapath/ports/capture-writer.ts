@@ -12,8 +12,16 @@
  * one (slow path). A classic pcap writer is also a DirectTx: execute and the
  * fast lane copy raw records into its buffer themselves, and its fill level
  * lives in their array (attachDirect).
+ *
+ * With `partial` (a replay's outputs), the file is written under a temp name
+ * in the same folder, `<path>.partial-<pid>`, and renamed to `path` by
+ * close(): a run killed mid-way (SIGKILL, a crash) leaves only names that
+ * say they are incomplete, never a capture that looks whole; a port that
+ * emitted nothing renames nothing. abandon() closes and removes the temp
+ * file instead. Without it (fpo run's ports, written for the service's
+ * life) the file is `path` from the first packet on.
  */
-import { closeSync, openSync, writeSync } from 'node:fs';
+import { closeSync, openSync, renameSync, unlinkSync, writeSync } from 'node:fs';
 import { Arena, arenaCopy } from '../arena.js';
 import type { Encap } from '../actions/encap.js';
 import type { DirectTx } from '../actions/execute.js';
@@ -49,11 +57,29 @@ export interface CaptureLayout {
   interfaces: readonly CaptureInterface[];
 }
 
+/** The temp name a `partial` writer uses for `path` (its suffix is PARTIAL_SUFFIX and the pid). */
+export function partialPath(path: string, pid = process.pid): string {
+  return `${path}${PARTIAL_SUFFIX}${pid}`;
+}
+
+/** What partialPath puts after the final name: `vf1.pcap.partial-4242`. */
+export const PARTIAL_SUFFIX = '.partial-';
+
+export interface CaptureWriterOptions {
+  /** Write to partialPath(path) and rename to path on close (see the header). */
+  partial?: boolean;
+}
+
 export class CaptureWriter implements DirectTx {
+  /** The final name: where the capture is once closed. */
   readonly path: string;
+  /** Where the bytes go while it is open: path, or its temp name with `partial`. */
+  readonly writingPath: string;
   /** -1 until the first packet: a port that emits nothing leaves no file. */
   private fd = -1;
   private closed = false;
+  /** abandon() threw the file away: nothing was kept. */
+  private abandoned = false;
   /** The arena's bytes (or a private buffer after a grow); buf is outer[abase..). */
   private outer: Uint8Array;
   /** The arena's bytes and words (packets from a reader in the same arena copy by words). */
@@ -75,8 +101,9 @@ export class CaptureWriter implements DirectTx {
   /** pcapng: interfaces already described in this file. */
   private described = 0;
 
-  constructor(path: string, layout: CaptureLayout, arena?: Arena, bufferBytes = DEFAULT_BUFFER) {
+  constructor(path: string, layout: CaptureLayout, arena?: Arena, bufferBytes = DEFAULT_BUFFER, opts: CaptureWriterOptions = {}) {
     this.path = path;
+    this.writingPath = opts.partial ? partialPath(path) : path;
     this.layout = layout;
     const a = arena ?? new Arena(bufferBytes);
     this.outer = a.bytes;
@@ -194,17 +221,17 @@ export class CaptureWriter implements DirectTx {
     }
   }
 
-  /** True once the file exists (the port emitted a packet). */
+  /** True once the file exists (the port emitted a packet), and after close() when it was kept. */
   get opened(): boolean {
-    return this.fd >= 0 || this.closed;
+    return this.fd >= 0 || (this.closed && !this.abandoned);
   }
 
   // Slow path: once per file.
   private open(): void {
     try {
-      this.fd = openSync(this.path, 'w');
+      this.fd = openSync(this.writingPath, 'w');
     } catch (e) {
-      throw new FpoError('FPO_ERR_IO', `${this.path}: cannot create: ${(e as Error).message}`, { path: this.path });
+      throw new FpoError('FPO_ERR_IO', `${this.writingPath}: cannot create: ${(e as Error).message}`, { path: this.writingPath });
     }
   }
 
@@ -352,11 +379,31 @@ export class CaptureWriter implements DirectTx {
     this.used = 0;
   }
 
+  /** Writes what is buffered and closes; a `partial` writer's file then takes its final name. */
   close(): void {
     if (this.fd < 0 || this.closed) return;
     this.closed = true;
     this.flush();
     closeSync(this.fd);
     this.fd = -1;
+    if (this.writingPath !== this.path) {
+      try {
+        renameSync(this.writingPath, this.path);
+      } catch (e) {
+        throw new FpoError('FPO_ERR_IO', `${this.path}: cannot rename ${this.writingPath} to it: ${(e as Error).message}`, { path: this.path });
+      }
+    }
+  }
+
+  /** Closes without keeping anything: a `partial` writer's temp file is removed (the final name is left as it was). */
+  abandon(): void {
+    if (this.fd < 0 || this.closed) return;
+    this.closed = true;
+    this.abandoned = true;
+    closeSync(this.fd);
+    this.fd = -1;
+    if (this.writingPath !== this.path) {
+      try { unlinkSync(this.writingPath); } catch { /* already gone: nothing to keep */ }
+    }
   }
 }

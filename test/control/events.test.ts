@@ -8,8 +8,11 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
-import type { ReplayReport } from '../../control/replay.js';
+import { loadEvents } from '../../control/events.js';
+import { replay, type ReplayReport } from '../../control/replay.js';
+import { FpoError } from '../../datapath/errors.js';
 import { eth, ipv4, tcp, udp, writePcap, type Record as PcapRecord } from '../../fixtures/packets.js';
 import { FIXTURES, cleanTemp, needTool, runCli, tempDir, tsharkFields } from '../helpers.js';
 
@@ -262,4 +265,115 @@ describe('replay events that change the rules', () => {
     expect(idsOn(out, 'vf3', 'udp')).toEqual(range(100, 260));
     expect(idsOn(out, 'vf1', 'udp')).toEqual([...range(0, 100), ...range(260, N)]);
   });
+});
+
+describe('events files: keys and names Object.prototype has', () => {
+  const PROTO_KEYS = ['__proto__', 'constructor', 'toString', 'hasOwnProperty', 'valueOf'];
+  const dir = tempDir('events-keys');
+  let files = 0;
+  /** loadEvents over the text; the FpoError's message (or 'loaded'). */
+  const load = (text: string): string => {
+    const p = join(dir, `e${files++}.json`);
+    writeFileSync(p, text);
+    try {
+      loadEvents(p);
+      return 'loaded';
+    } catch (e) {
+      expect(e).toBeInstanceOf(FpoError);
+      return (e as Error).message.slice(p.length + 2);
+    }
+  };
+
+  it('an add-flow or del-flow whose flow names one is refused naming it (it was a match-all)', () => {
+    for (const k of PROTO_KEYS) {
+      expect(load(`[{ "atPacket": 1, "do": "add-flow", "flow": "priority=60000,${k},actions=drop" }]`)).toMatch(new RegExp(`^events\\[0\\]\\.flow: match: unknown field "${k}"`));
+      expect(load(`[{ "atPacket": 1, "do": "del-flow", "flow": "${k}=1" }]`)).toMatch(new RegExp(`^events\\[0\\]\\.flow: match\\.${k}: unknown field "${k}"`));
+    }
+  });
+
+  it('an event with such a key is refused naming the key; a "do" of such a name is not a kind of event', () => {
+    for (const k of PROTO_KEYS) {
+      expect(load(`[{ "atPacket": 1, "do": "migrate", "interface": "vm1-eth0", "to": "vf5", ${JSON.stringify(k)}: { "away": true } }]`)).toBe(`events[0]: Unrecognized key: ${JSON.stringify(k)}`);
+      expect(load(`[{ "atPacket": 1, "do": ${JSON.stringify(k)} }]`)).toBe('events[0].do: Invalid discriminator value. Expected \'migrate\' | \'set-mapping\' | \'add-flow\' | \'del-flow\'');
+    }
+  });
+
+  it('a migrate of an interface named "toString" that the topology lacks stops the replay naming it', () => {
+    const ev = join(dir, 'to-string.json');
+    writeFileSync(ev, '[{ "atPacket": 1, "do": "migrate", "interface": "toString", "to": "vf5" }]');
+    const r = runCli(['replay', join(FIXTURES, 'demo.pcap'), '-t', TOPO, '-o', join(dir, 'out'), '--events', ev]);
+    expect(r.stderr).toBe('fpo: interface: no interface named "toString"\n');
+    expect(r.status).toBe(1);
+  }, 60_000);
+});
+
+describe('events files (fuzz): events or an FpoError naming the file and a field; a replay with them reports or refuses', () => {
+  const PROTO_KEYS = ['__proto__', 'constructor', 'toString', 'hasOwnProperty', 'valueOf'];
+  const NAMES = [...PROTO_KEYS, 'vm1-eth0', 'vm2-eth0', 'vf5', 'vf1', 'uplink0', '..', '../x', ''];
+  const valid = [
+    { atPacket: 3, do: 'migrate', interface: 'vm1-eth0', to: 'vf5' },
+    { atPacket: 100, do: 'set-mapping', vpid: 1, ppid: 11 },
+    { atTime: 1700000000.5, do: 'add-flow', flow: 'priority=200,udp,actions=drop' },
+    { atPacket: 400, do: 'del-flow', flow: 'priority=200,udp' },
+    { atPacket: 500, do: 'migrate', interface: 'vm2-eth0', away: true },
+  ];
+  const flowText = fc.oneof(
+    fc.constantFrom('priority=60000,constructor,actions=drop', 'toString=1', 'tcp,__proto__,actions=drop', 'in_port=valueOf,actions=normal', 'actions=output:hasOwnProperty', 'priority=99999,actions=drop', ''),
+    fc.string({ maxLength: 40 }),
+  );
+  const field = fc.constantFrom('atPacket', 'atTime', 'do', 'interface', 'to', 'away', 'newVpid', 'vpid', 'ppid', 'flow', ...PROTO_KEYS);
+  const value = fc.oneof(fc.jsonValue({ maxDepth: 1 }), fc.constantFrom(...NAMES), flowText, fc.constantFrom(-1, 0, 4096, 1e12, 2 ** 53, 0.5, 1e300, true, null));
+  const edit = fc.record({ event: fc.nat(), field, value, drop: fc.boolean() });
+
+  const dir = tempDir('events-fuzz');
+  let n = 0;
+  /** loadEvents, then a replay of the demo with them: 'refused' (load), 'failed' (replay, FpoError) or 'replayed'. */
+  function check(text: string | Uint8Array): string {
+    const file = join(dir, `e${n++}.json`);
+    writeFileSync(file, text);
+    let events;
+    try {
+      events = loadEvents(file);
+    } catch (e) {
+      if (!(e instanceof FpoError)) throw e;
+      expect(e.message.startsWith(`${file}: `), e.message).toBe(true);
+      expect(e.message.slice(file.length + 2), e.message).toMatch(/^(\(file\)|events(\[\d+\])?(\.\w+)*): \S/);
+      return 'refused';
+    }
+    // A loaded flow never names a key of Object.prototype as a field or shorthand (one was a match-all).
+    for (const e of events) {
+      if (e.do !== 'add-flow' && e.do !== 'del-flow') continue;
+      const tokens = e.flow.split('actions=')[0].split(',').map((t) => t.split('=')[0].trim());
+      expect(tokens.filter((t) => PROTO_KEYS.includes(t)), e.flow).toEqual([]);
+    }
+    const out = join(dir, `out${n}`);
+    try {
+      replay({ capture: join(FIXTURES, 'demo.pcap'), topology: TOPO, outDir: out, events });
+    } catch (e) {
+      if (!(e instanceof FpoError)) throw e; // a TypeError would be exit 70
+      return 'failed';
+    }
+    return 'replayed';
+  }
+
+  it('random JSON, random bytes and edits of a valid file (prototype-ish keys and names, out-of-range numbers, bad flows)', () => {
+    const seen: Record<string, number> = { refused: 0, failed: 0, replayed: 0 };
+    fc.assert(fc.property(fc.oneof(
+      { arbitrary: fc.array(edit, { minLength: 1, maxLength: 3 }).map((es) => {
+        const doc = structuredClone(valid) as Record<string, unknown>[];
+        for (const e of es) {
+          const ev = doc[e.event % doc.length];
+          if (e.drop) delete ev[e.field];
+          else Object.defineProperty(ev, e.field, { value: e.value, enumerable: true, configurable: true, writable: true });
+        }
+        return JSON.stringify(doc);
+      }), weight: 4 },
+      { arbitrary: fc.jsonValue().map((v) => JSON.stringify(v) ?? 'null'), weight: 1 },
+      { arbitrary: fc.uint8Array({ maxLength: 100 }), weight: 1 },
+    ), (text) => {
+      seen[check(text)]++;
+    }), { numRuns: 300, seed: 17 });
+    expect(seen.refused).toBeGreaterThan(100);
+    expect(seen.replayed + seen.failed).toBeGreaterThan(10);
+  }, 120_000);
 });

@@ -15,10 +15,38 @@ describe('flow syntax (ovs-ofctl-like)', () => {
   it('names what is wrong', () => {
     expect(() => parseFlowSpec('tcp,tp_dst=23')).toThrowError(/actions: missing/);
     expect(() => parseFlowSpec('priority=70000,actions=drop')).toThrowError(/priority: expected an integer in 0\.\.65535/);
-    expect(() => parseFlowSpec('sctp,actions=drop')).toThrowError(/match: "sctp" is not a shorthand/);
+    expect(() => parseFlowSpec('sctp,actions=drop')).toThrowError(/match: unknown field "sctp": not a shorthand/);
     expect(() => parseFlowSpec('foo=1,actions=drop')).toThrowError(/match\.foo: unknown field/);
     expect(() => parseFlowSpec('tcp,actions=teleport')).toThrowError(/actions\[0\]: "teleport"/);
     expect(() => parseFlowSpec('tp_dst=,actions=drop')).toThrowError(/match\.tp_dst: no value/);
     expect(() => parseFlowSpec('')).toThrowError(/flow: empty/);
+  });
+});
+
+describe('flow syntax: names Object.prototype has are refused by name', () => {
+  const PROTO_KEYS = ['__proto__', 'constructor', 'toString', 'hasOwnProperty', 'valueOf'];
+
+  it('as a shorthand ("priority=60000,constructor,actions=drop" was a match-all drop)', () => {
+    for (const k of PROTO_KEYS) {
+      for (const needActions of [true, false]) {
+        expect(() => parseFlowSpec(`priority=60000,${k},actions=drop`, needActions)).toThrowError(`match: unknown field "${k}": not a shorthand (ip, ipv6, arp, tcp, udp, icmp, tcp6, udp6, icmp6), special, or FIELD=VALUE`);
+        expect(() => parseFlowSpec(`tcp,${k}`, false)).toThrowError(`match: unknown field "${k}"`);
+      }
+    }
+  });
+
+  it('as a field, with the field named (not a function\'s source)', () => {
+    for (const k of PROTO_KEYS) {
+      expect(() => parseFlowSpec(`${k}=1,actions=drop`)).toThrowError(new RegExp(`^match\\.${k}: unknown field "${k}"; expected one of in_port, vlan_tpid, `));
+      expect(() => parseFlowSpec(`in_port=vf1,${k}=1`, false)).toThrowError(`match.${k}: unknown field "${k}"`);
+    }
+  });
+
+  it('a parsed match is a null-prototype object of exactly the fields given', () => {
+    const r = parseFlowSpec('tcp,tp_dst=22,actions=drop');
+    expect(Object.getPrototypeOf(r.match)).toBe(null);
+    expect(Object.keys(r.match)).toEqual(['eth_type', 'ip_proto', 'tp_dst']);
+    // A value may be any text the field's parser then checks: names of Object.prototype's keys included.
+    expect(parseFlowSpec('in_port=toString,actions=output:constructor')).toEqual({ priority: 32768, match: { in_port: 'toString' }, actions: ['output:constructor'], special: false });
   });
 });

@@ -79,7 +79,7 @@ describe('FPAG decisions', () => {
   });
 
   it('a rule with an unknown field or action is refused naming it', () => {
-    expect(() => setup({ rules: [{ priority: 1, match: { colour: 3 }, actions: ['drop'] }] })).toThrowError(/rules\[0\]\.match\.colour: unknown field/);
+    expect(() => setup({ rules: [{ priority: 1, match: { colour: 3 }, actions: ['drop'] }] })).toThrowError(/rules\[0\]\.match: unknown field "colour"/);
     expect(() => setup({ rules: [{ priority: 1, match: { tp_dst: 70000 }, actions: ['drop'] }] })).toThrowError(/rules\[0\]\.match\.tp_dst: expected an integer in 0\.\.65535/);
     expect(() => setup({ rules: [{ priority: 1, match: {}, actions: ['output:nobody'] }] })).toThrowError(FpoError);
     expect(() => setup({ rules: [{ priority: 1, match: {}, actions: ['explode'] }] })).toThrowError(/actions\[0\]: unknown action "explode"/);

@@ -1,7 +1,8 @@
-import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { spawn, spawnSync } from 'node:child_process';
+import { copyFileSync, existsSync, linkSync, lstatSync, readFileSync, readdirSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { basename, join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { benchTopology, generate } from '../../bench/gen-capture.js';
 import { replay, type ReplayReport } from '../../control/replay.js';
 import { PacketBatch } from '../../datapath/batch.js';
 import { CaptureReader } from '../../datapath/ports/capture-reader.js';
@@ -173,7 +174,7 @@ describe('fpo command line', () => {
     writeFileSync(topo, JSON.stringify({ ports: [{ name: 'p', ppid: 'one' }], segments: [{ name: 's' }] }));
     const badTopo = runCli(['replay', DEMO, '-t', topo, '-o', tempDir()]);
     expect(badTopo.status).toBe(1);
-    expect(badTopo.stderr).toMatch(/topo\.json: ports\[0\]\.ppid: .*number/);
+    expect(badTopo.stderr).toMatch(/topo\.json: ports\[0\]\.ppid: Invalid input: expected an integer in 0\.\.4095, received string/);
     const opt = runCli(['replay', DEMO, '--nope']);
     expect(opt.status).toBe(2);
     expect(opt.stderr).toMatch(/^fpo: .*--nope/);
@@ -282,3 +283,159 @@ function tsOf(path: string): number[] {
   rd.close();
   return out;
 }
+
+describe('replay output files', () => {
+  /** The demo replayed into a fresh folder: the folder, and the bytes of each file there. */
+  function demoOut(): { out: string; before: Map<string, Buffer> } {
+    const out = tempDir('outs');
+    expect(runCli(['replay', DEMO, '-t', TOPO, '-o', out]).status).toBe(0);
+    return { out, before: snapshot(out) };
+  }
+  function snapshot(dir: string): Map<string, Buffer> {
+    return new Map(readdirSync(dir).sort().map((f) => [f, lstatSync(join(dir, f)).isSymbolicLink() ? Buffer.from(`-> ${readlinkSync(join(dir, f))}`) : readFileSync(join(dir, f))]));
+  }
+
+  it('an output that is the input is refused before anything is written: same path, another spelling, a symlink, a hard link', () => {
+    const cases: [string, (out: string) => string][] = [
+      ['the same path', (out) => join(out, 'vf2.pcap')],
+      ['another spelling of it', (out) => `${out}/./../${basename(out)}/vf2.pcap`],
+      ['a symlink to it', (out) => { const l = join(tempDir('link'), 'in.pcap'); symlinkSync(join(out, 'vf2.pcap'), l); return l; }],
+      ['a hard link to it', (out) => { const l = join(tempDir('link'), 'in.pcap'); linkSync(join(out, 'vf2.pcap'), l); return l; }],
+    ];
+    for (const [what, input] of cases) {
+      const { out, before } = demoOut();
+      const capture = input(out);
+      const r = runCli(['replay', capture, '-t', TOPO, '-o', out]);
+      expect(r.stderr, what).toBe(`fpo: ${join(out, 'vf2.pcap')}: port vf2's output is ${capture}, an input of this run (the same file); writing it would replace the input: choose another --out\n`);
+      expect(r.status, what).toBe(1);
+      expect(snapshot(out), what).toEqual(before); // nothing written, no temp file, the input whole
+    }
+    expect(cases).toHaveLength(4);
+  }, 60_000);
+
+  it('an output that is a symlink to the input is refused too (the output side of the link)', () => {
+    const { out } = demoOut();
+    const input = join(tempDir('in'), 'in.pcap');
+    copyFileSync(join(out, 'vf3.pcap'), input);
+    rmSync(join(out, 'vf3.pcap'));
+    symlinkSync(input, join(out, 'vf3.pcap'));
+    const before = snapshot(out);
+    const r = runCli(['replay', input, '-t', TOPO, '-o', out]);
+    expect(r.stderr).toBe(`fpo: ${join(out, 'vf3.pcap')}: port vf3's output is ${input}, an input of this run (the same file); writing it would replace the input: choose another --out\n`);
+    expect(r.status).toBe(1);
+    expect(snapshot(out)).toEqual(before);
+    // A different file with the same bytes is not the input: that replay goes ahead.
+    const copy = join(tempDir('in'), 'copy.pcap');
+    copyFileSync(input, copy);
+    rmSync(join(out, 'vf3.pcap'));
+    expect(runCli(['replay', copy, '-t', TOPO, '-o', out]).status).toBe(0);
+  }, 60_000);
+
+  it('stale outputs of an earlier run are listed; --clean removes them first, so the folder holds this run\'s outputs only (and what is not fpo\'s, or a live run\'s)', (ctx) => {
+    needTool(ctx, 'tshark', 'reads what is written');
+    const { out } = demoOut();
+    expect(readdirSync(out).sort()).toEqual(['vf1.pcap', 'vf2.pcap', 'vf3.pcap', 'vf4.pcap']);
+    // The same topology with vm4 detached: vf4 emits nothing now.
+    const topo = join(tempDir('stale'), 'topo.json');
+    writeFileSync(topo, readFileSync(TOPO, 'utf8').replace('"segment": "red", "port": "vf4"', '"segment": "red"'));
+    writeFileSync(join(out, 'vf1.pcapng'), 'an earlier pcapng run\'s');
+    writeFileSync(join(out, 'vf2.pcap.partial-4242'), 'a killed run\'s');
+    writeFileSync(join(out, 'notes.txt'), 'not fpo\'s');
+    writeFileSync(join(out, 'vf9.pcap'), 'not a port of this topology');
+    writeFileSync(join(out, 'vf3.pcap.partial-1'), 'a run still going (pid 1 is alive)');
+    const listed = replayJson([DEMO, '--topology', topo, '--out', out]);
+    expect(listed.stale).toEqual(['vf1.pcapng', 'vf2.pcap.partial-4242', 'vf4.pcap'].map((f) => join(out, f)));
+    expect(listed.cleaned).toBeUndefined();
+    const text = runCli(['replay', DEMO, '--topology', topo, '--out', out]);
+    expect(text.stdout).toContain(`stale (not written by this run; --clean removes them): ${listed.stale.join(', ')}\n`);
+    const cleaned = replayJson([DEMO, '--topology', topo, '--out', out, '--clean']);
+    expect(cleaned.cleaned).toEqual(['vf1.pcap', 'vf1.pcapng', 'vf2.pcap', 'vf2.pcap.partial-4242', 'vf3.pcap', 'vf4.pcap'].map((f) => join(out, f)));
+    expect(cleaned.stale).toEqual([]);
+    expect(readdirSync(out).sort()).toEqual(['notes.txt', 'vf1.pcap', 'vf2.pcap', 'vf3.pcap', 'vf3.pcap.partial-1', 'vf9.pcap']);
+    let frames = 0;
+    for (const p of cleaned.ports.filter((x) => x.file)) {
+      expect(tsharkFields(p.file!, ['frame.number']).length, p.name).toBe(p.tx.packets);
+      frames += p.tx.packets;
+    }
+    expect(frames).toBe(cleaned.packets.copies);
+    expect(cleaned.ports.find((p) => p.name === 'vf4')!.tx.packets).toBe(0);
+  }, 60_000);
+});
+
+describe('replay interrupted', () => {
+  // A capture long enough (1.5 M frames, 300 K flows: ~2 s here) that a signal lands mid-way.
+  const dir = tempDir('interrupt');
+  const cap = join(dir, 'big.pcap');
+  const topo = join(dir, 'topo.json');
+  const FRAMES = 1_500_000;
+  writeFileSync(topo, JSON.stringify(benchTopology(4)));
+  // Made by the first test that needs it (120 MB), not when the file is collected.
+  const bigCapture = () => { if (!existsSync(cap)) generate(cap, { frames: FRAMES, size: 64, flows: 300_000, vms: 4 }); };
+
+  /** Starts a replay, waits until it is writing (a temp file of each of the 4 VM ports exists), sends `signal`; resolves with the exit code and output. */
+  function interrupted(signal: NodeJS.Signals, out: string, extra: string[] = []): Promise<{ code: number | null; stdout: string; stderr: string; seenWriting: string[] }> {
+    bigCapture();
+    return new Promise((resolve) => {
+      const p = spawn(process.execPath, [CLI, 'replay', cap, '-t', topo, '-o', out, '--json', ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let stdout = '';
+      let stderr = '';
+      let seenWriting: string[] = [];
+      p.stdout.on('data', (d) => (stdout += d));
+      p.stderr.on('data', (d) => (stderr += d));
+      const poll = setInterval(() => {
+        const names = existsSync(out) ? readdirSync(out) : [];
+        if (names.filter((n) => n.includes('.partial-')).length === 4) { // vf0..vf3 all writing
+          clearInterval(poll);
+          seenWriting = names.sort();
+          p.kill(signal);
+        }
+      }, 5);
+      p.on('exit', (code) => { clearInterval(poll); resolve({ code, stdout, stderr, seenWriting }); });
+    });
+  }
+
+  for (const [signal, code] of [['SIGINT', 130], ['SIGTERM', 143]] as const) {
+    it(`${signal} finishes the batch, renames complete captures of what was switched, reports "interrupted" and exits ${code}`, async (ctx) => {
+      needTool(ctx, 'tshark', 'reads what is written');
+      const out = join(tempDir('sig'), 'out');
+      const r = await interrupted(signal, out);
+      expect(r.seenWriting.every((n) => /^vf\d\.pcap\.partial-\d+$/.test(n)), r.seenWriting.join(' ')).toBe(true);
+      expect(r.code).toBe(code);
+      const rep = JSON.parse(r.stdout) as ReplayReport;
+      expect(rep.interrupted).toBe(signal);
+      expect(rep.packets.in).toBeGreaterThan(0);
+      expect(rep.packets.in).toBeLessThan(FRAMES);
+      expect(rep.packets.in).toBe(rep.packets.out + rep.packets.dropped);
+      expect(r.stderr).toBe(`fpo: interrupted by ${signal} after ${rep.packets.in} packets; the outputs hold those packets\n`);
+      // Only final names, each a whole capture that tshark reads to the end, holding exactly what the report says.
+      const files = rep.ports.filter((p) => p.file).map((p) => p.file!);
+      expect(readdirSync(out).sort()).toEqual(files.map((f) => basename(f)).sort());
+      expect(files.length).toBe(4);
+      let frames = 0;
+      for (const p of rep.ports.filter((x) => x.file)) {
+        expect(tsharkFields(p.file!, ['frame.number']).length, p.name).toBe(p.tx.packets);
+        frames += p.tx.packets;
+      }
+      expect(frames).toBe(rep.packets.copies);
+    }, 120_000);
+  }
+
+  it('SIGKILL leaves only temp names, never a complete-looking capture; the next run lists them, --clean removes them', async () => {
+    const out = join(tempDir('kill'), 'out');
+    const r = await interrupted('SIGKILL', out);
+    expect(r.code).toBe(null);
+    const left = readdirSync(out).sort();
+    expect(left.length).toBe(4);
+    for (const n of left) expect(n).toMatch(/^vf\d\.pcap\.partial-\d+$/);
+    // The next run, on the small demo capture (its floods reach the bench topology's VMs).
+    const next = replayJson([DEMO, '--topology', topo, '--out', out]);
+    expect(next.stale).toEqual(left.map((n) => join(out, n)));
+    const written = next.ports.filter((p) => p.file).map((p) => basename(p.file!));
+    expect(written.length).toBeGreaterThan(0);
+    const clean = replayJson([DEMO, '--topology', topo, '--out', out, '--clean']);
+    // --clean removes fpo's own files of these ports: the killed run's temp files and the last run's outputs.
+    expect(clean.cleaned).toEqual([...left, ...written].sort().map((n) => join(out, n)));
+    expect(clean.stale).toEqual([]);
+    expect(readdirSync(out).filter((n) => n.includes('.partial-'))).toEqual([]);
+  }, 120_000);
+});

@@ -7,6 +7,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { PacketBatch } from '../../datapath/batch.js';
 import { CaptureReader } from '../../datapath/ports/capture-reader.js';
 import { benchTopology, generate } from '../../bench/gen-capture.js';
+import { Service } from '../../control/service.js';
 import { writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { eth, ipv4, udp, writePcap } from '../../fixtures/packets.js';
@@ -421,3 +422,67 @@ describe('fpo run --metrics HOST:PORT', () => {
   }, 60_000);
 });
 
+
+describe('fpo run: names and keys Object.prototype has', () => {
+  const PROTO_KEYS = ['__proto__', 'constructor', 'toString', 'hasOwnProperty', 'valueOf'];
+
+  /** A service in this process (no socket): its requests through handle(), as the socket hands them on. */
+  function service(topology: string, out: string): Service {
+    return new Service({ topology, socket: join(out, 'ctl.sock'), outDir: out, logLevel: 'silent' });
+  }
+
+  it('an interface named "toString" that the state file does not list gets a free VPID (a number) and keeps its port', async () => {
+    const out = tempDir('svc-tostring');
+    const first = service(TOPO, out);
+    await first.stop(); // the state file now lists vm1-eth0 … vm5-eth0 and uplink0: VPIDs 1..6
+    const renamed = join(out, 'topology.json');
+    writeFileSync(renamed, readFileSync(TOPO, 'utf8').replaceAll('vm1-eth0', 'toString'));
+    const svc = service(renamed, out);
+    const itf = (svc.show() as any).interfaces.find((i: any) => i.name === 'toString');
+    expect(itf).toEqual({ name: 'toString', node: 'vm1', mac: '02:00:00:00:00:01', ip: '10.0.0.1', segment: 'blue', vpid: 7, ppid: 11, port: 'vf1' });
+    await svc.stop();
+    expect(JSON.parse(readFileSync(join(out, 'fpo-state.json'), 'utf8')).vpids.toString).toBe(7);
+  });
+
+  it('add-flow, del-flow and trace refuse them as match fields by name, and change nothing', async () => {
+    const out = tempDir('svc-protokeys');
+    const svc = service(TOPO, out);
+    const rules = (svc.show() as any).rules;
+    expect(rules).toHaveLength(2);
+    let refused = 0;
+    for (const k of PROTO_KEYS) {
+      await expect(svc.handle('add-flow', { flow: `priority=60000,${k},actions=drop` })).rejects.toThrowError(`match: unknown field "${k}"`);
+      await expect(svc.handle('add-flow', { flow: `priority=60000,${k}=1,actions=drop` })).rejects.toThrowError(`match.${k}: unknown field "${k}"`);
+      await expect(svc.handle('del-flow', { flow: k })).rejects.toThrowError(`match: unknown field "${k}"`);
+      await expect(svc.handle('trace', { packet: `in_port=vf1,${k}=1` })).rejects.toThrowError(`match.${k}: unknown field "${k}"`);
+      refused += 4;
+    }
+    expect(refused).toBe(20);
+    expect((svc.show() as any).rules).toEqual(rules);
+    // As values they are names like any, looked up in Maps: none is an interface or port here.
+    await expect(svc.handle('trace', { packet: 'in_port=toString,tcp' })).rejects.toThrowError('packet.in_port: no interface or port named "toString"');
+    await expect(svc.handle('add-flow', { flow: 'tcp,actions=output:constructor' })).rejects.toThrowError('no interface or uplink named "constructor"');
+    await expect(svc.handle('migrate', { interface: 'valueOf', to: 'vf5' })).rejects.toThrowError('interface: no interface named "valueOf"');
+    await expect(svc.handle('migrate', { interface: 'vm1-eth0', to: 'hasOwnProperty' })).rejects.toThrowError('to: no port named "hasOwnProperty"');
+    await svc.stop();
+  });
+});
+
+describe('fpo run: request fields', () => {
+  it('an unknown field of a request\'s args is refused by name, before anything is done', async () => {
+    const out = tempDir('svc-args');
+    const svc = new Service({ topology: TOPO, socket: join(out, 'ctl.sock'), outDir: out, logLevel: 'silent' });
+    const before = JSON.stringify(svc.show());
+    // A misspelt newVpid was ignored: the interface moved without its new VPID.
+    await expect(svc.handle('migrate', { interface: 'vm1-eth0', to: 'vf5', newvpid: 9 })).rejects.toThrowError('args: unknown field "newvpid"; migrate takes interface, to, away, newVpid');
+    await expect(svc.handle('set-mapping', JSON.parse('{"vpid": 1, "ppid": 15, "__proto__": {"ppid": 11}}'))).rejects.toThrowError('args: unknown field "__proto__"; set-mapping takes vpid, ppid');
+    for (const k of ['__proto__', 'constructor', 'toString', 'hasOwnProperty', 'valueOf']) {
+      await expect(svc.handle('add-flow', JSON.parse(`{"flow": "tcp,actions=drop", ${JSON.stringify(k)}: 1}`))).rejects.toThrowError(`args: unknown field ${JSON.stringify(k)}; add-flow takes flow`);
+      await expect(svc.handle('show', JSON.parse(`{${JSON.stringify(k)}: 1}`))).rejects.toThrowError(`args: unknown field ${JSON.stringify(k)}; show takes no args`);
+    }
+    expect(JSON.stringify(svc.show())).toBe(before);
+    // What ctl sends still passes (undefined options are left out of its JSON).
+    expect(await svc.handle('migrate', JSON.parse(JSON.stringify({ interface: 'vm1-eth0', to: 'vf5', away: false, newVpid: undefined })))).toMatchObject({ interface: 'vm1-eth0', to: 'vf5' });
+    await svc.stop();
+  });
+});

@@ -1,7 +1,8 @@
-import { readFileSync, writeFileSync } from 'node:fs';
+import { linkSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import type { HostsReport } from '../../control/replay.js';
+import { replayHosts, type HostsReport } from '../../control/replay.js';
+import { loadHosts } from '../../control/topology.js';
 import { twoHostFrames } from '../../fixtures/make.js';
 import { FIXTURES, captureFrames, cleanTemp, needTool, runCli, tempDir, tsharkFields } from '../helpers.js';
 
@@ -126,4 +127,83 @@ describe('two hosts joined by a tunnel, in one replay', () => {
       expect((parseInt(fl, 16) & 0x0080) !== 0, `frame ${i + 1}`).toBe(flags[i]);
     });
   });
+});
+
+describe('host names become folders', () => {
+  it('a host named "../../x" is refused before anything is written, inside or outside --out', () => {
+    const root = tempDir('two-escape');
+    const out = join(root, 'a', 'b', 'out');
+    const file = JSON.parse(readFileSync(TOPO, 'utf8'));
+    file.hosts[0].name = '../../x';
+    const topo = join(root, 'hosts.json');
+    writeFileSync(topo, JSON.stringify(file));
+    const r = runCli(['replay', CAP, '-t', topo, '-o', out]);
+    expect(r.stderr).toBe(`fpo: ${topo}: hosts[0]: name: expected one path segment (it becomes a folder name), without "/" or "\\": "../../x"\n`);
+    expect(r.status).toBe(1);
+    expect(readdirSync(root)).toEqual(['hosts.json']); // no out/, no a/x
+  }, 60_000);
+
+  it('replayHosts checks the names of topologies made in code too', () => {
+    const [a, b] = loadHosts(TOPO);
+    const root = tempDir('two-escape-api');
+    for (const name of ['..', 'x/../../y', '']) {
+      expect(() => replayHosts({ capture: CAP, hosts: [{ ...a, name }, b], outDir: join(root, 'out') })).toThrowError(/hosts\[0\]: name: expected/);
+    }
+    expect(readdirSync(root)).toEqual([]);
+  }, 60_000);
+});
+
+describe('two hosts: outputs that are inputs', () => {
+  it('replaying host A\'s uplink capture into the same --out is refused before any host writes', () => {
+    const out = tempDir('two-same');
+    run(TOPO, out);
+    const input = join(out, 'hostA', 'uplink0.pcap');
+    const before = readFileSync(input);
+    const listing = readdirSync(join(out, 'hostB')).sort();
+    const r = runCli(['replay', input, '-t', TOPO, '-o', out]);
+    expect(r.stderr).toBe(`fpo: ${input}: port uplink0's output is ${input}, an input of this run (the same file); writing it would replace the input: choose another --out\n`);
+    expect(r.status).toBe(1);
+    expect(readFileSync(input)).toEqual(before);
+    expect(readdirSync(join(out, 'hostB')).sort()).toEqual(listing); // host B (checked before host A ran) untouched too
+  }, 60_000);
+
+  it('an input that is a later host\'s output is refused before the first host writes', () => {
+    const out = tempDir('two-later');
+    run(TOPO, out);
+    const input = join(tempDir('two-later-in'), 'vf1.pcap');
+    linkSync(join(out, 'hostB', 'vf1.pcap'), input); // the same file under another name
+    const a = join(out, 'hostA', 'uplink0.pcap');
+    const aBefore = statSync(a).mtimeMs;
+    const r = runCli(['replay', input, '-t', TOPO, '-o', out]);
+    expect(r.stderr).toBe(`fpo: ${join(out, 'hostB', 'vf1.pcap')}: port vf1's output is ${input}, an input of this run (the same file); writing it would replace the input: choose another --out\n`);
+    expect(r.status).toBe(1);
+    expect(statSync(a).mtimeMs).toBe(aBefore); // host A did not run
+    expect(readdirSync(join(out, 'hostA'))).toEqual(['uplink0.pcap']);
+  }, 60_000);
+});
+
+describe('two hosts: interrupted', () => {
+  it('a run interrupted in host A stops there: A\'s outputs whole under their final names, host B not replayed', (ctx) => {
+    needTool(ctx, 'tshark', 'reads what is written');
+    const out = tempDir('two-int');
+    const hosts = loadHosts(TOPO);
+    // The signal is already there: host A switches one batch (of 8 packets), then stops.
+    const r = replayHosts({ capture: CAP, hosts, outDir: out, batchSize: 8, interrupt: { signal: 'SIGINT' } });
+    expect(r.interrupted).toBe('SIGINT');
+    expect(r.hosts.map((h) => h.host)).toEqual(['hostA']);
+    const a = r.hosts[0];
+    expect(a.interrupted).toBe('SIGINT');
+    expect(a.packets.in).toBe(8);
+    expect(a.packets.in).toBe(a.packets.out + a.packets.dropped);
+    expect(readdirSync(out)).toEqual(['hostA']);
+    const files = a.ports.filter((p) => p.file);
+    expect(readdirSync(join(out, 'hostA')).sort()).toEqual(files.map((p) => `${p.name}.pcap`).sort());
+    let frames = 0;
+    for (const p of files) {
+      expect(tsharkFields(p.file!, ['frame.number']).length, p.name).toBe(p.tx.packets);
+      frames += p.tx.packets;
+    }
+    expect(frames).toBe(a.packets.copies);
+    expect(frames).toBeGreaterThan(0);
+  }, 60_000);
 });

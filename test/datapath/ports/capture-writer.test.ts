@@ -1,10 +1,10 @@
-import { readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Arena } from '../../../datapath/arena.js';
 import { PacketBatch } from '../../../datapath/batch.js';
 import { CaptureReader } from '../../../datapath/ports/capture-reader.js';
-import { CaptureWriter } from '../../../datapath/ports/capture-writer.js';
+import { CaptureWriter, partialPath } from '../../../datapath/ports/capture-writer.js';
 import { demoFrames, parseFrames, toRecords } from '../../../fixtures/make.js';
 import { writePcap } from '../../../fixtures/packets.js';
 import { CORPUS, cleanTemp, needTool, tempDir, tsharkFields } from '../../helpers.js';
@@ -86,5 +86,71 @@ describe('CaptureWriter', () => {
     writeFileSync(a, b);
     copy(a, join(dir, 'ns2.pcap'));
     expect(readFileSync(join(dir, 'ns2.pcap')).equals(b)).toBe(true);
+  });
+});
+
+describe('CaptureWriter with partial (a replay\'s outputs)', () => {
+  it('writes under <path>.partial-PID while open and takes the final name only on close; tshark reads the result', (ctx) => {
+    needTool(ctx, 'tshark', 'reads the renamed capture');
+    const dir = tempDir();
+    const input = join(dir, 'in.pcap');
+    writePcap(input, toRecords(demoFrames()));
+    const arena = new Arena(1 << 16);
+    const r = new CaptureReader(input, arena, 8192);
+    const out = join(dir, 'out.pcap');
+    const w = new CaptureWriter(out, r, arena, 4096, { partial: true });
+    expect(w.writingPath).toBe(partialPath(out));
+    expect(w.writingPath).toBe(`${out}.partial-${process.pid}`);
+    const b = new PacketBatch(5);
+    const idx = Uint16Array.from({ length: 5 }, (_, i) => i);
+    let n = 0;
+    while (r.fill(b, 1) > 0) {
+      w.writeBatch(b, idx, 0, b.count);
+      n += b.count;
+      // Mid-way (as a killed run would leave it): only the temp name exists.
+      expect(readdirSync(dir).sort()).toEqual(['in.pcap', `out.pcap.partial-${process.pid}`]);
+    }
+    r.close();
+    expect(n).toBe(demoFrames().length);
+    w.close();
+    expect(readdirSync(dir).sort()).toEqual(['in.pcap', 'out.pcap']);
+    expect(readFileSync(out)).toEqual(readFileSync(input));
+    expect(tsharkFields(out, ['frame.number'])).toHaveLength(n);
+  });
+
+  it('abandon() removes the temp file and leaves an existing file of the final name as it was', () => {
+    const dir = tempDir();
+    const input = join(dir, 'in.pcap');
+    writePcap(input, toRecords(demoFrames()));
+    const out = join(dir, 'out.pcap');
+    writeFileSync(out, 'an earlier run\'s');
+    const r = new CaptureReader(input);
+    const w = new CaptureWriter(out, r, undefined, 4096, { partial: true });
+    const b = new PacketBatch(5);
+    r.fill(b, 1);
+    w.writeBatch(b, Uint16Array.of(0, 1, 2, 3, 4), 0, b.count);
+    w.flush();
+    expect(existsSync(w.writingPath)).toBe(true);
+    w.abandon();
+    r.close();
+    expect(w.opened).toBe(false);
+    expect(readdirSync(dir).sort()).toEqual(['in.pcap', 'out.pcap']);
+    expect(readFileSync(out, 'utf8')).toBe('an earlier run\'s');
+  });
+
+  it('without partial the file has its final name from the first packet (fpo run\'s ports)', () => {
+    const dir = tempDir();
+    const input = join(dir, 'in.pcap');
+    writePcap(input, toRecords(demoFrames()));
+    const out = join(dir, 'out.pcap');
+    const r = new CaptureReader(input);
+    const w = new CaptureWriter(out, r);
+    const b = new PacketBatch(5);
+    r.fill(b, 1);
+    w.writeBatch(b, Uint16Array.of(0, 1, 2, 3, 4), 0, b.count);
+    w.flush();
+    expect(readdirSync(dir).sort()).toEqual(['in.pcap', 'out.pcap']);
+    w.close();
+    r.close();
   });
 });
