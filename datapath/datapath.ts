@@ -152,7 +152,7 @@ export class Datapath {
     this.flows = new FlowTable(opts.maxFlows ?? 65536);
     this.emc = new Emc(this.flows, undefined, opts.emcInsertInvProb ?? 100);
     this.classify = new Classify(this.flows, this.emc, opts.batchCapacity ?? 256);
-    this.parse = new Parse(this.mapping.inPortKey);
+    this.parse = new Parse(this.mapping.inPortKey, this.mapping.vmPort);
     this.flagCheck = new FlagCheck(this.mapping.inPortKey);
     this.ports = new Array(maxPpid + 1).fill(undefined);
     this.rxPackets = new Float64Array(maxPpid + 1);
@@ -162,7 +162,7 @@ export class Datapath {
     this.execute = new Execute(this.flows, this.actionSets, this.mapping, opts.batchCapacity ?? 256, this.txPackets, this.txBytes);
     this.idleTimeoutMs = opts.idleTimeoutMs ?? 10_000;
     this.flagCheck.rxBytes = this.rxBytes;
-    this.fastLane = new FastLane(this.mapping.inPortKey, this.emc, this.flows, this.classify, this.execute, this.actionSets, (b, i) => this.upcallOne(b, i), this.flagCheck);
+    this.fastLane = new FastLane(this.mapping.inPortKey, this.emc, this.flows, this.classify, this.execute, this.actionSets, (b, i) => this.upcallOne(b, i), this.flagCheck, this.mapping.vmPort);
   }
 
   // Slow path: the API of control/.
@@ -224,6 +224,10 @@ export class Datapath {
       }
       case 'tunnel-add':
         this.encap.addTunnel(msg.tunnel);
+        return;
+      case 'port-role':
+        if (!(msg.ppid >= 0 && msg.ppid <= this.mapping.maxPpid)) throw new FpoError('FPO_ERR_USAGE', `ppid ${msg.ppid} out of range 0..${this.mapping.maxPpid}`);
+        this.mapping.vmPort[msg.ppid] = msg.vm ? 1 : 0;
         return;
       default: {
         const never: never = msg;

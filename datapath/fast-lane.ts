@@ -107,6 +107,8 @@ export class FastLane {
     /** The datapath's upcall for a key the lane has just looked up in vain (Datapath.upcallOne): a flow, or -1 with drop[i] set. */
     private readonly miss: (batch: PacketBatch, i: number) => number,
     private readonly flagCheck: FlagCheck,
+    /** Per PPID, 1 for a VM (access) port: parse drops its tagged frames (mapping-table.ts). */
+    private readonly vmPort: Uint8Array = new Uint8Array(65536),
   ) {}
 
   /**
@@ -396,7 +398,7 @@ export class FastLane {
   private tunnelOne(batch: PacketBatch, i: number, now: number): boolean {
     const fc = this.flagCheck;
     if (fc.vtep === 0) return false; // the lane's tunnel packets are IPv4-underlay ones
-    if (parsePacket(batch, i, this.inPortKey) !== 0) return false;
+    if (parsePacket(batch, i, this.inPortKey, this.vmPort) !== 0) return false;
     const io = batch.innerOff[i];
     if (io === ABSENT) return false;
     const key = batch.key;

@@ -6,6 +6,8 @@ import { replay, type ReplayReport } from '../../control/replay.js';
 import { PacketBatch } from '../../datapath/batch.js';
 import { CaptureReader } from '../../datapath/ports/capture-reader.js';
 import { CLI, FIXTURES, cleanTemp, needTool, runCli, tempDir, tsharkFields } from '../helpers.js';
+import { toRecords, untrustedVmFrames } from '../../fixtures/make.js';
+import { writePcap } from '../../fixtures/packets.js';
 
 afterAll(cleanTemp);
 
@@ -282,3 +284,54 @@ function tsOf(path: string): number[] {
   rd.close();
   return out;
 }
+
+describe('a VM is not trusted: VLAN tags and port security on a VM port', () => {
+  // Frames vm1 sends on vf1 of the demo topology (fixtures/make.ts says what each must become).
+  const dir = tempDir('untrusted');
+  const cap = join(dir, 'vm1.pcap');
+  const topo = join(dir, 'topo.json');
+  const frames = untrustedVmFrames();
+  writePcap(cap, toRecords(frames.map((f) => f.frame)));
+  const file = JSON.parse(readFileSync(TOPO, 'utf8')) as { replay: { inputPort: string } };
+  file.replay = { inputPort: 'vf1' };
+  writeFileSync(topo, JSON.stringify(file));
+  const out = join(dir, 'out');
+  const report = replayJson([cap, '--topology', topo, '--out', out]);
+  const want = (w: string) => frames.filter((f) => f.want === w).length;
+
+  it('drops tagged frames (VLAN 20, 0 then 20, QinQ) as vlanFromVm and spoofed sources by kind; in = delivered + dropped', () => {
+    expect(frames.length).toBe(600);
+    expect(report.packets.in).toBe(600);
+    expect(report.drops).toEqual({ vlanFromVm: want('vlanFromVm'), portSecMac: want('portSecMac'), portSecIpv4: want('portSecIpv4'), portSecArp: want('portSecArp'), portSecIpv6: want('portSecIpv6') });
+    expect(want('vlanFromVm')).toBe(160);
+    expect(report.packets.out).toBe(want('delivered'));
+    expect(report.packets.out).toBe(240);
+    expect(report.packets.in).toBe(report.packets.out + report.packets.dropped);
+  });
+
+  it('nothing vm1 sent leaves the uplink tagged, or with another source MAC or IPv4 source (checked with tshark)', (ctx) => {
+    needTool(ctx, 'tshark', 'reads the output captures');
+    const up = tsharkFields(join(out, 'uplink0.pcap'), ['vlan.id', 'eth.src', 'ip.src', 'ipv6.src']);
+    // Broadcasts (DHCP discover, ARP probe) and the multicast NS and echo flood out of the uplink: 40 of each.
+    expect(up.length).toBe(160);
+    for (const [vlan, src, ip4] of up) {
+      expect(vlan === '' || vlan === '0').toBe(true);
+      expect(src).toBe('02:00:00:00:00:01');
+      expect(ip4 === '' || ip4 === '0.0.0.0').toBe(true);
+    }
+    expect(existsSync(join(out, 'vf3.pcap'))).toBe(false); // the red VMs hear nothing
+    const vf2 = tsharkFields(join(out, 'vf2.pcap'), ['eth.src']);
+    expect(vf2.length).toBe(240);
+    expect(new Set(vf2.map((r) => r[0]))).toEqual(new Set(['02:00:00:00:00:01']));
+  });
+
+  it('with "portSecurity": false on vm1-eth0, spoofed sources pass but tags are still dropped', () => {
+    const t = JSON.parse(readFileSync(topo, 'utf8')) as { nodes: { interfaces: { portSecurity?: boolean }[] }[] };
+    t.nodes[0].interfaces[0].portSecurity = false;
+    const topo2 = join(dir, 'topo-off.json');
+    writeFileSync(topo2, JSON.stringify(t));
+    const r = replayJson([cap, '--topology', topo2, '--out', join(dir, 'out-off')]);
+    expect(r.drops).toEqual({ vlanFromVm: 160 });
+    expect(r.packets.out).toBe(440);
+  });
+});
