@@ -95,6 +95,8 @@ export interface DatapathStats {
   copies: number;
   encapsulated: number;
   flaggedSent: number;
+  /** Encapsulated copies not sent: the inner frame was too long for the outer length field (encapTooLong). */
+  encapTooLong: number;
   upcalls: number;
   flowsInstalled: number;
   flowsNow: number;
@@ -416,6 +418,7 @@ export class Datapath {
       copies: this.execute.copies,
       encapsulated: this.encap.encapsulated,
       flaggedSent: this.encap.flaggedSent,
+      encapTooLong: this.encap.tooLong,
       upcalls: this.upcalls,
       flowsInstalled: this.flowsInstalled,
       flowsNow: this.flows.count,
