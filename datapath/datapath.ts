@@ -20,6 +20,7 @@ import { KEY_WORDS } from './classifier/flow-key.js';
 import { FlowTable } from './classifier/flow-table.js';
 import { Classify } from './classifier/classify.js';
 import { Emc } from './classifier/emc.js';
+import { CaptureClock } from './clock.js';
 import { D, DROP_COUNT, DROP_NAMES, FORWARDED, SPECIAL, type DropReason } from './drops.js';
 import { FastLane } from './fast-lane.js';
 import { FlagCheck } from './classifier/flag-check.js';
@@ -107,6 +108,9 @@ export interface DatapathStats {
   lookupsMissed: number;
   /** Packets the fast lane forwarded (the rest took the stages). */
   fastLane: number;
+  /** A replay's capture clock: steps forward cut to its bound, steps back taken as 0 (clock.ts). */
+  clockJumps: number;
+  clockBacks: number;
   drops: Partial<Record<DropReason, number>>;
   ports: { ppid: number; vpid: number; rxPackets: number; rxBytes: number; txPackets: number; txBytes: number }[];
 }
@@ -145,6 +149,11 @@ export class Datapath {
   private readonly upcallMsg: Upcall = { type: 'upcall', inPpid: 0, key: new Uint32Array(KEY_WORDS) };
   /** The datapath clock (ms) of the last batch. */
   now = 0;
+  /**
+   * A replay's clock (clock.ts): capture time in bounded steps, so a wild
+   * timestamp cannot freeze expiry. The live service uses monotonicMs instead.
+   */
+  readonly captureClock = new CaptureClock();
   private readonly idleTimeoutMs: number;
   private nextExpiry = 0;
 
@@ -428,6 +437,8 @@ export class Datapath {
       megaflowHits: this.classify.megaflowHits,
       lookupsMissed: this.classify.misses,
       fastLane: this.fastLane.forwarded,
+      clockJumps: this.captureClock.jumps,
+      clockBacks: this.captureClock.backs,
       drops,
       ports,
     };
