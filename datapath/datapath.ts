@@ -164,7 +164,7 @@ export class Datapath {
     this.emc = new Emc(this.flows, undefined, opts.emcInsertInvProb ?? 100);
     this.classify = new Classify(this.flows, this.emc, opts.batchCapacity ?? 256);
     this.parse = new Parse(this.mapping.inPortKey, this.mapping.vmPort);
-    this.flagCheck = new FlagCheck(this.mapping.inPortKey);
+    this.flagCheck = new FlagCheck(this.mapping.inPortKey, this.mapping.vmPort);
     this.ports = new Array(maxPpid + 1).fill(undefined);
     this.rxPackets = new Float64Array(maxPpid + 1);
     this.rxBytes = new Float64Array(maxPpid + 1);

@@ -143,7 +143,8 @@ export class FastLane {
         // The hot loops take packets of one in port and no rx drop; a lazy fill's are all such.
         const end = batch.unfilled ? n : sameRx(batch, i, n);
         const ppid = batch.unfilled ? batch.unfilledIn : batch.inPpid[i];
-        if (end > i) {
+        // The tunnel hot loop terminates tunnel packets: never those of a VM port (flag-check.ts).
+        if (end > i && !(tun && this.vmPort[ppid] !== 0)) {
           const from = i;
           i = this.run(batch, i, end, this.inPortKey[ppid], now, tun);
           this.emcHits += i - from;
@@ -233,7 +234,9 @@ export class FastLane {
     const cl = batch.caplen[i];
     const l4 = commonIpv4(b, d, base, cl, batch.wirelen[i]);
     if (l4 === 0) {
-      // A tunnel packet for this host: flagged, or decapsulated and sent here too.
+      // A tunnel packet for this host: flagged, or decapsulated and sent here too. Not from a VM
+      // port (flag-check.ts): the stages take it as the plain UDP it is.
+      if (this.vmPort[batch.inPpid[i]] !== 0) return ONE_STOP;
       const t = this.tunnelFast(batch, i, now);
       return t === 1 ? ONE_TUN : t < 0 && this.tunnelOne(batch, i, now) ? ONE_NEXT : ONE_STOP;
     }
