@@ -64,7 +64,10 @@ export class LiveLoop {
         this.dp.process(this.batch, dpNow);
       }
     }
-    if (got === 0) libc().poll(this.pollfds, this.ports.length, IDLE_MS);
+    if (got === 0) {
+      this.dp.tick(dpNow); // no traffic: idle flows still expire, by the monotonic clock
+      libc().poll(this.pollfds, this.ports.length, IDLE_MS);
+    }
     setImmediate(() => this.turn());
   }
 }

@@ -276,6 +276,14 @@ export class Datapath {
     if (now >= this.nextExpiry) this.expireIdle(now);
   }
 
+  /**
+   * Slow path: the clock moved with no batch (a live switch with no traffic):
+   * idle flows expire all the same (at most a sweep a second, as in process).
+   */
+  tick(now: number): void {
+    if (now >= this.nextExpiry) this.expireIdle(now);
+  }
+
   // Slow path: at most once a second of datapath clock, a sweep for idle flows.
   private expireIdle(now: number): void {
     const idle = this.idleTimeoutMs;

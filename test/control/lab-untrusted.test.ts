@@ -170,6 +170,13 @@ describe('an untrusted VM in the lab', () => {
     expect(took).toBeLessThan(30_000);
     // And fpo still forwards.
     expect(inNs(NS.vm1, 'ping', '-c', '3', '-i', '0.2', '-W', '2', '10.77.0.2').status).toBe(0);
+    // With no traffic at all, the flood's flows expire by the service's own clock (10 s idle).
+    const busy = stats() as unknown as { flows: { active: number; expired: number } };
+    expect(busy.flows.active).toBeGreaterThan(100);
+    execFileSync('sleep', ['12']);
+    const idle = stats() as unknown as { flows: { active: number; expired: number }; packets: { in: number } };
+    expect(idle.flows.expired - busy.flows.expired).toBeGreaterThanOrEqual(busy.flows.active - 10);
+    expect(idle.flows.active).toBeLessThan(10);
   }, 90_000);
 });
 
