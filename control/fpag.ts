@@ -13,13 +13,33 @@
  *      ID); a unicast eth_dst of an interface in that segment goes to its
  *      VPID; broadcast, multicast and unknown unicast flood to every other
  *      interface of the segment and its uplinks.
+ * Before both, port security (as OVN's ls_in_port_sec_* stages and
+ * OpenStack's port_security_enabled): a packet from a VM interface with
+ * port security on (the default) is dropped when its source MAC is not the
+ * interface's (portSecMac), or, if the interface has an address, when its
+ * IPv4 source (portSecIpv4), ARP sender IP (portSecArp) or IPv6 source
+ * (portSecIpv6) is not one of the interface's. Allowed besides, as OVN
+ * allows them: a DHCPv4 client's 0.0.0.0 → 255.255.255.255 UDP 68 → 67; an
+ * ARP probe's sender 0.0.0.0 (RFC 5227: it claims no address); the IPv6
+ * link-local address derived from the MAC (EUI-64, the one OVN and Neutron
+ * add; a guest with stable-privacy link-local addresses needs port
+ * security off); and :: to ff02::/16 as ICMPv6 MLD report (131, 143) or
+ * neighbour solicitation (135), which DAD sends before any address is
+ * valid. Other ethertypes are checked by MAC only. A rule cannot
+ * undo it: it runs first, as a VM is not trusted. Because it is part of the
+ * decision, the flow's mask covers what it looked at (in_port, eth_src,
+ * eth_type, the source address) and the fast path needs no check of its
+ * own; and because it is keyed by the interface's VPID, a migration (a
+ * mapping change) takes the identity along with no flow changed.
+ *
  * The installed flow's mask is the union of every field the decision looked
- * at — the masks of all rules tried, then in_port, VLAN and eth_dst for L2 —
- * so the flow covers exactly the packets that would get the same decision.
+ * at — port security's fields, the masks of all rules tried, then in_port,
+ * VLAN and eth_dst for L2 — so the flow covers exactly the packets that
+ * would get the same decision.
  */
 import { D } from '../datapath/drops.js';
 import type { Action } from '../datapath/actions/action-sets.js';
-import { FIELDS, FIELD_NAMES, KEY_WORDS, PORT_PPID_BIT, TUN_PRESENT, W_ETH_DST_HI, W_ETH_MID, W_IN_PORT, W_TUN, W_VLAN, macNumber, macToString, setField, unwildcard, type FieldName } from '../datapath/classifier/flow-key.js';
+import { FIELDS, FIELD_NAMES, KEY_WORDS, PORT_PPID_BIT, TUN_PRESENT, W_ETH_DST_HI, W_ETH_MID, W_ETH_SRC_LO, W_ETH_TYPE, W_IN_PORT, W_IP_DST, W_IP_SRC, W_TP, W_TUN, W_VLAN, ipv4ToString, ipv6ToString, macNumber, macToString, setField, unwildcard, type FieldName } from '../datapath/classifier/flow-key.js';
 import { FpoError } from '../datapath/errors.js';
 import { parseIpText, type Datapath } from '../datapath/datapath.js';
 import type { FlowInstall, Upcall } from '../datapath/upcall.js';
@@ -67,6 +87,24 @@ interface Endpoint {
   /** Cached decisions: the actions that reach this endpoint, and its floods by (segment, from uplink, from tunnel). */
   toActions?: Action[];
   floods?: Map<string, Action[]>;
+  /** A local interface with port security on: what it may send as. */
+  sec?: PortSecurity;
+}
+
+/** A VM interface's identity for port security, as key words. */
+interface PortSecurity {
+  /** eth_src as the key holds it: word 3's low 16 bits, word 4. */
+  mac3: number;
+  mac4: number;
+  /** IPv4 addresses; none: IP sources are not checked (MAC only, as OVN with a MAC alone). */
+  ipv4: number[];
+  /** IPv6 sources allowed (4 words each): the EUI-64 link-local one, when ipv4 is not empty. */
+  ipv6: Uint32Array[];
+}
+
+/** fe80::/64 + the modified EUI-64 of a MAC (RFC 4291 §2.5.6), as 4 key words. */
+function linkLocalWords(m: Uint8Array): Uint32Array {
+  return Uint32Array.from([0xfe800000, 0, (((m[0] ^ 2) << 24) | (m[1] << 16) | (m[2] << 8) | 0xff) >>> 0, ((0xfe << 24) | (m[3] << 16) | (m[4] << 8) | m[5]) >>> 0]);
 }
 
 /** What the FPAG decided for one key (also what `trace` prints). */
@@ -133,6 +171,16 @@ export class Fpag {
     };
     for (const itf of topology.interfaces) {
       const e: Endpoint = { vpid: itf.vpid, name: itf.name, segments: [itf.segment], mac: itf.mac, uplink: false };
+      if (itf.portSecurity) {
+        const m = itf.macBytes;
+        const ip = itf.ip !== undefined ? parseIp(itf.ip) : null;
+        e.sec = {
+          mac3: (m[0] << 8) | m[1],
+          mac4: ((m[2] << 24) | (m[3] << 16) | (m[4] << 8) | m[5]) >>> 0,
+          ipv4: ip ? [((ip[0] << 24) | (ip[1] << 16) | (ip[2] << 8) | ip[3]) >>> 0] : [],
+          ipv6: ip ? [linkLocalWords(m)] : [],
+        };
+      }
       add(e);
       const b = itf.macBytes;
       this.byMac.get(itf.segment)!.set(macNumber(b, 0), e);
@@ -190,6 +238,7 @@ export class Fpag {
 
   /** Attaches to the datapath: ports' mappings first, then the upcall sink. */
   start(): void {
+    for (const p of this.topology.ports) this.dp.apply({ type: 'port-role', ppid: p.ppid, vm: p.role === 'vm' });
     for (const itf of this.topology.interfaces) {
       if (itf.port !== undefined) this.dp.apply({ type: 'mapping-set', vpid: itf.vpid, ppid: this.portByName.get(itf.port)!.ppid });
     }
@@ -284,6 +333,11 @@ export class Fpag {
    */
   private decideInto(key: Uint32Array, mask: Uint32Array, explain: boolean, out: Decision = { actions: this.dropNoDestination, mask, rule: -1, reason: '' }): Decision {
     out.mask = mask;
+    const inPort = key[W_IN_PORT];
+    if ((inPort & PORT_PPID_BIT) === 0) {
+      const sec = this.byVpid.get(inPort)?.sec;
+      if (sec !== undefined && this.portSecurity(key, mask, sec, explain, out)) return out;
+    }
     for (const r of this.rules) {
       let hit = true;
       for (let w = 0; w < KEY_WORDS; w++) {
@@ -307,6 +361,61 @@ export class Fpag {
     this.l2(key, mask, explain, out);
     return out;
   }
+
+  /**
+   * Port security for a packet from an interface with it on (see the top of
+   * the file): true, with out set to a drop, when the packet may not pass.
+   * The mask gets every field looked at.
+   */
+  private portSecurity(key: Uint32Array, mask: Uint32Array, sec: PortSecurity, explain: boolean, out: Decision): boolean {
+    unwildcard(mask, 'in_port');
+    unwildcard(mask, 'eth_src');
+    out.rule = -1;
+    if ((key[W_ETH_MID] & 0xffff) !== sec.mac3 || key[W_ETH_SRC_LO] !== sec.mac4) {
+      this.say(out, this.dropPortSecMac, explain ? `port security: source MAC ${macToString((((key[W_ETH_MID] & 0xffff) << 16) | (key[W_ETH_SRC_LO] >>> 16)) >>> 0, key[W_ETH_SRC_LO] & 0xffff)} is not the interface's` : '');
+      return true;
+    }
+    if (sec.ipv4.length === 0) return false;
+    unwildcard(mask, 'eth_type');
+    const et = key[W_ETH_TYPE] >>> 16;
+    if (et === 0x0800 || et === 0x0806) {
+      mask[W_IP_SRC] = 0xffffffff;
+      const src = key[W_IP_SRC];
+      if (sec.ipv4.includes(src)) return false;
+      if (src === 0 && et === 0x0806) return false; // an ARP probe (RFC 5227)
+      if (src === 0) {
+        // A DHCPv4 client before it has an address: 0.0.0.0:68 → 255.255.255.255:67.
+        unwildcard(mask, 'ip_proto');
+        unwildcard(mask, 'ipv4_dst');
+        unwildcard(mask, 'tp_src');
+        unwildcard(mask, 'tp_dst');
+        if (((key[W_ETH_TYPE] >>> 8) & 0xff) === 17 && key[W_IP_DST] === 0xffffffff && key[W_TP] === ((68 << 16) | 67)) return false;
+      }
+      const arp = et === 0x0806;
+      this.say(out, arp ? this.dropPortSecArp : this.dropPortSecIpv4, explain ? `port security: ${arp ? 'ARP sender' : 'IPv4 source'} ${ipv4ToString(src)} is not the interface's` : '');
+      return true;
+    }
+    if (et === 0x86dd) {
+      for (let w = 0; w < 4; w++) mask[W_IP_SRC + w] = 0xffffffff;
+      for (const a of sec.ipv6) if (key[W_IP_SRC] === a[0] && key[W_IP_SRC + 1] === a[1] && key[W_IP_SRC + 2] === a[2] && key[W_IP_SRC + 3] === a[3]) return false;
+      if ((key[W_IP_SRC] | key[W_IP_SRC + 1] | key[W_IP_SRC + 2] | key[W_IP_SRC + 3]) === 0) {
+        // DAD and MLD before an address is valid: :: to ff02::/16, ICMPv6 131, 135 or 143.
+        unwildcard(mask, 'ip_proto');
+        unwildcard(mask, 'tp_src');
+        mask[W_IP_DST] = (mask[W_IP_DST] | 0xffff0000) >>> 0;
+        const type = key[W_TP] >>> 16;
+        if (((key[W_ETH_TYPE] >>> 8) & 0xff) === 58 && key[W_IP_DST] >>> 16 === 0xff02 && (type === 131 || type === 135 || type === 143)) return false;
+      }
+      this.say(out, this.dropPortSecIpv6, explain ? `port security: IPv6 source ${ipv6ToString(key, W_IP_SRC)} is not the interface's` : '');
+      return true;
+    }
+    return false;
+  }
+
+  private readonly dropPortSecMac: Action[] = [{ op: 'drop', reason: D.portSecMac }];
+  private readonly dropPortSecIpv4: Action[] = [{ op: 'drop', reason: D.portSecIpv4 }];
+  private readonly dropPortSecArp: Action[] = [{ op: 'drop', reason: D.portSecArp }];
+  private readonly dropPortSecIpv6: Action[] = [{ op: 'drop', reason: D.portSecIpv6 }];
 
   /** The actions that send a copy to endpoint e: an output, or for a remote interface encap + output to the uplink. */
   private outputsTo(e: Endpoint): Action[] {

@@ -8,6 +8,7 @@
  * round trip per packet, and an idle one costs no CPU.
  */
 import { PacketBatch } from '../datapath/batch.js';
+import { monotonicMs } from '../datapath/clock.js';
 import type { Datapath } from '../datapath/datapath.js';
 import { POLLIN, libc } from '../datapath/ports/libc.js';
 import type { TapPort } from '../datapath/ports/tap-port.js';
@@ -53,16 +54,20 @@ export class LiveLoop {
     }
     this.turns++;
     let got = 0;
-    const nowMs = Date.now();
+    const nowMs = Date.now(); // packets' capture timestamps: the wall clock
+    const dpNow = monotonicMs(); // the datapath's: monotonic (clock.ts)
     for (const { port, ppid } of this.ports) {
       for (let b = 0; b < MAX_BURSTS; b++) {
         const n = port.fill(this.batch, ppid, nowMs * 1000);
         if (n === 0) break;
         got += n;
-        this.dp.process(this.batch, nowMs);
+        this.dp.process(this.batch, dpNow);
       }
     }
-    if (got === 0) libc().poll(this.pollfds, this.ports.length, IDLE_MS);
+    if (got === 0) {
+      this.dp.tick(dpNow); // no traffic: idle flows still expire, by the monotonic clock
+      libc().poll(this.pollfds, this.ports.length, IDLE_MS);
+    }
     setImmediate(() => this.turn());
   }
 }

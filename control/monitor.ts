@@ -22,6 +22,7 @@ import { BFD_PORT } from './bfd/endpoint.js';
 import { DIAG, STATE } from './bfd/packet.js';
 import { BfdThread, type RemoteSession } from './bfd/thread.js';
 import type { AuthConfig } from './bfd/auth.js';
+import { AGENT_MAX_LINE, LineReader, Liveness, type AgentRefusal } from './agent.js';
 
 export interface MonitorSpec {
   /** The VM interface this session watches for. */
@@ -47,10 +48,8 @@ interface Watch {
   spec: MonitorSpec;
   session: RemoteSession;
   channel: Socket | null;
-  /** Probes sent (or due and not sendable: no channel), and the highest one answered. */
-  seq: number;
-  answered: number;
-  lastAlive: number;
+  /** Probes sent (or due and not sendable: no channel), answers taken, lines refused (agent.ts). */
+  live: Liveness;
   vmAlive: boolean;
   lastTunnelEvent: string;
   log: { at: number; what: string }[];
@@ -74,7 +73,7 @@ export class TunnelMonitor {
       const session = await this.bfd.add(spec.local, spec.peer, { txUs: spec.txMs * 1000, rxUs: spec.rxMs * 1000, detectMult: spec.detectMult, auth: spec.auth }, spec.peerPort ?? BFD_PORT);
       // Until the VM answers on its channel, the session says so: AdminDown.
       session.adminDown(DIAG.administrativelyDown);
-      this.watches.push({ spec, session, channel: null, seq: 0, answered: 0, lastAlive: 0, vmAlive: false, lastTunnelEvent: 'none', log: [] });
+      this.watches.push({ spec, session, channel: null, live: new Liveness(), vmAlive: false, lastTunnelEvent: 'none', log: [] });
     }
     // Whether the thread got its real-time policy (it keeps the default without the privilege).
     this.log.info({ scheduling: (await this.bfd.describe()).scheduling }, 'bfd thread');
@@ -106,27 +105,32 @@ export class TunnelMonitor {
   private connect(w: Watch): void {
     const c = connect(w.spec.agent);
     w.channel = c;
-    let buf = '';
+    // The guest writes into this: bounded (a line of at most AGENT_MAX_LINE), checked (Liveness.take).
+    const reader = new LineReader();
     c.setEncoding('utf8');
     c.on('data', (d: string) => {
-      buf += d;
-      let nl: number;
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        try {
-          const m = JSON.parse(line) as { type?: string };
-          if (m.type === 'alive') this.alive(w, Number((m as { seq?: unknown }).seq) || 0);
-        } catch { /* not for us */ }
+      const ok = reader.push(d, (line) => {
+        const r = w.live.take(line, Date.now());
+        if (r === 'alive') this.alive(w);
+        else if (r !== 'ack') this.refused(w, r, line.length);
+      });
+      if (!ok) {
+        w.live.refuse('tooLong');
+        this.refused(w, 'tooLong', AGENT_MAX_LINE);
+        c.destroy();
       }
     });
     c.on('error', () => undefined);
     c.on('close', () => { if (w.channel === c) w.channel = null; });
   }
 
-  private alive(w: Watch, seq: number): void {
-    w.lastAlive = Date.now();
-    if (seq > w.answered) w.answered = seq;
+  // A line the agent sent that was refused: counted (Liveness), logged at warn the first time per reason and then every 1000th.
+  private refused(w: Watch, why: AgentRefusal, chars: number): void {
+    const n = w.live.refused[why];
+    if (n === 1 || n % 1000 === 0) this.log.warn({ interface: w.spec.interface, refused: why, count: n, chars, closed: why === 'tooLong' }, 'agent channel: message refused');
+  }
+
+  private alive(w: Watch): void {
     if (!w.vmAlive) {
       w.vmAlive = true;
       this.note(w, 'vm alive');
@@ -150,15 +154,20 @@ export class TunnelMonitor {
     for (const w of this.watches) if (!w.channel || w.channel.destroyed) this.connect(w);
     setImmediate(() => {
       for (const w of this.watches) {
-        const unanswered = w.seq - w.answered;
+        const unanswered = w.live.seq - w.live.answered;
         if (w.vmAlive && unanswered >= w.spec.misses) {
           w.vmAlive = false;
-          this.note(w, `vm not answering ${unanswered} probes (${Date.now() - w.lastAlive} ms): ending the BFD session`);
+          this.note(w, `vm not answering ${unanswered} probes (${Date.now() - w.live.lastAlive} ms): ending the BFD session`);
           w.session.adminDown(DIAG.administrativelyDown);
         }
         // A probe that cannot be sent (no channel) counts as one unanswered.
-        w.seq++;
-        if (w.channel && !w.channel.destroyed) w.channel.write(JSON.stringify({ type: 'probe', seq: w.seq }) + '\n');
+        const seq = w.live.probe();
+        // A guest that does not read its probes would grow our send queue without end: close it past a bound.
+        if (w.channel && w.channel.writableLength > 16 * AGENT_MAX_LINE) {
+          this.log.warn({ interface: w.spec.interface, queued: w.channel.writableLength }, 'agent channel: the agent reads nothing; closed');
+          w.channel.destroy();
+        }
+        if (w.channel && !w.channel.destroyed) w.channel.write(JSON.stringify({ type: 'probe', seq }) + '\n');
       }
     });
   }
@@ -167,7 +176,7 @@ export class TunnelMonitor {
   /** Each watch with its session as the BFD thread describes it now. */
   async describe(): Promise<unknown[]> {
     const snap = await this.bfd.describe();
-    return this.watches.map((w) => ({ interface: w.spec.interface, peer: w.spec.peer, local: w.spec.local, vmAlive: w.vmAlive, lastTunnelEvent: w.lastTunnelEvent, session: snap.sessions[w.session.id], recent: w.log }));
+    return this.watches.map((w) => ({ interface: w.spec.interface, peer: w.spec.peer, local: w.spec.local, vmAlive: w.vmAlive, agentRefused: w.live.refused, lastTunnelEvent: w.lastTunnelEvent, session: snap.sessions[w.session.id], recent: w.log }));
   }
 
   async stop(): Promise<void> {

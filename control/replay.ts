@@ -90,6 +90,8 @@ export interface ReplayReport {
   ports: PortReport[];
   flows: { installed: number; active: number; evicted: number; expired: number; upcalls: number; emcHits: number; megaflowHits: number; misses: number; fastLane: number };
   flowTable?: FlowReport[];
+  /** The capture clock (datapath/clock.ts): steps forward longer than its bound (cut to it), steps back (taken as 0). */
+  clock: { jumps: number; backs: number };
   /** Where the FPAG ran; for a thread, the mean upcall round trip. */
   fpag: { placement: 'inline' | 'thread'; upcalls: number; roundTripUs: number | null };
   /** Control events applied, with where they landed and what they did. */
@@ -306,7 +308,7 @@ function* replaySteps(opts: ReplayOptions): Generator<void, ReplayResult> {
           if (index > 0) {
             const n = batch.count;
             batch.count = index;
-            dp.process(batch, clock(batch));
+            dp.process(batch, dp.captureClock.advance(clock(batch)));
             batch.count = n;
             batch.batchShift(index);
             soFar += index;
@@ -315,7 +317,7 @@ function* replaySteps(opts: ReplayOptions): Generator<void, ReplayResult> {
           applied.push({ event, atPacket: soFar, result: applyEvent(fpag, event) });
         }
         soFar += batch.count;
-        dp.process(batch, clock(batch));
+        dp.process(batch, dp.captureClock.advance(clock(batch)));
         if (opts.onProgress) {
           const t = performance.now();
           if (t - lastProgress > 100) {
@@ -362,6 +364,7 @@ function* replaySteps(opts: ReplayOptions): Generator<void, ReplayResult> {
         drops: st.drops,
         ports,
         flows: { installed: st.flowsInstalled, active: st.flowsNow, evicted: st.flowsEvicted, expired: st.flowsExpired, upcalls: st.upcalls, emcHits: st.emcHits, megaflowHits: st.megaflowHits, misses: st.lookupsMissed, fastLane: st.fastLane },
+        clock: { jumps: st.clockJumps, backs: st.clockBacks },
         stale: ownFiles(opts.outDir, topo.ports, new Set([...writers.values()].filter((w) => w.opened).map((w) => w.path))),
         seconds,
         fpag: thread ? { placement: 'thread', upcalls: thread.upcalls, roundTripUs: thread.upcalls ? thread.roundTripNs / thread.upcalls / 1000 : 0 } : { placement: 'inline', upcalls: st.upcalls, roundTripUs: null },

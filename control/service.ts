@@ -25,6 +25,7 @@ import { Arena } from '../datapath/arena.js';
 import { PacketBatch } from '../datapath/batch.js';
 import { keyHash } from '../datapath/classifier/emc.js';
 import { KEY_WORDS, formatMatch } from '../datapath/classifier/flow-key.js';
+import { monotonicMs } from '../datapath/clock.js';
 import { Datapath, MAX_PPID } from '../datapath/datapath.js';
 import { DROP, DROP_NAMES } from '../datapath/drops.js';
 import { FpoError } from '../datapath/errors.js';
@@ -396,7 +397,7 @@ export class Service {
       const batch = this.batch;
       let batches = 0;
       while (reader.fill(batch, port.ppid) > 0) {
-        this.dp.process(batch, batch.tsA[0] * 1000 + batch.tsB[0] / 1000);
+        this.dp.process(batch, monotonicMs()); // the service's clock, never the capture's (clock.ts)
         if (++batches % 4 === 0) await yieldToLoop();
       }
       for (const w of this.writers.values()) if (w.opened) w.flush();

@@ -156,6 +156,8 @@ const InterfaceSchema = object({
   ip: optional(ipv4('expected an IPv4 address like 10.0.0.1')),
   segment: name,
   port: optional(name),
+  /** Port security (as OVN's and OpenStack's): only this MAC and address as a source. Default on; false turns it off. */
+  portSecurity: withDefault(boolean(), () => true),
 });
 
 const NodeSchema = object({
@@ -217,6 +219,8 @@ export interface Interface {
   /** Name of the port it is attached to, or undefined. */
   port?: string;
   vpid: number;
+  /** Port security on (the default): frames with another source MAC or address are dropped (fpag.ts). */
+  portSecurity: boolean;
 }
 
 export interface Segment {
@@ -362,7 +366,7 @@ export function topologyFrom(json: unknown, path: string): Topology {
         taken.set(itf.port, itf.name);
         port.segments = [itf.segment];
       }
-      interfaces.push({ name: itf.name, node: node.name, mac: itf.mac.toLowerCase(), macBytes: parseMac(itf.mac), ip: itf.ip, segment: itf.segment, port: itf.port, vpid: vpid++ });
+      interfaces.push({ name: itf.name, node: node.name, mac: itf.mac.toLowerCase(), macBytes: parseMac(itf.mac), ip: itf.ip, segment: itf.segment, port: itf.port, vpid: vpid++, portSecurity: itf.portSecurity });
     });
   });
   for (const p of ports.values()) if (p.role === 'uplink') p.vpid = vpid++;

@@ -20,6 +20,7 @@ import { KEY_WORDS } from './classifier/flow-key.js';
 import { FlowTable } from './classifier/flow-table.js';
 import { Classify } from './classifier/classify.js';
 import { Emc } from './classifier/emc.js';
+import { CaptureClock } from './clock.js';
 import { D, DROP_COUNT, DROP_NAMES, FORWARDED, SPECIAL, type DropReason } from './drops.js';
 import { FastLane } from './fast-lane.js';
 import { FlagCheck } from './classifier/flag-check.js';
@@ -95,6 +96,8 @@ export interface DatapathStats {
   copies: number;
   encapsulated: number;
   flaggedSent: number;
+  /** Encapsulated copies not sent: the inner frame was too long for the outer length field (encapTooLong). */
+  encapTooLong: number;
   upcalls: number;
   flowsInstalled: number;
   flowsNow: number;
@@ -105,6 +108,9 @@ export interface DatapathStats {
   lookupsMissed: number;
   /** Packets the fast lane forwarded (the rest took the stages). */
   fastLane: number;
+  /** A replay's capture clock: steps forward cut to its bound, steps back taken as 0 (clock.ts). */
+  clockJumps: number;
+  clockBacks: number;
   drops: Partial<Record<DropReason, number>>;
   ports: { ppid: number; vpid: number; rxPackets: number; rxBytes: number; txPackets: number; txBytes: number }[];
 }
@@ -143,6 +149,11 @@ export class Datapath {
   private readonly upcallMsg: Upcall = { type: 'upcall', inPpid: 0, key: new Uint32Array(KEY_WORDS) };
   /** The datapath clock (ms) of the last batch. */
   now = 0;
+  /**
+   * A replay's clock (clock.ts): capture time in bounded steps, so a wild
+   * timestamp cannot freeze expiry. The live service uses monotonicMs instead.
+   */
+  readonly captureClock = new CaptureClock();
   private readonly idleTimeoutMs: number;
   private nextExpiry = 0;
 
@@ -152,8 +163,8 @@ export class Datapath {
     this.flows = new FlowTable(opts.maxFlows ?? 65536);
     this.emc = new Emc(this.flows, undefined, opts.emcInsertInvProb ?? 100);
     this.classify = new Classify(this.flows, this.emc, opts.batchCapacity ?? 256);
-    this.parse = new Parse(this.mapping.inPortKey);
-    this.flagCheck = new FlagCheck(this.mapping.inPortKey);
+    this.parse = new Parse(this.mapping.inPortKey, this.mapping.vmPort);
+    this.flagCheck = new FlagCheck(this.mapping.inPortKey, this.mapping.vmPort);
     this.ports = new Array(maxPpid + 1).fill(undefined);
     this.rxPackets = new Float64Array(maxPpid + 1);
     this.rxBytes = new Float64Array(maxPpid + 1);
@@ -162,7 +173,7 @@ export class Datapath {
     this.execute = new Execute(this.flows, this.actionSets, this.mapping, opts.batchCapacity ?? 256, this.txPackets, this.txBytes);
     this.idleTimeoutMs = opts.idleTimeoutMs ?? 10_000;
     this.flagCheck.rxBytes = this.rxBytes;
-    this.fastLane = new FastLane(this.mapping.inPortKey, this.emc, this.flows, this.classify, this.execute, this.actionSets, (b, i) => this.upcallOne(b, i), this.flagCheck);
+    this.fastLane = new FastLane(this.mapping.inPortKey, this.emc, this.flows, this.classify, this.execute, this.actionSets, (b, i) => this.upcallOne(b, i), this.flagCheck, this.mapping.vmPort);
   }
 
   // Slow path: the API of control/.
@@ -225,6 +236,10 @@ export class Datapath {
       case 'tunnel-add':
         this.encap.addTunnel(msg.tunnel);
         return;
+      case 'port-role':
+        if (!(msg.ppid >= 0 && msg.ppid <= this.mapping.maxPpid)) throw new FpoError('FPO_ERR_USAGE', `ppid ${msg.ppid} out of range 0..${this.mapping.maxPpid}`);
+        this.mapping.vmPort[msg.ppid] = msg.vm ? 1 : 0;
+        return;
       default: {
         const never: never = msg;
         throw new FpoError('FPO_ERR_USAGE', `unknown message ${JSON.stringify(never)}`);
@@ -258,6 +273,14 @@ export class Datapath {
       this.batchesSinceSort = 0;
       this.flows.sortSubtables();
     }
+    if (now >= this.nextExpiry) this.expireIdle(now);
+  }
+
+  /**
+   * Slow path: the clock moved with no batch (a live switch with no traffic):
+   * idle flows expire all the same (at most a sweep a second, as in process).
+   */
+  tick(now: number): void {
     if (now >= this.nextExpiry) this.expireIdle(now);
   }
 
@@ -412,6 +435,7 @@ export class Datapath {
       copies: this.execute.copies,
       encapsulated: this.encap.encapsulated,
       flaggedSent: this.encap.flaggedSent,
+      encapTooLong: this.encap.tooLong,
       upcalls: this.upcalls,
       flowsInstalled: this.flowsInstalled,
       flowsNow: this.flows.count,
@@ -421,6 +445,8 @@ export class Datapath {
       megaflowHits: this.classify.megaflowHits,
       lookupsMissed: this.classify.misses,
       fastLane: this.fastLane.forwarded,
+      clockJumps: this.captureClock.jumps,
+      clockBacks: this.captureClock.backs,
       drops,
       ports,
     };

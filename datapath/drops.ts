@@ -34,6 +34,12 @@ export const DROP = {
   upcallFailed: 'the FPAG installed no flow for this miss',
   flowTableFull: 'the flow table is full and nothing could be evicted',
   frameTooBig: 'frame longer than a live port\'s receive slot: the read cut it, so it is not forwarded cut',
+  vlanFromVm: 'a VM port sent a VLAN-tagged frame (only untagged and priority-tagged VID 0 are taken)',
+  portSecMac: 'port security: source MAC is not the VM interface\'s',
+  portSecIpv4: 'port security: IPv4 source is not one of the VM interface\'s addresses',
+  portSecArp: 'port security: ARP sender IP is not one of the VM interface\'s addresses',
+  portSecIpv6: 'port security: IPv6 source is not one of the VM interface\'s addresses',
+  encapTooLong: 'encapsulated, the packet would be longer than the outer IP length field can say',
 } as const;
 
 export type DropReason = keyof typeof DROP;

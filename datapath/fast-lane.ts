@@ -107,6 +107,8 @@ export class FastLane {
     /** The datapath's upcall for a key the lane has just looked up in vain (Datapath.upcallOne): a flow, or -1 with drop[i] set. */
     private readonly miss: (batch: PacketBatch, i: number) => number,
     private readonly flagCheck: FlagCheck,
+    /** Per PPID, 1 for a VM (access) port: parse drops its tagged frames (mapping-table.ts). */
+    private readonly vmPort: Uint8Array = new Uint8Array(65536),
   ) {}
 
   /**
@@ -141,7 +143,8 @@ export class FastLane {
         // The hot loops take packets of one in port and no rx drop; a lazy fill's are all such.
         const end = batch.unfilled ? n : sameRx(batch, i, n);
         const ppid = batch.unfilled ? batch.unfilledIn : batch.inPpid[i];
-        if (end > i) {
+        // The tunnel hot loop terminates tunnel packets: never those of a VM port (flag-check.ts).
+        if (end > i && !(tun && this.vmPort[ppid] !== 0)) {
           const from = i;
           i = this.run(batch, i, end, this.inPortKey[ppid], now, tun);
           this.emcHits += i - from;
@@ -231,7 +234,9 @@ export class FastLane {
     const cl = batch.caplen[i];
     const l4 = commonIpv4(b, d, base, cl, batch.wirelen[i]);
     if (l4 === 0) {
-      // A tunnel packet for this host: flagged, or decapsulated and sent here too.
+      // A tunnel packet for this host: flagged, or decapsulated and sent here too. Not from a VM
+      // port (flag-check.ts): the stages take it as the plain UDP it is.
+      if (this.vmPort[batch.inPpid[i]] !== 0) return ONE_STOP;
       const t = this.tunnelFast(batch, i, now);
       return t === 1 ? ONE_TUN : t < 0 && this.tunnelOne(batch, i, now) ? ONE_NEXT : ONE_STOP;
     }
@@ -396,7 +401,7 @@ export class FastLane {
   private tunnelOne(batch: PacketBatch, i: number, now: number): boolean {
     const fc = this.flagCheck;
     if (fc.vtep === 0) return false; // the lane's tunnel packets are IPv4-underlay ones
-    if (parsePacket(batch, i, this.inPortKey) !== 0) return false;
+    if (parsePacket(batch, i, this.inPortKey, this.vmPort) !== 0) return false;
     const io = batch.innerOff[i];
     if (io === ABSENT) return false;
     const key = batch.key;

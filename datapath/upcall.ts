@@ -73,4 +73,11 @@ export interface FlowFlush {
   type: 'flow-flush';
 }
 
-export type ControlMessage = FlowInstall | FlowDelete | MappingSet | FlowFlush | TunnelConfig | TunnelAdd;
+/** A port's role: `vm` (an access port: only untagged and VID-0 frames are taken from it) or not. */
+export interface PortRole {
+  type: 'port-role';
+  ppid: number;
+  vm: boolean;
+}
+
+export type ControlMessage = FlowInstall | FlowDelete | MappingSet | FlowFlush | TunnelConfig | TunnelAdd | PortRole;

@@ -33,8 +33,8 @@ npx tsc -p tsconfig.test.json   # the tests type-checked too (vitest only strips
 # Two runs: everything else in parallel, then the tests that measure timing on
 # the wire (BFD detection times, pings during a migration) one file at a time,
 # so that the other suites' load does not skew what they measure.
-SERIAL=(test/control/bfd/ test/control/lab.test.ts test/control/live-vxlan.test.ts)
-SERIAL_GLOBS=('**/control/bfd/**' '**/control/lab.test.ts' '**/control/live-vxlan.test.ts')
+SERIAL=(test/control/bfd/ test/control/lab.test.ts test/control/lab-untrusted.test.ts test/control/live-vxlan.test.ts)
+SERIAL_GLOBS=('**/control/bfd/**' '**/control/lab.test.ts' '**/control/lab-untrusted.test.ts' '**/control/live-vxlan.test.ts')
 common=(--dir test --test-timeout=120000 --hook-timeout=60000 --reporter=default --reporter=json)
 r1=$(mktemp); r2=$(mktemp)
 status=0

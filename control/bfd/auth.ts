@@ -9,7 +9,11 @@
  * The digest is over the whole packet with the key (zero-padded to 16 or 20
  * bytes) in the digest field. Receivers keep the last sequence number: a
  * meticulous one must grow by at least 1, a keyed one must be within
- * 3 × detect multiplier of it (§6.7.3, §6.7.4).
+ * 3 × detect multiplier of it (§6.7.3, §6.7.4). The session forgets it
+ * (forgetReceived: bfd.AuthSeqKnown = 0) after twice the detection time
+ * without a packet that verified (§6.8.1), so a peer that restarted with a
+ * new sequence number is taken again; it used to be kept for ever, and a
+ * restarted peer never came back Up.
  */
 import { createHash } from 'node:crypto';
 
@@ -33,6 +37,16 @@ export class Auth {
     this.key = Buffer.from(cfg.key, 'utf8');
     const max = cfg.type === 'simple' ? 16 : cfg.type.endsWith('md5') ? 16 : 20;
     if (this.key.length < 1 || this.key.length > max) throw new Error(`auth key: 1 to ${max} bytes for ${cfg.type}`);
+  }
+
+  /** bfd.AuthSeqKnown (§6.8.1): a received sequence number is being checked against. */
+  get seqKnown(): boolean {
+    return this.rcvSeq !== null;
+  }
+
+  /** bfd.AuthSeqKnown = 0: the next packet that verifies sets the sequence afresh. */
+  forgetReceived(): void {
+    this.rcvSeq = null;
   }
 
   /** Section length in bytes. */

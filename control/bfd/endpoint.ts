@@ -238,7 +238,7 @@ export class BfdEndpoint {
     if (!s && p.yourDisc === 0 && this.passive) s = this.accept(from, p.myDisc);
     if (!s) return this.count('unknownSession');
     // §6.8.6: the A bit must agree with the session's configuration, and the section must verify.
-    if (p.auth !== (s.auth !== null) || (s.auth !== null && !s.auth.verify(msg, p.detectMult))) return this.count('auth');
+    if (p.auth !== (s.auth !== null) || (s.auth !== null && !s.verifyAuth(msg, p.detectMult))) return this.count('auth');
     s.receive(p);
   }
 

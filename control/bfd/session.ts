@@ -111,6 +111,32 @@ export class Session {
     this.ev.change(this, from, to, why);
   }
 
+  /** When (performance.now(), ms) the last packet whose authentication verified arrived. */
+  private lastAuthRx = 0;
+  /** Times the received sequence state was forgotten (§6.8.1). */
+  authSeqResets = 0;
+
+  /**
+   * Checks a packet's authentication section (auth configured). RFC 5880
+   * §6.8.1: bfd.AuthSeqKnown "MUST be set to zero after no packets have
+   * been received on this session for at least twice the Detection Time",
+   * so that a restarted peer (a new sequence number, anywhere) is taken
+   * again: done here, lazily, before the check. Only packets that verify
+   * count as received, so a restarted peer's rejected packets do not keep
+   * the old number alive.
+   */
+  verifyAuth(msg: Uint8Array, detectMult: number): boolean {
+    const auth = this.auth as Auth;
+    const now = performance.now();
+    if (auth.seqKnown && now - this.lastAuthRx >= 2 * this.detectMs) {
+      auth.forgetReceived();
+      this.authSeqResets++;
+    }
+    if (!auth.verify(msg, detectMult)) return false;
+    this.lastAuthRx = now;
+    return true;
+  }
+
   /** A valid packet for this session (the caller checked §6.8.6's first rules). */
   receive(p: BfdPacket): void {
     this.rx++;

@@ -40,7 +40,7 @@ export class ActionSets {
   /** Sets already interned, by array identity: the FPAG reuses its action arrays, so most installs stop here. */
   private readonly byRef = new WeakMap<readonly Action[], number>();
 
-  constructor(private readonly encap: Encap, initialSets = 1024, initialWords = 16384) {
+  constructor(readonly encap: Encap, initialSets = 1024, initialWords = 16384) {
     this.pool = new Int32Array(initialWords);
     this.start = new Int32Array(initialSets);
     this.len = new Int32Array(initialSets);

@@ -38,6 +38,17 @@ export class Encap {
   /** Packets encapsulated, and how many of them flagged. */
   encapsulated = 0;
   flaggedSent = 0;
+  /**
+   * Per encapId * 2 + flag: the longest inner frame (wire length) whose outer
+   * length field still holds its size: IPv4 total length = 20 + 8 + tunnel
+   * header + inner, IPv6 payload length = 8 + tunnel header + inner, each at
+   * most 65,535. A longer one would wrap the field (a 70 KB inner frame went
+   * out saying 4,518): execute drops such a copy (encapTooLong) instead. Grown
+   * only by encapId, on the slow path.
+   */
+  maxInner = new Int32Array(64);
+  /** Copies not sent because the inner frame was longer than maxInner says. */
+  tooLong = 0;
 
   // Slow path: control messages.
   addTunnel(t: TunnelDef): number {
@@ -58,6 +69,15 @@ export class Encap {
       this.encTunnel.push(tunnel);
       this.encVni.push(vni);
       this.byPair.set(key, id);
+      if (2 * id + 2 > this.maxInner.length) {
+        const m = new Int32Array(this.maxInner.length * 2);
+        m.set(this.maxInner);
+        this.maxInner = m;
+      }
+      for (const flagged of [false, true]) {
+        const outer = this.headerLength(id, flagged) - ETH; // IP header + UDP + tunnel header
+        this.maxInner[2 * id + (flagged ? 1 : 0)] = 0xffff - (this.tunnels[tunnel].srcIp.length === 4 ? outer : outer - 40);
+      }
     }
     return id;
   }

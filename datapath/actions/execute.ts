@@ -13,7 +13,10 @@
  * encapId * 2 + flag for a copy the port must encapsulate (encap.ts). A
  * port's list holds up to COPIES_PER_PORT copies per packet (head-end
  * replication sends one packet to several remote hosts through one uplink);
- * a copy beyond that is not sent and is counted in `listFull`.
+ * a copy beyond that is not sent and is counted in `listFull`. An
+ * encapsulated copy whose inner frame is too long for the outer IP length
+ * field (Encap.maxInner) is not sent either (Encap.tooLong); a packet none
+ * of whose copies went is dropped as encapTooLong.
  *
  * Direct copies: a port whose tx side is a buffer in the same arena as the
  * rx buffer (a classic pcap writer, DirectTx) gets each plain copy of a
@@ -280,9 +283,11 @@ export class Execute {
     const slotPpid = this.slotPpid;
     const txPackets = this.txPackets;
     const txBytes = this.txBytes;
+    const maxInner = this.sets.encap.maxInner; // encap ids are made by installs, before this stage
     let nt = 0;
     let copies = 0;
     let unmapped = 0;
+    let tooLong = 0;
     for (let i = 0; i < n; i++) {
       if (drop[i] !== 0) continue;
       const f = flow[i];
@@ -300,9 +305,15 @@ export class Execute {
       // The flag for this packet's encapsulated copies: the action set's, or the flow is new.
       const flag = this.memoFlag[a] | (firstPackets > 0 && ordinal[i] <= firstPackets ? 1 : 0);
       let sent = 0;
+      let long = 0;
       for (let j = 0; j < k; j++) {
         const slot = resolved[ro + j];
         const enc = resolvedEnc[ro + j];
+        // Slow path: an inner frame too long for the outer length field is never sent malformed.
+        if (enc >= 0 && wirelen[i] > maxInner[enc * 2 + flag]) {
+          long++;
+          continue;
+        }
         if (direct && enc < 0 && dCap[slot] > 0 && listStamp[slot] !== seq) {
           const len = caplen[i] + 16;
           if (dBegun[slot] === 0) this.directBegin(slot);
@@ -330,9 +341,11 @@ export class Execute {
         txCount[slot] = c + 1;
         sent++;
       }
-      if (sent === 0) drop[i] = D.noDestination;
+      if (sent === 0) drop[i] = long > 0 ? D.encapTooLong : D.noDestination;
       copies += sent;
+      tooLong += long;
     }
+    this.sets.encap.tooLong += tooLong;
     this.touchedCount = nt;
     this.copies += copies;
     this.unmappedCopies += unmapped;

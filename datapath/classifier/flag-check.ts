@@ -48,7 +48,14 @@ export class FlagCheck {
   flagged = 0;
   decapsulated = 0;
 
-  constructor(private readonly inPortKey: Uint32Array) {}
+  /**
+   * @param vmPort 1 per PPID of a VM (access) port (MappingTable.vmPort):
+   *   tunnel packets arriving there are not terminated. A VM is not a
+   *   tunnel endpoint: decapsulated, its inner frame would skip the access
+   *   port's VLAN check (an inner tag 20 went out of the uplink into red).
+   *   They stay what they are, UDP from that VM, for the FPAG to judge.
+   */
+  constructor(private readonly inPortKey: Uint32Array, readonly vmPort: Uint8Array = new Uint8Array(65536)) {}
 
   /**
    * Reads the sender's flag of a tunnel packet whose tunnel header is at
@@ -101,7 +108,7 @@ export class FlagCheck {
     for (let i = 0; i < n; i++) {
       if (drop[i] !== 0 || inner[i] === ABSENT) continue;
       const k = i * KEY_WORDS;
-      if (!this.ours(key, k)) continue;
+      if (!this.ours(key, k) || this.vmPort[batch.inPpid[i]] !== 0) continue;
       const base = batch.off[i];
       const h = base + batch.tunHdr[i];
       const io = inner[i];

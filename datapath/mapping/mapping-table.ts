@@ -23,6 +23,13 @@ export class MappingTable {
   readonly toVpid: Int32Array;
   /** in_port key value of each PPID: its VPID, or PORT_PPID_BIT|PPID when none. Parse reads it. */
   readonly inPortKey: Uint32Array;
+  /**
+   * 1 for a PPID whose port faces a VM (an access port): parse drops any
+   * VLAN tag but a lone priority tag (VID 0) arriving on it (vlanFromVm).
+   * Written by the control plane ('port-role'); a role is the port's, so it
+   * stays when an interface moves.
+   */
+  readonly vmPort: Uint8Array;
   /** Mapping changes so far (set or clear). */
   changes = 0;
 
@@ -32,6 +39,7 @@ export class MappingTable {
     this.toPpid = new Int32Array(maxVpid + 1).fill(NO_PPID);
     this.toVpid = new Int32Array(maxPpid + 1).fill(-1);
     this.inPortKey = new Uint32Array(maxPpid + 1);
+    this.vmPort = new Uint8Array(maxPpid + 1);
     for (let p = 0; p <= maxPpid; p++) this.inPortKey[p] = (PORT_PPID_BIT | p) >>> 0;
   }
 

@@ -18,7 +18,10 @@
  *     parsing stops there, the fields found so far stay, the packet lives
  *     (a NIC forwards the frame it has; OVS's miniflow_extract does the same);
  *   - malformed (a header that does not fit in the frame on the wire, or a
- *     field that contradicts the frame): drop[i] = the reason from drops.ts.
+ *     field that contradicts the frame): drop[i] = the reason from drops.ts;
+ *   - from a VM (access) port with a VLAN tag other than one priority tag
+ *     (VID 0, nothing behind it): drop[i] = vlanFromVm. The common case is
+ *     untagged, so commonIpv4 and commonTunnel never see a tag.
  * A packet that arrives with drop[i] already set (rx marked it) is skipped.
  */
 import { ABSENT, type PacketBatch } from '../batch.js';
@@ -38,6 +41,8 @@ export const IPPROTO_ICMPV6 = 58;
 export const UDP_PORT_VXLAN = 4789;
 export const UDP_PORT_GENEVE = 6081;
 const MAX_VLAN_TAGS = 4;
+/** No port is a VM port: for parsers of frames that did not come from a port (inner frames, tests). */
+const NO_VM_PORTS = new Uint8Array(65536);
 const MAX_IPV6_EXT = 8;
 
 export class Parse {
@@ -47,8 +52,12 @@ export class Parse {
   /** in_port key value for each PPID (VPID of the port, or PORT_PPID_BIT|PPID). Written by the datapath. */
   readonly inPortKey: Uint32Array;
 
-  constructor(inPortKey: Uint32Array) {
+  /** 1 for each PPID that is a VM (access) port (MappingTable.vmPort). */
+  readonly vmPort: Uint8Array;
+
+  constructor(inPortKey: Uint32Array, vmPort: Uint8Array = NO_VM_PORTS) {
     this.inPortKey = inPortKey;
+    this.vmPort = vmPort;
   }
 
   process(batch: PacketBatch): void {
@@ -66,6 +75,7 @@ export class Parse {
     const l4Off = batch.l4Off;
     const innerOff = batch.innerOff;
     const vni = batch.vni;
+    const vmPort = this.vmPort;
     for (let i = 0; i < n; i++) {
       if (drop[i] !== 0) continue;
       // The common case in one straight run, with the arrays in locals (see
@@ -94,7 +104,7 @@ export class Parse {
         vni[i] = 0;
         continue;
       }
-      const r = parseOne(batch, i, inPortKey);
+      const r = parseOne(batch, i, inPortKey, vmPort);
       if (r > 0) drop[i] = r;
     }
   }
@@ -175,8 +185,8 @@ export function transportWord(b: Uint8Array, d: DataView, base: number, proto: n
 }
 
 /** Parses packet i alone (the tunnel stage's inner frames); returns 0 or a drop code. */
-export function parsePacket(batch: PacketBatch, i: number, inPortKey: Uint32Array): number {
-  return parseOne(batch, i, inPortKey);
+export function parsePacket(batch: PacketBatch, i: number, inPortKey: Uint32Array, vmPort: Uint8Array = NO_VM_PORTS): number {
+  return parseOne(batch, i, inPortKey, vmPort);
 }
 
 // Big-endian reads through the batch's DataView: measured faster than
@@ -190,7 +200,7 @@ function u32(d: DataView, p: number): number {
 }
 
 /** Returns 0 (parsed, or stopped at the snap length) or a drop code. */
-function parseOne(batch: PacketBatch, i: number, inPortKey: Uint32Array): number {
+function parseOne(batch: PacketBatch, i: number, inPortKey: Uint32Array, vmPort: Uint8Array): number {
   const b = batch.buf;
   const d = batch.dv;
   const base = batch.off[i];
@@ -224,7 +234,12 @@ function parseOne(batch: PacketBatch, i: number, inPortKey: Uint32Array): number
   let et = u16(d, base + p);
   for (let tags = 0; (et === ETH_P_8021Q || et === ETH_P_8021AD || et === ETH_P_QINQ_OLD) && tags < MAX_VLAN_TAGS; tags++) {
     if (p + 6 > cl) return cut ? 0 : D.vlanTruncated;
-    if (tags === 0) key[k + W_VLAN] = ((et << 16) | u16(d, base + p + 2)) >>> 0;
+    const tci = u16(d, base + p + 2);
+    if (tags === 0) key[k + W_VLAN] = ((et << 16) | tci) >>> 0;
+    // An access port (OVS: a port with a VLAN tag of its own drops tagged
+    // frames) takes one priority tag, VID 0, and nothing behind it: any other
+    // tag would carry the frame into another segment's VLAN on an uplink.
+    if ((tags !== 0 || (tci & 0xfff) !== 0) && vmPort[batch.inPpid[i]] !== 0) return D.vlanFromVm;
     p += 4;
     et = u16(d, base + p);
   }

@@ -9,14 +9,16 @@ import { FpoError } from '../../datapath/errors.js';
 
 const NOPORT = { writeBatch: () => undefined };
 
-function setup(extra: Partial<TopologyInput> = {}) {
+// Port security is off here unless a test turns it on: these keys are made
+// without a source MAC; the port-security tests below give it one.
+function setup(extra: Partial<TopologyInput> = {}, portSecurity = false) {
   const file = {
     ports: [{ name: 'up', ppid: 1, role: 'uplink', segments: ['a', 'b'] }, { name: 'p1', ppid: 11 }, { name: 'p2', ppid: 12 }, { name: 'p3', ppid: 13 }],
     segments: [{ name: 'a' }, { name: 'b', vlan: 7 }],
     nodes: [
-      { name: 'v1', interfaces: [{ name: 'v1', mac: '02:00:00:00:00:01', segment: 'a', port: 'p1' }] },
-      { name: 'v2', interfaces: [{ name: 'v2', mac: '02:00:00:00:00:02', segment: 'a', port: 'p2' }] },
-      { name: 'v3', interfaces: [{ name: 'v3', mac: '02:00:00:00:00:03', segment: 'b', port: 'p3' }] },
+      { name: 'v1', interfaces: [{ name: 'v1', mac: '02:00:00:00:00:01', ip: '10.1.2.3', segment: 'a', port: 'p1', portSecurity }] },
+      { name: 'v2', interfaces: [{ name: 'v2', mac: '02:00:00:00:00:02', segment: 'a', port: 'p2', portSecurity }] },
+      { name: 'v3', interfaces: [{ name: 'v3', mac: '02:00:00:00:00:03', ip: '10.0.0.3', segment: 'b', port: 'p3', portSecurity }] },
     ],
     ...extra,
   };
@@ -28,11 +30,12 @@ function setup(extra: Partial<TopologyInput> = {}) {
   return { topo, dp, fpag };
 }
 
-function key(inPort: number, dst: string, f: { vlan?: number; ethType?: number; proto?: number; src?: number; dstIp?: number; sport?: number; dport?: number } = {}): Uint32Array {
+function key(inPort: number, dst: string, f: { vlan?: number; ethType?: number; proto?: number; src?: number; dstIp?: number; sport?: number; dport?: number; srcMac?: string } = {}): Uint32Array {
   const k = new Uint32Array(KEY_WORDS);
   const m = new Uint32Array(KEY_WORDS);
   k[W_IN_PORT] = inPort;
   setField(k, m, 0, 'eth_dst', Uint8Array.from(dst.split(':').map((x) => parseInt(x, 16))));
+  if (f.srcMac !== undefined) setField(k, m, 0, 'eth_src', Uint8Array.from(f.srcMac.split(':').map((x) => parseInt(x, 16))));
   if (f.vlan !== undefined) k[W_VLAN] = ((0x8100 << 16) | f.vlan) >>> 0;
   k[W_ETH_TYPE] = (((f.ethType ?? 0x0800) << 16) | ((f.proto ?? 6) << 8)) >>> 0;
   k[W_IP_SRC] = f.src ?? 0;
@@ -170,5 +173,104 @@ describe('tunnel metadata in rules', () => {
     expect([d.mask[15], d.mask[16], d.mask[17]]).toEqual([0xffffff, 0xffffffff, 0xffffffff]);
     k[16] = 0xc0a80009;
     expect(fpag.decide(k).rule).toBe(-1);
+  });
+});
+
+describe('port security', () => {
+  const V1 = '02:00:00:00:00:01';
+  const v6 = (k: Uint32Array, at: number, words: number[]) => { for (let w = 0; w < 4; w++) k[at + w] = words[w] >>> 0; };
+
+  it('a frame from a VM with another source MAC is dropped as portSecMac, and the mask covers in_port and eth_src', () => {
+    const { fpag } = setup({}, true);
+    const d = fpag.decide(key(1, '02:00:00:00:00:02', { srcMac: '02:00:00:00:00:02', src: 0x0a010203 }), true);
+    expect(d.actions).toEqual([{ op: 'drop', reason: D.portSecMac }]);
+    expect(d.reason).toContain('source MAC 02:00:00:00:00:02');
+    expect(d.mask[W_IN_PORT]).toBe(0xffffffff);
+    expect(d.mask[4]).toBe(0xffffffff);
+    // v2 has no address: its own MAC passes with any IP source (MAC-only, as OVN).
+    expect(fpag.decide(key(2, V1, { srcMac: '02:00:00:00:00:02', src: 0x01020304 })).actions).toEqual([{ op: 'output', vpid: 1 }]);
+  });
+
+  it('IPv4 and ARP sources must be the interface\'s; DHCP discover and ARP probes from 0.0.0.0 pass', () => {
+    const { fpag } = setup({}, true);
+    expect(fpag.decide(key(1, '02:00:00:00:00:02', { srcMac: V1, src: 0x0a010203 })).actions).toEqual([{ op: 'output', vpid: 2 }]);
+    expect(fpag.decide(key(1, '02:00:00:00:00:02', { srcMac: V1, src: 0x0a010204 })).actions).toEqual([{ op: 'drop', reason: D.portSecIpv4 }]);
+    expect(fpag.decide(key(1, 'ff:ff:ff:ff:ff:ff', { srcMac: V1, ethType: 0x0806, proto: 1, src: 0x0a000002 })).actions).toEqual([{ op: 'drop', reason: D.portSecArp }]);
+    expect(fpag.decide(key(1, 'ff:ff:ff:ff:ff:ff', { srcMac: V1, ethType: 0x0806, proto: 1, src: 0 })).actions).toEqual([{ op: 'output', vpid: 2 }, { op: 'output', vpid: 4 }]);
+    const dhcp = { srcMac: V1, proto: 17, src: 0, dstIp: 0xffffffff, sport: 68, dport: 67 };
+    expect(fpag.decide(key(1, 'ff:ff:ff:ff:ff:ff', dhcp)).actions).toEqual([{ op: 'output', vpid: 2 }, { op: 'output', vpid: 4 }]);
+    expect(fpag.decide(key(1, 'ff:ff:ff:ff:ff:ff', { ...dhcp, dport: 68 })).actions).toEqual([{ op: 'drop', reason: D.portSecIpv4 }]);
+    expect(fpag.decide(key(1, 'ff:ff:ff:ff:ff:ff', { ...dhcp, dstIp: 0x0a000002 })).actions).toEqual([{ op: 'drop', reason: D.portSecIpv4 }]);
+  });
+
+  it('IPv6: the EUI-64 link-local source passes, :: only for DAD and MLD to ff02::/16, any other source is portSecIpv6', () => {
+    const { fpag } = setup({}, true);
+    const k = (src: number[], dst: number[], type: number) => {
+      const x = key(1, '33:33:00:00:00:01', { srcMac: V1, ethType: 0x86dd, proto: 58, sport: type });
+      v6(x, W_IP_SRC, src);
+      v6(x, W_IP_DST, dst);
+      return x;
+    };
+    const ll = [0xfe800000, 0, 0x000000ff, 0xfe000001]; // 02:00:00:00:00:01 → fe80::ff:fe00:1
+    const all = [0xff020000, 0, 0, 1];
+    const flood = [{ op: 'output', vpid: 2 }, { op: 'output', vpid: 4 }];
+    expect(fpag.decide(k(ll, all, 128)).actions).toEqual(flood);
+    expect(fpag.decide(k([0xfe800000, 0, 0x000000ff, 0xfe000002], all, 128)).actions).toEqual([{ op: 'drop', reason: D.portSecIpv6 }]);
+    expect(fpag.decide(k([0x20010db8, 0, 0, 1], all, 128)).actions).toEqual([{ op: 'drop', reason: D.portSecIpv6 }]);
+    for (const t of [131, 135, 143]) expect(fpag.decide(k([0, 0, 0, 0], [0xff020000, 0, 1, 0xff000001], t)).actions).toEqual(flood);
+    expect(fpag.decide(k([0, 0, 0, 0], all, 128)).actions).toEqual([{ op: 'drop', reason: D.portSecIpv6 }]);
+    expect(fpag.decide(k([0, 0, 0, 0], [0x20010db8, 0, 0, 1], 135)).actions).toEqual([{ op: 'drop', reason: D.portSecIpv6 }]);
+  });
+
+  it('a rule cannot let a spoofed frame through: port security decides first', () => {
+    const { fpag } = setup({ rules: [{ priority: 9, match: { tp_dst: 80 }, actions: ['output:v2'] }] }, true);
+    expect(fpag.decide(key(1, '02:00:00:00:00:02', { srcMac: '02:00:00:00:00:09', src: 0x0a010203, dport: 80 })).actions).toEqual([{ op: 'drop', reason: D.portSecMac }]);
+    expect(fpag.decide(key(1, '02:00:00:00:00:02', { srcMac: V1, src: 0x0a010203, dport: 80 })).actions).toEqual([{ op: 'output', vpid: 2 }]);
+  });
+
+  it('off per interface ("portSecurity": false): any source passes', () => {
+    const { fpag } = setup({}, false);
+    expect(fpag.decide(key(1, '02:00:00:00:00:02', { srcMac: '02:00:00:00:00:09', src: 0x01010101 })).actions).toEqual([{ op: 'output', vpid: 2 }]);
+  });
+
+  it('megaflows agree with the FPAG on random sources, port security on (property)', () => {
+    const pkt = fc.record({
+      inPort: fc.constantFrom(1, 2, 3, 4),
+      dst: fc.constantFrom('02:00:00:00:00:01', '02:00:00:00:00:02', 'ff:ff:ff:ff:ff:ff'),
+      srcMac: fc.constantFrom('02:00:00:00:00:01', '02:00:00:00:00:02', '02:00:00:00:00:03', '02:00:00:00:00:09'),
+      ethType: fc.constantFrom(0x0800, 0x0806, 0x86dd, 0x88cc),
+      proto: fc.constantFrom(17, 58, 6),
+      src: fc.constantFrom(0, 0x0a010203, 0x0a000003, 0x0b000001),
+      dstIp: fc.constantFrom(0xffffffff, 0xff020000, 0x0a000002),
+      sport: fc.constantFrom(68, 135, 128),
+      dport: fc.constantFrom(67, 80),
+    });
+    fc.assert(fc.property(fc.array(pkt, { minLength: 1, maxLength: 60 }), (pkts) => {
+      const { dp, fpag } = setup({}, true);
+      for (const p of pkts) {
+        const k = key(p.inPort, p.dst, p);
+        let f = dp.flows.lookup(k);
+        if (f < 0) {
+          const d = fpag.decide(k);
+          dp.apply({ type: 'flow-install', key: k, mask: d.mask, actions: d.actions });
+          f = dp.flows.lookup(k);
+        }
+        expect(f).toBeGreaterThanOrEqual(0);
+        const want = fpag.decide(k).actions;
+        expect(dp.actionSets.describe(dp.flows.act[f])).toEqual(want.length ? want : [{ op: 'drop', reason: D.noDestination }]);
+      }
+    }), { numRuns: 300 });
+  });
+
+  it('a migration takes the identity along: same VPID on the new port, same decisions, no flow rewritten', () => {
+    const { dp, fpag } = setup({ ports: [{ name: 'up', ppid: 1, role: 'uplink', segments: ['a', 'b'] }, { name: 'p1', ppid: 11 }, { name: 'p2', ppid: 12 }, { name: 'p3', ppid: 13 }, { name: 'p9', ppid: 19 }] }, true);
+    const r = fpag.migrate('v1', 'p9');
+    expect(r).toMatchObject({ vpid: 1, oldPpid: 11, newPpid: 19, flowRewrites: 0 });
+    expect(dp.mapping.inPortKey[19]).toBe(1);
+    expect(fpag.decide(key(1, '02:00:00:00:00:02', { srcMac: '02:00:00:00:00:09', src: 0x0a010203 })).actions).toEqual([{ op: 'drop', reason: D.portSecMac }]);
+    // With a new VPID too: the identity is the interface's, under its new VPID.
+    fpag.migrate('v1', 'p1', 40);
+    expect(fpag.decide(key(40, '02:00:00:00:00:02', { srcMac: V1, src: 0x0a010204 })).actions).toEqual([{ op: 'drop', reason: D.portSecIpv4 }]);
+    expect(fpag.decide(key(40, '02:00:00:00:00:02', { srcMac: V1, src: 0x0a010203 })).actions).toEqual([{ op: 'output', vpid: 2 }]);
   });
 });

@@ -7,6 +7,8 @@ import { replay, type ReplayReport } from '../../control/replay.js';
 import { PacketBatch } from '../../datapath/batch.js';
 import { CaptureReader } from '../../datapath/ports/capture-reader.js';
 import { CLI, FIXTURES, cleanTemp, needTool, runCli, tempDir, tsharkFields } from '../helpers.js';
+import { toRecords, untrustedVmFrames } from '../../fixtures/make.js';
+import { arp, eth, geneve, ipv4, pad60, udp, vxlan, writePcap } from '../../fixtures/packets.js';
 
 afterAll(cleanTemp);
 
@@ -438,4 +440,106 @@ describe('replay interrupted', () => {
     expect(clean.stale).toEqual([]);
     expect(readdirSync(out).filter((n) => n.includes('.partial-'))).toEqual([]);
   }, 120_000);
+});
+
+describe('a VM is not trusted: VLAN tags and port security on a VM port', () => {
+  // Frames vm1 sends on vf1 of the demo topology (fixtures/make.ts says what each must become).
+  const dir = tempDir('untrusted');
+  const cap = join(dir, 'vm1.pcap');
+  const topo = join(dir, 'topo.json');
+  const frames = untrustedVmFrames();
+  writePcap(cap, toRecords(frames.map((f) => f.frame)));
+  const file = JSON.parse(readFileSync(TOPO, 'utf8')) as { replay: { inputPort: string } };
+  file.replay = { inputPort: 'vf1' };
+  writeFileSync(topo, JSON.stringify(file));
+  const out = join(dir, 'out');
+  const report = replayJson([cap, '--topology', topo, '--out', out]);
+  const want = (w: string) => frames.filter((f) => f.want === w).length;
+
+  it('drops tagged frames (VLAN 20, 0 then 20, QinQ) as vlanFromVm and spoofed sources by kind; in = delivered + dropped', () => {
+    expect(frames.length).toBe(600);
+    expect(report.packets.in).toBe(600);
+    expect(report.drops).toEqual({ vlanFromVm: want('vlanFromVm'), portSecMac: want('portSecMac'), portSecIpv4: want('portSecIpv4'), portSecArp: want('portSecArp'), portSecIpv6: want('portSecIpv6') });
+    expect(want('vlanFromVm')).toBe(160);
+    expect(report.packets.out).toBe(want('delivered'));
+    expect(report.packets.out).toBe(240);
+    expect(report.packets.in).toBe(report.packets.out + report.packets.dropped);
+  });
+
+  it('nothing vm1 sent leaves the uplink tagged, or with another source MAC or IPv4 source (checked with tshark)', (ctx) => {
+    needTool(ctx, 'tshark', 'reads the output captures');
+    const up = tsharkFields(join(out, 'uplink0.pcap'), ['vlan.id', 'eth.src', 'ip.src', 'ipv6.src']);
+    // Broadcasts (DHCP discover, ARP probe) and the multicast NS and echo flood out of the uplink: 40 of each.
+    expect(up.length).toBe(160);
+    for (const [vlan, src, ip4] of up) {
+      expect(vlan === '' || vlan === '0').toBe(true);
+      expect(src).toBe('02:00:00:00:00:01');
+      expect(ip4 === '' || ip4 === '0.0.0.0').toBe(true);
+    }
+    expect(existsSync(join(out, 'vf3.pcap'))).toBe(false); // the red VMs hear nothing
+    const vf2 = tsharkFields(join(out, 'vf2.pcap'), ['eth.src']);
+    expect(vf2.length).toBe(240);
+    expect(new Set(vf2.map((r) => r[0]))).toEqual(new Set(['02:00:00:00:00:01']));
+  });
+
+  it('with "portSecurity": false on vm1-eth0, spoofed sources pass but tags are still dropped', () => {
+    const t = JSON.parse(readFileSync(topo, 'utf8')) as { nodes: { interfaces: { portSecurity?: boolean }[] }[] };
+    t.nodes[0].interfaces[0].portSecurity = false;
+    const topo2 = join(dir, 'topo-off.json');
+    writeFileSync(topo2, JSON.stringify(t));
+    const r = replayJson([cap, '--topology', topo2, '--out', join(dir, 'out-off')]);
+    expect(r.drops).toEqual({ vlanFromVm: 160 });
+    expect(r.packets.out).toBe(440);
+  });
+});
+
+describe('a VM is not a tunnel endpoint', () => {
+  // vm1 on vf1 of the demo topology, this host a tunnel endpoint (192.168.0.1): vm1 wraps a VLAN 20
+  // broadcast in VXLAN and Geneve to that endpoint, flagged and not.
+  const dir = tempDir('vm-tunnel');
+  const topo = join(dir, 'topo.json');
+  const file = JSON.parse(readFileSync(TOPO, 'utf8')) as Record<string, unknown>;
+  file.replay = { inputPort: 'vf1' };
+  file.tunnel = { vtep: '192.168.0.1' };
+  writeFileSync(topo, JSON.stringify(file));
+  const me = '02:00:00:00:00:01';
+  const inner = pad60(eth('ff:ff:ff:ff:ff:ff', me, 0x0806, arp(1, me, '10.0.0.1', '00:00:00:00:00:00', '10.0.1.3'), [[0x8100, 20]]));
+  const outer = (payload: Uint8Array, port: number) => eth('02:fe:00:00:00:01', me, 0x0800, ipv4({ src: '10.0.0.1', dst: '192.168.0.1', proto: 17 }, udp(40000, port, payload)));
+  const frames: Uint8Array[] = [];
+  for (let i = 0; i < 20; i++) {
+    frames.push(outer(vxlan(5001, inner), 4789));
+    frames.push(outer(geneve(5001, inner, [[0xfff0, 0x01, new Uint8Array(0)]]), 6081)); // with the special-processing flag
+    frames.push(outer(geneve(5001, inner), 6081));
+  }
+  const cap = join(dir, 'vm1.pcap');
+  writePcap(cap, toRecords(frames));
+
+  it('the fast lane and the stages agree on them', () => {
+    const run = (lane: boolean) => replay({ capture: cap, topology: topo, outDir: join(dir, lane ? 'lane' : 'stages'), fastLane: lane, batchSize: 8 }).report;
+    const on = run(true);
+    const off = run(false);
+    expect(on.packets).toEqual(off.packets);
+    expect(on.tunnel).toEqual(off.tunnel);
+    expect(on.drops).toEqual(off.drops);
+    expect(on.tunnel.unflagged + on.tunnel.flagged).toBe(0);
+    for (const p of ['uplink0', 'vf2']) expect(readFileSync(join(dir, 'lane', `${p}.pcap`)).equals(readFileSync(join(dir, 'stages', `${p}.pcap`))), p).toBe(true);
+  });
+
+  it('its VXLAN/Geneve packets to this host are not terminated: the tagged inner frame never reaches the uplink as a frame of its own (checked with tshark)', (ctx) => {
+    needTool(ctx, 'tshark', 'reads the output captures');
+    const out = join(dir, 'out');
+    const r = replayJson([cap, '--topology', topo, '--out', out]);
+    expect(r.packets.in).toBe(60);
+    expect(r.packets.in).toBe(r.packets.out + r.packets.dropped);
+    expect(r.tunnel.flagged).toBe(0);
+    expect(r.tunnel.unflagged).toBe(0);
+    // Plain UDP from vm1 to an unknown MAC in blue: flooded (vf2, uplink0) as it is.
+    expect(r.packets.out).toBe(60);
+    const up = tsharkFields(join(out, 'uplink0.pcap'), ['eth.type', 'ip.dst']);
+    expect(up.length).toBe(60);
+    for (const [types, dst] of up) {
+      expect(types.split(',')[0]).toBe('0x0800'); // the outer frame, untagged
+      expect(dst.split(',')[0]).toBe('192.168.0.1');
+    }
+  });
 });

@@ -486,3 +486,24 @@ describe('fpo run: request fields', () => {
     await svc.stop();
   });
 });
+
+describe('fpo run keeps its own clock', () => {
+  it('a capture stamped 0xffffffff injected into the service does not stop flows from expiring (the service expires by its monotonic clock)', async () => {
+    const dir = tempDir('svc-clock');
+    const pkt = (vm: number) => eth(`02:00:00:00:00:0${vm}`, '02:ee:00:00:00:01', 0x0800, ipv4({ src: '192.0.2.1', dst: '10.0.0.1', proto: 17 }, udp(1000, 9, new Uint8Array(20))));
+    writePcap(join(dir, 'wild.pcap'), [{ sec: 0xffffffff, usec: 999_999, data: pkt(1) }, { sec: 0xffffffff, usec: 999_999, data: pkt(2) }]);
+    writePcap(join(dir, 'later.pcap'), [{ sec: 1_700_000_000, usec: 0, data: pkt(9) }]); // unknown unicast: a flood, a flow of its own
+    const s = await start(TOPO, join(dir, 'out'));
+    expect(JSON.parse(s.ctl('--json', 'inject', join(dir, 'wild.pcap')).stdout).packets).toEqual({ in: 2, out: 2, dropped: 0 });
+    const before = JSON.parse(s.ctl('--json', 'stats').stdout);
+    expect(before.flows.active).toBe(2);
+    // The default idle timeout is 10 s; expiry runs when a batch passes.
+    await new Promise((r) => setTimeout(r, 11_500));
+    expect(JSON.parse(s.ctl('--json', 'inject', join(dir, 'later.pcap')).stdout).packets).toEqual({ in: 1, out: 1, dropped: 0 });
+    const after = JSON.parse(s.ctl('--json', 'stats').stdout);
+    expect(after.flows.expired).toBe(2);
+    expect(after.flows.active).toBe(1); // the later packet's
+    expect(after.packets.in).toBe(after.packets.out + after.packets.dropped);
+    await s.stop();
+  }, 30_000);
+});

@@ -6,6 +6,7 @@ import { arp, eth, geneve, ipv4, ipv6, tcp, udp, vxlan, writePcap } from '../../
 import { replay, type ReplayOptions } from '../../control/replay.js';
 import type { ControlEvent } from '../../control/events.js';
 import { CORPUS, FIXTURES, cleanTemp, tempDir } from '../helpers.js';
+import { toRecords, untrustedVmFrames } from '../../fixtures/make.js';
 import { KEY_WORDS } from '../../datapath/classifier/flow-key.js';
 
 afterAll(cleanTemp);
@@ -122,6 +123,29 @@ describe('FastLane', () => {
     const { on, off } = bothWays(cap, topo, { batchSize: 32, events });
     expectSame(on, off);
     expect(on.datapath.fastLane.forwarded).toBeGreaterThan(0);
+  });
+
+  it('frames from an untrusted VM (tags, spoofed MAC and addresses, DHCP and DAD) come out the same both ways, the lane taking the allowed ones', () => {
+    const dir = tempDir();
+    const cap = join(dir, 'vm1.pcap');
+    const topo = join(dir, 'topo.json');
+    const frames = untrustedVmFrames();
+    // Three rounds, so that flows are installed, cached, and then hit.
+    // Then a run of the allowed untagged UDP alone, which the lane takes whole batches of.
+    const udpOk = frames.filter((f) => f.want === 'delivered' && f.frame[12] === 0x08 && f.frame[14 + 9] === 17 && f.frame[26] === 10);
+    expect(udpOk.length).toBe(40);
+    writePcap(cap, toRecords([...frames, ...frames, ...frames, ...udpOk, ...udpOk, ...udpOk, ...udpOk, ...udpOk].map((f) => f.frame)));
+    const file = JSON.parse(readFileSync(join(FIXTURES, 'topology.json'), 'utf8')) as { replay: { inputPort: string } };
+    file.replay = { inputPort: 'vf1' };
+    writeFileSync(topo, JSON.stringify(file));
+    const { on, off, full } = bothWays(cap, topo, { batchSize: 32 });
+    expectSame(on, off);
+    expectSame(full(), off);
+    expect(on.report.packets.in).toBe(2000);
+    expect(on.report.drops.vlanFromVm).toBe(480);
+    expect(on.report.drops.portSecIpv4).toBe(120);
+    expect(on.datapath.fastLane.forwarded).toBeGreaterThan(150);
+    expect(on.report.packets.in).toBe(on.report.packets.out + on.report.packets.dropped);
   });
 
   it('a VM moved between batches, with no upcall after it, is followed by the lane (its per-set slots are not kept past a mapping change)', () => {

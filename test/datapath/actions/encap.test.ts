@@ -8,7 +8,9 @@ import { FlagCheck } from '../../../datapath/classifier/flag-check.js';
 import { KEY_WORDS, W_TUN, W_TUN_SRC } from '../../../datapath/classifier/flow-key.js';
 import { Parse } from '../../../datapath/parse/parse.js';
 import { writePcap } from '../../../fixtures/packets.js';
-import { cleanTemp, needTool, tempDir } from '../../helpers.js';
+import { FIXTURES, cleanTemp, needTool, tempDir, tsharkFields } from '../../helpers.js';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { replay } from '../../../control/replay.js';
 
 afterAll(cleanTemp);
 
@@ -136,4 +138,56 @@ describe('Encap', () => {
     writePcap(p, [{ sec: 1, usec: 0, data: encapsulate(e, e.encapId(t, 9), false, inner, 7) }]);
     expect(checked(p, ['udp.checksum.status'])).toEqual([['1']]); // 1 = Good
   });
+});
+
+describe('an inner frame too long for the outer length field', () => {
+  // Host A of fixtures/two-hosts.json, sending vmA1 → vmB1 and vmA2 (flagged) → vmB2.
+  const hostA = (JSON.parse(readFileSync(join(FIXTURES, 'two-hosts.json'), 'utf8')) as { hosts: Record<string, unknown>[] }).hosts[0];
+  const big = (dst: string, src: string, len: number) => {
+    const f = new Uint8Array(len);
+    f.set(dst.split(':').map((x) => parseInt(x, 16)), 0);
+    f.set(src.split(':').map((x) => parseInt(x, 16)), 6);
+    f[12] = 0x88; f[13] = 0xb5; // no inner header to check: the length alone counts
+    return f;
+  };
+  const cases = [
+    // outer IPv4 total length = 20 + 8 + 8 (+ 4: Geneve's flag option) + inner; IPv6 payload length = 8 + 8 (+ 4) + inner.
+    { kind: 'vxlan', v6: false, max: 65535 - 36, maxFlagged: 65535 - 36 },
+    { kind: 'geneve', v6: false, max: 65535 - 36, maxFlagged: 65535 - 40 },
+    { kind: 'vxlan', v6: true, max: 65535 - 16, maxFlagged: 65535 - 16 },
+    { kind: 'geneve', v6: true, max: 65535 - 16, maxFlagged: 65535 - 20 },
+  ] as const;
+  for (const c of cases) {
+    it(`${c.kind} over IPv${c.v6 ? 6 : 4}: up to ${c.max} (flagged ${c.maxFlagged}) bytes go out with exact lengths; one more, or 70 KB, is dropped as encapTooLong (tshark finds no malformed frame)`, (ctx) => {
+      needTool(ctx, 'tshark', 'reads the encapsulated output');
+      const dir = tempDir('encap-long');
+      const topo = structuredClone(hostA) as { tunnel: { kind: string; sendFrom?: string; remotes: { vtep: string }[]; policy: { firstPackets: number } } };
+      topo.tunnel.kind = c.kind;
+      topo.tunnel.policy.firstPackets = 0; // flagged: vmA2's packets only
+      if (c.v6) { topo.tunnel.sendFrom = '2001:db8::1'; topo.tunnel.remotes[0].vtep = '2001:db8::2'; }
+      writeFileSync(join(dir, 'topo.json'), JSON.stringify(topo));
+      const a1 = ['02:00:00:00:0b:01', '02:00:00:00:0a:01'] as const;
+      const a2 = ['02:00:00:00:0b:02', '02:00:00:00:0a:02'] as const;
+      const sizes = [[a1, 100], [a1, c.max], [a1, c.max + 1], [a1, 70_000], [a2, c.maxFlagged], [a2, c.maxFlagged + 1]] as const;
+      writePcap(join(dir, 'in.pcap'), sizes.map(([m, len], i) => ({ sec: 1_700_000_000, usec: i, data: big(m[0], m[1], len) })));
+      const { report } = replay({ capture: join(dir, 'in.pcap'), topology: join(dir, 'topo.json'), outDir: join(dir, 'out') });
+      expect(report.packets.in).toBe(6);
+      expect(report.drops).toEqual({ encapTooLong: 3 });
+      expect(report.packets.out).toBe(3);
+      expect(report.packets.in).toBe(report.packets.out + report.packets.dropped);
+      const rows = tsharkFields(join(dir, 'out', 'uplink0.pcap'), ['frame.len', c.v6 ? 'ipv6.plen' : 'ip.len', '_ws.malformed', '_ws.expert.severity']);
+      expect(rows.length).toBe(3);
+      const want = [[a1, 100], [a1, c.max], [a2, c.maxFlagged]] as const;
+      rows.forEach(([frameLen, ipLen, malformed], j) => {
+        const inner = want[j][1];
+        const flagged = want[j][0] === a2 && c.kind === 'geneve' ? 4 : 0;
+        const outerIp = (c.v6 ? 16 : 36) + flagged + inner;
+        expect(Number(ipLen)).toBe(outerIp);
+        expect(Number(frameLen)).toBe(14 + (c.v6 ? 40 : 0) + outerIp);
+        expect(malformed).toBe('');
+      });
+      expect(Number(rows[1][1])).toBe(65535); // the longest that fits fills the field to its top
+      expect(Number(rows[2][1])).toBe(65535);
+    });
+  }
 });
