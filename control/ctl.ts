@@ -23,7 +23,7 @@ const HELP: Record<string, string> = {
   'set-mapping': 'fpo ctl set-mapping VPID PPID      point a VPID at a port',
   migrate: 'fpo ctl migrate IFACE --to PORT [--new-vpid N] | --away\n                                   move an interface to another port (or off this host) by mapping updates',
   trace: 'fpo ctl trace PACKET               what the switch does with a packet, e.g. "in_port=uplink0,eth_dst=02:00:00:00:00:01,tcp,tp_dst=80"',
-  inject: 'fpo ctl inject CAPTURE [--port P]  replay a capture into a port of the running switch',
+  inject: 'fpo ctl inject CAPTURE [--port P]  replay a capture into a port of the running switch (read here, sent over the socket)',
   ping: 'fpo ctl ping                       is the service there?',
   bfd: 'fpo ctl bfd                        tunnel monitor: BFD sessions (state, intervals, last change and why) and VM liveness',
 };
