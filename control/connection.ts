@@ -56,6 +56,8 @@ export class Connection {
   private chunks: Buffer[] = [];
   private head = 0;
   private queued = 0;
+  /** Leading queued bytes known to hold no newline. */
+  private scanned = 0;
   /** The body being read: bytes of it not yet taken. */
   private bodyLeft = 0;
   private closed = false;
@@ -121,6 +123,7 @@ export class Connection {
       }
     }
     this.queued -= n;
+    this.scanned = Math.max(0, this.scanned - n);
     if (this.sock.isPaused() && this.queued < this.limit() && !this.closed) this.sock.resume();
   }
 
@@ -131,26 +134,44 @@ export class Connection {
    */
   async nextLine(): Promise<string | null> {
     for (;;) {
-      if (this.chunks.length > 1) {
-        // A line may span chunks: join what is held (at most about MAX_REQUEST plus one read).
-        const all = Buffer.concat(this.chunks).subarray(this.head);
-        this.chunks = [all];
-        this.head = 0;
-      }
-      const c = this.chunks[0];
-      if (c !== undefined) {
-        const nl = c.indexOf(10, this.head);
-        const len = (nl < 0 ? c.length : nl) - this.head;
+      const len = this.findLine();
+      if (len >= 0) {
         if (len > MAX_REQUEST) throw new TooLong();
-        if (nl >= 0) {
-          const line = c.toString('utf8', this.head, nl);
-          this.take(len + 1);
-          return line;
-        }
+        const line = Buffer.allocUnsafe(len);
+        this.take(len, line);
+        this.take(1); // the newline
+        return line.toString('utf8');
       }
+      if (this.scanned > MAX_REQUEST) throw new TooLong();
       if (this.closed) return null;
       await this.wait();
     }
+  }
+
+  /**
+   * The length of the first line held (bytes before its newline), or -1.
+   * Bytes already scanned are not scanned again, and nothing is copied until
+   * a line is whole: a client that sends a line a byte at a time costs one
+   * pass over it, not one per byte.
+   */
+  private findLine(): number {
+    let skip = this.scanned;
+    let before = 0;
+    for (let i = 0; i < this.chunks.length; i++) {
+      const c = this.chunks[i];
+      const start = i === 0 ? this.head : 0;
+      const len = c.length - start;
+      if (skip < len) {
+        const nl = c.indexOf(10, start + skip);
+        if (nl >= 0) return before + (nl - start);
+        skip = 0;
+      } else {
+        skip -= len;
+      }
+      before += len;
+    }
+    this.scanned = before;
+    return -1;
   }
 
   /** The next `n` bytes as a body: a CaptureSource that hands them out as they arrive. */

@@ -114,6 +114,31 @@ describe('control socket clients', () => {
   }, 60_000);
 });
 
+describe('request lines that arrive in pieces', () => {
+  it('a request sent a few bytes at a time is answered; a line that passes 64 KiB in pieces is refused and closed', async () => {
+    const s = await startService();
+    const c = await rawClient(s.socket);
+    const req = '{"id":"slow","cmd":"ping"}\n';
+    let sent = 0;
+    for (let i = 0; i < req.length; i += 3) {
+      c.send(req.slice(i, i + 3));
+      await new Promise((r) => setImmediate(r));
+      sent++;
+    }
+    expect(sent).toBe(Math.ceil(req.length / 3));
+    expect(JSON.parse((await c.waitLines(1))[0])).toEqual({ id: 'slow', ok: true, result: { pong: true } });
+    // 70 pieces of 1000 bytes with no newline: past 65536 the service refuses and closes.
+    for (let i = 0; i < 70 && !c.sock.destroyed; i++) {
+      c.send('x'.repeat(1000));
+      await new Promise((r) => setImmediate(r));
+    }
+    await c.closed;
+    expect(c.lines.length).toBe(2);
+    expect(JSON.parse(c.lines[1])).toEqual({ id: null, ok: false, error: { code: 'FPO_ERR_USAGE', message: 'request: longer than 65536 bytes; closing' } });
+    await s.stop();
+  }, 60_000);
+});
+
 describe('replies in request order', () => {
   it('an inject pipelined with pings on one connection is answered first, then the pings, in order', async () => {
     const dir = tempDir('order');
