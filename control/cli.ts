@@ -253,7 +253,7 @@ tunnel went down or came back. SIGINT/SIGTERM stop it.
 const RUN_HELP = `Usage: fpo run --topology FILE [options]
 
 Runs the switch as a service: the datapath, the FPAG and a control socket
-(a Unix socket, mode 0600) that 'fpo ctl' talks to. Every port writes what it
+(a Unix socket, mode 0600 from the start) that 'fpo ctl' talks to. Every port writes what it
 emits to OUT/<port>.pcap. VPIDs and mappings are kept in a state file
 (written atomically), so a restart gives every interface the same VPID and
 port. SIGINT or SIGTERM stops it cleanly and prints the final counters (JSON).
@@ -261,7 +261,8 @@ port. SIGINT or SIGTERM stops it cleanly and prints the final counters (JSON).
 Options:
   -t, --topology FILE   topology JSON
   -s, --socket PATH     control socket (default $FPO_SOCKET, else fpo.sock in
-                        $XDG_RUNTIME_DIR or the temp folder)
+                        $XDG_RUNTIME_DIR, else in TMP/fpo-UID, a 0700 folder);
+                        an existing path must be a socket nothing answers on
   -o, --out DIR         where port captures and the state file go (default ./fpo-run)
       --state FILE      state file (default OUT/fpo-state.json)
       --log-level L     silent, error, warn (default), info, debug: JSON lines on stderr

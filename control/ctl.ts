@@ -1,7 +1,14 @@
 /**
  * fpo ctl — talks to a running `fpo run` over its control socket: one JSON
  * request, one JSON answer. Plain tables by default, `--json` for scripts.
+ *
+ * The answer must carry the request's id; a connection that closes before
+ * it comes is an error at once (not a wait for the timeout). `inject FILE`
+ * opens FILE here, with the caller's rights and folder — a regular file
+ * only, so a FIFO or a folder is refused before anything is sent — and
+ * streams its bytes after the request line (service.ts: inject's body).
  */
+import { closeSync, constants, createReadStream, fstatSync, openSync } from 'node:fs';
 import { connect } from 'node:net';
 import { parseArgs } from 'node:util';
 import { FpoError } from '../datapath/errors.js';
@@ -16,7 +23,7 @@ const HELP: Record<string, string> = {
   'set-mapping': 'fpo ctl set-mapping VPID PPID      point a VPID at a port',
   migrate: 'fpo ctl migrate IFACE --to PORT [--new-vpid N] | --away\n                                   move an interface to another port (or off this host) by mapping updates',
   trace: 'fpo ctl trace PACKET               what the switch does with a packet, e.g. "in_port=uplink0,eth_dst=02:00:00:00:00:01,tcp,tp_dst=80"',
-  inject: 'fpo ctl inject CAPTURE [--port P]  replay a capture into a port of the running switch',
+  inject: 'fpo ctl inject CAPTURE [--port P]  replay a capture into a port of the running switch (read here, sent over the socket)',
   ping: 'fpo ctl ping                       is the service there?',
   bfd: 'fpo ctl bfd                        tunnel monitor: BFD sessions (state, intervals, last change and why) and VM liveness',
 };
@@ -38,23 +45,90 @@ export class CtlUsage extends FpoError {
   }
 }
 
-function request(socket: string, cmd: string, args: Record<string, unknown>, timeoutMs = 120_000): Promise<{ ok: boolean; result?: unknown; error?: { code: string; message: string } }> {
+/** A capture opened for inject: a regular file, its descriptor and size. */
+interface Upload { fd: number; size: number; path: string; /** Set once a read stream owns the descriptor (and closes it). */ streaming?: boolean }
+
+/** Opens FILE for inject on the client's side: a non-empty regular file, or an error naming it (never its bytes). */
+function openUpload(path: string): Upload {
+  let fd = -1;
+  try {
+    // Non-blocking, so that a FIFO does not wait here for a writer.
+    fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
+    const st = fstatSync(fd);
+    if (!st.isFile()) throw new CtlFileError(`${path}: not a regular file (${st.isDirectory() ? 'a folder' : st.isFIFO() ? 'a FIFO' : 'a device or socket'}); inject takes a capture file`, path);
+    if (st.size === 0) throw new CtlFileError(`${path}: empty file; inject takes a capture file`, path);
+    return { fd, size: st.size, path };
+  } catch (e) {
+    if (fd >= 0) closeSync(fd);
+    if (e instanceof FpoError) throw e;
+    throw new CtlFileError(`${path}: cannot open: ${(e as Error).message}`, path);
+  }
+}
+
+class CtlFileError extends FpoError {
+  constructor(msg: string, path: string) {
+    super('FPO_ERR_IO', msg, { path });
+  }
+}
+
+type Answer = { id?: unknown; ok: boolean; result?: unknown; error?: { code: string; message: string } };
+
+/**
+ * One request and its answer. With an upload, the file's bytes follow the
+ * request line (exactly `bytes` of them, as the line says); an answer that
+ * comes before they are all sent (a refusal) stops the upload.
+ */
+function request(socket: string, cmd: string, args: Record<string, unknown>, upload?: Upload, timeoutMs = 120_000): Promise<Answer> {
+  const id = 1;
   return new Promise((resolve, reject) => {
     const c = connect(socket);
     let buf = '';
-    const timer = setTimeout(() => { c.destroy(); reject(new FpoError('FPO_ERR_IO', `${socket}: no answer in ${timeoutMs / 1000} s`, { path: socket })); }, timeoutMs);
+    let settled = false;
+    const finish = (f: () => void) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      file?.destroy();
+      c.destroy();
+      f();
+    };
+    let file: ReturnType<typeof createReadStream> | null = null;
+    const timer = setTimeout(() => finish(() => reject(new FpoError('FPO_ERR_IO', `${socket}: no answer in ${timeoutMs / 1000} s`, { path: socket }))), timeoutMs);
     c.setEncoding('utf8');
-    c.on('connect', () => c.write(JSON.stringify({ id: 1, cmd, args }) + '\n'));
+    c.on('connect', () => {
+      c.write(JSON.stringify({ id, cmd, args }) + '\n');
+      if (!upload) return;
+      let sent = 0;
+      file = createReadStream('', { fd: upload.fd, start: 0, end: upload.size - 1, autoClose: true, highWaterMark: 256 * 1024 });
+      upload.streaming = true;
+      file.on('data', (d) => { sent += d.length; });
+      file.on('end', () => {
+        // The file shrank while it was sent: the service would wait for bytes that never come.
+        if (sent < upload.size) finish(() => reject(new FpoError('FPO_ERR_IO', `${upload.path}: shrank from ${upload.size} to ${sent} bytes while being sent`, { path: upload.path })));
+      });
+      file.on('error', (e) => finish(() => reject(new FpoError('FPO_ERR_IO', `${upload.path}: cannot read: ${e.message}`, { path: upload.path }))));
+      file.pipe(c, { end: false });
+    });
     c.on('data', (d: string) => {
       buf += d;
       const nl = buf.indexOf('\n');
-      if (nl >= 0) {
-        clearTimeout(timer);
-        c.end();
-        try { resolve(JSON.parse(buf.slice(0, nl))); } catch (e) { reject(new FpoError('FPO_ERR_IO', `${socket}: answer is not JSON: ${(e as Error).message}`)); }
+      if (nl < 0) return;
+      let answer: Answer;
+      try {
+        answer = JSON.parse(buf.slice(0, nl)) as Answer;
+      } catch (e) {
+        finish(() => reject(new FpoError('FPO_ERR_IO', `${socket}: answer is not JSON: ${(e as Error).message}`, { path: socket })));
+        return;
       }
+      // id null: the service refused the connection or the line as a whole (too many clients, too long).
+      if (answer.id !== id && !(answer.id === null && answer.ok === false)) {
+        finish(() => reject(new FpoError('FPO_ERR_IO', `${socket}: answer carries id ${JSON.stringify(answer.id)}, expected ${id}`, { path: socket })));
+        return;
+      }
+      finish(() => resolve(answer));
     });
-    c.on('error', (e) => { clearTimeout(timer); reject(new FpoError('FPO_ERR_IO', `${socket}: cannot reach fpo run: ${e.message}`, { path: socket })); });
+    c.on('close', () => finish(() => reject(new FpoError('FPO_ERR_IO', `${socket}: fpo run closed the connection without answering`, { path: socket }))));
+    c.on('error', (e) => finish(() => reject(new FpoError('FPO_ERR_IO', `${socket}: cannot reach fpo run: ${e.message}`, { path: socket }))));
   });
 }
 
@@ -116,7 +190,7 @@ export async function ctlMain(argv: string[]): Promise<number> {
   switch (cmd) {
     case 'add-flow': case 'del-flow': need(1, 'one FLOW argument'); args = { flow: rest[0] }; break;
     case 'trace': need(1, 'one PACKET argument'); args = { packet: rest[0] }; break;
-    case 'inject': need(1, 'one CAPTURE argument'); args = { capture: rest[0], port: values.port }; break;
+    case 'inject': need(1, 'one CAPTURE argument'); break;
     case 'set-mapping': {
       need(2, 'VPID and PPID');
       const [v, p] = rest.map(Number);
@@ -135,7 +209,18 @@ export async function ctlMain(argv: string[]): Promise<number> {
     default: need(0, 'no arguments');
   }
   const socket = values.socket ?? defaultSocket();
-  const answer = await request(socket, cmd, args);
+  let upload: Upload | undefined;
+  if (cmd === 'inject') {
+    // Opened here, with the caller's rights and relative to the caller's folder.
+    upload = openUpload(rest[0]);
+    args = { bytes: upload.size, name: rest[0], port: values.port };
+  }
+  let answer: Answer;
+  try {
+    answer = await request(socket, cmd, args, upload);
+  } finally {
+    if (upload && !upload.streaming) closeSync(upload.fd); // else the read stream closes it (at its end, or when destroyed)
+  }
   if (!answer.ok) {
     if (values.json) process.stdout.write(JSON.stringify(answer) + '\n');
     process.stderr.write(`fpo: ${cmd}: ${answer.error?.message ?? 'failed'}\n`);

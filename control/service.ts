@@ -14,9 +14,19 @@
  * "ok": true, "result"} or {"id", "ok": false, "error": {"code", "message"}}.
  * A line over MAX_REQUEST bytes is answered with an error and the connection
  * closed; malformed JSON gets an error and the connection stays. A request
- * that fails changes nothing.
+ * that fails changes nothing. Requests on one connection are answered in
+ * order, one at a time; the bounds on clients, queued replies and bodies are
+ * in connection.ts.
+ *
+ * inject's body: the service never opens a path a client names. The request
+ * {"cmd": "inject", "args": {"bytes": N, "name"?: "…", "port"?: "…"}} is
+ * followed on the connection by exactly N raw bytes: the capture (a classic
+ * Ethernet pcap, µs), which `fpo ctl inject FILE` reads on the client's
+ * side and streams. The service feeds them to the datapath as they arrive,
+ * holding at most BODY_QUEUE of them; a refused inject's remaining bytes are
+ * read and dropped, so the next request on the connection is found.
  */
-import { chmodSync, existsSync, mkdirSync, unlinkSync } from 'node:fs';
+import { chmodSync, existsSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { setImmediate as yieldToLoop } from 'node:timers/promises';
@@ -36,13 +46,14 @@ import { LiveLoop } from './live.js';
 import { TunnelMonitor } from './monitor.js';
 import { TapPort } from '../datapath/ports/tap-port.js';
 import type { Server as HttpServer } from 'node:http';
-import { COMMANDS } from './socket.js';
+import { COMMANDS, claimSocketPath } from './socket.js';
+import { Connection, MAX_BODY, MAX_CLIENTS, MAX_REQUEST, TooLong, type Body } from './connection.js';
 import { formatFlowSpec, parseFlowSpec } from './flow-syntax.js';
 import { flowReport } from './replay.js';
 import { StateStore, stateOf } from './state.js';
 import { loadTopology, type Topology } from './topology.js';
 
-export const MAX_REQUEST = 64 * 1024;
+export { MAX_BODY, MAX_CLIENTS, MAX_QUEUED, MAX_REQUEST } from './connection.js';
 
 /**
  * The args each command takes; any other key is refused by name, before
@@ -85,8 +96,16 @@ export class Service {
   private readonly batch = new PacketBatch(256);
   private readonly store: StateStore;
   private injecting: Promise<unknown> = Promise.resolve();
+  /** Clients connected now. */
+  private readonly conns = new Set<Connection>();
+  /** The socket file this service made (device, inode), so that stop removes only its own. */
+  private socketId: { dev: number; ino: number } | null = null;
   requests = 0;
   badRequests = 0;
+  /** Connections refused because MAX_CLIENTS were connected. */
+  clientsRefused = 0;
+  /** Refused connections still open (being given their error line). */
+  private refusing = 0;
 
   constructor(opts: ServiceOptions) {
     this.opts = { topology: opts.topology, socket: opts.socket, outDir: opts.outDir, state: opts.state ?? join(opts.outDir, 'fpo-state.json'), metrics: opts.metrics };
@@ -171,46 +190,78 @@ export class Service {
       this.monitor = new TunnelMonitor(this.topo.tunnel.monitor, this.log);
       await this.monitor.start();
     }
-    if (existsSync(this.opts.socket)) unlinkSync(this.opts.socket);
-    const server = createServer((c) => this.onConnection(c));
+    const path = this.opts.socket;
+    await claimSocketPath(path);
+    // allowHalfOpen: a client that sends its requests and closes its side still gets every reply.
+    const server = createServer({ allowHalfOpen: true }, (c) => this.onConnection(c));
     this.server = server;
-    return new Promise((resolve, reject) => {
-      server.once('error', (e) => reject(new FpoError('FPO_ERR_IO', `${this.opts.socket}: cannot listen: ${e.message}`, { path: this.opts.socket })));
-      server.listen(this.opts.socket, () => {
-        chmodSync(this.opts.socket, 0o600);
-        this.log.info({ socket: this.opts.socket, taps: this.taps.map((t) => t.name) }, 'listening');
-        this.live.start();
-        resolve();
-      });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (e) => reject(new FpoError('FPO_ERR_IO', `${path}: cannot listen: ${e.message}`, { path })));
+      // Bound under umask 0177, so the socket is 0600 from the moment it exists (listen binds
+      // synchronously in this call; the umask is the process's, put back at once).
+      const umask = process.umask(0o177);
+      try {
+        server.listen(path, () => resolve());
+      } finally {
+        process.umask(umask);
+      }
     });
+    chmodSync(path, 0o600);
+    const st = lstatSync(path);
+    this.socketId = { dev: st.dev, ino: st.ino };
+    this.log.info({ socket: path, taps: this.taps.map((t) => t.name) }, 'listening');
+    this.live.start();
   }
 
   private onConnection(c: Socket): void {
-    let buf = '';
-    c.setEncoding('utf8');
     c.on('error', () => undefined);
-    c.on('data', (chunk: string) => {
-      buf += chunk;
-      for (;;) {
-        const nl = buf.indexOf('\n');
-        if (nl < 0) break;
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        void this.answer(c, line);
+    const conn = new Connection(c);
+    if (this.conns.size >= MAX_CLIENTS) {
+      this.clientsRefused++;
+      // A refused client is given its error line and a second to read it; a flood of them is cut at once.
+      if (this.refusing >= MAX_CLIENTS) {
+        c.destroy();
+        return;
       }
-      if (buf.length > MAX_REQUEST) {
-        this.badRequests++;
-        c.end(JSON.stringify({ id: null, ok: false, error: { code: 'FPO_ERR_USAGE', message: `request: longer than ${MAX_REQUEST} bytes; closing` } }) + '\n');
-        buf = '';
-      }
-    });
+      this.refusing++;
+      c.on('close', () => this.refusing--);
+      conn.refuse({ id: null, ok: false, error: { code: 'FPO_ERR_CAPACITY', message: `clients: ${MAX_CLIENTS} connected, the most fpo run serves at once; try again later` } });
+      return;
+    }
+    this.conns.add(conn);
+    c.on('close', () => this.conns.delete(conn));
+    void this.serve(conn);
   }
 
-  private async answer(c: Socket, line: string): Promise<void> {
+  /** Answers one connection's requests one at a time, in order, until it closes. */
+  private async serve(conn: Connection): Promise<void> {
+    for (;;) {
+      let line: string | null;
+      try {
+        line = await conn.nextLine();
+      } catch (e) {
+        if (!(e instanceof TooLong)) throw e;
+        this.requests++;
+        this.badRequests++;
+        conn.refuse({ id: null, ok: false, error: { code: e.code, message: e.message } });
+        return;
+      }
+      if (line === null) {
+        conn.end();
+        return;
+      }
+      const body: { it: Body | null } = { it: null };
+      const reply = await this.answer(conn, line, body);
+      await conn.reply(reply);
+      if (body.it) await conn.skipBody();
+    }
+  }
+
+  /** One request line → its reply. An inject's body is read from `conn` (its Body left in `body.it`). */
+  private async answer(conn: Connection, line: string, body: { it: Body | null }): Promise<unknown> {
     this.requests++;
     let id: unknown = null;
     try {
-      if (line.length > MAX_REQUEST) throw new FpoError('FPO_ERR_USAGE', `request: longer than ${MAX_REQUEST} bytes`);
       let req: unknown;
       try {
         req = JSON.parse(line);
@@ -223,14 +274,38 @@ export class Service {
       if (typeof r.cmd !== 'string') throw new FpoError('FPO_ERR_USAGE', `cmd: expected a string, one of ${COMMANDS.join(', ')}`);
       const args = r.args === undefined ? {} : r.args;
       if (args === null || typeof args !== 'object' || Array.isArray(args)) throw new FpoError('FPO_ERR_USAGE', 'args: expected an object');
-      const result = await this.handle(r.cmd, args as Record<string, unknown>);
-      if (!c.destroyed) c.write(JSON.stringify({ id, ok: true, result }) + '\n');
+      const a = args as Record<string, unknown>;
+      const result = r.cmd === 'inject' ? await this.injectRequest(conn, a, body) : await this.handle(r.cmd, a);
+      return { id, ok: true, result };
     } catch (e) {
       this.badRequests++;
       const err = e instanceof FpoError ? { code: e.code, message: e.message } : { code: 'FPO_ERR_INTERNAL', message: (e as Error).message };
       this.log.warn({ err: err.message }, 'request refused');
-      if (!c.destroyed) c.write(JSON.stringify({ id, ok: false, error: err }) + '\n');
+      return { id, ok: false, error: err };
     }
+  }
+
+  /**
+   * inject over the socket: args.bytes (the body's length) is checked first,
+   * so that a refusal of anything else still knows how many bytes to drop.
+   */
+  private async injectRequest(conn: Connection, args: Record<string, unknown>, body: { it: Body | null }): Promise<unknown> {
+    if (args.capture !== undefined) throw new FpoError('FPO_ERR_USAGE', 'capture: fpo run opens no file a client names; send the capture\'s bytes after the request ("bytes": N), as fpo ctl inject FILE does');
+    const n = args.bytes;
+    if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > MAX_BODY) throw new FpoError('FPO_ERR_USAGE', `bytes: expected the capture's length, an integer in 1..${MAX_BODY}`);
+    const name = args.name === undefined ? 'capture' : args.name;
+    if (typeof name !== 'string' || name.length === 0 || name.length > 4096) throw new FpoError('FPO_ERR_USAGE', 'name: expected a non-empty string');
+    const b = conn.body(n, name);
+    body.it = b;
+    const portArg = args.port;
+    if (portArg !== undefined && (typeof portArg !== 'string' || portArg.length === 0 || portArg.length > 4096)) throw new FpoError('FPO_ERR_USAGE', 'port: expected a non-empty string');
+    const portName = portArg ?? (this.topo.inputPort !== 'by-source-mac' ? this.topo.inputPort : undefined) ?? this.topo.ports.find((p) => p.role === 'uplink')?.name ?? this.topo.ports[0].name;
+    const port = this.fpag.portNamed(portName);
+    if (!port) throw new FpoError('FPO_ERR_USAGE', `port: no port named "${portName}"`);
+    // One inject at a time: a later one waits, its body unread (the socket paused at BODY_QUEUE).
+    const run = this.injecting.then(() => this.inject(b, portName, port.ppid));
+    this.injecting = run.catch(() => undefined);
+    return await run;
   }
 
   /** Runs one control command. Throws FpoError (naming the field) with nothing changed. */
@@ -299,15 +374,21 @@ export class Service {
         return this.trace(str('packet')!);
       case 'bfd':
         return { sessions: (await this.monitor?.describe()) ?? [] };
-      case 'inject': {
-        const capture = str('capture')!;
-        const port = str('port', false);
-        const run = this.injecting.then(() => this.inject(capture, port));
-        this.injecting = run.catch(() => undefined);
-        return await run;
-      }
+      case 'inject':
+        throw new FpoError('FPO_ERR_USAGE', 'inject: takes the capture\'s bytes over the control socket (see service.ts)');
       default:
         throw new FpoError('FPO_ERR_USAGE', `cmd: unknown command "${cmd}"; expected one of ${COMMANDS.join(', ')}`);
+    }
+  }
+
+  /** Removes the socket file if it is still the one this service made. */
+  private unlinkOwnSocket(): void {
+    if (!this.socketId) return;
+    try {
+      const st = lstatSync(this.opts.socket);
+      if (st.isSocket() && st.dev === this.socketId.dev && st.ino === this.socketId.ino) unlinkSync(this.opts.socket);
+    } catch {
+      // Gone already: nothing to remove.
     }
   }
 
@@ -332,7 +413,7 @@ export class Service {
       perFlow: flowReport(this.dp, this.fpag),
       migrations: this.fpag.migrations,
       flowRewrites: this.fpag.flowRewrites,
-      control: { requests: this.requests, refused: this.badRequests },
+      control: { requests: this.requests, refused: this.badRequests, clients: this.conns.size, clientsRefused: this.clientsRefused },
     };
   }
 
@@ -383,27 +464,36 @@ export class Service {
     return { steps, rule: d.rule, installed: mf >= 0 ? mf : null, outputs: outs };
   }
 
-  /** Replays a capture into a port of the running switch, yielding to control requests between batches. */
-  async inject(capture: string, portName?: string): Promise<unknown> {
-    const reader = new CaptureReader(capture);
+  /**
+   * Replays a capture that a client streams (its request's body) into a port
+   * of the running switch, as its bytes arrive, yielding to control requests
+   * between batches.
+   */
+  async inject(body: Body, name: string, ppid: number): Promise<unknown> {
+    // The reader reads the header at once: wait for it (or for the body's end, which it then refuses).
+    await body.atLeast(24);
+    const reader = new CaptureReader(body);
     try {
       if (reader.format !== 'pcap' || reader.nanos || reader.interfaces[0].linktype !== LINKTYPE_ETHERNET) {
-        throw new FpoError('FPO_ERR_BAD_CAPTURE', `capture: ${capture}: inject takes a classic Ethernet pcap with µs timestamps`, { path: capture });
+        throw new FpoError('FPO_ERR_BAD_CAPTURE', `capture: ${body.name}: inject takes a classic Ethernet pcap with µs timestamps`);
       }
-      const name = portName ?? (this.topo.inputPort !== 'by-source-mac' ? this.topo.inputPort : undefined) ?? this.topo.ports.find((p) => p.role === 'uplink')?.name ?? this.topo.ports[0].name;
-      const port = this.fpag.portNamed(name);
-      if (!port) throw new FpoError('FPO_ERR_USAGE', `port: no port named "${name}"`);
       const before = this.dp.stats();
       const batch = this.batch;
       let batches = 0;
-      while (reader.fill(batch, port.ppid) > 0) {
-        this.dp.process(batch, monotonicMs()); // the service's clock, never the capture's (clock.ts)
-        if (++batches % 4 === 0) await yieldToLoop();
+      for (;;) {
+        if (reader.fill(batch, ppid) > 0) {
+          this.dp.process(batch, monotonicMs()); // the service's clock, never the capture's (clock.ts)
+          if (++batches % 4 === 0) await yieldToLoop();
+        } else if (reader.finished) {
+          break;
+        } else {
+          await body.more(); // the stream ran dry: wait for the client's next bytes
+        }
       }
       for (const w of this.writers.values()) if (w.opened) w.flush();
       const after = this.dp.stats();
       return {
-        capture, port: name, packets: { in: after.packetsIn - before.packetsIn, out: after.delivered - before.delivered, dropped: after.dropped - before.dropped },
+        capture: body.name, port: name, packets: { in: after.packetsIn - before.packetsIn, out: after.delivered - before.delivered, dropped: after.dropped - before.dropped },
         error: reader.error ? { code: reader.error.code, message: reader.error.message } : undefined,
       };
     } finally {
@@ -411,11 +501,16 @@ export class Service {
     }
   }
 
-  /** Stops listening, flushes the port files, saves state; returns the final counters. */
+  /**
+   * Stops listening and closes every client's connection at once (an idle
+   * client, or one streaming an inject, does not hold the stop up), flushes
+   * the port files, saves state; returns the final counters.
+   */
   async stop(): Promise<unknown> {
+    for (const c of this.conns) c.destroy();
     await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
     if (this.metricsServer) await (await import('./metrics.js')).closeMetrics(this.metricsServer);
-    if (existsSync(this.opts.socket)) unlinkSync(this.opts.socket);
+    this.unlinkOwnSocket();
     await this.injecting;
     await this.monitor?.stop();
     await this.live.stop();

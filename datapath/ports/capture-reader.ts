@@ -14,8 +14,16 @@
  * and sets `error` to an FpoError naming the file and byte offset. Packets on
  * an interface whose link type is not Ethernet are delivered with
  * drop[i] = linkType, so the pipeline counts them.
+ *
+ * Where the bytes come from is a CaptureSource: a file (the usual case), or
+ * bytes handed in as they arrive (fpo run's inject, whose client sends the
+ * capture over the control socket). A source that has nothing yet but has not
+ * ended makes `fill` return 0 with `finished` false: the caller waits for
+ * more and fills again. The reader closes its source on every path that ends
+ * it: a fault at open, `close`, and nothing is left open when the
+ * constructor throws.
  */
-import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
 import { Arena } from '../arena.js';
 import { PacketBatch } from '../batch.js';
 import { D } from '../drops.js';
@@ -50,6 +58,53 @@ export interface CaptureInterface {
 
 export type CaptureFormat = 'pcap' | 'pcapng';
 
+/** Where a reader's bytes come from. Reads are sequential: `pos` is always where the last read ended. */
+export interface CaptureSource {
+  /** Names the capture in messages (a path, or what a client called it). */
+  readonly name: string;
+  /** Total bytes when known, else -1. */
+  readonly size: number;
+  /** Copies up to `len` bytes to buf[off…]; returns how many, 0 at the end, or -1 when none have arrived yet. May throw (an I/O error). */
+  read(buf: Uint8Array, off: number, len: number, pos: number): number;
+  /** Releases what the source holds (a descriptor); called once, by the reader. */
+  close(): void;
+}
+
+/** A capture file, read by descriptor. */
+class FileSource implements CaptureSource {
+  readonly name: string;
+  readonly size: number;
+  private fd: number;
+
+  constructor(path: string) {
+    this.name = path;
+    let fd = -1;
+    try {
+      // Non-blocking, so that opening a FIFO does not wait for a writer; a regular file ignores the flag.
+      fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
+      const st = fstatSync(fd);
+      // A directory opens, then fails its first read; a FIFO or device would block or never end.
+      if (!st.isFile()) throw new Error(st.isDirectory() ? 'is a directory' : 'not a regular file');
+      this.size = st.size;
+    } catch (e) {
+      if (fd >= 0) closeSync(fd);
+      throw new FpoError('FPO_ERR_IO', `${path}: cannot open: ${(e as Error).message}`, { path });
+    }
+    this.fd = fd;
+  }
+
+  read(buf: Uint8Array, off: number, len: number, pos: number): number {
+    return readSync(this.fd, buf, off, len, pos);
+  }
+
+  close(): void {
+    if (this.fd >= 0) {
+      closeSync(this.fd);
+      this.fd = -1;
+    }
+  }
+}
+
 /** Writes packet n's rx facts into the batch (a packet's wire length is never below what was captured). */
 function putPacket(b: PacketBatch, n: number, off: number, incl: number, orig: number, tsA: number, tsB: number, ifIndex: number, inPpid: number, drop: number): void {
   b.off[n] = off;
@@ -73,12 +128,12 @@ export class CaptureReader {
   readonly interfaces: CaptureInterface[] = [];
   /** Records delivered so far. */
   records = 0;
-  /** Size of the file in bytes. */
+  /** Size of the file in bytes (-1 when the source does not know it). */
   readonly fileSize: number;
   /** Set when reading stopped at a fault; packets before it were delivered. */
   error: FpoError | null = null;
 
-  private fd: number;
+  private src: CaptureSource | null;
   /** The array batches point into: the arena's bytes, or a private buffer after a grow. */
   private outer: Uint8Array;
   /** Offset of this reader's chunk in `outer`. */
@@ -100,48 +155,53 @@ export class CaptureReader {
   private sectionBase = 0;
 
   /**
-   * Opens `path`. With an arena, the chunk is carved from it (so writers in
-   * the same arena copy packets without allocating); without one the reader
-   * makes its own.
+   * Opens `from`: a path (a regular file), or a source. With an arena, the
+   * chunk is carved from it (so writers in the same arena copy packets
+   * without allocating); without one the reader makes its own. A source
+   * that has not ended must already hold the capture's header (24 bytes).
    */
-  constructor(path: string, arena?: Arena, chunkBytes = DEFAULT_CHUNK) {
-    this.path = path;
+  constructor(from: string | CaptureSource, arena?: Arena, chunkBytes = DEFAULT_CHUNK) {
+    const src = typeof from === 'string' ? new FileSource(from) : from;
+    this.src = src;
+    this.path = src.name;
+    this.fileSize = src.size;
+    // Every way out of the constructor closes what it opened.
     try {
-      this.fd = openSync(path, 'r');
-      this.fileSize = fstatSync(this.fd).size;
+      const size = Math.max(4096, chunkBytes);
+      const a = arena ?? new Arena(size);
+      this.outer = a.bytes;
+      this.abase = a.take(size);
+      this.buf = this.outer.subarray(this.abase, this.abase + size);
+      this.dv = new DataView(this.outer.buffer, this.outer.byteOffset + this.abase, size);
+      this.refill();
+      if (this.error) throw this.error;
+      const have = this.end - this.pos;
+      if (have < 4) throw this.openError(0, `file is ${have} bytes, too short for a pcap or pcapng header`);
+      const m = this.dv.getUint32(0, true);
+      const mb = this.dv.getUint32(0, false);
+      if (m === NG_SHB) {
+        this.format = 'pcapng';
+        this.nanos = false;
+        this.bigEndian = false;
+      } else if (m === PCAP_MAGIC_US || m === PCAP_MAGIC_NS || mb === PCAP_MAGIC_US || mb === PCAP_MAGIC_NS) {
+        this.format = 'pcap';
+        this.bigEndian = mb === PCAP_MAGIC_US || mb === PCAP_MAGIC_NS;
+        this.le = !this.bigEndian;
+        this.nanos = (this.bigEndian ? mb : m) === PCAP_MAGIC_NS;
+        if (have < 24) throw this.openError(0, `pcap global header is 24 bytes, file has ${have}`);
+        const major = this.dv.getUint16(4, this.le);
+        if (major !== 2) throw this.openError(4, `pcap version ${major}, expected 2`);
+        const snaplen = this.dv.getUint32(16, this.le);
+        const linktype = this.dv.getUint32(20, this.le) & 0x0fffffff;
+        this.interfaces.push({ linktype, snaplen, tsresol: this.nanos ? 9 : 6, tsoffset: 0 });
+        this.pos = 24;
+      } else {
+        // The file's own bytes are not echoed: a message can travel to someone who may not read the file.
+        throw this.openError(0, 'not a pcap or pcapng file (expected the magic a1b2c3d4, a1b23c4d or 0a0d0d0a)');
+      }
     } catch (e) {
-      throw new FpoError('FPO_ERR_IO', `${path}: cannot open: ${(e as Error).message}`, { path });
-    }
-    const size = Math.max(4096, chunkBytes);
-    const a = arena ?? new Arena(size);
-    this.outer = a.bytes;
-    this.abase = a.take(size);
-    this.buf = this.outer.subarray(this.abase, this.abase + size);
-    this.dv = new DataView(this.outer.buffer, this.outer.byteOffset + this.abase, size);
-    this.refill();
-    const have = this.end - this.pos;
-    if (have < 4) throw this.openError(0, `file is ${this.fileSize} bytes, too short for a pcap or pcapng header`);
-    const m = this.dv.getUint32(0, true);
-    const mb = this.dv.getUint32(0, false);
-    if (m === NG_SHB) {
-      this.format = 'pcapng';
-      this.nanos = false;
-      this.bigEndian = false;
-    } else if (m === PCAP_MAGIC_US || m === PCAP_MAGIC_NS || mb === PCAP_MAGIC_US || mb === PCAP_MAGIC_NS) {
-      this.format = 'pcap';
-      this.bigEndian = mb === PCAP_MAGIC_US || mb === PCAP_MAGIC_NS;
-      this.le = !this.bigEndian;
-      this.nanos = (this.bigEndian ? mb : m) === PCAP_MAGIC_NS;
-      if (have < 24) throw this.openError(0, `pcap global header is 24 bytes, file has ${have}`);
-      const major = this.dv.getUint16(4, this.le);
-      if (major !== 2) throw this.openError(4, `pcap version ${major}, expected 2`);
-      const snaplen = this.dv.getUint32(16, this.le);
-      const linktype = this.dv.getUint32(20, this.le) & 0x0fffffff;
-      this.interfaces.push({ linktype, snaplen, tsresol: this.nanos ? 9 : 6, tsoffset: 0 });
-      this.pos = 24;
-    } else {
-      const hex = Array.from(this.buf.subarray(0, 4), (b) => b.toString(16).padStart(2, '0')).join('');
-      throw this.openError(0, `not a pcap or pcapng file (magic 0x${hex}; expected a1b2c3d4, a1b23c4d or 0a0d0d0a)`);
+      this.close();
+      throw e instanceof FpoError ? e : new FpoError('FPO_ERR_IO', `${this.path}: cannot read: ${(e as Error).message}`, { path: this.path });
     }
   }
 
@@ -152,16 +212,25 @@ export class CaptureReader {
 
   // Slow path: a fault at open is thrown; later ones stop the reader and are kept in `error`.
   private openError(offset: number, what: string): FpoError {
-    this.close();
     return new FpoError('FPO_ERR_BAD_CAPTURE', `${this.path}: offset ${offset}: ${what}`, { path: this.path, offset });
   }
 
   private fail(code: 'FPO_ERR_BAD_CAPTURE' | 'FPO_ERR_TRUNCATED_CAPTURE', offset: number, what: string): void {
-    this.error = new FpoError(code, `${this.path}: offset ${offset}: ${what}`, { path: this.path, offset });
+    // The first fault is the one reported (a read error is followed by a "cut short").
+    this.error ??= new FpoError(code, `${this.path}: offset ${offset}: ${what}`, { path: this.path, offset });
     this.done = true;
   }
 
-  /** Moves the unread tail to the front and reads until the buffer is full or the file ends. */
+  /** True once the reader has delivered everything it will (the end, or a fault): `fill` returns 0 from then on. */
+  get finished(): boolean {
+    return this.done;
+  }
+
+  /**
+   * Moves the unread tail to the front and reads until the buffer is full,
+   * the source ends, or (a stream) has nothing more yet. A read error ends
+   * the capture as a fault.
+   */
   private refill(): void {
     if (this.pos > 0) {
       this.buf.copyWithin(0, this.pos, this.end);
@@ -169,11 +238,25 @@ export class CaptureReader {
       this.end -= this.pos;
       this.pos = 0;
     }
-    while (!this.eof && this.end < this.buf.length) {
-      const n = readSync(this.fd, this.buf, this.end, this.buf.length - this.end, this.base + this.end);
+    const src = this.src;
+    while (!this.eof && this.end < this.buf.length && src !== null) {
+      let n: number;
+      try {
+        n = src.read(this.buf, this.end, this.buf.length - this.end, this.base + this.end);
+      } catch (e) {
+        this.error ??= new FpoError('FPO_ERR_IO', `${this.path}: offset ${this.base + this.end}: cannot read: ${(e as Error).message}`, { path: this.path, offset: this.base + this.end });
+        this.eof = true;
+        break;
+      }
+      if (n < 0) break; // a stream with nothing more yet
       if (n === 0) this.eof = true;
       this.end += n;
     }
+  }
+
+  /** A stream ran dry before `need` bytes: the batch ends here, and the caller fills again when more has come. */
+  private starved(): boolean {
+    return !this.eof;
   }
 
   // Slow path: a record larger than the chunk buffer.
@@ -246,7 +329,7 @@ export class CaptureReader {
     }
     while (n < cap) {
       if (!this.avail(16, n)) {
-        if (n > 0) break;
+        if (n > 0 || this.starved()) break;
         const left = this.end - this.pos;
         if (left > 0) this.fail('FPO_ERR_TRUNCATED_CAPTURE', this.base + this.pos, `record header cut short: ${left} of 16 bytes`);
         this.done = true;
@@ -260,7 +343,7 @@ export class CaptureReader {
         break;
       }
       if (!this.avail(16 + incl, n)) {
-        if (n > 0) break;
+        if (n > 0 || this.starved()) break;
         this.fail('FPO_ERR_TRUNCATED_CAPTURE', this.base + this.pos, `record cut short: ${this.end - this.pos - 16} of ${incl} captured bytes`);
         break;
       }
@@ -343,7 +426,7 @@ export class CaptureReader {
     let n = 0;
     while (n < cap) {
       if (!this.avail(12, n)) {
-        if (n > 0) break;
+        if (n > 0 || this.starved()) break;
         const left = this.end - this.pos;
         if (left > 0) this.fail('FPO_ERR_TRUNCATED_CAPTURE', this.base + this.pos, `block header cut short: ${left} of 12 bytes`);
         this.done = true;
@@ -367,7 +450,7 @@ export class CaptureReader {
         break;
       }
       if (!this.avail(len, n)) {
-        if (n > 0) break;
+        if (n > 0 || this.starved()) break;
         this.fail('FPO_ERR_TRUNCATED_CAPTURE', this.base + this.pos, `block type 0x${type.toString(16)} cut short: ${this.end - this.pos} of ${len} bytes`);
         break;
       }
@@ -424,10 +507,10 @@ export class CaptureReader {
     batch.count = n;
   }
 
+  /** Closes the source; safe to call more than once. */
   close(): void {
-    if (this.fd >= 0) {
-      closeSync(this.fd);
-      this.fd = -1;
-    }
+    const src = this.src;
+    this.src = null;
+    src?.close();
   }
 }

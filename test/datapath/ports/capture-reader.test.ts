@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -300,4 +301,117 @@ describe('CaptureReader on the corpus', () => {
     expect(compared).toBe(pcapng.length);
     expect(frames).toBeGreaterThan(250);
   }, 300_000);
+});
+
+/** Descriptors this process holds now (its /proc/self/fd entries). */
+const fdCount = () => readdirSync('/proc/self/fd').length;
+
+describe('CaptureReader closes what it opened', () => {
+  it('a directory, a FIFO, an empty file and a file that is not a capture are refused 100 times each, and no descriptor is left open', () => {
+    const dir = tempDir();
+    const fifo = join(dir, 'fifo');
+    execFileSync('mkfifo', [fifo]);
+    const empty = join(dir, 'empty.pcap');
+    writeFileSync(empty, '');
+    const text = join(dir, 'text.pcap');
+    writeFileSync(text, 'SECRET-BYTES');
+    const cases: [string, string, RegExp][] = [
+      [dir, 'FPO_ERR_IO', /cannot open: is a directory/],
+      [fifo, 'FPO_ERR_IO', /cannot open: not a regular file/], // and it does not block waiting for a writer
+      [empty, 'FPO_ERR_BAD_CAPTURE', /file is 0 bytes, too short/],
+      [text, 'FPO_ERR_BAD_CAPTURE', /offset 0: not a pcap or pcapng file/],
+    ];
+    const before = fdCount();
+    let refused = 0;
+    for (const [path, code, msg] of cases) {
+      for (let i = 0; i < 100; i++) {
+        let err: unknown = null;
+        try { new CaptureReader(path); } catch (e) { err = e; }
+        expect(err).toBeInstanceOf(FpoError);
+        expect((err as FpoError).code).toBe(code);
+        expect((err as FpoError).message).toMatch(msg);
+        expect((err as FpoError).message).toContain(path);
+        refused++;
+      }
+    }
+    expect(refused).toBe(400);
+    expect(fdCount()).toBe(before);
+  });
+
+  it('the refusal of a file that is not a capture does not echo the file\'s bytes', () => {
+    const p = join(tempDir(), 'x.pcap');
+    writeFileSync(p, 'SECRET-BYTES');
+    let msg = '';
+    try { new CaptureReader(p); } catch (e) { msg = (e as Error).message; }
+    expect(msg).toMatch(/not a pcap or pcapng file/);
+    expect(msg).not.toMatch(/SECR|53454352|0x5345/);
+  });
+
+  it('a source that throws on its first read is closed, and the error names it', () => {
+    let closed = 0;
+    const src = { name: 'broken', size: -1, read: () => { throw new Error('EIO: i/o error'); }, close: () => { closed++; } };
+    expect(() => new CaptureReader(src)).toThrowError(/broken: offset 0: cannot read: EIO/);
+    expect(closed).toBe(1);
+  });
+});
+
+describe('CaptureReader from a source that delivers bytes as they arrive', () => {
+  it('a stream that runs dry mid-record makes fill return 0 unfinished; the records come out whole and in order as bytes arrive', () => {
+    const frames = Array.from({ length: 50 }, (_, n) => ({ s: n, f: n, data: Buffer.alloc(60 + n, n) }));
+    const whole = classic(true, false, frames);
+    // Bytes arrive in pieces of 37, the last piece with the end.
+    let have = 24;
+    let ended = false;
+    let closed = 0;
+    const src = {
+      name: 'stream', size: -1,
+      read(buf: Uint8Array, off: number, len: number, pos: number): number {
+        if (pos >= have) return ended ? 0 : -1;
+        const n = Math.min(len, have - pos);
+        buf.set(whole.subarray(pos, pos + n), off);
+        return n;
+      },
+      close() { closed++; },
+    };
+    const r = new CaptureReader(src, undefined, 4096);
+    const b = new PacketBatch(4);
+    const seen: number[] = [];
+    let starvedFills = 0;
+    while (!r.finished) {
+      if (r.fill(b, 0) === 0) {
+        if (r.finished) break;
+        starvedFills++;
+        have = Math.min(whole.length, have + 37);
+        ended = have === whole.length;
+        continue;
+      }
+      for (let i = 0; i < b.count; i++) {
+        expect(Buffer.from(b.buf.subarray(b.off[i], b.off[i] + b.caplen[i])).equals(frames[b.tsA[i]].data)).toBe(true);
+        seen.push(b.tsA[i]);
+      }
+    }
+    expect(r.error).toBeNull();
+    expect(seen).toEqual(frames.map((f) => f.s));
+    // Worked out apart: (whole − 24) / 37 pieces, at least one dry fill each.
+    expect(starvedFills).toBeGreaterThanOrEqual(Math.ceil((whole.length - 24) / 37));
+    r.close();
+    r.close();
+    expect(closed).toBe(1);
+  });
+
+  it('a stream that ends mid-record is a truncated capture at that record\'s offset', () => {
+    const frames = [1, 2, 3].map((n) => ({ s: n, f: 0, data: Buffer.alloc(100, n) }));
+    const whole = classic(true, false, frames);
+    const cut = whole.subarray(0, whole.length - 30);
+    let pos0 = 0;
+    const src = { name: 'cut', size: -1, read(buf: Uint8Array, off: number, len: number) { const n = Math.min(len, cut.length - pos0); buf.set(cut.subarray(pos0, pos0 + n), off); pos0 += n; return n; }, close() {} };
+    const r = new CaptureReader(src, undefined, 4096);
+    const b = new PacketBatch(8);
+    let n = 0;
+    while (r.fill(b, 0) > 0) n += b.count;
+    expect(n).toBe(2);
+    expect(r.finished).toBe(true);
+    expect(r.error?.code).toBe('FPO_ERR_TRUNCATED_CAPTURE');
+    expect(r.error?.offset).toBe(24 + 2 * 116);
+  });
 });
