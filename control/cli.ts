@@ -284,7 +284,12 @@ async function cmdRun(argv: string[]): Promise<number> {
   if (values.metrics !== undefined) (await import('./metrics.js')).parseAddr(values.metrics);
   const { Service, defaultSocket } = await import('./service.js');
   const svc = new Service({ topology: values.topology, socket: values.socket ?? defaultSocket(), outDir: values.out ?? 'fpo-run', state: values.state, logLevel: level, metrics: values.metrics });
-  await svc.listen();
+  try {
+    await svc.listen();
+  } catch (e) {
+    await svc.abort();
+    throw e;
+  }
   await new Promise<void>((resolve) => {
     const stop = () => resolve();
     process.once('SIGINT', stop);
@@ -293,6 +298,7 @@ async function cmdRun(argv: string[]): Promise<number> {
   const final = await svc.stop();
   svc.log.info('stopped');
   process.stdout.write(JSON.stringify(final) + '\n');
+  if (svc.stopError) throw svc.stopError; // after the counters: they are the run's either way
   return 0;
 }
 

@@ -42,6 +42,8 @@ export const MAX_QUEUED = 1024 * 1024;
 export const BODY_QUEUE = 4 * 1024 * 1024;
 /** Largest body a request may declare (an inject's capture). */
 export const MAX_BODY = 16 * 1024 * 1024 * 1024;
+/** An inject whose body brings no byte for this long while the datapath waits for it is cut: the connection closed, the capture ended truncated (one client must not hold every other inject). */
+export const BODY_IDLE_MS = 10_000;
 
 /** A request line longer than MAX_REQUEST: answered, then the connection is closed (where the next line starts is unknown). */
 export class TooLong extends FpoError {
@@ -295,12 +297,25 @@ export class Body implements CaptureSource {
 
   /** Resolves when `n` bytes are held, or the body cannot bring them (its end, or the client gone). */
   async atLeast(n: number): Promise<void> {
-    while (this.conn.bodyOpen() && this.conn.bodyQueued() < Math.min(n, this.conn.bodyRemaining())) await this.conn.more();
+    while (this.conn.bodyOpen() && this.conn.bodyQueued() < Math.min(n, this.conn.bodyRemaining())) await this.more();
   }
 
-  /** Resolves when more body bytes may have come. */
+  /** Set when the body was cut for bringing nothing for BODY_IDLE_MS. */
+  idledOut = false;
+
+  /** Resolves when more body bytes may have come; after BODY_IDLE_MS of nothing, closes the connection (the body ends there). */
   more(): Promise<void> {
-    return this.conn.more();
+    return new Promise((resolve) => {
+      const t = setTimeout(() => {
+        this.idledOut = true;
+        this.conn.destroy();
+        resolve();
+      }, BODY_IDLE_MS);
+      void this.conn.more().then(() => {
+        clearTimeout(t);
+        resolve();
+      });
+    });
   }
 
   // The connection owns the socket; a body has nothing of its own to close.

@@ -78,6 +78,9 @@ type Answer = { id?: unknown; ok: boolean; result?: unknown; error?: { code: str
  * request line (exactly `bytes` of them, as the line says); an answer that
  * comes before they are all sent (a refusal) stops the upload.
  */
+/** The longest answer line ctl takes (V8's strings end near 2^29 characters; a dump of a million flows is ~200 M). */
+export const MAX_ANSWER = 500 * 1024 * 1024;
+
 function request(socket: string, cmd: string, args: Record<string, unknown>, upload?: Upload, timeoutMs = 120_000): Promise<Answer> {
   const id = 1;
   return new Promise((resolve, reject) => {
@@ -110,9 +113,15 @@ function request(socket: string, cmd: string, args: Record<string, unknown>, upl
       file.pipe(c, { end: false });
     });
     c.on('data', (d: string) => {
+      // Only the new chunk is searched (a service trickling a long answer costs one pass over it), and an
+      // answer is bounded: a peer that sends without end must not grow this process without end.
+      const inChunk = d.indexOf('\n');
+      const nl = inChunk < 0 ? -1 : buf.length + inChunk;
       buf += d;
-      const nl = buf.indexOf('\n');
-      if (nl < 0) return;
+      if (nl < 0) {
+        if (buf.length > MAX_ANSWER) finish(() => reject(new FpoError('FPO_ERR_IO', `${socket}: answer longer than ${MAX_ANSWER} characters with no end of line; not an fpo service?`, { path: socket })));
+        return;
+      }
       let answer: Answer;
       try {
         answer = JSON.parse(buf.slice(0, nl)) as Answer;
@@ -227,5 +236,12 @@ export async function ctlMain(argv: string[]): Promise<number> {
     return 1;
   }
   process.stdout.write((values.json ? JSON.stringify(answer.result) : plain(cmd, answer.result)) + '\n');
+  // An inject whose capture turned out bad (cut short, a record past the limit) went in as far as it was good,
+  // and says so; the exit status says so too, as fpo replay's does for the same file.
+  const err = cmd === 'inject' ? (answer.result as { error?: { message?: string } } | null)?.error : undefined;
+  if (err) {
+    process.stderr.write(`fpo: inject: ${err.message ?? 'the capture is not valid'}\n`);
+    return 1;
+  }
   return 0;
 }

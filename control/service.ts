@@ -26,9 +26,9 @@
  * holding at most BODY_QUEUE of them; a refused inject's remaining bytes are
  * read and dropped, so the next request on the connection is found.
  */
-import { chmodSync, existsSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
+import { chmodSync, existsSync, lstatSync, mkdirSync, statSync, unlinkSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import pino, { type Logger } from 'pino';
 import { Arena } from '../datapath/arena.js';
@@ -62,6 +62,9 @@ export { MAX_BODY, MAX_CLIENTS, MAX_QUEUED, MAX_REQUEST } from './connection.js'
  * the client's text. inject is not listed (its args are the inject path's
  * to define): its unknown keys are not checked here.
  */
+/** inject's args (checked in injectRequest, once its body's length is known). */
+const INJECT_ARGS: readonly string[] = ['bytes', 'name', 'port'];
+
 const ARGS = new Map<string, readonly string[]>([
   ['ping', []], ['show', []], ['dump-flows', []], ['stats', []], ['bfd', []],
   ['add-flow', ['flow']], ['del-flow', ['flow']], ['trace', ['packet']],
@@ -78,6 +81,18 @@ export interface ServiceOptions {
   logLevel?: string;
   /** Serve Prometheus metrics on this address (HOST:PORT or PORT, loopback by default). */
   metrics?: string;
+}
+
+/** Whether two paths name one file: the same path once resolved, or (both existing) the same device and inode. */
+function sameFile(a: string, b: string): boolean {
+  if (resolve(a) === resolve(b)) return true;
+  try {
+    const x = statSync(a);
+    const y = statSync(b);
+    return x.dev === y.dev && x.ino === y.ino;
+  } catch {
+    return false;
+  }
 }
 
 export class Service {
@@ -112,36 +127,49 @@ export class Service {
     this.log = pino({ level: opts.logLevel ?? 'warn', base: undefined }, pino.destination(2));
     const topo = loadTopology(opts.topology);
     this.dp = new Datapath({ batchCapacity: 256 });
-    // The state file is checked whole before any of it is used (control/state.ts).
+    // The state file is checked whole before any of it is used (control/state.ts), and taken first:
+    // a second service on the same state (and the same captures) is refused before it touches anything.
     this.store = new StateStore(this.opts.state);
-    const plan = this.store.load(topo, this.dp.mapping.maxVpid);
-    if (plan) {
-      this.log.info({ state: this.opts.state, added: plan.added }, 'state restored');
-      if (plan.forgotten.length) this.log.warn({ state: this.opts.state, forgotten: plan.forgotten }, 'state names that the topology no longer has are forgotten');
-    }
-    if (this.store.leftovers.length) this.log.warn({ state: this.opts.state, removed: this.store.leftovers }, 'temp files of a state write that was cut off removed');
-    this.topo = topo;
-    mkdirSync(opts.outDir, { recursive: true });
-    const txBuffer = txBufferBytes(topo.ports.length);
-    this.arena = new Arena(topo.ports.length * (txBuffer + 64) + 4096);
-    const layout = { format: 'pcap' as const, nanos: false, interfaces: [{ linktype: LINKTYPE_ETHERNET, snaplen: 262144, tsresol: 6, tsoffset: 0 }] };
-    const live: { port: TapPort; ppid: number }[] = [];
     for (const p of topo.ports) {
-      if (p.kind === 'tap' || p.kind === 'afpacket') {
-        const tap = new TapPort(p.device, 256, p.kind);
-        this.taps.push(tap);
-        live.push({ port: tap, ppid: p.ppid });
-        this.dp.addPort(p.ppid, tap);
-        continue;
+      if (p.kind !== 'tap' && p.kind !== 'afpacket' && sameFile(join(opts.outDir, `${p.name}.pcap`), this.opts.state)) {
+        throw new FpoError('FPO_ERR_USAGE', `--state ${this.opts.state}: is port ${p.name}'s capture; give the state a file of its own`, { path: this.opts.state });
       }
-      const w = new CaptureWriter(join(opts.outDir, `${p.name}.pcap`), layout, this.arena, txBuffer);
-      this.writers.set(p.ppid, w);
-      this.dp.addPort(p.ppid, w);
     }
-    this.live = new LiveLoop(this.dp, live);
-    this.fpag = new Fpag(topo, this.dp);
-    this.fpag.start();
-    this.saveState();
+    mkdirSync(opts.outDir, { recursive: true });
+    this.store.lock();
+    try {
+      const plan = this.store.load(topo, this.dp.mapping.maxVpid);
+      if (plan) {
+        this.log.info({ state: this.opts.state, added: plan.added }, 'state restored');
+        if (plan.forgotten.length) this.log.warn({ state: this.opts.state, forgotten: plan.forgotten }, 'state names that the topology no longer has are forgotten');
+      }
+      if (this.store.leftovers.length) this.log.warn({ state: this.opts.state, removed: this.store.leftovers }, 'temp files of a state write that was cut off removed');
+      this.topo = topo;
+      const txBuffer = txBufferBytes(topo.ports.length);
+      this.arena = new Arena(topo.ports.length * (txBuffer + 64) + 4096);
+      const layout = { format: 'pcap' as const, nanos: false, interfaces: [{ linktype: LINKTYPE_ETHERNET, snaplen: 262144, tsresol: 6, tsoffset: 0 }] };
+      const live: { port: TapPort; ppid: number }[] = [];
+      for (const p of topo.ports) {
+        if (p.kind === 'tap' || p.kind === 'afpacket') {
+          const tap = new TapPort(p.device, 256, p.kind);
+          this.taps.push(tap);
+          live.push({ port: tap, ppid: p.ppid });
+          this.dp.addPort(p.ppid, tap);
+          continue;
+        }
+        const w = new CaptureWriter(join(opts.outDir, `${p.name}.pcap`), layout, this.arena, txBuffer);
+        this.writers.set(p.ppid, w);
+        this.dp.addPort(p.ppid, w);
+      }
+      this.live = new LiveLoop(this.dp, live);
+      this.fpag = new Fpag(topo, this.dp);
+      this.fpag.start();
+      this.saveState();
+    } catch (e) {
+      for (const t of this.taps) t.close();
+      this.store.unlock();
+      throw e;
+    }
   }
 
   /**
@@ -180,6 +208,9 @@ export class Service {
   }
 
   async listen(): Promise<void> {
+    // The socket first: a service refused for a live socket opens nothing else (it served metrics before).
+    const path = this.opts.socket;
+    await claimSocketPath(path);
     if (this.opts.metrics !== undefined) {
       // prom-client is loaded only when metrics are served (31-79 ms of start-up here, timed imports).
       const { metricsRegistry, serveMetrics } = await import('./metrics.js');
@@ -190,8 +221,6 @@ export class Service {
       this.monitor = new TunnelMonitor(this.topo.tunnel.monitor, this.log);
       await this.monitor.start();
     }
-    const path = this.opts.socket;
-    await claimSocketPath(path);
     // allowHalfOpen: a client that sends its requests and closes its side still gets every reply.
     const server = createServer({ allowHalfOpen: true }, (c) => this.onConnection(c));
     this.server = server;
@@ -275,7 +304,12 @@ export class Service {
       const args = r.args === undefined ? {} : r.args;
       if (args === null || typeof args !== 'object' || Array.isArray(args)) throw new FpoError('FPO_ERR_USAGE', 'args: expected an object');
       const a = args as Record<string, unknown>;
-      const result = r.cmd === 'inject' ? await this.injectRequest(conn, a, body) : await this.handle(r.cmd, a);
+      // A request has id, cmd and args only: another key is a mistake (a misspelt "args" was taken as no args).
+      const extra = Object.keys(r).find((k) => k !== 'id' && k !== 'cmd' && k !== 'args');
+      const top = extra === undefined ? null : new FpoError('FPO_ERR_USAGE', `request: unknown field ${JSON.stringify(extra)}; a request has id, cmd, args`);
+      if (r.cmd === 'inject') return { id, ok: true, result: await this.injectRequest(conn, a, body, top) };
+      if (top !== null) throw top;
+      const result = await this.handle(r.cmd, a);
       return { id, ok: true, result };
     } catch (e) {
       this.badRequests++;
@@ -289,7 +323,7 @@ export class Service {
    * inject over the socket: args.bytes (the body's length) is checked first,
    * so that a refusal of anything else still knows how many bytes to drop.
    */
-  private async injectRequest(conn: Connection, args: Record<string, unknown>, body: { it: Body | null }): Promise<unknown> {
+  private async injectRequest(conn: Connection, args: Record<string, unknown>, body: { it: Body | null }, top: FpoError | null): Promise<unknown> {
     if (args.capture !== undefined) throw new FpoError('FPO_ERR_USAGE', 'capture: fpo run opens no file a client names; send the capture\'s bytes after the request ("bytes": N), as fpo ctl inject FILE does');
     const n = args.bytes;
     if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > MAX_BODY) throw new FpoError('FPO_ERR_USAGE', `bytes: expected the capture's length, an integer in 1..${MAX_BODY}`);
@@ -297,13 +331,24 @@ export class Service {
     if (typeof name !== 'string' || name.length === 0 || name.length > 4096) throw new FpoError('FPO_ERR_USAGE', 'name: expected a non-empty string');
     const b = conn.body(n, name);
     body.it = b;
+    // Checked once the body is known, so that a refusal still drops the body's bytes and finds the next request.
+    for (const k of Object.keys(args)) {
+      if (!INJECT_ARGS.includes(k)) throw new FpoError('FPO_ERR_USAGE', `args: unknown field ${JSON.stringify(k)}; inject takes ${INJECT_ARGS.join(', ')}`);
+    }
+    if (top !== null) throw top;
     const portArg = args.port;
     if (portArg !== undefined && (typeof portArg !== 'string' || portArg.length === 0 || portArg.length > 4096)) throw new FpoError('FPO_ERR_USAGE', 'port: expected a non-empty string');
     const portName = portArg ?? (this.topo.inputPort !== 'by-source-mac' ? this.topo.inputPort : undefined) ?? this.topo.ports.find((p) => p.role === 'uplink')?.name ?? this.topo.ports[0].name;
     const port = this.fpag.portNamed(portName);
     if (!port) throw new FpoError('FPO_ERR_USAGE', `port: no port named "${portName}"`);
     // One inject at a time: a later one waits, its body unread (the socket paused at BODY_QUEUE).
-    const run = this.injecting.then(() => this.inject(b, portName, port.ppid));
+    const run = this.injecting.then(() => {
+      // A client gone before its turn with its body unfinished (a ctl killed by its timeout mid-send) gets nothing
+      // injected: the capture could only end cut, and no one would hear of it. One whose bytes have all come is
+      // carried out, as any request received is (a client that half-closes after sending still gets its answer).
+      if (conn.ended && conn.bodyQueued() < conn.bodyRemaining()) throw new FpoError('FPO_ERR_USAGE', 'inject: the client went away before its turn, its capture unfinished; nothing injected');
+      return this.inject(b, portName, port.ppid);
+    });
     this.injecting = run.catch(() => undefined);
     return await run;
   }
@@ -516,8 +561,32 @@ export class Service {
     await this.live.stop();
     for (const t of this.taps) t.close();
     for (const w of this.writers.values()) w.close();
-    this.saveState();
+    // The counters are the run's whatever happens to the state file: a failed last write is reported beside them.
+    try {
+      this.saveState();
+    } catch (e) {
+      this.stopError = e as Error;
+    } finally {
+      this.store.unlock();
+    }
     return this.stats();
+  }
+
+  /** Why stop() could not write the state at the end (its counters are returned all the same), if it could not. */
+  stopError: Error | undefined;
+
+  /**
+   * Undoes a start that failed half-way (listen threw): closes whatever it had
+   * opened — the metrics endpoint, the tunnel monitor, the live ports — and
+   * gives the state back, so that the process exits with the error.
+   */
+  async abort(): Promise<void> {
+    if (this.metricsServer) await (await import('./metrics.js')).closeMetrics(this.metricsServer);
+    await this.monitor?.stop();
+    await this.live.stop();
+    for (const t of this.taps) t.close();
+    for (const w of this.writers.values()) w.close();
+    this.store.unlock();
   }
 }
 

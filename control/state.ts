@@ -26,7 +26,7 @@
  * Names are keys of `Map`s, never of plain objects: an interface named
  * "toString" or "constructor" must not find Object.prototype's members.
  */
-import { closeSync, constants, fstatSync, fsyncSync, openSync, readSync, readdirSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, constants, fstatSync, fsyncSync, openSync, readFileSync, readSync, readdirSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { FpoError } from '../datapath/errors.js';
 import { CheckError, object, type Check, type Path } from './check.js';
@@ -133,9 +133,11 @@ function stateSchema(maxVpid: number) {
 export function readStateText(path: string): string | undefined {
   let fd: number;
   try {
-    fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
+    // O_NOFOLLOW: a symlink would be replaced by a regular file at the first save, its target left with the old state.
+    fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOFOLLOW);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    if ((e as NodeJS.ErrnoException).code === 'ELOOP') throw refuse(path, '(file)', 'a symbolic link: give the file\'s own path');
     throw refuse(path, '(file)', `cannot open: ${(e as Error).message}`);
   }
   try {
@@ -175,7 +177,9 @@ export function checkState(text: string, path: string, topo: Topology, maxVpid: 
   try {
     json = JSON.parse(text);
   } catch (e) {
-    throw refuse(path, '(file)', `not JSON: ${(e as Error).message}`);
+    // The parser's message quotes the text it choked on: say where, never what (the file may not be ours to show).
+    const at = /position (\d+)/.exec((e as Error).message);
+    throw refuse(path, '(file)', `not JSON: cannot be parsed${at ? ` (at byte ${at[1]})` : ''}`);
   }
   let s: { version: 1; vpids: Map<string, number>; ports: Map<string, string | null> };
   try {
@@ -358,8 +362,55 @@ function removeLeftovers(path: string): string[] {
  */
 export class StateStore {
   private written: { text: string; ino: number; size: number; mtimeMs: number } | undefined;
+  private locked = false;
 
   constructor(readonly path: string) {}
+
+  /** The lock file beside the state: `PATH.lock`, holding the PID of the fpo run that uses the state. */
+  get lockPath(): string {
+    return `${this.path}.lock`;
+  }
+
+  /**
+   * Takes the state for this process, before it is read: two services on one
+   * state file would each overwrite the other's changes (and their captures).
+   * The lock is a file made with O_EXCL holding this PID; one whose PID no
+   * longer runs an fpo service (a killed service's) is taken over. Throws
+   * FpoError (FPO_ERR_BAD_STATE) naming the PID that holds it.
+   */
+  lock(): void {
+    for (let attempt = 0; attempt < 2; attempt++) {
+      let fd: number;
+      try {
+        fd = openSync(this.lockPath, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o644);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw refuse(this.path, '(lock)', `cannot make ${this.lockPath}: ${(e as Error).message}`);
+        const holder = lockHolder(this.lockPath);
+        if (holder !== null) throw refuse(this.path, '(lock)', `in use by another fpo run (pid ${holder}, ${this.lockPath}); stop it, or give this service another --out or --state`);
+        try { unlinkSync(this.lockPath); } catch { /* taken over meanwhile: the next attempt says */ }
+        continue;
+      }
+      try {
+        writeSync(fd, `${process.pid}\n`);
+      } finally {
+        closeSync(fd);
+      }
+      this.locked = true;
+      return;
+    }
+    throw refuse(this.path, '(lock)', `${this.lockPath} is being taken by another process; try again`);
+  }
+
+  /** Gives the lock back (only if it is still this process's). */
+  unlock(): void {
+    if (!this.locked) return;
+    this.locked = false;
+    try {
+      if (lockHolder(this.lockPath) === process.pid) unlinkSync(this.lockPath);
+    } catch {
+      /* gone already */
+    }
+  }
 
   /**
    * Reads, checks and applies the file to the topology (see loadState), and
@@ -397,4 +448,30 @@ export class StateStore {
       return false;
     }
   }
+}
+
+/**
+ * The PID in a lock file if that process still runs an fpo service (its
+ * command line has `run`), else null: a stale lock, its process gone or the
+ * PID reused by another program. An unreadable or malformed lock is stale.
+ */
+function lockHolder(lockPath: string): number | null {
+  let text: string;
+  try {
+    text = readFileSync(lockPath, 'utf8');
+  } catch {
+    return null;
+  }
+  if (!/^\d{1,10}\n?$/.test(text)) return null;
+  const pid = Number(text.trim());
+  if (pid < 1) return null;
+  if (pid === process.pid) return pid;
+  let cmdline: string;
+  try {
+    cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+  } catch {
+    return null; // not running
+  }
+  const argv = cmdline.split('\0');
+  return argv.includes('run') ? pid : null;
 }

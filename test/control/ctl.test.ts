@@ -9,7 +9,8 @@ import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { eth, ipv4, udp, writePcap } from '../../fixtures/packets.js';
-import { CLI, cleanTemp, tempDir } from '../helpers.js';
+import { CLI, FIXTURES, cleanTemp, tempDir } from '../helpers.js';
+import { MAX_ANSWER } from '../../control/ctl.js';
 import { killAll, startService } from './run-service.js';
 
 afterAll(() => {
@@ -120,4 +121,43 @@ describe('fpo ctl inject reads the capture on the client\'s side', () => {
     expect(r.stdout + r.stderr).not.toMatch(/SECR|53454352|0x5345/);
     await s.stop();
   }, 60_000);
+});
+
+describe('fpo ctl against what it should not trust', () => {
+  it('an answer line longer than MAX_ANSWER with no end is an error at once (a peer that sends without end does not grow ctl without end)', async () => {
+    const dir = tempDir('ctl-long');
+    const sock = join(dir, 'long.sock');
+    const chunk = Buffer.alloc(4 << 20, 0x78);
+    const srv = await fakeServer(sock, (c) => {
+      let sent = 0;
+      const pump = () => {
+        while (sent < MAX_ANSWER + (8 << 20) && !c.destroyed) {
+          sent += chunk.length;
+          if (!c.write(chunk)) return void c.once('drain', pump);
+        }
+      };
+      pump(); // then keeps the connection open
+    });
+    const r = await cli(['ctl', '-s', sock, 'ping']);
+    srv.close();
+    expect(r.status).toBe(1); // before: no limit, killed by the test after 20 s (-1)
+    expect(r.stderr).toMatch(/answer longer than 524288000 characters with no end of line; not an fpo service\?/);
+  }, 60_000);
+
+  it('inject of a capture cut mid-record: what was whole goes in, the error is printed, exit 1 (as fpo replay)', async () => {
+    const dir = tempDir('ctl-cut');
+    const cap = join(dir, 'cut.pcap');
+    const frame = eth('02:00:00:00:00:01', '02:ee:00:00:00:01', 0x0800, ipv4({ src: '192.0.2.1', dst: '10.0.0.1', proto: 17 }, udp(1000, 9, new Uint8Array(20))));
+    writePcap(cap, Array.from({ length: 5 }, (_, i) => ({ sec: 1_700_000_000, usec: i, data: frame })));
+    const whole = (await import('node:fs')).readFileSync(cap);
+    writeFileSync(cap, whole.subarray(0, whole.length - 10));
+    const s = await startService();
+    const r = await cli(['ctl', '-s', s.socket, '--json', 'inject', cap]);
+    expect(r.status).toBe(1); // before: 0
+    expect(JSON.parse(r.stdout).packets.in).toBe(4);
+    expect(r.stderr).toMatch(/^fpo: inject: .*cut|^fpo: inject: .*trunc|^fpo: inject: .*ends inside/m);
+    const replayed = await cli(['replay', cap, '-t', join(FIXTURES, 'topology.json'), '-o', tempDir('ctl-cut-replay')]);
+    expect(replayed.status).toBe(1);
+    await s.stop();
+  });
 });
