@@ -69,6 +69,8 @@ function encodeInstalls(msgs: ControlMessage[], out: Uint32Array): number {
         case 'drop': out[o] = 2; out[o + 1] = a.reason; out[o + 2] = 0; break;
         case 'encap': out[o] = 3; out[o + 1] = a.tunnel; out[o + 2] = a.vni; break;
         case 'flag': out[o] = 4; out[o + 1] = 0; out[o + 2] = 0; break;
+        case 'push_vlan': out[o] = 5; out[o + 1] = a.vid; out[o + 2] = 0; break;
+        case 'pop_vlan': out[o] = 6; out[o + 1] = 0; out[o + 2] = 0; break;
       }
       o += 3;
     }
@@ -91,6 +93,8 @@ function decodeInstalls(w: Uint32Array): ControlMessage[] {
       if (op === 1) actions.push({ op: 'output', vpid: w[o + 1] });
       else if (op === 2) actions.push({ op: 'drop', reason: w[o + 1] });
       else if (op === 3) actions.push({ op: 'encap', tunnel: w[o + 1], vni: w[o + 2] });
+      else if (op === 5) actions.push({ op: 'push_vlan', vid: w[o + 1] });
+      else if (op === 6) actions.push({ op: 'pop_vlan' });
       else actions.push({ op: 'flag' });
     }
     msgs.push({ type: 'flow-install', key, mask, actions });

@@ -32,6 +32,16 @@
  * own; and because it is keyed by the interface's VPID, a migration (a
  * mapping change) takes the identity along with no flow changed.
  *
+ * Last, VLAN tags (vlan.ts): a VM port is an access port, an uplink a trunk
+ * on which a segment with a `vlan` is that VLAN. A frame from a VM in such a
+ * segment gets `push_vlan:VID` before its outputs to uplinks; a frame from
+ * an uplink (not from a tunnel) tagged with a segment's VLAN gets `pop_vlan`
+ * before its outputs to VM interfaces. Other outputs (VM to VM, uplink to
+ * uplink, encapsulated: the VNI carries the segment) are left as they are.
+ * This applies to rules' outputs as to L2's, so the mask then also covers
+ * in_port (and for an uplink, tun_id and the VLAN). A topology with no
+ * `vlan` segment skips it.
+ *
  * The installed flow's mask is the union of every field the decision looked
  * at — port security's fields, the masks of all rules tried, then in_port,
  * VLAN and eth_dst for L2 — so the flow covers exactly the packets that
@@ -140,6 +150,10 @@ export class Fpag {
   private readonly dropNoDestination: Action[] = [{ op: 'drop', reason: D.noDestination }];
   /** VLAN ID → segment name; 0 → the untagged segment (if any). */
   private readonly segByVlan = new Map<number, string>();
+  /** Segment name → its VLAN ID, for the segments that have one. */
+  private readonly vlanOf = new Map<string, number>();
+  /** The outputs of an action array with a VLAN op put in, by op (-1: pop; else the VID pushed). */
+  private readonly vlanVariants = new Map<number, WeakMap<Action[], Action[]>>();
   /** VNI → segment name, for packets that came in through a tunnel. */
   private readonly segByVni = new Map<number, string>();
   /** Interfaces whose packets (from or to) get the special-processing flag (sender policy). */
@@ -162,6 +176,7 @@ export class Fpag {
       this.members.set(s.name, []);
       this.byMac.set(s.name, new Map());
       this.segByVlan.set(s.vlan ?? 0, s.name);
+      if (s.vlan !== undefined) this.vlanOf.set(s.name, s.vlan);
       if (s.vni !== undefined) this.segByVni.set(s.vni, s.name);
     }
     const add = (e: Endpoint) => {
@@ -332,6 +347,64 @@ export class Fpag {
    * here (they left ~200 bytes each: a decision, an L2 answer, a closure).
    */
   private decideInto(key: Uint32Array, mask: Uint32Array, explain: boolean, out: Decision = { actions: this.dropNoDestination, mask, rule: -1, reason: '' }): Decision {
+    this.decideOutputs(key, mask, explain, out);
+    if (this.vlanOf.size > 0) this.tagOutputs(key, mask, out);
+    return out;
+  }
+
+  /**
+   * VLAN ops for the decision's outputs (see the top of the file): push for
+   * a VM's frame to uplinks, pop for an uplink's tagged frame to VMs.
+   */
+  private tagOutputs(key: Uint32Array, mask: Uint32Array, out: Decision): void {
+    const acts = out.actions;
+    let outputs = false;
+    for (let j = 0; j < acts.length; j++) if (acts[j].op === 'output') outputs = true;
+    if (!outputs) return;
+    unwildcard(mask, 'in_port');
+    const inPort = key[W_IN_PORT];
+    if (inPort & PORT_PPID_BIT) return;
+    const from = this.byVpid.get(inPort);
+    if (!from) return;
+    if (from.uplink) {
+      unwildcard(mask, 'tun_id');
+      if (key[W_TUN] & TUN_PRESENT) return;
+      unwildcard(mask, 'vlan_tpid');
+      unwildcard(mask, 'vlan_vid');
+      const vid = key[W_VLAN] >>> 16 ? key[W_VLAN] & 0xfff : 0;
+      if (vid === 0 || !this.segByVlan.has(vid)) return;
+      out.actions = this.withVlan(acts, -1);
+    } else {
+      const vid = this.vlanOf.get(from.segments[0]);
+      if (vid !== undefined) out.actions = this.withVlan(acts, vid);
+    }
+  }
+
+  /**
+   * `actions` with a VLAN op (op -1: pop_vlan, to VM interfaces; else
+   * push_vlan:op, to uplinks) in front of the outputs it applies to, moved
+   * after the others; outputs from the first encap on are encapsulated and
+   * stay last, as they were. One array per input array and op, reused.
+   */
+  private withVlan(actions: Action[], op: number): Action[] {
+    let variants = this.vlanVariants.get(op);
+    if (variants === undefined) this.vlanVariants.set(op, (variants = new WeakMap()));
+    const have = variants.get(actions);
+    if (have !== undefined) return have;
+    const head: Action[] = [];
+    const tagged: Action[] = [];
+    const tail: Action[] = [];
+    for (const a of actions) {
+      if (tail.length > 0 || a.op === 'encap') tail.push(a);
+      else if (a.op === 'output' && this.byVpid.get(a.vpid)?.uplink === (op >= 0)) tagged.push(a);
+      else head.push(a);
+    }
+    const result = tagged.length === 0 ? actions : [...head, op >= 0 ? { op: 'push_vlan', vid: op } as const : { op: 'pop_vlan' } as const, ...tagged, ...tail];
+    variants.set(actions, result);
+    return result;
+  }
+
+  private decideOutputs(key: Uint32Array, mask: Uint32Array, explain: boolean, out: Decision): Decision {
     out.mask = mask;
     const inPort = key[W_IN_PORT];
     if ((inPort & PORT_PPID_BIT) === 0) {

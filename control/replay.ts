@@ -525,6 +525,8 @@ export function flowReport(dp: Datapath, fpag: Fpag): FlowReport[] {
         case 'drop': return `drop(${Object.keys(DROP)[a.reason]})`;
         case 'encap': return `encap(tunnel:${a.tunnel}${fpag.tunnelName(a.tunnel) ? `(${fpag.tunnelName(a.tunnel)})` : ''},vni:${a.vni})`;
         case 'flag': return 'flag';
+        case 'push_vlan': return `push_vlan:${a.vid}`;
+        case 'pop_vlan': return 'pop_vlan';
       }
     }).join(',') || 'drop',
     packets: f.packets,

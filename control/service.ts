@@ -494,16 +494,20 @@ export class Service {
     const d = this.fpag.decide(key, true);
     steps.push(`FPAG: ${d.reason}`);
     steps.push(`megaflow mask: ${formatMatch(key, d.mask)}`);
-    const outs: { vpid: number; ppid: number; port: string | null; encap?: string }[] = [];
+    const outs: { vpid: number; ppid: number; port: string | null; encap?: string; vlan?: string }[] = [];
     let encap: string | undefined;
+    let vlan: string | undefined;
     for (const a of d.actions) {
       if (a.op === 'encap') encap = `tunnel ${a.tunnel} (${this.fpag.tunnelName(a.tunnel)}) vni ${a.vni}`;
+      if (a.op === 'push_vlan') vlan = `push_vlan:${a.vid}`;
+      if (a.op === 'pop_vlan') vlan = 'pop_vlan';
       if (a.op === 'flag') steps.push('flag: encapsulated copies carry the special-processing flag');
       if (a.op === 'drop') steps.push(`drop: ${DROP_NAMES[a.reason]} (${DROP[DROP_NAMES[a.reason]]})`);
       if (a.op === 'output') {
         const ppid = this.dp.mapping.toPpid[a.vpid];
-        outs.push({ vpid: a.vpid, ppid, port: ppid >= 0 ? this.fpag.portOf(ppid)?.name ?? null : null, encap });
-        steps.push(ppid >= 0 ? `output: vpid ${a.vpid} (${this.fpag.vpidName(a.vpid)}) → ppid ${ppid} (${this.fpag.portOf(ppid)?.name})${encap ? ` after encap to ${encap}` : ''}` : `output: vpid ${a.vpid} (${this.fpag.vpidName(a.vpid)}) has no PPID: dropped as vpidUnmapped`);
+        const tag = encap === undefined ? vlan : undefined; // an encapsulated copy ignores VLAN ops
+        outs.push({ vpid: a.vpid, ppid, port: ppid >= 0 ? this.fpag.portOf(ppid)?.name ?? null : null, encap, ...(tag !== undefined ? { vlan: tag } : {}) });
+        steps.push(ppid >= 0 ? `output: vpid ${a.vpid} (${this.fpag.vpidName(a.vpid)}) → ppid ${ppid} (${this.fpag.portOf(ppid)?.name})${encap ? ` after encap to ${encap}` : ''}${tag ? ` after ${tag}` : ''}` : `output: vpid ${a.vpid} (${this.fpag.vpidName(a.vpid)}) has no PPID: dropped as vpidUnmapped`);
       }
     }
     return { steps, rule: d.rule, installed: mf >= 0 ? mf : null, outputs: outs };

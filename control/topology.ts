@@ -7,7 +7,9 @@
  *              ports that face the network (they belong to segments), "vm"
  *              (the default) for ports a VM interface attaches to
  *   segments   L2 broadcast domains; `vlan` says which VLAN ID an uplink
- *              packet carries to belong to it (untagged: the one without)
+ *              packet carries to belong to it (untagged: the one without),
+ *              and the tag the segment's frames get on the uplinks (VM ports
+ *              are access ports: fpag.ts, datapath/actions/vlan.ts)
  *   nodes      compute nodes (VMs, containers) and their interfaces: name,
  *              MAC, IP, segment, and the port they are attached to (none:
  *              the interface exists but is not on this NIC now)

@@ -15,6 +15,7 @@
 import { ActionSets, type Action } from './actions/action-sets.js';
 import { Encap } from './actions/encap.js';
 import { Execute, type DirectTx } from './actions/execute.js';
+import { vlanDelta } from './actions/vlan.js';
 import type { PacketBatch } from './batch.js';
 import { KEY_WORDS } from './classifier/flow-key.js';
 import { FlowTable } from './classifier/flow-table.js';
@@ -52,8 +53,9 @@ export function parseIpText(s: string): Uint8Array | null {
 export interface TxPort {
   /**
    * Sends packets idx[from .. from + n) of the batch, in that order. enc[j]
-   * beside idx[j] is -1 for a plain copy, or encapId * 2 + flag: put that
-   * encap's outer headers in front (encap.write).
+   * beside idx[j] is -1 for a plain copy, encapId * 2 + flag: put that
+   * encap's outer headers in front (encap.write), or -2 and below: push or
+   * pop the frame's VLAN tag as it is written (vlan.ts).
    */
   writeBatch(batch: PacketBatch, idx: Uint16Array, from: number, n: number, enc: Int32Array, encap: Encap): void;
   /** A buffer execute may copy raw pcap records into (execute.ts); absent for most ports. */
@@ -374,11 +376,13 @@ export class Datapath {
       (this.ports[ppid] as TxPort).writeBatch(batch, ex.txIdx, at, c, ex.txEnc, this.encap);
       this.txPackets[ppid] += c;
       let bytes = 0;
-      // An encapsulated copy goes out with its outer headers.
+      // An encapsulated copy goes out with its outer headers; a VLAN op adds or takes out a tag.
       for (let j = 0; j < c; j++) {
-        bytes += wirelen[ex.txIdx[at + j]];
+        const i = ex.txIdx[at + j];
+        bytes += wirelen[i];
         const e = ex.txEnc[at + j];
         if (e >= 0) bytes += this.encap.headerLength(e >> 1, (e & 1) === 1);
+        else if (e < -1) bytes += vlanDelta(batch.buf, batch.off[i], batch.caplen[i], e);
       }
       this.txBytes[ppid] += bytes;
       ex.txCount[slot] = 0;

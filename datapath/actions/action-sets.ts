@@ -8,6 +8,10 @@
  *   OP_DROP    arg = drop code    drop with that reason (drops.ts)
  *   OP_ENCAP   arg = encap id     later outputs go through that (tunnel, VNI) (encap.ts)
  *   OP_FLAG    arg = 0            encapsulated copies carry the special-processing flag
+ *   OP_PUSH_VLAN arg = VID        later plain outputs get an 802.1Q tag with that VID (vlan.ts)
+ *   OP_POP_VLAN  arg = 0          later plain outputs lose the frame's outer VLAN tag (vlan.ts)
+ * A VLAN op holds until the next VLAN op; an encapsulated output ignores it
+ * (a tunnel carries the segment in its VNI, never in a tag inside).
  * A set with no OP_OUTPUT that emits nothing drops the packet; the reason is
  * its OP_DROP's, or noDestination.
  */
@@ -18,17 +22,22 @@ export const OP_OUTPUT = 1;
 export const OP_DROP = 2;
 export const OP_ENCAP = 3;
 export const OP_FLAG = 4;
+export const OP_PUSH_VLAN = 5;
+export const OP_POP_VLAN = 6;
 
 /**
  * One action, as the control plane writes it. `encap` applies to the outputs
  * after it in the list (until the next encap); `flag` marks the packet's
- * encapsulated copies with the special-processing flag.
+ * encapsulated copies with the special-processing flag; `push_vlan` and
+ * `pop_vlan` apply to the plain outputs after them (until the next VLAN op).
  */
 export type Action =
   | { op: 'output'; vpid: number }
   | { op: 'drop'; reason: number }
   | { op: 'encap'; tunnel: number; vni: number }
-  | { op: 'flag' };
+  | { op: 'flag' }
+  | { op: 'push_vlan'; vid: number }
+  | { op: 'pop_vlan' };
 
 export class ActionSets {
   pool: Int32Array;
@@ -62,6 +71,8 @@ export class ActionSets {
         case 'drop': return (OP_DROP << 24) | (a.reason & 0xffffff);
         case 'encap': return (OP_ENCAP << 24) | this.encap.encapId(a.tunnel, a.vni);
         case 'flag': return OP_FLAG << 24;
+        case 'push_vlan': return (OP_PUSH_VLAN << 24) | (a.vid & 0xfff);
+        case 'pop_vlan': return OP_POP_VLAN << 24;
       }
     });
     if (words.length === 0) words.push((OP_DROP << 24) | D.noDestination);
@@ -90,6 +101,8 @@ export class ActionSets {
       if (op === OP_OUTPUT) out.push({ op: 'output', vpid: w & 0xffffff });
       else if (op === OP_ENCAP) out.push({ op: 'encap', ...this.encap.describe(w & 0xffffff) });
       else if (op === OP_FLAG) out.push({ op: 'flag' });
+      else if (op === OP_PUSH_VLAN) out.push({ op: 'push_vlan', vid: w & 0xfff });
+      else if (op === OP_POP_VLAN) out.push({ op: 'pop_vlan' });
       else out.push({ op: 'drop', reason: w & 0xffffff });
     }
     return out;

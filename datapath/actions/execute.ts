@@ -9,8 +9,9 @@
  *
  * Tx lists live in one Uint16Array, a slot of `listCap` entries per port;
  * `slotOf[ppid]` says which slot (-1: no port). Ports are added in the slow
- * path, before traffic. `txEnc` runs beside `txIdx`: -1 for a plain copy, or
- * encapId * 2 + flag for a copy the port must encapsulate (encap.ts). A
+ * path, before traffic. `txEnc` runs beside `txIdx`: -1 for a plain copy,
+ * encapId * 2 + flag for a copy the port must encapsulate (encap.ts), or
+ * -2 and below for a copy whose VLAN tag the port pushes or pops (vlan.ts). A
  * port's list holds up to COPIES_PER_PORT copies per packet (head-end
  * replication sends one packet to several remote hosts through one uplink);
  * a copy beyond that is not sent and is counted in `listFull`. An
@@ -33,7 +34,8 @@ import type { PacketBatch } from '../batch.js';
 import { D } from '../drops.js';
 import type { FlowTable } from '../classifier/flow-table.js';
 import type { MappingTable } from '../mapping/mapping-table.js';
-import { OP_DROP, OP_ENCAP, OP_FLAG, OP_OUTPUT, type ActionSets } from './action-sets.js';
+import { OP_DROP, OP_ENCAP, OP_FLAG, OP_OUTPUT, OP_POP_VLAN, OP_PUSH_VLAN, type ActionSets } from './action-sets.js';
+import { TX_PLAIN, TX_POP_VLAN, txPushVlan } from './vlan.js';
 
 export const COPIES_PER_PORT = 16;
 
@@ -67,7 +69,7 @@ export class Execute {
   slotPpid: Uint16Array;
   /** Tx lists: packet indices of slot s at txIdx[s * listCap ..]. */
   txIdx: Uint16Array;
-  /** Beside txIdx: -1, or encapId * 2 + flag. */
+  /** Beside txIdx: -1, encapId * 2 + flag, or a VLAN op (vlan.ts: <= -2). */
   txEnc: Int32Array;
   /** Copies dropped because a port's list for this batch was full. */
   listFull = 0;
@@ -180,7 +182,7 @@ export class Execute {
   private memoUnmapped = new Int32Array(0);
   private memoFlag = new Uint8Array(0);
   private resolved = new Int32Array(1024);
-  /** Beside resolved: the encap id of that output, or -1. */
+  /** Beside resolved: the encap id of that output, or its VLAN op's tx code (vlan.ts: -1 none). */
   private resolvedEnc = new Int32Array(1024);
   private resolvedUsed = 0;
   private slotStamp = new Uint32Array(0);
@@ -218,6 +220,7 @@ export class Execute {
     let reason = D.noDestination;
     let unmapped = 0;
     let enc = -1;
+    let vop = TX_PLAIN;
     let flag = 0;
     for (let j = s; j < e; j++) {
       const w = pool[j];
@@ -226,6 +229,10 @@ export class Execute {
         enc = w & 0xffffff;
       } else if (op === OP_FLAG) {
         flag = 1;
+      } else if (op === OP_PUSH_VLAN) {
+        vop = txPushVlan(w & 0xfff);
+      } else if (op === OP_POP_VLAN) {
+        vop = TX_POP_VLAN;
       } else if (op === OP_OUTPUT) {
         const ppid = this.mapping.toPpid[w & 0xffffff];
         const slot = ppid >= 0 ? this.slotOf[ppid] : -1;
@@ -238,7 +245,8 @@ export class Execute {
           if (this.slotStamp[slot] === serial) continue; // a second plain output to the same port: one copy is enough
           this.slotStamp[slot] = serial;
         }
-        this.resolvedEnc[off + k] = enc;
+        // An encapsulated copy ignores VLAN ops: the VNI carries the segment.
+        this.resolvedEnc[off + k] = enc >= 0 ? enc : vop;
         this.resolved[off + k++] = slot;
       } else if (op === OP_DROP) {
         reason = w & 0xffffff;
@@ -314,7 +322,7 @@ export class Execute {
           long++;
           continue;
         }
-        if (direct && enc < 0 && dCap[slot] > 0 && listStamp[slot] !== seq) {
+        if (direct && enc === TX_PLAIN && dCap[slot] > 0 && listStamp[slot] !== seq) {
           const len = caplen[i] + 16;
           if (dBegun[slot] === 0) this.directBegin(slot);
           let u = dUsed[slot];
@@ -337,7 +345,7 @@ export class Execute {
         if (c === 0) touched[nt++] = slot;
         listStamp[slot] = seq;
         txIdx[slot * cap + c] = i;
-        txEnc[slot * cap + c] = enc < 0 ? -1 : enc * 2 + flag;
+        txEnc[slot * cap + c] = enc < 0 ? enc : enc * 2 + flag;
         txCount[slot] = c + 1;
         sent++;
       }

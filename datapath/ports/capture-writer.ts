@@ -25,6 +25,7 @@ import { closeSync, openSync, renameSync, unlinkSync, writeSync } from 'node:fs'
 import { Arena, arenaCopy } from '../arena.js';
 import type { Encap } from '../actions/encap.js';
 import type { DirectTx } from '../actions/execute.js';
+import { TX_PLAIN, vlanDelta, vlanHeader } from '../actions/vlan.js';
 import type { PacketBatch } from '../batch.js';
 import { FpoError } from '../errors.js';
 import type { CaptureFormat, CaptureInterface } from './capture-reader.js';
@@ -237,14 +238,15 @@ export class CaptureWriter implements DirectTx {
 
   /**
    * Writes packets idx[from .. from + n) of `batch`; enc[j] (when given) says
-   * whether to encapsulate packet idx[j] first (-1: no; else encapId * 2 + flag).
+   * whether to encapsulate packet idx[j] first (-1: no; >= 0: encapId * 2 +
+   * flag) or to push or pop its VLAN tag (<= -2, vlan.ts).
    */
   writeBatch(batch: PacketBatch, idx: Uint16Array, from: number, n: number, enc?: Int32Array, encap?: Encap): void {
     if (this.fd < 0) this.open();
     const src = batch.buf;
     const ng = this.layout.format === 'pcapng';
     let anyEnc = false;
-    if (enc !== undefined) for (let j = from; j < from + n; j++) if (enc[j] >= 0) { anyEnc = true; break; }
+    if (enc !== undefined) for (let j = from; j < from + n; j++) if (enc[j] !== TX_PLAIN) { anyEnc = true; break; }
     if (!ng && batch.rawPcapLE && !anyEnc) {
       this.writeRaw(batch, idx, from, n);
       return;
@@ -253,6 +255,10 @@ export class CaptureWriter implements DirectTx {
       const i = idx[j];
       if (anyEnc && enc![j] >= 0) {
         this.writeEncapsulated(batch, i, enc![j], encap!, ng);
+        continue;
+      }
+      if (anyEnc && enc![j] < TX_PLAIN) {
+        this.writeVlan(batch, i, enc![j], ng);
         continue;
       }
       const cl = batch.caplen[i];
@@ -325,6 +331,50 @@ export class CaptureWriter implements DirectTx {
     encap.finish(this.buf, p + recHdr, id, hl, cl);
     if (ng) {
       for (let z = 0; z < pad; z++) this.buf[p + recHdr + hl + cl + z] = 0;
+      dv.setUint32(p + len - 4, len, true);
+    }
+    this.used = p + len;
+    if (this.home !== null) this.unspill();
+  }
+
+  /** One packet with its VLAN tag pushed or popped (vlan.ts): `e` is its tx code. */
+  private writeVlan(batch: PacketBatch, i: number, e: number, ng: boolean): void {
+    const src = batch.buf;
+    const o = batch.off[i];
+    const cl = batch.caplen[i];
+    const delta = vlanDelta(src, o, cl, e);
+    const ocl = cl + delta;
+    const recHdr = ng ? 28 : 16;
+    const pad = ng ? (4 - (ocl & 3)) & 3 : 0;
+    const len = recHdr + ocl + pad + (ng ? 4 : 0);
+    if (ng && batch.ifIndex[i] >= this.described) this.describeUpTo(batch.ifIndex[i]);
+    this.room(len);
+    const dv = this.dv;
+    const p = this.used;
+    if (ng) {
+      dv.setUint32(p, 6, true);
+      dv.setUint32(p + 4, len, true);
+      dv.setUint32(p + 8, batch.ifIndex[i], true);
+      dv.setUint32(p + 12, batch.tsA[i], true);
+      dv.setUint32(p + 16, batch.tsB[i], true);
+      dv.setUint32(p + 20, ocl, true);
+      dv.setUint32(p + 24, batch.wirelen[i] + delta, true);
+    } else {
+      dv.setUint32(p, batch.tsA[i], true);
+      dv.setUint32(p + 4, batch.tsB[i], true);
+      dv.setUint32(p + 8, ocl, true);
+      dv.setUint32(p + 12, batch.wirelen[i] + delta, true);
+    }
+    const f = p + recHdr;
+    if (cl < 14) this.copy(src, o, cl, f);
+    else {
+      this.copy(src, o, 12, f);
+      if (delta < 0) this.copy(src, o + 16, cl - 16, f + 12);
+      else this.copy(src, o + 12, cl - 12, f + 12 + delta);
+      vlanHeader(this.buf, f, e, delta, cl);
+    }
+    if (ng) {
+      for (let z = 0; z < pad; z++) this.buf[f + ocl + z] = 0;
       dv.setUint32(p + len - 4, len, true);
     }
     this.used = p + len;

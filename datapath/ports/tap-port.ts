@@ -15,6 +15,7 @@ import { PacketBatch } from '../batch.js';
 import { FpoError } from '../errors.js';
 import { D } from '../drops.js';
 import type { Encap } from '../actions/encap.js';
+import { TX_PLAIN, vlanDelta, vlanHeader } from '../actions/vlan.js';
 import { EAGAIN, O_NONBLOCK, O_RDWR, libc } from './libc.js';
 
 const TUNSETIFF = 0x400454ca;
@@ -137,18 +138,26 @@ export class TapPort {
       const len = batch.caplen[i];
       const e = enc !== undefined ? enc[j] : -1;
       let r: number;
-      if (e < 0 && slots !== undefined && off % SLOT === 0) {
+      if (e === TX_PLAIN && slots !== undefined && off % SLOT === 0) {
         // Fast path: straight from the rx slot of the TAP it came in on.
         r = c.write(this.fd, slots[off / SLOT], len);
       } else {
-        // Slow path: encapsulation, or a packet from a capture (inject) — through the tx buffer.
+        // Slow path: encapsulation, a VLAN tag pushed or popped (vlan.ts), or a packet
+        // from a capture (inject) — through the tx buffer.
         const out = this.txBuf;
         let hl = 0;
         if (e >= 0 && encap !== undefined) hl = encap.write(out, 0, e >> 1, (e & 1) === 1, batch.wirelen[i], batch.hash[i]);
-        if (hl + len > out.length) { this.txErrors++; continue; }
+        const delta = e < TX_PLAIN ? vlanDelta(src, off, len, e) : 0;
+        if (hl + len + delta > out.length) { this.txErrors++; continue; }
         out.set(src.subarray(off, off + len), hl);
+        if (e < TX_PLAIN) {
+          // The tag in or out by moving the bytes after the MACs within the tx buffer.
+          if (delta > 0) out.copyWithin(16, 12, len);
+          else if (delta < 0) out.copyWithin(12, 16, len);
+          vlanHeader(out, 0, e, delta, len);
+        }
         if (e >= 0 && encap !== undefined) encap.finish(out, 0, e >> 1, hl, len);
-        r = c.write(this.fd, out, hl + len);
+        r = c.write(this.fd, out, hl + len + delta);
       }
       if (r < 0) this.txErrors++;
       else this.txPackets++;

@@ -59,7 +59,8 @@ describe('FPAG decisions', () => {
 
   it('traffic from the uplink belongs to the segment of its VLAN', () => {
     const { fpag } = setup();
-    expect(fpag.decide(key(4, 'ff:ff:ff:ff:ff:ff', { vlan: 7 })).actions).toEqual([{ op: 'output', vpid: 3 }]);
+    // VLAN 7 is segment b: v3's port is an access port, so the tag comes off (pop_vlan) on the way.
+    expect(fpag.decide(key(4, 'ff:ff:ff:ff:ff:ff', { vlan: 7 })).actions).toEqual([{ op: 'pop_vlan' }, { op: 'output', vpid: 3 }]);
     // Untagged, so segment a: v3 (segment b) is unknown there and the packet floods a's members.
     expect(fpag.decide(key(4, '02:00:00:00:00:03')).actions).toEqual([{ op: 'output', vpid: 1 }, { op: 'output', vpid: 2 }]);
     expect(fpag.decide(key(4, '02:00:00:00:00:01', { vlan: 99 })).actions).toEqual([{ op: 'drop', reason: D.noDestination }]);
@@ -120,6 +121,34 @@ describe('FPAG decisions', () => {
   });
 });
 
+describe('VLAN tags: VM ports are access ports, the uplink a trunk', () => {
+  it('a frame from a VM in a VLAN segment gets push_vlan before its outputs to uplinks only', () => {
+    const { fpag } = setup({ nodes: [
+      { name: 'v1', interfaces: [{ name: 'v1', mac: '02:00:00:00:00:01', segment: 'a', port: 'p1', portSecurity: false }] },
+      { name: 'v3', interfaces: [{ name: 'v3', mac: '02:00:00:00:00:03', segment: 'b', port: 'p3', portSecurity: false }] },
+      { name: 'v4', interfaces: [{ name: 'v4', mac: '02:00:00:00:00:04', segment: 'b', port: 'p2', portSecurity: false }] },
+    ] });
+    // v3 floods segment b: untagged to v4, tagged 7 to the uplink (VPID 4).
+    expect(fpag.decide(key(2, 'ff:ff:ff:ff:ff:ff')).actions).toEqual([{ op: 'output', vpid: 3 }, { op: 'push_vlan', vid: 7 }, { op: 'output', vpid: 4 }]);
+    // v1 is in the untagged segment a: its flood goes out as it is.
+    expect(fpag.decide(key(1, 'ff:ff:ff:ff:ff:ff')).actions).toEqual([{ op: 'output', vpid: 4 }]);
+  });
+
+  it('rule outputs get the ops too, and their mask then covers in_port (and the VLAN, from an uplink)', () => {
+    const { fpag } = setup({ rules: [{ priority: 10, match: { tp_dst: 161 }, actions: ['output:v1', 'output:up'] }] });
+    const fromUp = fpag.decide(key(4, '02:00:00:00:00:09', { vlan: 7, dport: 161 }));
+    expect(fromUp.actions).toEqual([{ op: 'output', vpid: 4 }, { op: 'pop_vlan' }, { op: 'output', vpid: 1 }]);
+    expect(fromUp.mask[W_IN_PORT]).toBe(0xffffffff);
+    expect(fromUp.mask[W_VLAN] & 0xfff).toBe(0xfff);
+    const fromV3 = fpag.decide(key(3, '02:00:00:00:00:09', { dport: 161 }));
+    expect(fromV3.actions).toEqual([{ op: 'output', vpid: 1 }, { op: 'push_vlan', vid: 7 }, { op: 'output', vpid: 4 }]);
+    expect(fromV3.mask[W_IN_PORT]).toBe(0xffffffff);
+    // Untagged from the uplink, from v1 (segment a): nothing to change.
+    expect(fpag.decide(key(4, '02:00:00:00:00:09', { dport: 161 })).actions).toEqual([{ op: 'output', vpid: 1 }, { op: 'output', vpid: 4 }]);
+    expect(fpag.decide(key(1, '02:00:00:00:00:09', { dport: 161 })).actions).toEqual([{ op: 'output', vpid: 1 }, { op: 'output', vpid: 4 }]);
+  });
+});
+
 describe('revalidation', () => {
   it('a rule change deletes flows whose decision now looks at more fields, and the next packet gets the new decision', () => {
     const { dp, fpag } = setup();
@@ -139,11 +168,13 @@ describe('revalidation', () => {
   });
 
   it('a rule change within a flow\'s mask rewrites its actions in place and keeps the others', () => {
-    const { dp, fpag } = setup({ rules: [{ priority: 10, match: { tp_dst: 22 }, actions: ['drop'] }] });
+    // The rule names in_port: with a VLAN segment in the topology, a decision with outputs covers
+    // in_port (a VLAN op depends on it), so a drop rule without it gives a wider mask than an output rule.
+    const { dp, fpag } = setup({ rules: [{ priority: 10, match: { in_port: 'v1', tp_dst: 22 }, actions: ['drop'] }] });
     const install = (k: Uint32Array) => { const d = fpag.decide(k); dp.apply({ type: 'flow-install', key: k, mask: d.mask, actions: d.actions }); return dp.flows.lookup(k); };
     const f22 = install(key(1, '02:00:00:00:00:02', { dport: 22 }));
     const f80 = install(key(1, '02:00:00:00:00:02', { dport: 80 }));
-    const r = fpag.setRules([{ priority: 10, special: false, match: { tp_dst: 22 }, actions: ['output:v3'] }]);
+    const r = fpag.setRules([{ priority: 10, special: false, match: { in_port: 'v1', tp_dst: 22 }, actions: ['output:v3'] }]);
     expect(r).toEqual({ kept: 1, modified: 1, deleted: 0 });
     expect(dp.flows.lookup(key(1, '02:00:00:00:00:02', { dport: 22 }))).toBe(f22);
     expect(dp.actionSets.describe(dp.flows.act[f22])).toEqual([{ op: 'output', vpid: 3 }]);

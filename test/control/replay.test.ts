@@ -46,27 +46,28 @@ describe('fpo replay of the bundled demo', () => {
     for (const [port, mac] of Object.entries(macs)) {
       const rows = tsharkFields(join(out, `${port}.pcap`), ['eth.dst', 'vlan.id', 'ip.dst', 'udp.dstport']);
       expect(rows.length, port).toBe(report.ports.find((p) => p.name === port)!.tx.packets);
-      const red = port === 'vf3' || port === 'vf4';
       for (const row of rows) {
         const [dst, vlan, ipDst, udpDst] = row.map((x) => x.split(',')[0]); // outer headers of a VXLAN frame
         // Each frame is for this VM, a broadcast/unknown flood of its segment, or (vf1) the monitoring copy.
         const ok = dst === mac || dst === 'ff:ff:ff:ff:ff:ff' || dst === '02:00:00:00:00:99' || (port === 'vf1' && ipDst === '10.0.0.2' && udpDst === '161');
         expect(ok, `${port}: ${dst} ${ipDst}`).toBe(true);
-        expect(vlan === '20', `${port}: vlan ${vlan}`).toBe(red);
+        // A VM port is an access port: the red VMs get their VLAN 20 frames with the tag popped.
+        expect(vlan, `${port}: vlan ${vlan}`).toBe('');
       }
     }
     const vf1 = tsharkFields(join(out, 'vf1.pcap'), ['tcp.dstport']).filter((r) => r[0] === '23');
     expect(vf1.length).toBe(0); // telnet was dropped by the rule
   });
 
-  it('keeps the input timestamps and bytes of every written frame', (ctx) => {
+  it('keeps the input timestamps and bytes of every written frame (less the popped tag for the red VMs)', (ctx) => {
     needTool(ctx, 'tshark', 'reads the output captures');
-    const inRows = new Map(tsharkFields(DEMO, ['frame.time_epoch', 'frame.len']).map((r) => [r[0], r[1]]));
+    const inRows = new Map(tsharkFields(DEMO, ['frame.time_epoch', 'frame.len', 'vlan.id']).map((r) => [r[0], r]));
     expect(inRows.size).toBe(671); // every input frame has its own timestamp, so a stamp names one frame
     let seen = 0;
     for (const f of readdirSync(out)) {
       for (const [t, len] of tsharkFields(join(out, f), ['frame.time_epoch', 'frame.len'])) {
-        expect(inRows.get(t), `${f} ${t}`).toBe(len);
+        const [, inLen, vlan] = inRows.get(t)!;
+        expect(Number(len), `${f} ${t}`).toBe(Number(inLen) - (vlan === '20' ? 4 : 0));
         seen++;
       }
     }
@@ -76,9 +77,9 @@ describe('fpo replay of the bundled demo', () => {
 
   it('flows output to VPIDs and say which interface each VPID is', () => {
     expect(report.flowTable!.length).toBe(report.flows.active);
-    for (const f of report.flowTable!) expect(f.actions).toMatch(/^(output:vpid\d+\([\w-]+\)(,|$))+$|^drop\(\w+\)$/);
+    for (const f of report.flowTable!) expect(f.actions).toMatch(/^(pop_vlan,)?(output:vpid\d+\([\w-]+\)(,|$))+$|^drop\(\w+\)$/);
     const vm3 = report.flowTable!.find((f) => f.match.includes('eth_dst=02:00:00:00:00:03'))!;
-    expect(vm3.actions).toBe('output:vpid3(vm3-eth0)');
+    expect(vm3.actions).toBe('pop_vlan,output:vpid3(vm3-eth0)'); // VLAN 20 in on the trunk, untagged out on an access port
     expect(vm3.match).toContain('vlan_tci=20/0xfff');
     expect(report.ports.find((p) => p.name === 'vf3')!.vpid).toBe(3);
   });
@@ -440,6 +441,115 @@ describe('replay interrupted', () => {
     expect(clean.stale).toEqual([]);
     expect(readdirSync(out).filter((n) => n.includes('.partial-'))).toEqual([]);
   }, 120_000);
+});
+
+/** The frames of a classic little-endian pcap, in order. */
+function pcapFrames(path: string): Buffer[] {
+  const b = readFileSync(path);
+  const out: Buffer[] = [];
+  for (let o = 24; o + 16 <= b.length; o += 16 + b.readUInt32LE(o + 8)) out.push(b.subarray(o + 16, o + 16 + b.readUInt32LE(o + 8)));
+  return out;
+}
+
+/** A frame with its 4-byte tag after the MACs taken out. */
+function untag(f: Uint8Array): Buffer {
+  return Buffer.concat([f.subarray(0, 12), f.subarray(16)]);
+}
+
+describe('VLAN tags: VM ports are access ports, the uplink a trunk (red is VLAN 20 on uplink0)', () => {
+  // Each packet enters on the port of the VM that sent it, the others (source 02:ee:…) on uplink0.
+  const dir = tempDir('vlan');
+  const cap = join(dir, 'in.pcap');
+  const topo = join(dir, 'topo.json');
+  const file = JSON.parse(readFileSync(TOPO, 'utf8')) as { replay: { inputPort: string } };
+  file.replay = { inputPort: 'by-source-mac' };
+  writeFileSync(topo, JSON.stringify(file));
+  const EXT = '02:ee:00:00:00:01';
+  const VM = (n: number) => `02:00:00:00:00:0${n}`;
+  const dns = (src: string, dst: string, i: number) => ipv4({ src, dst, proto: 17 }, udp(5000 + i, 53, Uint8Array.from({ length: 20 + i }, (_, k) => (k * 7 + i) & 0xff)));
+  const frames: Uint8Array[] = [];
+  const kinds: string[] = [];
+  for (let i = 0; i < 5; i++) {
+    frames.push(eth(EXT, VM(3), 0x0800, dns('10.0.1.3', '10.0.1.99', i))); kinds.push('red unicast out'); // unknown unicast: red flood
+    frames.push(pad60(eth('ff:ff:ff:ff:ff:ff', VM(3), 0x0806, arp(1, VM(3), '10.0.1.3', '00:00:00:00:00:00', '10.0.1.99')))); kinds.push('red broadcast');
+    frames.push(eth(EXT, VM(4), 0x0800, dns('10.0.1.4', '10.0.1.99', i), [[0x8100, 0xa000]])); kinds.push('red priority-tagged'); // PCP 5, VID 0
+    frames.push(eth(EXT, VM(1), 0x0800, dns('10.0.0.1', '10.0.0.99', i))); kinds.push('blue out');
+    frames.push(eth(VM(3), EXT, 0x0800, dns('10.0.1.99', '10.0.1.3', i), [[0x8100, 20]])); kinds.push('uplink to vm3');
+    frames.push(eth(VM(4), EXT, 0x0800, dns('10.0.1.99', '10.0.1.4', i), [[0x8100, 0x6014]])); kinds.push('uplink to vm4'); // PCP 3, VID 20
+    frames.push(pad60(eth('ff:ff:ff:ff:ff:ff', EXT, 0x0806, arp(1, EXT, '10.0.1.99', '00:00:00:00:00:00', '10.0.1.3'), [[0x8100, 20]]))); kinds.push('uplink broadcast');
+  }
+  writePcap(cap, toRecords(frames));
+  const out = join(dir, 'out');
+  const report = replayJson([cap, '--topology', topo, '--out', out]);
+  const of = (k: string) => frames.filter((_, i) => kinds[i] === k);
+
+  it('every packet is delivered: in = delivered + dropped, nothing dropped', () => {
+    expect(report.packets.in).toBe(35);
+    expect(report.drops).toEqual({});
+    expect(report.packets.out).toBe(35);
+  });
+
+  it('red VM frames leave the uplink tagged VLAN 20 (a priority tag keeps its PCP), blue ones untagged (checked with tshark)', (ctx) => {
+    needTool(ctx, 'tshark', 'reads the output captures');
+    const rows = tsharkFields(join(out, 'uplink0.pcap'), ['eth.src', 'vlan.id', 'vlan.priority']);
+    const by = (mac: string) => rows.filter((r) => r[0] === mac);
+    expect(by(VM(3)).length).toBe(10);
+    for (const [, vid, pcp] of by(VM(3))) expect([vid, pcp]).toEqual(['20', '0']);
+    expect(by(VM(4)).length).toBe(5);
+    for (const [, vid, pcp] of by(VM(4))) expect([vid, pcp]).toEqual(['20', '5']);
+    expect(by(VM(1)).length).toBe(5);
+    for (const [, vid] of by(VM(1))) expect(vid).toBe('');
+    expect(rows.length).toBe(20);
+    // Byte for byte: the tag goes in after the source MAC, the rest is the frame as sent.
+    const up = pcapFrames(join(out, 'uplink0.pcap'));
+    const sent = [...of('red unicast out'), ...of('red broadcast')].map((f) => Buffer.from(f));
+    const got = up.filter((f) => f.subarray(6, 12).equals(Buffer.from([2, 0, 0, 0, 0, 3])));
+    expect(got.map((f) => f.readUInt32BE(12))).toEqual(got.map(() => 0x81000014));
+    expect(got.map(untag)).toEqual(frames.filter((_, i) => kinds[i] === 'red unicast out' || kinds[i] === 'red broadcast').map((f) => Buffer.from(f)));
+    expect(sent.length).toBe(10);
+  });
+
+  it('a flood from a red VM goes tagged to the uplink and untagged to the other red VM, in the same run', (ctx) => {
+    needTool(ctx, 'tshark', 'reads the output captures');
+    const vf4 = tsharkFields(join(out, 'vf4.pcap'), ['eth.src', 'vlan.id'], 'eth.src == 02:00:00:00:00:03');
+    expect(vf4.length).toBe(10);
+    for (const [, vid] of vf4) expect(vid).toBe('');
+    const sent = frames.filter((_, i) => kinds[i] === 'red unicast out' || kinds[i] === 'red broadcast').map((f) => Buffer.from(f));
+    expect(pcapFrames(join(out, 'vf4.pcap')).filter((f) => f.subarray(6, 12).equals(Buffer.from([2, 0, 0, 0, 0, 3])))).toEqual(sent);
+    // The same packets' copies on the uplink: tagged 20.
+    const up = tsharkFields(join(out, 'uplink0.pcap'), ['eth.src', 'vlan.id'], 'eth.src == 02:00:00:00:00:03');
+    expect(up.length).toBe(10);
+    for (const [, vid] of up) expect(vid).toBe('20');
+    expect(existsSync(join(out, 'vf1.pcap'))).toBe(false); // blue VMs hear nothing of red
+  });
+
+  it('uplink VLAN 20 frames reach vf3 and vf4 untagged, the rest of the frame byte-identical (checked with tshark)', (ctx) => {
+    needTool(ctx, 'tshark', 'reads the output captures');
+    for (const port of ['vf3', 'vf4']) {
+      const rows = tsharkFields(join(out, `${port}.pcap`), ['eth.src', 'vlan.id', 'udp.dstport', 'arp.opcode'], `eth.src == ${EXT}`);
+      expect(rows.length, port).toBe(10); // 5 unicast to it, 5 broadcasts
+      for (const [, vid] of rows) expect(vid, port).toBe('');
+    }
+    const fromUp = (port: string) => pcapFrames(join(out, `${port}.pcap`)).filter((f) => f.subarray(6, 12).equals(Buffer.from([2, 0xee, 0, 0, 0, 1])));
+    const interleave = (a: Uint8Array[], b: Uint8Array[]) => a.flatMap((f, i) => [untag(f), untag(b[i])]);
+    expect(fromUp('vf3')).toEqual(interleave(of('uplink to vm3'), of('uplink broadcast')));
+    expect(fromUp('vf4')).toEqual(interleave(of('uplink to vm4'), of('uplink broadcast')));
+  });
+  it('the same frames come out of a pcapng input (each output frame as tshark reads it) and with the FPAG on its own thread', (ctx) => {
+    needTool(ctx, 'editcap', 'converts the capture to pcapng');
+    needTool(ctx, 'tshark', 'reads the output captures');
+    const ng = join(dir, 'in.pcapng');
+    expect(spawnSync('editcap', ['-F', 'pcapng', cap, ng]).status).toBe(0);
+    const outNg = join(dir, 'out-ng');
+    replayJson([ng, '--topology', topo, '--out', outNg]);
+    const threaded = join(dir, 'out-thread');
+    replay({ capture: cap, topology: topo, outDir: threaded, fpag: 'thread' });
+    const rows = (f: string) => tsharkFields(f, ['frame.len', 'eth.src', 'eth.dst', 'vlan.id', 'vlan.priority', 'data.data', 'udp.payload']);
+    for (const port of ['uplink0', 'vf2', 'vf3', 'vf4']) {
+      expect(rows(join(outNg, `${port}.pcapng`)), port).toEqual(rows(join(out, `${port}.pcap`)));
+      expect(readFileSync(join(threaded, `${port}.pcap`)).equals(readFileSync(join(out, `${port}.pcap`))), port).toBe(true);
+    }
+  });
 });
 
 describe('a VM is not trusted: VLAN tags and port security on a VM port', () => {

@@ -148,6 +148,40 @@ describe('FastLane', () => {
     expect(on.report.packets.in).toBe(on.report.packets.out + on.report.packets.dropped);
   });
 
+  it('a red VM (VLAN 20 on the uplink) and tagged uplink traffic: pushed and popped copies come out the same both ways', () => {
+    const dir = tempDir();
+    const dns = (src: string, dst: string, i: number) => ipv4({ src, dst, proto: 17 }, udp(6000 + (i % 50), 53, Uint8Array.from({ length: 18 + (i % 40) }, (_, k) => (k + i) & 0xff)));
+    const vm = (n: number) => `02:00:00:00:00:0${n}`;
+    const ext = '02:ee:00:00:00:01';
+    const frames: Uint8Array[] = [];
+    for (let i = 0; i < 600; i++) {
+      // vm3 to vm4 (VM to VM: the lane's), to an unknown MAC (a red flood: untagged to vf4, tagged to the uplink),
+      // a priority-tagged one to it (the VID goes into the tag), and VLAN 20 from the uplink to vm3 and vm4 (popped).
+      if (i % 5 === 0) frames.push(eth(ext, vm(3), 0x0800, dns('10.0.1.3', '10.0.1.99', i)));
+      else if (i % 5 === 1) frames.push(eth(ext, vm(4), 0x0800, dns('10.0.1.4', '10.0.1.99', i), [[0x8100, 0xe000]]));
+      else if (i % 5 === 2) frames.push(eth(vm(3), ext, 0x0800, dns('10.0.1.99', '10.0.1.3', i), [[0x8100, 20]]));
+      else if (i % 5 === 3) frames.push(eth(vm(4), ext, 0x0800, dns('10.0.1.99', '10.0.1.4', i), [[0x8100, 0x2014]]));
+      else frames.push(eth(vm(4), vm(3), 0x0800, dns('10.0.1.3', '10.0.1.4', i)));
+    }
+    const cap = join(dir, 'red.pcap');
+    writePcap(cap, toRecords(frames));
+    const topo = join(dir, 'topo.json');
+    const file = JSON.parse(readFileSync(join(FIXTURES, 'topology.json'), 'utf8')) as { replay: { inputPort: string } };
+    file.replay = { inputPort: 'by-source-mac' };
+    writeFileSync(topo, JSON.stringify(file));
+    const { on, off, full } = bothWays(cap, topo, { batchSize: 32 });
+    expectSame(on, off);
+    expectSame(full(), off);
+    expect(on.report.packets.in).toBe(600);
+    expect(on.report.packets.dropped).toBe(0);
+    expect(on.report.packets.in).toBe(on.report.packets.out + on.report.packets.dropped);
+    // The uplink got 240 copies, each 4 bytes longer than sent but for the 120 priority-tagged ones.
+    const up = on.report.ports.find((p) => p.name === 'uplink0')!;
+    expect(up.tx.packets).toBe(240);
+    const sentBytes = frames.filter((_, i) => i % 5 < 2).reduce((n, f) => n + f.length, 0);
+    expect(up.tx.bytes).toBe(sentBytes + 120 * 4);
+  });
+
   it('a VM moved between batches, with no upcall after it, is followed by the lane (its per-set slots are not kept past a mapping change)', () => {
     const dir = tempDir();
     const cap = join(dir, 'gen.pcap');
