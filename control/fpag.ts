@@ -49,7 +49,7 @@
  */
 import { D } from '../datapath/drops.js';
 import type { Action } from '../datapath/actions/action-sets.js';
-import { FIELDS, FIELD_NAMES, KEY_WORDS, PORT_PPID_BIT, TUN_PRESENT, W_ETH_DST_HI, W_ETH_MID, W_ETH_SRC_LO, W_ETH_TYPE, W_IN_PORT, W_IP_DST, W_IP_SRC, W_TP, W_TUN, W_VLAN, ipv4ToString, ipv6ToString, macNumber, macToString, setField, unwildcard, type FieldName } from '../datapath/classifier/flow-key.js';
+import { ARP_SHA_NOT_SRC, FIELDS, FIELD_NAMES, KEY_WORDS, PORT_PPID_BIT, TUN_PRESENT, W_ETH_DST_HI, W_ETH_MID, W_ETH_SRC_LO, W_ETH_TYPE, W_IN_PORT, W_IP_DST, W_IP_SRC, W_TP, W_TUN, W_VLAN, ipv4ToString, ipv6ToString, macNumber, macToString, setField, unwildcard, type FieldName } from '../datapath/classifier/flow-key.js';
 import { FpoError } from '../datapath/errors.js';
 import { parseIpText, type Datapath } from '../datapath/datapath.js';
 import type { FlowInstall, Upcall } from '../datapath/upcall.js';
@@ -448,9 +448,16 @@ export class Fpag {
       this.say(out, this.dropPortSecMac, explain ? `port security: source MAC ${macToString((((key[W_ETH_MID] & 0xffff) << 16) | (key[W_ETH_SRC_LO] >>> 16)) >>> 0, key[W_ETH_SRC_LO] & 0xffff)} is not the interface's` : '');
       return true;
     }
-    if (sec.ipv4.length === 0) return false;
     unwildcard(mask, 'eth_type');
     const et = key[W_ETH_TYPE] >>> 16;
+    if (et === 0x0806) {
+      unwildcard(mask, 'ip_frag');
+      if ((key[W_ETH_TYPE] & ARP_SHA_NOT_SRC) !== 0) {
+        this.say(out, this.dropPortSecArp, explain ? 'port security: the ARP sender MAC is not the frame\'s source (the interface\'s)' : '');
+        return true;
+      }
+    }
+    if (sec.ipv4.length === 0) return false;
     if (et === 0x0800 || et === 0x0806) {
       mask[W_IP_SRC] = 0xffffffff;
       const src = key[W_IP_SRC];

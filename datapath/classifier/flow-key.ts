@@ -49,6 +49,8 @@ export const PORT_PPID_BIT = 0x40000000;
 
 export const FRAG_ANY = 1; // the packet is an IP fragment
 export const FRAG_LATER = 2; // ... and not the first one (no L4 header)
+/** In an ARP packet's ip_frag bits (ARP has no fragments): its sender hardware address is not the frame's source MAC (port security drops it). */
+export const ARP_SHA_NOT_SRC = 0x80;
 
 export const TUN_PRESENT = 0x01000000;
 

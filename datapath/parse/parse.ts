@@ -26,7 +26,7 @@
  */
 import { ABSENT, type PacketBatch } from '../batch.js';
 import { D } from '../drops.js';
-import { FRAG_ANY, FRAG_LATER, KEY_WORDS, TUN_PRESENT, W_ETH_DST_HI, W_ETH_MID, W_ETH_SRC_LO, W_ETH_TYPE, W_IN_PORT, W_IP_DST, W_IP_SRC, W_TP, W_VLAN } from '../classifier/flow-key.js';
+import { ARP_SHA_NOT_SRC, FRAG_ANY, FRAG_LATER, KEY_WORDS, TUN_PRESENT, W_ETH_DST_HI, W_ETH_MID, W_ETH_SRC_LO, W_ETH_TYPE, W_IN_PORT, W_IP_DST, W_IP_SRC, W_TP, W_VLAN } from '../classifier/flow-key.js';
 
 export const ETH_P_IPV4 = 0x0800;
 export const ETH_P_ARP = 0x0806;
@@ -257,6 +257,13 @@ function parseOne(batch: PacketBatch, i: number, inPortKey: Uint32Array, vmPort:
       if (l3 + 28 > cl) return cut ? 0 : D.arpTruncated;
       key[k + W_IP_SRC] = u32(d, base + l3 + 14);
       key[k + W_IP_DST] = u32(d, base + l3 + 24);
+      // The sender hardware address against the frame's source: port security (the FPAG) drops a mismatch
+      // on a VM port (an ARP that names another VM's MAC from a frame of one's own).
+      const sha = base + l3 + 8;
+      const src = base + 6;
+      if (b[sha] !== b[src] || b[sha + 1] !== b[src + 1] || b[sha + 2] !== b[src + 2] || b[sha + 3] !== b[src + 3] || b[sha + 4] !== b[src + 4] || b[sha + 5] !== b[src + 5]) {
+        key[k + W_ETH_TYPE] = (key[k + W_ETH_TYPE] | ARP_SHA_NOT_SRC) >>> 0;
+      }
     }
     return 0;
   }

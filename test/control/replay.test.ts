@@ -603,6 +603,49 @@ describe('a VM is not trusted: VLAN tags and port security on a VM port', () => 
   });
 });
 
+describe('port security: the ARP sender MAC', () => {
+  // vm1 (02:00:00:00:00:01, 10.0.0.1) on vf1: ARPs whose sender hardware address is its own pass; ones that
+  // name vm2's or vm5's MAC from vm1's own frames (poisoning the others' ARP caches) are dropped, in any order.
+  const dir = tempDir('arp-sha');
+  const me = '02:00:00:00:00:01';
+  const frames = [
+    pad60(eth('ff:ff:ff:ff:ff:ff', me, 0x0806, arp(1, me, '10.0.0.1', '00:00:00:00:00:00', '10.0.0.2'))), // good
+    pad60(eth('ff:ff:ff:ff:ff:ff', me, 0x0806, arp(1, '02:00:00:00:00:02', '10.0.0.1', '00:00:00:00:00:00', '10.0.0.2'))), // sha vm2's
+    pad60(eth('ff:ff:ff:ff:ff:ff', me, 0x0806, arp(1, me, '10.0.0.1', '00:00:00:00:00:00', '10.0.0.2'))), // good again
+    pad60(eth('02:00:00:00:00:02', me, 0x0806, arp(2, '02:00:00:00:00:05', '10.0.0.1', '02:00:00:00:00:02', '10.0.0.2'))), // a reply, sha vm5's
+    pad60(eth('02:00:00:00:00:02', me, 0x0806, arp(2, me, '10.0.0.1', '02:00:00:00:00:02', '10.0.0.2'))), // a good reply
+    pad60(eth('02:00:00:00:00:02', me, 0x0806, arp(2, '02:00:00:00:00:05', '10.0.0.1', '02:00:00:00:00:02', '10.0.0.2'))), // bad after good
+  ];
+  const cap = join(dir, 'arp.pcap');
+  writePcap(cap, toRecords(frames));
+  const file = JSON.parse(readFileSync(TOPO, 'utf8')) as { replay: { inputPort: string }; nodes: { interfaces: { portSecurity?: boolean }[] }[] };
+  file.replay = { inputPort: 'vf1' };
+  const topo = join(dir, 'topo.json');
+  writeFileSync(topo, JSON.stringify(file));
+
+  it('an ARP naming another MAC as its sender is dropped as portSecArp, its own passes (checked with tshark)', (ctx) => {
+    const out = join(dir, 'out');
+    const r = replayJson([cap, '--topology', topo, '--out', out]);
+    expect(r.packets.in).toBe(6);
+    expect(r.drops).toEqual({ portSecArp: 3 });
+    expect(r.packets.in).toBe(r.packets.out + r.packets.dropped);
+    needTool(ctx, 'tshark', 'reads the output captures');
+    const vf2 = tsharkFields(join(out, 'vf2.pcap'), ['arp.src.hw_mac', 'arp.opcode']);
+    expect(vf2).toEqual([[me, '1'], [me, '1'], [me, '2']]);
+    const up = tsharkFields(join(out, 'uplink0.pcap'), ['arp.src.hw_mac']);
+    expect(up).toEqual([[me], [me]]); // the two broadcasts; the replies were for vm2
+  });
+
+  it('with "portSecurity": false they all pass', () => {
+    file.nodes[0].interfaces[0].portSecurity = false;
+    const topo2 = join(dir, 'topo-off.json');
+    writeFileSync(topo2, JSON.stringify(file));
+    const r = replayJson([cap, '--topology', topo2, '--out', join(dir, 'out-off')]);
+    expect(r.drops).toEqual({});
+    expect(r.packets.out).toBe(6);
+  });
+});
+
 describe('a VM is not a tunnel endpoint', () => {
   // vm1 on vf1 of the demo topology, this host a tunnel endpoint (192.168.0.1): vm1 wraps a VLAN 20
   // broadcast in VXLAN and Geneve to that endpoint, flagged and not.
