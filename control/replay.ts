@@ -14,6 +14,7 @@
  * replayAsync can let signal handlers run and stop it after a batch.
  */
 import { mkdirSync, readdirSync, statSync, unlinkSync } from 'node:fs';
+import { fileId, processRunning } from './files.js';
 import { join } from 'node:path';
 import { Arena } from '../datapath/arena.js';
 import { PacketBatch } from '../datapath/batch.js';
@@ -161,39 +162,20 @@ const FORMATS = ['pcap', 'pcapng'] as const;
 function refuseOutputsThatAreInputs(outDir: string, ports: readonly { name: string }[], inputs: readonly string[]): void {
   const ids = new Map<string, string>();
   for (const p of inputs) {
-    try {
-      const st = statSync(p, { bigint: true });
-      ids.set(`${st.dev}:${st.ino}`, p);
-    } catch {
-      // An input that cannot be stat'ed is reported by whoever opens it.
-    }
+    const id = fileId(p); // an input that cannot be stat'ed is reported by whoever opens it
+    if (id !== undefined) ids.set(id, p);
   }
   for (const p of ports) {
     for (const ext of FORMATS) {
       const f = join(outDir, `${p.name}.${ext}`);
-      let id: string;
-      try {
-        const st = statSync(f, { bigint: true });
-        id = `${st.dev}:${st.ino}`;
-      } catch {
-        continue; // not there: nothing to overwrite
-      }
+      const id = fileId(f);
+      if (id === undefined) continue; // not there: nothing to overwrite
       const input = ids.get(id);
       if (input !== undefined) throw new FpoError('FPO_ERR_USAGE', `${f}: port ${p.name}'s output is ${input}, an input of this run (the same file); writing it would replace the input: choose another --out`, { path: f });
     }
   }
 }
 
-/** Whether a process `pid` (not this one) is alive: kill(pid, 0) says without signalling it. */
-function running(pid: number): boolean {
-  if (pid === process.pid || !Number.isSafeInteger(pid) || pid <= 0) return false;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM'; // alive, someone else's
-  }
-}
 
 /** fpo's own files in outDir for these ports (outputs of either format, temp files of killed runs), but `except` (this run's outputs). */
 function ownFiles(outDir: string, ports: readonly { name: string }[], except: ReadonlySet<string>): string[] {
@@ -210,7 +192,7 @@ function ownFiles(outDir: string, ports: readonly { name: string }[], except: Re
     const cut = n.lastIndexOf(PARTIAL_SUFFIX);
     const pid = cut > 0 ? n.slice(cut + PARTIAL_SUFFIX.length) : '';
     // A temp file of a run still going (another replay into this folder) is that run's, not stale.
-    const own = finals.has(n) || (cut > 0 && finals.has(n.slice(0, cut)) && /^\d+$/.test(pid) && !running(Number(pid)));
+    const own = finals.has(n) || (cut > 0 && finals.has(n.slice(0, cut)) && /^\d+$/.test(pid) && !processRunning(Number(pid)));
     const f = join(outDir, n);
     if (own && !except.has(f)) out.push(f);
   }

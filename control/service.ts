@@ -26,9 +26,10 @@
  * holding at most BODY_QUEUE of them; a refused inject's remaining bytes are
  * read and dropped, so the next request on the connection is found.
  */
-import { chmodSync, existsSync, lstatSync, mkdirSync, statSync, unlinkSync } from 'node:fs';
+import { chmodSync, existsSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
+import { sameFile } from './files.js';
 import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import pino, { type Logger } from 'pino';
 import { Arena } from '../datapath/arena.js';
@@ -81,18 +82,6 @@ export interface ServiceOptions {
   logLevel?: string;
   /** Serve Prometheus metrics on this address (HOST:PORT or PORT, loopback by default). */
   metrics?: string;
-}
-
-/** Whether two paths name one file: the same path once resolved, or (both existing) the same device and inode. */
-function sameFile(a: string, b: string): boolean {
-  if (resolve(a) === resolve(b)) return true;
-  try {
-    const x = statSync(a);
-    const y = statSync(b);
-    return x.dev === y.dev && x.ino === y.ino;
-  } catch {
-    return false;
-  }
 }
 
 export class Service {

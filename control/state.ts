@@ -29,6 +29,7 @@
 import { closeSync, constants, fstatSync, fsyncSync, openSync, readFileSync, readSync, readdirSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { FpoError } from '../datapath/errors.js';
+import { processRunning } from './files.js';
 import { CheckError, object, type Check, type Path } from './check.js';
 import type { Topology } from './topology.js';
 
@@ -336,14 +337,7 @@ function removeLeftovers(path: string): string[] {
   for (const n of names) {
     if (!n.startsWith(prefix) || !/^\d+$/.test(n.slice(prefix.length))) continue;
     const pid = Number(n.slice(prefix.length));
-    if (pid !== process.pid && pid > 0) {
-      try {
-        process.kill(pid, 0);
-        continue; // a live process: perhaps another fpo run writing this very file
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'ESRCH') continue;
-      }
-    }
+    if (processRunning(pid)) continue; // a live process: perhaps another fpo run writing this very file (this one's own are removed)
     try {
       unlinkSync(join(dir, n));
       removed.push(n);

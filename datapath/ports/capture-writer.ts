@@ -297,16 +297,18 @@ export class CaptureWriter implements DirectTx {
     }
   }
 
-  /** One packet behind the outer headers of encap `e >> 1` (flagged if e & 1). */
-  private writeEncapsulated(batch: PacketBatch, i: number, e: number, encap: Encap, ng: boolean): void {
-    const id = e >> 1;
-    const flagged = (e & 1) === 1;
-    const cl = batch.caplen[i];
-    const wl = batch.wirelen[i];
-    const hl = encap.headerLength(id, flagged);
+  /** Where the record begun by beginRecord starts, and its length (header, data, pad, trailer). */
+  private recP = 0;
+  private recLen = 0;
+
+  /**
+   * Reserves one record for packet i carrying `dataLen` bytes (`wireLen` on
+   * the wire) and writes its header (pcapng EPB or classic); returns where
+   * its data goes. The caller writes the data, then calls endRecord.
+   */
+  private beginRecord(batch: PacketBatch, i: number, dataLen: number, wireLen: number, ng: boolean): number {
     const recHdr = ng ? 28 : 16;
-    const pad = ng ? (4 - ((hl + cl) & 3)) & 3 : 0;
-    const len = recHdr + hl + cl + pad + (ng ? 4 : 0);
+    const len = ng ? recHdr + dataLen + ((4 - (dataLen & 3)) & 3) + 4 : recHdr + dataLen;
     if (ng && batch.ifIndex[i] >= this.described) this.describeUpTo(batch.ifIndex[i]);
     this.room(len);
     const dv = this.dv;
@@ -317,24 +319,44 @@ export class CaptureWriter implements DirectTx {
       dv.setUint32(p + 8, batch.ifIndex[i], true);
       dv.setUint32(p + 12, batch.tsA[i], true);
       dv.setUint32(p + 16, batch.tsB[i], true);
-      dv.setUint32(p + 20, hl + cl, true);
-      dv.setUint32(p + 24, hl + wl, true);
+      dv.setUint32(p + 20, dataLen, true);
+      dv.setUint32(p + 24, wireLen, true);
     } else {
       dv.setUint32(p, batch.tsA[i], true);
       dv.setUint32(p + 4, batch.tsB[i], true);
-      dv.setUint32(p + 8, hl + cl, true);
-      dv.setUint32(p + 12, hl + wl, true);
+      dv.setUint32(p + 8, dataLen, true);
+      dv.setUint32(p + 12, wireLen, true);
     }
-    // The UDP and IP lengths count the packet as it was on the wire.
-    encap.write(this.buf, p + recHdr, id, flagged, wl, batch.hash[i]);
-    this.copy(batch.buf, batch.off[i], cl, p + recHdr + hl);
-    encap.finish(this.buf, p + recHdr, id, hl, cl);
+    this.recP = p;
+    this.recLen = len;
+    return p + recHdr;
+  }
+
+  /** Ends the record begun by beginRecord (`dataEnd`: where its data ends): pcapng's pad and trailing length. */
+  private endRecord(dataEnd: number, ng: boolean): void {
+    const p = this.recP;
+    const len = this.recLen;
     if (ng) {
-      for (let z = 0; z < pad; z++) this.buf[p + recHdr + hl + cl + z] = 0;
-      dv.setUint32(p + len - 4, len, true);
+      for (let z = dataEnd; z < p + len - 4; z++) this.buf[z] = 0;
+      this.dv.setUint32(p + len - 4, len, true);
     }
     this.used = p + len;
     if (this.home !== null) this.unspill();
+  }
+
+  /** One packet behind the outer headers of encap `e >> 1` (flagged if e & 1). */
+  private writeEncapsulated(batch: PacketBatch, i: number, e: number, encap: Encap, ng: boolean): void {
+    const id = e >> 1;
+    const flagged = (e & 1) === 1;
+    const cl = batch.caplen[i];
+    const wl = batch.wirelen[i];
+    const hl = encap.headerLength(id, flagged);
+    const f = this.beginRecord(batch, i, hl + cl, hl + wl, ng);
+    // The UDP and IP lengths count the packet as it was on the wire.
+    encap.write(this.buf, f, id, flagged, wl, batch.hash[i]);
+    this.copy(batch.buf, batch.off[i], cl, f + hl);
+    encap.finish(this.buf, f, id, hl, cl);
+    this.endRecord(f + hl + cl, ng);
   }
 
   /** One packet with its VLAN tag pushed or popped (vlan.ts): `e` is its tx code. */
@@ -344,28 +366,7 @@ export class CaptureWriter implements DirectTx {
     const cl = batch.caplen[i];
     const delta = vlanDelta(src, o, cl, e);
     const ocl = cl + delta;
-    const recHdr = ng ? 28 : 16;
-    const pad = ng ? (4 - (ocl & 3)) & 3 : 0;
-    const len = recHdr + ocl + pad + (ng ? 4 : 0);
-    if (ng && batch.ifIndex[i] >= this.described) this.describeUpTo(batch.ifIndex[i]);
-    this.room(len);
-    const dv = this.dv;
-    const p = this.used;
-    if (ng) {
-      dv.setUint32(p, 6, true);
-      dv.setUint32(p + 4, len, true);
-      dv.setUint32(p + 8, batch.ifIndex[i], true);
-      dv.setUint32(p + 12, batch.tsA[i], true);
-      dv.setUint32(p + 16, batch.tsB[i], true);
-      dv.setUint32(p + 20, ocl, true);
-      dv.setUint32(p + 24, batch.wirelen[i] + delta, true);
-    } else {
-      dv.setUint32(p, batch.tsA[i], true);
-      dv.setUint32(p + 4, batch.tsB[i], true);
-      dv.setUint32(p + 8, ocl, true);
-      dv.setUint32(p + 12, batch.wirelen[i] + delta, true);
-    }
-    const f = p + recHdr;
+    const f = this.beginRecord(batch, i, ocl, batch.wirelen[i] + delta, ng);
     if (cl < 14) this.copy(src, o, cl, f);
     else {
       this.copy(src, o, 12, f);
@@ -373,12 +374,7 @@ export class CaptureWriter implements DirectTx {
       else this.copy(src, o + 12, cl - 12, f + 12 + delta);
       vlanHeader(this.buf, f, e, delta, cl);
     }
-    if (ng) {
-      for (let z = 0; z < pad; z++) this.buf[f + ocl + z] = 0;
-      dv.setUint32(p + len - 4, len, true);
-    }
-    this.used = p + len;
-    if (this.home !== null) this.unspill();
+    this.endRecord(f + ocl, ng);
   }
 
   /**

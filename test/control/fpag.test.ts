@@ -30,6 +30,17 @@ function setup(extra: Partial<TopologyInput> = {}, portSecurity = false) {
   return { topo, dp, fpag };
 }
 
+/** The flow for k: found, or installed from the FPAG's decision (as an upcall would) and found. */
+function lookupOrInstall(dp: ReturnType<typeof setup>['dp'], fpag: ReturnType<typeof setup>['fpag'], k: Uint32Array): number {
+  let f = dp.flows.lookup(k);
+  if (f < 0) {
+    const d = fpag.decide(k);
+    dp.apply({ type: 'flow-install', key: k, mask: d.mask, actions: d.actions });
+    f = dp.flows.lookup(k);
+  }
+  return f;
+}
+
 function key(inPort: number, dst: string, f: { vlan?: number; ethType?: number; proto?: number; src?: number; dstIp?: number; sport?: number; dport?: number; srcMac?: string } = {}): Uint32Array {
   const k = new Uint32Array(KEY_WORDS);
   const m = new Uint32Array(KEY_WORDS);
@@ -108,12 +119,7 @@ describe('FPAG decisions', () => {
       const { dp, fpag } = setup({ rules: rules.map((r) => ({ ...r, actions: [...r.actions] })) });
       for (const p of pkts) {
         const k = key(p.inPort, p.dst, { vlan: p.vlan, proto: p.proto, src: p.src, dport: p.dport });
-        let f = dp.flows.lookup(k);
-        if (f < 0) {
-          const d = fpag.decide(k);
-          dp.apply({ type: 'flow-install', key: k, mask: d.mask, actions: d.actions });
-          f = dp.flows.lookup(k);
-        }
+        const f = lookupOrInstall(dp, fpag, k);
         expect(f).toBeGreaterThanOrEqual(0);
         expect(dp.actionSets.describe(dp.flows.act[f])).toEqual(fpag.decide(k).actions.length ? fpag.decide(k).actions : [{ op: 'drop', reason: D.noDestination }]);
       }
@@ -280,12 +286,7 @@ describe('port security', () => {
       const { dp, fpag } = setup({}, true);
       for (const p of pkts) {
         const k = key(p.inPort, p.dst, p);
-        let f = dp.flows.lookup(k);
-        if (f < 0) {
-          const d = fpag.decide(k);
-          dp.apply({ type: 'flow-install', key: k, mask: d.mask, actions: d.actions });
-          f = dp.flows.lookup(k);
-        }
+        const f = lookupOrInstall(dp, fpag, k);
         expect(f).toBeGreaterThanOrEqual(0);
         const want = fpag.decide(k).actions;
         expect(dp.actionSets.describe(dp.flows.act[f])).toEqual(want.length ? want : [{ op: 'drop', reason: D.noDestination }]);

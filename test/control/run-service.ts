@@ -101,3 +101,17 @@ export function rawClient(socket: string, opts: { read?: boolean } = {}): Promis
     sock.once('error', reject);
   });
 }
+
+/** One request over a fresh connection, its answer parsed. */
+export function req(socket: string, cmd: string, args: Record<string, unknown> = {}): Promise<any> {
+  return new Promise((resolve, reject) => {
+    const c = connect(socket);
+    let got = '';
+    c.on('data', (d) => {
+      got += d;
+      if (got.includes('\n')) { c.end(); resolve(JSON.parse(got)); }
+    });
+    c.on('error', reject);
+    c.on('connect', () => c.write(JSON.stringify({ id: 1, cmd, args }) + '\n'));
+  });
+}

@@ -1,6 +1,7 @@
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { connect } from 'node:net';
+import { req } from './run-service.js';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -34,20 +35,6 @@ async function start(topology: string, out = tempDir('svc'), extra: string[] = [
     ctl: (...a: string[]) => runCli(['ctl', '-s', socket, ...a]),
     stop: () => new Promise((resolve) => { proc.on('exit', () => resolve(stdout)); proc.kill('SIGTERM'); }),
   };
-}
-
-/** One request over the socket, answered. */
-function req(socket: string, cmd: string, args: Record<string, unknown> = {}): Promise<any> {
-  return new Promise((resolve, reject) => {
-    const c = connect(socket);
-    let got = '';
-    c.on('data', (d) => {
-      got += d;
-      if (got.includes('\n')) { c.end(); resolve(JSON.parse(got)); }
-    });
-    c.on('error', reject);
-    c.on('connect', () => c.write(JSON.stringify({ id: 1, cmd, args }) + '\n'));
-  });
 }
 
 function stamps(path: string): string[] {

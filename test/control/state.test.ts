@@ -7,7 +7,7 @@
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
-import { connect } from 'node:net';
+import { req } from './run-service.js';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -257,20 +257,6 @@ async function start(out: string, state: string): Promise<Svc> {
   for (let i = 0; i < 200 && !existsSync(socket); i++) await new Promise((r) => setTimeout(r, 50));
   expect(existsSync(socket)).toBe(true);
   return { proc, socket, state, stop: () => new Promise((resolve) => { proc.on('exit', (c) => resolve(c ?? -1)); proc.kill('SIGTERM'); }) };
-}
-
-/** One request over the socket, answered. */
-function req(socket: string, cmd: string, args: Record<string, unknown> = {}): Promise<any> {
-  return new Promise((resolve, reject) => {
-    const c = connect(socket);
-    let got = '';
-    c.on('data', (d) => {
-      got += d;
-      if (got.includes('\n')) { c.end(); resolve(JSON.parse(got)); }
-    });
-    c.on('error', reject);
-    c.on('connect', () => c.write(JSON.stringify({ id: 1, cmd, args }) + '\n'));
-  });
 }
 
 /** What the service holds that a request may change: VPIDs, mappings, rules (show), and the state file's bytes. */
