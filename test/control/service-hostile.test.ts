@@ -113,6 +113,7 @@ describe('fpo run: injects and request keys', () => {
     const holder = await rawClient(a.socket);
     holder.send(JSON.stringify({ id: 1, cmd: 'inject', args: { bytes: bytes.length + 1000, port: 'vf1' } }) + '\n');
     holder.send(bytes); // 1000 bytes short, and the connection kept open
+    await new Promise((r) => setTimeout(r, 300)); // the holder's inject is under way before the next comes (runCli blocks this process)
     const next = runCli(['ctl', '-s', a.socket, '--json', 'inject', cap, '--port', 'vf2'], { timeout: 30_000 });
     expect(next.status).toBe(0); // before: never answered (the holder held every inject)
     expect(JSON.parse(next.stdout).packets.in).toBe(10);
