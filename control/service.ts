@@ -45,7 +45,7 @@ import { CaptureWriter, txBufferBytes } from '../datapath/ports/capture-writer.j
 import { Fpag, type Change } from './fpag.js';
 import { LiveLoop } from './live.js';
 import { TunnelMonitor } from './monitor.js';
-import { TapPort } from '../datapath/ports/tap-port.js';
+import { openLivePort, type LivePort } from '../datapath/ports/live-port.js';
 import type { Server as HttpServer } from 'node:http';
 import { COMMANDS, claimSocketPath } from './socket.js';
 import { Connection, MAX_BODY, MAX_CLIENTS, MAX_REQUEST, TooLong, type Body } from './connection.js';
@@ -93,7 +93,7 @@ export class Service {
   private metricsServer: HttpServer | null = null;
   private monitor: TunnelMonitor | null = null;
   private readonly writers = new Map<number, CaptureWriter>();
-  private readonly taps: TapPort[] = [];
+  private readonly taps: LivePort[] = [];
   private readonly live: LiveLoop;
   private readonly arena: Arena;
   private server: Server | null = null;
@@ -137,10 +137,10 @@ export class Service {
       const txBuffer = txBufferBytes(topo.ports.length);
       this.arena = new Arena(topo.ports.length * (txBuffer + 64) + 4096);
       const layout = { format: 'pcap' as const, nanos: false, interfaces: [{ linktype: LINKTYPE_ETHERNET, snaplen: 262144, tsresol: 6, tsoffset: 0 }] };
-      const live: { port: TapPort; ppid: number }[] = [];
+      const live: { port: LivePort; ppid: number }[] = [];
       for (const p of topo.ports) {
         if (p.kind === 'tap' || p.kind === 'afpacket') {
-          const tap = new TapPort(p.device, 256, p.kind);
+          const tap = openLivePort(p.device, p.kind, p.io, 256);
           this.taps.push(tap);
           live.push({ port: tap, ppid: p.ppid });
           this.dp.addPort(p.ppid, tap);
