@@ -439,9 +439,9 @@ export class Service {
     };
   }
 
-  /** Each live port's own counters: how it moves frames, what the kernel dropped before fpo, what it could not send. */
-  liveCounters(): { port: string; ppid: number; device: string; mode: string; rxMissed: number; txRingFull: number; txErrors: number }[] {
-    return this.liveRows.map(({ port, name, ppid }) => ({ port: name, ppid, device: port.name, mode: port.mode, rxMissed: port.rxMissed, txRingFull: port.txRingFull, txErrors: port.txErrors }));
+  /** Each live port's own counters: how it moves frames, what the kernel dropped before fpo, what it sent and could not send. */
+  liveCounters(): { port: string; ppid: number; device: string; mode: string; rxMissed: number; txSent: number; txRingFull: number; txErrors: number }[] {
+    return this.liveRows.map(({ port, name, ppid }) => ({ port: name, ppid, device: port.name, mode: port.mode, rxMissed: port.rxMissed, txSent: port.txPackets, txRingFull: port.txRingFull, txErrors: port.txErrors }));
   }
 
   stats(): unknown {

@@ -82,7 +82,9 @@ export class TapPort {
     const c = libc();
     const ifindex = c.ifNameToIndex(name);
     if (ifindex === 0) throw new FpoError('FPO_ERR_IO', `afpacket ${name}: no such interface`);
-    const fd = c.socket(AF_PACKET, SOCK_RAW | SOCK_NONBLOCK, ETH_P_ALL_BE);
+    // Protocol 0: the socket takes no frame until bind names the interface and ETH_P_ALL. A socket opened
+    // with ETH_P_ALL takes every interface's frames until it is bound: other links' traffic in the ring.
+    const fd = c.socket(AF_PACKET, SOCK_RAW | SOCK_NONBLOCK, 0);
     if (fd < 0) throw new FpoError('FPO_ERR_IO', `afpacket ${name}: socket failed (errno ${c.errno()}); fpo needs root for AF_PACKET ports`);
     const one = Buffer.alloc(4);
     one.writeInt32LE(1, 0);

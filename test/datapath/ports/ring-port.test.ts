@@ -180,4 +180,42 @@ describe('RingPort (AF_PACKET, TPACKET_V3 rx ring and tx ring)', () => {
     expect(r.seen).toBe(17); // the 16 held and the new one: none lost without a count
     expect(r.sendErrors).toBeGreaterThanOrEqual(1);
   });
+
+  it('takes no frame of another interface, even while it is being set up (the socket is bound before it takes any)', (ctx) => {
+    needRoot(ctx, 'makes a namespace and AF_PACKET sockets');
+    needTool(ctx, 'ip', 'makes the namespace and the veth pairs');
+    needTool(ctx, 'cc', 'builds the sender that floods the other pair');
+    setUp();
+    const blaster = join(ROOT, 'dist', 'blast-ring-test');
+    expect(sh('cc', '-O2', '-o', blaster, join(ROOT, 'bench', 'ports', 'blast.c')).status).toBe(0);
+    expect(sh('sh', '-c', `ip -n ${NS} link add r2 type veth peer name r3 && ip -n ${NS} link set r2 up && ip -n ${NS} link set r3 up`).status).toBe(0);
+    const r = inNs(`
+      // r3 floods r2 for 3 s; meanwhile 30 ring ports are opened on r0 (and their frames read), one after another.
+      const { spawn } = await import('node:child_process');
+      const flood = spawn(${JSON.stringify(blaster)}, ['r3', '02:00:00:00:66:01', '02:00:00:00:66:02', '3'], { stdio: 'ignore' });
+      await sleep(200);
+      const peer = new TapPort('r1', 1, 'afpacket');
+      const b = new PacketBatch(256);
+      let ours = 0, others = 0;
+      for (let k = 0; k < 30; k++) {
+        const ring = new RingPort('r0', { rxBlockBytes: 1 << 16, rxBlocks: 4 });
+        const f = frame(k, 64);
+        libc().write(peer.fd, f, 64);
+        for (let t = 0; t < 100; t++) {
+          await sleep(2);
+          const n = ring.fill(b, 1, 0);
+          let got = false;
+          for (let i = 0; i < n; i++) {
+            if (b.buf[b.off[i] + 11] === 1 && b.buf[b.off[i] + 10] === 0x72) { ours++; got = true; } else others++;
+          }
+          if (got) break;
+        }
+        ring.close();
+      }
+      flood.kill();
+      console.log(JSON.stringify({ ours, others }));
+    `);
+    expect(r.ours).toBe(30);
+    expect(r.others).toBe(0);
+  });
 });
