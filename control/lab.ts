@@ -1,8 +1,13 @@
 /**
  * fpo lab up FILE / fpo lab down FILE: a live lab on one Linux box. "VMs"
- * are network namespaces; each gets a TAP port of fpo (fpo creates the TAP,
- * the lab moves its kernel side into the VM's namespace and gives it the
- * VM's MAC and address). `up` writes the topology, starts `fpo run` on it
+ * are network namespaces, each with a port of fpo:
+ *   - "ports": "veth" (default): a veth pair per port; the VM's end goes into
+ *     its namespace with the VM's MAC and address, the host's end
+ *     (h-LAB-VM, IPv6 off, no address: it says nothing of its own) is an
+ *     afpacket port of fpo on memory-mapped rings (ring-port.ts) — what a
+ *     user picks for speed;
+ *   - "ports": "tap": fpo creates a TAP per port and the lab moves its
+ *     kernel side into the VM's namespace (a read()/write() a frame). `up` writes the topology, starts `fpo run` on it
  * (detached; its pid, logs and port state in the lab's folder), and wires
  * the namespaces; `down` stops that fpo and deletes the namespaces it made —
  * only those, listed in the lab's state file. Needs root and iproute2.
@@ -36,14 +41,17 @@ const LabSchema = z.strictObject({
     mac: z.string().regex(/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/, 'expected a lowercase MAC address like 02:00:00:00:01:01'),
   })).min(1),
   spares: z.array(z.strictObject({ name: short, vm: short })).default([]),
+  ports: z.enum(['veth', 'tap']).default('veth'),
 });
 export type Lab = z.infer<typeof LabSchema>;
 
 interface LabState {
-  /** fpo run's process. */
-  pid: number;
+  /** fpo run's process (absent while lab up had not started it yet). */
+  pid?: number;
   /** Namespaces made so far (lab down deletes these, and only names the lab gives). */
   netns: string[];
+  /** veth pairs made so far, by their host end (lab down deletes those still there). */
+  links?: string[];
   socket: string;
   topology: string;
   /**
@@ -81,6 +89,7 @@ function procCmdline(pid: number): string[] | undefined {
  * state file has it) it started when the lab's did. 'gone': not running.
  */
 export function labProcess(state: LabState): 'ours' | 'gone' | { other: string } {
+  if (state.pid === undefined) return 'gone';
   const argv = procCmdline(state.pid);
   // No command line: no such process, or one that has exited (a zombie) or a kernel thread: not a running fpo.
   if (argv === undefined || argv.length === 0) return 'gone';
@@ -102,7 +111,8 @@ export function readLabState(file: string, lab: Lab): LabState {
   if (typeof json !== 'object' || json === null || Array.isArray(json)) throw bad('(top level)', 'expected an object');
   const st = json as Record<string, unknown>;
   // 0 would signal lab down's own process group, -1 every process it may signal.
-  if (typeof st.pid !== 'number' || !Number.isInteger(st.pid) || st.pid < 2 || st.pid > 4194304) throw bad('pid', `expected a process id (an integer in 2..4194304), got ${JSON.stringify(st.pid)}`);
+  // No pid: lab up stopped before it started fpo run (nothing to signal).
+  if (st.pid !== undefined && (typeof st.pid !== 'number' || !Number.isInteger(st.pid) || st.pid < 2 || st.pid > 4194304)) throw bad('pid', `expected a process id (an integer in 2..4194304), got ${JSON.stringify(st.pid)}`);
   if (typeof st.socket !== 'string' || typeof st.topology !== 'string') throw bad('socket', 'expected the socket and topology paths as strings');
   if (st.startTime !== undefined && typeof st.startTime !== 'string') throw bad('startTime', 'expected a string');
   const mine = new Set(lab.vms.map((v) => labNames(lab).netns(v.name)));
@@ -110,7 +120,12 @@ export function readLabState(file: string, lab: Lab): LabState {
   st.netns.forEach((ns, i) => {
     if (typeof ns !== 'string' || !mine.has(ns)) throw bad(`netns[${i}]`, `${JSON.stringify(ns)} is not a namespace of lab ${lab.name} (${[...mine].join(', ')})`);
   });
-  return { pid: st.pid, netns: st.netns as string[], socket: st.socket, topology: st.topology, startTime: st.startTime as string | undefined };
+  const hosts = new Set([...lab.vms.map((v) => v.name), ...lab.spares.map((sp) => sp.name)].map((p) => labNames(lab).host(p)));
+  if (st.links !== undefined && !Array.isArray(st.links)) throw bad('links', 'expected an array of interface names');
+  ((st.links ?? []) as unknown[]).forEach((l, i) => {
+    if (typeof l !== 'string' || !hosts.has(l)) throw bad(`links[${i}]`, `${JSON.stringify(l)} is not a veth of lab ${lab.name} (${[...hosts].join(', ')})`);
+  });
+  return { pid: st.pid as number | undefined, netns: st.netns as string[], links: st.links as string[] | undefined, socket: st.socket, topology: st.topology, startTime: st.startTime as string | undefined };
 }
 
 export function loadLab(path: string): Lab & { dir: string; socketPath: string } {
@@ -134,21 +149,23 @@ export function loadLab(path: string): Lab & { dir: string; socketPath: string }
   return { ...lab, dir, socketPath: lab.socket ?? join(dir, 'fpo.sock') };
 }
 
-/** Names the lab gives things: namespace of a VM, TAP device of a port. */
+/** Names the lab gives things: namespace of a VM, the VM's interface (TAP or veth end), the host's veth end. */
 export const labNames = (lab: Lab) => ({
   netns: (vm: string) => `fpo-${lab.name}-${vm}`,
   device: (port: string) => `${lab.name}-${port}`.slice(0, 15),
+  host: (port: string) => `h-${lab.name}-${port}`.slice(0, 15),
 });
 
 function ip(...args: string[]): void {
   execFileSync('ip', args, { stdio: ['ignore', 'ignore', 'pipe'] });
 }
 
-/** The fpo topology of a lab: a TAP port per VM and per spare, the VMs' interfaces on them. */
+/** The fpo topology of a lab: a port per VM and per spare (afpacket on the host's veth end, or TAP), the VMs' interfaces on them. */
 export function labTopology(lab: Lab): object {
   const n = labNames(lab);
-  const ports = [...lab.vms.map((v, i) => ({ name: `p-${v.name}`, ppid: 10 + i, kind: 'tap', device: n.device(v.name) })),
-    ...lab.spares.map((s, i) => ({ name: s.name, ppid: 100 + i, kind: 'tap', device: n.device(s.name) }))];
+  const port = (name: string) => (lab.ports === 'veth' ? { kind: 'afpacket', device: n.host(name) } : { kind: 'tap', device: n.device(name) });
+  const ports = [...lab.vms.map((v, i) => ({ name: `p-${v.name}`, ppid: 10 + i, ...port(v.name) })),
+    ...lab.spares.map((s, i) => ({ name: s.name, ppid: 100 + i, ...port(s.name) }))];
   return {
     name: lab.name, ports, segments: lab.segments,
     nodes: lab.vms.map((v) => ({ name: v.name, interfaces: [{ name: `${v.name}-eth0`, mac: v.mac, ip: v.ip.split('/')[0], segment: v.segment, port: `p-${v.name}` }] })),
@@ -164,34 +181,62 @@ export async function labUp(path: string): Promise<{ dir: string; socket: string
   rmSync(join(lab.dir, 'fpo-state.json'), { force: true });
   const topology = join(lab.dir, 'topology.json');
   writeFileSync(topology, JSON.stringify(labTopology(lab), null, 1));
-  const cli = fileURLToPath(new URL('./cli.js', import.meta.url));
-  const out = openSync(join(lab.dir, 'fpo-run.out'), 'w');
-  const err = openSync(join(lab.dir, 'fpo-run.log'), 'w');
-  const child = spawn(process.execPath, [cli, 'run', '-t', topology, '-s', lab.socketPath, '-o', lab.dir, '--log-level', 'info'], { detached: true, stdio: ['ignore', out, err] });
-  child.unref();
-  const state: LabState = { pid: child.pid!, netns: [], socket: lab.socketPath, topology, startTime: procStartTime(child.pid!) };
+  const state: LabState = { netns: [], links: [], socket: lab.socketPath, topology };
   const save = () => writeFileSync(join(lab.dir, 'lab-state.json'), JSON.stringify(state, null, 1));
+  const wiring = (e: unknown) => new FpoError('FPO_ERR_IO', `lab ${lab.name}: wiring failed: ${((e as { stderr?: Buffer }).stderr?.toString() || (e as Error).message).trim()}; run fpo lab down ${path}`);
   save();
-  for (let i = 0; i < 200 && !existsSync(lab.socketPath); i++) await new Promise((r) => setTimeout(r, 50));
-  if (!existsSync(lab.socketPath)) throw new FpoError('FPO_ERR_IO', `lab ${lab.name}: fpo run did not start; see ${join(lab.dir, 'fpo-run.log')}`);
   try {
     for (const v of lab.vms) {
       const ns = n.netns(v.name);
       ip('netns', 'add', ns);
       state.netns.push(ns);
       save();
+    }
+    if (lab.ports === 'veth') {
+      // The pairs first: fpo run attaches to the host ends, so they must be there when it starts.
+      for (const [port, vm] of [...lab.vms.map((v) => [v.name, v.name]), ...lab.spares.map((sp) => [sp.name, sp.vm])]) {
+        const host = n.host(port);
+        ip('link', 'add', host, 'type', 'veth', 'peer', 'name', n.device(port));
+        state.links!.push(host);
+        save();
+        ip('link', 'set', n.device(port), 'netns', n.netns(vm));
+        // The VM's end computes its checksums and cuts its segments itself (tx checksum offload off, so
+        // TSO too): an AF_PACKET port without a virtio-net header would see a partial checksum and a
+        // 64 KiB segment, and the peer would drop the frame for its bad checksum.
+        execFileSync('ip', ['netns', 'exec', n.netns(vm), 'ethtool', '-K', n.device(port), 'tx', 'off'], { stdio: ['ignore', 'ignore', 'pipe'] });
+        execFileSync('sysctl', ['-qw', `net.ipv6.conf.${host}.disable_ipv6=1`], { stdio: ['ignore', 'ignore', 'pipe'] });
+        ip('link', 'set', host, 'up');
+      }
+    }
+  } catch (e) {
+    throw wiring(e);
+  }
+  const cli = fileURLToPath(new URL('./cli.js', import.meta.url));
+  const out = openSync(join(lab.dir, 'fpo-run.out'), 'w');
+  const err = openSync(join(lab.dir, 'fpo-run.log'), 'w');
+  const child = spawn(process.execPath, [cli, 'run', '-t', topology, '-s', lab.socketPath, '-o', lab.dir, '--log-level', 'info'], { detached: true, stdio: ['ignore', out, err] });
+  child.unref();
+  const pid = child.pid!;
+  state.pid = pid;
+  state.startTime = procStartTime(pid);
+  save();
+  for (let i = 0; i < 200 && !existsSync(lab.socketPath); i++) await new Promise((r) => setTimeout(r, 50));
+  if (!existsSync(lab.socketPath)) throw new FpoError('FPO_ERR_IO', `lab ${lab.name}: fpo run did not start; see ${join(lab.dir, 'fpo-run.log')}`);
+  try {
+    for (const v of lab.vms) {
+      const ns = n.netns(v.name);
       const dev = n.device(v.name);
-      ip('link', 'set', dev, 'netns', ns);
+      if (lab.ports === 'tap') ip('link', 'set', dev, 'netns', ns); // fpo run made the TAP: into the VM now
       ip('-n', ns, 'link', 'set', dev, 'address', v.mac);
       ip('-n', ns, 'addr', 'add', v.ip, 'dev', dev);
       ip('-n', ns, 'link', 'set', dev, 'up');
       ip('-n', ns, 'link', 'set', 'lo', 'up');
     }
-    for (const s of lab.spares) ip('link', 'set', n.device(s.name), 'netns', n.netns(s.vm));
+    if (lab.ports === 'tap') for (const sp of lab.spares) ip('link', 'set', n.device(sp.name), 'netns', n.netns(sp.vm));
   } catch (e) {
-    throw new FpoError('FPO_ERR_IO', `lab ${lab.name}: wiring failed: ${((e as { stderr?: Buffer }).stderr?.toString() || (e as Error).message).trim()}; run fpo lab down ${path}`);
+    throw wiring(e);
   }
-  return { dir: lab.dir, socket: lab.socketPath, netns: state.netns, pid: state.pid };
+  return { dir: lab.dir, socket: lab.socketPath, netns: state.netns, pid };
 }
 
 export async function labDown(path: string): Promise<{ stopped: boolean; removed: string[] }> {
@@ -209,14 +254,15 @@ export async function labDown(path: string): Promise<{ stopped: boolean; removed
     process.stderr.write(`fpo: lab down: pid ${state.pid} is not lab ${lab.name}'s fpo run (it runs: ${who.other}); not signalled\n`);
     stopped = true;
   } else {
+    const pid = state.pid as number; // 'ours': a pid was there and is lab's fpo run
     try {
-      process.kill(state.pid, 'SIGTERM');
+      process.kill(pid, 'SIGTERM');
       for (let i = 0; i < 100; i++) {
         await new Promise((r) => setTimeout(r, 50));
         if (labProcess(state) !== 'ours') { stopped = true; break; }
       }
       // Looked at again right before: the pid may have been given to another process meanwhile.
-      if (!stopped && labProcess(state) === 'ours') process.kill(state.pid, 'SIGKILL');
+      if (!stopped && labProcess(state) === 'ours') process.kill(pid, 'SIGKILL');
     } catch {
       stopped = true; // exited between the look and the signal
     }
@@ -227,6 +273,17 @@ export async function labDown(path: string): Promise<{ stopped: boolean; removed
     if (!existing.split('\n').some((l) => l.split(' ')[0] === ns)) continue;
     ip('netns', 'del', ns);
     removed.push(ns);
+  }
+  // A pair goes with its namespace; one whose VM end never got there (wiring cut short) goes here.
+  const links = execFileSync('ip', ['-o', 'link', 'show'], { encoding: 'utf8' });
+  for (const host of state.links ?? []) {
+    if (!links.split('\n').some((l) => l.split(': ')[1]?.split('@')[0] === host)) continue;
+    try {
+      ip('link', 'del', host);
+      removed.push(host);
+    } catch {
+      // Gone meanwhile: its namespace's deletion took the pair along (the kernel does that after the call returns).
+    }
   }
   rmSync(file);
   rmSync(join(lab.dir, 'fpo-state.json'), { force: true });

@@ -11,7 +11,7 @@ import { PacketBatch } from '../datapath/batch.js';
 import { monotonicMs } from '../datapath/clock.js';
 import type { Datapath } from '../datapath/datapath.js';
 import { POLLIN, libc } from '../datapath/ports/libc.js';
-import type { TapPort } from '../datapath/ports/tap-port.js';
+import type { LivePort } from '../datapath/ports/live-port.js';
 
 const MAX_BURSTS = 8;
 const IDLE_MS = 2;
@@ -23,7 +23,7 @@ export class LiveLoop {
   private stopped: (() => void) | null = null;
   turns = 0;
 
-  constructor(private readonly dp: Datapath, private readonly ports: { port: TapPort; ppid: number }[], batchCapacity = 256) {
+  constructor(private readonly dp: Datapath, private readonly ports: { port: LivePort; ppid: number }[], batchCapacity = 256) {
     this.batch = new PacketBatch(batchCapacity);
     this.pollfds = Buffer.alloc(8 * ports.length);
     ports.forEach((p, i) => {

@@ -19,7 +19,10 @@ export function parseAddr(addr: string): { host: string; port: number } {
   return { host: m[1] || '127.0.0.1', port };
 }
 
-export function metricsRegistry(dp: Datapath, fpag: Fpag): Registry {
+/** A live port's own counters, as the service reports them (live-port.ts). */
+export interface LiveCounters { port: string; ppid: number; mode: string; rxMissed: number; txRingFull: number; txErrors: number }
+
+export function metricsRegistry(dp: Datapath, fpag: Fpag, live: () => LiveCounters[] = () => []): Registry {
   const reg = new Registry();
   const portName = (ppid: number) => fpag.portOf(ppid)?.name ?? String(ppid);
   const counter = (name: string, help: string, labelNames: string[], fill: (set: (labels: Record<string, string>, v: number) => void) => void) =>
@@ -34,6 +37,13 @@ export function metricsRegistry(dp: Datapath, fpag: Fpag): Registry {
   counter('fpo_port_rx_bytes_total', 'Bytes received on a port', ['port', 'ppid'], (set) => { for (const p of dp.stats().ports) set({ port: portName(p.ppid), ppid: String(p.ppid) }, p.rxBytes); });
   counter('fpo_port_tx_packets_total', 'Packets sent on a port (flood copies each count)', ['port', 'ppid'], (set) => { for (const p of dp.stats().ports) set({ port: portName(p.ppid), ppid: String(p.ppid) }, p.txPackets); });
   counter('fpo_port_tx_bytes_total', 'Bytes sent on a port', ['port', 'ppid'], (set) => { for (const p of dp.stats().ports) set({ port: portName(p.ppid), ppid: String(p.ppid) }, p.txBytes); });
+  counter('fpo_port_rx_missed_total', 'Frames the kernel dropped at a live port before fpo read them (a full rx ring: rx_missed)', ['port', 'ppid', 'mode'], (set) => { for (const l of live()) set({ port: l.port, ppid: String(l.ppid), mode: l.mode }, l.rxMissed); });
+  counter('fpo_port_tx_dropped_total', 'Frames a live port could not send (tx ring full, or refused by the kernel)', ['port', 'ppid', 'mode', 'why'], (set) => {
+    for (const l of live()) {
+      set({ port: l.port, ppid: String(l.ppid), mode: l.mode, why: 'ring-full' }, l.txRingFull);
+      set({ port: l.port, ppid: String(l.ppid), mode: l.mode, why: 'error' }, l.txErrors);
+    }
+  });
   counter('fpo_drops_total', 'Packets dropped, by reason', ['reason'], (set) => { for (const [k, v] of Object.entries(dp.stats().drops)) set({ reason: k }, v ?? 0); });
   counter('fpo_packets_total', 'Packets by where they ended: in, out (delivered), dropped', ['kind'], (set) => {
     const st = dp.stats();

@@ -45,7 +45,7 @@ import { CaptureWriter, txBufferBytes } from '../datapath/ports/capture-writer.j
 import { Fpag, type Change } from './fpag.js';
 import { LiveLoop } from './live.js';
 import { TunnelMonitor } from './monitor.js';
-import { TapPort } from '../datapath/ports/tap-port.js';
+import { openLivePort, type LivePort } from '../datapath/ports/live-port.js';
 import type { Server as HttpServer } from 'node:http';
 import { COMMANDS, claimSocketPath } from './socket.js';
 import { Connection, MAX_BODY, MAX_CLIENTS, MAX_REQUEST, TooLong, type Body } from './connection.js';
@@ -93,7 +93,8 @@ export class Service {
   private metricsServer: HttpServer | null = null;
   private monitor: TunnelMonitor | null = null;
   private readonly writers = new Map<number, CaptureWriter>();
-  private readonly taps: TapPort[] = [];
+  private readonly taps: LivePort[] = [];
+  private readonly liveRows: { port: LivePort; name: string; ppid: number }[] = [];
   private readonly live: LiveLoop;
   private readonly arena: Arena;
   private server: Server | null = null;
@@ -137,11 +138,12 @@ export class Service {
       const txBuffer = txBufferBytes(topo.ports.length);
       this.arena = new Arena(topo.ports.length * (txBuffer + 64) + 4096);
       const layout = { format: 'pcap' as const, nanos: false, interfaces: [{ linktype: LINKTYPE_ETHERNET, snaplen: 262144, tsresol: 6, tsoffset: 0 }] };
-      const live: { port: TapPort; ppid: number }[] = [];
+      const live: { port: LivePort; ppid: number }[] = [];
       for (const p of topo.ports) {
         if (p.kind === 'tap' || p.kind === 'afpacket') {
-          const tap = new TapPort(p.device, 256, p.kind);
+          const tap = openLivePort(p.device, p.kind, p.io, 256);
           this.taps.push(tap);
+          this.liveRows.push({ port: tap, name: p.name, ppid: p.ppid });
           live.push({ port: tap, ppid: p.ppid });
           this.dp.addPort(p.ppid, tap);
           continue;
@@ -203,7 +205,7 @@ export class Service {
     if (this.opts.metrics !== undefined) {
       // prom-client is loaded only when metrics are served (31-79 ms of start-up here, timed imports).
       const { metricsRegistry, serveMetrics } = await import('./metrics.js');
-      this.metricsServer = await serveMetrics(metricsRegistry(this.dp, this.fpag), this.opts.metrics);
+      this.metricsServer = await serveMetrics(metricsRegistry(this.dp, this.fpag, () => this.liveCounters()), this.opts.metrics);
       this.log.info({ metrics: this.opts.metrics }, 'metrics');
     }
     if (this.topo.tunnel?.monitor.length) {
@@ -437,12 +439,18 @@ export class Service {
     };
   }
 
+  /** Each live port's own counters: how it moves frames, what the kernel dropped before fpo, what it sent and could not send. */
+  liveCounters(): { port: string; ppid: number; device: string; mode: string; rxMissed: number; txSent: number; txRingFull: number; txErrors: number }[] {
+    return this.liveRows.map(({ port, name, ppid }) => ({ port: name, ppid, device: port.name, mode: port.mode, rxMissed: port.rxMissed, txSent: port.txPackets, txRingFull: port.txRingFull, txErrors: port.txErrors }));
+  }
+
   stats(): unknown {
     const st = this.dp.stats();
     return {
       packets: { in: st.packetsIn, out: st.delivered, dropped: st.dropped, copies: st.copies, special: st.special },
       drops: st.drops,
       ports: st.ports.map((p) => ({ name: this.fpag.portOf(p.ppid)?.name, ...p })),
+      live: this.liveCounters(),
       flows: { installed: st.flowsInstalled, active: st.flowsNow, evicted: st.flowsEvicted, expired: st.flowsExpired, upcalls: st.upcalls, emcHits: st.emcHits, megaflowHits: st.megaflowHits },
       perFlow: flowReport(this.dp, this.fpag),
       migrations: this.fpag.migrations,

@@ -73,6 +73,12 @@ const PortSchema = object({
    * attaches to with an AF_PACKET socket (both with fpo run).
    */
   kind: withDefault(oneOf(['pcap', 'tap', 'afpacket'] as const), () => 'pcap' as const),
+  /**
+   * afpacket: how frames move — `ring` (default): memory-mapped TPACKET_V3
+   * rx and tx rings, a batch per system call at most; `read`: one read()
+   * and write() a frame (the older way, kept to compare).
+   */
+  io: optional(oneOf(['ring', 'read'] as const)),
   /** The TAP device's name (default: the port's name; at most 15 characters). */
   device: optional(refine(string({ regex: /^[A-Za-z0-9._-]{1,15}$/, message: 'expected an interface name of 1 to 15 letters, digits, ".", "_", "-"' }), (d) => !/^\.+$/.test(d), 'expected an interface name that is not only dots (Linux refuses "." and "..")')),
 });
@@ -204,6 +210,8 @@ export interface Port {
   kind: 'pcap' | 'tap' | 'afpacket';
   /** TAP device name. */
   device: string;
+  /** afpacket: rings (default) or a read/write a frame. */
+  io: 'ring' | 'read';
   /** Uplinks: the segments they carry. VM ports: the segment of the attached interface. */
   segments: string[];
   /** Uplinks: the VPID the control plane gave the uplink. VM ports: none (-1). */
@@ -345,7 +353,8 @@ export function topologyFrom(json: unknown, path: string): Topology {
     });
     if (p.role === 'vm' && p.segments.length) throw bad(path, `ports[${i}].segments`, 'only uplink ports list segments; a VM port takes its interface\'s');
     if (p.kind !== 'pcap' && p.device === undefined && p.name.length > 15) throw bad(path, `ports[${i}].device`, `the port name "${p.name}" is longer than a TAP device may be (15); give a device name`);
-    ports.set(p.name, { name: p.name, ppid: p.ppid, role: p.role, kind: p.kind, device: p.device ?? p.name, segments: [...p.segments], vpid: -1 });
+    if (p.io !== undefined && p.kind !== 'afpacket') throw bad(path, `ports[${i}].io`, `"io" is for afpacket ports; this port is ${p.kind}`);
+    ports.set(p.name, { name: p.name, ppid: p.ppid, role: p.role, kind: p.kind, device: p.device ?? p.name, io: p.io ?? 'ring', segments: [...p.segments], vpid: -1 });
   });
   const interfaces: Interface[] = [];
   const taken = new Map<string, string>();

@@ -45,7 +45,7 @@ int main(int argc, char **argv) {
     unsigned s = 0; for (int j = 14; j < 34; j += 2) s += (f[j] << 8) | f[j + 1];
     while (s >> 16) s = (s & 0xffff) + (s >> 16);
     f[24] = (~s >> 8) & 0xff; f[25] = ~s & 0xff;
-    f[34] = 0x13; f[35] = 0x88 + (i & 7); f[36] = 0x13; f[37] = 0x89; /* ports 5000+i%8 -> 5001 */
+    f[34] = 0x13; f[35] = 0x88 + i; f[36] = 0x13; f[37] = 0x89; /* ports 5000+i -> 5001: BATCH flows */
     f[38] = 0; f[39] = 26;
     iov[i].iov_base = f; iov[i].iov_len = 60;
     msgs[i].msg_hdr.msg_iov = &iov[i]; msgs[i].msg_hdr.msg_iovlen = 1;

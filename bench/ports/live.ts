@@ -1,17 +1,24 @@
 /**
- * Live forwarding rate, VM to VM: 64-byte UDP frames from a sender in one
- * namespace (bench/ports/blast.c: sendmmsg batches on an AF_PACKET socket,
- * built here with the system's cc) counted by the receiving interface's
- * kernel counter in the other namespace, over SECONDS. Same topology, same
- * run:
- *   - fpo: the two VMs on TAP ports of `fpo run`;
- *   - linux-bridge: the two VMs on veth pairs into a kernel bridge (the
- *     baseline; ratio = fpo / bridge);
+ * Live forwarding rate, VM to VM: 64-byte UDP frames (64 flows) from a
+ * sender in one namespace (bench/ports/blast.c: sendmmsg batches on an
+ * AF_PACKET socket, built here with the system's cc) counted by the
+ * receiving interface's kernel counter in the other namespace, over
+ * SECONDS. Every row in the same run, on the same kind of veth pairs:
+ *   - sender-alone: the sender into a veth whose peer is the receiver — no
+ *     switch: what the sender can offer, the ceiling of every row below;
+ *   - fpo-ring: `fpo run` with both VMs on afpacket ports (the host ends of
+ *     their veths) on TPACKET_V3 rings (ring-port.ts), `--workers` 1 and 2;
+ *   - fpo-read: the same with `io: read` (a read()/write() a frame);
+ *   - fpo-tap: the VMs on TAP ports of fpo (a read()/write() a frame);
+ *   - linux-bridge: the host ends in a kernel bridge (the baseline);
  *   - ovs-netdev: Open vSwitch's userspace datapath (datapath_type=netdev)
- *     over the same veths, when Open vSwitch is installed.
- * Needs root. Prints one JSON line per switch.
+ *     over the same host ends, when Open vSwitch is installed.
+ * Each line: offered (frames the sender sent a second) beside forwarded
+ * (frames the receiver got a second), and ratio = forwarded / the bridge's
+ * forwarded (also vsOvs where OVS ran). Needs root. One JSON line per row.
  *
  *   node dist/bench/ports/live.js        (FPO_BENCH_SHORT=1: 0.5 s a run)
+ *   FPO_LIVE_ROWS=fpo-ring,linux-bridge  only those rows
  */
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -23,26 +30,85 @@ import { SHORT, emit } from '../harness.js';
 const SECONDS = SHORT ? 0.5 : 3;
 const A = '02:00:00:00:99:01';
 const B = '02:00:00:00:99:02';
+/**
+ * The receiving interface's own MAC: not B, so the receiver's kernel drops
+ * each frame as soon as it is counted (PACKET_OTHERHOST, first thing in
+ * ip_rcv) instead of running UDP and ICMP for it — in whichever context
+ * delivered it (the sender's, fpo's). Every row the same.
+ */
+const B_DEV = '02:00:00:00:99:fe';
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, '..', '..', '..');
 const sh = (cmd: string) => execFileSync('sh', ['-c', cmd], { stdio: ['ignore', 'pipe', 'pipe'] });
 const quiet = (cmd: string) => spawnSync('sh', ['-c', cmd], { stdio: 'ignore' });
+const ROWS = process.env.FPO_LIVE_ROWS?.split(',');
+const want = (row: string) => ROWS === undefined || ROWS.includes(row);
 
 function rxCount(ns: string, dev: string): number {
   return Number(execFileSync('ip', ['netns', 'exec', ns, 'cat', `/sys/class/net/${dev}/statistics/rx_packets`], { encoding: 'utf8' }).trim());
 }
 
-/** Sends from ns A for SECONDS; returns frames sent and received. */
-function blast(blaster: string, devA: string, nsB: string, devB: string): { sent: number; received: number } {
-  const before = rxCount(nsB, devB);
+interface Run { sent: number; received: number; cpuSeconds?: number }
+
+/** CPU seconds (user + system, all threads) a process has used: /proc/PID/stat fields 14 and 15, in clock ticks of 1/100 s. */
+function cpuSeconds(pid: number): number {
+  const stat = execFileSync('cat', [`/proc/${pid}/stat`], { encoding: 'utf8' });
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) / 100;
+}
+
+/** Sends from ns A's devA for SECONDS; returns frames sent and frames ns B's devB received. */
+function blast(blaster: string, devA: string, devB: string): Run {
+  const before = rxCount('fpob-b', devB);
   const out = execFileSync('ip', ['netns', 'exec', 'fpob-a', blaster, devA, A, B, String(SECONDS)], { encoding: 'utf8' });
-  const received = rxCount(nsB, devB) - before;
-  return { sent: Number(out.trim()), received };
+  return { sent: Number(out.trim()), received: rxCount('fpob-b', devB) - before };
+}
+
+/** A warm-up run (flows installed, JIT warm), then the measured one; with `pid`, the CPU time that process spent in it. */
+function measure(blaster: string, devA: string, devB: string, pid?: number): Run {
+  blast(blaster, devA, devB);
+  const cpu0 = pid !== undefined ? cpuSeconds(pid) : 0;
+  const r = blast(blaster, devA, devB);
+  return pid !== undefined ? { ...r, cpuSeconds: cpuSeconds(pid) - cpu0 } : r;
 }
 
 function cleanup(): void {
   quiet('ip netns del fpob-a; ip netns del fpob-b; ip link del fpob-br; ip link del fpob-ha; ip link del fpob-hb');
   quiet('ovs-vsctl --if-exists del-br fpob-ovs');
+}
+
+/** Two namespaces, each with a veth whose host end stays here (fpob-ha, fpob-hb), IPv6 off (no chatter). */
+function veths(): void {
+  sh('ip netns add fpob-a && ip netns add fpob-b'
+    + ' && ip link add fpob-va type veth peer name fpob-ha && ip link add fpob-vb type veth peer name fpob-hb'
+    + ' && ip link set fpob-va netns fpob-a && ip link set fpob-vb netns fpob-b'
+    + ' && sysctl -qw net.ipv6.conf.fpob-ha.disable_ipv6=1 net.ipv6.conf.fpob-hb.disable_ipv6=1'
+    + ` && ip -n fpob-a link set fpob-va address ${A} up && ip -n fpob-b link set fpob-vb address ${B_DEV} up`
+    + ' && ip link set fpob-ha up && ip link set fpob-hb up');
+}
+
+async function runFpo(dir: string, ports: object[], workers: number, body: (pid: number) => Run | void): Promise<Run | void> {
+  const topo = join(dir, 'topology.json');
+  writeFileSync(topo, JSON.stringify({
+    name: 'live', ports,
+    segments: [{ name: 's' }],
+    nodes: [{ name: 'a', interfaces: [{ name: 'a0', mac: A, segment: 's', port: 'pa' }] }, { name: 'b', interfaces: [{ name: 'b0', mac: B, segment: 's', port: 'pb' }] }],
+  }));
+  const sock = join(dir, 'fpo.sock');
+  rmSync(sock, { force: true });
+  const args = [join(root, 'dist', 'control', 'cli.js'), 'run', '-t', topo, '-s', sock, '-o', join(dir, 'out'), '--state', join(dir, `state-${Date.now()}.json`)];
+  if (workers > 1) args.push('--workers', String(workers));
+  const fpo = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  fpo.stderr.on('data', (d) => (err += d));
+  for (let i = 0; i < 200 && !existsSync(sock) && fpo.exitCode === null; i++) await new Promise((r) => setTimeout(r, 50));
+  if (!existsSync(sock)) throw new Error(`fpo run did not start: ${err}`);
+  try {
+    return body(fpo.pid!);
+  } finally {
+    fpo.kill('SIGTERM');
+    await new Promise((r) => fpo.on('exit', r));
+  }
 }
 
 async function main(): Promise<void> {
@@ -51,57 +117,76 @@ async function main(): Promise<void> {
   const blaster = join(dir, 'blast');
   execFileSync('cc', ['-O2', '-o', blaster, join(root, 'bench', 'ports', 'blast.c')]);
   cleanup();
+  const results: Record<string, Run> = {};
   try {
-    const results: Record<string, { sent: number; received: number }> = {};
-
-    // fpo: two TAP ports, one in each namespace.
-    const topo = join(dir, 'topology.json');
-    writeFileSync(topo, JSON.stringify({
-      name: 'live', ports: [{ name: 'pa', ppid: 11, kind: 'tap', device: 'fpob-ta' }, { name: 'pb', ppid: 12, kind: 'tap', device: 'fpob-tb' }],
-      segments: [{ name: 's' }],
-      nodes: [{ name: 'a', interfaces: [{ name: 'a0', mac: A, segment: 's', port: 'pa' }] }, { name: 'b', interfaces: [{ name: 'b0', mac: B, segment: 's', port: 'pb' }] }],
-    }));
-    const sock = join(dir, 'fpo.sock');
-    const fpo = spawn(process.execPath, [join(root, 'dist', 'control', 'cli.js'), 'run', '-t', topo, '-s', sock, '-o', dir], { stdio: 'ignore' });
-    for (let i = 0; i < 200 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 50));
-    sh('ip netns add fpob-a && ip netns add fpob-b && ip link set fpob-ta netns fpob-a && ip link set fpob-tb netns fpob-b'
-      + ` && ip -n fpob-a link set fpob-ta address ${A} up && ip -n fpob-b link set fpob-tb address ${B} up`);
-    blast(blaster, 'fpob-ta', 'fpob-b', 'fpob-tb'); // warm-up: flows installed, JIT warm
-    results.fpo = blast(blaster, 'fpob-ta', 'fpob-b', 'fpob-tb');
-    fpo.kill('SIGTERM');
-    await new Promise((r) => fpo.on('exit', r));
-    cleanup();
-
-    // Linux bridge over veths.
-    sh('ip netns add fpob-a && ip netns add fpob-b && ip link add fpob-br type bridge && ip link set fpob-br up'
-      + ' && ip link add fpob-va type veth peer name fpob-ha && ip link add fpob-vb type veth peer name fpob-hb'
-      + ' && ip link set fpob-va netns fpob-a && ip link set fpob-vb netns fpob-b'
-      + ` && ip -n fpob-a link set fpob-va address ${A} up && ip -n fpob-b link set fpob-vb address ${B} up`
-      + ' && ip link set fpob-ha master fpob-br up && ip link set fpob-hb master fpob-br up');
-    blast(blaster, 'fpob-va', 'fpob-b', 'fpob-vb');
-    results['linux-bridge'] = blast(blaster, 'fpob-va', 'fpob-b', 'fpob-vb');
-
-    // Open vSwitch's userspace datapath, when installed; its daemons are started (and stopped) here if not running.
-    const ovsCtl = '/usr/share/openvswitch/scripts/ovs-ctl';
-    let startedOvs = false;
-    if (spawnSync('ovs-vsctl', ['--timeout=2', 'show'], { stdio: 'ignore' }).status !== 0 && existsSync(ovsCtl)) {
-      quiet(`${ovsCtl} --no-ovs-vswitchd start --system-id=random && ${ovsCtl} --no-ovsdb-server --no-monitor start`);
-      startedOvs = true;
+    if (want('sender-alone')) {
+      // The sender into a veth straight to the receiver: its rate with no switch between.
+      sh('ip netns add fpob-a && ip netns add fpob-b && ip link add fpob-va type veth peer name fpob-vb'
+        + ' && ip link set fpob-va netns fpob-a && ip link set fpob-vb netns fpob-b'
+        + ` && ip -n fpob-a link set fpob-va address ${A} up && ip -n fpob-b link set fpob-vb address ${B_DEV} up`);
+      results['sender-alone'] = measure(blaster, 'fpob-va', 'fpob-vb');
+      cleanup();
     }
-    if (spawnSync('ovs-vsctl', ['--timeout=2', 'show'], { stdio: 'ignore' }).status === 0) {
-      sh('ip link set fpob-ha nomaster && ip link set fpob-hb nomaster'
-        + ' && ovs-vsctl add-br fpob-ovs -- set bridge fpob-ovs datapath_type=netdev'
-        + ' && ovs-vsctl add-port fpob-ovs fpob-ha && ovs-vsctl add-port fpob-ovs fpob-hb');
-      blast(blaster, 'fpob-va', 'fpob-b', 'fpob-vb');
-      results['ovs-netdev'] = blast(blaster, 'fpob-va', 'fpob-b', 'fpob-vb');
-      quiet('ovs-vsctl --if-exists del-br fpob-ovs');
-    }
-    if (startedOvs) quiet(`${ovsCtl} stop`);
 
-    const base = results['linux-bridge'].received;
+    const vethPorts = (io: 'ring' | 'read') => [
+      { name: 'pa', ppid: 11, kind: 'afpacket', device: 'fpob-ha', io }, { name: 'pb', ppid: 12, kind: 'afpacket', device: 'fpob-hb', io }];
+    for (const [row, io, workers] of [['fpo-ring', 'ring', 1], ['fpo-read', 'read', 1]] as const) {
+      if (!want(row)) continue;
+      veths();
+      const r = await runFpo(dir, vethPorts(io), workers, (pid) => measure(blaster, 'fpob-va', 'fpob-vb', pid));
+      if (r) results[row] = r;
+      cleanup();
+    }
+
+    if (want('fpo-tap')) {
+      // fpo creates the TAPs; they are moved into the namespaces once it runs.
+      const ports = [{ name: 'pa', ppid: 11, kind: 'tap', device: 'fpob-ta' }, { name: 'pb', ppid: 12, kind: 'tap', device: 'fpob-tb' }];
+      const r = await runFpo(dir, ports, 1, (pid) => {
+        sh('ip netns add fpob-a && ip netns add fpob-b && ip link set fpob-ta netns fpob-a && ip link set fpob-tb netns fpob-b'
+          + ` && ip -n fpob-a link set fpob-ta address ${A} up && ip -n fpob-b link set fpob-tb address ${B_DEV} up`);
+        return measure(blaster, 'fpob-ta', 'fpob-tb', pid);
+      });
+      if (r) results['fpo-tap'] = r;
+      cleanup();
+    }
+
+    if (want('linux-bridge') || want('ovs-netdev')) {
+      veths();
+      sh('ip link add fpob-br type bridge && ip link set fpob-br up && ip link set fpob-ha master fpob-br && ip link set fpob-hb master fpob-br');
+      if (want('linux-bridge')) results['linux-bridge'] = measure(blaster, 'fpob-va', 'fpob-vb');
+      // Open vSwitch's userspace datapath, when installed; its daemons are started (and stopped) here if not running.
+      const ovsCtl = '/usr/share/openvswitch/scripts/ovs-ctl';
+      let startedOvs = false;
+      if (want('ovs-netdev') && spawnSync('ovs-vsctl', ['--timeout=2', 'show'], { stdio: 'ignore' }).status !== 0 && existsSync(ovsCtl)) {
+        quiet(`${ovsCtl} --no-ovs-vswitchd start --system-id=random && ${ovsCtl} --no-ovsdb-server --no-monitor start`);
+        startedOvs = true;
+      }
+      if (want('ovs-netdev') && spawnSync('ovs-vsctl', ['--timeout=2', 'show'], { stdio: 'ignore' }).status === 0) {
+        sh('ip link set fpob-ha nomaster && ip link set fpob-hb nomaster'
+          + ' && ovs-vsctl add-br fpob-ovs -- set bridge fpob-ovs datapath_type=netdev'
+          + ' && ovs-vsctl add-port fpob-ovs fpob-ha && ovs-vsctl add-port fpob-ovs fpob-hb');
+        results['ovs-netdev'] = measure(blaster, 'fpob-va', 'fpob-vb');
+        quiet('ovs-vsctl --if-exists del-br fpob-ovs');
+      }
+      if (startedOvs) quiet(`${ovsCtl} stop`);
+    }
+
+    const base = results['linux-bridge']?.received;
+    const ovs = results['ovs-netdev']?.received;
+    const ring1 = results['fpo-ring']?.received;
     for (const [name, r] of Object.entries(results)) {
-      // Same SECONDS for every switch: the ratio of rates is the ratio of frames received.
-      emit({ bench: 'ports/live', switch: name, frameBytes: 64, seconds: SECONDS, sent: r.sent, received: r.received, pps: Math.round(r.received / SECONDS), baseline: 'linux-bridge', ratio: Number((r.received / base).toFixed(3)) });
+      // Same SECONDS for every row: a ratio of rates is the ratio of frames received.
+      emit({
+        bench: 'ports/live', switch: name, frameBytes: 64, seconds: SECONDS, sent: r.sent, received: r.received,
+        offeredPps: Math.round(r.sent / SECONDS), pps: Math.round(r.received / SECONDS), took: Number((r.received / Math.max(1, r.sent)).toFixed(3)),
+        baseline: base !== undefined ? 'linux-bridge' : undefined, ratio: base !== undefined ? Number((r.received / base).toFixed(3)) : undefined,
+        vsOvs: ovs !== undefined ? Number((r.received / ovs).toFixed(3)) : undefined,
+        // fpo's own CPU time in the measured run, and frames forwarded per second of it: its rate were it
+        // given a whole core (the sender and fpo share this machine's two).
+        fpoCpuSeconds: r.cpuSeconds !== undefined ? Number(r.cpuSeconds.toFixed(2)) : undefined,
+        ppsPerFpoCore: r.cpuSeconds ? Math.round(r.received / r.cpuSeconds) : undefined,
+        vsOneWorker: name === 'fpo-ring-2w' && ring1 !== undefined ? Number((r.received / ring1).toFixed(3)) : undefined,
+      });
     }
   } finally {
     cleanup();

@@ -1,6 +1,7 @@
 /**
  * The few libc calls the live ports need, through koffi (a prebuilt FFI, no
- * compiler at install): open, ioctl, read, write, poll, close, and errno.
+ * compiler at install): open, ioctl, read, write, poll, close, errno, and
+ * for ring ports mmap (port-memory.ts), send and getsockopt.
  * Chosen over a native addon because it installs from the registry as is
  * and a call costs ~0.4 µs here (measured: a non-blocking read of an empty
  * TAP, 440 ns), small next to the syscall itself.
@@ -26,6 +27,14 @@ export interface Libc {
   sendto(fd: number, buf: Uint8Array, n: number, flags: number, addr: Buffer, addrLen: number): number;
   /** Attaches a classic BPF program (SO_ATTACH_FILTER): [code, jt, jf, k] per instruction. Returns setsockopt's result. */
   attachFilter(fd: number, prog: [number, number, number, number][]): number;
+  /** Reserves `len` bytes of address space (PROT_NONE, no memory behind it); returns its address and an ArrayBuffer over it (port-memory.ts). */
+  reserve(len: number): { base: bigint; bytes: ArrayBuffer } | null;
+  /** mmap(addr, …, MAP_FIXED | flags): places a mapping at `addr` (inside a reservation). Returns whether it worked. */
+  mapFixed(addr: bigint, len: number, prot: number, flags: number, fd: number): boolean;
+  /** send(fd, NULL, 0, flags): an AF_PACKET socket sends what its tx ring holds. */
+  sendRing(fd: number, flags: number): number;
+  /** getsockopt(fd, level, name, val, &len): returns the length written, or -1. */
+  getsockopt(fd: number, level: number, name: number, val: Buffer): number;
 }
 
 let cached: Libc | null = null;
@@ -40,6 +49,10 @@ export function libc(): Libc {
   const setScheduler = lib.func('int sched_setscheduler(int pid, int policy, const uint8_t *param)');
   const SockFilter = koffi.struct('sock_filter', { code: 'uint16', jt: 'uint8', jf: 'uint8', k: 'uint32' });
   const SockFprog = koffi.struct('sock_fprog', { len: 'uint16', filter: 'void *' });
+  const mmapPtr = lib.func('void *mmap(void *addr, size_t len, int prot, int flags, int fd, long off)');
+  const mmapAt = lib.func('uintptr_t mmap(uintptr_t addr, size_t len, int prot, int flags, int fd, long off)');
+  const sendNull = lib.func('long send(int fd, void *buf, unsigned long n, int flags)');
+  const getsockopt = lib.func('int getsockopt(int fd, int level, int name, _Out_ uint8_t *val, _Inout_ uint32_t *len)');
   const setsockoptFprog = lib.func('int setsockopt(int fd, int level, int name, const sock_fprog *val, unsigned int len)');
   cached = {
     open: lib.func('int open(const char *path, int flags)') as Libc['open'],
@@ -59,6 +72,21 @@ export function libc(): Libc {
       return setScheduler(0, policy, param) as number;
     },
     sendto: lib.func('long sendto(int fd, const uint8_t *buf, unsigned long n, int flags, const uint8_t *addr, unsigned int len)') as Libc['sendto'],
+    reserve: (len) => {
+      const p = mmapPtr(null, len, 0 /* PROT_NONE */, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+      const base = BigInt(koffi.address(p));
+      if (p === null || base === 0xffffffffffffffffn) return null;
+      return { base, bytes: koffi.view(p, len) };
+    },
+    mapFixed: (addr, len, prot, flags, fd) => {
+      const r = mmapAt(addr, len, prot, flags | MAP_FIXED, fd, 0) as number | bigint;
+      return BigInt(r) === addr;
+    },
+    sendRing: (fd, flags) => sendNull(fd, null, 0, flags) as number,
+    getsockopt: (fd, level, name, val) => {
+      const len = [val.length];
+      return getsockopt(fd, level, name, val, len) < 0 ? -1 : len[0];
+    },
     attachFilter: (fd, prog) => {
       // struct sock_fprog points at the instructions: they live in memory koffi allocates (and
       // the kernel copies at attach, so it may be freed after).
@@ -78,3 +106,10 @@ export const O_RDWR = 2;
 export const O_NONBLOCK = 0x800;
 export const EAGAIN = 11;
 export const POLLIN = 1;
+export const PROT_READ_WRITE = 3;
+export const MAP_SHARED = 0x01;
+export const MAP_PRIVATE = 0x02;
+export const MAP_FIXED = 0x10;
+export const MAP_ANONYMOUS = 0x20;
+export const MAP_NORESERVE = 0x4000;
+export const MSG_DONTWAIT = 0x40;

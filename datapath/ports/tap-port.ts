@@ -6,29 +6,25 @@
  *     an uplink): every frame the interface receives, none it sends.
  *
  * rx: `fill` drains up to a batch of frames per call with non-blocking reads
- * into preallocated slots (one 2 KiB slot a packet, views made once at
- * start, so a read allocates nothing); it stops at EAGAIN. tx: one write a
- * frame (a TAP takes one frame per write). The live loop (control/live.ts)
+ * into preallocated slots (one 2 KiB slot a packet in port memory, views
+ * made once at start, so a read allocates nothing); it stops at EAGAIN. tx:
+ * one write a frame (a TAP takes one frame per write). For AF_PACKET, the
+ * ring port (ring-port.ts) is the fast way; this one is `io: read`. The live loop (control/live.ts)
  * calls fill on every port and sleeps in poll() when all are idle.
  */
 import { PacketBatch } from '../batch.js';
 import { FpoError } from '../errors.js';
 import { D } from '../drops.js';
 import type { Encap } from '../actions/encap.js';
-import { TX_PLAIN, vlanDelta, vlanHeader } from '../actions/vlan.js';
+import { TX_PLAIN } from '../actions/vlan.js';
+import { ENCAP_MAX, writeFrame } from './frame-out.js';
+import { PortMemory } from './port-memory.js';
 import { EAGAIN, O_NONBLOCK, O_RDWR, libc } from './libc.js';
 
 const TUNSETIFF = 0x400454ca;
 const IFF_TAP = 0x0002;
 const IFF_NO_PI = 0x1000;
 export const SLOT = 2048;
-
-/**
- * Per rx buffer of a TAP port, its slot views (made once): a frame read by
- * one TAP is written to another straight from its slot, with no copy and no
- * view made per packet.
- */
-const SLOT_VIEWS = new WeakMap<Uint8Array, Buffer[]>();
 
 const AF_PACKET = 17;
 const SOCK_RAW = 3;
@@ -42,13 +38,21 @@ export class TapPort {
   readonly fd: number;
   /** 'tap' or 'afpacket'. */
   readonly kind: 'tap' | 'afpacket';
+  readonly mode = 'read-write';
+  /** A TAP and a plain AF_PACKET socket do not count the frames they could not queue for fpo. */
+  readonly rxMissed = 0;
+  readonly txRingFull = 0;
   /** Frames read / written / failed writes (the kernel side down or its queue full). */
   rxPackets = 0;
   txPackets = 0;
   txErrors = 0;
-  private readonly rx: Buffer;
+  private readonly mem: PortMemory;
+  /** Where the rx slots start in port memory, and the tx buffer. */
+  private readonly rxAt: number;
   private readonly rxSlots: Buffer[];
-  private readonly txBuf = Buffer.alloc(SLOT + 128);
+  private readonly txAt: number;
+  private readonly txView: Buffer;
+  private readonly memLen: number;
 
   constructor(name: string, batchCapacity: number, kind: 'tap' | 'afpacket' = 'tap') {
     if (!/^[A-Za-z0-9._-]{1,15}$/.test(name)) throw new FpoError('FPO_ERR_USAGE', `${kind} device "${name}": 1 to 15 letters, digits, ".", "_", "-"`);
@@ -56,10 +60,21 @@ export class TapPort {
     const fd = kind === 'tap' ? TapPort.openTap(name) : TapPort.openPacket(name);
     this.name = name;
     this.fd = fd;
-    this.rx = Buffer.alloc(batchCapacity * SLOT);
-    this.rx.fill(0);
-    this.rxSlots = Array.from({ length: batchCapacity }, (_, i) => this.rx.subarray(i * SLOT, (i + 1) * SLOT));
-    SLOT_VIEWS.set(this.rx, this.rxSlots);
+    // rx slots and the tx buffer in port memory (port-memory.ts): a frame from a ring port's block is
+    // copied into the tx buffer with copyWithin, and a frame from another TAP written straight from its slot.
+    this.mem = PortMemory.get();
+    this.memLen = (batchCapacity + 1) * SLOT + ENCAP_MAX;
+    try {
+      this.rxAt = this.mem.anon(this.memLen, `${kind} ${name}`);
+    } catch (e) {
+      libc().close(fd);
+      throw e;
+    }
+    const b = this.mem.bytes;
+    this.rxSlots = Array.from({ length: batchCapacity }, (_, i) => Buffer.from(b.buffer, b.byteOffset + this.rxAt + i * SLOT, SLOT));
+    this.rxSlots.forEach((v, i) => this.mem.slots.set(this.rxAt + i * SLOT, v));
+    this.txAt = this.rxAt + batchCapacity * SLOT;
+    this.txView = Buffer.from(b.buffer, b.byteOffset + this.txAt, SLOT + ENCAP_MAX);
   }
 
   // Slow path: AF_PACKET socket bound to an existing interface, non-blocking, not seeing its own sends.
@@ -67,7 +82,9 @@ export class TapPort {
     const c = libc();
     const ifindex = c.ifNameToIndex(name);
     if (ifindex === 0) throw new FpoError('FPO_ERR_IO', `afpacket ${name}: no such interface`);
-    const fd = c.socket(AF_PACKET, SOCK_RAW | SOCK_NONBLOCK, ETH_P_ALL_BE);
+    // Protocol 0: the socket takes no frame until bind names the interface and ETH_P_ALL. A socket opened
+    // with ETH_P_ALL takes every interface's frames until it is bound: other links' traffic in the ring.
+    const fd = c.socket(AF_PACKET, SOCK_RAW | SOCK_NONBLOCK, 0);
     if (fd < 0) throw new FpoError('FPO_ERR_IO', `afpacket ${name}: socket failed (errno ${c.errno()}); fpo needs root for AF_PACKET ports`);
     const one = Buffer.alloc(4);
     one.writeInt32LE(1, 0);
@@ -103,14 +120,14 @@ export class TapPort {
   /** Fast path: reads up to a batch of frames; returns how many. */
   fill(batch: PacketBatch, ppid: number, nowUs: number): number {
     const c = libc();
-    batch.batchSetBuffer(this.rx);
+    batch.batchSetBuffer(this.mem.bytes);
     batch.rawPcapLE = false;
     const cap = batch.capacity;
     let n = 0;
     while (n < cap) {
       const r = c.read(this.fd, this.rxSlots[n], SLOT);
       if (r <= 0) break; // EAGAIN: drained (or the device went away)
-      batch.off[n] = n * SLOT;
+      batch.off[n] = this.rxAt + n * SLOT;
       batch.caplen[n] = r;
       batch.wirelen[n] = r;
       batch.tsA[n] = Math.floor(nowUs / 1e6);
@@ -130,34 +147,22 @@ export class TapPort {
   /** Writes packets idx[from .. from + n); encapsulated copies get their outer headers first. */
   writeBatch(batch: PacketBatch, idx: Uint16Array, from: number, n: number, enc?: Int32Array, encap?: Encap): void {
     const c = libc();
-    const src = batch.buf;
-    const slots = SLOT_VIEWS.get(src);
+    const slots = this.mem.slots;
+    const fromPortMemory = batch.buf === this.mem.bytes;
     for (let j = from; j < from + n; j++) {
       const i = idx[j];
-      const off = batch.off[i];
-      const len = batch.caplen[i];
-      const e = enc !== undefined ? enc[j] : -1;
+      const e = enc !== undefined ? enc[j] : TX_PLAIN;
+      const slot = e === TX_PLAIN && fromPortMemory ? slots.get(batch.off[i]) : undefined;
       let r: number;
-      if (e === TX_PLAIN && slots !== undefined && off % SLOT === 0) {
+      if (slot !== undefined) {
         // Fast path: straight from the rx slot of the TAP it came in on.
-        r = c.write(this.fd, slots[off / SLOT], len);
+        r = c.write(this.fd, slot, batch.caplen[i]);
       } else {
-        // Slow path: encapsulation, a VLAN tag pushed or popped (vlan.ts), or a packet
-        // from a capture (inject) — through the tx buffer.
-        const out = this.txBuf;
-        let hl = 0;
-        if (e >= 0 && encap !== undefined) hl = encap.write(out, 0, e >> 1, (e & 1) === 1, batch.wirelen[i], batch.hash[i]);
-        const delta = e < TX_PLAIN ? vlanDelta(src, off, len, e) : 0;
-        if (hl + len + delta > out.length) { this.txErrors++; continue; }
-        out.set(src.subarray(off, off + len), hl);
-        if (e < TX_PLAIN) {
-          // The tag in or out by moving the bytes after the MACs within the tx buffer.
-          if (delta > 0) out.copyWithin(16, 12, len);
-          else if (delta < 0) out.copyWithin(12, 16, len);
-          vlanHeader(out, 0, e, delta, len);
-        }
-        if (e >= 0 && encap !== undefined) encap.finish(out, 0, e >> 1, hl, len);
-        r = c.write(this.fd, out, hl + len + delta);
+        // A frame from a ring port's block, with encapsulation or a VLAN tag pushed or popped,
+        // or from a capture (inject): one copy into the tx buffer (frame-out.ts).
+        const len = writeFrame(this.mem.bytes, this.txAt, SLOT + ENCAP_MAX, batch, i, e, encap);
+        if (len < 0) { this.txErrors++; continue; }
+        r = c.write(this.fd, this.txView, len);
       }
       if (r < 0) this.txErrors++;
       else this.txPackets++;
@@ -166,6 +171,8 @@ export class TapPort {
 
   close(): void {
     libc().close(this.fd);
+    for (let i = 0; i < this.rxSlots.length; i++) this.mem.slots.delete(this.rxAt + i * SLOT);
+    this.mem.release(this.rxAt, this.memLen);
   }
 }
 

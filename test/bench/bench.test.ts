@@ -108,20 +108,27 @@ describe('benchmarks (short mode)', () => {
     expect(thread.ratio).toBe(ratioOf(thread.setupsPerSec, thread.baselineSetupsPerSec, 3));
   }, 300_000);
 
-  it('ports/live prints fpo and Linux bridge forwarding rates between namespaces (root)', (ctx) => {
+  it('ports/live prints the sender alone, fpo on rings, on read/write and on TAP, the Linux bridge and OVS, offered beside forwarded (root)', (ctx) => {
     needRoot(ctx, 'ports/live makes namespaces');
     needTool(ctx, 'cc', 'builds the sender');
     needTool(ctx, 'ovs-vsctl', 'Open vSwitch\'s userspace datapath is the other baseline');
     const lines = runBench('ports/live.js');
-    const names = lines.map((l) => l.switch);
-    expect(names).toContain('fpo');
-    expect(names).toContain('linux-bridge');
-    expect(names).toContain('ovs-netdev');
+    expect(lines.map((l) => l.switch).sort()).toEqual(['fpo-read', 'fpo-ring', 'fpo-tap', 'linux-bridge', 'ovs-netdev', 'sender-alone']);
     const bridge = lines.find((l) => l.switch === 'linux-bridge')!;
+    const ovs = lines.find((l) => l.switch === 'ovs-netdev')!;
     for (const l of lines) {
       expect(l.bench).toBe('ports/live');
       expect(l.received).toBeGreaterThan(0);
+      expect(l.offeredPps).toBe(Math.round((l.sent as number) / (l.seconds as number)));
+      expect(l.pps).toBe(Math.round((l.received as number) / (l.seconds as number)));
+      expect(l.took).toBe(ratioOf(l.received, l.sent, 3));
       expect(l.ratio).toBe(ratioOf(l.received, bridge.received, 3));
+      expect(l.vsOvs).toBe(ratioOf(l.received, ovs.received, 3));
+      // fpo's rows carry its CPU time and the rate per CPU second worked out from it; the others do not.
+      if (String(l.switch).startsWith('fpo')) {
+        expect(l.fpoCpuSeconds).toBeGreaterThan(0);
+        expect(Math.abs((l.ppsPerFpoCore as number) - (l.received as number) / (l.fpoCpuSeconds as number))).toBeLessThan((l.received as number) / (l.fpoCpuSeconds as number) * 0.01 + 1);
+      } else expect(l.fpoCpuSeconds).toBeUndefined();
     }
   }, 300_000);
 

@@ -10,7 +10,8 @@ const SOCK = '/tmp/fpo-lab-lab1/fpo.sock';
 
 /** Root and iproute2 are needed; under CI=true their absence fails instead of skipping. */
 function canRun(ctx: Skippable): void {
-  needRoot(ctx, 'the lab makes namespaces and TAP devices');
+  needRoot(ctx, 'the lab makes namespaces and veth pairs');
+  needTool(ctx, 'ethtool', 'turns the VM ends\' checksum offload off');
   needTool(ctx, 'ip', 'creates the namespaces');
   needTool(ctx, 'ping', 'the VMs ping each other');
 }
@@ -22,7 +23,7 @@ afterAll(() => {
   cleanTemp();
 });
 
-describe('fpo lab: VMs in namespaces on TAP ports', () => {
+describe('fpo lab: VMs in namespaces on veth pairs, fpo on their host ends with ring ports', () => {
   it('VMs ping across fpo within a segment, ARP resolves, segments stay apart; a TCP transfer arrives intact; a migration during a ping loses only what is in flight and rewrites no flow; down removes all it made', async (ctx) => {
     canRun(ctx);
     const up = runCli(['lab', 'up', LAB]);
@@ -52,7 +53,7 @@ describe('fpo lab: VMs in namespaces on TAP ports', () => {
       expect(client.stdout.trim()).toMatch(/^4194304 [0-9a-f]{64}$/);
       expect(serverOut.trim().split('\n').at(-1)).toBe(client.stdout.trim());
 
-      // Migration: vm2 pings vm1 every 50 ms; vm1's interface moves to the spare TAP port.
+      // Migration: vm2 pings vm1 every 50 ms; vm1's interface moves to the spare port.
       const ping = spawn('ip', ['netns', 'exec', 'fpo-lab1-vm2', 'ping', '-c', '60', '-i', '0.05', '-W', '1', '10.50.0.1']);
       let pingOut = '';
       ping.stdout.on('data', (d) => (pingOut += d));

@@ -11,7 +11,7 @@ import { ROOT, needRoot, needTool, runCli, tempDir, cleanTemp } from '../../help
 const dir = tempDir('tapbig');
 const LAB = join(dir, 'lab.json');
 writeFileSync(LAB, JSON.stringify({
-  name: 'tapbig', out: join(dir, 'run'),
+  name: 'tapbig', out: join(dir, 'run'), ports: 'tap', // the TAP port's slot is what this test is about
   segments: [{ name: 's' }],
   vms: [
     { name: 'a', segment: 's', ip: '10.71.0.1/24', mac: '02:00:00:00:71:01' },

@@ -1,0 +1,303 @@
+/**
+ * RingPort: an AF_PACKET socket on an existing interface (a veth end, an
+ * uplink) with memory-mapped rings, as the kernel's packet_mmap.rst
+ * describes and Open vSwitch's netdev-linux and DPDK's af_packet PMD use:
+ *
+ *   rx: a TPACKET_V3 ring of blocks. The kernel fills a block with frames
+ *       and hands it over (block status TP_STATUS_USER) when it is full or
+ *       RETIRE_MS passed; `fill` walks the frames in place — batch.buf is
+ *       port memory (port-memory.ts) and off[i] points into the block, so rx
+ *       copies nothing — and gives a block back (status 0) at the next
+ *       fill, when the batch that used its frames has been processed. No
+ *       system call per frame, none at all while blocks are ready.
+ *   tx: a ring of frame slots. writeBatch copies each frame once (rx block
+ *       → tx slot, copyWithin inside port memory, with the encap or VLAN
+ *       change of its copy: frame-out.ts), marks it TP_STATUS_SEND_REQUEST,
+ *       and sends the lot with one send() per batch. A slot the kernel still
+ *       holds is a full ring: that frame is dropped and counted
+ *       (txRingFull), never lost silently.
+ *   overload: when fpo falls behind, the kernel finds no free block and
+ *       drops at the ring, counting it (PACKET_STATISTICS tp_drops): the
+ *       NIC's rx_missed, reported as rxMissed. fpo keeps forwarding at its
+ *       own rate instead of spending it on frames it would lose later.
+ *
+ * VLAN: the kernel takes an 802.1Q/802.1ad tag out of the frame before any
+ * packet socket sees it (hardware or software rx VLAN offload) and reports
+ * it beside the frame (TP_STATUS_VLAN_VALID, tp_vlan_tci, tp_vlan_tpid). A
+ * switch must see the frame as it was on the wire, so fill puts the tag back
+ * in place: the 12 MAC bytes move 4 back into the header room before the
+ * frame (14 bytes there: tp_mac is 82 for a 68-byte V3 header) and the tag
+ * goes between — 12 bytes moved, no copy of the frame.
+ */
+import type { PacketBatch } from '../batch.js';
+import { D } from '../drops.js';
+import { FpoError } from '../errors.js';
+import type { Encap } from '../actions/encap.js';
+import { writeFrame } from './frame-out.js';
+import { MSG_DONTWAIT, libc } from './libc.js';
+import { PortMemory } from './port-memory.js';
+
+const AF_PACKET = 17;
+const SOCK_RAW = 3;
+const SOCK_NONBLOCK = 0x800;
+const ETH_P_ALL_BE = 0x0300; // htons(ETH_P_ALL)
+const SOL_PACKET = 263;
+const PACKET_RX_RING = 5;
+const PACKET_STATISTICS = 6;
+const PACKET_VERSION = 10;
+const PACKET_TX_RING = 13;
+const PACKET_IGNORE_OUTGOING = 23;
+const TPACKET_V3 = 2;
+
+const TP_STATUS_USER = 1;
+const TP_STATUS_VLAN_VALID = 0x10;
+const TP_STATUS_VLAN_TPID_VALID = 0x40;
+const TP_STATUS_AVAILABLE = 0;
+const TP_STATUS_SEND_REQUEST = 1;
+const TP_STATUS_WRONG_FORMAT = 4;
+
+// struct tpacket_block_desc: version, offset_to_priv, then tpacket_hdr_v1.
+const BLK_STATUS = 8;
+const BLK_NUM_PKTS = 12;
+const BLK_FIRST = 16;
+// struct tpacket3_hdr.
+const H_NEXT = 0;
+const H_SEC = 4;
+const H_NSEC = 8;
+const H_SNAPLEN = 12;
+const H_LEN = 16;
+const H_STATUS = 20;
+const H_MAC = 24;
+const H_VLAN_TCI = 32;
+const H_VLAN_TPID = 36;
+/** tx: a V3 frame's data starts after the header (TPACKET3_HDRLEN - sizeof(sockaddr_ll)). */
+const TX_DATA = 48;
+/** Smallest tp_mac with room for a tag put back (the 68-byte header plus 4). */
+const VLAN_ROOM = 72;
+
+export interface RingOptions {
+  /** rx: bytes per block (a page multiple; the largest frame must fit) and blocks. */
+  rxBlockBytes?: number;
+  rxBlocks?: number;
+  /** A block is handed over at most this long after its first frame (ms). */
+  retireMs?: number;
+  /** tx: bytes per frame slot (header + data, a multiple of 16) and slots. */
+  txFrameBytes?: number;
+  txFrames?: number;
+}
+
+export class RingPort {
+  readonly name: string;
+  readonly fd: number;
+  readonly kind = 'afpacket' as const;
+  /** How frames move: reported by `fpo ctl show` and the metrics. */
+  readonly mode = 'tpacket-v3';
+  rxPackets = 0;
+  txPackets = 0;
+  /** Frames the kernel refused from the tx ring (TP_STATUS_WRONG_FORMAT) or that did not fit a slot. */
+  txErrors = 0;
+  /** Frames dropped because every tx slot was still the kernel's. */
+  txRingFull = 0;
+  /** send() calls that failed (the link down: frames stay in the ring, sent by a later send). */
+  txSendErrors = 0;
+  /** Tags put back in front of frames the kernel had untagged. */
+  rxVlanRestored = 0;
+  private rxMissedSoFar = 0;
+
+  private readonly mem: PortMemory;
+  private readonly bytes: Uint8Array;
+  private readonly dv: DataView;
+  private readonly at: number;
+  private readonly mapLen: number;
+  private readonly blockBytes: number;
+  private readonly blocks: number;
+  private readonly txAt: number;
+  private readonly txFrameBytes: number;
+  private readonly txFrames: number;
+  private readonly statsBuf = Buffer.alloc(12);
+
+  // rx position: the block being read, the next frame in it, frames left in it.
+  private block = 0;
+  private pkt = 0;
+  private left = 0;
+  private inBlock = false;
+  /** Blocks before `block` not yet given back (from `release`, in ring order). */
+  private release = 0;
+  private txHead = 0;
+
+  constructor(name: string, opts: RingOptions = {}) {
+    if (!/^[A-Za-z0-9._-]{1,15}$/.test(name)) throw new FpoError('FPO_ERR_USAGE', `afpacket device "${name}": 1 to 15 letters, digits, ".", "_", "-"`);
+    this.name = name;
+    this.blockBytes = opts.rxBlockBytes ?? 1 << 18;
+    this.blocks = opts.rxBlocks ?? 32;
+    this.txFrameBytes = opts.txFrameBytes ?? 2048;
+    this.txFrames = opts.txFrames ?? 1024;
+    const retireMs = opts.retireMs ?? 1;
+    const c = libc();
+    const ifindex = c.ifNameToIndex(name);
+    if (ifindex === 0) throw new FpoError('FPO_ERR_IO', `afpacket ${name}: no such interface`);
+    // Protocol 0: the socket takes no frame until bind names the interface and ETH_P_ALL. A socket opened
+    // with ETH_P_ALL takes every interface's frames until it is bound: other links' traffic in the ring.
+    const fd = c.socket(AF_PACKET, SOCK_RAW | SOCK_NONBLOCK, 0);
+    if (fd < 0) throw new FpoError('FPO_ERR_IO', `afpacket ${name}: socket failed (errno ${c.errno()}); fpo needs root for AF_PACKET ports`);
+    this.fd = fd;
+    try {
+      const opt = (what: string, level: number, key: number, val: Buffer): void => {
+        if (c.setsockopt(fd, level, key, val, val.length) < 0) throw new FpoError('FPO_ERR_IO', `afpacket ${name}: ${what} failed (errno ${c.errno()})`);
+      };
+      const i32 = (v: number) => { const b = Buffer.alloc(4); b.writeInt32LE(v, 0); return b; };
+      opt('PACKET_VERSION TPACKET_V3', SOL_PACKET, PACKET_VERSION, i32(TPACKET_V3));
+      opt('PACKET_IGNORE_OUTGOING', SOL_PACKET, PACKET_IGNORE_OUTGOING, i32(1));
+      // struct tpacket_req3: block_size, block_nr, frame_size, frame_nr, retire_blk_tov, sizeof_priv, feature_req_word.
+      const req = (blockSize: number, blockNr: number, frameSize: number, tov: number) => {
+        const b = Buffer.alloc(28);
+        b.writeUInt32LE(blockSize, 0);
+        b.writeUInt32LE(blockNr, 4);
+        b.writeUInt32LE(frameSize, 8);
+        b.writeUInt32LE((blockSize / frameSize) * blockNr, 12);
+        b.writeUInt32LE(tov, 16);
+        return b;
+      };
+      opt(`PACKET_RX_RING (${this.blocks} blocks of ${this.blockBytes} bytes)`, SOL_PACKET, PACKET_RX_RING, req(this.blockBytes, this.blocks, 2048, retireMs));
+      // tx: V3 sends frame by frame (no block transmit); the slots are grouped in 64 KiB blocks, as the ring wants.
+      const txBlock = 1 << 16;
+      const txBlocks = Math.ceil((this.txFrames * this.txFrameBytes) / txBlock);
+      this.txFrames = txBlocks * (txBlock / this.txFrameBytes);
+      opt(`PACKET_TX_RING (${this.txFrames} frames of ${this.txFrameBytes} bytes)`, SOL_PACKET, PACKET_TX_RING, req(txBlock, txBlocks, this.txFrameBytes, 0));
+      const rxLen = this.blockBytes * this.blocks;
+      this.mapLen = rxLen + txBlock * txBlocks;
+      this.mem = PortMemory.get();
+      this.at = this.mem.mapSocket(fd, this.mapLen, `afpacket ${name}`);
+      this.txAt = this.at + rxLen;
+      this.bytes = this.mem.bytes;
+      this.dv = new DataView(this.bytes.buffer, this.bytes.byteOffset, this.bytes.byteLength);
+      // Bound after the rings are set, as packet_mmap.rst asks: no frame arrives before there is a ring to hold it.
+      const sll = Buffer.alloc(20);
+      sll.writeUInt16LE(AF_PACKET, 0);
+      sll.writeUInt16LE(ETH_P_ALL_BE, 2);
+      sll.writeInt32LE(ifindex, 4);
+      if (c.bind(fd, sll, 20) < 0) throw new FpoError('FPO_ERR_IO', `afpacket ${name}: bind failed (errno ${c.errno()})`);
+    } catch (e) {
+      c.close(fd);
+      throw e;
+    }
+  }
+
+  /** Fast path: up to a batch of frames from ready blocks; returns how many. */
+  fill(batch: PacketBatch, ppid: number, _nowUs: number): number {
+    const dv = this.dv;
+    const u8 = this.bytes;
+    const blockBytes = this.blockBytes;
+    // Blocks whose frames went through in earlier batches go back to the kernel.
+    while (this.release !== this.block) {
+      dv.setUint32(this.at + this.release * blockBytes + BLK_STATUS, 0, true);
+      this.release = this.release + 1 === this.blocks ? 0 : this.release + 1;
+    }
+    batch.batchSetBuffer(u8);
+    batch.rawPcapLE = false;
+    const cap = batch.capacity;
+    let n = 0;
+    while (n < cap) {
+      if (this.left === 0) {
+        const base = this.at + this.block * blockBytes;
+        if (this.inBlock) {
+          // Done with this block: it goes back at the next fill (its frames may be in this batch).
+          this.inBlock = false;
+          this.block = this.block + 1 === this.blocks ? 0 : this.block + 1;
+          continue;
+        }
+        if ((dv.getUint32(base + BLK_STATUS, true) & TP_STATUS_USER) === 0) break;
+        this.inBlock = true;
+        this.left = dv.getUint32(base + BLK_NUM_PKTS, true);
+        this.pkt = base + dv.getUint32(base + BLK_FIRST, true);
+        continue;
+      }
+      const h = this.pkt;
+      const status = dv.getUint32(h + H_STATUS, true);
+      let mac = h + dv.getUint16(h + H_MAC, true);
+      let snap = dv.getUint32(h + H_SNAPLEN, true);
+      let len = dv.getUint32(h + H_LEN, true);
+      if ((status & TP_STATUS_VLAN_VALID) !== 0 && mac - h >= VLAN_ROOM && snap >= 12) {
+        u8.copyWithin(mac - 4, mac, mac + 12);
+        mac -= 4;
+        const tpid = (status & TP_STATUS_VLAN_TPID_VALID) !== 0 ? dv.getUint16(h + H_VLAN_TPID, true) : 0x8100;
+        dv.setUint16(mac + 12, tpid === 0 ? 0x8100 : tpid);
+        dv.setUint16(mac + 14, dv.getUint32(h + H_VLAN_TCI, true) & 0xffff);
+        snap += 4;
+        len += 4;
+        this.rxVlanRestored++;
+      }
+      batch.off[n] = mac;
+      batch.caplen[n] = snap;
+      batch.wirelen[n] = len;
+      batch.tsA[n] = dv.getUint32(h + H_SEC, true);
+      batch.tsB[n] = Math.floor(dv.getUint32(h + H_NSEC, true) / 1000);
+      batch.ifIndex[n] = 0;
+      batch.inPpid[n] = ppid;
+      // A frame longer than the block's room arrives cut (snaplen < len): dropped with its reason, never forwarded cut.
+      batch.drop[n] = snap < len ? D.frameTooBig : 0;
+      n++;
+      this.pkt = h + dv.getUint32(h + H_NEXT, true);
+      this.left--;
+    }
+    batch.count = n;
+    this.rxPackets += n;
+    return n;
+  }
+
+  /** Fast path: packets idx[from .. from + n) into the tx ring, then one send. */
+  writeBatch(batch: PacketBatch, idx: Uint16Array, from: number, n: number, enc?: Int32Array, encap?: Encap): void {
+    const dv = this.dv;
+    const room = this.txFrameBytes - TX_DATA;
+    let queued = 0;
+    let kicked = false;
+    for (let j = from; j < from + n; j++) {
+      const slot = this.txAt + this.txHead * this.txFrameBytes;
+      let st = dv.getUint32(slot + H_STATUS, true);
+      if (st === TP_STATUS_WRONG_FORMAT) {
+        this.txErrors++;
+        st = TP_STATUS_AVAILABLE;
+      }
+      if (st !== TP_STATUS_AVAILABLE) {
+        // The kernel still holds this slot: one send (of this batch's frames and any left from before,
+        // e.g. while the link was down) and a second look; a slot still held is a full ring, counted.
+        if (!kicked) { this.send(); kicked = true; queued = 0; }
+        if (dv.getUint32(slot + H_STATUS, true) !== TP_STATUS_AVAILABLE) { this.txRingFull++; continue; }
+      }
+      const len = writeFrame(this.bytes, slot + TX_DATA, room, batch, idx[j], enc !== undefined ? enc[j] : -1, encap);
+      if (len < 0) { this.txErrors++; continue; }
+      dv.setUint32(slot + H_NEXT, 0, true);
+      dv.setUint32(slot + H_LEN, len, true);
+      dv.setUint32(slot + H_SNAPLEN, len, true);
+      dv.setUint32(slot + H_STATUS, TP_STATUS_SEND_REQUEST, true);
+      this.txHead = this.txHead + 1 === this.txFrames ? 0 : this.txHead + 1;
+      queued++;
+      this.txPackets++;
+    }
+    if (queued > 0) this.send();
+  }
+
+  /**
+   * send() of what the tx ring holds. A socket error the kernel kept for us
+   * (ENETDOWN after the link went down and up) fails the first call and is
+   * then cleared: one more call sends.
+   */
+  private send(): void {
+    if (libc().sendRing(this.fd, MSG_DONTWAIT) < 0) {
+      this.txSendErrors++;
+      libc().sendRing(this.fd, MSG_DONTWAIT);
+    }
+  }
+
+  /** Frames the kernel dropped because no rx block was free (PACKET_STATISTICS; the kernel resets them at each read). */
+  get rxMissed(): number {
+    if (libc().getsockopt(this.fd, SOL_PACKET, PACKET_STATISTICS, this.statsBuf) >= 8) this.rxMissedSoFar += this.statsBuf.readUInt32LE(4);
+    return this.rxMissedSoFar;
+  }
+
+  close(): void {
+    void this.rxMissed; // the kernel's last drop count, read while the socket is there
+    libc().close(this.fd);
+    this.mem.release(this.at, this.mapLen);
+  }
+}
