@@ -45,6 +45,11 @@ export class PacketBatch {
    * it stops, and the datapath before any stage runs).
    */
   unfilled = false;
+  /**
+   * True when the 10 bytes before each packet are its virtio-net header
+   * (offload.ts): set by a ring port with offloads, false from every other rx.
+   */
+  vnet = false;
   /** PPID all packets of a lazy fill arrived on. */
   unfilledIn = 0;
   /** A DataView over `buf`, for the parser's big-endian reads. */

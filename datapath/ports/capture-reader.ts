@@ -300,6 +300,7 @@ export class CaptureReader {
   fill(batch: PacketBatch, inPpid: number, lazy = false): number {
     batch.count = 0;
     batch.unfilled = false;
+    batch.vnet = false;
     if (this.done) return 0;
     batch.rawPcapLE = this.format === 'pcap' && !this.bigEndian;
     if (this.format === 'pcap') this.fillPcap(batch, inPpid, lazy && batch.rawPcapLE && this.interfaces[0].linktype === LINKTYPE_ETHERNET);

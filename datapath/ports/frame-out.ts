@@ -24,9 +24,11 @@ function copy(dst: Uint8Array, at: number, src: Uint8Array, from: number, len: n
 }
 
 export function writeFrame(dst: Uint8Array, at: number, room: number, batch: PacketBatch, i: number, e: number, encap: Encap | undefined): number {
-  const src = batch.buf;
-  const off = batch.off[i];
-  const len = batch.caplen[i];
+  return writeBytes(dst, at, room, batch.buf, batch.off[i], batch.caplen[i], batch.wirelen[i], batch.hash[i], e, encap);
+}
+
+/** writeFrame for bytes not in a batch (a segment cut in software, offload.ts): src[off .. off + len). */
+export function writeBytes(dst: Uint8Array, at: number, room: number, src: Uint8Array, off: number, len: number, wirelen: number, hash: number, e: number, encap: Encap | undefined): number {
   if (e === TX_PLAIN || (e >= 0 && encap === undefined)) {
     if (len > room) return -1;
     copy(dst, at, src, off, len);
@@ -35,7 +37,7 @@ export function writeFrame(dst: Uint8Array, at: number, room: number, batch: Pac
   if (e >= 0) {
     const enc = encap as Encap;
     if (len + ENCAP_MAX > room) return -1;
-    const hl = enc.write(dst, at, e >> 1, (e & 1) === 1, batch.wirelen[i], batch.hash[i]);
+    const hl = enc.write(dst, at, e >> 1, (e & 1) === 1, wirelen, hash);
     copy(dst, at + hl, src, off, len);
     enc.finish(dst, at, e >> 1, hl, len);
     return hl + len;

@@ -33,7 +33,9 @@ import type { PacketBatch } from '../batch.js';
 import { D } from '../drops.js';
 import { FpoError } from '../errors.js';
 import type { Encap } from '../actions/encap.js';
-import { writeFrame } from './frame-out.js';
+import { TX_PLAIN } from '../actions/vlan.js';
+import { writeBytes, writeFrame } from './frame-out.js';
+import { SoftOffload, VNET_HDR_LEN, VNET_NEEDS_CSUM, needsSoftware } from './offload.js';
 import { MSG_DONTWAIT, libc } from './libc.js';
 import { PortMemory } from './port-memory.js';
 
@@ -46,6 +48,7 @@ const PACKET_RX_RING = 5;
 const PACKET_STATISTICS = 6;
 const PACKET_VERSION = 10;
 const PACKET_TX_RING = 13;
+const PACKET_VNET_HDR = 15;
 const PACKET_IGNORE_OUTGOING = 23;
 const TPACKET_V3 = 2;
 
@@ -84,14 +87,24 @@ export interface RingOptions {
   /** tx: bytes per frame slot (header + data, a multiple of 16) and slots. */
   txFrameBytes?: number;
   txFrames?: number;
+  /**
+   * Offloads (offload.ts): PACKET_VNET_HDR — frames come and go with their
+   * virtio-net header, so a 64 KiB GSO segment or a partial checksum crosses
+   * whole (the kernel at the far end finishes it). Off: the kernel hands
+   * over such a packet as one long frame with its checksum unfinished, so
+   * the VM side must have tx checksum offload off.
+   */
+  offload?: boolean;
 }
 
 export class RingPort {
   readonly name: string;
   readonly fd: number;
   readonly kind = 'afpacket' as const;
-  /** How frames move: reported by `fpo ctl show` and the metrics. */
-  readonly mode = 'tpacket-v3';
+  /** How frames move: reported by `fpo ctl stats` and the metrics. */
+  readonly mode: string;
+  /** Frames come and go with a virtio-net header (offload.ts). */
+  readonly offload: boolean;
   rxPackets = 0;
   txPackets = 0;
   /** Frames the kernel refused from the tx ring (TP_STATUS_WRONG_FORMAT) or that did not fit a slot. */
@@ -130,8 +143,11 @@ export class RingPort {
     this.name = name;
     this.blockBytes = opts.rxBlockBytes ?? 1 << 18;
     this.blocks = opts.rxBlocks ?? 32;
-    this.txFrameBytes = opts.txFrameBytes ?? 2048;
-    this.txFrames = opts.txFrames ?? 1024;
+    this.offload = opts.offload ?? false;
+    this.mode = this.offload ? 'tpacket-v3+vnet' : 'tpacket-v3';
+    // With offloads a tx slot holds a whole GSO packet: 68 KiB slots (17 pages), fewer of them.
+    this.txFrameBytes = opts.txFrameBytes ?? (this.offload ? 17 * 4096 : 2048);
+    this.txFrames = opts.txFrames ?? (this.offload ? 256 : 1024);
     const retireMs = opts.retireMs ?? 1;
     const c = libc();
     const ifindex = c.ifNameToIndex(name);
@@ -148,6 +164,7 @@ export class RingPort {
       const i32 = (v: number) => { const b = Buffer.alloc(4); b.writeInt32LE(v, 0); return b; };
       opt('PACKET_VERSION TPACKET_V3', SOL_PACKET, PACKET_VERSION, i32(TPACKET_V3));
       opt('PACKET_IGNORE_OUTGOING', SOL_PACKET, PACKET_IGNORE_OUTGOING, i32(1));
+      if (this.offload) opt('PACKET_VNET_HDR', SOL_PACKET, PACKET_VNET_HDR, i32(1));
       // struct tpacket_req3: block_size, block_nr, frame_size, frame_nr, retire_blk_tov, sizeof_priv, feature_req_word.
       const req = (blockSize: number, blockNr: number, frameSize: number, tov: number) => {
         const b = Buffer.alloc(28);
@@ -160,7 +177,7 @@ export class RingPort {
       };
       opt(`PACKET_RX_RING (${this.blocks} blocks of ${this.blockBytes} bytes)`, SOL_PACKET, PACKET_RX_RING, req(this.blockBytes, this.blocks, 2048, retireMs));
       // tx: V3 sends frame by frame (no block transmit); the slots are grouped in 64 KiB blocks, as the ring wants.
-      const txBlock = 1 << 16;
+      const txBlock = Math.max(1 << 16, this.txFrameBytes);
       const txBlocks = Math.ceil((this.txFrames * this.txFrameBytes) / txBlock);
       this.txFrames = txBlocks * (txBlock / this.txFrameBytes);
       opt(`PACKET_TX_RING (${this.txFrames} frames of ${this.txFrameBytes} bytes)`, SOL_PACKET, PACKET_TX_RING, req(txBlock, txBlocks, this.txFrameBytes, 0));
@@ -195,6 +212,8 @@ export class RingPort {
     }
     batch.batchSetBuffer(u8);
     batch.rawPcapLE = false;
+    const vnet = this.offload;
+    batch.vnet = vnet;
     const cap = batch.capacity;
     let n = 0;
     while (n < cap) {
@@ -217,7 +236,15 @@ export class RingPort {
       let mac = h + dv.getUint16(h + H_MAC, true);
       let snap = dv.getUint32(h + H_SNAPLEN, true);
       let len = dv.getUint32(h + H_LEN, true);
-      if ((status & TP_STATUS_VLAN_VALID) !== 0 && mac - h >= VLAN_ROOM && snap >= 12) {
+      if ((status & TP_STATUS_VLAN_VALID) !== 0 && mac - h >= VLAN_ROOM + (vnet ? VNET_HDR_LEN : 0) && snap >= 12) {
+        if (vnet) {
+          // The virtio-net header moves 4 back with the frame's start; its offsets grow by the tag.
+          u8.copyWithin(mac - 4 - VNET_HDR_LEN, mac - VNET_HDR_LEN, mac);
+          const v = mac - 4 - VNET_HDR_LEN;
+          if ((u8[v] & VNET_NEEDS_CSUM) !== 0) dv.setUint16(v + 6, dv.getUint16(v + 6, true) + 4, true);
+          const hl = dv.getUint16(v + 2, true);
+          if (hl !== 0) dv.setUint16(v + 2, hl + 4, true);
+        }
         u8.copyWithin(mac - 4, mac, mac + 12);
         mac -= 4;
         const tpid = (status & TP_STATUS_VLAN_TPID_VALID) !== 0 ? dv.getUint16(h + H_VLAN_TPID, true) : 0x8100;
@@ -248,33 +275,94 @@ export class RingPort {
   /** Fast path: packets idx[from .. from + n) into the tx ring, then one send. */
   writeBatch(batch: PacketBatch, idx: Uint16Array, from: number, n: number, enc?: Int32Array, encap?: Encap): void {
     const dv = this.dv;
-    const room = this.txFrameBytes - TX_DATA;
-    let queued = 0;
-    let kicked = false;
+    const u8 = this.bytes;
+    const off = this.offload;
+    const room = this.txFrameBytes - TX_DATA - (off ? VNET_HDR_LEN : 0);
+    this.queued = 0;
+    this.kicked = false;
     for (let j = from; j < from + n; j++) {
-      const slot = this.txAt + this.txHead * this.txFrameBytes;
-      let st = dv.getUint32(slot + H_STATUS, true);
-      if (st === TP_STATUS_WRONG_FORMAT) {
-        this.txErrors++;
-        st = TP_STATUS_AVAILABLE;
+      const i = idx[j];
+      const e = enc !== undefined ? enc[j] : TX_PLAIN;
+      if (batch.vnet && (!off || e >= 0) && needsSoftware(batch, i)) {
+        // A segment or a partial checksum this port (or the tunnel copy) cannot carry as is: cut and
+        // finished in software, each frame into a slot of its own (segment()).
+        this.curE = e;
+        this.curEncap = encap;
+        this.curHash = batch.hash[i];
+        if (SoftOffload.get().cut(batch, i, this) === 0) this.txErrors++;
+        continue;
       }
-      if (st !== TP_STATUS_AVAILABLE) {
-        // The kernel still holds this slot: one send (of this batch's frames and any left from before,
-        // e.g. while the link was down) and a second look; a slot still held is a full ring, counted.
-        if (!kicked) { this.send(); kicked = true; queued = 0; }
-        if (dv.getUint32(slot + H_STATUS, true) !== TP_STATUS_AVAILABLE) { this.txRingFull++; continue; }
-      }
-      const len = writeFrame(this.bytes, slot + TX_DATA, room, batch, idx[j], enc !== undefined ? enc[j] : -1, encap);
+      const slot = this.takeSlot();
+      if (slot < 0) continue;
+      const data = slot + TX_DATA + (off ? VNET_HDR_LEN : 0);
+      const len = writeFrame(u8, data, room, batch, i, e, encap);
       if (len < 0) { this.txErrors++; continue; }
-      dv.setUint32(slot + H_NEXT, 0, true);
-      dv.setUint32(slot + H_LEN, len, true);
-      dv.setUint32(slot + H_SNAPLEN, len, true);
-      dv.setUint32(slot + H_STATUS, TP_STATUS_SEND_REQUEST, true);
-      this.txHead = this.txHead + 1 === this.txFrames ? 0 : this.txHead + 1;
-      queued++;
-      this.txPackets++;
+      if (off) {
+        const v = data - VNET_HDR_LEN;
+        if (batch.vnet && e < 0) {
+          // The packet's own header, its offsets moved by a tag pushed or popped.
+          const src = batch.off[i] - VNET_HDR_LEN;
+          u8.copyWithin(v, src, src + VNET_HDR_LEN);
+          const d = len - batch.caplen[i];
+          if (d !== 0) {
+            if ((u8[v] & VNET_NEEDS_CSUM) !== 0) dv.setUint16(v + 6, dv.getUint16(v + 6, true) + d, true);
+            const hl = dv.getUint16(v + 2, true);
+            if (hl !== 0) dv.setUint16(v + 2, hl + d, true);
+          }
+        } else u8.fill(0, v, data); // nothing to finish, not a segment
+      }
+      this.commit(slot, len + (off ? VNET_HDR_LEN : 0));
     }
-    if (queued > 0) this.send();
+    if (this.queued > 0) this.send();
+  }
+
+  // The frame in progress of a packet cut in software: its tx code, encap and hash.
+  private curE = TX_PLAIN;
+  private curEncap: Encap | undefined;
+  private curHash = 0;
+  private queued = 0;
+  private kicked = false;
+
+  /** SegmentSink: one frame of a packet cut in software, into a slot as its packet's copy would go. */
+  segment(src: Uint8Array, from: number, len: number): void {
+    const slot = this.takeSlot();
+    if (slot < 0) return;
+    const off = this.offload;
+    const data = slot + TX_DATA + (off ? VNET_HDR_LEN : 0);
+    const n = writeBytes(this.bytes, data, this.txFrameBytes - TX_DATA - (off ? VNET_HDR_LEN : 0), src, from, len, len, this.curHash, this.curE, this.curEncap);
+    if (n < 0) { this.txErrors++; return; }
+    if (off) this.bytes.fill(0, data - VNET_HDR_LEN, data);
+    this.commit(slot, n + (off ? VNET_HDR_LEN : 0));
+  }
+
+  /** The next tx slot, or -1 (counted as txRingFull) when the kernel still holds it after one send. */
+  private takeSlot(): number {
+    const dv = this.dv;
+    const slot = this.txAt + this.txHead * this.txFrameBytes;
+    let st = dv.getUint32(slot + H_STATUS, true);
+    if (st === TP_STATUS_WRONG_FORMAT) {
+      this.txErrors++;
+      st = TP_STATUS_AVAILABLE;
+    }
+    if (st !== TP_STATUS_AVAILABLE) {
+      // The kernel still holds this slot: one send (of this batch's frames and any left from before,
+      // e.g. while the link was down) and a second look; a slot still held is a full ring, counted.
+      if (!this.kicked) { this.send(); this.kicked = true; this.queued = 0; }
+      if (dv.getUint32(slot + H_STATUS, true) !== TP_STATUS_AVAILABLE) { this.txRingFull++; return -1; }
+    }
+    return slot;
+  }
+
+  /** Hands a filled slot (len bytes after the header) to the kernel. */
+  private commit(slot: number, len: number): void {
+    const dv = this.dv;
+    dv.setUint32(slot + H_NEXT, 0, true);
+    dv.setUint32(slot + H_LEN, len, true);
+    dv.setUint32(slot + H_SNAPLEN, len, true);
+    dv.setUint32(slot + H_STATUS, TP_STATUS_SEND_REQUEST, true);
+    this.txHead = this.txHead + 1 === this.txFrames ? 0 : this.txHead + 1;
+    this.queued++;
+    this.txPackets++;
   }
 
   /**

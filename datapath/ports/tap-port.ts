@@ -17,7 +17,8 @@ import { FpoError } from '../errors.js';
 import { D } from '../drops.js';
 import type { Encap } from '../actions/encap.js';
 import { TX_PLAIN } from '../actions/vlan.js';
-import { ENCAP_MAX, writeFrame } from './frame-out.js';
+import { ENCAP_MAX, writeBytes, writeFrame } from './frame-out.js';
+import { SoftOffload, needsSoftware } from './offload.js';
 import { PortMemory } from './port-memory.js';
 import { EAGAIN, O_NONBLOCK, O_RDWR, libc } from './libc.js';
 
@@ -121,6 +122,7 @@ export class TapPort {
   fill(batch: PacketBatch, ppid: number, nowUs: number): number {
     const c = libc();
     batch.batchSetBuffer(this.mem.bytes);
+    batch.vnet = false;
     batch.rawPcapLE = false;
     const cap = batch.capacity;
     let n = 0;
@@ -154,6 +156,14 @@ export class TapPort {
       const e = enc !== undefined ? enc[j] : TX_PLAIN;
       const slot = e === TX_PLAIN && fromPortMemory ? slots.get(batch.off[i]) : undefined;
       let r: number;
+      if (batch.vnet && needsSoftware(batch, i)) {
+        // A segment or a partial checksum from a port with offloads: cut and finished in software (offload.ts).
+        this.curE = e;
+        this.curEncap = encap;
+        this.curHash = batch.hash[i];
+        if (SoftOffload.get().cut(batch, i, this) === 0) this.txErrors++;
+        continue;
+      }
       if (slot !== undefined) {
         // Fast path: straight from the rx slot of the TAP it came in on.
         r = c.write(this.fd, slot, batch.caplen[i]);
@@ -167,6 +177,18 @@ export class TapPort {
       if (r < 0) this.txErrors++;
       else this.txPackets++;
     }
+  }
+
+  // The frame in progress of a packet cut in software: its tx code, encap and hash.
+  private curE = TX_PLAIN;
+  private curEncap: Encap | undefined;
+  private curHash = 0;
+
+  /** SegmentSink: one frame of a packet cut in software (offload.ts), written as its packet's copy would be. */
+  segment(src: Uint8Array, off: number, len: number): void {
+    const n = writeBytes(this.mem.bytes, this.txAt, SLOT + ENCAP_MAX, src, off, len, len, this.curHash, this.curE, this.curEncap);
+    if (n < 0 || libc().write(this.fd, this.txView, n) < 0) this.txErrors++;
+    else this.txPackets++;
   }
 
   close(): void {
