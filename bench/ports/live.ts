@@ -13,12 +13,16 @@
  *   - linux-bridge: the host ends in a kernel bridge (the baseline);
  *   - ovs-netdev: Open vSwitch's userspace datapath (datapath_type=netdev)
  *     over the same host ends, when Open vSwitch is installed.
+ * Then TCP, VM to VM (iperf3, SECONDS, one stream), on veths with the VMs'
+ * offloads on: fpo on ring ports with offloads (64 KiB segments cross
+ * whole), and the Linux bridge — lines with bench ports/live-tcp.
+ *
  * Each line: offered (frames the sender sent a second) beside forwarded
  * (frames the receiver got a second), and ratio = forwarded / the bridge's
  * forwarded (also vsOvs where OVS ran). Needs root. One JSON line per row.
  *
  *   node dist/bench/ports/live.js        (FPO_BENCH_SHORT=1: 0.5 s a run)
- *   FPO_LIVE_ROWS=fpo-ring,linux-bridge  only those rows
+ *   FPO_LIVE_ROWS=fpo-ring,linux-bridge,tcp  only those rows (tcp: the iperf3 pair)
  */
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -171,6 +175,36 @@ async function main(): Promise<void> {
       if (startedOvs) quiet(`${ovsCtl} stop`);
     }
 
+    // TCP through fpo (ring ports with offloads) and through the bridge, with iperf3 when installed.
+    const tcp: Record<string, number> = {};
+    if (want('tcp') && spawnSync('iperf3', ['--version'], { stdio: 'ignore' }).status === 0) {
+      const ipAddrs = () => sh(`ip -n fpob-a link set fpob-va address ${A} && ip -n fpob-b link set fpob-vb address ${B}`
+        + ' && ip -n fpob-a addr add 10.98.0.1/24 dev fpob-va && ip -n fpob-b addr add 10.98.0.2/24 dev fpob-vb && ip -n fpob-a link set lo up && ip -n fpob-b link set lo up');
+      const iperf = (): number => {
+        const server = spawn('ip', ['netns', 'exec', 'fpob-b', 'iperf3', '-s', '-1', '-B', '10.98.0.2'], { stdio: 'ignore' });
+        try {
+          for (let i = 0; i < 50; i++) {
+            if (spawnSync('ip', ['netns', 'exec', 'fpob-b', 'sh', '-c', 'ss -ltn | grep -q 5201']).status === 0) break;
+            spawnSync('sleep', ['0.1']);
+          }
+          const out = execFileSync('ip', ['netns', 'exec', 'fpob-a', 'iperf3', '-c', '10.98.0.2', '-t', String(SECONDS), '-J'], { encoding: 'utf8', maxBuffer: 64 << 20 });
+          return (JSON.parse(out) as { end: { sum_received: { bits_per_second: number } } }).end.sum_received.bits_per_second;
+        } finally {
+          server.kill();
+        }
+      };
+      veths();
+      ipAddrs();
+      const ports = [{ name: 'pa', ppid: 11, kind: 'afpacket', device: 'fpob-ha', offload: true }, { name: 'pb', ppid: 12, kind: 'afpacket', device: 'fpob-hb', offload: true }];
+      await runFpo(dir, ports, 1, () => { tcp['fpo-ring-offload'] = iperf(); });
+      cleanup();
+      veths();
+      ipAddrs();
+      sh('ip link add fpob-br type bridge && ip link set fpob-br up && ip link set fpob-ha master fpob-br && ip link set fpob-hb master fpob-br');
+      tcp['linux-bridge'] = iperf();
+      cleanup();
+    }
+
     const base = results['linux-bridge']?.received;
     const ovs = results['ovs-netdev']?.received;
     const ring1 = results['fpo-ring']?.received;
@@ -187,6 +221,9 @@ async function main(): Promise<void> {
         ppsPerFpoCore: r.cpuSeconds ? Math.round(r.received / r.cpuSeconds) : undefined,
         vsOneWorker: name === 'fpo-ring-2w' && ring1 !== undefined ? Number((r.received / ring1).toFixed(3)) : undefined,
       });
+    }
+    for (const [name, bps] of Object.entries(tcp)) {
+      emit({ bench: 'ports/live-tcp', switch: name, seconds: SECONDS, streams: 1, gbitPerSec: Number((bps / 1e9).toFixed(2)), baseline: 'linux-bridge', ratio: Number((bps / tcp['linux-bridge']).toFixed(3)) });
     }
   } finally {
     cleanup();
