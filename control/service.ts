@@ -141,7 +141,7 @@ export class Service {
       const live: { port: LivePort; ppid: number }[] = [];
       for (const p of topo.ports) {
         if (p.kind === 'tap' || p.kind === 'afpacket') {
-          const tap = openLivePort(p.device, p.kind, p.io, 256, p.offload);
+          const tap = openLivePort(p.device, p.kind, p.io, 256, p.offload, p.tpacket);
           this.taps.push(tap);
           this.liveRows.push({ port: tap, name: p.name, ppid: p.ppid });
           live.push({ port: tap, ppid: p.ppid });

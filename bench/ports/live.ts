@@ -7,7 +7,8 @@
  *   - sender-alone: the sender into a veth whose peer is the receiver — no
  *     switch: what the sender can offer, the ceiling of every row below;
  *   - fpo-ring: `fpo run` with both VMs on afpacket ports (the host ends of
- *     their veths) on TPACKET_V3 rings (ring-port.ts), `--workers` 1 and 2;
+ *     their veths) on TPACKET_V3 rings (ring-port.ts); fpo-ring-v2 the same
+ *     on TPACKET_V2;
  *   - fpo-read: the same with `io: read` (a read()/write() a frame);
  *   - fpo-tap: the VMs on TAP ports of fpo (a read()/write() a frame);
  *   - linux-bridge: the host ends in a kernel bridge (the baseline);
@@ -132,12 +133,12 @@ async function main(): Promise<void> {
       cleanup();
     }
 
-    const vethPorts = (io: 'ring' | 'read') => [
-      { name: 'pa', ppid: 11, kind: 'afpacket', device: 'fpob-ha', io }, { name: 'pb', ppid: 12, kind: 'afpacket', device: 'fpob-hb', io }];
-    for (const [row, io, workers] of [['fpo-ring', 'ring', 1], ['fpo-read', 'read', 1]] as const) {
+    const vethPorts = (io: 'ring' | 'read', tpacket?: 2) => [
+      { name: 'pa', ppid: 11, kind: 'afpacket', device: 'fpob-ha', io, tpacket }, { name: 'pb', ppid: 12, kind: 'afpacket', device: 'fpob-hb', io, tpacket }];
+    for (const [row, io, workers, tpacket] of [['fpo-ring', 'ring', 1, undefined], ['fpo-ring-v2', 'ring', 1, 2], ['fpo-read', 'read', 1, undefined]] as const) {
       if (!want(row)) continue;
       veths();
-      const r = await runFpo(dir, vethPorts(io), workers, (pid) => measure(blaster, 'fpob-va', 'fpob-vb', pid));
+      const r = await runFpo(dir, vethPorts(io, tpacket), workers, (pid) => measure(blaster, 'fpob-va', 'fpob-vb', pid));
       if (r) results[row] = r;
       cleanup();
     }
@@ -193,11 +194,13 @@ async function main(): Promise<void> {
           server.kill();
         }
       };
-      veths();
-      ipAddrs();
-      const ports = [{ name: 'pa', ppid: 11, kind: 'afpacket', device: 'fpob-ha', offload: true }, { name: 'pb', ppid: 12, kind: 'afpacket', device: 'fpob-hb', offload: true }];
-      await runFpo(dir, ports, 1, () => { tcp['fpo-ring-offload'] = iperf(); });
-      cleanup();
+      for (const [row, tpacket] of [['fpo-ring-offload', 3], ['fpo-ring-v2-offload', 2]] as const) {
+        veths();
+        ipAddrs();
+        const ports = [{ name: 'pa', ppid: 11, kind: 'afpacket', device: 'fpob-ha', offload: true, tpacket }, { name: 'pb', ppid: 12, kind: 'afpacket', device: 'fpob-hb', offload: true, tpacket }];
+        await runFpo(dir, ports, 1, () => { tcp[row] = iperf(); });
+        cleanup();
+      }
       veths();
       ipAddrs();
       sh('ip link add fpob-br type bridge && ip link set fpob-br up && ip link set fpob-ha master fpob-br && ip link set fpob-hb master fpob-br');

@@ -29,7 +29,7 @@ export interface LivePort {
 }
 
 /** Opens a topology's live port: a TAP fpo creates, or an AF_PACKET socket on `device` (rings unless io is 'read'). */
-export function openLivePort(device: string, kind: 'tap' | 'afpacket', io: 'ring' | 'read', batchCapacity: number, offload = false): LivePort {
-  if (kind === 'afpacket' && io === 'ring') return new RingPort(device, { offload });
+export function openLivePort(device: string, kind: 'tap' | 'afpacket', io: 'ring' | 'read', batchCapacity: number, offload = false, version: 2 | 3 = 3): LivePort {
+  if (kind === 'afpacket' && io === 'ring') return new RingPort(device, { offload, version });
   return new TapPort(device, batchCapacity, kind);
 }
