@@ -80,10 +80,10 @@ const PortSchema = object({
    */
   io: optional(oneOf(['ring', 'read'] as const)),
   /**
-   * afpacket on rings: frames with their virtio-net header (PACKET_VNET_HDR),
-   * so GSO segments of up to 64 KiB and partial checksums cross whole
-   * (offload.ts); default false. Copies to ports without offloads are cut
-   * and finished in software.
+   * afpacket on rings (PACKET_VNET_HDR) and TAP (IFF_VNET_HDR, TUNSETOFFLOAD):
+   * frames with their virtio-net header, so GSO segments of up to 64 KiB and
+   * partial checksums cross whole (offload.ts); default false. Copies to
+   * ports without offloads are cut and finished in software.
    */
   offload: optional(boolean()),
   /**
@@ -225,7 +225,7 @@ export interface Port {
   device: string;
   /** afpacket: rings (default) or a read/write a frame. */
   io: 'ring' | 'read';
-  /** afpacket on rings: virtio-net headers (GSO, checksum offload). */
+  /** TAP and afpacket on rings: virtio-net headers (GSO, checksum offload). */
   offload: boolean;
   /** afpacket on rings: TPACKET_V2 or V3. */
   tpacket: 2 | 3;
@@ -372,7 +372,7 @@ export function topologyFrom(json: unknown, path: string): Topology {
     if (p.kind !== 'pcap' && p.device === undefined && p.name.length > 15) throw bad(path, `ports[${i}].device`, `the port name "${p.name}" is longer than a TAP device may be (15); give a device name`);
     if (p.io !== undefined && p.kind !== 'afpacket') throw bad(path, `ports[${i}].io`, `"io" is for afpacket ports; this port is ${p.kind}`);
     if (p.tpacket !== undefined && (p.kind !== 'afpacket' || p.io === 'read')) throw bad(path, `ports[${i}].tpacket`, `"tpacket" is for afpacket ports on rings; this port is ${p.kind}${p.io === 'read' ? ' with io read' : ''}`);
-    if (p.offload === true && (p.kind !== 'afpacket' || p.io === 'read')) throw bad(path, `ports[${i}].offload`, `offloads are for afpacket ports on rings; this port is ${p.kind}${p.io === 'read' ? ' with io read' : ''}`);
+    if (p.offload === true && (p.kind === 'pcap' || p.io === 'read')) throw bad(path, `ports[${i}].offload`, `offloads are for TAP ports and afpacket ports on rings; this port is ${p.kind}${p.io === 'read' ? ' with io read' : ''}`);
     ports.set(p.name, { name: p.name, ppid: p.ppid, role: p.role, kind: p.kind, device: p.device ?? p.name, io: p.io ?? 'ring', offload: p.offload ?? false, tpacket: p.tpacket ?? 3, segments: [...p.segments], vpid: -1 });
   });
   const interfaces: Interface[] = [];

@@ -13,7 +13,7 @@ export interface LivePort {
   readonly name: string;
   readonly fd: number;
   readonly kind: 'tap' | 'afpacket';
-  /** How frames move: 'read-write' (a system call a frame) or 'tpacket-v3' (rings). */
+  /** How frames move: 'read-write' (a system call a frame) or 'tpacket-v3' / 'tpacket-v2' (rings); '+vnet' with offloads. */
   readonly mode: string;
   rxPackets: number;
   txPackets: number;
@@ -31,5 +31,5 @@ export interface LivePort {
 /** Opens a topology's live port: a TAP fpo creates, or an AF_PACKET socket on `device` (rings unless io is 'read'). */
 export function openLivePort(device: string, kind: 'tap' | 'afpacket', io: 'ring' | 'read', batchCapacity: number, offload = false, version: 2 | 3 = 3): LivePort {
   if (kind === 'afpacket' && io === 'ring') return new RingPort(device, { offload, version });
-  return new TapPort(device, batchCapacity, kind);
+  return new TapPort(device, batchCapacity, kind, offload);
 }

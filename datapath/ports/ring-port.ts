@@ -35,7 +35,7 @@ import { FpoError } from '../errors.js';
 import type { Encap } from '../actions/encap.js';
 import { TX_PLAIN } from '../actions/vlan.js';
 import { writeBytes, writeFrame } from './frame-out.js';
-import { SoftOffload, VNET_HDR_LEN, VNET_NEEDS_CSUM, needsSoftware } from './offload.js';
+import { SoftOffload, VNET_HDR_LEN, VNET_NEEDS_CSUM, needsSoftware, writeVnetHeader } from './offload.js';
 import { MSG_DONTWAIT, libc } from './libc.js';
 import { PortMemory } from './port-memory.js';
 
@@ -409,20 +409,7 @@ export class RingPort {
       const data = slot + this.txData + (off ? VNET_HDR_LEN : 0);
       const len = writeFrame(u8, data, room, batch, i, e, encap);
       if (len < 0) { this.txErrors++; continue; }
-      if (off) {
-        const v = data - VNET_HDR_LEN;
-        if (batch.vnet && e < 0) {
-          // The packet's own header, its offsets moved by a tag pushed or popped.
-          const src = batch.off[i] - VNET_HDR_LEN;
-          u8.copyWithin(v, src, src + VNET_HDR_LEN);
-          const d = len - batch.caplen[i];
-          if (d !== 0) {
-            if ((u8[v] & VNET_NEEDS_CSUM) !== 0) dv.setUint16(v + 6, dv.getUint16(v + 6, true) + d, true);
-            const hl = dv.getUint16(v + 2, true);
-            if (hl !== 0) dv.setUint16(v + 2, hl + d, true);
-          }
-        } else u8.fill(0, v, data); // nothing to finish, not a segment
-      }
+      if (off) writeVnetHeader(u8, data - VNET_HDR_LEN, batch, i, e, len);
       this.commit(slot, len + (off ? VNET_HDR_LEN : 0));
     }
     if (this.queued > 0) this.send();
