@@ -8,7 +8,8 @@
  *     switch: what the sender can offer, the ceiling of every row below;
  *   - fpo-ring: `fpo run` with both VMs on afpacket ports (the host ends of
  *     their veths) on TPACKET_V3 rings (ring-port.ts); fpo-ring-v2 the same
- *     on TPACKET_V2;
+ *     on TPACKET_V2; fpo-ring-2w with `--workers 2` (a fanout group a
+ *     port, vsOneWorker = its rate / fpo-ring's);
  *   - fpo-read: the same with `io: read` (a read()/write() a frame);
  *   - fpo-tap: the VMs on TAP ports of fpo (a read()/write() a frame);
  *   - linux-bridge: the host ends in a kernel bridge (the baseline);
@@ -135,7 +136,7 @@ async function main(): Promise<void> {
 
     const vethPorts = (io: 'ring' | 'read', tpacket?: 2) => [
       { name: 'pa', ppid: 11, kind: 'afpacket', device: 'fpob-ha', io, tpacket }, { name: 'pb', ppid: 12, kind: 'afpacket', device: 'fpob-hb', io, tpacket }];
-    for (const [row, io, workers, tpacket] of [['fpo-ring', 'ring', 1, undefined], ['fpo-ring-v2', 'ring', 1, 2], ['fpo-read', 'read', 1, undefined]] as const) {
+    for (const [row, io, workers, tpacket] of [['fpo-ring', 'ring', 1, undefined], ['fpo-ring-2w', 'ring', 2, undefined], ['fpo-ring-v2', 'ring', 1, 2], ['fpo-read', 'read', 1, undefined]] as const) {
       if (!want(row)) continue;
       veths();
       const r = await runFpo(dir, vethPorts(io, tpacket), workers, (pid) => measure(blaster, 'fpob-va', 'fpob-vb', pid));

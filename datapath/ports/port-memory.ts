@@ -82,6 +82,11 @@ export class PortMemory {
     return at;
   }
 
+  /** The address of offset `at` (for another thread to unmap a piece of a thread that died: workers.ts). */
+  addressOf(at: number): bigint {
+    return this.base + BigInt(at);
+  }
+
   /** Gives a piece back: unmapped (PROT_NONE again, the socket's ring let go), to be taken by a later port of its size. */
   release(at: number, len: number): void {
     const size = Math.ceil(len / PAGE) * PAGE;

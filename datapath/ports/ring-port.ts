@@ -49,6 +49,9 @@ const PACKET_STATISTICS = 6;
 const PACKET_VERSION = 10;
 const PACKET_TX_RING = 13;
 const PACKET_VNET_HDR = 15;
+const PACKET_FANOUT = 18;
+const PACKET_FANOUT_HASH = 0;
+const PACKET_FANOUT_FLAG_DEFRAG = 0x8000;
 const PACKET_IGNORE_OUTGOING = 23;
 const TPACKET_V2 = 1;
 const TPACKET_V3 = 2;
@@ -116,6 +119,12 @@ export interface RingOptions {
   version?: 2 | 3;
   /** V2: rx slots (default 4096 of 2 KiB, or 256 of 68 KiB with offloads). */
   rxFrames?: number;
+  /**
+   * Joins fanout group `fanout` (PACKET_FANOUT_HASH, with IP defragmentation):
+   * the interface's frames are spread over the group's sockets by flow hash,
+   * a flow always to the same one (one datapath worker each, workers.ts).
+   */
+  fanout?: number;
 }
 
 export class RingPort {
@@ -245,6 +254,7 @@ export class RingPort {
       sll.writeUInt16LE(ETH_P_ALL_BE, 2);
       sll.writeInt32LE(ifindex, 4);
       if (c.bind(fd, sll, 20) < 0) throw new FpoError('FPO_ERR_IO', `afpacket ${name}: bind failed (errno ${c.errno()})`);
+      if (opts.fanout !== undefined) opt(`PACKET_FANOUT group ${opts.fanout}`, SOL_PACKET, PACKET_FANOUT, i32((opts.fanout & 0xffff) | ((PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG) << 16)));
     } catch (e) {
       c.close(fd);
       throw e;
@@ -480,6 +490,11 @@ export class RingPort {
   get rxMissed(): number {
     if (libc().getsockopt(this.fd, SOL_PACKET, PACKET_STATISTICS, this.statsBuf) >= 8) this.rxMissedSoFar += this.statsBuf.readUInt32LE(4);
     return this.rxMissedSoFar;
+  }
+
+  /** Where this port's rings are mapped (address, bytes): what must be unmapped for its socket to go. */
+  mapping(): { addr: bigint; len: number } {
+    return { addr: this.mem.addressOf(this.at), len: this.mapLen };
   }
 
   close(): void {

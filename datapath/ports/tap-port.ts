@@ -27,6 +27,7 @@ const TUNSETOFFLOAD = 0x400454d0;
 const IFF_TAP = 0x0002;
 const IFF_NO_PI = 0x1000;
 const IFF_VNET_HDR = 0x4000;
+const IFF_MULTI_QUEUE = 0x0100;
 /** What fpo takes from the TAP: partial checksums, TCP segments over IPv4 and IPv6, with ECN. */
 const TUN_F_CSUM_TSO = 0x01 | 0x02 | 0x04 | 0x08;
 export const SLOT = 2048;
@@ -66,7 +67,12 @@ export class TapPort {
   private readonly txView: Buffer;
   private readonly memLen: number;
 
-  constructor(name: string, batchCapacity: number, kind: 'tap' | 'afpacket' = 'tap', offload = false) {
+  /**
+   * multiQueue: the TAP is opened as one queue of a multi-queue TAP
+   * (IFF_MULTI_QUEUE): each datapath worker opens its own, and the kernel
+   * spreads the VM's frames over the queues by flow (workers.ts).
+   */
+  constructor(name: string, batchCapacity: number, kind: 'tap' | 'afpacket' = 'tap', offload = false, multiQueue = false) {
     if (!/^[A-Za-z0-9._-]{1,15}$/.test(name)) throw new FpoError('FPO_ERR_USAGE', `${kind} device "${name}": 1 to 15 letters, digits, ".", "_", "-"`);
     if (offload && kind !== 'tap') throw new FpoError('FPO_ERR_USAGE', `afpacket ${name}: offloads need a ring port (io: ring)`);
     this.kind = kind;
@@ -74,7 +80,7 @@ export class TapPort {
     this.mode = offload ? 'read-write+vnet' : 'read-write';
     this.slotBytes = offload ? SLOT_GSO : SLOT;
     this.hdr = offload ? VNET_HDR_LEN : 0;
-    const fd = kind === 'tap' ? TapPort.openTap(name, offload) : TapPort.openPacket(name);
+    const fd = kind === 'tap' ? TapPort.openTap(name, offload, multiQueue) : TapPort.openPacket(name);
     this.name = name;
     this.fd = fd;
     // rx slots and the tx buffer in port memory (port-memory.ts): a frame from a ring port's block is
@@ -122,13 +128,13 @@ export class TapPort {
   }
 
   // Slow path: a new TAP device.
-  private static openTap(name: string, offload: boolean): number {
+  private static openTap(name: string, offload: boolean, multiQueue: boolean): number {
     const c = libc();
     const fd = c.open('/dev/net/tun', O_RDWR | O_NONBLOCK);
     if (fd < 0) throw new FpoError('FPO_ERR_IO', `/dev/net/tun: cannot open (errno ${c.errno()}); fpo needs root for TAP ports`);
     const ifr = Buffer.alloc(40);
     ifr.write(name, 0);
-    ifr.writeUInt16LE(IFF_TAP | IFF_NO_PI | (offload ? IFF_VNET_HDR : 0), 16);
+    ifr.writeUInt16LE(IFF_TAP | IFF_NO_PI | (offload ? IFF_VNET_HDR : 0) | (multiQueue ? IFF_MULTI_QUEUE : 0), 16);
     if (c.ioctl(fd, TUNSETIFF, ifr) < 0) {
       const e = c.errno();
       c.close(fd);
