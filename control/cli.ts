@@ -268,22 +268,27 @@ Options:
       --log-level L     silent, error, warn (default), info, debug: JSON lines on stderr
       --metrics ADDR    serve Prometheus metrics at http://ADDR/metrics
                         (HOST:PORT or PORT; host 127.0.0.1 when not given)
+      --workers N       N datapath workers (threads), each with its own flow
+                        caches and its own sockets on every live port, frames
+                        spread by flow (default 1: the datapath on the main thread)
   -h, --help            this text
 `;
 
 async function cmdRun(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv, allowPositionals: true,
-    options: { topology: { type: 'string', short: 't' }, socket: { type: 'string', short: 's' }, out: { type: 'string', short: 'o' }, state: { type: 'string' }, 'log-level': { type: 'string' }, metrics: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+    options: { topology: { type: 'string', short: 't' }, socket: { type: 'string', short: 's' }, out: { type: 'string', short: 'o' }, state: { type: 'string' }, 'log-level': { type: 'string' }, metrics: { type: 'string' }, workers: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
   });
   if (values.help) { process.stdout.write(RUN_HELP); return 0; }
+  const workers = values.workers === undefined ? 1 : Number(values.workers);
+  if (!/^\d+$/.test(values.workers ?? '1') || !(workers >= 1 && workers <= 64)) throw new UsageError(`run: --workers: expected an integer in 1..64, got "${values.workers}"`);
   if (positionals.length) throw new UsageError(`run: unexpected argument "${positionals[0]}"; see 'fpo run --help'`);
   if (!values.topology) throw new UsageError(`run: --topology FILE is required; see 'fpo run --help'`);
   const level = values['log-level'] ?? 'warn';
   if (!['silent', 'error', 'warn', 'info', 'debug', 'trace'].includes(level)) throw new UsageError(`run: --log-level: expected silent, error, warn, info or debug, got "${level}"`);
   if (values.metrics !== undefined) (await import('./metrics.js')).parseAddr(values.metrics);
   const { Service, defaultSocket } = await import('./service.js');
-  const svc = new Service({ topology: values.topology, socket: values.socket ?? defaultSocket(), outDir: values.out ?? 'fpo-run', state: values.state, logLevel: level, metrics: values.metrics });
+  const svc = new Service({ topology: values.topology, socket: values.socket ?? defaultSocket(), outDir: values.out ?? 'fpo-run', state: values.state, logLevel: level, metrics: values.metrics, workers });
   try {
     await svc.listen();
   } catch (e) {

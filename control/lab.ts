@@ -43,6 +43,8 @@ const LabSchema = z.strictObject({
   })).min(1),
   spares: z.array(z.strictObject({ name: short, vm: short })).default([]),
   ports: z.enum(['veth', 'tap']).default('veth'),
+  /** fpo run --workers: datapath threads (workers.ts). */
+  workers: z.number().int().min(1).max(64).default(1),
 });
 export type Lab = z.infer<typeof LabSchema>;
 
@@ -212,7 +214,7 @@ export async function labUp(path: string): Promise<{ dir: string; socket: string
   const cli = fileURLToPath(new URL('./cli.js', import.meta.url));
   const out = openSync(join(lab.dir, 'fpo-run.out'), 'w');
   const err = openSync(join(lab.dir, 'fpo-run.log'), 'w');
-  const child = spawn(process.execPath, [cli, 'run', '-t', topology, '-s', lab.socketPath, '-o', lab.dir, '--log-level', 'info'], { detached: true, stdio: ['ignore', out, err] });
+  const child = spawn(process.execPath, [cli, 'run', '-t', topology, '-s', lab.socketPath, '-o', lab.dir, '--log-level', 'info', ...(lab.workers > 1 ? ['--workers', String(lab.workers)] : [])], { detached: true, stdio: ['ignore', out, err] });
   child.unref();
   const pid = child.pid!;
   state.pid = pid;

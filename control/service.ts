@@ -37,13 +37,14 @@ import { PacketBatch } from '../datapath/batch.js';
 import { keyHash } from '../datapath/classifier/emc.js';
 import { KEY_WORDS, formatMatch } from '../datapath/classifier/flow-key.js';
 import { monotonicMs } from '../datapath/clock.js';
-import { Datapath, MAX_PPID } from '../datapath/datapath.js';
+import { Datapath, MAX_PPID, type DatapathStats } from '../datapath/datapath.js';
 import { DROP, DROP_NAMES } from '../datapath/drops.js';
 import { FpoError } from '../datapath/errors.js';
 import { CaptureReader, LINKTYPE_ETHERNET } from '../datapath/ports/capture-reader.js';
 import { CaptureWriter, txBufferBytes } from '../datapath/ports/capture-writer.js';
 import { Fpag, type Change } from './fpag.js';
 import { LiveLoop } from './live.js';
+import { DatapathWorkers, RecordingDatapath } from './workers.js';
 import { TunnelMonitor } from './monitor.js';
 import { openLivePort, type LivePort } from '../datapath/ports/live-port.js';
 import type { Server as HttpServer } from 'node:http';
@@ -82,6 +83,8 @@ export interface ServiceOptions {
   logLevel?: string;
   /** Serve Prometheus metrics on this address (HOST:PORT or PORT, loopback by default). */
   metrics?: string;
+  /** Datapath workers (worker threads, workers.ts); 1 (default): the datapath on the main thread. */
+  workers?: number;
 }
 
 export class Service {
@@ -89,7 +92,9 @@ export class Service {
   readonly fpag: Fpag;
   readonly topo: Topology;
   readonly log: Logger;
-  private readonly opts: Required<Omit<ServiceOptions, 'logLevel' | 'metrics'>> & { metrics?: string };
+  private readonly opts: Required<Omit<ServiceOptions, 'logLevel' | 'metrics' | 'workers'>> & { metrics?: string; workers: number };
+  /** With --workers N > 1: the workers; this.dp is then the FPAG's shadow (no ports, no traffic). */
+  private workers: DatapathWorkers | null = null;
   private metricsServer: HttpServer | null = null;
   private monitor: TunnelMonitor | null = null;
   private readonly writers = new Map<number, CaptureWriter>();
@@ -113,10 +118,20 @@ export class Service {
   private refusing = 0;
 
   constructor(opts: ServiceOptions) {
-    this.opts = { topology: opts.topology, socket: opts.socket, outDir: opts.outDir, state: opts.state ?? join(opts.outDir, 'fpo-state.json'), metrics: opts.metrics };
+    const nWorkers = opts.workers ?? 1;
+    if (!Number.isInteger(nWorkers) || nWorkers < 1 || nWorkers > 64) throw new FpoError('FPO_ERR_USAGE', `--workers: expected an integer in 1..64, got ${nWorkers}`);
+    this.opts = { topology: opts.topology, socket: opts.socket, outDir: opts.outDir, state: opts.state ?? join(opts.outDir, 'fpo-state.json'), metrics: opts.metrics, workers: nWorkers };
     this.log = pino({ level: opts.logLevel ?? 'warn', base: undefined }, pino.destination(2));
     const topo = loadTopology(opts.topology);
-    this.dp = new Datapath({ batchCapacity: 256 });
+    if (nWorkers > 1) {
+      // What the workers do not take yet is refused before anything is opened.
+      const pcap = topo.ports.find((p) => p.kind === 'pcap');
+      if (pcap) throw new FpoError('FPO_ERR_USAGE', `--workers ${nWorkers}: port ${pcap.name} writes a capture file; with several workers every port must be live (tap or afpacket)`);
+      if (topo.tunnel?.monitor.length) throw new FpoError('FPO_ERR_USAGE', `--workers ${nWorkers}: the tunnel monitor (BFD) runs with one datapath only, for now`);
+      if (opts.metrics !== undefined) throw new FpoError('FPO_ERR_USAGE', `--workers ${nWorkers}: --metrics serves one datapath's counters only, for now; use fpo ctl stats`);
+    }
+    // Several workers: the FPAG decides on a shadow that records what it applies, for the workers (workers.ts).
+    this.dp = nWorkers > 1 ? new RecordingDatapath({ batchCapacity: 256, idleTimeoutMs: 0 }) : new Datapath({ batchCapacity: 256 });
     // The state file is checked whole before any of it is used (control/state.ts), and taken first:
     // a second service on the same state (and the same captures) is refused before it touches anything.
     this.store = new StateStore(this.opts.state);
@@ -140,8 +155,12 @@ export class Service {
       const layout = { format: 'pcap' as const, nanos: false, interfaces: [{ linktype: LINKTYPE_ETHERNET, snaplen: 262144, tsresol: 6, tsoffset: 0 }] };
       const live: { port: LivePort; ppid: number }[] = [];
       for (const p of topo.ports) {
+        if (nWorkers > 1) {
+          this.dp.addPort(p.ppid, { writeBatch: () => undefined }); // the workers have the ports
+          continue;
+        }
         if (p.kind === 'tap' || p.kind === 'afpacket') {
-          const tap = openLivePort(p.device, p.kind, p.io, 256, p.offload);
+          const tap = openLivePort(p.device, p.kind, p.io, 256, p.offload, p.tpacket);
           this.taps.push(tap);
           this.liveRows.push({ port: tap, name: p.name, ppid: p.ppid });
           live.push({ port: tap, ppid: p.ppid });
@@ -211,6 +230,11 @@ export class Service {
     if (this.topo.tunnel?.monitor.length) {
       this.monitor = new TunnelMonitor(this.topo.tunnel.monitor, this.log);
       await this.monitor.start();
+    }
+    if (this.opts.workers > 1) {
+      this.workers = new DatapathWorkers(this.topo, this.opts.workers, this.dp as RecordingDatapath, this.log);
+      await this.workers.ready();
+      this.log.info({ workers: this.opts.workers }, 'datapath workers ready');
     }
     // allowHalfOpen: a client that sends its requests and closes its side still gets every reply.
     const server = createServer({ allowHalfOpen: true }, (c) => this.onConnection(c));
@@ -327,6 +351,7 @@ export class Service {
       if (!INJECT_ARGS.includes(k)) throw new FpoError('FPO_ERR_USAGE', `args: unknown field ${JSON.stringify(k)}; inject takes ${INJECT_ARGS.join(', ')}`);
     }
     if (top !== null) throw top;
+    if (this.workers) throw new FpoError('FPO_ERR_USAGE', `inject: fpo run --workers ${this.opts.workers} takes traffic on its live ports only, for now`);
     const portArg = args.port;
     if (portArg !== undefined && (typeof portArg !== 'string' || portArg.length === 0 || portArg.length > 4096)) throw new FpoError('FPO_ERR_USAGE', 'port: expected a non-empty string');
     const portName = portArg ?? (this.topo.inputPort !== 'by-source-mac' ? this.topo.inputPort : undefined) ?? this.topo.ports.find((p) => p.role === 'uplink')?.name ?? this.topo.ports[0].name;
@@ -372,12 +397,13 @@ export class Service {
       case 'show':
         return this.show();
       case 'dump-flows':
-        return flowReport(this.dp, this.fpag);
+        return this.workers ? (await this.workersStats()).perFlow : flowReport(this.dp, this.fpag);
       case 'stats':
-        return this.stats();
+        return this.workers ? await this.workersStats() : this.stats();
       case 'add-flow': {
         const rule = parseFlowSpec(str('flow')!);
         const r = this.fpag.setRules([...this.fpag.ruleSpecs, rule]);
+        await this.workers?.sync();
         this.log.info({ flow: formatFlowSpec(rule), ...r }, 'flow added');
         return { added: formatFlowSpec(rule), revalidated: r };
       }
@@ -389,12 +415,14 @@ export class Service {
         const removed = this.fpag.ruleSpecs.length - keep.length;
         if (removed === 0) throw new FpoError('FPO_ERR_USAGE', `flow: no rule has the match ${JSON.stringify(want.match)}`);
         const r = this.fpag.setRules(keep);
+        await this.workers?.sync();
         return { removed, revalidated: r };
       }
       case 'set-mapping': {
         const vpid = id('vpid', 1, this.dp.mapping.maxVpid);
         const ppid = id('ppid', 0, MAX_PPID);
         this.changeState((commit) => this.fpag.setMapping(vpid, ppid, commit));
+        await this.workers?.sync();
         return { vpid, ppid };
       }
       case 'migrate': {
@@ -403,6 +431,8 @@ export class Service {
         const to = away ? null : str('to')!;
         const newVpid = args.newVpid === undefined ? undefined : id('newVpid', 1, this.dp.mapping.maxVpid);
         const r = this.changeState((commit) => this.fpag.migrate(name, to, newVpid, commit));
+        // Answered once every worker switches by the new mapping.
+        await this.workers?.sync();
         this.log.info({ interface: name, to, ...r }, 'migrated');
         return { interface: name, to, ...r };
       }
@@ -442,6 +472,50 @@ export class Service {
   /** Each live port's own counters: how it moves frames, what the kernel dropped before fpo, what it sent and could not send. */
   liveCounters(): { port: string; ppid: number; device: string; mode: string; rxMissed: number; txSent: number; txRingFull: number; txErrors: number }[] {
     return this.liveRows.map(({ port, name, ppid }) => ({ port: name, ppid, device: port.name, mode: port.mode, rxMissed: port.rxMissed, txSent: port.txPackets, txRingFull: port.txRingFull, txErrors: port.txErrors }));
+  }
+
+  /** stats over the workers: each one's counters summed, flows by the shadow's ids, and each worker's health. */
+  private async workersStats(): Promise<{ perFlow: unknown[] } & Record<string, unknown>> {
+    const all = await this.workers!.stats();
+    const sum = (f: (s: DatapathStats) => number) => all.reduce((n, w) => n + f(w.dp), 0);
+    const drops: Record<string, number> = {};
+    for (const w of all) for (const [k, v] of Object.entries(w.dp.drops)) drops[k] = (drops[k] ?? 0) + (v ?? 0);
+    const m = this.dp.mapping;
+    const ports = this.topo.ports.map((p) => {
+      const row = { name: p.name, ppid: p.ppid, vpid: m.toVpid[p.ppid], rxPackets: 0, rxBytes: 0, txPackets: 0, txBytes: 0 };
+      for (const w of all) {
+        const q = w.dp.ports.find((x) => x.ppid === p.ppid);
+        if (q) { row.rxPackets += q.rxPackets; row.rxBytes += q.rxBytes; row.txPackets += q.txPackets; row.txBytes += q.txBytes; }
+      }
+      return row;
+    });
+    const live = this.topo.ports.map((p) => {
+      const row = { port: p.name, ppid: p.ppid, device: p.device, mode: '', rxMissed: 0, txSent: 0, txRingFull: 0, txErrors: 0 };
+      for (const w of all) {
+        const l = w.live.find((x) => x.ppid === p.ppid);
+        if (l) { row.mode = l.mode; row.rxMissed += l.rxMissed; row.txSent += l.txSent; row.txRingFull += l.txRingFull; row.txErrors += l.txErrors; }
+      }
+      return row;
+    });
+    const perId = new Map<number, [number, number]>();
+    for (const w of all) for (const [id, pk, by] of w.flows) {
+      const c = perId.get(id) ?? [0, 0];
+      perId.set(id, [c[0] + pk, c[1] + by]);
+    }
+    const ids = this.dp.dumpFlows().map((f) => f.id);
+    const perFlow = flowReport(this.dp, this.fpag).map((f, i) => ({ ...f, packets: perId.get(ids[i])?.[0] ?? 0, bytes: perId.get(ids[i])?.[1] ?? 0 }));
+    return {
+      packets: { in: sum((s) => s.packetsIn), out: sum((s) => s.delivered), dropped: sum((s) => s.dropped), copies: sum((s) => s.copies), special: sum((s) => s.special) },
+      drops,
+      ports,
+      live,
+      flows: { installed: this.dp.stats().flowsInstalled, active: this.dp.flows.count, evicted: sum((s) => s.flowsEvicted), expired: 0, upcalls: this.workers!.upcalls, emcHits: sum((s) => s.emcHits), megaflowHits: sum((s) => s.megaflowHits) },
+      perFlow,
+      migrations: this.fpag.migrations,
+      flowRewrites: this.fpag.flowRewrites,
+      control: { requests: this.requests, refused: this.badRequests, clients: this.conns.size, clientsRefused: this.clientsRefused },
+      workers: this.workers!.health().map((h, i) => ({ ...h, packetsIn: all[i].dp.packetsIn })),
+    };
   }
 
   stats(): unknown {
@@ -560,6 +634,9 @@ export class Service {
     await this.injecting;
     await this.monitor?.stop();
     await this.live.stop();
+    // The workers' counters are read before they go.
+    const workersFinal = this.workers ? await this.workersStats() : null;
+    await this.workers?.stop();
     for (const t of this.taps) t.close();
     for (const w of this.writers.values()) w.close();
     // The counters are the run's whatever happens to the state file: a failed last write is reported beside them.
@@ -570,7 +647,7 @@ export class Service {
     } finally {
       this.store.unlock();
     }
-    return this.stats();
+    return workersFinal ?? this.stats();
   }
 
   /** Why stop() could not write the state at the end (its counters are returned all the same), if it could not. */
@@ -585,6 +662,7 @@ export class Service {
     if (this.metricsServer) await (await import('./metrics.js')).closeMetrics(this.metricsServer);
     await this.monitor?.stop();
     await this.live.stop();
+    await this.workers?.stop();
     for (const t of this.taps) t.close();
     for (const w of this.writers.values()) w.close();
     this.store.unlock();

@@ -80,12 +80,18 @@ const PortSchema = object({
    */
   io: optional(oneOf(['ring', 'read'] as const)),
   /**
-   * afpacket on rings: frames with their virtio-net header (PACKET_VNET_HDR),
-   * so GSO segments of up to 64 KiB and partial checksums cross whole
-   * (offload.ts); default false. Copies to ports without offloads are cut
-   * and finished in software.
+   * afpacket on rings (PACKET_VNET_HDR) and TAP (IFF_VNET_HDR, TUNSETOFFLOAD):
+   * frames with their virtio-net header, so GSO segments of up to 64 KiB and
+   * partial checksums cross whole (offload.ts); default false. Copies to
+   * ports without offloads are cut and finished in software.
    */
   offload: optional(boolean()),
+  /**
+   * afpacket on rings: TPACKET_V3 (3, default: frames packed in blocks, a
+   * block handed over when full or 1 ms after its first frame) or TPACKET_V2
+   * (2: a slot a frame, each handed over as it lands: no delay).
+   */
+  tpacket: optional(oneOf([2, 3] as const)),
   /** The TAP device's name (default: the port's name; at most 15 characters). */
   device: optional(refine(string({ regex: /^[A-Za-z0-9._-]{1,15}$/, message: 'expected an interface name of 1 to 15 letters, digits, ".", "_", "-"' }), (d) => !/^\.+$/.test(d), 'expected an interface name that is not only dots (Linux refuses "." and "..")')),
 });
@@ -219,8 +225,10 @@ export interface Port {
   device: string;
   /** afpacket: rings (default) or a read/write a frame. */
   io: 'ring' | 'read';
-  /** afpacket on rings: virtio-net headers (GSO, checksum offload). */
+  /** TAP and afpacket on rings: virtio-net headers (GSO, checksum offload). */
   offload: boolean;
+  /** afpacket on rings: TPACKET_V2 or V3. */
+  tpacket: 2 | 3;
   /** Uplinks: the segments they carry. VM ports: the segment of the attached interface. */
   segments: string[];
   /** Uplinks: the VPID the control plane gave the uplink. VM ports: none (-1). */
@@ -363,8 +371,9 @@ export function topologyFrom(json: unknown, path: string): Topology {
     if (p.role === 'vm' && p.segments.length) throw bad(path, `ports[${i}].segments`, 'only uplink ports list segments; a VM port takes its interface\'s');
     if (p.kind !== 'pcap' && p.device === undefined && p.name.length > 15) throw bad(path, `ports[${i}].device`, `the port name "${p.name}" is longer than a TAP device may be (15); give a device name`);
     if (p.io !== undefined && p.kind !== 'afpacket') throw bad(path, `ports[${i}].io`, `"io" is for afpacket ports; this port is ${p.kind}`);
-    if (p.offload === true && (p.kind !== 'afpacket' || p.io === 'read')) throw bad(path, `ports[${i}].offload`, `offloads are for afpacket ports on rings; this port is ${p.kind}${p.io === 'read' ? ' with io read' : ''}`);
-    ports.set(p.name, { name: p.name, ppid: p.ppid, role: p.role, kind: p.kind, device: p.device ?? p.name, io: p.io ?? 'ring', offload: p.offload ?? false, segments: [...p.segments], vpid: -1 });
+    if (p.tpacket !== undefined && (p.kind !== 'afpacket' || p.io === 'read')) throw bad(path, `ports[${i}].tpacket`, `"tpacket" is for afpacket ports on rings; this port is ${p.kind}${p.io === 'read' ? ' with io read' : ''}`);
+    if (p.offload === true && (p.kind === 'pcap' || p.io === 'read')) throw bad(path, `ports[${i}].offload`, `offloads are for TAP ports and afpacket ports on rings; this port is ${p.kind}${p.io === 'read' ? ' with io read' : ''}`);
+    ports.set(p.name, { name: p.name, ppid: p.ppid, role: p.role, kind: p.kind, device: p.device ?? p.name, io: p.io ?? 'ring', offload: p.offload ?? false, tpacket: p.tpacket ?? 3, segments: [...p.segments], vpid: -1 });
   });
   const interfaces: Interface[] = [];
   const taken = new Map<string, string>();

@@ -7,18 +7,24 @@
  *   - sender-alone: the sender into a veth whose peer is the receiver — no
  *     switch: what the sender can offer, the ceiling of every row below;
  *   - fpo-ring: `fpo run` with both VMs on afpacket ports (the host ends of
- *     their veths) on TPACKET_V3 rings (ring-port.ts), `--workers` 1 and 2;
+ *     their veths) on TPACKET_V3 rings (ring-port.ts); fpo-ring-v2 the same
+ *     on TPACKET_V2; fpo-ring-2w with `--workers 2` (a fanout group a
+ *     port, vsOneWorker = its rate / fpo-ring's);
  *   - fpo-read: the same with `io: read` (a read()/write() a frame);
  *   - fpo-tap: the VMs on TAP ports of fpo (a read()/write() a frame);
  *   - linux-bridge: the host ends in a kernel bridge (the baseline);
  *   - ovs-netdev: Open vSwitch's userspace datapath (datapath_type=netdev)
  *     over the same host ends, when Open vSwitch is installed.
+ * Then TCP, VM to VM (iperf3, SECONDS, one stream), on veths with the VMs'
+ * offloads on: fpo on ring ports with offloads (64 KiB segments cross
+ * whole), and the Linux bridge — lines with bench ports/live-tcp.
+ *
  * Each line: offered (frames the sender sent a second) beside forwarded
  * (frames the receiver got a second), and ratio = forwarded / the bridge's
  * forwarded (also vsOvs where OVS ran). Needs root. One JSON line per row.
  *
  *   node dist/bench/ports/live.js        (FPO_BENCH_SHORT=1: 0.5 s a run)
- *   FPO_LIVE_ROWS=fpo-ring,linux-bridge  only those rows
+ *   FPO_LIVE_ROWS=fpo-ring,linux-bridge,tcp  only those rows (tcp: the iperf3 pair)
  */
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -128,12 +134,12 @@ async function main(): Promise<void> {
       cleanup();
     }
 
-    const vethPorts = (io: 'ring' | 'read') => [
-      { name: 'pa', ppid: 11, kind: 'afpacket', device: 'fpob-ha', io }, { name: 'pb', ppid: 12, kind: 'afpacket', device: 'fpob-hb', io }];
-    for (const [row, io, workers] of [['fpo-ring', 'ring', 1], ['fpo-read', 'read', 1]] as const) {
+    const vethPorts = (io: 'ring' | 'read', tpacket?: 2) => [
+      { name: 'pa', ppid: 11, kind: 'afpacket', device: 'fpob-ha', io, tpacket }, { name: 'pb', ppid: 12, kind: 'afpacket', device: 'fpob-hb', io, tpacket }];
+    for (const [row, io, workers, tpacket] of [['fpo-ring', 'ring', 1, undefined], ['fpo-ring-2w', 'ring', 2, undefined], ['fpo-ring-v2', 'ring', 1, 2], ['fpo-read', 'read', 1, undefined]] as const) {
       if (!want(row)) continue;
       veths();
-      const r = await runFpo(dir, vethPorts(io), workers, (pid) => measure(blaster, 'fpob-va', 'fpob-vb', pid));
+      const r = await runFpo(dir, vethPorts(io, tpacket), workers, (pid) => measure(blaster, 'fpob-va', 'fpob-vb', pid));
       if (r) results[row] = r;
       cleanup();
     }
@@ -171,6 +177,38 @@ async function main(): Promise<void> {
       if (startedOvs) quiet(`${ovsCtl} stop`);
     }
 
+    // TCP through fpo (ring ports with offloads) and through the bridge, with iperf3 when installed.
+    const tcp: Record<string, number> = {};
+    if (want('tcp') && spawnSync('iperf3', ['--version'], { stdio: 'ignore' }).status === 0) {
+      const ipAddrs = () => sh(`ip -n fpob-a link set fpob-va address ${A} && ip -n fpob-b link set fpob-vb address ${B}`
+        + ' && ip -n fpob-a addr add 10.98.0.1/24 dev fpob-va && ip -n fpob-b addr add 10.98.0.2/24 dev fpob-vb && ip -n fpob-a link set lo up && ip -n fpob-b link set lo up');
+      const iperf = (): number => {
+        const server = spawn('ip', ['netns', 'exec', 'fpob-b', 'iperf3', '-s', '-1', '-B', '10.98.0.2'], { stdio: 'ignore' });
+        try {
+          for (let i = 0; i < 50; i++) {
+            if (spawnSync('ip', ['netns', 'exec', 'fpob-b', 'sh', '-c', 'ss -ltn | grep -q 5201']).status === 0) break;
+            spawnSync('sleep', ['0.1']);
+          }
+          const out = execFileSync('ip', ['netns', 'exec', 'fpob-a', 'iperf3', '-c', '10.98.0.2', '-t', String(SECONDS), '-J'], { encoding: 'utf8', maxBuffer: 64 << 20 });
+          return (JSON.parse(out) as { end: { sum_received: { bits_per_second: number } } }).end.sum_received.bits_per_second;
+        } finally {
+          server.kill();
+        }
+      };
+      for (const [row, tpacket] of [['fpo-ring-offload', 3], ['fpo-ring-v2-offload', 2]] as const) {
+        veths();
+        ipAddrs();
+        const ports = [{ name: 'pa', ppid: 11, kind: 'afpacket', device: 'fpob-ha', offload: true, tpacket }, { name: 'pb', ppid: 12, kind: 'afpacket', device: 'fpob-hb', offload: true, tpacket }];
+        await runFpo(dir, ports, 1, () => { tcp[row] = iperf(); });
+        cleanup();
+      }
+      veths();
+      ipAddrs();
+      sh('ip link add fpob-br type bridge && ip link set fpob-br up && ip link set fpob-ha master fpob-br && ip link set fpob-hb master fpob-br');
+      tcp['linux-bridge'] = iperf();
+      cleanup();
+    }
+
     const base = results['linux-bridge']?.received;
     const ovs = results['ovs-netdev']?.received;
     const ring1 = results['fpo-ring']?.received;
@@ -187,6 +225,9 @@ async function main(): Promise<void> {
         ppsPerFpoCore: r.cpuSeconds ? Math.round(r.received / r.cpuSeconds) : undefined,
         vsOneWorker: name === 'fpo-ring-2w' && ring1 !== undefined ? Number((r.received / ring1).toFixed(3)) : undefined,
       });
+    }
+    for (const [name, bps] of Object.entries(tcp)) {
+      emit({ bench: 'ports/live-tcp', switch: name, seconds: SECONDS, streams: 1, gbitPerSec: Number((bps / 1e9).toFixed(2)), baseline: 'linux-bridge', ratio: Number((bps / tcp['linux-bridge']).toFixed(3)) });
     }
   } finally {
     cleanup();

@@ -13,6 +13,8 @@ const require = createRequire(import.meta.url);
 export interface Libc {
   open(path: string, flags: number): number;
   ioctl(fd: number, req: number, arg: Buffer): number;
+  /** ioctl with a value, not a pointer, as its argument (TUNSETOFFLOAD). */
+  ioctlValue(fd: number, req: number, arg: number): number;
   read(fd: number, buf: Buffer, n: number): number;
   write(fd: number, buf: Buffer, n: number): number;
   poll(fds: Buffer, nfds: number, timeoutMs: number): number;
@@ -46,6 +48,7 @@ export function libc(): Libc {
   const lib = koffi.load('libc.so.6');
   const errnoLoc = lib.func('int *__errno_location()');
   const ioctl = lib.func('int ioctl(int fd, unsigned long req, _Inout_ uint8_t *arg)');
+  const ioctlValue = lib.func('int ioctl(int fd, unsigned long req, unsigned long arg)');
   const setScheduler = lib.func('int sched_setscheduler(int pid, int policy, const uint8_t *param)');
   const SockFilter = koffi.struct('sock_filter', { code: 'uint16', jt: 'uint8', jf: 'uint8', k: 'uint32' });
   const SockFprog = koffi.struct('sock_fprog', { len: 'uint16', filter: 'void *' });
@@ -57,6 +60,7 @@ export function libc(): Libc {
   cached = {
     open: lib.func('int open(const char *path, int flags)') as Libc['open'],
     ioctl: (fd, req, arg) => ioctl(fd, req, arg) as number,
+    ioctlValue: (fd, req, arg) => ioctlValue(fd, req, arg) as number,
     read: lib.func('long read(int fd, _Out_ uint8_t *buf, unsigned long n)') as Libc['read'],
     write: lib.func('long write(int fd, const uint8_t *buf, unsigned long n)') as Libc['write'],
     poll: lib.func('int poll(_Inout_ uint8_t *fds, unsigned long nfds, int timeout)') as Libc['poll'],

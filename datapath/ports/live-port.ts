@@ -6,6 +6,7 @@
  */
 import type { PacketBatch } from '../batch.js';
 import type { Encap } from '../actions/encap.js';
+import { FpoError } from '../errors.js';
 import { RingPort } from './ring-port.js';
 import { TapPort } from './tap-port.js';
 
@@ -13,7 +14,7 @@ export interface LivePort {
   readonly name: string;
   readonly fd: number;
   readonly kind: 'tap' | 'afpacket';
-  /** How frames move: 'read-write' (a system call a frame) or 'tpacket-v3' (rings). */
+  /** How frames move: 'read-write' (a system call a frame) or 'tpacket-v3' / 'tpacket-v2' (rings); '+vnet' with offloads. */
   readonly mode: string;
   rxPackets: number;
   txPackets: number;
@@ -26,10 +27,13 @@ export interface LivePort {
   fill(batch: PacketBatch, ppid: number, nowUs: number): number;
   writeBatch(batch: PacketBatch, idx: Uint16Array, from: number, n: number, enc?: Int32Array, encap?: Encap): void;
   close(): void;
+  /** A ring port's mapping of its socket (address, bytes); absent for the others. */
+  mapping?(): { addr: bigint; len: number };
 }
 
 /** Opens a topology's live port: a TAP fpo creates, or an AF_PACKET socket on `device` (rings unless io is 'read'). */
-export function openLivePort(device: string, kind: 'tap' | 'afpacket', io: 'ring' | 'read', batchCapacity: number, offload = false): LivePort {
-  if (kind === 'afpacket' && io === 'ring') return new RingPort(device, { offload });
-  return new TapPort(device, batchCapacity, kind);
+export function openLivePort(device: string, kind: 'tap' | 'afpacket', io: 'ring' | 'read', batchCapacity: number, offload = false, version: 2 | 3 = 3, fanout?: number): LivePort {
+  if (kind === 'afpacket' && io === 'ring') return new RingPort(device, { offload, version, fanout });
+  if (fanout !== undefined && kind !== 'tap') throw new FpoError('FPO_ERR_USAGE', `afpacket ${device}: several workers need a ring port (io: ring), not io: read`);
+  return new TapPort(device, batchCapacity, kind, offload, fanout !== undefined);
 }

@@ -53,6 +53,33 @@ export function needsSoftware(batch: PacketBatch, i: number): boolean {
   return (batch.buf[v] & VNET_NEEDS_CSUM) !== 0 || (batch.buf[v + 1] & ~GSO_ECN) !== GSO_NONE;
 }
 
+/**
+ * Writes at dst[v..v + 10) the virtio-net header of packet i's copy that
+ * was written `len` bytes long with tx code e: the packet's own header (its
+ * offsets moved by a tag pushed or popped) when it came with one and the
+ * copy is not encapsulated, else zeros (nothing to finish, not a segment).
+ */
+export function writeVnetHeader(dst: Uint8Array, v: number, batch: PacketBatch, i: number, e: number, len: number): void {
+  if (!batch.vnet || e >= 0 || batch.buf !== dst) {
+    dst.fill(0, v, v + VNET_HDR_LEN);
+    return;
+  }
+  const src = batch.off[i] - VNET_HDR_LEN;
+  dst.copyWithin(v, src, src + VNET_HDR_LEN);
+  const d = len - batch.caplen[i];
+  if (d === 0) return;
+  if ((dst[v] & VNET_NEEDS_CSUM) !== 0) {
+    const cs = (dst[v + 6] | (dst[v + 7] << 8)) + d;
+    dst[v + 6] = cs & 0xff;
+    dst[v + 7] = cs >> 8;
+  }
+  const hl = dst[v + 2] | (dst[v + 3] << 8);
+  if (hl !== 0) {
+    dst[v + 2] = (hl + d) & 0xff;
+    dst[v + 3] = (hl + d) >> 8;
+  }
+}
+
 /** Ones' complement sum of b[from .. to), big-endian words, added to `sum` (not folded). */
 function sum16(b: Uint8Array, from: number, to: number, sum: number): number {
   let i = from;

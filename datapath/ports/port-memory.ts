@@ -35,6 +35,8 @@ export class PortMemory {
   private next = 0;
   /** TAP rx slots by their offset: a frame still in its slot is written to another TAP from there (tap-port.ts). */
   readonly slots = new Map<number, Buffer>();
+  /** The same for TAPs with offloads: a view from the frame's virtio-net header on, keyed by where the frame starts. */
+  readonly vnetSlots = new Map<number, Buffer>();
   /** Released pieces by size, handed out again to a port of the same size (a service that closes and reopens ports). */
   private readonly free = new Map<number, number[]>();
 
@@ -78,6 +80,11 @@ export class PortMemory {
     }
     this.bytes.fill(0, at, at + len);
     return at;
+  }
+
+  /** The address of offset `at` (for another thread to unmap a piece of a thread that died: workers.ts). */
+  addressOf(at: number): bigint {
+    return this.base + BigInt(at);
   }
 
   /** Gives a piece back: unmapped (PROT_NONE again, the socket's ring let go), to be taken by a later port of its size. */

@@ -35,7 +35,7 @@ import { FpoError } from '../errors.js';
 import type { Encap } from '../actions/encap.js';
 import { TX_PLAIN } from '../actions/vlan.js';
 import { writeBytes, writeFrame } from './frame-out.js';
-import { SoftOffload, VNET_HDR_LEN, VNET_NEEDS_CSUM, needsSoftware } from './offload.js';
+import { SoftOffload, VNET_HDR_LEN, VNET_NEEDS_CSUM, needsSoftware, writeVnetHeader } from './offload.js';
 import { MSG_DONTWAIT, libc } from './libc.js';
 import { PortMemory } from './port-memory.js';
 
@@ -49,7 +49,11 @@ const PACKET_STATISTICS = 6;
 const PACKET_VERSION = 10;
 const PACKET_TX_RING = 13;
 const PACKET_VNET_HDR = 15;
+const PACKET_FANOUT = 18;
+const PACKET_FANOUT_HASH = 0;
+const PACKET_FANOUT_FLAG_DEFRAG = 0x8000;
 const PACKET_IGNORE_OUTGOING = 23;
+const TPACKET_V2 = 1;
 const TPACKET_V3 = 2;
 
 const TP_STATUS_USER = 1;
@@ -74,9 +78,20 @@ const H_MAC = 24;
 const H_VLAN_TCI = 32;
 const H_VLAN_TPID = 36;
 /** tx: a V3 frame's data starts after the header (TPACKET3_HDRLEN - sizeof(sockaddr_ll)). */
-const TX_DATA = 48;
+const TX_DATA_V3 = 48;
 /** Smallest tp_mac with room for a tag put back (the 68-byte header plus 4). */
-const VLAN_ROOM = 72;
+const VLAN_ROOM_V3 = 72;
+// struct tpacket2_hdr.
+const H2_STATUS = 0;
+const H2_LEN = 4;
+const H2_SNAPLEN = 8;
+const H2_MAC = 12;
+const H2_SEC = 16;
+const H2_NSEC = 20;
+const H2_VLAN_TCI = 24;
+const H2_VLAN_TPID = 26;
+const TX_DATA_V2 = 32;
+const VLAN_ROOM_V2 = 56;
 
 export interface RingOptions {
   /** rx: bytes per block (a page multiple; the largest frame must fit) and blocks. */
@@ -95,6 +110,21 @@ export interface RingOptions {
    * the VM side must have tx checksum offload off.
    */
   offload?: boolean;
+  /**
+   * 3 (default): TPACKET_V3, frames packed in blocks, a block handed over
+   * when full or RETIRE_MS after its first frame — fewest wake-ups, up to
+   * RETIRE_MS of delay on a quiet link. 2: TPACKET_V2, a slot a frame, each
+   * handed over as it lands — no delay, a slot of the largest frame's size.
+   */
+  version?: 2 | 3;
+  /** V2: rx slots (default 4096 of 2 KiB, or 256 of 68 KiB with offloads). */
+  rxFrames?: number;
+  /**
+   * Joins fanout group `fanout` (PACKET_FANOUT_HASH, with IP defragmentation):
+   * the interface's frames are spread over the group's sockets by flow hash,
+   * a flow always to the same one (one datapath worker each, workers.ts).
+   */
+  fanout?: number;
 }
 
 export class RingPort {
@@ -105,6 +135,16 @@ export class RingPort {
   readonly mode: string;
   /** Frames come and go with a virtio-net header (offload.ts). */
   readonly offload: boolean;
+  /** TPACKET_V2 or V3. */
+  readonly version: 2 | 3;
+  /** V2: rx slots, their size. */
+  private readonly rxFrames: number = 0;
+  private readonly rxFrameBytes: number = 0;
+  /** The tx header's status and length words, and where a frame's data starts in a slot. */
+  private readonly hStatus: number;
+  private readonly hLen: number;
+  private readonly hSnap: number;
+  private readonly txData: number;
   rxPackets = 0;
   txPackets = 0;
   /** Frames the kernel refused from the tx ring (TP_STATUS_WRONG_FORMAT) or that did not fit a slot. */
@@ -144,7 +184,18 @@ export class RingPort {
     this.blockBytes = opts.rxBlockBytes ?? 1 << 18;
     this.blocks = opts.rxBlocks ?? 32;
     this.offload = opts.offload ?? false;
-    this.mode = this.offload ? 'tpacket-v3+vnet' : 'tpacket-v3';
+    this.version = opts.version ?? 3;
+    this.mode = `tpacket-v${this.version}${this.offload ? '+vnet' : ''}`;
+    const v2 = this.version === 2;
+    this.hStatus = v2 ? H2_STATUS : H_STATUS;
+    this.hLen = v2 ? H2_LEN : H_LEN;
+    this.hSnap = v2 ? H2_SNAPLEN : H_SNAPLEN;
+    this.txData = v2 ? TX_DATA_V2 : TX_DATA_V3;
+    if (v2) {
+      // A slot holds the largest frame: 2 KiB, or with offloads a whole GSO packet (68 KiB, fewer slots).
+      this.rxFrameBytes = this.offload ? 17 * 4096 : 2048;
+      this.rxFrames = opts.rxFrames ?? (this.offload ? 256 : 4096);
+    }
     // With offloads a tx slot holds a whole GSO packet: 68 KiB slots (17 pages), fewer of them.
     this.txFrameBytes = opts.txFrameBytes ?? (this.offload ? 17 * 4096 : 2048);
     this.txFrames = opts.txFrames ?? (this.offload ? 256 : 1024);
@@ -162,7 +213,7 @@ export class RingPort {
         if (c.setsockopt(fd, level, key, val, val.length) < 0) throw new FpoError('FPO_ERR_IO', `afpacket ${name}: ${what} failed (errno ${c.errno()})`);
       };
       const i32 = (v: number) => { const b = Buffer.alloc(4); b.writeInt32LE(v, 0); return b; };
-      opt('PACKET_VERSION TPACKET_V3', SOL_PACKET, PACKET_VERSION, i32(TPACKET_V3));
+      opt(`PACKET_VERSION TPACKET_V${this.version}`, SOL_PACKET, PACKET_VERSION, i32(v2 ? TPACKET_V2 : TPACKET_V3));
       opt('PACKET_IGNORE_OUTGOING', SOL_PACKET, PACKET_IGNORE_OUTGOING, i32(1));
       if (this.offload) opt('PACKET_VNET_HDR', SOL_PACKET, PACKET_VNET_HDR, i32(1));
       // struct tpacket_req3: block_size, block_nr, frame_size, frame_nr, retire_blk_tov, sizeof_priv, feature_req_word.
@@ -175,7 +226,16 @@ export class RingPort {
         b.writeUInt32LE(tov, 16);
         return b;
       };
-      opt(`PACKET_RX_RING (${this.blocks} blocks of ${this.blockBytes} bytes)`, SOL_PACKET, PACKET_RX_RING, req(this.blockBytes, this.blocks, 2048, retireMs));
+      if (v2) {
+        // V2: blocks of slots (a block a page multiple holding whole slots); the V3-only words stay 0.
+        const perBlock = Math.max(1, Math.floor((1 << 16) / this.rxFrameBytes));
+        this.blockBytes = perBlock * this.rxFrameBytes;
+        this.blocks = Math.ceil(this.rxFrames / perBlock);
+        this.rxFrames = this.blocks * perBlock;
+        opt(`PACKET_RX_RING (${this.rxFrames} slots of ${this.rxFrameBytes} bytes)`, SOL_PACKET, PACKET_RX_RING, req(this.blockBytes, this.blocks, this.rxFrameBytes, 0));
+      } else {
+        opt(`PACKET_RX_RING (${this.blocks} blocks of ${this.blockBytes} bytes)`, SOL_PACKET, PACKET_RX_RING, req(this.blockBytes, this.blocks, 2048, retireMs));
+      }
       // tx: V3 sends frame by frame (no block transmit); the slots are grouped in 64 KiB blocks, as the ring wants.
       const txBlock = Math.max(1 << 16, this.txFrameBytes);
       const txBlocks = Math.ceil((this.txFrames * this.txFrameBytes) / txBlock);
@@ -194,14 +254,88 @@ export class RingPort {
       sll.writeUInt16LE(ETH_P_ALL_BE, 2);
       sll.writeInt32LE(ifindex, 4);
       if (c.bind(fd, sll, 20) < 0) throw new FpoError('FPO_ERR_IO', `afpacket ${name}: bind failed (errno ${c.errno()})`);
+      if (opts.fanout !== undefined) opt(`PACKET_FANOUT group ${opts.fanout}`, SOL_PACKET, PACKET_FANOUT, i32((opts.fanout & 0xffff) | ((PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG) << 16)));
     } catch (e) {
       c.close(fd);
       throw e;
     }
   }
 
-  /** Fast path: up to a batch of frames from ready blocks; returns how many. */
-  fill(batch: PacketBatch, ppid: number, _nowUs: number): number {
+  /** Fast path: up to a batch of frames; returns how many. */
+  fill(batch: PacketBatch, ppid: number, nowUs: number): number {
+    return this.version === 2 ? this.fillV2(batch, ppid) : this.fillV3(batch, ppid, nowUs);
+  }
+
+  /** V2: frames from ready slots, in ring order; a batch's slots go back at the next fill. */
+  private fillV2(batch: PacketBatch, ppid: number): number {
+    const dv = this.dv;
+    const u8 = this.bytes;
+    const fb = this.rxFrameBytes;
+    const at = this.at;
+    while (this.release !== this.block) {
+      dv.setUint32(at + this.release * fb + H2_STATUS, 0, true);
+      this.release = this.release + 1 === this.rxFrames ? 0 : this.release + 1;
+    }
+    batch.batchSetBuffer(u8);
+    batch.rawPcapLE = false;
+    const vnet = this.offload;
+    batch.vnet = vnet;
+    const cap = batch.capacity;
+    let n = 0;
+    while (n < cap) {
+      const h = at + this.block * fb;
+      const status = dv.getUint32(h + H2_STATUS, true);
+      if ((status & TP_STATUS_USER) === 0) break;
+      let mac = h + dv.getUint16(h + H2_MAC, true);
+      let snap = dv.getUint32(h + H2_SNAPLEN, true);
+      let len = dv.getUint32(h + H2_LEN, true);
+      if ((status & TP_STATUS_VLAN_VALID) !== 0 && mac - h >= VLAN_ROOM_V2 + (vnet ? VNET_HDR_LEN : 0) && snap >= 12) {
+        const tpid = (status & TP_STATUS_VLAN_TPID_VALID) !== 0 ? dv.getUint16(h + H2_VLAN_TPID, true) : 0x8100;
+        mac = this.restoreTag(mac, tpid, dv.getUint16(h + H2_VLAN_TCI, true), vnet);
+        snap += 4;
+        len += 4;
+      }
+      batch.off[n] = mac;
+      batch.caplen[n] = snap;
+      batch.wirelen[n] = len;
+      batch.tsA[n] = dv.getUint32(h + H2_SEC, true);
+      batch.tsB[n] = Math.floor(dv.getUint32(h + H2_NSEC, true) / 1000);
+      batch.ifIndex[n] = 0;
+      batch.inPpid[n] = ppid;
+      batch.drop[n] = snap < len ? D.frameTooBig : 0;
+      n++;
+      this.block = this.block + 1 === this.rxFrames ? 0 : this.block + 1;
+    }
+    batch.count = n;
+    this.rxPackets += n;
+    return n;
+  }
+
+  /**
+   * Puts back the tag the kernel took out of the frame at `mac`: the MACs
+   * (and a virtio-net header before them) move 4 bytes back, the tag goes
+   * after them. Returns the frame's new start.
+   */
+  private restoreTag(mac: number, tpid: number, tci: number, vnet: boolean): number {
+    const u8 = this.bytes;
+    const dv = this.dv;
+    if (vnet) {
+      // The virtio-net header moves 4 back with the frame's start; its offsets grow by the tag.
+      u8.copyWithin(mac - 4 - VNET_HDR_LEN, mac - VNET_HDR_LEN, mac);
+      const v = mac - 4 - VNET_HDR_LEN;
+      if ((u8[v] & VNET_NEEDS_CSUM) !== 0) dv.setUint16(v + 6, dv.getUint16(v + 6, true) + 4, true);
+      const hl = dv.getUint16(v + 2, true);
+      if (hl !== 0) dv.setUint16(v + 2, hl + 4, true);
+    }
+    u8.copyWithin(mac - 4, mac, mac + 12);
+    dv.setUint16(mac + 8, tpid === 0 ? 0x8100 : tpid);
+    dv.setUint16(mac + 10, tci);
+    this.rxVlanRestored++;
+    return mac - 4;
+  }
+
+  /** V3: frames from ready blocks; a block goes back at the next fill after its last frame. */
+  private fillV3(batch: PacketBatch, ppid: number, _nowUs: number): number {
     const dv = this.dv;
     const u8 = this.bytes;
     const blockBytes = this.blockBytes;
@@ -236,23 +370,11 @@ export class RingPort {
       let mac = h + dv.getUint16(h + H_MAC, true);
       let snap = dv.getUint32(h + H_SNAPLEN, true);
       let len = dv.getUint32(h + H_LEN, true);
-      if ((status & TP_STATUS_VLAN_VALID) !== 0 && mac - h >= VLAN_ROOM + (vnet ? VNET_HDR_LEN : 0) && snap >= 12) {
-        if (vnet) {
-          // The virtio-net header moves 4 back with the frame's start; its offsets grow by the tag.
-          u8.copyWithin(mac - 4 - VNET_HDR_LEN, mac - VNET_HDR_LEN, mac);
-          const v = mac - 4 - VNET_HDR_LEN;
-          if ((u8[v] & VNET_NEEDS_CSUM) !== 0) dv.setUint16(v + 6, dv.getUint16(v + 6, true) + 4, true);
-          const hl = dv.getUint16(v + 2, true);
-          if (hl !== 0) dv.setUint16(v + 2, hl + 4, true);
-        }
-        u8.copyWithin(mac - 4, mac, mac + 12);
-        mac -= 4;
+      if ((status & TP_STATUS_VLAN_VALID) !== 0 && mac - h >= VLAN_ROOM_V3 + (vnet ? VNET_HDR_LEN : 0) && snap >= 12) {
         const tpid = (status & TP_STATUS_VLAN_TPID_VALID) !== 0 ? dv.getUint16(h + H_VLAN_TPID, true) : 0x8100;
-        dv.setUint16(mac + 12, tpid === 0 ? 0x8100 : tpid);
-        dv.setUint16(mac + 14, dv.getUint32(h + H_VLAN_TCI, true) & 0xffff);
+        mac = this.restoreTag(mac, tpid, dv.getUint32(h + H_VLAN_TCI, true) & 0xffff, vnet);
         snap += 4;
         len += 4;
-        this.rxVlanRestored++;
       }
       batch.off[n] = mac;
       batch.caplen[n] = snap;
@@ -277,7 +399,7 @@ export class RingPort {
     const dv = this.dv;
     const u8 = this.bytes;
     const off = this.offload;
-    const room = this.txFrameBytes - TX_DATA - (off ? VNET_HDR_LEN : 0);
+    const room = this.txFrameBytes - this.txData - (off ? VNET_HDR_LEN : 0);
     this.queued = 0;
     this.kicked = false;
     for (let j = from; j < from + n; j++) {
@@ -294,23 +416,10 @@ export class RingPort {
       }
       const slot = this.takeSlot();
       if (slot < 0) continue;
-      const data = slot + TX_DATA + (off ? VNET_HDR_LEN : 0);
+      const data = slot + this.txData + (off ? VNET_HDR_LEN : 0);
       const len = writeFrame(u8, data, room, batch, i, e, encap);
       if (len < 0) { this.txErrors++; continue; }
-      if (off) {
-        const v = data - VNET_HDR_LEN;
-        if (batch.vnet && e < 0) {
-          // The packet's own header, its offsets moved by a tag pushed or popped.
-          const src = batch.off[i] - VNET_HDR_LEN;
-          u8.copyWithin(v, src, src + VNET_HDR_LEN);
-          const d = len - batch.caplen[i];
-          if (d !== 0) {
-            if ((u8[v] & VNET_NEEDS_CSUM) !== 0) dv.setUint16(v + 6, dv.getUint16(v + 6, true) + d, true);
-            const hl = dv.getUint16(v + 2, true);
-            if (hl !== 0) dv.setUint16(v + 2, hl + d, true);
-          }
-        } else u8.fill(0, v, data); // nothing to finish, not a segment
-      }
+      if (off) writeVnetHeader(u8, data - VNET_HDR_LEN, batch, i, e, len);
       this.commit(slot, len + (off ? VNET_HDR_LEN : 0));
     }
     if (this.queued > 0) this.send();
@@ -328,8 +437,8 @@ export class RingPort {
     const slot = this.takeSlot();
     if (slot < 0) return;
     const off = this.offload;
-    const data = slot + TX_DATA + (off ? VNET_HDR_LEN : 0);
-    const n = writeBytes(this.bytes, data, this.txFrameBytes - TX_DATA - (off ? VNET_HDR_LEN : 0), src, from, len, len, this.curHash, this.curE, this.curEncap);
+    const data = slot + this.txData + (off ? VNET_HDR_LEN : 0);
+    const n = writeBytes(this.bytes, data, this.txFrameBytes - this.txData - (off ? VNET_HDR_LEN : 0), src, from, len, len, this.curHash, this.curE, this.curEncap);
     if (n < 0) { this.txErrors++; return; }
     if (off) this.bytes.fill(0, data - VNET_HDR_LEN, data);
     this.commit(slot, n + (off ? VNET_HDR_LEN : 0));
@@ -339,7 +448,7 @@ export class RingPort {
   private takeSlot(): number {
     const dv = this.dv;
     const slot = this.txAt + this.txHead * this.txFrameBytes;
-    let st = dv.getUint32(slot + H_STATUS, true);
+    let st = dv.getUint32(slot + this.hStatus, true);
     if (st === TP_STATUS_WRONG_FORMAT) {
       this.txErrors++;
       st = TP_STATUS_AVAILABLE;
@@ -348,7 +457,7 @@ export class RingPort {
       // The kernel still holds this slot: one send (of this batch's frames and any left from before,
       // e.g. while the link was down) and a second look; a slot still held is a full ring, counted.
       if (!this.kicked) { this.send(); this.kicked = true; this.queued = 0; }
-      if (dv.getUint32(slot + H_STATUS, true) !== TP_STATUS_AVAILABLE) { this.txRingFull++; return -1; }
+      if (dv.getUint32(slot + this.hStatus, true) !== TP_STATUS_AVAILABLE) { this.txRingFull++; return -1; }
     }
     return slot;
   }
@@ -356,10 +465,10 @@ export class RingPort {
   /** Hands a filled slot (len bytes after the header) to the kernel. */
   private commit(slot: number, len: number): void {
     const dv = this.dv;
-    dv.setUint32(slot + H_NEXT, 0, true);
-    dv.setUint32(slot + H_LEN, len, true);
-    dv.setUint32(slot + H_SNAPLEN, len, true);
-    dv.setUint32(slot + H_STATUS, TP_STATUS_SEND_REQUEST, true);
+    if (this.version === 3) dv.setUint32(slot + H_NEXT, 0, true);
+    dv.setUint32(slot + this.hLen, len, true);
+    dv.setUint32(slot + this.hSnap, len, true);
+    dv.setUint32(slot + this.hStatus, TP_STATUS_SEND_REQUEST, true);
     this.txHead = this.txHead + 1 === this.txFrames ? 0 : this.txHead + 1;
     this.queued++;
     this.txPackets++;
@@ -381,6 +490,11 @@ export class RingPort {
   get rxMissed(): number {
     if (libc().getsockopt(this.fd, SOL_PACKET, PACKET_STATISTICS, this.statsBuf) >= 8) this.rxMissedSoFar += this.statsBuf.readUInt32LE(4);
     return this.rxMissedSoFar;
+  }
+
+  /** Where this port's rings are mapped (address, bytes): what must be unmapped for its socket to go. */
+  mapping(): { addr: bigint; len: number } {
+    return { addr: this.mem.addressOf(this.at), len: this.mapLen };
   }
 
   close(): void {

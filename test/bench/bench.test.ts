@@ -112,8 +112,20 @@ describe('benchmarks (short mode)', () => {
     needRoot(ctx, 'ports/live makes namespaces');
     needTool(ctx, 'cc', 'builds the sender');
     needTool(ctx, 'ovs-vsctl', 'Open vSwitch\'s userspace datapath is the other baseline');
-    const lines = runBench('ports/live.js');
-    expect(lines.map((l) => l.switch).sort()).toEqual(['fpo-read', 'fpo-ring', 'fpo-tap', 'linux-bridge', 'ovs-netdev', 'sender-alone']);
+    needTool(ctx, 'iperf3', 'measures TCP VM to VM');
+    const all = runBench('ports/live.js');
+    // TCP: fpo on ring ports with offloads and the bridge, iperf3 between the VMs.
+    const tcp = all.filter((l) => l.bench === 'ports/live-tcp');
+    expect(tcp.map((l) => l.switch).sort()).toEqual(['fpo-ring-offload', 'fpo-ring-v2-offload', 'linux-bridge']);
+    const tcpBridge = tcp.find((l) => l.switch === 'linux-bridge')!;
+    for (const l of tcp) {
+      expect(l.gbitPerSec).toBeGreaterThan(0);
+      expect(l.ratio).toBe(ratioOf(l.gbitPerSec, tcpBridge.gbitPerSec, 3));
+    }
+    const lines = all.filter((l) => l.bench === 'ports/live');
+    expect(lines.map((l) => l.switch).sort()).toEqual(['fpo-read', 'fpo-ring', 'fpo-ring-2w', 'fpo-ring-v2', 'fpo-tap', 'linux-bridge', 'ovs-netdev', 'sender-alone']);
+    const one = lines.find((l) => l.switch === 'fpo-ring')!;
+    expect(lines.find((l) => l.switch === 'fpo-ring-2w')!.vsOneWorker).toBe(ratioOf(lines.find((l) => l.switch === 'fpo-ring-2w')!.received, one.received, 3));
     const bridge = lines.find((l) => l.switch === 'linux-bridge')!;
     const ovs = lines.find((l) => l.switch === 'ovs-netdev')!;
     for (const l of lines) {

@@ -6,7 +6,6 @@ import { loadLab, readLabState } from '../../control/lab.js';
 import { CLI, FIXTURES, type Skippable, cleanTemp, needRoot, needTool, runCli, tempDir } from '../helpers.js';
 
 const LAB = join(FIXTURES, 'lab.json');
-const SOCK = '/tmp/fpo-lab-lab1/fpo.sock';
 
 /** Root and iproute2 are needed; under CI=true their absence fails instead of skipping. */
 function canRun(ctx: Skippable): void {
@@ -15,14 +14,24 @@ function canRun(ctx: Skippable): void {
   needTool(ctx, 'ping', 'the VMs ping each other');
 }
 
-const inNs = (ns: string, ...cmd: string[]) => spawnSync('ip', ['netns', 'exec', `fpo-lab1-${ns}`, ...cmd], { encoding: 'utf8', timeout: 60_000 });
+// The lab of fixtures/lab.json, once as it is (one datapath) and once as lab2 with two datapath workers.
+const labs = [1, 2].map((workers) => {
+  const name = `lab${workers}`;
+  let file = LAB;
+  if (workers > 1) {
+    file = join(tempDir('lab'), 'lab.json');
+    writeFileSync(file, JSON.stringify({ ...JSON.parse(readFileSync(LAB, 'utf8')), name, workers }));
+  }
+  return { workers, name, file, sock: `/tmp/fpo-lab-${name}/fpo.sock` };
+});
 
 afterAll(() => {
-  if (existsSync('/tmp/fpo-lab-lab1/lab-state.json')) runCli(['lab', 'down', LAB]);
+  for (const l of labs) if (existsSync(`/tmp/fpo-lab-${l.name}/lab-state.json`)) runCli(['lab', 'down', l.file]);
   cleanTemp();
 });
 
-describe('fpo lab: VMs in namespaces on veth pairs, fpo on their host ends with ring ports', () => {
+describe.each(labs)('fpo lab: VMs in namespaces on veth pairs, fpo on their host ends with ring ports, $workers datapath worker(s)', ({ name, file: LAB, sock: SOCK }) => {
+  const inNs = (ns: string, ...cmd: string[]) => spawnSync('ip', ['netns', 'exec', `fpo-${name}-${ns}`, ...cmd], { encoding: 'utf8', timeout: 60_000 });
   it('VMs ping across fpo within a segment, ARP resolves, segments stay apart; a TCP transfer arrives intact; a migration during a ping loses only what is in flight and rewrites no flow; down removes all it made', async (ctx) => {
     canRun(ctx);
     const up = runCli(['lab', 'up', LAB]);
@@ -37,7 +46,7 @@ describe('fpo lab: VMs in namespaces on veth pairs, fpo on their host ends with 
       expect(inNs('vm1', 'ping', '-c', '1', '-W', '1', '10.60.0.3').status).not.toBe(0);
 
       // TCP: 4 MiB from vm1 to vm2, SHA-256 on both ends.
-      const server = spawn('ip', ['netns', 'exec', 'fpo-lab1-vm2', process.execPath, '-e', `
+      const server = spawn('ip', ['netns', 'exec', `fpo-${name}-vm2`, process.execPath, '-e', `
         const h = require('crypto').createHash('sha256'); let n = 0;
         const s = require('net').createServer((c) => { c.on('data', (d) => { h.update(d); n += d.length; }); c.on('end', () => { console.log(n + ' ' + h.digest('hex')); s.close(); }); });
         s.listen(5001, '10.50.0.2', () => console.log('ready'));`]);
@@ -57,7 +66,7 @@ describe('fpo lab: VMs in namespaces on veth pairs, fpo on their host ends with 
       expect(p1.rxBytes / p1.rxPackets).toBeGreaterThan(1514);
 
       // Migration: vm2 pings vm1 every 50 ms; vm1's interface moves to the spare port.
-      const ping = spawn('ip', ['netns', 'exec', 'fpo-lab1-vm2', 'ping', '-c', '60', '-i', '0.05', '-W', '1', '10.50.0.1']);
+      const ping = spawn('ip', ['netns', 'exec', `fpo-${name}-vm2`, 'ping', '-c', '60', '-i', '0.05', '-W', '1', '10.50.0.1']);
       let pingOut = '';
       ping.stdout.on('data', (d) => (pingOut += d));
       await new Promise((r) => setTimeout(r, 1000));
@@ -66,11 +75,11 @@ describe('fpo lab: VMs in namespaces on veth pairs, fpo on their host ends with 
       expect(JSON.parse(mig.stdout).flowRewrites).toBe(0);
       // Inside the VM: its NIC is now the spare (same MAC and address).
       execFileSync('sh', ['-c', [
-        'ip -n fpo-lab1-vm1 link set lab1-vm1 down',
-        'ip -n fpo-lab1-vm1 addr flush dev lab1-vm1',
-        'ip -n fpo-lab1-vm1 link set lab1-spare1 address 02:00:00:00:50:01',
-        'ip -n fpo-lab1-vm1 addr add 10.50.0.1/24 dev lab1-spare1',
-        'ip -n fpo-lab1-vm1 link set lab1-spare1 up',
+        `ip -n fpo-${name}-vm1 link set ${name}-vm1 down`,
+        `ip -n fpo-${name}-vm1 addr flush dev ${name}-vm1`,
+        `ip -n fpo-${name}-vm1 link set ${name}-spare1 address 02:00:00:00:50:01`,
+        `ip -n fpo-${name}-vm1 addr add 10.50.0.1/24 dev ${name}-spare1`,
+        `ip -n fpo-${name}-vm1 link set ${name}-spare1 up`,
       ].join(' && ')]);
       await new Promise((r) => ping.on('exit', r));
       const m = /(\d+) packets transmitted, (\d+) received/.exec(pingOut);
@@ -84,8 +93,8 @@ describe('fpo lab: VMs in namespaces on veth pairs, fpo on their host ends with 
       const down = runCli(['lab', 'down', LAB]);
       expect(down.status).toBe(0);
     }
-    expect(execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' })).not.toMatch(/fpo-lab1-/);
-    expect(execFileSync('ip', ['link'], { encoding: 'utf8' })).not.toMatch(/lab1-/);
+    expect(execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' })).not.toMatch(new RegExp(`fpo-${name}-`));
+    expect(execFileSync('ip', ['link'], { encoding: 'utf8' })).not.toMatch(new RegExp(`${name}-`));
   }, 120_000);
 
   it('refuses a lab file with a bad field, naming it', () => {

@@ -24,8 +24,8 @@ function canRun(ctx: Skippable): void {
   needTool(ctx, 'ping', 'the VM pings across the tunnel');
 }
 
-describe('a live VXLAN uplink against the kernel\'s VXLAN', () => {
-  it('a VM on a TAP port of fpo pings an address behind a kernel VXLAN endpoint, across an AF_PACKET uplink on a veth underlay', async (ctx) => {
+describe.each([1, 2])('a live VXLAN uplink against the kernel\'s VXLAN, %i datapath worker(s)', (workers) => {
+  it('a VM on a TAP port of fpo pings an address behind a kernel VXLAN endpoint, across an AF_PACKET uplink (a ring port) on a veth underlay', async (ctx) => {
     canRun(ctx);
     cleanup();
     const dir = tempDir('vx');
@@ -61,7 +61,8 @@ describe('a live VXLAN uplink against the kernel\'s VXLAN', () => {
       },
     }));
     const sock = join(dir, 'fpo.sock');
-    fpo = spawn(process.execPath, [CLI, 'run', '-t', topo, '-s', sock, '-o', dir], { stdio: 'ignore' });
+    // Two workers: the uplink a fanout group of two rings, the TAP a multi-queue TAP of two queues.
+    fpo = spawn(process.execPath, [CLI, 'run', '-t', topo, '-s', sock, '-o', dir, '--workers', String(workers)], { stdio: 'ignore' });
     for (let i = 0; i < 100 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 50));
     expect(existsSync(sock)).toBe(true);
     sh([
@@ -80,6 +81,7 @@ describe('a live VXLAN uplink against the kernel\'s VXLAN', () => {
     expect(up.txPackets).toBeGreaterThanOrEqual(5);
     expect(up.rxPackets).toBeGreaterThanOrEqual(5);
     expect(st.packets.in).toBe(st.packets.out + st.packets.dropped);
+    if (workers > 1) expect(st.workers.map((w: any) => w.alive)).toEqual([true, true]);
     // The kernel saw VXLAN from fpo and learned the VM's MAC behind fpo's endpoint.
     expect(execFileSync('ip', ['-n', 'fpovx-r', 'neigh', 'show', '10.80.0.1'], { encoding: 'utf8' })).toMatch(/lladdr 02:00:00:00:80:01/);
     expect(execFileSync('bridge', ['-n', 'fpovx-r', 'fdb', 'show', 'dev', 'vx0'], { encoding: 'utf8' })).toMatch(/02:00:00:00:80:01 dst 192\.168\.77\.1/);

@@ -51,14 +51,14 @@ function inNs(body: string): any {
   return JSON.parse(r.stdout.trim().split('\n').at(-1)!);
 }
 
-describe('RingPort (AF_PACKET, TPACKET_V3 rx ring and tx ring)', () => {
+describe.each([3, 2])('RingPort (AF_PACKET, TPACKET_V%i rx ring and tx ring)', (version) => {
   it('receives frames of every size from 60 to 1514 bytes, tagged 802.1Q, 802.1ad+802.1Q and untagged, whole and in order, over a ring that wraps around many times', (ctx) => {
     needRoot(ctx, 'makes a namespace and AF_PACKET sockets');
     needTool(ctx, 'ip', 'makes the namespace and the veth pair');
     setUp();
     const r = inNs(`
-      // A small ring (8 blocks of 8 KiB) so that 1455 frames of up to 1.5 KB wrap it dozens of times.
-      const ring = new RingPort('r0', { rxBlockBytes: 8192, rxBlocks: 8 });
+      // A small ring (V3: 8 blocks of 8 KiB; V2: 64 slots) so that 1455 frames of up to 1.5 KB wrap it dozens of times.
+      const ring = new RingPort('r0', { rxBlockBytes: 8192, rxBlocks: 8, rxFrames: 64, version: ${version} });
       const peer = new TapPort('r1', 1, 'afpacket');
       const b = new PacketBatch(64);
       const sent = [];
@@ -94,8 +94,8 @@ describe('RingPort (AF_PACKET, TPACKET_V3 rx ring and tx ring)', () => {
     needTool(ctx, 'ip', 'makes the namespace and the veth pair');
     setUp();
     const r = inNs(`
-      const ring = new RingPort('r0');
-      const back = new RingPort('r1'); // the peer reads with a ring too: a read() socket would lose the tags
+      const ring = new RingPort('r0', { version: ${version} });
+      const back = new RingPort('r1', { version: ${version} }); // the peer reads with a ring too: a read() socket would lose the tags
       const peer = new TapPort('r1', 1, 'afpacket');
       const b = new PacketBatch(256);
       const b2 = new PacketBatch(256);
@@ -149,8 +149,8 @@ describe('RingPort (AF_PACKET, TPACKET_V3 rx ring and tx ring)', () => {
     setUp();
     const r = inNs(`
       // 16 slots (4 KiB frames, one 64 KiB block).
-      const ring = new RingPort('r0', { txFrameBytes: 4096, txFrames: 16 });
-      const back = new RingPort('r1');
+      const ring = new RingPort('r0', { txFrameBytes: 4096, txFrames: 16, version: ${version} });
+      const back = new RingPort('r1', { version: ${version} });
       const peer = new TapPort('r1', 1, 'afpacket');
       const b = new PacketBatch(64);
       for (let k = 0; k < 40; k++) libc().write(peer.fd, frame(k, 100), 100);
@@ -198,7 +198,7 @@ describe('RingPort (AF_PACKET, TPACKET_V3 rx ring and tx ring)', () => {
       const b = new PacketBatch(256);
       let ours = 0, others = 0;
       for (let k = 0; k < 30; k++) {
-        const ring = new RingPort('r0', { rxBlockBytes: 1 << 16, rxBlocks: 4 });
+        const ring = new RingPort('r0', { rxBlockBytes: 1 << 16, rxBlocks: 4, rxFrames: 64, version: ${version} });
         const f = frame(k, 64);
         libc().write(peer.fd, f, 64);
         for (let t = 0; t < 100; t++) {
