@@ -17,7 +17,9 @@
  *     over the same host ends, when Open vSwitch is installed.
  * Then TCP, VM to VM (iperf3, SECONDS, one stream), on veths with the VMs'
  * offloads on: fpo on ring ports with offloads (64 KiB segments cross
- * whole), and the Linux bridge — lines with bench ports/live-tcp.
+ * whole; V3 and V2), and the Linux bridge — lines with bench ports/live-tcp;
+ * and iperf3's UDP flood of 64-byte frames, offered against delivered
+ * (ports/live-udp; ofFpoPeak: fpo's delivered rate / fpo-ring's rate above).
  *
  * Each line: offered (frames the sender sent a second) beside forwarded
  * (frames the receiver got a second), and ratio = forwarded / the bridge's
@@ -54,13 +56,13 @@ function rxCount(ns: string, dev: string): number {
   return Number(execFileSync('ip', ['netns', 'exec', ns, 'cat', `/sys/class/net/${dev}/statistics/rx_packets`], { encoding: 'utf8' }).trim());
 }
 
-interface Run { sent: number; received: number; cpuSeconds?: number }
+interface Run { sent: number; received: number; cpuSeconds?: number; userSeconds?: number }
 
-/** CPU seconds (user + system, all threads) a process has used: /proc/PID/stat fields 14 and 15, in clock ticks of 1/100 s. */
-function cpuSeconds(pid: number): number {
+/** CPU seconds a process has used, all threads: [user, system] (/proc/PID/stat fields 14 and 15, in ticks of 1/100 s). */
+function cpuSeconds(pid: number): [number, number] {
   const stat = execFileSync('cat', [`/proc/${pid}/stat`], { encoding: 'utf8' });
   const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(f[11]) + Number(f[12])) / 100;
+  return [Number(f[11]) / 100, Number(f[12]) / 100];
 }
 
 /** Sends from ns A's devA for SECONDS; returns frames sent and frames ns B's devB received. */
@@ -73,9 +75,11 @@ function blast(blaster: string, devA: string, devB: string): Run {
 /** A warm-up run (flows installed, JIT warm), then the measured one; with `pid`, the CPU time that process spent in it. */
 function measure(blaster: string, devA: string, devB: string, pid?: number): Run {
   blast(blaster, devA, devB);
-  const cpu0 = pid !== undefined ? cpuSeconds(pid) : 0;
+  const cpu0 = pid !== undefined ? cpuSeconds(pid) : [0, 0];
   const r = blast(blaster, devA, devB);
-  return pid !== undefined ? { ...r, cpuSeconds: cpuSeconds(pid) - cpu0 } : r;
+  if (pid === undefined) return r;
+  const cpu1 = cpuSeconds(pid);
+  return { ...r, cpuSeconds: cpu1[0] + cpu1[1] - cpu0[0] - cpu0[1], userSeconds: cpu1[0] - cpu0[0] };
 }
 
 function cleanup(): void {
@@ -179,18 +183,22 @@ async function main(): Promise<void> {
 
     // TCP through fpo (ring ports with offloads) and through the bridge, with iperf3 when installed.
     const tcp: Record<string, number> = {};
+    const udp: Record<string, { bps: number; packets: number; lost: number }> = {};
     if (want('tcp') && spawnSync('iperf3', ['--version'], { stdio: 'ignore' }).status === 0) {
       const ipAddrs = () => sh(`ip -n fpob-a link set fpob-va address ${A} && ip -n fpob-b link set fpob-vb address ${B}`
         + ' && ip -n fpob-a addr add 10.98.0.1/24 dev fpob-va && ip -n fpob-b addr add 10.98.0.2/24 dev fpob-vb && ip -n fpob-a link set lo up && ip -n fpob-b link set lo up');
-      const iperf = (): number => {
+      const iperf = (): number => iperfRun([]).bps;
+      /** iperf3 a to b for SECONDS with `extra` client options; the receiver's bits/s, and for UDP the datagrams sent and lost. */
+      const iperfRun = (extra: string[]): { bps: number; packets: number; lost: number } => {
         const server = spawn('ip', ['netns', 'exec', 'fpob-b', 'iperf3', '-s', '-1', '-B', '10.98.0.2'], { stdio: 'ignore' });
         try {
           for (let i = 0; i < 50; i++) {
             if (spawnSync('ip', ['netns', 'exec', 'fpob-b', 'sh', '-c', 'ss -ltn | grep -q 5201']).status === 0) break;
             spawnSync('sleep', ['0.1']);
           }
-          const out = execFileSync('ip', ['netns', 'exec', 'fpob-a', 'iperf3', '-c', '10.98.0.2', '-t', String(SECONDS), '-J'], { encoding: 'utf8', maxBuffer: 64 << 20 });
-          return (JSON.parse(out) as { end: { sum_received: { bits_per_second: number } } }).end.sum_received.bits_per_second;
+          const out = execFileSync('ip', ['netns', 'exec', 'fpob-a', 'iperf3', '-c', '10.98.0.2', '-t', String(SECONDS), '-J', ...extra], { encoding: 'utf8', maxBuffer: 64 << 20 });
+          const end = (JSON.parse(out) as { end: { sum_received?: { bits_per_second: number }; sum?: { bits_per_second: number; packets: number; lost_packets: number } } }).end;
+          return end.sum_received ? { bps: end.sum_received.bits_per_second, packets: 0, lost: 0 } : { bps: end.sum!.bits_per_second, packets: end.sum!.packets, lost: end.sum!.lost_packets };
         } finally {
           server.kill();
         }
@@ -199,13 +207,18 @@ async function main(): Promise<void> {
         veths();
         ipAddrs();
         const ports = [{ name: 'pa', ppid: 11, kind: 'afpacket', device: 'fpob-ha', offload: true, tpacket }, { name: 'pb', ppid: 12, kind: 'afpacket', device: 'fpob-hb', offload: true, tpacket }];
-        await runFpo(dir, ports, 1, () => { tcp[row] = iperf(); });
+        await runFpo(dir, ports, 1, () => {
+          tcp[row] = iperf();
+          // UDP, 18-byte payloads (64-byte frames on the wire with the FCS), as fast as iperf3 sends: offered and delivered.
+          if (tpacket === 3) udp[row] = iperfRun(['-u', '-l', '18', '-b', '0']);
+        });
         cleanup();
       }
       veths();
       ipAddrs();
       sh('ip link add fpob-br type bridge && ip link set fpob-br up && ip link set fpob-ha master fpob-br && ip link set fpob-hb master fpob-br');
       tcp['linux-bridge'] = iperf();
+      udp['linux-bridge'] = iperfRun(['-u', '-l', '18', '-b', '0']);
       cleanup();
     }
 
@@ -222,8 +235,20 @@ async function main(): Promise<void> {
         // fpo's own CPU time in the measured run, and frames forwarded per second of it: its rate were it
         // given a whole core (the sender and fpo share this machine's two).
         fpoCpuSeconds: r.cpuSeconds !== undefined ? Number(r.cpuSeconds.toFixed(2)) : undefined,
+        // of which in the kernel (its system calls: sending carries the frame on into the receiver's stack)
+        fpoSystemSeconds: r.cpuSeconds !== undefined ? Number((r.cpuSeconds - r.userSeconds!).toFixed(2)) : undefined,
         ppsPerFpoCore: r.cpuSeconds ? Math.round(r.received / r.cpuSeconds) : undefined,
         vsOneWorker: name === 'fpo-ring-2w' && ring1 !== undefined ? Number((r.received / ring1).toFixed(3)) : undefined,
+      });
+    }
+    const peak = results['fpo-ring'] ? results['fpo-ring'].received / SECONDS : undefined;
+    for (const [name, u] of Object.entries(udp)) {
+      const delivered = u.packets - u.lost;
+      emit({
+        bench: 'ports/live-udp', switch: name, seconds: SECONDS, payloadBytes: 18, offeredPps: Math.round(u.packets / SECONDS), deliveredPps: Math.round(delivered / SECONDS),
+        delivered: Number((delivered / Math.max(1, u.packets)).toFixed(3)),
+        // fpo: what it delivered of iperf3's flood against its own peak rate (fpo-ring above, the blaster's run).
+        ofFpoPeak: name.startsWith('fpo') && peak !== undefined ? Number((delivered / SECONDS / peak).toFixed(3)) : undefined,
       });
     }
     for (const [name, bps] of Object.entries(tcp)) {

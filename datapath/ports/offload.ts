@@ -38,6 +38,10 @@ export const GSO_TCPV6 = 4;
 export const GSO_UDP_L4 = 5;
 export const GSO_ECN = 0x80;
 
+/** Smallest gso_size cut, and most frames one packet becomes: past these the packet is refused (counted). */
+export const MIN_GSO_SIZE = 64;
+export const MAX_SEGMENTS = 1100;
+
 /** The largest packet a GSO header may stand for: IPv4's 64 KiB and its Ethernet and tags. */
 export const GSO_MAX_FRAME = 65536 + 64;
 
@@ -159,6 +163,9 @@ export class SoftOffload {
     if (hlen > len || (v4 ? false : l4 < l3 + 40)) { this.refused++; return 0; }
     const payload = len - hlen;
     const n = Math.max(1, Math.ceil(payload / mss));
+    // A segment size no stack uses (the kernel's TCP never goes below 64 bytes of MSS here) would make one
+    // packet thousands of frames: a VM could spend fpo's time that way. Refused and counted.
+    if (mss < MIN_GSO_SIZE || n > MAX_SEGMENTS) { this.refused++; return 0; }
     const seq0 = tcp ? ((b[off + l4 + 4] << 24) | (b[off + l4 + 5] << 16) | (b[off + l4 + 6] << 8) | b[off + l4 + 7]) >>> 0 : 0;
     const tcpFlags = tcp ? b[off + l4 + 13] : 0;
     const id0 = v4 ? (b[off + l3 + 4] << 8) | b[off + l3 + 5] : 0;

@@ -122,6 +122,12 @@ describe('benchmarks (short mode)', () => {
       expect(l.gbitPerSec).toBeGreaterThan(0);
       expect(l.ratio).toBe(ratioOf(l.gbitPerSec, tcpBridge.gbitPerSec, 3));
     }
+    const udp = all.filter((l) => l.bench === 'ports/live-udp');
+    expect(udp.map((l) => l.switch).sort()).toEqual(['fpo-ring-offload', 'linux-bridge']);
+    for (const l of udp) {
+      expect(l.offeredPps).toBeGreaterThan(0);
+      expect(l.deliveredPps).toBeLessThanOrEqual(l.offeredPps as number);
+    }
     const lines = all.filter((l) => l.bench === 'ports/live');
     expect(lines.map((l) => l.switch).sort()).toEqual(['fpo-read', 'fpo-ring', 'fpo-ring-2w', 'fpo-ring-v2', 'fpo-tap', 'linux-bridge', 'ovs-netdev', 'sender-alone']);
     const one = lines.find((l) => l.switch === 'fpo-ring')!;

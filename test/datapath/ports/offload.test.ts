@@ -137,12 +137,14 @@ describe('SoftOffload', () => {
     }
   });
 
-  it('refuses what it does not cut (UFO, a checksum start past the frame), and leaves plain packets to the port', () => {
+  it('refuses what it does not cut (UFO, a checksum start past the frame, a segment size below 64), and leaves plain packets to the port', () => {
     const frame = eth('02:00:00:00:00:02', '02:00:00:00:00:01', 0x0800, ipv4({ src: '10.1.0.1', dst: '10.1.0.2', proto: 17 }, udp(1, 2, new Uint8Array(3000))));
     const before = SoftOffload.get().refused;
     expect(cutFrame(frame, { flags: VNET_NEEDS_CSUM, gso: 3, gsoSize: 1400, csumStart: 34, csumOffset: 6 }).n).toBe(0);
     expect(cutFrame(frame, { flags: VNET_NEEDS_CSUM, gso: GSO_NONE, gsoSize: 0, csumStart: 5000, csumOffset: 6 }).n).toBe(0);
-    expect(SoftOffload.get().refused).toBe(before + 2);
+    // A segment size that would make a 3 KB packet 1500 frames (a VM spending fpo's time): refused.
+    expect(cutFrame(frame, { flags: VNET_NEEDS_CSUM, gso: GSO_UDP_L4, gsoSize: 2, csumStart: 34, csumOffset: 6 }).n).toBe(0);
+    expect(SoftOffload.get().refused).toBe(before + 3);
     cutFrame(frame, { flags: 0, gso: GSO_NONE, gsoSize: 0, csumStart: 0, csumOffset: 0 });
     expect(needsSoftware(batch, 0)).toBe(false);
   });
