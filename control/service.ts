@@ -43,6 +43,7 @@ import { FpoError } from '../datapath/errors.js';
 import { CaptureReader, LINKTYPE_ETHERNET } from '../datapath/ports/capture-reader.js';
 import { CaptureWriter, txBufferBytes } from '../datapath/ports/capture-writer.js';
 import { Fpag, type Change } from './fpag.js';
+import { Captures } from './capture.js';
 import { LiveLoop } from './live.js';
 import { TunnelMonitor } from './monitor.js';
 import { openLivePort, type LivePort } from '../datapath/ports/live-port.js';
@@ -55,6 +56,9 @@ import { StateStore, stateOf } from './state.js';
 import { loadTopology, type Topology } from './topology.js';
 
 export { MAX_BODY, MAX_CLIENTS, MAX_QUEUED, MAX_REQUEST } from './connection.js';
+
+/** answer()'s result for a capture: its stream was the answer, and the connection ends with it. */
+const STREAMED = Symbol('streamed');
 
 /**
  * The args each command takes; any other key is refused by name, before
@@ -111,12 +115,15 @@ export class Service {
   clientsRefused = 0;
   /** Refused connections still open (being given their error line). */
   private refusing = 0;
+  /** Live captures (fpo ctl capture; capture.ts). */
+  readonly captures: Captures;
 
   constructor(opts: ServiceOptions) {
     this.opts = { topology: opts.topology, socket: opts.socket, outDir: opts.outDir, state: opts.state ?? join(opts.outDir, 'fpo-state.json'), metrics: opts.metrics };
     this.log = pino({ level: opts.logLevel ?? 'warn', base: undefined }, pino.destination(2));
     const topo = loadTopology(opts.topology);
     this.dp = new Datapath({ batchCapacity: 256 });
+    this.captures = new Captures(this.dp);
     // The state file is checked whole before any of it is used (control/state.ts), and taken first:
     // a second service on the same state (and the same captures) is refused before it touches anything.
     this.store = new StateStore(this.opts.state);
@@ -272,6 +279,10 @@ export class Service {
       }
       const body: { it: Body | null } = { it: null };
       const reply = await this.answer(conn, line, body);
+      if (reply === STREAMED) {
+        conn.end(); // a capture's stream is the connection's last answer
+        return;
+      }
       await conn.reply(reply);
       if (body.it) await conn.skipBody();
     }
@@ -299,6 +310,14 @@ export class Service {
       const extra = Object.keys(r).find((k) => k !== 'id' && k !== 'cmd' && k !== 'args');
       const top = extra === undefined ? null : new FpoError('FPO_ERR_USAGE', `request: unknown field ${JSON.stringify(extra)}; a request has id, cmd, args`);
       if (r.cmd === 'inject') return { id, ok: true, result: await this.injectRequest(conn, a, body, top) };
+      if (r.cmd === 'capture') {
+        if (top !== null) throw top;
+        // Checked whole before anything starts (a refusal is an ordinary error reply); then the ok line and the stream.
+        const req = this.captures.check(a, (n) => this.fpag.portNamed(n));
+        await conn.reply({ id, ok: true, result: { port: req.port, ppid: req.ppid, filter: req.filter, count: req.count, format: 'pcapng' } });
+        if (!conn.ended) await this.captures.run(req, conn.sock);
+        return STREAMED;
+      }
       if (top !== null) throw top;
       const result = await this.handle(r.cmd, a);
       return { id, ok: true, result };
@@ -456,6 +475,7 @@ export class Service {
       migrations: this.fpag.migrations,
       flowRewrites: this.fpag.flowRewrites,
       control: { requests: this.requests, refused: this.badRequests, clients: this.conns.size, clientsRefused: this.clientsRefused },
+      captures: { running: this.captures.running, started: this.captures.started, refused: this.captures.refused },
     };
   }
 
@@ -553,6 +573,7 @@ export class Service {
    * the port files, saves state; returns the final counters.
    */
   async stop(): Promise<unknown> {
+    this.captures.endAll();
     for (const c of this.conns) c.destroy();
     await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
     if (this.metricsServer) await (await import('./metrics.js')).closeMetrics(this.metricsServer);
