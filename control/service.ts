@@ -47,6 +47,7 @@ import { Captures } from './capture.js';
 import { LiveLoop } from './live.js';
 import { TunnelMonitor } from './monitor.js';
 import { openLivePort, type LivePort } from '../datapath/ports/live-port.js';
+import { PcapLivePort } from '../datapath/ports/pcap-live-port.js';
 import type { Server as HttpServer } from 'node:http';
 import { COMMANDS, claimSocketPath } from './socket.js';
 import { Connection, MAX_BODY, MAX_CLIENTS, MAX_REQUEST, TooLong, type Body } from './connection.js';
@@ -128,7 +129,7 @@ export class Service {
     // a second service on the same state (and the same captures) is refused before it touches anything.
     this.store = new StateStore(this.opts.state);
     for (const p of topo.ports) {
-      if (p.kind !== 'tap' && p.kind !== 'afpacket' && sameFile(join(opts.outDir, `${p.name}.pcap`), this.opts.state)) {
+      if (p.kind === 'pcap' && sameFile(join(opts.outDir, `${p.name}.pcap`), this.opts.state)) {
         throw new FpoError('FPO_ERR_USAGE', `--state ${this.opts.state}: is port ${p.name}'s capture; give the state a file of its own`, { path: this.opts.state });
       }
     }
@@ -147,6 +148,14 @@ export class Service {
       const layout = { format: 'pcap' as const, nanos: false, interfaces: [{ linktype: LINKTYPE_ETHERNET, snaplen: 262144, tsresol: 6, tsoffset: 0 }] };
       const live: { port: LivePort; ppid: number }[] = [];
       for (const p of topo.ports) {
+        if (p.kind === 'pcap-live') {
+          const port = new PcapLivePort(p.name, p.device, p.filter);
+          this.taps.push(port);
+          this.liveRows.push({ port, name: p.name, ppid: p.ppid });
+          live.push({ port, ppid: p.ppid });
+          this.dp.addPort(p.ppid, port);
+          continue;
+        }
         if (p.kind === 'tap' || p.kind === 'afpacket') {
           const tap = openLivePort(p.device, p.kind, p.io, 256, p.offload);
           this.taps.push(tap);

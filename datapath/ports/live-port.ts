@@ -12,7 +12,7 @@ import { TapPort } from './tap-port.js';
 export interface LivePort {
   readonly name: string;
   readonly fd: number;
-  readonly kind: 'tap' | 'afpacket';
+  readonly kind: 'tap' | 'afpacket' | 'pcap-live';
   /** How frames move: 'read-write' (a system call a frame) or 'tpacket-v3' (rings). */
   readonly mode: string;
   rxPackets: number;
