@@ -37,7 +37,7 @@ import { TX_PLAIN, vlanDelta, vlanHeader } from '../datapath/actions/vlan.js';
 import type { PacketBatch } from '../datapath/batch.js';
 import type { Datapath, TxPort } from '../datapath/datapath.js';
 import { FpoError } from '../datapath/errors.js';
-import { PKTTYPE_HOST, PKTTYPE_OUTGOING, bpfMatch, compileFilter, filterTextProblem, type BpfProgram } from '../datapath/ports/bpf.js';
+import { PKTTYPE_HOST, PKTTYPE_OUTGOING, bpfMatch, compileFilterAsync, filterTextProblem, type BpfProgram } from '../datapath/ports/bpf.js';
 
 /** Captures running at once in one service. */
 export const MAX_CAPTURES = 8;
@@ -49,6 +49,13 @@ const CHUNK = 256 * 1024;
 export const MAX_CAPTURE_QUEUED = 4 * 1024 * 1024;
 /** Frames longer than this are cut in the capture (caplen < wirelen), as a snap length. */
 export const CAPTURE_SNAPLEN = 65535;
+/**
+ * Filters being compiled at once. Compiling runs on libuv's pool (a host
+ * name in a filter is looked up there, maybe for seconds), so a client with
+ * slow names holds a pool thread, not the datapath; this bound leaves the
+ * pool's other threads to the rest of the service.
+ */
+export const MAX_COMPILING = 2;
 /** The args a capture request takes. */
 export const CAPTURE_ARGS: readonly string[] = ['port', 'filter', 'count'];
 
@@ -219,6 +226,10 @@ export class Captures {
   private readonly sessions: Session[] = [];
   /** Scratch for a sent frame rebuilt as it left (encapsulation, a VLAN op). */
   private readonly out = Buffer.alloc(CAPTURE_SNAPLEN + 256);
+  /** Requests checked whose session run() has not started yet: they hold a slot. */
+  private reserved = 0;
+  /** Filters being compiled now (MAX_COMPILING). */
+  private compiling = 0;
   /** Captures started and refused, for stats. */
   started = 0;
   refused = 0;
@@ -235,7 +246,7 @@ export class Captures {
    * nothing started): `port` a port's name (`portNamed` finds its PPID),
    * `filter` a tcpdump expression, `count` 1..MAX_CAPTURE_COUNT.
    */
-  check(args: Record<string, unknown>, portNamed: (name: string) => { name: string; ppid: number } | undefined): CaptureRequest {
+  async check(args: Record<string, unknown>, portNamed: (name: string) => { name: string; ppid: number } | undefined): Promise<CaptureRequest> {
     try {
       for (const k of Object.keys(args)) {
         if (!CAPTURE_ARGS.includes(k)) throw new FpoError('FPO_ERR_USAGE', `args: unknown field ${JSON.stringify(k)}; capture takes ${CAPTURE_ARGS.join(', ')}`);
@@ -251,14 +262,22 @@ export class Captures {
       const f = args.filter ?? '';
       const problem = filterTextProblem(f);
       if (problem !== null) throw new FpoError('FPO_ERR_BAD_FILTER', `filter: ${problem}`);
+      if (this.sessions.length + this.reserved >= MAX_CAPTURES) throw new FpoError('FPO_ERR_CAPACITY', `capture: ${MAX_CAPTURES} captures are running, the most fpo run serves at once; end one or try again later`);
+      if (this.compiling >= MAX_COMPILING) throw new FpoError('FPO_ERR_CAPACITY', `capture: ${MAX_COMPILING} filters are being compiled (a host name in them is being looked up); try again later`);
       let prog: BpfProgram | null;
+      this.compiling++;
       try {
-        prog = compileFilter(f as string, CAPTURE_SNAPLEN);
+        prog = await compileFilterAsync(f as string, CAPTURE_SNAPLEN);
       } catch (e) {
         if (e instanceof FpoError) throw new FpoError(e.code, `filter ${JSON.stringify(f)}: ${e.message}`);
         throw e;
+      } finally {
+        this.compiling--;
       }
-      if (this.sessions.length >= MAX_CAPTURES) throw new FpoError('FPO_ERR_CAPACITY', `capture: ${MAX_CAPTURES} captures are running, the most fpo run serves at once; end one or try again later`);
+      // Checked again: others may have started while this filter compiled.
+      if (this.sessions.length + this.reserved >= MAX_CAPTURES) throw new FpoError('FPO_ERR_CAPACITY', `capture: ${MAX_CAPTURES} captures are running, the most fpo run serves at once; end one or try again later`);
+      // The slot is this request's from here: run() takes it (the service always runs a request it checked).
+      this.reserved++;
       return { port: port.name, ppid: port.ppid, filter: f as string, prog, count: c ?? 0 };
     } catch (e) {
       this.refused++;
@@ -272,6 +291,7 @@ export class Captures {
    */
   async run(req: CaptureRequest, sock: Socket): Promise<void> {
     const s = new Session(req.ppid, req.port, req.prog, req.count, sock, (x) => this.detach(x));
+    this.reserved--;
     this.sessions.push(s);
     this.started++;
     this.retap();

@@ -322,7 +322,7 @@ export class Service {
       if (r.cmd === 'capture') {
         if (top !== null) throw top;
         // Checked whole before anything starts (a refusal is an ordinary error reply); then the ok line and the stream.
-        const req = this.captures.check(a, (n) => this.fpag.portNamed(n));
+        const req = await this.captures.check(a, (n) => this.fpag.portNamed(n));
         await conn.reply({ id, ok: true, result: { port: req.port, ppid: req.ppid, filter: req.filter, count: req.count, format: 'pcapng' } });
         if (!conn.ended) await this.captures.run(req, conn.sock);
         return STREAMED;

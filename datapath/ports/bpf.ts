@@ -42,6 +42,8 @@ export type BpfProgram = Int32Array;
 interface Pcap {
   openDead(linktype: number, snaplen: number): unknown;
   compile(p: unknown, prog: { bf_len?: number; bf_insns?: unknown }, expr: string, optimize: number, netmask: number): number;
+  /** The same on a thread of libuv's pool (koffi's async call): a name in the filter is looked up there, not on the caller's thread. */
+  compileAsync(p: unknown, prog: { bf_len?: number; bf_insns?: unknown }, expr: string, optimize: number, netmask: number, cb: (err: unknown, r: number) => void): void;
   geterr(p: unknown): string;
   freecode(prog: { bf_len?: number; bf_insns?: unknown }): void;
   close(p: unknown): void;
@@ -72,6 +74,7 @@ function pcap(): Pcap {
   pcapLib = {
     openDead: lib.func('void *pcap_open_dead(int linktype, int snaplen)'),
     compile: (p, prog, expr, optimize, netmask) => compile(p, prog, expr, optimize, netmask) as number,
+    compileAsync: (p, prog, expr, optimize, netmask, cb) => compile.async(p, prog, expr, optimize, netmask, cb),
     geterr: lib.func('const char *pcap_geterr(void *p)') as Pcap['geterr'],
     freecode: (prog) => freecode(prog),
     close: lib.func('void pcap_close(void *p)'),
@@ -105,11 +108,39 @@ export function compileFilter(expr: string, snaplen = 262144): BpfProgram | null
   const lib = pcap();
   const p = lib.openDead(1 /* DLT_EN10MB */, snaplen);
   if (p === null) throw new FpoError('FPO_ERR_DEPENDENCY', 'libpcap: pcap_open_dead failed');
+  const prog: { bf_len?: number; bf_insns?: unknown } = {};
+  return programOf(lib, p, prog, lib.compile(p, prog, expr, 1, 0xffffffff /* PCAP_NETMASK_UNKNOWN */));
+}
+
+/**
+ * Slow path: compileFilter with libpcap's compiler on a thread of libuv's
+ * pool. A filter that names a host ("host db1") makes libpcap look the name
+ * up (getaddrinfo), which may wait seconds for a resolver; the service
+ * compiles a client's filter this way so that the datapath never waits for
+ * it (libpcap's compiler is thread-safe since 1.8).
+ */
+export async function compileFilterAsync(expr: string, snaplen = 262144): Promise<BpfProgram | null> {
+  const problem = filterTextProblem(expr);
+  if (problem !== null) throw new FpoError('FPO_ERR_BAD_FILTER', problem);
+  if (expr.trim() === '') return null;
+  const lib = pcap();
+  const p = lib.openDead(1 /* DLT_EN10MB */, snaplen);
+  if (p === null) throw new FpoError('FPO_ERR_DEPENDENCY', 'libpcap: pcap_open_dead failed');
+  const prog: { bf_len?: number; bf_insns?: unknown } = {};
+  let r: number;
   try {
-    const prog: { bf_len?: number; bf_insns?: unknown } = {};
-    if (lib.compile(p, prog, expr, 1, 0xffffffff /* PCAP_NETMASK_UNKNOWN */) !== 0) {
-      throw new FpoError('FPO_ERR_BAD_FILTER', `libpcap: ${lib.geterr(p)}`);
-    }
+    r = await new Promise<number>((resolve, reject) => lib.compileAsync(p, prog, expr, 1, 0xffffffff, (err, v) => (err ? reject(err) : resolve(v))));
+  } catch (e) {
+    lib.close(p);
+    throw new FpoError('FPO_ERR_DEPENDENCY', `libpcap: pcap_compile failed: ${(e as Error).message}`);
+  }
+  return programOf(lib, p, prog, r);
+}
+
+/** Slow path: the program pcap_compile left in `prog` (r its result), checked; the handle closed, the code freed. */
+function programOf(lib: Pcap, p: unknown, prog: { bf_len?: number; bf_insns?: unknown }, r: number): BpfProgram {
+  try {
+    if (r !== 0) throw new FpoError('FPO_ERR_BAD_FILTER', `libpcap: ${lib.geterr(p)}`);
     try {
       const n = prog.bf_len ?? 0;
       const insns = lib.decodeInsns(prog.bf_insns, n);
