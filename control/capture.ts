@@ -334,7 +334,10 @@ export class Captures {
     const n = batch.count;
     const lazy = batch.unfilled;
     const dv = batch.dv;
-    for (const s of this.sessions) {
+    // Backwards: a capture that reaches its COUNT leaves the list mid-batch without skipping the next one.
+    for (let k = this.sessions.length - 1; k >= 0; k--) {
+      const s = this.sessions[k];
+      if (s === undefined) continue;
       for (let i = 0; i < n; i++) {
         // A lazy fill (capture-reader.ts) has only offsets yet: lengths are in the record headers.
         const off = batch.off[i];
@@ -360,8 +363,9 @@ export class Captures {
   private onTx(ppid: number, batch: PacketBatch, idx: Uint16Array, from: number, n: number, enc: Int32Array, encap: Encap): void {
     const tsUs = Date.now() * 1000;
     const src = batch.buf;
-    for (const s of this.sessions) {
-      if (s.ppid !== ppid) continue;
+    for (let k = this.sessions.length - 1; k >= 0; k--) {
+      const s = this.sessions[k];
+      if (s === undefined || s.ppid !== ppid) continue;
       for (let j = from; j < from + n; j++) {
         const i = idx[j];
         const off = batch.off[i];

@@ -164,15 +164,17 @@ function stream(o: CaptureOptions, args: Record<string, unknown>, fd: number): P
       }
       buf = buf.length === 0 ? d : Buffer.concat([buf, d]);
       let at = 0;
+      // Whole blocks go to the file in one write a chunk of input (not a write a frame).
+      const flushFile = () => { if (fd >= 0 && at > 0) writeSync(fd, buf, 0, at); };
       while (buf.length - at >= 12) {
         const type = buf.readUInt32LE(at);
         const len = buf.readUInt32LE(at + 4);
         if (len < 12 || len % 4 !== 0 || len > MAX_BLOCK) {
+          flushFile();
           return finish(() => reject(new FpoError('FPO_ERR_IO', `${o.socket}: capture stream: block of ${len} bytes at ${summary.frames} frames; not an fpo capture`, { path: o.socket })));
         }
         if (buf.length - at < len) break;
         const block = buf.subarray(at, at + len);
-        if (fd >= 0 && type !== 5) writeSync(fd, block);
         if (type === 6 && len >= 32) {
           summary.frames++;
           if (fd < 0) {
@@ -187,10 +189,10 @@ function stream(o: CaptureOptions, args: Record<string, unknown>, fd: number): P
           // The last block: frames that passed the filter and, of those, dropped for a slow reader.
           summary.matched = Number(block.readBigUInt64LE(24));
           summary.dropped = Number(block.readBigUInt64LE(36));
-          if (fd >= 0) writeSync(fd, block);
         }
         at += len;
       }
+      flushFile();
       buf = at === buf.length ? Buffer.alloc(0) : buf.subarray(at);
     });
     c.on('end', () => finish(() => resolve({ summary })));
