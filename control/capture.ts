@@ -5,7 +5,10 @@
  * What a capture sees: every frame its port receives (as rx gave it to the
  * datapath, dropped ones included) and every frame the port sends, after
  * the actions (VLAN tag pushed or popped, outer tunnel headers written: the
- * bytes as they leave), each marked with its direction. A BPF filter
+ * bytes as they leave), each marked with its direction. A GSO segment from
+ * a ring port with offloads is captured as one frame (up to the snap
+ * length), as tcpdump on a host with GSO sees it, not as the software cut
+ * that a port without offloads then sends. A BPF filter
  * (libpcap's compiler, run here: datapath/ports/bpf.ts) is applied before
  * anything is copied, so an unmatched frame costs no copy and no socket
  * traffic.
@@ -33,10 +36,12 @@
  */
 import type { Socket } from 'node:net';
 import type { Encap } from '../datapath/actions/encap.js';
-import { TX_PLAIN, vlanDelta, vlanHeader } from '../datapath/actions/vlan.js';
+import { TX_PLAIN } from '../datapath/actions/vlan.js';
 import type { PacketBatch } from '../datapath/batch.js';
 import type { Datapath, TxPort } from '../datapath/datapath.js';
 import { FpoError } from '../datapath/errors.js';
+import { ENCAP_MAX, writeFrame } from '../datapath/ports/frame-out.js';
+import { GSO_MAX_FRAME } from '../datapath/ports/offload.js';
 import { PKTTYPE_HOST, PKTTYPE_OUTGOING, bpfMatch, compileFilterAsync, filterTextProblem, type BpfProgram } from '../datapath/ports/bpf.js';
 
 /** Captures running at once in one service. */
@@ -225,7 +230,7 @@ export interface CaptureRequest {
 export class Captures {
   private readonly sessions: Session[] = [];
   /** Scratch for a sent frame rebuilt as it left (encapsulation, a VLAN op). */
-  private readonly out = Buffer.alloc(CAPTURE_SNAPLEN + 256);
+  private readonly out = Buffer.alloc(GSO_MAX_FRAME + ENCAP_MAX);
   /** Requests checked whose session run() has not started yet: they hold a slot. */
   private reserved = 0;
   /** Filters being compiled now (MAX_COMPILING). */
@@ -375,21 +380,12 @@ export class Captures {
           s.offer(src, off, len, batch.wirelen[i], tsUs, false);
           continue;
         }
-        // The frame as the port wrote it: outer headers in front, or its tag pushed or popped.
+        // The frame as the port wrote it: outer headers in front, or its tag pushed or popped (frame-out.ts).
         const out = this.out;
-        let hl = 0;
-        if (e >= 0) hl = encap.write(out, 0, e >> 1, (e & 1) === 1, batch.wirelen[i], batch.hash[i]);
-        const delta = e < TX_PLAIN ? vlanDelta(src, off, len, e) : 0;
-        if (hl + len + delta > out.length) continue;
-        Buffer.prototype.copy.call(src, out, hl, off, off + len);
-        if (e < TX_PLAIN) {
-          if (delta > 0) out.copyWithin(16, 12, len);
-          else if (delta < 0) out.copyWithin(12, 16, len);
-          vlanHeader(out, 0, e, delta, len);
-        }
-        if (e >= 0) encap.finish(out, 0, e >> 1, hl, len);
-        const extra = hl + delta;
-        s.offer(out, 0, len + extra, batch.wirelen[i] + extra, tsUs, false);
+        const n = writeFrame(out, 0, out.length, batch, i, e, encap);
+        if (n < 0) continue;
+        const extra = n - len;
+        s.offer(out, 0, n, batch.wirelen[i] + extra, tsUs, false);
       }
     }
   }

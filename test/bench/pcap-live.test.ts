@@ -16,7 +16,7 @@ describe('bench', () => {
     expect(r.stderr).toBe('');
     expect(r.status).toBe(0);
     const lines = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, any>);
-    expect(lines.map((l) => l.kind)).toEqual(['afpacket', 'pcap-live']);
+    expect(lines.map((l) => l.kind)).toEqual(['afpacket', 'afpacket-read', 'pcap-live']);
     for (const l of lines) {
       expect(l.bench).toBe('ports/pcap-live');
       expect(l.pps).toBeGreaterThan(0);
