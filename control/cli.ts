@@ -28,7 +28,7 @@ Commands:
   run --topology FILE [--socket PATH] [--out DIR]
                  run the switch as a service with a control socket
   ctl COMMAND    talk to a running switch: show, dump-flows, stats, add-flow,
-                 del-flow, set-mapping, migrate, trace, inject ('fpo ctl --help')
+                 del-flow, set-mapping, migrate, trace, inject, capture ('fpo ctl --help')
   lab up|down FILE
                  a live lab: VMs in network namespaces on TAP ports of a
                  running fpo (root; see README)

@@ -26,6 +26,7 @@ const HELP: Record<string, string> = {
   inject: 'fpo ctl inject CAPTURE [--port P]  replay a capture into a port of the running switch (read here, sent over the socket)',
   ping: 'fpo ctl ping                       is the service there?',
   bfd: 'fpo ctl bfd                        tunnel monitor: BFD sessions (state, intervals, last change and why) and VM liveness',
+  capture: 'fpo ctl capture PORT [--filter EXPR] [-w FILE] [-c COUNT]\n                                   watch a port live, as tcpdump: frames it receives (In) and sends (Out, after the actions);\n                                   EXPR is a tcpdump filter (applied in fpo run); -w writes pcapng, else a line a frame; Ctrl-C ends',
 };
 
 export const CTL_HELP = `Usage: fpo ctl [--socket PATH] [--json] COMMAND [ARGS]
@@ -183,7 +184,7 @@ function plain(cmd: string, result: unknown): string {
 export async function ctlMain(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv, allowPositionals: true, strict: true,
-    options: { socket: { type: 'string', short: 's' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' }, to: { type: 'string' }, 'new-vpid': { type: 'string' }, away: { type: 'boolean' }, port: { type: 'string' } },
+    options: { socket: { type: 'string', short: 's' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' }, to: { type: 'string' }, 'new-vpid': { type: 'string' }, away: { type: 'boolean' }, port: { type: 'string' }, filter: { type: 'string' }, write: { type: 'string', short: 'w' }, count: { type: 'string', short: 'c' } },
   });
   const [cmd, ...rest] = positionals;
   if (cmd === undefined) {
@@ -201,6 +202,13 @@ export async function ctlMain(argv: string[]): Promise<number> {
     case 'add-flow': case 'del-flow': need(1, 'one FLOW argument'); args = { flow: rest[0] }; break;
     case 'trace': need(1, 'one PACKET argument'); args = { packet: rest[0] }; break;
     case 'inject': need(1, 'one CAPTURE argument'); break;
+    case 'capture': {
+      need(1, 'one PORT argument');
+      const n = values.count === undefined ? undefined : Number(values.count);
+      if (n !== undefined && (!/^\d+$/.test(values.count!) || !Number.isSafeInteger(n))) throw new CtlUsage(`ctl capture: -c: expected a whole number of frames, got "${values.count}"`);
+      const { captureMain } = await import('./ctl-capture.js');
+      return captureMain({ socket: values.socket ?? defaultSocket(), port: rest[0], filter: values.filter, count: n, write: values.write, json: values.json });
+    }
     case 'set-mapping': {
       need(2, 'VPID and PPID');
       const [v, p] = rest.map(Number);

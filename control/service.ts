@@ -43,10 +43,12 @@ import { FpoError } from '../datapath/errors.js';
 import { CaptureReader, LINKTYPE_ETHERNET } from '../datapath/ports/capture-reader.js';
 import { CaptureWriter, txBufferBytes } from '../datapath/ports/capture-writer.js';
 import { Fpag, type Change } from './fpag.js';
+import { Captures } from './capture.js';
 import { LiveLoop } from './live.js';
 import { DatapathWorkers, RecordingDatapath } from './workers.js';
 import { TunnelMonitor } from './monitor.js';
 import { openLivePort, type LivePort } from '../datapath/ports/live-port.js';
+import { PcapLivePort } from '../datapath/ports/pcap-live-port.js';
 import type { Server as HttpServer } from 'node:http';
 import { COMMANDS, claimSocketPath } from './socket.js';
 import { Connection, MAX_BODY, MAX_CLIENTS, MAX_REQUEST, TooLong, type Body } from './connection.js';
@@ -56,6 +58,9 @@ import { StateStore, stateOf } from './state.js';
 import { loadTopology, type Topology } from './topology.js';
 
 export { MAX_BODY, MAX_CLIENTS, MAX_QUEUED, MAX_REQUEST } from './connection.js';
+
+/** answer()'s result for a capture: its stream was the answer, and the connection ends with it. */
+const STREAMED = Symbol('streamed');
 
 /**
  * The args each command takes; any other key is refused by name, before
@@ -116,6 +121,8 @@ export class Service {
   clientsRefused = 0;
   /** Refused connections still open (being given their error line). */
   private refusing = 0;
+  /** Live captures (fpo ctl capture; capture.ts). */
+  readonly captures: Captures;
 
   constructor(opts: ServiceOptions) {
     const nWorkers = opts.workers ?? 1;
@@ -125,18 +132,19 @@ export class Service {
     const topo = loadTopology(opts.topology);
     if (nWorkers > 1) {
       // What the workers do not take yet is refused before anything is opened.
-      const pcap = topo.ports.find((p) => p.kind === 'pcap');
-      if (pcap) throw new FpoError('FPO_ERR_USAGE', `--workers ${nWorkers}: port ${pcap.name} writes a capture file; with several workers every port must be live (tap or afpacket)`);
+      const pcap = topo.ports.find((p) => p.kind === 'pcap' || p.kind === 'pcap-live');
+      if (pcap) throw new FpoError('FPO_ERR_USAGE', `--workers ${nWorkers}: port ${pcap.name} is ${pcap.kind === 'pcap' ? 'a capture file' : 'a libpcap port'}; with several workers every port must be tap or afpacket`);
       if (topo.tunnel?.monitor.length) throw new FpoError('FPO_ERR_USAGE', `--workers ${nWorkers}: the tunnel monitor (BFD) runs with one datapath only, for now`);
       if (opts.metrics !== undefined) throw new FpoError('FPO_ERR_USAGE', `--workers ${nWorkers}: --metrics serves one datapath's counters only, for now; use fpo ctl stats`);
     }
     // Several workers: the FPAG decides on a shadow that records what it applies, for the workers (workers.ts).
     this.dp = nWorkers > 1 ? new RecordingDatapath({ batchCapacity: 256, idleTimeoutMs: 0 }) : new Datapath({ batchCapacity: 256 });
+    this.captures = new Captures(this.dp);
     // The state file is checked whole before any of it is used (control/state.ts), and taken first:
     // a second service on the same state (and the same captures) is refused before it touches anything.
     this.store = new StateStore(this.opts.state);
     for (const p of topo.ports) {
-      if (p.kind !== 'tap' && p.kind !== 'afpacket' && sameFile(join(opts.outDir, `${p.name}.pcap`), this.opts.state)) {
+      if (p.kind === 'pcap' && sameFile(join(opts.outDir, `${p.name}.pcap`), this.opts.state)) {
         throw new FpoError('FPO_ERR_USAGE', `--state ${this.opts.state}: is port ${p.name}'s capture; give the state a file of its own`, { path: this.opts.state });
       }
     }
@@ -157,6 +165,14 @@ export class Service {
       for (const p of topo.ports) {
         if (nWorkers > 1) {
           this.dp.addPort(p.ppid, { writeBatch: () => undefined }); // the workers have the ports
+          continue;
+        }
+        if (p.kind === 'pcap-live') {
+          const port = new PcapLivePort(p.name, p.device, p.filter);
+          this.taps.push(port);
+          this.liveRows.push({ port, name: p.name, ppid: p.ppid });
+          live.push({ port, ppid: p.ppid });
+          this.dp.addPort(p.ppid, port);
           continue;
         }
         if (p.kind === 'tap' || p.kind === 'afpacket') {
@@ -296,6 +312,10 @@ export class Service {
       }
       const body: { it: Body | null } = { it: null };
       const reply = await this.answer(conn, line, body);
+      if (reply === STREAMED) {
+        conn.end(); // a capture's stream is the connection's last answer
+        return;
+      }
       await conn.reply(reply);
       if (body.it) await conn.skipBody();
     }
@@ -323,6 +343,15 @@ export class Service {
       const extra = Object.keys(r).find((k) => k !== 'id' && k !== 'cmd' && k !== 'args');
       const top = extra === undefined ? null : new FpoError('FPO_ERR_USAGE', `request: unknown field ${JSON.stringify(extra)}; a request has id, cmd, args`);
       if (r.cmd === 'inject') return { id, ok: true, result: await this.injectRequest(conn, a, body, top) };
+      if (r.cmd === 'capture') {
+        if (top !== null) throw top;
+        if (this.workers) throw new FpoError('FPO_ERR_USAGE', `capture: fpo run --workers ${this.opts.workers} does not tap its workers' ports yet; run it with one datapath to capture`);
+        // Checked whole before anything starts (a refusal is an ordinary error reply); then the ok line and the stream.
+        const req = await this.captures.check(a, (n) => this.fpag.portNamed(n));
+        await conn.reply({ id, ok: true, result: { port: req.port, ppid: req.ppid, filter: req.filter, count: req.count, format: 'pcapng' } });
+        if (!conn.ended) await this.captures.run(req, conn.sock);
+        return STREAMED;
+      }
       if (top !== null) throw top;
       const result = await this.handle(r.cmd, a);
       return { id, ok: true, result };
@@ -530,6 +559,7 @@ export class Service {
       migrations: this.fpag.migrations,
       flowRewrites: this.fpag.flowRewrites,
       control: { requests: this.requests, refused: this.badRequests, clients: this.conns.size, clientsRefused: this.clientsRefused },
+      captures: { running: this.captures.running, started: this.captures.started, refused: this.captures.refused },
     };
   }
 
@@ -627,6 +657,7 @@ export class Service {
    * the port files, saves state; returns the final counters.
    */
   async stop(): Promise<unknown> {
+    this.captures.endAll();
     for (const c of this.conns) c.destroy();
     await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
     if (this.metricsServer) await (await import('./metrics.js')).closeMetrics(this.metricsServer);

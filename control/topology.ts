@@ -24,6 +24,7 @@ import { readFileSync } from 'node:fs';
 import { FpoError } from '../datapath/errors.js';
 import { parseIpText } from '../datapath/datapath.js';
 import { FIELD_NAMES } from '../datapath/classifier/flow-key.js';
+import { compileFilter } from '../datapath/ports/bpf.js';
 import { CheckError, array, boolean, either, formatPath, int, number, object, oneOf, optional, record, refine, string, withDefault, type Check, type Out } from './check.js';
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
@@ -70,9 +71,11 @@ const PortSchema = object({
   /**
    * pcap (default): what the port emits goes to a capture file. tap: a TAP
    * device fpo creates; afpacket: an existing interface (a veth end) fpo
-   * attaches to with an AF_PACKET socket (both with fpo run).
+   * attaches to with an AF_PACKET socket; pcap-live: an existing interface
+   * through libpcap (the cap module), with an optional BPF `filter` (all
+   * three with fpo run).
    */
-  kind: withDefault(oneOf(['pcap', 'tap', 'afpacket'] as const), () => 'pcap' as const),
+  kind: withDefault(oneOf(['pcap', 'tap', 'afpacket', 'pcap-live'] as const), () => 'pcap' as const),
   /**
    * afpacket: how frames move — `ring` (default): memory-mapped TPACKET_V3
    * rx and tx rings, a batch per system call at most; `read`: one read()
@@ -92,6 +95,8 @@ const PortSchema = object({
    * (2: a slot a frame, each handed over as it lands: no delay).
    */
   tpacket: optional(oneOf([2, 3] as const)),
+  /** pcap-live: a tcpdump filter expression; only frames it matches are received (checked by libpcap at load). */
+  filter: optional(string()),
   /** The TAP device's name (default: the port's name; at most 15 characters). */
   device: optional(refine(string({ regex: /^[A-Za-z0-9._-]{1,15}$/, message: 'expected an interface name of 1 to 15 letters, digits, ".", "_", "-"' }), (d) => !/^\.+$/.test(d), 'expected an interface name that is not only dots (Linux refuses "." and "..")')),
 });
@@ -219,9 +224,9 @@ export interface Port {
   name: string;
   ppid: number;
   role: 'vm' | 'uplink';
-  /** pcap: a capture file; tap: a TAP device; afpacket: an existing interface (fpo run). */
-  kind: 'pcap' | 'tap' | 'afpacket';
-  /** TAP device name. */
+  /** pcap: a capture file; tap: a TAP device; afpacket, pcap-live: an existing interface (fpo run). */
+  kind: 'pcap' | 'tap' | 'afpacket' | 'pcap-live';
+  /** TAP device name, or the interface an afpacket or pcap-live port attaches to. */
   device: string;
   /** afpacket: rings (default) or a read/write a frame. */
   io: 'ring' | 'read';
@@ -229,6 +234,8 @@ export interface Port {
   offload: boolean;
   /** afpacket on rings: TPACKET_V2 or V3. */
   tpacket: 2 | 3;
+  /** pcap-live: the BPF filter (a tcpdump expression), if any. */
+  filter?: string;
   /** Uplinks: the segments they carry. VM ports: the segment of the attached interface. */
   segments: string[];
   /** Uplinks: the VPID the control plane gave the uplink. VM ports: none (-1). */
@@ -372,8 +379,18 @@ export function topologyFrom(json: unknown, path: string): Topology {
     if (p.kind !== 'pcap' && p.device === undefined && p.name.length > 15) throw bad(path, `ports[${i}].device`, `the port name "${p.name}" is longer than a TAP device may be (15); give a device name`);
     if (p.io !== undefined && p.kind !== 'afpacket') throw bad(path, `ports[${i}].io`, `"io" is for afpacket ports; this port is ${p.kind}`);
     if (p.tpacket !== undefined && (p.kind !== 'afpacket' || p.io === 'read')) throw bad(path, `ports[${i}].tpacket`, `"tpacket" is for afpacket ports on rings; this port is ${p.kind}${p.io === 'read' ? ' with io read' : ''}`);
-    if (p.offload === true && (p.kind === 'pcap' || p.io === 'read')) throw bad(path, `ports[${i}].offload`, `offloads are for TAP ports and afpacket ports on rings; this port is ${p.kind}${p.io === 'read' ? ' with io read' : ''}`);
-    ports.set(p.name, { name: p.name, ppid: p.ppid, role: p.role, kind: p.kind, device: p.device ?? p.name, io: p.io ?? 'ring', offload: p.offload ?? false, tpacket: p.tpacket ?? 3, segments: [...p.segments], vpid: -1 });
+    if (p.offload === true && (p.kind === 'pcap' || p.kind === 'pcap-live' || p.io === 'read')) throw bad(path, `ports[${i}].offload`, `offloads are for TAP ports and afpacket ports on rings; this port is ${p.kind}${p.io === 'read' ? ' with io read' : ''}`);
+    if (p.filter !== undefined) {
+      if (p.kind !== 'pcap-live') throw bad(path, `ports[${i}].filter`, `only a pcap-live port takes a filter; this port is ${p.kind}`);
+      // libpcap's own compiler (its words), at load: a filter that cannot compile is refused before fpo run opens anything.
+      try {
+        compileFilter(p.filter);
+      } catch (e) {
+        if (e instanceof FpoError) throw bad(path, `ports[${i}].filter`, `${JSON.stringify(p.filter.length > 200 ? `${p.filter.slice(0, 200)}…` : p.filter)}: ${e.message}`);
+        throw e;
+      }
+    }
+    ports.set(p.name, { name: p.name, ppid: p.ppid, role: p.role, kind: p.kind, device: p.device ?? p.name, io: p.io ?? 'ring', offload: p.offload ?? false, tpacket: p.tpacket ?? 3, segments: [...p.segments], vpid: -1, ...(p.filter !== undefined ? { filter: p.filter } : {}) });
   });
   const interfaces: Interface[] = [];
   const taken = new Map<string, string>();

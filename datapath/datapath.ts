@@ -187,6 +187,38 @@ export class Datapath {
     this.execute.enablePort(ppid, tx.direct);
   }
 
+  /**
+   * Called with every batch before it is switched while set (a live
+   * capture's rx tap, control/capture.ts): the frames as their port
+   * received them. null (the default): one branch per batch, nothing else.
+   */
+  rxTap: ((batch: PacketBatch) => void) | null = null;
+
+  /**
+   * Slow path: puts `tap` in front of port ppid's tx side (it must pass
+   * every frame on to `port`), or takes it away (null). While a tap is
+   * there the port takes no direct copies (Execute.suspendDirect), so every
+   * frame the port sends goes through it; without one the port is as before.
+   */
+  tapTx(ppid: number, tap: ((port: TxPort) => TxPort) | null): void {
+    const own = this.untapped[ppid];
+    if (tap === null) {
+      if (own === undefined) return;
+      this.ports[ppid] = own;
+      this.untapped[ppid] = undefined;
+      this.execute.suspendDirect(ppid, false);
+      return;
+    }
+    const port = own ?? this.ports[ppid];
+    if (port === undefined) throw new FpoError('FPO_ERR_USAGE', `ppid ${ppid} is not a port of this NIC`);
+    this.untapped[ppid] = port;
+    this.ports[ppid] = tap(port);
+    this.execute.suspendDirect(ppid, true);
+  }
+
+  /** Ports whose tx side a tap is in front of: the port itself. */
+  private readonly untapped: (TxPort | undefined)[] = [];
+
   hasPort(ppid: number): boolean {
     return this.ports[ppid] !== undefined;
   }
@@ -252,6 +284,7 @@ export class Datapath {
   // Fast path: one batch, rx already done by the caller's port.
 
   process(batch: PacketBatch, now: number): void {
+    if (this.rxTap !== null) this.rxTap(batch); // a live capture: one branch a batch when there is none
     // The common case first, in one pass; the stages take the rest of the batch.
     const laned = this.fastLane.process(batch, now, this.rxPackets, this.rxBytes);
     const laneSpecial = this.fastLane.special;

@@ -14,6 +14,11 @@ command -v ovs-vsctl >/dev/null 2>&1 || need+=(openvswitch-switch)
 command -v vtysh >/dev/null 2>&1 && [ -x /usr/lib/frr/bfdd ] || need+=(frr)
 command -v bird >/dev/null 2>&1 || need+=(bird2)
 command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
+# The cap addon (pcap-live ports) is built at npm install by node-gyp: libpcap's headers, a C++ compiler, make, python3.
+[ -e /usr/include/pcap/pcap.h ] || need+=(libpcap-dev)
+command -v g++ >/dev/null 2>&1 || need+=(g++)
+command -v make >/dev/null 2>&1 || need+=(make)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v script >/dev/null 2>&1 || need+=(bsdutils)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -28,6 +33,12 @@ fi
 
 if [ ! -x node_modules/.bin/vitest ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --no-audit --no-fund
+fi
+# cap is optional (npm goes on when its build fails): built again here when it does not load, e.g. after
+# libpcap-dev came in above on a machine whose node_modules was installed without it.
+if ! node -e "require('cap')" >/dev/null 2>&1; then
+  npm rebuild cap >/dev/null 2>&1 || true
+  node -e "require('cap')" >/dev/null 2>&1 || echo "test.sh: the cap addon does not build or load here; the pcap-live tests will fail (CI) or skip"
 fi
 npx tsc -p tsconfig.json
 npx tsc -p tsconfig.test.json   # the tests type-checked too (vitest only strips their types)

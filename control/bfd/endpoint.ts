@@ -15,6 +15,14 @@
  * recvmsg with IP_RECVTTL, which needs msghdr/cmsg layouts through the FFI,
  * for the same answer; measured here: a koffi read() of a packet costs
  * ~0.5 µs. Without root it falls back to dgram and counts `ttlUnchecked`.
+ * raw-socket was measured against this (bench/control/bfd-socket.ts,
+ * 2026-12-04): it gives the TTL the same way (the IP header of a raw read;
+ * it has no recvmsg, so no IP_RECVTTL) but cannot attach the kernel filter
+ * below (its setOption passes no pointer), allocates a Buffer and a string
+ * a packet, and cost 5.3–5.9 µs of CPU a BFD packet against 1.7–2.0 here,
+ * and 27–30 µs against 2.8–3.4 with four packets of other UDP traffic
+ * beside each (it read all 800 K of them, and dropped up to 1.6 K BFD
+ * packets); so it is not used.
  *
  * A raw UDP socket sees every UDP packet of the namespace — a tunnel's
  * VXLAN traffic included, a million a second when the switch is busy — so a

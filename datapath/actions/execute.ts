@@ -367,7 +367,33 @@ export class Execute {
    * interned; a new set is a new id).
    */
   directEpoch(): number {
-    return this.mapping.changes + this.slots;
+    return this.mapping.changes + this.slots + this.directToggles;
+  }
+
+  /** Times suspendDirect changed a slot (part of directEpoch). */
+  private directToggles = 0;
+  /** Per slot suspended: its buffer's size, given back by resume. */
+  private readonly suspended = new Map<number, number>();
+
+  /**
+   * Slow path: while `on`, port ppid's plain copies go to its tx list (its
+   * writeBatch) instead of straight into its buffer, so that a wrapper the
+   * datapath put in front of the port (a live capture: control/capture.ts)
+   * sees every frame the port sends. The buffer's fill level stays in its
+   * cell, so the port's own writeBatch appends where the copies stopped.
+   */
+  suspendDirect(ppid: number, on: boolean): void {
+    const slot = this.slotOf[ppid];
+    if (slot < 0) return;
+    if (on && !this.suspended.has(slot) && this.dCap[slot] > 0) {
+      this.suspended.set(slot, this.dCap[slot]);
+      this.dCap[slot] = 0;
+      this.directToggles++;
+    } else if (!on && this.suspended.has(slot)) {
+      this.dCap[slot] = this.suspended.get(slot)!;
+      this.suspended.delete(slot);
+      this.directToggles++;
+    }
   }
 
   /**

@@ -13,8 +13,8 @@ import { TapPort } from './tap-port.js';
 export interface LivePort {
   readonly name: string;
   readonly fd: number;
-  readonly kind: 'tap' | 'afpacket';
-  /** How frames move: 'read-write' (a system call a frame) or 'tpacket-v3' / 'tpacket-v2' (rings); '+vnet' with offloads. */
+  readonly kind: 'tap' | 'afpacket' | 'pcap-live';
+  /** How frames move: 'read-write' (a system call a frame), 'tpacket-v3' / 'tpacket-v2' (rings), '+vnet' with offloads, 'libpcap'. */
   readonly mode: string;
   rxPackets: number;
   txPackets: number;
