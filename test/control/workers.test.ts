@@ -106,7 +106,7 @@ describe('fpo run --workers: what it refuses, before anything is opened', () => 
     }
     const pcap = runCli(['run', '-t', join(ROOT, 'fixtures', 'topology.json'), '-s', join(dir, 's'), '-o', dir, '--workers', '2']);
     expect(pcap.status).toBe(1);
-    expect(pcap.stderr).toMatch(/port \S+ writes a capture file; with several workers every port must be live/);
+    expect(pcap.stderr).toMatch(/port \S+ is a capture file; with several workers every port must be tap or afpacket/);
     expect(existsSync(join(dir, 's'))).toBe(false);
   });
 });
