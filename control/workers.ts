@@ -29,6 +29,7 @@
  * worker whose loop has not turned for STALL_MS is reported stalled.
  */
 import { Worker, isMainThread, parentPort, receiveMessageOnPort, workerData, MessageChannel, type MessagePort } from 'node:worker_threads';
+import { randomInt } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
 import { PacketBatch } from '../datapath/batch.js';
@@ -59,12 +60,28 @@ const CTRL_WORDS = 8;
 /** A worker whose loop has not turned for this long is reported stalled. */
 export const STALL_MS = 1000;
 
-/** A Datapath that keeps every message applied to it for the workers (the main thread's shadow). */
+/**
+ * A Datapath that keeps every message applied to it for the workers (the
+ * main thread's shadow). Its table never evicts on its own: an install into
+ * a full table first deletes the oldest-installed 1/16 by messages the
+ * workers get too (a table that evicted by itself would drop other flows
+ * than the workers' tables, which see the traffic, and a flow left in a
+ * worker would never be revalidated). Workers get twice the shadow's
+ * capacity, so they never evict by themselves either.
+ */
 export class RecordingDatapath extends Datapath {
   outbox: ControlMessage[] = [];
   override apply(msg: ControlMessage, now = 0): void {
+    if (msg.type === 'flow-install' && this.flows.count >= this.flows.capacity - 1) this.evictByMessages(now);
     super.apply(msg, now);
     this.outbox.push(msg);
+  }
+
+  // Slow path: the table is full.
+  private evictByMessages(now: number): void {
+    const flows = this.dumpFlows().sort((a, b) => a.used - b.used || a.id - b.id);
+    const n = Math.max(1, this.flows.capacity >>> 4);
+    for (const f of flows.slice(0, n)) this.apply({ type: 'flow-delete', key: f.key, mask: f.mask }, now);
   }
 }
 
@@ -108,14 +125,15 @@ export class DatapathWorkers {
     const start = shadow.outbox;
     shadow.outbox = [];
     this.seq = 1;
-    // One fanout group a port, unique on this host while this service runs.
-    const fanoutBase = (process.pid * 64) & 0xffff;
+    // One fanout group a port; group ids are per network namespace: a random base, so that two services
+    // (or a service and a test) do not pick the same ones (pid-based ones met whenever pids were 1024 apart).
+    const fanoutBase = randomInt(0, 0x10000);
     for (let i = 0; i < n; i++) {
       const sab = new SharedArrayBuffer(4 * CTRL_WORDS + 4 * (1 + KEY_WORDS));
       const ctrl = new Int32Array(sab, 0, CTRL_WORDS);
       const req = new Uint32Array(sab, 4 * CTRL_WORDS, 1 + KEY_WORDS);
       const { port1, port2 } = new MessageChannel();
-      const worker = new Worker(WORKER_FILE, { workerData: { fpoWorker: true, index: i, sab, topology: topo, fanoutBase, log: { seq: 1, msgs: start }, port: port2 }, transferList: [port2] });
+      const worker = new Worker(WORKER_FILE, { workerData: { fpoWorker: true, index: i, sab, topology: topo, fanoutBase, log: { seq: 1, msgs: start }, port: port2, maxFlows: shadow.flows.capacity }, transferList: [port2] });
       const h: Handle = { index: i, worker, port: port1, ctrl, req, alive: true, lastTurns: 0, lastTurnAt: Date.now(), pending: new Map(), fds: [] };
       worker.on('message', (m: { type: string; id?: number; stats?: WorkerStats; error?: string; fds?: Handle['fds'] }) => {
         if (m.type === 'upcall') this.answerUpcall(h);
@@ -261,10 +279,10 @@ function emptyStats(): WorkerStats {
 
 // The worker side.
 if (!isMainThread && (workerData as { fpoWorker?: boolean } | null)?.fpoWorker) {
-  const { index, sab, topology, fanoutBase, log, port } = workerData as { index: number; sab: SharedArrayBuffer; topology: Topology; fanoutBase: number; log: { seq: number; msgs: ControlMessage[] }; port: MessagePort };
+  const { index, sab, topology, fanoutBase, log, port, maxFlows } = workerData as { index: number; sab: SharedArrayBuffer; topology: Topology; fanoutBase: number; log: { seq: number; msgs: ControlMessage[] }; port: MessagePort; maxFlows: number };
   const ctrl = new Int32Array(sab, 0, CTRL_WORDS);
   const req = new Uint32Array(sab, 4 * CTRL_WORDS, 1 + KEY_WORDS);
-  const dp = new Datapath({ batchCapacity: 256, idleTimeoutMs: 0 });
+  const dp = new Datapath({ batchCapacity: 256, idleTimeoutMs: 0, maxFlows: 2 * maxFlows });
   const ports: { port: LivePort; ppid: number }[] = [];
   let applied = 0;
   const applyLog = (seq: number, msgs: ControlMessage[]) => {

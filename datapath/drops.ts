@@ -40,6 +40,7 @@ export const DROP = {
   portSecArp: 'port security: ARP sender IP is not one of the VM interface\'s addresses',
   portSecIpv6: 'port security: IPv6 source is not one of the VM interface\'s addresses',
   encapTooLong: 'encapsulated, the packet would be longer than the outer IP length field can say',
+  offloadBad: 'a port with offloads gave a virtio-net header that does not match the frame (checksum start or offset not its TCP/UDP header\'s, a segment type not its protocol\'s)',
 } as const;
 
 export type DropReason = keyof typeof DROP;

@@ -47,8 +47,62 @@ export const GSO_MAX_FRAME = 65536 + 64;
 
 /** What takes the frames cut (a port's tx). */
 export interface SegmentSink {
-  /** One frame to send: src[off .. off + len), whole and with its checksums right. */
-  segment(src: Uint8Array, off: number, len: number): void;
+  /** One frame to send: src[off .. off + len), whole and with its checksums right. false: no room (a full ring): stop. */
+  segment(src: Uint8Array, off: number, len: number): boolean;
+  /** The frames not cut after a segment found no room (counted as the sink counts a full ring). */
+  segmentsLost(n: number): void;
+}
+
+/**
+ * Whether the virtio-net header before the frame at b[off..off + len) agrees
+ * with the frame: a checksum to finish starts at the frame's own TCP or UDP
+ * header (after any tags, IPv4 options, IPv6 extension headers) with the
+ * field at that protocol's place (16 for TCP, 6 for UDP), and a segment type
+ * is the frame's IP version and protocol. Checked as the frame comes in:
+ * the kernel lets a sender point csum_start anywhere past byte 20, so an
+ * unchecked header would have fpo (or the kernel at the far end) write a
+ * sum of the VM's choosing over, say, the IPv4 source that port security
+ * had passed.
+ */
+export function vnetValid(b: Uint8Array, off: number, len: number): boolean {
+  const v = off - VNET_HDR_LEN;
+  const flags = b[v];
+  const gso = b[v + 1] & ~GSO_ECN;
+  if ((flags & VNET_NEEDS_CSUM) === 0 && gso === GSO_NONE) return true; // nothing asked of anyone
+  let p = 12;
+  while (p + 4 <= len && ((b[off + p] === 0x81 && b[off + p + 1] === 0x00) || (b[off + p] === 0x88 && b[off + p + 1] === 0xa8))) p += 4;
+  if (p + 2 > len) return false;
+  const et = (b[off + p] << 8) | b[off + p + 1];
+  const l3 = p + 2;
+  let l4: number;
+  let proto: number;
+  if (et === 0x0800) {
+    if (l3 + 20 > len) return false;
+    const ihl = (b[off + l3] & 0x0f) << 2;
+    if (ihl < 20 || (((b[off + l3 + 6] & 0x3f) | b[off + l3 + 7]) !== 0)) return false; // a fragment has no L4 checksum to finish
+    proto = b[off + l3 + 9];
+    l4 = l3 + ihl;
+  } else if (et === 0x86dd) {
+    if (l3 + 40 > len) return false;
+    proto = b[off + l3 + 6];
+    l4 = l3 + 40;
+    // Hop-by-hop, routing and destination options: skipped; a fragment header: refused.
+    while ((proto === 0 || proto === 43 || proto === 60) && l4 + 8 <= len) {
+      proto = b[off + l4];
+      l4 += (b[off + l4 + 1] + 1) << 3;
+    }
+  } else return false;
+  const cs = b[v + 6] | (b[v + 7] << 8);
+  const co = b[v + 8] | (b[v + 9] << 8);
+  if ((flags & VNET_NEEDS_CSUM) !== 0) {
+    if (cs !== l4 || !((proto === 6 && co === 16) || (proto === 17 && co === 6)) || l4 + co + 2 > len) return false;
+  }
+  if (gso === GSO_NONE) return true;
+  if ((flags & VNET_NEEDS_CSUM) === 0) return false;
+  if (gso === GSO_TCPV4) return et === 0x0800 && proto === 6;
+  if (gso === GSO_TCPV6) return et === 0x86dd && proto === 6;
+  if (gso === GSO_UDP_L4) return proto === 17;
+  return false; // UFO, or a type fpo does not know
 }
 
 /** Whether packet i (of a batch with virtio-net headers) needs work before a port without offloads takes it. */
@@ -222,7 +276,12 @@ export class SoftOffload {
         s[at + l4 + 6] = c >> 8;
         s[at + l4 + 7] = c & 0xff;
       }
-      sink.segment(s, at, slen);
+      if (!sink.segment(s, at, slen)) {
+        // No room at the port: the rest are not cut (their copying and sums would be spent for nothing).
+        sink.segmentsLost(n - k - 1);
+        this.segments += k + 1;
+        return n;
+      }
     }
     this.segments += n;
     return n;

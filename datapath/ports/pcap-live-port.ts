@@ -273,8 +273,14 @@ export class PcapLivePort implements LivePort, SegmentSink {
   private curHash = 0;
 
   /** SegmentSink: one frame of a packet cut in software (offload.ts), written as its packet's copy would be. */
-  segment(src: Uint8Array, off: number, len: number): void {
+  segment(src: Uint8Array, off: number, len: number): boolean {
     this.send(this.txBuf, writeBytes(this.txBuf, 0, this.txBuf.length, src, off, len, len, this.curHash, this.curE, this.curEncap));
+    return true; // each send fails on its own, counted
+  }
+
+  /** SegmentSink: never called (this port never says it has no room). */
+  segmentsLost(n: number): void {
+    this.txErrors += n;
   }
 
   // One frame of `len` bytes at out[0..] (len < 0: it did not fit, counted).

@@ -29,13 +29,14 @@
  * frame (14 bytes there: tp_mac is 82 for a 68-byte V3 header) and the tag
  * goes between — 12 bytes moved, no copy of the frame.
  */
+import { readFileSync } from 'node:fs';
 import type { PacketBatch } from '../batch.js';
 import { D } from '../drops.js';
 import { FpoError } from '../errors.js';
 import type { Encap } from '../actions/encap.js';
 import { TX_PLAIN } from '../actions/vlan.js';
 import { writeBytes, writeFrame } from './frame-out.js';
-import { SoftOffload, VNET_HDR_LEN, VNET_NEEDS_CSUM, needsSoftware, writeVnetHeader } from './offload.js';
+import { SoftOffload, VNET_HDR_LEN, VNET_NEEDS_CSUM, needsSoftware, vnetValid, writeVnetHeader } from './offload.js';
 import { MSG_DONTWAIT, libc } from './libc.js';
 import { PortMemory } from './port-memory.js';
 
@@ -48,6 +49,7 @@ const PACKET_RX_RING = 5;
 const PACKET_STATISTICS = 6;
 const PACKET_VERSION = 10;
 const PACKET_TX_RING = 13;
+const PACKET_LOSS = 14;
 const PACKET_VNET_HDR = 15;
 const PACKET_FANOUT = 18;
 const PACKET_FANOUT_HASH = 0;
@@ -153,6 +155,8 @@ export class RingPort {
   txRingFull = 0;
   /** send() calls that failed (the link down: frames stay in the ring, sent by a later send). */
   txSendErrors = 0;
+  /** The longest frame the interface sends (its MTU, Ethernet header and one tag), read at open. */
+  readonly maxFrame: number;
   /** Tags put back in front of frames the kernel had untagged. */
   rxVlanRestored = 0;
   private rxMissedSoFar = 0;
@@ -203,11 +207,20 @@ export class RingPort {
     const c = libc();
     const ifindex = c.ifNameToIndex(name);
     if (ifindex === 0) throw new FpoError('FPO_ERR_IO', `afpacket ${name}: no such interface`);
+    let mtu = 1500;
+    try {
+      mtu = Number(readFileSync(`/sys/class/net/${name}/mtu`, 'utf8').trim()) || 1500;
+    } catch {
+      // Not in sysfs (another namespace's view): the Ethernet default.
+    }
+    this.maxFrame = mtu + 18;
     // Protocol 0: the socket takes no frame until bind names the interface and ETH_P_ALL. A socket opened
     // with ETH_P_ALL takes every interface's frames until it is bound: other links' traffic in the ring.
     const fd = c.socket(AF_PACKET, SOCK_RAW | SOCK_NONBLOCK, 0);
     if (fd < 0) throw new FpoError('FPO_ERR_IO', `afpacket ${name}: socket failed (errno ${c.errno()}); fpo needs root for AF_PACKET ports`);
     this.fd = fd;
+    let mappedAt = -1;
+    let rxMapLen = 0;
     try {
       const opt = (what: string, level: number, key: number, val: Buffer): void => {
         if (c.setsockopt(fd, level, key, val, val.length) < 0) throw new FpoError('FPO_ERR_IO', `afpacket ${name}: ${what} failed (errno ${c.errno()})`);
@@ -215,6 +228,9 @@ export class RingPort {
       const i32 = (v: number) => { const b = Buffer.alloc(4); b.writeInt32LE(v, 0); return b; };
       opt(`PACKET_VERSION TPACKET_V${this.version}`, SOL_PACKET, PACKET_VERSION, i32(v2 ? TPACKET_V2 : TPACKET_V3));
       opt('PACKET_IGNORE_OUTGOING', SOL_PACKET, PACKET_IGNORE_OUTGOING, i32(1));
+      // A frame the kernel refuses from the tx ring is skipped, not left blocking every frame behind it
+      // (without PACKET_LOSS the kernel's head stays on it). fpo refuses what it can tell first (maxFrame).
+      opt('PACKET_LOSS', SOL_PACKET, PACKET_LOSS, i32(1));
       if (this.offload) opt('PACKET_VNET_HDR', SOL_PACKET, PACKET_VNET_HDR, i32(1));
       // struct tpacket_req3: block_size, block_nr, frame_size, frame_nr, retire_blk_tov, sizeof_priv, feature_req_word.
       const req = (blockSize: number, blockNr: number, frameSize: number, tov: number) => {
@@ -243,8 +259,10 @@ export class RingPort {
       opt(`PACKET_TX_RING (${this.txFrames} frames of ${this.txFrameBytes} bytes)`, SOL_PACKET, PACKET_TX_RING, req(txBlock, txBlocks, this.txFrameBytes, 0));
       const rxLen = this.blockBytes * this.blocks;
       this.mapLen = rxLen + txBlock * txBlocks;
+      rxMapLen = this.mapLen;
       this.mem = PortMemory.get();
       this.at = this.mem.mapSocket(fd, this.mapLen, `afpacket ${name}`);
+      mappedAt = this.at;
       this.txAt = this.at + rxLen;
       this.bytes = this.mem.bytes;
       this.dv = new DataView(this.bytes.buffer, this.bytes.byteOffset, this.bytes.byteLength);
@@ -256,6 +274,8 @@ export class RingPort {
       if (c.bind(fd, sll, 20) < 0) throw new FpoError('FPO_ERR_IO', `afpacket ${name}: bind failed (errno ${c.errno()})`);
       if (opts.fanout !== undefined) opt(`PACKET_FANOUT group ${opts.fanout}`, SOL_PACKET, PACKET_FANOUT, i32((opts.fanout & 0xffff) | ((PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG) << 16)));
     } catch (e) {
+      // A mapping of the socket keeps it (and its binding) alive: it goes first.
+      if (mappedAt >= 0) PortMemory.get().release(mappedAt, rxMapLen);
       c.close(fd);
       throw e;
     }
@@ -302,7 +322,7 @@ export class RingPort {
       batch.tsB[n] = Math.floor(dv.getUint32(h + H2_NSEC, true) / 1000);
       batch.ifIndex[n] = 0;
       batch.inPpid[n] = ppid;
-      batch.drop[n] = snap < len ? D.frameTooBig : 0;
+      batch.drop[n] = snap < len ? D.frameTooBig : vnet && !vnetValid(u8, mac, snap) ? D.offloadBad : 0;
       n++;
       this.block = this.block + 1 === this.rxFrames ? 0 : this.block + 1;
     }
@@ -384,7 +404,7 @@ export class RingPort {
       batch.ifIndex[n] = 0;
       batch.inPpid[n] = ppid;
       // A frame longer than the block's room arrives cut (snaplen < len): dropped with its reason, never forwarded cut.
-      batch.drop[n] = snap < len ? D.frameTooBig : 0;
+      batch.drop[n] = snap < len ? D.frameTooBig : vnet && !vnetValid(u8, mac, snap) ? D.offloadBad : 0;
       n++;
       this.pkt = h + dv.getUint32(h + H_NEXT, true);
       this.left--;
@@ -420,6 +440,8 @@ export class RingPort {
       const len = writeFrame(u8, data, room, batch, i, e, encap);
       if (len < 0) { this.txErrors++; continue; }
       if (off) writeVnetHeader(u8, data - VNET_HDR_LEN, batch, i, e, len);
+      // Longer than the interface sends and not a segment to cut: refused here, counted (the slot is reused).
+      if (len > this.maxFrame && !(off && (u8[data - VNET_HDR_LEN + 1] & 0x7f) !== 0)) { this.txErrors++; continue; }
       this.commit(slot, len + (off ? VNET_HDR_LEN : 0));
     }
     if (this.queued > 0) this.send();
@@ -433,15 +455,21 @@ export class RingPort {
   private kicked = false;
 
   /** SegmentSink: one frame of a packet cut in software, into a slot as its packet's copy would go. */
-  segment(src: Uint8Array, from: number, len: number): void {
+  segment(src: Uint8Array, from: number, len: number): boolean {
     const slot = this.takeSlot();
-    if (slot < 0) return;
+    if (slot < 0) return false;
     const off = this.offload;
     const data = slot + this.txData + (off ? VNET_HDR_LEN : 0);
     const n = writeBytes(this.bytes, data, this.txFrameBytes - this.txData - (off ? VNET_HDR_LEN : 0), src, from, len, len, this.curHash, this.curE, this.curEncap);
-    if (n < 0) { this.txErrors++; return; }
+    if (n < 0 || n > this.maxFrame) { this.txErrors++; return true; }
     if (off) this.bytes.fill(0, data - VNET_HDR_LEN, data);
     this.commit(slot, n + (off ? VNET_HDR_LEN : 0));
+    return true;
+  }
+
+  /** SegmentSink: frames of a cut packet left uncut once the ring was full, counted as such. */
+  segmentsLost(n: number): void {
+    this.txRingFull += n;
   }
 
   /** The next tx slot, or -1 (counted as txRingFull) when the kernel still holds it after one send. */

@@ -18,7 +18,7 @@ import { D } from '../drops.js';
 import type { Encap } from '../actions/encap.js';
 import { TX_PLAIN } from '../actions/vlan.js';
 import { ENCAP_MAX, writeBytes, writeFrame } from './frame-out.js';
-import { SoftOffload, VNET_HDR_LEN, needsSoftware, writeVnetHeader } from './offload.js';
+import { SoftOffload, VNET_HDR_LEN, needsSoftware, vnetValid, writeVnetHeader } from './offload.js';
 import { PortMemory } from './port-memory.js';
 import { EAGAIN, O_NONBLOCK, O_RDWR, libc } from './libc.js';
 
@@ -172,7 +172,7 @@ export class TapPort {
       batch.inPpid[n] = ppid;
       // A read that fills the slot may have cut a longer frame (TAP and AF_PACKET truncate to the buffer and
       // return what fit): dropped with its reason, never forwarded cut. Frames up to SLOT - 1 bytes pass.
-      batch.drop[n] = r >= sb ? D.frameTooBig : 0;
+      batch.drop[n] = r >= sb ? D.frameTooBig : hdr > 0 && !vnetValid(this.mem.bytes, batch.off[n], r - hdr) ? D.offloadBad : 0;
       n++;
     }
     batch.count = n;
@@ -224,12 +224,18 @@ export class TapPort {
   private curHash = 0;
 
   /** SegmentSink: one frame of a packet cut in software (offload.ts), written as its packet's copy would be. */
-  segment(src: Uint8Array, off: number, len: number): void {
+  segment(src: Uint8Array, off: number, len: number): boolean {
     const hdr = this.hdr;
     const n = writeBytes(this.mem.bytes, this.txAt + hdr, this.slotBytes + ENCAP_MAX - hdr, src, off, len, len, this.curHash, this.curE, this.curEncap);
     if (hdr > 0) this.mem.bytes.fill(0, this.txAt, this.txAt + hdr); // finished and cut: nothing left to do
     if (n < 0 || libc().write(this.fd, this.txView, n + hdr) < 0) this.txErrors++;
     else this.txPackets++;
+    return true; // a TAP write fails a frame at a time: each counted, the next tried
+  }
+
+  /** SegmentSink: never called (a TAP never says it has no room). */
+  segmentsLost(n: number): void {
+    this.txErrors += n;
   }
 
   close(): void {

@@ -24,7 +24,8 @@ function canRun(ctx: Skippable): void {
   needTool(ctx, 'ping', 'the VM pings across the tunnel');
 }
 
-describe.each([1, 2])('a live VXLAN uplink against the kernel\'s VXLAN, %i datapath worker(s)', (workers) => {
+// [workers, the uplink with offloads (the kernel's VXLAN then sends its outer UDP checksum for the NIC to finish)]
+describe.each([[1, false], [2, false], [1, true]] as const)('a live VXLAN uplink against the kernel\'s VXLAN, %i datapath worker(s), uplink offloads %s', (workers, offload) => {
   it('a VM on a TAP port of fpo pings an address behind a kernel VXLAN endpoint, across an AF_PACKET uplink (a ring port) on a veth underlay', async (ctx) => {
     canRun(ctx);
     cleanup();
@@ -41,7 +42,7 @@ describe.each([1, 2])('a live VXLAN uplink against the kernel\'s VXLAN, %i datap
       'ip -n fpovx-r link set lo up',
       // fpo does not answer ARP for its endpoint: the kernel gets its MAC statically.
       'ip -n fpovx-r neigh add 192.168.77.1 lladdr 02:fe:00:00:77:01 dev fpovxu1',
-      'ip -n fpovx-r link add vx0 type vxlan id 5001 remote 192.168.77.1 local 192.168.77.2 dstport 4789 dev fpovxu1',
+      `ip -n fpovx-r link add vx0 type vxlan id 5001 remote 192.168.77.1 local 192.168.77.2 dstport 4789 dev fpovxu1${offload ? ' udpcsum' : ''}`,
       'ip -n fpovx-r link set vx0 address 02:00:00:00:80:02',
       'ip -n fpovx-r addr add 10.80.0.2/24 dev vx0',
       'ip -n fpovx-r link set vx0 up',
@@ -50,7 +51,7 @@ describe.each([1, 2])('a live VXLAN uplink against the kernel\'s VXLAN, %i datap
     writeFileSync(topo, JSON.stringify({
       name: 'vxlab',
       ports: [
-        { name: 'up0', ppid: 1, role: 'uplink', kind: 'afpacket', device: 'fpovxu0' },
+        { name: 'up0', ppid: 1, role: 'uplink', kind: 'afpacket', device: 'fpovxu0', offload },
         { name: 'p1', ppid: 11, kind: 'tap', device: 'fpovxt1' },
       ],
       segments: [{ name: 'blue', vni: 5001 }],

@@ -5,6 +5,8 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { Fpag } from '../../control/fpag.js';
 import { loadTopology } from '../../control/topology.js';
 import { DatapathWorkers, RecordingDatapath } from '../../control/workers.js';
+import { KEY_WORDS } from '../../datapath/classifier/flow-key.js';
+import { Datapath } from '../../datapath/datapath.js';
 import { CLI, ROOT, cleanTemp, needRoot, needTool, runCli, tempDir } from '../helpers.js';
 
 // fpo run --workers N: N datapath threads, each with its own sockets on every port (a fanout group per
@@ -108,6 +110,27 @@ describe('fpo run --workers: what it refuses, before anything is opened', () => 
     expect(pcap.status).toBe(1);
     expect(pcap.stderr).toMatch(/port \S+ is a capture file; with several workers every port must be tap or afpacket/);
     expect(existsSync(join(dir, 's'))).toBe(false);
+  });
+});
+
+describe('the shadow datapath (workers.ts)', () => {
+  it('a full table evicts by messages the workers get: a worker applying the log holds exactly the shadow\'s flows', () => {
+    const topo = loadTopology(join(ROOT, 'fixtures', 'topology.json'));
+    const shadow = new RecordingDatapath({ maxFlows: 32, idleTimeoutMs: 0 });
+    for (const p of topo.ports) shadow.addPort(p.ppid, { writeBatch: () => undefined });
+    const worker = new Datapath({ maxFlows: 64, idleTimeoutMs: 0 });
+    for (const p of topo.ports) worker.addPort(p.ppid, { writeBatch: () => undefined });
+    const key = (k: number) => { const a = new Uint32Array(KEY_WORDS); a[0] = k; return a; };
+    const mask = new Uint32Array(KEY_WORDS).fill(0xffffffff);
+    for (let k = 1; k <= 100; k++) shadow.apply({ type: 'flow-install', key: key(k), mask, actions: [{ op: 'drop', reason: 1 }] }, k);
+    expect(shadow.outbox.filter((m) => m.type === 'flow-delete').length).toBeGreaterThan(0);
+    for (const m of shadow.outbox) worker.apply(m);
+    const keys = (dp: Datapath) => dp.dumpFlows().map((f) => f.key[0]).sort((a, b) => a - b);
+    expect(shadow.stats().flowsEvicted).toBe(0);
+    expect(worker.stats().flowsEvicted).toBe(0);
+    expect(keys(worker)).toEqual(keys(shadow));
+    expect(keys(shadow)).toContain(100); // the newest stays; the oldest went
+    expect(keys(shadow)).not.toContain(1);
   });
 });
 

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
 import { PacketBatch } from '../../../datapath/batch.js';
-import { GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, SoftOffload, VNET_NEEDS_CSUM, needsSoftware } from '../../../datapath/ports/offload.js';
+import { GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, SoftOffload, VNET_NEEDS_CSUM, needsSoftware, vnetValid } from '../../../datapath/ports/offload.js';
 import { PortMemory } from '../../../datapath/ports/port-memory.js';
 import { checksum, concat, eth, ip4, ip6, ipv4, ipv6, tcp, udp, writePcap } from '../../../fixtures/packets.js';
 import { cleanTemp, needTool, tempDir, tsharkFields } from '../../helpers.js';
@@ -36,7 +36,7 @@ function cutFrame(frame: Uint8Array, hdr: { flags: number; gso: number; gsoSize:
   batch.caplen[0] = frame.length;
   batch.wirelen[0] = frame.length;
   const frames: Uint8Array[] = [];
-  const n = SoftOffload.get().cut(batch, 0, { segment: (src, o, len) => frames.push(Uint8Array.from(src.subarray(o, o + len))) });
+  const n = SoftOffload.get().cut(batch, 0, { segment: (src, o, len) => { frames.push(Uint8Array.from(src.subarray(o, o + len))); return true; }, segmentsLost: () => undefined });
   return { n, frames };
 }
 
@@ -147,6 +147,35 @@ describe('SoftOffload', () => {
     expect(SoftOffload.get().refused).toBe(before + 3);
     cutFrame(frame, { flags: 0, gso: GSO_NONE, gsoSize: 0, csumStart: 0, csumOffset: 0 });
     expect(needsSoftware(batch, 0)).toBe(false);
+  });
+});
+
+describe('vnetValid: a virtio-net header is taken only when it matches its frame', () => {
+  /** The frame behind a header in port memory; whether it is taken. */
+  function valid(frame: Uint8Array, flags: number, gso: number, cs: number, co: number): boolean {
+    const b = mem.bytes;
+    const off = area + 16;
+    b.set([flags, gso, 0, 0, 0x05, 0x05, cs & 0xff, cs >> 8, co & 0xff, co >> 8], off - 10);
+    b.set(frame, off);
+    return vnetValid(b, off, frame.length);
+  }
+  const tcp4 = eth('02:00:00:00:00:02', '02:00:00:00:00:01', 0x0800, ipv4({ src: '10.1.0.1', dst: '10.1.0.2', proto: 6 }, tcp(1, 2, new Uint8Array(100))));
+  const udp6 = eth('02:00:00:00:00:02', '02:00:00:00:00:01', 0x86dd, ipv6({ src: 'fd00::1', dst: 'fd00::2', nh: 17, ext: [[60, new Uint8Array(6)]] }, udp(1, 2, new Uint8Array(100))), [[0x8100, 5]]);
+  it('takes the checksum at the frame\'s own TCP/UDP header (after tags and IPv6 extension headers) and a segment type of its protocol', () => {
+    expect(valid(tcp4, 0, GSO_NONE, 0, 0)).toBe(true);
+    expect(valid(tcp4, VNET_NEEDS_CSUM, GSO_NONE, 34, 16)).toBe(true);
+    expect(valid(tcp4, VNET_NEEDS_CSUM, GSO_TCPV4, 34, 16)).toBe(true);
+    expect(valid(udp6, VNET_NEEDS_CSUM, GSO_NONE, 18 + 40 + 8, 6)).toBe(true);
+    expect(valid(udp6, VNET_NEEDS_CSUM, GSO_UDP_L4, 18 + 40 + 8, 6)).toBe(true);
+  });
+  it('refuses a checksum pointed anywhere else (the IPv4 source: a VM getting round port security), the wrong field, a segment type of another protocol, UFO', () => {
+    expect(valid(tcp4, VNET_NEEDS_CSUM, GSO_NONE, 26, 0)).toBe(false);
+    expect(valid(tcp4, VNET_NEEDS_CSUM, GSO_NONE, 34, 6)).toBe(false);
+    expect(valid(tcp4, VNET_NEEDS_CSUM, GSO_TCPV6, 34, 16)).toBe(false);
+    expect(valid(tcp4, 0, GSO_TCPV4, 34, 16)).toBe(false);
+    expect(valid(udp6, VNET_NEEDS_CSUM, GSO_NONE, 18 + 40, 6)).toBe(false);
+    expect(valid(udp6, VNET_NEEDS_CSUM, 3, 18 + 40 + 8, 6)).toBe(false);
+    expect(valid(udp6, VNET_NEEDS_CSUM, GSO_TCPV6, 18 + 40 + 8, 6)).toBe(false);
   });
 });
 

@@ -218,4 +218,34 @@ describe.each([3, 2])('RingPort (AF_PACKET, TPACKET_V%i rx ring and tx ring)', (
     expect(r.ours).toBe(30);
     expect(r.others).toBe(0);
   });
+
+  it('a frame longer than the interface sends is refused and counted, and the frames after it go (no stalled ring)', (ctx) => {
+    needRoot(ctx, 'makes a namespace and AF_PACKET sockets');
+    needTool(ctx, 'ip', 'makes the namespace and the veth pair');
+    setUp();
+    // In on r0 (MTU 1500), out of r2 (MTU 1000) to r3.
+    expect(sh('sh', '-c', `ip -n ${NS} link add r2 mtu 1000 type veth peer name r3 mtu 1000 && ip -n ${NS} link set r2 up && ip -n ${NS} link set r3 up`).status).toBe(0);
+    const r = inNs(`
+      const ring = new RingPort('r0', { version: ${version} });
+      const out = new RingPort('r2', { version: ${version} });
+      const back = new RingPort('r3', { version: ${version} });
+      const peer = new TapPort('r1', 1, 'afpacket');
+      const b = new PacketBatch(64);
+      // 11 frames come in on r0: one of 1200 bytes, then ten of 100; all go out of r2.
+      libc().write(peer.fd, frame(0, 1200), 1200);
+      for (let k = 1; k <= 10; k++) libc().write(peer.fd, frame(k, 100), 100);
+      let n = 0;
+      for (let t = 0; t < 200 && n < 11; t++) { await sleep(5); n += ring.fill(b, 1, 0); }
+      out.writeBatch(b, Uint16Array.from({ length: 11 }, (_, i) => i), 0, 11);
+      const b2 = new PacketBatch(64);
+      const lens = [];
+      for (let t = 0; t < 100 && lens.length < 10; t++) { await sleep(5); const m = back.fill(b2, 2, 0); for (let i = 0; i < m; i++) lens.push(b2.caplen[i]); }
+      console.log(JSON.stringify({ n, maxFrame: out.maxFrame, tx: out.txPackets, err: out.txErrors, lens }));
+    `);
+    expect(r.n).toBe(11);
+    expect(r.maxFrame).toBe(1018);
+    expect(r.err).toBe(1);
+    expect(r.tx).toBe(10);
+    expect(r.lens).toEqual(Array(10).fill(100));
+  });
 });
