@@ -36,6 +36,8 @@ import { fileURLToPath } from 'node:url';
 import { SHORT, emit } from '../harness.js';
 
 const SECONDS = SHORT ? 0.5 : 3;
+/** iperf3 takes whole seconds (and -t 0 is "for ever"). */
+const IPERF_SECONDS = Math.max(1, Math.round(SECONDS));
 const A = '02:00:00:00:99:01';
 const B = '02:00:00:00:99:02';
 /**
@@ -179,6 +181,7 @@ async function main(): Promise<void> {
         quiet('ovs-vsctl --if-exists del-br fpob-ovs');
       }
       if (startedOvs) quiet(`${ovsCtl} stop`);
+      cleanup();
     }
 
     // TCP through fpo (ring ports with offloads) and through the bridge, with iperf3 when installed.
@@ -196,9 +199,13 @@ async function main(): Promise<void> {
             if (spawnSync('ip', ['netns', 'exec', 'fpob-b', 'sh', '-c', 'ss -ltn | grep -q 5201']).status === 0) break;
             spawnSync('sleep', ['0.1']);
           }
-          const out = execFileSync('ip', ['netns', 'exec', 'fpob-a', 'iperf3', '-c', '10.98.0.2', '-t', String(SECONDS), '-J', ...extra], { encoding: 'utf8', maxBuffer: 64 << 20 });
-          const end = (JSON.parse(out) as { end: { sum_received?: { bits_per_second: number }; sum?: { bits_per_second: number; packets: number; lost_packets: number } } }).end;
-          return end.sum_received ? { bps: end.sum_received.bits_per_second, packets: 0, lost: 0 } : { bps: end.sum!.bits_per_second, packets: end.sum!.packets, lost: end.sum!.lost_packets };
+          const out = execFileSync('ip', ['netns', 'exec', 'fpob-a', 'iperf3', '-c', '10.98.0.2', '-t', String(IPERF_SECONDS), '-J', ...extra], { encoding: 'utf8', maxBuffer: 64 << 20 });
+          const j = JSON.parse(out) as { error?: string; end: { sum_received?: { bits_per_second: number }; sum?: { bits_per_second: number; packets: number; lost_packets: number } } };
+          if (j.error !== undefined || (!j.end.sum_received && !j.end.sum)) throw new Error(`iperf3 ${extra.join(' ')}: ${j.error ?? 'no totals in its report'}`);
+          const end = j.end;
+          // UDP: end.sum has the datagrams sent and lost (as the server counted them); TCP: what the receiver took.
+          if (end.sum !== undefined && typeof end.sum.packets === 'number') return { bps: end.sum.bits_per_second, packets: end.sum.packets, lost: end.sum.lost_packets };
+          return { bps: end.sum_received!.bits_per_second, packets: 0, lost: 0 };
         } finally {
           server.kill();
         }
@@ -245,14 +252,14 @@ async function main(): Promise<void> {
     for (const [name, u] of Object.entries(udp)) {
       const delivered = u.packets - u.lost;
       emit({
-        bench: 'ports/live-udp', switch: name, seconds: SECONDS, payloadBytes: 18, offeredPps: Math.round(u.packets / SECONDS), deliveredPps: Math.round(delivered / SECONDS),
+        bench: 'ports/live-udp', switch: name, seconds: IPERF_SECONDS, payloadBytes: 18, offeredPps: Math.round(u.packets / IPERF_SECONDS), deliveredPps: Math.round(delivered / IPERF_SECONDS),
         delivered: Number((delivered / Math.max(1, u.packets)).toFixed(3)),
         // fpo: what it delivered of iperf3's flood against its own peak rate (fpo-ring above, the blaster's run).
-        ofFpoPeak: name.startsWith('fpo') && peak !== undefined ? Number((delivered / SECONDS / peak).toFixed(3)) : undefined,
+        ofFpoPeak: name.startsWith('fpo') && peak !== undefined ? Number((delivered / IPERF_SECONDS / peak).toFixed(3)) : undefined,
       });
     }
     for (const [name, bps] of Object.entries(tcp)) {
-      emit({ bench: 'ports/live-tcp', switch: name, seconds: SECONDS, streams: 1, gbitPerSec: Number((bps / 1e9).toFixed(2)), baseline: 'linux-bridge', ratio: Number((bps / tcp['linux-bridge']).toFixed(3)) });
+      emit({ bench: 'ports/live-tcp', switch: name, seconds: IPERF_SECONDS, streams: 1, gbitPerSec: Number((bps / 1e9).toFixed(2)), baseline: 'linux-bridge', ratio: Number((bps / tcp['linux-bridge']).toFixed(3)) });
     }
   } finally {
     cleanup();
