@@ -45,7 +45,7 @@ function views(sab: SharedArrayBuffer) {
   };
 }
 
-function encode(msgs: ControlMessage[]): string {
+export function encode(msgs: ControlMessage[]): string {
   return JSON.stringify(msgs, (_k, v) => (v instanceof Uint32Array || v instanceof Uint8Array ? { $t: v instanceof Uint32Array ? 'u32' : 'u8', a: Array.from(v) } : v));
 }
 
@@ -102,12 +102,12 @@ function decodeInstalls(w: Uint32Array): ControlMessage[] {
   return msgs;
 }
 
-function decode(text: string): ControlMessage[] {
+export function decode(text: string): ControlMessage[] {
   return JSON.parse(text, (_k, v) => (v && typeof v === 'object' && '$t' in v ? (v.$t === 'u32' ? Uint32Array.from(v.a) : Uint8Array.from(v.a)) : v)) as ControlMessage[];
 }
 
 /** A Datapath that also records every message applied to it (the worker's shadow). */
-class ShadowDatapath extends Datapath {
+export class ShadowDatapath extends Datapath {
   outbox: ControlMessage[] = [];
   override apply(msg: ControlMessage, now = 0): void {
     super.apply(msg, now);

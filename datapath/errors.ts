@@ -16,6 +16,7 @@ export const ERR = {
   FPO_ERR_BAD_STATE: 'state file of fpo run cannot be used',
   FPO_ERR_USAGE: 'command line is not valid',
   FPO_ERR_CAPACITY: 'a table is full',
+  FPO_ERR_WORKER: 'a datapath worker thread failed',
 } as const;
 
 export type ErrCode = keyof typeof ERR;

@@ -1,0 +1,679 @@
+/**
+ * `fpo replay --workers N`: N datapaths, one a core, each with its own
+ * exact-match cache, megaflow table and tx buffers (as Open vSwitch's PMD
+ * threads), and ONE FPAG deciding flows for all of them.
+ *
+ *   main thread: worker 0 + the FPAG          threads: workers 1 .. N-1
+ *   read whole capture ─┐                      read whole capture ─┐
+ *   spread: hash → mine │                      spread: hash → mine │
+ *   datapath 0 ─ miss ──┼─▶ FPAG (shadow) ◀──── datapath k ─ miss ─┘ (slot k)
+ *   tx ─▶ OUT/<port>.pcap.partial-PID ◀─────── tx (pwrite at reserved offsets)
+ *
+ * Spreading. Every worker reads the capture itself, in chunks, and keeps
+ * the packets whose flow hash (datapath/spread.ts) is its own. Measured
+ * against a dispatcher over shared-memory rings, on this 2-core machine: a
+ * dispatcher is a third thread on two cores, and its per-packet work (read
+ * the record, hash it, copy it into a ring, then the worker copies it out)
+ * is more than reading the file twice — a read of a capture already in the
+ * page cache (or /dev/shm) is a memcpy at several GB/s, and skipping the
+ * other workers' records is a hash and a compare. Each worker sees every
+ * record, so it knows each packet's index in the input, and control events
+ * land at exactly the packet they name.
+ *
+ * Flows. A worker's miss is an upcall to the one FPAG, which runs in the
+ * main thread against a shadow Datapath holding every flow it has decided
+ * (fpag-thread.ts's ShadowDatapath). If a flow in the shadow already covers
+ * the key (another worker had the miss first), the answer is that flow,
+ * with no new decision; else the FPAG decides and installs as it does for
+ * one datapath. So each flow is decided once, and installed into each
+ * worker whose packets need it. VPIDs and mappings stay the FPAG's alone.
+ * A thread worker's upcall is a synchronous round trip through its slot in
+ * a SharedArrayBuffer (state word + key; the answer comes as a message on
+ * its port); the main thread serves the slots between its own batches.
+ *
+ * Events (--events) are barriers: each worker, at the packet index where an
+ * event falls (the same index in every worker, as each reads every record),
+ * stops and asks; when all have arrived, the main thread applies the event
+ * to the FPAG once and sends every worker the messages it produced (mapping
+ * changes, flow deletes and rewrites), which each applies before its next
+ * packet. Packets before the index were switched under the old state by
+ * every worker, packets after it under the new one: as with one worker.
+ *
+ * Outputs. One file a port, as with one worker: the main thread creates
+ * OUT/<port>.<ext>.partial-PID and writes its header (pcapng: every
+ * interface of the input, found by reading it once first); each worker's
+ * writer reserves room with one atomic add when its buffer is full and
+ * writes there (capture-writer.ts SharedFile). A flow's packets are all in
+ * one worker and that worker's buffers land in order, so per-flow order
+ * holds; across flows, whole buffers of different workers interleave. At
+ * the end a file with no records is removed (as a port that emitted nothing
+ * leaves none) and the others are renamed; a failed run removes them all.
+ * Writing records in input order instead (identical to one worker's output)
+ * needs a merge pass over every output byte after the switching, on one
+ * core: more than the second worker saves on this machine (see bench/).
+ *
+ * What differs from one worker, by design: the interleaving of flows in an
+ * output; the per-datapath counters (cache hits, misses, worker upcalls,
+ * expiry, eviction: each worker has its own tables, and its own capture
+ * clock, the time of its batches); and sender-side flagging of a flow's
+ * first packets (tunnel.policy.firstPackets), which counts per flow entry in
+ * each worker. The report's packet counts, per-port counts, drops by reason
+ * and tunnel counts are sums over workers and equal one worker's; its
+ * `flows.installed` and `flows.upcalls` are the FPAG's (decisions), and
+ * equal one worker's when no flow expires or is evicted in the run.
+ */
+import { closeSync, openSync, renameSync, unlinkSync, writeSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { dirname, join } from 'node:path';
+import { MessageChannel, Worker, isMainThread, receiveMessageOnPort, workerData, type MessagePort } from 'node:worker_threads';
+import { Arena } from '../datapath/arena.js';
+import { PacketBatch } from '../datapath/batch.js';
+import { KEY_WORDS } from '../datapath/classifier/flow-key.js';
+import { STAT_WORDS, ST_BYTES, ST_PACKETS, ST_USED } from '../datapath/classifier/flow-table.js';
+import { Datapath, type DatapathStats, type TxPort } from '../datapath/datapath.js';
+import { DROP_NAMES, type DropReason } from '../datapath/drops.js';
+import { FpoError } from '../datapath/errors.js';
+import { CaptureReader, LINKTYPE_ETHERNET, type CaptureInterface } from '../datapath/ports/capture-reader.js';
+import { CaptureWriter, partialPath, txBufferBytes } from '../datapath/ports/capture-writer.js';
+import { Spread } from '../datapath/spread.js';
+import type { ControlMessage, Upcall } from '../datapath/upcall.js';
+import { applyEvent, type AppliedEvent, type ControlEvent } from './events.js';
+import { Fpag } from './fpag.js';
+import { ShadowDatapath } from './fpag-thread.js';
+import { CHUNK, assignInputPorts, captureSize, firstDue, ownFiles, packetClock, refuseOutputsThatAreInputs, type PortReport, type ReplayOptions, type ReplayReport, type ReplayResult } from './replay.js';
+import { loadTopology, pathNameProblem, type Topology } from './topology.js';
+import { macNumber } from '../datapath/classifier/flow-key.js';
+import { mkdirSync } from 'node:fs';
+
+// The threads run the compiled module (under a TypeScript test runner this file is the .ts source).
+const HERE = fileURLToPath(import.meta.url);
+const WORKER_FILE = HERE.endsWith('.ts') ? join(dirname(HERE), '..', 'dist', 'control', 'replay-workers.js') : HERE;
+
+/** Most workers (a thread each, and a core each to be of use). */
+export const MAX_WORKERS = 64;
+
+// A slot's state word.
+const IDLE = 0;
+const REQUEST = 1;
+const REPLY = 2;
+// What a request asks.
+const ASK_UPCALL = 1;
+const ASK_EVENT = 2;
+// Words of a slot: state, ask, event index, spare; then inPpid and the key.
+const SLOT_WORDS = 8 + 1 + KEY_WORDS;
+// The shared control words: doorbell (bumped on every request), stop.
+const DOOR = 0;
+const STOP = 1;
+const CTRL_WORDS = 4;
+/** Polls of a slot before a worker sleeps on it (tens of µs; a futex wake costs as much). */
+const SPIN = 20_000;
+
+/** What a thread worker is given (structured clone). */
+interface WorkerSetup {
+  me: number;
+  workers: number;
+  capture: string;
+  inputPpid: number;
+  portOfMac: [number, number][] | null;
+  ports: { ppid: number; fd: number }[];
+  ends: BigInt64Array;
+  ctrl: Int32Array;
+  slot: Int32Array;
+  batchSize: number;
+  maxFlows?: number;
+  fastLane: boolean;
+  chunk: number;
+  txBuffer: number;
+  /** The FPAG's start-up messages (mappings, port roles, tunnels). */
+  start: ControlMessage[];
+  /** atPacket / atTime of each event (the main thread applies them). */
+  events: ControlEvent[];
+  /** For tests: throw when the packet with this index is reached. */
+  failAt?: number;
+}
+
+/** What a worker reports at its end. */
+interface WorkerDone {
+  type: 'done';
+  stats: DatapathStats;
+  records: number;
+  now: number;
+  error?: { code: string; message: string; offset?: number };
+  /** Flow counters by (key, mask), for the merged flow table. */
+  flows: { key: Uint32Array; mask: Uint32Array; packets: number; bytes: number; used: number }[];
+  interrupted: boolean;
+}
+
+interface WorkerFailed {
+  type: 'failed';
+  message: string;
+  code?: string;
+}
+
+/**
+ * One worker's replay: its reader, spread, datapath and writers. The same
+ * class runs as worker 0 in the main thread and in each thread; how it
+ * upcalls and how it waits at an event are given to it.
+ */
+class ReplayWorker {
+  readonly reader: CaptureReader;
+  readonly dp: Datapath;
+  readonly writers: CaptureWriter[] = [];
+  private readonly raw: PacketBatch;
+  private readonly mine: PacketBatch;
+  private readonly spread: Spread;
+  private readonly clock: (b: PacketBatch) => number;
+  private readonly portOfMac: Map<number, number> | null;
+  /** Events not reached yet, by index in the events list. */
+  private readonly pending: number[];
+  private readonly pendingEvents: ControlEvent[];
+  soFar = 0;
+
+  constructor(private readonly s: Omit<WorkerSetup, 'ctrl' | 'slot'>, private readonly atEvent: (k: number) => ControlMessage[]) {
+    const size = captureSize(s.capture);
+    const chunk = Math.min(CHUNK, size);
+    const arena = new Arena(chunk + s.ports.length * (s.txBuffer + 64) + 4096);
+    this.reader = new CaptureReader(s.capture, arena, chunk);
+    try {
+      this.dp = new Datapath({ batchCapacity: s.batchSize, maxFlows: s.maxFlows });
+      this.dp.fastLane.enabled = s.fastLane;
+      for (const p of s.ports) {
+        const w = new CaptureWriter('', this.reader, arena, s.txBuffer, { shared: { fd: p.fd, end: s.ends, at: this.writers.length } });
+        this.writers.push(w);
+        this.dp.addPort(p.ppid, w);
+      }
+      for (const m of s.start) this.dp.apply(m);
+    } catch (e) {
+      this.reader.close();
+      throw e;
+    }
+    this.raw = new PacketBatch(s.batchSize);
+    this.mine = new PacketBatch(s.batchSize);
+    this.spread = new Spread(s.me, s.workers);
+    this.clock = packetClock(this.reader);
+    this.portOfMac = s.portOfMac ? new Map(s.portOfMac) : null;
+    this.pending = s.events.map((_, k) => k);
+    this.pendingEvents = [...s.events];
+  }
+
+  /** One rx batch of the input, switched (this worker's share). False at the end of the capture. */
+  step(): boolean {
+    const raw = this.raw;
+    const reader = this.reader;
+    const lazyOk = this.portOfMac === null;
+    if (reader.fill(raw, this.s.inputPpid, lazyOk && this.pending.length === 0) === 0) return false;
+    if (this.portOfMac !== null) assignInputPorts(raw, this.portOfMac);
+    // Slow path: events that fall inside this batch split it where they fall (as replay.ts).
+    while (this.pending.length > 0) {
+      const at = firstDue(this.pendingEvents, raw, this.soFar, reader);
+      if (at === null) break;
+      if (at.index > 0) {
+        this.switch(at.index);
+        raw.batchShift(at.index);
+        this.soFar += at.index;
+      }
+      const j = this.pendingEvents.indexOf(at.event);
+      const k = this.pending[j];
+      this.pendingEvents.splice(j, 1);
+      this.pending.splice(j, 1);
+      this.applyMessages(this.atEvent(k));
+    }
+    const fail = this.s.failAt;
+    if (fail !== undefined && fail >= this.soFar && fail < this.soFar + raw.count) throw new Error(`fault injected for a test at packet ${fail}`);
+    this.switch(raw.count);
+    this.soFar += raw.count;
+    return true;
+  }
+
+  /** Events past the end of the capture, after the last packet (not after an interrupted run's). */
+  finishEvents(): void {
+    while (this.pending.length > 0) {
+      const k = this.pending.shift()!;
+      this.pendingEvents.shift();
+      this.applyMessages(this.atEvent(k));
+    }
+  }
+
+  // Fast path: this worker's share of raw[0, n), through its datapath.
+  private switch(n: number): void {
+    const mine = this.mine;
+    if (this.spread.take(this.raw, 0, n, mine) === 0) return;
+    this.dp.process(mine, this.dp.captureClock.advance(this.clock(mine)));
+  }
+
+  // Slow path: an event's messages. A rewrite of a flow this worker does not hold is not an install here.
+  private applyMessages(msgs: ControlMessage[]): void {
+    for (const m of msgs) {
+      if (m.type === 'flow-install' && this.dp.flows.findExact(m.key, m.mask) < 0) continue;
+      this.dp.apply(m);
+    }
+  }
+
+  /** Flushes the writers (the files stay open: the main thread owns them). */
+  close(): void {
+    for (const w of this.writers) w.close();
+  }
+
+  done(interrupted: boolean): WorkerDone {
+    const dp = this.dp;
+    const fl = dp.flows;
+    const flows: WorkerDone['flows'] = [];
+    for (let f = 0; f < fl.capacity; f++) {
+      if (!fl.live[f]) continue;
+      const s = fl.sub[f];
+      flows.push({ key: fl.key.slice(f * KEY_WORDS, (f + 1) * KEY_WORDS), mask: fl.mask.slice(s * KEY_WORDS, (s + 1) * KEY_WORDS), packets: fl.packetsOf(f), bytes: fl.bytesOf(f), used: fl.usedOf(f) });
+    }
+    const e = this.reader.error;
+    return { type: 'done', stats: dp.stats(), records: this.reader.records, now: dp.now, error: e ? { code: e.code, message: e.message, offset: e.offset } : undefined, flows, interrupted };
+  }
+}
+
+/** The main thread's handle on one thread worker. */
+interface Thread {
+  worker: Worker;
+  port: MessagePort;
+  slot: Int32Array;
+  done: WorkerDone | null;
+  failed: string | null;
+  /** The event index it waits at, or -1. */
+  atEvent: number;
+}
+
+/** replay() with opts.workers > 1 (see the header). */
+export function* replayWorkersSteps(opts: ReplayOptions): Generator<void, ReplayResult> {
+  const n = opts.workers ?? 1;
+  if (!(Number.isInteger(n) && n >= 2 && n <= MAX_WORKERS)) throw new FpoError('FPO_ERR_USAGE', `workers: expected an integer in 1..${MAX_WORKERS}, got ${n}`);
+  if (opts.fpag === 'thread') throw new FpoError('FPO_ERR_USAGE', '--fpag thread: not with --workers (the FPAG serves the workers from the main thread)');
+  if (opts.beforeBatch) throw new FpoError('FPO_ERR_USAGE', 'beforeBatch: not with workers (each worker has its own datapath)');
+  const topo = typeof opts.topology === 'string' ? loadTopology(opts.topology) : opts.topology;
+  for (const p of topo.ports) {
+    const problem = pathNameProblem(p.name);
+    if (problem !== null) throw new FpoError('FPO_ERR_BAD_TOPOLOGY', `${topo.path}: port ${JSON.stringify(p.name)}: name: ${problem}`, { path: topo.path });
+  }
+  const bySourceMac = topo.inputPort === 'by-source-mac';
+  const inputName = (bySourceMac ? undefined : topo.inputPort) ?? topo.ports.find((p) => p.role === 'uplink')?.name ?? topo.ports[0].name;
+  const input = topo.ports.find((p) => p.name === inputName)!;
+  let portOfMac: [number, number][] | null = null;
+  if (bySourceMac) {
+    portOfMac = [];
+    for (const itf of topo.interfaces) if (itf.port !== undefined) portOfMac.push([macNumber(itf.macBytes, 0), topo.ports.find((p) => p.name === itf.port)!.ppid]);
+  }
+  const batchSize = opts.batchSize ?? 256;
+  const size = captureSize(opts.capture);
+  const txBuffer = Math.min(txBufferBytes(topo.ports.length), Math.max(16 * 1024, size));
+
+  // The input's layout: pcapng interfaces are all described at the head of each output, so read them all first.
+  const layoutReader = new CaptureReader(opts.capture, undefined, 64 * 1024);
+  let interfaces: CaptureInterface[];
+  try {
+    if (layoutReader.format === 'pcap' && layoutReader.interfaces[0].linktype !== LINKTYPE_ETHERNET) {
+      throw new FpoError('FPO_ERR_LINKTYPE', `${opts.capture}: offset 20: link type ${layoutReader.interfaces[0].linktype} is not supported; fpo switches Ethernet (link type 1)`, { path: opts.capture, offset: 20 });
+    }
+    if (layoutReader.format === 'pcapng') {
+      const b = new PacketBatch(256);
+      while (layoutReader.fill(b, 0) > 0);
+    }
+    interfaces = layoutReader.interfaces.map((i) => ({ ...i }));
+  } finally {
+    layoutReader.close();
+  }
+  const layout = { format: layoutReader.format, nanos: layoutReader.nanos, interfaces };
+
+  refuseOutputsThatAreInputs(opts.outDir, topo.ports, [opts.capture, topo.path, ...(opts.inputs ?? [])]);
+  try {
+    mkdirSync(opts.outDir, { recursive: true });
+  } catch (e) {
+    throw new FpoError('FPO_ERR_IO', `${opts.outDir}: cannot create: ${(e as Error).message}`, { path: opts.outDir });
+  }
+  let cleaned: string[] | undefined;
+  if (opts.clean) {
+    cleaned = ownFiles(opts.outDir, topo.ports, new Set());
+    for (const f of cleaned) {
+      try {
+        unlinkSync(f);
+      } catch (e) {
+        throw new FpoError('FPO_ERR_IO', `${f}: cannot remove (--clean): ${(e as Error).message}`, { path: f });
+      }
+    }
+  }
+
+  // The one FPAG, on a shadow datapath that holds every flow it decided.
+  const shadow = new ShadowDatapath({ maxFlows: Math.max(opts.maxFlows ?? 65536, 1 << 16) });
+  const none: TxPort = { writeBatch: () => undefined };
+  for (const p of topo.ports) shadow.addPort(p.ppid, none);
+  const fpag = new Fpag(topo, shadow);
+  fpag.start();
+  const decide = shadow.upcallSink!;
+  const start = shadow.outbox;
+  shadow.outbox = [];
+  let sharedAnswers = 0;
+  /** Slow path: one upcall from any worker: the flow that covers it, decided now or before. */
+  const serve = (u: Upcall): ControlMessage[] => {
+    const f = shadow.flows.lookup(u.key, 0);
+    if (f >= 0) {
+      sharedAnswers++;
+      const fl = shadow.flows;
+      const s = fl.sub[f];
+      return [{ type: 'flow-install', key: fl.key.slice(f * KEY_WORDS, (f + 1) * KEY_WORDS), mask: fl.mask.slice(s * KEY_WORDS, (s + 1) * KEY_WORDS), actions: shadow.actionSets.describe(fl.act[f]) }];
+    }
+    decide(u);
+    // The FPAG reuses its message's arrays: copy them before the next decision.
+    const out = shadow.outbox.map((m) => (m.type === 'flow-install' ? { ...m, key: m.key.slice(), mask: m.mask.slice(), actions: m.actions } : m));
+    shadow.outbox = [];
+    return out;
+  };
+
+  // Outputs: one file a port, its header written, shared by the workers' writers.
+  const header = CaptureWriter.headerBytes(layout);
+  const files = topo.ports.map((p) => ({ ppid: p.ppid, path: join(opts.outDir, `${p.name}.${layout.format}`), temp: partialPath(join(opts.outDir, `${p.name}.${layout.format}`)), fd: -1 }));
+  const ends = new BigInt64Array(new SharedArrayBuffer(8 * files.length));
+  const ctrl = new Int32Array(new SharedArrayBuffer(4 * CTRL_WORDS));
+  const threads: Thread[] = [];
+  let main: ReplayWorker | null = null;
+  let kept = false;
+  try {
+    for (let i = 0; i < files.length; i++) {
+      const f = files[i];
+      try {
+        f.fd = openSync(f.temp, 'w');
+        let done = 0;
+        while (done < header.length) done += writeSync(f.fd, header, done, header.length - done, done);
+      } catch (e) {
+        throw new FpoError('FPO_ERR_IO', `${f.temp}: cannot create: ${(e as Error).message}`, { path: f.temp });
+      }
+      ends[i] = BigInt(header.length);
+    }
+    const common = {
+      workers: n, capture: opts.capture, inputPpid: input.ppid, portOfMac,
+      ports: files.map((f) => ({ ppid: f.ppid, fd: f.fd })), ends, batchSize, maxFlows: opts.maxFlows,
+      fastLane: opts.fastLane ?? true, chunk: Math.min(CHUNK, size), txBuffer, start, events: opts.events ?? [],
+    };
+    for (let k = 1; k < n; k++) {
+      const slot = new Int32Array(new SharedArrayBuffer(4 * SLOT_WORDS));
+      const { port1, port2 } = new MessageChannel();
+      const setup: WorkerSetup & { port: MessagePort } = { ...common, me: k, ctrl, slot, port: port2, failAt: opts.failWorker?.worker === k ? opts.failWorker.atPacket : undefined };
+      const worker = new Worker(WORKER_FILE, { workerData: { fpoReplayWorker: setup }, transferList: [port2] });
+      const t: Thread = { worker, port: port1, slot, done: null, failed: null, atEvent: -1 };
+      // An exit without a word (a crash outside the worker's own catch) fails the run too.
+      worker.on('error', (e) => { t.failed ??= e.message; });
+      worker.on('exit', (code) => { if (t.done === null) t.failed ??= `exited with code ${code} before it finished`; });
+      threads.push(t);
+    }
+
+    const applied: AppliedEvent[] = [];
+    const events = opts.events ?? [];
+    /** Answers every waiting upcall, reads workers' reports; throws when one failed. */
+    const poll = (): void => {
+      for (let k = 0; k < threads.length; k++) {
+        const t = threads[k];
+        let m: { message: unknown } | undefined;
+        while ((m = receiveMessageOnPort(t.port))) {
+          const msg = m.message as WorkerDone | WorkerFailed;
+          if (msg.type === 'done') t.done = msg;
+          else t.failed ??= msg.message;
+        }
+        if (t.failed !== null) throw new FpoError('FPO_ERR_WORKER', `replay worker ${k + 1} of ${n} failed: ${t.failed}`);
+        const s = t.slot;
+        if (Atomics.load(s, 0) !== REQUEST) continue;
+        const ask = s[1];
+        if (ask === ASK_UPCALL) {
+          upcallMsg.inPpid = s[8];
+          for (let w = 0; w < KEY_WORDS; w++) upcallMsg.key[w] = s[9 + w];
+          t.port.postMessage(serve(upcallMsg));
+          Atomics.store(s, 0, REPLY);
+          Atomics.notify(s, 0);
+        } else if (ask === ASK_EVENT && t.atEvent !== s[2]) {
+          t.atEvent = s[2];
+        }
+      }
+    };
+    const upcallMsg: Upcall = { type: 'upcall', inPpid: 0, key: new Uint32Array(KEY_WORDS) };
+    let door = 0;
+    /** Sleeps until a worker rings (or 2 ms pass). */
+    const nap = (): void => {
+      Atomics.wait(ctrl, DOOR, door, 2);
+      door = Atomics.load(ctrl, DOOR);
+    };
+
+    // Worker 0 here: its upcalls go straight to the FPAG; at an event it waits for all.
+    let atEventSince = 0;
+    const mainAtEvent = (k: number): ControlMessage[] => {
+      atEventSince = performance.now();
+      for (;;) {
+        poll();
+        if (threads.every((t) => t.atEvent === k)) break;
+        nap();
+      }
+      void atEventSince;
+      const result = applyEvent(fpag, events[k]);
+      const msgs = shadow.outbox.map((m) => (m.type === 'flow-install' ? { ...m, key: m.key.slice(), mask: m.mask.slice() } : m));
+      shadow.outbox = [];
+      applied.push({ event: events[k], atPacket: main!.soFar, result });
+      for (const t of threads) {
+        t.atEvent = -1;
+        t.port.postMessage(msgs);
+        Atomics.store(t.slot, 0, REPLY);
+        Atomics.notify(t.slot, 0);
+      }
+      return msgs;
+    };
+    main = new ReplayWorker({ ...common, me: 0 }, mainAtEvent);
+    const dp0 = main.dp;
+    dp0.upcallSink = (u) => {
+      for (const m of serve(u)) dp0.apply(m);
+    };
+
+    const started = performance.now();
+    let lastProgress = started;
+    let interrupted: string | undefined;
+    while (main.step()) {
+      poll();
+      if (opts.onProgress) {
+        const t = performance.now();
+        if (t - lastProgress > 100) {
+          lastProgress = t;
+          opts.onProgress(main.reader.bytesRead, main.reader.fileSize);
+        }
+      }
+      yield;
+      if (opts.interrupt?.signal !== undefined) {
+        interrupted = opts.interrupt.signal;
+        Atomics.store(ctrl, STOP, 1);
+        for (const t of threads) Atomics.notify(t.slot, 0);
+        break;
+      }
+    }
+    if (interrupted === undefined) main.finishEvents();
+    main.close();
+    // The others: serve their upcalls and events until each has reported.
+    while (threads.some((t) => t.done === null)) {
+      poll();
+      if (threads.every((t) => t.done !== null)) break;
+      nap();
+      yield;
+      if (interrupted === undefined && opts.interrupt?.signal !== undefined) {
+        interrupted = opts.interrupt.signal;
+        Atomics.store(ctrl, STOP, 1);
+      }
+    }
+    poll();
+    const seconds = (performance.now() - started) / 1000;
+    const dones = [main.done(interrupted !== undefined), ...threads.map((t) => t.done!)];
+    if (dones.some((d) => d.interrupted)) interrupted ??= opts.interrupt?.signal ?? 'SIGINT';
+
+    // Outputs: renamed when they hold records, else removed.
+    const emitted = new Set<number>();
+    for (let i = 0; i < files.length; i++) {
+      const f = files[i];
+      closeSync(f.fd);
+      f.fd = -1;
+      if (ends[i] > BigInt(header.length)) {
+        try {
+          renameSync(f.temp, f.path);
+        } catch (e) {
+          throw new FpoError('FPO_ERR_IO', `${f.path}: cannot rename ${f.temp} to it: ${(e as Error).message}`, { path: f.path });
+        }
+        emitted.add(f.ppid);
+      } else unlinkSync(f.temp);
+    }
+    kept = true;
+    opts.onProgress?.(main.reader.fileSize, main.reader.fileSize);
+    for (const t of threads) void t.worker.terminate();
+
+    const report = mergeReport(opts, topo, layout.format, dones, fpag, shadow, emitted, files, seconds, n, sharedAnswers);
+    if (opts.events) report.events = applied;
+    if (interrupted !== undefined) report.interrupted = interrupted;
+    if (cleaned !== undefined) report.cleaned = cleaned;
+    report.stale = ownFiles(opts.outDir, topo.ports, new Set(files.filter((f) => emitted.has(f.ppid)).map((f) => f.path)));
+    // The shadow's flows carry the workers' counters, so flowReport (--dump-flows) reads them.
+    mergeFlowCounters(shadow, dones);
+    return { report, datapath: shadow, fpag };
+  } finally {
+    if (!kept) {
+      Atomics.store(ctrl, STOP, 1);
+      for (const t of threads) {
+        Atomics.notify(t.slot, 0);
+        void t.worker.terminate();
+      }
+      // A run that failed keeps nothing: its temp files go.
+      for (const f of files) {
+        if (f.fd >= 0) try { closeSync(f.fd); } catch { /* closed */ }
+        try { unlinkSync(f.temp); } catch { /* not made */ }
+      }
+    }
+    main?.reader.close();
+  }
+}
+
+/** The report: sums over the workers, the FPAG's flow decisions. */
+function mergeReport(opts: ReplayOptions, topo: Topology, format: 'pcap' | 'pcapng', dones: WorkerDone[], fpag: Fpag, shadow: Datapath, emitted: Set<number>, files: { ppid: number; path: string }[], seconds: number, workers: number, sharedAnswers: number): ReplayReport {
+  const sum = (f: (s: DatapathStats) => number) => dones.reduce((a, d) => a + f(d.stats), 0);
+  for (const [w, d] of dones.entries()) {
+    const s = d.stats;
+    if (s.packetsIn !== s.delivered + s.dropped) throw new Error(`accounting broken in worker ${w}: in ${s.packetsIn}, delivered ${s.delivered}, dropped ${s.dropped}`);
+  }
+  const packetsIn = sum((s) => s.packetsIn);
+  const interrupted = dones.some((d) => d.interrupted);
+  if (!interrupted && dones.some((d) => d.records !== packetsIn)) {
+    throw new Error(`accounting broken: read ${dones.map((d) => d.records).join('/')} records, switched ${packetsIn}`);
+  }
+  const drops: Partial<Record<DropReason, number>> = {};
+  for (const d of dones) for (const [k, v] of Object.entries(d.stats.drops) as [DropReason, number][]) drops[k] = (drops[k] ?? 0) + v;
+  // Drop reasons in the declared order, as one datapath's stats list them.
+  const ordered: Partial<Record<DropReason, number>> = {};
+  for (const name of DROP_NAMES) if (name in drops) ordered[name as DropReason] = drops[name as DropReason];
+  const ports: PortReport[] = topo.ports.map((p) => {
+    const rows = dones.map((d) => d.stats.ports.find((x) => x.ppid === p.ppid)!);
+    const vpid = shadow.mapping.toVpid[p.ppid];
+    return {
+      name: p.name, ppid: p.ppid, role: p.role, vpid, attached: vpid >= 0 ? fpag.vpidName(vpid) : undefined,
+      rx: { packets: rows.reduce((a, r) => a + r.rxPackets, 0), bytes: rows.reduce((a, r) => a + r.rxBytes, 0) },
+      tx: { packets: rows.reduce((a, r) => a + r.txPackets, 0), bytes: rows.reduce((a, r) => a + r.txBytes, 0) },
+      file: emitted.has(p.ppid) ? files.find((f) => f.ppid === p.ppid)!.path : undefined,
+    };
+  });
+  const first = dones[0];
+  const report: ReplayReport = {
+    capture: opts.capture,
+    format,
+    topology: topo.path,
+    packets: { in: packetsIn, out: sum((s) => s.delivered), dropped: sum((s) => s.dropped), copies: sum((s) => s.copies) },
+    tunnel: { flagged: sum((s) => s.special), unflagged: sum((s) => s.decapsulated), specialTo: topo.tunnel?.specialPort ?? 'fpag', sent: sum((s) => s.encapsulated), flaggedSent: sum((s) => s.flaggedSent) },
+    drops: ordered,
+    ports,
+    flows: {
+      installed: shadow.flowsInstalled, active: shadow.flows.count, evicted: sum((s) => s.flowsEvicted), expired: sum((s) => s.flowsExpired),
+      upcalls: fpag.upcallsHandled, emcHits: sum((s) => s.emcHits), megaflowHits: sum((s) => s.megaflowHits), misses: sum((s) => s.lookupsMissed), fastLane: sum((s) => s.fastLane),
+    },
+    clock: { jumps: Math.max(...dones.map((d) => d.stats.clockJumps)), backs: Math.max(...dones.map((d) => d.stats.clockBacks)) },
+    fpag: { placement: 'inline', upcalls: fpag.upcallsHandled, roundTripUs: null },
+    workers: {
+      count: workers,
+      answeredFromTable: sharedAnswers,
+      each: dones.map((d) => ({ packets: d.stats.packetsIn, upcalls: d.stats.upcalls, flows: d.stats.flowsNow, emcHits: d.stats.emcHits, megaflowHits: d.stats.megaflowHits, expired: d.stats.flowsExpired })),
+    },
+    stale: [],
+    seconds,
+  };
+  if (first.error) report.error = first.error;
+  return report;
+}
+
+/** Sums the workers' per-flow counters into the shadow's flows (dump-flows reads them there). */
+function mergeFlowCounters(shadow: Datapath, dones: WorkerDone[]): void {
+  const fl = shadow.flows;
+  let now = 0;
+  for (const d of dones) {
+    now = Math.max(now, d.now);
+    for (const x of d.flows) {
+      const f = fl.findExact(x.key, x.mask);
+      if (f < 0) continue;
+      const o = f * STAT_WORDS;
+      fl.stats[o + ST_PACKETS] += x.packets;
+      fl.stats[o + ST_BYTES] += x.bytes;
+      fl.stats[o + ST_USED] = Math.max(fl.stats[o + ST_USED], x.used);
+    }
+  }
+  shadow.now = now;
+}
+
+// The thread side.
+if (!isMainThread && workerData?.fpoReplayWorker) {
+  const setup = workerData.fpoReplayWorker as WorkerSetup & { port: MessagePort };
+  const { port, slot, ctrl } = setup;
+  let w: ReplayWorker | null = null;
+  const stopped = (): boolean => Atomics.load(ctrl, STOP) === 1;
+  /** A round trip through the slot; the answer comes on the port. Null when the run is stopping. */
+  const ask = (what: number, arg: number): ControlMessage[] | null => {
+    slot[1] = what;
+    slot[2] = arg;
+    Atomics.store(slot, 0, REQUEST);
+    Atomics.add(ctrl, DOOR, 1);
+    Atomics.notify(ctrl, DOOR);
+    for (let spin = 0; spin < SPIN && Atomics.load(slot, 0) === REQUEST; spin++);
+    while (Atomics.load(slot, 0) === REQUEST) {
+      if (stopped()) return null;
+      Atomics.wait(slot, 0, REQUEST, 50);
+    }
+    let m = receiveMessageOnPort(port);
+    for (let tries = 0; m === undefined && tries < 1000; tries++) {
+      Atomics.wait(slot, 3, 0, 1);
+      m = receiveMessageOnPort(port);
+    }
+    Atomics.store(slot, 0, IDLE);
+    if (m === undefined) throw new Error('no answer on the port after a reply');
+    return m.message as ControlMessage[];
+  };
+  class Stop extends Error {}
+  try {
+    w = new ReplayWorker(setup, (k) => {
+      const msgs = ask(ASK_EVENT, k);
+      if (msgs === null) throw new Stop();
+      return msgs;
+    });
+    const dp = w.dp;
+    dp.upcallSink = (u) => {
+      slot[8] = u.inPpid;
+      for (let i = 0; i < KEY_WORDS; i++) slot[9 + i] = u.key[i];
+      const msgs = ask(ASK_UPCALL, 0);
+      if (msgs === null) return; // stopping: the packet is dropped as upcallFailed, and the run reports interrupted
+      for (const m of msgs) dp.apply(m);
+    };
+    let interrupted = false;
+    try {
+      while (w.step()) {
+        if (stopped()) { interrupted = true; break; }
+      }
+      if (!interrupted) w.finishEvents();
+    } catch (e) {
+      if (!(e instanceof Stop)) throw e;
+      interrupted = true;
+    }
+    w.close();
+    port.postMessage(w.done(interrupted));
+  } catch (e) {
+    port.postMessage({ type: 'failed', message: (e as Error).message ?? String(e), code: (e as { code?: string }).code } satisfies WorkerFailed);
+  } finally {
+    w?.reader.close();
+  }
+}
