@@ -79,7 +79,7 @@ import { Spread } from '../datapath/spread.js';
 import type { ControlMessage, Upcall } from '../datapath/upcall.js';
 import { applyEvent, type AppliedEvent, type ControlEvent } from './events.js';
 import { Fpag } from './fpag.js';
-import { ShadowDatapath } from './fpag-thread.js';
+import { ShadowDatapath, decodeInstalls, encodeInstalls } from './fpag-thread.js';
 import { CHUNK, assignInputPorts, captureSize, firstDue, ownFiles, packetClock, refuseOutputsThatAreInputs, type PortReport, type ReplayOptions, type ReplayReport, type ReplayResult } from './replay.js';
 import { loadTopology, pathNameProblem, type Topology } from './topology.js';
 import { macNumber } from '../datapath/classifier/flow-key.js';
@@ -92,6 +92,12 @@ const WORKER_FILE = HERE.endsWith('.ts') ? join(dirname(HERE), '..', 'dist', 'co
 /** Most workers (a thread each, and a core each to be of use). */
 export const MAX_WORKERS = 64;
 
+// A slot's words past the request: ready (the thread is up), join (JOINED or NOT_NEEDED), spare.
+const W_READY = 5;
+const W_JOIN = 6;
+const W_SPARE = 7;
+const JOINED = 1;
+const NOT_NEEDED = 2;
 // A slot's state word.
 const IDLE = 0;
 const REQUEST = 1;
@@ -99,8 +105,11 @@ const REPLY = 2;
 // What a request asks.
 const ASK_UPCALL = 1;
 const ASK_EVENT = 2;
-// Words of a slot: state, ask, event index, spare; then inPpid and the key.
-const SLOT_WORDS = 8 + 1 + KEY_WORDS;
+// Words of a slot: state, ask, event index, answer length (words, or -1: on the port), spare;
+// then inPpid and the key; then the answer to an upcall (fpag-thread.ts encodeInstalls).
+const SLOT_HEAD = 8 + 1 + KEY_WORDS;
+const ANSWER_WORDS = 16 * 1024;
+const SLOT_WORDS = SLOT_HEAD + ANSWER_WORDS;
 // The shared control words: doorbell (bumped on every request), stop.
 const DOOR = 0;
 const STOP = 1;
@@ -142,6 +151,11 @@ interface WorkerDone {
   /** Flow counters by (key, mask), for the merged flow table. */
   flows: { key: Uint32Array; mask: Uint32Array; packets: number; bytes: number; used: number }[];
   interrupted: boolean;
+  /** Epoch ms when the worker began switching and when it ended (for the bench's timeline). */
+  began: number;
+  ended: number;
+  /** Ms spent waiting for the FPAG's answers (a thread worker). */
+  waitedMs?: number;
 }
 
 interface WorkerFailed {
@@ -168,8 +182,13 @@ class ReplayWorker {
   private readonly pending: number[];
   private readonly pendingEvents: ControlEvent[];
   soFar = 0;
+  began = 0;
+  /** Input packets before this index are not this worker's to switch (it joined the run there). */
+  readonly joinedAt: number;
+  /** The main worker, before any other joined: every packet is its own, with no hashing. */
+  ownsAll: boolean;
 
-  constructor(private readonly s: Omit<WorkerSetup, 'ctrl' | 'slot'>, private readonly atEvent: (k: number) => ControlMessage[]) {
+  constructor(private readonly s: Omit<WorkerSetup, 'ctrl' | 'slot'>, private readonly atEvent: (k: number) => ControlMessage[], join: { at: number; applied: number[] } = { at: 0, applied: [] }) {
     const size = captureSize(s.capture);
     const chunk = Math.min(CHUNK, size);
     const arena = new Arena(chunk + s.ports.length * (s.txBuffer + 64) + 4096);
@@ -190,10 +209,26 @@ class ReplayWorker {
     this.raw = new PacketBatch(s.batchSize);
     this.mine = new PacketBatch(s.batchSize);
     this.spread = new Spread(s.me, s.workers);
+    this.ownsAll = s.me === 0;
+    if (this.ownsAll) this.spread.owned.fill(1); // until the others join
     this.clock = packetClock(this.reader);
     this.portOfMac = s.portOfMac ? new Map(s.portOfMac) : null;
-    this.pending = s.events.map((_, k) => k);
-    this.pendingEvents = [...s.events];
+    const applied = new Set(join.applied);
+    this.pending = s.events.map((_, k) => k).filter((k) => !applied.has(k));
+    this.pendingEvents = this.pending.map((k) => s.events[k]);
+    this.joinedAt = join.at;
+    this.began = performance.timeOrigin + performance.now();
+  }
+
+  /** Slow path: worker k joined; its packets are no longer this (main) worker's. */
+  leave(k: number): void {
+    this.spread.owned[k] = 0;
+    this.ownsAll = false;
+  }
+
+  /** Writes out what every writer holds (before another worker takes over some flows: their order). */
+  flushAll(): void {
+    for (const w of this.writers) w.flush();
   }
 
   /** One rx batch of the input, switched (this worker's share). False at the end of the capture. */
@@ -202,6 +237,16 @@ class ReplayWorker {
     const reader = this.reader;
     const lazyOk = this.portOfMac === null;
     if (reader.fill(raw, this.s.inputPpid, lazyOk && this.pending.length === 0) === 0) return false;
+    if (this.soFar < this.joinedAt) {
+      // Before the join: another worker switched these; skip them.
+      const left = this.joinedAt - this.soFar;
+      if (raw.count <= left) {
+        this.soFar += raw.count;
+        return true;
+      }
+      raw.batchShift(left);
+      this.soFar += left;
+    }
     if (this.portOfMac !== null) assignInputPorts(raw, this.portOfMac);
     // Slow path: events that fall inside this batch split it where they fall (as replay.ts).
     while (this.pending.length > 0) {
@@ -236,13 +281,21 @@ class ReplayWorker {
 
   // Fast path: this worker's share of raw[0, n), through its datapath.
   private switch(n: number): void {
+    if (this.ownsAll) {
+      const raw = this.raw;
+      const count = raw.count;
+      raw.count = n;
+      this.dp.process(raw, this.dp.captureClock.advance(this.clock(raw)));
+      raw.count = count;
+      return;
+    }
     const mine = this.mine;
     if (this.spread.take(this.raw, 0, n, mine) === 0) return;
     this.dp.process(mine, this.dp.captureClock.advance(this.clock(mine)));
   }
 
   // Slow path: an event's messages. A rewrite of a flow this worker does not hold is not an install here.
-  private applyMessages(msgs: ControlMessage[]): void {
+  applyMessages(msgs: ControlMessage[]): void {
     for (const m of msgs) {
       if (m.type === 'flow-install' && this.dp.flows.findExact(m.key, m.mask) < 0) continue;
       this.dp.apply(m);
@@ -264,8 +317,13 @@ class ReplayWorker {
       flows.push({ key: fl.key.slice(f * KEY_WORDS, (f + 1) * KEY_WORDS), mask: fl.mask.slice(s * KEY_WORDS, (s + 1) * KEY_WORDS), packets: fl.packetsOf(f), bytes: fl.bytesOf(f), used: fl.usedOf(f) });
     }
     const e = this.reader.error;
-    return { type: 'done', stats: dp.stats(), records: this.reader.records, now: dp.now, error: e ? { code: e.code, message: e.message, offset: e.offset } : undefined, flows, interrupted };
+    return { type: 'done', stats: dp.stats(), records: this.reader.records, now: dp.now, error: e ? { code: e.code, message: e.message, offset: e.offset } : undefined, flows, interrupted, began: this.began, ended: performance.timeOrigin + performance.now() };
   }
+}
+
+/** A slot's answer area as words. */
+function answerOf(slot: Int32Array): Uint32Array {
+  return new Uint32Array(slot.buffer, SLOT_HEAD * 4, ANSWER_WORDS);
 }
 
 /** The main thread's handle on one thread worker. */
@@ -273,10 +331,26 @@ interface Thread {
   worker: Worker;
   port: MessagePort;
   slot: Int32Array;
+  /** The slot's answer area, as words. */
+  answer: Uint32Array;
+  /** Input index where it took over its flows, or -1 before. */
+  joinedAt: number;
   done: WorkerDone | null;
   failed: string | null;
   /** The event index it waits at, or -1. */
   atEvent: number;
+}
+
+/** What a thread gets when it joins (a message on its port). */
+interface Join {
+  type: 'join';
+  setup: Omit<WorkerSetup, 'ctrl' | 'slot'>;
+  at: number;
+  /** Events already applied (their indices), and their messages other than flow rewrites. */
+  applied: number[];
+  messages: ControlMessage[];
+  /** The flows the FPAG has decided so far, installed before the first packet. */
+  flows: ControlMessage[];
 }
 
 /** replay() with opts.workers > 1 (see the header). */
@@ -285,93 +359,110 @@ export function* replayWorkersSteps(opts: ReplayOptions): Generator<void, Replay
   if (!(Number.isInteger(n) && n >= 2 && n <= MAX_WORKERS)) throw new FpoError('FPO_ERR_USAGE', `workers: expected an integer in 1..${MAX_WORKERS}, got ${n}`);
   if (opts.fpag === 'thread') throw new FpoError('FPO_ERR_USAGE', '--fpag thread: not with --workers (the FPAG serves the workers from the main thread)');
   if (opts.beforeBatch) throw new FpoError('FPO_ERR_USAGE', 'beforeBatch: not with workers (each worker has its own datapath)');
-  const topo = typeof opts.topology === 'string' ? loadTopology(opts.topology) : opts.topology;
-  for (const p of topo.ports) {
-    const problem = pathNameProblem(p.name);
-    if (problem !== null) throw new FpoError('FPO_ERR_BAD_TOPOLOGY', `${topo.path}: port ${JSON.stringify(p.name)}: name: ${problem}`, { path: topo.path });
-  }
-  const bySourceMac = topo.inputPort === 'by-source-mac';
-  const inputName = (bySourceMac ? undefined : topo.inputPort) ?? topo.ports.find((p) => p.role === 'uplink')?.name ?? topo.ports[0].name;
-  const input = topo.ports.find((p) => p.name === inputName)!;
-  let portOfMac: [number, number][] | null = null;
-  if (bySourceMac) {
-    portOfMac = [];
-    for (const itf of topo.interfaces) if (itf.port !== undefined) portOfMac.push([macNumber(itf.macBytes, 0), topo.ports.find((p) => p.name === itf.port)!.ppid]);
-  }
-  const batchSize = opts.batchSize ?? 256;
-  const size = captureSize(opts.capture);
-  const txBuffer = Math.min(txBufferBytes(topo.ports.length), Math.max(16 * 1024, size));
-
-  // The input's layout: pcapng interfaces are all described at the head of each output, so read them all first.
-  const layoutReader = new CaptureReader(opts.capture, undefined, 64 * 1024);
-  let interfaces: CaptureInterface[];
-  try {
-    if (layoutReader.format === 'pcap' && layoutReader.interfaces[0].linktype !== LINKTYPE_ETHERNET) {
-      throw new FpoError('FPO_ERR_LINKTYPE', `${opts.capture}: offset 20: link type ${layoutReader.interfaces[0].linktype} is not supported; fpo switches Ethernet (link type 1)`, { path: opts.capture, offset: 20 });
-    }
-    if (layoutReader.format === 'pcapng') {
-      const b = new PacketBatch(256);
-      while (layoutReader.fill(b, 0) > 0);
-    }
-    interfaces = layoutReader.interfaces.map((i) => ({ ...i }));
-  } finally {
-    layoutReader.close();
-  }
-  const layout = { format: layoutReader.format, nanos: layoutReader.nanos, interfaces };
-
-  refuseOutputsThatAreInputs(opts.outDir, topo.ports, [opts.capture, topo.path, ...(opts.inputs ?? [])]);
-  try {
-    mkdirSync(opts.outDir, { recursive: true });
-  } catch (e) {
-    throw new FpoError('FPO_ERR_IO', `${opts.outDir}: cannot create: ${(e as Error).message}`, { path: opts.outDir });
-  }
-  let cleaned: string[] | undefined;
-  if (opts.clean) {
-    cleaned = ownFiles(opts.outDir, topo.ports, new Set());
-    for (const f of cleaned) {
-      try {
-        unlinkSync(f);
-      } catch (e) {
-        throw new FpoError('FPO_ERR_IO', `${f}: cannot remove (--clean): ${(e as Error).message}`, { path: f });
-      }
-    }
-  }
-
-  // The one FPAG, on a shadow datapath that holds every flow it decided.
-  const shadow = new ShadowDatapath({ maxFlows: Math.max(opts.maxFlows ?? 65536, 1 << 16) });
-  const none: TxPort = { writeBatch: () => undefined };
-  for (const p of topo.ports) shadow.addPort(p.ppid, none);
-  const fpag = new Fpag(topo, shadow);
-  fpag.start();
-  const decide = shadow.upcallSink!;
-  const start = shadow.outbox;
-  shadow.outbox = [];
-  let sharedAnswers = 0;
-  /** Slow path: one upcall from any worker: the flow that covers it, decided now or before. */
-  const serve = (u: Upcall): ControlMessage[] => {
-    const f = shadow.flows.lookup(u.key, 0);
-    if (f >= 0) {
-      sharedAnswers++;
-      const fl = shadow.flows;
-      const s = fl.sub[f];
-      return [{ type: 'flow-install', key: fl.key.slice(f * KEY_WORDS, (f + 1) * KEY_WORDS), mask: fl.mask.slice(s * KEY_WORDS, (s + 1) * KEY_WORDS), actions: shadow.actionSets.describe(fl.act[f]) }];
-    }
-    decide(u);
-    // The FPAG reuses its message's arrays: copy them before the next decision.
-    const out = shadow.outbox.map((m) => (m.type === 'flow-install' ? { ...m, key: m.key.slice(), mask: m.mask.slice(), actions: m.actions } : m));
-    shadow.outbox = [];
-    return out;
-  };
-
-  // Outputs: one file a port, its header written, shared by the workers' writers.
-  const header = CaptureWriter.headerBytes(layout);
-  const files = topo.ports.map((p) => ({ ppid: p.ppid, path: join(opts.outDir, `${p.name}.${layout.format}`), temp: partialPath(join(opts.outDir, `${p.name}.${layout.format}`)), fd: -1 }));
-  const ends = new BigInt64Array(new SharedArrayBuffer(8 * files.length));
+  // The threads first: their start (a new isolate, fpo's modules) is the longest wait, and runs meanwhile.
   const ctrl = new Int32Array(new SharedArrayBuffer(4 * CTRL_WORDS));
   const threads: Thread[] = [];
+  for (let k = 1; k < n; k++) {
+    const slot = new Int32Array(new SharedArrayBuffer(4 * SLOT_WORDS));
+    const { port1, port2 } = new MessageChannel();
+    const worker = new Worker(WORKER_FILE, { workerData: { fpoReplayWorker: { ctrl, slot, port: port2 } }, transferList: [port2] });
+    const t: Thread = { worker, port: port1, slot, answer: answerOf(slot), joinedAt: -1, done: null, failed: null, atEvent: -1 };
+    // An exit without a word (a crash outside the worker's own catch) fails the run too.
+    worker.on('error', (e) => { t.failed ??= e.message; });
+    worker.on('exit', (code) => { if (t.done === null && t.joinedAt >= 0) t.failed ??= `exited with code ${code} before it finished`; });
+    threads.push(t);
+  }
+  let files: { ppid: number; path: string; temp: string; fd: number }[] = [];
   let main: ReplayWorker | null = null;
   let kept = false;
   try {
+    const topo = typeof opts.topology === 'string' ? loadTopology(opts.topology) : opts.topology;
+    for (const p of topo.ports) {
+      const problem = pathNameProblem(p.name);
+      if (problem !== null) throw new FpoError('FPO_ERR_BAD_TOPOLOGY', `${topo.path}: port ${JSON.stringify(p.name)}: name: ${problem}`, { path: topo.path });
+    }
+    const bySourceMac = topo.inputPort === 'by-source-mac';
+    const inputName = (bySourceMac ? undefined : topo.inputPort) ?? topo.ports.find((p) => p.role === 'uplink')?.name ?? topo.ports[0].name;
+    const input = topo.ports.find((p) => p.name === inputName)!;
+    let portOfMac: [number, number][] | null = null;
+    if (bySourceMac) {
+      portOfMac = [];
+      for (const itf of topo.interfaces) if (itf.port !== undefined) portOfMac.push([macNumber(itf.macBytes, 0), topo.ports.find((p) => p.name === itf.port)!.ppid]);
+    }
+    const batchSize = opts.batchSize ?? 256;
+    const size = captureSize(opts.capture);
+    const txBuffer = Math.min(txBufferBytes(topo.ports.length), Math.max(16 * 1024, size));
+
+    // The input's layout: pcapng interfaces are all described at the head of each output, so read them all first.
+    const layoutReader = new CaptureReader(opts.capture, undefined, 64 * 1024);
+    let interfaces: CaptureInterface[];
+    try {
+      if (layoutReader.format === 'pcap' && layoutReader.interfaces[0].linktype !== LINKTYPE_ETHERNET) {
+        throw new FpoError('FPO_ERR_LINKTYPE', `${opts.capture}: offset 20: link type ${layoutReader.interfaces[0].linktype} is not supported; fpo switches Ethernet (link type 1)`, { path: opts.capture, offset: 20 });
+      }
+      if (layoutReader.format === 'pcapng') {
+        const b = new PacketBatch(256);
+        while (layoutReader.fill(b, 0) > 0);
+      }
+      interfaces = layoutReader.interfaces.map((i) => ({ ...i }));
+    } finally {
+      layoutReader.close();
+    }
+    const layout = { format: layoutReader.format, nanos: layoutReader.nanos, interfaces };
+
+    refuseOutputsThatAreInputs(opts.outDir, topo.ports, [opts.capture, topo.path, ...(opts.inputs ?? [])]);
+    try {
+      mkdirSync(opts.outDir, { recursive: true });
+    } catch (e) {
+      throw new FpoError('FPO_ERR_IO', `${opts.outDir}: cannot create: ${(e as Error).message}`, { path: opts.outDir });
+    }
+    let cleaned: string[] | undefined;
+    if (opts.clean) {
+      cleaned = ownFiles(opts.outDir, topo.ports, new Set());
+      for (const f of cleaned) {
+        try {
+          unlinkSync(f);
+        } catch (e) {
+          throw new FpoError('FPO_ERR_IO', `${f}: cannot remove (--clean): ${(e as Error).message}`, { path: f });
+        }
+      }
+    }
+
+    // The one FPAG, on a shadow datapath that holds every flow it decided.
+    const maxFlows = opts.maxFlows ?? 65536;
+    const shadow = new ShadowDatapath({ maxFlows: Math.max(maxFlows, 1 << 16) });
+    const none: TxPort = { writeBatch: () => undefined };
+    for (const p of topo.ports) shadow.addPort(p.ppid, none);
+    const fpag = new Fpag(topo, shadow);
+    fpag.start();
+    const decide = shadow.upcallSink!;
+    const start = shadow.outbox;
+    shadow.outbox = [];
+    let sharedAnswers = 0;
+    /** The shadow's flow f as an install message. */
+    const installOf = (f: number): ControlMessage => {
+      const fl = shadow.flows;
+      const s = fl.sub[f];
+      return { type: 'flow-install', key: fl.key.slice(f * KEY_WORDS, (f + 1) * KEY_WORDS), mask: fl.mask.slice(s * KEY_WORDS, (s + 1) * KEY_WORDS), actions: shadow.actionSets.describe(fl.act[f]) };
+    };
+    /** Slow path: one upcall from any worker: the flow that covers it, decided now or before. */
+    const serve = (u: Upcall): ControlMessage[] => {
+      const f = shadow.flows.lookup(u.key, 0);
+      if (f >= 0) {
+        sharedAnswers++;
+        return [installOf(f)];
+      }
+      decide(u);
+      // The FPAG reuses its message's arrays: copy them before the next decision.
+      const out = shadow.outbox.map((m) => (m.type === 'flow-install' ? { ...m, key: m.key.slice(), mask: m.mask.slice() } : m));
+      shadow.outbox = [];
+      return out;
+    };
+
+    // Outputs: one file a port, its header written, shared by the workers' writers.
+    const header = CaptureWriter.headerBytes(layout);
+    files = topo.ports.map((p) => ({ ppid: p.ppid, path: join(opts.outDir, `${p.name}.${layout.format}`), temp: partialPath(join(opts.outDir, `${p.name}.${layout.format}`)), fd: -1 }));
+    const ends = new BigInt64Array(new SharedArrayBuffer(8 * files.length));
     for (let i = 0; i < files.length; i++) {
       const f = files[i];
       try {
@@ -388,22 +479,32 @@ export function* replayWorkersSteps(opts: ReplayOptions): Generator<void, Replay
       ports: files.map((f) => ({ ppid: f.ppid, fd: f.fd })), ends, batchSize, maxFlows: opts.maxFlows,
       fastLane: opts.fastLane ?? true, chunk: Math.min(CHUNK, size), txBuffer, start, events: opts.events ?? [],
     };
-    for (let k = 1; k < n; k++) {
-      const slot = new Int32Array(new SharedArrayBuffer(4 * SLOT_WORDS));
-      const { port1, port2 } = new MessageChannel();
-      const setup: WorkerSetup & { port: MessagePort } = { ...common, me: k, ctrl, slot, port: port2, failAt: opts.failWorker?.worker === k ? opts.failWorker.atPacket : undefined };
-      const worker = new Worker(WORKER_FILE, { workerData: { fpoReplayWorker: setup }, transferList: [port2] });
-      const t: Thread = { worker, port: port1, slot, done: null, failed: null, atEvent: -1 };
-      // An exit without a word (a crash outside the worker's own catch) fails the run too.
-      worker.on('error', (e) => { t.failed ??= e.message; });
-      worker.on('exit', (code) => { if (t.done === null) t.failed ??= `exited with code ${code} before it finished`; });
-      threads.push(t);
-    }
 
     const applied: AppliedEvent[] = [];
+    /** Messages of the events applied so far that a joining worker needs (mappings; not flow rewrites: it gets the flows as they are now). */
+    const eventMessages: ControlMessage[] = [];
     const events = opts.events ?? [];
-    /** Answers every waiting upcall, reads workers' reports; throws when one failed. */
-    const poll = (): void => {
+
+    /** Hands worker k (ready) the input from packet `at` on, and the flows decided so far. */
+    const joinThread = (t: Thread, k: number, at: number): void => {
+      // Everything the main worker switched before `at` is in the files before anything k writes: per-flow order.
+      main!.flushAll();
+      main!.leave(k);
+      const flows: ControlMessage[] = [];
+      const fl = shadow.flows;
+      if (fl.count <= maxFlows / 2) for (let f = 0; f < fl.capacity; f++) if (fl.live[f]) flows.push(installOf(f));
+      const msg: Join = {
+        type: 'join', setup: { ...common, me: k, failAt: opts.failWorker?.worker === k ? opts.failWorker.atPacket : undefined },
+        at, applied: applied.map((a) => events.indexOf(a.event)), messages: eventMessages, flows,
+      };
+      t.port.postMessage(msg);
+      t.joinedAt = at;
+      Atomics.store(t.slot, W_JOIN, JOINED);
+      Atomics.notify(t.slot, W_JOIN);
+    };
+
+    /** Answers every waiting upcall, reads workers' reports; throws when one failed. With `joining`, ready threads join at the main worker's position. */
+    const poll = (joining: boolean): void => {
       for (let k = 0; k < threads.length; k++) {
         const t = threads[k];
         let m: { message: unknown } | undefined;
@@ -412,22 +513,34 @@ export function* replayWorkersSteps(opts: ReplayOptions): Generator<void, Replay
           if (msg.type === 'done') t.done = msg;
           else t.failed ??= msg.message;
         }
-        if (t.failed !== null) throw new FpoError('FPO_ERR_WORKER', `replay worker ${k + 1} of ${n} failed: ${t.failed}`);
+        if (t.failed !== null) throw new FpoError('FPO_ERR_WORKER', `replay worker ${k + 1} (a thread) of ${n} failed: ${t.failed}`);
         const s = t.slot;
+        if (t.joinedAt < 0) {
+          if (joining && Atomics.load(s, W_READY) === 1) joinThread(t, k + 1, main!.soFar);
+          continue;
+        }
         if (Atomics.load(s, 0) !== REQUEST) continue;
         const ask = s[1];
         if (ask === ASK_UPCALL) {
-          upcallMsg.inPpid = s[8];
-          for (let w = 0; w < KEY_WORDS; w++) upcallMsg.key[w] = s[9 + w];
-          t.port.postMessage(serve(upcallMsg));
-          Atomics.store(s, 0, REPLY);
-          Atomics.notify(s, 0);
+          answerUpcall(t);
         } else if (ask === ASK_EVENT && t.atEvent !== s[2]) {
           t.atEvent = s[2];
         }
       }
     };
     const upcallMsg: Upcall = { type: 'upcall', inPpid: 0, key: new Uint32Array(KEY_WORDS) };
+    /** Slow path: thread t's upcall (waiting in its slot), answered in the slot. */
+    function answerUpcall(t: Thread): void {
+      const s = t.slot;
+      upcallMsg.inPpid = s[8];
+      for (let w = 0; w < KEY_WORDS; w++) upcallMsg.key[w] = s[9 + w];
+      const msgs = serve(upcallMsg);
+      const words = encodeInstalls(msgs, t.answer);
+      if (words < 0) t.port.postMessage(msgs);
+      s[3] = words < 0 ? -1 : words;
+      Atomics.store(s, 0, REPLY);
+      Atomics.notify(s, 0);
+    }
     let door = 0;
     /** Sleeps until a worker rings (or 2 ms pass). */
     const nap = (): void => {
@@ -435,23 +548,23 @@ export function* replayWorkersSteps(opts: ReplayOptions): Generator<void, Replay
       door = Atomics.load(ctrl, DOOR);
     };
 
-    // Worker 0 here: its upcalls go straight to the FPAG; at an event it waits for all.
-    let atEventSince = 0;
+    // Worker 0 here: its upcalls go straight to the FPAG; at an event it waits for the workers that joined.
     const mainAtEvent = (k: number): ControlMessage[] => {
-      atEventSince = performance.now();
       for (;;) {
-        poll();
-        if (threads.every((t) => t.atEvent === k)) break;
+        poll(false);
+        if (threads.every((t) => t.joinedAt < 0 || t.atEvent === k)) break;
         nap();
       }
-      void atEventSince;
       const result = applyEvent(fpag, events[k]);
       const msgs = shadow.outbox.map((m) => (m.type === 'flow-install' ? { ...m, key: m.key.slice(), mask: m.mask.slice() } : m));
       shadow.outbox = [];
       applied.push({ event: events[k], atPacket: main!.soFar, result });
+      for (const m of msgs) if (m.type !== 'flow-install' && m.type !== 'flow-delete') eventMessages.push(m);
       for (const t of threads) {
+        if (t.joinedAt < 0) continue;
         t.atEvent = -1;
         t.port.postMessage(msgs);
+        t.slot[3] = -1;
         Atomics.store(t.slot, 0, REPLY);
         Atomics.notify(t.slot, 0);
       }
@@ -461,13 +574,28 @@ export function* replayWorkersSteps(opts: ReplayOptions): Generator<void, Replay
     const dp0 = main.dp;
     dp0.upcallSink = (u) => {
       for (const m of serve(u)) dp0.apply(m);
+      // Misses come in bursts, in every worker at once: answer the others' too, not only between batches.
+      for (const t of threads) if (t.joinedAt >= 0 && Atomics.load(t.slot, 0) === REQUEST && t.slot[1] === ASK_UPCALL) answerUpcall(t);
     };
 
     const started = performance.now();
+    // 'start' or a packet index: the main worker waits there for every thread (for tests; 'ready' does not wait).
+    let waitAt = opts.workersJoin === 'start' ? 0 : typeof opts.workersJoin === 'number' ? opts.workersJoin : Infinity;
     let lastProgress = started;
     let interrupted: string | undefined;
-    while (main.step()) {
-      poll();
+    for (;;) {
+      if (main.soFar >= waitAt) {
+        waitAt = Infinity;
+        while (threads.some((t) => t.joinedAt < 0)) {
+          poll(true);
+          if (threads.every((t) => t.joinedAt >= 0)) break;
+          nap();
+          yield;
+        }
+      }
+      // Until then, a thread joins when it is up (or not at all).
+      if (!main.step()) break;
+      poll(waitAt === Infinity);
       if (opts.onProgress) {
         const t = performance.now();
         if (t - lastProgress > 100) {
@@ -485,10 +613,16 @@ export function* replayWorkersSteps(opts: ReplayOptions): Generator<void, Replay
     }
     if (interrupted === undefined) main.finishEvents();
     main.close();
+    // Threads not started by now have nothing to do: they are told so (and terminated below).
+    for (const t of threads) {
+      if (t.joinedAt >= 0) continue;
+      Atomics.store(t.slot, W_JOIN, NOT_NEEDED);
+      Atomics.notify(t.slot, W_JOIN);
+    }
     // The others: serve their upcalls and events until each has reported.
-    while (threads.some((t) => t.done === null)) {
-      poll();
-      if (threads.every((t) => t.done !== null)) break;
+    for (;;) {
+      poll(false);
+      if (threads.every((t) => t.joinedAt < 0 || t.done !== null)) break;
       nap();
       yield;
       if (interrupted === undefined && opts.interrupt?.signal !== undefined) {
@@ -496,9 +630,8 @@ export function* replayWorkersSteps(opts: ReplayOptions): Generator<void, Replay
         Atomics.store(ctrl, STOP, 1);
       }
     }
-    poll();
     const seconds = (performance.now() - started) / 1000;
-    const dones = [main.done(interrupted !== undefined), ...threads.map((t) => t.done!)];
+    const dones = [main.done(interrupted !== undefined), ...threads.filter((t) => t.joinedAt >= 0).map((t) => t.done!)];
     if (dones.some((d) => d.interrupted)) interrupted ??= opts.interrupt?.signal ?? 'SIGINT';
 
     // Outputs: renamed when they hold records, else removed.
@@ -518,9 +651,8 @@ export function* replayWorkersSteps(opts: ReplayOptions): Generator<void, Replay
     }
     kept = true;
     opts.onProgress?.(main.reader.fileSize, main.reader.fileSize);
-    for (const t of threads) void t.worker.terminate();
 
-    const report = mergeReport(opts, topo, layout.format, dones, fpag, shadow, emitted, files, seconds, n, sharedAnswers);
+    const report = mergeReport(opts, topo, layout.format, dones, fpag, shadow, emitted, files, seconds, n, sharedAnswers, [0, ...threads.map((t) => t.joinedAt)]);
     if (opts.events) report.events = applied;
     if (interrupted !== undefined) report.interrupted = interrupted;
     if (cleaned !== undefined) report.cleaned = cleaned;
@@ -529,12 +661,13 @@ export function* replayWorkersSteps(opts: ReplayOptions): Generator<void, Replay
     mergeFlowCounters(shadow, dones);
     return { report, datapath: shadow, fpag };
   } finally {
+    Atomics.store(ctrl, STOP, kept ? 0 : 1);
+    for (const t of threads) {
+      Atomics.notify(t.slot, 0);
+      Atomics.notify(t.slot, W_JOIN);
+      void t.worker.terminate();
+    }
     if (!kept) {
-      Atomics.store(ctrl, STOP, 1);
-      for (const t of threads) {
-        Atomics.notify(t.slot, 0);
-        void t.worker.terminate();
-      }
       // A run that failed keeps nothing: its temp files go.
       for (const f of files) {
         if (f.fd >= 0) try { closeSync(f.fd); } catch { /* closed */ }
@@ -546,7 +679,7 @@ export function* replayWorkersSteps(opts: ReplayOptions): Generator<void, Replay
 }
 
 /** The report: sums over the workers, the FPAG's flow decisions. */
-function mergeReport(opts: ReplayOptions, topo: Topology, format: 'pcap' | 'pcapng', dones: WorkerDone[], fpag: Fpag, shadow: Datapath, emitted: Set<number>, files: { ppid: number; path: string }[], seconds: number, workers: number, sharedAnswers: number): ReplayReport {
+function mergeReport(opts: ReplayOptions, topo: Topology, format: 'pcap' | 'pcapng', dones: WorkerDone[], fpag: Fpag, shadow: Datapath, emitted: Set<number>, files: { ppid: number; path: string }[], seconds: number, workers: number, sharedAnswers: number, joinedAt: number[]): ReplayReport {
   const sum = (f: (s: DatapathStats) => number) => dones.reduce((a, d) => a + f(d.stats), 0);
   for (const [w, d] of dones.entries()) {
     const s = d.stats;
@@ -590,7 +723,8 @@ function mergeReport(opts: ReplayOptions, topo: Topology, format: 'pcap' | 'pcap
     workers: {
       count: workers,
       answeredFromTable: sharedAnswers,
-      each: dones.map((d) => ({ packets: d.stats.packetsIn, upcalls: d.stats.upcalls, flows: d.stats.flowsNow, emcHits: d.stats.emcHits, megaflowHits: d.stats.megaflowHits, expired: d.stats.flowsExpired })),
+      joinedAt,
+    each: dones.map((d) => ({ beganMs: Number((d.began - dones[0].began).toFixed(1)), endedMs: Number((d.ended - dones[0].began).toFixed(1)), waitedMs: Number((d.waitedMs ?? 0).toFixed(1)), packets: d.stats.packetsIn, upcalls: d.stats.upcalls, flows: d.stats.flowsNow, emcHits: d.stats.emcHits, megaflowHits: d.stats.megaflowHits, expired: d.stats.flowsExpired })),
     },
     stale: [],
     seconds,
@@ -617,60 +751,83 @@ function mergeFlowCounters(shadow: Datapath, dones: WorkerDone[]): void {
   shadow.now = now;
 }
 
-// The thread side.
+// The thread side: ready as soon as its modules are loaded; then it waits to be joined (or told it is not needed).
 if (!isMainThread && workerData?.fpoReplayWorker) {
-  const setup = workerData.fpoReplayWorker as WorkerSetup & { port: MessagePort };
-  const { port, slot, ctrl } = setup;
+  const { port, slot, ctrl } = workerData.fpoReplayWorker as { port: MessagePort; slot: Int32Array; ctrl: Int32Array };
+  const answer = answerOf(slot);
   let w: ReplayWorker | null = null;
   const stopped = (): boolean => Atomics.load(ctrl, STOP) === 1;
-  /** A round trip through the slot; the answer comes on the port. Null when the run is stopping. */
+  /** The next message on the port: it may lag a moment behind the slot's word. */
+  const receive = (): unknown => {
+    let m = receiveMessageOnPort(port);
+    for (let tries = 0; m === undefined && tries < 10_000; tries++) {
+      Atomics.wait(slot, W_SPARE, 0, 1);
+      m = receiveMessageOnPort(port);
+    }
+    if (m === undefined) throw new Error('no message on the port after the slot said one was sent');
+    return m.message;
+  };
+  let waited = 0;
+  /** A round trip through the slot. Null when the run is stopping. */
   const ask = (what: number, arg: number): ControlMessage[] | null => {
+    const t0 = performance.now();
     slot[1] = what;
     slot[2] = arg;
     Atomics.store(slot, 0, REQUEST);
     Atomics.add(ctrl, DOOR, 1);
     Atomics.notify(ctrl, DOOR);
-    for (let spin = 0; spin < SPIN && Atomics.load(slot, 0) === REQUEST; spin++);
-    while (Atomics.load(slot, 0) === REQUEST) {
-      if (stopped()) return null;
-      Atomics.wait(slot, 0, REQUEST, 50);
+    try {
+      for (let spin = 0; spin < SPIN && Atomics.load(slot, 0) === REQUEST; spin++);
+      while (Atomics.load(slot, 0) === REQUEST) {
+        if (stopped()) return null;
+        Atomics.wait(slot, 0, REQUEST, 50);
+      }
+      // An upcall's answer is in the slot; an event's comes on the port.
+      const msgs = slot[3] >= 0 ? decodeInstalls(answer) : (receive() as ControlMessage[]);
+      Atomics.store(slot, 0, IDLE);
+      return msgs;
+    } finally {
+      waited += performance.now() - t0;
     }
-    let m = receiveMessageOnPort(port);
-    for (let tries = 0; m === undefined && tries < 1000; tries++) {
-      Atomics.wait(slot, 3, 0, 1);
-      m = receiveMessageOnPort(port);
-    }
-    Atomics.store(slot, 0, IDLE);
-    if (m === undefined) throw new Error('no answer on the port after a reply');
-    return m.message as ControlMessage[];
   };
   class Stop extends Error {}
   try {
-    w = new ReplayWorker(setup, (k) => {
-      const msgs = ask(ASK_EVENT, k);
-      if (msgs === null) throw new Stop();
-      return msgs;
-    });
-    const dp = w.dp;
-    dp.upcallSink = (u) => {
-      slot[8] = u.inPpid;
-      for (let i = 0; i < KEY_WORDS; i++) slot[9 + i] = u.key[i];
-      const msgs = ask(ASK_UPCALL, 0);
-      if (msgs === null) return; // stopping: the packet is dropped as upcallFailed, and the run reports interrupted
-      for (const m of msgs) dp.apply(m);
-    };
-    let interrupted = false;
-    try {
-      while (w.step()) {
-        if (stopped()) { interrupted = true; break; }
+    Atomics.store(slot, W_READY, 1);
+    Atomics.add(ctrl, DOOR, 1);
+    Atomics.notify(ctrl, DOOR);
+    while (Atomics.load(slot, W_JOIN) === 0 && !stopped()) Atomics.wait(slot, W_JOIN, 0, 50);
+    if (Atomics.load(slot, W_JOIN) === JOINED) {
+      const join = receive() as Join;
+      w = new ReplayWorker(join.setup, (k) => {
+        const msgs = ask(ASK_EVENT, k);
+        if (msgs === null) throw new Stop();
+        return msgs;
+      }, join);
+      const dp = w.dp;
+      w.applyMessages(join.messages);
+      for (const f of join.flows) dp.apply(f);
+      dp.upcallSink = (u) => {
+        slot[8] = u.inPpid;
+        for (let i = 0; i < KEY_WORDS; i++) slot[9 + i] = u.key[i];
+        const msgs = ask(ASK_UPCALL, 0);
+        if (msgs === null) return; // stopping: the packet is dropped as upcallFailed, and the run reports interrupted
+        for (const m of msgs) dp.apply(m);
+      };
+      let interrupted = false;
+      try {
+        while (w.step()) {
+          if (stopped()) { interrupted = true; break; }
+        }
+        if (!interrupted) w.finishEvents();
+      } catch (e) {
+        if (!(e instanceof Stop)) throw e;
+        interrupted = true;
       }
-      if (!interrupted) w.finishEvents();
-    } catch (e) {
-      if (!(e instanceof Stop)) throw e;
-      interrupted = true;
+      w.close();
+      const d = w.done(interrupted);
+      d.waitedMs = waited;
+      port.postMessage(d);
     }
-    w.close();
-    port.postMessage(w.done(interrupted));
   } catch (e) {
     port.postMessage({ type: 'failed', message: (e as Error).message ?? String(e), code: (e as { code?: string }).code } satisfies WorkerFailed);
   } finally {

@@ -58,6 +58,15 @@ export interface ReplayOptions {
   interrupt?: { signal?: string };
   /** Datapath workers, one a core (default 1: this thread alone). More: replay-workers.ts. */
   workers?: number;
+  /**
+   * With workers: 'ready' (default): the main thread switches alone until a
+   * worker thread is up, which then takes its flows from the next batch on;
+   * 'start': every worker from the first packet (the main thread waits);
+   * a number N: the main thread switches alone up to the first batch
+   * boundary at or past input packet N, then waits for the threads there
+   * (for tests of a join mid-stream).
+   */
+  workersJoin?: 'ready' | 'start' | number;
   /** For tests: worker `worker` (1.. workers-1, a thread) throws when it reaches input packet `atPacket`. */
   failWorker?: { worker: number; atPacket: number };
 }
@@ -122,8 +131,10 @@ export interface ReplayReport {
    */
   workers?: {
     count: number;
+    /** The input packet where each worker took over its flows (-1: it never did: the main worker switched all). */
+    joinedAt: number[];
     answeredFromTable: number;
-    each: { packets: number; upcalls: number; flows: number; emcHits: number; megaflowHits: number; expired: number }[];
+    each: { beganMs: number; endedMs: number; waitedMs: number; packets: number; upcalls: number; flows: number; emcHits: number; megaflowHits: number; expired: number }[];
   };
   seconds: number;
 }

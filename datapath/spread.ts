@@ -43,46 +43,46 @@ function fmix(h: number): number {
   return h >>> 0;
 }
 
-/** The flow hash of the frame at b[o .. o + len) (see the header for what it covers). */
-export function flowHash(b: Uint8Array, o: number, len: number): number {
+/**
+ * The flow hash of the frame at b[o .. o + len) (see the header for what it
+ * covers); `dv` views the same bytes as `b` (big-endian word reads: one
+ * load each where byte loads took four).
+ */
+export function flowHash(b: Uint8Array, dv: DataView, o: number, len: number): number {
   const end = o + len;
   let p = o + 12;
   if (p + 2 > end) return fmix(mix(0x1234567, len));
-  let et = (b[p] << 8) | b[p + 1];
+  let et = dv.getUint16(p);
   for (let t = 0; t < 2 && (et === 0x8100 || et === 0x88a8) && p + 6 <= end; t++) {
     p += 4;
-    et = (b[p] << 8) | b[p + 1];
+    et = dv.getUint16(p);
   }
   p += 2;
   if (et === 0x0800 && p + 20 <= end) {
     const ihl = (b[p] & 15) * 4;
     const proto = b[p + 9];
     let h = mix(0x800, proto);
-    h = mix(h, (b[p + 12] << 24) | (b[p + 13] << 16) | (b[p + 14] << 8) | b[p + 15]);
-    h = mix(h, (b[p + 16] << 24) | (b[p + 17] << 16) | (b[p + 18] << 8) | b[p + 19]);
-    const frag = ((b[p + 6] & 0x3f) << 8) | b[p + 7]; // MF and the offset
+    h = mix(h, dv.getInt32(p + 12));
+    h = mix(h, dv.getInt32(p + 16));
+    const frag = dv.getUint16(p + 6) & 0x3fff; // MF and the offset
     const l4 = p + ihl;
-    if (frag === 0 && ihl >= 20 && (proto === 6 || proto === 17 || proto === 132) && l4 + 4 <= end) {
-      h = mix(h, (b[l4] << 24) | (b[l4 + 1] << 16) | (b[l4 + 2] << 8) | b[l4 + 3]);
-    }
+    if (frag === 0 && ihl >= 20 && (proto === 6 || proto === 17 || proto === 132) && l4 + 4 <= end) h = mix(h, dv.getInt32(l4));
     return fmix(h);
   }
   if (et === 0x86dd && p + 40 <= end) {
     const nh = b[p + 6];
     let h = mix(0x86dd, nh);
-    for (let q = p + 8; q < p + 40; q += 4) h = mix(h, (b[q] << 24) | (b[q + 1] << 16) | (b[q + 2] << 8) | b[q + 3]);
+    for (let q = p + 8; q < p + 40; q += 4) h = mix(h, dv.getInt32(q));
     const l4 = p + 40;
-    if ((nh === 6 || nh === 17 || nh === 132) && l4 + 4 <= end) {
-      h = mix(h, (b[l4] << 24) | (b[l4 + 1] << 16) | (b[l4 + 2] << 8) | b[l4 + 3]);
-    }
+    if ((nh === 6 || nh === 17 || nh === 132) && l4 + 4 <= end) h = mix(h, dv.getInt32(l4));
     return fmix(h);
   }
   // Not IP (or cut short): the Ethernet addresses and type.
   let h = mix(0xe7, et);
   if (o + 12 <= end) {
-    h = mix(h, (b[o] << 24) | (b[o + 1] << 16) | (b[o + 2] << 8) | b[o + 3]);
-    h = mix(h, (b[o + 4] << 24) | (b[o + 5] << 16) | (b[o + 6] << 8) | b[o + 7]);
-    h = mix(h, (b[o + 8] << 24) | (b[o + 9] << 16) | (b[o + 10] << 8) | b[o + 11]);
+    h = mix(h, dv.getInt32(o));
+    h = mix(h, dv.getInt32(o + 4));
+    h = mix(h, dv.getInt32(o + 8));
   }
   return fmix(h);
 }
@@ -95,9 +95,14 @@ export function workerOf(hash: number, workers: number): number {
 
 export class Spread {
   static readonly stageName = 'spread';
+  /** owned[k] = 1: packets that hash to worker k are this worker's (a worker takes its own, and the main one also those of workers not started yet). */
+  readonly owned: Uint8Array;
 
   /** This worker's number, and how many there are. */
-  constructor(readonly me: number, readonly workers: number) {}
+  constructor(readonly me: number, readonly workers: number) {
+    this.owned = new Uint8Array(workers);
+    this.owned[me] = 1;
+  }
 
   /**
    * Fast path: packets [from, to) of `raw` that are this worker's go, in
@@ -106,7 +111,7 @@ export class Spread {
    */
   take(raw: PacketBatch, from: number, to: number, mine: PacketBatch): number {
     const buf = raw.buf;
-    const me = this.me;
+    const owned = this.owned;
     const n = this.workers;
     const off = raw.off;
     const lazy = raw.unfilled;
@@ -121,7 +126,7 @@ export class Spread {
       for (let i = from; i < to; i++) {
         const o = off[i];
         const len = dv.getUint32(o - 8, true); // the record header's captured length
-        if (workerOf(flowHash(buf, o, len), n) === me) moff[k++] = o;
+        if (owned[workerOf(flowHash(buf, dv, o, len), n)] === 1) moff[k++] = o;
       }
       if (k > 0) {
         // The clock reads packet 0's time (as the reader's lazy fill sets it).
@@ -131,8 +136,9 @@ export class Spread {
       }
     } else {
       const caplen = raw.caplen;
+      const dv = raw.dv;
       for (let i = from; i < to; i++) {
-        if (workerOf(flowHash(buf, off[i], caplen[i]), n) !== me) continue;
+        if (owned[workerOf(flowHash(buf, dv, off[i], caplen[i]), n)] !== 1) continue;
         moff[k] = off[i];
         mine.caplen[k] = caplen[i];
         mine.wirelen[k] = raw.wirelen[i];
