@@ -3,22 +3,45 @@
  * exact-match cache, megaflow table and tx buffers (as Open vSwitch's PMD
  * threads), and ONE FPAG deciding flows for all of them.
  *
- *   main thread: worker 0 + the FPAG          threads: workers 1 .. N-1
- *   read whole capture ─┐                      read whole capture ─┐
- *   spread: hash → mine │                      spread: hash → mine │
- *   datapath 0 ─ miss ──┼─▶ FPAG (shadow) ◀──── datapath k ─ miss ─┘ (slot k)
- *   tx ─▶ OUT/<port>.pcap.partial-PID ◀─────── tx (pwrite at reserved offsets)
+ *   main thread: worker 0 + the FPAG            threads: workers 1 .. N-1
+ *   read the capture ─┐                          read the capture ─┐
+ *   spread: hash → own │                          spread: hash → own │
+ *   datapath 0 ─ miss ─┼──▶ FPAG (shadow) ◀─ slot ── datapath k ─ miss
+ *   tx ──▶ OUT/<port>.pcap.partial-PID ◀──────────── tx (pwrite at reserved offsets)
  *
  * Spreading. Every worker reads the capture itself, in chunks, and keeps
- * the packets whose flow hash (datapath/spread.ts) is its own. Measured
- * against a dispatcher over shared-memory rings, on this 2-core machine: a
- * dispatcher is a third thread on two cores, and its per-packet work (read
- * the record, hash it, copy it into a ring, then the worker copies it out)
- * is more than reading the file twice — a read of a capture already in the
- * page cache (or /dev/shm) is a memcpy at several GB/s, and skipping the
- * other workers' records is a hash and a compare. Each worker sees every
- * record, so it knows each packet's index in the input, and control events
- * land at exactly the packet they name.
+ * the packets whose flow hash is its own (datapath/spread.ts), so that
+ * there is no dispatcher: a dispatcher thread would be a third thread on
+ * this machine's two cores, with per-packet work of its own (walk, hash,
+ * copy into a ring) before a worker's. Not measured against a ring
+ * dispatcher; what was measured (2026-12-04, 5 M 64-byte frames, 1 K
+ * flows, /dev/shm): each worker then pays for the whole file's read and
+ * record walk and a hash a record (~30 % of a thread's time: read ~11 %,
+ * walk 3–6 %, spread 13 %, against switching ~20 % and writes ~18 %), so
+ * two workers took 0.58 + 0.61 s of CPU where one takes 0.65–0.85 s, and
+ * finished no sooner than one (bench/control/replay-workers.ts: ratio
+ * 0.57–0.79 in four runs, the machine shared and at times loaded). Two
+ * one-worker replays in two processes at once each ran at full speed, so
+ * the machine has the second core: the loss is this design's (with the
+ * thread's start and its upcalls' waits for the main thread). The next
+ * step is to read and index each chunk once (the workers taking turns, a
+ * shared-memory chunk ring with a list of record offsets per worker,
+ * batches pointing into the shared chunk), so that each worker's own work
+ * is its share alone.
+ * Each worker sees every record, so it knows each packet's index in the
+ * input, and control events land at exactly the packet they name.
+ *
+ * Joining. A thread starts (a new isolate, fpo's modules) in ~20–100 ms; the
+ * main thread does not wait: it switches every packet itself (no hashing)
+ * until a thread says it is up, then, between two batches, writes out all
+ * its tx buffers (so whatever it switched of a flow is in the files before
+ * anything the thread writes of it: per-flow order), stops taking that
+ * thread's share, and hands the thread the input index to start at, the
+ * mapping changes of the events applied so far, and every flow decided so
+ * far (installed before its first packet, so it does not upcall for them).
+ * A thread not up by the end is told so and does nothing: a small replay
+ * pays only the thread's spawn. `workersJoin: 'start'` (tests) waits for
+ * every thread at the first packet instead.
  *
  * Flows. A worker's miss is an upcall to the one FPAG, which runs in the
  * main thread against a shadow Datapath holding every flow it has decided
@@ -27,17 +50,19 @@
  * with no new decision; else the FPAG decides and installs as it does for
  * one datapath. So each flow is decided once, and installed into each
  * worker whose packets need it. VPIDs and mappings stay the FPAG's alone.
- * A thread worker's upcall is a synchronous round trip through its slot in
- * a SharedArrayBuffer (state word + key; the answer comes as a message on
- * its port); the main thread serves the slots between its own batches.
+ * A thread's upcall is a synchronous round trip through its slot in a
+ * SharedArrayBuffer (state word, key; the answer as words in the slot: a
+ * message on its port arrived up to ~1 ms after the slot's word); the main
+ * thread answers between its batches and after each of its own misses.
  *
  * Events (--events) are barriers: each worker, at the packet index where an
  * event falls (the same index in every worker, as each reads every record),
- * stops and asks; when all have arrived, the main thread applies the event
- * to the FPAG once and sends every worker the messages it produced (mapping
- * changes, flow deletes and rewrites), which each applies before its next
- * packet. Packets before the index were switched under the old state by
- * every worker, packets after it under the new one: as with one worker.
+ * stops and asks; when all that have joined have arrived, the main thread
+ * applies the event to the FPAG once and sends every worker the messages it
+ * produced (mapping changes, flow deletes and rewrites), which each applies
+ * before its next packet (a rewrite of a flow it does not hold is skipped).
+ * Packets before the index were switched under the old state by every
+ * worker, packets after it under the new one: as with one worker.
  *
  * Outputs. One file a port, as with one worker: the main thread creates
  * OUT/<port>.<ext>.partial-PID and writes its header (pcapng: every
@@ -49,18 +74,21 @@
  * the end a file with no records is removed (as a port that emitted nothing
  * leaves none) and the others are renamed; a failed run removes them all.
  * Writing records in input order instead (identical to one worker's output)
- * needs a merge pass over every output byte after the switching, on one
- * core: more than the second worker saves on this machine (see bench/).
+ * was not built: it needs a merge pass that copies every output byte once
+ * more, on one core, after the switching, and the writes alone are ~18–29 %
+ * of a one-worker replay of small frames (measured); with two workers not
+ * yet faster than one, that would only add to the loss.
  *
  * What differs from one worker, by design: the interleaving of flows in an
  * output; the per-datapath counters (cache hits, misses, worker upcalls,
  * expiry, eviction: each worker has its own tables, and its own capture
- * clock, the time of its batches); and sender-side flagging of a flow's
- * first packets (tunnel.policy.firstPackets), which counts per flow entry in
- * each worker. The report's packet counts, per-port counts, drops by reason
- * and tunnel counts are sums over workers and equal one worker's; its
- * `flows.installed` and `flows.upcalls` are the FPAG's (decisions), and
- * equal one worker's when no flow expires or is evicted in the run.
+ * clock, the time of its batches; `workers.each` in the report); and
+ * sender-side flagging of a flow's first packets (tunnel.policy
+ * .firstPackets), which counts per flow entry in each worker. The report's
+ * packet counts, per-port counts, drops by reason and tunnel counts are sums
+ * over workers and equal one worker's; its `flows.installed`, `upcalls`
+ * and `active` are the FPAG's (decisions; the shadow never expires a flow),
+ * and equal one worker's when no flow expires or is evicted in the run.
  */
 import { closeSync, openSync, renameSync, unlinkSync, writeSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
