@@ -701,18 +701,19 @@ export function* replayWorkersSteps(opts: ReplayOptions): Generator<void, Replay
     mergeFlowCounters(shadow, dones);
     return { report, datapath: shadow, fpag };
   } finally {
-    Atomics.store(ctrl, STOP, kept ? 0 : 1);
-    for (const t of threads) {
+    if (!kept) Atomics.store(ctrl, STOP, 1);
+    const exits = threads.map((t) => {
       Atomics.notify(t.slot, 0);
       Atomics.notify(t.slot, W_JOIN);
-      void t.worker.terminate();
-    }
+      return t.worker.terminate();
+    });
     if (!kept) {
-      // A run that failed keeps nothing: its temp files go.
-      for (const f of files) {
-        if (f.fd >= 0) try { closeSync(f.fd); } catch { /* closed */ }
-        try { unlinkSync(f.temp); } catch { /* not made */ }
-      }
+      // A run that failed keeps nothing: its temp files go now, their descriptors once no thread can write to them
+      // (closed at once, a descriptor's number could be reused by a file opened meanwhile, and written into).
+      for (const f of files) try { unlinkSync(f.temp); } catch { /* not made */ }
+      const close = () => { for (const f of files) if (f.fd >= 0) try { closeSync(f.fd); } catch { /* closed */ } };
+      if (threads.every((t) => t.exited !== null)) close();
+      else void Promise.allSettled(exits).then(close);
     }
     main?.reader.close();
   }
@@ -870,13 +871,14 @@ if (!isMainThread && workerData?.fpoReplayWorker) {
       w.close();
       const d = w.done(interrupted);
       d.waitedMs = waited;
+      // Closed before the report: the main thread may end this thread as soon as it has it.
+      w.reader.close();
       port.postMessage(d);
       ring();
     }
   } catch (e) {
+    w?.reader.close();
     port.postMessage({ type: 'failed', message: (e as Error).message ?? String(e), code: (e as { code?: string }).code } satisfies WorkerFailed);
     ring();
-  } finally {
-    w?.reader.close();
   }
 }

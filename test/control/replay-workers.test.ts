@@ -11,7 +11,10 @@ import { readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
-import { replay, replayAsync, type ReplayOptions, type ReplayReport } from '../../control/replay.js';
+import { replay, replayAsync, replayHostsAsync, type ReplayOptions, type ReplayReport } from '../../control/replay.js';
+import { loadHosts } from '../../control/topology.js';
+import { CaptureReader } from '../../datapath/ports/capture-reader.js';
+import { PacketBatch } from '../../datapath/batch.js';
 import type { ControlEvent } from '../../control/events.js';
 import { FpoError } from '../../datapath/errors.js';
 import { flowHash, workerOf } from '../../datapath/spread.js';
@@ -22,6 +25,22 @@ afterAll(cleanTemp);
 
 const TOPO = join(FIXTURES, 'topology.json');
 const DEMO = join(FIXTURES, 'demo.pcap');
+
+/** Capture time (epoch seconds) of packet i of a classic pcap (µs). */
+function timeOf(capture: string, i: number): number {
+  const r = new CaptureReader(capture);
+  const b = new PacketBatch(256);
+  let seen = 0;
+  try {
+    while (r.fill(b, 0) > 0) {
+      if (i < seen + b.count) return b.tsA[i - seen] + b.tsB[i - seen] / 1e6;
+      seen += b.count;
+    }
+  } finally {
+    r.close();
+  }
+  throw new Error(`${capture} has no packet ${i}`);
+}
 
 async function run(capture: string, workers: number, extra: Partial<ReplayOptions> = {}): Promise<{ report: ReplayReport; out: string }> {
   const out = tempDir(`w${workers}`);
@@ -202,6 +221,7 @@ describe('replay --workers N: control events reach every worker at their packet'
     ['migrate with a new VPID at packet 250, then away at 500', [{ atPacket: 250, do: 'migrate', interface: 'vm2-eth0', to: 'vf5', newVpid: 77 }, { atPacket: 500, do: 'migrate', interface: 'vm3-eth0', away: true }]],
     ['set-mapping at 100, add-flow at 200, del-flow at 400', [{ atPacket: 100, do: 'set-mapping', vpid: 1, ppid: 15 }, { atPacket: 200, do: 'add-flow', flow: 'priority=200,udp,actions=drop' }, { atPacket: 400, do: 'del-flow', flow: 'priority=200,udp' }]],
     ['an event at packet 0 and one past the end', [{ atPacket: 0, do: 'migrate', interface: 'vm1-eth0', to: 'vf5' }, { atPacket: 100_000, do: 'migrate', interface: 'vm1-eth0', to: 'vf1' }]],
+    ['a migrate at the capture time of packet 333 (atTime)', [{ atTime: timeOf(DEMO, 333), do: 'migrate', interface: 'vm2-eth0', to: 'vf5' }]],
   ];
   for (const [name, events] of cases) {
     it(`${name}: the same split of the traffic as one worker, for 2 and 3 workers`, async () => {
@@ -225,6 +245,38 @@ describe('replay --workers N: control events reach every worker at their packet'
     expect(vf5.tx.packets).toBeGreaterThan(0);
     expect(vf5.tx).toEqual(one.report.ports.find((p) => p.name === 'vf5')!.tx);
     expect(captureFrames(join(two.out, 'vf5.pcap')).length).toBe(vf5.tx.packets);
+  });
+});
+
+describe('replay --workers N: interrupted, and through several hosts', () => {
+  it('a signal stops every worker after its batch: the report says so, in = out + dropped, the outputs are whole captures', async (ctx) => {
+    needTool(ctx, 'tshark', 'reads the outputs');
+    const out = tempDir('intr');
+    const { report } = await replayAsync({ capture: DEMO, topology: TOPO, outDir: out, workers: 2, workersJoin: 'start', batchSize: 16, interrupt: { signal: 'SIGINT' } });
+    expect(report.interrupted).toBe('SIGINT');
+    expectAccounted(report, 'interrupted');
+    expect(report.packets.in).toBeLessThan(671);
+    for (const f of readdirSync(out)) {
+      expect(f).not.toContain('.partial-');
+      expect(tsharkFields(join(out, f), ['frame.len']).length, f).toBe(report.ports.find((p) => `${p.name}.pcap` === f)!.tx.packets);
+    }
+  });
+
+  it('two hosts joined by a tunnel (replayHosts) with 2 workers: each host\'s totals and outputs as with one', async () => {
+    const hosts = loadHosts(join(FIXTURES, 'two-hosts.json'));
+    const cap = join(FIXTURES, 'two-hosts.pcap');
+    const runHosts = async (workers: number) => {
+      const out = tempDir(`hosts${workers}`);
+      return { out, r: await replayHostsAsync({ capture: cap, hosts: loadHosts(join(FIXTURES, 'two-hosts.json')), outDir: out, workers, workersJoin: 'start' }) };
+    };
+    const one = await runHosts(1);
+    const two = await runHosts(2);
+    expect(two.r.hosts.length).toBe(hosts.length);
+    two.r.hosts.forEach((h, i) => {
+      expectAccounted(h, h.host);
+      expect(totals(h), h.host).toEqual(totals(one.r.hosts[i]));
+      expectSameOutputs(join(one.out, h.host), join(two.out, h.host), h.host);
+    });
   });
 });
 
