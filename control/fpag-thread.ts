@@ -45,7 +45,7 @@ function views(sab: SharedArrayBuffer) {
   };
 }
 
-export function encode(msgs: ControlMessage[]): string {
+function encode(msgs: ControlMessage[]): string {
   return JSON.stringify(msgs, (_k, v) => (v instanceof Uint32Array || v instanceof Uint8Array ? { $t: v instanceof Uint32Array ? 'u32' : 'u8', a: Array.from(v) } : v));
 }
 
@@ -102,7 +102,7 @@ export function decodeInstalls(w: Uint32Array): ControlMessage[] {
   return msgs;
 }
 
-export function decode(text: string): ControlMessage[] {
+function decode(text: string): ControlMessage[] {
   return JSON.parse(text, (_k, v) => (v && typeof v === 'object' && '$t' in v ? (v.$t === 'u32' ? Uint32Array.from(v.a) : Uint8Array.from(v.a)) : v)) as ControlMessage[];
 }
 

@@ -90,13 +90,13 @@
  * and `active` are the FPAG's (decisions; the shadow never expires a flow),
  * and equal one worker's when no flow expires or is evicted in the run.
  */
-import { closeSync, openSync, renameSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, renameSync, unlinkSync, writeSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
 import { MessageChannel, Worker, isMainThread, receiveMessageOnPort, workerData, type MessagePort } from 'node:worker_threads';
 import { Arena } from '../datapath/arena.js';
 import { PacketBatch } from '../datapath/batch.js';
-import { KEY_WORDS } from '../datapath/classifier/flow-key.js';
+import { KEY_WORDS, macNumber } from '../datapath/classifier/flow-key.js';
 import { STAT_WORDS, ST_BYTES, ST_PACKETS, ST_USED } from '../datapath/classifier/flow-table.js';
 import { Datapath, type DatapathStats, type TxPort } from '../datapath/datapath.js';
 import { DROP_NAMES, type DropReason } from '../datapath/drops.js';
@@ -110,8 +110,6 @@ import { Fpag } from './fpag.js';
 import { ShadowDatapath, decodeInstalls, encodeInstalls } from './fpag-thread.js';
 import { CHUNK, assignInputPorts, captureSize, firstDue, ownFiles, packetClock, refuseOutputsThatAreInputs, type PortReport, type ReplayOptions, type ReplayReport, type ReplayResult } from './replay.js';
 import { loadTopology, pathNameProblem, type Topology } from './topology.js';
-import { macNumber } from '../datapath/classifier/flow-key.js';
-import { mkdirSync } from 'node:fs';
 
 // The threads run the compiled module (under a TypeScript test runner this file is the .ts source).
 const HERE = fileURLToPath(import.meta.url);
@@ -145,7 +143,7 @@ const CTRL_WORDS = 4;
 /** Polls of a slot before a worker sleeps on it (tens of µs; a futex wake costs as much). */
 const SPIN = 20_000;
 
-/** What a thread worker is given (structured clone). */
+/** What a worker is given (a thread: in its join message, a structured clone). */
 interface WorkerSetup {
   me: number;
   workers: number;
@@ -153,13 +151,11 @@ interface WorkerSetup {
   inputPpid: number;
   portOfMac: [number, number][] | null;
   ports: { ppid: number; fd: number }[];
+  /** The outputs' lengths so far, shared (capture-writer.ts SharedFile). */
   ends: BigInt64Array;
-  ctrl: Int32Array;
-  slot: Int32Array;
   batchSize: number;
   maxFlows?: number;
   fastLane: boolean;
-  chunk: number;
   txBuffer: number;
   /** The FPAG's start-up messages (mappings, port roles, tunnels). */
   start: ControlMessage[];
@@ -216,7 +212,7 @@ class ReplayWorker {
   /** The main worker, before any other joined: every packet is its own, with no hashing. */
   ownsAll: boolean;
 
-  constructor(private readonly s: Omit<WorkerSetup, 'ctrl' | 'slot'>, private readonly atEvent: (k: number) => ControlMessage[], join: { at: number; applied: number[] } = { at: 0, applied: [] }) {
+  constructor(private readonly s: WorkerSetup, private readonly atEvent: (k: number) => ControlMessage[], join: { at: number; applied: number[] } = { at: 0, applied: [] }) {
     const size = captureSize(s.capture);
     const chunk = Math.min(CHUNK, size);
     const arena = new Arena(chunk + s.ports.length * (s.txBuffer + 64) + 4096);
@@ -374,7 +370,7 @@ interface Thread {
 /** What a thread gets when it joins (a message on its port). */
 interface Join {
   type: 'join';
-  setup: Omit<WorkerSetup, 'ctrl' | 'slot'>;
+  setup: WorkerSetup;
   at: number;
   /** Events already applied (their indices), and their messages other than flow rewrites. */
   applied: number[];
@@ -507,7 +503,7 @@ export function* replayWorkersSteps(opts: ReplayOptions): Generator<void, Replay
     const common = {
       workers: n, capture: opts.capture, inputPpid: input.ppid, portOfMac,
       ports: files.map((f) => ({ ppid: f.ppid, fd: f.fd })), ends, batchSize, maxFlows: opts.maxFlows,
-      fastLane: opts.fastLane ?? true, chunk: Math.min(CHUNK, size), txBuffer, start, events: opts.events ?? [],
+      fastLane: opts.fastLane ?? true, txBuffer, start, events: opts.events ?? [],
     };
 
     const applied: AppliedEvent[] = [];
