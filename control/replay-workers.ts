@@ -118,10 +118,10 @@ const WORKER_FILE = HERE.endsWith('.ts') ? join(dirname(HERE), '..', 'dist', 'co
 /** Most workers (a thread each, and a core each to be of use). */
 export const MAX_WORKERS = 64;
 
-// A slot's words past the request: ready (the thread is up), join (JOINED or NOT_NEEDED), spare.
+// A slot's words past the request: ready (the thread is up), join (JOINED or NOT_NEEDED), beat (batches done).
 const W_READY = 5;
 const W_JOIN = 6;
-const W_SPARE = 7;
+const W_BEAT = 7;
 const JOINED = 1;
 const NOT_NEEDED = 2;
 // A slot's state word.
@@ -161,8 +161,9 @@ interface WorkerSetup {
   start: ControlMessage[];
   /** atPacket / atTime of each event (the main thread applies them). */
   events: ControlEvent[];
-  /** For tests: throw when the packet with this index is reached. */
+  /** For tests: throw (or with `stall`, spin for ever) when the packet with this index is reached. */
   failAt?: number;
+  stall?: boolean;
 }
 
 /** What a worker reports at its end. */
@@ -288,7 +289,10 @@ class ReplayWorker {
       this.applyMessages(this.atEvent(k));
     }
     const fail = this.s.failAt;
-    if (fail !== undefined && fail >= this.soFar && fail < this.soFar + raw.count) throw new Error(`fault injected for a test at packet ${fail}`);
+    if (fail !== undefined && fail >= this.soFar && fail < this.soFar + raw.count) {
+      if (this.s.stall) for (;;); // a stalled worker (for tests: ended by terminate)
+      throw new Error(`fault injected for a test at packet ${fail}`);
+    }
     this.switch(raw.count);
     this.soFar += raw.count;
     return true;
@@ -363,6 +367,9 @@ interface Thread {
   failed: string | null;
   /** Its exit code once it has exited (the 'exit' event). */
   exited: number | null;
+  /** Its beat word when last seen to change, and when (the stall watch). */
+  beat: number;
+  beatAt: number;
   /** The event index it waits at, or -1. */
   atEvent: number;
 }
@@ -392,7 +399,7 @@ export function* replayWorkersSteps(opts: ReplayOptions): Generator<void, Replay
     const slot = new Int32Array(new SharedArrayBuffer(4 * SLOT_WORDS));
     const { port1, port2 } = new MessageChannel();
     const worker = new Worker(WORKER_FILE, { workerData: { fpoReplayWorker: { ctrl, slot, port: port2 } }, transferList: [port2] });
-    const t: Thread = { worker, port: port1, slot, answer: answerOf(slot), joinedAt: -1, done: null, failed: null, exited: null, atEvent: -1 };
+    const t: Thread = { worker, port: port1, slot, answer: answerOf(slot), joinedAt: -1, done: null, failed: null, exited: null, beat: 0, beatAt: 0, atEvent: -1 };
     // An exit without a word (a crash outside the worker's own catch) fails the run too.
     worker.on('error', (e) => { t.failed ??= e.message; });
     worker.on('exit', (code) => { t.exited = code; });
@@ -520,7 +527,7 @@ export function* replayWorkersSteps(opts: ReplayOptions): Generator<void, Replay
       const fl = shadow.flows;
       if (fl.count <= maxFlows / 2) for (let f = 0; f < fl.capacity; f++) if (fl.live[f]) flows.push(installOf(f));
       const msg: Join = {
-        type: 'join', setup: { ...common, me: k, failAt: opts.failWorker?.worker === k ? opts.failWorker.atPacket : undefined },
+        type: 'join', setup: { ...common, me: k, failAt: opts.failWorker?.worker === k ? opts.failWorker.atPacket : undefined, stall: opts.failWorker?.stall },
         at, applied: applied.map((a) => events.indexOf(a.event)), messages: eventMessages, flows,
       };
       t.port.postMessage(msg);
@@ -530,6 +537,27 @@ export function* replayWorkersSteps(opts: ReplayOptions): Generator<void, Replay
     };
 
     /** Answers every waiting upcall, reads workers' reports; throws when one failed. With `joining`, ready threads join at the main worker's position. */
+    /**
+     * Slow path (the main thread waits for the threads): a thread that has
+     * joined, has not reported and is not waiting for an answer, but has not
+     * finished a batch for stallMs, is stalled; so is one not up by then
+     * when the main thread waits for it.
+     */
+    const stallMs = opts.workerStallMs ?? 30_000;
+    const watch = (t: Thread): void => {
+      const now = performance.now();
+      if (t.joinedAt < 0) {
+        if (waitingForThreads && now - waitSince > stallMs && Atomics.load(t.slot, W_READY) === 0) t.failed ??= `not up after ${stallMs} ms`;
+        return;
+      }
+      const beat = Atomics.load(t.slot, W_BEAT);
+      if (t.done !== null || beat !== t.beat || Atomics.load(t.slot, 0) === REQUEST || t.beatAt === 0) {
+        t.beat = beat;
+        t.beatAt = now;
+      } else if (now - t.beatAt > stallMs) t.failed ??= `made no progress for ${stallMs} ms (stalled)`;
+    };
+    let waitingForThreads = false;
+    let waitSince = 0;
     let heard = -1;
     let polls = 0;
     /** With `idle` (the main thread waits anyway), the ports are read every time. */
@@ -549,6 +577,7 @@ export function* replayWorkersSteps(opts: ReplayOptions): Generator<void, Replay
         }
         // Gone with no report (its port read out just now): a crash outside the thread's own catch.
         if (t.exited !== null && t.done === null && t.joinedAt >= 0) t.failed ??= `exited with code ${t.exited} before it finished`;
+        if (idle) watch(t);
         if (t.failed !== null) throw new FpoError('FPO_ERR_WORKER', `replay worker ${k + 1} (a thread) of ${n} failed: ${t.failed}`);
         const s = t.slot;
         if (t.joinedAt < 0) {
@@ -622,12 +651,15 @@ export function* replayWorkersSteps(opts: ReplayOptions): Generator<void, Replay
     for (;;) {
       if (main.soFar >= waitAt) {
         waitAt = Infinity;
+        waitingForThreads = true;
+        waitSince = performance.now();
         while (threads.some((t) => t.joinedAt < 0)) {
           poll(true, true);
           if (threads.every((t) => t.joinedAt >= 0)) break;
           nap();
           yield;
         }
+        waitingForThreads = false;
       }
       // Until then, a thread joins when it is up (or not at all).
       if (!main.step()) break;
@@ -798,7 +830,7 @@ if (!isMainThread && workerData?.fpoReplayWorker) {
   const receive = (): unknown => {
     let m = receiveMessageOnPort(port);
     for (let tries = 0; m === undefined && tries < 10_000; tries++) {
-      Atomics.wait(slot, W_SPARE, 0, 1);
+      Atomics.wait(slot, W_JOIN, JOINED, 1); // 1 ms
       m = receiveMessageOnPort(port);
     }
     if (m === undefined) throw new Error('no message on the port after the slot said one was sent');
@@ -857,6 +889,7 @@ if (!isMainThread && workerData?.fpoReplayWorker) {
       let interrupted = false;
       try {
         while (w.step()) {
+          Atomics.add(slot, W_BEAT, 1); // alive (the main thread's stall watch)
           if (stopped()) { interrupted = true; break; }
         }
         if (!interrupted) w.finishEvents();

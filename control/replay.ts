@@ -67,8 +67,10 @@ export interface ReplayOptions {
    * (for tests of a join mid-stream).
    */
   workersJoin?: 'ready' | 'start' | number;
-  /** For tests: worker `worker` (1.. workers-1, a thread) throws when it reaches input packet `atPacket`. */
-  failWorker?: { worker: number; atPacket: number };
+  /** For tests: worker `worker` (1.. workers-1, a thread) throws (or with `stall`, spins for ever) when it reaches input packet `atPacket`. */
+  failWorker?: { worker: number; atPacket: number; stall?: boolean };
+  /** With workers: a thread that finishes no batch for this long while the main thread waits for it fails the run (default 30000 ms). */
+  workerStallMs?: number;
 }
 
 export interface PortReport {

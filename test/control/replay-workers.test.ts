@@ -290,6 +290,15 @@ describe('replay --workers N: failures', () => {
     expect(readdirSync(out)).toEqual([]);
   });
 
+  it('a worker thread that stalls (finishes no batch) fails the replay with FPO_ERR_WORKER after the stall bound, no hang, nothing kept', async () => {
+    const out = tempDir('stall');
+    const err = await replayAsync({ capture: DEMO, topology: TOPO, outDir: out, workers: 2, workersJoin: 'start', failWorker: { worker: 1, atPacket: 100, stall: true }, workerStallMs: 300 }).then(() => null, (e) => e);
+    expect(err).toBeInstanceOf(FpoError);
+    expect(err.code).toBe('FPO_ERR_WORKER');
+    expect(err.message).toMatch(/replay worker 1 \(a thread\) of 2 failed: made no progress for 300 ms \(stalled\)/);
+    expect(readdirSync(out)).toEqual([]);
+  });
+
   it('workers out of range and --fpag thread with workers are refused as usage errors', async () => {
     const out = tempDir('usage');
     await expect(replayAsync({ capture: DEMO, topology: TOPO, outDir: out, workers: 0 })).rejects.toMatchObject({ code: 'FPO_ERR_USAGE' });
