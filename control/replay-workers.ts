@@ -20,7 +20,7 @@
  * walk 3–6 %, spread 13 %, against switching ~20 % and writes ~18 %), so
  * two workers took 0.58 + 0.61 s of CPU where one takes 0.65–0.85 s, and
  * finished no sooner than one (bench/control/replay-workers.ts: ratio
- * 0.57–0.79 in four runs, the machine shared and at times loaded). Two
+ * 0.52–0.96 in eight runs, the machine shared and loaded; bench/README.md). Two
  * one-worker replays in two processes at once each ran at full speed, so
  * the machine has the second core: the loss is this design's (with the
  * thread's start and its upcalls' waits for the main thread). The next
