@@ -56,6 +56,10 @@ Options:
       --fpag WHERE      where the FPAG runs: inline (this thread, default) or
                         thread (a worker thread: upcalls and flow installs
                         cross as messages)
+      --workers N       datapath worker threads, one a core (default 1: this
+                        thread alone); packets are spread by flow hash, one
+                        FPAG decides flows for all, per-flow order is kept in
+                        every output (see README)
       --events FILE     timed control events (migrate, set-mapping, add-flow,
                         del-flow) applied between packets at given packet
                         counts or capture times (see README)
@@ -166,6 +170,7 @@ async function cmdReplay(argv: string[]): Promise<number> {
       'max-flows': { type: 'string' },
       events: { type: 'string' },
       fpag: { type: 'string' },
+      workers: { type: 'string' },
       clean: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -196,6 +201,7 @@ async function cmdReplay(argv: string[]): Promise<number> {
       inputs: [values.topology, ...(values.events ? [values.events] : [])],
       clean: values.clean === true,
       interrupt,
+      workers: intOption(values.workers, 'workers', 1, 64),
     };
     if (hosts.length > 1) {
       const r = await replayHostsAsync({ ...common, capture: positionals[0], hosts });

@@ -55,7 +55,7 @@ function encode(msgs: ControlMessage[]): string {
  * mask (18), action count, and per action (op, a, b). Returns the word count,
  * or -1 when a message is not a flow install.
  */
-function encodeInstalls(msgs: ControlMessage[], out: Uint32Array): number {
+export function encodeInstalls(msgs: ControlMessage[], out: Uint32Array): number {
   let o = 1;
   for (const m of msgs) {
     if (m.type !== 'flow-install' || o + 2 * KEY_WORDS + 1 + 3 * m.actions.length > out.length) return -1;
@@ -79,7 +79,7 @@ function encodeInstalls(msgs: ControlMessage[], out: Uint32Array): number {
   return o;
 }
 
-function decodeInstalls(w: Uint32Array): ControlMessage[] {
+export function decodeInstalls(w: Uint32Array): ControlMessage[] {
   const msgs: ControlMessage[] = [];
   let o = 1;
   for (let n = 0; n < w[0]; n++) {
@@ -107,7 +107,7 @@ function decode(text: string): ControlMessage[] {
 }
 
 /** A Datapath that also records every message applied to it (the worker's shadow). */
-class ShadowDatapath extends Datapath {
+export class ShadowDatapath extends Datapath {
   outbox: ControlMessage[] = [];
   override apply(msg: ControlMessage, now = 0): void {
     super.apply(msg, now);

@@ -28,8 +28,9 @@ import { Fpag } from './fpag.js';
 import { FpagThread } from './fpag-thread.js';
 import { loadTopology, pathNameProblem, type Topology } from './topology.js';
 import { applyEvent, type AppliedEvent, type ControlEvent } from './events.js';
+import { replayWorkersSteps } from './replay-workers.js';
 
-const CHUNK = 1 << 20;
+export const CHUNK = 1 << 20;
 
 export interface ReplayOptions {
   capture: string;
@@ -55,6 +56,21 @@ export interface ReplayOptions {
   clean?: boolean;
   /** Set `signal` (e.g. from a signal handler) to stop after the batch being switched: outputs are closed and renamed, the report says `interrupted`. */
   interrupt?: { signal?: string };
+  /** Datapath workers, one a core (default 1: this thread alone). More: replay-workers.ts. */
+  workers?: number;
+  /**
+   * With workers: 'ready' (default): the main thread switches alone until a
+   * worker thread is up, which then takes its flows from the next batch on;
+   * 'start': every worker from the first packet (the main thread waits);
+   * a number N: the main thread switches alone up to the first batch
+   * boundary at or past input packet N, then waits for the threads there
+   * (for tests of a join mid-stream).
+   */
+  workersJoin?: 'ready' | 'start' | number;
+  /** For tests: worker `worker` (1.. workers-1, a thread) throws (or with `stall`, spins for ever) when it reaches input packet `atPacket`. */
+  failWorker?: { worker: number; atPacket: number; stall?: boolean };
+  /** With workers: a thread that finishes no batch for this long while the main thread waits for it fails the run (default 30000 ms). */
+  workerStallMs?: number;
 }
 
 export interface PortReport {
@@ -110,6 +126,18 @@ export interface ReplayReport {
   stale: string[];
   /** With `clean`: the files removed before the run. */
   cleaned?: string[];
+  /**
+   * With workers > 1 (replay-workers.ts): how many, the upcalls the FPAG
+   * answered with a flow it had decided for another worker, and each
+   * worker's own datapath counters.
+   */
+  workers?: {
+    count: number;
+    /** The input packet where each worker took over its flows (-1: it never did: the main worker switched all). */
+    joinedAt: number[];
+    answeredFromTable: number;
+    each: { beganMs: number; endedMs: number; waitedMs: number; packets: number; upcalls: number; flows: number; emcHits: number; megaflowHits: number; expired: number }[];
+  };
   seconds: number;
 }
 
@@ -159,7 +187,7 @@ const FORMATS = ['pcap', 'pcapng'] as const;
  * same path string — before anything is written: replaying OUT/vf2.pcap
  * into OUT overwrote its own input.
  */
-function refuseOutputsThatAreInputs(outDir: string, ports: readonly { name: string }[], inputs: readonly string[]): void {
+export function refuseOutputsThatAreInputs(outDir: string, ports: readonly { name: string }[], inputs: readonly string[]): void {
   const ids = new Map<string, string>();
   for (const p of inputs) {
     const id = fileId(p); // an input that cannot be stat'ed is reported by whoever opens it
@@ -178,7 +206,7 @@ function refuseOutputsThatAreInputs(outDir: string, ports: readonly { name: stri
 
 
 /** fpo's own files in outDir for these ports (outputs of either format, temp files of killed runs), but `except` (this run's outputs). */
-function ownFiles(outDir: string, ports: readonly { name: string }[], except: ReadonlySet<string>): string[] {
+export function ownFiles(outDir: string, ports: readonly { name: string }[], except: ReadonlySet<string>): string[] {
   let names: string[];
   try {
     names = readdirSync(outDir);
@@ -201,6 +229,7 @@ function ownFiles(outDir: string, ports: readonly { name: string }[], except: Re
 
 /** The replay, one batch a step (the loop is the architecture; see the header). */
 function* replaySteps(opts: ReplayOptions): Generator<void, ReplayResult> {
+  if (opts.workers !== undefined && opts.workers !== 1) return yield* replayWorkersSteps(opts);
   const topo = typeof opts.topology === 'string' ? loadTopology(opts.topology) : opts.topology;
   for (const p of topo.ports) {
     const problem = pathNameProblem(p.name);
@@ -366,7 +395,7 @@ function* replaySteps(opts: ReplayOptions): Generator<void, ReplayResult> {
 }
 
 /** A regular file's size rounded up to 4 KiB, or CHUNK when it cannot be known (the reader reports what is wrong). */
-function captureSize(path: string): number {
+export function captureSize(path: string): number {
   try {
     const st = statSync(path);
     if (st.isFile() && st.size > 0) return Math.ceil(st.size / 4096) * 4096;
@@ -377,7 +406,7 @@ function captureSize(path: string): number {
 }
 
 /** The earliest pending event that falls inside the batch, and the index of the packet it comes before. */
-function firstDue(pending: ControlEvent[], batch: PacketBatch, soFar: number, reader: CaptureReader): { index: number; event: ControlEvent } | null {
+export function firstDue(pending: ControlEvent[], batch: PacketBatch, soFar: number, reader: CaptureReader): { index: number; event: ControlEvent } | null {
   let best: { index: number; event: ControlEvent } | null = null;
   for (const e of pending) {
     let index = -1;
@@ -434,7 +463,7 @@ function packetMs(reader: CaptureReader, b: PacketBatch, i: number): number {
 }
 
 /** Sets each packet's in PPID from its source MAC (the rx side of a lab of VM ports). */
-function assignInputPorts(batch: PacketBatch, portOfMac: Map<number, number>): void {
+export function assignInputPorts(batch: PacketBatch, portOfMac: Map<number, number>): void {
   const b = batch.buf;
   for (let i = 0; i < batch.count; i++) {
     if (batch.caplen[i] < 12) continue;
@@ -521,7 +550,7 @@ export function flowReport(dp: Datapath, fpag: Fpag): FlowReport[] {
  * The datapath clock in ms, from the capture's timestamps (a replay runs on
  * capture time, so idle timeouts mean what they meant on the wire).
  */
-function packetClock(reader: CaptureReader): (b: PacketBatch) => number {
+export function packetClock(reader: CaptureReader): (b: PacketBatch) => number {
   if (reader.format === 'pcap') {
     const div = reader.nanos ? 1e6 : 1e3;
     return (b) => (b.count ? b.tsA[0] * 1000 + b.tsB[0] / div : 0);

@@ -18,6 +18,7 @@ export const ERR = {
   FPO_ERR_CAPACITY: 'a table is full',
   FPO_ERR_BAD_FILTER: 'capture filter is not valid',
   FPO_ERR_DEPENDENCY: 'a library or native module fpo needs cannot be loaded',
+  FPO_ERR_WORKER: 'a datapath worker thread failed',
 } as const;
 
 export type ErrCode = keyof typeof ERR;

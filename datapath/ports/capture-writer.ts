@@ -69,6 +69,25 @@ export const PARTIAL_SUFFIX = '.partial-';
 export interface CaptureWriterOptions {
   /** Write to partialPath(path) and rename to path on close (see the header). */
   partial?: boolean;
+  /** Write records only, into a file several writers share (see SharedFile). */
+  shared?: SharedFile;
+}
+
+/**
+ * One output file that several writers (one per replay worker thread) fill
+ * at once: its owner opened it and wrote its header (headerBytes), and each
+ * writer, when its buffer is full, reserves the next `used` bytes of the file
+ * with one atomic add on `end` and writes its records there (pwrite). A
+ * writer's flushes land in the order it makes them, so the packets of one
+ * worker keep their order in the file; across workers, whole buffers
+ * interleave. Worker threads share the process's descriptors, so `fd` is
+ * valid in each. The owner closes, renames or removes the file.
+ */
+export interface SharedFile {
+  fd: number;
+  /** end[at]: the file's length so far (bytes), shared by the writers. */
+  end: BigInt64Array;
+  at: number;
 }
 
 export class CaptureWriter implements DirectTx {
@@ -101,6 +120,7 @@ export class CaptureWriter implements DirectTx {
   private readonly layout: CaptureLayout;
   /** pcapng: interfaces already described in this file. */
   private described = 0;
+  private readonly shared: SharedFile | undefined;
 
   constructor(path: string, layout: CaptureLayout, arena?: Arena, bufferBytes = DEFAULT_BUFFER, opts: CaptureWriterOptions = {}) {
     this.path = path;
@@ -113,7 +133,10 @@ export class CaptureWriter implements DirectTx {
     this.abase = a.take(bufferBytes);
     this.buf = this.outer.subarray(this.abase, this.abase + bufferBytes);
     this.dv = new DataView(this.outer.buffer, this.outer.byteOffset + this.abase, bufferBytes);
-    if (layout.format === 'pcap') this.writePcapHeader();
+    this.shared = opts.shared;
+    // A shared file's owner wrote its header and every interface (headerBytes): records only here.
+    if (this.shared !== undefined) this.described = Number.MAX_SAFE_INTEGER;
+    else if (layout.format === 'pcap') this.writePcapHeader();
     else this.writeShb();
     this.directBase = this.abase;
     this.directCap = layout.format === 'pcap' ? bufferBytes : 0;
@@ -227,8 +250,22 @@ export class CaptureWriter implements DirectTx {
     return this.fd >= 0 || (this.closed && !this.abandoned);
   }
 
+  /**
+   * The file header a writer of this layout starts with, every interface of
+   * the layout described (pcapng): what the owner of a SharedFile writes.
+   */
+  static headerBytes(layout: CaptureLayout): Uint8Array {
+    const w = new CaptureWriter('', layout, undefined, 64 * 1024);
+    if (layout.format === 'pcapng' && layout.interfaces.length > 0) w.describeUpTo(layout.interfaces.length - 1);
+    return w.buf.slice(0, w.used);
+  }
+
   // Slow path: once per file.
   private open(): void {
+    if (this.shared !== undefined) {
+      this.fd = this.shared.fd;
+      return;
+    }
     try {
       this.fd = openSync(this.writingPath, 'w');
     } catch (e) {
@@ -420,6 +457,15 @@ export class CaptureWriter implements DirectTx {
 
   flush(): void {
     if (this.fd < 0) this.open();
+    const sh = this.shared;
+    if (sh !== undefined) {
+      if (this.used === 0) return;
+      const at = Number(Atomics.add(sh.end, sh.at, BigInt(this.used)));
+      let done = 0;
+      while (done < this.used) done += writeSync(this.fd, this.buf, done, this.used - done, at + done);
+      this.used = 0;
+      return;
+    }
     let done = 0;
     while (done < this.used) done += writeSync(this.fd, this.buf, done, this.used - done);
     this.used = 0;
@@ -430,6 +476,10 @@ export class CaptureWriter implements DirectTx {
     if (this.fd < 0 || this.closed) return;
     this.closed = true;
     this.flush();
+    if (this.shared !== undefined) {
+      this.fd = -1; // the owner's descriptor: the owner closes it
+      return;
+    }
     closeSync(this.fd);
     this.fd = -1;
     if (this.writingPath !== this.path) {
@@ -446,6 +496,10 @@ export class CaptureWriter implements DirectTx {
     if (this.fd < 0 || this.closed) return;
     this.closed = true;
     this.abandoned = true;
+    if (this.shared !== undefined) {
+      this.fd = -1; // the owner removes the file
+      return;
+    }
     closeSync(this.fd);
     this.fd = -1;
     if (this.writingPath !== this.path) {

@@ -47,6 +47,21 @@ function checkReplayLine(l: Record<string, unknown>): void {
 // baseline from the same run, and that each ratio is what it claims: worked
 // out here from the line's own measured fields.
 describe('benchmarks (short mode)', () => {
+  it('control/replay-workers prints a line for 1 and for 2 workers on the same capture, the ratio the quotient of the two, the same totals', () => {
+    const lines = runBench('control/replay-workers.js');
+    expect(lines.map((l) => l.workers)).toEqual([1, 2]);
+    const [one, two] = lines;
+    for (const l of lines) {
+      expect(l.bench).toBe('replay-workers');
+      const runs = l.runs as Record<string, number[]>;
+      expect(l.processSeconds).toBe(Math.min(...runs.process));
+      expect(l.inProcessSeconds).toBe(Math.min(...runs.inProcess));
+    }
+    expect(two.ratio).toBe(ratioOf(one.processSeconds, two.processSeconds, 4));
+    expect(two.inProcessRatio).toBe(ratioOf(one.inProcessSeconds, two.inProcessSeconds, 4));
+    expect(two.sameTotals).toBe(true);
+  });
+
   it('classifier/lookup prints a line per flow count, subtable count and path, with a ratio to a Map', () => {
     const lines = runBench('classifier/lookup.js');
     expect(lines.length).toBe(12);

@@ -1,0 +1,913 @@
+/**
+ * `fpo replay --workers N`: N datapaths, one a core, each with its own
+ * exact-match cache, megaflow table and tx buffers (as Open vSwitch's PMD
+ * threads), and ONE FPAG deciding flows for all of them.
+ *
+ *   main thread: worker 0 + the FPAG            threads: workers 1 .. N-1
+ *   read the capture ─┐                          read the capture ─┐
+ *   spread: hash → own │                          spread: hash → own │
+ *   datapath 0 ─ miss ─┼──▶ FPAG (shadow) ◀─ slot ── datapath k ─ miss
+ *   tx ──▶ OUT/<port>.pcap.partial-PID ◀──────────── tx (pwrite at reserved offsets)
+ *
+ * Spreading. Every worker reads the capture itself, in chunks, and keeps
+ * the packets whose flow hash is its own (datapath/spread.ts), so that
+ * there is no dispatcher: a dispatcher thread would be a third thread on
+ * this machine's two cores, with per-packet work of its own (walk, hash,
+ * copy into a ring) before a worker's. Not measured against a ring
+ * dispatcher; what was measured (2026-12-04, 5 M 64-byte frames, 1 K
+ * flows, /dev/shm): each worker then pays for the whole file's read and
+ * record walk and a hash a record (~30 % of a thread's time: read ~11 %,
+ * walk 3–6 %, spread 13 %, against switching ~20 % and writes ~18 %), so
+ * two workers took 0.58 + 0.61 s of CPU where one takes 0.65–0.85 s, and
+ * finished no sooner than one (bench/control/replay-workers.ts: ratio
+ * 0.52–0.96 in eight runs, the machine shared and loaded; bench/README.md). Two
+ * one-worker replays in two processes at once each ran at full speed, so
+ * the machine has the second core: the loss is this design's (with the
+ * thread's start and its upcalls' waits for the main thread). The next
+ * step is to read and index each chunk once (the workers taking turns, a
+ * shared-memory chunk ring with a list of record offsets per worker,
+ * batches pointing into the shared chunk), so that each worker's own work
+ * is its share alone.
+ * Each worker sees every record, so it knows each packet's index in the
+ * input, and control events land at exactly the packet they name.
+ *
+ * Joining. A thread starts (a new isolate, fpo's modules) in ~20–100 ms; the
+ * main thread does not wait: it switches every packet itself (no hashing)
+ * until a thread says it is up, then, between two batches, writes out all
+ * its tx buffers (so whatever it switched of a flow is in the files before
+ * anything the thread writes of it: per-flow order), stops taking that
+ * thread's share, and hands the thread the input index to start at, the
+ * mapping changes of the events applied so far, and every flow decided so
+ * far (installed before its first packet, so it does not upcall for them).
+ * A thread not up by the end is told so and does nothing: a small replay
+ * pays only the thread's spawn. `workersJoin: 'start'` (tests) waits for
+ * every thread at the first packet instead.
+ *
+ * Flows. A worker's miss is an upcall to the one FPAG, which runs in the
+ * main thread against a shadow Datapath holding every flow it has decided
+ * (fpag-thread.ts's ShadowDatapath). If a flow in the shadow already covers
+ * the key (another worker had the miss first), the answer is that flow,
+ * with no new decision; else the FPAG decides and installs as it does for
+ * one datapath. So each flow is decided once, and installed into each
+ * worker whose packets need it. VPIDs and mappings stay the FPAG's alone.
+ * A thread's upcall is a synchronous round trip through its slot in a
+ * SharedArrayBuffer (state word, key; the answer as words in the slot: a
+ * message on its port arrived up to ~1 ms after the slot's word); the main
+ * thread answers between its batches and after each of its own misses.
+ *
+ * Events (--events) are barriers: each worker, at the packet index where an
+ * event falls (the same index in every worker, as each reads every record),
+ * stops and asks; when all that have joined have arrived, the main thread
+ * applies the event to the FPAG once and sends every worker the messages it
+ * produced (mapping changes, flow deletes and rewrites), which each applies
+ * before its next packet (a rewrite of a flow it does not hold is skipped).
+ * Packets before the index were switched under the old state by every
+ * worker, packets after it under the new one: as with one worker.
+ *
+ * Outputs. One file a port, as with one worker: the main thread creates
+ * OUT/<port>.<ext>.partial-PID and writes its header (pcapng: every
+ * interface of the input, found by reading it once first); each worker's
+ * writer reserves room with one atomic add when its buffer is full and
+ * writes there (capture-writer.ts SharedFile). A flow's packets are all in
+ * one worker and that worker's buffers land in order, so per-flow order
+ * holds; across flows, whole buffers of different workers interleave. At
+ * the end a file with no records is removed (as a port that emitted nothing
+ * leaves none) and the others are renamed; a failed run removes them all.
+ * Writing records in input order instead (identical to one worker's output)
+ * was not built: it needs a merge pass that copies every output byte once
+ * more, on one core, after the switching, and the writes alone are ~18–29 %
+ * of a one-worker replay of small frames (measured); with two workers not
+ * yet faster than one, that would only add to the loss.
+ *
+ * What differs from one worker, by design: the interleaving of flows in an
+ * output; the per-datapath counters (cache hits, misses, worker upcalls,
+ * expiry, eviction: each worker has its own tables, and its own capture
+ * clock, the time of its batches; `workers.each` in the report); and
+ * sender-side flagging of a flow's first packets (tunnel.policy
+ * .firstPackets), which counts per flow entry in each worker. The report's
+ * packet counts, per-port counts, drops by reason and tunnel counts are sums
+ * over workers and equal one worker's; its `flows.installed`, `upcalls`
+ * and `active` are the FPAG's (decisions; the shadow never expires a flow),
+ * and equal one worker's when no flow expires or is evicted in the run.
+ */
+import { closeSync, mkdirSync, openSync, renameSync, unlinkSync, writeSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { dirname, join } from 'node:path';
+import { MessageChannel, Worker, isMainThread, receiveMessageOnPort, workerData, type MessagePort } from 'node:worker_threads';
+import { Arena } from '../datapath/arena.js';
+import { PacketBatch } from '../datapath/batch.js';
+import { KEY_WORDS, macNumber } from '../datapath/classifier/flow-key.js';
+import { STAT_WORDS, ST_BYTES, ST_PACKETS, ST_USED } from '../datapath/classifier/flow-table.js';
+import { Datapath, type DatapathStats, type TxPort } from '../datapath/datapath.js';
+import { DROP_NAMES, type DropReason } from '../datapath/drops.js';
+import { FpoError } from '../datapath/errors.js';
+import { CaptureReader, LINKTYPE_ETHERNET, type CaptureInterface } from '../datapath/ports/capture-reader.js';
+import { CaptureWriter, partialPath, txBufferBytes } from '../datapath/ports/capture-writer.js';
+import { Spread } from '../datapath/spread.js';
+import type { ControlMessage, Upcall } from '../datapath/upcall.js';
+import { applyEvent, type AppliedEvent, type ControlEvent } from './events.js';
+import { Fpag } from './fpag.js';
+import { ShadowDatapath, decodeInstalls, encodeInstalls } from './fpag-thread.js';
+import { CHUNK, assignInputPorts, captureSize, firstDue, ownFiles, packetClock, refuseOutputsThatAreInputs, type PortReport, type ReplayOptions, type ReplayReport, type ReplayResult } from './replay.js';
+import { loadTopology, pathNameProblem, type Topology } from './topology.js';
+
+// The threads run the compiled module (under a TypeScript test runner this file is the .ts source).
+const HERE = fileURLToPath(import.meta.url);
+const WORKER_FILE = HERE.endsWith('.ts') ? join(dirname(HERE), '..', 'dist', 'control', 'replay-workers.js') : HERE;
+
+/** Most workers (a thread each, and a core each to be of use). */
+export const MAX_WORKERS = 64;
+
+// A slot's words past the request: ready (the thread is up), join (JOINED or NOT_NEEDED), beat (batches done).
+const W_READY = 5;
+const W_JOIN = 6;
+const W_BEAT = 7;
+const JOINED = 1;
+const NOT_NEEDED = 2;
+// A slot's state word.
+const IDLE = 0;
+const REQUEST = 1;
+const REPLY = 2;
+// What a request asks.
+const ASK_UPCALL = 1;
+const ASK_EVENT = 2;
+// Words of a slot: state, ask, event index, answer length (words, or -1: on the port), spare;
+// then inPpid and the key; then the answer to an upcall (fpag-thread.ts encodeInstalls).
+const SLOT_HEAD = 8 + 1 + KEY_WORDS;
+const ANSWER_WORDS = 16 * 1024;
+const SLOT_WORDS = SLOT_HEAD + ANSWER_WORDS;
+// The shared control words: doorbell (bumped on every request), stop.
+const DOOR = 0;
+const STOP = 1;
+const CTRL_WORDS = 4;
+/** Polls of a slot before a worker sleeps on it (tens of µs; a futex wake costs as much). */
+const SPIN = 20_000;
+
+/** What a worker is given (a thread: in its join message, a structured clone). */
+interface WorkerSetup {
+  me: number;
+  workers: number;
+  capture: string;
+  inputPpid: number;
+  portOfMac: [number, number][] | null;
+  ports: { ppid: number; fd: number }[];
+  /** The outputs' lengths so far, shared (capture-writer.ts SharedFile). */
+  ends: BigInt64Array;
+  batchSize: number;
+  maxFlows?: number;
+  fastLane: boolean;
+  txBuffer: number;
+  /** The FPAG's start-up messages (mappings, port roles, tunnels). */
+  start: ControlMessage[];
+  /** atPacket / atTime of each event (the main thread applies them). */
+  events: ControlEvent[];
+  /** For tests: throw (or with `stall`, spin for ever) when the packet with this index is reached. */
+  failAt?: number;
+  stall?: boolean;
+}
+
+/** What a worker reports at its end. */
+interface WorkerDone {
+  type: 'done';
+  stats: DatapathStats;
+  records: number;
+  now: number;
+  error?: { code: string; message: string; offset?: number };
+  /** Flow counters by (key, mask), for the merged flow table. */
+  flows: { key: Uint32Array; mask: Uint32Array; packets: number; bytes: number; used: number }[];
+  interrupted: boolean;
+  /** Epoch ms when the worker began switching and when it ended (for the bench's timeline). */
+  began: number;
+  ended: number;
+  /** Ms spent waiting for the FPAG's answers (a thread worker). */
+  waitedMs?: number;
+}
+
+interface WorkerFailed {
+  type: 'failed';
+  message: string;
+  code?: string;
+}
+
+/**
+ * One worker's replay: its reader, spread, datapath and writers. The same
+ * class runs as worker 0 in the main thread and in each thread; how it
+ * upcalls and how it waits at an event are given to it.
+ */
+class ReplayWorker {
+  readonly reader: CaptureReader;
+  readonly dp: Datapath;
+  readonly writers: CaptureWriter[] = [];
+  private readonly raw: PacketBatch;
+  private readonly mine: PacketBatch;
+  private readonly spread: Spread;
+  private readonly clock: (b: PacketBatch) => number;
+  private readonly portOfMac: Map<number, number> | null;
+  /** Events not reached yet, by index in the events list. */
+  private readonly pending: number[];
+  private readonly pendingEvents: ControlEvent[];
+  soFar = 0;
+  began = 0;
+  /** Input packets before this index are not this worker's to switch (it joined the run there). */
+  readonly joinedAt: number;
+  /** The main worker, before any other joined: every packet is its own, with no hashing. */
+  ownsAll: boolean;
+
+  constructor(private readonly s: WorkerSetup, private readonly atEvent: (k: number) => ControlMessage[], join: { at: number; applied: number[] } = { at: 0, applied: [] }) {
+    const size = captureSize(s.capture);
+    const chunk = Math.min(CHUNK, size);
+    const arena = new Arena(chunk + s.ports.length * (s.txBuffer + 64) + 4096);
+    this.reader = new CaptureReader(s.capture, arena, chunk);
+    try {
+      this.dp = new Datapath({ batchCapacity: s.batchSize, maxFlows: s.maxFlows });
+      this.dp.fastLane.enabled = s.fastLane;
+      for (const p of s.ports) {
+        const w = new CaptureWriter('', this.reader, arena, s.txBuffer, { shared: { fd: p.fd, end: s.ends, at: this.writers.length } });
+        this.writers.push(w);
+        this.dp.addPort(p.ppid, w);
+      }
+      for (const m of s.start) this.dp.apply(m);
+    } catch (e) {
+      this.reader.close();
+      throw e;
+    }
+    this.raw = new PacketBatch(s.batchSize);
+    this.mine = new PacketBatch(s.batchSize);
+    this.spread = new Spread(s.me, s.workers);
+    this.ownsAll = s.me === 0;
+    if (this.ownsAll) this.spread.owned.fill(1); // until the others join
+    this.clock = packetClock(this.reader);
+    this.portOfMac = s.portOfMac ? new Map(s.portOfMac) : null;
+    const applied = new Set(join.applied);
+    this.pending = s.events.map((_, k) => k).filter((k) => !applied.has(k));
+    this.pendingEvents = this.pending.map((k) => s.events[k]);
+    this.joinedAt = join.at;
+    this.began = performance.timeOrigin + performance.now();
+  }
+
+  /** Slow path: worker k joined; its packets are no longer this (main) worker's. */
+  leave(k: number): void {
+    this.spread.owned[k] = 0;
+    this.ownsAll = false;
+  }
+
+  /** Writes out what every writer holds (before another worker takes over some flows: their order). */
+  flushAll(): void {
+    for (const w of this.writers) w.flush();
+  }
+
+  /** One rx batch of the input, switched (this worker's share). False at the end of the capture. */
+  step(): boolean {
+    const raw = this.raw;
+    const reader = this.reader;
+    const lazyOk = this.portOfMac === null;
+    if (reader.fill(raw, this.s.inputPpid, lazyOk && this.pending.length === 0) === 0) return false;
+    if (this.soFar < this.joinedAt) {
+      // Before the join: another worker switched these; skip them.
+      const left = this.joinedAt - this.soFar;
+      if (raw.count <= left) {
+        this.soFar += raw.count;
+        return true;
+      }
+      raw.batchShift(left);
+      this.soFar += left;
+    }
+    if (this.portOfMac !== null) assignInputPorts(raw, this.portOfMac);
+    // Slow path: events that fall inside this batch split it where they fall (as replay.ts).
+    while (this.pending.length > 0) {
+      const at = firstDue(this.pendingEvents, raw, this.soFar, reader);
+      if (at === null) break;
+      if (at.index > 0) {
+        this.switch(at.index);
+        raw.batchShift(at.index);
+        this.soFar += at.index;
+      }
+      const j = this.pendingEvents.indexOf(at.event);
+      const k = this.pending[j];
+      this.pendingEvents.splice(j, 1);
+      this.pending.splice(j, 1);
+      this.applyMessages(this.atEvent(k));
+    }
+    const fail = this.s.failAt;
+    if (fail !== undefined && fail >= this.soFar && fail < this.soFar + raw.count) {
+      if (this.s.stall) for (;;); // a stalled worker (for tests: ended by terminate)
+      throw new Error(`fault injected for a test at packet ${fail}`);
+    }
+    this.switch(raw.count);
+    this.soFar += raw.count;
+    return true;
+  }
+
+  /** Events past the end of the capture, after the last packet (not after an interrupted run's). */
+  finishEvents(): void {
+    while (this.pending.length > 0) {
+      const k = this.pending.shift()!;
+      this.pendingEvents.shift();
+      this.applyMessages(this.atEvent(k));
+    }
+  }
+
+  // Fast path: this worker's share of raw[0, n), through its datapath.
+  private switch(n: number): void {
+    if (this.ownsAll) {
+      const raw = this.raw;
+      const count = raw.count;
+      raw.count = n;
+      this.dp.process(raw, this.dp.captureClock.advance(this.clock(raw)));
+      raw.count = count;
+      return;
+    }
+    const mine = this.mine;
+    if (this.spread.take(this.raw, 0, n, mine) === 0) return;
+    this.dp.process(mine, this.dp.captureClock.advance(this.clock(mine)));
+  }
+
+  // Slow path: an event's messages. A rewrite of a flow this worker does not hold is not an install here.
+  applyMessages(msgs: ControlMessage[]): void {
+    for (const m of msgs) {
+      if (m.type === 'flow-install' && this.dp.flows.findExact(m.key, m.mask) < 0) continue;
+      this.dp.apply(m);
+    }
+  }
+
+  /** Flushes the writers (the files stay open: the main thread owns them). */
+  close(): void {
+    for (const w of this.writers) w.close();
+  }
+
+  done(interrupted: boolean): WorkerDone {
+    const dp = this.dp;
+    const fl = dp.flows;
+    const flows: WorkerDone['flows'] = [];
+    for (let f = 0; f < fl.capacity; f++) {
+      if (!fl.live[f]) continue;
+      const s = fl.sub[f];
+      flows.push({ key: fl.key.slice(f * KEY_WORDS, (f + 1) * KEY_WORDS), mask: fl.mask.slice(s * KEY_WORDS, (s + 1) * KEY_WORDS), packets: fl.packetsOf(f), bytes: fl.bytesOf(f), used: fl.usedOf(f) });
+    }
+    const e = this.reader.error;
+    return { type: 'done', stats: dp.stats(), records: this.reader.records, now: dp.now, error: e ? { code: e.code, message: e.message, offset: e.offset } : undefined, flows, interrupted, began: this.began, ended: performance.timeOrigin + performance.now() };
+  }
+}
+
+/** A slot's answer area as words. */
+function answerOf(slot: Int32Array): Uint32Array {
+  return new Uint32Array(slot.buffer, SLOT_HEAD * 4, ANSWER_WORDS);
+}
+
+/** The main thread's handle on one thread worker. */
+interface Thread {
+  worker: Worker;
+  port: MessagePort;
+  slot: Int32Array;
+  /** The slot's answer area, as words. */
+  answer: Uint32Array;
+  /** Input index where it took over its flows, or -1 before. */
+  joinedAt: number;
+  done: WorkerDone | null;
+  failed: string | null;
+  /** Its exit code once it has exited (the 'exit' event). */
+  exited: number | null;
+  /** Its beat word when last seen to change, and when (the stall watch). */
+  beat: number;
+  beatAt: number;
+  /** The event index it waits at, or -1. */
+  atEvent: number;
+}
+
+/** What a thread gets when it joins (a message on its port). */
+interface Join {
+  type: 'join';
+  setup: WorkerSetup;
+  at: number;
+  /** Events already applied (their indices), and their messages other than flow rewrites. */
+  applied: number[];
+  messages: ControlMessage[];
+  /** The flows the FPAG has decided so far, installed before the first packet. */
+  flows: ControlMessage[];
+}
+
+/** replay() with opts.workers > 1 (see the header). */
+export function* replayWorkersSteps(opts: ReplayOptions): Generator<void, ReplayResult> {
+  const n = opts.workers ?? 1;
+  if (!(Number.isInteger(n) && n >= 2 && n <= MAX_WORKERS)) throw new FpoError('FPO_ERR_USAGE', `workers: expected an integer in 1..${MAX_WORKERS}, got ${n}`);
+  if (opts.fpag === 'thread') throw new FpoError('FPO_ERR_USAGE', '--fpag thread: not with --workers (the FPAG serves the workers from the main thread)');
+  if (opts.beforeBatch) throw new FpoError('FPO_ERR_USAGE', 'beforeBatch: not with workers (each worker has its own datapath)');
+  // The threads first: their start (a new isolate, fpo's modules) is the longest wait, and runs meanwhile.
+  const ctrl = new Int32Array(new SharedArrayBuffer(4 * CTRL_WORDS));
+  const threads: Thread[] = [];
+  for (let k = 1; k < n; k++) {
+    const slot = new Int32Array(new SharedArrayBuffer(4 * SLOT_WORDS));
+    const { port1, port2 } = new MessageChannel();
+    const worker = new Worker(WORKER_FILE, { workerData: { fpoReplayWorker: { ctrl, slot, port: port2 } }, transferList: [port2] });
+    const t: Thread = { worker, port: port1, slot, answer: answerOf(slot), joinedAt: -1, done: null, failed: null, exited: null, beat: 0, beatAt: 0, atEvent: -1 };
+    // An exit without a word (a crash outside the worker's own catch) fails the run too.
+    worker.on('error', (e) => { t.failed ??= e.message; });
+    worker.on('exit', (code) => { t.exited = code; });
+    threads.push(t);
+  }
+  let files: { ppid: number; path: string; temp: string; fd: number }[] = [];
+  let main: ReplayWorker | null = null;
+  let kept = false;
+  try {
+    const topo = typeof opts.topology === 'string' ? loadTopology(opts.topology) : opts.topology;
+    for (const p of topo.ports) {
+      const problem = pathNameProblem(p.name);
+      if (problem !== null) throw new FpoError('FPO_ERR_BAD_TOPOLOGY', `${topo.path}: port ${JSON.stringify(p.name)}: name: ${problem}`, { path: topo.path });
+    }
+    const bySourceMac = topo.inputPort === 'by-source-mac';
+    const inputName = (bySourceMac ? undefined : topo.inputPort) ?? topo.ports.find((p) => p.role === 'uplink')?.name ?? topo.ports[0].name;
+    const input = topo.ports.find((p) => p.name === inputName)!;
+    let portOfMac: [number, number][] | null = null;
+    if (bySourceMac) {
+      portOfMac = [];
+      for (const itf of topo.interfaces) if (itf.port !== undefined) portOfMac.push([macNumber(itf.macBytes, 0), topo.ports.find((p) => p.name === itf.port)!.ppid]);
+    }
+    const batchSize = opts.batchSize ?? 256;
+    const size = captureSize(opts.capture);
+    const txBuffer = Math.min(txBufferBytes(topo.ports.length), Math.max(16 * 1024, size));
+
+    // The input's layout: pcapng interfaces are all described at the head of each output, so read them all first.
+    const layoutReader = new CaptureReader(opts.capture, undefined, 64 * 1024);
+    let interfaces: CaptureInterface[];
+    try {
+      if (layoutReader.format === 'pcap' && layoutReader.interfaces[0].linktype !== LINKTYPE_ETHERNET) {
+        throw new FpoError('FPO_ERR_LINKTYPE', `${opts.capture}: offset 20: link type ${layoutReader.interfaces[0].linktype} is not supported; fpo switches Ethernet (link type 1)`, { path: opts.capture, offset: 20 });
+      }
+      if (layoutReader.format === 'pcapng') {
+        const b = new PacketBatch(256);
+        while (layoutReader.fill(b, 0) > 0);
+      }
+      interfaces = layoutReader.interfaces.map((i) => ({ ...i }));
+    } finally {
+      layoutReader.close();
+    }
+    const layout = { format: layoutReader.format, nanos: layoutReader.nanos, interfaces };
+
+    refuseOutputsThatAreInputs(opts.outDir, topo.ports, [opts.capture, topo.path, ...(opts.inputs ?? [])]);
+    try {
+      mkdirSync(opts.outDir, { recursive: true });
+    } catch (e) {
+      throw new FpoError('FPO_ERR_IO', `${opts.outDir}: cannot create: ${(e as Error).message}`, { path: opts.outDir });
+    }
+    let cleaned: string[] | undefined;
+    if (opts.clean) {
+      cleaned = ownFiles(opts.outDir, topo.ports, new Set());
+      for (const f of cleaned) {
+        try {
+          unlinkSync(f);
+        } catch (e) {
+          throw new FpoError('FPO_ERR_IO', `${f}: cannot remove (--clean): ${(e as Error).message}`, { path: f });
+        }
+      }
+    }
+
+    // The one FPAG, on a shadow datapath that holds every flow it decided.
+    const maxFlows = opts.maxFlows ?? 65536;
+    const shadow = new ShadowDatapath({ maxFlows: Math.max(maxFlows, 1 << 16) });
+    const none: TxPort = { writeBatch: () => undefined };
+    for (const p of topo.ports) shadow.addPort(p.ppid, none);
+    const fpag = new Fpag(topo, shadow);
+    fpag.start();
+    const decide = shadow.upcallSink!;
+    const start = shadow.outbox;
+    shadow.outbox = [];
+    let sharedAnswers = 0;
+    /** The shadow's flow f as an install message. */
+    const installOf = (f: number): ControlMessage => {
+      const fl = shadow.flows;
+      const s = fl.sub[f];
+      return { type: 'flow-install', key: fl.key.slice(f * KEY_WORDS, (f + 1) * KEY_WORDS), mask: fl.mask.slice(s * KEY_WORDS, (s + 1) * KEY_WORDS), actions: shadow.actionSets.describe(fl.act[f]) };
+    };
+    /** Slow path: one upcall from any worker: the flow that covers it, decided now or before. */
+    const serve = (u: Upcall): ControlMessage[] => {
+      const f = shadow.flows.lookup(u.key, 0);
+      if (f >= 0) {
+        sharedAnswers++;
+        return [installOf(f)];
+      }
+      decide(u);
+      // The FPAG reuses its message's arrays: copy them before the next decision.
+      const out = shadow.outbox.map((m) => (m.type === 'flow-install' ? { ...m, key: m.key.slice(), mask: m.mask.slice() } : m));
+      shadow.outbox = [];
+      return out;
+    };
+
+    // Outputs: one file a port, its header written, shared by the workers' writers.
+    const header = CaptureWriter.headerBytes(layout);
+    files = topo.ports.map((p) => ({ ppid: p.ppid, path: join(opts.outDir, `${p.name}.${layout.format}`), temp: partialPath(join(opts.outDir, `${p.name}.${layout.format}`)), fd: -1 }));
+    const ends = new BigInt64Array(new SharedArrayBuffer(8 * files.length));
+    for (let i = 0; i < files.length; i++) {
+      const f = files[i];
+      try {
+        f.fd = openSync(f.temp, 'w');
+        let done = 0;
+        while (done < header.length) done += writeSync(f.fd, header, done, header.length - done, done);
+      } catch (e) {
+        throw new FpoError('FPO_ERR_IO', `${f.temp}: cannot create: ${(e as Error).message}`, { path: f.temp });
+      }
+      ends[i] = BigInt(header.length);
+    }
+    const common = {
+      workers: n, capture: opts.capture, inputPpid: input.ppid, portOfMac,
+      ports: files.map((f) => ({ ppid: f.ppid, fd: f.fd })), ends, batchSize, maxFlows: opts.maxFlows,
+      fastLane: opts.fastLane ?? true, txBuffer, start, events: opts.events ?? [],
+    };
+
+    const applied: AppliedEvent[] = [];
+    /** Messages of the events applied so far that a joining worker needs (mappings; not flow rewrites: it gets the flows as they are now). */
+    const eventMessages: ControlMessage[] = [];
+    const events = opts.events ?? [];
+
+    /** Hands worker k (ready) the input from packet `at` on, and the flows decided so far. */
+    const joinThread = (t: Thread, k: number, at: number): void => {
+      // Everything the main worker switched before `at` is in the files before anything k writes: per-flow order.
+      main!.flushAll();
+      main!.leave(k);
+      const flows: ControlMessage[] = [];
+      const fl = shadow.flows;
+      if (fl.count <= maxFlows / 2) for (let f = 0; f < fl.capacity; f++) if (fl.live[f]) flows.push(installOf(f));
+      const msg: Join = {
+        type: 'join', setup: { ...common, me: k, failAt: opts.failWorker?.worker === k ? opts.failWorker.atPacket : undefined, stall: opts.failWorker?.stall },
+        at, applied: applied.map((a) => events.indexOf(a.event)), messages: eventMessages, flows,
+      };
+      t.port.postMessage(msg);
+      t.joinedAt = at;
+      Atomics.store(t.slot, W_JOIN, JOINED);
+      Atomics.notify(t.slot, W_JOIN);
+    };
+
+    /** Answers every waiting upcall, reads workers' reports; throws when one failed. With `joining`, ready threads join at the main worker's position. */
+    /**
+     * Slow path (the main thread waits for the threads): a thread that has
+     * joined, has not reported and is not waiting for an answer, but has not
+     * finished a batch for stallMs, is stalled; so is one not up by then
+     * when the main thread waits for it.
+     */
+    const stallMs = opts.workerStallMs ?? 30_000;
+    const watch = (t: Thread): void => {
+      const now = performance.now();
+      if (t.joinedAt < 0) {
+        if (waitingForThreads && now - waitSince > stallMs && Atomics.load(t.slot, W_READY) === 0) t.failed ??= `not up after ${stallMs} ms`;
+        return;
+      }
+      const beat = Atomics.load(t.slot, W_BEAT);
+      if (t.done !== null || beat !== t.beat || Atomics.load(t.slot, 0) === REQUEST || t.beatAt === 0) {
+        t.beat = beat;
+        t.beatAt = now;
+      } else if (now - t.beatAt > stallMs) t.failed ??= `made no progress for ${stallMs} ms (stalled)`;
+    };
+    let waitingForThreads = false;
+    let waitSince = 0;
+    let heard = -1;
+    let polls = 0;
+    /** With `idle` (the main thread waits anyway), the ports are read every time. */
+    const poll = (joining: boolean, idle = false): void => {
+      // Between batches, the ports only when a thread rang (a report comes with a ring) or every 64th time
+      // (a message can lag behind its ring): reading them every batch was ~5 % of the main thread.
+      const rang = Atomics.load(ctrl, DOOR);
+      const listen = idle || rang !== heard || (++polls & 63) === 0;
+      heard = rang;
+      for (let k = 0; k < threads.length; k++) {
+        const t = threads[k];
+        let m: { message: unknown } | undefined;
+        while ((listen || t.exited !== null) && (m = receiveMessageOnPort(t.port))) {
+          const msg = m.message as WorkerDone | WorkerFailed;
+          if (msg.type === 'done') t.done = msg;
+          else t.failed ??= msg.message;
+        }
+        // Gone with no report (its port read out just now): a crash outside the thread's own catch.
+        if (t.exited !== null && t.done === null && t.joinedAt >= 0) t.failed ??= `exited with code ${t.exited} before it finished`;
+        if (idle) watch(t);
+        if (t.failed !== null) throw new FpoError('FPO_ERR_WORKER', `replay worker ${k + 1} (a thread) of ${n} failed: ${t.failed}`);
+        const s = t.slot;
+        if (t.joinedAt < 0) {
+          if (joining && Atomics.load(s, W_READY) === 1) joinThread(t, k + 1, main!.soFar);
+          continue;
+        }
+        if (Atomics.load(s, 0) !== REQUEST) continue;
+        const ask = s[1];
+        if (ask === ASK_UPCALL) {
+          answerUpcall(t);
+        } else if (ask === ASK_EVENT && t.atEvent !== s[2]) {
+          t.atEvent = s[2];
+        }
+      }
+    };
+    const upcallMsg: Upcall = { type: 'upcall', inPpid: 0, key: new Uint32Array(KEY_WORDS) };
+    /** Slow path: thread t's upcall (waiting in its slot), answered in the slot. */
+    function answerUpcall(t: Thread): void {
+      const s = t.slot;
+      upcallMsg.inPpid = s[8];
+      for (let w = 0; w < KEY_WORDS; w++) upcallMsg.key[w] = s[9 + w];
+      const msgs = serve(upcallMsg);
+      const words = encodeInstalls(msgs, t.answer);
+      if (words < 0) t.port.postMessage(msgs);
+      s[3] = words < 0 ? -1 : words;
+      Atomics.store(s, 0, REPLY);
+      Atomics.notify(s, 0);
+    }
+    let door = 0;
+    /** Sleeps until a worker rings (or 2 ms pass). */
+    const nap = (): void => {
+      Atomics.wait(ctrl, DOOR, door, 2);
+      door = Atomics.load(ctrl, DOOR);
+    };
+
+    // Worker 0 here: its upcalls go straight to the FPAG; at an event it waits for the workers that joined.
+    const mainAtEvent = (k: number): ControlMessage[] => {
+      for (;;) {
+        poll(false, true);
+        if (threads.every((t) => t.joinedAt < 0 || t.atEvent === k)) break;
+        nap();
+      }
+      const result = applyEvent(fpag, events[k]);
+      const msgs = shadow.outbox.map((m) => (m.type === 'flow-install' ? { ...m, key: m.key.slice(), mask: m.mask.slice() } : m));
+      shadow.outbox = [];
+      applied.push({ event: events[k], atPacket: main!.soFar, result });
+      for (const m of msgs) if (m.type !== 'flow-install' && m.type !== 'flow-delete') eventMessages.push(m);
+      for (const t of threads) {
+        if (t.joinedAt < 0) continue;
+        t.atEvent = -1;
+        t.port.postMessage(msgs);
+        t.slot[3] = -1;
+        Atomics.store(t.slot, 0, REPLY);
+        Atomics.notify(t.slot, 0);
+      }
+      return msgs;
+    };
+    main = new ReplayWorker({ ...common, me: 0 }, mainAtEvent);
+    const dp0 = main.dp;
+    dp0.upcallSink = (u) => {
+      for (const m of serve(u)) dp0.apply(m);
+      // Misses come in bursts, in every worker at once: answer the others' too, not only between batches.
+      for (const t of threads) if (t.joinedAt >= 0 && Atomics.load(t.slot, 0) === REQUEST && t.slot[1] === ASK_UPCALL) answerUpcall(t);
+    };
+
+    const started = performance.now();
+    // 'start' or a packet index: the main worker waits there for every thread (for tests; 'ready' does not wait).
+    let waitAt = opts.workersJoin === 'start' ? 0 : typeof opts.workersJoin === 'number' ? opts.workersJoin : Infinity;
+    let lastProgress = started;
+    let interrupted: string | undefined;
+    for (;;) {
+      if (main.soFar >= waitAt) {
+        waitAt = Infinity;
+        waitingForThreads = true;
+        waitSince = performance.now();
+        while (threads.some((t) => t.joinedAt < 0)) {
+          poll(true, true);
+          if (threads.every((t) => t.joinedAt >= 0)) break;
+          nap();
+          yield;
+        }
+        waitingForThreads = false;
+      }
+      // Until then, a thread joins when it is up (or not at all).
+      if (!main.step()) break;
+      poll(waitAt === Infinity);
+      if (opts.onProgress) {
+        const t = performance.now();
+        if (t - lastProgress > 100) {
+          lastProgress = t;
+          opts.onProgress(main.reader.bytesRead, main.reader.fileSize);
+        }
+      }
+      yield;
+      if (opts.interrupt?.signal !== undefined) {
+        interrupted = opts.interrupt.signal;
+        Atomics.store(ctrl, STOP, 1);
+        for (const t of threads) Atomics.notify(t.slot, 0);
+        break;
+      }
+    }
+    if (interrupted === undefined) main.finishEvents();
+    main.close();
+    // Threads not started by now have nothing to do: they are told so (and terminated below).
+    for (const t of threads) {
+      if (t.joinedAt >= 0) continue;
+      Atomics.store(t.slot, W_JOIN, NOT_NEEDED);
+      Atomics.notify(t.slot, W_JOIN);
+    }
+    // The others: serve their upcalls and events until each has reported.
+    for (;;) {
+      poll(false, true);
+      if (threads.every((t) => t.joinedAt < 0 || t.done !== null)) break;
+      nap();
+      yield;
+      if (interrupted === undefined && opts.interrupt?.signal !== undefined) {
+        interrupted = opts.interrupt.signal;
+        Atomics.store(ctrl, STOP, 1);
+      }
+    }
+    const seconds = (performance.now() - started) / 1000;
+    const dones = [main.done(interrupted !== undefined), ...threads.filter((t) => t.joinedAt >= 0).map((t) => t.done!)];
+    if (dones.some((d) => d.interrupted)) interrupted ??= opts.interrupt?.signal ?? 'SIGINT';
+
+    // Outputs: renamed when they hold records, else removed.
+    const emitted = new Set<number>();
+    for (let i = 0; i < files.length; i++) {
+      const f = files[i];
+      closeSync(f.fd);
+      f.fd = -1;
+      if (ends[i] > BigInt(header.length)) {
+        try {
+          renameSync(f.temp, f.path);
+        } catch (e) {
+          throw new FpoError('FPO_ERR_IO', `${f.path}: cannot rename ${f.temp} to it: ${(e as Error).message}`, { path: f.path });
+        }
+        emitted.add(f.ppid);
+      } else unlinkSync(f.temp);
+    }
+    kept = true;
+    opts.onProgress?.(main.reader.fileSize, main.reader.fileSize);
+
+    const report = mergeReport(opts, topo, layout.format, dones, fpag, shadow, emitted, files, seconds, n, sharedAnswers, [0, ...threads.map((t) => t.joinedAt)]);
+    if (opts.events) report.events = applied;
+    if (interrupted !== undefined) report.interrupted = interrupted;
+    if (cleaned !== undefined) report.cleaned = cleaned;
+    report.stale = ownFiles(opts.outDir, topo.ports, new Set(files.filter((f) => emitted.has(f.ppid)).map((f) => f.path)));
+    // The shadow's flows carry the workers' counters, so flowReport (--dump-flows) reads them.
+    mergeFlowCounters(shadow, dones);
+    return { report, datapath: shadow, fpag };
+  } finally {
+    if (!kept) Atomics.store(ctrl, STOP, 1);
+    const exits = threads.map((t) => {
+      Atomics.notify(t.slot, 0);
+      Atomics.notify(t.slot, W_JOIN);
+      return t.worker.terminate();
+    });
+    if (!kept) {
+      // A run that failed keeps nothing: its temp files go now, their descriptors once no thread can write to them
+      // (closed at once, a descriptor's number could be reused by a file opened meanwhile, and written into).
+      for (const f of files) try { unlinkSync(f.temp); } catch { /* not made */ }
+      const close = () => { for (const f of files) if (f.fd >= 0) try { closeSync(f.fd); } catch { /* closed */ } };
+      if (threads.every((t) => t.exited !== null)) close();
+      else void Promise.allSettled(exits).then(close);
+    }
+    main?.reader.close();
+  }
+}
+
+/** The report: sums over the workers, the FPAG's flow decisions. */
+function mergeReport(opts: ReplayOptions, topo: Topology, format: 'pcap' | 'pcapng', dones: WorkerDone[], fpag: Fpag, shadow: Datapath, emitted: Set<number>, files: { ppid: number; path: string }[], seconds: number, workers: number, sharedAnswers: number, joinedAt: number[]): ReplayReport {
+  const sum = (f: (s: DatapathStats) => number) => dones.reduce((a, d) => a + f(d.stats), 0);
+  for (const [w, d] of dones.entries()) {
+    const s = d.stats;
+    if (s.packetsIn !== s.delivered + s.dropped) throw new Error(`accounting broken in worker ${w}: in ${s.packetsIn}, delivered ${s.delivered}, dropped ${s.dropped}`);
+  }
+  const packetsIn = sum((s) => s.packetsIn);
+  const interrupted = dones.some((d) => d.interrupted);
+  if (!interrupted && dones.some((d) => d.records !== packetsIn)) {
+    throw new Error(`accounting broken: read ${dones.map((d) => d.records).join('/')} records, switched ${packetsIn}`);
+  }
+  const drops: Partial<Record<DropReason, number>> = {};
+  for (const d of dones) for (const [k, v] of Object.entries(d.stats.drops) as [DropReason, number][]) drops[k] = (drops[k] ?? 0) + v;
+  // Drop reasons in the declared order, as one datapath's stats list them.
+  const ordered: Partial<Record<DropReason, number>> = {};
+  for (const name of DROP_NAMES) if (name in drops) ordered[name as DropReason] = drops[name as DropReason];
+  const ports: PortReport[] = topo.ports.map((p) => {
+    const rows = dones.map((d) => d.stats.ports.find((x) => x.ppid === p.ppid)!);
+    const vpid = shadow.mapping.toVpid[p.ppid];
+    return {
+      name: p.name, ppid: p.ppid, role: p.role, vpid, attached: vpid >= 0 ? fpag.vpidName(vpid) : undefined,
+      rx: { packets: rows.reduce((a, r) => a + r.rxPackets, 0), bytes: rows.reduce((a, r) => a + r.rxBytes, 0) },
+      tx: { packets: rows.reduce((a, r) => a + r.txPackets, 0), bytes: rows.reduce((a, r) => a + r.txBytes, 0) },
+      file: emitted.has(p.ppid) ? files.find((f) => f.ppid === p.ppid)!.path : undefined,
+    };
+  });
+  const first = dones[0];
+  const report: ReplayReport = {
+    capture: opts.capture,
+    format,
+    topology: topo.path,
+    packets: { in: packetsIn, out: sum((s) => s.delivered), dropped: sum((s) => s.dropped), copies: sum((s) => s.copies) },
+    tunnel: { flagged: sum((s) => s.special), unflagged: sum((s) => s.decapsulated), specialTo: topo.tunnel?.specialPort ?? 'fpag', sent: sum((s) => s.encapsulated), flaggedSent: sum((s) => s.flaggedSent) },
+    drops: ordered,
+    ports,
+    flows: {
+      installed: shadow.flowsInstalled, active: shadow.flows.count, evicted: sum((s) => s.flowsEvicted), expired: sum((s) => s.flowsExpired),
+      upcalls: fpag.upcallsHandled, emcHits: sum((s) => s.emcHits), megaflowHits: sum((s) => s.megaflowHits), misses: sum((s) => s.lookupsMissed), fastLane: sum((s) => s.fastLane),
+    },
+    clock: { jumps: Math.max(...dones.map((d) => d.stats.clockJumps)), backs: Math.max(...dones.map((d) => d.stats.clockBacks)) },
+    fpag: { placement: 'inline', upcalls: fpag.upcallsHandled, roundTripUs: null },
+    workers: {
+      count: workers,
+      answeredFromTable: sharedAnswers,
+      joinedAt,
+    each: dones.map((d) => ({ beganMs: Number((d.began - dones[0].began).toFixed(1)), endedMs: Number((d.ended - dones[0].began).toFixed(1)), waitedMs: Number((d.waitedMs ?? 0).toFixed(1)), packets: d.stats.packetsIn, upcalls: d.stats.upcalls, flows: d.stats.flowsNow, emcHits: d.stats.emcHits, megaflowHits: d.stats.megaflowHits, expired: d.stats.flowsExpired })),
+    },
+    stale: [],
+    seconds,
+  };
+  if (first.error) report.error = first.error;
+  return report;
+}
+
+/** Sums the workers' per-flow counters into the shadow's flows (dump-flows reads them there). */
+function mergeFlowCounters(shadow: Datapath, dones: WorkerDone[]): void {
+  const fl = shadow.flows;
+  let now = 0;
+  for (const d of dones) {
+    now = Math.max(now, d.now);
+    for (const x of d.flows) {
+      const f = fl.findExact(x.key, x.mask);
+      if (f < 0) continue;
+      const o = f * STAT_WORDS;
+      fl.stats[o + ST_PACKETS] += x.packets;
+      fl.stats[o + ST_BYTES] += x.bytes;
+      fl.stats[o + ST_USED] = Math.max(fl.stats[o + ST_USED], x.used);
+    }
+  }
+  shadow.now = now;
+}
+
+// The thread side: ready as soon as its modules are loaded; then it waits to be joined (or told it is not needed).
+if (!isMainThread && workerData?.fpoReplayWorker) {
+  const { port, slot, ctrl } = workerData.fpoReplayWorker as { port: MessagePort; slot: Int32Array; ctrl: Int32Array };
+  const answer = answerOf(slot);
+  let w: ReplayWorker | null = null;
+  const stopped = (): boolean => Atomics.load(ctrl, STOP) === 1;
+  /** The next message on the port: it may lag a moment behind the slot's word. */
+  const receive = (): unknown => {
+    let m = receiveMessageOnPort(port);
+    for (let tries = 0; m === undefined && tries < 10_000; tries++) {
+      Atomics.wait(slot, W_JOIN, JOINED, 1); // 1 ms
+      m = receiveMessageOnPort(port);
+    }
+    if (m === undefined) throw new Error('no message on the port after the slot said one was sent');
+    return m.message;
+  };
+  let waited = 0;
+  /** A round trip through the slot. Null when the run is stopping. */
+  const ask = (what: number, arg: number): ControlMessage[] | null => {
+    const t0 = performance.now();
+    slot[1] = what;
+    slot[2] = arg;
+    Atomics.store(slot, 0, REQUEST);
+    Atomics.add(ctrl, DOOR, 1);
+    Atomics.notify(ctrl, DOOR);
+    try {
+      for (let spin = 0; spin < SPIN && Atomics.load(slot, 0) === REQUEST; spin++);
+      while (Atomics.load(slot, 0) === REQUEST) {
+        if (stopped()) return null;
+        Atomics.wait(slot, 0, REQUEST, 50);
+      }
+      // An upcall's answer is in the slot; an event's comes on the port.
+      const msgs = slot[3] >= 0 ? decodeInstalls(answer) : (receive() as ControlMessage[]);
+      Atomics.store(slot, 0, IDLE);
+      return msgs;
+    } finally {
+      waited += performance.now() - t0;
+    }
+  };
+  class Stop extends Error {}
+  /** Tells the main thread to look (its doorbell). */
+  const ring = (): void => {
+    Atomics.add(ctrl, DOOR, 1);
+    Atomics.notify(ctrl, DOOR);
+  };
+  try {
+    Atomics.store(slot, W_READY, 1);
+    ring();
+    while (Atomics.load(slot, W_JOIN) === 0 && !stopped()) Atomics.wait(slot, W_JOIN, 0, 50);
+    if (Atomics.load(slot, W_JOIN) === JOINED) {
+      const join = receive() as Join;
+      w = new ReplayWorker(join.setup, (k) => {
+        const msgs = ask(ASK_EVENT, k);
+        if (msgs === null) throw new Stop();
+        return msgs;
+      }, join);
+      const dp = w.dp;
+      w.applyMessages(join.messages);
+      for (const f of join.flows) dp.apply(f);
+      dp.upcallSink = (u) => {
+        slot[8] = u.inPpid;
+        for (let i = 0; i < KEY_WORDS; i++) slot[9 + i] = u.key[i];
+        const msgs = ask(ASK_UPCALL, 0);
+        if (msgs === null) return; // stopping: the packet is dropped as upcallFailed, and the run reports interrupted
+        for (const m of msgs) dp.apply(m);
+      };
+      let interrupted = false;
+      try {
+        while (w.step()) {
+          Atomics.add(slot, W_BEAT, 1); // alive (the main thread's stall watch)
+          if (stopped()) { interrupted = true; break; }
+        }
+        if (!interrupted) w.finishEvents();
+      } catch (e) {
+        if (!(e instanceof Stop)) throw e;
+        interrupted = true;
+      }
+      w.close();
+      const d = w.done(interrupted);
+      d.waitedMs = waited;
+      // Closed before the report: the main thread may end this thread as soon as it has it.
+      w.reader.close();
+      port.postMessage(d);
+      ring();
+    }
+  } catch (e) {
+    w?.reader.close();
+    port.postMessage({ type: 'failed', message: (e as Error).message ?? String(e), code: (e as { code?: string }).code } satisfies WorkerFailed);
+    ring();
+  }
+}
