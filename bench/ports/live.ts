@@ -259,7 +259,7 @@ async function main(): Promise<void> {
       });
     }
     for (const [name, bps] of Object.entries(tcp)) {
-      emit({ bench: 'ports/live-tcp', switch: name, seconds: IPERF_SECONDS, streams: 1, gbitPerSec: Number((bps / 1e9).toFixed(2)), baseline: 'linux-bridge', ratio: Number((bps / tcp['linux-bridge']).toFixed(3)) });
+      emit({ bench: 'ports/live-tcp', switch: name, seconds: IPERF_SECONDS, streams: 1, bitsPerSec: Math.round(bps), gbitPerSec: Number((bps / 1e9).toFixed(2)), baseline: 'linux-bridge', ratio: Number((Math.round(bps) / Math.round(tcp['linux-bridge'])).toFixed(3)) });
     }
   } finally {
     cleanup();
