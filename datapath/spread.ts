@@ -28,19 +28,11 @@
  * is read from its header as the reader would have.
  */
 import type { PacketBatch } from './batch.js';
+import { fmix } from './classifier/flow-table.js';
 
-/** A multiply-xor step and murmur3's finalizer (as flow-table.ts); enough for spreading. */
+/** A multiply-xor step, then murmur3's finalizer (flow-table.ts's fmix); enough for spreading. */
 function mix(h: number, w: number): number {
   return Math.imul(h ^ w, 0x9e3779b1);
-}
-
-function fmix(h: number): number {
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x85ebca6b);
-  h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2ae35);
-  h ^= h >>> 16;
-  return h >>> 0;
 }
 
 /**

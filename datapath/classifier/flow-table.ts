@@ -52,7 +52,7 @@ function nextPow2(n: number): number {
  * 1.9 to NEW million per second) and as good for a table whose collisions are
  * resolved by comparing the key.
  */
-function fmix(h: number): number {
+export function fmix(h: number): number {
   h ^= h >>> 16;
   h = Math.imul(h, 0x85ebca6b);
   h ^= h >>> 13;

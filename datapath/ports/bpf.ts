@@ -102,14 +102,20 @@ export function filterTextProblem(expr: unknown): string | null {
  * libpcap's own message, or FPO_ERR_DEPENDENCY when libpcap is missing.
  */
 export function compileFilter(expr: string, snaplen = 262144): BpfProgram | null {
+  const c = startCompile(expr, snaplen);
+  if (c === null) return null;
+  return programOf(c.lib, c.p, c.prog, c.lib.compile(c.p, c.prog, expr, 1, 0xffffffff /* PCAP_NETMASK_UNKNOWN */));
+}
+
+/** The checks and the handle both compilers start with; null for an empty expression (every frame). */
+function startCompile(expr: string, snaplen: number): { lib: Pcap; p: unknown; prog: { bf_len?: number; bf_insns?: unknown } } | null {
   const problem = filterTextProblem(expr);
   if (problem !== null) throw new FpoError('FPO_ERR_BAD_FILTER', problem);
   if (expr.trim() === '') return null;
   const lib = pcap();
   const p = lib.openDead(1 /* DLT_EN10MB */, snaplen);
   if (p === null) throw new FpoError('FPO_ERR_DEPENDENCY', 'libpcap: pcap_open_dead failed');
-  const prog: { bf_len?: number; bf_insns?: unknown } = {};
-  return programOf(lib, p, prog, lib.compile(p, prog, expr, 1, 0xffffffff /* PCAP_NETMASK_UNKNOWN */));
+  return { lib, p, prog: {} };
 }
 
 /**
@@ -120,13 +126,9 @@ export function compileFilter(expr: string, snaplen = 262144): BpfProgram | null
  * it (libpcap's compiler is thread-safe since 1.8).
  */
 export async function compileFilterAsync(expr: string, snaplen = 262144): Promise<BpfProgram | null> {
-  const problem = filterTextProblem(expr);
-  if (problem !== null) throw new FpoError('FPO_ERR_BAD_FILTER', problem);
-  if (expr.trim() === '') return null;
-  const lib = pcap();
-  const p = lib.openDead(1 /* DLT_EN10MB */, snaplen);
-  if (p === null) throw new FpoError('FPO_ERR_DEPENDENCY', 'libpcap: pcap_open_dead failed');
-  const prog: { bf_len?: number; bf_insns?: unknown } = {};
+  const c = startCompile(expr, snaplen);
+  if (c === null) return null;
+  const { lib, p, prog } = c;
   let r: number;
   try {
     r = await new Promise<number>((resolve, reject) => lib.compileAsync(p, prog, expr, 1, 0xffffffff, (err, v) => (err ? reject(err) : resolve(v))));

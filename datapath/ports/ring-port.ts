@@ -72,7 +72,6 @@ const BLK_FIRST = 16;
 // struct tpacket3_hdr.
 const H_NEXT = 0;
 const H_SEC = 4;
-const H_NSEC = 8;
 const H_SNAPLEN = 12;
 const H_LEN = 16;
 const H_STATUS = 20;
@@ -89,7 +88,6 @@ const H2_LEN = 4;
 const H2_SNAPLEN = 8;
 const H2_MAC = 12;
 const H2_SEC = 16;
-const H2_NSEC = 20;
 const H2_VLAN_TCI = 24;
 const H2_VLAN_TPID = 26;
 const TX_DATA_V2 = 32;
@@ -146,6 +144,12 @@ export class RingPort {
   private readonly hStatus: number;
   private readonly hLen: number;
   private readonly hSnap: number;
+  /** The rx header's tp_mac, tp_sec (tp_nsec after it), VLAN TCI and TPID, and the room a tag put back needs. */
+  private readonly hMac: number;
+  private readonly hSec: number;
+  private readonly hTci: number;
+  private readonly hTpid: number;
+  private readonly vlanRoom: number;
   private readonly txData: number;
   rxPackets = 0;
   txPackets = 0;
@@ -194,6 +198,11 @@ export class RingPort {
     this.hStatus = v2 ? H2_STATUS : H_STATUS;
     this.hLen = v2 ? H2_LEN : H_LEN;
     this.hSnap = v2 ? H2_SNAPLEN : H_SNAPLEN;
+    this.hMac = v2 ? H2_MAC : H_MAC;
+    this.hSec = v2 ? H2_SEC : H_SEC;
+    this.hTci = v2 ? H2_VLAN_TCI : H_VLAN_TCI;
+    this.hTpid = v2 ? H2_VLAN_TPID : H_VLAN_TPID;
+    this.vlanRoom = v2 ? VLAN_ROOM_V2 : VLAN_ROOM_V3;
     this.txData = v2 ? TX_DATA_V2 : TX_DATA_V3;
     if (v2) {
       // A slot holds the largest frame: 2 KiB, or with offloads a whole GSO packet (68 KiB, fewer slots).
@@ -306,29 +315,41 @@ export class RingPort {
       const h = at + this.block * fb;
       const status = dv.getUint32(h + H2_STATUS, true);
       if ((status & TP_STATUS_USER) === 0) break;
-      let mac = h + dv.getUint16(h + H2_MAC, true);
-      let snap = dv.getUint32(h + H2_SNAPLEN, true);
-      let len = dv.getUint32(h + H2_LEN, true);
-      if ((status & TP_STATUS_VLAN_VALID) !== 0 && mac - h >= VLAN_ROOM_V2 + (vnet ? VNET_HDR_LEN : 0) && snap >= 12) {
-        const tpid = (status & TP_STATUS_VLAN_TPID_VALID) !== 0 ? dv.getUint16(h + H2_VLAN_TPID, true) : 0x8100;
-        mac = this.restoreTag(mac, tpid, dv.getUint16(h + H2_VLAN_TCI, true), vnet);
-        snap += 4;
-        len += 4;
-      }
-      batch.off[n] = mac;
-      batch.caplen[n] = snap;
-      batch.wirelen[n] = len;
-      batch.tsA[n] = dv.getUint32(h + H2_SEC, true);
-      batch.tsB[n] = Math.floor(dv.getUint32(h + H2_NSEC, true) / 1000);
-      batch.ifIndex[n] = 0;
-      batch.inPpid[n] = ppid;
-      batch.drop[n] = snap < len ? D.frameTooBig : vnet && !vnetValid(u8, mac, snap) ? D.offloadBad : 0;
+      this.take(batch, n, h, status, ppid, vnet);
       n++;
       this.block = this.block + 1 === this.rxFrames ? 0 : this.block + 1;
     }
     batch.count = n;
     this.rxPackets += n;
     return n;
+  }
+
+  /**
+   * Fast path: the frame whose ring header is at `h` (V2 or V3: this port's
+   * offsets) as packet n of the batch, in place: its tag put back, its
+   * timestamp, and its drop reason when it came cut or with a virtio-net
+   * header that does not match it.
+   */
+  private take(batch: PacketBatch, n: number, h: number, status: number, ppid: number, vnet: boolean): void {
+    const dv = this.dv;
+    let mac = h + dv.getUint16(h + this.hMac, true);
+    let snap = dv.getUint32(h + this.hSnap, true);
+    let len = dv.getUint32(h + this.hLen, true);
+    if ((status & TP_STATUS_VLAN_VALID) !== 0 && mac - h >= this.vlanRoom + (vnet ? VNET_HDR_LEN : 0) && snap >= 12) {
+      const tpid = (status & TP_STATUS_VLAN_TPID_VALID) !== 0 ? dv.getUint16(h + this.hTpid, true) : 0x8100;
+      mac = this.restoreTag(mac, tpid, dv.getUint16(h + this.hTci, true), vnet);
+      snap += 4;
+      len += 4;
+    }
+    batch.off[n] = mac;
+    batch.caplen[n] = snap;
+    batch.wirelen[n] = len;
+    batch.tsA[n] = dv.getUint32(h + this.hSec, true);
+    batch.tsB[n] = Math.floor(dv.getUint32(h + this.hSec + 4, true) / 1000); // tp_nsec follows tp_sec in both
+    batch.ifIndex[n] = 0;
+    batch.inPpid[n] = ppid;
+    // A frame longer than the ring's room arrives cut (snaplen < len): dropped with its reason, never forwarded cut.
+    batch.drop[n] = snap < len ? D.frameTooBig : vnet && !vnetValid(this.bytes, mac, snap) ? D.offloadBad : 0;
   }
 
   /**
@@ -387,24 +408,7 @@ export class RingPort {
       }
       const h = this.pkt;
       const status = dv.getUint32(h + H_STATUS, true);
-      let mac = h + dv.getUint16(h + H_MAC, true);
-      let snap = dv.getUint32(h + H_SNAPLEN, true);
-      let len = dv.getUint32(h + H_LEN, true);
-      if ((status & TP_STATUS_VLAN_VALID) !== 0 && mac - h >= VLAN_ROOM_V3 + (vnet ? VNET_HDR_LEN : 0) && snap >= 12) {
-        const tpid = (status & TP_STATUS_VLAN_TPID_VALID) !== 0 ? dv.getUint16(h + H_VLAN_TPID, true) : 0x8100;
-        mac = this.restoreTag(mac, tpid, dv.getUint32(h + H_VLAN_TCI, true) & 0xffff, vnet);
-        snap += 4;
-        len += 4;
-      }
-      batch.off[n] = mac;
-      batch.caplen[n] = snap;
-      batch.wirelen[n] = len;
-      batch.tsA[n] = dv.getUint32(h + H_SEC, true);
-      batch.tsB[n] = Math.floor(dv.getUint32(h + H_NSEC, true) / 1000);
-      batch.ifIndex[n] = 0;
-      batch.inPpid[n] = ppid;
-      // A frame longer than the block's room arrives cut (snaplen < len): dropped with its reason, never forwarded cut.
-      batch.drop[n] = snap < len ? D.frameTooBig : vnet && !vnetValid(u8, mac, snap) ? D.offloadBad : 0;
+      this.take(batch, n, h, status, ppid, vnet);
       n++;
       this.pkt = h + dv.getUint32(h + H_NEXT, true);
       this.left--;
