@@ -59,6 +59,15 @@ describe('topology', () => {
     expect(err((t) => delete t.segments)).toMatch(/segments: /);
   });
 
+  it('refuses the live ports\' options where they do not apply, naming the field (io, offload, tpacket)', () => {
+    expect(err((t) => (t.ports[0].io = 'ring'))).toMatch(/ports\[0\]\.io: "io" is for afpacket ports; this port is pcap/);
+    expect(err((t) => (t.ports[0].offload = true))).toMatch(/ports\[0\]\.offload: offloads are for TAP ports and afpacket ports on rings; this port is pcap/);
+    expect(err((t) => Object.assign(t.ports[0], { kind: 'afpacket', device: 'x0', io: 'read', offload: true }))).toMatch(/ports\[0\]\.offload: .*afpacket with io read/);
+    expect(err((t) => Object.assign(t.ports[0], { kind: 'tap', device: 'x0', tpacket: 2 }))).toMatch(/ports\[0\]\.tpacket: "tpacket" is for afpacket ports on rings; this port is tap/);
+    expect(err((t) => Object.assign(t.ports[0], { kind: 'afpacket', device: 'x0', tpacket: 4 }))).toMatch(/ports\[0\]\.tpacket: /);
+    expect(err((t) => Object.assign(t.ports[0], { kind: 'afpacket', device: 'x0', io: 'mmap' }))).toMatch(/ports\[0\]\.io: /);
+  });
+
   it('says what was expected and what it got, in zod\'s words but for integers, which give their range (the checks are control/check.ts, not zod)', () => {
     expect(err((t) => (t.ports[2].ppid = 'two'))).toBe('topo.json: ports[2].ppid: Invalid input: expected an integer in 0..4095, received string');
     expect(err((t) => (t.ports[2].ppid = 1.5))).toBe('topo.json: ports[2].ppid: Invalid input: expected an integer in 0..4095, got 1.5');
