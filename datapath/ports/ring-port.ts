@@ -182,8 +182,9 @@ export class RingPort {
   private pkt = 0;
   private left = 0;
   private inBlock = false;
-  /** Blocks before `block` not yet given back (from `release`, in ring order). */
+  /** The first block (V2: slot) not yet given back, and how many from there are held: read, their frames maybe in the last batch. */
   private release = 0;
+  private held = 0;
   private txHead = 0;
 
   constructor(name: string, opts: RingOptions = {}) {
@@ -301,7 +302,7 @@ export class RingPort {
     const u8 = this.bytes;
     const fb = this.rxFrameBytes;
     const at = this.at;
-    while (this.release !== this.block) {
+    for (; this.held > 0; this.held--) {
       dv.setUint32(at + this.release * fb + H2_STATUS, 0, true);
       this.release = this.release + 1 === this.rxFrames ? 0 : this.release + 1;
     }
@@ -311,12 +312,15 @@ export class RingPort {
     batch.vnet = vnet;
     const cap = batch.capacity;
     let n = 0;
-    while (n < cap) {
+    // At most every slot once: a slot read in this batch is still the batch's (status USER) until the next fill.
+    const most = cap < this.rxFrames ? cap : this.rxFrames;
+    while (n < most) {
       const h = at + this.block * fb;
       const status = dv.getUint32(h + H2_STATUS, true);
       if ((status & TP_STATUS_USER) === 0) break;
       this.take(batch, n, h, status, ppid, vnet);
       n++;
+      this.held++;
       this.block = this.block + 1 === this.rxFrames ? 0 : this.block + 1;
     }
     batch.count = n;
@@ -381,7 +385,7 @@ export class RingPort {
     const u8 = this.bytes;
     const blockBytes = this.blockBytes;
     // Blocks whose frames went through in earlier batches go back to the kernel.
-    while (this.release !== this.block) {
+    for (; this.held > 0; this.held--) {
       dv.setUint32(this.at + this.release * blockBytes + BLK_STATUS, 0, true);
       this.release = this.release + 1 === this.blocks ? 0 : this.release + 1;
     }
@@ -397,7 +401,11 @@ export class RingPort {
         if (this.inBlock) {
           // Done with this block: it goes back at the next fill (its frames may be in this batch).
           this.inBlock = false;
+          this.held++;
           this.block = this.block + 1 === this.blocks ? 0 : this.block + 1;
+          // Every block read since the last fill (blocks of a frame or two, retired by the timer): the next
+          // one is the first of them, still USER because it is this batch's — not to be read twice.
+          if (this.held === this.blocks) break;
           continue;
         }
         if ((dv.getUint32(base + BLK_STATUS, true) & TP_STATUS_USER) === 0) break;
