@@ -134,6 +134,8 @@ export class Service {
       // What the workers do not take yet is refused before anything is opened.
       const pcap = topo.ports.find((p) => p.kind === 'pcap' || p.kind === 'pcap-live');
       if (pcap) throw new FpoError('FPO_ERR_USAGE', `--workers ${nWorkers}: port ${pcap.name} is ${pcap.kind === 'pcap' ? 'a capture file' : 'a libpcap port'}; with several workers every port must be tap or afpacket`);
+      const xdp = topo.ports.find((p) => p.kind === 'afpacket' && p.io === 'xdp');
+      if (xdp) throw new FpoError('FPO_ERR_USAGE', `--workers ${nWorkers}: port ${xdp.name} is on AF_XDP (io xdp), one queue and so one worker; with several workers use io ring`);
       if (topo.tunnel?.monitor.length) throw new FpoError('FPO_ERR_USAGE', `--workers ${nWorkers}: the tunnel monitor (BFD) runs with one datapath only, for now`);
       if (opts.metrics !== undefined) throw new FpoError('FPO_ERR_USAGE', `--workers ${nWorkers}: --metrics serves one datapath's counters only, for now; use fpo ctl stats`);
     }

@@ -79,9 +79,11 @@ const PortSchema = object({
   /**
    * afpacket: how frames move — `ring` (default): memory-mapped TPACKET_V3
    * rx and tx rings, a batch per system call at most; `read`: one read()
-   * and write() a frame (the older way, kept to compare).
+   * and write() a frame (the older way, kept to compare); `xdp`: an AF_XDP
+   * socket on the interface's queue 0 with fpo's XDP program (xdp-port.ts;
+   * one worker, no offloads).
    */
-  io: optional(oneOf(['ring', 'read'] as const)),
+  io: optional(oneOf(['ring', 'read', 'xdp'] as const)),
   /**
    * afpacket on rings (PACKET_VNET_HDR) and TAP (IFF_VNET_HDR, TUNSETOFFLOAD):
    * frames with their virtio-net header, so GSO segments of up to 64 KiB and
@@ -228,8 +230,8 @@ export interface Port {
   kind: 'pcap' | 'tap' | 'afpacket' | 'pcap-live';
   /** TAP device name, or the interface an afpacket or pcap-live port attaches to. */
   device: string;
-  /** afpacket: rings (default) or a read/write a frame. */
-  io: 'ring' | 'read';
+  /** afpacket: rings (default), a read/write a frame, or AF_XDP. */
+  io: 'ring' | 'read' | 'xdp';
   /** TAP and afpacket on rings: virtio-net headers (GSO, checksum offload). */
   offload: boolean;
   /** afpacket on rings: TPACKET_V2 or V3. */
@@ -378,8 +380,9 @@ export function topologyFrom(json: unknown, path: string): Topology {
     if (p.role === 'vm' && p.segments.length) throw bad(path, `ports[${i}].segments`, 'only uplink ports list segments; a VM port takes its interface\'s');
     if (p.kind !== 'pcap' && p.device === undefined && p.name.length > 15) throw bad(path, `ports[${i}].device`, `the port name "${p.name}" is longer than a TAP device may be (15); give a device name`);
     if (p.io !== undefined && p.kind !== 'afpacket') throw bad(path, `ports[${i}].io`, `"io" is for afpacket ports; this port is ${p.kind}`);
-    if (p.tpacket !== undefined && (p.kind !== 'afpacket' || p.io === 'read')) throw bad(path, `ports[${i}].tpacket`, `"tpacket" is for afpacket ports on rings; this port is ${p.kind}${p.io === 'read' ? ' with io read' : ''}`);
-    if (p.offload === true && (p.kind === 'pcap' || p.kind === 'pcap-live' || p.io === 'read')) throw bad(path, `ports[${i}].offload`, `offloads are for TAP ports and afpacket ports on rings; this port is ${p.kind}${p.io === 'read' ? ' with io read' : ''}`);
+    const io = p.io === 'read' || p.io === 'xdp' ? ` with io ${p.io}` : '';
+    if (p.tpacket !== undefined && (p.kind !== 'afpacket' || io !== '')) throw bad(path, `ports[${i}].tpacket`, `"tpacket" is for afpacket ports on rings; this port is ${p.kind}${io}`);
+    if (p.offload === true && (p.kind === 'pcap' || p.kind === 'pcap-live' || io !== '')) throw bad(path, `ports[${i}].offload`, `offloads are for TAP ports and afpacket ports on rings; this port is ${p.kind}${io}`);
     if (p.filter !== undefined) {
       if (p.kind !== 'pcap-live') throw bad(path, `ports[${i}].filter`, `only a pcap-live port takes a filter; this port is ${p.kind}`);
       // libpcap's own compiler (its words), at load: a filter that cannot compile is refused before fpo run opens anything.

@@ -10,6 +10,8 @@
  *     their veths) on TPACKET_V3 rings (ring-port.ts); fpo-ring-v2 the same
  *     on TPACKET_V2; fpo-ring-2w with `--workers 2` (a fanout group a
  *     port, vsOneWorker = its rate / fpo-ring's);
+ *   - fpo-xdp: the same ports on AF_XDP (`io: xdp`, xdp-port.ts: fpo's XDP
+ *     program in the veth driver, frames copied to and from its UMEM);
  *   - fpo-read: the same with `io: read` (a read()/write() a frame);
  *   - fpo-tap: the VMs on TAP ports of fpo (a read()/write() a frame);
  *   - linux-bridge: the host ends in a kernel bridge (the baseline);
@@ -140,9 +142,9 @@ async function main(): Promise<void> {
       cleanup();
     }
 
-    const vethPorts = (io: 'ring' | 'read', tpacket?: 2) => [
+    const vethPorts = (io: 'ring' | 'read' | 'xdp', tpacket?: 2) => [
       { name: 'pa', ppid: 11, kind: 'afpacket', device: 'fpob-ha', io, tpacket }, { name: 'pb', ppid: 12, kind: 'afpacket', device: 'fpob-hb', io, tpacket }];
-    for (const [row, io, workers, tpacket] of [['fpo-ring', 'ring', 1, undefined], ['fpo-ring-2w', 'ring', 2, undefined], ['fpo-ring-v2', 'ring', 1, 2], ['fpo-read', 'read', 1, undefined]] as const) {
+    for (const [row, io, workers, tpacket] of [['fpo-ring', 'ring', 1, undefined], ['fpo-ring-2w', 'ring', 2, undefined], ['fpo-ring-v2', 'ring', 1, 2], ['fpo-xdp', 'xdp', 1, undefined], ['fpo-read', 'read', 1, undefined]] as const) {
       if (!want(row)) continue;
       veths();
       const r = await runFpo(dir, vethPorts(io, tpacket), workers, (pid) => measure(blaster, 'fpob-va', 'fpob-vb', pid));
@@ -186,13 +188,28 @@ async function main(): Promise<void> {
 
     // TCP through fpo (ring ports with offloads) and through the bridge, with iperf3 when installed.
     const tcp: Record<string, number> = {};
-    const udp: Record<string, { bps: number; packets: number; lost: number }> = {};
+    const udp: Record<string, { bps: number; packets: number; lost: number; rcvbufErrors?: number; fpoMissed?: number; fpoDropped?: number }> = {};
+    /** The receiver's UDP datagrams dropped for a full socket buffer (iperf3's server not keeping up), so far. */
+    const rcvbufErrors = () => Number(/UdpRcvbufErrors\s+(\d+)/.exec(execFileSync('ip', ['netns', 'exec', 'fpob-b', 'nstat', '-az', 'UdpRcvbufErrors'], { encoding: 'utf8' }))?.[1] ?? 0);
+    /** The UDP flood, with where its losses went: the receiver's socket, and for fpo its rings' misses and its drops. */
+    const flood = (row: string, fpoSock?: string) => {
+      const before = rcvbufErrors();
+      const u: (typeof udp)[string] = iperfRun(['-u', '-l', '18', '-b', '0']);
+      u.rcvbufErrors = rcvbufErrors() - before;
+      if (fpoSock !== undefined) {
+        const st = JSON.parse(execFileSync(process.execPath, [join(root, 'dist', 'control', 'cli.js'), 'ctl', '-s', fpoSock, '--json', 'stats'], { encoding: 'utf8' })) as { live: { rxMissed: number }[]; packets: { dropped: number } };
+        u.fpoMissed = st.live.reduce((n, l) => n + l.rxMissed, 0);
+        u.fpoDropped = st.packets.dropped;
+      }
+      udp[row] = u;
+    };
+    let iperfRun: (extra: string[]) => { bps: number; packets: number; lost: number } = () => { throw new Error('no iperf3'); };
     if (want('tcp') && spawnSync('iperf3', ['--version'], { stdio: 'ignore' }).status === 0) {
       const ipAddrs = () => sh(`ip -n fpob-a link set fpob-va address ${A} && ip -n fpob-b link set fpob-vb address ${B}`
         + ' && ip -n fpob-a addr add 10.98.0.1/24 dev fpob-va && ip -n fpob-b addr add 10.98.0.2/24 dev fpob-vb && ip -n fpob-a link set lo up && ip -n fpob-b link set lo up');
       const iperf = (): number => iperfRun([]).bps;
       /** iperf3 a to b for SECONDS with `extra` client options; the receiver's bits/s, and for UDP the datagrams sent and lost. */
-      const iperfRun = (extra: string[]): { bps: number; packets: number; lost: number } => {
+      iperfRun = (extra: string[]): { bps: number; packets: number; lost: number } => {
         const server = spawn('ip', ['netns', 'exec', 'fpob-b', 'iperf3', '-s', '-1', '-B', '10.98.0.2'], { stdio: 'ignore' });
         try {
           for (let i = 0; i < 50; i++) {
@@ -217,7 +234,19 @@ async function main(): Promise<void> {
         await runFpo(dir, ports, 1, () => {
           tcp[row] = iperf();
           // UDP, 18-byte payloads (64-byte frames on the wire with the FCS), as fast as iperf3 sends: offered and delivered.
-          if (tpacket === 3) udp[row] = iperfRun(['-u', '-l', '18', '-b', '0']);
+          if (tpacket === 3) flood(row, join(dir, 'fpo.sock'));
+        });
+        cleanup();
+      }
+      // The UDP flood through AF_XDP ports: frames of one chunk, no virtio-net header, so the VMs finish
+      // their checksums themselves (tx checksum offload off on their ends, as a user of such ports sets).
+      if (want('fpo-xdp')) {
+        veths();
+        ipAddrs();
+        sh('ip netns exec fpob-a ethtool -K fpob-va tx off >/dev/null && ip netns exec fpob-b ethtool -K fpob-vb tx off >/dev/null');
+        const ports = [{ name: 'pa', ppid: 11, kind: 'afpacket', device: 'fpob-ha', io: 'xdp' }, { name: 'pb', ppid: 12, kind: 'afpacket', device: 'fpob-hb', io: 'xdp' }];
+        await runFpo(dir, ports, 1, () => {
+          flood('fpo-xdp', join(dir, 'fpo.sock'));
         });
         cleanup();
       }
@@ -225,7 +254,7 @@ async function main(): Promise<void> {
       ipAddrs();
       sh('ip link add fpob-br type bridge && ip link set fpob-br up && ip link set fpob-ha master fpob-br && ip link set fpob-hb master fpob-br');
       tcp['linux-bridge'] = iperf();
-      udp['linux-bridge'] = iperfRun(['-u', '-l', '18', '-b', '0']);
+      flood('linux-bridge');
       cleanup();
     }
 
@@ -248,14 +277,19 @@ async function main(): Promise<void> {
         vsOneWorker: name === 'fpo-ring-2w' && ring1 !== undefined ? Number((r.received / ring1).toFixed(3)) : undefined,
       });
     }
-    const peak = results['fpo-ring'] ? results['fpo-ring'].received / SECONDS : undefined;
     for (const [name, u] of Object.entries(udp)) {
       const delivered = u.packets - u.lost;
+      const own = results[name === 'fpo-xdp' ? 'fpo-xdp' : 'fpo-ring'];
+      const peak = own !== undefined ? own.received / SECONDS : undefined;
       emit({
         bench: 'ports/live-udp', switch: name, seconds: IPERF_SECONDS, payloadBytes: 18, offeredPps: Math.round(u.packets / IPERF_SECONDS), deliveredPps: Math.round(delivered / IPERF_SECONDS),
         delivered: Number((delivered / Math.max(1, u.packets)).toFixed(3)),
-        // fpo: what it delivered of iperf3's flood against its own peak rate (fpo-ring above, the blaster's run).
+        // fpo: what it delivered of iperf3's flood against its own peak rate (fpo-ring or fpo-xdp above, the blaster's run).
         ofFpoPeak: name.startsWith('fpo') && peak !== undefined ? Number((delivered / IPERF_SECONDS / peak).toFixed(3)) : undefined,
+        // where the lost went: the receiver's full socket buffer (iperf3's server behind), fpo's rings, fpo's drops
+        rcvbufErrors: u.rcvbufErrors, fpoMissed: u.fpoMissed, fpoDropped: u.fpoDropped,
+        // fpo: the share of the offered datagrams it forwarded (not missed at its rings, not dropped), whatever the receiver then kept
+        fpoForwarded: u.fpoMissed !== undefined ? Number((1 - (u.fpoMissed + (u.fpoDropped ?? 0)) / Math.max(1, u.packets)).toFixed(3)) : undefined,
       });
     }
     for (const [name, bps] of Object.entries(tcp)) {

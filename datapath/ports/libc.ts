@@ -31,8 +31,14 @@ export interface Libc {
   attachFilter(fd: number, prog: [number, number, number, number][]): number;
   /** Reserves `len` bytes of address space (PROT_NONE, no memory behind it); returns its address and an ArrayBuffer over it (port-memory.ts). */
   reserve(len: number): { base: bigint; bytes: ArrayBuffer } | null;
-  /** mmap(addr, …, MAP_FIXED | flags): places a mapping at `addr` (inside a reservation). Returns whether it worked. */
-  mapFixed(addr: bigint, len: number, prot: number, flags: number, fd: number): boolean;
+  /** mmap(addr, …, MAP_FIXED | flags, fd, off): places a mapping at `addr` (inside a reservation). Returns whether it worked. */
+  mapFixed(addr: bigint, len: number, prot: number, flags: number, fd: number, off?: number): boolean;
+  /** The bpf(2) system call: `cmd` with its union bpf_attr in `attr`. Returns its result (an fd, 0) or -1 (errno()). */
+  bpf(cmd: number, attr: Buffer): number;
+  /** `len` bytes of C memory with their address, for what the kernel reads through a pointer (bpf_attr's): free() when done. */
+  cMemory(len: number): { addr: bigint; bytes: Uint8Array; free(): void };
+  /** recvfrom(fd, NULL, 0, flags): wakes an AF_XDP socket's receive side. */
+  recvNull(fd: number, flags: number): number;
   /** send(fd, NULL, 0, flags): an AF_PACKET socket sends what its tx ring holds. */
   sendRing(fd: number, flags: number): number;
   /** getsockopt(fd, level, name, val, &len): returns the length written, or -1. */
@@ -55,6 +61,9 @@ export function libc(): Libc {
   const mmapPtr = lib.func('void *mmap(void *addr, size_t len, int prot, int flags, int fd, long off)');
   const mmapAt = lib.func('uintptr_t mmap(uintptr_t addr, size_t len, int prot, int flags, int fd, long off)');
   const sendNull = lib.func('long send(int fd, void *buf, unsigned long n, int flags)');
+  const recvNull = lib.func('long recvfrom(int fd, void *buf, unsigned long n, int flags, void *addr, void *len)');
+  // bpf(2) has no libc wrapper: syscall(SYS_bpf = 321 on x86-64, cmd, attr, size).
+  const syscallBpf = lib.func('long syscall(long nr, long cmd, _Inout_ uint8_t *attr, unsigned long size)');
   const getsockopt = lib.func('int getsockopt(int fd, int level, int name, _Out_ uint8_t *val, _Inout_ uint32_t *len)');
   const setsockoptFprog = lib.func('int setsockopt(int fd, int level, int name, const sock_fprog *val, unsigned int len)');
   cached = {
@@ -82,10 +91,18 @@ export function libc(): Libc {
       if (p === null || base === 0xffffffffffffffffn) return null;
       return { base, bytes: koffi.view(p, len) };
     },
-    mapFixed: (addr, len, prot, flags, fd) => {
-      const r = mmapAt(addr, len, prot, flags | MAP_FIXED, fd, 0) as number | bigint;
+    mapFixed: (addr, len, prot, flags, fd, off = 0) => {
+      const r = mmapAt(addr, len, prot, flags | MAP_FIXED, fd, off) as number | bigint;
       return BigInt(r) === addr;
     },
+    bpf: (cmd, attr) => Number(syscallBpf(SYS_BPF, cmd, attr, attr.length)),
+    cMemory: (len) => {
+      const p = koffi.alloc('uint8_t', len);
+      const bytes = new Uint8Array(koffi.view(p, len));
+      bytes.fill(0);
+      return { addr: BigInt(koffi.address(p)), bytes, free: () => koffi.free(p) };
+    },
+    recvNull: (fd, flags) => Number(recvNull(fd, null, 0, flags, null, null)),
     sendRing: (fd, flags) => sendNull(fd, null, 0, flags) as number,
     getsockopt: (fd, level, name, val) => {
       const len = [val.length];
@@ -117,3 +134,4 @@ export const MAP_FIXED = 0x10;
 export const MAP_ANONYMOUS = 0x20;
 export const MAP_NORESERVE = 0x4000;
 export const MSG_DONTWAIT = 0x40;
+const SYS_BPF = 321;

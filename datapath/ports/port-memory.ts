@@ -63,10 +63,11 @@ export class PortMemory {
     return at;
   }
 
-  /** Maps `len` bytes of socket `fd` (its rings) into the range; returns their offset in `bytes`. */
-  mapSocket(fd: number, len: number, what: string): number {
+  /** Maps `len` bytes of socket `fd` (its rings; from `pgoff`, which names the ring for AF_XDP) into the range; returns their offset in `bytes`. */
+  mapSocket(fd: number, len: number, what: string, pgoff = 0): number {
     const at = this.take(len, what);
-    if (!libc().mapFixed(this.base + BigInt(at), len, PROT_READ_WRITE, MAP_SHARED, fd)) {
+    if (!libc().mapFixed(this.base + BigInt(at), len, PROT_READ_WRITE, MAP_SHARED, fd, pgoff)) {
+      this.release(at, len); // a failed MAP_FIXED may have unmapped the piece: reserved again
       throw new FpoError('FPO_ERR_IO', `${what}: mmap of its rings (${len} bytes) failed (errno ${libc().errno()})`);
     }
     return at;
@@ -76,6 +77,7 @@ export class PortMemory {
   anon(len: number, what: string): number {
     const at = this.take(len, what);
     if (!libc().mapFixed(this.base + BigInt(at), len, PROT_READ_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1)) {
+      this.release(at, len);
       throw new FpoError('FPO_ERR_IO', `${what}: mmap of ${len} bytes failed (errno ${libc().errno()})`);
     }
     this.bytes.fill(0, at, at + len);
@@ -91,6 +93,12 @@ export class PortMemory {
   release(at: number, len: number): void {
     const size = Math.ceil(len / PAGE) * PAGE;
     libc().mapFixed(this.base + BigInt(at), size, 0, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1);
+    this.giveBack(at, len);
+  }
+
+  /** A piece back on the free list (nothing mapped there any more). */
+  private giveBack(at: number, len: number): void {
+    const size = Math.ceil(len / PAGE) * PAGE;
     const list = this.free.get(size);
     if (list) list.push(at);
     else this.free.set(size, [at]);

@@ -66,6 +66,9 @@ describe('topology', () => {
     expect(err((t) => Object.assign(t.ports[0], { kind: 'tap', device: 'x0', tpacket: 2 }))).toMatch(/ports\[0\]\.tpacket: "tpacket" is for afpacket ports on rings; this port is tap/);
     expect(err((t) => Object.assign(t.ports[0], { kind: 'afpacket', device: 'x0', tpacket: 4 }))).toMatch(/ports\[0\]\.tpacket: /);
     expect(err((t) => Object.assign(t.ports[0], { kind: 'afpacket', device: 'x0', io: 'mmap' }))).toMatch(/ports\[0\]\.io: /);
+    expect(err((t) => Object.assign(t.ports[0], { kind: 'afpacket', device: 'x0', io: 'xdp', offload: true }))).toMatch(/ports\[0\]\.offload: .*afpacket with io xdp/);
+    expect(err((t) => Object.assign(t.ports[0], { kind: 'afpacket', device: 'x0', io: 'xdp', tpacket: 2 }))).toMatch(/ports\[0\]\.tpacket: "tpacket" is for afpacket ports on rings; this port is afpacket with io xdp/);
+    expect(err((t) => Object.assign(t.ports[0], { kind: 'tap', device: 'x0', io: 'xdp' }))).toMatch(/ports\[0\]\.io: "io" is for afpacket ports; this port is tap/);
   });
 
   it('says what was expected and what it got, in zod\'s words but for integers, which give their range (the checks are control/check.ts, not zod)', () => {

@@ -110,6 +110,17 @@ describe('fpo run --workers: what it refuses, before anything is opened', () => 
     expect(pcap.status).toBe(1);
     expect(pcap.stderr).toMatch(/port \S+ is a capture file; with several workers every port must be tap or afpacket/);
     expect(existsSync(join(dir, 's'))).toBe(false);
+    // An AF_XDP port takes one queue of its interface: one worker.
+    const xdpTopo = join(dir, 'xdp.json');
+    writeFileSync(xdpTopo, JSON.stringify({
+      name: 'x', segments: [{ name: 's' }],
+      ports: [{ name: 'pa', ppid: 11, kind: 'afpacket', device: 'fpowk-nosuch', io: 'xdp' }],
+      nodes: [{ name: 'a', interfaces: [{ name: 'a0', mac: '02:00:00:00:75:01', segment: 's', port: 'pa' }] }],
+    }));
+    const xdp = runCli(['run', '-t', xdpTopo, '-s', join(dir, 's'), '-o', dir, '--workers', '2']);
+    expect(xdp.status).toBe(1);
+    expect(xdp.stderr).toMatch(/--workers 2: port pa is on AF_XDP \(io xdp\), one queue and so one worker; with several workers use io ring/);
+    expect(existsSync(join(dir, 's'))).toBe(false);
   });
 });
 
