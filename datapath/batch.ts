@@ -90,6 +90,8 @@ export class PacketBatch {
   readonly ordinal: Float64Array;
   /** Hash of packet i's key, once the classifier computed it. */
   readonly hash: Uint32Array;
+  /** ct_state of packet i after a ct action (conntrack.ts: CS_* bits), 0 when not tracked. */
+  readonly ctState: Uint8Array;
 
   constructor(capacity = MAX_BURST) {
     if (!(capacity >= 1 && capacity <= MAX_BURST_LIMIT)) throw new RangeError(`batch capacity ${capacity} not in 1..${MAX_BURST_LIMIT}`);
@@ -111,6 +113,7 @@ export class PacketBatch {
     this.flow = new Int32Array(capacity);
     this.hash = new Uint32Array(capacity);
     this.ordinal = new Float64Array(capacity);
+    this.ctState = new Uint8Array(capacity);
   }
 
   /** Points the batch at the rx port's bytes (a new DataView only when they change). */

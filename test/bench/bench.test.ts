@@ -62,6 +62,19 @@ describe('benchmarks (short mode)', () => {
     expect(two.sameTotals).toBe(true);
   });
 
+  it('conntrack prints set-ups and established packets through ct, each against the parse stage alone, every connection made and found', () => {
+    const lines = runBench('conntrack/conntrack.js');
+    expect(lines.map((l) => l.case)).toEqual(['setup', 'established']);
+    for (const l of lines) {
+      expect(l.bench).toBe('conntrack');
+      expect(l.ok).toBe(l.connections); // every set-up made a connection; every reply found one
+      expect(l.pps).toBe(Math.round((l.packets as number) / (l.seconds as number)));
+      expect(l.ratio).toBe(ratioOf(l.pps, l.baselinePps, 3));
+      expect(l.tableBytes).toBeLessThan(512 * 1024 * 1024);
+    }
+    expect(lines[0].perSecond).toBe(lines[0].pps);
+  });
+
   it('classifier/lookup prints a line per flow count, subtable count and path, with a ratio to a Map', () => {
     const lines = runBench('classifier/lookup.js');
     expect(lines.length).toBe(12);

@@ -1,0 +1,720 @@
+/**
+ * ConnTrack: connection tracking for the datapath, in tables sized at start
+ * (issue 19's first slice). For each packet of a batch that a flow sends
+ * through `ct(zone=N[,commit])`, `process` finds its connection by the
+ * packet's tuple in either direction, checks and advances the connection's
+ * state, and writes the packet's ct_state (batch.ctState): trk always, then
+ * new / est / rel / rpl / inv, as nftables' `ct state` and Open vSwitch's
+ * `ct_state` name them. With commit, a packet that starts a connection
+ * creates it.
+ *
+ *   TCP: the window tracking of pf, which Open vSwitch's userspace
+ *        conntrack (conntrack-tcp.c) also uses: each direction's seqlo (the
+ *        highest sequence number sent), seqhi (the highest the peer's window
+ *        allows), max window and window scale; a segment outside them, a
+ *        reset without an exact sequence number, or flags no TCP sends
+ *        (SYN+FIN, no ACK with data) is `inv`, and changes nothing. A SYN
+ *        after both sides closed reopens (the old connection goes). A
+ *        connection met mid-stream (no SYN: the switch restarted, or the
+ *        guest handed it over, issue 19) is picked up with the window
+ *        scale unknown, as Linux and pf do, and tightens as it goes.
+ *   UDP and others: pseudo-connections, first / multiple / both ways.
+ *   ICMP/ICMPv6: echo (timestamp, information, address mask) requests and
+ *        their replies as connections keyed by the identifier; an error
+ *        (unreachable, time exceeded, parameter problem, too big…) is `rel`
+ *        when the packet it quotes belongs to a connection, else `inv`.
+ *
+ * ct_state `est` is Linux's: a packet in the reply direction, or one in the
+ * original direction once a reply has been seen; `new` before that.
+ * Timeouts are Open vSwitch's defaults (TCP established 24 h, closing 15
+ * min, fin-wait 45 s, opening/first/closed 30 s; UDP first and multiple 60
+ * s, both ways 30 s; ICMP first 60 s, reply 30 s).
+ *
+ * Memory: struct of arrays over connection ids, both directions' tuples in
+ * one Uint32Array, an open-addressing index (linear probing, deletion by
+ * backward shift: no tombstones) of 4 slots a connection, so at most half
+ * full, each slot the entry and its hash. 1 M connections take ~187 MiB
+ * (test: ConnTrack.bytesFor). Nothing is allocated per packet.
+ *
+ * Expiry: a connection past its time is treated as gone when a packet looks
+ * it up (and freed there), and `expire(now, budget)` walks `budget` ids per
+ * call, like a clock hand, freeing the expired ones: bounded work a batch,
+ * never a sweep of the whole table behind one packet.
+ */
+import type { PacketBatch } from '../batch.js';
+import { ABSENT } from '../batch.js';
+import { KEY_WORDS, W_ETH_TYPE, W_IP_DST, W_IP_SRC, W_TP, FRAG_LATER } from '../classifier/flow-key.js';
+import { fmix } from '../classifier/flow-table.js';
+import { FpoError } from '../errors.js';
+
+/** ct_state bits, Open vSwitch's values. */
+export const CS_NEW = 0x01;
+export const CS_EST = 0x02;
+export const CS_REL = 0x04;
+export const CS_RPL = 0x08;
+export const CS_INV = 0x10;
+export const CS_TRK = 0x20;
+
+/** TCP peer states (pf's, as Open vSwitch's ct_dpif_tcp_state). */
+export const TCPS_CLOSED = 0;
+export const TCPS_LISTEN = 1;
+export const TCPS_SYN_SENT = 2;
+export const TCPS_SYN_RECEIVED = 3;
+export const TCPS_ESTABLISHED = 4;
+export const TCPS_CLOSE_WAIT = 5;
+export const TCPS_FIN_WAIT_1 = 6;
+export const TCPS_CLOSING = 7;
+export const TCPS_LAST_ACK = 8;
+export const TCPS_FIN_WAIT_2 = 9;
+export const TCPS_TIME_WAIT = 10;
+export const TCP_STATE_NAMES = ['CLOSED', 'LISTEN', 'SYN_SENT', 'SYN_RECEIVED', 'ESTABLISHED', 'CLOSE_WAIT', 'FIN_WAIT_1', 'CLOSING', 'LAST_ACK', 'FIN_WAIT_2', 'TIME_WAIT'];
+
+/** Other protocols' and ICMP's states. */
+const OTHER_FIRST = 0;
+const OTHER_MULTIPLE = 1;
+const OTHER_BIDIR = 2;
+
+/** Timeouts in ms (Open vSwitch's defaults). */
+export interface Timeouts {
+  tcpFirstPacket: number;
+  tcpOpening: number;
+  tcpEstablished: number;
+  tcpClosing: number;
+  tcpFinWait: number;
+  tcpClosed: number;
+  otherFirst: number;
+  otherMultiple: number;
+  otherBidir: number;
+  icmpFirst: number;
+  icmpReply: number;
+}
+export const DEFAULT_TIMEOUTS: Timeouts = {
+  tcpFirstPacket: 30_000, tcpOpening: 30_000, tcpEstablished: 24 * 3600_000, tcpClosing: 15 * 60_000, tcpFinWait: 45_000, tcpClosed: 30_000,
+  otherFirst: 60_000, otherMultiple: 60_000, otherBidir: 30_000, icmpFirst: 60_000, icmpReply: 30_000,
+};
+
+const TH_FIN = 0x01;
+const TH_SYN = 0x02;
+const TH_RST = 0x04;
+const TH_PSH = 0x08;
+const TH_ACK = 0x10;
+const TH_URG = 0x20;
+const WSCALE_FLAG = 0x40;
+const WSCALE_UNKNOWN = 0x80;
+const WSCALE_MASK = 0x0f;
+const TCP_MAX_WSCALE = 14;
+/** A reset or a retransmission may be this far behind what was acked (pf's MAXACKWINDOW: 64 KiB and a fudge). */
+const MAXACKWINDOW = 0xffff + 1500;
+
+/** Words of a tuple: zone|proto|family, source (4), destination (4), ports (or ICMP id|type). */
+const TW = 10;
+
+const seqGeq = (a: number, b: number) => ((a - b) | 0) >= 0;
+const seqGt = (a: number, b: number) => ((a - b) | 0) > 0;
+
+/** ICMP query types and their replies (v4: echo, timestamp, information, address mask; v6: echo). */
+const ICMP4_REPLY = new Int16Array(256).fill(-1);
+const ICMP4_REQUEST = new Int16Array(256).fill(-1);
+for (const [q, r] of [[8, 0], [13, 14], [15, 16], [17, 18]]) { ICMP4_REPLY[q] = r; ICMP4_REQUEST[r] = q; }
+const ICMP6_REPLY = new Int16Array(256).fill(-1);
+const ICMP6_REQUEST = new Int16Array(256).fill(-1);
+ICMP6_REPLY[128] = 129; ICMP6_REQUEST[129] = 128;
+/** ICMP errors that quote the packet they are about. */
+const ICMP4_ERROR = new Uint8Array(256);
+for (const t of [3, 4, 5, 11, 12]) ICMP4_ERROR[t] = 1;
+const ICMP6_ERROR = new Uint8Array(256);
+for (const t of [1, 2, 3, 4]) ICMP6_ERROR[t] = 1;
+
+export interface ConnTrackOptions {
+  /** Connections the table holds (fixed at start). */
+  capacity: number;
+  timeouts?: Partial<Timeouts>;
+}
+
+/** What `list` shows of a connection (slow path: one object each). */
+export interface ConnInfo {
+  id: number;
+  zone: number;
+  proto: number;
+  orig: { src: string; dst: string; sport: number; dport: number };
+  reply: { src: string; dst: string; sport: number; dport: number };
+  state: string;
+  packets: [number, number];
+  bytes: [number, number];
+  expiresInMs: number;
+}
+
+export class ConnTrack {
+  readonly capacity: number;
+  readonly timeouts: Timeouts;
+  /** Counters: lookups that found a connection, connections made, packets inv, commits refused for a full table, connections expired. */
+  readonly stats = { found: 0, created: 0, invalid: 0, full: 0, expired: 0, reopened: 0 };
+
+  private readonly tup: Uint32Array;
+  private readonly index: Int32Array;
+  private readonly indexMask: number;
+  private readonly used: Uint8Array;
+  private readonly proto: Uint8Array;
+  /** UDP/ICMP/other: OTHER_*; TCP: unused (per direction below). */
+  private readonly pstate: Uint8Array;
+  private readonly tcpState: Uint8Array;
+  private readonly seqlo: Uint32Array;
+  private readonly seqhi: Uint32Array;
+  private readonly maxwin: Uint32Array;
+  private readonly wscale: Uint8Array;
+  private readonly expires: Float64Array;
+  private readonly packets: Float64Array;
+  private readonly bytes: Float64Array;
+  private readonly freeIds: Int32Array;
+  private nFree: number;
+  private hand = 0;
+  private live = 0;
+  /** The packet's tuple, built here for each lookup. */
+  private readonly t = new Uint32Array(TW);
+  private readonly r = new Uint32Array(TW);
+
+  /** Bytes the tables of `capacity` connections take (what the constructor allocates). */
+  static bytesFor(capacity: number): number {
+    const slots = indexSlots(capacity);
+    return capacity * 2 * TW * 4 + slots * 8 + capacity * (1 + 1 + 1 + 8) + capacity * 2 * (1 + 4 + 4 + 4 + 1 + 8 + 8) + capacity * 4;
+  }
+
+  constructor(opts: ConnTrackOptions) {
+    const c = opts.capacity;
+    if (!Number.isInteger(c) || c < 1 || c > 1 << 24) throw new FpoError('FPO_ERR_USAGE', `conntrack: capacity must be an integer in 1..${1 << 24}, not ${c}`);
+    this.capacity = c;
+    this.timeouts = { ...DEFAULT_TIMEOUTS, ...opts.timeouts };
+    this.tup = new Uint32Array(c * 2 * TW);
+    const slots = indexSlots(c);
+    this.index = new Int32Array(slots * 2).fill(-1);
+    this.indexMask = slots - 1;
+    this.used = new Uint8Array(c);
+    this.proto = new Uint8Array(c);
+    this.pstate = new Uint8Array(c);
+    this.tcpState = new Uint8Array(c * 2);
+    this.seqlo = new Uint32Array(c * 2);
+    this.seqhi = new Uint32Array(c * 2);
+    this.maxwin = new Uint32Array(c * 2);
+    this.wscale = new Uint8Array(c * 2);
+    this.expires = new Float64Array(c);
+    this.packets = new Float64Array(c * 2);
+    this.bytes = new Float64Array(c * 2);
+    this.freeIds = new Int32Array(c);
+    for (let k = 0; k < c; k++) this.freeIds[k] = c - 1 - k;
+    this.nFree = c;
+  }
+
+  /** Connections in the table (expired ones not yet freed included). */
+  get count(): number {
+    return this.live;
+  }
+
+  /**
+   * Fast path: ct(zone, commit) for packets sel[0..n) of the batch, at
+   * `nowMs` (monotonic). Writes batch.ctState for each.
+   */
+  process(batch: PacketBatch, sel: Uint16Array, n: number, zone: number, commit: boolean, nowMs: number): void {
+    for (let j = 0; j < n; j++) {
+      const i = sel[j];
+      if (batch.drop[i] !== 0) continue;
+      batch.ctState[i] = this.one(batch, i, zone, commit, nowMs);
+    }
+  }
+
+  /** Fast path: one packet's ct_state. */
+  private one(batch: PacketBatch, i: number, zone: number, commit: boolean, now: number): number {
+    const k = i * KEY_WORDS;
+    const key = batch.key;
+    const ethType = key[k + W_ETH_TYPE] >>> 16;
+    const family = ethType === 0x0800 ? 4 : ethType === 0x86dd ? 6 : 0;
+    if (family === 0) return CS_TRK | CS_INV; // not IP: nothing to track
+    if ((key[k + W_ETH_TYPE] & FRAG_LATER) !== 0) return CS_TRK | CS_INV; // a later fragment: no ports (fpo does not reassemble)
+    const proto = (key[k + W_ETH_TYPE] >>> 8) & 0xff;
+    const l4 = batch.l4Off[i];
+    const t = this.t;
+    t[0] = ((zone & 0xffff) << 16) | (proto << 8) | family;
+    for (let w = 0; w < 4; w++) { t[1 + w] = key[k + W_IP_SRC + w]; t[5 + w] = key[k + W_IP_DST + w]; }
+    let tp = key[k + W_TP];
+    const icmp = (proto === 1 && family === 4) || (proto === 58 && family === 6);
+    if (icmp) {
+      if (l4 === ABSENT || batch.caplen[i] < l4 + 8) return CS_TRK | CS_INV;
+      const b = batch.buf;
+      const p = batch.off[i] + l4;
+      const type = b[p];
+      if ((family === 4 ? ICMP4_ERROR : ICMP6_ERROR)[type] === 1) return this.related(batch, i, zone, family, p, now);
+      const isReply = (family === 4 ? ICMP4_REQUEST : ICMP6_REQUEST)[type] >= 0;
+      const isQuery = (family === 4 ? ICMP4_REPLY : ICMP6_REPLY)[type] >= 0;
+      if (!isReply && !isQuery) return CS_TRK | CS_INV;
+      tp = (((b[p + 4] << 8) | b[p + 5]) << 16) | (type << 8);
+    }
+    t[9] = tp >>> 0;
+    const h = hashTuple(t, 0);
+    let e = this.find(t, 0, h);
+    if (e >= 0 && this.expires[e >> 1] <= now) {
+      this.free(e >> 1);
+      this.stats.expired++;
+      e = -1;
+    }
+    const ipLen = this.ipLength(batch, i, family);
+    if (e < 0) {
+      if (icmp && (family === 4 ? ICMP4_REQUEST : ICMP6_REQUEST)[(tp >>> 8) & 0xff] >= 0) return CS_TRK | CS_INV; // a reply to no request
+      if (proto === 6 && !this.tcpValidNew(batch, i)) return CS_TRK | CS_INV;
+      if (commit) {
+        const id = this.create(h, proto, icmp, now);
+        if (id < 0) this.stats.full++;
+        else {
+          if (proto === 6) this.tcpNew(batch, i, id, now);
+          this.packets[id * 2] = 1;
+          this.bytes[id * 2] = ipLen;
+        }
+      }
+      return CS_TRK | CS_NEW;
+    }
+    this.stats.found++;
+    const id = e >> 1;
+    const reply = (e & 1) === 1;
+    const d = reply ? 1 : 0;
+    if (proto === 6) {
+      const res = this.tcpUpdate(batch, i, id, reply, now);
+      if (res === UPDATE_INVALID) { this.stats.invalid++; return CS_TRK | CS_INV; }
+      if (res === UPDATE_NEW) {
+        // A SYN on a connection both sides closed: the old one goes, a new one starts (with commit).
+        this.free(id);
+        this.stats.reopened++;
+        if (!commit) return CS_TRK | CS_NEW;
+        const nid = this.create(hashTuple(this.t, 0), proto, false, now);
+        if (nid < 0) { this.stats.full++; return CS_TRK | CS_NEW; }
+        this.tcpNew(batch, i, nid, now);
+        this.packets[nid * 2] = 1;
+        this.bytes[nid * 2] = ipLen;
+        return CS_TRK | CS_NEW;
+      }
+    } else {
+      const st = this.pstate[id];
+      if (reply) this.pstate[id] = OTHER_BIDIR;
+      else if (st === OTHER_FIRST) this.pstate[id] = OTHER_MULTIPLE;
+      const to = this.timeouts;
+      this.expires[id] = now + (icmp ? (this.pstate[id] === OTHER_BIDIR ? to.icmpReply : to.icmpFirst) : this.pstate[id] === OTHER_BIDIR ? to.otherBidir : this.pstate[id] === OTHER_MULTIPLE ? to.otherMultiple : to.otherFirst);
+    }
+    this.packets[id * 2 + d]++;
+    this.bytes[id * 2 + d] += ipLen;
+    if (reply) return CS_TRK | CS_EST | CS_RPL;
+    return this.seenReply(id) ? CS_TRK | CS_EST : CS_TRK | CS_NEW;
+  }
+
+  /** Whether the connection has seen a packet in the reply direction. */
+  private seenReply(id: number): boolean {
+    return this.proto[id] === 6 ? this.packets[id * 2 + 1] > 0 : this.pstate[id] === OTHER_BIDIR;
+  }
+
+  /** An ICMP error at `p`: rel (with rpl when it goes against the quoted packet's direction) if what it quotes is tracked, else inv. */
+  private related(batch: PacketBatch, i: number, zone: number, family: number, p: number, now: number): number {
+    const b = batch.buf;
+    const end = batch.off[i] + batch.caplen[i];
+    const q = p + 8; // the quoted packet's IP header
+    const t = this.r;
+    let proto: number;
+    let l4: number;
+    if (family === 4) {
+      if (q + 20 > end || b[q] >> 4 !== 4) return CS_TRK | CS_INV;
+      const ihl = (b[q] & 15) * 4;
+      proto = b[q + 9];
+      l4 = q + ihl;
+      t[1] = rd32(b, q + 12); t[2] = 0; t[3] = 0; t[4] = 0;
+      t[5] = rd32(b, q + 16); t[6] = 0; t[7] = 0; t[8] = 0;
+    } else {
+      if (q + 40 > end || b[q] >> 4 !== 6) return CS_TRK | CS_INV;
+      proto = b[q + 6];
+      l4 = q + 40;
+      for (let w = 0; w < 4; w++) { t[1 + w] = rd32(b, q + 8 + 4 * w); t[5 + w] = rd32(b, q + 24 + 4 * w); }
+    }
+    if (l4 + 8 > end) return CS_TRK | CS_INV;
+    t[0] = ((zone & 0xffff) << 16) | (proto << 8) | family;
+    if (proto === 6 || proto === 17 || proto === 132 || proto === 136) t[9] = rd32(b, l4);
+    else if ((proto === 1 && family === 4) || (proto === 58 && family === 6)) t[9] = (((b[l4 + 4] << 8) | b[l4 + 5]) << 16 | (b[l4] << 8)) >>> 0;
+    else t[9] = 0;
+    const e = this.find(t, 0, hashTuple(t, 0));
+    if (e < 0 || this.expires[e >> 1] <= now) return CS_TRK | CS_INV;
+    // The quoted packet went one way; the error comes back the other.
+    return (e & 1) === 0 ? CS_TRK | CS_REL | CS_RPL : CS_TRK | CS_REL;
+  }
+
+  /** The packet's IP length (header and payload), from its header: what the connection's byte counters add. */
+  private ipLength(batch: PacketBatch, i: number, family: number): number {
+    const l3 = batch.l3Off[i];
+    if (l3 === ABSENT) return batch.wirelen[i];
+    const b = batch.buf;
+    const p = batch.off[i] + l3;
+    return family === 4 ? (b[p + 2] << 8) | b[p + 3] : 40 + ((b[p + 4] << 8) | b[p + 5]);
+  }
+
+  // --- the index ---
+
+  /**
+   * The index entry (id * 2 + direction) whose tuple equals src[at .. at + TW), or -1.
+   * A slot holds the entry and its tuple's hash side by side: a probe compares hashes in the
+   * slot's own cache line and reads a tuple only when they agree.
+   */
+  private find(src: Uint32Array, at: number, h: number): number {
+    const idx = this.index;
+    const mask = this.indexMask;
+    const tup = this.tup;
+    const hh = h | 0;
+    for (let s = h & mask; ; s = (s + 1) & mask) {
+      const e = idx[s * 2];
+      if (e < 0) return -1;
+      if (idx[s * 2 + 1] !== hh) continue;
+      const o = e * TW;
+      let w = 0;
+      while (w < TW && tup[o + w] === src[at + w]) w++;
+      if (w === TW) return e;
+    }
+  }
+
+  private insert(e: number, h: number): void {
+    const idx = this.index;
+    const mask = this.indexMask;
+    let s = h & mask;
+    while (idx[s * 2] >= 0) s = (s + 1) & mask;
+    idx[s * 2] = e;
+    idx[s * 2 + 1] = h | 0;
+  }
+
+  /** Removes entry e (backward-shift deletion: later entries of the run move up, so no tombstone). */
+  private remove(e: number): void {
+    const idx = this.index;
+    const mask = this.indexMask;
+    let s = hashTuple(this.tup, e * TW) & mask;
+    while (idx[s * 2] !== e) s = (s + 1) & mask;
+    let hole = s;
+    for (let n = (hole + 1) & mask; idx[n * 2] >= 0; n = (n + 1) & mask) {
+      const home = idx[n * 2 + 1] & mask;
+      // Entry at n may move into the hole if its home is not cyclically in (hole, n].
+      if (((n - home) & mask) >= ((n - hole) & mask)) {
+        idx[hole * 2] = idx[n * 2];
+        idx[hole * 2 + 1] = idx[n * 2 + 1];
+        hole = n;
+      }
+    }
+    idx[hole * 2] = -1;
+  }
+
+  /** A new connection for the tuple in this.t (hash h): its reply tuple, index entries, state. Returns its id, or -1 when full. */
+  private create(h: number, proto: number, icmp: boolean, now: number): number {
+    if (this.nFree === 0) {
+      this.expire(now, this.capacity < 64 ? this.capacity : 64);
+      if (this.nFree === 0) return -1;
+    }
+    const id = this.freeIds[--this.nFree];
+    const t = this.t;
+    const tup = this.tup;
+    const o = id * 2 * TW;
+    for (let w = 0; w < TW; w++) tup[o + w] = t[w];
+    // The reply: addresses and ports swapped (ICMP: the same identifier, the reply's type).
+    tup[o + TW] = t[0];
+    for (let w = 0; w < 4; w++) { tup[o + TW + 1 + w] = t[5 + w]; tup[o + TW + 5 + w] = t[1 + w]; }
+    if (icmp) {
+      const type = (t[9] >>> 8) & 0xff;
+      const rtype = (t[0] & 0xff) === 4 ? ICMP4_REPLY[type] : ICMP6_REPLY[type];
+      tup[o + TW + 9] = ((t[9] & 0xffff0000) | (rtype << 8)) >>> 0;
+    } else tup[o + TW + 9] = ((t[9] << 16) | (t[9] >>> 16)) >>> 0;
+    this.insert(id * 2, h);
+    this.insert(id * 2 + 1, hashTuple(tup, o + TW));
+    this.used[id] = 1;
+    this.proto[id] = proto;
+    this.pstate[id] = OTHER_FIRST;
+    this.packets[id * 2] = 0; this.packets[id * 2 + 1] = 0;
+    this.bytes[id * 2] = 0; this.bytes[id * 2 + 1] = 0;
+    this.expires[id] = now + (icmp ? this.timeouts.icmpFirst : this.timeouts.otherFirst);
+    this.live++;
+    this.stats.created++;
+    return id;
+  }
+
+  private free(id: number): void {
+    this.remove(id * 2);
+    this.remove(id * 2 + 1);
+    this.used[id] = 0;
+    this.freeIds[this.nFree++] = id;
+    this.live--;
+  }
+
+  /** Frees expired connections among the next `budget` ids (a clock hand). Returns how many it freed. */
+  expire(now: number, budget: number): number {
+    let freed = 0;
+    const c = this.capacity;
+    for (let k = 0; k < budget; k++) {
+      const id = this.hand;
+      this.hand = id + 1 === c ? 0 : id + 1;
+      if (this.used[id] === 1 && this.expires[id] <= now) {
+        this.free(id);
+        freed++;
+      }
+    }
+    this.stats.expired += freed;
+    return freed;
+  }
+
+  /** Drops every connection (of one zone). Returns how many. */
+  flush(zone?: number): number {
+    let n = 0;
+    for (let id = 0; id < this.capacity; id++) {
+      if (this.used[id] === 1 && (zone === undefined || this.tup[id * 2 * TW] >>> 16 === zone)) { this.free(id); n++; }
+    }
+    return n;
+  }
+
+  // --- TCP (pf's window tracking, as Open vSwitch's conntrack-tcp.c) ---
+
+  /** Flags no TCP sends: SYN with RST or FIN; neither ACK nor RST (and not SYN); FIN, PSH or URG without ACK. */
+  private static badFlags(f: number): boolean {
+    if ((f & TH_SYN) !== 0) { if ((f & (TH_RST | TH_FIN)) !== 0) return true; }
+    else if ((f & (TH_ACK | TH_RST)) === 0) return true;
+    if ((f & TH_ACK) === 0 && (f & (TH_FIN | TH_PSH | TH_URG)) !== 0) return true;
+    return false;
+  }
+
+  /** The TCP header of packet i is whole in the capture: its offset in buf, else -1. */
+  private tcpAt(batch: PacketBatch, i: number): number {
+    const l4 = batch.l4Off[i];
+    if (l4 === ABSENT) return -1;
+    const p = batch.off[i] + l4;
+    const end = batch.off[i] + batch.caplen[i];
+    if (p + 20 > end) return -1;
+    const doff = (batch.buf[p + 12] >> 4) * 4;
+    if (doff < 20 || p + doff > end) return -1;
+    return p;
+  }
+
+  /** A packet that may start a connection: sane flags, and not a SYN+ACK (a half-open connection is not picked up). */
+  private tcpValidNew(batch: PacketBatch, i: number): boolean {
+    const p = this.tcpAt(batch, i);
+    if (p < 0) return false;
+    const f = batch.buf[p + 13];
+    if (ConnTrack.badFlags(f)) return false;
+    return !((f & TH_SYN) !== 0 && (f & TH_ACK) !== 0);
+  }
+
+  /** TCP payload length of packet i whose header is at p. */
+  private tcpPayload(batch: PacketBatch, i: number, p: number): number {
+    const b = batch.buf;
+    const l3 = batch.off[i] + batch.l3Off[i];
+    const family = b[l3] >> 4;
+    const ipEnd = family === 4 ? l3 + ((b[l3 + 2] << 8) | b[l3 + 3]) : l3 + 40 + ((b[l3 + 4] << 8) | b[l3 + 5]);
+    const n = ipEnd - p - (b[p + 12] >> 4) * 4;
+    return n > 0 ? n : 0;
+  }
+
+  /** The window scale option of the TCP header at p: shift | WSCALE_FLAG, or 0. */
+  private static wscaleOpt(b: Uint8Array, p: number): number {
+    const end = p + (b[p + 12] >> 4) * 4;
+    let o = p + 20;
+    while (o < end) {
+      const kind = b[o];
+      if (kind === 0) break;
+      if (kind === 1) { o++; continue; }
+      if (o + 1 >= end) break;
+      const len = b[o + 1];
+      if (len < 2 || o + len > end) break;
+      if (kind === 3 && len === 3) return (b[o + 2] > TCP_MAX_WSCALE ? TCP_MAX_WSCALE : b[o + 2]) | WSCALE_FLAG;
+      o += len;
+    }
+    return 0;
+  }
+
+  private tcpNew(batch: PacketBatch, i: number, id: number, now: number): void {
+    const b = batch.buf;
+    const p = this.tcpAt(batch, i);
+    const f = b[p + 13];
+    const s = id * 2;
+    const dst = s + 1;
+    const seq = rd32(b, p + 4);
+    this.seqlo[s] = seq;
+    let hi = seq + this.tcpPayload(batch, i, p) + 1;
+    if ((f & TH_SYN) !== 0) {
+      hi++;
+      this.wscale[s] = ConnTrack.wscaleOpt(b, p);
+      this.wscale[dst] = 0;
+    } else {
+      this.wscale[s] = WSCALE_UNKNOWN;
+      this.wscale[dst] = WSCALE_UNKNOWN;
+    }
+    let win = (b[p + 14] << 8) | b[p + 15];
+    if (win === 0) win = 1;
+    const sws = this.wscale[s] & WSCALE_MASK;
+    if (sws !== 0 && (this.wscale[s] & WSCALE_FLAG) !== 0) win = Math.ceil(win / (1 << sws));
+    this.maxwin[s] = win;
+    if ((f & TH_FIN) !== 0) hi++;
+    this.seqhi[s] = hi >>> 0;
+    this.seqhi[dst] = 1;
+    this.maxwin[dst] = 1;
+    this.seqlo[dst] = 0;
+    this.tcpState[s] = TCPS_SYN_SENT;
+    this.tcpState[dst] = TCPS_CLOSED;
+    this.expires[id] = now + this.timeouts.tcpFirstPacket;
+  }
+
+  /** Checks and applies one segment in direction `reply`. */
+  private tcpUpdate(batch: PacketBatch, i: number, id: number, reply: boolean, now: number): number {
+    const b = batch.buf;
+    const p = this.tcpAt(batch, i);
+    if (p < 0) return UPDATE_INVALID;
+    const f = b[p + 13];
+    if (ConnTrack.badFlags(f)) return UPDATE_INVALID;
+    const s = id * 2 + (reply ? 1 : 0);
+    const d = id * 2 + (reply ? 0 : 1);
+    const st = this.tcpState;
+    if ((f & TH_SYN) !== 0 && st[d] >= TCPS_FIN_WAIT_2 && st[s] >= TCPS_FIN_WAIT_2) return UPDATE_NEW;
+    const ws = this.wscale;
+    let sws: number;
+    let dws: number;
+    if ((ws[s] & WSCALE_FLAG) !== 0 && (ws[d] & WSCALE_FLAG) !== 0 && (f & TH_SYN) === 0) {
+      sws = ws[s] & WSCALE_MASK;
+      dws = ws[d] & WSCALE_MASK;
+    } else if ((ws[s] & WSCALE_UNKNOWN) !== 0 && (ws[d] & WSCALE_UNKNOWN) !== 0 && (f & TH_SYN) === 0) {
+      sws = TCP_MAX_WSCALE;
+      dws = TCP_MAX_WSCALE;
+    } else {
+      sws = 0;
+      dws = 0;
+    }
+    let win = (b[p + 14] << 8) | b[p + 15];
+    const origSeq = rd32(b, p + 4);
+    let seq = origSeq;
+    let ack: number;
+    let end: number;
+    const payload = this.tcpPayload(batch, i, p);
+    const seqlo = this.seqlo;
+    const seqhi = this.seqhi;
+    const maxwin = this.maxwin;
+    if (st[s] < TCPS_SYN_SENT) {
+      // The first segment from this end.
+      ack = rd32(b, p + 8);
+      end = (seq + payload) >>> 0;
+      if ((f & TH_SYN) !== 0) {
+        end = (end + 1) >>> 0;
+        if ((ws[d] & WSCALE_FLAG) !== 0) {
+          ws[s] = ConnTrack.wscaleOpt(b, p);
+          if ((ws[s] & WSCALE_FLAG) !== 0) {
+            sws = ws[s] & WSCALE_MASK;
+            win = Math.ceil(win / (1 << sws));
+            dws = ws[d] & WSCALE_MASK;
+          } else ws[d] = 0; // the other end's scale does not count: this end does not scale
+        }
+      }
+      if ((f & TH_FIN) !== 0) end = (end + 1) >>> 0;
+      seqlo[s] = seq;
+      st[s] = TCPS_SYN_SENT;
+      const room = Math.max(1, maxwin[d] * 2 ** dws);
+      if (seqhi[s] === 1 || seqGeq((end + room) >>> 0, seqhi[s])) seqhi[s] = (end + room) >>> 0;
+      if (win > maxwin[s]) maxwin[s] = win;
+    } else {
+      ack = rd32(b, p + 8);
+      end = (seq + payload) >>> 0;
+      if ((f & TH_SYN) !== 0) end = (end + 1) >>> 0;
+      if ((f & TH_FIN) !== 0) end = (end + 1) >>> 0;
+    }
+    if ((f & TH_ACK) === 0) ack = seqlo[d]; // no ACK: it passes the ack-skew check
+    else if (ack === 0 && (f & (TH_ACK | TH_RST)) === (TH_ACK | TH_RST)) ack = seqlo[d]; // stacks that reset with ack 0
+    if (seq === end) {
+      // No data: the sequence rules are eased.
+      seq = seqlo[s];
+      end = seq;
+    }
+    const ackskew = (seqlo[d] - ack) | 0;
+    const wins = win * 2 ** sws;
+    if (seqGeq(seqhi[s], end)
+      && seqGeq(seq, (seqlo[s] - maxwin[d] * 2 ** dws) >>> 0)
+      && ackskew >= -MAXACKWINDOW
+      && ackskew <= MAXACKWINDOW * 2 ** sws
+      && ((f & TH_RST) === 0 || origSeq === seqlo[s] || origSeq === ((seqlo[s] + 1) >>> 0) || ((origSeq + 1) >>> 0) === seqlo[s])) {
+      if (maxwin[s] < win) maxwin[s] = win;
+      if (seqGt(end, seqlo[s])) seqlo[s] = end;
+      if (seqGeq((ack + wins) >>> 0, seqhi[d])) seqhi[d] = (ack + Math.max(wins, 1)) >>> 0;
+      if ((f & TH_SYN) !== 0 && st[s] < TCPS_SYN_SENT) st[s] = TCPS_SYN_SENT;
+      if ((f & TH_FIN) !== 0 && st[s] < TCPS_CLOSING) st[s] = TCPS_CLOSING;
+      if ((f & TH_ACK) !== 0) {
+        if (st[d] === TCPS_SYN_SENT) st[d] = TCPS_ESTABLISHED;
+        else if (st[d] === TCPS_CLOSING) st[d] = TCPS_FIN_WAIT_2;
+      }
+      if ((f & TH_RST) !== 0) { st[s] = TCPS_TIME_WAIT; st[d] = TCPS_TIME_WAIT; }
+      const to = this.timeouts;
+      this.expires[id] = now + (st[s] >= TCPS_FIN_WAIT_2 && st[d] >= TCPS_FIN_WAIT_2 ? to.tcpClosed
+        : st[s] >= TCPS_CLOSING && st[d] >= TCPS_CLOSING ? to.tcpFinWait
+          : st[s] < TCPS_ESTABLISHED || st[d] < TCPS_ESTABLISHED ? to.tcpOpening
+            : st[s] >= TCPS_CLOSING || st[d] >= TCPS_CLOSING ? to.tcpClosing : to.tcpEstablished);
+      return UPDATE_VALID;
+    }
+    if ((st[d] < TCPS_SYN_SENT || st[d] >= TCPS_FIN_WAIT_2 || st[s] >= TCPS_FIN_WAIT_2)
+      && seqGeq((seqhi[s] + MAXACKWINDOW) >>> 0, end)
+      && seqGeq(seq, (seqlo[s] - MAXACKWINDOW) >>> 0)) {
+      // pf's loose case: SYNs shot before the peer answered, a stream met after it began, stray
+      // segments just after a close. State moves, the timeout does not (a flood here buys nothing).
+      if (maxwin[s] < win) maxwin[s] = win;
+      if (seqGt(end, seqlo[s])) seqlo[s] = end;
+      if (seqGeq((ack + wins) >>> 0, seqhi[d])) seqhi[d] = (ack + Math.max(wins, 1)) >>> 0;
+      if ((f & TH_FIN) !== 0 && st[s] < TCPS_CLOSING) st[s] = TCPS_CLOSING;
+      if ((f & TH_RST) !== 0) { st[s] = TCPS_TIME_WAIT; st[d] = TCPS_TIME_WAIT; }
+      return UPDATE_VALID;
+    }
+    return UPDATE_INVALID;
+  }
+
+  // --- slow path: for fpo ctl ---
+
+  /** The connections (of one zone), as objects: for listing, not the fast path. */
+  list(now: number, zone?: number): ConnInfo[] {
+    const out: ConnInfo[] = [];
+    const tup = this.tup;
+    for (let id = 0; id < this.capacity; id++) {
+      if (this.used[id] === 0) continue;
+      const o = id * 2 * TW;
+      const z = tup[o] >>> 16;
+      if (zone !== undefined && z !== zone) continue;
+      const family = tup[o] & 0xff;
+      const side = (at: number) => ({ src: addr(tup, at + 1, family), dst: addr(tup, at + 5, family), sport: tup[at + 9] >>> 16, dport: tup[at + 9] & 0xffff });
+      const proto = this.proto[id];
+      out.push({
+        id, zone: z, proto, orig: side(o), reply: side(o + TW),
+        state: proto === 6 ? `${TCP_STATE_NAMES[this.tcpState[id * 2]]}:${TCP_STATE_NAMES[this.tcpState[id * 2 + 1]]}` : ['FIRST', 'MULTIPLE', 'BIDIR'][this.pstate[id]],
+        packets: [this.packets[id * 2], this.packets[id * 2 + 1]], bytes: [this.bytes[id * 2], this.bytes[id * 2 + 1]],
+        expiresInMs: Math.max(0, this.expires[id] - now),
+      });
+    }
+    return out;
+  }
+}
+
+const UPDATE_INVALID = 0;
+const UPDATE_VALID = 1;
+const UPDATE_NEW = 2;
+
+/** Index slots for `capacity` connections: a power of two ≥ 4 a connection (2 entries each: at most half full). */
+function indexSlots(capacity: number): number {
+  let s = 16;
+  while (s < capacity * 4) s *= 2;
+  return s;
+}
+
+/** murmur3's word step over the tuple, then its finalizer (flow-table's fmix). */
+function hashTuple(t: Uint32Array, at: number): number {
+  let h = 0x9e3779b9;
+  for (let w = 0; w < TW; w++) {
+    let k = Math.imul(t[at + w], 0xcc9e2d51);
+    k = Math.imul((k << 15) | (k >>> 17), 0x1b873593);
+    h ^= k;
+    h = (Math.imul((h << 13) | (h >>> 19), 5) + 0xe6546b64) | 0;
+  }
+  return fmix((h ^ (TW * 4)) >>> 0);
+}
+
+function rd32(b: Uint8Array, p: number): number {
+  return ((b[p] << 24) | (b[p + 1] << 16) | (b[p + 2] << 8) | b[p + 3]) >>> 0;
+}
+
+function addr(t: Uint32Array, at: number, family: number): string {
+  if (family === 4) return [t[at] >>> 24, (t[at] >>> 16) & 255, (t[at] >>> 8) & 255, t[at] & 255].join('.');
+  const parts: string[] = [];
+  for (let w = 0; w < 4; w++) parts.push((t[at + w] >>> 16).toString(16), (t[at + w] & 0xffff).toString(16));
+  return parts.join(':');
+}
