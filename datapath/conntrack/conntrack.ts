@@ -46,6 +46,7 @@ import { ABSENT } from '../batch.js';
 import { KEY_WORDS, W_ETH_TYPE, W_IP_DST, W_IP_SRC, W_TP, FRAG_LATER } from '../classifier/flow-key.js';
 import { fmix } from '../classifier/flow-table.js';
 import { FpoError } from '../errors.js';
+import { NAT_DST, NAT_SRC, type NatRange, rewrite } from './nat.js';
 
 /** ct_state bits, Open vSwitch's values. */
 export const CS_NEW = 0x01;
@@ -54,6 +55,8 @@ export const CS_REL = 0x04;
 export const CS_RPL = 0x08;
 export const CS_INV = 0x10;
 export const CS_TRK = 0x20;
+export const CS_SRC_NAT = 0x40;
+export const CS_DST_NAT = 0x80;
 
 /** TCP peer states (pf's, as Open vSwitch's ct_dpif_tcp_state). */
 export const TCPS_CLOSED = 0;
@@ -148,7 +151,7 @@ export class ConnTrack {
   readonly capacity: number;
   readonly timeouts: Timeouts;
   /** Counters: lookups that found a connection, connections made, packets inv, commits refused for a full table, connections expired. */
-  readonly stats = { found: 0, created: 0, invalid: 0, full: 0, expired: 0, reopened: 0 };
+  readonly stats = { found: 0, created: 0, invalid: 0, full: 0, expired: 0, reopened: 0, natExhausted: 0, natCut: 0 };
 
   private readonly tup: Uint32Array;
   private readonly index: Int32Array;
@@ -157,6 +160,8 @@ export class ConnTrack {
   private readonly proto: Uint8Array;
   /** UDP/ICMP/other: OTHER_*; TCP: unused (per direction below). */
   private readonly pstate: Uint8Array;
+  /** NAT_SRC, NAT_DST or 0: the reply tuple is the translated one, every packet is rewritten. */
+  private readonly natKind: Uint8Array;
   private readonly tcpState: Uint8Array;
   private readonly seqlo: Uint32Array;
   private readonly seqhi: Uint32Array;
@@ -176,7 +181,7 @@ export class ConnTrack {
   /** Bytes the tables of `capacity` connections take (what the constructor allocates). */
   static bytesFor(capacity: number): number {
     const slots = indexSlots(capacity);
-    return capacity * 2 * TW * 4 + slots * 8 + capacity * (1 + 1 + 1 + 8) + capacity * 2 * (1 + 4 + 4 + 4 + 1 + 8 + 8) + capacity * 4;
+    return capacity * 2 * TW * 4 + slots * 8 + capacity * (1 + 1 + 1 + 1 + 8) + capacity * 2 * (1 + 4 + 4 + 4 + 1 + 8 + 8) + capacity * 4;
   }
 
   constructor(opts: ConnTrackOptions) {
@@ -191,6 +196,7 @@ export class ConnTrack {
     this.used = new Uint8Array(c);
     this.proto = new Uint8Array(c);
     this.pstate = new Uint8Array(c);
+    this.natKind = new Uint8Array(c);
     this.tcpState = new Uint8Array(c * 2);
     this.seqlo = new Uint32Array(c * 2);
     this.seqhi = new Uint32Array(c * 2);
@@ -210,19 +216,43 @@ export class ConnTrack {
   }
 
   /**
-   * Fast path: ct(zone, commit) for packets sel[0..n) of the batch, at
-   * `nowMs` (monotonic). Writes batch.ctState for each.
+   * Fast path: ct(zone, commit[, nat]) for packets sel[0..n) of the batch, at
+   * `nowMs` (monotonic). Writes batch.ctState for each. With `nat`, a
+   * connection this commits is translated as it says (nat.ts); a packet of
+   * a translated connection is rewritten whether or not this call has nat
+   * (as Open vSwitch's ct(nat) does for established connections).
    */
-  process(batch: PacketBatch, sel: Uint16Array, n: number, zone: number, commit: boolean, nowMs: number): void {
+  process(batch: PacketBatch, sel: Uint16Array, n: number, zone: number, commit: boolean, nowMs: number, nat: NatRange | null = null): void {
     for (let j = 0; j < n; j++) {
       const i = sel[j];
       if (batch.drop[i] !== 0) continue;
-      batch.ctState[i] = this.one(batch, i, zone, commit, nowMs);
+      const st = this.one(batch, i, zone, commit, nowMs, nat);
+      batch.ctState[i] = st;
+      const id = this.lastId;
+      if (id >= 0 && this.natKind[id] !== 0 && (st & CS_INV) === 0) {
+        // To the reverse of the other direction's tuple: orig packets take the translated
+        // addresses, replies the original ones.
+        const other = id * 2 * TW + (this.lastReply ? 0 : TW);
+        const r = this.r;
+        const tup = this.tup;
+        r[0] = tup[other];
+        for (let w = 0; w < 4; w++) { r[1 + w] = tup[other + 5 + w]; r[5 + w] = tup[other + 1 + w]; }
+        const pr = (tup[other] >>> 8) & 0xff;
+        // ICMP: the identifier (kept by the translation); TCP/UDP: the other direction's ports swapped.
+        r[9] = pr === 1 || pr === 58 ? tup[other + 9] : ((tup[other + 9] << 16) | (tup[other + 9] >>> 16)) >>> 0;
+        if (rewrite(batch, i, r, 0)) batch.ctState[i] = st | (this.natKind[id] === NAT_SRC ? CS_SRC_NAT : CS_DST_NAT);
+        else this.stats.natCut++;
+      }
     }
   }
 
+  /** The connection the last packet found or made (-1: none), and whether in the reply direction. */
+  private lastId = -1;
+  private lastReply = false;
+
   /** Fast path: one packet's ct_state. */
-  private one(batch: PacketBatch, i: number, zone: number, commit: boolean, now: number): number {
+  private one(batch: PacketBatch, i: number, zone: number, commit: boolean, now: number, nat: NatRange | null): number {
+    this.lastId = -1;
     const k = i * KEY_WORDS;
     const key = batch.key;
     const ethType = key[k + W_ETH_TYPE] >>> 16;
@@ -260,12 +290,13 @@ export class ConnTrack {
       if (icmp && (family === 4 ? ICMP4_REQUEST : ICMP6_REQUEST)[(tp >>> 8) & 0xff] >= 0) return CS_TRK | CS_INV; // a reply to no request
       if (proto === 6 && !this.tcpValidNew(batch, i)) return CS_TRK | CS_INV;
       if (commit) {
-        const id = this.create(h, proto, icmp, now);
-        if (id < 0) this.stats.full++;
-        else {
+        const id = this.create(h, proto, icmp, now, nat);
+        if (id >= 0) {
           if (proto === 6) this.tcpNew(batch, i, id, now);
           this.packets[id * 2] = 1;
           this.bytes[id * 2] = ipLen;
+          this.lastId = id;
+          this.lastReply = false;
         }
       }
       return CS_TRK | CS_NEW;
@@ -274,16 +305,21 @@ export class ConnTrack {
     const id = e >> 1;
     const reply = (e & 1) === 1;
     const d = reply ? 1 : 0;
+    this.lastId = id;
+    this.lastReply = reply;
     if (proto === 6) {
       const res = this.tcpUpdate(batch, i, id, reply, now);
-      if (res === UPDATE_INVALID) { this.stats.invalid++; return CS_TRK | CS_INV; }
+      if (res === UPDATE_INVALID) { this.stats.invalid++; this.lastId = -1; return CS_TRK | CS_INV; }
       if (res === UPDATE_NEW) {
         // A SYN on a connection both sides closed: the old one goes, a new one starts (with commit).
         this.free(id);
         this.stats.reopened++;
+        this.lastId = -1;
         if (!commit) return CS_TRK | CS_NEW;
-        const nid = this.create(hashTuple(this.t, 0), proto, false, now);
-        if (nid < 0) { this.stats.full++; return CS_TRK | CS_NEW; }
+        const nid = this.create(hashTuple(this.t, 0), proto, false, now, nat);
+        if (nid < 0) return CS_TRK | CS_NEW;
+        this.lastId = nid;
+        this.lastReply = false;
         this.tcpNew(batch, i, nid, now);
         this.packets[nid * 2] = 1;
         this.bytes[nid * 2] = ipLen;
@@ -399,12 +435,18 @@ export class ConnTrack {
     idx[hole * 2] = -1;
   }
 
-  /** A new connection for the tuple in this.t (hash h): its reply tuple, index entries, state. Returns its id, or -1 when full. */
-  private create(h: number, proto: number, icmp: boolean, now: number): number {
+  /**
+   * A new connection for the tuple in this.t (hash h): its reply tuple (translated as `nat`
+   * says), index entries, state. Returns its id, or -1 (counted) when the table is full or no
+   * translation is free.
+   */
+  private create(h: number, proto: number, icmp: boolean, now: number, nat: NatRange | null): number {
     if (this.nFree === 0) {
       this.expire(now, this.capacity < 64 ? this.capacity : 64);
-      if (this.nFree === 0) return -1;
+      if (this.nFree === 0) { this.stats.full++; return -1; }
     }
+    if (nat !== null && nat.family !== (this.t[0] & 0xff)) nat = null; // a rule for the other family: no translation
+    if (nat !== null && !this.translate(nat, icmp, h)) { this.stats.natExhausted++; return -1; }
     const id = this.freeIds[--this.nFree];
     const t = this.t;
     const tup = this.tup;
@@ -418,6 +460,13 @@ export class ConnTrack {
       const rtype = (t[0] & 0xff) === 4 ? ICMP4_REPLY[type] : ICMP6_REPLY[type];
       tup[o + TW + 9] = ((t[9] & 0xffff0000) | (rtype << 8)) >>> 0;
     } else tup[o + TW + 9] = ((t[9] << 16) | (t[9] >>> 16)) >>> 0;
+    this.natKind[id] = 0;
+    if (nat !== null) {
+      // The reply tuple translate() found free: the reply comes to (SNAT) or from (DNAT) the new address and port.
+      const r = this.r;
+      for (let w = 0; w < TW; w++) tup[o + TW + w] = r[w];
+      this.natKind[id] = nat.kind;
+    }
     this.insert(id * 2, h);
     this.insert(id * 2 + 1, hashTuple(tup, o + TW));
     this.used[id] = 1;
@@ -429,6 +478,52 @@ export class ConnTrack {
     this.live++;
     this.stats.created++;
     return id;
+  }
+
+  /**
+   * Finds a free translated reply tuple for the tuple in this.t, into this.r: addresses of
+   * the range from one the tuple's hash picks, and for each, the packet's own port if the
+   * range has it, then ports on from one the hash picks; the first whose reply tuple no
+   * connection holds. Bounded: 16 addresses × 1024 ports at most. false: none free.
+   */
+  private translate(nat: NatRange, icmp: boolean, h: number): boolean {
+    const t = this.t;
+    const r = this.r;
+    // The plain reply tuple first.
+    r[0] = t[0];
+    for (let w = 0; w < 4; w++) { r[1 + w] = t[5 + w]; r[5 + w] = t[1 + w]; }
+    const plainPorts = icmp ? t[9] : ((t[9] << 16) | (t[9] >>> 16)) >>> 0;
+    const src = nat.kind === NAT_SRC;
+    // SNAT changes the reply's destination (word 5 on, its dport); DNAT its source (word 1 on, its sport).
+    const at = src ? 5 : 1;
+    const own = icmp ? -1 : src ? t[9] >>> 16 : t[9] & 0xffff;
+    const ranged = nat.portMax !== 0 && !icmp;
+    const span = ranged ? nat.portMax - nat.portMin + 1 : 1;
+    // The packet's own port first when the range has it; then from a port the hash picks, so that
+    // connections that share a port spread over the range instead of queueing behind each other.
+    const keep = ranged && own >= nat.portMin && own <= nat.portMax;
+    const first = ranged ? (h >>> 8) % span : 0;
+    const addrs = nat.addrCount < 16 ? nat.addrCount : 16;
+    const tries = span < 1024 ? span : 1024;
+    for (let a = 0; a < addrs; a++) {
+      nat.addressInto(r, at, (h + a) % nat.addrCount);
+      for (let p = 0; p < tries; p++) {
+        let ports = plainPorts;
+        if (ranged) {
+          const port = keep && p === 0 ? own : nat.portMin + ((first + p) % span);
+          ports = src ? ((plainPorts & 0xffff0000) | port) >>> 0 : ((port << 16) | (plainPorts & 0xffff)) >>> 0;
+        }
+        if (icmp) {
+          const type = (t[9] >>> 8) & 0xff;
+          const rtype = (t[0] & 0xff) === 4 ? ICMP4_REPLY[type] : ICMP6_REPLY[type];
+          ports = ((t[9] & 0xffff0000) | (rtype << 8)) >>> 0;
+        }
+        r[9] = ports;
+        if (this.find(r, 0, hashTuple(r, 0)) < 0) return true;
+        if (!ranged) break;
+      }
+    }
+    return false;
   }
 
   private free(id: number): void {

@@ -260,7 +260,7 @@ describe('ConnTrack: UDP, ICMP, zones, expiry, capacity', () => {
     const before = process.memoryUsage().arrayBuffers;
     const ct = new ConnTrack({ capacity: 1 << 20 });
     const grew = process.memoryUsage().arrayBuffers - before;
-    expect(Math.abs(grew - bytes)).toBeLessThan(1 << 20);
+    expect(Math.abs(grew - bytes)).toBeLessThan(bytes * 0.02); // the tables, give or take what the process freed or made meanwhile
     expect(ct.capacity).toBe(1 << 20);
     console.log(`conntrack: 1 M connections take ${(bytes / 2 ** 20).toFixed(1)} MiB of tables`);
   });

@@ -1,0 +1,176 @@
+/**
+ * NAT for tracked connections (conntrack.ts): what a rule asks for (a
+ * NatRange: source or destination, an address range, an optional port
+ * range) and the rewrite of a packet's addresses and ports to a given
+ * tuple, with every checksum it touches updated incrementally (RFC 1624:
+ * HC' = ~(~HC + ~m + m')), so the payload is never summed again.
+ *
+ * The translation itself is chosen by ConnTrack when the connection is
+ * committed: its reply tuple is the translated one (a reply to a source-NATed
+ * packet comes to the translated address and port), so every later packet,
+ * either way, is found by the table and rewritten to the reverse of the
+ * other direction's tuple. Two connections never share a translated tuple:
+ * the choice skips every reply tuple the table already holds.
+ */
+import type { PacketBatch } from '../batch.js';
+import { ABSENT } from '../batch.js';
+import { KEY_WORDS, W_IP_DST, W_IP_SRC, W_TP } from '../classifier/flow-key.js';
+import { FpoError } from '../errors.js';
+
+export const NAT_SRC = 1;
+export const NAT_DST = 2;
+
+/** What a ct(nat(...)) rule asks: source or destination NAT to an address range and, optionally, a port range. */
+export class NatRange {
+  /** NAT_SRC or NAT_DST. */
+  readonly kind: number;
+  /** 4 or 6. */
+  readonly family: number;
+  /** The first address, as 4 words (IPv4: the first word, the rest 0). */
+  readonly addr: Uint32Array;
+  /** Addresses in the range (the last word counts up). */
+  readonly addrCount: number;
+  /** Ports to choose from, or 0..0: keep the packet's port. */
+  readonly portMin: number;
+  readonly portMax: number;
+
+  constructor(kind: 'src' | 'dst', addrMin: string, addrMax: string = addrMin, portMin = 0, portMax = portMin) {
+    this.kind = kind === 'src' ? NAT_SRC : NAT_DST;
+    const lo = addrWords(addrMin);
+    const hi = addrWords(addrMax);
+    if (lo === null || hi === null || lo.family !== hi.family) throw new FpoError('FPO_ERR_USAGE', `nat: "${addrMin}"–"${addrMax}" is not a range of IPv4 or IPv6 addresses`);
+    if (lo.family === 6) for (let w = 0; w < 3; w++) if (lo.words[w] !== hi.words[w]) throw new FpoError('FPO_ERR_USAGE', `nat: an IPv6 range may differ in its last 32 bits only ("${addrMin}"–"${addrMax}")`);
+    // The word that counts: IPv4's only one, IPv6's last.
+    const last = lo.family === 4 ? 0 : 3;
+    const count = hi.words[last] - lo.words[last] + 1;
+    if (count < 1) throw new FpoError('FPO_ERR_USAGE', `nat: the range "${addrMin}"–"${addrMax}" is empty`);
+    if (!Number.isInteger(portMin) || !Number.isInteger(portMax) || portMin < 0 || portMax > 65535 || portMin > portMax || (portMin === 0 && portMax !== 0)) throw new FpoError('FPO_ERR_USAGE', `nat: ports ${portMin}–${portMax}: expected 1 ≤ min ≤ max ≤ 65535 (or none)`);
+    this.family = lo.family;
+    this.addr = lo.words;
+    this.addrCount = count;
+    this.portMin = portMin;
+    this.portMax = portMax;
+  }
+
+  /** Writes address number k of the range into t[at .. at + 4). */
+  addressInto(t: Uint32Array, at: number, k: number): void {
+    if (this.family === 4) {
+      t[at] = (this.addr[0] + k) >>> 0;
+      t[at + 1] = 0; t[at + 2] = 0; t[at + 3] = 0;
+    } else {
+      t[at] = this.addr[0]; t[at + 1] = this.addr[1]; t[at + 2] = this.addr[2];
+      t[at + 3] = (this.addr[3] + k) >>> 0;
+    }
+  }
+}
+
+function addrWords(s: string): { family: number; words: Uint32Array } | null {
+  const words = new Uint32Array(4);
+  if (!s.includes(':')) {
+    const p = s.split('.');
+    if (p.length !== 4 || !p.every((x) => /^\d{1,3}$/.test(x) && Number(x) <= 255)) return null;
+    words[0] = ((Number(p[0]) << 24) | (Number(p[1]) << 16) | (Number(p[2]) << 8) | Number(p[3])) >>> 0;
+    return { family: 4, words };
+  }
+  const halves = s.split('::');
+  if (halves.length > 2) return null;
+  const head = halves[0] ? halves[0].split(':') : [];
+  const tail = halves.length === 2 && halves[1] ? halves[1].split(':') : [];
+  const groups = halves.length === 2 ? [...head, ...Array(8 - head.length - tail.length).fill('0'), ...tail] : head;
+  if (groups.length !== 8 || !groups.every((g) => /^[0-9a-fA-F]{1,4}$/.test(g))) return null;
+  for (let w = 0; w < 4; w++) words[w] = ((parseInt(groups[2 * w], 16) << 16) | parseInt(groups[2 * w + 1], 16)) >>> 0;
+  return { family: 6, words };
+}
+
+/** Replaces 16-bit word `oldW` by `newW` in the one's complement checksum at b[at..at+2) (RFC 1624, eqn. 3). */
+function csum16(b: Uint8Array, at: number, oldW: number, newW: number): void {
+  let sum = (~((b[at] << 8) | b[at + 1]) & 0xffff) + (~oldW & 0xffff) + newW;
+  sum = (sum & 0xffff) + (sum >>> 16);
+  sum = (sum & 0xffff) + (sum >>> 16);
+  const r = ~sum & 0xffff;
+  b[at] = r >> 8;
+  b[at + 1] = r & 0xff;
+}
+
+/** The same for a 32-bit word (two 16-bit halves). */
+function csum32(b: Uint8Array, at: number, oldW: number, newW: number): void {
+  csum16(b, at, oldW >>> 16, newW >>> 16);
+  csum16(b, at, oldW & 0xffff, newW & 0xffff);
+}
+
+const rd32 = (b: Uint8Array, p: number) => ((b[p] << 24) | (b[p + 1] << 16) | (b[p + 2] << 8) | b[p + 3]) >>> 0;
+const wr32 = (b: Uint8Array, p: number, v: number) => { b[p] = v >>> 24; b[p + 1] = (v >>> 16) & 255; b[p + 2] = (v >>> 8) & 255; b[p + 3] = v & 255; };
+
+/**
+ * Fast path: rewrites packet i's source and destination addresses and ports
+ * (ICMP: the query identifier) to tuple t[at ..] (words: zone|proto|family,
+ * src ×4, dst ×4, sport<<16|dport), updating the IPv4 header checksum, the
+ * TCP/UDP/ICMPv6 checksum (pseudo-header) and ICMP's, and the packet's flow
+ * key. Returns false (nothing changed) when the headers it must change are
+ * not all in the capture.
+ */
+export function rewrite(batch: PacketBatch, i: number, t: Uint32Array, at: number): boolean {
+  const l3o = batch.l3Off[i];
+  const l4o = batch.l4Off[i];
+  if (l3o === ABSENT || l4o === ABSENT) return false;
+  const b = batch.buf;
+  const base = batch.off[i];
+  const l3 = base + l3o;
+  const l4 = base + l4o;
+  const end = base + batch.caplen[i];
+  const family = t[at] & 0xff;
+  const proto = (t[at] >>> 8) & 0xff;
+  // Where the L4 checksum is (-1: none to update), and whether the pseudo-header is in it.
+  const icmp = proto === 1 || proto === 58;
+  const csumAt = proto === 6 ? l4 + 16 : proto === 17 ? l4 + 6 : icmp ? l4 + 2 : -1;
+  const need = proto === 6 ? 18 : 8;
+  if (l4 + need > end || (family === 4 ? l3 + 20 : l3 + 40) > end) return false;
+  const pseudo = proto === 6 || proto === 17 || proto === 58;
+  // IPv4 UDP with checksum 0: none sent, none to keep right.
+  const l4sum = csumAt >= 0 && !(proto === 17 && family === 4 && b[csumAt] === 0 && b[csumAt + 1] === 0);
+  const key = batch.key;
+  const k = i * KEY_WORDS;
+  if (family === 4) {
+    for (const [off, word, kw] of [[12, 1, W_IP_SRC], [16, 5, W_IP_DST]] as const) {
+      const old = rd32(b, l3 + off);
+      const nu = t[at + word];
+      if (old === nu) continue;
+      wr32(b, l3 + off, nu);
+      csum32(b, l3 + 10, old, nu);
+      if (l4sum && pseudo) csum32(b, csumAt, old, nu);
+      key[k + kw] = nu;
+    }
+  } else {
+    for (const [off, word, kw] of [[8, 1, W_IP_SRC], [24, 5, W_IP_DST]] as const) {
+      for (let w = 0; w < 4; w++) {
+        const old = rd32(b, l3 + off + 4 * w);
+        const nu = t[at + word + w];
+        if (old === nu) continue;
+        wr32(b, l3 + off + 4 * w, nu);
+        if (l4sum && pseudo) csum32(b, csumAt, old, nu);
+        key[k + kw + w] = nu;
+      }
+    }
+  }
+  const ports = t[at + 9];
+  if (proto === 6 || proto === 17) {
+    const old = rd32(b, l4);
+    if (old !== ports) {
+      wr32(b, l4, ports);
+      if (l4sum) csum32(b, csumAt, old, ports);
+      key[k + W_TP] = ports;
+    }
+  } else if (icmp) {
+    // The query identifier (the tuple's high half); type and code stay.
+    const oldId = (b[l4 + 4] << 8) | b[l4 + 5];
+    const id = ports >>> 16;
+    if (oldId !== id) {
+      b[l4 + 4] = id >> 8;
+      b[l4 + 5] = id & 0xff;
+      csum16(b, csumAt, oldId, id);
+    }
+  }
+  // A UDP checksum that came out 0 is sent as 0xffff (0 means "none", RFC 768).
+  if (proto === 17 && l4sum && b[csumAt] === 0 && b[csumAt + 1] === 0) { b[csumAt] = 0xff; b[csumAt + 1] = 0xff; }
+  return true;
+}
