@@ -291,9 +291,11 @@ async function waitFor(cond: () => boolean, ms: number): Promise<void> {
 type Diffs = Record<string, number[]>;
 
 /**
- * The classes of difference. Both come from one choice: fpo follows pf and Open vSwitch in what may
- * start or move a TCP connection, where Linux's conntrack has a state table of its own. Neither is a
- * bug in fpo's model (conntrack-tcp.c's tcp_valid_new takes the same packets); each is said here.
+ * The classes of difference. Both come from one choice: fpo follows pf, as Open vSwitch's
+ * conntrack-tcp.c does, in what may start or move a TCP connection (any sane segment but a SYN+ACK
+ * may start one; a segment moves it when it fits the windows), where Linux's conntrack has a state
+ * table of its own on top of its window checks. Neither is a bug in conntrack.ts against its model;
+ * each is said here, and pinned to its packets below.
  */
 const WHY = {
   metAtFin: 'A connection met at its FIN. Linux starts a connection only from a SYN or, with nf_conntrack_tcp_loose, a '
