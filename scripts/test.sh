@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: sets up what the tests need on a fresh Debian 12 machine
-# (npm packages, tshark and tcpdump), builds, and runs the whole suite.
+# (npm packages, tshark and tcpdump, nftables), builds, and runs the whole suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +10,7 @@ command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)
 command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v iperf3 >/dev/null 2>&1 || need+=(iperf3)
+command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v ethtool >/dev/null 2>&1 || need+=(ethtool)
 command -v ovs-vsctl >/dev/null 2>&1 || need+=(openvswitch-switch)
 command -v vtysh >/dev/null 2>&1 && [ -x /usr/lib/frr/bfdd ] || need+=(frr)
