@@ -153,7 +153,10 @@ describe('NAT on tracked connections', () => {
       const conns = ct.list(1000);
       const distinctClients = new Set(clients.map(([h, p]) => `${h}:${p}`)).size;
       expect(conns.length).toBe(Math.min(distinctClients, addrs * ports));
-      expect(conns.length + ct.stats.natExhausted).toBe(distinctClients);
+      // Every client without a connection was refused for want of a translation (a client sent twice is refused twice).
+      expect(ct.stats.natExhausted).toBeGreaterThanOrEqual(distinctClients - conns.length);
+      expect(ct.stats.natExhausted).toBeLessThanOrEqual(clients.length - conns.length);
+      if (conns.length === distinctClients) expect(ct.stats.natExhausted).toBe(0);
       const replies = conns.map((c) => `${c.reply.dst}:${c.reply.dport}`);
       expect(new Set(replies).size).toBe(replies.length);
       for (const c of conns) {
