@@ -16,8 +16,9 @@
  *        (SYN+FIN, no ACK with data) is `inv`, and changes nothing. A SYN
  *        after both sides closed reopens (the old connection goes). A
  *        connection met mid-stream (no SYN: the switch restarted, or the
- *        guest handed it over, issue 19) is picked up with the window
- *        scale unknown, as Linux and pf do, and tightens as it goes.
+ *        guest handed it over, issue 19) is picked up from a plain ACK
+ *        segment with the window scale unknown, as Linux does (not from a
+ *        FIN or a reset), and tightens as it goes.
  *   UDP and others: pseudo-connections, first / multiple / both ways.
  *   ICMP/ICMPv6: echo (timestamp, information, address mask) requests and
  *        their replies as connections keyed by the identifier; an error
@@ -581,13 +582,20 @@ export class ConnTrack {
     return p;
   }
 
-  /** A packet that may start a connection: sane flags, and not a SYN+ACK (a half-open connection is not picked up). */
+  /**
+   * A packet that may start a connection, as Linux decides (nf_conntrack_tcp_loose=1, its
+   * default): a SYN without ACK, or a segment with ACK and neither SYN, FIN nor RST (a stream
+   * met mid-way). Not a SYN+ACK (a half-open connection), not a FIN or a reset: those end a
+   * connection, they do not start one (pf and Open vSwitch take them too; Linux, whose
+   * guest conntrack hands connections over, does not — the comparison test showed it).
+   */
   private tcpValidNew(batch: PacketBatch, i: number): boolean {
     const p = this.tcpAt(batch, i);
     if (p < 0) return false;
     const f = batch.buf[p + 13];
     if (ConnTrack.badFlags(f)) return false;
-    return !((f & TH_SYN) !== 0 && (f & TH_ACK) !== 0);
+    if ((f & TH_SYN) !== 0) return (f & TH_ACK) === 0;
+    return (f & (TH_FIN | TH_RST)) === 0 && (f & TH_ACK) !== 0;
   }
 
   /** TCP payload length of packet i whose header is at p. */

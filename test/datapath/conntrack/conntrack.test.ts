@@ -132,6 +132,21 @@ describe('ConnTrack: TCP', () => {
     expect(ct.count).toBe(1);
   });
 
+  it('a FIN or a reset with no connection starts none, as in Linux: inv, nothing kept, even with commit', () => {
+    const ct = new ConnTrack({ capacity: 16 });
+    const ends = [
+      { from: 'a', seq: 77_000, ack: 99_000, flags: 'FA' },
+      { from: 'b', seq: 99_000, ack: 77_001, flags: 'FA' },
+      { from: 'a', seq: 77_001, ack: 99_001, flags: 'RA' },
+      { from: 'a', seq: 77_001, flags: 'R' },
+    ] as Seg[];
+    expect(track(ct, ends.map(tcpFrame))).toEqual([INV, INV, INV, INV]);
+    expect(ct.count).toBe(0);
+    // The last ACK of such a close is a plain ACK: that one is picked up (Linux does the same).
+    expect(track(ct, [tcpFrame({ from: 'a', seq: 77_001, ack: 99_001, flags: 'A' })])).toEqual([NEW]);
+    expect(ct.count).toBe(1);
+  });
+
   it('a SYN after both sides closed reopens: the old connection goes, a new one starts', () => {
     const ct = new ConnTrack({ capacity: 16 });
     track(ct, ([...handshake,
