@@ -152,7 +152,7 @@ export class ConnTrack {
   readonly capacity: number;
   readonly timeouts: Timeouts;
   /** Counters: lookups that found a connection, connections made, packets inv, commits refused for a full table, connections expired. */
-  readonly stats = { found: 0, created: 0, invalid: 0, full: 0, expired: 0, reopened: 0, natExhausted: 0, natCut: 0 };
+  readonly stats = { found: 0, created: 0, invalid: 0, full: 0, expired: 0, reopened: 0, natExhausted: 0, natCut: 0, adopted: 0 };
 
   private readonly tup: Uint32Array;
   private readonly index: Int32Array;
@@ -161,8 +161,10 @@ export class ConnTrack {
   private readonly proto: Uint8Array;
   /** UDP/ICMP/other: OTHER_*; TCP: unused (per direction below). */
   private readonly pstate: Uint8Array;
-  /** NAT_SRC, NAT_DST or 0: the reply tuple is the translated one, every packet is rewritten. */
+  /** NAT_SRC, NAT_DST, both, or 0: the reply tuple is the translated one, every packet is rewritten. */
   private readonly natKind: Uint8Array;
+  /** A reply has been seen (or the connection was adopted established): the original direction is est. */
+  private readonly replied: Uint8Array;
   private readonly tcpState: Uint8Array;
   private readonly seqlo: Uint32Array;
   private readonly seqhi: Uint32Array;
@@ -182,7 +184,7 @@ export class ConnTrack {
   /** Bytes the tables of `capacity` connections take (what the constructor allocates). */
   static bytesFor(capacity: number): number {
     const slots = indexSlots(capacity);
-    return capacity * 2 * TW * 4 + slots * 8 + capacity * (1 + 1 + 1 + 1 + 8) + capacity * 2 * (1 + 4 + 4 + 4 + 1 + 8 + 8) + capacity * 4;
+    return capacity * 2 * TW * 4 + slots * 8 + capacity * (1 + 1 + 1 + 1 + 1 + 8) + capacity * 2 * (1 + 4 + 4 + 4 + 1 + 8 + 8) + capacity * 4;
   }
 
   constructor(opts: ConnTrackOptions) {
@@ -198,6 +200,7 @@ export class ConnTrack {
     this.proto = new Uint8Array(c);
     this.pstate = new Uint8Array(c);
     this.natKind = new Uint8Array(c);
+    this.replied = new Uint8Array(c);
     this.tcpState = new Uint8Array(c * 2);
     this.seqlo = new Uint32Array(c * 2);
     this.seqhi = new Uint32Array(c * 2);
@@ -241,7 +244,8 @@ export class ConnTrack {
         const pr = (tup[other] >>> 8) & 0xff;
         // ICMP: the identifier (kept by the translation); TCP/UDP: the other direction's ports swapped.
         r[9] = pr === 1 || pr === 58 ? tup[other + 9] : ((tup[other + 9] << 16) | (tup[other + 9] >>> 16)) >>> 0;
-        if (rewrite(batch, i, r, 0)) batch.ctState[i] = st | (this.natKind[id] === NAT_SRC ? CS_SRC_NAT : CS_DST_NAT);
+        const kind = this.natKind[id];
+        if (rewrite(batch, i, r, 0)) batch.ctState[i] = st | ((kind & NAT_SRC) !== 0 ? CS_SRC_NAT : 0) | ((kind & NAT_DST) !== 0 ? CS_DST_NAT : 0);
         else this.stats.natCut++;
       }
     }
@@ -335,13 +339,13 @@ export class ConnTrack {
     }
     this.packets[id * 2 + d]++;
     this.bytes[id * 2 + d] += ipLen;
-    if (reply) return CS_TRK | CS_EST | CS_RPL;
+    if (reply) { this.replied[id] = 1; return CS_TRK | CS_EST | CS_RPL; }
     return this.seenReply(id) ? CS_TRK | CS_EST : CS_TRK | CS_NEW;
   }
 
   /** Whether the connection has seen a packet in the reply direction. */
   private seenReply(id: number): boolean {
-    return this.proto[id] === 6 ? this.packets[id * 2 + 1] > 0 : this.pstate[id] === OTHER_BIDIR;
+    return this.replied[id] === 1;
   }
 
   /** An ICMP error at `p`: rel (with rpl when it goes against the quoted packet's direction) if what it quotes is tracked, else inv. */
@@ -462,6 +466,7 @@ export class ConnTrack {
       tup[o + TW + 9] = ((t[9] & 0xffff0000) | (rtype << 8)) >>> 0;
     } else tup[o + TW + 9] = ((t[9] << 16) | (t[9] >>> 16)) >>> 0;
     this.natKind[id] = 0;
+    this.replied[id] = 0;
     if (nat !== null) {
       // The reply tuple translate() found free: the reply comes to (SNAT) or from (DNAT) the new address and port.
       const r = this.r;
@@ -549,6 +554,53 @@ export class ConnTrack {
     }
     this.stats.expired += freed;
     return freed;
+  }
+
+  /**
+   * Slow path: takes over a connection another tracker established (a guest's, handed over:
+   * control/ct-offer.ts checked it). `orig` and `reply` are its tuples as words (the reply
+   * translated when the guest translated it); the connection is established both ways, its
+   * TCP windows unknown until the next segment each way sets them (as for a stream met
+   * mid-stream), and it lives `timeoutMs` unless its packets say otherwise. Returns its id;
+   * -1 when the table is full or a connection already holds either tuple (nothing changed).
+   */
+  adopt(orig: Uint32Array, reply: Uint32Array, now: number, timeoutMs: number): number {
+    const ho = hashTuple(orig, 0);
+    const hr = hashTuple(reply, 0);
+    if (this.find(orig, 0, ho) >= 0 || this.find(reply, 0, hr) >= 0) return -1;
+    if (this.nFree === 0) { this.stats.full++; return -1; }
+    const id = this.freeIds[--this.nFree];
+    const o = id * 2 * TW;
+    this.tup.set(orig.subarray(0, TW), o);
+    this.tup.set(reply.subarray(0, TW), o + TW);
+    this.insert(id * 2, ho);
+    this.insert(id * 2 + 1, hr);
+    const proto = (orig[0] >>> 8) & 0xff;
+    this.used[id] = 1;
+    this.proto[id] = proto;
+    this.pstate[id] = OTHER_BIDIR;
+    this.replied[id] = 1;
+    let kind = 0;
+    let sameSrc = true;
+    let sameDst = true;
+    for (let w = 0; w < 4; w++) { if (reply[5 + w] !== orig[1 + w]) sameSrc = false; if (reply[1 + w] !== orig[5 + w]) sameDst = false; }
+    const icmp = proto === 1 || proto === 58;
+    if (!sameSrc || (!icmp && (reply[9] & 0xffff) !== orig[9] >>> 16)) kind |= NAT_SRC;
+    if (!sameDst || (!icmp && reply[9] >>> 16 !== (orig[9] & 0xffff))) kind |= NAT_DST;
+    this.natKind[id] = kind;
+    for (const s of [id * 2, id * 2 + 1]) {
+      this.tcpState[s] = TCPS_CLOSED; // the first segment from each end sets its side's windows
+      this.seqlo[s] = 0;
+      this.seqhi[s] = 1;
+      this.maxwin[s] = 1;
+      this.wscale[s] = WSCALE_UNKNOWN;
+      this.packets[s] = 0;
+      this.bytes[s] = 0;
+    }
+    this.expires[id] = now + timeoutMs;
+    this.live++;
+    this.stats.adopted++;
+    return id;
   }
 
   /** Drops every connection (of one zone). Returns how many. */
