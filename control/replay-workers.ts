@@ -115,12 +115,15 @@ import { ANSWER_WORDS, SLOT_HEAD, dropReplayThreads, spawnReplayThreads, type Sp
 /** Most workers (a thread each, and a core each to be of use). */
 export const MAX_WORKERS = 64;
 
-// A slot's words past the request: ready (the thread is up), join (JOINED or NOT_NEEDED), beat (batches done).
+// A slot's words past the request: prepared (its worker is built from the setup), ready (the thread is up),
+// join (SETUP, then JOINED or NOT_NEEDED), beat (batches done).
+const W_PREPARED = 4;
 const W_READY = 5;
 const W_JOIN = 6;
 const W_BEAT = 7;
 const JOINED = 1;
 const NOT_NEEDED = 2;
+const SETUP = 3;
 // A slot's state word.
 const IDLE = 0;
 const REQUEST = 1;
@@ -131,6 +134,10 @@ const ASK_EVENT = 2;
 // The shared control words (replay-threads.ts CTRL_WORDS): doorbell (bumped on every request, and by the ring), stop.
 const DOOR = 0;
 const STOP = 1;
+/** Chunks a ring worker indexes ahead of the one it switches (measured: see the header). */
+const LOOK_AHEAD = 2;
+/** Records in a chunk while a thread has yet to join (it joins at a chunk's start). */
+const JOIN_CHUNK_RECORDS = 2048;
 /** Polls of a slot before a worker sleeps on it (tens of µs; a futex wake costs as much). */
 const SPIN = 20_000;
 
@@ -203,16 +210,16 @@ class ReplayWorker implements RunWorker {
   private readonly clock: (b: PacketBatch) => number;
   private readonly portOfMac: Map<number, number> | null;
   /** Events not reached yet, by index in the events list. */
-  private readonly pending: number[];
-  private readonly pendingEvents: ControlEvent[];
+  private pending: number[] = [];
+  private pendingEvents: ControlEvent[] = [];
   soFar = 0;
   began = 0;
   /** Input packets before this index are not this worker's to switch (it joined the run there). */
-  readonly joinedAt: number;
+  joinedAt = 0;
   /** The main worker, before any other joined: every packet is its own, with no hashing. */
   ownsAll: boolean;
 
-  constructor(private readonly s: WorkerSetup, private readonly atEvent: (k: number) => ControlMessage[], join: { at: number; applied: number[] } = { at: 0, applied: [] }) {
+  constructor(private readonly s: WorkerSetup, private readonly atEvent: (k: number) => ControlMessage[]) {
     const size = captureSize(s.capture);
     const chunk = Math.min(CHUNK, size);
     const arena = new Arena(chunk + s.ports.length * (s.txBuffer + 64) + 4096);
@@ -237,9 +244,12 @@ class ReplayWorker implements RunWorker {
     if (this.ownsAll) this.spread.owned.fill(1); // until the others join
     this.clock = packetClock(this.reader);
     this.portOfMac = s.portOfMac ? new Map(s.portOfMac) : null;
+  }
+
+  begin(join: { at: number; applied: number[] }): void {
     const applied = new Set(join.applied);
-    this.pending = s.events.map((_, k) => k).filter((k) => !applied.has(k));
-    this.pendingEvents = this.pending.map((k) => s.events[k]);
+    this.pending = this.s.events.map((_, k) => k).filter((k) => !applied.has(k));
+    this.pendingEvents = this.pending.map((k) => this.s.events[k]);
     this.joinedAt = join.at;
     this.began = performance.timeOrigin + performance.now();
   }
@@ -360,6 +370,8 @@ class ReplayWorker implements RunWorker {
 interface RunWorker {
   readonly dp: Datapath;
   soFar: number;
+  /** Where it starts: the input packet (and, with the ring, chunk) it joined at, and the events applied before. */
+  begin(join: { at: number; chunk: number; applied: number[] }): void;
   /** 1: did some work (a batch, or indexing a chunk); 0: the capture is done; -1: waits for another worker (ring only). */
   step(): number;
   finishEvents(): void;
@@ -389,21 +401,27 @@ class RingWorker implements RunWorker {
   private readonly clock: (b: PacketBatch) => number;
   private readonly portOfMac: Map<number, number> | null;
   /** Events not reached yet, by index in the events list. */
-  private readonly pending: number[];
+  private pending: number[] = [];
   /** Where each event falls (input packet index; Infinity: after the end), from the ring's shared table. */
   readonly eventAt: Float64Array;
   soFar = 0;
   began = 0;
   /** The chunk being (or next to be) switched, and where in this worker's share of it. */
-  c: number;
+  c = 0;
   private inChunk = false;
   private j = 0;
   private own = 0;
   private first = 0;
   private n = 0;
   private records = 0;
+  /**
+   * Chunks past its own that this worker indexes before switching (0: only
+   * its own next one). The main worker keeps 0 while a thread has yet to
+   * join: threads join only when it claims its own next chunk.
+   */
+  lookAhead = LOOK_AHEAD;
 
-  constructor(private readonly s: WorkerSetup, private readonly atEvent: (k: number) => ControlMessage[], join: { at: number; chunk: number; applied: number[] }) {
+  constructor(private readonly s: WorkerSetup, private readonly atEvent: (k: number) => ControlMessage[]) {
     const r = s.ring!;
     const from = r.slots * r.slotBytes + s.me * r.ownBytes;
     const arena = new Arena(0, { buffer: r.mem, from, to: from + r.ownBytes });
@@ -424,9 +442,12 @@ class RingWorker implements RunWorker {
     this.batch = new PacketBatch(s.batchSize);
     this.clock = packetClock(s.layout!);
     this.portOfMac = s.portOfMac ? new Map(s.portOfMac) : null;
-    const applied = new Set(join.applied);
-    this.pending = s.events.map((_, k) => k).filter((k) => !applied.has(k));
     this.eventAt = new Float64Array(s.eventAt!);
+  }
+
+  begin(join: { at: number; chunk: number; applied: number[] }): void {
+    const applied = new Set(join.applied);
+    this.pending = this.s.events.map((_, k) => k).filter((k) => !applied.has(k));
     this.c = join.chunk;
     this.soFar = join.at;
     this.records = join.at;
@@ -472,9 +493,11 @@ class RingWorker implements RunWorker {
     const ring = this.ring;
     if (!this.inChunk) {
       const c = this.c;
+      // Index ahead of the switching, so that a worker seldom finds its next chunk still being indexed by another.
+      if (this.lookAhead > 0 && ring.tryIndex(c + this.lookAhead)) return 1;
       if (!ring.ready(c)) {
         if (ring.ended(c)) return 0;
-        if (ring.tryIndex()) return 1;
+        if (ring.tryIndex(c + this.lookAhead)) return 1;
         return ring.ready(c) ? 1 : -1;
       }
       this.inChunk = true;
@@ -628,7 +651,6 @@ interface Thread extends SpawnedThread {
 /** What a thread gets when it joins (a message on its port). */
 interface Join {
   type: 'join';
-  setup: WorkerSetup;
   at: number;
   /** Events already applied (their indices), and their messages other than flow rewrites. */
   applied: number[];
@@ -648,7 +670,7 @@ export function* replayWorkersSteps(opts: ReplayOptions): Generator<void, Replay
   // The threads first: their start (a new isolate, fpo's modules) is the longest wait, and runs meanwhile
   // (or they were spawned before this run's modules were loaded: the command line's, replay-threads.ts).
   const given = opts.threads !== undefined && !opts.threads.taken && opts.threads.list.length === n - 1 ? opts.threads : undefined;
-  dropReplayThreads(opts.threads);
+  if (given === undefined) dropReplayThreads(opts.threads);
   const spawned = given ?? spawnReplayThreads(n);
   spawned.taken = true;
   const ctrl = spawned.ctrl;
@@ -769,6 +791,14 @@ export function* replayWorkersSteps(opts: ReplayOptions): Generator<void, Replay
       fastLane: opts.fastLane ?? true, txBuffer, start, events: opts.events ?? [],
     };
 
+    // Each thread builds its worker (datapath, writers) from this while the main thread starts switching: it joins once built.
+    for (let k = 0; k < threads.length; k++) {
+      const setup: WorkerSetup = { ...common, me: k + 1, failAt: opts.failWorker?.worker === k + 1 ? opts.failWorker.atPacket : undefined, stall: opts.failWorker?.stall };
+      threads[k].port.postMessage({ type: 'setup', setup });
+      Atomics.store(threads[k].slot, W_JOIN, SETUP);
+      Atomics.notify(threads[k].slot, W_JOIN);
+    }
+
     const applied: AppliedEvent[] = [];
     /** Messages of the events applied so far that a joining worker needs (mappings; not flow rewrites: it gets the flows as they are now). */
     const eventMessages: ControlMessage[] = [];
@@ -784,8 +814,7 @@ export function* replayWorkersSteps(opts: ReplayOptions): Generator<void, Replay
       const fl = shadow.flows;
       if (fl.count <= maxFlows / 2) for (let f = 0; f < fl.capacity; f++) if (fl.live[f]) flows.push(installOf(f));
       const msg: Join = {
-        type: 'join', setup: { ...common, me: k, failAt: opts.failWorker?.worker === k ? opts.failWorker.atPacket : undefined, stall: opts.failWorker?.stall },
-        at, applied: applied.map((a) => events.indexOf(a.event)), messages: eventMessages, flows, chunk,
+        type: 'join', at, applied: applied.map((a) => events.indexOf(a.event)), messages: eventMessages, flows, chunk,
       };
       t.port.postMessage(msg);
       t.joinedAt = at;
@@ -804,7 +833,7 @@ export function* replayWorkersSteps(opts: ReplayOptions): Generator<void, Replay
     const watch = (t: Thread): void => {
       const now = performance.now();
       if (t.joinedAt < 0) {
-        if (waitingForThreads && now - waitSince > stallMs && Atomics.load(t.slot, W_READY) === 0) t.failed ??= `not up after ${stallMs} ms`;
+        if (waitingForThreads && now - waitSince > stallMs && Atomics.load(t.slot, W_PREPARED) === 0) t.failed ??= `not up after ${stallMs} ms`;
         return;
       }
       const beat = Atomics.load(t.slot, W_BEAT);
@@ -839,7 +868,7 @@ export function* replayWorkersSteps(opts: ReplayOptions): Generator<void, Replay
         const s = t.slot;
         if (t.joinedAt < 0) {
           // With the ring, threads join when the main worker claims its next chunk (ringJoins).
-          if (joining && !ringMode && Atomics.load(s, W_READY) === 1) joinThread(t, k + 1, main!.soFar);
+          if (joining && !ringMode && Atomics.load(s, W_PREPARED) === 1) joinThread(t, k + 1, main!.soFar);
           continue;
         }
         if (Atomics.load(s, 0) !== REQUEST) continue;
@@ -901,7 +930,12 @@ export function* replayWorkersSteps(opts: ReplayOptions): Generator<void, Replay
     // 'start' or a packet index: the main worker waits there for every thread (for tests; 'ready' does not wait).
     let waitAt = opts.workersJoin === 'start' ? 0 : typeof opts.workersJoin === 'number' ? opts.workersJoin : Infinity;
     if (ringMode) {
-      const rw = new RingWorker({ ...common, me: 0 }, mainAtEvent, { at: 0, chunk: 0, applied: [] });
+      const rw = new RingWorker({ ...common, me: 0 }, mainAtEvent);
+      rw.begin({ at: 0, chunk: 0, applied: [] });
+      rw.lookAhead = 0; // until every thread has joined
+      // Until then, short chunks: a thread joins when the main worker claims its next one (the first chunk, with
+      // every upcall of the run's start and the code not yet compiled, took ~100 ms of 1 MiB).
+      if (threads.length > 0) rw.ring.maxRecords(JOIN_CHUNK_RECORDS);
       main = rw;
       ringHooks(rw, events, layout, ringDoor);
       if (waitAt > 0 && waitAt !== Infinity) rw.ring.cutAt(waitAt); // a chunk ends there: the threads join at the next
@@ -913,10 +947,17 @@ export function* replayWorkersSteps(opts: ReplayOptions): Generator<void, Replay
         if (c !== rw.c || waitAt !== Infinity) return;
         for (let k = 0; k < threads.length; k++) {
           const t = threads[k];
-          if (t.joinedAt < 0 && t.failed === null && Atomics.load(t.slot, W_READY) === 1) joinThread(t, k + 1, first, c);
+          if (t.joinedAt < 0 && t.failed === null && Atomics.load(t.slot, W_PREPARED) === 1) joinThread(t, k + 1, first, c);
+        }
+        if (threads.every((t) => t.joinedAt >= 0)) {
+          rw.lookAhead = LOOK_AHEAD;
+          rw.ring.maxRecords(0);
         }
       };
-    } else main = new ReplayWorker({ ...common, me: 0 }, mainAtEvent);
+    } else {
+      main = new ReplayWorker({ ...common, me: 0 }, mainAtEvent);
+      main.begin({ at: 0, chunk: 0, applied: [] });
+    }
     const dp0 = main.dp;
     dp0.upcallSink = (u) => {
       for (const m of serve(u)) dp0.apply(m);
@@ -926,6 +967,7 @@ export function* replayWorkersSteps(opts: ReplayOptions): Generator<void, Replay
 
     const started = performance.now();
     let mainRingWait = 0;
+    let ringWaits = 0;
     let lastProgress = started;
     let interrupted: string | undefined;
     for (;;) {
@@ -934,7 +976,7 @@ export function* replayWorkersSteps(opts: ReplayOptions): Generator<void, Replay
         waitingForThreads = true;
         waitSince = performance.now();
         // With the ring, up is enough: they join at the main worker's next claim (onClaim).
-        const waiting = (t: Thread) => (ringMode ? Atomics.load(t.slot, W_READY) !== 1 : t.joinedAt < 0);
+        const waiting = (t: Thread) => (ringMode ? Atomics.load(t.slot, W_PREPARED) !== 1 : t.joinedAt < 0);
         while (threads.some(waiting)) {
           poll(!ringMode, true);
           if (!threads.some(waiting)) break;
@@ -944,14 +986,20 @@ export function* replayWorkersSteps(opts: ReplayOptions): Generator<void, Replay
         waitingForThreads = false;
       }
       // Until then, a thread joins when it is up (or not at all).
+      const rang = Atomics.load(ctrl, DOOR);
       const r = main.step();
       if (r === 0) break;
       if (r < 0) {
-        // The ring: the next chunk is another worker's to index, or its slot still in use.
+        // The ring: the next chunk is another worker's to index, or its slot still in use. It is
+        // mostly a matter of µs: spin on the doorbell first (a sleeping core here takes long to wake).
         const t0 = performance.now();
-        poll(false, true);
-        nap();
+        for (let spin = 0; spin < SPIN && Atomics.load(ctrl, DOOR) === rang; spin++);
+        if (Atomics.load(ctrl, DOOR) === rang) {
+          poll(false, true);
+          nap();
+        }
         mainRingWait += performance.now() - t0;
+        ringWaits++;
       }
       poll(waitAt === Infinity);
       if (opts.onProgress) {
@@ -991,6 +1039,7 @@ export function* replayWorkersSteps(opts: ReplayOptions): Generator<void, Replay
     const seconds = (performance.now() - started) / 1000;
     const done0 = main.done(interrupted !== undefined);
     if (ringMode) done0.ringWaitMs = mainRingWait;
+    if (process.env.FPO_DEBUG_RING) console.error('main ring waits', ringWaits, mainRingWait.toFixed(1));
     const dones = [done0, ...threads.filter((t) => t.joinedAt >= 0).map((t) => t.done!)];
     if (dones.some((d) => d.interrupted)) interrupted ??= opts.interrupt?.signal ?? 'SIGINT';
 
@@ -1122,7 +1171,7 @@ if (!isMainThread && workerData?.fpoReplayWorker) {
   const receive = (): unknown => {
     let m = receiveMessageOnPort(port);
     for (let tries = 0; m === undefined && tries < 10_000; tries++) {
-      Atomics.wait(slot, W_JOIN, JOINED, 1); // 1 ms
+      Atomics.wait(slot, W_JOIN, Atomics.load(slot, W_JOIN), 1); // 1 ms
       m = receiveMessageOnPort(port);
     }
     if (m === undefined) throw new Error('no message on the port after the slot said one was sent');
@@ -1162,18 +1211,26 @@ if (!isMainThread && workerData?.fpoReplayWorker) {
     Atomics.store(slot, W_READY, 1);
     ring();
     while (Atomics.load(slot, W_JOIN) === 0 && !stopped()) Atomics.wait(slot, W_JOIN, 0, 50);
-    if (Atomics.load(slot, W_JOIN) === JOINED) {
-      const join = receive() as Join;
+    if (Atomics.load(slot, W_JOIN) !== NOT_NEEDED && !stopped()) {
+      // Built before it joins, so that it switches from the moment it has joined.
+      const { setup } = receive() as { type: 'setup'; setup: WorkerSetup };
       const atEvent = (k: number): ControlMessage[] => {
         const msgs = ask(ASK_EVENT, k);
         if (msgs === null) throw new Stop();
         return msgs;
       };
-      if (join.setup.ring !== undefined) {
-        const rw = new RingWorker(join.setup, atEvent, join);
-        ringHooks(rw, join.setup.events, join.setup.layout!, ring);
+      if (setup.ring !== undefined) {
+        const rw = new RingWorker(setup, atEvent);
+        ringHooks(rw, setup.events, setup.layout!, ring);
         w = rw;
-      } else w = new ReplayWorker(join.setup, atEvent, join);
+      } else w = new ReplayWorker(setup, atEvent);
+      Atomics.store(slot, W_PREPARED, 1);
+      ring();
+      while (Atomics.load(slot, W_JOIN) === SETUP && !stopped()) Atomics.wait(slot, W_JOIN, SETUP, 50);
+    }
+    if (w !== null && Atomics.load(slot, W_JOIN) === JOINED) {
+      const join = receive() as Join;
+      w.begin(join);
       const dp = w.dp;
       w.applyMessages(join.messages);
       for (const f of join.flows) dp.apply(f);
@@ -1213,7 +1270,7 @@ if (!isMainThread && workerData?.fpoReplayWorker) {
       w.release();
       port.postMessage(d);
       ring();
-    }
+    } else w?.release(); // built, not needed
   } catch (e) {
     w?.release();
     port.postMessage({ type: 'failed', message: (e as Error).message ?? String(e), code: (e as { code?: string }).code } satisfies WorkerFailed);

@@ -48,6 +48,7 @@ const G_NEXT_CLAIM = 0;
 const G_WALKED = 1; // chunks walked: chunk G_WALKED may be claimed
 const G_END = 2; // chunks in the capture once known, else -1
 const G_FAULT = 3; // FAULT_* or 0
+const G_MAX_RECS = 4; // most records a chunk may hold (0: as many as fit)
 const G_JOINED = 8; // + worker: 1 once it takes its own share
 // Per-slot words (Int32), at slotWord(s).
 const S_FREE_FOR = 0; // the chunk that may claim this slot next
@@ -72,9 +73,16 @@ export const FAULT_TOO_LONG = 2;
 export const FAULT_RECORD_CUT = 3;
 export const FAULT_IO = 4;
 
-/** Largest chunk (bytes) unless a record may be larger. */
+/**
+ * A chunk's size (bytes), unless a record may be larger (then one record of
+ * the largest size): one worker's reader's chunk (replay.ts CHUNK), so that
+ * a capture one worker reads in one chunk is one chunk here too (its
+ * batches, and so the capture clock's steps and the flows' expiry, as alike
+ * as they can be). 256 KiB x 8 slots against 1 MiB x 8 in replays
+ * (2026-12-04): equal within the noise.
+ */
 export const RING_CHUNK = 1 << 20;
-/** Slots in the ring. */
+/** Slots in the ring (4 when a slot must be larger than 4 MiB). */
 export const RING_SLOTS = 8;
 
 /** What every worker of one ring is handed (a structured clone shares the buffers). */
@@ -105,7 +113,7 @@ export function chunkRingShared(capture: string, fileSize: number, le: boolean, 
   const whole = Math.ceil(Math.max(fileSize, 64) / 64) * 64;
   // A slot holds at least one record of the largest size allowed, and never more than the whole file.
   const slotBytes = Math.min(whole, Math.max(RING_CHUNK, Math.ceil((limit + 16) / 64) * 64));
-  const slots = slotBytes > RING_CHUNK ? 4 : RING_SLOTS;
+  const slots = slotBytes > 4 * RING_CHUNK + 64 ? 4 : RING_SLOTS;
   const maxRecs = (slotBytes >> 4) + 1;
   ownBytes = Math.ceil(ownBytes / 64) * 64;
   const sh: ChunkRingShared = {
@@ -195,6 +203,11 @@ export class ChunkRing {
   /** A chunk index at which the walk must end a chunk (a join point), or -1. */
   cutAt(record: number): void {
     this.f[F_CUT] = record;
+  }
+
+  /** Most records a chunk claimed from now on may hold (0: as many as fit): small while a worker is to join at the next claim. */
+  maxRecords(n: number): void {
+    Atomics.store(this.ctl, G_MAX_RECS, n);
   }
 
   /** Chunk c is indexed and its records may be switched. */
@@ -305,12 +318,13 @@ export class ChunkRing {
 
   /**
    * Slow path: claims and indexes the next chunk when it may be (its start
-   * known, its slot free, no one else took it). False when there is none to take now.
+   * known, its slot free, no one else took it) and it is not past `upTo`.
+   * False when there is none to take now.
    */
-  tryIndex(): boolean {
+  tryIndex(upTo: number): boolean {
     const ctl = this.ctl;
     const d = Atomics.load(ctl, G_NEXT_CLAIM);
-    if (Atomics.load(ctl, G_WALKED) < d) return false;
+    if (d > upTo || Atomics.load(ctl, G_WALKED) < d) return false;
     const end = Atomics.load(ctl, G_END);
     if (end >= 0 && d >= end) return false;
     if (Atomics.load(ctl, this.sword(d, S_FREE_FOR)) !== d) return false;
@@ -355,7 +369,8 @@ export class ChunkRing {
     const idx = this.idx;
     const recBase = s * 2 * this.R;
     const cut = f[F_CUT];
-    const most = cut > first ? cut - first : Infinity;
+    const cap = Atomics.load(ctl, G_MAX_RECS);
+    const most = Math.min(cut > first ? cut - first : Infinity, cap > 0 ? cap : Infinity);
     let p = 0;
     let n = 0;
     while (fault === 0 && n < most) {
