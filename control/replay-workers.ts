@@ -4,44 +4,60 @@
  * threads), and ONE FPAG deciding flows for all of them.
  *
  *   main thread: worker 0 + the FPAG            threads: workers 1 .. N-1
- *   read the capture ─┐                          read the capture ─┐
- *   spread: hash → own │                          spread: hash → own │
- *   datapath 0 ─ miss ─┼──▶ FPAG (shadow) ◀─ slot ── datapath k ─ miss
+ *          ┌── claim, read, walk, hash: whoever is free (datapath/chunk-ring.ts) ──┐
+ *          ▼                                                                      ▼
+ *   shared chunk ring (classic pcap): slot = 1 MiB of whole records + per worker a list of its records
+ *   datapath 0 ◀── batches into the slot                  batches into the slot ──▶ datapath k
+ *   datapath 0 ─ miss ───▶ FPAG (shadow) ◀─ slot (upcall) ── datapath k ─ miss
  *   tx ──▶ OUT/<port>.pcap.partial-PID ◀──────────── tx (pwrite at reserved offsets)
  *
- * Spreading. Every worker reads the capture itself, in chunks, and keeps
- * the packets whose flow hash is its own (datapath/spread.ts), so that
- * there is no dispatcher: a dispatcher thread would be a third thread on
- * this machine's two cores, with per-packet work of its own (walk, hash,
- * copy into a ring) before a worker's. Not measured against a ring
- * dispatcher; what was measured (2026-12-04, 5 M 64-byte frames, 1 K
- * flows, /dev/shm): each worker then pays for the whole file's read and
- * record walk and a hash a record (~30 % of a thread's time: read ~11 %,
- * walk 3–6 %, spread 13 %, against switching ~20 % and writes ~18 %), so
- * two workers took 0.58 + 0.61 s of CPU where one takes 0.65–0.85 s, and
- * finished no sooner than one (bench/control/replay-workers.ts: ratio
- * 0.52–0.96 in eight runs, the machine shared and loaded; bench/README.md). Two
- * one-worker replays in two processes at once each ran at full speed, so
- * the machine has the second core: the loss is this design's (with the
- * thread's start and its upcalls' waits for the main thread). The next
- * step is to read and index each chunk once (the workers taking turns, a
- * shared-memory chunk ring with a list of record offsets per worker,
- * batches pointing into the shared chunk), so that each worker's own work
- * is its share alone.
- * Each worker sees every record, so it knows each packet's index in the
- * input, and control events land at exactly the packet they name.
+ * Spreading (classic pcap: the shared chunk ring). The capture is read and
+ * indexed ONCE: chunk c (1 MiB of whole records) is claimed by whichever
+ * worker is free, read into slot c % 8 of a SharedArrayBuffer, walked
+ * (every record's offset; a chunk's end that cuts a record starts the
+ * next chunk there) and split by flow hash (datapath/spread.ts flowHash)
+ * into one list per worker, positions in input order; each worker then
+ * fills its batches from its own list, pointing into the slot (no packet
+ * byte copied; lazy fills as one worker's reader makes them), and the last
+ * owner done frees the slot. Once every thread has joined, each worker
+ * indexes up to two chunks ahead of the one it switches, so that another
+ * seldom waits for it; a worker with nothing to index and its next chunk
+ * not ready spins on the doorbell, then sleeps on it. The slots and each
+ * worker's tx buffers are one shared block, each worker's Arena a region
+ * of it (arena.ts), so that a packet in a slot is in every worker's arena
+ * (arenaCopy, the fast lane's direct tx). A fault in the capture ends the
+ * walk at that chunk: its packets before the fault are switched, and the
+ * report's error is the reader's (code, offset, message).
+ * pcapng keeps the first design: every worker reads the whole capture, in
+ * chunks, and keeps the packets whose flow hash is its own
+ * (datapath/spread.ts Spread); the ring walks classic pcap only.
+ * Events land at the packet they name: every chunk carries the input
+ * index of its first record and each list holds positions, so each worker
+ * knows every own packet's index; an event by time is placed by the walk
+ * (the first packet at or after its time, as one worker finds it: a shared
+ * table, filled before the next chunk may be walked).
  *
- * Joining. A thread starts (a new isolate, fpo's modules) in ~20–100 ms; the
- * main thread does not wait: it switches every packet itself (no hashing)
- * until a thread says it is up, then, between two batches, writes out all
- * its tx buffers (so whatever it switched of a flow is in the files before
- * anything the thread writes of it: per-flow order), stops taking that
- * thread's share, and hands the thread the input index to start at, the
- * mapping changes of the events applied so far, and every flow decided so
- * far (installed before its first packet, so it does not upcall for them).
- * A thread not up by the end is told so and does nothing: a small replay
- * pays only the thread's spawn. `workersJoin: 'start'` (tests) waits for
- * every thread at the first packet instead.
+ * Measured: see "Measured" at the end of this comment.
+ *
+ * Joining. A thread starts (Node's worker, then fpo's modules) in ~90 ms
+ * here; `fpo replay` spawns the threads as soon as it has read --workers,
+ * before it loads its own modules (replay-threads.ts), and the replay sends
+ * each its setup before the first packet, so that it builds its datapath
+ * and writers meanwhile. The main thread does not wait: it switches every
+ * packet itself (the ring's chunks not split, and short: 2048 records)
+ * until a thread says it is built; then, when it claims its own next chunk
+ * (everything before switched, every event before applied), it writes out
+ * all its tx buffers (so whatever it switched of a flow is in the files
+ * before anything the thread writes of it: per-flow order), marks the
+ * thread joined (the chunk and every later one give the thread its share),
+ * and hands it the chunk and input index to start at, the mapping changes
+ * of the events applied so far, and every flow decided so far (installed
+ * before its first packet, so it does not upcall for them). A thread not
+ * built by the end is told so and does nothing: a small replay pays only
+ * the thread's spawn. `workersJoin: 'start'` (tests) waits for every
+ * thread at the first packet instead; a packet index there ends a chunk at
+ * that index (the threads join at the next). Without the ring (pcapng) a
+ * thread joins between two of the main thread's batches, as before.
  *
  * Flows. A worker's miss is an upcall to the one FPAG, which runs in the
  * main thread against a shadow Datapath holding every flow it has decided
@@ -56,7 +72,7 @@
  * thread answers between its batches and after each of its own misses.
  *
  * Events (--events) are barriers: each worker, at the packet index where an
- * event falls (the same index in every worker, as each reads every record),
+ * event falls (the same index in every worker: see Spreading),
  * stops and asks; when all that have joined have arrived, the main thread
  * applies the event to the FPAG once and sends every worker the messages it
  * produced (mapping changes, flow deletes and rewrites), which each applies
@@ -75,9 +91,9 @@
  * leaves none) and the others are renamed; a failed run removes them all.
  * Writing records in input order instead (identical to one worker's output)
  * was not built: it needs a merge pass that copies every output byte once
- * more, on one core, after the switching, and the writes alone are ~18–29 %
+ * more, on one core, after the switching, and the writes alone are ~18–34 %
  * of a one-worker replay of small frames (measured); with two workers not
- * yet faster than one, that would only add to the loss.
+ * faster than one here, that would only add to the loss.
  *
  * What differs from one worker, by design: the interleaving of flows in an
  * output; the per-datapath counters (cache hits, misses, worker upcalls,
@@ -89,6 +105,35 @@
  * over workers and equal one worker's; its `flows.installed`, `upcalls`
  * and `active` are the FPAG's (decisions; the shadow never expires a flow),
  * and equal one worker's when no flow expires or is evicted in the run.
+ * A worker's batch is 256 of its own packets, so with the ring it spans
+ * more of the input than one worker's: its capture clock steps less often.
+ *
+ * Measured (2026-12-04 16:54–17:11 UTC, bench/control/replay-workers.ts,
+ * 5 M 64-byte frames, 1 K flows, /dev/shm; four runs of five alternating
+ * rounds, main's build (the first design) in the same rounds; best against
+ * best): two workers through the ring are 0.75–0.93x one worker's speed as
+ * a whole process and 0.86–0.88x in process; the first design 0.77–0.92x
+ * and 0.77–0.86x. The ring is faster than the first design in process
+ * (1.01–1.12x), about equal as a whole process; two workers are still
+ * slower than one: issue 18's 1.7x is not met. What limits it, measured:
+ * - This machine: two one-worker replays in two processes, each of half
+ *   the capture, at once took 0.50–0.67 s each in process against
+ *   0.68–0.84 s for one of the whole capture: even with nothing shared,
+ *   two cores give at most ~1.3x here; two threads that each copy 16 MiB
+ *   ran 2–4x slower than one alone (4 MiB: 1.0–1.5x). The 2 vCPUs do not
+ *   double memory- and kernel-heavy work (bench/README.md has the figures).
+ * - CPU: two workers spend 1.41–1.46 s user + 0.40–0.50 s system where
+ *   one spends 0.62–0.76 + 0.33–0.40 (/usr/bin/time, alternating): the
+ *   split (flow hash and lists: 27 ns a record, once), the switching (fast
+ *   lane 470 ms of CPU on two cores against 356 on one: a core switches
+ *   records the other read into the slot, and neighbours share cache
+ *   lines), the writes (398 against 344 ms: the outputs' pages, two
+ *   writers at once), and a second isolate's start and compilation.
+ * - Start: a thread is up ~90 ms after its spawn (Node's worker ~55 ms,
+ *   fpo's modules ~30 ms) and builds its datapath in ~17 ms; the main
+ *   thread's first chunk (2048 packets with the run's 1000 upcalls, code
+ *   cold) takes 65–80 ms, so a thread joins at ~70 ms, and the main thread
+ *   then waits for it when it is the ring's depth ahead (1–165 ms a run).
  */
 import { closeSync, mkdirSync, openSync, renameSync, unlinkSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
