@@ -179,9 +179,18 @@ const ASK_EVENT = 2;
 // The shared control words (replay-threads.ts CTRL_WORDS): doorbell (bumped on every request, and by the ring), stop.
 const DOOR = 0;
 const STOP = 1;
-/** Chunks a ring worker indexes ahead of the one it switches (measured: see the header). */
+/**
+ * Chunks a ring worker indexes ahead of the one it switches. 4 for the main
+ * worker and 1 for the threads (so that the main one, which waits for the
+ * thread at the end, indexes more) measured no better (2026-12-04 17:17 UTC).
+ */
 const LOOK_AHEAD = 2;
-/** Records in a chunk while a thread has yet to join (it joins at a chunk's start). */
+/**
+ * Records in a chunk while a thread has yet to join (it joins at a chunk's
+ * start). 256 measured no better: the thread joined sooner, with fewer
+ * flows decided, and the main thread waited longer for it (41–72 ms a run
+ * against 9–34; 2026-12-04 17:17 UTC).
+ */
 const JOIN_CHUNK_RECORDS = 2048;
 /** Polls of a slot before a worker sleeps on it (tens of µs; a futex wake costs as much). */
 const SPIN = 20_000;
@@ -1012,7 +1021,6 @@ export function* replayWorkersSteps(opts: ReplayOptions): Generator<void, Replay
 
     const started = performance.now();
     let mainRingWait = 0;
-    let ringWaits = 0;
     let lastProgress = started;
     let interrupted: string | undefined;
     for (;;) {
@@ -1044,7 +1052,6 @@ export function* replayWorkersSteps(opts: ReplayOptions): Generator<void, Replay
           nap();
         }
         mainRingWait += performance.now() - t0;
-        ringWaits++;
       }
       poll(waitAt === Infinity);
       if (opts.onProgress) {
@@ -1084,7 +1091,6 @@ export function* replayWorkersSteps(opts: ReplayOptions): Generator<void, Replay
     const seconds = (performance.now() - started) / 1000;
     const done0 = main.done(interrupted !== undefined);
     if (ringMode) done0.ringWaitMs = mainRingWait;
-    if (process.env.FPO_DEBUG_RING) console.error('main ring waits', ringWaits, mainRingWait.toFixed(1));
     const dones = [done0, ...threads.filter((t) => t.joinedAt >= 0).map((t) => t.done!)];
     if (dones.some((d) => d.interrupted)) interrupted ??= opts.interrupt?.signal ?? 'SIGINT';
 
