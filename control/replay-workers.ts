@@ -108,14 +108,14 @@
  * A worker's batch is 256 of its own packets, so with the ring it spans
  * more of the input than one worker's: its capture clock steps less often.
  *
- * Measured (2026-12-04 16:54–17:11 UTC, bench/control/replay-workers.ts,
- * 5 M 64-byte frames, 1 K flows, /dev/shm; four runs of five alternating
- * rounds, main's build (the first design) in the same rounds; best against
- * best): two workers through the ring are 0.75–0.93x one worker's speed as
- * a whole process and 0.86–0.88x in process; the first design 0.77–0.92x
- * and 0.77–0.86x. The ring is faster than the first design in process
- * (1.01–1.12x), about equal as a whole process; two workers are still
- * slower than one: issue 18's 1.7x is not met. What limits it, measured:
+ * Measured (2026-12-04 16:54–17:25 UTC, bench/control/replay-workers.ts,
+ * 5 M 64-byte frames, 1 K flows, /dev/shm; five runs of five or seven
+ * alternating rounds, main's build (the first design) in the same rounds;
+ * best against best): two workers through the ring are 0.75–0.93x one
+ * worker's speed as a whole process and 0.86–0.92x in process; the first
+ * design 0.77–0.92x and 0.77–0.86x. The ring is faster than the first
+ * design in process (1.01–1.12x), about equal as a whole process; two
+ * workers are still slower than one: issue 18's 1.7x is not met. What limits it, measured:
  * - This machine: two one-worker replays in two processes, each of half
  *   the capture, at once took 0.50–0.67 s each in process against
  *   0.68–0.84 s for one of the whole capture: even with nothing shared,
