@@ -15,6 +15,7 @@ import { parseArgs } from 'node:util';
 import { DROP, type DropReason } from '../datapath/drops.js';
 import { FpoError } from '../datapath/errors.js';
 import type { ReplayReport } from './replay.js';
+import type { SpawnedThreads } from './replay-threads.js';
 
 const HELP = `fpo — a userspace virtual switch with flow processing offload
 
@@ -157,8 +158,9 @@ function intOption(v: string | undefined, name: string, min: number, max: number
   return n;
 }
 
-async function cmdReplay(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
+/** `fpo replay`'s arguments. */
+function parseReplayArgs(argv: string[]) {
+  return parseArgs({
     args: argv,
     allowPositionals: true,
     options: {
@@ -175,6 +177,11 @@ async function cmdReplay(argv: string[]): Promise<number> {
       help: { type: 'boolean', short: 'h' },
     },
   });
+}
+type ReplayValues = ReturnType<typeof parseReplayArgs>['values'];
+
+async function cmdReplay(argv: string[]): Promise<number> {
+  const { values, positionals } = parseReplayArgs(argv);
   if (values.help) {
     process.stdout.write(REPLAY_HELP);
     return 0;
@@ -183,6 +190,17 @@ async function cmdReplay(argv: string[]): Promise<number> {
   if (!values.topology) throw new UsageError(`replay: --topology FILE is required; see 'fpo replay --help'`);
   if (!values.out) throw new UsageError(`replay: --out DIR is required; see 'fpo replay --help'`);
   const showProgress = process.stderr.isTTY === true && !values.json;
+  // Worker threads take ~90 ms to start: spawned now, they start while this thread loads the replay's modules.
+  const early = /^\d+$/.test(values.workers ?? '') && Number(values.workers) >= 2 && Number(values.workers) <= 64
+    ? (await import('./replay-threads.js')).spawnReplayThreads(Number(values.workers)) : undefined;
+  try {
+    return await replayCommand(values, values.topology, values.out, positionals[0], showProgress, early);
+  } finally {
+    if (early !== undefined) (await import('./replay-threads.js')).dropReplayThreads(early);
+  }
+}
+
+async function replayCommand(values: ReplayValues, topology: string, outDir: string, capture: string, showProgress: boolean, early: SpawnedThreads | undefined): Promise<number> {
   const [{ flowReport, replayAsync, replayHostsAsync }, { loadHosts }] = await Promise.all([import('./replay.js'), import('./topology.js')]);
   // SIGINT/SIGTERM: the replay stops after the batch it is switching and reports; a second signal exits at once.
   const interrupt: { signal?: string } = {};
@@ -193,18 +211,18 @@ async function cmdReplay(argv: string[]): Promise<number> {
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
   try {
-    const hosts = loadHosts(values.topology);
+    const hosts = loadHosts(topology);
     const common = {
-      outDir: values.out,
+      outDir,
       batchSize: intOption(values.batch, 'batch', 1, 256),
       maxFlows: intOption(values['max-flows'], 'max-flows', 16, 1 << 24),
-      inputs: [values.topology, ...(values.events ? [values.events] : [])],
+      inputs: [topology, ...(values.events ? [values.events] : [])],
       clean: values.clean === true,
       interrupt,
       workers: intOption(values.workers, 'workers', 1, 64),
     };
     if (hosts.length > 1) {
-      const r = await replayHostsAsync({ ...common, capture: positionals[0], hosts });
+      const r = await replayHostsAsync({ ...common, capture, hosts });
       if (values.json) process.stdout.write(JSON.stringify(r) + '\n');
       else for (const h of r.hosts) { process.stdout.write(`== host ${h.host} ==\n`); printReport(h, false); process.stdout.write('\n'); }
       if (r.interrupted !== undefined) return interrupted(r.interrupted, r.hosts.reduce((n, h) => n + h.packets.in, 0));
@@ -217,10 +235,11 @@ async function cmdReplay(argv: string[]): Promise<number> {
     }
     const { report, datapath, fpag } = await replayAsync({
       ...common,
-      capture: positionals[0],
+      capture,
       topology: hosts[0],
       onProgress: showProgress ? progressBar() : undefined,
       events: values.events ? (await import('./events.js')).loadEvents(values.events) : undefined,
+      threads: early,
       fpag: fpagPlacement(values.fpag),
     });
     if (values['dump-flows']) report.flowTable = flowReport(datapath, fpag);

@@ -23,7 +23,8 @@ import { Datapath } from '../datapath/datapath.js';
 import { DROP, type DropReason } from '../datapath/drops.js';
 import { FpoError } from '../datapath/errors.js';
 import { CaptureReader, LINKTYPE_ETHERNET } from '../datapath/ports/capture-reader.js';
-import { CaptureWriter, PARTIAL_SUFFIX, txBufferBytes } from '../datapath/ports/capture-writer.js';
+import type { SpawnedThreads } from './replay-threads.js';
+import { CaptureWriter, PARTIAL_SUFFIX, txBufferBytes, type CaptureLayout } from '../datapath/ports/capture-writer.js';
 import { Fpag } from './fpag.js';
 import { FpagThread } from './fpag-thread.js';
 import { loadTopology, pathNameProblem, type Topology } from './topology.js';
@@ -67,6 +68,8 @@ export interface ReplayOptions {
    * (for tests of a join mid-stream).
    */
   workersJoin?: 'ready' | 'start' | number;
+  /** Threads spawned ahead for workers > 1 (replay-threads.ts; the command line's): taken if there are workers - 1 of them, else ended. */
+  threads?: SpawnedThreads;
   /** For tests: worker `worker` (1.. workers-1, a thread) throws (or with `stall`, spins for ever) when it reaches input packet `atPacket`. */
   failWorker?: { worker: number; atPacket: number; stall?: boolean };
   /** With workers: a thread that finishes no batch for this long while the main thread waits for it fails the run (default 30000 ms). */
@@ -136,7 +139,7 @@ export interface ReplayReport {
     /** The input packet where each worker took over its flows (-1: it never did: the main worker switched all). */
     joinedAt: number[];
     answeredFromTable: number;
-    each: { beganMs: number; endedMs: number; waitedMs: number; packets: number; upcalls: number; flows: number; emcHits: number; megaflowHits: number; expired: number }[];
+    each: { beganMs: number; endedMs: number; waitedMs: number; ringWaitMs?: number; packets: number; upcalls: number; flows: number; emcHits: number; megaflowHits: number; expired: number }[];
   };
   seconds: number;
 }
@@ -406,7 +409,7 @@ export function captureSize(path: string): number {
 }
 
 /** The earliest pending event that falls inside the batch, and the index of the packet it comes before. */
-export function firstDue(pending: ControlEvent[], batch: PacketBatch, soFar: number, reader: CaptureReader): { index: number; event: ControlEvent } | null {
+export function firstDue(pending: ControlEvent[], batch: PacketBatch, soFar: number, reader: CaptureLayout): { index: number; event: ControlEvent } | null {
   let best: { index: number; event: ControlEvent } | null = null;
   for (const e of pending) {
     let index = -1;
@@ -428,7 +431,7 @@ export function firstDue(pending: ControlEvent[], batch: PacketBatch, soFar: num
  * computed in floating-point ms, one µs timestamp in eight came out below the
  * same time written in seconds, and the event one packet late.
  */
-function atOrAfter(reader: CaptureReader, b: PacketBatch, i: number, t: number): boolean {
+export function atOrAfter(reader: CaptureLayout, b: PacketBatch, i: number, t: number): boolean {
   // Far from t (floating-point error is far below 1 ms), the ms time decides.
   const ms = packetMs(reader, b, i);
   if (ms < t * 1000 - 1) return false;
@@ -454,7 +457,7 @@ function atOrAfter(reader: CaptureReader, b: PacketBatch, i: number, t: number):
 }
 
 /** Capture time of packet i in ms. */
-function packetMs(reader: CaptureReader, b: PacketBatch, i: number): number {
+function packetMs(reader: CaptureLayout, b: PacketBatch, i: number): number {
   if (reader.format === 'pcap') return b.tsA[i] * 1000 + b.tsB[i] / (reader.nanos ? 1e6 : 1e3);
   const itf = reader.interfaces[b.ifIndex[i]];
   const r = itf.tsresol;
@@ -550,7 +553,7 @@ export function flowReport(dp: Datapath, fpag: Fpag): FlowReport[] {
  * The datapath clock in ms, from the capture's timestamps (a replay runs on
  * capture time, so idle timeouts mean what they meant on the wire).
  */
-export function packetClock(reader: CaptureReader): (b: PacketBatch) => number {
+export function packetClock(reader: CaptureLayout): (b: PacketBatch) => number {
   if (reader.format === 'pcap') {
     const div = reader.nanos ? 1e6 : 1e3;
     return (b) => (b.count ? b.tsA[0] * 1000 + b.tsB[0] / div : 0);

@@ -14,10 +14,28 @@ export class Arena {
   /** The same bytes as 32-bit words (the arena's size is rounded up to 4). */
   readonly words: Int32Array;
   private next = 0;
+  /** End of the bytes this arena may carve (its region of a shared block; else all of it). */
+  private readonly limit: number;
 
-  constructor(size: number) {
+  /**
+   * `size` bytes of its own; or, with `shared`, the region [from, to) of a
+   * block several threads view (replay-workers.ts: the input chunks that
+   * every worker reads, then each worker's own region for its tx buffers),
+   * so that `bytes` and `words` view the whole block and a packet in a
+   * shared chunk is in this arena too (arenaCopy, the fast lane's direct tx).
+   */
+  constructor(size: number, shared?: { buffer: SharedArrayBuffer; from: number; to: number }) {
+    if (shared !== undefined) {
+      this.words = new Int32Array(shared.buffer);
+      this.bytes = new Uint8Array(shared.buffer);
+      this.next = shared.from;
+      this.limit = shared.to;
+      this.bytes.fill(0, shared.from, shared.to); // first touch of its own region
+      return;
+    }
     this.words = new Int32Array((size + 3) >> 2);
     this.bytes = new Uint8Array(this.words.buffer);
+    this.limit = this.bytes.length;
     this.bytes.fill(0); // first touch now, not inside the first batches
   }
 
@@ -25,14 +43,14 @@ export class Arena {
   take(n: number): number {
     const at = this.next;
     const size = (n + 63) & ~63;
-    if (at + size > this.bytes.length) throw new RangeError(`arena of ${this.bytes.length} bytes cannot give ${n} more (used ${at})`);
+    if (at + size > this.limit) throw new RangeError(`arena of ${this.limit} bytes cannot give ${n} more (used ${at})`);
     this.next = at + size;
     return at;
   }
 
   /** Bytes not yet carved. */
   get free(): number {
-    return this.bytes.length - this.next;
+    return this.limit - this.next;
   }
 }
 

@@ -7,7 +7,8 @@
  * 'start' so that every worker switches from the first packet (with the
  * default, a small capture may be done before a thread is up).
  */
-import { readdirSync, rmSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -179,6 +180,113 @@ describe('replay --workers N: the same outputs and totals as one worker', () => 
     expect(totals(report)).toEqual(totals(one.report));
     expectSameOutputs(one.out, out, 'ready');
   });
+});
+
+describe('replay --workers N: a classic pcap through the shared chunk ring (read and indexed once)', () => {
+  /** `n` UDP frames of 61 flows to vm1..vm4, of lengths 60..1400 bytes (so 1 MiB chunks cut records), each carrying its flow and number. */
+  function bigCapture(n: number): { cap: string; recs: PcapRecord[] } {
+    const recs: PcapRecord[] = [];
+    for (let i = 0; i < n; i++) {
+      const f = i % 61;
+      const pay = new Uint8Array(8 + ((i * 7919) % 1340));
+      pay.set([0xf1, f, (i >> 8) & 255, i & 255]);
+      recs.push({ sec: 1_700_000_000 + (i >> 10), usec: (i & 1023) * 7, data: eth(`02:00:00:00:00:0${1 + (f % 4)}`, '02:fe:00:00:00:01', 0x0800, ipv4({ src: `10.3.${f}.1`, dst: '10.0.0.1', proto: 17 }, udp(2000 + f, 53, pay))) });
+    }
+    const cap = join(tempDir('ring'), 'in.pcap');
+    writePcap(cap, recs);
+    return { cap, recs };
+  }
+  /** Index of the first record that does not lie whole in the first `bytes` of the file (a chunk's end cuts it). */
+  function firstCut(recs: PcapRecord[], bytes: number): number {
+    let o = 24;
+    for (let i = 0; i < recs.length; i++) {
+      o += 16 + recs[i].data.length;
+      if (o > bytes) return i;
+    }
+    return recs.length;
+  }
+
+  it('a capture of several chunks whose ends cut records, 2 and 3 workers: every packet once, each flow in order on every output, the same totals; events at a chunk\'s edge and by time land where one worker puts them', async () => {
+    const { cap, recs } = bigCapture(9000); // ~6.5 MB: 6 or 7 chunks of 1 MiB
+    const cut = firstCut(recs, 1 << 20);
+    expect(cut).toBeGreaterThan(100);
+    const events: ControlEvent[] = [
+      { atPacket: cut, do: 'migrate', interface: 'vm1-eth0', to: 'vf5' },
+      { atPacket: cut - 1, do: 'migrate', interface: 'vm2-eth0', away: true },
+      { atTime: recs[firstCut(recs, 3 << 20)].sec + recs[firstCut(recs, 3 << 20)].usec / 1e6, do: 'migrate', interface: 'vm3-eth0', away: true },
+    ];
+    const one = await run(cap, 1, { events });
+    expect(one.report.packets.in).toBe(9000);
+    for (const n of [2, 3]) {
+      const r = await run(cap, n, { events });
+      expectAccounted(r.report, `n=${n}`);
+      expect(r.report.packets.in).toBe(9000);
+      for (const w of r.report.workers!.each) expect(w.packets, `n=${n}`).toBeGreaterThan(1000);
+      expect(totals(r.report), `n=${n}`).toEqual(totals(one.report));
+      expect(r.report.events!.map((e) => [e.atPacket, e.result]), `n=${n}`).toEqual(one.report.events!.map((e) => [e.atPacket, e.result]));
+      expectSameOutputs(one.out, r.out, `ring n=${n}`);
+      // Each flow's packets in order on every output (the number each carries).
+      for (const f of readdirSync(r.out)) {
+        const last = new Map<number, number>();
+        for (const fr of captureFrames(join(r.out, f))) {
+          const at = 14 + 20 + 8;
+          const flow = fr[at + 1];
+          const seq = (fr[at + 2] << 8) | fr[at + 3];
+          expect(seq, `${f}: flow ${flow}`).toBeGreaterThan(last.get(flow) ?? -1);
+          last.set(flow, seq);
+        }
+      }
+    }
+  }, 60_000);
+
+  it('a capture cut short in its fourth chunk: the packets before the cut, and the same error (code, offset, message) as one worker', async () => {
+    const { cap, recs } = bigCapture(6000);
+    const bytes = readFileSync(cap);
+    const k = firstCut(recs, 3 << 20) + 5;
+    let o = 24;
+    for (let i = 0; i < k; i++) o += 16 + recs[i].data.length;
+    writeFileSync(cap, bytes.subarray(0, o + 16 + 3)); // record k: its header and 3 bytes of its data
+    const one = await run(cap, 1);
+    expect(one.report.error?.code).toBe('FPO_ERR_TRUNCATED_CAPTURE');
+    for (const n of [2, 3]) {
+      const r = await run(cap, n);
+      expectAccounted(r.report, `n=${n}`);
+      expect(r.report.packets.in).toBe(k);
+      expect(r.report.error, `n=${n}`).toEqual(one.report.error);
+      expect(totals(r.report), `n=${n}`).toEqual(totals(one.report));
+      expectSameOutputs(one.out, r.out, `cut n=${n}`);
+    }
+  }, 60_000);
+
+  it('pcapng input (every worker reads it: the ring takes classic pcap only): the same outputs and totals as one worker', async (ctx) => {
+    needTool(ctx, 'editcap', 'makes the pcapng');
+    const { cap } = bigCapture(4000);
+    const ng = cap.replace(/\.pcap$/, '.pcapng');
+    execFileSync('editcap', ['-F', 'pcapng', cap, ng]);
+    const one = await run(ng, 1);
+    expect(one.report.format).toBe('pcapng');
+    const two = await run(ng, 2);
+    expectAccounted(two.report, 'pcapng');
+    expect(totals(two.report)).toEqual(totals(one.report));
+    expectSameOutputs(one.out, two.out, 'pcapng');
+  }, 60_000);
+
+  it('big-endian pcap (full fills from the ring, not lazy ones): the same outputs and totals as one worker', async () => {
+    const { cap } = bigCapture(3000);
+    const b = readFileSync(cap);
+    const be = Buffer.from(b);
+    for (const w of [0, 16, 20]) be.writeUInt32BE(b.readUInt32LE(w), w);
+    be.writeUInt16BE(2, 4); be.writeUInt16BE(4, 6);
+    for (let o = 24; o < be.length; o += 16 + b.readUInt32LE(o + 8)) for (let w = 0; w < 16; w += 4) be.writeUInt32BE(b.readUInt32LE(o + w), o + w);
+    const bcap = cap.replace(/\.pcap$/, '-be.pcap');
+    writeFileSync(bcap, be);
+    const one = await run(bcap, 1);
+    expect(one.report.packets.in).toBe(3000);
+    const two = await run(bcap, 2);
+    expectAccounted(two.report, 'be');
+    expect(totals(two.report)).toEqual(totals(one.report));
+    expectSameOutputs(one.out, two.out, 'be');
+  }, 60_000);
 });
 
 describe('replay --workers N: a thread that joins mid-stream', () => {
