@@ -32,7 +32,7 @@ function isObject(v: unknown): v is Record<string, unknown> {
 
 function onlyKeys(o: Record<string, unknown>, field: string, allowed: readonly string[], required: readonly string[]): void {
   for (const k of Object.keys(o)) if (!allowed.includes(k)) throw refuse(field === '' ? '' : field, `unknown field ${JSON.stringify(k.length > 40 ? `${k.slice(0, 40)}…` : k)} (expected ${allowed.join(', ')})`);
-  for (const k of required) if (!(k in o)) throw refuse(field === '' ? k : `${field}.${k}`, 'missing');
+  for (const k of required) if (!Object.hasOwn(o, k)) throw refuse(field === '' ? k : `${field}.${k}`, 'missing');
 }
 
 function int(v: unknown, field: string, min: number, max: number): number {
@@ -42,14 +42,15 @@ function int(v: unknown, field: string, min: number, max: number): number {
 
 /** An address as 4 words and its family, or null. */
 export function addrWords(s: string): { family: 4 | 6; words: Uint32Array } | null {
+  if (s.length > 39) return null;
   const words = new Uint32Array(4);
   if (!s.includes(':')) {
     const p = s.split('.');
-    if (p.length !== 4 || !p.every((x) => /^\d{1,3}$/.test(x) && Number(x) <= 255)) return null;
+    // No leading zeros: "010.0.0.1" is octal to some readers; one way to write an address.
+    if (p.length !== 4 || !p.every((x) => /^(0|[1-9]\d{0,2})$/.test(x) && Number(x) <= 255)) return null;
     words[0] = ((Number(p[0]) << 24) | (Number(p[1]) << 16) | (Number(p[2]) << 8) | Number(p[3])) >>> 0;
     return { family: 4, words };
   }
-  if (s.length > 39) return null;
   const halves = s.split('::');
   if (halves.length > 2) return null;
   const head = halves[0] ? halves[0].split(':') : [];
@@ -68,8 +69,25 @@ export interface CheckedOffer {
   reply: Uint32Array;
 }
 
-/** Checks an offer (parsed JSON from the agent channel). Throws FpoError naming the field; returns it with its tuple words. */
-export function checkOffer(v: unknown): CheckedOffer {
+/** Who sent the offer: the guest's port's conntrack zone (its connections, and only they, live there). */
+export interface OfferFrom {
+  zone: number;
+}
+
+/** An address no connection of a guest's has at either end: unspecified, broadcast, multicast. */
+function notAnEndpoint(w: Uint32Array, family: 4 | 6): boolean {
+  if (family === 4) return w[0] === 0 || w[0] === 0xffffffff || w[0] >>> 28 === 0xe;
+  return (w[0] | w[1] | w[2] | w[3]) === 0 || w[0] >>> 24 === 0xff;
+}
+
+/**
+ * Checks an offer (parsed JSON from the agent channel of the guest `from`).
+ * Throws FpoError naming the field; returns it with its tuple words. The
+ * offer's zone must be the guest's own: a guest offers connections of the
+ * traffic that passes through it, which its port's flows track in its zone,
+ * and cannot put a connection into another VM's.
+ */
+export function checkOffer(v: unknown, from: OfferFrom): CheckedOffer {
   if (!isObject(v)) throw refuse('', 'expected an object');
   onlyKeys(v, '', ['type', 'id', 'proto', 'orig', 'reply', 'nat', 'state', 'timeout', 'zone'], ['type', 'id', 'proto', 'orig', 'reply', 'nat', 'state', 'timeout', 'zone']);
   if (v.type !== 'ct-offer') throw refuse('type', 'expected "ct-offer"');
@@ -81,6 +99,7 @@ export function checkOffer(v: unknown): CheckedOffer {
   if (proto === 6 ? v.state !== 'ESTABLISHED' : v.state !== '') throw refuse('state', proto === 6 ? `a TCP connection is handed over ESTABLISHED, not ${JSON.stringify(v.state.slice(0, 20))}` : 'expected "" for a protocol without states');
   const timeout = int(v.timeout, 'timeout', 1, OFFER_MAX_TIMEOUT);
   const zone = int(v.zone, 'zone', 0, 65535);
+  if (zone !== from.zone || Object.is(v.zone, -0)) throw refuse('zone', `this guest's connections are in zone ${from.zone}`);
   let family: 4 | 6 | 0 = 0;
   const tuple = (t: unknown, field: string): { tuple: CtTuple; words: Uint32Array } => {
     if (!isObject(t)) throw refuse(field, 'expected an object');
@@ -93,6 +112,7 @@ export function checkOffer(v: unknown): CheckedOffer {
       if (a === null) throw refuse(`${field}.${k}`, 'expected an IPv4 or IPv6 address');
       if (family === 0) family = a.family;
       if (a.family !== family) throw refuse(`${field}.${k}`, `an IPv${a.family} address where the offer's others are IPv${family}`);
+      if (notAnEndpoint(a.words, a.family)) throw refuse(`${field}.${k}`, 'an unspecified, broadcast or multicast address is no connection\'s end');
       words.set(a.words, at);
     }
     if (icmp !== (family === 6 ? proto === 58 : proto === 1)) throw refuse('proto', `${proto === 1 ? 'ICMP' : 'ICMPv6'} over IPv${family}`);
@@ -103,8 +123,8 @@ export function checkOffer(v: unknown): CheckedOffer {
       out.id = int(t.id, `${field}.id`, 0, 65535);
       words[9] = ((out.id << 16) | (out.type << 8)) >>> 0;
     } else {
-      out.sport = int(t.sport, `${field}.sport`, 0, 65535);
-      out.dport = int(t.dport, `${field}.dport`, 0, 65535);
+      out.sport = int(t.sport, `${field}.sport`, 1, 65535);
+      out.dport = int(t.dport, `${field}.dport`, 1, 65535);
       words[9] = ((out.sport << 16) | out.dport) >>> 0;
     }
     words[0] = ((zone << 16) | (proto << 8) | (family as number)) >>> 0;
@@ -112,11 +132,13 @@ export function checkOffer(v: unknown): CheckedOffer {
   };
   const o = tuple(v.orig, 'orig');
   const r = tuple(v.reply, 'reply');
-  if (icmp && (o.tuple.id !== r.tuple.id || o.tuple.code !== 0 || r.tuple.code !== 0)) throw refuse('reply.id', 'an ICMP query and its reply have the same identifier and code 0');
+  if (icmp && (o.tuple.code !== 0 || r.tuple.code !== 0)) throw refuse('reply.code', 'an ICMP query and its reply have code 0');
+  if (o.words.every((w, i) => w === r.words[i])) throw refuse('reply', 'the same tuple as orig: a connection\'s two directions differ');
   const queries: Record<number, number> = proto === 1 ? { 8: 0, 13: 14, 15: 16, 17: 18 } : { 128: 129 };
   if (icmp && queries[o.tuple.type!] !== r.tuple.type) throw refuse('reply.type', `a reply to ICMP type ${o.tuple.type} is type ${queries[o.tuple.type!] ?? '(none: not a query)'}`);
-  // nat: exactly what the tuples say.
+  // nat: exactly what the tuples say (an ICMP query's identifier remapped is source NAT too).
   const want: CtOffer['nat'] = {};
+  if (icmp && o.tuple.id !== r.tuple.id && sameAddr(r.tuple.dst, o.tuple.src)) want.src = { addr: r.tuple.dst };
   if (!sameAddr(r.tuple.dst, o.tuple.src) || r.tuple.dport !== o.tuple.sport) want.src = { addr: r.tuple.dst, ...(r.tuple.dport !== undefined ? { port: r.tuple.dport } : {}) };
   if (!sameAddr(r.tuple.src, o.tuple.dst) || r.tuple.sport !== o.tuple.dport) want.dst = { addr: r.tuple.src, ...(r.tuple.sport !== undefined ? { port: r.tuple.sport } : {}) };
   if (!isObject(v.nat)) throw refuse('nat', 'expected an object');
@@ -125,7 +147,10 @@ export function checkOffer(v: unknown): CheckedOffer {
     const got = v.nat[side];
     const exp = want[side];
     if (got === undefined && exp === undefined) continue;
-    if (isObject(got)) onlyKeys(got, `nat.${side}`, ['addr', 'port'], ['addr']);
+    if (isObject(got)) {
+      onlyKeys(got, `nat.${side}`, ['addr', 'port'], ['addr']);
+      if (typeof got.addr !== 'string') throw refuse(`nat.${side}.addr`, 'expected an address');
+    }
     if (got === undefined || exp === undefined || !isObject(got) || JSON.stringify(normalize(got)) !== JSON.stringify(normalize(exp))) {
       throw refuse(`nat.${side}`, exp === undefined ? 'the tuples say no translation here' : `the tuples say ${JSON.stringify(exp)}`);
     }

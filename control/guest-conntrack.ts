@@ -25,6 +25,7 @@
  * next packets each way, as Linux does for a connection met mid-stream.
  */
 import { FpoError } from '../datapath/errors.js';
+import { addrWords } from './ct-offer.js';
 
 export interface CtTuple {
   src: string;
@@ -163,9 +164,11 @@ export function parseConntrackEvent(line: string): GuestConnEvent {
     return v;
   };
   const [orig, reply] = tuples;
+  // Addresses compared as addresses (one address may be written two ways), as fpo's check does.
+  const same = (a: string, b: string) => { const x = addrWords(a); const y = addrWords(b); return x !== null && y !== null ? x.words.every((w, i) => w === y.words[i]) : a === b; };
   const nat: GuestConnEvent['nat'] = {};
-  if (reply.dst !== orig.src || reply.dport !== orig.sport) nat.src = { addr: reply.dst, ...(reply.dport !== undefined ? { port: reply.dport } : {}) };
-  if (reply.src !== orig.dst || reply.sport !== orig.dport) nat.dst = { addr: reply.src, ...(reply.sport !== undefined ? { port: reply.sport } : {}) };
+  if (!same(reply.dst, orig.src) || reply.dport !== orig.sport || (reply.id !== undefined && reply.id !== orig.id)) nat.src = { addr: reply.dst, ...(reply.dport !== undefined ? { port: reply.dport } : {}) };
+  if (!same(reply.src, orig.dst) || reply.sport !== orig.dport) nat.dst = { addr: reply.src, ...(reply.sport !== undefined ? { port: reply.sport } : {}) };
   return {
     event, proto, protoName, timeout, state, orig, reply,
     unreplied: flags.has('UNREPLIED'), assured: flags.has('ASSURED'),

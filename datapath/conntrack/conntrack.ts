@@ -152,7 +152,7 @@ export class ConnTrack {
   readonly capacity: number;
   readonly timeouts: Timeouts;
   /** Counters: lookups that found a connection, connections made, packets inv, commits refused for a full table, connections expired. */
-  readonly stats = { found: 0, created: 0, invalid: 0, full: 0, expired: 0, reopened: 0, natExhausted: 0, natCut: 0, adopted: 0 };
+  readonly stats = { found: 0, created: 0, invalid: 0, full: 0, expired: 0, reopened: 0, natExhausted: 0, natCut: 0, adopted: 0, adoptRefused: 0, clash: 0, relatedNat: 0 };
 
   private readonly tup: Uint32Array;
   private readonly index: Int32Array;
@@ -165,6 +165,10 @@ export class ConnTrack {
   private readonly natKind: Uint8Array;
   /** A reply has been seen (or the connection was adopted established): the original direction is est. */
   private readonly replied: Uint8Array;
+  /** 1 for a connection adopted from a guest's offer (counted against its zone's quota until it goes). */
+  private readonly adoptedBy: Uint8Array;
+  /** Adopted connections by zone (slow path: adopt and free of adopted ones only). */
+  private readonly adoptedInZone = new Map<number, number>();
   private readonly tcpState: Uint8Array;
   private readonly seqlo: Uint32Array;
   private readonly seqhi: Uint32Array;
@@ -180,11 +184,12 @@ export class ConnTrack {
   /** The packet's tuple, built here for each lookup. */
   private readonly t = new Uint32Array(TW);
   private readonly r = new Uint32Array(TW);
+  private readonly rv = new Uint32Array(TW);
 
   /** Bytes the tables of `capacity` connections take (what the constructor allocates). */
   static bytesFor(capacity: number): number {
     const slots = indexSlots(capacity);
-    return capacity * 2 * TW * 4 + slots * 8 + capacity * (1 + 1 + 1 + 1 + 1 + 8) + capacity * 2 * (1 + 4 + 4 + 4 + 1 + 8 + 8) + capacity * 4;
+    return capacity * 2 * TW * 4 + slots * 8 + capacity * (1 + 1 + 1 + 1 + 1 + 1 + 8) + capacity * 2 * (1 + 4 + 4 + 4 + 1 + 8 + 8) + capacity * 4;
   }
 
   constructor(opts: ConnTrackOptions) {
@@ -201,6 +206,7 @@ export class ConnTrack {
     this.pstate = new Uint8Array(c);
     this.natKind = new Uint8Array(c);
     this.replied = new Uint8Array(c);
+    this.adoptedBy = new Uint8Array(c);
     this.tcpState = new Uint8Array(c * 2);
     this.seqlo = new Uint32Array(c * 2);
     this.seqhi = new Uint32Array(c * 2);
@@ -246,7 +252,11 @@ export class ConnTrack {
         r[9] = pr === 1 || pr === 58 ? tup[other + 9] : ((tup[other + 9] << 16) | (tup[other + 9] >>> 16)) >>> 0;
         const kind = this.natKind[id];
         if (rewrite(batch, i, r, 0)) batch.ctState[i] = st | ((kind & NAT_SRC) !== 0 ? CS_SRC_NAT : 0) | ((kind & NAT_DST) !== 0 ? CS_DST_NAT : 0);
-        else this.stats.natCut++;
+        else {
+          // Headers to rewrite not all in the capture: never sent on untranslated.
+          this.stats.natCut++;
+          batch.ctState[i] = CS_TRK | CS_INV;
+        }
       }
     }
   }
@@ -282,6 +292,8 @@ export class ConnTrack {
       if (!isReply && !isQuery) return CS_TRK | CS_INV;
       tp = (((b[p + 4] << 8) | b[p + 5]) << 16) | (type << 8);
     }
+    // A protocol with ports whose header the capture cut: no tuple to track (not a port-0 connection).
+    if (!icmp && (proto === 6 || proto === 17 || proto === 132 || proto === 136 || proto === 33) && l4 === ABSENT) return CS_TRK | CS_INV;
     t[9] = tp >>> 0;
     const h = hashTuple(t, 0);
     let e = this.find(t, 0, h);
@@ -374,10 +386,28 @@ export class ConnTrack {
     if (proto === 6 || proto === 17 || proto === 132 || proto === 136) t[9] = rd32(b, l4);
     else if ((proto === 1 && family === 4) || (proto === 58 && family === 6)) t[9] = (((b[l4 + 4] << 8) | b[l4 + 5]) << 16 | (b[l4] << 8)) >>> 0;
     else t[9] = 0;
-    const e = this.find(t, 0, hashTuple(t, 0));
-    if (e < 0 || this.expires[e >> 1] <= now) return CS_TRK | CS_INV;
+    let e = this.find(t, 0, hashTuple(t, 0));
     // The quoted packet went one way; the error comes back the other.
-    return (e & 1) === 0 ? CS_TRK | CS_REL | CS_RPL : CS_TRK | CS_REL;
+    let replyDir = (e & 1) === 0;
+    if (e < 0) {
+      // Quoted as it was on the wire after a translation: its reverse is one of the connection's
+      // tuples (a translated original's reverse is the reply tuple) — Linux's NAT finds it the same way.
+      const icmpQ = (proto === 1 && family === 4) || (proto === 58 && family === 6);
+      const rv = this.rv;
+      rv[0] = t[0];
+      for (let w = 0; w < 4; w++) { rv[1 + w] = t[5 + w]; rv[5 + w] = t[1 + w]; }
+      if (icmpQ) {
+        const type = (t[9] >>> 8) & 0xff;
+        const rt = family === 4 ? ICMP4_REPLY[type] : ICMP6_REPLY[type];
+        if (rt < 0) return CS_TRK | CS_INV;
+        rv[9] = ((t[9] & 0xffff0000) | (rt << 8)) >>> 0;
+      } else rv[9] = ((t[9] << 16) | (t[9] >>> 16)) >>> 0;
+      e = this.find(rv, 0, hashTuple(rv, 0));
+      replyDir = (e & 1) === 1;
+      if (e >= 0) this.stats.relatedNat++;
+    }
+    if (e < 0 || this.expires[e >> 1] <= now) return CS_TRK | CS_INV;
+    return replyDir ? CS_TRK | CS_REL | CS_RPL : CS_TRK | CS_REL;
   }
 
   /** The packet's IP length (header and payload), from its header: what the connection's byte counters add. */
@@ -451,28 +481,26 @@ export class ConnTrack {
       if (this.nFree === 0) { this.stats.full++; return -1; }
     }
     if (nat !== null && nat.family !== (this.t[0] & 0xff)) nat = null; // a rule for the other family: no translation
-    if (nat !== null && !this.translate(nat, icmp, h)) { this.stats.natExhausted++; return -1; }
+    if (nat !== null) {
+      // The reply tuple translate() finds free: the reply comes to (SNAT) or from (DNAT) the new address and port.
+      if (!this.translate(nat, icmp, h)) { this.stats.natExhausted++; return -1; }
+    } else {
+      // The reply: addresses and ports swapped (ICMP: the same identifier, the reply's type). If another
+      // connection holds it already (a translated one's reply: a packet from the NAT address itself), the
+      // two would share a tuple: refused, as Linux's confirm refuses a clash.
+      this.plainReply(icmp);
+      if (this.find(this.r, 0, hashTuple(this.r, 0)) >= 0) { this.stats.clash++; return -1; }
+    }
     const id = this.freeIds[--this.nFree];
     const t = this.t;
     const tup = this.tup;
     const o = id * 2 * TW;
     for (let w = 0; w < TW; w++) tup[o + w] = t[w];
-    // The reply: addresses and ports swapped (ICMP: the same identifier, the reply's type).
-    tup[o + TW] = t[0];
-    for (let w = 0; w < 4; w++) { tup[o + TW + 1 + w] = t[5 + w]; tup[o + TW + 5 + w] = t[1 + w]; }
-    if (icmp) {
-      const type = (t[9] >>> 8) & 0xff;
-      const rtype = (t[0] & 0xff) === 4 ? ICMP4_REPLY[type] : ICMP6_REPLY[type];
-      tup[o + TW + 9] = ((t[9] & 0xffff0000) | (rtype << 8)) >>> 0;
-    } else tup[o + TW + 9] = ((t[9] << 16) | (t[9] >>> 16)) >>> 0;
-    this.natKind[id] = 0;
+    const r = this.r;
+    for (let w = 0; w < TW; w++) tup[o + TW + w] = r[w];
+    this.natKind[id] = nat !== null ? nat.kind : 0;
     this.replied[id] = 0;
-    if (nat !== null) {
-      // The reply tuple translate() found free: the reply comes to (SNAT) or from (DNAT) the new address and port.
-      const r = this.r;
-      for (let w = 0; w < TW; w++) tup[o + TW + w] = r[w];
-      this.natKind[id] = nat.kind;
-    }
+    this.adoptedBy[id] = 0;
     this.insert(id * 2, h);
     this.insert(id * 2 + 1, hashTuple(tup, o + TW));
     this.used[id] = 1;
@@ -484,6 +512,19 @@ export class ConnTrack {
     this.live++;
     this.stats.created++;
     return id;
+  }
+
+  /** this.r = the plain reply of the tuple in this.t: addresses and ports swapped; ICMP: the same identifier, the reply's type. */
+  private plainReply(icmp: boolean): void {
+    const t = this.t;
+    const r = this.r;
+    r[0] = t[0];
+    for (let w = 0; w < 4; w++) { r[1 + w] = t[5 + w]; r[5 + w] = t[1 + w]; }
+    if (icmp) {
+      const type = (t[9] >>> 8) & 0xff;
+      const rtype = (t[0] & 0xff) === 4 ? ICMP4_REPLY[type] : ICMP6_REPLY[type];
+      r[9] = ((t[9] & 0xffff0000) | (rtype << 8)) >>> 0;
+    } else r[9] = ((t[9] << 16) | (t[9] >>> 16)) >>> 0;
   }
 
   /**
@@ -533,6 +574,11 @@ export class ConnTrack {
   }
 
   private free(id: number): void {
+    if (this.adoptedBy[id] === 1) {
+      this.adoptedBy[id] = 0;
+      const z = this.tup[id * 2 * TW] >>> 16;
+      this.adoptedInZone.set(z, (this.adoptedInZone.get(z) ?? 1) - 1);
+    }
     this.remove(id * 2);
     this.remove(id * 2 + 1);
     this.used[id] = 0;
@@ -564,12 +610,20 @@ export class ConnTrack {
    * mid-stream), and it lives `timeoutMs` unless its packets say otherwise. Returns its id;
    * -1 when the table is full or a connection already holds either tuple (nothing changed).
    */
-  adopt(orig: Uint32Array, reply: Uint32Array, now: number, timeoutMs: number): number {
+  adopt(orig: Uint32Array, reply: Uint32Array, now: number, timeoutMs: number, quota = this.capacity): number {
     const ho = hashTuple(orig, 0);
     const hr = hashTuple(reply, 0);
-    if (this.find(orig, 0, ho) >= 0 || this.find(reply, 0, hr) >= 0) return -1;
+    let same = true;
+    for (let w = 0; w < TW; w++) if (orig[w] !== reply[w]) same = false;
+    const zone = orig[0] >>> 16;
+    if (same || this.find(orig, 0, ho) >= 0 || this.find(reply, 0, hr) >= 0) { this.stats.adoptRefused++; return -1; }
+    // At the zone's quota or a full table: a slice of expiry first (expired connections still count until freed).
+    if (this.nFree === 0 || (this.adoptedInZone.get(zone) ?? 0) >= quota) this.expire(now, this.capacity < 64 ? this.capacity : 64);
+    if ((this.adoptedInZone.get(zone) ?? 0) >= quota) { this.stats.adoptRefused++; return -1; }
     if (this.nFree === 0) { this.stats.full++; return -1; }
     const id = this.freeIds[--this.nFree];
+    this.adoptedBy[id] = 1;
+    this.adoptedInZone.set(zone, (this.adoptedInZone.get(zone) ?? 0) + 1);
     const o = id * 2 * TW;
     this.tup.set(orig.subarray(0, TW), o);
     this.tup.set(reply.subarray(0, TW), o + TW);
@@ -585,7 +639,7 @@ export class ConnTrack {
     let sameDst = true;
     for (let w = 0; w < 4; w++) { if (reply[5 + w] !== orig[1 + w]) sameSrc = false; if (reply[1 + w] !== orig[5 + w]) sameDst = false; }
     const icmp = proto === 1 || proto === 58;
-    if (!sameSrc || (!icmp && (reply[9] & 0xffff) !== orig[9] >>> 16)) kind |= NAT_SRC;
+    if (!sameSrc || (icmp ? reply[9] >>> 16 !== orig[9] >>> 16 : (reply[9] & 0xffff) !== orig[9] >>> 16)) kind |= NAT_SRC;
     if (!sameDst || (!icmp && reply[9] >>> 16 !== (orig[9] & 0xffff))) kind |= NAT_DST;
     this.natKind[id] = kind;
     for (const s of [id * 2, id * 2 + 1]) {
@@ -597,7 +651,9 @@ export class ConnTrack {
       this.packets[s] = 0;
       this.bytes[s] = 0;
     }
-    this.expires[id] = now + timeoutMs;
+    // No longer than fpo's own timeout for such a connection: a guest cannot make one outlive it.
+    const to = this.timeouts;
+    this.expires[id] = now + Math.min(timeoutMs, proto === 6 ? to.tcpEstablished : icmp ? to.icmpReply : to.otherBidir);
     this.live++;
     this.stats.adopted++;
     return id;
@@ -742,6 +798,14 @@ export class ConnTrack {
     const seqlo = this.seqlo;
     const seqhi = this.seqhi;
     const maxwin = this.maxwin;
+    if (st[s] < TCPS_SYN_SENT && (f & TH_RST) !== 0) {
+      // A reset as this end's first segment: only the answer to the other end's SYN or data, acking
+      // exactly what it sent (a port refusing a connection). Anything else could be anyone's: an
+      // off-path reset would otherwise set this end's window itself and pass the exact-sequence check.
+      // (A SYN's sender holds its ISN as seqlo: the answer acks ISN + 1.)
+      const acked = (rd32(b, p + 8) - seqlo[d]) >>> 0;
+      if ((f & TH_ACK) === 0 || st[d] < TCPS_SYN_SENT || acked > 1) return UPDATE_INVALID;
+    }
     if (st[s] < TCPS_SYN_SENT) {
       // The first segment from this end.
       ack = rd32(b, p + 8);

@@ -332,6 +332,7 @@ export class XdpPort {
 
   /** Fast path: up to a batch of frames from the rx ring, in place; the last batch's chunks go back first. */
   fill(batch: PacketBatch, ppid: number, nowUs: number): number {
+    if (this.closed) return 0;
     const dv = this.dv;
     if (this.pendingN > 0) {
       for (let k = 0; k < this.pendingN; k++) this.putFill(this.pending[k]);
@@ -341,7 +342,8 @@ export class XdpPort {
     const rx = this.rx;
     const cons = dv.getUint32(rx.cons, true);
     const ready = (dv.getUint32(rx.prod, true) - cons) >>> 0;
-    const cap = batch.capacity;
+    // No more than the batch holds, nor than the chunks the port keeps track of per batch (its size at open).
+    const cap = batch.capacity < this.pending.length ? batch.capacity : this.pending.length;
     const n = ready < cap ? ready : cap;
     batch.batchSetBuffer(this.bytes);
     batch.rawPcapLE = false;
@@ -391,6 +393,7 @@ export class XdpPort {
 
   /** Fast path: packets idx[from .. from + n) into tx chunks and on the tx ring, then the kernel woken. */
   writeBatch(batch: PacketBatch, idx: Uint16Array, from: number, n: number, enc?: Int32Array, encap?: Encap): void {
+    if (this.closed) { this.txErrors += n; return; }
     this.reclaim();
     this.txProd = this.dv.getUint32(this.tx.prod, true);
     this.queued = 0;
@@ -473,13 +476,21 @@ export class XdpPort {
 
   /** Frames the kernel dropped for want of a fill chunk or of room on the rx ring (XDP_STATISTICS, counted since open). */
   get rxMissed(): number {
+    if (this.closed) return this.missedAtClose;
     const b = this.statsBuf;
     if (libc().getsockopt(this.fd, SOL_XDP, XDP_STATISTICS, b) < 48) return 0;
     // rx_dropped (no fill chunk: also counted in rx_fill_ring_empty_descs), rx_invalid_descs, tx_invalid_descs, rx_ring_full, …
     return Number(b.readBigUInt64LE(0) + b.readBigUInt64LE(24));
   }
 
+  /** Closed: its memory unmapped, so fill and writeBatch must not touch it (a late call is a counted no-op, not a fault). */
+  private closed = false;
+  private missedAtClose = 0;
+
   close(): void {
+    if (this.closed) return;
+    if (this.fds.length > 0 && this.pieces.length > 0) this.missedAtClose = this.rxMissed; // the kernel's last count, while the socket is there
+    this.closed = true;
     // The mappings hold the socket: they go first; then the link (the program leaves the interface), program, map, socket.
     for (const [at, len] of this.pieces) this.mem.release(at, len);
     this.pieces.length = 0;

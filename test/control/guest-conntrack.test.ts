@@ -73,12 +73,14 @@ describe('the guest\'s conntrack events (conntrack -E)', () => {
 
 describe('fpo\'s check of an offer (ct-offer.ts) and ConnTrack.adopt', () => {
   const good = (): CtOffer => JSON.parse(JSON.stringify(offerFor(parseConntrackEvent(LINES.tcpEst)).offer)) as CtOffer;
+  /** The guest the offers come from: its port's zone. */
+  const GUEST = { zone: 0 };
 
   it('takes a good offer as tuple words; refuses each kind of bad one naming the field', () => {
-    const c = checkOffer(good());
+    const c = checkOffer(good(), GUEST);
     expect(c.orig[0]).toBe((6 << 8) | 4);
     expect(c.reply[9]).toBe(((8080 << 16) | 45640) >>> 0);
-    const refused = (mut: (o: any) => void) => { const o: any = good(); mut(o); try { checkOffer(o); return ''; } catch (e) { expect(e).toBeInstanceOf(FpoError); return (e as FpoError).message; } };
+    const refused = (mut: (o: any) => void) => { const o: any = good(); mut(o); try { checkOffer(o, GUEST); return ''; } catch (e) { expect(e).toBeInstanceOf(FpoError); return (e as FpoError).message; } };
     expect(refused((o) => { o.state = 'SYN_SENT'; })).toMatch(/^ct-offer\.state: a TCP connection is handed over ESTABLISHED/);
     expect(refused((o) => { o.nat = {}; })).toMatch(/^ct-offer\.nat\.src: the tuples say/);
     expect(refused((o) => { o.nat.dst = { addr: '1.2.3.4' }; })).toMatch(/^ct-offer\.nat\.dst: the tuples say no translation here/);
@@ -87,6 +89,16 @@ describe('fpo\'s check of an offer (ct-offer.ts) and ConnTrack.adopt', () => {
     expect(refused((o) => { o.orig.evil = 1; })).toMatch(/^ct-offer\.orig: unknown field "evil"/);
     expect(refused((o) => { o.proto = 47; })).toMatch(/^ct-offer\.proto: expected 6 \(TCP\)/);
     expect(refused((o) => { o.__proto__ = { x: 1 }; o.type = 'x'; })).toMatch(/^ct-offer\.type: expected "ct-offer"/);
+    // Review findings (2026-12-04), each refused now:
+    expect(refused((o) => { o.zone = 7; })).toMatch(/^ct-offer\.zone: this guest's connections are in zone 0/); // another VM's zone
+    expect(refused((o) => { o.zone = -0; })).toMatch(/^ct-offer\.zone: /);
+    expect(refused((o) => { o.reply = { ...o.orig }; o.nat = {}; })).toMatch(/^ct-offer\.(reply|nat)/); // orig == reply
+    expect(refused((o) => { o.orig.src = '010.60.0.2'; })).toMatch(/^ct-offer\.orig\.src: expected an IPv4 or IPv6 address/); // leading zeros
+    expect(refused((o) => { o.orig.src = '0.0.0.0'; })).toMatch(/^ct-offer\.orig\.src: an unspecified, broadcast or multicast address/);
+    expect(refused((o) => { o.orig.dst = '224.0.0.5'; })).toMatch(/^ct-offer\.orig\.dst: an unspecified, broadcast or multicast/);
+    expect(refused((o) => { o.orig.sport = 0; })).toMatch(/^ct-offer\.orig\.sport: expected an integer in 1\.\.65535/);
+    expect(refused((o) => { o.nat.src.addr = [0xcb007101, 0, 0, 0]; })).toMatch(/^ct-offer\.nat\.src\.addr: expected an address/);
+    expect(refused((o) => { o.orig.src = `${'1'.repeat(50_000_000)}`; })).toMatch(/^ct-offer\.orig\.src: expected an IPv4 or IPv6 address/);
   });
 
   it('fuzz: a mutated offer is taken whole and consistent, or refused naming a field — and a refused one changes no table', () => {
@@ -103,7 +115,7 @@ describe('fpo\'s check of an offer (ct-offer.ts) and ConnTrack.adopt', () => {
       const before = ct.count;
       let c;
       try {
-        c = checkOffer(o);
+        c = checkOffer(o, GUEST);
       } catch (e) {
         expect(e).toBeInstanceOf(FpoError);
         expect((e as FpoError).message).toMatch(/^ct-offer(\.[a-z.]+)?: /);
@@ -117,15 +129,39 @@ describe('fpo\'s check of an offer (ct-offer.ts) and ConnTrack.adopt', () => {
     }), { numRuns: 3000 });
   });
 
+  it('adopted connections: a quota a zone, fpo\'s own timeouts at most, room made by expiry, a remapped ICMP identifier taken', () => {
+    const ct = new ConnTrack({ capacity: 8 });
+    const offerOf = (port: number, proto = 17) => {
+      const o: any = good();
+      o.proto = proto; o.state = ''; o.orig.sport = port; o.reply.dport = port; o.nat.src.port = port;
+      return checkOffer(o, GUEST);
+    };
+    for (let k = 0; k < 3; k++) { const c = offerOf(40000 + k); expect(ct.adopt(c.orig, c.reply, 0, c.offer.timeout * 1000, 3)).toBeGreaterThanOrEqual(0); }
+    const fourth = offerOf(40003);
+    expect(ct.adopt(fourth.orig, fourth.reply, 0, 432_000_000, 3)).toBe(-1); // the zone's quota
+    expect(ct.stats.adoptRefused).toBe(1);
+    expect(ct.list(0).every((c) => c.expiresInMs === 30_000)).toBe(true); // UDP: fpo's 30 s, not the offer's 5 days
+    // A full table makes room from what has expired.
+    const big = new ConnTrack({ capacity: 2 });
+    for (let k = 0; k < 2; k++) { const c = offerOf(41000 + k); big.adopt(c.orig, c.reply, 0, 1000); }
+    const late = offerOf(41002);
+    expect(big.adopt(late.orig, late.reply, 60_000, 1000)).toBeGreaterThanOrEqual(0);
+    // ICMP under masquerade with its identifier remapped: the reply's identifier, rewritten back.
+    const icmp = parseConntrackEvent(' [UPDATE] icmp     1 30 src=10.60.0.2 dst=203.0.113.2 type=8 code=0 id=28701 src=203.0.113.2 dst=203.0.113.1 type=0 code=0 id=777 id=5');
+    const io = offerFor(icmp).offer!;
+    expect(io.nat).toEqual({ src: { addr: '203.0.113.1' } });
+    expect(() => checkOffer(JSON.parse(JSON.stringify(io)), GUEST)).not.toThrow();
+  });
+
   it('an adopted connection is established both ways and translated as the guest did; a second offer of it is refused', () => {
     const ct = new ConnTrack({ capacity: 16 });
-    const c = checkOffer(good());
+    const c = checkOffer(good(), GUEST);
     expect(ct.adopt(c.orig, c.reply, 0, c.offer.timeout * 1000)).toBe(0);
     expect(ct.adopt(c.orig, c.reply, 0, 1000)).toBe(-1);
     const [conn] = ct.list(0);
     expect(conn.orig).toEqual({ src: '10.60.0.2', dst: '203.0.113.2', sport: 45640, dport: 8080 });
     expect(conn.reply).toEqual({ src: '203.0.113.2', dst: '203.0.113.1', sport: 8080, dport: 45640 });
-    expect(conn.expiresInMs).toBe(432_000_000);
+    expect(conn.expiresInMs).toBe(86_400_000); // the offer's 5 days cut to fpo's own TCP established timeout (24 h)
   });
 });
 
@@ -191,7 +227,7 @@ describe('hand-over from a real guest conntrack (nftables masquerade in a servic
     const offer = offers[0];
     expect(offer.nat.src?.addr).toBe('198.51.100.1'); // masquerade: the service VM's outside address
     // fpo's side: checked as it came off the channel (JSON), adopted.
-    const checked = checkOffer(JSON.parse(JSON.stringify(offer)));
+    const checked = checkOffer(JSON.parse(JSON.stringify(offer)), { zone: 0 });
     const ct = new ConnTrack({ capacity: 16 });
     expect(ct.adopt(checked.orig, checked.reply, 0, checked.offer.timeout * 1000)).toBe(0);
     // Every packet of the connection, inside and outside, paired by direction and TCP sequence/ack numbers.

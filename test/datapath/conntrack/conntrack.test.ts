@@ -147,6 +147,22 @@ describe('ConnTrack: TCP', () => {
     expect(ct.count).toBe(1);
   });
 
+  it('a reset as a side\'s first segment counts only when it acks what the other side sent (a refused SYN), not from anyone (review finding)', () => {
+    const ct = new ConnTrack({ capacity: 16 });
+    // A refused connection: the SYN, then RST+ACK acking ISN + 1.
+    expect(track(ct, [tcpFrame({ from: 'a', seq: 1000, flags: 'S' }), tcpFrame({ from: 'b', seq: 0, ack: 1001, flags: 'RA' })])).toEqual([NEW, RPL]);
+    expect(ct.list(1000)[0].state).toBe('TIME_WAIT:TIME_WAIT');
+    // An adopted connection (windows unknown): a reset with any sequence number from an end not yet heard is inv.
+    const ct2 = new ConnTrack({ capacity: 16 });
+    const t = new Uint32Array([(6 << 8) | 4, 0x0a000001, 0, 0, 0, 0x0a000002, 0, 0, 0, ((1000 << 16) | 80) >>> 0]);
+    const r = new Uint32Array([(6 << 8) | 4, 0x0a000002, 0, 0, 0, 0x0a000001, 0, 0, 0, ((80 << 16) | 1000) >>> 0]);
+    expect(ct2.adopt(t, r, 1000, 60_000)).toBe(0);
+    expect(track(ct2, [tcpFrame({ from: 'b', seq: 0xdeadbeef, ack: 12345, flags: 'RA' }), tcpFrame({ from: 'b', seq: 0xdeadbeef, flags: 'R' })])).toEqual([INV, INV]);
+    expect(ct2.list(1000)[0].state).toBe('CLOSED:CLOSED');
+    // Its own traffic goes on as established.
+    expect(track(ct2, [tcpFrame({ from: 'a', seq: 555, ack: 777, flags: 'PA', len: 10 }), tcpFrame({ from: 'b', seq: 777, ack: 565, flags: 'A' })])).toEqual([EST, RPL]);
+  });
+
   it('a SYN after both sides closed reopens: the old connection goes, a new one starts', () => {
     const ct = new ConnTrack({ capacity: 16 });
     track(ct, ([...handshake,

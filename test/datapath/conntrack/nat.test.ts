@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { PacketBatch } from '../../../datapath/batch.js';
-import { CS_DST_NAT, CS_EST, CS_NEW, CS_RPL, CS_SRC_NAT, CS_TRK, ConnTrack } from '../../../datapath/conntrack/conntrack.js';
+import { CS_DST_NAT, CS_EST, CS_INV, CS_NEW, CS_REL, CS_RPL, CS_SRC_NAT, CS_TRK, ConnTrack } from '../../../datapath/conntrack/conntrack.js';
 import { NatRange } from '../../../datapath/conntrack/nat.js';
 import { MappingTable } from '../../../datapath/mapping/mapping-table.js';
 import { Parse } from '../../../datapath/parse/parse.js';
@@ -163,7 +163,7 @@ describe('NAT on tracked connections', () => {
         expect(Number(c.reply.dst.split('.')[3])).toBeLessThanOrEqual(addrs);
         expect(c.reply.dport).toBeGreaterThanOrEqual(20000);
         expect(c.reply.dport).toBeLessThan(20000 + ports);
-        const back = tcpFrame('203.0.113.5', 80, c.reply.dst, c.reply.dport, 0x14, 0); // RST+ACK, seq 1000: not in window, but found
+        const back = tcpFrame('203.0.113.5', 80, c.reply.dst, c.reply.dport, 0x10, 0); // the server's first segment, a plain ACK: found by its translated tuple
         const st = track(ct, back, null, false);
         expect(st & CS_RPL).toBe(CS_RPL);
       }
@@ -197,10 +197,10 @@ describe('NAT on tracked connections', () => {
     for (const c of ct.list(1000)) {
       const v6 = c.orig.src.includes(':');
       if (v6) continue;
-      const reply = c.proto === 6 ? tcpFrame(c.reply.src, c.reply.sport, c.reply.dst, c.reply.dport, 0x14, 3)
+      const reply = c.proto === 6 ? tcpFrame(c.reply.src, c.reply.sport, c.reply.dst, c.reply.dport, 0x10, 3)
         : c.proto === 17 ? withChecksum(eth('02:00:00:00:00:01', '02:00:00:00:00:02', 0x0800, ipv4({ src: c.reply.src, dst: c.reply.dst, proto: 17 }, udp(c.reply.sport, c.reply.dport, new Uint8Array(5)))))
           : withChecksum(eth('02:00:00:00:00:01', '02:00:00:00:00:02', 0x0800, ipv4({ src: c.reply.src, dst: c.reply.dst, proto: 1 }, icmpEcho(0, c.reply.sport, 1))));
-      track(ct, reply, null, false);
+      expect(track(ct, reply, null, false) & (CS_RPL | CS_SRC_NAT)).toBe(CS_RPL | CS_SRC_NAT); // found and translated back
       out.push(reply);
     }
     expect(out.every(checksumsOk)).toBe(true);
@@ -216,6 +216,36 @@ describe('NAT on tracked connections', () => {
       if (v4) expect(ip, r).toBe('1');
       expect(l4.filter((x) => x !== ''), r).toEqual(['1']); // one transport checksum a row, checked and good
     }
+  });
+
+  it('review findings (2026-12-04): an ICMP error about a translated packet is rel; a cut header is inv and never leaves untranslated; a reply tuple already held is a clash', () => {
+    const ct = new ConnTrack({ capacity: 16 });
+    const snat = new NatRange('src', '192.0.2.9', '192.0.2.9', 5000, 5000);
+    const q = withChecksum(eth('02:00:00:00:00:02', '02:00:00:00:00:01', 0x0800, ipv4({ src: '10.0.0.1', dst: '198.51.100.7', proto: 17 }, udp(4000, 53, new Uint8Array(12)))));
+    expect(track(ct, q, snat)).toBe(CS_TRK | CS_NEW | CS_SRC_NAT);
+    // The server's port unreachable quotes the packet as it saw it: from 192.0.2.9:5000.
+    const quoted = q.subarray(14, 14 + 28);
+    const err = withChecksum(eth('02:00:00:00:00:01', '02:00:00:00:00:02', 0x0800, ipv4({ src: '198.51.100.7', dst: '192.0.2.9', proto: 1 }, concat(Uint8Array.of(3, 3, 0, 0, 0, 0, 0, 0), quoted))));
+    expect(track(ct, err, null, false) & (CS_REL | CS_RPL | CS_TRK)).toBe(CS_REL | CS_RPL | CS_TRK);
+    expect(ct.stats.relatedNat).toBe(1);
+    // A UDP packet whose ports the capture cut: inv, nothing committed, nothing sent on with a private address as translated.
+    const before = ct.count;
+    const cut = withChecksum(eth('02:00:00:00:00:02', '02:00:00:00:00:01', 0x0800, ipv4({ src: '10.0.0.2', dst: '198.51.100.7', proto: 17 }, udp(4001, 53, new Uint8Array(40)))));
+    const b = new PacketBatch(1);
+    b.batchSetBuffer(cut); b.count = 1; b.off[0] = 0; b.caplen[0] = 36; b.wirelen[0] = cut.length; b.inPpid[0] = 1; b.drop[0] = 0;
+    parse.process(b);
+    ct.process(b, Uint16Array.of(0), 1, 0, true, 1000, snat);
+    expect(b.ctState[0]).toBe(CS_TRK | CS_INV);
+    expect(ct.count).toBe(before);
+    // From the NAT address itself, on the translated tuple's reverse: the reply tuple is taken — a clash, refused.
+    const spoof = withChecksum(eth('02:00:00:00:00:02', '02:00:00:00:00:01', 0x0800, ipv4({ src: '192.0.2.9', dst: '198.51.100.7', proto: 17 }, udp(5000, 53, new Uint8Array(12)))));
+    expect(track(ct, spoof, null)).toBe(CS_TRK | CS_NEW);
+    expect(ct.stats.clash).toBe(1);
+    expect(ct.count).toBe(before);
+    // The server's answer still goes to the client.
+    const ans = withChecksum(eth('02:00:00:00:00:01', '02:00:00:00:00:02', 0x0800, ipv4({ src: '198.51.100.7', dst: '192.0.2.9', proto: 17 }, udp(53, 5000, new Uint8Array(12)))));
+    expect(track(ct, ans, null, false)).toBe(CS_TRK | CS_EST | CS_RPL | CS_SRC_NAT);
+    expect(addr4(ans, 30)).toBe('10.0.0.1');
   });
 
   it('refuses a bad range, naming it', () => {

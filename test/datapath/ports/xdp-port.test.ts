@@ -245,6 +245,36 @@ describe('XdpPort (AF_XDP: fpo\'s XDP program, UMEM, fill/rx/tx/completion rings
     expect(sh('ip', '-n', NS, 'link', 'show', 'x0').stdout).not.toMatch(/xdp/);
   });
 
+  it('a batch larger than the port was opened for takes no more than it can give back; after close, fill and send are counted no-ops, not faults (review findings)', (ctx) => {
+    needRoot(ctx, 'makes a namespace, loads an XDP program, opens AF_XDP sockets');
+    needTool(ctx, 'ip', 'makes the namespace and the veth pair');
+    setUp();
+    const r = inNs(`
+      const port = new XdpPort('x0', 32, { rxFrames: 64 });
+      const peer = new TapPort('x1', 1, 'afpacket');
+      const b = new PacketBatch(64);
+      const got = [];
+      for (let round = 0; round < 4; round++) {
+        for (let k = 0; k < 48; k++) libc().write(peer.fd, frame(round * 100 + k, 80), 80);
+        await sleep(20);
+        let n;
+        while ((n = port.fill(b, 1, 0)) > 0) {
+          if (n > 32) throw new Error('more than the port tracks: ' + n);
+          for (let i = 0; i < n; i++) got.push(u32(b.buf, b.off[i] + 14));
+        }
+      }
+      port.close();
+      const afterFill = port.fill(b, 1, 0);
+      port.writeBatch(b, Uint16Array.of(0), 0, 1);
+      console.log(JSON.stringify({ got, afterFill, txErrors: port.txErrors }));
+    `);
+    const want: number[] = [];
+    for (let round = 0; round < 4; round++) for (let k = 0; k < 48; k++) want.push(round * 100 + k);
+    expect(r.got).toEqual(want); // every frame once, whole, in order: no chunk handed out twice
+    expect(r.afterFill).toBe(0);
+    expect(r.txErrors).toBe(1);
+  });
+
   it('refuses what it cannot open, naming the interface and the errno; a refused open leaves nothing attached', (ctx) => {
     needRoot(ctx, 'makes a namespace, loads an XDP program, opens AF_XDP sockets');
     needTool(ctx, 'ip', 'makes the namespace and the veth pair');
