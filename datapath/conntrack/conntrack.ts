@@ -47,7 +47,7 @@ import { ABSENT } from '../batch.js';
 import { KEY_WORDS, W_ETH_TYPE, W_IP_DST, W_IP_SRC, W_TP, FRAG_LATER } from '../classifier/flow-key.js';
 import { fmix } from '../classifier/flow-table.js';
 import { FpoError } from '../errors.js';
-import { NAT_DST, NAT_SRC, type NatRange, rewrite } from './nat.js';
+import { NAT_DST, NAT_SRC, type NatRange, rewrite, rewriteIcmpError } from './nat.js';
 
 /** ct_state bits, Open vSwitch's values. */
 export const CS_NEW = 0x01;
@@ -389,6 +389,7 @@ export class ConnTrack {
     let e = this.find(t, 0, hashTuple(t, 0));
     // The quoted packet went one way; the error comes back the other.
     let replyDir = (e & 1) === 0;
+    let translatedQuote = false;
     if (e < 0) {
       // Quoted as it was on the wire after a translation: its reverse is one of the connection's
       // tuples (a translated original's reverse is the reply tuple) — Linux's NAT finds it the same way.
@@ -404,10 +405,21 @@ export class ConnTrack {
       } else rv[9] = ((t[9] << 16) | (t[9] >>> 16)) >>> 0;
       e = this.find(rv, 0, hashTuple(rv, 0));
       replyDir = (e & 1) === 1;
-      if (e >= 0) this.stats.relatedNat++;
+      translatedQuote = e >= 0;
     }
     if (e < 0 || this.expires[e >> 1] <= now) return CS_TRK | CS_INV;
-    return replyDir ? CS_TRK | CS_REL | CS_RPL : CS_TRK | CS_REL;
+    const id = e >> 1;
+    const st = replyDir ? CS_TRK | CS_REL | CS_RPL : CS_TRK | CS_REL;
+    const kind = this.natKind[id];
+    if (kind === 0) return st;
+    // A translated connection: the error is translated back, quote and all (the quote is the
+    // packet of direction qd as it was on the wire after translation: made as its sender sent it).
+    if (!translatedQuote) return st; // quoted untranslated: it never crossed a translation (sent by this side's own peer)
+    this.stats.relatedNat++;
+    const qd = replyDir ? 0 : 1;
+    const o = id * 2 * TW;
+    if (!rewriteIcmpError(batch, i, this.tup, o + qd * TW, o + (1 - qd) * TW, q, family)) { this.stats.natCut++; return CS_TRK | CS_INV; }
+    return st | ((kind & NAT_SRC) !== 0 ? CS_SRC_NAT : 0) | ((kind & NAT_DST) !== 0 ? CS_DST_NAT : 0);
   }
 
   /** The packet's IP length (header and payload), from its header: what the connection's byte counters add. */

@@ -174,3 +174,96 @@ export function rewrite(batch: PacketBatch, i: number, t: Uint32Array, at: numbe
   if (proto === 17 && l4sum && b[csumAt] === 0 && b[csumAt + 1] === 0) { b[csumAt] = 0xff; b[csumAt + 1] = 0xff; }
   return true;
 }
+
+/** Sets the 16-bit word at b[p] to v, keeping the checksum at b[csumAt] right (csumAt < 0: none). */
+function put16(b: Uint8Array, p: number, v: number, csumAt: number): void {
+  const old = (b[p] << 8) | b[p + 1];
+  if (old === v) return;
+  b[p] = v >> 8;
+  b[p + 1] = v & 0xff;
+  if (csumAt >= 0) csum16(b, csumAt, old, v);
+}
+
+/**
+ * Fast path: an ICMP or ICMPv6 error of a translated connection, as Linux's
+ * nf_nat_icmp_reply_translation does it. The packet it quotes (at q, its IP
+ * header; ports or query identifier after it) is made the form its sender
+ * sent: tuple t[inner ..] (its direction's tuple, untranslated). The error's
+ * own addresses: a destination that is the quoted sender's translated
+ * address (t[other ..]'s destination) becomes its real one, a source that
+ * is the translated peer becomes the peer as its sender knows it. Every
+ * checksum it touches follows: the quoted header's, the quoted UDP/TCP's
+ * when the capture holds it, the ICMP checksum over all of it (ICMPv6's with
+ * its pseudo-header), the outer IPv4 header's. Returns false (nothing
+ * changed) when the headers are not all in the capture.
+ */
+export function rewriteIcmpError(batch: PacketBatch, i: number, t: Uint32Array, inner: number, other: number, q: number, family: number): boolean {
+  const b = batch.buf;
+  const base = batch.off[i];
+  const end = base + batch.caplen[i];
+  const l3 = base + batch.l3Off[i];
+  const icmpCsum = base + batch.l4Off[i] + 2;
+  const proto = (t[inner] >>> 8) & 0xff;
+  const ihl = family === 4 ? (b[q] & 15) * 4 : 40;
+  const ql4 = q + ihl;
+  if (ql4 + 8 > end || icmpCsum + 2 > end) return false;
+  // The quoted addresses.
+  const qSrc = family === 4 ? q + 12 : q + 8;
+  const qDst = family === 4 ? q + 16 : q + 24;
+  const words = family === 4 ? 1 : 4;
+  const l4sumAt = proto === 17 ? ql4 + 6 : proto === 6 && ql4 + 18 <= end ? ql4 + 16 : -1;
+  const l4sum = l4sumAt >= 0 && !(proto === 17 && family === 4 && b[l4sumAt] === 0 && b[l4sumAt + 1] === 0);
+  const pseudo = proto === 6 || proto === 17 || proto === 58;
+  for (const [at, word] of [[qSrc, 1], [qDst, 5]] as const) {
+    for (let w = 0; w < words; w++) {
+      const p = at + 4 * w;
+      const old = rd32(b, p);
+      const nu = t[inner + word + w];
+      if (old === nu) continue;
+      if (family === 4) { const c0 = (b[q + 10] << 8) | b[q + 11]; csum32(b, q + 10, old, nu); csum16(b, icmpCsum, c0, (b[q + 10] << 8) | b[q + 11]); }
+      if (l4sum && pseudo) { const c0 = (b[l4sumAt] << 8) | b[l4sumAt + 1]; csum32(b, l4sumAt, old, nu); csum16(b, icmpCsum, c0, (b[l4sumAt] << 8) | b[l4sumAt + 1]); }
+      put16(b, p, nu >>> 16, icmpCsum);
+      put16(b, p + 2, nu & 0xffff, icmpCsum);
+    }
+  }
+  if (proto === 6 || proto === 17) {
+    for (const [p, v] of [[ql4, t[inner + 9] >>> 16], [ql4 + 2, t[inner + 9] & 0xffff]] as const) {
+      const old = (b[p] << 8) | b[p + 1];
+      if (old === v) continue;
+      if (l4sum) { const c0 = (b[l4sumAt] << 8) | b[l4sumAt + 1]; csum16(b, l4sumAt, old, v); csum16(b, icmpCsum, c0, (b[l4sumAt] << 8) | b[l4sumAt + 1]); }
+      put16(b, p, v, icmpCsum);
+    }
+  } else if (proto === 1 || proto === 58) {
+    // A quoted query: its identifier (and its own checksum, inside the quote).
+    const id = t[inner + 9] >>> 16;
+    const old = (b[ql4 + 4] << 8) | b[ql4 + 5];
+    if (old !== id) {
+      const c0 = (b[ql4 + 2] << 8) | b[ql4 + 3];
+      csum16(b, ql4 + 2, old, id);
+      csum16(b, icmpCsum, c0, (b[ql4 + 2] << 8) | b[ql4 + 3]);
+      put16(b, ql4 + 4, id, icmpCsum);
+    }
+  }
+  // The error's own addresses: toward the quoted packet's sender, from its peer as that sender knows it.
+  const oSrc = family === 4 ? l3 + 12 : l3 + 8;
+  const oDst = family === 4 ? l3 + 16 : l3 + 24;
+  const eq = (p: number, at: number) => { for (let w = 0; w < words; w++) if (rd32(b, p + 4 * w) !== t[at + w]) return false; return true; };
+  const outer = (p: number, to: number) => {
+    for (let w = 0; w < words; w++) {
+      const old = rd32(b, p + 4 * w);
+      const nu = t[to + w];
+      if (old === nu) continue;
+      wr32(b, p + 4 * w, nu);
+      if (family === 4) csum32(b, l3 + 10, old, nu);
+      else csum32(b, icmpCsum, old, nu); // ICMPv6's pseudo-header
+    }
+  };
+  const toSender = eq(oDst, other + 5);
+  const fromPeer = eq(oSrc, other + 1);
+  if (toSender) outer(oDst, inner + 1);
+  if (fromPeer) outer(oSrc, inner + 5);
+  const key = batch.key;
+  const k = i * KEY_WORDS;
+  for (let w = 0; w < words; w++) { key[k + W_IP_SRC + w] = rd32(b, oSrc + 4 * w); key[k + W_IP_DST + w] = rd32(b, oDst + 4 * w); }
+  return true;
+}

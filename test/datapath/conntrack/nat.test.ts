@@ -226,8 +226,14 @@ describe('NAT on tracked connections', () => {
     // The server's port unreachable quotes the packet as it saw it: from 192.0.2.9:5000.
     const quoted = q.subarray(14, 14 + 28);
     const err = withChecksum(eth('02:00:00:00:00:01', '02:00:00:00:00:02', 0x0800, ipv4({ src: '198.51.100.7', dst: '192.0.2.9', proto: 1 }, concat(Uint8Array.of(3, 3, 0, 0, 0, 0, 0, 0), quoted))));
-    expect(track(ct, err, null, false) & (CS_REL | CS_RPL | CS_TRK)).toBe(CS_REL | CS_RPL | CS_TRK);
+    expect(track(ct, err, null, false)).toBe(CS_TRK | CS_REL | CS_RPL | CS_SRC_NAT);
     expect(ct.stats.relatedNat).toBe(1);
+    // Translated back, as Linux does: to the client, quoting the packet as the client sent it.
+    expect(addr4(err, 30)).toBe('10.0.0.1');
+    expect(addr4(err, 26)).toBe('198.51.100.7');
+    expect([addr4(err, 42 + 12), port(err, 42 + 20)]).toEqual(['10.0.0.1', 4000]);
+    expect(checksumsOk(err)).toBe(true); // outer IPv4 header and ICMP over the changed quote
+    expect(checksum(err.subarray(42, 62))).toBe(0); // the quoted IPv4 header's own checksum
     // A UDP packet whose ports the capture cut: inv, nothing committed, nothing sent on with a private address as translated.
     const before = ct.count;
     const cut = withChecksum(eth('02:00:00:00:00:02', '02:00:00:00:00:01', 0x0800, ipv4({ src: '10.0.0.2', dst: '198.51.100.7', proto: 17 }, udp(4001, 53, new Uint8Array(40)))));
@@ -246,6 +252,47 @@ describe('NAT on tracked connections', () => {
     const ans = withChecksum(eth('02:00:00:00:00:01', '02:00:00:00:00:02', 0x0800, ipv4({ src: '198.51.100.7', dst: '192.0.2.9', proto: 17 }, udp(53, 5000, new Uint8Array(12)))));
     expect(track(ct, ans, null, false)).toBe(CS_TRK | CS_EST | CS_RPL | CS_SRC_NAT);
     expect(addr4(ans, 30)).toBe('10.0.0.1');
+  });
+
+  it('ICMP errors of translated connections go back translated, quote and all (SNAT and DNAT, IPv4 and IPv6): tshark finds every checksum good, the quoted ones too', (ctx) => {
+    needTool(ctx, 'tshark', 'the independent checksum check');
+    const ct = new ConnTrack({ capacity: 16 });
+    const out: Uint8Array[] = [];
+    // SNAT, IPv4: the server's port unreachable quotes the whole datagram as it arrived (from 192.0.2.9:6000).
+    const q = withChecksum(eth('02:00:00:00:00:02', '02:00:00:00:00:01', 0x0800, ipv4({ src: '10.0.0.1', dst: '198.51.100.7', proto: 17 }, udp(4000, 53, new Uint8Array(12).fill(7)))));
+    track(ct, q, new NatRange('src', '192.0.2.9', '192.0.2.9', 6000, 6000));
+    const e4 = withChecksum(eth('02:00:00:00:00:01', '02:00:00:00:00:02', 0x0800, ipv4({ src: '198.51.100.7', dst: '192.0.2.9', proto: 1 }, concat(Uint8Array.of(3, 3, 0, 0, 0, 0, 0, 0), q.subarray(14)))));
+    expect(track(ct, e4, null, false)).toBe(CS_TRK | CS_REL | CS_RPL | CS_SRC_NAT);
+    expect([addr4(e4, 30), addr4(e4, 54), port(e4, 62)]).toEqual(['10.0.0.1', '10.0.0.1', 4000]);
+    out.push(e4);
+    // DNAT, IPv4: the real server (10.0.0.2:8080) behind 198.51.100.10:80 says "fragmentation needed"
+    // about its own reply; it goes to the client from the virtual address, quoting the reply as the client would see it.
+    const d = withChecksum(eth('02:00:00:00:00:02', '02:00:00:00:00:01', 0x0800, ipv4({ src: '203.0.113.9', dst: '198.51.100.10', proto: 17 }, udp(5555, 80, new Uint8Array(8)))));
+    track(ct, d, new NatRange('dst', '10.0.0.2', '10.0.0.2', 8080));
+    const quoteD = withChecksum(eth('02:00:00:00:00:02', '02:00:00:00:00:01', 0x0800, ipv4({ src: '203.0.113.9', dst: '10.0.0.2', proto: 17 }, udp(5555, 8080, new Uint8Array(8))))).subarray(14);
+    const eD = withChecksum(eth('02:00:00:00:00:01', '02:00:00:00:00:02', 0x0800, ipv4({ src: '10.0.0.2', dst: '203.0.113.9', proto: 1 }, concat(Uint8Array.of(3, 4, 0, 0, 0, 0, 5, 0xdc), quoteD))));
+    expect(track(ct, eD, null, false)).toBe(CS_TRK | CS_REL | CS_RPL | CS_DST_NAT);
+    expect([addr4(eD, 26), addr4(eD, 30), addr4(eD, 42 + 16), port(eD, 62 + 2)]).toEqual(['198.51.100.10', '203.0.113.9', '198.51.100.10', 80]);
+    out.push(eD);
+    // SNAT, IPv6: a TCP segment's destination unreachable (ICMPv6 type 1).
+    const t6 = withChecksum(eth('02:00:00:00:00:02', '02:00:00:00:00:01', 0x86dd, ipv6({ src: 'fd00::1', dst: '2001:db8:1::5', nh: 6 }, tcp(3333, 443, new Uint8Array(0), 0x02))));
+    track(ct, t6, new NatRange('src', '2001:db8::100', '2001:db8::100', 7000, 7000));
+    const e6 = withChecksum(eth('02:00:00:00:00:01', '02:00:00:00:00:02', 0x86dd, ipv6({ src: '2001:db8:1::5', dst: '2001:db8::100', nh: 58 }, concat(Uint8Array.of(1, 4, 0, 0, 0, 0, 0, 0), t6.subarray(14)))));
+    expect(track(ct, e6, null, false)).toBe(CS_TRK | CS_REL | CS_RPL | CS_SRC_NAT);
+    expect([...e6.subarray(38, 54)]).toEqual([...ip6('fd00::1')]);
+    expect([...e6.subarray(62 + 8, 62 + 24)]).toEqual([...ip6('fd00::1')]);
+    expect(port(e6, 62 + 40)).toBe(3333);
+    out.push(e6);
+    for (const f of out) expect(checksumsOk(f)).toBe(true);
+    const file = join(tempDir('naticmp'), 'err.pcap');
+    writePcap(file, out.map((data, k) => ({ sec: 1, usec: k, data })));
+    const rows = execFileSync('tshark', ['-r', file, '-o', 'ip.check_checksum:TRUE', '-o', 'tcp.check_checksum:TRUE', '-o', 'udp.check_checksum:TRUE',
+      '-T', 'fields', '-E', 'separator=|', '-E', 'occurrence=a', '-E', 'aggregator=,', '-e', 'ip.checksum.status', '-e', 'udp.checksum.status', '-e', 'tcp.checksum.status', '-e', 'icmp.checksum.status', '-e', 'icmpv6.checksum.status'], { encoding: 'utf8' }).trim().split('\n');
+    expect(rows.length).toBe(3);
+    // Row by row: outer and quoted IPv4 headers good, the quoted UDP good (whole in the quote), ICMP good; IPv6: ICMPv6 good (the quoted TCP has no data to check).
+    expect(rows[0]).toBe('1,1|1||1|');
+    expect(rows[1]).toBe('1,1|1||1|');
+    expect(rows[2].split('|')[4]).toBe('1');
   });
 
   it('refuses a bad range, naming it', () => {
