@@ -15,7 +15,10 @@
  * destination NAT). A refused offer changes nothing.
  */
 import { FpoError } from '../datapath/errors.js';
+import { addrWords } from '../datapath/conntrack/nat.js';
 import type { CtOffer, CtTuple } from './guest-conntrack.js';
+
+export { addrWords };
 
 /** Protocols an offer may carry: TCP, UDP, ICMP, ICMPv6. */
 const PROTOS = new Set([6, 17, 1, 58]);
@@ -38,28 +41,6 @@ function onlyKeys(o: Record<string, unknown>, field: string, allowed: readonly s
 function int(v: unknown, field: string, min: number, max: number): number {
   if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) throw refuse(field, `expected an integer in ${min}..${max}, got ${JSON.stringify(v)?.slice(0, 40)}`);
   return v;
-}
-
-/** An address as 4 words and its family, or null. */
-export function addrWords(s: string): { family: 4 | 6; words: Uint32Array } | null {
-  if (s.length > 39) return null;
-  const words = new Uint32Array(4);
-  if (!s.includes(':')) {
-    const p = s.split('.');
-    // No leading zeros: "010.0.0.1" is octal to some readers; one way to write an address.
-    if (p.length !== 4 || !p.every((x) => /^(0|[1-9]\d{0,2})$/.test(x) && Number(x) <= 255)) return null;
-    words[0] = ((Number(p[0]) << 24) | (Number(p[1]) << 16) | (Number(p[2]) << 8) | Number(p[3])) >>> 0;
-    return { family: 4, words };
-  }
-  const halves = s.split('::');
-  if (halves.length > 2) return null;
-  const head = halves[0] ? halves[0].split(':') : [];
-  const tail = halves.length === 2 && halves[1] ? halves[1].split(':') : [];
-  if (halves.length === 2 && head.length + tail.length > 7) return null;
-  const groups = halves.length === 2 ? [...head, ...Array(8 - head.length - tail.length).fill('0'), ...tail] : head;
-  if (groups.length !== 8 || !groups.every((g) => /^[0-9a-fA-F]{1,4}$/.test(g))) return null;
-  for (let w = 0; w < 4; w++) words[w] = ((parseInt(groups[2 * w], 16) << 16) | parseInt(groups[2 * w + 1], 16)) >>> 0;
-  return { family: 6, words };
 }
 
 /** The checked offer and its tuples as ConnTrack's words (zone|proto|family, src ×4, dst ×4, ports or ICMP id|type). */

@@ -16,6 +16,7 @@ import type { PacketBatch } from '../batch.js';
 import { ABSENT } from '../batch.js';
 import { KEY_WORDS, W_IP_DST, W_IP_SRC, W_TP } from '../classifier/flow-key.js';
 import { FpoError } from '../errors.js';
+import { parseIpText } from '../ip-text.js';
 
 export const NAT_SRC = 1;
 export const NAT_DST = 2;
@@ -64,22 +65,17 @@ export class NatRange {
   }
 }
 
-function addrWords(s: string): { family: number; words: Uint32Array } | null {
+/**
+ * An address's text as the 4 words a tuple holds (IPv4 in the first) and its family, or null.
+ * One way to write each: no leading zeros in IPv4's parts, at most 39 characters.
+ */
+export function addrWords(s: string): { family: 4 | 6; words: Uint32Array } | null {
+  if (s.length > 39 || /(^|\.)0\d/.test(s)) return null;
+  const b = parseIpText(s);
+  if (b === null) return null;
   const words = new Uint32Array(4);
-  if (!s.includes(':')) {
-    const p = s.split('.');
-    if (p.length !== 4 || !p.every((x) => /^\d{1,3}$/.test(x) && Number(x) <= 255)) return null;
-    words[0] = ((Number(p[0]) << 24) | (Number(p[1]) << 16) | (Number(p[2]) << 8) | Number(p[3])) >>> 0;
-    return { family: 4, words };
-  }
-  const halves = s.split('::');
-  if (halves.length > 2) return null;
-  const head = halves[0] ? halves[0].split(':') : [];
-  const tail = halves.length === 2 && halves[1] ? halves[1].split(':') : [];
-  const groups = halves.length === 2 ? [...head, ...Array(8 - head.length - tail.length).fill('0'), ...tail] : head;
-  if (groups.length !== 8 || !groups.every((g) => /^[0-9a-fA-F]{1,4}$/.test(g))) return null;
-  for (let w = 0; w < 4; w++) words[w] = ((parseInt(groups[2 * w], 16) << 16) | parseInt(groups[2 * w + 1], 16)) >>> 0;
-  return { family: 6, words };
+  for (let w = 0; w < b.length / 4; w++) words[w] = ((b[4 * w] << 24) | (b[4 * w + 1] << 16) | (b[4 * w + 2] << 8) | b[4 * w + 3]) >>> 0;
+  return { family: b.length === 4 ? 4 : 6, words };
 }
 
 /** Replaces 16-bit word `oldW` by `newW` in the one's complement checksum at b[at..at+2) (RFC 1624, eqn. 3). */

@@ -301,6 +301,9 @@ describe('NAT on tracked connections', () => {
     expect(() => new NatRange('src', '10.0.0.1', '10.0.0.2', 9000, 8000)).toThrow(/ports 9000–8000/);
     expect(() => new NatRange('src', 'fd00::1', 'fd01::1')).toThrow(/last 32 bits/);
     expect(() => new NatRange('src', '10.0.0.1', 'fd00::1')).toThrow(/not a range/);
+    // An IPv6 text with too many groups around "::" is refused, not a RangeError (parseIpText, shared with the topology's tunnel addresses).
+    expect(() => new NatRange('src', '1:2:3:4:5:6:7:8::9')).toThrow(/not a range/);
+    expect(() => new NatRange('src', '010.0.0.1')).toThrow(/not a range/);
     expect(ip4('1.2.3.4').length).toBe(4);
   });
 });
