@@ -52,6 +52,14 @@ describe('topology', () => {
     expect(here).toBe(there);
   });
 
+  it('a tunnel address with too many IPv6 groups around "::" is refused naming the field (it was a RangeError)', () => {
+    const two = JSON.parse(readFileSync(join(FIXTURES, 'two-hosts.json'), 'utf8')).hosts[0];
+    two.tunnel.vtep6 = '1:2:3:4:5:6:7:8::9';
+    let msg = '';
+    try { topologyFrom(two, 'topo.json'); } catch (e) { expect(e).toBeInstanceOf(FpoError); msg = (e as Error).message; }
+    expect(msg).toMatch(/tunnel\.vtep6: expected an IPv6 address/);
+  });
+
   it('names the field of a shape error', () => {
     expect(err((t) => (t.ports[2].ppid = 'two'))).toMatch(/^topo\.json: ports\[2\]\.ppid: .*integer/);
     expect(err((t) => (t.nodes[0].interfaces[0].mac = 'zz'))).toMatch(/nodes\[0\]\.interfaces\[0\]\.mac: expected a MAC address/);
