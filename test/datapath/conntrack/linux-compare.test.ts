@@ -58,7 +58,7 @@ import { loadCap } from '../../../datapath/ports/pcap-live-port.js';
 import { CORPUS, cleanTemp, needRoot, needTool, tempDir } from '../../helpers.js';
 
 /** The captures, and why each is here. */
-const CAPTURES: { file: string; why: string }[] = [
+const CAPTURES: { file: string; why: string; drop?: number[]; key?: string }[] = [
   // TCP with whole handshakes (IPv4).
   { file: 'ssh.pcap', why: 'a whole SSH session, handshake to FIN, 54 packets' },
   { file: 'mptcp-v0.pcap', why: 'two whole MPTCP subflows with many options, 264 packets' },
@@ -93,6 +93,8 @@ const CAPTURES: { file: string; why: string }[] = [
   { file: 'ntp-control.pcap', why: 'IPv6: NTP control queries and answers' },
   { file: 'babel_rfc6126bis.pcap', why: 'IPv6: Babel to its multicast group (ff02::1:6), 130 packets' },
   { file: 'bfd-sbfd.pcap', why: 'IPv4 and IPv6: seamless BFD, ten packets each, one way' },
+  // A segment lost before the tracker: the peer then acks data the tracker never saw.
+  { file: 'ssh.pcap', key: 'ssh.pcap#lost-segment', drop: [8], why: 'the SSH session with its 8th packet (a 1392-byte segment) left out: the server acks data neither tracker saw, and both take it (within a window of what was seen)' },
 ];
 
 const pid = process.pid;
@@ -319,7 +321,7 @@ describe('conntrack against Linux: captures replayed through both give the same 
     const dir = tempDir('fpo-ctlinux');
     setUpLinux(dir);
 
-    const perCapture = CAPTURES.map((c) => ipFrames(c.file));
+    const perCapture = CAPTURES.map((c) => ipFrames(c.file).filter((_, n) => !(c.drop ?? []).includes(n + 1)));
     for (const [k, frames] of perCapture.entries()) expect(frames.length, CAPTURES[k].file).toBeGreaterThan(0);
 
     const out = join(dir, 'nflog.pcap');
@@ -364,11 +366,11 @@ describe('conntrack against Linux: captures replayed through both give the same 
         if (fpo[n] === lin[n]) { agree++; continue; }
         (diffs[`linux ${lin[n]}, fpo ${fpo[n]}`] ??= []).push(n + 1);
       }
-      figures.push(`${c.file}: ${fpo.length} packets, ${agree} the same${Object.keys(diffs).length ? `; ${Object.entries(diffs).map(([d, ns]) => `${d}: ${ns.length}`).join('; ')}` : ''}`);
+      figures.push(`${c.key ?? c.file}: ${fpo.length} packets, ${agree} the same${Object.keys(diffs).length ? `; ${Object.entries(diffs).map(([d, ns]) => `${d}: ${ns.length}`).join('; ')}` : ''}`);
       // Exactly the differences explained above, at exactly those packets: a new one fails here.
       const expected: Diffs = {};
-      for (const e of EXPECTED[c.file] ?? []) Object.assign(expected, e.diffs);
-      expect(diffs, `${c.file} (${c.why}): differences from Linux`).toEqual(expected);
+      for (const e of EXPECTED[c.key ?? c.file] ?? []) Object.assign(expected, e.diffs);
+      expect(diffs, `${c.key ?? c.file} (${c.why}): differences from Linux`).toEqual(expected);
     }
     console.log(`conntrack against Linux, ${sent} packets:\n  ${figures.join('\n  ')}`);
   }, 60_000);
