@@ -2,16 +2,13 @@ import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { PacketBatch } from '../../../datapath/batch.js';
 import { CS_EST, CS_INV, CS_NEW, CS_REL, CS_RPL, CS_TRK, ConnTrack, DEFAULT_TIMEOUTS } from '../../../datapath/conntrack/conntrack.js';
-import { MappingTable } from '../../../datapath/mapping/mapping-table.js';
-import { Parse } from '../../../datapath/parse/parse.js';
+import { FIRST, parsedOne } from './frames.js';
 import { concat, eth, icmpEcho, ipv4, ipv6, udp } from '../../../fixtures/packets.js';
 
 // Packets are built here, parsed by fpo's parser into a batch, and tracked one batch at a time.
 
 const A = '10.0.0.1';
 const B = '10.0.0.2';
-const mapping = new MappingTable(100, 100);
-const parse = new Parse(mapping.inPortKey);
 
 interface Seg { from: 'a' | 'b'; seq: number; ack?: number; flags: string; win?: number; len?: number; wscale?: number }
 
@@ -36,24 +33,13 @@ function tcpFrame(s: Seg): Uint8Array {
 
 /** Tracks frames in order, one a batch, at time `now` (ms); returns each one's ct_state. */
 function track(ct: ConnTrack, frames: Uint8Array[], opts: { zone?: number; commit?: boolean; now?: number } = {}): number[] {
-  const out: number[] = [];
   const b = new PacketBatch(1);
-  const sel = Uint16Array.of(0);
-  for (const f of frames) {
-    b.batchSetBuffer(f);
-    b.count = 1;
-    b.off[0] = 0;
-    b.caplen[0] = f.length;
-    b.wirelen[0] = f.length;
-    b.inPpid[0] = 1;
-    b.drop[0] = 0;
-    b.ctState[0] = 0;
-    parse.process(b);
+  return frames.map((f) => {
+    parsedOne(f, b);
     expect(b.drop[0]).toBe(0);
-    ct.process(b, sel, 1, opts.zone ?? 0, opts.commit ?? true, opts.now ?? 1000);
-    out.push(b.ctState[0]);
-  }
-  return out;
+    ct.process(b, FIRST, 1, opts.zone ?? 0, opts.commit ?? true, opts.now ?? 1000);
+    return b.ctState[0];
+  });
 }
 
 const NEW = CS_TRK | CS_NEW;

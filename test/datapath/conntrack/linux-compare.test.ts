@@ -51,8 +51,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { PacketBatch } from '../../../datapath/batch.js';
 import { CS_EST, CS_INV, CS_NEW, CS_REL, CS_RPL, ConnTrack } from '../../../datapath/conntrack/conntrack.js';
-import { MappingTable } from '../../../datapath/mapping/mapping-table.js';
-import { Parse } from '../../../datapath/parse/parse.js';
+import { FIRST, parsedOne } from './frames.js';
 import { CaptureReader, LINKTYPE_ETHERNET } from '../../../datapath/ports/capture-reader.js';
 import { loadCap } from '../../../datapath/ports/pcap-live-port.js';
 import { CORPUS, cleanTemp, needRoot, needTool, tempDir } from '../../helpers.js';
@@ -239,23 +238,12 @@ const same = (a: Uint8Array, b: Uint8Array) => a.length === b.length && a.every(
 
 /** fpo's ct_state for each frame, in order: Parse then ConnTrack.process with commit, one packet a batch. */
 function fpoStates(frames: Uint8Array[]): string[] {
-  const mapping = new MappingTable(100, 100);
-  const parse = new Parse(mapping.inPortKey);
   const ct = new ConnTrack({ capacity: 4096 });
   const b = new PacketBatch(1);
-  const sel = Uint16Array.of(0);
   return frames.map((f) => {
-    b.batchSetBuffer(f);
-    b.count = 1;
-    b.off[0] = 0;
-    b.caplen[0] = f.length;
-    b.wirelen[0] = f.length;
-    b.inPpid[0] = 1;
-    b.drop[0] = 0;
-    b.ctState[0] = 0;
-    parse.process(b);
+    parsedOne(f, b);
     if (b.drop[0] !== 0) return 'parse-drop';
-    ct.process(b, sel, 1, 0, true, 1000);
+    ct.process(b, FIRST, 1, 0, true, 1000);
     return stateName(b.ctState[0]);
   });
 }

@@ -2,11 +2,9 @@ import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { PacketBatch } from '../../../datapath/batch.js';
 import { CS_DST_NAT, CS_EST, CS_INV, CS_NEW, CS_REL, CS_RPL, CS_SRC_NAT, CS_TRK, ConnTrack } from '../../../datapath/conntrack/conntrack.js';
 import { NatRange } from '../../../datapath/conntrack/nat.js';
-import { MappingTable } from '../../../datapath/mapping/mapping-table.js';
-import { Parse } from '../../../datapath/parse/parse.js';
+import { FIRST, parsedOne } from './frames.js';
 import { checksum, concat, eth, icmpEcho, ipv4, ipv6, ip4, ip6, tcp, udp, writePcap } from '../../../fixtures/packets.js';
 import { cleanTemp, needTool, tempDir } from '../../helpers.js';
 
@@ -15,8 +13,6 @@ afterAll(cleanTemp);
 // NAT on tracked connections: packets built here with valid checksums, tracked and rewritten, then
 // checked field by field and by summing every checksum again from scratch.
 
-const mapping = new MappingTable(100, 100);
-const parse = new Parse(mapping.inPortKey);
 
 /** Sets the frame's TCP/UDP/ICMP(v6) checksum from scratch (IPv4 or IPv6, no options or extensions). */
 function withChecksum(f: Uint8Array, udpZero = false): Uint8Array {
@@ -53,17 +49,9 @@ function checksumsOk(f: Uint8Array): boolean {
 
 /** Tracks one frame (rewritten in place) and returns its ct_state. */
 function track(ct: ConnTrack, f: Uint8Array, nat: NatRange | null, commit = true): number {
-  const b = new PacketBatch(1);
-  b.batchSetBuffer(f);
-  b.count = 1;
-  b.off[0] = 0;
-  b.caplen[0] = f.length;
-  b.wirelen[0] = f.length;
-  b.inPpid[0] = 1;
-  b.drop[0] = 0;
-  parse.process(b);
+  const b = parsedOne(f);
   expect(b.drop[0]).toBe(0);
-  ct.process(b, Uint16Array.of(0), 1, 0, commit, 1000, nat);
+  ct.process(b, FIRST, 1, 0, commit, 1000, nat);
   return b.ctState[0];
 }
 
@@ -237,10 +225,8 @@ describe('NAT on tracked connections', () => {
     // A UDP packet whose ports the capture cut: inv, nothing committed, nothing sent on with a private address as translated.
     const before = ct.count;
     const cut = withChecksum(eth('02:00:00:00:00:02', '02:00:00:00:00:01', 0x0800, ipv4({ src: '10.0.0.2', dst: '198.51.100.7', proto: 17 }, udp(4001, 53, new Uint8Array(40)))));
-    const b = new PacketBatch(1);
-    b.batchSetBuffer(cut); b.count = 1; b.off[0] = 0; b.caplen[0] = 36; b.wirelen[0] = cut.length; b.inPpid[0] = 1; b.drop[0] = 0;
-    parse.process(b);
-    ct.process(b, Uint16Array.of(0), 1, 0, true, 1000, snat);
+    const b = parsedOne(cut, undefined, 36);
+    ct.process(b, FIRST, 1, 0, true, 1000, snat);
     expect(b.ctState[0]).toBe(CS_TRK | CS_INV);
     expect(ct.count).toBe(before);
     // From the NAT address itself, on the translated tuple's reverse: the reply tuple is taken — a clash, refused.
