@@ -5,7 +5,7 @@
  * descriptors read from /proc.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readlinkSync, readdirSync, readFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { CLI, FIXTURES, runCli, tempDir } from '../helpers.js';
@@ -25,6 +25,8 @@ export interface Svc {
   memory: () => { rss: number; hwm: number };
   /** Open descriptors (entries of /proc/PID/fd). */
   fds: () => number;
+  /** Open descriptors and what each is (for a message when a count is off). */
+  fdList: () => string[];
 }
 
 const running: ChildProcess[] = [];
@@ -56,6 +58,7 @@ export async function startService(opts: { out?: string; socket?: string; topolo
     }),
     memory: () => ({ rss: kb('VmRSS'), hwm: kb('VmHWM') }),
     fds: () => readdirSync(`/proc/${proc.pid}/fd`).length,
+    fdList: () => readdirSync(`/proc/${proc.pid}/fd`).map((f) => { try { return `${f} ${readlinkSync(`/proc/${proc.pid}/fd/${f}`)}`; } catch { return f; } }),
   };
 }
 
