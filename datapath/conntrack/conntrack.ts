@@ -47,7 +47,7 @@ import { ABSENT } from '../batch.js';
 import { KEY_WORDS, W_ETH_TYPE, W_IP_DST, W_IP_SRC, W_TP, FRAG_LATER } from '../classifier/flow-key.js';
 import { fmix } from '../classifier/flow-table.js';
 import { FpoError } from '../errors.js';
-import { NAT_DST, NAT_SRC, type NatRange, rewrite, rewriteIcmpError } from './nat.js';
+import { NAT_DST, NAT_SRC, type NatRange, rd32, rewrite, rewriteIcmpError } from './nat.js';
 
 /** ct_state bits, Open vSwitch's values. */
 export const CS_NEW = 0x01;
@@ -939,9 +939,6 @@ function hashTuple(t: Uint32Array, at: number): number {
   return fmix((h ^ (TW * 4)) >>> 0);
 }
 
-function rd32(b: Uint8Array, p: number): number {
-  return ((b[p] << 24) | (b[p + 1] << 16) | (b[p + 2] << 8) | b[p + 3]) >>> 0;
-}
 
 function addr(t: Uint32Array, at: number, family: number): string {
   if (family === 4) return [t[at] >>> 24, (t[at] >>> 16) & 255, (t[at] >>> 8) & 255, t[at] & 255].join('.');

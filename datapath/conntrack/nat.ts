@@ -78,6 +78,22 @@ export function addrWords(s: string): { family: 4 | 6; words: Uint32Array } | nu
   return { family: b.length === 4 ? 4 : 6, words };
 }
 
+/**
+ * Fast path: the address of `words` words at b[p] becomes t[at ..], keeping the checksums at
+ * ipSum and l4Sum right (-1: none) and the flow key's words from key[kAt] in step.
+ */
+function setAddr(b: Uint8Array, p: number, t: Uint32Array, at: number, words: number, ipSum: number, l4Sum: number, key: Uint32Array | null, kAt: number): void {
+  for (let w = 0; w < words; w++) {
+    const old = rd32(b, p + 4 * w);
+    const nu = t[at + w];
+    if (old === nu) continue;
+    wr32(b, p + 4 * w, nu);
+    if (ipSum >= 0) csum32(b, ipSum, old, nu);
+    if (l4Sum >= 0) csum32(b, l4Sum, old, nu);
+    if (key !== null) key[kAt + w] = nu;
+  }
+}
+
 /** Replaces 16-bit word `oldW` by `newW` in the one's complement checksum at b[at..at+2) (RFC 1624, eqn. 3). */
 function csum16(b: Uint8Array, at: number, oldW: number, newW: number): void {
   let sum = (~((b[at] << 8) | b[at + 1]) & 0xffff) + (~oldW & 0xffff) + newW;
@@ -94,7 +110,8 @@ function csum32(b: Uint8Array, at: number, oldW: number, newW: number): void {
   csum16(b, at, oldW & 0xffff, newW & 0xffff);
 }
 
-const rd32 = (b: Uint8Array, p: number) => ((b[p] << 24) | (b[p + 1] << 16) | (b[p + 2] << 8) | b[p + 3]) >>> 0;
+/** The big-endian 32-bit word at b[p]. */
+export const rd32 = (b: Uint8Array, p: number) => ((b[p] << 24) | (b[p + 1] << 16) | (b[p + 2] << 8) | b[p + 3]) >>> 0;
 const wr32 = (b: Uint8Array, p: number, v: number) => { b[p] = v >>> 24; b[p + 1] = (v >>> 16) & 255; b[p + 2] = (v >>> 8) & 255; b[p + 3] = v & 255; };
 
 /**
@@ -126,28 +143,12 @@ export function rewrite(batch: PacketBatch, i: number, t: Uint32Array, at: numbe
   const l4sum = csumAt >= 0 && !(proto === 17 && family === 4 && b[csumAt] === 0 && b[csumAt + 1] === 0);
   const key = batch.key;
   const k = i * KEY_WORDS;
-  if (family === 4) {
-    for (const [off, word, kw] of [[12, 1, W_IP_SRC], [16, 5, W_IP_DST]] as const) {
-      const old = rd32(b, l3 + off);
-      const nu = t[at + word];
-      if (old === nu) continue;
-      wr32(b, l3 + off, nu);
-      csum32(b, l3 + 10, old, nu);
-      if (l4sum && pseudo) csum32(b, csumAt, old, nu);
-      key[k + kw] = nu;
-    }
-  } else {
-    for (const [off, word, kw] of [[8, 1, W_IP_SRC], [24, 5, W_IP_DST]] as const) {
-      for (let w = 0; w < 4; w++) {
-        const old = rd32(b, l3 + off + 4 * w);
-        const nu = t[at + word + w];
-        if (old === nu) continue;
-        wr32(b, l3 + off + 4 * w, nu);
-        if (l4sum && pseudo) csum32(b, csumAt, old, nu);
-        key[k + kw + w] = nu;
-      }
-    }
-  }
+  // Source then destination: IPv4 at 12 and 16 (and its header checksum), IPv6 at 8 and 24.
+  const words = family === 4 ? 1 : 4;
+  const ipSum = family === 4 ? l3 + 10 : -1;
+  const l4At = l4sum && pseudo ? csumAt : -1;
+  setAddr(b, l3 + (family === 4 ? 12 : 8), t, at + 1, words, ipSum, l4At, key, k + W_IP_SRC);
+  setAddr(b, l3 + (family === 4 ? 16 : 24), t, at + 5, words, ipSum, l4At, key, k + W_IP_DST);
   const ports = t[at + 9];
   if (proto === 6 || proto === 17) {
     const old = rd32(b, l4);
@@ -169,6 +170,41 @@ export function rewrite(batch: PacketBatch, i: number, t: Uint32Array, at: numbe
   // A UDP checksum that came out 0 is sent as 0xffff (0 means "none", RFC 768).
   if (proto === 17 && l4sum && b[csumAt] === 0 && b[csumAt + 1] === 0) { b[csumAt] = 0xff; b[csumAt + 1] = 0xff; }
   return true;
+}
+
+/** Whether the address of `words` words at b[p] is t[at ..]. */
+function sameAddr(b: Uint8Array, p: number, t: Uint32Array, at: number, words: number): boolean {
+  for (let w = 0; w < words; w++) if (rd32(b, p + 4 * w) !== t[at + w]) return false;
+  return true;
+}
+
+/** A checksum field at `at` updated for old → nu, and the ICMP checksum over it updated for its change. */
+function csumInQuote(b: Uint8Array, at: number, old: number, nu: number, icmpCsum: number, wide: boolean): void {
+  const c0 = (b[at] << 8) | b[at + 1];
+  if (wide) csum32(b, at, old, nu);
+  else csum16(b, at, old, nu);
+  csum16(b, icmpCsum, c0, (b[at] << 8) | b[at + 1]);
+}
+
+/** An address inside an ICMP error's quote becomes t[at ..]: the quote's IP and L4 checksums (-1: none) and the ICMP checksum follow. */
+function setQuotedAddr(b: Uint8Array, p: number, t: Uint32Array, at: number, words: number, ipSum: number, l4Sum: number, icmpCsum: number): void {
+  for (let w = 0; w < words; w++) {
+    const old = rd32(b, p + 4 * w);
+    const nu = t[at + w];
+    if (old === nu) continue;
+    if (ipSum >= 0) csumInQuote(b, ipSum, old, nu, icmpCsum, true);
+    if (l4Sum >= 0) csumInQuote(b, l4Sum, old, nu, icmpCsum, true);
+    put16(b, p + 4 * w, nu >>> 16, icmpCsum);
+    put16(b, p + 4 * w + 2, nu & 0xffff, icmpCsum);
+  }
+}
+
+/** A port inside an ICMP error's quote becomes v: the quote's L4 checksum (-1: none) and the ICMP checksum follow. */
+function setQuoted16(b: Uint8Array, p: number, v: number, l4Sum: number, icmpCsum: number): void {
+  const old = (b[p] << 8) | b[p + 1];
+  if (old === v) return;
+  if (l4Sum >= 0) csumInQuote(b, l4Sum, old, v, icmpCsum, false);
+  put16(b, p, v, icmpCsum);
 }
 
 /** Sets the 16-bit word at b[p] to v, keeping the checksum at b[csumAt] right (csumAt < 0: none). */
@@ -210,54 +246,32 @@ export function rewriteIcmpError(batch: PacketBatch, i: number, t: Uint32Array, 
   const l4sumAt = proto === 17 ? ql4 + 6 : proto === 6 && ql4 + 18 <= end ? ql4 + 16 : -1;
   const l4sum = l4sumAt >= 0 && !(proto === 17 && family === 4 && b[l4sumAt] === 0 && b[l4sumAt + 1] === 0);
   const pseudo = proto === 6 || proto === 17 || proto === 58;
-  for (const [at, word] of [[qSrc, 1], [qDst, 5]] as const) {
-    for (let w = 0; w < words; w++) {
-      const p = at + 4 * w;
-      const old = rd32(b, p);
-      const nu = t[inner + word + w];
-      if (old === nu) continue;
-      if (family === 4) { const c0 = (b[q + 10] << 8) | b[q + 11]; csum32(b, q + 10, old, nu); csum16(b, icmpCsum, c0, (b[q + 10] << 8) | b[q + 11]); }
-      if (l4sum && pseudo) { const c0 = (b[l4sumAt] << 8) | b[l4sumAt + 1]; csum32(b, l4sumAt, old, nu); csum16(b, icmpCsum, c0, (b[l4sumAt] << 8) | b[l4sumAt + 1]); }
-      put16(b, p, nu >>> 16, icmpCsum);
-      put16(b, p + 2, nu & 0xffff, icmpCsum);
-    }
-  }
+  const qIpSum = family === 4 ? q + 10 : -1;
+  const qL4Sum = l4sum && pseudo ? l4sumAt : -1;
+  setQuotedAddr(b, qSrc, t, inner + 1, words, qIpSum, qL4Sum, icmpCsum);
+  setQuotedAddr(b, qDst, t, inner + 5, words, qIpSum, qL4Sum, icmpCsum);
   if (proto === 6 || proto === 17) {
-    for (const [p, v] of [[ql4, t[inner + 9] >>> 16], [ql4 + 2, t[inner + 9] & 0xffff]] as const) {
-      const old = (b[p] << 8) | b[p + 1];
-      if (old === v) continue;
-      if (l4sum) { const c0 = (b[l4sumAt] << 8) | b[l4sumAt + 1]; csum16(b, l4sumAt, old, v); csum16(b, icmpCsum, c0, (b[l4sumAt] << 8) | b[l4sumAt + 1]); }
-      put16(b, p, v, icmpCsum);
-    }
+    setQuoted16(b, ql4, t[inner + 9] >>> 16, l4sum ? l4sumAt : -1, icmpCsum);
+    setQuoted16(b, ql4 + 2, t[inner + 9] & 0xffff, l4sum ? l4sumAt : -1, icmpCsum);
   } else if (proto === 1 || proto === 58) {
     // A quoted query: its identifier (and its own checksum, inside the quote).
     const id = t[inner + 9] >>> 16;
     const old = (b[ql4 + 4] << 8) | b[ql4 + 5];
     if (old !== id) {
-      const c0 = (b[ql4 + 2] << 8) | b[ql4 + 3];
-      csum16(b, ql4 + 2, old, id);
-      csum16(b, icmpCsum, c0, (b[ql4 + 2] << 8) | b[ql4 + 3]);
+      csumInQuote(b, ql4 + 2, old, id, icmpCsum, false);
       put16(b, ql4 + 4, id, icmpCsum);
     }
   }
   // The error's own addresses: toward the quoted packet's sender, from its peer as that sender knows it.
   const oSrc = family === 4 ? l3 + 12 : l3 + 8;
   const oDst = family === 4 ? l3 + 16 : l3 + 24;
-  const eq = (p: number, at: number) => { for (let w = 0; w < words; w++) if (rd32(b, p + 4 * w) !== t[at + w]) return false; return true; };
-  const outer = (p: number, to: number) => {
-    for (let w = 0; w < words; w++) {
-      const old = rd32(b, p + 4 * w);
-      const nu = t[to + w];
-      if (old === nu) continue;
-      wr32(b, p + 4 * w, nu);
-      if (family === 4) csum32(b, l3 + 10, old, nu);
-      else csum32(b, icmpCsum, old, nu); // ICMPv6's pseudo-header
-    }
-  };
-  const toSender = eq(oDst, other + 5);
-  const fromPeer = eq(oSrc, other + 1);
-  if (toSender) outer(oDst, inner + 1);
-  if (fromPeer) outer(oSrc, inner + 5);
+  const toSender = sameAddr(b, oDst, t, other + 5, words);
+  const fromPeer = sameAddr(b, oSrc, t, other + 1, words);
+  // IPv4: the header checksum; ICMPv6: its checksum's pseudo-header.
+  const oIpSum = family === 4 ? l3 + 10 : -1;
+  const oL4Sum = family === 4 ? -1 : icmpCsum;
+  if (toSender) setAddr(b, oDst, t, inner + 1, words, oIpSum, oL4Sum, null, 0);
+  if (fromPeer) setAddr(b, oSrc, t, inner + 5, words, oIpSum, oL4Sum, null, 0);
   const key = batch.key;
   const k = i * KEY_WORDS;
   for (let w = 0; w < words; w++) { key[k + W_IP_SRC + w] = rd32(b, oSrc + 4 * w); key[k + W_IP_DST + w] = rd32(b, oDst + 4 * w); }
