@@ -22,6 +22,7 @@ import { FlowTable } from './classifier/flow-table.js';
 import { Classify } from './classifier/classify.js';
 import { Emc } from './classifier/emc.js';
 import { CaptureClock } from './clock.js';
+import { ConnTrack } from './conntrack/conntrack.js';
 import { D, DROP_COUNT, DROP_NAMES, FORWARDED, SPECIAL, type DropReason } from './drops.js';
 import { FastLane } from './fast-lane.js';
 import { FlagCheck } from './classifier/flag-check.js';
@@ -61,6 +62,8 @@ export interface DatapathOptions {
   emcInsertInvProb?: number;
   /** A flow not used for this long (ms of datapath clock) is removed (default 10000, as OVS's max-idle; 0 = never). */
   idleTimeoutMs?: number;
+  /** Connections the conntrack table holds (default 65536; allocated on first use: ConnTrack.bytesFor says how much). */
+  conntrackCapacity?: number;
 }
 
 /** One installed flow, as the control plane reads it. */
@@ -144,6 +147,19 @@ export class Datapath {
   readonly captureClock = new CaptureClock();
   private readonly idleTimeoutMs: number;
   private nextExpiry = 0;
+  private readonly conntrackCapacity: number;
+  private ct: ConnTrack | null = null;
+
+  /** The connection table (ct actions, handed-over connections): made at its first use, its size fixed then. */
+  get conntrack(): ConnTrack {
+    if (this.ct === null) this.ct = new ConnTrack({ capacity: this.conntrackCapacity });
+    return this.ct;
+  }
+
+  /** Whether the connection table has been made (a datapath that never tracks pays nothing). */
+  get hasConntrack(): boolean {
+    return this.ct !== null;
+  }
 
   constructor(opts: DatapathOptions = {}) {
     const maxPpid = opts.maxPpid ?? MAX_PPID;
@@ -160,6 +176,7 @@ export class Datapath {
     this.txBytes = new Float64Array(maxPpid + 1);
     this.execute = new Execute(this.flows, this.actionSets, this.mapping, opts.batchCapacity ?? 256, this.txPackets, this.txBytes);
     this.idleTimeoutMs = opts.idleTimeoutMs ?? 10_000;
+    this.conntrackCapacity = opts.conntrackCapacity ?? 65536;
     this.flagCheck.rxBytes = this.rxBytes;
     this.fastLane = new FastLane(this.mapping.inPortKey, this.emc, this.flows, this.classify, this.execute, this.actionSets, (b, i) => this.upcallOne(b, i), this.flagCheck, this.mapping.vmPort);
   }
