@@ -42,6 +42,22 @@
  * in_port (and for an uplink, tun_id and the VLAN). A topology with no
  * `vlan` segment skips it.
  *
+ * The per-port firewall (issue 19; an interface's `firewall` in the
+ * topology): a stateful firewall per VM interface, as a security group. Its
+ * rules are compiled into ct flows here: an IP packet from a firewalled
+ * interface goes through conntrack in the interface's zone (its VPID) and
+ * is decided again in table FW_TABLE_OUT; one that L2 sends to a firewalled
+ * interface, in that interface's zone, in FW_TABLE_IN. There, a packet of a
+ * connection the firewall allowed (est, rel) passes; inv is dropped; a new
+ * connection is checked against the interface's rules for its direction, in
+ * order: the first that matches says allow (the connection is committed,
+ * so its replies and related ICMP pass) or drop; none: drop
+ * (D.firewall). Non-IP (ARP) is not filtered. Packets between two
+ * firewalled interfaces go through both (two zones), as OVN's per-port
+ * zones do. A flood from a firewalled interface is checked on its way out,
+ * not at each receiver. Explicit rules in table 0 come first: a rule that
+ * matches decides without the firewall.
+ *
  * The installed flow's mask is the union of every field the decision looked
  * at — port security's fields, the masks of all rules tried, then in_port,
  * VLAN and eth_dst for L2 — so the flow covers exactly the packets that
@@ -55,6 +71,37 @@ import { parseIpText, type Datapath } from '../datapath/datapath.js';
 import type { FlowInstall, Upcall } from '../datapath/upcall.js';
 import { parseMac, type Interface, type Port, type Topology } from './topology.js';
 import { parseCtAction } from './flow-syntax.js';
+import { CS_INV, CS_NEW, CS_TRK } from '../datapath/conntrack/conntrack.js';
+import { parseFirewallRemote, parsePortRange, type FirewallRule } from './topology.js';
+
+/** The per-port firewall's tables: topology rules and ct actions may not use them. */
+export const FW_TABLE_OUT = 254;
+export const FW_TABLE_IN = 255;
+
+/** One firewall rule as key/mask words (ports apart: a range is not a mask). */
+interface CompiledFwRule {
+  allow: boolean;
+  key: Uint32Array;
+  mask: Uint32Array;
+  /** tp_dst range, or null. */
+  ports: [number, number] | null;
+  text: string;
+}
+
+/** A firewalled interface: its zone, rules by direction, and the actions that send its packets to be checked. */
+interface Firewall {
+  name: string;
+  zone: number;
+  out: CompiledFwRule[];
+  in: CompiledFwRule[];
+  toOut: Action[];
+  toIn: Action[];
+  commit: Action[];
+}
+
+const FW_PASS = 0;
+const FW_COMMIT = 1;
+const FW_DROP = 2;
 
 /** A change of one interface's VPID or port, as the state file will hold it (migrate, setMapping). */
 export interface Change {
@@ -170,6 +217,9 @@ export class Fpag {
   /** The upcall path's decision and install message, reused (onUpcall). */
   private readonly upcallDecision: Decision = { actions: [], mask: this.scratchMask, rule: -1, reason: '' };
   private readonly installMsg: FlowInstall = { type: 'flow-install', key: this.scratchMask, mask: this.scratchMask, actions: [] };
+  /** Firewalled interfaces by VPID. */
+  private readonly firewalls = new Map<number, Firewall>();
+  private readonly dropFirewall: Action[] = [{ op: 'drop', reason: D.firewall }];
   /** Flows installed per rule index (-1 = L2). */
   readonly installsByRule = new Map<number, number>();
 
@@ -217,6 +267,7 @@ export class Fpag {
       }
     });
     this.flagged = new Set(topology.tunnel?.policy.interfaces ?? []);
+    topology.interfaces.forEach((itf, n) => { if (itf.firewall !== undefined) this.firewalls.set(itf.vpid, this.compileFirewall(itf, n)); });
     this.rules = topology.rules.map((r, i) => this.compileRule(r, i)).sort((a, b) => b.priority - a.priority || a.index - b.index);
   }
 
@@ -290,6 +341,7 @@ export class Fpag {
       }
     }
     const table = r.table ?? 0;
+    if (table >= FW_TABLE_OUT) throw new FpoError('FPO_ERR_BAD_TOPOLOGY', `${where}.table: tables ${FW_TABLE_OUT} and ${FW_TABLE_IN} are the per-port firewall's; a rule's table is 0..${FW_TABLE_OUT - 1}`, { path: this.topology.path });
     setField(key, mask, 0, 'recirc_id', table);
     let actions: Action[] | null = [];
     let pre: Action[] | null = null;
@@ -302,6 +354,7 @@ export class Fpag {
         try { ct = parseCtAction(a, at); } catch (e) { throw new FpoError('FPO_ERR_BAD_TOPOLOGY', (e as Error).message, { path: this.topology.path }); }
         if (actions === null) throw new FpoError('FPO_ERR_BAD_TOPOLOGY', `${at}: a ct action after normal: ct first, then the outputs (or ct(table=N) and normal in table N)`, { path: this.topology.path });
         if (ctAt >= 0) throw new FpoError('FPO_ERR_BAD_TOPOLOGY', `${at}: a second ct action in one rule (actions[${ctAt}] is one): use ct(table=N) and a rule in table N`, { path: this.topology.path });
+        if (ct.table >= FW_TABLE_OUT) throw new FpoError('FPO_ERR_BAD_TOPOLOGY', `${at}: table ${ct.table} is the per-port firewall's; ct(table=N) takes 1..${FW_TABLE_OUT - 1}`, { path: this.topology.path });
         if (ct.table > 0 && j !== r.actions.length - 1) throw new FpoError('FPO_ERR_BAD_TOPOLOGY', `${at}: ct(table=${ct.table}) classifies the packet again, so it must be the rule's last action`, { path: this.topology.path });
         ctAt = j;
         actions.push(ct);
@@ -437,6 +490,7 @@ export class Fpag {
     // Every flow matches the table (recirc_id): a first-pass flow never takes a recirculated packet, nor the other way.
     unwildcard(mask, 'recirc_id');
     const table = (key[W_CT] >>> 16) & 0xff;
+    if (table >= FW_TABLE_OUT) return this.firewallTable(key, mask, explain, out, table);
     const inPort = key[W_IN_PORT];
     // Port security on the packet as the VM sent it (a recirculated one was checked in table 0; NAT may have changed its source since).
     if ((inPort & PORT_PPID_BIT) === 0 && table === 0) {
@@ -460,7 +514,7 @@ export class Fpag {
         this.l2(key, mask, explain, out);
         if (r.pre !== null) out.actions = this.withPre(r.pre, out.actions);
         if (r.special) out.actions = this.withFlag(out.actions);
-        if (explain) out.reason = `rule ${r.index} (priority ${r.priority}) said normal; ${out.reason}`;
+        if (explain) out.reason = `rule ${r.index} (priority ${r.priority})${r.table > 0 ? ` in table ${r.table}` : ''} said normal; ${out.reason}`;
         return out;
       }
     }
@@ -471,7 +525,123 @@ export class Fpag {
       return out;
     }
     this.l2(key, mask, explain, out);
+    if (this.firewalls.size > 0) this.firewallFirst(key, mask, explain, out);
     return out;
+  }
+
+  // --- the per-port firewall (see the top of the file) ---
+
+  // Slow path, at load: an interface's rules as key/mask words, refused by field when they cannot mean anything.
+  private compileFirewall(itf: Interface, n: number): Firewall {
+    const rules = itf.firewall as FirewallRule[];
+    const node = this.topology.interfaces[n].node;
+    const zone = itf.vpid & 0xffff;
+    const fw: Firewall = {
+      name: itf.name, zone, out: [], in: [],
+      toOut: [{ op: 'ct', zone, commit: false, table: FW_TABLE_OUT }],
+      toIn: [{ op: 'ct', zone, commit: false, table: FW_TABLE_IN }],
+      commit: [{ op: 'ct', zone, commit: true, table: -1 }],
+    };
+    rules.forEach((r, j) => {
+      const where = `${this.topology.path}: interface ${itf.name} (node ${node}).firewall[${j}]`;
+      const key = new Uint32Array(KEY_WORDS);
+      const mask = new Uint32Array(KEY_WORDS);
+      const protos: Record<string, [number, number]> = { tcp: [0, 6], udp: [0, 17], icmp: [0x0800, 1], icmp6: [0x86dd, 58] };
+      if (r.proto !== 'any') {
+        const [et, p] = protos[r.proto];
+        if (et !== 0) setField(key, mask, 0, 'eth_type', et);
+        setField(key, mask, 0, 'ip_proto', p);
+      }
+      if (r.remote !== undefined) {
+        const { addr, plen } = parseFirewallRemote(r.remote)!;
+        const v6 = addr.length === 16;
+        if ((r.proto === 'icmp' && v6) || (r.proto === 'icmp6' && !v6)) throw new FpoError('FPO_ERR_BAD_TOPOLOGY', `${where}.remote: ${r.remote} is IPv${v6 ? 6 : 4}, the rule's proto ${r.proto} is not`, { path: this.topology.path });
+        setField(key, mask, 0, 'eth_type', v6 ? 0x86dd : 0x0800);
+        const word = r.direction === 'out' ? W_IP_DST : W_IP_SRC;
+        for (let w = 0; w < addr.length / 4; w++) {
+          const bits = Math.max(0, Math.min(32, plen - w * 32));
+          const m = bits === 0 ? 0 : (0xffffffff << (32 - bits)) >>> 0;
+          key[word + w] = (((addr[w * 4] << 24) | (addr[w * 4 + 1] << 16) | (addr[w * 4 + 2] << 8) | addr[w * 4 + 3]) & m) >>> 0;
+          mask[word + w] = m;
+        }
+      }
+      const ports = r.ports !== undefined ? parsePortRange(r.ports) : null;
+      if (ports !== null && r.proto !== 'tcp' && r.proto !== 'udp') throw new FpoError('FPO_ERR_BAD_TOPOLOGY', `${where}.ports: a port needs proto tcp or udp (the rule's proto is ${r.proto})`, { path: this.topology.path });
+      fw[r.direction].push({ allow: r.action === 'allow', key, mask, ports, text: `${itf.name} firewall[${j}] ${r.direction} ${r.action} ${r.proto}${r.remote ? ` ${r.remote}` : ''}${ports ? ` port ${ports[0]}${ports[1] !== ports[0] ? `-${ports[1]}` : ''}` : ''}` });
+    });
+    return fw;
+  }
+
+  /**
+   * Table 0, after L2: an IP packet from a firewalled interface goes to be
+   * checked as it leaves (FW_TABLE_OUT), one that L2 sends to a single
+   * firewalled interface, as it arrives (FW_TABLE_IN).
+   */
+  private firewallFirst(key: Uint32Array, mask: Uint32Array, explain: boolean, out: Decision): void {
+    unwildcard(mask, 'eth_type');
+    const et = key[W_ETH_TYPE] >>> 16;
+    if (et !== 0x0800 && et !== 0x86dd) return;
+    const inPort = key[W_IN_PORT];
+    const from = (inPort & PORT_PPID_BIT) === 0 ? this.firewalls.get(inPort) : undefined;
+    if (from !== undefined) {
+      out.actions = from.toOut;
+      if (explain) out.reason = `${out.reason}; from ${from.name}, which has a firewall: conntrack in zone ${from.zone}, checked in table ${FW_TABLE_OUT}`;
+      return;
+    }
+    const to = this.firewalls.get(singleOutput(out.actions));
+    if (to !== undefined) {
+      out.actions = to.toIn;
+      if (explain) out.reason = `${out.reason}; to ${to.name}, which has a firewall: conntrack in zone ${to.zone}, checked in table ${FW_TABLE_IN}`;
+    }
+  }
+
+  /** The firewall's tables: the packet's ct_state in the interface's zone, its rules, then where L2 sends it. */
+  private firewallTable(key: Uint32Array, mask: Uint32Array, explain: boolean, out: Decision, table: number): Decision {
+    out.rule = -1;
+    unwildcard(mask, 'ct_state');
+    unwildcard(mask, 'in_port');
+    if (table === FW_TABLE_OUT) {
+      const fw = this.firewalls.get(key[W_IN_PORT]);
+      if (fw === undefined) { this.say(out, this.dropCtNoRule, explain ? `table ${table}: in_port has no firewall (now)` : ''); return out; }
+      const v = this.firewallVerdict(fw.out, key, mask);
+      if (v.verdict === FW_DROP) { this.say(out, this.dropFirewall, explain ? `${fw.name}'s firewall, out: ${v.why}: dropped` : ''); return out; }
+      this.l2(key, mask, explain, out);
+      const to = this.firewalls.get(singleOutput(out.actions));
+      let acts = to !== undefined ? to.toIn : out.actions;
+      if (v.verdict === FW_COMMIT) acts = this.withPre(fw.commit, acts);
+      out.actions = acts;
+      if (explain) out.reason = `${fw.name}'s firewall, out: ${v.why}; ${out.reason}${to !== undefined ? `; to ${to.name}, which has a firewall: checked in table ${FW_TABLE_IN}` : ''}`;
+      return out;
+    }
+    this.l2(key, mask, explain, out);
+    const fw = this.firewalls.get(singleOutput(out.actions));
+    if (fw === undefined) { this.say(out, this.dropCtNoRule, explain ? `table ${table}: L2 sends it to no firewalled interface (now)` : ''); return out; }
+    const v = this.firewallVerdict(fw.in, key, mask);
+    if (v.verdict === FW_DROP) { this.say(out, this.dropFirewall, explain ? `${fw.name}'s firewall, in: ${v.why}: dropped` : ''); return out; }
+    if (v.verdict === FW_COMMIT) out.actions = this.withPre(fw.commit, out.actions);
+    if (explain) out.reason = `${fw.name}'s firewall, in: ${v.why}; ${out.reason}`;
+    return out;
+  }
+
+  /** What a firewall's rules for one direction say of the packet (its mask gets every field looked at). */
+  private firewallVerdict(rules: CompiledFwRule[], key: Uint32Array, mask: Uint32Array): { verdict: number; why: string } {
+    const st = key[W_CT] >>> 24;
+    if ((st & CS_TRK) === 0 || (st & CS_INV) !== 0) return { verdict: FW_DROP, why: 'ct_state inv' };
+    if ((st & CS_NEW) === 0) return { verdict: FW_PASS, why: 'a connection it allowed (est or rel)' };
+    for (const r of rules) {
+      let hit = true;
+      for (let w = 0; w < KEY_WORDS; w++) {
+        mask[w] |= r.mask[w];
+        if (((key[w] ^ r.key[w]) & r.mask[w]) !== 0) hit = false;
+      }
+      if (hit && r.ports !== null) {
+        unwildcard(mask, 'tp_dst');
+        const p = key[W_TP] & 0xffff;
+        if (p < r.ports[0] || p > r.ports[1]) hit = false;
+      }
+      if (hit) return { verdict: r.allow ? FW_COMMIT : FW_DROP, why: `a new connection: ${r.text}` };
+    }
+    return { verdict: FW_DROP, why: 'a new connection no rule allows' };
   }
 
   private readonly dropCtNoRule: Action[] = [{ op: 'drop', reason: D.ctNoRule }];
@@ -789,4 +959,14 @@ export class Fpag {
   interfaceByName(name: string): Interface | undefined {
     return this.topology.interfaces.find((i) => i.name === name);
   }
+}
+
+/** The VPID of the one plain output among `actions` (a unicast to a local interface), or -1. */
+function singleOutput(actions: readonly Action[]): number {
+  let vpid = -1;
+  for (const a of actions) {
+    if (a.op === 'encap') return -1;
+    if (a.op === 'output') { if (vpid >= 0) return -1; vpid = a.vpid; }
+  }
+  return vpid;
 }

@@ -537,6 +537,7 @@ export class Service {
     const perFlow = flowReport(this.dp, this.fpag).map((f, i) => ({ ...f, packets: perId.get(ids[i])?.[0] ?? 0, bytes: perId.get(ids[i])?.[1] ?? 0 }));
     return {
       packets: { in: sum((s) => s.packetsIn), out: sum((s) => s.delivered), dropped: sum((s) => s.dropped), copies: sum((s) => s.copies), special: sum((s) => s.special) },
+      conntrack: { packets: sum((s) => s.ctPackets) },
       drops,
       ports,
       live,
@@ -554,6 +555,7 @@ export class Service {
     return {
       packets: { in: st.packetsIn, out: st.delivered, dropped: st.dropped, copies: st.copies, special: st.special },
       drops: st.drops,
+      conntrack: { packets: st.ctPackets, connections: this.dp.hasConntrack ? this.dp.conntrack.count : 0, capacity: this.dp.hasConntrack ? this.dp.conntrack.capacity : 0, ...(this.dp.hasConntrack ? this.dp.conntrack.stats : {}) },
       ports: st.ports.map((p) => ({ name: this.fpag.portOf(p.ppid)?.name, ...p })),
       live: this.liveCounters(),
       flows: { installed: st.flowsInstalled, active: st.flowsNow, evicted: st.flowsEvicted, expired: st.flowsExpired, upcalls: st.upcalls, emcHits: st.emcHits, megaflowHits: st.megaflowHits },

@@ -178,6 +178,43 @@ const TunnelSchema = object({
   specialPort: optional(name),
 });
 
+/**
+ * One rule of an interface's stateful firewall (fpag.ts, "The per-port
+ * firewall"), as a security group's: the direction (out: connections the
+ * interface opens; in: connections opened to it), what it does with a new
+ * connection that matches, and the match: protocol, the remote end's
+ * address or prefix, the destination port or range.
+ */
+const FirewallRuleSchema = object({
+  direction: oneOf(['in', 'out'] as const),
+  action: oneOf(['allow', 'drop'] as const),
+  proto: withDefault(oneOf(['any', 'tcp', 'udp', 'icmp', 'icmp6'] as const), () => 'any' as const),
+  remote: optional(refine(string(), (v) => parseFirewallRemote(v) !== null, 'expected an IPv4 or IPv6 address or prefix, like 10.0.0.0/24 or fd00::/64')),
+  ports: optional(refine(either(int(1, 65535), string()), (v) => parsePortRange(v) !== null, 'expected a port 1..65535 or a range like 8000-8080')),
+  comment: optional(string()),
+});
+export type FirewallRule = Out<typeof FirewallRuleSchema>;
+
+/** A firewall rule's remote: address bytes and prefix length, or null. */
+export function parseFirewallRemote(v: string): { addr: Uint8Array; plen: number } | null {
+  const m = /^([^/]+)(?:\/(\d{1,3}))?$/.exec(v);
+  if (!m) return null;
+  const addr = parseIpText(m[1]);
+  if (addr === null) return null;
+  const plen = m[2] === undefined ? addr.length * 8 : Number(m[2]);
+  return plen <= addr.length * 8 ? { addr, plen } : null;
+}
+
+/** A firewall rule's ports: [min, max], or null. */
+export function parsePortRange(v: number | string): [number, number] | null {
+  if (typeof v === 'number') return [v, v];
+  const m = /^(\d{1,5})(?:-(\d{1,5}))?$/.exec(v);
+  if (!m) return null;
+  const lo = Number(m[1]);
+  const hi = m[2] === undefined ? lo : Number(m[2]);
+  return lo >= 1 && hi <= 65535 && lo <= hi ? [lo, hi] : null;
+}
+
 const InterfaceSchema = object({
   name,
   mac: mac('02:00:00:00:00:01'),
@@ -186,6 +223,8 @@ const InterfaceSchema = object({
   port: optional(name),
   /** Port security (as OVN's and OpenStack's): only this MAC and address as a source. Default on; false turns it off. */
   portSecurity: withDefault(boolean(), () => true),
+  /** A stateful firewall on this interface: ordered rules; what none allows is dropped. Absent: no firewall. */
+  firewall: optional(array(FirewallRuleSchema)),
 });
 
 const NodeSchema = object({
@@ -259,6 +298,8 @@ export interface Interface {
   vpid: number;
   /** Port security on (the default): frames with another source MAC or address are dropped (fpag.ts). */
   portSecurity: boolean;
+  /** The interface's stateful firewall rules, or undefined (no firewall). */
+  firewall?: FirewallRule[];
 }
 
 export interface Segment {
@@ -418,7 +459,7 @@ export function topologyFrom(json: unknown, path: string): Topology {
         taken.set(itf.port, itf.name);
         port.segments = [itf.segment];
       }
-      interfaces.push({ name: itf.name, node: node.name, mac: itf.mac.toLowerCase(), macBytes: parseMac(itf.mac), ip: itf.ip, segment: itf.segment, port: itf.port, vpid: vpid++, portSecurity: itf.portSecurity });
+      interfaces.push({ name: itf.name, node: node.name, mac: itf.mac.toLowerCase(), macBytes: parseMac(itf.mac), ip: itf.ip, segment: itf.segment, port: itf.port, vpid: vpid++, portSecurity: itf.portSecurity, ...(itf.firewall !== undefined ? { firewall: itf.firewall } : {}) });
     });
   });
   for (const p of ports.values()) if (p.role === 'uplink') p.vpid = vpid++;

@@ -40,6 +40,7 @@ export const DROP = {
   portSecArp: 'port security: ARP sender IP is not one of the VM interface\'s addresses',
   portSecIpv6: 'port security: IPv6 source is not one of the VM interface\'s addresses',
   encapTooLong: 'encapsulated, the packet would be longer than the outer IP length field can say',
+  firewall: 'the interface\'s firewall refused it (a new connection no rule allows, or ct_state inv)',
   ctNoRule: 'after ct(table=N), no rule of table N matched (a table other than 0 has no L2 fallback)',
   recircLoop: 'sent through ct(table=…) more times than the datapath allows for one packet (a loop in the rules)',
   offloadBad: 'a port with offloads gave a virtio-net header that does not match the frame (checksum start or offset not its TCP/UDP header\'s, a segment type not its protocol\'s)',

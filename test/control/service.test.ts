@@ -92,6 +92,34 @@ describe('fpo run and fpo ctl', () => {
     await s.stop();
   }, 120_000);
 
+  it('ct flows by add-flow: the demo\'s TCP through conntrack and table 1; dump-flows, trace and stats say so', async () => {
+    const s = await start(TOPO);
+    s.ctl('inject', join(FIXTURES, 'demo.pcap'));
+    const before = JSON.parse(s.ctl('--json', 'stats').stdout);
+    // TCP (not telnet: its drop has a higher priority) through conntrack, then table 1: +trk passes, inv dropped.
+    expect(s.ctl('add-flow', 'priority=90,tcp,actions=ct(zone=5,table=1)').status).toBe(0);
+    expect(s.ctl('add-flow', 'table=1,priority=10,ct_state=+trk-inv,actions=normal').status).toBe(0);
+    s.ctl('inject', join(FIXTURES, 'demo.pcap'));
+    const st = JSON.parse(s.ctl('--json', 'stats').stdout);
+    expect(st.packets.in).toBe(2 * 671);
+    expect(st.packets.in).toBe(st.packets.out + st.packets.dropped);
+    // Each TCP packet but telnet's went through ct once (as tshark counts them in the capture).
+    expect(st.conntrack.packets).toBe(tsharkFields(join(FIXTURES, 'demo.pcap'), ['frame.number'], 'tcp && tcp.dstport != 23').length);
+    const flows = s.ctl('dump-flows').stdout;
+    expect(flows).toMatch(/ct\(zone=5,table=1\)/);
+    expect(flows).toMatch(/recirc_id=1/);
+    const tr = s.ctl('trace', 'in_port=vf1,eth_src=02:00:00:00:00:01,eth_dst=02:00:00:00:00:02,tcp,ipv4_src=10.0.0.1,ipv4_dst=10.0.0.2,tp_dst=80');
+    expect(tr.stdout).toMatch(/ct\(zone=5,table=1\): through conntrack/);
+    const tr1 = s.ctl('trace', 'in_port=vf1,eth_src=02:00:00:00:00:01,eth_dst=02:00:00:00:00:02,tcp,ipv4_src=10.0.0.1,ipv4_dst=10.0.0.2,tp_dst=80,table=1,ct_state=+trk+new');
+    expect(tr1.stdout).toMatch(/rule \d+ \(priority 10\) in table 1 said normal/);
+    expect(tr1.stdout).toMatch(/output: vpid 2 \(vm2-eth0\)/);
+    const tr2 = s.ctl('trace', 'in_port=vf1,eth_src=02:00:00:00:00:01,eth_dst=02:00:00:00:00:02,tcp,table=1,ct_state=+trk+inv');
+    expect(tr2.stdout).toMatch(/table 1: no rule matched/);
+    expect(s.ctl('add-flow', 'priority=1,actions=ct(zone=5,table=1),output:vm1-eth0').stderr).toMatch(/must be the rule's last action/);
+    expect(s.ctl('add-flow', 'priority=1,actions=ct(zone=99999)').stderr).toMatch(/zone.*0\.\.65535/);
+    await s.stop();
+  }, 120_000);
+
   it('a migration during an inject loses no packet and duplicates none, with zero flow rewrites', async () => {
     const dir = tempDir('mig');
     const cap = join(dir, 'one-vm.pcap');

@@ -1,87 +1,14 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { Fpag } from '../../../control/fpag.js';
 import { formatCtAction, formatFlowSpec, parseCtAction, parseFlowSpec } from '../../../control/flow-syntax.js';
-import { topologyFrom } from '../../../control/topology.js';
-import { PacketBatch } from '../../../datapath/batch.js';
 import { formatMatch } from '../../../datapath/classifier/flow-key.js';
-import { Datapath, MAX_RECIRC, type TxPort } from '../../../datapath/datapath.js';
+import { Datapath, MAX_RECIRC } from '../../../datapath/datapath.js';
 import { FpoError } from '../../../datapath/errors.js';
-import { concat, eth, ipv4, udp } from '../../../fixtures/packets.js';
+import { eth, ipv4, udp } from '../../../fixtures/packets.js';
+import { C, C_MAC, S, S_MAC, seg, twoVms, type Rule } from './switch.js';
 
 // ct as a flow action: rules in tables, ct_state matches, recirculation, NAT
 // by a ct's continuation — through the FPAG and the datapath as fpo runs them.
-
-const C_MAC = '02:00:00:00:00:01';
-const S_MAC = '02:00:00:00:00:02';
-const C = '10.0.0.1';
-const S = '10.0.0.2';
-
-/** A port that keeps a copy of every frame it is given. */
-class Keep implements TxPort {
-  frames: Uint8Array[] = [];
-  writeBatch(batch: PacketBatch, idx: Uint16Array, from: number, n: number): void {
-    for (let j = from; j < from + n; j++) {
-      const i = idx[j];
-      this.frames.push(batch.buf.slice(batch.off[i], batch.off[i] + batch.caplen[i]));
-    }
-  }
-}
-
-type Rule = { table?: number; priority: number; match?: Record<string, string | number>; actions: string[] };
-
-function setup(rules: Rule[]) {
-  const topo = topologyFrom({
-    ports: [{ name: 'p1', ppid: 1 }, { name: 'p2', ppid: 2 }],
-    segments: [{ name: 'a' }],
-    nodes: [
-      { name: 'client', interfaces: [{ name: 'client', mac: C_MAC, ip: C, segment: 'a', port: 'p1' }] },
-      { name: 'server', interfaces: [{ name: 'server', mac: S_MAC, ip: S, segment: 'a', port: 'p2' }] },
-    ],
-    rules,
-  }, 'ct.json');
-  const dp = new Datapath({ maxFlows: 1024, conntrackCapacity: 1024 });
-  const out = new Map<number, Keep>([[1, new Keep()], [2, new Keep()]]);
-  for (const [ppid, port] of out) dp.addPort(ppid, port);
-  const fpag = new Fpag(topo, dp);
-  fpag.start();
-  const batch = new PacketBatch(32);
-  let now = 1000;
-  /** Sends frames (each [in ppid, bytes]) as one batch; returns what each port got. */
-  const send = (frames: [number, Uint8Array][]) => {
-    for (const p of out.values()) p.frames = [];
-    const buf = concat(...frames.map(([, f]) => f));
-    batch.batchSetBuffer(buf);
-    batch.count = frames.length;
-    let o = 0;
-    frames.forEach(([ppid, f], i) => {
-      batch.off[i] = o; batch.caplen[i] = f.length; batch.wirelen[i] = f.length; batch.inPpid[i] = ppid; batch.drop[i] = 0;
-      o += f.length;
-    });
-    dp.process(batch, (now += 10));
-    return { toClient: out.get(1)!.frames, toServer: out.get(2)!.frames };
-  };
-  return { dp, fpag, send };
-}
-
-const FLAGS: Record<string, number> = { F: 0x01, S: 0x02, R: 0x04, P: 0x08, A: 0x10 };
-
-/** A TCP segment client:40000 ⇄ server:80 with sequence numbers. */
-function seg(from: 'c' | 's', seq: number, ack: number, flags: string, len = 0, port = 80): Uint8Array {
-  const h = new Uint8Array(20);
-  const dv = new DataView(h.buffer);
-  dv.setUint16(0, from === 'c' ? 40000 : port);
-  dv.setUint16(2, from === 'c' ? port : 40000);
-  dv.setUint32(4, seq >>> 0);
-  dv.setUint32(8, ack >>> 0);
-  h[12] = 5 << 4;
-  h[13] = [...flags].reduce((f, c) => f | FLAGS[c], 0);
-  dv.setUint16(14, 65535);
-  const body = concat(h, new Uint8Array(len).fill(0x61));
-  return from === 'c'
-    ? eth(S_MAC, C_MAC, 0x0800, ipv4({ src: C, dst: S, proto: 6 }, body))
-    : eth(C_MAC, S_MAC, 0x0800, ipv4({ src: S, dst: C, proto: 6 }, body));
-}
 
 const FIREWALL: Rule[] = [
   { priority: 10, match: { eth_type: '0x0800' }, actions: ['ct(zone=1,table=1)'] },
@@ -99,7 +26,7 @@ function accounted(dp: Datapath): Record<string, number> {
 
 describe('ct in flows: a stateful firewall in two tables', () => {
   it('lets a connection the client opens through both ways, and nothing the server opens', () => {
-    const { dp, send } = setup(FIREWALL);
+    const { dp, send } = twoVms(FIREWALL);
     // The handshake and data, a segment a batch.
     expect(send([[1, seg('c', 100, 0, 'S')]]).toServer).toHaveLength(1);
     expect(send([[2, seg('s', 500, 101, 'SA')]]).toClient).toHaveLength(1);
@@ -128,7 +55,7 @@ describe('ct in flows: a stateful firewall in two tables', () => {
 
   it('a table miss in table 1 is a drop, not L2: a non-committed connection stays new and is dropped the other way', () => {
     // Table 1 lets new UDP from the client pass without committing it: the reply is new too (from the server): dropped.
-    const { dp, send } = setup([
+    const { dp, send } = twoVms([
       { priority: 10, match: { eth_type: '0x0800' }, actions: ['ct(zone=1,table=1)'] },
       { table: 1, priority: 30, match: { ct_state: '+trk+new', in_port: 'client' }, actions: ['normal'] },
       { table: 1, priority: 20, match: { ct_state: '+trk+est' }, actions: ['normal'] },
@@ -142,7 +69,7 @@ describe('ct in flows: a stateful firewall in two tables', () => {
   });
 
   it('source NAT by ct(commit,nat(src=…)) and its continuation; the reply translated back by ct(nat)', () => {
-    const { dp, send } = setup([
+    const { dp, send } = twoVms([
       { priority: 10, match: { in_port: 'client', eth_type: '0x0800' }, actions: ['ct(commit,zone=2,nat(src=192.0.2.9:2000-2010))', 'output:server'] },
       { priority: 10, match: { in_port: 'server', eth_type: '0x0800' }, actions: ['ct(zone=2,nat)', 'output:client'] },
     ]);
@@ -166,7 +93,7 @@ describe('ct in flows: a stateful firewall in two tables', () => {
   it('a ruleset that recirculates without end is cut at MAX_RECIRC and counted', () => {
     const rules: Rule[] = [];
     for (let t = 0; t <= MAX_RECIRC + 1; t++) rules.push({ table: t, priority: 1, actions: [`ct(zone=3,table=${t + 1})`] });
-    const { dp, send } = setup(rules);
+    const { dp, send } = twoVms(rules);
     const r = send([[1, seg('c', 1, 0, 'S')], [2, seg('s', 1, 0, 'S', 0, 81)]]);
     expect(r.toClient.length + r.toServer.length).toBe(0);
     expect(accounted(dp)).toEqual({ recircLoop: 2 });
@@ -174,7 +101,7 @@ describe('ct in flows: a stateful firewall in two tables', () => {
 
   it('packets without ct in a batch with recirculated ones are untouched, and every packet ends once (property)', () => {
     fc.assert(fc.property(fc.array(fc.record({ from: fc.constantFrom<'c' | 's'>('c', 's'), seq: fc.nat(2000), ack: fc.nat(2000), flags: fc.constantFrom('S', 'SA', 'A', 'PA', 'FA', 'R', 'RA'), len: fc.nat(40), arp: fc.boolean() }), { minLength: 1, maxLength: 60 }), (segs) => {
-      const { dp, send } = setup(FIREWALL);
+      const { dp, send } = twoVms(FIREWALL);
       for (let k = 0; k < segs.length; k += 7) {
         send(segs.slice(k, k + 7).map((s) => [s.from === 'c' ? 1 : 2, s.arp
           ? eth('ff:ff:ff:ff:ff:ff', s.from === 'c' ? C_MAC : S_MAC, 0x0806, new Uint8Array(28))
@@ -216,12 +143,12 @@ describe('ct in the rule syntax', () => {
       expect(() => parseFlowSpec(text), text).toThrow(why);
     }
     // The FPAG's own checks, on a topology's rules: ct(table) not last, a second ct, flags.
-    const refuse = (rules: Rule[], why: RegExp) => expect(() => setup(rules), JSON.stringify(rules)).toThrow(why);
+    const refuse = (rules: Rule[], why: RegExp) => expect(() => twoVms(rules), JSON.stringify(rules)).toThrow(why);
     refuse([{ priority: 1, actions: ['ct(table=1)', 'output:client'] }], /must be the rule's last action/);
     refuse([{ priority: 1, actions: ['ct(zone=1)', 'ct(zone=2)'] }], /a second ct action/);
     refuse([{ priority: 1, match: { ct_state: '+trk+bogus' }, actions: ['drop'] }], /unknown ct_state flag "bogus"/);
     refuse([{ priority: 1, match: { ct_state: '+trk-trk' }, actions: ['drop'] }], /given twice/);
     refuse([{ priority: 1, match: { recirc_id: 1 }, actions: ['drop'] }], /recirc_id is set by ct/);
-    try { setup([{ priority: 1, actions: ['ct(zone=x)'] }]); } catch (e) { expect(e).toBeInstanceOf(FpoError); expect((e as FpoError).code).toBe('FPO_ERR_BAD_TOPOLOGY'); }
+    try { twoVms([{ priority: 1, actions: ['ct(zone=x)'] }]); } catch (e) { expect(e).toBeInstanceOf(FpoError); expect((e as FpoError).code).toBe('FPO_ERR_BAD_TOPOLOGY'); }
   });
 });
