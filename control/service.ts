@@ -138,6 +138,8 @@ export class Service {
       if (xdp) throw new FpoError('FPO_ERR_USAGE', `--workers ${nWorkers}: port ${xdp.name} is on AF_XDP (io xdp), one queue and so one worker; with several workers use io ring`);
       if (topo.tunnel?.monitor.length) throw new FpoError('FPO_ERR_USAGE', `--workers ${nWorkers}: the tunnel monitor (BFD) runs with one datapath only, for now`);
       if (opts.metrics !== undefined) throw new FpoError('FPO_ERR_USAGE', `--workers ${nWorkers}: --metrics serves one datapath's counters only, for now; use fpo ctl stats`);
+      const nat = topo.rules.findIndex((r) => r.actions.some(natAction));
+      if (nat >= 0) throw new FpoError('FPO_ERR_USAGE', `--workers ${nWorkers}: rules[${nat}] translates addresses (ct(…nat(…))); a translated reply may meet another worker than its connection (spread.ts): NAT runs with one datapath only, for now`);
     }
     // Several workers: the FPAG decides on a shadow that records what it applies, for the workers (workers.ts).
     this.dp = nWorkers > 1 ? new RecordingDatapath({ batchCapacity: 256, idleTimeoutMs: 0 }) : new Datapath({ batchCapacity: 256 });
@@ -433,6 +435,7 @@ export class Service {
         return this.workers ? await this.workersStats() : this.stats();
       case 'add-flow': {
         const rule = parseFlowSpec(str('flow')!);
+        if (this.workers !== null && rule.actions.some(natAction)) throw new FpoError('FPO_ERR_USAGE', 'add-flow: this switch runs several workers, and a translated reply may meet another worker than its connection: NAT runs with one datapath only, for now');
         const r = this.fpag.setRules([...this.fpag.ruleSpecs, rule]);
         await this.workers?.sync();
         this.log.info({ flow: formatFlowSpec(rule), ...r }, 'flow added');
@@ -709,3 +712,8 @@ export class Service {
 
 // In their own module so that `fpo ctl` does not load the service (pino, prom-client, the datapath).
 export { COMMANDS, defaultSocket } from './socket.js';
+
+/** A rule's action that sets up NAT (ct(commit,nat(src=…|dst=…))). */
+function natAction(a: string): boolean {
+  return a.startsWith('ct(') && /nat\((src|dst)=/.test(a);
+}

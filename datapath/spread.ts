@@ -18,8 +18,11 @@
  * after up to two VLAN tags (0x8100, 0x88a8). A tunnel packet is hashed by
  * its outer header, as a NIC does; a sending VTEP puts the inner flow's hash
  * in the outer UDP source port (RFC 7348 §5), so an inner flow stays on one
- * worker. Not symmetric: the two directions of a connection may meet
- * different workers (a replay needs no per-connection state).
+ * worker. Symmetric: addresses and ports go in as unordered pairs (their
+ * xor and sum), so both directions of a connection meet the same worker and
+ * its connection table (conntrack). Not across NAT: a translated reply
+ * carries other addresses, and may meet another worker (so fpo run refuses
+ * NAT rules with --workers, control/service.ts).
  *
  * `take` copies the rx facts of the packets that are this worker's from one
  * batch into another (no packet bytes move: both batches point into the same
@@ -54,19 +57,25 @@ export function flowHash(b: Uint8Array, dv: DataView, o: number, len: number): n
     const ihl = (b[p] & 15) * 4;
     const proto = b[p + 9];
     let h = mix(0x800, proto);
-    h = mix(h, dv.getInt32(p + 12));
-    h = mix(h, dv.getInt32(p + 16));
+    const s = dv.getInt32(p + 12);
+    const d = dv.getInt32(p + 16);
+    h = mix(h, s ^ d);
+    h = mix(h, (s + d) | 0);
     const frag = dv.getUint16(p + 6) & 0x3fff; // MF and the offset
     const l4 = p + ihl;
-    if (frag === 0 && ihl >= 20 && (proto === 6 || proto === 17 || proto === 132) && l4 + 4 <= end) h = mix(h, dv.getInt32(l4));
+    if (frag === 0 && ihl >= 20 && (proto === 6 || proto === 17 || proto === 132) && l4 + 4 <= end) h = mix(h, symPorts(dv.getUint32(l4)));
     return fmix(h);
   }
   if (et === 0x86dd && p + 40 <= end) {
     const nh = b[p + 6];
     let h = mix(0x86dd, nh);
-    for (let q = p + 8; q < p + 40; q += 4) h = mix(h, dv.getInt32(q));
+    for (let q = p + 8; q < p + 24; q += 4) {
+      const s = dv.getInt32(q);
+      const d = dv.getInt32(q + 16);
+      h = mix(mix(h, s ^ d), (s + d) | 0);
+    }
     const l4 = p + 40;
-    if ((nh === 6 || nh === 17 || nh === 132) && l4 + 4 <= end) h = mix(h, dv.getInt32(l4));
+    if ((nh === 6 || nh === 17 || nh === 132) && l4 + 4 <= end) h = mix(h, symPorts(dv.getUint32(l4)));
     return fmix(h);
   }
   // Not IP (or cut short): the Ethernet addresses and type.
@@ -77,6 +86,13 @@ export function flowHash(b: Uint8Array, dv: DataView, o: number, len: number): n
     h = mix(h, dv.getInt32(o + 8));
   }
   return fmix(h);
+}
+
+/** A source and destination port (w: src << 16 | dst) as one word the same both ways. */
+function symPorts(w: number): number {
+  const a = w >>> 16;
+  const b = w & 0xffff;
+  return (a ^ b) | (((a + b) & 0xffff) << 16);
 }
 
 /** Which of `workers` workers a packet with this hash goes to. */

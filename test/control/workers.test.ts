@@ -121,6 +121,18 @@ describe('fpo run --workers: what it refuses, before anything is opened', () => 
     expect(xdp.status).toBe(1);
     expect(xdp.stderr).toMatch(/--workers 2: port pa is on AF_XDP \(io xdp\), one queue and so one worker; with several workers use io ring/);
     expect(existsSync(join(dir, 's'))).toBe(false);
+    // NAT: a translated reply may hash to another worker than its connection (spread.ts is symmetric, not across NAT).
+    const natTopo = join(dir, 'nat.json');
+    writeFileSync(natTopo, JSON.stringify({
+      name: 'n', segments: [{ name: 's' }],
+      ports: [{ name: 'pa', ppid: 11, kind: 'afpacket', device: 'fpowk-nosuch' }],
+      nodes: [{ name: 'a', interfaces: [{ name: 'a0', mac: '02:00:00:00:75:01', segment: 's', port: 'pa' }] }],
+      rules: [{ priority: 1, match: { eth_type: '0x0800' }, actions: ['ct(commit,zone=1,nat(src=192.0.2.1))', 'output:a0'] }],
+    }));
+    const nat = runCli(['run', '-t', natTopo, '-s', join(dir, 's'), '-o', dir, '--workers', '2']);
+    expect(nat.status).toBe(1);
+    expect(nat.stderr).toMatch(/--workers 2: rules\[0\] translates addresses .*NAT runs with one datapath only/);
+    expect(existsSync(join(dir, 's'))).toBe(false);
   });
 });
 

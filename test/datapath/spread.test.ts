@@ -60,6 +60,16 @@ describe('flowHash', () => {
 });
 
 describe('workerOf', () => {
+  it('is symmetric: both directions of a connection hash alike (conntrack needs both on one worker), IPv4 and IPv6', () => {
+    fc.assert(fc.property(fc.ipV4(), fc.ipV4(), fc.integer({ min: 1, max: 65535 }), fc.integer({ min: 1, max: 65535 }), fc.constantFrom(6, 17), (a, b, p, q, proto) => {
+      const l4 = (x: number, y: number) => (proto === 6 ? tcp(x, y) : udp(x, y, new Uint8Array(4)));
+      expect(hashOf(eth(A, B, 0x0800, ipv4({ src: a, dst: b, proto }, l4(p, q))))).toBe(hashOf(eth(B, A, 0x0800, ipv4({ src: b, dst: a, proto }, l4(q, p)))));
+    }));
+    fc.assert(fc.property(fc.ipV6(), fc.ipV6(), fc.integer({ min: 1, max: 65535 }), fc.integer({ min: 1, max: 65535 }), (a, b, p, q) => {
+      expect(hashOf(eth(A, B, 0x86dd, ipv6({ src: a, dst: b, nh: 17 }, udp(p, q, new Uint8Array(4)))))).toBe(hashOf(eth(B, A, 0x86dd, ipv6({ src: b, dst: a, nh: 17 }, udp(q, p, new Uint8Array(4))))));
+    }));
+  });
+
   it('maps every hash into 0..n-1 and spreads random flows about evenly', () => {
     for (const n of [1, 2, 3, 4, 7]) {
       const counts = new Array(n).fill(0);
