@@ -164,7 +164,7 @@ describe('revalidation', () => {
     install(key(1, '02:00:00:00:00:01', { dport: 80 }));
     expect(dp.flows.count).toBe(2); // to v2, and v1 → v1 (the sender itself: a drop)
     expect(dp.flows.lookup(k80)).toBeGreaterThanOrEqual(0);
-    const r = fpag.setRules([{ priority: 10, special: false, match: { tp_dst: 80 }, actions: ['drop'] }]);
+    const r = fpag.setRules([{ priority: 10, table: 0, special: false, match: { tp_dst: 80 }, actions: ['drop'] }]);
     expect(r).toEqual({ kept: 0, modified: 0, deleted: 2 });
     expect(dp.flows.count).toBe(0);
     expect(dp.flows.lookup(k80)).toBe(-1); // stale flow gone: no forwarding where the rules no longer say
@@ -180,7 +180,7 @@ describe('revalidation', () => {
     const install = (k: Uint32Array) => { const d = fpag.decide(k); dp.apply({ type: 'flow-install', key: k, mask: d.mask, actions: d.actions }); return dp.flows.lookup(k); };
     const f22 = install(key(1, '02:00:00:00:00:02', { dport: 22 }));
     const f80 = install(key(1, '02:00:00:00:00:02', { dport: 80 }));
-    const r = fpag.setRules([{ priority: 10, special: false, match: { in_port: 'v1', tp_dst: 22 }, actions: ['output:v3'] }]);
+    const r = fpag.setRules([{ priority: 10, table: 0, special: false, match: { in_port: 'v1', tp_dst: 22 }, actions: ['output:v3'] }]);
     expect(r).toEqual({ kept: 1, modified: 1, deleted: 0 });
     expect(dp.flows.lookup(key(1, '02:00:00:00:00:02', { dport: 22 }))).toBe(f22);
     expect(dp.actionSets.describe(dp.flows.act[f22])).toEqual([{ op: 'output', vpid: 3 }]);
@@ -192,7 +192,7 @@ describe('revalidation', () => {
     const k = key(1, '02:00:00:00:00:02', { dport: 22 });
     const d = fpag.decide(k);
     dp.apply({ type: 'flow-install', key: k, mask: d.mask, actions: d.actions });
-    expect(() => fpag.setRules([{ priority: 1, special: false, match: { nope: 1 }, actions: ['drop'] }])).toThrowError(FpoError);
+    expect(() => fpag.setRules([{ priority: 1, table: 0, special: false, match: { nope: 1 }, actions: ['drop'] }])).toThrowError(FpoError);
     expect(fpag.decide(k).actions).toEqual([{ op: 'drop', reason: D.ruleDrop }]);
     expect(dp.flows.count).toBe(1);
   });
