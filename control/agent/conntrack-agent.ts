@@ -95,7 +95,12 @@ export class ConntrackAgent {
   }
 
   /** A line from fpo (ct-adopted, ct-refused, ct-handback). */
-  fromFpo(m: { type?: unknown; id?: unknown; why?: unknown }): void {
+  fromFpo(m: { type?: unknown; id?: unknown; why?: unknown; zone?: unknown }): void {
+    if (m.type === 'ct-zone' && typeof m.zone === 'number' && Number.isInteger(m.zone) && m.zone >= 0 && m.zone <= 65535) {
+      this.zone = m.zone;
+      this.log({ conntrack: 'fpo tracks this VM\'s connections in zone', zone: m.zone });
+      return;
+    }
     if (typeof m.id !== 'number') return;
     const id = m.id;
     if (m.type === 'ct-adopted') {
@@ -115,6 +120,9 @@ export class ConntrackAgent {
       this.log({ conntrack: 'handed back', id, why: String(m.why).slice(0, 40) });
     }
   }
+
+  /** The zone fpo tracks this VM's connections in (ct-zone); offers carry it. */
+  private zone = 0;
 
   /** Offers sent, not yet answered. */
   private readonly pending = new Map<number, Held>();
@@ -139,6 +147,7 @@ export class ConntrackAgent {
     if (this.offered.has(ev.id) || this.clients.size === 0) return;
     const { offer, why } = offerFor(ev, this.opts);
     if (offer === null) return void why;
+    offer.zone = this.zone;
     this.offered.add(ev.id);
     const orig = await routeTo(offer.reply.src);
     const reply = await routeTo(offer.orig.src);

@@ -7,7 +7,9 @@
  *   agent → fpo  {"type":"ct-offer-route","offer":{…CtOffer…},
  *                 "route":{"orig":{"out":MAC,"nextHop":MAC},"reply":{…}}}
  *                {"type":"ct-withdraw","id":N}   (the guest ended it)
- *   fpo → agent  {"type":"ct-adopted","id":N,"conn":ID}
+ *   fpo → agent  {"type":"ct-zone","zone":Z}  (on connecting: the zone fpo tracks this VM's
+ *                 connections in; the agent's offers carry it — the guest's own zone is its own)
+ *                {"type":"ct-adopted","id":N,"conn":ID}
  *                {"type":"ct-refused","id":N|null,"why":"…"}
  *                {"type":"ct-handback","id":N,"why":"fin|rst|ended|withdrawn"}
  *
@@ -86,7 +88,7 @@ export class HandOver {
     this.sock = s;
     const reader = new LineReader(AGENT_MAX_LINE);
     s.setEncoding('utf8');
-    s.on('connect', () => { this.connected = true; this.lastEvent = 'connected'; this.log?.info({ node: this.spec.node, agent: this.spec.agent }, 'hand-over channel up'); });
+    s.on('connect', () => { this.connected = true; this.lastEvent = 'connected'; this.send({ type: 'ct-zone', zone: this.spec.zone }); this.log?.info({ node: this.spec.node, agent: this.spec.agent }, 'hand-over channel up'); });
     s.on('data', (d: string) => {
       if (!reader.push(d, (line) => { const out = this.take(line); if (out !== null) this.send(out); })) {
         this.refused.tooLong++;
