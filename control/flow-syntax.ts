@@ -10,9 +10,24 @@
  * are accepted for the common fields (dl_src, dl_dst, dl_type, dl_vlan,
  * nw_src, nw_dst, nw_proto). `special` marks the rule's packets for the
  * special-processing flag. Errors name the part that is wrong.
+ *
+ * Stateful rules (issue 19), as ovs-ofctl writes them:
+ *
+ *   table=0,priority=10,ip,actions=ct(zone=1,table=1)
+ *   table=1,priority=20,ct_state=+trk+new,tcp,tp_dst=80,actions=ct(commit,zone=1),output:web
+ *   table=1,priority=20,ct_state=+trk+est,actions=normal
+ *   table=1,priority=10,actions=drop
+ *   priority=5,ip,actions=ct(commit,zone=2,nat(src=192.0.2.1-192.0.2.9:1024-65535)),output:up
+ *
+ * `table=N` (0 default) is the table a rule is in: a packet a ct(table=N)
+ * sent through conntrack is classified again against table N's rules only,
+ * with its ct_state; table 0 sees packets as they arrive. ct_state is
+ * matched as flags (`+trk+est-new`); ct_zone as a number.
  */
+import type { Action, CtNat } from '../datapath/actions/action-sets.js';
 import { FIELD_NAMES } from '../datapath/classifier/flow-key.js';
 import { FpoError } from '../datapath/errors.js';
+import { parseIpText } from '../datapath/ip-text.js';
 import type { RuleSpec } from './topology.js';
 
 // Maps, not object literals: the keys looked up are the user's text, and a
@@ -53,6 +68,7 @@ export function parseFlowSpec(text: string, needActions = true): RuleSpec {
   // Null prototype: keys are checked against FIELDS first, and a lookup of one never finds Object.prototype's.
   const match = Object.create(null) as Record<string, string | number>;
   let priority = 32768;
+  let table = 0;
   let special = false;
   for (const tok of matchPart.split(',').map((x) => x.trim()).filter((x) => x.length > 0)) {
     const eq = tok.indexOf('=');
@@ -66,8 +82,15 @@ export function parseFlowSpec(text: string, needActions = true): RuleSpec {
     const given = tok.slice(0, eq);
     const name = ALIASES.get(given) ?? given;
     const value = tok.slice(eq + 1);
-    if (name !== 'priority' && !FIELDS.includes(name)) throw usage(`match.${name}: unknown field ${JSON.stringify(name)}; expected one of ${FIELDS.join(', ')}`);
+    if (name !== 'priority' && name !== 'table' && !FIELDS.includes(name)) throw usage(`match.${name}: unknown field ${JSON.stringify(name)}; expected one of ${FIELDS.join(', ')}`);
     if (value === '') throw usage(`match.${name}: no value`);
+    if (name === 'table') {
+      const t = Number(value);
+      if (!/^\d+$/.test(value) || !Number.isInteger(t) || t > 255) throw usage(`table: expected an integer in 0..255, got "${value}"`);
+      table = t;
+      continue;
+    }
+    if (name === 'recirc_id') throw usage('match.recirc_id: set by ct(table=N); a rule says which table it is in with table=N');
     if (name === 'priority') {
       const p = Number(value);
       if (!Number.isInteger(p) || p < 0 || p > 65535) throw usage(`priority: expected an integer in 0..65535, got "${value}"`);
@@ -76,17 +99,107 @@ export function parseFlowSpec(text: string, needActions = true): RuleSpec {
     }
     match[name] = /^\d+$/.test(value) ? Number(value) : value;
   }
-  const actions = actionsPart.split(',').map((x) => x.trim()).filter((x) => x.length > 0);
-  if (needActions && actions.length === 0) throw usage('actions: empty; expected drop, normal or output:NAME');
+  const actions = splitTopLevel(actionsPart, 'actions').map((x) => x.trim()).filter((x) => x.length > 0);
+  if (needActions && actions.length === 0) throw usage('actions: empty; expected drop, normal, output:NAME or ct(…)');
   for (const [i, a] of actions.entries()) {
-    if (a !== 'drop' && a !== 'normal' && !/^output:[A-Za-z0-9][A-Za-z0-9._-]*$/.test(a)) throw usage(`actions[${i}]: "${a}" is not drop, normal or output:NAME`);
+    if (a.startsWith('ct(')) {
+      try { parseCtAction(a, `actions[${i}]`); } catch (e) { throw usage((e as Error).message); }
+      continue;
+    }
+    if (a !== 'drop' && a !== 'normal' && !/^output:[A-Za-z0-9][A-Za-z0-9._-]*$/.test(a)) throw usage(`actions[${i}]: "${a}" is not drop, normal, output:NAME or ct(…)`);
   }
-  return { priority, match, actions: needActions ? actions : ['drop'], special };
+  return { priority, table, match, actions: needActions ? actions : ['drop'], special };
+}
+
+/** Splits at the commas outside parentheses (ct(commit,zone=1) is one part); unbalanced ones are refused. */
+function splitTopLevel(text: string, where: string): string[] {
+  const out: string[] = [];
+  let depth = 0;
+  let from = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (c === '(') depth++;
+    else if (c === ')') { if (--depth < 0) throw usage(`${where}: a ")" with no "(" at character ${i + 1}`); }
+    else if (c === ',' && depth === 0) { out.push(text.slice(from, i)); from = i + 1; }
+  }
+  if (depth !== 0) throw usage(`${where}: a "(" not closed`);
+  out.push(text.slice(from));
+  return out;
+}
+
+/**
+ * ct(…) as ovs-ofctl writes it: `commit`, `zone=N` (0..65535, default 0),
+ * `table=N` (1..255: classify the tracked packet again in that table),
+ * `nat`, or `nat(src=A[-B][:P[-Q]])` / `nat(dst=…)` (translate the
+ * connection this commits to that address range and port range; an IPv6
+ * address in brackets when it has a port). Throws Error naming the part.
+ */
+export function parseCtAction(text: string, where: string): Extract<Action, { op: 'ct' }> {
+  const m = /^ct\((.*)\)$/.exec(text);
+  if (!m) throw new Error(`${where}: expected ct(…), got ${JSON.stringify(text)}`);
+  const a: Extract<Action, { op: 'ct' }> = { op: 'ct', zone: 0, commit: false, table: -1 };
+  const seen = new Set<string>();
+  for (const part of m[1] === '' ? [] : splitTopLevel(m[1], where)) {
+    const p = part.trim();
+    const name = /^[a-z_]+/.exec(p)?.[0] ?? p;
+    if (seen.has(name)) throw new Error(`${where}: ct: ${name} given twice`);
+    seen.add(name);
+    if (p === 'commit') a.commit = true;
+    else if (p.startsWith('zone=')) a.zone = ctInt(p.slice(5), 0, 65535, `${where}: ct zone`);
+    else if (p.startsWith('table=')) a.table = ctInt(p.slice(6), 1, 255, `${where}: ct table`);
+    else if (p === 'nat') { /* a translated connection is rewritten anyway (conntrack.ts) */ }
+    else if (p.startsWith('nat(') && p.endsWith(')')) a.nat = parseNat(p.slice(4, -1), `${where}: ct nat`);
+    else throw new Error(`${where}: ct: unknown argument ${JSON.stringify(p)}; expected commit, zone=N, table=N, nat or nat(src=…|dst=…)`);
+  }
+  if (a.nat !== undefined && !a.commit) throw new Error(`${where}: ct: nat(${a.nat.kind}=…) sets up a translation, which only a commit does: add commit`);
+  return a;
+}
+
+function ctInt(v: string, min: number, max: number, where: string): number {
+  const n = /^\d+$/.test(v) ? Number(v) : NaN;
+  if (!Number.isInteger(n) || n < min || n > max) throw new Error(`${where}: expected an integer in ${min}..${max}, got ${JSON.stringify(v)}`);
+  return n;
+}
+
+function parseNat(text: string, where: string): CtNat {
+  const m = /^(src|dst)=(.+)$/.exec(text);
+  if (!m) throw new Error(`${where}: expected src=ADDR[-ADDR][:PORT[-PORT]] or dst=…, got ${JSON.stringify(text)}`);
+  let addrs = m[2];
+  let ports = '';
+  const v6 = /^\[([^\]]+)\](?::(.+))?$/.exec(addrs);
+  if (v6) { addrs = v6[1]; ports = v6[2] ?? ''; }
+  else if (!addrs.includes('::') && addrs.split(':').length === 2) [addrs, ports] = addrs.split(':');
+  const [addrMin, addrMax = addrMin] = addrs.split('-');
+  for (const x of [addrMin, addrMax]) if (parseIpText(x) === null) throw new Error(`${where}: ${JSON.stringify(x)} is not an IPv4 or IPv6 address`);
+  let portMin = 0;
+  let portMax = 0;
+  if (ports !== '') {
+    const [lo, hi = lo] = ports.split('-');
+    portMin = ctInt(lo, 1, 65535, `${where}: port`);
+    portMax = ctInt(hi, portMin, 65535, `${where}: port range end`);
+  }
+  return { kind: m[1] as 'src' | 'dst', addrMin, addrMax, portMin, portMax };
+}
+
+/** A ct action written back as parseCtAction reads it. */
+export function formatCtAction(a: Extract<Action, { op: 'ct' }>): string {
+  const parts: string[] = [];
+  if (a.commit) parts.push('commit');
+  parts.push(`zone=${a.zone}`);
+  if (a.table > 0) parts.push(`table=${a.table}`);
+  if (a.nat !== undefined) {
+    const n = a.nat;
+    const v6 = n.addrMin.includes(':');
+    const range = n.addrMax === n.addrMin ? n.addrMin : `${n.addrMin}-${n.addrMax}`;
+    const port = n.portMin === 0 ? '' : n.portMax === n.portMin ? `:${n.portMin}` : `:${n.portMin}-${n.portMax}`;
+    parts.push(`nat(${n.kind}=${v6 && port !== '' ? `[${range}]` : range}${port})`);
+  }
+  return `ct(${parts.join(',')})`;
 }
 
 /** The flow written back in the same syntax. */
 export function formatFlowSpec(r: RuleSpec): string {
-  const parts = [`priority=${r.priority}`];
+  const parts = r.table ? [`table=${r.table}`, `priority=${r.priority}`] : [`priority=${r.priority}`];
   if (r.special) parts.push('special');
   for (const [k, v] of Object.entries(r.match)) parts.push(`${k}=${v}`);
   return `${parts.join(',')},actions=${r.actions.join(',')}`;

@@ -49,11 +49,12 @@
  */
 import { D } from '../datapath/drops.js';
 import type { Action } from '../datapath/actions/action-sets.js';
-import { ARP_SHA_NOT_SRC, FIELDS, FIELD_NAMES, KEY_WORDS, PORT_PPID_BIT, TUN_PRESENT, W_ETH_DST_HI, W_ETH_MID, W_ETH_SRC_LO, W_ETH_TYPE, W_IN_PORT, W_IP_DST, W_IP_SRC, W_TP, W_TUN, W_VLAN, ipv4ToString, ipv6ToString, macNumber, macToString, setField, unwildcard, type FieldName } from '../datapath/classifier/flow-key.js';
+import { ARP_SHA_NOT_SRC, FIELDS, FIELD_NAMES, KEY_WORDS, PORT_PPID_BIT, TUN_PRESENT, W_CT, W_ETH_DST_HI, W_ETH_MID, W_ETH_SRC_LO, W_ETH_TYPE, W_IN_PORT, W_IP_DST, W_IP_SRC, W_TP, W_TUN, W_VLAN, ipv4ToString, ipv6ToString, macNumber, macToString, parseCtState, setField, unwildcard, type FieldName } from '../datapath/classifier/flow-key.js';
 import { FpoError } from '../datapath/errors.js';
 import { parseIpText, type Datapath } from '../datapath/datapath.js';
 import type { FlowInstall, Upcall } from '../datapath/upcall.js';
 import { parseMac, type Interface, type Port, type Topology } from './topology.js';
+import { parseCtAction } from './flow-syntax.js';
 
 /** A change of one interface's VPID or port, as the state file will hold it (migrate, setMapping). */
 export interface Change {
@@ -74,10 +75,14 @@ function parseIp(s: string): Uint8Array {
 interface CompiledRule {
   index: number;
   priority: number;
+  /** The table it is in (recirc_id: ct(table=N) sends packets to N; 0 is the first pass). */
+  table: number;
   key: Uint32Array;
   mask: Uint32Array;
   /** null = "normal" (L2 forwarding). */
   actions: Action[] | null;
+  /** With "normal": actions before L2's outputs (a ct without a table), or null. */
+  pre: Action[] | null;
   /** Matching packets get the special-processing flag when tunnelled. */
   special: boolean;
   text: string;
@@ -284,18 +289,34 @@ export class Fpag {
         throw new FpoError('FPO_ERR_BAD_TOPOLOGY', (e as Error).message, { path: this.topology.path });
       }
     }
+    const table = r.table ?? 0;
+    setField(key, mask, 0, 'recirc_id', table);
     let actions: Action[] | null = [];
+    let pre: Action[] | null = null;
+    let ctAt = -1;
     r.actions.forEach((a, j) => {
       const at = `${where}.actions[${j}]`;
       if (a === 'drop') actions?.push({ op: 'drop', reason: D.ruleDrop });
-      else if (a === 'normal') actions = null;
+      else if (a.startsWith('ct(')) {
+        let ct: Extract<Action, { op: 'ct' }>;
+        try { ct = parseCtAction(a, at); } catch (e) { throw new FpoError('FPO_ERR_BAD_TOPOLOGY', (e as Error).message, { path: this.topology.path }); }
+        if (actions === null) throw new FpoError('FPO_ERR_BAD_TOPOLOGY', `${at}: a ct action after normal: ct first, then the outputs (or ct(table=N) and normal in table N)`, { path: this.topology.path });
+        if (ctAt >= 0) throw new FpoError('FPO_ERR_BAD_TOPOLOGY', `${at}: a second ct action in one rule (actions[${ctAt}] is one): use ct(table=N) and a rule in table N`, { path: this.topology.path });
+        if (ct.table > 0 && j !== r.actions.length - 1) throw new FpoError('FPO_ERR_BAD_TOPOLOGY', `${at}: ct(table=${ct.table}) classifies the packet again, so it must be the rule's last action`, { path: this.topology.path });
+        ctAt = j;
+        actions.push(ct);
+      }
+      else if (a === 'normal') {
+        if (actions !== null && ctAt >= 0) pre = actions; // ct(commit…),normal: conntrack, then L2's outputs
+        actions = null;
+      }
       else if (a.startsWith('output:')) {
         const e = this.byName.get(a.slice(7));
         if (!e) throw new FpoError('FPO_ERR_BAD_TOPOLOGY', `${at}: no interface or uplink named "${a.slice(7)}"`, { path: this.topology.path });
         actions?.push(...this.outputsTo(e));
       } else throw new FpoError('FPO_ERR_BAD_TOPOLOGY', `${at}: unknown action "${a}"; expected drop, normal or output:NAME`, { path: this.topology.path });
     });
-    return { index, priority: r.priority, key, mask, actions, special: r.special, text: JSON.stringify(r.match) };
+    return { index, priority: r.priority, table, key, mask, actions, pre, special: r.special, text: `${table > 0 ? `table ${table} ` : ''}${JSON.stringify(r.match)}` };
   }
 
   private compileMatch(key: Uint32Array, mask: Uint32Array, field: string, value: string | number, at: string): void {
@@ -309,6 +330,13 @@ export class Fpag {
       return;
     }
     if (!(FIELD_NAMES as string[]).includes(field)) throw new Error(`${at}: unknown field ${JSON.stringify(field)}; expected one of ${FIELD_NAMES.join(', ')}`);
+    if (field === 'recirc_id') throw new Error(`${at}: recirc_id is set by ct(table=N); a rule says its table with "table": N`);
+    if (field === 'ct_state') {
+      const [v, m] = parseCtState(value, at);
+      key[W_CT] = ((key[W_CT] & 0x00ffffff) | (v << 24)) >>> 0;
+      mask[W_CT] = ((mask[W_CT] & 0x00ffffff) | (m << 24)) >>> 0;
+      return;
+    }
     const f = FIELDS[field as FieldName];
     if (f.kind === 'mac') {
       if (typeof value !== 'string' || !/^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/.test(value)) throw new Error(`${at}: expected a MAC address, got ${JSON.stringify(value)}`);
@@ -406,12 +434,17 @@ export class Fpag {
 
   private decideOutputs(key: Uint32Array, mask: Uint32Array, explain: boolean, out: Decision): Decision {
     out.mask = mask;
+    // Every flow matches the table (recirc_id): a first-pass flow never takes a recirculated packet, nor the other way.
+    unwildcard(mask, 'recirc_id');
+    const table = (key[W_CT] >>> 16) & 0xff;
     const inPort = key[W_IN_PORT];
-    if ((inPort & PORT_PPID_BIT) === 0) {
+    // Port security on the packet as the VM sent it (a recirculated one was checked in table 0; NAT may have changed its source since).
+    if ((inPort & PORT_PPID_BIT) === 0 && table === 0) {
       const sec = this.byVpid.get(inPort)?.sec;
       if (sec !== undefined && this.portSecurity(key, mask, sec, explain, out)) return out;
     }
     for (const r of this.rules) {
+      if (r.table !== table) continue;
       let hit = true;
       for (let w = 0; w < KEY_WORDS; w++) {
         mask[w] |= r.mask[w];
@@ -425,15 +458,23 @@ export class Fpag {
           return out;
         }
         this.l2(key, mask, explain, out);
+        if (r.pre !== null) out.actions = this.withPre(r.pre, out.actions);
         if (r.special) out.actions = this.withFlag(out.actions);
         if (explain) out.reason = `rule ${r.index} (priority ${r.priority}) said normal; ${out.reason}`;
         return out;
       }
     }
     out.rule = -1;
+    if (table !== 0) {
+      // A table other than 0 has no L2 fallback (as an OpenFlow table miss): what its rules do not take is dropped.
+      this.say(out, this.dropCtNoRule, explain ? `table ${table}: no rule matched (ct_state ${(key[W_CT] >>> 24).toString(16)}): dropped` : '');
+      return out;
+    }
     this.l2(key, mask, explain, out);
     return out;
   }
+
+  private readonly dropCtNoRule: Action[] = [{ op: 'drop', reason: D.ctNoRule }];
 
   /**
    * Port security for a packet from an interface with it on (see the top of
@@ -515,6 +556,17 @@ export class Fpag {
   }
 
   private readonly flaggedActions = new WeakMap<Action[], Action[]>();
+
+  /** `pre` then `actions` (one array per pair, reused: L2's answers are cached arrays too). */
+  private withPre(pre: Action[], actions: Action[]): Action[] {
+    let byActions = this.preActions.get(pre);
+    if (byActions === undefined) this.preActions.set(pre, (byActions = new WeakMap()));
+    let joined = byActions.get(actions);
+    if (joined === undefined) byActions.set(actions, (joined = [...pre, ...actions]));
+    return joined;
+  }
+
+  private readonly preActions = new WeakMap<Action[], WeakMap<Action[], Action[]>>();
 
   /** Name of the remote host of tunnel t. */
   tunnelName(t: number): string | undefined {

@@ -26,6 +26,7 @@ import { CaptureReader, LINKTYPE_ETHERNET } from '../datapath/ports/capture-read
 import type { SpawnedThreads } from './replay-threads.js';
 import { CaptureWriter, PARTIAL_SUFFIX, txBufferBytes, type CaptureLayout } from '../datapath/ports/capture-writer.js';
 import { Fpag } from './fpag.js';
+import { formatCtAction } from './flow-syntax.js';
 import { FpagThread } from './fpag-thread.js';
 import { loadTopology, pathNameProblem, type Topology } from './topology.js';
 import { applyEvent, type AppliedEvent, type ControlEvent } from './events.js';
@@ -541,6 +542,7 @@ export function flowReport(dp: Datapath, fpag: Fpag): FlowReport[] {
         case 'flag': return 'flag';
         case 'push_vlan': return `push_vlan:${a.vid}`;
         case 'pop_vlan': return 'pop_vlan';
+        case 'ct': return formatCtAction(a);
       }
     }).join(',') || 'drop',
     packets: f.packets,

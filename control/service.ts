@@ -35,7 +35,7 @@ import pino, { type Logger } from 'pino';
 import { Arena } from '../datapath/arena.js';
 import { PacketBatch } from '../datapath/batch.js';
 import { keyHash } from '../datapath/classifier/emc.js';
-import { KEY_WORDS, formatMatch } from '../datapath/classifier/flow-key.js';
+import { KEY_WORDS, W_CT, formatMatch } from '../datapath/classifier/flow-key.js';
 import { monotonicMs } from '../datapath/clock.js';
 import { Datapath, MAX_PPID, type DatapathStats } from '../datapath/datapath.js';
 import { DROP, DROP_NAMES } from '../datapath/drops.js';
@@ -53,7 +53,7 @@ import { PcapLivePort } from '../datapath/ports/pcap-live-port.js';
 import type { Server as HttpServer } from 'node:http';
 import { COMMANDS, claimSocketPath } from './socket.js';
 import { Connection, MAX_BODY, MAX_CLIENTS, MAX_REQUEST, TooLong, type Body } from './connection.js';
-import { formatFlowSpec, parseFlowSpec } from './flow-syntax.js';
+import { formatCtAction, formatFlowSpec, parseFlowSpec } from './flow-syntax.js';
 import { flowReport } from './replay.js';
 import { StateStore, stateOf } from './state.js';
 import { loadTopology, type Topology } from './topology.js';
@@ -659,6 +659,8 @@ export class Service {
       key[0] = this.dp.mapping.inPortKey[port.ppid];
     }
     this.fpag.compileMatchInto(key, mask, match, 'packet');
+    // table=N: the packet as a ct(table=N) recirculated it (its ct_state and ct_zone as given).
+    if (spec.table) key[W_CT] = (key[W_CT] | (spec.table << 16)) >>> 0;
     const steps: string[] = [];
     steps.push(port ? `rx on port ${port.name} (ppid ${port.ppid}): ${formatMatch(key, Uint32Array.of(0xffffffff))}` : `in_port ${inName}`);
     steps.push('flag check: no tunnel header addressed to this host: fast path');
@@ -688,6 +690,7 @@ export class Service {
       if (a.op === 'pop_vlan') vlan = 'pop_vlan';
       if (a.op === 'flag') steps.push('flag: encapsulated copies carry the special-processing flag');
       if (a.op === 'drop') steps.push(`drop: ${DROP_NAMES[a.reason]} (${DROP[DROP_NAMES[a.reason]]})`);
+      if (a.op === 'ct') steps.push(`${formatCtAction(a)}: through conntrack (zone ${a.zone}${a.commit ? ', a new connection committed' : ''})${a.table > 0 ? `, then classified again in table ${a.table} with its ct_state (trace it there with table=${a.table},ct_state=…)` : ', then the actions after it'}`);
       if (a.op === 'output') {
         const ppid = this.dp.mapping.toPpid[a.vpid];
         const tag = encap === undefined ? vlan : undefined; // an encapsulated copy ignores VLAN ops

@@ -211,6 +211,8 @@ const NodeSchema = object({
 
 const RuleSchema = object({
   priority: int(0, 65535),
+  /** The table the rule is in: 0 sees packets as they arrive, N the packets a ct(table=N) action recirculated (fpag.ts). */
+  table: withDefault(int(0, 255), () => 0),
   /** Packets this rule matches get the special-processing flag when they are sent through a tunnel. */
   special: withDefault(boolean(), () => false),
   /** Field → value; a null-prototype object, its keys only the flow key's fields (check.ts record). */

@@ -16,15 +16,16 @@ import { ActionSets, type Action } from './actions/action-sets.js';
 import { Encap } from './actions/encap.js';
 import { Execute, type DirectTx } from './actions/execute.js';
 import { vlanDelta } from './actions/vlan.js';
-import type { PacketBatch } from './batch.js';
-import { KEY_WORDS } from './classifier/flow-key.js';
+import { ABSENT, PacketBatch } from './batch.js';
+import { KEY_WORDS, W_CT, W_ETH_TYPE, W_IP_DST, W_IP_SRC, W_TP } from './classifier/flow-key.js';
 import { FlowTable } from './classifier/flow-table.js';
 import { Classify } from './classifier/classify.js';
 import { Emc } from './classifier/emc.js';
 import { CaptureClock } from './clock.js';
-import { ConnTrack } from './conntrack/conntrack.js';
+import { ConnTrack, CS_DST_NAT, CS_SRC_NAT } from './conntrack/conntrack.js';
 import { Offload } from './conntrack/offload.js';
-import { D, DROP_COUNT, DROP_NAMES, FORWARDED, SPECIAL, type DropReason } from './drops.js';
+import { rd32 } from './conntrack/nat.js';
+import { D, DROP_COUNT, DROP_NAMES, FORWARDED, RECIRC, SPECIAL, type DropReason } from './drops.js';
 import { FastLane } from './fast-lane.js';
 import { FlagCheck } from './classifier/flag-check.js';
 import { FpoError } from './errors.js';
@@ -34,6 +35,12 @@ import { parseIpText } from './ip-text.js';
 import type { ControlMessage, SpecialPacket, Upcall } from './upcall.js';
 
 export const MAX_PPID = 4095;
+
+/** How many times one packet may be sent through ct(table=…): a deeper one is a loop in the rules, dropped as recircLoop. */
+export const MAX_RECIRC = 4;
+
+/** Conntrack ids the clock hand looks at per batch (ConnTrack.expire): bounded work, never a sweep behind one batch. */
+const CT_EXPIRE_BUDGET = 64;
 
 export { parseIpText } from './ip-text.js';
 
@@ -100,6 +107,8 @@ export interface DatapathStats {
   lookupsMissed: number;
   /** Packets the fast lane forwarded (the rest took the stages). */
   fastLane: number;
+  /** Packets sent through conntrack by a ct action (each time: a packet recirculated twice counts twice). */
+  ctPackets: number;
   /** A replay's capture clock: steps forward cut to its bound, steps back taken as 0 (clock.ts). */
   clockJumps: number;
   clockBacks: number;
@@ -170,6 +179,18 @@ export class Datapath {
     return this.off !== null;
   }
 
+  /** Packets a ct action sent through conntrack. */
+  ctPackets = 0;
+  // Recirculation (made at the first ct): per depth, the packets taken from a pass, their ct
+  // specs, the next pass's batch and its per-packet action sets (-1: classify it).
+  private readonly batchCapacity: number;
+  private rIdx: Uint16Array[] = [];
+  private rSpec: Int32Array[] = [];
+  private rBatch: PacketBatch[] = [];
+  private rActs: Int32Array[] = [];
+  private ctSel = new Uint16Array(0);
+  private ctDone = new Uint8Array(0);
+
   /** Whether the connection table has been made (a datapath that never tracks pays nothing). */
   get hasConntrack(): boolean {
     return this.ct !== null;
@@ -191,6 +212,7 @@ export class Datapath {
     this.execute = new Execute(this.flows, this.actionSets, this.mapping, opts.batchCapacity ?? 256, this.txPackets, this.txBytes);
     this.idleTimeoutMs = opts.idleTimeoutMs ?? 10_000;
     this.conntrackCapacity = opts.conntrackCapacity ?? 65536;
+    this.batchCapacity = opts.batchCapacity ?? 256;
     this.flagCheck.rxBytes = this.rxBytes;
     this.fastLane = new FastLane(this.mapping.inPortKey, this.emc, this.flows, this.classify, this.execute, this.actionSets, (b, i) => this.upcallOne(b, i), this.flagCheck, this.mapping.vmPort);
   }
@@ -318,6 +340,7 @@ export class Datapath {
       this.execute.process(batch);
       if (flagged + laneSpecial > 0) this.deliverSpecial(batch);
       this.transmit(batch);
+      if (this.execute.ctCount > 0) this.recirculate(batch, now, 0);
     } else if (laneSpecial > 0) {
       this.execute.touchedCount = 0; // no execute this batch: the special port's list is the only one
       this.deliverSpecial(batch);
@@ -331,6 +354,125 @@ export class Datapath {
       this.flows.sortSubtables();
     }
     if (now >= this.nextExpiry) this.expireIdle(now);
+    if (this.ct !== null) this.ct.expire(now, CT_EXPIRE_BUDGET);
+  }
+
+  /**
+   * The packets execute took for ct in this pass (marked RECIRC, their
+   * outputs before the ct already sent): conntrack for each (one call per
+   * ct spec among them), then a next pass over them in a batch of their own
+   * on the same bytes — classified again with ct_state, ct_zone and the
+   * table in their key (ct with a table), or straight to the ct's
+   * continuation actions (without) — sent, and accounted there: each packet
+   * once, in the pass it ends in. A packet recirculated more than MAX_RECIRC
+   * times is dropped (recircLoop). Nothing is allocated per packet.
+   */
+  private recirculate(batch: PacketBatch, now: number, depth: number): void {
+    const ex = this.execute;
+    const n = ex.ctCount;
+    ex.ctCount = 0;
+    if (depth === MAX_RECIRC) {
+      for (let j = 0; j < n; j++) batch.drop[ex.ctIdx[j]] = D.recircLoop;
+      return;
+    }
+    if (this.rBatch.length === 0) this.makeRecirc();
+    const idx = this.rIdx[depth];
+    const spec = this.rSpec[depth];
+    const drop = batch.drop;
+    for (let j = 0; j < n; j++) {
+      idx[j] = ex.ctIdx[j];
+      spec[j] = ex.ctSpec[j];
+      drop[idx[j]] = 0; // live again for conntrack
+    }
+    this.ctPackets += n;
+    const ct = this.conntrack;
+    const sets = this.actionSets;
+    const sel = this.ctSel;
+    const done = this.ctDone;
+    done.fill(0, 0, n);
+    for (let j = 0; j < n; j++) {
+      if (done[j] === 1) continue;
+      const s = spec[j];
+      let m = 0;
+      for (let x = j; x < n; x++) if (done[x] === 0 && spec[x] === s) { sel[m++] = idx[x]; done[x] = 1; }
+      ct.process(batch, sel, m, sets.ctZone[s], sets.ctCommit[s] === 1, now, sets.ctNat[s]);
+    }
+    // The next pass: the recirculated packets first (they are classified), then the continued ones.
+    const rb = this.rBatch[depth];
+    const acts = this.rActs[depth];
+    rb.batchSetBuffer(batch.buf);
+    rb.rawPcapLE = batch.rawPcapLE;
+    rb.vnet = batch.vnet;
+    let m = 0;
+    let nt = 0;
+    for (let pass = 0; pass < 2; pass++) {
+      for (let j = 0; j < n; j++) {
+        const s = spec[j];
+        const table = sets.ctTable[s];
+        if ((table > 0) !== (pass === 0)) continue;
+        const i = idx[j];
+        if (drop[i] !== 0) continue; // conntrack dropped it: accounted in this pass
+        drop[i] = RECIRC;
+        this.copyForNextPass(batch, i, rb, m);
+        const st = batch.ctState[i];
+        rb.key[m * KEY_WORDS + W_CT] = ((st << 24) | ((table > 0 ? table : 0) << 16) | sets.ctZone[s]) >>> 0;
+        if ((st & (CS_SRC_NAT | CS_DST_NAT)) !== 0) rekeyAddresses(rb, m);
+        acts[m] = table > 0 ? -1 : sets.ctCont[s];
+        m++;
+      }
+      if (pass === 0) nt = m;
+    }
+    if (m === 0) return;
+    rb.count = nt;
+    if (nt > 0 && this.classify.process(rb, now) > 0) this.handleMisses(rb, now);
+    rb.count = m;
+    for (let j = nt; j < m; j++) rb.flow[j] = -1;
+    ex.process(rb, acts);
+    this.transmit(rb);
+    if (ex.ctCount > 0) this.recirculate(rb, now, depth + 1);
+    // Accounted here, each once: delivered, or dropped with its reason (not rx, not in: the first pass did).
+    let delivered = 0;
+    for (let j = 0; j < m; j++) {
+      const d = rb.drop[j];
+      if (d === 0) delivered++;
+      else if (d !== RECIRC) this.drops[d]++;
+    }
+    this.delivered += delivered;
+  }
+
+  // Slow path, once: the recirculation batches and lists, a set per depth.
+  private makeRecirc(): void {
+    const cap = this.batchCapacity;
+    for (let d = 0; d < MAX_RECIRC; d++) {
+      this.rIdx.push(new Uint16Array(cap));
+      this.rSpec.push(new Int32Array(cap));
+      this.rBatch.push(new PacketBatch(cap));
+      this.rActs.push(new Int32Array(cap));
+    }
+    this.ctSel = new Uint16Array(cap);
+    this.ctDone = new Uint8Array(cap);
+  }
+
+  // Packet i of `from` as packet j of `to` (the same bytes: `to` shares from's buffer).
+  private copyForNextPass(from: PacketBatch, i: number, to: PacketBatch, j: number): void {
+    to.off[j] = from.off[i];
+    to.caplen[j] = from.caplen[i];
+    to.wirelen[j] = from.wirelen[i];
+    to.tsA[j] = from.tsA[i];
+    to.tsB[j] = from.tsB[i];
+    to.ifIndex[j] = from.ifIndex[i];
+    to.inPpid[j] = from.inPpid[i];
+    to.drop[j] = 0;
+    to.l3Off[j] = from.l3Off[i];
+    to.l4Off[j] = from.l4Off[i];
+    to.innerOff[j] = from.innerOff[i];
+    to.tunHdr[j] = from.tunHdr[i];
+    to.vni[j] = from.vni[i];
+    to.ordinal[j] = from.ordinal[i];
+    to.ctState[j] = from.ctState[i];
+    const ki = i * KEY_WORDS;
+    const kj = j * KEY_WORDS;
+    for (let w = 0; w < KEY_WORDS; w++) to.key[kj + w] = from.key[ki + w];
   }
 
   /**
@@ -463,7 +605,7 @@ export class Datapath {
       const d = drop[i];
       if (d === 0 || d === FORWARDED) delivered++;
       else if (d === SPECIAL) special++;
-      else this.drops[d]++;
+      else if (d !== RECIRC) this.drops[d]++; // RECIRC: accounted in the pass it ended in (recirculate)
     }
     this.packetsIn += n;
     this.delivered += delivered + special;
@@ -505,6 +647,7 @@ export class Datapath {
       megaflowHits: this.classify.megaflowHits,
       lookupsMissed: this.classify.misses,
       fastLane: this.fastLane.forwarded,
+      ctPackets: this.ctPackets,
       clockJumps: this.captureClock.jumps,
       clockBacks: this.captureClock.backs,
       drops,
@@ -530,4 +673,30 @@ export class Datapath {
     }
     return out;
   }
+}
+
+/**
+ * After NAT rewrote packet j of the batch: its key's addresses and ports as
+ * the packet now has them (the next pass classifies the translated packet).
+ */
+function rekeyAddresses(batch: PacketBatch, j: number): void {
+  const k = j * KEY_WORDS;
+  const key = batch.key;
+  const b = batch.buf;
+  const l3 = batch.l3Off[j];
+  if (l3 === ABSENT) return;
+  const p = batch.off[j] + l3;
+  const et = key[k + W_ETH_TYPE] >>> 16;
+  if (et === 0x0800) {
+    key[k + W_IP_SRC] = rd32(b, p + 12);
+    key[k + W_IP_DST] = rd32(b, p + 16);
+  } else if (et === 0x86dd) {
+    for (let w = 0; w < 4; w++) {
+      key[k + W_IP_SRC + w] = rd32(b, p + 8 + w * 4);
+      key[k + W_IP_DST + w] = rd32(b, p + 24 + w * 4);
+    }
+  }
+  const proto = (key[k + W_ETH_TYPE] >>> 8) & 0xff;
+  const l4 = batch.l4Off[j];
+  if ((proto === 6 || proto === 17) && l4 !== ABSENT) key[k + W_TP] = rd32(b, batch.off[j] + l4);
 }

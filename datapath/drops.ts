@@ -40,6 +40,8 @@ export const DROP = {
   portSecArp: 'port security: ARP sender IP is not one of the VM interface\'s addresses',
   portSecIpv6: 'port security: IPv6 source is not one of the VM interface\'s addresses',
   encapTooLong: 'encapsulated, the packet would be longer than the outer IP length field can say',
+  ctNoRule: 'after ct(table=N), no rule of table N matched (a table other than 0 has no L2 fallback)',
+  recircLoop: 'sent through ct(table=…) more times than the datapath allows for one packet (a loop in the rules)',
   offloadBad: 'a port with offloads gave a virtio-net header that does not match the frame (checksum start or offset not its TCP/UDP header\'s, a segment type not its protocol\'s)',
 } as const;
 
@@ -62,6 +64,13 @@ export const SPECIAL = 255;
  * as delivered.
  */
 export const FORWARDED = 254;
+
+/**
+ * Not a drop: the code of a packet that a ct action took out of this pass
+ * (execute.ts collects it; the datapath runs conntrack and a next pass). Later
+ * stages of this pass skip it; it is accounted once, in the pass it ends in.
+ */
+export const RECIRC = 253;
 
 /** Small integer codes, e.g. `D.runt`, for the per-packet drop array. */
 export const D = Object.fromEntries(DROP_NAMES.map((n, i) => [n, i])) as { readonly [K in DropReason]: number };

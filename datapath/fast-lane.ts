@@ -258,7 +258,7 @@ export class FastLane {
       const k = i * KEY_WORDS;
       key[k] = w0; key[k + 1] = 0; key[k + 2] = w2; key[k + 3] = w3; key[k + 4] = w4; key[k + 5] = w5;
       key[k + 6] = w6; key[k + 7] = 0; key[k + 8] = 0; key[k + 9] = 0; key[k + 10] = w10; key[k + 11] = 0;
-      key[k + 12] = 0; key[k + 13] = 0; key[k + 14] = tp; key[k + 15] = 0; key[k + 16] = 0; key[k + 17] = 0;
+      key[k + 12] = 0; key[k + 13] = 0; key[k + 14] = tp; key[k + 15] = 0; key[k + 16] = 0; key[k + 17] = 0; key[k + 18] = 0;
       f = this.flows.lookup(key, k);
       via = 1;
       if (f < 0) {
@@ -329,7 +329,7 @@ export class FastLane {
       const k = i * KEY_WORDS;
       key[k] = w0; key[k + 1] = 0; key[k + 2] = w2; key[k + 3] = w3; key[k + 4] = w4; key[k + 5] = w5;
       key[k + 6] = w6; key[k + 7] = 0; key[k + 8] = 0; key[k + 9] = 0; key[k + 10] = w10; key[k + 11] = 0;
-      key[k + 12] = 0; key[k + 13] = 0; key[k + 14] = tp; key[k + 15] = w15; key[k + 16] = w16; key[k + 17] = w17;
+      key[k + 12] = 0; key[k + 13] = 0; key[k + 14] = tp; key[k + 15] = w15; key[k + 16] = w16; key[k + 17] = w17; key[k + 18] = 0;
       f = this.flows.lookup(key, k);
       via = 1;
       if (f < 0) {
@@ -613,17 +613,17 @@ function hotLoop(s: HotState): HotLoop {
       // array's pointer and length loaded at each read) instead of reads at a constant address
       // (2 M 64-byte packets to /dev/null ports, best of 30: 1-5 % less).
       const h = ipv4KeyHash(w0, w2, w3, w6, w10, tp);
-      let q = (h & emcMask) * 24; // EMC_STRIDE
+      let q = (h & emcMask) * 25; // EMC_STRIDE
       if (ent[q] !== h || ent[q + 18] !== tp || ent[q + 14] !== w10 || ent[q + 10] !== w6 || ent[q + 4] !== w0 ||
         ent[q + 6] !== w2 || ent[q + 7] !== w3 || ent[q + 8] !== w4 || ent[q + 9] !== w5 || ent[q + 3] !== 1) {
-        q = ((h >>> 16) & emcMask) * 24;
+        q = ((h >>> 16) & emcMask) * 25;
         if (ent[q] !== h || ent[q + 18] !== tp || ent[q + 14] !== w10 || ent[q + 10] !== w6 || ent[q + 4] !== w0 ||
           ent[q + 6] !== w2 || ent[q + 7] !== w3 || ent[q + 8] !== w4 || ent[q + 9] !== w5 || ent[q + 3] !== 1) break;
       }
       const f = ent[q + 1] - 1;
       // The flow's tx slot, as `one` left it with the entry (EMC_MEMO) under this stamp.
-      if (f < 0 || ent[q + 22] !== seq) break;
-      const slot = ent[q + 23];
+      if (f < 0 || ent[q + 23] !== seq) break;
+      const slot = ent[q + 24];
       const len = cl + 16;
       // Room in the port's buffer, which is open: else `one` takes the packet (and opens
       // or writes out the buffer). The loop calls nothing: a call it had not reached when
@@ -764,16 +764,16 @@ function tunnelLoop(s: HotState): TunLoop {
       const w16 = d.getUint32(base + 26);
       // The cache's two ways, as Emc.lookupTun looks (the key words at entry word 4 + their index).
       const h = tunKeyHash(w0, w2, w3, w6, w10, tp, w15, w16);
-      let q = (h & emcMask) * 24; // EMC_STRIDE
+      let q = (h & emcMask) * 25; // EMC_STRIDE
       if (ent[q] !== h || ent[q + 18] !== tp || ent[q + 14] !== w10 || ent[q + 10] !== w6 || ent[q + 19] !== w15 || ent[q + 20] !== w16 ||
         ent[q + 4] !== w0 || ent[q + 6] !== w2 || ent[q + 7] !== w3 || ent[q + 8] !== w4 || ent[q + 9] !== w5 || ent[q + 21] !== vtep || ent[q + 3] !== 2) {
-        q = ((h >>> 16) & emcMask) * 24;
+        q = ((h >>> 16) & emcMask) * 25;
         if (ent[q] !== h || ent[q + 18] !== tp || ent[q + 14] !== w10 || ent[q + 10] !== w6 || ent[q + 19] !== w15 || ent[q + 20] !== w16 ||
           ent[q + 4] !== w0 || ent[q + 6] !== w2 || ent[q + 7] !== w3 || ent[q + 8] !== w4 || ent[q + 9] !== w5 || ent[q + 21] !== vtep || ent[q + 3] !== 2) break;
       }
       const f = ent[q + 1] - 1;
-      if (f < 0 || ent[q + 22] !== seq) break; // EMC_MEMO: the flow's slot, kept under this stamp
-      const slot = ent[q + 23];
+      if (f < 0 || ent[q + 23] !== seq) break; // EMC_MEMO: the flow's slot, kept under this stamp
+      const slot = ent[q + 24];
       const len = icl + 16;
       const u = dUsed[slot];
       if (u + len + 3 > dCap[slot] || dBegun[slot] === 0) break;
@@ -841,7 +841,7 @@ function tunnelLoop(s: HotState): TunLoop {
 const _forwarded: 254 = FORWARDED;
 const _stats: [4, 0, 1, 2] = [STAT_WORDS, ST_PACKETS, ST_BYTES, ST_USED];
 const _ipv4: 0x0800 = ETH_P_IPV4;
-const _emc: [24, 1, 2, 22] = [EMC_STRIDE, EMC_IPV4_SHAPE, EMC_IPV4_TUN_SHAPE, EMC_MEMO];
+const _emc: [25, 1, 2, 23] = [EMC_STRIDE, EMC_IPV4_SHAPE, EMC_IPV4_TUN_SHAPE, EMC_MEMO];
 const _copy: 256 = SMALL_COPY;
 const _tun: [0x01000000, 4789, 6081] = [TUN_PRESENT, UDP_PORT_VXLAN, UDP_PORT_GENEVE];
 void [_forwarded, _stats, _ipv4, _emc, _copy, _tun];

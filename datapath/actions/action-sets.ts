@@ -10,12 +10,18 @@
  *   OP_FLAG    arg = 0            encapsulated copies carry the special-processing flag
  *   OP_PUSH_VLAN arg = VID        later plain outputs get an 802.1Q tag with that VID (vlan.ts)
  *   OP_POP_VLAN  arg = 0          later plain outputs lose the frame's outer VLAN tag (vlan.ts)
+ *   OP_CT      arg = ct spec id   the packet goes through conntrack (zone, commit, NAT: ctZone…
+ *                                 below); then, with a table, it is classified again with its
+ *                                 ct_state (recirculated), else the spec's continuation set (the
+ *                                 actions written after the ct) runs on it. Always the set's last word.
  * A VLAN op holds until the next VLAN op; an encapsulated output ignores it
  * (a tunnel carries the segment in its VNI, never in a tag inside).
  * A set with no OP_OUTPUT that emits nothing drops the packet; the reason is
  * its OP_DROP's, or noDestination.
  */
 import { D } from '../drops.js';
+import { FpoError } from '../errors.js';
+import { NatRange } from '../conntrack/nat.js';
 import type { Encap } from './encap.js';
 
 export const OP_OUTPUT = 1;
@@ -24,6 +30,16 @@ export const OP_ENCAP = 3;
 export const OP_FLAG = 4;
 export const OP_PUSH_VLAN = 5;
 export const OP_POP_VLAN = 6;
+export const OP_CT = 7;
+
+/** A ct action's NAT: to an address range and an optional port range (0-0: keep the port). */
+export interface CtNat {
+  kind: 'src' | 'dst';
+  addrMin: string;
+  addrMax: string;
+  portMin: number;
+  portMax: number;
+}
 
 /**
  * One action, as the control plane writes it. `encap` applies to the outputs
@@ -37,7 +53,9 @@ export type Action =
   | { op: 'encap'; tunnel: number; vni: number }
   | { op: 'flag' }
   | { op: 'push_vlan'; vid: number }
-  | { op: 'pop_vlan' };
+  | { op: 'pop_vlan' }
+  /** table -1: no recirculation, the actions after this one run on the tracked packet. */
+  | { op: 'ct'; zone: number; commit: boolean; table: number; nat?: CtNat };
 
 export class ActionSets {
   pool: Int32Array;
@@ -48,6 +66,15 @@ export class ActionSets {
   private readonly byText = new Map<string, number>();
   /** Sets already interned, by array identity: the FPAG reuses its action arrays, so most installs stop here. */
   private readonly byRef = new WeakMap<readonly Action[], number>();
+
+  /** ct specs, by id (OP_CT's arg): zone, commit (1/0), table (-1: none), continuation set, NAT. */
+  ctZone: Int32Array = new Int32Array(16);
+  ctCommit: Uint8Array = new Uint8Array(16);
+  ctTable: Int32Array = new Int32Array(16);
+  ctCont: Int32Array = new Int32Array(16);
+  ctNat: (NatRange | null)[] = [];
+  private ctCount = 0;
+  private readonly ctByText = new Map<string, number>();
 
   constructor(readonly encap: Encap, initialSets = 1024, initialWords = 16384) {
     this.pool = new Int32Array(initialWords);
@@ -65,7 +92,8 @@ export class ActionSets {
   }
 
   private internByValue(actions: readonly Action[]): number {
-    const words = actions.map((a) => {
+    const ct = actions.findIndex((a) => a.op === 'ct');
+    const words = (ct >= 0 ? actions.slice(0, ct + 1) : actions).map((a) => {
       switch (a.op) {
         case 'output': return (OP_OUTPUT << 24) | (a.vpid & 0xffffff);
         case 'drop': return (OP_DROP << 24) | (a.reason & 0xffffff);
@@ -73,6 +101,7 @@ export class ActionSets {
         case 'flag': return OP_FLAG << 24;
         case 'push_vlan': return (OP_PUSH_VLAN << 24) | (a.vid & 0xfff);
         case 'pop_vlan': return OP_POP_VLAN << 24;
+        case 'ct': return (OP_CT << 24) | this.ctSpec(a, actions.slice(ct + 1));
       }
     });
     if (words.length === 0) words.push((OP_DROP << 24) | D.noDestination);
@@ -92,6 +121,42 @@ export class ActionSets {
     return id;
   }
 
+  // Slow path: the id of a ct spec (zone, commit, table, NAT, what follows it), made once.
+  private ctSpec(a: Extract<Action, { op: 'ct' }>, rest: readonly Action[]): number {
+    if (!Number.isInteger(a.zone) || a.zone < 0 || a.zone > 0xffff) throw new FpoError('FPO_ERR_USAGE', `ct: zone ${a.zone} is not in 0..65535`);
+    if (!Number.isInteger(a.table) || a.table < -1 || a.table > 255 || a.table === 0) throw new FpoError('FPO_ERR_USAGE', `ct: table ${a.table} is not in 1..255 (or none)`);
+    if (a.table > 0 && rest.length > 0) throw new FpoError('FPO_ERR_USAGE', `ct: with table=${a.table} the packet is classified again, so ct must be the last action (${rest.length} follow it)`);
+    const nat = a.nat === undefined ? null : new NatRange(a.nat.kind, a.nat.addrMin, a.nat.addrMax, a.nat.portMin, a.nat.portMax);
+    const cont = a.table > 0 ? -1 : this.internByValue(rest);
+    const text = JSON.stringify([a.zone, a.commit, a.table, a.nat ?? null, cont]);
+    const have = this.ctByText.get(text);
+    if (have !== undefined) return have;
+    const id = this.ctCount++;
+    if (id === this.ctZone.length) {
+      this.ctZone = grow(this.ctZone, id * 2);
+      this.ctTable = grow(this.ctTable, id * 2);
+      this.ctCont = grow(this.ctCont, id * 2);
+      const c = new Uint8Array(id * 2);
+      c.set(this.ctCommit);
+      this.ctCommit = c;
+    }
+    this.ctZone[id] = a.zone;
+    this.ctCommit[id] = a.commit ? 1 : 0;
+    this.ctTable[id] = a.table;
+    this.ctCont[id] = cont;
+    this.ctNat[id] = nat;
+    this.ctByText.set(text, id);
+    return id;
+  }
+
+  /** The ct action of spec `id`, as the control plane wrote it. */
+  describeCt(id: number): Extract<Action, { op: 'ct' }> {
+    const n = this.ctNat[id];
+    const a: Extract<Action, { op: 'ct' }> = { op: 'ct', zone: this.ctZone[id], commit: this.ctCommit[id] === 1, table: this.ctTable[id] };
+    if (n !== null) a.nat = n.describe();
+    return a;
+  }
+
   /** The actions of set `id`, as objects (for dumps and tests). */
   describe(id: number): Action[] {
     const out: Action[] = [];
@@ -103,7 +168,11 @@ export class ActionSets {
       else if (op === OP_FLAG) out.push({ op: 'flag' });
       else if (op === OP_PUSH_VLAN) out.push({ op: 'push_vlan', vid: w & 0xfff });
       else if (op === OP_POP_VLAN) out.push({ op: 'pop_vlan' });
-      else out.push({ op: 'drop', reason: w & 0xffffff });
+      else if (op === OP_CT) {
+        const c = w & 0xffffff;
+        out.push(this.describeCt(c));
+        if (this.ctCont[c] >= 0) out.push(...this.describe(this.ctCont[c]));
+      } else out.push({ op: 'drop', reason: w & 0xffffff });
     }
     return out;
   }

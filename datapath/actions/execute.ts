@@ -31,10 +31,10 @@
  */
 import { arenaCopy } from '../arena.js';
 import type { PacketBatch } from '../batch.js';
-import { D } from '../drops.js';
+import { D, RECIRC } from '../drops.js';
 import type { FlowTable } from '../classifier/flow-table.js';
 import type { MappingTable } from '../mapping/mapping-table.js';
-import { OP_DROP, OP_ENCAP, OP_FLAG, OP_OUTPUT, OP_POP_VLAN, OP_PUSH_VLAN, type ActionSets } from './action-sets.js';
+import { OP_CT, OP_DROP, OP_ENCAP, OP_FLAG, OP_OUTPUT, OP_POP_VLAN, OP_PUSH_VLAN, type ActionSets } from './action-sets.js';
 import { TX_PLAIN, TX_POP_VLAN, txPushVlan } from './vlan.js';
 
 export const COPIES_PER_PORT = 16;
@@ -84,6 +84,14 @@ export class Execute {
   copies = 0;
   /** Copies not sent because their VPID had no PPID. */
   unmappedCopies = 0;
+  /**
+   * Packets whose actions end in ct, this pass: their index and ct spec
+   * (ActionSets.ct*). Their outputs before the ct went as usual; they are
+   * marked RECIRC, and the datapath takes them on (Datapath.recirculate).
+   */
+  readonly ctIdx: Uint16Array;
+  readonly ctSpec: Int32Array;
+  ctCount = 0;
 
   readonly listCap: number;
   private slots = 0;
@@ -117,6 +125,8 @@ export class Execute {
     readonly txBytes: Float64Array = new Float64Array(mapping.maxPpid + 1),
   ) {
     this.slotOf = new Int16Array(mapping.maxPpid + 1).fill(-1);
+    this.ctIdx = new Uint16Array(batchCapacity);
+    this.ctSpec = new Int32Array(batchCapacity);
     this.listCap = batchCapacity * COPIES_PER_PORT;
     this.slotPpid = new Uint16Array(0);
     this.txIdx = new Uint16Array(0);
@@ -181,6 +191,8 @@ export class Execute {
   private memoReason = new Int32Array(0);
   private memoUnmapped = new Int32Array(0);
   private memoFlag = new Uint8Array(0);
+  /** Per action set: its ct spec + 1, or 0 (no ct). */
+  private memoCt = new Int32Array(0);
   private resolved = new Int32Array(1024);
   /** Beside resolved: the encap id of that output, or its VLAN op's tx code (vlan.ts: -1 none). */
   private resolvedEnc = new Int32Array(1024);
@@ -192,6 +204,7 @@ export class Execute {
   private growMemo(sets: number): void {
     const grow = <T extends Uint32Array | Int32Array | Uint8Array>(a: T, make: (n: number) => T): T => { const b = make(sets); b.set(a); return b; };
     this.memoFlag = grow(this.memoFlag, (k) => new Uint8Array(k));
+    this.memoCt = grow(this.memoCt, (k) => new Int32Array(k));
     this.memoStamp = grow(this.memoStamp, (k) => new Uint32Array(k));
     this.memoOff = grow(this.memoOff, (k) => new Int32Array(k));
     this.memoLen = grow(this.memoLen, (k) => new Int32Array(k));
@@ -222,10 +235,13 @@ export class Execute {
     let enc = -1;
     let vop = TX_PLAIN;
     let flag = 0;
+    let ct = 0;
     for (let j = s; j < e; j++) {
       const w = pool[j];
       const op = w >>> 24;
-      if (op === OP_ENCAP) {
+      if (op === OP_CT) {
+        ct = (w & 0xffffff) + 1; // the set's last word (action-sets.ts)
+      } else if (op === OP_ENCAP) {
         enc = w & 0xffffff;
       } else if (op === OP_FLAG) {
         flag = 1;
@@ -259,9 +275,14 @@ export class Execute {
     this.memoReason[a] = reason;
     this.memoUnmapped[a] = unmapped;
     this.memoFlag[a] = flag;
+    this.memoCt[a] = ct;
   }
 
-  process(batch: PacketBatch): void {
+  /**
+   * Runs the actions of each live packet: its flow's, or where `acts[i]` is
+   * 0 or more, that set's (a ct continuation: the datapath's next pass).
+   */
+  process(batch: PacketBatch, acts: Int32Array | null = null): void {
     const n = batch.count;
     const drop = batch.drop;
     const flow = batch.flow;
@@ -296,15 +317,21 @@ export class Execute {
     let copies = 0;
     let unmapped = 0;
     let tooLong = 0;
+    let nct = 0;
     for (let i = 0; i < n; i++) {
       if (drop[i] !== 0) continue;
-      const f = flow[i];
-      const a = act[f];
+      const a = acts !== null && acts[i] >= 0 ? acts[i] : act[flow[i]];
       if (this.memoStamp[a] !== seq) this.resolve(a);
       const k = this.memoLen[a];
       unmapped += this.memoUnmapped[a];
+      const ct = this.memoCt[a];
+      if (ct !== 0) {
+        // On to conntrack after this pass (its outputs before the ct go below, as they are now).
+        this.ctIdx[nct] = i;
+        this.ctSpec[nct++] = ct - 1;
+      }
       if (k === 0) {
-        drop[i] = this.memoReason[a];
+        drop[i] = ct !== 0 ? RECIRC : this.memoReason[a];
         continue;
       }
       const resolved = this.resolved;
@@ -349,12 +376,14 @@ export class Execute {
         txCount[slot] = c + 1;
         sent++;
       }
-      if (sent === 0) drop[i] = long > 0 ? D.encapTooLong : D.noDestination;
+      if (ct !== 0) drop[i] = RECIRC;
+      else if (sent === 0) drop[i] = long > 0 ? D.encapTooLong : D.noDestination;
       copies += sent;
       tooLong += long;
     }
     this.sets.encap.tooLong += tooLong;
     this.touchedCount = nt;
+    this.ctCount = nct;
     this.copies += copies;
     this.unmappedCopies += unmapped;
   }

@@ -4,7 +4,7 @@
  * a hit costs one short hash, at most two probes and a 16-word compare,
  * however many subtables the megaflow table has.
  *
- *   entry e:  ent[e*STRIDE ..]: hash, flow + 1, gen, shape, key (18 words),
+ *   entry e:  ent[e*STRIDE ..]: hash, flow + 1, gen, shape, key (19 words),
  *             the user's stamp and value (Emc.memo)
  *   ways:     e1 = hash & mask, e2 = (hash >>> 16) & mask
  *
@@ -17,8 +17,8 @@
  */
 import { KEY_WORDS } from './flow-key.js';
 
-// same() below compares exactly 18 words.
-const _keyWords: 18 = KEY_WORDS;
+// same() below compares exactly 19 words.
+const _keyWords: 19 = KEY_WORDS;
 void _keyWords;
 import type { FlowTable } from './flow-table.js';
 
@@ -29,22 +29,23 @@ const BYPASS_HIT_INV = 64;
 /** Entry word 3: a key lookupIpv4 can match (NOT_IPV4_TUN and tunnel words 0), or one only lookupTun can (tunnel words set). */
 const IPV4_SHAPE = 1;
 const IPV4_TUN_SHAPE = 2;
-const STRIDE = 24;
+const STRIDE = 25;
 /** The entry layout, for the fast lane's hot loop, which probes the cache in place (fast-lane.ts hotLoop). */
-export const EMC_STRIDE: 24 = STRIDE;
+export const EMC_STRIDE: 25 = STRIDE;
 export const EMC_IPV4_SHAPE: 1 = IPV4_SHAPE;
 export const EMC_IPV4_TUN_SHAPE: 2 = IPV4_TUN_SHAPE;
-/** Entry words 22 and 23: a stamp and a value the cache's user keeps with the entry (Emc.memo); an insert clears them. */
-export const EMC_MEMO: 22 = 22;
+/** Entry words 23 and 24: a stamp and a value the cache's user keeps with the entry (Emc.memo); an insert clears them. */
+export const EMC_MEMO: 23 = 23;
 
 /**
  * The batch hash of a key (like a NIC's RSS hash): in_port, eth_dst, eth_type,
- * the first words of the IP addresses, the ports, the tunnel ID and source. Keys that
+ * the first words of the IP addresses, the ports, the tunnel ID and source,
+ * the ct word (a recirculated packet's key hashes apart from its first pass's). Keys that
  * differ elsewhere collide here and are told apart by the full compare.
  */
 export function keyHash(k: Uint32Array, o: number): number {
   let h = Math.imul(k[o] ^ k[o + 14] ^ k[o + 16], 0x9e3779b1);
-  h = Math.imul(h ^ k[o + 2] ^ k[o + 15] ^ (h >>> 15), 0x85ebca6b);
+  h = Math.imul(h ^ k[o + 2] ^ k[o + 15] ^ k[o + 18] ^ (h >>> 15), 0x85ebca6b);
   h = Math.imul(h ^ k[o + 6] ^ k[o + 3] ^ (h >>> 13), 0xc2b2ae35);
   h = Math.imul(h ^ k[o + 10] ^ (h >>> 16), 0x27d4eb2f);
   return (h ^ (h >>> 15)) >>> 0;
@@ -59,7 +60,7 @@ export function ipv4KeyHash(w0: number, w2: number, w3: number, w6: number, w10:
   return (h ^ (h >>> 15)) >>> 0;
 }
 
-// Entry key at e[q..q+18) against the lookupIpv4 key: the named words; that
+// Entry key at e[q..q+19) against the lookupIpv4 key: the named words; that
 // the entry's other words are 0 was noted at insert (its IPV4_SHAPE word).
 /** keyHash of the key lookupTun describes (its other words 0). */
 export function tunKeyHash(w0: number, w2: number, w3: number, w6: number, w10: number, w14: number, w15: number, w16: number): number {
@@ -89,8 +90,8 @@ function probeIpv4(ent: Uint32Array, mask: number, flowGen: Uint32Array, h: numb
   return -1;
 }
 
-/** Key words that are 0 in every key lookupTun asks for (lookupIpv4's have 15..17 at 0 too). */
-const NOT_IPV4_TUN = [1, 7, 8, 9, 11, 12, 13];
+/** Key words that are 0 in every key lookupTun asks for (lookupIpv4's have 15..17 at 0 too): the ct word among them (only a recirculated key has it). */
+const NOT_IPV4_TUN = [1, 7, 8, 9, 11, 12, 13, 18];
 
 export class Emc {
   readonly entries: number;
@@ -102,7 +103,7 @@ export class Emc {
    * All of an entry in one run of STRIDE words (one or two cache lines, not
    * four arrays): [0] hash, [1] flow + 1 (0: empty), [2] the flow's
    * generation, [3] IPV4_SHAPE when the key's NOT_IPV4_TUN and tunnel words are all 0
-   * (lookupIpv4 compares 8 words, not 18), IPV4_TUN_SHAPE when only its
+   * (lookupIpv4 compares 8 words, not 19), IPV4_TUN_SHAPE when only its
    * tunnel words are not (lookupTun compares 11), [4 .. 4 + KEY_WORDS) the key.
    */
   readonly ent: Uint32Array;
@@ -133,14 +134,14 @@ export class Emc {
   }
 
   // Unrolled on purpose: measured here, 16 explicit compares took ~15 ns
-  // against ~22 ns for the loop (KEY_WORDS is fixed at 18; flow-key.ts).
+  // against ~22 ns for the loop (KEY_WORDS is fixed at 19; flow-key.ts).
   private same(q: number, k: Uint32Array, o: number): boolean {
     const ek = this.ent;
     return ek[q] === k[o] && ek[q + 1] === k[o + 1] && ek[q + 2] === k[o + 2] && ek[q + 3] === k[o + 3] &&
       ek[q + 4] === k[o + 4] && ek[q + 5] === k[o + 5] && ek[q + 6] === k[o + 6] && ek[q + 7] === k[o + 7] &&
       ek[q + 8] === k[o + 8] && ek[q + 9] === k[o + 9] && ek[q + 10] === k[o + 10] && ek[q + 11] === k[o + 11] &&
       ek[q + 12] === k[o + 12] && ek[q + 13] === k[o + 13] && ek[q + 14] === k[o + 14] && ek[q + 15] === k[o + 15] &&
-      ek[q + 16] === k[o + 16] && ek[q + 17] === k[o + 17];
+      ek[q + 16] === k[o + 16] && ek[q + 17] === k[o + 17] && ek[q + 18] === k[o + 18];
   }
 
   /** Fast path: the flow cached for the key at k[o..], or -1. */

@@ -23,13 +23,16 @@
  *                              in on; 0 when it did not come through a tunnel of ours)
  *   16    31..0     tun_src   (outer IPv4 source of that tunnel packet)
  *   17    31..0     tun_dst   (outer IPv4 destination: our tunnel endpoint)
+ *   18    31..24    ct_state  (CS_* bits of conntrack.ts after a ct action; 0 untracked)
+ *         23..16    recirc_id (the table a ct(table=T) sent the packet to; 0 on rx)
+ *         15..0     ct_zone   (the zone of that ct action)
  *
  * A field that the packet does not have is 0. A new field means a new word
  * or bits here, and a line in FIELDS: the FPAG, the classifier and the flow
  * dump all read FIELDS, so nothing else needs to learn about it.
  */
 
-export const KEY_WORDS = 18 as const;
+export const KEY_WORDS = 19 as const;
 
 export const W_IN_PORT = 0;
 export const W_VLAN = 1;
@@ -43,6 +46,7 @@ export const W_TP = 14;
 export const W_TUN = 15;
 export const W_TUN_SRC = 16;
 export const W_TUN_DST = 17;
+export const W_CT = 18;
 
 /** Set in in_port when the port has no VPID (an uplink seen by its PPID). */
 export const PORT_PPID_BIT = 0x40000000;
@@ -88,9 +92,55 @@ export const FIELDS = {
   tun_id: { word: W_TUN, words: 1, shift: 0, bits: 24, kind: 'int' },
   tun_src: { word: W_TUN_SRC, words: 1, shift: 0, bits: 32, kind: 'ipv4' },
   tun_dst: { word: W_TUN_DST, words: 1, shift: 0, bits: 32, kind: 'ipv4' },
+  ct_state: { word: W_CT, words: 1, shift: 24, bits: 8, kind: 'int' },
+  recirc_id: { word: W_CT, words: 1, shift: 16, bits: 8, kind: 'int' },
+  ct_zone: { word: W_CT, words: 1, shift: 0, bits: 16, kind: 'int' },
 } as const satisfies Record<string, FieldDef>;
 
 export type FieldName = keyof typeof FIELDS;
+
+/** ct_state's bits by name, bit 0 first (Open vSwitch's order and values: conntrack.ts CS_*). */
+export const CT_STATE_NAMES = ['new', 'est', 'rel', 'rpl', 'inv', 'trk', 'snat', 'dnat'] as const;
+
+/**
+ * Parses ct_state flags as OVS writes them: `+trk+est-new` (each flag set or
+ * clear; the others not matched) → [value, mask] of the 8-bit field; or a
+ * number, matched whole. Throws Error naming the part that is wrong.
+ */
+export function parseCtState(text: string | number, where: string): [number, number] {
+  if (typeof text === 'number' || /^(0x[0-9a-f]+|\d+)$/i.test(text)) {
+    const n = Number(text);
+    if (!Number.isInteger(n) || n < 0 || n > 255) throw new Error(`${where}: expected ct_state flags like +trk+est or a number in 0..255, got ${JSON.stringify(text)}`);
+    return [n, 0xff];
+  }
+  let v = 0;
+  let m = 0;
+  const re = /([+-])([a-z]+)/gy;
+  let at = 0;
+  let hit: RegExpExecArray | null;
+  while ((hit = re.exec(text)) !== null) {
+    const bit = CT_STATE_NAMES.indexOf(hit[2] as (typeof CT_STATE_NAMES)[number]);
+    if (bit < 0) throw new Error(`${where}: unknown ct_state flag ${JSON.stringify(hit[2])}; expected ${CT_STATE_NAMES.join(', ')}`);
+    if (m & (1 << bit)) throw new Error(`${where}: ct_state flag ${hit[2]} given twice`);
+    m |= 1 << bit;
+    if (hit[1] === '+') v |= 1 << bit;
+    at = re.lastIndex;
+  }
+  if (at !== text.length || m === 0) throw new Error(`${where}: expected ct_state flags like +trk+est-new, got ${JSON.stringify(text)}`);
+  return [v, m];
+}
+
+/** ct_state value/mask as OVS prints it: `+est+trk-new` (set flags first). */
+export function formatCtState(v: number, m: number): string {
+  let plus = '';
+  let minus = '';
+  for (let b = 0; b < 8; b++) {
+    if ((m & (1 << b)) === 0) continue;
+    if (v & (1 << b)) plus += `+${CT_STATE_NAMES[b]}`;
+    else minus += `-${CT_STATE_NAMES[b]}`;
+  }
+  return plus + minus;
+}
 export const FIELD_NAMES = Object.keys(FIELDS) as FieldName[];
 
 // Slow path: helpers for the control plane to build and print keys and masks.
@@ -227,6 +277,8 @@ export function formatMatch(key: Uint32Array, mask: Uint32Array, koff = 0, moff 
     if (f.kind === 'ipv4') text = ipv4ToString(v);
     else if (name === 'in_port') text = v & PORT_PPID_BIT ? `ppid:${v & ~PORT_PPID_BIT}` : `vpid:${v}`;
     else if (name === 'eth_type' || name === 'vlan_tpid') text = `0x${v.toString(16).padStart(4, '0')}`;
+    else if (name === 'recirc_id' && v === 0) continue; // every flow matches it (fpag.ts): 0 is said by its absence
+    else if (name === 'ct_state') { out.push(`ct_state=${formatCtState(v, mm >>> f.shift)}`); continue; }
     else text = String(v);
     out.push(full ? `${name}=${text}` : `${name}=${text}/0x${(mm >>> f.shift).toString(16)}`);
   }

@@ -34,6 +34,12 @@ export class NatRange {
   /** Ports to choose from, or 0..0: keep the packet's port. */
   readonly portMin: number;
   readonly portMax: number;
+  private readonly text: { kind: 'src' | 'dst'; addrMin: string; addrMax: string; portMin: number; portMax: number };
+
+  /** The range as it was written (slow path: dumps, traces). */
+  describe(): { kind: 'src' | 'dst'; addrMin: string; addrMax: string; portMin: number; portMax: number } {
+    return { ...this.text };
+  }
 
   constructor(kind: 'src' | 'dst', addrMin: string, addrMax: string = addrMin, portMin = 0, portMax = portMin) {
     this.kind = kind === 'src' ? NAT_SRC : NAT_DST;
@@ -46,6 +52,7 @@ export class NatRange {
     const count = hi.words[last] - lo.words[last] + 1;
     if (count < 1) throw new FpoError('FPO_ERR_USAGE', `nat: the range "${addrMin}"–"${addrMax}" is empty`);
     if (!Number.isInteger(portMin) || !Number.isInteger(portMax) || portMin < 0 || portMax > 65535 || portMin > portMax || (portMin === 0 && portMax !== 0)) throw new FpoError('FPO_ERR_USAGE', `nat: ports ${portMin}–${portMax}: expected 1 ≤ min ≤ max ≤ 65535 (or none)`);
+    this.text = { kind, addrMin, addrMax, portMin, portMax };
     this.family = lo.family;
     this.addr = lo.words;
     this.addrCount = count;

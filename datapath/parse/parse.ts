@@ -97,7 +97,7 @@ export class Parse {
         key[k + W_IP_DST] = d.getUint32(base + 30);
         key[k + 11] = 0; key[k + 12] = 0; key[k + 13] = 0;
         key[k + W_TP] = tp;
-        key[k + 15] = 0; key[k + 16] = 0; key[k + 17] = 0;
+        key[k + 15] = 0; key[k + 16] = 0; key[k + 17] = 0; key[k + 18] = 0;
         l3Off[i] = 14;
         l4Off[i] = proto === IPPROTO_TCP || proto === IPPROTO_UDP || proto === IPPROTO_ICMP || proto === IPPROTO_ICMPV6 ? l4 : ABSENT;
         innerOff[i] = ABSENT;
@@ -215,7 +215,7 @@ function parseOne(batch: PacketBatch, i: number, inPortKey: Uint32Array, vmPort:
   key[k + 1] = 0;
   key[k + 6] = 0; key[k + 7] = 0; key[k + 8] = 0; key[k + 9] = 0;
   key[k + 10] = 0; key[k + 11] = 0; key[k + 12] = 0; key[k + 13] = 0;
-  key[k + 14] = 0; key[k + 15] = 0; key[k + 16] = 0; key[k + 17] = 0;
+  key[k + 14] = 0; key[k + 15] = 0; key[k + 16] = 0; key[k + 17] = 0; key[k + 18] = 0;
   batch.l3Off[i] = ABSENT;
   batch.l4Off[i] = ABSENT;
   batch.innerOff[i] = ABSENT;

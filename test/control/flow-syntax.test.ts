@@ -3,9 +3,9 @@ import { formatFlowSpec, parseFlowSpec } from '../../control/flow-syntax.js';
 
 describe('flow syntax (ovs-ofctl-like)', () => {
   it('parses priority, shorthands, OVS field names and actions', () => {
-    expect(parseFlowSpec('priority=100,tcp,tp_dst=23,actions=drop')).toEqual({ priority: 100, match: { eth_type: '0x0800', ip_proto: 6, tp_dst: 23 }, actions: ['drop'], special: false });
+    expect(parseFlowSpec('priority=100,tcp,tp_dst=23,actions=drop')).toEqual({ priority: 100, table: 0, match: { eth_type: '0x0800', ip_proto: 6, tp_dst: 23 }, actions: ['drop'], special: false });
     expect(parseFlowSpec('special,dl_dst=02:00:00:00:00:01,nw_src=10.0.0.0/8,actions=output:vm1-eth0,output:vm2-eth0')).toEqual({
-      priority: 32768, match: { eth_dst: '02:00:00:00:00:01', ipv4_src: '10.0.0.0/8' }, actions: ['output:vm1-eth0', 'output:vm2-eth0'], special: true,
+      priority: 32768, table: 0, match: { eth_dst: '02:00:00:00:00:01', ipv4_src: '10.0.0.0/8' }, actions: ['output:vm1-eth0', 'output:vm2-eth0'], special: true,
     });
   });
   it('writes a flow back in the same syntax', () => {
@@ -47,6 +47,6 @@ describe('flow syntax: names Object.prototype has are refused by name', () => {
     expect(Object.getPrototypeOf(r.match)).toBe(null);
     expect(Object.keys(r.match)).toEqual(['eth_type', 'ip_proto', 'tp_dst']);
     // A value may be any text the field's parser then checks: names of Object.prototype's keys included.
-    expect(parseFlowSpec('in_port=toString,actions=output:constructor')).toEqual({ priority: 32768, match: { in_port: 'toString' }, actions: ['output:constructor'], special: false });
+    expect(parseFlowSpec('in_port=toString,actions=output:constructor')).toEqual({ priority: 32768, table: 0, match: { in_port: 'toString' }, actions: ['output:constructor'], special: false });
   });
 });

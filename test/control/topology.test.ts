@@ -95,7 +95,7 @@ describe('topology', () => {
     const t = topologyFrom(file, 't.json');
     expect(t.name).toBe('topology');
     expect(t.ports[1]).toMatchObject({ role: 'vm', kind: 'pcap', device: 'p1' });
-    expect(t.rules[0]).toEqual({ priority: 1, special: false, match: {}, actions: ['drop'] });
+    expect(t.rules[0]).toEqual({ priority: 1, table: 0, special: false, match: {}, actions: ['drop'] });
     expect(t.rules[0].match).not.toBe(t.rules[1].match);
     expect(t.interfaces).toEqual([]);
   });
@@ -142,7 +142,7 @@ describe('topology names and keys from the user', () => {
     for (const k of PROTO_KEYS) {
       for (const value of ['23', '{ "tp_dst": 23 }']) {
         const json = fromText((t) => t.replace('"match": { "eth_type": "0x0800", "ip_proto": 6, "tp_dst": 23 }', `"match": { ${JSON.stringify(k)}: ${value} }`));
-        expect(refusal(json)).toBe(`topo.json: rules[0].match: unknown field ${JSON.stringify(k)}; expected one of in_port, vlan_tpid, vlan_tci, vlan_vid, eth_dst, eth_src, eth_type, ip_proto, ip_frag, ipv4_src, ipv4_dst, ipv6_src, ipv6_dst, tp_src, tp_dst, tun_id, tun_src, tun_dst`);
+        expect(refusal(json)).toBe(`topo.json: rules[0].match: unknown field ${JSON.stringify(k)}; expected one of in_port, vlan_tpid, vlan_tci, vlan_vid, eth_dst, eth_src, eth_type, ip_proto, ip_frag, ipv4_src, ipv4_dst, ipv6_src, ipv6_dst, tp_src, tp_dst, tun_id, tun_src, tun_dst, ct_state, recirc_id, ct_zone`);
         n++;
       }
     }
