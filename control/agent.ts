@@ -21,6 +21,7 @@
  */
 import { existsSync, unlinkSync } from 'node:fs';
 import { createServer } from 'node:net';
+import type { OffloadPolicy } from './guest-conntrack.js';
 
 /** The longest line (characters) either side of the agent channel buffers. */
 export const AGENT_MAX_LINE = 4096;
@@ -114,18 +115,23 @@ export class Liveness {
   }
 }
 
-export async function runAgent(socketPath: string, name: string): Promise<void> {
+export async function runAgent(socketPath: string, name: string, opts: { conntrack?: OffloadPolicy } = {}): Promise<void> {
   if (existsSync(socketPath)) unlinkSync(socketPath);
+  // A service VM: its conntrack hand-over rides the same channel (agent/conntrack-agent.ts).
+  const ct = opts.conntrack === undefined ? null : new (await import('./agent/conntrack-agent.js')).ConntrackAgent(name, opts.conntrack);
+  ct?.start();
   const server = createServer((c) => {
     const reader = new LineReader();
     c.setEncoding('utf8');
     c.on('error', () => undefined);
+    ct?.attach(c);
     c.on('data', (d: string) => {
       const ok = reader.push(d, (line) => {
-        let m: { type?: unknown; seq?: unknown; state?: unknown; peer?: unknown; why?: unknown } | null;
+        let m: { type?: unknown; seq?: unknown; state?: unknown; peer?: unknown; why?: unknown; id?: unknown } | null;
         try { m = JSON.parse(line); } catch { return; }
         if (m === null || typeof m !== 'object') return;
-        if (m.type === 'probe' && Number.isSafeInteger(m.seq)) c.write(JSON.stringify({ type: 'alive', seq: m.seq, agent: name }) + '\n');
+        if (ct !== null && typeof m.type === 'string' && m.type.startsWith('ct-')) ct.fromFpo(m);
+        else if (m.type === 'probe' && Number.isSafeInteger(m.seq)) c.write(JSON.stringify({ type: 'alive', seq: m.seq, agent: name }) + '\n');
         else if (m.type === 'tunnel') {
           process.stdout.write(JSON.stringify({ time: Date.now(), agent: name, tunnel: m.state, peer: m.peer, why: m.why }) + '\n');
           c.write(JSON.stringify({ type: 'ack' }) + '\n');
@@ -143,6 +149,7 @@ export async function runAgent(socketPath: string, name: string): Promise<void> 
     process.once('SIGINT', resolve);
     process.once('SIGTERM', resolve);
   });
+  ct?.stop();
   server.close();
   if (existsSync(socketPath)) unlinkSync(socketPath);
 }

@@ -267,12 +267,18 @@ function interrupted(signal: string, packets: number): number {
   return exitFor(signal);
 }
 
-const AGENT_HELP = `Usage: fpo agent --socket PATH [--name NAME]
+const AGENT_HELP = `Usage: fpo agent --socket PATH [--name NAME] [--conntrack [--min-packets N] [--min-bytes N]]
 
 The guest agent of the tunnel monitor's liveness channel: run it inside the
 VM (e.g. ip netns exec VM fpo agent --socket /run/fpo/vm1.sock). It answers
 the monitor's probes and prints a JSON line when the monitor says the VM's
 tunnel went down or came back. SIGINT/SIGTERM stop it.
+
+With --conntrack (a service VM: firewall and NAT), it also watches the VM's
+connection tracking (conntrack -E) and hands each established connection to
+fpo over the same channel (with its route), keeping the VM's entry alive
+while fpo has it; --min-packets/--min-bytes: only after that many (both
+directions; needs nf_conntrack_acct=1 in the VM).
 `;
 
 const RUN_HELP = `Usage: fpo run --topology FILE [options]
@@ -347,10 +353,18 @@ export async function main(argv: string[]): Promise<number> {
         }
       }
       case 'agent': {
-        const { values } = parseArgs({ args: rest, options: { socket: { type: 'string', short: 's' }, name: { type: 'string' }, help: { type: 'boolean', short: 'h' } } });
+        const { values } = parseArgs({ args: rest, options: { socket: { type: 'string', short: 's' }, name: { type: 'string' }, help: { type: 'boolean', short: 'h' }, conntrack: { type: 'boolean' }, 'min-packets': { type: 'string' }, 'min-bytes': { type: 'string' } } });
         if (values.help) { process.stdout.write(AGENT_HELP); return 0; }
         if (!values.socket) throw new UsageError(`agent: --socket PATH is required; see 'fpo agent --help'`);
-        await (await import('./agent.js')).runAgent(values.socket, values.name ?? 'vm');
+        const count = (flag: 'min-packets' | 'min-bytes') => {
+          const v = values[flag];
+          if (v === undefined) return undefined;
+          if (!/^\d{1,15}$/.test(v)) throw new UsageError(`agent: --${flag}: expected a whole number, got "${v}"`);
+          if (!values.conntrack) throw new UsageError(`agent: --${flag} is for --conntrack`);
+          return Number(v);
+        };
+        const policy = { minPackets: count('min-packets'), minBytes: count('min-bytes') };
+        await (await import('./agent.js')).runAgent(values.socket, values.name ?? 'vm', values.conntrack ? { conntrack: policy } : {});
         return 0;
       }
       case 'lab': {

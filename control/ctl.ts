@@ -26,6 +26,7 @@ const HELP: Record<string, string> = {
   inject: 'fpo ctl inject CAPTURE [--port P]  replay a capture into a port of the running switch (read here, sent over the socket)',
   ping: 'fpo ctl ping                       is the service there?',
   bfd: 'fpo ctl bfd                        tunnel monitor: BFD sessions (state, intervals, last change and why) and VM liveness',
+  conntrack: 'fpo ctl conntrack list|stats|flush [--port P] [--zone Z]\n                                   the connection table: each connection with its owner (guest: a ct action tracks it;\n                                   vnic: a service VM handed it over, offloaded), state, NAT, counters; flush of a zone or port',
   capture: 'fpo ctl capture PORT [--filter EXPR] [-w FILE] [-c COUNT]\n                                   watch a port live, as tcpdump: frames it receives (In) and sends (Out, after the actions);\n                                   EXPR is a tcpdump filter (applied in fpo run); -w writes pcapng, else a line a frame; Ctrl-C ends',
 };
 
@@ -170,6 +171,15 @@ function plain(cmd: string, result: unknown): string {
       for (const f of r.perFlow) out.push(`  ${f.match}, packets:${f.packets}, bytes:${f.bytes}, actions:${f.actions}`);
       return out.join('\n');
     }
+    case 'conntrack':
+      if (Array.isArray(r.connections)) {
+        if (r.connections.length === 0) return '(no connections)';
+        return table([['id', 'zone', 'proto', 'orig', 'reply', 'owner', 'state', 'nat', 'packets', 'bytes', 'expires'],
+          ...r.connections.map((c: any) => [String(c.id), String(c.zone), String(c.proto), `${c.orig.src}:${c.orig.sport} > ${c.orig.dst}:${c.orig.dport}`, `${c.reply.src}:${c.reply.sport} > ${c.reply.dst}:${c.reply.dport}`,
+            c.owner === 'vnic' ? (c.offloaded ? 'vnic (offloaded)' : 'vnic') : 'guest', c.state, c.nat, `${c.packets[0]}/${c.packets[1]}`, `${c.bytes[0]}/${c.bytes[1]}`, `${(c.expiresInMs / 1000).toFixed(0)}s`])]);
+      }
+      if (r.flushed !== undefined) return `flushed ${r.flushed} connections (zone ${r.zone}); ${r.handedBack} handed back to their service VMs`;
+      return JSON.stringify(result, null, 1);
     case 'trace':
       return [...r.steps.map((s: string, i: number) => `${i + 1}. ${s}`)].join('\n');
     case 'bfd':
@@ -184,7 +194,7 @@ function plain(cmd: string, result: unknown): string {
 export async function ctlMain(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv, allowPositionals: true, strict: true,
-    options: { socket: { type: 'string', short: 's' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' }, to: { type: 'string' }, 'new-vpid': { type: 'string' }, away: { type: 'boolean' }, port: { type: 'string' }, filter: { type: 'string' }, write: { type: 'string', short: 'w' }, count: { type: 'string', short: 'c' } },
+    options: { zone: { type: 'string' }, socket: { type: 'string', short: 's' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' }, to: { type: 'string' }, 'new-vpid': { type: 'string' }, away: { type: 'boolean' }, port: { type: 'string' }, filter: { type: 'string' }, write: { type: 'string', short: 'w' }, count: { type: 'string', short: 'c' } },
   });
   const [cmd, ...rest] = positionals;
   if (cmd === undefined) {
@@ -222,6 +232,14 @@ export async function ctlMain(argv: string[]): Promise<number> {
       const nv = values['new-vpid'] === undefined ? undefined : Number(values['new-vpid']);
       if (nv !== undefined && !Number.isInteger(nv)) throw new CtlUsage(`ctl migrate: --new-vpid: expected an integer, got "${values['new-vpid']}"`);
       args = { interface: rest[0], to: values.to, away: values.away === true, newVpid: nv };
+      break;
+    }
+    case 'conntrack': {
+      need(1, 'list, stats or flush');
+      if (!['list', 'stats', 'flush'].includes(rest[0])) throw new CtlUsage(`ctl conntrack: expected list, stats or flush, got "${rest[0]}"`);
+      const z = values.zone === undefined ? undefined : Number(values.zone);
+      if (z !== undefined && (!/^\d+$/.test(values.zone!) || z > 65535)) throw new CtlUsage(`ctl conntrack: --zone: expected an integer in 0..65535, got "${values.zone}"`);
+      args = { action: rest[0], ...(values.port !== undefined ? { port: values.port } : {}), ...(z !== undefined ? { zone: z } : {}) };
       break;
     }
     default: need(0, 'no arguments');

@@ -47,6 +47,7 @@ import { Captures } from './capture.js';
 import { LiveLoop } from './live.js';
 import { DatapathWorkers, RecordingDatapath } from './workers.js';
 import { TunnelMonitor } from './monitor.js';
+import { HandOver, drainHandBacks } from './agent/handover.js';
 import { openLivePort, type LivePort } from '../datapath/ports/live-port.js';
 import { PcapLivePort } from '../datapath/ports/pcap-live-port.js';
 import type { Server as HttpServer } from 'node:http';
@@ -76,6 +77,7 @@ const ARGS = new Map<string, readonly string[]>([
   ['ping', []], ['show', []], ['dump-flows', []], ['stats', []], ['bfd', []],
   ['add-flow', ['flow']], ['del-flow', ['flow']], ['trace', ['packet']],
   ['set-mapping', ['vpid', 'ppid']], ['migrate', ['interface', 'to', 'away', 'newVpid']],
+  ['conntrack', ['action', 'port', 'zone']],
 ]);
 
 export interface ServiceOptions {
@@ -102,6 +104,9 @@ export class Service {
   private workers: DatapathWorkers | null = null;
   private metricsServer: HttpServer | null = null;
   private monitor: TunnelMonitor | null = null;
+  /** Service VMs' hand-over channels (topology nodes with an offload section), and the timer that drains hand-backs to them. */
+  private handovers: HandOver[] = [];
+  private handbackTimer: NodeJS.Timeout | null = null;
   private readonly writers = new Map<number, CaptureWriter>();
   private readonly taps: LivePort[] = [];
   private readonly liveRows: { port: LivePort; name: string; ppid: number }[] = [];
@@ -137,6 +142,7 @@ export class Service {
       const xdp = topo.ports.find((p) => p.kind === 'afpacket' && p.io === 'xdp');
       if (xdp) throw new FpoError('FPO_ERR_USAGE', `--workers ${nWorkers}: port ${xdp.name} is on AF_XDP (io xdp), one queue and so one worker; with several workers use io ring`);
       if (topo.tunnel?.monitor.length) throw new FpoError('FPO_ERR_USAGE', `--workers ${nWorkers}: the tunnel monitor (BFD) runs with one datapath only, for now`);
+      if (topo.offload.length) throw new FpoError('FPO_ERR_USAGE', `--workers ${nWorkers}: the conntrack hand-over (nodes[].offload of ${topo.offload[0].node}) runs with one datapath only, for now`);
       if (opts.metrics !== undefined) throw new FpoError('FPO_ERR_USAGE', `--workers ${nWorkers}: --metrics serves one datapath's counters only, for now; use fpo ctl stats`);
       const nat = topo.rules.findIndex((r) => r.actions.some(natAction));
       if (nat >= 0) throw new FpoError('FPO_ERR_USAGE', `--workers ${nWorkers}: rules[${nat}] translates addresses (ct(…nat(…))); a translated reply may meet another worker than its connection (spread.ts): NAT runs with one datapath only, for now`);
@@ -250,6 +256,13 @@ export class Service {
     if (this.topo.tunnel?.monitor.length) {
       this.monitor = new TunnelMonitor(this.topo.tunnel.monitor, this.log);
       await this.monitor.start();
+    }
+    if (this.topo.offload.length) {
+      this.handovers = this.topo.offload.map((o) => new HandOver(o, this.topo, this.dp, this.log));
+      const drain = () => drainHandBacks(this.dp, this.handovers);
+      for (const h of this.handovers) { h.drainHandBacks = drain; h.start(); }
+      this.handbackTimer = setInterval(drain, 50);
+      this.handbackTimer.unref();
     }
     if (this.opts.workers > 1) {
       this.workers = new DatapathWorkers(this.topo, this.opts.workers, this.dp as RecordingDatapath, this.log);
@@ -472,6 +485,8 @@ export class Service {
       }
       case 'trace':
         return this.trace(str('packet')!);
+      case 'conntrack':
+        return this.conntrackCmd(args);
       case 'bfd':
         return { sessions: (await this.monitor?.describe()) ?? [] };
       case 'inject':
@@ -567,6 +582,65 @@ export class Service {
       flowRewrites: this.fpag.flowRewrites,
       control: { requests: this.requests, refused: this.badRequests, clients: this.conns.size, clientsRefused: this.clientsRefused },
       captures: { running: this.captures.running, started: this.captures.started, refused: this.captures.refused },
+      ...(this.handovers.length ? { offload: { offloaded: this.dp.offload.active, ...this.dp.offload.stats, serviceVms: this.handovers.map((h) => h.describe()) } } : {}),
+    };
+  }
+
+  private stopHandOvers(): void {
+    if (this.handbackTimer !== null) clearInterval(this.handbackTimer);
+    this.handbackTimer = null;
+    for (const h of this.handovers) h.stop();
+  }
+
+  /**
+   * fpo ctl conntrack list|stats|flush [--port P] [--zone Z]: the connection
+   * table. A port (or interface) name narrows it to the zone of the service
+   * VM attached there; owner `vnic` is a connection a guest handed over
+   * (offloaded while `offloaded`), `guest` one a ct action tracks.
+   */
+  private conntrackCmd(args: Record<string, unknown>): unknown {
+    const action = args.action ?? 'list';
+    if (action !== 'list' && action !== 'stats' && action !== 'flush') throw new FpoError('FPO_ERR_USAGE', `action: expected list, stats or flush, got ${JSON.stringify(action)?.slice(0, 40)}`);
+    let zone: number | undefined;
+    if (args.zone !== undefined) {
+      const z = args.zone;
+      if (typeof z !== 'number' || !Number.isInteger(z) || z < 0 || z > 65535) throw new FpoError('FPO_ERR_USAGE', `zone: expected an integer in 0..65535, got ${JSON.stringify(z)?.slice(0, 40)}`);
+      zone = z;
+    }
+    if (args.port !== undefined) {
+      const p = args.port;
+      if (typeof p !== 'string' || p.length === 0 || p.length > 4096) throw new FpoError('FPO_ERR_USAGE', 'port: expected a port or interface name');
+      const port = this.fpag.portNamed(p);
+      const itf = this.topo.interfaces.find((x) => x.name === p || (port !== undefined && x.port === port.name));
+      const o = itf === undefined ? undefined : this.topo.offload.find((x) => x.node === itf.node);
+      if (o === undefined) throw new FpoError('FPO_ERR_USAGE', `port: "${p}" is no port or interface of a service VM (a node with an offload section: ${this.topo.offload.map((x) => x.node).join(', ') || 'none'})`);
+      if (zone !== undefined && zone !== o.zone) throw new FpoError('FPO_ERR_USAGE', `zone: ${zone} is not the zone of ${o.node} (${o.zone}), whose port ${p} is`);
+      zone = o.zone;
+    }
+    const dp = this.dp;
+    const now = monotonicMs();
+    if (action === 'flush') {
+      const flushed = dp.hasConntrack ? dp.conntrack.flush(zone) : 0;
+      const handedBack = drainHandBacks(dp, this.handovers);
+      return { flushed, handedBack, zone: zone ?? 'all' };
+    }
+    if (action === 'stats') {
+      return {
+        connections: dp.hasConntrack ? dp.conntrack.count : 0,
+        capacity: dp.hasConntrack ? dp.conntrack.capacity : null,
+        conntrack: dp.hasConntrack ? dp.conntrack.stats : null,
+        offloaded: dp.hasOffload ? dp.offload.active : 0,
+        offload: dp.hasOffload ? dp.offload.stats : null,
+        serviceVms: this.handovers.map((h) => h.describe()),
+      };
+    }
+    if (!dp.hasConntrack) return { connections: [] };
+    const name = (v: number) => this.fpag.vpidName(v);
+    return {
+      connections: dp.conntrack.list(now, zone).map((c) => {
+        const route = dp.hasOffload ? dp.offload.routeOf(c.id) : null;
+        return { ...c, offloaded: route !== null, ...(route !== null ? { route: { orig: name(route[0]), reply: name(route[1]) } } : {}) };
+      }),
     };
   }
 
@@ -595,6 +669,14 @@ export class Service {
     const steps: string[] = [];
     steps.push(port ? `rx on port ${port.name} (ppid ${port.ppid}): ${formatMatch(key, Uint32Array.of(0xffffffff))}` : `in_port ${inName}`);
     steps.push('flag check: no tunnel header addressed to this host: fast path');
+    if (this.dp.hasOffload) {
+      const dst = Uint8Array.of(key[2] >>> 24, (key[2] >>> 16) & 255, (key[2] >>> 8) & 255, key[2] & 255, key[3] >>> 24, (key[3] >>> 16) & 255);
+      const at = this.dp.offload.interfaceOf(dst);
+      if (at !== null) {
+        const vm = this.handovers.find((h) => h.spec.zone === at.zone);
+        steps.push(`offload: eth_dst is service VM ${vm?.spec.node ?? '?'}'s ${this.fpag.vpidName(at.vpid)} (zone ${at.zone}): a packet of one of its ${vm?.adoptedNow ?? 0} offloaded connections is served here (offloaded: NAT, TTL, MACs, then as from the out interface); any other goes to the VM as below`);
+      } else steps.push(`offload: eth_dst is no service VM's: not offloaded (${this.dp.offload.active} connections offloaded)`);
+    }
     const h = keyHash(key, 0);
     const emc = this.dp.emc.lookup(key, 0, h);
     const mf = emc >= 0 ? emc : this.dp.flows.lookup(key, 0);
@@ -673,6 +755,7 @@ export class Service {
     if (this.metricsServer) await (await import('./metrics.js')).closeMetrics(this.metricsServer);
     this.unlinkOwnSocket();
     await this.injecting;
+    this.stopHandOvers();
     await this.monitor?.stop();
     await this.live.stop();
     // The workers' counters are read before they go.
@@ -700,6 +783,7 @@ export class Service {
    * gives the state back, so that the process exits with the error.
    */
   async abort(): Promise<void> {
+    this.stopHandOvers();
     if (this.metricsServer) await (await import('./metrics.js')).closeMetrics(this.metricsServer);
     await this.monitor?.stop();
     await this.live.stop();

@@ -227,9 +227,25 @@ const InterfaceSchema = object({
   firewall: optional(array(FirewallRuleSchema)),
 });
 
+/**
+ * A service VM (issue 19's hand-over): its agent hands established
+ * connections to fpo over `agent` (the guest's Unix socket), fpo tracks them
+ * in `zone`, and serves packets addressed to the listed interfaces (inside:
+ * towards its clients; outside: towards the servers) for them.
+ */
+const OffloadSchema = object({
+  agent: string({ min: 1 }),
+  zone: int(0, 65535),
+  inside: array(name, { min: 1 }),
+  outside: array(name, { min: 1 }),
+  /** The longest an adopted connection lives without a packet, in seconds (capped by fpo's own timeouts; default: the guest's). */
+  maxTimeout: optional(int(1, 432_000)),
+});
+
 const NodeSchema = object({
   name,
   interfaces: array(InterfaceSchema, { min: 1 }),
+  offload: optional(OffloadSchema),
 });
 
 const RuleSchema = object({
@@ -302,6 +318,18 @@ export interface Interface {
   firewall?: FirewallRule[];
 }
 
+/** A service VM whose established connections fpo may take over (a node's `offload` section). */
+export interface OffloadSpec {
+  node: string;
+  /** The agent's channel (a Unix socket path). */
+  agent: string;
+  zone: number;
+  /** Its interfaces (names in this topology) by side. */
+  inside: string[];
+  outside: string[];
+  maxTimeout?: number;
+}
+
 export interface Segment {
   name: string;
   vlan?: number;
@@ -319,6 +347,8 @@ export interface Topology {
   rules: RuleSpec[];
   tunnel?: TunnelSpec;
   inputPort?: string;
+  /** Service VMs with the hand-over on (nodes' offload sections). */
+  offload: OffloadSpec[];
 }
 
 export function parseMac(s: string): Uint8Array {
@@ -463,6 +493,25 @@ export function topologyFrom(json: unknown, path: string): Topology {
     });
   });
   for (const p of ports.values()) if (p.role === 'uplink') p.vpid = vpid++;
+  const offload: OffloadSpec[] = [];
+  const zones = new Map<number, string>();
+  t.nodes.forEach((node, i) => {
+    const o = node.offload;
+    if (o === undefined) return;
+    const at = `nodes[${i}].offload`;
+    if (zones.has(o.zone)) throw bad(path, `${at}.zone`, `zone ${o.zone} is already service VM "${zones.get(o.zone)}"'s; each service VM's connections have a zone of their own`);
+    zones.set(o.zone, node.name);
+    const own = new Set(node.interfaces.map((x) => x.name));
+    const sides = new Set<string>();
+    for (const side of ['inside', 'outside'] as const) {
+      o[side].forEach((n, j) => {
+        if (!own.has(n)) throw bad(path, `${at}.${side}[${j}]`, `expected one of this node's interfaces (${[...own].join(', ')}), got "${n}"`);
+        if (sides.has(n)) throw bad(path, `${at}.${side}[${j}]`, `interface "${n}" is listed twice (an interface is inside or outside, not both)`);
+        sides.add(n);
+      });
+    }
+    offload.push({ node: node.name, agent: o.agent, zone: o.zone, inside: [...o.inside], outside: [...o.outside], ...(o.maxTimeout !== undefined ? { maxTimeout: o.maxTimeout } : {}) });
+  });
   if (t.replay && t.replay.inputPort !== 'by-source-mac' && !ports.has(t.replay.inputPort)) throw bad(path, 'replay.inputPort', `no port named "${t.replay.inputPort}"`);
   if (t.tunnel?.specialPort !== undefined && !ports.has(t.tunnel.specialPort)) throw bad(path, 'tunnel.specialPort', `no port named "${t.tunnel.specialPort}"`);
   if (t.tunnel?.vtep6 !== undefined && parseIpText(t.tunnel.vtep6)?.length !== 16) throw bad(path, 'tunnel.vtep6', `expected an IPv6 address like 2001:db8::1, got "${t.tunnel.vtep6}"`);
@@ -489,5 +538,5 @@ export function topologyFrom(json: unknown, path: string): Topology {
   t.tunnel?.policy.interfaces.forEach((n, i) => {
     if (!seen.has(`interface:${n}`)) throw bad(path, `tunnel.policy.interfaces[${i}]`, `no interface named "${n}"`);
   });
-  return { name: t.name, path, ports: [...ports.values()], segments: [...segments.values()], interfaces, rules: t.rules, tunnel: t.tunnel, inputPort: t.replay?.inputPort };
+  return { name: t.name, path, ports: [...ports.values()], segments: [...segments.values()], interfaces, rules: t.rules, tunnel: t.tunnel, inputPort: t.replay?.inputPort, offload };
 }

@@ -23,6 +23,7 @@ import { Classify } from './classifier/classify.js';
 import { Emc } from './classifier/emc.js';
 import { CaptureClock } from './clock.js';
 import { ConnTrack, CS_DST_NAT, CS_SRC_NAT } from './conntrack/conntrack.js';
+import { Offload } from './conntrack/offload.js';
 import { rd32 } from './conntrack/nat.js';
 import { D, DROP_COUNT, DROP_NAMES, FORWARDED, RECIRC, SPECIAL, type DropReason } from './drops.js';
 import { FastLane } from './fast-lane.js';
@@ -163,6 +164,19 @@ export class Datapath {
   get conntrack(): ConnTrack {
     if (this.ct === null) this.ct = new ConnTrack({ capacity: this.conntrackCapacity });
     return this.ct;
+  }
+
+  private off: Offload | null = null;
+
+  /** The hand-over's stage (conntrack/offload.ts) over the connection table: made at its first use. */
+  get offload(): Offload {
+    if (this.off === null) this.off = new Offload(this.conntrack);
+    return this.off;
+  }
+
+  /** Whether the offload stage has been made. */
+  get hasOffload(): boolean {
+    return this.off !== null;
   }
 
   /** Packets a ct action sent through conntrack. */
@@ -310,13 +324,18 @@ export class Datapath {
 
   process(batch: PacketBatch, now: number): void {
     if (this.rxTap !== null) this.rxTap(batch); // a live capture: one branch a batch when there is none
+    // While a connection is offloaded (a service VM handed it over) the stages take the whole
+    // batch: the offload stage must see its packets before classify (see offload.ts).
+    const off = this.off;
+    const offloading = off !== null && off.active > 0;
     // The common case first, in one pass; the stages take the rest of the batch.
-    const laned = this.fastLane.process(batch, now, this.rxPackets, this.rxBytes);
-    const laneSpecial = this.fastLane.special;
+    const laned = offloading ? 0 : this.fastLane.process(batch, now, this.rxPackets, this.rxBytes);
+    const laneSpecial = offloading ? 0 : this.fastLane.special;
     if (batch.unfilled) batch.completeRecords(laned); // a lazy fill the lane left before its end
     if (laned < batch.count) {
       this.parse.process(batch);
       const flagged = this.flagCheck.process(batch);
+      if (offloading) (off as Offload).process(batch, now);
       if (this.classify.process(batch, now) > 0) this.handleMisses(batch, now);
       this.execute.process(batch);
       if (flagged + laneSpecial > 0) this.deliverSpecial(batch);
@@ -466,6 +485,7 @@ export class Datapath {
 
   // Slow path: at most once a second of datapath clock, a sweep for idle flows.
   private expireIdle(now: number): void {
+    if (this.off !== null && this.off.active > 0) this.off.tick(now); // offloaded connections expire with no packets of theirs too
     const idle = this.idleTimeoutMs;
     if (idle > 0 && this.nextExpiry !== 0) this.flows.expire(now - idle);
     this.nextExpiry = now + Math.min(1000, idle > 0 ? idle : 1000);

@@ -146,13 +146,17 @@ export interface ConnInfo {
   packets: [number, number];
   bytes: [number, number];
   expiresInMs: number;
+  /** `vnic`: adopted from a guest's offer (the hand-over); `guest`: made by a ct action on the guest's traffic. */
+  owner: 'guest' | 'vnic';
+  /** The translation the reply tuple says: src, dst, both, or none. */
+  nat: 'src' | 'dst' | 'both' | 'none';
 }
 
 export class ConnTrack {
   readonly capacity: number;
   readonly timeouts: Timeouts;
   /** Counters: lookups that found a connection, connections made, packets inv, commits refused for a full table, connections expired. */
-  readonly stats = { found: 0, created: 0, invalid: 0, full: 0, expired: 0, reopened: 0, natExhausted: 0, natCut: 0, adopted: 0, adoptRefused: 0, clash: 0, relatedNat: 0 };
+  readonly stats = { found: 0, created: 0, invalid: 0, full: 0, expired: 0, reopened: 0, natExhausted: 0, natCut: 0, adopted: 0, adoptRefused: 0, clash: 0, relatedNat: 0, endedLost: 0 };
 
   private readonly tup: Uint32Array;
   private readonly index: Int32Array;
@@ -183,13 +187,29 @@ export class ConnTrack {
   private live = 0;
   /** The packet's tuple, built here for each lookup. */
   private readonly t = new Uint32Array(TW);
+  /**
+   * Adopted connections freed (expired, flushed, released), for the hand-over's
+   * stage (offload.ts) to learn that one it served has ended:
+   *
+   *   ended[head & mask] … ended[(tail - 1) & mask]   ids, oldest first
+   *
+   * Power-of-two sized above capacity: an id enters once per adoption, and
+   * adopt is the only way one becomes adopted again, so it never fills
+   * (a push into a full ring is counted in stats.endedLost all the same).
+   */
+  private readonly ended: Int32Array;
+  private readonly endedMask: number;
+  private endedHead = 0;
+  private endedTail = 0;
   private readonly r = new Uint32Array(TW);
   private readonly rv = new Uint32Array(TW);
 
   /** Bytes the tables of `capacity` connections take (what the constructor allocates). */
   static bytesFor(capacity: number): number {
     const slots = indexSlots(capacity);
-    return capacity * 2 * TW * 4 + slots * 8 + capacity * (1 + 1 + 1 + 1 + 1 + 1 + 8) + capacity * 2 * (1 + 4 + 4 + 4 + 1 + 8 + 8) + capacity * 4;
+    let ring = 2;
+    while (ring <= capacity) ring *= 2;
+    return ring * 4 + capacity * 2 * TW * 4 + slots * 8 + capacity * (1 + 1 + 1 + 1 + 1 + 1 + 8) + capacity * 2 * (1 + 4 + 4 + 4 + 1 + 8 + 8) + capacity * 4;
   }
 
   constructor(opts: ConnTrackOptions) {
@@ -215,6 +235,10 @@ export class ConnTrack {
     this.expires = new Float64Array(c);
     this.packets = new Float64Array(c * 2);
     this.bytes = new Float64Array(c * 2);
+    let ring = 2;
+    while (ring <= c) ring *= 2;
+    this.ended = new Int32Array(ring);
+    this.endedMask = ring - 1;
     this.freeIds = new Int32Array(c);
     for (let k = 0; k < c; k++) this.freeIds[k] = c - 1 - k;
     this.nFree = c;
@@ -588,6 +612,8 @@ export class ConnTrack {
   private free(id: number): void {
     if (this.adoptedBy[id] === 1) {
       this.adoptedBy[id] = 0;
+      if (this.endedTail - this.endedHead > this.endedMask) this.stats.endedLost++;
+      else this.ended[this.endedTail++ & this.endedMask] = id;
       const z = this.tup[id * 2 * TW] >>> 16;
       this.adoptedInZone.set(z, (this.adoptedInZone.get(z) ?? 1) - 1);
     }
@@ -669,6 +695,71 @@ export class ConnTrack {
     this.live++;
     this.stats.adopted++;
     return id;
+  }
+
+  // --- the hand-over's stage (offload.ts) ---
+
+  /**
+   * Fast path: the index entry (id * 2 + 1 for the reply direction) of the
+   * live connection packet i of the batch belongs to in `zone`, or -1 — a
+   * look, no change (no state, no counters, nothing freed). TCP, UDP (their
+   * ports from the key) and ICMP/ICMPv6 queries and replies; not ICMP
+   * errors, fragments after the first, or anything whose L4 header the
+   * capture cut.
+   */
+  peek(batch: PacketBatch, i: number, zone: number, now: number): number {
+    const k = i * KEY_WORDS;
+    const key = batch.key;
+    const ethType = key[k + W_ETH_TYPE] >>> 16;
+    const family = ethType === 0x0800 ? 4 : ethType === 0x86dd ? 6 : 0;
+    if (family === 0 || (key[k + W_ETH_TYPE] & FRAG_LATER) !== 0) return -1;
+    const proto = (key[k + W_ETH_TYPE] >>> 8) & 0xff;
+    const l4 = batch.l4Off[i];
+    if (l4 === ABSENT) return -1;
+    const t = this.t;
+    let tp: number;
+    if (proto === 6 || proto === 17) tp = key[k + W_TP];
+    else if ((proto === 1 && family === 4) || (proto === 58 && family === 6)) {
+      if (batch.caplen[i] < l4 + 8) return -1;
+      const b = batch.buf;
+      const p = batch.off[i] + l4;
+      const type = b[p];
+      if ((family === 4 ? ICMP4_REPLY : ICMP6_REPLY)[type] < 0 && (family === 4 ? ICMP4_REQUEST : ICMP6_REQUEST)[type] < 0) return -1;
+      tp = (((b[p + 4] << 8) | b[p + 5]) << 16) | (type << 8);
+    } else return -1;
+    t[0] = ((zone & 0xffff) << 16) | (proto << 8) | family;
+    for (let w = 0; w < 4; w++) { t[1 + w] = key[k + W_IP_SRC + w]; t[5 + w] = key[k + W_IP_DST + w]; }
+    t[9] = tp >>> 0;
+    const e = this.find(t, 0, hashTuple(t, 0));
+    return e >= 0 && this.expires[e >> 1] > now ? e : -1;
+  }
+
+  /** Whether connection id was adopted (a guest's, handed over) and is in the table. */
+  isAdopted(id: number): boolean {
+    return this.used[id] === 1 && this.adoptedBy[id] === 1;
+  }
+
+  /** Whether either end of TCP connection id has sent a FIN or a reset (it is closing: the guest takes it back). */
+  isClosing(id: number): boolean {
+    return this.proto[id] === 6 && (this.tcpState[id * 2] >= TCPS_CLOSING || this.tcpState[id * 2 + 1] >= TCPS_CLOSING);
+  }
+
+  /** The zone of connection id. */
+  zoneOf(id: number): number {
+    return this.tup[id * 2 * TW] >>> 16;
+  }
+
+  /** Removes connection id now (the hand-over's stage gives it back); false when it is not in the table. */
+  release(id: number): boolean {
+    if (!(id >= 0 && id < this.capacity) || this.used[id] === 0) return false;
+    this.free(id);
+    return true;
+  }
+
+  /** The next adopted connection freed since the last call (oldest first), or -1: the ring of ended ones. */
+  takeEnded(): number {
+    if (this.endedHead === this.endedTail) return -1;
+    return this.ended[this.endedHead++ & this.endedMask];
   }
 
   /** Drops every connection (of one zone). Returns how many. */
@@ -910,6 +1001,8 @@ export class ConnTrack {
         state: proto === 6 ? `${TCP_STATE_NAMES[this.tcpState[id * 2]]}:${TCP_STATE_NAMES[this.tcpState[id * 2 + 1]]}` : ['FIRST', 'MULTIPLE', 'BIDIR'][this.pstate[id]],
         packets: [this.packets[id * 2], this.packets[id * 2 + 1]], bytes: [this.bytes[id * 2], this.bytes[id * 2 + 1]],
         expiresInMs: Math.max(0, this.expires[id] - now),
+        owner: this.adoptedBy[id] === 1 ? 'vnic' : 'guest',
+        nat: (['none', 'src', 'dst', 'both'] as const)[this.natKind[id] & 3],
       });
     }
     return out;
