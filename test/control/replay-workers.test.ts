@@ -293,12 +293,12 @@ describe('replay --workers N: a thread that joins mid-stream', () => {
   /** A UDP frame of flow f (10.4.f.1 → port 9) to vm `vm`, numbered i. */
   const frame = (f: number, vm: number, i: number) => eth(`02:00:00:00:00:0${vm}`, '02:fe:00:00:00:01', 0x0800, ipv4({ src: `10.4.${f}.1`, dst: `10.0.0.${vm}`, proto: 17 }, udp(3000 + f, 9, new Uint8Array([0xf1, f, i >> 8, i & 255]))));
   const workerOfFrame = (b: Uint8Array) => workerOf(flowHash(b, new DataView(b.buffer, b.byteOffset, b.byteLength), 0, b.length), 2);
-  /** A flow number whose frames go to worker w (of 2). */
-  const flowFor = (w: number) => { for (let f = 1; ; f++) if (workerOfFrame(frame(f, 1, 0)) === w) return f; };
+  /** A flow number whose frames to vm `vm` go to worker w (of 2): the hash covers the destination too. */
+  const flowFor = (w: number, vm: number) => { for (let f = 1; ; f++) if (workerOfFrame(frame(f, vm, 0)) === w) return f; };
 
   it('takes over its flows at the join: what the main thread switched before is in the file first (per-flow order), and it gets the mappings of earlier events', async () => {
-    const a = flowFor(1); // the thread's, to vm1 (vf1)
-    const b = flowFor(0); // the main thread's, to vm2 (vf2)
+    const a = flowFor(1, 1); // the thread's, to vm1 (vf1)
+    const b = flowFor(0, 2); // the main thread's, to vm2 (vf2)
     const recs: PcapRecord[] = [];
     let t = 0;
     const put = (data: Uint8Array) => recs.push({ sec: 1_700_000_000, usec: t++, data });
