@@ -150,12 +150,24 @@ export function rewrite(batch: PacketBatch, i: number, t: Uint32Array, at: numbe
   const l4sum = csumAt >= 0 && !(proto === 17 && family === 4 && b[csumAt] === 0 && b[csumAt + 1] === 0);
   const key = batch.key;
   const k = i * KEY_WORDS;
+  // A checksum the sender left for the NIC to finish (virtio-net NEEDS_CSUM, a port with
+  // offloads: offload.ts) holds the pseudo-header's sum, uncomplemented, and the NIC sums the
+  // L4 header and data itself: the addresses go into it uncomplemented (complemented around
+  // the update), the ports not at all.
+  const partial = l4sum && (proto === 6 || proto === 17) && batch.vnet && base >= 10 && (b[base - 10] & VNET_NEEDS_CSUM) !== 0;
+  if (partial) flip16(b, csumAt);
   // Source then destination: IPv4 at 12 and 16 (and its header checksum), IPv6 at 8 and 24.
   const words = family === 4 ? 1 : 4;
   const ipSum = family === 4 ? l3 + 10 : -1;
   const l4At = l4sum && pseudo ? csumAt : -1;
   setAddr(b, l3 + (family === 4 ? 12 : 8), t, at + 1, words, ipSum, l4At, key, k + W_IP_SRC);
   setAddr(b, l3 + (family === 4 ? 16 : 24), t, at + 5, words, ipSum, l4At, key, k + W_IP_DST);
+  if (partial) {
+    flip16(b, csumAt);
+    const ports = t[at + 9];
+    if (rd32(b, l4) !== ports) { wr32(b, l4, ports); key[k + W_TP] = ports; }
+    return true;
+  }
   const ports = t[at + 9];
   if (proto === 6 || proto === 17) {
     const old = rd32(b, l4);
@@ -177,6 +189,15 @@ export function rewrite(batch: PacketBatch, i: number, t: Uint32Array, at: numbe
   // A UDP checksum that came out 0 is sent as 0xffff (0 means "none", RFC 768).
   if (proto === 17 && l4sum && b[csumAt] === 0 && b[csumAt + 1] === 0) { b[csumAt] = 0xff; b[csumAt + 1] = 0xff; }
   return true;
+}
+
+/** virtio_net_hdr flags: the checksum at csum_offset is partial (offload.ts). */
+const VNET_NEEDS_CSUM = 1;
+
+/** Complements the 16-bit field at b[at]. */
+function flip16(b: Uint8Array, at: number): void {
+  b[at] = ~b[at] & 0xff;
+  b[at + 1] = ~b[at + 1] & 0xff;
 }
 
 /** Whether the address of `words` words at b[p] is t[at ..]. */

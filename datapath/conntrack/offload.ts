@@ -40,9 +40,8 @@
  *
  * Checksums a VM left for the NIC to finish (a virtio-net header with
  * NEEDS_CSUM, batch.vnet) hold the pseudo-header's sum, not its complement:
- * the field is complemented around the NAT rewrite, whose incremental update
- * is for a finished checksum (one's complement: ~(~C - old + new) taken
- * twice is C - old + new).
+ * NAT (nat.ts rewrite) updates them for the addresses only, uncomplemented;
+ * the NIC sums the ports with the rest of the segment.
  */
 import type { PacketBatch } from '../batch.js';
 import { ABSENT } from '../batch.js';
@@ -253,13 +252,9 @@ export class Offload {
           continue;
         }
       }
-      // A checksum left for the NIC (the pseudo-header's sum): complemented around the rewrite.
-      const csumAt = proto === 6 ? l4 + 16 : proto === 17 ? l4 + 6 : -1;
-      const partial = batch.vnet && csumAt >= 0 && (b[batch.off[i] - 10] & 1) !== 0 && batch.caplen[i] >= (csumAt - batch.off[i]) + 2;
-      if (partial) { b[csumAt] = ~b[csumAt] & 0xff; b[csumAt + 1] = ~b[csumAt + 1] & 0xff; }
+      // NAT (a checksum left for the NIC, NEEDS_CSUM, is nat.ts's to keep right).
       this.one[0] = i;
       ct.process(batch, this.one, 1, this.ifZone[j], false, now);
-      if (partial) { b[csumAt] = ~b[csumAt] & 0xff; b[csumAt + 1] = ~b[csumAt + 1] & 0xff; }
       const st = batch.ctState[i];
       batch.ctState[i] = 0; // it arrives on the out interface untracked, as the VM's frame would
       if ((st & CS_INV) !== 0 || (st & CS_EST) === 0) { this.stats.toGuestInvalid++; continue; }

@@ -5,6 +5,11 @@ import fc from 'fast-check';
 import { CS_DST_NAT, CS_EST, CS_INV, CS_NEW, CS_REL, CS_RPL, CS_SRC_NAT, CS_TRK, ConnTrack } from '../../../datapath/conntrack/conntrack.js';
 import { NatRange } from '../../../datapath/conntrack/nat.js';
 import { FIRST, parsedOne } from './frames.js';
+import { PacketBatch } from '../../../datapath/batch.js';
+import { MappingTable } from '../../../datapath/mapping/mapping-table.js';
+import { Parse } from '../../../datapath/parse/parse.js';
+
+const PARSE = new Parse(new MappingTable(100, 100).inPortKey);
 import { checksum, concat, eth, icmpEcho, ipv4, ipv6, ip4, ip6, tcp, udp, writePcap } from '../../../fixtures/packets.js';
 import { cleanTemp, needTool, tempDir } from '../../helpers.js';
 
@@ -279,6 +284,45 @@ describe('NAT on tracked connections', () => {
     expect(rows[0]).toBe('1,1|1||1|');
     expect(rows[1]).toBe('1,1|1||1|');
     expect(rows[2].split('|')[4]).toBe('1');
+  });
+
+  it('a checksum left for the NIC (virtio-net NEEDS_CSUM, a port with offloads): NAT keeps the partial sum right, and the NIC\'s finish gives the right checksum (TCP and UDP, IPv4 and IPv6)', () => {
+    const cases: [string, (sport: number) => Uint8Array, NatRange][] = [
+      ['tcp4', (sp) => tcpFrame('10.0.0.1', sp, '10.0.0.2', 80, 0x18), new NatRange('src', '192.0.2.7', '192.0.2.7', 2000, 2000)],
+      ['udp4', (sp) => withChecksum(eth('02:00:00:00:00:02', '02:00:00:00:00:01', 0x0800, ipv4({ src: '10.0.0.1', dst: '10.0.0.2', proto: 17 }, udp(sp, 53, new Uint8Array(30).fill(7))))), new NatRange('dst', '10.9.9.9', '10.9.9.9', 5353, 5353)],
+      ['tcp6', (sp) => withChecksum(eth('02:00:00:00:00:02', '02:00:00:00:00:01', 0x86dd, ipv6({ src: 'fd00::1', dst: 'fd00::2', nh: 6 }, tcp(sp, 80, new Uint8Array(9).fill(3), 0x18)))), new NatRange('src', 'fd00::99', 'fd00::99', 3000, 3000)],
+    ];
+    for (const [name, make, nat] of cases) {
+      const full = make(40000);
+      const v6 = full[12] === 0x86;
+      const l4 = 14 + (v6 ? 40 : 20);
+      const at = l4 + (full[l4 - (v6 ? 34 : 11)] === 6 ? 16 : 6);
+      // As a guest sends it with offloads: the field holds the pseudo-header's sum, uncomplemented.
+      const partialOf = (f: Uint8Array) => {
+        const len = f.length - l4;
+        const proto = v6 ? f[14 + 6] : f[14 + 9];
+        const pseudo = v6 ? concat(f.subarray(22, 54), Uint8Array.of(0, 0, len >> 8, len & 255, 0, 0, 0, proto)) : concat(f.subarray(26, 34), Uint8Array.of(0, proto, len >> 8, len & 255));
+        return (~checksum(pseudo)) & 0xffff;
+      };
+      const frame = Uint8Array.from(full);
+      const p = partialOf(frame);
+      frame[at] = p >> 8; frame[at + 1] = p & 255;
+      const buf = concat(Uint8Array.of(1, 0, 0, 0, 0, 0, l4, 0, at - l4, 0), frame); // flags NEEDS_CSUM, csum_start, csum_offset
+      const ct = new ConnTrack({ capacity: 16 });
+      const pb = new PacketBatch(1);
+      pb.batchSetBuffer(buf); pb.count = 1; pb.off[0] = 10; pb.caplen[0] = frame.length; pb.wirelen[0] = frame.length; pb.inPpid[0] = 1; pb.drop[0] = 0; pb.vnet = true;
+      PARSE.process(pb);
+      ct.process(pb, FIRST, 1, 0, true, 1000, nat);
+      expect(pb.ctState[0] & (CS_SRC_NAT | CS_DST_NAT), name).not.toBe(0);
+      const out = buf.slice(10);
+      // The partial sum is what the translated packet's pseudo-header sums to…
+      expect((out[at] << 8) | out[at + 1], name).toBe(partialOf(out));
+      // …and the NIC's finish (the segment summed with it) is the checksum summed from scratch.
+      const finished = checksum(out.subarray(l4));
+      const fresh = withChecksum(Uint8Array.from(out));
+      expect(finished === 0 ? 0xffff : finished, name).toBe((fresh[at] << 8) | fresh[at + 1]);
+      expect(port(out, l4) !== 40000 || port(out, l4 + 2) !== port(full, l4 + 2), name).toBe(true); // a port did change
+    }
   });
 
   it('refuses a bad range, naming it', () => {
