@@ -39,7 +39,7 @@ function flowtable(): { ok: boolean; why: string } {
   sh('ip', ['netns', 'add', ns]);
   try {
     sh('ip', ['-n', ns, 'link', 'add', 'ft0', 'type', 'veth', 'peer', 'name', 'ft1']);
-    const r = spawnSync('ip', ['netns', 'exec', ns, 'nft', '-f', '-'], { input: 'table inet ft { flowtable f { hook ingress priority 0; devices = { ft0 }; } }\n', encoding: 'utf8' });
+    const r = spawnSync('ip', ['netns', 'exec', ns, 'nft', '-f', '-'], { input: 'table inet ft {\n flowtable f {\n  hook ingress priority 0\n  devices = { ft0, ft1 }\n }\n}\n', encoding: 'utf8' });
     return { ok: r.status === 0, why: (r.stderr || '').trim().split('\n')[0] ?? '' };
   } finally {
     spawnSync('ip', ['netns', 'del', ns]);
