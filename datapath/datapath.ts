@@ -389,12 +389,16 @@ export class Datapath {
     const sets = this.actionSets;
     const sel = this.ctSel;
     const done = this.ctDone;
+    // One ConnTrack call per conntrack part (zone, commit, NAT) among them: specs that differ
+    // only in their continuation (L2's outputs, one a VM) share it.
+    const core = sets.ctCore;
     done.fill(0, 0, n);
     for (let j = 0; j < n; j++) {
       if (done[j] === 1) continue;
       const s = spec[j];
+      const c = core[s];
       let m = 0;
-      for (let x = j; x < n; x++) if (done[x] === 0 && spec[x] === s) { sel[m++] = idx[x]; done[x] = 1; }
+      for (let x = j; x < n; x++) if (done[x] === 0 && core[spec[x]] === c) { sel[m++] = idx[x]; done[x] = 1; }
       ct.process(batch, sel, m, sets.ctZone[s], sets.ctCommit[s] === 1, now, sets.ctNat[s]);
     }
     // The next pass: the recirculated packets first (they are classified), then the continued ones.
@@ -455,6 +459,11 @@ export class Datapath {
 
   // Packet i of `from` as packet j of `to` (the same bytes: `to` shares from's buffer).
   private copyForNextPass(from: PacketBatch, i: number, to: PacketBatch, j: number): void {
+    const fk = from.key;
+    const tk = to.key;
+    const ki = i * KEY_WORDS;
+    const kj = j * KEY_WORDS;
+    for (let w = 0; w < KEY_WORDS; w++) tk[kj + w] = fk[ki + w];
     to.off[j] = from.off[i];
     to.caplen[j] = from.caplen[i];
     to.wirelen[j] = from.wirelen[i];
@@ -470,9 +479,6 @@ export class Datapath {
     to.vni[j] = from.vni[i];
     to.ordinal[j] = from.ordinal[i];
     to.ctState[j] = from.ctState[i];
-    const ki = i * KEY_WORDS;
-    const kj = j * KEY_WORDS;
-    for (let w = 0; w < KEY_WORDS; w++) to.key[kj + w] = from.key[ki + w];
   }
 
   /**
