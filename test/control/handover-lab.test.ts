@@ -216,6 +216,9 @@ table ip nat {
     const s1 = await ctl(sock, 'conntrack', 'stats');
     expect(s1.serviceVms[0].adopted).toBeGreaterThan(s0.serviceVms[0].adopted);
     expect(s1.offload.served - s0.offload.served).toBeGreaterThan(100);
+    // dump-flows says what the offload stage serves before any flow.
+    const flows = sh(process.execPath, [CLI, 'ctl', '-s', sock, 'dump-flows']);
+    expect(flows).toMatch(/^offload\(zone=5,vm=svc,eth_dst=its svc-in\/svc-out\), packets:\d+, .*actions:offloaded:\d+ connections/m);
     void fpoLog;
   }, 120_000);
 });
