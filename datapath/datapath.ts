@@ -324,18 +324,19 @@ export class Datapath {
 
   process(batch: PacketBatch, now: number): void {
     if (this.rxTap !== null) this.rxTap(batch); // a live capture: one branch a batch when there is none
-    // While a connection is offloaded (a service VM handed it over) the stages take the whole
-    // batch: the offload stage must see its packets before classify (see offload.ts).
+    // While a connection is offloaded (a service VM handed it over), its packets are served
+    // first (offload.ts front: by destination MAC), and go on as received on the out interface.
     const off = this.off;
     const offloading = off !== null && off.active > 0;
+    if (offloading) (off as Offload).front(batch, now, this.mapping.inPortKey, this.mapping.vmPort, this.mapping.toPpid, this.rxPackets, this.rxBytes);
     // The common case first, in one pass; the stages take the rest of the batch.
-    const laned = offloading ? 0 : this.fastLane.process(batch, now, this.rxPackets, this.rxBytes);
-    const laneSpecial = offloading ? 0 : this.fastLane.special;
+    const laned = this.fastLane.process(batch, now, this.rxPackets, this.rxBytes);
+    const laneSpecial = this.fastLane.special;
     if (batch.unfilled) batch.completeRecords(laned); // a lazy fill the lane left before its end
     if (laned < batch.count) {
       this.parse.process(batch);
       const flagged = this.flagCheck.process(batch);
-      if (offloading) (off as Offload).process(batch, now);
+      if (offloading) (off as Offload).process(batch, now); // what front could not take (decapsulated frames)
       if (this.classify.process(batch, now) > 0) this.handleMisses(batch, now);
       this.execute.process(batch);
       if (flagged + laneSpecial > 0) this.deliverSpecial(batch);

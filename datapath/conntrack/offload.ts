@@ -17,11 +17,16 @@
  *                the switch's own flows carry it to the server's or the
  *                client's port
  *
- * It is its own stage because it runs between parse and classify (what it
- * rewrites is what classify looks up) and only while a connection is
- * offloaded: Datapath.process calls it, and skips the fast lane for the
- * batch, only when `active` > 0 — a datapath that never offloads pays one
- * branch a batch.
+ * It is its own stage, run only while a connection is offloaded (`active`
+ * > 0: a datapath that never offloads pays one branch a batch), in two
+ * places: `front`, before the fast lane, takes each frame whose
+ * destination MAC is an offload interface's, parses it alone and serves it,
+ * and moves it to the out interface's port, so the lane (which keeps the
+ * rest of the batch) and the stages forward it like any frame from there;
+ * `process`, after parse and the flag check, serves decapsulated frames
+ * (front sees outer frames only) by rewriting their key. Decapsulated
+ * frames the lane's tunnel loop takes go to the VM unserved (it still
+ * forwards them: it keeps its entry).
  *
  * What goes to the service VM unchanged (the normal path, counted in
  * `stats`): packets of connections not offloaded, TTL ≤ 1 (the VM answers
@@ -45,8 +50,9 @@
  */
 import type { PacketBatch } from '../batch.js';
 import { ABSENT } from '../batch.js';
-import { FRAG_ANY, KEY_WORDS, W_ETH_DST_HI, W_ETH_MID, W_ETH_SRC_LO, W_ETH_TYPE, W_IN_PORT } from '../classifier/flow-key.js';
+import { FRAG_ANY, KEY_WORDS, TUN_PRESENT, W_TUN, W_ETH_DST_HI, W_ETH_MID, W_ETH_SRC_LO, W_ETH_TYPE, W_IN_PORT } from '../classifier/flow-key.js';
 import { FpoError } from '../errors.js';
+import { parsePacket } from '../parse/parse.js';
 import { CS_EST, CS_INV, type ConnTrack } from './conntrack.js';
 
 /** Why a connection was handed back (the hand-back ring's reason codes). */
@@ -209,79 +215,142 @@ export class Offload {
 
   // Fast path.
 
+  /**
+   * Fast path, before the fast lane (Datapath.process, while a connection is
+   * offloaded): each packet whose destination MAC is an offload-enabled
+   * interface's is parsed alone and served here when it is a packet of an
+   * offloaded connection — then it continues as a packet received on the
+   * out interface's port (batch.inPpid moved, and its rx counted on the port
+   * it came in on: rxPackets/rxBytes are moved back), so the lane and the
+   * stages forward it with everything else, and the rest of the batch keeps
+   * the lane. `toPpid` (the mapping) must give the out interface a port, else
+   * the packet goes to the VM.
+   */
+  front(batch: PacketBatch, now: number, inPortKey: Uint32Array, vmPort: Uint8Array, toPpid: Int32Array, rxPackets: Float64Array, rxBytes: Float64Array): void {
+    this.drainEnded();
+    if (this.active === 0) return;
+    if (batch.unfilled) batch.completeRecords(0); // inPpid is written below
+    const n = batch.count;
+    const drop = batch.drop;
+    const off = batch.off;
+    const b = batch.buf;
+    const nIfs = this.nIfs;
+    for (let i = 0; i < n; i++) {
+      if (drop[i] !== 0 || batch.caplen[i] < 14) continue;
+      const o = off[i];
+      const dA = ((b[o] << 24) | (b[o + 1] << 16) | (b[o + 2] << 8) | b[o + 3]) >>> 0;
+      const dB = (b[o + 4] << 8) | b[o + 5];
+      let j = 0;
+      while (j < nIfs && (this.ifMacA[j] !== dA || this.ifMacB[j] !== dB)) j++;
+      if (j === nIfs) continue;
+      if (parsePacket(batch, i, inPortKey, vmPort) !== 0) continue; // malformed: the stages drop it with its reason
+      const from = batch.inPpid[i];
+      const to = this.serve(batch, i, j, now, toPpid);
+      if (to < 0) continue;
+      const wl = batch.wirelen[i];
+      batch.inPpid[i] = to;
+      // Received on the port it came in on: the lane or accounting counts it on `to`.
+      rxPackets[from]++;
+      rxBytes[from] += wl;
+      rxPackets[to]--;
+      rxBytes[to] -= wl;
+    }
+  }
+
+  /**
+   * Fast path, after parse and the flag check: decapsulated frames (front
+   * saw only outer frames) of offloaded connections are served and their key
+   * made the out interface's (in_port, Ethernet words).
+   */
   process(batch: PacketBatch, now: number): void {
     this.drainEnded();
     if (this.active === 0) return;
     const n = batch.count;
     const key = batch.key;
     const drop = batch.drop;
-    const b = batch.buf;
     const nIfs = this.nIfs;
-    const ct = this.ct;
     for (let i = 0; i < n; i++) {
       if (drop[i] !== 0) continue;
       const k = i * KEY_WORDS;
+      if ((key[k + W_TUN] & TUN_PRESENT) === 0) continue; // front saw it (its outer frame is its frame)
       // To one of the service VMs' interfaces?
       const dA = key[k + W_ETH_DST_HI];
       const dB = key[k + W_ETH_MID] >>> 16;
       let j = 0;
       while (j < nIfs && (this.ifMacA[j] !== dA || this.ifMacB[j] !== dB)) j++;
       if (j === nIfs) continue;
-      const et = key[k + W_ETH_TYPE] >>> 16;
-      if (et !== 0x0800 && et !== 0x86dd) continue;
-      const e = ct.peek(batch, i, this.ifZone[j], now);
-      if (e < 0) continue;
-      const id = e >> 1;
-      if (this.offloaded[id] === 0) continue;
-      // A packet of an offloaded connection: served here, unless it is one the VM must see.
-      const l3o = batch.l3Off[i];
-      const l4o = batch.l4Off[i];
-      if ((key[k + W_ETH_TYPE] & FRAG_ANY) !== 0 || l3o === ABSENT || l4o === ABSENT) { this.stats.toGuestHeader++; continue; }
-      const l3 = batch.off[i] + l3o;
-      const v4 = et === 0x0800;
-      if (v4 ? l4o - l3o !== 20 : l4o - l3o !== 40) { this.stats.toGuestHeader++; continue; } // IPv4 options, IPv6 extension headers
-      if (b[v4 ? l3 + 8 : l3 + 7] <= 1) { this.stats.toGuestTtl++; continue; }
-      const proto = (key[k + W_ETH_TYPE] >>> 8) & 0xff;
-      const l4 = batch.off[i] + l4o;
-      if (proto === 6) {
-        if (batch.caplen[i] < l4o + 14) { this.stats.toGuestHeader++; continue; }
-        const f = b[l4 + 13];
-        if ((f & (TH_FIN | TH_RST)) !== 0) {
-          // The end of the connection: the guest takes it back and sees this packet as it was sent.
-          this.handBack(id, (f & TH_RST) !== 0 ? HB_RST : HB_FIN);
-          continue;
-        }
-      }
-      // NAT (a checksum left for the NIC, NEEDS_CSUM, is nat.ts's to keep right).
-      this.one[0] = i;
-      ct.process(batch, this.one, 1, this.ifZone[j], false, now);
-      const st = batch.ctState[i];
-      batch.ctState[i] = 0; // it arrives on the out interface untracked, as the VM's frame would
-      if ((st & CS_INV) !== 0 || (st & CS_EST) === 0) { this.stats.toGuestInvalid++; continue; }
-      // TTL / hop limit, as the VM's forwarding: IPv4's header checksum follows (the word TTL|protocol).
-      if (v4) {
-        const ttl = b[l3 + 8];
-        const old = (ttl << 8) | b[l3 + 9];
-        b[l3 + 8] = ttl - 1;
-        csum16(b, l3 + 10, old, old - 0x100);
-      } else b[l3 + 7]--;
-      // MACs: from the out interface, to the next hop; the key as classify must see the frame.
-      const s = e; // id * 2 + direction
-      const o = batch.off[i];
-      const nA = this.nhA[s];
-      const nB = this.nhB[s];
-      const sA = this.srcA[s];
-      const sB = this.srcB[s];
-      b[o] = nA >>> 24; b[o + 1] = (nA >>> 16) & 255; b[o + 2] = (nA >>> 8) & 255; b[o + 3] = nA & 255;
-      b[o + 4] = nB >>> 8; b[o + 5] = nB & 255;
-      b[o + 6] = sA >>> 24; b[o + 7] = (sA >>> 16) & 255; b[o + 8] = (sA >>> 8) & 255; b[o + 9] = sA & 255;
-      b[o + 10] = sB >>> 8; b[o + 11] = sB & 255;
-      key[k + W_IN_PORT] = this.outVpid[s];
-      key[k + W_ETH_DST_HI] = nA;
-      key[k + W_ETH_MID] = ((nB << 16) | (sA >>> 16)) >>> 0;
-      key[k + W_ETH_SRC_LO] = (((sA & 0xffff) << 16) | sB) >>> 0;
-      this.stats.served++;
+      this.serve(batch, i, j, now, null);
     }
+  }
+
+  /**
+   * Packet i (parsed), addressed to offload interface j: served when it is a
+   * packet of an offloaded connection (NAT, TTL, MACs, the key as from the
+   * out interface). Returns the out interface's PPID (with toPpid; -1 there:
+   * not served, it has no port), or 0 (served, without toPpid), or -1 (not
+   * served: it goes to the VM as it came).
+   */
+  private serve(batch: PacketBatch, i: number, j: number, now: number, toPpid: Int32Array | null): number {
+    const k = i * KEY_WORDS;
+    const key = batch.key;
+    const b = batch.buf;
+    const ct = this.ct;
+    const et = key[k + W_ETH_TYPE] >>> 16;
+    if (et !== 0x0800 && et !== 0x86dd) return -1;
+    const e = ct.peek(batch, i, this.ifZone[j], now);
+    if (e < 0) return -1;
+    const id = e >> 1;
+    if (this.offloaded[id] === 0) return -1;
+    if (toPpid !== null && toPpid[this.outVpid[e]] < 0) return -1; // before the lane, it must have a port to come in on
+    // A packet of an offloaded connection: served here, unless it is one the VM must see.
+    const l3o = batch.l3Off[i];
+    const l4o = batch.l4Off[i];
+    if ((key[k + W_ETH_TYPE] & FRAG_ANY) !== 0 || l3o === ABSENT || l4o === ABSENT) { this.stats.toGuestHeader++; return -1; }
+    const l3 = batch.off[i] + l3o;
+    const v4 = et === 0x0800;
+    if (v4 ? l4o - l3o !== 20 : l4o - l3o !== 40) { this.stats.toGuestHeader++; return -1; } // IPv4 options, IPv6 extension headers
+    if (b[v4 ? l3 + 8 : l3 + 7] <= 1) { this.stats.toGuestTtl++; return -1; }
+    const proto = (key[k + W_ETH_TYPE] >>> 8) & 0xff;
+    const l4 = batch.off[i] + l4o;
+    if (proto === 6) {
+      if (batch.caplen[i] < l4o + 14) { this.stats.toGuestHeader++; return -1; }
+      const f = b[l4 + 13];
+      if ((f & (TH_FIN | TH_RST)) !== 0) {
+        // The end of the connection: the guest takes it back and sees this packet as it was sent.
+        this.handBack(id, (f & TH_RST) !== 0 ? HB_RST : HB_FIN);
+        return -1;
+      }
+    }
+    // NAT (a checksum left for the NIC, NEEDS_CSUM, is nat.ts's to keep right).
+    this.one[0] = i;
+    ct.process(batch, this.one, 1, this.ifZone[j], false, now);
+    const st = batch.ctState[i];
+    batch.ctState[i] = 0; // it arrives on the out interface untracked, as the VM's frame would
+    if ((st & CS_INV) !== 0 || (st & CS_EST) === 0) { this.stats.toGuestInvalid++; return -1; }
+    // TTL / hop limit, as the VM's forwarding: IPv4's header checksum follows (the word TTL|protocol).
+    if (v4) {
+      const ttl = b[l3 + 8];
+      const old = (ttl << 8) | b[l3 + 9];
+      b[l3 + 8] = ttl - 1;
+      csum16(b, l3 + 10, old, old - 0x100);
+    } else b[l3 + 7]--;
+    // MACs: from the out interface, to the next hop; the key as classify must see the frame.
+    const s = e; // id * 2 + direction
+    const o = batch.off[i];
+    const nA = this.nhA[s];
+    const nB = this.nhB[s];
+    const sA = this.srcA[s];
+    const sB = this.srcB[s];
+    b[o] = nA >>> 24; b[o + 1] = (nA >>> 16) & 255; b[o + 2] = (nA >>> 8) & 255; b[o + 3] = nA & 255;
+    b[o + 4] = nB >>> 8; b[o + 5] = nB & 255;
+    b[o + 6] = sA >>> 24; b[o + 7] = (sA >>> 16) & 255; b[o + 8] = (sA >>> 8) & 255; b[o + 9] = sA & 255;
+    b[o + 10] = sB >>> 8; b[o + 11] = sB & 255;
+    key[k + W_IN_PORT] = this.outVpid[s];
+    key[k + W_ETH_DST_HI] = nA;
+    key[k + W_ETH_MID] = ((nB << 16) | (sA >>> 16)) >>> 0;
+    key[k + W_ETH_SRC_LO] = (((sA & 0xffff) << 16) | sB) >>> 0;
+    this.stats.served++;
+    return toPpid === null ? 0 : toPpid[this.outVpid[s]];
   }
 
   // The connection leaves the offloaded set and the table; the control plane learns it from the ring.

@@ -159,6 +159,25 @@ describe('Offload: a connection the service VM handed over', () => {
     expect(st.packetsIn).toBe(st.delivered + st.dropped);
   });
 
+  it('served before the fast lane: the served packet counts as received on the client\'s port, not the VM\'s, and goes out on the server\'s', () => {
+    const { dp, send } = rig();
+    const { orig, reply } = tuples();
+    dp.offload.adopt(orig, reply, 1000, 60_000, ROUTES);
+    dp.offload.enable(vpid('svc-in'), parseMac(SVC_IN.mac), ZONE);
+    dp.offload.enable(vpid('svc-out'), parseMac(SVC_OUT.mac), ZONE);
+    const f = fromClient(0x10);
+    const out = send(1, [f, fromClient(0x10, { sport: 40001 })]);
+    expect(out.get(4)!.length).toBe(1); // served: to the server
+    expect(out.get(2)!.length).toBe(1); // another connection: to the VM
+    const port = (ppid: number) => dp.stats().ports.find((p) => p.ppid === ppid)!;
+    expect(port(1).rxPackets).toBe(2);
+    expect(port(1).rxBytes).toBe(2 * f.length);
+    expect(port(3).rxPackets).toBe(0); // the VM's outside port received nothing
+    expect(port(4).txPackets).toBe(1);
+    const st = dp.stats();
+    expect(st.packetsIn).toBe(st.delivered + st.dropped);
+  });
+
   it('TTL 1, another connection, another zone\'s MAC: to the service VM unchanged; each packet counted once', () => {
     const { dp, send } = rig();
     const { orig, reply } = tuples();
