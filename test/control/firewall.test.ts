@@ -8,6 +8,9 @@ import { FpoError } from '../../datapath/errors.js';
 import { eth, ipv4, udp } from '../../fixtures/packets.js';
 import { C, C_MAC, S, S_MAC, seg, twoVms } from '../datapath/conntrack/switch.js';
 
+const toBroadcast = (f: Uint8Array) => { const g = f.slice(); g.fill(0xff, 0, 6); return g; };
+const toUnknownMac = (f: Uint8Array) => { const g = f.slice(); g.set([2, 9, 9, 9, 9, 9], 0); return g; };
+
 // The per-port firewall (fpag.ts): an interface's rules compiled into ct
 // flows, run by the datapath — a client and a server VM, frames through.
 
@@ -94,6 +97,28 @@ describe('the per-port firewall', () => {
       expect(st.packetsIn).toBe(st.delivered + st.dropped);
       expect(st.delivered).toBe(delivered);
     }), { numRuns: 80 });
+  });
+
+  it('a flood reaches a firewalled VM only when its in rules allow the packet: a broadcast or unknown-unicast SYN to port 22 does not', () => {
+    // Three VMs, so that L2's flood has two receivers (with one it is a unicast, checked in table 255).
+    const { dp, send } = twoVms([], {}, WEB_SERVER, { other: {} });
+    const b = send([[1, toBroadcast(seg('c', 100, 0, 'S', 0, 22))], [1, toUnknownMac(seg('c', 100, 0, 'S', 0, 23))]]);
+    expect(b.toServer).toHaveLength(0);
+    expect(b.toOther).toHaveLength(2); // the unfirewalled VM gets its copies
+    // Port 80, which the server's rules allow, reaches it flooded too; ARP is not filtered.
+    const ok = send([[1, toBroadcast(seg('c', 100, 0, 'S', 0, 80))], [1, arp(C_MAC)]]);
+    expect(ok.toServer).toHaveLength(2);
+    // From a firewalled client whose out rules allow everything: the server's in rules still say.
+    const { dp: dp2, send: send2 } = twoVms([], { firewall: [{ direction: 'out', action: 'allow' }] }, WEB_SERVER, { other: {} });
+    const c = send2([[1, toBroadcast(seg('c', 100, 0, 'S', 0, 22))]]);
+    expect(c.toServer).toHaveLength(0);
+    expect(c.toOther).toHaveLength(1);
+    // Two firewalled receivers that both refuse it: a firewall drop, counted once.
+    const { dp: dp3, send: send3 } = twoVms([], {}, WEB_SERVER, { other: WEB_SERVER });
+    expect(send3([[1, toBroadcast(seg('c', 100, 0, 'S', 0, 22))]]).toServer).toHaveLength(0);
+    expect(accounted(dp)).toEqual({});
+    expect(accounted(dp2)).toEqual({});
+    expect(accounted(dp3)).toEqual({ firewall: 1 });
   });
 
   it('refuses rules that cannot mean anything, naming the interface, rule and field', () => {
