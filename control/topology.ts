@@ -240,6 +240,8 @@ const OffloadSchema = object({
   outside: array(name, { min: 1 }),
   /** The longest an adopted connection lives without a packet, in seconds (capped by fpo's own timeouts; default: the guest's). */
   maxTimeout: optional(int(1, 432_000)),
+  /** The most connections this VM may have handed over at once (default: a quarter of the connection table, so one VM's offers cannot take the table from every other zone). */
+  maxConnections: optional(int(1, 16_777_216)),
 });
 
 const NodeSchema = object({
@@ -328,6 +330,8 @@ export interface OffloadSpec {
   inside: string[];
   outside: string[];
   maxTimeout?: number;
+  /** The most connections handed over at once (default: a quarter of the connection table). */
+  maxConnections?: number;
 }
 
 export interface Segment {
@@ -510,7 +514,7 @@ export function topologyFrom(json: unknown, path: string): Topology {
         sides.add(n);
       });
     }
-    offload.push({ node: node.name, agent: o.agent, zone: o.zone, inside: [...o.inside], outside: [...o.outside], ...(o.maxTimeout !== undefined ? { maxTimeout: o.maxTimeout } : {}) });
+    offload.push({ node: node.name, agent: o.agent, zone: o.zone, inside: [...o.inside], outside: [...o.outside], ...(o.maxTimeout !== undefined ? { maxTimeout: o.maxTimeout } : {}), ...(o.maxConnections !== undefined ? { maxConnections: o.maxConnections } : {}) });
   });
   if (t.replay && t.replay.inputPort !== 'by-source-mac' && !ports.has(t.replay.inputPort)) throw bad(path, 'replay.inputPort', `no port named "${t.replay.inputPort}"`);
   if (t.tunnel?.specialPort !== undefined && !ports.has(t.tunnel.specialPort)) throw bad(path, 'tunnel.specialPort', `no port named "${t.tunnel.specialPort}"`);
