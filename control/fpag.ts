@@ -951,6 +951,9 @@ export class Fpag {
       const e = this.byVpid.get(itf.vpid)!;
       this.dp.apply({ type: 'mapping-set', vpid: itf.vpid, ppid: -1 });
       this.byVpid.delete(itf.vpid);
+      // The firewall goes with the interface (under its old zone: its connections stay allowed).
+      const fw = this.firewalls.get(itf.vpid);
+      if (fw !== undefined) { this.firewalls.delete(itf.vpid); this.firewalls.set(newVpid, fw); }
       e.vpid = newVpid;
       itf.vpid = newVpid;
       this.byVpid.set(newVpid, e);

@@ -121,6 +121,18 @@ describe('the per-port firewall', () => {
     expect(accounted(dp3)).toEqual({ firewall: 1 });
   });
 
+  it('a migration that gives the server a new VPID keeps its firewall, and its connections (the zone stays)', () => {
+    const { dp, fpag, send } = twoVms([], {}, WEB_SERVER);
+    expect(send([[1, seg('c', 100, 0, 'S')]]).toServer).toHaveLength(1);
+    expect(send([[2, seg('s', 500, 101, 'SA')]]).toClient).toHaveLength(1);
+    fpag.migrate('server', 'p2', 50);
+    expect(send([[1, seg('c', 100, 0, 'S', 0, 22)]]).toServer).toHaveLength(0);
+    const r = send([[1, seg('c', 101, 501, 'PA', 10)], [2, seg('s', 501, 111, 'PA', 20)]]);
+    expect(r.toServer).toHaveLength(1);
+    expect(r.toClient).toHaveLength(1);
+    expect(accounted(dp)).toEqual({ firewall: 1 });
+  });
+
   it('refuses rules that cannot mean anything, naming the interface, rule and field', () => {
     const refuse = (server: Record<string, unknown>, why: RegExp) => expect(() => twoVms([], {}, server), JSON.stringify(server)).toThrow(why);
     refuse({ firewall: [{ direction: 'in', action: 'allow', ports: 80 }] }, /interface server \(node server\)\.firewall\[0\]\.ports: a port needs proto tcp or udp/);
