@@ -355,6 +355,8 @@ export class Fpag {
         try { ct = parseCtAction(a, at); } catch (e) { throw new FpoError('FPO_ERR_BAD_TOPOLOGY', (e as Error).message, { path: this.topology.path }); }
         if (actions === null) throw new FpoError('FPO_ERR_BAD_TOPOLOGY', `${at}: a ct action after normal: ct first, then the outputs (or ct(table=N) and normal in table N)`, { path: this.topology.path });
         if (ctAt >= 0) throw new FpoError('FPO_ERR_BAD_TOPOLOGY', `${at}: a second ct action in one rule (actions[${ctAt}] is one): use ct(table=N) and a rule in table N`, { path: this.topology.path });
+        const fwz = this.firewallZone(ct.zone);
+        if (fwz !== undefined) throw new FpoError('FPO_ERR_BAD_TOPOLOGY', `${at}: zone ${ct.zone} is the firewall zone of interface ${fwz}; a rule's connections there would pass its firewall as established: choose another zone`, { path: this.topology.path });
         if (ct.table >= FW_TABLE_OUT) throw new FpoError('FPO_ERR_BAD_TOPOLOGY', `${at}: table ${ct.table} is the per-port firewall's; ct(table=N) takes 1..${FW_TABLE_OUT - 1}`, { path: this.topology.path });
         if (ct.table > 0 && j !== r.actions.length - 1) throw new FpoError('FPO_ERR_BAD_TOPOLOGY', `${at}: ct(table=${ct.table}) classifies the packet again, so it must be the rule's last action`, { path: this.topology.path });
         ctAt = j;
@@ -531,6 +533,12 @@ export class Fpag {
   }
 
   // --- the per-port firewall (see the top of the file) ---
+
+  /** The name of the firewalled interface whose conntrack zone is `zone`, if one is. */
+  private firewallZone(zone: number): string | undefined {
+    for (const fw of this.firewalls.values()) if (fw.zone === zone) return fw.name;
+    return undefined;
+  }
 
   // Slow path, at load: an interface's rules as key/mask words, refused by field when they cannot mean anything.
   private compileFirewall(itf: Interface, n: number): Firewall {

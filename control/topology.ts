@@ -504,6 +504,9 @@ export function topologyFrom(json: unknown, path: string): Topology {
     if (o === undefined) return;
     const at = `nodes[${i}].offload`;
     if (zones.has(o.zone)) throw bad(path, `${at}.zone`, `zone ${o.zone} is already service VM "${zones.get(o.zone)}"'s; each service VM's connections have a zone of their own`);
+    // A firewalled interface tracks in the zone of its VPID (fpag.ts): an offer there would be an established connection to its firewall.
+    const fwz = interfaces.find((x) => x.firewall !== undefined && (x.vpid & 0xffff) === o.zone);
+    if (fwz !== undefined) throw bad(path, `${at}.zone`, `zone ${o.zone} is the firewall zone of interface ${fwz.name} (its VPID); choose a zone no firewalled interface's VPID is`);
     zones.set(o.zone, node.name);
     const own = new Set(node.interfaces.map((x) => x.name));
     const sides = new Set<string>();

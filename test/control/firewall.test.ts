@@ -133,6 +133,20 @@ describe('the per-port firewall', () => {
     expect(accounted(dp)).toEqual({ firewall: 1 });
   });
 
+  it('a zone of a rule\'s ct or of a service VM\'s hand-over that is a firewalled interface\'s zone is refused: its connections would pass that firewall as established', () => {
+    // The server is VPID 2, so its firewall tracks in zone 2.
+    expect(() => twoVms([{ priority: 1, match: { eth_dst: 'ff:ff:ff:ff:ff:ff' }, actions: ['ct(commit,zone=2)', 'drop'] }], {}, WEB_SERVER)).toThrow(/ct\.json: rules\[0\]\.actions\[0\]: zone 2 is the firewall zone of interface server/);
+    expect(() => twoVms([{ priority: 1, actions: ['ct(zone=2,table=1)'] }], {}, WEB_SERVER)).toThrow(/rules\[0\]\.actions\[0\]: zone 2 is the firewall zone/);
+    expect(() => twoVms([{ priority: 1, actions: ['ct(zone=1,table=1)'] }], {}, WEB_SERVER)).not.toThrow();
+    // A service VM whose offers land in the server's zone (the server is VPID 3 here): an offered client → server:22 would be est there.
+    const svc = (zone: number) => topologyFrom({ ports: [{ name: 'p1', ppid: 1 }, { name: 'p2', ppid: 2 }], segments: [{ name: 'a' }], nodes: [
+      { name: 'svc', offload: { agent: '/x', zone, inside: ['svc0'], outside: ['svc1'] }, interfaces: [{ name: 'svc0', mac: '02:00:00:00:00:09', segment: 'a', port: 'p1' }, { name: 'svc1', mac: '02:00:00:00:00:0a', segment: 'a' }] },
+      { name: 'server', interfaces: [{ name: 'server', mac: S_MAC, ip: S, segment: 'a', port: 'p2', ...WEB_SERVER }] },
+    ] }, 'svc.json');
+    expect(() => svc(3)).toThrow(/svc\.json: nodes\[0\]\.offload\.zone: zone 3 is the firewall zone of interface server/);
+    expect(() => svc(7)).not.toThrow();
+  });
+
   it('refuses rules that cannot mean anything, naming the interface, rule and field', () => {
     const refuse = (server: Record<string, unknown>, why: RegExp) => expect(() => twoVms([], {}, server), JSON.stringify(server)).toThrow(why);
     refuse({ firewall: [{ direction: 'in', action: 'allow', ports: 80 }] }, /interface server \(node server\)\.firewall\[0\]\.ports: a port needs proto tcp or udp/);
