@@ -52,7 +52,8 @@
  * connection is checked against the interface's rules for its direction, in
  * order: the first that matches says allow (the connection is committed,
  * so its replies and related ICMP pass) or drop; none: drop
- * (D.firewall). Non-IP (ARP) is not filtered. Packets between two
+ * (D.firewall). Non-IP (ARP) is not filtered, nor is IPv6 neighbour
+ * discovery (ICMPv6 133..137). Packets between two
  * firewalled interfaces go through both (two zones), as OVN's per-port
  * zones do. A flood (broadcast, multicast, unknown unicast) is checked on
  * its way out, and each firewalled receiver gets its copy only when its `in`
@@ -590,6 +591,16 @@ export class Fpag {
     unwildcard(mask, 'eth_type');
     const et = key[W_ETH_TYPE] >>> 16;
     if (et !== 0x0800 && et !== 0x86dd) return;
+    if (et === 0x86dd) {
+      // Neighbour discovery (ICMPv6 133..137) is IPv6's ARP: not filtered, as ARP is not (and as
+      // security groups always allow it). Filtered, no IPv6 rule could work: a VM never learnt its peer's MAC.
+      unwildcard(mask, 'ip_proto');
+      if (((key[W_ETH_TYPE] >>> 8) & 0xff) === 58) {
+        unwildcard(mask, 'tp_src');
+        const type = key[W_TP] >>> 16;
+        if (type >= 133 && type <= 137) return;
+      }
+    }
     const inPort = key[W_IN_PORT];
     const from = (inPort & PORT_PPID_BIT) === 0 ? this.firewalls.get(inPort) : undefined;
     if (from !== undefined) {

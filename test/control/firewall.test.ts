@@ -5,7 +5,7 @@ import { topologyFrom } from '../../control/topology.js';
 import { formatMatch } from '../../datapath/classifier/flow-key.js';
 import { Datapath } from '../../datapath/datapath.js';
 import { FpoError } from '../../datapath/errors.js';
-import { eth, ipv4, udp } from '../../fixtures/packets.js';
+import { eth, ipv4, ipv6, udp } from '../../fixtures/packets.js';
 import { C, C_MAC, S, S_MAC, seg, twoVms } from '../datapath/conntrack/switch.js';
 
 const toBroadcast = (f: Uint8Array) => { const g = f.slice(); g.fill(0xff, 0, 6); return g; };
@@ -119,6 +119,20 @@ describe('the per-port firewall', () => {
     expect(accounted(dp)).toEqual({});
     expect(accounted(dp2)).toEqual({});
     expect(accounted(dp3)).toEqual({ firewall: 1 });
+  });
+
+  it('IPv6 neighbour discovery to and from a firewalled VM passes, as ARP does (it was dropped, so no IPv6 rule could work); other ICMPv6 is filtered', () => {
+    const { dp, send } = twoVms([], {}, WEB_SERVER);
+    const icmp6 = (type: number, from: 'c' | 's') => {
+      const m = new Uint8Array(24);
+      m[0] = type;
+      const [src, dst] = from === 'c' ? ['fe80::ff:fe00:1', 'fe80::ff:fe00:2'] : ['fe80::ff:fe00:2', 'fe80::ff:fe00:1'];
+      return eth(from === 'c' ? S_MAC : C_MAC, from === 'c' ? C_MAC : S_MAC, 0x86dd, ipv6({ src, dst, nh: 58, hlim: 255 }, m));
+    };
+    const r = send([[1, icmp6(135, 'c')], [1, icmp6(136, 'c')], [2, icmp6(135, 's')], [2, icmp6(136, 's')], [1, icmp6(128, 'c')]]);
+    expect(r.toServer).toHaveLength(2); // NS and NA; not the echo request
+    expect(r.toClient).toHaveLength(2);
+    expect(accounted(dp)).toEqual({ firewall: 1 });
   });
 
   it('a migration that gives the server a new VPID keeps its firewall, and its connections (the zone stays)', () => {
