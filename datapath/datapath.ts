@@ -214,7 +214,7 @@ export class Datapath {
     this.conntrackCapacity = opts.conntrackCapacity ?? 65536;
     this.batchCapacity = opts.batchCapacity ?? 256;
     this.flagCheck.rxBytes = this.rxBytes;
-    this.fastLane = new FastLane(this.mapping.inPortKey, this.emc, this.flows, this.classify, this.execute, this.actionSets, (b, i) => this.upcallOne(b, i), this.flagCheck, this.mapping.vmPort);
+    this.fastLane = new FastLane(this.mapping.inPortKey, this.emc, this.flows, this.classify, this.execute, this.actionSets, (b, i) => this.upcallOne(b, i), this.flagCheck, this.mapping.vmPort, (b, i, spec, now) => this.ctOne(b, i, spec, now));
   }
 
   // Slow path: the API of control/.
@@ -389,12 +389,16 @@ export class Datapath {
     const sets = this.actionSets;
     const sel = this.ctSel;
     const done = this.ctDone;
+    // One ConnTrack call per conntrack part (zone, commit, NAT) among them: specs that differ
+    // only in their continuation (L2's outputs, one a VM) share it.
+    const core = sets.ctCore;
     done.fill(0, 0, n);
     for (let j = 0; j < n; j++) {
       if (done[j] === 1) continue;
       const s = spec[j];
+      const c = core[s];
       let m = 0;
-      for (let x = j; x < n; x++) if (done[x] === 0 && spec[x] === s) { sel[m++] = idx[x]; done[x] = 1; }
+      for (let x = j; x < n; x++) if (done[x] === 0 && core[spec[x]] === c) { sel[m++] = idx[x]; done[x] = 1; }
       ct.process(batch, sel, m, sets.ctZone[s], sets.ctCommit[s] === 1, now, sets.ctNat[s]);
     }
     // The next pass: the recirculated packets first (they are classified), then the continued ones.
@@ -440,6 +444,17 @@ export class Datapath {
     this.delivered += delivered;
   }
 
+  private readonly ctOneSel = new Uint16Array(1);
+
+  /** The fast lane's conntrack for packet i (parsed) by ct spec `spec` (fast-lane.ts `one`). */
+  private ctOne(batch: PacketBatch, i: number, spec: number, now: number): void {
+    const sets = this.actionSets;
+    this.ctOneSel[0] = i;
+    batch.ctState[i] = 0;
+    this.conntrack.process(batch, this.ctOneSel, 1, sets.ctZone[spec], sets.ctCommit[spec] === 1, now, sets.ctNat[spec]);
+    this.ctPackets++;
+  }
+
   // Slow path, once: the recirculation batches and lists, a set per depth.
   private makeRecirc(): void {
     const cap = this.batchCapacity;
@@ -455,6 +470,11 @@ export class Datapath {
 
   // Packet i of `from` as packet j of `to` (the same bytes: `to` shares from's buffer).
   private copyForNextPass(from: PacketBatch, i: number, to: PacketBatch, j: number): void {
+    const fk = from.key;
+    const tk = to.key;
+    const ki = i * KEY_WORDS;
+    const kj = j * KEY_WORDS;
+    for (let w = 0; w < KEY_WORDS; w++) tk[kj + w] = fk[ki + w];
     to.off[j] = from.off[i];
     to.caplen[j] = from.caplen[i];
     to.wirelen[j] = from.wirelen[i];
@@ -470,9 +490,6 @@ export class Datapath {
     to.vni[j] = from.vni[i];
     to.ordinal[j] = from.ordinal[i];
     to.ctState[j] = from.ctState[i];
-    const ki = i * KEY_WORDS;
-    const kj = j * KEY_WORDS;
-    for (let w = 0; w < KEY_WORDS; w++) to.key[kj + w] = from.key[ki + w];
   }
 
   /**

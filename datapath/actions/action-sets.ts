@@ -73,8 +73,11 @@ export class ActionSets {
   ctTable: Int32Array = new Int32Array(16);
   ctCont: Int32Array = new Int32Array(16);
   ctNat: (NatRange | null)[] = [];
+  /** Per spec: its conntrack part (zone, commit, NAT) as a small id: specs that differ only in what follows share it, and one ConnTrack call serves them. */
+  ctCore: Int32Array = new Int32Array(16);
   private ctCount = 0;
   private readonly ctByText = new Map<string, number>();
+  private readonly ctCoreByText = new Map<string, number>();
 
   constructor(readonly encap: Encap, initialSets = 1024, initialWords = 16384) {
     this.pool = new Int32Array(initialWords);
@@ -136,6 +139,7 @@ export class ActionSets {
       this.ctZone = grow(this.ctZone, id * 2);
       this.ctTable = grow(this.ctTable, id * 2);
       this.ctCont = grow(this.ctCont, id * 2);
+      this.ctCore = grow(this.ctCore, id * 2);
       const c = new Uint8Array(id * 2);
       c.set(this.ctCommit);
       this.ctCommit = c;
@@ -145,6 +149,10 @@ export class ActionSets {
     this.ctTable[id] = a.table;
     this.ctCont[id] = cont;
     this.ctNat[id] = nat;
+    const coreText = JSON.stringify([a.zone, a.commit, a.nat ?? null]);
+    let core = this.ctCoreByText.get(coreText);
+    if (core === undefined) this.ctCoreByText.set(coreText, (core = this.ctCoreByText.size));
+    this.ctCore[id] = core;
     this.ctByText.set(text, id);
     return id;
   }
