@@ -17,7 +17,7 @@ import { MAX_PPID } from '../datapath/datapath.js';
 import { FpoError } from '../datapath/errors.js';
 import { CheckError, array, boolean, formatPath, int, number, object, oneOf, optional, string, type Check, type Out } from './check.js';
 import type { Fpag } from './fpag.js';
-import { parseFlowSpec } from './flow-syntax.js';
+import { parseFlowSpec, rulesWithout } from './flow-syntax.js';
 
 // Checked with check.ts, not zod: a replay loads this module, and zod's load was ~60-90 ms of start-up.
 const When = { atPacket: optional(number({ int: true, min: 0 })), atTime: optional(number({ min: 0 })) };
@@ -89,12 +89,8 @@ export function applyEvent(fpag: Fpag, e: ControlEvent): unknown {
     case 'add-flow':
       return fpag.setRules([...fpag.ruleSpecs, parseFlowSpec(e.flow)]);
     case 'del-flow': {
-      // As fpo ctl del-flow: the rules with this match, and this priority when one is given.
-      const want = parseFlowSpec(e.flow, false);
-      const key = (m: object) => JSON.stringify(Object.entries(m).sort());
-      const hasPriority = /(^|,)\s*priority=/.test(e.flow);
-      const keep = fpag.ruleSpecs.filter((r) => !(key(r.match) === key(want.match) && (!hasPriority || r.priority === want.priority)));
-      const removed = fpag.ruleSpecs.length - keep.length;
+      // As fpo ctl del-flow: the rules with this match, and this priority and table when given.
+      const { keep, removed } = rulesWithout(fpag.ruleSpecs, e.flow);
       return { removed, revalidated: fpag.setRules(keep) };
     }
   }

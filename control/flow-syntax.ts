@@ -57,6 +57,22 @@ function usage(what: string): FpoError {
   return new FpoError('FPO_ERR_USAGE', what);
 }
 
+/**
+ * The rules that `del-flow TEXT` removes (`fpo ctl del-flow` and a replay's
+ * del-flow event): those with TEXT's match, and when TEXT says priority=
+ * or table=, that priority and that table (as ovs-ofctl del-flows: no table=
+ * is every table). Returns the rules kept, and the removed count.
+ */
+export function rulesWithout(rules: readonly RuleSpec[], text: string): { keep: RuleSpec[]; removed: number; want: RuleSpec; where: string } {
+  const want = parseFlowSpec(text, false);
+  const key = (m: object) => JSON.stringify(Object.entries(m).sort());
+  const hasPriority = /(^|,)\s*priority=/.test(text);
+  const hasTable = /(^|,)\s*table=/.test(text);
+  const keep = rules.filter((r) => !(key(r.match) === key(want.match) && (!hasPriority || r.priority === want.priority) && (!hasTable || (r.table ?? 0) === want.table)));
+  const where = `${hasTable ? ` in table ${want.table}` : ''}${hasPriority ? ` at priority ${want.priority}` : ''}`;
+  return { keep, removed: rules.length - keep.length, want, where };
+}
+
 /** Parses a flow; `needActions` false for del-flow (match only). */
 export function parseFlowSpec(text: string, needActions = true): RuleSpec {
   const t = text.trim();

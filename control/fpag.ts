@@ -52,10 +52,12 @@
  * connection is checked against the interface's rules for its direction, in
  * order: the first that matches says allow (the connection is committed,
  * so its replies and related ICMP pass) or drop; none: drop
- * (D.firewall). Non-IP (ARP) is not filtered. Packets between two
+ * (D.firewall). Non-IP (ARP) is not filtered, nor is IPv6 neighbour
+ * discovery (ICMPv6 133..137). Packets between two
  * firewalled interfaces go through both (two zones), as OVN's per-port
- * zones do. A flood from a firewalled interface is checked on its way out,
- * not at each receiver. Explicit rules in table 0 come first: a rule that
+ * zones do. A flood (broadcast, multicast, unknown unicast) is checked on
+ * its way out, and each firewalled receiver gets its copy only when its `in`
+ * rules allow the packet as a new connection (firewallFlood). Explicit rules in table 0 come first: a rule that
  * matches decides without the firewall.
  *
  * The installed flow's mask is the union of every field the decision looked
@@ -354,6 +356,8 @@ export class Fpag {
         try { ct = parseCtAction(a, at); } catch (e) { throw new FpoError('FPO_ERR_BAD_TOPOLOGY', (e as Error).message, { path: this.topology.path }); }
         if (actions === null) throw new FpoError('FPO_ERR_BAD_TOPOLOGY', `${at}: a ct action after normal: ct first, then the outputs (or ct(table=N) and normal in table N)`, { path: this.topology.path });
         if (ctAt >= 0) throw new FpoError('FPO_ERR_BAD_TOPOLOGY', `${at}: a second ct action in one rule (actions[${ctAt}] is one): use ct(table=N) and a rule in table N`, { path: this.topology.path });
+        const fwz = this.firewallZone(ct.zone);
+        if (fwz !== undefined) throw new FpoError('FPO_ERR_BAD_TOPOLOGY', `${at}: zone ${ct.zone} is the firewall zone of interface ${fwz}; a rule's connections there would pass its firewall as established: choose another zone`, { path: this.topology.path });
         if (ct.table >= FW_TABLE_OUT) throw new FpoError('FPO_ERR_BAD_TOPOLOGY', `${at}: table ${ct.table} is the per-port firewall's; ct(table=N) takes 1..${FW_TABLE_OUT - 1}`, { path: this.topology.path });
         if (ct.table > 0 && j !== r.actions.length - 1) throw new FpoError('FPO_ERR_BAD_TOPOLOGY', `${at}: ct(table=${ct.table}) classifies the packet again, so it must be the rule's last action`, { path: this.topology.path });
         ctAt = j;
@@ -531,6 +535,12 @@ export class Fpag {
 
   // --- the per-port firewall (see the top of the file) ---
 
+  /** The name of the firewalled interface whose conntrack zone is `zone`, if one is. */
+  private firewallZone(zone: number): string | undefined {
+    for (const fw of this.firewalls.values()) if (fw.zone === zone) return fw.name;
+    return undefined;
+  }
+
   // Slow path, at load: an interface's rules as key/mask words, refused by field when they cannot mean anything.
   private compileFirewall(itf: Interface, n: number): Firewall {
     const rules = itf.firewall as FirewallRule[];
@@ -581,6 +591,16 @@ export class Fpag {
     unwildcard(mask, 'eth_type');
     const et = key[W_ETH_TYPE] >>> 16;
     if (et !== 0x0800 && et !== 0x86dd) return;
+    if (et === 0x86dd) {
+      // Neighbour discovery (ICMPv6 133..137) is IPv6's ARP: not filtered, as ARP is not (and as
+      // security groups always allow it). Filtered, no IPv6 rule could work: a VM never learnt its peer's MAC.
+      unwildcard(mask, 'ip_proto');
+      if (((key[W_ETH_TYPE] >>> 8) & 0xff) === 58) {
+        unwildcard(mask, 'tp_src');
+        const type = key[W_TP] >>> 16;
+        if (type >= 133 && type <= 137) return;
+      }
+    }
     const inPort = key[W_IN_PORT];
     const from = (inPort & PORT_PPID_BIT) === 0 ? this.firewalls.get(inPort) : undefined;
     if (from !== undefined) {
@@ -592,7 +612,67 @@ export class Fpag {
     if (to !== undefined) {
       out.actions = to.toIn;
       if (explain) out.reason = `${out.reason}; to ${to.name}, which has a firewall: conntrack in zone ${to.zone}, checked in table ${FW_TABLE_IN}`;
+      return;
     }
+    this.firewallFlood(key, mask, explain, out);
+  }
+
+  /**
+   * A flood (broadcast, multicast, unknown unicast) that L2 sends to several
+   * ports: one conntrack pass cannot check it in each receiver's zone, and
+   * a broadcast or multicast is no connection anyone's conntrack could call
+   * a reply. So each firewalled receiver gets its copy only when its `in`
+   * rules allow the packet as a new connection (the first rule that matches
+   * says; none: no copy), and nothing is committed. Without this a TCP SYN
+   * to a firewalled VM's address with eth_dst ff:ff:ff:ff:ff:ff reached it
+   * whatever its rules said. The mask gets the fields the rules looked at.
+   */
+  private firewallFlood(key: Uint32Array, mask: Uint32Array, explain: boolean, out: Decision): void {
+    const acts = out.actions;
+    let refused = '';
+    for (const a of acts) {
+      if (a.op === 'encap') break; // outputs from here on are encapsulated to remote hosts
+      if (a.op !== 'output') continue;
+      const fw = this.firewalls.get(a.vpid);
+      if (fw !== undefined && !this.firewallAllowsNew(fw.in, key, mask)) refused += `${a.vpid},`;
+    }
+    if (refused === '') return;
+    let byRefused = this.floodsFiltered.get(acts);
+    if (byRefused === undefined) this.floodsFiltered.set(acts, (byRefused = new Map()));
+    let kept = byRefused.get(refused);
+    if (kept === undefined) {
+      const drop = new Set(refused.split(',').filter((v) => v !== '').map(Number));
+      let encapped = false;
+      kept = acts.filter((a) => {
+        if (a.op === 'encap') encapped = true;
+        return encapped || a.op !== 'output' || !drop.has(a.vpid);
+      });
+      if (!kept.some((a) => a.op === 'output')) kept = this.dropFirewall;
+      byRefused.set(refused, kept);
+    }
+    out.actions = kept;
+    if (explain) out.reason = `${out.reason}; not to ${refused.split(',').filter((v) => v !== '').map((v) => this.firewalls.get(Number(v))!.name).join(', ')}: a flood their firewall's in rules do not allow`;
+  }
+
+  /** Flood actions without the outputs to firewalled receivers that refused the packet, by the refused VPIDs. */
+  private readonly floodsFiltered = new WeakMap<Action[], Map<string, Action[]>>();
+
+  /** Whether the first of `rules` that matches the packet allows it (none: no). The mask gets every field looked at. */
+  private firewallAllowsNew(rules: CompiledFwRule[], key: Uint32Array, mask: Uint32Array): boolean {
+    for (const r of rules) {
+      let hit = true;
+      for (let w = 0; w < KEY_WORDS; w++) {
+        mask[w] |= r.mask[w];
+        if (((key[w] ^ r.key[w]) & r.mask[w]) !== 0) hit = false;
+      }
+      if (hit && r.ports !== null) {
+        unwildcard(mask, 'tp_dst');
+        const p = key[W_TP] & 0xffff;
+        if (p < r.ports[0] || p > r.ports[1]) hit = false;
+      }
+      if (hit) return r.allow;
+    }
+    return false;
   }
 
   /** The firewall's tables: the packet's ct_state in the interface's zone, its rules, then where L2 sends it. */
@@ -607,6 +687,8 @@ export class Fpag {
       if (v.verdict === FW_DROP) { this.say(out, this.dropFirewall, explain ? `${fw.name}'s firewall, out: ${v.why}: dropped` : ''); return out; }
       this.l2(key, mask, explain, out);
       const to = this.firewalls.get(singleOutput(out.actions));
+      if (to === undefined) this.firewallFlood(key, mask, explain, out);
+      if (out.actions === this.dropFirewall) { if (explain) out.reason = `${fw.name}'s firewall, out: ${v.why}; ${out.reason}`; return out; }
       let acts = to !== undefined ? to.toIn : out.actions;
       if (v.verdict === FW_COMMIT) acts = this.withPre(fw.commit, acts);
       out.actions = acts;
@@ -888,6 +970,9 @@ export class Fpag {
       const e = this.byVpid.get(itf.vpid)!;
       this.dp.apply({ type: 'mapping-set', vpid: itf.vpid, ppid: -1 });
       this.byVpid.delete(itf.vpid);
+      // The firewall goes with the interface (under its old zone: its connections stay allowed).
+      const fw = this.firewalls.get(itf.vpid);
+      if (fw !== undefined) { this.firewalls.delete(itf.vpid); this.firewalls.set(newVpid, fw); }
       e.vpid = newVpid;
       itf.vpid = newVpid;
       this.byVpid.set(newVpid, e);

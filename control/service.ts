@@ -53,7 +53,7 @@ import { PcapLivePort } from '../datapath/ports/pcap-live-port.js';
 import type { Server as HttpServer } from 'node:http';
 import { COMMANDS, claimSocketPath } from './socket.js';
 import { Connection, MAX_BODY, MAX_CLIENTS, MAX_REQUEST, TooLong, type Body } from './connection.js';
-import { formatCtAction, formatFlowSpec, parseFlowSpec } from './flow-syntax.js';
+import { formatCtAction, formatFlowSpec, parseFlowSpec, rulesWithout } from './flow-syntax.js';
 import { flowReport, type FlowReport } from './replay.js';
 import { StateStore, stateOf } from './state.js';
 import { loadTopology, type Topology } from './topology.js';
@@ -455,12 +455,8 @@ export class Service {
         return { added: formatFlowSpec(rule), revalidated: r };
       }
       case 'del-flow': {
-        const want = parseFlowSpec(str('flow')!, false);
-        const same = (a: Record<string, string | number>, b: Record<string, string | number>) => JSON.stringify(Object.entries(a).sort()) === JSON.stringify(Object.entries(b).sort());
-        const hasPriority = /(^|,)\s*priority=/.test(String(args.flow));
-        const keep = this.fpag.ruleSpecs.filter((r) => !(same(r.match, want.match) && (!hasPriority || r.priority === want.priority)));
-        const removed = this.fpag.ruleSpecs.length - keep.length;
-        if (removed === 0) throw new FpoError('FPO_ERR_USAGE', `flow: no rule has the match ${JSON.stringify(want.match)}`);
+        const { keep, removed, want, where } = rulesWithout(this.fpag.ruleSpecs, str('flow')!);
+        if (removed === 0) throw new FpoError('FPO_ERR_USAGE', `flow: no rule has the match ${JSON.stringify(want.match)}${where}`);
         const r = this.fpag.setRules(keep);
         await this.workers?.sync();
         return { removed, revalidated: r };

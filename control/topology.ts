@@ -240,6 +240,8 @@ const OffloadSchema = object({
   outside: array(name, { min: 1 }),
   /** The longest an adopted connection lives without a packet, in seconds (capped by fpo's own timeouts; default: the guest's). */
   maxTimeout: optional(int(1, 432_000)),
+  /** The most connections this VM may have handed over at once (default: a quarter of the connection table, so one VM's offers cannot take the table from every other zone). */
+  maxConnections: optional(int(1, 16_777_216)),
 });
 
 const NodeSchema = object({
@@ -328,6 +330,8 @@ export interface OffloadSpec {
   inside: string[];
   outside: string[];
   maxTimeout?: number;
+  /** The most connections handed over at once (default: a quarter of the connection table). */
+  maxConnections?: number;
 }
 
 export interface Segment {
@@ -500,6 +504,9 @@ export function topologyFrom(json: unknown, path: string): Topology {
     if (o === undefined) return;
     const at = `nodes[${i}].offload`;
     if (zones.has(o.zone)) throw bad(path, `${at}.zone`, `zone ${o.zone} is already service VM "${zones.get(o.zone)}"'s; each service VM's connections have a zone of their own`);
+    // A firewalled interface tracks in the zone of its VPID (fpag.ts): an offer there would be an established connection to its firewall.
+    const fwz = interfaces.find((x) => x.firewall !== undefined && (x.vpid & 0xffff) === o.zone);
+    if (fwz !== undefined) throw bad(path, `${at}.zone`, `zone ${o.zone} is the firewall zone of interface ${fwz.name} (its VPID); choose a zone no firewalled interface's VPID is`);
     zones.set(o.zone, node.name);
     const own = new Set(node.interfaces.map((x) => x.name));
     const sides = new Set<string>();
@@ -510,7 +517,7 @@ export function topologyFrom(json: unknown, path: string): Topology {
         sides.add(n);
       });
     }
-    offload.push({ node: node.name, agent: o.agent, zone: o.zone, inside: [...o.inside], outside: [...o.outside], ...(o.maxTimeout !== undefined ? { maxTimeout: o.maxTimeout } : {}) });
+    offload.push({ node: node.name, agent: o.agent, zone: o.zone, inside: [...o.inside], outside: [...o.outside], ...(o.maxTimeout !== undefined ? { maxTimeout: o.maxTimeout } : {}), ...(o.maxConnections !== undefined ? { maxConnections: o.maxConnections } : {}) });
   });
   if (t.replay && t.replay.inputPort !== 'by-source-mac' && !ports.has(t.replay.inputPort)) throw bad(path, 'replay.inputPort', `no port named "${t.replay.inputPort}"`);
   if (t.tunnel?.specialPort !== undefined && !ports.has(t.tunnel.specialPort)) throw bad(path, 'tunnel.specialPort', `no port named "${t.tunnel.specialPort}"`);

@@ -18,9 +18,12 @@
  * against the topology — `out` must be the MAC of one of this VM's
  * offload interfaces (the guest's device names are its own; the MAC is what
  * both sides know), the next hop a unicast MAC. Then Offload.adopt, which
- * may still refuse (a full table, a tuple taken). A refused offer, or any
- * line that is not one of the above, changes nothing in fpo and is answered
- * (or, for a line too long, the channel is closed) — `take` never throws.
+ * may still refuse (a full table, a tuple taken). A VM has at most
+ * offload.maxConnections adopted at once (default a quarter of the table):
+ * the table is shared with every zone, and a flood of offers must not take
+ * it. A refused offer, or any line that is not one of the above, changes
+ * nothing in fpo and is answered (or, for a line too long, the channel is
+ * closed) — `take` never throws.
  *
  * Hand-backs: the service drains the datapath's hand-back ring (Offload.
  * takeHandBack) and passes each to the HandOver that adopted it (`ended`).
@@ -36,7 +39,7 @@ import { checkOffer } from '../ct-offer.js';
 import { parseMac, type OffloadSpec, type Topology } from '../topology.js';
 
 /** Why a line or an offer was refused (counted). */
-export const HANDOVER_REFUSALS = ['tooLong', 'notJson', 'badMessage', 'badOffer', 'badRoute', 'duplicate', 'tableRefused', 'unknownId'] as const;
+export const HANDOVER_REFUSALS = ['tooLong', 'notJson', 'badMessage', 'badOffer', 'badRoute', 'duplicate', 'quota', 'tableRefused', 'unknownId'] as const;
 export type HandOverRefusal = (typeof HANDOVER_REFUSALS)[number];
 
 const MAC_RE = /^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/;
@@ -169,8 +172,11 @@ export class HandOver {
     const gidOk = checked.offer.id;
     if (this.byGuest.has(gidOk)) return this.refuse('duplicate', gidOk, 'this connection is adopted already');
     this.drainHandBacks(); // an id the datapath gives now may be one whose hand-back is still in the ring
+    // The connection table is every zone's (ct actions, firewalls, other VMs): one VM's offers get a share of it.
+    const quota = this.spec.maxConnections ?? Math.max(1, Math.floor(this.dp.conntrack.capacity / 4));
+    if (this.byConn.size >= quota) return this.refuse('quota', gidOk, `${this.spec.node} has ${this.byConn.size} connections handed over, its most (offload.maxConnections: ${quota})`);
     const timeoutMs = Math.min(checked.offer.timeout, this.spec.maxTimeout ?? checked.offer.timeout) * 1000;
-    const conn = this.dp.offload.adopt(checked.orig, checked.reply, this.clock(), timeoutMs, { orig: routes.orig!, reply: routes.reply! });
+    const conn = this.dp.offload.adopt(checked.orig, checked.reply, this.clock(), timeoutMs, { orig: routes.orig!, reply: routes.reply! }, quota);
     if (conn < 0) return this.refuse('tableRefused', gidOk, 'the connection table refused it (full, or a tuple is another connection\'s)');
     this.byGuest.set(gidOk, conn);
     this.byConn.set(conn, gidOk);

@@ -5,8 +5,11 @@ import { topologyFrom } from '../../control/topology.js';
 import { formatMatch } from '../../datapath/classifier/flow-key.js';
 import { Datapath } from '../../datapath/datapath.js';
 import { FpoError } from '../../datapath/errors.js';
-import { eth, ipv4, udp } from '../../fixtures/packets.js';
+import { eth, ipv4, ipv6, udp } from '../../fixtures/packets.js';
 import { C, C_MAC, S, S_MAC, seg, twoVms } from '../datapath/conntrack/switch.js';
+
+const toBroadcast = (f: Uint8Array) => { const g = f.slice(); g.fill(0xff, 0, 6); return g; };
+const toUnknownMac = (f: Uint8Array) => { const g = f.slice(); g.set([2, 9, 9, 9, 9, 9], 0); return g; };
 
 // The per-port firewall (fpag.ts): an interface's rules compiled into ct
 // flows, run by the datapath — a client and a server VM, frames through.
@@ -94,6 +97,68 @@ describe('the per-port firewall', () => {
       expect(st.packetsIn).toBe(st.delivered + st.dropped);
       expect(st.delivered).toBe(delivered);
     }), { numRuns: 80 });
+  });
+
+  it('a flood reaches a firewalled VM only when its in rules allow the packet: a broadcast or unknown-unicast SYN to port 22 does not', () => {
+    // Three VMs, so that L2's flood has two receivers (with one it is a unicast, checked in table 255).
+    const { dp, send } = twoVms([], {}, WEB_SERVER, { other: {} });
+    const b = send([[1, toBroadcast(seg('c', 100, 0, 'S', 0, 22))], [1, toUnknownMac(seg('c', 100, 0, 'S', 0, 23))]]);
+    expect(b.toServer).toHaveLength(0);
+    expect(b.toOther).toHaveLength(2); // the unfirewalled VM gets its copies
+    // Port 80, which the server's rules allow, reaches it flooded too; ARP is not filtered.
+    const ok = send([[1, toBroadcast(seg('c', 100, 0, 'S', 0, 80))], [1, arp(C_MAC)]]);
+    expect(ok.toServer).toHaveLength(2);
+    // From a firewalled client whose out rules allow everything: the server's in rules still say.
+    const { dp: dp2, send: send2 } = twoVms([], { firewall: [{ direction: 'out', action: 'allow' }] }, WEB_SERVER, { other: {} });
+    const c = send2([[1, toBroadcast(seg('c', 100, 0, 'S', 0, 22))]]);
+    expect(c.toServer).toHaveLength(0);
+    expect(c.toOther).toHaveLength(1);
+    // Two firewalled receivers that both refuse it: a firewall drop, counted once.
+    const { dp: dp3, send: send3 } = twoVms([], {}, WEB_SERVER, { other: WEB_SERVER });
+    expect(send3([[1, toBroadcast(seg('c', 100, 0, 'S', 0, 22))]]).toServer).toHaveLength(0);
+    expect(accounted(dp)).toEqual({});
+    expect(accounted(dp2)).toEqual({});
+    expect(accounted(dp3)).toEqual({ firewall: 1 });
+  });
+
+  it('IPv6 neighbour discovery to and from a firewalled VM passes, as ARP does (it was dropped, so no IPv6 rule could work); other ICMPv6 is filtered', () => {
+    const { dp, send } = twoVms([], {}, WEB_SERVER);
+    const icmp6 = (type: number, from: 'c' | 's') => {
+      const m = new Uint8Array(24);
+      m[0] = type;
+      const [src, dst] = from === 'c' ? ['fe80::ff:fe00:1', 'fe80::ff:fe00:2'] : ['fe80::ff:fe00:2', 'fe80::ff:fe00:1'];
+      return eth(from === 'c' ? S_MAC : C_MAC, from === 'c' ? C_MAC : S_MAC, 0x86dd, ipv6({ src, dst, nh: 58, hlim: 255 }, m));
+    };
+    const r = send([[1, icmp6(135, 'c')], [1, icmp6(136, 'c')], [2, icmp6(135, 's')], [2, icmp6(136, 's')], [1, icmp6(128, 'c')]]);
+    expect(r.toServer).toHaveLength(2); // NS and NA; not the echo request
+    expect(r.toClient).toHaveLength(2);
+    expect(accounted(dp)).toEqual({ firewall: 1 });
+  });
+
+  it('a migration that gives the server a new VPID keeps its firewall, and its connections (the zone stays)', () => {
+    const { dp, fpag, send } = twoVms([], {}, WEB_SERVER);
+    expect(send([[1, seg('c', 100, 0, 'S')]]).toServer).toHaveLength(1);
+    expect(send([[2, seg('s', 500, 101, 'SA')]]).toClient).toHaveLength(1);
+    fpag.migrate('server', 'p2', 50);
+    expect(send([[1, seg('c', 100, 0, 'S', 0, 22)]]).toServer).toHaveLength(0);
+    const r = send([[1, seg('c', 101, 501, 'PA', 10)], [2, seg('s', 501, 111, 'PA', 20)]]);
+    expect(r.toServer).toHaveLength(1);
+    expect(r.toClient).toHaveLength(1);
+    expect(accounted(dp)).toEqual({ firewall: 1 });
+  });
+
+  it('a zone of a rule\'s ct or of a service VM\'s hand-over that is a firewalled interface\'s zone is refused: its connections would pass that firewall as established', () => {
+    // The server is VPID 2, so its firewall tracks in zone 2.
+    expect(() => twoVms([{ priority: 1, match: { eth_dst: 'ff:ff:ff:ff:ff:ff' }, actions: ['ct(commit,zone=2)', 'drop'] }], {}, WEB_SERVER)).toThrow(/ct\.json: rules\[0\]\.actions\[0\]: zone 2 is the firewall zone of interface server/);
+    expect(() => twoVms([{ priority: 1, actions: ['ct(zone=2,table=1)'] }], {}, WEB_SERVER)).toThrow(/rules\[0\]\.actions\[0\]: zone 2 is the firewall zone/);
+    expect(() => twoVms([{ priority: 1, actions: ['ct(zone=1,table=1)'] }], {}, WEB_SERVER)).not.toThrow();
+    // A service VM whose offers land in the server's zone (the server is VPID 3 here): an offered client → server:22 would be est there.
+    const svc = (zone: number) => topologyFrom({ ports: [{ name: 'p1', ppid: 1 }, { name: 'p2', ppid: 2 }], segments: [{ name: 'a' }], nodes: [
+      { name: 'svc', offload: { agent: '/x', zone, inside: ['svc0'], outside: ['svc1'] }, interfaces: [{ name: 'svc0', mac: '02:00:00:00:00:09', segment: 'a', port: 'p1' }, { name: 'svc1', mac: '02:00:00:00:00:0a', segment: 'a' }] },
+      { name: 'server', interfaces: [{ name: 'server', mac: S_MAC, ip: S, segment: 'a', port: 'p2', ...WEB_SERVER }] },
+    ] }, 'svc.json');
+    expect(() => svc(3)).toThrow(/svc\.json: nodes\[0\]\.offload\.zone: zone 3 is the firewall zone of interface server/);
+    expect(() => svc(7)).not.toThrow();
   });
 
   it('refuses rules that cannot mean anything, naming the interface, rule and field', () => {

@@ -459,6 +459,22 @@ describe('fpo run: names and keys Object.prototype has', () => {
     expect(JSON.parse(readFileSync(join(out, 'fpo-state.json'), 'utf8')).vpids.toString).toBe(7);
   });
 
+  it('del-flow with table=N removes that table\'s rules only (it removed the same match in every table); without table=, every table\'s', async () => {
+    const out = tempDir('svc-delflow-table');
+    const svc = service(TOPO, out);
+    const n = svc.fpag.ruleSpecs.length;
+    await svc.handle('add-flow', { flow: 'priority=7,icmp,actions=drop' });
+    await svc.handle('add-flow', { flow: 'table=1,priority=7,icmp,actions=normal' });
+    await svc.handle('add-flow', { flow: 'table=2,priority=7,icmp,actions=normal' });
+    expect(await svc.handle('del-flow', { flow: 'table=1,icmp' })).toMatchObject({ removed: 1 });
+    const left = svc.fpag.ruleSpecs;
+    expect(left).toHaveLength(n + 2);
+    expect(left.filter((r) => r.priority === 7).map((r) => r.table ?? 0)).toEqual([0, 2]);
+    await expect(svc.handle('del-flow', { flow: 'table=1,icmp' })).rejects.toThrowError(/no rule has the match .* in table 1/);
+    expect(await svc.handle('del-flow', { flow: 'icmp' })).toMatchObject({ removed: 2 });
+    await svc.stop();
+  });
+
   it('add-flow, del-flow and trace refuse them as match fields by name, and change nothing', async () => {
     const out = tempDir('svc-protokeys');
     const svc = service(TOPO, out);

@@ -1,15 +1,15 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { Datapath } from '../../../datapath/datapath.js';
-import { HandOver } from '../../../control/agent/handover.js';
-import { topologyFrom } from '../../../control/topology.js';
+import { HandOver, drainHandBacks } from '../../../control/agent/handover.js';
+import { topologyFrom, type TopologyInput } from '../../../control/topology.js';
 
 // fpo's side of a service VM's hand-over channel, fed lines directly (no socket): what it adopts,
 // what it refuses, and that no line — random or hostile — throws out of it or changes the tables.
 
 const SVC_IN = '02:00:00:00:0a:01';
 const SVC_OUT = '02:00:00:00:0a:02';
-const topo = topologyFrom({
+const topoInput = {
   ports: [1, 2, 3, 4].map((p) => ({ name: `p${p}`, ppid: p })),
   segments: [{ name: 'inside' }, { name: 'outside' }],
   nodes: [
@@ -20,7 +20,8 @@ const topo = topologyFrom({
     ] },
     { name: 'server', interfaces: [{ name: 'server-eth0', mac: '02:00:00:00:02:01', ip: '10.2.0.2', segment: 'outside', port: 'p4' }] },
   ],
-}, 'handover-test');
+} as TopologyInput & { nodes: { name: string; offload?: Record<string, unknown> }[] };
+const topo = topologyFrom(topoInput, 'handover-test');
 
 const offer = (id = 1, sport = 40000) => ({
   type: 'ct-offer', id, proto: 6, state: 'ESTABLISHED', timeout: 432000, zone: 7,
@@ -72,6 +73,24 @@ describe('HandOver: offers from a service VM\'s agent', () => {
     for (const [m, why] of cases) expect((h.take(line(m)) as { why: string }).why).toMatch(why);
     expect(dp.hasConntrack ? dp.conntrack.count : 0).toBe(0);
     expect(dp.offload.active).toBe(0);
+  });
+
+  it('a flood of offers stops at the VM\'s quota (a quarter of the table unless offload.maxConnections says): the rest stays free for other zones\' connections', () => {
+    const { dp, h } = rig(); // a table of 64
+    const answers = Array.from({ length: 64 }, (_, k) => h.take(line({ type: 'ct-offer-route', offer: offer(k + 1, 40000 + k), route })) as { type: string; why?: string });
+    expect(answers.filter((a) => a.type === 'ct-adopted')).toHaveLength(16);
+    expect(answers[16]).toMatchObject({ type: 'ct-refused', id: 17, why: expect.stringMatching(/^quota: .*16/) });
+    expect(dp.conntrack.count).toBe(16);
+    expect(h.refused.quota).toBe(48);
+    // One handed back: room for one more.
+    h.take(line({ type: 'ct-withdraw', id: 1 }));
+    h.drainHandBacks = () => drainHandBacks(dp, [h]);
+    expect(h.take(line({ type: 'ct-offer-route', offer: offer(100, 41000), route }))).toMatchObject({ type: 'ct-adopted', id: 100 });
+    // The topology can say how many.
+    const t2 = topologyFrom({ ...topoInput, nodes: topoInput.nodes.map((n) => (n.name === 'svc' ? { ...n, offload: { ...n.offload!, maxConnections: 2 } } : n)) }, 'handover-test');
+    const h2 = new HandOver(t2.offload[0], t2, new Datapath({ conntrackCapacity: 64 }), undefined, () => 1000);
+    expect([1, 2, 3].map((k) => (h2.take(line({ type: 'ct-offer-route', offer: offer(k, 40000 + k), route })) as { type: string }).type)).toEqual(['ct-adopted', 'ct-adopted', 'ct-refused']);
+    expect(() => topologyFrom({ ...topoInput, nodes: topoInput.nodes.map((n) => (n.name === 'svc' ? { ...n, offload: { ...n.offload!, maxConnections: 0 } } : n)) }, 't.json')).toThrow(/nodes\[1\]\.offload\.maxConnections/);
   });
 
   it('fuzz: random and hostile lines never throw out of it, and change the tables only by an adoption it answers', () => {

@@ -149,6 +149,11 @@ describe('ct in the rule syntax', () => {
     refuse([{ priority: 1, match: { ct_state: '+trk+bogus' }, actions: ['drop'] }], /unknown ct_state flag "bogus"/);
     refuse([{ priority: 1, match: { ct_state: '+trk-trk' }, actions: ['drop'] }], /given twice/);
     refuse([{ priority: 1, match: { recirc_id: 1 }, actions: ['drop'] }], /recirc_id is set by ct/);
-    try { twoVms([{ priority: 1, actions: ['ct(zone=x)'] }]); } catch (e) { expect(e).toBeInstanceOf(FpoError); expect((e as FpoError).code).toBe('FPO_ERR_BAD_TOPOLOGY'); }
+    // (This was a try/catch with the expects in the catch only: a topology taken without a throw passed it.)
+    let thrown: unknown = null;
+    try { twoVms([{ priority: 1, actions: ['ct(zone=x)'] }]); } catch (e) { thrown = e; }
+    expect(thrown).toBeInstanceOf(FpoError);
+    expect((thrown as FpoError).code).toBe('FPO_ERR_BAD_TOPOLOGY');
+    expect((thrown as Error).message).toMatch(/ct\.json: rules\[0\]\.actions\[0\]/);
   });
 });

@@ -6,13 +6,22 @@
 import { Fpag } from '../../../control/fpag.js';
 import { topologyFrom, type TopologyInput } from '../../../control/topology.js';
 import { PacketBatch } from '../../../datapath/batch.js';
-import { Datapath, type TxPort } from '../../../datapath/datapath.js';
+import { Datapath, type DatapathOptions, type TxPort } from '../../../datapath/datapath.js';
 import { concat, eth, ipv4 } from '../../../fixtures/packets.js';
 
 export const C_MAC = '02:00:00:00:00:01';
 export const S_MAC = '02:00:00:00:00:02';
 export const C = '10.0.0.1';
 export const S = '10.0.0.2';
+export const O_MAC = '02:00:00:00:00:03';
+export const O = '10.0.0.3';
+
+/** More of the switch: a third VM ("other", on port p3) and the datapath's options. */
+export interface SwitchOptions {
+  /** The third VM's interface fields (absent: no third VM). */
+  other?: Record<string, unknown>;
+  dp?: DatapathOptions;
+}
 
 /** A port that keeps a copy of every frame it is given. */
 class Keep implements TxPort {
@@ -28,18 +37,19 @@ class Keep implements TxPort {
 export type Rule = { table?: number; priority: number; match?: Record<string, string | number>; actions: string[] };
 
 /** The two VMs with these topology rules; `extra` overrides the interfaces (a firewall, say). */
-export function twoVms(rules: Rule[], client: Record<string, unknown> = {}, server: Record<string, unknown> = {}) {
+export function twoVms(rules: Rule[], client: Record<string, unknown> = {}, server: Record<string, unknown> = {}, opts: SwitchOptions = {}) {
   const topo = topologyFrom({
-    ports: [{ name: 'p1', ppid: 1 }, { name: 'p2', ppid: 2 }],
+    ports: [{ name: 'p1', ppid: 1 }, { name: 'p2', ppid: 2 }, ...(opts.other ? [{ name: 'p3', ppid: 3 }] : [])],
     segments: [{ name: 'a' }],
     nodes: [
       { name: 'client', interfaces: [{ name: 'client', mac: C_MAC, ip: C, segment: 'a', port: 'p1', ...client }] },
       { name: 'server', interfaces: [{ name: 'server', mac: S_MAC, ip: S, segment: 'a', port: 'p2', ...server }] },
+      ...(opts.other ? [{ name: 'other', interfaces: [{ name: 'other', mac: O_MAC, ip: O, segment: 'a', port: 'p3', ...opts.other }] }] : []),
     ],
     rules,
   } as TopologyInput, 'ct.json');
-  const dp = new Datapath({ maxFlows: 1024, conntrackCapacity: 1024 });
-  const out = new Map<number, Keep>([[1, new Keep()], [2, new Keep()]]);
+  const dp = new Datapath({ maxFlows: 1024, conntrackCapacity: 1024, ...opts.dp });
+  const out = new Map<number, Keep>([[1, new Keep()], [2, new Keep()], ...(opts.other ? [[3, new Keep()] as [number, Keep]] : [])]);
   for (const [ppid, port] of out) dp.addPort(ppid, port);
   const fpag = new Fpag(topo, dp);
   fpag.start();
@@ -57,7 +67,7 @@ export function twoVms(rules: Rule[], client: Record<string, unknown> = {}, serv
       o += f.length;
     });
     dp.process(batch, (now += 10));
-    return { toClient: out.get(1)!.frames, toServer: out.get(2)!.frames };
+    return { toClient: out.get(1)!.frames, toServer: out.get(2)!.frames, toOther: out.get(3)?.frames ?? [] };
   };
   return { dp, fpag, send };
 }
