@@ -26,27 +26,30 @@ import { existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } 
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { z } from 'zod';
 import { FpoError } from '../datapath/errors.js';
+import { CheckError, array, formatPath, int, number, object, oneOf, optional, string, withDefault, type Out } from './check.js';
 
-const short = z.string().regex(/^[a-z0-9]{1,6}$/, 'expected 1 to 6 lowercase letters or digits (it becomes part of interface names)');
-const LabSchema = z.strictObject({
+// The lab file is checked with check.ts's combinators, as the topology and events are (zod took ~100 ms to load).
+const short = string({ regex: /^[a-z0-9]{1,6}$/, message: 'expected 1 to 6 lowercase letters or digits (it becomes part of interface names)' });
+const ipPrefix = string({ regex: /^\d+\.\d+\.\d+\.\d+\/\d+$/, message: 'expected an IPv4 address with its prefix, like 10.0.0.1/24' });
+const mac = string({ regex: /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/, message: 'expected a lowercase MAC address like 02:00:00:00:01:01' });
+const LabSchema = object({
   name: short,
-  out: z.string().optional(),
-  socket: z.string().optional(),
-  segments: z.array(z.strictObject({ name: z.string().min(1), vlan: z.number().int().optional(), vni: z.number().int().optional() })).min(1),
-  vms: z.array(z.strictObject({
+  out: optional(string()),
+  socket: optional(string()),
+  segments: array(object({ name: string({ min: 1 }), vlan: optional(number({ int: true })), vni: optional(number({ int: true })) }), { min: 1 }),
+  vms: array(object({
     name: short,
-    segment: z.string().min(1),
-    ip: z.string().regex(/^\d+\.\d+\.\d+\.\d+\/\d+$/, 'expected an IPv4 address with its prefix, like 10.0.0.1/24'),
-    mac: z.string().regex(/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/, 'expected a lowercase MAC address like 02:00:00:00:01:01'),
-  })).min(1),
-  spares: z.array(z.strictObject({ name: short, vm: short })).default([]),
-  ports: z.enum(['veth', 'tap']).default('veth'),
+    segment: string({ min: 1 }),
+    ip: ipPrefix,
+    mac,
+  }), { min: 1 }),
+  spares: withDefault(array(object({ name: short, vm: short })), () => []),
+  ports: withDefault(oneOf(['veth', 'tap'] as const), () => 'veth' as const),
   /** fpo run --workers: datapath threads (workers.ts). */
-  workers: z.number().int().min(1).max(64).default(1),
+  workers: withDefault(int(1, 64), () => 1),
 });
-export type Lab = z.infer<typeof LabSchema>;
+export type Lab = Out<typeof LabSchema>;
 
 interface LabState {
   /** fpo run's process (absent while lab up had not started it yet). */
@@ -138,12 +141,13 @@ export function loadLab(path: string): Lab & { dir: string; socketPath: string }
   } catch (e) {
     throw new FpoError('FPO_ERR_USAGE', `${path}: cannot read the lab: ${(e as Error).message}`, { path });
   }
-  const r = LabSchema.safeParse(json);
-  if (!r.success) {
-    const i = r.error.issues[0];
-    throw new FpoError('FPO_ERR_USAGE', `${path}: ${i.path.map((p) => (typeof p === 'number' ? `[${p}]` : `.${String(p)}`)).join('').replace(/^\./, '') || '(top level)'}: ${i.message}`, { path });
+  let lab: Lab;
+  try {
+    lab = LabSchema(json, []);
+  } catch (e) {
+    if (e instanceof CheckError) throw new FpoError('FPO_ERR_USAGE', `${path}: ${formatPath(e.path)}: ${e.message}`, { path });
+    throw e;
   }
-  const lab = r.data;
   const vmNames = new Set(lab.vms.map((v) => v.name));
   if (vmNames.size !== lab.vms.length) throw new FpoError('FPO_ERR_USAGE', `${path}: vms: two VMs have the same name`);
   lab.vms.forEach((v, i) => { if (!lab.segments.some((s) => s.name === v.segment)) throw new FpoError('FPO_ERR_USAGE', `${path}: vms[${i}].segment: no segment named "${v.segment}"`); });
