@@ -54,7 +54,7 @@ import type { Server as HttpServer } from 'node:http';
 import { COMMANDS, claimSocketPath } from './socket.js';
 import { Connection, MAX_BODY, MAX_CLIENTS, MAX_REQUEST, TooLong, type Body } from './connection.js';
 import { formatCtAction, formatFlowSpec, parseFlowSpec } from './flow-syntax.js';
-import { flowReport } from './replay.js';
+import { flowReport, type FlowReport } from './replay.js';
 import { StateStore, stateOf } from './state.js';
 import { loadTopology, type Topology } from './topology.js';
 
@@ -443,7 +443,7 @@ export class Service {
       case 'show':
         return this.show();
       case 'dump-flows':
-        return this.workers ? (await this.workersStats()).perFlow : flowReport(this.dp, this.fpag);
+        return this.workers ? (await this.workersStats()).perFlow : [...flowReport(this.dp, this.fpag), ...this.offloadReport()];
       case 'stats':
         return this.workers ? await this.workersStats() : this.stats();
       case 'add-flow': {
@@ -642,6 +642,21 @@ export class Service {
         return { ...c, offloaded: route !== null, ...(route !== null ? { route: { orig: name(route[0]), reply: name(route[1]) } } : {}) };
       }),
     };
+  }
+
+  /**
+   * dump-flows' lines for the hand-over (issue 19): per service VM, the
+   * connections it handed over, which the offload stage serves before any
+   * flow (so no flow counts their packets): `offloaded`.
+   */
+  private offloadReport(): FlowReport[] {
+    return this.handovers.map((h) => ({
+      match: `offload(zone=${h.spec.zone},vm=${h.spec.node},eth_dst=its ${[...h.spec.inside, ...h.spec.outside].join('/')})`,
+      actions: `offloaded:${h.adoptedNow} connections (served before classify: NAT, TTL, MACs, then as from the out interface; fpo ctl conntrack list --zone ${h.spec.zone})${this.handovers.length > 1 ? '; packets: every service VM\'s' : ''}`,
+      packets: this.dp.hasOffload ? this.dp.offload.stats.served : 0,
+      bytes: 0,
+      usedSecondsAgo: 0,
+    }));
   }
 
   /**

@@ -214,7 +214,7 @@ export class Datapath {
     this.conntrackCapacity = opts.conntrackCapacity ?? 65536;
     this.batchCapacity = opts.batchCapacity ?? 256;
     this.flagCheck.rxBytes = this.rxBytes;
-    this.fastLane = new FastLane(this.mapping.inPortKey, this.emc, this.flows, this.classify, this.execute, this.actionSets, (b, i) => this.upcallOne(b, i), this.flagCheck, this.mapping.vmPort);
+    this.fastLane = new FastLane(this.mapping.inPortKey, this.emc, this.flows, this.classify, this.execute, this.actionSets, (b, i) => this.upcallOne(b, i), this.flagCheck, this.mapping.vmPort, (b, i, spec, now) => this.ctOne(b, i, spec, now));
   }
 
   // Slow path: the API of control/.
@@ -442,6 +442,17 @@ export class Datapath {
       else if (d !== RECIRC) this.drops[d]++;
     }
     this.delivered += delivered;
+  }
+
+  private readonly ctOneSel = new Uint16Array(1);
+
+  /** The fast lane's conntrack for packet i (parsed) by ct spec `spec` (fast-lane.ts `one`). */
+  private ctOne(batch: PacketBatch, i: number, spec: number, now: number): void {
+    const sets = this.actionSets;
+    this.ctOneSel[0] = i;
+    batch.ctState[i] = 0;
+    this.conntrack.process(batch, this.ctOneSel, 1, sets.ctZone[spec], sets.ctCommit[spec] === 1, now, sets.ctNat[spec]);
+    this.ctPackets++;
   }
 
   // Slow path, once: the recirculation batches and lists, a set per depth.

@@ -39,10 +39,18 @@
  * differ (a packet the lane looked up and then left to the stages is
  * looked up twice).
  *
+ * A flow whose actions are a ct without a table and, after it, one plain
+ * output to a direct port (`ct(commit,nat(…)),output:…`, or ct then L2 to
+ * one port) is the lane's too, in `one` (not the hot loop): the key and
+ * offsets are written for conntrack (Datapath.ctOne: state, NAT rewriting
+ * the frame in place), then the record is copied as for any other flow —
+ * what the stages' two passes (execute collects it, conntrack, the
+ * continuation) would send.
+
  * Packets the lane forwarded have no key, offsets, hash or flow in the
- * batch.
+ * batch (a ct packet's key and offsets are there).
  */
-import type { ActionSets } from './actions/action-sets.js';
+import { OP_CT, type ActionSets } from './actions/action-sets.js';
 import type { Execute } from './actions/execute.js';
 import { FLOAT64_COPY_EXACT, SMALL_COPY, arenaCopy } from './arena.js';
 import { ABSENT, type PacketBatch } from './batch.js';
@@ -82,6 +90,9 @@ export class FastLane {
    */
   private setSlot = new Int32Array(1024);
   private setStamp = new Uint32Array(1024);
+  /** Per action set: its ct spec when the set is one ct with no table, else -1 (valid when ctStamp = seq). */
+  private ctSpec = new Int32Array(1024);
+  private ctStamp = new Uint32Array(1024);
   private seq = 0;
   private epoch = -1;
   private gens = -1;
@@ -109,6 +120,8 @@ export class FastLane {
     private readonly flagCheck: FlagCheck,
     /** Per PPID, 1 for a VM (access) port: parse drops its tagged frames (mapping-table.ts). */
     private readonly vmPort: Uint8Array = new Uint8Array(65536),
+    /** Conntrack for packet i (parsed: key, offsets) by ct spec `spec` (Datapath.ctOne), or null: the lane leaves ct flows to the stages. */
+    private readonly ct: ((batch: PacketBatch, i: number, spec: number, now: number) => void) | null = null,
   ) {}
 
   /**
@@ -272,13 +285,51 @@ export class FastLane {
         this.restamp();
       }
     }
-    const slot = this.slotFor(this.flows.act[f]);
+    const a = this.flows.act[f];
+    let slot = this.slotFor(a);
+    let ct = -1;
+    if (slot < 0 && this.ct !== null) {
+      // ct without a table whose continuation is one plain direct output (ct(commit,nat(…)),output,
+      // or ct then L2 to one port): conntrack here, then the copy, as the stages' two passes would.
+      ct = this.ctSpecFor(a);
+      if (ct < 0) return ONE_STOP;
+      slot = this.slotFor(this.sets.ctCont[ct]);
+    }
     if (slot < 0 || cl + 16 > this.execute.dCap[slot]) return ONE_STOP;
     // Decided: from here on the packet is the lane's.
     this.countFound(via, batch.key, i * KEY_WORDS, h, f);
+    if (ct >= 0) {
+      // Conntrack reads the key and the offsets from the batch (a cache hit left them unwritten).
+      if (via === 0) {
+        const key = batch.key;
+        const k = i * KEY_WORDS;
+        key[k] = w0; key[k + 1] = 0; key[k + 2] = w2; key[k + 3] = w3; key[k + 4] = w4; key[k + 5] = w5;
+        key[k + 6] = w6; key[k + 7] = 0; key[k + 8] = 0; key[k + 9] = 0; key[k + 10] = w10; key[k + 11] = 0;
+        key[k + 12] = 0; key[k + 13] = 0; key[k + 14] = tp; key[k + 15] = 0; key[k + 16] = 0; key[k + 17] = 0; key[k + 18] = 0;
+      }
+      batch.l3Off[i] = 14;
+      batch.l4Off[i] = l4;
+      this.ct?.(batch, i, ct, now); // may rewrite the frame (NAT) before the copy below
+      this.commit(batch, i, f, slot, base, cl, cl, now);
+      return ONE_NEXT; // no memo with the cache entry: the hot loop stops at such packets, `one` takes them
+    }
     if (this.useEmc) this.emc.memo(h, f, this.seq, slot); // for the hot loop, when the key is cached
     this.commit(batch, i, f, slot, base, cl, cl, now); // commonIpv4: cl = wirelen
     return ONE_HOT;
+  }
+
+  // The ct spec of action set a when the set is that ct alone, with no table (its continuation
+  // runs on), else -1 (memoized per set under the stamp, as slotFor).
+  private ctSpecFor(a: number): number {
+    const seq = this.seq;
+    if (this.ctStamp[a] !== seq) {
+      this.ctStamp[a] = seq;
+      const sets = this.sets;
+      const w = sets.pool[sets.start[a]];
+      const spec = w & 0xffffff;
+      this.ctSpec[a] = sets.len[a] === 1 && w >>> 24 === OP_CT && sets.ctTable[spec] < 0 ? spec : -1;
+    }
+    return this.ctSpec[a];
   }
 
   /**
@@ -516,6 +567,12 @@ export class FastLane {
     const stamp = new Uint32Array(size);
     stamp.set(this.setStamp.subarray(0, Math.min(size, this.setStamp.length)));
     this.setStamp = stamp;
+    const cts = new Int32Array(size);
+    cts.set(this.ctSpec.subarray(0, Math.min(size, this.ctSpec.length)));
+    this.ctSpec = cts;
+    const ctst = new Uint32Array(size);
+    ctst.set(this.ctStamp.subarray(0, Math.min(size, this.ctStamp.length)));
+    this.ctStamp = ctst;
   }
 }
 

@@ -10,7 +10,10 @@
  * both with the parse stage before them, as in the datapath, and against
  * the parse stage alone over the same batches (the baseline, measured in
  * the same run): ratio = rate with ct / rate of parse alone. N = 1 M (SHORT:
- * 64 K), tables sized for N; the tables' bytes in the line.
+ * 64 K), tables sized for N; the tables' bytes in the line, and the
+ * process's RSS before the first table and with one table of N connections
+ * full (rssBytes, rssGrowthBytes: what 1 M tracked connections cost a
+ * process; issue 19's goal < 512 MiB).
  *
  *   node dist/bench/conntrack/conntrack.js
  */
@@ -70,6 +73,8 @@ function run(buf: Uint8Array, parse: Parse, ct: ConnTrack | null, batch: PacketB
 }
 
 function main(): void {
+  const rss0 = process.memoryUsage().rss;
+  let rssFull = 0;
   const mapping = new MappingTable(100, 100);
   const parse = new Parse(mapping.inPortKey);
   const batch = new PacketBatch(BATCH);
@@ -89,6 +94,7 @@ function main(): void {
     created = ct.stats.created;
     est = Math.min(est, run(reply, parse, ct, batch, sel, 2000));
     estOk = ct.stats.found;
+    if (r === 0) rssFull = process.memoryUsage().rss; // one table, N connections in it (the frames' buffers too)
   }
   // Source NAT: the frames are rewritten in place, so each pass gets fresh ones (made before its timing).
   const snat = new NatRange('src', '192.0.2.1', '192.0.2.64', 1024, 65535);
@@ -112,6 +118,7 @@ function main(): void {
       nsPerPacketCt: Number(((secs - parseOnly) / N * 1e9).toFixed(1)),
       baseline: 'parse alone', baselinePps: basePps, ratio: Number((pps / basePps).toFixed(3)),
       tableBytes: ConnTrack.bytesFor(N),
+      rssBytes: rssFull, rssGrowthBytes: rssFull - rss0, framesBytes: 2 * N * FRAME,
     });
   }
 }

@@ -67,6 +67,27 @@ describe('FastLane', () => {
     }
   });
 
+  it('ct flows: ct(commit,nat(…)) then one output, and ct then L2 — the lane (conntrack in `one`) sends the same translated bytes as the stages\' two passes; a ct(table) rule stays with the stages', () => {
+    const dir = tempDir();
+    const cap = join(dir, 'gen.pcap');
+    generate(cap, { frames: 20_000, size: 64, flows: 300, vms: 16 });
+    const cases: [string, object[], boolean][] = [
+      ['nat then normal', [{ priority: 200, match: { eth_type: '0x0800' }, actions: ['ct(commit,zone=1,nat(src=198.51.100.1-198.51.100.4:1024-1500))', 'normal'] }], true],
+      ['ct then an output', [{ priority: 200, match: { eth_type: '0x0800', ip_proto: 17 }, actions: ['ct(commit,zone=2)', 'output:vm3-eth0'] }], true],
+      ['ct with a table', [{ priority: 200, match: { eth_type: '0x0800' }, actions: ['ct(zone=1,table=1)'] }, { table: 1, priority: 1, match: { ct_state: '+trk' }, actions: ['normal'] }], false],
+    ];
+    for (const [name, rules, laned] of cases) {
+      const topo = join(dir, `${name.replace(/\W+/g, '-')}.json`);
+      writeFileSync(topo, JSON.stringify({ ...benchTopology(16), rules }));
+      const { on, off } = bothWays(cap, topo, { batchSize: 64 });
+      expectSame(on, off);
+      const ct = (r: typeof on) => ({ packets: r.datapath.stats().ctPackets, ...r.datapath.conntrack.stats, count: r.datapath.conntrack.count });
+      expect(ct(on), name).toEqual(ct(off));
+      expect(ct(on).packets, name).toBe(20_000);
+      expect(on.datapath.fastLane.forwarded > 15_000, name).toBe(laned);
+    }
+  });
+
   it('frames whose bytes spell NaNs (the hot loop copies 8 bytes at a time through a Float64Array) come out bit for bit', () => {
     const dir = tempDir();
     const cap = join(dir, 'nan.pcap');
