@@ -533,6 +533,12 @@ export class Fpag {
     return out;
   }
 
+  /** The conntrack zone of the firewall of the interface named so, or undefined (no such interface, or no firewall). */
+  firewallZoneOf(name: string): number | undefined {
+    for (const fw of this.firewalls.values()) if (fw.name === name) return fw.zone;
+    return undefined;
+  }
+
   // --- the per-port firewall (see the top of the file) ---
 
   /** The name of the firewalled interface whose conntrack zone is `zone`, if one is. */

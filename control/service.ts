@@ -609,9 +609,12 @@ export class Service {
       const port = this.fpag.portNamed(p);
       const itf = this.topo.interfaces.find((x) => x.name === p || (port !== undefined && x.port === port.name));
       const o = itf === undefined ? undefined : this.topo.offload.find((x) => x.node === itf.node);
-      if (o === undefined) throw new FpoError('FPO_ERR_USAGE', `port: "${p}" is no port or interface of a service VM (a node with an offload section: ${this.topo.offload.map((x) => x.node).join(', ') || 'none'})`);
-      if (zone !== undefined && zone !== o.zone) throw new FpoError('FPO_ERR_USAGE', `zone: ${zone} is not the zone of ${o.node} (${o.zone}), whose port ${p} is`);
-      zone = o.zone;
+      // A service VM's port: its hand-over zone; a firewalled interface's: its firewall's zone.
+      const fwZone = itf === undefined ? undefined : this.fpag.firewallZoneOf(itf.name);
+      const z = o?.zone ?? fwZone;
+      if (z === undefined) throw new FpoError('FPO_ERR_USAGE', `port: "${p}" is no port or interface of a service VM (a node with an offload section: ${this.topo.offload.map((x) => x.node).join(', ') || 'none'}) or of an interface with a firewall`);
+      if (zone !== undefined && zone !== z) throw new FpoError('FPO_ERR_USAGE', `zone: ${zone} is not the zone of ${o !== undefined ? o.node : `${itf!.name}'s firewall`} (${z}), whose port ${p} is`);
+      zone = z;
     }
     const dp = this.dp;
     const now = monotonicMs();

@@ -65,13 +65,28 @@ export class HandOver {
   /** What was last said of the channel (for ctl). */
   lastEvent = '';
 
-  constructor(readonly spec: OffloadSpec, topo: Topology, private readonly dp: Datapath, private readonly log?: Logger, private readonly clock: () => number = monotonicMs) {
+  constructor(readonly spec: OffloadSpec, private readonly topo: Topology, private readonly dp: Datapath, private readonly log?: Logger, private readonly clock: () => number = monotonicMs) {
     for (const n of [...spec.inside, ...spec.outside]) {
       const itf = topo.interfaces.find((x) => x.name === n && x.node === spec.node);
       if (itf === undefined) throw new FpoError('FPO_ERR_BAD_TOPOLOGY', `offload of ${spec.node}: no interface "${n}"`);
       this.ifs.set(itf.mac.toLowerCase(), { vpid: itf.vpid, mac: itf.macBytes, name: itf.name });
       dp.offload.enable(itf.vpid, itf.macBytes, spec.zone);
     }
+    this.segOf = new Uint16Array(dp.mapping.maxVpid + 1);
+    this.segments();
+  }
+
+  /** Per VPID, its interface's segment number (for the offload stage's side check). */
+  private readonly segOf: Uint16Array;
+
+  // Slow path (at start, and before each adoption: a migration may have given an interface a new VPID):
+  // the segment of every interface as the offload stage checks a frame's side by it (Offload.setSegments).
+  private segments(): void {
+    const segNo = new Map(this.topo.segments.map((s, k) => [s.name, k + 1]));
+    const segOf = this.segOf;
+    segOf.fill(0);
+    for (const itf of this.topo.interfaces) if (itf.vpid >= 0 && itf.vpid < segOf.length) segOf[itf.vpid] = segNo.get(itf.segment) ?? 0;
+    this.dp.offload.setSegments(segOf);
   }
 
   /** Connections adopted from this VM now. */
@@ -176,6 +191,7 @@ export class HandOver {
     const quota = this.spec.maxConnections ?? Math.max(1, Math.floor(this.dp.conntrack.capacity / 4));
     if (this.byConn.size >= quota) return this.refuse('quota', gidOk, `${this.spec.node} has ${this.byConn.size} connections handed over, its most (offload.maxConnections: ${quota})`);
     const timeoutMs = Math.min(checked.offer.timeout, this.spec.maxTimeout ?? checked.offer.timeout) * 1000;
+    this.segments();
     const conn = this.dp.offload.adopt(checked.orig, checked.reply, this.clock(), timeoutMs, { orig: routes.orig!, reply: routes.reply! }, quota);
     if (conn < 0) return this.refuse('tableRefused', gidOk, 'the connection table refused it (full, or a tuple is another connection\'s)');
     this.byGuest.set(gidOk, conn);

@@ -87,13 +87,15 @@ export class Offload {
   /** Connections offloaded now: Datapath.process runs this stage only while it is > 0. */
   active = 0;
   /** Counters: packets served; packets of offloaded connections sent to the VM, by why; hand-backs by reason; hand-backs the ring had no room for. */
-  readonly stats = { served: 0, toGuestTtl: 0, toGuestHeader: 0, toGuestInvalid: 0, handedBack: 0, fin: 0, rst: 0, ended: 0, withdrawn: 0, ringLost: 0 };
+  readonly stats = { served: 0, toGuestTtl: 0, toGuestHeader: 0, toGuestInvalid: 0, toGuestWrongSide: 0, handedBack: 0, fin: 0, rst: 0, ended: 0, withdrawn: 0, ringLost: 0 };
 
   // Offload-enabled interfaces: MAC (bytes 0..3, bytes 4..5), zone, VPID.
   private readonly ifMacA = new Uint32Array(MAX_OFFLOAD_INTERFACES);
   private readonly ifMacB = new Uint32Array(MAX_OFFLOAD_INTERFACES);
   private readonly ifZone = new Int32Array(MAX_OFFLOAD_INTERFACES);
   private readonly ifVpid = new Int32Array(MAX_OFFLOAD_INTERFACES);
+  /** Per VPID (the in_port key of a VM port): its interface's segment number, 0 none (setSegments). */
+  private segOf: Uint16Array = new Uint16Array(0);
   private nIfs = 0;
 
   // Per connection id: offloaded or not; per id * 2 + direction: the route.
@@ -136,6 +138,18 @@ export class Offload {
   // Slow path: the control plane's API.
 
   /** Serves packets addressed to this MAC (a service VM's interface, VPID vpid) for connections adopted in `zone`. */
+  /**
+   * Slow path: the segment number of each VPID's interface (0: none, or an
+   * uplink's several), as the control plane knows it (the array is kept, and
+   * read at each frame: the control plane refills it). A frame is served only when the port it came in
+   * on is a VM interface of the segment of the interface it is addressed to
+   * — what L2 would have delivered to the VM (a frame from another segment
+   * addressed to this MAC never reaches it).
+   */
+  setSegments(segOfVpid: Uint16Array): void {
+    this.segOf = segOfVpid;
+  }
+
   enable(vpid: number, mac: Uint8Array, zone: number): void {
     if (!(zone >= 0 && zone <= 65535 && Number.isInteger(zone))) throw new FpoError('FPO_ERR_USAGE', `offload: zone ${zone} out of range 0..65535`);
     if (mac.length !== 6) throw new FpoError('FPO_ERR_USAGE', 'offload: a MAC is 6 bytes');
@@ -302,6 +316,12 @@ export class Offload {
     const id = e >> 1;
     if (this.offloaded[id] === 0) return -1;
     if (toPpid !== null && toPpid[this.outVpid[e]] < 0) return -1; // before the lane, it must have a port to come in on
+    // From the interface's own segment only, and the direction that arrives by it (its peer's way out is this interface).
+    const inPort = key[k + W_IN_PORT];
+    const segOf = this.segOf;
+    const vj = this.ifVpid[j];
+    const seg = vj < segOf.length ? segOf[vj] : 0;
+    if (seg === 0 || inPort >= segOf.length || segOf[inPort] !== seg || this.outVpid[e ^ 1] !== this.ifVpid[j]) { this.stats.toGuestWrongSide++; return -1; }
     // A packet of an offloaded connection: served here, unless it is one the VM must see.
     const l3o = batch.l3Off[i];
     const l4o = batch.l4Off[i];

@@ -120,6 +120,29 @@ describe('fpo run and fpo ctl', () => {
     await s.stop();
   }, 120_000);
 
+  it('a firewalled interface: its connections listed by its port (its zone); a port with neither a firewall nor a hand-over refused', async () => {
+    const dir = tempDir('fwsvc');
+    const t = JSON.parse(readFileSync(TOPO, 'utf8'));
+    for (const n of t.nodes) for (const i of n.interfaces) if (i.name === 'vm2-eth0') i.firewall = [{ direction: 'in', action: 'allow', proto: 'tcp', ports: 443 }, { direction: 'out', action: 'allow' }];
+    const topo = join(dir, 'fw.json');
+    writeFileSync(topo, JSON.stringify(t));
+    const s = await start(topo);
+    s.ctl('inject', join(FIXTURES, 'demo.pcap'));
+    const st = JSON.parse(s.ctl('--json', 'stats').stdout);
+    expect(st.packets.in).toBe(st.packets.out + st.packets.dropped);
+    const byPort = JSON.parse(s.ctl('--json', 'conntrack', 'list', '--port', 'vf2').stdout);
+    const byName = JSON.parse(s.ctl('--json', 'conntrack', 'list', '--port', 'vm2-eth0').stdout);
+    const byZone = JSON.parse(s.ctl('--json', 'conntrack', 'list', '--zone', '2').stdout);
+    expect(byPort.connections.length).toBeGreaterThan(0);
+    const ids = (r: any) => r.connections.map((c: any) => [c.id, c.zone, c.orig, c.reply]); // (expiresInMs moves between calls)
+    expect(ids(byPort)).toEqual(ids(byZone));
+    expect(ids(byName)).toEqual(ids(byZone));
+    expect(byPort.connections.every((c: any) => c.zone === 2)).toBe(true);
+    expect(s.ctl('conntrack', 'list', '--port', 'vf1').stderr).toMatch(/"vf1" is no port or interface of a service VM .* or of an interface with a firewall/);
+    expect(s.ctl('conntrack', 'list', '--port', 'vf2', '--zone', '3').stderr).toMatch(/zone: 3 is not the zone of vm2-eth0's firewall \(2\)/);
+    await s.stop();
+  }, 120_000);
+
   it('a migration during an inject loses no packet and duplicates none, with zero flow rewrites', async () => {
     const dir = tempDir('mig');
     const cap = join(dir, 'one-vm.pcap');

@@ -57,8 +57,16 @@ function checksumsRight(f: Uint8Array): boolean {
   return checksum(concat(pseudo, seg)) === 0;
 }
 
-function rig() {
+/** Per VPID, its interface's segment number, as the control plane gives it to the offload stage (handover.ts). */
+function segments(): Uint16Array {
+  const seg = new Uint16Array(65536);
+  for (const itf of topo.interfaces) seg[itf.vpid] = itf.segment === 'inside' ? 1 : 2;
+  return seg;
+}
+
+function rig(offloading = true) {
   const dp = new Datapath({ batchCapacity: 32, conntrackCapacity: 64 });
+  if (offloading) dp.offload.setSegments(segments());
   const sent = new Map<number, Uint8Array[]>();
   for (const p of topo.ports) {
     const tx: TxPort = {
@@ -114,7 +122,7 @@ const macOf = (f: Uint8Array, at: number) => [...f.subarray(at, at + 6)].map((x)
 
 describe('Offload: a connection the service VM handed over', () => {
   it('before the hand-over the client\'s packets go to the service VM unchanged; the stage is not even run', () => {
-    const { dp, send } = rig();
+    const { dp, send } = rig(false);
     const f = fromClient(0x10);
     const out = send(1, [f]);
     expect([...out.keys()]).toEqual([2]);
@@ -174,6 +182,30 @@ describe('Offload: a connection the service VM handed over', () => {
     expect(port(1).rxBytes).toBe(2 * f.length);
     expect(port(3).rxPackets).toBe(0); // the VM's outside port received nothing
     expect(port(4).txPackets).toBe(1);
+    const st = dp.stats();
+    expect(st.packetsIn).toBe(st.delivered + st.dropped);
+  });
+
+  it('a frame from the other segment addressed to the VM\'s interface, or by the wrong one of its interfaces, is not served (L2 would never have given it to the VM there)', () => {
+    const { dp, send } = rig();
+    const { orig, reply } = tuples();
+    dp.offload.adopt(orig, reply, 1000, 60_000, ROUTES);
+    dp.offload.enable(vpid('svc-in'), parseMac(SVC_IN.mac), ZONE);
+    dp.offload.enable(vpid('svc-out'), parseMac(SVC_OUT.mac), ZONE);
+    // The client's own frame, sent in on the server's port (the outside segment): a spoofed injection.
+    const spoof = fromClient(0x10);
+    const out = send(4, [spoof]);
+    expect(out.has(4)).toBe(false);
+    expect(dp.offload.stats.served).toBe(0);
+    expect(dp.offload.stats.toGuestWrongSide).toBe(1);
+    // The server's answer addressed to the VM's inside MAC (the wrong interface for its direction), from the outside.
+    const wrong = fromServer(0x10);
+    wrong.set(parseMac(SVC_IN.mac), 0);
+    send(4, [wrong]);
+    expect(dp.offload.stats.served).toBe(0);
+    expect(dp.offload.stats.toGuestWrongSide).toBe(2);
+    // The real thing is served.
+    expect(send(1, [fromClient(0x10)]).get(4)!.length).toBe(1);
     const st = dp.stats();
     expect(st.packetsIn).toBe(st.delivered + st.dropped);
   });
