@@ -665,20 +665,7 @@ export class Fpag {
 
   /** Whether the first of `rules` that matches the packet allows it (none: no). The mask gets every field looked at. */
   private firewallAllowsNew(rules: CompiledFwRule[], key: Uint32Array, mask: Uint32Array): boolean {
-    for (const r of rules) {
-      let hit = true;
-      for (let w = 0; w < KEY_WORDS; w++) {
-        mask[w] |= r.mask[w];
-        if (((key[w] ^ r.key[w]) & r.mask[w]) !== 0) hit = false;
-      }
-      if (hit && r.ports !== null) {
-        unwildcard(mask, 'tp_dst');
-        const p = key[W_TP] & 0xffff;
-        if (p < r.ports[0] || p > r.ports[1]) hit = false;
-      }
-      if (hit) return r.allow;
-    }
-    return false;
+    return firstFirewallRule(rules, key, mask)?.allow ?? false;
   }
 
   /** The firewall's tables: the packet's ct_state in the interface's zone, its rules, then where L2 sends it. */
@@ -716,19 +703,8 @@ export class Fpag {
     const st = key[W_CT] >>> 24;
     if ((st & CS_TRK) === 0 || (st & CS_INV) !== 0) return { verdict: FW_DROP, why: 'ct_state inv' };
     if ((st & CS_NEW) === 0) return { verdict: FW_PASS, why: 'a connection it allowed (est or rel)' };
-    for (const r of rules) {
-      let hit = true;
-      for (let w = 0; w < KEY_WORDS; w++) {
-        mask[w] |= r.mask[w];
-        if (((key[w] ^ r.key[w]) & r.mask[w]) !== 0) hit = false;
-      }
-      if (hit && r.ports !== null) {
-        unwildcard(mask, 'tp_dst');
-        const p = key[W_TP] & 0xffff;
-        if (p < r.ports[0] || p > r.ports[1]) hit = false;
-      }
-      if (hit) return { verdict: r.allow ? FW_COMMIT : FW_DROP, why: `a new connection: ${r.text}` };
-    }
+    const r = firstFirewallRule(rules, key, mask);
+    if (r !== null) return { verdict: r.allow ? FW_COMMIT : FW_DROP, why: `a new connection: ${r.text}` };
     return { verdict: FW_DROP, why: 'a new connection no rule allows' };
   }
 
@@ -1060,4 +1036,22 @@ function singleOutput(actions: readonly Action[]): number {
     if (a.op === 'output') { if (vpid >= 0) return -1; vpid = a.vpid; }
   }
   return vpid;
+}
+
+/** The first of a firewall's rules that matches the packet, or null; the mask gets every field looked at (each rule tried, and tp_dst for a port range). */
+function firstFirewallRule(rules: CompiledFwRule[], key: Uint32Array, mask: Uint32Array): CompiledFwRule | null {
+  for (const r of rules) {
+    let hit = true;
+    for (let w = 0; w < KEY_WORDS; w++) {
+      mask[w] |= r.mask[w];
+      if (((key[w] ^ r.key[w]) & r.mask[w]) !== 0) hit = false;
+    }
+    if (hit && r.ports !== null) {
+      unwildcard(mask, 'tp_dst');
+      const p = key[W_TP] & 0xffff;
+      if (p < r.ports[0] || p > r.ports[1]) hit = false;
+    }
+    if (hit) return r;
+  }
+  return null;
 }
