@@ -120,7 +120,11 @@ export async function runAgent(socketPath: string, name: string, opts: { conntra
   // A service VM: its conntrack hand-over rides the same channel (agent/conntrack-agent.ts).
   const ct = opts.conntrack === undefined ? null : new (await import('./agent/conntrack-agent.js')).ConntrackAgent(name, opts.conntrack);
   ct?.start();
+  // The channels open now: closed on SIGINT/SIGTERM (server.close alone waits for them, and fpo keeps its channel open).
+  const open = new Set<import('node:net').Socket>();
   const server = createServer((c) => {
+    open.add(c);
+    c.on('close', () => open.delete(c));
     const reader = new LineReader();
     c.setEncoding('utf8');
     c.on('error', () => undefined);
@@ -151,5 +155,6 @@ export async function runAgent(socketPath: string, name: string, opts: { conntra
   });
   ct?.stop();
   server.close();
+  for (const c of open) c.destroy();
   if (existsSync(socketPath)) unlinkSync(socketPath);
 }

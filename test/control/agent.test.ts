@@ -7,7 +7,7 @@ import pino from 'pino';
 import { afterAll, describe, expect, it } from 'vitest';
 import { AGENT_MAX_LINE, LineReader, Liveness } from '../../control/agent.js';
 import { TunnelMonitor } from '../../control/monitor.js';
-import { CLI, cleanTemp, needRoot, tempDir } from '../helpers.js';
+import { CLI, cleanTemp, needRoot, needTool, tempDir } from '../helpers.js';
 
 const procs: ChildProcess[] = [];
 afterAll(() => {
@@ -136,6 +136,27 @@ describe('the agent channel end to end', () => {
     expect(JSON.parse(answer)).toMatchObject({ type: 'alive', seq: 7, agent: 'vmx' });
     c.destroy();
     p.kill('SIGTERM');
+  });
+
+  it('fpo agent stops on SIGTERM while fpo\'s channel is open (with --conntrack too: its conntrack -E goes with it), and takes its socket away', async (ctx) => {
+    needRoot(ctx, 'conntrack -E needs root');
+    needTool(ctx, 'conntrack', 'fpo agent --conntrack runs conntrack -E');
+    for (const extra of [[], ['--conntrack']]) {
+      const dir = tempDir('agentstop');
+      const sock = join(dir, 'a.sock');
+      const p = spawn(process.execPath, [CLI, 'agent', '--socket', sock, '--name', 'vmy', ...extra], { stdio: ['ignore', 'ignore', 'ignore'] });
+      procs.push(p);
+      expect(await until(() => existsSync(sock), 5000)).toBe(true);
+      const c = connect(sock); // fpo's side, left open
+      c.on('error', () => undefined);
+      await new Promise<void>((r) => c.on('connect', () => r()));
+      const exited = new Promise<number | null>((r) => p.on('exit', (code) => r(code)));
+      p.kill('SIGTERM');
+      const code = await Promise.race([exited, new Promise<string>((r) => setTimeout(() => r('still running'), 5000))]);
+      expect(code, extra.join(' ')).toBe(0);
+      expect(existsSync(sock)).toBe(false);
+      c.destroy();
+    }
   });
 
   it('fpo\'s tunnel monitor, fed random, truncated, oversized and garbage lines by a hostile agent, stays up, holds no more than the bound, and still takes a good answer (fuzz)', async (ctx) => {
