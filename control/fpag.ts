@@ -57,8 +57,12 @@
  * firewalled interfaces go through both (two zones), as OVN's per-port
  * zones do. A flood (broadcast, multicast, unknown unicast) is checked on
  * its way out, and each firewalled receiver gets its copy only when its `in`
- * rules allow the packet as a new connection (firewallFlood). Explicit rules in table 0 come first: a rule that
- * matches decides without the firewall.
+ * rules allow the packet as a new connection (firewallFlood). Explicit
+ * rules do not get round it: a firewalled VM's packets are checked before
+ * any rule decides where they go (the rules then decide in table 254, as in
+ * table 0), and a rule's outputs to a firewalled VM are checked as they
+ * arrive — but a rule with a ct action of its own decides statefully by
+ * itself, without the firewall's check at its receivers.
  *
  * The installed flow's mask is the union of every field the decision looked
  * at — port security's fields, the masks of all rules tried, then in_port,
@@ -496,31 +500,20 @@ export class Fpag {
     const table = (key[W_CT] >>> 16) & 0xff;
     if (table >= FW_TABLE_OUT) return this.firewallTable(key, mask, explain, out, table);
     const inPort = key[W_IN_PORT];
-    // Port security on the packet as the VM sent it (a recirculated one was checked in table 0; NAT may have changed its source since).
-    if ((inPort & PORT_PPID_BIT) === 0 && table === 0) {
-      const sec = this.byVpid.get(inPort)?.sec;
-      if (sec !== undefined && this.portSecurity(key, mask, sec, explain, out)) return out;
+    const fws = this.firewalls.size > 0;
+    if (table === 0) {
+      // Port security on the packet as the VM sent it (a recirculated one was checked in table 0; NAT may have changed its source since).
+      if ((inPort & PORT_PPID_BIT) === 0) {
+        const sec = this.byVpid.get(inPort)?.sec;
+        if (sec !== undefined && this.portSecurity(key, mask, sec, explain, out)) return out;
+      }
+      // A firewalled VM's packets are checked as they leave it before any rule decides where they go.
+      if (fws && this.firewallFrom(key, mask, explain, out)) return out;
     }
-    for (const r of this.rules) {
-      if (r.table !== table) continue;
-      let hit = true;
-      for (let w = 0; w < KEY_WORDS; w++) {
-        mask[w] |= r.mask[w];
-        if (((key[w] ^ r.key[w]) & r.mask[w]) !== 0) hit = false;
-      }
-      if (hit) {
-        out.rule = r.index;
-        if (r.actions !== null) {
-          out.actions = r.special ? this.withFlag(r.actions) : r.actions;
-          out.reason = explain ? `rule ${r.index} (priority ${r.priority}) ${r.text}` : '';
-          return out;
-        }
-        this.l2(key, mask, explain, out);
-        if (r.pre !== null) out.actions = this.withPre(r.pre, out.actions);
-        if (r.special) out.actions = this.withFlag(out.actions);
-        if (explain) out.reason = `rule ${r.index} (priority ${r.priority})${r.table > 0 ? ` in table ${r.table}` : ''} said normal; ${out.reason}`;
-        return out;
-      }
+    if (this.rulesOf(table, key, key, mask, explain, out)) {
+      // A rule's outputs to a firewalled VM are checked as they arrive (a rule with a ct of its own decides statefully itself).
+      if (fws && table === 0 && !hasCt(out.actions)) this.firewallTo(key, mask, explain, out);
+      return out;
     }
     out.rule = -1;
     if (table !== 0) {
@@ -529,9 +522,51 @@ export class Fpag {
       return out;
     }
     this.l2(key, mask, explain, out);
-    if (this.firewalls.size > 0) this.firewallFirst(key, mask, explain, out);
+    if (fws) this.firewallTo(key, mask, explain, out);
     return out;
   }
+
+  /**
+   * The rules of `table` tried in order against `ruleKey` (the key, or for
+   * table 0's rules in a firewall table the key with its ct word cleared):
+   * true when one matched, with `out` its decision (its actions, or L2's for
+   * normal). The mask gets every rule's fields.
+   */
+  private rulesOf(table: number, ruleKey: Uint32Array, key: Uint32Array, mask: Uint32Array, explain: boolean, out: Decision): boolean {
+    for (const r of this.rules) {
+      if (r.table !== table) continue;
+      let hit = true;
+      for (let w = 0; w < KEY_WORDS; w++) {
+        mask[w] |= r.mask[w];
+        if (((ruleKey[w] ^ r.key[w]) & r.mask[w]) !== 0) hit = false;
+      }
+      if (!hit) continue;
+      out.rule = r.index;
+      if (r.actions !== null) {
+        out.actions = r.special ? this.withFlag(r.actions) : r.actions;
+        out.reason = explain ? `rule ${r.index} (priority ${r.priority}) ${r.text}` : '';
+        return true;
+      }
+      this.l2(key, mask, explain, out);
+      if (r.pre !== null) out.actions = this.withPre(r.pre, out.actions);
+      if (r.special) out.actions = this.withFlag(out.actions);
+      if (explain) out.reason = `rule ${r.index} (priority ${r.priority})${r.table > 0 ? ` in table ${r.table}` : ''} said normal; ${out.reason}`;
+      return true;
+    }
+    return false;
+  }
+
+  /** Table 0's decision (its rules, else L2) for a packet a firewall table let through: the rules see it as table 0 does. */
+  private forward0(key: Uint32Array, mask: Uint32Array, explain: boolean, out: Decision): void {
+    const k0 = this.table0Key;
+    k0.set(key);
+    k0[W_CT] = 0;
+    if (this.rulesOf(0, k0, key, mask, explain, out)) return;
+    out.rule = -1;
+    this.l2(key, mask, explain, out);
+  }
+
+  private readonly table0Key = new Uint32Array(KEY_WORDS);
 
   /** The conntrack zone of the firewall of the interface named so, or undefined (no such interface, or no firewall). */
   firewallZoneOf(name: string): number | undefined {
@@ -588,15 +623,11 @@ export class Fpag {
     return fw;
   }
 
-  /**
-   * Table 0, after L2: an IP packet from a firewalled interface goes to be
-   * checked as it leaves (FW_TABLE_OUT), one that L2 sends to a single
-   * firewalled interface, as it arrives (FW_TABLE_IN).
-   */
-  private firewallFirst(key: Uint32Array, mask: Uint32Array, explain: boolean, out: Decision): void {
+  /** Whether the firewall looks at this packet: IP, not IPv6 neighbour discovery. The mask gets what it looked at. */
+  private firewalled(key: Uint32Array, mask: Uint32Array): boolean {
     unwildcard(mask, 'eth_type');
     const et = key[W_ETH_TYPE] >>> 16;
-    if (et !== 0x0800 && et !== 0x86dd) return;
+    if (et !== 0x0800 && et !== 0x86dd) return false;
     if (et === 0x86dd) {
       // Neighbour discovery (ICMPv6 133..137) is IPv6's ARP: not filtered, as ARP is not (and as
       // security groups always allow it). Filtered, no IPv6 rule could work: a VM never learnt its peer's MAC.
@@ -604,16 +635,32 @@ export class Fpag {
       if (((key[W_ETH_TYPE] >>> 8) & 0xff) === 58) {
         unwildcard(mask, 'tp_src');
         const type = key[W_TP] >>> 16;
-        if (type >= 133 && type <= 137) return;
+        if (type >= 133 && type <= 137) return false;
       }
     }
+    return true;
+  }
+
+  /** Table 0, first: an IP packet from a firewalled interface goes to be checked as it leaves (FW_TABLE_OUT); true then. */
+  private firewallFrom(key: Uint32Array, mask: Uint32Array, explain: boolean, out: Decision): boolean {
     const inPort = key[W_IN_PORT];
-    const from = (inPort & PORT_PPID_BIT) === 0 ? this.firewalls.get(inPort) : undefined;
-    if (from !== undefined) {
-      out.actions = from.toOut;
-      if (explain) out.reason = `${out.reason}; from ${from.name}, which has a firewall: conntrack in zone ${from.zone}, checked in table ${FW_TABLE_OUT}`;
-      return;
-    }
+    if ((inPort & PORT_PPID_BIT) !== 0) return false;
+    unwildcard(mask, 'in_port');
+    const from = this.firewalls.get(inPort);
+    if (from === undefined || !this.firewalled(key, mask)) return false;
+    out.rule = -1;
+    out.actions = from.toOut;
+    out.reason = explain ? `from ${from.name}, which has a firewall: conntrack in zone ${from.zone}, checked in table ${FW_TABLE_OUT} before any rule` : '';
+    return true;
+  }
+
+  /**
+   * Table 0, once a rule or L2 has said where the packet goes: to a single
+   * firewalled interface, it goes to be checked as it arrives (FW_TABLE_IN);
+   * to several, each firewalled receiver's copy only if its rules allow it.
+   */
+  private firewallTo(key: Uint32Array, mask: Uint32Array, explain: boolean, out: Decision): void {
+    if (!this.firewalled(key, mask)) return;
     const to = this.firewalls.get(singleOutput(out.actions));
     if (to !== undefined) {
       out.actions = to.toIn;
@@ -678,9 +725,9 @@ export class Fpag {
       if (fw === undefined) { this.say(out, this.dropCtNoRule, explain ? `table ${table}: in_port has no firewall (now)` : ''); return out; }
       const v = this.firewallVerdict(fw.out, key, mask);
       if (v.verdict === FW_DROP) { this.say(out, this.dropFirewall, explain ? `${fw.name}'s firewall, out: ${v.why}: dropped` : ''); return out; }
-      this.l2(key, mask, explain, out);
-      const to = this.firewalls.get(singleOutput(out.actions));
-      if (to === undefined) this.firewallFlood(key, mask, explain, out);
+      this.forward0(key, mask, explain, out);
+      const to = hasCt(out.actions) ? undefined : this.firewalls.get(singleOutput(out.actions));
+      if (to === undefined && !hasCt(out.actions)) this.firewallFlood(key, mask, explain, out);
       if (out.actions === this.dropFirewall) { if (explain) out.reason = `${fw.name}'s firewall, out: ${v.why}; ${out.reason}`; return out; }
       let acts = to !== undefined ? to.toIn : out.actions;
       if (v.verdict === FW_COMMIT) acts = this.withPre(fw.commit, acts);
@@ -688,9 +735,9 @@ export class Fpag {
       if (explain) out.reason = `${fw.name}'s firewall, out: ${v.why}; ${out.reason}${to !== undefined ? `; to ${to.name}, which has a firewall: checked in table ${FW_TABLE_IN}` : ''}`;
       return out;
     }
-    this.l2(key, mask, explain, out);
+    this.forward0(key, mask, explain, out);
     const fw = this.firewalls.get(singleOutput(out.actions));
-    if (fw === undefined) { this.say(out, this.dropCtNoRule, explain ? `table ${table}: L2 sends it to no firewalled interface (now)` : ''); return out; }
+    if (fw === undefined) { this.say(out, this.dropCtNoRule, explain ? `table ${table}: it goes to no single firewalled interface (now)` : ''); return out; }
     const v = this.firewallVerdict(fw.in, key, mask);
     if (v.verdict === FW_DROP) { this.say(out, this.dropFirewall, explain ? `${fw.name}'s firewall, in: ${v.why}: dropped` : ''); return out; }
     if (v.verdict === FW_COMMIT) out.actions = this.withPre(fw.commit, out.actions);
@@ -1054,4 +1101,10 @@ function firstFirewallRule(rules: CompiledFwRule[], key: Uint32Array, mask: Uint
     if (hit) return r;
   }
   return null;
+}
+
+/** Whether actions hold a ct action (a rule that tracks statefully on its own). */
+function hasCt(actions: readonly Action[]): boolean {
+  for (let j = 0; j < actions.length; j++) if (actions[j].op === 'ct') return true;
+  return false;
 }

@@ -161,6 +161,22 @@ describe('the per-port firewall', () => {
     expect(() => svc(7)).not.toThrow();
   });
 
+  it('explicit rules do not get round the firewall: a normal rule, an output rule, a rule from the firewalled VM; what they allow still passes', () => {
+    // The review's repro: a plain "tcp: normal" rule took a SYN to port 22 past a tcp-80 firewall.
+    for (const rule of [{ priority: 1, match: { ip_proto: 6 }, actions: ['normal'] }, { priority: 1, match: { ip_proto: 6, in_port: 'client' }, actions: ['output:server'] }]) {
+      const { dp, send } = twoVms([rule], {}, WEB_SERVER);
+      expect(send([[1, seg('c', 100, 0, 'S', 0, 22)]]).toServer, JSON.stringify(rule)).toHaveLength(0);
+      expect(send([[1, seg('c', 100, 0, 'S')]]).toServer, JSON.stringify(rule)).toHaveLength(1); // port 80: allowed, by way of the rule
+      expect(send([[2, seg('s', 500, 101, 'SA')]]).toClient).toHaveLength(1); // the answer
+      expect(accounted(dp)).toEqual({ firewall: 1 });
+    }
+    // From the firewalled VM: its packets are checked before the rule sends them on.
+    const { dp, send } = twoVms([{ priority: 1, match: { ip_proto: 17 }, actions: ['output:client'] }], {}, { firewall: [{ direction: 'out', action: 'allow', proto: 'udp', ports: 53 }] });
+    expect(send([[2, eth(C_MAC, S_MAC, 0x0800, ipv4({ src: S, dst: C, proto: 17 }, udp(5000, 53, new Uint8Array(8))))]]).toClient).toHaveLength(1);
+    expect(send([[2, eth(C_MAC, S_MAC, 0x0800, ipv4({ src: S, dst: C, proto: 17 }, udp(5000, 54, new Uint8Array(8))))]]).toClient).toHaveLength(0);
+    expect(accounted(dp)).toEqual({ firewall: 1 });
+  });
+
   it('refuses rules that cannot mean anything, naming the interface, rule and field', () => {
     const refuse = (server: Record<string, unknown>, why: RegExp) => expect(() => twoVms([], {}, server), JSON.stringify(server)).toThrow(why);
     refuse({ firewall: [{ direction: 'in', action: 'allow', ports: 80 }] }, /interface server \(node server\)\.firewall\[0\]\.ports: a port needs proto tcp or udp/);
