@@ -6,7 +6,7 @@ import { formatMatch } from '../../datapath/classifier/flow-key.js';
 import { Datapath } from '../../datapath/datapath.js';
 import { FpoError } from '../../datapath/errors.js';
 import { eth, ipv4, ipv6, udp } from '../../fixtures/packets.js';
-import { C, C_MAC, S, S_MAC, seg, twoVms } from '../datapath/conntrack/switch.js';
+import { C, C_MAC, S, S_MAC, seg, twoVms, type Rule } from '../datapath/conntrack/switch.js';
 
 const toBroadcast = (f: Uint8Array) => { const g = f.slice(); g.fill(0xff, 0, 6); return g; };
 const toUnknownMac = (f: Uint8Array) => { const g = f.slice(); g.set([2, 9, 9, 9, 9, 9], 0); return g; };
@@ -163,7 +163,8 @@ describe('the per-port firewall', () => {
 
   it('explicit rules do not get round the firewall: a normal rule, an output rule, a rule from the firewalled VM; what they allow still passes', () => {
     // The review's repro: a plain "tcp: normal" rule took a SYN to port 22 past a tcp-80 firewall.
-    for (const rule of [{ priority: 1, match: { ip_proto: 6 }, actions: ['normal'] }, { priority: 1, match: { ip_proto: 6, in_port: 'client' }, actions: ['output:server'] }]) {
+    const rules: Rule[] = [{ priority: 1, match: { ip_proto: 6 }, actions: ['normal'] }, { priority: 1, match: { ip_proto: 6, in_port: 'client' }, actions: ['output:server'] }];
+    for (const rule of rules) {
       const { dp, send } = twoVms([rule], {}, WEB_SERVER);
       expect(send([[1, seg('c', 100, 0, 'S', 0, 22)]]).toServer, JSON.stringify(rule)).toHaveLength(0);
       expect(send([[1, seg('c', 100, 0, 'S')]]).toServer, JSON.stringify(rule)).toHaveLength(1); // port 80: allowed, by way of the rule
