@@ -173,6 +173,35 @@ export class PacketBatch {
     this.count = n - k;
   }
 
+  /**
+   * Packet i of `from` (its rx facts, parse offsets, key, ordinal and
+   * ct_state) as this batch's packet j, live (drop 0): the datapath's next
+   * pass after a ct (Datapath.recirculate). No bytes move: this batch must
+   * point at from's buffer.
+   */
+  copyPacket(from: PacketBatch, i: number, j: number): void {
+    const fk = from.key;
+    const tk = this.key;
+    const ki = i * KEY_WORDS;
+    const kj = j * KEY_WORDS;
+    for (let w = 0; w < KEY_WORDS; w++) tk[kj + w] = fk[ki + w];
+    this.off[j] = from.off[i];
+    this.caplen[j] = from.caplen[i];
+    this.wirelen[j] = from.wirelen[i];
+    this.tsA[j] = from.tsA[i];
+    this.tsB[j] = from.tsB[i];
+    this.ifIndex[j] = from.ifIndex[i];
+    this.inPpid[j] = from.inPpid[i];
+    this.drop[j] = 0;
+    this.l3Off[j] = from.l3Off[i];
+    this.l4Off[j] = from.l4Off[i];
+    this.innerOff[j] = from.innerOff[i];
+    this.tunHdr[j] = from.tunHdr[i];
+    this.vni[j] = from.vni[i];
+    this.ordinal[j] = from.ordinal[i];
+    this.ctState[j] = from.ctState[i];
+  }
+
   /** Empties the batch for the next rx (arrays are overwritten, not cleared). */
   batchReset(): void {
     this.count = 0;

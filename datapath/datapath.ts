@@ -16,15 +16,14 @@ import { ActionSets, type Action } from './actions/action-sets.js';
 import { Encap } from './actions/encap.js';
 import { Execute, type DirectTx } from './actions/execute.js';
 import { vlanDelta } from './actions/vlan.js';
-import { ABSENT, PacketBatch } from './batch.js';
-import { KEY_WORDS, W_CT, W_ETH_TYPE, W_IP_DST, W_IP_SRC, W_TP } from './classifier/flow-key.js';
+import { PacketBatch } from './batch.js';
+import { KEY_WORDS, W_CT } from './classifier/flow-key.js';
 import { FlowTable } from './classifier/flow-table.js';
 import { Classify } from './classifier/classify.js';
 import { Emc } from './classifier/emc.js';
 import { CaptureClock } from './clock.js';
-import { ConnTrack, CS_DST_NAT, CS_SRC_NAT } from './conntrack/conntrack.js';
+import { ConnTrack } from './conntrack/conntrack.js';
 import { Offload } from './conntrack/offload.js';
-import { rd32 } from './conntrack/nat.js';
 import { D, DROP_COUNT, DROP_NAMES, FORWARDED, RECIRC, SPECIAL, type DropReason } from './drops.js';
 import { FastLane } from './fast-lane.js';
 import { FlagCheck } from './classifier/flag-check.js';
@@ -362,7 +361,8 @@ export class Datapath {
    * The packets execute took for ct in this pass (marked RECIRC, their
    * outputs before the ct already sent): conntrack for each (one call per
    * ct spec among them), then a next pass over them in a batch of their own
-   * on the same bytes — classified again with ct_state, ct_zone and the
+   * on the same bytes (its key as NAT left it: nat.ts rewrites the key with
+   * the frame) — classified again with ct_state, ct_zone and the
    * table in their key (ct with a table), or straight to the ct's
    * continuation actions (without) — sent, and accounted there: each packet
    * once, in the pass it ends in. A packet recirculated more than MAX_RECIRC
@@ -418,10 +418,9 @@ export class Datapath {
         const i = idx[j];
         if (drop[i] !== 0) continue; // conntrack dropped it: accounted in this pass
         drop[i] = RECIRC;
-        this.copyForNextPass(batch, i, rb, m);
+        rb.copyPacket(batch, i, m);
         const st = batch.ctState[i];
         rb.key[m * KEY_WORDS + W_CT] = ((st << 24) | ((table > 0 ? table : 0) << 16) | sets.ctZone[s]) >>> 0;
-        if ((st & (CS_SRC_NAT | CS_DST_NAT)) !== 0) rekeyAddresses(rb, m);
         acts[m] = table > 0 ? -1 : sets.ctCont[s];
         m++;
       }
@@ -467,30 +466,6 @@ export class Datapath {
     }
     this.ctSel = new Uint16Array(cap);
     this.ctDone = new Uint8Array(cap);
-  }
-
-  // Packet i of `from` as packet j of `to` (the same bytes: `to` shares from's buffer).
-  private copyForNextPass(from: PacketBatch, i: number, to: PacketBatch, j: number): void {
-    const fk = from.key;
-    const tk = to.key;
-    const ki = i * KEY_WORDS;
-    const kj = j * KEY_WORDS;
-    for (let w = 0; w < KEY_WORDS; w++) tk[kj + w] = fk[ki + w];
-    to.off[j] = from.off[i];
-    to.caplen[j] = from.caplen[i];
-    to.wirelen[j] = from.wirelen[i];
-    to.tsA[j] = from.tsA[i];
-    to.tsB[j] = from.tsB[i];
-    to.ifIndex[j] = from.ifIndex[i];
-    to.inPpid[j] = from.inPpid[i];
-    to.drop[j] = 0;
-    to.l3Off[j] = from.l3Off[i];
-    to.l4Off[j] = from.l4Off[i];
-    to.innerOff[j] = from.innerOff[i];
-    to.tunHdr[j] = from.tunHdr[i];
-    to.vni[j] = from.vni[i];
-    to.ordinal[j] = from.ordinal[i];
-    to.ctState[j] = from.ctState[i];
   }
 
   /**
@@ -693,28 +668,3 @@ export class Datapath {
   }
 }
 
-/**
- * After NAT rewrote packet j of the batch: its key's addresses and ports as
- * the packet now has them (the next pass classifies the translated packet).
- */
-function rekeyAddresses(batch: PacketBatch, j: number): void {
-  const k = j * KEY_WORDS;
-  const key = batch.key;
-  const b = batch.buf;
-  const l3 = batch.l3Off[j];
-  if (l3 === ABSENT) return;
-  const p = batch.off[j] + l3;
-  const et = key[k + W_ETH_TYPE] >>> 16;
-  if (et === 0x0800) {
-    key[k + W_IP_SRC] = rd32(b, p + 12);
-    key[k + W_IP_DST] = rd32(b, p + 16);
-  } else if (et === 0x86dd) {
-    for (let w = 0; w < 4; w++) {
-      key[k + W_IP_SRC + w] = rd32(b, p + 8 + w * 4);
-      key[k + W_IP_DST + w] = rd32(b, p + 24 + w * 4);
-    }
-  }
-  const proto = (key[k + W_ETH_TYPE] >>> 8) & 0xff;
-  const l4 = batch.l4Off[j];
-  if ((proto === 6 || proto === 17) && l4 !== ABSENT) key[k + W_TP] = rd32(b, batch.off[j] + l4);
-}

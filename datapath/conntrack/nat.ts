@@ -102,7 +102,7 @@ function setAddr(b: Uint8Array, p: number, t: Uint32Array, at: number, words: nu
 }
 
 /** Replaces 16-bit word `oldW` by `newW` in the one's complement checksum at b[at..at+2) (RFC 1624, eqn. 3). */
-function csum16(b: Uint8Array, at: number, oldW: number, newW: number): void {
+export function csum16(b: Uint8Array, at: number, oldW: number, newW: number): void {
   let sum = (~((b[at] << 8) | b[at + 1]) & 0xffff) + (~oldW & 0xffff) + newW;
   sum = (sum & 0xffff) + (sum >>> 16);
   sum = (sum & 0xffff) + (sum >>> 16);

@@ -54,6 +54,7 @@ import { FRAG_ANY, KEY_WORDS, TUN_PRESENT, W_TUN, W_ETH_DST_HI, W_ETH_MID, W_ETH
 import { FpoError } from '../errors.js';
 import { parsePacket } from '../parse/parse.js';
 import { CS_EST, CS_INV, type ConnTrack } from './conntrack.js';
+import { csum16 } from './nat.js';
 
 /** Why a connection was handed back (the hand-back ring's reason codes). */
 export const HANDBACK = ['fin', 'rst', 'ended', 'withdrawn'] as const;
@@ -403,12 +404,3 @@ function macB(m: Uint8Array, at: number): number {
   return (m[at + 4] << 8) | m[at + 5];
 }
 
-/** Replaces 16-bit word `oldW` by `newW` in the one's complement checksum at b[at..at+2) (RFC 1624, eqn. 3). */
-function csum16(b: Uint8Array, at: number, oldW: number, newW: number): void {
-  let sum = (~((b[at] << 8) | b[at + 1]) & 0xffff) + (~oldW & 0xffff) + (newW & 0xffff);
-  sum = (sum & 0xffff) + (sum >>> 16);
-  sum = (sum & 0xffff) + (sum >>> 16);
-  const r = ~sum & 0xffff;
-  b[at] = r >> 8;
-  b[at + 1] = r & 0xff;
-}

@@ -90,6 +90,19 @@ describe('ct in flows: a stateful firewall in two tables', () => {
     expect(dp.dumpFlows().some((f) => f.actions.some((x) => x.op === 'ct' && x.nat?.kind === 'src'))).toBe(true);
   });
 
+  it('a recirculated packet is classified as NAT left it: table 1 matches the translated source', () => {
+    const { dp, send } = twoVms([
+      { priority: 10, match: { in_port: 'client', eth_type: '0x0800' }, actions: ['ct(commit,zone=6,table=1,nat(src=192.0.2.44))'] },
+      { table: 1, priority: 20, match: { eth_type: '0x0800', ipv4_src: '192.0.2.44' }, actions: ['output:server'] },
+      { table: 1, priority: 10, actions: ['drop'] },
+    ]);
+    const q = eth(S_MAC, C_MAC, 0x0800, ipv4({ src: C, dst: S, proto: 17 }, udp(5000, 53, new Uint8Array(8))));
+    const out = send([[1, q], [1, q]]).toServer;
+    expect(out).toHaveLength(2);
+    expect([...out[0].subarray(26, 30)].join('.')).toBe('192.0.2.44');
+    expect(accounted(dp)).toEqual({});
+  });
+
   it('a ruleset that recirculates without end is cut at MAX_RECIRC and counted', () => {
     const rules: Rule[] = [];
     for (let t = 0; t <= MAX_RECIRC + 1; t++) rules.push({ table: t, priority: 1, actions: [`ct(zone=3,table=${t + 1})`] });
