@@ -178,7 +178,7 @@ export class Datapath {
     return this.off !== null;
   }
 
-  /** Packets a ct action sent through conntrack. */
+  /** Packets a ct action sent through conntrack (but those of the fast lane's ct hot loop: stats() adds its ctHot). */
   ctPackets = 0;
   // Recirculation (made at the first ct): per depth, the packets taken from a pass, their ct
   // specs, the next pass's batch and its per-packet action sets (-1: classify it).
@@ -213,7 +213,10 @@ export class Datapath {
     this.conntrackCapacity = opts.conntrackCapacity ?? 65536;
     this.batchCapacity = opts.batchCapacity ?? 256;
     this.flagCheck.rxBytes = this.rxBytes;
-    this.fastLane = new FastLane(this.mapping.inPortKey, this.emc, this.flows, this.classify, this.execute, this.actionSets, (b, i) => this.upcallOne(b, i), this.flagCheck, this.mapping.vmPort, (b, i, spec, now) => this.ctOne(b, i, spec, now));
+    this.fastLane = new FastLane(this.mapping.inPortKey, this.emc, this.flows, this.classify, this.execute, this.actionSets, (b, i) => this.upcallOne(b, i), this.flagCheck, this.mapping.vmPort, {
+      one: (b, i, spec, now) => this.ctOne(b, i, spec, now),
+      tracker: () => this.conntrack,
+    });
   }
 
   // Slow path: the API of control/.
@@ -447,13 +450,16 @@ export class Datapath {
   private readonly ctOneSel = new Uint16Array(1);
 
   /** The fast lane's conntrack for packet i (parsed) by ct spec `spec` (fast-lane.ts `one`). */
-  private ctOne(batch: PacketBatch, i: number, spec: number, now: number): void {
+  private ctOne(batch: PacketBatch, i: number, spec: number, now: number): number {
     const sets = this.actionSets;
     this.ctOneSel[0] = i;
     batch.ctState[i] = 0;
-    this.conntrack.process(batch, this.ctOneSel, 1, sets.ctZone[spec], sets.ctCommit[spec] === 1, now, sets.ctNat[spec]);
+    const ct = this.conntrack;
+    ct.process(batch, this.ctOneSel, 1, sets.ctZone[spec], sets.ctCommit[spec] === 1, now, sets.ctNat[spec]);
     this.ctPackets++;
+    return ct.lastEntry();
   }
+
 
   // Slow path, once: the recirculation batches and lists, a set per depth.
   private makeRecirc(): void {
@@ -640,7 +646,7 @@ export class Datapath {
       megaflowHits: this.classify.megaflowHits,
       lookupsMissed: this.classify.misses,
       fastLane: this.fastLane.forwarded,
-      ctPackets: this.ctPackets,
+      ctPackets: this.ctPackets + this.fastLane.ctHot,
       clockJumps: this.captureClock.jumps,
       clockBacks: this.captureClock.backs,
       drops,

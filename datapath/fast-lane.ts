@@ -52,6 +52,7 @@
  */
 import { OP_CT, type ActionSets } from './actions/action-sets.js';
 import type { Execute } from './actions/execute.js';
+import type { ConnTrack } from './conntrack/conntrack.js';
 import { FLOAT64_COPY_EXACT, SMALL_COPY, arenaCopy } from './arena.js';
 import { ABSENT, type PacketBatch } from './batch.js';
 import { EMC_IPV4_SHAPE, EMC_IPV4_TUN_SHAPE, EMC_MEMO, EMC_STRIDE, type Emc, ipv4KeyHash, keyHash, tunKeyHash } from './classifier/emc.js';
@@ -67,6 +68,28 @@ const ONE_STOP = 0;
 const ONE_HOT = 1;
 const ONE_NEXT = 2;
 const ONE_TUN = 3;
+/** `one` took a ct packet and kept its connection with its cache entry: the next ones are likely the ct hot loop's. */
+const ONE_CT = 4;
+/** The hot loops' modes: plain packets, tunnel packets, packets of ct flows. */
+const MODE_PLAIN = 0;
+const MODE_TUN = 1;
+const MODE_CT = 2;
+/** A cache entry's memo stamp is seq for the plain loop's entries, seq | CT_STAMP for the ct loop's (seq < 2^31). */
+const CT_STAMP = 0x80000000;
+
+/**
+ * What the lane asks of conntrack (the datapath's, Datapath.laneCt):
+ *   one   packet i (parsed: key, offsets) by ct spec `spec`, as the stages'
+ *         ct would (state, NAT); the index entry of its connection
+ *         (ConnTrack.lastEntry), or -1;
+ *   tracker  the conntrack itself, for the ct hot loop (ConnTrack.genOf
+ *         after `one`, ConnTrack.hit for the next packets: the loop counts
+ *         those in ctHot, which the datapath's ctPackets includes).
+ */
+export interface LaneCt {
+  one(batch: PacketBatch, i: number, spec: number, now: number): number;
+  tracker(): ConnTrack;
+}
 
 export class FastLane {
   static readonly stageName = 'fast-lane';
@@ -93,13 +116,24 @@ export class FastLane {
   /** Per action set: its ct spec when the set is one ct with no table, else -1 (valid when ctStamp = seq). */
   private ctSpec = new Int32Array(1024);
   private ctStamp = new Uint32Array(1024);
+  /**
+   * Per cache entry (Emc entry number), for the ct hot loop: the connection
+   * (index entry, ConnTrack.lastEntry) and its generation `one` found for
+   * the entry's exact key, valid while the entry's memo stamp is seq | CT_STAMP
+   * (written with it by Emc.memoIpv4; an insert over the entry clears the
+   * stamp) and the connection's generation is the same (ConnTrack.hit).
+   */
+  private readonly ctConn: Int32Array;
+  private readonly ctGen: Uint32Array;
   private seq = 0;
   private epoch = -1;
   private gens = -1;
   /** Per batch the lane has run on: its hot loop, and what the loop was built over. */
-  private loops = new WeakMap<PacketBatch, { loop: HotLoop; tun: TunLoop; slots: number }>();
+  private loops = new WeakMap<PacketBatch, { loop: HotLoop; tun: TunLoop; ct: HotLoop | null; slots: number }>();
   /** Decapsulated packets the tunnel hot loop forwarded (a part of `forwarded`). */
   tunnelHot = 0;
+  /** Packets of ct flows the ct hot loop forwarded, conntrack and NAT applied (a part of `forwarded`). */
+  ctHot = 0;
   /** The bytes of the packets the hot loop took in its last run (it counts them; `process` adds them to rx). */
   private readonly hotBytes = new Float64Array(1);
   /** This batch: whether the cache is probed (not bypassed), and the lane's lookups by where they found their flow. */
@@ -120,9 +154,12 @@ export class FastLane {
     private readonly flagCheck: FlagCheck,
     /** Per PPID, 1 for a VM (access) port: parse drops its tagged frames (mapping-table.ts). */
     private readonly vmPort: Uint8Array = new Uint8Array(65536),
-    /** Conntrack for packet i (parsed: key, offsets) by ct spec `spec` (Datapath.ctOne), or null: the lane leaves ct flows to the stages. */
-    private readonly ct: ((batch: PacketBatch, i: number, spec: number, now: number) => void) | null = null,
-  ) {}
+    /** Conntrack (LaneCt), or null: the lane leaves ct flows to the stages. */
+    private readonly ct: LaneCt | null = null,
+  ) {
+    this.ctConn = new Int32Array(emc.entries);
+    this.ctGen = new Uint32Array(emc.entries);
+  }
 
   /**
    * Forwards the batch's leading common-case packets; returns how many. It
@@ -150,18 +187,19 @@ export class FastLane {
     const n = batch.count;
     let i = 0;
     let hot = this.useEmc;
-    let tun = false; // the tunnel hot loop rather than the plain one
+    let mode = MODE_PLAIN; // which hot loop
     while (i < n) {
       if (hot) {
         // The hot loops take packets of one in port and no rx drop; a lazy fill's are all such.
         const end = batch.unfilled ? n : sameRx(batch, i, n);
         const ppid = batch.unfilled ? batch.unfilledIn : batch.inPpid[i];
         // The tunnel hot loop terminates tunnel packets: never those of a VM port (flag-check.ts).
-        if (end > i && !(tun && this.vmPort[ppid] !== 0)) {
+        if (end > i && !(mode === MODE_TUN && this.vmPort[ppid] !== 0)) {
           const from = i;
-          i = this.run(batch, i, end, this.inPortKey[ppid], now, tun);
+          i = this.run(batch, i, end, this.inPortKey[ppid], now, mode);
           this.emcHits += i - from;
-          if (tun) {
+          if (mode === MODE_CT) this.ctHot += i - from;
+          if (mode === MODE_TUN) {
             this.flagCheck.decapsulated += i - from;
             this.tunnelHot += i - from;
           }
@@ -176,8 +214,8 @@ export class FastLane {
       rxPackets[batch.inPpid[i]]++; // `one` left the arrays as rx did
       rxBytes[batch.inPpid[i]] += batch.wirelen[i];
       i++;
-      hot = (next === ONE_HOT || next === ONE_TUN) && this.useEmc;
-      tun = next === ONE_TUN;
+      hot = (next === ONE_HOT || next === ONE_TUN || next === ONE_CT) && this.useEmc;
+      mode = next === ONE_TUN ? MODE_TUN : next === ONE_CT ? MODE_CT : MODE_PLAIN;
     }
     ex.copies += i - this.special;
     this.forwarded += i - this.special;
@@ -194,14 +232,16 @@ export class FastLane {
    * this datapath's arrays, and built again when the arrays it holds may
    * have changed (a port added).
    */
-  private run(batch: PacketBatch, from: number, end: number, inKey: number, now: number, tun: boolean): number {
+  private run(batch: PacketBatch, from: number, end: number, inKey: number, now: number, mode: number): number {
     let built = this.loops.get(batch);
     if (built === undefined || built.slots !== this.execute.slotCount) {
       const s = this.hotState(batch);
-      built = { loop: specialized(hotLoop)(s), tun: specialized(tunnelLoop)(s), slots: this.execute.slotCount };
+      // The ct loop is the plain loop's code with a ct step: compiled apart, so the plain one has none.
+      built = { loop: specialized(hotLoop)({ ...s, ctHit: null }), tun: specialized(tunnelLoop)(s), ct: s.ctHit === null ? null : specialized(hotLoop)(s), slots: this.execute.slotCount };
       this.loops.set(batch, built);
     }
-    if (!tun) return built.loop(from, end, inKey, this.seq, now);
+    if (mode === MODE_CT) return built.ct === null ? from : built.ct(from, end, inKey, (this.seq | CT_STAMP) >>> 0, now);
+    if (mode === MODE_PLAIN) return built.loop(from, end, inKey, this.seq, now);
     const fc = this.flagCheck;
     if (fc.vtep === 0) return from;
     const fl = fc.flag;
@@ -221,7 +261,23 @@ export class FastLane {
       ent: this.emc.ent, emcMask: this.emc.mask,
       dBase: ex.dBase, dCap: ex.dCap, dUsed: ex.dUsed, dBegun: ex.dBegun, slotPpid: ex.slotPpid, txPackets: ex.txPackets, txBytes: ex.txBytes,
       commonIpv4, transportWord, ipv4KeyHash, commonTunnel, tunKeyHash,
+      ctHit: null,
     };
+    if (this.ct !== null) {
+      const ct = this.ct.tracker();
+      const ctConn = this.ctConn;
+      const ctGen = this.ctGen;
+      const { caplen, wirelen, l3Off, l4Off } = batch;
+      // The hot loop read the lengths from the record header (a lazy fill left the arrays unset):
+      // conntrack and NAT read them from the arrays.
+      state.ctHit = (i: number, x: number, l4: number, cl: number, now: number): boolean => {
+        caplen[i] = cl;
+        wirelen[i] = cl;
+        l3Off[i] = 14;
+        l4Off[i] = l4;
+        return ct.hit(batch, i, ctConn[x], ctGen[x], now) !== 0;
+      };
+    }
     return state;
   }
 
@@ -294,6 +350,7 @@ export class FastLane {
       ct = this.ctSpecFor(a);
       if (ct < 0) return ONE_STOP;
       slot = this.slotFor(this.sets.ctCont[ct]);
+      if (slot < 0) return ONE_STOP;
     }
     if (slot < 0 || cl + 16 > this.execute.dCap[slot]) return ONE_STOP;
     // Decided: from here on the packet is the lane's.
@@ -309,9 +366,19 @@ export class FastLane {
       }
       batch.l3Off[i] = 14;
       batch.l4Off[i] = l4;
-      this.ct?.(batch, i, ct, now); // may rewrite the frame (NAT) before the copy below
+      const lane = this.ct as LaneCt;
+      const e = lane.one(batch, i, ct, now); // may rewrite the frame (NAT) before the copy below
       this.commit(batch, i, f, slot, base, cl, cl, now);
-      return ONE_NEXT; // no memo with the cache entry: the hot loop stops at such packets, `one` takes them
+      if (e >= 0 && this.useEmc) {
+        // The connection with the key's cache entry: the ct hot loop takes its next packets.
+        const x = this.emc.memoIpv4(h, f, w0, w2, w3, w4, w5, w6, w10, tp, (this.seq | CT_STAMP) >>> 0, slot);
+        if (x >= 0) {
+          this.ctConn[x] = e;
+          this.ctGen[x] = lane.tracker().genOf(e);
+          return ONE_CT;
+        }
+      }
+      return ONE_NEXT;
     }
     if (this.useEmc) this.emc.memo(h, f, this.seq, slot); // for the hot loop, when the key is cached
     this.commit(batch, i, f, slot, base, cl, cl, now); // commonIpv4: cl = wirelen
@@ -534,7 +601,7 @@ export class FastLane {
     if (epoch !== this.epoch || gens !== this.gens) {
       this.epoch = epoch;
       this.gens = gens;
-      this.seq++;
+      this.seq = this.seq === 0x7fffffff ? 1 : this.seq + 1; // below CT_STAMP; never 0 (an insert's stamp)
     }
   }
 
@@ -613,6 +680,13 @@ interface HotState {
   ipv4KeyHash: typeof ipv4KeyHash;
   commonTunnel: typeof commonTunnel;
   tunKeyHash: typeof tunKeyHash;
+  /**
+   * The ct loop's step (null in the plain loop): packet i, whose key is in
+   * cache entry x, of that entry's connection (FastLane.ctConn): conntrack
+   * and NAT (LaneCt.hit) before the copy; false, nothing changed, to leave
+   * the packet to `one`. l4: the L4 header's offset; cl: the frame's length.
+   */
+  ctHit: ((i: number, x: number, l4: number, cl: number, now: number) => boolean) | null;
 }
 
 /**
@@ -645,7 +719,7 @@ type HotLoop = (from: number, n: number, w0: number, seq: number, now: number) =
  * 0.59–0.62 s; with its arrays read from an object into locals: 0.70–0.74 s).
  */
 function hotLoop(s: HotState): HotLoop {
-  const { drop, off, bytesOut, b, d, words, doubles, exact8, stats, ent, emcMask, dBase, dCap, dUsed, dBegun, slotPpid, txPackets, txBytes, commonIpv4, transportWord, ipv4KeyHash } = s;
+  const { drop, off, bytesOut, b, d, words, doubles, exact8, stats, ent, emcMask, dBase, dCap, dUsed, dBegun, slotPpid, txPackets, txBytes, commonIpv4, transportWord, ipv4KeyHash, ctHit } = s;
   return function hot(from: number, n: number, w0: number, seq: number, now: number): number {
     let i = from;
     let bytes = 0;
@@ -670,10 +744,12 @@ function hotLoop(s: HotState): HotLoop {
       // array's pointer and length loaded at each read) instead of reads at a constant address
       // (2 M 64-byte packets to /dev/null ports, best of 30: 1-5 % less).
       const h = ipv4KeyHash(w0, w2, w3, w6, w10, tp);
-      let q = (h & emcMask) * 25; // EMC_STRIDE
+      let x = h & emcMask; // the entry's number (the ct loop's connection is kept by it)
+      let q = x * 25; // EMC_STRIDE
       if (ent[q] !== h || ent[q + 18] !== tp || ent[q + 14] !== w10 || ent[q + 10] !== w6 || ent[q + 4] !== w0 ||
         ent[q + 6] !== w2 || ent[q + 7] !== w3 || ent[q + 8] !== w4 || ent[q + 9] !== w5 || ent[q + 3] !== 1) {
-        q = ((h >>> 16) & emcMask) * 25;
+        x = (h >>> 16) & emcMask;
+        q = x * 25;
         if (ent[q] !== h || ent[q + 18] !== tp || ent[q + 14] !== w10 || ent[q + 10] !== w6 || ent[q + 4] !== w0 ||
           ent[q + 6] !== w2 || ent[q + 7] !== w3 || ent[q + 8] !== w4 || ent[q + 9] !== w5 || ent[q + 3] !== 1) break;
       }
@@ -691,6 +767,8 @@ function hotLoop(s: HotState): HotLoop {
       // at random, 0.8-1.2 s; with no call here, 0.52-0.68 s in 18 of 18.
       const u = dUsed[slot];
       if (u + len > dCap[slot] || dBegun[slot] === 0) break;
+      // The ct loop: the packet's connection (state, counters, NAT rewriting the frame) before the copy.
+      if (ctHit !== null && !ctHit(i, x, l4, cl, now)) break;
       const o = f * 4; // STAT_WORDS: packets, bytes, used
       stats[o]++;
       stats[o + 1] += cl;

@@ -262,6 +262,26 @@ export class Emc {
     }
   }
 
+  /**
+   * memo for the one live entry of flow f that holds the lookupIpv4 key
+   * (w0 … w14: see there), not every entry of hash h and flow f (two keys
+   * may share both): for a value that belongs to the exact key (the fast
+   * lane keeps a packet's connection there). Returns the entry's number
+   * (0 .. entries), or -1 when the key is not cached.
+   */
+  memoIpv4(h: number, f: number, w0: number, w2: number, w3: number, w4: number, w5: number, w6: number, w10: number, w14: number, stamp: number, value: number): number {
+    const ent = this.ent;
+    for (let e = h & this.mask, way = 0; way < 2; way++, e = (h >>> 16) & this.mask) {
+      const q = e * STRIDE;
+      if (ent[q] === h && ent[q + 1] === f + 1 && ent[q + 2] === this.flowGen[f] && ent[q + 3] === IPV4_SHAPE && sameIpv4(ent, q + 4, w0, w2, w3, w4, w5, w6, w10, w14)) {
+        ent[q + EMC_MEMO] = stamp;
+        ent[q + EMC_MEMO + 1] = value;
+        return e;
+      }
+    }
+    return -1;
+  }
+
   private valid(e: number): boolean {
     const f = this.ent[e * STRIDE + 1] - 1;
     return f >= 0 && this.ent[e * STRIDE + 2] === this.flowGen[f];

@@ -47,7 +47,7 @@ import { ABSENT } from '../batch.js';
 import { KEY_WORDS, W_ETH_TYPE, W_IP_DST, W_IP_SRC, W_TP, FRAG_LATER } from '../classifier/flow-key.js';
 import { fmix } from '../classifier/flow-table.js';
 import { FpoError } from '../errors.js';
-import { NAT_DST, NAT_SRC, type NatRange, rd32, rewrite, rewriteIcmpError } from './nat.js';
+import { NAT_DST, NAT_SRC, type NatRange, rd32, rewrite, rewriteIcmpError, rewriteIpv4 } from './nat.js';
 
 /** ct_state bits, Open vSwitch's values. */
 export const CS_NEW = 0x01;
@@ -181,6 +181,8 @@ export class ConnTrack {
   private readonly expires: Float64Array;
   private readonly packets: Float64Array;
   private readonly bytes: Float64Array;
+  /** Per id: bumped when the connection is freed, so an (entry, generation) a caller memoized stays its connection's only while it lives (hit). */
+  private readonly gen: Uint32Array;
   private readonly freeIds: Int32Array;
   private nFree: number;
   private hand = 0;
@@ -209,7 +211,7 @@ export class ConnTrack {
     const slots = indexSlots(capacity);
     let ring = 2;
     while (ring <= capacity) ring *= 2;
-    return ring * 4 + capacity * 2 * TW * 4 + slots * 8 + capacity * (1 + 1 + 1 + 1 + 1 + 1 + 8) + capacity * 2 * (1 + 4 + 4 + 4 + 1 + 8 + 8) + capacity * 4;
+    return ring * 4 + capacity * 2 * TW * 4 + slots * 8 + capacity * (1 + 1 + 1 + 1 + 1 + 1 + 8 + 4) + capacity * 2 * (1 + 4 + 4 + 4 + 1 + 8 + 8) + capacity * 4;
   }
 
   constructor(opts: ConnTrackOptions) {
@@ -239,6 +241,7 @@ export class ConnTrack {
     while (ring <= c) ring *= 2;
     this.ended = new Int32Array(ring);
     this.endedMask = ring - 1;
+    this.gen = new Uint32Array(c);
     this.freeIds = new Int32Array(c);
     for (let k = 0; k < c; k++) this.freeIds[k] = c - 1 - k;
     this.nFree = c;
@@ -263,25 +266,75 @@ export class ConnTrack {
       const st = this.one(batch, i, zone, commit, nowMs, nat);
       batch.ctState[i] = st;
       const id = this.lastId;
-      if (id >= 0 && this.natKind[id] !== 0 && (st & CS_INV) === 0) {
-        // To the reverse of the other direction's tuple: orig packets take the translated
-        // addresses, replies the original ones.
-        const other = id * 2 * TW + (this.lastReply ? 0 : TW);
-        const r = this.r;
-        const tup = this.tup;
-        r[0] = tup[other];
-        for (let w = 0; w < 4; w++) { r[1 + w] = tup[other + 5 + w]; r[5 + w] = tup[other + 1 + w]; }
-        const pr = (tup[other] >>> 8) & 0xff;
-        // ICMP: the identifier (kept by the translation); TCP/UDP: the other direction's ports swapped.
-        r[9] = pr === 1 || pr === 58 ? tup[other + 9] : ((tup[other + 9] << 16) | (tup[other + 9] >>> 16)) >>> 0;
-        const kind = this.natKind[id];
-        if (rewrite(batch, i, r, 0)) batch.ctState[i] = st | ((kind & NAT_SRC) !== 0 ? CS_SRC_NAT : 0) | ((kind & NAT_DST) !== 0 ? CS_DST_NAT : 0);
-        else {
-          // Headers to rewrite not all in the capture: never sent on untranslated.
-          this.stats.natCut++;
-          batch.ctState[i] = CS_TRK | CS_INV;
-        }
-      }
+      if (id >= 0 && this.natKind[id] !== 0 && (st & CS_INV) === 0) this.translatePacket(batch, i, id, st);
+    }
+  }
+
+  /**
+   * Fast path: packet i again of the connection whose index entry (id * 2 +
+   * direction) and generation a caller kept from lastEntry/genOf after an
+   * earlier packet of the same exact key (the fast lane keeps them with its
+   * cache entry): the connection's state, counters and NAT as process would
+   * apply them, with no tuple built and no lookup. Returns the packet's
+   * ct_state (batch.ctState[i] too), or 0 with nothing changed when the
+   * memo is stale (the connection freed, or expired: process decides) or
+   * the packet is one process must see (not TCP or UDP, a SYN that may
+   * reopen a closed connection). The batch's off, caplen, l3Off and l4Off
+   * for i must be set; the key need not be.
+   */
+  hit(batch: PacketBatch, i: number, e: number, g: number, now: number): number {
+    const id = e >> 1;
+    if (this.gen[id] !== g || this.used[id] === 0 || this.expires[id] <= now) return 0;
+    const proto = this.proto[id];
+    if (proto === 6) {
+      const p = this.tcpAt(batch, i);
+      if (p < 0 || (batch.buf[p + 13] & TH_SYN) !== 0) return 0;
+    } else if (proto !== 17) return 0;
+    const family = this.tup[id * 2 * TW] & 0xff;
+    const reply = (e & 1) === 1;
+    this.lastId = id;
+    this.lastReply = reply;
+    const st = this.found(batch, i, id, reply, proto, false, this.ipLength(batch, i, family), now, false, null);
+    batch.ctState[i] = st;
+    if (this.lastId >= 0 && this.natKind[id] !== 0 && (st & CS_INV) === 0) this.translatePacket(batch, i, id, st);
+    return batch.ctState[i];
+  }
+
+  /** The index entry (id * 2 + direction) of the connection the last packet found or made, or -1. */
+  lastEntry(): number {
+    return this.lastId < 0 ? -1 : this.lastId * 2 + (this.lastReply ? 1 : 0);
+  }
+
+  /** The generation of entry e's connection now (for hit). */
+  genOf(e: number): number {
+    return this.gen[e >> 1];
+  }
+
+  // Packet i of translated connection id (the last found, in lastReply's direction): rewritten
+  // to the reverse of the other direction's tuple (orig packets take the translated addresses,
+  // replies the original ones).
+  private translatePacket(batch: PacketBatch, i: number, id: number, st: number): void {
+    const other = id * 2 * TW + (this.lastReply ? 0 : TW);
+    const tup = this.tup;
+    const pr = (tup[other] >>> 8) & 0xff;
+    let done: boolean;
+    if ((tup[other] & 0xff) === 4 && (pr === 6 || pr === 17)) {
+      // IPv4 TCP/UDP: the words straight from the tuple (addresses swapped, ports swapped).
+      done = rewriteIpv4(batch, i, pr, tup[other + 5], tup[other + 1], ((tup[other + 9] << 16) | (tup[other + 9] >>> 16)) >>> 0);
+    } else {
+      const r = this.r;
+      r[0] = tup[other];
+      for (let w = 0; w < 4; w++) { r[1 + w] = tup[other + 5 + w]; r[5 + w] = tup[other + 1 + w]; }
+      // ICMP: the identifier (kept by the translation); TCP/UDP: the other direction's ports swapped.
+      r[9] = pr === 1 || pr === 58 ? tup[other + 9] : ((tup[other + 9] << 16) | (tup[other + 9] >>> 16)) >>> 0;
+      done = rewrite(batch, i, r, 0);
+    }
+    const kind = this.natKind[id];
+    if (done) batch.ctState[i] = st | ((kind & NAT_SRC) !== 0 ? CS_SRC_NAT : 0) | ((kind & NAT_DST) !== 0 ? CS_DST_NAT : 0);
+    else {
+      // Headers to rewrite not all in the capture: never sent on untranslated.
+      this.stats.natCut++;
+      batch.ctState[i] = CS_TRK | CS_INV;
     }
   }
 
@@ -342,12 +395,18 @@ export class ConnTrack {
       }
       return CS_TRK | CS_NEW;
     }
-    this.stats.found++;
     const id = e >> 1;
     const reply = (e & 1) === 1;
-    const d = reply ? 1 : 0;
     this.lastId = id;
     this.lastReply = reply;
+    return this.found(batch, i, id, reply, proto, icmp, ipLen, now, commit, nat);
+  }
+
+  // A packet of connection id (found; in the reply direction or not): state, timeout, counters;
+  // its ct_state. lastId is -1 after it when the packet is invalid or its connection went.
+  private found(batch: PacketBatch, i: number, id: number, reply: boolean, proto: number, icmp: boolean, ipLen: number, now: number, commit: boolean, nat: NatRange | null): number {
+    this.stats.found++;
+    const d = reply ? 1 : 0;
     if (proto === 6) {
       const res = this.tcpUpdate(batch, i, id, reply, now);
       if (res === UPDATE_INVALID) { this.stats.invalid++; this.lastId = -1; return CS_TRK | CS_INV; }
@@ -620,6 +679,7 @@ export class ConnTrack {
     this.remove(id * 2);
     this.remove(id * 2 + 1);
     this.used[id] = 0;
+    this.gen[id]++;
     this.freeIds[this.nFree++] = id;
     this.live--;
   }

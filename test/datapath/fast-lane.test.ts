@@ -1,11 +1,11 @@
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { benchTopology, generate, vmMac } from '../../bench/gen-capture.js';
-import { arp, eth, geneve, ipv4, ipv6, tcp, udp, vxlan, writePcap } from '../../fixtures/packets.js';
+import { benchTopology, generate, vmIp, vmMac } from '../../bench/gen-capture.js';
+import { arp, checksum, eth, geneve, ipv4, ipv6, tcp, udp, vxlan, writePcap } from '../../fixtures/packets.js';
 import { replay, type ReplayOptions } from '../../control/replay.js';
 import type { ControlEvent } from '../../control/events.js';
-import { CORPUS, FIXTURES, cleanTemp, tempDir } from '../helpers.js';
+import { CORPUS, FIXTURES, captureFrames, cleanTemp, tempDir } from '../helpers.js';
 import { toRecords, untrustedVmFrames } from '../../fixtures/make.js';
 import { KEY_WORDS } from '../../datapath/classifier/flow-key.js';
 
@@ -86,6 +86,119 @@ describe('FastLane', () => {
       expect(ct(on).packets, name).toBe(20_000);
       expect(on.datapath.fastLane.forwarded > 15_000, name).toBe(laned);
     }
+  });
+
+  it('the ct hot loop (the connection kept with the cache entry): TCP both ways through SNAT with closes, reopens, invalid segments and UDP flows that expire mid-stream come out byte for byte as through the stages, with right checksums', () => {
+    const dir = tempDir();
+    const cap = join(dir, 'tcp.pcap');
+    const NAT = '198.51.100.7';
+    const CLIENT_MAC = '02:aa:00:00:00:01';
+    const mac = (m: number) => vmMac(m).map((x) => x.toString(16).padStart(2, '0')).join(':');
+    const ipText = (v: number) => `${v >>> 24}.${(v >> 16) & 255}.${(v >> 8) & 255}.${v & 255}`;
+    // A TCP segment with its checksum (pseudo-header included), seq/ack as given.
+    const segment = (srcMac: string, dstMac: string, src: string, dst: string, sport: number, dport: number, seq: number, ack: number, flags: number, len: number) => {
+      const t = tcp(sport, dport, new Uint8Array(len).fill(0x61 + (seq % 26)), flags);
+      new DataView(t.buffer, t.byteOffset).setUint32(4, seq >>> 0);
+      new DataView(t.buffer, t.byteOffset).setUint32(8, ack >>> 0);
+      const a = src.split('.').map(Number);
+      const b = dst.split('.').map(Number);
+      const pseudo = ((a[0] << 8) | a[1]) + ((a[2] << 8) | a[3]) + ((b[0] << 8) | b[1]) + ((b[2] << 8) | b[3]) + 6 + t.length;
+      const c = checksum(t, pseudo);
+      t[16] = c >> 8; t[17] = c & 255;
+      return eth(dstMac, srcMac, 0x0800, ipv4({ src, dst, proto: 6 }, t));
+    };
+    const udpFrame = (srcMac: string, dstMac: string, src: string, dst: string, sport: number, dport: number, n: number) => {
+      const u = udp(sport, dport, new Uint8Array(18).fill(n & 255));
+      const a = src.split('.').map(Number);
+      const b = dst.split('.').map(Number);
+      const pseudo = ((a[0] << 8) | a[1]) + ((a[2] << 8) | a[3]) + ((b[0] << 8) | b[1]) + ((b[2] << 8) | b[3]) + 17 + u.length;
+      const c = checksum(u, pseudo);
+      u[6] = c >> 8; u[7] = c & 255;
+      return eth(dstMac, srcMac, 0x0800, ipv4({ src, dst, proto: 17 }, u));
+    };
+    // Per connection, its segments in order; connections interleave round robin.
+    const convs: Uint8Array[][] = [];
+    for (let c = 0; c < 24; c++) {
+      const vm = c % 8;
+      const client = `203.0.113.${10 + c}`;
+      const server = ipText(vmIp(vm));
+      const sp = 40000 + c;
+      const out: Uint8Array[] = [];
+      // Twice: a connection, its close, then a SYN on the closed one (process reopens; the hot loop leaves SYNs to it).
+      for (let round = 0; round < 2; round++) {
+        let cs = 1000 + round * 100000 + c * 7;
+        let ss = 5000000 + round * 100000 + c * 13;
+        const up = (flags: number, len: number) => { out.push(segment(CLIENT_MAC, mac(vm), client, server, sp, 80, cs, ss, flags, len)); cs += len + (flags & 0x03 ? 1 : 0); };
+        const down = (flags: number, len: number) => { out.push(segment(mac(vm), CLIENT_MAC, server, NAT, 80, sp, ss, cs, flags, len)); ss += len + (flags & 0x03 ? 1 : 0); };
+        out.push(segment(CLIENT_MAC, mac(vm), client, server, sp, 80, cs, 0, 0x02, 0)); cs++;
+        down(0x12, 0);
+        up(0x10, 0);
+        for (let k = 0; k < 30; k++) {
+          up(0x18, 20 + (k % 7));
+          if (k % 5 === 4) down(0x10, 0);
+          if (k % 9 === 8) down(0x18, 12);
+          // Now and then a segment far out of the window: invalid, sent on untranslated.
+          if (k === 17 && c % 3 === 0) out.push(segment(CLIENT_MAC, mac(vm), client, server, sp, 80, cs + 0x40000000, ss, 0x18, 10));
+        }
+        up(0x11, 0);
+        down(0x11, 0);
+        up(0x10, 0);
+      }
+      convs.push(out);
+    }
+    // UDP flows, with a pause longer than their timeout in the middle: expired, made again.
+    const udpFlows: Uint8Array[][] = [];
+    for (let f = 0; f < 8; f++) {
+      const out: Uint8Array[] = [];
+      for (let k = 0; k < 40; k++) out.push(udpFrame(CLIENT_MAC, mac(f), `203.0.113.${100 + f}`, ipText(vmIp(f)), 5000 + f, 53, k));
+      udpFlows.push(out);
+    }
+    const records: { sec: number; usec: number; data: Uint8Array }[] = [];
+    let t = 0;
+    const push = (data: Uint8Array, sec: number) => records.push({ sec, usec: (t++ % 1000) * 100, data });
+    for (let k = 0, more = true; more; k++) {
+      more = false;
+      for (const c of convs) if (k < c.length) { push(c[k], 1000); more = true; }
+      for (const u of udpFlows) if (k < 20) { push(u[k], 1000); more = true; }
+    }
+    // The capture clock's steps are at most 60 s (clock.ts): two steps past the flows' 60 s, by a packet of another.
+    push(udpFrame(CLIENT_MAC, mac(0), '203.0.113.99', ipText(vmIp(0)), 9, 9, 0), 1060);
+    for (let k = 20; k < 40; k++) for (const u of udpFlows) push(u[k], 1120);
+    writePcap(cap, records);
+    const topo = join(dir, 'topo.json');
+    writeFileSync(topo, JSON.stringify({
+      ...benchTopology(8), replay: { inputPort: 'by-source-mac' },
+      rules: [{ priority: 200, match: { eth_type: '0x0800' }, actions: [`ct(commit,zone=1,nat(src=${NAT}))`, 'normal'] }],
+    }));
+    const { on, off } = bothWays(cap, topo, { batchSize: 64 });
+    expectSame(on, off);
+    const ct = (r: typeof on) => ({ packets: r.datapath.stats().ctPackets, ...r.datapath.conntrack.stats, count: r.datapath.conntrack.count });
+    expect(ct(on)).toEqual(ct(off));
+    expect(ct(on).packets).toBe(records.length);
+    // The cases this is about happened (both ways): reopened connections, invalid segments, expiries.
+    expect(ct(on).reopened).toBe(24);
+    expect(ct(on).invalid).toBeGreaterThanOrEqual(16);
+    expect(ct(on).expired).toBeGreaterThanOrEqual(8);
+    expect(on.datapath.fastLane.ctHot).toBeGreaterThan(records.length / 3);
+    expect(off.datapath.fastLane.ctHot).toBe(0);
+    expect(on.report.packets.in).toBe(on.report.packets.out + on.report.packets.dropped);
+    // Every IPv4 header and TCP/UDP checksum that went out is right (NAT updated them incrementally).
+    let checked = 0;
+    let translated = 0;
+    for (const f of readdirSync(on.outDir)) {
+      for (const fr of captureFrames(join(on.outDir, f))) {
+        if (fr[12] !== 0x08 || fr[13] !== 0) continue;
+        expect(checksum(fr.subarray(14, 34))).toBe(0);
+        const proto = fr[23];
+        const l4 = fr.subarray(34, 14 + ((fr[16] << 8) | fr[17]));
+        const pseudo = ((fr[26] << 8) | fr[27]) + ((fr[28] << 8) | fr[29]) + ((fr[30] << 8) | fr[31]) + ((fr[32] << 8) | fr[33]) + proto + l4.length;
+        expect(checksum(l4, pseudo)).toBe(0);
+        if (fr[26] === 198 && fr[27] === 51 && fr[28] === 100 && fr[29] === 7) translated++;
+        checked++;
+      }
+    }
+    expect(checked).toBeGreaterThan(records.length * 0.9);
+    expect(translated).toBeGreaterThan(records.length / 3);
   });
 
   it('frames whose bytes spell NaNs (the hot loop copies 8 bytes at a time through a Float64Array) come out bit for bit', () => {

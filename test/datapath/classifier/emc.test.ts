@@ -62,3 +62,31 @@ describe('Emc inserts', () => {
     expect(emc.lookup(key(1), 0, H)).toBe(-1);
   });
 });
+
+describe('Emc.memoIpv4', () => {
+  it('keeps the value with the one entry of the exact key, not with another of the same hash and flow (two keys may share both)', () => {
+    const flows = new FlowTable(64);
+    const emc = new Emc(flows, 1024, 1);
+    // Two lookupIpv4 keys (words 0, 2..6, 10, 14 set; the rest 0) of one megaflow, given the same hash.
+    const kA = key(7, 0, 1, 2, 3, 0x08000600, 0x0a000001, 0, 0, 0, 0x0a000002, 0, 0, 0, 0x1f900050);
+    const kB = key(7, 0, 1, 2, 3, 0x08000600, 0x0a000001, 0, 0, 0, 0x0a000002, 0, 0, 0, 0x1f910050);
+    const f = flows.install(kA, key(0xffffffff), 0, 0);
+    const H = 0x00050003;
+    emc.insertMaybe(kA, 0, H, f);
+    emc.insertMaybe(kB, 0, H, f);
+    const w = (k: Uint32Array) => [k[0], k[2], k[3], k[4], k[5], k[6], k[10], k[14]] as const;
+    expect(emc.lookupIpv4(H, ...w(kA))).toBe(f);
+    expect(emc.lookupIpv4(H, ...w(kB))).toBe(f);
+    const xA = emc.memoIpv4(H, f, ...w(kA), 99, 42);
+    const xB = emc.memoIpv4(H, f, ...w(kB), 98, 43);
+    expect(new Set([xA, xB])).toEqual(new Set([3, 5])); // the two ways
+    const MEMO = 23;
+    expect([emc.ent[xA * 25 + MEMO], emc.ent[xA * 25 + MEMO + 1]]).toEqual([99, 42]);
+    expect([emc.ent[xB * 25 + MEMO], emc.ent[xB * 25 + MEMO + 1]]).toEqual([98, 43]);
+    // A key not cached, and a flow that is not the entry's: nothing kept.
+    const kC = key(7, 0, 1, 2, 3, 0x08000600, 0x0a000001, 0, 0, 0, 0x0a000002, 0, 0, 0, 0x1f920050);
+    expect(emc.memoIpv4(H, f, ...w(kC), 1, 1)).toBe(-1);
+    expect(emc.memoIpv4(H, f + 1, ...w(kA), 1, 1)).toBe(-1);
+    expect(emc.ent[xA * 25 + MEMO]).toBe(99);
+  });
+});
