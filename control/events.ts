@@ -7,7 +7,8 @@
  *   [ { "atPacket": 300, "do": "migrate", "interface": "vm1-eth0", "to": "vf5" },
  *     { "atTime": 1700000000.25, "do": "add-flow", "flow": "priority=200,udp,actions=drop" },
  *     { "atPacket": 500, "do": "set-mapping", "vpid": 1, "ppid": 11 },
- *     { "atPacket": 600, "do": "migrate", "interface": "vm2-eth0", "away": true } ]
+ *     { "atPacket": 600, "do": "migrate", "interface": "vm2-eth0", "away": true },
+ *     { "atPacket": 700, "do": "firewall-upgrade", "to": "v2", "ports": ["vm1-eth0"] } ]
  *
  * `atPacket` N: before the (N+1)-th packet of the capture; `atTime` T (epoch
  * seconds, capture time): before the first packet at or after T.
@@ -18,6 +19,7 @@ import { FpoError } from '../datapath/errors.js';
 import { CheckError, array, boolean, formatPath, int, number, object, oneOf, optional, string, type Check, type Out } from './check.js';
 import type { Fpag } from './fpag.js';
 import { parseFlowSpec, rulesWithout } from './flow-syntax.js';
+import { FIREWALL_VERSIONS } from '../datapath/services/firewall/module.js';
 
 // Checked with check.ts, not zod: a replay loads this module, and zod's load was ~60-90 ms of start-up.
 const When = { atPacket: optional(number({ int: true, min: 0 })), atTime: optional(number({ min: 0 })) };
@@ -26,6 +28,7 @@ const EVENTS = {
   'set-mapping': object({ ...When, do: oneOf(['set-mapping'] as const), vpid: number({ int: true, min: 0 }), ppid: int(0, MAX_PPID) }),
   'add-flow': object({ ...When, do: oneOf(['add-flow'] as const), flow: string({ min: 1 }) }),
   'del-flow': object({ ...When, do: oneOf(['del-flow'] as const), flow: string({ min: 1 }) }),
+  'firewall-upgrade': object({ ...When, do: oneOf(['firewall-upgrade'] as const), to: string({ min: 1 }), ports: optional(array(string({ min: 1 }))), resume: optional(boolean()), restart: optional(boolean()), maxPauseMs: optional(number({ min: 0 })) }),
 };
 export type ControlEvent = { [K in keyof typeof EVENTS]: Out<(typeof EVENTS)[K]> }[keyof typeof EVENTS];
 
@@ -71,6 +74,7 @@ export function loadEvents(path: string): ControlEvent[] {
   events.forEach((e, i) => {
     if ((e.atPacket === undefined) === (e.atTime === undefined)) throw new FpoError('FPO_ERR_USAGE', `${path}: events[${i}]: give exactly one of atPacket, atTime`, { path });
     if (e.do === 'migrate' && (e.to === undefined) === (e.away !== true)) throw new FpoError('FPO_ERR_USAGE', `${path}: events[${i}]: a migrate needs "to": PORT or "away": true`, { path });
+    if (e.do === 'firewall-upgrade' && !(FIREWALL_VERSIONS as readonly string[]).includes(e.to)) throw new FpoError('FPO_ERR_USAGE', `${path}: events[${i}].to: ${JSON.stringify(e.to).slice(0, 40)}: this build's firewall versions are ${FIREWALL_VERSIONS.join(', ')}`, { path });
     if (e.do === 'add-flow' || e.do === 'del-flow') {
       try { parseFlowSpec(e.flow, e.do === 'add-flow'); } catch (x) { throw new FpoError('FPO_ERR_USAGE', `${path}: events[${i}].flow: ${(x as Error).message}`, { path }); }
     }
@@ -92,6 +96,13 @@ export function applyEvent(fpag: Fpag, e: ControlEvent): unknown {
       // As fpo ctl del-flow: the rules with this match, and this priority and table when given.
       const { keep, removed } = rulesWithout(fpag.ruleSpecs, e.flow);
       return { removed, revalidated: fpag.setRules(keep) };
+    }
+    case 'firewall-upgrade': {
+      // As fpo ctl firewall upgrade, all at once between two packets (a replay: none arrives meanwhile).
+      const up = fpag.firewallUpgrade;
+      if (e.resume === true) up.resume();
+      else up.plan(e.to, e.ports, e.maxPauseMs, e.restart === true);
+      return up.runSync();
     }
   }
 }

@@ -210,6 +210,7 @@ export function formatCtAction(a: Extract<Action, { op: 'ct' }>): string {
     const port = n.portMin === 0 ? '' : n.portMax === n.portMin ? `:${n.portMin}` : `:${n.portMin}-${n.portMax}`;
     parts.push(`nat(${n.kind}=${v6 && port !== '' ? `[${range}]` : range}${port})`);
   }
+  if (a.fw === true) parts.push('firewall'); // the per-port firewall's (its version's table): shown, not taken by add-flow
   return `ct(${parts.join(',')})`;
 }
 

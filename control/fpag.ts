@@ -79,6 +79,7 @@ import { parseMac, type Interface, type Port, type Topology } from './topology.j
 import { parseCtAction } from './flow-syntax.js';
 import { CS_INV, CS_NEW, CS_TRK } from '../datapath/conntrack/conntrack.js';
 import { parseFirewallRemote, parsePortRange, type FirewallRule } from './topology.js';
+import { FirewallUpgrade, failpointsFromEnv, type Failpoints, type FirewalledPort } from './firewall-upgrade.js';
 
 /** The per-port firewall's tables: topology rules and ct actions may not use them. */
 export const FW_TABLE_OUT = 254;
@@ -568,6 +569,21 @@ export class Fpag {
 
   private readonly table0Key = new Uint32Array(KEY_WORDS);
 
+  /** The firewalled interfaces: name and zone (the firewall upgrade's ports). */
+  firewalledPorts(): FirewalledPort[] {
+    return [...this.firewalls.values()].map((f) => ({ name: f.name, zone: f.zone }));
+  }
+
+  private upgrade_: FirewallUpgrade | null = null;
+
+  /** The per-port firewall's upgrade (control/firewall-upgrade.ts), made at its first use. */
+  get firewallUpgrade(): FirewallUpgrade {
+    return (this.upgrade_ ??= new FirewallUpgrade(this.dp, () => this.firewalledPorts(), this.failpoints));
+  }
+
+  /** Failure injection for the firewall upgrade (FPO_FAILPOINTS; tests). */
+  failpoints: Failpoints = failpointsFromEnv(process.env.FPO_FAILPOINTS);
+
   /** The conntrack zone of the firewall of the interface named so, or undefined (no such interface, or no firewall). */
   firewallZoneOf(name: string): number | undefined {
     for (const fw of this.firewalls.values()) if (fw.name === name) return fw.zone;
@@ -589,9 +605,9 @@ export class Fpag {
     const zone = itf.vpid & 0xffff;
     const fw: Firewall = {
       name: itf.name, zone, out: [], in: [],
-      toOut: [{ op: 'ct', zone, commit: false, table: FW_TABLE_OUT }],
-      toIn: [{ op: 'ct', zone, commit: false, table: FW_TABLE_IN }],
-      commit: [{ op: 'ct', zone, commit: true, table: -1 }],
+      toOut: [{ op: 'ct', zone, commit: false, table: FW_TABLE_OUT, fw: true }],
+      toIn: [{ op: 'ct', zone, commit: false, table: FW_TABLE_IN, fw: true }],
+      commit: [{ op: 'ct', zone, commit: true, table: -1, fw: true }],
     };
     rules.forEach((r, j) => {
       const where = `${this.topology.path}: interface ${itf.name} (node ${node}).firewall[${j}]`;

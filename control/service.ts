@@ -38,6 +38,7 @@ import { keyHash } from '../datapath/classifier/emc.js';
 import { KEY_WORDS, W_CT, formatMatch } from '../datapath/classifier/flow-key.js';
 import { monotonicMs } from '../datapath/clock.js';
 import { Datapath, MAX_PPID, type DatapathStats } from '../datapath/datapath.js';
+import { FIREWALL_VERSIONS } from '../datapath/services/firewall/module.js';
 import { DROP, DROP_NAMES } from '../datapath/drops.js';
 import { FpoError } from '../datapath/errors.js';
 import { CaptureReader, LINKTYPE_ETHERNET } from '../datapath/ports/capture-reader.js';
@@ -618,8 +619,15 @@ export class Service {
     }
     const dp = this.dp;
     const now = monotonicMs();
+    // The per-port firewall's connections are its versions' (services/firewall): each version's, for the ports it serves.
+    const fws = FIREWALL_VERSIONS.filter((v) => dp.firewallLoaded(v)).map((v) => ({ v, m: dp.firewall(v) }));
+    const serves = (v: string, z: number) => dp.firewallVersionOf(z) === v;
     if (action === 'flush') {
-      const flushed = dp.hasConntrack ? dp.conntrack.flush(zone) : 0;
+      let flushed = dp.hasConntrack ? dp.conntrack.flush(zone) : 0;
+      for (const { v, m } of fws) {
+        if (zone !== undefined) { if (serves(v, zone)) flushed += m.forget(zone); }
+        else flushed += m.tracker.flush();
+      }
       const handedBack = drainHandBacks(dp, this.handovers);
       return { flushed, handedBack, zone: zone ?? 'all' };
     }
@@ -631,16 +639,16 @@ export class Service {
         offloaded: dp.hasOffload ? dp.offload.active : 0,
         offload: dp.hasOffload ? dp.offload.stats : null,
         serviceVms: this.handovers.map((h) => h.describe()),
+        firewall: Object.fromEntries(fws.map(({ v, m }) => [v, { connections: m.tracker.count, capacity: m.tracker.capacity, conntrack: m.tracker.stats }])),
       };
     }
-    if (!dp.hasConntrack) return { connections: [] };
     const name = (v: number) => this.fpag.vpidName(v);
-    return {
-      connections: dp.conntrack.list(now, zone).map((c) => {
-        const route = dp.hasOffload ? dp.offload.routeOf(c.id) : null;
-        return { ...c, offloaded: route !== null, ...(route !== null ? { route: { orig: name(route[0]), reply: name(route[1]) } } : {}) };
-      }),
-    };
+    const guest = !dp.hasConntrack ? [] : dp.conntrack.list(now, zone).map((c) => {
+      const route = dp.hasOffload ? dp.offload.routeOf(c.id) : null;
+      return { ...c, offloaded: route !== null, ...(route !== null ? { route: { orig: name(route[0]), reply: name(route[1]) } } : {}) };
+    });
+    const firewalled = fws.flatMap(({ v, m }) => m.tracker.list(now, zone).filter((c) => serves(v, c.zone)).map((c) => ({ ...c, owner: 'firewall', firewall: v, offloaded: false })));
+    return { connections: [...guest, ...firewalled] };
   }
 
   /**

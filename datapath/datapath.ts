@@ -24,6 +24,9 @@ import { Emc } from './classifier/emc.js';
 import { CaptureClock } from './clock.js';
 import { ConnTrack } from './conntrack/conntrack.js';
 import { Offload } from './conntrack/offload.js';
+import { FIREWALL_VERSIONS, type FirewallModule, type FirewallVersion } from './services/firewall/module.js';
+import { FirewallV1 } from './services/firewall/v1/firewall.js';
+import { FirewallV2 } from './services/firewall/v2/firewall.js';
 import { D, DROP_COUNT, DROP_NAMES, FORWARDED, RECIRC, SPECIAL, type DropReason } from './drops.js';
 import { FastLane } from './fast-lane.js';
 import { FlagCheck } from './classifier/flag-check.js';
@@ -71,6 +74,11 @@ export interface DatapathOptions {
   idleTimeoutMs?: number;
   /** Connections the conntrack table holds (default 65536; allocated on first use: ConnTrack.bytesFor says how much). */
   conntrackCapacity?: number;
+  /** Connections each version of the per-port firewall holds, all its ports together (default: conntrackCapacity). */
+  firewallCapacity?: number;
+  /** The firewall upgrade's hold queue: packets (default 4096) and bytes (default 8 MiB) it takes before it drops (fwHoldOverflow). */
+  firewallHoldPackets?: number;
+  firewallHoldBytes?: number;
 }
 
 /** One installed flow, as the control plane reads it. */
@@ -195,6 +203,160 @@ export class Datapath {
     return this.ct !== null;
   }
 
+  // --- the per-port firewall's versions (services/firewall) ---
+
+  private readonly firewallCapacity: number;
+  /** The versions loaded, by index in FIREWALL_VERSIONS (null: not loaded). */
+  private readonly fwModules: (FirewallModule | null)[] = FIREWALL_VERSIONS.map(() => null);
+  /** Per zone (a firewalled interface's VPID): the index of the firewall version serving the port (0: v1). Read per group of packets. */
+  readonly firewallVersion = new Uint8Array(65536);
+  /** Per zone: the generation of the port's rules (v2 keeps it with each connection; the FPAG bumps it when the rules change). */
+  readonly firewallRuleGen = new Uint32Array(65536).fill(1);
+
+  /** The firewall version `v`, loaded (made, its tables allocated) at its first use. */
+  firewall(v: FirewallVersion): FirewallModule {
+    const k = FIREWALL_VERSIONS.indexOf(v);
+    if (k < 0) throw new FpoError('FPO_ERR_USAGE', `firewall version ${v}: this build has ${FIREWALL_VERSIONS.join(', ')}`);
+    let m = this.fwModules[k];
+    if (m === null) {
+      m = v === 'v1' ? new FirewallV1(this.firewallCapacity) : new FirewallV2(this.firewallCapacity, this.firewallRuleGen);
+      this.fwModules[k] = m;
+    }
+    return m;
+  }
+
+  /** Whether version v is loaded. */
+  firewallLoaded(v: FirewallVersion): boolean {
+    return this.fwModules[FIREWALL_VERSIONS.indexOf(v)] !== null;
+  }
+
+  /** The version serving zone's port. */
+  firewallVersionOf(zone: number): FirewallVersion {
+    return FIREWALL_VERSIONS[this.firewallVersion[zone]];
+  }
+
+  /** Slow path: zone's port is served by version v from the next packet on (its state must be there: control/firewall-upgrade.ts). */
+  setFirewallVersion(zone: number, v: FirewallVersion): void {
+    this.firewall(v);
+    this.firewallVersion[zone] = FIREWALL_VERSIONS.indexOf(v);
+  }
+
+  /**
+   * Per zone: 1 while its port's firewall is being moved between versions
+   * (control/firewall-upgrade.ts): its packets wait, at their firewall
+   * step, in the hold queue, in order, until releaseFirewallHold.
+   */
+  readonly firewallHold = new Uint8Array(65536);
+  private readonly holdPackets: number;
+  private readonly holdBytes: number;
+  /** The hold queue: a batch of its own over an arena of its own, each packet's ct spec and zone (made at the first hold). */
+  private hq: { batch: PacketBatch; arena: Uint8Array; spec: Int32Array; zone: Uint16Array; vnet: Uint8Array; used: number } | null = null;
+  /** Packets held now, held in all, and refused for a full queue (D.fwHoldOverflow). */
+  holdStats = { now: 0, held: 0, overflow: 0, released: 0 };
+
+  // A packet of a held port: into the hold queue (marked RECIRC: accounted when released), or
+  // dropped with fwHoldOverflow when the queue is full.
+  private holdPacket(batch: PacketBatch, i: number, spec: number): void {
+    const q = this.hq ??= this.makeHold();
+    const vnet = batch.vnet ? 12 : 0; // a virtio-net header before the frame goes with it
+    const len = batch.caplen[i] + vnet;
+    if (q.batch.count === this.holdPackets || q.used + len > this.holdBytes) {
+      batch.drop[i] = D.fwHoldOverflow;
+      this.holdStats.overflow++;
+      return;
+    }
+    const k = q.batch.count++;
+    q.arena.set(batch.buf.subarray(batch.off[i] - vnet, batch.off[i] + batch.caplen[i]), q.used);
+    q.batch.copyPacket(batch, i, k);
+    q.batch.off[k] = q.used + vnet;
+    q.vnet[k] = vnet;
+    q.used += len;
+    q.spec[k] = spec;
+    q.zone[k] = this.actionSets.ctZone[spec];
+    batch.drop[i] = RECIRC;
+    this.holdStats.now++;
+    this.holdStats.held++;
+  }
+
+  private makeHold(): NonNullable<Datapath['hq']> {
+    const batch = new PacketBatch(this.holdPackets);
+    const arena = new Uint8Array(this.holdBytes);
+    batch.batchSetBuffer(arena);
+    return { batch, arena, spec: new Int32Array(this.holdPackets), zone: new Uint16Array(this.holdPackets), vnet: new Uint8Array(this.holdPackets), used: 0 };
+  }
+
+  /** Slow path: from now on zone's packets wait in the hold queue at their firewall step. */
+  holdFirewall(zone: number): void {
+    this.firewallHold[zone] = 1;
+  }
+
+  /**
+   * Slow path: ends zone's hold: its held packets, in the order they came,
+   * go on from their firewall step through the version now serving the port
+   * (conntrack, then their next pass), and are accounted where they end.
+   * Returns how many.
+   */
+  releaseFirewallHold(zone: number, now: number): number {
+    this.firewallHold[zone] = 0;
+    const q = this.hq;
+    if (q === null || q.batch.count === 0) return 0;
+    if (this.rBatch.length === 0) this.makeRecirc();
+    const hb = q.batch;
+    let released = 0;
+    // Packets with a virtio-net header and without go as two groups (a batch has one `vnet`); the order within each is kept.
+    for (const vnet of [false, true]) {
+      const idx = this.rIdx[0];
+      const spec = this.rSpec[0];
+      let m = 0;
+      for (let k = 0; k < hb.count; k++) {
+        if (q.zone[k] !== zone || (q.vnet[k] !== 0) !== vnet || hb.drop[k] === RECIRC) continue;
+        idx[m] = k;
+        spec[m] = q.spec[k];
+        hb.drop[k] = 0;
+        m++;
+      }
+      if (m === 0) continue;
+      hb.vnet = vnet;
+      this.ctPass(hb, m, now, 0);
+      // Accounted: those that went on to the next pass were (there); the rest here.
+      for (let j = 0; j < m; j++) {
+        const k = idx[j];
+        const d = hb.drop[k];
+        if (d !== RECIRC) this.drops[d]++;
+        hb.drop[k] = RECIRC; // done: compacted away below
+      }
+      released += m;
+    }
+    // Compact what is left (other zones' packets), in order, with their bytes.
+    let w = 0;
+    let used = 0;
+    for (let k = 0; k < hb.count; k++) {
+      if (hb.drop[k] === RECIRC) continue;
+      const vn = q.vnet[k];
+      const len = hb.caplen[k] + vn;
+      q.arena.copyWithin(used, hb.off[k] - vn, hb.off[k] - vn + len);
+      if (w !== k) {
+        hb.copyPacket(hb, k, w);
+        q.spec[w] = q.spec[k];
+        q.zone[w] = q.zone[k];
+        q.vnet[w] = vn;
+      }
+      hb.off[w] = used + vn;
+      used += len;
+      w++;
+    }
+    hb.count = w;
+    q.used = used;
+    this.holdStats.now -= released;
+    this.holdStats.released += released;
+    return released;
+  }
+
+  /** The module serving zone's port (fast path: an array read and, at the port's first packet, a load). */
+  private firewallFor(zone: number): FirewallModule {
+    return this.fwModules[this.firewallVersion[zone]] ?? this.firewall(FIREWALL_VERSIONS[this.firewallVersion[zone]]);
+  }
+
   constructor(opts: DatapathOptions = {}) {
     const maxPpid = opts.maxPpid ?? MAX_PPID;
     this.mapping = new MappingTable(opts.maxVpid ?? 65535, maxPpid);
@@ -211,6 +373,9 @@ export class Datapath {
     this.execute = new Execute(this.flows, this.actionSets, this.mapping, opts.batchCapacity ?? 256, this.txPackets, this.txBytes);
     this.idleTimeoutMs = opts.idleTimeoutMs ?? 10_000;
     this.conntrackCapacity = opts.conntrackCapacity ?? 65536;
+    this.firewallCapacity = opts.firewallCapacity ?? this.conntrackCapacity;
+    this.holdPackets = opts.firewallHoldPackets ?? 4096;
+    this.holdBytes = opts.firewallHoldBytes ?? 8 << 20;
     this.batchCapacity = opts.batchCapacity ?? 256;
     this.flagCheck.rxBytes = this.rxBytes;
     this.fastLane = new FastLane(this.mapping.inPortKey, this.emc, this.flows, this.classify, this.execute, this.actionSets, (b, i) => this.upcallOne(b, i), this.flagCheck, this.mapping.vmPort, {
@@ -358,6 +523,8 @@ export class Datapath {
     }
     if (now >= this.nextExpiry) this.expireIdle(now);
     if (this.ct !== null) this.ct.expire(now, CT_EXPIRE_BUDGET);
+    const fw = this.fwModules;
+    for (let k = 0; k < fw.length; k++) fw[k]?.tracker.expire(now, CT_EXPIRE_BUDGET);
   }
 
   /**
@@ -389,7 +556,23 @@ export class Datapath {
       drop[idx[j]] = 0; // live again for conntrack
     }
     this.ctPackets += n;
-    const ct = this.conntrack;
+    this.ctPass(batch, n, now, depth);
+  }
+
+  /**
+   * recirculate's work on the packets rIdx[depth][0..n) of the batch, with
+   * their ct specs in rSpec[depth]: conntrack, then the next pass (the
+   * firewall upgrade's release runs held packets through it too). A packet
+   * of a firewalled port whose firewall is being moved
+   * (firewallHold) is held instead (holdPacket): marked RECIRC here,
+   * accounted where it ends after its release.
+   */
+  private ctPass(batch: PacketBatch, n: number, now: number, depth: number): void {
+    const ex = this.execute;
+    const idx = this.rIdx[depth];
+    const spec = this.rSpec[depth];
+    const drop = batch.drop;
+    let ct: ConnTrack | null = null;
     const sets = this.actionSets;
     const sel = this.ctSel;
     const done = this.ctDone;
@@ -403,7 +586,12 @@ export class Datapath {
       const c = core[s];
       let m = 0;
       for (let x = j; x < n; x++) if (done[x] === 0 && core[spec[x]] === c) { sel[m++] = idx[x]; done[x] = 1; }
-      ct.process(batch, sel, m, sets.ctZone[s], sets.ctCommit[s] === 1, now, sets.ctNat[s]);
+      const zone = sets.ctZone[s];
+      if (sets.ctFw[s] === 1) {
+        if (this.firewallHold[zone] === 1) for (let x = 0; x < m; x++) this.holdPacket(batch, sel[x], s);
+        else this.firewallFor(zone).process(batch, sel, m, zone, sets.ctCommit[s] === 1, now);
+      }
+      else (ct ??= this.conntrack).process(batch, sel, m, zone, sets.ctCommit[s] === 1, now, sets.ctNat[s]);
     }
     // The next pass: the recirculated packets first (they are classified), then the continued ones.
     const rb = this.rBatch[depth];

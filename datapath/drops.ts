@@ -43,6 +43,7 @@ export const DROP = {
   firewall: 'the interface\'s firewall refused it (a new connection no rule allows, or ct_state inv)',
   ctNoRule: 'after ct(table=N), no rule of table N matched (a table other than 0 has no L2 fallback)',
   recircLoop: 'sent through ct(table=…) more times than the datapath allows for one packet (a loop in the rules)',
+  fwHoldOverflow: 'its port\'s firewall was being moved to another version and the hold queue was full',
   offloadBad: 'a port with offloads gave a virtio-net header that does not match the frame (checksum start or offset not its TCP/UDP header\'s, a segment type not its protocol\'s)',
 } as const;
 

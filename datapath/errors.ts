@@ -20,6 +20,7 @@ export const ERR = {
   FPO_ERR_DEPENDENCY: 'a library or native module fpo needs cannot be loaded',
   FPO_ERR_WORKER: 'a datapath worker thread failed',
   FPO_ERR_BAD_INPUT: 'a message or line from outside is not valid',
+  FPO_ERR_FW_STATE: "a firewall version's saved state cannot be restored",
 } as const;
 
 export type ErrCode = keyof typeof ERR;

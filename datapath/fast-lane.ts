@@ -394,7 +394,8 @@ export class FastLane {
       const sets = this.sets;
       const w = sets.pool[sets.start[a]];
       const spec = w & 0xffffff;
-      this.ctSpec[a] = sets.len[a] === 1 && w >>> 24 === OP_CT && sets.ctTable[spec] < 0 ? spec : -1;
+      // Not the firewall's ct (tracked by the version serving its port: the stages' way).
+      this.ctSpec[a] = sets.len[a] === 1 && w >>> 24 === OP_CT && sets.ctTable[spec] < 0 && sets.ctFw[spec] === 0 ? spec : -1;
     }
     return this.ctSpec[a];
   }

@@ -55,7 +55,7 @@ export type Action =
   | { op: 'push_vlan'; vid: number }
   | { op: 'pop_vlan' }
   /** table -1: no recirculation, the actions after this one run on the tracked packet. */
-  | { op: 'ct'; zone: number; commit: boolean; table: number; nat?: CtNat };
+  | { op: 'ct'; zone: number; commit: boolean; table: number; nat?: CtNat; fw?: boolean };
 
 export class ActionSets {
   pool: Int32Array;
@@ -70,6 +70,8 @@ export class ActionSets {
   /** ct specs, by id (OP_CT's arg): zone, commit (1/0), table (-1: none), continuation set, NAT. */
   ctZone: Int32Array = new Int32Array(16);
   ctCommit: Uint8Array = new Uint8Array(16);
+  /** 1: the per-port firewall's ct (`fw`): tracked by the firewall version serving the zone (Datapath.firewallFor), not the datapath's conntrack. */
+  ctFw: Uint8Array = new Uint8Array(16);
   ctTable: Int32Array = new Int32Array(16);
   ctCont: Int32Array = new Int32Array(16);
   ctNat: (NatRange | null)[] = [];
@@ -131,7 +133,8 @@ export class ActionSets {
     if (a.table > 0 && rest.length > 0) throw new FpoError('FPO_ERR_USAGE', `ct: with table=${a.table} the packet is classified again, so ct must be the last action (${rest.length} follow it)`);
     const nat = a.nat === undefined ? null : new NatRange(a.nat.kind, a.nat.addrMin, a.nat.addrMax, a.nat.portMin, a.nat.portMax);
     const cont = a.table > 0 ? -1 : this.internByValue(rest);
-    const text = JSON.stringify([a.zone, a.commit, a.table, a.nat ?? null, cont]);
+    if (a.fw === true && a.nat !== undefined) throw new FpoError('FPO_ERR_USAGE', 'ct: the firewall\'s ct (fw) does no NAT');
+    const text = JSON.stringify([a.zone, a.commit, a.table, a.nat ?? null, cont, a.fw === true]);
     const have = this.ctByText.get(text);
     if (have !== undefined) return have;
     const id = this.ctCount++;
@@ -143,13 +146,17 @@ export class ActionSets {
       const c = new Uint8Array(id * 2);
       c.set(this.ctCommit);
       this.ctCommit = c;
+      const f = new Uint8Array(id * 2);
+      f.set(this.ctFw);
+      this.ctFw = f;
     }
+    this.ctFw[id] = a.fw === true ? 1 : 0;
     this.ctZone[id] = a.zone;
     this.ctCommit[id] = a.commit ? 1 : 0;
     this.ctTable[id] = a.table;
     this.ctCont[id] = cont;
     this.ctNat[id] = nat;
-    const coreText = JSON.stringify([a.zone, a.commit, a.nat ?? null]);
+    const coreText = JSON.stringify([a.zone, a.commit, a.nat ?? null, a.fw === true]);
     let core = this.ctCoreByText.get(coreText);
     if (core === undefined) this.ctCoreByText.set(coreText, (core = this.ctCoreByText.size));
     this.ctCore[id] = core;
@@ -162,6 +169,7 @@ export class ActionSets {
     const n = this.ctNat[id];
     const a: Extract<Action, { op: 'ct' }> = { op: 'ct', zone: this.ctZone[id], commit: this.ctCommit[id] === 1, table: this.ctTable[id] };
     if (n !== null) a.nat = n.describe();
+    if (this.ctFw[id] === 1) a.fw = true;
     return a;
   }
 

@@ -77,6 +77,11 @@ export const TCP_STATE_NAMES = ['CLOSED', 'LISTEN', 'SYN_SENT', 'SYN_RECEIVED', 
 const OTHER_FIRST = 0;
 const OTHER_MULTIPLE = 1;
 const OTHER_BIDIR = 2;
+/** UDP/other seen both ways STREAM_PACKETS times each: a stream, with its own longer timeout (ConnTrackOptions.streams; Linux's "assured" UDP). */
+const OTHER_STREAM = 3;
+const STREAM_PACKETS = 2;
+/** The names of OTHER_* (list, the firewall's state). */
+export const OTHER_STATE_NAMES = ['FIRST', 'MULTIPLE', 'BIDIR', 'STREAM'];
 
 /** Timeouts in ms (Open vSwitch's defaults). */
 export interface Timeouts {
@@ -91,10 +96,12 @@ export interface Timeouts {
   otherBidir: number;
   icmpFirst: number;
   icmpReply: number;
+  /** A UDP/other stream (with ConnTrackOptions.streams): Linux's nf_conntrack_udp_timeout_stream. */
+  otherStream: number;
 }
 export const DEFAULT_TIMEOUTS: Timeouts = {
   tcpFirstPacket: 30_000, tcpOpening: 30_000, tcpEstablished: 24 * 3600_000, tcpClosing: 15 * 60_000, tcpFinWait: 45_000, tcpClosed: 30_000,
-  otherFirst: 60_000, otherMultiple: 60_000, otherBidir: 30_000, icmpFirst: 60_000, icmpReply: 30_000,
+  otherFirst: 60_000, otherMultiple: 60_000, otherBidir: 30_000, icmpFirst: 60_000, icmpReply: 30_000, otherStream: 120_000,
 };
 
 const TH_FIN = 0x01;
@@ -112,6 +119,7 @@ const MAXACKWINDOW = 0xffff + 1500;
 
 /** Words of a tuple: zone|proto|family, source (4), destination (4), ports (or ICMP id|type). */
 const TW = 10;
+export const TUPLE_WORDS = TW;
 
 const seqGeq = (a: number, b: number) => ((a - b) | 0) >= 0;
 const seqGt = (a: number, b: number) => ((a - b) | 0) > 0;
@@ -133,6 +141,56 @@ export interface ConnTrackOptions {
   /** Connections the table holds (fixed at start). */
   capacity: number;
   timeouts?: Partial<Timeouts>;
+  /**
+   * true (default): a TCP connection may start with a segment met mid-stream
+   * (ACK without SYN), as Linux's nf_conntrack_tcp_loose=1; false: only with
+   * a SYN — a stateful firewall's way (pf's "flags S/SA"): a stream whose
+   * state was lost is invalid, not new.
+   */
+  looseTcp?: boolean;
+  /** UDP/other connections seen both ways become streams with timeouts.otherStream (default false). */
+  streams?: boolean;
+}
+
+/**
+ * Connections as columns, record r of each (r < n): the firewall's saved
+ * state (services/firewall), ConnTrack.exportZone's output and
+ * importColumns' input. Times are ms left, not clock readings.
+ */
+export interface ConnColumns {
+  n: number;
+  /** Both tuples, 2 * TUPLE_WORDS words a record: original, reply. */
+  tup: Uint32Array;
+  proto: Uint8Array;
+  /** OTHER_STATE_NAMES' index (not TCP). */
+  pstate: Uint8Array;
+  natKind: Uint8Array;
+  replied: Uint8Array;
+  /** TCP, per direction (2 a record): state (TCP_STATE_NAMES), sequence window, window scale flags. */
+  tcpState: Uint8Array;
+  seqlo: Uint32Array;
+  seqhi: Uint32Array;
+  maxwin: Uint32Array;
+  wscale: Uint8Array;
+  expiresIn: Float64Array;
+  /** Per direction (2 a record). */
+  packets: Float64Array;
+  bytes: Float64Array;
+}
+
+/** Columns for up to `capacity` records (n = 0). */
+export function allocColumns(capacity: number): ConnColumns {
+  return {
+    n: 0, tup: new Uint32Array(capacity * 2 * TW), proto: new Uint8Array(capacity), pstate: new Uint8Array(capacity),
+    natKind: new Uint8Array(capacity), replied: new Uint8Array(capacity), tcpState: new Uint8Array(capacity * 2),
+    seqlo: new Uint32Array(capacity * 2), seqhi: new Uint32Array(capacity * 2), maxwin: new Uint32Array(capacity * 2),
+    wscale: new Uint8Array(capacity * 2), expiresIn: new Float64Array(capacity), packets: new Float64Array(capacity * 2), bytes: new Float64Array(capacity * 2),
+  };
+}
+
+/** How many records `c` has room for. */
+export function columnsCapacity(c: ConnColumns): number {
+  return c.proto.length;
 }
 
 /** What `list` shows of a connection (slow path: one object each). */
@@ -155,6 +213,8 @@ export interface ConnInfo {
 export class ConnTrack {
   readonly capacity: number;
   readonly timeouts: Timeouts;
+  readonly looseTcp: boolean;
+  readonly streams: boolean;
   /** Counters: lookups that found a connection, connections made, packets inv, commits refused for a full table, connections expired. */
   readonly stats = { found: 0, created: 0, invalid: 0, full: 0, expired: 0, reopened: 0, natExhausted: 0, natCut: 0, adopted: 0, adoptRefused: 0, clash: 0, relatedNat: 0, endedLost: 0 };
 
@@ -219,6 +279,8 @@ export class ConnTrack {
     if (!Number.isInteger(c) || c < 1 || c > 1 << 24) throw new FpoError('FPO_ERR_USAGE', `conntrack: capacity must be an integer in 1..${1 << 24}, not ${c}`);
     this.capacity = c;
     this.timeouts = { ...DEFAULT_TIMEOUTS, ...opts.timeouts };
+    this.looseTcp = opts.looseTcp ?? true;
+    this.streams = opts.streams ?? false;
     this.tup = new Uint32Array(c * 2 * TW);
     const slots = indexSlots(c);
     this.index = new Int32Array(slots * 2).fill(-1);
@@ -427,10 +489,13 @@ export class ConnTrack {
       }
     } else {
       const st = this.pstate[id];
-      if (reply) this.pstate[id] = OTHER_BIDIR;
+      if (reply) { if (st !== OTHER_STREAM) this.pstate[id] = OTHER_BIDIR; }
       else if (st === OTHER_FIRST) this.pstate[id] = OTHER_MULTIPLE;
+      // A stream: seen both ways STREAM_PACKETS times each (with streams on; not ICMP).
+      if (this.streams && !icmp && this.pstate[id] === OTHER_BIDIR && this.packets[id * 2] >= STREAM_PACKETS && this.packets[id * 2 + 1] >= STREAM_PACKETS) this.pstate[id] = OTHER_STREAM;
       const to = this.timeouts;
-      this.expires[id] = now + (icmp ? (this.pstate[id] === OTHER_BIDIR ? to.icmpReply : to.icmpFirst) : this.pstate[id] === OTHER_BIDIR ? to.otherBidir : this.pstate[id] === OTHER_MULTIPLE ? to.otherMultiple : to.otherFirst);
+      const ps = this.pstate[id];
+      this.expires[id] = now + (icmp ? (ps === OTHER_BIDIR ? to.icmpReply : to.icmpFirst) : ps === OTHER_STREAM ? to.otherStream : ps === OTHER_BIDIR ? to.otherBidir : ps === OTHER_MULTIPLE ? to.otherMultiple : to.otherFirst);
     }
     this.packets[id * 2 + d]++;
     this.bytes[id * 2 + d] += ipLen;
@@ -866,7 +931,7 @@ export class ConnTrack {
     const f = batch.buf[p + 13];
     if (ConnTrack.badFlags(f)) return false;
     if ((f & TH_SYN) !== 0) return (f & TH_ACK) === 0;
-    return (f & (TH_FIN | TH_RST)) === 0 && (f & TH_ACK) !== 0;
+    return this.looseTcp && (f & (TH_FIN | TH_RST)) === 0 && (f & TH_ACK) !== 0;
   }
 
   /** TCP payload length of packet i whose header is at p. */
@@ -1045,6 +1110,109 @@ export class ConnTrack {
   // --- slow path: for fpo ctl ---
 
   /** The connections (of one zone), as objects: for listing, not the fast path. */
+  // --- saved state (the per-port firewall's upgrade: services/firewall) ---
+
+  /** Slow path: live connections of `zone` (a scan). */
+  countZone(zone: number, now: number): number {
+    let n = 0;
+    for (let id = 0; id < this.capacity; id++) if (this.used[id] === 1 && this.tup[id * 2 * TW] >>> 16 === zone && this.expires[id] > now) n++;
+    return n;
+  }
+
+  /**
+   * Slow path: the live connections of `zone` into `into` (from record 0;
+   * into.n set), in id order, with the ms each has left at `now`; ids[r] is
+   * record r's id when given. Expired ones are left out. Throws when `into`
+   * is too small (nothing is lost: the table is not changed).
+   */
+  exportZone(zone: number, now: number, into: ConnColumns, ids?: Int32Array): ConnColumns {
+    const tup = this.tup;
+    const room = columnsCapacity(into);
+    let n = 0;
+    for (let id = 0; id < this.capacity; id++) {
+      if (this.used[id] === 0 || tup[id * 2 * TW] >>> 16 !== zone || this.expires[id] <= now) continue;
+      if (n === room) throw new FpoError('FPO_ERR_FW_STATE', `conntrack: zone ${zone} has more than ${room} connections, the room the saved state has`);
+      into.tup.set(tup.subarray(id * 2 * TW, (id + 1) * 2 * TW), n * 2 * TW);
+      into.proto[n] = this.proto[id];
+      into.pstate[n] = this.pstate[id];
+      into.natKind[n] = this.natKind[id];
+      into.replied[n] = this.replied[id];
+      for (let d = 0; d < 2; d++) {
+        into.tcpState[n * 2 + d] = this.tcpState[id * 2 + d];
+        into.seqlo[n * 2 + d] = this.seqlo[id * 2 + d];
+        into.seqhi[n * 2 + d] = this.seqhi[id * 2 + d];
+        into.maxwin[n * 2 + d] = this.maxwin[id * 2 + d];
+        into.wscale[n * 2 + d] = this.wscale[id * 2 + d];
+        into.packets[n * 2 + d] = this.packets[id * 2 + d];
+        into.bytes[n * 2 + d] = this.bytes[id * 2 + d];
+      }
+      into.expiresIn[n] = this.expires[id] - now;
+      if (ids !== undefined) ids[n] = id;
+      n++;
+    }
+    into.n = n;
+    return into;
+  }
+
+  /**
+   * Slow path: takes every record of `c` as a live connection (the state a
+   * firewall saved), all or none: refused with nothing changed when the
+   * table has no room for them all, a record is malformed (checkColumns), or
+   * a tuple is held already (by the table or by another record). ids[r]
+   * gets record r's id when given. Returns how many were taken.
+   */
+  importColumns(c: ConnColumns, now: number, ids?: Int32Array): number {
+    const bad = checkColumns(c);
+    if (bad !== null) throw new FpoError('FPO_ERR_FW_STATE', `conntrack: saved state ${bad}`);
+    if (c.n > this.nFree) {
+      this.expire(now, this.capacity);
+      if (c.n > this.nFree) throw new FpoError('FPO_ERR_FW_STATE', `conntrack: ${c.n} connections to restore, room for ${this.nFree}`);
+    }
+    const tup = c.tup;
+    for (let r = 0; r < c.n; r++) {
+      for (let d = 0; d < 2; d++) {
+        const at = r * 2 * TW + d * TW;
+        if (this.find(tup, at, hashTuple(tup, at)) >= 0) throw new FpoError('FPO_ERR_FW_STATE', `conntrack: saved connection ${r} (${d === 0 ? 'original' : 'reply'} tuple) is held by a connection in the table already`);
+      }
+    }
+    let r = 0;
+    try {
+      for (; r < c.n; r++) {
+        const at = r * 2 * TW;
+        // Two records with one tuple: found among those taken so far (undone below).
+        if (this.find(tup, at, hashTuple(tup, at)) >= 0 || this.find(tup, at + TW, hashTuple(tup, at + TW)) >= 0) throw new FpoError('FPO_ERR_FW_STATE', `conntrack: saved connection ${r} has a tuple of an earlier one`);
+        const id = this.freeIds[--this.nFree];
+        const o = id * 2 * TW;
+        this.tup.set(tup.subarray(at, at + 2 * TW), o);
+        this.proto[id] = c.proto[r];
+        this.pstate[id] = c.pstate[r];
+        this.natKind[id] = c.natKind[r];
+        this.replied[id] = c.replied[r];
+        this.adoptedBy[id] = 0;
+        for (let d = 0; d < 2; d++) {
+          this.tcpState[id * 2 + d] = c.tcpState[r * 2 + d];
+          this.seqlo[id * 2 + d] = c.seqlo[r * 2 + d];
+          this.seqhi[id * 2 + d] = c.seqhi[r * 2 + d];
+          this.maxwin[id * 2 + d] = c.maxwin[r * 2 + d];
+          this.wscale[id * 2 + d] = c.wscale[r * 2 + d];
+          this.packets[id * 2 + d] = c.packets[r * 2 + d];
+          this.bytes[id * 2 + d] = c.bytes[r * 2 + d];
+        }
+        this.expires[id] = now + c.expiresIn[r];
+        this.insert(id * 2, hashTuple(this.tup, o));
+        this.insert(id * 2 + 1, hashTuple(this.tup, o + TW));
+        this.used[id] = 1;
+        this.live++;
+        if (ids !== undefined) ids[r] = id;
+      }
+    } catch (e) {
+      // Undo the records taken (the last id taken is at freeIds[nFree], and so on up).
+      for (let k = r - 1; k >= 0; k--) this.free(this.freeIds[this.nFree]);
+      throw e;
+    }
+    return c.n;
+  }
+
   list(now: number, zone?: number): ConnInfo[] {
     const out: ConnInfo[] = [];
     const tup = this.tup;
@@ -1058,7 +1226,7 @@ export class ConnTrack {
       const proto = this.proto[id];
       out.push({
         id, zone: z, proto, orig: side(o), reply: side(o + TW),
-        state: proto === 6 ? `${TCP_STATE_NAMES[this.tcpState[id * 2]]}:${TCP_STATE_NAMES[this.tcpState[id * 2 + 1]]}` : ['FIRST', 'MULTIPLE', 'BIDIR'][this.pstate[id]],
+        state: proto === 6 ? `${TCP_STATE_NAMES[this.tcpState[id * 2]]}:${TCP_STATE_NAMES[this.tcpState[id * 2 + 1]]}` : OTHER_STATE_NAMES[this.pstate[id]],
         packets: [this.packets[id * 2], this.packets[id * 2 + 1]], bytes: [this.bytes[id * 2], this.bytes[id * 2 + 1]],
         expiresInMs: Math.max(0, this.expires[id] - now),
         owner: this.adoptedBy[id] === 1 ? 'vnic' : 'guest',
@@ -1067,6 +1235,35 @@ export class ConnTrack {
     }
     return out;
   }
+}
+
+/**
+ * What is wrong with saved columns, or null: lengths against n, protocols,
+ * states, tuples (family 4 or 6, the record's protocol in both, one zone),
+ * times. A restore refuses anything this does not pass.
+ */
+export function checkColumns(c: ConnColumns): string | null {
+  const n = c.n;
+  if (!Number.isInteger(n) || n < 0) return `count ${n} is not a count`;
+  if (c.tup.length < n * 2 * TW || c.proto.length < n || c.pstate.length < n || c.natKind.length < n || c.replied.length < n || c.expiresIn.length < n) return `columns shorter than its ${n} records`;
+  for (const a of [c.tcpState, c.seqlo, c.seqhi, c.maxwin, c.wscale, c.packets, c.bytes]) if (a.length < n * 2) return `columns shorter than its ${n} records`;
+  for (let r = 0; r < n; r++) {
+    const at = r * 2 * TW;
+    const w0 = c.tup[at];
+    const family = w0 & 0xff;
+    const proto = (w0 >>> 8) & 0xff;
+    if (family !== 4 && family !== 6) return `record ${r}: family ${family} (expected 4 or 6)`;
+    if (proto !== c.proto[r]) return `record ${r}: tuple protocol ${proto}, record protocol ${c.proto[r]}`;
+    if ((c.tup[at + TW] & 0xffff00ff) !== (w0 & 0xffff00ff)) return `record ${r}: its two tuples differ in zone or family`;
+    if (c.pstate[r] > OTHER_STREAM) return `record ${r}: state ${c.pstate[r]} (expected 0..${OTHER_STREAM})`;
+    if (c.natKind[r] > 3 || c.replied[r] > 1) return `record ${r}: NAT ${c.natKind[r]} / replied ${c.replied[r]} out of range`;
+    for (let d = 0; d < 2; d++) {
+      if (c.tcpState[r * 2 + d] > TCPS_TIME_WAIT) return `record ${r}: TCP state ${c.tcpState[r * 2 + d]} (expected 0..${TCPS_TIME_WAIT})`;
+      if (!(c.packets[r * 2 + d] >= 0) || !(c.bytes[r * 2 + d] >= 0)) return `record ${r}: counters must be ≥ 0`;
+    }
+    if (!(c.expiresIn[r] > 0 && c.expiresIn[r] <= 31 * 24 * 3600_000)) return `record ${r}: ${c.expiresIn[r]} ms left (expected more than 0, at most 31 days)`;
+  }
+  return null;
 }
 
 const UPDATE_INVALID = 0;

@@ -294,7 +294,7 @@ describe('events files: keys and names Object.prototype has', () => {
   it('an event with such a key is refused naming the key; a "do" of such a name is not a kind of event', () => {
     for (const k of PROTO_KEYS) {
       expect(load(`[{ "atPacket": 1, "do": "migrate", "interface": "vm1-eth0", "to": "vf5", ${JSON.stringify(k)}: { "away": true } }]`)).toBe(`events[0]: Unrecognized key: ${JSON.stringify(k)}`);
-      expect(load(`[{ "atPacket": 1, "do": ${JSON.stringify(k)} }]`)).toBe('events[0].do: Invalid discriminator value. Expected \'migrate\' | \'set-mapping\' | \'add-flow\' | \'del-flow\'');
+      expect(load(`[{ "atPacket": 1, "do": ${JSON.stringify(k)} }]`)).toBe('events[0].do: Invalid discriminator value. Expected \'migrate\' | \'set-mapping\' | \'add-flow\' | \'del-flow\' | \'firewall-upgrade\'');
     }
   });
 

@@ -11,7 +11,7 @@ import { benchTopology, generate } from '../../bench/gen-capture.js';
 import { Service } from '../../control/service.js';
 import { writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
-import { eth, ipv4, udp, writePcap } from '../../fixtures/packets.js';
+import { eth, ipv4, tcp, udp, writePcap } from '../../fixtures/packets.js';
 import { CLI, FIXTURES, cleanTemp, needTool, runCli, tempDir, tsharkFields } from '../helpers.js';
 
 const running: ChildProcess[] = [];
@@ -128,6 +128,10 @@ describe('fpo run and fpo ctl', () => {
     writeFileSync(topo, JSON.stringify(t));
     const s = await start(topo);
     s.ctl('inject', join(FIXTURES, 'demo.pcap'));
+    // SYNs to vm2's 443 (the capture's TCP to it is met mid-stream: the firewall admits TCP only by its SYN).
+    const syns = join(dir, 'syn.pcap');
+    writePcap(syns, [1, 2, 3].map((k) => ({ sec: 1, usec: k, data: eth('02:00:00:00:00:02', '02:ee:00:00:00:01', 0x0800, ipv4({ src: `192.0.2.${30 + k}`, dst: '10.0.0.2', proto: 6 }, tcp(40000 + k, 443, new Uint8Array(0), 0x02))) })));
+    s.ctl('inject', syns);
     const st = JSON.parse(s.ctl('--json', 'stats').stdout);
     expect(st.packets.in).toBe(st.packets.out + st.packets.dropped);
     const byPort = JSON.parse(s.ctl('--json', 'conntrack', 'list', '--port', 'vf2').stdout);
@@ -137,7 +141,8 @@ describe('fpo run and fpo ctl', () => {
     const ids = (r: any) => r.connections.map((c: any) => [c.id, c.zone, c.orig, c.reply]); // (expiresInMs moves between calls)
     expect(ids(byPort)).toEqual(ids(byZone));
     expect(ids(byName)).toEqual(ids(byZone));
-    expect(byPort.connections.every((c: any) => c.zone === 2)).toBe(true);
+    expect(byPort.connections.every((c: any) => c.zone === 2 && c.owner === 'firewall' && c.firewall === 'v1')).toBe(true);
+    expect(byPort.connections).toHaveLength(3);
     expect(s.ctl('conntrack', 'list', '--port', 'vf1').stderr).toMatch(/"vf1" is no port or interface of a service VM .* or of an interface with a firewall/);
     expect(s.ctl('conntrack', 'list', '--port', 'vf2', '--zone', '3').stderr).toMatch(/zone: 3 is not the zone of vm2-eth0's firewall \(2\)/);
     await s.stop();
