@@ -27,6 +27,7 @@ const HELP: Record<string, string> = {
   ping: 'fpo ctl ping                       is the service there?',
   bfd: 'fpo ctl bfd                        tunnel monitor: BFD sessions (state, intervals, last change and why) and VM liveness',
   conntrack: 'fpo ctl conntrack list|stats|flush [--port P] [--zone Z]\n                                   the connection table: each connection with its owner (guest: a ct action tracks it;\n                                   vnic: a service VM handed it over, offloaded), state, NAT, counters; flush of a zone or port',
+  firewall: 'fpo ctl firewall status | upgrade --to VERSION [--ports P,…] [--max-pause MS] [--restart] | upgrade --resume\n                                   the per-port firewall: each port\'s version and connections; an upgrade (or downgrade)\n                                   port by port, the state moved (hold, save, restore, switch, release), each pause shown;\n                                   --restart switches without the state (connections die: for comparison)',
   capture: 'fpo ctl capture PORT [--filter EXPR] [-w FILE] [-c COUNT]\n                                   watch a port live, as tcpdump: frames it receives (In) and sends (Out, after the actions);\n                                   EXPR is a tcpdump filter (applied in fpo run); -w writes pcapng, else a line a frame; Ctrl-C ends',
 };
 
@@ -180,6 +181,16 @@ function plain(cmd: string, result: unknown): string {
       }
       if (r.flushed !== undefined) return `flushed ${r.flushed} connections (zone ${r.zone}); ${r.handedBack} handed back to their service VMs`;
       return JSON.stringify(result, null, 1);
+    case 'firewall': {
+      const out = [table([['interface', 'zone', 'version', 'connections', 'holding'], ...r.ports.map((p: any) => [p.interface, String(p.zone), p.version, String(p.connections), p.holding ? 'yes' : 'no'])])];
+      const u = r.upgrade;
+      if (u.state !== 'idle') {
+        out.push('', `upgrade to ${u.to}${u.restart ? ' (restart: state dropped)' : ''}: ${u.state}; pause limit ${u.maxPauseMs} ms`);
+        out.push(table([['interface', 'from', 'to', 'state', 'pause ms', 'connections', 'held', 'error'], ...u.ports.map((p: any) => [p.interface, p.from, p.to, p.state, p.pauseMs === undefined ? '-' : p.pauseMs.toFixed(2), String(p.connections ?? '-'), String(p.held ?? '-'), p.error ?? ''])]));
+      }
+      out.push('', `hold queue: ${r.hold.now} now, ${r.hold.held} held, ${r.hold.released} released, ${r.hold.overflow} dropped (full)`);
+      return out.join('\n');
+    }
     case 'trace':
       return [...r.steps.map((s: string, i: number) => `${i + 1}. ${s}`)].join('\n');
     case 'bfd':
@@ -194,7 +205,7 @@ function plain(cmd: string, result: unknown): string {
 export async function ctlMain(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv, allowPositionals: true, strict: true,
-    options: { zone: { type: 'string' }, socket: { type: 'string', short: 's' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' }, to: { type: 'string' }, 'new-vpid': { type: 'string' }, away: { type: 'boolean' }, port: { type: 'string' }, filter: { type: 'string' }, write: { type: 'string', short: 'w' }, count: { type: 'string', short: 'c' } },
+    options: { zone: { type: 'string' }, socket: { type: 'string', short: 's' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' }, to: { type: 'string' }, 'new-vpid': { type: 'string' }, away: { type: 'boolean' }, port: { type: 'string' }, filter: { type: 'string' }, write: { type: 'string', short: 'w' }, count: { type: 'string', short: 'c' }, ports: { type: 'string' }, 'max-pause': { type: 'string' }, resume: { type: 'boolean' }, restart: { type: 'boolean' } },
   });
   const [cmd, ...rest] = positionals;
   if (cmd === undefined) {
@@ -232,6 +243,19 @@ export async function ctlMain(argv: string[]): Promise<number> {
       const nv = values['new-vpid'] === undefined ? undefined : Number(values['new-vpid']);
       if (nv !== undefined && !Number.isInteger(nv)) throw new CtlUsage(`ctl migrate: --new-vpid: expected an integer, got "${values['new-vpid']}"`);
       args = { interface: rest[0], to: values.to, away: values.away === true, newVpid: nv };
+      break;
+    }
+    case 'firewall': {
+      need(1, 'status or upgrade');
+      if (rest[0] !== 'status' && rest[0] !== 'upgrade') throw new CtlUsage(`ctl firewall: expected status or upgrade, got "${rest[0]}"`);
+      if (rest[0] === 'status') { args = { action: 'status' }; break; }
+      if (!values.resume && values.to === undefined) throw new CtlUsage('ctl firewall upgrade: --to VERSION or --resume is required');
+      const mp = values['max-pause'] === undefined ? undefined : Number(values['max-pause']);
+      if (mp !== undefined && !(mp > 0)) throw new CtlUsage(`ctl firewall upgrade: --max-pause: expected ms (> 0), got "${values['max-pause']}"`);
+      args = {
+        action: 'upgrade', ...(values.to !== undefined ? { to: values.to } : {}), ...(values.ports !== undefined ? { ports: values.ports.split(',').filter((p) => p !== '') } : {}),
+        ...(mp !== undefined ? { maxPauseMs: mp } : {}), ...(values.resume ? { resume: true } : {}), ...(values.restart ? { restart: true } : {}),
+      };
       break;
     }
     case 'conntrack': {

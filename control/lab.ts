@@ -42,6 +42,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { FpoError } from '../datapath/errors.js';
 import { CheckError, array, boolean, formatPath, int, number, object, oneOf, optional, string, withDefault, type Out } from './check.js';
+import { FirewallRuleSchema } from './topology.js';
 
 // The lab file is checked with check.ts's combinators, as the topology and events are (zod took ~100 ms to load).
 const short = string({ regex: /^[a-z0-9]{1,6}$/, message: 'expected 1 to 6 lowercase letters or digits (it becomes part of interface names)' });
@@ -76,6 +77,8 @@ const LabSchema = object({
     mac,
     /** The VM's default route, e.g. a service VM's inside address. */
     gateway: optional(string({ regex: /^\d+\.\d+\.\d+\.\d+$/, message: 'expected an IPv4 address, like 10.1.0.1' })),
+    /** The VM interface's stateful firewall (the topology's interfaces[].firewall, checked there). */
+    firewall: optional(array(FirewallRuleSchema)),
   }), { min: 1 }),
   spares: withDefault(array(object({ name: short, vm: short })), () => []),
   services: withDefault(array(ServiceSchema), () => []),
@@ -282,7 +285,7 @@ export function labTopology(lab: Lab & { dir: string }): object {
   return {
     name: lab.name, ports, segments: lab.segments,
     nodes: [
-      ...lab.vms.map((v) => ({ name: v.name, interfaces: [{ name: `${v.name}-eth0`, mac: v.mac, ip: v.ip.split('/')[0], segment: v.segment, port: `p-${v.name}` }] })),
+      ...lab.vms.map((v) => ({ name: v.name, interfaces: [{ name: `${v.name}-eth0`, mac: v.mac, ip: v.ip.split('/')[0], segment: v.segment, port: `p-${v.name}`, ...(v.firewall !== undefined ? { firewall: v.firewall } : {}) }] })),
       // A service VM forwards others' packets: their source addresses are not its own, so no port security.
       ...lab.services.map((s) => ({
         name: s.name,

@@ -54,6 +54,23 @@ export function metricsRegistry(dp: Datapath, fpag: Fpag, live: () => LiveCounte
   counter('fpo_upcalls_total', 'Flow-table misses sent to the FPAG', [], (set) => set({}, dp.upcalls));
   counter('fpo_migrations_total', 'Interface migrations done by mapping updates', [], (set) => set({}, fpag.migrations));
   new Gauge({ name: 'fpo_flows', help: 'Flows installed now', registers: [reg], collect() { this.set(dp.flows.count); } });
+  // The per-port firewall's versions and its upgrade (control/firewall-upgrade.ts).
+  const fwGauge = (name: string, help: string, labelNames: string[], fill: (set: (labels: Record<string, string>, v: number) => void) => void) =>
+    new Gauge({ name, help, labelNames, registers: [reg], collect() { this.reset(); fill((l, v) => this.set(l, v)); } });
+  fwGauge('fpo_firewall_port_version', 'The firewall version serving a firewalled interface (1 for the version it is on)', ['interface', 'version'], (set) => {
+    for (const p of fpag.firewalledPorts()) set({ interface: p.name, version: dp.firewallVersionOf(p.zone) }, 1);
+  });
+  fwGauge('fpo_firewall_connections', 'Connections the firewall tracks for an interface', ['interface'], (set) => {
+    for (const p of fpag.firewallUpgrade.portsNow()) set({ interface: p.interface }, p.connections);
+  });
+  fwGauge('fpo_firewall_upgrade_pause_ms', 'The pause (hold to release) of an interface in the last firewall upgrade', ['interface', 'from', 'to', 'state'], (set) => {
+    for (const p of fpag.firewallUpgrade.status().ports) if (p.pauseMs !== undefined) set({ interface: p.interface, from: p.from, to: p.to, state: p.state }, p.pauseMs);
+  });
+  fwGauge('fpo_firewall_upgrade_ports', 'Ports of the last firewall upgrade, by state', ['state'], (set) => {
+    const st = fpag.firewallUpgrade.status();
+    for (const s of ['pending', 'moving', 'done', 'rolled-back']) set({ state: s }, st.ports.filter((p) => p.state === s).length);
+  });
+  counter('fpo_firewall_held_packets_total', 'Packets held while their port\'s firewall moved between versions (released after; a full queue drops them as fwHoldOverflow)', [], (set) => set({}, dp.holdStats.held));
   return reg;
 }
 

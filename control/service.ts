@@ -79,6 +79,7 @@ const ARGS = new Map<string, readonly string[]>([
   ['add-flow', ['flow']], ['del-flow', ['flow']], ['trace', ['packet']],
   ['set-mapping', ['vpid', 'ppid']], ['migrate', ['interface', 'to', 'away', 'newVpid']],
   ['conntrack', ['action', 'port', 'zone']],
+  ['firewall', ['action', 'to', 'ports', 'maxPauseMs', 'resume', 'restart']],
 ]);
 
 export interface ServiceOptions {
@@ -484,6 +485,8 @@ export class Service {
         return this.trace(str('packet')!);
       case 'conntrack':
         return this.conntrackCmd(args);
+      case 'firewall':
+        return this.firewallCmd(args);
       case 'bfd':
         return { sessions: (await this.monitor?.describe()) ?? [] };
       case 'inject':
@@ -590,6 +593,41 @@ export class Service {
   }
 
   /**
+   * fpo ctl firewall status | upgrade --to V [--ports P,…] [--max-pause MS]
+   * [--restart] | upgrade --resume: the per-port firewall's versions and its
+   * upgrade (control/firewall-upgrade.ts). An upgrade answers when it stops
+   * (done, or a port rolled back): each port's pause, connections, packets
+   * held. Refused, changing nothing, with datapath workers (each has its own
+   * firewall state) or while one runs.
+   */
+  private async firewallCmd(args: Record<string, unknown>): Promise<unknown> {
+    const action = args.action ?? 'status';
+    const up = this.fpag.firewallUpgrade;
+    if (action === 'status') return { ports: up.portsNow(), upgrade: up.status(), hold: this.dp.holdStats };
+    if (action !== 'upgrade') throw new FpoError('FPO_ERR_USAGE', `action: expected status or upgrade, got ${JSON.stringify(action)?.slice(0, 40)}`);
+    if (this.workers !== null && this.workers !== undefined) throw new FpoError('FPO_ERR_USAGE', 'firewall upgrade: not with datapath workers (each has its own firewall state)');
+    if (args.resume !== undefined && typeof args.resume !== 'boolean') throw new FpoError('FPO_ERR_USAGE', 'resume: expected true or false');
+    if (args.restart !== undefined && typeof args.restart !== 'boolean') throw new FpoError('FPO_ERR_USAGE', 'restart: expected true or false');
+    if (args.resume === true) {
+      if (args.to !== undefined || args.ports !== undefined || args.restart !== undefined) throw new FpoError('FPO_ERR_USAGE', 'resume: takes no --to, --ports or --restart (it goes on with the stopped upgrade)');
+      up.resume();
+    } else {
+      if (typeof args.to !== 'string' || args.to.length === 0 || args.to.length > 64) throw new FpoError('FPO_ERR_USAGE', 'to: expected a firewall version, e.g. v2');
+      let ports: string[] | undefined;
+      if (args.ports !== undefined) {
+        if (!Array.isArray(args.ports) || args.ports.length === 0 || args.ports.length > 4096 || !args.ports.every((p) => typeof p === 'string' && p.length > 0 && p.length <= 256)) throw new FpoError('FPO_ERR_USAGE', 'ports: expected a list of interface names');
+        ports = args.ports as string[];
+      }
+      const mp = args.maxPauseMs;
+      if (mp !== undefined && typeof mp !== 'number') throw new FpoError('FPO_ERR_USAGE', 'maxPauseMs: expected a number of ms');
+      up.plan(args.to, ports, mp as number | undefined, args.restart === true);
+    }
+    const st = await up.run();
+    this.log.info({ state: st.state, to: st.to, ports: st.ports.map((p) => ({ interface: p.interface, state: p.state, pauseMs: p.pauseMs, connections: p.connections, held: p.held })) }, 'firewall upgrade');
+    return { ports: up.portsNow(), upgrade: st, hold: this.dp.holdStats };
+  }
+
+  /**
    * fpo ctl conntrack list|stats|flush [--port P] [--zone Z]: the connection
    * table. A port (or interface) name narrows it to the zone of the service
    * VM attached there; owner `vnic` is a connection a guest handed over
@@ -626,7 +664,7 @@ export class Service {
       let flushed = dp.hasConntrack ? dp.conntrack.flush(zone) : 0;
       for (const { v, m } of fws) {
         if (zone !== undefined) { if (serves(v, zone)) flushed += m.forget(zone); }
-        else flushed += m.tracker.flush();
+        else for (const [z] of [...m.tables()]) if (serves(v, z)) flushed += m.forget(z);
       }
       const handedBack = drainHandBacks(dp, this.handovers);
       return { flushed, handedBack, zone: zone ?? 'all' };
@@ -639,7 +677,10 @@ export class Service {
         offloaded: dp.hasOffload ? dp.offload.active : 0,
         offload: dp.hasOffload ? dp.offload.stats : null,
         serviceVms: this.handovers.map((h) => h.describe()),
-        firewall: Object.fromEntries(fws.map(({ v, m }) => [v, { connections: m.tracker.count, capacity: m.tracker.capacity, conntrack: m.tracker.stats }])),
+        firewall: Object.fromEntries(fws.map(({ v, m }) => {
+          const ports = [...m.tables()].filter(([z]) => serves(v, z));
+          return [v, { ports: ports.length, connections: ports.reduce((a, [, t]) => a + t.count, 0), capacityPerPort: ports[0]?.[1].capacity ?? null }];
+        })),
       };
     }
     const name = (v: number) => this.fpag.vpidName(v);
@@ -647,7 +688,7 @@ export class Service {
       const route = dp.hasOffload ? dp.offload.routeOf(c.id) : null;
       return { ...c, offloaded: route !== null, ...(route !== null ? { route: { orig: name(route[0]), reply: name(route[1]) } } : {}) };
     });
-    const firewalled = fws.flatMap(({ v, m }) => m.tracker.list(now, zone).filter((c) => serves(v, c.zone)).map((c) => ({ ...c, owner: 'firewall', firewall: v, offloaded: false })));
+    const firewalled = fws.flatMap(({ v, m }) => [...m.tables()].filter(([z]) => serves(v, z) && (zone === undefined || z === zone)).flatMap(([z, t]) => t.list(now, z).map((c) => ({ ...c, owner: 'firewall', firewall: v, offloaded: false }))));
     return { connections: [...guest, ...firewalled] };
   }
 

@@ -185,7 +185,7 @@ const TunnelSchema = object({
  * connection that matches, and the match: protocol, the remote end's
  * address or prefix, the destination port or range.
  */
-const FirewallRuleSchema = object({
+export const FirewallRuleSchema = object({
   direction: oneOf(['in', 'out'] as const),
   action: oneOf(['allow', 'drop'] as const),
   proto: withDefault(oneOf(['any', 'tcp', 'udp', 'icmp', 'icmp6'] as const), () => 'any' as const),

@@ -74,9 +74,9 @@ export interface DatapathOptions {
   idleTimeoutMs?: number;
   /** Connections the conntrack table holds (default 65536; allocated on first use: ConnTrack.bytesFor says how much). */
   conntrackCapacity?: number;
-  /** Connections each version of the per-port firewall holds, all its ports together (default: conntrackCapacity). */
+  /** Connections the per-port firewall holds for each firewalled port (its table; default 16384). */
   firewallCapacity?: number;
-  /** The firewall upgrade's hold queue: packets (default 4096) and bytes (default 8 MiB) it takes before it drops (fwHoldOverflow). */
+  /** The firewall upgrade's hold queue: packets (default 16384: 16 ms at 1 Mpps) and bytes (default 16 MiB) it takes before it drops (fwHoldOverflow). */
   firewallHoldPackets?: number;
   firewallHoldBytes?: number;
 }
@@ -249,9 +249,15 @@ export class Datapath {
   readonly firewallHold = new Uint8Array(65536);
   private readonly holdPackets: number;
   private readonly holdBytes: number;
-  /** The hold queue: a batch of its own over an arena of its own, each packet's ct spec and zone (made at the first hold). */
-  private hq: { batch: PacketBatch; arena: Uint8Array; spec: Int32Array; zone: Uint16Array; vnet: Uint8Array; used: number } | null = null;
-  /** Packets held now, held in all, and refused for a full queue (D.fwHoldOverflow). */
+  /**
+   * The hold queue (made by prepareFirewallHold or at the first hold): held
+   * packet k is slot k % B of page k / B (B = the batch capacity: a page is
+   * a PacketBatch, so a release runs pages through ctPass as batches), its
+   * bytes in one arena; per packet its ct spec, zone and virtio-net header
+   * length.
+   */
+  private hq: { pages: PacketBatch[]; count: number; arena: Uint8Array; spec: Int32Array; zone: Uint16Array; vnet: Uint8Array; used: number } | null = null;
+  /** Packets held now, held in all, refused for a full queue (D.fwHoldOverflow), and released. */
   holdStats = { now: 0, held: 0, overflow: 0, released: 0 };
 
   // A packet of a held port: into the hold queue (marked RECIRC: accounted when released), or
@@ -260,29 +266,46 @@ export class Datapath {
     const q = this.hq ??= this.makeHold();
     const vnet = batch.vnet ? 12 : 0; // a virtio-net header before the frame goes with it
     const len = batch.caplen[i] + vnet;
-    if (q.batch.count === this.holdPackets || q.used + len > this.holdBytes) {
+    if (q.count === this.holdPackets || q.used + len > this.holdBytes || batch.off[i] < vnet) {
       batch.drop[i] = D.fwHoldOverflow;
       this.holdStats.overflow++;
       return;
     }
-    const k = q.batch.count++;
+    const k = q.count++;
+    const B = this.batchCapacity;
+    const page = q.pages[(k / B) | 0];
+    const slot = k % B;
     q.arena.set(batch.buf.subarray(batch.off[i] - vnet, batch.off[i] + batch.caplen[i]), q.used);
-    q.batch.copyPacket(batch, i, k);
-    q.batch.off[k] = q.used + vnet;
-    q.vnet[k] = vnet;
+    page.copyPacket(batch, i, slot);
+    page.off[slot] = q.used + vnet;
+    if (slot >= page.count) page.count = slot + 1;
     q.used += len;
     q.spec[k] = spec;
     q.zone[k] = this.actionSets.ctZone[spec];
+    q.vnet[k] = vnet;
     batch.drop[i] = RECIRC;
     this.holdStats.now++;
     this.holdStats.held++;
   }
 
   private makeHold(): NonNullable<Datapath['hq']> {
-    const batch = new PacketBatch(this.holdPackets);
+    const B = this.batchCapacity;
     const arena = new Uint8Array(this.holdBytes);
-    batch.batchSetBuffer(arena);
-    return { batch, arena, spec: new Int32Array(this.holdPackets), zone: new Uint16Array(this.holdPackets), vnet: new Uint8Array(this.holdPackets), used: 0 };
+    const pages: PacketBatch[] = [];
+    for (let k = 0; k < this.holdPackets; k += B) {
+      const p = new PacketBatch(B);
+      p.batchSetBuffer(arena);
+      pages.push(p);
+    }
+    return { pages, count: 0, arena, spec: new Int32Array(this.holdPackets), zone: new Uint16Array(this.holdPackets), vnet: new Uint8Array(this.holdPackets), used: 0 };
+  }
+
+  /** Slow path: the hold queue made and its memory touched (before a pause, not in it). */
+  prepareFirewallHold(): void {
+    if (this.hq !== null) return;
+    const q = (this.hq = this.makeHold());
+    q.arena.fill(0);
+    for (const p of q.pages) p.key.fill(0);
   }
 
   /** Slow path: from now on zone's packets wait in the hold queue at their firewall step. */
@@ -293,59 +316,69 @@ export class Datapath {
   /**
    * Slow path: ends zone's hold: its held packets, in the order they came,
    * go on from their firewall step through the version now serving the port
-   * (conntrack, then their next pass), and are accounted where they end.
-   * Returns how many.
+   * (conntrack, then their next pass), a page (a batch) at a time, and are
+   * accounted where they end. Returns how many.
    */
   releaseFirewallHold(zone: number, now: number): number {
     this.firewallHold[zone] = 0;
     const q = this.hq;
-    if (q === null || q.batch.count === 0) return 0;
+    if (q === null || q.count === 0) return 0;
     if (this.rBatch.length === 0) this.makeRecirc();
-    const hb = q.batch;
+    const B = this.batchCapacity;
     let released = 0;
-    // Packets with a virtio-net header and without go as two groups (a batch has one `vnet`); the order within each is kept.
-    for (const vnet of [false, true]) {
-      const idx = this.rIdx[0];
-      const spec = this.rSpec[0];
-      let m = 0;
-      for (let k = 0; k < hb.count; k++) {
-        if (q.zone[k] !== zone || (q.vnet[k] !== 0) !== vnet || hb.drop[k] === RECIRC) continue;
-        idx[m] = k;
-        spec[m] = q.spec[k];
-        hb.drop[k] = 0;
-        m++;
+    for (let pg = 0; pg * B < q.count; pg++) {
+      const page = q.pages[pg];
+      const end = Math.min(B, q.count - pg * B);
+      // Packets with a virtio-net header and without go as two groups (a batch has one `vnet`); the order within each is kept.
+      for (const vnet of [false, true]) {
+        const idx = this.rIdx[0];
+        const spec = this.rSpec[0];
+        let m = 0;
+        for (let slot = 0; slot < end; slot++) {
+          const k = pg * B + slot;
+          if (q.zone[k] !== zone || (q.vnet[k] !== 0) !== vnet || page.drop[slot] === RECIRC) continue;
+          idx[m] = slot;
+          spec[m] = q.spec[k];
+          page.drop[slot] = 0;
+          m++;
+        }
+        if (m === 0) continue;
+        page.vnet = vnet;
+        this.ctPass(page, m, now, 0);
+        // Accounted: those that went on to the next pass were (there); the rest here.
+        for (let j = 0; j < m; j++) {
+          const slot = idx[j];
+          const d = page.drop[slot];
+          if (d !== RECIRC) this.drops[d]++;
+          page.drop[slot] = RECIRC; // done: compacted away below
+        }
+        released += m;
       }
-      if (m === 0) continue;
-      hb.vnet = vnet;
-      this.ctPass(hb, m, now, 0);
-      // Accounted: those that went on to the next pass were (there); the rest here.
-      for (let j = 0; j < m; j++) {
-        const k = idx[j];
-        const d = hb.drop[k];
-        if (d !== RECIRC) this.drops[d]++;
-        hb.drop[k] = RECIRC; // done: compacted away below
-      }
-      released += m;
     }
     // Compact what is left (other zones' packets), in order, with their bytes.
     let w = 0;
     let used = 0;
-    for (let k = 0; k < hb.count; k++) {
-      if (hb.drop[k] === RECIRC) continue;
+    for (let k = 0; k < q.count; k++) {
+      const from = q.pages[(k / B) | 0];
+      const fs = k % B;
+      if (from.drop[fs] === RECIRC) continue;
       const vn = q.vnet[k];
-      const len = hb.caplen[k] + vn;
-      q.arena.copyWithin(used, hb.off[k] - vn, hb.off[k] - vn + len);
+      const len = from.caplen[fs] + vn;
+      q.arena.copyWithin(used, from.off[fs] - vn, from.off[fs] - vn + len);
+      const to = q.pages[(w / B) | 0];
+      const ts = w % B;
       if (w !== k) {
-        hb.copyPacket(hb, k, w);
+        to.copyPacket(from, fs, ts);
         q.spec[w] = q.spec[k];
         q.zone[w] = q.zone[k];
         q.vnet[w] = vn;
       }
-      hb.off[w] = used + vn;
+      to.off[ts] = used + vn;
       used += len;
       w++;
     }
-    hb.count = w;
+    for (let pg = 0; pg < q.pages.length; pg++) q.pages[pg].count = Math.max(0, Math.min(B, w - pg * B));
+    q.count = w;
     q.used = used;
     this.holdStats.now -= released;
     this.holdStats.released += released;
@@ -373,9 +406,9 @@ export class Datapath {
     this.execute = new Execute(this.flows, this.actionSets, this.mapping, opts.batchCapacity ?? 256, this.txPackets, this.txBytes);
     this.idleTimeoutMs = opts.idleTimeoutMs ?? 10_000;
     this.conntrackCapacity = opts.conntrackCapacity ?? 65536;
-    this.firewallCapacity = opts.firewallCapacity ?? this.conntrackCapacity;
-    this.holdPackets = opts.firewallHoldPackets ?? 4096;
-    this.holdBytes = opts.firewallHoldBytes ?? 8 << 20;
+    this.firewallCapacity = opts.firewallCapacity ?? 16384;
+    this.holdPackets = opts.firewallHoldPackets ?? 16384;
+    this.holdBytes = opts.firewallHoldBytes ?? 16 << 20;
     this.batchCapacity = opts.batchCapacity ?? 256;
     this.flagCheck.rxBytes = this.rxBytes;
     this.fastLane = new FastLane(this.mapping.inPortKey, this.emc, this.flows, this.classify, this.execute, this.actionSets, (b, i) => this.upcallOne(b, i), this.flagCheck, this.mapping.vmPort, {
@@ -524,7 +557,10 @@ export class Datapath {
     if (now >= this.nextExpiry) this.expireIdle(now);
     if (this.ct !== null) this.ct.expire(now, CT_EXPIRE_BUDGET);
     const fw = this.fwModules;
-    for (let k = 0; k < fw.length; k++) fw[k]?.tracker.expire(now, CT_EXPIRE_BUDGET);
+    for (let k = 0; k < fw.length; k++) {
+      const m = fw[k];
+      if (m !== null) for (const [, t] of m.tables()) t.expire(now, CT_EXPIRE_BUDGET);
+    }
   }
 
   /**

@@ -176,6 +176,8 @@ export interface ConnColumns {
   /** Per direction (2 a record). */
   packets: Float64Array;
   bytes: Float64Array;
+  /** The connection's mark (firewall v2: its rule generation). */
+  mark: Uint32Array;
 }
 
 /** Columns for up to `capacity` records (n = 0). */
@@ -185,6 +187,7 @@ export function allocColumns(capacity: number): ConnColumns {
     natKind: new Uint8Array(capacity), replied: new Uint8Array(capacity), tcpState: new Uint8Array(capacity * 2),
     seqlo: new Uint32Array(capacity * 2), seqhi: new Uint32Array(capacity * 2), maxwin: new Uint32Array(capacity * 2),
     wscale: new Uint8Array(capacity * 2), expiresIn: new Float64Array(capacity), packets: new Float64Array(capacity * 2), bytes: new Float64Array(capacity * 2),
+    mark: new Uint32Array(capacity),
   };
 }
 
@@ -214,7 +217,8 @@ export class ConnTrack {
   readonly capacity: number;
   readonly timeouts: Timeouts;
   readonly looseTcp: boolean;
-  readonly streams: boolean;
+  /** UDP/other streams on (ConnTrackOptions.streams); the firewall's versions set it as they take a table. */
+  streams: boolean;
   /** Counters: lookups that found a connection, connections made, packets inv, commits refused for a full table, connections expired. */
   readonly stats = { found: 0, created: 0, invalid: 0, full: 0, expired: 0, reopened: 0, natExhausted: 0, natCut: 0, adopted: 0, adoptRefused: 0, clash: 0, relatedNat: 0, endedLost: 0 };
 
@@ -231,6 +235,8 @@ export class ConnTrack {
   private readonly replied: Uint8Array;
   /** 1 for a connection adopted from a guest's offer (counted against its zone's quota until it goes). */
   private readonly adoptedBy: Uint8Array;
+  /** Per connection, a word its user keeps with it (Linux's ct mark): firewall v2's rule generation. 0 when made. */
+  readonly mark: Uint32Array;
   /** Adopted connections by zone (slow path: adopt and free of adopted ones only). */
   private readonly adoptedInZone = new Map<number, number>();
   private readonly tcpState: Uint8Array;
@@ -271,7 +277,7 @@ export class ConnTrack {
     const slots = indexSlots(capacity);
     let ring = 2;
     while (ring <= capacity) ring *= 2;
-    return ring * 4 + capacity * 2 * TW * 4 + slots * 8 + capacity * (1 + 1 + 1 + 1 + 1 + 1 + 8 + 4) + capacity * 2 * (1 + 4 + 4 + 4 + 1 + 8 + 8) + capacity * 4;
+    return ring * 4 + capacity * 2 * TW * 4 + slots * 8 + capacity * (1 + 1 + 1 + 1 + 1 + 1 + 8 + 4 + 4) + capacity * 2 * (1 + 4 + 4 + 4 + 1 + 8 + 8) + capacity * 4;
   }
 
   constructor(opts: ConnTrackOptions) {
@@ -291,6 +297,7 @@ export class ConnTrack {
     this.natKind = new Uint8Array(c);
     this.replied = new Uint8Array(c);
     this.adoptedBy = new Uint8Array(c);
+    this.mark = new Uint32Array(c);
     this.tcpState = new Uint8Array(c * 2);
     this.seqlo = new Uint32Array(c * 2);
     this.seqhi = new Uint32Array(c * 2);
@@ -659,6 +666,7 @@ export class ConnTrack {
     const r = this.r;
     for (let w = 0; w < TW; w++) tup[o + TW + w] = r[w];
     this.natKind[id] = nat !== null ? nat.kind : 0;
+    this.mark[id] = 0;
     this.replied[id] = 0;
     this.adoptedBy[id] = 0;
     this.insert(id * 2, h);
@@ -1112,6 +1120,16 @@ export class ConnTrack {
   /** The connections (of one zone), as objects: for listing, not the fast path. */
   // --- saved state (the per-port firewall's upgrade: services/firewall) ---
 
+  /**
+   * Slow path: the table's own arrays, for a transform in place (the
+   * firewall's versions, when a port's table moves from one to the other:
+   * services/firewall/v2/transform.ts). ids with used[id] = 1 are live;
+   * expires are clock readings.
+   */
+  view(): { capacity: number; used: Uint8Array; proto: Uint8Array; pstate: Uint8Array; packets: Float64Array; expires: Float64Array; mark: Uint32Array } {
+    return { capacity: this.capacity, used: this.used, proto: this.proto, pstate: this.pstate, packets: this.packets, expires: this.expires, mark: this.mark };
+  }
+
   /** Slow path: live connections of `zone` (a scan). */
   countZone(zone: number, now: number): number {
     let n = 0;
@@ -1147,6 +1165,7 @@ export class ConnTrack {
         into.bytes[n * 2 + d] = this.bytes[id * 2 + d];
       }
       into.expiresIn[n] = this.expires[id] - now;
+      into.mark[n] = this.mark[id];
       if (ids !== undefined) ids[n] = id;
       n++;
     }
@@ -1199,6 +1218,7 @@ export class ConnTrack {
           this.bytes[id * 2 + d] = c.bytes[r * 2 + d];
         }
         this.expires[id] = now + c.expiresIn[r];
+        this.mark[id] = c.mark[r];
         this.insert(id * 2, hashTuple(this.tup, o));
         this.insert(id * 2 + 1, hashTuple(this.tup, o + TW));
         this.used[id] = 1;
@@ -1245,7 +1265,7 @@ export class ConnTrack {
 export function checkColumns(c: ConnColumns): string | null {
   const n = c.n;
   if (!Number.isInteger(n) || n < 0) return `count ${n} is not a count`;
-  if (c.tup.length < n * 2 * TW || c.proto.length < n || c.pstate.length < n || c.natKind.length < n || c.replied.length < n || c.expiresIn.length < n) return `columns shorter than its ${n} records`;
+  if (c.tup.length < n * 2 * TW || c.proto.length < n || c.pstate.length < n || c.natKind.length < n || c.replied.length < n || c.expiresIn.length < n || c.mark.length < n) return `columns shorter than its ${n} records`;
   for (const a of [c.tcpState, c.seqlo, c.seqhi, c.maxwin, c.wscale, c.packets, c.bytes]) if (a.length < n * 2) return `columns shorter than its ${n} records`;
   for (let r = 0; r < n; r++) {
     const at = r * 2 * TW;

@@ -75,6 +75,23 @@ describe('benchmarks (short mode)', () => {
     expect(lines[0].perSecond).toBe(lines[0].pps);
   });
 
+  it('control/firewall-upgrade prints each port size\'s pauses both ways with a restart as its baseline, and the upgrade under 1 Mpps: every round done, every held packet released, nothing lost', () => {
+    const [l] = runBench('control/firewall-upgrade.js');
+    expect(l.bench).toBe('firewall-upgrade');
+    const cases = l.cases as { connections: number; pauseMsV1toV2: { median: number; runs: number[] }; pauseMsV2toV1: { runs: number[] }; baselineRestartMs: number; ratio: number }[];
+    expect(cases.map((c) => c.connections)).toEqual([1000, 100_000]);
+    for (const c of cases) {
+      expect(c.pauseMsV1toV2.runs).toHaveLength(3);
+      expect(c.pauseMsV2toV1.runs).toHaveLength(3);
+      expect(c.ratio).toBe(Number((c.pauseMsV1toV2.median / Math.max(c.baselineRestartMs, 0.001)).toFixed(4)));
+    }
+    const load = l.underLoad as { rounds: { state: string; offered: number; held: number; dropped: number }[]; dropped: number; accounted: boolean };
+    expect(load.rounds.map((r) => r.state)).toEqual(['done', 'done', 'done']);
+    for (const r of load.rounds) expect(r.held + r.dropped).toBe(r.offered); // each packet offered during the move held or dropped (counted)
+    expect(load.dropped).toBe(load.rounds.reduce((a, r) => a + r.dropped, 0));
+    expect(load.accounted).toBe(true);
+  });
+
   it('classifier/lookup prints a line per flow count, subtable count and path, with a ratio to a Map', () => {
     const lines = runBench('classifier/lookup.js');
     expect(lines.length).toBe(12);

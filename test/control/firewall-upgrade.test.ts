@@ -6,7 +6,7 @@ import { replay } from '../../control/replay.js';
 import { writePcap } from '../../fixtures/packets.js';
 import { cleanTemp, tempDir } from '../helpers.js';
 import { Datapath } from '../../datapath/datapath.js';
-import { C, C_MAC, S, S_MAC, seg, twoVms } from '../datapath/conntrack/switch.js';
+import { C, C_MAC, S, S_MAC, fwConns, seg, twoVms } from '../datapath/conntrack/switch.js';
 import { eth, ipv4, udp } from '../../fixtures/packets.js';
 
 // The per-port firewall's upgrade (control/firewall-upgrade.ts) on a client
@@ -48,8 +48,8 @@ describe('firewall upgrade, port by port', () => {
     expect(st.ports.map((p) => [p.interface, p.from, p.to, p.state, p.connections])).toEqual([['client', 'v1', 'v2', 'done', 1], ['server', 'v1', 'v2', 'done', 1]]);
     expect(st.ports.every((p) => typeof p.pauseMs === 'number' && p.pauseMs >= 0)).toBe(true);
     expect([dp.firewallVersionOf(CLIENT_ZONE), dp.firewallVersionOf(SERVER_ZONE)]).toEqual(['v2', 'v2']);
-    expect(dp.firewall('v1').tracker.count).toBe(0); // the old version forgot the ports it gave up
-    expect(dp.firewall('v2').tracker.count).toBe(2);
+    expect(fwConns(dp, 'v1')).toHaveLength(0); // the old version let go of the ports' tables
+    expect(fwConns(dp, 'v2')).toHaveLength(2);
     // The connection goes on: its next segments pass both ways (strict TCP: a lost state would make them invalid).
     let r = send([[1, seg('c', seq.c, seq.s, 'PA', 10)], [2, seg('s', seq.s, seq.c + 10, 'PA', 20)]]);
     expect([r.toServer.length, r.toClient.length]).toEqual([1, 1]);
@@ -67,6 +67,7 @@ describe('firewall upgrade, port by port', () => {
     const { dp, send, seq } = withConnection();
     for (const zone of [CLIENT_ZONE, SERVER_ZONE]) {
       dp.firewall('v1').forget(zone);
+      dp.firewall('v1').release(zone);
       dp.setFirewallVersion(zone, 'v2');
     }
     const r = send([[1, seg('c', seq.c, seq.s, 'PA', 10)], [2, seg('s', seq.s, seq.c + 10, 'PA', 20)]]);
@@ -135,7 +136,7 @@ describe('firewall upgrade, port by port', () => {
     for (const zone of [CLIENT_ZONE, SERVER_ZONE]) {
       const st = dp.firewall('v1').saveState(zone, dp.now);
       dp.firewall('v2').restoreState(zone, st, 'v1', dp.now);
-      dp.firewall('v1').forget(zone);
+      dp.firewall('v1').release(zone);
       dp.setFirewallVersion(zone, 'v2');
     }
     const v2 = dp.firewall('v2') as import('../../datapath/services/firewall/v2/firewall.js').FirewallV2;
@@ -143,8 +144,8 @@ describe('firewall upgrade, port by port', () => {
     const r = send([[1, seg('c', seq.c, seq.s, 'PA', 10)]]);
     expect(r.toServer).toHaveLength(1); // tcp 80 still allowed: checked again and kept
     expect(v2.revalidated).toBe(1);
-    const id = v2.tracker.list(dp.now, SERVER_ZONE)[0].id;
-    expect(v2.ruleGenerationOf(id)).toBe(7);
+    const id = v2.table(SERVER_ZONE)!.list(dp.now, SERVER_ZONE)[0].id;
+    expect(v2.ruleGenerationOf(SERVER_ZONE, id)).toBe(7);
     expect(send([[1, seg('c', seq.c + 10, seq.s, 'PA', 10)]]).toServer).toHaveLength(1);
     expect(v2.revalidated).toBe(1); // once: the connection is under generation 7 now
     // UDP from the client to the server: allowed in, it becomes a stream after two packets each way (v2's timeout class).
@@ -152,8 +153,8 @@ describe('firewall upgrade, port by port', () => {
       ? eth(S_MAC, C_MAC, 0x0800, ipv4({ src: C, dst: S, proto: 17 }, udp(5000, 53, new Uint8Array(8))))
       : eth(C_MAC, S_MAC, 0x0800, ipv4({ src: S, dst: C, proto: 17 }, udp(53, 5000, new Uint8Array(8))));
     for (let k = 0; k < 3; k++) send([[1, u('c')], [2, u('s')]]);
-    expect(v2.tracker.list(dp.now, SERVER_ZONE).map((c) => c.state)).toContain('STREAM');
-    expect(dp.firewall('v1').tracker.list(dp.now).map((c) => c.state)).not.toContain('STREAM');
+    expect(v2.table(SERVER_ZONE)!.list(dp.now, SERVER_ZONE).map((c) => c.state)).toContain('STREAM');
+    expect(fwConns(dp, 'v1').map((c) => c.state)).not.toContain('STREAM');
   });
 });
 

@@ -6,7 +6,7 @@ import { formatMatch } from '../../datapath/classifier/flow-key.js';
 import { Datapath } from '../../datapath/datapath.js';
 import { FpoError } from '../../datapath/errors.js';
 import { eth, ipv4, ipv6, udp } from '../../fixtures/packets.js';
-import { C, C_MAC, S, S_MAC, seg, twoVms, type Rule } from '../datapath/conntrack/switch.js';
+import { C, C_MAC, S, S_MAC, fwConns, seg, twoVms, type Rule } from '../datapath/conntrack/switch.js';
 
 const toBroadcast = (f: Uint8Array) => { const g = f.slice(); g.fill(0xff, 0, 6); return g; };
 const toUnknownMac = (f: Uint8Array) => { const g = f.slice(); g.set([2, 9, 9, 9, 9, 9], 0); return g; };
@@ -40,8 +40,8 @@ describe('the per-port firewall', () => {
     expect(a.toServer).toHaveLength(1);
     expect(a.toClient).toHaveLength(1);
     expect(accounted(dp)).toEqual({ firewall: 2 });
-    expect(dp.firewall('v1').tracker.count).toBe(1); // the one allowed connection, in the server's zone
-    const list = dp.firewall('v1').tracker.list(dp.now);
+    expect(fwConns(dp, 'v1')).toHaveLength(1); // the one allowed connection, in the server's zone
+    const list = fwConns(dp, 'v1');
     expect(list[0].zone).toBe(2); // the server interface's VPID
     // Its flows check the firewall's tables.
     const lines = dp.dumpFlows().map((f) => formatMatch(f.key, f.mask));
@@ -56,7 +56,7 @@ describe('the per-port firewall', () => {
     expect(send([[1, seg('c', 100, 0, 'S', 0, 81)]]).toServer).toHaveLength(1);
     expect(send([[2, seg('s', 500, 101, 'SA', 0, 81)]]).toClient).toHaveLength(1);
     expect(send([[1, seg('c', 101, 501, 'A', 0, 81)]]).toServer).toHaveLength(1);
-    expect(dp.firewall('v1').tracker.count).toBe(2); // one in each interface's zone
+    expect(fwConns(dp, 'v1')).toHaveLength(2); // one in each interface's zone
     // From the address the server's first rule drops (port security off on the client for this).
     expect(accounted(dp)).toEqual({});
     const { dp: dp2, send: send2 } = twoVms([], { portSecurity: false }, { firewall: [{ direction: 'in', action: 'drop', remote: '10.0.0.99' }, { direction: 'in', action: 'allow', proto: 'tcp' }] });

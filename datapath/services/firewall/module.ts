@@ -33,50 +33,62 @@ import type { PacketBatch } from '../../batch.js';
 import { type ConnColumns, type ConnTrack, allocColumns, columnsCapacity } from '../../conntrack/conntrack.js';
 import { FpoError } from '../../errors.js';
 
-/** One port's saved firewall state. */
+/**
+ * One port's saved firewall state: in one process, the port's table itself
+ * (`table`: it changes hands, no copy — a save is a reference, a restore
+ * takes the table over and transforms it in place); from a file, its
+ * connections as columns (`cols`: decodeState), restored into a table.
+ */
 export interface FwState {
-  /** The version that saved it, and its state format. */
+  /** The version that saved it, and its state format (1: v1's; 2: v2's, with each connection's rule generation in its mark). */
   version: string;
   format: number;
   /** The port's zone (its interface's VPID). */
   zone: number;
-  /** Its connections. */
-  cols: ConnColumns;
-  /** Format 2 (v2): per connection, the generation of the port's rules that committed it. */
-  ruleGen: Uint32Array | null;
+  table: ConnTrack | null;
+  cols: ConnColumns | null;
   /** Format 2: the stream timeout (ms) its connections' times left were counted with; 0 in format 1. */
   streamTimeout: number;
 }
 
+/**
+ * A version of the per-port firewall. Each port it serves has a table of
+ * its own (a ConnTrack of `capacity` connections, made when the port is
+ * first seen or taken over), so a port's state moves between versions
+ * whole, whatever else either holds.
+ */
 export interface FirewallModule {
   readonly version: string;
   readonly stateFormat: number;
-  /** The connections of the ports this version serves. */
-  readonly tracker: ConnTrack;
+  /** Fast path: ct for packets sel[0..n) of zone's port (commit: the rules allowed a new connection). */
   process(batch: PacketBatch, sel: Uint16Array, n: number, zone: number, commit: boolean, now: number): void;
+  /** The port's state, as this version's format: its table (this version keeps serving from it until release). */
   saveState(zone: number, now: number): FwState;
+  /** Takes a state saved by this version or another (transformed here), all or nothing; returns its connections. */
   restoreState(zone: number, state: FwState, fromVersion: string, now: number): number;
+  /** The port's table went to another version (after the switch): dropped here, untouched. */
+  release(zone: number): void;
+  /** The port's connections dropped (its table emptied, kept). */
   forget(zone: number): number;
   /** Connections of the port now. */
   connections(zone: number, now: number): number;
+  /** The port's table, if this version has one. */
+  table(zone: number): ConnTrack | undefined;
+  /** Every port's tables (list, stats, expiry). */
+  tables(): IterableIterator<[number, ConnTrack]>;
+  /** Slow path: makes (and touches) the tables of these ports if missing, so that no packet or pause pays for fresh memory. */
+  prepare(zones: number[]): void;
 }
 
 /** The versions this build has, oldest first. */
 export const FIREWALL_VERSIONS = ['v1', 'v2'] as const;
 export type FirewallVersion = (typeof FIREWALL_VERSIONS)[number];
 
-/** Columns for a module's saves, made once (at the tracker's capacity) and reused: a save never allocates. */
-export class SaveArea {
-  private cols: ConnColumns | null = null;
-  ids: Int32Array = new Int32Array(0);
-  constructor(private readonly capacity: number) {}
-  get(): ConnColumns {
-    if (this.cols === null) {
-      this.cols = allocColumns(this.capacity);
-      this.ids = new Int32Array(this.capacity);
-    }
-    return this.cols;
-  }
+/** A state's connections as columns (for encodeState: a table's exported, at most its count). */
+export function stateColumns(s: FwState, now: number): ConnColumns {
+  if (s.cols !== null) return s.cols;
+  if (s.table === null) throw new FpoError('FPO_ERR_FW_STATE', 'a firewall state with neither a table nor columns');
+  return s.table.exportZone(s.zone, now, allocColumns(Math.max(1, s.table.count)));
 }
 
 // --- the binary form ---
@@ -84,9 +96,10 @@ export class SaveArea {
 const MAGIC = [0x46, 0x50, 0x4f, 0x46, 0x57, 0x53, 0x54, 0x01]; // "FPOFWST\x01"
 const TW2 = 20; // both tuples' words
 
-/** The state as bytes: a header (magic, format, version, zone, count) and the columns, little-endian. */
-export function encodeState(s: FwState): Uint8Array {
-  const n = s.cols.n;
+/** The state as bytes: a header (magic, format, version, zone, count) and the columns, little-endian; format 2 with each connection's mark (its rule generation). */
+export function encodeState(s: FwState, now = 0): Uint8Array {
+  const c = stateColumns(s, now);
+  const n = c.n;
   const v = new TextEncoder().encode(s.version);
   const per = TW2 * 4 + 1 + 1 + 1 + 1 + 8 + 2 * (1 + 4 + 4 + 4 + 1 + 8 + 8) + (s.format === 2 ? 4 : 0);
   const out = new Uint8Array(8 + 2 + 1 + v.length + 2 + 4 + (s.format === 2 ? 4 : 0) + n * per);
@@ -99,7 +112,6 @@ export function encodeState(s: FwState): Uint8Array {
   d.setUint16(o, s.zone, true); o += 2;
   d.setUint32(o, n, true); o += 4;
   if (s.format === 2) { d.setUint32(o, s.streamTimeout, true); o += 4; }
-  const c = s.cols;
   for (let k = 0; k < n * TW2; k++, o += 4) d.setUint32(o, c.tup[k], true);
   for (const col of [c.proto, c.pstate, c.natKind, c.replied]) { out.set(col.subarray(0, n), o); o += n; }
   for (let k = 0; k < n; k++, o += 8) d.setFloat64(o, c.expiresIn[k], true);
@@ -107,7 +119,7 @@ export function encodeState(s: FwState): Uint8Array {
   for (const col of [c.seqlo, c.seqhi, c.maxwin]) for (let k = 0; k < 2 * n; k++, o += 4) d.setUint32(o, col[k], true);
   out.set(c.wscale.subarray(0, 2 * n), o); o += 2 * n;
   for (const col of [c.packets, c.bytes]) for (let k = 0; k < 2 * n; k++, o += 8) d.setFloat64(o, col[k], true);
-  if (s.format === 2) for (let k = 0; k < n; k++, o += 4) d.setUint32(o, s.ruleGen![k], true);
+  if (s.format === 2) for (let k = 0; k < n; k++, o += 4) d.setUint32(o, c.mark[k], true);
   return out;
 }
 
@@ -149,13 +161,9 @@ export function decodeState(b: Uint8Array, where = 'saved firewall state'): FwSt
   for (const col of [c.seqlo, c.seqhi, c.maxwin]) for (let k = 0; k < 2 * n; k++, o += 4) col[k] = d.getUint32(o, true);
   c.wscale.set(b.subarray(o, o + 2 * n)); o += 2 * n;
   for (const col of [c.packets, c.bytes]) for (let k = 0; k < 2 * n; k++, o += 8) col[k] = d.getFloat64(o, true);
-  let ruleGen: Uint32Array | null = null;
-  if (format === 2) {
-    ruleGen = new Uint32Array(n);
-    for (let k = 0; k < n; k++, o += 4) ruleGen[k] = d.getUint32(o, true);
-  }
+  if (format === 2) for (let k = 0; k < n; k++, o += 4) c.mark[k] = d.getUint32(o, true);
   for (let r = 0; r < n; r++) if (c.tup[r * TW2] >>> 16 !== zone) fail(tupAt + r * TW2 * 4, `record ${r}: zone ${c.tup[r * TW2] >>> 16}, the state's is ${zone}`);
-  return { version, format, zone, cols: c, ruleGen, streamTimeout };
+  return { version, format, zone, table: null, cols: c, streamTimeout };
 }
 
 /** A state's records moved to a fresh copy of `n` (for transforms that must not change their input). */
@@ -164,7 +172,7 @@ export function copyColumns(from: ConnColumns, into: ConnColumns): ConnColumns {
   if (columnsCapacity(into) < n) throw new FpoError('FPO_ERR_FW_STATE', `${n} connections do not fit a state of ${columnsCapacity(into)}`);
   into.n = n;
   into.tup.set(from.tup.subarray(0, n * TW2));
-  for (const k of ['proto', 'pstate', 'natKind', 'replied', 'expiresIn'] as const) (into[k] as Uint8Array).set((from[k] as Uint8Array).subarray(0, n));
+  for (const k of ['proto', 'pstate', 'natKind', 'replied', 'expiresIn', 'mark'] as const) (into[k] as Uint8Array).set((from[k] as Uint8Array).subarray(0, n));
   for (const k of ['tcpState', 'seqlo', 'seqhi', 'maxwin', 'wscale', 'packets', 'bytes'] as const) (into[k] as Uint8Array).set((from[k] as Uint8Array).subarray(0, 2 * n));
   return into;
 }

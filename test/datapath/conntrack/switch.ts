@@ -91,3 +91,8 @@ export function seg(from: 'c' | 's', seq: number, ack: number, flags: string, le
     : eth(C_MAC, S_MAC, 0x0800, ipv4({ src: S, dst: C, proto: 6 }, body));
 }
 
+
+/** The connections firewall version v holds, every port's (services/firewall: a table per port). */
+export function fwConns(dp: Datapath, v: 'v1' | 'v2') {
+  return [...dp.firewall(v).tables()].flatMap(([z, t]) => t.list(dp.now, z));
+}

@@ -29,7 +29,7 @@ function columns(recs: { proto: number; pstate?: number; tcp?: [number, number];
   return c;
 }
 
-const v1State = (cols: ConnColumns): FwState => ({ version: 'v1', format: 1, zone: ZONE, cols, ruleGen: null, streamTimeout: 0 });
+const v1State = (cols: ConnColumns): FwState => ({ version: 'v1', format: 1, zone: ZONE, table: null, cols, streamTimeout: 0 });
 
 describe('firewall state: the v1 ⇄ v2 transforms', () => {
   it('v1 → v2: each connection gets the port\'s rule generation; a UDP connection seen both ways twice becomes a STREAM with its time left from when it was last seen; TCP and the rest as they were', () => {
@@ -40,11 +40,10 @@ describe('firewall state: the v1 ⇄ v2 transforms', () => {
       { proto: 6, tcp: [4, 4], packets: [9, 9], left: 80_000_000 },
       { proto: 1, pstate: 2, packets: [3, 3], left: 10_000 }, // ICMP: no streams
     ]);
-    const gens = new Uint32Array(5);
-    fromV1(c, gens, 9, DEFAULT_TIMEOUTS, DEFAULT_TIMEOUTS);
+    fromV1(c, 9, DEFAULT_TIMEOUTS, DEFAULT_TIMEOUTS);
     expect([...c.pstate.subarray(0, 5)]).toEqual([3, 2, 1, 0, 2]);
     expect([...c.expiresIn.subarray(0, 5)]).toEqual([110_000, 25_000, 50_000, 80_000_000, 10_000]);
-    expect([...gens]).toEqual([9, 9, 9, 9, 9]);
+    expect([...c.mark.subarray(0, 5)]).toEqual([9, 9, 9, 9, 9]);
     expect([c.tcpState[6], c.tcpState[7], c.seqhi[6]]).toEqual([4, 4, 200]);
   });
 
@@ -54,26 +53,37 @@ describe('firewall state: the v1 ⇄ v2 transforms', () => {
       { proto: 17, pstate: 3, packets: [3, 3], left: 60_000 }, // 60 s idle: expired under v1
       { proto: 6, tcp: [4, 4], packets: [2, 2], left: 1000 },
     ]);
-    const st: FwState = { version: 'v2', format: 2, zone: ZONE, cols: c, ruleGen: new Uint32Array([1, 2, 3]), streamTimeout: 120_000 };
-    const out = toV1(st, c, DEFAULT_TIMEOUTS);
+    c.mark.set([1, 2, 3]);
+    const out = toV1(c, 120_000, DEFAULT_TIMEOUTS);
     expect(out.n).toBe(2);
     expect([out.pstate[0], out.expiresIn[0]]).toEqual([2, 20_000]);
     expect([out.proto[1], out.expiresIn[1], out.tup[W + 9] >>> 16]).toEqual([6, 1000, 1002]); // the TCP one moved up
+    expect([out.mark[0], out.mark[1]]).toEqual([0, 0]);
   });
 
-  it('a round trip through the modules (v1 save → v2 restore → v2 save → v1 restore) gives v1 back the same connections', () => {
+  it('a round trip through the modules, the port\'s table handed over in place (v1 → v2 → v1) and through the binary form (columns), gives v1 back the same connections', () => {
     const v1 = new FirewallV1(64);
-    const v2 = new FirewallV2(64, new Uint32Array(65536).fill(1));
-    const c = columns([{ proto: 6, tcp: [4, 4], packets: [5, 6], left: 3_600_000 }, { proto: 17, pstate: 1, packets: [2, 0], left: 40_000 }]);
-    v1.tracker.importColumns(c, 1000);
-    const before = v1.tracker.list(1000, ZONE);
+    const v2 = new FirewallV2(64, new Uint32Array(65536).fill(4));
+    const c = columns([{ proto: 6, tcp: [4, 4], packets: [5, 6], left: 3_600_000 }, { proto: 17, pstate: 1, packets: [2, 0], left: 40_000 }, { proto: 17, pstate: 2, packets: [3, 3], left: 25_000 }]);
+    v1.prepare([ZONE]);
+    v1.table(ZONE)!.importColumns(c, 1000);
+    const before = v1.table(ZONE)!.list(1000, ZONE);
     const s1 = v1.saveState(ZONE, 1000);
-    expect(v2.restoreState(ZONE, s1, 'v1', 1000)).toBe(2);
-    v1.forget(ZONE);
+    expect(v2.restoreState(ZONE, s1, 'v1', 1000)).toBe(3);
+    v1.release(ZONE);
+    expect(v2.table(ZONE)!.list(1000, ZONE).map((x) => x.state).sort()).toEqual(['ESTABLISHED:ESTABLISHED', 'MULTIPLE', 'STREAM']);
+    expect(v2.ruleGenerationOf(ZONE, v2.table(ZONE)!.list(1000, ZONE)[0].id)).toBe(4);
+    // Through bytes: v2's state encoded (format 2, marks), decoded, restored into a fresh v1 from columns.
+    const fresh = new FirewallV1(64);
+    const st = decodeState(encodeState(v2.saveState(ZONE, 1000), 1000));
+    expect(st.format).toBe(2);
+    expect(fresh.restoreState(ZONE, st, 'v2', 1000)).toBe(3);
+    // In place back to v1.
     const s2 = v2.saveState(ZONE, 1000);
-    expect(s2.format).toBe(2);
-    expect(v1.restoreState(ZONE, s2, 'v2', 1000)).toBe(2);
-    const after = v1.tracker.list(1000, ZONE);
+    expect(v1.restoreState(ZONE, s2, 'v2', 1000)).toBe(3);
+    v2.release(ZONE);
+    const after = v1.table(ZONE)!.list(1000, ZONE);
+    expect(fresh.table(ZONE)!.list(1000, ZONE).map((x) => JSON.stringify({ ...x, id: 0 })).sort()).toEqual(after.map((x) => JSON.stringify({ ...x, id: 0 })).sort());
     const strip = (l: typeof before) => l.map(({ id: _id, ...rest }) => JSON.stringify(rest)).sort();
     expect(strip(after)).toEqual(strip(before));
   });
@@ -82,14 +92,15 @@ describe('firewall state: the v1 ⇄ v2 transforms', () => {
 describe('firewall state: the binary form', () => {
   it('encodes and decodes both formats to the same records', () => {
     const c = columns([{ proto: 6, tcp: [4, 3], packets: [5, 6], left: 3_600_000 }, { proto: 17, pstate: 3, packets: [2, 2], left: 40_000.5 }]);
-    for (const st of [v1State(c), { version: 'v2', format: 2, zone: ZONE, cols: c, ruleGen: new Uint32Array([4, 5]), streamTimeout: 120_000 } satisfies FwState]) {
+    c.mark.set([4, 5]);
+    for (const st of [v1State(c), { version: 'v2', format: 2, zone: ZONE, table: null, cols: c, streamTimeout: 120_000 } satisfies FwState]) {
       const back = decodeState(encodeState(st));
       expect(back.format).toBe(st.format);
       expect(back.zone).toBe(ZONE);
-      expect(back.cols.n).toBe(2);
-      expect([...back.cols.tup.subarray(0, 2 * W)]).toEqual([...c.tup.subarray(0, 2 * W)]);
-      expect([...back.cols.expiresIn.subarray(0, 2)]).toEqual([3_600_000, 40_000.5]);
-      expect(back.ruleGen === null ? null : [...back.ruleGen]).toEqual(st.ruleGen === null ? null : [4, 5]);
+      expect(back.cols!.n).toBe(2);
+      expect([...back.cols!.tup.subarray(0, 2 * W)]).toEqual([...c.tup.subarray(0, 2 * W)]);
+      expect([...back.cols!.expiresIn.subarray(0, 2)]).toEqual([3_600_000, 40_000.5]);
+      expect([...back.cols!.mark.subarray(0, 2)]).toEqual(st.format === 2 ? [4, 5] : [0, 0]);
       expect(back.streamTimeout).toBe(st.streamTimeout);
     }
   });
@@ -118,15 +129,18 @@ describe('firewall state: the binary form', () => {
       { proto: 17, pstate: 2, packets: [2, 2], left: 20_000 },
       { proto: 17, pstate: 1, packets: [1, 0], left: 40_000 },
     ]);
-    const bytes = encodeState({ version: 'v2', format: 2, zone: ZONE, cols: base, ruleGen: new Uint32Array([1, 1, 1]), streamTimeout: 120_000 });
+    base.mark.fill(1);
+    const bytes = encodeState({ version: 'v2', format: 2, zone: ZONE, table: null, cols: base, streamTimeout: 120_000 });
     // A connection of the zone already in the table: a restore must leave it, and nothing else, there.
     const held = columns([{ proto: 17, pstate: 1, packets: [1, 0], left: 50_000 }]);
     held.tup[9] = (9999 << 16) | 53; held.tup[19] = (53 << 16) | 9999;
-    v1.tracker.importColumns(held, 0);
+    v1.prepare([ZONE]);
+    const t = v1.table(ZONE)!;
+    t.importColumns(held, 0);
     fc.assert(fc.property(fc.array(fc.tuple(fc.nat(bytes.length - 1), fc.integer({ min: 0, max: 255 })), { minLength: 1, maxLength: 4 }), (edits) => {
       const b = bytes.slice();
       for (const [at, v] of edits) b[at] = v;
-      const before = v1.tracker.list(0).map((c) => JSON.stringify(c));
+      const before = t.list(0).map((c) => JSON.stringify(c));
       let st: FwState;
       try { st = decodeState(b); } catch (e) {
         expect((e as FpoError).code).toBe('FPO_ERR_FW_STATE');
@@ -134,13 +148,13 @@ describe('firewall state: the binary form', () => {
       }
       try {
         const n = v1.restoreState(st.zone, st, st.version, 0);
-        expect(v1.tracker.count).toBe(1 + n);
-        // Taken whole: forget them again (the one held before stays when its zone differs).
-        for (const c of v1.tracker.list(0)) if (!before.includes(JSON.stringify(c))) v1.tracker.release(c.id);
+        expect(t.count).toBe(1 + n);
+        // Taken whole: dropped again (the one there before stays).
+        for (const c of t.list(0)) if (!before.includes(JSON.stringify(c))) t.release(c.id);
       } catch (e) {
         expect((e as FpoError).code).toBe('FPO_ERR_FW_STATE');
       }
-      expect(v1.tracker.list(0).map((c) => JSON.stringify(c))).toEqual(before);
+      expect(t.list(0).map((c) => JSON.stringify(c))).toEqual(before);
     }), { numRuns: 400 });
   });
 
