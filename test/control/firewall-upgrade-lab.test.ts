@@ -106,8 +106,10 @@ describe('firewall upgrade, live: ports move to the new version under long-lived
         expect(r.code).toBe(0);
         const j = JSON.parse(r.out) as { end: { sum_sent: { bytes: number }; sum_received: { bytes: number } }; error?: string };
         expect(j.error).toBeUndefined();
-        expect(j.end.sum_received.bytes).toBe(j.end.sum_sent.bytes); // no byte lost
+        // No reset (iperf3 would end with an error); what the server counted is what was sent but the bytes
+        // in flight when the test stopped (iperf3 counts at the stop); the SHA-256 transfer below checks every byte.
         expect(j.end.sum_received.bytes).toBeGreaterThan(50e6);
+        expect(j.end.sum_received.bytes).toBeGreaterThan(j.end.sum_sent.bytes * 0.99);
       }
       const sent = await sender.done;
       const got = await s.sha.done;
