@@ -4,7 +4,9 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { loadEvents } from '../../control/events.js';
 import { replay } from '../../control/replay.js';
 import { writePcap } from '../../fixtures/packets.js';
-import { cleanTemp, tempDir } from '../helpers.js';
+import fc from 'fast-check';
+import { FIXTURES, cleanTemp, tempDir } from '../helpers.js';
+import { TOPO, killAll, req, startService } from './run-service.js';
 import { Datapath } from '../../datapath/datapath.js';
 import { C, C_MAC, S, S_MAC, fwConns, seg, twoVms } from '../datapath/conntrack/switch.js';
 import { eth, ipv4, udp } from '../../fixtures/packets.js';
@@ -12,7 +14,7 @@ import { eth, ipv4, udp } from '../../fixtures/packets.js';
 // The per-port firewall's upgrade (control/firewall-upgrade.ts) on a client
 // and a web server VM, both firewalled, frames through the datapath.
 
-afterAll(cleanTemp);
+afterAll(() => { killAll(); cleanTemp(); });
 
 const CLIENT_FW = { firewall: [{ direction: 'out', action: 'allow' }] };
 const WEB_SERVER = { firewall: [{ direction: 'in', action: 'allow', proto: 'tcp', ports: 80 }, { direction: 'in', action: 'allow', proto: 'udp' }] };
@@ -227,3 +229,66 @@ function portSeg(from: 'c' | 's', port: number, seqNo: number, ack: number, flag
   // The TCP checksum is not checked here (conntrack and the firewall do not), so it is left as seg made it.
   return f;
 }
+
+describe('fpo ctl firewall over the socket', () => {
+  it('fuzz: random firewall requests are carried out whole or refused naming the field, a refused one changing nothing; the switch forwards on', async () => {
+    const dir = tempDir('fwsock');
+    const topo = join(dir, 'topo.json');
+    const t = JSON.parse(readFileSync(TOPO, 'utf8'));
+    for (const n of t.nodes) for (const i of n.interfaces) if (i.name === 'vm1-eth0' || i.name === 'vm2-eth0') i.firewall = [{ direction: 'in', action: 'allow', proto: 'tcp', ports: 80 }, { direction: 'out', action: 'allow' }];
+    writeFileSync(topo, JSON.stringify(t));
+    const s = await startService({ topology: topo, out: dir });
+    try {
+      const status = async () => (await req(s.socket, 'firewall', { action: 'status' })).result;
+      const versions = async () => (await status()).ports.map((p: { interface: string; version: string }) => `${p.interface}:${p.version}`);
+      expect(await versions()).toEqual(['vm1-eth0:v1', 'vm2-eth0:v1']);
+      const arb = fc.record({
+        action: fc.constantFrom('upgrade', 'status', 'nope', 7, undefined),
+        to: fc.constantFrom('v1', 'v2', 'v3', '', 5, null, undefined, 'x'.repeat(100)),
+        ports: fc.constantFrom(undefined, ['vm1-eth0'], ['vm2-eth0', 'vm1-eth0'], ['vm3-eth0'], [], ['vm1-eth0', 'vm1-eth0'], 'vm1-eth0', [1]),
+        maxPauseMs: fc.constantFrom(undefined, 50, 0, -1, 1e9, 'x'),
+        resume: fc.constantFrom(undefined, true, false, 'yes'),
+        restart: fc.constantFrom(undefined, false, 'no'),
+      }, { requiredKeys: [] });
+      for (const a of fc.sample(arb, { numRuns: 60, seed: 20 })) {
+        const args = Object.fromEntries(Object.entries(a).filter(([, v]) => v !== undefined));
+        const before = await versions();
+        const r = await req(s.socket, 'firewall', args);
+        if (r.error !== undefined) {
+          expect(r.error.code, JSON.stringify(args)).toBe('FPO_ERR_USAGE');
+          expect(await versions(), JSON.stringify(args)).toEqual(before);
+        } else if (args.action === 'upgrade') {
+          const up = r.result.upgrade;
+          expect(['done', 'stopped']).toContain(up.state);
+          const want = args.to as string;
+          for (const p of up.ports) expect([p.interface, p.to, p.state]).toEqual([p.interface, want, 'done']);
+        }
+      }
+      // Still forwarding, every packet accounted.
+      s.ctl('inject', join(FIXTURES, 'demo.pcap'));
+      const st = JSON.parse(s.ctl('--json', 'stats').stdout);
+      expect(st.packets.in).toBe(st.packets.out + st.packets.dropped);
+      const text = s.ctl('firewall', 'status').stdout;
+      expect(text).toMatch(/interface\s+zone\s+version\s+connections\s+holding/);
+      expect(text).toMatch(/hold queue: 0 now/);
+    } finally {
+      await s.stop();
+    }
+  }, 120_000);
+});
+
+describe('firewall upgrade: the pause limit', () => {
+  it('a pause over --max-pause rolls the port back with its connection (taken back, transformed down) and stops', () => {
+    const { dp, fpag, send, seq } = withConnection();
+    const up = fpag.firewallUpgrade;
+    up.plan('v2', ['server'], 1e-6);
+    const st = up.runSync();
+    expect(st.state).toBe('stopped');
+    expect(st.ports[0].error).toMatch(/over the limit of 0\.000001 ms/);
+    expect(dp.firewallVersionOf(SERVER_ZONE)).toBe('v1');
+    expect(dp.firewall('v1').connections(SERVER_ZONE, dp.now)).toBe(1);
+    expect(dp.firewall('v2').table(SERVER_ZONE)).toBeUndefined();
+    const r = send([[1, seg('c', seq.c, seq.s, 'PA', 10)], [2, seg('s', seq.s, seq.c + 10, 'PA', 20)]]);
+    expect([r.toServer.length, r.toClient.length]).toEqual([1, 1]);
+  });
+});
