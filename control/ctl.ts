@@ -28,6 +28,7 @@ const HELP: Record<string, string> = {
   bfd: 'fpo ctl bfd                        tunnel monitor: BFD sessions (state, intervals, last change and why) and VM liveness',
   conntrack: 'fpo ctl conntrack list|stats|flush [--port P] [--zone Z]\n                                   the connection table: each connection with its owner (guest: a ct action tracks it;\n                                   vnic: a service VM handed it over, offloaded), state, NAT, counters; flush of a zone or port',
   firewall: 'fpo ctl firewall status | upgrade --to VERSION [--ports P,…] [--max-pause MS] [--restart] | upgrade --resume\n                                   the per-port firewall: each port\'s version and connections; an upgrade (or downgrade)\n                                   port by port, the state moved (hold, save, restore, switch, release), each pause shown;\n                                   --restart switches without the state (connections die: for comparison)',
+  'dirty-log': 'fpo ctl dirty-log start|stop|read-and-clear|status PORT\n                                   a vf port\'s guest memory: the pages its DMA wrote, logged by the PF driver while on;\n                                   read-and-clear prints them as ranges of 4 KiB pages and clears them',
   capture: 'fpo ctl capture PORT [--filter EXPR] [-w FILE] [-c COUNT]\n                                   watch a port live, as tcpdump: frames it receives (In) and sends (Out, after the actions);\n                                   EXPR is a tcpdump filter (applied in fpo run); -w writes pcapng, else a line a frame; Ctrl-C ends',
 };
 
@@ -181,6 +182,11 @@ function plain(cmd: string, result: unknown): string {
       }
       if (r.flushed !== undefined) return `flushed ${r.flushed} connections (zone ${r.zone}); ${r.handedBack} handed back to their service VMs`;
       return JSON.stringify(result, null, 1);
+    case 'dirty-log': {
+      const head = `${r.port}: ${r.pages} pages (${r.memoryFile}), logging ${r.logging ? 'on' : 'off'}; VF wrote ${r.vf.completed} (no descriptor ${r.vf.rxNoDescriptor}, queue not ready ${r.vf.rxNotReady}); PF inspections ${r.pf.inspections}, writes seen ${r.pf.writesSeen}`;
+      if (r.dirty === undefined) return `${head}; dirty now ${r.dirtyNow}`;
+      return `${head}\ndirty pages (${r.dirtyPages}, now cleared): ${r.dirty.map((x: [number, number]) => (x[0] === x[1] ? String(x[0]) : `${x[0]}-${x[1]}`)).join(' ') || 'none'}`;
+    }
     case 'firewall': {
       const out = [table([['interface', 'zone', 'version', 'connections', 'holding'], ...r.ports.map((p: any) => [p.interface, String(p.zone), p.version, String(p.connections), p.holding ? 'yes' : 'no'])])];
       const u = r.upgrade;
@@ -243,6 +249,12 @@ export async function ctlMain(argv: string[]): Promise<number> {
       const nv = values['new-vpid'] === undefined ? undefined : Number(values['new-vpid']);
       if (nv !== undefined && !Number.isInteger(nv)) throw new CtlUsage(`ctl migrate: --new-vpid: expected an integer, got "${values['new-vpid']}"`);
       args = { interface: rest[0], to: values.to, away: values.away === true, newVpid: nv };
+      break;
+    }
+    case 'dirty-log': {
+      need(2, 'an action (start, stop, read-and-clear, status) and a vf PORT');
+      if (!['start', 'stop', 'read-and-clear', 'status'].includes(rest[0])) throw new CtlUsage(`ctl dirty-log: expected start, stop, read-and-clear or status, got "${rest[0]}"`);
+      args = { action: rest[0], port: rest[1] };
       break;
     }
     case 'firewall': {

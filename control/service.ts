@@ -39,6 +39,8 @@ import { KEY_WORDS, W_CT, formatMatch } from '../datapath/classifier/flow-key.js
 import { monotonicMs } from '../datapath/clock.js';
 import { Datapath, MAX_PPID, type DatapathStats } from '../datapath/datapath.js';
 import { FIREWALL_VERSIONS } from '../datapath/services/firewall/module.js';
+import { DirtyBitmap } from '../datapath/dirty-log.js';
+import { type GuestMemory, PfDriver, VfPort, openGuestMemory } from '../datapath/ports/vf/vf-port.js';
 import { DROP, DROP_NAMES } from '../datapath/drops.js';
 import { FpoError } from '../datapath/errors.js';
 import { CaptureReader, LINKTYPE_ETHERNET } from '../datapath/ports/capture-reader.js';
@@ -80,6 +82,7 @@ const ARGS = new Map<string, readonly string[]>([
   ['set-mapping', ['vpid', 'ppid']], ['migrate', ['interface', 'to', 'away', 'newVpid']],
   ['conntrack', ['action', 'port', 'zone']],
   ['firewall', ['action', 'to', 'ports', 'maxPauseMs', 'resume', 'restart']],
+  ['dirty-log', ['action', 'port']],
 ]);
 
 export interface ServiceOptions {
@@ -111,6 +114,8 @@ export class Service {
   private handbackTimer: NodeJS.Timeout | null = null;
   private readonly writers = new Map<number, CaptureWriter>();
   private readonly taps: LivePort[] = [];
+  /** VF ports (issue 21): each one's receive path into its guest memory, and the hypervisor's dirty log of that memory while on. */
+  private readonly vfs = new Map<string, { vf: VfPort; mem: GuestMemory; file: string; bitmap: DirtyBitmap | null; pf: PfDriver }>();
   private readonly liveRows: { port: LivePort; name: string; ppid: number }[] = [];
   private readonly live: LiveLoop;
   private readonly arena: Arena;
@@ -139,6 +144,8 @@ export class Service {
     const topo = loadTopology(opts.topology);
     if (nWorkers > 1) {
       // What the workers do not take yet is refused before anything is opened.
+      const vfp = topo.ports.find((p) => p.kind === 'vf');
+      if (vfp) throw new FpoError('FPO_ERR_USAGE', `--workers ${nWorkers}: port ${vfp.name} is a vf port (its guest memory and dirty log are this thread's); run it with one datapath`);
       const pcap = topo.ports.find((p) => p.kind === 'pcap' || p.kind === 'pcap-live');
       if (pcap) throw new FpoError('FPO_ERR_USAGE', `--workers ${nWorkers}: port ${pcap.name} is ${pcap.kind === 'pcap' ? 'a capture file' : 'a libpcap port'}; with several workers every port must be tap or afpacket`);
       const xdp = topo.ports.find((p) => p.kind === 'afpacket' && p.io === 'xdp');
@@ -185,6 +192,13 @@ export class Service {
           this.liveRows.push({ port, name: p.name, ppid: p.ppid });
           live.push({ port, ppid: p.ppid });
           this.dp.addPort(p.ppid, port);
+          continue;
+        }
+        if (p.kind === 'vf') {
+          const mem = openGuestMemory(p.memoryFile!, p.memory!, true);
+          const vf = new VfPort(mem);
+          this.vfs.set(p.name, { vf, mem, file: p.memoryFile!, bitmap: null, pf: new PfDriver() });
+          this.dp.addPort(p.ppid, vf);
           continue;
         }
         if (p.kind === 'tap' || p.kind === 'afpacket') {
@@ -487,6 +501,8 @@ export class Service {
         return this.conntrackCmd(args);
       case 'firewall':
         return this.firewallCmd(args);
+      case 'dirty-log':
+        return this.dirtyLogCmd(args);
       case 'bfd':
         return { sessions: (await this.monitor?.describe()) ?? [] };
       case 'inject':
@@ -590,6 +606,49 @@ export class Service {
     if (this.handbackTimer !== null) clearInterval(this.handbackTimer);
     this.handbackTimer = null;
     for (const h of this.handovers) h.stop();
+  }
+
+  /**
+   * fpo ctl dirty-log start|stop|read-and-clear|status PORT (issue 21): the
+   * hypervisor's dirty-page log of a VF port's guest memory. start: the
+   * VF's completion signal goes to the PF driver, which marks the pages its
+   * DMA wrote (buffers, descriptors) in a bitmap of the guest's pages;
+   * read-and-clear: the dirty pages as ranges [first, last], cleared.
+   */
+  private dirtyLogCmd(args: Record<string, unknown>): unknown {
+    const action = args.action;
+    if (action !== 'start' && action !== 'stop' && action !== 'read-and-clear' && action !== 'status') throw new FpoError('FPO_ERR_USAGE', `action: expected start, stop, read-and-clear or status, got ${JSON.stringify(action)?.slice(0, 40)}`);
+    const name = args.port;
+    if (typeof name !== 'string' || name.length === 0 || name.length > 256) throw new FpoError('FPO_ERR_USAGE', 'port: expected a vf port\'s name');
+    const v = this.vfs.get(name);
+    if (v === undefined) throw new FpoError('FPO_ERR_USAGE', `port: "${name.slice(0, 80)}" is no vf port (${[...this.vfs.keys()].join(', ') || 'none'})`);
+    const describe = (extra: Record<string, unknown> = {}) => ({
+      port: name, memoryFile: v.file, pages: v.mem.pages, logging: v.vf.onCompletion !== null,
+      vf: { completed: v.vf.completed, rxNoDescriptor: v.vf.rxNoDescriptor, rxNotReady: v.vf.rxNotReady, rxTooLong: v.vf.rxTooLong, rxBadBuffer: v.vf.rxBadBuffer },
+      pf: { inspections: v.pf.inspections, writesSeen: v.pf.writesSeen }, dirtyNow: v.bitmap?.count() ?? 0, ...extra,
+    });
+    if (action === 'status') return describe();
+    if (action === 'start') {
+      if (v.vf.onCompletion === null) {
+        v.bitmap ??= new DirtyBitmap(v.mem.pages);
+        v.pf.startLog(v.vf, v.bitmap);
+      }
+      return describe();
+    }
+    if (action === 'stop') {
+      v.pf.stopLog(v.vf);
+      return describe();
+    }
+    if (v.bitmap === null) return describe({ dirty: [], dirtyPages: 0 });
+    const out = new Uint32Array(v.mem.pages);
+    const n = v.bitmap.readAndClear(out);
+    const ranges: [number, number][] = [];
+    for (let k = 0; k < n; k++) {
+      const last = ranges[ranges.length - 1];
+      if (last !== undefined && last[1] + 1 === out[k]) last[1] = out[k];
+      else ranges.push([out[k], out[k]]);
+    }
+    return describe({ dirty: ranges, dirtyPages: n });
   }
 
   /**

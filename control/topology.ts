@@ -75,7 +75,7 @@ const PortSchema = object({
    * through libpcap (the cap module), with an optional BPF `filter` (all
    * three with fpo run).
    */
-  kind: withDefault(oneOf(['pcap', 'tap', 'afpacket', 'pcap-live'] as const), () => 'pcap' as const),
+  kind: withDefault(oneOf(['pcap', 'tap', 'afpacket', 'pcap-live', 'vf'] as const), () => 'pcap' as const),
   /**
    * afpacket: how frames move — `ring` (default): memory-mapped TPACKET_V3
    * rx and tx rings, a batch per system call at most; `read`: one read()
@@ -99,6 +99,14 @@ const PortSchema = object({
   tpacket: optional(oneOf([2, 3] as const)),
   /** pcap-live: a tcpdump filter expression; only frames it matches are received (checked by libpcap at load). */
   filter: optional(string()),
+  /**
+   * vf (issue 21): an SR-IOV virtual function's receive path — what the port
+   * emits is DMA'd into the VM's memory (datapath/ports/vf/vf-port.ts):
+   * `memory` bytes (a multiple of 4096, 16 KiB .. 4 GiB) in a shared-memory
+   * file, `memoryFile` (default /dev/shm/fpo-vf-NAME.mem), made at start.
+   */
+  memory: optional(int(16384, 4 * 1024 * 1024 * 1024)),
+  memoryFile: optional(string({ min: 1 })),
   /** The TAP device's name (default: the port's name; at most 15 characters). */
   device: optional(refine(string({ regex: /^[A-Za-z0-9._-]{1,15}$/, message: 'expected an interface name of 1 to 15 letters, digits, ".", "_", "-"' }), (d) => !/^\.+$/.test(d), 'expected an interface name that is not only dots (Linux refuses "." and "..")')),
 });
@@ -286,7 +294,10 @@ export interface Port {
   ppid: number;
   role: 'vm' | 'uplink';
   /** pcap: a capture file; tap: a TAP device; afpacket, pcap-live: an existing interface (fpo run). */
-  kind: 'pcap' | 'tap' | 'afpacket' | 'pcap-live';
+  kind: 'pcap' | 'tap' | 'afpacket' | 'pcap-live' | 'vf';
+  /** vf: the guest memory's bytes and its file. */
+  memory?: number;
+  memoryFile?: string;
   /** TAP device name, or the interface an afpacket or pcap-live port attaches to. */
   device: string;
   /** afpacket: rings (default), a read/write a frame, or AF_XDP. */
@@ -455,7 +466,10 @@ export function topologyFrom(json: unknown, path: string): Topology {
       if (!segments.has(s)) throw bad(path, `ports[${i}].segments[${j}]`, `no segment named "${s}"`);
     });
     if (p.role === 'vm' && p.segments.length) throw bad(path, `ports[${i}].segments`, 'only uplink ports list segments; a VM port takes its interface\'s');
-    if (p.kind !== 'pcap' && p.device === undefined && p.name.length > 15) throw bad(path, `ports[${i}].device`, `the port name "${p.name}" is longer than a TAP device may be (15); give a device name`);
+    if (p.kind === 'vf' && p.memory === undefined) throw bad(path, `ports[${i}].memory`, 'a vf port needs "memory": the bytes of the guest memory its frames are written into');
+    if (p.kind !== 'vf' && (p.memory !== undefined || p.memoryFile !== undefined)) throw bad(path, `ports[${i}].${p.memory !== undefined ? 'memory' : 'memoryFile'}`, `"memory" and "memoryFile" are for vf ports; this port is ${p.kind}`);
+    if (p.memory !== undefined && p.memory % 4096 !== 0) throw bad(path, `ports[${i}].memory`, `${p.memory} bytes: expected a multiple of 4096 (whole pages)`);
+    if (p.kind !== 'pcap' && p.kind !== 'vf' && p.device === undefined && p.name.length > 15) throw bad(path, `ports[${i}].device`, `the port name "${p.name}" is longer than a TAP device may be (15); give a device name`);
     if (p.io !== undefined && p.kind !== 'afpacket') throw bad(path, `ports[${i}].io`, `"io" is for afpacket ports; this port is ${p.kind}`);
     const io = p.io === 'read' || p.io === 'xdp' ? ` with io ${p.io}` : '';
     if (p.tpacket !== undefined && (p.kind !== 'afpacket' || io !== '')) throw bad(path, `ports[${i}].tpacket`, `"tpacket" is for afpacket ports on rings; this port is ${p.kind}${io}`);
@@ -470,7 +484,8 @@ export function topologyFrom(json: unknown, path: string): Topology {
         throw e;
       }
     }
-    ports.set(p.name, { name: p.name, ppid: p.ppid, role: p.role, kind: p.kind, device: p.device ?? p.name, io: p.io ?? 'ring', offload: p.offload ?? false, tpacket: p.tpacket ?? 3, segments: [...p.segments], vpid: -1, ...(p.filter !== undefined ? { filter: p.filter } : {}) });
+    ports.set(p.name, { name: p.name, ppid: p.ppid, role: p.role, kind: p.kind, device: p.device ?? p.name, io: p.io ?? 'ring', offload: p.offload ?? false, tpacket: p.tpacket ?? 3, segments: [...p.segments], vpid: -1, ...(p.filter !== undefined ? { filter: p.filter } : {}),
+      ...(p.kind === 'vf' ? { memory: p.memory, memoryFile: p.memoryFile ?? `/dev/shm/fpo-vf-${p.name}.mem` } : {}) });
   });
   const interfaces: Interface[] = [];
   const taken = new Map<string, string>();

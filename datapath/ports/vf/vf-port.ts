@@ -39,6 +39,8 @@ import type { TxPort } from '../../datapath.js';
 import { DirtyBitmap, PAGE_SIZE } from '../../dirty-log.js';
 import { FpoError } from '../../errors.js';
 import { writeFrame } from '../frame-out.js';
+import { PortMemory } from '../port-memory.js';
+import { closeSync, fstatSync, ftruncateSync, openSync } from 'node:fs';
 
 export const VF_MAGIC = 0x564f5046; // "FPOV" little-endian
 export const REG_MAGIC = 0;
@@ -52,6 +54,8 @@ export const DESC_LEN = 8;
 export const DESC_STATUS = 12;
 export const STATUS_DD = 1;
 export const STATUS_EOP = 2;
+/** Writes the VF logs between two looks of the PF (it looks after every batch that wrote: a batch is at most 256). */
+const LOG_CAP = 4096;
 
 /** A VM's memory: `size` bytes at `base` in `bytes` (4 KiB pages; guest address a = bytes[base + a]). */
 export class GuestMemory {
@@ -84,6 +88,31 @@ export class GuestMemory {
 }
 
 /**
+ * A VM's memory as a file (in /dev/shm: memory, not disk) of `size` bytes,
+ * mapped shared into this thread's port memory (port-memory.ts: with the
+ * live ports' rings, so the DMA is a copyWithin); another process or thread
+ * that maps the same file (the guest's driver) sees the same bytes. Made
+ * (zeroed) when `create`, else it must exist with that size.
+ */
+export function openGuestMemory(path: string, size: number, create: boolean): GuestMemory {
+  let fd: number;
+  try {
+    fd = openSync(path, create ? 'w+' : 'r+');
+  } catch (e) {
+    throw new FpoError('FPO_ERR_IO', `${path}: cannot open the guest memory: ${(e as Error).message}`, { path });
+  }
+  try {
+    if (create) ftruncateSync(fd, size);
+    else if (fstatSync(fd).size !== size) throw new FpoError('FPO_ERR_IO', `${path}: the guest memory file has ${fstatSync(fd).size} bytes, the topology says ${size}`, { path });
+    const pm = PortMemory.get();
+    const at = pm.mapSocket(fd, size, `guest memory ${path}`);
+    return new GuestMemory(pm.bytes, at, size);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
  * Sets up the receive queue's registers as the guest's driver does at
  * start: N descriptors at `ringAt`, buffers of `bufLen` bytes, head and
  * tail 0 (nothing posted yet).
@@ -103,6 +132,8 @@ export class VfPort implements TxPort {
   /** Frames dropped for want of a posted descriptor, and frames longer than a buffer. */
   rxNoDescriptor = 0;
   rxTooLong = 0;
+  /** Descriptors whose buffer lies outside the guest's memory (a driver's bug): skipped, their frames dropped. */
+  rxBadBuffer = 0;
   /** Descriptors the VF completed (frames written into the guest). */
   completed = 0;
   /** The hypervisor's handler of the VF's completion signal (set only while it logs dirty pages: PfDriver). */
@@ -114,21 +145,27 @@ export class VfPort implements TxPort {
    * the log full sets `logLost` (the PF then takes the whole queue's memory
    * as written).
    */
-  readonly logAddr: Float64Array;
-  readonly logLen: Uint32Array;
-  readonly logSlot: Uint32Array;
+  logAddr = new Float64Array(LOG_CAP);
+  logLen = new Uint32Array(LOG_CAP);
+  logSlot = new Uint32Array(LOG_CAP);
   logHead = 0;
   logTail = 0;
   logLost = false;
-  private head: number;
+  /** Frames dropped before the guest's driver set its queue up (no magic yet: a NIC before its driver loads). */
+  rxNotReady = 0;
+  private head = 0;
+  private ready = false;
 
-  constructor(readonly mem: GuestMemory) {
-    if (mem.u32(REG_MAGIC) !== VF_MAGIC) throw new FpoError('FPO_ERR_USAGE', 'VF: the guest memory has no receive queue set up (magic FPOV at 0)');
-    const cap = mem.u32(REG_RING_SIZE) * 4;
-    this.logAddr = new Float64Array(cap);
-    this.logLen = new Uint32Array(cap);
-    this.logSlot = new Uint32Array(cap);
-    this.head = mem.u32(REG_HEAD);
+  constructor(readonly mem: GuestMemory) {}
+
+  // Slow path: the driver has set the queue up (the magic is there) — the VF starts at its head.
+  private checkReady(): boolean {
+    const m = this.mem;
+    const n = m.u32(REG_RING_SIZE);
+    if (m.u32(REG_MAGIC) !== VF_MAGIC || (n & (n - 1)) !== 0 || n < 2 || n > 1 << 16) return false;
+    this.head = m.u32(REG_HEAD);
+    this.ready = true;
+    return true;
   }
 
   /** The VF's head (its next descriptor), as it last wrote it. */
@@ -139,6 +176,7 @@ export class VfPort implements TxPort {
   /** Fast path: each frame DMA'd into the next posted buffer, its descriptor written back; the completion signal once after. */
   writeBatch(batch: PacketBatch, idx: Uint16Array, from: number, n: number, enc?: Int32Array, encap?: Encap): void {
     const m = this.mem;
+    if (!this.ready && !this.checkReady()) { this.rxNotReady += n; return; }
     const n1 = m.u32(REG_RING_SIZE) - 1;
     const ringAt = m.u32(REG_RING_AT);
     const bufLen = m.u32(REG_BUF_LEN);
@@ -151,7 +189,7 @@ export class VfPort implements TxPort {
       const slot = head & n1;
       const d = ringAt + slot * DESC_BYTES;
       const addr = m.addr(d);
-      if (addr + bufLen > m.size || addr < PAGE_SIZE) { this.rxTooLong++; continue; } // a buffer outside the guest: refused, not written
+      if (addr + bufLen > m.size || addr < PAGE_SIZE) { this.rxBadBuffer++; head = (head + 1) >>> 0; continue; } // a buffer outside the guest: skipped, not written
       const len = writeFrame(m.bytes, m.base + addr, bufLen, batch, idx[j], enc !== undefined ? enc[j] : TX_PLAIN, encap);
       if (len < 0) { this.rxTooLong++; continue; }
       m.dv.setUint16(m.base + d + DESC_LEN, len, true);
