@@ -92,6 +92,16 @@ describe('benchmarks (short mode)', () => {
     expect(load.accounted).toBe(true);
   });
 
+  it('ports/vf prints frames into a VF\'s guest memory with dirty logging off and on, the ratio its own fields\' quotient, every frame written and the log\'s pages seen', () => {
+    const [l] = runBench('ports/vf.js');
+    expect(l.bench).toBe('vf');
+    const runs = l.runs as { unlogged: number[]; logged: number[] };
+    expect(l.ratio).toBe(Number((Math.min(...runs.unlogged) / Math.min(...runs.logged)).toFixed(3)));
+    expect(l.rxNoDescriptor).toBe(0);
+    expect(l.completed).toBe((l.frames as number) * 8); // 2 warm-up and 6 timed rounds
+    expect(l.dirtyPages).toBe(2048 + 16); // every buffer page (4096 of 2 KiB) and the ring's 16 pages
+  });
+
   it('classifier/lookup prints a line per flow count, subtable count and path, with a ratio to a Map', () => {
     const lines = runBench('classifier/lookup.js');
     expect(lines.length).toBe(12);
