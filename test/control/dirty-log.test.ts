@@ -65,12 +65,12 @@ describe('fpo run with a VF port: frames DMA\'d into guest memory, the dirty log
         expect(read(BUFS_AT + k * BUF, f.length).equals(Buffer.from(f))).toBe(true);
       }
       expect(ctl('dirty-log', 'read-and-clear', 'vf1').dirtyPages).toBe(0);
-      // On: the next 6 frames (descriptors 4..9, buffers 4..9 = pages 18..20, the ring's page 1).
+      // On: the next 6 frames (descriptors 4..9 in the ring's page 1, buffers 4..9 = pages 18..20, the head in page 0).
       expect(ctl('dirty-log', 'start', 'vf1').logging).toBe(true);
       s.ctl('inject', cap('b.pcap', 20, 6));
       const got = ctl('dirty-log', 'read-and-clear', 'vf1');
-      expect(got.dirty).toEqual([[1, 1], [18, 20]]);
-      expect(got.dirtyPages).toBe(4);
+      expect(got.dirty).toEqual([[0, 1], [18, 20]]); // the registers (head written back), the ring, the buffers
+      expect(got.dirtyPages).toBe(5);
       expect(got.pf.writesSeen).toBe(6);
       expect(ctl('dirty-log', 'read-and-clear', 'vf1').dirtyPages).toBe(0); // cleared
       // Off again: written, not logged.

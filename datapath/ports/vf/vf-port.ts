@@ -153,6 +153,9 @@ export class VfPort implements TxPort {
   logLost = false;
   /** Frames dropped before the guest's driver set its queue up (no magic yet: a NIC before its driver loads). */
   rxNotReady = 0;
+  /** A migration's stop-and-copy: receive paused, frames counted (rxPaused), not written. */
+  paused = false;
+  rxPaused = 0;
   private head = 0;
   private ready = false;
 
@@ -176,6 +179,7 @@ export class VfPort implements TxPort {
   /** Fast path: each frame DMA'd into the next posted buffer, its descriptor written back; the completion signal once after. */
   writeBatch(batch: PacketBatch, idx: Uint16Array, from: number, n: number, enc?: Int32Array, encap?: Encap): void {
     const m = this.mem;
+    if (this.paused) { this.rxPaused += n; return; }
     if (!this.ready && !this.checkReady()) { this.rxNotReady += n; return; }
     const n1 = m.u32(REG_RING_SIZE) - 1;
     const ringAt = m.u32(REG_RING_AT);
@@ -245,6 +249,8 @@ export class PfDriver {
       bitmap.markBytes(vf.logAddr[at], vf.logLen[at]);
       bitmap.markBytes(ringAt + vf.logSlot[at] * DESC_BYTES, DESC_BYTES);
     }
+    // The VF writes its head back into the queue's registers (page 0) after each batch that wrote (as a NIC's head write-back).
+    if (n > 0) bitmap.markBytes(REG_HEAD, 4);
     vf.logHead = vf.logTail;
     this.writesSeen += n;
     return n;
