@@ -103,6 +103,21 @@ describe('benchmarks (short mode)', () => {
     expect(l.dirtyPages).toBe(2048 + 16 + 1); // every buffer page (4096 of 2 KiB), the ring's 16 pages, the registers' page (head)
   });
 
+  it('control/migration prints, per traffic and dirtying rate, the downtime against a full stop-and-copy, the rounds and pages, every copy exact', () => {
+    const [l] = runBench('control/migration.js');
+    expect(l.bench).toBe('migration');
+    const cases = l.cases as { trafficPps: number; downtimeMs: number; rounds: number; roundPages: number[]; pagesCopied: number; exact: boolean; baselineFullCopyMs: number; ratio: number; converged: boolean }[];
+    expect(cases.map((c) => c.trafficPps)).toEqual([0, 500_000]);
+    for (const c of cases) {
+      expect(c.exact).toBe(true);
+      expect(c.roundPages[0]).toBe(l.pages); // the first round: every page
+      expect(c.rounds).toBe(c.roundPages.length);
+      expect(c.pagesCopied).toBeGreaterThanOrEqual(c.roundPages.reduce((a, x) => a + x, 0));
+      expect(c.ratio).toBeCloseTo(c.downtimeMs / c.baselineFullCopyMs, 2);
+    }
+    expect(cases[1].rounds).toBeGreaterThan(1); // under traffic, pages dirtied during the first round went again
+  });
+
   it('classifier/lookup prints a line per flow count, subtable count and path, with a ratio to a Map', () => {
     const lines = runBench('classifier/lookup.js');
     expect(lines.length).toBe(12);
