@@ -624,7 +624,7 @@ export class Service {
     if (v === undefined) throw new FpoError('FPO_ERR_USAGE', `port: "${name.slice(0, 80)}" is no vf port (${[...this.vfs.keys()].join(', ') || 'none'})`);
     const describe = (extra: Record<string, unknown> = {}) => ({
       port: name, memoryFile: v.file, pages: v.mem.pages, logging: v.vf.onCompletion !== null,
-      vf: { completed: v.vf.completed, rxNoDescriptor: v.vf.rxNoDescriptor, rxNotReady: v.vf.rxNotReady, rxTooLong: v.vf.rxTooLong, rxBadBuffer: v.vf.rxBadBuffer },
+      vf: { completed: v.vf.completed, rxNoDescriptor: v.vf.rxNoDescriptor, rxNotReady: v.vf.rxNotReady, rxTooLong: v.vf.rxTooLong, rxBadBuffer: v.vf.rxBadBuffer, rxBadQueue: v.vf.rxBadQueue, rxPaused: v.vf.rxPaused },
       pf: { inspections: v.pf.inspections, writesSeen: v.pf.writesSeen }, dirtyNow: v.bitmap?.count() ?? 0, ...extra,
     });
     if (action === 'status') return describe();

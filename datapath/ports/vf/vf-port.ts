@@ -134,6 +134,8 @@ export class VfPort implements TxPort {
   rxTooLong = 0;
   /** Descriptors whose buffer lies outside the guest's memory (a driver's bug): skipped, their frames dropped. */
   rxBadBuffer = 0;
+  /** Frames dropped while the queue's registers made no sense (a ring not a power of two, or outside the memory). */
+  rxBadQueue = 0;
   /** Descriptors the VF completed (frames written into the guest). */
   completed = 0;
   /** The hypervisor's handler of the VF's completion signal (set only while it logs dirty pages: PfDriver). */
@@ -181,10 +183,17 @@ export class VfPort implements TxPort {
     const m = this.mem;
     if (this.paused) { this.rxPaused += n; return; }
     if (!this.ready && !this.checkReady()) { this.rxNotReady += n; return; }
-    const n1 = m.u32(REG_RING_SIZE) - 1;
+    // The registers are the guest's to write at any time: checked each batch, so that no value of them
+    // makes the VF write outside the guest's memory.
+    const ring = m.u32(REG_RING_SIZE);
+    const n1 = ring - 1;
     const ringAt = m.u32(REG_RING_AT);
     const bufLen = m.u32(REG_BUF_LEN);
     const tail = m.u32(REG_TAIL);
+    if ((ring & n1) !== 0 || ring < 2 || ring > 1 << 16 || ringAt < PAGE_SIZE || ringAt + ring * DESC_BYTES > m.size || bufLen > 65536) {
+      this.rxBadQueue += n;
+      return;
+    }
     let head = this.head;
     let done = 0;
     const logging = this.onCompletion !== null; // off: nothing logged, nothing signalled

@@ -1,13 +1,15 @@
 import { describe, expect, it } from 'vitest';
+import fc from 'fast-check';
 import { PacketBatch } from '../../../../datapath/batch.js';
 import { Datapath } from '../../../../datapath/datapath.js';
 import { DirtyBitmap, PAGE_SIZE } from '../../../../datapath/dirty-log.js';
-import { DESC_BYTES, DESC_LEN, DESC_STATUS, GuestMemory, PfDriver, REG_HEAD, REG_RING_AT, REG_TAIL, STATUS_DD, STATUS_EOP, VfPort, initQueue } from '../../../../datapath/ports/vf/vf-port.js';
+import { DESC_BYTES, DESC_LEN, DESC_STATUS, GuestMemory, PfDriver, REG_BUF_LEN, REG_HEAD, REG_MAGIC, REG_RING_AT, REG_RING_SIZE, REG_TAIL, STATUS_DD, STATUS_EOP, VF_MAGIC, VfPort, initQueue } from '../../../../datapath/ports/vf/vf-port.js';
 import { concat, eth, ipv4, udp } from '../../../../fixtures/packets.js';
 
 const MB = 1 << 20;
 const RING = 16;
 const BUF = 2048;
+const G = 64 << 10;
 
 /** A guest of 1 MiB at offset 8192 of a bigger buffer, its queue set up, `posted` buffers posted from guest address `bufAt` (a buffer every 3000 bytes: some straddle pages). */
 function guest(posted: number, bufAt = 5 * PAGE_SIZE - 1000) {
@@ -109,5 +111,35 @@ describe('VF receive path into guest memory', () => {
     for (let k = 0; k < 3; k++) expect(Buffer.from(m.bytes.subarray(m.base + bufs[k], m.base + bufs[k] + list[k].length)).equals(Buffer.from(list[k]))).toBe(true);
     const st = dp.stats();
     expect(st.packetsIn).toBe(st.delivered + st.dropped);
+  });
+
+  it('fuzz: whatever a hostile guest writes in its registers and descriptors, the VF never writes outside its memory, never throws, and counts what it refused', () => {
+    fc.assert(fc.property(
+      fc.record({ ring: fc.oneof(fc.constantFrom(2, 16, 64, 3, 0, 65536, 131072), fc.nat()), ringAt: fc.oneof(fc.constantFrom(0, 4096, G, G - 16), fc.nat()), bufLen: fc.oneof(fc.constantFrom(0, 60, 2048, 70000), fc.nat()),
+        head: fc.nat(), tail: fc.nat(), addrs: fc.array(fc.oneof(fc.constantFrom(0, 4096, G - 100, G + 4096, 2 ** 40), fc.nat()), { minLength: 1, maxLength: 8 }), logging: fc.boolean() }),
+      (g) => {
+        const bytes = new Uint8Array(3 * G);
+        const m = new GuestMemory(bytes, G, G);
+        m.setU32(REG_MAGIC, VF_MAGIC);
+        m.setU32(REG_RING_SIZE, 16);
+        m.setU32(REG_RING_AT, PAGE_SIZE);
+        m.setU32(REG_BUF_LEN, BUF);
+        const vf = new VfPort(m);
+        const pf = new PfDriver();
+        const bm = new DirtyBitmap(m.pages);
+        if (g.logging) pf.startLog(vf, bm);
+        const { batch } = frames(8);
+        vf.writeBatch(batch, idx(1), 0, 1); // ready with sane registers, then the guest's
+        m.setU32(REG_RING_SIZE, g.ring); m.setU32(REG_RING_AT, g.ringAt); m.setU32(REG_BUF_LEN, g.bufLen); m.setU32(REG_HEAD, g.head); m.setU32(REG_TAIL, g.tail);
+        const at = g.ringAt % G;
+        g.addrs.forEach((a, k) => { if (at + k * DESC_BYTES + 8 <= G) m.setAddr(at + k * DESC_BYTES, a); });
+        bytes.fill(0xa5, 0, G);
+        bytes.fill(0xa5, 2 * G, 3 * G);
+        expect(() => vf.writeBatch(batch, idx(8), 0, 8)).not.toThrow();
+        expect(bytes.subarray(0, G).every((b) => b === 0xa5)).toBe(true);
+        expect(bytes.subarray(2 * G).every((b) => b === 0xa5)).toBe(true);
+        expect(vf.completed + vf.rxNoDescriptor + vf.rxTooLong + vf.rxBadBuffer + vf.rxBadQueue).toBe(9);
+      }), { numRuns: 300 });
+    // (G: a 64 KiB guest between two 64 KiB guards.)
   });
 });
