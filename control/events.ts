@@ -28,7 +28,7 @@ const EVENTS = {
   'set-mapping': object({ ...When, do: oneOf(['set-mapping'] as const), vpid: number({ int: true, min: 0 }), ppid: int(0, MAX_PPID) }),
   'add-flow': object({ ...When, do: oneOf(['add-flow'] as const), flow: string({ min: 1 }) }),
   'del-flow': object({ ...When, do: oneOf(['del-flow'] as const), flow: string({ min: 1 }) }),
-  'firewall-upgrade': object({ ...When, do: oneOf(['firewall-upgrade'] as const), to: string({ min: 1 }), ports: optional(array(string({ min: 1 }))), resume: optional(boolean()), restart: optional(boolean()), maxPauseMs: optional(number({ min: 0 })) }),
+  'firewall-upgrade': object({ ...When, do: oneOf(['firewall-upgrade'] as const), to: optional(string({ min: 1 })), ports: optional(array(string({ min: 1 }))), resume: optional(boolean()), restart: optional(boolean()), maxPauseMs: optional(number({ min: 0 })) }),
 };
 export type ControlEvent = { [K in keyof typeof EVENTS]: Out<(typeof EVENTS)[K]> }[keyof typeof EVENTS];
 
@@ -74,7 +74,9 @@ export function loadEvents(path: string): ControlEvent[] {
   events.forEach((e, i) => {
     if ((e.atPacket === undefined) === (e.atTime === undefined)) throw new FpoError('FPO_ERR_USAGE', `${path}: events[${i}]: give exactly one of atPacket, atTime`, { path });
     if (e.do === 'migrate' && (e.to === undefined) === (e.away !== true)) throw new FpoError('FPO_ERR_USAGE', `${path}: events[${i}]: a migrate needs "to": PORT or "away": true`, { path });
-    if (e.do === 'firewall-upgrade' && !(FIREWALL_VERSIONS as readonly string[]).includes(e.to)) throw new FpoError('FPO_ERR_USAGE', `${path}: events[${i}].to: ${JSON.stringify(e.to).slice(0, 40)}: this build's firewall versions are ${FIREWALL_VERSIONS.join(', ')}`, { path });
+    if (e.do === 'firewall-upgrade' && e.resume !== true && e.to === undefined) throw new FpoError('FPO_ERR_USAGE', `${path}: events[${i}].to: a firewall-upgrade needs "to" (a version), unless it is "resume": true`, { path });
+    if (e.do === 'firewall-upgrade' && e.maxPauseMs !== undefined && !(e.maxPauseMs > 0 && e.maxPauseMs <= 60_000)) throw new FpoError('FPO_ERR_USAGE', `${path}: events[${i}].maxPauseMs: ${e.maxPauseMs}: expected ms in (0, 60000]`, { path });
+    if (e.do === 'firewall-upgrade' && e.to !== undefined && !(FIREWALL_VERSIONS as readonly string[]).includes(e.to)) throw new FpoError('FPO_ERR_USAGE', `${path}: events[${i}].to: ${JSON.stringify(e.to).slice(0, 40)}: this build's firewall versions are ${FIREWALL_VERSIONS.join(', ')}`, { path });
     if (e.do === 'add-flow' || e.do === 'del-flow') {
       try { parseFlowSpec(e.flow, e.do === 'add-flow'); } catch (x) { throw new FpoError('FPO_ERR_USAGE', `${path}: events[${i}].flow: ${(x as Error).message}`, { path }); }
     }
@@ -100,8 +102,8 @@ export function applyEvent(fpag: Fpag, e: ControlEvent): unknown {
     case 'firewall-upgrade': {
       // As fpo ctl firewall upgrade, all at once between two packets (a replay: none arrives meanwhile).
       const up = fpag.firewallUpgrade;
-      if (e.resume === true) up.resume();
-      else up.plan(e.to, e.ports, e.maxPauseMs, e.restart === true);
+      if (e.resume === true) up.resume(e.maxPauseMs);
+      else up.plan(e.to!, e.ports, e.maxPauseMs, e.restart === true);
       return up.runSync();
     }
   }

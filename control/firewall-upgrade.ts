@@ -140,10 +140,12 @@ export class FirewallUpgrade {
     return this.status();
   }
 
-  /** Continues a stopped upgrade with the ports not done (the rolled-back one first). */
-  resume(): UpgradeStatus {
+  /** Continues a stopped upgrade with the ports not done (the rolled-back one first), with a new pause limit when given. */
+  resume(maxPauseMs?: number): UpgradeStatus {
     if (this.status_.state !== 'stopped') throw new FpoError('FPO_ERR_USAGE', `firewall upgrade: nothing to resume (the upgrade is ${this.status_.state})`);
-    for (const p of this.status_.ports) if (p.state === 'rolled-back') { p.state = 'pending'; delete p.error; }
+    if (maxPauseMs !== undefined && !(Number.isFinite(maxPauseMs) && maxPauseMs > 0 && maxPauseMs <= 60_000)) throw new FpoError('FPO_ERR_USAGE', `firewall upgrade: --max-pause ${maxPauseMs}: expected ms in (0, 60000]`);
+    if (maxPauseMs !== undefined) this.status_.maxPauseMs = maxPauseMs;
+    for (const p of this.status_.ports) if (p.state === 'rolled-back' || p.state === 'moving') { p.state = 'pending'; delete p.error; }
     this.status_.state = 'running';
     delete this.status_.finishedAt;
     return this.status();
@@ -151,14 +153,31 @@ export class FirewallUpgrade {
 
   /** A replay's way: every pending port now, one after the other (no packet arrives meanwhile). */
   runSync(): UpgradeStatus {
-    for (const p of this.status_.ports) {
-      if (p.state !== 'pending') continue;
-      const steps = this.steps(p);
-      while (!steps.next().done);
-      if ((p.state as PortStep['state']) === 'rolled-back') break;
+    try {
+      for (const p of this.status_.ports) {
+        if (p.state !== 'pending') continue;
+        const steps = this.guarded(p);
+        while (!steps.next().done);
+        if ((p.state as PortStep['state']) === 'rolled-back') break;
+      }
+    } finally {
+      this.finish();
     }
-    this.finish();
     return this.status();
+  }
+
+  // A port's steps, with an unexpected error (not the restore's: that one rolls back inside) ending the port
+  // as rolled back with what it said, its hold released, so that no upgrade is left running for good.
+  private *guarded(p: PortStep): Generator<void, void, void> {
+    try {
+      yield* this.steps(p);
+    } catch (e) {
+      p.state = 'rolled-back';
+      p.error = `unexpected: ${(e as Error).message}`;
+      if (this.dp.firewallHold[p.zone] === 1) {
+        try { this.dp.releaseFirewallHold(p.zone, this.clock()); } catch { this.dp.firewallHold[p.zone] = 0; }
+      }
+    }
   }
 
   /** Live: one step per turn of the event loop (the live loop's batches run between); resolves when it stops. */
@@ -168,21 +187,22 @@ export class FirewallUpgrade {
       try {
         for (const p of this.status_.ports) {
           if (p.state !== 'pending') continue;
-          const steps = this.steps(p);
+          const steps = this.guarded(p);
           while (!steps.next().done) await new Promise((r) => setImmediate(r));
           if ((p.state as PortStep['state']) === 'rolled-back') break;
         }
-        this.finish();
-        return this.status();
       } finally {
+        this.finish();
         this.running = null;
       }
+      return this.status();
     })();
     return this.running;
   }
 
   private finish(): void {
-    this.status_.state = this.status_.ports.some((p) => p.state === 'rolled-back') ? 'stopped' : 'done';
+    if (this.status_.state !== 'running') return;
+    this.status_.state = this.status_.ports.some((p) => p.state === 'rolled-back' || p.state === 'moving') ? 'stopped' : 'done';
     this.status_.finishedAt = new Date().toISOString();
   }
 

@@ -41,6 +41,19 @@ import { Datapath, MAX_PPID, type DatapathStats } from '../datapath/datapath.js'
 import { FIREWALL_VERSIONS } from '../datapath/services/firewall/module.js';
 import { DirtyBitmap } from '../datapath/dirty-log.js';
 import { type GuestMemory, PfDriver, VfPort, openGuestMemory } from '../datapath/ports/vf/vf-port.js';
+import { createHash } from 'node:crypto';
+import { connect as netConnect, createServer as createNetServer, type Server as NetServer } from 'node:net';
+import { Guest } from './migration/guest-driver.js';
+import { precopy } from './migration/precopy.js';
+import { FrameReader, T_ACCEPT, T_DONE, T_ERROR, T_FINAL, T_HELLO, T_PAGES, jsonFrame, pagesFrame, type Frame } from './migration/wire.js';
+import { PAGE_SIZE } from '../datapath/dirty-log.js';
+
+/** A VF port of fpo run: its receive path, memory, the dirty logs (PF: the VF's DMA; cpu: the guest's own writes), the VM's stand-in. */
+interface VfEntry { vf: VfPort; mem: GuestMemory; file: string; size: number; bitmap: DirtyBitmap | null; pf: PfDriver; cpu: DirtyBitmap; guest: Guest | null; guestSpec: { dirtyRate: number; start: 'boot' | 'arrival' } | null }
+
+function startGuest(e: VfEntry): Guest {
+  return new Guest({ file: e.file, size: e.size, cpuBits: e.cpu.words.buffer as SharedArrayBuffer, ring: 1024, bufLen: 2048, dirtyRate: e.guestSpec?.dirtyRate ?? 0 });
+}
 import { DROP, DROP_NAMES } from '../datapath/drops.js';
 import { FpoError } from '../datapath/errors.js';
 import { CaptureReader, LINKTYPE_ETHERNET } from '../datapath/ports/capture-reader.js';
@@ -83,6 +96,7 @@ const ARGS = new Map<string, readonly string[]>([
   ['conntrack', ['action', 'port', 'zone']],
   ['firewall', ['action', 'to', 'ports', 'maxPauseMs', 'resume', 'restart']],
   ['dirty-log', ['action', 'port']],
+  ['migrate-vm', ['interface', 'to', 'destPort', 'vfLog']],
 ]);
 
 export interface ServiceOptions {
@@ -95,6 +109,8 @@ export interface ServiceOptions {
   logLevel?: string;
   /** Serve Prometheus metrics on this address (HOST:PORT or PORT, loopback by default). */
   metrics?: string;
+  /** Take incoming VM migrations on this TCP address (HOST:PORT; issue 21: fpo ctl migrate-vm's other end). */
+  migrateListen?: string;
   /** Datapath workers (worker threads, workers.ts); 1 (default): the datapath on the main thread. */
   workers?: number;
 }
@@ -104,7 +120,7 @@ export class Service {
   readonly fpag: Fpag;
   readonly topo: Topology;
   readonly log: Logger;
-  private readonly opts: Required<Omit<ServiceOptions, 'logLevel' | 'metrics' | 'workers'>> & { metrics?: string; workers: number };
+  private readonly opts: Required<Omit<ServiceOptions, 'logLevel' | 'metrics' | 'workers' | 'migrateListen'>> & { metrics?: string; workers: number; migrateListen?: string };
   /** With --workers N > 1: the workers; this.dp is then the FPAG's shadow (no ports, no traffic). */
   private workers: DatapathWorkers | null = null;
   private metricsServer: HttpServer | null = null;
@@ -115,7 +131,8 @@ export class Service {
   private readonly writers = new Map<number, CaptureWriter>();
   private readonly taps: LivePort[] = [];
   /** VF ports (issue 21): each one's receive path into its guest memory, and the hypervisor's dirty log of that memory while on. */
-  private readonly vfs = new Map<string, { vf: VfPort; mem: GuestMemory; file: string; bitmap: DirtyBitmap | null; pf: PfDriver }>();
+  private readonly vfs = new Map<string, VfEntry>();
+  private migrateServer: NetServer | null = null;
   private readonly liveRows: { port: LivePort; name: string; ppid: number }[] = [];
   private readonly live: LiveLoop;
   private readonly arena: Arena;
@@ -139,7 +156,8 @@ export class Service {
   constructor(opts: ServiceOptions) {
     const nWorkers = opts.workers ?? 1;
     if (!Number.isInteger(nWorkers) || nWorkers < 1 || nWorkers > 64) throw new FpoError('FPO_ERR_USAGE', `--workers: expected an integer in 1..64, got ${nWorkers}`);
-    this.opts = { topology: opts.topology, socket: opts.socket, outDir: opts.outDir, state: opts.state ?? join(opts.outDir, 'fpo-state.json'), metrics: opts.metrics, workers: nWorkers };
+    this.opts = { topology: opts.topology, socket: opts.socket, outDir: opts.outDir, state: opts.state ?? join(opts.outDir, 'fpo-state.json'), metrics: opts.metrics, workers: nWorkers, migrateListen: opts.migrateListen };
+    if (opts.migrateListen !== undefined && !/^[0-9a-fA-F:.]+:\d{1,5}$/.test(opts.migrateListen)) throw new FpoError('FPO_ERR_USAGE', `--migrate-listen: expected HOST:PORT, got "${opts.migrateListen.slice(0, 80)}"`);
     this.log = pino({ level: opts.logLevel ?? 'warn', base: undefined }, pino.destination(2));
     const topo = loadTopology(opts.topology);
     if (nWorkers > 1) {
@@ -197,7 +215,10 @@ export class Service {
         if (p.kind === 'vf') {
           const mem = openGuestMemory(p.memoryFile!, p.memory!, true);
           const vf = new VfPort(mem);
-          this.vfs.set(p.name, { vf, mem, file: p.memoryFile!, bitmap: null, pf: new PfDriver() });
+          const cpu = new DirtyBitmap(mem.pages);
+          const e: VfEntry = { vf, mem, file: p.memoryFile!, size: p.memory!, bitmap: null, pf: new PfDriver(), cpu, guest: null, guestSpec: p.guest ?? null };
+          if (p.guest !== undefined && p.guest.start === 'boot') e.guest = startGuest(e);
+          this.vfs.set(p.name, e);
           this.dp.addPort(p.ppid, vf);
           continue;
         }
@@ -268,6 +289,15 @@ export class Service {
       const { metricsRegistry, serveMetrics } = await import('./metrics.js');
       this.metricsServer = await serveMetrics(metricsRegistry(this.dp, this.fpag, () => this.liveCounters()), this.opts.metrics);
       this.log.info({ metrics: this.opts.metrics }, 'metrics');
+    }
+    if (this.opts.migrateListen !== undefined) {
+      const a = this.opts.migrateListen;
+      const i = a.lastIndexOf(':');
+      const srv = createNetServer((s) => this.migrationIn(s));
+      await new Promise<void>((resolve, reject) => { srv.once('error', reject); srv.listen(Number(a.slice(i + 1)), a.slice(0, i), () => resolve()); })
+        .catch((x: Error) => { throw new FpoError('FPO_ERR_USAGE', `--migrate-listen ${a}: ${x.message}`); });
+      this.migrateServer = srv;
+      this.log.info({ migrateListen: a }, 'migrations in');
     }
     if (this.topo.tunnel?.monitor.length) {
       this.monitor = new TunnelMonitor(this.topo.tunnel.monitor, this.log);
@@ -503,6 +533,8 @@ export class Service {
         return this.firewallCmd(args);
       case 'dirty-log':
         return this.dirtyLogCmd(args);
+      case 'migrate-vm':
+        return this.migrateVm(args);
       case 'bfd':
         return { sessions: (await this.monitor?.describe()) ?? [] };
       case 'inject':
@@ -609,6 +641,151 @@ export class Service {
   }
 
   /**
+   * fpo ctl migrate-vm IFACE --to HOST:PORT --dest-port PORT [--no-vf-log]
+   * (issue 21): the interface's VM — its VF port's guest memory — moves to
+   * the fpo host listening at HOST:PORT (fpo run --migrate-listen), onto its
+   * vf port destPort: iterative pre-copy over the connection while the VM
+   * runs and traffic flows (precopy.ts), the stop-and-copy, the VM resumed
+   * there (its VPID mapped to that port there: one mapping update); here the
+   * VM's guest stops, its VF stays paused (frames counted), and the
+   * interface goes away (its VPID unmapped). The answer: rounds, pages,
+   * downtime, and both sides' SHA-256 of the memory at the switch (equal:
+   * the copy is exact). --no-vf-log migrates with the CPU-side log alone
+   * (for comparison: what the VF wrote meanwhile is missed).
+   */
+  private async migrateVm(args: Record<string, unknown>): Promise<unknown> {
+    const name = args.interface;
+    if (typeof name !== 'string' || name.length === 0 || name.length > 256) throw new FpoError('FPO_ERR_USAGE', 'interface: expected an interface name');
+    const itf = this.topo.interfaces.find((i) => i.name === name);
+    if (itf === undefined) throw new FpoError('FPO_ERR_USAGE', `interface: no interface named "${name.slice(0, 80)}"`);
+    const e = itf.port !== undefined ? this.vfs.get(itf.port) : undefined;
+    if (e === undefined || e.guest === null) throw new FpoError('FPO_ERR_USAGE', `interface: ${name} is not a running VM on a vf port of this host`);
+    const to = args.to;
+    if (typeof to !== 'string' || !/^[0-9a-fA-F:.]+:\d{1,5}$/.test(to)) throw new FpoError('FPO_ERR_USAGE', 'to: expected HOST:PORT (the destination\'s --migrate-listen)');
+    const destPort = args.destPort;
+    if (typeof destPort !== 'string' || destPort.length === 0 || destPort.length > 256) throw new FpoError('FPO_ERR_USAGE', 'destPort: expected the destination\'s vf port');
+    if (args.vfLog !== undefined && typeof args.vfLog !== 'boolean') throw new FpoError('FPO_ERR_USAGE', 'vfLog: expected true or false');
+    const i = to.lastIndexOf(':');
+    const sock = netConnect({ host: to.slice(0, i), port: Number(to.slice(i + 1)) });
+    const reader = new FrameReader();
+    const frames: Frame[] = [];
+    let waiting: (() => void) | null = null;
+    let failed: Error | null = null;
+    sock.on('data', (d) => {
+      try { frames.push(...reader.push(d)); } catch (x) { failed = x as Error; sock.destroy(); }
+      waiting?.();
+    });
+    sock.on('error', (x) => { failed = x; waiting?.(); });
+    sock.on('close', () => { failed ??= new Error('the destination closed the connection'); waiting?.(); });
+    const next = async (): Promise<Frame> => {
+      for (;;) {
+        const f = frames.shift();
+        if (f !== undefined) {
+          if (f.type === T_ERROR) throw new FpoError('FPO_ERR_USAGE', `migrate-vm: the destination refused: ${String((f as { json: Record<string, unknown> }).json.message).slice(0, 300)}`);
+          return f;
+        }
+        if (failed !== null) throw new FpoError('FPO_ERR_IO', `migrate-vm: ${to}: ${(failed as Error).message}`);
+        await new Promise<void>((r) => { waiting = r; });
+        waiting = null;
+      }
+    };
+    await new Promise<void>((resolve, reject) => { sock.once('connect', () => resolve()); sock.once('error', reject); }).catch((x: Error) => { throw new FpoError('FPO_ERR_IO', `migrate-vm: cannot connect to ${to}: ${x.message}`); });
+    try {
+      sock.write(jsonFrame(T_HELLO, { interface: name, destPort, size: e.size }));
+      const acc = await next();
+      if (acc.type !== T_ACCEPT) throw new FpoError('FPO_ERR_BAD_INPUT', `migrate-vm: expected ACCEPT, got frame type ${acc.type}`);
+      const sink = async (pages: Uint32Array, n: number, src: GuestMemory) => {
+        if (!sock.write(pagesFrame(pages, n, src.bytes, src.base))) await new Promise((r) => sock.once('drain', r));
+        if (failed !== null) throw new FpoError('FPO_ERR_IO', `migrate-vm: ${to}: ${(failed as Error).message}`);
+      };
+      const report = await precopy({ src: e.mem, sink, cpu: e.cpu, vf: args.vfLog === false ? null : { port: e.vf, pf: e.pf }, vfPort: e.vf, guest: e.guest, maxRounds: 30, smallPages: 256, chunk: 512 });
+      const sourceSha256 = createHash('sha256').update(e.mem.bytes.subarray(e.mem.base, e.mem.base + e.size)).digest('hex');
+      sock.write(jsonFrame(T_FINAL, {}));
+      const done = await next();
+      if (done.type !== T_DONE) throw new FpoError('FPO_ERR_BAD_INPUT', `migrate-vm: expected DONE, got frame type ${done.type}`);
+      const dj = (done as { json: Record<string, unknown> }).json;
+      // The VM runs there now: here its guest stops, its VF stays paused, its interface goes away.
+      await e.guest.stop();
+      e.guest = null;
+      const r = this.changeState((commit) => this.fpag.migrate(name, null, undefined, commit));
+      this.log.info({ interface: name, to, rounds: report.rounds.length, downtimeMs: report.downtimeMs }, 'VM migrated');
+      return { interface: name, to, destPort, vfLog: args.vfLog !== false, ...report, sourceSha256, destination: dj, exact: dj.sha256 === sourceSha256, sourceMapping: r };
+    } catch (x) {
+      // Not moved: the VM goes on here.
+      e.vf.paused = false;
+      if (e.guest !== null) e.guest.resume();
+      throw x;
+    } finally {
+      sock.destroy();
+    }
+  }
+
+  /** fpo run --migrate-listen: one incoming migration at a time (migrateVm's other end). */
+  private migrationIn(sock: Socket): void {
+    const reader = new FrameReader();
+    let e: VfEntry | undefined;
+    let iface = '';
+    let port = '';
+    const fail = (message: string) => {
+      if (e !== undefined) e.vf.paused = false;
+      sock.end(jsonFrame(T_ERROR, { message }));
+      e = undefined;
+    };
+    sock.on('error', () => undefined);
+    sock.on('data', (d) => {
+      let frames: Frame[];
+      try { frames = reader.push(d); } catch (x) { fail((x as Error).message); sock.destroy(); return; }
+      for (const f of frames) {
+        if (f.type === T_HELLO) {
+          const j = f.json;
+          if (e !== undefined) return fail('HELLO twice');
+          if (typeof j.interface !== 'string' || typeof j.destPort !== 'string' || typeof j.size !== 'number') return fail('HELLO: expected {interface, destPort, size}');
+          const v = this.vfs.get(j.destPort);
+          if (v === undefined) return fail(`destPort: "${j.destPort.slice(0, 80)}" is no vf port here (${[...this.vfs.keys()].join(', ') || 'none'})`);
+          if (v.size !== j.size) return fail(`size: ${j.size} bytes, the port's guest memory has ${v.size}`);
+          if (v.guest !== null) return fail(`destPort: a VM runs on ${j.destPort} here`);
+          if (this.migrating.has(j.destPort)) return fail(`destPort: a migration to ${j.destPort} is under way`);
+          if (!this.topo.interfaces.some((x) => x.name === j.interface)) return fail(`interface: no interface named "${j.interface.slice(0, 80)}" in this host's topology`);
+          e = v;
+          iface = j.interface;
+          port = j.destPort;
+          this.migrating.add(port);
+          e.vf.paused = true; // nothing is written into the memory while it arrives
+          sock.write(jsonFrame(T_ACCEPT, {}));
+        } else if (f.type === T_PAGES) {
+          if (e === undefined) return fail('PAGES before HELLO');
+          const m = e.mem;
+          for (let k = 0, o = 0; k < f.n; k++, o += 4 + PAGE_SIZE) {
+            const p = f.body.readUInt32LE(o);
+            if (p >= m.pages) { this.migrating.delete(port); return fail(`PAGES: page ${p} past the memory's ${m.pages}`); }
+            m.bytes.set(f.body.subarray(o + 4, o + 4 + PAGE_SIZE), m.base + p * PAGE_SIZE);
+          }
+        } else if (f.type === T_FINAL) {
+          if (e === undefined) return fail('FINAL before HELLO');
+          const v = e;
+          const sha256 = createHash('sha256').update(v.mem.bytes.subarray(v.mem.base, v.mem.base + v.size)).digest('hex');
+          v.vf.resync();
+          v.vf.paused = false;
+          if (v.guestSpec !== null) v.guest = startGuest(v);
+          let mapping: unknown = null;
+          try {
+            mapping = this.changeState((commit) => this.fpag.migrate(iface, port, undefined, commit));
+          } catch (x) {
+            mapping = { error: (x as Error).message };
+          }
+          this.migrating.delete(port);
+          this.log.info({ interface: iface, port }, 'VM arrived');
+          sock.end(jsonFrame(T_DONE, { sha256, interface: iface, port, mapping, guestStarted: v.guest !== null }));
+          e = undefined;
+        } else return fail(`frame type ${f.type} not expected here`);
+      }
+    });
+    sock.on('close', () => { if (e !== undefined) { e.vf.paused = false; this.migrating.delete(port); } });
+  }
+
+  private readonly migrating = new Set<string>();
+
+  /**
    * fpo ctl dirty-log start|stop|read-and-clear|status PORT (issue 21): the
    * hypervisor's dirty-page log of a VF port's guest memory. start: the
    * VF's completion signal goes to the PF driver, which marks the pages its
@@ -660,7 +837,7 @@ export class Service {
    * firewall state) or while one runs.
    */
   private async firewallCmd(args: Record<string, unknown>): Promise<unknown> {
-    const action = args.action ?? 'status';
+    const action = args.action === undefined ? 'status' : args.action;
     const up = this.fpag.firewallUpgrade;
     if (action === 'status') return { ports: up.portsNow(), upgrade: up.status(), hold: this.dp.holdStats };
     if (action !== 'upgrade') throw new FpoError('FPO_ERR_USAGE', `action: expected status or upgrade, got ${JSON.stringify(action)?.slice(0, 40)}`);
@@ -669,7 +846,8 @@ export class Service {
     if (args.restart !== undefined && typeof args.restart !== 'boolean') throw new FpoError('FPO_ERR_USAGE', 'restart: expected true or false');
     if (args.resume === true) {
       if (args.to !== undefined || args.ports !== undefined || args.restart !== undefined) throw new FpoError('FPO_ERR_USAGE', 'resume: takes no --to, --ports or --restart (it goes on with the stopped upgrade)');
-      up.resume();
+      if (args.maxPauseMs !== undefined && typeof args.maxPauseMs !== 'number') throw new FpoError('FPO_ERR_USAGE', 'maxPauseMs: expected a number of ms');
+      up.resume(args.maxPauseMs as number | undefined);
     } else {
       if (typeof args.to !== 'string' || args.to.length === 0 || args.to.length > 64) throw new FpoError('FPO_ERR_USAGE', 'to: expected a firewall version, e.g. v2');
       let ports: string[] | undefined;
@@ -872,6 +1050,8 @@ export class Service {
    */
   async stop(): Promise<unknown> {
     this.captures.endAll();
+    this.migrateServer?.close();
+    for (const v of this.vfs.values()) { await v.guest?.stop(); v.guest = null; }
     for (const c of this.conns) c.destroy();
     await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
     if (this.metricsServer) await (await import('./metrics.js')).closeMetrics(this.metricsServer);
@@ -906,6 +1086,8 @@ export class Service {
    */
   async abort(): Promise<void> {
     this.stopHandOvers();
+    this.migrateServer?.close();
+    for (const v of this.vfs.values()) { await v.guest?.stop(); v.guest = null; }
     if (this.metricsServer) await (await import('./metrics.js')).closeMetrics(this.metricsServer);
     await this.monitor?.stop();
     await this.live.stop();

@@ -107,6 +107,8 @@ const PortSchema = object({
    */
   memory: optional(int(16384, 4 * 1024 * 1024 * 1024)),
   memoryFile: optional(string({ min: 1 })),
+  /** vf: fpo run starts the VM's stand-in on its memory (control/migration/guest-driver.ts): its driver, and its own writes at `dirtyRate` pages a second. */
+  guest: optional(object({ dirtyRate: withDefault(int(0, 10_000_000), () => 0), start: withDefault(oneOf(['boot', 'arrival'] as const), () => 'boot' as const) })),
   /** The TAP device's name (default: the port's name; at most 15 characters). */
   device: optional(refine(string({ regex: /^[A-Za-z0-9._-]{1,15}$/, message: 'expected an interface name of 1 to 15 letters, digits, ".", "_", "-"' }), (d) => !/^\.+$/.test(d), 'expected an interface name that is not only dots (Linux refuses "." and "..")')),
 });
@@ -298,6 +300,8 @@ export interface Port {
   /** vf: the guest memory's bytes and its file. */
   memory?: number;
   memoryFile?: string;
+  /** vf: the VM's stand-in fpo run starts on its memory: at boot, or when a migrated VM arrives (fpo run --migrate-listen). */
+  guest?: { dirtyRate: number; start: 'boot' | 'arrival' };
   /** TAP device name, or the interface an afpacket or pcap-live port attaches to. */
   device: string;
   /** afpacket: rings (default), a read/write a frame, or AF_XDP. */
@@ -467,6 +471,7 @@ export function topologyFrom(json: unknown, path: string): Topology {
     });
     if (p.role === 'vm' && p.segments.length) throw bad(path, `ports[${i}].segments`, 'only uplink ports list segments; a VM port takes its interface\'s');
     if (p.kind === 'vf' && p.memory === undefined) throw bad(path, `ports[${i}].memory`, 'a vf port needs "memory": the bytes of the guest memory its frames are written into');
+    if (p.kind !== 'vf' && p.guest !== undefined) throw bad(path, `ports[${i}].guest`, `"guest" is for vf ports; this port is ${p.kind}`);
     if (p.kind !== 'vf' && (p.memory !== undefined || p.memoryFile !== undefined)) throw bad(path, `ports[${i}].${p.memory !== undefined ? 'memory' : 'memoryFile'}`, `"memory" and "memoryFile" are for vf ports; this port is ${p.kind}`);
     if (p.memory !== undefined && p.memory % 4096 !== 0) throw bad(path, `ports[${i}].memory`, `${p.memory} bytes: expected a multiple of 4096 (whole pages)`);
     if (p.kind !== 'pcap' && p.kind !== 'vf' && p.device === undefined && p.name.length > 15) throw bad(path, `ports[${i}].device`, `the port name "${p.name}" is longer than a TAP device may be (15); give a device name`);
@@ -485,7 +490,7 @@ export function topologyFrom(json: unknown, path: string): Topology {
       }
     }
     ports.set(p.name, { name: p.name, ppid: p.ppid, role: p.role, kind: p.kind, device: p.device ?? p.name, io: p.io ?? 'ring', offload: p.offload ?? false, tpacket: p.tpacket ?? 3, segments: [...p.segments], vpid: -1, ...(p.filter !== undefined ? { filter: p.filter } : {}),
-      ...(p.kind === 'vf' ? { memory: p.memory, memoryFile: p.memoryFile ?? `/dev/shm/fpo-vf-${p.name}.mem` } : {}) });
+      ...(p.kind === 'vf' ? { memory: p.memory, memoryFile: p.memoryFile ?? `/dev/shm/fpo-vf-${p.name}.mem`, ...(p.guest !== undefined ? { guest: { dirtyRate: p.guest.dirtyRate, start: p.guest.start } } : {}) } : {}) });
   });
   const interfaces: Interface[] = [];
   const taken = new Map<string, string>();

@@ -35,14 +35,15 @@ export class DirtyBitmap {
 
   /** Fast path: page p is dirty. */
   mark(p: number): void {
+    if (p >= this.pages) return; // past the memory: not a page of it (callers check; this keeps a bad one from a phantom bit or a throw)
     Atomics.or(this.words, p >>> 5, 1 << (p & 31));
   }
 
   /** Fast path: every page that bytes [at, at + len) touch is dirty (a buffer that straddles a page boundary dirties both). */
   markBytes(at: number, len: number): void {
     if (len <= 0) return;
-    const first = at >>> PAGE_SHIFT;
-    const last = (at + len - 1) >>> PAGE_SHIFT;
+    const first = Math.floor(at / PAGE_SIZE);
+    const last = Math.min(Math.floor((at + len - 1) / PAGE_SIZE), this.pages - 1);
     for (let p = first; p <= last; p++) Atomics.or(this.words, p >>> 5, 1 << (p & 31));
   }
 

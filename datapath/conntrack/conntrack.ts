@@ -1184,8 +1184,10 @@ export class ConnTrack {
     const bad = checkColumns(c);
     if (bad !== null) throw new FpoError('FPO_ERR_FW_STATE', `conntrack: saved state ${bad}`);
     if (c.n > this.nFree) {
-      this.expire(now, this.capacity);
-      if (c.n > this.nFree) throw new FpoError('FPO_ERR_FW_STATE', `conntrack: ${c.n} connections to restore, room for ${this.nFree}`);
+      // Room counting the expired ones (not freed yet: a refused import changes nothing).
+      let expired = 0;
+      for (let id = 0; id < this.capacity; id++) if (this.used[id] === 1 && this.expires[id] <= now) expired++;
+      if (c.n > this.nFree + expired) throw new FpoError('FPO_ERR_FW_STATE', `conntrack: ${c.n} connections to restore, room for ${this.nFree + expired}`);
     }
     const tup = c.tup;
     for (let r = 0; r < c.n; r++) {
@@ -1194,6 +1196,17 @@ export class ConnTrack {
         if (this.find(tup, at, hashTuple(tup, at)) >= 0) throw new FpoError('FPO_ERR_FW_STATE', `conntrack: saved connection ${r} (${d === 0 ? 'original' : 'reply'} tuple) is held by a connection in the table already`);
       }
     }
+    // Two records with one tuple (the checks above saw only the table): refused before anything is taken.
+    const seen = new Set<string>();
+    for (let r = 0; r < c.n; r++) {
+      for (let d = 0; d < 2; d++) {
+        const at = r * 2 * TW + d * TW;
+        const k = Array.prototype.join.call(tup.subarray(at, at + TW), ',');
+        if (seen.has(k)) throw new FpoError('FPO_ERR_FW_STATE', `conntrack: saved connection ${r} has a tuple of an earlier one`);
+        seen.add(k);
+      }
+    }
+    if (c.n > this.nFree) this.expire(now, this.capacity);
     let r = 0;
     try {
       for (; r < c.n; r++) {
@@ -1274,7 +1287,11 @@ export function checkColumns(c: ConnColumns): string | null {
     const proto = (w0 >>> 8) & 0xff;
     if (family !== 4 && family !== 6) return `record ${r}: family ${family} (expected 4 or 6)`;
     if (proto !== c.proto[r]) return `record ${r}: tuple protocol ${proto}, record protocol ${c.proto[r]}`;
-    if ((c.tup[at + TW] & 0xffff00ff) !== (w0 & 0xffff00ff)) return `record ${r}: its two tuples differ in zone or family`;
+    if (c.tup[at + TW] !== w0) return `record ${r}: its two tuples differ in zone, protocol or family`;
+    if (r > 0 && w0 >>> 16 !== c.tup[0] >>> 16) return `record ${r}: zone ${w0 >>> 16}, record 0's is ${c.tup[0] >>> 16} (a state is one zone's)`;
+    let same = true;
+    for (let w = 1; w < TW && same; w++) if (c.tup[at + w] !== c.tup[at + TW + w]) same = false;
+    if (same) return `record ${r}: its reply tuple is its original tuple`;
     if (c.pstate[r] > OTHER_STREAM) return `record ${r}: state ${c.pstate[r]} (expected 0..${OTHER_STREAM})`;
     if (c.natKind[r] > 3 || c.replied[r] > 1) return `record ${r}: NAT ${c.natKind[r]} / replied ${c.replied[r]} out of range`;
     for (let d = 0; d < 2; d++) {

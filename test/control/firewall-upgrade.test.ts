@@ -292,3 +292,28 @@ describe('firewall upgrade: the pause limit', () => {
     expect([r.toServer.length, r.toClient.length]).toEqual([1, 1]);
   });
 });
+
+describe('firewall upgrade: an unexpected error', () => {
+  it('a port that throws while the held packets are released ends that port rolled back and the upgrade stopped, its hold released; the next plan runs', async () => {
+    const { dp, fpag, send, seq } = withConnection();
+    const up = fpag.firewallUpgrade;
+    // The server's port throws once (a broken port), then forwards again.
+    let left = 1;
+    const frames: Uint8Array[] = [];
+    dp.addPort(2, { writeBatch(b: import('../../datapath/batch.js').PacketBatch, idx: Uint16Array, from: number, n: number) {
+      if (left-- > 0) throw new Error('port broke');
+      for (let j = from; j < from + n; j++) frames.push(b.buf.slice(b.off[idx[j]], b.off[idx[j]] + b.caplen[idx[j]]));
+    } });
+    up.plan('v2', ['server']);
+    const run = up.run();
+    send([[1, seg('c', seq.c, seq.s, 'PA', 10)]]); // held
+    const st = await run;
+    expect(st.state).toBe('stopped');
+    expect(st.ports[0].state).toBe('rolled-back');
+    expect(st.ports[0].error).toMatch(/unexpected: port broke/);
+    expect(dp.firewallHold[SERVER_ZONE]).toBe(0);
+    expect(up.status().state).toBe('stopped');
+    up.plan('v1'); // not stuck
+    expect(up.runSync().state).toBe('done');
+  });
+});

@@ -149,7 +149,8 @@ export class VfPort implements TxPort {
    */
   logAddr = new Float64Array(LOG_CAP);
   logLen = new Uint32Array(LOG_CAP);
-  logSlot = new Uint32Array(LOG_CAP);
+  /** The written-back descriptor's guest address (checked inside the memory when it was written). */
+  logDesc = new Float64Array(LOG_CAP);
   logHead = 0;
   logTail = 0;
   logLost = false;
@@ -171,6 +172,11 @@ export class VfPort implements TxPort {
     this.head = m.u32(REG_HEAD);
     this.ready = true;
     return true;
+  }
+
+  /** Slow path: the next batch reads the queue's registers afresh (a memory that was just written whole: a migration's destination). */
+  resync(): void {
+    this.ready = false;
   }
 
   /** The VF's head (its next descriptor), as it last wrote it. */
@@ -216,7 +222,7 @@ export class VfPort implements TxPort {
         const at = k % this.logAddr.length;
         this.logAddr[at] = addr;
         this.logLen[at] = len;
-        this.logSlot[at] = slot;
+        this.logDesc[at] = d;
         this.logTail = k + 1;
       }
     }
@@ -250,13 +256,14 @@ export class PfDriver {
       this.writesSeen += n;
       return n;
     }
-    const ringAt = vf.mem.u32(REG_RING_AT);
+    // From the VF's own record of where it wrote (checked inside the guest's memory as it wrote), never
+    // from the queue's registers again: the guest may have changed them since.
     const cap = vf.logAddr.length;
     let n = 0;
     for (let k = vf.logHead; k < vf.logTail; k++, n++) {
       const at = k % cap;
       bitmap.markBytes(vf.logAddr[at], vf.logLen[at]);
-      bitmap.markBytes(ringAt + vf.logSlot[at] * DESC_BYTES, DESC_BYTES);
+      bitmap.markBytes(vf.logDesc[at], DESC_BYTES);
     }
     // The VF writes its head back into the queue's registers (page 0) after each batch that wrote (as a NIC's head write-back).
     if (n > 0) bitmap.markBytes(REG_HEAD, 4);

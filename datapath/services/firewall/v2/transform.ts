@@ -13,7 +13,7 @@
  *                   timeout class, its time left recomputed from when it was
  *                   last seen (v1's bidir timeout minus its time left) — as
  *                   if v2 had seen it all along;
- *   v2 → v1 (down)  marks cleared, STREAM back to BIDIR with v1's timeout
+ *   v2 → v1 (down)  marks kept (v1 does not read them), STREAM back to BIDIR with v1's timeout
  *                   from when it was last seen; a stream idle longer than
  *                   v1's bidir timeout would already have expired under v1,
  *                   and goes.
@@ -31,9 +31,10 @@ export const STREAM_PACKETS = 2;
 /** The arrays a record lives in: a table's (exp: clock readings, now the clock) or columns' (exp: ms left, now 0). */
 interface Records { proto: Uint8Array; pstate: Uint8Array; packets: Float64Array; mark: Uint32Array }
 
-// Record r, v1 → v2.
+// Record r, v1 → v2. A mark kept from an earlier v2 (a rollback of a downgrade) stays: the connection is
+// still under the generation that committed it.
 function up(a: Records, exp: Float64Array, r: number, now: number, gen: number, v1: Timeouts, v2: Timeouts): void {
-  a.mark[r] = gen;
+  if (a.mark[r] === 0) a.mark[r] = gen;
   const p = a.proto[r];
   if (p === 6 || p === 1 || p === 58 || a.pstate[r] !== BIDIR) return;
   if (a.packets[r * 2] < STREAM_PACKETS || a.packets[r * 2 + 1] < STREAM_PACKETS) return;
@@ -42,9 +43,9 @@ function up(a: Records, exp: Float64Array, r: number, now: number, gen: number, 
   exp[r] = now + Math.max(1, v2.otherStream - idle);
 }
 
-// Record r, v2 → v1: false when it goes (expired under v1's timeout).
+// Record r, v2 → v1: false when it goes (expired under v1's timeout). The mark stays (v1 does not read it;
+// a rollback to v2 finds it).
 function down(a: Records, exp: Float64Array, r: number, now: number, streamTimeout: number, v1: Timeouts): boolean {
-  a.mark[r] = 0;
   if (a.pstate[r] !== STREAM || a.proto[r] === 6) return true;
   const idle = Math.max(0, streamTimeout - (exp[r] - now));
   const left = v1.otherBidir - idle;
