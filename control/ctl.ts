@@ -29,7 +29,7 @@ const HELP: Record<string, string> = {
   conntrack: 'fpo ctl conntrack list|stats|flush [--port P] [--zone Z]\n                                   the connection table: each connection with its owner (guest: a ct action tracks it;\n                                   vnic: a service VM handed it over, offloaded), state, NAT, counters; flush of a zone or port',
   firewall: 'fpo ctl firewall status | upgrade --to VERSION [--ports P,…] [--max-pause MS] [--restart] | upgrade --resume\n                                   the per-port firewall: each port\'s version and connections; an upgrade (or downgrade)\n                                   port by port, the state moved (hold, save, restore, switch, release), each pause shown;\n                                   --restart switches without the state (connections die: for comparison)',
   'dirty-log': 'fpo ctl dirty-log start|stop|read-and-clear|status PORT\n                                   a vf port\'s guest memory: the pages its DMA wrote, logged by the PF driver while on;\n                                   read-and-clear prints them as ranges of 4 KiB pages and clears them',
-  'migrate-vm': 'fpo ctl migrate-vm IFACE --to HOST:PORT --dest-port PORT [--no-vf-log]\n                                   live-migrate the VM on a vf port to the fpo host listening there: pre-copy rounds of the\n                                   CPU-side and VF-side dirty logs, stop-and-copy, resumed on its vf port there',
+  'migrate-vm': 'fpo ctl migrate-vm IFACE --to HOST:PORT --dest-port PORT [--remote HOST] [--no-vf-log]\n                                   live-migrate the VM on a vf port to the fpo host listening there: pre-copy rounds of the\n                                   CPU-side and VF-side dirty logs, stop-and-copy, resumed on its vf port there',
   capture: 'fpo ctl capture PORT [--filter EXPR] [-w FILE] [-c COUNT]\n                                   watch a port live, as tcpdump: frames it receives (In) and sends (Out, after the actions);\n                                   EXPR is a tcpdump filter (applied in fpo run); -w writes pcapng, else a line a frame; Ctrl-C ends',
 };
 
@@ -212,7 +212,7 @@ function plain(cmd: string, result: unknown): string {
 export async function ctlMain(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv, allowPositionals: true, strict: true,
-    options: { zone: { type: 'string' }, socket: { type: 'string', short: 's' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' }, to: { type: 'string' }, 'new-vpid': { type: 'string' }, away: { type: 'boolean' }, port: { type: 'string' }, filter: { type: 'string' }, write: { type: 'string', short: 'w' }, count: { type: 'string', short: 'c' }, ports: { type: 'string' }, 'max-pause': { type: 'string' }, resume: { type: 'boolean' }, restart: { type: 'boolean' }, 'dest-port': { type: 'string' }, 'no-vf-log': { type: 'boolean' } },
+    options: { zone: { type: 'string' }, socket: { type: 'string', short: 's' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' }, to: { type: 'string' }, 'new-vpid': { type: 'string' }, away: { type: 'boolean' }, port: { type: 'string' }, filter: { type: 'string' }, write: { type: 'string', short: 'w' }, count: { type: 'string', short: 'c' }, ports: { type: 'string' }, 'max-pause': { type: 'string' }, resume: { type: 'boolean' }, restart: { type: 'boolean' }, 'dest-port': { type: 'string' }, 'no-vf-log': { type: 'boolean' }, remote: { type: 'string' } },
   });
   const [cmd, ...rest] = positionals;
   if (cmd === undefined) {
@@ -255,7 +255,7 @@ export async function ctlMain(argv: string[]): Promise<number> {
     case 'migrate-vm': {
       need(1, 'one INTERFACE argument');
       if (values.to === undefined || values['dest-port'] === undefined) throw new CtlUsage('ctl migrate-vm: --to HOST:PORT and --dest-port PORT are required');
-      args = { interface: rest[0], to: values.to, destPort: values['dest-port'], ...(values['no-vf-log'] ? { vfLog: false } : {}) };
+      args = { interface: rest[0], to: values.to, destPort: values['dest-port'], ...(values['no-vf-log'] ? { vfLog: false } : {}), ...(values.remote !== undefined ? { remote: values.remote } : {}) };
       break;
     }
     case 'dirty-log': {

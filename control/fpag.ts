@@ -966,6 +966,37 @@ export class Fpag {
     this.dp.apply(m);
   }
 
+  /**
+   * A VM that left for another host of the tunnel (a live migration's
+   * source, issue 21): its interface becomes a remote one behind `host`, so
+   * what L2 sent to its VPID now goes through the tunnel to that host. Its
+   * VPID is unmapped here (and stays reserved); installed flows are
+   * revalidated into tunnel outputs (their rewrites counted here — the
+   * destination rewrites none: it maps the same interface to its port).
+   * Refused, with nothing changed, for an unknown interface or host, or an
+   * interface that is not local.
+   */
+  moveToRemote(name: string, host: string, commit?: (c: Change) => void): { vpid: number; remote: string; flowRewrites: number } {
+    const itf = this.topology.interfaces.find((i) => i.name === name);
+    if (!itf) throw new FpoError('FPO_ERR_USAGE', `interface: no interface named "${name.slice(0, 80)}"`);
+    const remotes = this.topology.tunnel?.remotes ?? [];
+    const t = remotes.findIndex((r) => r.name === host);
+    if (t < 0) throw new FpoError('FPO_ERR_USAGE', `remote: "${host.slice(0, 80)}" is no remote host of this host's tunnel (${remotes.map((r) => r.name).join(', ') || 'none'})`);
+    const e = this.byName.get(name);
+    if (e === undefined || e.uplink || e.tunnel !== undefined) throw new FpoError('FPO_ERR_USAGE', `interface: ${name} is not a local interface here`);
+    commit?.({ interface: name, vpid: itf.vpid, port: null });
+    this.dp.apply({ type: 'mapping-set', vpid: itf.vpid, ppid: -1 });
+    itf.port = undefined;
+    e.tunnel = t;
+    e.viaVpid = this.portByName.get(remotes[t].uplink)!.vpid;
+    this.clearCaches();
+    const r = this.revalidate();
+    const rewrites = r.modified + r.deleted;
+    this.migrations++;
+    this.flowRewrites += rewrites;
+    return { vpid: itf.vpid, remote: host, flowRewrites: rewrites };
+  }
+
   /** Name of the interface or uplink behind a VPID. */
   vpidName(vpid: number): string | undefined {
     return this.byVpid.get(vpid)?.name;

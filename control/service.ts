@@ -96,7 +96,7 @@ const ARGS = new Map<string, readonly string[]>([
   ['conntrack', ['action', 'port', 'zone']],
   ['firewall', ['action', 'to', 'ports', 'maxPauseMs', 'resume', 'restart']],
   ['dirty-log', ['action', 'port']],
-  ['migrate-vm', ['interface', 'to', 'destPort', 'vfLog']],
+  ['migrate-vm', ['interface', 'to', 'destPort', 'vfLog', 'remote']],
 ]);
 
 export interface ServiceOptions {
@@ -665,6 +665,10 @@ export class Service {
     const destPort = args.destPort;
     if (typeof destPort !== 'string' || destPort.length === 0 || destPort.length > 256) throw new FpoError('FPO_ERR_USAGE', 'destPort: expected the destination\'s vf port');
     if (args.vfLog !== undefined && typeof args.vfLog !== 'boolean') throw new FpoError('FPO_ERR_USAGE', 'vfLog: expected true or false');
+    if (args.remote !== undefined) {
+      const remotes = this.topo.tunnel?.remotes ?? [];
+      if (typeof args.remote !== 'string' || !remotes.some((x) => x.name === args.remote)) throw new FpoError('FPO_ERR_USAGE', `remote: expected a remote host of this host's tunnel (${remotes.map((x) => x.name).join(', ') || 'none'})`);
+    }
     const i = to.lastIndexOf(':');
     const sock = netConnect({ host: to.slice(0, i), port: Number(to.slice(i + 1)) });
     const reader = new FrameReader();
@@ -707,7 +711,10 @@ export class Service {
       // The VM runs there now: here its guest stops, its VF stays paused, its interface goes away.
       await e.guest.stop();
       e.guest = null;
-      const r = this.changeState((commit) => this.fpag.migrate(name, null, undefined, commit));
+      // Its interface away: behind the destination's host on the tunnel when `remote` names it (flows revalidated
+      // into tunnel outputs), else unmapped here.
+      const remote = args.remote;
+      const r = this.changeState((commit) => (typeof remote === 'string' ? this.fpag.moveToRemote(name, remote, commit) : this.fpag.migrate(name, null, undefined, commit)));
       this.log.info({ interface: name, to, rounds: report.rounds.length, downtimeMs: report.downtimeMs }, 'VM migrated');
       return { interface: name, to, destPort, vfLog: args.vfLog !== false, ...report, sourceSha256, destination: dj, exact: dj.sha256 === sourceSha256, sourceMapping: r };
     } catch (x) {

@@ -30,8 +30,9 @@ function topo(dir: string, host: string, guest: 'boot' | 'arrival'): string {
   writeFileSync(f, JSON.stringify({
     name: host,
     ports: [{ name: 'up0', ppid: 1, role: 'uplink', segments: ['s'] }, { name: 'vf1', ppid: 2, kind: 'vf', memory: MEM, memoryFile: join(dir, `${host}-vm1.mem`), guest: { dirtyRate: guest === 'boot' ? 3000 : 0, start: guest } }],
-    segments: [{ name: 's' }],
+    segments: [{ name: 's', vni: 5001 }],
     nodes: [{ name: 'vm1', interfaces: [{ name: 'vm1-eth0', mac: '02:00:00:00:00:01', ip: '10.0.0.1', segment: 's', port: 'vf1' }] }],
+    ...(host === 'a' ? { tunnel: { vtep: '192.168.0.1', mac: '02:fe:00:00:00:01', kind: 'vxlan', remotes: [{ name: 'b', vtep: '192.168.0.2', mac: '02:fe:00:00:00:02', uplink: 'up0' }] } } : {}),
   }));
   return f;
 }
@@ -55,7 +56,7 @@ async function migration(vfLog: boolean) {
   let on = true;
   const traffic = (async () => { let k = 1; while (on) { await new Promise<void>((r) => { const c = runCliAsync(['ctl', '-s', a.socket, 'inject', capture(`during${k}.pcap`, 2000, k * 7)]); c.then(() => r()); }); k++; } })();
   await sleep(1500); // injects under way before the migration starts, and through it
-  const args = ['ctl', '-s', a.socket, '--json', 'migrate-vm', 'vm1-eth0', '--to', `127.0.0.1:${port}`, '--dest-port', 'vf1', ...(vfLog ? [] : ['--no-vf-log'])];
+  const args = ['ctl', '-s', a.socket, '--json', 'migrate-vm', 'vm1-eth0', '--to', `127.0.0.1:${port}`, '--dest-port', 'vf1', '--remote', 'b', ...(vfLog ? [] : ['--no-vf-log'])];
   const r = await runCliAsync(args);
   on = false;
   await traffic;
@@ -86,7 +87,17 @@ describe('fpo ctl migrate-vm between two fpo hosts', () => {
       expect(j.pagesCopied).toBeGreaterThan(MEM / 4096);
       expect(j.destination.guestStarted).toBe(true); // B started the VM's stand-in on the memory that arrived
       expect(j.destination.mapping.vpid).toBeGreaterThan(0);
-      expect(j.sourceMapping.newPpid).toBe(-1); // A: the interface went away
+      expect(j.sourceMapping.remote).toBe('b'); // A: the interface is behind host B now
+      // A: the VM is remote now — a frame for it from the underlay is not sent back into it (noDestination), nor to
+      // the VF it left (no vpidUnmapped). (Frames from A's own VMs go through the tunnel: test/control/migration/remote.test.ts.)
+      const before = JSON.parse(a.ctl('--json', 'stats').stdout);
+      const one = join(dir, 'one.pcap');
+      writePcap(one, [{ sec: 3, usec: 0, data: eth('02:00:00:00:00:01', '02:00:00:00:00:77', 0x0800, ipv4({ src: '10.0.0.9', dst: '10.0.0.1', proto: 17 }, udp(1, 9, new Uint8Array(10)))) }]);
+      a.ctl('inject', one, '--port', 'up0');
+      const after = JSON.parse(a.ctl('--json', 'stats').stdout);
+      expect(after.packets.in - before.packets.in).toBe(1);
+      expect((after.drops.noDestination ?? 0) - (before.drops.noDestination ?? 0)).toBe(1);
+      expect(after.drops.vpidUnmapped ?? 0).toBe(before.drops.vpidUnmapped ?? 0);
       // B: the driver goes on from its state in the memory: first what A's VF wrote and it had not taken, then new frames.
       const memB = () => readFileSync(join(dir, 'b-vm1.mem'));
       const atSwitch = u32(memB(), DRV_FRAMES);
