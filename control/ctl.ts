@@ -169,6 +169,7 @@ function plain(cmd: string, result: unknown): string {
       const out = [`packets: in ${r.packets.in} = out ${r.packets.out} + dropped ${r.packets.dropped} (copies ${r.packets.copies}, special ${r.packets.special})`, ''];
       out.push(table([['port', 'ppid', 'vpid', 'rx pkts', 'rx bytes', 'tx pkts', 'tx bytes'], ...r.ports.map((p: any) => [p.name, String(p.ppid), p.vpid >= 0 ? String(p.vpid) : '-', String(p.rxPackets), String(p.rxBytes), String(p.txPackets), String(p.txBytes)])]));
       if (r.live?.length) out.push('', table([['live port', 'device', 'mode', 'rx missed', 'tx ring full', 'tx errors'], ...r.live.map((l: any) => [l.port, l.device, l.mode, String(l.rxMissed), String(l.txRingFull), String(l.txErrors)])]));
+      if (r.vf?.length) out.push('', table([['vf port', 'written', 'no descriptor', 'not ready', 'paused', 'too long', 'bad buffer', 'bad queue', 'guest'], ...r.vf.map((v: any) => [v.port, String(v.written), String(v.noDescriptor), String(v.notReady), String(v.paused), String(v.tooLong), String(v.badBuffer), String(v.badQueue), v.guest ? 'running' : '-'])]));
       out.push('', 'drops:', ...(Object.keys(r.drops).length ? Object.entries(r.drops).map(([k, v]) => `  ${k}: ${v}`) : ['  none']));
       out.push('', `flows: ${r.flows.active} active, ${r.flows.installed} installed, ${r.flows.upcalls} upcalls; migrations ${r.migrations}, flow rewrites ${r.flowRewrites}`);
       for (const f of r.perFlow) out.push(`  ${f.match}, packets:${f.packets}, bytes:${f.bytes}, actions:${f.actions}`);

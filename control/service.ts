@@ -624,6 +624,9 @@ export class Service {
       conntrack: { packets: st.ctPackets, connections: this.dp.hasConntrack ? this.dp.conntrack.count : 0, capacity: this.dp.hasConntrack ? this.dp.conntrack.capacity : 0, ...(this.dp.hasConntrack ? this.dp.conntrack.stats : {}) },
       ports: st.ports.map((p) => ({ name: this.fpag.portOf(p.ppid)?.name, ...p })),
       live: this.liveCounters(),
+      // VF ports: frames the VF wrote into the guest, and those it did not, by reason (a port's own counters, as a NIC's
+      // rx_missed: beside in = out + dropped, which counts them delivered to the port).
+      vf: [...this.vfs.entries()].map(([port, v]) => ({ port, written: v.vf.completed, noDescriptor: v.vf.rxNoDescriptor, notReady: v.vf.rxNotReady, paused: v.vf.rxPaused, tooLong: v.vf.rxTooLong, badBuffer: v.vf.rxBadBuffer, badQueue: v.vf.rxBadQueue, guest: v.guest !== null })),
       flows: { installed: st.flowsInstalled, active: st.flowsNow, evicted: st.flowsEvicted, expired: st.flowsExpired, upcalls: st.upcalls, emcHits: st.emcHits, megaflowHits: st.megaflowHits },
       perFlow: flowReport(this.dp, this.fpag),
       migrations: this.fpag.migrations,

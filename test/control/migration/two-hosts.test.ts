@@ -87,6 +87,13 @@ describe('fpo ctl migrate-vm between two fpo hosts', () => {
       expect(j.pagesCopied).toBeGreaterThan(MEM / 4096);
       expect(j.destination.guestStarted).toBe(true); // B started the VM's stand-in on the memory that arrived
       expect(j.destination.mapping.vpid).toBeGreaterThan(0);
+      expect(j.destination.mapping.flowRewrites).toBe(0); // the destination: one mapping update, no flow rewritten
+      // Every frame sent to the VM on A: written into its memory, or counted by the VF with its reason.
+      const sa = JSON.parse(a.ctl('--json', 'stats').stdout);
+      const vfa = sa.vf.find((v: { port: string }) => v.port === 'vf1');
+      const toVf = sa.ports.find((p: { name: string }) => p.name === 'vf1').txPackets;
+      expect(vfa.written + vfa.noDescriptor + vfa.notReady + vfa.paused + vfa.tooLong + vfa.badBuffer + vfa.badQueue).toBe(toVf);
+      expect(sa.packets.in).toBe(sa.packets.out + sa.packets.dropped);
       expect(j.sourceMapping.remote).toBe('b'); // A: the interface is behind host B now
       // A: the VM is remote now — a frame for it from the underlay is not sent back into it (noDestination), nor to
       // the VF it left (no vpidUnmapped). (Frames from A's own VMs go through the tunnel: test/control/migration/remote.test.ts.)
