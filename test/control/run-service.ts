@@ -45,6 +45,16 @@ export async function startService(opts: { out?: string; socket?: string; topolo
   proc.stderr!.on('data', (d) => (stderr += d));
   for (let i = 0; i < 200 && !existsSync(socket) && proc.exitCode === null; i++) await new Promise((r) => setTimeout(r, 50));
   if (!existsSync(socket)) throw new Error(`fpo run did not start: ${stderr}`);
+  // The socket's file appears at bind(), a moment before listen(): a connect in between is refused. Wait until one is taken.
+  for (let i = 0; i < 100; i++) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const c = connect(socket);
+      c.once('connect', () => { c.destroy(); resolve(true); });
+      c.once('error', () => resolve(false));
+    });
+    if (ok) break;
+    await new Promise((r) => setTimeout(r, 20));
+  }
   const status = () => readFileSync(`/proc/${proc.pid}/status`, 'utf8');
   const kb = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(status())![1]);
   return {
