@@ -80,7 +80,7 @@ async function oneCase(pps: number, dirtyRate: number) {
   await guest.stop();
   return {
     trafficPps: pps, offeredPps: Math.round(offered), guestDirtyPagesPerSec: dirtyRate,
-    downtimeMs: r.downtimeMs, stopAndCopyPages: r.stopAndCopy.pages, rounds: r.rounds.length, pagesCopied: r.pagesCopied, converged: r.converged, exact,
+    downtimeMs: r.downtimeMs, stopAndCopyPages: r.stopAndCopy.pages, rounds: r.rounds.length, pagesCopied: r.pagesCopied, converged: r.converged, stoppedBy: r.stoppedBy, exact,
     roundPages: r.rounds.map((x) => x.pages), baselineFullCopyMs: +baselineMs.toFixed(3), ratio: +(r.downtimeMs / baselineMs).toFixed(3),
     vfPaused: vf.rxPaused, vfCompleted: vf.completed,
   };

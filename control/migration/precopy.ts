@@ -30,6 +30,13 @@ export interface PrecopyOptions {
   /** Rounds of pre-copy after the first (default 30), and the dirty set small enough to stop and copy (pages, default 256). */
   maxRounds?: number;
   smallPages?: number;
+  /**
+   * The downtime aimed at (ms, default 25): the pre-copy also stops when the dirty set would be
+   * copied within it at the rate the rounds so far copied — as QEMU stops when the rest fits its
+   * downtime limit. (A VF at full speed keeps its ring's buffers dirty however often they are
+   * copied: a set that never shrinks below `smallPages`, but copies in a few ms.)
+   */
+  targetDowntimeMs?: number;
   /** Pages copied between two yields (default 2048). */
   chunk?: number;
 }
@@ -38,6 +45,8 @@ export interface PrecopyReport {
   rounds: { pages: number; ms: number; cpuPages: number; vfPages: number }[];
   pagesCopied: number;
   converged: boolean;
+  /** Why the pre-copy stopped: the set was small, it fit the target downtime, or the rounds ran out. */
+  stoppedBy: 'small' | 'downtime' | 'rounds';
   stopAndCopy: { pages: number; ms: number };
   /** Stop-and-copy's time: VF and guest paused to the last page copied. */
   downtimeMs: number;
@@ -66,6 +75,8 @@ export async function precopy(o: PrecopyOptions): Promise<PrecopyReport> {
   const chunk = o.chunk ?? 2048;
   const maxRounds = o.maxRounds ?? 30;
   const small = o.smallPages ?? 256;
+  const target = o.targetDowntimeMs ?? 25;
+  let copiedMs = 0;
   const vfBits = new DirtyBitmap(pagesN);
   const list = new Uint32Array(pagesN);
   const cpuList = new Uint32Array(pagesN);
@@ -97,19 +108,25 @@ export async function precopy(o: PrecopyOptions): Promise<PrecopyReport> {
   for (let p = 0; p < pagesN; p++) list[p] = p;
   await send(pagesN, true);
   rounds.push({ pages: pagesN, ms: performance.now() - t, cpuPages: 0, vfPages: 0 });
-  let converged = false;
+  copiedMs += rounds[0].ms;
+  let stoppedBy: PrecopyReport['stoppedBy'] = 'rounds';
   for (let r = 0; r < maxRounds; r++) {
     const g = gather();
-    if (g.n <= small) {
-      // Small enough: these go in the stop-and-copy, with whatever dirties meanwhile.
+    // Pages a ms the rounds so far took (their time includes the traffic forwarded between chunks: a low estimate).
+    const rate = copied / Math.max(copiedMs, 0.001);
+    if (g.n <= small || g.n / rate <= target) {
+      // These go in the stop-and-copy, with whatever dirties meanwhile.
       for (let k = 0; k < g.n; k++) mark[list[k]] = 1;
-      converged = true;
+      stoppedBy = g.n <= small ? 'small' : 'downtime';
       break;
     }
     t = performance.now();
     await send(g.n, true);
-    rounds.push({ pages: g.n, ms: performance.now() - t, cpuPages: g.cpu, vfPages: g.vf });
+    const ms = performance.now() - t;
+    copiedMs += ms;
+    rounds.push({ pages: g.n, ms, cpuPages: g.cpu, vfPages: g.vf });
   }
+  const converged = stoppedBy !== 'rounds';
   // Stop and copy.
   const t0 = performance.now();
   o.vfPort.paused = true;
@@ -118,5 +135,5 @@ export async function precopy(o: PrecopyOptions): Promise<PrecopyReport> {
   await send(g.n, false);
   const ms = performance.now() - t0;
   if (o.vf !== null) o.vf.pf.stopLog(o.vf.port);
-  return { rounds: rounds.map((x) => ({ ...x, ms: +x.ms.toFixed(3) })), pagesCopied: copied, converged, stopAndCopy: { pages: g.n, ms: +ms.toFixed(3) }, downtimeMs: +ms.toFixed(3) };
+  return { rounds: rounds.map((x) => ({ ...x, ms: +x.ms.toFixed(3) })), pagesCopied: copied, converged, stoppedBy, stopAndCopy: { pages: g.n, ms: +ms.toFixed(3) }, downtimeMs: +ms.toFixed(3) };
 }

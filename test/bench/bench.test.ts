@@ -115,7 +115,7 @@ describe('benchmarks (short mode)', () => {
       expect(c.pagesCopied).toBeGreaterThanOrEqual(c.roundPages.reduce((a, x) => a + x, 0));
       expect(c.ratio).toBeCloseTo(c.downtimeMs / c.baselineFullCopyMs, 2);
     }
-    expect(cases[1].rounds).toBeGreaterThan(1); // under traffic, pages dirtied during the first round went again
+    for (const c of cases) expect(['small', 'downtime']).toContain((c as unknown as { stoppedBy: string }).stoppedBy); // converged, not out of rounds
   });
 
   it('classifier/lookup prints a line per flow count, subtable count and path, with a ratio to a Map', () => {

@@ -72,7 +72,7 @@ async function migrateOnce(withVfLog: boolean) {
   for (let i = 0; i < 100 && src.u32(0) === 0; i++) await sleep(10); // the driver sets its queue up
   const tr = traffic(sw.send, 600_000);
   await sleep(300);
-  const report = await precopy({ src, sink: copyInto(dst), cpu, vf: withVfLog ? { port: vf, pf } : null, vfPort: vf, guest, maxRounds: 20, smallPages: 64, chunk: 1024 });
+  const report = await precopy({ src, sink: copyInto(dst), cpu, vf: withVfLog ? { port: vf, pf } : null, vfPort: vf, guest, maxRounds: 20, smallPages: 64, chunk: 1024, targetDowntimeMs: 0 }); // rounds until the set is small: the VF log's work shows
   tr.stop();
   const rate = tr.rate();
   // Everything paused: the source as the migration left it.
