@@ -698,7 +698,7 @@ export class Service {
     };
     await new Promise<void>((resolve, reject) => { sock.once('connect', () => resolve()); sock.once('error', reject); }).catch((x: Error) => { throw new FpoError('FPO_ERR_IO', `migrate-vm: cannot connect to ${to}: ${x.message}`); });
     try {
-      sock.write(jsonFrame(T_HELLO, { interface: name, destPort, size: e.size }));
+      sock.write(jsonFrame(T_HELLO, { interface: name, destPort, size: e.size, vpid: itf.vpid }));
       const acc = await next();
       if (acc.type !== T_ACCEPT) throw new FpoError('FPO_ERR_BAD_INPUT', `migrate-vm: expected ACCEPT, got frame type ${acc.type}`);
       const sink = async (pages: Uint32Array, n: number, src: GuestMemory) => {
@@ -736,6 +736,7 @@ export class Service {
     let e: VfEntry | undefined;
     let iface = '';
     let port = '';
+    let srcVpid = -1;
     const fail = (message: string) => {
       if (e !== undefined) e.vf.paused = false;
       sock.end(jsonFrame(T_ERROR, { message }));
@@ -758,6 +759,7 @@ export class Service {
           if (!this.topo.interfaces.some((x) => x.name === j.interface)) return fail(`interface: no interface named "${j.interface.slice(0, 80)}" in this host's topology`);
           e = v;
           iface = j.interface;
+          srcVpid = typeof j.vpid === 'number' ? j.vpid : -1;
           port = j.destPort;
           this.migrating.add(port);
           e.vf.paused = true; // nothing is written into the memory while it arrives
@@ -785,7 +787,8 @@ export class Service {
           }
           this.migrating.delete(port);
           this.log.info({ interface: iface, port }, 'VM arrived');
-          sock.end(jsonFrame(T_DONE, { sha256, interface: iface, port, mapping, guestStarted: v.guest !== null }));
+          const vpid = this.topo.interfaces.find((x) => x.name === iface)?.vpid ?? -1;
+          sock.end(jsonFrame(T_DONE, { sha256, interface: iface, port, mapping, guestStarted: v.guest !== null, vpid, sameVpid: vpid === srcVpid }));
           e = undefined;
         } else return fail(`frame type ${f.type} not expected here`);
       }

@@ -71,8 +71,8 @@ describe('fpo ctl migrate-vm between two hosts on an underlay, under a sender at
           { name: 'vf1', ppid: 11, kind: 'vf', memory: MEM, memoryFile: join(dir, `${host}-vm1.mem`), guest: { dirtyRate: host === 'a' ? 5000 : 0, start: host === 'a' ? 'boot' : 'arrival' } },
         ],
         nodes: [
-          ...(host === 'a' ? [{ name: 'sender', interfaces: [{ name: 'send0', mac: SENDER, segment: 's', port: 'psend' }] }] : []),
           { name: 'vm1', interfaces: [{ name: 'vm1-eth0', mac: VM1, ip: '10.0.0.9', segment: 's', port: 'vf1' }] },
+          ...(host === 'a' ? [{ name: 'sender', interfaces: [{ name: 'send0', mac: SENDER, segment: 's', port: 'psend' }] }] : []),
         ],
         ...(host === 'a' ? { tunnel: { vtep: '192.168.0.1', mac: '02:fe:00:00:00:01', kind: 'vxlan', remotes: [{ name: 'b', vtep: '192.168.0.2', mac: '02:fe:00:00:00:02', uplink: 'up0' }] } } : {}),
       }));
@@ -111,6 +111,7 @@ describe('fpo ctl migrate-vm between two hosts on an underlay, under a sender at
       expect(j.rounds[0].pages).toBe(MEM / 4096);
       expect(j.destination.guestStarted).toBe(true);
       expect(j.destination.mapping.flowRewrites).toBe(0);
+      expect(j.destination.sameVpid).toBe(true); // the VM keeps its VPID: one mapping update there
       expect(j.sourceMapping.remote).toBe('b');
       // Let A finish what its ring holds, then the counts.
       let st: any;
