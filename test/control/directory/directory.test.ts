@@ -1,0 +1,91 @@
+/**
+ * The directory in etcd (issue 22, first slice): a real etcd member (Debian's
+ * etcd-server) on loopback; host A registers under a lease and publishes its
+ * VMs, host B reads the deployment (every entry checked, a bad one refused
+ * with why) and follows the changes by watching from the revision it read;
+ * A's lease expiring takes its entries with it.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import fc from 'fast-check';
+import { Etcd3 } from 'etcd3';
+import { Directory, type Change } from '../../../control/directory/directory.js';
+import { parseEntry } from '../../../control/directory/schema.js';
+import { cleanTemp, needTool, tempDir } from '../../helpers.js';
+
+const children: ChildProcess[] = [];
+afterAll(() => { for (const c of children) c.kill('SIGKILL'); cleanTemp(); });
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const freePort = () => new Promise<number>((resolve) => { const s = createServer(); s.listen(0, '127.0.0.1', () => { const p = (s.address() as { port: number }).port; s.close(() => resolve(p)); }); });
+
+async function etcdMember(): Promise<string> {
+  const dir = tempDir('etcd');
+  const [client, peer] = [await freePort(), await freePort()];
+  const url = `http://127.0.0.1:${client}`;
+  const p = spawn('etcd', ['--name', 'm1', '--data-dir', join(dir, 'data'), '--listen-client-urls', url, '--advertise-client-urls', url,
+    '--listen-peer-urls', `http://127.0.0.1:${peer}`, '--initial-advertise-peer-urls', `http://127.0.0.1:${peer}`, '--initial-cluster', `m1=http://127.0.0.1:${peer}`], { stdio: 'ignore' });
+  children.push(p);
+  const c = new Etcd3({ hosts: url, dialTimeout: 500 });
+  for (let i = 0; i < 100; i++) {
+    try { await c.get('ping'); break; } catch { await sleep(100); }
+  }
+  c.close();
+  return url;
+}
+
+describe('the directory in etcd', () => {
+  it('a host registers and publishes its VMs under a lease; another reads them checked, follows the changes, and sees them go with the lease', async (ctx) => {
+    needTool(ctx, 'etcd', 'the directory tests run a real etcd member (Debian: etcd-server)');
+    const url = await etcdMember();
+    const a = new Directory([url], 'lab1');
+    const b = new Directory([url], 'lab1');
+    try {
+      await a.registerHost({ name: 'hostA', vtep: '192.168.0.1', mac: '02:fe:00:00:00:01', kind: 'vxlan' }, 2);
+      await a.publish({ name: 'vm1-eth0', mac: '02:00:00:00:00:01', ips: ['10.0.0.1'], segment: 'blue', host: 'hostA', vpid: 1 });
+      await a.publish({ name: 'vm2-eth0', mac: '02:00:00:00:00:02', ips: [], segment: 'blue', host: 'hostA', vpid: 2 });
+      await a.putSegment({ name: 'blue', vni: 5001 });
+      // A bad entry, written by someone else: refused with the field and what was expected; the rest taken.
+      const raw = new Etcd3({ hosts: url });
+      await raw.put('/fpo/lab1/interfaces/vm9-eth0').value('{"name":"vm9-eth0","mac":"02:00:00:00:00:09","segment":"blue","host":"hostA","vpid":70000}');
+      await raw.put('/fpo/lab1/hosts/hostZ').value('not json');
+      await raw.put('/fpo/other/hosts/x').value('{}'); // another deployment: not ours, not read
+      await b.load();
+      expect([...b.hosts.keys()]).toEqual(['hostA']);
+      expect([...b.interfaces.keys()].sort()).toEqual(['vm1-eth0', 'vm2-eth0']);
+      expect(b.segments.get('blue')?.vni).toBe(5001);
+      expect(b.refused.get('/fpo/lab1/interfaces/vm9-eth0')).toMatch(/\.vpid: Invalid input: expected an integer in 1\.\.65535, got 70000/);
+      expect(b.refused.get('/fpo/lab1/hosts/hostZ')).toMatch(/not JSON/);
+      expect(b.refused.size).toBe(2);
+      // Follow: what changes after the revision read.
+      const seen: Change[] = [];
+      await b.watch((c) => seen.push(c));
+      await a.publish({ name: 'vm3-eth0', mac: '02:00:00:00:00:03', ips: [], segment: 'blue', host: 'hostA', vpid: 3 });
+      await a.withdraw('vm2-eth0');
+      await raw.put('/fpo/lab1/interfaces/vm9-eth0').value('{"name":"vm9-eth0","mac":"02:00:00:00:00:09","segment":"blue","host":"hostA","vpid":9}'); // fixed: taken
+      for (let i = 0; i < 50 && seen.length < 3; i++) await sleep(50);
+      expect(seen.map((c) => c.type)).toEqual(['put', 'delete', 'put']);
+      expect([...b.interfaces.keys()].sort()).toEqual(['vm1-eth0', 'vm3-eth0', 'vm9-eth0']);
+      expect(b.refused.has('/fpo/lab1/interfaces/vm9-eth0')).toBe(false);
+      // A stops without revoking (as if it died): its lease expires, its host and VMs go; vm9 (someone else's, no lease) stays.
+      await a.close(false);
+      for (let i = 0; i < 100 && b.hosts.has('hostA'); i++) await sleep(100);
+      expect(b.hosts.has('hostA')).toBe(false);
+      expect([...b.interfaces.keys()]).toEqual(['vm9-eth0']);
+      raw.close();
+    } finally {
+      await b.close();
+      await a.close().catch(() => undefined);
+    }
+  }, 60_000);
+
+  it('fuzz: any key and value under the prefix is an entry or refused with why, never an exception', () => {
+    fc.assert(fc.property(fc.oneof(fc.string(), fc.constantFrom('hosts/a', 'interfaces/vm1', 'segments/s', 'hosts/', 'x/y', 'hosts/a/b')), fc.oneof(fc.string(), fc.json(), fc.constantFrom('{"name":"a","vtep":"1.2.3.4","mac":"02:00:00:00:00:01"}', '{"name":"vm1","mac":"02:00:00:00:00:01","segment":"s","host":"h","vpid":1}', '{"name":"s","vni":0}', '{"__proto__":{"x":1},"name":"a"}')), (k, v) => {
+      const r = parseEntry('/fpo/d/', `/fpo/d/${k}`, v);
+      expect('error' in r || 'kind' in r).toBe(true);
+    }), { numRuns: 2000 });
+    expect(parseEntry('/fpo/d/', '/fpo/d/hosts/a', '{"name":"a","vtep":"1.2.3.4","mac":"02:00:00:00:00:01"}')).toEqual({ kind: 'host', value: { name: 'a', vtep: '1.2.3.4', mac: '02:00:00:00:00:01', kind: 'geneve' } });
+    expect(parseEntry('/fpo/d/', '/fpo/d/hosts/b', '{"name":"a","vtep":"1.2.3.4","mac":"02:00:00:00:00:01"}')).toEqual({ error: '/fpo/d/hosts/b.name: "a", the key says "b"' });
+  });
+});
