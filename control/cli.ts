@@ -299,6 +299,9 @@ Options:
       --log-level L     silent, error, warn (default), info, debug: JSON lines on stderr
       --metrics ADDR    serve Prometheus metrics at http://ADDR/metrics
                         (HOST:PORT or PORT; host 127.0.0.1 when not given)
+      --etcd URL[,URL…] [--host NAME] [--deployment D]
+                        share hosts, VMs and segments through etcd: this host's are published
+                        under a lease, the others' become tunnel remotes as they come and go
       --migrate-listen HOST:PORT
                         take VMs migrated from other fpo hosts (fpo ctl migrate-vm) on this address
       --workers N       N datapath workers (threads), each with its own flow
@@ -310,7 +313,7 @@ Options:
 async function cmdRun(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv, allowPositionals: true,
-    options: { topology: { type: 'string', short: 't' }, socket: { type: 'string', short: 's' }, out: { type: 'string', short: 'o' }, state: { type: 'string' }, 'log-level': { type: 'string' }, metrics: { type: 'string' }, workers: { type: 'string' }, 'migrate-listen': { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+    options: { topology: { type: 'string', short: 't' }, socket: { type: 'string', short: 's' }, out: { type: 'string', short: 'o' }, state: { type: 'string' }, 'log-level': { type: 'string' }, metrics: { type: 'string' }, workers: { type: 'string' }, 'migrate-listen': { type: 'string' }, etcd: { type: 'string' }, host: { type: 'string' }, deployment: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
   });
   if (values.help) { process.stdout.write(RUN_HELP); return 0; }
   const workers = values.workers === undefined ? 1 : Number(values.workers);
@@ -321,7 +324,7 @@ async function cmdRun(argv: string[]): Promise<number> {
   if (!['silent', 'error', 'warn', 'info', 'debug', 'trace'].includes(level)) throw new UsageError(`run: --log-level: expected silent, error, warn, info or debug, got "${level}"`);
   if (values.metrics !== undefined) (await import('./metrics.js')).parseAddr(values.metrics);
   const { Service, defaultSocket } = await import('./service.js');
-  const svc = new Service({ topology: values.topology, socket: values.socket ?? defaultSocket(), outDir: values.out ?? 'fpo-run', state: values.state, logLevel: level, metrics: values.metrics, workers, migrateListen: values['migrate-listen'] });
+  const svc = new Service({ topology: values.topology, socket: values.socket ?? defaultSocket(), outDir: values.out ?? 'fpo-run', state: values.state, logLevel: level, metrics: values.metrics, workers, migrateListen: values['migrate-listen'], etcd: values.etcd, host: values.host, deployment: values.deployment });
   try {
     await svc.listen();
   } catch (e) {

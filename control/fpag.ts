@@ -997,6 +997,74 @@ export class Fpag {
     return { vpid: itf.vpid, remote: host, flowRewrites: rewrites };
   }
 
+  /**
+   * A remote host learnt at run time (the etcd directory, issue 22): a tunnel
+   * to it, added once (its index). Refused without a tunnel in this host's
+   * topology.
+   */
+  addRemoteHost(h: { name: string; vtep: string; mac: string; kind?: 'vxlan' | 'geneve' }): number {
+    const t = this.topology.tunnel;
+    if (!t) throw new FpoError('FPO_ERR_USAGE', 'remote host: this host\'s topology has no tunnel');
+    const known = t.remotes.findIndex((r) => r.name === h.name);
+    if (known >= 0) return known;
+    const uplink = this.topology.ports.find((p) => p.role === 'uplink');
+    if (!uplink) throw new FpoError('FPO_ERR_USAGE', 'remote host: this host has no uplink to reach it');
+    t.remotes.push({ name: h.name, vtep: h.vtep, mac: h.mac, uplink: uplink.name, kind: h.kind, interfaces: [] } as (typeof t.remotes)[number]);
+    this.dp.apply({ type: 'tunnel-add', tunnel: { kind: h.kind ?? t.kind, srcMac: parseMac(t.mac), dstMac: parseMac(h.mac), srcIp: parseIp(t.sendFrom ?? t.vtep), dstIp: parseIp(h.vtep) } });
+    return t.remotes.length - 1;
+  }
+
+  /**
+   * A VM interface behind remote host `host` learnt at run time (issue 22):
+   * L2 sends to its MAC through the tunnel from now on (flows revalidated).
+   * false, nothing changed, when its segment is not one of this host's or its
+   * name is a local interface's; an earlier remote entry of the name is
+   * replaced.
+   */
+  addRemoteInterface(host: string, i: { name: string; mac: string; segment: string }): boolean {
+    const t = this.topology.tunnel?.remotes.findIndex((r) => r.name === host) ?? -1;
+    if (t < 0 || !this.members.has(i.segment)) return false;
+    const old = this.byName.get(i.name);
+    if (old !== undefined && old.tunnel === undefined) return false;
+    if (old !== undefined) this.dropEndpoint(old);
+    const remote = this.topology.tunnel!.remotes[t];
+    const e: Endpoint = { vpid: -1, name: i.name, segments: [i.segment], mac: i.mac.toLowerCase(), uplink: false, tunnel: t, viaVpid: this.portByName.get(remote.uplink)!.vpid };
+    this.byName.set(e.name, e);
+    this.members.get(i.segment)!.push(e);
+    this.byMac.get(i.segment)!.set(macNumber(parseMac(i.mac), 0), e);
+    this.clearCaches();
+    const r = this.revalidate();
+    this.flowRewrites += r.modified + r.deleted;
+    return true;
+  }
+
+  /** A remote interface that left the directory (its VM gone, or its host): forgotten, flows revalidated. false when unknown or local. */
+  removeRemoteInterface(name: string): boolean {
+    const e = this.byName.get(name);
+    if (e === undefined || e.tunnel === undefined) return false;
+    this.dropEndpoint(e);
+    this.clearCaches();
+    const r = this.revalidate();
+    this.flowRewrites += r.modified + r.deleted;
+    return true;
+  }
+
+  /** The names of the remote interfaces behind `host` now. */
+  remoteInterfacesOf(host: string): string[] {
+    const t = this.topology.tunnel?.remotes.findIndex((r) => r.name === host) ?? -1;
+    return [...this.byName.values()].filter((e) => e.tunnel === t && t >= 0).map((e) => e.name);
+  }
+
+  private dropEndpoint(e: Endpoint): void {
+    this.byName.delete(e.name);
+    for (const s of e.segments) {
+      const m = this.members.get(s);
+      if (m) { const k = m.indexOf(e); if (k >= 0) m.splice(k, 1); }
+      const byMac = this.byMac.get(s);
+      if (byMac && e.mac !== undefined) { const key = macNumber(parseMac(e.mac), 0); if (byMac.get(key) === e) byMac.delete(key); }
+    }
+  }
+
   /** Name of the interface or uplink behind a VPID. */
   vpidName(vpid: number): string | undefined {
     return this.byVpid.get(vpid)?.name;

@@ -47,6 +47,7 @@ import { Guest } from './migration/guest-driver.js';
 import { precopy } from './migration/precopy.js';
 import { FrameReader, T_ACCEPT, T_DONE, T_ERROR, T_FINAL, T_HELLO, T_PAGES, jsonFrame, pagesFrame, type Frame } from './migration/wire.js';
 import { PAGE_SIZE } from '../datapath/dirty-log.js';
+import { Directory } from './directory/directory.js';
 
 /** A VF port of fpo run: its receive path, memory, the dirty logs (PF: the VF's DMA; cpu: the guest's own writes), the VM's stand-in. */
 interface VfEntry { vf: VfPort; mem: GuestMemory; file: string; size: number; bitmap: DirtyBitmap | null; pf: PfDriver; cpu: DirtyBitmap; guest: Guest | null; guestSpec: { dirtyRate: number; start: 'boot' | 'arrival' } | null }
@@ -111,6 +112,10 @@ export interface ServiceOptions {
   metrics?: string;
   /** Take incoming VM migrations on this TCP address (HOST:PORT; issue 21: fpo ctl migrate-vm's other end). */
   migrateListen?: string;
+  /** The etcd directory (issue 22): endpoints (comma-separated URLs), this host's name in it, the deployment's prefix. */
+  etcd?: string;
+  host?: string;
+  deployment?: string;
   /** Datapath workers (worker threads, workers.ts); 1 (default): the datapath on the main thread. */
   workers?: number;
 }
@@ -120,7 +125,8 @@ export class Service {
   readonly fpag: Fpag;
   readonly topo: Topology;
   readonly log: Logger;
-  private readonly opts: Required<Omit<ServiceOptions, 'logLevel' | 'metrics' | 'workers' | 'migrateListen'>> & { metrics?: string; workers: number; migrateListen?: string };
+  private readonly opts: Required<Omit<ServiceOptions, 'logLevel' | 'metrics' | 'workers' | 'migrateListen' | 'etcd' | 'host' | 'deployment'>> & { metrics?: string; workers: number; migrateListen?: string; etcd?: string; host?: string; deployment?: string };
+  private directory: Directory | null = null;
   /** With --workers N > 1: the workers; this.dp is then the FPAG's shadow (no ports, no traffic). */
   private workers: DatapathWorkers | null = null;
   private metricsServer: HttpServer | null = null;
@@ -156,7 +162,7 @@ export class Service {
   constructor(opts: ServiceOptions) {
     const nWorkers = opts.workers ?? 1;
     if (!Number.isInteger(nWorkers) || nWorkers < 1 || nWorkers > 64) throw new FpoError('FPO_ERR_USAGE', `--workers: expected an integer in 1..64, got ${nWorkers}`);
-    this.opts = { topology: opts.topology, socket: opts.socket, outDir: opts.outDir, state: opts.state ?? join(opts.outDir, 'fpo-state.json'), metrics: opts.metrics, workers: nWorkers, migrateListen: opts.migrateListen };
+    this.opts = { topology: opts.topology, socket: opts.socket, outDir: opts.outDir, state: opts.state ?? join(opts.outDir, 'fpo-state.json'), metrics: opts.metrics, workers: nWorkers, migrateListen: opts.migrateListen, etcd: opts.etcd, host: opts.host, deployment: opts.deployment };
     if (opts.migrateListen !== undefined && !/^[0-9a-fA-F:.]+:\d{1,5}$/.test(opts.migrateListen)) throw new FpoError('FPO_ERR_USAGE', `--migrate-listen: expected HOST:PORT, got "${opts.migrateListen.slice(0, 80)}"`);
     this.log = pino({ level: opts.logLevel ?? 'warn', base: undefined }, pino.destination(2));
     const topo = loadTopology(opts.topology);
@@ -290,6 +296,7 @@ export class Service {
       this.metricsServer = await serveMetrics(metricsRegistry(this.dp, this.fpag, () => this.liveCounters()), this.opts.metrics);
       this.log.info({ metrics: this.opts.metrics }, 'metrics');
     }
+    if (this.opts.etcd !== undefined) await this.joinDirectory();
     if (this.opts.migrateListen !== undefined) {
       const a = this.opts.migrateListen;
       const i = a.lastIndexOf(':');
@@ -799,6 +806,46 @@ export class Service {
   private readonly migrating = new Set<string>();
 
   /**
+   * fpo run --etcd (issue 22): registers this host in the directory under a
+   * lease (kept alive), publishes its VM interfaces and segments, reads the
+   * rest, and follows the changes: another host's VM becomes a remote
+   * interface here (behind that host's tunnel), one that leaves — or whose
+   * host's lease expires — is forgotten; flows are revalidated, not flushed.
+   */
+  private async joinDirectory(): Promise<void> {
+    const t = this.topo.tunnel;
+    if (!t) throw new FpoError('FPO_ERR_USAGE', '--etcd: the topology needs a tunnel section (this host\'s vtep and underlay MAC)');
+    const me = this.opts.host ?? this.topo.name;
+    const dir = new Directory(this.opts.etcd!.split(','), this.opts.deployment ?? 'fpo');
+    this.directory = dir;
+    try {
+      await dir.registerHost({ name: me, vtep: t.vtep, mac: t.mac.toLowerCase(), kind: t.kind }, 5);
+      for (const s of this.topo.segments) if (s.vni !== undefined) await dir.putSegment({ name: s.name, vni: s.vni });
+      for (const i of this.topo.interfaces) await dir.publish({ name: i.name, mac: i.mac, ips: i.ip ? [i.ip] : [], segment: i.segment, host: me, vpid: i.vpid });
+      await dir.load();
+    } catch (e) {
+      throw new FpoError('FPO_ERR_IO', `--etcd ${this.opts.etcd}: ${(e as Error).message}`);
+    }
+    const add = (name: string) => {
+      const i = dir.interfaces.get(name);
+      if (i === undefined || i.host === me) return;
+      const h = dir.hosts.get(i.host);
+      if (h === undefined) return;
+      this.fpag.addRemoteHost(h);
+      this.fpag.addRemoteInterface(h.name, i);
+    };
+    for (const name of dir.interfaces.keys()) add(name);
+    await dir.watch((c) => {
+      if (c.type === 'put' && c.entry.kind === 'interface') add(c.entry.value.name);
+      else if (c.type === 'put' && c.entry.kind === 'host') { for (const [n, i] of dir.interfaces) if (i.host === c.entry.value.name) add(n); }
+      else if (c.type === 'delete' && c.kind === 'interfaces') this.fpag.removeRemoteInterface(c.name);
+      else if (c.type === 'delete' && c.kind === 'hosts') for (const n of this.fpag.remoteInterfacesOf(c.name)) this.fpag.removeRemoteInterface(n);
+      this.log.info({ change: c.type }, 'directory');
+    });
+    this.log.info({ etcd: this.opts.etcd, host: me, remotes: [...dir.interfaces.values()].filter((i) => i.host !== me).length }, 'directory joined');
+  }
+
+  /**
    * fpo ctl dirty-log start|stop|read-and-clear|status PORT (issue 21): the
    * hypervisor's dirty-page log of a VF port's guest memory. start: the
    * VF's completion signal goes to the PF driver, which marks the pages its
@@ -1063,6 +1110,7 @@ export class Service {
    */
   async stop(): Promise<unknown> {
     this.captures.endAll();
+    await this.directory?.close().catch(() => undefined);
     this.migrateServer?.close();
     for (const v of this.vfs.values()) { await v.guest?.stop(); v.guest = null; }
     for (const c of this.conns) c.destroy();
@@ -1099,6 +1147,7 @@ export class Service {
    */
   async abort(): Promise<void> {
     this.stopHandOvers();
+    await this.directory?.close().catch(() => undefined);
     this.migrateServer?.close();
     for (const v of this.vfs.values()) { await v.guest?.stop(); v.guest = null; }
     if (this.metricsServer) await (await import('./metrics.js')).closeMetrics(this.metricsServer);

@@ -89,3 +89,42 @@ describe('the directory in etcd', () => {
     expect(parseEntry('/fpo/d/', '/fpo/d/hosts/b', '{"name":"a","vtep":"1.2.3.4","mac":"02:00:00:00:00:01"}')).toEqual({ error: '/fpo/d/hosts/b.name: "a", the key says "b"' });
   });
 });
+
+describe('fpo run --etcd', () => {
+  it('two hosts publish their VMs; each finds the other\'s VM behind its tunnel, and forgets it when that host dies (its lease expires)', async (ctx) => {
+    needTool(ctx, 'etcd', 'the directory tests run a real etcd member (Debian: etcd-server)');
+    const url = await etcdMember();
+    const dir = tempDir('etcdrun');
+    const { writeFileSync } = await import('node:fs');
+    const { startService, killAll } = await import('../run-service.js');
+    const { runCli } = await import('../../helpers.js');
+    const topo = (host: 'A' | 'B', n: number) => {
+      const f = join(dir, `${host}.json`);
+      writeFileSync(f, JSON.stringify({
+        name: `host${host}`, segments: [{ name: 'blue', vni: 5001 }],
+        ports: [{ name: 'up0', ppid: 1, role: 'uplink', segments: ['blue'] }, { name: 'vf1', ppid: 11 }],
+        nodes: [{ name: `vm${n}`, interfaces: [{ name: `vm${n}-eth0`, mac: `02:00:00:00:0${n}:01`, ip: `10.0.0.${n}`, segment: 'blue', port: 'vf1' }] }],
+        tunnel: { vtep: `192.168.0.${n}`, mac: `02:fe:00:00:00:0${n}`, kind: 'vxlan', remotes: [] },
+      }));
+      return f;
+    };
+    const a = await startService({ topology: topo('A', 1), out: join(dir, 'a'), extra: ['--etcd', url, '--deployment', 'd1'] });
+    const b = await startService({ topology: topo('B', 2), out: join(dir, 'b'), extra: ['--etcd', url, '--deployment', 'd1'] });
+    try {
+      const trace = (s: typeof a, from: number, to: number) => runCli(['ctl', '-s', s.socket, 'trace', `in_port=vf1,eth_src=02:00:00:00:0${from}:01,eth_dst=02:00:00:00:0${to}:01,udp,ipv4_src=10.0.0.${from},ipv4_dst=10.0.0.${to}`]).stdout;
+      // B started after A: it read vm1 at start; A learns vm2 through its watch.
+      expect(trace(b, 2, 1)).toMatch(/vm1-eth0 \(through tunnel 0 to hostA\)/);
+      for (let i = 0; i < 50 && !/through tunnel/.test(trace(a, 1, 2)); i++) await sleep(100);
+      expect(trace(a, 1, 2)).toMatch(/vm2-eth0 \(through tunnel 0 to hostB\)/);
+      // A dies (no revoke): its lease expires, and B forgets vm1 (flows revalidated, not flushed).
+      a.proc.kill('SIGKILL');
+      for (let i = 0; i < 100 && /through tunnel/.test(trace(b, 2, 1)); i++) await sleep(100);
+      expect(trace(b, 2, 1)).not.toMatch(/through tunnel/);
+      const st = JSON.parse(b.ctl('--json', 'stats').stdout);
+      expect(st.packets.in).toBe(st.packets.out + st.packets.dropped);
+    } finally {
+      await b.stop();
+      killAll();
+    }
+  }, 60_000);
+});
