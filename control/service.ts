@@ -570,6 +570,16 @@ export class Service {
       segments: this.topo.segments,
       hosts: [{ name: this.topo.name, vtep: this.topo.tunnel?.vtep ?? null }, ...(this.topo.tunnel?.remotes ?? []).map((r) => ({ name: r.name, vtep: r.vtep, via: r.uplink, interfaces: r.interfaces.map((x) => x.name) }))],
       rules: this.fpag.ruleSpecs.map((r) => formatFlowSpec(r)),
+      ...(this.directory !== null ? { directory: this.directoryState() } : {}),
+    };
+  }
+
+  /** The etcd directory as this host sees it (show, stats): connected, the revision it is at, what it refused. */
+  private directoryState(): unknown {
+    const d = this.directory!;
+    return {
+      etcd: this.opts.etcd, deployment: d.deployment, connected: d.connected, lostAt: d.lostAt, lastError: d.lastError, revision: d.revision, changesApplied: d.applied,
+      hosts: d.hosts.size, interfaces: d.interfaces.size, refused: [...d.refused].map(([key, why]) => ({ key, why })),
     };
   }
 

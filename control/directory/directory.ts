@@ -30,6 +30,10 @@ export class Directory {
   revision = 0;
   /** Changes applied from the watch. */
   applied = 0;
+  /** Whether the watch is connected to etcd now; when it was last lost, and why. */
+  connected = false;
+  lostAt: string | null = null;
+  lastError: string | null = null;
 
   constructor(endpoints: string[], readonly deployment: string, opts: { timeoutMs?: number } = {}) {
     this.prefix = prefixOf(deployment);
@@ -72,6 +76,12 @@ export class Directory {
   /** Follows the changes after the revision loaded, calling `onChange` for each (the state updated first). */
   async watch(onChange: (c: Change) => void = () => undefined): Promise<void> {
     this.watcher = await this.client.watch().prefix(this.prefix).startRevision(String(this.revision + 1)).create();
+    this.connected = true;
+    // etcd gone (no quorum, or down): the state stays as read, forwarding goes on; the client reconnects and
+    // the watch resumes from the last revision it saw — the changes made meanwhile arrive then, in order.
+    this.watcher.on('disconnected', () => { this.connected = false; this.lostAt = new Date().toISOString(); });
+    this.watcher.on('connected', () => { this.connected = true; });
+    this.watcher.on('error', (e: Error) => { this.lastError = e.message; });
     this.watcher.on('put', (kv) => {
       this.revision = Math.max(this.revision, Number(kv.mod_revision));
       this.applied++;

@@ -21,18 +21,27 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const freePort = () => new Promise<number>((resolve) => { const s = createServer(); s.listen(0, '127.0.0.1', () => { const p = (s.address() as { port: number }).port; s.close(() => resolve(p)); }); });
 
 async function etcdMember(): Promise<string> {
+  return (await restartableMember()).url;
+}
+
+/** A one-member etcd on loopback that can be killed and started again on its data (the same ports). */
+async function restartableMember(): Promise<{ url: string; kill: () => void; start: () => Promise<void> }> {
   const dir = tempDir('etcd');
   const [client, peer] = [await freePort(), await freePort()];
   const url = `http://127.0.0.1:${client}`;
-  const p = spawn('etcd', ['--name', 'm1', '--data-dir', join(dir, 'data'), '--listen-client-urls', url, '--advertise-client-urls', url,
-    '--listen-peer-urls', `http://127.0.0.1:${peer}`, '--initial-advertise-peer-urls', `http://127.0.0.1:${peer}`, '--initial-cluster', `m1=http://127.0.0.1:${peer}`], { stdio: 'ignore' });
-  children.push(p);
-  const c = new Etcd3({ hosts: url, dialTimeout: 500 });
-  for (let i = 0; i < 100; i++) {
-    try { await c.get('ping'); break; } catch { await sleep(100); }
-  }
-  c.close();
-  return url;
+  let p: ChildProcess | null = null;
+  const start = async () => {
+    p = spawn('etcd', ['--name', 'm1', '--data-dir', join(dir, 'data'), '--listen-client-urls', url, '--advertise-client-urls', url,
+      '--listen-peer-urls', `http://127.0.0.1:${peer}`, '--initial-advertise-peer-urls', `http://127.0.0.1:${peer}`, '--initial-cluster', `m1=http://127.0.0.1:${peer}`], { stdio: 'ignore' });
+    children.push(p);
+    const c = new Etcd3({ hosts: url, dialTimeout: 500 });
+    for (let i = 0; i < 100; i++) {
+      try { await c.get('ping'); break; } catch { await sleep(100); }
+    }
+    c.close();
+  };
+  await start();
+  return { url, kill: () => p?.kill('SIGKILL'), start };
 }
 
 describe('the directory in etcd', () => {
@@ -127,4 +136,51 @@ describe('fpo run --etcd', () => {
       killAll();
     }
   }, 60_000);
+
+  it('etcd gone: the host keeps forwarding with the directory it has and says so; when etcd is back it catches up by revision', async (ctx) => {
+    needTool(ctx, 'etcd', 'the directory tests run a real etcd member (Debian: etcd-server)');
+    const m = await restartableMember();
+    const dir = tempDir('etcdgone');
+    const { writeFileSync } = await import('node:fs');
+    const { startService, killAll } = await import('../run-service.js');
+    const { runCli } = await import('../../helpers.js');
+    const { writePcap, eth, ipv4, udp } = await import('../../../fixtures/packets.js');
+    const f = join(dir, 'B.json');
+    writeFileSync(f, JSON.stringify({
+      name: 'hostB', segments: [{ name: 'blue', vni: 5001 }],
+      ports: [{ name: 'up0', ppid: 1, role: 'uplink', segments: ['blue'] }, { name: 'vf1', ppid: 11 }],
+      nodes: [{ name: 'vm2', interfaces: [{ name: 'vm2-eth0', mac: '02:00:00:00:02:01', ip: '10.0.0.2', segment: 'blue', port: 'vf1' }] }],
+      tunnel: { vtep: '192.168.0.2', mac: '02:fe:00:00:00:02', kind: 'vxlan', remotes: [] },
+    }));
+    const b = await startService({ topology: f, out: join(dir, 'b'), extra: ['--etcd', m.url, '--deployment', 'd2'] });
+    try {
+      const show = () => JSON.parse(b.ctl('--json', 'show').stdout).directory;
+      expect(show()).toMatchObject({ connected: true, hosts: 1, interfaces: 1 });
+      const rev0 = show().revision;
+      m.kill();
+      for (let i = 0; i < 100 && show().connected; i++) await sleep(100);
+      expect(show().connected).toBe(false);
+      expect(show().lostAt).not.toBeNull();
+      // Forwarding goes on: a frame from the uplink to vm2.
+      const cap = join(dir, 'x.pcap');
+      writePcap(cap, [{ sec: 1, usec: 0, data: eth('02:00:00:00:02:01', '02:00:00:00:09:09', 0x0800, ipv4({ src: '10.0.0.9', dst: '10.0.0.2', proto: 17 }, udp(1, 9, new Uint8Array(10)))) }]);
+      b.ctl('inject', cap, '--port', 'up0');
+      const st = JSON.parse(b.ctl('--json', 'stats').stdout);
+      expect(st.ports.find((p: { name: string }) => p.name === 'vf1').txPackets).toBe(1);
+      // etcd back: another host comes; B learns of it through the watch resumed from its revision.
+      await m.start();
+      const a = new Directory([m.url], 'd2');
+      await a.registerHost({ name: 'hostA', vtep: '192.168.0.1', mac: '02:fe:00:00:00:01', kind: 'vxlan' }, 5);
+      await a.publish({ name: 'vm1-eth0', mac: '02:00:00:00:01:01', ips: ['10.0.0.1'], segment: 'blue', host: 'hostA', vpid: 1 });
+      const trace = () => runCli(['ctl', '-s', b.socket, 'trace', 'in_port=vf1,eth_src=02:00:00:00:02:01,eth_dst=02:00:00:00:01:01,udp,ipv4_src=10.0.0.2,ipv4_dst=10.0.0.1']).stdout;
+      for (let i = 0; i < 150 && !/through tunnel/.test(trace()); i++) await sleep(100);
+      expect(trace()).toMatch(/vm1-eth0 \(through tunnel 0 to hostA\)/);
+      expect(show().connected).toBe(true);
+      expect(show().revision).toBeGreaterThan(rev0);
+      await a.close();
+    } finally {
+      await b.stop();
+      killAll();
+    }
+  }, 90_000);
 });
