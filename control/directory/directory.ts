@@ -10,7 +10,10 @@
  * This is the directory itself; `fpo run --etcd` turning its entries into
  * tunnel remotes and mappings comes next.
  */
-import { Etcd3, type Lease, type Watcher } from 'etcd3';
+import { Etcd3, Range, type Lease, type Watcher } from 'etcd3';
+
+/** Keys a page of load() takes. */
+const LOAD_PAGE = 5000;
 import { FpoError } from '../../datapath/errors.js';
 import { type Entry, type Host, type Iface, type Segment, keyOf, parseEntry, prefixOf } from './schema.js';
 
@@ -61,15 +64,30 @@ export class Directory {
     await this.client.put(keyOf(this.deployment, 'segments', s.name)).value(JSON.stringify(s)).exec();
   }
 
-  /** Reads every entry of the deployment (checked; refused ones kept apart); returns the revision read at. */
+  /**
+   * Reads every entry of the deployment (checked; refused ones kept apart);
+   * returns the revision read at. In pages of LOAD_PAGE keys, each at the
+   * first page's revision (one snapshot however long the read), so no
+   * answer passes gRPC's message limit (4 MiB: ~25 000 interfaces at once).
+   */
   async load(): Promise<number> {
-    const res = await this.client.getAll().prefix(this.prefix).exec();
     this.hosts.clear();
     this.interfaces.clear();
     this.segments.clear();
     this.refused.clear();
-    for (const kv of res.kvs) this.take(kv.key.toString(), kv.value.toString());
-    this.revision = Number(res.header.revision);
+    const end = Range.prefix(this.prefix).end;
+    let from: Buffer = Buffer.from(this.prefix);
+    let rev = 0;
+    for (;;) {
+      let q = this.client.getAll().inRange({ start: from, end }).limit(LOAD_PAGE);
+      if (rev > 0) q = q.revision(rev);
+      const res = await q.exec();
+      if (rev === 0) rev = Number(res.header.revision);
+      for (const kv of res.kvs) this.take(kv.key.toString(), kv.value.toString());
+      if (!res.more || res.kvs.length === 0) break;
+      from = Buffer.concat([res.kvs[res.kvs.length - 1].key, Buffer.from([0])]);
+    }
+    this.revision = rev;
     return this.revision;
   }
 

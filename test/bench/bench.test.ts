@@ -118,6 +118,17 @@ describe('benchmarks (short mode)', () => {
     for (const c of cases) expect(['small', 'downtime']).toContain((c as unknown as { stoppedBy: string }).stoppedBy); // converged, not out of rounds
   });
 
+  it('control/directory prints a simulated deployment\'s start-up read and its moves\' propagation to watchers, against etcd\'s own round trip', (ctx) => {
+    needTool(ctx, 'etcd', 'the bench runs an etcd member (Debian: etcd-server)');
+    const [l] = runBench('control/directory.js');
+    expect(l.bench).toBe('directory');
+    expect(l.read).toEqual({ hosts: 100, interfaces: 2000, refused: 0 });
+    const p = l.propagationMs as { p50: number; p99: number; samples: number };
+    expect(p.samples).toBe((l.watchers as number) * (l.moves as number)); // every watcher saw every move
+    expect(p.p99).toBeGreaterThanOrEqual(p.p50);
+    expect(l.ratio).toBeCloseTo(p.p99 / (l.baselineMs as { p99: number }).p99, 1);
+  });
+
   it('classifier/lookup prints a line per flow count, subtable count and path, with a ratio to a Map', () => {
     const lines = runBench('classifier/lookup.js');
     expect(lines.length).toBe(12);

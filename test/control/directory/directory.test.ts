@@ -183,4 +183,23 @@ describe('fpo run --etcd', () => {
       killAll();
     }
   }, 90_000);
+
+  it('a deployment larger than one gRPC answer (12 000 interfaces) is read whole, in pages at one revision', async (ctx) => {
+    needTool(ctx, 'etcd', 'the directory tests run a real etcd member (Debian: etcd-server)');
+    const url = await etcdMember();
+    const raw = new Etcd3({ hosts: url });
+    const puts: Promise<unknown>[] = [];
+    for (let i = 0; i < 12_000; i++) {
+      puts.push(raw.put(`/fpo/big/interfaces/vm${i}`).value(JSON.stringify({ name: `vm${i}`, mac: '02:00:00:00:00:01', ips: [], segment: 'blue', host: 'h', vpid: 1 + (i % 65535), pad: undefined })).exec());
+      if (puts.length === 500) { await Promise.all(puts); puts.length = 0; }
+    }
+    await Promise.all(puts);
+    const d = new Directory([url], 'big');
+    const rev = await d.load();
+    expect(d.interfaces.size).toBe(12_000);
+    expect(d.refused.size).toBe(0);
+    expect(rev).toBeGreaterThan(12_000);
+    await d.close();
+    raw.close();
+  }, 60_000);
 });
