@@ -275,7 +275,10 @@ export class Datapath {
     const B = this.batchCapacity;
     const page = q.pages[(k / B) | 0];
     const slot = k % B;
-    q.arena.set(batch.buf.subarray(batch.off[i] - vnet, batch.off[i] + batch.caplen[i]), q.used);
+    // Copied byte by byte: no view made per packet (a rare path: only while a port's firewall moves).
+    const src = batch.buf;
+    const arena = q.arena;
+    for (let k = batch.off[i] - vnet, to = q.used, end = batch.off[i] + batch.caplen[i]; k < end; k++, to++) arena[to] = src[k];
     page.copyPacket(batch, i, slot);
     page.off[slot] = q.used + vnet;
     if (slot >= page.count) page.count = slot + 1;

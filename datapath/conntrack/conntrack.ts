@@ -1207,41 +1207,33 @@ export class ConnTrack {
       }
     }
     if (c.n > this.nFree) this.expire(now, this.capacity);
-    let r = 0;
-    try {
-      for (; r < c.n; r++) {
-        const at = r * 2 * TW;
-        // Two records with one tuple: found among those taken so far (undone below).
-        if (this.find(tup, at, hashTuple(tup, at)) >= 0 || this.find(tup, at + TW, hashTuple(tup, at + TW)) >= 0) throw new FpoError('FPO_ERR_FW_STATE', `conntrack: saved connection ${r} has a tuple of an earlier one`);
-        const id = this.freeIds[--this.nFree];
-        const o = id * 2 * TW;
-        this.tup.set(tup.subarray(at, at + 2 * TW), o);
-        this.proto[id] = c.proto[r];
-        this.pstate[id] = c.pstate[r];
-        this.natKind[id] = c.natKind[r];
-        this.replied[id] = c.replied[r];
-        this.adoptedBy[id] = 0;
-        for (let d = 0; d < 2; d++) {
-          this.tcpState[id * 2 + d] = c.tcpState[r * 2 + d];
-          this.seqlo[id * 2 + d] = c.seqlo[r * 2 + d];
-          this.seqhi[id * 2 + d] = c.seqhi[r * 2 + d];
-          this.maxwin[id * 2 + d] = c.maxwin[r * 2 + d];
-          this.wscale[id * 2 + d] = c.wscale[r * 2 + d];
-          this.packets[id * 2 + d] = c.packets[r * 2 + d];
-          this.bytes[id * 2 + d] = c.bytes[r * 2 + d];
-        }
-        this.expires[id] = now + c.expiresIn[r];
-        this.mark[id] = c.mark[r];
-        this.insert(id * 2, hashTuple(this.tup, o));
-        this.insert(id * 2 + 1, hashTuple(this.tup, o + TW));
-        this.used[id] = 1;
-        this.live++;
-        if (ids !== undefined) ids[r] = id;
+    // Every refusal was above: from here nothing fails, so nothing is taken half.
+    for (let r = 0; r < c.n; r++) {
+      const at = r * 2 * TW;
+      const id = this.freeIds[--this.nFree];
+      const o = id * 2 * TW;
+      this.tup.set(tup.subarray(at, at + 2 * TW), o);
+      this.proto[id] = c.proto[r];
+      this.pstate[id] = c.pstate[r];
+      this.natKind[id] = c.natKind[r];
+      this.replied[id] = c.replied[r];
+      this.adoptedBy[id] = 0;
+      for (let d = 0; d < 2; d++) {
+        this.tcpState[id * 2 + d] = c.tcpState[r * 2 + d];
+        this.seqlo[id * 2 + d] = c.seqlo[r * 2 + d];
+        this.seqhi[id * 2 + d] = c.seqhi[r * 2 + d];
+        this.maxwin[id * 2 + d] = c.maxwin[r * 2 + d];
+        this.wscale[id * 2 + d] = c.wscale[r * 2 + d];
+        this.packets[id * 2 + d] = c.packets[r * 2 + d];
+        this.bytes[id * 2 + d] = c.bytes[r * 2 + d];
       }
-    } catch (e) {
-      // Undo the records taken (the last id taken is at freeIds[nFree], and so on up).
-      for (let k = r - 1; k >= 0; k--) this.free(this.freeIds[this.nFree]);
-      throw e;
+      this.expires[id] = now + c.expiresIn[r];
+      this.mark[id] = c.mark[r];
+      this.insert(id * 2, hashTuple(this.tup, o));
+      this.insert(id * 2 + 1, hashTuple(this.tup, o + TW));
+      this.used[id] = 1;
+      this.live++;
+      if (ids !== undefined) ids[r] = id;
     }
     return c.n;
   }
