@@ -147,12 +147,15 @@ export async function runAgent(socketPath: string, name: string, opts: { conntra
       }
     });
   });
-  await new Promise<void>((resolve) => server.listen(socketPath, resolve));
-  process.stdout.write(JSON.stringify({ time: Date.now(), agent: name, listening: socketPath }) + '\n');
-  await new Promise<void>((resolve) => {
+  // The signals taken before the socket is made: its file appears at bind, and a SIGTERM sent on seeing it
+  // must stop the agent cleanly (socket removed, exit 0), not kill it by default.
+  const stopped = new Promise<void>((resolve) => {
     process.once('SIGINT', resolve);
     process.once('SIGTERM', resolve);
   });
+  await new Promise<void>((resolve) => server.listen(socketPath, resolve));
+  process.stdout.write(JSON.stringify({ time: Date.now(), agent: name, listening: socketPath }) + '\n');
+  await stopped;
   ct?.stop();
   server.close();
   for (const c of open) c.destroy();
