@@ -30,6 +30,7 @@ const HELP: Record<string, string> = {
   firewall: 'fpo ctl firewall status | upgrade --to VERSION [--ports P,…] [--max-pause MS] [--restart] | upgrade --resume\n                                   the per-port firewall: each port\'s version and connections; an upgrade (or downgrade)\n                                   port by port, the state moved (hold, save, restore, switch, release), each pause shown;\n                                   --restart switches without the state (connections die: for comparison)',
   'dirty-log': 'fpo ctl dirty-log start|stop|read-and-clear|status PORT\n                                   a vf port\'s guest memory: the pages its DMA wrote, logged by the PF driver while on;\n                                   read-and-clear prints them as ranges of 4 KiB pages and clears them',
   'migrate-vm': 'fpo ctl migrate-vm IFACE --to HOST:PORT --dest-port PORT [--remote HOST] [--no-vf-log]\n                                   live-migrate the VM on a vf port to the fpo host listening there: pre-copy rounds of the\n                                   CPU-side and VF-side dirty logs, stop-and-copy, resumed on its vf port there',
+  attach: 'fpo ctl attach IFACE --port PORT [--mac MAC --segment SEG [--ip IP]]\n                                   (fpo run --etcd) a VM interface runs on this port now: one etcd transaction makes it this\n                                   host\'s (moved from another host, or new: give its MAC and segment); its VPID is the one\n                                   etcd keeps for it (claimed for a new one); every host re-points its tunnel',
   capture: 'fpo ctl capture PORT [--filter EXPR] [-w FILE] [-c COUNT]\n                                   watch a port live, as tcpdump: frames it receives (In) and sends (Out, after the actions);\n                                   EXPR is a tcpdump filter (applied in fpo run); -w writes pcapng, else a line a frame; Ctrl-C ends',
 };
 
@@ -213,7 +214,7 @@ function plain(cmd: string, result: unknown): string {
 export async function ctlMain(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv, allowPositionals: true, strict: true,
-    options: { zone: { type: 'string' }, socket: { type: 'string', short: 's' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' }, to: { type: 'string' }, 'new-vpid': { type: 'string' }, away: { type: 'boolean' }, port: { type: 'string' }, filter: { type: 'string' }, write: { type: 'string', short: 'w' }, count: { type: 'string', short: 'c' }, ports: { type: 'string' }, 'max-pause': { type: 'string' }, resume: { type: 'boolean' }, restart: { type: 'boolean' }, 'dest-port': { type: 'string' }, 'no-vf-log': { type: 'boolean' }, remote: { type: 'string' } },
+    options: { zone: { type: 'string' }, socket: { type: 'string', short: 's' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' }, to: { type: 'string' }, 'new-vpid': { type: 'string' }, away: { type: 'boolean' }, port: { type: 'string' }, filter: { type: 'string' }, write: { type: 'string', short: 'w' }, count: { type: 'string', short: 'c' }, ports: { type: 'string' }, 'max-pause': { type: 'string' }, resume: { type: 'boolean' }, restart: { type: 'boolean' }, 'dest-port': { type: 'string' }, 'no-vf-log': { type: 'boolean' }, remote: { type: 'string' }, mac: { type: 'string' }, segment: { type: 'string' }, ip: { type: 'string' } },
   });
   const [cmd, ...rest] = positionals;
   if (cmd === undefined) {
@@ -257,6 +258,12 @@ export async function ctlMain(argv: string[]): Promise<number> {
       need(1, 'one INTERFACE argument');
       if (values.to === undefined || values['dest-port'] === undefined) throw new CtlUsage('ctl migrate-vm: --to HOST:PORT and --dest-port PORT are required');
       args = { interface: rest[0], to: values.to, destPort: values['dest-port'], ...(values['no-vf-log'] ? { vfLog: false } : {}), ...(values.remote !== undefined ? { remote: values.remote } : {}) };
+      break;
+    }
+    case 'attach': {
+      need(1, 'one INTERFACE argument');
+      if (values.port === undefined) throw new CtlUsage('ctl attach: --port PORT is required');
+      args = { interface: rest[0], port: values.port, ...(values.mac !== undefined ? { mac: values.mac } : {}), ...(values.segment !== undefined ? { segment: values.segment } : {}), ...(values.ip !== undefined ? { ip: values.ip } : {}) };
       break;
     }
     case 'dirty-log': {

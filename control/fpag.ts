@@ -171,6 +171,18 @@ interface PortSecurity {
   ipv6: Uint32Array[];
 }
 
+/** What an interface with port security may send as: its MAC, its IPv4 address and link-local IPv6 one. */
+function portSecurityOf(itf: { macBytes: Uint8Array; ip?: string }): PortSecurity {
+  const m = itf.macBytes;
+  const ip = itf.ip !== undefined ? parseIp(itf.ip) : null;
+  return {
+    mac3: (m[0] << 8) | m[1],
+    mac4: ((m[2] << 24) | (m[3] << 16) | (m[4] << 8) | m[5]) >>> 0,
+    ipv4: ip ? [((ip[0] << 24) | (ip[1] << 16) | (ip[2] << 8) | ip[3]) >>> 0] : [],
+    ipv6: ip ? [linkLocalWords(m)] : [],
+  };
+}
+
 /** fe80::/64 + the modified EUI-64 of a MAC (RFC 4291 §2.5.6), as 4 key words. */
 function linkLocalWords(m: Uint8Array): Uint32Array {
   return Uint32Array.from([0xfe800000, 0, (((m[0] ^ 2) << 24) | (m[1] << 16) | (m[2] << 8) | 0xff) >>> 0, ((0xfe << 24) | (m[3] << 16) | (m[4] << 8) | m[5]) >>> 0]);
@@ -248,16 +260,7 @@ export class Fpag {
     };
     for (const itf of topology.interfaces) {
       const e: Endpoint = { vpid: itf.vpid, name: itf.name, segments: [itf.segment], mac: itf.mac, uplink: false };
-      if (itf.portSecurity) {
-        const m = itf.macBytes;
-        const ip = itf.ip !== undefined ? parseIp(itf.ip) : null;
-        e.sec = {
-          mac3: (m[0] << 8) | m[1],
-          mac4: ((m[2] << 24) | (m[3] << 16) | (m[4] << 8) | m[5]) >>> 0,
-          ipv4: ip ? [((ip[0] << 24) | (ip[1] << 16) | (ip[2] << 8) | ip[3]) >>> 0] : [],
-          ipv6: ip ? [linkLocalWords(m)] : [],
-        };
-      }
+      if (itf.portSecurity) e.sec = portSecurityOf(itf);
       add(e);
       const b = itf.macBytes;
       this.byMac.get(itf.segment)!.set(macNumber(b, 0), e);
@@ -1047,6 +1050,100 @@ export class Fpag {
     const r = this.revalidate();
     this.flowRewrites += r.modified + r.deleted;
     return true;
+  }
+
+  /** Throws FpoError (nothing changed) when `arrive` would refuse. */
+  checkArrive(i: { name: string; mac: string; segment: string }, port: string, vpid: number | null): void {
+    const p = this.portByName.get(port);
+    if (!p) throw new FpoError('FPO_ERR_USAGE', `port: no port named "${port.slice(0, 80)}"; ports are ${[...this.portByName.keys()].join(', ')}`);
+    if (p.role !== 'vm') throw new FpoError('FPO_ERR_USAGE', `port: "${port}" is an uplink; interfaces attach to VM ports`);
+    const itf = this.topology.interfaces.find((x) => x.name === i.name);
+    const holder = this.topology.interfaces.find((x) => x.port === port && x !== itf);
+    if (holder) throw new FpoError('FPO_ERR_USAGE', `port: "${port}" carries interface "${holder.name}"`);
+    if (!this.members.has(i.segment)) throw new FpoError('FPO_ERR_USAGE', `segment: "${i.segment.slice(0, 80)}" is not a segment of this host`);
+    if (itf !== undefined && (itf.mac !== i.mac.toLowerCase() || itf.segment !== i.segment)) throw new FpoError('FPO_ERR_USAGE', `interface: ${i.name} is ${itf.mac} on ${itf.segment} in this host's topology`);
+    const max = this.dp.mapping.maxVpid;
+    if (vpid !== null) {
+      if (!(Number.isInteger(vpid) && vpid >= 1 && vpid <= max)) throw new FpoError('FPO_ERR_USAGE', `vpid: expected an integer in 1..${max}, got ${vpid}`);
+      const own = itf !== undefined ? this.byVpid.get(itf.vpid) : undefined;
+      const other = this.byVpid.get(vpid);
+      if (other !== undefined && other !== own) throw new FpoError('FPO_ERR_USAGE', `vpid: ${vpid} is in use here (${other.uplink ? 'uplink' : 'interface'} "${other.name}")`);
+    }
+    const current = this.byName.get(i.name);
+    if (current !== undefined && current.uplink) throw new FpoError('FPO_ERR_USAGE', `interface: "${i.name}" is an uplink's name here`);
+    const sameMac = this.byMac.get(i.segment)!.get(macNumber(parseMac(i.mac), 0));
+    if (sameMac !== undefined && sameMac.name !== i.name) throw new FpoError('FPO_ERR_USAGE', `mac: ${i.mac} is "${sameMac.name}"'s in segment ${i.segment}`);
+  }
+
+  /** The MAC a remote interface has here, or null. */
+  remoteMacOf(name: string): string | null {
+    const e = this.byName.get(name);
+    return e?.tunnel !== undefined ? e.mac ?? null : null;
+  }
+
+  /**
+   * A VM interface that runs here now (issue 22: moved here from another
+   * host, or started here): local, on VM port `port`, under `vpid` (the one
+   * the directory keeps for it). An interface of this host's topology comes
+   * back under its own record (its firewall with it); one known only from
+   * the directory gets a record here. Its remote entry, if any, goes; its
+   * VPID is mapped to the port (one mapping update) and the flows are
+   * revalidated (what went through the tunnel to it now goes to the port).
+   * Refused, nothing changed, for a port that is no free VM port, a segment
+   * that is not this host's, or a VPID another endpoint here holds.
+   */
+  arrive(i: { name: string; mac: string; ip?: string; segment: string }, port: string, vpid: number, commit?: (c: Change) => void): { vpid: number; ppid: number; flowRewrites: number } {
+    this.checkArrive(i, port, vpid);
+    const p = this.portByName.get(port)!;
+    let itf = this.topology.interfaces.find((x) => x.name === i.name);
+    const own = itf !== undefined ? this.byVpid.get(itf.vpid) : undefined;
+    const current = this.byName.get(i.name);
+    commit?.({ interface: i.name, vpid, port });
+    // Its remote entry (behind another host's tunnel) goes.
+    if (current !== undefined && current.tunnel !== undefined) this.dropEndpoint(current);
+    let e = own;
+    if (itf === undefined) {
+      // Port security on, as for an interface of the topology (the default there).
+      itf = { name: i.name, node: i.name, mac: i.mac.toLowerCase(), macBytes: parseMac(i.mac), ...(i.ip !== undefined ? { ip: i.ip } : {}), segment: i.segment, port, vpid, portSecurity: true };
+      this.topology.interfaces.push(itf);
+    }
+    if (e === undefined) e = { vpid, name: itf.name, segments: [itf.segment], mac: itf.mac, uplink: false, ...(itf.portSecurity ? { sec: portSecurityOf(itf) } : {}) };
+    if (e.vpid !== vpid) {
+      this.dp.apply({ type: 'mapping-set', vpid: e.vpid, ppid: -1 });
+      this.byVpid.delete(e.vpid);
+      const fw = this.firewalls.get(e.vpid);
+      if (fw !== undefined) { this.firewalls.delete(e.vpid); this.firewalls.set(vpid, fw); }
+    }
+    e.vpid = vpid;
+    e.tunnel = undefined;
+    e.viaVpid = undefined;
+    itf.vpid = vpid;
+    itf.port = port;
+    this.byVpid.set(vpid, e);
+    if (this.byName.get(e.name) !== e) {
+      this.byName.set(e.name, e);
+      for (const s of e.segments) if (!this.members.get(s)!.includes(e)) this.members.get(s)!.push(e);
+      this.byMac.get(itf.segment)!.set(macNumber(itf.macBytes, 0), e);
+    }
+    this.dp.apply({ type: 'mapping-set', vpid, ppid: p.ppid });
+    this.clearCaches();
+    const r = this.revalidate();
+    const rewrites = r.modified + r.deleted;
+    this.migrations++;
+    this.flowRewrites += rewrites;
+    return { vpid, ppid: p.ppid, flowRewrites: rewrites };
+  }
+
+  /** Whether `name` is a local interface here now (not behind a tunnel). */
+  isLocal(name: string): boolean {
+    const e = this.byName.get(name);
+    return e !== undefined && !e.uplink && e.tunnel === undefined;
+  }
+
+  /** The remote host an interface is behind now, or null (local, or unknown). */
+  remoteHostOf(name: string): string | null {
+    const e = this.byName.get(name);
+    return e?.tunnel !== undefined ? this.topology.tunnel!.remotes[e.tunnel].name : null;
   }
 
   /** The names of the remote interfaces behind `host` now. */

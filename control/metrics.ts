@@ -22,7 +22,10 @@ export function parseAddr(addr: string): { host: string; port: number } {
 /** A live port's own counters, as the service reports them (live-port.ts). */
 export interface LiveCounters { port: string; ppid: number; mode: string; rxMissed: number; txRingFull: number; txErrors: number }
 
-export function metricsRegistry(dp: Datapath, fpag: Fpag, live: () => LiveCounters[] = () => []): Registry {
+/** The etcd directory as this host sees it (fpo run --etcd), or null without one. */
+export interface DirectoryCounters { connected: boolean; revision: number; changesApplied: number; hosts: number; interfaces: number; remoteInterfaces: number; refused: number; registrations: number; movedAway: number }
+
+export function metricsRegistry(dp: Datapath, fpag: Fpag, live: () => LiveCounters[] = () => [], directory: () => DirectoryCounters | null = () => null): Registry {
   const reg = new Registry();
   const portName = (ppid: number) => fpag.portOf(ppid)?.name ?? String(ppid);
   const counter = (name: string, help: string, labelNames: string[], fill: (set: (labels: Record<string, string>, v: number) => void) => void) =>
@@ -71,6 +74,23 @@ export function metricsRegistry(dp: Datapath, fpag: Fpag, live: () => LiveCounte
     for (const s of ['pending', 'moving', 'done', 'rolled-back']) set({ state: s }, st.ports.filter((p) => p.state === s).length);
   });
   counter('fpo_firewall_held_packets_total', 'Packets held while their port\'s firewall moved between versions (released after; a full queue drops them as fwHoldOverflow)', [], (set) => set({}, dp.holdStats.held));
+  // The etcd directory (issue 22): nothing when the host runs without one.
+  const dirGauge = (name: string, help: string, labelNames: string[], fill: (d: DirectoryCounters, set: (labels: Record<string, string>, v: number) => void) => void) =>
+    new Gauge({ name, help, labelNames, registers: [reg], collect() { this.reset(); const d = directory(); if (d !== null) fill(d, (l, v) => this.set(l, v)); } });
+  const dirCounter = (name: string, help: string, fill: (d: DirectoryCounters) => number) =>
+    new Counter({ name, help, registers: [reg], collect() { this.reset(); const d = directory(); if (d !== null) this.inc(fill(d)); } });
+  dirGauge('fpo_directory_connected', 'Whether the directory watch is connected to etcd (1) or not (0: forwarding goes on with what was read)', [], (d, set) => set({}, d.connected ? 1 : 0));
+  dirGauge('fpo_directory_revision', 'The etcd revision the directory is at', [], (d, set) => set({}, d.revision));
+  dirGauge('fpo_directory_entries', 'Directory entries held, by kind (refused: entries that failed their check)', ['kind'], (d, set) => {
+    set({ kind: 'hosts' }, d.hosts);
+    set({ kind: 'interfaces' }, d.interfaces);
+    set({ kind: 'remote-interfaces' }, d.remoteInterfaces);
+    set({ kind: 'refused' }, d.refused);
+  });
+  dirCounter('fpo_directory_changes_total', 'Directory changes applied from the watch', (d) => d.changesApplied);
+  dirCounter('fpo_directory_registrations_total', 'Leases this host registered under (1, plus one per lease lost and taken again)', (d) => d.registrations);
+  dirCounter('fpo_directory_vms_moved_away_total', 'VMs of this host that the directory moved to another host', (d) => d.movedAway);
+  counter('fpo_flow_rewrites_total', 'Installed flows changed or deleted by revalidation after a move or a directory change', [], (set) => set({}, fpag.flowRewrites));
   return reg;
 }
 

@@ -48,6 +48,7 @@ import { precopy } from './migration/precopy.js';
 import { FrameReader, T_ACCEPT, T_DONE, T_ERROR, T_FINAL, T_HELLO, T_PAGES, jsonFrame, pagesFrame, type Frame } from './migration/wire.js';
 import { PAGE_SIZE } from '../datapath/dirty-log.js';
 import { Directory } from './directory/directory.js';
+import { UPLINK_VPID_MIN, VPID_MAX, VpidClaims } from './directory/vpids.js';
 
 /** A VF port of fpo run: its receive path, memory, the dirty logs (PF: the VF's DMA; cpu: the guest's own writes), the VM's stand-in. */
 interface VfEntry { vf: VfPort; mem: GuestMemory; file: string; size: number; bitmap: DirtyBitmap | null; pf: PfDriver; cpu: DirtyBitmap; guest: Guest | null; guestSpec: { dirtyRate: number; start: 'boot' | 'arrival' } | null }
@@ -98,6 +99,7 @@ const ARGS = new Map<string, readonly string[]>([
   ['firewall', ['action', 'to', 'ports', 'maxPauseMs', 'resume', 'restart']],
   ['dirty-log', ['action', 'port']],
   ['migrate-vm', ['interface', 'to', 'destPort', 'vfLog', 'remote']],
+  ['attach', ['interface', 'port', 'mac', 'segment', 'ip']],
 ]);
 
 export interface ServiceOptions {
@@ -127,6 +129,9 @@ export class Service {
   readonly log: Logger;
   private readonly opts: Required<Omit<ServiceOptions, 'logLevel' | 'metrics' | 'workers' | 'migrateListen' | 'etcd' | 'host' | 'deployment'>> & { metrics?: string; workers: number; migrateListen?: string; etcd?: string; host?: string; deployment?: string };
   private directory: Directory | null = null;
+  private vpidClaims: VpidClaims | null = null;
+  /** This host's name in the directory (fpo run --etcd). */
+  private me = '';
   /** With --workers N > 1: the workers; this.dp is then the FPAG's shadow (no ports, no traffic). */
   private workers: DatapathWorkers | null = null;
   private metricsServer: HttpServer | null = null;
@@ -198,6 +203,15 @@ export class Service {
       if (plan) {
         this.log.info({ state: this.opts.state, added: plan.added }, 'state restored');
         if (plan.forgotten.length) this.log.warn({ state: this.opts.state, forgotten: plan.forgotten }, 'state names that the topology no longer has are forgotten');
+      }
+      if (opts.etcd !== undefined) {
+        // fpo run --etcd: interfaces' VPIDs are the deployment's (claimed in etcd, 1..VPID_MAX); this host's
+        // uplinks take the range above, from 65535 down, so a VM moving here never finds its VPID an uplink's.
+        const uplinks = topo.ports.filter((p) => p.role === 'uplink');
+        if (uplinks.length > 65535 - VPID_MAX) throw new FpoError('FPO_ERR_USAGE', `--etcd: ${uplinks.length} uplinks; at most ${65535 - VPID_MAX}`);
+        uplinks.forEach((p, k) => { p.vpid = 65535 - k; });
+        const high = topo.interfaces.find((i) => i.vpid >= UPLINK_VPID_MIN);
+        if (high !== undefined) throw new FpoError('FPO_ERR_USAGE', `--etcd: interface ${high.name} has VPID ${high.vpid} (its state file's), in the uplinks' range ${UPLINK_VPID_MIN}..65535; give it a lower one first (fpo ctl migrate --new-vpid) or remove the state file`, { path: this.opts.state });
       }
       if (this.store.leftovers.length) this.log.warn({ state: this.opts.state, removed: this.store.leftovers }, 'temp files of a state write that was cut off removed');
       this.topo = topo;
@@ -293,7 +307,7 @@ export class Service {
     if (this.opts.metrics !== undefined) {
       // prom-client is loaded only when metrics are served (31-79 ms of start-up here, timed imports).
       const { metricsRegistry, serveMetrics } = await import('./metrics.js');
-      this.metricsServer = await serveMetrics(metricsRegistry(this.dp, this.fpag, () => this.liveCounters()), this.opts.metrics);
+      this.metricsServer = await serveMetrics(metricsRegistry(this.dp, this.fpag, () => this.liveCounters(), () => this.directoryCounters()), this.opts.metrics);
       this.log.info({ metrics: this.opts.metrics }, 'metrics');
     }
     if (this.opts.etcd !== undefined) await this.joinDirectory();
@@ -542,6 +556,8 @@ export class Service {
         return this.dirtyLogCmd(args);
       case 'migrate-vm':
         return this.migrateVm(args);
+      case 'attach':
+        return this.attach(args);
       case 'bfd':
         return { sessions: (await this.monitor?.describe()) ?? [] };
       case 'inject':
@@ -566,9 +582,9 @@ export class Service {
     const m = this.dp.mapping;
     return {
       ports: this.topo.ports.map((p) => ({ name: p.name, ppid: p.ppid, role: p.role, vpid: m.toVpid[p.ppid], attached: m.toVpid[p.ppid] >= 0 ? this.fpag.vpidName(m.toVpid[p.ppid]) : null })),
-      interfaces: this.topo.interfaces.map((i) => ({ name: i.name, node: i.node, mac: i.mac, ip: i.ip ?? null, segment: i.segment, vpid: i.vpid, ppid: m.toPpid[i.vpid], port: i.port ?? null })),
+      interfaces: this.topo.interfaces.map((i) => ({ name: i.name, node: i.node, mac: i.mac, ip: i.ip ?? null, segment: i.segment, vpid: i.vpid, ppid: m.toPpid[i.vpid], port: i.port ?? null, ...(this.fpag.remoteHostOf(i.name) !== null ? { behind: this.fpag.remoteHostOf(i.name) } : {}) })),
       segments: this.topo.segments,
-      hosts: [{ name: this.topo.name, vtep: this.topo.tunnel?.vtep ?? null }, ...(this.topo.tunnel?.remotes ?? []).map((r) => ({ name: r.name, vtep: r.vtep, via: r.uplink, interfaces: r.interfaces.map((x) => x.name) }))],
+      hosts: [{ name: this.topo.name, vtep: this.topo.tunnel?.vtep ?? null }, ...(this.topo.tunnel?.remotes ?? []).map((r) => ({ name: r.name, vtep: r.vtep, via: r.uplink, interfaces: this.fpag.remoteInterfacesOf(r.name) }))],
       rules: this.fpag.ruleSpecs.map((r) => formatFlowSpec(r)),
       ...(this.directory !== null ? { directory: this.directoryState() } : {}),
     };
@@ -580,7 +596,15 @@ export class Service {
     return {
       etcd: this.opts.etcd, deployment: d.deployment, connected: d.connected, lostAt: d.lostAt, lastError: d.lastError, revision: d.revision, changesApplied: d.applied,
       hosts: d.hosts.size, interfaces: d.interfaces.size, refused: [...d.refused].map(([key, why]) => ({ key, why })),
+      host: this.me, published: [...d.published.keys()], registrations: d.registrations, movedAway: this.directoryMoves,
     };
+  }
+
+  private directoryCounters(): import('./metrics.js').DirectoryCounters | null {
+    const d = this.directory;
+    if (d === null) return null;
+    const remote = [...d.interfaces.values()].filter((i) => i.host !== this.me).length;
+    return { connected: d.connected, revision: d.revision, changesApplied: d.applied, hosts: d.hosts.size, interfaces: d.interfaces.size, remoteInterfaces: remote, refused: d.refused.size, registrations: d.registrations, movedAway: this.directoryMoves };
   }
 
   /** Each live port's own counters: how it moves frames, what the kernel dropped before fpo, what it sent and could not send. */
@@ -733,8 +757,13 @@ export class Service {
       e.guest = null;
       // Its interface away: behind the destination's host on the tunnel when `remote` names it (flows revalidated
       // into tunnel outputs), else unmapped here.
-      const remote = args.remote;
-      const r = this.changeState((commit) => (typeof remote === 'string' ? this.fpag.moveToRemote(name, remote, commit) : this.fpag.migrate(name, null, undefined, commit)));
+      // With a directory, the destination's transaction moved it: behind that host here too, now (the watch would, a moment later).
+      const dirHost = this.directory !== null && typeof dj.host === 'string' ? this.directory.hosts.get(dj.host) : undefined;
+      if (dirHost !== undefined) { this.fpag.addRemoteHost(dirHost); this.directory!.forget(name); }
+      const remote = dirHost?.name ?? args.remote;
+      // (The watch may have done it already: then it is behind that host.)
+      const r = dirHost !== undefined && !this.fpag.isLocal(name) ? { vpid: itf.vpid, remote: this.fpag.remoteHostOf(name), flowRewrites: 0 }
+        : this.changeState((commit) => (typeof remote === 'string' ? this.fpag.moveToRemote(name, remote, commit) : this.fpag.migrate(name, null, undefined, commit)));
       this.log.info({ interface: name, to, rounds: report.rounds.length, downtimeMs: report.downtimeMs }, 'VM migrated');
       return { interface: name, to, destPort, vfLog: args.vfLog !== false, ...report, sourceSha256, destination: dj, exact: dj.sha256 === sourceSha256, sourceMapping: r };
     } catch (x) {
@@ -773,7 +802,11 @@ export class Service {
           if (v.size !== j.size) return fail(`size: ${j.size} bytes, the port's guest memory has ${v.size}`);
           if (v.guest !== null) return fail(`destPort: a VM runs on ${j.destPort} here`);
           if (this.migrating.has(j.destPort)) return fail(`destPort: a migration to ${j.destPort} is under way`);
-          if (!this.topo.interfaces.some((x) => x.name === j.interface)) return fail(`interface: no interface named "${j.interface.slice(0, 80)}" in this host's topology`);
+          const inDirectory = this.directory?.interfaces.get(j.interface);
+          if (!this.topo.interfaces.some((x) => x.name === j.interface) && inDirectory === undefined) return fail(`interface: no interface named "${j.interface.slice(0, 80)}" in this host's topology${this.directory !== null ? ' or the directory' : ''}`);
+          if (this.directory !== null && inDirectory !== undefined) {
+            try { this.fpag.checkArrive({ name: inDirectory.name, mac: inDirectory.mac, segment: inDirectory.segment }, j.destPort, inDirectory.vpid); } catch (x) { return fail((x as Error).message); }
+          }
           e = v;
           iface = j.interface;
           srcVpid = typeof j.vpid === 'number' ? j.vpid : -1;
@@ -792,21 +825,12 @@ export class Service {
         } else if (f.type === T_FINAL) {
           if (e === undefined) return fail('FINAL before HELLO');
           const v = e;
-          const sha256 = createHash('sha256').update(v.mem.bytes.subarray(v.mem.base, v.mem.base + v.size)).digest('hex');
-          v.vf.resync();
-          v.vf.paused = false;
-          if (v.guestSpec !== null) v.guest = startGuest(v);
-          let mapping: unknown = null;
-          try {
-            mapping = this.changeState((commit) => this.fpag.migrate(iface, port, undefined, commit));
-          } catch (x) {
-            mapping = { error: (x as Error).message };
-          }
-          this.migrating.delete(port);
-          this.log.info({ interface: iface, port }, 'VM arrived');
-          const vpid = this.topo.interfaces.find((x) => x.name === iface)?.vpid ?? -1;
-          sock.end(jsonFrame(T_DONE, { sha256, interface: iface, port, mapping, guestStarted: v.guest !== null, vpid, sameVpid: vpid === srcVpid }));
           e = undefined;
+          void this.migrationArrived(sock, v, iface, port, srcVpid).catch((x: Error) => {
+            v.vf.paused = false;
+            this.migrating.delete(port);
+            sock.end(jsonFrame(T_ERROR, { message: x.message }));
+          });
         } else return fail(`frame type ${f.type} not expected here`);
       }
     });
@@ -814,6 +838,39 @@ export class Service {
   }
 
   private readonly migrating = new Set<string>();
+
+  /**
+   * A migration's end here (FINAL): the memory is whole (its SHA-256 sent
+   * back); with a directory, one etcd transaction makes the VM this host's
+   * (refused — the VM goes on at the source — when its entry changed
+   * meanwhile), then its VPID is mapped to the port; the VM's guest starts.
+   */
+  private async migrationArrived(sock: Socket, v: VfEntry, iface: string, port: string, srcVpid: number): Promise<void> {
+    const sha256 = createHash('sha256').update(v.mem.bytes.subarray(v.mem.base, v.mem.base + v.size)).digest('hex');
+    let mapping: unknown = null;
+    const dir = this.directory;
+    const known = dir?.interfaces.get(iface);
+    if (dir !== null && known !== undefined) {
+      const entry = { ...known, host: this.me };
+      const spec = { name: known.name, mac: known.mac, ...(known.ips[0] !== undefined ? { ip: known.ips[0] } : {}), segment: known.segment };
+      this.fpag.checkArrive(spec, port, known.vpid);
+      if (!(await dir.arrive(entry))) throw new Error(`interface: ${iface} changed in the directory during the migration; the VM stays at the source`);
+      mapping = this.changeState((commit) => this.fpag.arrive(spec, port, known.vpid, commit));
+    } else {
+      try {
+        mapping = this.changeState((commit) => this.fpag.migrate(iface, port, undefined, commit));
+      } catch (x) {
+        mapping = { error: (x as Error).message };
+      }
+    }
+    v.vf.resync();
+    v.vf.paused = false;
+    if (v.guestSpec !== null) v.guest = startGuest(v);
+    this.migrating.delete(port);
+    this.log.info({ interface: iface, port }, 'VM arrived');
+    const vpid = this.topo.interfaces.find((x) => x.name === iface)?.vpid ?? -1;
+    sock.end(jsonFrame(T_DONE, { sha256, interface: iface, port, mapping, guestStarted: v.guest !== null, vpid, sameVpid: vpid === srcVpid, ...(dir !== null ? { host: this.me } : {}) }));
+  }
 
   /**
    * fpo run --etcd (issue 22): registers this host in the directory under a
@@ -826,13 +883,26 @@ export class Service {
     const t = this.topo.tunnel;
     if (!t) throw new FpoError('FPO_ERR_USAGE', '--etcd: the topology needs a tunnel section (this host\'s vtep and underlay MAC)');
     const me = this.opts.host ?? this.topo.name;
+    this.me = me;
     const dir = new Directory(this.opts.etcd!.split(','), this.opts.deployment ?? 'fpo');
     this.directory = dir;
+    const claims = new VpidClaims(dir.etcd, dir.deployment);
+    this.vpidClaims = claims;
     try {
       await dir.registerHost({ name: me, vtep: t.vtep, mac: t.mac.toLowerCase(), kind: t.kind }, 5);
       for (const s of this.topo.segments) if (s.vni !== undefined) await dir.putSegment({ name: s.name, vni: s.vni });
-      for (const i of this.topo.interfaces) await dir.publish({ name: i.name, mac: i.mac, ips: i.ip ? [i.ip] : [], segment: i.segment, host: me, vpid: i.vpid });
+      // Each interface keeps the VPID etcd has for it (one new to the deployment claims one: its own if free).
+      const uplinkVpids = new Set(this.topo.ports.filter((p) => p.role === 'uplink').map((p) => p.vpid));
+      const want = new Map<string, number>();
+      for (const i of this.topo.interfaces) want.set(i.name, (await claims.claim(i.name, i.vpid, (v) => uplinkVpids.has(v))).vpid);
+      this.renumber(want);
       await dir.load();
+      for (const i of this.topo.interfaces) {
+        // One of ours that runs on another (live) host now stays there: it is a remote interface here (below).
+        const there = dir.interfaces.get(i.name);
+        if (there !== undefined && there.host !== me && dir.hosts.has(there.host)) continue;
+        if (!(await dir.arrive({ name: i.name, mac: i.mac, ips: i.ip ? [i.ip] : [], segment: i.segment, host: me, vpid: i.vpid }))) this.log.warn({ interface: i.name }, 'directory: the interface changed in etcd as it was published; left as etcd has it');
+      }
     } catch (e) {
       throw new FpoError('FPO_ERR_IO', `--etcd ${this.opts.etcd}: ${(e as Error).message}`);
     }
@@ -842,7 +912,15 @@ export class Service {
       const h = dir.hosts.get(i.host);
       if (h === undefined) return;
       this.fpag.addRemoteHost(h);
-      this.fpag.addRemoteInterface(h.name, i);
+      if (this.fpag.isLocal(name)) {
+        // Ours, and it runs on that host now (moved there: attach, migrate-vm): unmapped here, behind that host's tunnel.
+        const r = this.changeState((commit) => this.fpag.moveToRemote(name, h.name, commit));
+        dir.forget(name);
+        this.directoryMoves++;
+        this.log.info({ interface: name, host: h.name, flowRewrites: r.flowRewrites }, 'directory: our VM runs on another host now');
+        return;
+      }
+      if (this.fpag.remoteHostOf(name) !== h.name || this.fpag.remoteMacOf(name) !== i.mac) this.fpag.addRemoteInterface(h.name, i);
     };
     for (const name of dir.interfaces.keys()) add(name);
     await dir.watch((c) => {
@@ -853,6 +931,85 @@ export class Service {
       this.log.info({ change: c.type }, 'directory');
     });
     this.log.info({ etcd: this.opts.etcd, host: me, remotes: [...dir.interfaces.values()].filter((i) => i.host !== me).length }, 'directory joined');
+  }
+
+  /** VMs of this host that the directory moved to another host (the watch saw them go). */
+  private directoryMoves = 0;
+
+  /**
+   * Gives interfaces the VPIDs of `want` (those etcd keeps for them): in two
+   * steps — each changing one to a VPID free here first, then to its own —
+   * so that two that trade VPIDs never meet on one. Each step is a
+   * persisted change (the state file follows).
+   */
+  private renumber(want: Map<string, number>): void {
+    const changing = this.topo.interfaces.filter((i) => want.has(i.name) && want.get(i.name) !== i.vpid);
+    if (changing.length === 0) return;
+    const taken = new Set<number>([...this.topo.interfaces.map((i) => i.vpid), ...want.values(), ...this.topo.ports.map((p) => p.vpid)]);
+    let free = VPID_MAX;
+    for (const i of changing) {
+      while (taken.has(free)) free--;
+      taken.add(free);
+      this.changeState((commit) => this.fpag.migrate(i.name, i.port ?? null, free, commit));
+    }
+    for (const i of changing) this.changeState((commit) => this.fpag.migrate(i.name, i.port ?? null, want.get(i.name)!, commit));
+    this.log.info({ renumbered: changing.map((i) => `${i.name}=${i.vpid}`) }, 'directory: VPIDs as etcd keeps them');
+  }
+
+  /**
+   * fpo ctl attach IFACE --port PORT [--mac MAC --segment SEG [--ip IP]]
+   * (fpo run --etcd): the VM interface runs on PORT of this host now — moved
+   * here from another host (its VM's traffic now comes in on PORT), or new
+   * (then its MAC and segment are given). Checked here first; then one etcd
+   * transaction makes the entry this host's (only if it is still as read:
+   * of two hosts taking one VM, one wins); then the VPID etcd keeps for it is
+   * mapped to the port. Its old host, watching, turns it into a remote
+   * interface behind this host; every other host re-points its tunnel.
+   */
+  private async attach(args: Record<string, unknown>): Promise<unknown> {
+    const dir = this.directory;
+    if (dir === null || this.vpidClaims === null) throw new FpoError('FPO_ERR_USAGE', 'attach: this host runs without a directory (fpo run --etcd)');
+    const name = args.interface;
+    if (typeof name !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/.test(name)) throw new FpoError('FPO_ERR_USAGE', 'interface: expected a name of 1 to 63 letters, digits, _ . -');
+    const port = args.port;
+    if (typeof port !== 'string' || port.length === 0 || port.length > 256) throw new FpoError('FPO_ERR_USAGE', 'port: expected a VM port of this host');
+    for (const k of ['mac', 'segment', 'ip'] as const) if (args[k] !== undefined && typeof args[k] !== 'string') throw new FpoError('FPO_ERR_USAGE', `${k}: expected a string`);
+    const known = dir.interfaces.get(name);
+    const local = this.topo.interfaces.find((i) => i.name === name);
+    const mac = (args.mac as string | undefined)?.toLowerCase() ?? known?.mac ?? local?.mac;
+    const segment = (args.segment as string | undefined) ?? known?.segment ?? local?.segment;
+    const ip = (args.ip as string | undefined) ?? known?.ips[0] ?? local?.ip;
+    if (mac === undefined || segment === undefined) throw new FpoError('FPO_ERR_USAGE', `interface: ${name} is not in the directory; give its --mac and --segment`);
+    if (known !== undefined && (mac !== known.mac || segment !== known.segment)) throw new FpoError('FPO_ERR_USAGE', `interface: ${name} is in the directory as ${known.mac} on ${known.segment}; a moved VM keeps its MAC and segment`);
+    // The entry as it will be: checked as every host will check it.
+    const { InterfaceEntry } = await import('./directory/schema.js');
+    const { CheckError, formatPath } = await import('./check.js');
+    try {
+      InterfaceEntry({ name, mac, ips: ip !== undefined ? [ip] : [], segment, host: this.me, vpid: 1 }, []);
+    } catch (e) {
+      if (e instanceof CheckError) throw new FpoError('FPO_ERR_USAGE', `${formatPath(e.path)}: ${e.message}`);
+      throw e;
+    }
+    const from = known?.host ?? null;
+    if (from === this.me && this.fpag.isLocal(name) && local?.port === port) return { interface: name, port, vpid: local.vpid, from, moved: false };
+    const uplinkVpids = new Set(this.topo.ports.filter((p) => p.role === 'uplink').map((p) => p.vpid));
+    const spec = { name, mac, ...(ip !== undefined ? { ip } : {}), segment };
+    // Checked before anything is written (the port, the segment, the VPID here); the claim is the VM's for good.
+    this.fpag.checkArrive(spec, port, null);
+    const { vpid, claimed } = await this.vpidClaims.claim(name, known?.vpid ?? local?.vpid ?? 0, (v) => uplinkVpids.has(v));
+    try {
+      this.fpag.checkArrive(spec, port, vpid);
+    } catch (x) {
+      if (claimed) await this.vpidClaims.release(name); // refused: the claim made for it goes too
+      throw x;
+    }
+    if (!(await dir.arrive({ name, mac, ips: ip !== undefined ? [ip] : [], segment, host: this.me, vpid }))) {
+      if (claimed) await this.vpidClaims.release(name);
+      throw new FpoError('FPO_ERR_USAGE', `interface: ${name} changed in the directory as it was taken (another host took it?); nothing changed here — try again`);
+    }
+    const r = this.changeState((commit) => this.fpag.arrive(spec, port, vpid, commit));
+    this.log.info({ interface: name, port, vpid, from }, 'VM attached');
+    return { interface: name, port, vpid, vpidClaimed: claimed, from, moved: from !== null && from !== this.me, flowRewrites: r.flowRewrites };
   }
 
   /**

@@ -32,7 +32,7 @@ export function defaultSocket(): string {
 }
 
 /** The requests `fpo run` answers. */
-export const COMMANDS = ['ping', 'show', 'dump-flows', 'stats', 'add-flow', 'del-flow', 'set-mapping', 'migrate', 'trace', 'inject', 'bfd', 'capture', 'conntrack', 'firewall', 'dirty-log', 'migrate-vm'];
+export const COMMANDS = ['ping', 'show', 'dump-flows', 'stats', 'add-flow', 'del-flow', 'set-mapping', 'migrate', 'trace', 'inject', 'bfd', 'capture', 'conntrack', 'firewall', 'dirty-log', 'migrate-vm', 'attach'];
 
 /**
  * Makes `dir` (mode 0700) when missing and checks that it is a real folder

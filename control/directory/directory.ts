@@ -7,8 +7,9 @@
  * ones refused and kept in `refused`, with why) and then follows the changes
  * by watching from the revision it read at — no full reload after.
  *
- * This is the directory itself; `fpo run --etcd` turning its entries into
- * tunnel remotes and mappings comes next.
+ * VPIDs (vpids.ts's claims, beside the directory): an interface's VPID is
+ * claimed once by a compare-and-swap transaction and kept across restarts
+ * and moves. A VM moving to this host (`arrive`) is one transaction.
  */
 import { Etcd3, Range, type Lease, type Watcher } from 'etcd3';
 
@@ -23,6 +24,10 @@ export class Directory {
   readonly prefix: string;
   private readonly client: Etcd3;
   private lease: Lease | null = null;
+  /** The lease's ID (a transaction puts under it), once granted. */
+  private leaseId: string | null = null;
+  /** The mod revision each interface entry was read at (a move compares it). */
+  readonly interfaceRevs = new Map<string, number>();
   private watcher: Watcher | null = null;
   readonly hosts = new Map<string, Host>();
   readonly interfaces = new Map<string, Iface>();
@@ -43,21 +48,108 @@ export class Directory {
     this.client = new Etcd3({ hosts: endpoints, dialTimeout: opts.timeoutMs ?? 3000 });
   }
 
-  /** Registers this host (and, later, its interfaces) under a lease of `ttlSeconds`, kept alive while the client runs. */
+  /**
+   * Registers this host (and, later, its interfaces) under a lease of
+   * `ttlSeconds`, kept alive while the client runs. A lease lost (etcd out
+   * of reach past twice its TTL: the client gives it up, though etcd may
+   * have kept it through an election) is taken again when etcd answers:
+   * a new lease, the host's entry and every interface this host holds put
+   * under it again (one that another host took meanwhile is left to it).
+   */
   async registerHost(h: Host, ttlSeconds: number): Promise<void> {
-    this.lease = this.client.lease(ttlSeconds);
-    await this.lease.put(keyOf(this.deployment, 'hosts', h.name)).value(JSON.stringify(h));
+    this.me = h;
+    this.ttl = ttlSeconds;
+    await this.grantAndPutHost();
+  }
+
+  private me: Host | null = null;
+  private ttl = 5;
+  private closing = false;
+  private reregistering = false;
+  /** This host's interfaces in the directory (put under its lease), by name. */
+  readonly published = new Map<string, Iface>();
+  /** Leases granted: 1, plus one for each lease lost and taken again. */
+  registrations = 0;
+
+  private async grantAndPutHost(): Promise<void> {
+    const lease = this.client.lease(this.ttl);
+    lease.on('lost', (e: Error) => this.onLeaseLost(lease, e));
+    const id: unknown = await lease.grant();
+    if (typeof id !== 'string') throw id instanceof Error ? id : new Error('lease not granted');
+    this.lease = lease;
+    this.leaseId = id;
+    await lease.put(keyOf(this.deployment, 'hosts', this.me!.name)).value(JSON.stringify(this.me));
+    this.registrations++;
+  }
+
+  private onLeaseLost(lease: Lease, e: Error): void {
+    if (this.closing || this.reregistering || lease !== this.lease) return;
+    this.reregistering = true;
+    this.lastError = `lease lost: ${e.message}`;
+    void (async () => {
+      while (!this.closing) {
+        try {
+          await this.grantAndPutHost();
+          for (const i of [...this.published.values()]) {
+            const key = keyOf(this.deployment, 'interfaces', i.name);
+            const cur = (await this.client.get(key).exec()).kvs[0];
+            const put = this.client.put(key).value(JSON.stringify(i)).lease(this.leaseId!);
+            if (cur === undefined) await this.client.if(key, 'Create', '==', 0).then(put).commit();
+            else if (cur.value.toString() === JSON.stringify(i)) await this.client.if(key, 'Mod', '==', cur.mod_revision).then(put).commit();
+            else this.published.delete(i.name); // another host holds it now
+          }
+          break;
+        } catch (x) {
+          this.lastError = `lease lost, taking it again: ${(x as Error).message}`;
+          await new Promise((r) => setTimeout(r, 500));
+        }
+      }
+      this.reregistering = false;
+    })();
+  }
+
+  /** Forgets one of this host's interfaces that another host holds now (a lease taken again leaves it alone). */
+  forget(name: string): void {
+    this.published.delete(name);
+  }
+
+  /** The etcd client (the VPID claims share it). */
+  get etcd(): Etcd3 {
+    return this.client;
+  }
+
+  /**
+   * One transaction that makes interface `i` this host's (i.host is this
+   * host): a VM moved here from another host, or started here. It puts the
+   * entry under this host's lease only if the entry is still as this host
+   * read it (its mod revision; absent for a new one) — so of two hosts
+   * taking the same VM at once one wins and the other is refused, and every
+   * host watching sees one change: the VM behind its new host. false when
+   * the entry changed meanwhile (nothing written).
+   */
+  async arrive(i: Iface): Promise<boolean> {
+    if (this.leaseId === null) throw new FpoError('FPO_ERR_USAGE', 'directory: register the host before taking interfaces');
+    const key = keyOf(this.deployment, 'interfaces', i.name);
+    const rev = this.interfaceRevs.get(i.name);
+    const put = this.client.put(key).value(JSON.stringify(i)).lease(this.leaseId);
+    const r = rev === undefined || !this.interfaces.has(i.name)
+      ? await this.client.if(key, 'Create', '==', 0).then(put).commit()
+      : await this.client.if(key, 'Mod', '==', rev).then(put).commit();
+    if (r.succeeded) this.published.set(i.name, i);
+    return r.succeeded;
   }
 
   /** Publishes one of this host's interfaces (under the host's lease: it goes with the host). */
   async publish(i: Iface): Promise<void> {
     if (this.lease === null) throw new FpoError('FPO_ERR_USAGE', 'directory: register the host before publishing its interfaces');
     await this.lease.put(keyOf(this.deployment, 'interfaces', i.name)).value(JSON.stringify(i));
+    this.published.set(i.name, i);
   }
 
   /** Takes one of this host's interfaces out (a VM stopped or gone). */
   async withdraw(name: string): Promise<void> {
     await this.client.delete().key(keyOf(this.deployment, 'interfaces', name)).exec();
+    this.published.delete(name);
   }
 
   async putSegment(s: Segment): Promise<void> {
@@ -73,6 +165,7 @@ export class Directory {
   async load(): Promise<number> {
     this.hosts.clear();
     this.interfaces.clear();
+    this.interfaceRevs.clear();
     this.segments.clear();
     this.refused.clear();
     const end = Range.prefix(this.prefix).end;
@@ -83,7 +176,7 @@ export class Directory {
       if (rev > 0) q = q.revision(rev);
       const res = await q.exec();
       if (rev === 0) rev = Number(res.header.revision);
-      for (const kv of res.kvs) this.take(kv.key.toString(), kv.value.toString());
+      for (const kv of res.kvs) this.take(kv.key.toString(), kv.value.toString(), Number(kv.mod_revision));
       if (!res.more || res.kvs.length === 0) break;
       from = Buffer.concat([res.kvs[res.kvs.length - 1].key, Buffer.from([0])]);
     }
@@ -103,7 +196,7 @@ export class Directory {
     this.watcher.on('put', (kv) => {
       this.revision = Math.max(this.revision, Number(kv.mod_revision));
       this.applied++;
-      const c = this.take(kv.key.toString(), kv.value.toString());
+      const c = this.take(kv.key.toString(), kv.value.toString(), Number(kv.mod_revision));
       onChange(c);
     });
     this.watcher.on('delete', (kv) => {
@@ -112,12 +205,13 @@ export class Directory {
       const key = kv.key.toString();
       const [kind, name] = key.slice(this.prefix.length).split('/');
       (kind === 'hosts' ? this.hosts : kind === 'interfaces' ? this.interfaces : this.segments).delete(name);
+      if (kind === 'interfaces') this.interfaceRevs.delete(name);
       this.refused.delete(key);
       onChange({ type: 'delete', kind, name });
     });
   }
 
-  private take(key: string, value: string): Change {
+  private take(key: string, value: string, modRevision: number): Change {
     const e = parseEntry(this.prefix, key, value);
     if ('error' in e) {
       this.refused.set(key, e.error);
@@ -125,13 +219,14 @@ export class Directory {
     }
     this.refused.delete(key);
     if (e.kind === 'host') this.hosts.set(e.value.name, e.value);
-    else if (e.kind === 'interface') this.interfaces.set(e.value.name, e.value);
+    else if (e.kind === 'interface') { this.interfaces.set(e.value.name, e.value); this.interfaceRevs.set(e.value.name, modRevision); }
     else this.segments.set(e.value.name, e.value);
     return { type: 'put', entry: e };
   }
 
   /** Stops: the watch, and (revoke) this host's lease — its entries go at once — or leaves the lease to expire. */
   async close(revoke = true): Promise<void> {
+    this.closing = true;
     await this.watcher?.cancel();
     if (revoke) await this.lease?.revoke().catch(() => undefined);
     else this.lease?.release();

@@ -5,8 +5,6 @@
  * with why) and follows the changes by watching from the revision it read;
  * A's lease expiring takes its entries with it.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
@@ -14,35 +12,9 @@ import { Etcd3 } from 'etcd3';
 import { Directory, type Change } from '../../../control/directory/directory.js';
 import { parseEntry } from '../../../control/directory/schema.js';
 import { cleanTemp, needTool, tempDir } from '../../helpers.js';
+import { etcdMember, killMembers, restartableMember, sleep } from './etcd-member.js';
 
-const children: ChildProcess[] = [];
-afterAll(() => { for (const c of children) c.kill('SIGKILL'); cleanTemp(); });
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const freePort = () => new Promise<number>((resolve) => { const s = createServer(); s.listen(0, '127.0.0.1', () => { const p = (s.address() as { port: number }).port; s.close(() => resolve(p)); }); });
-
-async function etcdMember(): Promise<string> {
-  return (await restartableMember()).url;
-}
-
-/** A one-member etcd on loopback that can be killed and started again on its data (the same ports). */
-async function restartableMember(): Promise<{ url: string; kill: () => void; start: () => Promise<void> }> {
-  const dir = tempDir('etcd');
-  const [client, peer] = [await freePort(), await freePort()];
-  const url = `http://127.0.0.1:${client}`;
-  let p: ChildProcess | null = null;
-  const start = async () => {
-    p = spawn('etcd', ['--name', 'm1', '--data-dir', join(dir, 'data'), '--listen-client-urls', url, '--advertise-client-urls', url,
-      '--listen-peer-urls', `http://127.0.0.1:${peer}`, '--initial-advertise-peer-urls', `http://127.0.0.1:${peer}`, '--initial-cluster', `m1=http://127.0.0.1:${peer}`], { stdio: 'ignore' });
-    children.push(p);
-    const c = new Etcd3({ hosts: url, dialTimeout: 500 });
-    for (let i = 0; i < 100; i++) {
-      try { await c.get('ping'); break; } catch { await sleep(100); }
-    }
-    c.close();
-  };
-  await start();
-  return { url, kill: () => p?.kill('SIGKILL'), start };
-}
+afterAll(() => { killMembers(); cleanTemp(); });
 
 describe('the directory in etcd', () => {
   it('a host registers and publishes its VMs under a lease; another reads them checked, follows the changes, and sees them go with the lease', async (ctx) => {
