@@ -596,7 +596,7 @@ export class Service {
     return {
       etcd: this.opts.etcd, deployment: d.deployment, connected: d.connected, lostAt: d.lostAt, lastError: d.lastError, revision: d.revision, changesApplied: d.applied,
       hosts: d.hosts.size, interfaces: d.interfaces.size, refused: [...d.refused].map(([key, why]) => ({ key, why })),
-      host: this.me, published: [...d.published.keys()], registrations: d.registrations, movedAway: this.directoryMoves,
+      host: this.me, published: [...d.published.keys()], registrations: d.registrations, reregistered: Math.max(0, d.registrations - 1), movedAway: this.directoryMoves,
     };
   }
 

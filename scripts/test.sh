@@ -42,7 +42,8 @@ fi
 # cap is optional (npm goes on when its build fails): built again here when it does not load, e.g. after
 # libpcap-dev came in above on a machine whose node_modules was installed without it.
 if ! node -e "require('cap')" >/dev/null 2>&1; then
-  npm rebuild cap >/dev/null 2>&1 || true
+  # Built and failed before (no libpcap then): npm left it out of node_modules, so install afresh; else rebuild it.
+  if [ -d node_modules/cap ]; then npm rebuild cap >/dev/null 2>&1 || true; else npm ci --no-audit --no-fund >/dev/null 2>&1 || true; fi
   node -e "require('cap')" >/dev/null 2>&1 || echo "test.sh: the cap addon does not build or load here; the pcap-live tests will fail (CI) or skip"
 fi
 npx tsc -p tsconfig.json
@@ -50,8 +51,8 @@ npx tsc -p tsconfig.test.json   # the tests type-checked too (vitest only strips
 # Two runs: everything else in parallel, then the tests that measure timing on
 # the wire (BFD detection times, pings during a migration) one file at a time,
 # so that the other suites' load does not skew what they measure.
-SERIAL=(test/control/bfd/ test/control/lab.test.ts test/control/lab-untrusted.test.ts test/control/live-vxlan.test.ts)
-SERIAL_GLOBS=('**/control/bfd/**' '**/control/lab.test.ts' '**/control/lab-untrusted.test.ts' '**/control/live-vxlan.test.ts')
+SERIAL=(test/control/bfd/ test/control/lab.test.ts test/control/lab-untrusted.test.ts test/control/live-vxlan.test.ts test/control/directory/lab.test.ts)
+SERIAL_GLOBS=('**/control/bfd/**' '**/control/lab.test.ts' '**/control/lab-untrusted.test.ts' '**/control/live-vxlan.test.ts' '**/control/directory/lab.test.ts')
 common=(--dir test --test-timeout=120000 --hook-timeout=60000 --reporter=default --reporter=json)
 r1=$(mktemp); r2=$(mktemp)
 status=0

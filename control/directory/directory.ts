@@ -38,8 +38,20 @@ export class Directory {
   revision = 0;
   /** Changes applied from the watch. */
   applied = 0;
-  /** Whether the watch is connected to etcd now; when it was last lost, and why. */
-  connected = false;
+  /** The watch's stream is up (a member without quorum keeps it up, silent: see `connected`). */
+  private watching = false;
+  /** This host's lease is kept alive (false while keep-alives fail: etcd down, or without quorum). */
+  private leaseAlive = true;
+  /**
+   * Whether the directory works now: the watch connected and this host's
+   * lease kept alive. A member without quorum keeps the watch's stream open
+   * and silent: its keep-alives failing are what tell (found by the
+   * 3-member lab: show said connected through a quorum loss).
+   */
+  get connected(): boolean {
+    return this.watching && this.leaseAlive;
+  }
+  /** When the directory was last lost, and why. */
   lostAt: string | null = null;
   lastError: string | null = null;
 
@@ -73,19 +85,28 @@ export class Directory {
 
   private async grantAndPutHost(): Promise<void> {
     const lease = this.client.lease(this.ttl);
+    this.lease = lease;
+    // (etcd3's typings give keepaliveFailed a keep-alive response; it passes the error.)
+    lease.on('keepaliveFailed', (e: unknown) => { if (this.lease === lease && this.leaseAlive) { this.leaseAlive = false; this.lost(`lease keep-alive: ${(e as Error).message}`); } });
+    lease.on('keepaliveSucceeded', () => { if (this.lease === lease) this.leaseAlive = true; });
     lease.on('lost', (e: Error) => this.onLeaseLost(lease, e));
     const id: unknown = await lease.grant();
     if (typeof id !== 'string') throw id instanceof Error ? id : new Error('lease not granted');
-    this.lease = lease;
     this.leaseId = id;
     await lease.put(keyOf(this.deployment, 'hosts', this.me!.name)).value(JSON.stringify(this.me));
     this.registrations++;
+    this.leaseAlive = true;
+  }
+
+  private lost(why: string): void {
+    this.lostAt = new Date().toISOString();
+    this.lastError = why;
   }
 
   private onLeaseLost(lease: Lease, e: Error): void {
-    if (this.closing || this.reregistering || lease !== this.lease) return;
+    if (this.closing || this.reregistering || lease !== this.lease || this.registrations === 0) return;
     this.reregistering = true;
-    this.lastError = `lease lost: ${e.message}`;
+    if (this.leaseAlive) { this.leaseAlive = false; this.lost(`lease lost: ${e.message}`); }
     void (async () => {
       while (!this.closing) {
         try {
@@ -101,7 +122,7 @@ export class Directory {
           break;
         } catch (x) {
           this.lastError = `lease lost, taking it again: ${(x as Error).message}`;
-          await new Promise((r) => setTimeout(r, 500));
+          await new Promise((r) => setTimeout(r, 1000));
         }
       }
       this.reregistering = false;
@@ -187,11 +208,11 @@ export class Directory {
   /** Follows the changes after the revision loaded, calling `onChange` for each (the state updated first). */
   async watch(onChange: (c: Change) => void = () => undefined): Promise<void> {
     this.watcher = await this.client.watch().prefix(this.prefix).startRevision(String(this.revision + 1)).create();
-    this.connected = true;
+    this.watching = true;
     // etcd gone (no quorum, or down): the state stays as read, forwarding goes on; the client reconnects and
     // the watch resumes from the last revision it saw — the changes made meanwhile arrive then, in order.
-    this.watcher.on('disconnected', () => { this.connected = false; this.lostAt = new Date().toISOString(); });
-    this.watcher.on('connected', () => { this.connected = true; });
+    this.watcher.on('disconnected', () => { this.watching = false; this.lostAt = new Date().toISOString(); });
+    this.watcher.on('connected', () => { this.watching = true; });
     this.watcher.on('error', (e: Error) => { this.lastError = e.message; });
     this.watcher.on('put', (kv) => {
       this.revision = Math.max(this.revision, Number(kv.mod_revision));
