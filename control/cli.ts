@@ -54,6 +54,9 @@ Options:
       --dump-flows      also print the installed flows (in --json: "flowTable")
       --batch N         packets per batch, 1..256 (default 256)
       --max-flows N     flow table capacity (default 65536)
+      --no-emc          without the exact-match cache (for comparison: the
+                        output is the same, the lookups go further)
+      --no-smc          without the signature-match cache (likewise)
       --fpag WHERE      where the FPAG runs: inline (this thread, default) or
                         thread (a worker thread: upcalls and flow installs
                         cross as messages)
@@ -170,6 +173,8 @@ function parseReplayArgs(argv: string[]) {
       'dump-flows': { type: 'boolean' },
       batch: { type: 'string' },
       'max-flows': { type: 'string' },
+      'no-emc': { type: 'boolean' },
+      'no-smc': { type: 'boolean' },
       events: { type: 'string' },
       fpag: { type: 'string' },
       workers: { type: 'string' },
@@ -216,6 +221,7 @@ async function replayCommand(values: ReplayValues, topology: string, outDir: str
       outDir,
       batchSize: intOption(values.batch, 'batch', 1, 256),
       maxFlows: intOption(values['max-flows'], 'max-flows', 16, 1 << 24),
+      ...(values['no-emc'] || values['no-smc'] ? { caches: { emc: values['no-emc'] !== true, smc: values['no-smc'] !== true } } : {}),
       inputs: [topology, ...(values.events ? [values.events] : [])],
       clean: values.clean === true,
       interrupt,

@@ -539,12 +539,8 @@ export class Fpag {
   private rulesOf(table: number, ruleKey: Uint32Array, key: Uint32Array, mask: Uint32Array, explain: boolean, out: Decision): boolean {
     for (const r of this.rules) {
       if (r.table !== table) continue;
-      let hit = true;
-      for (let w = 0; w < KEY_WORDS; w++) {
-        mask[w] |= r.mask[w];
-        if (((ruleKey[w] ^ r.key[w]) & r.mask[w]) !== 0) hit = false;
-      }
-      if (!hit) continue;
+      if (!proveMiss(r, ruleKey, mask)) continue;
+      for (let w = 0; w < KEY_WORDS; w++) mask[w] |= r.mask[w];
       out.rule = r.index;
       if (r.actions !== null) {
         out.actions = r.special ? this.withFlag(r.actions) : r.actions;
@@ -1285,6 +1281,39 @@ export class Fpag {
   interfaceByName(name: string): Interface | undefined {
     return this.topology.interfaces.find((i) => i.name === name);
   }
+}
+
+/**
+ * Key words in the order a rule's miss is proved in: the EtherType and IP
+ * protocol word first (shared by every flow of a kind), then the ports and
+ * MACs, the addresses, the transport ports, the rest.
+ */
+const PROOF_ORDER: readonly number[] = (() => {
+  const first = [W_ETH_TYPE, W_IN_PORT, W_TUN, W_VLAN];
+  return [...first, ...Array.from({ length: KEY_WORDS }, (_, w) => w).filter((w) => !first.includes(w))];
+})();
+
+/**
+ * Whether rule `r` matches `key`; when it does not, un-wildcards in `mask`
+ * only what proves it — the first word (in PROOF_ORDER) where the key
+ * differs from the rule, from its top bit down to the highest differing one
+ * (a prefix, as OVS's prefix tracking gives for addresses). Every packet of
+ * the megaflow has those bits, so none matches the rule: a rule on one
+ * source address no longer makes a megaflow per source (every other
+ * address shares the first bit it differs in), where un-wildcarding the
+ * rule's every field did (one flow per source address and port: a million
+ * upcalls for a million connections).
+ */
+function proveMiss(r: { key: Uint32Array; mask: Uint32Array }, key: Uint32Array, mask: Uint32Array): boolean {
+  for (let j = 0; j < PROOF_ORDER.length; j++) {
+    const w = PROOF_ORDER[j];
+    const diff = (key[w] ^ r.key[w]) & r.mask[w];
+    if (diff !== 0) {
+      mask[w] |= r.mask[w] & (-1 << (31 - Math.clz32(diff)));
+      return false;
+    }
+  }
+  return true;
 }
 
 /** The VPID of the one plain output among `actions` (a unicast to a local interface), or -1. */

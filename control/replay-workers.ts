@@ -1178,7 +1178,7 @@ function mergeReport(opts: ReplayOptions, topo: Topology, format: 'pcap' | 'pcap
     ports,
     flows: {
       installed: shadow.flowsInstalled, active: shadow.flows.count, evicted: sum((s) => s.flowsEvicted), expired: sum((s) => s.flowsExpired),
-      upcalls: fpag.upcallsHandled, emcHits: sum((s) => s.emcHits), megaflowHits: sum((s) => s.megaflowHits), misses: sum((s) => s.lookupsMissed), fastLane: sum((s) => s.fastLane),
+      upcalls: fpag.upcallsHandled, emcHits: sum((s) => s.emcHits), megaflowHits: sum((s) => s.megaflowHits), smcHits: sum((s) => s.smcHits), misses: sum((s) => s.lookupsMissed), fastLane: sum((s) => s.fastLane),
     },
     clock: { jumps: Math.max(...dones.map((d) => d.stats.clockJumps)), backs: Math.max(...dones.map((d) => d.stats.clockBacks)) },
     fpag: { placement: 'inline', upcalls: fpag.upcallsHandled, roundTripUs: null },

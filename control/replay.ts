@@ -42,6 +42,8 @@ export interface ReplayOptions {
   batchSize?: number;
   /** Most flows at once (default 65536). */
   maxFlows?: number;
+  /** The lookup caches in front of the megaflow table (default both on; off for comparison: forwarding is the same). */
+  caches?: { emc: boolean; smc: boolean };
   /** Called now and then with (bytes read, file size). */
   onProgress?: (done: number, total: number) => void;
   /** Called before each batch is processed with the number of packets read so far. */
@@ -109,7 +111,7 @@ export interface ReplayReport {
   tunnel: { flagged: number; unflagged: number; specialTo: string; sent: number; flaggedSent: number };
   drops: Partial<Record<DropReason, number>>;
   ports: PortReport[];
-  flows: { installed: number; active: number; evicted: number; expired: number; upcalls: number; emcHits: number; megaflowHits: number; misses: number; fastLane: number };
+  flows: { installed: number; active: number; evicted: number; expired: number; upcalls: number; emcHits: number; megaflowHits: number; smcHits: number; misses: number; fastLane: number };
   flowTable?: FlowReport[];
   /** The capture clock (datapath/clock.ts): steps forward longer than its bound (cut to it), steps back (taken as 0). */
   clock: { jumps: number; backs: number };
@@ -281,7 +283,7 @@ function* replaySteps(opts: ReplayOptions): Generator<void, ReplayResult> {
         }
       }
     }
-    const dp = new Datapath({ batchCapacity: batchSize, maxFlows: opts.maxFlows });
+    const dp = new Datapath({ batchCapacity: batchSize, maxFlows: opts.maxFlows, ...(opts.caches !== undefined ? { emcInsertInvProb: opts.caches.emc ? 100 : 0, smc: opts.caches.smc } : {}) });
     dp.fastLane.enabled = opts.fastLane ?? true;
     const writers = new Map<number, CaptureWriter>();
     for (const p of topo.ports) {
@@ -378,7 +380,7 @@ function* replaySteps(opts: ReplayOptions): Generator<void, ReplayResult> {
         tunnel: { flagged: st.special, unflagged: st.decapsulated, specialTo: topo.tunnel?.specialPort ?? 'fpag', sent: st.encapsulated, flaggedSent: st.flaggedSent },
         drops: st.drops,
         ports,
-        flows: { installed: st.flowsInstalled, active: st.flowsNow, evicted: st.flowsEvicted, expired: st.flowsExpired, upcalls: st.upcalls, emcHits: st.emcHits, megaflowHits: st.megaflowHits, misses: st.lookupsMissed, fastLane: st.fastLane },
+        flows: { installed: st.flowsInstalled, active: st.flowsNow, evicted: st.flowsEvicted, expired: st.flowsExpired, upcalls: st.upcalls, emcHits: st.emcHits, megaflowHits: st.megaflowHits, smcHits: st.smcHits, misses: st.lookupsMissed, fastLane: st.fastLane },
         clock: { jumps: st.clockJumps, backs: st.clockBacks },
         stale: ownFiles(opts.outDir, topo.ports, new Set([...writers.values()].filter((w) => w.opened).map((w) => w.path))),
         seconds,

@@ -70,6 +70,8 @@ export interface DatapathOptions {
   batchCapacity?: number;
   /** Exact-match cache: insert one megaflow hit in this many (default 100; 0 = no cache). */
   emcInsertInvProb?: number;
+  /** The signature-match cache in front of the megaflow subtables (default true). */
+  smc?: boolean;
   /** A flow not used for this long (ms of datapath clock) is removed (default 10000, as OVS's max-idle; 0 = never). */
   idleTimeoutMs?: number;
   /** Connections the conntrack table holds (default 65536; allocated on first use: ConnTrack.bytesFor says how much). */
@@ -110,6 +112,8 @@ export interface DatapathStats {
   flowsEvicted: number;
   flowsExpired: number;
   emcHits: number;
+  /** Megaflow-table lookups the signature-match cache answered (of megaflowHits, and of the fast lane's). */
+  smcHits: number;
   megaflowHits: number;
   lookupsMissed: number;
   /** Packets the fast lane forwarded (the rest took the stages). */
@@ -397,6 +401,7 @@ export class Datapath {
     const maxPpid = opts.maxPpid ?? MAX_PPID;
     this.mapping = new MappingTable(opts.maxVpid ?? 65535, maxPpid);
     this.flows = new FlowTable(opts.maxFlows ?? 65536);
+    this.flows.smcOn = opts.smc ?? true;
     this.emc = new Emc(this.flows, undefined, opts.emcInsertInvProb ?? 100);
     this.classify = new Classify(this.flows, this.emc, opts.batchCapacity ?? 256);
     this.parse = new Parse(this.mapping.inPortKey, this.mapping.vmPort);
@@ -871,6 +876,7 @@ export class Datapath {
       flowsExpired: this.flows.expired,
       emcHits: this.classify.emcHits,
       megaflowHits: this.classify.megaflowHits,
+      smcHits: this.flows.smcHits,
       lookupsMissed: this.classify.misses,
       fastLane: this.fastLane.forwarded,
       ctPackets: this.ctPackets + this.fastLane.ctHot,

@@ -328,7 +328,7 @@ export class FastLane {
       key[k] = w0; key[k + 1] = 0; key[k + 2] = w2; key[k + 3] = w3; key[k + 4] = w4; key[k + 5] = w5;
       key[k + 6] = w6; key[k + 7] = 0; key[k + 8] = 0; key[k + 9] = 0; key[k + 10] = w10; key[k + 11] = 0;
       key[k + 12] = 0; key[k + 13] = 0; key[k + 14] = tp; key[k + 15] = 0; key[k + 16] = 0; key[k + 17] = 0; key[k + 18] = 0;
-      f = this.flows.lookup(key, k);
+      f = this.flows.lookupHashed(key, k, h);
       via = 1;
       if (f < 0) {
         // An upcall, as the stages would make it (restamp: what it may have changed).
@@ -449,7 +449,7 @@ export class FastLane {
       key[k] = w0; key[k + 1] = 0; key[k + 2] = w2; key[k + 3] = w3; key[k + 4] = w4; key[k + 5] = w5;
       key[k + 6] = w6; key[k + 7] = 0; key[k + 8] = 0; key[k + 9] = 0; key[k + 10] = w10; key[k + 11] = 0;
       key[k + 12] = 0; key[k + 13] = 0; key[k + 14] = tp; key[k + 15] = w15; key[k + 16] = w16; key[k + 17] = w17; key[k + 18] = 0;
-      f = this.flows.lookup(key, k);
+      f = this.flows.lookupHashed(key, k, hash);
       via = 1;
       if (f < 0) {
         // The upcall sees the packet as the stages would give it: the inner frame in place.
@@ -577,7 +577,7 @@ export class FastLane {
     let f = emc.bypassed ? -1 : emc.lookup(key, k, h);
     let via = 0; // 0: the cache, 1: the megaflow table, 2: an upcall
     if (f < 0) {
-      f = this.flows.lookup(key, k);
+      f = this.flows.lookupHashed(key, k, h);
       via = 1;
       if (f < 0) {
         f = this.miss(batch, i);

@@ -1,7 +1,9 @@
 /**
  * Classifier lookups per second at 1 thousand, 100 thousand and 1 million
  * flows, with 1 and 20 subtables, exact-match cache hits and megaflow hits
- * measured apart (the megaflow case turns the cache off); `emc-hit` is the
+ * measured apart (the megaflow cases turn the exact-match cache off:
+ * `megaflow-hit` the subtables alone, `smc-hit` with the signature-match
+ * cache in front of them, flow-table.ts); `emc-hit` is the
  * classify stage's lookup of a batch's keys, `emc-hit-ipv4` the fast lane's
  * probe of the same keys held in locals (lookupIpv4). The baseline in
  * the same run is a plain JavaScript Map from a string key to the flow, the
@@ -47,8 +49,9 @@ function subMask(s: number): Uint32Array {
   return m;
 }
 
-function run(flows: number, subtables: number, emcOn: boolean, ipv4 = false): { lookups: number; seconds: number; hitRate: number } {
+function run(flows: number, subtables: number, emcOn: boolean, ipv4 = false, smc = true): { lookups: number; seconds: number; hitRate: number } {
   const table = new FlowTable(flows * 2);
+  table.smcOn = smc;
   const emc = new Emc(table, EMC_ENTRIES, emcOn ? 1 : 0);
   const c = new Classify(table, emc, BATCH);
   const k = new Uint32Array(KEY_WORDS);
@@ -159,8 +162,9 @@ for (const flows of sizes) {
   const baseRate = Math.round(base.lookups / base.seconds);
   const buildRate = Math.round(base.withKeyBuild.lookups / base.withKeyBuild.seconds);
   for (const subtables of [1, 20]) {
-    for (const path of ['emc-hit', 'emc-hit-ipv4', 'megaflow-hit'] as const) {
-      const r = run(flows, subtables, path !== 'megaflow-hit', path === 'emc-hit-ipv4');
+    for (const path of ['emc-hit', 'emc-hit-ipv4', 'megaflow-hit', 'smc-hit'] as const) {
+      const mega = path === 'megaflow-hit' || path === 'smc-hit';
+      const r = run(flows, subtables, !mega, path === 'emc-hit-ipv4', path !== 'megaflow-hit');
       const rate = Math.round(r.lookups / r.seconds);
       // The ratio of the two rates as printed, so that it can be checked from the line.
       emit({ bench: 'classifier/lookup', path, flows, subtables, lookupsPerSec: rate, hitRate: Number(r.hitRate.toFixed(4)), baseline: 'Map<string>', baselinePerSec: baseRate, ratio: Number((rate / baseRate).toFixed(2)), mapWithKeyBuildPerSec: buildRate, ratioToMapWithKeyBuild: Number((rate / buildRate).toFixed(2)) });

@@ -4,7 +4,8 @@
  *
  *   1+2. hash every live packet's key (batch.hash) and look it up in the
  *      exact-match cache (emc.ts) — one loop: measured faster than two here;
- *   3. megaflow table (flow-table.ts) for the cache's misses, caching hits.
+ *   3. megaflow table (flow-table.ts: its signature-match cache, then the
+ *      subtables) for the cache's misses, caching hits.
  *
  * Packets that match nothing keep flow[i] = -1 and the count of them is
  * returned: the datapath turns them into upcalls. Per-flow packets, bytes
@@ -73,7 +74,7 @@ export class Classify {
     for (let j = 0; j < m; j++) {
       const i = missIdx[j];
       const ko = i * KEY_WORDS;
-      const f = flows.lookup(key, ko);
+      const f = flows.lookupHashed(key, ko, hash[i]);
       if (f >= 0) {
         flow[i] = f;
         emc.insertMaybe(key, ko, hash[i], f); // also while the cache is bypassed: it stays warm

@@ -26,6 +26,17 @@
  * interpreter before the first packet: ~4 ms of a 671-packet replay's start-up
  * here (--cpu-prof), whose table holds 24 flows.
  *
+ * Signature-match cache (SMC, as OVS's dpif-netdev between its EMC and
+ * dpcls): for flows past what the exact-match cache holds, a lookup with the
+ * packet's key hash (lookupHashed) first tries 4-way buckets of (hash, flow)
+ * pairs: one bucket, then the flow's own key compared under its subtable's
+ * mask — one probe where the subtables would take one each. The compare
+ * makes a hit exact: a removed flow (live 0) is never served, and a slot
+ * reused by another flow serves it only if the packet matches that flow,
+ * which then is the packet's flow (installed flows never disagree). A
+ * megaflow hit inserts its (hash, flow). 8 bytes an entry; entries: the
+ * table's capacity rounded up, at most SMC_MAX_ENTRIES.
+ *
  * Full table: installing into a full table first evicts the least recently
  * used 1/16 of the flows (one scan, counted in `evicted`), so a replay with
  * more flows than capacity keeps going.
@@ -39,6 +50,8 @@ export const ST_PACKETS = 0;
 export const ST_BYTES = 1;
 export const ST_USED = 2;
 export const MAX_SUBTABLES = 256;
+/** The signature-match cache's most entries (OVS's: 2^20, 4 a bucket). */
+export const SMC_MAX_ENTRIES = 1 << 20;
 
 function nextPow2(n: number): number {
   let p = 1;
@@ -105,6 +118,14 @@ export class FlowTable {
   private readonly order: Int16Array;
   subCount = 0;
 
+  /** The signature-match cache: buckets of 4 (hash, flow + 1) pairs, 8 words each. */
+  private readonly smc: Int32Array;
+  private readonly smcBucketMask: number;
+  /** Whether lookupHashed uses the signature-match cache (off: for comparison; forwarding is the same). */
+  smcOn = true;
+  /** Lookups the signature-match cache answered. */
+  smcHits = 0;
+
   /** Two words a slot: [2p] ~(flow index), ~EMPTY (0) when empty, [2p+1] tag (hash & ~0xff | subtable). */
   private readonly slots: Int32Array;
   private readonly slotMask: number;
@@ -128,6 +149,9 @@ export class FlowTable {
     const nslots = nextPow2(capacity * 2);
     this.slots = new Int32Array(nslots * 2);
     this.slotMask = nslots - 1;
+    const buckets = Math.max(1, Math.min(SMC_MAX_ENTRIES, nextPow2(capacity)) >>> 2);
+    this.smc = new Int32Array(buckets * 8);
+    this.smcBucketMask = buckets - 1;
   }
 
   /** Hash of `key[ko..]` under subtable s's mask. */
@@ -185,6 +209,54 @@ export class FlowTable {
       }
     }
     return -1;
+  }
+
+  /**
+   * lookup, with the key's hash (keyHash: the exact-match cache's) for the
+   * signature-match cache first; a megaflow hit is cached there.
+   */
+  lookupHashed(key: Uint32Array, ko: number, h: number): number {
+    if (!this.smcOn) return this.lookup(key, ko);
+    const smc = this.smc;
+    const b = (h & this.smcBucketMask) << 3;
+    const sig = h | 0;
+    for (let w = 0; w < 8; w += 2) {
+      if (smc[b + w] !== sig) continue;
+      const f = smc[b + w + 1] - 1;
+      if (f >= 0 && this.live[f] === 1 && this.matches(key, ko, f)) {
+        this.smcHits++;
+        return f;
+      }
+    }
+    const f = this.lookup(key, ko);
+    if (f >= 0) {
+      // Into the way with this hash, else a free or dead one, else one chosen by the hash's top bits.
+      let at = -1;
+      for (let w = 0; w < 8; w += 2) {
+        if (smc[b + w] === sig) { at = w; break; }
+        if (at < 0) { const g = smc[b + w + 1] - 1; if (g < 0 || this.live[g] === 0) at = w; }
+      }
+      if (at < 0) at = (h >>> 29) & 6;
+      smc[b + at] = sig;
+      smc[b + at + 1] = f + 1;
+    }
+    return f;
+  }
+
+  /** Whether key[ko..] matches flow f (its key under its subtable's mask). */
+  private matches(key: Uint32Array, ko: number, f: number): boolean {
+    const s = this.sub[f];
+    const m = this.mask;
+    const mo = s * KEY_WORDS;
+    const words = this.words;
+    const nw = this.nwords[s];
+    const fk = this.key;
+    const fo = f * KEY_WORDS;
+    for (let j = 0; j < nw; j++) {
+      const w = words[mo + j];
+      if (((key[ko + w] ^ fk[fo + w]) & m[mo + w]) !== 0) return false;
+    }
+    return true;
   }
 
   // Slow path: everything below runs per installed flow, not per packet.

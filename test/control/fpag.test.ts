@@ -77,7 +77,7 @@ describe('FPAG decisions', () => {
     expect(fpag.decide(key(4, '02:00:00:00:00:01', { vlan: 99 })).actions).toEqual([{ op: 'drop', reason: D.noDestination }]);
   });
 
-  it('the highest-priority matching rule wins, and the mask covers every rule tried', () => {
+  it('the highest-priority matching rule wins, and the mask covers what proves each rule tried', () => {
     const { fpag } = setup({
       rules: [
         { priority: 10, match: { tp_dst: 22 }, actions: ['drop'] },
@@ -91,6 +91,25 @@ describe('FPAG decisions', () => {
     expect(e.actions).toEqual([{ op: 'drop', reason: D.ruleDrop }]);
     expect(e.mask[W_IP_SRC]).toBe(0xff000000);
     expect(e.mask[W_TP] & 0xffff).toBe(0xffff);
+  });
+
+  it('a rule a packet misses costs the megaflow only what proves the miss: one address prefix, not every field (a million sources stay one flow)', () => {
+    const { dp, fpag } = setup({ rules: [{ priority: 100, match: { eth_type: '0x0800', ipv4_src: '192.0.2.1', ip_proto: 17, tp_src: 7 }, actions: ['drop'] }] });
+    const d = fpag.decide(key(4, '02:00:00:00:00:02', { proto: 17, src: 0x0a010203, sport: 5555, dport: 9 }));
+    expect(d.actions).toEqual([{ op: 'output', vpid: 2 }]);
+    expect(d.mask[W_IP_SRC]).toBe(0x80000000); // 10.x and 192.0.2.1 differ in the first bit
+    expect(d.mask[W_TP]).toBe(0); // the ports prove nothing more: not looked at
+    // 2000 sources and ports to one VM: one megaflow; the rule's own source still hits the rule.
+    for (let n = 0; n < 2000; n++) {
+      const k = key(4, '02:00:00:00:00:02', { proto: 17, src: (0x0a000000 + n * 7919) >>> 0, sport: 1024 + n, dport: 9 });
+      expect(dp.actionSets.describe(dp.flows.act[lookupOrInstall(dp, fpag, k)])).toEqual([{ op: 'output', vpid: 2 }]);
+    }
+    expect(dp.flows.count).toBe(1);
+    const hit = key(4, '02:00:00:00:00:02', { proto: 17, src: 0xc0000201, sport: 7, dport: 9 });
+    expect(dp.actionSets.describe(dp.flows.act[lookupOrInstall(dp, fpag, hit)])).toEqual([{ op: 'drop', reason: D.ruleDrop }]);
+    // A source that shares 10 bits with the rule's: the prefix grows to where they part.
+    const near = fpag.decide(key(4, '02:00:00:00:00:02', { proto: 17, src: 0xc0200201, sport: 7, dport: 9 }));
+    expect(near.mask[W_IP_SRC]).toBe(0xffe00000);
   });
 
   it('a rule with an unknown field or action is refused naming it', () => {
