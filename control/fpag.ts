@@ -1021,10 +1021,9 @@ export class Fpag {
    * replaced.
    */
   addRemoteInterface(host: string, i: { name: string; mac: string; segment: string }): boolean {
-    const t = this.topology.tunnel?.remotes.findIndex((r) => r.name === host) ?? -1;
-    if (t < 0 || !this.members.has(i.segment)) return false;
+    if (this.remoteConflict(host, i) !== null) return false;
+    const t = this.topology.tunnel!.remotes.findIndex((r) => r.name === host);
     const old = this.byName.get(i.name);
-    if (old !== undefined && old.tunnel === undefined) return false;
     if (old !== undefined) this.dropEndpoint(old);
     const remote = this.topology.tunnel!.remotes[t];
     const e: Endpoint = { vpid: -1, name: i.name, segments: [i.segment], mac: i.mac.toLowerCase(), uplink: false, tunnel: t, viaVpid: this.portByName.get(remote.uplink)!.vpid };
@@ -1035,6 +1034,23 @@ export class Fpag {
     const r = this.revalidate();
     this.flowRewrites += r.modified + r.deleted;
     return true;
+  }
+
+  /**
+   * Why a remote interface cannot be taken here, or null: an unknown host,
+   * a segment this host does not have, a name a local interface or uplink
+   * has, or a MAC another endpoint of the segment has (taking it would send
+   * that one's traffic into the tunnel).
+   */
+  remoteConflict(host: string, i: { name: string; mac: string; segment: string }): string | null {
+    const t = this.topology.tunnel?.remotes.findIndex((r) => r.name === host) ?? -1;
+    if (t < 0) return `host ${host} is not a remote host here`;
+    if (!this.members.has(i.segment)) return `segment ${i.segment} is not one of this host's`;
+    const old = this.byName.get(i.name);
+    if (old !== undefined && old.tunnel === undefined) return `${i.name} is a local ${old.uplink ? 'uplink' : 'interface'}'s name here`;
+    const same = this.byMac.get(i.segment)!.get(macNumber(parseMac(i.mac), 0));
+    if (same !== undefined && same.name !== i.name) return `MAC ${i.mac} is ${same.name}'s in segment ${i.segment}`;
+    return null;
   }
 
   /** A remote interface that left the directory (its VM gone, or its host): forgotten, flows revalidated. false when unknown or local. */

@@ -596,6 +596,7 @@ export class Service {
     return {
       etcd: this.opts.etcd, deployment: d.deployment, connected: d.connected, lostAt: d.lostAt, lastError: d.lastError, revision: d.revision, changesApplied: d.applied,
       hosts: d.hosts.size, interfaces: d.interfaces.size, refused: [...d.refused].map(([key, why]) => ({ key, why })),
+      conflicts: [...this.directoryConflicts].map(([name, why]) => ({ name, why })),
       host: this.me, published: [...d.published.keys()], registrations: d.registrations, reregistered: Math.max(0, d.registrations - 1), movedAway: this.directoryMoves,
     };
   }
@@ -604,7 +605,7 @@ export class Service {
     const d = this.directory;
     if (d === null) return null;
     const remote = [...d.interfaces.values()].filter((i) => i.host !== this.me).length;
-    return { connected: d.connected, revision: d.revision, changesApplied: d.applied, hosts: d.hosts.size, interfaces: d.interfaces.size, remoteInterfaces: remote, refused: d.refused.size, registrations: d.registrations, movedAway: this.directoryMoves };
+    return { connected: d.connected, revision: d.revision, changesApplied: d.applied, hosts: d.hosts.size, interfaces: d.interfaces.size, remoteInterfaces: remote, refused: d.refused.size + this.directoryConflicts.size, registrations: d.registrations, movedAway: this.directoryMoves };
   }
 
   /** Each live port's own counters: how it moves frames, what the kernel dropped before fpo, what it sent and could not send. */
@@ -853,9 +854,17 @@ export class Service {
     if (dir !== null && known !== undefined) {
       const entry = { ...known, host: this.me };
       const spec = { name: known.name, mac: known.mac, ...(known.ips[0] !== undefined ? { ip: known.ips[0] } : {}), segment: known.segment };
-      this.fpag.checkArrive(spec, port, known.vpid);
-      if (!(await dir.arrive(entry))) throw new Error(`interface: ${iface} changed in the directory during the migration; the VM stays at the source`);
-      mapping = this.changeState((commit) => this.fpag.arrive(spec, port, known.vpid, commit));
+      mapping = await this.directorySerial(async () => {
+        this.fpag.checkArrive(spec, port, known.vpid);
+        const w = await dir.arrive(entry);
+        if (!w.ok) throw new Error(`interface: ${iface} changed in the directory during the migration; the VM stays at the source`);
+        try {
+          return this.changeState((commit) => this.fpag.arrive(spec, port, known.vpid, commit));
+        } catch (x) {
+          await w.undo(); // etcd as it was: the source keeps the VM
+          throw x;
+        }
+      });
     } else {
       try {
         mapping = this.changeState((commit) => this.fpag.migrate(iface, port, undefined, commit));
@@ -901,7 +910,7 @@ export class Service {
         // One of ours that runs on another (live) host now stays there: it is a remote interface here (below).
         const there = dir.interfaces.get(i.name);
         if (there !== undefined && there.host !== me && dir.hosts.has(there.host)) continue;
-        if (!(await dir.arrive({ name: i.name, mac: i.mac, ips: i.ip ? [i.ip] : [], segment: i.segment, host: me, vpid: i.vpid }))) this.log.warn({ interface: i.name }, 'directory: the interface changed in etcd as it was published; left as etcd has it');
+        if (!(await dir.arrive({ name: i.name, mac: i.mac, ips: i.ip ? [i.ip] : [], segment: i.segment, host: me, vpid: i.vpid })).ok) this.log.warn({ interface: i.name }, 'directory: the interface changed in etcd as it was published; left as etcd has it');
       }
     } catch (e) {
       throw new FpoError('FPO_ERR_IO', `--etcd ${this.opts.etcd}: ${(e as Error).message}`);
@@ -920,18 +929,30 @@ export class Service {
         this.log.info({ interface: name, host: h.name, flowRewrites: r.flowRewrites }, 'directory: our VM runs on another host now');
         return;
       }
-      if (this.fpag.remoteHostOf(name) !== h.name || this.fpag.remoteMacOf(name) !== i.mac) this.fpag.addRemoteInterface(h.name, i);
+      if (this.fpag.remoteHostOf(name) === h.name && this.fpag.remoteMacOf(name) === i.mac) return;
+      const why = this.fpag.remoteConflict(h.name, i);
+      if (why !== null) {
+        // Not taken: reported (show, metrics as refused), the endpoint that has it keeps its traffic.
+        this.directoryConflicts.set(name, why);
+        this.log.warn({ interface: name, why }, 'directory: remote interface not taken');
+        return;
+      }
+      this.directoryConflicts.delete(name);
+      this.fpag.addRemoteInterface(h.name, i);
     };
     for (const name of dir.interfaces.keys()) add(name);
     await dir.watch((c) => {
       if (c.type === 'put' && c.entry.kind === 'interface') add(c.entry.value.name);
       else if (c.type === 'put' && c.entry.kind === 'host') { for (const [n, i] of dir.interfaces) if (i.host === c.entry.value.name) add(n); }
-      else if (c.type === 'delete' && c.kind === 'interfaces') this.fpag.removeRemoteInterface(c.name);
+      else if (c.type === 'delete' && c.kind === 'interfaces') { this.directoryConflicts.delete(c.name); this.fpag.removeRemoteInterface(c.name); }
       else if (c.type === 'delete' && c.kind === 'hosts') for (const n of this.fpag.remoteInterfacesOf(c.name)) this.fpag.removeRemoteInterface(n);
       this.log.info({ change: c.type }, 'directory');
     });
     this.log.info({ etcd: this.opts.etcd, host: me, remotes: [...dir.interfaces.values()].filter((i) => i.host !== me).length }, 'directory joined');
   }
+
+  /** Remote interfaces the directory has that this host did not take, and why (a MAC in use here, say). */
+  private readonly directoryConflicts = new Map<string, string>();
 
   /** VMs of this host that the directory moved to another host (the watch saw them go). */
   private directoryMoves = 0;
@@ -974,43 +995,71 @@ export class Service {
     const port = args.port;
     if (typeof port !== 'string' || port.length === 0 || port.length > 256) throw new FpoError('FPO_ERR_USAGE', 'port: expected a VM port of this host');
     for (const k of ['mac', 'segment', 'ip'] as const) if (args[k] !== undefined && typeof args[k] !== 'string') throw new FpoError('FPO_ERR_USAGE', `${k}: expected a string`);
-    const known = dir.interfaces.get(name);
-    const local = this.topo.interfaces.find((i) => i.name === name);
-    const mac = (args.mac as string | undefined)?.toLowerCase() ?? known?.mac ?? local?.mac;
-    const segment = (args.segment as string | undefined) ?? known?.segment ?? local?.segment;
-    const ip = (args.ip as string | undefined) ?? known?.ips[0] ?? local?.ip;
-    if (mac === undefined || segment === undefined) throw new FpoError('FPO_ERR_USAGE', `interface: ${name} is not in the directory; give its --mac and --segment`);
-    if (known !== undefined && (mac !== known.mac || segment !== known.segment)) throw new FpoError('FPO_ERR_USAGE', `interface: ${name} is in the directory as ${known.mac} on ${known.segment}; a moved VM keeps its MAC and segment`);
-    // The entry as it will be: checked as every host will check it.
     const { InterfaceEntry } = await import('./directory/schema.js');
     const { CheckError, formatPath } = await import('./check.js');
-    try {
-      InterfaceEntry({ name, mac, ips: ip !== undefined ? [ip] : [], segment, host: this.me, vpid: 1 }, []);
-    } catch (e) {
-      if (e instanceof CheckError) throw new FpoError('FPO_ERR_USAGE', `${formatPath(e.path)}: ${e.message}`);
-      throw e;
-    }
-    const from = known?.host ?? null;
-    if (from === this.me && this.fpag.isLocal(name) && local?.port === port) return { interface: name, port, vpid: local.vpid, from, moved: false };
-    const uplinkVpids = new Set(this.topo.ports.filter((p) => p.role === 'uplink').map((p) => p.vpid));
-    const spec = { name, mac, ...(ip !== undefined ? { ip } : {}), segment };
-    // Checked before anything is written (the port, the segment, the VPID here); the claim is the VM's for good.
-    this.fpag.checkArrive(spec, port, null);
-    const { vpid, claimed } = await this.vpidClaims.claim(name, known?.vpid ?? local?.vpid ?? 0, (v) => uplinkVpids.has(v));
-    try {
-      this.fpag.checkArrive(spec, port, vpid);
-    } catch (x) {
-      if (claimed) await this.vpidClaims.release(name); // refused: the claim made for it goes too
-      throw x;
-    }
-    if (!(await dir.arrive({ name, mac, ips: ip !== undefined ? [ip] : [], segment, host: this.me, vpid }))) {
-      if (claimed) await this.vpidClaims.release(name);
-      throw new FpoError('FPO_ERR_USAGE', `interface: ${name} changed in the directory as it was taken (another host took it?); nothing changed here — try again`);
-    }
-    const r = this.changeState((commit) => this.fpag.arrive(spec, port, vpid, commit));
-    this.log.info({ interface: name, port, vpid, from }, 'VM attached');
-    return { interface: name, port, vpid, vpidClaimed: claimed, from, moved: from !== null && from !== this.me, flowRewrites: r.flowRewrites };
+    const claims = this.vpidClaims;
+    // One attach (or arrival) at a time: what is checked here still holds when it is applied.
+    return this.directorySerial(async () => {
+      const known = dir.interfaces.get(name);
+      const local = this.topo.interfaces.find((i) => i.name === name);
+      const mac = (args.mac as string | undefined)?.toLowerCase() ?? known?.mac ?? local?.mac;
+      const segment = (args.segment as string | undefined) ?? known?.segment ?? local?.segment;
+      const ips = args.ip !== undefined ? [args.ip as string] : known?.ips ?? (local?.ip !== undefined ? [local.ip] : []);
+      if (mac === undefined || segment === undefined) throw new FpoError('FPO_ERR_USAGE', `interface: ${name} is not in the directory; give its --mac and --segment`);
+      if (known !== undefined && (mac !== known.mac || segment !== known.segment || (args.ip !== undefined && !known.ips.includes(args.ip as string)))) {
+        throw new FpoError('FPO_ERR_USAGE', `interface: ${name} is in the directory as ${known.mac} on ${known.segment}${known.ips.length ? ` with ${known.ips.join(', ')}` : ''}; a moved VM keeps its MAC, segment and addresses`);
+      }
+      // The entry as it will be: checked as every host will check it.
+      try {
+        InterfaceEntry({ name, mac, ips, segment, host: this.me, vpid: 1 }, []);
+      } catch (e) {
+        if (e instanceof CheckError) throw new FpoError('FPO_ERR_USAGE', `${formatPath(e.path)}: ${e.message}`);
+        throw e;
+      }
+      const from = known?.host ?? null;
+      if (from === this.me && this.fpag.isLocal(name) && local?.port === port) return { interface: name, port, vpid: local.vpid, from, moved: false };
+      if (this.migrating.has(port)) throw new FpoError('FPO_ERR_USAGE', `port: a migration into ${port} is under way`);
+      const uplinkVpids = new Set(this.topo.ports.filter((p) => p.role === 'uplink').map((p) => p.vpid));
+      const spec = { name, mac, ...(ips[0] !== undefined ? { ip: ips[0] } : {}), segment };
+      // Checked before anything is written (the port, the segment, the MAC here; then the VPID).
+      this.fpag.checkArrive(spec, port, null);
+      let claim: { vpid: number; claimed: boolean } | null = null;
+      let taken = false; // the etcd entry was written (or another host holds it): the claim is the VM's
+      let done = false;
+      try {
+        claim = await claims.claim(name, known?.vpid ?? local?.vpid ?? 0, (v) => uplinkVpids.has(v));
+        const vpid = claim.vpid;
+        this.fpag.checkArrive(spec, port, vpid);
+        const w = await dir.arrive({ name, mac, ips, segment, host: this.me, vpid });
+        taken = true;
+        if (!w.ok) throw new FpoError('FPO_ERR_USAGE', `interface: ${name} changed in the directory as it was taken (another host took it?); nothing changed here — try again`);
+        let r: { flowRewrites: number };
+        try {
+          r = this.changeState((commit) => this.fpag.arrive(spec, port, vpid, commit));
+        } catch (x) {
+          // Applying failed after etcd took it (the port changed meanwhile): etcd is put back as it was.
+          await w.undo();
+          taken = known !== undefined;
+          throw x;
+        }
+        done = true;
+        this.log.info({ interface: name, port, vpid, from }, 'VM attached');
+        return { interface: name, port, vpid, vpidClaimed: claim.claimed, from, moved: from !== null && from !== this.me, flowRewrites: r.flowRewrites };
+      } finally {
+        // Refused: a claim made for it goes too — unless the VM is in etcd (then the VPID is its, whoever holds it).
+        if (!done && claim?.claimed && !taken) await claims.release(name).catch(() => undefined);
+      }
+    });
   }
+
+  /** Runs directory changes of this host one at a time (attach, a migration's arrival). */
+  private directorySerial<T>(f: () => Promise<T>): Promise<T> {
+    const p = this.directoryChain.then(f, f);
+    this.directoryChain = p.catch(() => undefined);
+    return p;
+  }
+
+  private directoryChain: Promise<unknown> = Promise.resolve();
 
   /**
    * fpo ctl dirty-log start|stop|read-and-clear|status PORT (issue 21): the

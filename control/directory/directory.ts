@@ -28,6 +28,8 @@ export class Directory {
   private leaseId: string | null = null;
   /** The mod revision each interface entry was read at (a move compares it). */
   readonly interfaceRevs = new Map<string, number>();
+  /** The lease each interface entry was read under ('0': none). */
+  private readonly interfaceLeases = new Map<string, string>();
   private watcher: Watcher | null = null;
   readonly hosts = new Map<string, Host>();
   readonly interfaces = new Map<string, Iface>();
@@ -106,6 +108,7 @@ export class Directory {
   private onLeaseLost(lease: Lease, e: Error): void {
     if (this.closing || this.reregistering || lease !== this.lease || this.registrations === 0) return;
     this.reregistering = true;
+    this.leaseId = null;
     if (this.leaseAlive) { this.leaseAlive = false; this.lost(`lease lost: ${e.message}`); }
     void (async () => {
       while (!this.closing) {
@@ -148,16 +151,28 @@ export class Directory {
    * host watching sees one change: the VM behind its new host. false when
    * the entry changed meanwhile (nothing written).
    */
-  async arrive(i: Iface): Promise<boolean> {
-    if (this.leaseId === null) throw new FpoError('FPO_ERR_USAGE', 'directory: register the host before taking interfaces');
+  async arrive(i: Iface): Promise<{ ok: boolean; undo: () => Promise<void> }> {
+    const leaseId = this.leaseId;
+    if (leaseId === null || this.reregistering) throw new FpoError('FPO_ERR_IO', 'directory: this host\'s lease is being taken again (etcd was out of reach); try again');
     const key = keyOf(this.deployment, 'interfaces', i.name);
     const rev = this.interfaceRevs.get(i.name);
-    const put = this.client.put(key).value(JSON.stringify(i)).lease(this.leaseId);
-    const r = rev === undefined || !this.interfaces.has(i.name)
+    const prev = this.interfaces.get(i.name);
+    const prevLease = this.interfaceLeases.get(i.name) ?? '0';
+    const put = this.client.put(key).value(JSON.stringify(i)).lease(leaseId);
+    const r = rev === undefined || prev === undefined
       ? await this.client.if(key, 'Create', '==', 0).then(put).commit()
       : await this.client.if(key, 'Mod', '==', rev).then(put).commit();
     if (r.succeeded) this.published.set(i.name, i);
-    return r.succeeded;
+    const at = Number(r.header.revision);
+    // Undo (the host could not apply it after all): the entry as it was, if nothing changed it since.
+    const undo = async () => {
+      this.published.delete(i.name);
+      const back = prev === undefined ? this.client.delete().key(key) : this.client.put(key).value(JSON.stringify(prev)).lease(prevLease === '0' ? 0 : prevLease);
+      const u = await this.client.if(key, 'Mod', '==', at).then(back).commit().catch(() => null);
+      // The old host's lease gone meanwhile: take the entry out rather than hold a VM nobody runs.
+      if (u === null && prev !== undefined) await this.client.if(key, 'Mod', '==', at).then(this.client.delete().key(key)).commit().catch(() => undefined);
+    };
+    return { ok: r.succeeded, undo };
   }
 
   /** Publishes one of this host's interfaces (under the host's lease: it goes with the host). */
@@ -187,6 +202,7 @@ export class Directory {
     this.hosts.clear();
     this.interfaces.clear();
     this.interfaceRevs.clear();
+    this.interfaceLeases.clear();
     this.segments.clear();
     this.refused.clear();
     const end = Range.prefix(this.prefix).end;
@@ -197,7 +213,7 @@ export class Directory {
       if (rev > 0) q = q.revision(rev);
       const res = await q.exec();
       if (rev === 0) rev = Number(res.header.revision);
-      for (const kv of res.kvs) this.take(kv.key.toString(), kv.value.toString(), Number(kv.mod_revision));
+      for (const kv of res.kvs) this.take(kv.key.toString(), kv.value.toString(), Number(kv.mod_revision), String(kv.lease));
       if (!res.more || res.kvs.length === 0) break;
       from = Buffer.concat([res.kvs[res.kvs.length - 1].key, Buffer.from([0])]);
     }
@@ -217,22 +233,27 @@ export class Directory {
     this.watcher.on('put', (kv) => {
       this.revision = Math.max(this.revision, Number(kv.mod_revision));
       this.applied++;
-      const c = this.take(kv.key.toString(), kv.value.toString(), Number(kv.mod_revision));
+      const c = this.take(kv.key.toString(), kv.value.toString(), Number(kv.mod_revision), String(kv.lease));
       onChange(c);
     });
     this.watcher.on('delete', (kv) => {
       this.revision = Math.max(this.revision, Number(kv.mod_revision));
       this.applied++;
       const key = kv.key.toString();
-      const [kind, name] = key.slice(this.prefix.length).split('/');
-      (kind === 'hosts' ? this.hosts : kind === 'interfaces' ? this.interfaces : this.segments).delete(name);
-      if (kind === 'interfaces') this.interfaceRevs.delete(name);
       this.refused.delete(key);
+      // Only a key an entry could have been put under deletes one (a refused key's delete, e.g.
+      // interfaces/NAME/x, must not take interfaces/NAME with it); only a known entry is a change.
+      const rest = key.slice(this.prefix.length).split('/');
+      if (rest.length !== 2 || !['hosts', 'interfaces', 'segments'].includes(rest[0])) return;
+      const [kind, name] = rest;
+      const map = kind === 'hosts' ? this.hosts : kind === 'interfaces' ? this.interfaces : this.segments;
+      if (!map.delete(name)) return;
+      if (kind === 'interfaces') { this.interfaceRevs.delete(name); this.interfaceLeases.delete(name); }
       onChange({ type: 'delete', kind, name });
     });
   }
 
-  private take(key: string, value: string, modRevision: number): Change {
+  private take(key: string, value: string, modRevision: number, lease: string): Change {
     const e = parseEntry(this.prefix, key, value);
     if ('error' in e) {
       this.refused.set(key, e.error);
@@ -240,7 +261,7 @@ export class Directory {
     }
     this.refused.delete(key);
     if (e.kind === 'host') this.hosts.set(e.value.name, e.value);
-    else if (e.kind === 'interface') { this.interfaces.set(e.value.name, e.value); this.interfaceRevs.set(e.value.name, modRevision); }
+    else if (e.kind === 'interface') { this.interfaces.set(e.value.name, e.value); this.interfaceRevs.set(e.value.name, modRevision); this.interfaceLeases.set(e.value.name, lease); }
     else this.segments.set(e.value.name, e.value);
     return { type: 'put', entry: e };
   }

@@ -44,14 +44,27 @@ export class VpidClaims {
     this.byVpid = `${p}by-vpid/`;
   }
 
-  /** The VPID claimed for `name`, or null; a bad record is refused with its key and what was expected. */
+  /**
+   * The VPID claimed for `name`, or null. A claim holds only when its two
+   * keys say each other (by-name NAME → V and by-vpid V → NAME): a by-name
+   * key that is not a VPID, or whose VPID's key names another interface
+   * (written by someone else, or half of a claim), is no claim — `stale`
+   * then keeps its text, and `claim` replaces it.
+   */
   async of(name: string): Promise<number | null> {
-    const key = this.byName + name;
-    const value = await this.client.get(key).string();
-    if (value === null) return null;
+    return (await this.read(name)).vpid;
+  }
+
+  /** Claims found broken (a bad value, or keys that do not say each other) and replaced. */
+  staleReplaced = 0;
+
+  private async read(name: string): Promise<{ vpid: number | null; stale: string | null }> {
+    const value = await this.client.get(this.byName + name).string();
+    if (value === null) return { vpid: null, stale: null };
     const v = parseClaim(value, this.max);
-    if (typeof v !== 'number') throw new FpoError('FPO_ERR_BAD_INPUT', `etcd ${key}: ${v.error}`);
-    return v;
+    if (typeof v !== 'number') return { vpid: null, stale: value };
+    const back = await this.client.get(this.byVpid + v).string();
+    return back === name ? { vpid: v, stale: null } : { vpid: null, stale: value };
   }
 
   /**
@@ -65,8 +78,14 @@ export class VpidClaims {
     let used: Set<number> | null = null;
     let cursor = 1;
     for (let attempt = 0; attempt < 4 * this.max; attempt++) {
-      const had = await this.of(name);
-      if (had !== null) return { vpid: had, claimed: false };
+      const had = await this.read(name);
+      if (had.vpid !== null) return { vpid: had.vpid, claimed: false };
+      if (had.stale !== null) {
+        // A broken claim: taken out (only if still what was read), then claimed afresh below.
+        const r = await this.client.if(this.byName + name, 'Value', '==', had.stale).then(this.client.delete().key(this.byName + name)).commit();
+        if (r.succeeded) this.staleReplaced++;
+        continue;
+      }
       let cand = -1;
       if (attempt === 0 && Number.isInteger(prefer) && prefer >= 1 && prefer <= this.max && !avoid(prefer)) cand = prefer;
       else {
@@ -88,7 +107,7 @@ export class VpidClaims {
 
   /** Gives up `name`'s claim (a VM deleted for good): both keys, only if they still say each other. */
   async release(name: string): Promise<boolean> {
-    const v = await this.of(name);
+    const v = (await this.read(name)).vpid;
     if (v === null) return false;
     const r = await this.client
       .if(this.byName + name, 'Value', '==', String(v))

@@ -67,9 +67,19 @@ describe('VPID claims in etcd', () => {
     expect(await fresh.release('vm3')).toBe(true);
     expect(await fresh.of('vm3')).toBeNull();
     expect(await fresh.claim('newcomer', v3)).toEqual({ vpid: v3, claimed: true });
-    // A bad record is refused with its key and what was expected, never taken as a VPID.
+    // A broken claim (not a VPID; or a VPID whose key names another interface) is no claim: replaced by a fresh one.
     await clients[0].put('/fpo-vpids/race/by-name/broken').value('12abc');
-    await expect(fresh.of('broken')).rejects.toThrow(/etcd \/fpo-vpids\/race\/by-name\/broken: expected a VPID/);
+    expect(await fresh.of('broken')).toBeNull();
+    await fresh.release('vm4');
+    await fresh.release('vm5');
+    await clients[0].put('/fpo-vpids/race/by-name/thief').value(String(v3)); // says newcomer's VPID
+    expect(await fresh.of('thief')).toBeNull();
+    const b1 = await fresh.claim('broken', 1);
+    const t1 = await fresh.claim('thief', v3);
+    expect(b1.claimed && t1.claimed).toBe(true);
+    expect(t1.vpid).not.toBe(v3);
+    expect(fresh.staleReplaced).toBe(2);
+    expect(await fresh.of('newcomer')).toBe(v3);
     for (const c of clients) c.close();
   }, 60_000);
 
@@ -133,7 +143,7 @@ describe('fpo run --etcd: VPIDs kept, VMs moved', () => {
         [{ interface: 'vm1-eth0', port: 'p1' }, /port: "p1" carries interface "vm2-eth0"/],
         [{ interface: 'vm1-eth0', port: 'up0' }, /is an uplink/],
         [{ interface: 'vm1-eth0', port: 'nope' }, /no port named "nope"/],
-        [{ interface: 'vm1-eth0', port: 'p2', mac: '02:00:00:00:99:99' }, /a moved VM keeps its MAC and segment/],
+        [{ interface: 'vm1-eth0', port: 'p2', mac: '02:00:00:00:99:99' }, /a moved VM keeps its MAC, segment and addresses/],
         [{ interface: 'vm9-eth0', port: 'p2' }, /not in the directory; give its --mac and --segment/],
         [{ interface: 'vm9-eth0', port: 'p2', mac: '02:00:00:00:09:01', segment: 'red' }, /segment: "red" is not a segment of this host/],
         [{ interface: 'vm9-eth0', port: 'p2', mac: 'zz', segment: 'blue' }, /mac: .*expected a lowercase MAC/],
@@ -216,6 +226,74 @@ describe('fpo run --etcd: VPIDs kept, VMs moved', () => {
       await a.stop();
     }
   }, 120_000);
+});
+
+describe('fpo run --etcd under hostile or racing directory changes', () => {
+  it('two attaches racing for one port: one wins, the other changes nothing anywhere (etcd, its old host); a remote entry with a local MAC is not taken; deleting a refused sub-key keeps the entry', async (ctx) => {
+    needTool(ctx, 'etcd', 'the directory tests run a real etcd member (Debian: etcd-server)');
+    const url = await etcdMember();
+    const dir = tempDir('race');
+    const vm = (n: number, port: string) => ({ name: `vm${n}-eth0`, mac: `02:00:00:00:0${n}:01`, ip: `10.0.0.${n}`, port });
+    const extra = ['--etcd', url, '--deployment', 'rc'];
+    const a = await startService({ topology: topo(dir, 'hostA', 1, [vm(1, 'p1'), vm(2, 'p2')]), out: join(dir, 'a'), extra });
+    const b = await startService({ topology: topo(dir, 'hostB', 2, [vm(3, 'p1')]), out: join(dir, 'b'), extra });
+    const raw = new Etcd3({ hosts: url });
+    const entry = async (n: string) => JSON.parse((await raw.get(`/fpo/rc/interfaces/${n}`).string())!);
+    try {
+      await until(() => show(b).directory.interfaces === 3);
+      const [r1, r2] = await Promise.all([req(b.socket, 'attach', { interface: 'vm1-eth0', port: 'p2' }), req(b.socket, 'attach', { interface: 'vm2-eth0', port: 'p2' })]);
+      expect([r1.ok, r2.ok].filter(Boolean).length).toBe(1);
+      const [won, lost] = r1.ok ? ['vm1-eth0', 'vm2-eth0'] : ['vm2-eth0', 'vm1-eth0'];
+      expect((r1.ok ? r2 : r1).error.message).toMatch(/port: "p2" carries interface/);
+      expect(await entry(won)).toMatchObject({ host: 'hostB' });
+      expect(await entry(lost)).toMatchObject({ host: 'hostA' });
+      await until(() => show(a).interfaces.find((i: { name: string }) => i.name === won)?.behind === 'hostB');
+      await sleep(300);
+      expect(show(a).interfaces.find((i: { name: string }) => i.name === lost)).not.toHaveProperty('behind');
+      expect(show(a).interfaces.find((i: { name: string }) => i.name === lost).port).not.toBeNull();
+      // Someone writes an entry with vm3's MAC (B's local VM) for another host: B does not take it (vm3 keeps its traffic), and says so.
+      await raw.put('/fpo/rc/interfaces/evil').value(JSON.stringify({ name: 'evil', mac: '02:00:00:00:03:01', ips: [], segment: 'blue', host: 'hostA', vpid: 999 }));
+      await until(() => (show(b).directory.conflicts as { name: string }[]).some((c) => c.name === 'evil'));
+      expect(show(b).directory.conflicts).toEqual([{ name: 'evil', why: 'MAC 02:00:00:00:03:01 is vm3-eth0\'s in segment blue' }]);
+      expect(trace(b, 3, '02:00:00:00:03:01', 'p1')).not.toMatch(/through tunnel/);
+      await raw.delete().key('/fpo/rc/interfaces/evil').exec();
+      await until(() => show(b).directory.conflicts.length === 0);
+      // A refused sub-key's put and delete: the entry it sits under stays.
+      const n0 = show(a).directory.interfaces;
+      await raw.put(`/fpo/rc/interfaces/vm3-eth0/x`).value('junk');
+      await until(() => show(a).directory.refused.length === 1);
+      await raw.delete().key(`/fpo/rc/interfaces/vm3-eth0/x`).exec();
+      await until(() => show(a).directory.refused.length === 0);
+      expect(show(a).directory.interfaces).toBe(n0);
+      expect(trace(a, lost === 'vm1-eth0' ? 1 : 2, '02:00:00:00:03:01', lost === 'vm1-eth0' ? 'p1' : 'p2')).toMatch(/vm3-eth0 \(through tunnel \d+ to hostB\)/);
+    } finally {
+      raw.close();
+      await Promise.all([a.stop(), b.stop()]);
+    }
+  }, 90_000);
+
+  it('broken VPID claims (garbage, or two names on one VPID) do not stop a host: each is replaced, the VPIDs stay unique', async (ctx) => {
+    needTool(ctx, 'etcd', 'the directory tests run a real etcd member (Debian: etcd-server)');
+    const url = await etcdMember();
+    const dir = tempDir('stale');
+    const raw = new Etcd3({ hosts: url });
+    await raw.put('/fpo-vpids/st/by-name/vm1-eth0').value('7');
+    await raw.put('/fpo-vpids/st/by-name/vm2-eth0').value('7');
+    await raw.put('/fpo-vpids/st/by-vpid/7').value('vm1-eth0');
+    await raw.put('/fpo-vpids/st/by-name/vm3-eth0').value('garbage');
+    const vm = (n: number, port: string) => ({ name: `vm${n}-eth0`, mac: `02:00:00:00:0${n}:01`, ip: `10.0.0.${n}`, port });
+    const a = await startService({ topology: topo(dir, 'hostA', 1, [vm(1, 'p1'), vm(2, 'p2'), vm(3, 'p3')]), out: join(dir, 'a'), extra: ['--etcd', url, '--deployment', 'st'] });
+    try {
+      const v = ['vm1-eth0', 'vm2-eth0', 'vm3-eth0'].map((n) => vpidOf(a, n));
+      expect(v[0]).toBe(7); // the one whose keys say each other
+      expect(new Set(v).size).toBe(3);
+      expect(await raw.get('/fpo-vpids/st/by-name/vm3-eth0').string()).toBe(String(v[2]));
+      expect(await raw.get(`/fpo-vpids/st/by-vpid/${v[1]}`).string()).toBe('vm2-eth0');
+    } finally {
+      raw.close();
+      await a.stop();
+    }
+  }, 60_000);
 });
 
 describe('fpo ctl migrate-vm with the directory', () => {
