@@ -1005,7 +1005,19 @@ export class Fpag {
     const t = this.topology.tunnel;
     if (!t) throw new FpoError('FPO_ERR_USAGE', 'remote host: this host\'s topology has no tunnel');
     const known = t.remotes.findIndex((r) => r.name === h.name);
-    if (known >= 0) return known;
+    if (known >= 0) {
+      // The host again, maybe moved (restarted on a new address, its name reused): the tunnel follows it.
+      const r = t.remotes[known];
+      const kind = h.kind ?? t.kind;
+      if (r.vtep !== h.vtep || r.mac.toLowerCase() !== h.mac.toLowerCase() || (r.kind ?? t.kind) !== kind) {
+        this.dp.apply({ type: 'tunnel-set', id: known, tunnel: { kind, srcMac: parseMac(t.mac), dstMac: parseMac(h.mac), srcIp: parseIp(t.sendFrom ?? t.vtep), dstIp: parseIp(h.vtep) } });
+        r.vtep = h.vtep;
+        r.mac = h.mac;
+        (r as { kind?: 'vxlan' | 'geneve' }).kind = kind;
+        this.tunnelsMoved++;
+      }
+      return known;
+    }
     const uplink = this.topology.ports.find((p) => p.role === 'uplink');
     if (!uplink) throw new FpoError('FPO_ERR_USAGE', 'remote host: this host has no uplink to reach it');
     t.remotes.push({ name: h.name, vtep: h.vtep, mac: h.mac, uplink: uplink.name, kind: h.kind, interfaces: [] } as (typeof t.remotes)[number]);
@@ -1269,6 +1281,9 @@ export class Fpag {
   get ruleSpecs(): Topology['rules'] {
     return this.topology.rules;
   }
+
+  /** Remote hosts whose tunnel got new ends (a new VTEP, MAC or kind in the directory). */
+  tunnelsMoved = 0;
 
   /** Migrations done, and the flow rewrites they needed. */
   migrations = 0;

@@ -517,6 +517,9 @@ export class Datapath {
       case 'tunnel-add':
         this.encap.addTunnel(msg.tunnel);
         return;
+      case 'tunnel-set':
+        this.encap.setTunnel(msg.id, msg.tunnel);
+        return;
       case 'port-role':
         if (!(msg.ppid >= 0 && msg.ppid <= this.mapping.maxPpid)) throw new FpoError('FPO_ERR_USAGE', `ppid ${msg.ppid} out of range 0..${this.mapping.maxPpid}`);
         this.mapping.vmPort[msg.ppid] = msg.vm ? 1 : 0;

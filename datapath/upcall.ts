@@ -61,6 +61,13 @@ export interface TunnelAdd {
   tunnel: TunnelDef;
 }
 
+/** A tunnel given new ends (its remote host moved: a new VTEP or underlay MAC, or another kind). */
+export interface TunnelSet {
+  type: 'tunnel-set';
+  id: number;
+  tunnel: TunnelDef;
+}
+
 /** A packet the sender flagged for special processing, handed to the FPAG (a copy of its bytes). */
 export interface SpecialPacket {
   type: 'special';
@@ -80,4 +87,4 @@ export interface PortRole {
   vm: boolean;
 }
 
-export type ControlMessage = FlowInstall | FlowDelete | MappingSet | FlowFlush | TunnelConfig | TunnelAdd | PortRole;
+export type ControlMessage = FlowInstall | FlowDelete | MappingSet | FlowFlush | TunnelConfig | TunnelAdd | TunnelSet | PortRole;

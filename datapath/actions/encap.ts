@@ -58,6 +58,21 @@ export class Encap {
     return this.tunnels.length - 1;
   }
 
+  /** Gives tunnel `id` new ends (checked as addTunnel does); the longest inner frame of its encap ids follows. */
+  setTunnel(id: number, t: TunnelDef): void {
+    if (!(id >= 0 && id < this.tunnels.length)) throw new FpoError('FPO_ERR_USAGE', `no tunnel ${id}`);
+    if (t.srcMac.length !== 6 || t.dstMac.length !== 6) throw new FpoError('FPO_ERR_USAGE', 'tunnel MACs must be 6 bytes');
+    if (t.srcIp.length !== t.dstIp.length || (t.srcIp.length !== 4 && t.srcIp.length !== 16)) throw new FpoError('FPO_ERR_USAGE', 'tunnel addresses must both be IPv4 or both IPv6');
+    this.tunnels[id] = t;
+    for (let e = 0; e < this.encTunnel.length; e++) {
+      if (this.encTunnel[e] !== id) continue;
+      for (const flagged of [false, true]) {
+        const outer = this.headerLength(e, flagged) - ETH;
+        this.maxInner[2 * e + (flagged ? 1 : 0)] = 0xffff - (t.srcIp.length === 4 ? outer : outer - 40);
+      }
+    }
+  }
+
   /** The id of (tunnel, VNI), made on first use. */
   encapId(tunnel: number, vni: number): number {
     if (!(tunnel >= 0 && tunnel < this.tunnels.length)) throw new FpoError('FPO_ERR_USAGE', `no tunnel ${tunnel}`);

@@ -266,6 +266,12 @@ describe('fpo run --etcd under hostile or racing directory changes', () => {
       await until(() => show(a).directory.refused.length === 0);
       expect(show(a).directory.interfaces).toBe(n0);
       expect(trace(a, lost === 'vm1-eth0' ? 1 : 2, '02:00:00:00:03:01', lost === 'vm1-eth0' ? 'p1' : 'p2')).toMatch(/vm3-eth0 \(through tunnel \d+ to hostB\)/);
+      // Host B comes back on a new address (its entry rewritten): A's tunnel to it follows, no new tunnel.
+      const before = show(a).hosts.length;
+      await raw.put('/fpo/rc/hosts/hostB').value(JSON.stringify({ name: 'hostB', vtep: '192.168.9.2', mac: '02:fe:00:00:09:02', kind: 'geneve' }));
+      await until(() => show(a).hosts.find((h: { name: string }) => h.name === 'hostB')?.vtep === '192.168.9.2');
+      expect(show(a).hosts.length).toBe(before);
+      expect(trace(a, lost === 'vm1-eth0' ? 1 : 2, '02:00:00:00:03:01', lost === 'vm1-eth0' ? 'p1' : 'p2')).toMatch(/vm3-eth0 \(through tunnel \d+ to hostB\)/);
     } finally {
       raw.close();
       await Promise.all([a.stop(), b.stop()]);

@@ -84,6 +84,24 @@ describe('Encap', () => {
     }), { numRuns: 300 });
   });
 
+  it('setTunnel gives a tunnel new ends: the next frame goes to the new address and MAC, in the new kind, with the id kept', () => {
+    const e = new Encap();
+    const t = e.addTunnel({ kind: 'vxlan', srcMac: mac(0xfe), dstMac: mac(0xfd), srcIp: V4A, dstIp: V4B });
+    const id = e.encapId(t, 77);
+    const inner = new Uint8Array(60).fill(7);
+    const a = encapsulate(e, id, false, inner, 1);
+    expect(a.subarray(30, 34)).toEqual(V4B); // IPv4 destination
+    const moved = Uint8Array.from([192, 168, 9, 2]);
+    e.setTunnel(t, { kind: 'geneve', srcMac: mac(0xfe), dstMac: mac(0xfc), srcIp: V4A, dstIp: moved });
+    const b = encapsulate(e, id, false, inner, 1);
+    expect(b.subarray(0, 6)).toEqual(mac(0xfc));
+    expect(b.subarray(30, 34)).toEqual(moved);
+    expect((b[36] << 8) | b[37]).toBe(6081); // Geneve's UDP port now
+    expect(b.subarray(b.length - inner.length)).toEqual(inner);
+    expect(() => e.setTunnel(9, { kind: 'geneve', srcMac: mac(0xfe), dstMac: mac(0xfc), srcIp: V4A, dstIp: moved })).toThrow(/no tunnel 9/);
+    expect(() => e.setTunnel(t, { kind: 'geneve', srcMac: mac(0xfe), dstMac: mac(0xfc), srcIp: V4A, dstIp: V6B })).toThrow(/must both be IPv4 or both IPv6/);
+  });
+
   it('over IPv6 the inner frame comes back intact after the outer parse', () => {
     fc.assert(fc.property(innerFrame, fc.constantFrom<'vxlan' | 'geneve'>('vxlan', 'geneve'), fc.boolean(), (inner, kind, flagged) => {
       const e = new Encap();
