@@ -137,10 +137,13 @@ function writeAll(fd: number, b: Uint8Array, n: number): number {
 /**
  * The topology of a benchmark host: one uplink, M VMs on one segment, and
  * one ACL rule on the source address and port. Every upcall looks at that
- * rule, so every megaflow's mask covers the 5-tuple: F flows in the capture
- * make F flows in the datapath (as a firewall policy does on a real host).
+ * rule, and with `wildcarding: "rule-fields"` (the default here) every
+ * megaflow's mask covers the fields it names: F flows in the capture make F
+ * flows in the datapath (as a firewall policy does on a real host), what the
+ * set-up benches need. With "proof" (fpo's default) a packet that misses the
+ * rule adds only the prefix that proves it: F flows make one megaflow per VM.
  */
-export function benchTopology(vms: number): { ports: object[]; nodes: object[]; [k: string]: unknown } {
+export function benchTopology(vms: number, wildcarding: 'proof' | 'rule-fields' = 'rule-fields'): { ports: object[]; nodes: object[]; [k: string]: unknown } {
   const ports: object[] = [{ name: 'uplink0', ppid: 1, role: 'uplink', segments: ['s0'] }];
   const nodes: object[] = [];
   for (let m = 0; m < vms; m++) {
@@ -149,7 +152,7 @@ export function benchTopology(vms: number): { ports: object[]; nodes: object[]; 
     nodes.push({ name: `vm${m}`, interfaces: [{ name: `vm${m}-eth0`, mac: vmMac(m).map((x) => x.toString(16).padStart(2, '0')).join(':'), ip: `${ip >>> 24}.${(ip >> 16) & 255}.${(ip >> 8) & 255}.${ip & 255}`, segment: 's0', port: `vf${m}` }] });
   }
   const rules = [{ priority: 100, comment: 'ACL: one blocked source', match: { eth_type: '0x0800', ipv4_src: '192.0.2.1', ip_proto: 17, tp_src: 7 }, actions: ['drop'] }];
-  return { name: `bench-${vms}`, ports, segments: [{ name: 's0', vni: BENCH_VNI }], nodes, rules, tunnel: { vtep: BENCH_VTEP }, replay: { inputPort: 'uplink0' } };
+  return { name: `bench-${vms}`, ports, segments: [{ name: 's0', vni: BENCH_VNI }], nodes, rules, tunnel: { vtep: BENCH_VTEP }, replay: { inputPort: 'uplink0' }, wildcarding };
 }
 
 if (process.argv[1] && import.meta.url.endsWith(process.argv[1].split('/').pop()!)) {

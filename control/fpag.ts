@@ -277,6 +277,7 @@ export class Fpag {
       }
     });
     this.flagged = new Set(topology.tunnel?.policy.interfaces ?? []);
+    this.ruleFields = topology.wildcarding === 'rule-fields';
     topology.interfaces.forEach((itf, n) => { if (itf.firewall !== undefined) this.firewalls.set(itf.vpid, this.compileFirewall(itf, n)); });
     this.rules = topology.rules.map((r, i) => this.compileRule(r, i)).sort((a, b) => b.priority - a.priority || a.index - b.index);
   }
@@ -539,7 +540,11 @@ export class Fpag {
   private rulesOf(table: number, ruleKey: Uint32Array, key: Uint32Array, mask: Uint32Array, explain: boolean, out: Decision): boolean {
     for (const r of this.rules) {
       if (r.table !== table) continue;
-      if (!proveMiss(r, ruleKey, mask)) continue;
+      if (this.ruleFields) {
+        let hit = true;
+        for (let w = 0; w < KEY_WORDS; w++) if (((ruleKey[w] ^ r.key[w]) & r.mask[w]) !== 0) hit = false;
+        if (!hit) { for (let w = 0; w < KEY_WORDS; w++) mask[w] |= r.mask[w]; continue; }
+      } else if (!proveMiss(r, ruleKey, mask)) continue;
       for (let w = 0; w < KEY_WORDS; w++) mask[w] |= r.mask[w];
       out.rule = r.index;
       if (r.actions !== null) {
@@ -1281,6 +1286,9 @@ export class Fpag {
   get ruleSpecs(): Topology['rules'] {
     return this.topology.rules;
   }
+
+  /** topology.wildcarding "rule-fields": a missed rule adds every field it names to the megaflow (else the proof alone). */
+  private readonly ruleFields: boolean;
 
   /** Remote hosts whose tunnel got new ends (a new VTEP, MAC or kind in the directory). */
   tunnelsMoved = 0;

@@ -282,6 +282,15 @@ export const TopologySchema = object({
   tunnel: optional(TunnelSchema),
   /** Which port a replayed capture arrives on; "by-source-mac": each packet on the port of the interface with its source MAC. */
   replay: optional(object({ inputPort: either(name, oneOf(['by-source-mac'] as const)) })),
+  /**
+   * What a rule a packet misses adds to its megaflow: "proof" (default) only
+   * the prefix of the first field where the packet differs from the rule —
+   * every packet of the megaflow misses the rule too; "rule-fields" every
+   * field the rule names, as before (a rule on one source made a megaflow
+   * per source address and port: kept for comparison and for measuring
+   * flow set-ups).
+   */
+  wildcarding: withDefault(oneOf(['proof', 'rule-fields'] as const), () => 'proof' as const),
 });
 
 /** A topology file's content once checked, defaults filled in. */
@@ -368,6 +377,8 @@ export interface Topology {
   inputPort?: string;
   /** Service VMs with the hand-over on (nodes' offload sections). */
   offload: OffloadSpec[];
+  /** What a missed rule adds to a megaflow (TopologySchema's wildcarding). */
+  wildcarding?: 'proof' | 'rule-fields';
 }
 
 export function parseMac(s: string): Uint8Array {
@@ -565,5 +576,5 @@ export function topologyFrom(json: unknown, path: string): Topology {
   t.tunnel?.policy.interfaces.forEach((n, i) => {
     if (!seen.has(`interface:${n}`)) throw bad(path, `tunnel.policy.interfaces[${i}]`, `no interface named "${n}"`);
   });
-  return { name: t.name, path, ports: [...ports.values()], segments: [...segments.values()], interfaces, rules: t.rules, tunnel: t.tunnel, inputPort: t.replay?.inputPort, offload };
+  return { name: t.name, path, ports: [...ports.values()], segments: [...segments.values()], interfaces, rules: t.rules, tunnel: t.tunnel, inputPort: t.replay?.inputPort, offload, wildcarding: t.wildcarding };
 }

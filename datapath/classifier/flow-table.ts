@@ -50,6 +50,8 @@ export const ST_PACKETS = 0;
 export const ST_BYTES = 1;
 export const ST_USED = 2;
 export const MAX_SUBTABLES = 256;
+/** Slots a table starts with (it grows from there; flow-table.ts slotMask). */
+const MIN_SLOTS = 1024;
 /** The signature-match cache's most entries (OVS's: 2^20, 4 a bucket). */
 export const SMC_MAX_ENTRIES = 1 << 20;
 
@@ -128,7 +130,15 @@ export class FlowTable {
 
   /** Two words a slot: [2p] ~(flow index), ~EMPTY (0) when empty, [2p+1] tag (hash & ~0xff | subtable). */
   private readonly slots: Int32Array;
-  private readonly slotMask: number;
+  /**
+   * The slots in use, less one: a power of two at least twice the flows,
+   * grown (doubled, rehashed: slow path, on install) as flows come, up to
+   * the array's size. A table of few flows probes a few cache lines, not a
+   * random line of an array sized for the most flows (64 flows in slots for
+   * 2 million had cost a DRAM miss a lookup).
+   */
+  private slotMask: number;
+  private readonly slotMax: number;
 
   constructor(capacity: number) {
     this.capacity = capacity;
@@ -148,7 +158,8 @@ export class FlowTable {
     this.order = new Int16Array(MAX_SUBTABLES);
     const nslots = nextPow2(capacity * 2);
     this.slots = new Int32Array(nslots * 2);
-    this.slotMask = nslots - 1;
+    this.slotMax = nslots;
+    this.slotMask = Math.min(nslots, MIN_SLOTS) - 1;
     const buckets = Math.max(1, Math.min(SMC_MAX_ENTRIES, nextPow2(capacity)) >>> 2);
     this.smc = new Int32Array(buckets * 8);
     this.smcBucketMask = buckets - 1;
@@ -216,14 +227,17 @@ export class FlowTable {
    * signature-match cache first; a megaflow hit is cached there.
    */
   lookupHashed(key: Uint32Array, ko: number, h: number): number {
-    if (!this.smcOn) return this.lookup(key, ko);
+    // One subtable: its own probe costs what the cache's would (measured: with 64 flows of one mask
+    // and a million exact keys, the cache made every lookup a DRAM miss the subtable did not).
+    if (!this.smcOn || this.subCount < 2) return this.lookup(key, ko);
     const smc = this.smc;
     const b = (h & this.smcBucketMask) << 3;
     const sig = h | 0;
     for (let w = 0; w < 8; w += 2) {
       if (smc[b + w] !== sig) continue;
       const f = smc[b + w + 1] - 1;
-      if (f >= 0 && this.live[f] === 1 && this.matches(key, ko, f)) {
+      // (A removed flow's subtable is -1: one array read tells both its liveness and its mask.)
+      if (f >= 0 && this.matches(key, ko, f)) {
         this.smcHits++;
         return f;
       }
@@ -243,9 +257,10 @@ export class FlowTable {
     return f;
   }
 
-  /** Whether key[ko..] matches flow f (its key under its subtable's mask). */
+  /** Whether key[ko..] matches flow f (its key under its subtable's mask); false for a removed flow. */
   private matches(key: Uint32Array, ko: number, f: number): boolean {
     const s = this.sub[f];
+    if (s < 0) return false;
     const m = this.mask;
     const mo = s * KEY_WORDS;
     const words = this.words;
@@ -317,6 +332,7 @@ export class FlowTable {
     this.stats[f * STAT_WORDS + ST_BYTES] = 0;
     this.stats[f * STAT_WORDS + ST_USED] = now;
     this.live[f] = 1;
+    if (2 * (this.count + 1) > this.slotMask + 1 && this.slotMask + 1 < this.slotMax) this.growSlots();
     let pos = h & this.slotMask;
     while (this.slots[2 * pos] !== ~EMPTY) pos = (pos + 1) & this.slotMask;
     this.slots[2 * pos] = ~f;
@@ -324,6 +340,21 @@ export class FlowTable {
     this.subFlows[s]++;
     this.count++;
     return f;
+  }
+
+  /** Doubles the slots in use and puts every live flow back (slow path: once per doubling of the flows). */
+  private growSlots(): void {
+    const n = (this.slotMask + 1) * 2;
+    this.slots.fill(0, 0, 2 * n);
+    this.slotMask = n - 1;
+    for (let f = 0; f < this.fresh; f++) {
+      if (!this.live[f]) continue;
+      const h = this.fhash[f];
+      let pos = h & this.slotMask;
+      while (this.slots[2 * pos] !== ~EMPTY) pos = (pos + 1) & this.slotMask;
+      this.slots[2 * pos] = ~f;
+      this.slots[2 * pos + 1] = (h & ~0xff) | this.sub[f];
+    }
   }
 
   /** The flow with exactly this mask and (masked) key, or -1. */
@@ -370,6 +401,7 @@ export class FlowTable {
     this.gen[f]++;
     this.genChanges++;
     this.subFlows[this.sub[f]]--;
+    this.sub[f] = -1; // (the signature-match cache reads liveness here)
     this.freeList[this.freeTop++] = f;
     this.count--;
   }

@@ -1,3 +1,4 @@
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { replay } from '../../control/replay.js';
@@ -6,7 +7,13 @@ import { FIXTURES, cleanTemp, tempDir } from '../helpers.js';
 
 afterAll(cleanTemp);
 
-const TOPO = join(FIXTURES, 'topology.json');
+// The fixture topology with every field of a missed rule in the megaflow (wildcarding "rule-fields"): the
+// telnet rule then makes tp_dst part of every megaflow, so ports make flows, as these lifetime tests need.
+const TOPO = (() => {
+  const f = join(tempDir('topo'), 'topology.json');
+  writeFileSync(f, JSON.stringify({ ...JSON.parse(readFileSync(join(FIXTURES, 'topology.json'), 'utf8')), wildcarding: 'rule-fields' }));
+  return f;
+})();
 const toVm = (n: number, sport: number) => eth(`02:00:00:00:00:0${n}`, '02:ee:00:00:00:01', 0x0800, ipv4({ src: '192.0.2.1', dst: `10.0.0.${n}`, proto: 17 }, udp(sport, 9, new Uint8Array(18))));
 
 describe('Datapath flow lifetime', () => {
