@@ -131,10 +131,10 @@ describe('benchmarks (short mode)', () => {
 
   it('classifier/lookup prints a line per flow count, subtable count and path, with a ratio to a Map', () => {
     const lines = runBench('classifier/lookup.js');
-    expect(lines.length).toBe(12);
+    expect(lines.length).toBe(16);
     for (const l of lines) {
       expect(l.bench).toBe('classifier/lookup');
-      expect(['emc-hit', 'emc-hit-ipv4', 'megaflow-hit']).toContain(l.path);
+      expect(['emc-hit', 'emc-hit-ipv4', 'megaflow-hit', 'smc-hit']).toContain(l.path);
       expect(l.hitRate).toBeGreaterThan(0.9);
       expect(l.baseline).toBe('Map<string>');
       expect(l.lookupsPerSec).toBeGreaterThan(0);
@@ -270,21 +270,25 @@ describe('benchmarks (short mode)', () => {
   it('replay prints whole-process and in-process times against tcpdump\'s whole process, pps, GC and RSS for each case, and the small replay beside node -e 0', (ctx) => {
     needTool(ctx, 'tcpdump', 'the baseline of the replay benchmark');
     const lines = runBench('replay.js');
-    expect(lines.length).toBe(6);
+    expect(lines.length).toBe(8);
     for (const l of lines) {
       checkReplayLine(l);
       expect(typeof l.gcShare).toBe('number');
       expect(l.peakRssBytes).toBeGreaterThan(0);
     }
-    const synthetic = lines.slice(0, 5);
-    expect(synthetic.map((l) => l.frameBytes)).toEqual([64, 64, 64, 1500, 1500]);
+    const synthetic = lines.slice(0, 7);
+    expect(synthetic.map((l) => l.frameBytes)).toEqual([64, 64, 64, 64, 64, 1500, 1500]);
+    // The many-flows cases (issue 23): a megaflow per flow, then the missed rule's proof alone (one megaflow per VM).
+    expect(synthetic.map((l) => l.wildcarding)).toEqual(['rule-fields', 'rule-fields', 'rule-fields', 'rule-fields', 'proof', 'rule-fields', 'rule-fields']);
+    expect(lines[3].upcalls).toBe(5000);
+    expect(lines[4].upcalls).toBeLessThan(100);
     for (const l of synthetic) {
       expect(l.dropped).toBe(0);
       expect(l.frames).toBe(20_000);
       // The synthetic capture is the fast lane's common case from start to end.
       expect(l.fastLane).toBe(l.frames);
     }
-    const small = lines[5];
+    const small = lines[7];
     expect(small.label).toMatch(/demo/);
     expect(small.frames).toBe(671);
     expect(small.dropped).toBe(50);
