@@ -266,3 +266,23 @@ describe('the signature-match cache (FlowTable.lookupHashed)', () => {
     expect(t.smcHits).toBe(1);
   });
 });
+
+describe('eviction under pressure', () => {
+  it('a flood of one-packet flows through a full table never evicts a busy flow (used every few installs)', () => {
+    const t = new FlowTable(1024);
+    const mask = key(0xffffffff, 0xffffffff);
+    const busy = t.install(key(1, 1), mask, 7, 0);
+    for (let i = 1; i <= 100_000; i++) {
+      t.install(key(2, i), mask, 1, i);
+      if (i % 50 === 0) {
+        // The busy flow's packet: found where it was, counted (its last use now).
+        expect(t.lookup(key(1, 1))).toBe(busy);
+        t.hit(busy, 64, i);
+      }
+    }
+    expect(t.evicted).toBeGreaterThan(90_000);
+    expect(t.live[busy]).toBe(1);
+    expect(t.act[busy]).toBe(7);
+    expect(t.packetsOf(busy)).toBe(2000);
+  });
+});
