@@ -1137,12 +1137,7 @@ export class Fpag {
       this.topology.interfaces.push(itf);
     }
     if (e === undefined) e = { vpid, name: itf.name, segments: [itf.segment], mac: itf.mac, uplink: false, ...(itf.portSecurity ? { sec: portSecurityOf(itf) } : {}) };
-    if (e.vpid !== vpid) {
-      this.dp.apply({ type: 'mapping-set', vpid: e.vpid, ppid: -1 });
-      this.byVpid.delete(e.vpid);
-      const fw = this.firewalls.get(e.vpid);
-      if (fw !== undefined) { this.firewalls.delete(e.vpid); this.firewalls.set(vpid, fw); }
-    }
+    if (e.vpid !== vpid) this.releaseVpid(e.vpid, vpid);
     e.vpid = vpid;
     e.tunnel = undefined;
     e.viaVpid = undefined;
@@ -1238,11 +1233,7 @@ export class Fpag {
     let rewrites = 0;
     if (newVpid !== undefined && newVpid !== itf.vpid) {
       const e = this.byVpid.get(itf.vpid)!;
-      this.dp.apply({ type: 'mapping-set', vpid: itf.vpid, ppid: -1 });
-      this.byVpid.delete(itf.vpid);
-      // The firewall goes with the interface (under its old zone: its connections stay allowed).
-      const fw = this.firewalls.get(itf.vpid);
-      if (fw !== undefined) { this.firewalls.delete(itf.vpid); this.firewalls.set(newVpid, fw); }
+      this.releaseVpid(itf.vpid, newVpid);
       e.vpid = newVpid;
       itf.vpid = newVpid;
       this.byVpid.set(newVpid, e);
@@ -1257,6 +1248,18 @@ export class Fpag {
     this.migrations++;
     this.flowRewrites += rewrites;
     return { vpid: itf.vpid, oldPpid, newPpid: ppid, flowRewrites: rewrites };
+  }
+
+  /**
+   * An interface's VPID changes from `from` to `to`: the old one unmapped
+   * and given up here; its firewall goes with it (under its old zone: its
+   * connections stay allowed). The caller maps and records the new one.
+   */
+  private releaseVpid(from: number, to: number): void {
+    this.dp.apply({ type: 'mapping-set', vpid: from, ppid: -1 });
+    this.byVpid.delete(from);
+    const fw = this.firewalls.get(from);
+    if (fw !== undefined) { this.firewalls.delete(from); this.firewalls.set(to, fw); }
   }
 
   /**
