@@ -172,8 +172,7 @@ if (process.argv[1]?.endsWith('replay.js')) {
     // FPO_BENCH_ONLY=N runs the N-th case alone (0-based), e.g. to measure one change.
     const only = process.env.FPO_BENCH_ONLY === undefined ? null : Number(process.env.FPO_BENCH_ONLY);
     for (const [k, c] of cases.entries()) if (only === null || only === k) emit(await runReplayBench({ ...c, flows: SHORT ? Math.min(c.flows, 5000) : c.flows, dir }));
-    if (only !== null) process.exit(0);
-    emit(await runSmallReplayBench(dir));
+    if (only === null) emit(await runSmallReplayBench(dir));
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
