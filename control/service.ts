@@ -48,6 +48,8 @@ import { precopy } from './migration/precopy.js';
 import { FrameReader, T_ACCEPT, T_DONE, T_ERROR, T_FINAL, T_HELLO, T_PAGES, jsonFrame, pagesFrame, type Frame } from './migration/wire.js';
 import { PAGE_SIZE } from '../datapath/dirty-log.js';
 import { Directory } from './directory/directory.js';
+import { InterfaceEntry } from './directory/schema.js';
+import { CheckError, formatPath } from './check.js';
 import { UPLINK_VPID_MIN, VPID_MAX, VpidClaims } from './directory/vpids.js';
 
 /** A VF port of fpo run: its receive path, memory, the dirty logs (PF: the VF's DMA; cpu: the guest's own writes), the VM's stand-in. */
@@ -995,8 +997,6 @@ export class Service {
     const port = args.port;
     if (typeof port !== 'string' || port.length === 0 || port.length > 256) throw new FpoError('FPO_ERR_USAGE', 'port: expected a VM port of this host');
     for (const k of ['mac', 'segment', 'ip'] as const) if (args[k] !== undefined && typeof args[k] !== 'string') throw new FpoError('FPO_ERR_USAGE', `${k}: expected a string`);
-    const { InterfaceEntry } = await import('./directory/schema.js');
-    const { CheckError, formatPath } = await import('./check.js');
     const claims = this.vpidClaims;
     // One attach (or arrival) at a time: what is checked here still holds when it is applied.
     return this.directorySerial(async () => {
