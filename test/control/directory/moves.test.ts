@@ -30,6 +30,8 @@ function topo(dir: string, host: string, n: number, interfaces: { name: string; 
   return f;
 }
 
+/** VM n's interface on port `port`: vmN-eth0, 02:00:00:00:0N:01, 10.0.0.N. */
+const vm = (n: number, port: string) => ({ name: `vm${n}-eth0`, mac: `02:00:00:00:0${n}:01`, ip: `10.0.0.${n}`, port });
 const show = (s: Svc) => JSON.parse(s.ctl('--json', 'show').stdout);
 const vpidOf = (s: Svc, name: string) => (show(s).interfaces as { name: string; vpid: number }[]).find((i) => i.name === name)?.vpid;
 /** What host `s` does with a frame from VM n (MAC 02:00:00:00:0n:01, 10.0.0.n) on its port `port` to MAC `to`. */
@@ -99,7 +101,6 @@ describe('fpo run --etcd: VPIDs kept, VMs moved', () => {
     needTool(ctx, 'etcd', 'the directory tests run a real etcd member (Debian: etcd-server)');
     const url = await etcdMember();
     const dir = tempDir('vpidkeep');
-    const vm = (n: number, port: string) => ({ name: `vm${n}-eth0`, mac: `02:00:00:00:0${n}:01`, ip: `10.0.0.${n}`, port });
     const a = await startService({ topology: topo(dir, 'hostA', 1, [vm(1, 'p1'), vm(2, 'p2')]), out: join(dir, 'a1'), extra: ['--etcd', url, '--deployment', 'k'] });
     const first = { vm1: vpidOf(a, 'vm1-eth0'), vm2: vpidOf(a, 'vm2-eth0') };
     expect(first).toEqual({ vm1: 1, vm2: 2 }); // new to the deployment: each claims its own topology VPID (free)
@@ -124,7 +125,6 @@ describe('fpo run --etcd: VPIDs kept, VMs moved', () => {
     needTool(ctx, 'etcd', 'the directory tests run a real etcd member (Debian: etcd-server)');
     const url = await etcdMember();
     const dir = tempDir('attach');
-    const vm = (n: number, port: string) => ({ name: `vm${n}-eth0`, mac: `02:00:00:00:0${n}:01`, ip: `10.0.0.${n}`, port });
     const extra = (metrics?: number) => ['--etcd', url, '--deployment', 'mv', ...(metrics !== undefined ? ['--metrics', `127.0.0.1:${metrics}`] : [])];
     const mport = await freePort();
     const a = await startService({ topology: topo(dir, 'hostA', 1, [vm(1, 'p1'), vm(4, 'p2')]), out: join(dir, 'a'), extra: extra(mport) });
@@ -233,7 +233,6 @@ describe('fpo run --etcd under hostile or racing directory changes', () => {
     needTool(ctx, 'etcd', 'the directory tests run a real etcd member (Debian: etcd-server)');
     const url = await etcdMember();
     const dir = tempDir('race');
-    const vm = (n: number, port: string) => ({ name: `vm${n}-eth0`, mac: `02:00:00:00:0${n}:01`, ip: `10.0.0.${n}`, port });
     const extra = ['--etcd', url, '--deployment', 'rc'];
     const a = await startService({ topology: topo(dir, 'hostA', 1, [vm(1, 'p1'), vm(2, 'p2')]), out: join(dir, 'a'), extra });
     const b = await startService({ topology: topo(dir, 'hostB', 2, [vm(3, 'p1')]), out: join(dir, 'b'), extra });
@@ -287,7 +286,6 @@ describe('fpo run --etcd under hostile or racing directory changes', () => {
     await raw.put('/fpo-vpids/st/by-name/vm2-eth0').value('7');
     await raw.put('/fpo-vpids/st/by-vpid/7').value('vm1-eth0');
     await raw.put('/fpo-vpids/st/by-name/vm3-eth0').value('garbage');
-    const vm = (n: number, port: string) => ({ name: `vm${n}-eth0`, mac: `02:00:00:00:0${n}:01`, ip: `10.0.0.${n}`, port });
     const a = await startService({ topology: topo(dir, 'hostA', 1, [vm(1, 'p1'), vm(2, 'p2'), vm(3, 'p3')]), out: join(dir, 'a'), extra: ['--etcd', url, '--deployment', 'st'] });
     try {
       const v = ['vm1-eth0', 'vm2-eth0', 'vm3-eth0'].map((n) => vpidOf(a, n));
