@@ -220,7 +220,7 @@ async function replayCommand(values: ReplayValues, topology: string, outDir: str
     const common = {
       outDir,
       batchSize: intOption(values.batch, 'batch', 1, 256),
-      maxFlows: intOption(values['max-flows'], 'max-flows', 16, 1 << 24),
+      maxFlows: intOption(values['max-flows'], 'max-flows', 16, 1 << 23),
       ...(values['no-emc'] || values['no-smc'] ? { caches: { emc: values['no-emc'] !== true, smc: values['no-smc'] !== true } } : {}),
       inputs: [topology, ...(values.events ? [values.events] : [])],
       clean: values.clean === true,

@@ -20,7 +20,7 @@ import { dirname, join } from 'node:path';
 import { Datapath, type TxPort } from '../datapath/datapath.js';
 import { KEY_WORDS } from '../datapath/classifier/flow-key.js';
 import { FpoError } from '../datapath/errors.js';
-import type { ControlMessage, Upcall } from '../datapath/upcall.js';
+import type { ControlMessage, FlowInstalls, UpcallBatch } from '../datapath/upcall.js';
 import type { Action } from '../datapath/actions/action-sets.js';
 import { Fpag } from './fpag.js';
 import type { Topology } from './topology.js';
@@ -33,15 +33,23 @@ const IDLE = 0;
 const REQUEST = 1;
 const REPLY = 2;
 const REPLY_BYTES = 4 << 20;
+/** Keys a request carries at most (the misses of a bigger batch go in parts). */
+const REQ_KEYS = 1024;
+/** Words of a request: the key count, then per key its in PPID and its KEY_WORDS words. */
+const REQ_WORDS = 1 + REQ_KEYS * (1 + KEY_WORDS);
 /** Polls of the shared word before a thread sleeps on it (a few tens of µs). */
 const SPIN = 20_000;
 
-/** Shared memory layout: ctrl words, the request (inPpid + key), the reply (JSON bytes). */
+/** Shared memory layout: ctrl words, the request (count, then inPpid + key each), the reply (words or JSON bytes). */
+const CTRL_BYTES = 32;
+const SAB_BYTES = CTRL_BYTES + 4 * REQ_WORDS + REPLY_BYTES;
+/** ctrl[4]: of the request's keys, those a flow decided for an earlier one covered (UpcallBatch.covered). */
+const C_COVERED = 4;
 function views(sab: SharedArrayBuffer) {
   return {
-    ctrl: new Int32Array(sab, 0, 4),
-    req: new Uint32Array(sab, 16, 1 + KEY_WORDS),
-    reply: new Uint8Array(sab, 16 + 4 * (1 + KEY_WORDS) + 12, REPLY_BYTES),
+    ctrl: new Int32Array(sab, 0, CTRL_BYTES / 4),
+    req: new Uint32Array(sab, CTRL_BYTES, REQ_WORDS),
+    reply: new Uint8Array(sab, CTRL_BYTES + 4 * REQ_WORDS, REPLY_BYTES),
   };
 }
 
@@ -59,29 +67,45 @@ function encode(msgs: ControlMessage[]): string {
  */
 export function encodeInstalls(msgs: ControlMessage[], out: Uint32Array): number {
   let o = 1;
+  let count = 0;
   for (const m of msgs) {
-    if (m.type !== 'flow-install' || o + 2 * KEY_WORDS + 1 + 3 * m.actions.length > out.length) return -1;
-    out.set(m.key, o);
-    out.set(m.mask, o + KEY_WORDS);
-    o += 2 * KEY_WORDS;
-    out[o++] = m.actions.length;
-    for (const a of m.actions) {
-      switch (a.op) {
-        case 'output': out[o] = 1; out[o + 1] = a.vpid; out[o + 2] = 0; break;
-        case 'drop': out[o] = 2; out[o + 1] = a.reason; out[o + 2] = 0; break;
-        case 'encap': out[o] = 3; out[o + 1] = a.tunnel; out[o + 2] = a.vni; break;
-        case 'flag': out[o] = 4; out[o + 1] = 0; out[o + 2] = 0; break;
-        case 'push_vlan': out[o] = 5; out[o + 1] = a.vid; out[o + 2] = 0; break;
-        case 'pop_vlan': out[o] = 6; out[o + 1] = 0; out[o + 2] = 0; break;
-        case 'ct':
-          if (a.nat !== undefined) return -1;
-          out[o] = 7; out[o + 1] = (a.zone | ((a.commit ? 1 : 0) << 16) | ((a.table + 1) << 17)) >>> 0; out[o + 2] = 0;
-          break;
-      }
-      o += 3;
-    }
+    if (m.type === 'flow-install') {
+      o = encodeInstall(m.key, m.mask, 0, m.actions, out, o);
+      count++;
+    } else if (m.type === 'flow-installs') {
+      for (let j = 0; j < m.count && o >= 0; j++) o = encodeInstall(m.keys, m.masks, j * KEY_WORDS, m.actions[j], out, o);
+      count += m.count;
+    } else return -1;
+    if (o < 0) return -1;
   }
-  out[0] = msgs.length;
+  out[0] = count;
+  return o;
+}
+
+// One install at out[o..] (see encodeInstalls): the next offset, or -1 when it does not fit or cannot be said in words.
+function encodeInstall(key: Uint32Array, mask: Uint32Array, ko: number, actions: Action[], out: Uint32Array, o: number): number {
+  if (o + 2 * KEY_WORDS + 1 + 3 * actions.length > out.length) return -1;
+  for (let w = 0; w < KEY_WORDS; w++) {
+    out[o + w] = key[ko + w];
+    out[o + KEY_WORDS + w] = mask[ko + w];
+  }
+  o += 2 * KEY_WORDS;
+  out[o++] = actions.length;
+  for (const a of actions) {
+    switch (a.op) {
+      case 'output': out[o] = 1; out[o + 1] = a.vpid; out[o + 2] = 0; break;
+      case 'drop': out[o] = 2; out[o + 1] = a.reason; out[o + 2] = 0; break;
+      case 'encap': out[o] = 3; out[o + 1] = a.tunnel; out[o + 2] = a.vni; break;
+      case 'flag': out[o] = 4; out[o + 1] = 0; out[o + 2] = 0; break;
+      case 'push_vlan': out[o] = 5; out[o + 1] = a.vid; out[o + 2] = 0; break;
+      case 'pop_vlan': out[o] = 6; out[o + 1] = 0; out[o + 2] = 0; break;
+      case 'ct':
+        if (a.nat !== undefined) return -1;
+        out[o] = 7; out[o + 1] = (a.zone | ((a.commit ? 1 : 0) << 16) | ((a.table + 1) << 17)) >>> 0; out[o + 2] = 0;
+        break;
+    }
+    o += 3;
+  }
   return o;
 }
 
@@ -93,32 +117,80 @@ export function decodeInstalls(w: Uint32Array): ControlMessage[] {
     const mask = w.slice(o + KEY_WORDS, o + 2 * KEY_WORDS);
     o += 2 * KEY_WORDS;
     const k = w[o++];
-    const actions: Action[] = [];
-    for (let j = 0; j < k; j++, o += 3) {
-      const op = w[o];
-      if (op === 1) actions.push({ op: 'output', vpid: w[o + 1] });
-      else if (op === 2) actions.push({ op: 'drop', reason: w[o + 1] });
-      else if (op === 3) actions.push({ op: 'encap', tunnel: w[o + 1], vni: w[o + 2] });
-      else if (op === 5) actions.push({ op: 'push_vlan', vid: w[o + 1] });
-      else if (op === 6) actions.push({ op: 'pop_vlan' });
-      else if (op === 7) actions.push({ op: 'ct', zone: w[o + 1] & 0xffff, commit: ((w[o + 1] >>> 16) & 1) === 1, table: (w[o + 1] >>> 17) - 1 });
-      else actions.push({ op: 'flag' });
-    }
-    msgs.push({ type: 'flow-install', key, mask, actions });
+    msgs.push({ type: 'flow-install', key, mask, actions: decodeActions(w, o, k) });
+    o += 3 * k;
   }
   return msgs;
+}
+
+/**
+ * decodeInstalls into one FlowInstalls whose arrays are reused (grown to
+ * the count); an install whose action words are the previous one's takes
+ * the previous one's action array (a batch's flows mostly share theirs).
+ */
+export function decodeInstallsInto(w: Uint32Array, msg: FlowInstalls): void {
+  const n = w[0];
+  if (msg.keys.length < n * KEY_WORDS) {
+    msg.keys = new Uint32Array(n * KEY_WORDS);
+    msg.masks = new Uint32Array(n * KEY_WORDS);
+  }
+  msg.actions.length = n;
+  let o = 1;
+  let prev = -1;
+  for (let j = 0; j < n; j++) {
+    const jo = j * KEY_WORDS;
+    for (let x = 0; x < KEY_WORDS; x++) {
+      msg.keys[jo + x] = w[o + x];
+      msg.masks[jo + x] = w[o + KEY_WORDS + x];
+    }
+    o += 2 * KEY_WORDS;
+    const k = w[o++];
+    let same = prev >= 0 && w[prev - 1] === k;
+    for (let x = 0; same && x < 3 * k; x++) same = w[prev + x] === w[o + x];
+    msg.actions[j] = same ? msg.actions[j - 1] : decodeActions(w, o, k);
+    prev = o;
+    o += 3 * k;
+  }
+  msg.count = n;
+}
+
+function decodeActions(w: Uint32Array, o: number, k: number): Action[] {
+  const actions: Action[] = [];
+  for (let j = 0; j < k; j++, o += 3) {
+    const op = w[o];
+    if (op === 1) actions.push({ op: 'output', vpid: w[o + 1] });
+    else if (op === 2) actions.push({ op: 'drop', reason: w[o + 1] });
+    else if (op === 3) actions.push({ op: 'encap', tunnel: w[o + 1], vni: w[o + 2] });
+    else if (op === 5) actions.push({ op: 'push_vlan', vid: w[o + 1] });
+    else if (op === 6) actions.push({ op: 'pop_vlan' });
+    else if (op === 7) actions.push({ op: 'ct', zone: w[o + 1] & 0xffff, commit: ((w[o + 1] >>> 16) & 1) === 1, table: (w[o + 1] >>> 17) - 1 });
+    else actions.push({ op: 'flag' });
+  }
+  return actions;
 }
 
 function decode(text: string): ControlMessage[] {
   return JSON.parse(text, (_k, v) => (v && typeof v === 'object' && '$t' in v ? (v.$t === 'u32' ? Uint32Array.from(v.a) : Uint8Array.from(v.a)) : v)) as ControlMessage[];
 }
 
-/** A Datapath that also records every message applied to it (the worker's shadow). */
+/**
+ * A Datapath that also records every message applied to it (the worker's
+ * shadow). With `defer`, a message is only recorded: applyDeferred applies
+ * the outbox later (the FPAG thread answers first, then updates its shadow
+ * while the datapath installs).
+ */
 export class ShadowDatapath extends Datapath {
   outbox: ControlMessage[] = [];
+  defer = false;
   override apply(msg: ControlMessage, now = 0): void {
-    super.apply(msg, now);
+    if (!this.defer) super.apply(msg, now);
     this.outbox.push(msg);
+  }
+
+  /** Applies the outbox's messages (recorded under `defer`) and empties it. */
+  applyDeferred(): void {
+    for (const m of this.outbox) super.apply(m);
+    this.outbox = [];
   }
 }
 
@@ -130,17 +202,22 @@ export class FpagThread {
   private readonly reply: Uint8Array;
   private readonly replyWords: Uint32Array;
   private readonly decoder = new TextDecoder();
+  /** The worker's answer, decoded into reused arrays (decodeInstallsInto). */
+  private readonly installs: FlowInstalls = { type: 'flow-installs', count: 0, keys: new Uint32Array(0), masks: new Uint32Array(0), actions: [] };
+  /** Keys the worker decided (those sent, less those a flow decided for an earlier key of their batch covered). */
   upcalls = 0;
+  /** Round trips (a batch's misses go in one, or in parts of REQ_KEYS). */
+  roundTrips = 0;
   /** Total ns spent waiting for the worker's answers. */
   roundTripNs = 0;
 
   /** Starts the worker and applies its start-up messages (mappings, tunnels) to `dp`. Blocks until it is ready. */
-  constructor(topology: Topology, private readonly dp: Datapath) {
-    const sab = new SharedArrayBuffer(16 + 4 * (1 + KEY_WORDS) + 12 + REPLY_BYTES);
+  constructor(topology: Topology, private readonly dp: Datapath, maxFlows = 1 << 20) {
+    const sab = new SharedArrayBuffer(SAB_BYTES);
     ({ ctrl: this.ctrl, req: this.req, reply: this.reply } = views(sab));
     this.replyWords = new Uint32Array(this.reply.buffer, this.reply.byteOffset, REPLY_BYTES / 4);
     const { port1, port2 } = new MessageChannel();
-    this.worker = new Worker(WORKER_FILE, { workerData: { sab, topology, port: port2 }, transferList: [port2] });
+    this.worker = new Worker(WORKER_FILE, { workerData: { sab, topology, port: port2, maxFlows }, transferList: [port2] });
     this.worker.unref();
     // Wait (blocking) for the worker's start-up messages.
     const deadline = Date.now() + 15_000;
@@ -153,27 +230,47 @@ export class FpagThread {
     if (init.error) throw new FpoError('FPO_ERR_BAD_TOPOLOGY', init.error);
     for (const m of decode(init.messages!)) dp.apply(m);
     port1.close();
-    dp.upcallSink = (u) => this.upcall(u);
+    dp.upcallBatchSink = (u) => this.upcallBatch(u);
   }
 
-  // Slow path: one round trip per miss.
-  private upcall(u: Upcall): void {
-    const t0 = process.hrtime.bigint();
-    this.req[0] = u.inPpid;
-    this.req.set(u.key, 1);
-    Atomics.store(this.ctrl, 0, REQUEST);
-    Atomics.notify(this.ctrl, 0);
-    // Spin a little before sleeping: a futex wake-up costs tens of µs on this machine,
-    // more than the FPAG's decision (measured: 88 µs a round trip sleeping, see bench/).
-    for (let spin = 0; spin < SPIN && Atomics.load(this.ctrl, 0) === REQUEST; spin++);
-    while (Atomics.load(this.ctrl, 0) === REQUEST) Atomics.wait(this.ctrl, 0, REQUEST, 1000);
-    const len = Atomics.load(this.ctrl, 1);
-    // len > 0: JSON bytes; len < 0: -words of flow installs.
-    const msgs = len < 0 ? decodeInstalls(this.replyWords) : decode(this.decoder.decode(this.reply.slice(0, len)));
-    Atomics.store(this.ctrl, 0, IDLE);
-    for (const m of msgs) this.dp.apply(m);
-    this.upcalls++;
-    this.roundTripNs += Number(process.hrtime.bigint() - t0);
+  // Slow path: a batch's misses, in one round trip (or one per REQ_KEYS of them).
+  private upcallBatch(u: UpcallBatch): void {
+    const req = this.req;
+    let covered = 0;
+    for (let from = 0; from < u.count; from += REQ_KEYS) {
+      const t0 = process.hrtime.bigint();
+      const n = Math.min(REQ_KEYS, u.count - from);
+      req[0] = n;
+      for (let j = 0; j < n; j++) {
+        const o = 1 + j * (1 + KEY_WORDS);
+        const ko = (from + j) * KEY_WORDS;
+        req[o] = u.inPpid[from + j];
+        for (let w = 0; w < KEY_WORDS; w++) req[o + 1 + w] = u.keys[ko + w];
+      }
+      Atomics.store(this.ctrl, 0, REQUEST);
+      Atomics.notify(this.ctrl, 0);
+      // Spin a little before sleeping: a futex wake-up costs tens of µs on this machine,
+      // more than the FPAG's decision (measured: 88 µs a round trip sleeping, see bench/).
+      for (let spin = 0; spin < SPIN && Atomics.load(this.ctrl, 0) === REQUEST; spin++);
+      while (Atomics.load(this.ctrl, 0) === REQUEST) Atomics.wait(this.ctrl, 0, REQUEST, 1000);
+      const len = Atomics.load(this.ctrl, 1);
+      const cov = Atomics.load(this.ctrl, C_COVERED);
+      covered += cov;
+      // len < 0: -words of flow installs (the worker updates its shadow meanwhile); len > 0: JSON bytes.
+      if (len < 0) {
+        decodeInstallsInto(this.replyWords, this.installs);
+        Atomics.store(this.ctrl, 0, IDLE);
+        this.dp.apply(this.installs);
+      } else {
+        const msgs = decode(this.decoder.decode(this.reply.slice(0, len)));
+        Atomics.store(this.ctrl, 0, IDLE);
+        for (const m of msgs) this.dp.apply(m);
+      }
+      this.upcalls += n - cov;
+      this.roundTrips++;
+      this.roundTripNs += Number(process.hrtime.bigint() - t0);
+    }
+    u.covered = covered;
   }
 
   async stop(): Promise<void> {
@@ -185,22 +282,25 @@ export class FpagThread {
 
 // The worker side.
 if (!isMainThread && workerData?.sab) {
-  const { sab, topology, port } = workerData as { sab: SharedArrayBuffer; topology: Topology; port: MessagePort };
+  const { sab, topology, port, maxFlows } = workerData as { sab: SharedArrayBuffer; topology: Topology; port: MessagePort; maxFlows: number };
   const { ctrl, req, reply } = views(sab);
   const replyWords = new Uint32Array(reply.buffer, reply.byteOffset, REPLY_BYTES / 4);
   const encoder = new TextEncoder();
   try {
     const topo = topology;
-    const shadow = new ShadowDatapath({ maxFlows: 1 << 20 });
+    // The shadow holds as many flows as the datapath (and evicts as it does when full).
+    const shadow = new ShadowDatapath({ maxFlows });
     const none: TxPort = { writeBatch: () => undefined };
     for (const p of topo.ports) shadow.addPort(p.ppid, none);
     const fpag = new Fpag(topo, shadow);
     fpag.start();
-    const sink = shadow.upcallSink!;
+    const sink = shadow.upcallBatchSink!;
     port.postMessage({ messages: encode(shadow.outbox) });
     shadow.outbox = [];
     Atomics.notify(ctrl, 3);
-    const upcall: Upcall = { type: 'upcall', inPpid: 0, key: new Uint32Array(KEY_WORDS) };
+    const batch: UpcallBatch = { type: 'upcalls', count: 0, inPpid: new Uint16Array(REQ_KEYS), keys: new Uint32Array(REQ_KEYS * KEY_WORDS), covered: 0 };
+    // Decisions go out before the shadow applies them: the datapath installs while the shadow does.
+    shadow.defer = true;
     for (;;) {
       const st = Atomics.load(ctrl, 0);
       if (Atomics.load(ctrl, 2) === 1) break;
@@ -211,20 +311,42 @@ if (!isMainThread && workerData?.sab) {
         if (spin === SPIN) Atomics.wait(ctrl, 0, st, 1000);
         continue;
       }
-      upcall.inPpid = req[0];
-      upcall.key.set(req.subarray(1));
-      sink(upcall);
-      const words = encodeInstalls(shadow.outbox, replyWords);
+      const n = Math.min(req[0], REQ_KEYS);
+      for (let j = 0; j < n; j++) {
+        const o = 1 + j * (1 + KEY_WORDS);
+        batch.inPpid[j] = req[o];
+        for (let w = 0; w < KEY_WORDS; w++) batch.keys[j * KEY_WORDS + w] = req[o + 1 + w];
+      }
+      batch.count = n;
+      batch.covered = 0;
+      let words: number;
+      try {
+        sink(batch);
+        words = encodeInstalls(shadow.outbox, replyWords);
+      } catch (e) {
+        // The batch is answered with nothing (the datapath drops its packets as upcallFailed); the worker goes on.
+        console.error(`fpo: fpag thread: upcall batch of ${n} failed: ${(e as Error).message}`);
+        shadow.outbox = [];
+        replyWords[0] = 0;
+        words = 1;
+      }
+      Atomics.store(ctrl, C_COVERED, batch.covered);
       if (words >= 0) {
         Atomics.store(ctrl, 1, -words);
       } else {
         const bytes = encoder.encode(encode(shadow.outbox));
-        reply.set(bytes.subarray(0, REPLY_BYTES));
-        Atomics.store(ctrl, 1, Math.min(bytes.length, REPLY_BYTES));
+        if (bytes.length > REPLY_BYTES) throw new FpoError('FPO_ERR_CAPACITY', `fpag thread: an answer of ${bytes.length} bytes does not fit the reply area (${REPLY_BYTES})`);
+        reply.set(bytes);
+        Atomics.store(ctrl, 1, bytes.length);
       }
-      shadow.outbox = [];
       Atomics.store(ctrl, 0, REPLY);
       Atomics.notify(ctrl, 0);
+      try {
+        shadow.applyDeferred();
+      } catch (e) {
+        shadow.outbox = [];
+        console.error(`fpo: fpag thread: its shadow could not take an answer: ${(e as Error).message}`);
+      }
     }
   } catch (e) {
     port.postMessage({ error: (e as Error).message });

@@ -74,7 +74,8 @@ import type { Action } from '../datapath/actions/action-sets.js';
 import { ARP_SHA_NOT_SRC, FIELDS, FIELD_NAMES, KEY_WORDS, PORT_PPID_BIT, TUN_PRESENT, W_CT, W_ETH_DST_HI, W_ETH_MID, W_ETH_SRC_LO, W_ETH_TYPE, W_IN_PORT, W_IP_DST, W_IP_SRC, W_TP, W_TUN, W_VLAN, ipv4ToString, ipv6ToString, macNumber, macToString, parseCtState, setField, unwildcard, type FieldName } from '../datapath/classifier/flow-key.js';
 import { FpoError } from '../datapath/errors.js';
 import { parseIpText, type Datapath } from '../datapath/datapath.js';
-import type { FlowInstall, Upcall } from '../datapath/upcall.js';
+import type { FlowInstall, Upcall, UpcallBatch } from '../datapath/upcall.js';
+import { BatchFlows } from './batch-flows.js';
 import { parseMac, type Interface, type Port, type Topology } from './topology.js';
 import { parseCtAction } from './flow-syntax.js';
 import { CS_INV, CS_NEW, CS_TRK } from '../datapath/conntrack/conntrack.js';
@@ -334,6 +335,7 @@ export class Fpag {
       }
     }
     this.dp.upcallSink = (u) => this.onUpcall(u);
+    this.dp.upcallBatchSink = (u) => this.onUpcalls(u);
     this.dp.specialSink = (p) => this.specialByPort.set(p.inPpid, (this.specialByPort.get(p.inPpid) ?? 0) + 1);
   }
 
@@ -954,6 +956,36 @@ export class Fpag {
     }
     floods.set(floodKey, out);
     return out;
+  }
+
+  /** The batch path's megaflows of the batch being answered (onUpcalls). */
+  private readonly batchFlows = new BatchFlows();
+  private readonly batchKey = new Uint32Array(KEY_WORDS);
+  /** Upcalled keys a megaflow decided earlier in their batch covered (no decision of their own). */
+  get upcallsCovered(): number { return this.batchFlows.covered; }
+
+  /**
+   * A batch's misses: each key a megaflow of the batch does not cover yet is
+   * decided (as onUpcall); the batch's megaflows go back as one FlowInstalls.
+   */
+  private onUpcalls(u: UpcallBatch): void {
+    const bf = this.batchFlows;
+    bf.begin(u.count);
+    const coveredBefore = bf.covered;
+    const key = this.batchKey;
+    const keys = u.keys;
+    for (let j = 0; j < u.count; j++) {
+      const ko = j * KEY_WORDS;
+      for (let w = 0; w < KEY_WORDS; w++) key[w] = keys[ko + w];
+      if (bf.covers(key)) continue;
+      this.upcallsHandled++;
+      const mask = this.scratchMask.fill(0);
+      const d = this.decideInto(key, mask, false, this.upcallDecision);
+      this.installsByRule.set(d.rule, (this.installsByRule.get(d.rule) ?? 0) + 1);
+      bf.add(key, mask, d.actions);
+    }
+    u.covered = bf.covered - coveredBefore;
+    if (bf.message.count > 0) this.dp.apply(bf.message);
   }
 
   private onUpcall(u: Upcall): void {

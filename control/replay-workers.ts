@@ -1181,7 +1181,7 @@ function mergeReport(opts: ReplayOptions, topo: Topology, format: 'pcap' | 'pcap
       upcalls: fpag.upcallsHandled, emcHits: sum((s) => s.emcHits), megaflowHits: sum((s) => s.megaflowHits), smcHits: sum((s) => s.smcHits), misses: sum((s) => s.lookupsMissed), fastLane: sum((s) => s.fastLane),
     },
     clock: { jumps: Math.max(...dones.map((d) => d.stats.clockJumps)), backs: Math.max(...dones.map((d) => d.stats.clockBacks)) },
-    fpag: { placement: 'inline', upcalls: fpag.upcallsHandled, roundTripUs: null },
+    fpag: { placement: 'inline', upcalls: fpag.upcallsHandled, batches: fpag.upcallsHandled, roundTripUs: null },
     workers: {
       count: workers,
       answeredFromTable: sharedAnswers,

@@ -115,8 +115,12 @@ export interface ReplayReport {
   flowTable?: FlowReport[];
   /** The capture clock (datapath/clock.ts): steps forward longer than its bound (cut to it), steps back (taken as 0). */
   clock: { jumps: number; backs: number };
-  /** Where the FPAG ran; for a thread, the mean upcall round trip. */
-  fpag: { placement: 'inline' | 'thread'; upcalls: number; roundTripUs: number | null };
+  /**
+   * Where the FPAG ran; the keys it was handed (upcalls), in how many
+   * batches (one a datapath batch with misses, in a round trip each with a
+   * thread), and for a thread the mean round trip of a batch.
+   */
+  fpag: { placement: 'inline' | 'thread'; upcalls: number; batches: number; roundTripUs: number | null };
   /** Control events applied, with where they landed and what they did. */
   events?: AppliedEvent[];
   /** The capture's fault, when reading stopped early; packets before it were processed. */
@@ -299,7 +303,7 @@ function* replaySteps(opts: ReplayOptions): Generator<void, ReplayResult> {
       if (opts.fpag === 'thread') {
         if (opts.events?.length) throw new FpoError('FPO_ERR_USAGE', '--events: not with --fpag thread (events change the FPAG\'s state, which lives in the worker)');
         // The local Fpag only names VPIDs in the report; the worker's decides.
-        thread = new FpagThread(topo, dp);
+        thread = new FpagThread(topo, dp, opts.maxFlows ?? 65536);
       } else {
         fpag.start();
       }
@@ -384,7 +388,9 @@ function* replaySteps(opts: ReplayOptions): Generator<void, ReplayResult> {
         clock: { jumps: st.clockJumps, backs: st.clockBacks },
         stale: ownFiles(opts.outDir, topo.ports, new Set([...writers.values()].filter((w) => w.opened).map((w) => w.path))),
         seconds,
-        fpag: thread ? { placement: 'thread', upcalls: thread.upcalls, roundTripUs: thread.upcalls ? thread.roundTripNs / thread.upcalls / 1000 : 0 } : { placement: 'inline', upcalls: st.upcalls, roundTripUs: null },
+        fpag: thread
+          ? { placement: 'thread', upcalls: thread.upcalls, batches: thread.roundTrips, roundTripUs: thread.roundTrips ? thread.roundTripNs / thread.roundTrips / 1000 : 0 }
+          : { placement: 'inline', upcalls: st.upcalls, batches: dp.upcallBatches, roundTripUs: null },
       };
       if (opts.events) report.events = applied;
       if (reader.error) report.error = { code: reader.error.code, message: reader.error.message, offset: reader.error.offset };

@@ -18,7 +18,7 @@ import { Execute, type DirectTx } from './actions/execute.js';
 import { vlanDelta } from './actions/vlan.js';
 import { PacketBatch } from './batch.js';
 import { KEY_WORDS, W_CT } from './classifier/flow-key.js';
-import { FlowTable } from './classifier/flow-table.js';
+import { FULL, FlowTable } from './classifier/flow-table.js';
 import { Classify } from './classifier/classify.js';
 import { Emc } from './classifier/emc.js';
 import { CaptureClock } from './clock.js';
@@ -34,7 +34,7 @@ import { FpoError } from './errors.js';
 import { MappingTable, NO_PPID } from './mapping/mapping-table.js';
 import { Parse } from './parse/parse.js';
 import { parseIpText } from './ip-text.js';
-import type { ControlMessage, SpecialPacket, Upcall } from './upcall.js';
+import type { ControlMessage, SpecialPacket, Upcall, UpcallBatch } from './upcall.js';
 
 export const MAX_PPID = 4095;
 
@@ -138,8 +138,30 @@ export class Datapath {
   readonly execute: Execute;
   readonly flagCheck: FlagCheck;
   readonly fastLane: FastLane;
-  /** Receives misses. Set by the control plane before traffic flows. */
+  /** Receives misses one at a time (when no upcallBatchSink is set). Set by the control plane before traffic flows. */
   upcallSink: ((u: Upcall) => void) | null = null;
+  private batchSink: ((u: UpcallBatch) => void) | null = null;
+  /**
+   * Receives the misses of a batch together (upcallMany), and is used
+   * instead of upcallSink when set: the stages hand over every miss of the
+   * batch at once, the fast lane the misses it finds from its first one on
+   * (FastLane.gather).
+   */
+  get upcallBatchSink(): ((u: UpcallBatch) => void) | null { return this.batchSink; }
+  set upcallBatchSink(s: ((u: UpcallBatch) => void) | null) {
+    this.batchSink = s;
+    this.fastLane.gatherMisses = s !== null;
+  }
+  /**
+   * Installs refused while a batch was being switched because the table was
+   * full past what reserve made room for (their packets are dropped as
+   * flowTableFull); between batches a full table evicts instead.
+   */
+  installsRefused = 0;
+  /** Whether process() is switching a batch (installs then evict nothing: FlowTable.evictOnInstall). */
+  private inBatch = false;
+  /** Batches of misses handed to upcallBatchSink (upcalls counts their keys less those the sink found covered). */
+  upcallBatches = 0;
   /** Receives flagged packets when no special port is set. */
   specialSink: ((p: SpecialPacket) => void) | null = null;
   /** PPID that flagged packets are written to untouched, or -1 (the FPAG). */
@@ -159,6 +181,10 @@ export class Datapath {
   flowsInstalled = 0;
   private batchesSinceSort = 0;
   private readonly upcallMsg: Upcall = { type: 'upcall', inPpid: 0, key: new Uint32Array(KEY_WORDS) };
+  /** upcallMany's message and the packets it lists, reused (sized to the largest batch seen). */
+  private upcallBatch: UpcallBatch = { type: 'upcalls', count: 0, inPpid: new Uint16Array(0), keys: new Uint32Array(0), covered: 0 };
+  private missIdx = new Uint16Array(0);
+  private missFlow = new Int32Array(0);
   /** The datapath clock (ms) of the last batch. */
   now = 0;
   /**
@@ -401,6 +427,7 @@ export class Datapath {
     const maxPpid = opts.maxPpid ?? MAX_PPID;
     this.mapping = new MappingTable(opts.maxVpid ?? 65535, maxPpid);
     this.flows = new FlowTable(opts.maxFlows ?? 65536);
+    this.flows.evictOnInstall = false; // room is made between batches (process)
     this.flows.smcOn = opts.smc ?? true;
     this.emc = new Emc(this.flows, undefined, opts.emcInsertInvProb ?? 100);
     this.classify = new Classify(this.flows, this.emc, opts.batchCapacity ?? 256);
@@ -423,6 +450,7 @@ export class Datapath {
       one: (b, i, spec, now) => this.ctOne(b, i, spec, now),
       tracker: () => this.conntrack,
     });
+    this.fastLane.missMany = (b, idx, n, got) => this.upcallMany(b, idx, n, got);
   }
 
   // Slow path: the API of control/.
@@ -474,10 +502,29 @@ export class Datapath {
   apply(msg: ControlMessage, now = 0): void {
     switch (msg.type) {
       case 'flow-install': {
+        // Between batches a full table makes room; within one (an upcall) it takes what fits (see reserve).
+        if (!this.inBatch) this.flows.reserve(1);
         const act = this.actionSets.intern(msg.actions);
         const f = this.flows.install(msg.key, msg.mask, act, now);
+        if (f === FULL) { this.installsRefused++; return; }
         if (f < 0) throw new FpoError('FPO_ERR_CAPACITY', `no free subtable for the flow's mask`);
         this.flowsInstalled++;
+        return;
+      }
+      case 'flow-installs': {
+        const n = msg.count;
+        const flows = this.flows;
+        if (!this.inBatch) flows.reserve(Math.min(n, flows.capacity));
+        const keys = msg.keys;
+        const masks = msg.masks;
+        flows.prefetch(keys, masks, n);
+        for (let j = 0; j < n; j++) {
+          const act = this.actionSets.intern(msg.actions[j]);
+          const f = flows.installAt(keys, masks, j * KEY_WORDS, act, now);
+          if (f === FULL) { this.installsRefused += n - j; return; }
+          if (f < 0) throw new FpoError('FPO_ERR_CAPACITY', `no free subtable for the mask of flow ${j} of ${n}`);
+          this.flowsInstalled++;
+        }
         return;
       }
       case 'mapping-set': {
@@ -534,6 +581,18 @@ export class Datapath {
   // Fast path: one batch, rx already done by the caller's port.
 
   process(batch: PacketBatch, now: number): void {
+    // Room for the batch's flows (its misses, and theirs again if recirculated) before any packet is
+    // matched to a flow: no install of this batch then evicts a flow a packet of it was matched to.
+    this.flows.reserve(Math.min(2 * batch.count, this.flows.capacity >>> 1));
+    this.inBatch = true;
+    try {
+      this.switchBatch(batch, now);
+    } finally {
+      this.inBatch = false;
+    }
+  }
+
+  private switchBatch(batch: PacketBatch, now: number): void {
     if (this.rxTap !== null) this.rxTap(batch); // a live capture: one branch a batch when there is none
     // While a connection is offloaded (a service VM handed it over), its packets are served
     // first (offload.ts front: by destination MAC), and go on as received on the out interface.
@@ -729,6 +788,22 @@ export class Datapath {
   // earlier miss of the same batch installed, so look again before upcalling.
   private handleMisses(batch: PacketBatch, now: number): void {
     const n = batch.count;
+    if (this.batchSink !== null) {
+      // Every miss of the batch to the FPAG at once (it decides each megaflow once).
+      const idx = this.missIndices(n);
+      const got = this.missFlow;
+      let c = 0;
+      for (let i = 0; i < n; i++) if (batch.flow[i] < 0 && batch.drop[i] === 0) idx[c++] = i;
+      this.upcallMany(batch, idx, c, got);
+      for (let j = 0; j < c; j++) {
+        const f = got[j];
+        if (f < 0) continue;
+        const i = idx[j];
+        batch.flow[i] = f;
+        batch.ordinal[i] = this.flows.hit(f, batch.wirelen[i], now);
+      }
+      return;
+    }
     for (let i = 0; i < n; i++) {
       if (batch.flow[i] >= 0 || batch.drop[i] !== 0) continue;
       const f = this.missOne(batch, i);
@@ -761,6 +836,12 @@ export class Datapath {
     const flows = this.flows;
     const ko = i * KEY_WORDS;
     let f = -1;
+    if (this.batchSink !== null) {
+      const idx = this.missIndices(1);
+      idx[0] = i;
+      this.upcallMany(batch, idx, 1, this.missFlow);
+      return this.missFlow[0];
+    }
     if (this.upcallSink !== null) {
       this.upcalls++;
       // One message object and key array, reused: a sink that keeps them must copy (the
@@ -773,6 +854,53 @@ export class Datapath {
     }
     if (f < 0) batch.drop[i] = flows.count >= flows.capacity ? D.flowTableFull : D.upcallFailed;
     return f;
+  }
+
+  /** Slow path: upcallMany's index list, at least n long (grown with the batch sizes seen). */
+  missIndices(n: number): Uint16Array {
+    if (this.missIdx.length < n) {
+      const cap = Math.max(n, this.batchCapacity);
+      this.missIdx = new Uint16Array(cap);
+      this.missFlow = new Int32Array(cap);
+      this.upcallBatch = { type: 'upcalls', count: 0, inPpid: new Uint16Array(cap), keys: new Uint32Array(cap * KEY_WORDS), covered: 0 };
+    }
+    return this.missIdx;
+  }
+
+  /**
+   * Slow path: packets idx[0..n) of the batch (keys in the batch), which
+   * matched no flow, to the FPAG in one UpcallBatch; then each one's flow
+   * into flows[j], or -1 with drop[idx[j]] set (none installed: the table
+   * is full, or the FPAG gave none). idx must be missIndices(n)'s or as long.
+   */
+  upcallMany(batch: PacketBatch, idx: Uint16Array, n: number, got: Int32Array): void {
+    if (n === 0) return;
+    const sink = this.batchSink;
+    const flows = this.flows;
+    if (sink !== null) {
+      this.missIndices(n);
+      const u = this.upcallBatch;
+      const keys = u.keys;
+      const src = batch.key;
+      for (let j = 0; j < n; j++) {
+        const i = idx[j];
+        u.inPpid[j] = batch.inPpid[i];
+        const ko = i * KEY_WORDS;
+        const o = j * KEY_WORDS;
+        for (let w = 0; w < KEY_WORDS; w++) keys[o + w] = src[ko + w];
+      }
+      u.count = n;
+      u.covered = 0;
+      this.upcallBatches++;
+      sink(u);
+      this.upcalls += n - Math.min(n, Math.max(0, u.covered));
+    }
+    for (let j = 0; j < n; j++) {
+      const i = idx[j];
+      const f = sink === null ? -1 : flows.lookup(batch.key, i * KEY_WORDS);
+      got[j] = f;
+      if (f < 0) batch.drop[i] = flows.count >= flows.capacity ? D.flowTableFull : D.upcallFailed;
+    }
   }
 
   // Slow path (flagged packets are the few): to the special port's tx list, or to the FPAG.

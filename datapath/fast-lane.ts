@@ -76,6 +76,19 @@ const MODE_TUN = 1;
 const MODE_CT = 2;
 /** A cache entry's memo stamp is seq for the plain loop's entries, seq | CT_STAMP for the ct loop's (seq < 2^31). */
 const CT_STAMP = 0x80000000;
+/**
+ * gather: the scan for more misses stops this many packets past the last
+ * one it found (a batch with one new flow among hits scans that far, not to
+ * its end).
+ */
+const GATHER_GAP = 32;
+
+/** The key lookupIpv4 describes, written at key[k..] (its other words 0) for the megaflow table and the FPAG. */
+function putIpv4Key(key: Uint32Array, k: number, w0: number, w2: number, w3: number, w4: number, w5: number, w6: number, w10: number, tp: number): void {
+  key[k] = w0; key[k + 1] = 0; key[k + 2] = w2; key[k + 3] = w3; key[k + 4] = w4; key[k + 5] = w5;
+  key[k + 6] = w6; key[k + 7] = 0; key[k + 8] = 0; key[k + 9] = 0; key[k + 10] = w10; key[k + 11] = 0;
+  key[k + 12] = 0; key[k + 13] = 0; key[k + 14] = tp; key[k + 15] = 0; key[k + 16] = 0; key[k + 17] = 0; key[k + 18] = 0;
+}
 
 /**
  * What the lane asks of conntrack (the datapath's, Datapath.laneCt):
@@ -138,6 +151,21 @@ export class FastLane {
   private readonly hotBytes = new Float64Array(1);
   /** This batch: whether the cache is probed (not bypassed), and the lane's lookups by where they found their flow. */
   private useEmc = true;
+  /**
+   * Misses go to the datapath's batched upcall (missMany) with the misses
+   * gather finds after them, not one by one (Datapath.upcallBatchSink sets it).
+   */
+  gatherMisses = false;
+  /** The datapath's batched upcall (Datapath.upcallMany): packets idx[0..n) to the FPAG, their flows (or -1, drop set) into got. */
+  missMany: (batch: PacketBatch, idx: Uint16Array, n: number, got: Int32Array) => void = () => undefined;
+  /** gather's list and answers; per packet, the flow a gather found for it (pre), valid when preSeq is gatherSeq and no flow changed (preGens). */
+  private gIdx = new Uint16Array(0);
+  private gGot = new Int32Array(0);
+  private pre = new Int32Array(0);
+  private preSeq = new Uint32Array(0);
+  /** Bumped every batch and every gather: a pre entry holds for the gather that wrote it, in its batch. */
+  private gatherSeq = 1;
+  private preGens = -1;
   private emcHits = 0;
   private megaflowHits = 0;
   private missed = 0;
@@ -181,6 +209,8 @@ export class FastLane {
     if (!this.enabled || !batch.rawPcapLE || batch.buf !== ex.dBytes || batch.count === 0) return 0;
     this.useEmc = emc.probeBatch();
     this.restamp();
+    this.gatherSeq++;
+    if (this.pre.length < batch.count) this.growGather(batch.count);
     this.emcHits = 0;
     this.megaflowHits = 0;
     this.missed = 0;
@@ -319,20 +349,24 @@ export class FastLane {
     const w6 = d.getUint32(base + 26);
     const w10 = d.getUint32(base + 30);
     const h = ipv4KeyHash(w0, w2, w3, w6, w10, tp);
-    let f = this.useEmc ? this.emc.lookupIpv4(h, w0, w2, w3, w4, w5, w6, w10, tp) : -1;
+    let f = -1;
     let via = 0; // 0: the cache, 1: the megaflow table, 2: an upcall
+    // A miss an earlier gather of this batch upcalled: its flow, while no flow changed since.
+    if (this.preSeq[i] === this.gatherSeq && this.preGens === this.flows.genChanges) {
+      f = this.pre[i];
+      via = 2;
+    } else if (this.useEmc) f = this.emc.lookupIpv4(h, w0, w2, w3, w4, w5, w6, w10, tp);
     if (f < 0) {
       // The megaflow table takes the key from the batch: write it there.
       const key = batch.key;
       const k = i * KEY_WORDS;
-      key[k] = w0; key[k + 1] = 0; key[k + 2] = w2; key[k + 3] = w3; key[k + 4] = w4; key[k + 5] = w5;
-      key[k + 6] = w6; key[k + 7] = 0; key[k + 8] = 0; key[k + 9] = 0; key[k + 10] = w10; key[k + 11] = 0;
-      key[k + 12] = 0; key[k + 13] = 0; key[k + 14] = tp; key[k + 15] = 0; key[k + 16] = 0; key[k + 17] = 0; key[k + 18] = 0;
+      putIpv4Key(key, k, w0, w2, w3, w4, w5, w6, w10, tp);
       f = this.flows.lookupHashed(key, k, h);
       via = 1;
       if (f < 0) {
-        // An upcall, as the stages would make it (restamp: what it may have changed).
-        f = this.miss(batch, i);
+        // An upcall, as the stages would make it (restamp: what it may have changed); with
+        // batched upcalls, together with the batch's next misses.
+        f = this.gatherMisses ? this.gather(batch, i) : this.miss(batch, i);
         if (f < 0) {
           this.missed++; // dropped (drop[i] says why); the stages skip it, accounting counts it
           return ONE_STOP;
@@ -357,13 +391,7 @@ export class FastLane {
     this.countFound(via, batch.key, i * KEY_WORDS, h, f);
     if (ct >= 0) {
       // Conntrack reads the key and the offsets from the batch (a cache hit left them unwritten).
-      if (via === 0) {
-        const key = batch.key;
-        const k = i * KEY_WORDS;
-        key[k] = w0; key[k + 1] = 0; key[k + 2] = w2; key[k + 3] = w3; key[k + 4] = w4; key[k + 5] = w5;
-        key[k + 6] = w6; key[k + 7] = 0; key[k + 8] = 0; key[k + 9] = 0; key[k + 10] = w10; key[k + 11] = 0;
-        key[k + 12] = 0; key[k + 13] = 0; key[k + 14] = tp; key[k + 15] = 0; key[k + 16] = 0; key[k + 17] = 0; key[k + 18] = 0;
-      }
+      if (via === 0) putIpv4Key(batch.key, i * KEY_WORDS, w0, w2, w3, w4, w5, w6, w10, tp);
       batch.l3Off[i] = 14;
       batch.l4Off[i] = l4;
       const lane = this.ct as LaneCt;
@@ -590,6 +618,71 @@ export class FastLane {
     if (slot < 0 || batch.caplen[i] + 16 > this.execute.dCap[slot]) return -1;
     this.countFound(via, key, k, h, f);
     return f;
+  }
+
+  /**
+   * Slow path: packet i (its key in the batch) missed every table; so,
+   * likely, do packets after it (a burst of new flows). Looks for the
+   * batch's next misses of the common case as `one` would (the cache, then
+   * the megaflow table) while they come at most GATHER_GAP packets apart,
+   * hands them and i to the FPAG in one upcall (missMany), and keeps each
+   * one's flow for when `one` reaches it (pre). Returns i's flow, or -1 with
+   * drop[i] set. The misses' keys are left in the batch, as `one` leaves
+   * them; nothing else of a packet is written.
+   */
+  private gather(batch: PacketBatch, i: number): number {
+    const n = batch.count;
+    const idx = this.gIdx;
+    const got = this.gGot;
+    const b = batch.buf;
+    const d = batch.dv;
+    const key = batch.key;
+    const emc = this.emc;
+    const flows = this.flows;
+    const drop = batch.drop;
+    idx[0] = i;
+    let c = 1;
+    let last = i;
+    for (let j = i + 1; j < n && j - last <= GATHER_GAP; j++) {
+      if (drop[j] !== 0) continue;
+      const base = batch.off[j];
+      const l4 = commonIpv4(b, d, base, batch.caplen[j], batch.wirelen[j]);
+      if (l4 === 0) continue;
+      const proto = b[base + 23];
+      const tp = transportWord(b, d, base, proto, l4);
+      const w0 = this.inPortKey[batch.inPpid[j]];
+      const w2 = d.getUint32(base);
+      const w3 = d.getUint32(base + 4);
+      const w4 = d.getUint32(base + 8);
+      const w5 = ((ETH_P_IPV4 << 16) | (proto << 8)) >>> 0;
+      const w6 = d.getUint32(base + 26);
+      const w10 = d.getUint32(base + 30);
+      const h = ipv4KeyHash(w0, w2, w3, w6, w10, tp);
+      if (this.useEmc && emc.lookupIpv4(h, w0, w2, w3, w4, w5, w6, w10, tp) >= 0) continue;
+      const k = j * KEY_WORDS;
+      putIpv4Key(key, k, w0, w2, w3, w4, w5, w6, w10, tp);
+      if (flows.lookupHashed(key, k, h) >= 0) continue;
+      idx[c++] = j;
+      last = j;
+    }
+    this.missMany(batch, idx, c, got);
+    const seq = ++this.gatherSeq;
+    for (let x = 1; x < c; x++) {
+      const j = idx[x];
+      // A miss whose upcall failed has drop set: `one` leaves it to the stages.
+      this.pre[j] = got[x];
+      this.preSeq[j] = seq;
+    }
+    this.preGens = flows.genChanges;
+    return got[0];
+  }
+
+  // Slow path: gather's arrays, for batches of n packets.
+  private growGather(n: number): void {
+    this.gIdx = new Uint16Array(n);
+    this.gGot = new Int32Array(n);
+    this.pre = new Int32Array(n);
+    this.preSeq = new Uint32Array(n);
   }
 
   // Slow path, after an upcall: the FPAG may have interned new action sets

@@ -18,6 +18,39 @@ export interface Upcall {
   key: Uint32Array;
 }
 
+/**
+ * The misses of one batch, handed to the FPAG together (Datapath.upcallBatchSink):
+ * `count` keys, KEY_WORDS words each in `keys`, and the PPID each arrived on.
+ * Valid during the sink's call only: the datapath reuses it. The sink answers
+ * with one FlowInstalls (or any messages) through Datapath.apply before it
+ * returns; a key it leaves uncovered is dropped (upcallFailed).
+ */
+export interface UpcallBatch {
+  type: 'upcalls';
+  count: number;
+  inPpid: Uint16Array;
+  keys: Uint32Array;
+  /**
+   * Set by the sink: how many of the keys a flow it decided for an earlier
+   * key of the batch covered (no decision of their own). The datapath counts
+   * the others as upcalls, as it counts the packets it upcalls one at a time
+   * (one whose flow an earlier miss of its batch installed is not one).
+   */
+  covered: number;
+}
+
+/**
+ * Megaflows for a batch of misses, in one message: flow j is keys/masks at
+ * j * KEY_WORDS → actions[j]. Installed in order, as that many FlowInstalls.
+ */
+export interface FlowInstalls {
+  type: 'flow-installs';
+  count: number;
+  keys: Uint32Array;
+  masks: Uint32Array;
+  actions: Action[][];
+}
+
 /** Install a megaflow: packets whose key & mask equals key & mask get `actions`. */
 export interface FlowInstall {
   type: 'flow-install';
@@ -87,4 +120,4 @@ export interface PortRole {
   vm: boolean;
 }
 
-export type ControlMessage = FlowInstall | FlowDelete | MappingSet | FlowFlush | TunnelConfig | TunnelAdd | TunnelSet | PortRole;
+export type ControlMessage = FlowInstall | FlowInstalls | FlowDelete | MappingSet | FlowFlush | TunnelConfig | TunnelAdd | TunnelSet | PortRole;

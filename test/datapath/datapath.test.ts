@@ -1,9 +1,10 @@
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { replay } from '../../control/replay.js';
 import { eth, ipv4, udp, writePcap } from '../../fixtures/packets.js';
-import { FIXTURES, cleanTemp, tempDir } from '../helpers.js';
+import { FIXTURES, captureFrames, cleanTemp, tempDir } from '../helpers.js';
+import { benchTopology, generate } from '../../bench/gen-capture.js';
 
 afterAll(cleanTemp);
 
@@ -125,3 +126,100 @@ describe('Datapath flow-flush', () => {
   });
 });
 
+
+describe('Datapath upcalls in batches', () => {
+  // n flows of `per` packets each, interleaved (flow i: UDP to port 1000 + i, a megaflow each under rule-fields), to vm1 or vm2.
+  const flowsCapture = (n: number, per: number, vms = 1): string => {
+    const p = join(tempDir(), `flows-${n}x${per}-${vms}.pcap`);
+    const recs = [];
+    for (let k = 0; k < per; k++) {
+      for (let i = 0; i < n; i++) {
+        const vm = 1 + (i % vms);
+        recs.push({ sec: 1000, usec: k * n + i, data: eth(`02:00:00:00:00:0${vm}`, '02:ee:00:00:00:01', 0x0800, ipv4({ src: '192.0.2.9', dst: `10.0.0.${vm}`, proto: 17 }, udp(5000, 1000 + i, new Uint8Array(18)))) });
+      }
+    }
+    writePcap(p, recs);
+    return p;
+  };
+
+  it('the misses of a batch reach the FPAG together, each megaflow decided once; the outputs are those of one packet a batch', () => {
+    const cap = flowsCapture(50, 4);
+    const a = tempDir('batched');
+    const b = tempDir('one-by-one');
+    const big = replay({ capture: cap, topology: TOPO, outDir: a, batchSize: 256 }).report;
+    const one = replay({ capture: cap, topology: TOPO, outDir: b, batchSize: 1 }).report;
+    expect(big.packets.in).toBe(200);
+    expect(big.packets.out).toBe(200);
+    expect(big.flows.upcalls).toBe(50);
+    expect(big.flows.installed).toBe(50);
+    // The 50 first packets miss together: one batch (the lane gathers them from its first miss).
+    expect(big.fpag.batches).toBe(1);
+    expect(one.fpag.batches).toBe(50);
+    expect(one.flows.upcalls).toBe(50);
+    for (const f of readdirSync(b)) expect(readFileSync(join(a, f)).equals(readFileSync(join(b, f))), f).toBe(true);
+    expect(readdirSync(a).sort()).toEqual(readdirSync(b).sort());
+  });
+
+  it('the fast lane and the stages hand over the same misses and forward the same bytes', () => {
+    const cap = flowsCapture(120, 3, 2);
+    const a = tempDir('lane');
+    const b = tempDir('stages');
+    const lane = replay({ capture: cap, topology: TOPO, outDir: a, batchSize: 64 });
+    const stages = replay({ capture: cap, topology: TOPO, outDir: b, batchSize: 64, fastLane: false });
+    expect(lane.report.flows.upcalls).toBe(120);
+    expect(stages.report.flows.upcalls).toBe(120);
+    expect(lane.report.fpag.batches).toBe(stages.report.fpag.batches);
+    const counts = (ports: typeof lane.report.ports) => ports.map((p) => ({ ...p, file: undefined }));
+    expect(counts(lane.report.ports)).toEqual(counts(stages.report.ports));
+    for (const f of readdirSync(b)) expect(readFileSync(join(a, f)).equals(readFileSync(join(b, f))), f).toBe(true);
+  });
+
+  it('a batch of more new flows than the table has room for: each packet goes by its own flow or is dropped as flowTableFull, never by another flow\'s actions', () => {
+    const cap = flowsCapture(64, 1, 2); // alternately to vm1 and vm2
+    const out = tempDir('full');
+    const { report } = replay({ capture: cap, topology: TOPO, outDir: out, batchSize: 64, maxFlows: 16 });
+    expect(report.packets.in).toBe(64);
+    expect(report.packets.out + report.packets.dropped).toBe(64);
+    expect(report.packets.out).toBeGreaterThan(0);
+    expect(report.drops).toEqual({ flowTableFull: 64 - report.packets.out });
+    expect(report.flows.active).toBeLessThanOrEqual(16);
+    // vm1's file holds frames to vm1 only, vm2's to vm2 only.
+    for (const [port, mac] of [['vf1', '02:00:00:00:00:01'], ['vf2', '02:00:00:00:00:02']]) {
+      const frames = captureFrames(join(out, `${port}.pcap`));
+      expect(frames.length).toBeGreaterThan(0);
+      for (const fr of frames) expect([...fr.subarray(0, 6)].map((x) => x.toString(16).padStart(2, '0')).join(':')).toBe(mac);
+    }
+  });
+});
+
+describe('the caches in front of the megaflow table', () => {
+  // Every combination of the exact-match and signature-match caches forwards the same bytes and counts the same per flow.
+  for (const wildcarding of ['proof', 'rule-fields'] as const) {
+    it(`on and off: byte-identical outputs and identical per-flow counters (${wildcarding}, 20 000 frames over 3 000 flows to 8 VMs)`, () => {
+      const dir = tempDir('caches');
+      const cap = join(dir, 'c.pcap');
+      const topo = join(dir, 't.json');
+      generate(cap, { frames: 20_000, size: 64, flows: 3_000, vms: 8 });
+      writeFileSync(topo, JSON.stringify(benchTopology(8, wildcarding)));
+      const runs = ([[true, true], [false, true], [true, false], [false, false]] as const).map(([emc, smc]) => {
+        const outDir = join(dir, `out-${emc}-${smc}`);
+        const r = replay({ capture: cap, topology: topo, outDir, caches: { emc, smc }, maxFlows: 1 << 14 });
+        const flows = r.datapath.dumpFlows().map((f) => `${[...f.key]}/${[...f.mask]} ${JSON.stringify(f.actions)} ${f.packets} ${f.bytes}`).sort();
+        return { outDir, report: r.report, flows };
+      });
+      const [base, ...rest] = runs;
+      expect(base.report.packets.out).toBe(20_000);
+      expect(base.flows.length).toBeGreaterThan(wildcarding === 'proof' ? 0 : 2_000);
+      if (wildcarding === 'rule-fields') expect(base.report.flows.smcHits + base.report.flows.emcHits).toBeGreaterThan(0);
+      for (const r of rest) {
+        expect(r.report.packets).toEqual(base.report.packets);
+        expect(r.report.flows.upcalls).toBe(base.report.flows.upcalls);
+        expect(r.report.flows.installed).toBe(base.report.flows.installed);
+        expect(r.flows).toEqual(base.flows);
+        const files = readdirSync(base.outDir).sort();
+        expect(readdirSync(r.outDir).sort()).toEqual(files);
+        for (const f of files) expect(readFileSync(join(r.outDir, f)).equals(readFileSync(join(base.outDir, f))), f).toBe(true);
+      }
+    });
+  }
+});

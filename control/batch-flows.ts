@@ -1,0 +1,138 @@
+/**
+ * BatchFlows: the megaflows the FPAG decided for one batch of upcalls
+ * (datapath/upcall.ts UpcallBatch), kept as the FlowInstalls message that
+ * answers the batch, and indexed so that a later key of the same batch that
+ * one of them covers takes it instead of a decision of its own: a burst of
+ * new connections that share a megaflow costs one decision, as the issue's
+ * "the FPAG's decision for packets of the same megaflow is made once".
+ *
+ * The index is a small tuple space: the batch's distinct masks (at most
+ * MAX_MASKS; a megaflow of another is installed but not indexed, so a key it
+ * covers is decided again — to the same flow, which the datapath's install
+ * then finds: more work, never another answer), and one open-addressing
+ * table of (mask, hash of the key under it) → flow. Sized for the batch at
+ * begin(); nothing is allocated per key.
+ */
+import type { Action } from '../datapath/actions/action-sets.js';
+import { KEY_WORDS } from '../datapath/classifier/flow-key.js';
+import { fmix } from '../datapath/classifier/flow-table.js';
+import type { FlowInstalls } from '../datapath/upcall.js';
+
+const MAX_MASKS = 16;
+
+export class BatchFlows {
+  /** The answer: flow j is keys/masks at j * KEY_WORDS → actions[j]. */
+  readonly message: FlowInstalls = { type: 'flow-installs', count: 0, keys: new Uint32Array(0), masks: new Uint32Array(0), actions: [] };
+  /** Keys a flow of this batch covered (no decision made for them). */
+  covered = 0;
+  private readonly maskWords = new Uint32Array(MAX_MASKS * KEY_WORDS);
+  /** Per indexed mask: the words that are not 0 (nz), how many (nzCount). */
+  private readonly nz = new Uint8Array(MAX_MASKS * KEY_WORDS);
+  private readonly nzCount = new Uint8Array(MAX_MASKS);
+  private masks = 0;
+  /** Slots: flow + 1, 0 empty; a power of two at least twice the flows. */
+  private slots = new Int32Array(0);
+  private slotHash = new Uint32Array(0);
+  /** Per flow: its indexed mask, or -1. */
+  private flowMask = new Int8Array(0);
+
+  /** Starts a batch of at most n keys. */
+  begin(n: number): void {
+    const m = this.message;
+    if (m.keys.length < n * KEY_WORDS) {
+      m.keys = new Uint32Array(n * KEY_WORDS);
+      m.masks = new Uint32Array(n * KEY_WORDS);
+      this.flowMask = new Int8Array(n);
+      let s = 16;
+      while (s < 2 * n) s *= 2;
+      this.slots = new Int32Array(s);
+      this.slotHash = new Uint32Array(s);
+    }
+    m.count = 0;
+    m.actions.length = 0;
+    this.masks = 0;
+    if (this.slots.length > 0) this.slots.fill(0);
+  }
+
+  /** Whether a flow of this batch already covers key[0..KEY_WORDS). */
+  covers(key: Uint32Array): boolean {
+    const keys = this.message.keys;
+    const slots = this.slots;
+    const sm = slots.length - 1;
+    for (let m = 0; m < this.masks; m++) {
+      const h = this.hash(key, m);
+      const mo = m * KEY_WORDS;
+      const nw = this.nzCount[m];
+      for (let p = h & sm; slots[p] !== 0; p = (p + 1) & sm) {
+        const f = slots[p] - 1;
+        if (this.slotHash[p] !== h || this.flowMask[f] !== m) continue;
+        const fo = f * KEY_WORDS;
+        let j = 0;
+        for (; j < nw; j++) {
+          const w = this.nz[mo + j];
+          if (((key[w] ^ keys[fo + w]) & this.maskWords[mo + w]) !== 0) break;
+        }
+        if (j === nw) {
+          this.covered++;
+          return true;
+        }
+      }
+    }
+    return false;
+  }
+
+  /** Adds the megaflow key & mask → actions (key and mask copied). */
+  add(key: Uint32Array, mask: Uint32Array, actions: Action[]): void {
+    const msg = this.message;
+    const f = msg.count++;
+    const fo = f * KEY_WORDS;
+    for (let w = 0; w < KEY_WORDS; w++) {
+      msg.keys[fo + w] = key[w];
+      msg.masks[fo + w] = mask[w];
+    }
+    msg.actions.push(actions);
+    const m = this.maskIndex(mask);
+    this.flowMask[f] = m;
+    if (m < 0) return;
+    const h = this.hash(key, m);
+    const slots = this.slots;
+    const sm = slots.length - 1;
+    let p = h & sm;
+    while (slots[p] !== 0) p = (p + 1) & sm;
+    slots[p] = f + 1;
+    this.slotHash[p] = h;
+  }
+
+  // The index of `mask` among this batch's (added if there is room), or -1.
+  private maskIndex(mask: Uint32Array): number {
+    const mw = this.maskWords;
+    for (let m = 0; m < this.masks; m++) {
+      const mo = m * KEY_WORDS;
+      let w = 0;
+      while (w < KEY_WORDS && mw[mo + w] === mask[w]) w++;
+      if (w === KEY_WORDS) return m;
+    }
+    if (this.masks === MAX_MASKS) return -1;
+    const m = this.masks++;
+    const mo = m * KEY_WORDS;
+    let n = 0;
+    for (let w = 0; w < KEY_WORDS; w++) {
+      mw[mo + w] = mask[w];
+      if (mask[w] !== 0) this.nz[mo + n++] = w;
+    }
+    this.nzCount[m] = n;
+    return m;
+  }
+
+  // The hash of key under indexed mask m.
+  private hash(key: Uint32Array, m: number): number {
+    const mo = m * KEY_WORDS;
+    const nw = this.nzCount[m];
+    let h = m;
+    for (let j = 0; j < nw; j++) {
+      const w = this.nz[mo + j];
+      h = Math.imul(h ^ (key[w] & this.maskWords[mo + w]), 0x9e3779b1) + w;
+    }
+    return fmix(h ^ nw);
+  }
+}

@@ -1,0 +1,69 @@
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import type { Action } from '../../datapath/actions/action-sets.js';
+import { KEY_WORDS } from '../../datapath/classifier/flow-key.js';
+import { BatchFlows } from '../../control/batch-flows.js';
+
+// Keys and masks over a few words and few values, so that random keys often fall under random megaflows.
+const word = fc.constantFrom(0, 1, 2, 0xffffffff, 0x80000000);
+const maskWords = fc.array(fc.constantFrom(0, 0xffffffff, 0xff000000, 0x1), { minLength: 4, maxLength: 4 });
+const keyWords = fc.array(word, { minLength: 4, maxLength: 4 });
+const at = [0, 5, 10, 18]; // words of the key the masks use
+function full(words: number[]): Uint32Array {
+  const k = new Uint32Array(KEY_WORDS);
+  at.forEach((w, j) => { k[w] = words[j]; });
+  return k;
+}
+const covers = (key: Uint32Array, k: Uint32Array, m: Uint32Array) => key.every((_, w) => ((key[w] ^ k[w]) & m[w]) === 0);
+
+describe('BatchFlows (the megaflows of one upcall batch)', () => {
+  it('covers a key exactly when a megaflow of the batch does (up to 16 masks; past that, never wrongly); the message holds every flow added, in order', () => {
+    fc.assert(fc.property(
+      fc.array(maskWords, { minLength: 1, maxLength: 24 }),
+      fc.array(fc.tuple(keyWords, fc.nat(23), fc.boolean()), { minLength: 1, maxLength: 120 }),
+      (maskList, steps) => {
+        const bf = new BatchFlows();
+        bf.begin(steps.length);
+        const masks = maskList.map(full);
+        const added: { k: Uint32Array; m: Uint32Array; mi: number }[] = [];
+        const acts: Action[][] = [];
+        const distinct: string[] = [];
+        for (const [kw, mi0, add] of steps) {
+          const key = full(kw);
+          const truth = added.some((a) => covers(key, a.k, a.m));
+          const indexed = added.some((a) => distinct.indexOf(String(a.m)) < 16 && covers(key, a.k, a.m));
+          const got = bf.covers(key);
+          if (got) expect(truth).toBe(true); // never a key no megaflow covers
+          expect(got).toBe(indexed);
+          if (!got && add) {
+            const m = masks[mi0 % masks.length];
+            const a: Action[] = [{ op: 'output', vpid: added.length }];
+            bf.add(key, m, a);
+            acts.push(a);
+            added.push({ k: key, m, mi: mi0 });
+            if (!distinct.includes(String(m))) distinct.push(String(m));
+          }
+        }
+        const msg = bf.message;
+        expect(msg.count).toBe(added.length);
+        added.forEach((a, j) => {
+          expect([...msg.keys.subarray(j * KEY_WORDS, (j + 1) * KEY_WORDS)]).toEqual([...a.k]);
+          expect([...msg.masks.subarray(j * KEY_WORDS, (j + 1) * KEY_WORDS)]).toEqual([...a.m]);
+          expect(msg.actions[j]).toBe(acts[j]);
+        });
+      },
+    ), { numRuns: 300 });
+  });
+
+  it('begin() forgets the last batch: nothing covers, and the message is empty', () => {
+    const bf = new BatchFlows();
+    bf.begin(4);
+    const k = full([1, 2, 0, 0]);
+    bf.add(k, full([0xffffffff, 0, 0, 0]), []);
+    expect(bf.covers(k)).toBe(true);
+    bf.begin(2);
+    expect(bf.covers(k)).toBe(false);
+    expect(bf.message.count).toBe(0);
+    expect(bf.message.actions.length).toBe(0);
+  });
+});
