@@ -10,8 +10,8 @@
  * MAX_MASKS; a megaflow of another is installed but not indexed, so a key it
  * covers is decided again — to the same flow, which the datapath's install
  * then finds: more work, never another answer), and one open-addressing
- * table of (mask, hash of the key under it) → flow. Sized for the batch at
- * begin(); nothing is allocated per key.
+ * table of (mask, hash of the key under it) → flow. Its arrays grow (by
+ * doubling) to the most flows a batch has had; nothing is allocated per key.
  */
 import type { Action } from '../datapath/actions/action-sets.js';
 import { KEY_WORDS } from '../datapath/classifier/flow-key.js';
@@ -30,28 +30,53 @@ export class BatchFlows {
   private readonly nz = new Uint8Array(MAX_MASKS * KEY_WORDS);
   private readonly nzCount = new Uint8Array(MAX_MASKS);
   private masks = 0;
-  /** Slots: flow + 1, 0 empty; a power of two at least twice the flows. */
+  /** Slots: flow + 1, 0 empty; twice the flows the arrays hold (a power of two). */
   private slots = new Int32Array(0);
   private slotHash = new Uint32Array(0);
   /** Per flow: its indexed mask, or -1. */
   private flowMask = new Int8Array(0);
 
-  /** Starts a batch of at most n keys. */
-  begin(n: number): void {
+  /** Starts a batch (its keys may come in several calls: covers and add go on until the next begin). */
+  begin(): void {
     const m = this.message;
-    if (m.keys.length < n * KEY_WORDS) {
-      m.keys = new Uint32Array(n * KEY_WORDS);
-      m.masks = new Uint32Array(n * KEY_WORDS);
-      this.flowMask = new Int8Array(n);
-      let s = 16;
-      while (s < 2 * n) s *= 2;
-      this.slots = new Int32Array(s);
-      this.slotHash = new Uint32Array(s);
-    }
     m.count = 0;
     m.actions.length = 0;
     this.masks = 0;
-    if (this.slots.length > 0) this.slots.fill(0);
+    this.slots.fill(0);
+  }
+
+  /** The flows added since the batch's from-th, as a message of their own (views of this one's arrays). */
+  since(from: number): FlowInstalls {
+    const m = this.message;
+    return { type: 'flow-installs', count: m.count - from, keys: m.keys.subarray(from * KEY_WORDS), masks: m.masks.subarray(from * KEY_WORDS), actions: m.actions.slice(from) };
+  }
+
+  // Slow path: room for twice the flows (the index rebuilt for the new slot count).
+  private grow(): void {
+    const m = this.message;
+    const cap = Math.max(64, 2 * this.flowMask.length);
+    const keys = new Uint32Array(cap * KEY_WORDS);
+    keys.set(m.keys);
+    m.keys = keys;
+    const masks = new Uint32Array(cap * KEY_WORDS);
+    masks.set(m.masks);
+    m.masks = masks;
+    const fm = new Int8Array(cap);
+    fm.set(this.flowMask);
+    this.flowMask = fm;
+    this.slots = new Int32Array(2 * cap);
+    this.slotHash = new Uint32Array(2 * cap);
+    for (let f = 0; f < m.count; f++) if (fm[f] >= 0) this.index(f, this.hash(m.keys.subarray(f * KEY_WORDS), fm[f]));
+  }
+
+  // Slow path: flow f (its key hashing to h under its indexed mask) into the slots.
+  private index(f: number, h: number): void {
+    const slots = this.slots;
+    const sm = slots.length - 1;
+    let p = h & sm;
+    while (slots[p] !== 0) p = (p + 1) & sm;
+    slots[p] = f + 1;
+    this.slotHash[p] = h;
   }
 
   /** Whether a flow of this batch already covers key[0..KEY_WORDS). */
@@ -84,6 +109,7 @@ export class BatchFlows {
   /** Adds the megaflow key & mask → actions (key and mask copied). */
   add(key: Uint32Array, mask: Uint32Array, actions: Action[]): void {
     const msg = this.message;
+    if (msg.count === this.flowMask.length) this.grow();
     const f = msg.count++;
     const fo = f * KEY_WORDS;
     for (let w = 0; w < KEY_WORDS; w++) {
@@ -93,14 +119,7 @@ export class BatchFlows {
     msg.actions.push(actions);
     const m = this.maskIndex(mask);
     this.flowMask[f] = m;
-    if (m < 0) return;
-    const h = this.hash(key, m);
-    const slots = this.slots;
-    const sm = slots.length - 1;
-    let p = h & sm;
-    while (slots[p] !== 0) p = (p + 1) & sm;
-    slots[p] = f + 1;
-    this.slotHash[p] = h;
+    if (m >= 0) this.index(f, this.hash(key, m));
   }
 
   // The index of `mask` among this batch's (added if there is room), or -1.

@@ -33,10 +33,17 @@ const IDLE = 0;
 const REQUEST = 1;
 const REPLY = 2;
 const REPLY_BYTES = 4 << 20;
-/** Keys a request carries at most (the misses of a bigger batch go in parts). */
+/** Keys a request carries at most. */
 const REQ_KEYS = 1024;
-/** Words of a request: the key count, then per key its in PPID and its KEY_WORDS words. */
-const REQ_WORDS = 1 + REQ_KEYS * (1 + KEY_WORDS);
+/**
+ * A batch's misses go in parts of this many keys, one request in flight:
+ * while the worker decides part k + 1, this thread installs part k's flows.
+ * (One part a batch left the two threads waiting for each other in turn.)
+ */
+export const PART_KEYS = 64;
+/** Words of a request: the key count, whether it continues the last request's batch, then per key its in PPID and its KEY_WORDS words. */
+const REQ_HEAD = 2;
+const REQ_WORDS = REQ_HEAD + REQ_KEYS * (1 + KEY_WORDS);
 /** Polls of the shared word before a thread sleeps on it (a few tens of µs). */
 const SPIN = 20_000;
 
@@ -45,6 +52,10 @@ const CTRL_BYTES = 32;
 const SAB_BYTES = CTRL_BYTES + 4 * REQ_WORDS + REPLY_BYTES;
 /** ctrl[4]: of the request's keys, those a flow decided for an earlier one covered (UpcallBatch.covered). */
 const C_COVERED = 4;
+/** ctrl[5]: 1 when the worker failed (its message in the reply area, ctrl[1] bytes long); it answers nothing more. */
+const C_FAILED = 5;
+/** How long the datapath waits for an answer before it takes the worker for dead (a batch's decisions take milliseconds). */
+const ANSWER_MS = 30_000;
 function views(sab: SharedArrayBuffer) {
   return {
     ctrl: new Int32Array(sab, 0, CTRL_BYTES / 4),
@@ -182,15 +193,21 @@ function decode(text: string): ControlMessage[] {
 export class ShadowDatapath extends Datapath {
   outbox: ControlMessage[] = [];
   defer = false;
+  /** false: flow installs are recorded, not applied (a shadow no one asks for flows). */
+  keepFlows = true;
   override apply(msg: ControlMessage, now = 0): void {
-    if (!this.defer) super.apply(msg, now);
+    if (!this.defer && this.applies(msg)) super.apply(msg, now);
     this.outbox.push(msg);
   }
 
   /** Applies the outbox's messages (recorded under `defer`) and empties it. */
   applyDeferred(): void {
-    for (const m of this.outbox) super.apply(m);
+    for (const m of this.outbox) if (this.applies(m)) super.apply(m);
     this.outbox = [];
+  }
+
+  private applies(m: ControlMessage): boolean {
+    return this.keepFlows || (m.type !== 'flow-install' && m.type !== 'flow-installs');
   }
 }
 
@@ -206,18 +223,20 @@ export class FpagThread {
   private readonly installs: FlowInstalls = { type: 'flow-installs', count: 0, keys: new Uint32Array(0), masks: new Uint32Array(0), actions: [] };
   /** Keys the worker decided (those sent, less those a flow decided for an earlier key of their batch covered). */
   upcalls = 0;
-  /** Round trips (a batch's misses go in one, or in parts of REQ_KEYS). */
+  /** Keys a request takes (PART_KEYS; tests and benches may set it). */
+  part = PART_KEYS;
+  /** Round trips (a batch's misses go in parts of `part` keys). */
   roundTrips = 0;
-  /** Total ns spent waiting for the worker's answers. */
+  /** Total ns from each request's sending to its answer's arrival (the parts of a batch follow each other). */
   roundTripNs = 0;
 
   /** Starts the worker and applies its start-up messages (mappings, tunnels) to `dp`. Blocks until it is ready. */
-  constructor(topology: Topology, private readonly dp: Datapath, maxFlows = 1 << 20) {
+  constructor(topology: Topology, private readonly dp: Datapath) {
     const sab = new SharedArrayBuffer(SAB_BYTES);
     ({ ctrl: this.ctrl, req: this.req, reply: this.reply } = views(sab));
     this.replyWords = new Uint32Array(this.reply.buffer, this.reply.byteOffset, REPLY_BYTES / 4);
     const { port1, port2 } = new MessageChannel();
-    this.worker = new Worker(WORKER_FILE, { workerData: { sab, topology, port: port2, maxFlows }, transferList: [port2] });
+    this.worker = new Worker(WORKER_FILE, { workerData: { sab, topology, port: port2 }, transferList: [port2] });
     this.worker.unref();
     // Wait (blocking) for the worker's start-up messages.
     const deadline = Date.now() + 15_000;
@@ -233,44 +252,65 @@ export class FpagThread {
     dp.upcallBatchSink = (u) => this.upcallBatch(u);
   }
 
-  // Slow path: a batch's misses, in one round trip (or one per REQ_KEYS of them).
+  // Slow path: a batch's misses, in parts of `part` keys: part k + 1 is sent before part k's flows are installed.
   private upcallBatch(u: UpcallBatch): void {
-    const req = this.req;
+    if (Atomics.load(this.ctrl, C_FAILED) === 1) throw new FpoError('FPO_ERR_WORKER', 'fpag thread: the worker failed earlier');
+    const part = Math.min(this.part, REQ_KEYS);
     let covered = 0;
-    for (let from = 0; from < u.count; from += REQ_KEYS) {
-      const t0 = process.hrtime.bigint();
-      const n = Math.min(REQ_KEYS, u.count - from);
-      req[0] = n;
-      for (let j = 0; j < n; j++) {
-        const o = 1 + j * (1 + KEY_WORDS);
-        const ko = (from + j) * KEY_WORDS;
-        req[o] = u.inPpid[from + j];
-        for (let w = 0; w < KEY_WORDS; w++) req[o + 1 + w] = u.keys[ko + w];
-      }
-      Atomics.store(this.ctrl, 0, REQUEST);
-      Atomics.notify(this.ctrl, 0);
-      // Spin a little before sleeping: a futex wake-up costs tens of µs on this machine,
-      // more than the FPAG's decision (measured: 88 µs a round trip sleeping, see bench/).
-      for (let spin = 0; spin < SPIN && Atomics.load(this.ctrl, 0) === REQUEST; spin++);
-      while (Atomics.load(this.ctrl, 0) === REQUEST) Atomics.wait(this.ctrl, 0, REQUEST, 1000);
+    let t0 = process.hrtime.bigint();
+    this.send(u, 0, Math.min(part, u.count), false);
+    for (let from = 0; from < u.count; from += part) {
+      const n = Math.min(part, u.count - from);
+      this.wait();
       const len = Atomics.load(this.ctrl, 1);
       const cov = Atomics.load(this.ctrl, C_COVERED);
       covered += cov;
-      // len < 0: -words of flow installs (the worker updates its shadow meanwhile); len > 0: JSON bytes.
-      if (len < 0) {
-        decodeInstallsInto(this.replyWords, this.installs);
-        Atomics.store(this.ctrl, 0, IDLE);
-        this.dp.apply(this.installs);
-      } else {
-        const msgs = decode(this.decoder.decode(this.reply.slice(0, len)));
-        Atomics.store(this.ctrl, 0, IDLE);
-        for (const m of msgs) this.dp.apply(m);
-      }
+      // The answer is copied out (decoded) before the next request reuses the shared memory.
+      let msgs: ControlMessage[] | null = null;
+      if (len < 0) decodeInstallsInto(this.replyWords, this.installs);
+      else msgs = decode(this.decoder.decode(this.reply.slice(0, len)));
+      Atomics.store(this.ctrl, 0, IDLE);
       this.upcalls += n - cov;
       this.roundTrips++;
-      this.roundTripNs += Number(process.hrtime.bigint() - t0);
+      const t1 = process.hrtime.bigint();
+      this.roundTripNs += Number(t1 - t0);
+      t0 = t1;
+      if (from + n < u.count) this.send(u, from + n, Math.min(part, u.count - from - n), true);
+      if (msgs === null) this.dp.apply(this.installs);
+      else for (const m of msgs) this.dp.apply(m);
     }
     u.covered = covered;
+  }
+
+  // Keys [from, from + n) of u to the worker (continues: they go on from the last request's batch).
+  private send(u: UpcallBatch, from: number, n: number, continues: boolean): void {
+    const req = this.req;
+    req[0] = n;
+    req[1] = continues ? 1 : 0;
+    for (let j = 0; j < n; j++) {
+      const o = REQ_HEAD + j * (1 + KEY_WORDS);
+      const ko = (from + j) * KEY_WORDS;
+      req[o] = u.inPpid[from + j];
+      for (let w = 0; w < KEY_WORDS; w++) req[o + 1 + w] = u.keys[ko + w];
+    }
+    Atomics.store(this.ctrl, 0, REQUEST);
+    Atomics.notify(this.ctrl, 0);
+  }
+
+  // Until the worker has answered the request sent; throws FPO_ERR_WORKER when it failed or gave no answer in ANSWER_MS.
+  private wait(): void {
+    // Spin a little before sleeping: a futex wake-up costs tens of µs on this machine,
+    // more than the FPAG's decision (measured: 88 µs a round trip sleeping, see bench/).
+    for (let spin = 0; spin < SPIN && Atomics.load(this.ctrl, 0) === REQUEST; spin++);
+    const deadline = Date.now() + ANSWER_MS;
+    while (Atomics.load(this.ctrl, 0) === REQUEST) {
+      if (Date.now() > deadline) throw new FpoError('FPO_ERR_WORKER', `fpag thread: no answer in ${ANSWER_MS / 1000} s`);
+      Atomics.wait(this.ctrl, 0, REQUEST, 1000);
+    }
+    if (Atomics.load(this.ctrl, C_FAILED) === 1) {
+      const len = Math.max(0, Math.min(Atomics.load(this.ctrl, 1), REPLY_BYTES));
+      throw new FpoError('FPO_ERR_WORKER', `fpag thread: ${this.decoder.decode(this.reply.slice(0, len))}`);
+    }
   }
 
   async stop(): Promise<void> {
@@ -282,14 +322,18 @@ export class FpagThread {
 
 // The worker side.
 if (!isMainThread && workerData?.sab) {
-  const { sab, topology, port, maxFlows } = workerData as { sab: SharedArrayBuffer; topology: Topology; port: MessagePort; maxFlows: number };
+  const { sab, topology, port } = workerData as { sab: SharedArrayBuffer; topology: Topology; port: MessagePort };
   const { ctrl, req, reply } = views(sab);
   const replyWords = new Uint32Array(reply.buffer, reply.byteOffset, REPLY_BYTES / 4);
   const encoder = new TextEncoder();
   try {
     const topo = topology;
-    // The shadow holds as many flows as the datapath (and evicts as it does when full).
-    const shadow = new ShadowDatapath({ maxFlows });
+    // The shadow keeps the mappings, ports and tunnels the FPAG decides by, not the flows: nothing
+    // here reads them back (a revalidation would, and nothing asks for one: no rule or mapping
+    // changes reach this thread — replay refuses events with it). It had installed every flow too,
+    // after answering, but the next request then waited for that.
+    const shadow = new ShadowDatapath({ maxFlows: 1024 });
+    shadow.keepFlows = false;
     const none: TxPort = { writeBatch: () => undefined };
     for (const p of topo.ports) shadow.addPort(p.ppid, none);
     const fpag = new Fpag(topo, shadow);
@@ -298,7 +342,7 @@ if (!isMainThread && workerData?.sab) {
     port.postMessage({ messages: encode(shadow.outbox) });
     shadow.outbox = [];
     Atomics.notify(ctrl, 3);
-    const batch: UpcallBatch = { type: 'upcalls', count: 0, inPpid: new Uint16Array(REQ_KEYS), keys: new Uint32Array(REQ_KEYS * KEY_WORDS), covered: 0 };
+    const batch: UpcallBatch = { type: 'upcalls', count: 0, inPpid: new Uint16Array(REQ_KEYS), keys: new Uint32Array(REQ_KEYS * KEY_WORDS), covered: 0, continues: false };
     // Decisions go out before the shadow applies them: the datapath installs while the shadow does.
     shadow.defer = true;
     for (;;) {
@@ -312,44 +356,49 @@ if (!isMainThread && workerData?.sab) {
         continue;
       }
       const n = Math.min(req[0], REQ_KEYS);
+      batch.continues = req[1] === 1;
       for (let j = 0; j < n; j++) {
-        const o = 1 + j * (1 + KEY_WORDS);
+        const o = REQ_HEAD + j * (1 + KEY_WORDS);
         batch.inPpid[j] = req[o];
         for (let w = 0; w < KEY_WORDS; w++) batch.keys[j * KEY_WORDS + w] = req[o + 1 + w];
       }
       batch.count = n;
       batch.covered = 0;
-      let words: number;
       try {
         sink(batch);
-        words = encodeInstalls(shadow.outbox, replyWords);
+        const words = encodeInstalls(shadow.outbox, replyWords);
+        if (words >= 0) {
+          Atomics.store(ctrl, 1, -words);
+        } else {
+          const bytes = encoder.encode(encode(shadow.outbox));
+          if (bytes.length > REPLY_BYTES) throw new FpoError('FPO_ERR_CAPACITY', `an answer of ${bytes.length} bytes (${n} keys) does not fit the reply area (${REPLY_BYTES} bytes)`);
+          reply.set(bytes);
+          Atomics.store(ctrl, 1, bytes.length);
+        }
+        Atomics.store(ctrl, C_COVERED, batch.covered);
       } catch (e) {
-        // The batch is answered with nothing (the datapath drops its packets as upcallFailed); the worker goes on.
-        console.error(`fpo: fpag thread: upcall batch of ${n} failed: ${(e as Error).message}`);
-        shadow.outbox = [];
-        replyWords[0] = 0;
-        words = 1;
-      }
-      Atomics.store(ctrl, C_COVERED, batch.covered);
-      if (words >= 0) {
-        Atomics.store(ctrl, 1, -words);
-      } else {
-        const bytes = encoder.encode(encode(shadow.outbox));
-        if (bytes.length > REPLY_BYTES) throw new FpoError('FPO_ERR_CAPACITY', `fpag thread: an answer of ${bytes.length} bytes does not fit the reply area (${REPLY_BYTES})`);
-        reply.set(bytes);
-        Atomics.store(ctrl, 1, bytes.length);
+        // Said to the datapath, which fails the run with it (a packet is never dropped for the FPAG's own fault unsaid).
+        fail(e);
+        break;
       }
       Atomics.store(ctrl, 0, REPLY);
       Atomics.notify(ctrl, 0);
-      try {
-        shadow.applyDeferred();
-      } catch (e) {
-        shadow.outbox = [];
-        console.error(`fpo: fpag thread: its shadow could not take an answer: ${(e as Error).message}`);
-      }
+      shadow.applyDeferred();
     }
   } catch (e) {
-    port.postMessage({ error: (e as Error).message });
+    // Before start-up ends, the port says it; after, the shared memory does.
+    try { port.postMessage({ error: (e as Error).message }); } catch { /* closed */ }
+    fail(e);
   }
   void parentPort;
+
+  // The worker's failure, for the datapath waiting on it (FpagThread.wait).
+  function fail(e: unknown): void {
+    const bytes = encoder.encode(`${(e as Error).message ?? String(e)}`.slice(0, 4096));
+    reply.set(bytes);
+    Atomics.store(ctrl, 1, bytes.length);
+    Atomics.store(ctrl, C_FAILED, 1);
+    Atomics.store(ctrl, 0, REPLY);
+    Atomics.notify(ctrl, 0);
+  }
 }

@@ -240,8 +240,6 @@ export class Fpag {
   /** Firewalled interfaces by VPID. */
   private readonly firewalls = new Map<number, Firewall>();
   private readonly dropFirewall: Action[] = [{ op: 'drop', reason: D.firewall }];
-  /** Flows installed per rule index (-1 = L2). */
-  readonly installsByRule = new Map<number, number>();
 
   constructor(topology: Topology, dp: Datapath) {
     this.topology = topology;
@@ -970,7 +968,8 @@ export class Fpag {
    */
   private onUpcalls(u: UpcallBatch): void {
     const bf = this.batchFlows;
-    bf.begin(u.count);
+    if (!u.continues) bf.begin();
+    const from = bf.message.count;
     const coveredBefore = bf.covered;
     const key = this.batchKey;
     const keys = u.keys;
@@ -981,18 +980,16 @@ export class Fpag {
       this.upcallsHandled++;
       const mask = this.scratchMask.fill(0);
       const d = this.decideInto(key, mask, false, this.upcallDecision);
-      this.installsByRule.set(d.rule, (this.installsByRule.get(d.rule) ?? 0) + 1);
       bf.add(key, mask, d.actions);
     }
     u.covered = bf.covered - coveredBefore;
-    if (bf.message.count > 0) this.dp.apply(bf.message);
+    if (bf.message.count > from) this.dp.apply(from === 0 ? bf.message : bf.since(from));
   }
 
   private onUpcall(u: Upcall): void {
     this.upcallsHandled++;
     const mask = this.scratchMask.fill(0);
     const d = this.decideInto(u.key, mask, false, this.upcallDecision);
-    this.installsByRule.set(d.rule, (this.installsByRule.get(d.rule) ?? 0) + 1);
     // The datapath copies key and mask into its tables and interns the actions: the
     // scratch arrays, decision and message can be reused.
     const m = this.installMsg;

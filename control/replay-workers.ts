@@ -410,7 +410,7 @@ class ReplayWorker implements RunWorker {
     const dp = this.dp;
     const fl = dp.flows;
     const flows: WorkerDone['flows'] = [];
-    for (let f = 0; f < fl.capacity; f++) {
+    for (let f = 0; f < fl.indices; f++) {
       if (!fl.live[f]) continue;
       const s = fl.sub[f];
       flows.push({ key: fl.key.slice(f * KEY_WORDS, (f + 1) * KEY_WORDS), mask: fl.mask.slice(s * KEY_WORDS, (s + 1) * KEY_WORDS), packets: fl.packetsOf(f), bytes: fl.bytesOf(f), used: fl.usedOf(f) });
@@ -628,7 +628,7 @@ class RingWorker implements RunWorker {
     const dp = this.dp;
     const fl = dp.flows;
     const flows: WorkerDone['flows'] = [];
-    for (let f = 0; f < fl.capacity; f++) {
+    for (let f = 0; f < fl.indices; f++) {
       if (!fl.live[f]) continue;
       const s = fl.sub[f];
       flows.push({ key: fl.key.slice(f * KEY_WORDS, (f + 1) * KEY_WORDS), mask: fl.mask.slice(s * KEY_WORDS, (s + 1) * KEY_WORDS), packets: fl.packetsOf(f), bytes: fl.bytesOf(f), used: fl.usedOf(f) });

@@ -116,11 +116,11 @@ export interface ReplayReport {
   /** The capture clock (datapath/clock.ts): steps forward longer than its bound (cut to it), steps back (taken as 0). */
   clock: { jumps: number; backs: number };
   /**
-   * Where the FPAG ran; the keys it was handed (upcalls), in how many
-   * batches (one a datapath batch with misses, in a round trip each with a
-   * thread), and for a thread the mean round trip of a batch.
+   * Where the FPAG ran; the keys it decided (upcalls), in how many batches
+   * (one a datapath batch with misses); for a thread, the round trips (a
+   * batch's misses go in parts: fpag-thread.ts PART_KEYS) and their mean.
    */
-  fpag: { placement: 'inline' | 'thread'; upcalls: number; batches: number; roundTripUs: number | null };
+  fpag: { placement: 'inline' | 'thread'; upcalls: number; batches: number; roundTrips?: number; roundTripUs: number | null };
   /** Control events applied, with where they landed and what they did. */
   events?: AppliedEvent[];
   /** The capture's fault, when reading stopped early; packets before it were processed. */
@@ -303,7 +303,7 @@ function* replaySteps(opts: ReplayOptions): Generator<void, ReplayResult> {
       if (opts.fpag === 'thread') {
         if (opts.events?.length) throw new FpoError('FPO_ERR_USAGE', '--events: not with --fpag thread (events change the FPAG\'s state, which lives in the worker)');
         // The local Fpag only names VPIDs in the report; the worker's decides.
-        thread = new FpagThread(topo, dp, opts.maxFlows ?? 65536);
+        thread = new FpagThread(topo, dp);
       } else {
         fpag.start();
       }
@@ -389,7 +389,7 @@ function* replaySteps(opts: ReplayOptions): Generator<void, ReplayResult> {
         stale: ownFiles(opts.outDir, topo.ports, new Set([...writers.values()].filter((w) => w.opened).map((w) => w.path))),
         seconds,
         fpag: thread
-          ? { placement: 'thread', upcalls: thread.upcalls, batches: thread.roundTrips, roundTripUs: thread.roundTrips ? thread.roundTripNs / thread.roundTrips / 1000 : 0 }
+          ? { placement: 'thread', upcalls: thread.upcalls, batches: dp.upcallBatches, roundTrips: thread.roundTrips, roundTripUs: thread.roundTrips ? thread.roundTripNs / thread.roundTrips / 1000 : 0 }
           : { placement: 'inline', upcalls: st.upcalls, batches: dp.upcallBatches, roundTripUs: null },
       };
       if (opts.events) report.events = applied;

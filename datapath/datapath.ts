@@ -153,13 +153,11 @@ export class Datapath {
     this.fastLane.gatherMisses = s !== null;
   }
   /**
-   * Installs refused while a batch was being switched because the table was
-   * full past what reserve made room for (their packets are dropped as
-   * flowTableFull); between batches a full table evicts instead.
+   * Installs refused because no flow index was free: a batch made more new
+   * flows than the table's spare indices while the flows it evicted were
+   * quarantined (flow-table.ts); their packets are dropped as flowTableFull.
    */
   installsRefused = 0;
-  /** Whether process() is switching a batch (installs then evict nothing: FlowTable.evictOnInstall). */
-  private inBatch = false;
   /** Batches of misses handed to upcallBatchSink (upcalls counts their keys less those the sink found covered). */
   upcallBatches = 0;
   /** Receives flagged packets when no special port is set. */
@@ -182,7 +180,7 @@ export class Datapath {
   private batchesSinceSort = 0;
   private readonly upcallMsg: Upcall = { type: 'upcall', inPpid: 0, key: new Uint32Array(KEY_WORDS) };
   /** upcallMany's message and the packets it lists, reused (sized to the largest batch seen). */
-  private upcallBatch: UpcallBatch = { type: 'upcalls', count: 0, inPpid: new Uint16Array(0), keys: new Uint32Array(0), covered: 0 };
+  private upcallBatch: UpcallBatch = { type: 'upcalls', count: 0, inPpid: new Uint16Array(0), keys: new Uint32Array(0), covered: 0, continues: false };
   private missIdx = new Uint16Array(0);
   private missFlow = new Int32Array(0);
   /** The datapath clock (ms) of the last batch. */
@@ -356,6 +354,16 @@ export class Datapath {
     this.firewallHold[zone] = 0;
     const q = this.hq;
     if (q === null || q.count === 0) return 0;
+    // Its pages are switched as batches are: a flow evicted meanwhile keeps its index till the end (process).
+    this.flows.quarantine(true);
+    try {
+      return this.releaseHeld(q, zone, now);
+    } finally {
+      this.flows.quarantine(false);
+    }
+  }
+
+  private releaseHeld(q: NonNullable<Datapath['hq']>, zone: number, now: number): number {
     if (this.rBatch.length === 0) this.makeRecirc();
     const B = this.batchCapacity;
     let released = 0;
@@ -426,8 +434,8 @@ export class Datapath {
   constructor(opts: DatapathOptions = {}) {
     const maxPpid = opts.maxPpid ?? MAX_PPID;
     this.mapping = new MappingTable(opts.maxVpid ?? 65535, maxPpid);
-    this.flows = new FlowTable(opts.maxFlows ?? 65536);
-    this.flows.evictOnInstall = false; // room is made between batches (process)
+    // Spare indices for a batch's installs while its evicted flows are quarantined (flow-table.ts).
+    this.flows = new FlowTable(opts.maxFlows ?? 65536, 2 * (opts.batchCapacity ?? 256));
     this.flows.smcOn = opts.smc ?? true;
     this.emc = new Emc(this.flows, undefined, opts.emcInsertInvProb ?? 100);
     this.classify = new Classify(this.flows, this.emc, opts.batchCapacity ?? 256);
@@ -502,8 +510,6 @@ export class Datapath {
   apply(msg: ControlMessage, now = 0): void {
     switch (msg.type) {
       case 'flow-install': {
-        // Between batches a full table makes room; within one (an upcall) it takes what fits (see reserve).
-        if (!this.inBatch) this.flows.reserve(1);
         const act = this.actionSets.intern(msg.actions);
         const f = this.flows.install(msg.key, msg.mask, act, now);
         if (f === FULL) { this.installsRefused++; return; }
@@ -514,7 +520,6 @@ export class Datapath {
       case 'flow-installs': {
         const n = msg.count;
         const flows = this.flows;
-        if (!this.inBatch) flows.reserve(Math.min(n, flows.capacity));
         const keys = msg.keys;
         const masks = msg.masks;
         flows.prefetch(keys, masks, n);
@@ -581,14 +586,13 @@ export class Datapath {
   // Fast path: one batch, rx already done by the caller's port.
 
   process(batch: PacketBatch, now: number): void {
-    // Room for the batch's flows (its misses, and theirs again if recirculated) before any packet is
-    // matched to a flow: no install of this batch then evicts a flow a packet of it was matched to.
-    this.flows.reserve(Math.min(2 * batch.count, this.flows.capacity >>> 1));
-    this.inBatch = true;
+    // A flow evicted while the batch is switched keeps its index (and actions) until the batch is
+    // done: a packet of the batch matched to it before runs its actions, not another flow's.
+    this.flows.quarantine(true);
     try {
       this.switchBatch(batch, now);
     } finally {
-      this.inBatch = false;
+      this.flows.quarantine(false);
     }
   }
 
@@ -862,7 +866,7 @@ export class Datapath {
       const cap = Math.max(n, this.batchCapacity);
       this.missIdx = new Uint16Array(cap);
       this.missFlow = new Int32Array(cap);
-      this.upcallBatch = { type: 'upcalls', count: 0, inPpid: new Uint16Array(cap), keys: new Uint32Array(cap * KEY_WORDS), covered: 0 };
+      this.upcallBatch = { type: 'upcalls', count: 0, inPpid: new Uint16Array(cap), keys: new Uint32Array(cap * KEY_WORDS), covered: 0, continues: false };
     }
     return this.missIdx;
   }
@@ -877,6 +881,7 @@ export class Datapath {
     if (n === 0) return;
     const sink = this.batchSink;
     const flows = this.flows;
+    let refused = 0;
     if (sink !== null) {
       this.missIndices(n);
       const u = this.upcallBatch;
@@ -892,14 +897,16 @@ export class Datapath {
       u.count = n;
       u.covered = 0;
       this.upcallBatches++;
+      refused = this.installsRefused;
       sink(u);
       this.upcalls += n - Math.min(n, Math.max(0, u.covered));
     }
+    const full = this.installsRefused > refused || flows.count >= flows.capacity;
     for (let j = 0; j < n; j++) {
       const i = idx[j];
       const f = sink === null ? -1 : flows.lookup(batch.key, i * KEY_WORDS);
       got[j] = f;
-      if (f < 0) batch.drop[i] = flows.count >= flows.capacity ? D.flowTableFull : D.upcallFailed;
+      if (f < 0) batch.drop[i] = full ? D.flowTableFull : D.upcallFailed;
     }
   }
 
@@ -1021,7 +1028,7 @@ export class Datapath {
   dumpFlows(): FlowInfo[] {
     const fl = this.flows;
     const out: FlowInfo[] = [];
-    for (let f = 0; f < fl.capacity; f++) {
+    for (let f = 0; f < fl.indices; f++) {
       if (!fl.live[f]) continue;
       const s = fl.sub[f];
       out.push({

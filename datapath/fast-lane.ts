@@ -669,7 +669,8 @@ export class FastLane {
     const seq = ++this.gatherSeq;
     for (let x = 1; x < c; x++) {
       const j = idx[x];
-      // A miss whose upcall failed has drop set: `one` leaves it to the stages.
+      // A miss whose upcall failed has drop set (`one` leaves it to the stages, which skip it): counted here, as `one` counts its own.
+      if (got[x] < 0) this.missed++;
       this.pre[j] = got[x];
       this.preSeq[j] = seq;
     }

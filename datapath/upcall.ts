@@ -37,6 +37,12 @@ export interface UpcallBatch {
    * (one whose flow an earlier miss of its batch installed is not one).
    */
   covered: number;
+  /**
+   * The keys go on from the previous UpcallBatch's, of the same datapath
+   * batch (a batch sent in parts, control/fpag-thread.ts): flows decided
+   * for those cover these too. The datapath's own are never continuations.
+   */
+  continues: boolean;
 }
 
 /**

@@ -40,6 +40,16 @@
  * Full table: installing into a full table first evicts the least recently
  * used 1/16 of the flows (one scan, counted in `evicted`), so a replay with
  * more flows than capacity keeps going.
+ *
+ * Quarantine: while a batch is being switched (the datapath calls
+ * quarantine(true) before and false after), nothing is evicted, and the
+ * index of a flow removed (expired, deleted) is not given to another flow:
+ * a packet of the batch matched to a flow runs its actions, never another
+ * flow's, and a flow installed for the batch is there when its packets are
+ * looked up again. A full table then takes up to `spare` flows more (the
+ * indices past the capacity), evicted back to the capacity when the batch
+ * ends; past those, install returns FULL and the miss is dropped
+ * (flowTableFull).
  */
 import { KEY_WORDS } from './flow-key.js';
 
@@ -50,7 +60,7 @@ export const ST_PACKETS = 0;
 export const ST_BYTES = 1;
 export const ST_USED = 2;
 export const MAX_SUBTABLES = 256;
-/** install/installAt: the table is full and evictOnInstall is off. */
+/** install/installAt: no index is free (a quarantine holds the evicted ones, and the spare ones are taken). */
 export const FULL = -2;
 /** Most flows a table holds (its slots, twice that, are found by 24 bits of the hash). */
 export const MAX_CAPACITY = 1 << 23;
@@ -83,20 +93,18 @@ export function fmix(h: number): number {
 export class FlowTable {
   /** Most flows the table holds. */
   readonly capacity: number;
+  /** Flow indices: capacity + spare (the quarantine's room). Arrays are this long. */
+  readonly indices: number;
   /** Flows installed now. */
   count = 0;
   /** Flows removed to make room. */
   evicted = 0;
   /** Flows removed for being idle. */
   expired = 0;
-  /**
-   * Whether an install into a full table evicts (true), or returns FULL.
-   * The datapath turns it off and makes room between batches (reserve): a
-   * flow that a packet of the batch being switched was matched to must not
-   * be evicted, nor its index taken by another flow, before the packet's
-   * actions run.
-   */
-  evictOnInstall = true;
+  /** Indices of flows removed during a quarantine, given back when it ends. */
+  private readonly held: Int32Array;
+  private heldTop = 0;
+  private quarantined = false;
 
   // Flows.
   readonly key: Uint32Array;
@@ -114,7 +122,7 @@ export class FlowTable {
   readonly gen: Uint32Array;
   /** Bumped with every bump of a flow's gen: whoever saw it unchanged knows no flow's gen changed. */
   genChanges = 0;
-  /** Freed flow indices (a stack); indices never used yet are fresh..capacity-1. */
+  /** Freed flow indices (a stack); indices never used yet are fresh..indices-1. */
   private readonly freeList: Int32Array;
   /** evictOldest's scratch (live flows' times twice, and their indices), allocated at the first eviction. */
   private evictTimes: Float64Array | null = null;
@@ -154,25 +162,28 @@ export class FlowTable {
   private slotMask: number;
   private readonly slotMax: number;
 
-  constructor(capacity: number) {
+  /** capacity: most flows at once; spare: indices past it for installs during a quarantine (see above). */
+  constructor(capacity: number, spare = 0) {
     // A slot's position is the hash's bits 8 and up (its tag holds them): 2^24 slots at most.
     if (!(capacity >= 1 && capacity <= MAX_CAPACITY)) throw new RangeError(`flow table capacity ${capacity}: 1..${MAX_CAPACITY}`);
     this.capacity = capacity;
-    this.key = new Uint32Array(capacity * KEY_WORDS);
-    this.sub = new Int16Array(capacity);
-    this.act = new Int32Array(capacity);
-    this.fhash = new Uint32Array(capacity);
-    this.stats = new Float64Array(capacity * STAT_WORDS);
-    this.live = new Uint8Array(capacity);
-    this.gen = new Uint32Array(capacity);
-    this.freeList = new Int32Array(capacity);
+    const n = (this.indices = capacity + spare);
+    this.key = new Uint32Array(n * KEY_WORDS);
+    this.sub = new Int16Array(n);
+    this.act = new Int32Array(n);
+    this.fhash = new Uint32Array(n);
+    this.stats = new Float64Array(n * STAT_WORDS);
+    this.live = new Uint8Array(n);
+    this.gen = new Uint32Array(n);
+    this.freeList = new Int32Array(n);
+    this.held = new Int32Array(n);
     this.mask = new Uint32Array(MAX_SUBTABLES * KEY_WORDS);
     this.words = new Uint8Array(MAX_SUBTABLES * KEY_WORDS);
     this.nwords = new Uint8Array(MAX_SUBTABLES);
     this.subFlows = new Int32Array(MAX_SUBTABLES);
     this.subHits = new Float64Array(MAX_SUBTABLES);
     this.order = new Int16Array(MAX_SUBTABLES);
-    const nslots = nextPow2(capacity * 2);
+    const nslots = nextPow2(n * 2);
     this.slots = new Int32Array(nslots * 2);
     this.slotMax = nslots;
     this.slotMask = Math.min(nslots, MIN_SLOTS) - 1;
@@ -332,22 +343,26 @@ export class FlowTable {
 
   /**
    * Installs (or replaces the actions of) the flow `key/mask → act`. Returns
-   * the flow index, -1 when no subtable is free, or FULL (evictOnInstall off).
+   * the flow index, -1 when no subtable is free, or FULL (quarantined, no index left).
    */
   install(key: Uint32Array, mask: Uint32Array, act: number, now: number): number {
     return this.installAt(key, mask, 0, act, now);
   }
 
   /**
-   * Makes room for k more flows (k at most the capacity): when fewer are
-   * free, evicts the least recently used (at least 1/16 of the table, as a
-   * full install would).
+   * Slow path: on (before a batch is switched), removed flows' indices are
+   * held back; off (after it: as many offs as ons), they are free again.
    */
-  reserve(k: number): void {
-    const free = this.capacity - this.count;
-    if (free >= k) return;
-    this.evictOldest(Math.max(k - free, this.capacity >>> 4));
+  quarantine(on: boolean): void {
+    this.quarantineDepth += on ? 1 : -1;
+    this.quarantined = this.quarantineDepth > 0;
+    if (this.quarantined) return;
+    while (this.heldTop > 0) this.freeList[this.freeTop++] = this.held[--this.heldTop];
+    // Back to the capacity (at least 1/16 of it at once, as a full install evicts).
+    if (this.count > this.capacity) this.evictOldest(Math.max(this.count - this.capacity, this.capacity >>> 4));
   }
+
+  private quarantineDepth = 0;
 
   /** install, of the key and mask at key[o..] and mask[o..] (a FlowInstalls message's j-th: o = j * KEY_WORDS). */
   installAt(key: Uint32Array, mask: Uint32Array, o: number, act: number, now: number): number {
@@ -364,10 +379,9 @@ export class FlowTable {
       this.act[old] = act;
       return old;
     }
-    if (this.freeTop === 0 && this.fresh === this.capacity) {
-      if (!this.evictOnInstall) return FULL;
-      this.evictOldest(Math.max(1, this.capacity >>> 4));
-    }
+    // Quarantined (a batch being switched), the table may hold up to `spare` flows more till the batch ends.
+    if (this.count >= this.capacity && !this.quarantined) this.evictOldest(Math.max(1, this.capacity >>> 4));
+    if (this.freeTop === 0 && this.fresh === this.indices) return FULL; // (quarantined: every spare index taken)
     const f = this.freeTop > 0 ? this.freeList[--this.freeTop] : this.fresh++;
     const fo = f * KEY_WORDS;
     for (let j = 0; j < KEY_WORDS; j++) this.key[fo + j] = key[o + j] & mask[o + j];
@@ -435,7 +449,7 @@ export class FlowTable {
   /** Removes the flows not used since `before` (idle timeout); returns how many. */
   expire(before: number): number {
     let n = 0;
-    for (let f = 0; f < this.capacity; f++) {
+    for (let f = 0; f < this.fresh; f++) {
       if (this.live[f] && this.stats[f * STAT_WORDS + ST_USED] < before) {
         this.remove(f);
         n++;
@@ -468,7 +482,8 @@ export class FlowTable {
     this.genChanges++;
     this.subFlows[this.sub[f]]--;
     this.sub[f] = -1; // (the signature-match cache reads liveness here)
-    this.freeList[this.freeTop++] = f;
+    if (this.quarantined) this.held[this.heldTop++] = f;
+    else this.freeList[this.freeTop++] = f;
     this.count--;
   }
 
@@ -480,7 +495,7 @@ export class FlowTable {
     // and indices; the removals then read those (12 bytes a flow, in order), not the flows'
     // counters again (a cache line a flow): measured, a table of 65536 flows under a flood of
     // new ones, 210 ns of eviction a new flow before, NEW after.
-    const cap = this.capacity;
+    const cap = this.indices;
     if (this.evictTimes === null) {
       this.evictTimes = new Float64Array(cap);
       this.evictSel = new Float64Array(cap);
@@ -533,7 +548,7 @@ export class FlowTable {
 
   /** Removes every flow. */
   clear(): void {
-    for (let f = 0; f < this.capacity; f++) if (this.live[f]) this.remove(f);
+    for (let f = 0; f < this.fresh; f++) if (this.live[f]) this.remove(f);
   }
 
   /** Re-sorts subtables by hits, most first (call now and then, not per packet). */

@@ -23,7 +23,7 @@ describe('BatchFlows (the megaflows of one upcall batch)', () => {
       fc.array(fc.tuple(keyWords, fc.nat(23), fc.boolean()), { minLength: 1, maxLength: 120 }),
       (maskList, steps) => {
         const bf = new BatchFlows();
-        bf.begin(steps.length);
+        bf.begin();
         const masks = maskList.map(full);
         const added: { k: Uint32Array; m: Uint32Array; mi: number }[] = [];
         const acts: Action[][] = [];
@@ -57,11 +57,11 @@ describe('BatchFlows (the megaflows of one upcall batch)', () => {
 
   it('begin() forgets the last batch: nothing covers, and the message is empty', () => {
     const bf = new BatchFlows();
-    bf.begin(4);
+    bf.begin();
     const k = full([1, 2, 0, 0]);
     bf.add(k, full([0xffffffff, 0, 0, 0]), []);
     expect(bf.covers(k)).toBe(true);
-    bf.begin(2);
+    bf.begin();
     expect(bf.covers(k)).toBe(false);
     expect(bf.message.count).toBe(0);
     expect(bf.message.actions.length).toBe(0);

@@ -215,14 +215,39 @@ describe('the FPAG on its own thread', () => {
     const rt = replay({ capture: DEMO, topology: TOPO, outDir: b, fpag: 'thread' }).report;
     expect(rt.fpag.placement).toBe('thread');
     expect(rt.fpag.upcalls).toBe(ri.flows.upcalls);
-    // A round trip a batch with misses, as the inline FPAG gets a call a batch.
+    // The same batches of misses (in round trips of up to PART_KEYS keys each) as the inline FPAG gets calls.
     expect(rt.fpag.batches).toBe(ri.fpag.batches);
     expect(rt.fpag.batches).toBeLessThan(rt.fpag.upcalls);
+    expect(rt.fpag.roundTrips).toBeGreaterThanOrEqual(rt.fpag.batches);
     expect(rt.packets).toEqual(ri.packets);
     expect(rt.drops).toEqual(ri.drops);
     expect(readdirSync(a).sort()).toEqual(['vf1.pcap', 'vf2.pcap', 'vf3.pcap', 'vf4.pcap']);
     expect(readdirSync(b).sort()).toEqual(readdirSync(a).sort());
     for (const f of readdirSync(a)) expect(readFileSync(join(b, f)).equals(readFileSync(join(a, f))), f).toBe(true);
+  });
+
+  it('a worker that cannot answer (flows with 6 000 outputs each: the answer does not fit its area) fails the replay with FPO_ERR_WORKER at once, not a hang', () => {
+    const topo = JSON.parse(readFileSync(TOPO, 'utf8'));
+    const outs = Array.from({ length: 6000 }, (_, k) => `output:vm${1 + (k % 2)}-eth0`);
+    topo.rules.push({ priority: 10, match: { eth_type: '0x0800', ip_proto: 17 }, actions: outs });
+    topo.wildcarding = 'rule-fields';
+    const dir = tempDir('fat');
+    const t = join(dir, 'topology.json');
+    writeFileSync(t, JSON.stringify(topo));
+    const cap = join(dir, 'many.pcap');
+    writePcap(cap, Array.from({ length: 256 }, (_, i) => ({ sec: 1, usec: i, data: eth('02:00:00:00:00:01', '02:ee:00:00:00:01', 0x0800, ipv4({ src: '192.0.2.9', dst: '10.0.0.1', proto: 17 }, udp(5000, 2000 + i, new Uint8Array(18)))) })));
+    // Inline, the same capture goes through (the limit is the thread's reply area's).
+    expect(replay({ capture: cap, topology: t, outDir: tempDir() }).report.flows.upcalls).toBe(256);
+    const t0 = Date.now();
+    let err: (Error & { code?: string }) | undefined;
+    try {
+      replay({ capture: cap, topology: t, outDir: tempDir(), fpag: 'thread' });
+    } catch (e) {
+      err = e as Error & { code?: string };
+    }
+    expect(err?.code).toBe('FPO_ERR_WORKER');
+    expect(err?.message).toMatch(/does not fit the reply area/);
+    expect(Date.now() - t0).toBeLessThan(20_000);
   });
 
   it('works for the sender of a tunnel too (encap and flag actions cross as messages)', () => {

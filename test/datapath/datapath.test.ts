@@ -174,21 +174,32 @@ describe('Datapath upcalls in batches', () => {
     for (const f of readdirSync(b)) expect(readFileSync(join(a, f)).equals(readFileSync(join(b, f))), f).toBe(true);
   });
 
-  it('a batch of more new flows than the table has room for: each packet goes by its own flow or is dropped as flowTableFull, never by another flow\'s actions', () => {
-    const cap = flowsCapture(64, 1, 2); // alternately to vm1 and vm2
-    const out = tempDir('full');
-    const { report } = replay({ capture: cap, topology: TOPO, outDir: out, batchSize: 64, maxFlows: 16 });
-    expect(report.packets.in).toBe(64);
-    expect(report.packets.out + report.packets.dropped).toBe(64);
-    expect(report.packets.out).toBeGreaterThan(0);
-    expect(report.drops).toEqual({ flowTableFull: 64 - report.packets.out });
-    expect(report.flows.active).toBeLessThanOrEqual(16);
-    // vm1's file holds frames to vm1 only, vm2's to vm2 only.
-    for (const [port, mac] of [['vf1', '02:00:00:00:00:01'], ['vf2', '02:00:00:00:00:02']]) {
-      const frames = captureFrames(join(out, `${port}.pcap`));
-      expect(frames.length).toBeGreaterThan(0);
-      for (const fr of frames) expect([...fr.subarray(0, 6)].map((x) => x.toString(16).padStart(2, '0')).join(':')).toBe(mac);
-    }
+  for (const fastLane of [true, false]) {
+    it(`a batch of more new flows than the table holds (fast lane ${fastLane ? 'on' : 'off'}): flows evicted mid-batch keep their actions till it ends, every packet goes by its own flow`, () => {
+      const cap = flowsCapture(64, 3, 2); // to vm1 and vm2 in turn; 64 flows into a table of 16, batches of 64
+      const out = tempDir('full');
+      const { report, datapath } = replay({ capture: cap, topology: TOPO, outDir: out, batchSize: 64, maxFlows: 16, fastLane });
+      expect(report.packets.in).toBe(192);
+      expect(report.packets.out).toBe(192);
+      expect(report.drops).toEqual({});
+      expect(report.flows.evicted).toBeGreaterThan(100);
+      expect(datapath.flows.count).toBeLessThanOrEqual(16);
+      // vm1's file holds frames to vm1 only, vm2's to vm2 only (a reused flow index had sent some the other way).
+      for (const [port, mac] of [['vf1', '02:00:00:00:00:01'], ['vf2', '02:00:00:00:00:02']]) {
+        const frames = captureFrames(join(out, `${port}.pcap`));
+        expect(frames.length).toBe(96);
+        for (const fr of frames) expect([...fr.subarray(0, 6)].map((x) => x.toString(16).padStart(2, '0')).join(':')).toBe(mac);
+      }
+    });
+  }
+
+  it('a table holding all the flows evicts none, however full (the room a batch needs is not made ahead)', () => {
+    const cap = flowsCapture(1000, 5);
+    const { report } = replay({ capture: cap, topology: TOPO, outDir: tempDir(), batchSize: 256, maxFlows: 1024 });
+    expect(report.packets.out).toBe(5000);
+    expect(report.flows.upcalls).toBe(1000);
+    expect(report.flows.evicted).toBe(0);
+    expect(report.flows.active).toBe(1000);
   });
 });
 

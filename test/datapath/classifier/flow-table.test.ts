@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { KEY_WORDS } from '../../../datapath/classifier/flow-key.js';
-import { FlowTable } from '../../../datapath/classifier/flow-table.js';
+import { FULL, FlowTable } from '../../../datapath/classifier/flow-table.js';
 
 function key(...words: number[]): Uint32Array {
   const k = new Uint32Array(KEY_WORDS);
@@ -284,5 +284,48 @@ describe('eviction under pressure', () => {
     expect(t.live[busy]).toBe(1);
     expect(t.act[busy]).toBe(7);
     expect(t.packetsOf(busy)).toBe(2000);
+  });
+});
+
+describe('quarantine (a batch being switched)', () => {
+  it('nothing is evicted during a quarantine: a full table takes spare indices (then FULL), a removed flow\'s index is held; at its end the table goes back to its capacity', () => {
+    const t = new FlowTable(4, 2);
+    const m = key(0xffffffff);
+    expect([1, 2, 3, 4].map((i) => t.install(key(i), m, 10 + i, i))).toEqual([0, 1, 2, 3]);
+    t.quarantine(true);
+    expect(t.install(key(5), m, 15, 5)).toBe(4); // full: a spare index, no flow evicted
+    expect(t.lookup(key(1))).toBe(0);
+    expect(t.install(key(6), m, 16, 6)).toBe(5);
+    expect(t.install(key(7), m, 17, 7)).toBe(FULL);
+    t.remove(1); // key 2, removed mid-batch: its index is held, its actions kept
+    expect(t.act[1]).toBe(12);
+    expect(t.install(key(8), m, 18, 8)).toBe(FULL);
+    expect(t.count).toBe(5);
+    t.quarantine(false);
+    expect(t.count).toBe(4); // back to the capacity: the least recently used (key 1) evicted
+    expect(t.lookup(key(1))).toBe(-1);
+    for (const k of [3, 4, 5, 6]) expect(t.lookup(key(k))).toBeGreaterThanOrEqual(0);
+    const f = t.install(key(9), m, 19, 9); // (full again: key 3 evicted)
+    expect(f).toBeLessThan(4); // an index of the capacity's, given back
+    expect(t.lookup(key(9))).toBe(f);
+    expect(t.count).toBe(4);
+  });
+
+  it('nested quarantines end with the outermost', () => {
+    const t = new FlowTable(2, 2);
+    const m = key(0xffffffff);
+    t.install(key(1), m, 1, 1);
+    t.install(key(2), m, 2, 2);
+    t.quarantine(true);
+    t.quarantine(true);
+    expect(t.install(key(3), m, 3, 3)).toBe(2);
+    t.quarantine(false);
+    expect(t.install(key(4), m, 4, 4)).toBe(3); // still quarantined: nothing evicted
+    expect(t.install(key(5), m, 5, 5)).toBe(FULL);
+    expect(t.count).toBe(4);
+    t.quarantine(false);
+    expect(t.count).toBe(2);
+    expect(t.lookup(key(3))).toBe(2);
+    expect(t.lookup(key(4))).toBe(3);
   });
 });
