@@ -44,8 +44,10 @@ export const PART_KEYS = 64;
 /** Words of a request: the key count, whether it continues the last request's batch, then per key its in PPID and its KEY_WORDS words. */
 const REQ_HEAD = 2;
 const REQ_WORDS = REQ_HEAD + REQ_KEYS * (1 + KEY_WORDS);
-/** Polls of the shared word before a thread sleeps on it (a few tens of µs). */
-const SPIN = 20_000;
+/** How long the datapath polls for an answer before it sleeps on it. */
+const BUSY_SPIN_MS = 1;
+/** How long the idle worker polls for the next request before it sleeps. */
+const IDLE_SPIN_MS = 2;
 
 /** Shared memory layout: ctrl words, the request (count, then inPpid + key each), the reply (words or JSON bytes). */
 const CTRL_BYTES = 32;
@@ -135,11 +137,44 @@ export function decodeInstalls(w: Uint32Array): ControlMessage[] {
 }
 
 /**
- * decodeInstalls into one FlowInstalls whose arrays are reused (grown to
- * the count); an install whose action words are the previous one's takes
- * the previous one's action array (a batch's flows mostly share theirs).
+ * The action arrays decoded so far, by their words: an install whose actions
+ * were seen before gets the same array, which the datapath's action sets
+ * know by identity (ActionSets.intern) — a new array per install had each
+ * interned by value, its words joined into a text key (0.5 µs an install).
  */
-export function decodeInstallsInto(w: Uint32Array, msg: FlowInstalls): void {
+export class ActionCache {
+  private readonly byHash = new Map<number, { w: Uint32Array; a: Action[] }[]>();
+  private size = 0;
+
+  /** The actions at w[o..o + 3k) (decodeActions's), decoded once. */
+  get(w: Uint32Array, o: number, k: number): Action[] {
+    let h = k;
+    for (let x = 0; x < 3 * k; x++) h = Math.imul(h ^ w[o + x], 0x9e3779b1) >>> 0;
+    const list = this.byHash.get(h);
+    if (list !== undefined) {
+      for (const e of list) {
+        if (e.w.length !== 3 * k) continue;
+        let x = 0;
+        while (x < 3 * k && e.w[x] === w[o + x]) x++;
+        if (x === 3 * k) return e.a;
+      }
+    }
+    const a = decodeActions(w, o, k);
+    // Bounded: a FPAG with ever new action sets (a VM per flow) starts it again.
+    if (this.size === 4096) { this.byHash.clear(); this.size = 0; }
+    const e = { w: w.slice(o, o + 3 * k), a };
+    if (list !== undefined && this.byHash.has(h)) list.push(e);
+    else this.byHash.set(h, [e]);
+    this.size++;
+    return a;
+  }
+}
+
+/**
+ * decodeInstalls into one FlowInstalls whose arrays are reused (grown to
+ * the count), the action arrays from `cache`.
+ */
+export function decodeInstallsInto(w: Uint32Array, msg: FlowInstalls, cache: ActionCache): void {
   const n = w[0];
   if (msg.keys.length < n * KEY_WORDS) {
     msg.keys = new Uint32Array(n * KEY_WORDS);
@@ -147,7 +182,6 @@ export function decodeInstallsInto(w: Uint32Array, msg: FlowInstalls): void {
   }
   msg.actions.length = n;
   let o = 1;
-  let prev = -1;
   for (let j = 0; j < n; j++) {
     const jo = j * KEY_WORDS;
     for (let x = 0; x < KEY_WORDS; x++) {
@@ -156,10 +190,7 @@ export function decodeInstallsInto(w: Uint32Array, msg: FlowInstalls): void {
     }
     o += 2 * KEY_WORDS;
     const k = w[o++];
-    let same = prev >= 0 && w[prev - 1] === k;
-    for (let x = 0; same && x < 3 * k; x++) same = w[prev + x] === w[o + x];
-    msg.actions[j] = same ? msg.actions[j - 1] : decodeActions(w, o, k);
-    prev = o;
+    msg.actions[j] = cache.get(w, o, k);
     o += 3 * k;
   }
   msg.count = n;
@@ -219,6 +250,7 @@ export class FpagThread {
   private readonly reply: Uint8Array;
   private readonly replyWords: Uint32Array;
   private readonly decoder = new TextDecoder();
+  private readonly actionCache = new ActionCache();
   /** The worker's answer, decoded into reused arrays (decodeInstallsInto). */
   private readonly installs: FlowInstalls = { type: 'flow-installs', count: 0, keys: new Uint32Array(0), masks: new Uint32Array(0), actions: [] };
   /** Keys the worker decided (those sent, less those a flow decided for an earlier key of their batch covered). */
@@ -267,7 +299,7 @@ export class FpagThread {
       covered += cov;
       // The answer is copied out (decoded) before the next request reuses the shared memory.
       let msgs: ControlMessage[] | null = null;
-      if (len < 0) decodeInstallsInto(this.replyWords, this.installs);
+      if (len < 0) decodeInstallsInto(this.replyWords, this.installs, this.actionCache);
       else msgs = decode(this.decoder.decode(this.reply.slice(0, len)));
       Atomics.store(this.ctrl, 0, IDLE);
       this.upcalls += n - cov;
@@ -299,9 +331,11 @@ export class FpagThread {
 
   // Until the worker has answered the request sent; throws FPO_ERR_WORKER when it failed or gave no answer in ANSWER_MS.
   private wait(): void {
-    // Spin a little before sleeping: a futex wake-up costs tens of µs on this machine,
-    // more than the FPAG's decision (measured: 88 µs a round trip sleeping, see bench/).
-    for (let spin = 0; spin < SPIN && Atomics.load(this.ctrl, 0) === REQUEST; spin++);
+    // Poll before sleeping: a futex wake-up costs tens of µs on this machine, more than the
+    // FPAG's decisions for a part (measured: 88 µs a round trip sleeping, see bench/; 20 000
+    // polls, ~20 µs, had left a third of a million set-ups' time in wake-ups).
+    const until = performance.now() + BUSY_SPIN_MS;
+    for (let spin = 1; Atomics.load(this.ctrl, 0) === REQUEST; spin++) if ((spin & 1023) === 0 && performance.now() > until) break;
     const deadline = Date.now() + ANSWER_MS;
     while (Atomics.load(this.ctrl, 0) === REQUEST) {
       if (Date.now() > deadline) throw new FpoError('FPO_ERR_WORKER', `fpag thread: no answer in ${ANSWER_MS / 1000} s`);
@@ -350,9 +384,16 @@ if (!isMainThread && workerData?.sab) {
       if (Atomics.load(ctrl, 2) === 1) break;
       if (st !== REQUEST) {
         // Spin for the next upcall (they come in bursts), then sleep.
+        // The worker polls for IDLE_SPIN_MS before it sleeps: between two batches the datapath
+        // forwards a batch (~0.2 ms of new flows), and a sleeping worker's wake-up cost tens of µs
+        // a batch (measured: a third of the datapath's waits in a million set-ups).
+        const until = performance.now() + IDLE_SPIN_MS;
         let spin = 0;
-        while (spin < SPIN && Atomics.load(ctrl, 0) === st && Atomics.load(ctrl, 2) === 0) spin++;
-        if (spin === SPIN) Atomics.wait(ctrl, 0, st, 1000);
+        let awake = true;
+        while (Atomics.load(ctrl, 0) === st && Atomics.load(ctrl, 2) === 0) {
+          if ((++spin & 1023) === 0 && performance.now() > until) { awake = false; break; }
+        }
+        if (!awake) Atomics.wait(ctrl, 0, st, 1000);
         continue;
       }
       const n = Math.min(req[0], REQ_KEYS);
