@@ -57,9 +57,11 @@ Options:
       --no-emc          without the exact-match cache (for comparison: the
                         output is the same, the lookups go further)
       --no-smc          without the signature-match cache (likewise)
-      --fpag WHERE      where the FPAG runs: inline (this thread, default) or
+      --fpag WHERE      where the FPAG runs: inline (this thread, default),
                         thread (a worker thread: upcalls and flow installs
-                        cross as messages)
+                        cross as messages; a batch waits for its answers), or
+                        async (that thread, not waited for: packets of flows
+                        being set up wait in a queue, hits go on)
       --workers N       datapath worker threads, one a core (default 1: this
                         thread alone); packets are spread by flow hash, one
                         FPAG decides flows for all, per-flow order is kept in
@@ -120,6 +122,10 @@ function printReport(r: ReplayReport, flows: boolean): void {
   out.push(table(rows));
   out.push('');
   out.push(`flows: ${r.flows.installed} installed, ${r.flows.active} active, ${r.flows.evicted} evicted, ${r.flows.expired} expired; upcalls ${r.flows.upcalls}; lookups: ${r.flows.emcHits} exact-match cache, ${r.flows.megaflowHits} megaflow, ${r.flows.misses} missed; fast lane ${r.flows.fastLane} packets`);
+  if (r.fpag.placement !== 'inline') {
+    const q = r.fpag.queue;
+    out.push(`fpag: on its thread${r.fpag.placement === 'async' ? ', not waited for' : ''}; ${r.fpag.upcalls} upcalls in ${r.fpag.batches} batches, ${r.fpag.roundTrips ?? 0} round trips of ${(r.fpag.roundTripUs ?? 0).toFixed(1)} µs${q ? `; queue: ${q.parked} packets waited, at most ${q.maxDepth} at once, the datapath waited ${q.waits} times` : ''}`);
+  }
   const drops = Object.entries(r.drops) as [DropReason, number][];
   if (drops.length) {
     out.push('drops:');
@@ -149,9 +155,9 @@ function progressBar(): (done: number, total: number) => void {
   };
 }
 
-function fpagPlacement(v: string | undefined): 'inline' | 'thread' | undefined {
-  if (v === undefined || v === 'inline' || v === 'thread') return v;
-  throw new UsageError(`--fpag: expected inline or thread, got "${v}"`);
+function fpagPlacement(v: string | undefined): 'inline' | 'thread' | 'async' | undefined {
+  if (v === undefined || v === 'inline' || v === 'thread' || v === 'async') return v;
+  throw new UsageError(`--fpag: expected inline, thread or async, got "${v}"`);
 }
 
 function intOption(v: string | undefined, name: string, min: number, max: number): number | undefined {

@@ -17,7 +17,7 @@
 import { Worker, isMainThread, parentPort, receiveMessageOnPort, workerData, MessageChannel, type MessagePort } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
-import { Datapath, type TxPort } from '../datapath/datapath.js';
+import { Datapath, type AsyncUpcalls, type TxPort } from '../datapath/datapath.js';
 import { KEY_WORDS } from '../datapath/classifier/flow-key.js';
 import { FpoError } from '../datapath/errors.js';
 import type { ControlMessage, FlowInstalls, UpcallBatch } from '../datapath/upcall.js';
@@ -226,7 +226,7 @@ export class ShadowDatapath extends Datapath {
   defer = false;
   /** false: flow installs are recorded, not applied (a shadow no one asks for flows). */
   keepFlows = true;
-  override apply(msg: ControlMessage, now = 0): void {
+  override apply(msg: ControlMessage, now = this.now): void {
     if (!this.defer && this.applies(msg)) super.apply(msg, now);
     this.outbox.push(msg);
   }
@@ -243,7 +243,7 @@ export class ShadowDatapath extends Datapath {
 }
 
 /** The main thread's handle on an FPAG worker. */
-export class FpagThread {
+export class FpagThread implements AsyncUpcalls {
   private readonly worker: Worker;
   private readonly ctrl: Int32Array;
   private readonly req: Uint32Array;
@@ -262,8 +262,13 @@ export class FpagThread {
   /** Total ns from each request's sending to its answer's arrival (the parts of a batch follow each other). */
   roundTripNs = 0;
 
-  /** Starts the worker and applies its start-up messages (mappings, tunnels) to `dp`. Blocks until it is ready. */
-  constructor(topology: Topology, private readonly dp: Datapath) {
+  /**
+   * Starts the worker and applies its start-up messages (mappings, tunnels)
+   * to `dp`. Blocks until it is ready. `async`: the datapath does not wait
+   * for answers (Datapath.upcallAsync: this is its AsyncUpcalls); else each
+   * batch's misses are answered before the batch goes on (upcallBatchSink).
+   */
+  constructor(topology: Topology, private readonly dp: Datapath, readonly async = false) {
     const sab = new SharedArrayBuffer(SAB_BYTES);
     ({ ctrl: this.ctrl, req: this.req, reply: this.reply } = views(sab));
     this.replyWords = new Uint32Array(this.reply.buffer, this.reply.byteOffset, REPLY_BYTES / 4);
@@ -281,7 +286,98 @@ export class FpagThread {
     if (init.error) throw new FpoError('FPO_ERR_BAD_TOPOLOGY', init.error);
     for (const m of decode(init.messages!)) dp.apply(m);
     port1.close();
-    dp.upcallBatchSink = (u) => this.upcallBatch(u);
+    if (async) dp.upcallAsync = this;
+    else dp.upcallBatchSink = (u) => this.upcallBatch(u);
+  }
+
+  // --- asynchronous (AsyncUpcalls): keys handed over wait here for the one request in flight to be answered ---
+
+  private pendPpid = new Uint16Array(0);
+  private pendKeys = new Uint32Array(0);
+  private pendCount = 0;
+  /** Keys handed over, answered, and in the request in flight (0: none). */
+  private submitted = 0;
+  private answered = 0;
+  private inFlight = 0;
+  private inFlightSent = 0n;
+
+  submit(u: UpcallBatch): number {
+    if (Atomics.load(this.ctrl, C_FAILED) === 1) throw new FpoError('FPO_ERR_WORKER', 'fpag thread: the worker failed earlier');
+    const need = this.pendCount + u.count;
+    if (this.pendPpid.length < need) {
+      const cap = Math.max(need, 2 * this.pendPpid.length, 1024);
+      const p = new Uint16Array(cap);
+      p.set(this.pendPpid.subarray(0, this.pendCount));
+      this.pendPpid = p;
+      const k = new Uint32Array(cap * KEY_WORDS);
+      k.set(this.pendKeys.subarray(0, this.pendCount * KEY_WORDS));
+      this.pendKeys = k;
+    }
+    this.pendPpid.set(u.inPpid.subarray(0, u.count), this.pendCount);
+    this.pendKeys.set(u.keys.subarray(0, u.count * KEY_WORDS), this.pendCount * KEY_WORDS);
+    this.pendCount = need;
+    this.submitted += u.count;
+    if (this.inFlight === 0) this.sendPending();
+    return this.submitted;
+  }
+
+  poll(): number {
+    if (this.inFlight > 0 && Atomics.load(this.ctrl, 0) !== REQUEST) this.takeAnswer();
+    if (this.inFlight === 0 && this.pendCount > 0) this.sendPending();
+    return this.answered;
+  }
+
+  wait(ticket: number): number {
+    while (this.answered < ticket) {
+      if (this.inFlight === 0) {
+        if (this.pendCount === 0) break; // (a ticket never handed over)
+        this.sendPending();
+      }
+      this.wait_();
+      this.takeAnswer();
+    }
+    if (this.inFlight === 0 && this.pendCount > 0) this.sendPending();
+    return this.answered;
+  }
+
+  // Up to REQ_KEYS pending keys to the worker, as one request (not a continuation: a request is a batch of its own).
+  private sendPending(): void {
+    const n = Math.min(this.pendCount, REQ_KEYS);
+    const req = this.req;
+    req[0] = n;
+    req[1] = 0;
+    for (let j = 0; j < n; j++) {
+      const o = REQ_HEAD + j * (1 + KEY_WORDS);
+      req[o] = this.pendPpid[j];
+      for (let w = 0; w < KEY_WORDS; w++) req[o + 1 + w] = this.pendKeys[j * KEY_WORDS + w];
+    }
+    this.pendPpid.copyWithin(0, n, this.pendCount);
+    this.pendKeys.copyWithin(0, n * KEY_WORDS, this.pendCount * KEY_WORDS);
+    this.pendCount -= n;
+    this.inFlight = n;
+    this.inFlightSent = process.hrtime.bigint();
+    Atomics.store(this.ctrl, 0, REQUEST);
+    Atomics.notify(this.ctrl, 0);
+  }
+
+  // The answer to the request in flight (it has come): applied to the datapath.
+  private takeAnswer(): void {
+    if (Atomics.load(this.ctrl, C_FAILED) === 1) this.wait_(); // throws with the worker's message
+    const len = Atomics.load(this.ctrl, 1);
+    const cov = Atomics.load(this.ctrl, C_COVERED);
+    let msgs: ControlMessage[] | null = null;
+    if (len < 0) decodeInstallsInto(this.replyWords, this.installs, this.actionCache);
+    else msgs = decode(this.decoder.decode(this.reply.slice(0, len)));
+    Atomics.store(this.ctrl, 0, IDLE);
+    const n = this.inFlight;
+    this.inFlight = 0;
+    this.answered += n;
+    this.upcalls += n - cov;
+    this.dp.upcalls -= cov; // the datapath counted every key it handed over
+    this.roundTrips++;
+    this.roundTripNs += Number(process.hrtime.bigint() - this.inFlightSent);
+    if (msgs === null) this.dp.apply(this.installs);
+    else for (const m of msgs) this.dp.apply(m);
   }
 
   // Slow path: a batch's misses, in parts of `part` keys: part k + 1 is sent before part k's flows are installed.
@@ -293,7 +389,7 @@ export class FpagThread {
     this.send(u, 0, Math.min(part, u.count), false);
     for (let from = 0; from < u.count; from += part) {
       const n = Math.min(part, u.count - from);
-      this.wait();
+      this.wait_();
       const len = Atomics.load(this.ctrl, 1);
       const cov = Atomics.load(this.ctrl, C_COVERED);
       covered += cov;
@@ -330,7 +426,7 @@ export class FpagThread {
   }
 
   // Until the worker has answered the request sent; throws FPO_ERR_WORKER when it failed or gave no answer in ANSWER_MS.
-  private wait(): void {
+  private wait_(): void {
     // Poll before sleeping: a futex wake-up costs tens of µs on this machine, more than the
     // FPAG's decisions for a part (measured: 88 µs a round trip sleeping, see bench/; 20 000
     // polls, ~20 µs, had left a third of a million set-ups' time in wake-ups).

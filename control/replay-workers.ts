@@ -719,7 +719,7 @@ interface Join {
 export function* replayWorkersSteps(opts: ReplayOptions): Generator<void, ReplayResult> {
   const n = opts.workers ?? 1;
   if (!(Number.isInteger(n) && n >= 2 && n <= MAX_WORKERS)) throw new FpoError('FPO_ERR_USAGE', `workers: expected an integer in 1..${MAX_WORKERS}, got ${n}`);
-  if (opts.fpag === 'thread') throw new FpoError('FPO_ERR_USAGE', '--fpag thread: not with --workers (the FPAG serves the workers from the main thread)');
+  if (opts.fpag === 'thread' || opts.fpag === 'async') throw new FpoError('FPO_ERR_USAGE', `--fpag ${opts.fpag}: not with --workers (the FPAG serves the workers from the main thread)`);
   if (opts.beforeBatch) throw new FpoError('FPO_ERR_USAGE', 'beforeBatch: not with workers (each worker has its own datapath)');
   if ((opts.events ?? []).some((e) => e.do === 'firewall-upgrade')) throw new FpoError('FPO_ERR_USAGE', 'events: a firewall-upgrade is not with --workers (each worker has its own firewall state; replay it with one)');
   // The threads first: their start (a new isolate, fpo's modules) is the longest wait, and runs meanwhile

@@ -51,7 +51,7 @@ export interface ReplayOptions {
   /** Timed control events, applied between the packets where they fall (events.ts). */
   events?: ControlEvent[];
   /** Where the FPAG runs: in this thread (default) or its own worker thread, speaking only by messages. */
-  fpag?: 'inline' | 'thread';
+  fpag?: 'inline' | 'thread' | 'async';
   /** false: every packet through the stages, none through the datapath's fast lane (for comparison; default true). */
   fastLane?: boolean;
   /** Other files the run reads (topology, events): no output may be one of them (the capture and a topology file are checked always). */
@@ -120,7 +120,7 @@ export interface ReplayReport {
    * (one a datapath batch with misses); for a thread, the round trips (a
    * batch's misses go in parts: fpag-thread.ts PART_KEYS) and their mean.
    */
-  fpag: { placement: 'inline' | 'thread'; upcalls: number; batches: number; roundTrips?: number; roundTripUs: number | null };
+  fpag: { placement: 'inline' | 'thread' | 'async'; upcalls: number; batches: number; roundTrips?: number; roundTripUs: number | null; queue?: { parked: number; maxDepth: number; waits: number } };
   /** Control events applied, with where they landed and what they did. */
   events?: AppliedEvent[];
   /** The capture's fault, when reading stopped early; packets before it were processed. */
@@ -300,10 +300,10 @@ function* replaySteps(opts: ReplayOptions): Generator<void, ReplayResult> {
     try {
       const fpag = new Fpag(topo, dp);
       let thread: FpagThread | null = null;
-      if (opts.fpag === 'thread') {
+      if (opts.fpag === 'thread' || opts.fpag === 'async') {
         if (opts.events?.length) throw new FpoError('FPO_ERR_USAGE', '--events: not with --fpag thread (events change the FPAG\'s state, which lives in the worker)');
         // The local Fpag only names VPIDs in the report; the worker's decides.
-        thread = new FpagThread(topo, dp);
+        thread = new FpagThread(topo, dp, opts.fpag === 'async');
       } else {
         fpag.start();
       }
@@ -353,6 +353,8 @@ function* replaySteps(opts: ReplayOptions): Generator<void, ReplayResult> {
           break;
         }
       }
+      // An FPAG answering later (async): the packets still waiting for it are switched now.
+      dp.drainUpcalls(dp.now);
       // Events past the end of the capture still happen, after the last packet (and before the report, which shows the state at the end);
       // not after an interrupted run's last packet, which is not the capture's.
       if (interrupted === undefined) for (const event of pending) applied.push({ event, atPacket: soFar, result: applyEvent(fpag, event) });
@@ -389,7 +391,7 @@ function* replaySteps(opts: ReplayOptions): Generator<void, ReplayResult> {
         stale: ownFiles(opts.outDir, topo.ports, new Set([...writers.values()].filter((w) => w.opened).map((w) => w.path))),
         seconds,
         fpag: thread
-          ? { placement: 'thread', upcalls: thread.upcalls, batches: dp.upcallBatches, roundTrips: thread.roundTrips, roundTripUs: thread.roundTrips ? thread.roundTripNs / thread.roundTrips / 1000 : 0 }
+          ? { placement: thread.async ? 'async' : 'thread', upcalls: thread.upcalls, batches: dp.upcallBatches, roundTrips: thread.roundTrips, roundTripUs: thread.roundTrips ? thread.roundTripNs / thread.roundTrips / 1000 : 0, ...(thread.async ? { queue: dp.upcallQueueStats() } : {}) }
           : { placement: 'inline', upcalls: st.upcalls, batches: dp.upcallBatches, roundTripUs: null },
       };
       if (opts.events) report.events = applied;

@@ -18,7 +18,7 @@ import { Execute, type DirectTx } from './actions/execute.js';
 import { vlanDelta } from './actions/vlan.js';
 import { PacketBatch } from './batch.js';
 import { KEY_WORDS, W_CT } from './classifier/flow-key.js';
-import { FULL, FlowTable } from './classifier/flow-table.js';
+import { FULL, FlowTable, ST_BYTES, ST_PACKETS, STAT_WORDS } from './classifier/flow-table.js';
 import { Classify } from './classifier/classify.js';
 import { Emc } from './classifier/emc.js';
 import { CaptureClock } from './clock.js';
@@ -35,6 +35,7 @@ import { MappingTable, NO_PPID } from './mapping/mapping-table.js';
 import { Parse } from './parse/parse.js';
 import { parseIpText } from './ip-text.js';
 import type { ControlMessage, SpecialPacket, Upcall, UpcallBatch } from './upcall.js';
+import { UpcallQueue } from './upcall-queue.js';
 
 export const MAX_PPID = 4095;
 
@@ -81,6 +82,19 @@ export interface DatapathOptions {
   /** The firewall upgrade's hold queue: packets (default 16384: 16 ms at 1 Mpps) and bytes (default 16 MiB) it takes before it drops (fwHoldOverflow). */
   firewallHoldPackets?: number;
   firewallHoldBytes?: number;
+  /** With an asynchronous FPAG (upcallAsync): packets (default 8192, at most 32768) and bytes (default 4 MiB) its upcall queue holds. */
+  upcallQueuePackets?: number;
+  upcallQueueBytes?: number;
+}
+
+/** An FPAG that answers in another thread, later (Datapath.upcallAsync; control/fpag-thread.ts). */
+export interface AsyncUpcalls {
+  /** Hands u's keys over (copied) and returns at once: the number of keys handed over so far (the ticket of u's last). */
+  submit(u: UpcallBatch): number;
+  /** Applies (Datapath.apply) the answers that have come, without waiting; returns how many keys are answered so far. */
+  poll(): number;
+  /** Waits until the keys up to `ticket` are answered and applied; returns how many keys are answered so far. */
+  wait(ticket: number): number;
 }
 
 /** One installed flow, as the control plane reads it. */
@@ -158,6 +172,36 @@ export class Datapath {
    * quarantined (flow-table.ts); their packets are dropped as flowTableFull.
    */
   installsRefused = 0;
+  /**
+   * An FPAG that answers later, in another thread (control/fpag-thread.ts
+   * async): used instead of the sinks when set. A batch's misses are handed
+   * over (submit) and their packets parked in the upcall queue
+   * (upcall-queue.ts) with the hits of their exact keys behind them; the
+   * datapath goes on switching. Answers are applied between batches (poll),
+   * and the parked packets whose keys are answered are switched before the
+   * next batch, in the order they came. The fast lane leaves the stages a
+   * batch's first miss and the batches while packets wait.
+   */
+  get upcallAsync(): AsyncUpcalls | null { return this.asyncSink; }
+  set upcallAsync(s: AsyncUpcalls | null) {
+    this.asyncSink = s;
+    this.fastLane.stopAtMiss = s !== null;
+    if (s !== null && this.uq === null) this.uq = new UpcallQueue(this.upcallQueuePackets, this.upcallQueueBytes, this.batchCapacity);
+  }
+  private asyncSink: AsyncUpcalls | null = null;
+  private uq: UpcallQueue | null = null;
+  private readonly upcallQueuePackets: number;
+  private readonly upcallQueueBytes: number;
+  /** Keys handed to the asynchronous FPAG so far (the ticket of the last), and answered so far. */
+  private lastTicket = 0;
+  private answeredKeys = 0;
+  /** Times the datapath waited for answers between batches (its upcall queue half full), and at the end. */
+  upcallQueueWaits = 0;
+
+  /** The upcall queue's packets parked in all, the most at once, and the datapath's waits (asynchronous FPAG). */
+  upcallQueueStats(): { parked: number; maxDepth: number; waits: number } {
+    return { parked: this.uq?.parked ?? 0, maxDepth: this.uq?.maxDepth ?? 0, waits: this.upcallQueueWaits };
+  }
   /** Batches of misses handed to upcallBatchSink (upcalls counts their keys less those the sink found covered). */
   upcallBatches = 0;
   /** Receives flagged packets when no special port is set. */
@@ -453,6 +497,8 @@ export class Datapath {
     this.holdPackets = opts.firewallHoldPackets ?? 16384;
     this.holdBytes = opts.firewallHoldBytes ?? 16 << 20;
     this.batchCapacity = opts.batchCapacity ?? 256;
+    this.upcallQueuePackets = Math.max(2 * this.batchCapacity, Math.min(opts.upcallQueuePackets ?? 8192, 32768));
+    this.upcallQueueBytes = Math.max(2 * this.batchCapacity * 2048, opts.upcallQueueBytes ?? 4 << 20);
     this.flagCheck.rxBytes = this.rxBytes;
     this.fastLane = new FastLane(this.mapping.inPortKey, this.emc, this.flows, this.classify, this.execute, this.actionSets, (b, i) => this.upcallOne(b, i), this.flagCheck, this.mapping.vmPort, {
       one: (b, i, spec, now) => this.ctOne(b, i, spec, now),
@@ -506,8 +552,8 @@ export class Datapath {
     return this.ports[ppid] !== undefined;
   }
 
-  /** Applies one control message. Throws FpoError on a message that cannot apply; the datapath is then unchanged. */
-  apply(msg: ControlMessage, now = 0): void {
+  /** Applies one control message (a flow installed counts as used at `now`: the datapath clock of the last batch). Throws FpoError on a message that cannot apply; the datapath is then unchanged. */
+  apply(msg: ControlMessage, now = this.now): void {
     switch (msg.type) {
       case 'flow-install': {
         const act = this.actionSets.intern(msg.actions);
@@ -588,11 +634,121 @@ export class Datapath {
   process(batch: PacketBatch, now: number): void {
     // A flow evicted while the batch is switched keeps its index (and actions) until the batch is
     // done: a packet of the batch matched to it before runs its actions, not another flow's.
+    // Answers of an FPAG on its thread first, outside the quarantine (a full table may evict for them).
+    if (this.asyncSink !== null) this.answerUpcalls();
     this.flows.quarantine(true);
     try {
+      if (this.uq !== null && this.uq.count > 0) this.releaseParked(now);
       this.switchBatch(batch, now);
     } finally {
       this.flows.quarantine(false);
+    }
+  }
+
+  // Slow path, between batches: the asynchronous FPAG's answers applied; with the upcall queue half
+  // full, a wait for every key handed over (the datapath's back-pressure: a batch's misses always fit).
+  private answerUpcalls(): void {
+    const q = this.uq!;
+    this.answeredKeys = this.asyncSink!.poll();
+    if (q.count > 0 && (q.count > q.capacity / 2 || q.used > q.bytes / 2)) {
+      this.answeredKeys = this.asyncSink!.wait(this.lastTicket);
+      this.upcallQueueWaits++;
+    }
+  }
+
+  /**
+   * Slow path: with an asynchronous FPAG, every key handed over answered
+   * and every parked packet switched (the end of a replay: each packet read
+   * ends delivered or dropped). Nothing to do without one.
+   */
+  drainUpcalls(now: number): void {
+    if (this.asyncSink === null || this.uq === null || this.uq.count === 0) return;
+    this.answeredKeys = this.asyncSink.wait(this.lastTicket);
+    this.upcallQueueWaits++;
+    this.flows.quarantine(true);
+    try {
+      this.releaseParked(now);
+    } finally {
+      this.flows.quarantine(false);
+    }
+  }
+
+  // Slow path: the parked packets whose keys are answered, from the head, a page (a batch) at a time:
+  // looked up, their actions run, sent, accounted (rx was, when they came).
+  private releaseParked(now: number): void {
+    const q = this.uq!;
+    const k = q.releasable(this.answeredKeys);
+    if (k === 0) return;
+    const B = this.batchCapacity;
+    const flows = this.flows;
+    for (let pg = 0; pg * B < k; pg++) {
+      const page = q.pages[pg];
+      const m = Math.min(B, k - pg * B);
+      page.count = m;
+      const full = flows.count >= flows.capacity;
+      for (let j = 0; j < m; j++) {
+        page.drop[j] = 0;
+        const f = flows.lookup(page.key, j * KEY_WORDS);
+        page.flow[j] = f;
+        if (f < 0) page.drop[j] = full ? D.flowTableFull : D.upcallFailed;
+        else page.ordinal[j] = flows.hit(f, page.wirelen[j], now);
+      }
+      this.execute.process(page);
+      this.transmit(page);
+      if (this.execute.ctCount > 0) this.recirculate(page, now, 0);
+      let delivered = 0;
+      for (let j = 0; j < m; j++) {
+        const d = page.drop[j];
+        if (d === 0 || d === FORWARDED) delivered++;
+        else if (d !== RECIRC) this.drops[d]++;
+      }
+      this.delivered += delivered;
+    }
+    q.shift(k);
+  }
+
+  /**
+   * Slow path, with an asynchronous FPAG: the batch's misses handed over in
+   * one UpcallBatch and parked; so are the hits of keys with a packet
+   * parked (their count on the flow undone: they are switched when they
+   * leave the queue). In batch order, so a connection's packets stay in order.
+   */
+  private parkMisses(batch: PacketBatch): void {
+    const q = this.uq!;
+    const n = batch.count;
+    const idx = this.missIndices(n);
+    let c = 0;
+    for (let i = 0; i < n; i++) if (batch.flow[i] < 0 && batch.drop[i] === 0) idx[c++] = i;
+    if (c > 0) {
+      const u = this.upcallBatch;
+      for (let j = 0; j < c; j++) {
+        const i = idx[j];
+        u.inPpid[j] = batch.inPpid[i];
+        const ko = i * KEY_WORDS;
+        const o = j * KEY_WORDS;
+        for (let w = 0; w < KEY_WORDS; w++) u.keys[o + w] = batch.key[ko + w];
+      }
+      u.count = c;
+      u.covered = 0;
+      u.continues = false;
+      this.upcallBatches++;
+      this.upcalls += c; // (less those the FPAG finds covered, as they are answered: fpag-thread.ts)
+      this.lastTicket = this.asyncSink!.submit(u);
+    } else if (q.count === 0) return;
+    const stats = this.flows.stats;
+    for (let i = 0; i < n; i++) {
+      if (batch.drop[i] !== 0) continue;
+      const f = batch.flow[i];
+      if (f >= 0) {
+        if (q.count === 0 || !q.waiting(batch.hash[i])) continue;
+        const o = f * STAT_WORDS;
+        stats[o + ST_PACKETS]--;
+        stats[o + ST_BYTES] -= batch.wirelen[i];
+      }
+      if (q.park(batch, i, this.lastTicket, batch.hash[i])) {
+        batch.drop[i] = RECIRC; // accounted when it leaves the queue
+        batch.flow[i] = -1;
+      } else batch.drop[i] = D.upcallQueueFull;
     }
   }
 
@@ -604,14 +760,16 @@ export class Datapath {
     const offloading = off !== null && off.active > 0;
     if (offloading) (off as Offload).front(batch, now, this.mapping.inPortKey, this.mapping.vmPort, this.mapping.toPpid, this.rxPackets, this.rxBytes);
     // The common case first, in one pass; the stages take the rest of the batch.
-    const laned = this.fastLane.process(batch, now, this.rxPackets, this.rxBytes);
-    const laneSpecial = this.fastLane.special;
+    // While packets wait for the FPAG (asynchronous upcalls), the stages take the batch: a hit may have to wait behind them.
+    const lane = this.uq === null || this.uq.count === 0;
+    const laned = lane ? this.fastLane.process(batch, now, this.rxPackets, this.rxBytes) : 0;
+    const laneSpecial = lane ? this.fastLane.special : 0;
     if (batch.unfilled) batch.completeRecords(laned); // a lazy fill the lane left before its end
     if (laned < batch.count) {
       this.parse.process(batch);
       const flagged = this.flagCheck.process(batch);
       if (offloading) (off as Offload).process(batch, now); // what front could not take (decapsulated frames)
-      if (this.classify.process(batch, now) > 0) this.handleMisses(batch, now);
+      if (this.classify.process(batch, now) > 0 || (this.uq !== null && this.uq.count > 0)) this.handleMisses(batch, now);
       this.execute.process(batch);
       if (flagged + laneSpecial > 0) this.deliverSpecial(batch);
       this.transmit(batch);
@@ -792,6 +950,10 @@ export class Datapath {
   // earlier miss of the same batch installed, so look again before upcalling.
   private handleMisses(batch: PacketBatch, now: number): void {
     const n = batch.count;
+    if (this.asyncSink !== null) {
+      this.parkMisses(batch);
+      return;
+    }
     if (this.batchSink !== null) {
       // Every miss of the batch to the FPAG at once (it decides each megaflow once).
       const idx = this.missIndices(n);

@@ -33,6 +33,7 @@ export const DROP = {
   vpidUnmapped: 'output VPID has no PPID in the mapping table',
   upcallFailed: 'the FPAG installed no flow for this miss',
   flowTableFull: 'the flow table is full and nothing could be evicted',
+  upcallQueueFull: 'its flow was being set up by the FPAG on its thread and the queue of packets waiting for it was full',
   frameTooBig: 'frame longer than a live port\'s receive slot: the read cut it, so it is not forwarded cut',
   vlanFromVm: 'a VM port sent a VLAN-tagged frame (only untagged and priority-tagged VID 0 are taken)',
   portSecMac: 'port security: source MAC is not the VM interface\'s',

@@ -156,6 +156,8 @@ export class FastLane {
    * gather finds after them, not one by one (Datapath.upcallBatchSink sets it).
    */
   gatherMisses = false;
+  /** A miss ends the lane (the stages take it and the rest of the batch): the FPAG answers later (Datapath.upcallAsync). */
+  stopAtMiss = false;
   /** The datapath's batched upcall (Datapath.upcallMany): packets idx[0..n) to the FPAG, their flows (or -1, drop set) into got. */
   missMany: (batch: PacketBatch, idx: Uint16Array, n: number, got: Int32Array) => void = () => undefined;
   /** gather's list and answers; per packet, the flow a gather found for it (pre), valid when preSeq is gatherSeq and no flow changed (preGens). */
@@ -364,6 +366,7 @@ export class FastLane {
       f = this.flows.lookupHashed(key, k, h);
       via = 1;
       if (f < 0) {
+        if (this.stopAtMiss) return ONE_STOP;
         // An upcall, as the stages would make it (restamp: what it may have changed); with
         // batched upcalls, together with the batch's next misses.
         f = this.gatherMisses ? this.gather(batch, i) : this.miss(batch, i);
@@ -480,6 +483,7 @@ export class FastLane {
       f = this.flows.lookupHashed(key, k, hash);
       via = 1;
       if (f < 0) {
+        if (this.stopAtMiss) return 0;
         // The upcall sees the packet as the stages would give it: the inner frame in place.
         batch.off[i] = ib;
         batch.caplen[i] = icl;
@@ -608,6 +612,7 @@ export class FastLane {
       f = this.flows.lookupHashed(key, k, h);
       via = 1;
       if (f < 0) {
+        if (this.stopAtMiss) return -1;
         f = this.miss(batch, i);
         if (f < 0) return -2;
         via = 2;

@@ -2,7 +2,8 @@
  * Flow set-ups: a capture whose every packet is a new flow makes every
  * packet an upcall; the FPAG in the datapath's thread against the FPAG in its
  * own worker thread (messages through shared memory, control/fpag-thread.ts),
- * each in two regimes:
+ * waited for a batch at a time (thread) or not (async: the datapath parks the
+ * packets of flows being set up and goes on), each in two regimes:
  *
  *   cold    a table sized for every flow (maxFlows 2 × flows): each flow
  *           lands in memory never touched before (on this machine the first
@@ -18,7 +19,8 @@
  * the hand-over to its return with the flows installed (the sink is wrapped
  * here); on the thread, the batch goes in parts of PART_KEYS keys, each
  * timed by FpagThread from its sending to its answer. The thread line's
- * ratio is thread/inline in the same regime and run.
+ * ratio is thread/inline in the same regime and run (async: its round trips
+ * are its requests, each the keys handed over while the last was answered).
  *
  *   node dist/bench/control/upcall.js     (FPO_BENCH_SHORT=1: small N)
  */
@@ -40,7 +42,7 @@ try {
   for (const { regime, flows, maxFlows } of regimes) {
     const capture = join(dir, `new-flows-${flows}.pcap`);
     generate(capture, { frames: flows, size: 64, flows, vms: 8 });
-    const run = (fpag: 'inline' | 'thread') => {
+    const run = (fpag: 'inline' | 'thread' | 'async') => {
       let ns = 0;
       let timed = 0;
       const { report } = replay({
@@ -48,7 +50,7 @@ try {
         // Inline: time each batch from hand-over to return, as FpagThread does its own.
         beforeBatch: (_n, dp) => {
           const sink = dp.upcallBatchSink;
-          if (fpag === 'thread' || sink === null || (sink as { timed?: true }).timed) return;
+          if (fpag !== 'inline' || sink === null || (sink as { timed?: true }).timed) return;
           dp.upcallBatchSink = Object.assign((u: UpcallBatch) => {
             const t0 = process.hrtime.bigint();
             sink(u);
@@ -59,20 +61,23 @@ try {
       });
       const batches = report.fpag.batches;
       // The thread's round trips: a batch's misses in parts (fpag-thread.ts PART_KEYS); inline, one call a batch.
-      const roundTrips = fpag === 'thread' ? report.fpag.roundTrips! : timed;
-      const roundTripUs = fpag === 'thread' ? report.fpag.roundTripUs! : ns / Math.max(1, timed) / 1000;
+      const roundTrips = fpag === 'inline' ? timed : report.fpag.roundTrips!;
+      const roundTripUs = fpag === 'inline' ? ns / Math.max(1, timed) / 1000 : report.fpag.roundTripUs!;
       return {
         flows, maxFlows: maxFlows(flows), upcalls: report.flows.upcalls, evicted: report.flows.evicted, batches,
         keysPerBatch: Number((report.flows.upcalls / Math.max(1, batches)).toFixed(1)),
         setupsPerSec: Math.round(report.flows.upcalls / report.seconds),
         roundTrips, roundTripUs: Number(roundTripUs.toFixed(3)),
+        ...(report.fpag.queue ? { queue: report.fpag.queue } : {}),
       };
     };
     run('inline'); // warm-up
     const inline = run('inline');
-    const thread = run('thread');
     emit({ bench: 'control/upcall', regime, placement: 'inline', ...inline, baseline: 'inline' });
-    emit({ bench: 'control/upcall', regime, placement: 'thread', ...thread, baseline: 'inline FPAG, same regime and run', baselineSetupsPerSec: inline.setupsPerSec, ratio: Number((thread.setupsPerSec / inline.setupsPerSec).toFixed(3)) });
+    for (const placement of ['thread', 'async'] as const) {
+      const t = run(placement);
+      emit({ bench: 'control/upcall', regime, placement, ...t, baseline: 'inline FPAG, same regime and run', baselineSetupsPerSec: inline.setupsPerSec, ratio: Number((t.setupsPerSec / inline.setupsPerSec).toFixed(3)) });
+    }
   }
 } finally {
   rmSync(dir, { recursive: true, force: true });

@@ -416,6 +416,7 @@ describe('replay --workers N: failures', () => {
     const out = tempDir('usage');
     await expect(replayAsync({ capture: DEMO, topology: TOPO, outDir: out, workers: 0 })).rejects.toMatchObject({ code: 'FPO_ERR_USAGE' });
     await expect(replayAsync({ capture: DEMO, topology: TOPO, outDir: out, workers: 2, fpag: 'thread' })).rejects.toMatchObject({ code: 'FPO_ERR_USAGE' });
+    await expect(replayAsync({ capture: DEMO, topology: TOPO, outDir: out, workers: 2, fpag: 'async' })).rejects.toMatchObject({ code: 'FPO_ERR_USAGE' });
     const r = runCli(['replay', DEMO, '-t', TOPO, '-o', out, '--workers', '65']);
     expect(r.status).toBe(2);
     expect(r.stderr).toMatch(/^fpo: --workers: expected an integer in 1\.\.64, got "65"/);
