@@ -74,7 +74,7 @@ function encode(msgs: ControlMessage[]): string {
  * The common reply — flow installs only — goes as words, not JSON (measured:
  * JSON made most of a 29 µs round trip): [count] then per install key (19),
  * mask (19), action count, and per action (op, a, b); a ct action is (7,
- * zone | commit << 16 | (table + 1) << 17, 0). Returns the word count, or -1
+ * zone | commit << 16 | (table + 1) << 17 | fw << 26, 0). Returns the word count, or -1
  * when a message is not a flow install or has a ct action with NAT (the
  * caller then sends the messages whole).
  */
@@ -114,7 +114,8 @@ function encodeInstall(key: Uint32Array, mask: Uint32Array, ko: number, actions:
       case 'pop_vlan': out[o] = 6; out[o + 1] = 0; out[o + 2] = 0; break;
       case 'ct':
         if (a.nat !== undefined) return -1;
-        out[o] = 7; out[o + 1] = (a.zone | ((a.commit ? 1 : 0) << 16) | ((a.table + 1) << 17)) >>> 0; out[o + 2] = 0;
+        // (fw: the per-port firewall's ct, bit 26; it had been lost: a firewall's flows became plain conntrack's.)
+        out[o] = 7; out[o + 1] = (a.zone | ((a.commit ? 1 : 0) << 16) | ((a.table + 1) << 17) | ((a.fw ? 1 : 0) << 26)) >>> 0; out[o + 2] = 0;
         break;
     }
     o += 3;
@@ -205,7 +206,12 @@ function decodeActions(w: Uint32Array, o: number, k: number): Action[] {
     else if (op === 3) actions.push({ op: 'encap', tunnel: w[o + 1], vni: w[o + 2] });
     else if (op === 5) actions.push({ op: 'push_vlan', vid: w[o + 1] });
     else if (op === 6) actions.push({ op: 'pop_vlan' });
-    else if (op === 7) actions.push({ op: 'ct', zone: w[o + 1] & 0xffff, commit: ((w[o + 1] >>> 16) & 1) === 1, table: (w[o + 1] >>> 17) - 1 });
+    else if (op === 7) {
+      const x = w[o + 1];
+      const ct: Action = { op: 'ct', zone: x & 0xffff, commit: ((x >>> 16) & 1) === 1, table: ((x >>> 17) & 0x1ff) - 1 };
+      if ((x >>> 26) & 1) ct.fw = true;
+      actions.push(ct);
+    }
     else actions.push({ op: 'flag' });
   }
   return actions;
@@ -327,22 +333,20 @@ export class FpagThread implements AsyncUpcalls {
     return this.answered;
   }
 
-  wait(ticket: number): number {
-    while (this.answered < ticket) {
-      if (this.inFlight === 0) {
-        if (this.pendCount === 0) break; // (a ticket never handed over)
-        this.sendPending();
-      }
-      this.wait_();
-      this.takeAnswer();
+  waitOne(): number {
+    if (this.inFlight === 0) {
+      if (this.pendCount === 0) return this.answered;
+      this.sendPending();
     }
-    if (this.inFlight === 0 && this.pendCount > 0) this.sendPending();
+    this.wait_();
+    this.takeAnswer();
+    if (this.pendCount > 0) this.sendPending();
     return this.answered;
   }
 
-  // Up to REQ_KEYS pending keys to the worker, as one request (not a continuation: a request is a batch of its own).
+  // Up to `part` pending keys to the worker, as one request (not a continuation: a request is a batch of its own).
   private sendPending(): void {
-    const n = Math.min(this.pendCount, REQ_KEYS);
+    const n = Math.min(this.pendCount, this.part, REQ_KEYS);
     const req = this.req;
     req[0] = n;
     req[1] = 0;

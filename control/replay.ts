@@ -287,7 +287,10 @@ function* replaySteps(opts: ReplayOptions): Generator<void, ReplayResult> {
         }
       }
     }
-    const dp = new Datapath({ batchCapacity: batchSize, maxFlows: opts.maxFlows, ...(opts.caches !== undefined ? { emcInsertInvProb: opts.caches.emc ? 100 : 0, smc: opts.caches.smc } : {}) });
+    const dp = new Datapath({
+      batchCapacity: batchSize, maxFlows: opts.maxFlows, ...(opts.caches !== undefined ? { emcInsertInvProb: opts.caches.emc ? 100 : 0, smc: opts.caches.smc } : {}),
+      ...(opts.fpag === 'async' ? { upcallQueuePackets: 8192 } : {}),
+    });
     dp.fastLane.enabled = opts.fastLane ?? true;
     const writers = new Map<number, CaptureWriter>();
     for (const p of topo.ports) {

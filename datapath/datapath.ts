@@ -35,7 +35,7 @@ import { MappingTable, NO_PPID } from './mapping/mapping-table.js';
 import { Parse } from './parse/parse.js';
 import { parseIpText } from './ip-text.js';
 import type { ControlMessage, SpecialPacket, Upcall, UpcallBatch } from './upcall.js';
-import { UpcallQueue } from './upcall-queue.js';
+import { UpcallQueue, connHash } from './upcall-queue.js';
 
 export const MAX_PPID = 4095;
 
@@ -82,7 +82,12 @@ export interface DatapathOptions {
   /** The firewall upgrade's hold queue: packets (default 16384: 16 ms at 1 Mpps) and bytes (default 16 MiB) it takes before it drops (fwHoldOverflow). */
   firewallHoldPackets?: number;
   firewallHoldBytes?: number;
-  /** With an asynchronous FPAG (upcallAsync): packets (default 8192, at most 32768) and bytes (default 4 MiB) its upcall queue holds. */
+  /**
+   * For an asynchronous FPAG (upcallAsync): packets (at most 32768) and bytes
+   * (default 4 MiB) its upcall queue holds. Set it when the datapath may get
+   * one: the flow table keeps that many spare indices (without it, 8192
+   * packets and no spare: a release may find the table full).
+   */
   upcallQueuePackets?: number;
   upcallQueueBytes?: number;
 }
@@ -91,10 +96,10 @@ export interface DatapathOptions {
 export interface AsyncUpcalls {
   /** Hands u's keys over (copied) and returns at once: the number of keys handed over so far (the ticket of u's last). */
   submit(u: UpcallBatch): number;
-  /** Applies (Datapath.apply) the answers that have come, without waiting; returns how many keys are answered so far. */
+  /** Applies (Datapath.apply) the next answer if it has come, without waiting; returns how many keys are answered so far. */
   poll(): number;
-  /** Waits until the keys up to `ticket` are answered and applied; returns how many keys are answered so far. */
-  wait(ticket: number): number;
+  /** Waits for the next answer and applies it; returns how many keys are answered so far (the same when none is awaited). */
+  waitOne(): number;
 }
 
 /** One installed flow, as the control plane reads it. */
@@ -107,6 +112,9 @@ export interface FlowInfo {
   bytes: number;
   used: number;
 }
+
+/** releaseParked's table of the connections in a run (by connection hash; a collision only cuts a run early). */
+const RUN_SEEN = 4096;
 
 export interface DatapathStats {
   packetsIn: number;
@@ -478,8 +486,10 @@ export class Datapath {
   constructor(opts: DatapathOptions = {}) {
     const maxPpid = opts.maxPpid ?? MAX_PPID;
     this.mapping = new MappingTable(opts.maxVpid ?? 65535, maxPpid);
-    // Spare indices for a batch's installs while its evicted flows are quarantined (flow-table.ts).
-    this.flows = new FlowTable(opts.maxFlows ?? 65536, 2 * (opts.batchCapacity ?? 256));
+    // Spare indices for a batch's installs while its evicted flows are quarantined (flow-table.ts);
+    // with an upcall queue (asynchronous upcalls), for every key that may wait in it too: a release
+    // installs what it waits for within one quarantine.
+    this.flows = new FlowTable(opts.maxFlows ?? 65536, 2 * (opts.batchCapacity ?? 256) + (opts.upcallQueuePackets ?? 0));
     this.flows.smcOn = opts.smc ?? true;
     this.emc = new Emc(this.flows, undefined, opts.emcInsertInvProb ?? 100);
     this.classify = new Classify(this.flows, this.emc, opts.batchCapacity ?? 256);
@@ -634,84 +644,187 @@ export class Datapath {
   process(batch: PacketBatch, now: number): void {
     // A flow evicted while the batch is switched keeps its index (and actions) until the batch is
     // done: a packet of the batch matched to it before runs its actions, not another flow's.
-    // Answers of an FPAG on its thread first, outside the quarantine (a full table may evict for them).
-    if (this.asyncSink !== null) this.answerUpcalls();
+    // Answers of an FPAG on its thread first, each with the packets waiting for it (answerOne).
+    if (this.asyncSink !== null) this.answerUpcalls(now);
     this.flows.quarantine(true);
     try {
-      if (this.uq !== null && this.uq.count > 0) this.releaseParked(now);
       this.switchBatch(batch, now);
     } finally {
       this.flows.quarantine(false);
     }
   }
 
-  // Slow path, between batches: the asynchronous FPAG's answers applied; with the upcall queue half
-  // full, a wait for every key handed over (the datapath's back-pressure: a batch's misses always fit).
-  private answerUpcalls(): void {
+  // Slow path, between batches: the asynchronous FPAG's answers that have come; then, with the upcall
+  // queue half full, the next ones waited for until it is not (the datapath's back-pressure: a
+  // batch's misses always fit).
+  private answerUpcalls(now: number): void {
     const q = this.uq!;
-    this.answeredKeys = this.asyncSink!.poll();
-    if (q.count > 0 && (q.count > q.capacity / 2 || q.used > q.bytes / 2)) {
-      this.answeredKeys = this.asyncSink!.wait(this.lastTicket);
+    while (this.answerOne(false, now));
+    while (q.count > 0 && (q.count > q.capacity / 2 || q.used > q.bytes / 2)) {
       this.upcallQueueWaits++;
+      if (!this.answerOne(true, now)) break;
+    }
+  }
+
+  /**
+   * Slow path: one answer of the asynchronous FPAG (waited for, or only if
+   * it has come), then the parked packets it lets go, within one quarantine:
+   * the flows it installed are there when those packets are looked up (a
+   * table smaller than the keys waiting had evicted them first). Returns
+   * whether an answer came or packets left.
+   */
+  private answerOne(block: boolean, now: number): boolean {
+    this.flows.quarantine(true);
+    try {
+      const a = block ? this.asyncSink!.waitOne() : this.asyncSink!.poll();
+      const answered = a !== this.answeredKeys;
+      this.answeredKeys = a;
+      // (Packets may be free to go with no new answer: a released packet's pass waited for later ones.)
+      const q = this.uq!;
+      const parked = q.count;
+      this.releaseParked(now);
+      return answered || q.count < parked;
+    } finally {
+      this.flows.quarantine(false);
     }
   }
 
   /**
    * Slow path: with an asynchronous FPAG, every key handed over answered
    * and every parked packet switched (the end of a replay: each packet read
-   * ends delivered or dropped). Nothing to do without one.
+   * ends delivered or dropped), those parked again on the way included (a ct
+   * pass's miss). Nothing to do without one.
    */
   drainUpcalls(now: number): void {
-    if (this.asyncSink === null || this.uq === null || this.uq.count === 0) return;
-    this.answeredKeys = this.asyncSink.wait(this.lastTicket);
-    this.upcallQueueWaits++;
-    this.flows.quarantine(true);
-    try {
-      this.releaseParked(now);
-    } finally {
-      this.flows.quarantine(false);
+    const q = this.uq;
+    if (this.asyncSink === null || q === null) return;
+    while (q.count > 0) {
+      this.upcallQueueWaits++;
+      if (this.answerOne(true, now)) continue;
+      // Nothing more to wait for, and packets still wait (not expected): they end dropped, counted.
+      this.answeredKeys = Infinity;
+      this.flows.quarantine(true);
+      try {
+        this.releaseParked(now);
+      } finally {
+        this.flows.quarantine(false);
+      }
+      this.answeredKeys = this.lastTicket;
     }
   }
 
-  // Slow path: the parked packets whose keys are answered, from the head, a page (a batch) at a time:
-  // looked up, their actions run, sent, accounted (rx was, when they came).
+  /**
+   * Slow path: the parked packets whose keys are answered, from the head,
+   * in runs of a page (a batch) at most and never two packets of one
+   * connection in a run (a SYN-ACK in its SYN's batch would meet conntrack
+   * first, the batch's ct passes going zone by zone; in the queue they came
+   * in batches of their own): looked up, their actions run, sent, accounted
+   * (rx was, when they came).
+   */
   private releaseParked(now: number): void {
     const q = this.uq!;
     const k = q.releasable(this.answeredKeys);
     if (k === 0) return;
     const B = this.batchCapacity;
-    const flows = this.flows;
-    for (let pg = 0; pg * B < k; pg++) {
-      const page = q.pages[pg];
-      const m = Math.min(B, k - pg * B);
-      page.count = m;
-      const full = flows.count >= flows.capacity;
-      for (let j = 0; j < m; j++) {
-        page.drop[j] = 0;
-        const f = flows.lookup(page.key, j * KEY_WORDS);
-        page.flow[j] = f;
-        if (f < 0) page.drop[j] = full ? D.flowTableFull : D.upcallFailed;
-        else page.ordinal[j] = flows.hit(f, page.wirelen[j], now);
+    const seen = this.runSeen;
+    let x = 0;
+    while (x < k) {
+      const pg = (x / B) | 0;
+      const s = x - pg * B;
+      const end = Math.min(B, k - pg * B);
+      const stamp = ++this.runStamp;
+      let e = s;
+      while (e < end) {
+        const c = q.hash[pg * B + e] & (RUN_SEEN - 1);
+        if (seen[c] === stamp) break;
+        seen[c] = stamp;
+        e++;
       }
-      this.execute.process(page);
-      this.transmit(page);
-      if (this.execute.ctCount > 0) this.recirculate(page, now, 0);
-      let delivered = 0;
-      for (let j = 0; j < m; j++) {
-        const d = page.drop[j];
-        if (d === 0 || d === FORWARDED) delivered++;
-        else if (d !== RECIRC) this.drops[d]++;
+      this.releasing = true;
+      try {
+        this.switchParked(q.pages[pg], s, e, now);
+      } finally {
+        this.releasing = false;
       }
-      this.delivered += delivered;
+      x = pg * B + e;
     }
     q.shift(k);
   }
 
+  private readonly runSeen = new Uint32Array(RUN_SEEN);
+  /** Whether releaseParked is switching parked packets (their passes' misses are waited for: upcallWaited). */
+  private releasing = false;
+
+  // Slow path: the misses of a released packet's next pass, handed over and waited for (see handleMisses).
+  private upcallWaited(batch: PacketBatch, now: number): void {
+    const n = batch.count;
+    const idx = this.missIndices(n);
+    let c = 0;
+    for (let i = 0; i < n; i++) if (batch.flow[i] < 0 && batch.drop[i] === 0) idx[c++] = i;
+    if (c === 0) return;
+    const u = this.upcallBatch;
+    for (let j = 0; j < c; j++) {
+      const i = idx[j];
+      u.inPpid[j] = batch.inPpid[i];
+      for (let w = 0; w < KEY_WORDS; w++) u.keys[j * KEY_WORDS + w] = batch.key[i * KEY_WORDS + w];
+    }
+    u.count = c;
+    u.covered = 0;
+    u.continues = false;
+    this.upcallBatches++;
+    this.upcalls += c;
+    const sink = this.asyncSink!;
+    const ticket = (this.lastTicket = sink.submit(u));
+    while (this.answeredKeys < ticket) {
+      const a = sink.waitOne();
+      if (a === this.answeredKeys) break;
+      this.answeredKeys = a;
+    }
+    const flows = this.flows;
+    for (let j = 0; j < c; j++) {
+      const i = idx[j];
+      const f = flows.lookup(batch.key, i * KEY_WORDS);
+      if (f < 0) { batch.drop[i] = flows.count >= flows.capacity ? D.flowTableFull : D.upcallFailed; continue; }
+      batch.flow[i] = f;
+      batch.ordinal[i] = flows.hit(f, batch.wirelen[i], now);
+    }
+  }
+  private runStamp = 0;
+
+  // Parked packets [s, e) of a queue page, as a batch (those before s were switched: left out). Runs with `releasing` set.
+  private switchParked(page: PacketBatch, s: number, e: number, now: number): void {
+    const flows = this.flows;
+    page.count = e;
+    for (let j = 0; j < s; j++) page.drop[j] = RECIRC;
+    let missed = 0;
+    for (let j = s; j < e; j++) {
+      page.drop[j] = 0;
+      const f = flows.lookup(page.key, j * KEY_WORDS);
+      page.flow[j] = f;
+      if (f >= 0) page.ordinal[j] = flows.hit(f, page.wirelen[j], now);
+      else missed++;
+    }
+    // No flow now (a hit parked behind its connection whose flow was evicted meanwhile, or a key its
+    // answer did not cover): asked again, waited for.
+    if (missed > 0) this.upcallWaited(page, now);
+    this.execute.process(page);
+    this.transmit(page);
+    if (this.execute.ctCount > 0) this.recirculate(page, now, 0);
+    let delivered = 0;
+    for (let j = s; j < e; j++) {
+      const d = page.drop[j];
+      if (d === 0 || d === FORWARDED) delivered++;
+      else if (d !== RECIRC) this.drops[d]++;
+    }
+    this.delivered += delivered;
+  }
+
   /**
    * Slow path, with an asynchronous FPAG: the batch's misses handed over in
-   * one UpcallBatch and parked; so are the hits of keys with a packet
-   * parked (their count on the flow undone: they are switched when they
-   * leave the queue). In batch order, so a connection's packets stay in order.
+   * one UpcallBatch and parked; so are the hits of connections with a packet
+   * parked, either way (their count on the flow undone: they are switched
+   * when they leave the queue). In batch order, so a connection's packets
+   * stay in order.
    */
   private parkMisses(batch: PacketBatch): void {
     const q = this.uq!;
@@ -735,17 +848,24 @@ export class Datapath {
       this.upcalls += c; // (less those the FPAG finds covered, as they are answered: fpag-thread.ts)
       this.lastTicket = this.asyncSink!.submit(u);
     } else if (q.count === 0) return;
+    // A miss's ticket is its own key's (it may go once that key's request is answered: its flow is
+    // then in, not maybe evicted again while the rest of its batch's keys are decided); a hit waits
+    // for the packet parked last. Tickets so rise along the queue.
+    let key = this.lastTicket - c;
     const stats = this.flows.stats;
     for (let i = 0; i < n; i++) {
       if (batch.drop[i] !== 0) continue;
       const f = batch.flow[i];
+      const conn = connHash(batch.key, i * KEY_WORDS);
+      let ticket: number;
       if (f >= 0) {
-        if (q.count === 0 || !q.waiting(batch.hash[i])) continue;
+        if (q.count === 0 || !q.waiting(conn)) continue;
         const o = f * STAT_WORDS;
         stats[o + ST_PACKETS]--;
         stats[o + ST_BYTES] -= batch.wirelen[i];
-      }
-      if (q.park(batch, i, this.lastTicket, batch.hash[i])) {
+        ticket = q.ticket[q.count - 1];
+      } else ticket = ++key;
+      if (q.park(batch, i, ticket, conn)) {
         batch.drop[i] = RECIRC; // accounted when it leaves the queue
         batch.flow[i] = -1;
       } else batch.drop[i] = D.upcallQueueFull;
@@ -887,7 +1007,8 @@ export class Datapath {
     }
     if (m === 0) return;
     rb.count = nt;
-    if (nt > 0 && this.classify.process(rb, now) > 0) this.handleMisses(rb, now);
+    // (With packets parked, a hit may have to wait behind one of its connection: handleMisses sees to it.)
+    if (nt > 0 && (this.classify.process(rb, now) > 0 || (this.uq !== null && this.uq.count > 0))) this.handleMisses(rb, now);
     rb.count = m;
     for (let j = nt; j < m; j++) rb.flow[j] = -1;
     ex.process(rb, acts);
@@ -951,7 +1072,10 @@ export class Datapath {
   private handleMisses(batch: PacketBatch, now: number): void {
     const n = batch.count;
     if (this.asyncSink !== null) {
-      this.parkMisses(batch);
+      // A released packet's next pass (ct) that misses waits for its answer here: parked again it would
+      // fall behind packets of its connection released after it.
+      if (this.releasing) this.upcallWaited(batch, now);
+      else this.parkMisses(batch);
       return;
     }
     if (this.batchSink !== null) {

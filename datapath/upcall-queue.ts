@@ -5,8 +5,9 @@
  *
  * A packet that missed is parked here with its ticket (the number of keys
  * handed to the FPAG up to and including its own); so is a packet that hit a
- * flow while a packet with the same exact key hash waits here (a
- * connection's packets never overtake each other). Packets leave in arrival
+ * flow while a packet of its connection waits here — both directions: the
+ * connection hash (connHash) is the same for a SYN and its SYN-ACK, so a
+ * reply never reaches conntrack before the packet it answers. Packets leave in arrival
  * order, from the head, once every key up to their ticket has been answered:
  * parked packet k is slot k % B of page k / B (B: the batch capacity, so a
  * page goes through the stages as a batch), its bytes in one arena, and
@@ -15,16 +16,35 @@
  * Bounded in packets and bytes, sized and touched at start; the datapath
  * waits for answers between batches when it is half full (park() refuses a
  * packet only when one batch would not fit).
+ *
+ * A frame's bytes only: not a virtio-net header before it. Asynchronous
+ * upcalls are replay's (--fpag async), whose batches carry none; the live
+ * ports that give one (rings with offloads) run with the FPAG inline.
  */
 import { PacketBatch } from './batch.js';
+import { fmix } from './classifier/flow-table.js';
+
+/**
+ * A hash of key[ko..]'s connection, the same both ways: addresses and ports
+ * XORed with their reverse (IPv4 in words 6 and 10, IPv6 in 6..9 and
+ * 10..13, ports in 14), and the protocol. Packets of no IP connection hash
+ * by their protocol field alone (they wait behind each other: more waiting,
+ * never a reply first).
+ */
+export function connHash(key: Uint32Array, ko: number): number {
+  let h = (key[ko + 5] >>> 8) & 0xffff; // eth_type and ip_proto
+  for (let w = 0; w < 4; w++) h = Math.imul(h ^ (key[ko + 6 + w] ^ key[ko + 10 + w]), 0x9e3779b1);
+  const tp = key[ko + 14];
+  return fmix(h ^ ((tp >>> 16) ^ (tp & 0xffff)));
+}
 
 export class UpcallQueue {
   readonly pages: PacketBatch[] = [];
   readonly arena: Uint8Array;
-  /** Per parked packet: its ticket, and its key hash (for keyCount). */
+  /** Per parked packet: its ticket, and its connection's hash (for keyCount). */
   readonly ticket: Float64Array;
   readonly hash: Uint32Array;
-  /** Parked packets by exact key hash & KEY_MASK: a hit whose count is not 0 waits behind them. */
+  /** Parked packets by connection hash & KEY_MASK: a hit whose count is not 0 waits behind them. */
   readonly keyCount = new Uint16Array(KEY_SLOTS);
   count = 0;
   used = 0;
@@ -52,7 +72,7 @@ export class UpcallQueue {
     return this.count + n <= this.capacity && this.used + n * bytes <= this.bytes;
   }
 
-  /** Parks packet i of batch (its bytes and metadata copied) with `ticket`; false when full. */
+  /** Parks packet i of batch (its bytes and metadata copied) with `ticket`, under its connection's hash (connHash); false when full. */
   park(batch: PacketBatch, i: number, ticket: number, hash: number): boolean {
     const len = batch.caplen[i];
     if (this.count === this.capacity || this.used + len > this.bytes) return false;
@@ -65,6 +85,7 @@ export class UpcallQueue {
     for (let x = batch.off[i], to = this.used, end = x + len; x < end; x++, to++) arena[to] = src[x];
     page.copyPacket(batch, i, slot);
     page.off[slot] = this.used;
+    page.hash[slot] = batch.hash[i]; // (the flow hash: an encapsulated copy's outer UDP source port)
     if (slot >= page.count) page.count = slot + 1;
     this.used += len;
     this.ticket[k] = ticket;
@@ -75,7 +96,7 @@ export class UpcallQueue {
     return true;
   }
 
-  /** Whether a packet with this exact key hash is parked (a hit of it must wait behind). */
+  /** Whether a packet with this connection hash is parked (a hit of it must wait behind). */
   waiting(hash: number): boolean {
     return this.keyCount[hash & KEY_MASK] !== 0;
   }
@@ -102,6 +123,7 @@ export class UpcallQueue {
       const ts = w % B;
       to.copyPacket(from, fs, ts);
       to.off[ts] = used;
+      to.hash[ts] = from.hash[fs];
       this.ticket[w] = this.ticket[x];
       this.hash[w] = this.hash[x];
       used += len;

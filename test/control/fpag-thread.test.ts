@@ -12,7 +12,7 @@ const action: fc.Arbitrary<Action> = fc.oneof(
   fc.constant({ op: 'flag' } as Action),
   fc.nat(4095).map((vid) => ({ op: 'push_vlan', vid }) as Action),
   fc.constant({ op: 'pop_vlan' } as Action),
-  fc.tuple(fc.nat(65535), fc.boolean(), fc.integer({ min: -1, max: 250 })).map(([zone, commit, table]) => ({ op: 'ct', zone, commit, table }) as Action),
+  fc.tuple(fc.nat(65535), fc.boolean(), fc.integer({ min: -1, max: 255 }), fc.boolean()).map(([zone, commit, table, fw]) => (fw ? { op: 'ct', zone, commit, table, fw } : { op: 'ct', zone, commit, table }) as Action),
 );
 const words = fc.array(fc.nat(0xffffffff), { minLength: KEY_WORDS, maxLength: KEY_WORDS }).map((a) => Uint32Array.from(a));
 // Few distinct action lists, so that installs share them as a batch's flows do.

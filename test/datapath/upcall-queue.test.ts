@@ -14,7 +14,7 @@ import { Datapath, type AsyncUpcalls, type TxPort } from '../../datapath/datapat
 import type { UpcallBatch } from '../../datapath/upcall.js';
 import { concat, eth, ipv4, udp } from '../../fixtures/packets.js';
 
-/** An FPAG that answers the keys handed over when told: answerOne (the oldest request), answer (all); wait answers all. */
+/** An FPAG that answers the keys handed over when told: answerOne (the oldest request), answer (all); waitOne answers the oldest. */
 class Later implements AsyncUpcalls {
   private readonly pending: UpcallBatch[] = [];
   private submitted = 0;
@@ -26,9 +26,9 @@ class Later implements AsyncUpcalls {
     return (this.submitted += u.count);
   }
   poll(): number { return this.answered; }
-  wait(ticket: number): number {
+  waitOne(): number {
     this.waits++;
-    while (this.answered < ticket && this.pending.length > 0) this.answerOne();
+    this.answerOne();
     return this.answered;
   }
   answerOne(): void {
