@@ -757,24 +757,12 @@ export class Datapath {
 
   // Slow path: the misses of a released packet's next pass, handed over and waited for (see handleMisses).
   private upcallWaited(batch: PacketBatch, now: number): void {
-    const n = batch.count;
-    const idx = this.missIndices(n);
-    let c = 0;
-    for (let i = 0; i < n; i++) if (batch.flow[i] < 0 && batch.drop[i] === 0) idx[c++] = i;
+    const c = this.missesOf(batch);
     if (c === 0) return;
-    const u = this.upcallBatch;
-    for (let j = 0; j < c; j++) {
-      const i = idx[j];
-      u.inPpid[j] = batch.inPpid[i];
-      for (let w = 0; w < KEY_WORDS; w++) u.keys[j * KEY_WORDS + w] = batch.key[i * KEY_WORDS + w];
-    }
-    u.count = c;
-    u.covered = 0;
-    u.continues = false;
-    this.upcallBatches++;
+    const idx = this.missIdx;
     this.upcalls += c;
     const sink = this.asyncSink!;
-    const ticket = (this.lastTicket = sink.submit(u));
+    const ticket = (this.lastTicket = sink.submit(this.upcallsOf(batch, idx, c)));
     while (this.answeredKeys < ticket) {
       const a = sink.waitOne();
       if (a === this.answeredKeys) break;
@@ -829,24 +817,10 @@ export class Datapath {
   private parkMisses(batch: PacketBatch): void {
     const q = this.uq!;
     const n = batch.count;
-    const idx = this.missIndices(n);
-    let c = 0;
-    for (let i = 0; i < n; i++) if (batch.flow[i] < 0 && batch.drop[i] === 0) idx[c++] = i;
+    const c = this.missesOf(batch);
     if (c > 0) {
-      const u = this.upcallBatch;
-      for (let j = 0; j < c; j++) {
-        const i = idx[j];
-        u.inPpid[j] = batch.inPpid[i];
-        const ko = i * KEY_WORDS;
-        const o = j * KEY_WORDS;
-        for (let w = 0; w < KEY_WORDS; w++) u.keys[o + w] = batch.key[ko + w];
-      }
-      u.count = c;
-      u.covered = 0;
-      u.continues = false;
-      this.upcallBatches++;
       this.upcalls += c; // (less those the FPAG finds covered, as they are answered: fpag-thread.ts)
-      this.lastTicket = this.asyncSink!.submit(u);
+      this.lastTicket = this.asyncSink!.submit(this.upcallsOf(batch, this.missIdx, c));
     } else if (q.count === 0) return;
     // A miss's ticket is its own key's (it may go once that key's request is answered: its flow is
     // then in, not maybe evicted again while the rest of its batch's keys are decided); a hit waits
@@ -1080,10 +1054,9 @@ export class Datapath {
     }
     if (this.batchSink !== null) {
       // Every miss of the batch to the FPAG at once (it decides each megaflow once).
-      const idx = this.missIndices(n);
+      const c = this.missesOf(batch);
+      const idx = this.missIdx;
       const got = this.missFlow;
-      let c = 0;
-      for (let i = 0; i < n; i++) if (batch.flow[i] < 0 && batch.drop[i] === 0) idx[c++] = i;
       this.upcallMany(batch, idx, c, got);
       for (let j = 0; j < c; j++) {
         const f = got[j];
@@ -1146,6 +1119,38 @@ export class Datapath {
     return f;
   }
 
+  /**
+   * Slow path: the packets of the batch no flow took (and no drop) into
+   * missIndices, in order; returns how many.
+   */
+  private missesOf(batch: PacketBatch): number {
+    const n = batch.count;
+    const idx = this.missIndices(n);
+    let c = 0;
+    for (let i = 0; i < n; i++) if (batch.flow[i] < 0 && batch.drop[i] === 0) idx[c++] = i;
+    return c;
+  }
+
+  /** Slow path: packets idx[0..n) of the batch as the UpcallBatch handed to the FPAG (reused; counted in upcallBatches). */
+  private upcallsOf(batch: PacketBatch, idx: Uint16Array, n: number): UpcallBatch {
+    this.missIndices(n);
+    const u = this.upcallBatch;
+    const keys = u.keys;
+    const src = batch.key;
+    for (let j = 0; j < n; j++) {
+      const i = idx[j];
+      u.inPpid[j] = batch.inPpid[i];
+      const ko = i * KEY_WORDS;
+      const o = j * KEY_WORDS;
+      for (let w = 0; w < KEY_WORDS; w++) keys[o + w] = src[ko + w];
+    }
+    u.count = n;
+    u.covered = 0;
+    u.continues = false;
+    this.upcallBatches++;
+    return u;
+  }
+
   /** Slow path: upcallMany's index list, at least n long (grown with the batch sizes seen). */
   missIndices(n: number): Uint16Array {
     if (this.missIdx.length < n) {
@@ -1169,20 +1174,7 @@ export class Datapath {
     const flows = this.flows;
     let refused = 0;
     if (sink !== null) {
-      this.missIndices(n);
-      const u = this.upcallBatch;
-      const keys = u.keys;
-      const src = batch.key;
-      for (let j = 0; j < n; j++) {
-        const i = idx[j];
-        u.inPpid[j] = batch.inPpid[i];
-        const ko = i * KEY_WORDS;
-        const o = j * KEY_WORDS;
-        for (let w = 0; w < KEY_WORDS; w++) keys[o + w] = src[ko + w];
-      }
-      u.count = n;
-      u.covered = 0;
-      this.upcallBatches++;
+      const u = this.upcallsOf(batch, idx, n);
       refused = this.installsRefused;
       sink(u);
       this.upcalls += n - Math.min(n, Math.max(0, u.covered));
