@@ -113,6 +113,8 @@ export interface FlowInfo {
   used: number;
 }
 
+/** Buckets of parkMisses's keys handed over (a key stays until another of its bucket comes). */
+const PEND_BUCKETS = 4096;
 /** releaseParked's table of the connections in a run (by connection hash; a collision only cuts a run early). */
 const RUN_SEEN = 4096;
 
@@ -817,33 +819,77 @@ export class Datapath {
   private parkMisses(batch: PacketBatch): void {
     const q = this.uq!;
     const n = batch.count;
-    const c = this.missesOf(batch);
+    const m = this.missesOf(batch);
+    // A miss whose exact key was handed over and is not answered yet is not handed over again: it waits
+    // for that key's answer (pending: one remembered key a hash bucket, its key words and ticket).
+    const idx = this.missIdx;
+    const own = this.missFlow; // per listed miss: its key's ticket offset (own key), or -ticket (a pending key's)
+    let c = 0;
+    const base = this.lastTicket;
+    for (let j = 0; j < m; j++) {
+      const i = idx[j];
+      const p = this.pendingKey(batch.key, i * KEY_WORDS, batch.hash[i]);
+      if (p > this.answeredKeys) { own[j] = -p; continue; }
+      idx[c] = i;
+      own[j] = ++c;
+      this.rememberKey(batch.key, i * KEY_WORDS, batch.hash[i], base + c);
+    }
     if (c > 0) {
       this.upcalls += c; // (less those the FPAG finds covered, as they are answered: fpag-thread.ts)
-      this.lastTicket = this.asyncSink!.submit(this.upcallsOf(batch, this.missIdx, c));
-    } else if (q.count === 0) return;
+      this.lastTicket = this.asyncSink!.submit(this.upcallsOf(batch, idx, c));
+    } else if (q.count === 0 && m === 0) return;
     // A miss's ticket is its own key's (it may go once that key's request is answered: its flow is
-    // then in, not maybe evicted again while the rest of its batch's keys are decided); a hit waits
-    // for the packet parked last. Tickets so rise along the queue.
-    let key = this.lastTicket - c;
+    // then in, not maybe evicted again while the rest of its batch's keys are decided), or the pending
+    // key's; never below the packet parked before it, so tickets rise along the queue. A hit waits for
+    // the packet parked last.
     const stats = this.flows.stats;
+    let j = 0;
     for (let i = 0; i < n; i++) {
       if (batch.drop[i] !== 0) continue;
       const f = batch.flow[i];
       const conn = connHash(batch.key, i * KEY_WORDS);
+      const last = q.count > 0 ? q.ticket[q.count - 1] : 0;
       let ticket: number;
       if (f >= 0) {
         if (q.count === 0 || !q.waiting(conn)) continue;
         const o = f * STAT_WORDS;
         stats[o + ST_PACKETS]--;
         stats[o + ST_BYTES] -= batch.wirelen[i];
-        ticket = q.ticket[q.count - 1];
-      } else ticket = ++key;
+        ticket = last;
+      } else {
+        const t = own[j++];
+        ticket = Math.max(last, t > 0 ? base + t : -t);
+      }
       if (q.park(batch, i, ticket, conn)) {
         batch.drop[i] = RECIRC; // accounted when it leaves the queue
         batch.flow[i] = -1;
       } else batch.drop[i] = D.upcallQueueFull;
     }
+  }
+
+  /** Keys handed to the asynchronous FPAG, one a bucket by exact key hash: their words and tickets (pendingKey). */
+  private pendKeys = new Uint32Array(0);
+  private pendTickets = new Float64Array(0);
+
+  // The ticket of the key at key[ko..] (exact hash h) if it was handed over (answered or not), else 0.
+  private pendingKey(key: Uint32Array, ko: number, h: number): number {
+    if (this.pendTickets.length === 0) {
+      this.pendKeys = new Uint32Array(PEND_BUCKETS * KEY_WORDS);
+      this.pendTickets = new Float64Array(PEND_BUCKETS);
+    }
+    const b = h & (PEND_BUCKETS - 1);
+    const t = this.pendTickets[b];
+    if (t === 0) return 0;
+    const o = b * KEY_WORDS;
+    for (let w = 0; w < KEY_WORDS; w++) if (this.pendKeys[o + w] !== key[ko + w]) return 0;
+    return t;
+  }
+
+  private rememberKey(key: Uint32Array, ko: number, h: number, ticket: number): void {
+    const b = h & (PEND_BUCKETS - 1);
+    const o = b * KEY_WORDS;
+    for (let w = 0; w < KEY_WORDS; w++) this.pendKeys[o + w] = key[ko + w];
+    this.pendTickets[b] = ticket;
   }
 
   private switchBatch(batch: PacketBatch, now: number): void {
