@@ -580,7 +580,6 @@ export class Datapath {
         const flows = this.flows;
         const keys = msg.keys;
         const masks = msg.masks;
-        flows.prefetch(keys, masks, n);
         for (let j = 0; j < n; j++) {
           const act = this.actionSets.intern(msg.actions[j]);
           const f = flows.installAt(keys, masks, j * KEY_WORDS, act, now);
