@@ -48,7 +48,7 @@ export class BatchFlows {
   /** The flows added since the batch's from-th, as a message of their own (views of this one's arrays). */
   since(from: number): FlowInstalls {
     const m = this.message;
-    return { type: 'flow-installs', count: m.count - from, keys: m.keys.subarray(from * KEY_WORDS), masks: m.masks.subarray(from * KEY_WORDS), actions: m.actions.slice(from) };
+    return { type: 'flow-installs', count: m.count - from, keys: m.keys.subarray(from * KEY_WORDS), masks: m.masks.subarray(from * KEY_WORDS), actions: m.actions.slice(from), first: from };
   }
 
   // Slow path: room for twice the flows (the index rebuilt for the new slot count).
@@ -81,6 +81,11 @@ export class BatchFlows {
 
   /** Whether a flow of this batch already covers key[0..KEY_WORDS). */
   covers(key: Uint32Array): boolean {
+    return this.covering(key) >= 0;
+  }
+
+  /** The index (in the message) of a flow of this batch that covers key[0..KEY_WORDS), or -1; counted in `covered`. */
+  covering(key: Uint32Array): number {
     const keys = this.message.keys;
     const slots = this.slots;
     const sm = slots.length - 1;
@@ -99,15 +104,15 @@ export class BatchFlows {
         }
         if (j === nw) {
           this.covered++;
-          return true;
+          return f;
         }
       }
     }
-    return false;
+    return -1;
   }
 
-  /** Adds the megaflow key & mask → actions (key and mask copied). */
-  add(key: Uint32Array, mask: Uint32Array, actions: Action[]): void {
+  /** Adds the megaflow key & mask → actions (key and mask copied); returns its index in the message. */
+  add(key: Uint32Array, mask: Uint32Array, actions: Action[]): number {
     const msg = this.message;
     if (msg.count === this.flowMask.length) this.grow();
     const f = msg.count++;
@@ -120,6 +125,7 @@ export class BatchFlows {
     const m = this.maskIndex(mask);
     this.flowMask[f] = m;
     if (m >= 0) this.index(f, this.hash(key, m));
+    return f;
   }
 
   // The index of `mask` among this batch's (added if there is room), or -1.

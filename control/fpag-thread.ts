@@ -476,7 +476,7 @@ if (!isMainThread && workerData?.sab) {
     port.postMessage({ messages: encode(shadow.outbox) });
     shadow.outbox = [];
     Atomics.notify(ctrl, 3);
-    const batch: UpcallBatch = { type: 'upcalls', count: 0, inPpid: new Uint16Array(REQ_KEYS), keys: new Uint32Array(REQ_KEYS * KEY_WORDS), covered: 0, continues: false };
+    const batch: UpcallBatch = { type: 'upcalls', count: 0, inPpid: new Uint16Array(REQ_KEYS), keys: new Uint32Array(REQ_KEYS * KEY_WORDS), covered: 0, continues: false, entries: false, entry: new Int32Array(REQ_KEYS) };
     // Decisions go out before the shadow applies them: the datapath installs while the shadow does.
     shadow.defer = true;
     for (;;) {

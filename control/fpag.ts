@@ -71,7 +71,7 @@
  */
 import { D } from '../datapath/drops.js';
 import type { Action } from '../datapath/actions/action-sets.js';
-import { ARP_SHA_NOT_SRC, FIELDS, FIELD_NAMES, KEY_WORDS, PORT_PPID_BIT, TUN_PRESENT, W_CT, W_ETH_DST_HI, W_ETH_MID, W_ETH_SRC_LO, W_ETH_TYPE, W_IN_PORT, W_IP_DST, W_IP_SRC, W_TP, W_TUN, W_VLAN, ipv4ToString, ipv6ToString, macNumber, macToString, parseCtState, setField, unwildcard, type FieldName } from '../datapath/classifier/flow-key.js';
+import { ARP_SHA_NOT_SRC, FIELDS, FIELD_NAMES, KEY_WORDS, PORT_PPID_BIT, TUN_PRESENT, W_CT, W_ETH_DST_HI, W_ETH_MID, W_ETH_SRC_LO, W_ETH_TYPE, W_IN_PORT, W_IP_DST, W_IP_SRC, W_TP, W_TUN, W_VLAN, ipv4ToString, ipv6ToString, macNumber, macToString, parseCtState, setField, fieldBits, unwildcardBits, type FieldName } from '../datapath/classifier/flow-key.js';
 import { FpoError } from '../datapath/errors.js';
 import { parseIpText, type Datapath } from '../datapath/datapath.js';
 import type { FlowInstall, Upcall, UpcallBatch } from '../datapath/upcall.js';
@@ -127,6 +127,24 @@ function parseIp(s: string): Uint8Array {
 }
 
 /** A rule compiled to key/mask words. */
+/** The fields a decision un-wildcards, as bits (flow-key.ts fieldBits): made once. */
+const U = {
+  ct_state: fieldBits('ct_state'),
+  eth_dst: fieldBits('eth_dst'),
+  eth_src: fieldBits('eth_src'),
+  eth_type: fieldBits('eth_type'),
+  in_port: fieldBits('in_port'),
+  ip_frag: fieldBits('ip_frag'),
+  ip_proto: fieldBits('ip_proto'),
+  ipv4_dst: fieldBits('ipv4_dst'),
+  recirc_id: fieldBits('recirc_id'),
+  tp_dst: fieldBits('tp_dst'),
+  tp_src: fieldBits('tp_src'),
+  tun_id: fieldBits('tun_id'),
+  vlan_tpid: fieldBits('vlan_tpid'),
+  vlan_vid: fieldBits('vlan_vid'),
+} as const;
+
 interface CompiledRule {
   index: number;
   priority: number;
@@ -134,6 +152,8 @@ interface CompiledRule {
   table: number;
   key: Uint32Array;
   mask: Uint32Array;
+  /** The words of mask that are not 0 (a rule names a few fields: its checks loop over these). */
+  words: Uint8Array;
   /** null = "normal" (L2 forwarding). */
   actions: Action[] | null;
   /** With "normal": actions before L2's outputs (a ct without a table), or null. */
@@ -382,7 +402,8 @@ export class Fpag {
         actions?.push(...this.outputsTo(e));
       } else throw new FpoError('FPO_ERR_BAD_TOPOLOGY', `${at}: unknown action "${a}"; expected drop, normal or output:NAME`, { path: this.topology.path });
     });
-    return { index, priority: r.priority, table, key, mask, actions, pre, special: r.special, text: `${table > 0 ? `table ${table} ` : ''}${JSON.stringify(r.match)}` };
+    const words = Uint8Array.from(Array.from({ length: KEY_WORDS }, (_, w) => w).filter((w) => mask[w] !== 0));
+    return { index, priority: r.priority, table, key, mask, words, actions, pre, special: r.special, text: `${table > 0 ? `table ${table} ` : ''}${JSON.stringify(r.match)}` };
   }
 
   private compileMatch(key: Uint32Array, mask: Uint32Array, field: string, value: string | number, at: string): void {
@@ -455,16 +476,16 @@ export class Fpag {
     let outputs = false;
     for (let j = 0; j < acts.length; j++) if (acts[j].op === 'output') outputs = true;
     if (!outputs) return;
-    unwildcard(mask, 'in_port');
+    unwildcardBits(mask, U.in_port);
     const inPort = key[W_IN_PORT];
     if (inPort & PORT_PPID_BIT) return;
     const from = this.byVpid.get(inPort);
     if (!from) return;
     if (from.uplink) {
-      unwildcard(mask, 'tun_id');
+      unwildcardBits(mask, U.tun_id);
       if (key[W_TUN] & TUN_PRESENT) return;
-      unwildcard(mask, 'vlan_tpid');
-      unwildcard(mask, 'vlan_vid');
+      unwildcardBits(mask, U.vlan_tpid);
+      unwildcardBits(mask, U.vlan_vid);
       const vid = key[W_VLAN] >>> 16 ? key[W_VLAN] & 0xfff : 0;
       if (vid === 0 || !this.segByVlan.has(vid)) return;
       out.actions = this.withVlan(acts, -1);
@@ -501,7 +522,7 @@ export class Fpag {
   private decideOutputs(key: Uint32Array, mask: Uint32Array, explain: boolean, out: Decision): Decision {
     out.mask = mask;
     // Every flow matches the table (recirc_id): a first-pass flow never takes a recirculated packet, nor the other way.
-    unwildcard(mask, 'recirc_id');
+    unwildcardBits(mask, U.recirc_id);
     const table = (key[W_CT] >>> 16) & 0xff;
     if (table >= FW_TABLE_OUT) return this.firewallTable(key, mask, explain, out, table);
     const inPort = key[W_IN_PORT];
@@ -540,12 +561,13 @@ export class Fpag {
   private rulesOf(table: number, ruleKey: Uint32Array, key: Uint32Array, mask: Uint32Array, explain: boolean, out: Decision): boolean {
     for (const r of this.rules) {
       if (r.table !== table) continue;
+      const words = r.words;
       if (this.ruleFields) {
         let hit = true;
-        for (let w = 0; w < KEY_WORDS; w++) if (((ruleKey[w] ^ r.key[w]) & r.mask[w]) !== 0) hit = false;
-        if (!hit) { for (let w = 0; w < KEY_WORDS; w++) mask[w] |= r.mask[w]; continue; }
+        for (let j = 0; j < words.length; j++) { const w = words[j]; if (((ruleKey[w] ^ r.key[w]) & r.mask[w]) !== 0) hit = false; }
+        if (!hit) { for (let j = 0; j < words.length; j++) mask[words[j]] |= r.mask[words[j]]; continue; }
       } else if (!proveMiss(r, ruleKey, mask)) continue;
-      for (let w = 0; w < KEY_WORDS; w++) mask[w] |= r.mask[w];
+      for (let j = 0; j < words.length; j++) mask[words[j]] |= r.mask[words[j]];
       out.rule = r.index;
       if (r.actions !== null) {
         out.actions = r.special ? this.withFlag(r.actions) : r.actions;
@@ -645,15 +667,15 @@ export class Fpag {
 
   /** Whether the firewall looks at this packet: IP, not IPv6 neighbour discovery. The mask gets what it looked at. */
   private firewalled(key: Uint32Array, mask: Uint32Array): boolean {
-    unwildcard(mask, 'eth_type');
+    unwildcardBits(mask, U.eth_type);
     const et = key[W_ETH_TYPE] >>> 16;
     if (et !== 0x0800 && et !== 0x86dd) return false;
     if (et === 0x86dd) {
       // Neighbour discovery (ICMPv6 133..137) is IPv6's ARP: not filtered, as ARP is not (and as
       // security groups always allow it). Filtered, no IPv6 rule could work: a VM never learnt its peer's MAC.
-      unwildcard(mask, 'ip_proto');
+      unwildcardBits(mask, U.ip_proto);
       if (((key[W_ETH_TYPE] >>> 8) & 0xff) === 58) {
-        unwildcard(mask, 'tp_src');
+        unwildcardBits(mask, U.tp_src);
         const type = key[W_TP] >>> 16;
         if (type >= 133 && type <= 137) return false;
       }
@@ -665,7 +687,7 @@ export class Fpag {
   private firewallFrom(key: Uint32Array, mask: Uint32Array, explain: boolean, out: Decision): boolean {
     const inPort = key[W_IN_PORT];
     if ((inPort & PORT_PPID_BIT) !== 0) return false;
-    unwildcard(mask, 'in_port');
+    unwildcardBits(mask, U.in_port);
     const from = this.firewalls.get(inPort);
     if (from === undefined || !this.firewalled(key, mask)) return false;
     out.rule = -1;
@@ -738,8 +760,8 @@ export class Fpag {
   /** The firewall's tables: the packet's ct_state in the interface's zone, its rules, then where L2 sends it. */
   private firewallTable(key: Uint32Array, mask: Uint32Array, explain: boolean, out: Decision, table: number): Decision {
     out.rule = -1;
-    unwildcard(mask, 'ct_state');
-    unwildcard(mask, 'in_port');
+    unwildcardBits(mask, U.ct_state);
+    unwildcardBits(mask, U.in_port);
     if (table === FW_TABLE_OUT) {
       const fw = this.firewalls.get(key[W_IN_PORT]);
       if (fw === undefined) { this.say(out, this.dropCtNoRule, explain ? `table ${table}: in_port has no firewall (now)` : ''); return out; }
@@ -783,17 +805,17 @@ export class Fpag {
    * The mask gets every field looked at.
    */
   private portSecurity(key: Uint32Array, mask: Uint32Array, sec: PortSecurity, explain: boolean, out: Decision): boolean {
-    unwildcard(mask, 'in_port');
-    unwildcard(mask, 'eth_src');
+    unwildcardBits(mask, U.in_port);
+    unwildcardBits(mask, U.eth_src);
     out.rule = -1;
     if ((key[W_ETH_MID] & 0xffff) !== sec.mac3 || key[W_ETH_SRC_LO] !== sec.mac4) {
       this.say(out, this.dropPortSecMac, explain ? `port security: source MAC ${macToString((((key[W_ETH_MID] & 0xffff) << 16) | (key[W_ETH_SRC_LO] >>> 16)) >>> 0, key[W_ETH_SRC_LO] & 0xffff)} is not the interface's` : '');
       return true;
     }
-    unwildcard(mask, 'eth_type');
+    unwildcardBits(mask, U.eth_type);
     const et = key[W_ETH_TYPE] >>> 16;
     if (et === 0x0806) {
-      unwildcard(mask, 'ip_frag');
+      unwildcardBits(mask, U.ip_frag);
       if ((key[W_ETH_TYPE] & ARP_SHA_NOT_SRC) !== 0) {
         this.say(out, this.dropPortSecArp, explain ? 'port security: the ARP sender MAC is not the frame\'s source (the interface\'s)' : '');
         return true;
@@ -807,10 +829,10 @@ export class Fpag {
       if (src === 0 && et === 0x0806) return false; // an ARP probe (RFC 5227)
       if (src === 0) {
         // A DHCPv4 client before it has an address: 0.0.0.0:68 → 255.255.255.255:67.
-        unwildcard(mask, 'ip_proto');
-        unwildcard(mask, 'ipv4_dst');
-        unwildcard(mask, 'tp_src');
-        unwildcard(mask, 'tp_dst');
+        unwildcardBits(mask, U.ip_proto);
+        unwildcardBits(mask, U.ipv4_dst);
+        unwildcardBits(mask, U.tp_src);
+        unwildcardBits(mask, U.tp_dst);
         if (((key[W_ETH_TYPE] >>> 8) & 0xff) === 17 && key[W_IP_DST] === 0xffffffff && key[W_TP] === ((68 << 16) | 67)) return false;
       }
       const arp = et === 0x0806;
@@ -822,8 +844,8 @@ export class Fpag {
       for (const a of sec.ipv6) if (key[W_IP_SRC] === a[0] && key[W_IP_SRC + 1] === a[1] && key[W_IP_SRC + 2] === a[2] && key[W_IP_SRC + 3] === a[3]) return false;
       if ((key[W_IP_SRC] | key[W_IP_SRC + 1] | key[W_IP_SRC + 2] | key[W_IP_SRC + 3]) === 0) {
         // DAD and MLD before an address is valid: :: to ff02::/16, ICMPv6 131, 135 or 143.
-        unwildcard(mask, 'ip_proto');
-        unwildcard(mask, 'tp_src');
+        unwildcardBits(mask, U.ip_proto);
+        unwildcardBits(mask, U.tp_src);
         mask[W_IP_DST] = (mask[W_IP_DST] | 0xffff0000) >>> 0;
         const type = key[W_TP] >>> 16;
         if (((key[W_ETH_TYPE] >>> 8) & 0xff) === 58 && key[W_IP_DST] >>> 16 === 0xff02 && (type === 131 || type === 135 || type === 143)) return false;
@@ -876,7 +898,7 @@ export class Fpag {
 
   // L2 forwarding's answer into out.actions and out.reason.
   private l2(key: Uint32Array, mask: Uint32Array, explain: boolean, out: Decision): void {
-    unwildcard(mask, 'in_port');
+    unwildcardBits(mask, U.in_port);
     const inPort = key[W_IN_PORT];
     if (inPort & PORT_PPID_BIT) {
       // A port with no VPID: an uplink whose mapping is missing, or a VM port with no interface now.
@@ -889,21 +911,21 @@ export class Fpag {
     let segment: string | undefined;
     if (from.uplink && key[W_TUN] & TUN_PRESENT) {
       // Decapsulated: the VNI says the segment.
-      unwildcard(mask, 'tun_id');
+      unwildcardBits(mask, U.tun_id);
       const vni = key[W_TUN] & 0xffffff;
       segment = this.segByVni.get(vni);
       if (!segment) return this.say(out, this.dropNoDestination, explain ? `no segment has VNI ${vni}` : '');
     } else if (from.uplink) {
-      unwildcard(mask, 'tun_id');
-      unwildcard(mask, 'vlan_tpid');
-      unwildcard(mask, 'vlan_vid');
+      unwildcardBits(mask, U.tun_id);
+      unwildcardBits(mask, U.vlan_tpid);
+      unwildcardBits(mask, U.vlan_vid);
       const vid = key[W_VLAN] >>> 16 ? key[W_VLAN] & 0xfff : 0;
       segment = this.segByVlan.get(vid);
       if (!segment || !from.segments.includes(segment)) return this.say(out, this.dropNoDestination, explain ? `uplink ${from.name} carries no segment for VLAN ${vid}` : '');
     } else {
       segment = from.segments[0];
     }
-    unwildcard(mask, 'eth_dst');
+    unwildcardBits(mask, U.eth_dst);
     const dstHi = key[W_ETH_DST_HI];
     const dstLo = key[W_ETH_MID] >>> 16;
     const dst = explain ? macToString(dstHi, dstLo) : '';
@@ -973,15 +995,19 @@ export class Fpag {
     const coveredBefore = bf.covered;
     const key = this.batchKey;
     const keys = u.keys;
+    const entry = u.entry;
     for (let j = 0; j < u.count; j++) {
       const ko = j * KEY_WORDS;
       for (let w = 0; w < KEY_WORDS; w++) key[w] = keys[ko + w];
-      if (bf.covers(key)) continue;
+      const e = bf.covering(key);
+      if (e >= 0) { entry[j] = e; continue; }
       this.upcallsHandled++;
-      const mask = this.scratchMask.fill(0);
+      const mask = this.scratchMask;
+      for (let w = 0; w < KEY_WORDS; w++) mask[w] = 0; // (fill(0), a builtin's call, cost more for 19 words)
       const d = this.decideInto(key, mask, false, this.upcallDecision);
-      bf.add(key, mask, d.actions);
+      entry[j] = bf.add(key, mask, d.actions);
     }
+    u.entries = true;
     u.covered = bf.covered - coveredBefore;
     if (bf.message.count > from) this.dp.apply(from === 0 ? bf.message : bf.since(from));
   }
@@ -1406,7 +1432,7 @@ function firstFirewallRule(rules: CompiledFwRule[], key: Uint32Array, mask: Uint
       if (((key[w] ^ r.key[w]) & r.mask[w]) !== 0) hit = false;
     }
     if (hit && r.ports !== null) {
-      unwildcard(mask, 'tp_dst');
+      unwildcardBits(mask, U.tp_dst);
       const p = key[W_TP] & 0xffff;
       if (p < r.ports[0] || p > r.ports[1]) hit = false;
     }

@@ -234,7 +234,14 @@ export class Datapath {
   private batchesSinceSort = 0;
   private readonly upcallMsg: Upcall = { type: 'upcall', inPpid: 0, key: new Uint32Array(KEY_WORDS) };
   /** upcallMany's message and the packets it lists, reused (sized to the largest batch seen). */
-  private upcallBatch: UpcallBatch = { type: 'upcalls', count: 0, inPpid: new Uint16Array(0), keys: new Uint32Array(0), covered: 0, continues: false };
+  private upcallBatch: UpcallBatch = { type: 'upcalls', count: 0, inPpid: new Uint16Array(0), keys: new Uint32Array(0), covered: 0, continues: false, entries: false, entry: new Int32Array(0) };
+  /**
+   * The flow each flow of a batch's answer became (apply of its FlowInstalls: [first + j], or -1),
+   * entries up to installedEnd valid (reset before each hand-over): upcallMany takes a packet's
+   * flow from here when the sink said which flow covers it (UpcallBatch.entry).
+   */
+  private installed = new Int32Array(0);
+  private installedEnd = 0;
   private missIdx = new Uint16Array(0);
   private missFlow = new Int32Array(0);
   /** The datapath clock (ms) of the last batch. */
@@ -580,11 +587,18 @@ export class Datapath {
         const flows = this.flows;
         const keys = msg.keys;
         const masks = msg.masks;
+        const first = msg.first ?? 0;
+        if (this.installed.length < first + n) this.installed = new Int32Array(Math.max(first + n, 2 * this.installed.length, this.batchCapacity)); // (slow path)
+        const installed = this.installed;
+        // (Entries this message does not reach read -1, whatever an earlier batch left there.)
+        for (let e = this.installedEnd; e < first; e++) installed[e] = -1;
+        this.installedEnd = Math.max(this.installedEnd, first + n);
         for (let j = 0; j < n; j++) {
           const act = this.actionSets.intern(msg.actions[j]);
           const f = flows.installAt(keys, masks, j * KEY_WORDS, act, now);
-          if (f === FULL) { this.installsRefused += n - j; return; }
-          if (f < 0) throw new FpoError('FPO_ERR_CAPACITY', `no free subtable for the mask of flow ${j} of ${n}`);
+          if (f === FULL) { this.installsRefused += n - j; installed.fill(-1, first + j, first + n); return; }
+          if (f < 0) { installed.fill(-1, first + j, first + n); throw new FpoError('FPO_ERR_CAPACITY', `no free subtable for the mask of flow ${j} of ${n}`); }
+          installed[first + j] = f;
           this.flowsInstalled++;
         }
         return;
@@ -1192,6 +1206,8 @@ export class Datapath {
     u.count = n;
     u.covered = 0;
     u.continues = false;
+    u.entries = false;
+    this.installedEnd = 0;
     this.upcallBatches++;
     return u;
   }
@@ -1202,7 +1218,7 @@ export class Datapath {
       const cap = Math.max(n, this.batchCapacity);
       this.missIdx = new Uint16Array(cap);
       this.missFlow = new Int32Array(cap);
-      this.upcallBatch = { type: 'upcalls', count: 0, inPpid: new Uint16Array(cap), keys: new Uint32Array(cap * KEY_WORDS), covered: 0, continues: false };
+      this.upcallBatch = { type: 'upcalls', count: 0, inPpid: new Uint16Array(cap), keys: new Uint32Array(cap * KEY_WORDS), covered: 0, continues: false, entries: false, entry: new Int32Array(cap) };
     }
     return this.missIdx;
   }
@@ -1225,9 +1241,19 @@ export class Datapath {
       this.upcalls += n - Math.min(n, Math.max(0, u.covered));
     }
     const full = this.installsRefused > refused || flows.count >= flows.capacity;
+    const u = this.upcallBatch;
+    const entries = sink !== null && u.entries;
+    const installed = this.installed;
+    const end = this.installedEnd;
     for (let j = 0; j < n; j++) {
       const i = idx[j];
-      const f = sink === null ? -1 : flows.lookup(batch.key, i * KEY_WORDS);
+      let f = -1;
+      if (sink !== null) {
+        // The flow the answer's entry became, if it is there and matches (a second lookup cost ~60 ns a set-up); else a lookup.
+        const e = entries ? u.entry[j] : -1;
+        if (e >= 0 && e < end) f = installed[e];
+        if (f < 0 || !flows.matches(batch.key, i * KEY_WORDS, f)) f = flows.lookup(batch.key, i * KEY_WORDS);
+      }
       got[j] = f;
       if (f < 0) batch.drop[i] = full ? D.flowTableFull : D.upcallFailed;
     }

@@ -43,6 +43,15 @@ export interface UpcallBatch {
    * for those cover these too. The datapath's own are never continuations.
    */
   continues: boolean;
+  /**
+   * Set by the sink when it fills `entry`: for key j, the index in the
+   * batch's answer (its FlowInstalls, their flows counted from the datapath
+   * batch's first part: FlowInstalls.first) of the flow that covers it, or
+   * -1. The datapath then takes that flow for the packet instead of looking
+   * it up again (it checks that the flow matches).
+   */
+  entries: boolean;
+  entry: Int32Array;
 }
 
 /**
@@ -55,6 +64,8 @@ export interface FlowInstalls {
   keys: Uint32Array;
   masks: Uint32Array;
   actions: Action[][];
+  /** The index of this message's first flow in its batch's answer (a batch answered in parts); 0 when absent. */
+  first?: number;
 }
 
 /** Install a megaflow: packets whose key & mask equals key & mask get `actions`. */

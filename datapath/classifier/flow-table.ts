@@ -37,9 +37,21 @@
  * megaflow hit inserts its (hash, flow). 8 bytes an entry; entries: the
  * table's capacity rounded up, at most SMC_MAX_ENTRIES.
  *
- * Full table: installing into a full table first evicts the least recently
- * used 1/16 of the flows (one scan, counted in `evicted`), so a replay with
- * more flows than capacity keeps going.
+ * Full table: installing into a full table first evicts a flow (counted in
+ * `evicted`), so a replay with more flows than capacity keeps going. The
+ * victim is chosen by a CLOCK (second chance, as page replacement does): a
+ * hand goes round the flow indices; a flow hit since the hand last passed
+ * it (its packet count above the one the hand noted then) is passed over
+ * and noted, one not hit is evicted. A new flow starts noted at one packet
+ * (the one that set it up: the datapath counts it after the install), so
+ * it stays for being hit again; its index is one the hand has just freed,
+ * so it has a lap's time for that. Had a new flow counted as hit, the first
+ * lap of a table filled at once would note every flow in one call and the
+ * next take the first, however busy. Busy flows stay; a flood of new flows
+ * costs about one flow looked at an eviction. (An exact least-recently-used eviction —
+ * a scan of every flow's time and a selection, 1/16 of the table at once —
+ * cost ~190 ns a new flow at 65 536 flows, most of a set-up's flow-table
+ * time: measured with bench/control/upcall's steady regime's table alone.)
  *
  * Quarantine: while a batch is being switched (the datapath calls
  * quarantine(true) before and false after), nothing is evicted, and the
@@ -59,6 +71,8 @@ export const STAT_WORDS = 4;
 export const ST_PACKETS = 0;
 export const ST_BYTES = 1;
 export const ST_USED = 2;
+/** The packet count the eviction's hand saw when it last passed the flow (1 at install: see the top). */
+export const ST_SEEN = 3;
 export const MAX_SUBTABLES = 256;
 /** install/installAt: no index is free (a quarantine holds the evicted ones, and the spare ones are taken). */
 export const FULL = -2;
@@ -114,7 +128,7 @@ export class FlowTable {
   /**
    * Per-flow counters, STAT_WORDS a flow in one array so that a hit touches
    * one cache line, not three: [f*4] packets, [f*4+1] bytes, [f*4+2] last
-   * used (ms, datapath clock).
+   * used (ms, datapath clock), [f*4+3] the packets the eviction's hand saw.
    */
   readonly stats: Float64Array;
   readonly live: Uint8Array;
@@ -124,10 +138,8 @@ export class FlowTable {
   genChanges = 0;
   /** Freed flow indices (a stack); indices never used yet are fresh..indices-1. */
   private readonly freeList: Int32Array;
-  /** evictOldest's scratch (live flows' times twice, and their indices), allocated at the first eviction. */
-  private evictTimes: Float64Array | null = null;
-  private evictSel: Float64Array | null = null;
-  private evictIds: Int32Array | null = null;
+  /** The eviction's hand: the flow index it looks at next (evict). */
+  private hand = 0;
   private freeTop = 0;
   /** The lowest flow index never used yet. */
   private fresh = 0;
@@ -183,7 +195,11 @@ export class FlowTable {
     this.subFlows = new Int32Array(MAX_SUBTABLES);
     this.subHits = new Float64Array(MAX_SUBTABLES);
     this.order = new Int16Array(MAX_SUBTABLES);
-    const nslots = nextPow2(n * 2);
+    // At most half full at the capacity; the spare indices (held a batch's time) may fill a little
+    // more (never past 4/5). Sized by all indices, 65 536 flows and their spare took 2 MiB of slots,
+    // not 1: measured (the table alone, a million new flows through 65 536), a new flow's missed
+    // lookup took 120 ns, not 57, and its eviction 85, not 51.
+    const nslots = nextPow2(Math.max(2 * capacity, n + (n >>> 2) + 1));
     this.slots = new Int32Array(nslots * 2);
     this.slotMax = nslots;
     this.slotMask = Math.min(nslots, MIN_SLOTS) - 1;
@@ -285,7 +301,7 @@ export class FlowTable {
   }
 
   /** Whether key[ko..] matches flow f (its key under its subtable's mask); false for a removed flow. */
-  private matches(key: Uint32Array, ko: number, f: number): boolean {
+  matches(key: Uint32Array, ko: number, f: number): boolean {
     const s = this.sub[f];
     if (s < 0) return false;
     const m = this.mask;
@@ -358,8 +374,8 @@ export class FlowTable {
     this.quarantined = this.quarantineDepth > 0;
     if (this.quarantined) return;
     while (this.heldTop > 0) this.freeList[this.freeTop++] = this.held[--this.heldTop];
-    // Back to the capacity (at least 1/16 of it at once, as a full install evicts).
-    if (this.count > this.capacity) this.evictOldest(Math.max(this.count - this.capacity, this.capacity >>> 4));
+    // Back to the capacity.
+    if (this.count > this.capacity) this.evict(this.count - this.capacity);
   }
 
   private quarantineDepth = 0;
@@ -380,7 +396,7 @@ export class FlowTable {
       return old;
     }
     // Quarantined (a batch being switched), the table may hold up to `spare` flows more till the batch ends.
-    if (this.count >= this.capacity && !this.quarantined) this.evictOldest(Math.max(1, this.capacity >>> 4));
+    if (this.count >= this.capacity && !this.quarantined) this.evict(this.count - this.capacity + 1);
     if (this.freeTop === 0 && this.fresh === this.indices) return FULL; // (quarantined: every spare index taken)
     const f = this.freeTop > 0 ? this.freeList[--this.freeTop] : this.fresh++;
     const fo = f * KEY_WORDS;
@@ -391,6 +407,7 @@ export class FlowTable {
     this.stats[f * STAT_WORDS + ST_PACKETS] = 0;
     this.stats[f * STAT_WORDS + ST_BYTES] = 0;
     this.stats[f * STAT_WORDS + ST_USED] = now;
+    this.stats[f * STAT_WORDS + ST_SEEN] = 1;
     this.live[f] = 1;
     if (2 * (this.count + 1) > this.slotMask + 1 && this.slotMask + 1 < this.slotMax) this.growSlots();
     let pos = (h >>> 8) & this.slotMask;
@@ -466,43 +483,32 @@ export class FlowTable {
     this.count--;
   }
 
-  /** Removes the `n` least recently used flows. */
-  evictOldest(n: number): void {
-    // The n-th smallest `used` of the live flows, selected in a scratch copy (slow path, but
-    // once every capacity/16 upcalls when the table is full: sorting a copy of the times took
-    // 28 ms at 65536 flows, selecting takes 0.6). One pass over the flows collects their times
-    // and indices; the removals then read those (12 bytes a flow, in order), not the flows'
-    // counters again (a cache line a flow): measured, a table of 65536 flows under a flood of
-    // new ones, 210 ns of eviction a new flow before, 170–200 ns after (most of it the removals).
-    const cap = this.indices;
-    if (this.evictTimes === null) {
-      this.evictTimes = new Float64Array(cap);
-      this.evictSel = new Float64Array(cap);
-      this.evictIds = new Int32Array(cap);
-    }
-    const times = this.evictTimes;
-    const sel = this.evictSel!;
-    const ids = this.evictIds!;
+  /**
+   * Removes n flows (all when fewer), chosen by the CLOCK (see the top): the
+   * hand passes over a flow hit since its last visit, noting its count, and
+   * removes the first not hit. Two laps at most: after one, every flow's
+   * count is noted.
+   */
+  evict(n: number): void {
     const live = this.live;
     const stats = this.stats;
-    let m = 0;
-    for (let f = 0; f < this.fresh; f++) {
-      if (live[f] === 0) continue;
-      const t = stats[f * STAT_WORDS + ST_USED];
-      times[m] = t;
-      sel[m] = t;
-      ids[m++] = f;
-    }
-    if (m === 0) return;
-    const cut = selectNth(sel, m, Math.min(n, m) - 1);
-    // Every flow older than the cut (fewer than n), then flows at the cut until n are gone
-    // (one pass over both had removed flows at the cut ahead of older ones later in the table).
-    // Removed in index order: installs then take the freed indices back in order.
+    const end = this.fresh;
+    let hand = this.hand;
     let removed = 0;
-    for (let x = 0; x < m; x++) if (times[x] < cut) { this.remove(ids[x]); removed++; }
-    for (let x = 0; x < m && removed < n; x++) if (times[x] === cut) { this.remove(ids[x]); removed++; }
-    // Times that do not compare (NaN) leave room to make all the same.
-    for (let x = 0; x < m && removed < n; x++) if (live[ids[x]] === 1) { this.remove(ids[x]); removed++; }
+    for (let visits = 0; removed < n && visits < 2 * end + 1; visits++) {
+      if (hand >= end) hand = 0;
+      const f = hand++;
+      if (live[f] === 0) continue;
+      const o = f * STAT_WORDS;
+      const p = stats[o + ST_PACKETS];
+      if (p > stats[o + ST_SEEN]) {
+        stats[o + ST_SEEN] = p; // hit since the last visit: a second chance
+        continue;
+      }
+      this.remove(f);
+      removed++;
+    }
+    this.hand = hand;
     this.evicted += removed;
   }
 
@@ -530,30 +536,4 @@ export class FlowTable {
     o.sort((a, b) => this.subHits[b] - this.subHits[a]);
     for (let t = 0; t < o.length; t++) this.order[t] = o[t];
   }
-}
-
-/** The k-th smallest of a[0..m) (0-based), by quickselect; reorders a[0..m). */
-function selectNth(a: Float64Array, m: number, k: number): number {
-  let lo = 0;
-  let hi = m - 1;
-  while (lo < hi) {
-    const pivot = a[(lo + hi) >> 1];
-    let i = lo;
-    let j = hi;
-    while (i <= j) {
-      while (a[i] < pivot) i++;
-      while (a[j] > pivot) j--;
-      if (i <= j) {
-        const x = a[i];
-        a[i] = a[j];
-        a[j] = x;
-        i++;
-        j--;
-      }
-    }
-    if (k <= j) hi = j;
-    else if (k >= i) lo = i;
-    else return a[k];
-  }
-  return a[k];
 }

@@ -66,39 +66,61 @@ describe('FlowTable', () => {
     }), { numRuns: 200 });
   });
 
-  it('a full table evicts the least recently used flows to make room, and counts them', () => {
+  it('a full table evicts one flow to make room, by a CLOCK: a flow hit since the hand last passed it is passed over, the first not hit is evicted; counted', () => {
     const t = new FlowTable(32);
     const m = key(0xffffffff);
+    const f = (k: number) => t.lookup(key(k));
     for (let i = 0; i < 32; i++) t.install(key(i), m, 0, i);
-    expect(t.count).toBe(32);
+    // A new flow counts one packet as seen (the datapath's first, which set it up): kept for a packet more.
+    for (const k of [0, 2]) t.hit(f(k), 60, 40);
+    t.hit(f(2), 60, 41);
     t.install(key(1000), m, 0, 100);
-    expect(t.evicted).toBe(2); // capacity/16
-    expect(t.count).toBe(31);
-    expect(t.lookup(key(0))).toBe(-1);
-    expect(t.lookup(key(1))).toBe(-1);
-    expect(t.lookup(key(2))).toBeGreaterThanOrEqual(0);
-    expect(t.lookup(key(1000))).toBeGreaterThanOrEqual(0);
+    expect(t.evicted).toBe(1);
+    expect(t.count).toBe(32);
+    expect([0, 1, 2, 3, 1000].map((k) => f(k) >= 0)).toEqual([false, true, true, true, true]);
+    t.install(key(1001), m, 0, 101);
+    expect([1, 2, 3].map((k) => f(k) >= 0)).toEqual([false, true, true]);
+    t.install(key(1002), m, 0, 102); // key 2 passed over (hit twice, noted), key 3 taken
+    expect([2, 3, 4].map((k) => f(k) >= 0)).toEqual([true, false, true]);
+    // Round the table: key 2, not hit since the hand noted it, goes; a flow hit again stays.
+    t.hit(f(5), 60, 103);
+    t.hit(f(5), 60, 103);
+    for (let k = 2000; k < 2031; k++) t.install(key(k), m, 0, 104);
+    expect(f(2)).toBe(-1);
+    expect(f(5)).toBeGreaterThanOrEqual(0);
+    expect(t.evicted).toBe(34);
+    expect(t.count).toBe(32);
   });
 
-  it('eviction removes exactly the n least recently used flows, however the times tie (random tables)', () => {
+  it('evict(n) removes n flows (every flow when fewer), and under a flood of new flows keeps those hit between evictions (random tables, quarantined batches)', () => {
     let seed = 99;
     const rnd = (k: number) => (seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) % k;
-    for (let round = 0; round < 200; round++) {
+    for (let round = 0; round < 60; round++) {
       const cap = 16 + rnd(300);
-      const t = new FlowTable(cap);
+      const t = new FlowTable(cap, 8);
       const m = key(0xffffffff);
-      const spread = 1 + rnd(50); // few distinct times: many ties
-      for (let i = 0; i < cap; i++) if (rnd(4) !== 0) t.install(key(i + 1), m, 0, rnd(spread));
-      const live = () => Array.from({ length: cap }, (_, f) => f).filter((f) => t.live[f] === 1);
-      const before = live();
-      const n = 1 + rnd(cap);
-      t.evictOldest(n);
-      const after = new Set(live());
-      const gone = before.filter((f) => !after.has(f));
-      expect(gone.length).toBe(Math.min(n, before.length));
-      const newestGone = Math.max(...gone.map((f) => t.usedOf(f)), -1);
-      const oldestLeft = Math.min(...[...after].map((f) => t.usedOf(f)), Infinity);
-      expect(newestGone).toBeLessThanOrEqual(oldestLeft);
+      for (let i = 0; i < cap; i++) if (rnd(4) !== 0) t.install(key(i + 1), m, 0, 0);
+      const before = t.count;
+      const n = rnd(cap + 4);
+      t.evict(n);
+      expect(t.count).toBe(before - Math.min(n, before));
+      expect(t.evicted).toBe(Math.min(n, before));
+      // A flood: batches of up to 8 new flows, the busy flows hit in every batch.
+      const busy = Array.from({ length: 1 + rnd(Math.min(8, cap >> 2)) }, (_, b) => 1_000_000 + b);
+      for (const k of busy) t.install(key(k), m, 0, 0);
+      let next = 2_000_000;
+      for (let b = 0; b < 3 * cap; b++) {
+        t.quarantine(true);
+        for (const k of busy) { const f = t.lookup(key(k)); t.hit(f, 60, b); t.hit(f, 60, b); }
+        const c = 1 + rnd(8);
+        for (let j = 0; j < c; j++) expect(t.install(key(next++), m, 0, b)).toBeGreaterThanOrEqual(0);
+        t.quarantine(false);
+        expect(t.count).toBeLessThanOrEqual(cap);
+      }
+      for (const k of busy) expect(t.lookup(key(k))).toBeGreaterThanOrEqual(0);
+      let live = 0;
+      for (let x = 0; x < t.indices; x++) live += t.live[x];
+      expect(live).toBe(t.count);
     }
   });
 
