@@ -30,6 +30,10 @@ export class BatchFlows {
   private readonly nz = new Uint8Array(MAX_MASKS * KEY_WORDS);
   private readonly nzCount = new Uint8Array(MAX_MASKS);
   private masks = 0;
+  /** The key covering last looked for (a reference: the caller's array), the masks it tried, its hash under each. */
+  private lastKey: Uint32Array | null = null;
+  private lastMasks = 0;
+  private readonly lastHash = new Uint32Array(MAX_MASKS);
   /** Slots: flow + 1, 0 empty; twice the flows the arrays hold (a power of two). */
   private slots = new Int32Array(0);
   private slotHash = new Uint32Array(0);
@@ -42,6 +46,7 @@ export class BatchFlows {
     m.count = 0;
     m.actions.length = 0;
     this.masks = 0;
+    this.lastKey = null;
     this.slots.fill(0);
   }
 
@@ -89,8 +94,11 @@ export class BatchFlows {
     const keys = this.message.keys;
     const slots = this.slots;
     const sm = slots.length - 1;
+    this.lastKey = key;
+    this.lastMasks = this.masks;
     for (let m = 0; m < this.masks; m++) {
       const h = this.hash(key, m);
+      this.lastHash[m] = h;
       const mo = m * KEY_WORDS;
       const nw = this.nzCount[m];
       for (let p = h & sm; slots[p] !== 0; p = (p + 1) & sm) {
@@ -124,7 +132,8 @@ export class BatchFlows {
     msg.actions.push(actions);
     const m = this.maskIndex(mask);
     this.flowMask[f] = m;
-    if (m >= 0) this.index(f, this.hash(key, m));
+    // (The key's hash under m, when covering just computed it: the same key, a mask it tried.)
+    if (m >= 0) this.index(f, key === this.lastKey && m < this.lastMasks ? this.lastHash[m] : this.hash(key, m));
     return f;
   }
 

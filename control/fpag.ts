@@ -76,6 +76,7 @@ import { FpoError } from '../datapath/errors.js';
 import { parseIpText, type Datapath } from '../datapath/datapath.js';
 import type { FlowInstall, Upcall, UpcallBatch } from '../datapath/upcall.js';
 import { BatchFlows } from './batch-flows.js';
+import { MacTable } from './mac-table.js';
 import { parseMac, type Interface, type Port, type Topology } from './topology.js';
 import { parseCtAction } from './flow-syntax.js';
 import { CS_INV, CS_NEW, CS_TRK } from '../datapath/conntrack/conntrack.js';
@@ -238,7 +239,7 @@ export class Fpag {
   /** Segment name → endpoints in it. */
   private readonly members = new Map<string, Endpoint[]>();
   /** Segment name → interface by MAC (as the number hi32 * 65536 + lo16). */
-  private readonly byMac = new Map<string, Map<number, Endpoint>>();
+  private readonly byMac = new Map<string, MacTable<Endpoint>>();
   private readonly dropNoDestination: Action[] = [{ op: 'drop', reason: D.noDestination }];
   /** VLAN ID → segment name; 0 → the untagged segment (if any). */
   private readonly segByVlan = new Map<number, string>();
@@ -267,7 +268,7 @@ export class Fpag {
     for (const p of topology.ports) { this.portByName.set(p.name, p); this.portByPpid.set(p.ppid, p); }
     for (const s of topology.segments) {
       this.members.set(s.name, []);
-      this.byMac.set(s.name, new Map());
+      this.byMac.set(s.name, new MacTable());
       this.segByVlan.set(s.vlan ?? 0, s.name);
       if (s.vlan !== undefined) this.vlanOf.set(s.name, s.vlan);
       if (s.vni !== undefined) this.segByVni.set(s.vni, s.name);
@@ -282,7 +283,7 @@ export class Fpag {
       if (itf.portSecurity) e.sec = portSecurityOf(itf);
       add(e);
       const b = itf.macBytes;
-      this.byMac.get(itf.segment)!.set(macNumber(b, 0), e);
+      this.byMac.get(itf.segment)!.setMac(macNumber(b, 0), e);
     }
     for (const p of topology.ports) if (p.role === 'uplink') add({ vpid: p.vpid, name: p.name, segments: p.segments, uplink: true });
     topology.tunnel?.remotes.forEach((r, t) => {
@@ -292,7 +293,7 @@ export class Fpag {
         this.byName.set(e.name, e);
         this.members.get(itf.segment)!.push(e);
         const b = parseMac(itf.mac);
-        this.byMac.get(itf.segment)!.set(macNumber(b, 0), e);
+        this.byMac.get(itf.segment)!.setMac(macNumber(b, 0), e);
       }
     });
     this.flagged = new Set(topology.tunnel?.policy.interfaces ?? []);
@@ -937,7 +938,7 @@ export class Fpag {
       const flooded = flagFrom ? this.withFlag(this.flood(from, floodKey, group, fromTunnel)) : this.flood(from, floodKey, group, fromTunnel);
       return this.say(out, flooded, explain ? `L2 ${dst === 'ff:ff:ff:ff:ff:ff' ? 'broadcast' : 'multicast'} in segment ${segment}: flood to ${flooded.length}` : '');
     }
-    const to = this.byMac.get(segment)?.get(dstHi * 65536 + dstLo);
+    const to = this.byMac.get(segment)?.get(dstHi, dstLo);
     if (to) {
       if (to.vpid === inVpid) return this.say(out, this.dropNoDestination, explain ? `L2 ${dst} is the sender itself` : '');
       if (to.tunnel !== undefined && from.uplink) return this.say(out, this.dropNoDestination, explain ? `L2 ${dst} is remote; not sent back into the underlay` : '');
@@ -980,7 +981,18 @@ export class Fpag {
 
   /** The batch path's megaflows of the batch being answered (onUpcalls). */
   private readonly batchFlows = new BatchFlows();
-  private readonly batchKey = new Uint32Array(KEY_WORDS);
+  /** Views of an UpcallBatch's keys, one a key (made once for each keys array: the decision reads them in place, no copy). */
+  private keyViews = new WeakMap<Uint32Array, Uint32Array[]>();
+
+  // Slow path (once a keys array): the views of its keys.
+  private viewsOf(keys: Uint32Array): Uint32Array[] {
+    let v = this.keyViews.get(keys);
+    if (v === undefined) {
+      v = Array.from({ length: Math.floor(keys.length / KEY_WORDS) }, (_, j) => keys.subarray(j * KEY_WORDS, (j + 1) * KEY_WORDS));
+      this.keyViews.set(keys, v);
+    }
+    return v;
+  }
   /** Upcalled keys a megaflow decided earlier in their batch covered (no decision of their own). */
   get upcallsCovered(): number { return this.batchFlows.covered; }
 
@@ -993,12 +1005,10 @@ export class Fpag {
     if (!u.continues) bf.begin();
     const from = bf.message.count;
     const coveredBefore = bf.covered;
-    const key = this.batchKey;
-    const keys = u.keys;
+    const views = this.viewsOf(u.keys);
     const entry = u.entry;
     for (let j = 0; j < u.count; j++) {
-      const ko = j * KEY_WORDS;
-      for (let w = 0; w < KEY_WORDS; w++) key[w] = keys[ko + w];
+      const key = views[j];
       const e = bf.covering(key);
       if (e >= 0) { entry[j] = e; continue; }
       this.upcallsHandled++;
@@ -1101,7 +1111,7 @@ export class Fpag {
     const e: Endpoint = { vpid: -1, name: i.name, segments: [i.segment], mac: i.mac.toLowerCase(), uplink: false, tunnel: t, viaVpid: this.portByName.get(remote.uplink)!.vpid };
     this.byName.set(e.name, e);
     this.members.get(i.segment)!.push(e);
-    this.byMac.get(i.segment)!.set(macNumber(parseMac(i.mac), 0), e);
+    this.byMac.get(i.segment)!.setMac(macNumber(parseMac(i.mac), 0), e);
     this.clearCaches();
     const r = this.revalidate();
     this.flowRewrites += r.modified + r.deleted;
@@ -1120,7 +1130,7 @@ export class Fpag {
     if (!this.members.has(i.segment)) return `segment ${i.segment} is not one of this host's`;
     const old = this.byName.get(i.name);
     if (old !== undefined && old.tunnel === undefined) return `${i.name} is a local ${old.uplink ? 'uplink' : 'interface'}'s name here`;
-    const same = this.byMac.get(i.segment)!.get(macNumber(parseMac(i.mac), 0));
+    const same = this.byMac.get(i.segment)!.getMac(macNumber(parseMac(i.mac), 0));
     if (same !== undefined && same.name !== i.name) return `MAC ${i.mac} is ${same.name}'s in segment ${i.segment}`;
     return null;
   }
@@ -1155,7 +1165,7 @@ export class Fpag {
     }
     const current = this.byName.get(i.name);
     if (current !== undefined && current.uplink) throw new FpoError('FPO_ERR_USAGE', `interface: "${i.name}" is an uplink's name here`);
-    const sameMac = this.byMac.get(i.segment)!.get(macNumber(parseMac(i.mac), 0));
+    const sameMac = this.byMac.get(i.segment)!.getMac(macNumber(parseMac(i.mac), 0));
     if (sameMac !== undefined && sameMac.name !== i.name) throw new FpoError('FPO_ERR_USAGE', `mac: ${i.mac} is "${sameMac.name}"'s in segment ${i.segment}`);
   }
 
@@ -1202,7 +1212,7 @@ export class Fpag {
     if (this.byName.get(e.name) !== e) {
       this.byName.set(e.name, e);
       for (const s of e.segments) if (!this.members.get(s)!.includes(e)) this.members.get(s)!.push(e);
-      this.byMac.get(itf.segment)!.set(macNumber(itf.macBytes, 0), e);
+      this.byMac.get(itf.segment)!.setMac(macNumber(itf.macBytes, 0), e);
     }
     this.dp.apply({ type: 'mapping-set', vpid, ppid: p.ppid });
     this.clearCaches();
@@ -1237,7 +1247,7 @@ export class Fpag {
       const m = this.members.get(s);
       if (m) { const k = m.indexOf(e); if (k >= 0) m.splice(k, 1); }
       const byMac = this.byMac.get(s);
-      if (byMac && e.mac !== undefined) { const key = macNumber(parseMac(e.mac), 0); if (byMac.get(key) === e) byMac.delete(key); }
+      if (byMac && e.mac !== undefined) { const key = macNumber(parseMac(e.mac), 0); if (byMac.getMac(key) === e) byMac.deleteMac(key); }
     }
   }
 
