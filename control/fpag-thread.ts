@@ -173,17 +173,23 @@ export class ActionCache {
 
 /**
  * decodeInstalls into one FlowInstalls whose arrays are reused (grown to
- * the count), the action arrays from `cache`.
+ * the count), the action arrays from `cache`; `append`: after the flows it
+ * holds (an answer staged behind earlier ones).
  */
-export function decodeInstallsInto(w: Uint32Array, msg: FlowInstalls, cache: ActionCache): void {
-  const n = w[0];
+export function decodeInstallsInto(w: Uint32Array, msg: FlowInstalls, cache: ActionCache, append = false): void {
+  const at = append ? msg.count : 0;
+  const n = at + w[0];
   if (msg.keys.length < n * KEY_WORDS) {
-    msg.keys = new Uint32Array(n * KEY_WORDS);
-    msg.masks = new Uint32Array(n * KEY_WORDS);
+    const keys = new Uint32Array(Math.max(n, 2 * at) * KEY_WORDS);
+    const masks = new Uint32Array(keys.length);
+    keys.set(msg.keys.subarray(0, at * KEY_WORDS));
+    masks.set(msg.masks.subarray(0, at * KEY_WORDS));
+    msg.keys = keys;
+    msg.masks = masks;
   }
   msg.actions.length = n;
   let o = 1;
-  for (let j = 0; j < n; j++) {
+  for (let j = at; j < n; j++) {
     const jo = j * KEY_WORDS;
     for (let x = 0; x < KEY_WORDS; x++) {
       msg.keys[jo + x] = w[o + x];
@@ -267,6 +273,8 @@ export class FpagThread implements AsyncUpcalls {
   roundTrips = 0;
   /** Total ns from each request's sending to its answer's arrival (the parts of a batch follow each other). */
   roundTripNs = 0;
+  /** Requests sent while the fast lane still gathered their batch's misses (Datapath.upcallEarlySink). */
+  earlyRequests = 0;
 
   /**
    * Starts the worker and applies its start-up messages (mappings, tunnels)
@@ -293,7 +301,10 @@ export class FpagThread implements AsyncUpcalls {
     for (const m of decode(init.messages!)) dp.apply(m);
     port1.close();
     if (async) dp.upcallAsync = this;
-    else dp.upcallBatchSink = (u) => this.upcallBatch(u);
+    else {
+      dp.upcallBatchSink = (u) => this.upcallBatch(u);
+      dp.upcallEarlySink = (u) => this.upcallEarly(u);
+    }
   }
 
   // --- asynchronous (AsyncUpcalls): keys handed over wait here for the one request in flight to be answered ---
@@ -309,7 +320,15 @@ export class FpagThread implements AsyncUpcalls {
 
   submit(u: UpcallBatch): number {
     if (Atomics.load(this.ctrl, C_FAILED) === 1) throw new FpoError('FPO_ERR_WORKER', 'fpag thread: the worker failed earlier');
-    const need = this.pendCount + u.count;
+    this.pend(u, 0, u.count);
+    this.submitted += u.count;
+    if (this.inFlight === 0) this.sendPending(false);
+    return this.submitted;
+  }
+
+  // Keys [from, from + n) of u to the pending ones (grown: slow path).
+  private pend(u: UpcallBatch, from: number, n: number): void {
+    const need = this.pendCount + n;
     if (this.pendPpid.length < need) {
       const cap = Math.max(need, 2 * this.pendPpid.length, 1024);
       const p = new Uint16Array(cap);
@@ -319,37 +338,34 @@ export class FpagThread implements AsyncUpcalls {
       k.set(this.pendKeys.subarray(0, this.pendCount * KEY_WORDS));
       this.pendKeys = k;
     }
-    this.pendPpid.set(u.inPpid.subarray(0, u.count), this.pendCount);
-    this.pendKeys.set(u.keys.subarray(0, u.count * KEY_WORDS), this.pendCount * KEY_WORDS);
+    this.pendPpid.set(u.inPpid.subarray(from, from + n), this.pendCount);
+    this.pendKeys.set(u.keys.subarray(from * KEY_WORDS, (from + n) * KEY_WORDS), this.pendCount * KEY_WORDS);
     this.pendCount = need;
-    this.submitted += u.count;
-    if (this.inFlight === 0) this.sendPending();
-    return this.submitted;
   }
 
   poll(): number {
     if (this.inFlight > 0 && Atomics.load(this.ctrl, 0) !== REQUEST) this.takeAnswer();
-    if (this.inFlight === 0 && this.pendCount > 0) this.sendPending();
+    if (this.inFlight === 0 && this.pendCount > 0) this.sendPending(false);
     return this.answered;
   }
 
   waitOne(): number {
     if (this.inFlight === 0) {
       if (this.pendCount === 0) return this.answered;
-      this.sendPending();
+      this.sendPending(false);
     }
     this.wait_();
     this.takeAnswer();
-    if (this.pendCount > 0) this.sendPending();
+    if (this.pendCount > 0) this.sendPending(false);
     return this.answered;
   }
 
-  // Up to `part` pending keys to the worker, as one request (not a continuation: a request is a batch of its own).
-  private sendPending(): void {
+  // Up to `part` pending keys to the worker, as one request (continues: of the last request's batch; async: a request is a batch of its own).
+  private sendPending(continues: boolean): void {
     const n = Math.min(this.pendCount, this.part, REQ_KEYS);
     const req = this.req;
     req[0] = n;
-    req[1] = 0;
+    req[1] = continues ? 1 : 0;
     for (let j = 0; j < n; j++) {
       const o = REQ_HEAD + j * (1 + KEY_WORDS);
       req[o] = this.pendPpid[j];
@@ -364,69 +380,104 @@ export class FpagThread implements AsyncUpcalls {
     Atomics.notify(this.ctrl, 0);
   }
 
-  // The answer to the request in flight (it has come): applied to the datapath.
+  // The answer to the request in flight (it has come): applied to the datapath (async).
   private takeAnswer(): void {
+    const msgs = this.receive(this.installs);
+    this.dp.upcalls -= this.lastCovered; // the datapath counted every key it handed over
+    this.applyAnswer(msgs, this.installs);
+  }
+
+  /**
+   * The answer to the request in flight (it has come), taken out of the
+   * shared memory: flow installs decoded into `into` (appended when it is
+   * `staged`), else the messages returned. Counts it.
+   */
+  private receive(into: FlowInstalls): ControlMessage[] | null {
     if (Atomics.load(this.ctrl, C_FAILED) === 1) this.wait_(); // throws with the worker's message
     const len = Atomics.load(this.ctrl, 1);
     const cov = Atomics.load(this.ctrl, C_COVERED);
     let msgs: ControlMessage[] | null = null;
-    if (len < 0) decodeInstallsInto(this.replyWords, this.installs, this.actionCache);
+    if (len < 0) decodeInstallsInto(this.replyWords, into, this.actionCache, into === this.staged);
     else msgs = decode(this.decoder.decode(this.reply.slice(0, len)));
     Atomics.store(this.ctrl, 0, IDLE);
     const n = this.inFlight;
     this.inFlight = 0;
     this.answered += n;
     this.upcalls += n - cov;
-    this.dp.upcalls -= cov; // the datapath counted every key it handed over
+    this.lastCovered = cov;
+    this.batchCovered += cov;
     this.roundTrips++;
     this.roundTripNs += Number(process.hrtime.bigint() - this.inFlightSent);
-    if (msgs === null) this.dp.apply(this.installs);
+    return msgs;
+  }
+
+  private applyAnswer(msgs: ControlMessage[] | null, installs: FlowInstalls): void {
+    if (msgs === null) this.dp.apply(installs);
     else for (const m of msgs) this.dp.apply(m);
   }
 
-  // Slow path: a batch's misses, in parts of `part` keys: part k + 1 is sent before part k's flows are installed.
-  private upcallBatch(u: UpcallBatch): void {
-    if (Atomics.load(this.ctrl, C_FAILED) === 1) throw new FpoError('FPO_ERR_WORKER', 'fpag thread: the worker failed earlier');
-    const part = Math.min(this.part, REQ_KEYS);
-    let covered = 0;
-    let t0 = process.hrtime.bigint();
-    this.send(u, 0, Math.min(part, u.count), false);
-    for (let from = 0; from < u.count; from += part) {
-      const n = Math.min(part, u.count - from);
-      this.wait_();
-      const len = Atomics.load(this.ctrl, 1);
-      const cov = Atomics.load(this.ctrl, C_COVERED);
-      covered += cov;
-      // The answer is copied out (decoded) before the next request reuses the shared memory.
-      let msgs: ControlMessage[] | null = null;
-      if (len < 0) decodeInstallsInto(this.replyWords, this.installs, this.actionCache);
-      else msgs = decode(this.decoder.decode(this.reply.slice(0, len)));
-      Atomics.store(this.ctrl, 0, IDLE);
-      this.upcalls += n - cov;
-      this.roundTrips++;
-      const t1 = process.hrtime.bigint();
-      this.roundTripNs += Number(t1 - t0);
-      t0 = t1;
-      if (from + n < u.count) this.send(u, from + n, Math.min(part, u.count - from - n), true);
-      if (msgs === null) this.dp.apply(this.installs);
-      else for (const m of msgs) this.dp.apply(m);
-    }
-    u.covered = covered;
+  private lastCovered = 0;
+
+  // --- synchronous: a batch's misses, some handed over while the lane still gathers them ---
+
+  /** Keys of the datapath batch being gathered that were handed over early (Datapath.upcallEarlySink). */
+  private earlyKeys = 0;
+  /** Requests sent for the datapath batch (the first does not continue an earlier one). */
+  private batchRequests = 0;
+  /** Keys of the batch's answers that a flow decided for an earlier key covered. */
+  private batchCovered = 0;
+  /** Answers taken while the lane still gathered (flows installed when the batch's call comes). */
+  private readonly staged: FlowInstalls = { type: 'flow-installs', count: 0, keys: new Uint32Array(0), masks: new Uint32Array(0), actions: [] };
+
+  private beginBatch(): void {
+    // (Left by a batch whose call never came — its sink was replaced — : answered and dropped.)
+    if (this.inFlight > 0) { this.wait_(); this.receive(this.installs); }
+    this.pendCount = 0;
+    this.earlyKeys = 0;
+    this.batchRequests = 0;
+    this.batchCovered = 0;
+    this.staged.count = 0;
+    this.staged.actions.length = 0;
   }
 
-  // Keys [from, from + n) of u to the worker (continues: they go on from the last request's batch).
-  private send(u: UpcallBatch, from: number, n: number, continues: boolean): void {
-    const req = this.req;
-    req[0] = n;
-    req[1] = continues ? 1 : 0;
-    for (let j = 0; j < n; j++) {
-      const o = REQ_HEAD + j * (1 + KEY_WORDS);
-      const ko = (from + j) * KEY_WORDS;
-      req[o] = u.inPpid[from + j];
-      for (let w = 0; w < KEY_WORDS; w++) req[o + 1 + w] = u.keys[ko + w];
+  private sendNext(): void {
+    this.sendPending(this.batchRequests > 0);
+    this.batchRequests++;
+  }
+
+  // Slow path: misses the lane found while it still gathers: sent when no request is in flight
+  // (an answer that has come is taken, staged, first); the worker decides them meanwhile.
+  private upcallEarly(u: UpcallBatch): void {
+    if (Atomics.load(this.ctrl, C_FAILED) === 1) throw new FpoError('FPO_ERR_WORKER', 'fpag thread: the worker failed earlier');
+    if (!u.continues) this.beginBatch();
+    this.pend(u, 0, u.count);
+    this.earlyKeys += u.count;
+    // (An answer in words only: one in JSON waits for the batch's call, where it is applied in its order.)
+    if (this.inFlight > 0 && Atomics.load(this.ctrl, 0) !== REQUEST && Atomics.load(this.ctrl, 1) < 0) this.receive(this.staged);
+    if (this.inFlight === 0 && this.pendCount > 0) {
+      this.sendNext();
+      this.earlyRequests++;
     }
-    Atomics.store(this.ctrl, 0, REQUEST);
-    Atomics.notify(this.ctrl, 0);
+  }
+
+  // Slow path: a batch's misses (the first earlyKeys handed over already), in parts of `part`
+  // keys: part k + 1 is sent before part k's flows are installed.
+  private upcallBatch(u: UpcallBatch): void {
+    if (Atomics.load(this.ctrl, C_FAILED) === 1) throw new FpoError('FPO_ERR_WORKER', 'fpag thread: the worker failed earlier');
+    if (this.earlyKeys === 0) this.beginBatch();
+    const early = Math.min(this.earlyKeys, u.count);
+    this.pend(u, early, u.count - early);
+    this.earlyKeys = 0;
+    if (this.staged.count > 0) this.dp.apply(this.staged);
+    while (this.inFlight > 0 || this.pendCount > 0) {
+      if (this.inFlight === 0) this.sendNext();
+      this.wait_();
+      const msgs = this.receive(this.installs);
+      if (this.pendCount > 0) this.sendNext();
+      this.applyAnswer(msgs, this.installs);
+    }
+    u.covered = this.batchCovered;
+    this.beginBatch();
   }
 
   // Until the worker has answered the request sent; throws FPO_ERR_WORKER when it failed or gave no answer in ANSWER_MS.

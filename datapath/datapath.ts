@@ -176,6 +176,46 @@ export class Datapath {
     this.batchSink = s;
     this.fastLane.gatherMisses = s !== null;
   }
+
+  /**
+   * With upcallBatchSink, a sink that takes a batch's misses as they are
+   * found (control/fpag-thread.ts: the FPAG's thread decides them while the
+   * fast lane gathers the rest), or null. It gets misses in parts (an
+   * UpcallBatch, `continues` false for a datapath batch's first); the
+   * batch sink then gets all the batch's misses, those handed early first,
+   * in the same order, and answers them all before it returns.
+   */
+  get upcallEarlySink(): ((u: UpcallBatch) => void) | null { return this.earlySink; }
+  set upcallEarlySink(s: ((u: UpcallBatch) => void) | null) {
+    this.earlySink = s;
+    this.fastLane.missEarly = s === null ? null : (b, idx, from, to) => this.upcallEarly(b, idx, from, to);
+  }
+
+  private earlySink: ((u: UpcallBatch) => void) | null = null;
+  /** The early hand-over's message (reused; its own: the batch's UpcallBatch is built after). */
+  private earlyBatch: UpcallBatch = { type: 'upcalls', count: 0, inPpid: new Uint16Array(0), keys: new Uint32Array(0), covered: 0, continues: false, entries: false, entry: new Int32Array(0) };
+
+  // Slow path (a burst of new flows): misses idx[from, to) of the batch to the early sink.
+  private upcallEarly(batch: PacketBatch, idx: Uint16Array, from: number, to: number): void {
+    const n = to - from;
+    let u = this.earlyBatch;
+    if (u.inPpid.length < n) {
+      u = this.earlyBatch = { type: 'upcalls', count: 0, inPpid: new Uint16Array(Math.max(n, this.batchCapacity)), keys: new Uint32Array(Math.max(n, this.batchCapacity) * KEY_WORDS), covered: 0, continues: false, entries: false, entry: new Int32Array(Math.max(n, this.batchCapacity)) };
+    }
+    const keys = u.keys;
+    const src = batch.key;
+    for (let j = 0; j < n; j++) {
+      const i = idx[from + j];
+      u.inPpid[j] = batch.inPpid[i];
+      const ko = i * KEY_WORDS;
+      const o = j * KEY_WORDS;
+      for (let w = 0; w < KEY_WORDS; w++) keys[o + w] = src[ko + w];
+    }
+    u.count = n;
+    u.covered = 0;
+    u.continues = from > 0;
+    this.earlySink!(u);
+  }
   /**
    * Installs refused because no flow index was free: a batch made more new
    * flows than the table's spare indices while the flows it evicted were

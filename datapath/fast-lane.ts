@@ -160,6 +160,14 @@ export class FastLane {
   stopAtMiss = false;
   /** The datapath's batched upcall (Datapath.upcallMany): packets idx[0..n) to the FPAG, their flows (or -1, drop set) into got. */
   missMany: (batch: PacketBatch, idx: Uint16Array, n: number, got: Int32Array) => void = () => undefined;
+  /**
+   * While gather still looks for misses: every `earlyKeys` of them found,
+   * misses idx[from, to) to the datapath's early hand-over (an FPAG on
+   * another thread decides them while this thread gathers the rest), or
+   * null. missMany then gets them all, as without.
+   */
+  missEarly: ((batch: PacketBatch, idx: Uint16Array, from: number, to: number) => void) | null = null;
+  earlyKeys = 64;
   /** gather's list and answers; per packet, the flow a gather found for it (pre), valid when preSeq is gatherSeq and no flow changed (preGens). */
   private gIdx = new Uint16Array(0);
   private gGot = new Int32Array(0);
@@ -648,6 +656,8 @@ export class FastLane {
     idx[0] = i;
     let c = 1;
     let last = i;
+    const early = this.missEarly;
+    let handed = 0;
     for (let j = i + 1; j < n && j - last <= GATHER_GAP; j++) {
       if (drop[j] !== 0) continue;
       const base = batch.off[j];
@@ -669,6 +679,10 @@ export class FastLane {
       if (flows.lookupHashed(key, k, h) >= 0) continue;
       idx[c++] = j;
       last = j;
+      if (early !== null && c - handed >= this.earlyKeys) {
+        early(batch, idx, handed, c);
+        handed = c;
+      }
     }
     this.missMany(batch, idx, c, got);
     const seq = ++this.gatherSeq;
