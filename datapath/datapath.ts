@@ -784,9 +784,11 @@ export class Datapath {
     const seen = this.runSeen;
     let x = 0;
     while (x < k) {
-      const pg = (x / B) | 0;
-      const s = x - pg * B;
-      const end = Math.min(B, k - pg * B);
+      // Packets x.. from the head: a run within one page (its slots s..e), at most the k.
+      const at = q.slotOf(x);
+      const pg = (at / B) | 0;
+      const s = at - pg * B;
+      const end = Math.min(B, s + (k - x));
       const stamp = ++this.runStamp;
       let e = s;
       while (e < end) {
@@ -801,7 +803,7 @@ export class Datapath {
       } finally {
         this.releasing = false;
       }
-      x = pg * B + e;
+      x += e - s;
     }
     q.shift(k);
   }
@@ -901,7 +903,7 @@ export class Datapath {
       if (batch.drop[i] !== 0) continue;
       const f = batch.flow[i];
       const conn = connHash(batch.key, i * KEY_WORDS);
-      const last = q.count > 0 ? q.ticket[q.count - 1] : 0;
+      const last = q.lastTicket();
       let ticket: number;
       if (f >= 0) {
         if (q.count === 0 || !q.waiting(conn)) continue;
