@@ -22,7 +22,7 @@ const MAX_MASKS = 16;
 
 export class BatchFlows {
   /** The answer: flow j is keys/masks at j * KEY_WORDS → actions[j]. */
-  readonly message: FlowInstalls = { type: 'flow-installs', count: 0, keys: new Uint32Array(0), masks: new Uint32Array(0), actions: [] };
+  readonly message: FlowInstalls = { type: 'flow-installs', count: 0, keys: new Uint32Array(0), masks: new Uint32Array(0), actions: [], maskIds: new Int8Array(0) };
   /** Keys a flow of this batch covered (no decision made for them). */
   covered = 0;
   private readonly maskWords = new Uint32Array(MAX_MASKS * KEY_WORDS);
@@ -53,7 +53,7 @@ export class BatchFlows {
   /** The flows added since the batch's from-th, as a message of their own (views of this one's arrays). */
   since(from: number): FlowInstalls {
     const m = this.message;
-    return { type: 'flow-installs', count: m.count - from, keys: m.keys.subarray(from * KEY_WORDS), masks: m.masks.subarray(from * KEY_WORDS), actions: m.actions.slice(from), first: from };
+    return { type: 'flow-installs', count: m.count - from, keys: m.keys.subarray(from * KEY_WORDS), masks: m.masks.subarray(from * KEY_WORDS), actions: m.actions.slice(from), first: from, maskIds: this.flowMask.subarray(from) };
   }
 
   // Slow path: room for twice the flows (the index rebuilt for the new slot count).
@@ -69,6 +69,7 @@ export class BatchFlows {
     const fm = new Int8Array(cap);
     fm.set(this.flowMask);
     this.flowMask = fm;
+    m.maskIds = fm;
     this.slots = new Int32Array(2 * cap);
     this.slotHash = new Uint32Array(2 * cap);
     for (let f = 0; f < m.count; f++) if (fm[f] >= 0) this.index(f, this.hash(m.keys.subarray(f * KEY_WORDS), fm[f]));

@@ -633,9 +633,14 @@ export class Datapath {
         // (Entries this message does not reach read -1, whatever an earlier batch left there.)
         for (let e = this.installedEnd; e < first; e++) installed[e] = -1;
         this.installedEnd = Math.max(this.installedEnd, first + n);
+        const ids = msg.maskIds;
+        let sub = -1;
         for (let j = 0; j < n; j++) {
           const act = this.actionSets.intern(msg.actions[j]);
-          const f = flows.installAt(keys, masks, j * KEY_WORDS, act, now);
+          // The same mask as the flow before (the FPAG's batch index says so): its subtable, no masks compared.
+          const same = ids !== undefined && j > 0 && ids[j] >= 0 && ids[j] === ids[j - 1];
+          const f = flows.installAt(keys, masks, j * KEY_WORDS, act, now, same ? sub : -1);
+          sub = f >= 0 ? flows.sub[f] : -1;
           if (f === FULL) { this.installsRefused += n - j; installed.fill(-1, first + j, first + n); return; }
           if (f < 0) { installed.fill(-1, first + j, first + n); throw new FpoError('FPO_ERR_CAPACITY', `no free subtable for the mask of flow ${j} of ${n}`); }
           installed[first + j] = f;

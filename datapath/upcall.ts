@@ -66,6 +66,12 @@ export interface FlowInstalls {
   actions: Action[][];
   /** The index of this message's first flow in its batch's answer (a batch answered in parts); 0 when absent. */
   first?: number;
+  /**
+   * Optional, per flow: flows j and j - 1 with the same id (not -1) have the
+   * same mask (control/batch-flows.ts: its index of the batch's masks), so
+   * the datapath installs j into j - 1's subtable without comparing masks.
+   */
+  maskIds?: Int8Array;
 }
 
 /** Install a megaflow: packets whose key & mask equals key & mask get `actions`. */

@@ -13,7 +13,8 @@
  *           evicted to make room, and their memory is taken again — a switch
  *           that has run for a while.
  *
- * A line gives set-ups a second (upcalls over the replay's whole time), the
+ * A line gives set-ups a second (upcalls over the replay's whole time; inline,
+ * beside it, over the time in the upcall path alone: inPathSetupsPerSec), the
  * upcall batches (the misses of a datapath batch go together) and the round
  * trips with their mean: inline, one call of the sink a batch, timed from
  * the hand-over to its return with the flows installed (the sink is wrapped
@@ -67,7 +68,11 @@ try {
         flows, maxFlows: maxFlows(flows), upcalls: report.flows.upcalls, evicted: report.flows.evicted, batches,
         keysPerBatch: Number((report.flows.upcalls / Math.max(1, batches)).toFixed(1)),
         setupsPerSec: Math.round(report.flows.upcalls / report.seconds),
+        // Inline, beside it: the set-ups over the time in the upcall path alone (decisions and installs;
+        // the replay's reading, switching and writing of the packets left out).
+        ...(fpag === 'inline' ? { inPathSetupsPerSec: Math.round(report.flows.upcalls / (ns / 1e9)) } : {}),
         roundTrips, roundTripUs: Number(roundTripUs.toFixed(3)),
+        ...(report.fpag.early !== undefined ? { early: report.fpag.early } : {}),
         ...(report.fpag.queue ? { queue: report.fpag.queue } : {}),
       };
     };

@@ -380,9 +380,13 @@ export class FlowTable {
 
   private quarantineDepth = 0;
 
-  /** install, of the key and mask at key[o..] and mask[o..] (a FlowInstalls message's j-th: o = j * KEY_WORDS). */
-  installAt(key: Uint32Array, mask: Uint32Array, o: number, act: number, now: number): number {
-    const s = this.subtableFor(mask, o);
+  /**
+   * install, of the key and mask at key[o..] and mask[o..] (a FlowInstalls
+   * message's j-th: o = j * KEY_WORDS); sub: the subtable of that mask when
+   * the caller knows it (the last install's, of the same mask), else -1.
+   */
+  installAt(key: Uint32Array, mask: Uint32Array, o: number, act: number, now: number, sub = -1): number {
+    const s = sub >= 0 ? sub : this.subtableFor(mask, o);
     if (s < 0) return -1;
     const h = this.maskedHash(key, o, s);
     const old = this.find(key, o, s, h);
