@@ -113,6 +113,7 @@ export class BatchFlows {
         }
         if (j === nw) {
           this.covered++;
+          this.lastMasks = m + 1; // (masks past m: no hash of this key computed)
           return f;
         }
       }

@@ -55,6 +55,22 @@ describe('BatchFlows (the megaflows of one upcall batch)', () => {
     ), { numRuns: 300 });
   });
 
+  it('a key covered under its first mask, then added under a later one (a caller\'s own choice), is indexed under that mask\'s hash: keys it covers are found', () => {
+    const bf = new BatchFlows();
+    bf.begin();
+    const maskA = full([0xffffffff, 0, 0, 0]);
+    const maskB = full([0, 0xffffffff, 0, 0]);
+    expect(bf.covering(full([1, 1, 0, 0]))).toBe(-1);
+    bf.add(full([1, 1, 0, 0]), maskA, []);
+    const y = full([2, 2, 0, 0]);
+    expect(bf.covering(y)).toBe(-1); // y's hash under both masks computed
+    bf.add(y, maskB, []);
+    const key = full([1, 7, 0, 0]);
+    expect(bf.covers(key)).toBe(true); // under maskA, the first: maskB's hash of it not computed (y's must not stand in)
+    expect(bf.add(key, maskB, [])).toBe(2);
+    expect(bf.covering(full([9, 7, 3, 3]))).toBe(2);
+  });
+
   it('begin() forgets the last batch: nothing covers, and the message is empty', () => {
     const bf = new BatchFlows();
     bf.begin();
