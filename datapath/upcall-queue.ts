@@ -44,6 +44,7 @@ export function connHash(key: Uint32Array, ko: number): number {
 export class UpcallQueue {
   readonly pages: PacketBatch[] = [];
   readonly arena: Uint8Array;
+  private readonly dv: DataView;
   /** Per slot: its packet's ticket, and its connection's hash (for keyCount). */
   readonly ticket: Float64Array;
   readonly hash: Uint32Array;
@@ -66,6 +67,7 @@ export class UpcallQueue {
 
   constructor(readonly capacity: number, readonly bytes: number, readonly pageSize: number) {
     this.arena = new Uint8Array(bytes);
+    this.dv = new DataView(this.arena.buffer);
     for (let k = 0; k < capacity; k += pageSize) {
       const p = new PacketBatch(pageSize);
       p.batchSetBuffer(this.arena);
@@ -109,9 +111,17 @@ export class UpcallQueue {
     const B = this.pageSize;
     const page = this.pages[(k / B) | 0];
     const slot = k % B;
+    // Four bytes at a time through the two DataViews (unaligned reads and writes), then the rest:
+    // byte by byte, a 64-byte frame had cost ~60 ns of a parked packet's ~300.
+    const sd = batch.dv;
+    const ad = this.dv;
+    let x = batch.off[i];
+    let to = at;
+    const end4 = x + (len & ~3);
+    for (; x < end4; x += 4, to += 4) ad.setUint32(to, sd.getUint32(x));
     const src = batch.buf;
     const arena = this.arena;
-    for (let x = batch.off[i], to = at, end = x + len; x < end; x++, to++) arena[to] = src[x];
+    for (const end = batch.off[i] + len; x < end; x++, to++) arena[to] = src[x];
     page.copyPacket(batch, i, slot);
     page.off[slot] = at;
     page.hash[slot] = batch.hash[i]; // (the flow hash: an encapsulated copy's outer UDP source port)
