@@ -83,10 +83,12 @@ function encode(msgs: ControlMessage[]): string {
  * a, b); a ct action is (7, zone | commit << 16 | (table + 1) << 17 | fw << 26, 0).
  * Keys and masks in blocks go across in one copy each way (word by word, a
  * key and mask had cost ~55 ns an install to write and ~75 to read back).
+ * With `entry`, then the request's `keys` entries (the index, in the batch's
+ * answer, of the flow that covers each key, -1 none: UpcallBatch.entry).
  * Returns the word count, or -1 when a message is not a flow install, has a
  * ct action with NAT, or does not fit (the caller then sends the messages whole).
  */
-export function encodeInstalls(msgs: ControlMessage[], out: Uint32Array): number {
+export function encodeInstalls(msgs: ControlMessage[], out: Uint32Array, entry: Int32Array | null = null, keys = 0): number {
   let n = 0;
   for (const m of msgs) {
     if (m.type === 'flow-install') n++;
@@ -112,6 +114,12 @@ export function encodeInstalls(msgs: ControlMessage[], out: Uint32Array): number
     if (o < 0) return -1;
   }
   out[0] = n;
+  // Then, for a request's keys, which of its batch's flows covers each (UpcallBatch.entry): [count, entries…].
+  if (entry !== null) {
+    if (o + 1 + keys > out.length) return -1;
+    out[o++] = keys;
+    for (let j = 0; j < keys; j++) out[o++] = entry[j];
+  }
   return o;
 }
 
@@ -189,9 +197,10 @@ export class ActionCache {
 /**
  * decodeInstalls into one FlowInstalls whose arrays are reused (grown to
  * the count), the action arrays from `cache`; `append`: after the flows it
- * holds (an answer staged behind earlier ones).
+ * holds (an answer staged behind earlier ones). Returns the offset past the
+ * installs (where entries follow, when the answer has them).
  */
-export function decodeInstallsInto(w: Uint32Array, msg: FlowInstalls, cache: ActionCache, append = false): void {
+export function decodeInstallsInto(w: Uint32Array, msg: FlowInstalls, cache: ActionCache, append = false): number {
   const at = append ? msg.count : 0;
   const n = at + w[0];
   if (msg.keys.length < n * KEY_WORDS) {
@@ -213,6 +222,14 @@ export function decodeInstallsInto(w: Uint32Array, msg: FlowInstalls, cache: Act
     o += 3 * k;
   }
   msg.count = n;
+  return o;
+}
+
+// Slow path: room for n entries (what the array held kept).
+function growEntries(a: Int32Array, n: number): Int32Array {
+  const b = new Int32Array(Math.max(n, 2 * a.length, 1024));
+  b.set(a);
+  return b;
 }
 
 function decodeActions(w: Uint32Array, o: number, k: number): Action[] {
@@ -424,10 +441,28 @@ export class FpagThread implements AsyncUpcalls {
     const len = Atomics.load(this.ctrl, 1);
     const cov = Atomics.load(this.ctrl, C_COVERED);
     let msgs: ControlMessage[] | null = null;
-    if (len < 0) decodeInstallsInto(this.replyWords, into, this.actionCache, into === this.staged);
-    else msgs = decode(this.decoder.decode(this.reply.slice(0, len)));
-    Atomics.store(this.ctrl, 0, IDLE);
     const n = this.inFlight;
+    const flowsBefore = this.batchFlows;
+    if (len < 0) {
+      const w = this.replyWords;
+      const staged = into === this.staged;
+      const had = staged ? into.count : 0;
+      const o = decodeInstallsInto(w, into, this.actionCache, staged);
+      if (!this.async) {
+        // A synchronous batch's keys are answered in order: each one's entry (the flow that covers
+        // it, counted over the batch's answers), and where this answer's flows start among them.
+        if (!staged) into.first = flowsBefore;
+        this.batchFlows += into.count - had;
+        const e = this.batchEntry.length >= this.batchKeys + n ? this.batchEntry : (this.batchEntry = growEntries(this.batchEntry, this.batchKeys + n));
+        const k = o < -len ? w[o] : 0;
+        for (let j = 0; j < n; j++) e[this.batchKeys + j] = j < k ? (w[o + 1 + j] | 0) : -1;
+        this.batchKeys += n;
+      }
+    } else {
+      msgs = decode(this.decoder.decode(this.reply.slice(0, len)));
+      this.entriesKnown = false; // (messages whole: which flows they installed is not said)
+    }
+    Atomics.store(this.ctrl, 0, IDLE);
     this.inFlight = 0;
     this.answered += n;
     this.upcalls += n - cov;
@@ -456,11 +491,21 @@ export class FpagThread implements AsyncUpcalls {
   /** Answers taken while the lane still gathered (flows installed when the batch's call comes). */
   private readonly staged: FlowInstalls = { type: 'flow-installs', count: 0, keys: new Uint32Array(0), masks: new Uint32Array(0), actions: [] };
 
+  /** Of the synchronous batch being answered: its flows installed so far, its keys answered, their entries (UpcallBatch.entry). */
+  private batchFlows = 0;
+  private batchKeys = 0;
+  private batchEntry: Int32Array = new Int32Array(0);
+  /** Whether every answer of the batch said its entries (one sent as JSON does not: then the datapath looks each key up). */
+  private entriesKnown = true;
+
   private beginBatch(): void {
     // (Left by a batch whose call never came — its sink was replaced — : answered and dropped.)
     if (this.inFlight > 0) { this.wait_(); this.receive(this.installs); }
     this.pendCount = 0;
     this.pendHead = 0;
+    this.batchFlows = 0;
+    this.batchKeys = 0;
+    this.entriesKnown = true;
     this.earlyKeys = 0;
     this.batchRequests = 0;
     this.batchCovered = 0;
@@ -505,6 +550,10 @@ export class FpagThread implements AsyncUpcalls {
       this.applyAnswer(msgs, this.installs);
     }
     u.covered = this.batchCovered;
+    if (this.entriesKnown && this.batchKeys === u.count && !this.async) {
+      u.entry.set(this.batchEntry.subarray(0, u.count));
+      u.entries = true;
+    }
     this.beginBatch();
   }
 
@@ -581,9 +630,10 @@ if (!isMainThread && workerData?.sab) {
       for (let j = 0; j < n; j++) batch.inPpid[j] = req[REQ_HEAD + j];
       batch.count = n;
       batch.covered = 0;
+      batch.entries = false;
       try {
         sink(batch);
-        const words = encodeInstalls(shadow.outbox, replyWords);
+        const words = encodeInstalls(shadow.outbox, replyWords, batch.entries ? batch.entry : null, n);
         if (words >= 0) {
           Atomics.store(ctrl, 1, -words);
         } else {
