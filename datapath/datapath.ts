@@ -202,17 +202,7 @@ export class Datapath {
     if (u.inPpid.length < n) {
       u = this.earlyBatch = { type: 'upcalls', count: 0, inPpid: new Uint16Array(Math.max(n, this.batchCapacity)), keys: new Uint32Array(Math.max(n, this.batchCapacity) * KEY_WORDS), covered: 0, continues: false, entries: false, entry: new Int32Array(Math.max(n, this.batchCapacity)) };
     }
-    const keys = u.keys;
-    const src = batch.key;
-    for (let j = 0; j < n; j++) {
-      const i = idx[from + j];
-      u.inPpid[j] = batch.inPpid[i];
-      const ko = i * KEY_WORDS;
-      const o = j * KEY_WORDS;
-      for (let w = 0; w < KEY_WORDS; w++) keys[o + w] = src[ko + w];
-    }
-    u.count = n;
-    u.covered = 0;
+    fillUpcalls(u, batch, idx, from, n);
     u.continues = from > 0;
     this.earlySink!(u);
   }
@@ -1241,17 +1231,7 @@ export class Datapath {
   private upcallsOf(batch: PacketBatch, idx: Uint16Array, n: number): UpcallBatch {
     this.missIndices(n);
     const u = this.upcallBatch;
-    const keys = u.keys;
-    const src = batch.key;
-    for (let j = 0; j < n; j++) {
-      const i = idx[j];
-      u.inPpid[j] = batch.inPpid[i];
-      const ko = i * KEY_WORDS;
-      const o = j * KEY_WORDS;
-      for (let w = 0; w < KEY_WORDS; w++) keys[o + w] = src[ko + w];
-    }
-    u.count = n;
-    u.covered = 0;
+    fillUpcalls(u, batch, idx, 0, n);
     u.continues = false;
     u.entries = false;
     this.installedEnd = 0;
@@ -1441,3 +1421,17 @@ export class Datapath {
   }
 }
 
+/** Slow path: packets idx[from, from + n) of the batch (their in PPIDs and keys) as u's keys 0..n. */
+function fillUpcalls(u: UpcallBatch, batch: PacketBatch, idx: Uint16Array, from: number, n: number): void {
+  const keys = u.keys;
+  const src = batch.key;
+  for (let j = 0; j < n; j++) {
+    const i = idx[from + j];
+    u.inPpid[j] = batch.inPpid[i];
+    const ko = i * KEY_WORDS;
+    const o = j * KEY_WORDS;
+    for (let w = 0; w < KEY_WORDS; w++) keys[o + w] = src[ko + w];
+  }
+  u.count = n;
+  u.covered = 0;
+}

@@ -208,6 +208,18 @@ describe('progress', () => {
 });
 
 describe('the FPAG on its own thread', () => {
+  /** A capture of `frames` 64-byte frames over `flows` new flows, and the bench topology (4 VMs; a megaflow per flow). */
+  const newFlows = (name: string, frames: number, flows: number) => {
+    const dir = tempDir(name);
+    const cap = join(dir, 'c.pcap');
+    const topo = join(dir, 't.json');
+    generate(cap, { frames, size: 64, flows, vms: 4 });
+    writeFileSync(topo, JSON.stringify(benchTopology(4)));
+    return { dir, cap, topo };
+  };
+  /** A replay's flows with their counters, in a sorted list (to compare two replays). */
+  const flows = (r: ReturnType<typeof replay>) => r.datapath.dumpFlows().map((f) => `${[...f.key]}/${[...f.mask]} ${JSON.stringify(f.actions)} ${f.packets} ${f.bytes}`).sort();
+
   it('gives the same outputs as the FPAG inline: upcalls and installs cross only as messages', () => {
     const a = tempDir('inline');
     const b = tempDir('thread');
@@ -227,12 +239,7 @@ describe('the FPAG on its own thread', () => {
   });
 
   it('misses handed to the thread while the lane still gathers them (parts of 64, of 3, none early): the same frames, totals and per-flow counts as inline, and some requests sent early', () => {
-    const dir = tempDir('early');
-    const cap = join(dir, 'c.pcap');
-    const topo = join(dir, 't.json');
-    generate(cap, { frames: 6_000, size: 64, flows: 4_000, vms: 4 });
-    writeFileSync(topo, JSON.stringify(benchTopology(4)));
-    const flows = (r: ReturnType<typeof replay>) => r.datapath.dumpFlows().map((f) => `${[...f.key]}/${[...f.mask]} ${JSON.stringify(f.actions)} ${f.packets} ${f.bytes}`).sort();
+    const { cap, topo } = newFlows('early', 6_000, 4_000);
     const a = tempDir('inline');
     const ri = replay({ capture: cap, topology: topo, outDir: a });
     for (const earlyKeys of [64, 3, 100_000]) {
@@ -251,11 +258,7 @@ describe('the FPAG on its own thread', () => {
   });
 
   it('not waited for (--fpag async): the same frames on every port, each connection in order, the same totals and per-flow counts (the demo; 30 000 frames, also through a table smaller than the flows; a tunnel\'s two hosts)', () => {
-    const dir = tempDir('async');
-    const cap = join(dir, 'c.pcap');
-    const topo = join(dir, 't.json');
-    generate(cap, { frames: 30_000, size: 64, flows: 5_000, vms: 4 });
-    writeFileSync(topo, JSON.stringify(benchTopology(4)));
+    const { dir, cap, topo } = newFlows('async', 30_000, 5_000);
     const hosts = JSON.parse(readFileSync(join(FIXTURES, 'two-hosts.json'), 'utf8')).hosts as object[];
     const cases: [string, string, number | undefined][] = [[DEMO, TOPO, undefined], [cap, topo, undefined], [cap, topo, 1024]];
     hosts.forEach((h, k) => {
@@ -263,7 +266,6 @@ describe('the FPAG on its own thread', () => {
       writeFileSync(t, JSON.stringify(h));
       cases.push([join(FIXTURES, 'two-hosts.pcap'), t, undefined]);
     });
-    const flows = (r: ReturnType<typeof replay>) => r.datapath.dumpFlows().map((f) => `${[...f.key]}/${[...f.mask]} ${JSON.stringify(f.actions)} ${f.packets} ${f.bytes}`).sort();
     for (const [capture, topology, maxFlows] of cases) {
       const a = tempDir('inline');
       const b = tempDir('async');
