@@ -525,10 +525,13 @@ export class Datapath {
   constructor(opts: DatapathOptions = {}) {
     const maxPpid = opts.maxPpid ?? MAX_PPID;
     this.mapping = new MappingTable(opts.maxVpid ?? 65535, maxPpid);
-    // Spare indices for a batch's installs while its evicted flows are quarantined (flow-table.ts);
-    // with an upcall queue (asynchronous upcalls), for every key that may wait in it too: a release
-    // installs what it waits for within one quarantine.
-    this.flows = new FlowTable(opts.maxFlows ?? 65536, 2 * (opts.batchCapacity ?? 256) + (opts.upcallQueuePackets ?? 0));
+    // Spare indices for a batch's installs while its evicted flows are quarantined (flow-table.ts):
+    // a batch's worth for each pass its packets may take (the first and MAX_RECIRC recirculations:
+    // two batches' worth had dropped a batch of new connections through three ct passes each making
+    // a flow, test/datapath/conntrack/recirc-spare.test.ts); with an upcall queue (asynchronous
+    // upcalls), for every key that may wait in it too: a release installs what it waits for within
+    // one quarantine.
+    this.flows = new FlowTable(opts.maxFlows ?? 65536, (1 + MAX_RECIRC) * (opts.batchCapacity ?? 256) + (opts.upcallQueuePackets ?? 0));
     this.flows.smcOn = opts.smc ?? true;
     this.emc = new Emc(this.flows, undefined, opts.emcInsertInvProb ?? 100);
     this.classify = new Classify(this.flows, this.emc, opts.batchCapacity ?? 256);
