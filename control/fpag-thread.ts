@@ -20,7 +20,7 @@ import { dirname, join } from 'node:path';
 import { Datapath, type AsyncUpcalls, type TxPort } from '../datapath/datapath.js';
 import { KEY_WORDS } from '../datapath/classifier/flow-key.js';
 import { FpoError } from '../datapath/errors.js';
-import type { ControlMessage, FlowInstalls, UpcallBatch } from '../datapath/upcall.js';
+import { newUpcallBatch, type ControlMessage, type FlowInstalls, type UpcallBatch } from '../datapath/upcall.js';
 import type { Action } from '../datapath/actions/action-sets.js';
 import { Fpag } from './fpag.js';
 import type { Topology } from './topology.js';
@@ -605,7 +605,7 @@ if (!isMainThread && workerData?.sab) {
     shadow.outbox = [];
     Atomics.notify(ctrl, 3);
     // The request's keys where they are (the FPAG reads an UpcallBatch's keys, never writes them).
-    const batch: UpcallBatch = { type: 'upcalls', count: 0, inPpid: new Uint16Array(REQ_KEYS), keys: req.subarray(REQ_KEYS_AT, REQ_KEYS_AT + REQ_KEYS * KEY_WORDS), covered: 0, continues: false, entries: false, entry: new Int32Array(REQ_KEYS) };
+    const batch = newUpcallBatch(REQ_KEYS, req.subarray(REQ_KEYS_AT, REQ_KEYS_AT + REQ_KEYS * KEY_WORDS));
     // Decisions go out before the shadow applies them: the datapath installs while the shadow does.
     shadow.defer = true;
     for (;;) {

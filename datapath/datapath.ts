@@ -34,7 +34,7 @@ import { FpoError } from './errors.js';
 import { MappingTable, NO_PPID } from './mapping/mapping-table.js';
 import { Parse } from './parse/parse.js';
 import { parseIpText } from './ip-text.js';
-import type { ControlMessage, SpecialPacket, Upcall, UpcallBatch } from './upcall.js';
+import { newUpcallBatch, type ControlMessage, type SpecialPacket, type Upcall, type UpcallBatch } from './upcall.js';
 import { UpcallQueue, connHash } from './upcall-queue.js';
 
 export const MAX_PPID = 4095;
@@ -193,14 +193,14 @@ export class Datapath {
 
   private earlySink: ((u: UpcallBatch) => void) | null = null;
   /** The early hand-over's message (reused; its own: the batch's UpcallBatch is built after). */
-  private earlyBatch: UpcallBatch = { type: 'upcalls', count: 0, inPpid: new Uint16Array(0), keys: new Uint32Array(0), covered: 0, continues: false, entries: false, entry: new Int32Array(0) };
+  private earlyBatch: UpcallBatch = newUpcallBatch(0);
 
   // Slow path (a burst of new flows): misses idx[from, to) of the batch to the early sink.
   private upcallEarly(batch: PacketBatch, idx: Uint16Array, from: number, to: number): void {
     const n = to - from;
     let u = this.earlyBatch;
     if (u.inPpid.length < n) {
-      u = this.earlyBatch = { type: 'upcalls', count: 0, inPpid: new Uint16Array(Math.max(n, this.batchCapacity)), keys: new Uint32Array(Math.max(n, this.batchCapacity) * KEY_WORDS), covered: 0, continues: false, entries: false, entry: new Int32Array(Math.max(n, this.batchCapacity)) };
+      u = this.earlyBatch = newUpcallBatch(Math.max(n, this.batchCapacity));
     }
     fillUpcalls(u, batch, idx, from, n);
     u.continues = from > 0;
@@ -264,7 +264,7 @@ export class Datapath {
   private batchesSinceSort = 0;
   private readonly upcallMsg: Upcall = { type: 'upcall', inPpid: 0, key: new Uint32Array(KEY_WORDS) };
   /** upcallMany's message and the packets it lists, reused (sized to the largest batch seen). */
-  private upcallBatch: UpcallBatch = { type: 'upcalls', count: 0, inPpid: new Uint16Array(0), keys: new Uint32Array(0), covered: 0, continues: false, entries: false, entry: new Int32Array(0) };
+  private upcallBatch: UpcallBatch = newUpcallBatch(0);
   /**
    * The flow each flow of a batch's answer became (apply of its FlowInstalls: [first + j], or -1),
    * entries up to installedEnd valid (reset before each hand-over): upcallMany takes a packet's
@@ -1248,7 +1248,7 @@ export class Datapath {
       const cap = Math.max(n, this.batchCapacity);
       this.missIdx = new Uint16Array(cap);
       this.missFlow = new Int32Array(cap);
-      this.upcallBatch = { type: 'upcalls', count: 0, inPpid: new Uint16Array(cap), keys: new Uint32Array(cap * KEY_WORDS), covered: 0, continues: false, entries: false, entry: new Int32Array(cap) };
+      this.upcallBatch = newUpcallBatch(cap);
     }
     return this.missIdx;
   }

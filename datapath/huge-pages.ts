@@ -20,15 +20,19 @@ export const MIN_BYTES = 8 << 20;
 const HUGE = 2 << 20;
 const MADV_HUGEPAGE = 14;
 
-let madvise: ((view: ArrayBufferView, from: number, len: number) => boolean) | null | undefined;
+/** madvise over view's bytes [from, from + len), and the address of a view's memory; null when koffi or libc is not there. */
+let ffi: { madvise: (view: ArrayBufferView, from: number, len: number) => boolean; address: (view: ArrayBufferView) => number } | null | undefined;
 
-function load(): typeof madvise {
+function load(): typeof ffi {
   try {
     const koffi = require('koffi') as typeof import('koffi');
     const fn = koffi.load('libc.so.6').func('int madvise(void *addr, size_t len, int advice)');
-    return (view, from, len) => {
-      const at = view instanceof Uint8Array ? view.subarray(from) : new Uint8Array(view.buffer, view.byteOffset + from);
-      return fn(at, len, MADV_HUGEPAGE) === 0;
+    return {
+      madvise: (view, from, len) => {
+        const at = view instanceof Uint8Array ? view.subarray(from) : new Uint8Array(view.buffer, view.byteOffset + from);
+        return fn(at, len, MADV_HUGEPAGE) === 0;
+      },
+      address: (view) => Number(koffi.address(view)),
     };
   } catch {
     return null;
@@ -41,15 +45,13 @@ function load(): typeof madvise {
  */
 export function adviseHugePages(view: ArrayBufferView): boolean {
   if (view.byteLength < MIN_BYTES) return false;
-  if (madvise === undefined) madvise = load();
-  const advise = madvise;
-  if (advise === null || advise === undefined) return false;
+  if (ffi === undefined) ffi = load();
+  if (ffi === null || ffi === undefined) return false;
   try {
-    const koffi = require('koffi') as typeof import('koffi');
-    const base = Number(koffi.address(view));
+    const base = ffi.address(view);
     const pad = (HUGE - (base % HUGE)) % HUGE;
     const len = Math.floor((view.byteLength - pad) / HUGE) * HUGE;
-    return len > 0 && advise(view, pad, len);
+    return len > 0 && ffi.madvise(view, pad, len);
   } catch {
     return false;
   }

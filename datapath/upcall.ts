@@ -8,6 +8,7 @@
 import type { Action } from './actions/action-sets.js';
 import type { FlagFormat } from './classifier/flag-check.js';
 import type { TunnelDef } from './actions/encap.js';
+import { KEY_WORDS } from './classifier/flow-key.js';
 
 /** A packet that matched no flow. Valid during the sink's call only: the datapath reuses it. */
 export interface Upcall {
@@ -52,6 +53,11 @@ export interface UpcallBatch {
    */
   entries: boolean;
   entry: Int32Array;
+}
+
+/** An empty UpcallBatch with room for `cap` keys (slow path: made once, grown rarely); `keys`: the keys' array to use, when given. */
+export function newUpcallBatch(cap: number, keys: Uint32Array = new Uint32Array(cap * KEY_WORDS)): UpcallBatch {
+  return { type: 'upcalls', count: 0, inPpid: new Uint16Array(cap), keys, covered: 0, continues: false, entries: false, entry: new Int32Array(cap) };
 }
 
 /**
