@@ -21,8 +21,14 @@ import type { FlowInstalls } from '../datapath/upcall.js';
 const MAX_MASKS = 16;
 
 export class BatchFlows {
-  /** The answer: flow j is keys/masks at j * KEY_WORDS → actions[j]. */
-  readonly message: FlowInstalls = { type: 'flow-installs', count: 0, keys: new Uint32Array(0), masks: new Uint32Array(0), actions: [], maskIds: new Int8Array(0) };
+  /**
+   * The answer: flow j is its key at keys[j * KEY_WORDS..] under the mask
+   * at masks[maskAt[j] * KEY_WORDS..] → actions[j]. The batch's masks go
+   * once each (the first MAX_MASKS; a flow of another has a copy of its own).
+   */
+  readonly message: FlowInstalls & { maskAt: Int32Array; keyOf: Int32Array } = { type: 'flow-installs', count: 0, keys: new Uint32Array(0), masks: new Uint32Array(0), actions: [], maskAt: new Int32Array(0), keyOf: new Int32Array(0) };
+  /** Masks in message.masks. */
+  maskCount = 0;
   /** Keys a flow of this batch covered (no decision made for them). */
   covered = 0;
   private readonly maskWords = new Uint32Array(MAX_MASKS * KEY_WORDS);
@@ -46,6 +52,7 @@ export class BatchFlows {
     m.count = 0;
     m.actions.length = 0;
     this.masks = 0;
+    this.maskCount = 0;
     this.lastKey = null;
     this.slots.fill(0);
   }
@@ -53,7 +60,7 @@ export class BatchFlows {
   /** The flows added since the batch's from-th, as a message of their own (views of this one's arrays). */
   since(from: number): FlowInstalls {
     const m = this.message;
-    return { type: 'flow-installs', count: m.count - from, keys: m.keys.subarray(from * KEY_WORDS), masks: m.masks.subarray(from * KEY_WORDS), actions: m.actions.slice(from), first: from, maskIds: this.flowMask.subarray(from) };
+    return { type: 'flow-installs', count: m.count - from, keys: m.keys.subarray(from * KEY_WORDS), masks: m.masks, actions: m.actions.slice(from), first: from, maskAt: m.maskAt.subarray(from), keyOf: m.keyOf.subarray(from) };
   }
 
   // Slow path: room for twice the flows (the index rebuilt for the new slot count).
@@ -63,13 +70,19 @@ export class BatchFlows {
     const keys = new Uint32Array(cap * KEY_WORDS);
     keys.set(m.keys);
     m.keys = keys;
-    const masks = new Uint32Array(cap * KEY_WORDS);
+    // (A flow adds a mask at most: its own when the batch has MAX_MASKS others.)
+    const masks = new Uint32Array((cap + MAX_MASKS) * KEY_WORDS);
     masks.set(m.masks);
     m.masks = masks;
     const fm = new Int8Array(cap);
     fm.set(this.flowMask);
     this.flowMask = fm;
-    m.maskIds = fm;
+    const at = new Int32Array(cap);
+    at.set(m.maskAt);
+    m.maskAt = at;
+    const ko = new Int32Array(cap);
+    ko.set(m.keyOf);
+    m.keyOf = ko;
     this.slots = new Int32Array(2 * cap);
     this.slotHash = new Uint32Array(2 * cap);
     for (let f = 0; f < m.count; f++) if (fm[f] >= 0) this.index(f, this.hash(m.keys.subarray(f * KEY_WORDS), fm[f]));
@@ -121,26 +134,32 @@ export class BatchFlows {
     return -1;
   }
 
-  /** Adds the megaflow key & mask → actions (key and mask copied); returns its index in the message. */
-  add(key: Uint32Array, mask: Uint32Array, actions: Action[]): number {
+  /**
+   * Adds the megaflow key & mask → actions (the key copied, the mask unless
+   * the batch has it); returns its index in the message. keyIndex: the key's
+   * index in its UpcallBatch (FlowInstalls.keyOf).
+   */
+  add(key: Uint32Array, mask: Uint32Array, actions: Action[], keyIndex = -1): number {
     const msg = this.message;
     if (msg.count === this.flowMask.length) this.grow();
     const f = msg.count++;
     const fo = f * KEY_WORDS;
-    for (let w = 0; w < KEY_WORDS; w++) {
-      msg.keys[fo + w] = key[w];
-      msg.masks[fo + w] = mask[w];
-    }
+    const keys = msg.keys;
+    for (let w = 0; w < KEY_WORDS; w++) keys[fo + w] = key[w];
     msg.actions.push(actions);
-    const m = this.maskIndex(mask);
+    msg.keyOf[f] = keyIndex;
+    const at = this.maskAt(mask);
+    msg.maskAt[f] = at;
+    const m = at < MAX_MASKS ? at : -1;
     this.flowMask[f] = m;
     // (The key's hash under m, when covering just computed it: the same key, a mask it tried.)
     if (m >= 0) this.index(f, key === this.lastKey && m < this.lastMasks ? this.lastHash[m] : this.hash(key, m));
     return f;
   }
 
-  // The index of `mask` among this batch's (added if there is room), or -1.
-  private maskIndex(mask: Uint32Array): number {
+  // Where `mask` is in the message's masks: among the indexed ones (the first MAX_MASKS), else added
+  // (and indexed while there is room).
+  private maskAt(mask: Uint32Array): number {
     const mw = this.maskWords;
     for (let m = 0; m < this.masks; m++) {
       const mo = m * KEY_WORDS;
@@ -148,8 +167,11 @@ export class BatchFlows {
       while (w < KEY_WORDS && mw[mo + w] === mask[w]) w++;
       if (w === KEY_WORDS) return m;
     }
-    if (this.masks === MAX_MASKS) return -1;
-    const m = this.masks++;
+    const at = this.maskCount++;
+    const to = this.message.masks;
+    for (let w = 0; w < KEY_WORDS; w++) to[at * KEY_WORDS + w] = mask[w];
+    if (this.masks === MAX_MASKS) return at;
+    const m = this.masks++; // (= at: every mask before it is an indexed one)
     const mo = m * KEY_WORDS;
     let n = 0;
     for (let w = 0; w < KEY_WORDS; w++) {

@@ -73,7 +73,7 @@ function views(sab: SharedArrayBuffer) {
 }
 
 function encode(msgs: ControlMessage[]): string {
-  return JSON.stringify(msgs, (_k, v) => (v instanceof Uint32Array || v instanceof Uint8Array ? { $t: v instanceof Uint32Array ? 'u32' : 'u8', a: Array.from(v) } : v));
+  return JSON.stringify(msgs, (_k, v) => (v instanceof Uint32Array || v instanceof Uint8Array || v instanceof Int32Array ? { $t: v instanceof Uint32Array ? 'u32' : v instanceof Int32Array ? 'i32' : 'u8', a: Array.from(v) } : v));
 }
 
 /**
@@ -106,8 +106,15 @@ export function encodeInstalls(msgs: ControlMessage[], out: Uint32Array, entry: 
       o = encodeActions(m.actions, out, o);
       at++;
     } else if (m.type === 'flow-installs') {
-      out.set(m.keys.subarray(0, m.count * KEY_WORDS), 1 + at * KEY_WORDS);
-      out.set(m.masks.subarray(0, m.count * KEY_WORDS), masksAt + at * KEY_WORDS);
+      for (let j = 0; j < m.count; j++) {
+        const ko = (m.keyAt === undefined ? j : m.keyAt[j]) * KEY_WORDS;
+        const mo = (m.maskAt === undefined ? j : m.maskAt[j]) * KEY_WORDS;
+        // (The key as installed: masked. A message may name any key its flow covers.)
+        for (let w = 0; w < KEY_WORDS; w++) {
+          out[1 + (at + j) * KEY_WORDS + w] = m.keys[ko + w] & m.masks[mo + w];
+          out[masksAt + (at + j) * KEY_WORDS + w] = m.masks[mo + w];
+        }
+      }
       for (let j = 0; j < m.count && o >= 0; j++) o = encodeActions(m.actions[j], out, o);
       at += m.count;
     }
@@ -195,33 +202,116 @@ export class ActionCache {
 }
 
 /**
- * decodeInstalls into one FlowInstalls whose arrays are reused (grown to
- * the count), the action arrays from `cache`; `append`: after the flows it
- * holds (an answer staged behind earlier ones). Returns the offset past the
- * installs (where entries follow, when the answer has them).
+ * A request's answer as the thread sends it, when the worker's FPAG gave one
+ * FlowInstalls naming its keys (keyOf and maskAt: control/batch-flows.ts)
+ * or nothing: [n flows][m masks][the m masks, KEY_WORDS words each][per
+ * flow, the index in the request of the key it was decided for][per flow,
+ * its mask among the m][per flow, its actions as encodeInstalls says them],
+ * then with `entry` the request's `keys` entries as there. The keys do not
+ * cross back (the datapath sent them), and a batch's mask crosses once:
+ * the keyed answer's 152 bytes a flow, written by one core and read by the
+ * other, had cost the worker ~120 ns a flow (a million set-ups, measured
+ * in the worker) and the datapath ~40. Returns the word count, or -1 when
+ * the message cannot be said so (a flow without keyOf, a ct with NAT, too big).
  */
-export function decodeInstallsInto(w: Uint32Array, msg: FlowInstalls, cache: ActionCache, append = false): number {
-  const at = append ? msg.count : 0;
-  const n = at + w[0];
-  if (msg.keys.length < n * KEY_WORDS) {
-    const keys = new Uint32Array(Math.max(n, 2 * at) * KEY_WORDS);
-    const masks = new Uint32Array(keys.length);
-    keys.set(msg.keys.subarray(0, at * KEY_WORDS));
-    masks.set(msg.masks.subarray(0, at * KEY_WORDS));
-    msg.keys = keys;
-    msg.masks = masks;
+export function encodeAnswer(msg: FlowInstalls | null, out: Uint32Array, entry: Int32Array | null = null, keys = 0): number {
+  const n = msg === null ? 0 : msg.count;
+  let lo = 0;
+  let hi = -1;
+  if (msg !== null && n > 0) {
+    const keyOf = msg.keyOf;
+    const maskAt = msg.maskAt;
+    if (keyOf === undefined || maskAt === undefined) return -1;
+    lo = hi = maskAt[0];
+    for (let j = 0; j < n; j++) {
+      if (keyOf[j] < 0) return -1;
+      if (maskAt[j] < lo) lo = maskAt[j];
+      if (maskAt[j] > hi) hi = maskAt[j];
+    }
   }
-  msg.actions.length = n;
+  const nm = hi - lo + 1;
+  const ko = 2 + nm * KEY_WORDS;
+  let o = ko + 2 * n;
+  if (o > out.length) return -1;
+  out[0] = n;
+  out[1] = nm;
+  if (msg !== null && n > 0) {
+    out.set(msg.masks.subarray(lo * KEY_WORDS, (hi + 1) * KEY_WORDS), 2);
+    const keyOf = msg.keyOf as Int32Array;
+    const maskAt = msg.maskAt as Int32Array;
+    for (let j = 0; j < n; j++) {
+      out[ko + j] = keyOf[j];
+      out[ko + n + j] = maskAt[j] - lo;
+    }
+    for (let j = 0; j < n && o >= 0; j++) o = encodeActions(msg.actions[j], out, o);
+    if (o < 0) return -1;
+  }
+  if (entry !== null) {
+    if (o + 1 + keys > out.length) return -1;
+    out[o++] = keys;
+    for (let j = 0; j < keys; j++) out[o++] = entry[j];
+  }
+  return o;
+}
+
+/** A FlowInstalls decoded from answers (decodeAnswerInto): its keys are the caller's to point at (the keys it sent). */
+export interface Answer extends FlowInstalls {
+  keyAt: Int32Array;
+  maskAt: Int32Array;
+  /** Masks in `masks`. */
+  maskCount: number;
+}
+
+export function newAnswer(): Answer {
+  return { type: 'flow-installs', count: 0, keys: new Uint32Array(0), masks: new Uint32Array(0), actions: [], keyAt: new Int32Array(0), maskAt: new Int32Array(0), maskCount: 0 };
+}
+
+/**
+ * encodeAnswer's words into `into` (its arrays reused, grown to the count),
+ * the action arrays from `cache`; `append`: after the flows it holds (an
+ * answer staged behind earlier ones). A flow's key is named keyBase + its
+ * index in the request (into.keyAt): the caller points into.keys at the
+ * keys it sent. Returns the offset past the installs (where entries follow,
+ * when the answer has them).
+ */
+export function decodeAnswerInto(w: Uint32Array, into: Answer, cache: ActionCache, append: boolean, keyBase: number): number {
+  const at = append ? into.count : 0;
+  const mAt = append ? into.maskCount : 0;
   const c = w[0];
-  msg.keys.set(w.subarray(1, 1 + c * KEY_WORDS), at * KEY_WORDS);
-  msg.masks.set(w.subarray(1 + c * KEY_WORDS, 1 + 2 * c * KEY_WORDS), at * KEY_WORDS);
-  let o = 1 + 2 * c * KEY_WORDS;
+  const nm = w[1];
+  const n = at + c;
+  if (into.keyAt.length < n) {
+    // Slow path: room for twice as many.
+    const cap = Math.max(n, 2 * into.keyAt.length, 64);
+    const k = new Int32Array(cap);
+    k.set(into.keyAt.subarray(0, at));
+    into.keyAt = k;
+    const m = new Int32Array(cap);
+    m.set(into.maskAt.subarray(0, at));
+    into.maskAt = m;
+  }
+  if (into.masks.length < (mAt + nm) * KEY_WORDS) {
+    const m = new Uint32Array(Math.max(mAt + nm, (2 * into.masks.length) / KEY_WORDS, 16) * KEY_WORDS);
+    m.set(into.masks.subarray(0, mAt * KEY_WORDS));
+    into.masks = m;
+  }
+  into.masks.set(w.subarray(2, 2 + nm * KEY_WORDS), mAt * KEY_WORDS);
+  const ko = 2 + nm * KEY_WORDS;
+  const keyAt = into.keyAt;
+  const maskAt = into.maskAt;
+  for (let j = 0; j < c; j++) {
+    keyAt[at + j] = keyBase + w[ko + j];
+    maskAt[at + j] = mAt + w[ko + c + j];
+  }
+  into.actions.length = n;
+  let o = ko + 2 * c;
   for (let j = at; j < n; j++) {
     const k = w[o++];
-    msg.actions[j] = cache.get(w, o, k);
+    into.actions[j] = cache.get(w, o, k);
     o += 3 * k;
   }
-  msg.count = n;
+  into.count = n;
+  into.maskCount = mAt + nm;
   return o;
 }
 
@@ -253,7 +343,7 @@ function decodeActions(w: Uint32Array, o: number, k: number): Action[] {
 }
 
 function decode(text: string): ControlMessage[] {
-  return JSON.parse(text, (_k, v) => (v && typeof v === 'object' && '$t' in v ? (v.$t === 'u32' ? Uint32Array.from(v.a) : Uint8Array.from(v.a)) : v)) as ControlMessage[];
+  return JSON.parse(text, (_k, v) => (v && typeof v === 'object' && '$t' in v ? (v.$t === 'u32' ? Uint32Array.from(v.a) : v.$t === 'i32' ? Int32Array.from(v.a) : Uint8Array.from(v.a)) : v)) as ControlMessage[];
 }
 
 /**
@@ -292,8 +382,10 @@ export class FpagThread implements AsyncUpcalls {
   private readonly replyWords: Uint32Array;
   private readonly decoder = new TextDecoder();
   private readonly actionCache = new ActionCache();
-  /** The worker's answer, decoded into reused arrays (decodeInstallsInto). */
-  private readonly installs: FlowInstalls = { type: 'flow-installs', count: 0, keys: new Uint32Array(0), masks: new Uint32Array(0), actions: [] };
+  /** The worker's answer, decoded into reused arrays (decodeAnswerInto). */
+  private readonly installs = newAnswer();
+  /** The request area's keys (an async answer names the keys of its request, there till the next is sent). */
+  private readonly reqKeys: Uint32Array;
   /** Keys the worker decided (those sent, less those a flow decided for an earlier key of their batch covered). */
   upcalls = 0;
   /**
@@ -311,6 +403,8 @@ export class FpagThread implements AsyncUpcalls {
   roundTripNs = 0;
   /** Requests sent while the fast lane still gathered their batch's misses (Datapath.upcallEarlySink). */
   earlyRequests = 0;
+  /** Batches left with keys still being decided (partial: the datapath switched the packets answered meanwhile). */
+  partialAnswers = 0;
 
   /**
    * Starts the worker and applies its start-up messages (mappings, tunnels)
@@ -323,6 +417,7 @@ export class FpagThread implements AsyncUpcalls {
     const sab = new SharedArrayBuffer(SAB_BYTES);
     ({ ctrl: this.ctrl, req: this.req, reply: this.reply } = views(sab));
     this.replyWords = new Uint32Array(this.reply.buffer, this.reply.byteOffset, REPLY_BYTES / 4);
+    this.reqKeys = this.req.subarray(REQ_KEYS_AT);
     const { port1, port2 } = new MessageChannel();
     this.worker = new Worker(WORKER_FILE, { workerData: { sab, topology, port: port2 }, transferList: [port2] });
     this.worker.unref();
@@ -341,6 +436,7 @@ export class FpagThread implements AsyncUpcalls {
     else {
       dp.upcallBatchSink = (u) => this.upcallBatch(u);
       dp.upcallEarlySink = (u) => this.upcallEarly(u);
+      dp.upcallMoreSink = (u, all) => this.upcallMore(u, all);
     }
   }
 
@@ -353,6 +449,8 @@ export class FpagThread implements AsyncUpcalls {
   private submitted = 0;
   private answered = 0;
   private inFlight = 0;
+  /** Where the request in flight's keys are in pendKeys (a synchronous batch's answers name them there). */
+  private inFlightFrom = 0;
   private inFlightSent = 0n;
 
   submit(u: UpcallBatch): number {
@@ -367,17 +465,22 @@ export class FpagThread implements AsyncUpcalls {
   private pend(u: UpcallBatch, from: number, n: number): void {
     const need = this.pendCount + n;
     if (this.pendHead + need > this.pendPpid.length) {
-      // Slow path: to the front (sendPending takes keys from pendHead on), then room for twice as many.
-      this.pendPpid.copyWithin(0, this.pendHead, this.pendHead + this.pendCount);
-      this.pendKeys.copyWithin(0, this.pendHead * KEY_WORDS, (this.pendHead + this.pendCount) * KEY_WORDS);
-      this.pendHead = 0;
-      if (this.pendPpid.length < need) {
-        const cap = Math.max(need, 2 * this.pendPpid.length, 1024);
+      // Slow path. Async: to the front (sendPending takes keys from pendHead on). A synchronous
+      // batch's keys stay where they are (its answers name them by their place: receive).
+      if (this.async) {
+        this.pendPpid.copyWithin(0, this.pendHead, this.pendHead + this.pendCount);
+        this.pendKeys.copyWithin(0, this.pendHead * KEY_WORDS, (this.pendHead + this.pendCount) * KEY_WORDS);
+        this.pendHead = 0;
+      }
+      const keep = this.pendHead + this.pendCount;
+      if (this.pendPpid.length < keep + n) {
+        // Room for twice as many.
+        const cap = Math.max(keep + n, 2 * this.pendPpid.length, 1024);
         const p = new Uint16Array(cap);
-        p.set(this.pendPpid.subarray(0, this.pendCount));
+        p.set(this.pendPpid.subarray(0, keep));
         this.pendPpid = p;
         const k = new Uint32Array(cap * KEY_WORDS);
-        k.set(this.pendKeys.subarray(0, this.pendCount * KEY_WORDS));
+        k.set(this.pendKeys.subarray(0, keep * KEY_WORDS));
         this.pendKeys = k;
       }
     }
@@ -417,8 +520,10 @@ export class FpagThread implements AsyncUpcalls {
     for (let j = 0; j < n; j++) req[REQ_HEAD + j] = this.pendPpid[h + j];
     req.set(this.pendKeys.subarray(h * KEY_WORDS, (h + n) * KEY_WORDS), REQ_KEYS_AT);
     this.pendCount -= n;
-    this.pendHead = this.pendCount === 0 ? 0 : h + n;
+    // (A synchronous batch's keys stay in place till its end: beginBatch starts them again.)
+    this.pendHead = this.pendCount === 0 && this.async ? 0 : h + n;
     this.inFlight = n;
+    this.inFlightFrom = h;
     this.inFlightSent = process.hrtime.bigint();
     Atomics.store(this.ctrl, 0, REQUEST);
     Atomics.notify(this.ctrl, 0);
@@ -436,7 +541,7 @@ export class FpagThread implements AsyncUpcalls {
    * shared memory: flow installs decoded into `into` (appended when it is
    * `staged`), else the messages returned. Counts it.
    */
-  private receive(into: FlowInstalls): ControlMessage[] | null {
+  private receive(into: Answer): ControlMessage[] | null {
     if (Atomics.load(this.ctrl, C_FAILED) === 1) this.wait_(); // throws with the worker's message
     const len = Atomics.load(this.ctrl, 1);
     const cov = Atomics.load(this.ctrl, C_COVERED);
@@ -447,7 +552,9 @@ export class FpagThread implements AsyncUpcalls {
       const w = this.replyWords;
       const staged = into === this.staged;
       const had = staged ? into.count : 0;
-      const o = decodeInstallsInto(w, into, this.actionCache, staged);
+      // Its keys: async, the request's (in the request area till the next is sent: the answer is
+      // applied first); a synchronous batch's, where pend put them (applyAnswer points at them).
+      const o = decodeAnswerInto(w, into, this.actionCache, staged, this.async ? 0 : this.inFlightFrom);
       if (!this.async) {
         // A synchronous batch's keys are answered in order: each one's entry (the flow that covers
         // it, counted over the batch's answers), and where this answer's flows start among them.
@@ -461,6 +568,7 @@ export class FpagThread implements AsyncUpcalls {
     } else {
       msgs = decode(this.decoder.decode(this.reply.slice(0, len)));
       this.entriesKnown = false; // (messages whole: which flows they installed is not said)
+      if (!this.async) this.batchKeys += n; // (answered all the same: the datapath looks them up)
     }
     Atomics.store(this.ctrl, 0, IDLE);
     this.inFlight = 0;
@@ -473,7 +581,8 @@ export class FpagThread implements AsyncUpcalls {
     return msgs;
   }
 
-  private applyAnswer(msgs: ControlMessage[] | null, installs: FlowInstalls): void {
+  private applyAnswer(msgs: ControlMessage[] | null, installs: Answer): void {
+    installs.keys = this.async ? this.reqKeys : this.pendKeys;
     if (msgs === null) this.dp.apply(installs);
     else for (const m of msgs) this.dp.apply(m);
   }
@@ -489,7 +598,7 @@ export class FpagThread implements AsyncUpcalls {
   /** Keys of the batch's answers that a flow decided for an earlier key covered. */
   private batchCovered = 0;
   /** Answers taken while the lane still gathered (flows installed when the batch's call comes). */
-  private readonly staged: FlowInstalls = { type: 'flow-installs', count: 0, keys: new Uint32Array(0), masks: new Uint32Array(0), actions: [] };
+  private readonly staged = newAnswer();
 
   /** Of the synchronous batch being answered: its flows installed so far, its keys answered, their entries (UpcallBatch.entry). */
   private batchFlows = 0;
@@ -510,6 +619,7 @@ export class FpagThread implements AsyncUpcalls {
     this.batchRequests = 0;
     this.batchCovered = 0;
     this.staged.count = 0;
+    this.staged.maskCount = 0;
     this.staged.actions.length = 0;
   }
 
@@ -534,27 +644,44 @@ export class FpagThread implements AsyncUpcalls {
   }
 
   // Slow path: a batch's misses (the first earlyKeys handed over already), in parts of `part`
-  // keys: part k + 1 is sent before part k's flows are installed.
+  // keys: part k + 1 is sent before part k's flows are installed. A partial batch (the fast
+  // lane's) is left once its first key is answered: upcallMore takes the next answers.
   private upcallBatch(u: UpcallBatch): void {
     if (Atomics.load(this.ctrl, C_FAILED) === 1) throw new FpoError('FPO_ERR_WORKER', 'fpag thread: the worker failed earlier');
     if (this.earlyKeys === 0) this.beginBatch();
     const early = Math.min(this.earlyKeys, u.count);
     this.pend(u, early, u.count - early);
     this.earlyKeys = 0;
-    if (this.staged.count > 0) this.dp.apply(this.staged);
-    while (this.inFlight > 0 || this.pendCount > 0) {
-      if (this.inFlight === 0) this.sendNext();
+    if (this.staged.count > 0) this.applyAnswer(null, this.staged);
+    this.answer(u, u.partial ? 1 : u.count, 0);
+  }
+
+  // Slow path: more of the partial batch upcallBatch left (Datapath.upcallMoreSink).
+  private upcallMore(u: UpcallBatch, all: boolean): void {
+    if (Atomics.load(this.ctrl, C_FAILED) === 1) throw new FpoError('FPO_ERR_WORKER', 'fpag thread: the worker failed earlier');
+    this.answer(u, all ? u.count : u.answered + 1, u.answered);
+  }
+
+  // Takes the batch's answers (installing each, the next part sent first) until `need` of its keys
+  // are answered; says so in u from key `from` on (answered, entries, covered). The batch ends with its last key.
+  private answer(u: UpcallBatch, need: number, from: number): void {
+    for (;;) {
+      if (this.inFlight === 0 && this.pendCount > 0) this.sendNext();
+      if (this.batchKeys >= need || this.inFlight === 0) break;
       this.wait_();
       const msgs = this.receive(this.installs);
       if (this.pendCount > 0) this.sendNext();
       this.applyAnswer(msgs, this.installs);
     }
+    const to = Math.min(this.batchKeys, u.count);
     u.covered = this.batchCovered;
-    if (this.entriesKnown && this.batchKeys === u.count && !this.async) {
-      u.entry.set(this.batchEntry.subarray(0, u.count));
+    if (from === 0 && to < u.count) this.partialAnswers++;
+    u.answered = to;
+    if (this.entriesKnown && !this.async) {
+      if (to > from) u.entry.set(this.batchEntry.subarray(from, to), from);
       u.entries = true;
-    }
-    this.beginBatch();
+    } else u.entries = false;
+    if (to === u.count) this.beginBatch();
   }
 
   // Until the worker has answered the request sent; throws FPO_ERR_WORKER when it failed or gave no answer in ANSWER_MS.
@@ -633,7 +760,10 @@ if (!isMainThread && workerData?.sab) {
       batch.entries = false;
       try {
         sink(batch);
-        const words = encodeInstalls(shadow.outbox, replyWords, batch.entries ? batch.entry : null, n);
+        // One FlowInstalls naming its keys, or none: in words; else (rare: another message, a NAT) JSON.
+        const out = shadow.outbox;
+        const one = out.length === 0 ? null : out.length === 1 && out[0].type === 'flow-installs' ? out[0] : undefined;
+        const words = one === undefined ? -1 : encodeAnswer(one, replyWords, batch.entries ? batch.entry : null, n);
         if (words >= 0) {
           Atomics.store(ctrl, 1, -words);
         } else {

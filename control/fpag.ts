@@ -1015,7 +1015,7 @@ export class Fpag {
       const mask = this.scratchMask;
       for (let w = 0; w < KEY_WORDS; w++) mask[w] = 0; // (fill(0), a builtin's call, cost more for 19 words)
       const d = this.decideInto(key, mask, false, this.upcallDecision);
-      entry[j] = bf.add(key, mask, d.actions);
+      entry[j] = bf.add(key, mask, d.actions, j);
     }
     u.entries = true;
     u.covered = bf.covered - coveredBefore;

@@ -120,7 +120,7 @@ export interface ReplayReport {
    * (one a datapath batch with misses); for a thread, the round trips (a
    * batch's misses go in parts: fpag-thread.ts PART_KEYS) and their mean.
    */
-  fpag: { placement: 'inline' | 'thread' | 'async'; upcalls: number; batches: number; roundTrips?: number; roundTripUs: number | null; early?: number; queue?: { parked: number; maxDepth: number; waits: number } };
+  fpag: { placement: 'inline' | 'thread' | 'async'; upcalls: number; batches: number; roundTrips?: number; roundTripUs: number | null; early?: number; partial?: number; queue?: { parked: number; maxDepth: number; waits: number } };
   /** Control events applied, with where they landed and what they did. */
   events?: AppliedEvent[];
   /** The capture's fault, when reading stopped early; packets before it were processed. */
@@ -394,7 +394,7 @@ function* replaySteps(opts: ReplayOptions): Generator<void, ReplayResult> {
         stale: ownFiles(opts.outDir, topo.ports, new Set([...writers.values()].filter((w) => w.opened).map((w) => w.path))),
         seconds,
         fpag: thread
-          ? { placement: thread.async ? 'async' : 'thread', upcalls: thread.upcalls, batches: dp.upcallBatches, roundTrips: thread.roundTrips, roundTripUs: thread.roundTrips ? thread.roundTripNs / thread.roundTrips / 1000 : 0, ...(thread.async ? { queue: dp.upcallQueueStats() } : { early: thread.earlyRequests }) }
+          ? { placement: thread.async ? 'async' : 'thread', upcalls: thread.upcalls, batches: dp.upcallBatches, roundTrips: thread.roundTrips, roundTripUs: thread.roundTrips ? thread.roundTripNs / thread.roundTrips / 1000 : 0, ...(thread.async ? { queue: dp.upcallQueueStats() } : { early: thread.earlyRequests, partial: thread.partialAnswers }) }
           : { placement: 'inline', upcalls: st.upcalls, batches: dp.upcallBatches, roundTripUs: null },
       };
       if (opts.events) report.events = applied;

@@ -34,7 +34,7 @@ import { FpoError } from './errors.js';
 import { MappingTable, NO_PPID } from './mapping/mapping-table.js';
 import { Parse } from './parse/parse.js';
 import { parseIpText } from './ip-text.js';
-import { newUpcallBatch, type ControlMessage, type SpecialPacket, type Upcall, type UpcallBatch } from './upcall.js';
+import { UPCALL_PENDING, newUpcallBatch, type ControlMessage, type SpecialPacket, type Upcall, type UpcallBatch } from './upcall.js';
 import { UpcallQueue, connHash } from './upcall-queue.js';
 
 export const MAX_PPID = 4095;
@@ -192,11 +192,27 @@ export class Datapath {
   }
 
   private earlySink: ((u: UpcallBatch) => void) | null = null;
+
+  /**
+   * With upcallBatchSink, a sink that answers a batch in parts (control/
+   * fpag-thread.ts), or null (batches are answered whole). The fast lane's
+   * batches are then handed over `partial`: the batch sink returns once
+   * the first part is answered and installed, and this one is asked for
+   * more (at least one more part; all with `all`) when the lane reaches a
+   * packet not yet answered, so the lane switches a part's packets while
+   * the FPAG decides the next.
+   */
+  upcallMoreSink: ((u: UpcallBatch, all: boolean) => void) | null = null;
+  /** A partial batch (upcallMany's): its packets and where their flows go; null when none. */
+  private partialBatch: PacketBatch | null = null;
+  private partialIdx: Uint16Array = new Uint16Array(0);
+  private partialGot: Int32Array = new Int32Array(0);
   /** The early hand-over's message (reused; its own: the batch's UpcallBatch is built after). */
   private earlyBatch: UpcallBatch = newUpcallBatch(0);
 
   // Slow path (a burst of new flows): misses idx[from, to) of the batch to the early sink.
   private upcallEarly(batch: PacketBatch, idx: Uint16Array, from: number, to: number): void {
+    if (from === 0) this.finishPartial();
     const n = to - from;
     let u = this.earlyBatch;
     if (u.inPpid.length < n) {
@@ -556,7 +572,8 @@ export class Datapath {
       one: (b, i, spec, now) => this.ctOne(b, i, spec, now),
       tracker: () => this.conntrack,
     });
-    this.fastLane.missMany = (b, idx, n, got) => this.upcallMany(b, idx, n, got);
+    this.fastLane.missMany = (b, idx, n, got) => this.upcallMany(b, idx, n, got, true);
+    this.fastLane.missMore = (all) => (this.partialBatch === null ? -1 : this.upcallMore(all));
   }
 
   // Slow path: the API of control/.
@@ -626,13 +643,16 @@ export class Datapath {
         // (Entries this message does not reach read -1, whatever an earlier batch left there.)
         for (let e = this.installedEnd; e < first; e++) installed[e] = -1;
         this.installedEnd = Math.max(this.installedEnd, first + n);
-        const ids = msg.maskIds;
+        const keyAt = msg.keyAt;
+        const maskAt = msg.maskAt;
         let sub = -1;
         for (let j = 0; j < n; j++) {
           const act = this.actionSets.intern(msg.actions[j]);
-          // The same mask as the flow before (the FPAG's batch index says so): its subtable, no masks compared.
-          const same = ids !== undefined && j > 0 && ids[j] >= 0 && ids[j] === ids[j - 1];
-          const f = flows.installAt(keys, masks, j * KEY_WORDS, act, now, same ? sub : -1);
+          // The same mask as the flow before (the message says so): its subtable, no masks compared.
+          const same = maskAt !== undefined && j > 0 && maskAt[j] === maskAt[j - 1];
+          const ko = (keyAt === undefined ? j : keyAt[j]) * KEY_WORDS;
+          const mo = (maskAt === undefined ? j : maskAt[j]) * KEY_WORDS;
+          const f = flows.installAt(keys, ko, masks, mo, act, now, same ? sub : -1);
           sub = f >= 0 ? flows.sub[f] : -1;
           if (f === FULL) { this.installsRefused += n - j; installed.fill(-1, first + j, first + n); return; }
           if (f < 0) { installed.fill(-1, first + j, first + n); throw new FpoError('FPO_ERR_CAPACITY', `no free subtable for the mask of flow ${j} of ${n}`); }
@@ -956,6 +976,7 @@ export class Datapath {
     // While packets wait for the FPAG (asynchronous upcalls), the stages take the batch: a hit may have to wait behind them.
     const lane = this.uq === null || this.uq.count === 0;
     const laned = lane ? this.fastLane.process(batch, now, this.rxPackets, this.rxBytes) : 0;
+    this.finishPartial(); // (the lane's last upcall, answered whole: the stages look its flows up)
     const laneSpecial = lane ? this.fastLane.special : 0;
     if (batch.unfilled) batch.completeRecords(laned); // a lazy fill the lane left before its end
     if (laned < batch.count) {
@@ -1199,6 +1220,7 @@ export class Datapath {
     const ko = i * KEY_WORDS;
     let f = -1;
     if (this.batchSink !== null) {
+      this.finishPartial();
       const idx = this.missIndices(1);
       idx[0] = i;
       this.upcallMany(batch, idx, 1, this.missFlow);
@@ -1256,26 +1278,74 @@ export class Datapath {
   /**
    * Slow path: packets idx[0..n) of the batch (keys in the batch), which
    * matched no flow, to the FPAG in one UpcallBatch; then each one's flow
-   * into flows[j], or -1 with drop[idx[j]] set (none installed: the table
+   * into got[j], or -1 with drop[idx[j]] set (none installed: the table
    * is full, or the FPAG gave none). idx must be missIndices(n)'s or as long.
+   * `partial` (the fast lane's, with an upcallMoreSink): the FPAG may answer
+   * the first keys only; the others' got[j] are UPCALL_PENDING, for
+   * upcallMore (idx and got are kept till then: the caller's own).
+   * Returns how many keys are answered.
    */
-  upcallMany(batch: PacketBatch, idx: Uint16Array, n: number, got: Int32Array): void {
-    if (n === 0) return;
+  upcallMany(batch: PacketBatch, idx: Uint16Array, n: number, got: Int32Array, partial = false): number {
+    if (n === 0) return 0;
+    this.finishPartial();
     const sink = this.batchSink;
-    const flows = this.flows;
-    let refused = 0;
+    let answered = n;
     if (sink !== null) {
       const u = this.upcallsOf(batch, idx, n);
-      refused = this.installsRefused;
+      u.partial = partial && this.upcallMoreSink !== null;
+      u.answered = n;
+      const refused = this.installsRefused;
       sink(u);
+      if (u.partial && u.answered < n) {
+        answered = Math.max(1, u.answered);
+        this.partialBatch = batch;
+        this.partialIdx = idx;
+        this.partialGot = got;
+        for (let j = answered; j < n; j++) got[j] = UPCALL_PENDING;
+      } else this.upcalls += n - Math.min(n, Math.max(0, u.covered));
+      this.flowsOf(batch, idx, 0, answered, got, refused);
+    } else this.flowsOf(batch, idx, 0, n, got, this.installsRefused);
+    return answered;
+  }
+
+  /**
+   * Slow path: more of the partial batch upcallMany left (`all`: all of
+   * it), their flows into its got; returns how many of its keys are
+   * answered (all of them when none is left).
+   */
+  upcallMore(all: boolean): number {
+    const batch = this.partialBatch;
+    const u = this.upcallBatch;
+    if (batch === null) return u.count;
+    const from = u.answered;
+    const refused = this.installsRefused;
+    (this.upcallMoreSink as (u: UpcallBatch, all: boolean) => void)(u, all);
+    const n = u.count;
+    const to = all ? n : Math.min(n, Math.max(from + 1, u.answered));
+    this.flowsOf(batch, this.partialIdx, from, to, this.partialGot, refused);
+    u.answered = to;
+    if (to === n) {
+      this.partialBatch = null;
       this.upcalls += n - Math.min(n, Math.max(0, u.covered));
     }
+    return to;
+  }
+
+  /** Slow path: a partial batch's rest, answered before anything else reaches the sinks. */
+  private finishPartial(): void {
+    if (this.partialBatch !== null) this.upcallMore(true);
+  }
+
+  // Slow path: keys [from, to) of upcallMany's batch, answered: each one's flow into got[j], or -1 with drop set.
+  private flowsOf(batch: PacketBatch, idx: Uint16Array, from: number, to: number, got: Int32Array, refused: number): void {
+    const sink = this.batchSink;
+    const flows = this.flows;
     const full = this.installsRefused > refused || flows.count >= flows.capacity;
     const u = this.upcallBatch;
     const entries = sink !== null && u.entries;
     const installed = this.installed;
     const end = this.installedEnd;
-    for (let j = 0; j < n; j++) {
+    for (let j = from; j < to; j++) {
       const i = idx[j];
       let f = -1;
       if (sink !== null) {

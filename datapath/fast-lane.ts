@@ -62,6 +62,7 @@ import { ST_BYTES, ST_PACKETS, ST_USED, STAT_WORDS, type FlowTable } from './cla
 import type { Classify } from './classifier/classify.js';
 import { FORWARDED, SPECIAL } from './drops.js';
 import { ETH_P_IPV4, UDP_PORT_GENEVE, UDP_PORT_VXLAN, commonIpv4, commonTunnel, parsePacket, transportWord } from './parse/parse.js';
+import { UPCALL_PENDING } from './upcall.js';
 
 /** What `one` says of the packet it took (see there). */
 const ONE_STOP = 0;
@@ -159,7 +160,13 @@ export class FastLane {
   /** A miss ends the lane (the stages take it and the rest of the batch): the FPAG answers later (Datapath.upcallAsync). */
   stopAtMiss = false;
   /** The datapath's batched upcall (Datapath.upcallMany): packets idx[0..n) to the FPAG, their flows (or -1, drop set) into got. */
-  missMany: (batch: PacketBatch, idx: Uint16Array, n: number, got: Int32Array) => void = () => undefined;
+  missMany: (batch: PacketBatch, idx: Uint16Array, n: number, got: Int32Array) => number = () => 0;
+  /**
+   * More answers of the last missMany, when it answered its first keys only
+   * (Datapath.upcallMore: their flows into its got); returns how many of its
+   * keys are answered, or -1 when all are.
+   */
+  missMore: (all: boolean) => number = () => -1;
   /**
    * While gather still looks for misses: every `earlyKeys` of them found,
    * misses idx[from, to) to the datapath's early hand-over (an FPAG on
@@ -362,10 +369,18 @@ export class FastLane {
     let f = -1;
     let via = 0; // 0: the cache, 1: the megaflow table, 2: an upcall
     // A miss an earlier gather of this batch upcalled: its flow, while no flow changed since.
-    if (this.preSeq[i] === this.gatherSeq && this.preGens === this.flows.genChanges) {
-      f = this.pre[i];
-      via = 2;
-    } else if (this.useEmc) f = this.emc.lookupIpv4(h, w0, w2, w3, w4, w5, w6, w10, tp);
+    if (this.preSeq[i] === this.gatherSeq) {
+      if (this.pre[i] === UPCALL_PENDING) {
+        // Its answer is still being decided (the FPAG answers a gather in parts): wait for it.
+        this.awaitPre(i);
+        if (batch.drop[i] !== 0) return ONE_STOP; // its upcall failed (counted by awaitPre)
+      }
+      if (this.preGens === this.flows.genChanges && this.pre[i] !== UPCALL_PENDING) {
+        f = this.pre[i];
+        via = 2;
+      }
+    }
+    if (via === 0 && this.useEmc) f = this.emc.lookupIpv4(h, w0, w2, w3, w4, w5, w6, w10, tp);
     if (f < 0) {
       // The megaflow table takes the key from the batch: write it there.
       const key = batch.key;
@@ -684,17 +699,48 @@ export class FastLane {
         handed = c;
       }
     }
-    this.missMany(batch, idx, c, got);
+    const answered = this.missMany(batch, idx, c, got);
     const seq = ++this.gatherSeq;
     for (let x = 1; x < c; x++) {
       const j = idx[x];
       // A miss whose upcall failed has drop set (`one` leaves it to the stages, which skip it): counted here, as `one` counts its own.
-      if (got[x] < 0) this.missed++;
-      this.pre[j] = got[x];
+      if (got[x] === -1) this.missed++;
+      this.pre[j] = got[x]; // (UPCALL_PENDING past the answered ones: awaitPre)
       this.preSeq[j] = seq;
     }
+    this.gCount = c;
+    this.gAnswered = answered;
     this.preGens = flows.genChanges;
     return got[0];
+  }
+
+  /** Of the last gather's misses (gIdx, gGot): how many, and how many of them answered. */
+  private gCount = 0;
+  private gAnswered = 0;
+
+  /**
+   * Slow path: packet i, gathered, is not answered yet: takes the FPAG's
+   * answers (installed by the datapath) until it is, each answered miss's
+   * flow into pre as gather puts them.
+   */
+  private awaitPre(i: number): void {
+    const idx = this.gIdx;
+    const got = this.gGot;
+    const pre = this.pre;
+    // (Installs of new flows change no flow a gathered packet was given: pre stays valid.)
+    const valid = this.preGens === this.flows.genChanges;
+    while (pre[i] === UPCALL_PENDING) {
+      const more = this.missMore(false);
+      const to = more < 0 ? this.gCount : more;
+      if (to <= this.gAnswered) break; // (no answer more: cannot be; `one` looks the packet up)
+      for (let x = this.gAnswered; x < to; x++) {
+        if (got[x] === -1) this.missed++;
+        pre[idx[x]] = got[x];
+      }
+      this.gAnswered = to;
+    }
+    if (valid) this.preGens = this.flows.genChanges;
+    this.restamp();
   }
 
   // Slow path: gather's arrays, for batches of n packets.

@@ -53,16 +53,33 @@ export interface UpcallBatch {
    */
   entries: boolean;
   entry: Int32Array;
+  /**
+   * Set by the datapath: the sink may return once key 0 is answered, the
+   * rest still being decided (an FPAG on its own thread: the datapath
+   * switches the packets answered meanwhile); it then answers more through
+   * Datapath.upcallMoreSink, asked before anything else reaches the sinks.
+   */
+  partial: boolean;
+  /** Set by the sink: keys [0, answered) are answered (their flows installed, their entries set). */
+  answered: number;
 }
+
+/** Datapath.upcallMany's got[j] for a key of a partial batch not answered yet. */
+export const UPCALL_PENDING = -2;
 
 /** An empty UpcallBatch with room for `cap` keys (slow path: made once, grown rarely); `keys`: the keys' array to use, when given. */
 export function newUpcallBatch(cap: number, keys: Uint32Array = new Uint32Array(cap * KEY_WORDS)): UpcallBatch {
-  return { type: 'upcalls', count: 0, inPpid: new Uint16Array(cap), keys, covered: 0, continues: false, entries: false, entry: new Int32Array(cap) };
+  return { type: 'upcalls', count: 0, inPpid: new Uint16Array(cap), keys, covered: 0, continues: false, entries: false, entry: new Int32Array(cap), partial: false, answered: 0 };
 }
 
 /**
- * Megaflows for a batch of misses, in one message: flow j is keys/masks at
- * j * KEY_WORDS → actions[j]. Installed in order, as that many FlowInstalls.
+ * Megaflows for a batch of misses, in one message: flow j is the key at
+ * keys[kj * KEY_WORDS..] under the mask at masks[mj * KEY_WORDS..] →
+ * actions[j], where kj = keyAt[j] and mj = maskAt[j] (j when absent).
+ * The key may be any key the flow covers (a packet's: the install masks
+ * it), so an answer can name the keys of the misses it answers instead of
+ * carrying them, and a batch's few masks go once. Installed in order, as
+ * that many FlowInstalls.
  */
 export interface FlowInstalls {
   type: 'flow-installs';
@@ -72,12 +89,20 @@ export interface FlowInstalls {
   actions: Action[][];
   /** The index of this message's first flow in its batch's answer (a batch answered in parts); 0 when absent. */
   first?: number;
+  /** Per flow, where its key is in `keys` (in keys, not words); absent: flow j's at j. */
+  keyAt?: Int32Array;
   /**
-   * Optional, per flow: flows j and j - 1 with the same id (not -1) have the
-   * same mask (control/batch-flows.ts: its index of the batch's masks), so
-   * the datapath installs j into j - 1's subtable without comparing masks.
+   * Per flow, where its mask is in `masks` (in masks); absent: flow j's at
+   * j. Flows j and j - 1 with the same maskAt have the same mask: the
+   * datapath installs j into j - 1's subtable without comparing masks.
    */
-  maskIds?: Int8Array;
+  maskAt?: Int32Array;
+  /**
+   * Per flow, the index in the UpcallBatch it answers of the key it was
+   * decided for (an answer that crosses threads names the keys by it: the
+   * datapath has them).
+   */
+  keyOf?: Int32Array;
 }
 
 /** Install a megaflow: packets whose key & mask equals key & mask get `actions`. */

@@ -72,7 +72,7 @@ try {
         // the replay's reading, switching and writing of the packets left out).
         ...(fpag === 'inline' ? { inPathSetupsPerSec: Math.round(report.flows.upcalls / (ns / 1e9)) } : {}),
         roundTrips, roundTripUs: Number(roundTripUs.toFixed(3)),
-        ...(report.fpag.early !== undefined ? { early: report.fpag.early } : {}),
+        ...(report.fpag.early !== undefined ? { early: report.fpag.early, partial: report.fpag.partial } : {}),
         ...(report.fpag.queue ? { queue: report.fpag.queue } : {}),
       };
     };

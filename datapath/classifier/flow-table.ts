@@ -365,7 +365,7 @@ export class FlowTable {
    * the flow index, -1 when no subtable is free, or FULL (quarantined, no index left).
    */
   install(key: Uint32Array, mask: Uint32Array, act: number, now: number): number {
-    return this.installAt(key, mask, 0, act, now);
+    return this.installAt(key, 0, mask, 0, act, now);
   }
 
   /**
@@ -384,15 +384,15 @@ export class FlowTable {
   private quarantineDepth = 0;
 
   /**
-   * install, of the key and mask at key[o..] and mask[o..] (a FlowInstalls
-   * message's j-th: o = j * KEY_WORDS); sub: the subtable of that mask when
-   * the caller knows it (the last install's, of the same mask), else -1.
+   * install, of the key at key[ko..] (any key the flow covers: it is
+   * masked here) and the mask at mask[mo..]; sub: the subtable of that mask
+   * when the caller knows it (the last install's, of the same mask), else -1.
    */
-  installAt(key: Uint32Array, mask: Uint32Array, o: number, act: number, now: number, sub = -1): number {
-    const s = sub >= 0 ? sub : this.subtableFor(mask, o);
+  installAt(key: Uint32Array, ko: number, mask: Uint32Array, mo: number, act: number, now: number, sub = -1): number {
+    const s = sub >= 0 ? sub : this.subtableFor(mask, mo);
     if (s < 0) return -1;
-    const h = this.maskedHash(key, o, s);
-    const old = this.find(key, o, s, h);
+    const h = this.maskedHash(key, ko, s);
+    const old = this.find(key, ko, s, h);
     if (old >= 0) {
       // New actions: to the exact-match cache (and what its users keep with its entries), a new flow.
       if (this.act[old] !== act) {
@@ -408,7 +408,10 @@ export class FlowTable {
     const f = this.freeTop > 0 ? this.freeList[--this.freeTop] : this.fresh++;
     const fo = f * KEY_WORDS;
     const fk = this.key;
-    for (let j = 0; j < KEY_WORDS; j++) fk[fo + j] = key[o + j] & mask[o + j];
+    // (Masked by the subtable's own mask: the same as mask[mo..].)
+    const m = this.mask;
+    const so = s * KEY_WORDS;
+    for (let j = 0; j < KEY_WORDS; j++) fk[fo + j] = key[ko + j] & m[so + j];
     this.sub[f] = s;
     this.act[f] = act;
     this.fhash[f] = h;

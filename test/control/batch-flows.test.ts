@@ -17,7 +17,7 @@ function full(words: number[]): Uint32Array {
 const covers = (key: Uint32Array, k: Uint32Array, m: Uint32Array) => key.every((_, w) => ((key[w] ^ k[w]) & m[w]) === 0);
 
 describe('BatchFlows (the megaflows of one upcall batch)', () => {
-  it('covers a key exactly when a megaflow of the batch does (up to 16 masks; past that, never wrongly); the message holds every flow added, in order', () => {
+  it('covers a key exactly when a megaflow of the batch does (up to 16 masks; past that, never wrongly); the message holds every flow added, in order, each batch mask once', () => {
     fc.assert(fc.property(
       fc.array(maskWords, { minLength: 1, maxLength: 24 }),
       fc.array(fc.tuple(keyWords, fc.nat(23), fc.boolean()), { minLength: 1, maxLength: 120 }),
@@ -25,10 +25,10 @@ describe('BatchFlows (the megaflows of one upcall batch)', () => {
         const bf = new BatchFlows();
         bf.begin();
         const masks = maskList.map(full);
-        const added: { k: Uint32Array; m: Uint32Array; mi: number }[] = [];
+        const added: { k: Uint32Array; m: Uint32Array; mi: number; at: number }[] = [];
         const acts: Action[][] = [];
         const distinct: string[] = [];
-        for (const [kw, mi0, add] of steps) {
+        for (const [s, [kw, mi0, add]] of steps.entries()) {
           const key = full(kw);
           const truth = added.some((a) => covers(key, a.k, a.m));
           const indexed = added.some((a) => distinct.indexOf(String(a.m)) < 16 && covers(key, a.k, a.m));
@@ -38,17 +38,21 @@ describe('BatchFlows (the megaflows of one upcall batch)', () => {
           if (!got && add) {
             const m = masks[mi0 % masks.length];
             const a: Action[] = [{ op: 'output', vpid: added.length }];
-            bf.add(key, m, a);
+            bf.add(key, m, a, s);
             acts.push(a);
-            added.push({ k: key, m, mi: mi0 });
+            added.push({ k: key, m, mi: mi0, at: s });
             if (!distinct.includes(String(m))) distinct.push(String(m));
           }
         }
         const msg = bf.message;
         expect(msg.count).toBe(added.length);
+        // Each of the batch's first 16 masks goes once; a flow of another has its own copy.
+        expect(bf.maskCount).toBe(Math.min(16, distinct.length) + added.filter((a) => distinct.indexOf(String(a.m)) >= 16).length);
         added.forEach((a, j) => {
           expect([...msg.keys.subarray(j * KEY_WORDS, (j + 1) * KEY_WORDS)]).toEqual([...a.k]);
-          expect([...msg.masks.subarray(j * KEY_WORDS, (j + 1) * KEY_WORDS)]).toEqual([...a.m]);
+          const mo = msg.maskAt[j] * KEY_WORDS;
+          expect([...msg.masks.subarray(mo, mo + KEY_WORDS)]).toEqual([...a.m]);
+          expect(msg.keyOf[j]).toBe(a.at);
           expect(msg.actions[j]).toBe(acts[j]);
         });
       },

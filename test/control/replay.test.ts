@@ -238,15 +238,17 @@ describe('the FPAG on its own thread', () => {
     for (const f of readdirSync(a)) expect(readFileSync(join(b, f)).equals(readFileSync(join(a, f))), f).toBe(true);
   });
 
-  it('misses handed to the thread while the lane still gathers them (parts of 64, of 3, none early): the same frames, totals and per-flow counts as inline, and some requests sent early', () => {
+  it('misses handed to the thread while the lane still gathers them (parts of 64, of 3, none early), and the lane switching a batch\'s answered packets while the rest are decided (or not: answered whole): the same frames, totals and per-flow counts as inline, and some requests sent early', () => {
     const { cap, topo } = newFlows('early', 6_000, 4_000);
     const a = tempDir('inline');
     const ri = replay({ capture: cap, topology: topo, outDir: a });
-    for (const earlyKeys of [64, 3, 100_000]) {
+    for (const [earlyKeys, whole] of [[64, false], [3, false], [100_000, false], [64, true]] as const) {
       const b = tempDir('thread');
-      const rt = replay({ capture: cap, topology: topo, outDir: b, fpag: 'thread', beforeBatch: (_n, dp) => { dp.fastLane.earlyKeys = earlyKeys; } });
+      const rt = replay({ capture: cap, topology: topo, outDir: b, fpag: 'thread', beforeBatch: (_n, dp) => { dp.fastLane.earlyKeys = earlyKeys; if (whole) dp.upcallMoreSink = null; } });
       if (earlyKeys < 256) expect(rt.report.fpag.early, `${earlyKeys}`).toBeGreaterThan(0);
       else expect(rt.report.fpag.early).toBe(0);
+      if (whole) expect(rt.report.fpag.partial).toBe(0);
+      else expect(rt.report.fpag.partial, `${earlyKeys}`).toBeGreaterThan(0);
       expect(rt.report.fpag.upcalls).toBe(ri.report.flows.upcalls);
       expect(rt.report.flows.upcalls).toBe(ri.report.flows.upcalls);
       expect(rt.report.packets).toEqual(ri.report.packets);
