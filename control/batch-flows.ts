@@ -39,10 +39,10 @@ export class BatchFlows {
   /** The key covering last looked for (a reference: the caller's array), the masks it tried, its hash under each. */
   private lastKey: Uint32Array | null = null;
   private lastMasks = 0;
-  private readonly lastHash = new Uint32Array(MAX_MASKS);
+  private readonly lastHash = new Int32Array(MAX_MASKS);
   /** Slots: flow + 1, 0 empty; twice the flows the arrays hold (a power of two). */
   private slots = new Int32Array(0);
-  private slotHash = new Uint32Array(0);
+  private slotHash = new Int32Array(0);
   /** Per flow: its indexed mask, or -1. */
   private flowMask = new Int8Array(0);
 
@@ -50,7 +50,7 @@ export class BatchFlows {
   begin(): void {
     const m = this.message;
     m.count = 0;
-    m.actions.length = 0;
+    // (actions keeps its length: flows are written over, so its room is not given back and taken again a batch.)
     this.masks = 0;
     this.maskCount = 0;
     this.lastKey = null;
@@ -60,7 +60,7 @@ export class BatchFlows {
   /** The flows added since the batch's from-th, as a message of their own (views of this one's arrays). */
   since(from: number): FlowInstalls {
     const m = this.message;
-    return { type: 'flow-installs', count: m.count - from, keys: m.keys.subarray(from * KEY_WORDS), masks: m.masks, actions: m.actions.slice(from), first: from, maskAt: m.maskAt.subarray(from), keyOf: m.keyOf.subarray(from) };
+    return { type: 'flow-installs', count: m.count - from, keys: m.keys.subarray(from * KEY_WORDS), masks: m.masks, actions: m.actions.slice(from, m.count), first: from, maskAt: m.maskAt.subarray(from), keyOf: m.keyOf.subarray(from) };
   }
 
   // Slow path: room for twice the flows (the index rebuilt for the new slot count).
@@ -84,7 +84,7 @@ export class BatchFlows {
     ko.set(m.keyOf);
     m.keyOf = ko;
     this.slots = new Int32Array(2 * cap);
-    this.slotHash = new Uint32Array(2 * cap);
+    this.slotHash = new Int32Array(2 * cap);
     for (let f = 0; f < m.count; f++) if (fm[f] >= 0) this.index(f, this.hash(m.keys.subarray(f * KEY_WORDS), fm[f]));
   }
 
@@ -146,7 +146,8 @@ export class BatchFlows {
     const fo = f * KEY_WORDS;
     const keys = msg.keys;
     for (let w = 0; w < KEY_WORDS; w++) keys[fo + w] = key[w];
-    msg.actions.push(actions);
+    if (f < msg.actions.length) msg.actions[f] = actions;
+    else msg.actions.push(actions);
     msg.keyOf[f] = keyIndex;
     const at = this.maskAt(mask);
     msg.maskAt[f] = at;
@@ -191,6 +192,7 @@ export class BatchFlows {
       const w = this.nz[mo + j];
       h = Math.imul(h ^ (key[w] & this.maskWords[mo + w]), 0x9e3779b1) + w;
     }
-    return fmix(h ^ nw);
+    // (An int32: a uint32 above 2^31 passed between functions is a heap number, allocated: ~2 a key.)
+    return fmix(h ^ nw) | 0;
   }
 }

@@ -2,17 +2,20 @@
  * The FPAG on another thread (as on a SmartNIC's own cores): the datapath
  * and the FPAG then share nothing but messages.
  *
- *   main thread (datapath)                 worker thread (FPAG)
- *   upcall → request area ─── notify ───▶  decide, install on its shadow of
- *                                          the NIC state, collect the messages
- *   apply messages ◀── reply area ◀─────── (flow-install, mapping-set, …)
+ *   main thread (datapath)                   worker thread (FPAG)
+ *   a batch's misses, in parts → request     decide each part in turn, on its
+ *   slots (a ring: up to SLOTS in flight) ─▶ shadow of the NIC state
+ *   install each answer, switch its     ◀─── answers in reply slots: the flows
+ *   packets while the next is decided        (naming the keys sent), or JSON
  *
- * The exchange goes through a SharedArrayBuffer with Atomics.wait/notify, so
- * an upcall is a synchronous round trip for the datapath (which holds the
- * missed packets meanwhile), and the messages are the same ControlMessage
- * values an in-thread FPAG applies, encoded as JSON. The worker's FPAG keeps
- * a shadow Datapath (no traffic) as its view of flows and mappings; every
- * message it applies there is also sent to the real one.
+ * The exchange goes through a SharedArrayBuffer with Atomics.wait/notify on
+ * two counters (requests sent, requests answered); both sides poll before
+ * they sleep. For the datapath a batch is a synchronous exchange (its missed
+ * packets wait, in order; async: parked in datapath/upcall-queue.ts),
+ * and the messages are the ControlMessage values an in-thread FPAG applies:
+ * flow installs in words (encodeAnswer), anything else as JSON. The
+ * worker's FPAG keeps a shadow Datapath (no traffic) as its view of ports,
+ * mappings and tunnels.
  */
 import { Worker, isMainThread, parentPort, receiveMessageOnPort, workerData, MessageChannel, type MessagePort } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
@@ -29,20 +32,29 @@ import type { Topology } from './topology.js';
 const HERE = fileURLToPath(import.meta.url);
 const WORKER_FILE = HERE.endsWith('.ts') ? join(dirname(HERE), '..', 'dist', 'control', 'fpag-thread.js') : HERE;
 
-const IDLE = 0;
-const REQUEST = 1;
-const REPLY = 2;
-const REPLY_BYTES = 4 << 20;
+/** Bytes of a reply slot's answer (words or JSON). */
+const REPLY_BYTES = 2 << 20;
 /** Keys a request carries at most. */
 const REQ_KEYS = 1024;
 /**
- * A batch's misses go in parts of this many keys, one request in flight:
- * while the worker decides part k + 1, this thread installs part k's flows.
- * (One part a batch left the two threads waiting for each other in turn.)
+ * A batch's misses go in parts of this many keys, up to SLOTS requests in
+ * flight: while the worker decides the parts after k, this thread installs
+ * part k's flows and switches its packets. (One part a batch left the two
+ * threads waiting for each other in turn.)
  */
 export const PART_KEYS = 64;
 /**
- * Words of a request: the key count, whether it continues the last
+ * Requests in flight at most (a ring of request slots and reply slots, the
+ * answer to request r in reply slot r % SLOTS): the datapath hands a batch's
+ * parts over as it finds them and the worker decides them back to back. One
+ * at a time, the worker had waited for the datapath to take each answer and
+ * send the next part (measured, a million set-ups: idle 35-50 µs a request
+ * against 22 µs of decisions). Async sends one request at a time (all that
+ * pends: see `part`).
+ */
+const SLOTS = 4;
+/**
+ * Words of a request slot: the key count, whether it continues the last
  * request's batch, then REQ_KEYS in PPIDs, then the keys (KEY_WORDS words
  * each, from REQ_KEYS_AT: one copy in, and the worker decides on them where
  * they are).
@@ -50,25 +62,45 @@ export const PART_KEYS = 64;
 const REQ_HEAD = 2;
 const REQ_KEYS_AT = REQ_HEAD + REQ_KEYS;
 const REQ_WORDS = REQ_HEAD + REQ_KEYS * (1 + KEY_WORDS);
+/** A reply slot: [length: -words or +JSON bytes][covered: of the request's keys, those a flow decided for an earlier one covered], then the answer. */
+const REPLY_HEAD_BYTES = 8;
 /** How long the datapath polls for an answer before it sleeps on it. */
 const BUSY_SPIN_MS = 1;
 /** How long the idle worker polls for the next request before it sleeps. */
 const IDLE_SPIN_MS = 2;
 
-/** Shared memory layout: ctrl words, the request (count, then inPpid + key each), the reply (words or JSON bytes). */
+/** Shared memory layout: ctrl words, the worker's failure, SLOTS request slots, SLOTS reply slots. */
 const CTRL_BYTES = 32;
-const SAB_BYTES = CTRL_BYTES + 4 * REQ_WORDS + REPLY_BYTES;
-/** ctrl[4]: of the request's keys, those a flow decided for an earlier one covered (UpcallBatch.covered). */
-const C_COVERED = 4;
-/** ctrl[5]: 1 when the worker failed (its message in the reply area, ctrl[1] bytes long); it answers nothing more. */
+const FAIL_BYTES = 4096;
+const REQ_AT = CTRL_BYTES + FAIL_BYTES;
+const REPLY_AT = REQ_AT + SLOTS * 4 * REQ_WORDS;
+const SAB_BYTES = REPLY_AT + SLOTS * (REPLY_HEAD_BYTES + REPLY_BYTES);
+/** ctrl[0]: requests sent (request r in slot r % SLOTS); ctrl[1]: requests answered (the worker's count). */
+const C_SENT = 0;
+const C_DONE = 1;
+/** ctrl[2]: 1 asks the worker to stop; ctrl[3]: the worker's start-up (waited on). */
+const C_STOP = 2;
+const C_START = 3;
+/** ctrl[4]: the failure message's length (bytes in the fail area); ctrl[5]: 1 when the worker failed (it answers nothing more). */
+const C_FAIL_LEN = 4;
 const C_FAILED = 5;
 /** How long the datapath waits for an answer before it takes the worker for dead (a batch's decisions take milliseconds). */
 const ANSWER_MS = 30_000;
 function views(sab: SharedArrayBuffer) {
+  const reqs: Uint32Array[] = [];
+  const replies: Uint8Array[] = [];
+  for (let s = 0; s < SLOTS; s++) {
+    reqs.push(new Uint32Array(sab, REQ_AT + s * 4 * REQ_WORDS, REQ_WORDS));
+    replies.push(new Uint8Array(sab, REPLY_AT + s * (REPLY_HEAD_BYTES + REPLY_BYTES), REPLY_HEAD_BYTES + REPLY_BYTES));
+  }
+  return { ctrl: new Int32Array(sab, 0, CTRL_BYTES / 4), fail: new Uint8Array(sab, CTRL_BYTES, FAIL_BYTES), reqs, replies };
+}
+/** A reply slot's views: its header (length, covered), its words and its bytes after the header. */
+function replyViews(r: Uint8Array) {
   return {
-    ctrl: new Int32Array(sab, 0, CTRL_BYTES / 4),
-    req: new Uint32Array(sab, CTRL_BYTES, REQ_WORDS),
-    reply: new Uint8Array(sab, CTRL_BYTES + 4 * REQ_WORDS, REPLY_BYTES),
+    head: new Int32Array(r.buffer, r.byteOffset, 2),
+    words: new Uint32Array(r.buffer, r.byteOffset + REPLY_HEAD_BYTES, REPLY_BYTES / 4),
+    bytes: r.subarray(REPLY_HEAD_BYTES),
   };
 }
 
@@ -377,15 +409,16 @@ export class ShadowDatapath extends Datapath {
 export class FpagThread implements AsyncUpcalls {
   private readonly worker: Worker;
   private readonly ctrl: Int32Array;
-  private readonly req: Uint32Array;
-  private readonly reply: Uint8Array;
-  private readonly replyWords: Uint32Array;
+  private readonly fail: Uint8Array;
+  private readonly reqs: Uint32Array[];
+  /** Per reply slot: its header, words and bytes (replyViews). */
+  private readonly replies: ReturnType<typeof replyViews>[];
   private readonly decoder = new TextDecoder();
   private readonly actionCache = new ActionCache();
   /** The worker's answer, decoded into reused arrays (decodeAnswerInto). */
   private readonly installs = newAnswer();
-  /** The request area's keys (an async answer names the keys of its request, there till the next is sent). */
-  private readonly reqKeys: Uint32Array;
+  /** Per request slot, its keys (an async answer names the keys of its request, there till the next is sent). */
+  private readonly reqKeys: Uint32Array[];
   /** Keys the worker decided (those sent, less those a flow decided for an earlier key of their batch covered). */
   upcalls = 0;
   /**
@@ -397,9 +430,11 @@ export class FpagThread implements AsyncUpcalls {
    * set-ups a second; all pending: 30 waits, 0.76 M/s).
    */
   part: number;
+  /** Requests in flight at most: SLOTS waited for, 1 async (tests may set it lower). */
+  inFlightMax: number;
   /** Round trips (a batch's misses go in parts of `part` keys). */
   roundTrips = 0;
-  /** Total ns from each request's sending to its answer's arrival (the parts of a batch follow each other). */
+  /** Total ns from each request's sending to its answer's taking (the parts of a batch queue behind each other). */
   roundTripNs = 0;
   /** Requests sent while the fast lane still gathered their batch's misses (Datapath.upcallEarlySink). */
   earlyRequests = 0;
@@ -414,10 +449,14 @@ export class FpagThread implements AsyncUpcalls {
    */
   constructor(topology: Topology, private readonly dp: Datapath, readonly async = false) {
     this.part = async ? REQ_KEYS : PART_KEYS;
+    this.inFlightMax = async ? 1 : SLOTS;
     const sab = new SharedArrayBuffer(SAB_BYTES);
-    ({ ctrl: this.ctrl, req: this.req, reply: this.reply } = views(sab));
-    this.replyWords = new Uint32Array(this.reply.buffer, this.reply.byteOffset, REPLY_BYTES / 4);
-    this.reqKeys = this.req.subarray(REQ_KEYS_AT);
+    const v = views(sab);
+    this.ctrl = v.ctrl;
+    this.fail = v.fail;
+    this.reqs = v.reqs;
+    this.replies = v.replies.map(replyViews);
+    this.reqKeys = this.reqs.map((r) => r.subarray(REQ_KEYS_AT));
     const { port1, port2 } = new MessageChannel();
     this.worker = new Worker(WORKER_FILE, { workerData: { sab, topology, port: port2 }, transferList: [port2] });
     this.worker.unref();
@@ -426,7 +465,7 @@ export class FpagThread implements AsyncUpcalls {
     let msg: { message: unknown } | undefined;
     while (!(msg = receiveMessageOnPort(port1))) {
       if (Date.now() > deadline) throw new FpoError('FPO_ERR_IO', `fpag thread: no answer from the worker (${WORKER_FILE}) in 15 s`);
-      Atomics.wait(this.ctrl, 3, 0, 20);
+      Atomics.wait(this.ctrl, C_START, 0, 20);
     }
     const init = msg.message as { error?: string; messages?: string };
     if (init.error) throw new FpoError('FPO_ERR_BAD_TOPOLOGY', init.error);
@@ -440,21 +479,38 @@ export class FpagThread implements AsyncUpcalls {
     }
   }
 
-  // --- asynchronous (AsyncUpcalls): keys handed over wait here for the one request in flight to be answered ---
+  // --- the ring: request r goes in slot r % SLOTS, its answer comes in reply slot r % SLOTS ---
+
+  /** Requests sent and answers taken (the ones between are in flight). */
+  private sent = 0;
+  private taken = 0;
+  /** Per slot, of its request: how many keys, where they are in pendKeys (a synchronous batch's answers name them there), when it went. */
+  private readonly slotKeys = new Int32Array(SLOTS);
+  private readonly slotFrom = new Int32Array(SLOTS);
+  private readonly slotSent = new Float64Array(SLOTS);
+  /** The slot of the answer taken last (async: its keys are its request's). */
+  private lastSlot = 0;
+
+  private get inFlight(): number {
+    return this.sent - this.taken;
+  }
+
+  // Whether the next answer has come.
+  private answerReady(): boolean {
+    return Atomics.load(this.ctrl, C_DONE) !== this.taken || Atomics.load(this.ctrl, C_FAILED) === 1;
+  }
+
+  // --- asynchronous (AsyncUpcalls): keys handed over wait here for the request in flight to be answered ---
 
   private pendPpid = new Uint16Array(0);
   private pendKeys = new Uint32Array(0);
   private pendCount = 0;
-  /** Keys handed over, answered, and in the request in flight (0: none). */
+  /** Keys handed over and answered. */
   private submitted = 0;
   private answered = 0;
-  private inFlight = 0;
-  /** Where the request in flight's keys are in pendKeys (a synchronous batch's answers name them there). */
-  private inFlightFrom = 0;
-  private inFlightSent = 0n;
 
   submit(u: UpcallBatch): number {
-    if (Atomics.load(this.ctrl, C_FAILED) === 1) throw new FpoError('FPO_ERR_WORKER', 'fpag thread: the worker failed earlier');
+    this.failedEarlier();
     this.pend(u, 0, u.count);
     this.submitted += u.count;
     if (this.inFlight === 0) this.sendPending(false);
@@ -494,7 +550,7 @@ export class FpagThread implements AsyncUpcalls {
   private pendHead = 0;
 
   poll(): number {
-    if (this.inFlight > 0 && Atomics.load(this.ctrl, 0) !== REQUEST) this.takeAnswer();
+    if (this.inFlight > 0 && this.answerReady()) this.takeAnswer();
     if (this.inFlight === 0 && this.pendCount > 0) this.sendPending(false);
     return this.answered;
   }
@@ -510,10 +566,12 @@ export class FpagThread implements AsyncUpcalls {
     return this.answered;
   }
 
-  // Up to `part` pending keys to the worker, as one request (continues: of the last request's batch; async: a request is a batch of its own).
+  // Up to `part` pending keys to the worker, as one request in the next slot (continues: of the
+  // last request's batch; async: a request is a batch of its own). The caller checked there is room.
   private sendPending(continues: boolean): void {
     const n = Math.min(this.pendCount, this.part, REQ_KEYS);
-    const req = this.req;
+    const s = this.sent % SLOTS;
+    const req = this.reqs[s];
     req[0] = n;
     req[1] = continues ? 1 : 0;
     const h = this.pendHead;
@@ -522,14 +580,15 @@ export class FpagThread implements AsyncUpcalls {
     this.pendCount -= n;
     // (A synchronous batch's keys stay in place till its end: beginBatch starts them again.)
     this.pendHead = this.pendCount === 0 && this.async ? 0 : h + n;
-    this.inFlight = n;
-    this.inFlightFrom = h;
-    this.inFlightSent = process.hrtime.bigint();
-    Atomics.store(this.ctrl, 0, REQUEST);
-    Atomics.notify(this.ctrl, 0);
+    this.slotKeys[s] = n;
+    this.slotFrom[s] = h;
+    this.slotSent[s] = performance.now();
+    this.sent++;
+    Atomics.store(this.ctrl, C_SENT, this.sent);
+    Atomics.notify(this.ctrl, C_SENT);
   }
 
-  // The answer to the request in flight (it has come): applied to the datapath (async).
+  // The answer to the oldest request in flight (it has come): applied to the datapath (async).
   private takeAnswer(): void {
     const msgs = this.receive(this.installs);
     this.dp.upcalls -= this.lastCovered; // the datapath counted every key it handed over
@@ -537,24 +596,26 @@ export class FpagThread implements AsyncUpcalls {
   }
 
   /**
-   * The answer to the request in flight (it has come), taken out of the
-   * shared memory: flow installs decoded into `into` (appended when it is
-   * `staged`), else the messages returned. Counts it.
+   * The answer to the oldest request in flight (it has come), taken out of
+   * the shared memory: flow installs decoded into `into` (appended when it
+   * is `staged`), else the messages returned. Counts it.
    */
   private receive(into: Answer): ControlMessage[] | null {
-    if (Atomics.load(this.ctrl, C_FAILED) === 1) this.wait_(); // throws with the worker's message
-    const len = Atomics.load(this.ctrl, 1);
-    const cov = Atomics.load(this.ctrl, C_COVERED);
+    this.failedEarlier();
+    const s = this.taken % SLOTS;
+    const r = this.replies[s];
+    const len = r.head[0];
+    const cov = r.head[1];
     let msgs: ControlMessage[] | null = null;
-    const n = this.inFlight;
+    const n = this.slotKeys[s];
     const flowsBefore = this.batchFlows;
     if (len < 0) {
-      const w = this.replyWords;
+      const w = r.words;
       const staged = into === this.staged;
       const had = staged ? into.count : 0;
-      // Its keys: async, the request's (in the request area till the next is sent: the answer is
+      // Its keys: async, the request's (in its slot till the next request is sent: the answer is
       // applied first); a synchronous batch's, where pend put them (applyAnswer points at them).
-      const o = decodeAnswerInto(w, into, this.actionCache, staged, this.async ? 0 : this.inFlightFrom);
+      const o = decodeAnswerInto(w, into, this.actionCache, staged, this.async ? 0 : this.slotFrom[s]);
       if (!this.async) {
         // A synchronous batch's keys are answered in order: each one's entry (the flow that covers
         // it, counted over the batch's answers), and where this answer's flows start among them.
@@ -566,23 +627,23 @@ export class FpagThread implements AsyncUpcalls {
         this.batchKeys += n;
       }
     } else {
-      msgs = decode(this.decoder.decode(this.reply.slice(0, len)));
+      msgs = decode(this.decoder.decode(r.bytes.slice(0, len)));
       this.entriesKnown = false; // (messages whole: which flows they installed is not said)
       if (!this.async) this.batchKeys += n; // (answered all the same: the datapath looks them up)
     }
-    Atomics.store(this.ctrl, 0, IDLE);
-    this.inFlight = 0;
+    this.lastSlot = s;
+    this.taken++;
     this.answered += n;
     this.upcalls += n - cov;
     this.lastCovered = cov;
     this.batchCovered += cov;
     this.roundTrips++;
-    this.roundTripNs += Number(process.hrtime.bigint() - this.inFlightSent);
+    this.roundTripNs += (performance.now() - this.slotSent[s]) * 1e6;
     return msgs;
   }
 
   private applyAnswer(msgs: ControlMessage[] | null, installs: Answer): void {
-    installs.keys = this.async ? this.reqKeys : this.pendKeys;
+    installs.keys = this.async ? this.reqKeys[this.lastSlot] : this.pendKeys;
     if (msgs === null) this.dp.apply(installs);
     else for (const m of msgs) this.dp.apply(m);
   }
@@ -609,7 +670,10 @@ export class FpagThread implements AsyncUpcalls {
 
   private beginBatch(): void {
     // (Left by a batch whose call never came — its sink was replaced — : answered and dropped.)
-    if (this.inFlight > 0) { this.wait_(); this.receive(this.installs); }
+    while (this.inFlight > 0) {
+      this.wait_();
+      this.receive(this.installs);
+    }
     this.pendCount = 0;
     this.pendHead = 0;
     this.batchFlows = 0;
@@ -623,31 +687,33 @@ export class FpagThread implements AsyncUpcalls {
     this.staged.actions.length = 0;
   }
 
-  private sendNext(): void {
-    this.sendPending(this.batchRequests > 0);
-    this.batchRequests++;
-  }
-
-  // Slow path: misses the lane found while it still gathers: sent when no request is in flight
-  // (an answer that has come is taken, staged, first); the worker decides them meanwhile.
-  private upcallEarly(u: UpcallBatch): void {
-    if (Atomics.load(this.ctrl, C_FAILED) === 1) throw new FpoError('FPO_ERR_WORKER', 'fpag thread: the worker failed earlier');
-    if (!u.continues) this.beginBatch();
-    this.pend(u, 0, u.count);
-    this.earlyKeys += u.count;
-    // (An answer in words only: one in JSON waits for the batch's call, where it is applied in its order.)
-    if (this.inFlight > 0 && Atomics.load(this.ctrl, 0) !== REQUEST && Atomics.load(this.ctrl, 1) < 0) this.receive(this.staged);
-    if (this.inFlight === 0 && this.pendCount > 0) {
-      this.sendNext();
-      this.earlyRequests++;
+  // Sends the batch's pending keys, a part a request, while there is room in the ring.
+  private sendParts(): void {
+    while (this.pendCount > 0 && this.inFlight < this.inFlightMax) {
+      this.sendPending(this.batchRequests > 0);
+      this.batchRequests++;
     }
   }
 
+  // Slow path: misses the lane found while it still gathers: sent while there is room in the ring
+  // (answers that have come are taken, staged, first); the worker decides them meanwhile.
+  private upcallEarly(u: UpcallBatch): void {
+    this.failedEarlier();
+    if (!u.continues) this.beginBatch();
+    this.pend(u, 0, u.count);
+    this.earlyKeys += u.count;
+    // (Answers in words only: one in JSON waits for the batch's call, where it is applied in its order.)
+    while (this.inFlight > 0 && this.answerReady() && this.replies[this.taken % SLOTS].head[0] < 0) this.receive(this.staged);
+    const before = this.batchRequests;
+    this.sendParts();
+    this.earlyRequests += this.batchRequests - before;
+  }
+
   // Slow path: a batch's misses (the first earlyKeys handed over already), in parts of `part`
-  // keys: part k + 1 is sent before part k's flows are installed. A partial batch (the fast
+  // keys: parts after k are sent before part k's flows are installed. A partial batch (the fast
   // lane's) is left once its first key is answered: upcallMore takes the next answers.
   private upcallBatch(u: UpcallBatch): void {
-    if (Atomics.load(this.ctrl, C_FAILED) === 1) throw new FpoError('FPO_ERR_WORKER', 'fpag thread: the worker failed earlier');
+    this.failedEarlier();
     if (this.earlyKeys === 0) this.beginBatch();
     const early = Math.min(this.earlyKeys, u.count);
     this.pend(u, early, u.count - early);
@@ -658,19 +724,19 @@ export class FpagThread implements AsyncUpcalls {
 
   // Slow path: more of the partial batch upcallBatch left (Datapath.upcallMoreSink).
   private upcallMore(u: UpcallBatch, all: boolean): void {
-    if (Atomics.load(this.ctrl, C_FAILED) === 1) throw new FpoError('FPO_ERR_WORKER', 'fpag thread: the worker failed earlier');
+    this.failedEarlier();
     this.answer(u, all ? u.count : u.answered + 1, u.answered);
   }
 
-  // Takes the batch's answers (installing each, the next part sent first) until `need` of its keys
-  // are answered; says so in u from key `from` on (answered, entries, covered). The batch ends with its last key.
+  // Takes the batch's answers (installing each, the parts pending sent first) until `need` of its
+  // keys are answered; says so in u from key `from` on (answered, entries, covered). The batch ends with its last key.
   private answer(u: UpcallBatch, need: number, from: number): void {
     for (;;) {
-      if (this.inFlight === 0 && this.pendCount > 0) this.sendNext();
+      this.sendParts();
       if (this.batchKeys >= need || this.inFlight === 0) break;
       this.wait_();
       const msgs = this.receive(this.installs);
-      if (this.pendCount > 0) this.sendNext();
+      this.sendParts();
       this.applyAnswer(msgs, this.installs);
     }
     const to = Math.min(this.batchKeys, u.count);
@@ -684,27 +750,34 @@ export class FpagThread implements AsyncUpcalls {
     if (to === u.count) this.beginBatch();
   }
 
-  // Until the worker has answered the request sent; throws FPO_ERR_WORKER when it failed or gave no answer in ANSWER_MS.
+  // Throws FPO_ERR_WORKER with the worker's message when it failed.
+  private failedEarlier(): void {
+    if (Atomics.load(this.ctrl, C_FAILED) === 1) {
+      const len = Math.max(0, Math.min(Atomics.load(this.ctrl, C_FAIL_LEN), FAIL_BYTES));
+      throw new FpoError('FPO_ERR_WORKER', `fpag thread: ${this.decoder.decode(this.fail.slice(0, len))}`);
+    }
+  }
+
+  // Until the oldest request in flight is answered; throws FPO_ERR_WORKER when the worker failed or gave no answer in ANSWER_MS.
   private wait_(): void {
     // Poll before sleeping: a futex wake-up costs tens of µs on this machine, more than the
     // FPAG's decisions for a part (measured: 88 µs a round trip sleeping, see bench/; 20 000
     // polls, ~20 µs, had left a third of a million set-ups' time in wake-ups).
+    const ctrl = this.ctrl;
+    const taken = this.taken;
     const until = performance.now() + BUSY_SPIN_MS;
-    for (let spin = 1; Atomics.load(this.ctrl, 0) === REQUEST; spin++) if ((spin & 1023) === 0 && performance.now() > until) break;
+    for (let spin = 1; Atomics.load(ctrl, C_DONE) === taken && Atomics.load(ctrl, C_FAILED) === 0; spin++) if ((spin & 1023) === 0 && performance.now() > until) break;
     const deadline = Date.now() + ANSWER_MS;
-    while (Atomics.load(this.ctrl, 0) === REQUEST) {
+    while (Atomics.load(ctrl, C_DONE) === taken && Atomics.load(ctrl, C_FAILED) === 0) {
       if (Date.now() > deadline) throw new FpoError('FPO_ERR_WORKER', `fpag thread: no answer in ${ANSWER_MS / 1000} s`);
-      Atomics.wait(this.ctrl, 0, REQUEST, 1000);
+      Atomics.wait(ctrl, C_DONE, taken, 1000);
     }
-    if (Atomics.load(this.ctrl, C_FAILED) === 1) {
-      const len = Math.max(0, Math.min(Atomics.load(this.ctrl, 1), REPLY_BYTES));
-      throw new FpoError('FPO_ERR_WORKER', `fpag thread: ${this.decoder.decode(this.reply.slice(0, len))}`);
-    }
+    this.failedEarlier();
   }
 
   async stop(): Promise<void> {
-    Atomics.store(this.ctrl, 2, 1);
-    Atomics.notify(this.ctrl, 0);
+    Atomics.store(this.ctrl, C_STOP, 1);
+    Atomics.notify(this.ctrl, C_SENT);
     await this.worker.terminate();
   }
 }
@@ -712,8 +785,8 @@ export class FpagThread implements AsyncUpcalls {
 // The worker side.
 if (!isMainThread && workerData?.sab) {
   const { sab, topology, port } = workerData as { sab: SharedArrayBuffer; topology: Topology; port: MessagePort };
-  const { ctrl, req, reply } = views(sab);
-  const replyWords = new Uint32Array(reply.buffer, reply.byteOffset, REPLY_BYTES / 4);
+  const { ctrl, fail: failArea, reqs, replies: replyAreas } = views(sab);
+  const replies = replyAreas.map(replyViews);
   const encoder = new TextEncoder();
   try {
     const topo = topology;
@@ -730,15 +803,16 @@ if (!isMainThread && workerData?.sab) {
     const sink = shadow.upcallBatchSink!;
     port.postMessage({ messages: encode(shadow.outbox) });
     shadow.outbox = [];
-    Atomics.notify(ctrl, 3);
-    // The request's keys where they are (the FPAG reads an UpcallBatch's keys, never writes them).
-    const batch = newUpcallBatch(REQ_KEYS, req.subarray(REQ_KEYS_AT, REQ_KEYS_AT + REQ_KEYS * KEY_WORDS));
+    Atomics.notify(ctrl, C_START);
+    // Each slot's request keys where they are (the FPAG reads an UpcallBatch's keys, never writes them).
+    const batches = reqs.map((req) => newUpcallBatch(REQ_KEYS, req.subarray(REQ_KEYS_AT, REQ_KEYS_AT + REQ_KEYS * KEY_WORDS)));
     // Decisions go out before the shadow applies them: the datapath installs while the shadow does.
     shadow.defer = true;
+    let done = 0;
     for (;;) {
-      const st = Atomics.load(ctrl, 0);
-      if (Atomics.load(ctrl, 2) === 1) break;
-      if (st !== REQUEST) {
+      if (Atomics.load(ctrl, C_STOP) === 1) break;
+      const sent = Atomics.load(ctrl, C_SENT);
+      if (sent === done) {
         // Spin for the next upcall (they come in bursts), then sleep.
         // The worker polls for IDLE_SPIN_MS before it sleeps: between two batches the datapath
         // forwards a batch (~0.2 ms of new flows), and a sleeping worker's wake-up cost tens of µs
@@ -746,12 +820,16 @@ if (!isMainThread && workerData?.sab) {
         const until = performance.now() + IDLE_SPIN_MS;
         let spin = 0;
         let awake = true;
-        while (Atomics.load(ctrl, 0) === st && Atomics.load(ctrl, 2) === 0) {
+        while (Atomics.load(ctrl, C_SENT) === sent && Atomics.load(ctrl, C_STOP) === 0) {
           if ((++spin & 1023) === 0 && performance.now() > until) { awake = false; break; }
         }
-        if (!awake) Atomics.wait(ctrl, 0, st, 1000);
+        if (!awake) Atomics.wait(ctrl, C_SENT, sent, 1000);
         continue;
       }
+      const s = done % SLOTS;
+      const req = reqs[s];
+      const r = replies[s];
+      const batch = batches[s];
       const n = Math.min(req[0], REQ_KEYS);
       batch.continues = req[1] === 1;
       for (let j = 0; j < n; j++) batch.inPpid[j] = req[REQ_HEAD + j];
@@ -763,23 +841,24 @@ if (!isMainThread && workerData?.sab) {
         // One FlowInstalls naming its keys, or none: in words; else (rare: another message, a NAT) JSON.
         const out = shadow.outbox;
         const one = out.length === 0 ? null : out.length === 1 && out[0].type === 'flow-installs' ? out[0] : undefined;
-        const words = one === undefined ? -1 : encodeAnswer(one, replyWords, batch.entries ? batch.entry : null, n);
+        const words = one === undefined ? -1 : encodeAnswer(one, r.words, batch.entries ? batch.entry : null, n);
         if (words >= 0) {
-          Atomics.store(ctrl, 1, -words);
+          r.head[0] = -words;
         } else {
           const bytes = encoder.encode(encode(shadow.outbox));
-          if (bytes.length > REPLY_BYTES) throw new FpoError('FPO_ERR_CAPACITY', `an answer of ${bytes.length} bytes (${n} keys) does not fit the reply area (${REPLY_BYTES} bytes)`);
-          reply.set(bytes);
-          Atomics.store(ctrl, 1, bytes.length);
+          if (bytes.length > REPLY_BYTES) throw new FpoError('FPO_ERR_CAPACITY', `an answer of ${bytes.length} bytes (${n} keys) does not fit the reply area (${REPLY_BYTES} bytes a request)`);
+          r.bytes.set(bytes);
+          r.head[0] = bytes.length;
         }
-        Atomics.store(ctrl, C_COVERED, batch.covered);
+        r.head[1] = batch.covered;
       } catch (e) {
         // Said to the datapath, which fails the run with it (a packet is never dropped for the FPAG's own fault unsaid).
         fail(e);
         break;
       }
-      Atomics.store(ctrl, 0, REPLY);
-      Atomics.notify(ctrl, 0);
+      done++;
+      Atomics.store(ctrl, C_DONE, done);
+      Atomics.notify(ctrl, C_DONE);
       shadow.applyDeferred();
     }
   } catch (e) {
@@ -789,13 +868,12 @@ if (!isMainThread && workerData?.sab) {
   }
   void parentPort;
 
-  // The worker's failure, for the datapath waiting on it (FpagThread.wait).
+  // The worker's failure, for the datapath waiting on it (FpagThread.wait_).
   function fail(e: unknown): void {
-    const bytes = encoder.encode(`${(e as Error).message ?? String(e)}`.slice(0, 4096));
-    reply.set(bytes);
-    Atomics.store(ctrl, 1, bytes.length);
+    const bytes = encoder.encode(`${(e as Error).message ?? String(e)}`.slice(0, 1024));
+    failArea.set(bytes.subarray(0, FAIL_BYTES));
+    Atomics.store(ctrl, C_FAIL_LEN, Math.min(bytes.length, FAIL_BYTES));
     Atomics.store(ctrl, C_FAILED, 1);
-    Atomics.store(ctrl, 0, REPLY);
-    Atomics.notify(ctrl, 0);
+    Atomics.notify(ctrl, C_DONE);
   }
 }

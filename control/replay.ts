@@ -46,8 +46,8 @@ export interface ReplayOptions {
   caches?: { emc: boolean; smc: boolean };
   /** Called now and then with (bytes read, file size). */
   onProgress?: (done: number, total: number) => void;
-  /** Called before each batch is processed with the number of packets read so far. */
-  beforeBatch?: (packetsSoFar: number, dp: Datapath, fpag: Fpag) => void;
+  /** Called before each batch is processed with the number of packets read so far (and the FPAG's thread, when it has one). */
+  beforeBatch?: (packetsSoFar: number, dp: Datapath, fpag: Fpag, thread: FpagThread | null) => void;
   /** Timed control events, applied between the packets where they fall (events.ts). */
   events?: ControlEvent[];
   /** Where the FPAG runs: in this thread (default) or its own worker thread, speaking only by messages. */
@@ -323,7 +323,7 @@ function* replaySteps(opts: ReplayOptions): Generator<void, ReplayResult> {
       let interrupted: string | undefined;
       while (reader.fill(batch, input.ppid, lazyOk && pending.length === 0) > 0) {
         if (bySourceMac) assignInputPorts(batch, portOfMac);
-        opts.beforeBatch?.(soFar, dp, fpag);
+        opts.beforeBatch?.(soFar, dp, fpag, thread);
         // Slow path: events that fall inside this batch split it where they fall.
         while (pending.length > 0) {
           const at = firstDue(pending, batch, soFar, reader);

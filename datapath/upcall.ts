@@ -86,6 +86,7 @@ export interface FlowInstalls {
   count: number;
   keys: Uint32Array;
   masks: Uint32Array;
+  /** Flow j's actions, j < count (a message reused batch after batch may hold more past count). */
   actions: Action[][];
   /** The index of this message's first flow in its batch's answer (a batch answered in parts); 0 when absent. */
   first?: number;

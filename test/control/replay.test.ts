@@ -238,13 +238,19 @@ describe('the FPAG on its own thread', () => {
     for (const f of readdirSync(a)) expect(readFileSync(join(b, f)).equals(readFileSync(join(a, f))), f).toBe(true);
   });
 
-  it('misses handed to the thread while the lane still gathers them (parts of 64, of 3, none early), and the lane switching a batch\'s answered packets while the rest are decided (or not: answered whole): the same frames, totals and per-flow counts as inline, and some requests sent early', () => {
+  it('misses handed to the thread while the lane still gathers them (parts of 64, of 3, none early; requests of 64 keys or 5, up to 4 in flight or 1), and the lane switching a batch\'s answered packets while the rest are decided (or not: answered whole): the same frames, totals and per-flow counts as inline, and some requests sent early', () => {
     const { cap, topo } = newFlows('early', 6_000, 4_000);
     const a = tempDir('inline');
     const ri = replay({ capture: cap, topology: topo, outDir: a });
-    for (const [earlyKeys, whole] of [[64, false], [3, false], [100_000, false], [64, true]] as const) {
+    // [keys handed early at a time, answered whole, keys a request, requests in flight at most]
+    for (const [earlyKeys, whole, part, inFlight] of [[64, false, 64, 4], [3, false, 64, 4], [100_000, false, 64, 4], [64, true, 64, 4], [3, false, 5, 4], [64, false, 64, 1]] as const) {
       const b = tempDir('thread');
-      const rt = replay({ capture: cap, topology: topo, outDir: b, fpag: 'thread', beforeBatch: (_n, dp) => { dp.fastLane.earlyKeys = earlyKeys; if (whole) dp.upcallMoreSink = null; } });
+      const rt = replay({ capture: cap, topology: topo, outDir: b, fpag: 'thread', beforeBatch: (_n, dp, _f, thread) => {
+        dp.fastLane.earlyKeys = earlyKeys;
+        if (whole) dp.upcallMoreSink = null;
+        thread!.part = part;
+        thread!.inFlightMax = inFlight;
+      } });
       if (earlyKeys < 256) expect(rt.report.fpag.early, `${earlyKeys}`).toBeGreaterThan(0);
       else expect(rt.report.fpag.early).toBe(0);
       if (whole) expect(rt.report.fpag.partial).toBe(0);
@@ -256,6 +262,8 @@ describe('the FPAG on its own thread', () => {
       expect(flows(rt)).toEqual(flows(ri));
       expect(readdirSync(b).sort()).toEqual(readdirSync(a).sort());
       for (const f of readdirSync(a)) expect(readFileSync(join(b, f)).equals(readFileSync(join(a, f))), `${earlyKeys} ${f}`).toBe(true);
+      // Every request answered, as many as the parts the batches' misses make at most.
+      expect(rt.report.fpag.roundTrips, `${part}`).toBeGreaterThanOrEqual(Math.ceil(rt.report.fpag.upcalls / part));
     }
   });
 
