@@ -1220,8 +1220,7 @@ export class Datapath {
     const ko = i * KEY_WORDS;
     let f = -1;
     if (this.batchSink !== null) {
-      this.finishPartial();
-      const idx = this.missIndices(1);
+      const idx = this.missIndices(1); // (upcallMany answers a partial batch's rest first)
       idx[0] = i;
       this.upcallMany(batch, idx, 1, this.missFlow);
       return this.missFlow[0];

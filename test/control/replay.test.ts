@@ -267,6 +267,36 @@ describe('the FPAG on its own thread', () => {
     }
   });
 
+  it('a batch left answered in part, then a tunnel packet\'s own upcall (plain and VXLAN new flows one after the other): the rest of the batch is answered first, and the replay gives inline\'s frames, totals and per-flow counts', () => {
+    const dir = tempDir('mixed');
+    const plain = join(dir, 'plain.pcap');
+    const tunnelled = join(dir, 'vxlan.pcap');
+    generate(plain, { frames: 6_000, size: 64, flows: 3_000, vms: 4 });
+    generate(tunnelled, { frames: 6_000, size: 110, flows: 3_000, vms: 4, tunnel: 'vxlan' });
+    const a = captureFrames(plain);
+    const t = captureFrames(tunnelled);
+    const cap = join(dir, 'mixed.pcap');
+    writePcap(cap, toRecords(a.flatMap((f, i) => [f, t[i]])));
+    const topo = join(dir, 't.json');
+    writeFileSync(topo, JSON.stringify(benchTopology(4)));
+    const ia = tempDir('inline');
+    const ri = replay({ capture: cap, topology: topo, outDir: ia });
+    expect(ri.report.packets.in).toBe(12_000);
+    expect(ri.report.flows.upcalls).toBe(6_000); // (each tunnelled frame decapsulated: its inner flow a new one too)
+    for (const part of [64, 5]) {
+      const out = tempDir('thread');
+      const rt = replay({ capture: cap, topology: topo, outDir: out, fpag: 'thread', beforeBatch: (_n, _dp, _f, thread) => { thread!.part = part; } });
+      expect(rt.report.fpag.partial, `${part}`).toBeGreaterThan(0);
+      expect(rt.report.flows.upcalls).toBe(ri.report.flows.upcalls);
+      expect(rt.report.packets).toEqual(ri.report.packets);
+      expect(rt.report.drops).toEqual(ri.report.drops);
+      expect(flows(rt)).toEqual(flows(ri));
+      const outs = readdirSync(ia).sort();
+      expect(readdirSync(out).sort()).toEqual(outs);
+      for (const f of outs) expect(readFileSync(join(out, f)).equals(readFileSync(join(ia, f))), `${part} ${f}`).toBe(true);
+    }
+  });
+
   it('not waited for (--fpag async): the same frames on every port, each connection in order, the same totals and per-flow counts (the demo; 30 000 frames, also through a table smaller than the flows; a tunnel\'s two hosts)', () => {
     const { dir, cap, topo } = newFlows('async', 30_000, 5_000);
     const hosts = JSON.parse(readFileSync(join(FIXTURES, 'two-hosts.json'), 'utf8')).hosts as object[];
