@@ -513,7 +513,7 @@ export class FpagThread implements AsyncUpcalls {
     this.failedEarlier();
     this.pend(u, 0, u.count);
     this.submitted += u.count;
-    if (this.inFlight === 0) this.sendPending(false);
+    this.sendAsync();
     return this.submitted;
   }
 
@@ -550,20 +550,25 @@ export class FpagThread implements AsyncUpcalls {
   private pendHead = 0;
 
   poll(): number {
-    if (this.inFlight > 0 && this.answerReady()) this.takeAnswer();
-    if (this.inFlight === 0 && this.pendCount > 0) this.sendPending(false);
+    while (this.inFlight > 0 && this.answerReady()) this.takeAnswer();
+    this.sendAsync();
     return this.answered;
   }
 
   waitOne(): number {
     if (this.inFlight === 0) {
       if (this.pendCount === 0) return this.answered;
-      this.sendPending(false);
+      this.sendAsync();
     }
     this.wait_();
     this.takeAnswer();
-    if (this.pendCount > 0) this.sendPending(false);
+    this.sendAsync();
     return this.answered;
+  }
+
+  // Async: what pends, as requests of up to `part` keys while there is room in the ring.
+  private sendAsync(): void {
+    while (this.pendCount > 0 && this.inFlight < this.inFlightMax) this.sendPending(false);
   }
 
   // Up to `part` pending keys to the worker, as one request in the next slot (continues: of the

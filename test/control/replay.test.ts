@@ -297,21 +297,22 @@ describe('the FPAG on its own thread', () => {
     }
   });
 
-  it('not waited for (--fpag async): the same frames on every port, each connection in order, the same totals and per-flow counts (the demo; 30 000 frames, also through a table smaller than the flows; a tunnel\'s two hosts)', () => {
+  it('not waited for (--fpag async): the same frames on every port, each connection in order, the same totals and per-flow counts (the demo; 30 000 frames, also through a table smaller than the flows, and in requests of 100 keys, 4 in flight; a tunnel\'s two hosts)', () => {
     const { dir, cap, topo } = newFlows('async', 30_000, 5_000);
     const hosts = JSON.parse(readFileSync(join(FIXTURES, 'two-hosts.json'), 'utf8')).hosts as object[];
-    const cases: [string, string, number | undefined][] = [[DEMO, TOPO, undefined], [cap, topo, undefined], [cap, topo, 1024]];
+    // [capture, topology, flow table size, requests in flight at most and keys a request (async: 1, all that pend)]
+    const cases: [string, string, number | undefined, number?, number?][] = [[DEMO, TOPO, undefined], [cap, topo, undefined], [cap, topo, 1024], [cap, topo, undefined, 4, 100]];
     hosts.forEach((h, k) => {
       const t = join(dir, `host${k}.json`);
       writeFileSync(t, JSON.stringify(h));
       cases.push([join(FIXTURES, 'two-hosts.pcap'), t, undefined]);
     });
-    for (const [capture, topology, maxFlows] of cases) {
+    for (const [capture, topology, maxFlows, inFlight, part] of cases) {
       const a = tempDir('inline');
       const b = tempDir('async');
       const ri = replay({ capture, topology, outDir: a, maxFlows });
-      const ra = replay({ capture, topology, outDir: b, fpag: 'async', maxFlows });
-      const what = `${capture} ${topology} ${maxFlows ?? ''}`;
+      const ra = replay({ capture, topology, outDir: b, fpag: 'async', maxFlows, beforeBatch: inFlight === undefined ? undefined : (_n, _dp, _f, t) => { t!.inFlightMax = inFlight; t!.part = part!; } });
+      const what = `${capture} ${topology} ${maxFlows ?? ''} ${inFlight ?? ''}`;
       expect(ra.report.fpag.placement).toBe('async');
       expect(ra.report.fpag.queue!.parked, what).toBeGreaterThan(0);
       expect(ra.report.packets, what).toEqual(ri.report.packets);
