@@ -422,16 +422,20 @@ export class FpagThread implements AsyncUpcalls {
   /** Keys the worker decided (those sent, less those a flow decided for an earlier key of their batch covered). */
   upcalls = 0;
   /**
-   * Keys a request takes (tests and benches may set it): PART_KEYS waited
+   * Keys a request takes (tests and benches may set it; held to 1..REQ_KEYS): PART_KEYS waited
    * for; not waited for (async), all that pend, up to REQ_KEYS — the worker
    * is asked once between two datapath batches, and parts of 64 had left it
    * 64 keys of a batch's 256 new ones to decide, the upcall queue full and
    * the datapath waiting (measured, a million set-ups: 11 000 waits, 0.47 M
    * set-ups a second; all pending: 30 waits, 0.76 M/s).
    */
-  part: number;
-  /** Requests in flight at most: SLOTS waited for, 1 async (tests may set it lower). */
-  inFlightMax: number;
+  get part(): number { return this.partKeys; }
+  set part(n: number) { this.partKeys = Math.max(1, Math.min(REQ_KEYS, Math.floor(n) || 1)); }
+  private partKeys: number;
+  /** Requests in flight at most: SLOTS waited for, 1 async (tests may set it; held to 1..SLOTS). */
+  get inFlightMax(): number { return this.maxInFlight; }
+  set inFlightMax(n: number) { this.maxInFlight = Math.max(1, Math.min(SLOTS, Math.floor(n) || 1)); }
+  private maxInFlight: number;
   /** Round trips (a batch's misses go in parts of `part` keys). */
   roundTrips = 0;
   /** Total ns from each request's sending to its answer's taking (the parts of a batch queue behind each other). */
@@ -448,8 +452,8 @@ export class FpagThread implements AsyncUpcalls {
    * batch's misses are answered before the batch goes on (upcallBatchSink).
    */
   constructor(topology: Topology, private readonly dp: Datapath, readonly async = false) {
-    this.part = async ? REQ_KEYS : PART_KEYS;
-    this.inFlightMax = async ? 1 : SLOTS;
+    this.partKeys = async ? REQ_KEYS : PART_KEYS;
+    this.maxInFlight = async ? 1 : SLOTS;
     const sab = new SharedArrayBuffer(SAB_BYTES);
     const v = views(sab);
     this.ctrl = v.ctrl;
@@ -568,13 +572,13 @@ export class FpagThread implements AsyncUpcalls {
 
   // Async: what pends, as requests of up to `part` keys while there is room in the ring.
   private sendAsync(): void {
-    while (this.pendCount > 0 && this.inFlight < this.inFlightMax) this.sendPending(false);
+    while (this.pendCount > 0 && this.inFlight < this.maxInFlight) this.sendPending(false);
   }
 
   // Up to `part` pending keys to the worker, as one request in the next slot (continues: of the
   // last request's batch; async: a request is a batch of its own). The caller checked there is room.
   private sendPending(continues: boolean): void {
-    const n = Math.min(this.pendCount, this.part, REQ_KEYS);
+    const n = Math.min(this.pendCount, this.partKeys);
     const s = this.sent % SLOTS;
     const req = this.reqs[s];
     req[0] = n;
@@ -694,7 +698,7 @@ export class FpagThread implements AsyncUpcalls {
 
   // Sends the batch's pending keys, a part a request, while there is room in the ring.
   private sendParts(): void {
-    while (this.pendCount > 0 && this.inFlight < this.inFlightMax) {
+    while (this.pendCount > 0 && this.inFlight < this.maxInFlight) {
       this.sendPending(this.batchRequests > 0);
       this.batchRequests++;
     }

@@ -300,9 +300,9 @@ function* replaySteps(opts: ReplayOptions): Generator<void, ReplayResult> {
       dp.addPort(p.ppid, w);
     }
     let kept = false;
+    let thread: FpagThread | null = null;
     try {
       const fpag = new Fpag(topo, dp);
-      let thread: FpagThread | null = null;
       if (opts.fpag === 'thread' || opts.fpag === 'async') {
         if (opts.events?.length) throw new FpoError('FPO_ERR_USAGE', '--events: not with --fpag thread (events change the FPAG\'s state, which lives in the worker)');
         // The local Fpag only names VPIDs in the report; the worker's decides.
@@ -364,7 +364,6 @@ function* replaySteps(opts: ReplayOptions): Generator<void, ReplayResult> {
       for (const w of writers.values()) w.close();
       kept = true;
       const seconds = (performance.now() - started) / 1000;
-      if (thread) void thread.stop();
       opts.onProgress?.(reader.fileSize, reader.fileSize);
 
       const st = dp.stats();
@@ -403,8 +402,9 @@ function* replaySteps(opts: ReplayOptions): Generator<void, ReplayResult> {
       if (cleaned !== undefined) report.cleaned = cleaned;
       return { report, datapath: dp, fpag };
     } finally {
-      // A run that failed keeps nothing: its temp files go (a run that completed renamed them).
+      // A run that failed keeps nothing: its temp files go (a run that completed renamed them); its FPAG thread stops too.
       if (!kept) for (const w of writers.values()) w.abandon();
+      if (thread !== null) void (thread as FpagThread).stop();
     }
   } finally {
     reader.close();

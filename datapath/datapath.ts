@@ -203,7 +203,11 @@ export class Datapath {
    * the FPAG decides the next.
    */
   upcallMoreSink: ((u: UpcallBatch, all: boolean) => void) | null = null;
-  /** A partial batch (upcallMany's): its packets and where their flows go; null when none. */
+  /**
+   * A partial batch (upcallMany's): its packets and where their flows go; null when none. idx and
+   * got are the caller's arrays (the fast lane's gather), kept till the batch is answered: the
+   * lane answers a partial batch's rest before it writes them again (FastLane.awaitRest).
+   */
   private partialBatch: PacketBatch | null = null;
   private partialIdx: Uint16Array = new Uint16Array(0);
   private partialGot: Int32Array = new Int32Array(0);

@@ -228,6 +228,7 @@ export class FastLane {
     this.restamp();
     this.gatherSeq++;
     if (this.pre.length < batch.count) this.growGather(batch.count);
+    this.gCount = this.gAnswered = 0; // (the last batch's gathers: done with, the datapath answered their rest)
     this.emcHits = 0;
     this.megaflowHits = 0;
     this.missed = 0;
@@ -668,6 +669,10 @@ export class FastLane {
     const emc = this.emc;
     const flows = this.flows;
     const drop = batch.drop;
+    // (A gather's arrays are the datapath's while its batch is answered in part: the last one's
+    // rest first. Cannot be pending here — its packets come before this one, each awaited — but
+    // written over, they would give its flows to other packets.)
+    if (this.gAnswered < this.gCount) this.awaitRest();
     idx[0] = i;
     let c = 1;
     let last = i;
@@ -724,23 +729,35 @@ export class FastLane {
    * flow into pre as gather puts them.
    */
   private awaitPre(i: number): void {
-    const idx = this.gIdx;
-    const got = this.gGot;
     const pre = this.pre;
     // (Installs of new flows change no flow a gathered packet was given: pre stays valid.)
     const valid = this.preGens === this.flows.genChanges;
     while (pre[i] === UPCALL_PENDING) {
-      const more = this.missMore(false);
-      const to = more < 0 ? this.gCount : more;
-      if (to <= this.gAnswered) break; // (no answer more: cannot be; `one` looks the packet up)
-      for (let x = this.gAnswered; x < to; x++) {
-        if (got[x] === -1) this.missed++;
-        pre[idx[x]] = got[x];
-      }
-      this.gAnswered = to;
+      const before = this.gAnswered;
+      this.takeAnswered(this.missMore(false));
+      if (this.gAnswered === before) break; // (no answer more: cannot be; `one` looks the packet up)
     }
     if (valid) this.preGens = this.flows.genChanges;
     this.restamp();
+  }
+
+  // Slow path: the last gather's answers not taken yet, all of them.
+  private awaitRest(): void {
+    this.takeAnswered(this.missMore(true));
+    this.restamp();
+  }
+
+  // The last gather's misses answered up to `more` (missMore's: -1 all) into pre, as gather puts them.
+  private takeAnswered(more: number): void {
+    const idx = this.gIdx;
+    const got = this.gGot;
+    const pre = this.pre;
+    const to = more < 0 ? this.gCount : more;
+    for (let x = this.gAnswered; x < to; x++) {
+      if (got[x] === -1) this.missed++;
+      pre[idx[x]] = got[x];
+    }
+    if (to > this.gAnswered) this.gAnswered = to;
   }
 
   // Slow path: gather's arrays, for batches of n packets.

@@ -18,8 +18,11 @@
  * upcall batches (the misses of a datapath batch go together) and the round
  * trips with their mean: inline, one call of the sink a batch, timed from
  * the hand-over to its return with the flows installed (the sink is wrapped
- * here); on the thread, the batch goes in parts of PART_KEYS keys, each
- * timed by FpagThread from its sending to its answer. The thread line's
+ * here); on the thread, the batch goes in parts of PART_KEYS keys (up to 4
+ * in flight), each timed by FpagThread from its sending to the taking of its
+ * answer — which may wait in its slot till the fast lane needs it (since
+ * 2026-12-05 afternoon: not comparable with earlier lines; `partial`: the
+ * batches whose packets were switched while their last parts were decided). The thread line's
  * ratio is thread/inline in the same regime and run (async: its round trips
  * are its requests, each the keys handed over while the last was answered).
  *
