@@ -75,6 +75,9 @@ export const ST_USED = 2;
 /** The packet count the eviction's hand saw when it last passed the flow (1 at install: see the top). */
 export const ST_SEEN = 3;
 export const MAX_SUBTABLES = 256;
+/** With at most this many subtables, each one's hash and compare are functions of their own (FlowTable.specialize). */
+const SPECIALIZED_MAX = 4;
+
 /** install/installAt: no index is free (a quarantine holds the evicted ones, and the spare ones are taken). */
 export const FULL = -2;
 /** Most flows a table holds (its slots, twice that, are found by 24 bits of the hash). */
@@ -211,8 +214,12 @@ export class FlowTable {
     for (const a of [this.key, this.stats, this.slots, this.smc]) adviseHugePages(a);
   }
 
-  /** Hash of `key[ko..]` under subtable s's mask. */
+  /** Hash of `key[ko..]` under subtable s's mask (with few subtables, its own function: specialize). */
   private maskedHash(key: Uint32Array, ko: number, s: number): number {
+    return this.subCount <= SPECIALIZED_MAX ? this.hashOf[s](key, ko) : this.maskedHashLoop(key, ko, s);
+  }
+
+  private maskedHashLoop(key: Uint32Array, ko: number, s: number): number {
     const m = this.mask;
     const mo = s * KEY_WORDS;
     const words = this.words;
@@ -227,6 +234,24 @@ export class FlowTable {
 
   /** Finds the flow of subtable s whose masked key equals key[ko..] under s's mask, or -1. */
   private find(key: Uint32Array, ko: number, s: number, h: number): number {
+    return this.subCount <= SPECIALIZED_MAX ? this.findSpecialized(key, ko, s, h) : this.findLoop(key, ko, s, h);
+  }
+
+  private findSpecialized(key: Uint32Array, ko: number, s: number, h: number): number {
+    const slots = this.slots;
+    const sm = this.slotMask;
+    const fk = this.key;
+    const eq = this.eqOf[s];
+    const tag = (h & ~0xff) | s;
+    for (let pos = (h >>> 8) & sm; ; pos = (pos + 1) & sm) {
+      const f = ~slots[2 * pos];
+      if (f === EMPTY) return -1;
+      if (slots[2 * pos + 1] !== tag) continue;
+      if (eq(key, ko, fk, f * KEY_WORDS)) return f;
+    }
+  }
+
+  private findLoop(key: Uint32Array, ko: number, s: number, h: number): number {
     const slots = this.slots;
     const sm = this.slotMask;
     const fk = this.key;
@@ -251,15 +276,79 @@ export class FlowTable {
   }
 
   /**
+   * Per subtable, its mask's hash and compare as functions of their own, the
+   * mask's words and values written out as constants (specialize): a loop
+   * over the mask's word list had cost a megaflow lookup ~60 ns with 7 words
+   * (1 M flows × 5 packets, every packet a megaflow hit). Used while the
+   * table has at most SPECIALIZED_MAX subtables: a call site that meets
+   * more functions than V8's inline cache keeps is slower than the loop
+   * (measured, 20 subtables: lookups 3.0 -> 2.7 M/s, the SMC's hits 10.6
+   * -> 8.0 M/s at 1 M flows).
+   */
+  private readonly hashOf: ((key: Uint32Array, ko: number) => number)[] = [];
+  private readonly eqOf: ((key: Uint32Array, ko: number, fk: Uint32Array, fo: number) => boolean)[] = [];
+
+  // Slow path (a subtable's mask set): subtable s's hash and compare.
+  private specialize(s: number): void {
+    const mo = s * KEY_WORDS;
+    const nw = this.nwords[s];
+    const ws: number[] = [];
+    const ms: number[] = [];
+    for (let j = 0; j < nw; j++) {
+      ws.push(this.words[mo + j]);
+      ms.push(this.mask[mo + this.words[mo + j]]);
+    }
+    let hash = `let h = ${s};\n`;
+    let eq = 'return true';
+    for (let j = 0; j < nw; j++) {
+      // (As the loop below: the same hash, word for word.)
+      hash += `h = Math.imul(h ^ (key[ko + ${ws[j]}] & ${ms[j]}), 0x9e3779b1) + ${ws[j]};\n`;
+      eq += ` && ((key[ko + ${ws[j]}] ^ fk[fo + ${ws[j]}]) & ${ms[j]}) === 0`;
+    }
+    hash += `h ^= ${nw}; h ^= h >>> 16; h = Math.imul(h, 0x85ebca6b); h ^= h >>> 13; h = Math.imul(h, 0xc2b2ae35); h ^= h >>> 16; return h >>> 0;`;
+    try {
+      this.hashOf[s] = new Function('key', 'ko', hash) as (key: Uint32Array, ko: number) => number;
+      this.eqOf[s] = new Function('key', 'ko', 'fk', 'fo', eq + ';') as (key: Uint32Array, ko: number, fk: Uint32Array, fo: number) => boolean;
+    } catch {
+      // Code from strings not allowed (node --disallow-code-generation-from-strings): loops over the lists.
+      this.hashOf[s] = (key, ko) => {
+        let h = s;
+        for (let j = 0; j < nw; j++) h = Math.imul(h ^ (key[ko + ws[j]] & ms[j]), 0x9e3779b1) + ws[j];
+        return fmix(h ^ nw);
+      };
+      this.eqOf[s] = (key, ko, fk, fo) => {
+        for (let j = 0; j < nw; j++) if (((key[ko + ws[j]] ^ fk[fo + ws[j]]) & ms[j]) !== 0) return false;
+        return true;
+      };
+    }
+  }
+
+  /**
    * Fast path: the flow matching the key at key[ko..], trying subtables in
    * hit order, or -1. Counts the hit on the subtable.
    */
   lookup(key: Uint32Array, ko = 0): number {
     const order = this.order;
     const nsub = this.subCount;
+    if (nsub > SPECIALIZED_MAX) return this.lookupLoop(key, ko);
     for (let t = 0; t < nsub; t++) {
       const s = order[t];
-      const f = this.find(key, ko, s, this.maskedHash(key, ko, s));
+      const f = this.findSpecialized(key, ko, s, this.hashOf[s](key, ko));
+      if (f >= 0) {
+        this.subHits[s]++;
+        return f;
+      }
+    }
+    return -1;
+  }
+
+  // lookup with many subtables (see hashOf): the loops over the masks' word lists.
+  private lookupLoop(key: Uint32Array, ko: number): number {
+    const order = this.order;
+    const nsub = this.subCount;
+    for (let t = 0; t < nsub; t++) {
+      const s = order[t];
+      const f = this.findLoop(key, ko, s, this.maskedHashLoop(key, ko, s));
       if (f >= 0) {
         this.subHits[s]++;
         return f;
@@ -306,7 +395,11 @@ export class FlowTable {
   /** Whether key[ko..] matches flow f (its key under its subtable's mask); false for a removed flow. */
   matches(key: Uint32Array, ko: number, f: number): boolean {
     const s = this.sub[f];
-    if (s < 0) return false;
+    return s >= 0 && this.matchesIn(key, ko, s, f);
+  }
+
+  // Whether key[ko..] matches flow f of subtable s (the mask's word list, a loop: see hashOf).
+  private matchesIn(key: Uint32Array, ko: number, s: number, f: number): boolean {
     const m = this.mask;
     const mo = s * KEY_WORDS;
     const words = this.words;
@@ -358,6 +451,7 @@ export class FlowTable {
     }
     this.nwords[s] = nw;
     this.subHits[s] = 0;
+    this.specialize(s);
   }
 
   /**

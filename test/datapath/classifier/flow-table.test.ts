@@ -1,5 +1,8 @@
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { ROOT } from '../../helpers.js';
 import { KEY_WORDS } from '../../../datapath/classifier/flow-key.js';
 import { FULL, FlowTable } from '../../../datapath/classifier/flow-table.js';
 
@@ -10,6 +13,29 @@ function key(...words: number[]): Uint32Array {
 }
 
 describe('FlowTable', () => {
+  it('with code from strings refused (node --disallow-code-generation-from-strings), its subtables\' hash and compare are loops over the masks and find the same flows, across the specialized limit', () => {
+    // Flows in 1..6 subtables (the specialized functions up to 4, then the loops: the same hash either way).
+    const code = `
+      const { FlowTable } = await import(${JSON.stringify(new URL(`file://${join(ROOT, 'dist')}/datapath/classifier/flow-table.js`).href)});
+      const out = [];
+      for (const subs of [1, 4, 5, 6]) {
+        const t = new FlowTable(4096);
+        const flows = [];
+        for (let s = 0; s < subs; s++) for (let n = 1; n <= 50; n++) { // (n > 0: no flow of one subtable matches another's keys)
+          const mask = new Uint32Array(19); mask[0] = 0xffffffff; mask[s + 1] = 0xffff0000; mask[10] = 0xff00ff00;
+          const key = new Uint32Array(19); key[0] = n; key[s + 1] = (n * 2654435761) >>> 0; key[10] = 0x12345678 ^ n;
+          flows.push([key, t.install(key, mask, 1 + s, 0)]);
+        }
+        out.push(flows.every(([k, f]) => f >= 0 && t.lookup(k) === f && t.matches(k, 0, f)) && t.subCount === subs);
+      }
+      console.log(JSON.stringify(out));`;
+    for (const flags of [['--disallow-code-generation-from-strings'], []]) {
+      const r = spawnSync(process.execPath, [...flags, '--input-type=module', '-e', code], { encoding: 'utf8' });
+      expect(r.stderr, flags.join(' ')).toBe('');
+      expect(JSON.parse(r.stdout.trim()), flags.join(' ')).toEqual([true, true, true, true]);
+    }
+  });
+
   it('finds a flow by its masked key and ignores wildcarded words', () => {
     const t = new FlowTable(16);
     const mask = key(0xffffffff, 0, 0xffff0000);
