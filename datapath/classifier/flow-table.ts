@@ -395,11 +395,8 @@ export class FlowTable {
   /** Whether key[ko..] matches flow f (its key under its subtable's mask); false for a removed flow. */
   matches(key: Uint32Array, ko: number, f: number): boolean {
     const s = this.sub[f];
-    return s >= 0 && this.matchesIn(key, ko, s, f);
-  }
-
-  // Whether key[ko..] matches flow f of subtable s (the mask's word list, a loop: see hashOf).
-  private matchesIn(key: Uint32Array, ko: number, s: number, f: number): boolean {
+    if (s < 0) return false;
+    // (The mask's word list, a loop: the signature-match cache's hits come from any subtable, see hashOf.)
     const m = this.mask;
     const mo = s * KEY_WORDS;
     const words = this.words;
