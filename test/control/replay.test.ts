@@ -143,6 +143,15 @@ describe('fpo command line', () => {
     expect(r.stdout).toMatch(/vf1\s+11\s+1\s+vm1-eth0/);
   });
 
+  it('an FPAG placement it does not know (--fpag bogus) exits 2 with one line saying what it takes, and writes nothing', () => {
+    const out = join(tempDir(), 'out');
+    const r = runCli(['replay', DEMO, '-t', TOPO, '-o', out, '--fpag', 'bogus']);
+    expect(r.status).toBe(2);
+    expect(r.stdout).toBe('');
+    expect(r.stderr.trim().split('\n')).toEqual(['fpo: --fpag: expected inline, thread or async, got "bogus"']);
+    expect(existsSync(out)).toBe(false);
+  });
+
   it('a file that is not a capture exits 1 with one line naming it, and no stack trace', () => {
     const p = join(tempDir(), 'junk.pcap');
     writeFileSync(p, 'not a capture at all');
