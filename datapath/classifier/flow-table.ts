@@ -216,7 +216,7 @@ export class FlowTable {
 
   /** Hash of `key[ko..]` under subtable s's mask (with few subtables, its own function: specialize). */
   private maskedHash(key: Uint32Array, ko: number, s: number): number {
-    return this.subCount <= SPECIALIZED_MAX ? this.hashOf[s](key, ko) : this.maskedHashLoop(key, ko, s);
+    return this.specialized ? this.hashOf[s](key, ko) : this.maskedHashLoop(key, ko, s);
   }
 
   private maskedHashLoop(key: Uint32Array, ko: number, s: number): number {
@@ -234,7 +234,7 @@ export class FlowTable {
 
   /** Finds the flow of subtable s whose masked key equals key[ko..] under s's mask, or -1. */
   private find(key: Uint32Array, ko: number, s: number, h: number): number {
-    return this.subCount <= SPECIALIZED_MAX ? this.findSpecialized(key, ko, s, h) : this.findLoop(key, ko, s, h);
+    return this.specialized ? this.findSpecialized(key, ko, s, h) : this.findLoop(key, ko, s, h);
   }
 
   private findSpecialized(key: Uint32Array, ko: number, s: number, h: number): number {
@@ -286,6 +286,9 @@ export class FlowTable {
    * -> 8.0 M/s at 1 M flows).
    */
   private readonly hashOf: ((key: Uint32Array, ko: number) => number)[] = [];
+  /** Whether lookups use hashOf/eqOf: at most SPECIALIZED_MAX subtables, and code from strings allowed (codegen). */
+  private specialized = true;
+  private codegen = true;
   private readonly eqOf: ((key: Uint32Array, ko: number, fk: Uint32Array, fo: number) => boolean)[] = [];
 
   // Slow path (a subtable's mask set): subtable s's hash and compare.
@@ -310,17 +313,10 @@ export class FlowTable {
       this.hashOf[s] = new Function('key', 'ko', hash) as (key: Uint32Array, ko: number) => number;
       this.eqOf[s] = new Function('key', 'ko', 'fk', 'fo', eq + ';') as (key: Uint32Array, ko: number, fk: Uint32Array, fo: number) => boolean;
     } catch {
-      // Code from strings not allowed (node --disallow-code-generation-from-strings): loops over the lists.
-      this.hashOf[s] = (key, ko) => {
-        let h = s;
-        for (let j = 0; j < nw; j++) h = Math.imul(h ^ (key[ko + ws[j]] & ms[j]), 0x9e3779b1) + ws[j];
-        return fmix(h ^ nw);
-      };
-      this.eqOf[s] = (key, ko, fk, fo) => {
-        for (let j = 0; j < nw; j++) if (((key[ko + ws[j]] ^ fk[fo + ws[j]]) & ms[j]) !== 0) return false;
-        return true;
-      };
+      // Code from strings not allowed (node --disallow-code-generation-from-strings): the loops, always.
+      this.codegen = false;
     }
+    this.specialized = this.codegen && this.subCount <= SPECIALIZED_MAX;
   }
 
   /**
@@ -330,7 +326,7 @@ export class FlowTable {
   lookup(key: Uint32Array, ko = 0): number {
     const order = this.order;
     const nsub = this.subCount;
-    if (nsub > SPECIALIZED_MAX) return this.lookupLoop(key, ko);
+    if (!this.specialized) return this.lookupLoop(key, ko);
     for (let t = 0; t < nsub; t++) {
       const s = order[t];
       const f = this.findSpecialized(key, ko, s, this.hashOf[s](key, ko));
