@@ -14,7 +14,7 @@
  * doubling) to the most flows a batch has had; nothing is allocated per key.
  */
 import type { Action } from '../datapath/actions/action-sets.js';
-import { KEY_WORDS } from '../datapath/classifier/flow-key.js';
+import { KEY_WORDS, copyKey, sameKey } from '../datapath/classifier/flow-key.js';
 import { fmix } from '../datapath/classifier/flow-table.js';
 import type { FlowInstalls } from '../datapath/upcall.js';
 
@@ -145,7 +145,7 @@ export class BatchFlows {
     const f = msg.count++;
     const fo = f * KEY_WORDS;
     const keys = msg.keys;
-    for (let w = 0; w < KEY_WORDS; w++) keys[fo + w] = key[w];
+    copyKey(keys, fo, key, 0);
     if (f < msg.actions.length) msg.actions[f] = actions;
     else msg.actions.push(actions);
     msg.keyOf[f] = keyIndex;
@@ -164,9 +164,7 @@ export class BatchFlows {
     const mw = this.maskWords;
     for (let m = 0; m < this.masks; m++) {
       const mo = m * KEY_WORDS;
-      let w = 0;
-      while (w < KEY_WORDS && mw[mo + w] === mask[w]) w++;
-      if (w === KEY_WORDS) return m;
+      if (sameKey(mw, mo, mask, 0)) return m;
     }
     const at = this.maskCount++;
     const to = this.message.masks;

@@ -71,7 +71,7 @@
  */
 import { D } from '../datapath/drops.js';
 import type { Action } from '../datapath/actions/action-sets.js';
-import { ARP_SHA_NOT_SRC, FIELDS, FIELD_NAMES, KEY_WORDS, PORT_PPID_BIT, TUN_PRESENT, W_CT, W_ETH_DST_HI, W_ETH_MID, W_ETH_SRC_LO, W_ETH_TYPE, W_IN_PORT, W_IP_DST, W_IP_SRC, W_TP, W_TUN, W_VLAN, ipv4ToString, ipv6ToString, macNumber, macToString, parseCtState, setField, fieldBits, unwildcardBits, type FieldName } from '../datapath/classifier/flow-key.js';
+import { ARP_SHA_NOT_SRC, FIELDS, FIELD_NAMES, KEY_WORDS, PORT_PPID_BIT, TUN_PRESENT, W_CT, W_ETH_DST_HI, W_ETH_MID, W_ETH_SRC_LO, W_ETH_TYPE, W_IN_PORT, W_IP_DST, W_IP_SRC, W_TP, W_TUN, W_VLAN, ipv4ToString, ipv6ToString, macNumber, macToString, parseCtState, setField, fieldBits, unwildcardBits, clearKey, type FieldName } from '../datapath/classifier/flow-key.js';
 import { FpoError } from '../datapath/errors.js';
 import { parseIpText, type Datapath } from '../datapath/datapath.js';
 import type { FlowInstall, Upcall, UpcallBatch } from '../datapath/upcall.js';
@@ -180,6 +180,8 @@ interface Endpoint {
   floods?: Map<string, Action[]>;
   /** A local interface with port security on: what it may send as. */
   sec?: PortSecurity;
+  /** Whether its packets (from or to) get the special-processing flag (Fpag.flagged, which never changes), once known. */
+  flag?: boolean;
 }
 
 /** A VM interface's identity for port security, as key words. */
@@ -480,7 +482,7 @@ export class Fpag {
     unwildcardBits(mask, U.in_port);
     const inPort = key[W_IN_PORT];
     if (inPort & PORT_PPID_BIT) return;
-    const from = this.byVpid.get(inPort);
+    const from = this.endpointOfVpid(inPort);
     if (!from) return;
     if (from.uplink) {
       unwildcardBits(mask, U.tun_id);
@@ -531,7 +533,7 @@ export class Fpag {
     if (table === 0) {
       // Port security on the packet as the VM sent it (a recirculated one was checked in table 0; NAT may have changed its source since).
       if ((inPort & PORT_PPID_BIT) === 0) {
-        const sec = this.byVpid.get(inPort)?.sec;
+        const sec = this.endpointOfVpid(inPort)?.sec;
         if (sec !== undefined && this.portSecurity(key, mask, sec, explain, out)) return out;
       }
       // A firewalled VM's packets are checked as they leave it before any rule decides where they go.
@@ -906,7 +908,7 @@ export class Fpag {
       const port = this.portByPpid.get(inPort & ~PORT_PPID_BIT);
       return this.say(out, this.dropNoDestination, explain ? `in_port ppid ${inPort & ~PORT_PPID_BIT}${port ? ` (${port.name})` : ''} carries no VPID` : '');
     }
-    const from = this.byVpid.get(inPort);
+    const from = this.endpointOfVpid(inPort);
     if (!from) return this.say(out, this.dropNoDestination, explain ? `in_port vpid ${inPort} is unknown` : '');
     const inVpid = from.vpid;
     let segment: string | undefined;
@@ -914,7 +916,11 @@ export class Fpag {
       // Decapsulated: the VNI says the segment.
       unwildcardBits(mask, U.tun_id);
       const vni = key[W_TUN] & 0xffffff;
-      segment = this.segByVni.get(vni);
+      if (vni !== this.lastVni) {
+        this.lastVni = vni;
+        this.lastVniSegment = this.segByVni.get(vni);
+      }
+      segment = this.lastVniSegment;
       if (!segment) return this.say(out, this.dropNoDestination, explain ? `no segment has VNI ${vni}` : '');
     } else if (from.uplink) {
       unwildcardBits(mask, U.tun_id);
@@ -930,25 +936,52 @@ export class Fpag {
     const dstHi = key[W_ETH_DST_HI];
     const dstLo = key[W_ETH_MID] >>> 16;
     const dst = explain ? macToString(dstHi, dstLo) : '';
-    const group = this.members.get(segment) ?? [];
+    if (segment !== this.lastSegment) {
+      this.lastSegment = segment;
+      this.lastMembers = this.members.get(segment) ?? [];
+      this.lastMacs = this.byMac.get(segment);
+    }
+    const group = this.lastMembers;
     const fromTunnel = (key[W_TUN] & TUN_PRESENT) !== 0;
     const floodKey = fromTunnel ? `${segment}/t` : segment; // flood(): split horizon for tunnel traffic
-    const flagFrom = this.flagged.has(from.name);
+    const flagFrom = (from.flag ??= this.flagged.has(from.name));
     if ((dstHi >>> 24) & 1) {
       const flooded = flagFrom ? this.withFlag(this.flood(from, floodKey, group, fromTunnel)) : this.flood(from, floodKey, group, fromTunnel);
       return this.say(out, flooded, explain ? `L2 ${dst === 'ff:ff:ff:ff:ff:ff' ? 'broadcast' : 'multicast'} in segment ${segment}: flood to ${flooded.length}` : '');
     }
-    const to = this.byMac.get(segment)?.get(dstHi, dstLo);
+    const to = this.lastMacs?.get(dstHi, dstLo);
     if (to) {
       if (to.vpid === inVpid) return this.say(out, this.dropNoDestination, explain ? `L2 ${dst} is the sender itself` : '');
       if (to.tunnel !== undefined && from.uplink) return this.say(out, this.dropNoDestination, explain ? `L2 ${dst} is remote; not sent back into the underlay` : '');
       const outs = (to.toActions ??= this.outputsTo(to));
-      const flag = flagFrom || this.flagged.has(to.name);
+      const flag = flagFrom || (to.flag ??= this.flagged.has(to.name));
       return this.say(out, flag ? this.withFlag(outs) : outs, explain ? `L2 ${dst} is ${to.name} (${to.tunnel === undefined ? `vpid ${to.vpid}` : `through tunnel ${to.tunnel} to ${this.tunnelName(to.tunnel)}`}) in segment ${segment}` : '');
     }
     const flooded = flagFrom ? this.withFlag(this.flood(from, floodKey, group, fromTunnel)) : this.flood(from, floodKey, group, fromTunnel);
     return this.say(out, flooded, explain ? `L2 ${dst} unknown in segment ${segment}: flood to ${flooded.length}` : '');
   }
+
+  /**
+   * byVpid.get, the last answer kept: a batch's upcalls come from one port
+   * (a Map's get of a number had cost ~15 ns a decision). Set back (-1)
+   * wherever byVpid changes.
+   */
+  private endpointOfVpid(vpid: number): Endpoint | undefined {
+    if (vpid !== this.lastVpid) {
+      this.lastVpid = vpid;
+      this.lastEndpoint = this.byVpid.get(vpid);
+    }
+    return this.lastEndpoint;
+  }
+
+  private lastVpid = -1;
+  private lastEndpoint: Endpoint | undefined = undefined;
+  /** l2's last VNI and segment looked up (segByVni, and each segment's members and MAC table, are made once and changed in place only). */
+  private lastVni = -1;
+  private lastVniSegment: string | undefined = undefined;
+  private lastSegment: string | undefined = undefined;
+  private lastMembers: Endpoint[] = [];
+  private lastMacs: MacTable<Endpoint> | undefined = undefined;
 
   private say(out: Decision, actions: Action[], reason: string): void {
     out.actions = actions;
@@ -1013,7 +1046,7 @@ export class Fpag {
       if (e >= 0) { entry[j] = e; continue; }
       this.upcallsHandled++;
       const mask = this.scratchMask;
-      for (let w = 0; w < KEY_WORDS; w++) mask[w] = 0; // (fill(0), a builtin's call, cost more for 19 words)
+      clearKey(mask, 0); // (fill(0), a builtin's call, and a loop both cost more for 19 words)
       const d = this.decideInto(key, mask, false, this.upcallDecision);
       entry[j] = bf.add(key, mask, d.actions, j);
     }
@@ -1209,6 +1242,7 @@ export class Fpag {
     itf.vpid = vpid;
     itf.port = port;
     this.byVpid.set(vpid, e);
+    this.lastVpid = -1;
     if (this.byName.get(e.name) !== e) {
       this.byName.set(e.name, e);
       for (const s of e.segments) if (!this.members.get(s)!.includes(e)) this.members.get(s)!.push(e);
@@ -1302,6 +1336,7 @@ export class Fpag {
       e.vpid = newVpid;
       itf.vpid = newVpid;
       this.byVpid.set(newVpid, e);
+      this.lastVpid = -1;
       this.clearCaches();
       if (ppid >= 0) this.dp.apply({ type: 'mapping-set', vpid: newVpid, ppid });
       const r = this.revalidate();
@@ -1323,6 +1358,7 @@ export class Fpag {
   private releaseVpid(from: number, to: number): void {
     this.dp.apply({ type: 'mapping-set', vpid: from, ppid: -1 });
     this.byVpid.delete(from);
+    this.lastVpid = -1;
     const fw = this.firewalls.get(from);
     if (fw !== undefined) { this.firewalls.delete(from); this.firewalls.set(to, fw); }
   }

@@ -17,7 +17,7 @@ import { Encap } from './actions/encap.js';
 import { Execute, type DirectTx } from './actions/execute.js';
 import { vlanDelta } from './actions/vlan.js';
 import { PacketBatch } from './batch.js';
-import { KEY_WORDS, W_CT } from './classifier/flow-key.js';
+import { KEY_WORDS, W_CT, copyKey } from './classifier/flow-key.js';
 import { FULL, FlowTable, ST_BYTES, ST_PACKETS, STAT_WORDS } from './classifier/flow-table.js';
 import { Classify } from './classifier/classify.js';
 import { Emc } from './classifier/emc.js';
@@ -1504,9 +1504,7 @@ function fillUpcalls(u: UpcallBatch, batch: PacketBatch, idx: Uint16Array, from:
   for (let j = 0; j < n; j++) {
     const i = idx[from + j];
     u.inPpid[j] = batch.inPpid[i];
-    const ko = i * KEY_WORDS;
-    const o = j * KEY_WORDS;
-    for (let w = 0; w < KEY_WORDS; w++) keys[o + w] = src[ko + w];
+    copyKey(keys, j * KEY_WORDS, src, i * KEY_WORDS);
   }
   u.count = n;
   u.covered = 0;

@@ -63,6 +63,19 @@ describe('FPAG decisions', () => {
     expect(d.rule).toBe(-1);
   });
 
+  it('an interface given a new VPID: decisions for its packets follow it at once (the old VPID, just decided for, is unknown; the new one is v1\'s)', () => {
+    const { fpag } = setup();
+    // (Decisions keep the last in_port's endpoint: a batch's upcalls come from one port.)
+    expect(fpag.decide(key(1, '02:00:00:00:00:02')).actions).toEqual([{ op: 'output', vpid: 2 }]);
+    fpag.migrate('v1', 'p1', 9);
+    expect(fpag.decide(key(1, '02:00:00:00:00:02')).actions).toEqual([{ op: 'drop', reason: D.noDestination }]);
+    expect(fpag.decide(key(9, '02:00:00:00:00:02')).actions).toEqual([{ op: 'output', vpid: 2 }]);
+    expect(fpag.decide(key(2, '02:00:00:00:00:01')).actions).toEqual([{ op: 'output', vpid: 9 }]);
+    fpag.migrate('v1', 'p1', 1);
+    expect(fpag.decide(key(9, '02:00:00:00:00:02')).actions).toEqual([{ op: 'drop', reason: D.noDestination }]);
+    expect(fpag.decide(key(1, '02:00:00:00:00:02')).actions).toEqual([{ op: 'output', vpid: 2 }]);
+  });
+
   it('broadcast floods to the other members of the segment, uplink included', () => {
     const { fpag } = setup();
     expect(fpag.decide(key(1, 'ff:ff:ff:ff:ff:ff')).actions).toEqual([{ op: 'output', vpid: 2 }, { op: 'output', vpid: 4 }]);

@@ -92,6 +92,47 @@ describe('FlowTable', () => {
     }), { numRuns: 200 });
   });
 
+  it('a flow\'s stored key is its key under its mask, every other word 0, when indices and subtables are reused under other masks (random installs, removals, evictions; up to 6 masks: the specialized copies and the loops)', () => {
+    // (An install under the mask its index last held writes the mask's words alone: the others must be 0 already.)
+    const masks = [
+      key(0xffffffff, 0, 0, 0, 0, 0, 0xffffffff),
+      key(0xffffffff, 0xffff0000, 0, 0, 0, 0, 0, 0, 0, 0, 0xffffffff),
+      key(0, 0xffffffff, 0xffffffff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xffff),
+      key(0xff, 0, 0, 0xffffffff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xffffffff),
+      key(0, 0, 0, 0, 0xffffffff, 0xffffffff),
+      key(0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff),
+    ];
+    const op = fc.tuple(fc.integer({ min: 0, max: 9 }), fc.integer({ min: 0, max: 5 }), fc.array(fc.integer({ min: 0, max: 0xffffffff }), { minLength: KEY_WORDS, maxLength: KEY_WORDS }));
+    fc.assert(fc.property(fc.array(op, { maxLength: 200 }), fc.integer({ min: 0, max: 2 }), (ops, masksUsed) => {
+      const t = new FlowTable(24);
+      const used = [2, 4, 6][masksUsed];
+      const installed = new Map<number, Uint32Array>(); // flow → the key installed (unmasked)
+      for (const [kind, m, words] of ops) {
+        const k = Uint32Array.from(words);
+        if (kind < 7) {
+          const f = t.install(k, masks[m % used], 1, 0);
+          expect(f).toBeGreaterThanOrEqual(0);
+          for (const g of [...installed.keys()]) if (t.sub[g] < 0) installed.delete(g); // evicted to make room
+          installed.set(f, k);
+        } else if (kind < 9 && installed.size > 0) {
+          const f = [...installed.keys()][words[0] % installed.size];
+          t.remove(f);
+          installed.delete(f);
+        } else {
+          // Every flow of one mask removed: its subtable empties and is given the next new mask.
+          for (const [f] of installed) if (t.sub[f] >= 0 && t.mask[t.sub[f] * KEY_WORDS] === masks[m % used][0] && t.mask[t.sub[f] * KEY_WORDS + 1] === masks[m % used][1]) { t.remove(f); installed.delete(f); }
+        }
+        for (const [f, ik] of installed) {
+          const s = t.sub[f];
+          expect(s).toBeGreaterThanOrEqual(0);
+          const stored = Array.from(t.key.subarray(f * KEY_WORDS, (f + 1) * KEY_WORDS));
+          expect(stored).toEqual(Array.from(ik, (w, i) => (w & t.mask[s * KEY_WORDS + i]) >>> 0));
+          expect(t.lookup(ik)).toBe(f);
+        }
+      }
+    }), { numRuns: 300 });
+  });
+
   it('a full table evicts one flow to make room, by a CLOCK: a flow hit since the hand last passed it is passed over, the first not hit is evicted; counted', () => {
     const t = new FlowTable(32);
     const m = key(0xffffffff);
