@@ -927,8 +927,14 @@ export class Fpag {
       unwildcardBits(mask, U.vlan_tpid);
       unwildcardBits(mask, U.vlan_vid);
       const vid = key[W_VLAN] >>> 16 ? key[W_VLAN] & 0xfff : 0;
-      segment = this.segByVlan.get(vid);
-      if (!segment || !from.segments.includes(segment)) return this.say(out, this.dropNoDestination, explain ? `uplink ${from.name} carries no segment for VLAN ${vid}` : '');
+      if (vid !== this.lastVid || from !== this.lastVidFrom) {
+        this.lastVid = vid;
+        this.lastVidFrom = from;
+        const seg = this.segByVlan.get(vid);
+        this.lastVidSegment = seg !== undefined && from.segments.includes(seg) ? seg : undefined;
+      }
+      segment = this.lastVidSegment;
+      if (!segment) return this.say(out, this.dropNoDestination, explain ? `uplink ${from.name} carries no segment for VLAN ${vid}` : '');
     } else {
       segment = from.segments[0];
     }
@@ -978,6 +984,10 @@ export class Fpag {
   private lastEndpoint: Endpoint | undefined = undefined;
   /** l2's last VNI and segment looked up (segByVni, and each segment's members and MAC table, are made once and changed in place only). */
   private lastVni = -1;
+  /** l2's last uplink and VLAN ID, and the segment they say (undefined: none the uplink carries; segByVlan and an uplink's segments are made once). */
+  private lastVid = -1;
+  private lastVidFrom: Endpoint | undefined = undefined;
+  private lastVidSegment: string | undefined = undefined;
   private lastVniSegment: string | undefined = undefined;
   private lastSegment: string | undefined = undefined;
   private lastMembers: Endpoint[] = [];

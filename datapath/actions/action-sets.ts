@@ -66,6 +66,8 @@ export class ActionSets {
   private readonly byText = new Map<string, number>();
   /** Sets already interned, by array identity: the FPAG reuses its action arrays, so most installs stop here. */
   private readonly byRef = new WeakMap<readonly Action[], number>();
+  private lastRef: readonly Action[] | null = null;
+  private lastId = -1;
 
   /** ct specs, by id (OP_CT's arg): zone, commit (1/0), table (-1: none), continuation set, NAT. */
   ctZone: Int32Array = new Int32Array(16);
@@ -89,10 +91,15 @@ export class ActionSets {
 
   // Slow path: interning runs per installed flow.
   intern(actions: readonly Action[]): number {
-    const known = this.byRef.get(actions);
-    if (known !== undefined) return known;
-    const id = this.internByValue(actions);
-    this.byRef.set(actions, id);
+    // (A batch's flows mostly share their actions: the last array first, then a WeakMap's get, ~12 ns a flow.)
+    if (actions === this.lastRef) return this.lastId;
+    let id = this.byRef.get(actions);
+    if (id === undefined) {
+      id = this.internByValue(actions);
+      this.byRef.set(actions, id);
+    }
+    this.lastRef = actions;
+    this.lastId = id;
     return id;
   }
 

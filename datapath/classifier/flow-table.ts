@@ -238,7 +238,7 @@ export class FlowTable {
       const w = words[mo + j];
       h = Math.imul(h ^ (key[ko + w] & m[mo + w]), 0x9e3779b1) + w;
     }
-    return fmix(h ^ nw);
+    return fmix(h ^ nw) | 0; // (an int32: a uint32 above 2^31 returned from a call is a heap number, ~16 B a set-up)
   }
 
   /** Finds the flow of subtable s whose masked key equals key[ko..] under s's mask, or -1. */
@@ -324,7 +324,7 @@ export class FlowTable {
       eq += ` && ((key[ko + ${ws[j]}] ^ fk[fo + ${ws[j]}]) & ${ms[j]}) === 0`;
       copy += `fk[fo + ${ws[j]}] = key[ko + ${ws[j]}] & ${ms[j]};\n`;
     }
-    hash += `h ^= ${nw}; h ^= h >>> 16; h = Math.imul(h, 0x85ebca6b); h ^= h >>> 13; h = Math.imul(h, 0xc2b2ae35); h ^= h >>> 16; return h >>> 0;`;
+    hash += `h ^= ${nw}; h ^= h >>> 16; h = Math.imul(h, 0x85ebca6b); h ^= h >>> 13; h = Math.imul(h, 0xc2b2ae35); h ^= h >>> 16; return h | 0;`;
     try {
       this.hashOf[s] = new Function('key', 'ko', hash) as (key: Uint32Array, ko: number) => number;
       this.eqOf[s] = new Function('key', 'ko', 'fk', 'fo', eq + ';') as (key: Uint32Array, ko: number, fk: Uint32Array, fo: number) => boolean;
