@@ -85,4 +85,46 @@ describe('BatchFlows (the megaflows of one upcall batch)', () => {
     expect(bf.covers(k)).toBe(false);
     expect(bf.message.count).toBe(0);
   });
+
+  it('covering is bypassed while keys are their own megaflows (no hash, no index: a key then is decided again), and back on in the first batch that measures keys covered again; the message is whole either way', () => {
+    const bf = new BatchFlows();
+    const exact = new Uint32Array(KEY_WORDS).fill(0xffffffff);
+    const wide = full([0xffffffff, 0, 0, 0]);
+    let n = 0;
+    // A key per connection: 64 batches of 128 new keys, none covered (two windows of 4096).
+    for (let b = 0; b < 64; b++) {
+      bf.begin();
+      for (let j = 0; j < 128; j++) {
+        const k = full([++n, n, n, n]);
+        expect(bf.covering(k)).toBe(-1);
+        bf.add(k, exact, [], j);
+      }
+      expect(bf.message.count).toBe(128);
+    }
+    expect(bf.bypassed).toBe(true);
+    // Bypassed: a batch that skips finds nothing even for a key it was just given (it is decided again:
+    // the same flow, installed once); one in 16 batches measures.
+    let skipped = 0;
+    let measuredAt = -1;
+    for (let b = 0; b < 16 && measuredAt < 0; b++) {
+      bf.begin();
+      const k = full([7, 7, 7, 7]);
+      bf.add(k, wide, [], 0);
+      const again = bf.covering(full([7, 8, 9, 10]));
+      if (bf.skipping) { expect(again).toBe(-1); skipped++; }
+      else {
+        expect(again).toBe(0);
+        for (let j = 1; j < 64; j++) expect(bf.covering(full([7, j, j, j]))).toBe(0);
+        measuredAt = b;
+      }
+    }
+    expect(skipped).toBeGreaterThan(0);
+    expect(measuredAt).toBeGreaterThanOrEqual(0);
+    // The measuring batch found its keys covered: the next batch covers again.
+    bf.begin();
+    expect(bf.bypassed).toBe(false);
+    expect(bf.skipping).toBe(false);
+    bf.add(full([7, 7, 7, 7]), wide, [], 0);
+    expect(bf.covering(full([7, 1, 2, 3]))).toBe(0);
+  });
 });
