@@ -1355,7 +1355,7 @@ export class Datapath {
         // The flow the answer's entry became, if it is there and matches (a second lookup cost ~60 ns a set-up); else a lookup.
         const e = entries ? u.entry[j] : -1;
         if (e >= 0 && e < end) f = installed[e];
-        if (f < 0 || !flows.matches(batch.key, i * KEY_WORDS, f)) f = flows.lookup(batch.key, i * KEY_WORDS);
+        if (f < 0 || !flows.matchesAnswer(batch.key, i * KEY_WORDS, f)) f = flows.lookup(batch.key, i * KEY_WORDS);
       }
       got[j] = f;
       if (f < 0) batch.drop[i] = full ? D.flowTableFull : D.upcallFailed;

@@ -405,6 +405,17 @@ export class FlowTable {
     return f;
   }
 
+  /**
+   * matches(), for a flow the FPAG's answer names (the datapath checks it
+   * before taking it for the packet): with few subtables, the subtable's
+   * own compare (specialize), ~2× the loop's speed for 8 mask words.
+   */
+  matchesAnswer(key: Uint32Array, ko: number, f: number): boolean {
+    const s = this.sub[f];
+    if (s < 0) return false;
+    return this.specialized ? this.eqOf[s](key, ko, this.key, f * KEY_WORDS) : this.matches(key, ko, f);
+  }
+
   /** Whether key[ko..] matches flow f (its key under its subtable's mask); false for a removed flow. */
   matches(key: Uint32Array, ko: number, f: number): boolean {
     const s = this.sub[f];
