@@ -923,11 +923,11 @@ function hotLoop(s: HotState): HotLoop {
       const h = ipv4KeyHash(w0, w2, w3, w6, w10, tp);
       let x = h & emcMask; // the entry's number (the ct loop's connection is kept by it)
       let q = x * 25; // EMC_STRIDE
-      if (ent[q] !== h || ent[q + 18] !== tp || ent[q + 14] !== w10 || ent[q + 10] !== w6 || ent[q + 4] !== w0 ||
+      if ((ent[q] | 0) !== h || ent[q + 18] !== tp || ent[q + 14] !== w10 || ent[q + 10] !== w6 || ent[q + 4] !== w0 ||
         ent[q + 6] !== w2 || ent[q + 7] !== w3 || ent[q + 8] !== w4 || ent[q + 9] !== w5 || ent[q + 3] !== 1) {
         x = (h >>> 16) & emcMask;
         q = x * 25;
-        if (ent[q] !== h || ent[q + 18] !== tp || ent[q + 14] !== w10 || ent[q + 10] !== w6 || ent[q + 4] !== w0 ||
+        if ((ent[q] | 0) !== h || ent[q + 18] !== tp || ent[q + 14] !== w10 || ent[q + 10] !== w6 || ent[q + 4] !== w0 ||
           ent[q + 6] !== w2 || ent[q + 7] !== w3 || ent[q + 8] !== w4 || ent[q + 9] !== w5 || ent[q + 3] !== 1) break;
       }
       const f = ent[q + 1] - 1;
@@ -1077,10 +1077,10 @@ function tunnelLoop(s: HotState): TunLoop {
       // The cache's two ways, as Emc.lookupTun looks (the key words at entry word 4 + their index).
       const h = tunKeyHash(w0, w2, w3, w6, w10, tp, w15, w16);
       let q = (h & emcMask) * 25; // EMC_STRIDE
-      if (ent[q] !== h || ent[q + 18] !== tp || ent[q + 14] !== w10 || ent[q + 10] !== w6 || ent[q + 19] !== w15 || ent[q + 20] !== w16 ||
+      if ((ent[q] | 0) !== h || ent[q + 18] !== tp || ent[q + 14] !== w10 || ent[q + 10] !== w6 || ent[q + 19] !== w15 || ent[q + 20] !== w16 ||
         ent[q + 4] !== w0 || ent[q + 6] !== w2 || ent[q + 7] !== w3 || ent[q + 8] !== w4 || ent[q + 9] !== w5 || ent[q + 21] !== vtep || ent[q + 3] !== 2) {
         q = ((h >>> 16) & emcMask) * 25;
-        if (ent[q] !== h || ent[q + 18] !== tp || ent[q + 14] !== w10 || ent[q + 10] !== w6 || ent[q + 19] !== w15 || ent[q + 20] !== w16 ||
+        if ((ent[q] | 0) !== h || ent[q + 18] !== tp || ent[q + 14] !== w10 || ent[q + 10] !== w6 || ent[q + 19] !== w15 || ent[q + 20] !== w16 ||
           ent[q + 4] !== w0 || ent[q + 6] !== w2 || ent[q + 7] !== w3 || ent[q + 8] !== w4 || ent[q + 9] !== w5 || ent[q + 21] !== vtep || ent[q + 3] !== 2) break;
       }
       const f = ent[q + 1] - 1;

@@ -48,7 +48,7 @@ export function keyHash(k: Uint32Array, o: number): number {
   h = Math.imul(h ^ k[o + 2] ^ k[o + 15] ^ k[o + 18] ^ (h >>> 15), 0x85ebca6b);
   h = Math.imul(h ^ k[o + 6] ^ k[o + 3] ^ (h >>> 13), 0xc2b2ae35);
   h = Math.imul(h ^ k[o + 10] ^ (h >>> 16), 0x27d4eb2f);
-  return (h ^ (h >>> 15)) >>> 0;
+  return (h ^ (h >>> 15)) | 0; // (an int32: a uint32 above 2^31 passed to a call is a heap number)
 }
 
 /** keyHash of the key lookupIpv4 describes (its other words 0). */
@@ -57,7 +57,7 @@ export function ipv4KeyHash(w0: number, w2: number, w3: number, w6: number, w10:
   h = Math.imul(h ^ w2 ^ (h >>> 15), 0x85ebca6b);
   h = Math.imul(h ^ w6 ^ w3 ^ (h >>> 13), 0xc2b2ae35);
   h = Math.imul(h ^ w10 ^ (h >>> 16), 0x27d4eb2f);
-  return (h ^ (h >>> 15)) >>> 0;
+  return (h ^ (h >>> 15)) | 0; // (an int32: a uint32 above 2^31 passed to a call is a heap number)
 }
 
 // Entry key at e[q..q+19) against the lookupIpv4 key: the named words; that
@@ -68,7 +68,7 @@ export function tunKeyHash(w0: number, w2: number, w3: number, w6: number, w10: 
   h = Math.imul(h ^ w2 ^ w15 ^ (h >>> 15), 0x85ebca6b);
   h = Math.imul(h ^ w6 ^ w3 ^ (h >>> 13), 0xc2b2ae35);
   h = Math.imul(h ^ w10 ^ (h >>> 16), 0x27d4eb2f);
-  return (h ^ (h >>> 15)) >>> 0;
+  return (h ^ (h >>> 15)) | 0; // (an int32: a uint32 above 2^31 passed to a call is a heap number)
 }
 
 function sameIpv4(e: Uint32Array, q: number, w0: number, w2: number, w3: number, w4: number, w5: number, w6: number, w10: number, w14: number): boolean {
@@ -85,7 +85,7 @@ function probeIpv4(ent: Uint32Array, mask: number, flowGen: Uint32Array, h: numb
   for (let e = h & mask, way = 0; way < 2; way++, e = (h >>> 16) & mask) {
     const q = e * STRIDE;
     const f = ent[q + 1] - 1;
-    if (ent[q] === h && f >= 0 && ent[q + 3] === IPV4_SHAPE && sameIpv4(ent, q + 4, w0, w2, w3, w4, w5, w6, w10, w14) && ent[q + 2] === flowGen[f]) return f;
+    if ((ent[q] | 0) === (h | 0) && f >= 0 && ent[q + 3] === IPV4_SHAPE && sameIpv4(ent, q + 4, w0, w2, w3, w4, w5, w6, w10, w14) && ent[q + 2] === flowGen[f]) return f;
   }
   return -1;
 }
@@ -149,10 +149,10 @@ export class Emc {
     const ent = this.ent;
     let q = (h & this.mask) * STRIDE;
     let f = ent[q + 1] - 1;
-    if (ent[q] === h && f >= 0 && ent[q + 2] === this.flowGen[f] && this.same(q + 4, k, o)) return f;
+    if ((ent[q] | 0) === (h | 0) && f >= 0 && ent[q + 2] === this.flowGen[f] && this.same(q + 4, k, o)) return f;
     q = ((h >>> 16) & this.mask) * STRIDE;
     f = ent[q + 1] - 1;
-    if (ent[q] === h && f >= 0 && ent[q + 2] === this.flowGen[f] && this.same(q + 4, k, o)) return f;
+    if ((ent[q] | 0) === (h | 0) && f >= 0 && ent[q + 2] === this.flowGen[f] && this.same(q + 4, k, o)) return f;
     return -1;
   }
 
@@ -178,7 +178,7 @@ export class Emc {
     for (let e = h & this.mask, way = 0; way < 2; way++, e = (h >>> 16) & this.mask) {
       const q = e * STRIDE;
       const f = ent[q + 1] - 1;
-      if (ent[q] === h && f >= 0 && (ent[q + 3] === IPV4_TUN_SHAPE || ent[q + 3] === IPV4_SHAPE) && ent[q + 2] === this.flowGen[f] &&
+      if ((ent[q] | 0) === (h | 0) && f >= 0 && (ent[q + 3] === IPV4_TUN_SHAPE || ent[q + 3] === IPV4_SHAPE) && ent[q + 2] === this.flowGen[f] &&
         sameIpv4(ent, q + 4, w0, w2, w3, w4, w5, w6, w10, w14) && ent[q + 19] === w15 && ent[q + 20] === w16 && ent[q + 21] === w17) return f;
     }
     return -1;
@@ -255,7 +255,7 @@ export class Emc {
     const ent = this.ent;
     for (let e = h & this.mask, way = 0; way < 2; way++, e = (h >>> 16) & this.mask) {
       const q = e * STRIDE;
-      if (ent[q] === h && ent[q + 1] === f + 1 && ent[q + 2] === this.flowGen[f]) {
+      if ((ent[q] | 0) === (h | 0) && ent[q + 1] === f + 1 && ent[q + 2] === this.flowGen[f]) {
         ent[q + EMC_MEMO] = stamp;
         ent[q + EMC_MEMO + 1] = value;
       }
@@ -273,7 +273,7 @@ export class Emc {
     const ent = this.ent;
     for (let e = h & this.mask, way = 0; way < 2; way++, e = (h >>> 16) & this.mask) {
       const q = e * STRIDE;
-      if (ent[q] === h && ent[q + 1] === f + 1 && ent[q + 2] === this.flowGen[f] && ent[q + 3] === IPV4_SHAPE && sameIpv4(ent, q + 4, w0, w2, w3, w4, w5, w6, w10, w14)) {
+      if ((ent[q] | 0) === (h | 0) && ent[q + 1] === f + 1 && ent[q + 2] === this.flowGen[f] && ent[q + 3] === IPV4_SHAPE && sameIpv4(ent, q + 4, w0, w2, w3, w4, w5, w6, w10, w14)) {
         ent[q + EMC_MEMO] = stamp;
         ent[q + EMC_MEMO + 1] = value;
         return e;
