@@ -24,8 +24,12 @@ import type { FlowTable } from './flow-table.js';
 
 export const EMC_ENTRIES = 8192;
 /** Lookups over which the cache's hit rate is judged, and the rate (1 in this) below which it is bypassed. */
-const BYPASS_WINDOW = 65536;
+const BYPASS_WINDOW = 16384;
 const BYPASS_HIT_INV = 64;
+/** A batch that looks while bypassed and finds at least 1 in this many of its lookups ends the bypass at once. */
+const BYPASS_BACK_INV = 16;
+/** While bypassed, one batch in this many looks in the cache (a power of two). */
+const BYPASS_PROBE_EVERY = 64;
 /** Entry word 3: a key lookupIpv4 can match (NOT_IPV4_TUN and tunnel words 0), or one only lookupTun can (tunnel words set). */
 const IPV4_SHAPE = 1;
 const IPV4_TUN_SHAPE = 2;
@@ -115,9 +119,12 @@ export class Emc {
   // entries, as with a million flows), each one is two cache misses for
   // nothing. Over every window of BYPASS_WINDOW lookups the hit rate is
   // measured; below 1 in BYPASS_HIT_INV, batches skip the cache but one in
-  // 16, which keeps measuring (inserts go on, so the cache is ready when it
-  // would hit again). Forwarding is the same either way; only where a
-  // packet's flow is found (cache or megaflow table) differs.
+  // BYPASS_PROBE_EVERY, which measures (inserts go on, so the cache is
+  // ready when it would hit again): one whose own hit rate is 1 in
+  // BYPASS_BACK_INV or more ends the bypass at once. Forwarding is the same either
+  // way; only where a packet's flow is found (cache or megaflow table)
+  // differs. (Measured, a million new flows: a window of 65 536 and one
+  // batch in 16 had left the cache's probes ~29 ns of every packet.)
   private winLookups = 0;
   private winHits = 0;
   /** True while the cache is bypassed. */
@@ -187,11 +194,19 @@ export class Emc {
   /** Per batch: whether to look in the cache at all (see the bypass above). */
   probeBatch(): boolean {
     if (this.insertInvProb === 0) return false;
-    return !this.bypassed || (++this.batchNo & 15) === 0;
+    return !this.bypassed || (++this.batchNo & (BYPASS_PROBE_EVERY - 1)) === 0;
   }
 
   /** After a batch that looked in the cache: lookups made and hits found. */
   countProbes(lookups: number, hits: number): void {
+    if (this.bypassed && lookups >= 64 && hits * BYPASS_BACK_INV >= lookups) {
+      // A batch that measured while bypassed found hits again (clearly: 1 in BYPASS_BACK_INV, so a hit rate
+      // near the line does not turn the cache on and off batch by batch): on at once.
+      this.bypassed = false;
+      this.winLookups = 0;
+      this.winHits = 0;
+      return;
+    }
     this.winLookups += lookups;
     this.winHits += hits;
     if (this.winLookups < BYPASS_WINDOW) return;

@@ -71,16 +71,31 @@ describe('Classify', () => {
 });
 
 describe('Exact-match cache bypass', () => {
-  it('is bypassed while it finds under 1 in 64 of its lookups, keeps sampling one batch in 16, and comes back when it hits', () => {
+  it('is bypassed while it finds under 1 in 64 of its lookups (over 16 384), keeps sampling one batch in 64, and comes back at once when a sampled batch hits 1 in 16, else over a window', () => {
     const emc = new Emc(new FlowTable(64), 1024, 100);
     expect(emc.probeBatch()).toBe(true);
-    emc.countProbes(65536, 100); // 0.15 % hits
+    emc.countProbes(8192, 100);
+    expect(emc.bypassed).toBe(false); // (half a window)
+    emc.countProbes(8192, 100); // 0.6 % hits over 16 384
     expect(emc.bypassed).toBe(true);
-    const probes = Array.from({ length: 64 }, () => emc.probeBatch()).filter(Boolean).length;
+    const probes = Array.from({ length: 256 }, () => emc.probeBatch()).filter(Boolean).length;
     expect(probes).toBe(4);
-    emc.countProbes(65536, 30000); // the sampled batches find their flows again
+    // A sampled batch under 1 in 16 (but over 1 in 64): still bypassed (no flapping near the line).
+    emc.countProbes(256, 8);
+    expect(emc.bypassed).toBe(true);
+    // Too few lookups to judge by: still bypassed.
+    emc.countProbes(32, 32);
+    expect(emc.bypassed).toBe(true);
+    emc.countProbes(256, 100); // the sampled batch finds its flows again
     expect(emc.bypassed).toBe(false);
     expect(Array.from({ length: 8 }, () => emc.probeBatch()).every(Boolean)).toBe(true);
+    // Or, bypassed, a window's worth of sampled lookups at 1 in 64 or more.
+    emc.countProbes(16384, 0);
+    expect(emc.bypassed).toBe(true);
+    for (let k = 0; k < 63; k++) emc.countProbes(256, 8);
+    expect(emc.bypassed).toBe(true);
+    emc.countProbes(256, 8);
+    expect(emc.bypassed).toBe(false);
     const off = new Emc(new FlowTable(64), 1024, 0);
     expect(off.probeBatch()).toBe(false);
   });
