@@ -46,6 +46,11 @@ export interface ReplayOptions {
   caches?: { emc: boolean; smc: boolean };
   /** Called now and then with (bytes read, file size). */
   onProgress?: (done: number, total: number) => void;
+  /**
+   * Called once, before the first batch, with the datapath, the FPAG and its thread (null inline): a bench's or
+   * test's hook that, unlike beforeBatch, leaves the batches filled as a plain replay fills them (lazily).
+   */
+  onStart?: (dp: Datapath, fpag: Fpag, thread: FpagThread | null) => void;
   /** Called before each batch is processed with the number of packets read so far (and the FPAG's thread, when it has one). */
   beforeBatch?: (packetsSoFar: number, dp: Datapath, fpag: Fpag, thread: FpagThread | null) => void;
   /** Timed control events, applied between the packets where they fall (events.ts). */
@@ -312,6 +317,7 @@ function* replaySteps(opts: ReplayOptions): Generator<void, ReplayResult> {
       }
 
       const batch = new PacketBatch(batchSize);
+      opts.onStart?.(dp, fpag, thread);
       const started = performance.now();
       let lastProgress = started;
       const clock = packetClock(reader);

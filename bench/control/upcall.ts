@@ -51,16 +51,17 @@ try {
       let timed = 0;
       const { report } = replay({
         capture, topology, outDir: join(dir, fpag), fpag, maxFlows: maxFlows(flows),
-        // Inline: time each batch from hand-over to return, as FpagThread does its own.
-        beforeBatch: (_n, dp) => {
+        // Inline: time each batch from hand-over to return, as FpagThread does its own (a hook before the
+        // first batch: a beforeBatch hook would make the replay fill every batch whole, not lazily).
+        onStart: (dp) => {
           const sink = dp.upcallBatchSink;
-          if (fpag !== 'inline' || sink === null || (sink as { timed?: true }).timed) return;
-          dp.upcallBatchSink = Object.assign((u: UpcallBatch) => {
+          if (fpag !== 'inline' || sink === null) return;
+          dp.upcallBatchSink = (u: UpcallBatch) => {
             const t0 = process.hrtime.bigint();
             sink(u);
             ns += Number(process.hrtime.bigint() - t0);
             timed++;
-          }, { timed: true as const });
+          };
         },
       });
       const batches = report.fpag.batches;

@@ -93,6 +93,21 @@ describe('fpo replay of the bundled demo', () => {
   });
 });
 
+describe('replay hooks', () => {
+  it('onStart runs once, before the first batch, with the datapath (nothing switched yet), the FPAG and its thread (null inline); the outputs are those of a replay without it', () => {
+    for (const fpag of ['inline', 'thread'] as const) {
+      const calls: { packets: number; thread: boolean }[] = [];
+      const out = tempDir(`onstart-${fpag}`);
+      const { report } = replay({ capture: DEMO, topology: TOPO, outDir: out, fpag, onStart: (dp, f, thread) => { expect(f).toBeDefined(); calls.push({ packets: dp.stats().packetsIn, thread: thread !== null }); } });
+      expect(calls).toEqual([{ packets: 0, thread: fpag === 'thread' }]);
+      const plain = tempDir(`onstart-${fpag}-plain`);
+      replay({ capture: DEMO, topology: TOPO, outDir: plain, fpag });
+      for (const f of readdirSync(plain)) expect(readFileSync(join(out, f)).equals(readFileSync(join(plain, f))), f).toBe(true);
+      expect(report.packets.in).toBe(report.packets.out + report.packets.dropped);
+    }
+  });
+});
+
 describe('migration by mapping', () => {
   it('changing one mapping moves a VM\'s traffic to its new port with no flow change', () => {
     const out = tempDir('migrate');
