@@ -345,6 +345,10 @@ export class FastLane {
    */
   private one(batch: PacketBatch, i: number, now: number): number {
     if (batch.drop[i] !== 0) return ONE_STOP;
+    if (this.preSeq[i] === this.gatherSeq && !this.useEmc) {
+      const r = this.onePre(batch, i, now);
+      if (r >= 0) return r;
+    }
     const b = batch.buf;
     const d = batch.dv;
     const base = batch.off[i];
@@ -437,6 +441,31 @@ export class FastLane {
     }
     if (this.useEmc) this.emc.memo(h, f, this.seq, slot); // for the hot loop, when the key is cached
     this.commit(batch, i, f, slot, base, cl, cl, now); // commonIpv4: cl = wirelen
+    return ONE_HOT;
+  }
+
+  /**
+   * `one` for a packet an earlier gather of this batch upcalled, while the
+   * cache is not in use: its flow from the answer, without parsing the
+   * packet again (gather did, and wrote its key; a set-up's packet had been
+   * parsed and hashed twice). -1 where `one`'s whole way is needed: the
+   * answer no longer valid (a flow changed since), or a ct flow (conntrack
+   * reads what the parse gives).
+   */
+  private onePre(batch: PacketBatch, i: number, now: number): number {
+    if (this.pre[i] === UPCALL_PENDING) {
+      // Its answer is still being decided (the FPAG answers a gather in parts): wait for it.
+      this.awaitPre(i);
+      if (batch.drop[i] !== 0) return ONE_STOP; // its upcall failed (counted by awaitPre)
+    }
+    if (this.preGens !== this.flows.genChanges || this.pre[i] === UPCALL_PENDING) return -1;
+    const f = this.pre[i];
+    const slot = this.slotFor(this.flows.act[f]);
+    if (slot < 0) return -1; // (not a direct output: maybe a ct flow, which `one` takes)
+    const cl = batch.caplen[i]; // (gather's commonIpv4 passed: caplen = wirelen)
+    if (cl + 16 > this.execute.dCap[slot]) return ONE_STOP;
+    this.missed++; // (countFound's for an upcalled packet)
+    this.commit(batch, i, f, slot, batch.off[i], cl, cl, now);
     return ONE_HOT;
   }
 
