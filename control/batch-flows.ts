@@ -37,6 +37,10 @@ export class BatchFlows {
    * The answer: flow j is its key at keys[j * KEY_WORDS..] under the mask
    * at masks[maskAt[j] * KEY_WORDS..] → actions[j]. The batch's masks go
    * once each (the first MAX_MASKS; a flow of another has a copy of its own).
+   * Keys in place (begin(keys): a whole batch, its keys staying put till
+   * the answer is taken): flow j's key is the batch's key keyOf[j]
+   * (keys is the batch's, keyAt is keyOf), not a copy (a copy of 19 words
+   * a set-up saved).
    */
   readonly message: FlowInstalls & { maskAt: Int32Array; keyOf: Int32Array } = { type: 'flow-installs', count: 0, keys: new Uint32Array(0), masks: new Uint32Array(0), actions: [], maskAt: new Int32Array(0), keyOf: new Int32Array(0) };
   /** Masks in message.masks. */
@@ -68,10 +72,29 @@ export class BatchFlows {
   private keysBefore = 0;
   private coveredBefore = 0;
 
-  /** Starts a batch (its keys may come in several calls: covers and add go on until the next begin). */
-  begin(): void {
-    const keys = this.winKeys - this.keysBefore;
-    if (this.bypassed && !this.skipping && keys >= 32 && (this.winCovered - this.coveredBefore) * COVER_HIT_INV >= keys) {
+  /** The batch's own keys, where begin() was given them (message.keys is that array, message.keyAt keyOf); else null. */
+  inPlace: Uint32Array | null = null;
+  /** message.keys while the keys are copied (kept across batches: begin(keys) points message.keys elsewhere). */
+  private ownKeys = new Uint32Array(0);
+
+  /**
+   * Starts a batch (its keys may come in several calls: covers and add go on
+   * until the next begin). `keys`: the whole batch's keys, staying put till
+   * its answer is taken — flows name them instead of copying them (add's
+   * keyIndex is the key's index there).
+   */
+  begin(keys: Uint32Array | null = null): void {
+    this.inPlace = keys;
+    const msg = this.message;
+    if (keys !== null) {
+      msg.keys = keys;
+      msg.keyAt = msg.keyOf;
+    } else {
+      msg.keys = this.ownKeys;
+      msg.keyAt = undefined;
+    }
+    const looked = this.winKeys - this.keysBefore;
+    if (this.bypassed && !this.skipping && looked >= 32 && (this.winCovered - this.coveredBefore) * COVER_HIT_INV >= looked) {
       // The batch that measured found keys covered again: on at once (not a window of such batches later).
       this.bypassed = false;
       this.winKeys = 0;
@@ -96,6 +119,7 @@ export class BatchFlows {
   /** The flows added since the batch's from-th, as a message of their own (views of this one's arrays). */
   since(from: number): FlowInstalls {
     const m = this.message;
+    if (this.inPlace !== null) return { type: 'flow-installs', count: m.count - from, keys: m.keys, keyAt: m.keyOf.subarray(from), masks: m.masks, actions: m.actions.slice(from, m.count), first: from, maskAt: m.maskAt.subarray(from), keyOf: m.keyOf.subarray(from) };
     return { type: 'flow-installs', count: m.count - from, keys: m.keys.subarray(from * KEY_WORDS), masks: m.masks, actions: m.actions.slice(from, m.count), first: from, maskAt: m.maskAt.subarray(from), keyOf: m.keyOf.subarray(from) };
   }
 
@@ -104,8 +128,9 @@ export class BatchFlows {
     const m = this.message;
     const cap = Math.max(64, 2 * this.flowMask.length);
     const keys = new Uint32Array(cap * KEY_WORDS);
-    keys.set(m.keys);
-    m.keys = keys;
+    keys.set(this.ownKeys);
+    this.ownKeys = keys;
+    if (this.inPlace === null) m.keys = keys;
     // (A flow adds a mask at most: its own when the batch has MAX_MASKS others.)
     const masks = new Uint32Array((cap + MAX_MASKS) * KEY_WORDS);
     masks.set(m.masks);
@@ -119,9 +144,10 @@ export class BatchFlows {
     const ko = new Int32Array(cap);
     ko.set(m.keyOf);
     m.keyOf = ko;
+    if (this.inPlace !== null) m.keyAt = ko;
     this.slots = new Int32Array(2 * cap);
     this.slotHash = new Int32Array(2 * cap);
-    for (let f = 0; f < m.count; f++) if (fm[f] >= 0) this.index(f, this.hash(m.keys.subarray(f * KEY_WORDS), fm[f]));
+    for (let f = 0; f < m.count; f++) if (fm[f] >= 0) this.index(f, this.hash(m.keys.subarray(this.keyOffset(f)), fm[f]));
   }
 
   // Slow path: flow f (its key hashing to h under its indexed mask) into the slots.
@@ -156,7 +182,7 @@ export class BatchFlows {
       for (let p = h & sm; slots[p] !== 0; p = (p + 1) & sm) {
         const f = slots[p] - 1;
         if (this.slotHash[p] !== h || this.flowMask[f] !== m) continue;
-        const fo = f * KEY_WORDS;
+        const fo = this.keyOffset(f);
         let j = 0;
         for (; j < nw; j++) {
           const w = this.nz[mo + j];
@@ -182,9 +208,8 @@ export class BatchFlows {
     const msg = this.message;
     if (msg.count === this.flowMask.length) this.grow();
     const f = msg.count++;
-    const fo = f * KEY_WORDS;
-    const keys = msg.keys;
-    copyKey(keys, fo, key, 0);
+    if (this.inPlace === null) copyKey(msg.keys, f * KEY_WORDS, key, 0);
+    else if (keyIndex < 0) throw new RangeError('BatchFlows.add: keys in place need the key\'s index');
     if (f < msg.actions.length) msg.actions[f] = actions;
     else msg.actions.push(actions);
     msg.keyOf[f] = keyIndex;
@@ -195,6 +220,11 @@ export class BatchFlows {
     // (The key's hash under m, when covering just computed it: the same key, a mask it tried.)
     if (m >= 0 && !this.skipping) this.index(f, key === this.lastKey && m < this.lastMasks ? this.lastHash[m] : this.hash(key, m));
     return f;
+  }
+
+  // Where flow f's key is in message.keys.
+  private keyOffset(f: number): number {
+    return (this.inPlace === null ? f : this.message.keyOf[f]) * KEY_WORDS;
   }
 
   // Where `mask` is in the message's masks: among the indexed ones (the first MAX_MASKS), else added

@@ -1045,7 +1045,9 @@ export class Fpag {
    */
   private onUpcalls(u: UpcallBatch): void {
     const bf = this.batchFlows;
-    if (!u.continues) bf.begin();
+    // A whole batch (its keys put till this returns): its flows name its keys where they are.
+    if (!u.continues) bf.begin(u.whole ? u.keys : null);
+    else if (bf.inPlace !== null) throw new FpoError('FPO_ERR_USAGE', 'upcalls: a batch said whole went on in another call');
     const from = bf.message.count;
     const coveredBefore = bf.covered;
     const views = this.viewsOf(u.keys);

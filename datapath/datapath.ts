@@ -224,6 +224,7 @@ export class Datapath {
     }
     fillUpcalls(u, batch, idx, from, n);
     u.continues = from > 0;
+    u.whole = false;
     this.earlySink!(u);
   }
   /**
@@ -1261,6 +1262,7 @@ export class Datapath {
     const u = this.upcallBatch;
     fillUpcalls(u, batch, idx, 0, n);
     u.continues = false;
+    u.whole = true;
     u.entries = false;
     this.installedEnd = 0;
     this.upcallBatches++;
@@ -1296,6 +1298,7 @@ export class Datapath {
     if (sink !== null) {
       const u = this.upcallsOf(batch, idx, n);
       u.partial = partial && this.upcallMoreSink !== null;
+      u.whole = !u.partial;
       u.answered = n;
       const refused = this.installsRefused;
       sink(u);

@@ -62,6 +62,13 @@ export interface UpcallBatch {
   partial: boolean;
   /** Set by the sink: keys [0, answered) are answered (their flows installed, their entries set). */
   answered: number;
+  /**
+   * Set by the datapath: this call is the whole batch (no part before or
+   * after it), and `keys` stay as they are till the sink returns — so an
+   * answer given within the call may name its keys where they are (the
+   * FPAG's BatchFlows keeps no copy of them).
+   */
+  whole: boolean;
 }
 
 /** Datapath.upcallMany's got[j] for a key of a partial batch not answered yet. */
@@ -69,7 +76,7 @@ export const UPCALL_PENDING = -2;
 
 /** An empty UpcallBatch with room for `cap` keys (slow path: made once, grown rarely); `keys`: the keys' array to use, when given. */
 export function newUpcallBatch(cap: number, keys: Uint32Array = new Uint32Array(cap * KEY_WORDS)): UpcallBatch {
-  return { type: 'upcalls', count: 0, inPpid: new Uint16Array(cap), keys, covered: 0, continues: false, entries: false, entry: new Int32Array(cap), partial: false, answered: 0 };
+  return { type: 'upcalls', count: 0, inPpid: new Uint16Array(cap), keys, covered: 0, continues: false, entries: false, entry: new Int32Array(cap), partial: false, answered: 0, whole: false };
 }
 
 /**

@@ -127,4 +127,53 @@ describe('BatchFlows (the megaflows of one upcall batch)', () => {
     bf.add(full([7, 7, 7, 7]), wide, [], 0);
     expect(bf.covering(full([7, 1, 2, 3]))).toBe(0);
   });
+
+  it('with the batch\'s keys in place (begin(keys): a whole batch), it covers and answers as with copies, and the message names each flow\'s key where it is (keys the batch\'s, keyAt its index; since() too)', () => {
+    fc.assert(fc.property(
+      fc.array(maskWords, { minLength: 1, maxLength: 20 }),
+      fc.array(fc.tuple(keyWords, fc.nat(19)), { minLength: 1, maxLength: 100 }),
+      fc.nat(100),
+      (maskList, steps, cut) => {
+        const masks = maskList.map(full);
+        const batch = new Uint32Array(steps.length * KEY_WORDS);
+        steps.forEach(([kw], j) => batch.set(full(kw), j * KEY_WORDS));
+        const view = (j: number) => batch.subarray(j * KEY_WORDS, (j + 1) * KEY_WORDS);
+        const copied = new BatchFlows();
+        const inPlace = new BatchFlows();
+        copied.begin();
+        inPlace.begin(batch);
+        const from = Math.min(cut, steps.length);
+        let sinceAt = -1;
+        for (const [j, [, mi]] of steps.entries()) {
+          if (j === from) sinceAt = inPlace.message.count;
+          const a = copied.covering(view(j));
+          expect(inPlace.covering(view(j))).toBe(a);
+          if (a < 0) {
+            const act: Action[] = [{ op: 'output', vpid: j }];
+            expect(inPlace.add(view(j), masks[mi % masks.length], act, j)).toBe(copied.add(view(j), masks[mi % masks.length], act, j));
+          }
+        }
+        const m = inPlace.message;
+        expect(m.keys).toBe(batch);
+        expect(m.count).toBe(copied.message.count);
+        for (let f = 0; f < m.count; f++) {
+          const at = m.keyAt![f] * KEY_WORDS;
+          expect([...m.keys.subarray(at, at + KEY_WORDS)]).toEqual([...copied.message.keys.subarray(f * KEY_WORDS, (f + 1) * KEY_WORDS)]);
+        }
+        if (sinceAt >= 0) {
+          const part = inPlace.since(sinceAt);
+          for (let f = 0; f < part.count; f++) {
+            const at = part.keyAt![f] * KEY_WORDS;
+            expect([...part.keys.subarray(at, at + KEY_WORDS)]).toEqual([...copied.message.keys.subarray((sinceAt + f) * KEY_WORDS, (sinceAt + f + 1) * KEY_WORDS)]);
+          }
+        }
+        // The next batch without keys in place copies again.
+        inPlace.begin();
+        inPlace.add(view(0), masks[0], [], 0);
+        expect(inPlace.message.keys).not.toBe(batch);
+        expect(inPlace.message.keyAt).toBeUndefined();
+        expect([...inPlace.message.keys.subarray(0, KEY_WORDS)]).toEqual([...view(0)]);
+      },
+    ), { numRuns: 200 });
+  });
 });

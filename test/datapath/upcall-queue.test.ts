@@ -24,7 +24,7 @@ class Later implements AsyncUpcalls {
   keys = 0;
   submit(u: UpcallBatch): number {
     this.keys += u.count;
-    this.pending.push({ type: 'upcalls', count: u.count, inPpid: u.inPpid.slice(0, u.count), keys: u.keys.slice(0, u.count * KEY_WORDS), covered: 0, continues: false, entries: false, entry: new Int32Array(u.count), partial: false, answered: 0 });
+    this.pending.push({ type: 'upcalls', count: u.count, inPpid: u.inPpid.slice(0, u.count), keys: u.keys.slice(0, u.count * KEY_WORDS), covered: 0, continues: false, entries: false, entry: new Int32Array(u.count), partial: false, answered: 0, whole: false });
     return (this.submitted += u.count);
   }
   poll(): number { return this.answered; }
