@@ -607,20 +607,24 @@ export class FlowTable {
   remove(f: number): void {
     if (!this.live[f]) return;
     const sm = this.slotMask;
+    const slots = this.slots;
+    const nf = ~f;
     let pos = (this.fhash[f] >>> 8) & sm;
-    while (this.slots[2 * pos] !== ~f) pos = (pos + 1) & sm;
+    while (slots[2 * pos] !== nf) pos = (pos + 1) & sm;
     let hole = pos;
-    for (let next = (hole + 1) & sm; this.slots[2 * next] !== ~EMPTY; next = (next + 1) & sm) {
+    for (let next = (hole + 1) & sm; ; next = (next + 1) & sm) {
+      const e = slots[2 * next];
+      if (e === ~EMPTY) break;
       // The entry's home from its tag (the hash's bits 8 and up): no read of the flow's own arrays.
-      const home = (this.slots[2 * next + 1] >>> 8) & sm;
+      const tag = slots[2 * next + 1];
       // Move the entry back if its home is not in (hole, next].
-      if (((next - home) & sm) >= ((next - hole) & sm)) {
-        this.slots[2 * hole] = this.slots[2 * next];
-        this.slots[2 * hole + 1] = this.slots[2 * next + 1];
+      if (((next - ((tag >>> 8) & sm)) & sm) >= ((next - hole) & sm)) {
+        slots[2 * hole] = e;
+        slots[2 * hole + 1] = tag;
         hole = next;
       }
     }
-    this.slots[2 * hole] = ~EMPTY;
+    slots[2 * hole] = ~EMPTY;
     this.live[f] = 0;
     this.gen[f]++;
     this.genChanges++;
