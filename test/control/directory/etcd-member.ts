@@ -4,7 +4,7 @@
  * killed (SIGKILL) and started again on that data, as an outage would.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createServer } from 'node:net';
+import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { Etcd3 } from 'etcd3';
 import { tempDir } from '../../helpers.js';
@@ -40,4 +40,52 @@ export async function restartableMember(): Promise<{ url: string; kill: () => vo
   };
   await start();
   return { url, kill: () => p?.kill('SIGKILL'), start };
+}
+
+/**
+ * A TCP proxy to the member at `target` that can hold: while held it
+ * answers nothing — it takes connections and keeps them silent, and the
+ * ones open go silent too (as a member that takes connections but does not
+ * serve, or a link that went quiet); when it serves again the silent ones
+ * are closed (their member may have gone meanwhile) and the held ones go
+ * through, late.
+ */
+export async function holdingProxy(target: string): Promise<{ url: string; hold: () => void; serve: () => void; close: () => void }> {
+  const { hostname, port } = new URL(target);
+  let holding = false;
+  const held: Socket[] = [];
+  const piped = new Map<Socket, Socket>();
+  const through = (c: Socket) => {
+    const u = connect(Number(port), hostname);
+    piped.set(c, u);
+    // The member gone: the client's connection closed too, unless held (then it stays, silent).
+    u.on('close', () => { if (!holding) c.destroy(); });
+    c.on('close', () => { piped.delete(c); u.destroy(); });
+    u.on('error', () => undefined);
+    c.on('error', () => undefined);
+    c.pipe(u);
+    u.pipe(c);
+    c.resume();
+  };
+  const server = createServer({ pauseOnConnect: true }, (c) => {
+    if (holding) held.push(c);
+    else through(c);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    hold: () => {
+      holding = true;
+      for (const [c, u] of piped) { c.unpipe(u); u.unpipe(c); c.pause(); u.pause(); }
+    },
+    serve: () => {
+      holding = false;
+      for (const c of piped.keys()) c.destroy();
+      for (const c of held.splice(0)) if (!c.destroyed) through(c);
+    },
+    close: () => {
+      server.close();
+      for (const c of [...piped.keys(), ...held]) c.destroy();
+    },
+  };
 }

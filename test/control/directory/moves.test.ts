@@ -379,4 +379,48 @@ describe('the directory and a host that loses its lease', () => {
       await b.close();
     }
   }, 60_000);
+
+  it('taken again while a member takes connections without serving: the old lease is kept alive until the new one holds the entries — the others never see them go', async (ctx) => {
+    needTool(ctx, 'etcd', 'the directory tests run a real etcd member (Debian: etcd-server)');
+    const { restartableMember, holdingProxy } = await import('./etcd-member.js');
+    const m = await restartableMember();
+    // The hosts reach one member two ways: directly, and through a proxy that holds (as a member restarted, not yet serving).
+    const proxy = await holdingProxy(m.url);
+    const TTL = 2;
+    const N = 6;
+    const hosts = Array.from({ length: N }, () => new Directory([m.url, proxy.url], 'lh'));
+    const b = new Directory([m.url], 'lh');
+    const gone: string[] = [];
+    let puts = 0;
+    try {
+      for (const [k, a] of hosts.entries()) {
+        const n = k + 1;
+        await a.registerHost({ name: `host${n}`, vtep: `192.168.0.${n}`, mac: `02:fe:00:00:00:0${n}`, kind: 'vxlan' }, TTL);
+        await a.publish({ name: `vm${n}-eth0`, mac: `02:00:00:00:0${n}:01`, ips: [], segment: 'blue', host: `host${n}`, vpid: n });
+      }
+      await b.load();
+      await b.watch((c) => { if (c.type === 'delete') gone.push(`${c.kind}/${c.name}`); else puts++; });
+      proxy.hold();
+      m.kill();
+      // Past twice the TTL each client gives its lease up and tries to take one again; etcd, back, still holds it (for its TTL + 1 s).
+      await until(() => hosts.every((a) => a.lastError?.startsWith('lease lost') === true), 15_000);
+      expect(hosts.map((a) => a.registrations)).toEqual(hosts.map(() => 1));
+      await m.start();
+      // Held longer than that: a call or a keep-alive the client sends through the proxy waits.
+      await sleep(3 * TTL * 1000);
+      proxy.serve();
+      await until(() => hosts.every((a) => a.registrations >= 2), 15_000);
+      // The new leases kept alive past their TTL; the watch has seen each host and VM put again.
+      await sleep(2 * TTL * 1000);
+      await until(() => puts >= 2 * N, 10_000);
+      expect(gone).toEqual([]);
+      expect(hosts.map((a) => a.registrations)).toEqual(hosts.map(() => 2));
+      expect([...b.hosts.keys()].sort()).toEqual(hosts.map((_, k) => `host${k + 1}`));
+      expect([...b.interfaces.keys()].sort()).toEqual(hosts.map((_, k) => `vm${k + 1}-eth0`));
+    } finally {
+      for (const a of hosts) await a.close().catch(() => undefined);
+      await b.close();
+      proxy.close();
+    }
+  }, 90_000);
 });
