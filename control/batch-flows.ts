@@ -119,8 +119,10 @@ export class BatchFlows {
   /** The flows added since the batch's from-th, as a message of their own (views of this one's arrays). */
   since(from: number): FlowInstalls {
     const m = this.message;
-    if (this.inPlace !== null) return { type: 'flow-installs', count: m.count - from, keys: m.keys, keyAt: m.keyOf.subarray(from), masks: m.masks, actions: m.actions.slice(from, m.count), first: from, maskAt: m.maskAt.subarray(from), keyOf: m.keyOf.subarray(from) };
-    return { type: 'flow-installs', count: m.count - from, keys: m.keys.subarray(from * KEY_WORDS), masks: m.masks, actions: m.actions.slice(from, m.count), first: from, maskAt: m.maskAt.subarray(from), keyOf: m.keyOf.subarray(from) };
+    const keyOf = m.keyOf.subarray(from);
+    // (Keys in place: the batch's keys whole, each flow's named by keyAt; else the copies from the from-th on.)
+    const inPlace = this.inPlace !== null;
+    return { type: 'flow-installs', count: m.count - from, keys: inPlace ? m.keys : m.keys.subarray(from * KEY_WORDS), ...(inPlace ? { keyAt: keyOf } : {}), masks: m.masks, actions: m.actions.slice(from, m.count), first: from, maskAt: m.maskAt.subarray(from), keyOf };
   }
 
   // Slow path: room for twice the flows (the index rebuilt for the new slot count).

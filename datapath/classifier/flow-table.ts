@@ -63,7 +63,7 @@
  * ends; past those, install returns FULL and the miss is dropped
  * (flowTableFull).
  */
-import { KEY_WORDS } from './flow-key.js';
+import { KEY_WORDS, sameKey } from './flow-key.js';
 import { adviseHugePages } from '../huge-pages.js';
 
 const EMPTY = -1;
@@ -458,10 +458,7 @@ export class FlowTable {
   private lastSub = 0;
 
   private sameMask(s: number, mask: Uint32Array, mo: number): boolean {
-    const m = this.mask;
-    const so = s * KEY_WORDS;
-    for (let j = 0; j < KEY_WORDS; j++) if (m[so + j] !== mask[mo + j]) return false;
-    return true;
+    return sameKey(this.mask, s * KEY_WORDS, mask, mo);
   }
 
   private setMask(s: number, mask: Uint32Array, mo = 0): void {
