@@ -53,7 +53,7 @@ npx tsc -p tsconfig.test.json   # the tests type-checked too (vitest only strips
 # so that the other suites' load does not skew what they measure.
 SERIAL=(test/control/bfd/ test/control/lab.test.ts test/control/lab-untrusted.test.ts test/control/live-vxlan.test.ts test/control/directory/lab.test.ts)
 SERIAL_GLOBS=('**/control/bfd/**' '**/control/lab.test.ts' '**/control/lab-untrusted.test.ts' '**/control/live-vxlan.test.ts' '**/control/directory/lab.test.ts')
-common=(--dir test --test-timeout=120000 --hook-timeout=60000 --reporter=default --reporter=json)
+common=(--dir test --config test/vitest.config.ts --test-timeout=120000 --hook-timeout=60000 --reporter=default --reporter=json)
 r1=$(mktemp); r2=$(mktemp)
 status=0
 if [ $# -gt 0 ]; then
