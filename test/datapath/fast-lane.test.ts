@@ -59,6 +59,8 @@ describe('FastLane', () => {
     expectSame(full(), off);
     expect(on.datapath.fastLane.forwarded).toBeGreaterThan(25_000);
     expect(off.datapath.fastLane.forwarded).toBe(0);
+    // No ct flow, no connection table: the lane's hot state makes it at the first ct hit, not at the first batch.
+    expect(on.datapath.hasConntrack).toBe(false);
     expect(on.report.packets.in).toBe(on.report.packets.out + on.report.packets.dropped);
     // Every packet is looked up once, either way: a cache hit, a megaflow hit, or a miss (an upcall).
     for (const r of [on.report, off.report]) {
@@ -81,6 +83,7 @@ describe('FastLane', () => {
       writeFileSync(topo, JSON.stringify({ ...benchTopology(16), rules }));
       const { on, off } = bothWays(cap, topo, { batchSize: 64 });
       expectSame(on, off);
+      expect(on.datapath.hasConntrack, name).toBe(true);
       const ct = (r: typeof on) => ({ packets: r.datapath.stats().ctPackets, ...r.datapath.conntrack.stats, count: r.datapath.conntrack.count });
       expect(ct(on), name).toEqual(ct(off));
       expect(ct(on).packets, name).toBe(20_000);
