@@ -57,6 +57,7 @@ Options:
       --no-emc          without the exact-match cache (for comparison: the
                         output is the same, the lookups go further)
       --no-smc          without the signature-match cache (likewise)
+      --no-bloom        without the subtables' Bloom filter (likewise)
       --fpag WHERE      where the FPAG runs: inline (this thread, default),
                         thread (a worker thread: upcalls and flow installs
                         cross as messages; a batch waits for its answers), or
@@ -181,6 +182,7 @@ function parseReplayArgs(argv: string[]) {
       'max-flows': { type: 'string' },
       'no-emc': { type: 'boolean' },
       'no-smc': { type: 'boolean' },
+      'no-bloom': { type: 'boolean' },
       events: { type: 'string' },
       fpag: { type: 'string' },
       workers: { type: 'string' },
@@ -227,7 +229,7 @@ async function replayCommand(values: ReplayValues, topology: string, outDir: str
       outDir,
       batchSize: intOption(values.batch, 'batch', 1, 256),
       maxFlows: intOption(values['max-flows'], 'max-flows', 16, 1 << 23),
-      ...(values['no-emc'] || values['no-smc'] ? { caches: { emc: values['no-emc'] !== true, smc: values['no-smc'] !== true } } : {}),
+      ...(values['no-emc'] || values['no-smc'] || values['no-bloom'] ? { caches: { emc: values['no-emc'] !== true, smc: values['no-smc'] !== true, bloom: values['no-bloom'] !== true } } : {}),
       inputs: [topology, ...(values.events ? [values.events] : [])],
       clean: values.clean === true,
       interrupt,

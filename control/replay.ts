@@ -43,7 +43,7 @@ export interface ReplayOptions {
   /** Most flows at once (default 65536). */
   maxFlows?: number;
   /** The lookup caches in front of the megaflow table (default both on; off for comparison: forwarding is the same). */
-  caches?: { emc: boolean; smc: boolean };
+  caches?: { emc: boolean; smc: boolean; bloom?: boolean };
   /** Called now and then with (bytes read, file size). */
   onProgress?: (done: number, total: number) => void;
   /**
@@ -293,7 +293,7 @@ function* replaySteps(opts: ReplayOptions): Generator<void, ReplayResult> {
       }
     }
     const dp = new Datapath({
-      batchCapacity: batchSize, maxFlows: opts.maxFlows, ...(opts.caches !== undefined ? { emcInsertInvProb: opts.caches.emc ? 100 : 0, smc: opts.caches.smc } : {}),
+      batchCapacity: batchSize, maxFlows: opts.maxFlows, ...(opts.caches !== undefined ? { emcInsertInvProb: opts.caches.emc ? 100 : 0, smc: opts.caches.smc, bloom: opts.caches.bloom ?? true } : {}),
       ...(opts.fpag === 'async' ? { upcallQueuePackets: 8192 } : {}),
     });
     dp.fastLane.enabled = opts.fastLane ?? true;

@@ -73,6 +73,8 @@ export interface DatapathOptions {
   emcInsertInvProb?: number;
   /** The signature-match cache in front of the megaflow subtables (default true). */
   smc?: boolean;
+  /** The Bloom filter that spares a lookup the subtables a key is not in (default true; FlowTable.bloom). */
+  bloom?: boolean;
   /** A flow not used for this long (ms of datapath clock) is removed (default 10000, as OVS's max-idle; 0 = never). */
   idleTimeoutMs?: number;
   /** Connections the conntrack table holds (default 65536; allocated on first use: ConnTrack.bytesFor says how much). */
@@ -554,6 +556,7 @@ export class Datapath {
     // one quarantine.
     this.flows = new FlowTable(opts.maxFlows ?? 65536, (1 + MAX_RECIRC) * (opts.batchCapacity ?? 256) + (opts.upcallQueuePackets ?? 0));
     this.flows.smcOn = opts.smc ?? true;
+    this.flows.bloomOn = opts.bloom ?? true;
     this.emc = new Emc(this.flows, undefined, opts.emcInsertInvProb ?? 100);
     this.classify = new Classify(this.flows, this.emc, opts.batchCapacity ?? 256);
     this.parse = new Parse(this.mapping.inPortKey, this.mapping.vmPort);

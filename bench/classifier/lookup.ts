@@ -5,7 +5,10 @@
  * `megaflow-hit` the subtables alone, `smc-hit` with the signature-match
  * cache in front of them, flow-table.ts); `emc-hit` is the
  * classify stage's lookup of a batch's keys, `emc-hit-ipv4` the fast lane's
- * probe of the same keys held in locals (lookupIpv4). The baseline in
+ * probe of the same keys held in locals (lookupIpv4). `megaflow-hit` and
+ * `megaflow-miss` (keys of no flow: every subtable tried, as before an
+ * upcall) also time the table with its Bloom filter off, in the same run
+ * (`withoutBloomPerSec`, `bloomRatio` = with/without). The baseline in
  * the same run is a plain JavaScript Map from a string key to the flow, the
  * obvious way to write a flow cache in Node, its keys made before timing as
  * fpo's are; the ratio is ours/Map (and, apart, ours against a Map whose
@@ -49,9 +52,14 @@ function subMask(s: number): Uint32Array {
   return m;
 }
 
-function run(flows: number, subtables: number, emcOn: boolean, ipv4 = false, smc = true): { lookups: number; seconds: number; hitRate: number } {
+interface RunOptions { emc: boolean; ipv4?: boolean; smc?: boolean; bloom?: boolean; miss?: boolean }
+
+function run(flows: number, subtables: number, o: RunOptions): { lookups: number; seconds: number; hitRate: number } {
+  const emcOn = o.emc;
+  const ipv4 = o.ipv4 ?? false;
   const table = new FlowTable(flows * 2);
-  table.smcOn = smc;
+  table.smcOn = o.smc ?? true;
+  table.bloomOn = o.bloom ?? true;
   const emc = new Emc(table, EMC_ENTRIES, emcOn ? 1 : 0);
   const c = new Classify(table, emc, BATCH);
   const k = new Uint32Array(KEY_WORDS);
@@ -69,12 +77,14 @@ function run(flows: number, subtables: number, emcOn: boolean, ipv4 = false, smc
   let f = 0;
   for (const b of ring) {
     for (let i = 0; i < BATCH; i++) {
-      flowKey(b.key, i * KEY_WORDS, f);
+      // A miss: a key of no flow (flows + f is past every installed one; under 2^24, so its source address is its own).
+      flowKey(b.key, i * KEY_WORDS, o.miss ? flows + f : f);
       f = (f + stride) % active;
     }
     b.count = BATCH;
   }
-  const lookups = SHORT ? 200_000 : 10_000_000;
+  // (The subtables alone, 20 of them, run at 1-4 M/s: fewer lookups, the line in seconds, not minutes.)
+  const lookups = SHORT ? 200_000 : !emcOn && !table.smcOn && subtables > 1 ? 2 << 20 : 10_000_000;
   const pass = () => {
     for (let done = 0, r = 0; done < lookups; done += BATCH, r = (r + 1) & (RING - 1)) c.process(ring[r], 0);
   };
@@ -162,12 +172,20 @@ for (const flows of sizes) {
   const baseRate = Math.round(base.lookups / base.seconds);
   const buildRate = Math.round(base.withKeyBuild.lookups / base.withKeyBuild.seconds);
   for (const subtables of [1, 20]) {
-    for (const path of ['emc-hit', 'emc-hit-ipv4', 'megaflow-hit', 'smc-hit'] as const) {
-      const mega = path === 'megaflow-hit' || path === 'smc-hit';
-      const r = run(flows, subtables, !mega, path === 'emc-hit-ipv4', path !== 'megaflow-hit');
+    for (const path of ['emc-hit', 'emc-hit-ipv4', 'megaflow-hit', 'megaflow-miss', 'smc-hit'] as const) {
+      const subtablesAlone = path === 'megaflow-hit' || path === 'megaflow-miss';
+      const o: RunOptions = { emc: path === 'emc-hit' || path === 'emc-hit-ipv4', ipv4: path === 'emc-hit-ipv4', smc: !subtablesAlone, miss: path === 'megaflow-miss' };
+      const r = run(flows, subtables, o);
       const rate = Math.round(r.lookups / r.seconds);
+      // The subtables alone, with the Bloom filter off too (same run, same keys).
+      let bloom = {};
+      if (subtablesAlone) {
+        const w = run(flows, subtables, { ...o, bloom: false });
+        const without = Math.round(w.lookups / w.seconds);
+        bloom = { withoutBloomPerSec: without, bloomRatio: Number((rate / without).toFixed(2)) };
+      }
       // The ratio of the two rates as printed, so that it can be checked from the line.
-      emit({ bench: 'classifier/lookup', path, flows, subtables, lookupsPerSec: rate, hitRate: Number(r.hitRate.toFixed(4)), baseline: 'Map<string>', baselinePerSec: baseRate, ratio: Number((rate / baseRate).toFixed(2)), mapWithKeyBuildPerSec: buildRate, ratioToMapWithKeyBuild: Number((rate / buildRate).toFixed(2)) });
+      emit({ bench: 'classifier/lookup', path, flows, subtables, lookupsPerSec: rate, hitRate: Number(r.hitRate.toFixed(4)), ...bloom, baseline: 'Map<string>', baselinePerSec: baseRate, ratio: Number((rate / baseRate).toFixed(2)), mapWithKeyBuildPerSec: buildRate, ratioToMapWithKeyBuild: Number((rate / buildRate).toFixed(2)) });
     }
   }
 }

@@ -158,6 +158,27 @@ describe('fpo command line', () => {
     expect(r.stdout).toMatch(/vf1\s+11\s+1\s+vm1-eth0/);
   });
 
+  it('--no-emc --no-smc --no-bloom (each cache and the Bloom filter off, for comparison) forward the same bytes and count the same as the default', () => {
+    const outs = [[], ['--no-emc'], ['--no-smc'], ['--no-bloom'], ['--no-emc', '--no-smc', '--no-bloom']].map((flags) => {
+      const out = tempDir('caches');
+      const rep = replayJson([DEMO, '-t', TOPO, '-o', out, ...flags]);
+      return { out, rep, flags };
+    });
+    const [base, ...rest] = outs;
+    const files = readdirSync(base.out).sort();
+    expect(files.length).toBeGreaterThan(0);
+    for (const r of rest) {
+      expect(r.rep.packets, r.flags.join(' ')).toEqual(base.rep.packets);
+      expect(r.rep.drops, r.flags.join(' ')).toEqual(base.rep.drops);
+      expect(r.rep.flows.upcalls, r.flags.join(' ')).toBe(base.rep.flows.upcalls);
+      expect(readdirSync(r.out).sort()).toEqual(files);
+      for (const f of files) expect(readFileSync(join(r.out, f)).equals(readFileSync(join(base.out, f))), `${r.flags.join(' ')} ${f}`).toBe(true);
+    }
+    // The flags took: no cache hit without the caches.
+    expect(rest[3].rep.flows.emcHits + rest[3].rep.flows.smcHits).toBe(0);
+    expect(base.rep.flows.emcHits).toBeGreaterThan(0);
+  });
+
   it('an FPAG placement it does not know (--fpag bogus) exits 2 with one line saying what it takes, and writes nothing', () => {
     const out = join(tempDir(), 'out');
     const r = runCli(['replay', DEMO, '-t', TOPO, '-o', out, '--fpag', 'bogus']);

@@ -204,22 +204,37 @@ describe('Datapath upcalls in batches', () => {
 });
 
 describe('the caches in front of the megaflow table', () => {
-  // Every combination of the exact-match and signature-match caches forwards the same bytes and counts the same per flow.
-  for (const wildcarding of ['proof', 'rule-fields'] as const) {
-    it(`on and off: byte-identical outputs and identical per-flow counters (${wildcarding}, 20 000 frames over 3 000 flows to 8 VMs)`, () => {
+  // The exact-match and signature-match caches in every combination, and the subtables' Bloom filter on and off,
+  // forward the same bytes and count the same per flow.
+  // A rule on one source port makes the proof's megaflows of many masks (9 subtables): the Bloom filter at work.
+  const portRules = [
+    { priority: 300, match: { eth_type: '0x0800', ip_proto: 17, tp_src: 1100 }, actions: ['drop'] },
+    { priority: 250, match: { eth_type: '0x0800', ipv4_src: '10.1.0.0/24' }, actions: ['normal'] },
+  ];
+  for (const [wildcarding, rules] of [['proof', undefined], ['rule-fields', undefined], ['proof', portRules]] as const) {
+    it(`on and off: byte-identical outputs and identical per-flow counters (${wildcarding}${rules ? ', a port rule' : ''}, 20 000 frames over 3 000 flows to 8 VMs)`, () => {
       const dir = tempDir('caches');
       const cap = join(dir, 'c.pcap');
       const topo = join(dir, 't.json');
       generate(cap, { frames: 20_000, size: 64, flows: 3_000, vms: 8 });
-      writeFileSync(topo, JSON.stringify(benchTopology(8, wildcarding)));
-      const runs = ([[true, true], [false, true], [true, false], [false, false]] as const).map(([emc, smc]) => {
-        const outDir = join(dir, `out-${emc}-${smc}`);
-        const r = replay({ capture: cap, topology: topo, outDir, caches: { emc, smc }, maxFlows: 1 << 14 });
+      writeFileSync(topo, JSON.stringify({ ...benchTopology(8, wildcarding), ...(rules ? { rules } : {}) }));
+      const runs = ([[true, true, true], [false, true, true], [true, false, true], [false, false, true], [true, true, false], [false, false, false]] as const).map(([emc, smc, bloom]) => {
+        const outDir = join(dir, `out-${emc}-${smc}-${bloom}`);
+        const r = replay({ capture: cap, topology: topo, outDir, caches: { emc, smc, bloom }, maxFlows: 1 << 14 });
         const flows = r.datapath.dumpFlows().map((f) => `${[...f.key]}/${[...f.mask]} ${JSON.stringify(f.actions)} ${f.packets} ${f.bytes}`).sort();
-        return { outDir, report: r.report, flows };
+        return { outDir, report: r.report, flows, subtables: r.datapath.flows.subCount, bloomSkips: r.datapath.flows.bloomSkips };
       });
       const [base, ...rest] = runs;
-      expect(base.report.packets.out).toBe(20_000);
+      if (rules) {
+        expect(base.subtables).toBeGreaterThan(4);
+        expect(base.bloomSkips).toBeGreaterThan(0);
+        expect(base.report.packets.dropped).toBeGreaterThan(0); // the port rule's
+      } else {
+        expect(base.report.packets.dropped).toBe(0);
+      }
+      expect(runs[4].bloomSkips + runs[5].bloomSkips).toBe(0);
+      expect(base.report.packets.in).toBe(20_000);
+      expect(base.report.packets.out + base.report.packets.dropped).toBe(20_000);
       expect(base.flows.length).toBeGreaterThan(wildcarding === 'proof' ? 0 : 2_000);
       if (wildcarding === 'rule-fields') expect(base.report.flows.smcHits + base.report.flows.emcHits).toBeGreaterThan(0);
       for (const r of rest) {

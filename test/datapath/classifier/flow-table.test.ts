@@ -302,42 +302,52 @@ describe('the signature-match cache (FlowTable.lookupHashed)', () => {
     }
     return out;
   };
-  it('never serves a removed flow nor misses an installed one, and a flow\'s new actions are what a hit gives (random install/remove/lookup, SMC on and off, eviction on)', () => {
+  it('never serves a removed flow nor misses an installed one, and a flow\'s new actions are what a hit gives (random install/remove/lookup; SMC and Bloom filter each on and off; eviction on)', () => {
     const op = fc.oneof(
       fc.record({ t: fc.constant('install' as const), m: fc.integer({ min: 0, max: 3 }), k: fc.array(fc.integer({ min: 0, max: 5 }), { minLength: 3, maxLength: 3 }), a: fc.integer({ min: 1, max: 9 }) }),
       fc.record({ t: fc.constant('remove' as const), n: fc.integer({ min: 0, max: 40 }) }),
       fc.record({ t: fc.constant('lookup' as const), k: fc.array(fc.integer({ min: 0, max: 5 }), { minLength: 3, maxLength: 3 }), h: fc.integer({ min: 0, max: 7 }) }),
     );
     let smcHits = 0;
+    let bloomSkips = 0;
+    let bloomRebuilds = 0;
     fc.assert(fc.property(fc.array(op, { minLength: 100, maxLength: 400 }), (ops) => {
-      const on = new FlowTable(32); // small: installs evict, slots are reused by other flows
-      const off = new FlowTable(32);
-      off.smcOn = false;
+      // [SMC, Bloom filter]: both, each alone, neither. Small: installs evict, slots are reused by other flows.
+      const ways = ([[true, true], [true, false], [false, true], [false, false]] as const).map(([smc, bloom]) => {
+        const t = new FlowTable(32);
+        t.smcOn = smc;
+        t.bloomOn = bloom;
+        return t;
+      });
+      const [on] = ways;
       for (const o of ops) {
         if (o.t === 'install') {
           const k = key(o.k[0] * 0x01010101, o.k[1] << 16, o.k[2]);
-          on.install(k, MASKS[o.m], o.a, 0);
-          off.install(k, MASKS[o.m], o.a, 0);
+          for (const t of ways) t.install(k, MASKS[o.m], o.a, 0);
         } else if (o.t === 'remove') {
           const live = [...Array(on.capacity).keys()].filter((f) => on.live[f]);
-          if (live.length) { const f = live[o.n % live.length]; on.remove(f); off.remove(f); }
+          if (live.length) { const f = live[o.n % live.length]; for (const t of ways) t.remove(f); }
         } else {
           const k = key(o.k[0] * 0x01010101, o.k[1] << 16, o.k[2]);
           const h = o.h * 0x9e3779b1 >>> 0; // 8 hash values for all keys: signatures collide
-          const f = on.lookupHashed(k, 0, h);
-          const g = off.lookupHashed(k, 0, h);
+          const got = ways.map((t) => t.lookupHashed(k, 0, h));
           const all = brute(on, k);
-          if (all.length === 0) { expect(f).toBe(-1); expect(g).toBe(-1); continue; }
-          expect(all).toContain(f); // a live flow that matches: never a removed one
-          expect(all).toContain(g);
+          if (all.length === 0) { expect(got).toEqual([-1, -1, -1, -1]); continue; }
+          for (const f of got) expect(all).toContain(f); // a live flow that matches: never a removed one, never none
           // Flows that match one key may overlap here (the FPAG never installs such): where they agree on actions, so does the answer.
-          if (new Set(all.map((x) => on.act[x])).size === 1) expect(on.act[f]).toBe(off.act[g]);
+          if (new Set(all.map((x) => on.act[x])).size === 1) expect(new Set(got.map((f) => on.act[f])).size).toBe(1);
         }
       }
       smcHits += on.smcHits;
-      expect(off.smcHits).toBe(0);
+      expect(ways[2].smcHits + ways[3].smcHits).toBe(0);
+      bloomSkips += on.bloomSkips + ways[2].bloomSkips;
+      expect(ways[1].bloomSkips + ways[3].bloomSkips).toBe(0);
+      bloomRebuilds += on.bloomRebuilds;
     }), { numRuns: 400 });
-    expect(smcHits).toBeGreaterThan(0); // the cache was exercised, not bypassed
+    // Each was exercised, not bypassed: the cache hit, the filter spared probes and was made again after removals.
+    expect(smcHits).toBeGreaterThan(0);
+    expect(bloomSkips).toBeGreaterThan(0);
+    expect(bloomRebuilds).toBeGreaterThan(0);
   });
 
   it('answers with one probe what the subtables answer with many: a hit, counted, on the second lookup of a flow behind 20 subtables', () => {
