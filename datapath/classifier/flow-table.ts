@@ -86,6 +86,8 @@ export const MAX_CAPACITY = 1 << 23;
 const MIN_SLOTS = 1024;
 /** The signature-match cache's most entries (OVS's: 2^20, 4 a bucket). */
 export const SMC_MAX_ENTRIES = 1 << 20;
+/** A generated lookup over every subtable is made again at most once this many lookups (FlowTable.lookupMany). */
+const REGEN_LOOKUPS = 4096;
 /** The Bloom filter's bits a flow index (FlowTable.bloom). */
 const BLOOM_BITS_PER_INDEX = 8;
 
@@ -266,12 +268,14 @@ export class FlowTable {
     const mo = s * KEY_WORDS;
     const words = this.words;
     const nw = this.nwords[s];
-    let h = s;
+    // (The chain starts from 0, the subtable is mixed in at the end: subtables whose masks begin
+    // alike share the chain's first steps, lookupAll.)
+    let h = 0;
     for (let j = 0; j < nw; j++) {
       const w = words[mo + j];
       h = Math.imul(h ^ (key[ko + w] & m[mo + w]), 0x9e3779b1) + w;
     }
-    return fmix(h ^ nw) | 0; // (an int32: a uint32 above 2^31 returned from a call is a heap number, ~16 B a set-up)
+    return fmix(h ^ nw ^ (s << 8)) | 0; // (an int32: a uint32 above 2^31 returned from a call is a heap number, ~16 B a set-up)
   }
 
   /** Finds the flow of subtable s whose masked key equals key[ko..] under s's mask, or -1. */
@@ -348,7 +352,7 @@ export class FlowTable {
       ws.push(this.words[mo + j]);
       ms.push(this.mask[mo + this.words[mo + j]]);
     }
-    let hash = `let h = ${s};\n`;
+    let hash = 'let h = 0;\n';
     let eq = 'return true';
     let copy = '';
     for (let j = 0; j < nw; j++) {
@@ -357,7 +361,7 @@ export class FlowTable {
       eq += ` && ((key[ko + ${ws[j]}] ^ fk[fo + ${ws[j]}]) & ${ms[j]}) === 0`;
       copy += `fk[fo + ${ws[j]}] = key[ko + ${ws[j]}] & ${ms[j]};\n`;
     }
-    hash += `h ^= ${nw}; h ^= h >>> 16; h = Math.imul(h, 0x85ebca6b); h ^= h >>> 13; h = Math.imul(h, 0xc2b2ae35); h ^= h >>> 16; return h | 0;`;
+    hash += `h ^= ${nw ^ (s << 8)}; h ^= h >>> 16; h = Math.imul(h, 0x85ebca6b); h ^= h >>> 13; h = Math.imul(h, 0xc2b2ae35); h ^= h >>> 16; return h | 0;`;
     try {
       this.hashOf[s] = new Function('key', 'ko', hash) as (key: Uint32Array, ko: number) => number;
       this.eqOf[s] = new Function('key', 'ko', 'fk', 'fo', eq + ';') as (key: Uint32Array, ko: number, fk: Uint32Array, fo: number) => boolean;
@@ -376,7 +380,7 @@ export class FlowTable {
   lookup(key: Uint32Array, ko = 0): number {
     const order = this.order;
     const nsub = this.subCount;
-    if (!this.specialized) return this.lookupLoop(key, ko);
+    if (!this.specialized) return this.lookupMany(key, ko);
     const bloom = this.bloomOn && nsub > 1 ? this.bloom : null; // (one subtable: its probe answers alone)
     for (let t = 0; t < nsub; t++) {
       const s = order[t];
@@ -394,7 +398,92 @@ export class FlowTable {
     return -1;
   }
 
-  // lookup with many subtables (see hashOf): the loops over the masks' word lists.
+  /**
+   * lookup with many subtables: one function generated for all of them, in
+   * lookup order (buildLookupAll), else the loops. Made again, lazily, when
+   * a mask or the order changes — at most once every regenEvery lookups
+   * (between, the loops: masks that come and go cost no compile a batch).
+   */
+  private lookupMany(key: Uint32Array, ko: number): number {
+    const all = this.lookupAll;
+    this.lookupsSinceGen++;
+    if (all !== null) return all(key, ko);
+    if (this.codegen && this.lookupsSinceGen >= this.regenEvery) return this.buildLookupAll()(key, ko);
+    return this.lookupLoop(key, ko);
+  }
+
+  /** The generated lookup over every subtable (null: none, or a mask or the order changed since). */
+  private lookupAll: ((key: Uint32Array, ko: number) => number) | null = null;
+  private lookupsSinceGen = REGEN_LOOKUPS;
+  /** Lookups between two generations of lookupAll, at least (REGEN_LOOKUPS; a test sets 0: made at every change, or Infinity: the loops). */
+  regenEvery = REGEN_LOOKUPS;
+  /** Times lookupAll was generated. */
+  lookupGens = 0;
+
+  /**
+   * Slow path: the lookup over all subtables as one function. Each
+   * subtable's hash is the chain over its mask's words (word, mask value),
+   * then its own finish; subtables are taken in lookup order, and a step of
+   * the chain that an earlier subtable's mask shares (the same words and
+   * values from the first) is not computed again: a staged lookup's sharing,
+   * by the hash. Then the Bloom filter, the probe and the compare, the mask's
+   * words and values written out.
+   */
+  private buildLookupAll(): (key: Uint32Array, ko: number) => number {
+    const steps = new Map<string, number>(); // path of (word, mask) steps -> its variable
+    let body = 'const slots = t.slots, sm = t.slotMask, fk = t.key, subHits = t.subHits;\n' +
+      'const bloom = t.bloomOn ? t.bloom : null, bm = t.bloomMask;\n' +
+      'let skips = 0, h = 0, bits = 0, f = 0, fo = 0;\n';
+    for (let t = 0; t < this.subCount; t++) {
+      const s = this.order[t];
+      const mo = s * KEY_WORDS;
+      const nw = this.nwords[s];
+      let path = '';
+      let v = '0';
+      let eq = 'true';
+      for (let j = 0; j < nw; j++) {
+        const w = this.words[mo + j];
+        const m = this.mask[mo + w];
+        path += `${w}:${m},`;
+        let step = steps.get(path);
+        if (step === undefined) {
+          step = steps.size;
+          steps.set(path, step);
+          body += `const c${step} = Math.imul(${v} ^ (key[ko + ${w}] & ${m}), 0x9e3779b1) + ${w};\n`;
+        }
+        v = `c${step}`;
+        eq += ` && ((key[ko + ${w}] ^ fk[fo + ${w}]) & ${m}) === 0`;
+      }
+      body += `h = ${v} ^ ${nw ^ (s << 8)}; h ^= h >>> 16; h = Math.imul(h, 0x85ebca6b); h ^= h >>> 13; h = Math.imul(h, 0xc2b2ae35); h ^= h >>> 16;\n` +
+        'bits = (1 << (h & 31)) | (1 << (h >>> 27));\n' +
+        `if (bloom === null || (bloom[(h >>> 5) & bm] & bits) === bits) {\n` +
+        `  for (let pos = (h >>> 8) & sm; ; pos = (pos + 1) & sm) {\n` +
+        `    f = ~slots[2 * pos];\n    if (f === ${EMPTY}) break;\n` +
+        `    if (slots[2 * pos + 1] !== ((h & ~0xff) | ${s})) continue;\n` +
+        `    fo = f * ${KEY_WORDS};\n` +
+        `    if (${eq}) { subHits[${s}]++; if (skips > 0) t.bloomSkips += skips; return f; }\n  }\n` +
+        '} else skips++;\n';
+    }
+    body += 'if (skips > 0) t.bloomSkips += skips;\nreturn -1;';
+    let fn: (key: Uint32Array, ko: number) => number;
+    try {
+      fn = (new Function('t', `return function lookupAll(key, ko) {\n${body}\n};`) as (t: FlowTable) => (key: Uint32Array, ko: number) => number)(this);
+    } catch {
+      this.codegen = false; // (code from strings refused: the loops)
+      return (key, ko) => this.lookupLoop(key, ko);
+    }
+    this.lookupAll = fn;
+    this.lookupsSinceGen = 0;
+    this.lookupGens++;
+    return fn;
+  }
+
+  /** A mask or the lookup order changed: the generated lookup is made again at a lookup to come. */
+  private lookupChanged(): void {
+    this.lookupAll = null;
+  }
+
+  // lookup with many subtables, where no code is generated: the loops over the masks' word lists.
   private lookupLoop(key: Uint32Array, ko: number): number {
     const order = this.order;
     const nsub = this.subCount;
@@ -516,6 +605,7 @@ export class FlowTable {
     this.subHits[s] = 0;
     this.maskSerialOf[s] = ++this.maskSerial;
     this.specialize(s);
+    this.lookupChanged();
   }
 
   /**
@@ -746,6 +836,9 @@ export class FlowTable {
   sortSubtables(): void {
     const o = Array.from(this.order.subarray(0, this.subCount));
     o.sort((a, b) => this.subHits[b] - this.subHits[a]);
-    for (let t = 0; t < o.length; t++) this.order[t] = o[t];
+    for (let t = 0; t < o.length; t++) {
+      if (this.order[t] !== o[t]) this.lookupChanged();
+      this.order[t] = o[t];
+    }
   }
 }

@@ -350,6 +350,51 @@ describe('the signature-match cache (FlowTable.lookupHashed)', () => {
     expect(bloomRebuilds).toBeGreaterThan(0);
   });
 
+  it('past the specialized subtables (8 masks), the lookup generated over all of them — made again at every mask and order change — finds what the loops and a brute-force search find (random install/remove/lookup/sort; Bloom filter on and off)', () => {
+    const MASKS8 = [...MASKS, key(0, 0xffffffff, 0), key(0xffff0000, 0, 0xffff), key(0, 0, 0xffffffff), key(0xffffffff, 0xff000000, 0xff)];
+    const op = fc.oneof(
+      fc.record({ t: fc.constant('install' as const), m: fc.integer({ min: 0, max: 7 }), k: fc.array(fc.integer({ min: 0, max: 5 }), { minLength: 3, maxLength: 3 }), a: fc.integer({ min: 1, max: 9 }) }),
+      fc.record({ t: fc.constant('remove' as const), n: fc.integer({ min: 0, max: 40 }) }),
+      fc.record({ t: fc.constant('lookup' as const), k: fc.array(fc.integer({ min: 0, max: 5 }), { minLength: 3, maxLength: 3 }) }),
+      fc.record({ t: fc.constant('sort' as const) }),
+    );
+    let gens = 0;
+    let most = 0;
+    fc.assert(fc.property(fc.array(op, { minLength: 100, maxLength: 400 }), (ops) => {
+      // Generated at every change; the loops always; generated, the Bloom filter off.
+      const ways = ([[0, true], [Infinity, true], [0, false]] as const).map(([regen, bloom]) => {
+        const t = new FlowTable(32);
+        t.regenEvery = regen;
+        t.bloomOn = bloom;
+        return t;
+      });
+      const [gen] = ways;
+      for (const o of ops) {
+        if (o.t === 'install') {
+          const k = key(o.k[0] * 0x01010101, o.k[1] << 16, o.k[2]);
+          for (const t of ways) t.install(k, MASKS8[o.m], o.a, 0);
+        } else if (o.t === 'remove') {
+          const live = [...Array(gen.capacity).keys()].filter((f) => gen.live[f]);
+          if (live.length) { const f = live[o.n % live.length]; for (const t of ways) t.remove(f); }
+        } else if (o.t === 'sort') {
+          for (const t of ways) t.sortSubtables();
+        } else {
+          const k = key(o.k[0] * 0x01010101, o.k[1] << 16, o.k[2]);
+          const got = ways.map((t) => t.lookup(k));
+          const all = brute(gen, k);
+          if (all.length === 0) { expect(got).toEqual([-1, -1, -1]); continue; }
+          for (const f of got) expect(all).toContain(f);
+          if (new Set(all.map((x) => gen.act[x])).size === 1) expect(new Set(got.map((f) => gen.act[f])).size).toBe(1);
+        }
+        most = Math.max(most, gen.subCount);
+      }
+      gens += gen.lookupGens;
+      expect(ways[1].lookupGens).toBe(0);
+    }), { numRuns: 300 });
+    expect(most).toBeGreaterThan(4); // past the specialized ones
+    expect(gens).toBeGreaterThan(300); // made again, not once
+  });
+
   it('answers with one probe what the subtables answer with many: a hit, counted, on the second lookup of a flow behind 20 subtables', () => {
     const t = new FlowTable(1024);
     const masks = Array.from({ length: 20 }, (_, s) => key(0xffffffff, 0xffffffff, (0xffffffff << s) >>> 0));
