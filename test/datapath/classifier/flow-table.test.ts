@@ -350,7 +350,7 @@ describe('the signature-match cache (FlowTable.lookupHashed)', () => {
     expect(bloomRebuilds).toBeGreaterThan(0);
   });
 
-  it('past the specialized subtables (8 masks), the lookup generated over all of them — made again at every mask and order change — finds what the loops and a brute-force search find (random install/remove/lookup/sort; Bloom filter on and off)', () => {
+  it('the lookup generated over all subtables (1 to 8 masks: past the specialized ones), made again at every mask and order change, finds what the loops and a brute-force search find (random install/remove/lookup/sort; Bloom filter on and off)', () => {
     const MASKS8 = [...MASKS, key(0, 0xffffffff, 0), key(0xffff0000, 0, 0xffff), key(0, 0, 0xffffffff), key(0xffffffff, 0xff000000, 0xff)];
     const op = fc.oneof(
       fc.record({ t: fc.constant('install' as const), m: fc.integer({ min: 0, max: 7 }), k: fc.array(fc.integer({ min: 0, max: 5 }), { minLength: 3, maxLength: 3 }), a: fc.integer({ min: 1, max: 9 }) }),
