@@ -302,16 +302,51 @@ describe('the signature-match cache (FlowTable.lookupHashed)', () => {
     }
     return out;
   };
-  it('never serves a removed flow nor misses an installed one, and a flow\'s new actions are what a hit gives (random install/remove/lookup; SMC and Bloom filter each on and off; eviction on)', () => {
-    const op = fc.oneof(
-      fc.record({ t: fc.constant('install' as const), m: fc.integer({ min: 0, max: 3 }), k: fc.array(fc.integer({ min: 0, max: 5 }), { minLength: 3, maxLength: 3 }), a: fc.integer({ min: 1, max: 9 }) }),
+  type Op = { t: 'install'; m: number; k: number[]; a: number } | { t: 'remove'; n: number } | { t: 'lookup'; k: number[]; h: number } | { t: 'sort' };
+  /** Random operations over tables of `masks.length` masks (with sorts of the subtables when `sort`). */
+  const opsOf = (masks: number, sort: boolean) => {
+    const three = fc.array(fc.integer({ min: 0, max: 5 }), { minLength: 3, maxLength: 3 });
+    const ops: fc.Arbitrary<Op>[] = [
+      fc.record({ t: fc.constant('install' as const), m: fc.integer({ min: 0, max: masks - 1 }), k: three, a: fc.integer({ min: 1, max: 9 }) }),
       fc.record({ t: fc.constant('remove' as const), n: fc.integer({ min: 0, max: 40 }) }),
-      fc.record({ t: fc.constant('lookup' as const), k: fc.array(fc.integer({ min: 0, max: 5 }), { minLength: 3, maxLength: 3 }), h: fc.integer({ min: 0, max: 7 }) }),
-    );
+      fc.record({ t: fc.constant('lookup' as const), k: three, h: fc.integer({ min: 0, max: 7 }) }),
+    ];
+    if (sort) ops.push(fc.record({ t: fc.constant('sort' as const) }));
+    return fc.array(fc.oneof(...ops), { minLength: 100, maxLength: 400 });
+  };
+  /**
+   * Applies `ops` to every table of `ways` alike; each lookup (`look`) must
+   * name a live flow that matches, -1 when none does, and the same actions
+   * in every table where all the flows that match agree.
+   */
+  const runOps = (ways: FlowTable[], ops: Op[], masks: Uint32Array[], look: (t: FlowTable, k: Uint32Array, h: number) => number): void => {
+    const [first] = ways;
+    for (const o of ops) {
+      if (o.t === 'install') {
+        const k = key(o.k[0] * 0x01010101, o.k[1] << 16, o.k[2]);
+        for (const t of ways) t.install(k, masks[o.m], o.a, 0);
+      } else if (o.t === 'remove') {
+        const live = [...Array(first.capacity).keys()].filter((f) => first.live[f]);
+        if (live.length) { const f = live[o.n % live.length]; for (const t of ways) t.remove(f); }
+      } else if (o.t === 'sort') {
+        for (const t of ways) t.sortSubtables();
+      } else {
+        const k = key(o.k[0] * 0x01010101, o.k[1] << 16, o.k[2]);
+        const h = o.h * 0x9e3779b1 >>> 0; // 8 hash values for all keys: signatures collide
+        const got = ways.map((t) => look(t, k, h));
+        const all = brute(first, k);
+        if (all.length === 0) { expect(got).toEqual(ways.map(() => -1)); continue; }
+        for (const f of got) expect(all).toContain(f); // a live flow that matches: never a removed one, never none
+        // Flows that match one key may overlap here (the FPAG never installs such): where they agree on actions, so does the answer.
+        if (new Set(all.map((x) => first.act[x])).size === 1) expect(new Set(got.map((f) => first.act[f])).size).toBe(1);
+      }
+    }
+  };
+  it('never serves a removed flow nor misses an installed one, and a flow\'s new actions are what a hit gives (random install/remove/lookup; SMC and Bloom filter each on and off; eviction on)', () => {
     let smcHits = 0;
     let bloomSkips = 0;
     let bloomRebuilds = 0;
-    fc.assert(fc.property(fc.array(op, { minLength: 100, maxLength: 400 }), (ops) => {
+    fc.assert(fc.property(opsOf(MASKS.length, false), (ops) => {
       // [SMC, Bloom filter]: both, each alone, neither. Small: installs evict, slots are reused by other flows.
       const ways = ([[true, true], [true, false], [false, true], [false, false]] as const).map(([smc, bloom]) => {
         const t = new FlowTable(32);
@@ -320,24 +355,7 @@ describe('the signature-match cache (FlowTable.lookupHashed)', () => {
         return t;
       });
       const [on] = ways;
-      for (const o of ops) {
-        if (o.t === 'install') {
-          const k = key(o.k[0] * 0x01010101, o.k[1] << 16, o.k[2]);
-          for (const t of ways) t.install(k, MASKS[o.m], o.a, 0);
-        } else if (o.t === 'remove') {
-          const live = [...Array(on.capacity).keys()].filter((f) => on.live[f]);
-          if (live.length) { const f = live[o.n % live.length]; for (const t of ways) t.remove(f); }
-        } else {
-          const k = key(o.k[0] * 0x01010101, o.k[1] << 16, o.k[2]);
-          const h = o.h * 0x9e3779b1 >>> 0; // 8 hash values for all keys: signatures collide
-          const got = ways.map((t) => t.lookupHashed(k, 0, h));
-          const all = brute(on, k);
-          if (all.length === 0) { expect(got).toEqual([-1, -1, -1, -1]); continue; }
-          for (const f of got) expect(all).toContain(f); // a live flow that matches: never a removed one, never none
-          // Flows that match one key may overlap here (the FPAG never installs such): where they agree on actions, so does the answer.
-          if (new Set(all.map((x) => on.act[x])).size === 1) expect(new Set(got.map((f) => on.act[f])).size).toBe(1);
-        }
-      }
+      runOps(ways, ops, MASKS, (t, k, h) => t.lookupHashed(k, 0, h));
       smcHits += on.smcHits;
       expect(ways[2].smcHits + ways[3].smcHits).toBe(0);
       bloomSkips += on.bloomSkips + ways[2].bloomSkips;
@@ -352,15 +370,9 @@ describe('the signature-match cache (FlowTable.lookupHashed)', () => {
 
   it('the lookup generated over all subtables (1 to 8 masks: past the specialized ones), made again at every mask and order change, finds what the loops and a brute-force search find (random install/remove/lookup/sort; Bloom filter on and off)', () => {
     const MASKS8 = [...MASKS, key(0, 0xffffffff, 0), key(0xffff0000, 0, 0xffff), key(0, 0, 0xffffffff), key(0xffffffff, 0xff000000, 0xff)];
-    const op = fc.oneof(
-      fc.record({ t: fc.constant('install' as const), m: fc.integer({ min: 0, max: 7 }), k: fc.array(fc.integer({ min: 0, max: 5 }), { minLength: 3, maxLength: 3 }), a: fc.integer({ min: 1, max: 9 }) }),
-      fc.record({ t: fc.constant('remove' as const), n: fc.integer({ min: 0, max: 40 }) }),
-      fc.record({ t: fc.constant('lookup' as const), k: fc.array(fc.integer({ min: 0, max: 5 }), { minLength: 3, maxLength: 3 }) }),
-      fc.record({ t: fc.constant('sort' as const) }),
-    );
     let gens = 0;
     let most = 0;
-    fc.assert(fc.property(fc.array(op, { minLength: 100, maxLength: 400 }), (ops) => {
+    fc.assert(fc.property(opsOf(MASKS8.length, true), (ops) => {
       // Generated at every change; the loops always; generated, the Bloom filter off.
       const ways = ([[0, true], [Infinity, true], [0, false]] as const).map(([regen, bloom]) => {
         const t = new FlowTable(32);
@@ -369,23 +381,9 @@ describe('the signature-match cache (FlowTable.lookupHashed)', () => {
         return t;
       });
       const [gen] = ways;
+      // (Each op alone, to see the most subtables at once.)
       for (const o of ops) {
-        if (o.t === 'install') {
-          const k = key(o.k[0] * 0x01010101, o.k[1] << 16, o.k[2]);
-          for (const t of ways) t.install(k, MASKS8[o.m], o.a, 0);
-        } else if (o.t === 'remove') {
-          const live = [...Array(gen.capacity).keys()].filter((f) => gen.live[f]);
-          if (live.length) { const f = live[o.n % live.length]; for (const t of ways) t.remove(f); }
-        } else if (o.t === 'sort') {
-          for (const t of ways) t.sortSubtables();
-        } else {
-          const k = key(o.k[0] * 0x01010101, o.k[1] << 16, o.k[2]);
-          const got = ways.map((t) => t.lookup(k));
-          const all = brute(gen, k);
-          if (all.length === 0) { expect(got).toEqual([-1, -1, -1]); continue; }
-          for (const f of got) expect(all).toContain(f);
-          if (new Set(all.map((x) => gen.act[x])).size === 1) expect(new Set(got.map((f) => gen.act[f])).size).toBe(1);
-        }
+        runOps(ways, [o], MASKS8, (t, k) => t.lookup(k));
         most = Math.max(most, gen.subCount);
       }
       gens += gen.lookupGens;
