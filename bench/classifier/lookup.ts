@@ -84,7 +84,7 @@ function run(flows: number, subtables: number, o: RunOptions): { lookups: number
     b.count = BATCH;
   }
   // (The subtables alone, 20 of them, run at 1-4 M/s: fewer lookups, the line in seconds, not minutes.)
-  const lookups = SHORT ? 200_000 : !emcOn && !table.smcOn && subtables > 1 ? 2 << 20 : 10_000_000;
+  const lookups = SHORT ? 800 * BATCH : !emcOn && !table.smcOn && subtables > 1 ? 2 << 20 : 10_000_000;
   const pass = () => {
     for (let done = 0, r = 0; done < lookups; done += BATCH, r = (r + 1) & (RING - 1)) c.process(ring[r], 0);
   };

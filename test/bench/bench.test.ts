@@ -129,13 +129,17 @@ describe('benchmarks (short mode)', () => {
     expect(l.ratio).toBeCloseTo(p.p99 / (l.baselineMs as { p99: number }).p99, 1);
   });
 
-  it('classifier/lookup prints a line per flow count, subtable count and path, with a ratio to a Map', () => {
+  it('classifier/lookup prints a line per flow count, subtable count and path (hits, misses), with a ratio to a Map and, for the subtables alone, to themselves without the Bloom filter', () => {
     const lines = runBench('classifier/lookup.js');
-    expect(lines.length).toBe(16);
+    expect(lines.length).toBe(20); // 2 flow counts (short) × 2 subtable counts × 5 paths
     for (const l of lines) {
       expect(l.bench).toBe('classifier/lookup');
-      expect(['emc-hit', 'emc-hit-ipv4', 'megaflow-hit', 'smc-hit']).toContain(l.path);
-      expect(l.hitRate).toBeGreaterThan(0.9);
+      expect(['emc-hit', 'emc-hit-ipv4', 'megaflow-hit', 'megaflow-miss', 'smc-hit']).toContain(l.path);
+      if (l.path === 'megaflow-miss') expect(l.hitRate).toBe(0); // keys of no flow
+      else expect(l.hitRate).toBeGreaterThan(0.9);
+      // The subtables alone, also timed with the Bloom filter off: the ratio as printed.
+      if (l.path === 'megaflow-hit' || l.path === 'megaflow-miss') expect(l.bloomRatio).toBe(ratioOf(l.lookupsPerSec, l.withoutBloomPerSec, 2));
+      else expect(l.bloomRatio).toBeUndefined();
       expect(l.baseline).toBe('Map<string>');
       expect(l.lookupsPerSec).toBeGreaterThan(0);
       expect(l.ratio).toBe(ratioOf(l.lookupsPerSec, l.baselinePerSec, 2));
