@@ -15,6 +15,7 @@
  */
 import type { Action } from '../datapath/actions/action-sets.js';
 import { KEY_WORDS, copyKey, sameKey } from '../datapath/classifier/flow-key.js';
+import { Bypass } from '../datapath/bypass.js';
 import { fmix } from '../datapath/classifier/flow-table.js';
 import type { FlowInstalls } from '../datapath/upcall.js';
 
@@ -31,6 +32,8 @@ const MAX_MASKS = 16;
  */
 const COVER_WINDOW = 4096;
 const COVER_HIT_INV = 64;
+/** While bypassed, one batch in this many looks (and measures). */
+const COVER_PROBE_EVERY = 16;
 
 export class BatchFlows {
   /**
@@ -62,15 +65,16 @@ export class BatchFlows {
   /** Per flow: its indexed mask, or -1. */
   private flowMask = new Int8Array(0);
 
-  /** Whether covering is bypassed (see COVER_WINDOW); `skipping`: this batch skips it. */
-  bypassed = false;
+  /** Covering's bypass (see COVER_WINDOW; datapath/bypass.ts). */
+  private readonly bypass = new Bypass(COVER_WINDOW, COVER_HIT_INV, COVER_PROBE_EVERY, COVER_HIT_INV, 32);
+  /** Whether covering is bypassed; `skipping`: this batch skips it. */
+  get bypassed(): boolean {
+    return this.bypass.bypassed;
+  }
   skipping = false;
-  private winKeys = 0;
-  private winCovered = 0;
-  private batchNo = 0;
-  /** The window's counts when this batch began. */
-  private keysBefore = 0;
-  private coveredBefore = 0;
+  /** This batch's keys looked for, and those covered (the bypass's tries and hits). */
+  private batchKeys = 0;
+  private batchCovered = 0;
 
   /** The batch's own keys, where begin() was given them (message.keys is that array, message.keyAt keyOf); else null. */
   inPlace: Uint32Array | null = null;
@@ -93,20 +97,11 @@ export class BatchFlows {
       msg.keys = this.ownKeys;
       msg.keyAt = undefined;
     }
-    const looked = this.winKeys - this.keysBefore;
-    if (this.bypassed && !this.skipping && looked >= 32 && (this.winCovered - this.coveredBefore) * COVER_HIT_INV >= looked) {
-      // The batch that measured found keys covered again: on at once (not a window of such batches later).
-      this.bypassed = false;
-      this.winKeys = 0;
-      this.winCovered = 0;
-    } else if (this.winKeys >= COVER_WINDOW) {
-      this.bypassed = this.winCovered * COVER_HIT_INV < this.winKeys;
-      this.winKeys = 0;
-      this.winCovered = 0;
-    }
-    this.skipping = this.bypassed && (++this.batchNo & 15) !== 0;
-    this.keysBefore = this.winKeys;
-    this.coveredBefore = this.winCovered;
+    // The last batch, if it looked, is counted (a batch that measures while bypassed may end it at once).
+    if (!this.skipping) this.bypass.count(this.batchKeys, this.batchCovered);
+    this.batchKeys = 0;
+    this.batchCovered = 0;
+    this.skipping = !this.bypass.tries();
     const m = this.message;
     m.count = 0;
     // (actions keeps its length: flows are written over, so its room is not given back and taken again a batch.)
@@ -170,7 +165,7 @@ export class BatchFlows {
   /** The index (in the message) of a flow of this batch that covers key[0..KEY_WORDS), or -1; counted in `covered`. */
   covering(key: Uint32Array): number {
     if (this.skipping) return -1;
-    this.winKeys++;
+    this.batchKeys++;
     const keys = this.message.keys;
     const slots = this.slots;
     const sm = slots.length - 1;
@@ -192,7 +187,7 @@ export class BatchFlows {
         }
         if (j === nw) {
           this.covered++;
-          this.winCovered++;
+          this.batchCovered++;
           this.lastMasks = m + 1; // (masks past m: no hash of this key computed)
           return f;
         }

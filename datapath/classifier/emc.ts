@@ -15,6 +15,7 @@
  * emc-insert-inv-prob, default 100), so a burst of short flows does not
  * flush the entries of long ones; 0 disables the cache.
  */
+import { Bypass } from '../bypass.js';
 import { KEY_WORDS } from './flow-key.js';
 
 // same() below compares exactly 19 words.
@@ -115,7 +116,7 @@ export class Emc {
   readonly flowGen: Uint32Array;
   /** Megaflow hits until the next insert (a countdown: no random draw, no division per packet). */
   private countdown = 1;
-  // Bypass: while lookups find nothing (the flows in use far outnumber the
+  // Bypass (../bypass.ts): while lookups find nothing (the flows in use far outnumber the
   // entries, as with a million flows), each one is two cache misses for
   // nothing. Over every window of BYPASS_WINDOW lookups the hit rate is
   // measured; below 1 in BYPASS_HIT_INV, batches skip the cache but one in
@@ -125,11 +126,11 @@ export class Emc {
   // way; only where a packet's flow is found (cache or megaflow table)
   // differs. (Measured, a million new flows: a window of 65 536 and one
   // batch in 16 had left the cache's probes ~29 ns of every packet.)
-  private winLookups = 0;
-  private winHits = 0;
+  private readonly bypass = new Bypass(BYPASS_WINDOW, BYPASS_HIT_INV, BYPASS_PROBE_EVERY, BYPASS_BACK_INV, 64);
   /** True while the cache is bypassed. */
-  bypassed = false;
-  private batchNo = 0;
+  get bypassed(): boolean {
+    return this.bypass.bypassed;
+  }
 
   constructor(flows: FlowTable, entries = EMC_ENTRIES, insertInvProb = 100) {
     if ((entries & (entries - 1)) !== 0) throw new RangeError(`EMC entries ${entries} is not a power of two`);
@@ -194,25 +195,12 @@ export class Emc {
   /** Per batch: whether to look in the cache at all (see the bypass above). */
   probeBatch(): boolean {
     if (this.insertInvProb === 0) return false;
-    return !this.bypassed || (++this.batchNo & (BYPASS_PROBE_EVERY - 1)) === 0;
+    return this.bypass.tries();
   }
 
   /** After a batch that looked in the cache: lookups made and hits found. */
   countProbes(lookups: number, hits: number): void {
-    if (this.bypassed && lookups >= 64 && hits * BYPASS_BACK_INV >= lookups) {
-      // A batch that measured while bypassed found hits again (clearly: 1 in BYPASS_BACK_INV, so a hit rate
-      // near the line does not turn the cache on and off batch by batch): on at once.
-      this.bypassed = false;
-      this.winLookups = 0;
-      this.winHits = 0;
-      return;
-    }
-    this.winLookups += lookups;
-    this.winHits += hits;
-    if (this.winLookups < BYPASS_WINDOW) return;
-    this.bypassed = this.winHits * BYPASS_HIT_INV < this.winLookups;
-    this.winLookups = 0;
-    this.winHits = 0;
+    this.bypass.count(lookups, hits);
   }
 
   /**
