@@ -52,8 +52,7 @@ export class Encap {
 
   // Slow path: control messages.
   addTunnel(t: TunnelDef): number {
-    if (t.srcMac.length !== 6 || t.dstMac.length !== 6) throw new FpoError('FPO_ERR_USAGE', 'tunnel MACs must be 6 bytes');
-    if (t.srcIp.length !== t.dstIp.length || (t.srcIp.length !== 4 && t.srcIp.length !== 16)) throw new FpoError('FPO_ERR_USAGE', 'tunnel addresses must both be IPv4 or both IPv6');
+    checkTunnel(t);
     this.tunnels.push(t);
     return this.tunnels.length - 1;
   }
@@ -61,8 +60,7 @@ export class Encap {
   /** Gives tunnel `id` new ends (checked as addTunnel does); the longest inner frame of its encap ids follows. */
   setTunnel(id: number, t: TunnelDef): void {
     if (!(id >= 0 && id < this.tunnels.length)) throw new FpoError('FPO_ERR_USAGE', `no tunnel ${id}`);
-    if (t.srcMac.length !== 6 || t.dstMac.length !== 6) throw new FpoError('FPO_ERR_USAGE', 'tunnel MACs must be 6 bytes');
-    if (t.srcIp.length !== t.dstIp.length || (t.srcIp.length !== 4 && t.srcIp.length !== 16)) throw new FpoError('FPO_ERR_USAGE', 'tunnel addresses must both be IPv4 or both IPv6');
+    checkTunnel(t);
     this.tunnels[id] = t;
     for (let e = 0; e < this.encTunnel.length; e++) {
       if (this.encTunnel[e] !== id) continue;
@@ -196,4 +194,10 @@ export class Encap {
     out[udp + 6] = c >> 8;
     out[udp + 7] = c & 255;
   }
+}
+
+/** A tunnel's ends as addTunnel and setTunnel take them: 6-byte MACs, both addresses IPv4 or both IPv6. */
+function checkTunnel(t: TunnelDef): void {
+  if (t.srcMac.length !== 6 || t.dstMac.length !== 6) throw new FpoError('FPO_ERR_USAGE', 'tunnel MACs must be 6 bytes');
+  if (t.srcIp.length !== t.dstIp.length || (t.srcIp.length !== 4 && t.srcIp.length !== 16)) throw new FpoError('FPO_ERR_USAGE', 'tunnel addresses must both be IPv4 or both IPv6');
 }

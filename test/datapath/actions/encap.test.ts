@@ -100,6 +100,17 @@ describe('Encap', () => {
     expect(b.subarray(b.length - inner.length)).toEqual(inner);
     expect(() => e.setTunnel(9, { kind: 'geneve', srcMac: mac(0xfe), dstMac: mac(0xfc), srcIp: V4A, dstIp: moved })).toThrow(/no tunnel 9/);
     expect(() => e.setTunnel(t, { kind: 'geneve', srcMac: mac(0xfe), dstMac: mac(0xfc), srcIp: V4A, dstIp: V6B })).toThrow(/must both be IPv4 or both IPv6/);
+    expect(() => e.setTunnel(t, { kind: 'geneve', srcMac: mac(0xfe), dstMac: mac(0xfc).subarray(1), srcIp: V4A, dstIp: moved })).toThrow(/MACs must be 6 bytes/);
+    // Refused, nothing changed: the tunnel's frames as before the refusals.
+    expect(encapsulate(e, id, false, inner, 1)).toEqual(b);
+  });
+
+  it('addTunnel refuses ends it cannot send from (a MAC not 6 bytes, an IPv4 and an IPv6 address) and takes no id for them', () => {
+    const e = new Encap();
+    expect(() => e.addTunnel({ kind: 'vxlan', srcMac: Uint8Array.of(2, 0, 0, 0, 0, 1, 9), dstMac: mac(0xfd), srcIp: V4A, dstIp: V4B })).toThrow(/MACs must be 6 bytes/);
+    expect(() => e.addTunnel({ kind: 'vxlan', srcMac: mac(0xfe), dstMac: mac(0xfd), srcIp: V4A, dstIp: V6B })).toThrow(/must both be IPv4 or both IPv6/);
+    expect(() => e.addTunnel({ kind: 'vxlan', srcMac: mac(0xfe), dstMac: mac(0xfd), srcIp: V4A.subarray(1), dstIp: V4B.subarray(1) })).toThrow(/must both be IPv4 or both IPv6/);
+    expect(e.addTunnel({ kind: 'vxlan', srcMac: mac(0xfe), dstMac: mac(0xfd), srcIp: V4A, dstIp: V4B })).toBe(0);
   });
 
   it('over IPv6 the inner frame comes back intact after the outer parse', () => {
