@@ -393,6 +393,22 @@ describe('the signature-match cache (FlowTable.lookupHashed)', () => {
     expect(gens).toBeGreaterThan(300); // made again, not once
   });
 
+  it('with masks past what one generated function may hold (V8 would not optimize it), lookups take the loops, and find every flow', () => {
+    const t = new FlowTable(4096);
+    // 100 masks of 10 words: well past MAX_LOOKUP_SOURCE.
+    const masks = Array.from({ length: 100 }, (_, s) => key(0xffffffff, (0xffffffff << (s & 31)) >>> 0, (0xffffffff >>> (s >> 5)) >>> 0, ...new Array(7).fill(0xffffffff)));
+    const keys = masks.map((_, s) => key(s, 0x12345678 + s, 0x9abcdef0 ^ s, 1, 2, 3, 4, 5, 6, 7));
+    masks.forEach((m, s) => t.install(keys[s], m, s + 1, 0));
+    expect(t.subCount).toBe(100);
+    for (let r = 0; r < 2; r++) for (let s = 0; s < 100; s++) expect(t.act[t.lookup(keys[s])]).toBe(s + 1);
+    expect(t.lookupGens).toBe(0);
+    // Back under the limit (a table of few masks): generated again.
+    const u = new FlowTable(64);
+    masks.slice(0, 6).forEach((m, s) => u.install(keys[s], m, s + 1, 0));
+    for (let s = 0; s < 6; s++) expect(u.act[u.lookup(keys[s])]).toBe(s + 1);
+    expect(u.lookupGens).toBe(1);
+  });
+
   it('answers with one probe what the subtables answer with many: a hit, counted, on the second lookup of a flow behind 20 subtables', () => {
     const t = new FlowTable(1024);
     const masks = Array.from({ length: 20 }, (_, s) => key(0xffffffff, 0xffffffff, (0xffffffff << s) >>> 0));
