@@ -86,8 +86,17 @@ export const MAX_CAPACITY = 1 << 23;
 const MIN_SLOTS = 1024;
 /** The signature-match cache's most entries (OVS's: 2^20, 4 a bucket). */
 export const SMC_MAX_ENTRIES = 1 << 20;
-/** A generated lookup over every subtable is made again at most once this many lookups (FlowTable.lookupAll). */
-const REGEN_LOOKUPS = 4096;
+/**
+ * Lookups with no change of mask or order before the generated lookup over
+ * every subtable is made (FlowTable.lookupAll): V8 needs some 11 000 (two
+ * subtables) to 76 000 (28) calls before it optimizes that function, ~1.3-4.8
+ * µs each till then, so one made at every change of often-changing masks
+ * had run 12-33× slower than the loops (a review's repro: a mask changed
+ * every 4 096 lookups).
+ */
+const REGEN_LOOKUPS = 65536;
+/** A generated lookup whose order is out of date (the masks the same) is made again only after this many more lookups. */
+const REORDER_LOOKUPS = 1 << 20;
 /**
  * The longest source of a generated lookup (FlowTable.buildLookupAll):
  * past ~56 000 characters V8 no longer optimizes it (measured: 7-word
@@ -394,9 +403,9 @@ export class FlowTable {
     // site that meets each table's lookupAll cost the million set-ups ~5 %: in-process A/B).
     if (this.subCount === 1 && this.specialized) return this.lookupSpecialized(key, ko);
     const all = this.lookupAll;
-    this.lookupsSinceGen++;
+    const n = ++this.lookups;
+    if (n >= this.buildAt) return this.buildLookupAll()(key, ko);
     if (all !== null) return all(key, ko);
-    if (this.codegen && !this.lookupTooBig && this.lookupsSinceGen >= this.regenEvery && this.subCount > 0) return this.buildLookupAll()(key, ko);
     return this.specialized ? this.lookupSpecialized(key, ko) : this.lookupLoop(key, ko);
   }
 
@@ -423,22 +432,29 @@ export class FlowTable {
 
   /**
    * The lookup over every subtable, in lookup order, as one generated
-   * function (buildLookupAll; null: none yet, or a mask or the order
-   * changed since), from two subtables on. Made again, lazily, at most
-   * once every regenEvery lookups (between, each subtable's functions or
-   * the loops: masks that come and go cost no compile a batch). Measured against one call of
-   * each subtable's hash and probe, the table alone at 1 K flows: hits
-   * 25 -> 35 M/s with two subtables, 18 -> 31 with four, 4 -> 17 with 20
-   * (with the Bloom filter).
+   * function (buildLookupAll), from two subtables on. Null while none is
+   * made, or since a mask changed (its code would be wrong): each
+   * subtable's functions or the loops then, till regenEvery lookups pass
+   * with no change of mask or order, when it is made (masks that come and go
+   * cost no compile, and no unoptimized run of a new function, a batch).
+   * Kept when only the order changed (still right, slower to a hit): made
+   * again once the order has been still for regenEvery lookups and
+   * REORDER_LOOKUPS have passed since it was made. Measured against one call
+   * of each subtable's hash and probe, the table alone at 1 K flows: hits 25
+   * -> 35 M/s with two subtables, 18 -> 31 with four, 4 -> 17 with 20 (with
+   * the Bloom filter).
    */
   private lookupAll: ((key: Uint32Array, ko: number) => number) | null = null;
-  private lookupsSinceGen = REGEN_LOOKUPS;
-  /** Lookups between two generations of lookupAll, at least (REGEN_LOOKUPS; a test sets 0: made at every change, or Infinity: the loops). */
+  /** Lookups with two subtables or more (or without specialized functions), since the table was made. */
+  private lookups = 0;
+  /** The lookup count at which lookupAll is (re)made (Infinity: not due). */
+  private buildAt = REGEN_LOOKUPS;
+  private builtAt = 0;
+  /** Lookups with no change before lookupAll is made (REGEN_LOOKUPS; a test sets 0: at every change, or Infinity: never). */
   regenEvery = REGEN_LOOKUPS;
-  /** Times lookupAll was generated. */
+  /** Times lookupAll was generated; times its source was written (too long ones too). */
   lookupGens = 0;
-  /** The subtables' masks would make lookupAll too long to be optimized (MAX_LOOKUP_SOURCE): the loops, till a mask changes. */
-  private lookupTooBig = false;
+  lookupSources = 0;
 
   /**
    * Slow path: the lookup over all subtables as one function. Each
@@ -485,26 +501,39 @@ export class FlowTable {
         '} else skips++;\n';
     }
     body += 'if (skips > 0) t.bloomSkips += skips;\nreturn -1;';
+    this.lookupSources++;
+    this.buildAt = Infinity; // (till the next change)
+    const none = (key: Uint32Array, ko: number) => (this.specialized ? this.lookupSpecialized(key, ko) : this.lookupLoop(key, ko));
     if (body.length > MAX_LOOKUP_SOURCE) {
-      this.lookupTooBig = true;
-      return (key, ko) => (this.specialized ? this.lookupSpecialized(key, ko) : this.lookupLoop(key, ko));
+      this.lookupAll = null; // (too long to be optimized: the loops, till a mask changes)
+      return none;
     }
     let fn: (key: Uint32Array, ko: number) => number;
     try {
       fn = (new Function('t', `return function lookupAll(key, ko) {\n${body}\n};`) as (t: FlowTable) => (key: Uint32Array, ko: number) => number)(this);
     } catch {
       this.codegen = false; // (code from strings refused: the loops)
-      return (key, ko) => this.lookupLoop(key, ko);
+      this.lookupAll = null;
+      return none;
     }
     this.lookupAll = fn;
-    this.lookupsSinceGen = 0;
+    this.builtAt = this.lookups;
     this.lookupGens++;
     return fn;
   }
 
-  /** A mask or the lookup order changed: the generated lookup is made again at a lookup to come. */
-  private lookupChanged(): void {
-    this.lookupAll = null;
+  /**
+   * A mask changed (`mask`: the generated lookup is wrong now, dropped) or
+   * the order did (it stays): see lookupAll for when it is made again.
+   */
+  private lookupChanged(mask: boolean): void {
+    if (!this.codegen) {
+      this.buildAt = Infinity;
+      return;
+    }
+    if (mask) this.lookupAll = null;
+    const quiet = this.lookups + this.regenEvery;
+    this.buildAt = this.lookupAll === null ? quiet : Math.max(quiet, this.builtAt + this.regenEvery * (REORDER_LOOKUPS / REGEN_LOOKUPS));
   }
 
   // lookup with many subtables, where no code is generated: the loops over the masks' word lists.
@@ -633,8 +662,7 @@ export class FlowTable {
     this.subHits[s] = 0;
     this.maskSerialOf[s] = ++this.maskSerial;
     this.specialize(s);
-    this.lookupChanged();
-    this.lookupTooBig = false;
+    this.lookupChanged(true);
   }
 
   /**
@@ -866,7 +894,7 @@ export class FlowTable {
     const o = Array.from(this.order.subarray(0, this.subCount));
     o.sort((a, b) => this.subHits[b] - this.subHits[a]);
     for (let t = 0; t < o.length; t++) {
-      if (this.order[t] !== o[t]) this.lookupChanged();
+      if (this.order[t] !== o[t]) this.lookupChanged(false);
       this.order[t] = o[t];
     }
   }

@@ -395,6 +395,7 @@ describe('the signature-match cache (FlowTable.lookupHashed)', () => {
 
   it('with masks past what one generated function may hold (V8 would not optimize it), lookups take the loops, and find every flow', () => {
     const t = new FlowTable(4096);
+    t.regenEvery = 0; // (made, or its source written, at the first lookup after a change)
     // 100 masks of 10 words: well past MAX_LOOKUP_SOURCE.
     const masks = Array.from({ length: 100 }, (_, s) => key(0xffffffff, (0xffffffff << (s & 31)) >>> 0, (0xffffffff >>> (s >> 5)) >>> 0, ...new Array(7).fill(0xffffffff)));
     const keys = masks.map((_, s) => key(s, 0x12345678 + s, 0x9abcdef0 ^ s, 1, 2, 3, 4, 5, 6, 7));
@@ -402,11 +403,41 @@ describe('the signature-match cache (FlowTable.lookupHashed)', () => {
     expect(t.subCount).toBe(100);
     for (let r = 0; r < 2; r++) for (let s = 0; s < 100; s++) expect(t.act[t.lookup(keys[s])]).toBe(s + 1);
     expect(t.lookupGens).toBe(0);
+    expect(t.lookupSources).toBe(1); // written once, found too long, not written again while no mask changes
     // Back under the limit (a table of few masks): generated again.
     const u = new FlowTable(64);
+    u.regenEvery = 0;
     masks.slice(0, 6).forEach((m, s) => u.install(keys[s], m, s + 1, 0));
     for (let s = 0; s < 6; s++) expect(u.act[u.lookup(keys[s])]).toBe(s + 1);
     expect(u.lookupGens).toBe(1);
+  });
+
+  it('the generated lookup is made only after regenEvery lookups with no change: masks that keep changing leave the loops in use (no function made, none left unoptimized); an order change keeps the one made till much later', () => {
+    const t = new FlowTable(4096);
+    const masks = Array.from({ length: 8 }, (_, s) => key(0xffffffff, (0xffffffff << s) >>> 0, 0xffff));
+    const keys = masks.map((_, s) => key(s, 0x12345678, 0x9abc));
+    masks.forEach((m, s) => t.install(keys[s], m, s + 1, 0));
+    const look = (n: number) => { for (let i = 0; i < n; i++) expect(t.act[t.lookup(keys[i & 7])]).toBe((i & 7) + 1); };
+    // A mask changes every 1 000 lookups (an emptied subtable given another mask): never 65 536 quiet ones.
+    for (let c = 0; c < 100; c++) {
+      look(1000);
+      const s = 7;
+      t.remove(t.lookup(keys[s]));
+      masks[s] = key(0xffffffff, (0xffffffff << (8 + (c & 7))) >>> 0, 0xffff);
+      t.install(keys[s], masks[s], s + 1, 0);
+    }
+    expect(t.lookupSources).toBe(0);
+    // Quiet: made once, after regenEvery lookups.
+    look(t.regenEvery + 10);
+    expect(t.lookupGens).toBe(1);
+    // Hits now rank the subtables differently: the order changes, the function (still right) stays a long while.
+    for (let i = 0; i < 30_000; i++) t.lookup(keys[7]); // (its hits were counted from its last mask on)
+    expect(t.subHits[7]).toBeGreaterThan(t.subHits[0]); // (so the sort puts 7 first: the order changes)
+    t.sortSubtables();
+    look(2 * t.regenEvery);
+    expect(t.lookupGens).toBe(1);
+    look(16 * t.regenEvery);
+    expect(t.lookupGens).toBe(2);
   });
 
   it('answers with one probe what the subtables answer with many: a hit, counted, on the second lookup of a flow behind 20 subtables', () => {
