@@ -47,6 +47,7 @@ if ! node -e "require('cap')" >/dev/null 2>&1; then
   node -e "require('cap')" >/dev/null 2>&1 || echo "test.sh: the cap addon does not build or load here; the pcap-live tests will fail (CI) or skip"
 fi
 npx tsc -p tsconfig.json
+chmod +x dist/control/cli.js   # the `fpo` bin (npx fpo): tsc writes it without the executable bit
 npx tsc -p tsconfig.test.json   # the tests type-checked too (vitest only strips their types)
 # Two runs: everything else in parallel, then the tests that measure timing on
 # the wire (BFD detection times, pings during a migration) one file at a time,

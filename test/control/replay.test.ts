@@ -158,6 +158,14 @@ describe('fpo command line', () => {
     expect(r.stdout).toMatch(/vf1\s+11\s+1\s+vm1-eth0/);
   });
 
+  it('the `fpo` command (package.json bin, what `npx fpo` runs) is executable as it is built, and replays', () => {
+    const out = tempDir('bin');
+    const r = spawnSync(CLI, ['replay', DEMO, '-t', TOPO, '-o', out], { encoding: 'utf8' });
+    expect(r.error).toBeUndefined(); // (EACCES when tsc's output is left without its executable bit)
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/packets: in 671 = out \d+ \+ dropped \d+/);
+  });
+
   it('--no-emc --no-smc --no-bloom (each cache and the Bloom filter off, for comparison) forward the same bytes and count the same as the default', () => {
     const outs = [[], ['--no-emc'], ['--no-smc'], ['--no-bloom'], ['--no-emc', '--no-smc', '--no-bloom']].map((flags) => {
       const out = tempDir('caches');
