@@ -112,6 +112,9 @@ function bloomBits(h: number): number {
   return (1 << (h & 31)) | (1 << (h >>> 27));
 }
 
+/** fmix's steps as generated code writes them (specialize's hashOf, buildLookupAll). */
+const FINISH = 'h ^= h >>> 16; h = Math.imul(h, 0x85ebca6b); h ^= h >>> 13; h = Math.imul(h, 0xc2b2ae35); h ^= h >>> 16;';
+
 function nextPow2(n: number): number {
   let p = 1;
   while (p < n) p *= 2;
@@ -382,7 +385,7 @@ export class FlowTable {
       eq += ` && ((key[ko + ${ws[j]}] ^ fk[fo + ${ws[j]}]) & ${ms[j]}) === 0`;
       copy += `fk[fo + ${ws[j]}] = key[ko + ${ws[j]}] & ${ms[j]};\n`;
     }
-    hash += `h ^= ${nw ^ (s << 8)}; h ^= h >>> 16; h = Math.imul(h, 0x85ebca6b); h ^= h >>> 13; h = Math.imul(h, 0xc2b2ae35); h ^= h >>> 16; return h | 0;`;
+    hash += `h ^= ${nw ^ (s << 8)}; ${FINISH} return h | 0;`;
     try {
       this.hashOf[s] = new Function('key', 'ko', hash) as (key: Uint32Array, ko: number) => number;
       this.eqOf[s] = new Function('key', 'ko', 'fk', 'fo', eq + ';') as (key: Uint32Array, ko: number, fk: Uint32Array, fo: number) => boolean;
@@ -490,7 +493,7 @@ export class FlowTable {
         v = `c${step}`;
         eq += ` && ((key[ko + ${w}] ^ fk[fo + ${w}]) & ${m}) === 0`;
       }
-      body += `h = ${v} ^ ${nw ^ (s << 8)}; h ^= h >>> 16; h = Math.imul(h, 0x85ebca6b); h ^= h >>> 13; h = Math.imul(h, 0xc2b2ae35); h ^= h >>> 16;\n` +
+      body += `h = ${v} ^ ${nw ^ (s << 8)}; ${FINISH}\n` +
         'bits = (1 << (h & 31)) | (1 << (h >>> 27));\n' +
         `if (bloom === null || (bloom[(h >>> 5) & bm] & bits) === bits) {\n` +
         `  for (let pos = (h >>> 8) & sm; ; pos = (pos + 1) & sm) {\n` +
