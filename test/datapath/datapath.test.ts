@@ -1,6 +1,9 @@
 import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import fc from 'fast-check';
+import { KEY_WORDS } from '../../datapath/classifier/flow-key.js';
+import type { Datapath } from '../../datapath/datapath.js';
 import { replay } from '../../control/replay.js';
 import { eth, ipv4, udp, writePcap } from '../../fixtures/packets.js';
 import { FIXTURES, captureFrames, cleanTemp, tempDir } from '../helpers.js';
@@ -204,6 +207,142 @@ describe('Datapath upcalls in batches', () => {
 });
 
 describe('the caches in front of the megaflow table', () => {
+  // Changes between batches, in random order and at random times, with every cache, the Bloom filter, the
+  // generated lookup and the fast lane on, against none of them: a flow removed, flushed, expired, evicted
+  // or given new actions, or a VM moved, is never served from what a cache kept of it.
+  type Change = { at: number; kind: 'remove' | 'actions' | 'flush' | 'expire' | 'move' | 'sort'; r: number };
+  const change = fc.record({
+    at: fc.integer({ min: 0, max: 2_999 }),
+    kind: fc.constantFrom('remove' as const, 'actions' as const, 'flush' as const, 'expire' as const, 'move' as const, 'sort' as const),
+    r: fc.integer({ min: 0, max: 6 }),
+  });
+  /** Applies the change to dp; chosen by the flows' keys and counters (the same in both runs), not by indices. */
+  const apply = (c: Change, dp: Datapath): number => {
+    const t = dp.flows;
+    const live: number[] = [];
+    for (let f = 0; f < t.capacity + 64 && f < t.live.length; f++) if (t.live[f] === 1) live.push(f);
+    const kw = (f: number, w: number) => t.key[f * KEY_WORDS + w];
+    const pick = (f: number) => ((kw(f, 6) ^ kw(f, 10) ^ kw(f, 14)) >>> 0) % 7 <= c.r % 3; // ~1/7 to 3/7 of the flows
+    let n = 0;
+    switch (c.kind) {
+      case 'remove':
+        for (const f of live) if (pick(f)) { t.remove(f); n++; }
+        return n;
+      case 'actions': {
+        // Flows of one action set installed again (same key and mask) with another's: no upcall follows.
+        const sets = [...new Set(live.map((f) => t.act[f]))].sort((a, b) => a - b);
+        if (sets.length < 2) return 0;
+        const from = sets[c.r % sets.length];
+        const to = sets[(c.r + 1) % sets.length];
+        for (const f of live) {
+          if (t.act[f] !== from || !pick(f)) continue;
+          const s = t.sub[f];
+          t.install(t.key.slice(f * KEY_WORDS, (f + 1) * KEY_WORDS), t.mask.slice(s * KEY_WORDS, (s + 1) * KEY_WORDS), to, 0);
+          n++;
+        }
+        return n;
+      }
+      case 'flush':
+        dp.apply({ type: 'flow-flush' });
+        return live.length;
+      case 'expire': {
+        const used = live.map((f) => t.usedOf(f)).sort((a, b) => a - b);
+        return used.length ? t.expire(used[used.length >> 1]) : 0;
+      }
+      case 'move': {
+        // One VM's port given another VM's VPID (the two swap): the flows' VPIDs now resolve elsewhere.
+        const [a, b] = [c.r % 4, (c.r + 1) % 4];
+        const pa = dp.mapping.toPpid[vpidOf[a]];
+        const pb = dp.mapping.toPpid[vpidOf[b]];
+        dp.apply({ type: 'mapping-set', vpid: vpidOf[a], ppid: pb });
+        dp.apply({ type: 'mapping-set', vpid: vpidOf[b], ppid: pa });
+        return 2;
+      }
+      case 'sort':
+        t.sortSubtables();
+        return t.subCount;
+    }
+  };
+  let vpidOf: number[] = [];
+  it('changes between batches (flows removed, flushed, expired, evicted or given new actions; VMs moved; subtables sorted) in random order: with every cache, the Bloom filter, the generated lookup and the fast lane on, the same bytes, drops and per-flow counters as with none', () => {
+    const dir = tempDir('changes');
+    const rulesTopo = join(dir, 't-rules.json');
+    const plainTopo = join(dir, 't.json');
+    const portRules = [
+      { priority: 300, match: { eth_type: '0x0800', ip_proto: 17, tp_src: 1100 }, actions: ['drop'] },
+      { priority: 250, match: { eth_type: '0x0800', ipv4_src: '10.1.0.0/24' }, actions: ['normal'] },
+    ];
+    writeFileSync(rulesTopo, JSON.stringify({ ...benchTopology(4), rules: portRules, wildcarding: 'proof' }));
+    writeFileSync(plainTopo, JSON.stringify(benchTopology(4)));
+    const caps = new Map<number, string>();
+    const capOf = (flows: number) => {
+      let c = caps.get(flows);
+      if (c === undefined) { c = join(dir, `c${flows}.pcap`); generate(c, { frames: 3_000, size: 64, flows, vms: 4 }); caps.set(flows, c); }
+      return c;
+    };
+    const seen = { remove: 0, actions: 0, flush: 0, expire: 0, move: 0, sort: 0, evicted: 0, smcHits: 0, emcHits: 0, lane: 0, gens: 0, bloomSkips: 0, bloomRebuilds: 0, subtables: 0 };
+    let runs = 0;
+    fc.assert(fc.property(
+      fc.constantFrom(40, 300, 1_000), fc.constantFrom(16, 64, 256), fc.constantFrom(16, 64, 1 << 14), fc.boolean(), fc.array(change, { maxLength: 8 }),
+      // The caches of the run with them: all, or some (without the exact-match cache, lookups reach the subtables).
+      fc.constantFrom([true, true, true], [true, true, true], [false, true, true], [false, false, true], [true, false, true]),
+      (flows, batchSize, maxFlows, rules, changes, [emc, smc, bloom]) => {
+        runs++;
+        const todo = [...changes].sort((a, b) => a.at - b.at);
+        const run = (on: boolean) => {
+          const outDir = join(dir, `out-${runs}-${on}`);
+          let next = 0;
+          const r = replay({
+            capture: capOf(flows), topology: rules ? rulesTopo : plainTopo, outDir, batchSize, maxFlows, fastLane: on,
+            caches: on ? { emc, smc, bloom } : { emc: false, smc: false, bloom: false },
+            beforeBatch: (soFar, dp) => {
+              if (soFar === 0) {
+                vpidOf = [0, 1, 2, 3].map((m) => dp.mapping.toVpid[10 + m]); // (the VMs' ports, vf0..vf3)
+                if (on) dp.flows.regenEvery = 32; // the generated lookup made after a few batches
+              }
+              while (next < todo.length && todo[next].at <= soFar) {
+                const c = todo[next++];
+                const n = apply(c, dp);
+                if (on) seen[c.kind] += n;
+              }
+            },
+          });
+          const flowsNow = r.datapath.dumpFlows().map((f) => `${[...f.key]}/${[...f.mask]} ${JSON.stringify(f.actions)} ${f.packets} ${f.bytes} ${f.used}`).sort();
+          return { r, outDir, flowsNow };
+        };
+        const on = run(true);
+        const off = run(false);
+        const a = on.r.report;
+        const b = off.r.report;
+        expect(a.packets.in).toBe(3_000);
+        expect(a.packets.out + a.packets.dropped).toBe(3_000); // every packet ends in one place
+        expect(a.packets).toEqual(b.packets);
+        expect(a.drops).toEqual(b.drops);
+        expect(a.flows.upcalls).toBe(b.flows.upcalls);
+        expect(a.flows.installed).toBe(b.flows.installed);
+        expect(a.flows.evicted).toBe(b.flows.evicted);
+        expect(a.flows.expired).toBe(b.flows.expired);
+        expect(on.flowsNow).toEqual(off.flowsNow);
+        const files = readdirSync(off.outDir).sort();
+        expect(readdirSync(on.outDir).sort()).toEqual(files);
+        for (const f of files) expect(readFileSync(join(on.outDir, f)).equals(readFileSync(join(off.outDir, f))), f).toBe(true);
+        expect(b.flows.smcHits + b.flows.emcHits + b.flows.fastLane).toBe(0); // (off: nothing cached)
+        seen.evicted += a.flows.evicted;
+        seen.smcHits += a.flows.smcHits;
+        seen.emcHits += a.flows.emcHits;
+        seen.lane += a.flows.fastLane;
+        seen.gens += on.r.datapath.flows.lookupGens;
+        seen.bloomSkips += on.r.datapath.flows.bloomSkips;
+        seen.bloomRebuilds += on.r.datapath.flows.bloomRebuilds;
+        seen.subtables = Math.max(seen.subtables, on.r.datapath.flows.subCount);
+      },
+    ), { numRuns: 60, seed: 23 });
+    expect(runs).toBe(60);
+    // Each change and each cache was met, not bypassed.
+    for (const k of ['remove', 'actions', 'flush', 'expire', 'move', 'sort', 'evicted', 'smcHits', 'emcHits', 'lane', 'gens', 'bloomSkips', 'bloomRebuilds'] as const) expect(seen[k], k).toBeGreaterThan(0);
+    expect(seen.subtables).toBeGreaterThan(4);
+  });
+
   // The exact-match and signature-match caches in every combination, and the subtables' Bloom filter on and off,
   // forward the same bytes and count the same per flow.
   // A rule on one source port makes the proof's megaflows of many masks (9 subtables): the Bloom filter at work.
