@@ -293,7 +293,7 @@ describe('the signature-match cache (FlowTable.lookupHashed)', () => {
   const MASKS = [key(0xffffffff, 0, 0), key(0xffffffff, 0xffffffff, 0), key(0, 0xffff0000, 0xffffffff), key(0xffffffff, 0xffffffff, 0xffffffff)];
   const brute = (t: FlowTable, k: Uint32Array): number[] => {
     const out: number[] = [];
-    for (let f = 0; f < t.capacity; f++) {
+    for (let f = 0; f < t.indices; f++) { // (a quarantine's spare indices past the capacity too)
       if (!t.live[f]) continue;
       const s = t.sub[f];
       let ok = true;
@@ -302,9 +302,10 @@ describe('the signature-match cache (FlowTable.lookupHashed)', () => {
     }
     return out;
   };
-  type Op = { t: 'install'; m: number; k: number[]; a: number } | { t: 'remove'; n: number } | { t: 'lookup'; k: number[]; h: number } | { t: 'sort' };
+  type Op = { t: 'install'; m: number; k: number[]; a: number } | { t: 'remove'; n: number } | { t: 'lookup'; k: number[]; h: number } | { t: 'sort' }
+    | { t: 'clear' } | { t: 'expire'; age: number } | { t: 'hit'; k: number[] } | { t: 'quarantine'; on: boolean } | { t: 'bulk'; m: number; base: number; n: number; a: number };
   /** Random operations over tables of `masks.length` masks (with sorts of the subtables when `sort`). */
-  const opsOf = (masks: number, sort: boolean) => {
+  const opsOf = (masks: number, sort: boolean, bulk = false) => {
     const three = fc.array(fc.integer({ min: 0, max: 5 }), { minLength: 3, maxLength: 3 });
     const ops: fc.Arbitrary<Op>[] = [
       fc.record({ t: fc.constant('install' as const), m: fc.integer({ min: 0, max: masks - 1 }), k: three, a: fc.integer({ min: 1, max: 9 }) }),
@@ -312,7 +313,16 @@ describe('the signature-match cache (FlowTable.lookupHashed)', () => {
       fc.record({ t: fc.constant('lookup' as const), k: three, h: fc.integer({ min: 0, max: 7 }) }),
     ];
     if (sort) ops.push(fc.record({ t: fc.constant('sort' as const) }));
-    return fc.array(fc.oneof(...ops), { minLength: 100, maxLength: 400 });
+    // Rarer: the table cleared, idle flows expired, flows used (their time and the CLOCK's count), a quarantine
+    // begun or ended (removed indices held, spare ones taken, eviction put off), many flows at once (the slots grow).
+    const rare: fc.Arbitrary<Op>[] = [
+      fc.record({ t: fc.constant('clear' as const) }),
+      fc.record({ t: fc.constant('expire' as const), age: fc.integer({ min: 0, max: 60 }) }),
+      fc.record({ t: fc.constant('hit' as const), k: three }),
+      fc.record({ t: fc.constant('quarantine' as const), on: fc.boolean() }),
+    ];
+    if (bulk) rare.push(fc.record({ t: fc.constant('bulk' as const), m: fc.integer({ min: 0, max: masks - 1 }), base: fc.integer({ min: 0, max: 1 << 20 }), n: fc.integer({ min: 1, max: 700 }), a: fc.integer({ min: 1, max: 9 }) }));
+    return fc.array(fc.oneof({ arbitrary: fc.oneof(...ops), weight: 12 }, { arbitrary: fc.oneof(...rare), weight: 1 }), { minLength: 100, maxLength: 400 });
   };
   /**
    * Applies `ops` to every table of `ways` alike; each lookup (`look`) must
@@ -322,14 +332,37 @@ describe('the signature-match cache (FlowTable.lookupHashed)', () => {
   const runOps = (ways: FlowTable[], ops: Op[], masks: Uint32Array[], look: (t: FlowTable, k: Uint32Array, h: number) => number): void => {
     const [first] = ways;
     for (const o of ops) {
+      const now = ++clock.now;
       if (o.t === 'install') {
         const k = key(o.k[0] * 0x01010101, o.k[1] << 16, o.k[2]);
-        for (const t of ways) t.install(k, masks[o.m], o.a, 0);
+        const got = ways.map((t) => t.install(k, masks[o.m], o.a, now));
+        expect(new Set(got).size).toBe(1); // the same index (or FULL) in every table
       } else if (o.t === 'remove') {
-        const live = [...Array(first.capacity).keys()].filter((f) => first.live[f]);
+        const live = [...Array(first.indices).keys()].filter((f) => first.live[f]);
         if (live.length) { const f = live[o.n % live.length]; for (const t of ways) t.remove(f); }
       } else if (o.t === 'sort') {
         for (const t of ways) t.sortSubtables();
+      } else if (o.t === 'clear') {
+        for (const t of ways) t.clear();
+        expect(first.count).toBe(0);
+      } else if (o.t === 'expire') {
+        const n = ways.map((t) => t.expire(now - o.age));
+        expect(new Set(n).size).toBe(1);
+        for (let f = 0; f < first.indices; f++) if (first.live[f]) expect(first.usedOf(f)).toBeGreaterThanOrEqual(now - o.age); // none idle left
+      } else if (o.t === 'hit') {
+        // The flow a lookup finds in the first table (a brute-force match): used now in every table.
+        const all = brute(first, key(o.k[0] * 0x01010101, o.k[1] << 16, o.k[2]));
+        if (all.length) for (const t of ways) t.hit(all[0], 60, now);
+      } else if (o.t === 'quarantine') {
+        // Nested at most twice; every one begun is ended (below, after the last op).
+        if (o.on && clock.depth < 2) { clock.depth++; for (const t of ways) t.quarantine(true); }
+        else if (!o.on && clock.depth > 0) { clock.depth--; for (const t of ways) t.quarantine(false); }
+      } else if (o.t === 'bulk') {
+        for (let i = 0; i < o.n; i++) {
+          const k = key(((o.base + i) * 2654435761) >>> 0, ((o.base + i) * 40503) << 16, o.base + i);
+          for (const t of ways) t.install(k, masks[o.m], o.a, now);
+        }
+        clock.slots = Math.max(clock.slots, (first as unknown as { slotMask: number }).slotMask + 1);
       } else {
         const k = key(o.k[0] * 0x01010101, o.k[1] << 16, o.k[2]);
         const h = o.h * 0x9e3779b1 >>> 0; // 8 hash values for all keys: signatures collide
@@ -341,7 +374,11 @@ describe('the signature-match cache (FlowTable.lookupHashed)', () => {
         if (new Set(all.map((x) => first.act[x])).size === 1) expect(new Set(got.map((f) => first.act[f])).size).toBe(1);
       }
     }
+    while (clock.depth > 0) { clock.depth--; for (const t of ways) t.quarantine(false); }
+    for (const t of ways) expect(t.count).toBeLessThanOrEqual(t.capacity); // back to the capacity after the last quarantine
   };
+  /** runOps's time (one tick an op), quarantine depth, and the most slots a bulk install left in use. */
+  const clock = { now: 0, depth: 0, slots: 0 };
   it('never serves a removed flow nor misses an installed one, and a flow\'s new actions are what a hit gives (random install/remove/lookup; SMC and Bloom filter each on and off; eviction on)', () => {
     let smcHits = 0;
     let bloomSkips = 0;
@@ -349,7 +386,7 @@ describe('the signature-match cache (FlowTable.lookupHashed)', () => {
     fc.assert(fc.property(opsOf(MASKS.length, false), (ops) => {
       // [SMC, Bloom filter]: both, each alone, neither. Small: installs evict, slots are reused by other flows.
       const ways = ([[true, true], [true, false], [false, true], [false, false]] as const).map(([smc, bloom]) => {
-        const t = new FlowTable(32);
+        const t = new FlowTable(32, 8);
         t.smcOn = smc;
         t.bloomOn = bloom;
         return t;
@@ -375,7 +412,7 @@ describe('the signature-match cache (FlowTable.lookupHashed)', () => {
     fc.assert(fc.property(opsOf(MASKS8.length, true), (ops) => {
       // Generated at every change; the loops always; generated, the Bloom filter off.
       const ways = ([[0, true], [Infinity, true], [0, false]] as const).map(([regen, bloom]) => {
-        const t = new FlowTable(32);
+        const t = new FlowTable(32, 8);
         t.regenEvery = regen;
         t.bloomOn = bloom;
         return t;
@@ -391,6 +428,36 @@ describe('the signature-match cache (FlowTable.lookupHashed)', () => {
     }), { numRuns: 300 });
     expect(most).toBeGreaterThan(4); // past the specialized ones
     expect(gens).toBeGreaterThan(300); // made again, not once
+  });
+
+  it('the same with many flows at once (the slots grow past their first 1 024), cleared, expired, quarantined (spare indices taken, evictions put off): no removed flow served, no installed one missed', () => {
+    let grew = 0;
+    let held = 0;
+    let expired = 0;
+    let full = 0;
+    fc.assert(fc.property(opsOf(MASKS.length, true, true), (ops) => {
+      clock.slots = 0;
+      // [SMC, Bloom filter, generated at every change]: all; none (the loops).
+      const ways = ([[true, true, 0], [false, false, Infinity]] as const).map(([smc, bloom, regen]) => {
+        const t = new FlowTable(1024, 64);
+        t.smcOn = smc;
+        t.bloomOn = bloom;
+        t.regenEvery = regen;
+        return t;
+      });
+      const quarantine = ways[0].quarantine.bind(ways[0]);
+      ways[0].quarantine = (on: boolean) => { if (on) held++; quarantine(on); };
+      const install = ways[0].install.bind(ways[0]);
+      ways[0].install = (...a: Parameters<FlowTable['install']>) => { const f = install(...a); if (f === FULL) full++; return f; };
+      runOps(ways, ops, MASKS, (t, k, h) => t.lookupHashed(k, 0, h));
+      if (clock.slots > 1024) grew++;
+      expired += ways[0].expired;
+    }), { numRuns: 60, seed: 23 });
+    // Each was met: slots grown, quarantines, flows expired, a full quarantined table refusing.
+    expect(grew).toBeGreaterThan(5);
+    expect(held).toBeGreaterThan(5);
+    expect(expired).toBeGreaterThan(0);
+    expect(full).toBeGreaterThan(0);
   });
 
   it('with masks past what one generated function may hold (V8 would not optimize it), lookups take the loops, and find every flow', () => {
