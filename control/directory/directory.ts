@@ -61,17 +61,15 @@ export class Directory {
   lostAt: string | null = null;
   lastError: string | null = null;
 
-  constructor(endpoints: string[], readonly deployment: string, opts: { timeoutMs?: number; callMs?: number } = {}) {
+  constructor(endpoints: string[], readonly deployment: string, opts: { callMs?: number } = {}) {
     this.prefix = prefixOf(deployment);
     this.endpoints = endpoints;
     this.callMs = opts.callMs ?? CALL_MS;
     // Every call but the streams (the watch, the lease's keep-alive) with a deadline: a member that
     // takes connections and answers nothing held an attach for ever, and every attach after it.
     const callMs = this.callMs;
-    this.client = new Etcd3({
-      hosts: endpoints, dialTimeout: opts.timeoutMs ?? 3000,
-      defaultCallOptions: (c) => (c.isStream ? {} : { deadline: Date.now() + callMs }),
-    });
+    // (etcd3 1.1 reads no dialTimeout: a call's deadline bounds its connecting too.)
+    this.client = new Etcd3({ hosts: endpoints, defaultCallOptions: (c) => (c.isStream ? {} : { deadline: Date.now() + callMs }) });
   }
 
   /** How long one etcd call may take (CALL_MS unless given). */

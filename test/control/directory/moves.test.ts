@@ -359,7 +359,7 @@ describe('the directory and a host that loses its lease', () => {
     needTool(ctx, 'etcd', 'the directory tests run a real etcd member (Debian: etcd-server)');
     const { restartableMember } = await import('./etcd-member.js');
     const m = await restartableMember();
-    const a = new Directory([m.url], 'll', { timeoutMs: 500 });
+    const a = new Directory([m.url], 'll');
     const b = new Directory([m.url], 'll');
     try {
       await a.registerHost({ name: 'hostA', vtep: '192.168.0.1', mac: '02:fe:00:00:00:01', kind: 'vxlan' }, 1);
