@@ -713,6 +713,8 @@ export class FlowTable {
     // Quarantined (a batch being switched), the table may hold up to `spare` flows more till the batch ends.
     if (this.count >= this.capacity && !this.quarantined) this.evict(this.count - this.capacity + 1);
     if (this.freeTop === 0 && this.fresh === this.indices) return FULL; // (quarantined: every spare index taken)
+    // Before the new flow is live: growSlots puts every live flow back, and this one would then go in twice.
+    if (2 * (this.count + 1) > this.slotMask + 1 && this.slotMask + 1 < this.slotMax) this.growSlots();
     const f = this.freeTop > 0 ? this.freeList[--this.freeTop] : this.fresh++;
     const fo = f * KEY_WORDS;
     const fk = this.key;
@@ -738,7 +740,6 @@ export class FlowTable {
     this.stats[f * STAT_WORDS + ST_SEEN] = 1;
     this.live[f] = 1;
     if (this.bloomKept) this.bloom[(h >>> 5) & this.bloomMask] |= bloomBits(h);
-    if (2 * (this.count + 1) > this.slotMask + 1 && this.slotMask + 1 < this.slotMax) this.growSlots();
     let pos = (h >>> 8) & this.slotMask;
     while (this.slots[2 * pos] !== ~EMPTY) pos = (pos + 1) & this.slotMask;
     this.slots[2 * pos] = ~f;

@@ -191,6 +191,21 @@ describe('FlowTable', () => {
     }
   });
 
+  it('the flow whose install grows the slots is in them once: removed, it is found no more (it had been put in twice, and a removal took one: a removed flow still found, then a reused index\'s cache entries served another key)', () => {
+    const t = new FlowTable(1024); // slots start at 1 024 and double at the 512th flow
+    const m = key(0xffffffff, 0xffffffff, 0xffffffff);
+    const k = (i: number) => key(i, (i * 2654435761) >>> 0, 7);
+    const fs = Array.from({ length: 600 }, (_, i) => t.install(k(i), m, 1, 0));
+    expect((t as unknown as { slotMask: number }).slotMask + 1).toBe(2048);
+    const slots = (t as unknown as { slots: Int32Array }).slots;
+    const used = () => { let n = 0; for (let p = 0; p < slots.length; p += 2) if (slots[p] !== 0) n++; return n; };
+    expect(used()).toBe(600); // one slot a flow
+    fs.forEach((f, i) => { t.remove(f); expect(t.lookup(k(i)), `flow ${i}`).toBe(-1); });
+    expect(used()).toBe(0);
+    t.clear();
+    expect(t.count).toBe(0);
+  });
+
   it('removing a flow bumps its generation (so caches holding it can tell)', () => {
     const t = new FlowTable(8);
     const f = t.install(key(1), key(0xffffffff), 0, 0);
