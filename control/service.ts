@@ -1054,9 +1054,7 @@ export class Service {
 
   /** Runs directory changes of this host one at a time (attach, a migration's arrival). */
   private directorySerial<T>(f: () => Promise<T>): Promise<T> {
-    // (An etcd call's deadline passed is said as such: Directory.explain.)
-    const g = () => f().catch((e: unknown) => { throw this.directory?.explain(e) ?? e; });
-    const p = this.directoryChain.then(g, g);
+    const p = this.directoryChain.then(f, f);
     this.directoryChain = p.catch(() => undefined);
     return p;
   }

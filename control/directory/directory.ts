@@ -11,12 +11,10 @@
  * claimed once by a compare-and-swap transaction and kept across restarts
  * and moves. A VM moving to this host (`arrive`) is one transaction.
  */
-import { Etcd3, EtcdLeaseInvalidError, GRPCCancelledError, GRPCDeadlineExceededError, GRPCUnavailableError, Range, type IOptions, type Lease, type Watcher } from 'etcd3';
+import { Etcd3, EtcdLeaseInvalidError, Range, type IOptions, type Lease, type Watcher } from 'etcd3';
 
 /** Keys a page of load() takes. */
 const LOAD_PAGE = 5000;
-/** How long an etcd call (not a stream) may take before it fails (Directory.callMs). */
-export const CALL_MS = 5000;
 /** etcd3's fault handling left out: a call runs once, as is (keepAliveByHand says why). */
 const AS_IS = { execute: (fn: (context: { signal: AbortSignal }) => unknown) => Promise.resolve().then(() => fn({ signal: new AbortController().signal })) } as unknown as NonNullable<NonNullable<IOptions['faultHandling']>['global']>;
 import { FpoError } from '../../datapath/errors.js';
@@ -61,30 +59,10 @@ export class Directory {
   lostAt: string | null = null;
   lastError: string | null = null;
 
-  constructor(endpoints: string[], readonly deployment: string, opts: { callMs?: number } = {}) {
+  constructor(endpoints: string[], readonly deployment: string, opts: { timeoutMs?: number } = {}) {
     this.prefix = prefixOf(deployment);
     this.endpoints = endpoints;
-    this.callMs = opts.callMs ?? CALL_MS;
-    // Every call but the streams (the watch, the lease's keep-alive) with a deadline: a member that
-    // takes connections and answers nothing held an attach for ever, and every attach after it.
-    const callMs = this.callMs;
-    // (etcd3 1.1 reads no dialTimeout: a call's deadline bounds its connecting too.)
-    this.client = new Etcd3({ hosts: endpoints, defaultCallOptions: (c) => (c.isStream ? {} : { deadline: Date.now() + callMs }) });
-  }
-
-  /** How long one etcd call may take (CALL_MS unless given). */
-  readonly callMs: number;
-
-  /**
-   * e, an etcd call's failure, said for a user: no answer (a deadline
-   * passed, or no member reachable) is "etcd (its endpoints) did not
-   * answer" with gRPC's words (FPO_ERR_IO); anything else as it is.
-   */
-  explain(e: unknown): unknown {
-    if (e instanceof GRPCDeadlineExceededError || e instanceof GRPCUnavailableError || e instanceof GRPCCancelledError) {
-      return new FpoError('FPO_ERR_IO', `etcd (${this.endpoints.join(', ')}) did not answer (a call waits ${this.callMs / 1000} s at most): ${e.message}`);
-    }
-    return e;
+    this.client = new Etcd3({ hosts: endpoints, dialTimeout: opts.timeoutMs ?? 3000 });
   }
 
   private readonly endpoints: string[];
