@@ -533,6 +533,8 @@ export class Service {
       case 'set-mapping': {
         const vpid = id('vpid', 1, this.dp.mapping.maxVpid);
         const ppid = id('ppid', 0, MAX_PPID);
+        const onto = this.topo.ports.find((p) => p.ppid === ppid)?.name;
+        if (onto !== undefined && this.attaching.has(onto)) throw new FpoError('FPO_ERR_USAGE', `ppid: ${onto} is being taken by the attach of ${this.attaching.get(onto)}; try again when it ends`);
         this.changeState((commit) => this.fpag.setMapping(vpid, ppid, commit));
         await this.workers?.sync();
         return { vpid, ppid };
@@ -542,6 +544,7 @@ export class Service {
         const away = args.away === true;
         const to = away ? null : str('to')!;
         const newVpid = args.newVpid === undefined ? undefined : id('newVpid', 1, this.dp.mapping.maxVpid);
+        if (to !== null && this.attaching.has(to)) throw new FpoError('FPO_ERR_USAGE', `to: ${to} is being taken by the attach of ${this.attaching.get(to)}; try again when it ends`);
         const r = this.changeState((commit) => this.fpag.migrate(name, to, newVpid, commit));
         // Answered once every worker switches by the new mapping.
         await this.workers?.sync();
@@ -841,6 +844,14 @@ export class Service {
   }
 
   private readonly migrating = new Set<string>();
+  /**
+   * Ports an attach is taking (port → interface), from its checks till it
+   * ends: a local migrate or set-mapping onto one is refused meanwhile. (One
+   * had taken the port while etcd answered: the attach, committed there,
+   * failed here and was undone, and the VM's old host, which had let it go
+   * on the first write, never took it back.)
+   */
+  private readonly attaching = new Map<string, string>();
 
   /**
    * A migration's end here (FINAL): the memory is whole (its SHA-256 sent
@@ -1026,6 +1037,7 @@ export class Service {
       let claim: { vpid: number; claimed: boolean } | null = null;
       let taken = false; // the etcd entry was written (or another host holds it): the claim is the VM's
       let done = false;
+      this.attaching.set(port, name);
       try {
         claim = await claims.claim(name, known?.vpid ?? local?.vpid ?? 0, (v) => uplinkVpids.has(v));
         const vpid = claim.vpid;
@@ -1046,6 +1058,7 @@ export class Service {
         this.log.info({ interface: name, port, vpid, from }, 'VM attached');
         return { interface: name, port, vpid, vpidClaimed: claim.claimed, from, moved: from !== null && from !== this.me, flowRewrites: r.flowRewrites };
       } finally {
+        this.attaching.delete(port);
         // Refused: a claim made for it goes too — unless the VM is in etcd (then the VPID is its, whoever holds it).
         if (!done && claim?.claimed && !taken) await claims.release(name).catch(() => undefined);
       }

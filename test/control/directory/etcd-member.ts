@@ -89,3 +89,48 @@ export async function holdingProxy(target: string): Promise<{ url: string; hold:
     },
   };
 }
+
+/**
+ * A TCP proxy to the member at `target` whose answers can come late: armed
+ * with strings, the first request carrying them all starts a window in
+ * which the answers on its connection (scope 'conn') or on every one
+ * ('all') are held delayMs, in order. (A member answering a transaction it
+ * has applied only after a while.)
+ */
+export async function lateProxy(target: string) {
+  const { hostname, port } = new URL(target);
+  let arm: string[] | null = null;
+  let delayMs = 0;
+  let windowMs = 0;
+  let scope: 'all' | 'conn' = 'all';
+  let until = 0;
+  let armedConn: Socket | null = null;
+  let armedAt = 0;
+  const socks = new Set<Socket>();
+  const server = createServer((c) => {
+    const u = connect(Number(port), hostname);
+    socks.add(c); socks.add(u);
+    let last = 0;
+    c.on('data', (d) => {
+      if (arm !== null && arm.every((s) => d.includes(s))) { arm = null; until = Date.now() + windowMs; armedConn = c; armedAt = Date.now(); }
+      u.write(d);
+    });
+    u.on('data', (d) => {
+      const late = Date.now() < until && (scope === 'all' || armedConn === c);
+      if (!late && last <= Date.now()) { c.write(d); return; }
+      const at = Math.max(last, Date.now() + (late ? delayMs : 0));
+      last = at;
+      setTimeout(() => { if (!c.destroyed) c.write(d); }, at - Date.now());
+    });
+    const end = () => { c.destroy(); u.destroy(); };
+    c.on('close', end); u.on('close', end);
+    c.on('error', () => undefined); u.on('error', () => undefined);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    armOn: (strings: string[], o: { delayMs: number; windowMs: number; scope: 'all' | 'conn' }) => { arm = strings; delayMs = o.delayMs; windowMs = o.windowMs; scope = o.scope; },
+    armedAt: () => armedAt,
+    close: () => { server.close(); for (const s of socks) s.destroy(); },
+  };
+}

@@ -298,6 +298,50 @@ describe('fpo run --etcd under hostile or racing directory changes', () => {
       await a.stop();
     }
   }, 60_000);
+
+  it('while an attach waits for etcd, the port it takes is refused to a local migrate and set-mapping: the attach ends, etcd and both hosts agree (a review had a migrate take the port meanwhile: the attach, committed in etcd, was undone, and the VM\'s old host never took it back)', async (ctx) => {
+    needTool(ctx, 'etcd', 'the directory tests run a real etcd member (Debian: etcd-server)');
+    const { restartableMember, lateProxy } = await import('./etcd-member.js');
+    const m = await restartableMember();
+    const proxy = await lateProxy(m.url);
+    const dir = tempDir('attach-port');
+    const b = await startService({ topology: topo(dir, 'hostB', 2, [vm(9, 'p1')]), out: join(dir, 'b'), extra: ['--etcd', m.url, '--deployment', 'ap'] });
+    const a = await startService({ topology: topo(dir, 'hostA', 1, [vm(1, 'p1')]), out: join(dir, 'a'), extra: ['--etcd', proxy.url, '--deployment', 'ap'] });
+    const raw = new Etcd3({ hosts: m.url });
+    try {
+      const vm9 = '02:00:00:00:09:01';
+      await until(() => /vm9-eth0 \(through tunnel \d+ to hostB\)/.test(trace(a, 1, vm9)), 20_000);
+      expect(trace(a, 1, vm9)).toMatch(/vm9-eth0 \(through tunnel \d+ to hostB\)/);
+      // The answer to hostA's transaction moving vm9 comes 2.5 s late (etcd has applied it).
+      proxy.armOn(['vm9-eth0', '"host":"hostA"'], { delayMs: 2500, windowMs: 1000, scope: 'conn' });
+      const pending = req(a.socket, 'attach', { interface: 'vm9-eth0', port: 'p2' });
+      await sleep(800);
+      const mig = await req(a.socket, 'migrate', { interface: 'vm1-eth0', to: 'p2' });
+      expect(mig.ok).toBe(false);
+      expect(mig.error.message).toMatch(/^to: p2 is being taken by the attach of vm9-eth0/);
+      const map = await req(a.socket, 'set-mapping', { vpid: vpidOf(a, 'vm1-eth0'), ppid: 12 });
+      expect(map.ok).toBe(false);
+      expect(map.error.message).toMatch(/^ppid: p2 is being taken by the attach of vm9-eth0/);
+      const r = await pending;
+      expect(r).toMatchObject({ ok: true, result: { interface: 'vm9-eth0', port: 'p2', from: 'hostB', moved: true } });
+      // etcd, A and B agree: vm9 is A's, on p2; B let it go behind A; vm1 stayed on p1.
+      expect(JSON.parse((await raw.get('/fpo/ap/interfaces/vm9-eth0').string())!)).toMatchObject({ host: 'hostA' });
+      const onA = (show(a).ports as { name: string; vpid: number }[]);
+      expect(onA.find((p) => p.name === 'p2')!.vpid).toBe(vpidOf(a, 'vm9-eth0'));
+      expect(onA.find((p) => p.name === 'p1')!.vpid).toBe(vpidOf(a, 'vm1-eth0'));
+      await until(() => (show(b).interfaces as { name: string; behind?: string }[]).find((i) => i.name === 'vm9-eth0')?.behind === 'hostA', 20_000);
+      expect((show(b).interfaces as { name: string }[]).find((i) => i.name === 'vm9-eth0')).toMatchObject({ port: null, behind: 'hostA' });
+      // Once it ended, the port is another's to take again (refused only as taken: vm9 is on it).
+      const after = await req(a.socket, 'migrate', { interface: 'vm1-eth0', to: 'p2' });
+      expect(after.ok).toBe(false);
+      expect(after.error.message).not.toMatch(/being taken by the attach/);
+    } finally {
+      raw.close();
+      proxy.close();
+      await Promise.all([a.stop(), b.stop()]);
+      m.kill();
+    }
+  }, 120_000);
 });
 
 describe('fpo ctl migrate-vm with the directory', () => {
