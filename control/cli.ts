@@ -351,6 +351,9 @@ async function cmdRun(argv: string[]): Promise<number> {
     process.once('SIGTERM', stop);
   });
   const final = await svc.stop();
+  // Stopped: nothing left may hold the process (etcd's client keeps a channel to a member that
+  // answers nothing open after its close; the run had never exited). A second for the output to go.
+  setTimeout(() => process.exit(), 1000).unref();
   svc.log.info('stopped');
   process.stdout.write(JSON.stringify(final) + '\n');
   if (svc.stopError) throw svc.stopError; // after the counters: they are the run's either way

@@ -381,11 +381,24 @@ export class Directory {
   async close(revoke = true): Promise<void> {
     this.closing = true;
     this.stopByHand?.();
-    await this.watcher?.cancel();
+    // Each waited for CLOSE_MS at most: a member that takes connections and answers nothing had held
+    // a stop for ever (the watch's cancel waits for its stream's end). A lease not revoked ends with its TTL.
+    if (this.watcher) await atMost(this.watcher.cancel(), CLOSE_MS);
     for (const lease of [this.lease, this.taking]) {
-      if (revoke) await lease?.revoke().catch(() => undefined);
+      if (revoke) { if (lease) await atMost(lease.revoke(), CLOSE_MS); }
       else lease?.release();
     }
     this.client.close();
   }
+}
+
+/** How long close() waits for etcd at each step (the watch's cancel, a lease's revoke). */
+export const CLOSE_MS = 2000;
+
+/** p settled (either way) or ms passed, whichever is first; whether p settled. */
+function atMost(p: Promise<unknown>, ms: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const t = setTimeout(() => resolve(false), ms);
+    p.then(() => { clearTimeout(t); resolve(true); }, () => { clearTimeout(t); resolve(true); });
+  });
 }

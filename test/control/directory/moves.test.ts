@@ -467,4 +467,30 @@ describe('the directory and a host that loses its lease', () => {
       proxy.close();
     }
   }, 90_000);
+
+  it('a stop (SIGTERM) with a member that answers nothing ends within seconds, its counters printed and its state saved (the watch\'s cancel and the lease\'s revoke waited for ever)', async (ctx) => {
+    needTool(ctx, 'etcd', 'the directory tests run a real etcd member (Debian: etcd-server)');
+    const { restartableMember, holdingProxy } = await import('./etcd-member.js');
+    const m = await restartableMember();
+    const proxy = await holdingProxy(m.url);
+    const dir = tempDir('silent-stop');
+    const a = await startService({ topology: topo(dir, 'hostA', 1, [vm(1, 'p1')]), out: join(dir, 'a'), extra: ['--etcd', proxy.url, '--deployment', 'ss'] });
+    try {
+      await until(() => show(a).directory?.connected === true, 20_000);
+      expect(show(a).directory?.connected).toBe(true);
+      proxy.hold();
+      const t0 = Date.now();
+      const r = await Promise.race([a.stop(), sleep(40_000).then(() => null)]);
+      expect(r, 'still running 40 s after SIGTERM').not.toBeNull();
+      expect(Date.now() - t0).toBeLessThan(15_000);
+      expect(r!.code).toBe(0);
+      expect(r!.stdout).toMatch(/packets/); // the final counters
+      const { existsSync } = await import('node:fs');
+      expect(existsSync(join(dir, 'a', 'fpo-state.json'))).toBe(true);
+    } finally {
+      a.proc.kill('SIGKILL');
+      proxy.close();
+      m.kill();
+    }
+  }, 120_000);
 });
