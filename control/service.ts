@@ -1067,7 +1067,9 @@ export class Service {
 
   /** Runs directory changes of this host one at a time (attach, a migration's arrival). */
   private directorySerial<T>(f: () => Promise<T>): Promise<T> {
-    const p = this.directoryChain.then(f, f);
+    // (etcd out of reach is said as such: Directory.explain.)
+    const g = () => f().catch((e: unknown) => { throw this.directory?.explain(e) ?? e; });
+    const p = this.directoryChain.then(g, g);
     this.directoryChain = p.catch(() => undefined);
     return p;
   }

@@ -11,7 +11,7 @@
  * claimed once by a compare-and-swap transaction and kept across restarts
  * and moves. A VM moving to this host (`arrive`) is one transaction.
  */
-import { Etcd3, EtcdLeaseInvalidError, Range, type IOptions, type Lease, type Watcher } from 'etcd3';
+import { Etcd3, EtcdLeaseInvalidError, GRPCUnavailableError, Range, type IOptions, type Lease, type Watcher } from 'etcd3';
 
 /** Keys a page of load() takes. */
 const LOAD_PAGE = 5000;
@@ -66,6 +66,20 @@ export class Directory {
   }
 
   private readonly endpoints: string[];
+
+  /**
+   * e, an etcd call's failure, said for a user: no member reachable (gRPC's
+   * UNAVAILABLE, or etcd3's circuit breaker open after such failures: it had
+   * reached the user as FPO_ERR_INTERNAL "Execution prevented because the
+   * circuit breaker is open") is FPO_ERR_IO "etcd (endpoints) unreachable";
+   * anything else as it is.
+   */
+  explain(e: unknown): unknown {
+    if (e instanceof GRPCUnavailableError || (e as { isBrokenCircuitError?: unknown } | null)?.isBrokenCircuitError === true) {
+      return new FpoError('FPO_ERR_IO', `etcd (${this.endpoints.join(', ')}) unreachable: ${(e as Error).message}`);
+    }
+    return e;
+  }
 
   /**
    * Registers this host (and, later, its interfaces) under a lease of

@@ -493,4 +493,33 @@ describe('the directory and a host that loses its lease', () => {
       m.kill();
     }
   }, 120_000);
+
+  it('etcd gone: an attach is refused as FPO_ERR_IO "etcd (…) unreachable", also once etcd3\'s circuit breaker opens (it had said FPO_ERR_INTERNAL); nothing changes on the host', async (ctx) => {
+    needTool(ctx, 'etcd', 'the directory tests run a real etcd member (Debian: etcd-server)');
+    const { restartableMember } = await import('./etcd-member.js');
+    const m = await restartableMember();
+    const dir = tempDir('gone-attach');
+    const a = await startService({ topology: topo(dir, 'hostA', 1, [vm(1, 'p1')]), out: join(dir, 'a'), extra: ['--etcd', m.url, '--deployment', 'ga'] });
+    try {
+      await until(() => show(a).directory?.connected === true, 20_000);
+      const before = show(a);
+      m.kill();
+      await sleep(500);
+      const args = { interface: 'vm9-eth0', port: 'p2', mac: '02:00:00:00:09:01', segment: 'blue' };
+      const msgs: string[] = [];
+      for (let k = 0; k < 4; k++) {
+        const r = await req(a.socket, 'attach', args);
+        expect(r.ok).toBe(false);
+        expect(r.error.code).toBe('FPO_ERR_IO');
+        expect(r.error.message).toMatch(new RegExp(`^etcd \\(${m.url}\\) unreachable: `));
+        msgs.push(r.error.message);
+      }
+      expect(msgs.some((x) => /circuit breaker/.test(x))).toBe(true); // (the breaker's refusal met too)
+      const after = show(a);
+      expect(after.interfaces).toEqual(before.interfaces);
+      expect(after.ports).toEqual(before.ports);
+    } finally {
+      await a.stop();
+    }
+  }, 120_000);
 });
