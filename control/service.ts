@@ -533,8 +533,7 @@ export class Service {
       case 'set-mapping': {
         const vpid = id('vpid', 1, this.dp.mapping.maxVpid);
         const ppid = id('ppid', 0, MAX_PPID);
-        const onto = this.topo.ports.find((p) => p.ppid === ppid)?.name;
-        if (onto !== undefined && this.attaching.has(onto)) throw new FpoError('FPO_ERR_USAGE', `ppid: ${onto} is being taken by the attach of ${this.attaching.get(onto)}; try again when it ends`);
+        this.notAttaching('ppid', this.topo.ports.find((p) => p.ppid === ppid)?.name);
         this.changeState((commit) => this.fpag.setMapping(vpid, ppid, commit));
         await this.workers?.sync();
         return { vpid, ppid };
@@ -544,7 +543,7 @@ export class Service {
         const away = args.away === true;
         const to = away ? null : str('to')!;
         const newVpid = args.newVpid === undefined ? undefined : id('newVpid', 1, this.dp.mapping.maxVpid);
-        if (to !== null && this.attaching.has(to)) throw new FpoError('FPO_ERR_USAGE', `to: ${to} is being taken by the attach of ${this.attaching.get(to)}; try again when it ends`);
+        if (to !== null) this.notAttaching('to', to);
         const r = this.changeState((commit) => this.fpag.migrate(name, to, newVpid, commit));
         // Answered once every worker switches by the new mapping.
         await this.workers?.sync();
@@ -852,6 +851,12 @@ export class Service {
    * on the first write, never took it back.)
    */
   private readonly attaching = new Map<string, string>();
+
+  /** Throws FPO_ERR_USAGE (naming `field`) when an attach is taking `port`. */
+  private notAttaching(field: string, port: string | undefined): void {
+    const by = port === undefined ? undefined : this.attaching.get(port);
+    if (by !== undefined) throw new FpoError('FPO_ERR_USAGE', `${field}: ${port} is being taken by the attach of ${by}; try again when it ends`);
+  }
 
   /**
    * A migration's end here (FINAL): the memory is whole (its SHA-256 sent

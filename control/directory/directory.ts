@@ -399,8 +399,9 @@ export class Directory {
     // a stop for ever (the watch's cancel waits for its stream's end). A lease not revoked ends with its TTL.
     if (this.watcher) await atMost(this.watcher.cancel(), CLOSE_MS);
     for (const lease of [this.lease, this.taking]) {
-      if (revoke) { if (lease) await atMost(lease.revoke(), CLOSE_MS); }
-      else lease?.release();
+      if (lease === null || lease === undefined) continue;
+      if (revoke) await atMost(lease.revoke(), CLOSE_MS);
+      else lease.release();
     }
     this.client.close();
   }
