@@ -13,8 +13,10 @@
  *           evicted to make room, and their memory is taken again — a switch
  *           that has run for a while.
  *
- * A line gives set-ups a second (upcalls over the replay's whole time; inline,
- * beside it, over the time in the upcall path alone: inPathSetupsPerSec), the
+ * A line is the median of three replays (`runs`: each one's set-ups a
+ * second, in order), after one inline warm-up replay. It gives set-ups a
+ * second (upcalls over the replay's whole time; inline, beside it, over the
+ * time in the upcall path alone: inPathSetupsPerSec), the
  * upcall batches (the misses of a datapath batch go together) and the round
  * trips with their mean: inline, one call of the sink a batch, timed from
  * the hand-over to its return with the flows installed (the sink is wrapped
@@ -34,6 +36,9 @@ import { replay } from '../../control/replay.js';
 import type { UpcallBatch } from '../../datapath/upcall.js';
 import { benchTopology, generate } from '../gen-capture.js';
 import { SHORT, emit } from '../harness.js';
+
+/** Replays a placement and regime (the median is the line). */
+const RUNS = SHORT ? 1 : 3;
 
 const dir = mkdtempSync(join(existsSync('/dev/shm') ? '/dev/shm' : '/tmp', 'fpo-bench-'));
 try {
@@ -80,11 +85,19 @@ try {
         ...(report.fpag.queue ? { queue: report.fpag.queue } : {}),
       };
     };
+    // Each placement replayed RUNS times; the line is the median replay, `runs` every replay's set-ups a
+    // second in order (the same line varies by ±20 % from replay to replay here, and V8 settles over the
+    // first replays of a process: a fresh process's first replay is apart, in the README).
+    const median = (placement: 'inline' | 'thread' | 'async') => {
+      const all = Array.from({ length: RUNS }, () => run(placement));
+      const mid = [...all].sort((a, b) => a.setupsPerSec - b.setupsPerSec)[RUNS >> 1];
+      return { ...mid, runs: all.map((r) => r.setupsPerSec) };
+    };
     run('inline'); // warm-up
-    const inline = run('inline');
+    const inline = median('inline');
     emit({ bench: 'control/upcall', regime, placement: 'inline', ...inline, baseline: 'inline' });
     for (const placement of ['thread', 'async'] as const) {
-      const t = run(placement);
+      const t = median(placement);
       emit({ bench: 'control/upcall', regime, placement, ...t, baseline: 'inline FPAG, same regime and run', baselineSetupsPerSec: inline.setupsPerSec, ratio: Number((t.setupsPerSec / inline.setupsPerSec).toFixed(3)) });
     }
   }

@@ -192,6 +192,8 @@ describe('benchmarks (short mode)', () => {
       else expect((l.queue as { parked: number }).parked).toBeGreaterThanOrEqual(l.upcalls as number);
       expect(l.roundTripUs).toBeGreaterThan(0);
       if (l.regime === 'steady') expect(l.evicted).toBeGreaterThan((l.flows as number) - (l.maxFlows as number) - 1);
+      // The line is its median replay (short: one replay).
+      expect(l.runs).toEqual([l.setupsPerSec]);
     }
     for (const [inline, ...threads] of [lines.slice(0, 3), lines.slice(3)]) {
       for (const thread of threads) {
