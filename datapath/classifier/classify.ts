@@ -27,11 +27,14 @@ export class Classify {
   megaflowHits = 0;
   misses = 0;
   private readonly missIdx: Uint16Array;
+  /** The misses' signature-match cache candidates (FlowTable.smcCandidates). */
+  private readonly cand: Int32Array;
 
   constructor(flows: FlowTable, emc: Emc, batchCapacity: number) {
     this.flows = flows;
     this.emc = emc;
     this.missIdx = new Uint16Array(batchCapacity);
+    this.cand = new Int32Array(batchCapacity);
   }
 
   process(batch: PacketBatch, now: number): number {
@@ -71,10 +74,15 @@ export class Classify {
     }
 
     let misses = 0;
+    // The signature-match cache's buckets first, all of the batch's misses in one pass (their loads overlap).
+    const smc = m > 1 && flows.smcUsed();
+    const cand = this.cand;
+    if (smc) flows.smcCandidates(hash, missIdx, m, cand);
     for (let j = 0; j < m; j++) {
       const i = missIdx[j];
       const ko = i * KEY_WORDS;
-      const f = flows.lookupHashed(key, ko, hash[i]);
+      const c = smc ? cand[j] : -1;
+      const f = c >= 0 && flows.smcHit(key, ko, c) ? c : flows.lookupHashed(key, ko, hash[i]);
       if (f >= 0) {
         flow[i] = f;
         emc.insertMaybe(key, ko, hash[i], f); // also while the cache is bypassed: it stays warm

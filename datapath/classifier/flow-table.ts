@@ -617,6 +617,36 @@ export class FlowTable {
     return f;
   }
 
+  /** Whether lookupHashed would try the signature-match cache first (smcCandidates is worth a pass). */
+  smcUsed(): boolean {
+    return this.smcOn && this.subCount >= 2;
+  }
+
+  /**
+   * The signature-match cache's candidate for each of m keys (idx[j]: the
+   * key's place in a batch, hash[idx[j]] its key hash): the flow of the
+   * first way holding the hash, or -1 — the buckets read in one pass before
+   * any flow is, each load independent of the others, so their cache misses
+   * overlap (one a lookup had stalled it: the lookup's one DRAM miss at a
+   * million flows). A candidate is only that: smcHit checks it.
+   */
+  smcCandidates(hash: Uint32Array, idx: Uint16Array, m: number, out: Int32Array): void {
+    const smc = this.smc;
+    const bm = this.smcBucketMask;
+    for (let j = 0; j < m; j++) {
+      const h = hash[idx[j]] | 0;
+      const b = (h & bm) << 3;
+      out[j] = smc[b] === h ? smc[b + 1] - 1 : smc[b + 2] === h ? smc[b + 3] - 1 : smc[b + 4] === h ? smc[b + 5] - 1 : smc[b + 6] === h ? smc[b + 7] - 1 : -1;
+    }
+  }
+
+  /** Whether key[ko..] is flow f's (a candidate of smcCandidates, -1 for none): a signature-match cache hit, counted. */
+  smcHit(key: Uint32Array, ko: number, f: number): boolean {
+    if (f < 0 || !this.matches(key, ko, f)) return false;
+    this.smcHits++;
+    return true;
+  }
+
   /**
    * matches(), for a flow the FPAG's answer names (the datapath checks it
    * before taking it for the packet): with few subtables, the subtable's
