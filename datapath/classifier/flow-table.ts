@@ -115,28 +115,6 @@ function bloomBits(h: number): number {
 /** fmix's steps as generated code writes them (specialize's hashOf, buildLookupAll). */
 const FINISH = 'h ^= h >>> 16; h = Math.imul(h, 0x85ebca6b); h ^= h >>> 13; h = Math.imul(h, 0xc2b2ae35); h ^= h >>> 16;';
 
-/**
- * The generated functions (specialize's hash, compare and copy), one a
- * source text: tables of the same masks share them. A function made again
- * for each new table is a new call target, and every optimized caller that
- * inlined the last one is deoptimized ("wrong call target") and compiled
- * again (a process of several tables: the bench's replays, the tests;
- * measured 2026-12-05, see bench/control/upcall.ts). They close over
- * nothing: a mask's words and values are in the text.
- */
-const generatedBySource = new Map<string, Function>();
-const GENERATED_MAX = 4096;
-function generated(body: string, ...params: string[]): Function {
-  const text = params.join(',') + '\n' + body;
-  let fn = generatedBySource.get(text);
-  if (fn === undefined) {
-    if (generatedBySource.size >= GENERATED_MAX) generatedBySource.clear(); // (masks that keep changing: bounded)
-    fn = new Function(...params, body);
-    generatedBySource.set(text, fn);
-  }
-  return fn;
-}
-
 function nextPow2(n: number): number {
   let p = 1;
   while (p < n) p *= 2;
@@ -409,9 +387,9 @@ export class FlowTable {
     }
     hash += `h ^= ${nw ^ (s << 8)}; ${FINISH} return h | 0;`;
     try {
-      this.hashOf[s] = generated(hash, 'key', 'ko') as (key: Uint32Array, ko: number) => number;
-      this.eqOf[s] = generated(eq + ';', 'key', 'ko', 'fk', 'fo') as (key: Uint32Array, ko: number, fk: Uint32Array, fo: number) => boolean;
-      this.copyOf[s] = generated(copy, 'fk', 'fo', 'key', 'ko') as (fk: Uint32Array, fo: number, key: Uint32Array, ko: number) => void;
+      this.hashOf[s] = new Function('key', 'ko', hash) as (key: Uint32Array, ko: number) => number;
+      this.eqOf[s] = new Function('key', 'ko', 'fk', 'fo', eq + ';') as (key: Uint32Array, ko: number, fk: Uint32Array, fo: number) => boolean;
+      this.copyOf[s] = new Function('fk', 'fo', 'key', 'ko', copy) as (fk: Uint32Array, fo: number, key: Uint32Array, ko: number) => void;
     } catch {
       // Code from strings not allowed (node --disallow-code-generation-from-strings): the loops, always.
       this.codegen = false;
