@@ -4,7 +4,8 @@
  *
  *   1+2. hash every live packet's key (batch.hash) and look it up in the
  *      exact-match cache (emc.ts) — one loop: measured faster than two here;
- *   3. megaflow table (flow-table.ts: its signature-match cache, then the
+ *   3. megaflow table (flow-table.ts lookupBatch: its signature-match
+ *      cache, whose buckets are read for all the misses at once, then the
  *      subtables) for the cache's misses, caching hits.
  *
  * Packets that match nothing keep flow[i] = -1 and the count of them is
@@ -27,14 +28,14 @@ export class Classify {
   megaflowHits = 0;
   misses = 0;
   private readonly missIdx: Uint16Array;
-  /** The misses' signature-match cache candidates (FlowTable.smcCandidates). */
-  private readonly cand: Int32Array;
+  /** The misses' flows (FlowTable.lookupBatch). */
+  private readonly found: Int32Array;
 
   constructor(flows: FlowTable, emc: Emc, batchCapacity: number) {
     this.flows = flows;
     this.emc = emc;
     this.missIdx = new Uint16Array(batchCapacity);
-    this.cand = new Int32Array(batchCapacity);
+    this.found = new Int32Array(batchCapacity);
   }
 
   process(batch: PacketBatch, now: number): number {
@@ -74,15 +75,13 @@ export class Classify {
     }
 
     let misses = 0;
-    // The signature-match cache's buckets first, all of the batch's misses in one pass (their loads overlap).
-    const smc = m > 1 && flows.smcUsed();
-    const cand = this.cand;
-    if (smc) flows.smcCandidates(hash, missIdx, m, cand);
+    // The misses looked up together (the signature-match cache's buckets in one pass: their loads overlap).
+    const found = this.found;
+    if (m > 0) flows.lookupBatch(key, hash, missIdx, m, found);
     for (let j = 0; j < m; j++) {
       const i = missIdx[j];
       const ko = i * KEY_WORDS;
-      const c = smc ? cand[j] : -1;
-      const f = c >= 0 && flows.smcHit(key, ko, c) ? c : flows.lookupHashed(key, ko, hash[i]);
+      const f = found[j];
       if (f >= 0) {
         flow[i] = f;
         emc.insertMaybe(key, ko, hash[i], f); // also while the cache is bypassed: it stays warm

@@ -223,6 +223,8 @@ export class FlowTable {
   private bloomStale = 0;
   /** Whether installs and removals keep the filter: from the second subtable on (one subtable's probe answers alone; made then from the live flows). */
   private bloomKept = false;
+  /** lookupBatch's candidates that were not the key's flow (a removed flow's, another key's at a reused index or way). */
+  smcStale = 0;
   /** Whether lookups consult the Bloom filter (off: for comparison; forwarding is the same). Installs and removals keep it either way. */
   bloomOn = true;
   /** Subtable probes the Bloom filter spared (a lookup that skips 3 subtables counts 3). */
@@ -595,20 +597,21 @@ export class FlowTable {
     return f;
   }
 
-  /** Whether lookupHashed would try the signature-match cache first (smcCandidates is worth a pass). */
-  smcUsed(): boolean {
-    return this.smcOn && this.subCount >= 2;
-  }
-
   /**
-   * The signature-match cache's candidate for each of m keys (idx[j]: the
-   * key's place in a batch, hash[idx[j]] its key hash): the flow of the
-   * first way holding the hash, or -1 — the buckets read in one pass before
-   * any flow is, each load independent of the others, so their cache misses
-   * overlap (one a lookup had stalled it: the lookup's one DRAM miss at a
-   * million flows). A candidate is only that: smcHit checks it.
+   * lookupHashed for m keys of a batch (idx[j]: the key's place, at
+   * key[idx[j] * KEY_WORDS..], hash[idx[j]] its key hash), their flows (or
+   * -1) into out[0..m). With the signature-match cache in use, its buckets
+   * are read in one pass first, each load independent of the others, so
+   * their cache misses overlap (one a lookup had stalled it: a lookup's
+   * one DRAM miss at a million flows); the first way holding a key's hash
+   * is its candidate, checked against the key (matches) before it is
+   * taken, else the key is looked up as lookupHashed does.
    */
-  smcCandidates(hash: Uint32Array, idx: Uint16Array, m: number, out: Int32Array): void {
+  lookupBatch(key: Uint32Array, hash: Uint32Array, idx: Uint16Array, m: number, out: Int32Array): void {
+    if (!this.smcOn || this.subCount < 2 || m < 2) {
+      for (let j = 0; j < m; j++) out[j] = this.lookupHashed(key, idx[j] * KEY_WORDS, hash[idx[j]]);
+      return;
+    }
     const smc = this.smc;
     const bm = this.smcBucketMask;
     for (let j = 0; j < m; j++) {
@@ -616,13 +619,18 @@ export class FlowTable {
       const b = (h & bm) << 3;
       out[j] = smc[b] === h ? smc[b + 1] - 1 : smc[b + 2] === h ? smc[b + 3] - 1 : smc[b + 4] === h ? smc[b + 5] - 1 : smc[b + 6] === h ? smc[b + 7] - 1 : -1;
     }
-  }
-
-  /** Whether key[ko..] is flow f's (a candidate of smcCandidates, -1 for none): a signature-match cache hit, counted. */
-  smcHit(key: Uint32Array, ko: number, f: number): boolean {
-    if (f < 0 || !this.matches(key, ko, f)) return false;
-    this.smcHits++;
-    return true;
+    let hits = 0;
+    for (let j = 0; j < m; j++) {
+      const i = idx[j];
+      const ko = i * KEY_WORDS;
+      const c = out[j];
+      if (c >= 0 && this.matches(key, ko, c)) hits++;
+      else {
+        if (c >= 0) this.smcStale++;
+        out[j] = this.lookupHashed(key, ko, hash[i]);
+      }
+    }
+    this.smcHits += hits;
   }
 
   /**
