@@ -83,6 +83,8 @@ const CT_STAMP = 0x80000000;
  * its end).
  */
 const GATHER_GAP = 32;
+/** Batches a lookahead that found under half its packets' flows is not made for (then one is: is it worth it again?). */
+const LOOKAHEAD_BACKOFF = 64;
 
 /** The key lookupIpv4 describes, written at key[k..] (its other words 0) for the megaflow table and the FPAG. */
 function putIpv4Key(key: Uint32Array, k: number, w0: number, w2: number, w3: number, w4: number, w5: number, w6: number, w10: number, tp: number): void {
@@ -183,6 +185,25 @@ export class FastLane {
   /** Bumped every batch and every gather: a pre entry holds for the gather that wrote it, in its batch. */
   private gatherSeq = 1;
   private preGens = -1;
+  /**
+   * The lookahead (see lookahead): packet i's flow found before `one` reached
+   * it, or -1; valid in this batch while flows.genChanges is laGens.
+   */
+  private la = new Int32Array(0);
+  private laOn = false;
+  private laGens = -1;
+  private laSkip = 0;
+  private laIdx = new Uint16Array(0);
+  private laGot = new Int32Array(0);
+  /** Batches looked ahead, and the packets whose flow the lookahead found. */
+  lookaheads = 0;
+  lookaheadHits = 0;
+  /**
+   * Tables of at least this many flows are looked ahead in (with the cache
+   * not in use): below, their slots and keys are in this core's caches and
+   * a lookahead is only a second parse of each packet. (A knob for tests.)
+   */
+  lookaheadMinFlows = 1 << 17;
   private emcHits = 0;
   private megaflowHits = 0;
   private missed = 0;
@@ -228,6 +249,11 @@ export class FastLane {
     this.restamp();
     this.gatherSeq++;
     if (this.pre.length < batch.count) this.growGather(batch.count);
+    this.laOn = false;
+    if (!this.useEmc && this.flows.count >= this.lookaheadMinFlows) {
+      if (this.laSkip > 0) this.laSkip--;
+      else this.lookahead(batch);
+    }
     this.gCount = this.gAnswered = 0; // (the last batch's gathers: done with, the datapath answered their rest)
     this.emcHits = 0;
     this.megaflowHits = 0;
@@ -389,6 +415,10 @@ export class FastLane {
       }
     }
     if (via === 0 && this.useEmc) f = this.emc.lookupIpv4(h, w0, w2, w3, w4, w5, w6, w10, tp);
+    if (f < 0 && this.laOn && this.la[i] >= 0 && this.laGens === this.flows.genChanges) {
+      f = this.la[i]; // (the lookahead wrote the key into the batch, as the lookup below does)
+      via = 1;
+    }
     if (f < 0) {
       // The megaflow table takes the key from the batch: write it there.
       const key = batch.key;
@@ -726,6 +756,7 @@ export class FastLane {
       const w10 = d.getUint32(base + 30);
       const h = ipv4KeyHash(w0, w2, w3, w6, w10, tp);
       if (this.useEmc && emc.lookupIpv4(h, w0, w2, w3, w4, w5, w6, w10, tp) >= 0) continue;
+      if (this.laOn && this.la[j] >= 0 && this.laGens === flows.genChanges) continue; // (found by the lookahead)
       const k = j * KEY_WORDS;
       putIpv4Key(key, k, w0, w2, w3, w4, w5, w6, w10, tp);
       if (flows.lookupHashed(key, k, h) >= 0) continue;
@@ -798,7 +829,73 @@ export class FastLane {
     this.gGot = new Int32Array(n);
     this.pre = new Int32Array(n);
     this.preSeq = new Uint32Array(n);
+    this.la = new Int32Array(n);
+    this.laIdx = new Uint16Array(n);
+    this.laGot = new Int32Array(n);
   }
+
+  /**
+   * With the cache not in use and a table of many flows (lookaheadMinFlows),
+   * the batch's packets (up to any the lane would stop at, past those too)
+   * are parsed and their flows looked up together before `one` takes the
+   * first: FlowTable.lookupBatch reads the signature-match cache's buckets,
+   * or the slots and the flows found there, for all of them in passes of
+   * their own, so the cache misses of a big table (its slot, its flow's key,
+   * its counters: DRAM at a million flows) overlap, where one packet's, in
+   * `one` between its parse, actions and copy, had stalled the next (~230
+   * ns a packet). `one` takes the flow found (while no flow changed since:
+   * genChanges) and looks up again the packets not found (an upcall earlier
+   * in the batch may have installed their flow). The key is written into the
+   * batch, as `one` writes it before a lookup. A batch where under half the
+   * packets were found (new flows) makes the next LOOKAHEAD_BACKOFF go
+   * without.
+   */
+  private lookahead(batch: PacketBatch): void {
+    if (batch.unfilled) batch.completeRecords(0); // (`one` takes every packet: the cache is not in use)
+    const n = batch.count;
+    const b = batch.buf;
+    const d = batch.dv;
+    const key = batch.key;
+    const hash = batch.hash;
+    const drop = batch.drop;
+    const la = this.la;
+    const idx = this.laIdx;
+    let m = 0;
+    for (let i = 0; i < n; i++) {
+      la[i] = -1;
+      if (drop[i] !== 0) continue;
+      const base = batch.off[i];
+      const l4 = commonIpv4(b, d, base, batch.caplen[i], batch.wirelen[i]);
+      if (l4 === 0) continue;
+      const proto = b[base + 23];
+      const tp = transportWord(b, d, base, proto, l4);
+      const w0 = this.inPortKey[batch.inPpid[i]];
+      const w2 = d.getUint32(base);
+      const w3 = d.getUint32(base + 4);
+      const w4 = d.getUint32(base + 8);
+      const w5 = ((ETH_P_IPV4 << 16) | (proto << 8)) >>> 0;
+      const w6 = d.getUint32(base + 26);
+      const w10 = d.getUint32(base + 30);
+      putIpv4Key(key, i * KEY_WORDS, w0, w2, w3, w4, w5, w6, w10, tp);
+      hash[i] = ipv4KeyHash(w0, w2, w3, w6, w10, tp);
+      idx[m++] = i;
+    }
+    // The table's lines for all of them at once (FlowTable.lookupBatch), then their flows into la.
+    const got = this.laGot;
+    this.flows.lookupBatch(key, hash, idx, m, got);
+    let found = 0;
+    for (let j = 0; j < m; j++) {
+      const f = got[j];
+      la[idx[j]] = f;
+      if (f >= 0) found++;
+    }
+    this.laGens = this.flows.genChanges;
+    this.laOn = true;
+    this.lookaheads++;
+    this.lookaheadHits += found;
+    if (2 * found < m) this.laSkip = LOOKAHEAD_BACKOFF;
+  }
+
 
   // Slow path, after an upcall: the FPAG may have interned new action sets
   // (new ids: the memo grows for them) or moved a VM (the epoch changes:

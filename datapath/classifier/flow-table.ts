@@ -104,6 +104,12 @@ const REORDER_LOOKUPS = 1 << 20;
  * 19-word masks, 28 and 30 subtables alike), and the loops are used.
  */
 const MAX_LOOKUP_SOURCE = 40_000;
+/**
+ * Slots in use (less one) from which lookupBatch reads a batch's home slots
+ * and flows ahead of its lookups: 2^18 slots of 8 bytes, twice this core's
+ * 1 MiB L2 — below, they are near anyway and the passes are only work.
+ */
+const TOUCH_SLOTS = (1 << 18) - 1;
 /** The Bloom filter's bits a flow index (FlowTable.bloom). */
 const BLOOM_BITS_PER_INDEX = 8;
 
@@ -609,7 +615,8 @@ export class FlowTable {
    */
   lookupBatch(key: Uint32Array, hash: Uint32Array, idx: Uint16Array, m: number, out: Int32Array): void {
     if (!this.smcOn || this.subCount < 2 || m < 2) {
-      for (let j = 0; j < m; j++) out[j] = this.lookupHashed(key, idx[j] * KEY_WORDS, hash[idx[j]]);
+      if (m >= 2 && this.subCount > 0 && this.slotMask >= this.touchSlots) this.lookupBatchTouched(key, idx, m, out);
+      else for (let j = 0; j < m; j++) out[j] = this.lookupHashed(key, idx[j] * KEY_WORDS, hash[idx[j]]);
       return;
     }
     const smc = this.smc;
@@ -643,6 +650,56 @@ export class FlowTable {
     if (s < 0) return false;
     return this.specialized ? this.eqOf[s](key, ko, this.key, f * KEY_WORDS) : this.matches(key, ko, f);
   }
+
+  /**
+   * lookupBatch without the signature-match cache, in a table whose slots
+   * are past this core's caches (TOUCH_SLOTS): the keys' hashes under the
+   * first subtable's mask (the most hits), then in tight loops of their
+   * own each key's home slot read, then the key and counters of the flow
+   * found there — loads independent of each other, so their misses overlap
+   * (in a lookup they come one after another, each waiting on the last:
+   * the slot's, then the flow's) — then each key looked up as it would be,
+   * its lines now near.
+   */
+  private lookupBatchTouched(key: Uint32Array, idx: Uint16Array, m: number, out: Int32Array): void {
+    this.touchedBatches++;
+    const s0 = this.order[0];
+    const home = this.home.length >= m ? this.home : (this.home = new Int32Array(Math.max(m, 256)));
+    for (let j = 0; j < m; j++) home[j] = this.maskedHash(key, idx[j] * KEY_WORDS, s0);
+    const slots = this.slots;
+    const sm = this.slotMask;
+    let acc = 0;
+    for (let j = 0; j < m; j++) acc ^= slots[2 * ((home[j] >>> 8) & sm)];
+    const fk = this.key;
+    const st = this.stats;
+    const mo = s0 * KEY_WORDS;
+    const w0 = this.words[mo];
+    const w1 = this.words[mo + this.nwords[s0] - 1];
+    for (let j = 0; j < m; j++) {
+      const f = ~slots[2 * ((home[j] >>> 8) & sm)];
+      if (f >= 0) acc ^= fk[f * KEY_WORDS + w0] ^ fk[f * KEY_WORDS + w1] ^ st[f * STAT_WORDS];
+    }
+    this.touched = acc;
+    if (this.subCount > 1) {
+      for (let j = 0; j < m; j++) out[j] = this.lookup(key, idx[j] * KEY_WORDS);
+      return;
+    }
+    // One subtable: its probe with the hash made above (lookupSpecialized's, without the hash again).
+    for (let j = 0; j < m; j++) {
+      const f = this.find(key, idx[j] * KEY_WORDS, s0, home[j]);
+      if (f >= 0) this.subHits[s0]++;
+      out[j] = f;
+    }
+  }
+
+  /** Slots in use (less one) from which lookupBatch reads ahead (TOUCH_SLOTS; a knob for tests). */
+  touchSlots = TOUCH_SLOTS;
+  /** Batches looked up by lookupBatchTouched. */
+  touchedBatches = 0;
+  /** lookupBatchTouched's hashes (grown to a batch's size once). */
+  private home = new Int32Array(0);
+  /** What lookupBatchTouched's reads summed to (kept: reads whose value is not used could be dropped). */
+  touched = 0;
 
   /** Whether key[ko..] matches flow f (its key under its subtable's mask); false for a removed flow. */
   matches(key: Uint32Array, ko: number, f: number): boolean {

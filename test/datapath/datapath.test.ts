@@ -298,7 +298,7 @@ describe('the caches in front of the megaflow table', () => {
     }
   };
   let vpidOf: number[] = [];
-  it('changes between batches (flows removed, flushed, expired, evicted or given new actions; VMs moved; subtables sorted) in random order: with every cache, the Bloom filter, the generated lookup and the fast lane on, the same bytes, drops and per-flow counters as with none', () => {
+  it('changes between batches (flows removed, flushed, expired, evicted or given new actions; VMs moved; subtables sorted) in random order: with every cache, the Bloom filter, the generated lookup and the fast lane (with its lookahead, the flow table reading ahead) on, the same bytes, drops and per-flow counters as with none', () => {
     const dir = tempDir('changes');
     const rulesTopo = join(dir, 't-rules.json');
     const plainTopo = join(dir, 't.json');
@@ -314,7 +314,7 @@ describe('the caches in front of the megaflow table', () => {
       if (c === undefined) { c = join(dir, `c${flows}.pcap`); generate(c, { frames: 3_000, size: 64, flows, vms: 4 }); caps.set(flows, c); }
       return c;
     };
-    const seen = { remove: 0, actions: 0, flush: 0, expire: 0, move: 0, sort: 0, evicted: 0, smcHits: 0, emcHits: 0, lane: 0, gens: 0, bloomSkips: 0, bloomRebuilds: 0, subtables: 0 };
+    const seen = { remove: 0, actions: 0, flush: 0, expire: 0, move: 0, sort: 0, evicted: 0, smcHits: 0, emcHits: 0, lane: 0, gens: 0, bloomSkips: 0, bloomRebuilds: 0, subtables: 0, lookaheads: 0, touched: 0 };
     let runs = 0;
     fc.assert(fc.property(
       fc.constantFrom(40, 300, 1_000), fc.constantFrom(16, 64, 256), fc.constantFrom(16, 64, 1 << 14), fc.boolean(), fc.array(change, { maxLength: 8 }),
@@ -333,6 +333,11 @@ describe('the caches in front of the megaflow table', () => {
               if (soFar === 0) {
                 vpidOf = [0, 1, 2, 3].map((m) => dp.mapping.toVpid[10 + m]); // (the VMs' ports, vf0..vf3)
                 if (on) dp.flows.regenEvery = 32; // the generated lookup made after a few batches
+                if (on && runs % 2 === 0) {
+                  // The lane's lookahead and the table's reads ahead, at any size (not only past the caches).
+                  dp.fastLane.lookaheadMinFlows = 0;
+                  dp.flows.touchSlots = 0;
+                }
               }
               while (next < todo.length && todo[next].at <= soFar) {
                 const c = todo[next++];
@@ -366,6 +371,8 @@ describe('the caches in front of the megaflow table', () => {
         seen.emcHits += a.flows.emcHits;
         seen.lane += a.flows.fastLane;
         seen.gens += on.r.datapath.flows.lookupGens;
+        seen.lookaheads += on.r.datapath.fastLane.lookaheadHits;
+        seen.touched += on.r.datapath.flows.touchedBatches;
         seen.bloomSkips += on.r.datapath.flows.bloomSkips;
         seen.bloomRebuilds += on.r.datapath.flows.bloomRebuilds;
         seen.subtables = Math.max(seen.subtables, on.r.datapath.flows.subCount);
@@ -373,7 +380,7 @@ describe('the caches in front of the megaflow table', () => {
     ), { numRuns: 60, seed: 23 });
     expect(runs).toBe(60);
     // Each change and each cache was met, not bypassed.
-    for (const k of ['remove', 'actions', 'flush', 'expire', 'move', 'sort', 'evicted', 'smcHits', 'emcHits', 'lane', 'gens', 'bloomSkips', 'bloomRebuilds'] as const) expect(seen[k], k).toBeGreaterThan(0);
+    for (const k of ['remove', 'actions', 'flush', 'expire', 'move', 'sort', 'evicted', 'smcHits', 'emcHits', 'lane', 'gens', 'bloomSkips', 'bloomRebuilds', 'lookaheads', 'touched'] as const) expect(seen[k], k).toBeGreaterThan(0);
     expect(seen.subtables).toBeGreaterThan(4);
   });
 

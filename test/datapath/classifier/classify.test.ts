@@ -116,7 +116,7 @@ describe('Exact-match cache bypass', () => {
   });
 });
 
-describe('a batch\'s misses in the signature-match cache at once (FlowTable.lookupBatch)', () => {
+describe('a batch\'s misses looked up at once (FlowTable.lookupBatch: the signature-match cache\'s buckets, or the slots and flows, read ahead)', () => {
   // Small tables of 4 masks over keys of 3 words with few values: flows are evicted and removed, their
   // indices reused by other keys, so a bucket's candidate is often stale (another key's flow, a dead one).
   const MASKS = [key(0xffffffff, 0, 0), key(0xffffffff, 0xffffffff, 0), key(0, 0xffff0000, 0xffffffff), key(0xffffffff, 0xffffffff, 0xffffffff)];
@@ -140,22 +140,25 @@ describe('a batch\'s misses in the signature-match cache at once (FlowTable.look
     fc.record({ t: fc.constant('batch' as const), keys: fc.array(three, { minLength: 1, maxLength: 32 }) }),
   );
 
-  it('finds what a brute-force search finds, never a removed flow or another key\'s, and the same flows as the cache off (random installs, removals and batches)', () => {
+  it('finds what a brute-force search finds, never a removed flow or another key\'s, and the same flows as the cache off, read ahead or not (random installs, removals and batches)', () => {
     let smcHits = 0;
     let stale = 0;
+    let touchedBatches = 0;
     fc.assert(fc.property(fc.array(op, { minLength: 20, maxLength: 200 }), (ops) => {
-      const ways = [true, false].map((smc) => {
+      // The cache on; off; off with the slots and flows read ahead (lookupBatch's, at any size).
+      const ways = [[true, false], [false, false], [false, true]].map(([smc, touch]) => {
         const t = new FlowTable(16, 4);
         t.smcOn = smc;
+        if (touch) t.touchSlots = 0;
         return { t, c: new Classify(t, new Emc(t, 1024, 0), 32) };
       });
-      const [on, off] = ways;
+      const [on, off, touched] = ways;
       let now = 0;
       for (const o of ops) {
         now++;
         if (o.t === 'install') {
           const got = ways.map(({ t }) => t.install(kOf(...o.k), MASKS[o.m], o.a, now));
-          expect(got[0]).toBe(got[1]);
+          expect(new Set(got).size).toBe(1);
         } else if (o.t === 'remove') {
           const live = [...Array(on.t.indices).keys()].filter((f) => on.t.live[f]);
           if (live.length) for (const { t } of ways) t.remove(live[o.n % live.length]);
@@ -173,11 +176,15 @@ describe('a batch\'s misses in the signature-match cache at once (FlowTable.look
             else expect(all).toContain(f);
             // Where the flows that match agree on actions (the FPAG never installs overlapping ones that do not), so do both ways.
             if (new Set(all.map((x) => on.t.act[x])).size <= 1) expect(on.t.act[f] ?? -1).toBe(off.t.act[bs[1].flow[i]] ?? -1);
+            // Read ahead: the same flow as without (both take the first subtable's, in the same order).
+            expect(bs[2].flow[i]).toBe(bs[1].flow[i]);
           });
         }
       }
       expect(off.t.smcHits).toBe(0);
+      touchedBatches += touched.t.touchedBatches;
     }), { numRuns: 300, seed: 5 });
+    expect(touchedBatches).toBeGreaterThan(100);
     expect(smcHits).toBeGreaterThan(100); // the batch pass answered, not only the fallback
     expect(stale).toBeGreaterThan(0); // candidates of dead flows, or of other keys' flows at reused indices, were met
   });
