@@ -195,6 +195,9 @@ export class FastLane {
   private laSkip = 0;
   private laIdx = new Uint16Array(0);
   private laGot = new Int32Array(0);
+  /** Whether the lookahead's flow came from the signature-match cache: by place among those looked up, by packet. */
+  private laSmcOf = new Uint8Array(0);
+  private laSmc = new Uint8Array(0);
   /** Batches looked ahead, and the packets whose flow the lookahead found. */
   lookaheads = 0;
   lookaheadHits = 0;
@@ -418,6 +421,7 @@ export class FastLane {
     if (f < 0 && this.laOn && this.la[i] >= 0 && this.laGens === this.flows.genChanges) {
       f = this.la[i]; // (the lookahead wrote the key into the batch, as the lookup below does)
       via = 1;
+      if (this.laSmc[i] !== 0) this.flows.smcHits++;
     }
     if (f < 0) {
       // The megaflow table takes the key from the batch: write it there.
@@ -832,6 +836,8 @@ export class FastLane {
     this.la = new Int32Array(n);
     this.laIdx = new Uint16Array(n);
     this.laGot = new Int32Array(n);
+    this.laSmcOf = new Uint8Array(n);
+    this.laSmc = new Uint8Array(n);
   }
 
   /**
@@ -882,11 +888,18 @@ export class FastLane {
     }
     // The table's lines for all of them at once (FlowTable.lookupBatch), then their flows into la.
     const got = this.laGot;
-    this.flows.lookupBatch(key, hash, idx, m, got);
+    const viaSmc = this.laSmcOf;
+    // (A packet's signature-match cache hit is counted when `one` takes it: the stages count their own
+    // lookups of the packets the lane leaves them.)
+    const smcHits = this.flows.smcHits;
+    this.flows.lookupBatch(key, hash, idx, m, got, viaSmc);
+    this.flows.smcHits = smcHits;
     let found = 0;
     for (let j = 0; j < m; j++) {
       const f = got[j];
-      la[idx[j]] = f;
+      const i = idx[j];
+      la[i] = f;
+      this.laSmc[i] = viaSmc[j];
       if (f >= 0) found++;
     }
     this.laGens = this.flows.genChanges;

@@ -611,12 +611,20 @@ export class FlowTable {
    * their cache misses overlap (one a lookup had stalled it: a lookup's
    * one DRAM miss at a million flows); the first way holding a key's hash
    * is its candidate, checked against the key (matches) before it is
-   * taken, else the key is looked up as lookupHashed does.
+   * taken, else the key is looked up as lookupHashed does. fromSmc[j], when
+   * given: whether key j's flow came from the signature-match cache.
    */
-  lookupBatch(key: Uint32Array, hash: Uint32Array, idx: Uint16Array, m: number, out: Int32Array): void {
+  lookupBatch(key: Uint32Array, hash: Uint32Array, idx: Uint16Array, m: number, out: Int32Array, fromSmc: Uint8Array | null = null): void {
     if (!this.smcOn || this.subCount < 2 || m < 2) {
+      if (fromSmc !== null) fromSmc.fill(0, 0, m);
       if (m >= 2 && this.subCount > 0 && this.slotMask >= this.touchSlots) this.lookupBatchTouched(key, idx, m, out);
-      else for (let j = 0; j < m; j++) out[j] = this.lookupHashed(key, idx[j] * KEY_WORDS, hash[idx[j]]);
+      else {
+        for (let j = 0; j < m; j++) {
+          const before = this.smcHits;
+          out[j] = this.lookupHashed(key, idx[j] * KEY_WORDS, hash[idx[j]]);
+          if (fromSmc !== null && this.smcHits !== before) fromSmc[j] = 1;
+        }
+      }
       return;
     }
     const smc = this.smc;
@@ -631,10 +639,14 @@ export class FlowTable {
       const i = idx[j];
       const ko = i * KEY_WORDS;
       const c = out[j];
-      if (c >= 0 && this.matches(key, ko, c)) hits++;
-      else {
+      if (c >= 0 && this.matches(key, ko, c)) {
+        hits++;
+        if (fromSmc !== null) fromSmc[j] = 1;
+      } else {
         if (c >= 0) this.smcStale++;
+        const before = this.smcHits;
         out[j] = this.lookupHashed(key, ko, hash[i]);
+        if (fromSmc !== null) fromSmc[j] = this.smcHits !== before ? 1 : 0;
       }
     }
     this.smcHits += hits;

@@ -477,6 +477,27 @@ describe('FastLane', () => {
     }
   });
 
+  it('the lookahead counts what the lane without it counts: a cache hit once a packet, when the lane takes it (a drop rule stopping the lane mid-batch: the stages look up the rest again)', () => {
+    const dir = tempDir();
+    const cap = join(dir, 'c.pcap');
+    generate(cap, { frames: 20_000, size: 64, flows: 400, vms: 4 });
+    const topo = join(dir, 't.json');
+    writeFileSync(topo, JSON.stringify({ ...benchTopology(4), wildcarding: 'proof', rules: [
+      { priority: 300, match: { eth_type: '0x0800', ip_proto: 17, tp_src: 1100 }, actions: ['drop'] },
+      { priority: 250, match: { eth_type: '0x0800', ipv4_src: '10.1.0.0/24' }, actions: ['normal'] }] }));
+    const go = (la: boolean) => replay({
+      capture: cap, topology: topo, outDir: tempDir(), batchSize: 64, caches: { emc: false, smc: true, bloom: true },
+      onStart: (dp) => { if (la) { dp.fastLane.lookaheadMinFlows = 0; dp.flows.touchSlots = 0; } },
+    });
+    const with_ = go(true);
+    const without = go(false);
+    expect(with_.datapath.fastLane.lookaheadHits).toBeGreaterThan(10_000);
+    expect(with_.report.packets.dropped).toBeGreaterThan(0); // (the drop rule's: the lane stopped there)
+    expect(with_.report.flows.smcHits).toBeGreaterThan(0);
+    expect(with_.report.flows).toEqual(without.report.flows); // smcHits, megaflowHits, misses, fastLane, ...
+    expect(with_.report.packets).toEqual(without.report.packets);
+  });
+
   it('the tunnel hot loop follows a new flag format and a new endpoint between batches, as the flag check does', () => {
     for (const tunnel of ['vxlan', 'geneve'] as const) {
       const dir = tempDir();
