@@ -842,9 +842,8 @@ export class FastLane {
 
   /**
    * With the cache not in use and a table of many flows (lookaheadMinFlows),
-   * the batch's packets (up to any the lane would stop at, past those too)
-   * are parsed and their flows looked up together before `one` takes the
-   * first: FlowTable.lookupBatch reads the signature-match cache's buckets,
+   * the batch's plain IPv4 packets (those `one` parses as such) are parsed
+   * and their flows looked up together before `one` takes the first: FlowTable.lookupBatch reads the signature-match cache's buckets,
    * or the slots and the flows found there, for all of them in passes of
    * their own, so the cache misses of a big table (its slot, its flow's key,
    * its counters: DRAM at a million flows) overlap, where one packet's, in
@@ -908,7 +907,6 @@ export class FastLane {
     this.lookaheadHits += found;
     if (2 * found < m) this.laSkip = LOOKAHEAD_BACKOFF;
   }
-
 
   // Slow path, after an upcall: the FPAG may have interned new action sets
   // (new ids: the memo grows for them) or moved a VM (the epoch changes:
