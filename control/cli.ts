@@ -343,6 +343,9 @@ async function cmdRun(argv: string[]): Promise<number> {
     await svc.listen();
   } catch (e) {
     await svc.abort();
+    // Not started: nothing left may hold the process (an etcd member that answers nothing keeps etcd3's
+    // channel open, and a join given up has calls still waiting on it). A second for the error to go.
+    setTimeout(() => process.exit(), 1000).unref();
     throw e;
   }
   await new Promise<void>((resolve) => {

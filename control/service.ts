@@ -124,6 +124,9 @@ export interface ServiceOptions {
   workers?: number;
 }
 
+/** How long `fpo run --etcd` waits for etcd to take this host in (register, claims, read, arrivals, watch) before it refuses to start. */
+export const JOIN_MS = 20_000;
+
 export class Service {
   readonly dp: Datapath;
   readonly fpag: Fpag;
@@ -915,24 +918,12 @@ export class Service {
     this.directory = dir;
     const claims = new VpidClaims(dir.etcd, dir.deployment);
     this.vpidClaims = claims;
-    try {
-      await dir.registerHost({ name: me, vtep: t.vtep, mac: t.mac.toLowerCase(), kind: t.kind }, 5);
-      for (const s of this.topo.segments) if (s.vni !== undefined) await dir.putSegment({ name: s.name, vni: s.vni });
-      // Each interface keeps the VPID etcd has for it (one new to the deployment claims one: its own if free).
-      const uplinkVpids = new Set(this.topo.ports.filter((p) => p.role === 'uplink').map((p) => p.vpid));
-      const want = new Map<string, number>();
-      for (const i of this.topo.interfaces) want.set(i.name, (await claims.claim(i.name, i.vpid, (v) => uplinkVpids.has(v))).vpid);
-      this.renumber(want);
-      await dir.load();
-      for (const i of this.topo.interfaces) {
-        // One of ours that runs on another (live) host now stays there: it is a remote interface here (below).
-        const there = dir.interfaces.get(i.name);
-        if (there !== undefined && there.host !== me && dir.hosts.has(there.host)) continue;
-        if (!(await dir.arrive({ name: i.name, mac: i.mac, ips: i.ip ? [i.ip] : [], segment: i.segment, host: me, vpid: i.vpid })).ok) this.log.warn({ interface: i.name }, 'directory: the interface changed in etcd as it was published; left as etcd has it');
-      }
-    } catch (e) {
-      throw new FpoError('FPO_ERR_IO', `--etcd ${this.opts.etcd}: ${(e as Error).message}`);
-    }
+    // Bounded: a member that takes connections and answers nothing had held the start for ever (etcd3 waits
+    // without a deadline). Given up, the join's later steps change nothing here (`live`): the service is not
+    // started, and what etcd takes meanwhile is under this host's lease (gone with it) or a VPID claim that
+    // the next start takes again.
+    let gaveUp = false;
+    const live = () => { if (gaveUp) throw new FpoError('FPO_ERR_IO', 'given up'); };
     const add = (name: string) => {
       const i = dir.interfaces.get(name);
       if (i === undefined || i.host === me) return;
@@ -958,14 +949,54 @@ export class Service {
       this.directoryConflicts.delete(name);
       this.fpag.addRemoteInterface(h.name, i);
     };
-    for (const name of dir.interfaces.keys()) add(name);
-    await dir.watch((c) => {
-      if (c.type === 'put' && c.entry.kind === 'interface') add(c.entry.value.name);
-      else if (c.type === 'put' && c.entry.kind === 'host') { for (const [n, i] of dir.interfaces) if (i.host === c.entry.value.name) add(n); }
-      else if (c.type === 'delete' && c.kind === 'interfaces') { this.directoryConflicts.delete(c.name); this.fpag.removeRemoteInterface(c.name); }
-      else if (c.type === 'delete' && c.kind === 'hosts') for (const n of this.fpag.remoteInterfacesOf(c.name)) this.fpag.removeRemoteInterface(n);
-      this.log.info({ change: c.type }, 'directory');
+    const join = async () => {
+      try {
+        await dir.registerHost({ name: me, vtep: t.vtep, mac: t.mac.toLowerCase(), kind: t.kind }, 5);
+        live();
+        for (const s of this.topo.segments) if (s.vni !== undefined) await dir.putSegment({ name: s.name, vni: s.vni });
+        // Each interface keeps the VPID etcd has for it (one new to the deployment claims one: its own if free).
+        const uplinkVpids = new Set(this.topo.ports.filter((p) => p.role === 'uplink').map((p) => p.vpid));
+        const want = new Map<string, number>();
+        for (const i of this.topo.interfaces) want.set(i.name, (await claims.claim(i.name, i.vpid, (v) => uplinkVpids.has(v))).vpid);
+        live();
+        this.renumber(want);
+        await dir.load();
+        live();
+        for (const i of this.topo.interfaces) {
+          // One of ours that runs on another (live) host now stays there: it is a remote interface here (below).
+          const there = dir.interfaces.get(i.name);
+          if (there !== undefined && there.host !== me && dir.hosts.has(there.host)) continue;
+          const arrived = await dir.arrive({ name: i.name, mac: i.mac, ips: i.ip ? [i.ip] : [], segment: i.segment, host: me, vpid: i.vpid });
+          live();
+          if (!arrived.ok) this.log.warn({ interface: i.name }, 'directory: the interface changed in etcd as it was published; left as etcd has it');
+        }
+      } catch (e) {
+        throw new FpoError('FPO_ERR_IO', `--etcd ${this.opts.etcd}: ${(e as Error).message}`);
+      }
+      for (const name of dir.interfaces.keys()) add(name);
+      await dir.watch((c) => {
+        if (gaveUp) return;
+        if (c.type === 'put' && c.entry.kind === 'interface') add(c.entry.value.name);
+        else if (c.type === 'put' && c.entry.kind === 'host') { for (const [n, i] of dir.interfaces) if (i.host === c.entry.value.name) add(n); }
+        else if (c.type === 'delete' && c.kind === 'interfaces') { this.directoryConflicts.delete(c.name); this.fpag.removeRemoteInterface(c.name); }
+        else if (c.type === 'delete' && c.kind === 'hosts') for (const n of this.fpag.remoteInterfacesOf(c.name)) this.fpag.removeRemoteInterface(n);
+        this.log.info({ change: c.type }, 'directory');
+      });
+    };
+    const joined = join();
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        gaveUp = true;
+        reject(new FpoError('FPO_ERR_IO', `--etcd ${this.opts.etcd}: etcd did not answer within ${JOIN_MS / 1000} s (a member that takes connections and answers nothing?); not started`));
+      }, JOIN_MS);
     });
+    joined.catch(() => undefined); // (given up, its own end comes later: nothing to say of it)
+    try {
+      await Promise.race([joined, deadline]);
+    } finally {
+      clearTimeout(timer);
+    }
     this.log.info({ etcd: this.opts.etcd, host: me, remotes: [...dir.interfaces.values()].filter((i) => i.host !== me).length }, 'directory joined');
   }
 

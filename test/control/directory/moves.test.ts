@@ -494,6 +494,43 @@ describe('the directory and a host that loses its lease', () => {
     }
   }, 120_000);
 
+  it('a start against a member that answers nothing is refused within the join\'s bound (it had waited for ever), as FPO_ERR_IO (exit 1), and the process exits; nothing of the host stays in etcd past its lease', async (ctx) => {
+    needTool(ctx, 'etcd', 'the directory tests run a real etcd member (Debian: etcd-server)');
+    const { restartableMember, holdingProxy } = await import('./etcd-member.js');
+    const { spawn } = await import('node:child_process');
+    const { CLI } = await import('../../helpers.js');
+    const { JOIN_MS } = await import('../../../control/service.js');
+    const m = await restartableMember();
+    const proxy = await holdingProxy(m.url);
+    proxy.hold(); // (from the first connection: taken, never answered)
+    const dir = tempDir('silent-start');
+    try {
+      const t0 = Date.now();
+      const proc = spawn(process.execPath, [CLI, 'run', '-t', topo(dir, 'hostS', 1, [vm(1, 'p1')]), '-s', join(dir, 'ctl.sock'), '-o', join(dir, 'out'), '--etcd', proxy.url, '--deployment', 'sst'], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let stderr = '';
+      proc.stderr!.on('data', (d) => (stderr += d));
+      const code = await Promise.race([new Promise<number | null>((resolve) => proc.on('exit', (c) => resolve(c))), sleep(JOIN_MS + 30_000).then(() => 'running' as const)]);
+      if (code === 'running') proc.kill('SIGKILL');
+      expect(code, 'still running past the bound').not.toBe('running');
+      expect(code).toBe(1); // (an FpoError: FPO_ERR_IO)
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(JOIN_MS);
+      expect(stderr).toMatch(new RegExp(`^fpo: --etcd ${proxy.url}: etcd did not answer within ${JOIN_MS / 1000} s .*; not started$`, 'm'));
+      // The member answering again: whatever it took of the given-up start is under the host's lease (5 s), gone after it.
+      proxy.serve();
+      const e = new Etcd3({ hosts: m.url });
+      try {
+        await sleep(7_000);
+        const left = await e.getAll().prefix('/fpo/sst/').keys();
+        expect(left.filter((k) => /\/(hosts|interfaces)\//.test(k))).toEqual([]); // (segments are the deployment's, not the host's)
+      } finally {
+        e.close();
+      }
+    } finally {
+      proxy.close();
+      m.kill();
+    }
+  }, 120_000);
+
   it('etcd gone: an attach is refused as FPO_ERR_IO "etcd (…) unreachable", also once etcd3\'s circuit breaker opens (it had said FPO_ERR_INTERNAL); nothing changes on the host', async (ctx) => {
     needTool(ctx, 'etcd', 'the directory tests run a real etcd member (Debian: etcd-server)');
     const { restartableMember } = await import('./etcd-member.js');
