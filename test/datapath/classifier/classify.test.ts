@@ -4,6 +4,7 @@ import { PacketBatch } from '../../../datapath/batch.js';
 import { Classify } from '../../../datapath/classifier/classify.js';
 import { Emc, keyHash } from '../../../datapath/classifier/emc.js';
 import { KEY_WORDS } from '../../../datapath/classifier/flow-key.js';
+import { bruteFlows } from './brute.js';
 import { FlowTable } from '../../../datapath/classifier/flow-table.js';
 
 function key(...words: number[]): Uint32Array {
@@ -121,17 +122,7 @@ describe('a batch\'s misses looked up at once (FlowTable.lookupBatch: the signat
   // indices reused by other keys, so a bucket's candidate is often stale (another key's flow, a dead one).
   const MASKS = [key(0xffffffff, 0, 0), key(0xffffffff, 0xffffffff, 0), key(0, 0xffff0000, 0xffffffff), key(0xffffffff, 0xffffffff, 0xffffffff)];
   const kOf = (a: number, b: number, c: number) => key(a * 0x01010101, b << 16, c);
-  const brute = (t: FlowTable, k: Uint32Array): number[] => {
-    const out: number[] = [];
-    for (let f = 0; f < t.indices; f++) {
-      if (!t.live[f]) continue;
-      const s = t.sub[f];
-      let ok = true;
-      for (let w = 0; w < KEY_WORDS; w++) if (((k[w] ^ t.key[f * KEY_WORDS + w]) & t.mask[s * KEY_WORDS + w]) !== 0) ok = false;
-      if (ok) out.push(f);
-    }
-    return out;
-  };
+  const brute = bruteFlows;
   const three = fc.tuple(fc.integer({ min: 0, max: 5 }), fc.integer({ min: 0, max: 5 }), fc.integer({ min: 0, max: 5 }));
   type Op = { t: 'install'; m: number; k: [number, number, number]; a: number } | { t: 'remove'; n: number } | { t: 'batch'; keys: [number, number, number][] };
   const op: fc.Arbitrary<Op> = fc.oneof(

@@ -5,6 +5,7 @@ import { describe, expect, it } from 'vitest';
 import { ROOT } from '../../helpers.js';
 import { KEY_WORDS } from '../../../datapath/classifier/flow-key.js';
 import { FULL, FlowTable } from '../../../datapath/classifier/flow-table.js';
+import { bruteFlows } from './brute.js';
 
 function key(...words: number[]): Uint32Array {
   const k = new Uint32Array(KEY_WORDS);
@@ -306,17 +307,7 @@ describe('the signature-match cache (FlowTable.lookupHashed)', () => {
   // Keys of 3 words (the rest 0), masks from a few shapes; the hash is deliberately weak
   // (few values) so buckets are shared, ways replaced and signatures collide.
   const MASKS = [key(0xffffffff, 0, 0), key(0xffffffff, 0xffffffff, 0), key(0, 0xffff0000, 0xffffffff), key(0xffffffff, 0xffffffff, 0xffffffff)];
-  const brute = (t: FlowTable, k: Uint32Array): number[] => {
-    const out: number[] = [];
-    for (let f = 0; f < t.indices; f++) { // (a quarantine's spare indices past the capacity too)
-      if (!t.live[f]) continue;
-      const s = t.sub[f];
-      let ok = true;
-      for (let w = 0; w < KEY_WORDS; w++) if (((k[w] ^ t.key[f * KEY_WORDS + w]) & t.mask[s * KEY_WORDS + w]) !== 0) ok = false;
-      if (ok) out.push(f);
-    }
-    return out;
-  };
+  const brute = bruteFlows;
   type Op = { t: 'install'; m: number; k: number[]; a: number } | { t: 'remove'; n: number } | { t: 'lookup'; k: number[]; h: number } | { t: 'sort' }
     | { t: 'clear' } | { t: 'expire'; age: number } | { t: 'hit'; k: number[] } | { t: 'quarantine'; on: boolean } | { t: 'bulk'; m: number; base: number; n: number; a: number }
     | { t: 'lookupLive'; n: number };
